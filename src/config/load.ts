@@ -1,0 +1,265 @@
+// YAML -> validated, typed, frozen SidecarConfig. Errors name file:line:col: YAML is parsed
+// with positions and every JSON Schema error is mapped back to the node it is about.
+import { readFileSync, statSync } from 'node:fs'
+import { Ajv, type ErrorObject, type ValidateFunction } from 'ajv'
+import { LineCounter, parseDocument, isMap, isNode, isPair, isScalar, type Document } from 'yaml'
+import { ConfigInvalidError, type ConfigProblem } from '../errors.js'
+import { LIMITS } from '../limits.js'
+import type { HostPort, RetryOn, RetryPolicy, RoutePolicy, SidecarConfig, Direction } from './types.js'
+
+export const SCHEMA_URL = new URL('../../config/txmesh.schema.json', import.meta.url)
+
+let validator: ValidateFunction | undefined
+function schemaValidator(): ValidateFunction {
+  if (validator === undefined) {
+    const schema = JSON.parse(readFileSync(SCHEMA_URL, 'utf8')) as object
+    const ajv = new Ajv({ allErrors: true, strict: true })
+    validator = ajv.compile(schema)
+  }
+  return validator
+}
+
+export function loadConfigFile(file: string): SidecarConfig {
+  let size: number
+  try {
+    size = statSync(file).size
+  } catch (err) {
+    throw new ConfigInvalidError([{ file, line: 0, col: 0, message: `cannot read: ${(err as Error).message}` }])
+  }
+  if (size > LIMITS.configFileBytes) {
+    throw new ConfigInvalidError([
+      { file, line: 0, col: 0, message: `file is ${size} bytes; the limit is ${LIMITS.configFileBytes}` },
+    ])
+  }
+  return parseConfig(readFileSync(file, 'utf8'), file)
+}
+
+/** Parses and validates YAML text; throws ConfigInvalidError listing every problem. */
+export function parseConfig(text: string, file: string): SidecarConfig {
+  const lines = new LineCounter()
+  const doc = parseDocument(text, { lineCounter: lines, uniqueKeys: true, prettyErrors: false })
+  const at = (offset: number): { line: number; col: number } => lines.linePos(offset)
+  const problems: ConfigProblem[] = []
+  for (const e of doc.errors) problems.push({ file, ...at(e.pos[0]), message: e.message.split('\n')[0] ?? e.message })
+  if (problems.length > 0) throw new ConfigInvalidError(problems)
+
+  let raw: unknown
+  try {
+    raw = doc.toJS({ maxAliasCount: 100 })
+  } catch (err) {
+    throw new ConfigInvalidError([{ file, line: 1, col: 1, message: (err as Error).message }])
+  }
+  if (raw === null || raw === undefined) raw = {}
+  const validate = schemaValidator()
+  if (!validate(raw)) {
+    for (const e of validate.errors ?? []) problems.push(schemaProblem(doc, e, file, at))
+    throw new ConfigInvalidError(dedupe(problems))
+  }
+  const typed = build(raw as RawConfig, file, doc, at)
+  return deepFreeze(typed)
+}
+
+function dedupe(problems: ConfigProblem[]): ConfigProblem[] {
+  const seen = new Set<string>()
+  return problems
+    .filter((p) => {
+      const k = `${p.line}:${p.col}:${p.message}`
+      if (seen.has(k)) return false
+      seen.add(k)
+      return true
+    })
+    .sort((a, b) => a.line - b.line || a.col - b.col)
+}
+
+function pointerToPath(pointer: string): (string | number)[] {
+  if (pointer === '') return []
+  return pointer
+    .slice(1)
+    .split('/')
+    .map((s) => s.replace(/~1/g, '/').replace(/~0/g, '~'))
+    .map((s) => (/^\d+$/.test(s) ? Number(s) : s))
+}
+
+function schemaProblem(
+  doc: Document,
+  e: ErrorObject,
+  file: string,
+  at: (offset: number) => { line: number; col: number },
+): ConfigProblem {
+  const path = pointerToPath(e.instancePath)
+  const where = path.length === 0 ? 'config' : path.join('.')
+  let node: unknown = path.length === 0 ? doc.contents : doc.getIn(path, true)
+  let message = `${where}: ${e.message ?? 'is invalid'}`
+  if (e.keyword === 'additionalProperties') {
+    const key = String((e.params as { additionalProperty: string }).additionalProperty)
+    message = `${where}: unknown key "${key}"`
+    if (isMap(node)) {
+      const pair = node.items.find((p) => isPair(p) && isScalar(p.key) && String(p.key.value) === key)
+      if (pair !== undefined && isNode(pair.key)) node = pair.key
+    }
+  } else if (e.keyword === 'enum') {
+    const allowed = (e.params as { allowedValues: unknown[] }).allowedValues
+    message = `${where}: must be one of ${allowed.map((v) => JSON.stringify(v)).join(', ')}`
+  } else if (e.keyword === 'required') {
+    message = `${where}: missing required key "${(e.params as { missingProperty: string }).missingProperty}"`
+  }
+  const offset = isNode(node) && node.range ? node.range[0] : 0
+  return { file, ...at(offset), message }
+}
+
+// ---- raw (schema-valid) shape -> typed config with defaults ----
+
+interface RawRetries {
+  attempts?: number
+  on?: RetryOn[]
+  nonIdempotent?: boolean
+  budgetRatio?: number
+  budgetMinPerSecond?: number
+}
+interface RawPolicy {
+  timeoutMs?: number
+  retries?: RawRetries
+  maxHeaderBytes?: number
+  maxBodyBytes?: number
+}
+interface RawRoute extends RawPolicy {
+  name?: string
+  match?: { direction?: Direction | 'both'; host?: string; pathPrefix?: string; methods?: string[] }
+}
+interface RawListener {
+  host?: string
+  port?: number
+}
+interface RawConfig {
+  service: string
+  app?: RawListener
+  listeners?: { egress?: RawListener; ingress?: RawListener; control?: RawListener; admin?: RawListener }
+  services?: Record<string, { address: string }>
+  defaults?: RawPolicy
+  routes?: RawRoute[]
+  drainTimeoutMs?: number
+  log?: { level?: SidecarConfig['logLevel'] }
+}
+
+// DESIGN.md port table.
+const DEFAULT_LISTENERS = {
+  egress: { host: '127.0.0.1', port: 15001 },
+  ingress: { host: '0.0.0.0', port: 15006 },
+  control: { host: '0.0.0.0', port: 15010 },
+  admin: { host: '127.0.0.1', port: 15000 },
+} as const
+
+export function parseAddress(address: string): HostPort {
+  const m = /^(?:\[([^\]]+)\]|([^:]+)):(\d{1,5})$/.exec(address)
+  const port = m ? Number(m[3]) : NaN
+  if (!m || port > 65535) throw new Error(`invalid address "${address}"`)
+  return { host: (m[1] ?? m[2]) as string, port }
+}
+
+function listener(raw: RawListener | undefined, dflt: HostPort): HostPort {
+  return { host: raw?.host ?? dflt.host, port: raw?.port ?? dflt.port }
+}
+
+function retries(raw: RawRetries | undefined, base: RetryPolicy): RetryPolicy {
+  return {
+    attempts: raw?.attempts ?? base.attempts,
+    on: raw?.on ? new Set(raw.on) : base.on,
+    nonIdempotent: raw?.nonIdempotent ?? base.nonIdempotent,
+    budgetRatio: raw?.budgetRatio ?? base.budgetRatio,
+    budgetMinPerSecond: raw?.budgetMinPerSecond ?? base.budgetMinPerSecond,
+  }
+}
+
+const BUILTIN_RETRIES: RetryPolicy = {
+  attempts: LIMITS.retryAttempts,
+  on: new Set<RetryOn>(['connect-failure', '502', '503']),
+  nonIdempotent: false,
+  budgetRatio: LIMITS.retryBudgetRatio,
+  budgetMinPerSecond: LIMITS.retryBudgetMinPerSecond,
+}
+
+function build(raw: RawConfig, file: string, doc: Document, at: (o: number) => { line: number; col: number }): SidecarConfig {
+  const d = raw.defaults ?? {}
+  const defaultRoute: RoutePolicy = {
+    name: 'default',
+    directions: new Set<Direction>(['egress', 'ingress']),
+    host: undefined,
+    pathPrefix: '/',
+    methods: undefined,
+    timeoutMs: d.timeoutMs ?? LIMITS.requestTimeoutMs,
+    retries: retries(d.retries, BUILTIN_RETRIES),
+    maxHeaderBytes: d.maxHeaderBytes ?? LIMITS.maxHeaderBytes,
+    maxBodyBytes: d.maxBodyBytes ?? LIMITS.maxBodyBytes,
+  }
+  const routes = (raw.routes ?? []).map((r, i): RoutePolicy => {
+    const dir = r.match?.direction ?? 'both'
+    return {
+      name: r.name ?? `route-${i}`,
+      directions: new Set<Direction>(dir === 'both' ? ['egress', 'ingress'] : [dir]),
+      host: r.match?.host?.toLowerCase(),
+      pathPrefix: r.match?.pathPrefix ?? '/',
+      methods: r.match?.methods ? new Set(r.match.methods) : undefined,
+      timeoutMs: r.timeoutMs ?? defaultRoute.timeoutMs,
+      retries: retries(r.retries, defaultRoute.retries),
+      maxHeaderBytes: r.maxHeaderBytes ?? defaultRoute.maxHeaderBytes,
+      maxBodyBytes: r.maxBodyBytes ?? defaultRoute.maxBodyBytes,
+    }
+  })
+  const services = new Map<string, HostPort>()
+  const problems: ConfigProblem[] = []
+  for (const [name, s] of Object.entries(raw.services ?? {})) {
+    try {
+      services.set(name.toLowerCase(), parseAddress(s.address))
+    } catch (err) {
+      const node = doc.getIn(['services', name, 'address'], true)
+      const offset = isNode(node) && node.range ? node.range[0] : 0
+      problems.push({ file, ...at(offset), message: `services.${name}.address: ${(err as Error).message}` })
+    }
+  }
+  if (problems.length > 0) throw new ConfigInvalidError(problems)
+  const l = raw.listeners ?? {}
+  return {
+    source: file,
+    service: raw.service,
+    app: listener(raw.app, { host: '127.0.0.1', port: 8080 }),
+    listeners: {
+      egress: listener(l.egress, DEFAULT_LISTENERS.egress),
+      ingress: listener(l.ingress, DEFAULT_LISTENERS.ingress),
+      control: listener(l.control, DEFAULT_LISTENERS.control),
+      admin: listener(l.admin, DEFAULT_LISTENERS.admin),
+    },
+    services,
+    defaultRoute,
+    routes,
+    drainTimeoutMs: raw.drainTimeoutMs ?? LIMITS.drainTimeoutMs,
+    logLevel: raw.log?.level ?? 'info',
+  }
+}
+
+/** Returns a copy with port overrides applied (command-line flags win over the file). */
+export function withOverrides(
+  cfg: SidecarConfig,
+  o: Partial<Record<'app' | 'egress' | 'ingress' | 'control' | 'admin', number>>,
+): SidecarConfig {
+  const l = cfg.listeners
+  const port = (hp: HostPort, p: number | undefined): HostPort => (p === undefined ? hp : { host: hp.host, port: p })
+  return deepFreeze({
+    ...cfg,
+    app: port(cfg.app, o.app),
+    listeners: {
+      egress: port(l.egress, o.egress),
+      ingress: port(l.ingress, o.ingress),
+      control: port(l.control, o.control),
+      admin: port(l.admin, o.admin),
+    },
+  })
+}
+
+function deepFreeze<T>(o: T): T {
+  if (o !== null && typeof o === 'object' && !Object.isFrozen(o)) {
+    Object.freeze(o)
+    if (o instanceof Map || o instanceof Set) return o
+    for (const v of Object.values(o)) deepFreeze(v)
+  }
+  return o
+}

@@ -1,0 +1,61 @@
+// Egress: where does an outgoing call of the local app go? The app reaches the egress either as
+// its HTTP proxy (absolute-form `GET http://payments/pay`) or through an iptables redirect
+// (origin-form `GET /pay` with `Host: payments`). The host is looked up in the config's service
+// map; otherwise host:port is used as given (port 80 by default).
+import type { SidecarConfig } from '../../config/types.js'
+import { BadRequestError, ProxyLoopError, type TxmeshError } from '../../errors.js'
+import type { Target, TargetResolver } from '../server.js'
+
+function splitAuthority(authority: string): { host: string; port: number } | undefined {
+  let host: string
+  let portText: string | undefined
+  if (authority.startsWith('[')) {
+    const end = authority.indexOf(']')
+    if (end < 0) return undefined
+    host = authority.slice(1, end)
+    const rest = authority.slice(end + 1)
+    if (rest !== '' && !rest.startsWith(':')) return undefined
+    portText = rest === '' ? undefined : rest.slice(1)
+  } else {
+    const colon = authority.lastIndexOf(':')
+    host = colon < 0 ? authority : authority.slice(0, colon)
+    portText = colon < 0 ? undefined : authority.slice(colon + 1)
+  }
+  const port = portText === undefined || portText === '' ? 80 : Number(portText)
+  if (host === '' || !Number.isInteger(port) || port < 1 || port > 65535 || /[\s/@]/.test(host)) return undefined
+  return { host: host.toLowerCase(), port }
+}
+
+function origin(host: string, port: number): string {
+  return host.includes(':') ? `http://[${host}]:${port}` : `http://${host}:${port}`
+}
+
+export function egressResolver(cfg: SidecarConfig, self: () => { host: string; port: number }): TargetResolver {
+  return (url: string, hostHeader: string | undefined): Target | TxmeshError => {
+    let authority: string | undefined
+    let path: string
+    if (url.startsWith('/')) {
+      authority = hostHeader
+      path = url
+    } else if (url.length > 7 && url.slice(0, 7).toLowerCase() === 'http://') {
+      const slash = url.indexOf('/', 7)
+      authority = slash < 0 ? url.slice(7) : url.slice(7, slash)
+      path = slash < 0 ? '/' : url.slice(slash)
+    } else if (url.slice(0, 8).toLowerCase() === 'https://') {
+      return new BadRequestError('https targets are not proxied by egress; send plain HTTP to the sidecar')
+    } else {
+      return new BadRequestError(`unsupported request target "${url.slice(0, 64)}"`)
+    }
+    if (authority === undefined || authority === '') return new BadRequestError('request has no Host header and no absolute URL')
+    const parsed = splitAuthority(authority)
+    if (parsed === undefined) return new BadRequestError(`invalid host "${authority.slice(0, 64)}"`)
+    const mapped = cfg.services.get(parsed.host)
+    const connectHost = mapped?.host ?? parsed.host
+    const connectPort = mapped?.port ?? parsed.port
+    const me = self()
+    if (connectPort === me.port && (connectHost === me.host || connectHost === 'localhost' || connectHost === '127.0.0.1')) {
+      return new ProxyLoopError(`request to ${authority} would loop back into the egress`)
+    }
+    return { origin: origin(connectHost, connectPort), connectHost, connectPort, host: authority, path }
+  }
+}

@@ -1,0 +1,202 @@
+// The forwarding engine shared by egress and ingress: undici pools per upstream origin and one
+// Exchange per request that streams the response back with backpressure.
+//
+// Hot path notes (ANCHORS.md, "How fast a Node proxy can be here"): Pool.dispatch with a
+// classic handler object (onConnect/onHeaders/onData/onComplete/onError), flat header arrays,
+// the response head and first body bytes written while the response is corked so they leave in
+// one write, and no promises per request.
+import type { IncomingMessage, ServerResponse } from 'node:http'
+import type { Readable } from 'node:stream'
+import { Pool, type Dispatcher } from 'undici'
+import type { RetryOn, RoutePolicy } from '../config/types.js'
+import { RequestAbortedError, type TxmeshError } from '../errors.js'
+import { LIMITS } from '../limits.js'
+import type { Logger } from '../log.js'
+import { forwardResponseHeaders } from './headers.js'
+import { isConnectFailure, respondError, upstreamError } from './respond.js'
+import { RetryBudget, backoffMs, methodRetryable } from './retry.js'
+
+export interface ForwardRequest {
+  readonly req: IncomingMessage
+  readonly res: ServerResponse
+  readonly origin: string
+  readonly path: string
+  readonly method: string
+  readonly headers: string[]
+  /** null: no body; Buffer: fully read (replayable); stream: forwarded once. */
+  readonly body: Buffer | Readable | null
+  readonly route: RoutePolicy
+}
+
+export class Forwarder {
+  private readonly pools = new Map<string, Pool>()
+  private readonly budgets = new WeakMap<RoutePolicy, RetryBudget>()
+
+  constructor(readonly log: Logger) {}
+
+  pool(origin: string): Pool {
+    let pool = this.pools.get(origin)
+    if (pool === undefined) {
+      if (this.pools.size >= LIMITS.maxUpstreamPools) {
+        // Bound the number of upstreams kept open: close the oldest pool (its in-flight
+        // requests finish first; close() waits for them).
+        const [oldest, p] = this.pools.entries().next().value as [string, Pool]
+        this.pools.delete(oldest)
+        p.close().catch((err: unknown) => this.log.warn('pool_close_failed', { origin: oldest, error: String(err) }))
+      }
+      pool = new Pool(origin, {
+        connections: LIMITS.poolConnectionsPerOrigin,
+        pipelining: 1,
+        keepAliveTimeout: LIMITS.upstreamKeepAliveMs,
+        keepAliveMaxTimeout: LIMITS.upstreamKeepAliveMs,
+        connect: { timeout: LIMITS.connectTimeoutMs },
+        maxHeaderSize: LIMITS.maxHeaderBytes,
+      })
+      this.pools.set(origin, pool)
+    }
+    return pool
+  }
+
+  budget(route: RoutePolicy): RetryBudget {
+    let b = this.budgets.get(route)
+    if (b === undefined) {
+      b = new RetryBudget(route.retries.budgetRatio, route.retries.budgetMinPerSecond)
+      this.budgets.set(route, b)
+    }
+    return b
+  }
+
+  forward(f: ForwardRequest): void {
+    const budget = this.budget(f.route)
+    budget.deposit()
+    const replayable = f.body === null || Buffer.isBuffer(f.body)
+    const exchange = new Exchange(this.pool(f.origin), f, budget, replayable && methodRetryable(f.method, f.route.retries))
+    exchange.start()
+  }
+
+  async close(): Promise<void> {
+    const pools = [...this.pools.values()]
+    this.pools.clear()
+    await Promise.allSettled(pools.map((p) => p.close()))
+  }
+}
+
+function uncork(res: ServerResponse): void {
+  res.uncork()
+}
+
+class Exchange implements Dispatcher.DispatchHandler {
+  private attempt = 0
+  private discard = false
+  private done = false
+  private corked = false
+  private resume: (() => void) | undefined
+  private abort: ((err?: Error) => void) | undefined
+  private readonly opts: Dispatcher.DispatchOptions
+
+  constructor(
+    private readonly pool: Pool,
+    private readonly f: ForwardRequest,
+    private readonly budget: RetryBudget,
+    private readonly retryable: boolean,
+  ) {
+    this.opts = {
+      path: f.path,
+      method: f.method as Dispatcher.HttpMethod,
+      headers: f.headers,
+      body: f.body,
+      headersTimeout: f.route.timeoutMs,
+      bodyTimeout: f.route.timeoutMs,
+    }
+    f.res.once('close', this.onResClose)
+  }
+
+  start(): void {
+    if (this.done) return
+    this.pool.dispatch(this.opts, this)
+  }
+
+  private readonly onResClose = (): void => {
+    if (this.done) return
+    this.done = true
+    // The client went away mid-exchange: stop the upstream request instead of draining it.
+    this.abort?.(new RequestAbortedError('client closed the connection'))
+  }
+
+  private readonly onDrain = (): void => {
+    this.resume?.()
+  }
+
+  private canRetry(kind: RetryOn): boolean {
+    const r = this.f.route.retries
+    return (
+      this.retryable &&
+      !this.done &&
+      this.attempt < r.attempts &&
+      r.on.has(kind) &&
+      !this.f.res.headersSent &&
+      this.budget.tryWithdraw()
+    )
+  }
+
+  private retry(): void {
+    this.attempt++
+    this.abort = undefined
+    const delay = backoffMs(this.attempt)
+    setTimeout(() => this.start(), delay).unref()
+  }
+
+  onConnect(abort: (err?: Error) => void): void {
+    this.abort = abort
+    if (this.done) abort(new RequestAbortedError('client closed the connection'))
+  }
+
+  onHeaders(statusCode: number, rawHeaders: Buffer[], resume: () => void, statusText: string): boolean {
+    if ((statusCode === 502 || statusCode === 503) && this.canRetry(statusCode === 502 ? '502' : '503')) {
+      this.discard = true
+      return true
+    }
+    this.resume = resume
+    const res = this.f.res
+    res.cork()
+    this.corked = true
+    res.writeHead(statusCode, statusText, forwardResponseHeaders(rawHeaders))
+    process.nextTick(uncork, res)
+    return true
+  }
+
+  onData(chunk: Buffer): boolean {
+    if (this.discard) return true
+    const ok = this.f.res.write(chunk)
+    if (!ok) this.f.res.once('drain', this.onDrain)
+    return ok
+  }
+
+  onComplete(): void {
+    if (this.discard) {
+      this.discard = false
+      this.retry()
+      return
+    }
+    if (this.done) return
+    this.done = true
+    this.f.res.end()
+  }
+
+  onError(err: Error): void {
+    if (this.done) return
+    if (this.discard) this.discard = false
+    else if (isConnectFailure(err) && this.canRetry('connect-failure')) {
+      this.retry()
+      return
+    }
+    this.done = true
+    const mapped: TxmeshError = upstreamError(err, this.f.origin)
+    if (this.corked && this.f.res.headersSent) {
+      this.f.res.destroy()
+      return
+    }
+    // An unread request body must not be parsed as the next request: close after answering.
+    respondError(this.f.res, mapped, !this.f.req.complete)
+  }
+}

@@ -1,0 +1,97 @@
+// The one place that turns errors into HTTP responses (STYLE.md). Everything a client of the
+// sidecar sees on failure is: the error's status, `x-txmesh-error: CODE`, and the JSON body
+// {"error":{"code","message"}}.
+import type { ServerResponse } from 'node:http'
+import type { Duplex } from 'node:stream'
+import { STATUS_CODES } from 'node:http'
+import {
+  InternalError,
+  TxmeshError,
+  UpstreamProtocolError,
+  UpstreamTimeoutError,
+  UpstreamUnreachableError,
+  RequestAbortedError,
+} from '../errors.js'
+
+export const ERROR_HEADER = 'x-txmesh-error'
+
+function body(err: TxmeshError): string {
+  return JSON.stringify({ error: { code: err.code, message: err.message } })
+}
+
+/** Writes the error response, or ends the connection when the response had already begun. */
+export function respondError(res: ServerResponse, err: TxmeshError, closeConnection = false): void {
+  if (res.headersSent) {
+    // Half a response cannot be turned into an error: cut it so the client sees a failure
+    // instead of a truncated body that looks complete.
+    res.destroy()
+    return
+  }
+  const text = body(err)
+  const headers: Record<string, string | number> = {
+    'content-type': 'application/json',
+    'content-length': Buffer.byteLength(text),
+    [ERROR_HEADER]: err.code,
+  }
+  if (closeConnection) headers.connection = 'close'
+  res.writeHead(err.status, headers)
+  res.end(text)
+}
+
+/** For sockets without a ServerResponse (parser errors, Upgrade requests). Closes the socket. */
+export function respondErrorRaw(socket: Duplex, err: TxmeshError): void {
+  if (!socket.writable) {
+    socket.destroy()
+    return
+  }
+  const text = body(err)
+  socket.end(
+    `HTTP/1.1 ${err.status} ${STATUS_CODES[err.status] ?? 'Error'}\r\n` +
+      `content-type: application/json\r\ncontent-length: ${Buffer.byteLength(text)}\r\n` +
+      `${ERROR_HEADER}: ${err.code}\r\nconnection: close\r\n\r\n${text}`,
+  )
+}
+
+// undici / socket error codes that mean "no connection to the upstream was made": safe to
+// retry for any method because nothing reached the app.
+const CONNECT_FAILURES = new Set([
+  'ECONNREFUSED',
+  'EHOSTUNREACH',
+  'ENETUNREACH',
+  'ENOTFOUND',
+  'EAI_AGAIN',
+  'EADDRNOTAVAIL',
+  'UND_ERR_CONNECT_TIMEOUT',
+])
+
+export function isConnectFailure(err: unknown): boolean {
+  return CONNECT_FAILURES.has((err as { code?: string } | null)?.code ?? '')
+}
+
+/** Maps an upstream (undici) failure to the txmesh error the client sees. */
+export function upstreamError(err: unknown, upstream: string): TxmeshError {
+  if (err instanceof TxmeshError) return err
+  const code = (err as { code?: string } | null)?.code ?? ''
+  const msg = (err as Error | null)?.message ?? String(err)
+  if (isConnectFailure(err)) return new UpstreamUnreachableError(`cannot connect to ${upstream}: ${code}`, { cause: err })
+  switch (code) {
+    case 'UND_ERR_HEADERS_TIMEOUT':
+    case 'UND_ERR_BODY_TIMEOUT':
+      return new UpstreamTimeoutError(`${upstream} did not answer in time`, { cause: err })
+    case 'UND_ERR_SOCKET':
+    case 'ECONNRESET':
+    case 'EPIPE':
+    case 'HPE_INVALID_CONSTANT':
+    case 'UND_ERR_RES_CONTENT_LENGTH_MISMATCH':
+    case 'UND_ERR_INFO':
+      return new UpstreamProtocolError(`${upstream} closed the connection or sent an invalid response: ${msg}`, { cause: err })
+    case 'UND_ERR_REQ_CONTENT_LENGTH_MISMATCH':
+      return new RequestAbortedError('request body did not match its content-length', { cause: err })
+    case 'UND_ERR_ABORTED':
+    case 'ERR_STREAM_PREMATURE_CLOSE':
+      return new RequestAbortedError('the client went away before the request finished', { cause: err })
+  }
+  if (code.startsWith('HPE_')) return new UpstreamProtocolError(`${upstream} sent an invalid response: ${msg}`, { cause: err })
+  return new InternalError(`proxying to ${upstream} failed: ${msg}`, { cause: err })
+}
+

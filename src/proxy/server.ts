@@ -1,0 +1,242 @@
+// One HTTP listener of the data plane (egress or ingress): parses requests, applies the
+// matching route policy's limits, forwards through the Forwarder, tunnels Upgrade requests, and
+// drains on shutdown. What differs between egress and ingress is only how the upstream is
+// chosen (a TargetResolver).
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
+import { connect, type Socket } from 'node:net'
+import { Transform, pipeline, type Duplex, type Readable, type TransformCallback } from 'node:stream'
+import type { Direction, RoutePolicy, SidecarConfig } from '../config/types.js'
+import {
+  BadRequestError,
+  BodyTooLargeError,
+  HeadersTooLargeError,
+  MethodNotAllowedError,
+  ShuttingDownError,
+  TxmeshError,
+  UpstreamUnreachableError,
+} from '../errors.js'
+import { LIMITS } from '../limits.js'
+import { listen } from '../net.js'
+import type { Logger } from '../log.js'
+import type { Forwarder } from './forward.js'
+import { forwardRequestHeaders, upgradeRequestHeaders, type RequestHeadFacts } from './headers.js'
+import { respondError, respondErrorRaw } from './respond.js'
+import { hostName, matchRoute } from './routes.js'
+import { methodRetryable } from './retry.js'
+
+export interface Target {
+  /** http://host:port of the upstream connection. */
+  readonly origin: string
+  readonly connectHost: string
+  readonly connectPort: number
+  /** Host header sent upstream. */
+  readonly host: string
+  /** origin-form request target sent upstream. */
+  readonly path: string
+}
+
+export type TargetResolver = (url: string, hostHeader: string | undefined) => Target | TxmeshError
+
+export interface ProxyServerOptions {
+  readonly direction: Direction
+  readonly config: SidecarConfig
+  readonly forwarder: Forwarder
+  readonly resolve: TargetResolver
+  readonly log: Logger
+}
+
+export class ProxyServer {
+  readonly server: Server
+  private inflight = 0
+  private draining = false
+  private drained: (() => void) | undefined
+  private readonly tunnels = new Set<Socket | Duplex>()
+
+  constructor(private readonly o: ProxyServerOptions) {
+    this.server = createServer({
+      maxHeaderSize: LIMITS.maxHeaderBytes,
+      keepAliveTimeout: LIMITS.downstreamKeepAliveMs,
+      headersTimeout: LIMITS.downstreamHeadersTimeoutMs,
+      requestTimeout: LIMITS.downstreamRequestTimeoutMs,
+      // Let the proxy see the raw Host-less HTTP/1.1 requests and answer with its own code.
+      requireHostHeader: false,
+    })
+    this.server.maxConnections = LIMITS.maxConnectionsPerListener
+    this.server.on('request', (req: IncomingMessage, res: ServerResponse) => this.onRequest(req, res, false))
+    this.server.on('checkContinue', (req: IncomingMessage, res: ServerResponse) => this.onRequest(req, res, true))
+    this.server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => this.onUpgrade(req, socket, head))
+    this.server.on('connect', (_req: IncomingMessage, socket: Duplex) =>
+      respondErrorRaw(socket, new MethodNotAllowedError('CONNECT tunnels are not offered by the txmesh sidecar')),
+    )
+    this.server.on('clientError', (err: Error & { code?: string }, socket: Duplex) => this.onClientError(err, socket))
+  }
+
+  private readonly onResClose = (): void => {
+    this.inflight--
+    if (this.draining && this.inflight === 0) this.drained?.()
+  }
+
+  private onRequest(req: IncomingMessage, res: ServerResponse, expectContinue: boolean): void {
+    this.inflight++
+    res.once('close', this.onResClose)
+    if (this.draining) res.shouldKeepAlive = false
+    const facts: RequestHeadFacts = { host: undefined, contentLength: undefined, chunked: false, expectContinue, headerBytes: 0 }
+    const headers = forwardRequestHeaders(req.rawHeaders, req.socket.remoteAddress, facts)
+    const target = this.o.resolve(req.url ?? '/', facts.host)
+    if (target instanceof TxmeshError) return respondError(res, target, facts.contentLength !== 0 || facts.chunked)
+    const method = req.method ?? 'GET'
+    const route = matchRoute(this.o.config, this.o.direction, hostName(target.host), target.path, method)
+    const refusal = checkLimits(route, facts, target.path.length + method.length)
+    // The body of a refused request is never read: close the connection after the answer so
+    // its unread bytes are not parsed as the next request.
+    if (refusal !== undefined) return respondError(res, refusal, true)
+    if (facts.expectContinue) res.writeContinue()
+    headers.push('host', target.host)
+
+    let body: ForwardBody = null
+    if (facts.chunked) {
+      body = pipeline(req, new BodyLimit(route.maxBodyBytes), noop)
+    } else if (facts.contentLength !== undefined && facts.contentLength > 0) {
+      if (facts.contentLength <= LIMITS.retryBodyBytes && methodRetryable(method, route.retries)) {
+        // Small body of a retryable request: read it first so a retry can send it again.
+        return readSmallBody(req, facts.contentLength, (buf) => {
+          if (buf === undefined) return respondError(res, new BadRequestError('request body ended early'), true)
+          this.o.forwarder.forward({ req, res, origin: target.origin, path: target.path, method, headers, body: buf, route })
+        })
+      }
+      body = req
+    }
+    this.o.forwarder.forward({ req, res, origin: target.origin, path: target.path, method, headers, body, route })
+  }
+
+  private onUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {
+    if (this.draining) return respondErrorRaw(socket, new ShuttingDownError('sidecar is shutting down'))
+    const facts: RequestHeadFacts = { host: undefined, contentLength: undefined, chunked: false, expectContinue: false, headerBytes: 0 }
+    forwardRequestHeaders(req.rawHeaders, undefined, facts)
+    const target = this.o.resolve(req.url ?? '/', facts.host)
+    if (target instanceof TxmeshError) return respondErrorRaw(socket, target)
+    const method = req.method ?? 'GET'
+    const route = matchRoute(this.o.config, this.o.direction, hostName(target.host), target.path, method)
+    const refusal = checkLimits(route, facts, target.path.length + method.length)
+    if (refusal !== undefined) return respondErrorRaw(socket, refusal)
+    const headers = upgradeRequestHeaders(req.rawHeaders, req.socket.remoteAddress)
+    for (let i = 0; i < headers.length; i += 2) if (headers[i] === 'host') headers[i + 1] = target.host
+    let head_ = `${method} ${target.path} HTTP/1.1\r\n`
+    for (let i = 0; i < headers.length; i += 2) head_ += `${headers[i]}: ${headers[i + 1]}\r\n`
+    head_ += '\r\n'
+
+    const upstream = connect({ host: target.connectHost, port: target.connectPort })
+    let connected = false
+    upstream.setTimeout(LIMITS.connectTimeoutMs)
+    this.tunnels.add(socket)
+    this.tunnels.add(upstream)
+    const cleanup = (): void => {
+      this.tunnels.delete(socket)
+      this.tunnels.delete(upstream)
+      socket.destroy()
+      upstream.destroy()
+    }
+    upstream.once('connect', () => {
+      connected = true
+      upstream.setTimeout(LIMITS.tunnelIdleTimeoutMs)
+      upstream.write(head_)
+      if (head.length > 0) upstream.write(head)
+      upstream.pipe(socket)
+      socket.pipe(upstream)
+    })
+    upstream.on('timeout', () => {
+      if (!connected) respondErrorRaw(socket, new UpstreamUnreachableError(`connect to ${target.origin} timed out`))
+      cleanup()
+    })
+    upstream.on('error', (err: Error & { code?: string }) => {
+      if (!connected) respondErrorRaw(socket, new UpstreamUnreachableError(`cannot connect to ${target.origin}: ${err.code ?? err.message}`))
+      cleanup()
+    })
+    upstream.on('close', () => (connected ? cleanup() : undefined))
+    socket.on('error', cleanup)
+    socket.on('close', cleanup)
+  }
+
+  private onClientError(err: Error & { code?: string }, socket: Duplex): void {
+    if (err.code === 'HPE_HEADER_OVERFLOW') {
+      return respondErrorRaw(socket, new HeadersTooLargeError(`request headers exceed ${LIMITS.maxHeaderBytes} bytes`))
+    }
+    if (err.code === 'ECONNRESET' || !socket.writable) {
+      socket.destroy()
+      return
+    }
+    if (err.code === 'ERR_HTTP_REQUEST_TIMEOUT') {
+      return respondErrorRaw(socket, new BadRequestError('request was not received in time'))
+    }
+    respondErrorRaw(socket, new BadRequestError(`malformed request: ${err.code ?? err.message}`))
+  }
+
+  listen(host: string, port: number): Promise<number> {
+    return listen(this.server, host, port)
+  }
+
+  /** Stops accepting, lets in-flight requests finish up to `timeoutMs`, then closes everything. */
+  async drain(timeoutMs: number): Promise<{ inflightAtDeadline: number }> {
+    this.draining = true
+    const closed = new Promise<void>((resolve) => this.server.close(() => resolve()))
+    this.server.closeIdleConnections()
+    if (this.inflight > 0) {
+      let timer: NodeJS.Timeout | undefined
+      await Promise.race([
+        new Promise<void>((resolve) => (this.drained = resolve)),
+        new Promise<void>((resolve) => (timer = setTimeout(resolve, timeoutMs))),
+      ])
+      clearTimeout(timer)
+    }
+    const left = this.inflight
+    this.server.closeAllConnections()
+    for (const t of this.tunnels) t.destroy()
+    await closed
+    return { inflightAtDeadline: left }
+  }
+}
+
+type ForwardBody = Buffer | Readable | null
+
+function noop(): void {}
+
+function checkLimits(route: RoutePolicy, facts: RequestHeadFacts, requestLineBytes: number): TxmeshError | undefined {
+  if (facts.headerBytes + requestLineBytes > route.maxHeaderBytes) {
+    return new HeadersTooLargeError(`request headers exceed ${route.maxHeaderBytes} bytes (route ${route.name})`)
+  }
+  if (facts.contentLength !== undefined && facts.contentLength > route.maxBodyBytes) {
+    return new BodyTooLargeError(`request body of ${facts.contentLength} bytes exceeds ${route.maxBodyBytes} (route ${route.name})`)
+  }
+  return undefined
+}
+
+/** Counts a chunked body as it streams and fails it once it passes the route's limit. */
+class BodyLimit extends Transform {
+  private seen = 0
+  constructor(private readonly limit: number) {
+    super()
+  }
+  override _transform(chunk: Buffer, _enc: BufferEncoding, cb: TransformCallback): void {
+    this.seen += chunk.length
+    if (this.seen > this.limit) cb(new BodyTooLargeError(`request body exceeds ${this.limit} bytes`))
+    else cb(null, chunk)
+  }
+}
+
+function readSmallBody(req: IncomingMessage, length: number, done: (buf: Buffer | undefined) => void): void {
+  const buf = Buffer.allocUnsafe(length)
+  let at = 0
+  let finished = false
+  const finish = (b: Buffer | undefined): void => {
+    if (finished) return
+    finished = true
+    done(b)
+  }
+  req.on('data', (chunk: Buffer) => {
+    if (at + chunk.length > length) return finish(undefined)
+    chunk.copy(buf, at)
+    at += chunk.length
+  })
+  req.once('end', () => finish(at === length ? buf : undefined))
+  req.once('error', () => finish(undefined))
+}
