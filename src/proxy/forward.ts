@@ -9,7 +9,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http'
 import type { Readable } from 'node:stream'
 import { Pool, type Dispatcher } from 'undici'
 import type { RetryOn, RoutePolicy } from '../config/types.js'
-import { RequestAbortedError, type TxmeshError } from '../errors.js'
+import { RequestAbortedError, UpstreamTimeoutError, type TxmeshError } from '../errors.js'
 import { LIMITS } from '../limits.js'
 import type { Logger } from '../log.js'
 import { forwardResponseHeaders } from './headers.js'
@@ -85,11 +85,16 @@ function uncork(res: ServerResponse): void {
   res.uncork()
 }
 
+function onAttemptTimeout(exchange: Exchange): void {
+  exchange.timeout()
+}
+
 class Exchange implements Dispatcher.DispatchHandler {
   private attempt = 0
   private discard = false
   private done = false
   private corked = false
+  private timer: NodeJS.Timeout | undefined
   private resume: (() => void) | undefined
   private abort: ((err?: Error) => void) | undefined
   private readonly opts: Dispatcher.DispatchOptions
@@ -105,7 +110,9 @@ class Exchange implements Dispatcher.DispatchHandler {
       method: f.method as Dispatcher.HttpMethod,
       headers: f.headers,
       body: f.body,
-      headersTimeout: f.route.timeoutMs,
+      // undici's own parser timers tick once a second; the route timeout needs better, so
+      // time-to-headers is timed here (armTimer) and undici's is only a backstop.
+      headersTimeout: f.route.timeoutMs + 1_000,
       bodyTimeout: f.route.timeoutMs,
     }
     f.res.once('close', this.onResClose)
@@ -113,10 +120,33 @@ class Exchange implements Dispatcher.DispatchHandler {
 
   start(): void {
     if (this.done) return
+    this.timer = setTimeout(onAttemptTimeout, this.f.route.timeoutMs, this)
     this.pool.dispatch(this.opts, this)
   }
 
+  /** The attempt got no response head within the route timeout. */
+  timeout(): void {
+    this.timer = undefined
+    if (this.done || this.f.res.headersSent) return
+    const err = new UpstreamTimeoutError(`${this.f.origin} did not answer within ${this.f.route.timeoutMs} ms`)
+    if (this.abort !== undefined) {
+      this.abort(err)
+      return
+    }
+    // Still waiting for a connection: answer now; onConnect aborts the queued request later.
+    this.done = true
+    respondError(this.f.res, err, !this.f.req.complete)
+  }
+
+  private clearTimer(): void {
+    if (this.timer !== undefined) {
+      clearTimeout(this.timer)
+      this.timer = undefined
+    }
+  }
+
   private readonly onResClose = (): void => {
+    this.clearTimer()
     if (this.done) return
     this.done = true
     // The client went away mid-exchange: stop the upstream request instead of draining it.
@@ -152,6 +182,7 @@ class Exchange implements Dispatcher.DispatchHandler {
   }
 
   onHeaders(statusCode: number, rawHeaders: Buffer[], resume: () => void, statusText: string): boolean {
+    this.clearTimer()
     if ((statusCode === 502 || statusCode === 503) && this.canRetry(statusCode === 502 ? '502' : '503')) {
       this.discard = true
       return true
@@ -184,6 +215,7 @@ class Exchange implements Dispatcher.DispatchHandler {
   }
 
   onError(err: Error): void {
+    this.clearTimer()
     if (this.done) return
     if (this.discard) this.discard = false
     else if (isConnectFailure(err) && this.canRetry('connect-failure')) {
