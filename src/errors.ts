@@ -66,11 +66,6 @@ export class ShuttingDownError extends TxmeshError {
   readonly status = 503
 }
 
-export class OverloadedError extends TxmeshError {
-  readonly code = 'TXM_OVERLOADED'
-  readonly status = 503
-}
-
 export class InternalError extends TxmeshError {
   readonly code = 'TXM_INTERNAL'
   readonly status = 500
@@ -112,7 +107,6 @@ export const ERROR_CLASSES = [
   UpstreamTimeoutError,
   RequestAbortedError,
   ShuttingDownError,
-  OverloadedError,
   InternalError,
 ] as const
 

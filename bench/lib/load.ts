@@ -65,7 +65,7 @@ class Wrk implements LoadGenerator {
 
   async run(url: string, connections: number, seconds: number): Promise<LoadResult> {
     const args = ['-t1', `-c${connections}`, `-d${seconds}s`, '--timeout', '5s', '-s', WRK_SCRIPT, url]
-    const out = await runToEnd(this.group.start(`wrk c=${connections}`, this.cpu, this.bin, args))
+    const out = await runToEnd(this.group.start(`wrk c=${connections}`, this.cpu, this.bin, args, { transient: true }))
     const line = out.split('\n').find((l) => l.startsWith(WRK_MARK))
     if (line === undefined) throw new Error(`wrk printed no ${WRK_MARK.trim()} line:\n${out}`)
     const j: unknown = JSON.parse(line.slice(WRK_MARK.length))
@@ -122,7 +122,7 @@ class Autocannon implements LoadGenerator {
 
   async run(url: string, connections: number, seconds: number): Promise<LoadResult> {
     const args = [this.script, '--json', '--no-progress', '-c', String(connections), '-d', String(seconds), url]
-    const out = await runToEnd(this.group.start(`autocannon c=${connections}`, this.cpu, process.execPath, args))
+    const out = await runToEnd(this.group.start(`autocannon c=${connections}`, this.cpu, process.execPath, args, { transient: true }))
     const j: unknown = JSON.parse(out)
     if (!isAutocannonJson(j)) throw new Error(`unexpected autocannon report: ${out.slice(0, 500)}`)
     return {

@@ -2,7 +2,7 @@
 // access_log off, everything (config, pid, logs, temp paths) under a private temp prefix,
 // listening on 127.0.0.1 only. Runs in the foreground (daemon off) with its master process; the
 // CPU time measured is the worker's.
-import { execFileSync } from 'node:child_process'
+import { spawnSync } from 'node:child_process'
 import { chmodSync, mkdirSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { childPids, findExecutable, freePort, procStat, sleep, waitForPort, type ProcessGroup } from './procs.js'
@@ -15,19 +15,19 @@ export interface NginxInstance {
   readonly prefix: string
 }
 
+/** BENCH_NGINX=PATH picks a binary; BENCH_NGINX=none skips nginx (as if not installed). */
 export function findNginx(): string | undefined {
+  const forced = process.env.BENCH_NGINX
+  if (forced === 'none') return undefined
+  if (forced !== undefined && forced !== '') return findExecutable(forced, [forced])
   return findExecutable('nginx', ['/usr/sbin/nginx', '/usr/local/sbin/nginx', '/usr/local/nginx/sbin/nginx'])
 }
 
 export function nginxVersion(bin: string): string {
-  try {
-    // `nginx -v` prints "nginx version: nginx/1.22.1" on stderr.
-    const out = execFileSync(bin, ['-v'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] })
-    return out.trim()
-  } catch (err) {
-    const e = err as { stderr?: unknown }
-    return typeof e.stderr === 'string' ? e.stderr.trim().replace(/^nginx version: /, '') : 'unknown'
-  }
+  // `nginx -v` prints "nginx version: nginx/1.22.1" on stderr.
+  const r = spawnSync(bin, ['-v'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] })
+  const text = `${r.stderr ?? ''}${r.stdout ?? ''}`.trim()
+  return text.replace(/^nginx version:\s*/, '') || 'nginx (unknown version)'
 }
 
 function config(prefix: string, port: number, appPort: number): string {

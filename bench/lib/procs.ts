@@ -37,6 +37,8 @@ export class Pinner {
 export interface StartOptions {
   readonly cwd?: string
   readonly env?: NodeJS.ProcessEnv
+  /** A short-lived command (a load run): forgotten once it exits. */
+  readonly transient?: boolean
 }
 
 /** One started child process with the tail of its output kept for error messages. */
@@ -98,7 +100,18 @@ export class ProcessGroup {
     })
     const svc = new Service(name, child)
     this.services.push(svc)
+    if (o.transient === true) {
+      void svc.exited.then(() => {
+        const i = this.services.indexOf(svc)
+        if (i >= 0) this.services.splice(i, 1)
+      })
+    }
     return svc
+  }
+
+  /** Names and stderr tails of the long-running services that wrote anything. */
+  outputs(): { name: string; tail: string }[] {
+    return this.services.map((s) => ({ name: s.name, tail: s.tail() })).filter((o) => o.tail !== '')
   }
 
   /** Remembers a process started by one of ours, to be killed by pid if its parent left it. */
@@ -302,4 +315,55 @@ export function runToEnd(svc: Service): Promise<string> {
     if (code !== 0) throw new Error(`${svc.name} failed (exit ${String(code)})\n${svc.tail()}\n${stdout.slice(-2000)}`)
     return stdout
   })
+}
+
+/** Per-CPU jiffies from /proc/stat: key "cpu" (all) or "cpuN". */
+export type CpuTimes = ReadonlyMap<string, readonly number[]>
+
+export function readCpuTimes(): CpuTimes {
+  const out = new Map<string, number[]>()
+  for (const line of readFileSync('/proc/stat', 'latin1').split('\n')) {
+    if (!line.startsWith('cpu')) continue
+    const [name, ...fields] = line.trim().split(/\s+/)
+    if (name !== undefined) out.set(name, fields.slice(0, 8).map(Number))
+  }
+  return out
+}
+
+/** "0", "1,3", "2-3" -> /proc/stat keys; undefined -> the "cpu" total line. */
+export function cpuKeys(list: string | undefined): string[] {
+  if (list === undefined) return ['cpu']
+  const keys: string[] = []
+  for (const part of list.split(',')) {
+    const [a, b] = part.split('-').map((x) => Number(x.trim()))
+    if (a === undefined || !Number.isInteger(a)) continue
+    for (let i = a; i <= (b !== undefined && Number.isInteger(b) ? b : a); i++) keys.push(`cpu${i}`)
+  }
+  return keys
+}
+
+export interface CpuUse {
+  /** Share of the interval the CPUs ran anything (user, system, irq, softirq), in %. */
+  readonly busyPct: number
+  /** Share of the interval the hypervisor gave the CPUs to someone else, in %. */
+  readonly stealPct: number
+}
+
+/** Busy and steal percentages of `keys` between two /proc/stat readings. */
+export function cpuUse(before: CpuTimes, after: CpuTimes, keys: readonly string[]): CpuUse | undefined {
+  let busy = 0
+  let steal = 0
+  let total = 0
+  for (const k of keys) {
+    const a = before.get(k)
+    const b = after.get(k)
+    if (a === undefined || b === undefined) return undefined
+    // user nice system idle iowait irq softirq steal
+    const d = b.map((v, i) => v - (a[i] ?? 0))
+    const [user = 0, nice = 0, system = 0, idle = 0, iowait = 0, irq = 0, softirq = 0, st = 0] = d
+    busy += user + nice + system + irq + softirq
+    steal += st
+    total += user + nice + system + idle + iowait + irq + softirq + st
+  }
+  return total > 0 ? { busyPct: (100 * busy) / total, stealPct: (100 * steal) / total } : undefined
 }

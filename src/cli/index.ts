@@ -1,4 +1,4 @@
-#!/usr/bin/env node
+#!/usr/bin/env -S node --max-semi-space-size=2
 // The `txmesh` command: dispatches to subcommands. Process wiring only.
 import { readFileSync } from 'node:fs'
 import { ConfigInvalidError, allErrorCodes } from '../errors.js'

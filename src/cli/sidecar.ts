@@ -4,6 +4,7 @@
 import { parseArgs } from 'node:util'
 import { loadConfigFile, withOverrides } from '../config/load.js'
 import { createLogger } from '../log.js'
+import { missingRuntimeFlags } from '../runtime.js'
 import { startSidecar } from '../sidecar.js'
 import { UsageError } from './usage.js'
 
@@ -42,6 +43,8 @@ export async function sidecarCommand(argv: string[]): Promise<number> {
   const config = withOverrides(loadConfigFile(file), overrides)
   const level = (process.env.TXMESH_LOG_LEVEL as typeof config.logLevel | undefined) ?? config.logLevel
   const log = createLogger(level, { service: config.service })
+  const missing = missingRuntimeFlags()
+  if (missing.length > 0) log.warn('runtime_flags_missing', { missing, hint: 'start with: node ' + missing.join(' ') + ' dist/cli/index.js' })
   const sidecar = await startSidecar(config, log)
   process.stdout.write(
     JSON.stringify({ event: 'listening', service: config.service, pid: process.pid, ports: sidecar.ports, app: config.app }) + '\n',

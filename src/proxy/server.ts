@@ -51,6 +51,8 @@ export class ProxyServer {
   private draining = false
   private drained: (() => void) | undefined
   private readonly tunnels = new Set<Socket | Duplex>()
+  /** Sockets that arrived through CONNECT, with the authority they were opened to. */
+  private readonly tunnelAuthority = new WeakMap<object, string>()
 
   constructor(private readonly o: ProxyServerOptions) {
     this.server = createServer({
@@ -65,9 +67,7 @@ export class ProxyServer {
     this.server.on('request', (req: IncomingMessage, res: ServerResponse) => this.onRequest(req, res, false))
     this.server.on('checkContinue', (req: IncomingMessage, res: ServerResponse) => this.onRequest(req, res, true))
     this.server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => this.onUpgrade(req, socket, head))
-    this.server.on('connect', (_req: IncomingMessage, socket: Duplex) =>
-      respondErrorRaw(socket, new MethodNotAllowedError('CONNECT tunnels are not offered by the txmesh sidecar')),
-    )
+    this.server.on('connect', (req: IncomingMessage, socket: Duplex, head: Buffer) => this.onConnect(req, socket, head))
     this.server.on('clientError', (err: Error & { code?: string }, socket: Duplex) => this.onClientError(err, socket))
   }
 
@@ -82,7 +82,7 @@ export class ProxyServer {
     if (this.draining) res.shouldKeepAlive = false
     const facts: RequestHeadFacts = { host: undefined, contentLength: undefined, chunked: false, expectContinue, headerBytes: 0 }
     const headers = forwardRequestHeaders(req.rawHeaders, req.socket.remoteAddress, facts)
-    const target = this.o.resolve(req.url ?? '/', facts.host)
+    const target = this.o.resolve(req.url ?? '/', facts.host ?? this.tunnelAuthority.get(req.socket))
     if (target instanceof TxmeshError) return respondError(res, target, facts.contentLength !== 0 || facts.chunked)
     const method = req.method ?? 'GET'
     const route = matchRoute(this.o.config, this.o.direction, hostName(target.host), target.path, method)
@@ -113,7 +113,7 @@ export class ProxyServer {
     if (this.draining) return respondErrorRaw(socket, new ShuttingDownError('sidecar is shutting down'))
     const facts: RequestHeadFacts = { host: undefined, contentLength: undefined, chunked: false, expectContinue: false, headerBytes: 0 }
     forwardRequestHeaders(req.rawHeaders, undefined, facts)
-    const target = this.o.resolve(req.url ?? '/', facts.host)
+    const target = this.o.resolve(req.url ?? '/', facts.host ?? this.tunnelAuthority.get(req.socket))
     if (target instanceof TxmeshError) return respondErrorRaw(socket, target)
     const method = req.method ?? 'GET'
     const route = matchRoute(this.o.config, this.o.direction, hostName(target.host), target.path, method)
@@ -124,7 +124,41 @@ export class ProxyServer {
     let head_ = `${method} ${target.path} HTTP/1.1\r\n`
     for (let i = 0; i < headers.length; i += 2) head_ += `${headers[i]}: ${headers[i + 1]}\r\n`
     head_ += '\r\n'
+    this.tunnel(socket, target, (upstream) => {
+      upstream.write(head_)
+      if (head.length > 0) upstream.write(head)
+    })
+  }
 
+  /**
+   * CONNECT at egress. Clients that tunnel even plain-HTTP calls through their proxy (undici's
+   * ProxyAgent and EnvHttpProxyAgent do by default) get the same treatment as absolute-form
+   * requests: the tunnel is answered by the sidecar itself and its bytes are parsed as HTTP
+   * requests to the CONNECT authority, so policies (and transactions) apply. Port 443 is TLS the
+   * sidecar cannot read; it is passed through as a plain TCP tunnel.
+   */
+  private onConnect(req: IncomingMessage, socket: Duplex, head: Buffer): void {
+    if (this.o.direction !== 'egress') {
+      return respondErrorRaw(socket, new MethodNotAllowedError('CONNECT is only offered by the egress listener'))
+    }
+    if (this.draining) return respondErrorRaw(socket, new ShuttingDownError('sidecar is shutting down'))
+    const authority = req.url ?? ''
+    const target = this.o.resolve('/', authority)
+    if (target instanceof TxmeshError) return respondErrorRaw(socket, target)
+    if (target.connectPort === 443) {
+      return this.tunnel(socket, target, (upstream) => {
+        socket.write('HTTP/1.1 200 Connection Established\r\n\r\n')
+        if (head.length > 0) upstream.write(head)
+      })
+    }
+    socket.write('HTTP/1.1 200 Connection Established\r\n\r\n')
+    this.tunnelAuthority.set(socket, authority)
+    if (head.length > 0) socket.unshift(head)
+    this.server.emit('connection', socket)
+  }
+
+  /** A raw byte tunnel to the target (Upgrade, CONNECT to TLS ports), bounded by idle time. */
+  private tunnel(socket: Duplex, target: Target, onConnected: (upstream: Socket) => void): void {
     const upstream = connect({ host: target.connectHost, port: target.connectPort })
     let connected = false
     upstream.setTimeout(LIMITS.connectTimeoutMs)
@@ -139,8 +173,7 @@ export class ProxyServer {
     upstream.once('connect', () => {
       connected = true
       upstream.setTimeout(LIMITS.tunnelIdleTimeoutMs)
-      upstream.write(head_)
-      if (head.length > 0) upstream.write(head)
+      onConnected(upstream)
       upstream.pipe(socket)
       socket.pipe(upstream)
     })

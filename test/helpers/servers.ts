@@ -9,6 +9,7 @@ import { join } from 'node:path'
 import { createInterface } from 'node:readline'
 import { parseConfig } from '../../src/config/load.js'
 import { silentLogger } from '../../src/log.js'
+import { SIDECAR_NODE_FLAGS } from '../../src/runtime.js'
 import { startSidecar, type Ports, type Sidecar } from '../../src/sidecar.js'
 
 export const CLI = join(import.meta.dirname, '../../dist/cli/index.js')
@@ -85,7 +86,7 @@ export async function spawnSidecar(yaml: string, args: string[] = []): Promise<S
   const dir = mkdtempSync(join(tmpdir(), 'txmesh-test-'))
   const file = join(dir, 'txmesh.yaml')
   writeFileSync(file, yaml)
-  const child = spawn(process.execPath, [CLI, 'sidecar', '--config', file, ...args], { stdio: 'pipe' })
+  const child = spawn(process.execPath, [...SIDECAR_NODE_FLAGS, CLI, 'sidecar', '--config', file, ...args], { stdio: 'pipe' })
   let err = ''
   child.stderr.on('data', (c: Buffer) => (err += c.toString()))
   const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((r) => child.once('exit', (code, signal) => r({ code, signal })))

@@ -1,4 +1,5 @@
 import { connect } from 'node:net'
+import { ProxyAgent, request } from 'undici'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import type { Sidecar } from '../../src/sidecar.js'
 import { inProcessSidecar, rawRequest, sidecarYaml, startEcho, startServer } from '../helpers/servers.js'
@@ -36,6 +37,21 @@ describe('egress proxy', () => {
     const r = await rawRequest(sc.ports.egress, { path: '/by-host', headers: { host: 'payments:80' } })
     expect(r.status).toBe(200)
     expect((JSON.parse(r.body) as { url: string }).url).toBe('/by-host')
+  })
+
+  it('parses HTTP inside a CONNECT tunnel (undici ProxyAgent default) and routes it by the authority', async () => {
+    const agent = new ProxyAgent(`http://127.0.0.1:${sc.ports.egress}`)
+    try {
+      for (const path of ['/tunneled-1', '/tunneled-2']) {
+        const r = await request(`http://payments${path}`, { dispatcher: agent, method: 'POST', body: 'in-tunnel' })
+        expect(r.statusCode).toBe(200)
+        const seen = (await r.body.json()) as { url: string; body: string; headers: Record<string, string> }
+        expect(seen).toMatchObject({ url: path, body: 'in-tunnel' })
+        expect(seen.headers['x-forwarded-for']).toBe('127.0.0.1')
+      }
+    } finally {
+      await agent.close()
+    }
   })
 
   it('strips hop-by-hop request headers and those named in Connection, adds X-Forwarded-*', async () => {

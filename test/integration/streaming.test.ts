@@ -69,6 +69,7 @@ describe('streaming through the sidecar with bounded memory', () => {
     expect(r.status).toBe(200)
     expect(Number(r.text)).toBe(SIZE)
     const { hwm } = rssOf(sc.child.pid as number)
+    console.log(`rss growth ${((hwm - baseline) / MB).toFixed(1)} MB`)
     expect((hwm - baseline) / MB).toBeLessThan(50)
   })
 
@@ -77,6 +78,7 @@ describe('streaming through the sidecar with bounded memory', () => {
     expect(r.status).toBe(200)
     expect(r.bytes).toBe(SIZE)
     const { hwm } = rssOf(sc.child.pid as number)
+    console.log(`rss growth ${((hwm - baseline) / MB).toFixed(1)} MB`)
     expect((hwm - baseline) / MB).toBeLessThan(50)
   })
 })

@@ -1,0 +1,36 @@
+import { readFileSync, readdirSync, statSync } from 'node:fs'
+import { join } from 'node:path'
+import { describe, expect, it } from 'vitest'
+import { allErrorCodes } from '../../src/errors.js'
+
+const root = join(import.meta.dirname, '../..')
+
+function sources(dir: string): string[] {
+  return readdirSync(dir).flatMap((name) => {
+    const p = join(dir, name)
+    return statSync(p).isDirectory() ? sources(p) : p.endsWith('.ts') ? [p] : []
+  })
+}
+
+describe('error registry', () => {
+  const readme = readFileSync(join(root, 'README.md'), 'utf8')
+  // Rows of the README's error table: | `TXM_...` | status | meaning |
+  const rows = new Map(
+    [...readme.matchAll(/^\|\s*`(TXM_[A-Z_]+)`\s*\|\s*(\d{3})\s*\|/gm)].map((m) => [m[1] as string, Number(m[2])]),
+  )
+
+  it('documents every code of the registry with its status in the README table', () => {
+    for (const { code, status } of allErrorCodes()) expect(rows.get(code), code).toBe(status)
+  })
+
+  it('has no code in the source that the registry does not list', () => {
+    const registry = new Set(allErrorCodes().map((e) => e.code))
+    const inSource = new Set(sources(join(root, 'src')).flatMap((f) => [...readFileSync(f, 'utf8').matchAll(/'(TXM_[A-Z_]+)'/g)].map((m) => m[1] as string)))
+    for (const code of inSource) expect(registry.has(code), code).toBe(true)
+  })
+
+  it('gives every code one status and a unique name', () => {
+    const codes = allErrorCodes().map((e) => e.code)
+    expect(new Set(codes).size).toBe(codes.length)
+  })
+})
