@@ -26,6 +26,11 @@ export class MethodNotAllowedError extends TxmeshError {
   readonly status = 405
 }
 
+export class HookForbiddenError extends TxmeshError {
+  readonly code = 'TXM_HOOK_FORBIDDEN'
+  readonly status = 403
+}
+
 export class BodyTooLargeError extends TxmeshError {
   readonly code = 'TXM_BODY_TOO_LARGE'
   readonly status = 413
@@ -66,9 +71,102 @@ export class ShuttingDownError extends TxmeshError {
   readonly status = 503
 }
 
+export class NotReadyError extends TxmeshError {
+  readonly code = 'TXM_NOT_READY'
+  readonly status = 503
+}
+
 export class InternalError extends TxmeshError {
   readonly code = 'TXM_INTERNAL'
   readonly status = 500
+}
+
+export class ContextInvalidError extends TxmeshError {
+  readonly code = 'TXM_CONTEXT_INVALID'
+  readonly status = 400
+}
+
+export class ContextForgedError extends TxmeshError {
+  readonly code = 'TXM_CONTEXT_FORGED'
+  readonly status = 401
+}
+
+export class ContextExpiredError extends TxmeshError {
+  readonly code = 'TXM_CONTEXT_EXPIRED'
+  readonly status = 410
+}
+
+export class ContextTooLargeError extends TxmeshError {
+  readonly code = 'TXM_CONTEXT_TOO_LARGE'
+  readonly status = 431
+}
+
+export class CoordinatorNotAllowedError extends TxmeshError {
+  readonly code = 'TXM_COORDINATOR_NOT_ALLOWED'
+  readonly status = 403
+}
+
+export class MeshKeyMissingError extends TxmeshError {
+  readonly code = 'TXM_MESH_KEY_MISSING'
+  readonly status = 503
+}
+
+export class TxUnknownError extends TxmeshError {
+  readonly code = 'TXM_TX_UNKNOWN'
+  readonly status = 404
+}
+
+export class TxNotActiveError extends TxmeshError {
+  readonly code = 'TXM_TX_NOT_ACTIVE'
+  readonly status = 409
+}
+
+export class TxAbortedError extends TxmeshError {
+  readonly code = 'TXM_TX_ABORTED'
+  readonly status = 409
+}
+
+export class TxLimitError extends TxmeshError {
+  readonly code = 'TXM_TX_LIMIT'
+  readonly status = 503
+}
+
+export class NoSidecarError extends TxmeshError {
+  readonly code = 'TXM_PARTICIPANT_NO_SIDECAR'
+  readonly status = 502
+}
+
+export class ControlAuthError extends TxmeshError {
+  readonly code = 'TXM_CONTROL_UNAUTHORIZED'
+  readonly status = 401
+}
+
+// Durable log (src/log/). Replay refuses to guess past damage it cannot explain by a crash: a bad
+// record in a segment that is not the last one, or a format this build does not know.
+export class LogCorruptError extends TxmeshError {
+  readonly code = 'TXM_LOG_CORRUPT'
+  readonly status = 500
+  readonly file: string | undefined
+  readonly offset: number | undefined
+  constructor(message: string, options?: { cause?: unknown; file?: string; offset?: number }) {
+    super(message, options)
+    this.file = options?.file
+    this.offset = options?.offset
+  }
+}
+
+// The log's bounded append queue is full (LIMITS.logMaxQueuedAppends / logMaxQueuedBytes): the
+// disk is slower than the decisions arriving. Nothing was written; retry later.
+export class LogOverloadedError extends TxmeshError {
+  readonly code = 'TXM_LOG_OVERLOADED'
+  readonly status = 503
+}
+
+// A write or fsync of the log failed. After a failed fsync the page cache state is unknown, so
+// the log refuses every later append until the sidecar restarts and replays.
+export class LogFailedError extends TxmeshError {
+  readonly code = 'TXM_LOG_FAILED'
+  readonly status = 503
 }
 
 // Config errors never reach HTTP; they carry file:line:col positions for the CLI.
@@ -99,6 +197,7 @@ export const ERROR_CLASSES = [
   BadRequestError,
   NotFoundError,
   MethodNotAllowedError,
+  HookForbiddenError,
   BodyTooLargeError,
   HeadersTooLargeError,
   ProxyLoopError,
@@ -107,7 +206,23 @@ export const ERROR_CLASSES = [
   UpstreamTimeoutError,
   RequestAbortedError,
   ShuttingDownError,
+  NotReadyError,
   InternalError,
+  ContextInvalidError,
+  ContextForgedError,
+  ContextExpiredError,
+  ContextTooLargeError,
+  CoordinatorNotAllowedError,
+  MeshKeyMissingError,
+  TxUnknownError,
+  TxNotActiveError,
+  TxAbortedError,
+  TxLimitError,
+  NoSidecarError,
+  ControlAuthError,
+  LogCorruptError,
+  LogOverloadedError,
+  LogFailedError,
 ] as const
 
 export function allErrorCodes(): { code: string; status: number; name: string }[] {

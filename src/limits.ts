@@ -53,7 +53,76 @@ export const LIMITS = Object.freeze({
   // Config file size: a sidecar policy is a few KiB; refuse to parse megabytes of YAML.
   configFileBytes: 1024 * 1024,
   maxRoutes: 1_000,
+  // txmesh-context token size (DESIGN.md: <= 1 KiB): ids, one address and a deadline fit in
+  // ~250 bytes; the bound stops header stuffing.
+  contextBytes: 1024,
+  // Control requests carry a signed timestamp; this is how far clocks may disagree.
+  controlClockSkewMs: 30_000,
+  // Control request/response bodies are small JSON documents.
+  controlBodyBytes: 64 * 1024,
+  // One control call (prepare, commit, abort, register, outcome) to a peer sidecar.
+  controlCallTimeoutMs: 5_000,
+  // One app hook call (prepare/commit/abort); a prepare that takes longer votes no.
+  hookCallTimeoutMs: 10_000,
+  // Transactions this sidecar coordinates at once, and branches it holds as a participant.
+  maxActiveTransactions: 10_000,
+  maxBranches: 10_000,
+  // Default and largest transaction timeout a client may ask for at begin.
+  txTimeoutMs: 30_000,
+  txTimeoutCapMs: 3_600_000,
+  // A commit call waits this long for phase-2 acknowledgements before answering (the decision
+  // is durable already; the rest finishes in the background).
+  commitAckWaitMs: 2_000,
+  // A finished transaction stays visible to GET /v1/transactions/{id} for this long.
+  finishedTxRetentionMs: 60_000,
+  maxFinishedTxRetained: 10_000,
   maxServices: 10_000,
+  // Durable log (src/log/). A segment is the unit of rollover and compaction: 64 MiB replays in
+  // well under a second and keeps the file count low (etcd's WAL uses 64 MB segments too).
+  logSegmentBytes: 64 * 1024 * 1024,
+  // A log record is a decision (participants + outcome), a few hundred bytes; 1 MiB bounds a
+  // runaway body and the replay read buffer.
+  logMaxRecordBytes: 1024 * 1024,
+  // Transaction ids are short (about 30 chars); a record stores their length in one byte.
+  logMaxTxIdBytes: 255,
+  // Appends waiting for the disk (queued or in the running write + fsync). Past it append rejects
+  // with TXM_LOG_OVERLOADED instead of buffering without bound: 16k decisions is seconds of
+  // backlog even on a slow disk.
+  logMaxQueuedAppends: 16_384,
+  // Bytes of those waiting appends, so large bodies cannot pile up either.
+  logMaxQueuedBytes: 64 * 1024 * 1024,
+  // A lazy record (END) waits at most this long for a durable batch to ride with before it is
+  // written without an fsync of its own: short, so a restart rarely replays ended work.
+  logLazyFlushMs: 200,
+  // One compaction copies forward at most this share of a segment of live records; beyond it the
+  // oldest segments are mostly live and copying them would only rewrite the same bytes.
+  logCompactCarryFraction: 0.5,
+  // With compaction by ended fraction on, the current segment is rolled early only once it holds
+  // this much, so a quiet log does not churn tiny files.
+  logCompactMinBytes: 1024 * 1024,
+  // Replay reads segments in chunks of this size (plus one record), not whole files.
+  logReadChunkBytes: 4 * 1024 * 1024,
+  // --- 2PC protocol core (src/tx/coordinator/machine.ts, src/tx/participant/machine.ts) ---
+  // Participants (sidecar branches) per transaction. The COMMIT record lists them all and the
+  // coordinator fans phase 2 out to each: 64 bounds that record to a few KiB and one decision to
+  // 64 in-flight sends. A call tree wider than that is better served by a saga.
+  maxParticipants: 64,
+  // Phase-2 resends (commit/abort) from the coordinator: capped exponential backoff with full
+  // jitter. A 100 ms first retry rides out a pod restart's connection errors without hammering;
+  // the 10 s cap means an in-doubt branch hears the outcome within ~10 s of its sidecar's return.
+  phase2BackoffBaseMs: 100,
+  phase2BackoffCapMs: 10_000,
+  // Abort sends per participant before the coordinator forgets the transaction. Presumed abort
+  // makes giving up safe: a prepared participant asks for the outcome on its deadline and an
+  // absent record answers "aborted"; an unprepared one aborts alone on its deadline. 8 sends
+  // put up to ~13 s of backoff between the first and the last: enough to ride out a blip, and
+  // the deadline covers longer outages.
+  abortSendAttempts: 8,
+  // Participant-side retries of the app's commit/abort hooks and of outcome queries, same shape
+  // as phase 2. A prepared branch is retried without bound (the app holds locks until it hears
+  // the outcome); the cap bounds the wait once the app or the coordinator is back.
+  branchRetryBaseMs: 100,
+  branchRetryCapMs: 10_000,
 })
 
 export type Limits = typeof LIMITS

@@ -1,71 +1,135 @@
-// The sidecar: four listeners around one forwarder. Admin binds first so probes answer while
-// the rest start; /readyz turns ready only once every listener is bound.
+// The sidecar: four listeners around one forwarder and the transaction parts. Admin binds first
+// so probes answer while the rest start; /readyz turns ready only once every listener is bound
+// and the log has been replayed (recovery started).
 import type { Server } from 'node:http'
+import { resolve as resolvePath } from 'node:path'
 import { createAdminServer, type Readiness } from './admin/server.js'
 import type { ListenerName, SidecarConfig } from './config/types.js'
-import { createControlServer } from './control/server.js'
+import { createControlServer, type ControlDeps } from './control/server.js'
+import { MeshKeyMissingError } from './errors.js'
 import type { Logger } from './log.js'
+import { FileLog } from './log/file-log.js'
 import { closeServer, listen } from './net.js'
 import { egressResolver } from './proxy/egress/target.js'
 import { Forwarder } from './proxy/forward.js'
 import { ingressResolver } from './proxy/ingress/target.js'
 import { ProxyServer } from './proxy/server.js'
+import { ControlClient } from './tx/control-client.js'
+import { CoordinatorDriver } from './tx/coordinator/driver.js'
+import { ParticipantDriver } from './tx/participant/driver.js'
+import { ActiveTxPlane, DisabledTxPlane, type TxPlane } from './tx/plane.js'
 
 export type Ports = Record<ListenerName, number>
 
 export interface Sidecar {
   readonly config: SidecarConfig
   readonly ports: Ports
+  /** host:port at which peers reach this sidecar's control listener. */
+  readonly controlAddress: string
   readiness(): Readiness
   /** SIGTERM behaviour: stop accepting, finish in-flight work up to the drain timeout, close. */
   drain(timeoutMs?: number): Promise<void>
 }
 
+function advertised(config: SidecarConfig, port: number): string {
+  if (config.mesh.advertise !== undefined) return config.mesh.advertise
+  const h = config.listeners.control.host
+  const host = h === '0.0.0.0' || h === '::' ? '127.0.0.1' : h
+  return host.includes(':') ? `[${host}]:${port}` : `${host}:${port}`
+}
+
 export async function startSidecar(config: SidecarConfig, log: Logger): Promise<Sidecar> {
   let readiness: Readiness = 'starting'
   const ports: Ports = { egress: 0, ingress: 0, control: 0, admin: 0 }
-  const admin = createAdminServer(() => readiness)
-  const control = createControlServer()
-  const forwarder = new Forwarder(log)
   const L = config.listeners
-  const egress = new ProxyServer({
-    direction: 'egress',
-    config,
-    forwarder,
-    log,
-    resolve: egressResolver(config, () => ({ host: L.egress.host, port: ports.egress })),
-  })
-  const ingress = new ProxyServer({ direction: 'ingress', config, forwarder, log, resolve: ingressResolver(config) })
+  const keys = config.mesh.keys
+  const txEnabled = keys.length > 0
+  let coordinator: CoordinatorDriver | undefined
+  let participant: ParticipantDriver | undefined
+  let controlDeps: ControlDeps | undefined
 
+  const admin = createAdminServer({
+    readiness: () => readiness,
+    get coordinator() {
+      return coordinator
+    },
+    get participant() {
+      return participant
+    },
+    txUnavailable: () => (txEnabled ? undefined : new MeshKeyMissingError('transactions need a mesh key (TXMESH_MESH_KEY or mesh.keyFile)')),
+    logger: log,
+  })
+  const control = createControlServer(() => controlDeps)
+  const forwarder = new Forwarder(log)
   const bound: Server[] = []
+  let fileLog: FileLog | undefined
+  let controlClient: ControlClient | undefined
   try {
     ports.admin = await listen(admin, L.admin.host, L.admin.port)
     bound.push(admin)
+    ports.control = await listen(control, L.control.host, L.control.port)
+    bound.push(control)
+    const self = advertised(config, ports.control)
+
+    let plane: TxPlane | undefined
+    if (txEnabled) {
+      const opened = await FileLog.open(resolvePath(config.storeDir))
+      fileLog = opened.log
+      controlClient = new ControlClient(keys[0] as Buffer)
+      const appOrigin = config.app.host.includes(':') ? `http://[${config.app.host}]:${config.app.port}` : `http://${config.app.host}:${config.app.port}`
+      coordinator = new CoordinatorDriver({ log: fileLog, control: controlClient, self, key: keys[0] as Buffer, logger: log })
+      participant = new ParticipantDriver({
+        log: fileLog,
+        control: controlClient,
+        service: config.service,
+        self,
+        app: forwarder.pool(appOrigin),
+        appOrigin,
+        hooks: config.hooks,
+        logger: log,
+      })
+      plane = new ActiveTxPlane({ keys, coordinators: config.mesh.coordinators, coordinator, participant, control: controlClient })
+      controlDeps = { keys, coordinator, participant, logger: log }
+      const c = coordinator.recover(opened.records)
+      const p = participant.recover(opened.records)
+      if (c + p > 0) log.info('recovery_started', { coordinator: c, participant: p })
+    } else {
+      // Contexts are refused with TXM_MESH_KEY_MISSING rather than silently ignored.
+      plane = new DisabledTxPlane()
+    }
+
+    const egress = new ProxyServer({
+      direction: 'egress',
+      config,
+      forwarder,
+      log,
+      tx: plane,
+      resolve: egressResolver(config, () => ({ host: L.egress.host, port: ports.egress })),
+    })
+    const ingress = new ProxyServer({ direction: 'ingress', config, forwarder, log, tx: plane, resolve: ingressResolver(config) })
     ports.egress = await egress.listen(L.egress.host, L.egress.port)
     bound.push(egress.server)
     ports.ingress = await ingress.listen(L.ingress.host, L.ingress.port)
     bound.push(ingress.server)
-    ports.control = await listen(control, L.control.host, L.control.port)
-    bound.push(control)
+    readiness = 'ready'
+
+    let draining: Promise<void> | undefined
+    const drain = (timeoutMs = config.drainTimeoutMs): Promise<void> =>
+      (draining ??= (async () => {
+        readiness = 'draining'
+        const started = Date.now()
+        const [e, i] = await Promise.all([egress.drain(timeoutMs), ingress.drain(timeoutMs)])
+        coordinator?.close()
+        participant?.close()
+        await Promise.all([closeServer(control), forwarder.close(), controlClient?.close()])
+        await fileLog?.close()
+        await closeServer(admin)
+        log.info('drained', { ms: Date.now() - started, cutInflight: e.inflightAtDeadline + i.inflightAtDeadline })
+      })())
+    return { config, ports, controlAddress: self, readiness: () => readiness, drain }
   } catch (err) {
     await Promise.allSettled(bound.map(closeServer))
+    await fileLog?.close()
     throw err
   }
-  readiness = 'ready'
-
-  let draining: Promise<void> | undefined
-  const drain = (timeoutMs = config.drainTimeoutMs): Promise<void> =>
-    (draining ??= (async () => {
-      readiness = 'draining'
-      const started = Date.now()
-      const [e, i] = await Promise.all([egress.drain(timeoutMs), ingress.drain(timeoutMs)])
-      await Promise.all([closeServer(control), forwarder.close()])
-      await closeServer(admin)
-      log.info('drained', {
-        ms: Date.now() - started,
-        cutInflight: e.inflightAtDeadline + i.inflightAtDeadline,
-      })
-    })())
-
-  return { config, ports, readiness: () => readiness, drain }
 }

@@ -1,113 +1,201 @@
-// txmesh demo: two services, each with its own sidecar process.
+// txmesh demo: three services on Postgres, each with its own sidecar process, committing,
+// aborting and recovering as one.
 //
-//   client -> [web sidecar ingress] -> web app -> [web sidecar egress]
-//          -> [payments sidecar ingress] -> payments app
+//   client -> [orders sidecar] -> orders app --egress--> [payments sidecar] -> payments app
+//                                            \--------> [inventory sidecar] -> inventory app
 //
-// The web app calls `http://payments/charge` through its sidecar, which it uses as HTTP proxy
-// (HTTP_PROXY), exactly as an app in a pod with env capture does. Exits 0 when every step
-// behaved as expected.
+// The orders route is `transaction: required`: the orders sidecar begins a transaction for each
+// order, the apps do their SQL through the txmesh/pg helper (each on its own database), and the
+// sidecar commits when the orders app answers 2xx. Exits 0 only if every database agrees.
 import { spawn, type ChildProcess } from 'node:child_process'
 import { mkdtempSync, writeFileSync } from 'node:fs'
-import { createServer, type Server } from 'node:http'
+import { createServer, type IncomingMessage, type Server } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { createInterface } from 'node:readline'
-import { EnvHttpProxyAgent, request } from 'undici'
+import pg from 'pg'
+import { ProxyAgent, request } from 'undici'
+import { createTxmeshPg, type TxmeshPg, type TxmeshPgTx } from '../../src/helpers/pg/index.js'
 import { SIDECAR_NODE_FLAGS } from '../../src/runtime.js'
+import { startPostgres, type PostgresInstance } from '../../test/helpers/pg.js'
 
 const CLI = join(import.meta.dirname, '../../dist/cli/index.js')
+const MESH_KEY = 'demo-mesh-key-change-me-0123456789'
 type Ports = { egress: number; ingress: number; control: number; admin: number }
+const say = (s: string): void => console.log(s)
+
+interface Service {
+  name: string
+  pool: pg.Pool
+  txm: TxmeshPg
+  server: Server
+  port: number
+  store: string
+  sidecar?: ChildProcess
+  ports?: Ports
+  yaml?: string
+}
+
+/** Runs in the transaction's branch when there is one, else as a plain statement. */
+async function sql(tx: TxmeshPgTx | undefined, pool: pg.Pool, text: string, values: unknown[]): Promise<void> {
+  if (tx !== undefined) await tx.query(text, values)
+  else await pool.query(text, values)
+}
 
 function listen(server: Server): Promise<number> {
   return new Promise((r) => server.listen(0, '127.0.0.1', () => r((server.address() as AddressInfo).port)))
 }
 
-async function sidecar(name: string, yaml: string): Promise<{ child: ChildProcess; ports: Ports }> {
-  const dir = mkdtempSync(join(tmpdir(), `txmesh-demo-${name}-`))
-  writeFileSync(join(dir, 'txmesh.yaml'), yaml)
-  const child = spawn(process.execPath, [...SIDECAR_NODE_FLAGS, CLI, 'sidecar', '--config', join(dir, 'txmesh.yaml')], { stdio: ['ignore', 'pipe', 'inherit'] })
-  const line = await new Promise<string>((resolve, reject) => {
-    createInterface({ input: child.stdout! }).once('line', resolve)
-    child.once('exit', (code) => reject(new Error(`${name} sidecar exited with ${code}`)))
+function json(req: IncomingMessage): Promise<Record<string, unknown>> {
+  return new Promise((resolve) => {
+    let t = ''
+    req.on('data', (c: Buffer) => (t += c.toString()))
+    req.on('end', () => resolve(t === '' ? {} : (JSON.parse(t) as Record<string, unknown>)))
   })
-  const ports = (JSON.parse(line) as { ports: Ports }).ports
-  console.log(`  ${name.padEnd(9)} sidecar pid ${child.pid}: egress ${ports.egress}, ingress ${ports.ingress}, admin ${ports.admin}`)
-  return { child, ports }
 }
 
-function listeners(): string {
-  return 'listeners: {egress: {port: 0}, ingress: {host: 127.0.0.1, port: 0}, control: {host: 127.0.0.1, port: 0}, admin: {port: 0}}'
+async function startSidecar(s: Service, yaml: string, args: string[], failpoints = ''): Promise<void> {
+  const file = join(s.store, 'txmesh.yaml')
+  writeFileSync(file, yaml)
+  const child = spawn(process.execPath, [...SIDECAR_NODE_FLAGS, CLI, 'sidecar', '--config', file, ...args], {
+    stdio: ['ignore', 'pipe', 'inherit'],
+    env: { ...process.env, TXMESH_MESH_KEY: MESH_KEY, TXMESH_LOG_LEVEL: 'warn', TXMESH_FAILPOINTS: failpoints },
+  })
+  const line = await new Promise<string>((resolve, reject) => {
+    createInterface({ input: child.stdout! }).once('line', resolve)
+    child.once('exit', (code) => reject(new Error(`${s.name} sidecar exited with ${code}`)))
+  })
+  s.sidecar = child
+  s.ports = (JSON.parse(line) as { ports: Ports }).ports
+  s.yaml = yaml
+}
+
+function sidecarYaml(s: Service, extra: string): string {
+  return [
+    `service: ${s.name}`,
+    `app: {host: 127.0.0.1, port: ${s.port}}`,
+    'listeners: {egress: {port: 0}, ingress: {host: 127.0.0.1, port: 0}, control: {host: 127.0.0.1, port: 0}, admin: {port: 0}}',
+    `store: {dir: ${JSON.stringify(join(s.store, 'log'))}}`,
+    extra,
+  ].join('\n')
 }
 
 async function main(): Promise<void> {
-  console.log('txmesh demo: request path client -> web sidecar -> web app -> web sidecar -> payments sidecar -> payments app\n')
-  // payments app: answers with what it received.
-  const payments = createServer((req, res) => {
-    let body = ''
-    req.on('data', (c: Buffer) => (body += c.toString()))
-    req.on('end', () => {
-      res.setHeader('content-type', 'application/json')
-      res.end(JSON.stringify({ charged: JSON.parse(body || '{}') as unknown, host: req.headers.host, forwardedFor: req.headers['x-forwarded-for'] }))
-    })
-  })
-  const paymentsPort = await listen(payments)
-  const pay = await sidecar('payments', `service: payments\napp: {port: ${paymentsPort}}\n${listeners()}\nlog: {level: warn}\n`)
+  say('txmesh demo: orders, payments and inventory on Postgres, each with its own sidecar\n')
+  const pgi: PostgresInstance = await startPostgres()
+  const services: Service[] = []
+  const cleanup = async (): Promise<void> => {
+    for (const s of services) {
+      s.sidecar?.kill('SIGKILL')
+      await s.txm.close().catch(() => undefined)
+      await s.pool.end().catch(() => undefined)
+      s.server.close()
+    }
+    await pgi.stop()
+  }
+  try {
+    for (const name of ['orders', 'payments', 'inventory']) {
+      await pgi.createDatabase(name)
+      const pool = new pg.Pool({ connectionString: pgi.connectionString(name), max: 20 })
+      services.push({ name, pool, txm: createTxmeshPg({ pool, service: name }), server: createServer(), port: 0, store: mkdtempSync(join(tmpdir(), `txmesh-demo-${name}-`)) })
+    }
+    const [orders, payments, inventory] = services as [Service, Service, Service]
+    await orders.pool.query('CREATE TABLE orders (id serial PRIMARY KEY, item text NOT NULL, qty int NOT NULL, amount int NOT NULL)')
+    await payments.pool.query('CREATE TABLE payments (id serial PRIMARY KEY, amount int NOT NULL)')
+    await inventory.pool.query(`
+      CREATE TABLE stock (item text PRIMARY KEY, qty int NOT NULL);
+      INSERT INTO stock VALUES ('widget', 5);
+      -- Checked at PREPARE time: an over-reservation makes inventory vote no in phase 1.
+      CREATE FUNCTION stock_not_negative() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN IF NEW.qty < 0 THEN RAISE EXCEPTION 'out of stock: %', NEW.item; END IF; RETURN NEW; END $$;
+      CREATE CONSTRAINT TRIGGER stock_check AFTER UPDATE ON stock DEFERRABLE INITIALLY DEFERRED
+        FOR EACH ROW EXECUTE FUNCTION stock_not_negative();`)
 
-  // web app: calls payments through its own sidecar's egress, as its HTTP_PROXY.
-  let webProxy: EnvHttpProxyAgent | undefined
-  const web = createServer((req, res) => {
-    void (async () => {
-      const r = await request('http://payments/charge', {
+    // payments and inventory: do their SQL in the branch the helper opened.
+    payments.server.on('request', payments.txm.handler(async (req, res, tx) => {
+      const body = await json(req)
+      await sql(tx, payments.pool, 'INSERT INTO payments (amount) VALUES ($1)', [body.amount])
+      res.writeHead(201).end()
+    }))
+    inventory.server.on('request', inventory.txm.handler(async (req, res, tx) => {
+      const body = await json(req)
+      await sql(tx, inventory.pool, 'UPDATE stock SET qty = qty - $1 WHERE item = $2', [body.qty, body.item])
+      res.writeHead(201).end()
+    }))
+    // orders: records the order and calls the others through its sidecar, forwarding the context.
+    let egress: ProxyAgent | undefined
+    orders.server.on('request', orders.txm.handler(async (req, res, tx) => {
+      const body = await json(req)
+      await sql(tx, orders.pool, 'INSERT INTO orders (item, qty, amount) VALUES ($1, $2, $3)', [body.item, body.qty, body.amount])
+      const headers = { 'txmesh-context': req.headers['txmesh-context'] as string, 'content-type': 'application/json' }
+      for (const [svc, path, payload] of [['payments', '/charge', { amount: body.amount }], ['inventory', '/reserve', { item: body.item, qty: body.qty }]] as const) {
+        const r = await request(`http://${svc}${path}`, { method: 'POST', dispatcher: egress!, headers, body: JSON.stringify(payload) })
+        await r.body.dump()
+        if (r.statusCode >= 300) return void res.writeHead(502).end(`${svc} answered ${r.statusCode}`)
+      }
+      res.writeHead(201, { 'content-type': 'application/json' }).end(JSON.stringify({ ordered: body }))
+    }))
+    for (const s of services) s.port = await listen(s.server)
+
+    for (const s of [payments, inventory]) await startSidecar(s, sidecarYaml(s, ''), [])
+    const map = `services:\n  payments: {address: "127.0.0.1:${payments.ports!.ingress}"}\n  inventory: {address: "127.0.0.1:${inventory.ports!.ingress}"}`
+    const ordersYaml = sidecarYaml(orders, `${map}\nroutes:\n  - name: place-order\n    match: {direction: ingress, pathPrefix: /orders, methods: [POST]}\n    transaction: required\n    timeoutMs: 10000\n`)
+    await startSidecar(orders, ordersYaml, [])
+    egress = new ProxyAgent({ uri: `http://127.0.0.1:${orders.ports!.egress}`, proxyTunnel: false })
+    for (const s of services) say(`  ${s.name.padEnd(9)} app :${s.port}  sidecar pid ${s.sidecar!.pid} ingress :${s.ports!.ingress} control :${s.ports!.control} admin :${s.ports!.admin}`)
+
+    const order = async (qty: number): Promise<{ status: number; outcome: string | undefined; code: string | undefined }> => {
+      const r = await request(`http://127.0.0.1:${orders.ports!.ingress}/orders`, {
         method: 'POST',
-        ...(webProxy ? { dispatcher: webProxy } : {}),
-        headers: { 'content-type': 'application/json' },
-        body: JSON.stringify({ order: 42, amount: 1999 }),
+        headers: { host: 'orders', 'content-type': 'application/json' },
+        body: JSON.stringify({ item: 'widget', qty, amount: qty * 100 }),
       })
-      const text = await r.body.text()
-      res.writeHead(r.statusCode, { 'content-type': 'application/json' })
-      res.end(JSON.stringify({ checkout: 'ok', payments: JSON.parse(text) as unknown, via: req.headers['x-forwarded-for'] }))
-    })().catch((err: unknown) => {
-      res.writeHead(500).end(String(err))
-    })
-  })
-  const webPort = await listen(web)
-  const webSc = await sidecar(
-    'web',
-    `service: web\napp: {port: ${webPort}}\n${listeners()}\nservices:\n  payments: {address: "127.0.0.1:${pay.ports.ingress}"}\nlog: {level: warn}\n`,
-  )
-  // What injection does for the app container: HTTP_PROXY points at the sidecar's egress.
-  // Node's own http ignores it; undici's EnvHttpProxyAgent (or NODE_USE_ENV_PROXY=1 on Node 24)
-  // honours it.
-  process.env.HTTP_PROXY = `http://127.0.0.1:${webSc.ports.egress}`
-  webProxy = new EnvHttpProxyAgent()
+      await r.body.dump()
+      return { status: r.statusCode, outcome: r.headers['txmesh-outcome'] as string | undefined, code: r.headers['x-txmesh-error'] as string | undefined }
+    }
 
-  console.log('\n1. client -> web (through the web sidecar ingress)')
-  const r = await request(`http://127.0.0.1:${webSc.ports.ingress}/checkout`, { headers: { host: 'web' } })
-  const body = (await r.body.json()) as { payments: { host: string; charged: unknown } }
-  console.log(`   status ${r.statusCode}`)
-  console.log(`   ${JSON.stringify(body)}`)
-  const ok = r.statusCode === 200 && body.payments.host === 'payments'
-  console.log(`   payments app saw Host "${body.payments.host}" and the order: ${JSON.stringify(body.payments.charged)}`)
+    say('\n(a) an order of 1 widget (stock 5): all three services commit')
+    const a = await order(1)
+    say(`    HTTP ${a.status}, txmesh-outcome: ${a.outcome}`)
 
-  console.log('\n2. a call to a service that is down gets a clear error from the sidecar')
-  const down = await request(`http://127.0.0.1:1/nothing-here`, { dispatcher: webProxy, method: 'POST', body: 'x' })
-  const downBody = await down.body.text()
-  console.log(`   status ${down.statusCode}, x-txmesh-error: ${String(down.headers['x-txmesh-error'])}`)
-  console.log(`   ${downBody}`)
+    say('\n(b) an order of 10 widgets: inventory votes no at prepare, everything aborts')
+    const b = await order(10)
+    say(`    HTTP ${b.status}, x-txmesh-error: ${b.code} (the orders app answered 201; the transaction did not commit)`)
 
-  console.log('\n3. SIGTERM: both sidecars drain and exit 0')
-  const exits = [webSc, pay].map((s) => new Promise<number | null>((r) => s.child.once('exit', (code) => r(code))))
-  webSc.child.kill('SIGTERM')
-  pay.child.kill('SIGTERM')
-  const codes = await Promise.all(exits)
-  console.log(`   exit codes: ${codes.join(', ')}`)
-  await webProxy.close()
-  web.close()
-  payments.close()
-  const passed = ok && down.statusCode === 502 && codes.every((c) => c === 0)
-  console.log(passed ? '\ndemo passed' : '\ndemo FAILED')
-  process.exitCode = passed ? 0 : 1
+    say('\n(c) an order of 1 widget; the orders sidecar (the coordinator) is SIGKILLed after its')
+    say('    COMMIT decision is durable and before phase 2; it restarts and finishes the commit')
+    orders.sidecar!.kill('SIGTERM')
+    await new Promise((r) => orders.sidecar!.once('exit', r))
+    const fixed = ['--ingress-port', String(orders.ports!.ingress), '--control-port', String(orders.ports!.control), '--egress-port', String(orders.ports!.egress)]
+    await startSidecar(orders, ordersYaml, fixed, 'coordinator-after-decision')
+    const died = new Promise((r) => orders.sidecar!.once('exit', (_c, sig) => r(sig)))
+    const c = await order(1).catch((err: Error) => ({ status: 0, outcome: undefined, code: (err as { code?: string }).code ?? err.message }))
+    say(`    client saw: ${c.status === 0 ? `connection lost (${c.code})` : `HTTP ${c.status}`}; sidecar ended by ${String(await died)}`)
+    await startSidecar(orders, ordersYaml, fixed)
+    say(`    orders sidecar restarted (pid ${orders.sidecar!.pid}) on the same ports and log`)
+
+    // Wait (bounded) for recovery to finish phase 2 everywhere.
+    const prepared = async (): Promise<number> => {
+      let n = 0
+      for (const s of services) n += Number((await s.pool.query('SELECT count(*) FROM pg_prepared_xacts')).rows[0].count)
+      return n
+    }
+    for (let i = 0; i < 200 && (await prepared()) > 0; i++) await new Promise((r) => setTimeout(r, 50))
+
+    say('\nfinal state')
+    const nOrders = Number((await orders.pool.query('SELECT count(*) FROM orders')).rows[0].count)
+    const nPayments = Number((await payments.pool.query('SELECT count(*) FROM payments')).rows[0].count)
+    const stock = Number((await inventory.pool.query("SELECT qty FROM stock WHERE item = 'widget'")).rows[0].qty)
+    const left = await prepared()
+    say(`    orders rows: ${nOrders}   payments rows: ${nPayments}   widget stock: ${stock}   pg_prepared_xacts rows: ${left}`)
+    const consistent = a.status === 201 && a.outcome === 'committed' && b.status === 409 && b.code === 'TXM_TX_ABORTED' && nOrders === 2 && nPayments === 2 && stock === 3 && left === 0
+    say(consistent ? '\nconsistent: (a) and (c) committed in all three databases, (b) in none. demo passed' : '\nINCONSISTENT: demo FAILED')
+    process.exitCode = consistent ? 0 : 1
+    await egress.close()
+  } finally {
+    await cleanup()
+  }
 }
 
 main().catch((err: unknown) => {

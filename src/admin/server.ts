@@ -1,32 +1,98 @@
-// Admin listener (loopback by default): health and readiness for the kubelet and operators.
-// The transaction API, /metrics and /ui join it in later parts of the design.
+// Admin listener (loopback by default): health and readiness for the kubelet, and the
+// transaction API for the local app and operators.
+//
+//   POST /v1/transactions                 {"mode":"2pc","timeoutMs":N} -> 201 {id, context, ...}
+//   POST /v1/transactions/{id}/commit     -> outcome once the decision is durable
+//   POST /v1/transactions/{id}/abort      -> outcome
+//   GET  /v1/transactions[/{id}]          -> state and participants
+//   GET  /v1/branches/{tx}/{branch}/outcome  for the app helper's recovery
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
-import { NotFoundError } from '../errors.js'
+import { BadRequestError, MethodNotAllowedError, NotFoundError, TxUnknownError, TxmeshError } from '../errors.js'
+import { parseJsonObject, readText, sendJson } from '../http-json.js'
 import { LIMITS } from '../limits.js'
+import type { Logger } from '../log.js'
 import { respondError } from '../proxy/respond.js'
+import type { CoordinatorDriver } from '../tx/coordinator/driver.js'
+import type { ParticipantDriver } from '../tx/participant/driver.js'
 
 export type Readiness = 'starting' | 'ready' | 'draining'
 
-function json(res: ServerResponse, status: number, body: unknown): void {
-  const text = JSON.stringify(body)
-  res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text), 'cache-control': 'no-store' })
-  res.end(text)
+export interface AdminDeps {
+  readonly readiness: () => Readiness
+  readonly coordinator?: CoordinatorDriver | undefined
+  readonly participant?: ParticipantDriver | undefined
+  /** Why transactions are unavailable (no mesh key), when they are. */
+  readonly txUnavailable?: () => TxmeshError | undefined
+  readonly logger: Logger
 }
 
-export function createAdminServer(readiness: () => Readiness): Server {
+const TX = /^\/v1\/transactions\/([A-Za-z0-9_-]{1,64})(?:\/(commit|abort))?$/
+const BRANCH = /^\/v1\/branches\/([A-Za-z0-9_-]{1,64})\/([A-Za-z0-9_-]{1,64})\/outcome$/
+
+export function createAdminServer(d: AdminDeps): Server {
   const server = createServer({ maxHeaderSize: LIMITS.maxHeaderBytes, headersTimeout: LIMITS.downstreamHeadersTimeoutMs })
   server.on('request', (req: IncomingMessage, res: ServerResponse) => {
-    const path = (req.url ?? '/').split('?')[0]
-    switch (path) {
-      case '/healthz':
-        return json(res, 200, { status: 'ok' })
-      case '/readyz': {
-        const r = readiness()
-        return json(res, r === 'ready' ? 200 : 503, { status: r })
-      }
-      default:
-        return respondError(res, new NotFoundError(`no admin endpoint ${req.method ?? ''} ${path ?? ''}`))
-    }
+    handle(req, res).catch((err: unknown) => {
+      d.logger.error('admin_failed', { error: String(err) })
+      respondError(res, new BadRequestError('admin request failed'))
+    })
   })
+
+  async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const path = (req.url ?? '/').split('?')[0] as string
+    const method = req.method ?? 'GET'
+    if (path === '/healthz') return sendJson(res, 200, { status: 'ok' })
+    if (path === '/readyz') {
+      const r = d.readiness()
+      return sendJson(res, r === 'ready' ? 200 : 503, { status: r })
+    }
+    if (!path.startsWith('/v1/')) return respondError(res, new NotFoundError(`no admin endpoint ${method} ${path}`))
+    const unavailable = d.txUnavailable?.()
+    if (unavailable !== undefined) return respondError(res, unavailable)
+    const coordinator = d.coordinator
+    const participant = d.participant
+    if (coordinator === undefined || participant === undefined) return respondError(res, new NotFoundError('transactions are not enabled'))
+
+    if (path === '/v1/transactions') {
+      if (method === 'GET') return sendJson(res, 200, { transactions: coordinator.list() })
+      if (method !== 'POST') return respondError(res, new MethodNotAllowedError('use POST to begin a transaction'))
+      const text = await readText(req, LIMITS.adminBodyBytes)
+      if (text instanceof TxmeshError) return respondError(res, text)
+      const body = parseJsonObject(text)
+      if (body instanceof TxmeshError) return respondError(res, body)
+      const mode = body.mode ?? '2pc'
+      if (mode !== '2pc') return respondError(res, new BadRequestError(`mode "${String(mode)}" is not supported; use "2pc"`))
+      const timeoutMs = body.timeoutMs ?? LIMITS.txTimeoutMs
+      if (typeof timeoutMs !== 'number' || !Number.isInteger(timeoutMs) || timeoutMs < 1 || timeoutMs > LIMITS.txTimeoutCapMs) {
+        return respondError(res, new BadRequestError(`timeoutMs must be an integer between 1 and ${LIMITS.txTimeoutCapMs}`))
+      }
+      const tx = coordinator.begin(mode, timeoutMs)
+      if (tx instanceof TxmeshError) return respondError(res, tx)
+      return sendJson(res, 201, { id: tx.id, mode, context: tx.context, deadline: new Date(tx.deadline).toISOString() })
+    }
+
+    const t = TX.exec(path)
+    if (t !== null) {
+      const [, id, op] = t as unknown as [string, string, string | undefined]
+      if (op === undefined) {
+        if (method !== 'GET') return respondError(res, new MethodNotAllowedError('use GET'))
+        const view = coordinator.view(id)
+        if (view === undefined) return respondError(res, new TxUnknownError(`transaction ${id} is not coordinated here`))
+        return sendJson(res, 200, { ...view, deadline: new Date(view.deadline).toISOString() })
+      }
+      if (method !== 'POST') return respondError(res, new MethodNotAllowedError(`use POST to ${op}`))
+      req.resume()
+      const result = op === 'commit' ? await coordinator.commit(id) : await coordinator.abort(id, 'aborted by the application')
+      if (result instanceof TxmeshError) return respondError(res, result)
+      return sendJson(res, 200, result)
+    }
+
+    const b = BRANCH.exec(path)
+    if (b !== null && method === 'GET') {
+      const [, tx, branch] = b as unknown as [string, string, string]
+      return sendJson(res, 200, { tx, branch, outcome: await participant.outcomeFor(tx, branch) })
+    }
+    return respondError(res, new NotFoundError(`no admin endpoint ${method} ${path}`))
+  }
   return server
 }

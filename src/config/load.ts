@@ -124,6 +124,8 @@ interface RawPolicy {
 }
 interface RawRoute extends RawPolicy {
   name?: string
+  transaction?: RoutePolicy['transaction']
+  nonTransactionalTarget?: RoutePolicy['nonTransactionalTarget']
   match?: { direction?: Direction | 'both'; host?: string; pathPrefix?: string; methods?: string[] }
 }
 interface RawListener {
@@ -139,6 +141,9 @@ interface RawConfig {
   routes?: RawRoute[]
   drainTimeoutMs?: number
   log?: { level?: SidecarConfig['logLevel'] }
+  mesh?: { keyEnv?: string; keyFile?: string; coordinators?: string[]; advertise?: string }
+  store?: { dir?: string }
+  hooks?: { prepare?: string; commit?: string; abort?: string }
 }
 
 // DESIGN.md port table.
@@ -190,6 +195,8 @@ function build(raw: RawConfig, file: string, doc: Document, at: (o: number) => {
     retries: retries(d.retries, BUILTIN_RETRIES),
     maxHeaderBytes: d.maxHeaderBytes ?? LIMITS.maxHeaderBytes,
     maxBodyBytes: d.maxBodyBytes ?? LIMITS.maxBodyBytes,
+    transaction: 'supports',
+    nonTransactionalTarget: 'fail',
   }
   const routes = (raw.routes ?? []).map((r, i): RoutePolicy => {
     const dir = r.match?.direction ?? 'both'
@@ -203,6 +210,8 @@ function build(raw: RawConfig, file: string, doc: Document, at: (o: number) => {
       retries: retries(r.retries, defaultRoute.retries),
       maxHeaderBytes: r.maxHeaderBytes ?? defaultRoute.maxHeaderBytes,
       maxBodyBytes: r.maxBodyBytes ?? defaultRoute.maxBodyBytes,
+      transaction: r.transaction ?? defaultRoute.transaction,
+      nonTransactionalTarget: r.nonTransactionalTarget ?? defaultRoute.nonTransactionalTarget,
     }
   })
   const services = new Map<string, HostPort>()
@@ -214,6 +223,19 @@ function build(raw: RawConfig, file: string, doc: Document, at: (o: number) => {
       const node = doc.getIn(['services', name, 'address'], true)
       const offset = isNode(node) && node.range ? node.range[0] : 0
       problems.push({ file, ...at(offset), message: `services.${name}.address: ${(err as Error).message}` })
+    }
+  }
+  const keys: Buffer[] = []
+  const keyEnv = raw.mesh?.keyEnv ?? 'TXMESH_MESH_KEY'
+  const fromEnv = process.env[keyEnv]
+  if (fromEnv !== undefined && fromEnv !== '') keys.push(...meshKeys(fromEnv))
+  else if (raw.mesh?.keyFile !== undefined) {
+    try {
+      keys.push(...meshKeys(readFileSync(raw.mesh.keyFile, 'utf8')))
+    } catch (err) {
+      const node = doc.getIn(['mesh', 'keyFile'], true)
+      const offset = isNode(node) && node.range ? node.range[0] : 0
+      problems.push({ file, ...at(offset), message: `mesh.keyFile: cannot read: ${(err as NodeJS.ErrnoException).code ?? 'error'}` })
     }
   }
   if (problems.length > 0) throw new ConfigInvalidError(problems)
@@ -233,7 +255,33 @@ function build(raw: RawConfig, file: string, doc: Document, at: (o: number) => {
     routes,
     drainTimeoutMs: raw.drainTimeoutMs ?? LIMITS.drainTimeoutMs,
     logLevel: raw.log?.level ?? 'info',
+    mesh: {
+      keys,
+      coordinators: raw.mesh?.coordinators ?? ['127.0.0.1:*', 'localhost:*'],
+      advertise: raw.mesh?.advertise,
+    },
+    storeDir: raw.store?.dir ?? `txmesh-data/${raw.service}`,
+    hooks: {
+      prepare: raw.hooks?.prepare ?? '/.well-known/txmesh/prepare',
+      commit: raw.hooks?.commit ?? '/.well-known/txmesh/commit',
+      abort: raw.hooks?.abort ?? '/.well-known/txmesh/abort',
+    },
   }
+}
+
+/**
+ * Mesh keys from the env/file value: comma-separated, the first signs and every one verifies
+ * (rotation). Keys shorter than 16 bytes are refused: an HMAC key must not be guessable.
+ */
+function meshKeys(value: string): Buffer[] {
+  return value
+    .split(',')
+    .map((k) => k.trim())
+    .filter((k) => k !== '')
+    .map((k) => {
+      if (Buffer.byteLength(k) < 16) throw new ConfigInvalidError([{ file: 'mesh key', line: 0, col: 0, message: 'mesh key must be at least 16 bytes' }])
+      return Buffer.from(k)
+    })
 }
 
 /** Returns a copy with port overrides applied (command-line flags win over the file). */
@@ -256,7 +304,7 @@ export function withOverrides(
 }
 
 function deepFreeze<T>(o: T): T {
-  if (o !== null && typeof o === 'object' && !Object.isFrozen(o)) {
+  if (o !== null && typeof o === 'object' && !ArrayBuffer.isView(o) && !Object.isFrozen(o)) {
     Object.freeze(o)
     if (o instanceof Map || o instanceof Set) return o
     for (const v of Object.values(o)) deepFreeze(v)

@@ -22,6 +22,8 @@ export interface RoutePolicy {
   readonly retries: RetryPolicy
   readonly maxHeaderBytes: number
   readonly maxBodyBytes: number
+  readonly transaction: 'required' | 'supports' | 'never'
+  readonly nonTransactionalTarget: 'fail' | 'proceed'
 }
 
 export interface HostPort {
@@ -44,6 +46,15 @@ export interface SidecarConfig {
   readonly defaultRoute: RoutePolicy
   readonly routes: readonly RoutePolicy[]
   readonly drainTimeoutMs: number
+  readonly mesh: {
+    /** Signing keys; the first signs, all verify (rotation). Empty: transactions are off. */
+    readonly keys: readonly Buffer[]
+    readonly coordinators: readonly string[]
+    /** host:port peers use to reach this sidecar's control listener. */
+    readonly advertise: string | undefined
+  }
+  readonly storeDir: string
+  readonly hooks: { readonly prepare: string; readonly commit: string; readonly abort: string }
   readonly logLevel: 'debug' | 'info' | 'warn' | 'error' | 'silent'
 }
 

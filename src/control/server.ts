@@ -1,14 +1,93 @@
-// Control listener: peer sidecars reach the coordinator and participant endpoints here
-// (`/v1/tx/...`, DESIGN.md). Until those land every path answers TXM_NOT_FOUND.
-import { createServer, type Server } from 'node:http'
-import { NotFoundError } from '../errors.js'
+// Control listener: peer sidecars reach this sidecar's coordinator and participant here
+// (DESIGN.md). Every request must carry a valid `txmesh-auth` signature (mesh key HMAC over
+// timestamp, method, path and body).
+//
+//   POST /v1/tx/{id}/prepare   {branch}            participant: -> {vote}
+//   POST /v1/tx/{id}/commit    {branch}            participant: -> {outcome}
+//   POST /v1/tx/{id}/abort     {branch}            participant: -> {outcome}
+//   POST /v1/tx/{id}/register  {participants: []}  coordinator: late enlistment
+//   GET  /v1/tx/{id}/outcome                       coordinator: -> {outcome} (presumed abort)
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
+import { BadRequestError, ControlAuthError, MethodNotAllowedError, NotFoundError, NotReadyError, TxmeshError } from '../errors.js'
+import { parseJsonObject, readText, sendJson } from '../http-json.js'
 import { LIMITS } from '../limits.js'
+import type { Logger } from '../log.js'
 import { respondError } from '../proxy/respond.js'
+import { CONTROL_AUTH_HEADER } from '../tx/control-client.js'
+import type { CoordinatorDriver } from '../tx/coordinator/driver.js'
+import type { ParticipantRef } from '../tx/core.js'
+import type { ParticipantDriver } from '../tx/participant/driver.js'
+import { isId, verifyControl } from '../tx/protocol.js'
 
-export function createControlServer(): Server {
+export interface ControlDeps {
+  readonly keys: readonly Buffer[]
+  readonly coordinator: CoordinatorDriver
+  readonly participant: ParticipantDriver
+  readonly logger: Logger
+  readonly clock?: () => number
+}
+
+const ROUTE = /^\/v1\/tx\/([A-Za-z0-9_-]{1,64})\/(prepare|commit|abort|register|outcome)$/
+
+/** `deps()` is undefined until the transaction parts exist (start-up): requests then get 503. */
+export function createControlServer(deps: () => ControlDeps | undefined): Server {
   const server = createServer({ maxHeaderSize: LIMITS.maxHeaderBytes, headersTimeout: LIMITS.downstreamHeadersTimeoutMs })
-  server.on('request', (req, res) => {
-    respondError(res, new NotFoundError(`no control endpoint ${req.method ?? ''} ${(req.url ?? '/').split('?')[0] ?? ''}`))
+  server.on('request', (req: IncomingMessage, res: ServerResponse) => {
+    handle(req, res).catch((err: unknown) => {
+      deps()?.logger.error('control_failed', { error: String(err) })
+      respondError(res, new BadRequestError('control request failed'))
+    })
   })
+
+  async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const d = deps()
+    if (d === undefined) return respondError(res, new NotReadyError('control listener is starting'))
+    const clock = d.clock ?? Date.now
+    const path = (req.url ?? '/').split('?')[0] as string
+    const m = ROUTE.exec(path)
+    if (m === null) return respondError(res, new NotFoundError(`no control endpoint ${req.method ?? ''} ${path}`))
+    const [, id, op] = m as unknown as [string, string, string]
+    const wantMethod = op === 'outcome' ? 'GET' : 'POST'
+    if (req.method !== wantMethod) return respondError(res, new MethodNotAllowedError(`${op} takes ${wantMethod}`))
+    const text = await readText(req, LIMITS.controlBodyBytes)
+    if (text instanceof TxmeshError) return respondError(res, text)
+    if (!verifyControl(d.keys, req.headers[CONTROL_AUTH_HEADER] as string | undefined, clock(), wantMethod, path, text)) {
+      return respondError(res, new ControlAuthError('control request is not signed with the mesh key (or its timestamp is stale)'))
+    }
+    const body = parseJsonObject(text)
+    if (body instanceof TxmeshError) return respondError(res, body)
+    switch (op) {
+      case 'outcome':
+        return sendJson(res, 200, { id, outcome: d.coordinator.outcomeFor(id) })
+      case 'register': {
+        const refs = parseRefs(body.participants)
+        if (refs instanceof TxmeshError) return respondError(res, refs)
+        const err = d.coordinator.enlist(id, refs)
+        if (err !== undefined) return respondError(res, err)
+        return sendJson(res, 200, { id, registered: refs.length })
+      }
+    }
+    const branch = body.branch
+    if (!isId(branch)) return respondError(res, new BadRequestError('body.branch must be a branch id'))
+    if (op === 'prepare') {
+      const vote = await d.participant.prepare(id, branch)
+      return sendJson(res, 200, { id, branch, vote: vote.kind, ...(vote.kind === 'refused' ? { reason: vote.reason } : {}) })
+    }
+    const outcome = await d.participant.decide(id, branch, op === 'commit' ? 'committed' : 'aborted')
+    if (outcome === 'refused') return respondError(res, new BadRequestError(`branch ${branch} never prepared; it cannot commit`))
+    return sendJson(res, 200, { id, branch, outcome })
+  }
   return server
+}
+
+function parseRefs(v: unknown): ParticipantRef[] | TxmeshError {
+  if (!Array.isArray(v) || v.length === 0 || v.length > LIMITS.maxParticipants) return new BadRequestError('participants must be a non-empty list')
+  const out: ParticipantRef[] = []
+  for (const p of v as { service?: unknown; control?: unknown; branch?: unknown }[]) {
+    if (typeof p.service !== 'string' || typeof p.control !== 'string' || !/^[A-Za-z0-9.[\]:-]{1,260}$/.test(p.control) || !isId(p.branch)) {
+      return new BadRequestError('malformed participant')
+    }
+    out.push({ service: p.service, control: p.control, branch: p.branch })
+  }
+  return out
 }

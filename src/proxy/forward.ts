@@ -26,6 +26,15 @@ export interface ForwardRequest {
   /** null: no body; Buffer: fully read (replayable); stream: forwarded once. */
   readonly body: Buffer | Readable | null
   readonly route: RoutePolicy
+  /** Transaction work on the response head (enlistment); absent for plain requests. */
+  readonly hook?: ResponseHook | undefined
+}
+
+export interface ResponseHook {
+  /** May edit the filtered response headers; an error replaces the response. */
+  onResponseHead(status: number, headers: string[]): TxmeshError | undefined | Promise<TxmeshError | undefined>
+  /** The exchange ended, whichever way. Called once. */
+  onEnd(): void
 }
 
 export class Forwarder {
@@ -95,6 +104,7 @@ class Exchange implements Dispatcher.DispatchHandler {
   private done = false
   private corked = false
   private timer: NodeJS.Timeout | undefined
+  private hookEnded = false
   private resume: (() => void) | undefined
   private abort: ((err?: Error) => void) | undefined
   private readonly opts: Dispatcher.DispatchOptions
@@ -135,6 +145,7 @@ class Exchange implements Dispatcher.DispatchHandler {
     }
     // Still waiting for a connection: answer now; onConnect aborts the queued request later.
     this.done = true
+    this.ended()
     respondError(this.f.res, err, !this.f.req.complete)
   }
 
@@ -147,6 +158,7 @@ class Exchange implements Dispatcher.DispatchHandler {
 
   private readonly onResClose = (): void => {
     this.clearTimer()
+    this.ended()
     if (this.done) return
     this.done = true
     // The client went away mid-exchange: stop the upstream request instead of draining it.
@@ -188,12 +200,51 @@ class Exchange implements Dispatcher.DispatchHandler {
       return true
     }
     this.resume = resume
+    const headers = forwardResponseHeaders(rawHeaders)
+    const hook = this.f.hook
+    if (hook !== undefined) {
+      const r = hook.onResponseHead(statusCode, headers)
+      if (r instanceof Promise) {
+        // Hold the response (undici pauses while onHeaders returns false) until the hook is done.
+        void r.then(
+          (err) => this.afterHook(err, statusCode, statusText, headers),
+          (err: unknown) => this.afterHook(upstreamError(err, this.f.origin), statusCode, statusText, headers),
+        )
+        return false
+      }
+      if (r !== undefined) {
+        this.abort?.(r)
+        return true
+      }
+    }
+    this.writeHead(statusCode, statusText, headers)
+    return true
+  }
+
+  private afterHook(err: TxmeshError | undefined, statusCode: number, statusText: string, headers: string[]): void {
+    if (this.done) return
+    if (err !== undefined) {
+      this.abort?.(err)
+      return
+    }
+    this.writeHead(statusCode, statusText, headers)
+    this.resume?.()
+  }
+
+  private writeHead(statusCode: number, statusText: string, headers: string[]): void {
     const res = this.f.res
     res.cork()
     this.corked = true
-    res.writeHead(statusCode, statusText, forwardResponseHeaders(rawHeaders))
+    res.writeHead(statusCode, statusText, headers)
     process.nextTick(uncork, res)
-    return true
+  }
+
+  private ended(): void {
+    const hook = this.f.hook
+    if (hook !== undefined && !this.hookEnded) {
+      this.hookEnded = true
+      hook.onEnd()
+    }
   }
 
   onData(chunk: Buffer): boolean {
@@ -212,6 +263,7 @@ class Exchange implements Dispatcher.DispatchHandler {
     if (this.done) return
     this.done = true
     this.f.res.end()
+    this.ended()
   }
 
   onError(err: Error): void {
@@ -223,6 +275,7 @@ class Exchange implements Dispatcher.DispatchHandler {
       return
     }
     this.done = true
+    this.ended()
     const mapped: TxmeshError = upstreamError(err, this.f.origin)
     if (this.corked && this.f.res.headersSent) {
       this.f.res.destroy()

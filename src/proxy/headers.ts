@@ -2,6 +2,8 @@
 // [name, value, name, value] arrays Node and undici hand us, in one pass, without building
 // header objects: this runs on every proxied request.
 
+import { contextFromBaggage } from '../tx/protocol.js'
+
 // Hop-by-hop headers: meaningful for one connection only, never forwarded. `proxy-*` are
 // matched by prefix below. `expect` is answered by the sidecar itself (100-continue).
 const HOP_BY_HOP = new Set([
@@ -24,6 +26,12 @@ export interface RequestHeadFacts {
   expectContinue: boolean
   /** Bytes of the header block as received (names + values + separators). */
   headerBytes: number
+  /** txmesh-context token, or the txmesh entry of W3C baggage. */
+  context: string | undefined
+}
+
+export function newFacts(expectContinue: boolean): RequestHeadFacts {
+  return { host: undefined, contentLength: undefined, chunked: false, expectContinue, headerBytes: 0, context: undefined }
 }
 
 function connectionTokens(raw: readonly string[]): Set<string> | undefined {
@@ -84,6 +92,16 @@ export function forwardRequestHeaders(
       case 'x-forwarded-proto':
         xfp ??= value
         continue
+      case 'txmesh-context':
+        facts.context = value
+        break
+      case 'baggage':
+        if (facts.context === undefined && value.includes('txmesh=')) facts.context = contextFromBaggage(value)
+        break
+      // Set by the sidecar for its own app only; never trusted from outside.
+      case 'txmesh-tx-id':
+      case 'txmesh-branch-id':
+        continue
     }
     if (dropped(lower, named)) continue
     out.push(name, value)
@@ -117,7 +135,7 @@ export function forwardResponseHeaders(raw: readonly Buffer[]): string[] {
  * except the `Connection: upgrade` / `Upgrade` pair that the tunnel exists for.
  */
 export function upgradeRequestHeaders(raw: readonly string[], clientAddress: string | undefined): string[] {
-  const facts: RequestHeadFacts = { host: undefined, contentLength: undefined, chunked: false, expectContinue: false, headerBytes: 0 }
+  const facts = newFacts(false)
   let upgrade: string | undefined
   for (let i = 0; i < raw.length; i += 2) {
     if ((raw[i] as string).toLowerCase() === 'upgrade') upgrade = raw[i + 1] as string

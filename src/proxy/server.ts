@@ -18,8 +18,9 @@ import {
 import { LIMITS } from '../limits.js'
 import { listen } from '../net.js'
 import type { Logger } from '../log.js'
-import type { Forwarder } from './forward.js'
-import { forwardRequestHeaders, upgradeRequestHeaders, type RequestHeadFacts } from './headers.js'
+import type { Forwarder, ResponseHook } from './forward.js'
+import type { TxPlane } from '../tx/plane.js'
+import { forwardRequestHeaders, newFacts, upgradeRequestHeaders, type RequestHeadFacts } from './headers.js'
 import { respondError, respondErrorRaw } from './respond.js'
 import { hostName, matchRoute } from './routes.js'
 import { methodRetryable } from './retry.js'
@@ -43,6 +44,7 @@ export interface ProxyServerOptions {
   readonly forwarder: Forwarder
   readonly resolve: TargetResolver
   readonly log: Logger
+  readonly tx?: TxPlane | undefined
 }
 
 export class ProxyServer {
@@ -80,7 +82,7 @@ export class ProxyServer {
     this.inflight++
     res.once('close', this.onResClose)
     if (this.draining) res.shouldKeepAlive = false
-    const facts: RequestHeadFacts = { host: undefined, contentLength: undefined, chunked: false, expectContinue, headerBytes: 0 }
+    const facts = newFacts(expectContinue)
     const headers = forwardRequestHeaders(req.rawHeaders, req.socket.remoteAddress, facts)
     const target = this.o.resolve(req.url ?? '/', facts.host ?? this.tunnelAuthority.get(req.socket))
     if (target instanceof TxmeshError) return respondError(res, target, facts.contentLength !== 0 || facts.chunked)
@@ -90,6 +92,20 @@ export class ProxyServer {
     // The body of a refused request is never read: close the connection after the answer so
     // its unread bytes are not parsed as the next request.
     if (refusal !== undefined) return respondError(res, refusal, true)
+    let hook: ResponseHook | undefined
+    const tx = this.o.tx
+    if (tx !== undefined && (facts.context !== undefined || route.transaction === 'required')) {
+      const h =
+        facts.context === undefined
+          ? this.o.direction === 'ingress'
+            ? tx.implicit(route, headers)
+            : undefined
+          : this.o.direction === 'egress'
+            ? tx.egress(facts.context, route)
+            : tx.ingress(facts.context, route, headers)
+      if (h instanceof TxmeshError) return respondError(res, h, facts.contentLength !== 0 || facts.chunked)
+      hook = h
+    }
     if (facts.expectContinue) res.writeContinue()
     headers.push('host', target.host)
 
@@ -100,18 +116,21 @@ export class ProxyServer {
       if (facts.contentLength <= LIMITS.retryBodyBytes && methodRetryable(method, route.retries)) {
         // Small body of a retryable request: read it first so a retry can send it again.
         return readSmallBody(req, facts.contentLength, (buf) => {
-          if (buf === undefined) return respondError(res, new BadRequestError('request body ended early'), true)
-          this.o.forwarder.forward({ req, res, origin: target.origin, path: target.path, method, headers, body: buf, route })
+          if (buf === undefined) {
+            hook?.onEnd()
+            return respondError(res, new BadRequestError('request body ended early'), true)
+          }
+          this.o.forwarder.forward({ req, res, origin: target.origin, path: target.path, method, headers, body: buf, route, hook })
         })
       }
       body = req
     }
-    this.o.forwarder.forward({ req, res, origin: target.origin, path: target.path, method, headers, body, route })
+    this.o.forwarder.forward({ req, res, origin: target.origin, path: target.path, method, headers, body, route, hook })
   }
 
   private onUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {
     if (this.draining) return respondErrorRaw(socket, new ShuttingDownError('sidecar is shutting down'))
-    const facts: RequestHeadFacts = { host: undefined, contentLength: undefined, chunked: false, expectContinue: false, headerBytes: 0 }
+    const facts = newFacts(false)
     forwardRequestHeaders(req.rawHeaders, undefined, facts)
     const target = this.o.resolve(req.url ?? '/', facts.host ?? this.tunnelAuthority.get(req.socket))
     if (target instanceof TxmeshError) return respondErrorRaw(socket, target)

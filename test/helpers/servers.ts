@@ -60,9 +60,14 @@ export async function startEcho(extra?: (req: IncomingMessage, res: ServerRespon
   return { ...s, seen }
 }
 
-export function sidecarYaml(service: string, appPort: number, extra = ''): string {
+export function tempDir(prefix = 'txmesh-'): string {
+  return mkdtempSync(join(tmpdir(), prefix))
+}
+
+export function sidecarYaml(service: string, appPort: number, extra = '', storeDir = tempDir('txmesh-store-')): string {
   return [
     `service: ${service}`,
+    `store: {dir: ${JSON.stringify(storeDir)}}`,
     `app: {host: 127.0.0.1, port: ${appPort}}`,
     'listeners: {egress: {host: 127.0.0.1, port: 0}, ingress: {host: 127.0.0.1, port: 0}, control: {host: 127.0.0.1, port: 0}, admin: {host: 127.0.0.1, port: 0}}',
     'log: {level: silent}',
@@ -82,11 +87,16 @@ export interface SidecarProcess {
 }
 
 /** Spawns `txmesh sidecar` from dist/ with a config written to a temp file. */
-export async function spawnSidecar(yaml: string, args: string[] = []): Promise<SidecarProcess> {
+export const MESH_KEY = 'test-mesh-key-0123456789abcdef'
+
+export async function spawnSidecar(yaml: string, args: string[] = [], env: Record<string, string> = {}): Promise<SidecarProcess> {
   const dir = mkdtempSync(join(tmpdir(), 'txmesh-test-'))
   const file = join(dir, 'txmesh.yaml')
   writeFileSync(file, yaml)
-  const child = spawn(process.execPath, [...SIDECAR_NODE_FLAGS, CLI, 'sidecar', '--config', file, ...args], { stdio: 'pipe' })
+  const child = spawn(process.execPath, [...SIDECAR_NODE_FLAGS, CLI, 'sidecar', '--config', file, ...args], {
+    stdio: 'pipe',
+    env: { ...process.env, TXMESH_MESH_KEY: MESH_KEY, ...env },
+  })
   let err = ''
   child.stderr.on('data', (c: Buffer) => (err += c.toString()))
   const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((r) => child.once('exit', (code, signal) => r({ code, signal })))

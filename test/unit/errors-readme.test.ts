@@ -2,6 +2,7 @@ import { readFileSync, readdirSync, statSync } from 'node:fs'
 import { join } from 'node:path'
 import { describe, expect, it } from 'vitest'
 import { allErrorCodes } from '../../src/errors.js'
+import { pgErrorCodes } from '../../src/helpers/pg/errors.js'
 
 const root = join(import.meta.dirname, '../..')
 
@@ -20,11 +21,11 @@ describe('error registry', () => {
   )
 
   it('documents every code of the registry with its status in the README table', () => {
-    for (const { code, status } of allErrorCodes()) expect(rows.get(code), code).toBe(status)
+    for (const { code, status } of [...allErrorCodes(), ...pgErrorCodes()]) expect(rows.get(code), code).toBe(status)
   })
 
   it('has no code in the source that the registry does not list', () => {
-    const registry = new Set(allErrorCodes().map((e) => e.code))
+    const registry = new Set([...allErrorCodes(), ...pgErrorCodes()].map((e) => e.code))
     const inSource = new Set(sources(join(root, 'src')).flatMap((f) => [...readFileSync(f, 'utf8').matchAll(/'(TXM_[A-Z_]+)'/g)].map((m) => m[1] as string)))
     for (const code of inSource) expect(registry.has(code), code).toBe(true)
   })

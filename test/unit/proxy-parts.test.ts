@@ -1,11 +1,11 @@
 import { describe, expect, it } from 'vitest'
 import { parseConfig } from '../../src/config/load.js'
-import { forwardRequestHeaders, forwardResponseHeaders, type RequestHeadFacts } from '../../src/proxy/headers.js'
+import { forwardRequestHeaders, forwardResponseHeaders, newFacts } from '../../src/proxy/headers.js'
 import { RetryBudget, backoffMs, methodRetryable } from '../../src/proxy/retry.js'
 import { matchRoute, prefixMatches } from '../../src/proxy/routes.js'
 import { LIMITS } from '../../src/limits.js'
 
-const facts = (): RequestHeadFacts => ({ host: undefined, contentLength: undefined, chunked: false, expectContinue: false, headerBytes: 0 })
+const facts = () => newFacts(false)
 
 describe('header filtering', () => {
   it('drops every hop-by-hop header, Connection-named ones and Expect, keeps end-to-end ones', () => {

@@ -1,13 +1,16 @@
 // Ingress: calls from peer sidecars (or any client when capture is by iptables) go to the local
 // app on `app.host:app.port`, keeping the Host the caller used.
 import type { SidecarConfig } from '../../config/types.js'
-import { BadRequestError, type TxmeshError } from '../../errors.js'
+import { BadRequestError, HookForbiddenError, type TxmeshError } from '../../errors.js'
 import type { Target, TargetResolver } from '../server.js'
 
 export function ingressResolver(cfg: SidecarConfig): TargetResolver {
   const { host, port } = cfg.app
   const origin = host.includes(':') ? `http://[${host}]:${port}` : `http://${host}:${port}`
   const fallbackHost = `${cfg.service}`
+  // The participant hooks commit and abort the app's work: only this sidecar calls them.
+  const hooks = new Set([cfg.hooks.prepare, cfg.hooks.commit, cfg.hooks.abort])
+  const hookPrefix = commonDir(cfg.hooks.prepare)
   return (url: string, hostHeader: string | undefined): Target | TxmeshError => {
     if (!url.startsWith('/')) {
       // Absolute-form at ingress: keep only the path; the app is the only upstream here.
@@ -15,6 +18,16 @@ export function ingressResolver(cfg: SidecarConfig): TargetResolver {
       if (m === null) return new BadRequestError(`unsupported request target "${url.slice(0, 64)}"`)
       url = m[1] ?? '/'
     }
+    const q = url.indexOf('?')
+    const path = q < 0 ? url : url.slice(0, q)
+    if (hooks.has(path) || (hookPrefix !== undefined && path.startsWith(hookPrefix))) {
+      return new HookForbiddenError(`${path} is a participant hook; only the app's own sidecar calls it`)
+    }
     return { origin, connectHost: host, connectPort: port, host: hostHeader ?? fallbackHost, path: url }
   }
+}
+
+/** `/.well-known/txmesh/` for the default hooks: every path under it is refused at ingress. */
+function commonDir(hook: string): string | undefined {
+  return hook.startsWith('/.well-known/txmesh/') ? '/.well-known/txmesh/' : undefined
 }

@@ -1,0 +1,32 @@
+// txmesh/pg: the Postgres participant helper for Node apps (DESIGN.md "Participant helper").
+//
+//   import { createTxmeshPg } from 'txmesh/pg'
+//   const txm = createTxmeshPg({ pool, service: 'payments' })
+//   await txm.recover()
+//   http.createServer(txm.handler(async (req, res, tx) => { ... tx?.query(...) ... }))
+export { createTxmeshPg } from './helper.js'
+export type { Next, TxmeshHandler, TxmeshPg, TxmeshPgOptions, TxmeshPgStats, TxmeshPgTx, TxmeshRequest } from './helper.js'
+export type { RecoverResult } from './recover.js'
+export type { TxmeshPgEvent, TxmeshPgEventName } from './events.js'
+export { gidPrefix, isValidId, makeGid, parseGid } from './gid.js'
+export { PG_HELPER_LIMITS } from './limits.js'
+export {
+  PG_ERROR_CLASSES,
+  PgBadIdError,
+  PgBranchBusyError,
+  PgBranchClosedError,
+  PgBranchExpiredError,
+  PgBranchFailedError,
+  PgBranchUnknownError,
+  PgClosedError,
+  PgConfigError,
+  PgError,
+  PgMethodNotAllowedError,
+  PgNotFoundError,
+  PgOutcomeUnknownError,
+  PgPrepareFailedError,
+  PgTooManyOpenError,
+  PgUnavailableError,
+  TxmeshPgError,
+  pgErrorCodes,
+} from './errors.js'

@@ -1,0 +1,53 @@
+// Every bound of the Postgres participant helper, in one place (STYLE.md: limits are named).
+// The helper runs inside the app, not the sidecar, so it has its own table instead of
+// src/limits.ts. Options may change the ones marked "default"; the others are fixed.
+
+export const PG_HELPER_LIMITS = Object.freeze({
+  // Postgres' GIDSIZE is 200 bytes including the terminating NUL, so PREPARE TRANSACTION takes
+  // at most 199 bytes of identifier. A longer gid is refused before it reaches the server.
+  maxGidBytes: 199,
+  // txmesh-tx-id / txmesh-branch-id: [A-Za-z0-9_-]{1,64} is the contract with the sidecar.
+  maxIdLength: 64,
+  // Service name inside the gid. DNS labels are at most 63; 100 leaves room for dotted names
+  // while most of them still fit the gid with two 64-character ids (4 + 100 + 1 + 64 + 1 + 64
+  // is 234 > 199: ids near the maximum with a long service are refused per request, clearly).
+  maxServiceLength: 100,
+
+  // default maxOpen: branches holding a checked-out connection (open, not yet prepared). Each
+  // one pins a pool connection and its row locks until prepare/abort; 64 is a busy service's
+  // concurrency and still far below Postgres' default max_connections (100).
+  defaultMaxOpen: 64,
+  maxOpenCap: 10_000,
+  // default idleTimeoutMs: a branch idle this long without prepare/abort is rolled back (its
+  // coordinator is gone or forgot it). A minute is well beyond a transaction's normal gap
+  // between its last business call and prepare, and short enough not to hold locks for long.
+  defaultIdleTimeoutMs: 60_000,
+  maxIdleTimeoutMs: 24 * 3_600_000,
+
+  // Requests of one branch run one at a time on its single connection; more than this many
+  // waiting behind the running one is a caller bug or a storm: 503 TXM_PG_BRANCH_BUSY.
+  maxQueuedPerBranch: 32,
+  // How long a business request waits for its turn on its branch before 503 TXM_PG_BRANCH_BUSY.
+  requestQueueWaitMs: 30_000,
+  // How long prepare/commit/abort wait for a running business request of the same branch. The
+  // sidecar only runs prepare after the responses came back, so a long wait means a stuck
+  // handler: prepare then votes no, commit/abort answer 503 (retried).
+  hookWaitMs: 10_000,
+  // Waiting for a pool connection (pg's own default is to wait forever).
+  connectTimeoutMs: 5_000,
+  // close(): how long to wait for a running request before its connection is destroyed (which
+  // makes Postgres roll its transaction back).
+  closeWaitMs: 5_000,
+
+  // Finished branches remembered, so a late request of a prepared/failed branch is refused
+  // instead of silently starting a new transaction, and a repeated prepare answers the same.
+  // Ids are unique; the oldest are forgotten first.
+  maxTombstones: 10_000,
+
+  // recover(): outcome calls to the local sidecar's admin API.
+  recoverAttempts: 3, // per prepared row; the sidecar is local, so 3 covers a restart blip
+  recoverCallTimeoutMs: 2_000, // a local call; slower means the sidecar is not ready
+  recoverBackoffBaseMs: 100,
+  recoverBackoffCapMs: 1_000,
+  maxOutcomeBodyBytes: 16 * 1024, // the answer is a tiny JSON object
+})

@@ -1,0 +1,57 @@
+// Signed JSON calls to peer sidecars' control listeners (prepare, commit, abort, register,
+// outcome). Every request carries `txmesh-auth: <ts>.<hmac>` over timestamp, method, path and
+// body with the mesh key; the control server refuses anything else.
+import { Agent, request } from 'undici'
+import { LIMITS } from '../limits.js'
+import { signControl } from './protocol.js'
+
+export const CONTROL_AUTH_HEADER = 'txmesh-auth'
+
+export type ControlResult = { ok: true; status: number; body: Record<string, unknown> } | { ok: false; status: number; error: string }
+
+export class ControlClient {
+  private readonly agent = new Agent({
+    connections: LIMITS.poolConnectionsPerOrigin,
+    keepAliveTimeout: LIMITS.upstreamKeepAliveMs,
+    connect: { timeout: LIMITS.connectTimeoutMs },
+  })
+
+  constructor(
+    private readonly key: Buffer,
+    private readonly clock: () => number = Date.now,
+  ) {}
+
+  async call(address: string, method: 'GET' | 'POST', path: string, body?: Record<string, unknown>): Promise<ControlResult> {
+    const text = body === undefined ? '' : JSON.stringify(body)
+    try {
+      const res = await request(`http://${address}${path}`, {
+        method,
+        dispatcher: this.agent,
+        headers: {
+          'content-type': 'application/json',
+          [CONTROL_AUTH_HEADER]: signControl(this.key, this.clock(), method, path, text),
+        },
+        ...(method === 'POST' ? { body: text } : {}),
+        headersTimeout: LIMITS.controlCallTimeoutMs,
+        bodyTimeout: LIMITS.controlCallTimeoutMs,
+      })
+      const raw = await res.body.text()
+      if (raw.length > LIMITS.controlBodyBytes) return { ok: false, status: res.statusCode, error: 'control response too large' }
+      let parsed: Record<string, unknown> = {}
+      try {
+        parsed = raw === '' ? {} : (JSON.parse(raw) as Record<string, unknown>)
+      } catch {
+        return { ok: false, status: res.statusCode, error: 'control response is not JSON' }
+      }
+      if (res.statusCode >= 200 && res.statusCode < 300) return { ok: true, status: res.statusCode, body: parsed }
+      const err = (parsed.error as { code?: string } | undefined)?.code ?? `HTTP ${res.statusCode}`
+      return { ok: false, status: res.statusCode, error: err }
+    } catch (err) {
+      return { ok: false, status: 0, error: (err as { code?: string }).code ?? String(err) }
+    }
+  }
+
+  close(): Promise<void> {
+    return this.agent.close()
+  }
+}

@@ -1,0 +1,290 @@
+// Coordinator driver: performs the actions of the pure coordinator machine (control calls to
+// participants, log writes, timers) and feeds their results back as events. One entry per
+// transaction this sidecar coordinates.
+import { failpoint } from '../../failpoints.js'
+import type { FileLog } from '../../log/file-log.js'
+import { TxLimitError, TxNotActiveError, TxUnknownError, type TxmeshError } from '../../errors.js'
+import { LIMITS } from '../../limits.js'
+import type { Logger } from '../../log.js'
+import type { ControlClient } from '../control-client.js'
+import type { CoordinatorAction, CoordinatorEvent, CoordinatorState, Env, Outcome, ParticipantRef, TxId, Vote } from '../core.js'
+import { newTxId, signContext, type TxMode } from '../protocol.js'
+import { coordinatorOutcome, coordinatorStep, newCoordinator, recoverCoordinator } from './machine.js'
+
+export interface TxResult {
+  readonly id: TxId
+  readonly outcome: Outcome
+  readonly reason: string | undefined
+  readonly participants: readonly ParticipantView[]
+}
+
+export interface ParticipantView {
+  readonly service: string
+  readonly branch: string
+  readonly control: string
+  readonly vote: Vote['kind'] | undefined
+  readonly acknowledged: boolean
+}
+
+export interface TxView {
+  readonly id: TxId
+  readonly mode: TxMode
+  readonly status: CoordinatorState['status']
+  readonly deadline: number
+  readonly reason: string | undefined
+  readonly participants: readonly ParticipantView[]
+}
+
+interface Entry {
+  state: CoordinatorState
+  readonly mode: TxMode
+  outcome: Outcome | undefined
+  outcomeWaiters: ((o: Outcome) => void)[]
+  ackWaiters: (() => void)[]
+  deadlineTimer: NodeJS.Timeout | undefined
+  readonly retryTimers: Map<string, NodeJS.Timeout>
+  finished: boolean
+}
+
+export interface CoordinatorDeps {
+  readonly log: FileLog
+  readonly control: ControlClient
+  /** This sidecar's control address as peers reach it (goes into contexts). */
+  readonly self: string
+  readonly key: Buffer
+  readonly logger: Logger
+  readonly clock?: () => number
+  readonly random?: () => number
+}
+
+const logKey = (id: TxId): string => `c:${id}`
+
+export class CoordinatorDriver {
+  private readonly txs = new Map<TxId, Entry>()
+  private readonly finished = new Map<TxId, Entry>()
+  private readonly clock: () => number
+  private readonly random: () => number
+
+  constructor(private readonly d: CoordinatorDeps) {
+    this.clock = d.clock ?? Date.now
+    this.random = d.random ?? Math.random
+  }
+
+  private env(): Env {
+    return { now: this.clock(), random: this.random }
+  }
+
+  get activeCount(): number {
+    return this.txs.size
+  }
+
+  begin(mode: TxMode, timeoutMs: number): { id: TxId; context: string; deadline: number } | TxmeshError {
+    if (this.txs.size >= LIMITS.maxActiveTransactions) return new TxLimitError(`this sidecar already coordinates ${this.txs.size} transactions`)
+    const id = newTxId()
+    const deadline = this.clock() + timeoutMs
+    const entry: Entry = {
+      state: newCoordinator(id, deadline),
+      mode,
+      outcome: undefined,
+      outcomeWaiters: [],
+      ackWaiters: [],
+      deadlineTimer: undefined,
+      retryTimers: new Map(),
+      finished: false,
+    }
+    entry.deadlineTimer = setTimeout(() => this.feed(id, { type: 'deadline' }), timeoutMs)
+    entry.deadlineTimer.unref()
+    this.txs.set(id, entry)
+    const context = signContext(this.d.key, { id, mode, coordinator: this.d.self, deadline, parent: undefined })
+    return { id, context, deadline }
+  }
+
+  has(id: TxId): boolean {
+    return this.txs.has(id)
+  }
+
+  enlist(id: TxId, refs: readonly ParticipantRef[]): TxmeshError | undefined {
+    const e = this.txs.get(id)
+    if (e === undefined) return new TxUnknownError(`transaction ${id} is not coordinated here`)
+    if (e.state.status !== 'active') return new TxNotActiveError(`transaction ${id} is ${e.state.status}; it cannot enlist more participants`)
+    this.feed(id, { type: 'enlist', participants: refs })
+    return undefined
+  }
+
+  /** Commits (or finds it aborted). Resolves after the outcome is durable and phase 2 acked or waited for. */
+  async commit(id: TxId): Promise<TxResult | TxmeshError> {
+    return this.finish(id, { type: 'commit-requested' })
+  }
+
+  async abort(id: TxId, reason: string): Promise<TxResult | TxmeshError> {
+    return this.finish(id, { type: 'abort-requested', reason })
+  }
+
+  private async finish(id: TxId, event: CoordinatorEvent): Promise<TxResult | TxmeshError> {
+    const e = this.txs.get(id) ?? this.finished.get(id)
+    if (e === undefined) return new TxUnknownError(`transaction ${id} is not coordinated here`)
+    if (e.outcome === undefined) {
+      const outcome = new Promise<Outcome>((resolve) => e.outcomeWaiters.push(resolve))
+      this.feed(id, event)
+      await outcome
+    }
+    if (!e.finished) {
+      // The decision is durable; give phase 2 a moment so the answer can say who acknowledged.
+      let timer: NodeJS.Timeout | undefined
+      await Promise.race([
+        new Promise<void>((resolve) => e.ackWaiters.push(resolve)),
+        new Promise<void>((resolve) => (timer = setTimeout(resolve, LIMITS.commitAckWaitMs))),
+      ])
+      clearTimeout(timer)
+    }
+    return { id, outcome: e.outcome ?? 'aborted', reason: e.state.reason, participants: views(e.state) }
+  }
+
+  view(id: TxId): TxView | undefined {
+    const e = this.txs.get(id) ?? this.finished.get(id)
+    if (e === undefined) return undefined
+    return { id, mode: e.mode, status: e.state.status, deadline: e.state.deadline, reason: e.state.reason, participants: views(e.state) }
+  }
+
+  list(): TxView[] {
+    return [...this.txs.keys(), ...this.finished.keys()].map((id) => this.view(id)).filter((v): v is TxView => v !== undefined)
+  }
+
+  /**
+   * What a participant asking about `id` must do. Presumed abort: a transaction that is neither
+   * active here nor has a durable COMMIT decision aborted.
+   */
+  outcomeFor(id: TxId): Outcome | 'in-doubt' {
+    const o = coordinatorOutcome((this.txs.get(id) ?? this.finished.get(id))?.state)
+    return o === 'unknown' ? 'in-doubt' : o
+  }
+
+  /** Re-drives phase 2 of every COMMIT decision found in the log at start. */
+  recover(records: readonly { txId: string; body: Readonly<Record<string, unknown>> }[]): number {
+    let n = 0
+    for (const r of records) {
+      if (!r.txId.startsWith('c:') || r.body.type !== 'decision') continue
+      const id = r.txId.slice(2)
+      const participants = r.body.participants as ParticipantRef[]
+      const step = recoverCoordinator(id, participants, this.env())
+      const entry: Entry = {
+        state: step.state,
+        mode: (r.body.mode as TxMode | undefined) ?? '2pc',
+        outcome: 'committed',
+        outcomeWaiters: [],
+        ackWaiters: [],
+        deadlineTimer: undefined,
+        retryTimers: new Map(),
+        finished: false,
+      }
+      this.txs.set(id, entry)
+      this.d.logger.info('tx_recovered', { tx: id, role: 'coordinator', participants: participants.length })
+      this.perform(id, entry, step.actions)
+      n++
+    }
+    return n
+  }
+
+  private feed(id: TxId, event: CoordinatorEvent): void {
+    const e = this.txs.get(id)
+    if (e === undefined) return
+    const step = coordinatorStep(e.state, event, this.env())
+    e.state = step.state
+    this.perform(id, e, step.actions)
+  }
+
+  private perform(id: TxId, e: Entry, actions: readonly CoordinatorAction[]): void {
+    for (const a of actions) {
+      switch (a.type) {
+        case 'send-prepare':
+          void this.d.control.call(a.to.control, 'POST', `/v1/tx/${id}/prepare`, { branch: a.to.branch }).then((r) => {
+            const vote = r.ok ? parseVote(r.body.vote) : ({ kind: 'refused', reason: `prepare failed: ${r.error}` } as const)
+            this.feed(id, { type: 'vote', branch: a.to.branch, vote })
+          })
+          break
+        case 'log-decision':
+          this.d.log.append(logKey(id), { type: 'decision', mode: e.mode, participants: a.participants.map((p) => ({ ...p })) }).then(
+            () => {
+              failpoint('coordinator-after-decision')
+              this.feed(id, { type: 'decision-logged' })
+            },
+            (err: unknown) => {
+              // The write may or may not have reached the disk: neither commit nor abort is
+              // safe to announce. Stop, as databases do on a failed fsync; recovery decides
+              // from what the log holds.
+              this.d.logger.error('decision_log_failed', { tx: id, error: String(err) })
+              process.exit(70)
+            },
+          )
+          break
+        case 'send-commit':
+        case 'send-abort': {
+          const op = a.type === 'send-commit' ? 'commit' : 'abort'
+          void this.d.control.call(a.to.control, 'POST', `/v1/tx/${id}/${op}`, { branch: a.to.branch }).then((r) => {
+            this.feed(id, r.ok ? { type: 'ack', branch: a.to.branch } : { type: 'send-failed', branch: a.to.branch })
+          })
+          break
+        }
+        case 'schedule-retry': {
+          clearTimeout(e.retryTimers.get(a.branch))
+          const t = setTimeout(() => {
+            e.retryTimers.delete(a.branch)
+            this.feed(id, { type: 'retry-due', branch: a.branch })
+          }, a.delayMs)
+          e.retryTimers.set(a.branch, t)
+          break
+        }
+        case 'outcome':
+          e.outcome = a.outcome
+          clearTimeout(e.deadlineTimer)
+          for (const w of e.outcomeWaiters.splice(0)) w(a.outcome)
+          this.d.logger.info('tx_outcome', { tx: id, outcome: a.outcome, reason: a.reason })
+          break
+        case 'log-end':
+          // Only a logged decision has records to end (presumed abort writes nothing).
+          if (e.state.decisionLogged) this.d.log.end(logKey(id))
+          this.retire(id, e)
+          break
+      }
+    }
+  }
+
+  private retire(id: TxId, e: Entry): void {
+    e.finished = true
+    clearTimeout(e.deadlineTimer)
+    for (const t of e.retryTimers.values()) clearTimeout(t)
+    e.retryTimers.clear()
+    for (const w of e.ackWaiters.splice(0)) w()
+    this.txs.delete(id)
+    this.finished.set(id, e)
+    // Keep finished transactions visible for a while, bounded in count.
+    if (this.finished.size > LIMITS.maxFinishedTxRetained) {
+      const oldest = this.finished.keys().next().value as TxId
+      this.finished.delete(oldest)
+    }
+    setTimeout(() => this.finished.delete(id), LIMITS.finishedTxRetentionMs).unref()
+  }
+
+  close(): void {
+    for (const e of this.txs.values()) {
+      clearTimeout(e.deadlineTimer)
+      for (const t of e.retryTimers.values()) clearTimeout(t)
+    }
+  }
+}
+
+function parseVote(v: unknown): Vote {
+  if (v === 'prepared') return { kind: 'prepared' }
+  if (v === 'read-only') return { kind: 'read-only' }
+  return { kind: 'refused', reason: typeof v === 'string' ? v : 'no vote' }
+}
+
+function views(s: CoordinatorState): ParticipantView[] {
+  return s.participants.map((p) => ({
+    service: p.ref.service,
+    branch: p.ref.branch,
+    control: p.ref.control,
+    vote: p.vote?.kind,
+    acknowledged: p.acked,
+  }))
+}

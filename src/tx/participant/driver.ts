@@ -1,0 +1,296 @@
+// Participant driver: holds the branches this sidecar runs for its app, performs the actions of
+// the pure participant machine (app hook calls, PREPARED log writes, outcome queries, timers)
+// and answers the coordinator's prepare / commit / abort.
+import { request, type Dispatcher } from 'undici'
+import { failpoint } from '../../failpoints.js'
+import { TxLimitError, TxNotActiveError, type TxmeshError } from '../../errors.js'
+import { LIMITS } from '../../limits.js'
+import type { Logger } from '../../log.js'
+import type { FileLog } from '../../log/file-log.js'
+import type { ControlClient } from '../control-client.js'
+import type { BranchId, Env, Outcome, ParticipantAction, ParticipantEvent, ParticipantRef, ParticipantState, TxId, Vote } from '../core.js'
+import { BRANCH_ID_HEADER, CONTEXT_HEADER, TX_ID_HEADER, newBranchId, type TxContext } from '../protocol.js'
+import { newParticipant, participantStep, recoverParticipant } from './machine.js'
+
+export interface Branch {
+  state: ParticipantState
+  readonly service: string
+  /** Signed context token the branch was joined with (passed to app hooks). */
+  readonly context: string
+  voteWaiters: ((v: Vote) => void)[]
+  doneWaiters: ((o: Outcome) => void)[]
+  /** Inbound requests of this branch still being answered (nested enlistments ride on them). */
+  inflight: number
+  /** Participants enlisted by this app's outgoing calls while a request of the branch ran. */
+  nested: ParticipantRef[]
+  timer: NodeJS.Timeout | undefined
+  deadlineTimer: NodeJS.Timeout | undefined
+}
+
+export interface ParticipantDeps {
+  readonly log: FileLog
+  readonly control: ControlClient
+  readonly service: string
+  /** This sidecar's control address (its identity as a participant). */
+  readonly self: string
+  /** The app's origin, e.g. http://127.0.0.1:8080, and the pool to reach it. */
+  readonly app: Dispatcher
+  readonly appOrigin: string
+  readonly hooks: { readonly prepare: string; readonly commit: string; readonly abort: string }
+  readonly logger: Logger
+  readonly clock?: () => number
+  readonly random?: () => number
+}
+
+const logKey = (tx: TxId, branch: BranchId): string => `p:${tx}:${branch}`
+
+export class ParticipantDriver {
+  /** One branch per transaction in this sidecar (DESIGN.md: a participant is a sidecar instance). */
+  private readonly byTx = new Map<TxId, Branch>()
+  private readonly ended = new Map<string, Outcome>()
+  private readonly endedTx = new Map<TxId, Outcome>()
+  private readonly clock: () => number
+  private readonly random: () => number
+
+  constructor(private readonly d: ParticipantDeps) {
+    this.clock = d.clock ?? Date.now
+    this.random = d.random ?? Math.random
+  }
+
+  private env(): Env {
+    return { now: this.clock(), random: this.random }
+  }
+
+  get branchCount(): number {
+    return this.byTx.size
+  }
+
+  ref(b: Branch): ParticipantRef {
+    return { service: this.d.service, control: this.d.self, branch: b.state.branch }
+  }
+
+  /** The branch of this transaction here, created on the first request that carries its context. */
+  join(ctx: TxContext, token: string): Branch | TxmeshError {
+    const existing = this.byTx.get(ctx.id)
+    if (existing !== undefined) return existing
+    const ended = this.endedTx.get(ctx.id)
+    if (ended !== undefined) return new TxNotActiveError(`transaction ${ctx.id} already ${ended} here`)
+    if (this.byTx.size >= LIMITS.maxBranches) return new TxLimitError(`this sidecar already holds ${this.byTx.size} branches`)
+    const branch = newBranchId()
+    const b = this.add(newParticipant(ctx.id, branch, ctx.coordinator, ctx.deadline), token)
+    return b
+  }
+
+  private add(state: ParticipantState, token: string): Branch {
+    const b: Branch = {
+      state,
+      service: this.d.service,
+      context: token,
+      voteWaiters: [],
+      doneWaiters: [],
+      inflight: 0,
+      nested: [],
+      timer: undefined,
+      deadlineTimer: undefined,
+    }
+    this.byTx.set(state.tx, b)
+    const left = Math.max(0, state.deadline - this.clock())
+    b.deadlineTimer = setTimeout(() => this.feed(b, { type: 'deadline' }), Math.min(left, 2 ** 31 - 1))
+    b.deadlineTimer.unref()
+    return b
+  }
+
+  branchOf(tx: TxId): Branch | undefined {
+    return this.byTx.get(tx)
+  }
+
+  /** Coordinator's prepare. Unknown branch: the work is lost (e.g. restart before prepare) -> no. */
+  prepare(tx: TxId, branch: BranchId): Promise<Vote> {
+    const b = this.byTx.get(tx)
+    if (b === undefined || b.state.branch !== branch) {
+      return Promise.resolve({ kind: 'refused', reason: this.ended.has(`${tx}:${branch}`) ? 'branch already finished' : 'unknown branch' })
+    }
+    const p = new Promise<Vote>((resolve) => b.voteWaiters.push(resolve))
+    this.feed(b, { type: 'prepare' })
+    // Prepared already (duplicate prepare) answers at once through reply-vote.
+    return p
+  }
+
+  /** Coordinator's decision. 'unknown' when the branch is not here (already finished or never began: both are done). */
+  decide(tx: TxId, branch: BranchId, outcome: Outcome): Promise<Outcome | 'unknown' | 'refused'> {
+    const b = this.byTx.get(tx)
+    if (b === undefined || b.state.branch !== branch) return Promise.resolve(this.ended.get(`${tx}:${branch}`) ?? 'unknown')
+    // Commit reaches only a branch that voted yes; anything else is a protocol violation (409).
+    if (outcome === 'committed' && (b.state.status === 'active' || b.state.status === 'preparing' || b.state.status === 'logging')) {
+      return Promise.resolve('refused')
+    }
+    const p = new Promise<Outcome>((resolve) => b.doneWaiters.push(resolve))
+    this.feed(b, { type: 'decision', outcome })
+    return p
+  }
+
+  /** For the app helper's recovery: what happened to this branch? */
+  async outcomeFor(tx: TxId, branch: BranchId): Promise<Outcome | 'in-doubt'> {
+    const ended = this.ended.get(`${tx}:${branch}`)
+    if (ended !== undefined) return ended
+    const b = this.byTx.get(tx)
+    // Not ours (a sibling instance's branch, or forgotten): only its own sidecar or the
+    // coordinator may say aborted, so the answer is in-doubt, never a guess.
+    if (b === undefined || b.state.branch !== branch) return 'in-doubt'
+    if (b.state.status === 'committed' || b.state.status === 'committing') return 'committed'
+    if (b.state.status === 'aborted' || b.state.status === 'aborting') return 'aborted'
+    // Still voting: the decision is not made yet.
+    if (b.state.status !== 'prepared') return 'in-doubt'
+    const r = await this.d.control.call(b.state.coordinator, 'GET', `/v1/tx/${tx}/outcome`)
+    const o = r.ok ? r.body.outcome : undefined
+    return o === 'committed' || o === 'aborted' ? o : 'in-doubt'
+  }
+
+  recover(records: readonly { txId: string; body: Readonly<Record<string, unknown>> }[]): number {
+    let n = 0
+    for (const r of records) {
+      if (!r.txId.startsWith('p:') || r.body.type !== 'prepared') continue
+      const { tx, branch, coordinator, deadline, context } = r.body as { tx: string; branch: string; coordinator: string; deadline: number; context: string }
+      const step = recoverParticipant(tx, branch, coordinator, deadline, this.env())
+      const b = this.add(step.state, context)
+      this.d.logger.info('tx_recovered', { tx, branch, role: 'participant' })
+      this.perform(b, step.actions)
+      n++
+    }
+    return n
+  }
+
+  feed(b: Branch, event: ParticipantEvent): void {
+    if (this.byTx.get(b.state.tx) !== b) return
+    const step = participantStep(b.state, event, this.env())
+    b.state = step.state
+    this.perform(b, step.actions)
+  }
+
+  private perform(b: Branch, actions: readonly ParticipantAction[]): void {
+    const { tx, branch } = b.state
+    for (let i = 0; i < actions.length; i++) {
+      const a = actions[i] as ParticipantAction
+      switch (a.type) {
+        case 'call-app':
+          void this.callHook(b, a.hook).then((ev) => this.feed(b, ev))
+          break
+        case 'log-prepared':
+          this.d.log
+            .append(logKey(tx, branch), {
+              type: 'prepared',
+              tx,
+              branch,
+              coordinator: b.state.coordinator,
+              deadline: b.state.deadline,
+              context: b.context,
+            })
+            .then(
+              () => {
+                failpoint('participant-after-prepared')
+                this.feed(b, { type: 'prepared-logged' })
+              },
+              (err: unknown) => {
+                this.d.logger.error('prepared_log_failed', { tx, branch, error: String(err) })
+                this.feed(b, { type: 'app-voted', vote: { kind: 'refused', reason: 'cannot log PREPARED' } })
+              },
+            )
+          break
+        case 'reply-vote':
+          for (const w of b.voteWaiters.splice(0)) w(a.vote)
+          break
+        case 'reply-done':
+          for (const w of b.doneWaiters.splice(0)) w(a.outcome)
+          break
+        case 'query-outcome':
+          void this.d.control.call(b.state.coordinator, 'GET', `/v1/tx/${tx}/outcome`).then((r) => {
+            const o = r.ok ? r.body.outcome : undefined
+            this.feed(b, o === 'committed' || o === 'aborted' ? { type: 'decision', outcome: o } : { type: 'outcome-unknown' })
+          })
+          break
+        case 'schedule-retry':
+          clearTimeout(b.timer)
+          b.timer = setTimeout(() => this.feed(b, { type: 'retry-due' }), a.delayMs)
+          break
+        case 'log-end': {
+          if (a.outcome === 'aborted') {
+            // Presumed abort: a lost END only means asking the coordinator again.
+            this.d.log.end(logKey(tx, branch))
+            this.retire(b, a.outcome)
+            break
+          }
+          // A committed branch's END must be durable before it acknowledges: once acked the
+          // coordinator forgets the transaction, and a PREPARED found on restart would be told
+          // "aborted" (presumed abort) for work that committed.
+          const rest = actions.slice(i + 1)
+          this.d.log.append(logKey(tx, branch), { type: 'end', outcome: a.outcome }).then(
+            () => {
+              this.d.log.end(logKey(tx, branch))
+              this.retire(b, 'committed', rest)
+            },
+            (err: unknown) => {
+              this.d.logger.error('end_log_failed', { tx, branch, error: String(err) })
+              process.exit(70)
+            },
+          )
+          return
+        }
+      }
+    }
+  }
+
+  private retire(b: Branch, outcome: Outcome, after: readonly ParticipantAction[] = []): void {
+    clearTimeout(b.timer)
+    clearTimeout(b.deadlineTimer)
+    // Actions that followed log-end (reply-done) run while the branch is still registered.
+    for (const a of after) {
+      if (a.type === 'reply-vote') for (const w of b.voteWaiters.splice(0)) w(a.vote)
+      if (a.type === 'reply-done') for (const w of b.doneWaiters.splice(0)) w(a.outcome)
+    }
+    this.byTx.delete(b.state.tx)
+    const key = `${b.state.tx}:${b.state.branch}`
+    const tx = b.state.tx
+    this.ended.set(key, outcome)
+    this.endedTx.set(tx, outcome)
+    if (this.ended.size > LIMITS.maxFinishedTxRetained) this.ended.delete(this.ended.keys().next().value as string)
+    if (this.endedTx.size > LIMITS.maxFinishedTxRetained) this.endedTx.delete(this.endedTx.keys().next().value as string)
+    setTimeout(() => {
+      this.ended.delete(key)
+      this.endedTx.delete(tx)
+    }, LIMITS.finishedTxRetentionMs).unref()
+    // Answer anyone still waiting (e.g. a prepare that raced the deadline).
+    for (const w of b.voteWaiters.splice(0)) w({ kind: 'refused', reason: `branch ${outcome}` })
+    for (const w of b.doneWaiters.splice(0)) w(outcome)
+  }
+
+  private async callHook(b: Branch, hook: 'prepare' | 'commit' | 'abort'): Promise<ParticipantEvent> {
+    try {
+      const res = await request(`${this.d.appOrigin}${this.d.hooks[hook]}`, {
+        method: 'POST',
+        dispatcher: this.d.app,
+        headers: { [TX_ID_HEADER]: b.state.tx, [BRANCH_ID_HEADER]: b.state.branch, [CONTEXT_HEADER]: b.context, 'content-length': '0' },
+        headersTimeout: LIMITS.hookCallTimeoutMs,
+        bodyTimeout: LIMITS.hookCallTimeoutMs,
+      })
+      await res.body.dump({ limit: LIMITS.controlBodyBytes }).catch(() => undefined)
+      const s = res.statusCode
+      if (hook === 'prepare') {
+        if (s === 200) return { type: 'app-voted', vote: { kind: 'prepared' } }
+        if (s === 204) return { type: 'app-voted', vote: { kind: 'read-only' } }
+        return { type: 'app-voted', vote: { kind: 'refused', reason: `app answered prepare with ${s}` } }
+      }
+      return (s >= 200 && s < 300) || s === 404 ? { type: 'app-done' } : { type: 'app-failed' }
+    } catch (err) {
+      this.d.logger.warn('hook_failed', { tx: b.state.tx, hook, error: (err as { code?: string }).code ?? String(err) })
+      if (hook === 'prepare') return { type: 'app-voted', vote: { kind: 'refused', reason: 'app unreachable at prepare' } }
+      return { type: 'app-failed' }
+    }
+  }
+
+  close(): void {
+    for (const b of this.byTx.values()) {
+      clearTimeout(b.timer)
+      clearTimeout(b.deadlineTimer)
+    }
+  }
+}

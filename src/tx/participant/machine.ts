@@ -1,0 +1,221 @@
+// The participant's pure state machine (STYLE.md "Pure core, thin drivers"): one branch of a
+// presumed-abort 2PC transaction, held by the sidecar of the instance that did the work
+// (DESIGN.md "Commit protocol", "Enlistment"). No I/O, no clock, no randomness of its own.
+//
+// Rules that keep it safe:
+// - It votes yes only after PREPARED is durable (log-prepared, then prepared-logged).
+// - Once prepared it never decides alone: past the deadline it asks the coordinator.
+// - Before voting yes it may abort alone at any time (presumed abort agrees).
+// - An app hook for a prepared branch is retried until the app answers; an abort is never sent
+//   while the app's prepare call is still running (it could overtake it and leave a prepared
+//   transaction behind).
+import assert from 'node:assert/strict'
+import { LIMITS } from '../../limits.js'
+import type { BranchId, Env, Outcome, ParticipantAction, ParticipantEvent, ParticipantState, Step, TxId, Vote } from '../core.js'
+
+type ParticipantStep = Step<ParticipantState, ParticipantAction>
+
+const ABORTED_VOTE: Vote = { kind: 'refused', reason: 'branch aborted' }
+
+export function newParticipant(tx: TxId, branch: BranchId, coordinator: string, deadline: number): ParticipantState {
+  return { tx, branch, coordinator, deadline, status: 'active', vote: undefined, attempts: 0 }
+}
+
+/** Rebuilds a branch from its PREPARED record after a restart: in doubt, so ask the coordinator. */
+export function recoverParticipant(tx: TxId, branch: BranchId, coordinator: string, deadline: number, _env: Env): ParticipantStep {
+  return {
+    state: { tx, branch, coordinator, deadline, status: 'prepared', vote: { kind: 'prepared' }, attempts: 1 },
+    actions: [{ type: 'query-outcome' }],
+  }
+}
+
+export function participantStep(state: ParticipantState, event: ParticipantEvent, env: Env): ParticipantStep {
+  const step = dispatch(state, event, env)
+  checkInvariants(step.state)
+  return step
+}
+
+// `attempts` also tells which retry chain runs: in 'prepared', > 0 means outcome queries have
+// started; in 'aborting', 0 means the abort waits for the app's prepare call to return.
+
+function dispatch(s: ParticipantState, event: ParticipantEvent, env: Env): ParticipantStep {
+  switch (event.type) {
+    case 'prepare':
+      return onPrepare(s)
+    case 'app-voted':
+      return onAppVoted(s, event.vote)
+    case 'prepared-logged':
+      return onPreparedLogged(s, env)
+    case 'decision':
+      return event.outcome === 'committed' ? onCommit(s) : onAbort(s)
+    case 'app-done':
+      return onAppDone(s)
+    case 'app-failed':
+      return callPending(s) ? { state: s, actions: [{ type: 'schedule-retry', delayMs: backoffMs(s.attempts, env.random) }] } : same(s)
+    case 'outcome-unknown':
+      return querying(s) ? { state: s, actions: [{ type: 'schedule-retry', delayMs: backoffMs(s.attempts, env.random) }] } : same(s)
+    case 'retry-due':
+      return onRetryDue(s)
+    case 'deadline':
+      return onDeadline(s)
+  }
+}
+
+function same(s: ParticipantState): ParticipantStep {
+  return { state: s, actions: [] }
+}
+
+/** A commit/abort hook call is (or was) running and may need a retry. */
+function callPending(s: ParticipantState): boolean {
+  return s.status === 'committing' || (s.status === 'aborting' && s.attempts > 0)
+}
+
+function querying(s: ParticipantState): boolean {
+  return s.status === 'prepared' && s.attempts > 0
+}
+
+function onPrepare(s: ParticipantState): ParticipantStep {
+  switch (s.status) {
+    case 'active':
+      return { state: { ...s, status: 'preparing' }, actions: [{ type: 'call-app', hook: 'prepare' }] }
+    case 'preparing':
+    case 'logging':
+      // The vote is on its way; the driver answers every waiting prepare with it.
+      return same(s)
+    case 'prepared':
+    case 'committing':
+      return { state: s, actions: [{ type: 'reply-vote', vote: { kind: 'prepared' } }] }
+    case 'committed':
+      return { state: s, actions: [{ type: 'reply-vote', vote: s.vote ?? { kind: 'read-only' } }] }
+    case 'aborting':
+    case 'aborted':
+      return { state: s, actions: [{ type: 'reply-vote', vote: s.vote?.kind === 'refused' ? s.vote : ABORTED_VOTE }] }
+  }
+}
+
+function onAppVoted(s: ParticipantState, vote: Vote): ParticipantStep {
+  if (s.status === 'aborting' && s.attempts === 0) {
+    // The coordinator aborted while the app was preparing: now that prepare returned, the
+    // abort cannot overtake it.
+    return { state: { ...s, attempts: 1 }, actions: [{ type: 'reply-vote', vote: ABORTED_VOTE }, { type: 'call-app', hook: 'abort' }] }
+  }
+  if (s.status === 'logging' && vote.kind === 'refused') {
+    // PREPARED could not be written: not voted yet, so aborting alone is still safe.
+    return { state: { ...s, status: 'aborting', vote, attempts: 1 }, actions: [{ type: 'reply-vote', vote }, { type: 'call-app', hook: 'abort' }] }
+  }
+  if (s.status !== 'preparing') return same(s)
+  switch (vote.kind) {
+    case 'prepared':
+      return { state: { ...s, status: 'logging', vote }, actions: [{ type: 'log-prepared' }] }
+    case 'read-only':
+      // Nothing to commit: the branch is done. reply-vote comes before log-end (the driver may
+      // drop the branch, and its waiters, at log-end).
+      return { state: { ...s, status: 'committed', vote }, actions: [{ type: 'reply-vote', vote }, { type: 'log-end', outcome: 'committed' }] }
+    case 'refused':
+      // The app said no, or its prepare failed or timed out: then it may have prepared after
+      // all, so its abort hook is called until it answers (404 = nothing to undo).
+      return { state: { ...s, status: 'aborting', vote, attempts: 1 }, actions: [{ type: 'reply-vote', vote }, { type: 'call-app', hook: 'abort' }] }
+  }
+}
+
+function onPreparedLogged(s: ParticipantState, env: Env): ParticipantStep {
+  if (s.status !== 'logging') return same(s)
+  const prepared: ParticipantState = { ...s, status: 'prepared', vote: { kind: 'prepared' }, attempts: 0 }
+  const actions: ParticipantAction[] = [{ type: 'reply-vote', vote: { kind: 'prepared' } }]
+  // The deadline passed while preparing (it was ignored then): start asking for the outcome now.
+  if (env.now >= s.deadline) return { state: { ...prepared, attempts: 1 }, actions: [...actions, { type: 'query-outcome' }] }
+  return { state: prepared, actions }
+}
+
+function onCommit(s: ParticipantState): ParticipantStep {
+  switch (s.status) {
+    case 'prepared':
+      return { state: { ...s, status: 'committing', attempts: 1 }, actions: [{ type: 'call-app', hook: 'commit' }] }
+    case 'committed':
+    case 'aborted':
+      return done(s)
+    case 'active':
+    case 'preparing':
+    case 'logging':
+      // Commit for a branch that never voted yes is a protocol violation: ignore it (the driver
+      // answers 409; the coordinator retries and by then we may be prepared).
+      return same(s)
+    case 'committing':
+    case 'aborting':
+      // Already under way: the driver answers at reply-done.
+      return same(s)
+  }
+}
+
+function onAbort(s: ParticipantState): ParticipantStep {
+  switch (s.status) {
+    case 'active':
+    case 'prepared':
+      return { state: { ...s, status: 'aborting', attempts: 1 }, actions: [{ type: 'call-app', hook: 'abort' }] }
+    case 'preparing':
+      // Wait for the app's prepare to return (app-voted) before calling abort.
+      return { state: { ...s, status: 'aborting', attempts: 0 }, actions: [] }
+    case 'logging':
+      // The app is prepared, PREPARED is being written: the coordinator has decided without our
+      // vote, so answer the pending prepare with no and undo.
+      return { state: { ...s, status: 'aborting', attempts: 1 }, actions: [{ type: 'reply-vote', vote: ABORTED_VOTE }, { type: 'call-app', hook: 'abort' }] }
+    case 'committed':
+    case 'aborted':
+      return done(s)
+    case 'committing':
+    case 'aborting':
+      return same(s)
+  }
+}
+
+/** An already finished branch answers a repeated decision with its own outcome (idempotent). */
+function done(s: ParticipantState): ParticipantStep {
+  return { state: s, actions: [{ type: 'reply-done', outcome: s.status === 'committed' ? 'committed' : 'aborted' }] }
+}
+
+function onAppDone(s: ParticipantState): ParticipantStep {
+  if (!callPending(s)) return same(s)
+  const outcome: Outcome = s.status === 'committing' ? 'committed' : 'aborted'
+  // log-end before reply-done: for a commit, END must be durable before the coordinator hears
+  // done and may forget the transaction (else a restart would find PREPARED, ask, and be told
+  // "aborted" by presumed abort).
+  return {
+    state: { ...s, status: outcome },
+    actions: [
+      { type: 'log-end', outcome },
+      { type: 'reply-done', outcome },
+    ],
+  }
+}
+
+function onRetryDue(s: ParticipantState): ParticipantStep {
+  if (s.status === 'committing') return { state: { ...s, attempts: s.attempts + 1 }, actions: [{ type: 'call-app', hook: 'commit' }] }
+  if (s.status === 'aborting' && s.attempts > 0) return { state: { ...s, attempts: s.attempts + 1 }, actions: [{ type: 'call-app', hook: 'abort' }] }
+  if (querying(s)) return { state: { ...s, attempts: s.attempts + 1 }, actions: [{ type: 'query-outcome' }] }
+  return same(s)
+}
+
+function onDeadline(s: ParticipantState): ParticipantStep {
+  if (s.status === 'active') {
+    // Never prepared: abort alone (DESIGN.md "Enlistment"). A later prepare is answered no.
+    return { state: { ...s, status: 'aborting', attempts: 1 }, actions: [{ type: 'call-app', hook: 'abort' }] }
+  }
+  if (s.status === 'prepared' && s.attempts === 0) {
+    // In doubt: a prepared branch must never decide alone.
+    return { state: { ...s, attempts: 1 }, actions: [{ type: 'query-outcome' }] }
+  }
+  // preparing/logging: the running step finishes first (prepared-logged checks the deadline).
+  return same(s)
+}
+
+/** Capped exponential backoff with full jitter (attempt 1 = the first call failed). */
+function backoffMs(attempt: number, random: () => number): number {
+  const ceiling = Math.min(LIMITS.branchRetryCapMs, LIMITS.branchRetryBaseMs * 2 ** Math.min(Math.max(attempt - 1, 0), 30))
+  return Math.floor(random() * ceiling)
+}
+
+function checkInvariants(s: ParticipantState): void {
+  if (s.status === 'prepared' || s.status === 'committing') assert(s.vote?.kind === 'prepared', `${s.tx}/${s.branch}: ${s.status} without a yes vote`)
+  if (s.status === 'committed') assert(s.vote !== undefined && s.vote.kind !== 'refused', `${s.tx}/${s.branch}: committed without a yes vote`)
+  assert(s.attempts >= 0, `${s.tx}/${s.branch}: negative attempts`)
+}

@@ -1,0 +1,167 @@
+// Wire formats of txmesh transactions (DESIGN.md "Transaction context", "Enlistment").
+//
+// Context header `txmesh-context: v1.<payload>.<mac>`: payload is base64url JSON
+// {i: tx id, m: mode, c: coordinator control address, d: deadline (epoch ms), p?: parent
+// branch}; mac is base64url HMAC-SHA256 over "v1." + payload with the mesh key. At most
+// LIMITS.contextBytes. The same token may arrive as the W3C baggage entry `txmesh`.
+//
+// Enlistment header `txmesh-enlisted: v1.<payload>.<mac>` on responses from a participant's
+// ingress: payload {i: tx id, p: [{s: service, c: control address, b: branch}]} listing the
+// participant itself and the participants it enlisted in nested calls.
+import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto'
+import {
+  ContextExpiredError,
+  ContextForgedError,
+  ContextInvalidError,
+  ContextTooLargeError,
+  CoordinatorNotAllowedError,
+  TxmeshError,
+} from '../errors.js'
+import { LIMITS } from '../limits.js'
+import type { BranchId, ParticipantRef, TxId } from './core.js'
+
+export const CONTEXT_HEADER = 'txmesh-context'
+export const ENLISTED_HEADER = 'txmesh-enlisted'
+export const TX_ID_HEADER = 'txmesh-tx-id'
+export const BRANCH_ID_HEADER = 'txmesh-branch-id'
+export const BAGGAGE_ENTRY = 'txmesh'
+/** On responses of implicit transactions: committed | aborted. */
+export const OUTCOME_HEADER = 'txmesh-outcome'
+
+export type TxMode = '2pc'
+
+export interface TxContext {
+  readonly id: TxId
+  readonly mode: TxMode
+  /** Coordinator's control address, host:port. */
+  readonly coordinator: string
+  readonly deadline: number
+  readonly parent: BranchId | undefined
+}
+
+const VERSION = 'v1'
+const ID_RE = /^[A-Za-z0-9_-]{1,64}$/
+const ADDRESS_RE = /^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]{1,253}):\d{1,5}$/
+
+export function newTxId(): TxId {
+  return randomBytes(12).toString('base64url')
+}
+
+export function newBranchId(): BranchId {
+  return randomBytes(6).toString('base64url')
+}
+
+export function isId(s: unknown): s is string {
+  return typeof s === 'string' && ID_RE.test(s)
+}
+
+function mac(key: Buffer, data: string): string {
+  return createHmac('sha256', key).update(data).digest('base64url')
+}
+
+function seal(key: Buffer, payload: unknown): string {
+  const body = `${VERSION}.${Buffer.from(JSON.stringify(payload)).toString('base64url')}`
+  return `${body}.${mac(key, body)}`
+}
+
+/** Checks the token's shape, size and signature and returns its decoded payload. */
+function open(keys: readonly Buffer[], token: string, what: string): unknown | TxmeshError {
+  if (token.length > LIMITS.contextBytes) return new ContextTooLargeError(`${what} is ${token.length} bytes; the limit is ${LIMITS.contextBytes}`)
+  const parts = token.split('.')
+  if (parts.length !== 3 || parts[0] !== VERSION) return new ContextInvalidError(`${what} is not a ${VERSION} token`)
+  const body = `${parts[0]}.${parts[1] as string}`
+  const given = Buffer.from(parts[2] as string, 'base64url')
+  const ok = keys.some((k) => {
+    const want = Buffer.from(mac(k, body), 'base64url')
+    return want.length === given.length && timingSafeEqual(want, given)
+  })
+  if (!ok) return new ContextForgedError(`${what} signature does not verify with the mesh key`)
+  try {
+    return JSON.parse(Buffer.from(parts[1] as string, 'base64url').toString('utf8')) as unknown
+  } catch {
+    return new ContextInvalidError(`${what} payload is not JSON`)
+  }
+}
+
+export function signContext(key: Buffer, ctx: TxContext): string {
+  const p: Record<string, unknown> = { i: ctx.id, m: ctx.mode, c: ctx.coordinator, d: ctx.deadline }
+  if (ctx.parent !== undefined) p.p = ctx.parent
+  return seal(key, p)
+}
+
+/** Allow-list of coordinator control addresses: exact `host:port` or `host:*`. */
+export function coordinatorAllowed(allow: readonly string[], address: string): boolean {
+  const colon = address.lastIndexOf(':')
+  const host = address.slice(0, colon)
+  return allow.some((a) => a === address || a === `${host}:*` || a === '*')
+}
+
+export function verifyContext(
+  keys: readonly Buffer[],
+  token: string,
+  now: number,
+  allow: readonly string[],
+): TxContext | TxmeshError {
+  const raw = open(keys, token, 'txmesh-context')
+  if (raw instanceof TxmeshError) return raw
+  const p = raw as { i?: unknown; m?: unknown; c?: unknown; d?: unknown; p?: unknown }
+  if (!isId(p.i) || p.m !== '2pc' || typeof p.c !== 'string' || !ADDRESS_RE.test(p.c) || typeof p.d !== 'number' || (p.p !== undefined && !isId(p.p))) {
+    return new ContextInvalidError('txmesh-context payload has missing or malformed fields')
+  }
+  if (p.d <= now) return new ContextExpiredError(`transaction ${p.i} passed its deadline`)
+  if (!coordinatorAllowed(allow, p.c)) return new CoordinatorNotAllowedError(`coordinator ${p.c} is not in the allow-list`)
+  return { id: p.i, mode: p.m, coordinator: p.c, deadline: p.d, parent: p.p as string | undefined }
+}
+
+/** The txmesh entry of a W3C baggage header, if any (`txmesh=<token>`). */
+export function contextFromBaggage(baggage: string): string | undefined {
+  for (const member of baggage.split(',')) {
+    const eq = member.indexOf('=')
+    if (eq < 0) continue
+    if (member.slice(0, eq).trim() !== BAGGAGE_ENTRY) continue
+    const value = member.slice(eq + 1).split(';')[0]?.trim() ?? ''
+    try {
+      return decodeURIComponent(value)
+    } catch {
+      return value
+    }
+  }
+  return undefined
+}
+
+export function signEnlisted(key: Buffer, tx: TxId, refs: readonly ParticipantRef[]): string {
+  return seal(key, { i: tx, p: refs.map((r) => ({ s: r.service, c: r.control, b: r.branch })) })
+}
+
+export function verifyEnlisted(keys: readonly Buffer[], token: string, tx: TxId): ParticipantRef[] | TxmeshError {
+  const raw = open(keys, token, 'txmesh-enlisted')
+  if (raw instanceof TxmeshError) return raw
+  const p = raw as { i?: unknown; p?: unknown }
+  if (p.i !== tx) return new ContextInvalidError('txmesh-enlisted names another transaction')
+  if (!Array.isArray(p.p) || p.p.length > LIMITS.maxParticipants) return new ContextInvalidError('txmesh-enlisted has a malformed participant list')
+  const out: ParticipantRef[] = []
+  for (const e of p.p as { s?: unknown; c?: unknown; b?: unknown }[]) {
+    if (typeof e.s !== 'string' || e.s.length > 253 || typeof e.c !== 'string' || !ADDRESS_RE.test(e.c) || !isId(e.b)) {
+      return new ContextInvalidError('txmesh-enlisted has a malformed participant')
+    }
+    out.push({ service: e.s, control: e.c, branch: e.b })
+  }
+  return out
+}
+
+/** Signature of a control request: HMAC over timestamp, method, path and body. */
+export function signControl(key: Buffer, ts: number, method: string, path: string, body: string): string {
+  return `${ts}.${mac(key, `${ts}\n${method}\n${path}\n${body}`)}`
+}
+
+export function verifyControl(keys: readonly Buffer[], header: string | undefined, now: number, method: string, path: string, body: string): boolean {
+  if (header === undefined) return false
+  const dot = header.indexOf('.')
+  const ts = Number(header.slice(0, dot))
+  if (!Number.isFinite(ts) || Math.abs(now - ts) > LIMITS.controlClockSkewMs) return false
+  const given = Buffer.from(header.slice(dot + 1), 'base64url')
+  return keys.some((k) => {
+    const want = Buffer.from(mac(k, `${ts}\n${method}\n${path}\n${body}`), 'base64url')
+    return want.length === given.length && timingSafeEqual(want, given)
+  })
+}

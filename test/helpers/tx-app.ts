@@ -1,0 +1,76 @@
+// A participant app for transaction tests: keeps the work of each branch staged in memory and
+// applies it on the commit hook, drops it on abort (what the Postgres helper does with a real
+// database). Can call other services through its sidecar, forwarding the context it received.
+import type { IncomingMessage, ServerResponse } from 'node:http'
+import { ProxyAgent, request } from 'undici'
+import { startServer } from './servers.js'
+
+export interface TxApp {
+  port: number
+  /** Committed writes. */
+  committed: string[]
+  /** hook calls in order: "prepare:<tx>", "commit:<tx>", "abort:<tx>" */
+  hooks: string[]
+  /** Vote for the next prepares: 200 yes, 204 read-only, 409 no. */
+  vote: number
+  /** Egress of this app's sidecar, for nested calls. */
+  egress: number | undefined
+  close(): Promise<void>
+}
+
+export async function startTxApp(name: string): Promise<TxApp> {
+  const staged = new Map<string, string[]>()
+  let agent: ProxyAgent | undefined
+  const app: TxApp = {
+    port: 0,
+    committed: [],
+    hooks: [],
+    vote: 200,
+    egress: undefined,
+    close: async () => {
+      await agent?.close()
+      await s.close()
+    },
+  }
+  const s = await startServer((req: IncomingMessage, res: ServerResponse) => {
+    const url = req.url ?? '/'
+    const tx = req.headers['txmesh-tx-id'] as string | undefined
+    const branch = req.headers['txmesh-branch-id'] as string | undefined
+    const key = `${tx}:${branch}`
+    req.resume()
+    req.on('end', () => {
+      if (url.startsWith('/.well-known/txmesh/')) {
+        const hook = url.slice('/.well-known/txmesh/'.length)
+        app.hooks.push(`${hook}:${tx}`)
+        if (hook === 'prepare') {
+          if (app.vote !== 200) staged.delete(key)
+          return void res.writeHead(app.vote).end()
+        }
+        if (hook === 'commit') app.committed.push(...(staged.get(key) ?? []))
+        staged.delete(key)
+        return void res.writeHead(200).end()
+      }
+      // Business call: /write/<value>[?then=<service>]
+      const [path, query] = url.split('?')
+      const value = decodeURIComponent((path ?? '').replace('/write/', ''))
+      if (tx !== undefined) staged.set(key, [...(staged.get(key) ?? []), `${name}:${value}`])
+      else app.committed.push(`${name}:${value}`)
+      const then = new URLSearchParams(query ?? '').get('then')
+      if (then === null || app.egress === undefined) return void res.end(JSON.stringify({ service: name, tx, branch }))
+      agent ??= new ProxyAgent({ uri: `http://127.0.0.1:${app.egress}`, proxyTunnel: false })
+      request(`http://${then}/write/${encodeURIComponent(value)}`, {
+        dispatcher: agent,
+        method: 'POST',
+        headers: { 'txmesh-context': req.headers['txmesh-context'] as string },
+      }).then(
+        async (r) => {
+          const text = await r.body.text()
+          res.writeHead(r.statusCode, { 'content-type': 'application/json' }).end(text)
+        },
+        (err: unknown) => res.writeHead(500).end(String(err)),
+      )
+    })
+  })
+  app.port = s.port
+  return app
+}

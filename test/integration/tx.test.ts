@@ -1,0 +1,264 @@
+// Two-phase commit through real sidecar processes: an initiator (its sidecar coordinates) and
+// participant services whose sidecars call their apps' hooks.
+import { request } from 'undici'
+import { afterAll, afterEach, describe, expect, it } from 'vitest'
+import { signContext } from '../../src/tx/protocol.js'
+import { signControl } from '../../src/tx/protocol.js'
+import { MESH_KEY, rawRequest, sidecarYaml, spawnSidecar, tempDir, type SidecarProcess } from '../helpers/servers.js'
+import { startTxApp, type TxApp } from '../helpers/tx-app.js'
+
+const procs: SidecarProcess[] = []
+const apps: TxApp[] = []
+afterEach(() => {
+  for (const p of procs.splice(0)) if (p.child.exitCode === null) p.child.kill('SIGKILL')
+})
+afterAll(async () => {
+  await Promise.all(apps.splice(0).map((a) => a.close()))
+})
+
+async function until(what: string, cond: () => boolean | Promise<boolean>, ms = 10_000): Promise<void> {
+  const end = Date.now() + ms
+  while (Date.now() < end) {
+    if (await cond()) return
+    await new Promise((r) => setTimeout(r, 25))
+  }
+  throw new Error(`timed out waiting for ${what}`)
+}
+
+interface Mesh {
+  coord: SidecarProcess
+  svc: Record<string, { app: TxApp; sc: SidecarProcess; store: string }>
+  begin(timeoutMs?: number): Promise<{ id: string; context: string }>
+  call(ctx: string, service: string, value: string, then?: string): Promise<{ status: number; body: string; headers: Record<string, unknown> }>
+  commit(id: string): Promise<Record<string, unknown>>
+  restart(name: string, env?: Record<string, string>): Promise<void>
+}
+
+/** Coordinator sidecar (for the test, acting as the initiating app) + participants. */
+async function mesh(names: string[], env: Record<string, Record<string, string>> = {}, coordEnv: Record<string, string> = {}, coordStore = tempDir()): Promise<Mesh> {
+  const svc: Mesh['svc'] = {}
+  for (const name of names) {
+    const app = await startTxApp(name)
+    apps.push(app)
+    const store = tempDir()
+    const sc = await spawnSidecar(sidecarYaml(name, app.port, '', store), [], env[name] ?? {})
+    procs.push(sc)
+    app.egress = sc.ports.egress
+    svc[name] = { app, sc, store }
+  }
+  // Every sidecar's egress knows every service's ingress.
+  const services = names.map((n) => `  ${n}: {address: "127.0.0.1:${svc[n]?.sc.ports.ingress}"}`).join('\n')
+  const restartAll = async (): Promise<void> => {
+    for (const n of names) {
+      const s = svc[n]!
+      s.sc.child.kill('SIGKILL')
+      await s.sc.exited
+      s.sc = await spawnSidecar(sidecarYaml(n, s.app.port, `services:\n${services}\n`, s.store), ['--ingress-port', String(s.sc.ports.ingress), '--control-port', String(s.sc.ports.control)], env[n] ?? {})
+      procs.push(s.sc)
+      s.app.egress = s.sc.ports.egress
+    }
+  }
+  await restartAll()
+  const coordYaml = sidecarYaml('initiator', 1, `services:\n${services}\n`, coordStore)
+  const m: Mesh = {
+    coord: await spawnSidecar(coordYaml, [], coordEnv),
+    svc,
+    async begin(timeoutMs = 10_000) {
+      const r = await request(`http://127.0.0.1:${m.coord.ports.admin}/v1/transactions`, { method: 'POST', body: JSON.stringify({ mode: '2pc', timeoutMs }) })
+      expect(r.statusCode).toBe(201)
+      return (await r.body.json()) as { id: string; context: string }
+    },
+    async call(ctx, service, value, then) {
+      const r = await rawRequest(m.coord.ports.egress, {
+        method: 'POST',
+        path: `http://${service}/write/${value}${then ? `?then=${then}` : ''}`,
+        headers: { 'txmesh-context': ctx },
+      })
+      return { status: r.status, body: r.body, headers: r.headers }
+    },
+    async commit(id) {
+      const r = await request(`http://127.0.0.1:${m.coord.ports.admin}/v1/transactions/${id}/commit`, { method: 'POST' })
+      return (await r.body.json()) as Record<string, unknown>
+    },
+    async restart(name, e = {}) {
+      const s = svc[name]!
+      s.sc = await spawnSidecar(sidecarYaml(name, s.app.port, `services:\n${services}\n`, s.store), ['--ingress-port', String(s.sc.ports.ingress), '--control-port', String(s.sc.ports.control)], e)
+      procs.push(s.sc)
+      s.app.egress = s.sc.ports.egress
+    },
+  }
+  procs.push(m.coord)
+  return m
+}
+
+describe('two-phase commit through sidecars', () => {
+  it('commits across three services, nested calls enlisted through the response', async () => {
+    const m = await mesh(['orders', 'payments', 'inventory'])
+    const tx = await m.begin()
+    expect((await m.call(tx.context, 'orders', 'o1', 'inventory')).status).toBe(200)
+    expect((await m.call(tx.context, 'payments', 'p1')).status).toBe(200)
+    // Work is staged, not visible, until the commit.
+    expect(m.svc.orders!.app.committed).toEqual([])
+    const result = await m.commit(tx.id)
+    expect(result.outcome).toBe('committed')
+    const parts = result.participants as { service: string; vote: string; acknowledged: boolean }[]
+    expect(parts.map((p) => p.service).sort()).toEqual(['inventory', 'orders', 'payments'])
+    expect(parts.every((p) => p.vote === 'prepared' && p.acknowledged)).toBe(true)
+    expect(m.svc.orders!.app.committed).toEqual(['orders:o1'])
+    expect(m.svc.inventory!.app.committed).toEqual(['inventory:o1'])
+    expect(m.svc.payments!.app.committed).toEqual(['payments:p1'])
+    const view = (await (await request(`http://127.0.0.1:${m.coord.ports.admin}/v1/transactions/${tx.id}`)).body.json()) as { status: string }
+    expect(view.status).toBe('committed')
+  })
+
+  it('aborts every branch when one participant votes no', async () => {
+    const m = await mesh(['orders', 'inventory'])
+    m.svc.inventory!.app.vote = 409
+    const tx = await m.begin()
+    await m.call(tx.context, 'orders', 'o2', 'inventory')
+    const result = await m.commit(tx.id)
+    expect(result.outcome).toBe('aborted')
+    await until('orders abort hook', () => m.svc.orders!.app.hooks.includes(`abort:${tx.id}`))
+    expect(m.svc.orders!.app.committed).toEqual([])
+    expect(m.svc.inventory!.app.committed).toEqual([])
+    expect(m.svc.orders!.app.hooks).not.toContain(`commit:${tx.id}`)
+  })
+
+  it('aborts a branch whose transaction passed its deadline', async () => {
+    const m = await mesh(['orders'])
+    const tx = await m.begin(400)
+    await m.call(tx.context, 'orders', 'late')
+    await until('deadline abort', () => m.svc.orders!.app.hooks.includes(`abort:${tx.id}`))
+    const result = await m.commit(tx.id)
+    expect(result.outcome).toBe('aborted')
+    expect(m.svc.orders!.app.committed).toEqual([])
+  })
+
+  it('aborts when a participant is unreachable at prepare', async () => {
+    const m = await mesh(['orders', 'payments'])
+    const tx = await m.begin()
+    await m.call(tx.context, 'orders', 'o3')
+    await m.call(tx.context, 'payments', 'p3')
+    m.svc.payments!.sc.child.kill('SIGKILL')
+    await m.svc.payments!.sc.exited
+    const result = await m.commit(tx.id)
+    expect(result.outcome).toBe('aborted')
+    await until('orders abort hook', () => m.svc.orders!.app.hooks.includes(`abort:${tx.id}`))
+    expect(m.svc.orders!.app.committed).toEqual([])
+  })
+
+  it('fails a call to an unreachable service and leaves the transaction abortable', async () => {
+    const m = await mesh(['orders'])
+    const tx = await m.begin()
+    const r = await rawRequest(m.coord.ports.egress, { method: 'POST', path: 'http://127.0.0.1:1/write/x', headers: { 'txmesh-context': tx.context } })
+    expect(r.status).toBe(502)
+    expect(r.headers['x-txmesh-error']).toBe('TXM_UPSTREAM_UNREACHABLE')
+    const a = await request(`http://127.0.0.1:${m.coord.ports.admin}/v1/transactions/${tx.id}/abort`, { method: 'POST' })
+    expect(((await a.body.json()) as { outcome: string }).outcome).toBe('aborted')
+  })
+
+  it('finishes phase 2 after the coordinator is SIGKILLed between decision and phase 2', async () => {
+    const coordStore = tempDir()
+    const m = await mesh(['orders', 'payments'], {}, { TXMESH_FAILPOINTS: 'coordinator-after-decision' }, coordStore)
+    const tx = await m.begin()
+    await m.call(tx.context, 'orders', 'o4')
+    await m.call(tx.context, 'payments', 'p4')
+    const commit = request(`http://127.0.0.1:${m.coord.ports.admin}/v1/transactions/${tx.id}/commit`, { method: 'POST' }).catch((e: Error) => e)
+    expect(await m.coord.exited).toMatchObject({ signal: 'SIGKILL' })
+    expect(await commit).toBeInstanceOf(Error)
+    expect(m.svc.orders!.app.committed).toEqual([])
+    // Restart the coordinator on the same control port and log: it re-drives phase 2.
+    const yaml = sidecarYaml('initiator', 1, '', coordStore)
+    const again = await spawnSidecar(yaml, ['--control-port', String(m.coord.ports.control)])
+    procs.push(again)
+    await until('commit everywhere', () => m.svc.orders!.app.committed.length === 1 && m.svc.payments!.app.committed.length === 1)
+    expect(m.svc.orders!.app.committed).toEqual(['orders:o4'])
+    expect(m.svc.payments!.app.committed).toEqual(['payments:p4'])
+  })
+
+  it('resolves a branch whose participant sidecar was SIGKILLed after PREPARED', async () => {
+    const m = await mesh(['orders', 'payments'], { payments: { TXMESH_FAILPOINTS: 'participant-after-prepared' } })
+    const tx = await m.begin()
+    await m.call(tx.context, 'orders', 'o5')
+    await m.call(tx.context, 'payments', 'p5')
+    const result = await m.commit(tx.id)
+    // Its vote never arrived: presumed abort.
+    expect(result.outcome).toBe('aborted')
+    await m.svc.payments!.sc.exited
+    await m.restart('payments')
+    // After restart the participant asks the coordinator and finishes the branch.
+    await until('payments abort hook after restart', () => m.svc.payments!.app.hooks.filter((h) => h === `abort:${tx.id}`).length >= 1)
+    expect(m.svc.payments!.app.committed).toEqual([])
+    expect(m.svc.orders!.app.committed).toEqual([])
+  })
+
+  it('treats duplicate commit and abort messages as harmless', async () => {
+    const m = await mesh(['orders'])
+    const tx = await m.begin()
+    const call = await m.call(tx.context, 'orders', 'o6')
+    const branch = (JSON.parse(call.body) as { branch: string }).branch
+    expect((await m.commit(tx.id)).outcome).toBe('committed')
+    const control = m.svc.orders!.sc.ports.control
+    for (const op of ['commit', 'commit', 'abort']) {
+      const path = `/v1/tx/${tx.id}/${op}`
+      const body = JSON.stringify({ branch })
+      const r = await request(`http://127.0.0.1:${control}${path}`, {
+        method: 'POST',
+        body,
+        headers: { 'txmesh-auth': signControl(Buffer.from(MESH_KEY), Date.now(), 'POST', path, body) },
+      })
+      expect(r.statusCode).toBe(200)
+      expect(((await r.body.json()) as { outcome: string }).outcome).toBe('committed')
+    }
+    expect(m.svc.orders!.app.committed).toEqual(['orders:o6'])
+    // Commit again through the API: same answer, nothing re-applied.
+    expect((await m.commit(tx.id)).outcome).toBe('committed')
+    expect(m.svc.orders!.app.committed).toEqual(['orders:o6'])
+  })
+
+  it('refuses forged, expired, malformed and oversize contexts with stable codes', async () => {
+    const m = await mesh(['orders'])
+    const ingress = m.svc.orders!.sc.ports.ingress
+    const good = { id: 'abc', mode: '2pc' as const, coordinator: `127.0.0.1:${m.coord.ports.control}`, deadline: Date.now() + 60_000, parent: undefined }
+    const cases: [string, string, number][] = [
+      ['forged', signContext(Buffer.from('another-key-0123456789abcdef'), good), 401],
+      ['expired', signContext(Buffer.from(MESH_KEY), { ...good, deadline: Date.now() - 1 }), 410],
+      ['malformed', 'v1.not-json.sig', 401],
+      ['garbage', 'hello', 400],
+      ['oversize', 'v1.' + 'a'.repeat(2000) + '.x', 431],
+      ['foreign coordinator', signContext(Buffer.from(MESH_KEY), { ...good, coordinator: '10.9.9.9:15010' }), 403],
+    ]
+    const codes: Record<string, string> = {}
+    for (const [name, token, status] of cases) {
+      const r = await rawRequest(ingress, { path: '/write/x', headers: { host: 'orders', 'txmesh-context': token } })
+      expect(r.status, name).toBe(status)
+      codes[name] = r.headers['x-txmesh-error'] as string
+    }
+    expect(codes).toEqual({
+      forged: 'TXM_CONTEXT_FORGED',
+      expired: 'TXM_CONTEXT_EXPIRED',
+      malformed: 'TXM_CONTEXT_FORGED',
+      garbage: 'TXM_CONTEXT_INVALID',
+      oversize: 'TXM_CONTEXT_TOO_LARGE',
+      'foreign coordinator': 'TXM_COORDINATOR_NOT_ALLOWED',
+    })
+    expect(m.svc.orders!.app.committed).toEqual([])
+    // Unsigned control calls are refused too.
+    const r = await request(`http://127.0.0.1:${m.svc.orders!.sc.ports.control}/v1/tx/abc/commit`, { method: 'POST', body: '{"branch":"b"}' })
+    expect(r.statusCode).toBe(401)
+    expect(r.headers['x-txmesh-error']).toBe('TXM_CONTROL_UNAUTHORIZED')
+  })
+
+  it('reads the context from W3C baggage', async () => {
+    const m = await mesh(['orders'])
+    const tx = await m.begin()
+    const r = await rawRequest(m.coord.ports.egress, {
+      method: 'POST',
+      path: 'http://orders/write/bag',
+      headers: { baggage: `userId=7,txmesh=${encodeURIComponent(tx.context)};p=1` },
+    })
+    expect(r.status).toBe(200)
+    expect((await m.commit(tx.id)).outcome).toBe('committed')
+    expect(m.svc.orders!.app.committed).toEqual(['orders:bag'])
+  })
+})

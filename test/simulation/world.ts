@@ -1,0 +1,802 @@
+// One simulated transaction: an initiator pod (app + coordinator sidecar) and 1–4 participant
+// pods (sidecar + app), wired through a lossy network and durable logs, driven by one seed.
+//
+// The drivers here behave like the real ones must (src/tx/*/driver.ts):
+// - prepare / commit / abort / outcome query / business call are request-response with a
+//   timeout; a request either gets its answer or times out, exactly once.
+// - a participant with no branch answers prepare "refused" and commit/abort "done"; commit for a
+//   branch that never voted yes gets 409 (the coordinator counts that as a failed send).
+// - the coordinator answers outcome queries from memory, else from its log; presumed abort:
+//   no state and no live COMMIT record means aborted.
+// - a crash loses memory, timers, waiters and in-flight calls; it keeps the durable log (and, for
+//   a participant pod, the app's prepared/committed/aborted work, like a database would).
+// - END of a committed branch is durable before the participant answers done; END of an abort
+//   (and the coordinator's END) is lazy and may be lost in a crash.
+import { coordinatorOutcome, coordinatorStep, newCoordinator, recoverCoordinator } from '../../src/tx/coordinator/machine.js'
+import type {
+  CoordinatorAction,
+  CoordinatorEvent,
+  CoordinatorState,
+  Env,
+  Outcome,
+  ParticipantAction,
+  ParticipantEvent,
+  ParticipantRef,
+  ParticipantState,
+  Vote,
+} from '../../src/tx/core.js'
+import { newParticipant, participantStep, recoverParticipant } from '../../src/tx/participant/machine.js'
+import { Prng } from './prng.js'
+import { Scheduler } from './scheduler.js'
+
+/** Time after which no fault is injected any more and every node is up. */
+export const FAULTS_END_MS = 3_000
+/** After faults stop, the system must settle within this much simulated time. */
+const QUIESCE_BOUND_MS = 30 * 60_000
+const MAX_EVENTS = 1_000_000
+
+const CONTROL_TIMEOUT_MS = 250
+const BUSINESS_TIMEOUT_MS = 300
+const HOOK_TIMEOUT_MS = 200
+
+export type AppBranchStatus = 'none' | 'open' | 'prepared' | 'committed' | 'aborted' | 'read-only'
+
+interface Node {
+  readonly name: string
+  up: boolean
+  /** Bumped at every crash: callbacks of an earlier life are dropped. */
+  incarnation: number
+}
+
+type CoordinatorRecord = { readonly kind: 'decision'; readonly participants: readonly ParticipantRef[] } | { readonly kind: 'end' }
+type ParticipantRecord = { readonly kind: 'prepared' } | { readonly kind: 'end'; readonly outcome: Outcome }
+
+/** A node's durable log: records become durable in append order (one file, one queue). */
+interface Logged<R> {
+  readonly log: R[]
+  /** When the last queued append becomes durable. */
+  logTail: number
+}
+
+interface CoordinatorNode extends Node, Logged<CoordinatorRecord> {
+  state: CoordinatorState | undefined
+  /** The outcome this incarnation decided (answers an app that asks after it was emitted). */
+  outcome: Outcome | undefined
+}
+
+interface ParticipantNode extends Node, Logged<ParticipantRecord> {
+  readonly ref: ParticipantRef
+  state: ParticipantState | undefined
+  voteWaiters: ((v: Vote) => void)[]
+  doneWaiters: ((r: DecisionReply) => void)[]
+  /** The app's work for this branch; survives a crash once prepared (a database would keep it). */
+  app: AppBranchStatus
+  /** What the app will answer to prepare. */
+  readonly plannedVote: Vote['kind']
+  /** The initiator does not wait for this call (it may enlist late). */
+  readonly awaited: boolean
+}
+
+type DecisionReply = 'done' | 'conflict'
+type QueryReply = Outcome | 'unknown'
+
+export interface Faults {
+  readonly loss: number
+  readonly duplicate: number
+  /** Chance that a message takes a long detour (reordering). */
+  readonly slow: number
+  readonly hookFailure: number
+  readonly crashes: number
+}
+
+export interface Stats {
+  coordinatorCrashes: number
+  participantCrashes: number
+  coordinatorRecoveries: number
+  participantRecoveries: number
+  orphansResolved: number
+  lateEnlistments: number
+  messages: number
+  lost: number
+  duplicated: number
+}
+
+/** Everything the invariants look at once the run is over. */
+export interface Report {
+  readonly seed: number
+  readonly quiesced: 'idle' | 'time' | 'events'
+  readonly endTime: number
+  readonly events: number
+  readonly violations: readonly string[]
+  readonly participants: readonly {
+    readonly branch: string
+    readonly app: AppBranchStatus
+    readonly sidecarOutcomes: readonly Outcome[]
+    readonly stateLeft: ParticipantState['status'] | undefined
+    readonly preparedLive: boolean
+    readonly awaited: boolean
+  }[]
+  /** The branches the coordinator held when prepare began (undefined: it never did). */
+  readonly preparedSet: readonly string[] | undefined
+  /** Branches whose enlistment reached the coordinator before it decided. */
+  readonly joinedBeforeDecision: readonly string[]
+  /** Participants of the first COMMIT record that became durable. */
+  readonly decision: readonly string[] | undefined
+  readonly votedYes: readonly string[]
+  readonly appRequested: 'commit' | 'abort' | 'none'
+  readonly appOutcome: Outcome | undefined
+  /** The initiator's pod crashed after the app asked (its answer was lost with it). */
+  readonly appLostAnswer: boolean
+  readonly coordinatorStateLeft: CoordinatorState['status'] | undefined
+  readonly decisionLive: boolean
+  readonly stats: Stats
+  readonly faults: Faults
+}
+
+export function simulate(seed: number, trace?: (line: string) => void): Report {
+  return new World(seed, trace).run()
+}
+
+class World {
+  private readonly rng: Prng
+  private readonly sched = new Scheduler()
+  private readonly env: Env
+  private readonly faults: Faults
+  private faultsOn = true
+  private readonly tx: string
+  private readonly deadline: number
+  private readonly coordinator: CoordinatorNode
+  private readonly participants: ParticipantNode[] = []
+  private readonly violations: string[] = []
+  private readonly stats: Stats = {
+    coordinatorCrashes: 0,
+    participantCrashes: 0,
+    coordinatorRecoveries: 0,
+    participantRecoveries: 0,
+    orphansResolved: 0,
+    lateEnlistments: 0,
+    messages: 0,
+    lost: 0,
+    duplicated: 0,
+  }
+  private preparedSet: string[] | undefined
+  private readonly joinedBeforeDecision = new Set<string>()
+  private decision: string[] | undefined
+  private readonly votedYes = new Set<string>()
+  private readonly sidecarOutcomes = new Map<string, Outcome[]>()
+  private appRequested: 'commit' | 'abort' | 'none' = 'none'
+  private appIncarnation = -1
+  private appOutcome: Outcome | undefined
+  private appLostAnswer = false
+  private readonly callResults = new Map<string, 'ok' | 'failed'>()
+
+  constructor(
+    private readonly seed: number,
+    private readonly trace: ((line: string) => void) | undefined,
+  ) {
+    this.rng = new Prng(seed)
+    const rng = this.rng
+    const sched = this.sched
+    this.env = {
+      get now() {
+        return sched.now
+      },
+      random: () => rng.next(),
+    }
+    // A quarter of the seeds run without faults, a third with a few, the rest with many.
+    const tier = rng.next()
+    const scale = tier < 0.25 ? 0 : tier < 0.6 ? 0.25 : 1
+    this.faults = {
+      loss: rng.next() * 0.2 * scale,
+      duplicate: rng.next() * 0.3 * scale,
+      slow: rng.next() * 0.2 * scale,
+      hookFailure: rng.next() * 0.3 * scale,
+      crashes: Math.min(0.9, rng.next() * 0.7 * scale * 2),
+    }
+    this.tx = `tx-${seed}`
+    // Some deadlines are tight, so they strike while prepare or the decision write is running.
+    this.deadline = rng.chance(0.3) ? rng.int(40, 200) : rng.int(200, 2_000)
+    this.coordinator = { name: 'C', up: true, incarnation: 0, state: undefined, outcome: undefined, log: [], logTail: 0 }
+    const n = rng.int(1, 4)
+    const unawaited = n >= 2 && rng.chance(0.15) ? n - 1 : -1
+    for (let i = 0; i < n; i++) {
+      const r = rng.next()
+      this.participants.push({
+        name: `P${i}`,
+        up: true,
+        incarnation: 0,
+        ref: { service: `svc${i}`, control: `p${i}:15010`, branch: `b${i}` },
+        state: undefined,
+        log: [],
+        logTail: 0,
+        voteWaiters: [],
+        doneWaiters: [],
+        app: 'none',
+        plannedVote: r < 0.82 ? 'prepared' : r < 0.92 ? 'read-only' : 'refused',
+        awaited: i !== unawaited,
+      })
+    }
+  }
+
+  run(): Report {
+    this.planCrashes()
+    this.sched.after(FAULTS_END_MS, () => this.stopFaults())
+    this.startInitiator()
+    const quiesced = this.sched.run(FAULTS_END_MS + QUIESCE_BOUND_MS, MAX_EVENTS)
+    return this.report(quiesced)
+  }
+
+  private log(line: string): void {
+    this.trace?.(`${String(this.sched.now).padStart(6)} ${line}`)
+  }
+
+  private violation(what: string): void {
+    this.violations.push(`t=${this.sched.now}: ${what}`)
+    this.log(`VIOLATION ${what}`)
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Faults, network, timers
+
+  private planCrashes(): void {
+    const nodes: Node[] = [this.coordinator, ...this.participants]
+    for (const node of nodes) {
+      let t = 0
+      while (this.rng.chance(this.faults.crashes)) {
+        // Most crashes land while the transaction is busy (its first few hundred ms).
+        t += this.rng.chance(0.75) ? this.rng.int(0, 250) : this.rng.int(0, FAULTS_END_MS / 2)
+        if (t >= FAULTS_END_MS) break
+        const down = this.rng.chance(0.2) ? this.rng.int(500, 5_000) : this.rng.int(1, 400)
+        const at = t
+        const restartAt = Math.min(at + down, FAULTS_END_MS)
+        this.sched.after(at, () => this.crash(node))
+        this.sched.after(restartAt, () => this.restart(node))
+        t = restartAt + 1
+      }
+    }
+  }
+
+  private stopFaults(): void {
+    this.faultsOn = false
+    this.log('faults stop')
+  }
+
+  private latency(): number {
+    if (this.faultsOn && this.rng.chance(this.faults.slow)) return this.rng.int(100, 1_500)
+    return this.rng.chance(0.1) ? this.rng.int(10, 80) : this.rng.int(1, 10)
+  }
+
+  /** A forced log write; now and then the disk stalls (fsync behind a busy device). */
+  private diskLatency(): number {
+    return this.faultsOn && this.rng.chance(this.faults.slow) ? this.rng.int(50, 600) : this.rng.int(1, 15)
+  }
+
+  /** One message; it may be lost, duplicated, delayed past later ones. Delivered only to a node that is up. */
+  private send(to: Node, deliver: () => void, duplicable: boolean): void {
+    this.stats.messages++
+    if (this.faultsOn && this.rng.chance(this.faults.loss)) {
+      this.stats.lost++
+      return
+    }
+    const copies = duplicable && this.faultsOn && this.rng.chance(this.faults.duplicate) ? 2 : 1
+    if (copies === 2) this.stats.duplicated++
+    for (let i = 0; i < copies; i++) {
+      this.sched.after(this.latency(), () => {
+        if (to.up) deliver()
+      })
+    }
+  }
+
+  /**
+   * Request-response with a timeout: `done` runs exactly once, with the first answer or with
+   * undefined at the timeout, and only if the caller is still the same incarnation. `onEveryReply`
+   * sees every answer that arrives (late and duplicated ones too): the egress enlists from them.
+   */
+  private request<R>(
+    from: Node,
+    to: Node,
+    timeoutMs: number,
+    handle: (reply: (r: R) => void) => void,
+    done: (r: R | undefined) => void,
+    opts: { duplicable: boolean; onEveryReply?: (r: R) => void } = { duplicable: true },
+  ): void {
+    const incarnation = from.incarnation
+    let settled = false
+    const alive = (): boolean => from.up && from.incarnation === incarnation
+    this.send(
+      to,
+      () => {
+        const toIncarnation = to.incarnation
+        handle((r) => {
+          if (!to.up || to.incarnation !== toIncarnation) return
+          this.send(
+            from,
+            () => {
+              if (!alive()) return
+              opts.onEveryReply?.(r)
+              if (settled) return
+              settled = true
+              done(r)
+            },
+            opts.duplicable,
+          )
+        })
+      },
+      opts.duplicable,
+    )
+    this.timer(from, timeoutMs, () => {
+      if (settled) return
+      settled = true
+      done(undefined)
+    })
+  }
+
+  private append<R>(node: Node & Logged<R>, record: R, delayMs: number, then?: () => void): void {
+    const at = Math.max(this.sched.now + delayMs, node.logTail)
+    node.logTail = at
+    this.timer(node, at - this.sched.now, () => {
+      node.log.push(record)
+      then?.()
+    })
+  }
+
+  /** A timer of one incarnation of a node: it dies with a crash. */
+  private timer(node: Node, delayMs: number, run: () => void): void {
+    const incarnation = node.incarnation
+    this.sched.after(delayMs, () => {
+      if (node.up && node.incarnation === incarnation) run()
+    })
+  }
+
+  private crash(node: Node): void {
+    if (!node.up) return
+    node.up = false
+    node.incarnation++
+    this.log(`CRASH ${node.name}`)
+    if (node === this.coordinator) {
+      this.stats.coordinatorCrashes++
+      this.coordinator.logTail = 0
+      this.coordinator.state = undefined
+      this.coordinator.outcome = undefined
+      if (this.appRequested !== 'none' && this.appOutcome === undefined && this.appIncarnation === node.incarnation - 1) this.appLostAnswer = true
+      return
+    }
+    const p = node as ParticipantNode
+    this.stats.participantCrashes++
+    p.logTail = 0
+    p.state = undefined
+    p.voteWaiters = []
+    p.doneWaiters = []
+    // The pod died with its app: open (unprepared) work is rolled back by the database.
+    if (p.app === 'open') p.app = 'aborted'
+  }
+
+  private restart(node: Node): void {
+    if (node.up) return
+    node.up = true
+    this.log(`RESTART ${node.name}`)
+    if (node === this.coordinator) {
+      const live = liveDecision(this.coordinator.log)
+      if (live === undefined) return
+      this.stats.coordinatorRecoveries++
+      const step = this.guard('recoverCoordinator', () => recoverCoordinator(this.tx, live, this.env))
+      if (step === undefined) return
+      this.coordinator.state = step.state
+      this.log(`C recovered ${step.state.status}: ${step.actions.map(describe).join(', ')}`)
+      this.performCoordinator(step.actions)
+      return
+    }
+    const p = node as ParticipantNode
+    if (preparedLive(p.log)) {
+      this.stats.participantRecoveries++
+      const step = this.guard('recoverParticipant', () => recoverParticipant(this.tx, p.ref.branch, 'c:15010', this.deadline, this.env))
+      if (step === undefined) return
+      p.state = step.state
+      this.armDeadline(p)
+      this.log(`${p.name} recovered ${step.state.status}: ${step.actions.map(describe).join(', ')}`)
+      this.performParticipant(p, step.actions)
+    } else if (p.app === 'prepared') {
+      // The app prepared but the sidecar never made PREPARED durable, so it never voted yes and
+      // the coordinator cannot have committed it: the app helper's restart resolution (it asks
+      // the coordinator, which presumes abort) rolls it back.
+      if (this.decision?.includes(p.ref.branch)) this.violation(`${p.ref.branch}: app-prepared orphan is in the COMMIT record`)
+      this.stats.orphansResolved++
+      p.app = 'aborted'
+      this.log(`${p.name} app rolls back an orphan prepared branch`)
+    }
+  }
+
+  private guard<T>(what: string, f: () => T): T | undefined {
+    try {
+      return f()
+    } catch (err) {
+      this.violation(`${what} threw: ${err instanceof Error ? err.message : String(err)}`)
+      return undefined
+    }
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Initiator: its app and the coordinator sidecar (same pod)
+
+  private startInitiator(): void {
+    const c = this.coordinator
+    c.state = newCoordinator(this.tx, this.deadline)
+    this.timer(c, this.deadline, () => this.feedCoordinator({ type: 'deadline' }))
+    for (const p of this.participants) {
+      const at = p.awaited ? this.rng.int(0, 30) : this.rng.int(0, 400)
+      this.timer(c, at, () => this.businessCall(p))
+    }
+    if (!this.participants.some((p) => p.awaited)) this.appDecides()
+  }
+
+  private businessCall(p: ParticipantNode): void {
+    const c = this.coordinator
+    this.request<ParticipantRef | 'rejected'>(
+      c,
+      p,
+      BUSINESS_TIMEOUT_MS,
+      (reply) => reply(this.ingress(p)),
+      (r) => {
+        if (!p.awaited) return
+        this.callResults.set(p.ref.branch, r === undefined || r === 'rejected' ? 'failed' : 'ok')
+        if (this.callResults.size === this.participants.filter((q) => q.awaited).length) this.appDecides()
+      },
+      {
+        // A business request is not re-sent by the network (a retry would be a new request).
+        duplicable: false,
+        onEveryReply: (r) => {
+          if (r === 'rejected' || c.state === undefined) return
+          if (c.state.status !== 'active') this.stats.lateEnlistments++
+          // Enlisted before the decision: its work belongs to the transaction's outcome.
+          if (c.state.status === 'active' || c.state.status === 'preparing') this.joinedBeforeDecision.add(r.branch)
+          this.feedCoordinator({ type: 'enlist', participants: [r] })
+        },
+      },
+    )
+  }
+
+  private appDecides(): void {
+    const c = this.coordinator
+    this.timer(c, this.rng.int(0, 20), () => {
+      const failed = [...this.callResults.values()].includes('failed')
+      const r = this.rng.next()
+      if (r < 0.03) {
+        this.log('app never finishes (the deadline must abort)')
+        return
+      }
+      const kind = failed || r < 0.1 ? 'abort' : 'commit'
+      this.appRequested = kind
+      this.appIncarnation = c.incarnation
+      this.log(`app asks ${kind}`)
+      this.feedCoordinator(kind === 'commit' ? { type: 'commit-requested' } : { type: 'abort-requested', reason: failed ? 'a call failed' : 'app chose to abort' })
+      // Decided earlier (deadline, late enlistment): answer from what the sidecar remembers.
+      if (c.outcome !== undefined) this.answerApp(c.outcome)
+      // An impatient app asks to abort while its commit is still being decided: that must
+      // neither take back a COMMIT record on its way to disk nor change the answer.
+      if (kind === 'commit' && this.rng.chance(0.1)) {
+        this.timer(c, this.rng.int(0, 60), () => {
+          this.log('app asks abort while committing')
+          this.feedCoordinator({ type: 'abort-requested', reason: 'app got impatient' })
+        })
+      }
+    })
+  }
+
+  private answerApp(outcome: Outcome): void {
+    if (this.appRequested === 'none' || this.appOutcome !== undefined) return
+    if (this.coordinator.incarnation !== this.appIncarnation) return
+    this.appOutcome = outcome
+    this.log(`app hears ${outcome}`)
+  }
+
+  private feedCoordinator(event: CoordinatorEvent): void {
+    const c = this.coordinator
+    if (!c.up || c.state === undefined) return
+    const before = c.state
+    const step = this.guard(`coordinatorStep(${event.type})`, () => coordinatorStep(before, event, this.env))
+    if (step === undefined) return
+    if (event.type === 'commit-requested' && before.status === 'active') this.preparedSet = before.participants.map((p) => p.ref.branch)
+    c.state = step.state
+    this.log(`C ${describe(event)} -> ${step.state.status}${step.actions.length > 0 ? `: ${step.actions.map(describe).join(', ')}` : ''}`)
+    this.performCoordinator(step.actions)
+  }
+
+  private performCoordinator(actions: readonly CoordinatorAction[]): void {
+    const c = this.coordinator
+    for (const a of actions) {
+      switch (a.type) {
+        case 'send-prepare': {
+          const p = this.participantAt(a.to)
+          this.request<Vote>(
+            c,
+            p,
+            CONTROL_TIMEOUT_MS,
+            (reply) => this.onPrepare(p, reply),
+            (v) => this.feedCoordinator({ type: 'vote', branch: a.to.branch, vote: v ?? { kind: 'refused', reason: 'prepare timed out' } }),
+          )
+          break
+        }
+        case 'log-decision': {
+          const participants = a.participants
+          this.append(c, { kind: 'decision', participants }, this.diskLatency(), () => {
+            this.decision ??= participants.map((r) => r.branch)
+            this.log('C COMMIT record durable')
+            // The sidecar may die between the fsync and acting on it.
+            this.timer(c, this.rng.int(0, 3), () => this.feedCoordinator({ type: 'decision-logged' }))
+          })
+          break
+        }
+        case 'send-commit':
+        case 'send-abort': {
+          const p = this.participantAt(a.to)
+          const outcome: Outcome = a.type === 'send-commit' ? 'committed' : 'aborted'
+          this.request<DecisionReply>(
+            c,
+            p,
+            CONTROL_TIMEOUT_MS,
+            (reply) => this.onDecision(p, outcome, reply),
+            (r) => this.feedCoordinator(r === 'done' ? { type: 'ack', branch: a.to.branch } : { type: 'send-failed', branch: a.to.branch }),
+          )
+          break
+        }
+        case 'schedule-retry':
+          this.timer(c, a.delayMs, () => this.feedCoordinator({ type: 'retry-due', branch: a.branch }))
+          break
+        case 'outcome':
+          c.outcome = a.outcome
+          this.answerApp(a.outcome)
+          break
+        case 'log-end': {
+          // END only closes a COMMIT record (presumed abort wrote nothing else); it is lazy.
+          if (c.state?.decisionLogged === true) this.append(c, { kind: 'end' }, this.rng.int(1, 50))
+          c.state = undefined
+          break
+        }
+      }
+    }
+  }
+
+  /** What the coordinator answers an outcome query. */
+  private answerQuery(): QueryReply {
+    const c = this.coordinator
+    if (c.state !== undefined) return coordinatorOutcome(c.state)
+    return liveDecision(c.log) !== undefined ? 'committed' : 'aborted'
+  }
+
+  private participantAt(ref: ParticipantRef): ParticipantNode {
+    const p = this.participants.find((q) => q.ref.branch === ref.branch)
+    if (p === undefined) throw new Error(`no participant ${ref.branch}`)
+    return p
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Participant sidecars and their apps
+
+  /** The business call reaches the participant's ingress: the branch joins, the app works. */
+  private ingress(p: ParticipantNode): ParticipantRef | 'rejected' {
+    if (this.sched.now >= this.deadline) return 'rejected'
+    if (p.state === undefined) {
+      if (p.app !== 'none') return 'rejected'
+      p.state = newParticipant(this.tx, p.ref.branch, 'c:15010', this.deadline)
+      p.app = 'open'
+      this.armDeadline(p)
+      this.log(`${p.name} joins, app work open`)
+      return p.ref
+    }
+    return p.state.status === 'active' ? p.ref : 'rejected'
+  }
+
+  private armDeadline(p: ParticipantNode): void {
+    this.timer(p, Math.max(0, this.deadline - this.sched.now), () => this.feedParticipant(p, { type: 'deadline' }))
+  }
+
+  private onPrepare(p: ParticipantNode, reply: (v: Vote) => void): void {
+    if (p.state === undefined) {
+      reply({ kind: 'refused', reason: 'unknown branch' })
+      return
+    }
+    p.voteWaiters.push(reply)
+    this.feedParticipant(p, { type: 'prepare' })
+  }
+
+  private onDecision(p: ParticipantNode, outcome: Outcome, reply: (r: DecisionReply) => void): void {
+    if (p.state === undefined) {
+      // Finished and forgotten, or never durable: either way there is nothing left to do.
+      reply('done')
+      return
+    }
+    p.doneWaiters.push(reply)
+    this.feedParticipant(p, { type: 'decision', outcome })
+    const status = p.state?.status
+    if (p.doneWaiters.includes(reply) && status !== 'committing' && status !== 'aborting') {
+      // Nothing under way will answer it (commit for a branch that never voted yes): 409.
+      p.doneWaiters = p.doneWaiters.filter((w) => w !== reply)
+      reply('conflict')
+    }
+  }
+
+  private feedParticipant(p: ParticipantNode, event: ParticipantEvent): void {
+    if (!p.up || p.state === undefined) return
+    const before = p.state
+    const step = this.guard(`participantStep(${event.type})`, () => participantStep(before, event, this.env))
+    if (step === undefined) return
+    p.state = step.state
+    this.log(`${p.name} ${describe(event)} -> ${step.state.status}${step.actions.length > 0 ? `: ${step.actions.map(describe).join(', ')}` : ''}`)
+    this.performParticipant(p, step.actions)
+  }
+
+  private performParticipant(p: ParticipantNode, actions: readonly ParticipantAction[]): void {
+    for (const a of actions) {
+      switch (a.type) {
+        case 'call-app':
+          this.callApp(p, a.hook)
+          break
+        case 'log-prepared':
+          this.append(p, { kind: 'prepared' }, this.diskLatency(), () => {
+            this.timer(p, this.rng.int(0, 3), () => this.feedParticipant(p, { type: 'prepared-logged' }))
+          })
+          break
+        case 'reply-vote':
+          if (a.vote.kind !== 'refused') this.votedYes.add(p.ref.branch)
+          for (const w of p.voteWaiters.splice(0)) w(a.vote)
+          break
+        case 'reply-done':
+          for (const w of p.doneWaiters.splice(0)) w('done')
+          break
+        case 'query-outcome':
+          this.request<QueryReply>(
+            p,
+            this.coordinator,
+            CONTROL_TIMEOUT_MS,
+            (reply) => reply(this.answerQuery()),
+            (r) => this.feedParticipant(p, r === 'committed' || r === 'aborted' ? { type: 'decision', outcome: r } : { type: 'outcome-unknown' }),
+          )
+          break
+        case 'schedule-retry':
+          this.timer(p, a.delayMs, () => this.feedParticipant(p, { type: 'retry-due' }))
+          break
+        case 'log-end': {
+          const seen = this.sidecarOutcomes.get(p.ref.branch) ?? []
+          seen.push(a.outcome)
+          this.sidecarOutcomes.set(p.ref.branch, seen)
+          // A committed branch's END is durable before "done" goes back (the coordinator may
+          // forget the transaction then); an aborted one's may be lazy (presumed abort).
+          if (a.outcome === 'committed') {
+            // Nothing of this branch can still be queued: PREPARED was durable before the vote.
+            if (p.logTail > this.sched.now) this.violation(`${p.ref.branch}: END(committed) behind a pending append`)
+            p.log.push({ kind: 'end', outcome: a.outcome })
+          } else this.append(p, { kind: 'end', outcome: a.outcome }, this.rng.int(1, 50))
+          p.state = undefined
+          for (const w of p.voteWaiters.splice(0)) w({ kind: 'refused', reason: `branch ${a.outcome}` })
+          for (const w of p.doneWaiters.splice(0)) w('done')
+          break
+        }
+      }
+    }
+  }
+
+  /** A hook call to the app in the same pod: it may fail before or after taking effect. */
+  private callApp(p: ParticipantNode, hook: 'prepare' | 'commit' | 'abort'): void {
+    const failed: ParticipantEvent = hook === 'prepare' ? { type: 'app-voted', vote: { kind: 'refused', reason: 'prepare hook failed' } } : { type: 'app-failed' }
+    let settled = false
+    const finish = (e: ParticipantEvent): void => {
+      if (settled) return
+      settled = true
+      this.feedParticipant(p, e)
+    }
+    this.timer(p, HOOK_TIMEOUT_MS, () => finish(failed))
+    const slowApp = this.faultsOn && this.rng.chance(this.faults.hookFailure / 3)
+    this.timer(p, slowApp ? this.rng.int(HOOK_TIMEOUT_MS, 2 * HOOK_TIMEOUT_MS) : this.rng.int(1, 20), () => {
+      if (this.faultsOn && this.rng.chance(this.faults.hookFailure / 2)) {
+        // 5xx before doing anything.
+        this.timer(p, this.rng.int(1, 5), () => finish(failed))
+        return
+      }
+      const result = this.appHook(p, hook)
+      // Done, but the answer is lost: the sidecar times out and retries.
+      if (this.faultsOn && this.rng.chance(this.faults.hookFailure / 2)) return
+      this.timer(p, this.rng.int(1, 5), () => finish(result))
+    })
+  }
+
+  private appHook(p: ParticipantNode, hook: 'prepare' | 'commit' | 'abort'): ParticipantEvent {
+    const b = p.ref.branch
+    switch (hook) {
+      case 'prepare':
+        if (p.app === 'open') {
+          p.app = p.plannedVote === 'prepared' ? 'prepared' : p.plannedVote === 'read-only' ? 'read-only' : 'aborted'
+          if (p.plannedVote === 'refused') return { type: 'app-voted', vote: { kind: 'refused', reason: 'app says no' } }
+          return { type: 'app-voted', vote: { kind: p.plannedVote } }
+        }
+        if (p.app === 'prepared') return { type: 'app-voted', vote: { kind: 'prepared' } }
+        if (p.app === 'read-only') return { type: 'app-voted', vote: { kind: 'read-only' } }
+        if (p.app === 'committed') this.violation(`${b}: prepare hook after the app committed`)
+        return { type: 'app-voted', vote: { kind: 'refused', reason: 'no such work' } }
+      case 'commit':
+        if (p.app === 'prepared') p.app = 'committed'
+        else if (p.app === 'open') this.violation(`${b}: commit hook on unprepared work`)
+        else if (p.app === 'aborted') this.violation(`${b}: commit hook after the app aborted`)
+        return { type: 'app-done' }
+      case 'abort':
+        if (p.app === 'open' || p.app === 'prepared') p.app = 'aborted'
+        else if (p.app === 'committed') this.violation(`${b}: abort hook on a committed branch`)
+        return { type: 'app-done' }
+    }
+  }
+
+  // -------------------------------------------------------------------------------------------
+
+  private report(quiesced: 'idle' | 'time' | 'events'): Report {
+    const c = this.coordinator
+    return {
+      seed: this.seed,
+      quiesced,
+      endTime: this.sched.now,
+      events: this.sched.events,
+      violations: this.violations,
+      participants: this.participants.map((p) => ({
+        branch: p.ref.branch,
+        app: p.app,
+        sidecarOutcomes: this.sidecarOutcomes.get(p.ref.branch) ?? [],
+        stateLeft: p.state?.status,
+        preparedLive: preparedLive(p.log),
+        awaited: p.awaited,
+      })),
+      preparedSet: this.preparedSet,
+      joinedBeforeDecision: [...this.joinedBeforeDecision],
+      decision: this.decision,
+      votedYes: [...this.votedYes],
+      appRequested: this.appRequested,
+      appOutcome: this.appOutcome,
+      appLostAnswer: this.appLostAnswer,
+      coordinatorStateLeft: c.state?.status,
+      decisionLive: liveDecision(c.log) !== undefined,
+      stats: this.stats,
+      faults: this.faults,
+    }
+  }
+}
+
+function liveDecision(log: readonly CoordinatorRecord[]): readonly ParticipantRef[] | undefined {
+  let live: readonly ParticipantRef[] | undefined
+  for (const r of log) live = r.kind === 'decision' ? r.participants : undefined
+  return live
+}
+
+/** A PREPARED record not followed by an END: the branch is in doubt after a restart. */
+function preparedLive(log: readonly ParticipantRecord[]): boolean {
+  let live = false
+  for (const r of log) live = r.kind === 'prepared'
+  return live
+}
+
+function describe(x: CoordinatorEvent | CoordinatorAction | ParticipantEvent | ParticipantAction): string {
+  switch (x.type) {
+    case 'vote':
+      return `vote(${x.branch} ${x.vote.kind})`
+    case 'app-voted':
+    case 'reply-vote':
+      return `${x.type}(${x.vote.kind})`
+    case 'send-prepare':
+    case 'send-commit':
+    case 'send-abort':
+      return `${x.type}(${x.to.branch})`
+    case 'ack':
+    case 'send-failed':
+    case 'retry-due':
+      return 'branch' in x ? `${x.type}(${x.branch})` : x.type
+    case 'schedule-retry':
+      return `${x.type}(${'branch' in x ? `${x.branch} ` : ''}${x.delayMs}ms)`
+    case 'enlist':
+      return `enlist(${x.participants.map((r) => r.branch).join(',')})`
+    case 'decision':
+    case 'outcome':
+    case 'log-end':
+    case 'reply-done':
+      return 'outcome' in x ? `${x.type}(${x.outcome})` : x.type
+    case 'call-app':
+      return `call-app(${x.hook})`
+    default:
+      return x.type
+  }
+}

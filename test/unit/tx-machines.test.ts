@@ -1,0 +1,478 @@
+// The pure 2PC machines, one behaviour at a time (DESIGN.md "Commit protocol"). The simulation
+// (test/simulation) checks them together under faults; these pin each rule down.
+import { describe, expect, it } from 'vitest'
+import { LIMITS } from '../../src/limits.js'
+import type { CoordinatorAction, CoordinatorEvent, CoordinatorState, Env, ParticipantEvent, ParticipantRef, ParticipantState, Vote } from '../../src/tx/core.js'
+import { coordinatorOutcome, coordinatorStep, newCoordinator, recoverCoordinator } from '../../src/tx/coordinator/machine.js'
+import { newParticipant, participantStep, recoverParticipant } from '../../src/tx/participant/machine.js'
+
+const env = (now = 0, random = 0.5): Env => ({ now, random: () => random })
+const ref = (i: number): ParticipantRef => ({ service: `svc${i}`, control: `10.0.0.${i}:15010`, branch: `b${i}` })
+const YES: Vote = { kind: 'prepared' }
+const RO: Vote = { kind: 'read-only' }
+const NO: Vote = { kind: 'refused', reason: 'insufficient funds' }
+
+/** Feeds events in order; returns the final state and every action, step by step. */
+function runC(state: CoordinatorState, events: readonly CoordinatorEvent[], e: Env = env()): { state: CoordinatorState; steps: (readonly CoordinatorAction[])[] } {
+  const steps: (readonly CoordinatorAction[])[] = []
+  for (const ev of events) {
+    const s = coordinatorStep(state, ev, e)
+    state = s.state
+    steps.push(s.actions)
+  }
+  return { state, steps }
+}
+
+function last<T>(xs: readonly T[]): T {
+  const x = xs[xs.length - 1]
+  if (x === undefined) throw new Error('empty')
+  return x
+}
+
+function enlisted(n: number): CoordinatorState {
+  return runC(newCoordinator('tx1', 10_000), [{ type: 'enlist', participants: Array.from({ length: n }, (_, i) => ref(i)) }]).state
+}
+
+function preparing(n: number): CoordinatorState {
+  return coordinatorStep(enlisted(n), { type: 'commit-requested' }, env()).state
+}
+
+const types = (actions: readonly { type: string }[]): string[] => actions.map((a) => a.type)
+
+describe('coordinator machine', () => {
+  it('commits at once with no participants and logs no decision', () => {
+    const s = coordinatorStep(newCoordinator('tx1', 1000), { type: 'commit-requested' }, env())
+    expect(s.state.status).toBe('committed')
+    expect(s.actions).toEqual([{ type: 'outcome', outcome: 'committed' }, { type: 'log-end' }])
+    expect(s.state.decisionLogged).toBe(false)
+  })
+
+  it('prepares every enlisted participant when the app commits', () => {
+    const s = coordinatorStep(enlisted(3), { type: 'commit-requested' }, env())
+    expect(s.state.status).toBe('preparing')
+    expect(s.actions).toEqual([0, 1, 2].map((i) => ({ type: 'send-prepare', to: ref(i) })))
+  })
+
+  it('enlisting the same branch twice is idempotent', () => {
+    const s = runC(newCoordinator('tx1', 1000), [
+      { type: 'enlist', participants: [ref(0), ref(0)] },
+      { type: 'enlist', participants: [ref(0), ref(1)] },
+      { type: 'enlist', participants: [ref(1)] },
+    ]).state
+    expect(s.participants.map((p) => p.ref.branch)).toEqual(['b0', 'b1'])
+  })
+
+  it('force-writes the decision before any commit goes out, then commits every prepared participant', () => {
+    const r = runC(preparing(2), [
+      { type: 'vote', branch: 'b0', vote: YES },
+      { type: 'vote', branch: 'b1', vote: YES },
+    ])
+    expect(r.steps[0]).toEqual([])
+    expect(r.steps[1]).toEqual([{ type: 'log-decision', participants: [ref(0), ref(1)] }])
+    expect(r.state).toMatchObject({ status: 'committing', decisionLogged: false })
+    expect(coordinatorOutcome(r.state)).toBe('unknown')
+    const logged = coordinatorStep(r.state, { type: 'decision-logged' }, env())
+    expect(logged.actions).toEqual([
+      { type: 'outcome', outcome: 'committed' },
+      { type: 'send-commit', to: ref(0) },
+      { type: 'send-commit', to: ref(1) },
+    ])
+    expect(coordinatorOutcome(logged.state)).toBe('committed')
+    const done = runC(logged.state, [
+      { type: 'ack', branch: 'b0' },
+      { type: 'ack', branch: 'b1' },
+    ])
+    expect(done.steps).toEqual([[], [{ type: 'log-end' }]])
+    expect(done.state.status).toBe('committed')
+  })
+
+  it('aborts every branch when one participant votes no, without logging anything', () => {
+    const r = runC(preparing(3), [
+      { type: 'vote', branch: 'b0', vote: YES },
+      { type: 'vote', branch: 'b1', vote: NO },
+    ])
+    expect(r.state.status).toBe('aborting')
+    expect(r.state.reason).toContain('insufficient funds')
+    const actions = last(r.steps)
+    expect(actions).toContainEqual({ type: 'outcome', outcome: 'aborted', reason: r.state.reason })
+    // b1 rolled back itself; b0 is prepared and b2 has not answered yet: both hear abort.
+    expect(actions.filter((a) => a.type === 'send-abort')).toEqual([
+      { type: 'send-abort', to: ref(0) },
+      { type: 'send-abort', to: ref(2) },
+    ])
+    expect(types(r.steps.flat())).not.toContain('log-decision')
+    // The vote still on its way changes nothing.
+    expect(coordinatorStep(r.state, { type: 'vote', branch: 'b2', vote: YES }, env()).actions).toEqual([])
+  })
+
+  it('one prepare failure aborts', () => {
+    const s = coordinatorStep(preparing(1), { type: 'vote', branch: 'b0', vote: { kind: 'refused', reason: 'prepare timed out' } }, env())
+    // Nobody left that may hold work: aborted outright.
+    expect(s.state.status).toBe('aborted')
+    expect(s.actions).toEqual([{ type: 'outcome', outcome: 'aborted', reason: s.state.reason }, { type: 'log-end' }])
+  })
+
+  it('commits without a decision record when every vote is read-only', () => {
+    const r = runC(preparing(2), [
+      { type: 'vote', branch: 'b0', vote: RO },
+      { type: 'vote', branch: 'b1', vote: RO },
+    ])
+    expect(r.state.status).toBe('committed')
+    expect(last(r.steps)).toEqual([{ type: 'outcome', outcome: 'committed' }, { type: 'log-end' }])
+  })
+
+  it('skips phase 2 for read-only participants', () => {
+    const r = runC(preparing(2), [
+      { type: 'vote', branch: 'b0', vote: RO },
+      { type: 'vote', branch: 'b1', vote: YES },
+      { type: 'decision-logged' },
+    ])
+    expect(r.steps[1]).toEqual([{ type: 'log-decision', participants: [ref(1)] }])
+    expect(r.steps[2]).toEqual([
+      { type: 'outcome', outcome: 'committed' },
+      { type: 'send-commit', to: ref(1) },
+    ])
+    expect(coordinatorStep(r.state, { type: 'ack', branch: 'b1' }, env()).actions).toEqual([{ type: 'log-end' }])
+  })
+
+  it('duplicate ack is harmless', () => {
+    const r = runC(preparing(2), [
+      { type: 'vote', branch: 'b0', vote: YES },
+      { type: 'vote', branch: 'b1', vote: YES },
+      { type: 'decision-logged' },
+      { type: 'ack', branch: 'b0' },
+      { type: 'ack', branch: 'b0' },
+      { type: 'ack', branch: 'nobody' },
+    ])
+    expect(r.steps.slice(4)).toEqual([[], []])
+    expect(r.state.status).toBe('committing')
+    const done = runC(r.state, [
+      { type: 'ack', branch: 'b1' },
+      { type: 'ack', branch: 'b1' },
+      { type: 'send-failed', branch: 'b1' },
+      { type: 'retry-due', branch: 'b1' },
+    ])
+    expect(done.steps).toEqual([[{ type: 'log-end' }], [], [], []])
+  })
+
+  it('ignores a vote from an unknown branch, a second vote, and votes before prepare', () => {
+    const s = preparing(2)
+    expect(coordinatorStep(s, { type: 'vote', branch: 'stranger', vote: YES }, env())).toEqual({ state: s, actions: [] })
+    const once = coordinatorStep(s, { type: 'vote', branch: 'b0', vote: YES }, env()).state
+    expect(coordinatorStep(once, { type: 'vote', branch: 'b0', vote: NO }, env())).toEqual({ state: once, actions: [] })
+    const active = enlisted(1)
+    expect(coordinatorStep(active, { type: 'vote', branch: 'b0', vote: YES }, env())).toEqual({ state: active, actions: [] })
+  })
+
+  it('a vote after the decision is a no-op', () => {
+    const committing = runC(preparing(1), [{ type: 'vote', branch: 'b0', vote: YES }, { type: 'decision-logged' }]).state
+    expect(coordinatorStep(committing, { type: 'vote', branch: 'b0', vote: NO }, env())).toEqual({ state: committing, actions: [] })
+    const aborted = coordinatorStep(preparing(2), { type: 'vote', branch: 'b0', vote: NO }, env()).state
+    expect(coordinatorStep(aborted, { type: 'vote', branch: 'b1', vote: YES }, env())).toEqual({ state: aborted, actions: [] })
+  })
+
+  it('retries a failed commit send with capped exponential backoff and full jitter, forever', () => {
+    let s = runC(preparing(1), [{ type: 'vote', branch: 'b0', vote: YES }, { type: 'decision-logged' }]).state
+    const delays: number[] = []
+    for (let i = 0; i < 12; i++) {
+      const failed = coordinatorStep(s, { type: 'send-failed', branch: 'b0' }, env(0, 0.999999))
+      const retry = failed.actions[0]
+      if (retry?.type !== 'schedule-retry') throw new Error('no retry scheduled')
+      expect(retry.branch).toBe('b0')
+      delays.push(retry.delayMs)
+      const due = coordinatorStep(failed.state, { type: 'retry-due', branch: 'b0' }, env())
+      expect(due.actions).toEqual([{ type: 'send-commit', to: ref(0) }])
+      s = due.state
+    }
+    const base = LIMITS.phase2BackoffBaseMs
+    expect(delays.slice(0, 4)).toEqual([base - 1, 2 * base - 1, 4 * base - 1, 8 * base - 1])
+    expect(Math.max(...delays)).toBe(LIMITS.phase2BackoffCapMs - 1)
+    // Full jitter: with random() = 0 the wait is 0.
+    const zero = coordinatorStep(s, { type: 'send-failed', branch: 'b0' }, env(0, 0)).actions[0]
+    expect(zero).toEqual({ type: 'schedule-retry', branch: 'b0', delayMs: 0 })
+  })
+
+  it('retries abort sends a bounded number of times, then forgets the transaction (presumed abort)', () => {
+    let s = coordinatorStep(enlisted(1), { type: 'abort-requested', reason: 'app said so' }, env()).state
+    expect(s.status).toBe('aborting')
+    let sends = 1
+    for (;;) {
+      const failed = coordinatorStep(s, { type: 'send-failed', branch: 'b0' }, env())
+      s = failed.state
+      if (failed.actions[0]?.type !== 'schedule-retry') {
+        expect(failed.actions).toEqual([{ type: 'log-end' }])
+        break
+      }
+      const due = coordinatorStep(s, { type: 'retry-due', branch: 'b0' }, env())
+      expect(due.actions).toEqual([{ type: 'send-abort', to: ref(0) }])
+      s = due.state
+      sends++
+    }
+    expect(sends).toBe(LIMITS.abortSendAttempts)
+    expect(s.status).toBe('aborted')
+    expect(coordinatorOutcome(s)).toBe('aborted')
+  })
+
+  it('aborts on the deadline while active or preparing, not once committing', () => {
+    const a = coordinatorStep(enlisted(1), { type: 'deadline' }, env())
+    expect(a.state).toMatchObject({ status: 'aborting', reason: 'deadline' })
+    expect(a.actions).toEqual([
+      { type: 'outcome', outcome: 'aborted', reason: 'deadline' },
+      { type: 'send-abort', to: ref(0) },
+    ])
+    expect(coordinatorStep(preparing(1), { type: 'deadline' }, env()).state.status).toBe('aborting')
+    const committing = coordinatorStep(preparing(1), { type: 'vote', branch: 'b0', vote: YES }, env()).state
+    expect(coordinatorStep(committing, { type: 'deadline' }, env())).toEqual({ state: committing, actions: [] })
+  })
+
+  it('an abort request while the COMMIT record is being written waits for the commit', () => {
+    const committing = coordinatorStep(preparing(1), { type: 'vote', branch: 'b0', vote: YES }, env()).state
+    expect(coordinatorStep(committing, { type: 'abort-requested', reason: 'impatient' }, env())).toEqual({ state: committing, actions: [] })
+    expect(coordinatorStep(committing, { type: 'commit-requested' }, env())).toEqual({ state: committing, actions: [] })
+  })
+
+  it('a branch enlisted after prepare began aborts the transaction, and hears abort too', () => {
+    const s = coordinatorStep(preparing(1), { type: 'enlist', participants: [ref(0), ref(7)] }, env())
+    expect(s.state).toMatchObject({ status: 'aborting', reason: 'late enlistment' })
+    expect(s.actions).toContainEqual({ type: 'send-abort', to: ref(7) })
+    expect(s.actions).toContainEqual({ type: 'send-abort', to: ref(0) })
+    // Re-enlisting a known branch after prepare is not late: nothing happens.
+    const p = preparing(2)
+    expect(coordinatorStep(p, { type: 'enlist', participants: [ref(1)] }, env())).toEqual({ state: p, actions: [] })
+  })
+
+  it('a branch enlisted after the decision hears abort and leaves the outcome alone', () => {
+    const committing = runC(preparing(1), [{ type: 'vote', branch: 'b0', vote: YES }, { type: 'decision-logged' }]).state
+    const s = coordinatorStep(committing, { type: 'enlist', participants: [ref(5)] }, env())
+    expect(s.state).toEqual(committing)
+    expect(s.actions).toEqual([{ type: 'send-abort', to: ref(5) }])
+  })
+
+  it(`aborts when more than ${LIMITS.maxParticipants} participants enlist`, () => {
+    const full = enlisted(LIMITS.maxParticipants)
+    expect(full.participants).toHaveLength(LIMITS.maxParticipants)
+    const s = coordinatorStep(full, { type: 'enlist', participants: [ref(1000)] }, env())
+    expect(s.state.status).toBe('aborting')
+    expect(s.state.participants).toHaveLength(LIMITS.maxParticipants)
+    expect(s.actions).toContainEqual({ type: 'send-abort', to: ref(1000) })
+  })
+
+  it('recovers a logged COMMIT decision and sends commit to every participant', () => {
+    const r = recoverCoordinator('tx9', [ref(0), ref(1), ref(1)], env(5_000))
+    expect(r.state).toMatchObject({ id: 'tx9', status: 'committing', decisionLogged: true })
+    expect(r.actions).toEqual([
+      { type: 'send-commit', to: ref(0) },
+      { type: 'send-commit', to: ref(1) },
+    ])
+    expect(coordinatorOutcome(r.state)).toBe('committed')
+    // A participant that already finished answers done: acks end it.
+    const done = runC(r.state, [
+      { type: 'ack', branch: 'b0' },
+      { type: 'ack', branch: 'b1' },
+    ])
+    expect(done.state.status).toBe('committed')
+    expect(last(done.steps)).toEqual([{ type: 'log-end' }])
+  })
+
+  it('answers outcome queries by presumed abort', () => {
+    expect(coordinatorOutcome(undefined)).toBe('aborted')
+    expect(coordinatorOutcome(enlisted(1))).toBe('unknown')
+    expect(coordinatorOutcome(preparing(1))).toBe('unknown')
+    expect(coordinatorOutcome(coordinatorStep(enlisted(1), { type: 'deadline' }, env()).state)).toBe('aborted')
+  })
+
+  it('ignores phase-2 events before phase 2', () => {
+    const committing = coordinatorStep(preparing(1), { type: 'vote', branch: 'b0', vote: YES }, env()).state
+    for (const ev of [
+      { type: 'ack', branch: 'b0' },
+      { type: 'send-failed', branch: 'b0' },
+      { type: 'retry-due', branch: 'b0' },
+    ] as const) {
+      expect(coordinatorStep(committing, ev, env())).toEqual({ state: committing, actions: [] })
+    }
+    const d = coordinatorStep(committing, { type: 'decision-logged' }, env()).state
+    expect(coordinatorStep(d, { type: 'decision-logged' }, env())).toEqual({ state: d, actions: [] })
+  })
+})
+
+/** Feeds events in order; returns the final state and the actions of each step. */
+function runP(state: ParticipantState, events: readonly ParticipantEvent[], e: Env = env()) {
+  const steps: (readonly { type: string }[])[] = []
+  for (const ev of events) {
+    const s = participantStep(state, ev, e)
+    state = s.state
+    steps.push(s.actions)
+  }
+  return { state, steps }
+}
+
+const fresh = (): ParticipantState => newParticipant('tx1', 'b0', 'coord:15010', 1_000)
+const preparedP = (): ParticipantState => runP(fresh(), [{ type: 'prepare' }, { type: 'app-voted', vote: YES }, { type: 'prepared-logged' }]).state
+
+describe('participant machine', () => {
+  it('asks the app to prepare, force-writes PREPARED, and only then votes yes', () => {
+    const r = runP(fresh(), [{ type: 'prepare' }, { type: 'app-voted', vote: YES }, { type: 'prepared-logged' }])
+    expect(r.steps).toEqual([[{ type: 'call-app', hook: 'prepare' }], [{ type: 'log-prepared' }], [{ type: 'reply-vote', vote: YES }]])
+    expect(r.state).toMatchObject({ status: 'prepared', vote: YES })
+  })
+
+  it('a read-only vote finishes the branch at once (vote before END)', () => {
+    const r = runP(fresh(), [{ type: 'prepare' }, { type: 'app-voted', vote: RO }])
+    expect(r.state.status).toBe('committed')
+    expect(last(r.steps)).toEqual([
+      { type: 'reply-vote', vote: RO },
+      { type: 'log-end', outcome: 'committed' },
+    ])
+  })
+
+  it('a no vote answers no and rolls the app back until the app confirms', () => {
+    const r = runP(fresh(), [{ type: 'prepare' }, { type: 'app-voted', vote: NO }])
+    expect(last(r.steps)).toEqual([
+      { type: 'reply-vote', vote: NO },
+      { type: 'call-app', hook: 'abort' },
+    ])
+    expect(r.state.status).toBe('aborting')
+    const failed = participantStep(r.state, { type: 'app-failed' }, env())
+    expect(types(failed.actions)).toEqual(['schedule-retry'])
+    expect(participantStep(failed.state, { type: 'retry-due' }, env()).actions).toEqual([{ type: 'call-app', hook: 'abort' }])
+    const done = participantStep(r.state, { type: 'app-done' }, env())
+    expect(done.state.status).toBe('aborted')
+    expect(done.actions).toContainEqual({ type: 'log-end', outcome: 'aborted' })
+  })
+
+  it('answers duplicate prepares from what it already knows', () => {
+    const preparing = participantStep(fresh(), { type: 'prepare' }, env()).state
+    expect(participantStep(preparing, { type: 'prepare' }, env()).actions).toEqual([])
+    const logging = participantStep(preparing, { type: 'app-voted', vote: YES }, env()).state
+    expect(participantStep(logging, { type: 'prepare' }, env()).actions).toEqual([])
+    expect(participantStep(preparedP(), { type: 'prepare' }, env()).actions).toEqual([{ type: 'reply-vote', vote: YES }])
+    const aborted = runP(fresh(), [{ type: 'decision', outcome: 'aborted' }, { type: 'app-done' }]).state
+    expect(aborted.status).toBe('aborted')
+    const again = participantStep(aborted, { type: 'prepare' }, env()).actions
+    expect(again).toHaveLength(1)
+    expect(again[0]).toMatchObject({ type: 'reply-vote', vote: { kind: 'refused' } })
+  })
+
+  it('commits through the app and writes END before answering done', () => {
+    const r = runP(preparedP(), [{ type: 'decision', outcome: 'committed' }, { type: 'decision', outcome: 'committed' }, { type: 'app-done' }])
+    expect(r.steps).toEqual([
+      [{ type: 'call-app', hook: 'commit' }],
+      [],
+      [
+        { type: 'log-end', outcome: 'committed' },
+        { type: 'reply-done', outcome: 'committed' },
+      ],
+    ])
+    expect(r.state.status).toBe('committed')
+  })
+
+  it('answers a repeated decision for a finished branch with its own outcome', () => {
+    const committed = runP(preparedP(), [{ type: 'decision', outcome: 'committed' }, { type: 'app-done' }]).state
+    expect(participantStep(committed, { type: 'decision', outcome: 'committed' }, env()).actions).toEqual([{ type: 'reply-done', outcome: 'committed' }])
+    const aborted = runP(preparedP(), [{ type: 'decision', outcome: 'aborted' }, { type: 'app-done' }]).state
+    expect(participantStep(aborted, { type: 'decision', outcome: 'aborted' }, env()).actions).toEqual([{ type: 'reply-done', outcome: 'aborted' }])
+  })
+
+  it('ignores commit for a branch that never voted yes', () => {
+    for (const s of [fresh(), participantStep(fresh(), { type: 'prepare' }, env()).state]) {
+      expect(participantStep(s, { type: 'decision', outcome: 'committed' }, env())).toEqual({ state: s, actions: [] })
+    }
+  })
+
+  it('aborts through the app on an abort decision while active or prepared', () => {
+    for (const s of [fresh(), preparedP()]) {
+      const r = participantStep(s, { type: 'decision', outcome: 'aborted' }, env())
+      expect(r.state.status).toBe('aborting')
+      expect(r.actions).toEqual([{ type: 'call-app', hook: 'abort' }])
+    }
+  })
+
+  it('an abort that arrives while the app prepares waits for the prepare call to return', () => {
+    const r = runP(fresh(), [{ type: 'prepare' }, { type: 'decision', outcome: 'aborted' }, { type: 'app-voted', vote: YES }, { type: 'app-done' }])
+    expect(r.steps[1]).toEqual([])
+    expect(r.steps[2]).toEqual([
+      { type: 'reply-vote', vote: { kind: 'refused', reason: 'branch aborted' } },
+      { type: 'call-app', hook: 'abort' },
+    ])
+    expect(r.state.status).toBe('aborted')
+  })
+
+  it('an abort that arrives while PREPARED is written answers the prepare with no and undoes', () => {
+    const r = runP(fresh(), [{ type: 'prepare' }, { type: 'app-voted', vote: YES }, { type: 'decision', outcome: 'aborted' }, { type: 'prepared-logged' }])
+    expect(r.steps[2]).toEqual([
+      { type: 'reply-vote', vote: { kind: 'refused', reason: 'branch aborted' } },
+      { type: 'call-app', hook: 'abort' },
+    ])
+    expect(r.steps[3]).toEqual([])
+  })
+
+  it('a failed PREPARED write votes no', () => {
+    const r = runP(fresh(), [{ type: 'prepare' }, { type: 'app-voted', vote: YES }, { type: 'app-voted', vote: { kind: 'refused', reason: 'cannot log PREPARED' } }])
+    expect(r.state.status).toBe('aborting')
+    expect(last(r.steps)).toEqual([
+      { type: 'reply-vote', vote: { kind: 'refused', reason: 'cannot log PREPARED' } },
+      { type: 'call-app', hook: 'abort' },
+    ])
+  })
+
+  it('retries a failing commit hook with capped backoff until the app answers', () => {
+    let s = participantStep(preparedP(), { type: 'decision', outcome: 'committed' }, env()).state
+    const delays: number[] = []
+    for (let i = 0; i < 10; i++) {
+      const failed = participantStep(s, { type: 'app-failed' }, env(0, 0.999999))
+      const a = failed.actions[0]
+      if (a?.type !== 'schedule-retry') throw new Error('no retry')
+      delays.push(a.delayMs)
+      const due = participantStep(failed.state, { type: 'retry-due' }, env())
+      expect(due.actions).toEqual([{ type: 'call-app', hook: 'commit' }])
+      s = due.state
+    }
+    expect(delays[0]).toBe(LIMITS.branchRetryBaseMs - 1)
+    expect(delays[1]).toBe(2 * LIMITS.branchRetryBaseMs - 1)
+    expect(Math.max(...delays)).toBe(LIMITS.branchRetryCapMs - 1)
+    expect(participantStep(s, { type: 'app-done' }, env()).state.status).toBe('committed')
+  })
+
+  it('aborts alone on the deadline while active', () => {
+    const r = runP(fresh(), [{ type: 'deadline' }, { type: 'app-done' }])
+    expect(r.steps[0]).toEqual([{ type: 'call-app', hook: 'abort' }])
+    expect(r.steps[1]).toContainEqual({ type: 'log-end', outcome: 'aborted' })
+    expect(r.state.status).toBe('aborted')
+  })
+
+  it('never decides alone once prepared: on the deadline it asks the coordinator, and keeps asking', () => {
+    const asked = participantStep(preparedP(), { type: 'deadline' }, env(1_000))
+    expect(asked.state.status).toBe('prepared')
+    expect(asked.actions).toEqual([{ type: 'query-outcome' }])
+    // A second deadline (or one after recovery) does not start a second chain of queries.
+    expect(participantStep(asked.state, { type: 'deadline' }, env(1_000)).actions).toEqual([])
+    const unknown = participantStep(asked.state, { type: 'outcome-unknown' }, env())
+    expect(types(unknown.actions)).toEqual(['schedule-retry'])
+    expect(participantStep(unknown.state, { type: 'retry-due' }, env()).actions).toEqual([{ type: 'query-outcome' }])
+    expect(participantStep(unknown.state, { type: 'decision', outcome: 'aborted' }, env()).actions).toEqual([{ type: 'call-app', hook: 'abort' }])
+  })
+
+  it('asks for the outcome at once when PREPARED lands after the deadline', () => {
+    const logging = runP(fresh(), [{ type: 'prepare' }, { type: 'app-voted', vote: YES }, { type: 'deadline' }]).state
+    expect(logging.status).toBe('logging')
+    const r = participantStep(logging, { type: 'prepared-logged' }, env(5_000))
+    expect(r.actions).toEqual([{ type: 'reply-vote', vote: YES }, { type: 'query-outcome' }])
+  })
+
+  it('recovers a PREPARED branch in doubt and asks the coordinator', () => {
+    const r = recoverParticipant('tx1', 'b0', 'coord:15010', 1_000, env(50_000))
+    expect(r.state).toMatchObject({ status: 'prepared', vote: YES })
+    expect(r.actions).toEqual([{ type: 'query-outcome' }])
+    const committed = runP(r.state, [{ type: 'decision', outcome: 'committed' }, { type: 'app-done' }])
+    expect(committed.state.status).toBe('committed')
+  })
+
+  it('ignores stray events', () => {
+    const s = fresh()
+    for (const ev of [{ type: 'app-done' }, { type: 'app-failed' }, { type: 'outcome-unknown' }, { type: 'retry-due' }, { type: 'prepared-logged' }, { type: 'app-voted', vote: YES }] as const) {
+      expect(participantStep(s, ev, env())).toEqual({ state: s, actions: [] })
+    }
+    const p = preparedP()
+    expect(participantStep(p, { type: 'app-done' }, env())).toEqual({ state: p, actions: [] })
+  })
+})
