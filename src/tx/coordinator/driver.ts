@@ -64,6 +64,7 @@ export class CoordinatorDriver {
   private readonly finished = new Map<TxId, Entry>()
   private readonly clock: () => number
   private readonly random: () => number
+  readonly outcomes = { committed: 0, aborted: 0 }
 
   constructor(private readonly d: CoordinatorDeps) {
     this.clock = d.clock ?? Date.now
@@ -236,6 +237,7 @@ export class CoordinatorDriver {
         }
         case 'outcome':
           e.outcome = a.outcome
+          this.outcomes[a.outcome]++
           clearTimeout(e.deadlineTimer)
           for (const w of e.outcomeWaiters.splice(0)) w(a.outcome)
           this.d.logger.info('tx_outcome', { tx: id, outcome: a.outcome, reason: a.reason })

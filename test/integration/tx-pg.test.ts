@@ -1,0 +1,134 @@
+// Two-phase commit with real Postgres, real app processes using txmesh/pg, and real sidecars.
+import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process'
+import { join } from 'node:path'
+import { createInterface } from 'node:readline'
+import pg from 'pg'
+import { request } from 'undici'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { startPostgres, type PostgresInstance } from '../helpers/pg.js'
+import { rawRequest, sidecarYaml, spawnSidecar, tempDir, type SidecarProcess } from '../helpers/servers.js'
+
+const APP = join(import.meta.dirname, '../fixtures/pg-app.ts')
+let pgi: PostgresInstance
+const children: { kill(sig: NodeJS.Signals): boolean }[] = []
+
+beforeAll(async () => {
+  pgi = await startPostgres()
+})
+afterAll(async () => {
+  for (const c of children) c.kill('SIGKILL')
+  await pgi.stop()
+})
+
+interface AppProc {
+  child: ChildProcessWithoutNullStreams
+  port: number
+  recovered: { committed: number; aborted: number; inDoubt: number }
+  exited: Promise<unknown>
+}
+
+async function startApp(service: string, db: string, admin: number, env: Record<string, string> = {}, port = 0): Promise<AppProc> {
+  const child = spawn(process.execPath, ['--import', 'tsx', APP], {
+    env: { ...process.env, DATABASE_URL: pgi.connectionString(db), SERVICE: service, SIDECAR_ADMIN: `http://127.0.0.1:${admin}`, PORT: String(port), ...env },
+    stdio: 'pipe',
+  })
+  children.push(child)
+  let err = ''
+  child.stderr.on('data', (c: Buffer) => (err += c.toString()))
+  const exited = new Promise((r) => child.once('exit', r))
+  const line = await new Promise<string>((resolve, reject) => {
+    createInterface({ input: child.stdout }).once('line', resolve)
+    void exited.then(() => reject(new Error(`app exited: ${err}`)))
+  })
+  const info = JSON.parse(line) as { port: number; recovered: AppProc['recovered'] }
+  return { child, port: info.port, recovered: info.recovered, exited }
+}
+
+async function rows(db: string): Promise<{ items: string[]; prepared: number }> {
+  const c = new pg.Client({ connectionString: pgi.connectionString(db) })
+  await c.connect()
+  try {
+    const items = (await c.query<{ v: string }>('SELECT v FROM items ORDER BY v')).rows.map((r) => r.v)
+    const prepared = Number((await c.query<{ n: string }>('SELECT count(*) AS n FROM pg_prepared_xacts WHERE database = current_database()')).rows[0]?.n)
+    return { items, prepared }
+  } finally {
+    await c.end()
+  }
+}
+
+async function until(what: string, cond: () => Promise<boolean>, ms = 15_000): Promise<void> {
+  const end = Date.now() + ms
+  while (Date.now() < end) {
+    if (await cond()) return
+    await new Promise((r) => setTimeout(r, 50))
+  }
+  throw new Error(`timed out waiting for ${what}`)
+}
+
+describe('two-phase commit on Postgres through sidecars', () => {
+  let coord: SidecarProcess
+  const svc: Record<string, { db: string; sc: SidecarProcess; app: AppProc; store: string }> = {}
+
+  beforeAll(async () => {
+    for (const name of ['alpha', 'beta']) {
+      await pgi.createDatabase(name)
+      const store = tempDir()
+      // The sidecar needs the app port and the app needs the sidecar's admin port: start the
+      // sidecar on a fixed free app port first.
+      const probe = await startApp(name, name, 1)
+      const appPort = probe.port
+      probe.child.kill('SIGKILL')
+      await probe.exited
+      const sc = await spawnSidecar(sidecarYaml(name, appPort, '', store))
+      const app = await startApp(name, name, sc.ports.admin, {}, appPort)
+      svc[name] = { db: name, sc, app, store }
+      children.push(sc.child)
+    }
+    coord = await spawnSidecar(
+      sidecarYaml('initiator', 1, `services:\n  alpha: {address: "127.0.0.1:${svc.alpha!.sc.ports.ingress}"}\n  beta: {address: "127.0.0.1:${svc.beta!.sc.ports.ingress}"}\n`),
+    )
+    children.push(coord.child)
+  })
+
+  async function begin(): Promise<{ id: string; context: string }> {
+    const r = await request(`http://127.0.0.1:${coord.ports.admin}/v1/transactions`, { method: 'POST', body: '{"mode":"2pc","timeoutMs":20000}' })
+    return (await r.body.json()) as { id: string; context: string }
+  }
+  async function write(ctx: string, service: string, value: string): Promise<number> {
+    return (await rawRequest(coord.ports.egress, { method: 'POST', path: `http://${service}/write/${value}`, headers: { 'txmesh-context': ctx } })).status
+  }
+
+  it('commits rows in both databases and leaves no prepared transaction', async () => {
+    const tx = await begin()
+    expect(await write(tx.context, 'alpha', 'a1')).toBe(200)
+    expect(await write(tx.context, 'beta', 'b1')).toBe(200)
+    expect((await rows('alpha')).items).toEqual([])
+    const r = await request(`http://127.0.0.1:${coord.ports.admin}/v1/transactions/${tx.id}/commit`, { method: 'POST' })
+    expect(((await r.body.json()) as { outcome: string }).outcome).toBe('committed')
+    expect(await rows('alpha')).toEqual({ items: ['a1'], prepared: 0 })
+    expect(await rows('beta')).toEqual({ items: ['b1'], prepared: 0 })
+  })
+
+  it('an app SIGKILLed after prepare finishes its branch from pg_prepared_xacts after restart', async () => {
+    // beta dies when its commit hook is called: prepared in Postgres, not committed.
+    const beta = svc.beta!
+    beta.app.child.kill('SIGKILL')
+    await beta.app.exited
+    beta.app = await startApp('beta', 'beta', beta.sc.ports.admin, { DIE_ON_COMMIT: '1' }, beta.app.port)
+    const tx = await begin()
+    expect(await write(tx.context, 'alpha', 'a2')).toBe(200)
+    expect(await write(tx.context, 'beta', 'b2')).toBe(200)
+    const r = await request(`http://127.0.0.1:${coord.ports.admin}/v1/transactions/${tx.id}/commit`, { method: 'POST' })
+    expect(((await r.body.json()) as { outcome: string }).outcome).toBe('committed')
+    await beta.app.exited
+    expect((await rows('beta')).prepared).toBe(1)
+    expect((await rows('beta')).items).toEqual(['b1'])
+    // Restart: the helper asks its sidecar about the prepared row and commits it.
+    beta.app = await startApp('beta', 'beta', beta.sc.ports.admin, {}, beta.app.port)
+    // recover() runs before the app listens, so it (not the sidecar's hook retry) finished it.
+    expect(beta.app.recovered).toEqual({ committed: 1, aborted: 0, inDoubt: 0 })
+    await until('beta committed', async () => (await rows('beta')).items.includes('b2'))
+    expect(await rows('beta')).toEqual({ items: ['b1', 'b2'], prepared: 0 })
+    expect(await rows('alpha')).toEqual({ items: ['a1', 'a2'], prepared: 0 })
+  })
+})
