@@ -92,6 +92,7 @@ export async function startSidecar(config: SidecarConfig, log: Logger): Promise<
         appOrigin,
         hooks: config.hooks,
         logger: log,
+        coordinators: config.mesh.coordinators,
       })
       plane = new ActiveTxPlane({ keys, coordinators: config.mesh.coordinators, coordinator, participant, control: controlClient })
       controlDeps = { keys, coordinator, participant, logger: log }

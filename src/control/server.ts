@@ -8,7 +8,7 @@
 //   POST /v1/tx/{id}/register  {participants: []}  coordinator: late enlistment
 //   GET  /v1/tx/{id}/outcome                       coordinator: -> {outcome} (presumed abort)
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
-import { BadRequestError, ControlAuthError, MethodNotAllowedError, NotFoundError, NotReadyError, TxmeshError } from '../errors.js'
+import { BadRequestError, ControlAuthError, MethodNotAllowedError, NotFoundError, NotReadyError, TxNotActiveError, TxmeshError } from '../errors.js'
 import { parseJsonObject, readText, sendJson } from '../http-json.js'
 import { LIMITS } from '../limits.js'
 import type { Logger } from '../log.js'
@@ -74,7 +74,8 @@ export function createControlServer(deps: () => ControlDeps | undefined): Server
       return sendJson(res, 200, { id, branch, vote: vote.kind, ...(vote.kind === 'refused' ? { reason: vote.reason } : {}) })
     }
     const outcome = await d.participant.decide(id, branch, op === 'commit' ? 'committed' : 'aborted')
-    if (outcome === 'refused') return respondError(res, new BadRequestError(`branch ${branch} never prepared; it cannot commit`))
+    if (outcome === 'refused') return respondError(res, new TxNotActiveError(`branch ${branch} never prepared; it cannot commit`))
+    if (outcome === 'failed') return respondError(res, new NotReadyError(`the app did not finish branch ${branch}; retry later`))
     return sendJson(res, 200, { id, branch, outcome })
   }
   return server

@@ -43,8 +43,24 @@ const VERSION = 'v1'
 const ID_RE = /^[A-Za-z0-9_-]{1,64}$/
 const ADDRESS_RE = /^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]{1,253}):\d{1,5}$/
 
-export function newTxId(): TxId {
-  return randomBytes(12).toString('base64url')
+/**
+ * A transaction id names its coordinator (DESIGN.md "Enlistment"): `<random>_<base64url of the
+ * coordinator's control address>`. A sibling instance, or a sidecar that lost its log, can then
+ * ask the coordinator about a prepared row it finds in the database. Addresses too long to fit
+ * the 64-character id are left out (such rows stay in doubt until an operator resolves them).
+ */
+export function newTxId(coordinator: string): TxId {
+  const random = randomBytes(12).toString('base64url').replace(/_/g, '-')
+  const encoded = Buffer.from(coordinator).toString('base64url')
+  return random.length + 1 + encoded.length <= 64 ? `${random}_${encoded}` : random
+}
+
+/** The coordinator control address a transaction id names, if any. */
+export function coordinatorOfTx(id: TxId): string | undefined {
+  const sep = id.indexOf('_')
+  if (sep < 0) return undefined
+  const address = Buffer.from(id.slice(sep + 1), 'base64url').toString('utf8')
+  return ADDRESS_RE.test(address) ? address : undefined
 }
 
 export function newBranchId(): BranchId {

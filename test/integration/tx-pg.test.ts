@@ -131,4 +131,31 @@ describe('two-phase commit on Postgres through sidecars', () => {
     expect(await rows('beta')).toEqual({ items: ['b1', 'b2'], prepared: 0 })
     expect(await rows('alpha')).toEqual({ items: ['a1', 'a2'], prepared: 0 })
   })
+
+  it('a participant sidecar that lost its log still resolves the prepared row through the coordinator the id names', async () => {
+    const beta = svc.beta!
+    beta.app.child.kill('SIGKILL')
+    await beta.app.exited
+    beta.app = await startApp('beta', 'beta', beta.sc.ports.admin, { DIE_ON_COMMIT: '1' }, beta.app.port)
+    const tx = await begin()
+    expect(await write(tx.context, 'alpha', 'a3')).toBe(200)
+    expect(await write(tx.context, 'beta', 'b3')).toBe(200)
+    const r = await request(`http://127.0.0.1:${coord.ports.admin}/v1/transactions/${tx.id}/commit`, { method: 'POST' })
+    expect(((await r.body.json()) as { outcome: string }).outcome).toBe('committed')
+    await beta.app.exited
+    // The sidecar dies too and comes back with an empty log (an emptyDir that was lost).
+    beta.sc.child.kill('SIGKILL')
+    await beta.sc.exited
+    beta.sc = await spawnSidecar(sidecarYaml('beta', beta.app.port, '', tempDir()), ['--ingress-port', String(beta.sc.ports.ingress), '--control-port', String(beta.sc.ports.control), '--admin-port', String(beta.sc.ports.admin)])
+    children.push(beta.sc.child)
+    expect((await rows('beta')).prepared).toBe(1)
+    beta.app = await startApp('beta', 'beta', beta.sc.ports.admin, {}, beta.app.port)
+    expect(beta.app.recovered).toEqual({ committed: 1, aborted: 0, inDoubt: 0 })
+    expect(await rows('beta')).toEqual({ items: ['b1', 'b2', 'b3'], prepared: 0 })
+    // The coordinator's phase-2 retry reaches the new sidecar, which asks the app: done.
+    await until('coordinator finished', async () => {
+      const v = (await (await request(`http://127.0.0.1:${coord.ports.admin}/v1/transactions/${tx.id}`)).body.json()) as { status: string }
+      return v.status === 'committed'
+    })
+  })
 })

@@ -81,7 +81,7 @@ export class CoordinatorDriver {
 
   begin(mode: TxMode, timeoutMs: number): { id: TxId; context: string; deadline: number } | TxmeshError {
     if (this.txs.size >= LIMITS.maxActiveTransactions) return new TxLimitError(`this sidecar already coordinates ${this.txs.size} transactions`)
-    const id = newTxId()
+    const id = newTxId(this.d.self)
     const deadline = this.clock() + timeoutMs
     const entry: Entry = {
       state: newCoordinator(id, deadline),

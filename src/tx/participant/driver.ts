@@ -9,7 +9,7 @@ import type { Logger } from '../../log.js'
 import type { FileLog } from '../../log/file-log.js'
 import type { ControlClient } from '../control-client.js'
 import type { BranchId, Env, Outcome, ParticipantAction, ParticipantEvent, ParticipantRef, ParticipantState, TxId, Vote } from '../core.js'
-import { BRANCH_ID_HEADER, CONTEXT_HEADER, TX_ID_HEADER, newBranchId, type TxContext } from '../protocol.js'
+import { BRANCH_ID_HEADER, CONTEXT_HEADER, TX_ID_HEADER, coordinatorAllowed, coordinatorOfTx, newBranchId, type TxContext } from '../protocol.js'
 import { newParticipant, participantStep, recoverParticipant } from './machine.js'
 
 export interface Branch {
@@ -38,6 +38,8 @@ export interface ParticipantDeps {
   readonly appOrigin: string
   readonly hooks: { readonly prepare: string; readonly commit: string; readonly abort: string }
   readonly logger: Logger
+  /** Coordinator allow-list (mesh.coordinators): who may be asked about unknown branches. */
+  readonly coordinators: readonly string[]
   readonly clock?: () => number
   readonly random?: () => number
 }
@@ -117,9 +119,16 @@ export class ParticipantDriver {
   }
 
   /** Coordinator's decision. 'unknown' when the branch is not here (already finished or never began: both are done). */
-  decide(tx: TxId, branch: BranchId, outcome: Outcome): Promise<Outcome | 'unknown' | 'refused'> {
+  decide(tx: TxId, branch: BranchId, outcome: Outcome): Promise<Outcome | 'unknown' | 'refused' | 'failed'> {
     const b = this.byTx.get(tx)
-    if (b === undefined || b.state.branch !== branch) return Promise.resolve(this.ended.get(`${tx}:${branch}`) ?? 'unknown')
+    if (b === undefined || b.state.branch !== branch) {
+      const ended = this.ended.get(`${tx}:${branch}`)
+      if (ended !== undefined) return Promise.resolve(ended)
+      // Not known here: finished long ago, or this sidecar lost its log (emptyDir) while the
+      // app still holds a prepared row. Deliver the decision to the app anyway: its hooks are
+      // idempotent (404 = nothing to do), so this is right in both cases.
+      return this.decideUnknown(tx, branch, outcome)
+    }
     // Commit reaches only a branch that voted yes; anything else is a protocol violation (409).
     if (outcome === 'committed' && (b.state.status === 'active' || b.state.status === 'preparing' || b.state.status === 'logging')) {
       return Promise.resolve('refused')
@@ -134,14 +143,24 @@ export class ParticipantDriver {
     const ended = this.ended.get(`${tx}:${branch}`)
     if (ended !== undefined) return ended
     const b = this.byTx.get(tx)
-    // Not ours (a sibling instance's branch, or forgotten): only its own sidecar or the
-    // coordinator may say aborted, so the answer is in-doubt, never a guess.
-    if (b === undefined || b.state.branch !== branch) return 'in-doubt'
+    // Not ours (a sibling instance's branch, or a log that was lost): ask the coordinator the
+    // id names. A prepared row with a committed coordinator voted yes, so it commits; a
+    // coordinator that does not know the transaction aborted it (presumed abort: a committed
+    // one is forgotten only after every branch acknowledged, i.e. no prepared row is left).
+    if (b === undefined || b.state.branch !== branch) {
+      const coordinator = coordinatorOfTx(tx)
+      if (coordinator === undefined || !coordinatorAllowed(this.d.coordinators, coordinator)) return 'in-doubt'
+      return this.askCoordinator(coordinator, tx)
+    }
     if (b.state.status === 'committed' || b.state.status === 'committing') return 'committed'
     if (b.state.status === 'aborted' || b.state.status === 'aborting') return 'aborted'
     // Still voting: the decision is not made yet.
     if (b.state.status !== 'prepared') return 'in-doubt'
-    const r = await this.d.control.call(b.state.coordinator, 'GET', `/v1/tx/${tx}/outcome`)
+    return this.askCoordinator(b.state.coordinator, tx)
+  }
+
+  private async askCoordinator(coordinator: string, tx: TxId): Promise<Outcome | 'in-doubt'> {
+    const r = await this.d.control.call(coordinator, 'GET', `/v1/tx/${tx}/outcome`)
     const o = r.ok ? r.body.outcome : undefined
     return o === 'committed' || o === 'aborted' ? o : 'in-doubt'
   }
@@ -263,17 +282,34 @@ export class ParticipantDriver {
     for (const w of b.doneWaiters.splice(0)) w(outcome)
   }
 
+  private async decideUnknown(tx: TxId, branch: BranchId, outcome: Outcome): Promise<Outcome | 'unknown' | 'failed'> {
+    const hook = outcome === 'committed' ? 'commit' : 'abort'
+    try {
+      const s = await this.hookStatus(tx, branch, undefined, hook)
+      if ((s >= 200 && s < 300) || s === 404) return 'unknown'
+    } catch (err) {
+      this.d.logger.warn('hook_failed', { tx, hook, error: (err as { code?: string }).code ?? String(err) })
+    }
+    return 'failed'
+  }
+
+  private async hookStatus(tx: TxId, branch: BranchId, context: string | undefined, hook: 'prepare' | 'commit' | 'abort'): Promise<number> {
+    const headers: Record<string, string> = { [TX_ID_HEADER]: tx, [BRANCH_ID_HEADER]: branch, 'content-length': '0' }
+    if (context !== undefined) headers[CONTEXT_HEADER] = context
+    const res = await request(`${this.d.appOrigin}${this.d.hooks[hook]}`, {
+      method: 'POST',
+      dispatcher: this.d.app,
+      headers,
+      headersTimeout: LIMITS.hookCallTimeoutMs,
+      bodyTimeout: LIMITS.hookCallTimeoutMs,
+    })
+    await res.body.dump({ limit: LIMITS.controlBodyBytes }).catch(() => undefined)
+    return res.statusCode
+  }
+
   private async callHook(b: Branch, hook: 'prepare' | 'commit' | 'abort'): Promise<ParticipantEvent> {
     try {
-      const res = await request(`${this.d.appOrigin}${this.d.hooks[hook]}`, {
-        method: 'POST',
-        dispatcher: this.d.app,
-        headers: { [TX_ID_HEADER]: b.state.tx, [BRANCH_ID_HEADER]: b.state.branch, [CONTEXT_HEADER]: b.context, 'content-length': '0' },
-        headersTimeout: LIMITS.hookCallTimeoutMs,
-        bodyTimeout: LIMITS.hookCallTimeoutMs,
-      })
-      await res.body.dump({ limit: LIMITS.controlBodyBytes }).catch(() => undefined)
-      const s = res.statusCode
+      const s = await this.hookStatus(b.state.tx, b.state.branch, b.context, hook)
       if (hook === 'prepare') {
         if (s === 200) return { type: 'app-voted', vote: { kind: 'prepared' } }
         if (s === 204) return { type: 'app-voted', vote: { kind: 'read-only' } }

@@ -1,0 +1,337 @@
+// What the transaction benchmark runs on: one real Postgres (fsync on) with three databases, a
+// participant app per database (bench/tx-app.ts, txmesh/pg helper), a txmesh sidecar beside each
+// app, and one coordinator sidecar for the benchmark driver (the initiating app). Also the
+// measurements taken around each run: sidecar stats and CPU time per process group.
+import { readFileSync, writeFileSync, mkdirSync } from 'node:fs'
+import { join } from 'node:path'
+import pg from 'pg'
+import { request } from 'undici'
+import { SIDECAR_NODE_FLAGS } from '../../src/runtime.js'
+import { startPostgres, type PostgresInstance } from '../../test/helpers/pg.js'
+import { childPids, clockTicksPerSecond, cpuUse, firstJsonLine, readCpuTimes, type CpuTimes, type ProcessGroup } from './procs.js'
+
+export const SERVICES = ['a', 'b', 'c'] as const
+export type ServiceName = (typeof SERVICES)[number]
+
+/** The benchmark's mesh key (any ≥ 16 bytes; the sidecars only talk to each other). */
+const MESH_KEY = 'txmesh-bench-mesh-key-0123456789'
+
+export interface ClusterOptions {
+  readonly root: string
+  /** Scratch directory (sidecar configs and logs); removed by the caller. */
+  readonly dir: string
+  readonly accounts: number
+  readonly initialBalance: number
+  /** Highest concurrency of the run: sizes pools, maxOpen and Postgres limits. */
+  readonly maxConcurrency: number
+  /** When set, apps and sidecars write V8 CPU profiles here on exit. */
+  readonly cpuProfileDir: string | undefined
+}
+
+export interface AppProc {
+  readonly name: ServiceName
+  readonly port: number
+  readonly pid: number
+}
+
+export interface SidecarPorts {
+  readonly egress: number
+  readonly ingress: number
+  readonly control: number
+  readonly admin: number
+}
+
+export interface SidecarProc {
+  /** a, b, c, or "coordinator". */
+  readonly name: string
+  readonly pid: number
+  readonly ports: SidecarPorts
+  readonly storeDir: string
+}
+
+export interface Cluster {
+  readonly pg: PostgresInstance
+  readonly apps: readonly AppProc[]
+  readonly participants: readonly SidecarProc[]
+  readonly coordinator: SidecarProc
+  /** Sizes the helper and the pools were given (printed with the results). */
+  readonly sizing: { readonly appPoolMax: number; readonly maxOpen: number; readonly maxPreparedTransactions: number; readonly maxConnections: number }
+  /** Sum of all balances over the three databases right after seeding. */
+  readonly initialTotal: bigint
+}
+
+interface Listening {
+  event: 'listening'
+  pid: number
+  port: number
+}
+function isListening(v: unknown): v is Listening {
+  const o = v as Record<string, unknown> | null
+  return typeof o === 'object' && o !== null && o.event === 'listening' && typeof o.port === 'number' && typeof o.pid === 'number'
+}
+
+interface SidecarListening {
+  event: 'listening'
+  pid: number
+  ports: SidecarPorts
+}
+function isSidecarListening(v: unknown): v is SidecarListening {
+  const o = v as Record<string, unknown> | null
+  if (typeof o !== 'object' || o === null || o.event !== 'listening' || typeof o.pid !== 'number') return false
+  const p = o.ports as Record<string, unknown> | null
+  return typeof p === 'object' && p !== null && ['egress', 'ingress', 'control', 'admin'].every((k) => typeof p[k] === 'number')
+}
+
+function childEnv(extra: Record<string, string> = {}): NodeJS.ProcessEnv {
+  const env: NodeJS.ProcessEnv = { ...process.env, ...extra }
+  delete env.NODE_OPTIONS
+  delete env.TXMESH_LOG_LEVEL
+  delete env.TXMESH_CONFIG
+  delete env.TXMESH_FAILPOINTS
+  return env
+}
+
+function profileFlags(o: ClusterOptions, name: string): string[] {
+  if (o.cpuProfileDir === undefined) return []
+  return ['--cpu-prof', `--cpu-prof-dir=${o.cpuProfileDir}`, `--cpu-prof-name=${name}.cpuprofile`]
+}
+
+export async function startCluster(group: ProcessGroup, o: ClusterOptions, onPostgres: (p: PostgresInstance) => void): Promise<Cluster> {
+  const c = o.maxConcurrency
+  // Each open branch holds a connection, and COMMIT PREPARED takes another: maxOpen above the
+  // concurrency, the pool above maxOpen (README, Postgres helper).
+  const maxOpen = Math.max(64, 2 * c)
+  const appPoolMax = maxOpen + 16
+  // Prepared transactions are a cluster-wide pool: up to 3 per transfer in flight (one per
+  // database), with room to spare.
+  const maxPreparedTransactions = 4 * c + 16
+  // Three app pools, three driver pools for mode (b), and a few for setup and checks.
+  const maxConnections = 3 * appPoolMax + 3 * c + 20
+  if (o.cpuProfileDir !== undefined) mkdirSync(o.cpuProfileDir, { recursive: true })
+
+  const pgi = await startPostgres({
+    maxPreparedTransactions,
+    extraFlags: [
+      // Durability is part of what is measured: every COMMIT, PREPARE TRANSACTION and COMMIT
+      // PREPARED waits for its WAL flush, as in production.
+      '-c', 'fsync=on',
+      '-c', 'synchronous_commit=on',
+      '-c', 'full_page_writes=on',
+      '-c', `max_connections=${maxConnections}`,
+    ],
+  })
+  onPostgres(pgi)
+
+  let initialTotal = 0n
+  for (const name of SERVICES) {
+    await pgi.createDatabase(name)
+    const client = new pg.Client({ connectionString: pgi.connectionString(name) })
+    await client.connect()
+    try {
+      await client.query('CREATE TABLE accounts (id int PRIMARY KEY, balance bigint NOT NULL)')
+      await client.query('INSERT INTO accounts SELECT g, $1 FROM generate_series(1, $2) g', [o.initialBalance, o.accounts])
+      await client.query('VACUUM ANALYZE accounts')
+      const r = await client.query<{ s: string }>('SELECT sum(balance)::text AS s FROM accounts')
+      initialTotal += BigInt(r.rows[0]?.s ?? '0')
+    } finally {
+      await client.end()
+    }
+  }
+
+  const apps: AppProc[] = []
+  for (const name of SERVICES) {
+    const svc = group.start(
+      `app ${name}`,
+      undefined,
+      process.execPath,
+      [...profileFlags(o, `app-${name}`), '--import', 'tsx', join(o.root, 'bench', 'tx-app.ts')],
+      {
+        cwd: o.root,
+        env: childEnv({ DATABASE_URL: pgi.connectionString(name), SERVICE: name, POOL_MAX: String(appPoolMax), MAX_OPEN: String(maxOpen) }),
+      },
+    )
+    const l = await firstJsonLine(svc, isListening)
+    apps.push({ name, port: l.port, pid: svc.pid })
+  }
+
+  const participants: SidecarProc[] = []
+  for (const app of apps) participants.push(await startSidecar(group, o, app.name, app.port, ''))
+  const services = participants.map((p) => `  ${p.name}: {address: "127.0.0.1:${p.ports.ingress}"}`).join('\n')
+  // The coordinator's app is the driver, which serves nothing: ingress is never used, the port
+  // only has to be valid.
+  const coordinator = await startSidecar(group, o, 'coordinator', 9, `services:\n${services}\n`)
+
+  return {
+    pg: pgi,
+    apps,
+    participants,
+    coordinator,
+    sizing: { appPoolMax, maxOpen, maxPreparedTransactions, maxConnections },
+    initialTotal,
+  }
+}
+
+async function startSidecar(group: ProcessGroup, o: ClusterOptions, name: string, appPort: number, extra: string): Promise<SidecarProc> {
+  const storeDir = join(o.dir, `store-${name}`)
+  const file = join(o.dir, `sidecar-${name}.yaml`)
+  writeFileSync(
+    file,
+    [
+      `service: ${name === 'coordinator' ? 'driver' : name}`,
+      `app: {host: 127.0.0.1, port: ${appPort}}`,
+      `store: {dir: ${JSON.stringify(storeDir)}}`,
+      'log: {level: warn}',
+      'listeners:',
+      '  egress: {host: 127.0.0.1, port: 0}',
+      '  ingress: {host: 127.0.0.1, port: 0}',
+      '  control: {host: 127.0.0.1, port: 0}',
+      '  admin: {host: 127.0.0.1, port: 0}',
+      extra,
+    ].join('\n'),
+  )
+  const args = [
+    ...SIDECAR_NODE_FLAGS,
+    ...profileFlags(o, `sidecar-${name}`),
+    join(o.root, 'dist', 'cli', 'index.js'),
+    'sidecar',
+    '--config',
+    file,
+    '--egress-port',
+    '0',
+    '--ingress-port',
+    '0',
+    '--control-port',
+    '0',
+    '--admin-port',
+    '0',
+  ]
+  const svc = group.start(`sidecar ${name}`, undefined, process.execPath, args, { cwd: o.root, env: childEnv({ TXMESH_MESH_KEY: MESH_KEY }) })
+  const l = await firstJsonLine(svc, isSidecarListening)
+  return { name, pid: svc.pid, ports: l.ports, storeDir }
+}
+
+// ---- sidecar stats ----
+
+export interface LogStats {
+  readonly appends: number
+  readonly fsyncs: number
+}
+
+export interface SidecarStats {
+  readonly log: LogStats
+  readonly committed: number
+  readonly aborted: number
+  readonly active: number
+}
+
+function num(v: unknown): number {
+  return typeof v === 'number' && Number.isFinite(v) ? v : 0
+}
+
+/** GET /v1/stats of a sidecar's admin listener. */
+export async function sidecarStats(adminPort: number): Promise<SidecarStats> {
+  const r = await request(`http://127.0.0.1:${adminPort}/v1/stats`, { headersTimeout: 5_000, bodyTimeout: 5_000 })
+  const body: unknown = await r.body.json()
+  if (r.statusCode !== 200 || typeof body !== 'object' || body === null) {
+    throw new Error(`GET /v1/stats on admin port ${adminPort}: ${r.statusCode} ${JSON.stringify(body).slice(0, 200)}`)
+  }
+  const o = body as Record<string, unknown>
+  const log = (o.log ?? {}) as Record<string, unknown>
+  const tx = (o.transactions ?? {}) as Record<string, unknown>
+  return { log: { appends: num(log.appends), fsyncs: num(log.fsyncs) }, committed: num(tx.committed), aborted: num(tx.aborted), active: num(tx.active) }
+}
+
+// ---- CPU time per process group ----
+
+/** CPU seconds (user + system) of each group, plus /proc/stat for the whole machine. */
+export interface CpuSnapshot {
+  readonly postgres: number
+  readonly apps: number
+  readonly participantSidecars: number
+  readonly coordinatorSidecar: number
+  readonly driver: number
+  readonly machine: CpuTimes
+}
+
+export type CpuGroup = Exclude<keyof CpuSnapshot, 'machine'>
+export const CPU_GROUPS: readonly CpuGroup[] = ['postgres', 'apps', 'participantSidecars', 'coordinatorSidecar', 'driver']
+
+/** utime+stime (and, with `children`, cutime+cstime of reaped children) in clock ticks. */
+function ticks(pid: number, children: boolean): number {
+  let text: string
+  try {
+    text = readFileSync(`/proc/${pid}/stat`, 'latin1')
+  } catch {
+    return 0
+  }
+  const rest = text.slice(text.lastIndexOf(')') + 2).split(' ')
+  // rest[0] is field 3; utime, stime, cutime, cstime are fields 14-17.
+  const f = (i: number): number => Number(rest[i] ?? 0) || 0
+  return f(11) + f(12) + (children ? f(13) + f(14) : 0)
+}
+
+function postmasterPid(p: PostgresInstance): number {
+  const first = readFileSync(join(p.dataDir, 'postmaster.pid'), 'latin1').split('\n')[0] ?? ''
+  const pid = Number(first.trim())
+  if (!Number.isInteger(pid) || pid <= 0) throw new Error(`cannot read the postmaster pid from ${p.dataDir}/postmaster.pid`)
+  return pid
+}
+
+export function cpuSnapshot(c: Cluster): CpuSnapshot {
+  const hz = clockTicksPerSecond()
+  const pm = postmasterPid(c.pg)
+  // Backends that exited count through the postmaster's cutime/cstime (it reaps them).
+  let pgTicks = ticks(pm, true)
+  for (const pid of childPids(pm)) pgTicks += ticks(pid, false)
+  const sum = (pids: readonly number[]): number => pids.reduce((s, pid) => s + ticks(pid, false), 0) / hz
+  const u = process.cpuUsage()
+  return {
+    postgres: pgTicks / hz,
+    apps: sum(c.apps.map((a) => a.pid)),
+    participantSidecars: sum(c.participants.map((p) => p.pid)),
+    coordinatorSidecar: sum([c.coordinator.pid]),
+    driver: (u.user + u.system) / 1e6,
+    machine: readCpuTimes(),
+  }
+}
+
+export interface CpuDelta {
+  /** CPU seconds per group over the run. */
+  readonly seconds: Readonly<Record<CpuGroup, number>>
+  /** Busy share of all CPUs over the run, %. */
+  readonly busyPct: number | undefined
+  readonly stealPct: number | undefined
+}
+
+export function cpuDelta(before: CpuSnapshot, after: CpuSnapshot): CpuDelta {
+  const seconds = {} as Record<CpuGroup, number>
+  for (const g of CPU_GROUPS) seconds[g] = Math.max(0, after[g] - before[g])
+  const use = cpuUse(before.machine, after.machine, ['cpu'])
+  return { seconds, busyPct: use?.busyPct, stealPct: use?.stealPct }
+}
+
+// ---- consistency ----
+
+export interface Consistency {
+  readonly total: bigint
+  readonly expectedTotal: bigint
+  readonly preparedLeft: number
+  readonly ok: boolean
+}
+
+/** Balances must still sum to the seeded total (every transfer nets 0) and no prepared rows remain. */
+export async function checkConsistency(c: Cluster): Promise<Consistency> {
+  let total = 0n
+  let prepared = 0
+  for (const name of SERVICES) {
+    const client = new pg.Client({ connectionString: c.pg.connectionString(name) })
+    await client.connect()
+    try {
+      total += BigInt((await client.query<{ s: string }>('SELECT sum(balance)::text AS s FROM accounts')).rows[0]?.s ?? '0')
+      prepared += Number((await client.query<{ n: string }>('SELECT count(*) AS n FROM pg_prepared_xacts WHERE database = current_database()')).rows[0]?.n ?? 0)
+    } finally {
+      await client.end()
+    }
+  }
+  return { total, expectedTotal: c.initialTotal, preparedLeft: prepared, ok: total === c.initialTotal && prepared === 0 }
+}

@@ -1,0 +1,194 @@
+// Result types of the transaction benchmark and their plain-text rendering: the table of modes
+// and concurrencies, the ratios against the targets, and the durable log's fsyncs per committed
+// transaction.
+import type { CpuGroup } from './tx-cluster.js'
+import type { ModeName } from './tx-modes.js'
+
+/** One mode at one concurrency in one round. */
+export interface TxSample {
+  readonly txPerSec: number
+  readonly p50Us: number | undefined
+  readonly p99Us: number | undefined
+  readonly committed: number
+  readonly aborted: number
+  readonly errors: number
+  /** CPU seconds per process group over the run (in-flight tail included). */
+  readonly cpuSeconds: Readonly<Record<CpuGroup, number>>
+  readonly busyPct: number | undefined
+  readonly stealPct: number | undefined
+  /** txmesh runs: what the sidecars' logs did over the run. */
+  readonly logs: LogDelta | undefined
+  readonly reasons: Readonly<Record<string, number>>
+}
+
+export interface SidecarLogDelta {
+  readonly name: string
+  readonly appends: number
+  readonly fsyncs: number
+}
+
+export interface LogDelta {
+  readonly sidecars: readonly SidecarLogDelta[]
+  /** Transactions the coordinator committed over the run (in-flight tail included). */
+  readonly coordinatorCommitted: number
+}
+
+/** One mode at one concurrency: medians over rounds for rates and latencies, sums for counts. */
+export interface TxRow {
+  readonly mode: ModeName
+  readonly concurrency: number
+  readonly txPerSec: number | undefined
+  readonly p50Us: number | undefined
+  readonly p99Us: number | undefined
+  readonly committed: number
+  readonly aborted: number
+  readonly errors: number
+  /** CPU µs per committed transfer, per group and in total (all rounds together). */
+  readonly cpuUsPerTx: Readonly<Record<CpuGroup, number>> | undefined
+  readonly totalCpuUsPerTx: number | undefined
+  readonly busyPct: number | undefined
+  readonly stealPct: number | undefined
+  readonly reasons: Readonly<Record<string, number>>
+  readonly samples: readonly TxSample[]
+}
+
+export interface TxCheck {
+  readonly name: string
+  readonly value: number | undefined
+  readonly goal: string
+  /** undefined: not measurable in this run, or informational. */
+  readonly pass: boolean | undefined
+}
+
+export interface FsyncRow {
+  readonly concurrency: number
+  readonly committed: number
+  readonly coordinatorFsyncsPerTx: number | undefined
+  readonly allFsyncsPerTx: number | undefined
+  readonly allAppendsPerTx: number | undefined
+  readonly sidecars: readonly (SidecarLogDelta & { readonly fsyncsPerTx: number | undefined })[]
+}
+
+export interface TxReport {
+  readonly date: string
+  readonly node: string
+  readonly layout: Readonly<Record<string, string>>
+  readonly settings: Readonly<Record<string, string | number>>
+  readonly modes: Readonly<Record<string, string>>
+  readonly rows: readonly TxRow[]
+  readonly checks: readonly TxCheck[]
+  readonly fsync: readonly FsyncRow[]
+  /** The concurrency of the fsync check (32 when measured). */
+  readonly fsyncConcurrency: number
+  readonly consistency: { readonly ok: boolean; readonly total: string; readonly expectedTotal: string; readonly preparedLeft: number }
+  readonly childOutput: Readonly<Record<string, string>>
+}
+
+const DASH = '—'
+
+function ms(us: number | undefined): string {
+  if (us === undefined) return DASH
+  if (us >= 100_000) return `${(us / 1000).toFixed(0)}ms`
+  if (us >= 10_000) return `${(us / 1000).toFixed(1)}ms`
+  return `${(us / 1000).toFixed(2)}ms`
+}
+
+function num(v: number | undefined, digits = 0): string {
+  return v === undefined ? DASH : v.toFixed(digits)
+}
+
+function cpu(us: number | undefined): string {
+  return us === undefined ? DASH : `${Math.round(us)}`
+}
+
+type Align = 'l' | 'r'
+
+function table(header: readonly string[], align: readonly Align[], body: readonly (readonly string[])[]): string {
+  const widths = header.map((h, i) => Math.max(h.length, ...body.map((r) => (r[i] ?? '').length)))
+  const line = (cells: readonly string[]): string =>
+    cells
+      .map((c, i) => (align[i] === 'r' ? c.padStart(widths[i] ?? 0) : c.padEnd(widths[i] ?? 0)))
+      .join('  ')
+      .trimEnd()
+  return [line(header), widths.map((w) => '-'.repeat(w)).join('  '), ...body.map(line)].join('\n')
+}
+
+export const MODE_TITLES: Readonly<Record<ModeName, string>> = { txmesh: 'txmesh', local: '(a) local', inproc: '(b) in-proc' }
+
+export function printTxReport(r: TxReport): void {
+  const header = ['mode', 'conc', 'tx/s', 'p50', 'p99', 'committed', 'aborted', 'errors', 'CPU µs/tx:', 'pg', 'apps', 'part.sc', 'coord.sc', 'driver', 'busy', 'steal']
+  const align: Align[] = header.map((_, i) => (i === 0 ? 'l' : 'r'))
+  const body: string[][] = []
+  let lastC: number | undefined
+  for (const row of r.rows) {
+    if (lastC !== undefined && row.concurrency !== lastC) body.push(header.map(() => ''))
+    lastC = row.concurrency
+    const g = row.cpuUsPerTx
+    body.push([
+      MODE_TITLES[row.mode],
+      String(row.concurrency),
+      num(row.txPerSec),
+      ms(row.p50Us),
+      ms(row.p99Us),
+      String(row.committed),
+      String(row.aborted),
+      String(row.errors),
+      cpu(row.totalCpuUsPerTx),
+      cpu(g?.postgres),
+      cpu(g?.apps),
+      row.mode === 'txmesh' ? cpu(g?.participantSidecars) : '',
+      row.mode === 'txmesh' ? cpu(g?.coordinatorSidecar) : '',
+      cpu(g?.driver),
+      row.busyPct === undefined ? DASH : `${Math.round(row.busyPct)}%`,
+      row.stealPct === undefined ? DASH : `${Math.round(row.stealPct)}%`,
+    ])
+  }
+  const out: string[] = [table(header, align, body), '']
+  out.push('CPU µs/tx: CPU time per committed transfer (total, then by process group: Postgres, the 3 apps, the 3 participant')
+  out.push('sidecars, the coordinator sidecar, the driver — in (b) the driver is the coordinator); busy: all CPUs, % of capacity.')
+  for (const [k, v] of Object.entries(r.modes)) out.push(`  ${k}: ${v}`)
+  for (const row of r.rows) {
+    const reasons = Object.entries(row.reasons)
+    if (reasons.length === 0) continue
+    out.push(`WARNING: ${MODE_TITLES[row.mode]} c=${row.concurrency}: ${row.aborted} aborted, ${row.errors} errors:`)
+    for (const [why, n] of reasons.slice(0, 5)) out.push(`    ${n} × ${why}`)
+  }
+  for (const row of r.rows.filter((x) => x.stealPct !== undefined && x.stealPct > 5)) {
+    out.push(`WARNING: ${MODE_TITLES[row.mode]} c=${row.concurrency}: hypervisor steal ${Math.round(row.stealPct ?? 0)}%, figures are unreliable`)
+  }
+  for (const [name, tail] of Object.entries(r.childOutput)) {
+    const lines = tail.split('\n')
+    out.push(`output of ${name} (${lines.length} line(s), last 5):`, ...lines.slice(-5).map((l) => `  ${l.slice(0, 300)}`))
+  }
+  out.push('')
+
+  const checkRows = r.checks.map((c) => [
+    c.name,
+    c.value === undefined ? 'n/a' : c.value.toFixed(2),
+    c.goal,
+    c.goal === 'info' ? '' : c.pass === undefined ? 'n/a' : c.pass ? 'PASS' : 'MISS',
+  ])
+  out.push(table(['ratio / figure (same run)', 'value', 'target', 'result'], ['l', 'r', 'l', 'l'], checkRows), '')
+
+  if (r.fsync.length > 0) {
+    const names = r.fsync[0]?.sidecars.map((s) => s.name) ?? []
+    const fh = ['txmesh conc', 'committed', 'coordinator fsyncs/tx', ...names.map((n) => `${n} fsyncs/tx`), 'all logs fsyncs/tx', 'all logs appends/tx']
+    const fb = r.fsync.map((f) => [
+      String(f.concurrency),
+      String(f.committed),
+      num(f.coordinatorFsyncsPerTx, 3),
+      ...names.map((n) => num(f.sidecars.find((s) => s.name === n)?.fsyncsPerTx, 3)),
+      num(f.allFsyncsPerTx, 3),
+      num(f.allAppendsPerTx, 2),
+    ])
+    out.push(table(fh, fh.map((_, i) => (i === 0 ? 'l' : 'r')), fb))
+    out.push('(from GET /v1/stats before and after each txmesh run; committed = the coordinator\'s count, in-flight tail included)', '')
+  }
+  const c = r.consistency
+  out.push(
+    c.ok
+      ? `consistency: OK (balances sum to ${c.total} as seeded; no prepared transactions left)`
+      : `consistency: FAILED (balances sum to ${c.total}, seeded ${c.expectedTotal}; ${c.preparedLeft} prepared transactions left)`,
+  )
+  process.stdout.write(out.join('\n') + '\n')
+}
