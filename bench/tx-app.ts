@@ -52,7 +52,8 @@ async function transfer(req: IncomingMessage, res: ServerResponse, tx: TxmeshPgT
     res.writeHead(404, { 'content-length': '0' }).end()
     return
   }
-  const r = await (tx ?? pool).query(UPDATE, [t.amount, t.id])
+  const values = [t.amount, t.id]
+  const r = tx !== undefined ? await tx.query(UPDATE, values) : await pool.query(UPDATE, values)
   // 409 fails the branch (the helper rolls it back and its prepare votes no).
   res.writeHead(r.rowCount === 1 ? 200 : 409, { 'content-length': '0' }).end()
 }

@@ -15,6 +15,8 @@ export interface TxApp {
   vote: number
   /** Egress of this app's sidecar, for nested calls. */
   egress: number | undefined
+  /** Nested calls made after the response (`?later=<service>`) that finished: their statuses. */
+  later: number[]
   close(): Promise<void>
 }
 
@@ -27,6 +29,7 @@ export async function startTxApp(name: string): Promise<TxApp> {
     hooks: [],
     vote: 200,
     egress: undefined,
+    later: [],
     close: async () => {
       await agent?.close()
       await s.close()
@@ -55,14 +58,31 @@ export async function startTxApp(name: string): Promise<TxApp> {
       const value = decodeURIComponent((path ?? '').replace('/write/', ''))
       if (tx !== undefined) staged.set(key, [...(staged.get(key) ?? []), `${name}:${value}`])
       else app.committed.push(`${name}:${value}`)
-      const then = new URLSearchParams(query ?? '').get('then')
+      const params = new URLSearchParams(query ?? '')
+      const then = params.get('then')
+      const later = params.get('later')
+      const nested = (service: string) => {
+        agent ??= new ProxyAgent({ uri: `http://127.0.0.1:${app.egress}`, proxyTunnel: false })
+        return request(`http://${service}/write/${encodeURIComponent(value)}`, {
+          dispatcher: agent,
+          method: 'POST',
+          headers: { 'txmesh-context': req.headers['txmesh-context'] as string },
+        })
+      }
+      if (later !== null) {
+        // Answer first, call afterwards: the enlistment cannot ride on the response.
+        res.end(JSON.stringify({ service: name, tx, branch }))
+        void nested(later).then(
+          async (r) => {
+            await r.body.dump()
+            app.later.push(r.statusCode)
+          },
+          () => app.later.push(0),
+        )
+        return
+      }
       if (then === null || app.egress === undefined) return void res.end(JSON.stringify({ service: name, tx, branch }))
-      agent ??= new ProxyAgent({ uri: `http://127.0.0.1:${app.egress}`, proxyTunnel: false })
-      request(`http://${then}/write/${encodeURIComponent(value)}`, {
-        dispatcher: agent,
-        method: 'POST',
-        headers: { 'txmesh-context': req.headers['txmesh-context'] as string },
-      }).then(
+      nested(then).then(
         async (r) => {
           const text = await r.body.text()
           res.writeHead(r.statusCode, { 'content-type': 'application/json' }).end(text)

