@@ -5,6 +5,8 @@
 //   POST /v1/tx/{id}/prepare   {branch}            participant: -> {vote}
 //   POST /v1/tx/{id}/commit    {branch}            participant: -> {outcome}
 //   POST /v1/tx/{id}/abort     {branch}            participant: -> {outcome}
+//   POST /v1/tx/{id}/commit-one-phase {branch}     participant (the only one): prepare, decide,
+//                                                  finish -> {outcome}; 503 = not known yet, retry
 //   POST /v1/tx/{id}/register  {participants: []}  coordinator: late enlistment
 //   GET  /v1/tx/{id}/outcome                       coordinator: -> {outcome} (presumed abort)
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
@@ -27,7 +29,7 @@ export interface ControlDeps {
   readonly clock?: () => number
 }
 
-const ROUTE = /^\/v1\/tx\/([A-Za-z0-9_-]{1,64})\/(prepare|commit|abort|register|outcome)$/
+const ROUTE = /^\/v1\/tx\/([A-Za-z0-9_-]{1,64})\/(prepare|commit-one-phase|commit|abort|register|outcome)$/
 
 /** `deps()` is undefined until the transaction parts exist (start-up): requests then get 503. */
 export function createControlServer(deps: () => ControlDeps | undefined): Server {
@@ -72,6 +74,12 @@ export function createControlServer(deps: () => ControlDeps | undefined): Server
     if (op === 'prepare') {
       const vote = await d.participant.prepare(id, branch)
       return sendJson(res, 200, { id, branch, vote: vote.kind, ...(vote.kind === 'refused' ? { reason: vote.reason } : {}) })
+    }
+    if (op === 'commit-one-phase') {
+      const outcome = await d.participant.commitOnePhase(id, branch)
+      if (outcome === 'refused') return respondError(res, new TxNotActiveError(`branch ${branch} is in a two-phase commit; it cannot commit in one phase`))
+      if (outcome === 'failed') return respondError(res, new NotReadyError(`the outcome of branch ${branch} is not known yet; retry later`))
+      return sendJson(res, 200, { id, branch, outcome })
     }
     const outcome = await d.participant.decide(id, branch, op === 'commit' ? 'committed' : 'aborted')
     if (outcome === 'refused') return respondError(res, new TxNotActiveError(`branch ${branch} never prepared; it cannot commit`))

@@ -56,6 +56,12 @@ export interface CoordinatorState {
   readonly decisionLogged: boolean
   /** Why it aborted, when it did. */
   readonly reason: string | undefined
+  /**
+   * One-phase commit (exactly one participant at commit-requested): the participant decides and
+   * the coordinator logs nothing; while it waits (`committing`, decision not logged) the
+   * outcome is unknown to it.
+   */
+  readonly onePhase: boolean
 }
 
 export type CoordinatorEvent =
@@ -72,9 +78,16 @@ export type CoordinatorEvent =
   | { readonly type: 'retry-due'; readonly branch: BranchId }
   /** The transaction's deadline passed (driver timer). */
   | { readonly type: 'deadline' }
+  /**
+   * Answer to send-commit-one-phase: the participant decided and finished its branch. A failed
+   * or timed-out call arrives as send-failed (the outcome is unknown until the participant answers).
+   */
+  | { readonly type: 'one-phase-result'; readonly branch: BranchId; readonly outcome: Outcome }
 
 export type CoordinatorAction =
   | { readonly type: 'send-prepare'; readonly to: ParticipantRef }
+  /** The only participant prepares and commits on its own and answers with the outcome. */
+  | { readonly type: 'send-commit-one-phase'; readonly to: ParticipantRef }
   /** Force-write the COMMIT decision with the participants that must hear it; then feed decision-logged. */
   | { readonly type: 'log-decision'; readonly participants: readonly ParticipantRef[] }
   | { readonly type: 'send-commit'; readonly to: ParticipantRef }
@@ -109,10 +122,18 @@ export interface ParticipantState {
   readonly vote: Vote | undefined
   /** App hook or outcome-query attempts so far (for backoff). */
   readonly attempts: number
+  /**
+   * One-phase commit: this branch is the transaction's only participant and decides itself.
+   * Once PREPARED(onePhase) is durable it has decided commit and never asks anyone; once
+   * committed it keeps that record until the coordinator no longer waits for its answer.
+   */
+  readonly onePhase: boolean
 }
 
 export type ParticipantEvent =
   | { readonly type: 'prepare' }
+  /** The coordinator's one-phase commit: prepare, decide and finish alone; answer with the outcome. */
+  | { readonly type: 'commit-one-phase' }
   | { readonly type: 'app-voted'; readonly vote: Vote }
   | { readonly type: 'prepared-logged' }
   /** Decision from the coordinator (message or outcome-query answer). */
@@ -128,13 +149,17 @@ export type ParticipantEvent =
 
 export type ParticipantAction =
   | { readonly type: 'call-app'; readonly hook: 'prepare' | 'commit' | 'abort' }
-  /** Force-write PREPARED(tx, branch, coordinator); then feed prepared-logged. */
+  /** Force-write PREPARED(tx, branch, coordinator[, onePhase]); then feed prepared-logged. */
   | { readonly type: 'log-prepared' }
   /** Answer the coordinator's pending prepare(s). */
   | { readonly type: 'reply-vote'; readonly vote: Vote }
   /** Answer the coordinator's pending commit/abort(s): branch finished with this outcome. */
   | { readonly type: 'reply-done'; readonly outcome: Outcome }
-  /** Ask the coordinator for the outcome (after a restart, or prepared past the deadline). */
+  /**
+   * Ask the coordinator for the outcome (after a restart, or prepared past the deadline). A
+   * committed one-phase branch asks too: any answer but "unknown" means the coordinator no
+   * longer waits for it, so the branch may be forgotten.
+   */
   | { readonly type: 'query-outcome' }
   | { readonly type: 'schedule-retry'; readonly delayMs: number }
   /** The branch is finished: an END record may be written lazily and the state dropped. */

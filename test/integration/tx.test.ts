@@ -216,6 +216,24 @@ describe('two-phase commit through sidecars', () => {
     expect(m.svc.orders!.app.committed).toEqual(['orders:o6'])
   })
 
+  it('a single-participant commit takes one phase: prepare then commit at the app, no decision record at the coordinator', async () => {
+    const m = await mesh(['orders'])
+    const stats = async (port: number): Promise<{ log: { appends: number }; branches: number }> =>
+      (await (await request(`http://127.0.0.1:${port}/v1/stats`)).body.json()) as { log: { appends: number }; branches: number }
+    const tx = await m.begin()
+    expect((await m.call(tx.context, 'orders', 'o9')).status).toBe(200)
+    const before = await stats(m.coord.ports.admin)
+    const result = await m.commit(tx.id)
+    expect(result.outcome).toBe('committed')
+    expect(result.participants).toMatchObject([{ service: 'orders', vote: 'prepared', acknowledged: true }])
+    expect(m.svc.orders!.app.hooks.filter((h) => h.endsWith(`:${tx.id}`))).toEqual([`prepare:${tx.id}`, `commit:${tx.id}`])
+    expect(m.svc.orders!.app.committed).toEqual(['orders:o9'])
+    // The coordinator wrote nothing for it (the participant's PREPARED(onePhase) is the record).
+    expect((await stats(m.coord.ports.admin)).log.appends).toBe(before.log.appends)
+    // The participant forgets the branch once the coordinator has its answer.
+    await until('orders forgets the branch', async () => (await stats(m.svc.orders!.sc.ports.admin)).branches === 0)
+  })
+
   it('refuses forged, expired, malformed and oversize contexts with stable codes', async () => {
     const m = await mesh(['orders'])
     const ingress = m.svc.orders!.sc.ports.ingress

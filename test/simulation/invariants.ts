@@ -9,9 +9,33 @@ export function checkInvariants(r: Report): string[] {
   const committed = r.participants.filter((p) => p.app === 'committed').map((p) => p.branch)
   const prepared = new Set(r.preparedSet ?? [])
 
+  // One-phase commit: the only participant decides; the coordinator never logs anything, and a
+  // branch whose PREPARED(onePhase) became durable decided commit and must end committed.
+  if (r.onePhase) {
+    if (r.decision !== undefined) v.push('one-phase commit wrote a COMMIT record')
+    if (r.preparedSet?.length !== 1) v.push(`one-phase commit with participants ${JSON.stringify(r.preparedSet)}`)
+    for (const b of committed) {
+      if (!prepared.has(b)) v.push(`${b} committed but was not the one-phase participant`)
+      if (!r.onePhaseLogged.includes(b)) v.push(`${b} committed in one phase without a durable PREPARED(onePhase)`)
+    }
+    for (const b of r.onePhaseLogged) if (app.get(b) !== 'committed') v.push(`${b} logged PREPARED(onePhase) but its app ended ${app.get(b)}`)
+    // The app-reported outcome is the participant's final one (read-only work matches both).
+    for (const b of prepared) {
+      const s = app.get(b)
+      if (r.appOutcome !== undefined && s !== 'read-only' && s !== (r.appOutcome === 'committed' ? 'committed' : 'aborted')) {
+        v.push(`one-phase: app was told ${r.appOutcome} but ${b} ended ${s}`)
+      }
+    }
+  } else if (r.onePhaseLogged.length > 0) v.push(`PREPARED(onePhase) logged in a two-phase transaction: ${r.onePhaseLogged.join(',')}`)
+
+  // Never both outcomes: not at the coordinator (any incarnation), not between it and a branch.
+  const announced = new Set(r.coordinatorOutcomes)
+  if (announced.size > 1) v.push(`coordinator announced both outcomes (${r.coordinatorOutcomes.join(', ')})`)
+  if (announced.has('aborted') && committed.length > 0) v.push(`coordinator announced aborted but ${committed.join(',')} committed`)
+
   // Atomicity: a branch commits only if every branch of the transaction voted yes and the
   // COMMIT decision was durable (and named it).
-  if (committed.length > 0) {
+  if (committed.length > 0 && !r.onePhase) {
     if (r.decision === undefined) v.push(`${committed.join(',')} committed but no COMMIT record was ever durable`)
     if (r.preparedSet === undefined) v.push(`${committed.join(',')} committed but prepare never began`)
     for (const b of prepared) if (!r.votedYes.includes(b)) v.push(`committed although ${b} never voted yes`)

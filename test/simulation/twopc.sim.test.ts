@@ -45,6 +45,11 @@ describe('2PC simulation', () => {
       messages: 0,
       lost: 0,
       duplicated: 0,
+      onePhaseCommits: 0,
+      onePhaseAborts: 0,
+      onePhaseRecoveries: 0,
+      onePhaseUnknown: 0,
+      onePhaseCrashes: 0,
     }
     const outcomes = { committed: 0, aborted: 0, unknown: 0 }
     let events = 0
@@ -72,6 +77,13 @@ describe('2PC simulation', () => {
       expect(totals.orphansResolved).toBeGreaterThan(0)
       expect(totals.lateEnlistments).toBeGreaterThan(0)
       expect(totals.duplicated).toBeGreaterThan(0)
+      // One participant takes one phase: both outcomes, restarts after PREPARED(onePhase), and
+      // retries that reach a sidecar which no longer holds the branch.
+      expect(totals.onePhaseCommits).toBeGreaterThan(seeds / 50)
+      expect(totals.onePhaseAborts).toBeGreaterThan(seeds / 1000)
+      expect(totals.onePhaseRecoveries).toBeGreaterThan(0)
+      expect(totals.onePhaseUnknown).toBeGreaterThan(0)
+      expect(totals.onePhaseCrashes).toBeGreaterThan(0)
     }
   })
 })

@@ -12,6 +12,11 @@
 //   a participant pod, the app's prepared/committed/aborted work, like a database would).
 // - END of a committed branch is durable before the participant answers done; END of an abort
 //   (and the coordinator's END) is lazy and may be lost in a crash.
+// - one-phase commit (one participant at commit-requested): the coordinator sends
+//   commit-one-phase and retries it until an outcome comes back; the participant answers a
+//   finished branch from its in-memory `ended` map (lost in a crash, and expired after a while
+//   like the real bounded map), and a branch it does not hold with the app's abort hook
+//   ("aborted"; 404 when the app has nothing, or already committed it).
 import { coordinatorOutcome, coordinatorStep, newCoordinator, recoverCoordinator } from '../../src/tx/coordinator/machine.js'
 import type {
   CoordinatorAction,
@@ -49,7 +54,7 @@ interface Node {
 }
 
 type CoordinatorRecord = { readonly kind: 'decision'; readonly participants: readonly ParticipantRef[] } | { readonly kind: 'end' }
-type ParticipantRecord = { readonly kind: 'prepared' } | { readonly kind: 'end'; readonly outcome: Outcome }
+type ParticipantRecord = { readonly kind: 'prepared'; readonly onePhase: boolean } | { readonly kind: 'end'; readonly outcome: Outcome }
 
 /** A node's durable log: records become durable in append order (one file, one queue). */
 interface Logged<R> {
@@ -68,7 +73,9 @@ interface ParticipantNode extends Node, Logged<ParticipantRecord> {
   readonly ref: ParticipantRef
   state: ParticipantState | undefined
   voteWaiters: ((v: Vote) => void)[]
-  doneWaiters: ((r: DecisionReply) => void)[]
+  doneWaiters: ((o: Outcome) => void)[]
+  /** The driver's in-memory `ended` map for this branch: lost in a crash, expires. */
+  ended: Outcome | undefined
   /** The app's work for this branch; survives a crash once prepared (a database would keep it). */
   app: AppBranchStatus
   /** What the app will answer to prepare. */
@@ -79,6 +86,8 @@ interface ParticipantNode extends Node, Logged<ParticipantRecord> {
 
 type DecisionReply = 'done' | 'conflict'
 type QueryReply = Outcome | 'unknown'
+/** 'failed': 503, the outcome is not known yet. */
+type OnePhaseReply = Outcome | 'failed'
 
 export interface Faults {
   readonly loss: number
@@ -99,6 +108,15 @@ export interface Stats {
   messages: number
   lost: number
   duplicated: number
+  /** Transactions the coordinator finished in one phase, by outcome. */
+  onePhaseCommits: number
+  onePhaseAborts: number
+  /** One-phase branches rebuilt from PREPARED(onePhase) at a restart (they commit alone). */
+  onePhaseRecoveries: number
+  /** commit-one-phase reaching a sidecar that does not hold the branch (answered by the abort hook). */
+  onePhaseUnknown: number
+  /** Crashes injected at one-phase points (before/after PREPARED(onePhase), around the app commit, before the answer). */
+  onePhaseCrashes: number
 }
 
 /** Everything the invariants look at once the run is over. */
@@ -128,6 +146,12 @@ export interface Report {
   /** The initiator's pod crashed after the app asked (its answer was lost with it). */
   readonly appLostAnswer: boolean
   readonly coordinatorStateLeft: CoordinatorState['status'] | undefined
+  /** The coordinator sent commit-one-phase (exactly one participant at commit-requested). */
+  readonly onePhase: boolean
+  /** Branches whose PREPARED(onePhase) became durable: they decided commit. */
+  readonly onePhaseLogged: readonly string[]
+  /** Every outcome any coordinator incarnation announced. */
+  readonly coordinatorOutcomes: readonly Outcome[]
   readonly decisionLive: boolean
   readonly stats: Stats
   readonly faults: Faults
@@ -158,7 +182,15 @@ class World {
     messages: 0,
     lost: 0,
     duplicated: 0,
+    onePhaseCommits: 0,
+    onePhaseAborts: 0,
+    onePhaseRecoveries: 0,
+    onePhaseUnknown: 0,
+    onePhaseCrashes: 0,
   }
+  private onePhase = false
+  private readonly onePhaseLogged = new Set<string>()
+  private readonly coordinatorOutcomes: Outcome[] = []
   private preparedSet: string[] | undefined
   private readonly joinedBeforeDecision = new Set<string>()
   private decision: string[] | undefined
@@ -211,6 +243,7 @@ class World {
         logTail: 0,
         voteWaiters: [],
         doneWaiters: [],
+        ended: undefined,
         app: 'none',
         plannedVote: r < 0.82 ? 'prepared' : r < 0.92 ? 'read-only' : 'refused',
         awaited: i !== unawaited,
@@ -367,6 +400,7 @@ class World {
     p.state = undefined
     p.voteWaiters = []
     p.doneWaiters = []
+    p.ended = undefined
     // The pod died with its app: open (unprepared) work is rolled back by the database.
     if (p.app === 'open') p.app = 'aborted'
   }
@@ -387,9 +421,11 @@ class World {
       return
     }
     const p = node as ParticipantNode
-    if (preparedLive(p.log)) {
+    const live = livePrepared(p.log)
+    if (live !== undefined) {
       this.stats.participantRecoveries++
-      const step = this.guard('recoverParticipant', () => recoverParticipant(this.tx, p.ref.branch, 'c:15010', this.deadline, this.env))
+      if (live.onePhase) this.stats.onePhaseRecoveries++
+      const step = this.guard('recoverParticipant', () => recoverParticipant(this.tx, p.ref.branch, 'c:15010', this.deadline, this.env, live.onePhase))
       if (step === undefined) return
       p.state = step.state
       this.armDeadline(p)
@@ -496,6 +532,10 @@ class World {
     const step = this.guard(`coordinatorStep(${event.type})`, () => coordinatorStep(before, event, this.env))
     if (step === undefined) return
     if (event.type === 'commit-requested' && before.status === 'active') this.preparedSet = before.participants.map((p) => p.ref.branch)
+    if (event.type === 'one-phase-result' && before.status === 'committing' && step.state.status !== 'committing') {
+      if (step.state.status === 'committed') this.stats.onePhaseCommits++
+      else this.stats.onePhaseAborts++
+    }
     c.state = step.state
     this.log(`C ${describe(event)} -> ${step.state.status}${step.actions.length > 0 ? `: ${step.actions.map(describe).join(', ')}` : ''}`)
     this.performCoordinator(step.actions)
@@ -526,6 +566,21 @@ class World {
           })
           break
         }
+        case 'send-commit-one-phase': {
+          this.onePhase = true
+          const p = this.participantAt(a.to)
+          this.request<OnePhaseReply>(
+            c,
+            p,
+            CONTROL_TIMEOUT_MS,
+            (reply) => this.onCommitOnePhase(p, reply),
+            (r) =>
+              this.feedCoordinator(
+                r === 'committed' || r === 'aborted' ? { type: 'one-phase-result', branch: a.to.branch, outcome: r } : { type: 'send-failed', branch: a.to.branch },
+              ),
+          )
+          break
+        }
         case 'send-commit':
         case 'send-abort': {
           const p = this.participantAt(a.to)
@@ -534,7 +589,7 @@ class World {
             c,
             p,
             CONTROL_TIMEOUT_MS,
-            (reply) => this.onDecision(p, outcome, reply),
+            (reply) => this.onDecision(p, outcome, (o) => reply(o === undefined ? 'conflict' : 'done')),
             (r) => this.feedCoordinator(r === 'done' ? { type: 'ack', branch: a.to.branch } : { type: 'send-failed', branch: a.to.branch }),
           )
           break
@@ -544,6 +599,7 @@ class World {
           break
         case 'outcome':
           c.outcome = a.outcome
+          this.coordinatorOutcomes.push(a.outcome)
           this.answerApp(a.outcome)
           break
         case 'log-end': {
@@ -599,20 +655,66 @@ class World {
     this.feedParticipant(p, { type: 'prepare' })
   }
 
-  private onDecision(p: ParticipantNode, outcome: Outcome, reply: (r: DecisionReply) => void): void {
+  /** `reply(undefined)`: 409, nothing under way will answer. */
+  private onDecision(p: ParticipantNode, outcome: Outcome, reply: (r: Outcome | undefined) => void): void {
     if (p.state === undefined) {
       // Finished and forgotten, or never durable: either way there is nothing left to do.
-      reply('done')
+      reply(outcome)
       return
     }
-    p.doneWaiters.push(reply)
+    const waiter = (o: Outcome): void => reply(o)
+    p.doneWaiters.push(waiter)
     this.feedParticipant(p, { type: 'decision', outcome })
     const status = p.state?.status
-    if (p.doneWaiters.includes(reply) && status !== 'committing' && status !== 'aborting') {
+    if (p.doneWaiters.includes(waiter) && status !== 'committing' && status !== 'aborting') {
       // Nothing under way will answer it (commit for a branch that never voted yes): 409.
-      p.doneWaiters = p.doneWaiters.filter((w) => w !== reply)
-      reply('conflict')
+      p.doneWaiters = p.doneWaiters.filter((w) => w !== waiter)
+      reply(undefined)
     }
+  }
+
+  /** The control endpoint commit-one-phase of the participant's sidecar. */
+  private onCommitOnePhase(p: ParticipantNode, reply: (r: OnePhaseReply) => void): void {
+    if (p.state === undefined) {
+      if (p.ended !== undefined) {
+        reply(p.ended)
+        return
+      }
+      // Not held here and no PREPARED(onePhase): this sidecar never decided commit. The app's
+      // abort hook rolls back whatever it holds (404 for nothing, or for work already
+      // committed), then the answer is aborted; a failing hook answers 503.
+      this.stats.onePhaseUnknown++
+      this.timer(p, this.rng.int(1, 20), () => {
+        if (this.faultsOn && this.rng.chance(this.faults.hookFailure / 2)) {
+          reply('failed')
+          return
+        }
+        if (p.app === 'open' || p.app === 'prepared') p.app = 'aborted'
+        reply('aborted')
+      })
+      return
+    }
+    const before = p.state.status
+    p.doneWaiters.push(reply)
+    this.feedParticipant(p, { type: 'commit-one-phase' })
+    if (p.state !== undefined && !p.state.onePhase && before !== 'active' && p.doneWaiters.includes(reply)) {
+      // A two-phase branch (the driver answers 409): the coordinator counts it as failed.
+      p.doneWaiters = p.doneWaiters.filter((w) => w !== reply)
+      reply('failed')
+    }
+  }
+
+  /**
+   * Crashes a one-phase participant right here now and then (the points that matter: before
+   * and after PREPARED(onePhase) is durable, around the app's commit, before the answer).
+   */
+  private maybeCrashOnePhase(p: ParticipantNode, where: string): boolean {
+    if (!this.faultsOn || p.state?.onePhase !== true || !this.rng.chance(this.faults.crashes * 0.3)) return false
+    this.stats.onePhaseCrashes++
+    this.log(`${p.name} crash point: ${where}`)
+    this.crash(p)
+    this.sched.after(this.rng.chance(0.2) ? this.rng.int(400, 3_000) : this.rng.int(1, 300), () => this.restart(p))
+    return true
   }
 
   private feedParticipant(p: ParticipantNode, event: ParticipantEvent): void {
@@ -627,21 +729,29 @@ class World {
 
   private performParticipant(p: ParticipantNode, actions: readonly ParticipantAction[]): void {
     for (const a of actions) {
+      // A crash point below may have killed the sidecar: the rest of the step dies with it.
+      if (!p.up) return
       switch (a.type) {
         case 'call-app':
+          if (a.hook !== 'abort' && this.maybeCrashOnePhase(p, `before the ${a.hook} hook`)) return
           this.callApp(p, a.hook)
           break
-        case 'log-prepared':
-          this.append(p, { kind: 'prepared' }, this.diskLatency(), () => {
+        case 'log-prepared': {
+          const onePhase = p.state?.onePhase === true
+          this.append(p, { kind: 'prepared', onePhase }, this.diskLatency(), () => {
+            if (onePhase) this.onePhaseLogged.add(p.ref.branch)
+            if (this.maybeCrashOnePhase(p, 'after PREPARED(onePhase) is durable')) return
             this.timer(p, this.rng.int(0, 3), () => this.feedParticipant(p, { type: 'prepared-logged' }))
           })
           break
+        }
         case 'reply-vote':
           if (a.vote.kind !== 'refused') this.votedYes.add(p.ref.branch)
           for (const w of p.voteWaiters.splice(0)) w(a.vote)
           break
         case 'reply-done':
-          for (const w of p.doneWaiters.splice(0)) w('done')
+          if (this.maybeCrashOnePhase(p, `before answering ${a.outcome}`)) return
+          for (const w of p.doneWaiters.splice(0)) w(a.outcome)
           break
         case 'query-outcome':
           this.request<QueryReply>(
@@ -661,14 +771,19 @@ class World {
           this.sidecarOutcomes.set(p.ref.branch, seen)
           // A committed branch's END is durable before "done" goes back (the coordinator may
           // forget the transaction then); an aborted one's may be lazy (presumed abort).
-          if (a.outcome === 'committed') {
+          // A one-phase branch's END is lazy either way: a lost one only means committing again
+          // (idempotent) and asking whether the coordinator still waits.
+          if (a.outcome === 'committed' && p.state?.onePhase !== true) {
             // Nothing of this branch can still be queued: PREPARED was durable before the vote.
             if (p.logTail > this.sched.now) this.violation(`${p.ref.branch}: END(committed) behind a pending append`)
             p.log.push({ kind: 'end', outcome: a.outcome })
           } else this.append(p, { kind: 'end', outcome: a.outcome }, this.rng.int(1, 50))
           p.state = undefined
+          p.ended = a.outcome
+          // The driver's `ended` map is bounded in time and size.
+          this.timer(p, this.rng.int(50, 3_000), () => (p.ended = undefined))
           for (const w of p.voteWaiters.splice(0)) w({ kind: 'refused', reason: `branch ${a.outcome}` })
-          for (const w of p.doneWaiters.splice(0)) w('done')
+          for (const w of p.doneWaiters.splice(0)) w(a.outcome)
           break
         }
       }
@@ -716,6 +831,8 @@ class World {
         if (p.app === 'prepared') p.app = 'committed'
         else if (p.app === 'open') this.violation(`${b}: commit hook on unprepared work`)
         else if (p.app === 'aborted') this.violation(`${b}: commit hook after the app aborted`)
+        // The app committed; the sidecar may die before it hears so.
+        this.maybeCrashOnePhase(p, 'after the app committed')
         return { type: 'app-done' }
       case 'abort':
         if (p.app === 'open' || p.app === 'prepared') p.app = 'aborted'
@@ -739,7 +856,7 @@ class World {
         app: p.app,
         sidecarOutcomes: this.sidecarOutcomes.get(p.ref.branch) ?? [],
         stateLeft: p.state?.status,
-        preparedLive: preparedLive(p.log),
+        preparedLive: livePrepared(p.log) !== undefined,
         awaited: p.awaited,
       })),
       preparedSet: this.preparedSet,
@@ -750,6 +867,9 @@ class World {
       appOutcome: this.appOutcome,
       appLostAnswer: this.appLostAnswer,
       coordinatorStateLeft: c.state?.status,
+      onePhase: this.onePhase,
+      onePhaseLogged: [...this.onePhaseLogged],
+      coordinatorOutcomes: this.coordinatorOutcomes,
       decisionLive: liveDecision(c.log) !== undefined,
       stats: this.stats,
       faults: this.faults,
@@ -763,10 +883,10 @@ function liveDecision(log: readonly CoordinatorRecord[]): readonly ParticipantRe
   return live
 }
 
-/** A PREPARED record not followed by an END: the branch is in doubt after a restart. */
-function preparedLive(log: readonly ParticipantRecord[]): boolean {
-  let live = false
-  for (const r of log) live = r.kind === 'prepared'
+/** A PREPARED record not followed by an END: the branch is recovered after a restart. */
+function livePrepared(log: readonly ParticipantRecord[]): { readonly onePhase: boolean } | undefined {
+  let live: { readonly onePhase: boolean } | undefined
+  for (const r of log) live = r.kind === 'prepared' ? r : undefined
   return live
 }
 
@@ -778,6 +898,7 @@ function describe(x: CoordinatorEvent | CoordinatorAction | ParticipantEvent | P
     case 'reply-vote':
       return `${x.type}(${x.vote.kind})`
     case 'send-prepare':
+    case 'send-commit-one-phase':
     case 'send-commit':
     case 'send-abort':
       return `${x.type}(${x.to.branch})`
@@ -789,6 +910,8 @@ function describe(x: CoordinatorEvent | CoordinatorAction | ParticipantEvent | P
       return `${x.type}(${'branch' in x ? `${x.branch} ` : ''}${x.delayMs}ms)`
     case 'enlist':
       return `enlist(${x.participants.map((r) => r.branch).join(',')})`
+    case 'one-phase-result':
+      return `${x.type}(${x.branch} ${x.outcome})`
     case 'decision':
     case 'outcome':
     case 'log-end':

@@ -37,6 +37,14 @@ function preparing(n: number): CoordinatorState {
   return coordinatorStep(enlisted(n), { type: 'commit-requested' }, env()).state
 }
 
+/**
+ * Two-phase commit where b0 is the only branch still to vote (b1 voted read-only): what a single
+ * participant went through before one-phase commit (a lone participant now takes one phase).
+ */
+function preparing2pc(): CoordinatorState {
+  return coordinatorStep(preparing(2), { type: 'vote', branch: 'b1', vote: RO }, env()).state
+}
+
 const types = (actions: readonly { type: string }[]): string[] => actions.map((a) => a.type)
 
 describe('coordinator machine', () => {
@@ -106,7 +114,7 @@ describe('coordinator machine', () => {
   })
 
   it('one prepare failure aborts', () => {
-    const s = coordinatorStep(preparing(1), { type: 'vote', branch: 'b0', vote: { kind: 'refused', reason: 'prepare timed out' } }, env())
+    const s = coordinatorStep(preparing2pc(), { type: 'vote', branch: 'b0', vote: { kind: 'refused', reason: 'prepare timed out' } }, env())
     // Nobody left that may hold work: aborted outright.
     expect(s.state.status).toBe('aborted')
     expect(s.actions).toEqual([{ type: 'outcome', outcome: 'aborted', reason: s.state.reason }, { type: 'log-end' }])
@@ -165,14 +173,14 @@ describe('coordinator machine', () => {
   })
 
   it('a vote after the decision is a no-op', () => {
-    const committing = runC(preparing(1), [{ type: 'vote', branch: 'b0', vote: YES }, { type: 'decision-logged' }]).state
+    const committing = runC(preparing2pc(), [{ type: 'vote', branch: 'b0', vote: YES }, { type: 'decision-logged' }]).state
     expect(coordinatorStep(committing, { type: 'vote', branch: 'b0', vote: NO }, env())).toEqual({ state: committing, actions: [] })
     const aborted = coordinatorStep(preparing(2), { type: 'vote', branch: 'b0', vote: NO }, env()).state
     expect(coordinatorStep(aborted, { type: 'vote', branch: 'b1', vote: YES }, env())).toEqual({ state: aborted, actions: [] })
   })
 
   it('retries a failed commit send with capped exponential backoff and full jitter, forever', () => {
-    let s = runC(preparing(1), [{ type: 'vote', branch: 'b0', vote: YES }, { type: 'decision-logged' }]).state
+    let s = runC(preparing2pc(), [{ type: 'vote', branch: 'b0', vote: YES }, { type: 'decision-logged' }]).state
     const delays: number[] = []
     for (let i = 0; i < 12; i++) {
       const failed = coordinatorStep(s, { type: 'send-failed', branch: 'b0' }, env(0, 0.999999))
@@ -220,19 +228,19 @@ describe('coordinator machine', () => {
       { type: 'outcome', outcome: 'aborted', reason: 'deadline' },
       { type: 'send-abort', to: ref(0) },
     ])
-    expect(coordinatorStep(preparing(1), { type: 'deadline' }, env()).state.status).toBe('aborting')
-    const committing = coordinatorStep(preparing(1), { type: 'vote', branch: 'b0', vote: YES }, env()).state
+    expect(coordinatorStep(preparing2pc(), { type: 'deadline' }, env()).state.status).toBe('aborting')
+    const committing = coordinatorStep(preparing2pc(), { type: 'vote', branch: 'b0', vote: YES }, env()).state
     expect(coordinatorStep(committing, { type: 'deadline' }, env())).toEqual({ state: committing, actions: [] })
   })
 
   it('an abort request while the COMMIT record is being written waits for the commit', () => {
-    const committing = coordinatorStep(preparing(1), { type: 'vote', branch: 'b0', vote: YES }, env()).state
+    const committing = coordinatorStep(preparing2pc(), { type: 'vote', branch: 'b0', vote: YES }, env()).state
     expect(coordinatorStep(committing, { type: 'abort-requested', reason: 'impatient' }, env())).toEqual({ state: committing, actions: [] })
     expect(coordinatorStep(committing, { type: 'commit-requested' }, env())).toEqual({ state: committing, actions: [] })
   })
 
   it('a branch enlisted after prepare began aborts the transaction, and hears abort too', () => {
-    const s = coordinatorStep(preparing(1), { type: 'enlist', participants: [ref(0), ref(7)] }, env())
+    const s = coordinatorStep(preparing2pc(), { type: 'enlist', participants: [ref(0), ref(7)] }, env())
     expect(s.state).toMatchObject({ status: 'aborting', reason: 'late enlistment' })
     expect(s.actions).toContainEqual({ type: 'send-abort', to: ref(7) })
     expect(s.actions).toContainEqual({ type: 'send-abort', to: ref(0) })
@@ -242,7 +250,7 @@ describe('coordinator machine', () => {
   })
 
   it('a branch enlisted after the decision hears abort and leaves the outcome alone', () => {
-    const committing = runC(preparing(1), [{ type: 'vote', branch: 'b0', vote: YES }, { type: 'decision-logged' }]).state
+    const committing = runC(preparing2pc(), [{ type: 'vote', branch: 'b0', vote: YES }, { type: 'decision-logged' }]).state
     const s = coordinatorStep(committing, { type: 'enlist', participants: [ref(5)] }, env())
     expect(s.state).toEqual(committing)
     expect(s.actions).toEqual([{ type: 'send-abort', to: ref(5) }])
@@ -277,12 +285,12 @@ describe('coordinator machine', () => {
   it('answers outcome queries by presumed abort', () => {
     expect(coordinatorOutcome(undefined)).toBe('aborted')
     expect(coordinatorOutcome(enlisted(1))).toBe('unknown')
-    expect(coordinatorOutcome(preparing(1))).toBe('unknown')
+    expect(coordinatorOutcome(preparing2pc())).toBe('unknown')
     expect(coordinatorOutcome(coordinatorStep(enlisted(1), { type: 'deadline' }, env()).state)).toBe('aborted')
   })
 
   it('ignores phase-2 events before phase 2', () => {
-    const committing = coordinatorStep(preparing(1), { type: 'vote', branch: 'b0', vote: YES }, env()).state
+    const committing = coordinatorStep(preparing2pc(), { type: 'vote', branch: 'b0', vote: YES }, env()).state
     for (const ev of [
       { type: 'ack', branch: 'b0' },
       { type: 'send-failed', branch: 'b0' },
@@ -292,6 +300,78 @@ describe('coordinator machine', () => {
     }
     const d = coordinatorStep(committing, { type: 'decision-logged' }, env()).state
     expect(coordinatorStep(d, { type: 'decision-logged' }, env())).toEqual({ state: d, actions: [] })
+  })
+})
+
+describe('coordinator machine: one-phase commit', () => {
+  const onePhase = (): CoordinatorState => coordinatorStep(enlisted(1), { type: 'commit-requested' }, env()).state
+
+  it('commits a single participant in one phase without a coordinator log write', () => {
+    const started = coordinatorStep(enlisted(1), { type: 'commit-requested' }, env())
+    expect(started.state).toMatchObject({ status: 'committing', onePhase: true, decisionLogged: false })
+    expect(started.actions).toEqual([{ type: 'send-commit-one-phase', to: ref(0) }])
+    // The participant decides: until it answers, the coordinator does not know the outcome.
+    expect(coordinatorOutcome(started.state)).toBe('unknown')
+    const done = coordinatorStep(started.state, { type: 'one-phase-result', branch: 'b0', outcome: 'committed' }, env())
+    expect(done.actions).toEqual([{ type: 'outcome', outcome: 'committed' }, { type: 'log-end' }])
+    expect(done.state).toMatchObject({ status: 'committed', decisionLogged: false })
+    expect(done.state.participants[0]).toMatchObject({ acked: true, vote: YES })
+    expect(coordinatorOutcome(done.state)).toBe('committed')
+    expect(types([...started.actions, ...done.actions])).not.toContain('log-decision')
+  })
+
+  it('reports the participant’s one-phase abort, logging nothing', () => {
+    const r = coordinatorStep(onePhase(), { type: 'one-phase-result', branch: 'b0', outcome: 'aborted' }, env())
+    expect(r.state.status).toBe('aborted')
+    expect(r.actions).toEqual([{ type: 'outcome', outcome: 'aborted', reason: r.state.reason }, { type: 'log-end' }])
+    expect(r.state.reason).toContain('one-phase')
+  })
+
+  it('resends commit-one-phase after a failed send, with backoff, and never reports aborted for it', () => {
+    let s = onePhase()
+    for (let i = 0; i < 10; i++) {
+      const failed = coordinatorStep(s, { type: 'send-failed', branch: 'b0' }, env(0, 0.999999))
+      expect(types(failed.actions)).toEqual(['schedule-retry'])
+      expect(coordinatorOutcome(failed.state)).toBe('unknown')
+      const due = coordinatorStep(failed.state, { type: 'retry-due', branch: 'b0' }, env())
+      expect(due.actions).toEqual([{ type: 'send-commit-one-phase', to: ref(0) }])
+      s = due.state
+    }
+    expect(s.status).toBe('committing')
+    expect(coordinatorStep(s, { type: 'one-phase-result', branch: 'b0', outcome: 'committed' }, env()).state.status).toBe('committed')
+  })
+
+  it('neither the deadline nor an abort request takes a one-phase commit from its participant', () => {
+    const s = onePhase()
+    for (const ev of [
+      { type: 'deadline' },
+      { type: 'abort-requested', reason: 'impatient' },
+      { type: 'commit-requested' },
+      { type: 'decision-logged' },
+      { type: 'ack', branch: 'b0' },
+      { type: 'vote', branch: 'b0', vote: NO },
+    ] as const) {
+      expect(coordinatorStep(s, ev, env()), ev.type).toEqual({ state: s, actions: [] })
+    }
+  })
+
+  it('a branch enlisted during a one-phase commit hears abort; the participant stays the only one', () => {
+    const s = onePhase()
+    const r = coordinatorStep(s, { type: 'enlist', participants: [ref(0), ref(5)] }, env())
+    expect(r.state).toEqual(s)
+    expect(r.actions).toEqual([{ type: 'send-abort', to: ref(5) }])
+  })
+
+  it('ignores stale, duplicate and stray one-phase results', () => {
+    const active = enlisted(1)
+    expect(coordinatorStep(active, { type: 'one-phase-result', branch: 'b0', outcome: 'committed' }, env())).toEqual({ state: active, actions: [] })
+    const s = onePhase()
+    expect(coordinatorStep(s, { type: 'one-phase-result', branch: 'stranger', outcome: 'aborted' }, env())).toEqual({ state: s, actions: [] })
+    const done = coordinatorStep(s, { type: 'one-phase-result', branch: 'b0', outcome: 'committed' }, env()).state
+    expect(coordinatorStep(done, { type: 'one-phase-result', branch: 'b0', outcome: 'aborted' }, env())).toEqual({ state: done, actions: [] })
+    expect(coordinatorStep(done, { type: 'send-failed', branch: 'b0' }, env())).toEqual({ state: done, actions: [] })
+    // Two participants still prepare.
+    expect(types(coordinatorStep(enlisted(2), { type: 'commit-requested' }, env()).actions)).toEqual(['send-prepare', 'send-prepare'])
   })
 })
 
@@ -474,5 +554,107 @@ describe('participant machine', () => {
     }
     const p = preparedP()
     expect(participantStep(p, { type: 'app-done' }, env())).toEqual({ state: p, actions: [] })
+  })
+})
+
+describe('participant machine: one-phase commit', () => {
+  const onePhaseLogging = (): ParticipantState => runP(fresh(), [{ type: 'commit-one-phase' }, { type: 'app-voted', vote: YES }]).state
+  const onePhaseCommitted = (): ParticipantState => runP(onePhaseLogging(), [{ type: 'prepared-logged' }, { type: 'app-done' }]).state
+
+  it('prepares, force-writes PREPARED(onePhase), then commits on its own and answers committed', () => {
+    const r = runP(fresh(), [{ type: 'commit-one-phase' }, { type: 'app-voted', vote: YES }, { type: 'prepared-logged' }, { type: 'app-done' }], env(0, 0))
+    expect(r.steps).toEqual([
+      [{ type: 'call-app', hook: 'prepare' }],
+      [{ type: 'log-prepared' }],
+      [{ type: 'call-app', hook: 'commit' }],
+      [
+        { type: 'reply-done', outcome: 'committed' },
+        { type: 'schedule-retry', delayMs: 0 },
+      ],
+    ])
+    expect(r.state).toMatchObject({ status: 'committed', onePhase: true })
+    // No vote goes anywhere and nobody is asked for a decision.
+    expect(types(r.steps.flat())).not.toContain('reply-vote')
+    expect(types(r.steps.flat())).not.toContain('query-outcome')
+  })
+
+  it('keeps a committed one-phase branch until the coordinator no longer waits for its answer', () => {
+    const s = onePhaseCommitted()
+    // A retried commit-one-phase is answered from the branch.
+    expect(participantStep(s, { type: 'commit-one-phase' }, env()).actions).toEqual([{ type: 'reply-done', outcome: 'committed' }])
+    const asked = participantStep(s, { type: 'retry-due' }, env())
+    expect(asked.actions).toEqual([{ type: 'query-outcome' }])
+    // "unknown": the coordinator still waits (its answer is on the way): ask again later.
+    const unknown = participantStep(asked.state, { type: 'outcome-unknown' }, env())
+    expect(types(unknown.actions)).toEqual(['schedule-retry'])
+    expect(participantStep(unknown.state, { type: 'retry-due' }, env()).actions).toEqual([{ type: 'query-outcome' }])
+    // Any answer means it no longer waits ("aborted": it forgot the transaction): END, done.
+    for (const outcome of ['committed', 'aborted'] as const) {
+      const r = participantStep(unknown.state, { type: 'decision', outcome }, env())
+      expect(r.actions).toEqual([{ type: 'log-end', outcome: 'committed' }])
+      expect(r.state.status).toBe('committed')
+    }
+    expect(participantStep(s, { type: 'deadline' }, env(5_000))).toEqual({ state: s, actions: [] })
+  })
+
+  it('a one-phase participant restarted after PREPARED commits on its own', () => {
+    const r = recoverParticipant('tx1', 'b0', 'coord:15010', 1_000, env(50_000), true)
+    expect(r.state).toMatchObject({ status: 'committing', onePhase: true, vote: YES })
+    expect(r.actions).toEqual([{ type: 'call-app', hook: 'commit' }])
+    const done = runP(r.state, [{ type: 'app-failed' }, { type: 'retry-due' }, { type: 'app-done' }], env(50_000, 0))
+    expect(done.steps[1]).toEqual([{ type: 'call-app', hook: 'commit' }])
+    expect(done.steps[2]).toEqual([
+      { type: 'reply-done', outcome: 'committed' },
+      { type: 'schedule-retry', delayMs: 0 },
+    ])
+    // A two-phase PREPARED is still in doubt.
+    expect(recoverParticipant('tx1', 'b0', 'coord:15010', 1_000, env()).actions).toEqual([{ type: 'query-outcome' }])
+  })
+
+  it('the deadline never aborts a one-phase branch once its PREPARED may be on disk', () => {
+    const logging = onePhaseLogging()
+    expect(participantStep(logging, { type: 'deadline' }, env(5_000))).toEqual({ state: logging, actions: [] })
+    // PREPARED(onePhase) landed after the deadline: still commit, no outcome query.
+    const landed = participantStep(logging, { type: 'prepared-logged' }, env(5_000))
+    expect(landed.actions).toEqual([{ type: 'call-app', hook: 'commit' }])
+    expect(participantStep(landed.state, { type: 'deadline' }, env(5_000))).toEqual({ state: landed.state, actions: [] })
+    // Before any prepare it may still abort alone, and then answers a late commit-one-phase with aborted.
+    const alone = runP(fresh(), [{ type: 'deadline' }, { type: 'commit-one-phase' }])
+    expect(alone.steps[1]).toEqual([{ type: 'reply-done', outcome: 'aborted' }])
+  })
+
+  it('a one-phase no aborts, answers aborted at once and rolls the app back', () => {
+    const r = runP(fresh(), [{ type: 'commit-one-phase' }, { type: 'app-voted', vote: NO }, { type: 'app-done' }])
+    expect(r.steps[1]).toEqual([
+      { type: 'reply-done', outcome: 'aborted' },
+      { type: 'call-app', hook: 'abort' },
+    ])
+    expect(r.steps[2]).toContainEqual({ type: 'log-end', outcome: 'aborted' })
+    expect(r.state.status).toBe('aborted')
+    // A PREPARED(onePhase) write that surely missed the disk aborts the same way.
+    const failed = participantStep(onePhaseLogging(), { type: 'app-voted', vote: { kind: 'refused', reason: 'cannot log PREPARED' } }, env())
+    expect(failed.actions).toEqual([
+      { type: 'reply-done', outcome: 'aborted' },
+      { type: 'call-app', hook: 'abort' },
+    ])
+  })
+
+  it('a one-phase read-only vote answers committed and finishes', () => {
+    const r = runP(fresh(), [{ type: 'commit-one-phase' }, { type: 'app-voted', vote: RO }])
+    expect(last(r.steps)).toEqual([
+      { type: 'reply-done', outcome: 'committed' },
+      { type: 'log-end', outcome: 'committed' },
+    ])
+  })
+
+  it('a duplicate commit-one-phase while the branch is under way adds nothing', () => {
+    const preparingS = participantStep(fresh(), { type: 'commit-one-phase' }, env()).state
+    const committing = participantStep(onePhaseLogging(), { type: 'prepared-logged' }, env()).state
+    for (const s of [preparingS, onePhaseLogging(), committing]) {
+      expect(participantStep(s, { type: 'commit-one-phase' }, env())).toEqual({ state: s, actions: [] })
+    }
+    // A two-phase branch that voted yes is not finished by a one-phase commit.
+    const p = preparedP()
+    expect(participantStep(p, { type: 'commit-one-phase' }, env())).toEqual({ state: p, actions: [] })
   })
 })

@@ -226,6 +226,14 @@ export class CoordinatorDriver {
           })
           break
         }
+        case 'send-commit-one-phase':
+          // Any answer but an outcome (unreachable, 5xx, timeout) leaves the outcome unknown:
+          // the machine retries until the participant answers.
+          void this.d.control.call(a.to.control, 'POST', `/v1/tx/${id}/commit-one-phase`, { branch: a.to.branch }).then((r) => {
+            const o = r.ok ? r.body.outcome : undefined
+            this.feed(id, o === 'committed' || o === 'aborted' ? { type: 'one-phase-result', branch: a.to.branch, outcome: o } : { type: 'send-failed', branch: a.to.branch })
+          })
+          break
         case 'schedule-retry': {
           clearTimeout(e.retryTimers.get(a.branch))
           const t = setTimeout(() => {

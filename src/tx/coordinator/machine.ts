@@ -5,6 +5,13 @@
 // Presumed abort: the only record the coordinator force-writes is the COMMIT decision (with the
 // participants that must hear it). An abort writes nothing, and a transaction the coordinator has
 // neither in memory nor in its log is answered "aborted".
+//
+// One-phase commit (DESIGN.md "One participant -> one-phase commit"): with exactly one
+// participant at commit-requested, that participant prepares, decides and finishes alone. The
+// coordinator writes nothing and only waits for the answer: while it waits the outcome is
+// unknown (never "aborted" on a failed send: it retries until the participant answers), and
+// neither the deadline nor an abort request can take the decision away from the participant.
+// The participant set is fixed at commit-requested: a branch enlisted later hears abort.
 import assert from 'node:assert/strict'
 import { LIMITS } from '../../limits.js'
 import type {
@@ -24,7 +31,7 @@ import type {
 type CoordinatorStep = Step<CoordinatorState, CoordinatorAction>
 
 export function newCoordinator(id: TxId, deadline: number): CoordinatorState {
-  return { id, deadline, status: 'active', participants: [], decisionLogged: false, reason: undefined }
+  return { id, deadline, status: 'active', participants: [], decisionLogged: false, reason: undefined, onePhase: false }
 }
 
 export function coordinatorStep(state: CoordinatorState, event: CoordinatorEvent, env: Env): CoordinatorStep {
@@ -48,6 +55,7 @@ export function recoverCoordinator(id: TxId, participants: readonly ParticipantR
     participants: refs.map((ref) => ({ ref, vote: { kind: 'prepared' }, acked: false, attempts: 1 })),
     decisionLogged: true,
     reason: undefined,
+    onePhase: false,
   }
   checkInvariants(state)
   if (refs.length === 0) return { state, actions: [{ type: 'log-end' }] }
@@ -58,7 +66,7 @@ export function recoverCoordinator(id: TxId, participants: readonly ParticipantR
  * What the coordinator answers a participant asking for the outcome (`undefined`: the
  * transaction is neither in memory nor in the log). Presumed abort: no record and not active
  * means aborted. A COMMIT record being written (committing, not yet logged) is still unknown:
- * the write may land.
+ * the write may land. So is a one-phase commit whose participant has not answered yet (it decides).
  */
 export function coordinatorOutcome(state: CoordinatorState | undefined): Outcome | 'unknown' {
   if (state === undefined) return 'aborted'
@@ -98,6 +106,8 @@ function dispatch(state: CoordinatorState, event: CoordinatorEvent, env: Env): C
       return onSendFailed(state, event.branch, env)
     case 'retry-due':
       return onRetryDue(state, event.branch)
+    case 'one-phase-result':
+      return onOnePhaseResult(state, event.branch, event.outcome)
   }
 }
 
@@ -112,6 +122,11 @@ function undecided(state: CoordinatorState): boolean {
 /** Phase 2 is running: commits after the decision is durable, or aborts. */
 function inPhase2(state: CoordinatorState): boolean {
   return (state.status === 'committing' && state.decisionLogged) || state.status === 'aborting'
+}
+
+/** A one-phase commit went out and its answer has not come back yet. */
+function onePhasePending(state: CoordinatorState): boolean {
+  return state.status === 'committing' && state.onePhase
 }
 
 function onEnlist(state: CoordinatorState, refs: readonly ParticipantRef[]): CoordinatorStep {
@@ -167,6 +182,14 @@ function onCommitRequested(state: CoordinatorState): CoordinatorStep {
     // Nothing to prepare: committed at once, nothing to log.
     return { state: { ...state, status: 'committed' }, actions: [{ type: 'outcome', outcome: 'committed' }, { type: 'log-end' }] }
   }
+  const only = state.participants.length === 1 ? state.participants[0] : undefined
+  if (only !== undefined) {
+    // One participant: it is the decider. Nothing to log here (its PREPARED is the record).
+    return {
+      state: { ...state, status: 'committing', onePhase: true, participants: [{ ...only, attempts: 1 }] },
+      actions: [{ type: 'send-commit-one-phase', to: only.ref }],
+    }
+  }
   return {
     state: { ...state, status: 'preparing' },
     actions: state.participants.map((p): CoordinatorAction => ({ type: 'send-prepare', to: p.ref })),
@@ -195,7 +218,7 @@ function onVote(state: CoordinatorState, branch: BranchId, vote: Vote): Coordina
 }
 
 function onDecisionLogged(state: CoordinatorState): CoordinatorStep {
-  if (state.status !== 'committing' || state.decisionLogged) return same(state)
+  if (state.status !== 'committing' || state.decisionLogged || state.onePhase) return same(state)
   const actions: CoordinatorAction[] = [{ type: 'outcome', outcome: 'committed' }]
   const participants = state.participants.map((p) => {
     if (p.acked) return p
@@ -206,6 +229,7 @@ function onDecisionLogged(state: CoordinatorState): CoordinatorStep {
 }
 
 function onAck(state: CoordinatorState, branch: BranchId): CoordinatorStep {
+  // A one-phase branch answers with its outcome (one-phase-result), never with a bare ack.
   if (!inPhase2(state)) return same(state)
   const i = state.participants.findIndex((p) => p.ref.branch === branch)
   const p = state.participants[i]
@@ -214,7 +238,7 @@ function onAck(state: CoordinatorState, branch: BranchId): CoordinatorStep {
 }
 
 function onSendFailed(state: CoordinatorState, branch: BranchId, env: Env): CoordinatorStep {
-  if (!inPhase2(state)) return same(state)
+  if (!inPhase2(state) && !onePhasePending(state)) return same(state)
   const i = state.participants.findIndex((p) => p.ref.branch === branch)
   const p = state.participants[i]
   if (p === undefined || p.acked) return same(state)
@@ -227,12 +251,35 @@ function onSendFailed(state: CoordinatorState, branch: BranchId, env: Env): Coor
 }
 
 function onRetryDue(state: CoordinatorState, branch: BranchId): CoordinatorStep {
-  if (!inPhase2(state)) return same(state)
+  if (!inPhase2(state) && !onePhasePending(state)) return same(state)
   const i = state.participants.findIndex((p) => p.ref.branch === branch)
   const p = state.participants[i]
   if (p === undefined || p.acked) return same(state)
-  const action: CoordinatorAction = state.status === 'committing' ? { type: 'send-commit', to: p.ref } : { type: 'send-abort', to: p.ref }
+  const action: CoordinatorAction =
+    state.status === 'aborting'
+      ? { type: 'send-abort', to: p.ref }
+      : state.onePhase
+        ? { type: 'send-commit-one-phase', to: p.ref }
+        : { type: 'send-commit', to: p.ref }
   return { state: { ...state, participants: state.participants.with(i, { ...p, attempts: p.attempts + 1 }) }, actions: [action] }
+}
+
+/** The one-phase participant answered: its outcome is the transaction's. Nothing was logged here. */
+function onOnePhaseResult(state: CoordinatorState, branch: BranchId, outcome: Outcome): CoordinatorStep {
+  if (!onePhasePending(state)) return same(state)
+  const i = state.participants.findIndex((p) => p.ref.branch === branch)
+  const p = state.participants[i]
+  if (p === undefined || p.acked) return same(state)
+  if (outcome === 'committed') {
+    const participants = state.participants.with(i, { ...p, vote: { kind: 'prepared' }, acked: true })
+    return { state: { ...state, status: 'committed', participants }, actions: [{ type: 'outcome', outcome: 'committed' }, { type: 'log-end' }] }
+  }
+  const reason = `${p.ref.service} (${branch}) aborted the one-phase commit`
+  const participants = state.participants.with(i, { ...p, vote: { kind: 'refused', reason: 'aborted in one phase' }, acked: true })
+  return {
+    state: { ...state, status: 'aborted', reason, participants },
+    actions: [{ type: 'outcome', outcome: 'aborted', reason }, { type: 'log-end' }],
+  }
 }
 
 /**
@@ -274,7 +321,9 @@ function checkInvariants(s: CoordinatorState): void {
   assert(new Set(s.participants.map((p) => p.ref.branch)).size === s.participants.length, `${s.id}: a branch is listed twice`)
   assert(!s.decisionLogged || s.status === 'committing' || s.status === 'committed', `${s.id}: decision logged but ${s.status}`)
   if (s.status === 'committed' || s.status === 'aborted') assert(s.participants.every((p) => p.acked), `${s.id}: ${s.status} with unacknowledged participants`)
-  if (s.status === 'committing' || (s.status === 'committed' && s.decisionLogged)) {
+  assert(!(s.onePhase && s.decisionLogged), `${s.id}: one-phase commit with a logged decision`)
+  if (s.onePhase) assert(s.participants.length === 1, `${s.id}: one-phase commit with ${s.participants.length} participants`)
+  if ((s.status === 'committing' && !s.onePhase) || (s.status === 'committed' && s.decisionLogged)) {
     assert(s.participants.every((p) => p.vote !== undefined && p.vote.kind !== 'refused'), `${s.id}: committing with a missing or no vote`)
   }
 }

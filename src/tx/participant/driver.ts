@@ -3,7 +3,7 @@
 // and answers the coordinator's prepare / commit / abort.
 import { request, type Dispatcher } from 'undici'
 import { failpoint } from '../../failpoints.js'
-import { TxLimitError, TxNotActiveError, type TxmeshError } from '../../errors.js'
+import { LogFailedError, TxLimitError, TxNotActiveError, type TxmeshError } from '../../errors.js'
 import { LIMITS } from '../../limits.js'
 import type { Logger } from '../../log.js'
 import type { FileLog } from '../../log/file-log.js'
@@ -129,6 +129,13 @@ export class ParticipantDriver {
       // idempotent (404 = nothing to do), so this is right in both cases.
       return this.decideUnknown(tx, branch, outcome)
     }
+    if (b.state.onePhase) {
+      // Its coordinator never sends commit or abort to a one-phase branch (it decides itself):
+      // answer with what the branch decided, without feeding anything.
+      if (b.state.status === 'committed') return Promise.resolve('committed')
+      if (b.state.status === 'aborted' || b.state.status === 'aborting') return Promise.resolve('aborted')
+      return Promise.resolve('refused')
+    }
     // Commit reaches only a branch that voted yes; anything else is a protocol violation (409).
     if (outcome === 'committed' && (b.state.status === 'active' || b.state.status === 'preparing' || b.state.status === 'logging')) {
       return Promise.resolve('refused')
@@ -136,6 +143,41 @@ export class ParticipantDriver {
     const p = new Promise<Outcome>((resolve) => b.doneWaiters.push(resolve))
     this.feed(b, { type: 'decision', outcome })
     return p
+  }
+
+  /**
+   * The coordinator's one-phase commit (this branch is the transaction's only participant): the
+   * branch prepares, decides and finishes alone, and the answer is its outcome. 'failed': the
+   * outcome is not known yet (the coordinator retries); 'refused': a two-phase branch (409).
+   */
+  commitOnePhase(tx: TxId, branch: BranchId): Promise<Outcome | 'failed' | 'refused'> {
+    const b = this.byTx.get(tx)
+    if (b === undefined || b.state.branch !== branch) {
+      const ended = this.ended.get(`${tx}:${branch}`)
+      if (ended !== undefined) return Promise.resolve(ended)
+      return this.abortUnknownOnePhase(tx, branch)
+    }
+    const s = b.state
+    if (!s.onePhase && s.status !== 'active' && s.status !== 'aborting' && s.status !== 'aborted') return Promise.resolve('refused')
+    const p = new Promise<Outcome>((resolve) => b.doneWaiters.push(resolve))
+    this.feed(b, { type: 'commit-one-phase' })
+    return p
+  }
+
+  /**
+   * A one-phase commit for a branch this sidecar does not hold. With no live PREPARED(onePhase)
+   * record it never decided commit (a committed one-phase branch keeps its record until its
+   * coordinator has the answer), so the answer is aborted, once the app's abort hook rolled
+   * back whatever it may hold (404: nothing). Never decideUnknown: that would commit.
+   */
+  private async abortUnknownOnePhase(tx: TxId, branch: BranchId): Promise<'aborted' | 'failed'> {
+    try {
+      const s = await this.hookStatus(tx, branch, undefined, 'abort')
+      if ((s >= 200 && s < 300) || s === 404) return 'aborted'
+    } catch (err) {
+      this.d.logger.warn('hook_failed', { tx, hook: 'abort', error: (err as { code?: string }).code ?? String(err) })
+    }
+    return 'failed'
   }
 
   /** For the app helper's recovery: what happened to this branch? */
@@ -169,10 +211,17 @@ export class ParticipantDriver {
     let n = 0
     for (const r of records) {
       if (!r.txId.startsWith('p:') || r.body.type !== 'prepared') continue
-      const { tx, branch, coordinator, deadline, context } = r.body as { tx: string; branch: string; coordinator: string; deadline: number; context: string }
-      const step = recoverParticipant(tx, branch, coordinator, deadline, this.env())
+      const { tx, branch, coordinator, deadline, context, onePhase } = r.body as {
+        tx: string
+        branch: string
+        coordinator: string
+        deadline: number
+        context: string
+        onePhase?: boolean
+      }
+      const step = recoverParticipant(tx, branch, coordinator, deadline, this.env(), onePhase === true)
       const b = this.add(step.state, context)
-      this.d.logger.info('tx_recovered', { tx, branch, role: 'participant' })
+      this.d.logger.info('tx_recovered', { tx, branch, role: 'participant', onePhase: onePhase === true })
       this.perform(b, step.actions)
       n++
     }
@@ -203,6 +252,7 @@ export class ParticipantDriver {
               coordinator: b.state.coordinator,
               deadline: b.state.deadline,
               context: b.context,
+              ...(b.state.onePhase ? { onePhase: true } : {}),
             })
             .then(
               () => {
@@ -211,6 +261,11 @@ export class ParticipantDriver {
               },
               (err: unknown) => {
                 this.d.logger.error('prepared_log_failed', { tx, branch, error: String(err) })
+                if (b.state.onePhase && err instanceof LogFailedError) {
+                  // The write may have reached the disk, and a restart would commit it: neither
+                  // outcome is safe to announce. Stop; recovery decides from what the log holds.
+                  process.exit(70)
+                }
                 this.feed(b, { type: 'app-voted', vote: { kind: 'refused', reason: 'cannot log PREPARED' } })
               },
             )
@@ -232,8 +287,10 @@ export class ParticipantDriver {
           b.timer = setTimeout(() => this.feed(b, { type: 'retry-due' }), a.delayMs)
           break
         case 'log-end': {
-          if (a.outcome === 'aborted') {
-            // Presumed abort: a lost END only means asking the coordinator again.
+          if (a.outcome === 'aborted' || b.state.onePhase) {
+            // Presumed abort: a lost END only means asking the coordinator again. A one-phase
+            // branch's lost END only means committing again (idempotent) and asking whether
+            // the coordinator still waits.
             this.d.log.end(logKey(tx, branch))
             this.retire(b, a.outcome)
             break

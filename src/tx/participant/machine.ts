@@ -9,6 +9,15 @@
 // - An app hook for a prepared branch is retried until the app answers; an abort is never sent
 //   while the app's prepare call is still running (it could overtake it and leave a prepared
 //   transaction behind).
+//
+// One-phase commit (the transaction's only participant, `onePhase`): the branch is the decider.
+// commit-one-phase prepares the app and force-writes PREPARED(onePhase); once that record is
+// durable the branch has decided commit (a restart commits, it never asks anyone) and neither a
+// deadline nor anything else aborts it. Before that it may abort alone (no record: nobody can
+// have been told commit). Once committed it keeps the record and asks the coordinator until the
+// coordinator no longer waits for its answer (any answer but "unknown"): a retried
+// commit-one-phase must never reach a sidecar that forgot the commit, where it would be
+// answered "aborted".
 import assert from 'node:assert/strict'
 import { LIMITS } from '../../limits.js'
 import type { BranchId, Env, Outcome, ParticipantAction, ParticipantEvent, ParticipantState, Step, TxId, Vote } from '../core.js'
@@ -18,13 +27,23 @@ type ParticipantStep = Step<ParticipantState, ParticipantAction>
 const ABORTED_VOTE: Vote = { kind: 'refused', reason: 'branch aborted' }
 
 export function newParticipant(tx: TxId, branch: BranchId, coordinator: string, deadline: number): ParticipantState {
-  return { tx, branch, coordinator, deadline, status: 'active', vote: undefined, attempts: 0 }
+  return { tx, branch, coordinator, deadline, status: 'active', vote: undefined, attempts: 0, onePhase: false }
 }
 
-/** Rebuilds a branch from its PREPARED record after a restart: in doubt, so ask the coordinator. */
-export function recoverParticipant(tx: TxId, branch: BranchId, coordinator: string, deadline: number, _env: Env): ParticipantStep {
+/**
+ * Rebuilds a branch from its PREPARED record after a restart: in doubt, so ask the coordinator.
+ * A one-phase branch is not in doubt: it decided commit when its record became durable, so it
+ * commits (again: the app's commit hook is idempotent).
+ */
+export function recoverParticipant(tx: TxId, branch: BranchId, coordinator: string, deadline: number, _env: Env, onePhase = false): ParticipantStep {
+  if (onePhase) {
+    return {
+      state: { tx, branch, coordinator, deadline, status: 'committing', vote: { kind: 'prepared' }, attempts: 1, onePhase: true },
+      actions: [{ type: 'call-app', hook: 'commit' }],
+    }
+  }
   return {
-    state: { tx, branch, coordinator, deadline, status: 'prepared', vote: { kind: 'prepared' }, attempts: 1 },
+    state: { tx, branch, coordinator, deadline, status: 'prepared', vote: { kind: 'prepared' }, attempts: 1, onePhase: false },
     actions: [{ type: 'query-outcome' }],
   }
 }
@@ -42,14 +61,19 @@ function dispatch(s: ParticipantState, event: ParticipantEvent, env: Env): Parti
   switch (event.type) {
     case 'prepare':
       return onPrepare(s)
+    case 'commit-one-phase':
+      return onCommitOnePhase(s)
     case 'app-voted':
       return onAppVoted(s, event.vote)
     case 'prepared-logged':
       return onPreparedLogged(s, env)
     case 'decision':
+      // A committed one-phase branch only asks whether the coordinator still waits: any answer
+      // means it does not.
+      if (confirming(s)) return { state: s, actions: [{ type: 'log-end', outcome: 'committed' }] }
       return event.outcome === 'committed' ? onCommit(s) : onAbort(s)
     case 'app-done':
-      return onAppDone(s)
+      return onAppDone(s, env)
     case 'app-failed':
       return callPending(s) ? { state: s, actions: [{ type: 'schedule-retry', delayMs: backoffMs(s.attempts, env.random) }] } : same(s)
     case 'outcome-unknown':
@@ -71,7 +95,33 @@ function callPending(s: ParticipantState): boolean {
 }
 
 function querying(s: ParticipantState): boolean {
-  return s.status === 'prepared' && s.attempts > 0
+  return (s.status === 'prepared' && s.attempts > 0) || (confirming(s) && s.attempts > 0)
+}
+
+/** A one-phase branch that committed and waits until the coordinator no longer needs its answer. */
+function confirming(s: ParticipantState): boolean {
+  return s.onePhase && s.status === 'committed'
+}
+
+function onCommitOnePhase(s: ParticipantState): ParticipantStep {
+  switch (s.status) {
+    case 'active':
+      return { state: { ...s, status: 'preparing', onePhase: true }, actions: [{ type: 'call-app', hook: 'prepare' }] }
+    case 'preparing':
+    case 'logging':
+    case 'committing':
+      // Under way (or a two-phase branch: then the driver refuses it): answered at reply-done.
+      return same(s)
+    case 'prepared':
+      // A two-phase branch that voted yes: only its coordinator's decision may finish it.
+      return same(s)
+    case 'committed':
+      return { state: s, actions: [{ type: 'reply-done', outcome: 'committed' }] }
+    case 'aborting':
+    case 'aborted':
+      // Aborted alone (deadline before any prepare, or the app said no): the outcome is fixed.
+      return { state: s, actions: [{ type: 'reply-done', outcome: 'aborted' }] }
+  }
 }
 
 function onPrepare(s: ParticipantState): ParticipantStep {
@@ -100,7 +150,12 @@ function onAppVoted(s: ParticipantState, vote: Vote): ParticipantStep {
     return { state: { ...s, attempts: 1 }, actions: [{ type: 'reply-vote', vote: ABORTED_VOTE }, { type: 'call-app', hook: 'abort' }] }
   }
   if (s.status === 'logging' && vote.kind === 'refused') {
-    // PREPARED could not be written: not voted yet, so aborting alone is still safe.
+    // PREPARED could not be written: not voted yet, so aborting alone is still safe. (The driver
+    // feeds this only when the record surely did not reach the disk; for a one-phase branch a
+    // record that might have landed would commit at a restart, so the driver stops instead.)
+    if (s.onePhase) {
+      return { state: { ...s, status: 'aborting', vote, attempts: 1 }, actions: [{ type: 'reply-done', outcome: 'aborted' }, { type: 'call-app', hook: 'abort' }] }
+    }
     return { state: { ...s, status: 'aborting', vote, attempts: 1 }, actions: [{ type: 'reply-vote', vote }, { type: 'call-app', hook: 'abort' }] }
   }
   if (s.status !== 'preparing') return same(s)
@@ -110,8 +165,15 @@ function onAppVoted(s: ParticipantState, vote: Vote): ParticipantStep {
     case 'read-only':
       // Nothing to commit: the branch is done. reply-vote comes before log-end (the driver may
       // drop the branch, and its waiters, at log-end).
+      if (s.onePhase) {
+        return { state: { ...s, status: 'committed', vote }, actions: [{ type: 'reply-done', outcome: 'committed' }, { type: 'log-end', outcome: 'committed' }] }
+      }
       return { state: { ...s, status: 'committed', vote }, actions: [{ type: 'reply-vote', vote }, { type: 'log-end', outcome: 'committed' }] }
     case 'refused':
+      if (s.onePhase) {
+        // The decider says no: aborted, whatever the app's abort hook still has to undo.
+        return { state: { ...s, status: 'aborting', vote, attempts: 1 }, actions: [{ type: 'reply-done', outcome: 'aborted' }, { type: 'call-app', hook: 'abort' }] }
+      }
       // The app said no, or its prepare failed or timed out: then it may have prepared after
       // all, so its abort hook is called until it answers (404 = nothing to undo).
       return { state: { ...s, status: 'aborting', vote, attempts: 1 }, actions: [{ type: 'reply-vote', vote }, { type: 'call-app', hook: 'abort' }] }
@@ -120,6 +182,10 @@ function onAppVoted(s: ParticipantState, vote: Vote): ParticipantStep {
 
 function onPreparedLogged(s: ParticipantState, env: Env): ParticipantStep {
   if (s.status !== 'logging') return same(s)
+  if (s.onePhase) {
+    // PREPARED(onePhase) is durable: the decision is commit, deadline or not.
+    return { state: { ...s, status: 'committing', vote: { kind: 'prepared' }, attempts: 1 }, actions: [{ type: 'call-app', hook: 'commit' }] }
+  }
   const prepared: ParticipantState = { ...s, status: 'prepared', vote: { kind: 'prepared' }, attempts: 0 }
   const actions: ParticipantAction[] = [{ type: 'reply-vote', vote: { kind: 'prepared' } }]
   // The deadline passed while preparing (it was ignored then): start asking for the outcome now.
@@ -173,9 +239,20 @@ function done(s: ParticipantState): ParticipantStep {
   return { state: s, actions: [{ type: 'reply-done', outcome: s.status === 'committed' ? 'committed' : 'aborted' }] }
 }
 
-function onAppDone(s: ParticipantState): ParticipantStep {
+function onAppDone(s: ParticipantState, env: Env): ParticipantStep {
   if (!callPending(s)) return same(s)
   const outcome: Outcome = s.status === 'committing' ? 'committed' : 'aborted'
+  if (s.onePhase && outcome === 'committed') {
+    // Answer now; keep PREPARED(onePhase) (a restart commits again, idempotently) until the
+    // coordinator has the answer. Ask after a short wait: the answer is on its way to it.
+    return {
+      state: { ...s, status: 'committed', attempts: 1 },
+      actions: [
+        { type: 'reply-done', outcome },
+        { type: 'schedule-retry', delayMs: backoffMs(1, env.random) },
+      ],
+    }
+  }
   // log-end before reply-done: for a commit, END must be durable before the coordinator hears
   // done and may forget the transaction (else a restart would find PREPARED, ask, and be told
   // "aborted" by presumed abort).
@@ -218,4 +295,5 @@ function checkInvariants(s: ParticipantState): void {
   if (s.status === 'prepared' || s.status === 'committing') assert(s.vote?.kind === 'prepared', `${s.tx}/${s.branch}: ${s.status} without a yes vote`)
   if (s.status === 'committed') assert(s.vote !== undefined && s.vote.kind !== 'refused', `${s.tx}/${s.branch}: committed without a yes vote`)
   assert(s.attempts >= 0, `${s.tx}/${s.branch}: negative attempts`)
+  assert(!(s.onePhase && s.status === 'prepared'), `${s.tx}/${s.branch}: a one-phase branch waits for nobody's decision`)
 }
