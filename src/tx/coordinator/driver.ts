@@ -2,6 +2,7 @@
 // participants, log writes, timers) and feeds their results back as events. One entry per
 // transaction this sidecar coordinates.
 import { failpoint } from '../../failpoints.js'
+import { RecentMap } from '../recent.js'
 import type { FileLog } from '../../log/file-log.js'
 import { TxLimitError, TxNotActiveError, TxUnknownError, type TxmeshError } from '../../errors.js'
 import { LIMITS } from '../../limits.js'
@@ -61,7 +62,7 @@ const logKey = (id: TxId): string => `c:${id}`
 
 export class CoordinatorDriver {
   private readonly txs = new Map<TxId, Entry>()
-  private readonly finished = new Map<TxId, Entry>()
+  private readonly finished = new RecentMap<TxId, Entry>()
   private readonly clock: () => number
   private readonly random: () => number
   readonly outcomes = { committed: 0, aborted: 0 }
@@ -266,13 +267,8 @@ export class CoordinatorDriver {
     e.retryTimers.clear()
     for (const w of e.ackWaiters.splice(0)) w()
     this.txs.delete(id)
+    // Keep finished transactions visible for a while, bounded in count and age.
     this.finished.set(id, e)
-    // Keep finished transactions visible for a while, bounded in count.
-    if (this.finished.size > LIMITS.maxFinishedTxRetained) {
-      const oldest = this.finished.keys().next().value as TxId
-      this.finished.delete(oldest)
-    }
-    setTimeout(() => this.finished.delete(id), LIMITS.finishedTxRetentionMs).unref()
   }
 
   close(): void {

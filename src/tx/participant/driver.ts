@@ -3,6 +3,7 @@
 // and answers the coordinator's prepare / commit / abort.
 import { request, type Dispatcher } from 'undici'
 import { failpoint } from '../../failpoints.js'
+import { RecentMap } from '../recent.js'
 import { LogFailedError, TxLimitError, TxNotActiveError, type TxmeshError } from '../../errors.js'
 import { LIMITS } from '../../limits.js'
 import type { Logger } from '../../log.js'
@@ -49,8 +50,8 @@ const logKey = (tx: TxId, branch: BranchId): string => `p:${tx}:${branch}`
 export class ParticipantDriver {
   /** One branch per transaction in this sidecar (DESIGN.md: a participant is a sidecar instance). */
   private readonly byTx = new Map<TxId, Branch>()
-  private readonly ended = new Map<string, Outcome>()
-  private readonly endedTx = new Map<TxId, Outcome>()
+  private readonly ended = new RecentMap<string, Outcome>()
+  private readonly endedTx = new RecentMap<TxId, Outcome>()
   private readonly clock: () => number
   private readonly random: () => number
 
@@ -328,12 +329,6 @@ export class ParticipantDriver {
     const tx = b.state.tx
     this.ended.set(key, outcome)
     this.endedTx.set(tx, outcome)
-    if (this.ended.size > LIMITS.maxFinishedTxRetained) this.ended.delete(this.ended.keys().next().value as string)
-    if (this.endedTx.size > LIMITS.maxFinishedTxRetained) this.endedTx.delete(this.endedTx.keys().next().value as string)
-    setTimeout(() => {
-      this.ended.delete(key)
-      this.endedTx.delete(tx)
-    }, LIMITS.finishedTxRetentionMs).unref()
     // Answer anyone still waiting (e.g. a prepare that raced the deadline).
     for (const w of b.voteWaiters.splice(0)) w({ kind: 'refused', reason: `branch ${outcome}` })
     for (const w of b.doneWaiters.splice(0)) w(outcome)
