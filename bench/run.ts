@@ -478,6 +478,7 @@ async function run(): Promise<void> {
         partCode = await runTxPart({
           root: ROOT,
           group: p.group,
+          taskset: pinner.taskset,
           dir: p.dir,
           onCleanup: (fn) => p.cleanups.push(fn),
           onExit: (fn) => p.exitHooks.push(fn),

@@ -7,25 +7,25 @@
 //
 // Environment:
 //   BENCH_TX_SECONDS            measured duration per mode and concurrency (default 5)
-//   BENCH_TX_WARMUP_SECONDS     warm-up per mode at the highest concurrency, before measuring (default 2)
+//   BENCH_TX_WARMUP_SECONDS     warm-up per mode at the highest concurrency, before measuring (default 3)
 //   BENCH_TX_CONCURRENCY        comma-separated closed-loop worker counts (default 1,8,32)
 //   BENCH_TX_ROUNDS             interleaved sweeps; rates and latencies are medians (default 1)
 //   BENCH_TX_ACCOUNTS           accounts per database (default 1000)
 //   BENCH_TX_MODES              subset of local,inproc,txmesh (default all three)
 //   BENCH_TX_FSYNC_CONCURRENCY  concurrency of the fsyncs-per-transaction check (default 32, else the highest)
 //   BENCH_TX_CPU_PROFILE        directory: apps and sidecars run with --cpu-prof and write there on exit
+//                               (one subdirectory per process; npx tsx bench/cpuprofile-top.ts DIR/*/*.cpuprofile)
+//   BENCH_TX_PIN                CPU layout: none (default), split or one; see PinLayout below
 //
-// Output: a text table on stdout and bench/results/tx-latest.json.
-//
-// Layout: nothing is pinned. Postgres, the three apps, four sidecars and the driver share every
-// CPU; the machine's busy share and each process group's CPU time per committed transfer are
-// reported next to the rates, so a CPU-bound figure shows as such.
-import { mkdirSync, rmSync, writeFileSync } from 'node:fs'
+// Output: a text table on stdout and bench/results/tx-latest.json. The machine's busy share and
+// each process group's CPU time per committed transfer are reported next to the rates, so a
+// CPU-bound figure shows as such.
+import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { availableParallelism, cpus } from 'node:os'
 import { dirname, join } from 'node:path'
 import type { PostgresInstance } from '../test/helpers/pg.js'
 import { sleep, type ProcessGroup } from './lib/procs.js'
-import { CPU_GROUPS, checkConsistency, cpuDelta, cpuSnapshot, sidecarStats, startCluster, type Cluster, type CpuGroup, type SidecarStats } from './lib/tx-cluster.js'
+import { CPU_GROUPS, affinityOf, checkConsistency, cpuDelta, cpuSnapshot, pinPid, sidecarStats, startCluster, type Cluster, type CpuGroup, type SidecarStats } from './lib/tx-cluster.js'
 import { closedLoop, percentile } from './lib/tx-loop.js'
 import { MODE_NAMES, createMode, randomTransfer, type Mode, type ModeName } from './lib/tx-modes.js'
 import { MODE_TITLES, printTxReport, type FsyncRow, type LogDelta, type TxCheck, type TxReport, type TxRow, type TxSample } from './lib/tx-report.js'
@@ -33,6 +33,7 @@ import { MODE_TITLES, printTxReport, type FsyncRow, type LogDelta, type TxCheck,
 export interface TxPartContext {
   readonly root: string
   readonly group: ProcessGroup
+  readonly taskset: string | undefined
   /** Scratch directory, removed by the caller. */
   readonly dir: string
   /** Registers work for the caller's cleanup, run after the child processes are stopped. */
@@ -50,9 +51,42 @@ interface TxSettings {
   readonly modes: readonly ModeName[]
   readonly fsyncConcurrency: number
   readonly cpuProfileDir: string | undefined
+  readonly pin: PinLayout
+}
+
+/**
+ * BENCH_TX_PIN. none (default): every process on every CPU. split: Postgres on CPU 0; apps,
+ * sidecars and the driver on CPU 1 (the database as its own machine, a sidecar sharing its pod's
+ * CPU). one: everything on CPU 1. Measured on a 2-vCPU VM, none gave every mode its best figures
+ * (split: txmesh -40%, (a) -40% at c=1; one: all modes lower), so nothing is pinned by default.
+ */
+type PinLayout = 'none' | 'split' | 'one'
+const PIN_LAYOUTS: readonly PinLayout[] = ['none', 'split', 'one']
+
+function cpusOf(pin: PinLayout): { postgres: string | undefined; node: string | undefined } {
+  switch (pin) {
+    case 'none':
+      return { postgres: undefined, node: undefined }
+    case 'split':
+      return { postgres: '0', node: '1' }
+    case 'one':
+      return { postgres: '1', node: '1' }
+  }
+}
+
+function describePin(pin: PinLayout): string {
+  switch (pin) {
+    case 'none':
+      return 'none: Postgres, 3 apps, 4 sidecars and the driver share all CPUs'
+    case 'split':
+      return 'Postgres on CPU 0; the 3 apps, 4 sidecars and the driver on CPU 1'
+    case 'one':
+      return 'everything (Postgres, apps, sidecars, driver) on CPU 1'
+  }
 }
 
 const INITIAL_BALANCE = 1_000_000
+const DEFAULT_PIN: PinLayout = 'none'
 // Ratio targets of the issue: txmesh tx/s ÷ (a) and ÷ (b).
 const TARGET_VS_LOCAL = 0.6
 const TARGET_VS_INPROC = 0.9
@@ -72,9 +106,11 @@ function settings(): TxSettings {
   for (const m of modes) if (!(MODE_NAMES as readonly string[]).includes(m)) throw new Error(`BENCH_TX_MODES: unknown mode "${m}" (use ${MODE_NAMES.join(', ')})`)
   const fsyncC = intEnv('BENCH_TX_FSYNC_CONCURRENCY', cs.includes(32) ? 32 : Math.max(...cs), 1)
   const prof = process.env.BENCH_TX_CPU_PROFILE
+  const pin = (process.env.BENCH_TX_PIN ?? DEFAULT_PIN) as PinLayout
+  if (!PIN_LAYOUTS.includes(pin)) throw new Error(`BENCH_TX_PIN must be one of ${PIN_LAYOUTS.join(', ')}`)
   return {
     seconds: intEnv('BENCH_TX_SECONDS', 5, 1),
-    warmupSeconds: intEnv('BENCH_TX_WARMUP_SECONDS', 2, 0),
+    warmupSeconds: intEnv('BENCH_TX_WARMUP_SECONDS', 3, 0),
     concurrencies: cs,
     rounds: intEnv('BENCH_TX_ROUNDS', 1, 1),
     accounts: intEnv('BENCH_TX_ACCOUNTS', 1000, 3),
@@ -82,6 +118,7 @@ function settings(): TxSettings {
     modes: MODE_NAMES.filter((m) => modes.includes(m)),
     fsyncConcurrency: fsyncC,
     cpuProfileDir: prof !== undefined && prof !== '' ? prof : undefined,
+    pin,
   }
 }
 
@@ -142,6 +179,7 @@ async function measure(c: Cluster, mode: Mode, concurrency: number, s: TxSetting
     aborted: r.aborted,
     errors: r.errors,
     cpuSeconds: d.seconds,
+    machineCpuSeconds: d.machineSeconds,
     busyPct: d.busyPct,
     stealPct: d.stealPct,
     logs,
@@ -175,6 +213,7 @@ function summarize(mode: ModeName, concurrency: number, samples: readonly TxSamp
     errors: samples.reduce((n, x) => n + x.errors, 0),
     cpuUsPerTx,
     totalCpuUsPerTx: total,
+    machineCpuUsPerTx: committed > 0 && samples.every((x) => x.machineCpuSeconds !== undefined) ? (samples.reduce((n, x) => n + (x.machineCpuSeconds ?? 0), 0) * 1e6) / committed : undefined,
     busyPct: median(defined(samples.map((x) => x.busyPct))),
     stealPct: median(defined(samples.map((x) => x.stealPct))),
     reasons,
@@ -217,6 +256,11 @@ function checks(rows: readonly TxRow[], concurrencies: readonly number[], fsync:
     const vsInproc = ratio(rate('txmesh', c), rate('inproc', c))
     out.push({ name: `txmesh tx/s ÷ (b) in-process coordinator, pure SQL (c=${c})`, value: vsInproc, goal: `≥ ${TARGET_VS_INPROC.toFixed(2)}`, pass: vsInproc === undefined ? undefined : vsInproc >= TARGET_VS_INPROC })
   }
+  // What pure-SQL 2PC itself costs against local commits here: the ceiling of txmesh ÷ (a) for a
+  // coordinator with no overhead at all.
+  for (const c of concurrencies) {
+    out.push({ name: `(b) ÷ (a): zero-overhead 2PC vs local commits (c=${c})`, value: ratio(rate('inproc', c), rate('local', c)), goal: 'info', pass: undefined })
+  }
   const f = fsync.find((x) => x.concurrency === fsyncC)
   out.push({
     name: `coordinator log fsyncs per committed tx (c=${fsyncC})`,
@@ -229,7 +273,12 @@ function checks(rows: readonly TxRow[], concurrencies: readonly number[], fsync:
 }
 
 export async function runTxPart(ctx: TxPartContext): Promise<number> {
-  const s = settings()
+  let s = settings()
+  if (s.pin !== 'none' && (ctx.taskset === undefined || availableParallelism() < 2)) {
+    process.stderr.write(`tx: BENCH_TX_PIN=${s.pin} needs taskset and 2 CPUs; running unpinned\n`)
+    s = { ...s, pin: 'none' }
+  }
+  const cpu = cpusOf(s.pin)
   const maxC = Math.max(...s.concurrencies)
   let pgi: PostgresInstance | undefined
   const modes: Mode[] = []
@@ -246,23 +295,41 @@ export async function runTxPart(ctx: TxPartContext): Promise<number> {
   process.stderr.write('tx: starting Postgres, 3 apps, 3 participant sidecars and a coordinator sidecar ...\n')
   const cluster = await startCluster(
     ctx.group,
-    { root: ctx.root, dir: ctx.dir, accounts: s.accounts, initialBalance: INITIAL_BALANCE, maxConcurrency: maxC, cpuProfileDir: s.cpuProfileDir },
+    {
+      root: ctx.root,
+      dir: ctx.dir,
+      accounts: s.accounts,
+      initialBalance: INITIAL_BALANCE,
+      maxConcurrency: maxC,
+      cpuProfileDir: s.cpuProfileDir,
+      postgresCpu: cpu.postgres,
+      nodeCpu: cpu.node,
+      taskset: ctx.taskset,
+    },
     (p) => (pgi = p),
   )
+  if (cpu.node !== undefined && ctx.taskset !== undefined) {
+    // The driver too (this process, all threads); its affinity is restored at cleanup.
+    const taskset = ctx.taskset
+    const before = affinityOf(taskset, process.pid)
+    pinPid(taskset, process.pid, cpu.node)
+    ctx.onCleanup(async () => pinPid(taskset, process.pid, before))
+  }
   for (const name of s.modes) modes.push(createMode(name, cluster, maxC))
 
   const layout = {
     cpus: `${availableParallelism()} × ${cpus()[0]?.model ?? 'unknown CPU'}`,
-    pinning: 'none: Postgres, 3 apps, 4 sidecars and the driver share all CPUs (see busy/steal and CPU µs/tx)',
+    pinning: describePin(s.pin),
     postgres: `embedded Postgres on 127.0.0.1:${cluster.pg.port}, fsync=on, synchronous_commit=on, full_page_writes=on, max_prepared_transactions=${cluster.sizing.maxPreparedTransactions}, max_connections=${cluster.sizing.maxConnections}; databases a, b, c with ${s.accounts} accounts each`,
     apps: `node:http + pg.Pool(max ${cluster.sizing.appPoolMax}) + txmesh/pg (maxOpen ${cluster.sizing.maxOpen}), one process per service`,
     sidecars: 'node --max-semi-space-size=2 dist/cli/index.js sidecar, log level warn, durable log in the scratch dir (same disk as Postgres)',
+    loadavgAtStart: readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' '),
     driver: `this process: closed loop of N workers (undici Pools to the apps / coordinator; pg Pools of ${maxC} for (b))`,
   }
   process.stdout.write(
     [
       `txmesh transaction benchmark — ${new Date().toISOString()}, node ${process.version}`,
-      `CPUs: ${layout.cpus}; pinning: ${layout.pinning}`,
+      `CPUs: ${layout.cpus}; pinning: ${layout.pinning}; loadavg at start ${layout.loadavgAtStart}`,
       `Postgres: ${layout.postgres}`,
       `apps: ${layout.apps}`,
       `transfer: UPDATE accounts SET balance = balance + $1 WHERE id = $2 in a, then b, then c (random accounts, amounts net 0); ` +
@@ -273,7 +340,7 @@ export async function runTxPart(ctx: TxPartContext): Promise<number> {
 
   // One transfer per mode must commit before anything is measured.
   for (const m of modes) {
-    const a = await m.transfer(randomTransfer(s.accounts), 0)
+    const a = await m.transfer(randomTransfer(s.accounts))
     if (a.outcome !== 'committed') throw new Error(`probe transfer through ${MODE_TITLES[m.name]} did not commit: ${a.outcome} ${a.detail ?? ''}`)
   }
   if (s.warmupSeconds > 0) {
@@ -321,7 +388,7 @@ export async function runTxPart(ctx: TxPartContext): Promise<number> {
       modes: s.modes.join(','),
       fsyncConcurrency: s.fsyncConcurrency,
     },
-    modes: Object.fromEntries(modes.map((m) => [MODE_TITLES[m.name], m.label])),
+    modes: Object.fromEntries(modes.map((m) => [MODE_TITLES[m.name], `${m.label}. Per transfer: ${m.work}`])),
     rows,
     checks: checks(rows, s.concurrencies, fsync, s.fsyncConcurrency),
     fsync,

@@ -2,7 +2,8 @@
 // participant app per database (bench/tx-app.ts, txmesh/pg helper), a txmesh sidecar beside each
 // app, and one coordinator sidecar for the benchmark driver (the initiating app). Also the
 // measurements taken around each run: sidecar stats and CPU time per process group.
-import { readFileSync, writeFileSync, mkdirSync } from 'node:fs'
+import { execFileSync } from 'node:child_process'
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import pg from 'pg'
 import { request } from 'undici'
@@ -26,6 +27,12 @@ export interface ClusterOptions {
   readonly maxConcurrency: number
   /** When set, apps and sidecars write V8 CPU profiles here on exit. */
   readonly cpuProfileDir: string | undefined
+  /** CPU list for Postgres (postmaster and every backend), undefined: not pinned. */
+  readonly postgresCpu: string | undefined
+  /** CPU list for the apps and sidecars, undefined: not pinned. */
+  readonly nodeCpu: string | undefined
+  /** taskset, needed when a CPU is given. */
+  readonly taskset: string | undefined
 }
 
 export interface AppProc {
@@ -93,7 +100,9 @@ function childEnv(extra: Record<string, string> = {}): NodeJS.ProcessEnv {
 
 function profileFlags(o: ClusterOptions, name: string): string[] {
   if (o.cpuProfileDir === undefined) return []
-  return ['--cpu-prof', `--cpu-prof-dir=${o.cpuProfileDir}`, `--cpu-prof-name=${name}.cpuprofile`]
+  // One directory per process: an app started with --import tsx has a loader thread that writes
+  // its own profile, which a fixed --cpu-prof-name would overwrite.
+  return ['--cpu-prof', `--cpu-prof-dir=${join(o.cpuProfileDir, name)}`]
 }
 
 export async function startCluster(group: ProcessGroup, o: ClusterOptions, onPostgres: (p: PostgresInstance) => void): Promise<Cluster> {
@@ -121,6 +130,12 @@ export async function startCluster(group: ProcessGroup, o: ClusterOptions, onPos
     ],
   })
   onPostgres(pgi)
+  // Backends are forked by the postmaster and inherit its affinity; the helper processes that
+  // already run (checkpointer, WAL writer, ...) are pinned one by one.
+  if (o.postgresCpu !== undefined) {
+    const pm = postmasterPid(pgi)
+    for (const pid of [pm, ...childPids(pm)]) pinPid(o.taskset, pid, o.postgresCpu)
+  }
 
   let initialTotal = 0n
   for (const name of SERVICES) {
@@ -142,7 +157,7 @@ export async function startCluster(group: ProcessGroup, o: ClusterOptions, onPos
   for (const name of SERVICES) {
     const svc = group.start(
       `app ${name}`,
-      undefined,
+      o.nodeCpu,
       process.execPath,
       [...profileFlags(o, `app-${name}`), '--import', 'tsx', join(o.root, 'bench', 'tx-app.ts')],
       {
@@ -205,9 +220,21 @@ async function startSidecar(group: ProcessGroup, o: ClusterOptions, name: string
     '--admin-port',
     '0',
   ]
-  const svc = group.start(`sidecar ${name}`, undefined, process.execPath, args, { cwd: o.root, env: childEnv({ TXMESH_MESH_KEY: MESH_KEY }) })
+  const svc = group.start(`sidecar ${name}`, o.nodeCpu, process.execPath, args, { cwd: o.root, env: childEnv({ TXMESH_MESH_KEY: MESH_KEY }) })
   const l = await firstJsonLine(svc, isSidecarListening)
   return { name, pid: svc.pid, ports: l.ports, storeDir }
+}
+
+/** Sets the CPU affinity of every thread of a running process (taskset -a -p). */
+export function pinPid(taskset: string | undefined, pid: number, cpu: string): void {
+  if (taskset === undefined) throw new Error('pinning needs taskset, which is not on PATH')
+  execFileSync(taskset, ['-a', '-p', '-c', cpu, String(pid)], { stdio: ['ignore', 'ignore', 'pipe'] })
+}
+
+/** The current CPU affinity of a process as a list ("0-1"). */
+export function affinityOf(taskset: string, pid: number): string {
+  const out = execFileSync(taskset, ['-c', '-p', String(pid)], { encoding: 'utf8' })
+  return out.slice(out.lastIndexOf(':') + 1).trim()
 }
 
 // ---- sidecar stats ----
@@ -298,6 +325,8 @@ export function cpuSnapshot(c: Cluster): CpuSnapshot {
 export interface CpuDelta {
   /** CPU seconds per group over the run. */
   readonly seconds: Readonly<Record<CpuGroup, number>>
+  /** Busy CPU seconds of the whole machine (every process and kernel thread: fsync, softirq). */
+  readonly machineSeconds: number | undefined
   /** Busy share of all CPUs over the run, %. */
   readonly busyPct: number | undefined
   readonly stealPct: number | undefined
@@ -307,7 +336,15 @@ export function cpuDelta(before: CpuSnapshot, after: CpuSnapshot): CpuDelta {
   const seconds = {} as Record<CpuGroup, number>
   for (const g of CPU_GROUPS) seconds[g] = Math.max(0, after[g] - before[g])
   const use = cpuUse(before.machine, after.machine, ['cpu'])
-  return { seconds, busyPct: use?.busyPct, stealPct: use?.stealPct }
+  const a = after.machine.get('cpu')
+  const b = before.machine.get('cpu')
+  let machineSeconds: number | undefined
+  if (a !== undefined && b !== undefined) {
+    // user nice system idle iowait irq softirq steal: busy = all but idle, iowait and steal.
+    const d = (i: number): number => (a[i] ?? 0) - (b[i] ?? 0)
+    machineSeconds = (d(0) + d(1) + d(2) + d(5) + d(6)) / clockTicksPerSecond()
+  }
+  return { seconds, machineSeconds, busyPct: use?.busyPct, stealPct: use?.stealPct }
 }
 
 // ---- consistency ----

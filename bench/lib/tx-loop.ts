@@ -17,9 +17,6 @@ export interface LoopResult {
 
 const MAX_REASONS = 20
 
-/** Monotonic sequence across all runs of the process: unique gids for mode (b). */
-let seq = 0
-
 export async function closedLoop(mode: Mode, concurrency: number, seconds: number, accounts: number): Promise<LoopResult> {
   const counts: Record<Outcome, number> = { committed: 0, aborted: 0, error: 0 }
   const latencies: number[] = []
@@ -35,7 +32,7 @@ export async function closedLoop(mode: Mode, concurrency: number, seconds: numbe
       const t0 = performance.now()
       let outcome: Outcome
       try {
-        const a = await mode.transfer(randomTransfer(accounts), ++seq)
+        const a = await mode.transfer(randomTransfer(accounts))
         outcome = a.outcome
         if (a.detail !== undefined) note(`${a.outcome}: ${a.detail}`)
       } catch (err) {

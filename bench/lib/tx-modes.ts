@@ -38,7 +38,9 @@ export interface Transfer {
 export interface Mode {
   readonly name: ModeName
   readonly label: string
-  transfer(t: Transfer, seq: number): Promise<Attempt>
+  /** What one transfer costs in messages, statements and forced writes (read off the code path). */
+  readonly work: string
+  transfer(t: Transfer): Promise<Attempt>
   close(): Promise<void>
 }
 
@@ -107,15 +109,19 @@ function isOutcomeAnswer(v: unknown): v is OutcomeAnswer {
 
 class TxmeshMode implements Mode {
   readonly name = 'txmesh'
-  readonly label: string
+  readonly label =
+    "begin at the coordinator sidecar's admin API, 3 calls via its egress -> participant sidecar -> app (txmesh/pg), commit (2PC through the sidecars)"
+  readonly work =
+    '23 HTTP exchanges (begin + commit at the admin API; 3 × driver -> coordinator egress -> participant ingress -> app; ' +
+    '3 × control prepare + 3 × control commit; 3 × prepare hook + 3 × commit hook), 15 SQL statements (per branch: BEGIN, UPDATE, ' +
+    'SELECT txid_current_if_assigned(), PREPARE TRANSACTION, COMMIT PREPARED), 6 Postgres WAL flushes, 7 durable log appends ' +
+    '(coordinator decision; PREPARED and END at each participant), 5 forced writes in sequence on the commit path'
   private readonly admin: HttpPool
   private readonly egress: HttpPool
 
   constructor(c: Cluster, connections: number) {
     this.admin = httpPool(c.coordinator.ports.admin, connections)
     this.egress = httpPool(c.coordinator.ports.egress, connections)
-    this.label =
-      'txmesh: begin (coordinator admin) + 3 calls via coordinator egress -> participant sidecar -> app (txmesh/pg) + commit (2PC through the sidecars)'
   }
 
   async transfer(t: Transfer): Promise<Attempt> {
@@ -154,7 +160,8 @@ class TxmeshMode implements Mode {
 
 class LocalMode implements Mode {
   readonly name = 'local'
-  readonly label = '(a) local commits: 3 HTTP calls straight to the apps, each UPDATE in autocommit (no sidecar, not atomic)'
+  readonly label = 'local commits: 3 HTTP calls straight to the apps, each UPDATE in autocommit (no sidecar, not atomic)'
+  readonly work = '3 HTTP exchanges, 3 SQL statements, 3 Postgres WAL flushes (one per autocommit), 3 forced writes in sequence (one per call)'
   private readonly apps: HttpPool[]
 
   constructor(c: Cluster, connections: number) {
@@ -182,13 +189,21 @@ class LocalMode implements Mode {
 
 // ---- (b) in-process coordinator, pure SQL ----
 
-type BranchState = 'open' | 'prepared' | 'done'
+interface Branch {
+  readonly db: ServiceName
+  readonly client: pg.PoolClient
+  state: 'open' | 'prepared' | 'done'
+}
 
 class InProcMode implements Mode {
   readonly name = 'inproc'
-  readonly label = '(b) in-process coordinator: the driver runs BEGIN/UPDATE, PREPARE TRANSACTION ×3 ∥, COMMIT PREPARED ×3 ∥ on 3 pg pools (pure SQL, no HTTP, no log)'
+  readonly label = 'in-process coordinator: the driver runs BEGIN/UPDATE, PREPARE TRANSACTION ×3 ∥, COMMIT PREPARED ×3 ∥ on 3 pg pools (pure SQL, no HTTP, no log)'
+  readonly work =
+    '0 HTTP, 12 SQL statements (per database: BEGIN, UPDATE, PREPARE TRANSACTION, COMMIT PREPARED), 6 Postgres WAL flushes, ' +
+    'no coordinator log (not recoverable), 2 forced writes in sequence (PREPARE ∥, COMMIT PREPARED ∥)'
   private readonly pools: pg.Pool[]
   private readonly prefix = `bench-${process.pid}-`
+  private seq = 0
 
   constructor(c: Cluster, connections: number) {
     this.pools = SERVICES.map((name) => {
@@ -198,16 +213,17 @@ class InProcMode implements Mode {
     })
   }
 
-  async transfer(t: Transfer, seq: number): Promise<Attempt> {
-    const gid = `${this.prefix}${seq}`
-    const branches: { client: pg.PoolClient; state: BranchState }[] = []
+  async transfer(t: Transfer): Promise<Attempt> {
+    // gids are unique in the whole cluster, not per database: one per branch.
+    const tx = `${this.prefix}${++this.seq}`
+    const branches: Branch[] = []
     // A connection that failed below the SQL level is destroyed rather than reused.
     let broken: Error | undefined
     try {
       try {
         for (let i = 0; i < this.pools.length; i++) {
           const client = await (this.pools[i] as pg.Pool).connect()
-          const b: { client: pg.PoolClient; state: BranchState } = { client, state: 'done' }
+          const b: Branch = { db: SERVICES[i] as ServiceName, client, state: 'done' }
           branches.push(b)
           await client.query('BEGIN')
           b.state = 'open'
@@ -219,7 +235,7 @@ class InProcMode implements Mode {
         const votes = await Promise.allSettled(
           branches.map(async (b) => {
             b.state = 'done' // a failed PREPARE rolls the transaction back
-            const r = await b.client.query(`PREPARE TRANSACTION '${gid}'`)
+            const r = await b.client.query(`PREPARE TRANSACTION '${tx}-${b.db}'`)
             if (r.command !== 'PREPARE') throw new Error('PREPARE TRANSACTION rolled back (a statement had failed)')
             b.state = 'prepared'
           }),
@@ -231,14 +247,14 @@ class InProcMode implements Mode {
         await Promise.all(
           branches.map(async (b) => {
             if (b.state === 'open') await b.client.query('ROLLBACK').catch(() => undefined)
-            if (b.state === 'prepared') await b.client.query(`ROLLBACK PREPARED '${gid}'`).catch(() => undefined)
+            if (b.state === 'prepared') await b.client.query(`ROLLBACK PREPARED '${tx}-${b.db}'`).catch(() => undefined)
           }),
         )
         return { outcome: 'aborted', detail: describe(err) }
       }
       // Phase 2: decided. A failed COMMIT PREPARED is not undone (the others may have committed);
       // it is an error of the run and shows in the consistency check.
-      const done = await Promise.allSettled(branches.map((b) => b.client.query(`COMMIT PREPARED '${gid}'`)))
+      const done = await Promise.allSettled(branches.map((b) => b.client.query(`COMMIT PREPARED '${tx}-${b.db}'`)))
       const failed = done.find((v): v is PromiseRejectedResult => v.status === 'rejected')
       if (failed !== undefined) return { outcome: 'error', detail: `COMMIT PREPARED failed: ${describe(failed.reason)}` }
       return { outcome: 'committed' }

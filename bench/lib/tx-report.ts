@@ -14,6 +14,8 @@ export interface TxSample {
   readonly errors: number
   /** CPU seconds per process group over the run (in-flight tail included). */
   readonly cpuSeconds: Readonly<Record<CpuGroup, number>>
+  /** Busy CPU seconds of the whole machine, kernel threads included. */
+  readonly machineCpuSeconds: number | undefined
   readonly busyPct: number | undefined
   readonly stealPct: number | undefined
   /** txmesh runs: what the sidecars' logs did over the run. */
@@ -46,6 +48,8 @@ export interface TxRow {
   /** CPU µs per committed transfer, per group and in total (all rounds together). */
   readonly cpuUsPerTx: Readonly<Record<CpuGroup, number>> | undefined
   readonly totalCpuUsPerTx: number | undefined
+  /** Busy CPU µs of the whole machine per committed transfer (kernel work such as fsync included). */
+  readonly machineCpuUsPerTx: number | undefined
   readonly busyPct: number | undefined
   readonly stealPct: number | undefined
   readonly reasons: Readonly<Record<string, number>>
@@ -116,7 +120,7 @@ function table(header: readonly string[], align: readonly Align[], body: readonl
 export const MODE_TITLES: Readonly<Record<ModeName, string>> = { txmesh: 'txmesh', local: '(a) local', inproc: '(b) in-proc' }
 
 export function printTxReport(r: TxReport): void {
-  const header = ['mode', 'conc', 'tx/s', 'p50', 'p99', 'committed', 'aborted', 'errors', 'CPU µs/tx:', 'pg', 'apps', 'part.sc', 'coord.sc', 'driver', 'busy', 'steal']
+  const header = ['mode', 'conc', 'tx/s', 'p50', 'p99', 'committed', 'aborted', 'errors', 'machine µs/tx', 'procs µs/tx:', 'pg', 'apps', 'part.sc', 'coord.sc', 'driver', 'busy', 'steal']
   const align: Align[] = header.map((_, i) => (i === 0 ? 'l' : 'r'))
   const body: string[][] = []
   let lastC: number | undefined
@@ -133,6 +137,7 @@ export function printTxReport(r: TxReport): void {
       String(row.committed),
       String(row.aborted),
       String(row.errors),
+      cpu(row.machineCpuUsPerTx),
       cpu(row.totalCpuUsPerTx),
       cpu(g?.postgres),
       cpu(g?.apps),
@@ -144,8 +149,10 @@ export function printTxReport(r: TxReport): void {
     ])
   }
   const out: string[] = [table(header, align, body), '']
-  out.push('CPU µs/tx: CPU time per committed transfer (total, then by process group: Postgres, the 3 apps, the 3 participant')
-  out.push('sidecars, the coordinator sidecar, the driver — in (b) the driver is the coordinator); busy: all CPUs, % of capacity.')
+  out.push('machine µs/tx: busy CPU time of the whole machine per committed transfer (kernel threads included: fsync, softirq).')
+  out.push('procs µs/tx: CPU time of the benchmark\'s processes per committed transfer, then by group: Postgres (postmaster and')
+  out.push('backends), the 3 apps, the 3 participant sidecars, the coordinator sidecar, the driver (in (b) the driver is the')
+  out.push('coordinator). busy: all CPUs, % of capacity. Transfers in flight at the end of a run add CPU but are not counted.')
   for (const [k, v] of Object.entries(r.modes)) out.push(`  ${k}: ${v}`)
   for (const row of r.rows) {
     const reasons = Object.entries(row.reasons)
@@ -171,8 +178,8 @@ export function printTxReport(r: TxReport): void {
   out.push(table(['ratio / figure (same run)', 'value', 'target', 'result'], ['l', 'r', 'l', 'l'], checkRows), '')
 
   if (r.fsync.length > 0) {
-    const names = r.fsync[0]?.sidecars.map((s) => s.name) ?? []
-    const fh = ['txmesh conc', 'committed', 'coordinator fsyncs/tx', ...names.map((n) => `${n} fsyncs/tx`), 'all logs fsyncs/tx', 'all logs appends/tx']
+    const names = (r.fsync[0]?.sidecars.map((s) => s.name) ?? []).filter((n) => n !== 'coordinator')
+    const fh = ['txmesh conc', 'committed', 'coordinator fsyncs/tx', ...names.map((n) => `participant ${n} fsyncs/tx`), 'all logs fsyncs/tx', 'all logs appends/tx']
     const fb = r.fsync.map((f) => [
       String(f.concurrency),
       String(f.committed),
