@@ -70,8 +70,8 @@ export const LIMITS = Object.freeze({
   // Default and largest transaction timeout a client may ask for at begin.
   txTimeoutMs: 30_000,
   txTimeoutCapMs: 3_600_000,
-  // A commit call waits this long for phase-2 acknowledgements before answering (the decision
-  // is durable already; the rest finishes in the background).
+  // A commit call with ?wait=acks waits this long for phase-2 acknowledgements before
+  // answering (the decision is durable already; the rest finishes in the background).
   commitAckWaitMs: 2_000,
   // A finished transaction stays visible to GET /v1/transactions/{id} for this long.
   finishedTxRetentionMs: 60_000,

@@ -3,6 +3,7 @@
 //
 //   POST /v1/transactions                 {"mode":"2pc","timeoutMs":N} -> 201 {id, context, ...}
 //   POST /v1/transactions/{id}/commit     -> outcome once the decision is durable
+//                                            (?wait=acks: and phase 2 acknowledged, bounded)
 //   POST /v1/transactions/{id}/abort      -> outcome
 //   GET  /v1/transactions[/{id}]          -> state and participants
 //   GET  /v1/branches/{tx}/{branch}/outcome  for the app helper's recovery
@@ -86,7 +87,8 @@ export function createAdminServer(d: AdminDeps): Server {
       }
       if (method !== 'POST') return respondError(res, new MethodNotAllowedError(`use POST to ${op}`))
       req.resume()
-      const result = op === 'commit' ? await coordinator.commit(id) : await coordinator.abort(id, 'aborted by the application')
+      const waitForAcks = /[?&]wait=acks(&|$)/.test(req.url ?? '')
+      const result = op === 'commit' ? await coordinator.commit(id, waitForAcks) : await coordinator.abort(id, 'aborted by the application', waitForAcks)
       if (result instanceof TxmeshError) return respondError(res, result)
       return sendJson(res, 200, result)
     }

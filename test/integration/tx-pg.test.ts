@@ -103,7 +103,7 @@ describe('two-phase commit on Postgres through sidecars', () => {
     expect(await write(tx.context, 'alpha', 'a1')).toBe(200)
     expect(await write(tx.context, 'beta', 'b1')).toBe(200)
     expect((await rows('alpha')).items).toEqual([])
-    const r = await request(`http://127.0.0.1:${coord.ports.admin}/v1/transactions/${tx.id}/commit`, { method: 'POST' })
+    const r = await request(`http://127.0.0.1:${coord.ports.admin}/v1/transactions/${tx.id}/commit?wait=acks`, { method: 'POST' })
     expect(((await r.body.json()) as { outcome: string }).outcome).toBe('committed')
     expect(await rows('alpha')).toEqual({ items: ['a1'], prepared: 0 })
     expect(await rows('beta')).toEqual({ items: ['b1'], prepared: 0 })
@@ -118,7 +118,7 @@ describe('two-phase commit on Postgres through sidecars', () => {
     const tx = await begin()
     expect(await write(tx.context, 'alpha', 'a2')).toBe(200)
     expect(await write(tx.context, 'beta', 'b2')).toBe(200)
-    const r = await request(`http://127.0.0.1:${coord.ports.admin}/v1/transactions/${tx.id}/commit`, { method: 'POST' })
+    const r = await request(`http://127.0.0.1:${coord.ports.admin}/v1/transactions/${tx.id}/commit?wait=acks`, { method: 'POST' })
     expect(((await r.body.json()) as { outcome: string }).outcome).toBe('committed')
     await beta.app.exited
     expect((await rows('beta')).prepared).toBe(1)
@@ -140,7 +140,7 @@ describe('two-phase commit on Postgres through sidecars', () => {
     const tx = await begin()
     expect(await write(tx.context, 'alpha', 'a3')).toBe(200)
     expect(await write(tx.context, 'beta', 'b3')).toBe(200)
-    const r = await request(`http://127.0.0.1:${coord.ports.admin}/v1/transactions/${tx.id}/commit`, { method: 'POST' })
+    const r = await request(`http://127.0.0.1:${coord.ports.admin}/v1/transactions/${tx.id}/commit?wait=acks`, { method: 'POST' })
     expect(((await r.body.json()) as { outcome: string }).outcome).toBe('committed')
     await beta.app.exited
     // The sidecar dies too and comes back with an empty log (an emptyDir that was lost).

@@ -77,7 +77,7 @@ async function mesh(names: string[], env: Record<string, Record<string, string>>
       return { status: r.status, body: r.body, headers: r.headers }
     },
     async commit(id) {
-      const r = await request(`http://127.0.0.1:${m.coord.ports.admin}/v1/transactions/${id}/commit`, { method: 'POST' })
+      const r = await request(`http://127.0.0.1:${m.coord.ports.admin}/v1/transactions/${id}/commit?wait=acks`, { method: 'POST' })
       return (await r.body.json()) as Record<string, unknown>
     },
     async restart(name, e = {}) {
@@ -314,6 +314,8 @@ describe('implicit transactions (route transaction: required)', () => {
     const ok = await rawRequest(frontSc.ports.ingress, { method: 'POST', path: '/write/ok?then=back', headers: { host: 'front' } })
     expect(ok.status).toBe(200)
     expect(ok.headers['txmesh-outcome']).toBe('committed')
+    // The answer comes once the decision is durable; phase 2 reaches the apps right after.
+    await until('phase 2', () => front.committed.length === 1 && back.committed.length === 1)
     expect(front.committed).toEqual(['front:ok'])
     expect(back.committed).toEqual(['back:ok'])
 

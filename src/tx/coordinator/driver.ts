@@ -114,15 +114,19 @@ export class CoordinatorDriver {
   }
 
   /** Commits (or finds it aborted). Resolves after the outcome is durable and phase 2 acked or waited for. */
-  async commit(id: TxId): Promise<TxResult | TxmeshError> {
-    return this.finish(id, { type: 'commit-requested' })
+  /**
+   * Commits (or finds it aborted). Resolves once the outcome is durable; with `waitForAcks`
+   * also waits (bounded) for phase 2 so the answer can say every participant acknowledged.
+   */
+  async commit(id: TxId, waitForAcks = false): Promise<TxResult | TxmeshError> {
+    return this.finish(id, { type: 'commit-requested' }, waitForAcks)
   }
 
-  async abort(id: TxId, reason: string): Promise<TxResult | TxmeshError> {
-    return this.finish(id, { type: 'abort-requested', reason })
+  async abort(id: TxId, reason: string, waitForAcks = false): Promise<TxResult | TxmeshError> {
+    return this.finish(id, { type: 'abort-requested', reason }, waitForAcks)
   }
 
-  private async finish(id: TxId, event: CoordinatorEvent): Promise<TxResult | TxmeshError> {
+  private async finish(id: TxId, event: CoordinatorEvent, waitForAcks: boolean): Promise<TxResult | TxmeshError> {
     const e = this.txs.get(id) ?? this.finished.get(id)
     if (e === undefined) return new TxUnknownError(`transaction ${id} is not coordinated here`)
     if (e.outcome === undefined) {
@@ -130,8 +134,8 @@ export class CoordinatorDriver {
       this.feed(id, event)
       await outcome
     }
-    if (!e.finished) {
-      // The decision is durable; give phase 2 a moment so the answer can say who acknowledged.
+    if (waitForAcks && !e.finished) {
+      // The decision is durable; phase 2 runs on its own. Waiting is only for the answer.
       let timer: NodeJS.Timeout | undefined
       await Promise.race([
         new Promise<void>((resolve) => e.ackWaiters.push(resolve)),
