@@ -98,6 +98,7 @@ async function main(): Promise<void> {
     for (const name of ['orders', 'payments', 'inventory']) {
       await pgi.createDatabase(name)
       const pool = new pg.Pool({ connectionString: pgi.connectionString(name), max: 20 })
+      pool.on('error', () => undefined) // idle clients see Postgres stop at the end of the demo
       services.push({ name, pool, txm: createTxmeshPg({ pool, service: name }), server: createServer(), port: 0, store: mkdtempSync(join(tmpdir(), `txmesh-demo-${name}-`)) })
     }
     const [orders, payments, inventory] = services as [Service, Service, Service]

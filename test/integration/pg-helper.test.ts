@@ -17,6 +17,7 @@ beforeAll(async () => {
   db = await startPostgres()
   await db.createDatabase('app')
   observer = new pg.Pool({ connectionString: db.connectionString('app'), max: 3 })
+  observer.on('error', () => undefined)
   await observer.query('CREATE TABLE items (id text PRIMARY KEY, note text NOT NULL)')
 })
 
@@ -41,6 +42,9 @@ interface App {
 async function startApp(options: Partial<Omit<TxmeshPgOptions, 'pool'>> & { service: string }, poolMax = 10): Promise<App> {
   const appName = `app-${options.service}-${newId().slice(0, 6)}`
   const pool = new pg.Pool({ connectionString: db.connectionString('app'), max: poolMax, application_name: appName })
+  // As every pg app must: an idle client whose backend is terminated (the test kills backends,
+  // and stopping Postgres does too) reports it on the pool.
+  pool.on('error', () => undefined)
   const events: TxmeshPgEvent[] = []
   const spans: { start: number; end: number }[] = []
   const txm = createTxmeshPg({ pool, onEvent: (e) => events.push(e), ...options })
