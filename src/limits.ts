@@ -70,6 +70,17 @@ export const LIMITS = Object.freeze({
   // Default and largest transaction timeout a client may ask for at begin.
   txTimeoutMs: 30_000,
   txTimeoutCapMs: 3_600_000,
+  // A protocol record refused because the log's queue is full is retried this many times, a
+  // little later each time (the queue drains at fsync speed, ~0.2 ms per batch).
+  logOverloadRetries: 20,
+  logOverloadRetryMs: 10,
+  // The signed txmesh-enlisted response header lists up to maxParticipants entries of ~70 bytes.
+  enlistedBytes: 8 * 1024,
+  // Open connections on the control listener (peers keep a pool each).
+  maxControlConnections: 4_096,
+  // A commit or abort the app cannot finish yet is answered 503 after this long; the
+  // coordinator retries it.
+  decideWaitMs: 4_000,
   // A commit call with ?wait=acks waits this long for phase-2 acknowledgements before
   // answering (the decision is durable already; the rest finishes in the background).
   commitAckWaitMs: 2_000,

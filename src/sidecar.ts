@@ -10,6 +10,8 @@ import { MeshKeyMissingError } from './errors.js'
 import type { Logger } from './log.js'
 import { FileLog } from './log/file-log.js'
 import { closeServer, listen } from './net.js'
+import { LIMITS } from './limits.js'
+import { Pool } from 'undici'
 import { egressResolver } from './proxy/egress/target.js'
 import { Forwarder } from './proxy/forward.js'
 import { ingressResolver } from './proxy/ingress/target.js'
@@ -69,6 +71,7 @@ export async function startSidecar(config: SidecarConfig, log: Logger): Promise<
   const bound: Server[] = []
   let fileLog: FileLog | undefined
   let controlClient: ControlClient | undefined
+  let appPool: Pool | undefined
   try {
     ports.admin = await listen(admin, L.admin.host, L.admin.port)
     bound.push(admin)
@@ -82,13 +85,15 @@ export async function startSidecar(config: SidecarConfig, log: Logger): Promise<
       fileLog = opened.log
       controlClient = new ControlClient(keys[0] as Buffer)
       const appOrigin = config.app.host.includes(':') ? `http://[${config.app.host}]:${config.app.port}` : `http://${config.app.host}:${config.app.port}`
+      appPool = new Pool(appOrigin, { connections: LIMITS.poolConnectionsPerOrigin, keepAliveTimeout: LIMITS.upstreamKeepAliveMs, connect: { timeout: LIMITS.connectTimeoutMs } })
       coordinator = new CoordinatorDriver({ log: fileLog, control: controlClient, self, key: keys[0] as Buffer, logger: log })
       participant = new ParticipantDriver({
         log: fileLog,
         control: controlClient,
         service: config.service,
         self,
-        app: forwarder.pool(appOrigin),
+        // Its own pool: the forwarder's pools are evicted when many upstreams are in use.
+        app: appPool,
         appOrigin,
         hooks: config.hooks,
         logger: log,
@@ -127,7 +132,7 @@ export async function startSidecar(config: SidecarConfig, log: Logger): Promise<
         const [e, i] = await Promise.all([egress.drain(timeoutMs), ingress.drain(timeoutMs)])
         coordinator?.close()
         participant?.close()
-        await Promise.all([closeServer(control), forwarder.close(), controlClient?.close()])
+        await Promise.all([closeServer(control), forwarder.close(), controlClient?.close(), appPool?.close()])
         await fileLog?.close()
         await closeServer(admin)
         log.info('drained', { ms: Date.now() - started, cutInflight: e.inflightAtDeadline + i.inflightAtDeadline })
@@ -136,6 +141,7 @@ export async function startSidecar(config: SidecarConfig, log: Logger): Promise<
   } catch (err) {
     await Promise.allSettled(bound.map(closeServer))
     await fileLog?.close()
+    await appPool?.close()
     throw err
   }
 }

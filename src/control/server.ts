@@ -34,6 +34,7 @@ const ROUTE = /^\/v1\/tx\/([A-Za-z0-9_-]{1,64})\/(prepare|commit-one-phase|commi
 /** `deps()` is undefined until the transaction parts exist (start-up): requests then get 503. */
 export function createControlServer(deps: () => ControlDeps | undefined): Server {
   const server = createServer({ maxHeaderSize: LIMITS.maxHeaderBytes, headersTimeout: LIMITS.downstreamHeadersTimeoutMs })
+  server.maxConnections = LIMITS.maxControlConnections
   server.on('request', (req: IncomingMessage, res: ServerResponse) => {
     handle(req, res).catch((err: unknown) => {
       deps()?.logger.error('control_failed', { error: String(err) })

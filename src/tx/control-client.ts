@@ -35,8 +35,18 @@ export class ControlClient {
         headersTimeout: LIMITS.controlCallTimeoutMs,
         bodyTimeout: LIMITS.controlCallTimeoutMs,
       })
-      const raw = await res.body.text()
-      if (raw.length > LIMITS.controlBodyBytes) return { ok: false, status: res.statusCode, error: 'control response too large' }
+      // Read at most controlBodyBytes: a misbehaving peer cannot make us buffer more.
+      const chunks: Buffer[] = []
+      let size = 0
+      for await (const chunk of res.body) {
+        size += (chunk as Buffer).length
+        if (size > LIMITS.controlBodyBytes) {
+          res.body.destroy()
+          return { ok: false, status: res.statusCode, error: 'control response too large' }
+        }
+        chunks.push(chunk as Buffer)
+      }
+      const raw = Buffer.concat(chunks).toString('utf8')
       let parsed: Record<string, unknown> = {}
       try {
         parsed = raw === '' ? {} : (JSON.parse(raw) as Record<string, unknown>)

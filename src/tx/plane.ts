@@ -92,7 +92,7 @@ export class ActiveTxPlane implements TxPlane {
     const branch = this.d.participant.branchOf(ctx.id)
     if (branch !== undefined && branch.inflight > 0) {
       // Nested call made while our inbound request runs: ride back on its response.
-      branch.nested.push(...refs)
+      for (const r of refs) if (!branch.nested.some((n) => n.branch === r.branch && n.control === r.control)) branch.nested.push(r)
       return undefined
     }
     // The inbound request already answered (or the app got the context another way): register.
@@ -116,8 +116,10 @@ export class ActiveTxPlane implements TxPlane {
       void this.d.coordinator.abort(tx.id, 'could not join')
       return inner ?? new TxNotActiveError('implicit transaction could not start')
     }
+    let answered = false
     return {
       onResponseHead: async (status, out) => {
+        answered = true
         await inner.onResponseHead(status, out)
         const refs = verifyEnlisted(this.d.keys, take(out, ENLISTED_HEADER) ?? '', tx.id)
         const ok = status >= 200 && status < 300
@@ -130,7 +132,12 @@ export class ActiveTxPlane implements TxPlane {
         }
         return undefined
       },
-      onEnd: inner.onEnd,
+      onEnd: () => {
+        // Failed before the app answered (reset, timeout, client gone): end it now rather than
+        // at its deadline.
+        if (!answered) void this.d.coordinator.abort(tx.id, 'the request failed before the app answered')
+        inner.onEnd()
+      },
     }
   }
 
@@ -157,7 +164,8 @@ export class ActiveTxPlane implements TxPlane {
       onResponseHead: (_status, out) => {
         close()
         take(out, ENLISTED_HEADER) // never trust one the app made up
-        const refs = [this.d.participant.ref(branch), ...branch.nested.splice(0)]
+        const self = this.d.participant.ref(branch)
+        const refs = [self, ...branch.nested.splice(0).filter((n) => n.branch !== self.branch || n.control !== self.control)]
         out.push(ENLISTED_HEADER, signEnlisted(this.d.keys[0] as Buffer, ctx.id, refs))
         return undefined
       },

@@ -81,8 +81,8 @@ function seal(key: Buffer, payload: unknown): string {
 }
 
 /** Checks the token's shape, size and signature and returns its decoded payload. */
-function open(keys: readonly Buffer[], token: string, what: string): unknown | TxmeshError {
-  if (token.length > LIMITS.contextBytes) return new ContextTooLargeError(`${what} is ${token.length} bytes; the limit is ${LIMITS.contextBytes}`)
+function open(keys: readonly Buffer[], token: string, what: string, limit: number): unknown | TxmeshError {
+  if (token.length > limit) return new ContextTooLargeError(`${what} is ${token.length} bytes; the limit is ${limit}`)
   const parts = token.split('.')
   if (parts.length !== 3 || parts[0] !== VERSION) return new ContextInvalidError(`${what} is not a ${VERSION} token`)
   const body = `${parts[0]}.${parts[1] as string}`
@@ -118,7 +118,7 @@ export function verifyContext(
   now: number,
   allow: readonly string[],
 ): TxContext | TxmeshError {
-  const raw = open(keys, token, 'txmesh-context')
+  const raw = open(keys, token, 'txmesh-context', LIMITS.contextBytes)
   if (raw instanceof TxmeshError) return raw
   const p = raw as { i?: unknown; m?: unknown; c?: unknown; d?: unknown; p?: unknown }
   if (!isId(p.i) || p.m !== '2pc' || typeof p.c !== 'string' || !ADDRESS_RE.test(p.c) || typeof p.d !== 'number' || (p.p !== undefined && !isId(p.p))) {
@@ -150,7 +150,7 @@ export function signEnlisted(key: Buffer, tx: TxId, refs: readonly ParticipantRe
 }
 
 export function verifyEnlisted(keys: readonly Buffer[], token: string, tx: TxId): ParticipantRef[] | TxmeshError {
-  const raw = open(keys, token, 'txmesh-enlisted')
+  const raw = open(keys, token, 'txmesh-enlisted', LIMITS.enlistedBytes)
   if (raw instanceof TxmeshError) return raw
   const p = raw as { i?: unknown; p?: unknown }
   if (p.i !== tx) return new ContextInvalidError('txmesh-enlisted names another transaction')

@@ -53,7 +53,8 @@ export async function startTxApp(name: string): Promise<TxApp> {
         staged.delete(key)
         return void res.writeHead(200).end()
       }
-      // Business call: /write/<value>[?then=<service>]
+      if (url.startsWith('/reset')) return void req.socket.destroy()
+      // Business call: /write/<value>[?then=<service>[&times=N]]
       const [path, query] = url.split('?')
       const value = decodeURIComponent((path ?? '').replace('/write/', ''))
       if (tx !== undefined) staged.set(key, [...(staged.get(key) ?? []), `${name}:${value}`])
@@ -82,7 +83,12 @@ export async function startTxApp(name: string): Promise<TxApp> {
         return
       }
       if (then === null || app.egress === undefined) return void res.end(JSON.stringify({ service: name, tx, branch }))
-      nested(then).then(
+      const times = Number(params.get('times') ?? 1)
+      const chain = async () => {
+        for (let i = 1; i < times; i++) await (await nested(then)).body.dump()
+        return nested(then)
+      }
+      chain().then(
         async (r) => {
           const text = await r.body.text()
           res.writeHead(r.statusCode, { 'content-type': 'application/json' }).end(text)

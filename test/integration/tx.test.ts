@@ -111,6 +111,17 @@ describe('two-phase commit through sidecars', () => {
     expect(view.status).toBe('committed')
   })
 
+  it('enlists a participant once however many calls reach it in one request', async () => {
+    const m = await mesh(['orders', 'inventory'])
+    const tx = await m.begin()
+    const r = await rawRequest(m.coord.ports.egress, { method: 'POST', path: 'http://orders/write/many?then=inventory&times=20', headers: { 'txmesh-context': tx.context } })
+    expect(r.status).toBe(200)
+    const result = await m.commit(tx.id)
+    expect(result.outcome).toBe('committed')
+    expect((result.participants as { service: string }[]).map((p) => p.service).sort()).toEqual(['inventory', 'orders'])
+    expect(m.svc.inventory!.app.committed).toHaveLength(20)
+  })
+
   it('aborts every branch when one participant votes no', async () => {
     const m = await mesh(['orders', 'inventory'])
     m.svc.inventory!.app.vote = 409
@@ -306,7 +317,7 @@ describe('implicit transactions (route transaction: required)', () => {
       sidecarYaml(
         'front',
         front.port,
-        `services:\n  back: {address: "127.0.0.1:${backSc.ports.ingress}"}\nroutes:\n  - {name: checkout, match: {direction: ingress, pathPrefix: /write}, transaction: required}\n`,
+        `services:\n  back: {address: "127.0.0.1:${backSc.ports.ingress}"}\nroutes:\n  - {name: checkout, match: {direction: ingress, methods: [POST]}, transaction: required}\n`,
       ),
     )
     procs.push(frontSc)
@@ -325,6 +336,13 @@ describe('implicit transactions (route transaction: required)', () => {
     expect(refused.headers['x-txmesh-error']).toBe('TXM_TX_ABORTED')
     expect(front.committed).toEqual(['front:ok'])
     expect(back.committed).toEqual(['back:ok'])
+    // The app failing before it answers ends the implicit transaction at once.
+    const broken = await rawRequest(frontSc.ports.ingress, { method: 'POST', path: '/reset', headers: { host: 'front' } })
+    expect(broken.status).toBe(502)
+    await until('implicit transactions ended', async () => {
+      const stats = (await (await request(`http://127.0.0.1:${frontSc.ports.admin}/v1/stats`)).body.json()) as { transactions: { active: number } }
+      return stats.transactions.active === 0
+    })
     // Requests outside the route stay plain.
     const plain = await rawRequest(frontSc.ports.ingress, { method: 'GET', path: '/other', headers: { host: 'front' } })
     expect(plain.headers['txmesh-outcome']).toBeUndefined()

@@ -9,7 +9,8 @@ export function ingressResolver(cfg: SidecarConfig): TargetResolver {
   const origin = host.includes(':') ? `http://[${host}]:${port}` : `http://${host}:${port}`
   const fallbackHost = `${cfg.service}`
   // The participant hooks commit and abort the app's work: only this sidecar calls them.
-  const hooks = new Set([cfg.hooks.prepare, cfg.hooks.commit, cfg.hooks.abort])
+  // Compared case-folded and percent-decoded: many app routers match paths that way.
+  const hooks = new Set([cfg.hooks.prepare, cfg.hooks.commit, cfg.hooks.abort].map((h) => h.toLowerCase()))
   const hookPrefix = commonDir(cfg.hooks.prepare)
   return (url: string, hostHeader: string | undefined): Target | TxmeshError => {
     if (!url.startsWith('/')) {
@@ -20,7 +21,8 @@ export function ingressResolver(cfg: SidecarConfig): TargetResolver {
     }
     const q = url.indexOf('?')
     const path = q < 0 ? url : url.slice(0, q)
-    if (hooks.has(path) || (hookPrefix !== undefined && path.startsWith(hookPrefix))) {
+    const folded = foldPath(path)
+    if (hooks.has(folded) || (hookPrefix !== undefined && folded.startsWith(hookPrefix))) {
       return new HookForbiddenError(`${path} is a participant hook; only the app's own sidecar calls it`)
     }
     return { origin, connectHost: host, connectPort: port, host: hostHeader ?? fallbackHost, path: url }
@@ -30,4 +32,14 @@ export function ingressResolver(cfg: SidecarConfig): TargetResolver {
 /** `/.well-known/txmesh/` for the default hooks: every path under it is refused at ingress. */
 function commonDir(hook: string): string | undefined {
   return hook.startsWith('/.well-known/txmesh/') ? '/.well-known/txmesh/' : undefined
+}
+
+function foldPath(path: string): string {
+  let p = path.toLowerCase()
+  try {
+    p = decodeURIComponent(p)
+  } catch {
+    // malformed escapes: compare as sent
+  }
+  return p.replace(/\/{2,}/g, '/')
 }

@@ -2,9 +2,10 @@
 // participants, log writes, timers) and feeds their results back as events. One entry per
 // transaction this sidecar coordinates.
 import { failpoint } from '../../failpoints.js'
+import { appendDurable } from '../durable.js'
 import { RecentMap } from '../recent.js'
 import type { FileLog } from '../../log/file-log.js'
-import { TxLimitError, TxNotActiveError, TxUnknownError, type TxmeshError } from '../../errors.js'
+import { ShuttingDownError, TxLimitError, TxNotActiveError, TxUnknownError, type TxmeshError } from '../../errors.js'
 import { LIMITS } from '../../limits.js'
 import type { Logger } from '../../log.js'
 import type { ControlClient } from '../control-client.js'
@@ -66,6 +67,8 @@ export class CoordinatorDriver {
   private readonly clock: () => number
   private readonly random: () => number
   readonly outcomes = { committed: 0, aborted: 0 }
+  /** Set by close() (drain): results arriving afterwards are dropped, no new timers start. */
+  private closed = false
 
   constructor(private readonly d: CoordinatorDeps) {
     this.clock = d.clock ?? Date.now
@@ -193,7 +196,7 @@ export class CoordinatorDriver {
 
   private feed(id: TxId, event: CoordinatorEvent): void {
     const e = this.txs.get(id)
-    if (e === undefined) return
+    if (e === undefined || this.closed) return
     const step = coordinatorStep(e.state, event, this.env())
     e.state = step.state
     this.perform(id, e, step.actions)
@@ -209,16 +212,18 @@ export class CoordinatorDriver {
           })
           break
         case 'log-decision':
-          this.d.log.append(logKey(id), { type: 'decision', mode: e.mode, participants: a.participants.map((p) => ({ ...p })) }).then(
+          appendDurable(this.d.log, logKey(id), { type: 'decision', mode: e.mode, participants: a.participants.map((p) => ({ ...p })) }).then(
             () => {
               failpoint('coordinator-after-decision')
               this.feed(id, { type: 'decision-logged' })
             },
             (err: unknown) => {
+              this.d.logger.error('decision_log_failed', { tx: id, error: String(err) })
+              // The log is closing (drain): the process is about to exit; recovery decides.
+              if (err instanceof ShuttingDownError) return
               // The write may or may not have reached the disk: neither commit nor abort is
               // safe to announce. Stop, as databases do on a failed fsync; recovery decides
               // from what the log holds.
-              this.d.logger.error('decision_log_failed', { tx: id, error: String(err) })
               process.exit(70)
             },
           )
@@ -276,6 +281,7 @@ export class CoordinatorDriver {
   }
 
   close(): void {
+    this.closed = true
     for (const e of this.txs.values()) {
       clearTimeout(e.deadlineTimer)
       for (const t of e.retryTimers.values()) clearTimeout(t)

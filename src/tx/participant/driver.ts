@@ -3,8 +3,9 @@
 // and answers the coordinator's prepare / commit / abort.
 import { request, type Dispatcher } from 'undici'
 import { failpoint } from '../../failpoints.js'
+import { appendDurable } from '../durable.js'
 import { RecentMap } from '../recent.js'
-import { LogFailedError, TxLimitError, TxNotActiveError, type TxmeshError } from '../../errors.js'
+import { LogFailedError, ShuttingDownError, TxLimitError, TxNotActiveError, type TxmeshError } from '../../errors.js'
 import { LIMITS } from '../../limits.js'
 import type { Logger } from '../../log.js'
 import type { FileLog } from '../../log/file-log.js'
@@ -54,6 +55,8 @@ export class ParticipantDriver {
   private readonly endedTx = new RecentMap<TxId, Outcome>()
   private readonly clock: () => number
   private readonly random: () => number
+  /** Set by close() (drain): results arriving afterwards are dropped, no new timers start. */
+  private closed = false
 
   constructor(private readonly d: ParticipantDeps) {
     this.clock = d.clock ?? Date.now
@@ -141,7 +144,20 @@ export class ParticipantDriver {
     if (outcome === 'committed' && (b.state.status === 'active' || b.state.status === 'preparing' || b.state.status === 'logging')) {
       return Promise.resolve('refused')
     }
-    const p = new Promise<Outcome>((resolve) => b.doneWaiters.push(resolve))
+    // Bounded wait: an app that cannot finish yet gets 'failed' (503) and the coordinator's
+    // retry asks again, instead of one parked request per retry.
+    const p = new Promise<Outcome | 'failed'>((resolve) => {
+      const waiter = (o: Outcome): void => {
+        clearTimeout(timer)
+        resolve(o)
+      }
+      const timer = setTimeout(() => {
+        const i = b.doneWaiters.indexOf(waiter)
+        if (i >= 0) b.doneWaiters.splice(i, 1)
+        resolve('failed')
+      }, LIMITS.decideWaitMs)
+      b.doneWaiters.push(waiter)
+    })
     this.feed(b, { type: 'decision', outcome })
     return p
   }
@@ -230,7 +246,7 @@ export class ParticipantDriver {
   }
 
   feed(b: Branch, event: ParticipantEvent): void {
-    if (this.byTx.get(b.state.tx) !== b) return
+    if (this.closed || this.byTx.get(b.state.tx) !== b) return
     const step = participantStep(b.state, event, this.env())
     b.state = step.state
     this.perform(b, step.actions)
@@ -245,8 +261,7 @@ export class ParticipantDriver {
           void this.callHook(b, a.hook).then((ev) => this.feed(b, ev))
           break
         case 'log-prepared':
-          this.d.log
-            .append(logKey(tx, branch), {
+          appendDurable(this.d.log, logKey(tx, branch), {
               type: 'prepared',
               tx,
               branch,
@@ -254,8 +269,7 @@ export class ParticipantDriver {
               deadline: b.state.deadline,
               context: b.context,
               ...(b.state.onePhase ? { onePhase: true } : {}),
-            })
-            .then(
+            }).then(
               () => {
                 failpoint('participant-after-prepared')
                 this.feed(b, { type: 'prepared-logged' })
@@ -300,13 +314,16 @@ export class ParticipantDriver {
           // coordinator forgets the transaction, and a PREPARED found on restart would be told
           // "aborted" (presumed abort) for work that committed.
           const rest = actions.slice(i + 1)
-          this.d.log.append(logKey(tx, branch), { type: 'end', outcome: a.outcome }).then(
+          appendDurable(this.d.log, logKey(tx, branch), { type: 'end', outcome: a.outcome }).then(
             () => {
               this.d.log.end(logKey(tx, branch))
               this.retire(b, 'committed', rest)
             },
             (err: unknown) => {
               this.d.logger.error('end_log_failed', { tx, branch, error: String(err) })
+              // Closing (drain): the branch stays PREPARED in the log and is finished again
+              // after restart (the app's hooks are idempotent).
+              if (err instanceof ShuttingDownError) return
               process.exit(70)
             },
           )
@@ -376,6 +393,7 @@ export class ParticipantDriver {
   }
 
   close(): void {
+    this.closed = true
     for (const b of this.byTx.values()) {
       clearTimeout(b.timer)
       clearTimeout(b.deadlineTimer)

@@ -1,0 +1,18 @@
+// Durable appends for the protocol drivers. A full append queue (LogOverloadedError) rejects
+// before anything is written, so retrying is safe; a failed write or fsync (LogFailedError) may
+// or may not have reached the disk, so the caller must stop and let recovery decide.
+import { LogOverloadedError } from '../errors.js'
+import { LIMITS } from '../limits.js'
+import type { FileLog } from '../log/file-log.js'
+
+export async function appendDurable(log: FileLog, key: string, body: Record<string, unknown>): Promise<void> {
+  for (let attempt = 0; ; attempt++) {
+    try {
+      await log.append(key, body)
+      return
+    } catch (err) {
+      if (!(err instanceof LogOverloadedError) || attempt >= LIMITS.logOverloadRetries) throw err
+      await new Promise((r) => setTimeout(r, LIMITS.logOverloadRetryMs * (attempt + 1)))
+    }
+  }
+}
