@@ -81,6 +81,12 @@ export const LIMITS = Object.freeze({
   // A commit or abort the app cannot finish yet is answered 503 after this long; the
   // coordinator retries it.
   decideWaitMs: 4_000,
+  // P(commit) per route uses each participant's last N prepare results: recent enough to
+  // follow an incident, large enough that one refusal moves it by 1%.
+  metricsPrepareWindow: 100,
+  // Label bounds of the metrics (services and routes named in P(commit)).
+  metricsMaxServices: 1_000,
+  metricsMaxRoutes: 1_000,
   // A commit call with ?wait=acks waits this long for phase-2 acknowledgements before
   // answering (the decision is durable already; the rest finishes in the background).
   commitAckWaitMs: 2_000,

@@ -20,6 +20,7 @@ import { ControlClient } from './tx/control-client.js'
 import { CoordinatorDriver } from './tx/coordinator/driver.js'
 import { ParticipantDriver } from './tx/participant/driver.js'
 import { ActiveTxPlane, DisabledTxPlane, type TxPlane } from './tx/plane.js'
+import { SidecarMetrics } from './telemetry/metrics.js'
 
 export type Ports = Record<ListenerName, number>
 
@@ -58,6 +59,7 @@ export async function startSidecar(config: SidecarConfig, log: Logger): Promise<
     get participant() {
       return participant
     },
+    metrics: () => metrics,
     stats: () => ({
       log: fileLog?.stats(),
       transactions: coordinator === undefined ? undefined : { active: coordinator.activeCount, ...coordinator.outcomes },
@@ -67,7 +69,11 @@ export async function startSidecar(config: SidecarConfig, log: Logger): Promise<
     logger: log,
   })
   const control = createControlServer(() => controlDeps)
-  const forwarder = new Forwarder(log)
+  const metrics = new SidecarMetrics({
+    inFlight: () => coordinator?.activeCount ?? 0,
+    inDoubt: () => participant?.inDoubtCount ?? 0,
+  })
+  const forwarder = new Forwarder(log, metrics)
   const bound: Server[] = []
   let fileLog: FileLog | undefined
   let controlClient: ControlClient | undefined
@@ -81,12 +87,12 @@ export async function startSidecar(config: SidecarConfig, log: Logger): Promise<
 
     let plane: TxPlane | undefined
     if (txEnabled) {
-      const opened = await FileLog.open(resolvePath(config.storeDir))
+      const opened = await FileLog.open(resolvePath(config.storeDir), { logger: log, onSync: (n, sec) => metrics.logSync(n, sec) })
       fileLog = opened.log
       controlClient = new ControlClient(keys[0] as Buffer)
       const appOrigin = config.app.host.includes(':') ? `http://[${config.app.host}]:${config.app.port}` : `http://${config.app.host}:${config.app.port}`
       appPool = new Pool(appOrigin, { connections: LIMITS.poolConnectionsPerOrigin, keepAliveTimeout: LIMITS.upstreamKeepAliveMs, connect: { timeout: LIMITS.connectTimeoutMs } })
-      coordinator = new CoordinatorDriver({ log: fileLog, control: controlClient, self, key: keys[0] as Buffer, logger: log })
+      coordinator = new CoordinatorDriver({ log: fileLog, control: controlClient, self, key: keys[0] as Buffer, logger: log, metrics })
       participant = new ParticipantDriver({
         log: fileLog,
         control: controlClient,

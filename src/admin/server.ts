@@ -8,6 +8,7 @@
 //   GET  /v1/transactions[/{id}]          -> state and participants
 //   GET  /v1/branches/{tx}/{branch}/outcome  for the app helper's recovery
 //   GET  /v1/stats                        log and transaction counters
+//   GET  /metrics                         Prometheus text
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
 import { BadRequestError, MethodNotAllowedError, NotFoundError, TxUnknownError, TxmeshError } from '../errors.js'
 import { parseJsonObject, readText, sendJson } from '../http-json.js'
@@ -16,6 +17,7 @@ import type { Logger } from '../log.js'
 import { respondError } from '../proxy/respond.js'
 import type { CoordinatorDriver } from '../tx/coordinator/driver.js'
 import type { ParticipantDriver } from '../tx/participant/driver.js'
+import type { SidecarMetrics } from '../telemetry/metrics.js'
 
 export type Readiness = 'starting' | 'ready' | 'draining'
 
@@ -28,6 +30,8 @@ export interface AdminDeps {
   readonly logger: Logger
   /** Counters for operators and the benchmark (log appends/fsyncs, transactions). */
   readonly stats?: () => Record<string, unknown>
+  /** Prometheus metrics served at /metrics. */
+  readonly metrics?: () => SidecarMetrics
 }
 
 const TX = /^\/v1\/transactions\/([A-Za-z0-9_-]{1,64})(?:\/(commit|abort))?$/
@@ -49,6 +53,12 @@ export function createAdminServer(d: AdminDeps): Server {
     if (path === '/readyz') {
       const r = d.readiness()
       return sendJson(res, r === 'ready' ? 200 : 503, { status: r })
+    }
+    if (path === '/metrics' && d.metrics !== undefined) {
+      const m = d.metrics()
+      const text = await m.text()
+      res.writeHead(200, { 'content-type': m.registry.contentType, 'content-length': Buffer.byteLength(text) })
+      return void res.end(text)
     }
     if (!path.startsWith('/v1/')) return respondError(res, new NotFoundError(`no admin endpoint ${method} ${path}`))
     const unavailable = d.txUnavailable?.()

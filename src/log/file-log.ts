@@ -90,6 +90,8 @@ export interface FileLogOptions {
   /** Replay read size. */
   readChunkBytes: number
   logger: Logger
+  /** Called after every fsync with the records it made durable and how long it took (metrics). */
+  onSync?: (records: number, seconds: number) => void
 }
 
 export interface FileLogStats {
@@ -170,6 +172,7 @@ export class FileLog {
   private writing = false
   private writer: Promise<void> = Promise.resolve()
   private unsynced = false
+  private unsyncedFrames = 0
   private closing = false
   private closed = false
   private failed: LogFailedError | undefined
@@ -518,14 +521,18 @@ export class FileLog {
     this.segmentInfo().bytes = this.segBytes
     this.counters.bytes += bytes
     this.unsynced = true
+    this.unsyncedFrames += parts.length
   }
 
   private async syncNow(): Promise<void> {
     if (!this.unsynced) return
+    const started = performance.now()
     if (this.opts.sync === 'datasync') await this.fh.datasync()
     else await this.fh.sync()
     this.counters.fsyncs++
     this.unsynced = false
+    this.opts.onSync?.(this.unsyncedFrames, (performance.now() - started) / 1000)
+    this.unsyncedFrames = 0
   }
 
   private segmentInfo(): SegmentInfo {
@@ -873,6 +880,7 @@ function resolveOptions(o: Partial<FileLogOptions>): Readonly<FileLogOptions> {
   }
   if (o.groupCommitMaxDelayMs !== undefined) opts.groupCommitMaxDelayMs = o.groupCommitMaxDelayMs
   if (o.compactEndedFraction !== undefined) opts.compactEndedFraction = o.compactEndedFraction
+  if (o.onSync !== undefined) opts.onSync = o.onSync
   const positive = ['segmentBytes', 'maxRecordBytes', 'maxQueuedAppends', 'maxQueuedBytes', 'lazyFlushMs', 'compactMinBytes', 'readChunkBytes'] as const
   for (const k of positive) if (!Number.isSafeInteger(opts[k]) || opts[k] <= 0) throw new RangeError(`log option ${k} must be a positive integer, got ${opts[k]}`)
   if (opts.segmentBytes <= SEGMENT_HEADER_BYTES) throw new RangeError(`log option segmentBytes must exceed the ${SEGMENT_HEADER_BYTES}-byte segment header`)

@@ -8,7 +8,8 @@
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import type { Readable } from 'node:stream'
 import { Pool, type Dispatcher } from 'undici'
-import type { RetryOn, RoutePolicy } from '../config/types.js'
+import type { Direction, RetryOn, RoutePolicy } from '../config/types.js'
+import type { SidecarMetrics } from '../telemetry/metrics.js'
 import { RequestAbortedError, UpstreamTimeoutError, type TxmeshError } from '../errors.js'
 import { LIMITS } from '../limits.js'
 import type { Logger } from '../log.js'
@@ -26,6 +27,7 @@ export interface ForwardRequest {
   /** null: no body; Buffer: fully read (replayable); stream: forwarded once. */
   readonly body: Buffer | Readable | null
   readonly route: RoutePolicy
+  readonly direction: Direction
   /** Transaction work on the response head (enlistment); absent for plain requests. */
   readonly hook?: ResponseHook | undefined
 }
@@ -41,7 +43,10 @@ export class Forwarder {
   private readonly pools = new Map<string, Pool>()
   private readonly budgets = new WeakMap<RoutePolicy, RetryBudget>()
 
-  constructor(readonly log: Logger) {}
+  constructor(
+    readonly log: Logger,
+    private readonly metrics?: SidecarMetrics,
+  ) {}
 
   pool(origin: string): Pool {
     let pool = this.pools.get(origin)
@@ -79,7 +84,7 @@ export class Forwarder {
     const budget = this.budget(f.route)
     budget.deposit()
     const replayable = f.body === null || Buffer.isBuffer(f.body)
-    const exchange = new Exchange(this.pool(f.origin), f, budget, replayable && methodRetryable(f.method, f.route.retries))
+    const exchange = new Exchange(this.pool(f.origin), f, budget, replayable && methodRetryable(f.method, f.route.retries), this.metrics)
     exchange.start()
   }
 
@@ -105,6 +110,7 @@ class Exchange implements Dispatcher.DispatchHandler {
   private corked = false
   private timer: NodeJS.Timeout | undefined
   private hookEnded = false
+  private readonly startedAt = performance.now()
   private resume: (() => void) | undefined
   private abort: ((err?: Error) => void) | undefined
   private readonly opts: Dispatcher.DispatchOptions
@@ -114,6 +120,7 @@ class Exchange implements Dispatcher.DispatchHandler {
     private readonly f: ForwardRequest,
     private readonly budget: RetryBudget,
     private readonly retryable: boolean,
+    private readonly metrics: SidecarMetrics | undefined,
   ) {
     this.opts = {
       path: f.path,
@@ -145,7 +152,7 @@ class Exchange implements Dispatcher.DispatchHandler {
     }
     // Still waiting for a connection: answer now; onConnect aborts the queued request later.
     this.done = true
-    this.ended()
+    this.ended(err.status)
     respondError(this.f.res, err, !this.f.req.complete)
   }
 
@@ -158,7 +165,8 @@ class Exchange implements Dispatcher.DispatchHandler {
 
   private readonly onResClose = (): void => {
     this.clearTimer()
-    this.ended()
+    // After a normal end this is a no-op; otherwise the client left first (nginx's 499).
+    this.ended(499)
     if (this.done) return
     this.done = true
     // The client went away mid-exchange: stop the upstream request instead of draining it.
@@ -183,6 +191,7 @@ class Exchange implements Dispatcher.DispatchHandler {
 
   private retry(): void {
     this.attempt++
+    this.metrics?.retry(this.f.direction, this.f.route.name)
     this.abort = undefined
     const delay = backoffMs(this.attempt)
     setTimeout(() => this.start(), delay).unref()
@@ -239,12 +248,12 @@ class Exchange implements Dispatcher.DispatchHandler {
     process.nextTick(uncork, res)
   }
 
-  private ended(): void {
-    const hook = this.f.hook
-    if (hook !== undefined && !this.hookEnded) {
-      this.hookEnded = true
-      hook.onEnd()
-    }
+  /** The exchange is over (once): tell the transaction hook and count it. */
+  private ended(status: number): void {
+    if (this.hookEnded) return
+    this.hookEnded = true
+    this.f.hook?.onEnd()
+    this.metrics?.request(this.f.direction, this.f.route.name, status, (performance.now() - this.startedAt) / 1000)
   }
 
   onData(chunk: Buffer): boolean {
@@ -263,7 +272,7 @@ class Exchange implements Dispatcher.DispatchHandler {
     if (this.done) return
     this.done = true
     this.f.res.end()
-    this.ended()
+    this.ended(this.f.res.statusCode)
   }
 
   onError(err: Error): void {
@@ -275,8 +284,8 @@ class Exchange implements Dispatcher.DispatchHandler {
       return
     }
     this.done = true
-    this.ended()
     const mapped: TxmeshError = upstreamError(err, this.f.origin)
+    this.ended(this.f.res.headersSent ? this.f.res.statusCode : mapped.status)
     if (this.corked && this.f.res.headersSent) {
       this.f.res.destroy()
       return

@@ -120,12 +120,12 @@ export class ProxyServer {
             hook?.onEnd()
             return respondError(res, new BadRequestError('request body ended early'), true)
           }
-          this.o.forwarder.forward({ req, res, origin: target.origin, path: target.path, method, headers, body: buf, route, hook })
+          this.o.forwarder.forward({ direction: this.o.direction, req, res, origin: target.origin, path: target.path, method, headers, body: buf, route, hook })
         })
       }
       body = req
     }
-    this.o.forwarder.forward({ req, res, origin: target.origin, path: target.path, method, headers, body, route, hook })
+    this.o.forwarder.forward({ direction: this.o.direction, req, res, origin: target.origin, path: target.path, method, headers, body, route, hook })
   }
 
   private onUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {

@@ -108,7 +108,7 @@ export class ActiveTxPlane implements TxPlane {
    * outcome; a 2xx whose transaction aborted becomes 409 TXM_TX_ABORTED.
    */
   implicit(route: RoutePolicy, headers: string[]): ResponseHook | TxmeshError {
-    const tx = this.d.coordinator.begin('2pc', route.timeoutMs)
+    const tx = this.d.coordinator.begin('2pc', route.timeoutMs, route.name)
     if (tx instanceof TxmeshError) return tx
     headers.push(CONTEXT_HEADER, tx.context)
     const inner = this.ingress(tx.context, route, headers)

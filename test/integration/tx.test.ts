@@ -348,3 +348,47 @@ describe('implicit transactions (route transaction: required)', () => {
     expect(plain.headers['txmesh-outcome']).toBeUndefined()
   })
 })
+
+/** Prometheus text -> { 'name{labels}': value } (labels as printed, sorted by prom-client). */
+function parseMetrics(text: string): Map<string, number> {
+  const out = new Map<string, number>()
+  for (const line of text.split('\n')) {
+    if (line === '' || line.startsWith('#')) continue
+    const sp = line.lastIndexOf(' ')
+    out.set(line.slice(0, sp), Number(line.slice(sp + 1)))
+  }
+  return out
+}
+
+describe('metrics', () => {
+  it('counts transactions, phases, proxy requests, fsyncs and estimates P(commit) per route', async () => {
+    const m = await mesh(['orders', 'inventory'])
+    for (const vote of [200, 200, 409]) {
+      m.svc.inventory!.app.vote = vote
+      const tx = await m.begin()
+      await m.call(tx.context, 'orders', `v${vote}`, 'inventory')
+      await m.commit(tx.id)
+    }
+    const scrape = async (port: number): Promise<Map<string, number>> => {
+      const r = await request(`http://127.0.0.1:${port}/metrics`)
+      expect(r.headers['content-type']).toContain('text/plain')
+      return parseMetrics(await r.body.text())
+    }
+    const c = await scrape(m.coord.ports.admin)
+    expect(c.get('txmesh_transactions_total{mode="2pc",outcome="committed"}')).toBe(2)
+    expect(c.get('txmesh_transactions_total{mode="2pc",outcome="aborted"}')).toBe(1)
+    expect(c.get('txmesh_phase_duration_seconds_count{phase="prepare"}')).toBe(3)
+    expect(c.get('txmesh_phase_duration_seconds_count{phase="commit"}')).toBe(2)
+    expect(c.get('txmesh_proxy_requests_total{direction="egress",route="default",status="200"}')).toBe(3)
+    expect(c.get('txmesh_transactions_in_flight')).toBe(0)
+    // orders voted yes 3 times of 3, inventory 2 of 3: P = 1 * 2/3.
+    expect(c.get('txmesh_route_commit_probability{route="api"}')).toBeCloseTo(2 / 3, 5)
+    // Two decision records, each its own fsync here (no concurrency to group).
+    expect(c.get('txmesh_log_fsyncs_total')).toBe(2)
+    expect(c.get('txmesh_log_fsync_batch_records_count')).toBe(2)
+    const p = await scrape(m.svc.inventory!.sc.ports.admin)
+    expect(p.get('txmesh_proxy_requests_total{direction="ingress",route="default",status="200"}')).toBe(3)
+    expect(p.get('txmesh_branches_in_doubt')).toBe(0)
+    expect(p.get('txmesh_log_fsyncs_total')).toBeGreaterThanOrEqual(2)
+  })
+})

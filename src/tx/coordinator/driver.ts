@@ -4,6 +4,7 @@
 import { failpoint } from '../../failpoints.js'
 import { appendDurable } from '../durable.js'
 import { RecentMap } from '../recent.js'
+import type { SidecarMetrics } from '../../telemetry/metrics.js'
 import type { FileLog } from '../../log/file-log.js'
 import { ShuttingDownError, TxLimitError, TxNotActiveError, TxUnknownError, type TxmeshError } from '../../errors.js'
 import { LIMITS } from '../../limits.js'
@@ -40,6 +41,11 @@ export interface TxView {
 interface Entry {
   state: CoordinatorState
   readonly mode: TxMode
+  /** Route that began it (implicit) or 'api' (admin API), for metrics. */
+  readonly route: string
+  /** performance.now() at commit/abort request and at the outcome, for phase durations. */
+  requestedAt: number
+  decidedAt: number
   outcome: Outcome | undefined
   outcomeWaiters: ((o: Outcome) => void)[]
   ackWaiters: (() => void)[]
@@ -57,6 +63,7 @@ export interface CoordinatorDeps {
   readonly logger: Logger
   readonly clock?: () => number
   readonly random?: () => number
+  readonly metrics?: SidecarMetrics | undefined
 }
 
 const logKey = (id: TxId): string => `c:${id}`
@@ -83,13 +90,16 @@ export class CoordinatorDriver {
     return this.txs.size
   }
 
-  begin(mode: TxMode, timeoutMs: number): { id: TxId; context: string; deadline: number } | TxmeshError {
+  begin(mode: TxMode, timeoutMs: number, route = 'api'): { id: TxId; context: string; deadline: number } | TxmeshError {
     if (this.txs.size >= LIMITS.maxActiveTransactions) return new TxLimitError(`this sidecar already coordinates ${this.txs.size} transactions`)
     const id = newTxId(this.d.self)
     const deadline = this.clock() + timeoutMs
     const entry: Entry = {
       state: newCoordinator(id, deadline),
       mode,
+      route,
+      requestedAt: 0,
+      decidedAt: 0,
       outcome: undefined,
       outcomeWaiters: [],
       ackWaiters: [],
@@ -133,6 +143,7 @@ export class CoordinatorDriver {
     const e = this.txs.get(id) ?? this.finished.get(id)
     if (e === undefined) return new TxUnknownError(`transaction ${id} is not coordinated here`)
     if (e.outcome === undefined) {
+      if (e.requestedAt === 0) e.requestedAt = performance.now()
       const outcome = new Promise<Outcome>((resolve) => e.outcomeWaiters.push(resolve))
       this.feed(id, event)
       await outcome
@@ -179,6 +190,9 @@ export class CoordinatorDriver {
       const entry: Entry = {
         state: step.state,
         mode: (r.body.mode as TxMode | undefined) ?? '2pc',
+        route: 'recovered',
+        requestedAt: 0,
+        decidedAt: 0,
         outcome: 'committed',
         outcomeWaiters: [],
         ackWaiters: [],
@@ -208,6 +222,9 @@ export class CoordinatorDriver {
         case 'send-prepare':
           void this.d.control.call(a.to.control, 'POST', `/v1/tx/${id}/prepare`, { branch: a.to.branch }).then((r) => {
             const vote = r.ok ? parseVote(r.body.vote) : ({ kind: 'refused', reason: `prepare failed: ${r.error}` } as const)
+            // A refusal that follows our own early abort says nothing about the participant.
+            const aborting = e.state.status === 'aborting' || e.state.status === 'aborted'
+            if (!(aborting && vote.kind === 'refused')) this.d.metrics?.prepareResult(a.to.service, vote.kind !== 'refused')
             this.feed(id, { type: 'vote', branch: a.to.branch, vote })
           })
           break
@@ -256,6 +273,12 @@ export class CoordinatorDriver {
         case 'outcome':
           e.outcome = a.outcome
           this.outcomes[a.outcome]++
+          e.decidedAt = performance.now()
+          if (this.d.metrics !== undefined) {
+            this.d.metrics.transactions.inc({ mode: e.mode, outcome: a.outcome })
+            if (e.requestedAt > 0) this.d.metrics.phase.observe({ phase: 'prepare' }, (e.decidedAt - e.requestedAt) / 1000)
+            this.d.metrics.routeParticipants(e.route, e.state.participants.map((p) => p.ref.service))
+          }
           clearTimeout(e.deadlineTimer)
           for (const w of e.outcomeWaiters.splice(0)) w(a.outcome)
           this.d.logger.info('tx_outcome', { tx: id, outcome: a.outcome, reason: a.reason })
@@ -271,6 +294,7 @@ export class CoordinatorDriver {
 
   private retire(id: TxId, e: Entry): void {
     e.finished = true
+    if (e.decidedAt > 0) this.d.metrics?.phase.observe({ phase: e.outcome === 'committed' ? 'commit' : 'abort' }, (performance.now() - e.decidedAt) / 1000)
     clearTimeout(e.deadlineTimer)
     for (const t of e.retryTimers.values()) clearTimeout(t)
     e.retryTimers.clear()

@@ -71,6 +71,13 @@ export class ParticipantDriver {
     return this.byTx.size
   }
 
+  /** Branches that voted yes and wait for the decision (metrics). */
+  get inDoubtCount(): number {
+    let n = 0
+    for (const b of this.byTx.values()) if (b.state.status === 'prepared') n++
+    return n
+  }
+
   ref(b: Branch): ParticipantRef {
     return { service: this.d.service, control: this.d.self, branch: b.state.branch }
   }

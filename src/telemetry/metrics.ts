@@ -1,0 +1,132 @@
+// Prometheus metrics of one sidecar (prom-client, served as text on the admin port /metrics).
+// A registry per sidecar (not prom-client's global one) so several sidecars can live in one
+// process (tests). Label values are bounded: routes come from config, statuses are HTTP codes,
+// participants are services (capped by LIMITS.metricsMaxServices).
+import { Counter, Gauge, Histogram, Registry } from 'prom-client'
+import type { Direction } from '../config/types.js'
+import { LIMITS } from '../limits.js'
+
+const LATENCY_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10]
+
+/** Sliding window of a participant service's recent prepare results (true = voted yes). */
+class Window {
+  private readonly results: boolean[] = []
+  private next = 0
+  private yes = 0
+  record(ok: boolean): void {
+    if (this.results.length < LIMITS.metricsPrepareWindow) {
+      this.results.push(ok)
+    } else {
+      if (this.results[this.next] === true) this.yes--
+      this.results[this.next] = ok
+      this.next = (this.next + 1) % LIMITS.metricsPrepareWindow
+    }
+    if (ok) this.yes++
+  }
+  rate(): number {
+    return this.results.length === 0 ? 1 : this.yes / this.results.length
+  }
+}
+
+export class SidecarMetrics {
+  readonly registry = new Registry()
+  private readonly requests: Counter<'direction' | 'route' | 'status'>
+  private readonly duration: Histogram<'direction' | 'route'>
+  private readonly retries: Counter<'direction' | 'route'>
+  readonly transactions: Counter<'mode' | 'outcome'>
+  readonly phase: Histogram<'phase'>
+  private readonly fsyncs: Counter
+  private readonly batch: Histogram
+  private readonly fsyncSeconds: Histogram
+  /** Cached label children: labels() hashes its arguments on every call. */
+  private readonly requestChildren = new Map<string, Counter.Internal>()
+  private readonly durationChildren = new Map<string, Histogram.Internal<'direction' | 'route'>>()
+  private readonly windows = new Map<string, Window>()
+  /** route -> participant services seen in its transactions. */
+  private readonly routeServices = new Map<string, Set<string>>()
+
+  constructor(gauges: { inFlight: () => number; inDoubt: () => number }) {
+    const registers = [this.registry]
+    this.requests = new Counter({ name: 'txmesh_proxy_requests_total', help: 'Proxied requests by direction, route and response status.', labelNames: ['direction', 'route', 'status'], registers })
+    this.duration = new Histogram({ name: 'txmesh_proxy_request_duration_seconds', help: 'Time from request head to the end of the response, by direction and route.', labelNames: ['direction', 'route'], buckets: LATENCY_BUCKETS, registers })
+    this.retries = new Counter({ name: 'txmesh_proxy_retries_total', help: 'Upstream attempts retried, by direction and route.', labelNames: ['direction', 'route'], registers })
+    this.transactions = new Counter({ name: 'txmesh_transactions_total', help: 'Transactions this sidecar coordinated, by mode and outcome.', labelNames: ['mode', 'outcome'], registers })
+    this.phase = new Histogram({ name: 'txmesh_phase_duration_seconds', help: 'Duration of protocol phases at the coordinator: prepare (commit requested to decision), commit and abort (decision to every acknowledgement).', labelNames: ['phase'], buckets: LATENCY_BUCKETS, registers })
+    new Gauge({ name: 'txmesh_transactions_in_flight', help: 'Transactions this sidecar coordinates that have not finished.', registers, collect() { this.set(gauges.inFlight()) } })
+    new Gauge({ name: 'txmesh_branches_in_doubt', help: 'Branches this sidecar holds that voted yes and wait for the decision.', registers, collect() { this.set(gauges.inDoubt()) } })
+    this.fsyncs = new Counter({ name: 'txmesh_log_fsyncs_total', help: 'fsyncs of the durable log.', registers })
+    this.batch = new Histogram({ name: 'txmesh_log_fsync_batch_records', help: 'Records made durable by one fsync (group commit).', buckets: [1, 2, 4, 8, 16, 32, 64, 128, 256], registers })
+    this.fsyncSeconds = new Histogram({ name: 'txmesh_log_fsync_duration_seconds', help: 'Duration of one fsync of the durable log.', buckets: LATENCY_BUCKETS, registers })
+    const self = this
+    new Gauge({
+      name: 'txmesh_route_commit_probability',
+      help: 'Estimated probability that a transaction of the route commits: the product of its participants\u2019 recent prepare success rates.',
+      labelNames: ['route'],
+      registers,
+      collect() {
+        this.reset()
+        for (const [route, services] of self.routeServices) this.set({ route }, self.commitProbability(services))
+      },
+    })
+  }
+
+  request(direction: Direction, route: string, status: number, seconds: number): void {
+    const key = `${direction}\u0000${route}\u0000${status}`
+    let c = this.requestChildren.get(key)
+    if (c === undefined) {
+      c = this.requests.labels(direction, route, String(status))
+      this.requestChildren.set(key, c)
+    }
+    c.inc()
+    const dkey = `${direction}\u0000${route}`
+    let h = this.durationChildren.get(dkey)
+    if (h === undefined) {
+      h = this.duration.labels(direction, route)
+      this.durationChildren.set(dkey, h)
+    }
+    h.observe(seconds)
+  }
+
+  retry(direction: Direction, route: string): void {
+    this.retries.labels(direction, route).inc()
+  }
+
+  logSync(records: number, seconds: number): void {
+    this.fsyncs.inc()
+    this.batch.observe(records)
+    this.fsyncSeconds.observe(seconds)
+  }
+
+  /** A participant service answered prepare. */
+  prepareResult(service: string, yes: boolean): void {
+    let w = this.windows.get(service)
+    if (w === undefined) {
+      if (this.windows.size >= LIMITS.metricsMaxServices) return
+      w = new Window()
+      this.windows.set(service, w)
+    }
+    w.record(yes)
+  }
+
+  /** The participants of a finished transaction of `route` (what P(commit) multiplies over). */
+  routeParticipants(route: string, services: readonly string[]): void {
+    let set = this.routeServices.get(route)
+    if (set === undefined) {
+      if (this.routeServices.size >= LIMITS.metricsMaxRoutes) return
+      set = new Set()
+      this.routeServices.set(route, set)
+    }
+    for (const s of services) if (set.size < LIMITS.metricsMaxServices) set.add(s)
+  }
+
+  /** P(X) = \u220f P(X\u1d62) over the route's participant services. */
+  commitProbability(services: Iterable<string>): number {
+    let p = 1
+    for (const s of services) p *= this.windows.get(s)?.rate() ?? 1
+    return p
+  }
+
+  text(): Promise<string> {
+    return this.registry.metrics()
+  }
+}
