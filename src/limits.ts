@@ -87,6 +87,9 @@ export const LIMITS = Object.freeze({
   // Label bounds of the metrics (services and routes named in P(commit)).
   metricsMaxServices: 1_000,
   metricsMaxRoutes: 1_000,
+  // A prepared branch waiting longer than this is listed as in doubt for operators (the
+  // coordinator retries phase 2 for seconds; a minute without a decision needs a human look).
+  inDoubtWindowMs: 60_000,
   // A commit call with ?wait=acks waits this long for phase-2 acknowledgements before
   // answering (the decision is durable already; the rest finishes in the background).
   commitAckWaitMs: 2_000,

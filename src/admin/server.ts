@@ -8,6 +8,8 @@
 //   GET  /v1/transactions[/{id}]          -> state and participants
 //   GET  /v1/branches/{tx}/{branch}/outcome  for the app helper's recovery
 //   GET  /v1/stats                        log and transaction counters
+//   GET  /v1/branches                     branches held here (in-doubt ones flagged)
+//   POST /v1/branches/{tx}/resolve        {"outcome":"committed"|"aborted","by"?} operator decision, audited
 //   GET  /metrics                         Prometheus text
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
 import { BadRequestError, MethodNotAllowedError, NotFoundError, TxUnknownError, TxmeshError } from '../errors.js'
@@ -35,6 +37,7 @@ export interface AdminDeps {
 }
 
 const TX = /^\/v1\/transactions\/([A-Za-z0-9_-]{1,64})(?:\/(commit|abort))?$/
+const RESOLVE = /^\/v1\/branches\/([A-Za-z0-9_-]{1,64})\/resolve$/
 const BRANCH = /^\/v1\/branches\/([A-Za-z0-9_-]{1,64})\/([A-Za-z0-9_-]{1,64})\/outcome$/
 
 export function createAdminServer(d: AdminDeps): Server {
@@ -69,7 +72,7 @@ export function createAdminServer(d: AdminDeps): Server {
 
     if (path === '/v1/stats' && method === 'GET') return sendJson(res, 200, d.stats?.() ?? {})
     if (path === '/v1/transactions') {
-      if (method === 'GET') return sendJson(res, 200, { transactions: coordinator.list() })
+      if (method === 'GET') return sendJson(res, 200, { transactions: coordinator.list().map((v) => ({ ...v, deadline: new Date(v.deadline).toISOString() })) })
       if (method !== 'POST') return respondError(res, new MethodNotAllowedError('use POST to begin a transaction'))
       const text = await readText(req, LIMITS.adminBodyBytes)
       if (text instanceof TxmeshError) return respondError(res, text)
@@ -103,6 +106,20 @@ export function createAdminServer(d: AdminDeps): Server {
       return sendJson(res, 200, result)
     }
 
+    if (path === '/v1/branches' && method === 'GET') return sendJson(res, 200, { branches: participant.list() })
+    const r = RESOLVE.exec(path)
+    if (r !== null) {
+      if (method !== 'POST') return respondError(res, new MethodNotAllowedError('use POST to resolve'))
+      const text = await readText(req, LIMITS.adminBodyBytes)
+      if (text instanceof TxmeshError) return respondError(res, text)
+      const body = parseJsonObject(text)
+      if (body instanceof TxmeshError) return respondError(res, body)
+      if (body.outcome !== 'committed' && body.outcome !== 'aborted') return respondError(res, new BadRequestError('outcome must be "committed" or "aborted"'))
+      const by = typeof body.by === 'string' && body.by.length <= 128 ? body.by : 'operator'
+      const done = await participant.resolve((r as unknown as [string, string])[1], body.outcome, by)
+      if (done instanceof TxmeshError) return respondError(res, done)
+      return sendJson(res, 200, { ...done, resolved: body.outcome, by })
+    }
     const b = BRANCH.exec(path)
     if (b !== null && method === 'GET') {
       const [, tx, branch] = b as unknown as [string, string, string]

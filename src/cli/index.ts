@@ -5,6 +5,7 @@ import { ConfigInvalidError, allErrorCodes } from '../errors.js'
 import { sidecarCommand } from './sidecar.js'
 import { USAGE, UsageError } from './usage.js'
 import { validateCommand } from './validate.js'
+import { txCommand } from './tx.js'
 
 async function main(argv: string[]): Promise<number> {
   const [cmd, ...rest] = argv
@@ -13,6 +14,8 @@ async function main(argv: string[]): Promise<number> {
       return sidecarCommand(rest)
     case 'validate':
       return validateCommand(rest)
+    case 'tx':
+      return txCommand(rest)
     case 'errors':
       for (const e of allErrorCodes()) process.stdout.write(`${e.code}\t${e.status}\n`)
       return 0

@@ -1,10 +1,13 @@
 // Two-phase commit through real sidecar processes: an initiator (its sidecar coordinates) and
 // participant services whose sidecars call their apps' hooks.
+import { spawnSync } from 'node:child_process'
+import { readFileSync, readdirSync } from 'node:fs'
+import { join } from 'node:path'
 import { request } from 'undici'
 import { afterAll, afterEach, describe, expect, it } from 'vitest'
 import { signContext } from '../../src/tx/protocol.js'
 import { signControl } from '../../src/tx/protocol.js'
-import { MESH_KEY, rawRequest, sidecarYaml, spawnSidecar, tempDir, type SidecarProcess } from '../helpers/servers.js'
+import { CLI, MESH_KEY, rawRequest, sidecarYaml, spawnSidecar, tempDir, type SidecarProcess } from '../helpers/servers.js'
 import { startTxApp, type TxApp } from '../helpers/tx-app.js'
 
 const procs: SidecarProcess[] = []
@@ -390,5 +393,61 @@ describe('metrics', () => {
     expect(p.get('txmesh_proxy_requests_total{direction="ingress",route="default",status="200"}')).toBe(3)
     expect(p.get('txmesh_branches_in_doubt')).toBe(0)
     expect(p.get('txmesh_log_fsyncs_total')).toBeGreaterThanOrEqual(2)
+  })
+})
+
+describe('operator CLI', () => {
+  const cli = (args: string[]): { status: number | null; stdout: string; stderr: string } => {
+    const r = spawnSync(process.execPath, [CLI, 'tx', ...args], { encoding: 'utf8' })
+    return { status: r.status, stdout: r.stdout, stderr: r.stderr }
+  }
+
+  it('lists and shows transactions as tables and JSON', async () => {
+    const m = await mesh(['orders'])
+    const tx = await m.begin()
+    await m.call(tx.context, 'orders', 'cli')
+    await m.commit(tx.id)
+    const admin = `http://127.0.0.1:${m.coord.ports.admin}`
+    const list = cli(['list', '--admin', admin])
+    expect(list.stderr).toBe('')
+    expect(list.status).toBe(0)
+    expect(list.stdout).toMatch(/^transactions coordinated here \(1\)\nID\s+STATUS\s+MODE\s+PARTICIPANTS\s+DEADLINE\n/)
+    expect(list.stdout).toMatch(new RegExp(`\\n${tx.id}\\s+committed\\s+2pc\\s+1\\s+\\d{4}-`))
+    const show = cli(['show', tx.id, '--admin', admin])
+    expect(show.status).toBe(0)
+    expect(show.stdout).toContain(`transaction ${tx.id}\nstatus    committed`)
+    expect(show.stdout).toMatch(/orders\s+\S+\s+prepared\s+yes/)
+    const json = JSON.parse(cli(['show', tx.id, '--admin', admin, '--json']).stdout) as { status: string }
+    expect(json.status).toBe('committed')
+    const missing = cli(['show', 'nope', '--admin', admin])
+    expect(missing.status).toBe(1)
+    expect(missing.stderr).toContain('TXM_TX_UNKNOWN')
+  })
+
+  it('resolves an in-doubt branch whose coordinator is gone, audited in the log', async () => {
+    const m = await mesh(['orders', 'payments'], {}, { TXMESH_FAILPOINTS: 'coordinator-after-decision' })
+    const tx = await m.begin()
+    await m.call(tx.context, 'orders', 'doubt')
+    await m.call(tx.context, 'payments', 'doubt')
+    await request(`http://127.0.0.1:${m.coord.ports.admin}/v1/transactions/${tx.id}/commit`, { method: 'POST' }).catch(() => undefined)
+    await m.coord.exited
+    const admin = `http://127.0.0.1:${m.svc.orders!.sc.ports.admin}`
+    const list = JSON.parse(cli(['list', '--admin', admin, '--json']).stdout) as { branches: { tx: string; status: string }[] }
+    expect(list.branches).toEqual([expect.objectContaining({ tx: tx.id, status: 'prepared' })])
+    expect(cli(['list', '--admin', admin]).stdout).toMatch(new RegExp(`${tx.id}\\s+\\S+\\s+prepared`))
+    const resolved = cli(['resolve', tx.id, '--commit', '--by', 'test-operator', '--admin', admin])
+    expect(resolved.stderr).toBe('')
+    expect(resolved.status).toBe(0)
+    expect(resolved.stdout).toContain(`of transaction ${tx.id}: committed (audited in the log)`)
+    await until('orders commit hook', () => m.svc.orders!.app.committed.includes('orders:doubt'))
+    // The decision is in the durable log, with who made it.
+    const logBytes = readdirSync(m.svc.orders!.store).map((f) => readFileSync(join(m.svc.orders!.store, f)).toString('latin1')).join('')
+    expect(logBytes).toContain('"type":"resolved"')
+    expect(logBytes).toContain('"by":"test-operator"')
+    // Resolving it again, or a branch that is not prepared, is refused.
+    const again = cli(['resolve', tx.id, '--abort', '--admin', admin])
+    expect(again.status).toBe(1)
+    expect(again.stderr).toContain('TXM_TX_UNKNOWN')
+    expect(cli(['resolve', tx.id, '--admin', admin]).status).toBe(2)
   })
 })

@@ -5,7 +5,7 @@ import { request, type Dispatcher } from 'undici'
 import { failpoint } from '../../failpoints.js'
 import { appendDurable } from '../durable.js'
 import { RecentMap } from '../recent.js'
-import { LogFailedError, ShuttingDownError, TxLimitError, TxNotActiveError, type TxmeshError } from '../../errors.js'
+import { LogFailedError, ShuttingDownError, TxLimitError, TxNotActiveError, TxUnknownError, type TxmeshError } from '../../errors.js'
 import { LIMITS } from '../../limits.js'
 import type { Logger } from '../../log.js'
 import type { FileLog } from '../../log/file-log.js'
@@ -27,6 +27,18 @@ export interface Branch {
   nested: ParticipantRef[]
   timer: NodeJS.Timeout | undefined
   deadlineTimer: NodeJS.Timeout | undefined
+  /** When this sidecar took the branch on (joined, or recovered from the log). */
+  readonly since: number
+}
+
+export interface BranchView {
+  readonly tx: TxId
+  readonly branch: BranchId
+  readonly status: ParticipantState['status']
+  readonly coordinator: string
+  readonly ageMs: number
+  /** Voted yes and waiting past the in-doubt window: an operator may resolve it. */
+  readonly inDoubt: boolean
 }
 
 export interface ParticipantDeps {
@@ -71,6 +83,34 @@ export class ParticipantDriver {
     return this.byTx.size
   }
 
+  /** Every branch held here, in-doubt ones flagged (operators: CLI, dashboard). */
+  list(): BranchView[] {
+    const now = this.clock()
+    return [...this.byTx.values()].map((b) => ({
+      tx: b.state.tx,
+      branch: b.state.branch,
+      status: b.state.status,
+      coordinator: b.state.coordinator,
+      ageMs: now - b.since,
+      inDoubt: b.state.status === 'prepared' && now - b.since >= LIMITS.inDoubtWindowMs,
+    }))
+  }
+
+  /**
+   * An operator's decision for a prepared branch whose coordinator cannot answer (heuristic
+   * outcome, as XA and LRA call it). Audited durably in the log before it is carried out.
+   */
+  async resolve(tx: TxId, outcome: Outcome, by: string): Promise<BranchView | TxmeshError> {
+    const b = this.byTx.get(tx)
+    if (b === undefined) return new TxUnknownError(`no branch of transaction ${tx} here`)
+    if (b.state.status !== 'prepared') return new TxNotActiveError(`branch ${b.state.branch} is ${b.state.status}; only a prepared branch can be resolved`)
+    await appendDurable(this.d.log, logKey(tx, b.state.branch), { type: 'resolved', outcome, by, at: new Date(this.clock()).toISOString() })
+    this.d.logger.warn('branch_resolved', { tx, branch: b.state.branch, outcome, by, coordinator: b.state.coordinator })
+    const view = this.list().find((v) => v.tx === tx) as BranchView
+    this.feed(b, { type: 'decision', outcome })
+    return view
+  }
+
   /** Branches that voted yes and wait for the decision (metrics). */
   get inDoubtCount(): number {
     let n = 0
@@ -105,6 +145,7 @@ export class ParticipantDriver {
       nested: [],
       timer: undefined,
       deadlineTimer: undefined,
+      since: this.clock(),
     }
     this.byTx.set(state.tx, b)
     const left = Math.max(0, state.deadline - this.clock())
@@ -233,6 +274,9 @@ export class ParticipantDriver {
 
   recover(records: readonly { txId: string; body: Readonly<Record<string, unknown>> }[]): number {
     let n = 0
+    // Operator resolutions are carried out again if the branch did not finish before a restart.
+    const resolved = new Map<string, Outcome>()
+    for (const r of records) if (r.body.type === 'resolved') resolved.set(r.txId, r.body.outcome as Outcome)
     for (const r of records) {
       if (!r.txId.startsWith('p:') || r.body.type !== 'prepared') continue
       const { tx, branch, coordinator, deadline, context, onePhase } = r.body as {
@@ -247,6 +291,8 @@ export class ParticipantDriver {
       const b = this.add(step.state, context)
       this.d.logger.info('tx_recovered', { tx, branch, role: 'participant', onePhase: onePhase === true })
       this.perform(b, step.actions)
+      const heuristic = resolved.get(r.txId)
+      if (heuristic !== undefined) this.feed(b, { type: 'decision', outcome: heuristic })
       n++
     }
     return n

@@ -1,0 +1,112 @@
+// `txmesh tx list | show ID | resolve ID --commit|--abort` against a sidecar's admin port.
+// Tables for people, --json for scripts. Exit 0 on success, 1 when the sidecar refused.
+import { parseArgs } from 'node:util'
+import { request } from 'undici'
+import { UsageError } from './usage.js'
+
+interface Answer {
+  status: number
+  body: Record<string, unknown>
+}
+
+async function call(base: string, method: 'GET' | 'POST', path: string, body?: unknown): Promise<Answer> {
+  const res = await request(`${base}${path}`, {
+    method,
+    headers: { 'content-type': 'application/json' },
+    ...(body === undefined ? {} : { body: JSON.stringify(body) }),
+    headersTimeout: 10_000,
+    bodyTimeout: 10_000,
+  })
+  const text = await res.body.text()
+  return { status: res.statusCode, body: text === '' ? {} : (JSON.parse(text) as Record<string, unknown>) }
+}
+
+/** Aligned columns: the header row, then one row per item. */
+export function table(headers: string[], rows: string[][]): string {
+  const widths = headers.map((h, i) => Math.max(h.length, ...rows.map((r) => String(r[i] ?? '').length)))
+  const line = (cells: string[]): string => cells.map((c, i) => String(c).padEnd(widths[i] ?? 0)).join('  ').trimEnd()
+  return [line(headers), ...rows.map(line)].join('\n') + '\n'
+}
+
+function age(ms: unknown): string {
+  const n = typeof ms === 'number' ? ms : 0
+  return n < 1000 ? `${n}ms` : n < 120_000 ? `${Math.round(n / 1000)}s` : `${Math.round(n / 60_000)}m`
+}
+
+function printJson(text: string): number {
+  process.stdout.write(text + '\n')
+  return 0
+}
+
+function fail(a: Answer): number {
+  const e = a.body.error as { code?: string; message?: string } | undefined
+  process.stderr.write(`txmesh: ${e?.code ?? `HTTP ${a.status}`}: ${e?.message ?? 'request failed'}\n`)
+  return 1
+}
+
+type Tx = { id: string; status: string; mode: string; deadline: string; participants: { service: string; branch: string; vote?: string; acknowledged: boolean }[] }
+type Br = { tx: string; branch: string; status: string; coordinator: string; ageMs: number; inDoubt: boolean }
+
+export async function txCommand(argv: string[]): Promise<number> {
+  const { values, positionals } = parseArgs({
+    args: argv,
+    allowPositionals: true,
+    options: {
+      admin: { type: 'string' },
+      json: { type: 'boolean', default: false },
+      commit: { type: 'boolean', default: false },
+      abort: { type: 'boolean', default: false },
+      by: { type: 'string' },
+    },
+    strict: true,
+  })
+  const base = (values.admin ?? process.env.TXMESH_ADMIN ?? 'http://127.0.0.1:15000').replace(/\/$/, '')
+  const [sub, id] = positionals
+  const out = (s: string): boolean => process.stdout.write(s)
+  switch (sub) {
+    case 'list': {
+      const t = await call(base, 'GET', '/v1/transactions')
+      if (t.status !== 200) return fail(t)
+      const b = await call(base, 'GET', '/v1/branches')
+      if (b.status !== 200) return fail(b)
+      const txs = t.body.transactions as Tx[]
+      const branches = b.body.branches as Br[]
+      if (values.json) return printJson(JSON.stringify({ transactions: txs, branches }))
+      out(`transactions coordinated here (${txs.length})\n`)
+      out(table(['ID', 'STATUS', 'MODE', 'PARTICIPANTS', 'DEADLINE'], txs.map((x) => [x.id, x.status, x.mode, String(x.participants.length), x.deadline])))
+      out(`\nbranches held here (${branches.length}, ${branches.filter((x) => x.inDoubt).length} in doubt)\n`)
+      out(table(['TX', 'BRANCH', 'STATUS', 'AGE', 'IN-DOUBT', 'COORDINATOR'], branches.map((x) => [x.tx, x.branch, x.status, age(x.ageMs), x.inDoubt ? 'yes' : 'no', x.coordinator])))
+      return 0
+    }
+    case 'show': {
+      if (id === undefined) throw new UsageError('tx show needs a transaction id')
+      const t = await call(base, 'GET', `/v1/transactions/${encodeURIComponent(id)}`)
+      if (t.status === 200) {
+        const x = t.body as unknown as Tx
+        if (values.json) return printJson(JSON.stringify(x))
+        out(`transaction ${x.id}\nstatus    ${x.status}\nmode      ${x.mode}\ndeadline  ${x.deadline}\n\n`)
+        out(table(['SERVICE', 'BRANCH', 'VOTE', 'ACKNOWLEDGED'], x.participants.map((p) => [p.service, p.branch, p.vote ?? '-', p.acknowledged ? 'yes' : 'no'])))
+        return 0
+      }
+      // Not coordinated here: maybe a branch held here.
+      const b = await call(base, 'GET', '/v1/branches')
+      const mine = b.status === 200 ? (b.body.branches as Br[]).find((x) => x.tx === id) : undefined
+      if (mine === undefined) return fail(t)
+      if (values.json) return printJson(JSON.stringify(mine))
+      out(`branch ${mine.branch} of transaction ${mine.tx}\nstatus       ${mine.status}\nage          ${age(mine.ageMs)}\nin doubt     ${mine.inDoubt ? 'yes' : 'no'}\ncoordinator  ${mine.coordinator}\n`)
+      return 0
+    }
+    case 'resolve': {
+      if (id === undefined) throw new UsageError('tx resolve needs a transaction id')
+      if (values.commit === values.abort) throw new UsageError('tx resolve needs exactly one of --commit or --abort')
+      const outcome = values.commit ? 'committed' : 'aborted'
+      const r = await call(base, 'POST', `/v1/branches/${encodeURIComponent(id)}/resolve`, { outcome, by: values.by ?? process.env.USER ?? 'operator' })
+      if (r.status !== 200) return fail(r)
+      if (values.json) return printJson(JSON.stringify(r.body))
+      out(`resolved branch ${String(r.body.branch)} of transaction ${id}: ${outcome} (audited in the log)\n`)
+      return 0
+    }
+    default:
+      throw new UsageError('tx takes list, show ID or resolve ID --commit|--abort')
+  }
+}
