@@ -21,6 +21,7 @@ import { CoordinatorDriver } from './tx/coordinator/driver.js'
 import { ParticipantDriver } from './tx/participant/driver.js'
 import { ActiveTxPlane, DisabledTxPlane, type TxPlane } from './tx/plane.js'
 import { SidecarMetrics } from './telemetry/metrics.js'
+import { startTracing } from './telemetry/tracing.js'
 
 export type Ports = Record<ListenerName, number>
 
@@ -74,6 +75,8 @@ export async function startSidecar(config: SidecarConfig, log: Logger): Promise<
     inDoubt: () => participant?.inDoubtCount ?? 0,
   })
   const forwarder = new Forwarder(log, metrics)
+  // Undefined unless OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT is set: then nothing is traced.
+  const tracing = await startTracing(config.service, log)
   const bound: Server[] = []
   let fileLog: FileLog | undefined
   let controlClient: ControlClient | undefined
@@ -92,7 +95,7 @@ export async function startSidecar(config: SidecarConfig, log: Logger): Promise<
       controlClient = new ControlClient(keys[0] as Buffer)
       const appOrigin = config.app.host.includes(':') ? `http://[${config.app.host}]:${config.app.port}` : `http://${config.app.host}:${config.app.port}`
       appPool = new Pool(appOrigin, { connections: LIMITS.poolConnectionsPerOrigin, keepAliveTimeout: LIMITS.upstreamKeepAliveMs, connect: { timeout: LIMITS.connectTimeoutMs } })
-      coordinator = new CoordinatorDriver({ log: fileLog, control: controlClient, self, key: keys[0] as Buffer, logger: log, metrics })
+      coordinator = new CoordinatorDriver({ log: fileLog, control: controlClient, self, key: keys[0] as Buffer, logger: log, metrics, tracing })
       participant = new ParticipantDriver({
         log: fileLog,
         control: controlClient,
@@ -121,9 +124,10 @@ export async function startSidecar(config: SidecarConfig, log: Logger): Promise<
       forwarder,
       log,
       tx: plane,
+      tracing,
       resolve: egressResolver(config, () => ({ host: L.egress.host, port: ports.egress })),
     })
-    const ingress = new ProxyServer({ direction: 'ingress', config, forwarder, log, tx: plane, resolve: ingressResolver(config) })
+    const ingress = new ProxyServer({ direction: 'ingress', config, forwarder, log, tx: plane, tracing, resolve: ingressResolver(config) })
     ports.egress = await egress.listen(L.egress.host, L.egress.port)
     bound.push(egress.server)
     ports.ingress = await ingress.listen(L.ingress.host, L.ingress.port)
@@ -140,6 +144,9 @@ export async function startSidecar(config: SidecarConfig, log: Logger): Promise<
         participant?.close()
         await Promise.all([closeServer(control), forwarder.close(), controlClient?.close(), appPool?.close()])
         await fileLog?.close()
+        // Every span has ended by now (responses closed, open transactions cut by close()):
+        // flush them before the process exits.
+        await tracing?.shutdown()
         await closeServer(admin)
         log.info('drained', { ms: Date.now() - started, cutInflight: e.inflightAtDeadline + i.inflightAtDeadline })
       })())
@@ -148,6 +155,7 @@ export async function startSidecar(config: SidecarConfig, log: Logger): Promise<
     await Promise.allSettled(bound.map(closeServer))
     await fileLog?.close()
     await appPool?.close()
+    await tracing?.shutdown()
     throw err
   }
 }

@@ -20,6 +20,7 @@ import { respondError } from '../proxy/respond.js'
 import type { CoordinatorDriver } from '../tx/coordinator/driver.js'
 import type { ParticipantDriver } from '../tx/participant/driver.js'
 import type { SidecarMetrics } from '../telemetry/metrics.js'
+import { extractFromHeaders } from '../telemetry/tracing.js'
 
 export type Readiness = 'starting' | 'ready' | 'draining'
 
@@ -84,7 +85,8 @@ export function createAdminServer(d: AdminDeps): Server {
       if (typeof timeoutMs !== 'number' || !Number.isInteger(timeoutMs) || timeoutMs < 1 || timeoutMs > LIMITS.txTimeoutCapMs) {
         return respondError(res, new BadRequestError(`timeoutMs must be an integer between 1 and ${LIMITS.txTimeoutCapMs}`))
       }
-      const tx = coordinator.begin(mode, timeoutMs)
+      // The transaction's span continues the caller's trace when it sent a traceparent.
+      const tx = coordinator.begin(mode, timeoutMs, 'api', extractFromHeaders(req.rawHeaders))
       if (tx instanceof TxmeshError) return respondError(res, tx)
       return sendJson(res, 201, { id: tx.id, mode, context: tx.context, deadline: new Date(tx.deadline).toISOString() })
     }

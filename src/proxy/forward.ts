@@ -16,6 +16,8 @@ import type { Logger } from '../log.js'
 import { forwardResponseHeaders } from './headers.js'
 import { isConnectFailure, respondError, upstreamError } from './respond.js'
 import { RetryBudget, backoffMs, methodRetryable } from './retry.js'
+import type { ProxyTrace } from './server.js'
+import { SpanKind, SpanStatusCode, childSpan, injectTraceparent, type Span } from '../telemetry/tracing.js'
 
 export interface ForwardRequest {
   readonly req: IncomingMessage
@@ -30,6 +32,8 @@ export interface ForwardRequest {
   readonly direction: Direction
   /** Transaction work on the response head (enlistment); absent for plain requests. */
   readonly hook?: ResponseHook | undefined
+  /** The request's SERVER span when tracing is on: each attempt gets a CLIENT span under it. */
+  readonly trace?: ProxyTrace | undefined
 }
 
 export interface ResponseHook {
@@ -114,6 +118,10 @@ class Exchange implements Dispatcher.DispatchHandler {
   private resume: (() => void) | undefined
   private abort: ((err?: Error) => void) | undefined
   private readonly opts: Dispatcher.DispatchOptions
+  /** CLIENT span of the current upstream attempt (tracing on only). */
+  private attemptSpan: Span | undefined
+  /** Status of the current attempt's response head, for its span. */
+  private statusCode: number | undefined
 
   constructor(
     private readonly pool: Pool,
@@ -138,7 +146,40 @@ class Exchange implements Dispatcher.DispatchHandler {
   start(): void {
     if (this.done) return
     this.timer = setTimeout(onAttemptTimeout, this.f.route.timeoutMs, this)
+    if (this.f.trace !== undefined) this.startAttemptSpan(this.f.trace)
     this.pool.dispatch(this.opts, this)
+  }
+
+  /** One CLIENT span per upstream attempt (HTTP semconv); the next hop continues it. */
+  private startAttemptSpan(t: ProxyTrace): void {
+    const f = this.f
+    const colon = f.origin.lastIndexOf(':')
+    const host = f.origin.slice(f.origin.indexOf('//') + 2, colon)
+    const q = f.path.indexOf('?')
+    const span = childSpan(t.tracing.tracer, f.method, SpanKind.CLIENT, t.span, {
+      'http.request.method': f.method,
+      'server.address': host.startsWith('[') ? host.slice(1, -1) : host,
+      'server.port': Number(f.origin.slice(colon + 1)),
+      // The query may carry credentials of the app's own; the path is enough to find the call.
+      'url.full': f.origin + (q < 0 ? f.path : f.path.slice(0, q)),
+      ...(this.attempt > 0 ? { 'http.request.resend_count': this.attempt } : {}),
+    })
+    injectTraceparent(f.headers, span)
+    this.attemptSpan = span
+    this.statusCode = undefined
+  }
+
+  /** Ends the current attempt's CLIENT span, with the status it got or the failure. */
+  private endAttempt(status: number | undefined, errorType: string | undefined): void {
+    const span = this.attemptSpan
+    if (span === undefined) return
+    this.attemptSpan = undefined
+    if (status !== undefined) span.setAttribute('http.response.status_code', status)
+    if (errorType !== undefined || (status !== undefined && status >= 400)) {
+      span.setAttribute('error.type', errorType ?? String(status))
+      span.setStatus({ code: SpanStatusCode.ERROR })
+    }
+    span.end()
   }
 
   /** The attempt got no response head within the route timeout. */
@@ -146,12 +187,14 @@ class Exchange implements Dispatcher.DispatchHandler {
     this.timer = undefined
     if (this.done || this.f.res.headersSent) return
     const err = new UpstreamTimeoutError(`${this.f.origin} did not answer within ${this.f.route.timeoutMs} ms`)
+    if (this.f.trace !== undefined) this.f.trace.errorType = err.code
     if (this.abort !== undefined) {
       this.abort(err)
       return
     }
     // Still waiting for a connection: answer now; onConnect aborts the queued request later.
     this.done = true
+    this.endAttempt(undefined, err.code)
     this.ended(err.status)
     respondError(this.f.res, err, !this.f.req.complete)
   }
@@ -167,6 +210,7 @@ class Exchange implements Dispatcher.DispatchHandler {
     this.clearTimer()
     // After a normal end this is a no-op; otherwise the client left first (nginx's 499).
     this.ended(499)
+    this.endAttempt(undefined, 'client_closed')
     if (this.done) return
     this.done = true
     // The client went away mid-exchange: stop the upstream request instead of draining it.
@@ -204,6 +248,7 @@ class Exchange implements Dispatcher.DispatchHandler {
 
   onHeaders(statusCode: number, rawHeaders: Buffer[], resume: () => void, statusText: string): boolean {
     this.clearTimer()
+    this.statusCode = statusCode
     if ((statusCode === 502 || statusCode === 503) && this.canRetry(statusCode === 502 ? '502' : '503')) {
       this.discard = true
       return true
@@ -266,12 +311,14 @@ class Exchange implements Dispatcher.DispatchHandler {
   onComplete(): void {
     if (this.discard) {
       this.discard = false
+      this.endAttempt(this.statusCode, undefined)
       this.retry()
       return
     }
     if (this.done) return
     this.done = true
     this.f.res.end()
+    this.endAttempt(this.statusCode, undefined)
     this.ended(this.f.res.statusCode)
   }
 
@@ -280,11 +327,16 @@ class Exchange implements Dispatcher.DispatchHandler {
     if (this.done) return
     if (this.discard) this.discard = false
     else if (isConnectFailure(err) && this.canRetry('connect-failure')) {
+      this.endAttempt(undefined, (err as Error & { code?: string }).code ?? err.name)
       this.retry()
       return
     }
     this.done = true
     const mapped: TxmeshError = upstreamError(err, this.f.origin)
+    if (this.f.trace !== undefined) {
+      this.f.trace.errorType ??= mapped.code
+      this.endAttempt(this.statusCode, mapped.code)
+    }
     this.ended(this.f.res.headersSent ? this.f.res.statusCode : mapped.status)
     if (this.corked && this.f.res.headersSent) {
       this.f.res.destroy()

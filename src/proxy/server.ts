@@ -19,11 +19,13 @@ import { LIMITS } from '../limits.js'
 import { listen } from '../net.js'
 import type { Logger } from '../log.js'
 import type { Forwarder, ResponseHook } from './forward.js'
+import type { Span } from '@opentelemetry/api'
 import type { TxPlane } from '../tx/plane.js'
 import { forwardRequestHeaders, newFacts, upgradeRequestHeaders, type RequestHeadFacts } from './headers.js'
 import { respondError, respondErrorRaw } from './respond.js'
 import { hostName, matchRoute } from './routes.js'
 import { methodRetryable } from './retry.js'
+import { SpanKind, SpanStatusCode, childSpan, extractFromHeaders, type Tracing } from '../telemetry/tracing.js'
 
 export interface Target {
   /** http://host:port of the upstream connection. */
@@ -45,6 +47,16 @@ export interface ProxyServerOptions {
   readonly resolve: TargetResolver
   readonly log: Logger
   readonly tx?: TxPlane | undefined
+  /** Set only when tracing is on; undefined keeps the request path free of tracing work. */
+  readonly tracing?: Tracing | undefined
+}
+
+/** The SERVER span of one proxied request, shared with the Exchange for its CLIENT spans. */
+export interface ProxyTrace {
+  readonly tracing: Tracing
+  readonly span: Span
+  /** The failure's code (TXM_...) when the sidecar answered with an error of its own. */
+  errorType: string | undefined
 }
 
 export class ProxyServer {
@@ -91,19 +103,26 @@ export class ProxyServer {
     const refusal = checkLimits(route, facts, target.path.length + method.length)
     // The body of a refused request is never read: close the connection after the answer so
     // its unread bytes are not parsed as the next request.
-    if (refusal !== undefined) return respondError(res, refusal, true)
+    const trace = this.o.tracing === undefined ? undefined : serverSpan(this.o.tracing, req, res, route, this.o.config.defaultRoute, method, target, facts.host)
+    if (refusal !== undefined) {
+      if (trace !== undefined) trace.errorType = refusal.code
+      return respondError(res, refusal, true)
+    }
     let hook: ResponseHook | undefined
     const tx = this.o.tx
     if (tx !== undefined && (facts.context !== undefined || route.transaction === 'required')) {
       const h =
         facts.context === undefined
           ? this.o.direction === 'ingress'
-            ? tx.implicit(route, headers)
+            ? tx.implicit(route, headers, trace?.span)
             : undefined
           : this.o.direction === 'egress'
             ? tx.egress(facts.context, route)
             : tx.ingress(facts.context, route, headers)
-      if (h instanceof TxmeshError) return respondError(res, h, facts.contentLength !== 0 || facts.chunked)
+      if (h instanceof TxmeshError) {
+        if (trace !== undefined) trace.errorType = h.code
+        return respondError(res, h, facts.contentLength !== 0 || facts.chunked)
+      }
       hook = h
     }
     if (facts.expectContinue) res.writeContinue()
@@ -120,12 +139,12 @@ export class ProxyServer {
             hook?.onEnd()
             return respondError(res, new BadRequestError('request body ended early'), true)
           }
-          this.o.forwarder.forward({ direction: this.o.direction, req, res, origin: target.origin, path: target.path, method, headers, body: buf, route, hook })
+          this.o.forwarder.forward({ direction: this.o.direction, req, res, origin: target.origin, path: target.path, method, headers, body: buf, route, hook, trace })
         })
       }
       body = req
     }
-    this.o.forwarder.forward({ direction: this.o.direction, req, res, origin: target.origin, path: target.path, method, headers, body, route, hook })
+    this.o.forwarder.forward({ direction: this.o.direction, req, res, origin: target.origin, path: target.path, method, headers, body, route, hook, trace })
   }
 
   private onUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {
@@ -249,6 +268,42 @@ export class ProxyServer {
 }
 
 type ForwardBody = Buffer | Readable | null
+
+/**
+ * Starts the SERVER span of a proxied request (HTTP semconv), continuing the caller's
+ * traceparent, and ends it when the response closes. Only the method, path (no query), host,
+ * route and status go in: never bodies or headers.
+ */
+function serverSpan(
+  tracing: Tracing,
+  req: IncomingMessage,
+  res: ServerResponse,
+  route: RoutePolicy,
+  defaultRoute: RoutePolicy,
+  method: string,
+  target: Target,
+  host: string | undefined,
+): ProxyTrace {
+  const matched = route !== defaultRoute
+  const q = target.path.indexOf('?')
+  const span = childSpan(tracing.tracer, matched ? `${method} ${route.name}` : method, SpanKind.SERVER, extractFromHeaders(req.rawHeaders), {
+    'http.request.method': method,
+    'url.path': q < 0 ? target.path : target.path.slice(0, q),
+    'url.scheme': 'http',
+    'server.address': hostName(host ?? target.host),
+    ...(matched ? { 'http.route': route.name } : {}),
+  })
+  const t: ProxyTrace = { tracing, span, errorType: undefined }
+  res.once('close', () => {
+    const status = res.headersSent ? res.statusCode : 499
+    span.setAttribute('http.response.status_code', status)
+    const errorType = t.errorType ?? (status >= 500 ? String(status) : !res.writableFinished ? 'incomplete' : undefined)
+    if (errorType !== undefined) span.setAttribute('error.type', errorType)
+    if (status >= 500 || !res.writableFinished) span.setStatus({ code: SpanStatusCode.ERROR })
+    span.end()
+  })
+  return t
+}
 
 function noop(): void {}
 

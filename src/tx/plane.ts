@@ -4,6 +4,7 @@
 import type { RoutePolicy } from '../config/types.js'
 import { MeshKeyMissingError, NoSidecarError, TxAbortedError, TxNotActiveError, TxmeshError } from '../errors.js'
 import type { ResponseHook } from '../proxy/forward.js'
+import type { Span } from '../telemetry/tracing.js'
 import type { ControlClient } from './control-client.js'
 import type { CoordinatorDriver } from './coordinator/driver.js'
 import type { ParticipantRef } from './core.js'
@@ -35,7 +36,8 @@ function take(headers: string[], name: string): string | undefined {
 export interface TxPlane {
   egress(token: string, route: RoutePolicy): ResponseHook | TxmeshError | undefined
   ingress(token: string, route: RoutePolicy, headers: string[]): ResponseHook | TxmeshError | undefined
-  implicit(route: RoutePolicy, headers: string[]): ResponseHook | TxmeshError | undefined
+  /** `trace`: the request's SERVER span (tracing on), parent of the transaction's span. */
+  implicit(route: RoutePolicy, headers: string[], trace?: Span): ResponseHook | TxmeshError | undefined
 }
 
 export class DisabledTxPlane implements TxPlane {
@@ -107,8 +109,8 @@ export class ActiveTxPlane implements TxPlane {
    * it with the app's answer: 2xx commits, anything else aborts. The response waits for the
    * outcome; a 2xx whose transaction aborted becomes 409 TXM_TX_ABORTED.
    */
-  implicit(route: RoutePolicy, headers: string[]): ResponseHook | TxmeshError {
-    const tx = this.d.coordinator.begin('2pc', route.timeoutMs, route.name)
+  implicit(route: RoutePolicy, headers: string[], trace?: Span): ResponseHook | TxmeshError {
+    const tx = this.d.coordinator.begin('2pc', route.timeoutMs, route.name, trace)
     if (tx instanceof TxmeshError) return tx
     headers.push(CONTEXT_HEADER, tx.context)
     const inner = this.ingress(tx.context, route, headers)

@@ -67,7 +67,11 @@ export async function startTxApp(name: string): Promise<TxApp> {
         return request(`http://${service}/write/${encodeURIComponent(value)}`, {
           dispatcher: agent,
           method: 'POST',
-          headers: { 'txmesh-context': req.headers['txmesh-context'] as string },
+          // Forward the context, and the trace context as an OTel-instrumented app would.
+          headers: {
+            'txmesh-context': req.headers['txmesh-context'] as string,
+            ...(req.headers.traceparent === undefined ? {} : { traceparent: req.headers.traceparent }),
+          },
         })
       }
       if (later !== null) {

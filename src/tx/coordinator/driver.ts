@@ -12,6 +12,7 @@ import type { Logger } from '../../log.js'
 import type { ControlClient } from '../control-client.js'
 import type { CoordinatorAction, CoordinatorEvent, CoordinatorState, Env, Outcome, ParticipantRef, TxId, Vote } from '../core.js'
 import { newTxId, signContext, type TxMode } from '../protocol.js'
+import { SpanKind, SpanStatusCode, childSpan, formatTraceparent, linkTo, type Context, type Span, type Tracing } from '../../telemetry/tracing.js'
 import { coordinatorOutcome, coordinatorStep, newCoordinator, recoverCoordinator } from './machine.js'
 
 export interface TxResult {
@@ -52,6 +53,9 @@ interface Entry {
   deadlineTimer: NodeJS.Timeout | undefined
   readonly retryTimers: Map<string, NodeJS.Timeout>
   finished: boolean
+  /** `txmesh.transaction` span (tracing on): parent of the per-participant phase spans. */
+  readonly span: Span | undefined
+  spanEnded: boolean
 }
 
 export interface CoordinatorDeps {
@@ -64,6 +68,7 @@ export interface CoordinatorDeps {
   readonly clock?: () => number
   readonly random?: () => number
   readonly metrics?: SidecarMetrics | undefined
+  readonly tracing?: Tracing | undefined
 }
 
 const logKey = (id: TxId): string => `c:${id}`
@@ -90,7 +95,8 @@ export class CoordinatorDriver {
     return this.txs.size
   }
 
-  begin(mode: TxMode, timeoutMs: number, route = 'api'): { id: TxId; context: string; deadline: number } | TxmeshError {
+  /** `trace`: what the transaction's span continues (the request that began it), if traced. */
+  begin(mode: TxMode, timeoutMs: number, route = 'api', trace?: Context | Span): { id: TxId; context: string; deadline: number } | TxmeshError {
     if (this.txs.size >= LIMITS.maxActiveTransactions) return new TxLimitError(`this sidecar already coordinates ${this.txs.size} transactions`)
     const id = newTxId(this.d.self)
     const deadline = this.clock() + timeoutMs
@@ -106,6 +112,8 @@ export class CoordinatorDriver {
       deadlineTimer: undefined,
       retryTimers: new Map(),
       finished: false,
+      span: this.d.tracing === undefined ? undefined : childSpan(this.d.tracing.tracer, 'txmesh.transaction', SpanKind.INTERNAL, trace, { 'txmesh.tx.id': id, 'txmesh.tx.mode': mode, 'txmesh.route': route }),
+      spanEnded: false,
     }
     entry.deadlineTimer = setTimeout(() => this.feed(id, { type: 'deadline' }), timeoutMs)
     entry.deadlineTimer.unref()
@@ -122,6 +130,7 @@ export class CoordinatorDriver {
     const e = this.txs.get(id)
     if (e === undefined) return new TxUnknownError(`transaction ${id} is not coordinated here`)
     if (e.state.status !== 'active') return new TxNotActiveError(`transaction ${id} is ${e.state.status}; it cannot enlist more participants`)
+    if (e.span !== undefined) this.phaseSpan(e, 'txmesh.enlist', id, { 'txmesh.participant': refs.map((r) => r.service) }).end()
     this.feed(id, { type: 'enlist', participants: refs })
     return undefined
   }
@@ -187,9 +196,10 @@ export class CoordinatorDriver {
       const id = r.txId.slice(2)
       const participants = r.body.participants as ParticipantRef[]
       const step = recoverCoordinator(id, participants, this.env())
+      const mode = (r.body.mode as TxMode | undefined) ?? '2pc'
       const entry: Entry = {
         state: step.state,
-        mode: (r.body.mode as TxMode | undefined) ?? '2pc',
+        mode,
         route: 'recovered',
         requestedAt: 0,
         decidedAt: 0,
@@ -199,6 +209,19 @@ export class CoordinatorDriver {
         deadlineTimer: undefined,
         retryTimers: new Map(),
         finished: false,
+        // A new trace (the original one ended with the process), linked to the original.
+        span:
+          this.d.tracing === undefined
+            ? undefined
+            : childSpan(
+                this.d.tracing.tracer,
+                'txmesh.transaction',
+                SpanKind.INTERNAL,
+                undefined,
+                { 'txmesh.tx.id': id, 'txmesh.tx.mode': mode, 'txmesh.recovered': true, 'txmesh.outcome': 'committed' },
+                linkTo(r.body.traceparent),
+              ),
+        spanEnded: false,
       }
       this.txs.set(id, entry)
       this.d.logger.info('tx_recovered', { tx: id, role: 'coordinator', participants: participants.length })
@@ -219,17 +242,26 @@ export class CoordinatorDriver {
   private perform(id: TxId, e: Entry, actions: readonly CoordinatorAction[]): void {
     for (const a of actions) {
       switch (a.type) {
-        case 'send-prepare':
+        case 'send-prepare': {
+          const span = e.span === undefined ? undefined : this.phaseSpan(e, 'txmesh.prepare', id, { 'txmesh.participant': a.to.service })
           void this.d.control.call(a.to.control, 'POST', `/v1/tx/${id}/prepare`, { branch: a.to.branch }).then((r) => {
             const vote = r.ok ? parseVote(r.body.vote) : ({ kind: 'refused', reason: `prepare failed: ${r.error}` } as const)
+            if (span !== undefined) endPhaseSpan(span, r.ok, { 'txmesh.vote': vote.kind })
             // A refusal that follows our own early abort says nothing about the participant.
             const aborting = e.state.status === 'aborting' || e.state.status === 'aborted'
             if (!(aborting && vote.kind === 'refused')) this.d.metrics?.prepareResult(a.to.service, vote.kind !== 'refused')
             this.feed(id, { type: 'vote', branch: a.to.branch, vote })
           })
           break
+        }
         case 'log-decision':
-          appendDurable(this.d.log, logKey(id), { type: 'decision', mode: e.mode, participants: a.participants.map((p) => ({ ...p })) }).then(
+          appendDurable(this.d.log, logKey(id), {
+            type: 'decision',
+            mode: e.mode,
+            participants: a.participants.map((p) => ({ ...p })),
+            // Lets recovery after a restart link its span to this transaction's trace.
+            ...(e.span === undefined ? {} : { traceparent: formatTraceparent(e.span.spanContext()) }),
+          }).then(
             () => {
               failpoint('coordinator-after-decision')
               this.feed(id, { type: 'decision-logged' })
@@ -248,7 +280,9 @@ export class CoordinatorDriver {
         case 'send-commit':
         case 'send-abort': {
           const op = a.type === 'send-commit' ? 'commit' : 'abort'
+          const span = e.span === undefined ? undefined : this.phaseSpan(e, `txmesh.${op}`, id, { 'txmesh.participant': a.to.service })
           void this.d.control.call(a.to.control, 'POST', `/v1/tx/${id}/${op}`, { branch: a.to.branch }).then((r) => {
+            if (span !== undefined) endPhaseSpan(span, r.ok, r.ok ? { 'txmesh.acknowledged': true } : { 'error.type': 'send_failed' })
             this.feed(id, r.ok ? { type: 'ack', branch: a.to.branch } : { type: 'send-failed', branch: a.to.branch })
           })
           break
@@ -256,10 +290,14 @@ export class CoordinatorDriver {
         case 'send-commit-one-phase':
           // Any answer but an outcome (unreachable, 5xx, timeout) leaves the outcome unknown:
           // the machine retries until the participant answers.
+          {
+          const span = e.span === undefined ? undefined : this.phaseSpan(e, 'txmesh.commit', id, { 'txmesh.participant': a.to.service, 'txmesh.one_phase': true })
           void this.d.control.call(a.to.control, 'POST', `/v1/tx/${id}/commit-one-phase`, { branch: a.to.branch }).then((r) => {
             const o = r.ok ? r.body.outcome : undefined
+            if (span !== undefined) endPhaseSpan(span, o === 'committed' || o === 'aborted', typeof o === 'string' ? { 'txmesh.outcome': o } : { 'error.type': 'send_failed' })
             this.feed(id, o === 'committed' || o === 'aborted' ? { type: 'one-phase-result', branch: a.to.branch, outcome: o } : { type: 'send-failed', branch: a.to.branch })
           })
+          }
           break
         case 'schedule-retry': {
           clearTimeout(e.retryTimers.get(a.branch))
@@ -280,6 +318,11 @@ export class CoordinatorDriver {
             this.d.metrics.routeParticipants(e.route, e.state.participants.map((p) => p.ref.service))
           }
           clearTimeout(e.deadlineTimer)
+          if (e.span !== undefined) {
+            e.span.setAttribute('txmesh.outcome', a.outcome)
+            if (a.reason !== undefined) e.span.setAttribute('txmesh.reason', a.reason)
+            this.endTxSpan(e)
+          }
           for (const w of e.outcomeWaiters.splice(0)) w(a.outcome)
           this.d.logger.info('tx_outcome', { tx: id, outcome: a.outcome, reason: a.reason })
           break
@@ -299,18 +342,42 @@ export class CoordinatorDriver {
     for (const t of e.retryTimers.values()) clearTimeout(t)
     e.retryTimers.clear()
     for (const w of e.ackWaiters.splice(0)) w()
+    this.endTxSpan(e)
     this.txs.delete(id)
     // Keep finished transactions visible for a while, bounded in count and age.
     this.finished.set(id, e)
   }
 
+  /** A per-participant span under the transaction's (only called when tracing is on). */
+  private phaseSpan(e: Entry, name: string, id: TxId, attributes: Record<string, string | boolean | string[]>): Span {
+    return childSpan((this.d.tracing as Tracing).tracer, name, SpanKind.INTERNAL, e.span, { 'txmesh.tx.id': id, ...attributes })
+  }
+
+  /** Ends the transaction's span once: at the outcome (recovered: when phase 2 is done). */
+  private endTxSpan(e: Entry): void {
+    if (e.span === undefined || e.spanEnded) return
+    e.spanEnded = true
+    e.span.end()
+  }
+
   close(): void {
     this.closed = true
     for (const e of this.txs.values()) {
+      if (e.span !== undefined && !e.spanEnded) {
+        // Drain cut it short: export what is known, recovery continues it after the restart.
+        e.span.setAttribute('txmesh.interrupted', true)
+        this.endTxSpan(e)
+      }
       clearTimeout(e.deadlineTimer)
       for (const t of e.retryTimers.values()) clearTimeout(t)
     }
   }
+}
+
+function endPhaseSpan(span: Span, ok: boolean, attributes: Record<string, string | boolean>): void {
+  span.setAttributes(attributes)
+  if (!ok) span.setStatus({ code: SpanStatusCode.ERROR })
+  span.end()
 }
 
 function parseVote(v: unknown): Vote {
