@@ -143,6 +143,19 @@ export const LIMITS = Object.freeze({
   // the outcome); the cap bounds the wait once the app or the coordinator is back.
   branchRetryBaseMs: 100,
   branchRetryCapMs: 10_000,
+  // --- Dashboard event feed (src/admin/events.ts, GET /v1/events) ---
+  // Recent transaction events kept for Last-Event-ID replay: a reconnecting dashboard (EventSource
+  // retries within seconds) misses at most a few hundred events even under load; 1024 small
+  // objects are well under a MiB.
+  adminEventsRing: 1_024,
+  // Concurrent SSE streams on the admin port: a handful of operators' browser tabs. Past it a new
+  // stream gets 503 TXM_TX_LIMIT instead of one more long-lived connection and subscriber.
+  adminEventStreams: 16,
+  // Unsent bytes a slow SSE client may have queued before its stream is cut (it reconnects and
+  // replays from Last-Event-ID): a tab in the background must not buffer without bound.
+  adminEventStreamBufferBytes: 1024 * 1024,
+  // Comment line on an idle SSE stream so proxies and load balancers do not time it out.
+  adminEventsHeartbeatMs: 15_000,
 })
 
 export type Limits = typeof LIMITS

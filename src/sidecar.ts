@@ -3,6 +3,7 @@
 // and the log has been replayed (recovery started).
 import type { Server } from 'node:http'
 import { resolve as resolvePath } from 'node:path'
+import { EventHub } from './admin/events.js'
 import { createAdminServer, type Readiness } from './admin/server.js'
 import type { ListenerName, SidecarConfig } from './config/types.js'
 import { createControlServer, type ControlDeps } from './control/server.js'
@@ -51,6 +52,8 @@ export async function startSidecar(config: SidecarConfig, log: Logger): Promise<
   let coordinator: CoordinatorDriver | undefined
   let participant: ParticipantDriver | undefined
   let controlDeps: ControlDeps | undefined
+  // Transaction events for the dashboard (GET /v1/events, /ui).
+  const events = new EventHub()
 
   const admin = createAdminServer({
     readiness: () => readiness,
@@ -61,6 +64,7 @@ export async function startSidecar(config: SidecarConfig, log: Logger): Promise<
       return participant
     },
     metrics: () => metrics,
+    events,
     stats: () => ({
       log: fileLog?.stats(),
       transactions: coordinator === undefined ? undefined : { active: coordinator.activeCount, ...coordinator.outcomes },
@@ -95,7 +99,7 @@ export async function startSidecar(config: SidecarConfig, log: Logger): Promise<
       controlClient = new ControlClient(keys[0] as Buffer)
       const appOrigin = config.app.host.includes(':') ? `http://[${config.app.host}]:${config.app.port}` : `http://${config.app.host}:${config.app.port}`
       appPool = new Pool(appOrigin, { connections: LIMITS.poolConnectionsPerOrigin, keepAliveTimeout: LIMITS.upstreamKeepAliveMs, connect: { timeout: LIMITS.connectTimeoutMs } })
-      coordinator = new CoordinatorDriver({ log: fileLog, control: controlClient, self, key: keys[0] as Buffer, logger: log, metrics, tracing })
+      coordinator = new CoordinatorDriver({ log: fileLog, control: controlClient, self, key: keys[0] as Buffer, logger: log, metrics, tracing, onEvent: events.emit })
       participant = new ParticipantDriver({
         log: fileLog,
         control: controlClient,
@@ -107,6 +111,7 @@ export async function startSidecar(config: SidecarConfig, log: Logger): Promise<
         hooks: config.hooks,
         logger: log,
         coordinators: config.mesh.coordinators,
+        onEvent: events.emit,
       })
       plane = new ActiveTxPlane({ keys, coordinators: config.mesh.coordinators, coordinator, participant, control: controlClient })
       controlDeps = { keys, coordinator, participant, logger: log }

@@ -11,8 +11,11 @@
 //   GET  /v1/branches                     branches held here (in-doubt ones flagged)
 //   POST /v1/branches/{tx}/resolve        {"outcome":"committed"|"aborted","by"?} operator decision, audited
 //   GET  /metrics                         Prometheus text
+//   GET  /v1/events                       server-sent events of transactions and branches (dashboard)
+//   GET  /v1/routes/probability           {route: P(commit)} from the metrics
+//   GET  /ui                              the dashboard (one inline HTML page)
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
-import { BadRequestError, MethodNotAllowedError, NotFoundError, TxUnknownError, TxmeshError } from '../errors.js'
+import { BadRequestError, MethodNotAllowedError, NotFoundError, TxLimitError, TxUnknownError, TxmeshError } from '../errors.js'
 import { parseJsonObject, readText, sendJson } from '../http-json.js'
 import { LIMITS } from '../limits.js'
 import type { Logger } from '../log.js'
@@ -21,6 +24,8 @@ import type { CoordinatorDriver } from '../tx/coordinator/driver.js'
 import type { ParticipantDriver } from '../tx/participant/driver.js'
 import type { SidecarMetrics } from '../telemetry/metrics.js'
 import { extractFromHeaders } from '../telemetry/tracing.js'
+import type { EventHub } from './events.js'
+import { DASHBOARD_HTML } from './ui.js'
 
 export type Readiness = 'starting' | 'ready' | 'draining'
 
@@ -35,6 +40,8 @@ export interface AdminDeps {
   readonly stats?: () => Record<string, unknown>
   /** Prometheus metrics served at /metrics. */
   readonly metrics?: () => SidecarMetrics
+  /** Transaction events for GET /v1/events (the dashboard). */
+  readonly events?: EventHub | undefined
 }
 
 const TX = /^\/v1\/transactions\/([A-Za-z0-9_-]{1,64})(?:\/(commit|abort))?$/
@@ -63,6 +70,34 @@ export function createAdminServer(d: AdminDeps): Server {
       const text = await m.text()
       res.writeHead(200, { 'content-type': m.registry.contentType, 'content-length': Buffer.byteLength(text) })
       return void res.end(text)
+    }
+    if (path === '/ui' || path === '/ui/') {
+      if (method !== 'GET' && method !== 'HEAD') return respondError(res, new MethodNotAllowedError('use GET'))
+      res.writeHead(200, {
+        'content-type': 'text/html; charset=utf-8',
+        'content-length': Buffer.byteLength(DASHBOARD_HTML),
+        'cache-control': 'no-store',
+        // Inline script and style only; the page talks to this origin alone.
+        'content-security-policy': "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+        'x-content-type-options': 'nosniff',
+      })
+      return void res.end(method === 'HEAD' ? undefined : DASHBOARD_HTML)
+    }
+    if (path === '/v1/events' && d.events !== undefined) {
+      if (method !== 'GET') return respondError(res, new MethodNotAllowedError('use GET'))
+      return streamEvents(req, res, d.events)
+    }
+    if (path === '/v1/routes/probability' && d.metrics !== undefined) {
+      if (method !== 'GET') return respondError(res, new MethodNotAllowedError('use GET'))
+      const metric = d.metrics().registry.getSingleMetric('txmesh_route_commit_probability')
+      const out: Record<string, number> = {}
+      if (metric !== undefined) {
+        for (const v of (await metric.get()).values) {
+          const route = v.labels.route
+          if (typeof route === 'string') out[route] = v.value
+        }
+      }
+      return sendJson(res, 200, out)
     }
     if (!path.startsWith('/v1/')) return respondError(res, new NotFoundError(`no admin endpoint ${method} ${path}`))
     const unavailable = d.txUnavailable?.()
@@ -130,4 +165,36 @@ export function createAdminServer(d: AdminDeps): Server {
     return respondError(res, new NotFoundError(`no admin endpoint ${method} ${path}`))
   }
   return server
+}
+
+/**
+ * One SSE stream: replays the ring buffer after Last-Event-ID (header, or ?lastEventId= for a
+ * first connection), then every new event; a comment line every LIMITS.adminEventsHeartbeatMs.
+ */
+function streamEvents(req: IncomingMessage, res: ServerResponse, hub: EventHub): void {
+  const write = (e: { id: number; type: string; at: number; data: Readonly<Record<string, unknown>> }): void => {
+    res.write(`id: ${e.id}\nevent: ${e.type}\ndata: ${JSON.stringify({ ...e.data, at: e.at })}\n\n`)
+    // A client that does not read: cut it; it reconnects and replays from its Last-Event-ID.
+    if (res.writableLength > LIMITS.adminEventStreamBufferBytes) res.destroy()
+  }
+  // Everything below runs synchronously: no event can slip between the replay and the subscription.
+  const unsubscribe = hub.subscribe(write)
+  if (unsubscribe === undefined) {
+    req.resume()
+    return respondError(res, new TxLimitError(`this sidecar already serves ${LIMITS.adminEventStreams} event streams`))
+  }
+  const header = req.headers['last-event-id']
+  const query = /[?&]lastEventId=(\d{1,15})(&|$)/.exec(req.url ?? '')?.[1]
+  const raw = typeof header === 'string' ? header : query
+  const last = raw !== undefined && /^\d{1,15}$/.test(raw) ? Number(raw) : undefined
+  res.writeHead(200, { 'content-type': 'text/event-stream; charset=utf-8', 'cache-control': 'no-store', connection: 'keep-alive', 'x-accel-buffering': 'no' })
+  res.write(`retry: 2000\n: txmesh events, last id ${hub.lastId}\n\n`)
+  // No Last-Event-ID: a new page that loads current state over the API; only new events follow.
+  if (last !== undefined) for (const e of hub.since(last)) write(e)
+  const heartbeat = setInterval(() => res.write(': heartbeat\n\n'), LIMITS.adminEventsHeartbeatMs)
+  heartbeat.unref()
+  res.once('close', () => {
+    clearInterval(heartbeat)
+    unsubscribe()
+  })
 }

@@ -69,6 +69,8 @@ export interface CoordinatorDeps {
   readonly random?: () => number
   readonly metrics?: SidecarMetrics | undefined
   readonly tracing?: Tracing | undefined
+  /** Transaction events for the dashboard feed (src/admin/events.ts). */
+  readonly onEvent?: ((type: string, data: Readonly<Record<string, unknown>>) => void) | undefined
 }
 
 const logKey = (id: TxId): string => `c:${id}`
@@ -118,6 +120,7 @@ export class CoordinatorDriver {
     entry.deadlineTimer = setTimeout(() => this.feed(id, { type: 'deadline' }), timeoutMs)
     entry.deadlineTimer.unref()
     this.txs.set(id, entry)
+    this.d.onEvent?.('tx-begin', { tx: id, mode, route, deadline })
     const context = signContext(this.d.key, { id, mode, coordinator: this.d.self, deadline, parent: undefined })
     return { id, context, deadline }
   }
@@ -132,6 +135,7 @@ export class CoordinatorDriver {
     if (e.state.status !== 'active') return new TxNotActiveError(`transaction ${id} is ${e.state.status}; it cannot enlist more participants`)
     if (e.span !== undefined) this.phaseSpan(e, 'txmesh.enlist', id, { 'txmesh.participant': refs.map((r) => r.service) }).end()
     this.feed(id, { type: 'enlist', participants: refs })
+    this.d.onEvent?.('tx-enlist', { tx: id, participants: refs.map((r) => ({ service: r.service, branch: r.branch })) })
     return undefined
   }
 
@@ -224,6 +228,7 @@ export class CoordinatorDriver {
         spanEnded: false,
       }
       this.txs.set(id, entry)
+      this.d.onEvent?.('tx-begin', { tx: id, mode, route: 'recovered', recovered: true, participants: participants.map((p) => ({ service: p.service, branch: p.branch })) })
       this.d.logger.info('tx_recovered', { tx: id, role: 'coordinator', participants: participants.length })
       this.perform(id, entry, step.actions)
       n++
@@ -250,6 +255,7 @@ export class CoordinatorDriver {
             // A refusal that follows our own early abort says nothing about the participant.
             const aborting = e.state.status === 'aborting' || e.state.status === 'aborted'
             if (!(aborting && vote.kind === 'refused')) this.d.metrics?.prepareResult(a.to.service, vote.kind !== 'refused')
+            this.d.onEvent?.('tx-vote', { tx: id, service: a.to.service, branch: a.to.branch, vote: vote.kind, ...(vote.kind === 'refused' ? { reason: vote.reason } : {}) })
             this.feed(id, { type: 'vote', branch: a.to.branch, vote })
           })
           break
@@ -283,6 +289,7 @@ export class CoordinatorDriver {
           const span = e.span === undefined ? undefined : this.phaseSpan(e, `txmesh.${op}`, id, { 'txmesh.participant': a.to.service })
           void this.d.control.call(a.to.control, 'POST', `/v1/tx/${id}/${op}`, { branch: a.to.branch }).then((r) => {
             if (span !== undefined) endPhaseSpan(span, r.ok, r.ok ? { 'txmesh.acknowledged': true } : { 'error.type': 'send_failed' })
+            if (r.ok) this.d.onEvent?.('tx-ack', { tx: id, service: a.to.service, branch: a.to.branch, op })
             this.feed(id, r.ok ? { type: 'ack', branch: a.to.branch } : { type: 'send-failed', branch: a.to.branch })
           })
           break
@@ -295,6 +302,7 @@ export class CoordinatorDriver {
           void this.d.control.call(a.to.control, 'POST', `/v1/tx/${id}/commit-one-phase`, { branch: a.to.branch }).then((r) => {
             const o = r.ok ? r.body.outcome : undefined
             if (span !== undefined) endPhaseSpan(span, o === 'committed' || o === 'aborted', typeof o === 'string' ? { 'txmesh.outcome': o } : { 'error.type': 'send_failed' })
+            if (o === 'committed' || o === 'aborted') this.d.onEvent?.('tx-ack', { tx: id, service: a.to.service, branch: a.to.branch, op: 'commit-one-phase', outcome: o })
             this.feed(id, o === 'committed' || o === 'aborted' ? { type: 'one-phase-result', branch: a.to.branch, outcome: o } : { type: 'send-failed', branch: a.to.branch })
           })
           }
@@ -324,6 +332,7 @@ export class CoordinatorDriver {
             this.endTxSpan(e)
           }
           for (const w of e.outcomeWaiters.splice(0)) w(a.outcome)
+          this.d.onEvent?.('tx-outcome', { tx: id, outcome: a.outcome, reason: a.reason, ...(e.requestedAt > 0 ? { prepareMs: e.decidedAt - e.requestedAt } : {}) })
           this.d.logger.info('tx_outcome', { tx: id, outcome: a.outcome, reason: a.reason })
           break
         case 'log-end':
@@ -346,6 +355,7 @@ export class CoordinatorDriver {
     this.txs.delete(id)
     // Keep finished transactions visible for a while, bounded in count and age.
     this.finished.set(id, e)
+    this.d.onEvent?.('tx-finished', { tx: id, outcome: e.outcome, status: e.state.status, ...(e.decidedAt > 0 ? { phase2Ms: performance.now() - e.decidedAt } : {}) })
   }
 
   /** A per-participant span under the transaction's (only called when tracing is on). */

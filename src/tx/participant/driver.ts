@@ -56,6 +56,8 @@ export interface ParticipantDeps {
   readonly coordinators: readonly string[]
   readonly clock?: () => number
   readonly random?: () => number
+  /** Branch events for the dashboard feed (src/admin/events.ts). */
+  readonly onEvent?: ((type: string, data: Readonly<Record<string, unknown>>) => void) | undefined
 }
 
 const logKey = (tx: TxId, branch: BranchId): string => `p:${tx}:${branch}`
@@ -106,6 +108,7 @@ export class ParticipantDriver {
     if (b.state.status !== 'prepared') return new TxNotActiveError(`branch ${b.state.branch} is ${b.state.status}; only a prepared branch can be resolved`)
     await appendDurable(this.d.log, logKey(tx, b.state.branch), { type: 'resolved', outcome, by, at: new Date(this.clock()).toISOString() })
     this.d.logger.warn('branch_resolved', { tx, branch: b.state.branch, outcome, by, coordinator: b.state.coordinator })
+    this.d.onEvent?.('branch-resolved', { tx, branch: b.state.branch, outcome, by })
     const view = this.list().find((v) => v.tx === tx) as BranchView
     this.feed(b, { type: 'decision', outcome })
     return view
@@ -148,6 +151,7 @@ export class ParticipantDriver {
       since: this.clock(),
     }
     this.byTx.set(state.tx, b)
+    this.branchEvent(b)
     const left = Math.max(0, state.deadline - this.clock())
     b.deadlineTimer = setTimeout(() => this.feed(b, { type: 'deadline' }), Math.min(left, 2 ** 31 - 1))
     b.deadlineTimer.unref()
@@ -301,8 +305,21 @@ export class ParticipantDriver {
   feed(b: Branch, event: ParticipantEvent): void {
     if (this.closed || this.byTx.get(b.state.tx) !== b) return
     const step = participantStep(b.state, event, this.env())
+    const before = b.state.status
     b.state = step.state
+    if (step.state.status !== before) this.branchEvent(b)
     this.perform(b, step.actions)
+  }
+
+  private branchEvent(b: Branch, ended?: Outcome): void {
+    const s = b.state
+    this.d.onEvent?.(ended === undefined ? 'branch-status' : 'branch-ended', {
+      tx: s.tx,
+      branch: s.branch,
+      service: this.d.service,
+      status: ended ?? s.status,
+      coordinator: s.coordinator,
+    })
   }
 
   private perform(b: Branch, actions: readonly ParticipantAction[]): void {
@@ -395,6 +412,7 @@ export class ParticipantDriver {
       if (a.type === 'reply-done') for (const w of b.doneWaiters.splice(0)) w(a.outcome)
     }
     this.byTx.delete(b.state.tx)
+    this.branchEvent(b, outcome)
     const key = `${b.state.tx}:${b.state.branch}`
     const tx = b.state.tx
     this.ended.set(key, outcome)
