@@ -145,6 +145,16 @@ async function main(): Promise<void> {
     await startSidecar(orders, ordersYaml, [])
     egress = new ProxyAgent({ uri: `http://127.0.0.1:${orders.ports!.egress}`, proxyTunnel: false })
     for (const s of services) say(`  ${s.name.padEnd(9)} app :${s.port}  sidecar pid ${s.sidecar!.pid} ingress :${s.ports!.ingress} control :${s.ports!.control} admin :${s.ports!.admin}`)
+    say('\nwhere to look')
+    say(`  dashboard (live, coordinator): http://127.0.0.1:${orders.ports!.admin}/ui   (participants: /ui on their admin ports)`)
+    say(`  metrics:                       http://127.0.0.1:${orders.ports!.admin}/metrics`)
+    say(`  operator CLI:                  npx txmesh tx list --admin http://127.0.0.1:${orders.ports!.admin}`)
+    say(
+      process.env.OTEL_EXPORTER_OTLP_ENDPOINT
+        ? `  traces: exported to ${process.env.OTEL_EXPORTER_OTLP_ENDPOINT} (e.g. Jaeger's UI on :16686)`
+        : '  traces: run with OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4318 and a collector or Jaeger (deploy/observability/)',
+    )
+    say('  (TXMESH_DEMO_HOLD=1 keeps everything running after the checks, until Ctrl-C)')
 
     const order = async (qty: number): Promise<{ status: number; outcome: string | undefined; code: string | undefined }> => {
       const r = await request(`http://127.0.0.1:${orders.ports!.ingress}/orders`, {
@@ -168,7 +178,7 @@ async function main(): Promise<void> {
     say('    COMMIT decision is durable and before phase 2; it restarts and finishes the commit')
     orders.sidecar!.kill('SIGTERM')
     await new Promise((r) => orders.sidecar!.once('exit', r))
-    const fixed = ['--ingress-port', String(orders.ports!.ingress), '--control-port', String(orders.ports!.control), '--egress-port', String(orders.ports!.egress)]
+    const fixed = ['--ingress-port', String(orders.ports!.ingress), '--control-port', String(orders.ports!.control), '--egress-port', String(orders.ports!.egress), '--admin-port', String(orders.ports!.admin)]
     await startSidecar(orders, ordersYaml, fixed, 'coordinator-after-decision')
     const died = new Promise((r) => orders.sidecar!.once('exit', (_c, sig) => r(sig)))
     const c = await order(1).catch((err: Error) => ({ status: 0, outcome: undefined, code: (err as { code?: string }).code ?? err.message }))
@@ -193,6 +203,10 @@ async function main(): Promise<void> {
     const consistent = a.status === 201 && a.outcome === 'committed' && b.status === 409 && b.code === 'TXM_TX_ABORTED' && nOrders === 2 && nPayments === 2 && stock === 3 && left === 0
     say(consistent ? '\nconsistent: (a) and (c) committed in all three databases, (b) in none. demo passed' : '\nINCONSISTENT: demo FAILED')
     process.exitCode = consistent ? 0 : 1
+    if (process.env.TXMESH_DEMO_HOLD === '1') {
+      say(`\nholding: dashboard at http://127.0.0.1:${orders.ports!.admin}/ui — Ctrl-C to stop`)
+      await new Promise<void>((resolve) => process.once('SIGINT', () => resolve()))
+    }
     await egress.close()
   } finally {
     await cleanup()
