@@ -64,6 +64,7 @@ export async function startSidecar(config: SidecarConfig, log: Logger): Promise<
       return participant
     },
     metrics: () => metrics,
+    traceUrl: config.traceUrl,
     events,
     stats: () => ({
       log: fileLog?.stats(),

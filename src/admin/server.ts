@@ -40,6 +40,8 @@ export interface AdminDeps {
   readonly stats?: () => Record<string, unknown>
   /** Prometheus metrics served at /metrics. */
   readonly metrics?: () => SidecarMetrics
+  /** Dashboard trace link template (config ui.traceUrl). */
+  readonly traceUrl?: string | undefined
   /** Transaction events for GET /v1/events (the dashboard). */
   readonly events?: EventHub | undefined
 }
@@ -71,6 +73,7 @@ export function createAdminServer(d: AdminDeps): Server {
       res.writeHead(200, { 'content-type': m.registry.contentType, 'content-length': Buffer.byteLength(text) })
       return void res.end(text)
     }
+    if (path === '/v1/ui-config' && method === 'GET') return sendJson(res, 200, { traceUrl: d.traceUrl ?? null })
     if (path === '/ui' || path === '/ui/') {
       if (method !== 'GET' && method !== 'HEAD') return respondError(res, new MethodNotAllowedError('use GET'))
       res.writeHead(200, {

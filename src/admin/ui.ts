@@ -98,6 +98,7 @@ export const DASHBOARD_HTML = `<!doctype html>
     if (cls) e.className = cls;
     return e;
   }
+  var traceUrl = null;
   function ms(v) { return typeof v === "number" ? v.toFixed(1) + " ms" : "\\u2014"; }
 
   function tx(id) {
@@ -124,7 +125,15 @@ export const DASHBOARD_HTML = `<!doctype html>
       var tr = el("tr");
       tr.id = "tx-" + id;
       tr.dataset.tx = id;
-      var th = el("th"); th.scope = "row"; th.appendChild(el("code", id)); tr.appendChild(th);
+      var th = el("th"); th.scope = "row"; th.appendChild(el("code", id));
+      if (traceUrl && t.traceId) {
+        var a = el("a", "trace");
+        a.href = traceUrl.replace("{traceId}", encodeURIComponent(t.traceId));
+        a.rel = "noopener"; a.target = "_blank";
+        a.setAttribute("aria-label", "Trace of transaction " + id);
+        th.appendChild(document.createTextNode(" ")); th.appendChild(a);
+      }
+      tr.appendChild(th);
       tr.appendChild(el("td", t.status, t.status));
       var td = el("td");
       var ul = el("ul", null, "parts");
@@ -204,6 +213,7 @@ export const DASHBOARD_HTML = `<!doctype html>
       (r.body.transactions || []).slice().reverse().forEach(function (v) {
         var t = tx(v.id);
         t.status = v.status;
+        if (v.traceId) t.traceId = v.traceId;
         t.reason = v.reason;
         if (v.status === "committed" || v.status === "aborted") t.outcome = v.status;
         v.participants.forEach(function (p) {
@@ -241,6 +251,7 @@ export const DASHBOARD_HTML = `<!doctype html>
   var handlers = {
     "tx-begin": function (d) {
       var t = tx(d.tx);
+      if (d.traceId) t.traceId = d.traceId;
       (d.participants || []).forEach(function (p) { part(t, p); });
       if (d.recovered) t.status = "committing";
     },
@@ -269,7 +280,11 @@ export const DASHBOARD_HTML = `<!doctype html>
       $("live").textContent = "connected"; $("live").dataset.state = "open";
       // Subscribed first, then the current state: nothing falls between the two. Reconnects
       // send Last-Event-ID and the server replays what was missed.
-      if (!loaded) { loaded = true; loadTransactions(); loadBranches(); loadRoutes(); }
+      if (!loaded) {
+        loaded = true;
+        getJson("/v1/ui-config").then(function (r) { if (r.ok && r.body.traceUrl) { traceUrl = r.body.traceUrl; renderTx(); } }, function () {});
+        loadTransactions(); loadBranches(); loadRoutes();
+      }
     };
     es.onerror = function () { $("live").textContent = "reconnecting"; $("live").dataset.state = "closed"; };
     Object.keys(handlers).forEach(function (type) {

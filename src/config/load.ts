@@ -144,6 +144,7 @@ interface RawConfig {
   mesh?: { keyEnv?: string; keyFile?: string; coordinators?: string[]; advertise?: string }
   store?: { dir?: string }
   hooks?: { prepare?: string; commit?: string; abort?: string }
+  ui?: { traceUrl?: string }
 }
 
 // DESIGN.md port table.
@@ -266,6 +267,7 @@ function build(raw: RawConfig, file: string, doc: Document, at: (o: number) => {
       commit: raw.hooks?.commit ?? '/.well-known/txmesh/commit',
       abort: raw.hooks?.abort ?? '/.well-known/txmesh/abort',
     },
+    traceUrl: raw.ui?.traceUrl,
   }
 }
 

@@ -55,6 +55,8 @@ export interface SidecarConfig {
   }
   readonly storeDir: string
   readonly hooks: { readonly prepare: string; readonly commit: string; readonly abort: string }
+  /** Dashboard: link template to a transaction's trace ({traceId}), when tracing is exported. */
+  readonly traceUrl: string | undefined
   readonly logLevel: 'debug' | 'info' | 'warn' | 'error' | 'silent'
 }
 

@@ -81,7 +81,7 @@ describe('tracing', () => {
       procs.push(ord)
       orders.egress = ord.ports.egress
       const services = `services:\n  orders: {address: "127.0.0.1:${ord.ports.ingress}"}\n  inventory: {address: "127.0.0.1:${inv.ports.ingress}"}\n`
-      const coord = await spawnSidecar(sidecarYaml('initiator', 1, services), [], env)
+      const coord = await spawnSidecar(sidecarYaml('initiator', 1, `${services}\nui: {traceUrl: "http://jaeger.local:16686/trace/{traceId}"}\n`), [], env)
       procs.push(coord)
 
       const traceId = randomBytes(16).toString('hex')
@@ -102,6 +102,11 @@ describe('tracing', () => {
       expect(call.status).toBe(200)
       const committed = (await (await request(`http://127.0.0.1:${coord.ports.admin}/v1/transactions/${tx.id}/commit?wait=acks`, { method: 'POST' })).body.json()) as { outcome: string }
       expect(committed.outcome).toBe('committed')
+      // The dashboard links each transaction to its trace through the configured template.
+      const view = (await (await request(`http://127.0.0.1:${coord.ports.admin}/v1/transactions/${tx.id}`)).body.json()) as { traceId?: string }
+      expect(view.traceId).toBe(traceId)
+      const uiConfig = (await (await request(`http://127.0.0.1:${coord.ports.admin}/v1/ui-config`)).body.json()) as { traceUrl: string }
+      expect(uiConfig.traceUrl).toBe('http://jaeger.local:16686/trace/{traceId}')
       expect(orders.committed).toEqual(['orders:o1'])
       expect(inventory.committed).toEqual(['inventory:o1'])
 

@@ -37,6 +37,8 @@ export interface TxView {
   readonly deadline: number
   readonly reason: string | undefined
   readonly participants: readonly ParticipantView[]
+  /** Trace of the transaction's span, when tracing is on (dashboard links). */
+  readonly traceId?: string
 }
 
 interface Entry {
@@ -120,7 +122,8 @@ export class CoordinatorDriver {
     entry.deadlineTimer = setTimeout(() => this.feed(id, { type: 'deadline' }), timeoutMs)
     entry.deadlineTimer.unref()
     this.txs.set(id, entry)
-    this.d.onEvent?.('tx-begin', { tx: id, mode, route, deadline })
+    const traceId = entry.span?.spanContext().traceId
+    this.d.onEvent?.('tx-begin', { tx: id, mode, route, deadline, ...(traceId === undefined ? {} : { traceId }) })
     const context = signContext(this.d.key, { id, mode, coordinator: this.d.self, deadline, parent: undefined })
     return { id, context, deadline }
   }
@@ -176,7 +179,8 @@ export class CoordinatorDriver {
   view(id: TxId): TxView | undefined {
     const e = this.txs.get(id) ?? this.finished.get(id)
     if (e === undefined) return undefined
-    return { id, mode: e.mode, status: e.state.status, deadline: e.state.deadline, reason: e.state.reason, participants: views(e.state) }
+    const traceId = e.span?.spanContext().traceId
+    return { id, mode: e.mode, status: e.state.status, deadline: e.state.deadline, reason: e.state.reason, participants: views(e.state), ...(traceId === undefined ? {} : { traceId }) }
   }
 
   list(): TxView[] {
@@ -329,7 +333,7 @@ export class CoordinatorDriver {
           if (e.span !== undefined) {
             e.span.setAttribute('txmesh.outcome', a.outcome)
             if (a.reason !== undefined) e.span.setAttribute('txmesh.reason', a.reason)
-            this.endTxSpan(e)
+            // Ended in retire(), after phase 2, so the commit/abort spans sit inside it.
           }
           for (const w of e.outcomeWaiters.splice(0)) w(a.outcome)
           this.d.onEvent?.('tx-outcome', { tx: id, outcome: a.outcome, reason: a.reason, ...(e.requestedAt > 0 ? { prepareMs: e.decidedAt - e.requestedAt } : {}) })
@@ -363,7 +367,7 @@ export class CoordinatorDriver {
     return childSpan((this.d.tracing as Tracing).tracer, name, SpanKind.INTERNAL, e.span, { 'txmesh.tx.id': id, ...attributes })
   }
 
-  /** Ends the transaction's span once: at the outcome (recovered: when phase 2 is done). */
+  /** Ends the transaction's span once, when phase 2 is done (or at drain, marked interrupted). */
   private endTxSpan(e: Entry): void {
     if (e.span === undefined || e.spanEnded) return
     e.spanEnded = true
