@@ -19,6 +19,7 @@ import { ProxyAgent, request } from 'undici'
 import { createTxmeshPg, type TxmeshPg, type TxmeshPgTx } from '../../src/helpers/pg/index.js'
 import { SIDECAR_NODE_FLAGS } from '../../src/runtime.js'
 import { startPostgres, type PostgresInstance } from '../../test/helpers/pg.js'
+import { freePort } from '../../test/helpers/servers.js'
 
 const CLI = join(import.meta.dirname, '../../dist/cli/index.js')
 const MESH_KEY = 'demo-mesh-key-change-me-0123456789'
@@ -142,7 +143,9 @@ async function main(): Promise<void> {
     for (const s of [payments, inventory]) await startSidecar(s, sidecarYaml(s, ''), [])
     const map = `services:\n  payments: {address: "127.0.0.1:${payments.ports!.ingress}"}\n  inventory: {address: "127.0.0.1:${inventory.ports!.ingress}"}`
     const ordersYaml = sidecarYaml(orders, `${map}\nroutes:\n  - name: place-order\n    match: {direction: ingress, pathPrefix: /orders, methods: [POST]}\n    transaction: required\n    timeoutMs: 10000\n`)
-    await startSidecar(orders, ordersYaml, [])
+    // Fixed ports below the kernel's ephemeral range, so the restart in (c) gets them back.
+    const ordersPorts = ['--ingress-port', String(await freePort()), '--control-port', String(await freePort()), '--egress-port', String(await freePort()), '--admin-port', String(await freePort())]
+    await startSidecar(orders, ordersYaml, ordersPorts)
     egress = new ProxyAgent({ uri: `http://127.0.0.1:${orders.ports!.egress}`, proxyTunnel: false })
     for (const s of services) say(`  ${s.name.padEnd(9)} app :${s.port}  sidecar pid ${s.sidecar!.pid} ingress :${s.ports!.ingress} control :${s.ports!.control} admin :${s.ports!.admin}`)
     say('\nwhere to look')
@@ -178,7 +181,7 @@ async function main(): Promise<void> {
     say('    COMMIT decision is durable and before phase 2; it restarts and finishes the commit')
     orders.sidecar!.kill('SIGTERM')
     await new Promise((r) => orders.sidecar!.once('exit', r))
-    const fixed = ['--ingress-port', String(orders.ports!.ingress), '--control-port', String(orders.ports!.control), '--egress-port', String(orders.ports!.egress), '--admin-port', String(orders.ports!.admin)]
+    const fixed = ordersPorts
     await startSidecar(orders, ordersYaml, fixed, 'coordinator-after-decision')
     const died = new Promise((r) => orders.sidecar!.once('exit', (_c, sig) => r(sig)))
     const c = await order(1).catch((err: Error) => ({ status: 0, outcome: undefined, code: (err as { code?: string }).code ?? err.message }))

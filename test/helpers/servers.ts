@@ -141,3 +141,22 @@ export function rssOf(pid: number): { rss: number; hwm: number } {
   const kb = (k: string): number => Number(new RegExp(`${k}:\\s+(\\d+)`).exec(text)?.[1] ?? 0) * 1024
   return { rss: kb('VmRSS'), hwm: kb('VmHWM') }
 }
+
+/**
+ * A free loopback port below the kernel's ephemeral range (32768+ on Linux). Ports from
+ * listen(0) come from that range, so after a process dies its port can be taken at once by
+ * some outgoing connection; tests that restart a sidecar on the same port use these instead.
+ */
+export async function freePort(): Promise<number> {
+  const { createServer: createTcpServer } = await import('node:net')
+  for (let i = 0; i < 100; i++) {
+    const port = 15_100 + Math.floor(Math.random() * 17_000)
+    const ok = await new Promise<boolean>((resolve) => {
+      const s = createTcpServer()
+      s.once('error', () => resolve(false))
+      s.listen(port, '127.0.0.1', () => s.close(() => resolve(true)))
+    })
+    if (ok) return port
+  }
+  throw new Error('no free port found below the ephemeral range')
+}

@@ -6,7 +6,7 @@ import pg from 'pg'
 import { request } from 'undici'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { startPostgres, type PostgresInstance } from '../helpers/pg.js'
-import { rawRequest, sidecarYaml, spawnSidecar, tempDir, type SidecarProcess } from '../helpers/servers.js'
+import { freePort, rawRequest, sidecarYaml, spawnSidecar, tempDir, type SidecarProcess } from '../helpers/servers.js'
 
 const APP = join(import.meta.dirname, '../fixtures/pg-app.ts')
 let pgi: PostgresInstance
@@ -75,11 +75,9 @@ describe('two-phase commit on Postgres through sidecars', () => {
       const store = tempDir()
       // The sidecar needs the app port and the app needs the sidecar's admin port: start the
       // sidecar on a fixed free app port first.
-      const probe = await startApp(name, name, 1)
-      const appPort = probe.port
-      probe.child.kill('SIGKILL')
-      await probe.exited
-      const sc = await spawnSidecar(sidecarYaml(name, appPort, '', store))
+      // Fixed ports (below the ephemeral range) so the app and sidecar restart on them safely.
+      const appPort = await freePort()
+      const sc = await spawnSidecar(sidecarYaml(name, appPort, '', store), ['--ingress-port', String(await freePort()), '--control-port', String(await freePort()), '--admin-port', String(await freePort())])
       const app = await startApp(name, name, sc.ports.admin, {}, appPort)
       svc[name] = { db: name, sc, app, store }
       children.push(sc.child)

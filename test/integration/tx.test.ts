@@ -7,7 +7,7 @@ import { request } from 'undici'
 import { afterAll, afterEach, describe, expect, it } from 'vitest'
 import { signContext } from '../../src/tx/protocol.js'
 import { signControl } from '../../src/tx/protocol.js'
-import { CLI, MESH_KEY, rawRequest, sidecarYaml, spawnSidecar, tempDir, type SidecarProcess } from '../helpers/servers.js'
+import { CLI, MESH_KEY, freePort, rawRequest, sidecarYaml, spawnSidecar, tempDir, type SidecarProcess } from '../helpers/servers.js'
 import { startTxApp, type TxApp } from '../helpers/tx-app.js'
 
 const procs: SidecarProcess[] = []
@@ -40,31 +40,24 @@ interface Mesh {
 /** Coordinator sidecar (for the test, acting as the initiating app) + participants. */
 async function mesh(names: string[], env: Record<string, Record<string, string>> = {}, coordEnv: Record<string, string> = {}, coordStore = tempDir()): Promise<Mesh> {
   const svc: Mesh['svc'] = {}
+  // Ports fixed up front (outside the kernel's ephemeral range, see freePort) so every sidecar
+  // starts once with the full service map and can restart on the same address.
+  const fixed: Record<string, { ingress: number; control: number }> = {}
+  for (const name of names) fixed[name] = { ingress: await freePort(), control: await freePort() }
+  const services = names.map((n) => `  ${n}: {address: "127.0.0.1:${fixed[n]?.ingress}"}`).join('\n')
   for (const name of names) {
     const app = await startTxApp(name)
     apps.push(app)
     const store = tempDir()
-    const sc = await spawnSidecar(sidecarYaml(name, app.port, '', store), [], env[name] ?? {})
+    const f = fixed[name]!
+    const sc = await spawnSidecar(sidecarYaml(name, app.port, `services:\n${services}\n`, store), ['--ingress-port', String(f.ingress), '--control-port', String(f.control)], env[name] ?? {})
     procs.push(sc)
     app.egress = sc.ports.egress
     svc[name] = { app, sc, store }
   }
-  // Every sidecar's egress knows every service's ingress.
-  const services = names.map((n) => `  ${n}: {address: "127.0.0.1:${svc[n]?.sc.ports.ingress}"}`).join('\n')
-  const restartAll = async (): Promise<void> => {
-    for (const n of names) {
-      const s = svc[n]!
-      s.sc.child.kill('SIGKILL')
-      await s.sc.exited
-      s.sc = await spawnSidecar(sidecarYaml(n, s.app.port, `services:\n${services}\n`, s.store), ['--ingress-port', String(s.sc.ports.ingress), '--control-port', String(s.sc.ports.control)], env[n] ?? {})
-      procs.push(s.sc)
-      s.app.egress = s.sc.ports.egress
-    }
-  }
-  await restartAll()
   const coordYaml = sidecarYaml('initiator', 1, `services:\n${services}\n`, coordStore)
   const m: Mesh = {
-    coord: await spawnSidecar(coordYaml, [], coordEnv),
+    coord: await spawnSidecar(coordYaml, ['--control-port', String(await freePort())], coordEnv),
     svc,
     async begin(timeoutMs = 10_000) {
       const r = await request(`http://127.0.0.1:${m.coord.ports.admin}/v1/transactions`, { method: 'POST', body: JSON.stringify({ mode: '2pc', timeoutMs }) })
