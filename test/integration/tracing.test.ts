@@ -44,29 +44,35 @@ afterAll(async () => {
   await Promise.all(apps.map((a) => a.close()))
 })
 
-describe('tracing', () => {
-  it('exports one trace across three sidecars with HTTP and transaction spans, and no mesh key', async () => {
-    // The OTLP/HTTP receiver: POST /v1/traces with the JSON encoding.
-    const payloads: string[] = []
-    const spans: Collected[] = []
-    const receiver = await startServer((req, res) => {
-      const chunks: Buffer[] = []
-      req.on('data', (c: Buffer) => chunks.push(c))
-      req.on('end', () => {
-        const text = Buffer.concat(chunks).toString()
-        if (req.method === 'POST' && req.url === '/v1/traces') {
-          payloads.push(text)
-          const body = JSON.parse(text) as { resourceSpans?: { resource?: { attributes?: { key: string; value: OtlpValue }[] }; scopeSpans?: { spans?: OtlpSpan[] }[] }[] }
-          for (const rs of body.resourceSpans ?? []) {
-            const service = String(plain(rs.resource?.attributes?.find((a) => a.key === 'service.name')?.value ?? {}))
-            for (const ss of rs.scopeSpans ?? []) {
-              for (const s of ss.spans ?? []) spans.push({ ...s, service, attrs: Object.fromEntries((s.attributes ?? []).map((a) => [a.key, plain(a.value)])) })
-            }
+/** A real OTLP/HTTP receiver: POST /v1/traces with the JSON encoding. */
+async function startReceiver() {
+  // The OTLP/HTTP receiver: POST /v1/traces with the JSON encoding.
+  const payloads: string[] = []
+  const spans: Collected[] = []
+  const receiver = await startServer((req, res) => {
+    const chunks: Buffer[] = []
+    req.on('data', (c: Buffer) => chunks.push(c))
+    req.on('end', () => {
+      const text = Buffer.concat(chunks).toString()
+      if (req.method === 'POST' && req.url === '/v1/traces') {
+        payloads.push(text)
+        const body = JSON.parse(text) as { resourceSpans?: { resource?: { attributes?: { key: string; value: OtlpValue }[] }; scopeSpans?: { spans?: OtlpSpan[] }[] }[] }
+        for (const rs of body.resourceSpans ?? []) {
+          const service = String(plain(rs.resource?.attributes?.find((a) => a.key === 'service.name')?.value ?? {}))
+          for (const ss of rs.scopeSpans ?? []) {
+            for (const s of ss.spans ?? []) spans.push({ ...s, service, attrs: Object.fromEntries((s.attributes ?? []).map((a) => [a.key, plain(a.value)])) })
           }
         }
-        res.writeHead(200, { 'content-type': 'application/json' }).end('{}')
-      })
+      }
+      res.writeHead(200, { 'content-type': 'application/json' }).end('{}')
     })
+  })
+  return { receiver, spans, payloads }
+}
+
+describe('tracing', () => {
+  it('exports one trace across three sidecars with HTTP and transaction spans, and no mesh key', async () => {
+    const { receiver, spans, payloads } = await startReceiver()
     const env = { OTEL_EXPORTER_OTLP_ENDPOINT: `http://127.0.0.1:${receiver.port}` }
     try {
       // inventory <- orders (nested call) <- initiator (coordinator); each knows the ones it calls.
@@ -178,4 +184,32 @@ describe('tracing', () => {
       await receiver.close()
     }
   }, 20_000)
+
+  it('makes one client span per upstream attempt, with http.request.resend_count on retries', async () => {
+    const { receiver, spans } = await startReceiver()
+    let hits = 0
+    const upstream = await startServer((_req, res) => {
+      hits++
+      res.writeHead(hits <= 2 ? 503 : 200).end('x')
+    })
+    try {
+      const sc = await spawnSidecar(sidecarYaml('edge', 1), [], { OTEL_EXPORTER_OTLP_ENDPOINT: `http://127.0.0.1:${receiver.port}` })
+      procs.push(sc)
+      const r = await rawRequest(sc.ports.egress, { path: `http://127.0.0.1:${upstream.port}/flaky` })
+      expect(r.status).toBe(200)
+      sc.child.kill('SIGTERM')
+      await sc.exited
+      const server = spans.filter((s) => s.kind === SERVER)
+      const clients = spans.filter((s) => s.kind === CLIENT)
+      expect(server).toHaveLength(1)
+      expect(clients).toHaveLength(3)
+      expect(clients.every((c) => c.parentSpanId === server[0]?.spanId)).toBe(true)
+      expect(clients.map((c) => c.attrs['http.request.resend_count']).sort()).toEqual([1, 2, undefined])
+      expect(clients.map((c) => c.attrs['http.response.status_code']).sort()).toEqual([200, 503, 503])
+      expect(server[0]?.attrs['http.response.status_code']).toBe(200)
+    } finally {
+      await upstream.close()
+      await receiver.close()
+    }
+  })
 })
