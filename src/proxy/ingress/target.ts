@@ -35,11 +35,14 @@ function commonDir(hook: string): string | undefined {
 }
 
 function foldPath(path: string): string {
+  // Runs on every ingress request: decode and collapse only when there is something to.
   let p = path.toLowerCase()
-  try {
-    p = decodeURIComponent(p)
-  } catch {
-    // malformed escapes: compare as sent
+  if (p.includes('%')) {
+    try {
+      p = decodeURIComponent(p)
+    } catch {
+      // malformed escapes: compare as sent
+    }
   }
-  return p.replace(/\/{2,}/g, '/')
+  return p.includes('//') ? p.replace(/\/{2,}/g, '/') : p
 }
