@@ -50,7 +50,9 @@ const ADDRESS_RE = /^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]{1,253}):\d{1,5}$/
  * the 64-character id are left out (such rows stay in doubt until an operator resolves them).
  */
 export function newTxId(coordinator: string): TxId {
-  const random = randomBytes(12).toString('base64url').replace(/_/g, '-')
+  // Alphanumeric only: '_' separates the coordinator part, and an id starting with '-' would
+  // read as a flag on a command line (txmesh tx show ID).
+  const random = randomBytes(12).toString('base64url').replace(/[-_]/g, 'x')
   const encoded = Buffer.from(coordinator).toString('base64url')
   return random.length + 1 + encoded.length <= 64 ? `${random}_${encoded}` : random
 }
@@ -64,7 +66,7 @@ export function coordinatorOfTx(id: TxId): string | undefined {
 }
 
 export function newBranchId(): BranchId {
-  return randomBytes(6).toString('base64url')
+  return randomBytes(6).toString('base64url').replace(/[-_]/g, 'x')
 }
 
 export function isId(s: unknown): s is string {

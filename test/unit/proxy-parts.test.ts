@@ -83,3 +83,15 @@ describe('retries', () => {
     expect(backoffMs(3, () => 0)).toBe(0)
   })
 })
+
+describe('transaction ids', () => {
+  it('are alphanumeric before the coordinator part, never start with "-", and name their coordinator', async () => {
+    const { newTxId, newBranchId, coordinatorOfTx } = await import('../../src/tx/protocol.js')
+    for (let i = 0; i < 2000; i++) {
+      const id = newTxId('127.0.0.1:15010')
+      expect(id).toMatch(/^[A-Za-z0-9]{16}_[A-Za-z0-9_-]+$/)
+      expect(coordinatorOfTx(id)).toBe('127.0.0.1:15010')
+      expect(newBranchId()).toMatch(/^[A-Za-z0-9]{8}$/)
+    }
+  })
+})
