@@ -160,3 +160,13 @@ export async function freePort(): Promise<number> {
   }
   throw new Error('no free port found below the ephemeral range')
 }
+
+/** Waits (bounded) until `cond` holds, polling; throws naming what it waited for. */
+export async function until(what: string, cond: () => boolean | Promise<boolean>, ms = 10_000, everyMs = 25): Promise<void> {
+  const end = Date.now() + ms
+  while (Date.now() < end) {
+    if (await cond()) return
+    await new Promise((r) => setTimeout(r, everyMs))
+  }
+  throw new Error(`timed out waiting for ${what}`)
+}

@@ -6,7 +6,7 @@ import { join } from 'node:path'
 import { chromium, type Browser, type Page } from 'playwright-core'
 import { request } from 'undici'
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
-import { rawRequest, sidecarYaml, spawnSidecar, tempDir, type SidecarProcess } from '../helpers/servers.js'
+import { rawRequest, sidecarYaml, spawnSidecar, tempDir, type SidecarProcess, until } from '../helpers/servers.js'
 import { startTxApp, type TxApp } from '../helpers/tx-app.js'
 
 const CHROMIUM = '/usr/bin/chromium'
@@ -33,14 +33,6 @@ afterAll(async () => {
   await Promise.all(apps.splice(0).map((a) => a.close()))
 })
 
-async function until(what: string, cond: () => boolean | Promise<boolean>, ms = 10_000): Promise<void> {
-  const end = Date.now() + ms
-  while (Date.now() < end) {
-    if (await cond()) return
-    await new Promise((r) => setTimeout(r, 25))
-  }
-  throw new Error(`timed out waiting for ${what}`)
-}
 
 interface Participant {
   app: TxApp

@@ -6,7 +6,7 @@ import pg from 'pg'
 import { request } from 'undici'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { startPostgres, type PostgresInstance } from '../helpers/pg.js'
-import { freePort, rawRequest, sidecarYaml, spawnSidecar, tempDir, type SidecarProcess } from '../helpers/servers.js'
+import { freePort, rawRequest, sidecarYaml, spawnSidecar, tempDir, type SidecarProcess, until } from '../helpers/servers.js'
 
 const APP = join(import.meta.dirname, '../fixtures/pg-app.ts')
 let pgi: PostgresInstance
@@ -56,14 +56,6 @@ async function rows(db: string): Promise<{ items: string[]; prepared: number }> 
   }
 }
 
-async function until(what: string, cond: () => Promise<boolean>, ms = 15_000): Promise<void> {
-  const end = Date.now() + ms
-  while (Date.now() < end) {
-    if (await cond()) return
-    await new Promise((r) => setTimeout(r, 50))
-  }
-  throw new Error(`timed out waiting for ${what}`)
-}
 
 describe('two-phase commit on Postgres through sidecars', () => {
   let coord: SidecarProcess

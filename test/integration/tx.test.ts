@@ -7,7 +7,7 @@ import { request } from 'undici'
 import { afterAll, afterEach, describe, expect, it } from 'vitest'
 import { signContext } from '../../src/tx/protocol.js'
 import { signControl } from '../../src/tx/protocol.js'
-import { CLI, MESH_KEY, freePort, rawRequest, sidecarYaml, spawnSidecar, tempDir, type SidecarProcess } from '../helpers/servers.js'
+import { CLI, MESH_KEY, freePort, rawRequest, sidecarYaml, spawnSidecar, tempDir, type SidecarProcess, until } from '../helpers/servers.js'
 import { startTxApp, type TxApp } from '../helpers/tx-app.js'
 
 const procs: SidecarProcess[] = []
@@ -19,14 +19,6 @@ afterAll(async () => {
   await Promise.all(apps.splice(0).map((a) => a.close()))
 })
 
-async function until(what: string, cond: () => boolean | Promise<boolean>, ms = 10_000): Promise<void> {
-  const end = Date.now() + ms
-  while (Date.now() < end) {
-    if (await cond()) return
-    await new Promise((r) => setTimeout(r, 25))
-  }
-  throw new Error(`timed out waiting for ${what}`)
-}
 
 interface Mesh {
   coord: SidecarProcess
