@@ -90,6 +90,14 @@ export const LIMITS = Object.freeze({
   // A prepared branch waiting longer than this is listed as in doubt for operators (the
   // coordinator retries phase 2 for seconds; a minute without a decision needs a human look).
   inDoubtWindowMs: 60_000,
+  // YAML aliases expanded when a config is parsed (billion-laughs bound; a policy needs few).
+  configMaxAliases: 100,
+  // Who resolved a branch by hand, as recorded in the audit record.
+  auditActorChars: 128,
+  // SSE reconnect delay suggested to dashboard clients.
+  adminEventsRetryMs: 2_000,
+  // The CLI's wait for one admin call: a sidecar that does not answer in this time is down.
+  cliRequestTimeoutMs: 10_000,
   // A commit call with ?wait=acks waits this long for phase-2 acknowledgements before
   // answering (the decision is durable already; the rest finishes in the background).
   commitAckWaitMs: 2_000,

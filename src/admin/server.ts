@@ -155,7 +155,7 @@ export function createAdminServer(d: AdminDeps): Server {
       const body = parseJsonObject(text)
       if (body instanceof TxmeshError) return respondError(res, body)
       if (body.outcome !== 'committed' && body.outcome !== 'aborted') return respondError(res, new BadRequestError('outcome must be "committed" or "aborted"'))
-      const by = typeof body.by === 'string' && body.by.length <= 128 ? body.by : 'operator'
+      const by = typeof body.by === 'string' && body.by.length <= LIMITS.auditActorChars ? body.by : 'operator'
       const done = await participant.resolve((r as unknown as [string, string])[1], body.outcome, by)
       if (done instanceof TxmeshError) return respondError(res, done)
       return sendJson(res, 200, { ...done, resolved: body.outcome, by })
@@ -191,7 +191,7 @@ function streamEvents(req: IncomingMessage, res: ServerResponse, hub: EventHub):
   const raw = typeof header === 'string' ? header : query
   const last = raw !== undefined && /^\d{1,15}$/.test(raw) ? Number(raw) : undefined
   res.writeHead(200, { 'content-type': 'text/event-stream; charset=utf-8', 'cache-control': 'no-store', connection: 'keep-alive', 'x-accel-buffering': 'no' })
-  res.write(`retry: 2000\n: txmesh events, last id ${hub.lastId}\n\n`)
+  res.write(`retry: ${LIMITS.adminEventsRetryMs}\n: txmesh events, last id ${hub.lastId}\n\n`)
   // No Last-Event-ID: a new page that loads current state over the API; only new events follow.
   if (last !== undefined) for (const e of hub.since(last)) write(e)
   const heartbeat = setInterval(() => res.write(': heartbeat\n\n'), LIMITS.adminEventsHeartbeatMs)

@@ -2,6 +2,7 @@
 // Tables for people, --json for scripts. Exit 0 on success, 1 when the sidecar refused.
 import { parseArgs } from 'node:util'
 import { request } from 'undici'
+import { LIMITS } from '../limits.js'
 import { UsageError } from './usage.js'
 
 interface Answer {
@@ -14,8 +15,8 @@ async function call(base: string, method: 'GET' | 'POST', path: string, body?: u
     method,
     headers: { 'content-type': 'application/json' },
     ...(body === undefined ? {} : { body: JSON.stringify(body) }),
-    headersTimeout: 10_000,
-    bodyTimeout: 10_000,
+    headersTimeout: LIMITS.cliRequestTimeoutMs,
+    bodyTimeout: LIMITS.cliRequestTimeoutMs,
   })
   const text = await res.body.text()
   return { status: res.statusCode, body: text === '' ? {} : (JSON.parse(text) as Record<string, unknown>) }

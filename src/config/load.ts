@@ -45,7 +45,7 @@ export function parseConfig(text: string, file: string): SidecarConfig {
 
   let raw: unknown
   try {
-    raw = doc.toJS({ maxAliasCount: 100 })
+    raw = doc.toJS({ maxAliasCount: LIMITS.configMaxAliases })
   } catch (err) {
     throw new ConfigInvalidError([{ file, line: 1, col: 1, message: (err as Error).message }])
   }

@@ -33,7 +33,7 @@ import {
   messageOf,
   sqlstateOf,
 } from './errors.js'
-import type { Emit, TxmeshPgEvent } from './events.js'
+import type { TxmeshPgEvent } from './events.js'
 import { assertService, gidLiteral, makeGid, type BranchIds } from './gid.js'
 import { PG_HELPER_LIMITS as L } from './limits.js'
 import { BranchQueue } from './queue.js'
