@@ -113,8 +113,8 @@ class TxmeshMode implements Mode {
     "begin at the coordinator sidecar's admin API, 3 calls via its egress -> participant sidecar -> app (txmesh/pg), commit (2PC through the sidecars)"
   readonly work =
     '23 HTTP exchanges (begin + commit at the admin API; 3 × driver -> coordinator egress -> participant ingress -> app; ' +
-    '3 × control prepare + 3 × control commit; 3 × prepare hook + 3 × commit hook), 15 SQL statements (per branch: BEGIN, UPDATE, ' +
-    'SELECT txid_current_if_assigned(), PREPARE TRANSACTION, COMMIT PREPARED), 6 Postgres WAL flushes, 7 durable log appends ' +
+    '3 × control prepare + 3 × control commit; 3 × prepare hook + 3 × commit hook), 12 SQL statements (per branch: BEGIN, UPDATE, ' +
+    'PREPARE TRANSACTION, COMMIT PREPARED; the helper skips its read-only check after a write), 6 Postgres WAL flushes, 7 durable log appends ' +
     '(coordinator decision; PREPARED and END at each participant), 5 forced writes in sequence on the commit path'
   private readonly admin: HttpPool
   private readonly egress: HttpPool
