@@ -22,6 +22,12 @@ export class PgBadIdError extends TxmeshPgError {
   readonly status = 400
 }
 
+/** txmesh-op present but not one of action, compensate, try, confirm, cancel (or repeated). */
+export class PgBadOpError extends TxmeshPgError {
+  readonly code = 'TXM_PG_BAD_OP'
+  readonly status = 400
+}
+
 export class PgMethodNotAllowedError extends TxmeshPgError {
   readonly code = 'TXM_PG_METHOD_NOT_ALLOWED'
   readonly status = 405
@@ -104,6 +110,7 @@ export class PgConfigError extends TxmeshPgError {
 
 export const PG_ERROR_CLASSES = [
   PgBadIdError,
+  PgBadOpError,
   PgMethodNotAllowedError,
   PgNotFoundError,
   PgBranchClosedError,

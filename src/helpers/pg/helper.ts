@@ -11,6 +11,9 @@
 // Finished branches leave a tombstone so late requests are refused and repeated prepares
 // answer the same. Presumed abort: an unprepared branch can only ever end rolled back (Postgres
 // rolls it back when its session ends), which is what lets abort, close and crashes be simple.
+//
+// Saga and tcc calls (the sidecar sets txmesh-op) never open a branch: their work commits locally
+// at once, made safe against retries and reordering by barrier() (barrier.ts).
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import type { Pool, PoolClient, QueryResult, QueryResultRow } from 'pg'
 import {
@@ -33,6 +36,7 @@ import {
   messageOf,
   sqlstateOf,
 } from './errors.js'
+import { OP_HEADER, badOpError, barrierIds, createBarrierTable, isBarrierOp, runBarrier, type BarrierIds, type BarrierResult } from './barrier.js'
 import type { TxmeshPgEvent } from './events.js'
 import { assertService, gidLiteral, makeGid, type BranchIds } from './gid.js'
 import { PG_HELPER_LIMITS as L } from './limits.js'
@@ -89,6 +93,16 @@ export interface TxmeshPg {
   handler(fn: TxmeshHandler): (req: IncomingMessage, res: ServerResponse) => void
   /** Resolve this service's prepared rows with the sidecar's outcomes (call on app start). */
   recover(): Promise<RecoverResult>
+  /**
+   * Runs `fn` in one local transaction with the sub-transaction barrier of a saga/tcc call (ids
+   * from the request's txmesh-tx-id / txmesh-branch-id / txmesh-op, or given): the effect and the
+   * barrier row commit together. Duplicates and empty compensations are skipped (`ran: false`,
+   * answer success); `reason: 'hanging'` must be refused (409). `fn`'s error is rethrown after
+   * ROLLBACK. Throws PgBadIdError / PgBadOpError (400) for bad ids, PgUnavailableError (503).
+   */
+  barrier<T>(req: IncomingMessage | BarrierIds, fn: (client: PoolClient) => Promise<T>): Promise<BarrierResult<T>>
+  /** Creates the txmesh_barrier table if it is missing (barrier() does it on first use). */
+  ensureBarrier(): Promise<void>
   /** Roll back open branches and give their connections back. Does not end the pool. */
   close(): Promise<void>
   stats(): TxmeshPgStats
@@ -145,6 +159,7 @@ class PgParticipant implements TxmeshPg {
   private readonly open = new Map<string, Branch>()
   private readonly tombstones = new Map<string, Tombstone>()
   private closing: Promise<void> | undefined
+  private barrierReady: Promise<void> | undefined
 
   constructor(o: TxmeshPgOptions) {
     if (typeof o.pool?.connect !== 'function') throw new PgConfigError('pool must be a pg.Pool')
@@ -167,6 +182,13 @@ class PgParticipant implements TxmeshPg {
       if (HOOKS.has(hook)) return void this.serveHook(hook, req, res).catch((err: unknown) => sendError(res, internal(err)))
       // Other names under the prefix (tcc's confirm/cancel) are the app's own hooks: passed on,
       // and never opened as a branch although they carry the txmesh headers.
+      return next()
+    }
+    const op = req.headers[OP_HEADER]
+    if (op !== undefined) {
+      // A saga/tcc call: its work commits locally right away (under barrier()), so no branch is
+      // held whatever tx/branch headers it carries. 2PC calls never carry txmesh-op.
+      if (!isBarrierOp(op)) return sendError(res, badOpError(op))
       return next()
     }
     const ids = readIds(req)
@@ -567,6 +589,25 @@ class PgParticipant implements TxmeshPg {
     await this.rollbackAndClose(b, { kind: 'failed', error }, error)
     this.emit({ event: 'branch_failed', gid: b.gid, code: error.code, message: error.message })
     return fail(error)
+  }
+
+  // ---- saga / tcc barrier ----
+
+  async barrier<T>(req: IncomingMessage | BarrierIds, fn: (client: PoolClient) => Promise<T>): Promise<BarrierResult<T>> {
+    const ids = barrierIds(req)
+    if (this.closing) throw new PgClosedError('the txmesh/pg helper is closed')
+    await this.ensureBarrier()
+    return runBarrier(() => this.connect(), ids, fn)
+  }
+
+  ensureBarrier(): Promise<void> {
+    // Once per instance; concurrent first calls share the attempt, and a failed one is retried by
+    // the next call. Other instances racing on the same database are handled in createBarrierTable.
+    this.barrierReady ??= this.withConnection(createBarrierTable).catch((err: unknown) => {
+      this.barrierReady = undefined
+      throw err
+    })
+    return this.barrierReady
   }
 
   // ---- recovery and shutdown ----

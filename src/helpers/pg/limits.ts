@@ -50,4 +50,9 @@ export const PG_HELPER_LIMITS = Object.freeze({
   recoverBackoffBaseMs: 100,
   recoverBackoffCapMs: 1_000,
   maxOutcomeBodyBytes: 16 * 1024, // the answer is a tiny JSON object
+
+  // barrier(): attempts at creating txmesh_barrier. Sessions creating it at once make all but one
+  // fail (23505 on pg_type's index, or 42P07) after the winner committed, so a second attempt
+  // finds the table; 3 leaves room for a blip without looping on a real failure (privileges).
+  barrierCreateAttempts: 3,
 })
