@@ -1,0 +1,86 @@
+// A real nats-server (Debian's package; .ci/run installs it) with JetStream and a file store in a
+// temp dir, on a fixed free port so that restart() brings it back where clients reconnect.
+import { spawn, type ChildProcess } from 'node:child_process'
+import { existsSync, rmSync } from 'node:fs'
+import { connect as tcpConnect } from 'node:net'
+import { freePort, tempDir, until } from './servers.js'
+
+export interface NatsServer {
+  url: string
+  port: number
+  /** Kills the server (SIGKILL) and removes its store dir. */
+  stop(): Promise<void>
+  /**
+   * Kills the server (SIGKILL, a crash: nothing is flushed on purpose), runs `whileDown` if
+   * given, then starts it again on the same port and store dir and waits until it is ready.
+   */
+  restart(whileDown?: () => Promise<void> | void): Promise<void>
+}
+
+// Debian installs it to /usr/sbin, which is not on a non-root user's PATH.
+const NATS_SERVER = existsSync('/usr/sbin/nats-server') ? '/usr/sbin/nats-server' : 'nats-server'
+const READY_TIMEOUT_MS = 15_000
+
+export async function startNats(): Promise<NatsServer> {
+  const port = await freePort()
+  const storeDir = tempDir('txmesh-nats-')
+  let child: ChildProcess | null = null
+  let log = ''
+
+  const launch = async (): Promise<void> => {
+    log = ''
+    const c = spawn(NATS_SERVER, ['-js', '-sd', storeDir, '-a', '127.0.0.1', '-p', String(port)], { stdio: ['ignore', 'pipe', 'pipe'] })
+    child = c
+    c.stdout?.on('data', (b: Buffer) => (log += b.toString()))
+    c.stderr?.on('data', (b: Buffer) => (log += b.toString()))
+    let failed: Error | null = null
+    c.once('error', (err) => (failed = err))
+    // "Server is ready" is logged after JetStream has recovered its store and the client
+    // listener is open; the TCP probe confirms the port answers.
+    await until(
+      `nats-server on port ${port} to be ready`,
+      async () => {
+        if (failed !== null) throw new Error(`cannot run ${NATS_SERVER}: ${String(failed)}`)
+        if (c.exitCode !== null) throw new Error(`nats-server exited with ${c.exitCode}: ${log}`)
+        return log.includes('Server is ready') && (await accepts(port))
+      },
+      READY_TIMEOUT_MS,
+      25,
+    )
+  }
+
+  const kill = async (): Promise<void> => {
+    const c = child
+    child = null
+    if (c === null || c.exitCode !== null || c.signalCode !== null) return
+    const exited = new Promise<void>((r) => c.once('exit', () => r()))
+    c.kill('SIGKILL')
+    await exited
+  }
+
+  await launch()
+  return {
+    url: `nats://127.0.0.1:${port}`,
+    port,
+    async stop() {
+      await kill()
+      rmSync(storeDir, { recursive: true, force: true })
+    },
+    async restart(whileDown) {
+      await kill()
+      await whileDown?.()
+      await launch()
+    },
+  }
+}
+
+function accepts(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = tcpConnect({ host: '127.0.0.1', port })
+    s.once('connect', () => {
+      s.destroy()
+      resolve(true)
+    })
+    s.once('error', () => resolve(false))
+  })
+}
