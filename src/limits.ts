@@ -151,6 +151,25 @@ export const LIMITS = Object.freeze({
   // the outcome); the cap bounds the wait once the app or the coordinator is back.
   branchRetryBaseMs: 100,
   branchRetryCapMs: 10_000,
+  // --- Step transactions: sagas and TCC (src/tx/steps/) ---
+  // Steps per saga/tcc transaction: each is a durable record and, on abort, one compensation
+  // in sequence; 256 covers long workflows while bounding a recovery's replay and an undo queue.
+  maxSteps: 256,
+  // Sends of one compensation / confirm / cancel before the step is reported stuck (defaults of
+  // config `steps`). 12 sends with 200 ms base and 30 s cap span ~3 minutes: a redeploy of the
+  // target fits, a broken endpoint surfaces to operators instead of retrying silently forever.
+  stepOpAttempts: 12,
+  stepOpBackoffBaseMs: 200,
+  stepOpBackoffCapMs: 30_000,
+  // One compensation request or confirm/cancel call: an undo that takes longer is a failed
+  // attempt (retried), not a reason to hold the queue.
+  stepOpTimeoutMs: 10_000,
+  // Context signed for a compensation request: it is sent after the transaction's deadline, so
+  // it carries its own short validity instead.
+  stepOpContextTtlMs: 60_000,
+  // Response body buffered to fill a `{response.json.*}` compensation template, and request body
+  // read for `{request.json.*}`: compensations key on ids, not on large documents.
+  stepTemplateBodyBytes: 64 * 1024,
   // --- Dashboard event feed (src/admin/events.ts, GET /v1/events) ---
   // Recent transaction events kept for Last-Event-ID replay: a reconnecting dashboard (EventSource
   // retries within seconds) misses at most a few hundred events even under load; 1024 small

@@ -20,6 +20,7 @@ import { ProxyServer } from './proxy/server.js'
 import { ControlClient } from './tx/control-client.js'
 import { CoordinatorDriver } from './tx/coordinator/driver.js'
 import { ParticipantDriver } from './tx/participant/driver.js'
+import { StepCoordinator } from './tx/steps/driver.js'
 import { ActiveTxPlane, DisabledTxPlane, type TxPlane } from './tx/plane.js'
 import { SidecarMetrics } from './telemetry/metrics.js'
 import { startTracing } from './telemetry/tracing.js'
@@ -51,6 +52,7 @@ export async function startSidecar(config: SidecarConfig, log: Logger): Promise<
   const txEnabled = keys.length > 0
   let coordinator: CoordinatorDriver | undefined
   let participant: ParticipantDriver | undefined
+  let steps: StepCoordinator | undefined
   let controlDeps: ControlDeps | undefined
   // Transaction events for the dashboard (GET /v1/events, /ui).
   const events = new EventHub()
@@ -63,12 +65,16 @@ export async function startSidecar(config: SidecarConfig, log: Logger): Promise<
     get participant() {
       return participant
     },
+    get steps() {
+      return steps
+    },
     metrics: () => metrics,
     traceUrl: config.traceUrl,
     events,
     stats: () => ({
       log: fileLog?.stats(),
       transactions: coordinator === undefined ? undefined : { active: coordinator.activeCount, ...coordinator.outcomes },
+      steps: steps === undefined ? undefined : { active: steps.activeCount, stuck: steps.stuckCount, ...steps.outcomes },
       branches: participant?.branchCount,
     }),
     txUnavailable: () => (txEnabled ? undefined : new MeshKeyMissingError('transactions need a mesh key (TXMESH_MESH_KEY or mesh.keyFile)')),
@@ -78,6 +84,7 @@ export async function startSidecar(config: SidecarConfig, log: Logger): Promise<
   const metrics = new SidecarMetrics({
     inFlight: () => coordinator?.activeCount ?? 0,
     inDoubt: () => participant?.inDoubtCount ?? 0,
+    stuck: () => steps?.stuckCount ?? 0,
   })
   const forwarder = new Forwarder(log, metrics)
   // Undefined unless OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT is set: then nothing is traced.
@@ -114,11 +121,13 @@ export async function startSidecar(config: SidecarConfig, log: Logger): Promise<
         coordinators: config.mesh.coordinators,
         onEvent: events.emit,
       })
-      plane = new ActiveTxPlane({ keys, coordinators: config.mesh.coordinators, coordinator, participant, control: controlClient })
-      controlDeps = { keys, coordinator, participant, logger: log }
+      steps = new StepCoordinator({ log: fileLog, control: controlClient, self, key: keys[0] as Buffer, logger: log, metrics, onEvent: events.emit, policy: config.steps })
+      plane = new ActiveTxPlane({ keys, coordinators: config.mesh.coordinators, coordinator, participant, steps, control: controlClient })
+      controlDeps = { keys, coordinator, participant, steps, logger: log }
       const c = coordinator.recover(opened.records)
       const p = participant.recover(opened.records)
-      if (c + p > 0) log.info('recovery_started', { coordinator: c, participant: p })
+      const st = steps.recover(opened.records)
+      if (c + p + st > 0) log.info('recovery_started', { coordinator: c, participant: p, steps: st })
     } else {
       // Contexts are refused with TXM_MESH_KEY_MISSING rather than silently ignored.
       plane = new DisabledTxPlane()
@@ -148,7 +157,7 @@ export async function startSidecar(config: SidecarConfig, log: Logger): Promise<
         const [e, i] = await Promise.all([egress.drain(timeoutMs), ingress.drain(timeoutMs)])
         coordinator?.close()
         participant?.close()
-        await Promise.all([closeServer(control), forwarder.close(), controlClient?.close(), appPool?.close()])
+        await Promise.all([steps?.close(), closeServer(control), forwarder.close(), controlClient?.close(), appPool?.close()])
         await fileLog?.close()
         // Every span has ended by now (responses closed, open transactions cut by close()):
         // flush them before the process exits.

@@ -1,11 +1,12 @@
 // Admin listener (loopback by default): health and readiness for the kubelet, and the
 // transaction API for the local app and operators.
 //
-//   POST /v1/transactions                 {"mode":"2pc","timeoutMs":N} -> 201 {id, context, ...}
+//   POST /v1/transactions                 {"mode":"2pc"|"saga"|"tcc","timeoutMs":N} -> 201 {id, context, ...}
 //   POST /v1/transactions/{id}/commit     -> outcome once the decision is durable
 //                                            (?wait=acks: and phase 2 acknowledged, bounded)
 //   POST /v1/transactions/{id}/abort      -> outcome
-//   GET  /v1/transactions[/{id}]          -> state and participants
+//   POST /v1/transactions/{id}/retry      saga/tcc: try the stuck steps again (operator)
+//   GET  /v1/transactions[/{id}]          -> state and participants (saga/tcc: steps)
 //   GET  /v1/branches/{tx}/{branch}/outcome  for the app helper's recovery
 //   GET  /v1/stats                        log and transaction counters
 //   GET  /v1/branches                     branches held here (in-doubt ones flagged)
@@ -22,6 +23,7 @@ import type { Logger } from '../log.js'
 import { respondError } from '../proxy/respond.js'
 import type { CoordinatorDriver } from '../tx/coordinator/driver.js'
 import type { ParticipantDriver } from '../tx/participant/driver.js'
+import type { StepCoordinator } from '../tx/steps/driver.js'
 import type { SidecarMetrics } from '../telemetry/metrics.js'
 import { extractFromHeaders } from '../telemetry/tracing.js'
 import type { EventHub } from './events.js'
@@ -33,6 +35,8 @@ export interface AdminDeps {
   readonly readiness: () => Readiness
   readonly coordinator?: CoordinatorDriver | undefined
   readonly participant?: ParticipantDriver | undefined
+  /** Saga and TCC transactions. */
+  readonly steps?: StepCoordinator | undefined
   /** Why transactions are unavailable (no mesh key), when they are. */
   readonly txUnavailable?: () => TxmeshError | undefined
   readonly logger: Logger
@@ -46,7 +50,7 @@ export interface AdminDeps {
   readonly events?: EventHub | undefined
 }
 
-const TX = /^\/v1\/transactions\/([A-Za-z0-9_-]{1,64})(?:\/(commit|abort))?$/
+const TX = /^\/v1\/transactions\/([A-Za-z0-9_-]{1,64})(?:\/(commit|abort|retry))?$/
 const RESOLVE = /^\/v1\/branches\/([A-Za-z0-9_-]{1,64})\/resolve$/
 const BRANCH = /^\/v1\/branches\/([A-Za-z0-9_-]{1,64})\/([A-Za-z0-9_-]{1,64})\/outcome$/
 
@@ -107,24 +111,28 @@ export function createAdminServer(d: AdminDeps): Server {
     if (unavailable !== undefined) return respondError(res, unavailable)
     const coordinator = d.coordinator
     const participant = d.participant
-    if (coordinator === undefined || participant === undefined) return respondError(res, new NotFoundError('transactions are not enabled'))
+    const steps = d.steps
+    if (coordinator === undefined || participant === undefined || steps === undefined) return respondError(res, new NotFoundError('transactions are not enabled'))
 
     if (path === '/v1/stats' && method === 'GET') return sendJson(res, 200, d.stats?.() ?? {})
     if (path === '/v1/transactions') {
-      if (method === 'GET') return sendJson(res, 200, { transactions: coordinator.list().map((v) => ({ ...v, deadline: new Date(v.deadline).toISOString() })) })
+      if (method === 'GET') {
+        const all = [...coordinator.list(), ...steps.list()]
+        return sendJson(res, 200, { transactions: all.map((v) => ({ ...v, deadline: new Date(v.deadline).toISOString() })) })
+      }
       if (method !== 'POST') return respondError(res, new MethodNotAllowedError('use POST to begin a transaction'))
       const text = await readText(req, LIMITS.adminBodyBytes)
       if (text instanceof TxmeshError) return respondError(res, text)
       const body = parseJsonObject(text)
       if (body instanceof TxmeshError) return respondError(res, body)
       const mode = body.mode ?? '2pc'
-      if (mode !== '2pc') return respondError(res, new BadRequestError(`mode "${String(mode)}" is not supported; use "2pc"`))
+      if (mode !== '2pc' && mode !== 'saga' && mode !== 'tcc') return respondError(res, new BadRequestError(`mode "${String(mode)}" is not supported; use "2pc", "saga" or "tcc"`))
       const timeoutMs = body.timeoutMs ?? LIMITS.txTimeoutMs
       if (typeof timeoutMs !== 'number' || !Number.isInteger(timeoutMs) || timeoutMs < 1 || timeoutMs > LIMITS.txTimeoutCapMs) {
         return respondError(res, new BadRequestError(`timeoutMs must be an integer between 1 and ${LIMITS.txTimeoutCapMs}`))
       }
       // The transaction's span continues the caller's trace when it sent a traceparent.
-      const tx = coordinator.begin(mode, timeoutMs, 'api', extractFromHeaders(req.rawHeaders))
+      const tx = mode === '2pc' ? coordinator.begin(mode, timeoutMs, 'api', extractFromHeaders(req.rawHeaders)) : steps.begin(mode, timeoutMs)
       if (tx instanceof TxmeshError) return respondError(res, tx)
       return sendJson(res, 201, { id: tx.id, mode, context: tx.context, deadline: new Date(tx.deadline).toISOString() })
     }
@@ -134,14 +142,20 @@ export function createAdminServer(d: AdminDeps): Server {
       const [, id, op] = t as unknown as [string, string, string | undefined]
       if (op === undefined) {
         if (method !== 'GET') return respondError(res, new MethodNotAllowedError('use GET'))
-        const view = coordinator.view(id)
+        const view = coordinator.view(id) ?? steps.view(id)
         if (view === undefined) return respondError(res, new TxUnknownError(`transaction ${id} is not coordinated here`))
         return sendJson(res, 200, { ...view, deadline: new Date(view.deadline).toISOString() })
       }
       if (method !== 'POST') return respondError(res, new MethodNotAllowedError(`use POST to ${op}`))
       req.resume()
+      if (op === 'retry') {
+        const n = steps.retryStuck(id)
+        if (n instanceof TxmeshError) return respondError(res, n)
+        return sendJson(res, 200, { id, retried: n })
+      }
       const waitForAcks = /[?&]wait=acks(&|$)/.test(req.url ?? '')
-      const result = op === 'commit' ? await coordinator.commit(id, waitForAcks) : await coordinator.abort(id, 'aborted by the application', waitForAcks)
+      const owner = steps.has(id) ? steps : coordinator
+      const result = op === 'commit' ? await owner.commit(id, waitForAcks) : await owner.abort(id, 'aborted by the application', waitForAcks)
       if (result instanceof TxmeshError) return respondError(res, result)
       return sendJson(res, 200, result)
     }

@@ -5,7 +5,7 @@ import { Ajv, type ErrorObject, type ValidateFunction } from 'ajv'
 import { LineCounter, parseDocument, isMap, isNode, isPair, isScalar, type Document } from 'yaml'
 import { ConfigInvalidError, type ConfigProblem } from '../errors.js'
 import { LIMITS } from '../limits.js'
-import type { HostPort, RetryOn, RetryPolicy, RoutePolicy, SidecarConfig, Direction } from './types.js'
+import type { HostPort, RetryOn, RetryPolicy, RoutePolicy, SidecarConfig, Direction, StepRequestTemplate } from './types.js'
 
 export const SCHEMA_URL = new URL('../../config/txmesh.schema.json', import.meta.url)
 
@@ -122,9 +122,18 @@ interface RawPolicy {
   maxHeaderBytes?: number
   maxBodyBytes?: number
 }
+interface RawStepRequest {
+  method?: string
+  path: string
+  body?: string
+  headers?: Record<string, string>
+}
 interface RawRoute extends RawPolicy {
   name?: string
+  compensation?: RawStepRequest
+  tcc?: { confirm?: RawStepRequest; cancel?: RawStepRequest }
   transaction?: RoutePolicy['transaction']
+  mode?: RoutePolicy['mode']
   nonTransactionalTarget?: RoutePolicy['nonTransactionalTarget']
   match?: { direction?: Direction | 'both'; host?: string; pathPrefix?: string; methods?: string[] }
 }
@@ -143,7 +152,8 @@ interface RawConfig {
   log?: { level?: SidecarConfig['logLevel'] }
   mesh?: { keyEnv?: string; keyFile?: string; coordinators?: string[]; advertise?: string }
   store?: { dir?: string }
-  hooks?: { prepare?: string; commit?: string; abort?: string }
+  hooks?: { prepare?: string; commit?: string; abort?: string; confirm?: string; cancel?: string }
+  steps?: { attempts?: number; backoffBaseMs?: number; backoffCapMs?: number }
   ui?: { traceUrl?: string }
 }
 
@@ -176,6 +186,11 @@ function retries(raw: RawRetries | undefined, base: RetryPolicy): RetryPolicy {
   }
 }
 
+function stepRequest(raw: RawStepRequest | undefined): StepRequestTemplate | undefined {
+  if (raw === undefined) return undefined
+  return { method: raw.method ?? 'POST', path: raw.path, body: raw.body, headers: { ...(raw.headers ?? {}) } }
+}
+
 const BUILTIN_RETRIES: RetryPolicy = {
   attempts: LIMITS.retryAttempts,
   on: new Set<RetryOn>(['connect-failure', '502', '503']),
@@ -197,7 +212,10 @@ function build(raw: RawConfig, file: string, doc: Document, at: (o: number) => {
     maxHeaderBytes: d.maxHeaderBytes ?? LIMITS.maxHeaderBytes,
     maxBodyBytes: d.maxBodyBytes ?? LIMITS.maxBodyBytes,
     transaction: 'supports',
+    mode: '2pc',
     nonTransactionalTarget: 'fail',
+    compensation: undefined,
+    tcc: undefined,
   }
   const routes = (raw.routes ?? []).map((r, i): RoutePolicy => {
     const dir = r.match?.direction ?? 'both'
@@ -212,7 +230,10 @@ function build(raw: RawConfig, file: string, doc: Document, at: (o: number) => {
       maxHeaderBytes: r.maxHeaderBytes ?? defaultRoute.maxHeaderBytes,
       maxBodyBytes: r.maxBodyBytes ?? defaultRoute.maxBodyBytes,
       transaction: r.transaction ?? defaultRoute.transaction,
+      mode: r.mode ?? '2pc',
       nonTransactionalTarget: r.nonTransactionalTarget ?? defaultRoute.nonTransactionalTarget,
+      compensation: stepRequest(r.compensation),
+      tcc: r.tcc === undefined ? undefined : { confirm: stepRequest(r.tcc.confirm), cancel: stepRequest(r.tcc.cancel) },
     }
   })
   const services = new Map<string, HostPort>()
@@ -266,6 +287,13 @@ function build(raw: RawConfig, file: string, doc: Document, at: (o: number) => {
       prepare: raw.hooks?.prepare ?? '/.well-known/txmesh/prepare',
       commit: raw.hooks?.commit ?? '/.well-known/txmesh/commit',
       abort: raw.hooks?.abort ?? '/.well-known/txmesh/abort',
+      confirm: raw.hooks?.confirm ?? '/.well-known/txmesh/confirm',
+      cancel: raw.hooks?.cancel ?? '/.well-known/txmesh/cancel',
+    },
+    steps: {
+      attempts: raw.steps?.attempts ?? LIMITS.stepOpAttempts,
+      backoffBaseMs: raw.steps?.backoffBaseMs ?? LIMITS.stepOpBackoffBaseMs,
+      backoffCapMs: raw.steps?.backoffCapMs ?? LIMITS.stepOpBackoffCapMs,
     },
     traceUrl: raw.ui?.traceUrl,
   }

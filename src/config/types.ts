@@ -12,6 +12,14 @@ export interface RetryPolicy {
   readonly budgetMinPerSecond: number
 }
 
+/** A request template of a saga compensation or a TCC hook (placeholders: src/tx/steps/template.ts). */
+export interface StepRequestTemplate {
+  readonly method: string
+  readonly path: string
+  readonly body: string | undefined
+  readonly headers: Readonly<Record<string, string>>
+}
+
 export interface RoutePolicy {
   readonly name: string
   readonly directions: ReadonlySet<Direction>
@@ -23,7 +31,13 @@ export interface RoutePolicy {
   readonly maxHeaderBytes: number
   readonly maxBodyBytes: number
   readonly transaction: 'required' | 'supports' | 'never'
+  /** Kind of the implicit transactions a `required` route begins. */
+  readonly mode: '2pc' | 'saga' | 'tcc'
   readonly nonTransactionalTarget: 'fail' | 'proceed'
+  /** egress, saga: how a call of this route is undone. */
+  readonly compensation: StepRequestTemplate | undefined
+  /** egress, tcc: the target's confirm/cancel hooks (undefined: the target sidecar's defaults). */
+  readonly tcc: { readonly confirm: StepRequestTemplate | undefined; readonly cancel: StepRequestTemplate | undefined } | undefined
 }
 
 export interface HostPort {
@@ -54,7 +68,9 @@ export interface SidecarConfig {
     readonly advertise: string | undefined
   }
   readonly storeDir: string
-  readonly hooks: { readonly prepare: string; readonly commit: string; readonly abort: string }
+  readonly hooks: { readonly prepare: string; readonly commit: string; readonly abort: string; readonly confirm: string; readonly cancel: string }
+  /** Saga compensations and TCC confirm/cancel: sends before a step is stuck, and backoff. */
+  readonly steps: { readonly attempts: number; readonly backoffBaseMs: number; readonly backoffCapMs: number }
   /** Dashboard: link template to a transaction's trace ({traceId}), when tracing is exported. */
   readonly traceUrl: string | undefined
   readonly logLevel: 'debug' | 'info' | 'warn' | 'error' | 'silent'

@@ -8,6 +8,10 @@
 //   POST /v1/tx/{id}/commit-one-phase {branch}     participant (the only one): prepare, decide,
 //                                                  finish -> {outcome}; 503 = not known yet, retry
 //   POST /v1/tx/{id}/register  {participants: []}  coordinator: late enlistment
+//   POST /v1/tx/{id}/steps     {step}              coordinator: a saga/tcc step made by a nested
+//                                                  call, durable before the answer
+//   POST /v1/tx/{id}/confirm   {branch, method, path}  participant (tcc): call the app's hook
+//   POST /v1/tx/{id}/cancel    {branch, method, path}  -> {done}; 503 = retry
 //   GET  /v1/tx/{id}/outcome                       coordinator: -> {outcome} (presumed abort)
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
 import { BadRequestError, ControlAuthError, MethodNotAllowedError, NotFoundError, NotReadyError, TxNotActiveError, TxmeshError } from '../errors.js'
@@ -19,17 +23,20 @@ import { CONTROL_AUTH_HEADER } from '../tx/control-client.js'
 import type { CoordinatorDriver } from '../tx/coordinator/driver.js'
 import type { ParticipantRef } from '../tx/core.js'
 import type { ParticipantDriver } from '../tx/participant/driver.js'
+import type { StepCoordinator } from '../tx/steps/driver.js'
+import type { StepOp, StepRecord } from '../tx/steps/machine.js'
 import { isId, verifyControl } from '../tx/protocol.js'
 
 export interface ControlDeps {
   readonly keys: readonly Buffer[]
   readonly coordinator: CoordinatorDriver
   readonly participant: ParticipantDriver
+  readonly steps: StepCoordinator
   readonly logger: Logger
   readonly clock?: () => number
 }
 
-const ROUTE = /^\/v1\/tx\/([A-Za-z0-9_-]{1,64})\/(prepare|commit-one-phase|commit|abort|register|outcome)$/
+const ROUTE = /^\/v1\/tx\/([A-Za-z0-9_-]{1,64})\/(prepare|commit-one-phase|commit|abort|register|outcome|steps|confirm|cancel)$/
 
 /** `deps()` is undefined until the transaction parts exist (start-up): requests then get 503. */
 export function createControlServer(deps: () => ControlDeps | undefined): Server {
@@ -61,7 +68,14 @@ export function createControlServer(deps: () => ControlDeps | undefined): Server
     if (body instanceof TxmeshError) return respondError(res, body)
     switch (op) {
       case 'outcome':
-        return sendJson(res, 200, { id, outcome: d.coordinator.outcomeFor(id) })
+        return sendJson(res, 200, { id, outcome: d.steps.has(id) ? d.steps.outcomeFor(id) : d.coordinator.outcomeFor(id) })
+      case 'steps': {
+        const step = parseStep(body.step)
+        if (step instanceof TxmeshError) return respondError(res, step)
+        const err = await d.steps.addStep(id, step)
+        if (err !== undefined) return respondError(res, err)
+        return sendJson(res, 200, { id, step: step.id })
+      }
       case 'register': {
         const refs = parseRefs(body.participants)
         if (refs instanceof TxmeshError) return respondError(res, refs)
@@ -72,6 +86,13 @@ export function createControlServer(deps: () => ControlDeps | undefined): Server
     }
     const branch = body.branch
     if (!isId(branch)) return respondError(res, new BadRequestError('body.branch must be a branch id'))
+    if (op === 'confirm' || op === 'cancel') {
+      const m = typeof body.method === 'string' && /^[A-Z]{1,16}$/.test(body.method) ? body.method : 'POST'
+      const p = typeof body.path === 'string' && body.path.startsWith('/') && body.path.length <= 2048 ? body.path : undefined
+      const done = await d.participant.stepHook(id, branch, op, m, p)
+      if (done === 'failed') return respondError(res, new NotReadyError(`the app did not ${op} step ${branch}; retry later`))
+      return sendJson(res, 200, { id, branch, done: op })
+    }
     if (op === 'prepare') {
       const vote = await d.participant.prepare(id, branch)
       return sendJson(res, 200, { id, branch, vote: vote.kind, ...(vote.kind === 'refused' ? { reason: vote.reason } : {}) })
@@ -100,4 +121,34 @@ function parseRefs(v: unknown): ParticipantRef[] | TxmeshError {
     out.push({ service: p.service, control: p.control, branch: p.branch })
   }
   return out
+}
+
+function isOp(v: unknown): v is StepOp {
+  const o = v as Record<string, unknown> | null
+  if (typeof o !== 'object' || o === null) return false
+  if (typeof o.method !== 'string' || !/^[A-Z]{1,16}$/.test(o.method) || typeof o.path !== 'string' || o.path.length > 2048) return false
+  if (o.path !== '' && !o.path.startsWith('/')) return false
+  if (o.body !== undefined && (typeof o.body !== 'string' || o.body.length > LIMITS.stepTemplateBodyBytes)) return false
+  if (o.headers !== undefined && (typeof o.headers !== 'object' || o.headers === null || Object.values(o.headers).some((h) => typeof h !== 'string'))) return false
+  return true
+}
+
+/** A step a peer's egress recorded (control POST /steps): checked field by field. */
+function parseStep(v: unknown): StepRecord | TxmeshError {
+  const o = v as Record<string, unknown> | null
+  if (typeof o !== 'object' || o === null || !isId(o.id) || typeof o.service !== 'string' || o.service.length > 253 || typeof o.target !== 'string' || o.target.length > 300) {
+    return new BadRequestError('step must have id, service and target')
+  }
+  for (const k of ['compensate', 'confirm', 'cancel'] as const) if (o[k] !== undefined && !isOp(o[k])) return new BadRequestError(`step.${k} is malformed`)
+  if (o.unresolved !== undefined && (typeof o.unresolved !== 'string' || o.unresolved.length > 1024)) return new BadRequestError('step.unresolved is malformed')
+  const step: StepRecord = {
+    id: o.id,
+    service: o.service,
+    target: o.target,
+    ...(o.compensate === undefined ? {} : { compensate: o.compensate as StepOp }),
+    ...(o.confirm === undefined ? {} : { confirm: o.confirm as StepOp }),
+    ...(o.cancel === undefined ? {} : { cancel: o.cancel as StepOp }),
+    ...(o.unresolved === undefined ? {} : { unresolved: o.unresolved as string }),
+  }
+  return step
 }

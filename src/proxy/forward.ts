@@ -37,10 +37,30 @@ export interface ForwardRequest {
 }
 
 export interface ResponseHook {
-  /** May edit the filtered response headers; an error replaces the response. */
-  onResponseHead(status: number, headers: string[]): TxmeshError | undefined | Promise<TxmeshError | undefined>
+  /**
+   * May edit the filtered response headers; an error replaces the response. With
+   * `responseBodyLimit` it runs once the body is in (`body`: undefined when over the limit).
+   */
+  onResponseHead(status: number, headers: string[], body?: Buffer): TxmeshError | undefined | Promise<TxmeshError | undefined>
   /** The exchange ended, whichever way. Called once. */
   onEnd(): void
+  /** Hold the response until this many body bytes are in (saga templates on the response). */
+  readonly responseBodyLimit?: number | undefined
+  /** Read a small request body first, up to this many bytes, into `requestBody`. */
+  readonly requestBodyLimit?: number | undefined
+  requestBody?: Buffer | undefined
+}
+
+/** A response held back until its body is in (ResponseHook.responseBodyLimit). */
+interface HeldResponse {
+  readonly status: number
+  readonly text: string
+  readonly headers: string[]
+  readonly chunks: Buffer[]
+  size: number
+  /** The upstream response is complete: end ours once the head is out. */
+  complete: boolean
+  released: boolean
 }
 
 export class Forwarder {
@@ -122,6 +142,8 @@ class Exchange implements Dispatcher.DispatchHandler {
   private attemptSpan: Span | undefined
   /** Status of the current attempt's response head, for its span. */
   private statusCode: number | undefined
+  /** The response while the hook waits for its body (responseBodyLimit). */
+  private held: HeldResponse | undefined
 
   constructor(
     private readonly pool: Pool,
@@ -256,6 +278,10 @@ class Exchange implements Dispatcher.DispatchHandler {
     this.resume = resume
     const headers = forwardResponseHeaders(rawHeaders)
     const hook = this.f.hook
+    if (hook?.responseBodyLimit !== undefined) {
+      this.held = { status: statusCode, text: statusText, headers, chunks: [], size: 0, complete: false, released: false }
+      return true
+    }
     if (hook !== undefined) {
       const r = hook.onResponseHead(statusCode, headers)
       if (r instanceof Promise) {
@@ -303,6 +329,15 @@ class Exchange implements Dispatcher.DispatchHandler {
 
   onData(chunk: Buffer): boolean {
     if (this.discard) return true
+    const held = this.held
+    if (held !== undefined && !held.released) {
+      held.chunks.push(chunk)
+      held.size += chunk.length
+      if (held.size <= (this.f.hook?.responseBodyLimit ?? 0)) return true
+      // Too large to hold: the head goes out without a body for the hook, then streaming resumes.
+      this.release(held, undefined)
+      return false
+    }
     const ok = this.f.res.write(chunk)
     if (!ok) this.f.res.once('drain', this.onDrain)
     return ok
@@ -316,10 +351,43 @@ class Exchange implements Dispatcher.DispatchHandler {
       return
     }
     if (this.done) return
+    const held = this.held
+    if (held !== undefined && !held.released) {
+      held.complete = true
+      this.release(held, Buffer.concat(held.chunks, held.size))
+      return
+    }
+    this.finish()
+  }
+
+  private finish(): void {
+    if (this.done) return
     this.done = true
     this.f.res.end()
     this.endAttempt(this.statusCode, undefined)
     this.ended(this.f.res.statusCode)
+  }
+
+  /** Runs the hook on a held response, then writes what was held and goes on. */
+  private release(held: HeldResponse, body: Buffer | undefined): void {
+    held.released = true
+    const go = (err: TxmeshError | undefined): void => {
+      if (this.done) return
+      if (err !== undefined) {
+        if (!held.complete) return void this.abort?.(err)
+        this.done = true
+        this.endAttempt(held.status, err.code)
+        this.ended(err.status)
+        return respondError(this.f.res, err, !this.f.req.complete)
+      }
+      this.writeHead(held.status, held.text, held.headers)
+      for (const c of held.chunks.splice(0)) this.f.res.write(c)
+      if (held.complete) this.finish()
+      else this.resume?.()
+    }
+    const r = (this.f.hook as ResponseHook).onResponseHead(held.status, held.headers, body)
+    if (r instanceof Promise) r.then(go, (err: unknown) => go(upstreamError(err, this.f.origin)))
+    else go(r)
   }
 
   onError(err: Error): void {

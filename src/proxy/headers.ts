@@ -101,6 +101,7 @@ export function forwardRequestHeaders(
       // Set by the sidecar for its own app only; never trusted from outside.
       case 'txmesh-tx-id':
       case 'txmesh-branch-id':
+      case 'txmesh-op':
         continue
     }
     if (dropped(lower, named)) continue

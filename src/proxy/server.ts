@@ -117,7 +117,7 @@ export class ProxyServer {
             ? tx.implicit(route, headers, trace?.span)
             : undefined
           : this.o.direction === 'egress'
-            ? tx.egress(facts.context, route)
+            ? tx.egress(facts.context, route, { origin: target.origin, host: target.host, method, path: target.path, headers })
             : tx.ingress(facts.context, route, headers)
       if (h instanceof TxmeshError) {
         if (trace !== undefined) trace.errorType = h.code
@@ -132,13 +132,16 @@ export class ProxyServer {
     if (facts.chunked) {
       body = pipeline(req, new BodyLimit(route.maxBodyBytes), noop)
     } else if (facts.contentLength !== undefined && facts.contentLength > 0) {
-      if (facts.contentLength <= LIMITS.retryBodyBytes && methodRetryable(method, route.retries)) {
-        // Small body of a retryable request: read it first so a retry can send it again.
+      const wanted = hook?.requestBodyLimit !== undefined && facts.contentLength <= hook.requestBodyLimit
+      if (wanted || (facts.contentLength <= LIMITS.retryBodyBytes && methodRetryable(method, route.retries))) {
+        // Small body of a retryable request (or one a saga template reads): read it first so a
+        // retry can send it again.
         return readSmallBody(req, facts.contentLength, (buf) => {
           if (buf === undefined) {
             hook?.onEnd()
             return respondError(res, new BadRequestError('request body ended early'), true)
           }
+          if (hook !== undefined && wanted) hook.requestBody = buf
           this.o.forwarder.forward({ direction: this.o.direction, req, res, origin: target.origin, path: target.path, method, headers, body: buf, route, hook, trace })
         })
       }

@@ -43,7 +43,9 @@ export class SidecarMetrics {
   /** route -> participant services seen in its transactions. */
   private readonly routeServices = new Map<string, Set<string>>()
 
-  constructor(gauges: { inFlight: () => number; inDoubt: () => number }) {
+  private readonly stepOps: Counter<'op' | 'result'>
+
+  constructor(gauges: { inFlight: () => number; inDoubt: () => number; stuck?: () => number }) {
     const registers = [this.registry]
     // prom-client's Counter.inc + Histogram.observe cost ~1 µs a request; these two are kept as
     // plain numbers on the proxy path and rendered by their own collectors at scrape time.
@@ -54,6 +56,8 @@ export class SidecarMetrics {
     this.phase = new Histogram({ name: 'txmesh_phase_duration_seconds', help: 'Duration of protocol phases at the coordinator: prepare (commit requested to decision), commit and abort (decision to every acknowledgement).', labelNames: ['phase'], buckets: LATENCY_BUCKETS, registers })
     new Gauge({ name: 'txmesh_transactions_in_flight', help: 'Transactions this sidecar coordinates that have not finished.', registers, collect() { this.set(gauges.inFlight()) } })
     new Gauge({ name: 'txmesh_branches_in_doubt', help: 'Branches this sidecar holds that voted yes and wait for the decision.', registers, collect() { this.set(gauges.inDoubt()) } })
+    this.stepOps = new Counter({ name: 'txmesh_step_ops_total', help: 'Saga compensations and TCC confirm/cancel sends, by op and result (done, failed, stuck).', labelNames: ['op', 'result'], registers })
+    new Gauge({ name: 'txmesh_steps_stuck', help: 'Saga/TCC steps whose compensation, confirm or cancel failed past its retry budget and waits for an operator.', registers, collect() { this.set(gauges.stuck?.() ?? 0) } })
     this.fsyncs = new Counter({ name: 'txmesh_log_fsyncs_total', help: 'fsyncs of the durable log.', registers })
     this.batch = new Histogram({ name: 'txmesh_log_fsync_batch_records', help: 'Records made durable by one fsync (group commit).', buckets: [1, 2, 4, 8, 16, 32, 64, 128, 256], registers })
     this.fsyncSeconds = new Histogram({ name: 'txmesh_log_fsync_duration_seconds', help: 'Duration of one fsync of the durable log.', buckets: LATENCY_BUCKETS, registers })
@@ -68,6 +72,10 @@ export class SidecarMetrics {
         for (const [route, services] of self.routeServices) this.set({ route }, self.commitProbability(services))
       },
     })
+  }
+
+  stepOp(op: string, result: 'done' | 'failed' | 'stuck'): void {
+    this.stepOps.inc({ op, result })
   }
 
   request(direction: Direction, route: string, status: number, seconds: number): void {

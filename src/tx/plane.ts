@@ -9,15 +9,44 @@ import type { ControlClient } from './control-client.js'
 import type { CoordinatorDriver } from './coordinator/driver.js'
 import type { ParticipantRef } from './core.js'
 import type { ParticipantDriver } from './participant/driver.js'
-import { BRANCH_ID_HEADER, CONTEXT_HEADER, ENLISTED_HEADER, OUTCOME_HEADER, TX_ID_HEADER, signEnlisted, verifyContext, verifyEnlisted, type TxContext } from './protocol.js'
+import {
+  BRANCH_ID_HEADER,
+  COMPENSATE_HEADER,
+  CONTEXT_HEADER,
+  ENLISTED_HEADER,
+  OP_HEADER,
+  OUTCOME_HEADER,
+  TX_ID_HEADER,
+  newBranchId,
+  signContext,
+  signEnlisted,
+  verifyContext,
+  verifyEnlisted,
+  type TxContext,
+} from './protocol.js'
+import type { StepCoordinator } from './steps/driver.js'
+import type { StepOp, StepRecord } from './steps/machine.js'
+import { fillTemplate, parseCompensateHeader, templateNeeds, type CallFacts } from './steps/template.js'
+import { LIMITS } from '../limits.js'
 
 export interface TxParts {
   readonly keys: readonly Buffer[]
   readonly coordinators: readonly string[]
   readonly coordinator: CoordinatorDriver
   readonly participant: ParticipantDriver
+  readonly steps: StepCoordinator
   readonly control: ControlClient
   readonly clock?: () => number
+}
+
+/** An outgoing call, as the egress forwards it (saga steps record where to send their undo). */
+export interface EgressCall {
+  readonly origin: string
+  readonly host: string
+  readonly method: string
+  readonly path: string
+  /** Outgoing headers (flat); the context header is replaced for saga/tcc steps. */
+  readonly headers: string[]
 }
 
 /** Removes every `name` header from a flat header list and returns the last value seen. */
@@ -34,7 +63,7 @@ function take(headers: string[], name: string): string | undefined {
 
 /** The data plane's view of transactions. Without a mesh key every context is refused. */
 export interface TxPlane {
-  egress(token: string, route: RoutePolicy): ResponseHook | TxmeshError | undefined
+  egress(token: string, route: RoutePolicy, call: EgressCall): ResponseHook | TxmeshError | undefined
   ingress(token: string, route: RoutePolicy, headers: string[]): ResponseHook | TxmeshError | undefined
   /** `trace`: the request's SERVER span (tracing on), parent of the transaction's span. */
   implicit(route: RoutePolicy, headers: string[], trace?: Span): ResponseHook | TxmeshError | undefined
@@ -67,10 +96,11 @@ export class ActiveTxPlane implements TxPlane {
   }
 
   /** An outgoing call of the app that carries a context. */
-  egress(token: string, route: RoutePolicy): ResponseHook | TxmeshError | undefined {
+  egress(token: string, route: RoutePolicy, call: EgressCall): ResponseHook | TxmeshError | undefined {
     if (route.transaction === 'never') return undefined
     const ctx = this.verify(token)
     if (ctx instanceof TxmeshError) return ctx
+    if (ctx.mode !== '2pc') return this.stepEgress(ctx, route, call)
     return {
       onResponseHead: (_status, headers) => {
         const enlisted = take(headers, ENLISTED_HEADER)
@@ -104,12 +134,70 @@ export class ActiveTxPlane implements TxPlane {
   }
 
   /**
+   * A saga or TCC call is a step: it gets its own id (in a re-signed context, so the target's
+   * barrier can key on it), and once it answered, what undoes (saga) or confirms/cancels (tcc)
+   * it is recorded durably at the coordinator before the response reaches the app.
+   */
+  private stepEgress(ctx: TxContext, route: RoutePolicy, call: EgressCall): ResponseHook | TxmeshError {
+    const stepId = newBranchId()
+    const context = signContext(this.d.keys[0] as Buffer, { ...ctx, parent: ctx.branch ?? ctx.parent, branch: stepId, op: ctx.mode === 'saga' ? 'action' : 'try' })
+    take(call.headers, CONTEXT_HEADER)
+    // The plain ids too, for a target without a sidecar (a sidecar's ingress sets its own).
+    call.headers.push(CONTEXT_HEADER, context, TX_ID_HEADER, ctx.id, BRANCH_ID_HEADER, stepId, OP_HEADER, ctx.mode === 'saga' ? 'action' : 'try')
+    const template = ctx.mode === 'saga' ? route.compensation : undefined
+    const needs = templateNeeds(template)
+    const service = hostOnly(call.host)
+    const hook: ResponseHook = {
+      ...(needs.responseJson ? { responseBodyLimit: LIMITS.stepTemplateBodyBytes } : {}),
+      ...(needs.requestJson ? { requestBodyLimit: LIMITS.stepTemplateBodyBytes } : {}),
+      onResponseHead: (status, headers, body) => {
+        const named = take(headers, COMPENSATE_HEADER)
+        const enlisted = take(headers, ENLISTED_HEADER)
+        const facts: CallFacts = { method: call.method, path: call.path, requestHeaders: call.headers, requestBody: hook.requestBody, status, responseHeaders: headers, responseBody: body, txId: ctx.id, stepId }
+        let step: StepRecord | undefined
+        if (ctx.mode === 'saga') {
+          step = sagaStep(stepId, service, call.origin, status, template, named, facts, needs.responseJson && body === undefined)
+        } else {
+          // TCC: the try ran through the target's sidecar, which confirms or cancels it later.
+          const refs = enlisted === undefined ? undefined : verifyEnlisted(this.d.keys, enlisted, ctx.id)
+          if (refs instanceof TxmeshError) return refs
+          const self = refs?.find((r) => r.branch === stepId)
+          if (self === undefined) {
+            if (headers.some((h, i) => i % 2 === 0 && h.toLowerCase() === 'x-txmesh-error')) return undefined
+            if (route.nonTransactionalTarget === 'proceed') return undefined
+            return new NoSidecarError(`the target answered without a txmesh sidecar; a TCC try needs one to confirm or cancel it (transaction ${ctx.id})`)
+          }
+          // A failed try is cancelled too (it may have reserved before failing; the target's
+          // barrier turns a cancel of nothing into a no-op).
+          const confirm = hookOp(route.tcc?.confirm, facts)
+          const cancel = hookOp(route.tcc?.cancel, facts)
+          step = { id: stepId, service: self.service, target: self.control }
+          if ('unresolved' in confirm || 'unresolved' in cancel) step = { ...step, unresolved: 'unresolved' in confirm ? confirm.unresolved : (cancel as { unresolved: string }).unresolved }
+          else step = { ...step, confirm, cancel }
+        }
+        if (step === undefined) return undefined
+        return this.recordStep(ctx, step)
+      },
+      onEnd: () => undefined,
+    }
+    return hook
+  }
+
+  /** Durable at the coordinator (local, or over the control listener) before the app sees the answer. */
+  private async recordStep(ctx: TxContext, step: StepRecord): Promise<TxmeshError | undefined> {
+    if (this.d.steps.has(ctx.id)) return this.d.steps.addStep(ctx.id, step)
+    const r = await this.d.control.call(ctx.coordinator, 'POST', `/v1/tx/${ctx.id}/steps`, { step: { ...step } })
+    return r.ok ? undefined : new TxNotActiveError(`coordinator refused the step: ${r.error}`)
+  }
+
+  /**
    * Implicit transaction (ingress route `transaction: required`, request without a context):
    * begin one here, let the app see its context and join it as a participant itself, and end
    * it with the app's answer: 2xx commits, anything else aborts. The response waits for the
    * outcome; a 2xx whose transaction aborted becomes 409 TXM_TX_ABORTED.
    */
   implicit(route: RoutePolicy, headers: string[], trace?: Span): ResponseHook | TxmeshError {
+    if (route.mode !== '2pc') return this.implicitSteps(route, headers)
     const tx = this.d.coordinator.begin('2pc', route.timeoutMs, route.name, trace)
     if (tx instanceof TxmeshError) return tx
     headers.push(CONTEXT_HEADER, tx.context)
@@ -143,11 +231,34 @@ export class ActiveTxPlane implements TxPlane {
     }
   }
 
+  /** Implicit saga/tcc: the app orchestrates; its calls are the steps; its answer ends it. */
+  private implicitSteps(route: RoutePolicy, headers: string[]): ResponseHook | TxmeshError {
+    const tx = this.d.steps.begin(route.mode as 'saga' | 'tcc', route.timeoutMs, route.name)
+    if (tx instanceof TxmeshError) return tx
+    headers.push(CONTEXT_HEADER, tx.context, TX_ID_HEADER, tx.id)
+    let answered = false
+    return {
+      onResponseHead: async (status, out) => {
+        answered = true
+        const ok = status >= 200 && status < 300
+        const result = ok ? await this.d.steps.commit(tx.id) : await this.d.steps.abort(tx.id, `the app answered ${status}`)
+        const outcome = result instanceof TxmeshError ? 'aborted' : result.outcome
+        out.push(TX_ID_HEADER, tx.id, OUTCOME_HEADER, outcome)
+        if (ok && outcome !== 'committed') return new TxAbortedError(`transaction ${tx.id} aborted: ${result instanceof TxmeshError ? result.message : (result.reason ?? 'aborted')}`)
+        return undefined
+      },
+      onEnd: () => {
+        if (!answered) void this.d.steps.abort(tx.id, 'the request failed before the app answered')
+      },
+    }
+  }
+
   /** An incoming call that carries a context: join the transaction as a branch. */
   ingress(token: string, route: RoutePolicy, headers: string[]): ResponseHook | TxmeshError | undefined {
     if (route.transaction === 'never') return undefined
     const ctx = this.verify(token)
     if (ctx instanceof TxmeshError) return ctx
+    if (ctx.mode !== '2pc') return this.stepIngress(ctx, headers)
     const branch = this.d.participant.join(ctx, token)
     if (branch instanceof TxmeshError) return branch
     if (branch.state.status !== 'active') {
@@ -174,4 +285,56 @@ export class ActiveTxPlane implements TxPlane {
       onEnd: close,
     }
   }
+
+  /**
+   * A saga/tcc step reaching its service: the app gets the ids and what the request is (its
+   * barrier keys on them); no branch state is kept here. A TCC try answers with this sidecar's
+   * control address so the coordinator can have it confirmed or cancelled.
+   */
+  private stepIngress(ctx: TxContext, headers: string[]): ResponseHook {
+    const branch = ctx.branch ?? newBranchId()
+    const op = ctx.op ?? (ctx.mode === 'saga' ? 'action' : 'try')
+    headers.push(TX_ID_HEADER, ctx.id, BRANCH_ID_HEADER, branch, OP_HEADER, op)
+    return {
+      onResponseHead: (_status, out) => {
+        take(out, ENLISTED_HEADER)
+        if (ctx.mode === 'tcc' && op === 'try') out.push(ENLISTED_HEADER, signEnlisted(this.d.keys[0] as Buffer, ctx.id, [this.d.participant.stepRef(branch)]))
+        return undefined
+      },
+      onEnd: () => undefined,
+    }
+  }
+}
+
+/** The saga step of an answered call, or undefined when there is nothing to undo. */
+function sagaStep(
+  id: string,
+  service: string,
+  origin: string,
+  status: number,
+  template: RoutePolicy['compensation'],
+  named: string | undefined,
+  facts: CallFacts,
+  bodyTooLarge: boolean,
+): StepRecord | undefined {
+  // 4xx: the service refused and did nothing. 2xx: done. 5xx: it may have done part of it, so
+  // it is undone when the compensation can be worked out (the target's barrier makes an undo of
+  // nothing harmless).
+  if (status >= 400 && status < 500) return undefined
+  let op: StepOp | { unresolved: string } | undefined
+  if (template !== undefined) op = bodyTooLarge ? { unresolved: `response body over ${LIMITS.stepTemplateBodyBytes} bytes; the compensation template cannot read it` } : fillTemplate(template, facts)
+  else if (named !== undefined) op = parseCompensateHeader(named)
+  if (op === undefined) return undefined
+  if ('unresolved' in op) return status < 300 ? { id, service, target: origin, unresolved: op.unresolved } : undefined
+  return { id, service, target: origin, compensate: op }
+}
+
+/** A TCC hook of the caller's route, filled; path '' lets the target sidecar use its default hook. */
+function hookOp(t: RoutePolicy['compensation'], facts: CallFacts): StepOp | { unresolved: string } {
+  return t === undefined ? { method: 'POST', path: '' } : fillTemplate(t, facts)
+}
+
+function hostOnly(host: string): string {
+  const h = host.startsWith('[') ? host.slice(0, host.indexOf(']') + 1) : host.split(':')[0] ?? host
+  return h.toLowerCase()
 }

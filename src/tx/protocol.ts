@@ -2,7 +2,7 @@
 //
 // Context header `txmesh-context: v1.<payload>.<mac>`: payload is base64url JSON
 // {i: tx id, m: mode, c: coordinator control address, d: deadline (epoch ms), p?: parent
-// branch}; mac is base64url HMAC-SHA256 over "v1." + payload with the mesh key. At most
+// branch, b?: step branch id, o?: step op (saga/tcc)}; mac is base64url HMAC-SHA256 over "v1." + payload with the mesh key. At most
 // LIMITS.contextBytes. The same token may arrive as the W3C baggage entry `txmesh`.
 //
 // Enlistment header `txmesh-enlisted: v1.<payload>.<mac>` on responses from a participant's
@@ -25,10 +25,18 @@ export const ENLISTED_HEADER = 'txmesh-enlisted'
 export const TX_ID_HEADER = 'txmesh-tx-id'
 export const BRANCH_ID_HEADER = 'txmesh-branch-id'
 export const BAGGAGE_ENTRY = 'txmesh'
+/** Set by the ingress on saga/tcc requests to its app: action | compensate | try | confirm | cancel. */
+export const OP_HEADER = 'txmesh-op'
+/** On a saga step's response: the compensation the service names for itself, `METHOD /path`. */
+export const COMPENSATE_HEADER = 'txmesh-compensate'
 /** On responses of implicit transactions: committed | aborted. */
 export const OUTCOME_HEADER = 'txmesh-outcome'
 
-export type TxMode = '2pc'
+export type TxMode = '2pc' | 'saga' | 'tcc'
+export const TX_MODES: readonly TxMode[] = ['2pc', 'saga', 'tcc']
+/** What a saga/tcc request is to the app: the step itself, or the op that finishes it. */
+export type StepOpKind = 'action' | 'compensate' | 'try' | 'confirm' | 'cancel'
+const STEP_OPS: readonly StepOpKind[] = ['action', 'compensate', 'try', 'confirm', 'cancel']
 
 export interface TxContext {
   readonly id: TxId
@@ -37,6 +45,10 @@ export interface TxContext {
   readonly coordinator: string
   readonly deadline: number
   readonly parent: BranchId | undefined
+  /** saga/tcc: the step this request belongs to (set by the caller's egress, or the coordinator). */
+  readonly branch?: BranchId | undefined
+  /** saga/tcc: what the request is to the step (absent: the step itself). */
+  readonly op?: StepOpKind | undefined
 }
 
 const VERSION = 'v1'
@@ -104,6 +116,8 @@ function open(keys: readonly Buffer[], token: string, what: string, limit: numbe
 export function signContext(key: Buffer, ctx: TxContext): string {
   const p: Record<string, unknown> = { i: ctx.id, m: ctx.mode, c: ctx.coordinator, d: ctx.deadline }
   if (ctx.parent !== undefined) p.p = ctx.parent
+  if (ctx.branch !== undefined) p.b = ctx.branch
+  if (ctx.op !== undefined) p.o = ctx.op
   return seal(key, p)
 }
 
@@ -122,13 +136,22 @@ export function verifyContext(
 ): TxContext | TxmeshError {
   const raw = open(keys, token, 'txmesh-context', LIMITS.contextBytes)
   if (raw instanceof TxmeshError) return raw
-  const p = raw as { i?: unknown; m?: unknown; c?: unknown; d?: unknown; p?: unknown }
-  if (!isId(p.i) || p.m !== '2pc' || typeof p.c !== 'string' || !ADDRESS_RE.test(p.c) || typeof p.d !== 'number' || (p.p !== undefined && !isId(p.p))) {
+  const p = raw as { i?: unknown; m?: unknown; c?: unknown; d?: unknown; p?: unknown; b?: unknown; o?: unknown }
+  if (
+    !isId(p.i) ||
+    !TX_MODES.includes(p.m as TxMode) ||
+    typeof p.c !== 'string' ||
+    !ADDRESS_RE.test(p.c) ||
+    typeof p.d !== 'number' ||
+    (p.p !== undefined && !isId(p.p)) ||
+    (p.b !== undefined && (!isId(p.b) || p.m === '2pc')) ||
+    (p.o !== undefined && (!STEP_OPS.includes(p.o as StepOpKind) || p.b === undefined))
+  ) {
     return new ContextInvalidError('txmesh-context payload has missing or malformed fields')
   }
   if (p.d <= now) return new ContextExpiredError(`transaction ${p.i} passed its deadline`)
   if (!coordinatorAllowed(allow, p.c)) return new CoordinatorNotAllowedError(`coordinator ${p.c} is not in the allow-list`)
-  return { id: p.i, mode: p.m, coordinator: p.c, deadline: p.d, parent: p.p as string | undefined }
+  return { id: p.i, mode: p.m as TxMode, coordinator: p.c, deadline: p.d, parent: p.p as string | undefined, branch: p.b as string | undefined, op: p.o as StepOpKind | undefined }
 }
 
 /** The txmesh entry of a W3C baggage header, if any (`txmesh=<token>`). */

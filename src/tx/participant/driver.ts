@@ -11,7 +11,7 @@ import type { Logger } from '../../log.js'
 import type { FileLog } from '../../log/file-log.js'
 import type { ControlClient } from '../control-client.js'
 import type { BranchId, Env, Outcome, ParticipantAction, ParticipantEvent, ParticipantRef, ParticipantState, TxId, Vote } from '../core.js'
-import { BRANCH_ID_HEADER, CONTEXT_HEADER, TX_ID_HEADER, coordinatorAllowed, coordinatorOfTx, newBranchId, type TxContext } from '../protocol.js'
+import { BRANCH_ID_HEADER, CONTEXT_HEADER, OP_HEADER, TX_ID_HEADER, coordinatorAllowed, coordinatorOfTx, newBranchId, type TxContext } from '../protocol.js'
 import { newParticipant, participantStep, recoverParticipant } from './machine.js'
 
 export interface Branch {
@@ -50,7 +50,7 @@ export interface ParticipantDeps {
   /** The app's origin, e.g. http://127.0.0.1:8080, and the pool to reach it. */
   readonly app: Dispatcher
   readonly appOrigin: string
-  readonly hooks: { readonly prepare: string; readonly commit: string; readonly abort: string }
+  readonly hooks: { readonly prepare: string; readonly commit: string; readonly abort: string; readonly confirm: string; readonly cancel: string }
   readonly logger: Logger
   /** Coordinator allow-list (mesh.coordinators): who may be asked about unknown branches. */
   readonly coordinators: readonly string[]
@@ -123,6 +123,36 @@ export class ParticipantDriver {
 
   ref(b: Branch): ParticipantRef {
     return { service: this.d.service, control: this.d.self, branch: b.state.branch }
+  }
+
+  /** This sidecar as the participant of a saga/tcc step (no branch state is kept here). */
+  stepRef(branch: BranchId): ParticipantRef {
+    return { service: this.d.service, control: this.d.self, branch }
+  }
+
+  /**
+   * TCC: the coordinator asks to confirm or cancel a step tried through this sidecar. The
+   * sidecar keeps no state for TCC steps (the coordinator holds them durably and retries), so
+   * this only calls the app's hook: 2xx or 404 is done, anything else is retried by the caller.
+   * `path`: the hook the caller's route names, else this sidecar's hooks.confirm / hooks.cancel.
+   */
+  async stepHook(tx: TxId, branch: BranchId, op: 'confirm' | 'cancel', method: string, path: string | undefined): Promise<'done' | 'failed'> {
+    try {
+      const res = await request(`${this.d.appOrigin}${path ?? this.d.hooks[op]}`, {
+        method: method as 'POST',
+        dispatcher: this.d.app,
+        headers: { [TX_ID_HEADER]: tx, [BRANCH_ID_HEADER]: branch, [OP_HEADER]: op, 'content-length': '0' },
+        headersTimeout: LIMITS.hookCallTimeoutMs,
+        bodyTimeout: LIMITS.hookCallTimeoutMs,
+      })
+      await res.body.dump({ limit: LIMITS.controlBodyBytes }).catch(() => undefined)
+      const s = res.statusCode
+      this.d.onEvent?.('branch-status', { tx, branch, status: s >= 200 && s < 300 ? (op === 'confirm' ? 'confirmed' : 'cancelled') : `${op}-failed`, service: this.d.service })
+      if ((s >= 200 && s < 300) || s === 404) return 'done'
+    } catch (err) {
+      this.d.logger.warn('hook_failed', { tx, hook: op, error: (err as { code?: string }).code ?? String(err) })
+    }
+    return 'failed'
   }
 
   /** The branch of this transaction here, created on the first request that carries its context. */

@@ -1,0 +1,390 @@
+// Driver of step transactions (sagas and TCC): performs the actions of the pure machine in
+// ./machine.ts (log writes, compensation requests, confirm/cancel control calls, timers) and
+// feeds the results back. One entry per transaction this sidecar coordinates.
+//
+// Log records, all under `s:<tx>`: {type:'step'} (force-written before the step's response
+// reaches the app), {type:'decision', outcome} (COMMIT force-written, abort lazy),
+// {type:'step-done'} (lazy). END once every step is finished.
+import { request, Agent } from 'undici'
+import { ShuttingDownError, TxLimitError, TxNotActiveError, TxUnknownError, type TxmeshError } from '../../errors.js'
+import { LIMITS } from '../../limits.js'
+import type { Logger } from '../../log.js'
+import type { FileLog } from '../../log/file-log.js'
+import type { SidecarMetrics } from '../../telemetry/metrics.js'
+import type { ControlClient } from '../control-client.js'
+import type { BranchId, Env, Outcome, TxId } from '../core.js'
+import { appendDurable } from '../durable.js'
+import { BRANCH_ID_HEADER, CONTEXT_HEADER, OP_HEADER, TX_ID_HEADER, newTxId, signContext } from '../protocol.js'
+import { RecentMap } from '../recent.js'
+import { newStepTx, recoverStepTx, stepTxOutcome, stepTxStep, type StepAction, type StepEvent, type StepMode, type StepOp, type StepOpName, type StepPolicy, type StepRecord, type StepTxState } from './machine.js'
+
+export interface StepView {
+  readonly id: BranchId
+  readonly service: string
+  readonly target: string
+  readonly status: string
+  readonly attempts: number
+  readonly lastError: string | undefined
+  readonly compensate?: StepOp
+  readonly confirm?: StepOp
+  readonly cancel?: StepOp
+}
+
+export interface StepTxView {
+  readonly id: TxId
+  readonly mode: StepMode
+  readonly status: StepTxState['status']
+  readonly deadline: number
+  readonly reason: string | undefined
+  /** Steps whose op failed past its budget (operators: POST /v1/transactions/{id}/retry). */
+  readonly stuck: number
+  readonly steps: readonly StepView[]
+}
+
+export interface StepTxResult {
+  readonly id: TxId
+  readonly outcome: Outcome
+  readonly reason: string | undefined
+  readonly steps: readonly StepView[]
+}
+
+export interface StepDeps {
+  readonly log: FileLog
+  readonly control: ControlClient
+  readonly self: string
+  readonly key: Buffer
+  readonly logger: Logger
+  readonly policy: StepPolicy
+  readonly clock?: () => number
+  readonly random?: () => number
+  readonly metrics?: SidecarMetrics | undefined
+  readonly onEvent?: ((type: string, data: Readonly<Record<string, unknown>>) => void) | undefined
+  /** Called once a COMMIT decision is durable (attached messages may be published). */
+  readonly onCommitted?: ((id: TxId) => void) | undefined
+}
+
+interface Entry {
+  state: StepTxState
+  readonly route: string
+  outcome: Outcome | undefined
+  outcomeWaiters: ((o: Outcome) => void)[]
+  doneWaiters: (() => void)[]
+  deadlineTimer: NodeJS.Timeout | undefined
+  readonly retryTimers: Map<BranchId, NodeJS.Timeout>
+  finished: boolean
+}
+
+const logKey = (id: TxId): string => `s:${id}`
+
+export class StepCoordinator {
+  private readonly txs = new Map<TxId, Entry>()
+  private readonly finished = new RecentMap<TxId, Entry>()
+  private readonly clock: () => number
+  private readonly random: () => number
+  private readonly agent = new Agent({ connections: LIMITS.poolConnectionsPerOrigin, keepAliveTimeout: LIMITS.upstreamKeepAliveMs, connect: { timeout: LIMITS.connectTimeoutMs } })
+  private closed = false
+  readonly outcomes = { committed: 0, aborted: 0 }
+
+  constructor(private readonly d: StepDeps) {
+    this.clock = d.clock ?? Date.now
+    this.random = d.random ?? Math.random
+  }
+
+  private env(): Env {
+    return { now: this.clock(), random: this.random }
+  }
+
+  get activeCount(): number {
+    return this.txs.size
+  }
+
+  /** Steps stuck past their budget, over every transaction held here (metric, dashboard). */
+  get stuckCount(): number {
+    let n = 0
+    for (const e of this.txs.values()) for (const s of e.state.steps) if (s.status === 'stuck') n++
+    return n
+  }
+
+  has(id: TxId): boolean {
+    return this.txs.has(id) || this.finished.get(id) !== undefined
+  }
+
+  begin(mode: StepMode, timeoutMs: number, route = 'api'): { id: TxId; context: string; deadline: number } | TxmeshError {
+    if (this.txs.size >= LIMITS.maxActiveTransactions) return new TxLimitError(`this sidecar already coordinates ${this.txs.size} step transactions`)
+    const id = newTxId(this.d.self)
+    const deadline = this.clock() + timeoutMs
+    const entry = this.newEntry(newStepTx(id, mode, deadline, this.d.policy), route)
+    entry.deadlineTimer = setTimeout(() => this.feed(id, { type: 'deadline' }), timeoutMs)
+    entry.deadlineTimer.unref()
+    this.txs.set(id, entry)
+    this.d.onEvent?.('tx-begin', { tx: id, mode, route, deadline })
+    const context = signContext(this.d.key, { id, mode, coordinator: this.d.self, deadline, parent: undefined })
+    return { id, context, deadline }
+  }
+
+  private newEntry(state: StepTxState, route: string): Entry {
+    return { state, route, outcome: undefined, outcomeWaiters: [], doneWaiters: [], deadlineTimer: undefined, retryTimers: new Map(), finished: false }
+  }
+
+  /**
+   * Records a step durably, then hands it to the machine. Resolves once the record is on disk:
+   * only then may the step's response reach the app (a crash after that still undoes it).
+   */
+  async addStep(id: TxId, step: StepRecord): Promise<TxmeshError | undefined> {
+    let e = this.txs.get(id)
+    if (e === undefined) {
+      // Finished already: a step that answered late still has to be undone.
+      e = this.finished.get(id)
+      if (e === undefined) return new TxUnknownError(`transaction ${id} is not coordinated here`)
+      e.finished = false
+      this.txs.set(id, e)
+    }
+    if (e.state.steps.length >= LIMITS.maxSteps) return new TxLimitError(`transaction ${id} already has ${LIMITS.maxSteps} steps`)
+    const late = e.state.status !== 'active'
+    const recorded: StepRecord = late ? { ...step, late: true } : step
+    await appendDurable(this.d.log, logKey(id), { type: 'step', mode: e.state.mode, step: { ...recorded } })
+    this.feed(id, { type: 'step', step: recorded })
+    this.d.onEvent?.('tx-step', { tx: id, service: step.service, branch: step.id, ...(step.unresolved === undefined ? {} : { unresolved: step.unresolved }) })
+    // A step that answered after the end still joins the undo queue, but the caller hears the
+    // transaction is over.
+    if (late) return new TxNotActiveError(`transaction ${id} is ${e.state.status}; the step will be undone`)
+    return undefined
+  }
+
+  async commit(id: TxId, waitForSteps = false): Promise<StepTxResult | TxmeshError> {
+    return this.finish(id, { type: 'commit-requested' }, waitForSteps)
+  }
+
+  async abort(id: TxId, reason: string, waitForSteps = false): Promise<StepTxResult | TxmeshError> {
+    return this.finish(id, { type: 'abort-requested', reason }, waitForSteps)
+  }
+
+  private async finish(id: TxId, event: StepEvent, waitForSteps: boolean): Promise<StepTxResult | TxmeshError> {
+    const e = this.txs.get(id) ?? this.finished.get(id)
+    if (e === undefined) return new TxUnknownError(`transaction ${id} is not coordinated here`)
+    if (e.outcome === undefined) {
+      const outcome = new Promise<Outcome>((resolve) => e.outcomeWaiters.push(resolve))
+      this.feed(id, event)
+      await outcome
+    }
+    if (waitForSteps && !e.finished) {
+      let timer: NodeJS.Timeout | undefined
+      await Promise.race([
+        new Promise<void>((resolve) => e.doneWaiters.push(resolve)),
+        new Promise<void>((resolve) => (timer = setTimeout(resolve, LIMITS.commitAckWaitMs))),
+      ])
+      clearTimeout(timer)
+    }
+    return { id, outcome: e.outcome ?? 'aborted', reason: e.state.reason, steps: stepViews(e.state) }
+  }
+
+  /** Operator: try the stuck steps of a transaction again. */
+  retryStuck(id: TxId): TxmeshError | number {
+    const e = this.txs.get(id)
+    if (e === undefined) return new TxUnknownError(`transaction ${id} has no unfinished steps here`)
+    const n = e.state.steps.filter((s) => s.status === 'stuck').length
+    this.feed(id, { type: 'retry-stuck' })
+    return n
+  }
+
+  outcomeFor(id: TxId): Outcome | 'in-doubt' {
+    const e = this.txs.get(id) ?? this.finished.get(id)
+    const o = e === undefined ? 'aborted' : stepTxOutcome(e.state)
+    return o === 'unknown' ? 'in-doubt' : o
+  }
+
+  view(id: TxId): StepTxView | undefined {
+    const e = this.txs.get(id) ?? this.finished.get(id)
+    if (e === undefined) return undefined
+    const s = e.state
+    return { id, mode: s.mode, status: s.status, deadline: s.deadline, reason: s.reason, stuck: s.steps.filter((x) => x.status === 'stuck').length, steps: stepViews(s) }
+  }
+
+  list(): StepTxView[] {
+    return [...this.txs.keys(), ...this.finished.keys()].map((id) => this.view(id)).filter((v): v is StepTxView => v !== undefined)
+  }
+
+  /** Restarts every transaction whose steps are in the log and not ended. */
+  recover(records: readonly { txId: string; body: Readonly<Record<string, unknown>> }[]): number {
+    const byTx = new Map<TxId, { mode: StepMode; steps: StepRecord[]; done: Set<BranchId>; committed: boolean }>()
+    for (const r of records) {
+      if (!r.txId.startsWith('s:')) continue
+      const id = r.txId.slice(2)
+      const b = r.body
+      let t = byTx.get(id)
+      if (t === undefined) {
+        t = { mode: b.mode === 'tcc' ? 'tcc' : 'saga', steps: [], done: new Set(), committed: false }
+        byTx.set(id, t)
+      }
+      if (b.type === 'step') {
+        t.mode = b.mode === 'tcc' ? 'tcc' : 'saga'
+        t.steps.push(b.step as StepRecord)
+      } else if (b.type === 'decision' && b.outcome === 'committed') {
+        t.committed = true
+      } else if (b.type === 'step-done' && typeof b.step === 'string') {
+        t.done.add(b.step)
+      }
+    }
+    for (const [id, t] of byTx) {
+      const step = recoverStepTx(id, t.mode, t.steps, t.done, t.committed, this.d.policy, this.env())
+      const entry = this.newEntry(step.state, 'recovered')
+      entry.outcome = t.committed ? 'committed' : 'aborted'
+      this.txs.set(id, entry)
+      this.d.onEvent?.('tx-begin', { tx: id, mode: t.mode, route: 'recovered', recovered: true })
+      this.d.logger.info('tx_recovered', { tx: id, role: 'coordinator', mode: t.mode, steps: t.steps.length, committed: t.committed })
+      if (t.committed) this.d.onCommitted?.(id)
+      this.perform(id, entry, step.actions)
+    }
+    return byTx.size
+  }
+
+  private feed(id: TxId, event: StepEvent): void {
+    const e = this.txs.get(id)
+    if (e === undefined || this.closed) return
+    const step = stepTxStep(e.state, event, this.env())
+    e.state = step.state
+    this.perform(id, e, step.actions)
+  }
+
+  private perform(id: TxId, e: Entry, actions: readonly StepAction[]): void {
+    for (const a of actions) {
+      switch (a.type) {
+        case 'log-decision':
+          if (a.outcome === 'aborted') {
+            this.lazy(id, { type: 'decision', outcome: 'aborted' })
+            break
+          }
+          appendDurable(this.d.log, logKey(id), { type: 'decision', outcome: 'committed' }).then(
+            () => this.feed(id, { type: 'decision-logged' }),
+            (err: unknown) => {
+              this.d.logger.error('decision_log_failed', { tx: id, error: String(err) })
+              if (err instanceof ShuttingDownError) return
+              // Neither outcome is safe to announce: stop, recovery decides from the log.
+              process.exit(70)
+            },
+          )
+          break
+        case 'run':
+          void this.runOp(id, e, a.step, a.op)
+          break
+        case 'log-step-done':
+          this.lazy(id, { type: 'step-done', step: a.step })
+          break
+        case 'schedule-retry': {
+          clearTimeout(e.retryTimers.get(a.step))
+          const t = setTimeout(() => {
+            e.retryTimers.delete(a.step)
+            this.feed(id, { type: 'retry-due', step: a.step })
+          }, a.delayMs)
+          e.retryTimers.set(a.step, t)
+          break
+        }
+        case 'stuck':
+          this.d.metrics?.stepOp(a.op, 'stuck')
+          this.d.logger.warn('step_stuck', { tx: id, step: a.step.id, service: a.step.service, op: a.op, error: a.error })
+          this.d.onEvent?.('tx-stuck', { tx: id, service: a.step.service, branch: a.step.id, op: a.op, error: a.error })
+          break
+        case 'outcome':
+          e.outcome = a.outcome
+          this.outcomes[a.outcome]++
+          clearTimeout(e.deadlineTimer)
+          this.d.metrics?.transactions.inc({ mode: e.state.mode, outcome: a.outcome })
+          for (const w of e.outcomeWaiters.splice(0)) w(a.outcome)
+          this.d.onEvent?.('tx-outcome', { tx: id, outcome: a.outcome, reason: a.reason })
+          this.d.logger.info('tx_outcome', { tx: id, mode: e.state.mode, outcome: a.outcome, reason: a.reason })
+          if (a.outcome === 'committed') this.d.onCommitted?.(id)
+          break
+        case 'log-end':
+          this.d.log.end(logKey(id))
+          this.retire(id, e)
+          break
+      }
+    }
+  }
+
+  private lazy(id: TxId, body: Record<string, unknown>): void {
+    try {
+      this.d.log.appendLazy(logKey(id), body)
+    } catch (err) {
+      // A lost lazy record only means the op runs again after a restart (ops are idempotent).
+      this.d.logger.warn('log_lazy_failed', { tx: id, error: String(err) })
+    }
+  }
+
+  private async runOp(id: TxId, e: Entry, step: StepRecord, op: StepOpName): Promise<void> {
+    const request = step[op]
+    let result: { ok: boolean; error: string }
+    if (request === undefined) result = { ok: true, error: '' }
+    else if (e.state.mode === 'tcc') result = await this.callHook(id, step, op, request)
+    else result = await this.sendCompensation(id, step, request)
+    this.d.metrics?.stepOp(op, result.ok ? 'done' : 'failed')
+    if (result.ok) this.d.onEvent?.(`tx-${op === 'compensate' ? 'compensated' : op === 'confirm' ? 'confirmed' : 'cancelled'}`, { tx: id, service: step.service, branch: step.id })
+    else this.d.logger.warn('step_op_failed', { tx: id, step: step.id, service: step.service, op, error: result.error })
+    this.feed(id, result.ok ? { type: 'op-done', step: step.id } : { type: 'op-failed', step: step.id, error: result.error })
+  }
+
+  /** Saga: the compensation goes to the step's target like any call, with a context naming the step. */
+  private async sendCompensation(id: TxId, step: StepRecord, op: StepOp): Promise<{ ok: boolean; error: string }> {
+    const context = signContext(this.d.key, { id, mode: 'saga', coordinator: this.d.self, deadline: this.clock() + LIMITS.stepOpContextTtlMs, parent: undefined, branch: step.id, op: 'compensate' })
+    const headers: Record<string, string> = { ...(op.headers ?? {}), [CONTEXT_HEADER]: context, [TX_ID_HEADER]: id, [BRANCH_ID_HEADER]: step.id, [OP_HEADER]: 'compensate' }
+    if (op.body !== undefined && headers['content-type'] === undefined) headers['content-type'] = 'application/json'
+    try {
+      const res = await request(`${step.target}${op.path}`, {
+        method: op.method as 'POST',
+        headers,
+        ...(op.body === undefined ? {} : { body: op.body }),
+        dispatcher: this.agent,
+        headersTimeout: LIMITS.stepOpTimeoutMs,
+        bodyTimeout: LIMITS.stepOpTimeoutMs,
+      })
+      const code = res.headers['x-txmesh-error']
+      await res.body.dump({ limit: LIMITS.controlBodyBytes }).catch(() => undefined)
+      // 404: nothing left to undo (already compensated, or never created).
+      if ((res.statusCode >= 200 && res.statusCode < 300) || res.statusCode === 404) return { ok: true, error: '' }
+      return { ok: false, error: `${op.method} ${op.path} answered ${res.statusCode}${typeof code === 'string' ? ` ${code}` : ''}` }
+    } catch (err) {
+      return { ok: false, error: `${op.method} ${op.path} failed: ${(err as { code?: string }).code ?? String(err)}` }
+    }
+  }
+
+  /** TCC: the participant's sidecar calls its app's confirm or cancel hook. */
+  private async callHook(id: TxId, step: StepRecord, op: StepOpName, hook: StepOp): Promise<{ ok: boolean; error: string }> {
+    const r = await this.d.control.call(step.target, 'POST', `/v1/tx/${id}/${op}`, { branch: step.id, method: hook.method, path: hook.path })
+    return r.ok ? { ok: true, error: '' } : { ok: false, error: `${op} via ${step.service} failed: ${r.error}` }
+  }
+
+  private retire(id: TxId, e: Entry): void {
+    e.finished = true
+    clearTimeout(e.deadlineTimer)
+    for (const t of e.retryTimers.values()) clearTimeout(t)
+    e.retryTimers.clear()
+    for (const w of e.doneWaiters.splice(0)) w()
+    this.txs.delete(id)
+    this.finished.set(id, e)
+    this.d.onEvent?.('tx-finished', { tx: id, outcome: e.outcome, status: e.state.status })
+  }
+
+  close(): Promise<void> {
+    this.closed = true
+    for (const e of this.txs.values()) {
+      clearTimeout(e.deadlineTimer)
+      for (const t of e.retryTimers.values()) clearTimeout(t)
+    }
+    return this.agent.close()
+  }
+}
+
+function stepViews(s: StepTxState): StepView[] {
+  return s.steps.map((e) => ({
+    id: e.step.id,
+    service: e.step.service,
+    target: e.step.target,
+    status: e.status,
+    attempts: e.attempts,
+    lastError: e.lastError,
+    ...(e.step.compensate === undefined ? {} : { compensate: e.step.compensate }),
+    ...(e.step.confirm === undefined ? {} : { confirm: e.step.confirm }),
+    ...(e.step.cancel === undefined ? {} : { cancel: e.step.cancel }),
+  }))
+}
+

@@ -1,0 +1,104 @@
+// Request templates of saga compensations and TCC hooks (config `compensation`, `tcc`), filled
+// from the step's call when its response arrives. Placeholders (the config schema checks their
+// shape, so a typo fails at load with file:line:col):
+//   {request.method} {request.path} {request.query.NAME} {request.header.NAME} {request.json.A.B}
+//   {response.status} {response.header.NAME} {response.json.A.B} {tx.id} {step.id}
+// In a path every value is percent-encoded; in a body or header it is inserted as text (a JSON
+// object or array as JSON). A placeholder with no value leaves the step unresolved: it goes
+// stuck with the reason instead of sending a wrong request.
+import type { StepRequestTemplate } from '../../config/types.js'
+import type { StepOp } from './machine.js'
+
+const PLACEHOLDER = /\{([a-z]+(?:\.[A-Za-z0-9_.-]+)?)\}/g
+
+export interface CallFacts {
+  readonly method: string
+  /** Path with query, as sent upstream. */
+  readonly path: string
+  /** Flat [name, value, ...] list. */
+  readonly requestHeaders: readonly string[]
+  readonly requestBody: Buffer | undefined
+  readonly status: number
+  readonly responseHeaders: readonly string[]
+  readonly responseBody: Buffer | undefined
+  readonly txId: string
+  readonly stepId: string
+}
+
+/** Which bodies the template reads (the proxy buffers only those, bounded). */
+export function templateNeeds(t: StepRequestTemplate | undefined): { requestJson: boolean; responseJson: boolean } {
+  if (t === undefined) return { requestJson: false, responseJson: false }
+  const all = [t.path, t.body ?? '', ...Object.values(t.headers)].join('\n')
+  return { requestJson: all.includes('{request.json.'), responseJson: all.includes('{response.json.') }
+}
+
+/** The filled request, or why it cannot be filled. */
+export function fillTemplate(t: StepRequestTemplate, facts: CallFacts): StepOp | { unresolved: string } {
+  const json: { request?: unknown; response?: unknown } = {}
+  const missing: string[] = []
+  const lookup = (name: string): string | undefined => {
+    const v = valueOf(name, facts, json)
+    if (v === undefined) missing.push(name)
+    return v
+  }
+  const path = t.path.replace(PLACEHOLDER, (_m, name: string) => encodeURIComponent(lookup(name) ?? ''))
+  const body = t.body?.replace(PLACEHOLDER, (_m, name: string) => lookup(name) ?? '')
+  const headers: Record<string, string> = {}
+  for (const [k, v] of Object.entries(t.headers)) headers[k.toLowerCase()] = v.replace(PLACEHOLDER, (_m, name: string) => lookup(name) ?? '')
+  if (missing.length > 0) return { unresolved: `compensation template has no value for {${missing.join('}, {')}}` }
+  return { method: t.method, path, ...(body === undefined ? {} : { body }), ...(Object.keys(headers).length === 0 ? {} : { headers }) }
+}
+
+/**
+ * `txmesh-compensate: METHOD /path` named by the service itself on a step's response. The path
+ * must be origin-form (the compensation goes to the same service).
+ */
+export function parseCompensateHeader(value: string): StepOp | { unresolved: string } {
+  const m = /^([A-Z]{1,16}) (\/[^\s]{0,2047})$/.exec(value.trim())
+  if (m === null) return { unresolved: `txmesh-compensate header is not "METHOD /path": ${JSON.stringify(value.slice(0, 80))}` }
+  return { method: m[1] as string, path: m[2] as string }
+}
+
+function valueOf(name: string, f: CallFacts, json: { request?: unknown; response?: unknown }): string | undefined {
+  const [scope, field, ...rest] = name.split('.')
+  if (scope === 'tx' && field === 'id') return f.txId
+  if (scope === 'step' && field === 'id') return f.stepId
+  if (scope === 'request') {
+    if (field === 'method') return f.method
+    if (field === 'path') return f.path.split('?')[0]
+    if (field === 'query') return new URLSearchParams(f.path.split('?')[1] ?? '').get(rest.join('.')) ?? undefined
+    if (field === 'header') return header(f.requestHeaders, rest.join('.'))
+    if (field === 'json') return jsonField((json.request ??= parseJson(f.requestBody)), rest)
+  }
+  if (scope === 'response') {
+    if (field === 'status') return String(f.status)
+    if (field === 'header') return header(f.responseHeaders, rest.join('.'))
+    if (field === 'json') return jsonField((json.response ??= parseJson(f.responseBody)), rest)
+  }
+  return undefined
+}
+
+function header(list: readonly string[], name: string): string | undefined {
+  const n = name.toLowerCase()
+  for (let i = 0; i < list.length; i += 2) if ((list[i] as string).toLowerCase() === n) return list[i + 1]
+  return undefined
+}
+
+function parseJson(body: Buffer | undefined): unknown {
+  if (body === undefined || body.length === 0) return null
+  try {
+    return JSON.parse(body.toString('utf8')) as unknown
+  } catch {
+    return null
+  }
+}
+
+function jsonField(doc: unknown, path: readonly string[]): string | undefined {
+  let v = doc
+  for (const k of path) {
+    if (typeof v !== 'object' || v === null) return undefined
+    v = (v as Record<string, unknown>)[k]
+  }
+  if (v === undefined || v === null) return undefined
+  return typeof v === 'string' ? v : JSON.stringify(v)
+}

@@ -1,0 +1,276 @@
+// Sagas and TCC through real sidecar processes: the test acts as the initiating app of a
+// coordinator sidecar; services are plain HTTP apps, some behind their own sidecar.
+import type { IncomingMessage, ServerResponse } from 'node:http'
+import { request } from 'undici'
+import { afterEach, describe, expect, it } from 'vitest'
+import { freePort, rawRequest, sidecarYaml, spawnSidecar, startServer, tempDir, until, type SidecarProcess } from '../helpers/servers.js'
+
+const procs: SidecarProcess[] = []
+const closers: (() => Promise<void>)[] = []
+afterEach(async () => {
+  for (const p of procs.splice(0)) if (p.child.exitCode === null) p.child.kill('SIGKILL')
+  await Promise.all(closers.splice(0).map((c) => c()))
+})
+
+interface Seen {
+  method: string
+  path: string
+  tx: string | undefined
+  branch: string | undefined
+  op: string | undefined
+}
+
+/** An app that records every request (with the txmesh headers it got) and answers as told. */
+async function app(name: string, answer: (req: IncomingMessage, res: ServerResponse, seen: Seen[]) => void) {
+  const seen: Seen[] = []
+  const s = await startServer((req, res) => {
+    req.resume()
+    req.on('end', () => {
+      const h = (k: string): string | undefined => req.headers[k] as string | undefined
+      seen.push({ method: req.method ?? '', path: req.url ?? '', tx: h('txmesh-tx-id'), branch: h('txmesh-branch-id'), op: h('txmesh-op') })
+      answer(req, res, seen)
+    })
+  })
+  closers.push(s.close)
+  return { name, port: s.port, seen }
+}
+
+function json(res: ServerResponse, status: number, body: unknown, headers: Record<string, string> = {}): void {
+  const text = JSON.stringify(body)
+  res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text), ...headers })
+  res.end(text)
+}
+
+const STEPS = 'steps: {attempts: 3, backoffBaseMs: 20, backoffCapMs: 50}'
+
+async function admin(port: number, method: 'GET' | 'POST', path: string, body?: unknown): Promise<{ status: number; body: Record<string, unknown> }> {
+  const r = await request(`http://127.0.0.1:${port}${path}`, { method, ...(body === undefined ? {} : { body: JSON.stringify(body) }) })
+  return { status: r.statusCode, body: (await r.body.json()) as Record<string, unknown> }
+}
+
+describe('saga through sidecars', () => {
+  /**
+   * orders (behind a sidecar): POST /orders -> 201 {id}; undo by route template DELETE /orders/{id}.
+   * payments (no sidecar): POST /charge names its own undo in txmesh-compensate.
+   * inventory (no sidecar): POST /reserve -> 409 (a failed step: nothing to undo).
+   */
+  async function sagaMesh(opts: { refundFailures?: number; store?: string; coordControl?: number } = {}) {
+    let nextOrder = 41
+    const orders = await app('orders', (req, res) => {
+      if (req.method === 'POST') return json(res, 201, { id: ++nextOrder })
+      res.writeHead(204).end()
+    })
+    let refundFailures = opts.refundFailures ?? 0
+    const payments = await app('payments', (req, res) => {
+      if (req.url === '/charge') return json(res, 200, { charged: true }, { 'txmesh-compensate': 'POST /refund/c-7' })
+      if (refundFailures > 0) {
+        refundFailures--
+        return json(res, 503, { error: 'refunds are down' })
+      }
+      json(res, 200, { refunded: true })
+    })
+    const inventory = await app('inventory', (_req, res) => json(res, 409, { error: 'out of stock' }))
+    const ordersSc = await spawnSidecar(sidecarYaml('orders', orders.port))
+    procs.push(ordersSc)
+    const store = opts.store ?? tempDir()
+    const control = opts.coordControl ?? (await freePort())
+    const yaml = sidecarYaml(
+      'shop',
+      1,
+      [
+        'services:',
+        `  orders: {address: "127.0.0.1:${ordersSc.ports.ingress}"}`,
+        `  payments: {address: "127.0.0.1:${payments.port}"}`,
+        `  inventory: {address: "127.0.0.1:${inventory.port}"}`,
+        'routes:',
+        '  - name: create-order',
+        '    match: {direction: egress, host: orders, pathPrefix: /orders, methods: [POST]}',
+        '    compensation: {method: DELETE, path: "/orders/{response.json.id}"}',
+        '  - name: payments',
+        '    match: {direction: egress, host: payments}',
+        '    nonTransactionalTarget: proceed',
+        '  - name: inventory',
+        '    match: {direction: egress, host: inventory}',
+        '    nonTransactionalTarget: proceed',
+        STEPS,
+      ].join('\n'),
+      store,
+    )
+    const start = async (): Promise<SidecarProcess> => {
+      const sc = await spawnSidecar(yaml, ['--control-port', String(control)])
+      procs.push(sc)
+      return sc
+    }
+    const coord = await start()
+    return {
+      orders,
+      payments,
+      inventory,
+      coord,
+      start,
+      setRefundFailures: (n: number) => (refundFailures = n),
+      async begin(): Promise<{ id: string; context: string }> {
+        const r = await admin(this.coord.ports.admin, 'POST', '/v1/transactions', { mode: 'saga', timeoutMs: 30_000 })
+        expect(r.status).toBe(201)
+        return r.body as { id: string; context: string }
+      },
+      call(ctx: string, url: string) {
+        return rawRequest(this.coord.ports.egress, { method: 'POST', path: url, headers: { 'txmesh-context': ctx, 'content-length': '0' } })
+      },
+    }
+  }
+
+  it('aborts by compensating the steps in reverse order, each named by route template or by the service', async () => {
+    const m = await sagaMesh()
+    const tx = await m.begin()
+    const order = await m.call(tx.context, 'http://orders/orders')
+    expect(order.status).toBe(201)
+    const charge = await m.call(tx.context, 'http://payments/charge')
+    expect(charge.status).toBe(200)
+    expect(charge.headers['txmesh-compensate']).toBeUndefined() // addressed to the sidecar only
+    const reserve = await m.call(tx.context, 'http://inventory/reserve')
+    expect(reserve.status).toBe(409)
+
+    const r = await admin(m.coord.ports.admin, 'POST', `/v1/transactions/${tx.id}/abort?wait=acks`)
+    expect(r.body.outcome).toBe('aborted')
+    const steps = r.body.steps as { service: string; status: string }[]
+    // The refused reservation did nothing, so it is not a step.
+    expect(steps.map((s) => s.service)).toEqual(['orders', 'payments'])
+    expect(steps.every((s) => s.status === 'finished')).toBe(true)
+
+    // Reverse order: the refund (step 2) before the order's delete (step 1).
+    await until('both compensations', () => m.orders.seen.length === 2 && m.payments.seen.length === 2)
+    const refund = m.payments.seen[1]!
+    const del = m.orders.seen[1]!
+    expect(refund).toMatchObject({ method: 'POST', path: '/refund/c-7', tx: tx.id, op: 'compensate' })
+    expect(del).toMatchObject({ method: 'DELETE', path: '/orders/42', tx: tx.id, op: 'compensate' })
+    // The compensation carries the step's own branch id, as the action did (barrier key).
+    const action = m.orders.seen[0]!
+    expect(action.op).toBe('action')
+    expect(del.branch).toBe(action.branch)
+    expect(m.payments.seen[0]!.branch).toBe(refund.branch)
+    expect(m.inventory.seen).toHaveLength(1)
+    const view = await admin(m.coord.ports.admin, 'GET', `/v1/transactions/${tx.id}`)
+    expect(view.body).toMatchObject({ mode: 'saga', status: 'aborted', stuck: 0 })
+  })
+
+  it('commits without running any compensation', async () => {
+    const m = await sagaMesh()
+    const tx = await m.begin()
+    expect((await m.call(tx.context, 'http://orders/orders')).status).toBe(201)
+    expect((await m.call(tx.context, 'http://payments/charge')).status).toBe(200)
+    const r = await admin(m.coord.ports.admin, 'POST', `/v1/transactions/${tx.id}/commit?wait=acks`)
+    expect(r.body.outcome).toBe('committed')
+    await new Promise((resolve) => setTimeout(resolve, 200))
+    expect(m.orders.seen.map((s) => s.op)).toEqual(['action'])
+    expect(m.payments.seen).toHaveLength(1)
+    // A step after the end is refused to the app and undone.
+    const late = await m.call(tx.context, 'http://orders/orders')
+    expect(late.status).toBe(409)
+    await until('late step undone', () => m.orders.seen.some((s) => s.op === 'compensate'))
+  })
+
+  it('reports a compensation failing past its budget as stuck, then finishes it when an operator retries', async () => {
+    const m = await sagaMesh({ refundFailures: 1_000 })
+    const tx = await m.begin()
+    await m.call(tx.context, 'http://orders/orders')
+    await m.call(tx.context, 'http://payments/charge')
+    expect((await admin(m.coord.ports.admin, 'POST', `/v1/transactions/${tx.id}/abort`)).body.outcome).toBe('aborted')
+    await until('stuck', async () => (await admin(m.coord.ports.admin, 'GET', `/v1/transactions/${tx.id}`)).body.stuck === 1)
+    const view = (await admin(m.coord.ports.admin, 'GET', `/v1/transactions/${tx.id}`)).body
+    const steps = view.steps as { service: string; status: string; lastError?: string; attempts: number }[]
+    expect(steps[1]).toMatchObject({ service: 'payments', status: 'stuck', attempts: 3 })
+    expect(steps[1]!.lastError).toContain('503')
+    // Reverse order: the earlier step waits behind the stuck one.
+    expect(steps[0]!.status).toBe('recorded')
+    expect(m.orders.seen.some((s) => s.op === 'compensate')).toBe(false)
+    const metrics = await (await request(`http://127.0.0.1:${m.coord.ports.admin}/metrics`)).body.text()
+    expect(metrics).toMatch(/^txmesh_steps_stuck 1$/m)
+    expect(metrics).toMatch(/^txmesh_step_ops_total\{op="compensate",result="stuck"\} 1$/m)
+
+    m.setRefundFailures(0)
+    const retried = await admin(m.coord.ports.admin, 'POST', `/v1/transactions/${tx.id}/retry`)
+    expect(retried.body).toMatchObject({ retried: 1 })
+    await until('finished', async () => (await admin(m.coord.ports.admin, 'GET', `/v1/transactions/${tx.id}`)).body.status === 'aborted')
+    expect(m.orders.seen.filter((s) => s.op === 'compensate')).toHaveLength(1)
+  })
+
+  it('keeps pending compensations across a SIGKILL of the coordinator sidecar and finishes them after restart', async () => {
+    const store = tempDir()
+    const m = await sagaMesh({ refundFailures: 1_000, store })
+    const tx = await m.begin()
+    await m.call(tx.context, 'http://orders/orders')
+    await m.call(tx.context, 'http://payments/charge')
+    // Killed while active: no decision in the log, so recovery undoes every step (presumed abort).
+    m.coord.child.kill('SIGKILL')
+    await m.coord.exited
+    m.setRefundFailures(0)
+    m.coord = await m.start()
+    await until('both compensated after restart', () => m.payments.seen.some((s) => s.path === '/refund/c-7') && m.orders.seen.some((s) => s.op === 'compensate'), 15_000)
+    const refundAt = m.payments.seen.findIndex((s) => s.path === '/refund/c-7')
+    expect(refundAt).toBeGreaterThan(0)
+    await until('finished', async () => (await admin(m.coord.ports.admin, 'GET', `/v1/transactions/${tx.id}`)).body.status === 'aborted')
+  })
+})
+
+describe('TCC through sidecars', () => {
+  async function tccMesh() {
+    const hooks = (name: string) =>
+      app(name, (req, res) => {
+        if (req.url === '/reserve') return json(res, 200, { reserved: true })
+        if (req.url === '/reserve-fail') return json(res, 500, { error: 'no' })
+        res.writeHead(200, { 'content-length': '0' }).end()
+      })
+    const wallet = await hooks('wallet')
+    const stock = await hooks('stock')
+    const walletSc = await spawnSidecar(sidecarYaml('wallet', wallet.port))
+    const stockSc = await spawnSidecar(sidecarYaml('stock', stock.port, 'hooks: {confirm: /tcc/confirm, cancel: /tcc/cancel}'))
+    procs.push(walletSc, stockSc)
+    const coord = await spawnSidecar(
+      sidecarYaml(
+        'shop',
+        1,
+        [
+          'services:',
+          `  wallet: {address: "127.0.0.1:${walletSc.ports.ingress}"}`,
+          `  stock: {address: "127.0.0.1:${stockSc.ports.ingress}"}`,
+          'routes:',
+          '  - name: wallet-try',
+          '    match: {direction: egress, host: wallet}',
+          '    tcc: {confirm: {path: "/wallet/confirm/{step.id}"}, cancel: {method: DELETE, path: "/wallet/hold/{step.id}"}}',
+          STEPS,
+        ].join('\n'),
+      ),
+    )
+    procs.push(coord)
+    const begin = async (): Promise<{ id: string; context: string }> => (await admin(coord.ports.admin, 'POST', '/v1/transactions', { mode: 'tcc', timeoutMs: 30_000 })).body as { id: string; context: string }
+    const call = (ctx: string, url: string) => rawRequest(coord.ports.egress, { method: 'POST', path: url, headers: { 'txmesh-context': ctx, 'content-length': '0' } })
+    return { wallet, stock, coord, begin, call }
+  }
+
+  it('confirms every try through its sidecar on commit, with the hooks the route or the target names', async () => {
+    const m = await tccMesh()
+    const tx = await m.begin()
+    expect((await m.call(tx.context, 'http://wallet/reserve')).status).toBe(200)
+    expect((await m.call(tx.context, 'http://stock/reserve')).status).toBe(200)
+    const r = await admin(m.coord.ports.admin, 'POST', `/v1/transactions/${tx.id}/commit?wait=acks`)
+    expect(r.body.outcome).toBe('committed')
+    expect((r.body.steps as { status: string }[]).every((s) => s.status === 'finished')).toBe(true)
+    const walletTry = m.wallet.seen[0]!
+    expect(walletTry.op).toBe('try')
+    expect(m.wallet.seen[1]).toMatchObject({ method: 'POST', path: `/wallet/confirm/${walletTry.branch}`, op: 'confirm', tx: tx.id, branch: walletTry.branch })
+    expect(m.stock.seen[1]).toMatchObject({ method: 'POST', path: '/tcc/confirm', op: 'confirm', branch: m.stock.seen[0]!.branch })
+  })
+
+  it('cancels every try on abort, a failed one included', async () => {
+    const m = await tccMesh()
+    const tx = await m.begin()
+    await m.call(tx.context, 'http://wallet/reserve')
+    expect((await m.call(tx.context, 'http://stock/reserve-fail')).status).toBe(500)
+    const r = await admin(m.coord.ports.admin, 'POST', `/v1/transactions/${tx.id}/abort?wait=acks`)
+    expect(r.body.outcome).toBe('aborted')
+    await until('cancels', () => m.wallet.seen.length === 2 && m.stock.seen.length === 2)
+    expect(m.wallet.seen[1]).toMatchObject({ method: 'DELETE', path: `/wallet/hold/${m.wallet.seen[0]!.branch}`, op: 'cancel' })
+    expect(m.stock.seen[1]).toMatchObject({ path: '/tcc/cancel', op: 'cancel' })
+  })
+})
