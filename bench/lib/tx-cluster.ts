@@ -1,7 +1,9 @@
-// What the transaction benchmark runs on: one real Postgres (fsync on) with three databases, a
-// participant app per database (bench/tx-app.ts, txmesh/pg helper), a txmesh sidecar beside each
-// app, and one coordinator sidecar for the benchmark driver (the initiating app). Also the
-// measurements taken around each run: sidecar stats and CPU time per process group.
+// What the transaction benchmarks run on: one real Postgres (fsync on) with a database per
+// service, a participant app per database (bench/tx-app.ts by default, txmesh/pg helper), a txmesh
+// sidecar beside each app, and one coordinator sidecar for the benchmark driver (the initiating
+// app). Also the measurements taken around each run: sidecar stats and CPU time per process group.
+// The saga benchmark (bench/saga.ts) runs on the same cluster with two services, its own app and
+// routes on the coordinator.
 import { execFileSync } from 'node:child_process'
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
@@ -33,10 +35,16 @@ export interface ClusterOptions {
   readonly nodeCpu: string | undefined
   /** taskset, needed when a CPU is given. */
   readonly taskset: string | undefined
+  /** Service names, one database, app and sidecar each (default SERVICES). */
+  readonly services?: readonly string[]
+  /** The participant app, a file under bench/ (default tx-app.ts). */
+  readonly appScript?: string
+  /** YAML appended to the coordinator sidecar's config after its `services:` map (routes, steps). */
+  readonly coordinatorExtra?: string
 }
 
 export interface AppProc {
-  readonly name: ServiceName
+  readonly name: string
   readonly port: number
   readonly pid: number
 }
@@ -63,7 +71,7 @@ export interface Cluster {
   readonly coordinator: SidecarProc
   /** Sizes the helper and the pools were given (printed with the results). */
   readonly sizing: { readonly appPoolMax: number; readonly maxOpen: number; readonly maxPreparedTransactions: number; readonly maxConnections: number }
-  /** Sum of all balances over the three databases right after seeding. */
+  /** Sum of all balances over the databases right after seeding. */
   readonly initialTotal: bigint
 }
 
@@ -107,6 +115,7 @@ function profileFlags(o: ClusterOptions, name: string): string[] {
 
 export async function startCluster(group: ProcessGroup, o: ClusterOptions, onPostgres: (p: PostgresInstance) => void): Promise<Cluster> {
   const c = o.maxConcurrency
+  const services = o.services ?? SERVICES
   // Each open branch holds a connection, and COMMIT PREPARED takes another: maxOpen above the
   // concurrency, the pool above maxOpen (README, Postgres helper).
   const maxOpen = Math.max(64, 2 * c)
@@ -114,8 +123,8 @@ export async function startCluster(group: ProcessGroup, o: ClusterOptions, onPos
   // Prepared transactions are a cluster-wide pool: up to 3 per transfer in flight (one per
   // database), with room to spare.
   const maxPreparedTransactions = 4 * c + 16
-  // Three app pools, three driver pools for mode (b), and a few for setup and checks.
-  const maxConnections = 3 * appPoolMax + 3 * c + 20
+  // An app pool per service, three driver pools for mode (b), and a few for setup and checks.
+  const maxConnections = services.length * appPoolMax + 3 * c + 20
   if (o.cpuProfileDir !== undefined) mkdirSync(o.cpuProfileDir, { recursive: true })
 
   const pgi = await startPostgres({
@@ -138,7 +147,7 @@ export async function startCluster(group: ProcessGroup, o: ClusterOptions, onPos
   }
 
   let initialTotal = 0n
-  for (const name of SERVICES) {
+  for (const name of services) {
     await pgi.createDatabase(name)
     const client = new pg.Client({ connectionString: pgi.connectionString(name) })
     await client.connect()
@@ -154,12 +163,12 @@ export async function startCluster(group: ProcessGroup, o: ClusterOptions, onPos
   }
 
   const apps: AppProc[] = []
-  for (const name of SERVICES) {
+  for (const name of services) {
     const svc = group.start(
       `app ${name}`,
       o.nodeCpu,
       process.execPath,
-      [...profileFlags(o, `app-${name}`), '--import', 'tsx', join(o.root, 'bench', 'tx-app.ts')],
+      [...profileFlags(o, `app-${name}`), '--import', 'tsx', join(o.root, 'bench', o.appScript ?? 'tx-app.ts')],
       {
         cwd: o.root,
         env: childEnv({ DATABASE_URL: pgi.connectionString(name), SERVICE: name, POOL_MAX: String(appPoolMax), MAX_OPEN: String(maxOpen) }),
@@ -171,10 +180,10 @@ export async function startCluster(group: ProcessGroup, o: ClusterOptions, onPos
 
   const participants: SidecarProc[] = []
   for (const app of apps) participants.push(await startSidecar(group, o, app.name, app.port, ''))
-  const services = participants.map((p) => `  ${p.name}: {address: "127.0.0.1:${p.ports.ingress}"}`).join('\n')
+  const addresses = participants.map((p) => `  ${p.name}: {address: "127.0.0.1:${p.ports.ingress}"}`).join('\n')
   // The coordinator's app is the driver, which serves nothing: ingress is never used, the port
   // only has to be valid.
-  const coordinator = await startSidecar(group, o, 'coordinator', 9, `services:\n${services}\n`)
+  const coordinator = await startSidecar(group, o, 'coordinator', 9, `services:\n${addresses}\n${o.coordinatorExtra ?? ''}`)
 
   return {
     pg: pgi,
@@ -246,9 +255,12 @@ export interface LogStats {
 
 export interface SidecarStats {
   readonly log: LogStats
+  /** 2PC transactions this sidecar coordinates. */
   readonly committed: number
   readonly aborted: number
   readonly active: number
+  /** Step transactions (saga, tcc) this sidecar coordinates. */
+  readonly steps: { readonly committed: number; readonly aborted: number; readonly active: number; readonly stuck: number }
 }
 
 function num(v: unknown): number {
@@ -265,7 +277,14 @@ export async function sidecarStats(adminPort: number): Promise<SidecarStats> {
   const o = body as Record<string, unknown>
   const log = (o.log ?? {}) as Record<string, unknown>
   const tx = (o.transactions ?? {}) as Record<string, unknown>
-  return { log: { appends: num(log.appends), fsyncs: num(log.fsyncs) }, committed: num(tx.committed), aborted: num(tx.aborted), active: num(tx.active) }
+  const st = (o.steps ?? {}) as Record<string, unknown>
+  return {
+    log: { appends: num(log.appends), fsyncs: num(log.fsyncs) },
+    committed: num(tx.committed),
+    aborted: num(tx.aborted),
+    active: num(tx.active),
+    steps: { committed: num(st.committed), aborted: num(st.aborted), active: num(st.active), stuck: num(st.stuck) },
+  }
 }
 
 // ---- CPU time per process group ----
@@ -360,7 +379,7 @@ export interface Consistency {
 export async function checkConsistency(c: Cluster): Promise<Consistency> {
   let total = 0n
   let prepared = 0
-  for (const name of SERVICES) {
+  for (const { name } of c.apps) {
     const client = new pg.Client({ connectionString: c.pg.connectionString(name) })
     await client.connect()
     try {

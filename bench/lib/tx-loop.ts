@@ -1,7 +1,7 @@
 // Closed-loop load for the transaction benchmark: N workers, each starting its next transfer as
 // soon as the previous one finished, for a fixed time. Only transfers that finish before the end
 // count; those in flight at the end finish but are not counted.
-import { describeError, randomTransfer, type Mode, type Outcome } from './tx-modes.js'
+import { describeError, randomTransfer, type Attempt, type Mode, type Outcome } from './tx-modes.js'
 
 export interface LoopResult {
   readonly concurrency: number
@@ -17,7 +17,12 @@ export interface LoopResult {
 
 const MAX_REASONS = 20
 
-export async function closedLoop(mode: Mode, concurrency: number, seconds: number, accounts: number): Promise<LoopResult> {
+export function closedLoop(mode: Mode, concurrency: number, seconds: number, accounts: number): Promise<LoopResult> {
+  return closedLoopOf((t) => mode.transfer(t), () => randomTransfer(accounts), concurrency, seconds)
+}
+
+/** The loop for any kind of work: `make` draws the next input, `run` performs it. */
+export async function closedLoopOf<T>(run: (t: T) => Promise<Attempt>, make: () => T, concurrency: number, seconds: number): Promise<LoopResult> {
   const counts: Record<Outcome, number> = { committed: 0, aborted: 0, error: 0 }
   const latencies: number[] = []
   const reasons: Record<string, number> = {}
@@ -32,7 +37,7 @@ export async function closedLoop(mode: Mode, concurrency: number, seconds: numbe
       const t0 = performance.now()
       let outcome: Outcome
       try {
-        const a = await mode.transfer(randomTransfer(accounts))
+        const a = await run(make())
         outcome = a.outcome
         if (a.detail !== undefined) note(`${a.outcome}: ${a.detail}`)
       } catch (err) {

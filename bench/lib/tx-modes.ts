@@ -61,7 +61,7 @@ function transferPath(t: Transfer, i: number): string {
   return `/transfer?id=${t.ids[i] as number}&amount=${t.amounts[i] as number}`
 }
 
-function httpPool(port: number, connections: number): HttpPool {
+export function httpPool(port: number, connections: number): HttpPool {
   return new HttpPool(`http://127.0.0.1:${port}`, {
     connections,
     pipelining: 1,
@@ -71,7 +71,7 @@ function httpPool(port: number, connections: number): HttpPool {
   })
 }
 
-function errorCode(headers: Record<string, string | string[] | undefined>): string {
+export function errorCode(headers: Record<string, string | string[] | undefined>): string {
   const v = headers['x-txmesh-error']
   return typeof v === 'string' ? ` ${v}` : ''
 }
@@ -89,20 +89,20 @@ function describe(err: unknown): string {
 
 // ---- txmesh ----
 
-interface BeginAnswer {
+export interface BeginAnswer {
   id: string
   context: string
 }
-function isBeginAnswer(v: unknown): v is BeginAnswer {
+export function isBeginAnswer(v: unknown): v is BeginAnswer {
   const o = v as Record<string, unknown> | null
   return typeof o === 'object' && o !== null && typeof o.id === 'string' && typeof o.context === 'string'
 }
 
-interface OutcomeAnswer {
+export interface OutcomeAnswer {
   outcome: 'committed' | 'aborted'
   reason?: string
 }
-function isOutcomeAnswer(v: unknown): v is OutcomeAnswer {
+export function isOutcomeAnswer(v: unknown): v is OutcomeAnswer {
   const o = v as Record<string, unknown> | null
   return typeof o === 'object' && o !== null && (o.outcome === 'committed' || o.outcome === 'aborted')
 }

@@ -90,24 +90,24 @@ export interface TxReport {
 
 const DASH = '—'
 
-function ms(us: number | undefined): string {
+export function ms(us: number | undefined): string {
   if (us === undefined) return DASH
   if (us >= 100_000) return `${(us / 1000).toFixed(0)}ms`
   if (us >= 10_000) return `${(us / 1000).toFixed(1)}ms`
   return `${(us / 1000).toFixed(2)}ms`
 }
 
-function num(v: number | undefined, digits = 0): string {
+export function num(v: number | undefined, digits = 0): string {
   return v === undefined ? DASH : v.toFixed(digits)
 }
 
-function cpu(us: number | undefined): string {
+export function cpu(us: number | undefined): string {
   return us === undefined ? DASH : `${Math.round(us)}`
 }
 
-type Align = 'l' | 'r'
+export type Align = 'l' | 'r'
 
-function table(header: readonly string[], align: readonly Align[], body: readonly (readonly string[])[]): string {
+export function table(header: readonly string[], align: readonly Align[], body: readonly (readonly string[])[]): string {
   const widths = header.map((h, i) => Math.max(h.length, ...body.map((r) => (r[i] ?? '').length)))
   const line = (cells: readonly string[]): string =>
     cells

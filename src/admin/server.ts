@@ -5,6 +5,8 @@
 //   POST /v1/transactions/{id}/commit     -> outcome once the decision is durable
 //                                            (?wait=acks: and phase 2 acknowledged, bounded)
 //   POST /v1/transactions/{id}/abort      -> outcome
+//   POST /v1/transactions/{id}/messages   {"topic","payload","key"?} attach a message, published
+//                                         only if the transaction commits (needs events.nats)
 //   POST /v1/transactions/{id}/retry      saga/tcc: try the stuck steps again (operator)
 //   GET  /v1/transactions[/{id}]          -> state and participants (saga/tcc: steps)
 //   GET  /v1/branches/{tx}/{branch}/outcome  for the app helper's recovery
@@ -24,6 +26,7 @@ import { respondError } from '../proxy/respond.js'
 import type { CoordinatorDriver } from '../tx/coordinator/driver.js'
 import type { ParticipantDriver } from '../tx/participant/driver.js'
 import type { StepCoordinator } from '../tx/steps/driver.js'
+import type { Outbox } from '../events/outbox.js'
 import type { SidecarMetrics } from '../telemetry/metrics.js'
 import { extractFromHeaders } from '../telemetry/tracing.js'
 import type { EventHub } from './events.js'
@@ -37,6 +40,8 @@ export interface AdminDeps {
   readonly participant?: ParticipantDriver | undefined
   /** Saga and TCC transactions. */
   readonly steps?: StepCoordinator | undefined
+  /** Event bus (transactional messages). */
+  readonly outbox?: Outbox | undefined
   /** Why transactions are unavailable (no mesh key), when they are. */
   readonly txUnavailable?: () => TxmeshError | undefined
   readonly logger: Logger
@@ -50,7 +55,7 @@ export interface AdminDeps {
   readonly events?: EventHub | undefined
 }
 
-const TX = /^\/v1\/transactions\/([A-Za-z0-9_-]{1,64})(?:\/(commit|abort|retry))?$/
+const TX = /^\/v1\/transactions\/([A-Za-z0-9_-]{1,64})(?:\/(commit|abort|retry|messages))?$/
 const RESOLVE = /^\/v1\/branches\/([A-Za-z0-9_-]{1,64})\/resolve$/
 const BRANCH = /^\/v1\/branches\/([A-Za-z0-9_-]{1,64})\/([A-Za-z0-9_-]{1,64})\/outcome$/
 
@@ -147,6 +152,7 @@ export function createAdminServer(d: AdminDeps): Server {
         return sendJson(res, 200, { ...view, deadline: new Date(view.deadline).toISOString() })
       }
       if (method !== 'POST') return respondError(res, new MethodNotAllowedError(`use POST to ${op}`))
+      if (op === 'messages') return attachMessage(req, res, id, steps.has(id) ? steps : coordinator, d.outbox)
       req.resume()
       if (op === 'retry') {
         const n = steps.retryStuck(id)
@@ -182,6 +188,24 @@ export function createAdminServer(d: AdminDeps): Server {
     return respondError(res, new NotFoundError(`no admin endpoint ${method} ${path}`))
   }
   return server
+}
+
+const TOPIC = /^[A-Za-z0-9_-]{1,64}(\.[A-Za-z0-9_-]{1,64}){0,15}$/
+
+/** POST /v1/transactions/{id}/messages: checked, then held by the transaction's coordinator. */
+async function attachMessage(req: IncomingMessage, res: ServerResponse, id: string, owner: CoordinatorDriver | StepCoordinator, outbox: Outbox | undefined): Promise<void> {
+  const text = await readText(req, LIMITS.maxMessageBytes)
+  if (text instanceof TxmeshError) return respondError(res, text)
+  if (outbox?.acceptsMessages !== true) return respondError(res, new BadRequestError('no event bus takes messages here: configure events.nats'))
+  const body = parseJsonObject(text)
+  if (body instanceof TxmeshError) return respondError(res, body)
+  if (typeof body.topic !== 'string' || !TOPIC.test(body.topic)) return respondError(res, new BadRequestError('topic must be a NATS subject of tokens [A-Za-z0-9_-] separated by dots'))
+  if (!outbox.coversTopic(body.topic)) return respondError(res, new BadRequestError(`topic ${body.topic} is not in events.nats.topics`))
+  if (body.key !== undefined && (typeof body.key !== 'string' || body.key.length > 256)) return respondError(res, new BadRequestError('key must be a string of at most 256 characters'))
+  if (body.payload === undefined) return respondError(res, new BadRequestError('payload is required'))
+  const n = owner.attach(id, { topic: body.topic, payload: body.payload, ...(body.key === undefined ? {} : { key: body.key as string }) }, Buffer.byteLength(text))
+  if (n instanceof TxmeshError) return respondError(res, n)
+  return sendJson(res, 201, { id, messages: n })
 }
 
 /**

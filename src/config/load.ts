@@ -154,6 +154,7 @@ interface RawConfig {
   store?: { dir?: string }
   hooks?: { prepare?: string; commit?: string; abort?: string; confirm?: string; cancel?: string }
   steps?: { attempts?: number; backoffBaseMs?: number; backoffCapMs?: number }
+  events?: { nats?: { servers: string[]; stream?: string; topics?: string[] }; webhooks?: { url: string }[] }
   ui?: { traceUrl?: string }
 }
 
@@ -294,6 +295,13 @@ function build(raw: RawConfig, file: string, doc: Document, at: (o: number) => {
       attempts: raw.steps?.attempts ?? LIMITS.stepOpAttempts,
       backoffBaseMs: raw.steps?.backoffBaseMs ?? LIMITS.stepOpBackoffBaseMs,
       backoffCapMs: raw.steps?.backoffCapMs ?? LIMITS.stepOpBackoffCapMs,
+    },
+    events: {
+      nats:
+        raw.events?.nats === undefined
+          ? undefined
+          : { servers: raw.events.nats.servers, stream: raw.events.nats.stream ?? 'TXMESH', topics: raw.events.nats.topics ?? ['txmesh.messages.>'] },
+      webhooks: raw.events?.webhooks ?? [],
     },
     traceUrl: raw.ui?.traceUrl,
   }

@@ -71,6 +71,11 @@ export interface SidecarConfig {
   readonly hooks: { readonly prepare: string; readonly commit: string; readonly abort: string; readonly confirm: string; readonly cancel: string }
   /** Saga compensations and TCC confirm/cancel: sends before a step is stuck, and backoff. */
   readonly steps: { readonly attempts: number; readonly backoffBaseMs: number; readonly backoffCapMs: number }
+  /** Event bus sinks (none: lifecycle events only on the SSE feed; messages refused). */
+  readonly events: {
+    readonly nats: { readonly servers: readonly string[]; readonly stream: string; readonly topics: readonly string[] } | undefined
+    readonly webhooks: readonly { readonly url: string }[]
+  }
   /** Dashboard: link template to a transaction's trace ({traceId}), when tracing is exported. */
   readonly traceUrl: string | undefined
   readonly logLevel: 'debug' | 'info' | 'warn' | 'error' | 'silent'

@@ -155,3 +155,37 @@ async function ensureStream(jsm: JetStreamManager, stream: string, subjects: str
 function errorText(err: unknown): string {
   return err instanceof Error ? err.message : String(err)
 }
+
+/**
+ * A NatsSink that connects on first use and again after a failed connect: a sidecar starts (and
+ * keeps its outbox) while the bus is down; deliveries fail, and the queue retries, until it is up.
+ */
+export class LazyNatsSink implements Sink {
+  readonly name: string
+  private sink: NatsSink | undefined
+  private connecting: Promise<NatsSink> | undefined
+  private closed = false
+
+  constructor(private readonly opts: NatsSinkOptions) {
+    this.name = opts.name
+  }
+
+  async deliver(e: BusEvent): Promise<void> {
+    if (this.closed) throw new Error('sink closed')
+    if (this.sink === undefined) {
+      this.connecting ??= NatsSink.connect(this.opts).finally(() => (this.connecting = undefined))
+      const s = await this.connecting
+      if (this.closed) {
+        await s.close()
+        throw new Error('sink closed')
+      }
+      this.sink ??= s
+    }
+    return this.sink.deliver(e)
+  }
+
+  async close(): Promise<void> {
+    this.closed = true
+    await this.sink?.close()
+  }
+}

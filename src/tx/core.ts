@@ -62,10 +62,16 @@ export interface CoordinatorState {
    * outcome is unknown to it.
    */
   readonly onePhase: boolean
+  /**
+   * Messages are attached: a commit must leave a durable decision record (they are published
+   * from it), so no one-phase commit and a record even with nothing to prepare.
+   */
+  readonly mustLog: boolean
 }
 
 export type CoordinatorEvent =
   | { readonly type: 'enlist'; readonly participants: readonly ParticipantRef[] }
+  | { readonly type: 'must-log' }
   | { readonly type: 'commit-requested' }
   | { readonly type: 'abort-requested'; readonly reason: string }
   /** Answer to send-prepare. A failed/timed-out prepare arrives as a refused vote. */

@@ -3,6 +3,8 @@
 import { spawn, type ChildProcess } from 'node:child_process'
 import { existsSync, rmSync } from 'node:fs'
 import { connect as tcpConnect } from 'node:net'
+import { jetstream, jetstreamManager } from '@nats-io/jetstream'
+import { connect, type NatsConnection } from '@nats-io/transport-node'
 import { freePort, tempDir, until } from './servers.js'
 
 export interface NatsServer {
@@ -83,4 +85,52 @@ function accepts(port: number): Promise<boolean> {
     })
     s.once('error', () => resolve(false))
   })
+}
+
+export interface Stored {
+  subject: string
+  seq: number
+  msgId: string | undefined
+  payload: unknown
+}
+
+/**
+ * Reads every message of `stream` back through an ordered JetStream consumer, on a connection
+ * of its own (so a read after a server restart does not depend on another client's reconnect).
+ */
+export async function readStream(url: string, stream: string): Promise<Stored[]> {
+  const nc = await connect({ servers: url, timeout: 5_000 })
+  try {
+    return await readWith(nc, stream)
+  } finally {
+    await nc.close()
+  }
+}
+
+export async function readWith(nc: NatsConnection, stream: string): Promise<Stored[]> {
+  const jsm = await jetstreamManager(nc)
+  const total = (await jsm.streams.info(stream)).state.messages
+  const consumer = await jetstream(nc).consumers.get(stream)
+  const out: Stored[] = []
+  while (out.length < total) {
+    const batch = await consumer.fetch({ max_messages: total - out.length, expires: 2_000 })
+    let got = 0
+    for await (const m of batch) {
+      out.push({ subject: m.subject, seq: m.seq, msgId: m.headers?.get('Nats-Msg-Id'), payload: m.json() })
+      got++
+    }
+    if (got === 0) throw new Error(`stream ${stream} holds ${total} messages but only ${out.length} were read`)
+  }
+  return out
+}
+
+/** Deletes a stream if it exists (a stream's subjects cannot overlap another's). */
+export async function deleteStream(url: string, stream: string): Promise<void> {
+  const nc = await connect({ servers: url, timeout: 5_000 })
+  try {
+    const jsm = await jetstreamManager(nc)
+    await jsm.streams.delete(stream).catch(() => false)
+  } finally {
+    await nc.close()
+  }
 }

@@ -9,7 +9,7 @@ import { EVENT_LIMITS } from '../../src/events/limits.js'
 import { eventSubject, NatsSink, subjectToken } from '../../src/events/nats.js'
 import type { BusEvent } from '../../src/events/types.js'
 import { WebhookSink } from '../../src/events/webhook.js'
-import { startNats, type NatsServer } from '../helpers/nats.js'
+import { readStream, readWith, startNats, type NatsServer } from '../helpers/nats.js'
 import { startServer, until } from '../helpers/servers.js'
 
 // Fast retries so outage tests take seconds; production defaults are in EVENT_LIMITS.
@@ -17,42 +17,6 @@ const FAST = { backoffBaseMs: 20, backoffCapMs: 200, deliveryTimeoutMs: 2_000 } 
 
 function ev(service: string, i: number): BusEvent {
   return { id: `${service}-${i}`, subject: eventSubject(service), payload: { n: i, tx: `tx-${i}` } }
-}
-
-interface Stored {
-  seq: number
-  msgId: string | undefined
-  payload: unknown
-}
-
-/**
- * Reads every message of `stream` back through an ordered JetStream consumer, on a connection
- * of its own (so a read after a server restart does not depend on another client's reconnect).
- */
-async function readStream(url: string, stream: string): Promise<Stored[]> {
-  const nc = await connect({ servers: url, timeout: 5_000 })
-  try {
-    return await readWith(nc, stream)
-  } finally {
-    await nc.close()
-  }
-}
-
-async function readWith(nc: NatsConnection, stream: string): Promise<Stored[]> {
-  const jsm = await jetstreamManager(nc)
-  const total = (await jsm.streams.info(stream)).state.messages
-  const consumer = await jetstream(nc).consumers.get(stream)
-  const out: Stored[] = []
-  while (out.length < total) {
-    const batch = await consumer.fetch({ max_messages: total - out.length, expires: 2_000 })
-    let got = 0
-    for await (const m of batch) {
-      out.push({ seq: m.seq, msgId: m.headers?.get('Nats-Msg-Id'), payload: m.json() })
-      got++
-    }
-    if (got === 0) throw new Error(`stream ${stream} holds ${total} messages but only ${out.length} were read`)
-  }
-  return out
 }
 
 describe('NATS JetStream sink', () => {
@@ -89,7 +53,7 @@ describe('NATS JetStream sink', () => {
     const sink = await sinkFor('EV_READ', [eventSubject('read')])
     await sink.deliver({ id: 'read-1', subject: eventSubject('read'), payload: { kind: 'tx.committed', tx: 'abc', branches: 2 } })
     await sink.close()
-    expect(await readStream(nats.url, 'EV_READ')).toEqual([{ seq: 1, msgId: 'read-1', payload: { kind: 'tx.committed', tx: 'abc', branches: 2 } }])
+    expect(await readStream(nats.url, 'EV_READ')).toEqual([{ subject: 'txmesh.events.read', seq: 1, msgId: 'read-1', payload: { kind: 'tx.committed', tx: 'abc', branches: 2 } }])
   })
 
   it('stores one message when the same event id is published twice (dedup on Nats-Msg-Id)', async () => {

@@ -13,6 +13,7 @@ import type { ControlClient } from '../control-client.js'
 import type { CoordinatorAction, CoordinatorEvent, CoordinatorState, Env, Outcome, ParticipantRef, TxId, Vote } from '../core.js'
 import { newTxId, signContext, type TxMode } from '../protocol.js'
 import { SpanKind, SpanStatusCode, childSpan, formatTraceparent, linkTo, type Context, type Span, type Tracing } from '../../telemetry/tracing.js'
+import type { TxMessage } from '../../events/outbox.js'
 import { coordinatorOutcome, coordinatorStep, newCoordinator, recoverCoordinator } from './machine.js'
 
 export interface TxResult {
@@ -55,6 +56,11 @@ interface Entry {
   deadlineTimer: NodeJS.Timeout | undefined
   readonly retryTimers: Map<string, NodeJS.Timeout>
   finished: boolean
+  /** Messages attached: in the decision record, published once it is durable. */
+  readonly messages: TxMessage[]
+  messageBytes: number
+  /** Publication of the messages; the decision record is ended only after it. */
+  publishing: Promise<void> | undefined
   /** `txmesh.transaction` span (tracing on): parent of the per-participant phase spans. */
   readonly span: Span | undefined
   spanEnded: boolean
@@ -73,6 +79,8 @@ export interface CoordinatorDeps {
   readonly tracing?: Tracing | undefined
   /** Transaction events for the dashboard feed (src/admin/events.ts). */
   readonly onEvent?: ((type: string, data: Readonly<Record<string, unknown>>) => void) | undefined
+  /** Publishes a committed transaction's messages; resolves once the bus has them all. */
+  readonly publish?: ((id: TxId, messages: readonly TxMessage[]) => Promise<void>) | undefined
 }
 
 const logKey = (id: TxId): string => `c:${id}`
@@ -116,6 +124,9 @@ export class CoordinatorDriver {
       deadlineTimer: undefined,
       retryTimers: new Map(),
       finished: false,
+      messages: [],
+      messageBytes: 0,
+      publishing: undefined,
       span: this.d.tracing === undefined ? undefined : childSpan(this.d.tracing.tracer, 'txmesh.transaction', SpanKind.INTERNAL, trace, { 'txmesh.tx.id': id, 'txmesh.tx.mode': mode, 'txmesh.route': route }),
       spanEnded: false,
     }
@@ -142,7 +153,18 @@ export class CoordinatorDriver {
     return undefined
   }
 
-  /** Commits (or finds it aborted). Resolves after the outcome is durable and phase 2 acked or waited for. */
+  /** Attaches a message, published only if the transaction commits. */
+  attach(id: TxId, m: TxMessage, bytes: number): TxmeshError | number {
+    const e = this.txs.get(id) ?? this.finished.get(id)
+    if (e === undefined) return new TxUnknownError(`transaction ${id} is not coordinated here`)
+    if (e.state.status !== 'active') return new TxNotActiveError(`transaction ${id} is ${e.state.status}; messages attach before commit`)
+    if (e.messages.length >= LIMITS.maxMessagesPerTx || e.messageBytes + bytes > LIMITS.maxMessageTotalBytes) return new TxLimitError(`transaction ${id} holds its maximum of messages`)
+    e.messages.push(m)
+    e.messageBytes += bytes
+    if (e.messages.length === 1) this.feed(id, { type: 'must-log' })
+    return e.messages.length
+  }
+
   /**
    * Commits (or finds it aborted). Resolves once the outcome is durable; with `waitForAcks`
    * also waits (bounded) for phase 2 so the answer can say every participant acknowledged.
@@ -205,6 +227,7 @@ export class CoordinatorDriver {
       const participants = r.body.participants as ParticipantRef[]
       const step = recoverCoordinator(id, participants, this.env())
       const mode = (r.body.mode as TxMode | undefined) ?? '2pc'
+      const messages = Array.isArray(r.body.messages) ? (r.body.messages as TxMessage[]) : []
       const entry: Entry = {
         state: step.state,
         mode,
@@ -217,6 +240,9 @@ export class CoordinatorDriver {
         deadlineTimer: undefined,
         retryTimers: new Map(),
         finished: false,
+        messages,
+        messageBytes: 0,
+        publishing: messages.length > 0 && this.d.publish !== undefined ? this.d.publish(id, messages) : undefined,
         // A new trace (the original one ended with the process), linked to the original.
         span:
           this.d.tracing === undefined
@@ -269,6 +295,7 @@ export class CoordinatorDriver {
             type: 'decision',
             mode: e.mode,
             participants: a.participants.map((p) => ({ ...p })),
+            ...(e.messages.length === 0 ? {} : { messages: e.messages }),
             // Lets recovery after a restart link its span to this transaction's trace.
             ...(e.span === undefined ? {} : { traceparent: formatTraceparent(e.span.spanContext()) }),
           }).then(
@@ -336,12 +363,17 @@ export class CoordinatorDriver {
             // Ended in retire(), after phase 2, so the commit/abort spans sit inside it.
           }
           for (const w of e.outcomeWaiters.splice(0)) w(a.outcome)
+          if (a.outcome === 'committed' && e.messages.length > 0 && this.d.publish !== undefined) e.publishing ??= this.d.publish(id, e.messages)
           this.d.onEvent?.('tx-outcome', { tx: id, outcome: a.outcome, reason: a.reason, ...(e.requestedAt > 0 ? { prepareMs: e.decidedAt - e.requestedAt } : {}) })
           this.d.logger.info('tx_outcome', { tx: id, outcome: a.outcome, reason: a.reason })
           break
         case 'log-end':
           // Only a logged decision has records to end (presumed abort writes nothing).
-          if (e.state.decisionLogged) this.d.log.end(logKey(id))
+          if (e.state.decisionLogged) {
+            // Messages not yet on the bus keep the record (a restart publishes them again).
+            if (e.publishing === undefined) this.d.log.end(logKey(id))
+            else void e.publishing.then(() => this.d.log.end(logKey(id)))
+          }
           this.retire(id, e)
           break
       }

@@ -31,7 +31,7 @@ import type {
 type CoordinatorStep = Step<CoordinatorState, CoordinatorAction>
 
 export function newCoordinator(id: TxId, deadline: number): CoordinatorState {
-  return { id, deadline, status: 'active', participants: [], decisionLogged: false, reason: undefined, onePhase: false }
+  return { id, deadline, status: 'active', participants: [], decisionLogged: false, reason: undefined, onePhase: false, mustLog: false }
 }
 
 export function coordinatorStep(state: CoordinatorState, event: CoordinatorEvent, env: Env): CoordinatorStep {
@@ -56,6 +56,7 @@ export function recoverCoordinator(id: TxId, participants: readonly ParticipantR
     decisionLogged: true,
     reason: undefined,
     onePhase: false,
+    mustLog: false,
   }
   checkInvariants(state)
   if (refs.length === 0) return { state, actions: [{ type: 'log-end' }] }
@@ -88,6 +89,8 @@ function dispatch(state: CoordinatorState, event: CoordinatorEvent, env: Env): C
   switch (event.type) {
     case 'enlist':
       return onEnlist(state, event.participants)
+    case 'must-log':
+      return state.status === 'active' ? same({ ...state, mustLog: true }) : same(state)
     case 'commit-requested':
       return onCommitRequested(state)
     case 'abort-requested':
@@ -178,11 +181,12 @@ function newParticipant(ref: ParticipantRef): CoordinatorParticipant {
 
 function onCommitRequested(state: CoordinatorState): CoordinatorStep {
   if (state.status !== 'active') return same(state)
+  if (state.participants.length === 0 && state.mustLog) return { state: { ...state, status: 'committing' }, actions: [{ type: 'log-decision', participants: [] }] }
   if (state.participants.length === 0) {
     // Nothing to prepare: committed at once, nothing to log.
     return { state: { ...state, status: 'committed' }, actions: [{ type: 'outcome', outcome: 'committed' }, { type: 'log-end' }] }
   }
-  const only = state.participants.length === 1 ? state.participants[0] : undefined
+  const only = state.participants.length === 1 && !state.mustLog ? state.participants[0] : undefined
   if (only !== undefined) {
     // One participant: it is the decider. Nothing to log here (its PREPARED is the record).
     return {
@@ -210,7 +214,7 @@ function onVote(state: CoordinatorState, branch: BranchId, vote: Vote): Coordina
   }
   if (participants.some((q) => q.vote === undefined)) return same(next)
   const prepared = participants.filter((q) => q.vote?.kind === 'prepared').map((q) => q.ref)
-  if (prepared.length === 0) {
+  if (prepared.length === 0 && !next.mustLog) {
     // Every branch read-only: nothing to commit anywhere, nothing to log.
     return { state: { ...next, status: 'committed' }, actions: [{ type: 'outcome', outcome: 'committed' }, { type: 'log-end' }] }
   }

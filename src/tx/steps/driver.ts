@@ -16,6 +16,7 @@ import type { BranchId, Env, Outcome, TxId } from '../core.js'
 import { appendDurable } from '../durable.js'
 import { BRANCH_ID_HEADER, CONTEXT_HEADER, OP_HEADER, TX_ID_HEADER, newTxId, signContext } from '../protocol.js'
 import { RecentMap } from '../recent.js'
+import type { TxMessage } from '../../events/outbox.js'
 import { newStepTx, recoverStepTx, stepTxOutcome, stepTxStep, type StepAction, type StepEvent, type StepMode, type StepOp, type StepOpName, type StepPolicy, type StepRecord, type StepTxState } from './machine.js'
 
 export interface StepView {
@@ -59,8 +60,8 @@ export interface StepDeps {
   readonly random?: () => number
   readonly metrics?: SidecarMetrics | undefined
   readonly onEvent?: ((type: string, data: Readonly<Record<string, unknown>>) => void) | undefined
-  /** Called once a COMMIT decision is durable (attached messages may be published). */
-  readonly onCommitted?: ((id: TxId) => void) | undefined
+  /** Publishes a committed transaction's messages; resolves once the bus has them all. */
+  readonly publish?: ((id: TxId, messages: readonly TxMessage[]) => Promise<void>) | undefined
 }
 
 interface Entry {
@@ -72,6 +73,9 @@ interface Entry {
   deadlineTimer: NodeJS.Timeout | undefined
   readonly retryTimers: Map<BranchId, NodeJS.Timeout>
   finished: boolean
+  readonly messages: TxMessage[]
+  messageBytes: number
+  publishing: Promise<void> | undefined
 }
 
 const logKey = (id: TxId): string => `s:${id}`
@@ -123,7 +127,7 @@ export class StepCoordinator {
   }
 
   private newEntry(state: StepTxState, route: string): Entry {
-    return { state, route, outcome: undefined, outcomeWaiters: [], doneWaiters: [], deadlineTimer: undefined, retryTimers: new Map(), finished: false }
+    return { state, route, outcome: undefined, outcomeWaiters: [], doneWaiters: [], deadlineTimer: undefined, retryTimers: new Map(), finished: false, messages: [], messageBytes: 0, publishing: undefined }
   }
 
   /**
@@ -149,6 +153,17 @@ export class StepCoordinator {
     // transaction is over.
     if (late) return new TxNotActiveError(`transaction ${id} is ${e.state.status}; the step will be undone`)
     return undefined
+  }
+
+  /** Attaches a message, published only if the transaction commits. */
+  attach(id: TxId, m: TxMessage, bytes: number): TxmeshError | number {
+    const e = this.txs.get(id) ?? this.finished.get(id)
+    if (e === undefined) return new TxUnknownError(`transaction ${id} is not coordinated here`)
+    if (e.state.status !== 'active') return new TxNotActiveError(`transaction ${id} is ${e.state.status}; messages attach before commit`)
+    if (e.messages.length >= LIMITS.maxMessagesPerTx || e.messageBytes + bytes > LIMITS.maxMessageTotalBytes) return new TxLimitError(`transaction ${id} holds its maximum of messages`)
+    e.messages.push(m)
+    e.messageBytes += bytes
+    return e.messages.length
   }
 
   async commit(id: TxId, waitForSteps = false): Promise<StepTxResult | TxmeshError> {
@@ -206,14 +221,14 @@ export class StepCoordinator {
 
   /** Restarts every transaction whose steps are in the log and not ended. */
   recover(records: readonly { txId: string; body: Readonly<Record<string, unknown>> }[]): number {
-    const byTx = new Map<TxId, { mode: StepMode; steps: StepRecord[]; done: Set<BranchId>; committed: boolean }>()
+    const byTx = new Map<TxId, { mode: StepMode; steps: StepRecord[]; done: Set<BranchId>; committed: boolean; messages: TxMessage[] }>()
     for (const r of records) {
       if (!r.txId.startsWith('s:')) continue
       const id = r.txId.slice(2)
       const b = r.body
       let t = byTx.get(id)
       if (t === undefined) {
-        t = { mode: b.mode === 'tcc' ? 'tcc' : 'saga', steps: [], done: new Set(), committed: false }
+        t = { mode: b.mode === 'tcc' ? 'tcc' : 'saga', steps: [], done: new Set(), committed: false, messages: [] }
         byTx.set(id, t)
       }
       if (b.type === 'step') {
@@ -221,6 +236,7 @@ export class StepCoordinator {
         t.steps.push(b.step as StepRecord)
       } else if (b.type === 'decision' && b.outcome === 'committed') {
         t.committed = true
+        if (Array.isArray(b.messages)) t.messages = b.messages as TxMessage[]
       } else if (b.type === 'step-done' && typeof b.step === 'string') {
         t.done.add(b.step)
       }
@@ -229,10 +245,11 @@ export class StepCoordinator {
       const step = recoverStepTx(id, t.mode, t.steps, t.done, t.committed, this.d.policy, this.env())
       const entry = this.newEntry(step.state, 'recovered')
       entry.outcome = t.committed ? 'committed' : 'aborted'
+      entry.messages.push(...t.messages)
+      if (t.committed && t.messages.length > 0 && this.d.publish !== undefined) entry.publishing = this.d.publish(id, t.messages)
       this.txs.set(id, entry)
       this.d.onEvent?.('tx-begin', { tx: id, mode: t.mode, route: 'recovered', recovered: true })
       this.d.logger.info('tx_recovered', { tx: id, role: 'coordinator', mode: t.mode, steps: t.steps.length, committed: t.committed })
-      if (t.committed) this.d.onCommitted?.(id)
       this.perform(id, entry, step.actions)
     }
     return byTx.size
@@ -254,7 +271,7 @@ export class StepCoordinator {
             this.lazy(id, { type: 'decision', outcome: 'aborted' })
             break
           }
-          appendDurable(this.d.log, logKey(id), { type: 'decision', outcome: 'committed' }).then(
+          appendDurable(this.d.log, logKey(id), { type: 'decision', outcome: 'committed', ...(e.messages.length === 0 ? {} : { messages: e.messages }) }).then(
             () => this.feed(id, { type: 'decision-logged' }),
             (err: unknown) => {
               this.d.logger.error('decision_log_failed', { tx: id, error: String(err) })
@@ -292,10 +309,12 @@ export class StepCoordinator {
           for (const w of e.outcomeWaiters.splice(0)) w(a.outcome)
           this.d.onEvent?.('tx-outcome', { tx: id, outcome: a.outcome, reason: a.reason })
           this.d.logger.info('tx_outcome', { tx: id, mode: e.state.mode, outcome: a.outcome, reason: a.reason })
-          if (a.outcome === 'committed') this.d.onCommitted?.(id)
+          if (a.outcome === 'committed' && e.messages.length > 0 && this.d.publish !== undefined) e.publishing ??= this.d.publish(id, e.messages)
           break
         case 'log-end':
-          this.d.log.end(logKey(id))
+          // Messages not yet on the bus keep the record (a restart publishes them again).
+          if (e.publishing === undefined) this.d.log.end(logKey(id))
+          else void e.publishing.then(() => this.d.log.end(logKey(id)))
           this.retire(id, e)
           break
       }

@@ -233,7 +233,9 @@ function advance(state: StepTxState, actions: StepAction[]): StepTxStep {
   let s = state
   const out = [...actions]
   const order = s.mode === 'saga' ? [...s.steps].reverse() : s.steps
-  for (const e of order) {
+  // A saga undoes one step at a time: a late step waits for the one under way.
+  const busy = s.mode === 'saga' && s.steps.some((e) => e.status === 'running' || e.status === 'waiting')
+  for (const e of busy ? [] : order) {
     if (e.status === 'finished') continue
     const op = opFor(s, e.step)
     if (e.status === 'recorded') {
@@ -292,7 +294,8 @@ function checkInvariants(s: StepTxState): void {
     for (let i = s.steps.length - 1; i >= 0; i--) {
       const e = s.steps[i] as StepEntry
       if ((e.status === 'running' || e.status === 'waiting') && laterUnfinished) assert.fail(`${s.id}: step ${e.step.id} undone before a later one`)
-      if (e.status !== 'finished') laterUnfinished = true
+      // Late steps are undone as they come (after the one under way), outside the reverse order.
+      if (e.status !== 'finished' && e.step.late !== true) laterUnfinished = true
     }
   }
 }
