@@ -89,7 +89,12 @@ export function createControlServer(deps: () => ControlDeps | undefined): Server
     if (op === 'confirm' || op === 'cancel') {
       const m = typeof body.method === 'string' && /^[A-Z]{1,16}$/.test(body.method) ? body.method : 'POST'
       const p = typeof body.path === 'string' && body.path.startsWith('/') && body.path.length <= 2048 ? body.path : undefined
-      const done = await d.participant.stepHook(id, branch, op, m, p)
+      const extra = { method: m, path: p, body: undefined as string | undefined, headers: {} as Record<string, string> }
+      if (typeof body.body === 'string' && body.body.length <= LIMITS.stepTemplateBodyBytes) extra.body = body.body
+      if (typeof body.headers === 'object' && body.headers !== null) {
+        for (const [k, v] of Object.entries(body.headers as Record<string, unknown>)) if (/^[A-Za-z0-9-]{1,64}$/.test(k) && typeof v === 'string' && !k.toLowerCase().startsWith('txmesh-')) extra.headers[k.toLowerCase()] = v
+      }
+      const done = await d.participant.stepHook(id, branch, op, extra)
       if (done === 'failed') return respondError(res, new NotReadyError(`the app did not ${op} step ${branch}; retry later`))
       return sendJson(res, 200, { id, branch, done: op })
     }

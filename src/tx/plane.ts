@@ -145,7 +145,7 @@ export class ActiveTxPlane implements TxPlane {
     // The plain ids too, for a target without a sidecar (a sidecar's ingress sets its own).
     call.headers.push(CONTEXT_HEADER, context, TX_ID_HEADER, ctx.id, BRANCH_ID_HEADER, stepId, OP_HEADER, ctx.mode === 'saga' ? 'action' : 'try')
     const template = ctx.mode === 'saga' ? route.compensation : undefined
-    const needs = templateNeeds(template)
+    const needs = ctx.mode === 'saga' ? templateNeeds(template) : anyNeeds([route.tcc?.confirm, route.tcc?.cancel])
     const service = hostOnly(call.host)
     const hook: ResponseHook = {
       ...(needs.responseJson ? { responseBodyLimit: LIMITS.stepTemplateBodyBytes } : {}),
@@ -157,6 +157,8 @@ export class ActiveTxPlane implements TxPlane {
         let step: StepRecord | undefined
         if (ctx.mode === 'saga') {
           step = sagaStep(stepId, service, call.origin, status, template, named, facts, needs.responseJson && body === undefined)
+        } else if (needs.responseJson && body === undefined) {
+          step = { id: stepId, service, target: '', unresolved: `response body over ${LIMITS.stepTemplateBodyBytes} bytes; the tcc hook template cannot read it` }
         } else {
           // TCC: the try ran through the target's sidecar, which confirms or cancels it later.
           const refs = enlisted === undefined ? undefined : verifyEnlisted(this.d.keys, enlisted, ctx.id)
@@ -332,6 +334,11 @@ function sagaStep(
 /** A TCC hook of the caller's route, filled; path '' lets the target sidecar use its default hook. */
 function hookOp(t: RoutePolicy['compensation'], facts: CallFacts): StepOp | { unresolved: string } {
   return t === undefined ? { method: 'POST', path: '' } : fillTemplate(t, facts)
+}
+
+function anyNeeds(ts: readonly RoutePolicy['compensation'][]): { requestJson: boolean; responseJson: boolean } {
+  const all = ts.map(templateNeeds)
+  return { requestJson: all.some((n) => n.requestJson), responseJson: all.some((n) => n.responseJson) }
 }
 
 function hostOnly(host: string): string {

@@ -112,9 +112,10 @@ export async function createBarrierTable(c: PoolClient): Promise<void> {
       return
     } catch (err) {
       const sqlstate = sqlstateOf(err)
-      // Two sessions creating the table at once: the loser gets 23505 (pg_type's unique index) or
-      // 42P07 once the winner committed. The next attempt finds the table.
-      const race = sqlstate === '23505' || sqlstate === '42P07'
+      // Two sessions creating the table at once: the loser gets 23505 (pg_type's unique index),
+      // 42710 (its row type already exists) or 42P07 once the winner committed. The next attempt
+      // finds the table.
+      const race = sqlstate === '23505' || sqlstate === '42P07' || sqlstate === '42710'
       if (race && attempt < L.barrierCreateAttempts) continue
       if (sqlstate === undefined) throw err
       throw new PgError(`cannot create ${BARRIER_TABLE}: ${messageOf(err)}`, { sqlstate })

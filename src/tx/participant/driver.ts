@@ -136,12 +136,21 @@ export class ParticipantDriver {
    * this only calls the app's hook: 2xx or 404 is done, anything else is retried by the caller.
    * `path`: the hook the caller's route names, else this sidecar's hooks.confirm / hooks.cancel.
    */
-  async stepHook(tx: TxId, branch: BranchId, op: 'confirm' | 'cancel', method: string, path: string | undefined): Promise<'done' | 'failed'> {
+  async stepHook(
+    tx: TxId,
+    branch: BranchId,
+    op: 'confirm' | 'cancel',
+    call: { method: string; path: string | undefined; body: string | undefined; headers: Readonly<Record<string, string>> },
+  ): Promise<'done' | 'failed'> {
     try {
-      const res = await request(`${this.d.appOrigin}${path ?? this.d.hooks[op]}`, {
-        method: method as 'POST',
+      const headers: Record<string, string> = { ...call.headers, [TX_ID_HEADER]: tx, [BRANCH_ID_HEADER]: branch, [OP_HEADER]: op }
+      if (call.body === undefined) headers['content-length'] = '0'
+      else headers['content-type'] ??= 'application/json'
+      const res = await request(`${this.d.appOrigin}${call.path ?? this.d.hooks[op]}`, {
+        method: call.method as 'POST',
         dispatcher: this.d.app,
-        headers: { [TX_ID_HEADER]: tx, [BRANCH_ID_HEADER]: branch, [OP_HEADER]: op, 'content-length': '0' },
+        headers,
+        ...(call.body === undefined ? {} : { body: call.body }),
         headersTimeout: LIMITS.hookCallTimeoutMs,
         bodyTimeout: LIMITS.hookCallTimeoutMs,
       })
