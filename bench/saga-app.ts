@@ -13,28 +13,11 @@
 // Environment: DATABASE_URL, SERVICE, POOL_MAX, MAX_OPEN (as bench/tx-app.ts). Prints one JSON
 // line {"event":"listening","port":N,"pid":N} on stdout once the barrier table exists.
 // Usage: node --import tsx bench/saga-app.ts
-import { createServer, type IncomingMessage, type ServerResponse } from 'node:http'
-import type { AddressInfo } from 'node:net'
-import pg from 'pg'
-import { createTxmeshPg } from '../src/helpers/pg/index.js'
+import type { IncomingMessage, ServerResponse } from 'node:http'
+import { benchApp, serveBenchApp } from './lib/bench-app.js'
 
-function env(name: string): string {
-  const v = process.env[name]
-  if (v === undefined || v === '') throw new Error(`${name} is not set`)
-  return v
-}
-
-function intEnv(name: string): number {
-  const n = Number(env(name))
-  if (!Number.isInteger(n) || n < 1) throw new Error(`${name} must be a positive integer`)
-  return n
-}
-
-const service = env('SERVICE')
-// idleTimeoutMillis 0: connections stay open between benchmark runs (no reconnects mid-run).
-const pool = new pg.Pool({ connectionString: env('DATABASE_URL'), max: intEnv('POOL_MAX'), idleTimeoutMillis: 0 })
-pool.on('error', (err) => process.stderr.write(`${service}: idle pool client error: ${err.message}\n`))
-const txm = createTxmeshPg({ pool, service, maxOpen: intEnv('MAX_OPEN') })
+const app = benchApp()
+const { pool, txm } = app
 
 const UPDATE = 'UPDATE accounts SET balance = balance + $1 WHERE id = $2'
 
@@ -85,38 +68,8 @@ async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> 
   }
 }
 
-const server = createServer(
-  // The middleware passes saga calls (txmesh-op) through without opening a 2PC branch: tx is
-  // always undefined here.
-  txm.handler(async (req, res) => {
-    try {
-      await handle(req, res)
-    } catch (err) {
-      process.stderr.write(`${service}: ${req.url ?? ''} failed: ${(err as Error).message}\n`)
-      if (!res.headersSent) res.writeHead(500, { 'content-length': '0' })
-      res.end()
-    }
-  }),
-)
-// Longer than the sidecar's and the driver's upstream keep-alive (undici: 4 s), so neither ever
-// reuses a connection the app is closing.
-server.keepAliveTimeout = 120_000
-
 // The table exists before the first measured call (and for the consistency check of a run
-// that has no saga mode).
+// that has no saga mode). The middleware passes saga calls (txmesh-op) through without opening
+// a 2PC branch.
 await txm.ensureBarrier()
-server.listen(0, '127.0.0.1', () => {
-  const port = (server.address() as AddressInfo).port
-  process.stdout.write(JSON.stringify({ event: 'listening', port, pid: process.pid }) + '\n')
-})
-
-const stop = (): void => {
-  server.close()
-  server.closeAllConnections()
-  void txm
-    .close()
-    .then(() => pool.end())
-    .finally(() => process.exit(0))
-}
-process.once('SIGTERM', stop)
-process.once('SIGINT', stop)
+serveBenchApp(app, handle)

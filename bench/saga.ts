@@ -26,11 +26,11 @@ import { availableParallelism, cpus } from 'node:os'
 import { dirname, join } from 'node:path'
 import pg from 'pg'
 import type { PostgresInstance } from '../test/helpers/pg.js'
-import { sleep } from './lib/procs.js'
 import { SAGA_MODE_NAMES, SAGA_SERVICES, coordinatorRoutes, createSagaMode, newBarrierExpectation, randomSagaTransfer, type BarrierExpectation, type SagaMode, type SagaModeName } from './lib/saga-modes.js'
 import { printSagaReport, type BarrierCheck, type SagaConsistency, type SagaLogDelta, type SagaReport, type SagaRow, type SagaSample } from './lib/saga-report.js'
-import { CPU_GROUPS, checkConsistency, cpuDelta, cpuSnapshot, sidecarStats, startCluster, type Cluster, type CpuGroup, type SidecarStats } from './lib/tx-cluster.js'
-import { closedLoopOf, percentile, type LoopResult } from './lib/tx-loop.js'
+import { checkConsistency, sidecarStats, startCluster, type Cluster, type SidecarStats } from './lib/tx-cluster.js'
+import { closedLoopOf, type LoopResult } from './lib/tx-loop.js'
+import { defined, intEnv, measureRun, quiesce, summarizeRuns } from './lib/tx-measure.js'
 import type { TxCheck } from './lib/tx-report.js'
 import type { TxPartContext } from './tx.js'
 
@@ -48,14 +48,6 @@ interface SagaSettings {
   readonly cpuProfileDir: string | undefined
 }
 
-function intEnv(name: string, dflt: number, min: number): number {
-  const raw = process.env[name]
-  if (raw === undefined || raw === '') return dflt
-  const n = Number(raw)
-  if (!Number.isInteger(n) || n < min) throw new Error(`${name} must be an integer >= ${min}, got "${raw}"`)
-  return n
-}
-
 function settings(): SagaSettings {
   const cs = (process.env.BENCH_SAGA_CONCURRENCY ?? '1,8,32').split(',').map((s) => Number(s.trim()))
   if (cs.length === 0 || cs.some((c) => !Number.isInteger(c) || c < 1)) throw new Error('BENCH_SAGA_CONCURRENCY must list positive integers')
@@ -71,23 +63,6 @@ function settings(): SagaSettings {
   }
 }
 
-function median(xs: readonly number[]): number | undefined {
-  if (xs.length === 0) return undefined
-  const s = [...xs].sort((a, b) => a - b)
-  const mid = s.length >> 1
-  return s.length % 2 === 1 ? (s[mid] as number) : ((s[mid - 1] as number) + (s[mid] as number)) / 2
-}
-
-function defined<T>(xs: readonly (T | undefined)[]): T[] {
-  return xs.filter((x): x is T => x !== undefined)
-}
-
-async function allStats(c: Cluster): Promise<Map<string, SidecarStats>> {
-  const sidecars = [c.coordinator, ...c.participants]
-  const stats = await Promise.all(sidecars.map((s) => sidecarStats(s.ports.admin)))
-  return new Map(sidecars.map((s, i) => [s.name, stats[i] as SidecarStats]))
-}
-
 function logDelta(before: Map<string, SidecarStats>, after: Map<string, SidecarStats>): SagaLogDelta {
   const cb = before.get('coordinator') as SidecarStats
   const ca = after.get('coordinator') as SidecarStats
@@ -101,84 +76,33 @@ function logDelta(before: Map<string, SidecarStats>, after: Map<string, SidecarS
   }
 }
 
-/** Waits (bounded) until the coordinator holds no active saga: the last run's compensations are done. */
-async function quiesce(c: Cluster): Promise<void> {
-  for (let i = 0; i < 100; i++) {
-    if ((await sidecarStats(c.coordinator.ports.admin)).steps.active === 0) return
-    await sleep(50)
-  }
-}
-
 function loop(m: SagaMode, concurrency: number, seconds: number, accounts: number): Promise<LoopResult> {
   return closedLoopOf((t) => m.transfer(t), () => randomSagaTransfer(accounts), concurrency, seconds)
 }
 
 async function measure(c: Cluster, m: SagaMode, concurrency: number, seconds: number, accounts: number): Promise<SagaSample> {
-  const viaSidecars = m.name !== 'direct'
-  await quiesce(c)
-  await sleep(200)
-  const statsBefore = viaSidecars ? await allStats(c) : undefined
-  const cpuBefore = cpuSnapshot(c)
-  const r = await loop(m, concurrency, seconds, accounts)
-  const cpuAfter = cpuSnapshot(c)
-  let logs: SagaLogDelta | undefined
-  if (statsBefore !== undefined) {
-    await quiesce(c)
-    logs = logDelta(statsBefore, await allStats(c))
-  }
-  const d = cpuDelta(cpuBefore, cpuAfter)
-  return {
-    txPerSec: r.committed / r.seconds,
-    p50Us: percentile(r.latenciesUs, 50),
-    p99Us: percentile(r.latenciesUs, 99),
-    done: r.committed,
-    aborted: r.aborted,
-    errors: r.errors,
-    cpuSeconds: d.seconds,
-    machineCpuSeconds: d.machineSeconds,
-    busyPct: d.busyPct,
-    stealPct: d.stealPct,
-    logs,
-    reasons: r.reasons,
-  }
+  const { count, ...rest } = await measureRun(c, {
+    viaSidecars: m.name !== 'direct',
+    inFlight: (x) => x.steps.active,
+    logDelta,
+    run: () => loop(m, concurrency, seconds, accounts),
+  })
+  return { ...rest, done: count }
 }
 
 function summarize(mode: SagaModeName, concurrency: number, samples: readonly SagaSample[]): SagaRow {
-  const done = samples.reduce((n, x) => n + x.done, 0)
-  let cpuUsPerTx: Record<CpuGroup, number> | undefined
-  let total: number | undefined
-  if (done > 0) {
-    cpuUsPerTx = {} as Record<CpuGroup, number>
-    total = 0
-    for (const g of CPU_GROUPS) {
-      const us = (samples.reduce((n, x) => n + x.cpuSeconds[g], 0) * 1e6) / done
-      cpuUsPerTx[g] = us
-      total += us
-    }
-  }
+  const { count, ...row } = summarizeRuns(samples.map((x) => ({ ...x, count: x.done })))
   const logs = defined(samples.map((x) => x.logs))
   const ended = logs.reduce((n, l) => n + l.sagasEnded, 0)
   const perSaga = (f: (l: SagaLogDelta) => number): number | undefined => (logs.length === 0 || ended === 0 ? undefined : logs.reduce((n, l) => n + f(l), 0) / ended)
-  const reasons: Record<string, number> = {}
-  for (const x of samples) for (const [k, v] of Object.entries(x.reasons)) reasons[k] = (reasons[k] ?? 0) + v
   return {
     mode,
     concurrency,
-    txPerSec: median(samples.map((x) => x.txPerSec)),
-    p50Us: median(defined(samples.map((x) => x.p50Us))),
-    p99Us: median(defined(samples.map((x) => x.p99Us))),
-    done,
-    aborted: samples.reduce((n, x) => n + x.aborted, 0),
-    errors: samples.reduce((n, x) => n + x.errors, 0),
-    cpuUsPerTx,
-    totalCpuUsPerTx: total,
-    machineCpuUsPerTx: done > 0 && samples.every((x) => x.machineCpuSeconds !== undefined) ? (samples.reduce((n, x) => n + (x.machineCpuSeconds ?? 0), 0) * 1e6) / done : undefined,
-    busyPct: median(defined(samples.map((x) => x.busyPct))),
-    stealPct: median(defined(samples.map((x) => x.stealPct))),
+    ...row,
+    done: count,
     coordinatorFsyncsPerSaga: perSaga((l) => l.coordinatorFsyncs),
     coordinatorAppendsPerSaga: perSaga((l) => l.coordinatorAppends),
     allFsyncsPerSaga: perSaga((l) => l.allFsyncs),
-    reasons,
     samples: [...samples],
   }
 }
@@ -330,7 +254,7 @@ export async function runSagaPart(ctx: TxPartContext): Promise<number> {
       }
     }
   }
-  await quiesce(cluster)
+  await quiesce(cluster, (x) => x.steps.active)
 
   const rows: SagaRow[] = []
   for (const c of s.concurrencies) for (const m of modes) rows.push(summarize(m.name, c, samples.get(key(m.name, c)) ?? []))

@@ -24,9 +24,10 @@ import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { availableParallelism, cpus } from 'node:os'
 import { dirname, join } from 'node:path'
 import type { PostgresInstance } from '../test/helpers/pg.js'
-import { sleep, type ProcessGroup } from './lib/procs.js'
-import { CPU_GROUPS, affinityOf, checkConsistency, cpuDelta, cpuSnapshot, pinPid, sidecarStats, startCluster, type Cluster, type CpuGroup, type SidecarStats } from './lib/tx-cluster.js'
-import { closedLoop, percentile } from './lib/tx-loop.js'
+import type { ProcessGroup } from './lib/procs.js'
+import { affinityOf, checkConsistency, pinPid, startCluster, type Cluster, type SidecarStats } from './lib/tx-cluster.js'
+import { closedLoop } from './lib/tx-loop.js'
+import { defined, intEnv, measureRun, quiesce, summarizeRuns } from './lib/tx-measure.js'
 import { MODE_NAMES, createMode, randomTransfer, type Mode, type ModeName } from './lib/tx-modes.js'
 import { MODE_TITLES, printTxReport, type FsyncRow, type LogDelta, type TxCheck, type TxReport, type TxRow, type TxSample } from './lib/tx-report.js'
 
@@ -91,14 +92,6 @@ const DEFAULT_PIN: PinLayout = 'none'
 const TARGET_VS_LOCAL = 0.6
 const TARGET_VS_INPROC = 0.9
 
-function intEnv(name: string, dflt: number, min: number): number {
-  const raw = process.env[name]
-  if (raw === undefined || raw === '') return dflt
-  const n = Number(raw)
-  if (!Number.isInteger(n) || n < min) throw new Error(`${name} must be an integer >= ${min}, got "${raw}"`)
-  return n
-}
-
 function settings(): TxSettings {
   const cs = (process.env.BENCH_TX_CONCURRENCY ?? '1,8,32').split(',').map((s) => Number(s.trim()))
   if (cs.length === 0 || cs.some((c) => !Number.isInteger(c) || c < 1)) throw new Error('BENCH_TX_CONCURRENCY must list positive integers')
@@ -122,23 +115,6 @@ function settings(): TxSettings {
   }
 }
 
-function median(xs: readonly number[]): number | undefined {
-  if (xs.length === 0) return undefined
-  const s = [...xs].sort((a, b) => a - b)
-  const mid = s.length >> 1
-  return s.length % 2 === 1 ? (s[mid] as number) : ((s[mid - 1] as number) + (s[mid] as number)) / 2
-}
-
-function defined<T>(xs: readonly (T | undefined)[]): T[] {
-  return xs.filter((x): x is T => x !== undefined)
-}
-
-async function allStats(c: Cluster): Promise<Map<string, SidecarStats>> {
-  const sidecars = [c.coordinator, ...c.participants]
-  const stats = await Promise.all(sidecars.map((s) => sidecarStats(s.ports.admin)))
-  return new Map(sidecars.map((s, i) => [s.name, stats[i] as SidecarStats]))
-}
-
 function logDelta(before: Map<string, SidecarStats>, after: Map<string, SidecarStats>): LogDelta {
   const sidecars = [...after.keys()].map((name) => {
     const a = after.get(name) as SidecarStats
@@ -150,75 +126,19 @@ function logDelta(before: Map<string, SidecarStats>, after: Map<string, SidecarS
   return { sidecars, coordinatorCommitted: ca.committed - cb.committed }
 }
 
-/** Waits (bounded) until the coordinator holds no active transaction: phase 2 of the last run is over. */
-async function quiesce(c: Cluster): Promise<void> {
-  for (let i = 0; i < 100; i++) {
-    if ((await sidecarStats(c.coordinator.ports.admin)).active === 0) return
-    await sleep(50)
-  }
-}
-
 async function measure(c: Cluster, mode: Mode, concurrency: number, s: TxSettings): Promise<TxSample> {
-  if (mode.name === 'txmesh') await quiesce(c)
-  await sleep(200)
-  const statsBefore = mode.name === 'txmesh' ? await allStats(c) : undefined
-  const cpuBefore = cpuSnapshot(c)
-  const r = await closedLoop(mode, concurrency, s.seconds, s.accounts)
-  const cpuAfter = cpuSnapshot(c)
-  let logs: LogDelta | undefined
-  if (statsBefore !== undefined) {
-    await quiesce(c)
-    logs = logDelta(statsBefore, await allStats(c))
-  }
-  const d = cpuDelta(cpuBefore, cpuAfter)
-  return {
-    txPerSec: r.committed / r.seconds,
-    p50Us: percentile(r.latenciesUs, 50),
-    p99Us: percentile(r.latenciesUs, 99),
-    committed: r.committed,
-    aborted: r.aborted,
-    errors: r.errors,
-    cpuSeconds: d.seconds,
-    machineCpuSeconds: d.machineSeconds,
-    busyPct: d.busyPct,
-    stealPct: d.stealPct,
-    logs,
-    reasons: r.reasons,
-  }
+  const { count, ...rest } = await measureRun(c, {
+    viaSidecars: mode.name === 'txmesh',
+    inFlight: (x) => x.active,
+    logDelta,
+    run: () => closedLoop(mode, concurrency, s.seconds, s.accounts),
+  })
+  return { ...rest, committed: count }
 }
 
 function summarize(mode: ModeName, concurrency: number, samples: readonly TxSample[]): TxRow {
-  const committed = samples.reduce((n, x) => n + x.committed, 0)
-  let cpuUsPerTx: Record<CpuGroup, number> | undefined
-  let total: number | undefined
-  if (committed > 0) {
-    cpuUsPerTx = {} as Record<CpuGroup, number>
-    total = 0
-    for (const g of CPU_GROUPS) {
-      const us = (samples.reduce((n, x) => n + x.cpuSeconds[g], 0) * 1e6) / committed
-      cpuUsPerTx[g] = us
-      total += us
-    }
-  }
-  const reasons: Record<string, number> = {}
-  for (const x of samples) for (const [k, v] of Object.entries(x.reasons)) reasons[k] = (reasons[k] ?? 0) + v
-  return {
-    mode,
-    concurrency,
-    txPerSec: median(samples.map((x) => x.txPerSec)),
-    p50Us: median(defined(samples.map((x) => x.p50Us))),
-    p99Us: median(defined(samples.map((x) => x.p99Us))),
-    committed,
-    aborted: samples.reduce((n, x) => n + x.aborted, 0),
-    errors: samples.reduce((n, x) => n + x.errors, 0),
-    cpuUsPerTx,
-    totalCpuUsPerTx: total,
-    machineCpuUsPerTx: committed > 0 && samples.every((x) => x.machineCpuSeconds !== undefined) ? (samples.reduce((n, x) => n + (x.machineCpuSeconds ?? 0), 0) * 1e6) / committed : undefined,
-    busyPct: median(defined(samples.map((x) => x.busyPct))),
-    stealPct: median(defined(samples.map((x) => x.stealPct))),
-    reasons,
-    samples: [...samples],
-  }
+  const { count, ...row } = summarizeRuns(samples.map((x) => ({ ...x, count: x.committed })))
+  return { mode, concurrency, ...row, committed: count, samples: [...samples] }
 }
 
 function fsyncRow(concurrency: number, samples: readonly TxSample[]): FsyncRow | undefined {
@@ -363,7 +283,7 @@ export async function runTxPart(ctx: TxPartContext): Promise<number> {
       }
     }
   }
-  await quiesce(cluster)
+  await quiesce(cluster, (x) => x.active)
 
   const rows: TxRow[] = []
   const fsync: FsyncRow[] = []

@@ -3,7 +3,7 @@
 // next to DTM's published one, and the coordinator log's work per saga.
 import type { CpuGroup } from './tx-cluster.js'
 import type { SagaModeName } from './saga-modes.js'
-import { cpu, ms, num, table, type Align, type TxCheck } from './tx-report.js'
+import { appendWarningsAndChecks, cpu, ms, num, table, type Align, type TxCheck } from './tx-report.js'
 
 /** One mode at one concurrency in one round. */
 export interface SagaSample {
@@ -124,28 +124,7 @@ export function printSagaReport(r: SagaReport): void {
   out.push('the benchmark\'s processes, then by group: Postgres, the 2 apps, the 2 participant sidecars, the coordinator sidecar,')
   out.push('the driver. coord fsyncs/saga: fsyncs of the coordinator\'s log per saga it ended (group commit shares them).')
   for (const [k, v] of Object.entries(r.modes)) out.push(`  ${k}: ${v}`)
-  for (const row of r.rows) {
-    const reasons = Object.entries(row.reasons)
-    if (reasons.length === 0) continue
-    out.push(`WARNING: ${row.mode} c=${row.concurrency}: ${row.aborted} aborted, ${row.errors} errors:`)
-    for (const [why, n] of reasons.slice(0, 5)) out.push(`    ${n} × ${why}`)
-  }
-  for (const row of r.rows.filter((x) => x.stealPct !== undefined && x.stealPct > 5)) {
-    out.push(`WARNING: ${row.mode} c=${row.concurrency}: hypervisor steal ${Math.round(row.stealPct ?? 0)}%, figures are unreliable`)
-  }
-  for (const [name, tail] of Object.entries(r.childOutput)) {
-    const lines = tail.split('\n')
-    out.push(`output of ${name} (${lines.length} line(s), last 5):`, ...lines.slice(-5).map((l) => `  ${l.slice(0, 300)}`))
-  }
-  out.push('')
-
-  const checkRows = r.checks.map((c) => [
-    c.name,
-    c.value === undefined ? 'n/a' : c.value.toFixed(2),
-    c.goal,
-    c.goal === 'info' ? '' : c.pass === undefined ? 'n/a' : c.pass ? 'PASS' : 'MISS',
-  ])
-  out.push(table(['ratio / figure (same run)', 'value', 'reference', 'result'], ['l', 'r', 'l', 'l'], checkRows), '')
+  appendWarningsAndChecks(out, r.rows, (row) => row.mode, r.childOutput, r.checks, 'reference')
 
   const c = r.consistency
   const barrier = c.barrier

@@ -117,6 +117,38 @@ export function table(header: readonly string[], align: readonly Align[], body: 
   return [line(header), widths.map((w) => '-'.repeat(w)).join('  '), ...body.map(line)].join('\n')
 }
 
+/** Warnings (aborts, errors, steal), the tail of each child's output, then the ratio table. */
+export function appendWarningsAndChecks<R extends { readonly concurrency: number; readonly aborted: number; readonly errors: number; readonly stealPct: number | undefined; readonly reasons: Readonly<Record<string, number>> }>(
+  out: string[],
+  rows: readonly R[],
+  title: (row: R) => string,
+  childOutput: Readonly<Record<string, string>>,
+  checks: readonly TxCheck[],
+  goalHeader: string,
+): void {
+  for (const row of rows) {
+    const reasons = Object.entries(row.reasons)
+    if (reasons.length === 0) continue
+    out.push(`WARNING: ${title(row)} c=${row.concurrency}: ${row.aborted} aborted, ${row.errors} errors:`)
+    for (const [why, n] of reasons.slice(0, 5)) out.push(`    ${n} × ${why}`)
+  }
+  for (const row of rows.filter((x) => x.stealPct !== undefined && x.stealPct > 5)) {
+    out.push(`WARNING: ${title(row)} c=${row.concurrency}: hypervisor steal ${Math.round(row.stealPct ?? 0)}%, figures are unreliable`)
+  }
+  for (const [name, tail] of Object.entries(childOutput)) {
+    const lines = tail.split('\n')
+    out.push(`output of ${name} (${lines.length} line(s), last 5):`, ...lines.slice(-5).map((l) => `  ${l.slice(0, 300)}`))
+  }
+  out.push('')
+  const checkRows = checks.map((c) => [
+    c.name,
+    c.value === undefined ? 'n/a' : c.value.toFixed(2),
+    c.goal,
+    c.goal === 'info' ? '' : c.pass === undefined ? 'n/a' : c.pass ? 'PASS' : 'MISS',
+  ])
+  out.push(table(['ratio / figure (same run)', 'value', goalHeader, 'result'], ['l', 'r', 'l', 'l'], checkRows), '')
+}
+
 export const MODE_TITLES: Readonly<Record<ModeName, string>> = { txmesh: 'txmesh', local: '(a) local', inproc: '(b) in-proc' }
 
 export function printTxReport(r: TxReport): void {
@@ -154,28 +186,7 @@ export function printTxReport(r: TxReport): void {
   out.push('backends), the 3 apps, the 3 participant sidecars, the coordinator sidecar, the driver (in (b) the driver is the')
   out.push('coordinator). busy: all CPUs, % of capacity. Transfers in flight at the end of a run add CPU but are not counted.')
   for (const [k, v] of Object.entries(r.modes)) out.push(`  ${k}: ${v}`)
-  for (const row of r.rows) {
-    const reasons = Object.entries(row.reasons)
-    if (reasons.length === 0) continue
-    out.push(`WARNING: ${MODE_TITLES[row.mode]} c=${row.concurrency}: ${row.aborted} aborted, ${row.errors} errors:`)
-    for (const [why, n] of reasons.slice(0, 5)) out.push(`    ${n} × ${why}`)
-  }
-  for (const row of r.rows.filter((x) => x.stealPct !== undefined && x.stealPct > 5)) {
-    out.push(`WARNING: ${MODE_TITLES[row.mode]} c=${row.concurrency}: hypervisor steal ${Math.round(row.stealPct ?? 0)}%, figures are unreliable`)
-  }
-  for (const [name, tail] of Object.entries(r.childOutput)) {
-    const lines = tail.split('\n')
-    out.push(`output of ${name} (${lines.length} line(s), last 5):`, ...lines.slice(-5).map((l) => `  ${l.slice(0, 300)}`))
-  }
-  out.push('')
-
-  const checkRows = r.checks.map((c) => [
-    c.name,
-    c.value === undefined ? 'n/a' : c.value.toFixed(2),
-    c.goal,
-    c.goal === 'info' ? '' : c.pass === undefined ? 'n/a' : c.pass ? 'PASS' : 'MISS',
-  ])
-  out.push(table(['ratio / figure (same run)', 'value', 'target', 'result'], ['l', 'r', 'l', 'l'], checkRows), '')
+  appendWarningsAndChecks(out, r.rows, (row) => MODE_TITLES[row.mode], r.childOutput, r.checks, 'target')
 
   if (r.fsync.length > 0) {
     const names = (r.fsync[0]?.sidecars.map((s) => s.name) ?? []).filter((n) => n !== 'coordinator')

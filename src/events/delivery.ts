@@ -6,7 +6,7 @@
 // attempt that did reach the sink; the event id is the sink's idempotency key, which turns that
 // into one stored copy (at-least-once sending, effectively-once storing).
 import assert from 'node:assert/strict'
-import { EVENT_LIMITS } from './limits.js'
+import { LIMITS } from '../limits.js'
 import type { BusEvent, Sink } from './types.js'
 
 /** Time source and timers, injectable so a test can drive backoff without waiting. */
@@ -27,7 +27,7 @@ export interface DeliveryQueueOptions {
   onDelivered?: (e: BusEvent) => void | Promise<void>
   /** Called after each failed attempt (observability hook); `attempt` counts from 1 for this event. */
   onFailure?: (e: BusEvent, error: Error, attempt: number, retryInMs: number) => void
-  /** Defaults come from EVENT_LIMITS; each is checked against it. */
+  /** Defaults come from LIMITS (event bus section); each is checked against it. */
   maxPending?: number
   backoffBaseMs?: number
   backoffCapMs?: number
@@ -82,19 +82,19 @@ export class DeliveryQueue {
 
   constructor(sink: Sink, opts: DeliveryQueueOptions = {}) {
     this.sink = sink
-    this.maxPending = opts.maxPending ?? EVENT_LIMITS.maxQueueLength
-    this.backoffBaseMs = opts.backoffBaseMs ?? EVENT_LIMITS.backoffBaseMs
-    this.backoffCapMs = opts.backoffCapMs ?? EVENT_LIMITS.backoffCapMs
-    this.deliveryTimeoutMs = opts.deliveryTimeoutMs ?? EVENT_LIMITS.deliveryTimeoutMs
-    this.closeWaitMs = opts.closeWaitMs ?? EVENT_LIMITS.closeWaitMs
+    this.maxPending = opts.maxPending ?? LIMITS.eventQueueLength
+    this.backoffBaseMs = opts.backoffBaseMs ?? LIMITS.eventBackoffBaseMs
+    this.backoffCapMs = opts.backoffCapMs ?? LIMITS.eventBackoffCapMs
+    this.deliveryTimeoutMs = opts.deliveryTimeoutMs ?? LIMITS.eventDeliveryTimeoutMs
+    this.closeWaitMs = opts.closeWaitMs ?? LIMITS.eventCloseWaitMs
     this.clock = opts.clock ?? systemClock
     this.random = opts.random ?? Math.random
     this.onDelivered = opts.onDelivered
     this.onFailure = opts.onFailure
-    assert(Number.isInteger(this.maxPending) && this.maxPending >= 1 && this.maxPending <= EVENT_LIMITS.maxQueueLength, 'maxPending out of range')
-    assert(this.backoffBaseMs >= 1 && this.backoffBaseMs <= this.backoffCapMs && this.backoffCapMs <= EVENT_LIMITS.backoffCapMs, 'backoff out of range')
-    assert(this.deliveryTimeoutMs >= 1 && this.deliveryTimeoutMs <= EVENT_LIMITS.deliveryTimeoutCapMs, 'deliveryTimeoutMs out of range')
-    assert(this.closeWaitMs >= 0 && this.closeWaitMs <= EVENT_LIMITS.closeWaitMs, 'closeWaitMs out of range')
+    assert(Number.isInteger(this.maxPending) && this.maxPending >= 1 && this.maxPending <= LIMITS.eventQueueLength, 'maxPending out of range')
+    assert(this.backoffBaseMs >= 1 && this.backoffBaseMs <= this.backoffCapMs && this.backoffCapMs <= LIMITS.eventBackoffCapMs, 'backoff out of range')
+    assert(this.deliveryTimeoutMs >= 1 && this.deliveryTimeoutMs <= LIMITS.eventDeliveryTimeoutCapMs, 'deliveryTimeoutMs out of range')
+    assert(this.closeWaitMs >= 0 && this.closeWaitMs <= LIMITS.eventCloseWaitMs, 'closeWaitMs out of range')
   }
 
   /** Events pushed and not yet acknowledged, including the one in flight. */
@@ -108,7 +108,7 @@ export class DeliveryQueue {
    */
   push(e: BusEvent): boolean {
     if (this.closed) throw new Error(`delivery queue for sink ${this.sink.name} is closed`)
-    assert(e.id.length > 0 && e.id.length <= EVENT_LIMITS.maxEventIdChars, `event id must be 1..${EVENT_LIMITS.maxEventIdChars} chars`)
+    assert(e.id.length > 0 && e.id.length <= LIMITS.eventIdMaxChars, `event id must be 1..${LIMITS.eventIdMaxChars} chars`)
     if (this.items.length >= this.maxPending) return false
     this.items.push(e)
     if (!this.running) {

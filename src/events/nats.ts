@@ -5,7 +5,7 @@ import assert from 'node:assert/strict'
 import { jetstream, JetStreamApiCodes, JetStreamApiError, jetstreamManager, StorageType, type JetStreamClient, type JetStreamManager } from '@nats-io/jetstream'
 import { connect, type NatsConnection } from '@nats-io/transport-node'
 import { silentLogger, type Logger } from '../log.js'
-import { EVENT_LIMITS } from './limits.js'
+import { LIMITS } from '../limits.js'
 import type { BusEvent, Sink } from './types.js'
 
 export const EVENT_SUBJECT_PREFIX = 'txmesh.events'
@@ -35,7 +35,7 @@ export interface NatsSinkOptions {
   /** Connect timeout, JetStream API timeout and publish-ack timeout. */
   timeoutMs: number
   logger?: Logger
-  /** Wait between reconnect attempts; default EVENT_LIMITS.natsReconnectWaitMs. */
+  /** Wait between reconnect attempts; default LIMITS.natsReconnectWaitMs. */
   reconnectWaitMs?: number
 }
 
@@ -65,16 +65,16 @@ export class NatsSink implements Sink {
   static async connect(opts: NatsSinkOptions): Promise<NatsSink> {
     assert(opts.servers.length > 0, 'NatsSink needs at least one server')
     assert(opts.subjects.length > 0, 'NatsSink needs at least one subject')
-    assert(opts.timeoutMs >= 1 && opts.timeoutMs <= EVENT_LIMITS.deliveryTimeoutCapMs, 'timeoutMs out of range')
+    assert(opts.timeoutMs >= 1 && opts.timeoutMs <= LIMITS.eventDeliveryTimeoutCapMs, 'timeoutMs out of range')
     const logger = opts.logger ?? silentLogger
-    const reconnectWaitMs = opts.reconnectWaitMs ?? EVENT_LIMITS.natsReconnectWaitMs
-    assert(reconnectWaitMs >= 1 && reconnectWaitMs <= EVENT_LIMITS.backoffCapMs, 'reconnectWaitMs out of range')
+    const reconnectWaitMs = opts.reconnectWaitMs ?? LIMITS.natsReconnectWaitMs
+    assert(reconnectWaitMs >= 1 && reconnectWaitMs <= LIMITS.eventBackoffCapMs, 'reconnectWaitMs out of range')
     let nc: NatsConnection
     try {
       nc = await connect({
         servers: opts.servers,
         name: opts.name,
-        timeout: Math.min(opts.timeoutMs, EVENT_LIMITS.natsConnectTimeoutMs),
+        timeout: Math.min(opts.timeoutMs, LIMITS.natsConnectTimeoutMs),
         reconnect: true,
         maxReconnectAttempts: -1,
         reconnectTimeWait: reconnectWaitMs,

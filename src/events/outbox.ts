@@ -16,6 +16,7 @@
 // The SSE feed (/v1/events) is the in-memory EventHub, fed by the same callback.
 import type { Logger } from '../log.js'
 import type { FileLog } from '../log/file-log.js'
+import { LIMITS } from '../limits.js'
 import { DeliveryQueue } from './delivery.js'
 import { eventSubject } from './nats.js'
 import type { BusEvent, Sink } from './types.js'
@@ -52,6 +53,11 @@ interface TxTrack {
 
 const logKey = (tx: string): string => `e:${tx}`
 
+/** A transaction's last event here: the coordinator's `finished`, a participant branch's end. */
+function isLast(type: string, data: Readonly<Record<string, unknown>>): boolean {
+  return type === 'finished' || (type === 'branch' && (data.status === 'committed' || data.status === 'aborted'))
+}
+
 export class Outbox {
   private readonly queues: DeliveryQueue[]
   private readonly tracks = new Map<string, TxTrack>()
@@ -70,7 +76,7 @@ export class Outbox {
         new DeliveryQueue(sink, {
           onDelivered: (e) => this.delivered(e),
           onFailure: (e, err, attempt) => {
-            if (attempt === 1 || attempt % 10 === 0) o.logger.warn('event_delivery_failed', { sink: sink.name, event: e.id, attempt, error: err.message })
+            if (attempt === 1 || attempt % LIMITS.eventFailureLogEvery === 0) o.logger.warn('event_delivery_failed', { sink: sink.name, event: e.id, attempt, error: err.message })
           },
         }),
     )
@@ -111,7 +117,7 @@ export class Outbox {
     const at = Date.now()
     const payload = { id: `${this.o.service}:${tx}:${t.seq}`, service: this.o.service, tx, seq: t.seq, type: name, at: new Date(at).toISOString(), data }
     const e: BusEvent = { id: payload.id, subject: this.subject, payload }
-    if (type === 'tx-finished' || (type === 'branch-status' && (data.status === 'committed' || data.status === 'aborted'))) t.over = true
+    if (isLast(name, data)) t.over = true
     try {
       if (name === 'committed') {
         // Force-written: the one event a consumer must never miss.
@@ -206,7 +212,7 @@ export class Outbox {
       const t = this.track(tx)
       for (const payload of s.events) {
         t.seq = Math.max(t.seq, typeof payload.seq === 'number' ? payload.seq : 0)
-        if (payload.type === 'finished' || payload.type === 'branch') t.over ||= payload.type === 'finished' || (payload.data as { status?: unknown } | undefined)?.status === 'committed' || (payload.data as { status?: unknown } | undefined)?.status === 'aborted'
+        if (isLast(String(payload.type), (payload.data ?? {}) as Readonly<Record<string, unknown>>)) t.over = true
         this.push(t, { id: String(payload.id), subject: this.subject, payload })
       }
     }

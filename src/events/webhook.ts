@@ -4,7 +4,7 @@
 // redirects are not followed (undici's request does not), so a 3xx is a failure too.
 import assert from 'node:assert/strict'
 import { Agent, request } from 'undici'
-import { EVENT_LIMITS } from './limits.js'
+import { LIMITS } from '../limits.js'
 import type { BusEvent, Sink } from './types.js'
 
 export const IDEMPOTENCY_KEY_HEADER = 'idempotency-key'
@@ -31,11 +31,11 @@ export class WebhookSink implements Sink {
     this.url = new URL(opts.url)
     assert(this.url.protocol === 'http:' || this.url.protocol === 'https:', 'webhook url must be http(s)')
     this.name = opts.name ?? `webhook:${this.url.origin}`
-    this.timeoutMs = opts.timeoutMs ?? EVENT_LIMITS.deliveryTimeoutMs
-    assert(this.timeoutMs >= 1 && this.timeoutMs <= EVENT_LIMITS.deliveryTimeoutCapMs, 'timeoutMs out of range')
+    this.timeoutMs = opts.timeoutMs ?? LIMITS.eventDeliveryTimeoutMs
+    assert(this.timeoutMs >= 1 && this.timeoutMs <= LIMITS.eventDeliveryTimeoutCapMs, 'timeoutMs out of range')
     this.extraHeaders = opts.headers ?? {}
     this.agent = new Agent({
-      connect: { timeout: Math.min(this.timeoutMs, EVENT_LIMITS.webhookConnectTimeoutMs) },
+      connect: { timeout: Math.min(this.timeoutMs, LIMITS.webhookConnectTimeoutMs) },
       headersTimeout: this.timeoutMs,
       bodyTimeout: this.timeoutMs,
       // One event at a time per queue: a single kept-alive connection serves it.
@@ -61,12 +61,12 @@ export class WebhookSink implements Sink {
         signal: AbortSignal.timeout(this.timeoutMs),
       })
       status = res.statusCode
-      snippet = await readBounded(res.body, EVENT_LIMITS.webhookResponseBytes)
+      snippet = await readBounded(res.body, LIMITS.webhookResponseBytes)
     } catch (err) {
       throw new Error(`${where} ${describeFailure(err, this.timeoutMs)}`, { cause: err })
     }
     if (status >= 200 && status < 300) return
-    const quoted = snippet.replace(/\s+/g, ' ').trim().slice(0, EVENT_LIMITS.webhookErrorSnippetChars)
+    const quoted = snippet.replace(/\s+/g, ' ').trim().slice(0, LIMITS.webhookErrorSnippetChars)
     throw new Error(`${where} answered ${status}${quoted === '' ? '' : `: ${quoted}`}`)
   }
 

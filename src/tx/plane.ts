@@ -28,6 +28,7 @@ import type { StepCoordinator } from './steps/driver.js'
 import type { StepOp, StepRecord } from './steps/machine.js'
 import { fillTemplate, parseCompensateHeader, templateNeeds, type CallFacts } from './steps/template.js'
 import { LIMITS } from '../limits.js'
+import { hostName } from '../proxy/routes.js'
 
 export interface TxParts {
   readonly keys: readonly Buffer[]
@@ -145,8 +146,8 @@ export class ActiveTxPlane implements TxPlane {
     // The plain ids too, for a target without a sidecar (a sidecar's ingress sets its own).
     call.headers.push(CONTEXT_HEADER, context, TX_ID_HEADER, ctx.id, BRANCH_ID_HEADER, stepId, OP_HEADER, ctx.mode === 'saga' ? 'action' : 'try')
     const template = ctx.mode === 'saga' ? route.compensation : undefined
-    const needs = ctx.mode === 'saga' ? templateNeeds(template) : anyNeeds([route.tcc?.confirm, route.tcc?.cancel])
-    const service = hostOnly(call.host)
+    const needs = ctx.mode === 'saga' ? templateNeeds(template) : templateNeeds(route.tcc?.confirm, route.tcc?.cancel)
+    const service = hostName(call.host)
     const hook: ResponseHook = {
       ...(needs.responseJson ? { responseBodyLimit: LIMITS.stepTemplateBodyBytes } : {}),
       ...(needs.requestJson ? { requestBodyLimit: LIMITS.stepTemplateBodyBytes } : {}),
@@ -334,14 +335,4 @@ function sagaStep(
 /** A TCC hook of the caller's route, filled; path '' lets the target sidecar use its default hook. */
 function hookOp(t: RoutePolicy['compensation'], facts: CallFacts): StepOp | { unresolved: string } {
   return t === undefined ? { method: 'POST', path: '' } : fillTemplate(t, facts)
-}
-
-function anyNeeds(ts: readonly RoutePolicy['compensation'][]): { requestJson: boolean; responseJson: boolean } {
-  const all = ts.map(templateNeeds)
-  return { requestJson: all.some((n) => n.requestJson), responseJson: all.some((n) => n.responseJson) }
-}
-
-function hostOnly(host: string): string {
-  const h = host.startsWith('[') ? host.slice(0, host.indexOf(']') + 1) : host.split(':')[0] ?? host
-  return h.toLowerCase()
 }

@@ -1,18 +1,18 @@
 // Event sinks against real peers: a nats-server child process with JetStream (test/helpers/nats.ts)
 // and webhook receivers on 127.0.0.1 listen(0).
 import type { IncomingMessage, ServerResponse } from 'node:http'
-import { jetstream, jetstreamManager } from '@nats-io/jetstream'
-import { connect, type NatsConnection } from '@nats-io/transport-node'
+import { jetstreamManager } from '@nats-io/jetstream'
+import { connect } from '@nats-io/transport-node'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { backoffDelay, DeliveryQueue } from '../../src/events/delivery.js'
-import { EVENT_LIMITS } from '../../src/events/limits.js'
+import { LIMITS } from '../../src/limits.js'
 import { eventSubject, NatsSink, subjectToken } from '../../src/events/nats.js'
 import type { BusEvent } from '../../src/events/types.js'
 import { WebhookSink } from '../../src/events/webhook.js'
-import { readStream, readWith, startNats, type NatsServer } from '../helpers/nats.js'
+import { readStream, startNats, type NatsServer } from '../helpers/nats.js'
 import { startServer, until } from '../helpers/servers.js'
 
-// Fast retries so outage tests take seconds; production defaults are in EVENT_LIMITS.
+// Fast retries so outage tests take seconds; production defaults are in LIMITS (event bus section).
 const FAST = { backoffBaseMs: 20, backoffCapMs: 200, deliveryTimeoutMs: 2_000 } as const
 
 function ev(service: string, i: number): BusEvent {
@@ -236,8 +236,8 @@ describe('webhook sink', () => {
 
 describe('backoffDelay', () => {
   it('doubles from the base up to the cap and jitters within the upper half', () => {
-    const base = EVENT_LIMITS.backoffBaseMs
-    const cap = EVENT_LIMITS.backoffCapMs
+    const base = LIMITS.eventBackoffBaseMs
+    const cap = LIMITS.eventBackoffCapMs
     expect([1, 2, 3, 4].map((a) => backoffDelay(a, base, cap, () => 0))).toEqual([50, 100, 200, 400])
     expect([1, 2, 3, 4].map((a) => backoffDelay(a, base, cap, () => 0.999999))).toEqual([99, 199, 399, 799])
     expect(backoffDelay(50, base, cap, () => 0)).toBe(cap / 2)

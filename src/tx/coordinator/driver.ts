@@ -14,6 +14,7 @@ import type { CoordinatorAction, CoordinatorEvent, CoordinatorState, Env, Outcom
 import { newTxId, signContext, type TxMode } from '../protocol.js'
 import { SpanKind, SpanStatusCode, childSpan, formatTraceparent, linkTo, type Context, type Span, type Tracing } from '../../telemetry/tracing.js'
 import type { TxMessage } from '../../events/outbox.js'
+import { addMessage, endAfterPublishing, startPublishing, waitAtMost, type MessageHolder, type Publish } from '../messages.js'
 import { coordinatorOutcome, coordinatorStep, newCoordinator, recoverCoordinator } from './machine.js'
 
 export interface TxResult {
@@ -42,7 +43,8 @@ export interface TxView {
   readonly traceId?: string
 }
 
-interface Entry {
+/** A transaction coordinated here; its messages ride in the decision record (../messages.ts). */
+interface Entry extends MessageHolder {
   state: CoordinatorState
   readonly mode: TxMode
   /** Route that began it (implicit) or 'api' (admin API), for metrics. */
@@ -56,11 +58,6 @@ interface Entry {
   deadlineTimer: NodeJS.Timeout | undefined
   readonly retryTimers: Map<string, NodeJS.Timeout>
   finished: boolean
-  /** Messages attached: in the decision record, published once it is durable. */
-  readonly messages: TxMessage[]
-  messageBytes: number
-  /** Publication of the messages; the decision record is ended only after it. */
-  publishing: Promise<void> | undefined
   /** `txmesh.transaction` span (tracing on): parent of the per-participant phase spans. */
   readonly span: Span | undefined
   spanEnded: boolean
@@ -80,7 +77,7 @@ export interface CoordinatorDeps {
   /** Transaction events for the dashboard feed (src/admin/events.ts). */
   readonly onEvent?: ((type: string, data: Readonly<Record<string, unknown>>) => void) | undefined
   /** Publishes a committed transaction's messages; resolves once the bus has them all. */
-  readonly publish?: ((id: TxId, messages: readonly TxMessage[]) => Promise<void>) | undefined
+  readonly publish?: Publish | undefined
 }
 
 const logKey = (id: TxId): string => `c:${id}`
@@ -155,14 +152,9 @@ export class CoordinatorDriver {
 
   /** Attaches a message, published only if the transaction commits. */
   attach(id: TxId, m: TxMessage, bytes: number): TxmeshError | number {
-    const e = this.txs.get(id) ?? this.finished.get(id)
-    if (e === undefined) return new TxUnknownError(`transaction ${id} is not coordinated here`)
-    if (e.state.status !== 'active') return new TxNotActiveError(`transaction ${id} is ${e.state.status}; messages attach before commit`)
-    if (e.messages.length >= LIMITS.maxMessagesPerTx || e.messageBytes + bytes > LIMITS.maxMessageTotalBytes) return new TxLimitError(`transaction ${id} holds its maximum of messages`)
-    e.messages.push(m)
-    e.messageBytes += bytes
-    if (e.messages.length === 1) this.feed(id, { type: 'must-log' })
-    return e.messages.length
+    const n = addMessage(id, this.txs.get(id) ?? this.finished.get(id), m, bytes)
+    if (n === 1) this.feed(id, { type: 'must-log' })
+    return n
   }
 
   /**
@@ -188,12 +180,7 @@ export class CoordinatorDriver {
     }
     if (waitForAcks && !e.finished) {
       // The decision is durable; phase 2 runs on its own. Waiting is only for the answer.
-      let timer: NodeJS.Timeout | undefined
-      await Promise.race([
-        new Promise<void>((resolve) => e.ackWaiters.push(resolve)),
-        new Promise<void>((resolve) => (timer = setTimeout(resolve, LIMITS.commitAckWaitMs))),
-      ])
-      clearTimeout(timer)
+      await waitAtMost((done) => e.ackWaiters.push(done), LIMITS.commitAckWaitMs)
     }
     return { id, outcome: e.outcome ?? 'aborted', reason: e.state.reason, participants: views(e.state) }
   }
@@ -242,7 +229,7 @@ export class CoordinatorDriver {
         finished: false,
         messages,
         messageBytes: 0,
-        publishing: messages.length > 0 && this.d.publish !== undefined ? this.d.publish(id, messages) : undefined,
+        publishing: undefined,
         // A new trace (the original one ended with the process), linked to the original.
         span:
           this.d.tracing === undefined
@@ -257,6 +244,7 @@ export class CoordinatorDriver {
               ),
         spanEnded: false,
       }
+      startPublishing(id, entry, this.d.publish)
       this.txs.set(id, entry)
       this.d.onEvent?.('tx-begin', { tx: id, mode, route: 'recovered', recovered: true, participants: participants.map((p) => ({ service: p.service, branch: p.branch })) })
       this.d.logger.info('tx_recovered', { tx: id, role: 'coordinator', participants: participants.length })
@@ -363,7 +351,7 @@ export class CoordinatorDriver {
             // Ended in retire(), after phase 2, so the commit/abort spans sit inside it.
           }
           for (const w of e.outcomeWaiters.splice(0)) w(a.outcome)
-          if (a.outcome === 'committed' && e.messages.length > 0 && this.d.publish !== undefined) e.publishing ??= this.d.publish(id, e.messages)
+          if (a.outcome === 'committed') startPublishing(id, e, this.d.publish)
           this.d.onEvent?.('tx-outcome', { tx: id, outcome: a.outcome, reason: a.reason, ...(e.requestedAt > 0 ? { prepareMs: e.decidedAt - e.requestedAt } : {}) })
           this.d.logger.info('tx_outcome', { tx: id, outcome: a.outcome, reason: a.reason })
           break
@@ -371,8 +359,7 @@ export class CoordinatorDriver {
           // Only a logged decision has records to end (presumed abort writes nothing).
           if (e.state.decisionLogged) {
             // Messages not yet on the bus keep the record (a restart publishes them again).
-            if (e.publishing === undefined) this.d.log.end(logKey(id))
-            else void e.publishing.then(() => this.d.log.end(logKey(id)))
+            endAfterPublishing(this.d.log, logKey(id), e)
           }
           this.retire(id, e)
           break

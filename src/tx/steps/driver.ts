@@ -17,6 +17,7 @@ import { appendDurable } from '../durable.js'
 import { BRANCH_ID_HEADER, CONTEXT_HEADER, OP_HEADER, TX_ID_HEADER, newTxId, signContext } from '../protocol.js'
 import { RecentMap } from '../recent.js'
 import type { TxMessage } from '../../events/outbox.js'
+import { addMessage, endAfterPublishing, startPublishing, waitAtMost, type MessageHolder, type Publish } from '../messages.js'
 import { newStepTx, recoverStepTx, stepTxOutcome, stepTxStep, type StepAction, type StepEvent, type StepMode, type StepOp, type StepOpName, type StepPolicy, type StepRecord, type StepTxState } from './machine.js'
 
 export interface StepView {
@@ -61,10 +62,10 @@ export interface StepDeps {
   readonly metrics?: SidecarMetrics | undefined
   readonly onEvent?: ((type: string, data: Readonly<Record<string, unknown>>) => void) | undefined
   /** Publishes a committed transaction's messages; resolves once the bus has them all. */
-  readonly publish?: ((id: TxId, messages: readonly TxMessage[]) => Promise<void>) | undefined
+  readonly publish?: Publish | undefined
 }
 
-interface Entry {
+interface Entry extends MessageHolder {
   state: StepTxState
   readonly route: string
   outcome: Outcome | undefined
@@ -73,9 +74,6 @@ interface Entry {
   deadlineTimer: NodeJS.Timeout | undefined
   readonly retryTimers: Map<BranchId, NodeJS.Timeout>
   finished: boolean
-  readonly messages: TxMessage[]
-  messageBytes: number
-  publishing: Promise<void> | undefined
 }
 
 const logKey = (id: TxId): string => `s:${id}`
@@ -157,13 +155,8 @@ export class StepCoordinator {
 
   /** Attaches a message, published only if the transaction commits. */
   attach(id: TxId, m: TxMessage, bytes: number): TxmeshError | number {
-    const e = this.txs.get(id) ?? this.finished.get(id)
-    if (e === undefined) return new TxUnknownError(`transaction ${id} is not coordinated here`)
-    if (e.state.status !== 'active') return new TxNotActiveError(`transaction ${id} is ${e.state.status}; messages attach before commit`)
-    if (e.messages.length >= LIMITS.maxMessagesPerTx || e.messageBytes + bytes > LIMITS.maxMessageTotalBytes) return new TxLimitError(`transaction ${id} holds its maximum of messages`)
-    e.messages.push(m)
-    e.messageBytes += bytes
-    return e.messages.length
+    const n = addMessage(id, this.txs.get(id) ?? this.finished.get(id), m, bytes)
+    return n
   }
 
   async commit(id: TxId, waitForSteps = false): Promise<StepTxResult | TxmeshError> {
@@ -183,12 +176,7 @@ export class StepCoordinator {
       await outcome
     }
     if (waitForSteps && !e.finished) {
-      let timer: NodeJS.Timeout | undefined
-      await Promise.race([
-        new Promise<void>((resolve) => e.doneWaiters.push(resolve)),
-        new Promise<void>((resolve) => (timer = setTimeout(resolve, LIMITS.commitAckWaitMs))),
-      ])
-      clearTimeout(timer)
+      await waitAtMost((done) => e.doneWaiters.push(done), LIMITS.commitAckWaitMs)
     }
     return { id, outcome: e.outcome ?? 'aborted', reason: e.state.reason, steps: stepViews(e.state) }
   }
@@ -246,7 +234,7 @@ export class StepCoordinator {
       const entry = this.newEntry(step.state, 'recovered')
       entry.outcome = t.committed ? 'committed' : 'aborted'
       entry.messages.push(...t.messages)
-      if (t.committed && t.messages.length > 0 && this.d.publish !== undefined) entry.publishing = this.d.publish(id, t.messages)
+      if (t.committed) startPublishing(id, entry, this.d.publish)
       this.txs.set(id, entry)
       this.d.onEvent?.('tx-begin', { tx: id, mode: t.mode, route: 'recovered', recovered: true })
       this.d.logger.info('tx_recovered', { tx: id, role: 'coordinator', mode: t.mode, steps: t.steps.length, committed: t.committed })
@@ -309,12 +297,11 @@ export class StepCoordinator {
           for (const w of e.outcomeWaiters.splice(0)) w(a.outcome)
           this.d.onEvent?.('tx-outcome', { tx: id, outcome: a.outcome, reason: a.reason })
           this.d.logger.info('tx_outcome', { tx: id, mode: e.state.mode, outcome: a.outcome, reason: a.reason })
-          if (a.outcome === 'committed' && e.messages.length > 0 && this.d.publish !== undefined) e.publishing ??= this.d.publish(id, e.messages)
+          if (a.outcome === 'committed') startPublishing(id, e, this.d.publish)
           break
         case 'log-end':
           // Messages not yet on the bus keep the record (a restart publishes them again).
-          if (e.publishing === undefined) this.d.log.end(logKey(id))
-          else void e.publishing.then(() => this.d.log.end(logKey(id)))
+          endAfterPublishing(this.d.log, logKey(id), e)
           this.retire(id, e)
           break
       }

@@ -25,10 +25,9 @@ export interface CallFacts {
   readonly stepId: string
 }
 
-/** Which bodies the template reads (the proxy buffers only those, bounded). */
-export function templateNeeds(t: StepRequestTemplate | undefined): { requestJson: boolean; responseJson: boolean } {
-  if (t === undefined) return { requestJson: false, responseJson: false }
-  const all = [t.path, t.body ?? '', ...Object.values(t.headers)].join('\n')
+/** Which bodies the templates read (the proxy buffers only those, bounded). */
+export function templateNeeds(...ts: (StepRequestTemplate | undefined)[]): { requestJson: boolean; responseJson: boolean } {
+  const all = ts.flatMap((t) => (t === undefined ? [] : [t.path, t.body ?? '', ...Object.values(t.headers)])).join('\n')
   return { requestJson: all.includes('{request.json.'), responseJson: all.includes('{response.json.') }
 }
 

@@ -1,0 +1,47 @@
+// What the coordinator drivers (2PC and saga/tcc) share about transactional messages: the
+// per-transaction bounds, their publication once a commit is durable, and keeping the decision
+// record until the bus has them (a restart publishes again what it finds).
+import { TxLimitError, TxNotActiveError, TxUnknownError, type TxmeshError } from '../errors.js'
+import type { TxMessage } from '../events/outbox.js'
+import { LIMITS } from '../limits.js'
+import type { FileLog } from '../log/file-log.js'
+import type { TxId } from './core.js'
+
+export interface MessageHolder {
+  readonly messages: TxMessage[]
+  messageBytes: number
+  /** Publication of the messages; the decision record is ended only after it. */
+  publishing: Promise<void> | undefined
+}
+
+export type Publish = (id: TxId, messages: readonly TxMessage[]) => Promise<void>
+
+/** Adds a message to a transaction that is still active; the count after, or why not. */
+export function addMessage(id: TxId, holder: (MessageHolder & { readonly state: { readonly status: string } }) | undefined, m: TxMessage, bytes: number): TxmeshError | number {
+  if (holder === undefined) return new TxUnknownError(`transaction ${id} is not coordinated here`)
+  if (holder.state.status !== 'active') return new TxNotActiveError(`transaction ${id} is ${holder.state.status}; messages attach before commit`)
+  if (holder.messages.length >= LIMITS.maxMessagesPerTx || holder.messageBytes + bytes > LIMITS.maxMessageTotalBytes) {
+    return new TxLimitError(`transaction ${id} holds its maximum of messages`)
+  }
+  holder.messages.push(m)
+  holder.messageBytes += bytes
+  return holder.messages.length
+}
+
+/** The commit is durable: publish the messages (once). */
+export function startPublishing(id: TxId, holder: MessageHolder, publish: Publish | undefined): void {
+  if (holder.messages.length > 0 && publish !== undefined) holder.publishing ??= publish(id, holder.messages)
+}
+
+/** Ends the decision record, after the messages are on the bus when there are any. */
+export function endAfterPublishing(log: FileLog, key: string, holder: MessageHolder): void {
+  if (holder.publishing === undefined) log.end(key)
+  else void holder.publishing.then(() => log.end(key))
+}
+
+/** Waits until `register`'s callback runs, or `ms` at most (a bounded wait for an answer). */
+export async function waitAtMost(register: (done: () => void) => void, ms: number): Promise<void> {
+  let timer: NodeJS.Timeout | undefined
+  await Promise.race([new Promise<void>((resolve) => register(resolve)), new Promise<void>((resolve) => (timer = setTimeout(resolve, ms)))])
+  clearTimeout(timer)
+}
