@@ -170,10 +170,20 @@ export const LIMITS = Object.freeze({
   // Response body buffered to fill a `{response.json.*}` compensation template, and request body
   // read for `{request.json.*}`: compensations key on ids, not on large documents.
   stepTemplateBodyBytes: 64 * 1024,
+  // A step's undo path (filled template or txmesh-compensate), as the config schema allows for
+  // a template (maxLength 2048): request lines past ~2 KiB are refused by many servers anyway.
+  stepPathChars: 2048,
+  // Why a step could not be resolved, kept in its record and shown to operators: one line.
+  stepReasonChars: 1024,
+  // A step's target as a peer reports it (origin or control address: scheme, bracketed IPv6 or
+  // a 253-character DNS name, port).
+  stepTargetChars: 300,
   // Transactional messages (POST /v1/transactions/{id}/messages): they ride in the decision
   // record, so 64 messages of at most 64 KiB keep it well under logMaxRecordBytes... together
   // with maxMessageTotalBytes, which bounds the sum.
   maxMessagesPerTx: 64,
+  // A message's key (partitioning/dedup hint for consumers): an id, not a document.
+  messageKeyChars: 256,
   // Connect, JetStream API and publish-ack timeout of the NATS sink: a bus that does not answer
   // in 5 s is treated as down (the outbox keeps the events and retries).
   eventSinkTimeoutMs: 5_000,

@@ -88,7 +88,7 @@ export function createControlServer(deps: () => ControlDeps | undefined): Server
     if (!isId(branch)) return respondError(res, new BadRequestError('body.branch must be a branch id'))
     if (op === 'confirm' || op === 'cancel') {
       const m = typeof body.method === 'string' && /^[A-Z]{1,16}$/.test(body.method) ? body.method : 'POST'
-      const p = typeof body.path === 'string' && body.path.startsWith('/') && body.path.length <= 2048 ? body.path : undefined
+      const p = typeof body.path === 'string' && body.path.startsWith('/') && body.path.length <= LIMITS.stepPathChars ? body.path : undefined
       const extra = { method: m, path: p, body: undefined as string | undefined, headers: {} as Record<string, string> }
       if (typeof body.body === 'string' && body.body.length <= LIMITS.stepTemplateBodyBytes) extra.body = body.body
       if (typeof body.headers === 'object' && body.headers !== null) {
@@ -131,7 +131,7 @@ function parseRefs(v: unknown): ParticipantRef[] | TxmeshError {
 function isOp(v: unknown): v is StepOp {
   const o = v as Record<string, unknown> | null
   if (typeof o !== 'object' || o === null) return false
-  if (typeof o.method !== 'string' || !/^[A-Z]{1,16}$/.test(o.method) || typeof o.path !== 'string' || o.path.length > 2048) return false
+  if (typeof o.method !== 'string' || !/^[A-Z]{1,16}$/.test(o.method) || typeof o.path !== 'string' || o.path.length > LIMITS.stepPathChars) return false
   if (o.path !== '' && !o.path.startsWith('/')) return false
   if (o.body !== undefined && (typeof o.body !== 'string' || o.body.length > LIMITS.stepTemplateBodyBytes)) return false
   if (o.headers !== undefined && (typeof o.headers !== 'object' || o.headers === null || Object.values(o.headers).some((h) => typeof h !== 'string'))) return false
@@ -141,11 +141,11 @@ function isOp(v: unknown): v is StepOp {
 /** A step a peer's egress recorded (control POST /steps): checked field by field. */
 function parseStep(v: unknown): StepRecord | TxmeshError {
   const o = v as Record<string, unknown> | null
-  if (typeof o !== 'object' || o === null || !isId(o.id) || typeof o.service !== 'string' || o.service.length > 253 || typeof o.target !== 'string' || o.target.length > 300) {
+  if (typeof o !== 'object' || o === null || !isId(o.id) || typeof o.service !== 'string' || o.service.length > 253 || typeof o.target !== 'string' || o.target.length > LIMITS.stepTargetChars) {
     return new BadRequestError('step must have id, service and target')
   }
   for (const k of ['compensate', 'confirm', 'cancel'] as const) if (o[k] !== undefined && !isOp(o[k])) return new BadRequestError(`step.${k} is malformed`)
-  if (o.unresolved !== undefined && (typeof o.unresolved !== 'string' || o.unresolved.length > 1024)) return new BadRequestError('step.unresolved is malformed')
+  if (o.unresolved !== undefined && (typeof o.unresolved !== 'string' || o.unresolved.length > LIMITS.stepReasonChars)) return new BadRequestError('step.unresolved is malformed')
   const step: StepRecord = {
     id: o.id,
     service: o.service,
