@@ -6,9 +6,10 @@
 //
 // The orders route is `transaction: required`: the orders sidecar begins a transaction for each
 // order, the apps do their SQL through the txmesh/pg helper (each on its own database), and the
-// sidecar commits when the orders app answers 2xx. Exits 0 only if every database agrees.
-import { spawn, type ChildProcess } from 'node:child_process'
-import { mkdtempSync, writeFileSync } from 'node:fs'
+// sidecar commits when the orders app answers 2xx. Part (d) runs a saga through the same
+// services (examples/demo/saga.ts) and shows its events. Exits 0 only if every database agrees.
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
+import { existsSync, mkdtempSync, writeFileSync } from 'node:fs'
 import { createServer, type IncomingMessage, type Server } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import { tmpdir } from 'node:os'
@@ -19,7 +20,9 @@ import { ProxyAgent, request } from 'undici'
 import { createTxmeshPg, type TxmeshPg, type TxmeshPgTx } from '../../src/helpers/pg/index.js'
 import { SIDECAR_NODE_FLAGS } from '../../src/runtime.js'
 import { startPostgres, type PostgresInstance } from '../../test/helpers/pg.js'
+import { readStream, startNats, type NatsServer } from '../../test/helpers/nats.js'
 import { freePort } from '../../test/helpers/servers.js'
+import { SAGA_ROUTES, SAGA_STEPS, barrierOps, describeEvent, followEvents, inventorySaga, ordersSaga, paymentsSaga, waitFor } from './saga.js'
 
 const CLI = join(import.meta.dirname, '../../dist/cli/index.js')
 const MESH_KEY = 'demo-mesh-key-change-me-0123456789'
@@ -82,9 +85,15 @@ function sidecarYaml(s: Service, extra: string): string {
   ].join('\n')
 }
 
+/** A nats-server binary, when one is installed (Debian's package puts it in /usr/sbin). */
+function natsInstalled(): boolean {
+  return existsSync('/usr/sbin/nats-server') || spawnSync('nats-server', ['--version']).status === 0
+}
+
 async function main(): Promise<void> {
   say('txmesh demo: orders, payments and inventory on Postgres, each with its own sidecar\n')
   const pgi: PostgresInstance = await startPostgres()
+  const nats: NatsServer | undefined = natsInstalled() ? await startNats() : undefined
   const services: Service[] = []
   const cleanup = async (): Promise<void> => {
     for (const s of services) {
@@ -93,6 +102,7 @@ async function main(): Promise<void> {
       await s.pool.end().catch(() => undefined)
       s.server.close()
     }
+    await nats?.stop()
     await pgi.stop()
   }
   try {
@@ -107,7 +117,7 @@ async function main(): Promise<void> {
     await payments.pool.query('CREATE TABLE payments (id serial PRIMARY KEY, amount int NOT NULL)')
     await inventory.pool.query(`
       CREATE TABLE stock (item text PRIMARY KEY, qty int NOT NULL);
-      INSERT INTO stock VALUES ('widget', 5);
+      INSERT INTO stock VALUES ('widget', 5), ('gadget', 0);
       -- Checked at PREPARE time: an over-reservation makes inventory vote no in phase 1.
       CREATE FUNCTION stock_not_negative() RETURNS trigger LANGUAGE plpgsql AS $$
         BEGIN IF NEW.qty < 0 THEN RAISE EXCEPTION 'out of stock: %', NEW.item; END IF; RETURN NEW; END $$;
@@ -115,19 +125,26 @@ async function main(): Promise<void> {
         FOR EACH ROW EXECUTE FUNCTION stock_not_negative();`)
 
     // payments and inventory: do their SQL in the branch the helper opened.
+    // The saga's calls (/saga/...) carry txmesh-op: the helper opens no branch for them, and they
+    // commit at once under the barrier (saga.ts).
+    await payments.txm.ensureBarrier()
+    await inventory.txm.ensureBarrier()
     payments.server.on('request', payments.txm.handler(async (req, res, tx) => {
       const body = await json(req)
+      if (req.url?.startsWith('/saga/') === true) return paymentsSaga(payments.txm, req, res, body)
       await sql(tx, payments.pool, 'INSERT INTO payments (amount) VALUES ($1)', [body.amount])
       res.writeHead(201).end()
     }))
     inventory.server.on('request', inventory.txm.handler(async (req, res, tx) => {
       const body = await json(req)
+      if (req.url?.startsWith('/saga/') === true) return inventorySaga(inventory.txm, req, res, body)
       await sql(tx, inventory.pool, 'UPDATE stock SET qty = qty - $1 WHERE item = $2', [body.qty, body.item])
       res.writeHead(201).end()
     }))
     // orders: records the order and calls the others through its sidecar, forwarding the context.
     let egress: ProxyAgent | undefined
     orders.server.on('request', orders.txm.handler(async (req, res, tx) => {
+      if (req.url === '/saga-orders') return ordersSaga(egress!, req, res)
       const body = await json(req)
       await sql(tx, orders.pool, 'INSERT INTO orders (item, qty, amount) VALUES ($1, $2, $3)', [body.item, body.qty, body.amount])
       const headers = { 'txmesh-context': req.headers['txmesh-context'] as string, 'content-type': 'application/json' }
@@ -142,7 +159,11 @@ async function main(): Promise<void> {
 
     for (const s of [payments, inventory]) await startSidecar(s, sidecarYaml(s, ''), [])
     const map = `services:\n  payments: {address: "127.0.0.1:${payments.ports!.ingress}"}\n  inventory: {address: "127.0.0.1:${inventory.ports!.ingress}"}`
-    const ordersYaml = sidecarYaml(orders, `${map}\nroutes:\n  - name: place-order\n    match: {direction: ingress, pathPrefix: /orders, methods: [POST]}\n    transaction: required\n    timeoutMs: 10000\n`)
+    const bus = nats === undefined ? '' : `events: {nats: {servers: ["${nats.url}"]}}\n`
+    const ordersYaml = sidecarYaml(
+      orders,
+      `${map}\nroutes:\n  - name: place-order\n    match: {direction: ingress, pathPrefix: /orders, methods: [POST]}\n    transaction: required\n    timeoutMs: 10000\n${SAGA_ROUTES}\n${SAGA_STEPS}\n${bus}`,
+    )
     // Fixed ports below the kernel's ephemeral range, so the restart in (c) gets them back.
     const ordersPorts = ['--ingress-port', String(await freePort()), '--control-port', String(await freePort()), '--egress-port', String(await freePort()), '--admin-port', String(await freePort())]
     await startSidecar(orders, ordersYaml, ordersPorts)
@@ -197,14 +218,58 @@ async function main(): Promise<void> {
     }
     for (let i = 0; i < 200 && (await prepared()) > 0; i++) await new Promise((r) => setTimeout(r, 50))
 
+    say('\n(d) a saga (route place-order-saga, mode: saga): orders charges payments (step 1) and reserves')
+    say('    a widget (step 2), each committed at once in its own database; reserving a gadget then fails')
+    say('    (out of stock), the orders app answers 409, and the sidecar compensates steps 2 and 1, in that order')
+    const countPayments = async (): Promise<number> => Number((await payments.pool.query('SELECT count(*) FROM payments')).rows[0].count)
+    const widgets = async (): Promise<number> => Number((await inventory.pool.query("SELECT qty FROM stock WHERE item = 'widget'")).rows[0].qty)
+    const before = { payments: await countPayments(), widgets: await widgets() }
+    const feed = await followEvents(orders.ports!.admin)
+    const d = await request(`http://127.0.0.1:${orders.ports!.ingress}/saga-orders`, { method: 'POST', headers: { host: 'orders' } })
+    const dAnswer = await d.body.text()
+    const sagaId = d.headers['txmesh-tx-id'] as string
+    say(`    HTTP ${d.statusCode} ${dAnswer}, txmesh-outcome: ${String(d.headers['txmesh-outcome'])}, transaction ${sagaId}`)
+    const ofSaga = (): typeof feed.events => feed.events.filter((e) => e.data.tx === sagaId)
+    const finished = await waitFor(() => ofSaga().some((e) => e.type === 'tx-finished'))
+    feed.close()
+    const sagaEvents = ofSaga()
+    say('    events on the stream (SSE /v1/events of the orders sidecar):')
+    for (const e of sagaEvents) say(`      ${describeEvent(e)}`)
+    const stepOrder = sagaEvents.filter((e) => e.type === 'tx-step').map((e) => e.data.service)
+    const undoOrder = sagaEvents.filter((e) => e.type === 'tx-compensated').map((e) => e.data.service)
+    let busCount = -1
+    if (nats !== undefined) {
+      // Published in order per transaction, at least once (Nats-Msg-Id = event id); bounded wait.
+      const onBus = async (): Promise<number> => (await readStream(nats.url, 'TXMESH')).filter((m) => (m.payload as { tx?: string }).tx === sagaId).length
+      await waitFor(async () => (busCount = await onBus()) >= sagaEvents.length)
+      say(`    the same ${busCount} events on NATS JetStream (stream TXMESH, subject txmesh.events.orders)`)
+    } else {
+      say('    (no nats-server installed: with one, the same events also go to NATS JetStream, subject txmesh.events.orders)')
+    }
+    const after = { payments: await countPayments(), widgets: await widgets() }
+    const barrier = { payments: await barrierOps(payments.pool, sagaId), inventory: await barrierOps(inventory.pool, sagaId) }
+    say(`    payments rows ${before.payments} -> ${after.payments}, widget stock ${before.widgets} -> ${after.widgets} (every step undone)`)
+    say(`    barrier rows: payments [${barrier.payments.join(', ')}], inventory [${barrier.inventory.join(', ')}] (the failed reservation left none)`)
+    const sagaOk =
+      d.statusCode === 409 &&
+      d.headers['txmesh-outcome'] === 'aborted' &&
+      finished &&
+      stepOrder.join() === 'payments,inventory' &&
+      undoOrder.join() === 'inventory,payments' &&
+      after.payments === before.payments &&
+      after.widgets === before.widgets &&
+      barrier.payments.join() === 'action,compensate' &&
+      barrier.inventory.join() === 'action,compensate' &&
+      (nats === undefined || busCount >= sagaEvents.length)
+
     say('\nfinal state')
     const nOrders = Number((await orders.pool.query('SELECT count(*) FROM orders')).rows[0].count)
     const nPayments = Number((await payments.pool.query('SELECT count(*) FROM payments')).rows[0].count)
     const stock = Number((await inventory.pool.query("SELECT qty FROM stock WHERE item = 'widget'")).rows[0].qty)
     const left = await prepared()
     say(`    orders rows: ${nOrders}   payments rows: ${nPayments}   widget stock: ${stock}   pg_prepared_xacts rows: ${left}`)
-    const consistent = a.status === 201 && a.outcome === 'committed' && b.status === 409 && b.code === 'TXM_TX_ABORTED' && nOrders === 2 && nPayments === 2 && stock === 3 && left === 0
-    say(consistent ? '\nconsistent: (a) and (c) committed in all three databases, (b) in none. demo passed' : '\nINCONSISTENT: demo FAILED')
+    const consistent = sagaOk && a.status === 201 && a.outcome === 'committed' && b.status === 409 && b.code === 'TXM_TX_ABORTED' && nOrders === 2 && nPayments === 2 && stock === 3 && left === 0
+    say(consistent ? '\nconsistent: (a) and (c) committed in all three databases, (b) in none, (d) compensated everywhere. demo passed' : '\nINCONSISTENT: demo FAILED')
     process.exitCode = consistent ? 0 : 1
     if (process.env.TXMESH_DEMO_HOLD === '1') {
       say(`\nholding: dashboard at http://127.0.0.1:${orders.ports!.admin}/ui — Ctrl-C to stop`)

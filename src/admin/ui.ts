@@ -56,6 +56,19 @@ export const DASHBOARD_HTML = `<!doctype html>
     <p id="tx-empty" class="muted">No transactions yet.</p>
   </section>
 
+  <section aria-labelledby="h-stuck">
+    <h2 id="h-stuck">Stuck steps</h2>
+    <table id="stuck-table">
+      <caption>Saga compensations and TCC confirms/cancels that failed past their retry budget; fix the cause, then retry</caption>
+      <thead><tr>
+        <th scope="col">Transaction</th><th scope="col">Step</th><th scope="col">Service</th>
+        <th scope="col">Attempts</th><th scope="col">Last error</th><th scope="col">Action</th>
+      </tr></thead>
+      <tbody id="stuck-body"></tbody>
+    </table>
+    <p id="stuck-empty" class="muted">No stuck steps.</p>
+  </section>
+
   <section aria-labelledby="h-br">
     <h2 id="h-br">Branches held here</h2>
     <table id="branch-table">
@@ -216,15 +229,71 @@ export const DASHBOARD_HTML = `<!doctype html>
         if (v.traceId) t.traceId = v.traceId;
         t.reason = v.reason;
         if (v.status === "committed" || v.status === "aborted") t.outcome = v.status;
-        v.participants.forEach(function (p) {
+        (v.participants || []).forEach(function (p) {
           var x = part(t, p);
           x.vote = p.vote;
           x.acknowledged = p.acknowledged;
         });
+        // saga/tcc: the steps, each with its status (recorded, finished, stuck...).
+        (v.steps || []).forEach(function (st) {
+          var x = part(t, { service: st.service, branch: st.id });
+          x.vote = "step " + stepLabel(v, st);
+        });
       });
       renderTx();
+      renderStuck(r.body.transactions || []);
     }, function () {});
   }
+
+  /** A finished step says what was done to it: compensated, confirmed or cancelled. */
+  function stepLabel(v, st) {
+    if (st.status !== "finished") return st.status;
+    var aborted = v.status === "aborted" || v.status === "aborting";
+    if (v.mode === "saga") return aborted ? "compensated" : "done";
+    return aborted ? "cancelled" : "confirmed";
+  }
+
+  function renderStuck(views) {
+    var body = $("stuck-body");
+    body.replaceChildren();
+    var n = 0;
+    views.forEach(function (v) {
+      (v.steps || []).forEach(function (st) {
+        if (st.status !== "stuck") return;
+        n++;
+        var tr = el("tr");
+        tr.dataset.tx = v.id;
+        var th = el("th"); th.scope = "row"; th.appendChild(el("code", v.id)); tr.appendChild(th);
+        tr.appendChild(el("td", st.id));
+        tr.appendChild(el("td", st.service));
+        tr.appendChild(el("td", st.attempts));
+        tr.appendChild(el("td", st.lastError || "\u2014", "aborted"));
+        var act = el("td");
+        var btn = el("button", "Retry");
+        btn.type = "button";
+        btn.setAttribute("aria-label", "Retry the stuck steps of transaction " + v.id);
+        btn.addEventListener("click", function () { retry(v.id, btn); });
+        act.appendChild(btn);
+        tr.appendChild(act);
+        body.appendChild(tr);
+      });
+    });
+    $("stuck-empty").hidden = n > 0;
+  }
+
+  function retry(id, btn) {
+    btn.disabled = true;
+    fetch("/v1/transactions/" + encodeURIComponent(id) + "/retry", { method: "POST" }).then(function (r) {
+      return r.json().then(function (body) {
+        announce(r.ok
+          ? "Retrying " + body.retried + " stuck step(s) of transaction " + id
+          : "Could not retry transaction " + id + ": " + ((body.error && (body.error.code + " " + body.error.message)) || r.status));
+        refreshSoon();
+      });
+    }).catch(function (e) { btn.disabled = false; announce("Retry failed: " + e); });
+  }
+  var txTimer;
+  function refreshSoon() { clearTimeout(txTimer); txTimer = setTimeout(loadTransactions, 100); }
 
   function resolve(b, outcome, label, btn) {
     var ok = window.confirm(label + " branch " + b.branch + " of transaction " + b.tx + "?\\n\\nThis is a heuristic decision: it must match what the coordinator decided. It is recorded in the log.");
@@ -264,12 +333,22 @@ export const DASHBOARD_HTML = `<!doctype html>
       announce("Transaction " + d.tx + " " + d.outcome);
     },
     "tx-ack": function (d) { part(tx(d.tx), d).acknowledged = true; },
+    "tx-step": function (d) { part(tx(d.tx), d).vote = "step recorded"; },
+    "tx-compensated": function (d) { part(tx(d.tx), d).vote = "step compensated"; refreshSoon(); },
+    "tx-confirmed": function (d) { part(tx(d.tx), d).vote = "step confirmed"; refreshSoon(); },
+    "tx-cancelled": function (d) { part(tx(d.tx), d).vote = "step cancelled"; refreshSoon(); },
+    "tx-stuck": function (d) {
+      part(tx(d.tx), d).vote = "step stuck";
+      announce("Step " + d.branch + " of transaction " + d.tx + " is stuck: " + d.error);
+      refreshSoon();
+    },
     "tx-finished": function (d) {
       var t = tx(d.tx);
       t.status = d.status || d.outcome || t.status;
       if (d.outcome) t.outcome = d.outcome;
       t.phase2Ms = d.phase2Ms;
       loadRoutes();
+      refreshSoon();
     }
   };
 

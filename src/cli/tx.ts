@@ -1,4 +1,4 @@
-// `txmesh tx list | show ID | resolve ID --commit|--abort` against a sidecar's admin port.
+// `txmesh tx list | show ID | resolve ID --commit|--abort | retry ID` against a sidecar's admin port.
 // Tables for people, --json for scripts. Exit 0 on success, 1 when the sidecar refused.
 import { parseArgs } from 'node:util'
 import { request } from 'undici'
@@ -45,7 +45,17 @@ function fail(a: Answer): number {
   return 1
 }
 
-type Tx = { id: string; status: string; mode: string; deadline: string; participants: { service: string; branch: string; vote?: string; acknowledged: boolean }[] }
+type Step = { id: string; service: string; target: string; status: string; attempts: number; lastError?: string }
+/** 2PC transactions list participants; saga/tcc ones list steps (and how many are stuck). */
+type Tx = {
+  id: string
+  status: string
+  mode: string
+  deadline: string
+  participants?: { service: string; branch: string; vote?: string; acknowledged: boolean }[]
+  steps?: Step[]
+  stuck?: number
+}
 type Br = { tx: string; branch: string; status: string; coordinator: string; ageMs: number; inDoubt: boolean }
 
 export async function txCommand(argv: string[]): Promise<number> {
@@ -74,7 +84,8 @@ export async function txCommand(argv: string[]): Promise<number> {
       const branches = b.body.branches as Br[]
       if (values.json) return printJson(JSON.stringify({ transactions: txs, branches }))
       out(`transactions coordinated here (${txs.length})\n`)
-      out(table(['ID', 'STATUS', 'MODE', 'PARTICIPANTS', 'DEADLINE'], txs.map((x) => [x.id, x.status, x.mode, String(x.participants.length), x.deadline])))
+      const members = (x: Tx): string => (x.steps === undefined ? String(x.participants?.length ?? 0) : `${x.steps.length} steps${x.stuck ? `, ${x.stuck} stuck` : ''}`)
+      out(table(['ID', 'STATUS', 'MODE', 'PARTICIPANTS', 'DEADLINE'], txs.map((x) => [x.id, x.status, x.mode, members(x), x.deadline])))
       out(`\nbranches held here (${branches.length}, ${branches.filter((x) => x.inDoubt).length} in doubt)\n`)
       out(table(['TX', 'BRANCH', 'STATUS', 'AGE', 'IN-DOUBT', 'COORDINATOR'], branches.map((x) => [x.tx, x.branch, x.status, age(x.ageMs), x.inDoubt ? 'yes' : 'no', x.coordinator])))
       return 0
@@ -86,7 +97,12 @@ export async function txCommand(argv: string[]): Promise<number> {
         const x = t.body as unknown as Tx
         if (values.json) return printJson(JSON.stringify(x))
         out(`transaction ${x.id}\nstatus    ${x.status}\nmode      ${x.mode}\ndeadline  ${x.deadline}\n\n`)
-        out(table(['SERVICE', 'BRANCH', 'VOTE', 'ACKNOWLEDGED'], x.participants.map((p) => [p.service, p.branch, p.vote ?? '-', p.acknowledged ? 'yes' : 'no'])))
+        if (x.steps !== undefined) {
+          out(table(['STEP', 'SERVICE', 'STATUS', 'ATTEMPTS', 'LAST ERROR'], x.steps.map((p) => [p.id, p.service, p.status, String(p.attempts), p.lastError ?? '-'])))
+          if ((x.stuck ?? 0) > 0) out(`\n${String(x.stuck)} stuck: fix the cause, then run: txmesh tx retry ${x.id}\n`)
+          return 0
+        }
+        out(table(['SERVICE', 'BRANCH', 'VOTE', 'ACKNOWLEDGED'], (x.participants ?? []).map((p) => [p.service, p.branch, p.vote ?? '-', p.acknowledged ? 'yes' : 'no'])))
         return 0
       }
       // Not coordinated here: maybe a branch held here.
@@ -107,7 +123,15 @@ export async function txCommand(argv: string[]): Promise<number> {
       out(`resolved branch ${String(r.body.branch)} of transaction ${id}: ${outcome} (audited in the log)\n`)
       return 0
     }
+    case 'retry': {
+      if (id === undefined) throw new UsageError('tx retry needs a transaction id')
+      const r = await call(base, 'POST', `/v1/transactions/${encodeURIComponent(id)}/retry`)
+      if (r.status !== 200) return fail(r)
+      if (values.json) return printJson(JSON.stringify(r.body))
+      out(`retrying ${String(r.body.retried)} stuck step(s) of transaction ${id}\n`)
+      return 0
+    }
     default:
-      throw new UsageError('tx takes list, show ID or resolve ID --commit|--abort')
+      throw new UsageError('tx takes list, show ID, resolve ID --commit|--abort or retry ID')
   }
 }

@@ -10,6 +10,7 @@ commands:
   tx show ID              one transaction (or branch) with its participants
   tx resolve ID --commit|--abort
                           decide an in-doubt branch by hand (audited in the log)
+  tx retry ID             saga/tcc: try the stuck steps of a transaction again
                           (tx flags: --admin URL, default http://127.0.0.1:15000; --json)
   errors                  list the error codes the sidecar answers with
   version                 print the version

@@ -238,7 +238,9 @@ export class ActiveTxPlane implements TxPlane {
   private implicitSteps(route: RoutePolicy, headers: string[]): ResponseHook | TxmeshError {
     const tx = this.d.steps.begin(route.mode as 'saga' | 'tcc', route.timeoutMs, route.name)
     if (tx instanceof TxmeshError) return tx
-    headers.push(CONTEXT_HEADER, tx.context, TX_ID_HEADER, tx.id)
+    // The context only: the app is the orchestrator, not a branch, and a tx id without a branch
+    // id reads as a malformed branch to txmesh/pg. The client gets the id on the response.
+    headers.push(CONTEXT_HEADER, tx.context)
     let answered = false
     return {
       onResponseHead: async (status, out) => {

@@ -6,7 +6,7 @@ import { join } from 'node:path'
 import { chromium, type Browser, type Page } from 'playwright-core'
 import { request } from 'undici'
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
-import { rawRequest, sidecarYaml, spawnSidecar, tempDir, type SidecarProcess, until } from '../helpers/servers.js'
+import { rawRequest, sidecarYaml, spawnSidecar, startServer, tempDir, type SidecarProcess, until } from '../helpers/servers.js'
 import { startTxApp, type TxApp } from '../helpers/tx-app.js'
 
 const CHROMIUM = '/usr/bin/chromium'
@@ -14,6 +14,7 @@ const ARTIFACTS = join(import.meta.dirname, '../artifacts')
 
 const procs: SidecarProcess[] = []
 const apps: TxApp[] = []
+const servers: { close: () => Promise<void> }[] = []
 let browser: Browser | undefined
 
 beforeAll(async () => {
@@ -25,8 +26,9 @@ beforeAll(async () => {
     args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
   })
 })
-afterEach(() => {
+afterEach(async () => {
   for (const p of procs.splice(0)) if (p.child.exitCode === null) p.child.kill('SIGKILL')
+  await Promise.all(servers.splice(0).map((s) => s.close()))
 })
 afterAll(async () => {
   await browser?.close()
@@ -169,6 +171,52 @@ describe('dashboard', () => {
     await ppage.screenshot({ path: join(ARTIFACTS, 'dashboard-branches.png'), fullPage: true })
     await cpage.close()
     await ppage.close()
+  })
+
+  it('lists a stuck saga compensation with its error, and retries it through its button', async () => {
+    // A service whose refunds fail until the test lets them through.
+    let refundsDown = true
+    const refunds: string[] = []
+    const payments = await startServer((req, res) => {
+      req.resume()
+      if (req.url === '/charge') return void res.writeHead(200, { 'txmesh-compensate': 'POST /refund/r-1', 'content-length': '0' }).end()
+      refunds.push(String(req.headers['txmesh-op']))
+      res.writeHead(refundsDown ? 503 : 200, { 'content-length': '0' }).end()
+    })
+    servers.push(payments)
+    const yaml = sidecarYaml(
+      'initiator',
+      1,
+      [
+        `services: {payments: {address: "127.0.0.1:${payments.port}"}}`,
+        'routes: [{name: payments, match: {direction: egress, host: payments}, nonTransactionalTarget: proceed}]',
+        'steps: {attempts: 2, backoffBaseMs: 20, backoffCapMs: 40}',
+      ].join('\n'),
+      tempDir(),
+    )
+    const coord = await coordinator(yaml)
+    const page = await openUi(coord.sc.ports.admin)
+    const begun = await request(`${coord.admin}/v1/transactions`, { method: 'POST', body: JSON.stringify({ mode: 'saga', timeoutMs: 30_000 }) })
+    const t = (await begun.body.json()) as { id: string; context: string }
+    const charge = await rawRequest(coord.sc.ports.egress, { method: 'POST', path: 'http://payments/charge', headers: { 'txmesh-context': t.context, 'content-length': '0' } })
+    expect(charge.status).toBe(200)
+    await request(`${coord.admin}/v1/transactions/${t.id}/abort`, { method: 'POST' }).then((r) => r.body.dump())
+
+    // The stuck step appears live (tx-stuck on the feed), with its attempts and error.
+    const row = page.locator(`#stuck-body tr[data-tx="${t.id}"]`)
+    await expect.poll(() => row.textContent(), { timeout: 10_000 }).toMatch(/payments2.*503/)
+    expect(await page.locator('#status').textContent()).toContain('is stuck')
+    expect(await page.locator(`#tx-body tr[data-tx="${t.id}"]`).textContent()).toContain('payments: step stuck')
+    expect(refunds).toEqual(['compensate', 'compensate'])
+
+    refundsDown = false
+    await row.getByRole('button', { name: `Retry the stuck steps of transaction ${t.id}` }).click()
+    await expect.poll(() => page.locator('#status').textContent()).toMatch(/Retrying 1 stuck step|compensated/)
+    await expect.poll(() => page.locator(`#stuck-body tr[data-tx="${t.id}"]`).count(), { timeout: 10_000 }).toBe(0)
+    expect(await page.locator('#stuck-empty').isVisible()).toBe(true)
+    await expect.poll(() => page.locator(`#tx-body tr[data-tx="${t.id}"]`).textContent()).toContain('payments: step compensated')
+    expect(refunds).toHaveLength(3)
+    await page.close()
   })
 
   it('serves server-sent events, replays after Last-Event-ID and bounds the streams', async () => {

@@ -1,9 +1,10 @@
 // Sagas and TCC through real sidecar processes: the test acts as the initiating app of a
 // coordinator sidecar; services are plain HTTP apps, some behind their own sidecar.
+import { execFile } from 'node:child_process'
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import { request } from 'undici'
 import { afterEach, describe, expect, it } from 'vitest'
-import { freePort, rawRequest, sidecarYaml, spawnSidecar, startServer, tempDir, until, type SidecarProcess } from '../helpers/servers.js'
+import { CLI, freePort, rawRequest, sidecarYaml, spawnSidecar, startServer, tempDir, until, type SidecarProcess } from '../helpers/servers.js'
 
 const procs: SidecarProcess[] = []
 const closers: (() => Promise<void>)[] = []
@@ -39,6 +40,13 @@ function json(res: ServerResponse, status: number, body: unknown, headers: Recor
   const text = JSON.stringify(body)
   res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text), ...headers })
   res.end(text)
+}
+
+/** Runs the `txmesh` CLI from dist/. */
+function cli(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    execFile(process.execPath, [CLI, ...args], (err, stdout, stderr) => resolve({ code: err === null ? 0 : Number(err.code ?? 1), stdout, stderr }))
+  })
 }
 
 const STEPS = 'steps: {attempts: 3, backoffBaseMs: 20, backoffCapMs: 50}'
@@ -188,11 +196,24 @@ describe('saga through sidecars', () => {
     expect(metrics).toMatch(/^txmesh_steps_stuck 1$/m)
     expect(metrics).toMatch(/^txmesh_step_ops_total\{op="compensate",result="stuck"\} 1$/m)
 
+    // The operator's view: `txmesh tx show` names the stuck step and its error.
+    const adminUrl = `http://127.0.0.1:${m.coord.ports.admin}`
+    const shown = await cli(['tx', 'show', tx.id, '--admin', adminUrl])
+    expect(shown.code).toBe(0)
+    expect(shown.stdout).toMatch(/payments\s+stuck\s+3\s+.*503/)
+    expect(shown.stdout).toContain(`txmesh tx retry ${tx.id}`)
+    expect((await cli(['tx', 'list', '--admin', adminUrl])).stdout).toMatch(/2 steps, 1 stuck/)
+
     m.setRefundFailures(0)
-    const retried = await admin(m.coord.ports.admin, 'POST', `/v1/transactions/${tx.id}/retry`)
-    expect(retried.body).toMatchObject({ retried: 1 })
+    const retried = await cli(['tx', 'retry', tx.id, '--admin', adminUrl, '--json'])
+    expect(retried.code).toBe(0)
+    expect(JSON.parse(retried.stdout)).toMatchObject({ retried: 1 })
     await until('finished', async () => (await admin(m.coord.ports.admin, 'GET', `/v1/transactions/${tx.id}`)).body.status === 'aborted')
     expect(m.orders.seen.filter((s) => s.op === 'compensate')).toHaveLength(1)
+    // Nothing left to retry: a clear refusal with the code, exit 1.
+    const again = await cli(['tx', 'retry', tx.id, '--admin', adminUrl])
+    expect(again.code).toBe(1)
+    expect(again.stderr).toContain('TXM_TX_UNKNOWN')
   })
 
   it('keeps pending compensations across a SIGKILL of the coordinator sidecar and finishes them after restart', async () => {
@@ -210,6 +231,49 @@ describe('saga through sidecars', () => {
     const refundAt = m.payments.seen.findIndex((s) => s.path === '/refund/c-7')
     expect(refundAt).toBeGreaterThan(0)
     await until('finished', async () => (await admin(m.coord.ports.admin, 'GET', `/v1/transactions/${tx.id}`)).body.status === 'aborted')
+  })
+  it('begins a saga per request on a `mode: saga` ingress route and compensates when the app answers non-2xx', async () => {
+    const payments = await app('payments', (req, res) => {
+      if (req.url === '/charge') return json(res, 201, { id: 9 }, { 'txmesh-compensate': 'POST /refund/9' })
+      json(res, 200, { refunded: true })
+    })
+    // The orchestrating app: one step through its own sidecar's egress, then a refusal.
+    let egressPort = 0
+    let appSaw: Record<string, string | undefined> = {}
+    const shop = await startServer((req, res) => {
+      req.resume()
+      appSaw = { context: req.headers['txmesh-context'] as string | undefined, tx: req.headers['txmesh-tx-id'] as string | undefined, branch: req.headers['txmesh-branch-id'] as string | undefined }
+      void rawRequest(egressPort, { method: 'POST', path: 'http://payments/charge', headers: { 'txmesh-context': appSaw.context ?? '', 'content-length': '0' } }).then((r) =>
+        json(res, r.status === 201 ? 409 : 500, { step: r.status }),
+      )
+    })
+    closers.push(shop.close)
+    const yaml = sidecarYaml(
+      'shop',
+      shop.port,
+      [
+        `services: {payments: {address: "127.0.0.1:${payments.port}"}}`,
+        'routes:',
+        '  - {name: checkout, match: {direction: ingress, pathPrefix: /checkout}, transaction: required, mode: saga}',
+        '  - {name: payments, match: {direction: egress, host: payments}, nonTransactionalTarget: proceed}',
+        STEPS,
+      ].join('\n'),
+    )
+    const sc = await spawnSidecar(yaml)
+    procs.push(sc)
+    egressPort = sc.ports.egress
+    const r = await rawRequest(sc.ports.ingress, { method: 'POST', path: '/checkout', headers: { host: 'shop', 'content-length': '0' } })
+    expect(r.status).toBe(409)
+    expect(r.headers['txmesh-outcome']).toBe('aborted')
+    const id = r.headers['txmesh-tx-id'] as string
+    expect(id).toMatch(/.+/)
+    // The app got the context to pass on, and no branch ids: it orchestrates, it is not a step.
+    expect(appSaw.context).toMatch(/.+/)
+    expect(appSaw.tx).toBeUndefined()
+    expect(appSaw.branch).toBeUndefined()
+    await until('refund', () => payments.seen.some((s) => s.path === '/refund/9'))
+    expect(payments.seen[1]).toMatchObject({ method: 'POST', path: '/refund/9', tx: id, op: 'compensate', branch: payments.seen[0]!.branch })
+    await until('finished', async () => (await admin(sc.ports.admin, 'GET', `/v1/transactions/${id}`)).body.status === 'aborted')
   })
 })
 
