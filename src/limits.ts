@@ -248,6 +248,34 @@ export const LIMITS = Object.freeze({
   adminEventStreamBufferBytes: 1024 * 1024,
   // Comment line on an idle SSE stream so proxies and load balancers do not time it out.
   adminEventsHeartbeatMs: 15_000,
+  // --- Kubernetes injection (src/k8s/) ---
+  // `txmesh inject` input: manifests of a whole app are tens of KiB; 16 MiB covers a large
+  // rendered Helm chart while refusing to read a wrong file (a log, an image) into memory.
+  manifestBytes: 16 * 1024 * 1024,
+  // YAML aliases expanded per manifest document (billion-laughs bound; manifests rarely use any).
+  manifestMaxAliases: 100,
+  // AdmissionReview body: etcd stores objects of at most 1.5 MiB by default, and an UPDATE review
+  // carries object and oldObject; 6 MiB holds both with JSON escaping to spare. Over it: 413.
+  admissionBodyBytes: 6 * 1024 * 1024,
+  // The API server waits 10 s for a webhook by default (timeoutSeconds, max 30); a request that
+  // takes longer than the maximum is not the API server's.
+  admissionRequestTimeoutMs: 30_000,
+  admissionHeadersTimeoutMs: 10_000,
+  // How often the webhook checks its cert/key files for a rotation (cert-manager renews well
+  // before expiry, and kubelet updates a mounted Secret within about a minute).
+  admissionCertCheckMs: 30_000,
+  // --- Health listener (src/admin/health.ts: kubelet probes on the pod IP) ---
+  // A probe is a GET with a handful of short headers (User-Agent, Accept, Connection); 8 KiB is
+  // far above that and far below the 32 KiB of the proxy listeners, since anyone on the pod
+  // network can reach this port.
+  healthMaxHeaderBytes: 8 * 1024,
+  // Open connections: the kubelet holds at most one per probe kind (readiness, liveness,
+  // startup) and closes it; 64 leaves room for a scraper or a curl while bounding sockets.
+  healthMaxConnections: 64,
+  // Time to send a probe's head, and its whole lifetime: probes time out after 1 s by default
+  // (timeoutSeconds), so a client slower than this is not a kubelet.
+  healthHeadersTimeoutMs: 5_000,
+  healthRequestTimeoutMs: 10_000,
 })
 
 export type Limits = typeof LIMITS

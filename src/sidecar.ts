@@ -1,9 +1,11 @@
-// The sidecar: four listeners around one forwarder and the transaction parts. Admin binds first
-// so probes answer while the rest start; /readyz turns ready only once every listener is bound
+// The sidecar: four listeners (five with the optional health listener for kubelet probes)
+// around one forwarder and the transaction parts. Admin and health bind first so probes answer
+// while the rest start; /readyz turns ready only once every listener is bound
 // and the log has been replayed (recovery started).
 import type { Server } from 'node:http'
 import { resolve as resolvePath } from 'node:path'
 import { EventHub } from './admin/events.js'
+import { createHealthServer } from './admin/health.js'
 import { createAdminServer, type Readiness } from './admin/server.js'
 import type { ListenerName, SidecarConfig } from './config/types.js'
 import { createControlServer, type ControlDeps } from './control/server.js'
@@ -12,7 +14,7 @@ import type { Logger } from './log.js'
 import { FileLog } from './log/file-log.js'
 import { closeServer, listen } from './net.js'
 import { LIMITS } from './limits.js'
-import { Pool } from 'undici'
+import { Pool } from './http-client.js'
 import { egressResolver } from './proxy/egress/target.js'
 import { Forwarder } from './proxy/forward.js'
 import { ingressResolver } from './proxy/ingress/target.js'
@@ -29,7 +31,8 @@ import { ActiveTxPlane, DisabledTxPlane, type TxPlane } from './tx/plane.js'
 import { SidecarMetrics } from './telemetry/metrics.js'
 import { startTracing } from './telemetry/tracing.js'
 
-export type Ports = Record<ListenerName, number>
+/** Bound ports; `health` only when the health listener is enabled. */
+export type Ports = Record<ListenerName, number> & { health?: number }
 
 export interface Sidecar {
   readonly config: SidecarConfig
@@ -88,6 +91,7 @@ export async function startSidecar(config: SidecarConfig, log: Logger): Promise<
     txUnavailable: () => (txEnabled ? undefined : new MeshKeyMissingError('transactions need a mesh key (TXMESH_MESH_KEY or mesh.keyFile)')),
     logger: log,
   })
+  const health = L.health === undefined ? undefined : createHealthServer(() => readiness)
   const control = createControlServer(() => controlDeps)
   const metrics = new SidecarMetrics({
     inFlight: () => coordinator?.activeCount ?? 0,
@@ -104,6 +108,11 @@ export async function startSidecar(config: SidecarConfig, log: Logger): Promise<
   try {
     ports.admin = await listen(admin, L.admin.host, L.admin.port)
     bound.push(admin)
+    // Right after admin, for the same reason: the kubelet's startup probe answers early.
+    if (health !== undefined && L.health !== undefined) {
+      ports.health = await listen(health, L.health.host, L.health.port)
+      bound.push(health)
+    }
     ports.control = await listen(control, L.control.host, L.control.port)
     bound.push(control)
     const self = advertised(config, ports.control)
@@ -181,7 +190,8 @@ export async function startSidecar(config: SidecarConfig, log: Logger): Promise<
         // Every span has ended by now (responses closed, open transactions cut by close()):
         // flush them before the process exits.
         await tracing?.shutdown()
-        await closeServer(admin)
+        // Probes see `draining` (readyz 503) until the very end, on both ports.
+        await Promise.all([closeServer(admin), health === undefined ? undefined : closeServer(health)])
         log.info('drained', { ms: Date.now() - started, cutInflight: e.inflightAtDeadline + i.inflightAtDeadline })
       })())
     return { config, ports, controlAddress: self, readiness: () => readiness, drain }

@@ -55,6 +55,23 @@ export interface AdminDeps {
   readonly events?: EventHub | undefined
 }
 
+/**
+ * GET /healthz (alive) and /readyz (200 once ready, 503 while starting or draining): the answers
+ * the admin listener and the health listener (src/admin/health.ts) share. False for other paths.
+ */
+export function answerProbe(res: ServerResponse, path: string, readiness: () => Readiness): boolean {
+  if (path === '/healthz') {
+    sendJson(res, 200, { status: 'ok' })
+    return true
+  }
+  if (path === '/readyz') {
+    const r = readiness()
+    sendJson(res, r === 'ready' ? 200 : 503, { status: r })
+    return true
+  }
+  return false
+}
+
 const TX = /^\/v1\/transactions\/([A-Za-z0-9_-]{1,64})(?:\/(commit|abort|retry|messages))?$/
 const RESOLVE = /^\/v1\/branches\/([A-Za-z0-9_-]{1,64})\/resolve$/
 const BRANCH = /^\/v1\/branches\/([A-Za-z0-9_-]{1,64})\/([A-Za-z0-9_-]{1,64})\/outcome$/
@@ -71,11 +88,7 @@ export function createAdminServer(d: AdminDeps): Server {
   async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const path = (req.url ?? '/').split('?')[0] as string
     const method = req.method ?? 'GET'
-    if (path === '/healthz') return sendJson(res, 200, { status: 'ok' })
-    if (path === '/readyz') {
-      const r = d.readiness()
-      return sendJson(res, r === 'ready' ? 200 : 503, { status: r })
-    }
+    if (answerProbe(res, path, d.readiness)) return
     if (path === '/metrics' && d.metrics !== undefined) {
       const m = d.metrics()
       const text = await m.text()

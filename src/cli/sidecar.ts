@@ -1,8 +1,10 @@
 // `txmesh sidecar --config FILE [--app-port N] [--egress-port N] [--ingress-port N]
-//  [--control-port N] [--admin-port N]`: flags override the file; 0 picks a free port. Prints
-// one JSON line with the bound ports on stdout; SIGTERM/SIGINT drain and exit 0.
+//  [--control-port N] [--admin-port N] [--health-port N] [--service NAME] [--store-dir DIR]
+//  [--advertise HOST:PORT]`: flags override the file; 0 picks a free port. TXMESH_SERVICE,
+// TXMESH_STORE_DIR and TXMESH_ADVERTISE override the file too, flags override them. Prints one
+// JSON line with the bound ports on stdout; SIGTERM/SIGINT drain and exit 0.
 import { parseArgs } from 'node:util'
-import { loadConfigFile, withOverrides } from '../config/load.js'
+import { loadConfigFile, overridesFrom, withOverrides } from '../config/load.js'
 import { createLogger } from '../log.js'
 import { missingRuntimeFlags } from '../runtime.js'
 import { startSidecar } from '../sidecar.js'
@@ -25,6 +27,10 @@ export async function sidecarCommand(argv: string[]): Promise<number> {
       'ingress-port': { type: 'string' },
       'control-port': { type: 'string' },
       'admin-port': { type: 'string' },
+      'health-port': { type: 'string' },
+      service: { type: 'string' },
+      'store-dir': { type: 'string' },
+      advertise: { type: 'string' },
     },
     strict: true,
   })
@@ -40,7 +46,9 @@ export async function sidecarCommand(argv: string[]): Promise<number> {
   set('ingress', 'ingress-port', values['ingress-port'])
   set('control', 'control-port', values['control-port'])
   set('admin', 'admin-port', values['admin-port'])
-  const config = withOverrides(loadConfigFile(file), overrides)
+  set('health', 'health-port', values['health-port'])
+  const given = overridesFrom({ service: values.service, storeDir: values['store-dir'], advertise: values.advertise }, process.env)
+  const config = withOverrides(loadConfigFile(file, given), overrides)
   const level = (process.env.TXMESH_LOG_LEVEL as typeof config.logLevel | undefined) ?? config.logLevel
   const log = createLogger(level, { service: config.service })
   const missing = missingRuntimeFlags()

@@ -1,25 +1,69 @@
 // YAML -> validated, typed, frozen SidecarConfig. Errors name file:line:col: YAML is parsed
 // with positions and every JSON Schema error is mapped back to the node it is about.
 import { readFileSync, statSync } from 'node:fs'
+import { isIPv6 } from 'node:net'
 import { Ajv, type ErrorObject, type ValidateFunction } from 'ajv'
 import { LineCounter, parseDocument, isMap, isNode, isPair, isScalar, type Document } from 'yaml'
 import { ConfigInvalidError, type ConfigProblem } from '../errors.js'
 import { LIMITS } from '../limits.js'
+import { compileCoordinators } from '../tx/protocol.js'
 import type { HostPort, RetryOn, RetryPolicy, RoutePolicy, SidecarConfig, Direction, StepRequestTemplate } from './types.js'
 
 export const SCHEMA_URL = new URL('../../config/txmesh.schema.json', import.meta.url)
 
+interface Schema {
+  readonly properties: { readonly service: { readonly pattern: string } }
+  readonly definitions: { readonly address: { readonly pattern: string } }
+}
+let schemaJson: Schema | undefined
 let validator: ValidateFunction | undefined
+function schema(): Schema {
+  return (schemaJson ??= JSON.parse(readFileSync(SCHEMA_URL, 'utf8')) as Schema)
+}
 function schemaValidator(): ValidateFunction {
   if (validator === undefined) {
-    const schema = JSON.parse(readFileSync(SCHEMA_URL, 'utf8')) as object
     const ajv = new Ajv({ allErrors: true, strict: true })
-    validator = ajv.compile(schema)
+    validator = ajv.compile(schema())
   }
   return validator
 }
 
-export function loadConfigFile(file: string): SidecarConfig {
+/** A setting given outside the file, and where it came from (for error messages). */
+export interface Given {
+  readonly value: string
+  readonly from: string
+}
+
+/**
+ * Settings given by command-line flags or the environment. For each: flag > environment > file >
+ * default (the pod's env is more specific than a ConfigMap every replica shares).
+ */
+export interface ConfigOverrides {
+  readonly service?: Given
+  readonly storeDir?: Given
+  readonly advertise?: Given
+}
+
+/** Environment variables of the settings that may come from outside the file. */
+export const CONFIG_ENV = { service: 'TXMESH_SERVICE', storeDir: 'TXMESH_STORE_DIR', advertise: 'TXMESH_ADVERTISE' } as const
+const CONFIG_FLAG = { service: '--service', storeDir: '--store-dir', advertise: '--advertise' } as const
+
+/** Applies the precedence: a flag wins over its variable; an empty variable counts as unset. */
+export function overridesFrom(
+  flags: { readonly [K in keyof ConfigOverrides]?: string | undefined },
+  env: Readonly<Record<string, string | undefined>>,
+): ConfigOverrides {
+  const out: { -readonly [K in keyof ConfigOverrides]: Given } = {}
+  for (const k of ['service', 'storeDir', 'advertise'] as const) {
+    const flag = flags[k]
+    const fromEnv = env[CONFIG_ENV[k]]
+    if (flag !== undefined) out[k] = { value: flag, from: CONFIG_FLAG[k] }
+    else if (fromEnv !== undefined && fromEnv !== '') out[k] = { value: fromEnv, from: CONFIG_ENV[k] }
+  }
+  return out
+}
+
+export function loadConfigFile(file: string, overrides: ConfigOverrides = {}): SidecarConfig {
   let size: number
   try {
     size = statSync(file).size
@@ -31,11 +75,11 @@ export function loadConfigFile(file: string): SidecarConfig {
       { file, line: 0, col: 0, message: `file is ${size} bytes; the limit is ${LIMITS.configFileBytes}` },
     ])
   }
-  return parseConfig(readFileSync(file, 'utf8'), file)
+  return parseConfig(readFileSync(file, 'utf8'), file, overrides)
 }
 
 /** Parses and validates YAML text; throws ConfigInvalidError listing every problem. */
-export function parseConfig(text: string, file: string): SidecarConfig {
+export function parseConfig(text: string, file: string, overrides: ConfigOverrides = {}): SidecarConfig {
   const lines = new LineCounter()
   const doc = parseDocument(text, { lineCounter: lines, uniqueKeys: true, prettyErrors: false })
   const at = (offset: number): { line: number; col: number } => lines.linePos(offset)
@@ -55,7 +99,7 @@ export function parseConfig(text: string, file: string): SidecarConfig {
     for (const e of validate.errors ?? []) problems.push(schemaProblem(doc, e, file, at))
     throw new ConfigInvalidError(dedupe(problems))
   }
-  const typed = build(raw as RawConfig, file, doc, at)
+  const typed = build(raw as RawConfig, file, doc, at, overrides)
   return deepFreeze(typed)
 }
 
@@ -142,9 +186,9 @@ interface RawListener {
   port?: number
 }
 interface RawConfig {
-  service: string
+  service?: string
   app?: RawListener
-  listeners?: { egress?: RawListener; ingress?: RawListener; control?: RawListener; admin?: RawListener }
+  listeners?: { egress?: RawListener; ingress?: RawListener; control?: RawListener; admin?: RawListener; health?: RawListener }
   services?: Record<string, { address: string }>
   defaults?: RawPolicy
   routes?: RawRoute[]
@@ -164,6 +208,9 @@ const DEFAULT_LISTENERS = {
   ingress: { host: '0.0.0.0', port: 15006 },
   control: { host: '0.0.0.0', port: 15010 },
   admin: { host: '127.0.0.1', port: 15000 },
+  // Bound only when configured (listeners.health or --health-port): kubelet probes reach it on
+  // the pod IP, while admin stays on loopback.
+  health: { host: '0.0.0.0', port: 15021 },
 } as const
 
 export function parseAddress(address: string): HostPort {
@@ -200,7 +247,7 @@ const BUILTIN_RETRIES: RetryPolicy = {
   budgetMinPerSecond: LIMITS.retryBudgetMinPerSecond,
 }
 
-function build(raw: RawConfig, file: string, doc: Document, at: (o: number) => { line: number; col: number }): SidecarConfig {
+function build(raw: RawConfig, file: string, doc: Document, at: (o: number) => { line: number; col: number }, o: ConfigOverrides): SidecarConfig {
   const d = raw.defaults ?? {}
   const defaultRoute: RoutePolicy = {
     name: 'default',
@@ -239,6 +286,30 @@ function build(raw: RawConfig, file: string, doc: Document, at: (o: number) => {
   })
   const services = new Map<string, HostPort>()
   const problems: ConfigProblem[] = []
+  const position = (path: (string | number)[]): { line: number; col: number } => {
+    const node = doc.getIn(path, true)
+    return at(isNode(node) && node.range ? node.range[0] : 0)
+  }
+  // Values from flags/env have no position: line 0, like an unreadable file.
+  const given = (g: Given, message: string): void => void problems.push({ file, line: 0, col: 0, message: `${g.from}: ${message}` })
+  if (o.service !== undefined && !new RegExp(schema().properties.service.pattern).test(o.service.value)) {
+    given(o.service, `"${o.service.value}" is not a service name (lowercase letters, digits, '-' and '.', at most 63, starting and ending with a letter or digit)`)
+  }
+  const service = o.service?.value ?? raw.service
+  if (service === undefined) problems.push({ file, line: 1, col: 1, message: 'config: missing required key "service" (or give --service NAME or TXMESH_SERVICE)' })
+  if (o.storeDir !== undefined && o.storeDir.value === '') given(o.storeDir, 'the store directory must not be empty')
+  let advertise = raw.mesh?.advertise
+  if (o.advertise !== undefined) {
+    const a = advertiseAddress(o.advertise.value)
+    if (a === undefined) given(o.advertise, `"${o.advertise.value}" is not host:port (e.g. 10.1.2.3:15010, [fd00::1]:15010)`)
+    else advertise = a
+  } else if (advertise !== undefined && advertiseAddress(advertise) !== advertise) {
+    problems.push({ file, ...position(['mesh', 'advertise']), message: `mesh.advertise: "${advertise}" is not host:port with a port 1-65535` })
+  }
+  const coordinators = Object.freeze([...(raw.mesh?.coordinators ?? ['127.0.0.1:*', 'localhost:*'])])
+  for (const p of compileCoordinators(coordinators)) {
+    problems.push({ file, ...position(['mesh', 'coordinators', p.index]), message: `mesh.coordinators.${p.index}: ${p.message}` })
+  }
   for (const [name, s] of Object.entries(raw.services ?? {})) {
     try {
       services.set(name.toLowerCase(), parseAddress(s.address))
@@ -261,17 +332,18 @@ function build(raw: RawConfig, file: string, doc: Document, at: (o: number) => {
       problems.push({ file, ...at(offset), message: `mesh.keyFile: cannot read: ${(err as NodeJS.ErrnoException).code ?? 'error'}` })
     }
   }
-  if (problems.length > 0) throw new ConfigInvalidError(problems)
+  if (problems.length > 0 || service === undefined) throw new ConfigInvalidError(dedupe(problems))
   const l = raw.listeners ?? {}
   return {
     source: file,
-    service: raw.service,
+    service,
     app: listener(raw.app, { host: '127.0.0.1', port: 8080 }),
     listeners: {
       egress: listener(l.egress, DEFAULT_LISTENERS.egress),
       ingress: listener(l.ingress, DEFAULT_LISTENERS.ingress),
       control: listener(l.control, DEFAULT_LISTENERS.control),
       admin: listener(l.admin, DEFAULT_LISTENERS.admin),
+      health: l.health === undefined ? undefined : listener(l.health, DEFAULT_LISTENERS.health),
     },
     services,
     defaultRoute,
@@ -280,10 +352,10 @@ function build(raw: RawConfig, file: string, doc: Document, at: (o: number) => {
     logLevel: raw.log?.level ?? 'info',
     mesh: {
       keys,
-      coordinators: raw.mesh?.coordinators ?? ['127.0.0.1:*', 'localhost:*'],
-      advertise: raw.mesh?.advertise,
+      coordinators,
+      advertise,
     },
-    storeDir: raw.store?.dir ?? `txmesh-data/${raw.service}`,
+    storeDir: o.storeDir?.value ?? raw.store?.dir ?? `txmesh-data/${service}`,
     hooks: {
       prepare: raw.hooks?.prepare ?? '/.well-known/txmesh/prepare',
       commit: raw.hooks?.commit ?? '/.well-known/txmesh/commit',
@@ -322,10 +394,27 @@ function meshKeys(value: string): Buffer[] {
     })
 }
 
-/** Returns a copy with port overrides applied (command-line flags win over the file). */
+/**
+ * The advertised control address in the form contexts carry (protocol.ts ADDRESS_RE), or
+ * undefined. An unbracketed IPv6 address before the last colon is bracketed: Kubernetes gives
+ * `$(POD_IP):15010`, which is `fd00::5:15010` in an IPv6 cluster.
+ */
+function advertiseAddress(value: string): string | undefined {
+  const colon = value.lastIndexOf(':')
+  const host = value.slice(0, colon)
+  const normal = colon > 0 && isIPv6(host) ? `[${host}]${value.slice(colon)}` : value
+  if (!new RegExp(schema().definitions.address.pattern).test(normal)) return undefined
+  const port = Number(normal.slice(normal.lastIndexOf(':') + 1))
+  return port >= 1 && port <= 65535 ? normal : undefined
+}
+
+/**
+ * Returns a copy with port overrides applied (command-line flags win over the file). A health
+ * port enables the health listener (on 0.0.0.0 unless listeners.health names a host).
+ */
 export function withOverrides(
   cfg: SidecarConfig,
-  o: Partial<Record<'app' | 'egress' | 'ingress' | 'control' | 'admin', number>>,
+  o: Partial<Record<'app' | 'egress' | 'ingress' | 'control' | 'admin' | 'health', number>>,
 ): SidecarConfig {
   const l = cfg.listeners
   const port = (hp: HostPort, p: number | undefined): HostPort => (p === undefined ? hp : { host: hp.host, port: p })
@@ -337,6 +426,7 @@ export function withOverrides(
       ingress: port(l.ingress, o.ingress),
       control: port(l.control, o.control),
       admin: port(l.admin, o.admin),
+      health: o.health === undefined ? l.health : { host: l.health?.host ?? DEFAULT_LISTENERS.health.host, port: o.health },
     },
   })
 }

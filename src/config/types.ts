@@ -54,6 +54,8 @@ export interface SidecarConfig {
     readonly ingress: HostPort
     readonly control: HostPort
     readonly admin: HostPort
+    /** Kubelet probes only (GET /healthz, /readyz); undefined: not bound. */
+    readonly health: HostPort | undefined
   }
   readonly services: ReadonlyMap<string, HostPort>
   /** The policy of requests no route matches. */
@@ -63,6 +65,7 @@ export interface SidecarConfig {
   readonly mesh: {
     /** Signing keys; the first signs, all verify (rotation). Empty: transactions are off. */
     readonly keys: readonly Buffer[]
+    /** Allow-list (host:port, host:*, *, CIDR:port, CIDR:*), compiled at load (compileCoordinators). */
     readonly coordinators: readonly string[]
     /** host:port peers use to reach this sidecar's control listener. */
     readonly advertise: string | undefined
@@ -81,4 +84,5 @@ export interface SidecarConfig {
   readonly logLevel: 'debug' | 'info' | 'warn' | 'error' | 'silent'
 }
 
-export type ListenerName = keyof SidecarConfig['listeners']
+/** The listeners every sidecar binds (health is optional). */
+export type ListenerName = Exclude<keyof SidecarConfig['listeners'], 'health'>

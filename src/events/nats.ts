@@ -2,8 +2,8 @@
 // redelivery inside the stream's duplicate window (server default 2 min, kept as is) is stored
 // once: the PubAck then says `duplicate: true`, which is still an acknowledgement.
 import assert from 'node:assert/strict'
-import { jetstream, JetStreamApiCodes, JetStreamApiError, jetstreamManager, StorageType, type JetStreamClient, type JetStreamManager } from '@nats-io/jetstream'
-import { connect, type NatsConnection } from '@nats-io/transport-node'
+import type { JetStreamClient, JetStreamManager } from '@nats-io/jetstream'
+import type { NatsConnection } from '@nats-io/transport-node'
 import { silentLogger, type Logger } from '../log.js'
 import { LIMITS } from '../limits.js'
 import type { BusEvent, Sink } from './types.js'
@@ -69,6 +69,9 @@ export class NatsSink implements Sink {
     const logger = opts.logger ?? silentLogger
     const reconnectWaitMs = opts.reconnectWaitMs ?? LIMITS.natsReconnectWaitMs
     assert(reconnectWaitMs >= 1 && reconnectWaitMs <= LIMITS.eventBackoffCapMs, 'reconnectWaitMs out of range')
+    // Loaded on first use: a sidecar without a NATS sink never pays for the client (footprint).
+    const { connect } = await import('@nats-io/transport-node')
+    const { jetstream, jetstreamManager } = await import('@nats-io/jetstream')
     let nc: NatsConnection
     try {
       nc = await connect({
@@ -125,6 +128,7 @@ export class NatsSink implements Sink {
 
 /** Creates the stream, or adds the subjects it lacks; storage and limits of an existing stream are left alone. */
 async function ensureStream(jsm: JetStreamManager, stream: string, subjects: string[], logger: Logger): Promise<void> {
+  const { JetStreamApiCodes, JetStreamApiError, StorageType } = await import('@nats-io/jetstream')
   // Two sidecars may race to create the stream: the loser's add fails with "already in use",
   // and its second pass finds the stream and updates it.
   for (let pass = 0; ; pass++) {

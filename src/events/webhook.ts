@@ -3,7 +3,7 @@
 // queue's retries of an event it already took are harmless. Only a 2xx counts as acknowledged;
 // redirects are not followed (undici's request does not), so a 3xx is a failure too.
 import assert from 'node:assert/strict'
-import { Agent, request } from 'undici'
+import { Agent, request } from '../http-client.js'
 import { LIMITS } from '../limits.js'
 import type { BusEvent, Sink } from './types.js'
 

@@ -7,7 +7,7 @@
 // one write, and no promises per request.
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import type { Readable } from 'node:stream'
-import { Pool, type Dispatcher } from 'undici'
+import { Pool, type Dispatcher } from '../http-client.js'
 import type { Direction, RetryOn, RoutePolicy } from '../config/types.js'
 import type { SidecarMetrics } from '../telemetry/metrics.js'
 import { RequestAbortedError, UpstreamTimeoutError, type TxmeshError } from '../errors.js'

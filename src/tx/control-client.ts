@@ -1,7 +1,7 @@
 // Signed JSON calls to peer sidecars' control listeners (prepare, commit, abort, register,
 // outcome). Every request carries `txmesh-auth: <ts>.<hmac>` over timestamp, method, path and
 // body with the mesh key; the control server refuses anything else.
-import { Agent, request } from 'undici'
+import { Agent, request } from '../http-client.js'
 import { LIMITS } from '../limits.js'
 import { signControl } from './protocol.js'
 

@@ -9,6 +9,7 @@
 // ingress: payload {i: tx id, p: [{s: service, c: control address, b: branch}]} listing the
 // participant itself and the participants it enlisted in nested calls.
 import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto'
+import { BlockList, isIP } from 'node:net'
 import {
   ContextExpiredError,
   ContextForgedError,
@@ -121,11 +122,102 @@ export function signContext(key: Buffer, ctx: TxContext): string {
   return seal(key, p)
 }
 
-/** Allow-list of coordinator control addresses: exact `host:port` or `host:*`. */
+/**
+ * A compiled `mesh.coordinators` allow-list. Entries: `*`, exact `host:port`, `host:*`, and CIDR
+ * networks `10.0.0.0/8:15010`, `10.0.0.0/8:*`, `[fd00::/8]:15010`, `[fd00::/8]:*` (pod IPs in
+ * Kubernetes are not known in advance, their network is).
+ */
+interface AllowMatcher {
+  readonly any: boolean
+  /** Exact `host:port` entries, compared as strings (as the context carries them). */
+  readonly exact: ReadonlySet<string>
+  /** Hosts of `host:*` entries. */
+  readonly anyPort: ReadonlySet<string>
+  /** Networks allowed on every port, and per port. */
+  readonly netAnyPort: BlockList | undefined
+  readonly netByPort: ReadonlyMap<number, BlockList>
+}
+
+export interface AllowListProblem {
+  readonly index: number
+  readonly message: string
+}
+
+const ALLOW_ENTRY_RE = /^(?:\[([0-9a-fA-F:.]+)(?:\/(\d{1,3}))?\]|([A-Za-z0-9.-]+)(?:\/(\d{1,3}))?):(\*|\d{1,5})$/
+
+function compileAllowList(allow: readonly string[]): { matcher: AllowMatcher; problems: AllowListProblem[] } {
+  let any = false
+  const exact = new Set<string>()
+  const anyPort = new Set<string>()
+  let netAnyPort: BlockList | undefined
+  const netByPort = new Map<number, BlockList>()
+  const problems: AllowListProblem[] = []
+  allow.forEach((entry, index) => {
+    if (entry === '*') {
+      any = true
+      return
+    }
+    const m = ALLOW_ENTRY_RE.exec(entry)
+    if (m === null) return void problems.push({ index, message: `"${entry}" is not *, host:port, host:*, a.b.c.d/N:port or [v6::/N]:port` })
+    const [, v6, v6Prefix, name, v4Prefix, portText] = m as unknown as [string, string | undefined, string | undefined, string | undefined, string | undefined, string]
+    const port = portText === '*' ? undefined : Number(portText)
+    if (port !== undefined && port > 65535) return void problems.push({ index, message: `"${entry}": port ${port} is over 65535` })
+    const prefixText = v6Prefix ?? v4Prefix
+    if (prefixText === undefined) {
+      if (port === undefined) anyPort.add(v6 === undefined ? (name as string) : `[${v6}]`)
+      else exact.add(entry)
+      return
+    }
+    const ip = (v6 ?? name) as string
+    const family = v6 === undefined ? 4 : 6
+    if (isIP(ip) !== family) return void problems.push({ index, message: `"${entry}": ${ip} is not an IPv${family} address` })
+    const prefix = Number(prefixText)
+    const max = family === 4 ? 32 : 128
+    if (prefix > max) return void problems.push({ index, message: `"${entry}": prefix /${prefix} is longer than ${max} bits` })
+    let list: BlockList | undefined
+    if (port === undefined) list = netAnyPort ??= new BlockList()
+    else {
+      list = netByPort.get(port)
+      if (list === undefined) netByPort.set(port, (list = new BlockList()))
+    }
+    list.addSubnet(ip, prefix, family === 4 ? 'ipv4' : 'ipv6')
+  })
+  return { matcher: { any, exact, anyPort, netAnyPort, netByPort }, problems }
+}
+
+// Lists compiled at config load (src/config/load.ts), keyed by the frozen array the config
+// holds: coordinatorAllowed runs on every call carrying a context and must not re-parse them.
+const compiledAllowLists = new WeakMap<readonly string[], AllowMatcher>()
+
+/**
+ * Compiles an allow-list once and returns the problems of its entries (empty: all valid). A
+ * frozen list is remembered, so coordinatorAllowed finds it compiled.
+ */
+export function compileCoordinators(allow: readonly string[]): AllowListProblem[] {
+  const { matcher, problems } = compileAllowList(allow)
+  if (Object.isFrozen(allow)) compiledAllowLists.set(allow, matcher)
+  return problems
+}
+
+/** Whether a context may name `address` (host:port) as its coordinator. Invalid entries match nothing. */
 export function coordinatorAllowed(allow: readonly string[], address: string): boolean {
+  let m = compiledAllowLists.get(allow)
+  if (m === undefined) {
+    m = compileAllowList(allow).matcher
+    if (Object.isFrozen(allow)) compiledAllowLists.set(allow, m)
+  }
+  if (m.any || m.exact.has(address)) return true
   const colon = address.lastIndexOf(':')
+  if (colon < 0) return false
   const host = address.slice(0, colon)
-  return allow.some((a) => a === address || a === `${host}:*` || a === '*')
+  if (m.anyPort.has(host)) return true
+  if (m.netAnyPort === undefined && m.netByPort.size === 0) return false
+  const ip = host.startsWith('[') ? host.slice(1, -1) : host
+  const family = isIP(ip)
+  if (family === 0) return false
+  const type = family === 4 ? 'ipv4' : 'ipv6'
+  if (m.netAnyPort?.check(ip, type) === true) return true
+  return m.netByPort.get(Number(address.slice(colon + 1)))?.check(ip, type) === true
 }
 
 export function verifyContext(

@@ -3,13 +3,14 @@ import { mkdtempSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { describe, expect, it } from 'vitest'
-import { parseConfig, loadConfigFile } from '../../src/config/load.js'
+import { parseConfig, loadConfigFile, overridesFrom, withOverrides, type ConfigOverrides } from '../../src/config/load.js'
 import { ConfigInvalidError } from '../../src/errors.js'
+import { coordinatorAllowed } from '../../src/tx/protocol.js'
 import { CLI } from '../helpers/servers.js'
 
-function problems(yaml: string): string[] {
+function problems(yaml: string, overrides: ConfigOverrides = {}): string[] {
   try {
-    parseConfig(yaml, 'p.yaml')
+    parseConfig(yaml, 'p.yaml', overrides)
   } catch (err) {
     if (err instanceof ConfigInvalidError) return err.message.split('\n')
     throw err
@@ -27,6 +28,8 @@ describe('config', () => {
     expect(cfg.routes[1]?.maxBodyBytes).toBe(cfg.defaultRoute.maxBodyBytes)
     expect(Object.isFrozen(cfg)).toBe(true)
     expect(Object.isFrozen(cfg.routes[0])).toBe(true)
+    expect(coordinatorAllowed(cfg.mesh.coordinators, '10.244.0.9:15010')).toBe(true)
+    expect(cfg.listeners.health).toBeUndefined()
   })
 
   it('names file:line:col of an unknown key', () => {
@@ -42,7 +45,7 @@ describe('config', () => {
   })
 
   it('reports a missing required key and YAML syntax errors with positions', () => {
-    expect(problems('app: {port: 1}\n')).toEqual(['p.yaml:1:1: config: missing required key "service"'])
+    expect(problems('app: {port: 1}\n')).toEqual(['p.yaml:1:1: config: missing required key "service" (or give --service NAME or TXMESH_SERVICE)'])
     expect(problems('service: a\nroutes: [\n')[0]).toMatch(/^p\.yaml:3:1: /)
     expect(problems('service: a\nservice: b\n')[0]).toMatch(/^p\.yaml:2:1: Map keys must be unique/)
   })
@@ -73,5 +76,159 @@ describe('runtime flags', () => {
     const { SIDECAR_NODE_FLAGS } = await import('../../src/runtime.js')
     const shebang = readFileSync(join(import.meta.dirname, '../../src/cli/index.ts'), 'utf8').split('\n')[0]
     expect(shebang).toBe(`#!/usr/bin/env -S node ${SIDECAR_NODE_FLAGS.join(' ')}`)
+  })
+})
+
+describe('settings from flags and the environment (Kubernetes: one ConfigMap, per-pod env)', () => {
+  const env = { TXMESH_SERVICE: 'from-env', TXMESH_STORE_DIR: '/env/store', TXMESH_ADVERTISE: '10.1.2.3:15010' }
+
+  it('takes each setting from its flag over its variable, and ignores an empty variable', () => {
+    expect(overridesFrom({}, env)).toEqual({
+      service: { value: 'from-env', from: 'TXMESH_SERVICE' },
+      storeDir: { value: '/env/store', from: 'TXMESH_STORE_DIR' },
+      advertise: { value: '10.1.2.3:15010', from: 'TXMESH_ADVERTISE' },
+    })
+    expect(overridesFrom({ service: 'from-flag', storeDir: '/flag/store', advertise: '10.9.9.9:1' }, env)).toEqual({
+      service: { value: 'from-flag', from: '--service' },
+      storeDir: { value: '/flag/store', from: '--store-dir' },
+      advertise: { value: '10.9.9.9:1', from: '--advertise' },
+    })
+    expect(overridesFrom({}, { TXMESH_SERVICE: '', TXMESH_STORE_DIR: '' })).toEqual({})
+  })
+
+  it('lets a file without service run when the flag or variable names it, and that name wins over the file', () => {
+    const cfg = parseConfig('log: {level: silent}\n', 'p.yaml', overridesFrom({}, env))
+    expect(cfg.service).toBe('from-env')
+    expect(parseConfig('service: in-file\n', 'p.yaml', overridesFrom({}, env)).service).toBe('from-env')
+    expect(parseConfig('service: in-file\n', 'p.yaml', overridesFrom({ service: 'flag' }, env)).service).toBe('flag')
+    expect(parseConfig('service: in-file\n', 'p.yaml').service).toBe('in-file')
+  })
+
+  it('checks a service name from outside the file with the same rule as the file, naming where it came from', () => {
+    expect(problems('log: {level: silent}\n', overridesFrom({}, { TXMESH_SERVICE: 'Orders_1' }))).toEqual([
+      `p.yaml:0:0: TXMESH_SERVICE: "Orders_1" is not a service name (lowercase letters, digits, '-' and '.', at most 63, starting and ending with a letter or digit)`,
+    ])
+    expect(problems('service: ok\n', overridesFrom({ service: 'x'.repeat(64) }, {}))[0]).toMatch(/^p\.yaml:0:0: --service: "x{64}" is not a service name/)
+    expect(problemsOrEmpty('service: ok\n', { service: 'a-b.c' })).toEqual([])
+  })
+
+  it('keeps app.port 8080 by default and takes it from --app-port when the file has no app', () => {
+    const cfg = parseConfig('service: a\n', 'p.yaml')
+    expect(cfg.app).toEqual({ host: '127.0.0.1', port: 8080 })
+    expect(withOverrides(cfg, { app: 3000 }).app).toEqual({ host: '127.0.0.1', port: 3000 })
+  })
+
+  it('takes the store dir from --store-dir over TXMESH_STORE_DIR over store.dir over the default', () => {
+    const yaml = 'service: a\nstore: {dir: /file/store}\n'
+    expect(parseConfig('service: a\n', 'p.yaml').storeDir).toBe('txmesh-data/a')
+    expect(parseConfig(yaml, 'p.yaml').storeDir).toBe('/file/store')
+    expect(parseConfig(yaml, 'p.yaml', overridesFrom({}, env)).storeDir).toBe('/env/store')
+    expect(parseConfig(yaml, 'p.yaml', overridesFrom({ storeDir: '/flag/store' }, env)).storeDir).toBe('/flag/store')
+    expect(parseConfig('log: {level: silent}\n', 'p.yaml', overridesFrom({}, { TXMESH_SERVICE: 'svc' })).storeDir).toBe('txmesh-data/svc')
+    expect(problems('service: a\n', overridesFrom({ storeDir: '' }, {}))).toEqual(['p.yaml:0:0: --store-dir: the store directory must not be empty'])
+  })
+
+  it('takes the advertised control address from --advertise or TXMESH_ADVERTISE over mesh.advertise', () => {
+    const yaml = 'service: a\nmesh: {advertise: "file-host:15010"}\n'
+    expect(parseConfig(yaml, 'p.yaml').mesh.advertise).toBe('file-host:15010')
+    expect(parseConfig('service: a\n', 'p.yaml').mesh.advertise).toBeUndefined()
+    expect(parseConfig(yaml, 'p.yaml', overridesFrom({}, env)).mesh.advertise).toBe('10.1.2.3:15010')
+    expect(parseConfig(yaml, 'p.yaml', overridesFrom({ advertise: 'pod.ns.svc:15010' }, env)).mesh.advertise).toBe('pod.ns.svc:15010')
+    // $(POD_IP):15010 in an IPv6 cluster.
+    expect(parseConfig('service: a\n', 'p.yaml', overridesFrom({}, { TXMESH_ADVERTISE: 'fd00::5:15010' })).mesh.advertise).toBe('[fd00::5]:15010')
+    expect(parseConfig('service: a\n', 'p.yaml', overridesFrom({}, { TXMESH_ADVERTISE: '[fd00::5]:15010' })).mesh.advertise).toBe('[fd00::5]:15010')
+  })
+
+  it('refuses an advertised address that is not host:port, with a clear message', () => {
+    for (const bad of ['10.1.2.3', '10.1.2.3:', ':15010', '10.1.2.3:99999', '10.1.2.3:0', 'http://10.1.2.3:15010', 'a b:1']) {
+      expect(problems('service: a\n', overridesFrom({}, { TXMESH_ADVERTISE: bad }))).toEqual([
+        `p.yaml:0:0: TXMESH_ADVERTISE: "${bad}" is not host:port (e.g. 10.1.2.3:15010, [fd00::1]:15010)`,
+      ])
+    }
+    expect(problems('service: a\nmesh:\n  advertise: "h:70000"\n')).toEqual(['p.yaml:3:14: mesh.advertise: "h:70000" is not host:port with a port 1-65535'])
+  })
+})
+
+/** The problems of a config that may be valid (empty list when it is). */
+function problemsOrEmpty(yaml: string, flags: Parameters<typeof overridesFrom>[0]): string[] {
+  try {
+    parseConfig(yaml, 'p.yaml', overridesFrom(flags, {}))
+    return []
+  } catch (err) {
+    if (err instanceof ConfigInvalidError) return err.message.split('\n')
+    throw err
+  }
+}
+
+describe('health listener config', () => {
+  it('is disabled unless listeners.health or a health port is given', () => {
+    expect(parseConfig('service: a\n', 'p.yaml').listeners.health).toBeUndefined()
+    expect(parseConfig('service: a\nlisteners: {health: {}}\n', 'p.yaml').listeners.health).toEqual({ host: '0.0.0.0', port: 15021 })
+    expect(parseConfig('service: a\nlisteners: {health: {host: 127.0.0.1, port: 0}}\n', 'p.yaml').listeners.health).toEqual({ host: '127.0.0.1', port: 0 })
+  })
+
+  it('--health-port enables it on 0.0.0.0, or on the host the file names', () => {
+    expect(withOverrides(parseConfig('service: a\n', 'p.yaml'), { health: 15021 }).listeners.health).toEqual({ host: '0.0.0.0', port: 15021 })
+    expect(withOverrides(parseConfig('service: a\nlisteners: {health: {host: 10.0.0.1, port: 1}}\n', 'p.yaml'), { health: 0 }).listeners.health).toEqual({ host: '10.0.0.1', port: 0 })
+    expect(withOverrides(parseConfig('service: a\n', 'p.yaml'), { admin: 1 }).listeners.health).toBeUndefined()
+  })
+
+  it('names file:line:col of a bad health port', () => {
+    expect(problems('service: a\nlisteners:\n  health: {port: 70000}\n')).toEqual(['p.yaml:3:18: listeners.health.port: must be <= 65535'])
+  })
+})
+
+describe('coordinator allow-list', () => {
+  const allow = (entries: string[]): readonly string[] => parseConfig(`service: a\nmesh:\n  coordinators: ${JSON.stringify(entries)}\n`, 'p.yaml').mesh.coordinators
+
+  it('keeps exact host:port, host:* and * entries', () => {
+    const list = allow(['orders:15010', 'payments:*', '[::1]:15010'])
+    expect(coordinatorAllowed(list, 'orders:15010')).toBe(true)
+    expect(coordinatorAllowed(list, 'orders:15011')).toBe(false)
+    expect(coordinatorAllowed(list, 'payments:1')).toBe(true)
+    expect(coordinatorAllowed(list, '[::1]:15010')).toBe(true)
+    expect(coordinatorAllowed(list, 'shipping:15010')).toBe(false)
+    expect(coordinatorAllowed(allow(['*']), 'anything:1')).toBe(true)
+    // The default: loopback only.
+    const dflt = parseConfig('service: a\n', 'p.yaml').mesh.coordinators
+    expect(coordinatorAllowed(dflt, '127.0.0.1:15010')).toBe(true)
+    expect(coordinatorAllowed(dflt, '10.0.0.1:15010')).toBe(false)
+  })
+
+  it('matches an IPv4 network on one port or on every port', () => {
+    const list = allow(['10.0.0.0/8:15010', '192.168.1.0/24:*'])
+    expect(coordinatorAllowed(list, '10.244.3.7:15010')).toBe(true)
+    expect(coordinatorAllowed(list, '10.0.0.0:15010')).toBe(true)
+    expect(coordinatorAllowed(list, '10.244.3.7:15011')).toBe(false) // port mismatch
+    expect(coordinatorAllowed(list, '11.0.0.1:15010')).toBe(false) // outside
+    expect(coordinatorAllowed(list, '192.168.1.200:1')).toBe(true)
+    expect(coordinatorAllowed(list, '192.168.2.1:1')).toBe(false)
+    expect(coordinatorAllowed(list, 'orders.default.svc:15010')).toBe(false) // a name is never in a network
+    expect(coordinatorAllowed(allow(['0.0.0.0/0:15010']), '203.0.113.9:15010')).toBe(true)
+    expect(coordinatorAllowed(allow(['10.1.2.3/32:15010']), '10.1.2.4:15010')).toBe(false)
+  })
+
+  it('matches an IPv6 network written in brackets', () => {
+    const list = allow(['[fd00::/8]:*', '[2001:db8::/32]:15010'])
+    expect(coordinatorAllowed(list, '[fd00::5]:15010')).toBe(true)
+    expect(coordinatorAllowed(list, '[fdff:1:2::9]:1')).toBe(true)
+    expect(coordinatorAllowed(list, '[fe80::1]:15010')).toBe(false)
+    expect(coordinatorAllowed(list, '[2001:db8:1::1]:15010')).toBe(true)
+    expect(coordinatorAllowed(list, '[2001:db8:1::1]:15011')).toBe(false)
+    expect(coordinatorAllowed(list, '[2001:db9::1]:15010')).toBe(false)
+    expect(coordinatorAllowed(list, '10.0.0.1:15010')).toBe(false)
+  })
+
+  it('refuses a bad network with file:line:col', () => {
+    expect(problems('service: a\nmesh:\n  coordinators:\n    - "10.0.0.0/8:*"\n    - "10.0.0.300/8:*"\n    - "10.0.0.0/33:15010"\n    - "[fd00::/129]:*"\n    - "[10.0.0.0/8]:*"\n    - "foo/8:*"\n    - "h:99999"\n')).toEqual([
+      'p.yaml:5:7: mesh.coordinators.1: "10.0.0.300/8:*": 10.0.0.300 is not an IPv4 address',
+      'p.yaml:6:7: mesh.coordinators.2: "10.0.0.0/33:15010": prefix /33 is longer than 32 bits',
+      'p.yaml:7:7: mesh.coordinators.3: "[fd00::/129]:*": prefix /129 is longer than 128 bits',
+      'p.yaml:8:7: mesh.coordinators.4: "[10.0.0.0/8]:*": 10.0.0.0 is not an IPv6 address',
+      'p.yaml:9:7: mesh.coordinators.5: "foo/8:*": foo is not an IPv4 address',
+      'p.yaml:10:7: mesh.coordinators.6: "h:99999": port 99999 is over 65535',
+    ])
+    // An unbracketed IPv6 network does not pass the schema.
+    expect(problems('service: a\nmesh: {coordinators: ["fd00::/8:*"]}\n')[0]).toMatch(/^p\.yaml:2:23: mesh\.coordinators\.0: must match pattern/)
   })
 })

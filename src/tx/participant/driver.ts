@@ -1,7 +1,7 @@
 // Participant driver: holds the branches this sidecar runs for its app, performs the actions of
 // the pure participant machine (app hook calls, PREPARED log writes, outcome queries, timers)
 // and answers the coordinator's prepare / commit / abort.
-import { request, type Dispatcher } from 'undici'
+import { request, type Dispatcher } from '../../http-client.js'
 import { failpoint } from '../../failpoints.js'
 import { appendDurable } from '../durable.js'
 import { RecentMap } from '../recent.js'

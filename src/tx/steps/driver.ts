@@ -5,7 +5,7 @@
 // Log records, all under `s:<tx>`: {type:'step'} (force-written before the step's response
 // reaches the app), {type:'decision', outcome} (COMMIT force-written, abort lazy),
 // {type:'step-done'} (lazy). END once every step is finished.
-import { request, Agent } from 'undici'
+import { request, Agent } from '../../http-client.js'
 import { ShuttingDownError, TxLimitError, TxNotActiveError, TxUnknownError, type TxmeshError } from '../../errors.js'
 import { LIMITS } from '../../limits.js'
 import type { Logger } from '../../log.js'

@@ -1,0 +1,43 @@
+// The sidecar's HTTP client: undici's Pool and Agent and its `request`, loaded without the rest
+// of undici. undici's index also loads fetch, WebSocket, EventSource, the mock agents and cache
+// stores, which the sidecar never uses: importing it costs about 6 MB of heap and 2.5 MB of
+// resident code per process, a tenth of an idle sidecar's RSS (issue 8's footprint budget).
+//
+// The paths below are undici's own files, as undici's index.js requires them; undici has no
+// `exports` map, so they are reachable, but they are internals: the version is pinned exactly
+// in package-lock.json and test/unit/http-client.test.ts fails if an upgrade moves them. Apps
+// and tools (txmesh/pg, the CLI's tx commands) keep importing 'undici' itself.
+import { createRequire } from 'node:module'
+import type * as Undici from 'undici'
+
+const require = createRequire(import.meta.url)
+
+type DispatcherClass = { prototype: object }
+const DispatcherBase = require('undici/lib/dispatcher/dispatcher.js') as DispatcherClass
+// What undici's index does: Dispatcher.prototype gains request/stream/pipeline/upgrade/connect.
+// Idempotent, and the same functions when something in the process loads the full index too.
+Object.assign(DispatcherBase.prototype, require('undici/lib/api/index.js') as object)
+
+export const Pool = require('undici/lib/dispatcher/pool.js') as typeof Undici.Pool
+export type Pool = Undici.Pool
+export const Agent = require('undici/lib/dispatcher/agent.js') as typeof Undici.Agent
+export type Agent = Undici.Agent
+const { getGlobalDispatcher } = require('undici/lib/global.js') as { getGlobalDispatcher: () => Undici.Dispatcher }
+
+export type { Dispatcher } from 'undici'
+type RequestOptions = Omit<Undici.Dispatcher.RequestOptions, 'origin' | 'path' | 'method'> & {
+  method?: Undici.Dispatcher.HttpMethod
+  dispatcher?: Undici.Dispatcher
+}
+
+/** undici's top-level `request(url, opts)`: the URL split into origin and path, as undici does. */
+export function request(url: string | URL, opts: RequestOptions = {}): Promise<Undici.Dispatcher.ResponseData> {
+  const u = new URL(url)
+  const { dispatcher = getGlobalDispatcher(), ...rest } = opts
+  return dispatcher.request({
+    ...rest,
+    origin: u.origin,
+    path: u.search ? `${u.pathname}${u.search}` : u.pathname,
+    method: opts.method ?? (opts.body !== undefined && opts.body !== null ? 'PUT' : 'GET'),
+  })
+}
