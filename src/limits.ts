@@ -276,6 +276,35 @@ export const LIMITS = Object.freeze({
   // (timeoutSeconds), so a client slower than this is not a kubelet.
   healthHeadersTimeoutMs: 5_000,
   healthRequestTimeoutMs: 10_000,
+  // --- Event-loop monitor (src/telemetry/loop-monitor.ts, opt-in) ---
+  // Sampling period of the delay histogram: 10 ms resolves the 50 ms stall budget of the
+  // footprint check five times over; the histogram adds nothing per request.
+  loopMonitorResolutionMs: 10,
+  // --- Control plane security (src/control/replay.ts, src/tx/keys.ts, src/peer-tls.ts, admin auth) ---
+  // Random bytes of a control request's nonce: 128 bits, so two honest requests never share one
+  // (birthday bound ~2^64 requests) and an attacker cannot predict the next.
+  controlNonceBytes: 16,
+  // Nonces remembered to refuse replayed control requests: each stays until its timestamp leaves
+  // the controlClockSkewMs window (about 30 s). 100k admit a sustained ~3,300 verified control
+  // calls per second per sidecar (a 2PC participant gets two: prepare and commit) and cost at
+  // most ~10 MB (~95 bytes per entry, measured on Node 20). Past it a request gets 503
+  // TXM_CONTROL_OVERLOADED and the caller retries: a request is never accepted unchecked.
+  controlReplayCacheEntries: 100_000,
+  // Shortest mesh key (HMAC-SHA256 key) and admin token accepted: 16 bytes (128 bits) cannot be
+  // guessed or brute-forced offline; shorter strings are typos or placeholders.
+  meshKeyMinBytes: 16,
+  adminTokenMinBytes: 16,
+  // Secret and certificate files (mesh.keyFile, admin.tokenFile, tls.*File) are a few KiB at
+  // most (a PEM chain of three certificates is ~5 KiB); refuse to read a wrong, huge file.
+  secretFileBytes: 64 * 1024,
+  // How often mesh.keyFile and the tls files are checked for a change (fs.watchFile interval).
+  // One stat per file per second is free, and a rotated key or certificate is in use within a
+  // second or two of the kubelet swapping the mounted Secret (which itself takes up to a minute).
+  secretFileCheckMs: 1_000,
+  // After one of the tls files changed, wait this long for the others before reloading: a
+  // certificate and its key are written one after the other unless the Secret is swapped
+  // atomically, and loading the new certificate with the old key would fail.
+  tlsReloadSettleMs: 250,
 })
 
 export type Limits = typeof LIMITS

@@ -30,6 +30,7 @@ import type { Sink } from './events/types.js'
 import { ActiveTxPlane, DisabledTxPlane, type TxPlane } from './tx/plane.js'
 import { SidecarMetrics } from './telemetry/metrics.js'
 import { startTracing } from './telemetry/tracing.js'
+import { loopMonitorFromEnv } from './telemetry/loop-monitor.js'
 
 /** Bound ports; `health` only when the health listener is enabled. */
 export type Ports = Record<ListenerName, number> & { health?: number }
@@ -64,6 +65,7 @@ export async function startSidecar(config: SidecarConfig, log: Logger): Promise<
   let controlDeps: ControlDeps | undefined
   // Transaction events for the dashboard (GET /v1/events, /ui).
   const events = new EventHub()
+  const loop = loopMonitorFromEnv()
 
   const admin = createAdminServer({
     readiness: () => readiness,
@@ -87,6 +89,7 @@ export async function startSidecar(config: SidecarConfig, log: Logger): Promise<
       transactions: coordinator === undefined ? undefined : { active: coordinator.activeCount, ...coordinator.outcomes },
       steps: steps === undefined ? undefined : { active: steps.activeCount, stuck: steps.stuckCount, ...steps.outcomes },
       branches: participant?.branchCount,
+      eventLoop: loop?.read(),
     }),
     txUnavailable: () => (txEnabled ? undefined : new MeshKeyMissingError('transactions need a mesh key (TXMESH_MESH_KEY or mesh.keyFile)')),
     logger: log,
@@ -187,6 +190,7 @@ export async function startSidecar(config: SidecarConfig, log: Logger): Promise<
         participant?.close()
         await Promise.all([steps?.close(), outbox?.close(), closeServer(control), forwarder.close(), controlClient?.close(), appPool?.close()])
         await fileLog?.close()
+        loop?.close()
         // Every span has ended by now (responses closed, open transactions cut by close()):
         // flush them before the process exits.
         await tracing?.shutdown()
