@@ -169,6 +169,48 @@ export class LogFailedError extends TxmeshError {
   readonly status = 503
 }
 
+// Kubernetes injection (src/k8s/). The CLI prints these (exit 1); the webhook answers a review
+// it cannot inject with allowed: false and status {code: status, reason: code} rather than let
+// the pod start without its sidecar. `path` is the JSON pointer (inside the object) of what
+// is wrong, which `txmesh inject` turns into file:line:col.
+export abstract class InjectError extends TxmeshError {
+  readonly path: string | undefined
+  constructor(message: string, options?: { cause?: unknown; path?: string }) {
+    super(message, options)
+    this.path = options?.path
+  }
+}
+
+// The input is not YAML/JSON, or an object is not shaped like its kind (no containers list).
+export class ManifestInvalidError extends InjectError {
+  readonly code = 'TXM_MANIFEST_INVALID'
+  readonly status = 400
+}
+
+// A txmesh.io/* annotation has a value the injector does not accept.
+export class InjectInvalidError extends InjectError {
+  readonly code = 'TXM_INJECT_INVALID'
+  readonly status = 400
+}
+
+// No txmesh.io/app-port and the first container declares no containerPort.
+export class InjectNoAppPortError extends InjectError {
+  readonly code = 'TXM_INJECT_NO_APP_PORT'
+  readonly status = 400
+}
+
+// The pod already uses a name or port the sidecar needs (txmesh-proxy, txmesh-log, 15006...).
+export class InjectConflictError extends InjectError {
+  readonly code = 'TXM_INJECT_CONFLICT'
+  readonly status = 409
+}
+
+// A request to the webhook that is not an AdmissionReview v1 with a request.uid and object.
+export class AdmissionInvalidError extends TxmeshError {
+  readonly code = 'TXM_ADMISSION_INVALID'
+  readonly status = 400
+}
+
 // Config errors never reach HTTP; they carry file:line:col positions for the CLI.
 export interface ConfigProblem {
   readonly file: string
@@ -223,6 +265,11 @@ export const ERROR_CLASSES = [
   LogCorruptError,
   LogOverloadedError,
   LogFailedError,
+  ManifestInvalidError,
+  InjectInvalidError,
+  InjectNoAppPortError,
+  InjectConflictError,
+  AdmissionInvalidError,
 ] as const
 
 export function allErrorCodes(): { code: string; status: number; name: string }[] {

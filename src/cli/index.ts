@@ -2,20 +2,24 @@
 // The `txmesh` command: dispatches to subcommands. Process wiring only.
 import { readFileSync } from 'node:fs'
 import { ConfigInvalidError, allErrorCodes } from '../errors.js'
-import { sidecarCommand } from './sidecar.js'
 import { USAGE, UsageError } from './usage.js'
-import { validateCommand } from './validate.js'
-import { txCommand } from './tx.js'
 
 async function main(argv: string[]): Promise<number> {
   const [cmd, ...rest] = argv
   switch (cmd) {
+    // Each command is loaded on demand: a sidecar process loads no CLI client code (footprint).
     case 'sidecar':
-      return sidecarCommand(rest)
+      return (await import('./sidecar.js')).sidecarCommand(rest)
     case 'validate':
-      return validateCommand(rest)
+      return (await import('./validate.js')).validateCommand(rest)
     case 'tx':
-      return txCommand(rest)
+      return (await import('./tx.js')).txCommand(rest)
+    case 'demo-app':
+      return (await import('./demo-app.js')).demoAppCommand(rest)
+    case 'inject':
+      return (await import('./inject.js')).injectCommand(rest)
+    case 'webhook':
+      return (await import('./webhook.js')).webhookCommand(rest)
     case 'errors':
       for (const e of allErrorCodes()) process.stdout.write(`${e.code}\t${e.status}\n`)
       return 0

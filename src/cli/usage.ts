@@ -12,6 +12,14 @@ commands:
                           decide an in-doubt branch by hand (audited in the log)
   tx retry ID             saga/tcc: try the stuck steps of a transaction again
                           (tx flags: --admin URL, default http://127.0.0.1:15000; --json)
+  demo-app --service orders|payments|inventory [--port 8080]
+                          the shop demo's app (deploy/examples/shop), on DATABASE_URL
+  inject [-f FILE|-] [--image IMAGE]
+                          add the sidecar to pod templates annotated txmesh.io/inject: "true"
+                          (Pod, Deployment, StatefulSet, DaemonSet, ReplicaSet, Job, CronJob,
+                          List); writes the manifests to stdout, other objects unchanged
+  webhook --cert FILE --key FILE [--port 8443] [--host ADDR] [--image IMAGE]
+                          serve the mutating admission webhook (HTTPS, POST /inject, /healthz)
   errors                  list the error codes the sidecar answers with
   version                 print the version
 `
