@@ -48,6 +48,12 @@ export const PROXY_CONTAINER = 'txmesh-proxy'
 export const INIT_CONTAINER = 'txmesh-init'
 export const LOG_VOLUME = 'txmesh-log'
 export const CONFIG_VOLUME = 'txmesh-config'
+/**
+ * Optional ConfigMap of extra environment for every sidecar of a namespace (OTEL_* for traces,
+ * TXMESH_LOG_LEVEL): the webhook cannot know them, and a pod needs no annotation for them. The
+ * sidecar's own variables (env) take precedence over it.
+ */
+export const ENV_CONFIGMAP = 'txmesh-env'
 
 export const PORTS = Object.freeze({ admin: 15000, egress: 15001, ingress: 15006, control: 15010, health: 15021 })
 export const PORT_NAMES = Object.freeze({ ingress: 'txmesh-ingress', control: 'txmesh-control', health: 'txmesh-health' })

@@ -7,6 +7,7 @@ import {
   ANNOTATIONS,
   CONFIG_DIR,
   CONFIG_FILE,
+  ENV_CONFIGMAP,
   CONFIG_KEY,
   CONFIG_VOLUME,
   DEFAULTS,
@@ -495,6 +496,7 @@ export function proxyContainer(s: ProxySettings): Container {
     args: ['sidecar', '--config', CONFIG_FILE, '--app-port', String(s.appPort), '--health-port', String(PORTS.health)],
     ...(s.native ? { restartPolicy: 'Always' as const } : {}),
     env,
+    envFrom: [{ configMapRef: { name: ENV_CONFIGMAP, optional: true } }],
     ports: [
       { name: PORT_NAMES.ingress, containerPort: PORTS.ingress, protocol: 'TCP' },
       { name: PORT_NAMES.control, containerPort: PORTS.control, protocol: 'TCP' },

@@ -9,6 +9,8 @@ export type EnvVar = {
   valueFrom?: { fieldRef?: { fieldPath: string }; secretKeyRef?: { name: string; key: string } }
 }
 
+export type EnvFromSource = { configMapRef: { name: string; optional: boolean } }
+
 export type ContainerPort = { name: string; containerPort: number; protocol: 'TCP' }
 
 export type Probe = {
@@ -41,6 +43,7 @@ export type Container = {
   args?: string[]
   restartPolicy?: 'Always'
   env?: EnvVar[]
+  envFrom?: EnvFromSource[]
   ports?: ContainerPort[]
   startupProbe?: Probe
   readinessProbe?: Probe
