@@ -141,6 +141,26 @@ export class ControlAuthError extends TxmeshError {
   readonly status = 401
 }
 
+// A control request whose nonce was already used within the clock-skew window: a captured
+// request sent again (src/control/replay.ts). Honest callers sign every call with a new nonce.
+export class ControlReplayError extends TxmeshError {
+  readonly code = 'TXM_CONTROL_REPLAY'
+  readonly status = 401
+}
+
+// The replay cache holds LIMITS.controlReplayCacheEntries unexpired nonces: the request cannot
+// be checked, so it is refused rather than accepted unchecked; the caller retries.
+export class ControlOverloadedError extends TxmeshError {
+  readonly code = 'TXM_CONTROL_OVERLOADED'
+  readonly status = 503
+}
+
+// An admin request without the configured bearer token (admin.tokenEnv / admin.tokenFile).
+export class AdminUnauthorizedError extends TxmeshError {
+  readonly code = 'TXM_ADMIN_UNAUTHORIZED'
+  readonly status = 401
+}
+
 // Durable log (src/log/). Replay refuses to guess past damage it cannot explain by a crash: a bad
 // record in a segment that is not the last one, or a format this build does not know.
 export class LogCorruptError extends TxmeshError {
@@ -262,6 +282,9 @@ export const ERROR_CLASSES = [
   TxLimitError,
   NoSidecarError,
   ControlAuthError,
+  ControlReplayError,
+  ControlOverloadedError,
+  AdminUnauthorizedError,
   LogCorruptError,
   LogOverloadedError,
   LogFailedError,

@@ -23,6 +23,10 @@ export type Pool = Undici.Pool
 export const Agent = require('undici/lib/dispatcher/agent.js') as typeof Undici.Agent
 export type Agent = Undici.Agent
 const { getGlobalDispatcher } = require('undici/lib/global.js') as { getGlobalDispatcher: () => Undici.Dispatcher }
+// The connector undici's pools build from their `connect` options (already loaded by pool.js):
+// peer TLS (src/peer-tls.ts) builds its own so each new connection uses the current certificate.
+export const buildConnector = require('undici/lib/core/connect.js') as typeof Undici.buildConnector
+export type Connector = Undici.buildConnector.connector
 
 export type { Dispatcher } from 'undici'
 type RequestOptions = Omit<Undici.Dispatcher.RequestOptions, 'origin' | 'path' | 'method'> & {

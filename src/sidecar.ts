@@ -9,7 +9,7 @@ import { createHealthServer } from './admin/health.js'
 import { createAdminServer, type Readiness } from './admin/server.js'
 import type { ListenerName, SidecarConfig } from './config/types.js'
 import { createControlServer, type ControlDeps } from './control/server.js'
-import { MeshKeyMissingError } from './errors.js'
+import { ConfigInvalidError, MeshKeyMissingError } from './errors.js'
 import type { Logger } from './log.js'
 import { FileLog } from './log/file-log.js'
 import { closeServer, listen } from './net.js'
@@ -20,6 +20,9 @@ import { Forwarder } from './proxy/forward.js'
 import { ingressResolver } from './proxy/ingress/target.js'
 import { ProxyServer } from './proxy/server.js'
 import { ControlClient } from './tx/control-client.js'
+import { KeyRing, watchKeyFile } from './tx/keys.js'
+import { PeerTls } from './peer-tls.js'
+import { readTlsMaterial } from './secrets.js'
 import { CoordinatorDriver } from './tx/coordinator/driver.js'
 import { ParticipantDriver } from './tx/participant/driver.js'
 import { StepCoordinator } from './tx/steps/driver.js'
@@ -56,8 +59,11 @@ export async function startSidecar(config: SidecarConfig, log: Logger): Promise<
   let readiness: Readiness = 'starting'
   const ports: Ports = { egress: 0, ingress: 0, control: 0, admin: 0 }
   const L = config.listeners
-  const keys = config.mesh.keys
-  const txEnabled = keys.length > 0
+  // The live mesh keys: mesh.keyFile is re-read when it changes (rotation without a restart).
+  const keys = config.mesh.keys.length > 0 ? new KeyRing(config.mesh.keys) : undefined
+  const txEnabled = keys !== undefined
+  const peerTls = config.tls === undefined ? undefined : startPeerTls(config, log)
+  const stopKeyWatch = keys !== undefined && config.mesh.keyFile !== undefined ? watchKeyFile(keys, config.mesh.keyFile, log) : undefined
   let coordinator: CoordinatorDriver | undefined
   let participant: ParticipantDriver | undefined
   let steps: StepCoordinator | undefined
@@ -93,15 +99,16 @@ export async function startSidecar(config: SidecarConfig, log: Logger): Promise<
     }),
     txUnavailable: () => (txEnabled ? undefined : new MeshKeyMissingError('transactions need a mesh key (TXMESH_MESH_KEY or mesh.keyFile)')),
     logger: log,
+    token: config.admin.token,
   })
   const health = L.health === undefined ? undefined : createHealthServer(() => readiness)
-  const control = createControlServer(() => controlDeps)
+  const control = createControlServer(() => controlDeps, peerTls)
   const metrics = new SidecarMetrics({
     inFlight: () => coordinator?.activeCount ?? 0,
     inDoubt: () => participant?.inDoubtCount ?? 0,
     stuck: () => steps?.stuckCount ?? 0,
   })
-  const forwarder = new Forwarder(log, metrics)
+  const forwarder = new Forwarder(log, metrics, peerTls)
   // Undefined unless OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT is set: then nothing is traced.
   const tracing = await startTracing(config.service, log)
   const bound: Server[] = []
@@ -121,10 +128,10 @@ export async function startSidecar(config: SidecarConfig, log: Logger): Promise<
     const self = advertised(config, ports.control)
 
     let plane: TxPlane | undefined
-    if (txEnabled) {
+    if (keys !== undefined) {
       const opened = await FileLog.open(resolvePath(config.storeDir), { logger: log, onSync: (n, sec) => metrics.logSync(n, sec) })
       fileLog = opened.log
-      controlClient = new ControlClient(keys[0] as Buffer)
+      controlClient = new ControlClient(keys, Date.now, peerTls)
       outbox = createOutbox(config, fileLog, log)
       const bus = outbox
       // Every transaction event feeds the dashboard (SSE) and, when sinks are configured, the outbox.
@@ -135,7 +142,7 @@ export async function startSidecar(config: SidecarConfig, log: Logger): Promise<
       const publish = (id: string, messages: readonly TxMessage[]): Promise<void> => bus.publish(id, messages)
       const appOrigin = config.app.host.includes(':') ? `http://[${config.app.host}]:${config.app.port}` : `http://${config.app.host}:${config.app.port}`
       appPool = new Pool(appOrigin, { connections: LIMITS.poolConnectionsPerOrigin, keepAliveTimeout: LIMITS.upstreamKeepAliveMs, connect: { timeout: LIMITS.connectTimeoutMs } })
-      coordinator = new CoordinatorDriver({ log: fileLog, control: controlClient, self, key: keys[0] as Buffer, logger: log, metrics, tracing, onEvent, publish })
+      coordinator = new CoordinatorDriver({ log: fileLog, control: controlClient, self, keys, logger: log, metrics, tracing, onEvent, publish })
       participant = new ParticipantDriver({
         log: fileLog,
         control: controlClient,
@@ -149,7 +156,7 @@ export async function startSidecar(config: SidecarConfig, log: Logger): Promise<
         coordinators: config.mesh.coordinators,
         onEvent,
       })
-      steps = new StepCoordinator({ log: fileLog, control: controlClient, self, key: keys[0] as Buffer, logger: log, metrics, onEvent, publish, policy: config.steps })
+      steps = new StepCoordinator({ log: fileLog, control: controlClient, self, keys, logger: log, metrics, onEvent, publish, policy: config.steps, tls: peerTls })
       plane = new ActiveTxPlane({ keys, coordinators: config.mesh.coordinators, coordinator, participant, steps, control: controlClient })
       controlDeps = { keys, coordinator, participant, steps, logger: log }
       // The outbox first: events the drivers emit while recovering continue each transaction's
@@ -171,9 +178,10 @@ export async function startSidecar(config: SidecarConfig, log: Logger): Promise<
       log,
       tx: plane,
       tracing,
+      peerTls,
       resolve: egressResolver(config, () => ({ host: L.egress.host, port: ports.egress })),
     })
-    const ingress = new ProxyServer({ direction: 'ingress', config, forwarder, log, tx: plane, tracing, resolve: ingressResolver(config) })
+    const ingress = new ProxyServer({ direction: 'ingress', config, forwarder, log, tx: plane, tracing, peerTls, resolve: ingressResolver(config) })
     ports.egress = await egress.listen(L.egress.host, L.egress.port)
     bound.push(egress.server)
     ports.ingress = await ingress.listen(L.ingress.host, L.ingress.port)
@@ -191,6 +199,8 @@ export async function startSidecar(config: SidecarConfig, log: Logger): Promise<
         await Promise.all([steps?.close(), outbox?.close(), closeServer(control), forwarder.close(), controlClient?.close(), appPool?.close()])
         await fileLog?.close()
         loop?.close()
+        stopKeyWatch?.()
+        peerTls?.close()
         // Every span has ended by now (responses closed, open transactions cut by close()):
         // flush them before the process exits.
         await tracing?.shutdown()
@@ -201,11 +211,23 @@ export async function startSidecar(config: SidecarConfig, log: Logger): Promise<
     return { config, ports, controlAddress: self, readiness: () => readiness, drain }
   } catch (err) {
     await Promise.allSettled(bound.map(closeServer))
+    stopKeyWatch?.()
+    peerTls?.close()
     await fileLog?.close()
     await appPool?.close()
     await tracing?.shutdown()
     throw err
   }
+}
+
+/** Peer TLS from the config's files (checked at load; read again here), watched for changes. */
+function startPeerTls(config: SidecarConfig, log: Logger): PeerTls {
+  const settings = config.tls as NonNullable<SidecarConfig['tls']>
+  const material = readTlsMaterial(settings)
+  if (typeof material === 'string') throw new ConfigInvalidError([{ file: config.source, line: 0, col: 0, message: `tls: ${material}` }])
+  const tls = new PeerTls(settings, material, log)
+  tls.watch()
+  return tls
 }
 
 /** The event bus of the config: NATS (events and messages) and webhooks (events). */

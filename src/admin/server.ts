@@ -1,5 +1,9 @@
 // Admin listener (loopback by default): health and readiness for the kubelet, and the
-// transaction API for the local app and operators.
+// transaction API for the local app and operators. With a token configured (admin.tokenEnv /
+// admin.tokenFile; required off loopback) every request but GET /healthz and /readyz needs
+// `Authorization: Bearer <token>`; /ui and /v1/events also take `?access_token=` (a page
+// navigation and EventSource cannot set headers). Tokens are compared in constant time and never
+// logged or echoed.
 //
 //   POST /v1/transactions                 {"mode":"2pc"|"saga"|"tcc","timeoutMs":N} -> 201 {id, context, ...}
 //   POST /v1/transactions/{id}/commit     -> outcome once the decision is durable
@@ -18,11 +22,12 @@
 //   GET  /v1/routes/probability           {route: P(commit)} from the metrics
 //   GET  /ui                              the dashboard (one inline HTML page)
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
-import { BadRequestError, MethodNotAllowedError, NotFoundError, TxLimitError, TxUnknownError, TxmeshError } from '../errors.js'
+import { AdminUnauthorizedError, BadRequestError, MethodNotAllowedError, NotFoundError, TxLimitError, TxUnknownError, TxmeshError } from '../errors.js'
 import { parseJsonObject, readText, sendJson } from '../http-json.js'
 import { LIMITS } from '../limits.js'
 import type { Logger } from '../log.js'
 import { respondError } from '../proxy/respond.js'
+import { sameSecret } from '../secrets.js'
 import type { CoordinatorDriver } from '../tx/coordinator/driver.js'
 import type { ParticipantDriver } from '../tx/participant/driver.js'
 import type { StepCoordinator } from '../tx/steps/driver.js'
@@ -53,6 +58,8 @@ export interface AdminDeps {
   readonly traceUrl?: string | undefined
   /** Transaction events for GET /v1/events (the dashboard). */
   readonly events?: EventHub | undefined
+  /** Bearer token every request but the probes must carry (config admin); undefined: none. */
+  readonly token?: Buffer | undefined
 }
 
 /**
@@ -89,6 +96,14 @@ export function createAdminServer(d: AdminDeps): Server {
     const path = (req.url ?? '/').split('?')[0] as string
     const method = req.method ?? 'GET'
     if (answerProbe(res, path, d.readiness)) return
+    if (d.token !== undefined) {
+      const refusal = checkToken(req, path, d.token)
+      if (refusal !== undefined) {
+        // The body is not read: close after the answer so it is not parsed as a request.
+        req.resume()
+        return respondError(res, new AdminUnauthorizedError(refusal), true)
+      }
+    }
     if (path === '/metrics' && d.metrics !== undefined) {
       const m = d.metrics()
       const text = await m.text()
@@ -105,6 +120,8 @@ export function createAdminServer(d: AdminDeps): Server {
         // Inline script and style only; the page talks to this origin alone.
         'content-security-policy': "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
         'x-content-type-options': 'nosniff',
+        // The page's URL may carry ?access_token=: never send it on in a Referer (trace links).
+        'referrer-policy': 'no-referrer',
       })
       return void res.end(method === 'HEAD' ? undefined : DASHBOARD_HTML)
     }
@@ -201,6 +218,25 @@ export function createAdminServer(d: AdminDeps): Server {
     return respondError(res, new NotFoundError(`no admin endpoint ${method} ${path}`))
   }
   return server
+}
+
+/** Paths a browser reaches without setting headers: the page itself and its EventSource. */
+const QUERY_TOKEN_PATHS = new Set(['/ui', '/ui/', '/v1/events'])
+
+/** Why the request is refused, or undefined when it carries the token. Never quotes what was sent. */
+function checkToken(req: IncomingMessage, path: string, token: Buffer): string | undefined {
+  const header = req.headers.authorization
+  let given: string | undefined
+  if (typeof header === 'string') {
+    const m = /^Bearer[ \t]+([^\s]+)[ \t]*$/i.exec(header)
+    if (m === null) return 'the Authorization header is not "Bearer <token>"'
+    given = m[1] as string
+  } else if (QUERY_TOKEN_PATHS.has(path)) {
+    const q = (req.url ?? '').indexOf('?')
+    given = q < 0 ? undefined : (new URLSearchParams((req.url ?? '').slice(q + 1)).get('access_token') ?? undefined)
+  }
+  if (given === undefined) return `the admin API needs Authorization: Bearer <token>${QUERY_TOKEN_PATHS.has(path) ? ' (or ?access_token=)' : ''}`
+  return sameSecret(given, token) ? undefined : 'the admin token does not match'
 }
 
 const TOPIC = /^[A-Za-z0-9_-]{1,64}(\.[A-Za-z0-9_-]{1,64}){0,15}$/

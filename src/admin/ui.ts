@@ -1,7 +1,9 @@
 // The dashboard served at GET /ui on the admin port: one plain HTML page with inline CSS and JS
 // (no build step, no CDN; tsc carries it to dist/ as a string). It loads the current state over
 // the admin API (/v1/transactions, /v1/branches, /v1/routes/probability) and then follows
-// /v1/events (server-sent events). Everything it shows is written with textContent.
+// /v1/events (server-sent events). Everything it shows is written with textContent. With an admin
+// token the page is opened as /ui?access_token=TOKEN: it sends the token as a Bearer header on
+// its API calls and as ?access_token= on the EventSource URL (EventSource cannot set headers).
 export const DASHBOARD_HTML = `<!doctype html>
 <html lang="en">
 <head>
@@ -103,6 +105,11 @@ export const DASHBOARD_HTML = `<!doctype html>
   var MAX_TX = 200;
   var $ = function (id) { return document.getElementById(id); };
   $("origin").textContent = location.host;
+  var token = new URLSearchParams(location.search).get("access_token") || "";
+  function authed(headers) {
+    if (token) headers.authorization = "Bearer " + token;
+    return headers;
+  }
 
   function announce(text) { $("status").textContent = text; }
   function el(tag, text, cls) {
@@ -206,7 +213,7 @@ export const DASHBOARD_HTML = `<!doctype html>
   }
 
   function getJson(path) {
-    return fetch(path, { headers: { accept: "application/json" } }).then(function (r) {
+    return fetch(path, { headers: authed({ accept: "application/json" }) }).then(function (r) {
       return r.json().then(function (body) { return { ok: r.ok, status: r.status, body: body }; });
     });
   }
@@ -283,7 +290,7 @@ export const DASHBOARD_HTML = `<!doctype html>
 
   function retry(id, btn) {
     btn.disabled = true;
-    fetch("/v1/transactions/" + encodeURIComponent(id) + "/retry", { method: "POST" }).then(function (r) {
+    fetch("/v1/transactions/" + encodeURIComponent(id) + "/retry", { method: "POST", headers: authed({}) }).then(function (r) {
       return r.json().then(function (body) {
         announce(r.ok
           ? "Retrying " + body.retried + " stuck step(s) of transaction " + id
@@ -301,7 +308,7 @@ export const DASHBOARD_HTML = `<!doctype html>
     btn.disabled = true;
     fetch("/v1/branches/" + encodeURIComponent(b.tx) + "/resolve", {
       method: "POST",
-      headers: { "content-type": "application/json" },
+      headers: authed({ "content-type": "application/json" }),
       body: JSON.stringify({ outcome: outcome, by: "dashboard" })
     }).then(function (r) {
       return r.json().then(function (body) {
@@ -353,7 +360,7 @@ export const DASHBOARD_HTML = `<!doctype html>
   };
 
   function connect() {
-    var es = new EventSource("/v1/events");
+    var es = new EventSource("/v1/events" + (token ? "?access_token=" + encodeURIComponent(token) : ""));
     var loaded = false;
     es.onopen = function () {
       $("live").textContent = "connected"; $("live").dataset.state = "open";

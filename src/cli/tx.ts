@@ -1,5 +1,8 @@
 // `txmesh tx list | show ID | resolve ID --commit|--abort | retry ID` against a sidecar's admin port.
-// Tables for people, --json for scripts. Exit 0 on success, 1 when the sidecar refused.
+// Tables for people, --json for scripts. Exit 0 on success, 1 when the sidecar refused. The admin
+// token, when the sidecar has one: --token-file FILE, --token TOKEN or TXMESH_ADMIN_TOKEN (a
+// file keeps it out of the process list and shell history).
+import { readFileSync } from 'node:fs'
 import { parseArgs } from 'node:util'
 import { request } from 'undici'
 import { LIMITS } from '../limits.js'
@@ -10,10 +13,10 @@ interface Answer {
   body: Record<string, unknown>
 }
 
-async function call(base: string, method: 'GET' | 'POST', path: string, body?: unknown): Promise<Answer> {
+async function callAdmin(base: string, method: 'GET' | 'POST', path: string, body?: unknown, token?: string): Promise<Answer> {
   const res = await request(`${base}${path}`, {
     method,
-    headers: { 'content-type': 'application/json' },
+    headers: { 'content-type': 'application/json', ...(token === undefined ? {} : { authorization: `Bearer ${token}` }) },
     ...(body === undefined ? {} : { body: JSON.stringify(body) }),
     headersTimeout: LIMITS.cliRequestTimeoutMs,
     bodyTimeout: LIMITS.cliRequestTimeoutMs,
@@ -58,6 +61,22 @@ type Tx = {
 }
 type Br = { tx: string; branch: string; status: string; coordinator: string; ageMs: number; inDoubt: boolean }
 
+/** --token-file > --token > TXMESH_ADMIN_TOKEN; an empty value counts as unset. */
+function adminToken(flag: string | undefined, file: string | undefined): string | undefined {
+  if (file !== undefined) {
+    let text: string
+    try {
+      text = readFileSync(file, 'utf8').trim()
+    } catch (err) {
+      throw new UsageError(`--token-file ${file}: cannot read: ${(err as NodeJS.ErrnoException).code ?? 'error'}`)
+    }
+    if (text === '') throw new UsageError(`--token-file ${file} is empty`)
+    return text
+  }
+  const v = flag ?? process.env.TXMESH_ADMIN_TOKEN
+  return v === undefined || v === '' ? undefined : v
+}
+
 export async function txCommand(argv: string[]): Promise<number> {
   const { values, positionals } = parseArgs({
     args: argv,
@@ -68,11 +87,15 @@ export async function txCommand(argv: string[]): Promise<number> {
       commit: { type: 'boolean', default: false },
       abort: { type: 'boolean', default: false },
       by: { type: 'string' },
+      token: { type: 'string' },
+      'token-file': { type: 'string' },
     },
     strict: true,
   })
   const base = (values.admin ?? process.env.TXMESH_ADMIN ?? 'http://127.0.0.1:15000').replace(/\/$/, '')
   const [sub, id] = positionals
+  const token = adminToken(values.token, values['token-file'])
+  const call = (b: string, method: 'GET' | 'POST', path: string, body?: unknown): Promise<Answer> => callAdmin(b, method, path, body, token)
   const out = (s: string): boolean => process.stdout.write(s)
   switch (sub) {
     case 'list': {

@@ -11,7 +11,9 @@ commands:
   tx resolve ID --commit|--abort
                           decide an in-doubt branch by hand (audited in the log)
   tx retry ID             saga/tcc: try the stuck steps of a transaction again
-                          (tx flags: --admin URL, default http://127.0.0.1:15000; --json)
+                          (tx flags: --admin URL, default http://127.0.0.1:15000; --json;
+                          --token-file FILE or --token TOKEN or TXMESH_ADMIN_TOKEN when the
+                          sidecar's admin API has a token)
   demo-app --service orders|payments|inventory [--port 8080]
                           the shop demo's app (deploy/examples/shop), on DATABASE_URL
   inject [-f FILE|-] [--image IMAGE]

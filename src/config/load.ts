@@ -2,12 +2,15 @@
 // with positions and every JSON Schema error is mapped back to the node it is about.
 import { readFileSync, statSync } from 'node:fs'
 import { isIPv6 } from 'node:net'
-import { Ajv, type ErrorObject, type ValidateFunction } from 'ajv'
+import type { ErrorObject } from 'ajv'
 import { LineCounter, parseDocument, isMap, isNode, isPair, isScalar, type Document } from 'yaml'
 import { ConfigInvalidError, type ConfigProblem } from '../errors.js'
 import { LIMITS } from '../limits.js'
+import { readSecretFile, readTlsMaterial } from '../secrets.js'
+import { parseMeshKeys } from '../tx/keys.js'
 import { compileCoordinators } from '../tx/protocol.js'
-import type { HostPort, RetryOn, RetryPolicy, RoutePolicy, SidecarConfig, Direction, StepRequestTemplate } from './types.js'
+import validateSchema from './schema-validator.generated.js'
+import type { HostPort, RetryOn, RetryPolicy, RoutePolicy, SidecarConfig, Direction, StepRequestTemplate, TlsSettings } from './types.js'
 
 export const SCHEMA_URL = new URL('../../config/txmesh.schema.json', import.meta.url)
 
@@ -16,16 +19,14 @@ interface Schema {
   readonly definitions: { readonly address: { readonly pattern: string } }
 }
 let schemaJson: Schema | undefined
-let validator: ValidateFunction | undefined
+/** ajv's validate function: errors of the last call on the function itself. */
+type Validator = ((data: unknown) => boolean) & { errors?: ErrorObject[] | null }
 function schema(): Schema {
   return (schemaJson ??= JSON.parse(readFileSync(SCHEMA_URL, 'utf8')) as Schema)
 }
-function schemaValidator(): ValidateFunction {
-  if (validator === undefined) {
-    const ajv = new Ajv({ allErrors: true, strict: true })
-    validator = ajv.compile(schema())
-  }
-  return validator
+/** The schema compiled ahead of time (scripts/gen-schema-validator.ts): no ajv compile at start. */
+function schemaValidator(): Validator {
+  return validateSchema as Validator
 }
 
 /** A setting given outside the file, and where it came from (for error messages). */
@@ -189,12 +190,14 @@ interface RawConfig {
   service?: string
   app?: RawListener
   listeners?: { egress?: RawListener; ingress?: RawListener; control?: RawListener; admin?: RawListener; health?: RawListener }
-  services?: Record<string, { address: string }>
+  services?: Record<string, { address: string; tls?: boolean }>
   defaults?: RawPolicy
   routes?: RawRoute[]
   drainTimeoutMs?: number
   log?: { level?: SidecarConfig['logLevel'] }
   mesh?: { keyEnv?: string; keyFile?: string; coordinators?: string[]; advertise?: string }
+  admin?: { tokenEnv?: string; tokenFile?: string }
+  tls?: { certFile: string; keyFile: string; caFile: string; requireClientCert?: boolean }
   store?: { dir?: string }
   hooks?: { prepare?: string; commit?: string; abort?: string; confirm?: string; cancel?: string }
   steps?: { attempts?: number; backoffBaseMs?: number; backoffCapMs?: number }
@@ -310,7 +313,9 @@ function build(raw: RawConfig, file: string, doc: Document, at: (o: number) => {
   for (const p of compileCoordinators(coordinators)) {
     problems.push({ file, ...position(['mesh', 'coordinators', p.index]), message: `mesh.coordinators.${p.index}: ${p.message}` })
   }
+  const servicesWithoutTls = new Set<string>()
   for (const [name, s] of Object.entries(raw.services ?? {})) {
+    if (s.tls === false) servicesWithoutTls.add(name.toLowerCase())
     try {
       services.set(name.toLowerCase(), parseAddress(s.address))
     } catch (err) {
@@ -319,21 +324,33 @@ function build(raw: RawConfig, file: string, doc: Document, at: (o: number) => {
       problems.push({ file, ...at(offset), message: `services.${name}.address: ${(err as Error).message}` })
     }
   }
+  const l = raw.listeners ?? {}
+  const adminListener = listener(l.admin, DEFAULT_LISTENERS.admin)
   const keys: Buffer[] = []
+  let keyFile: string | undefined
   const keyEnv = raw.mesh?.keyEnv ?? 'TXMESH_MESH_KEY'
   const fromEnv = process.env[keyEnv]
-  if (fromEnv !== undefined && fromEnv !== '') keys.push(...meshKeys(fromEnv))
-  else if (raw.mesh?.keyFile !== undefined) {
-    try {
-      keys.push(...meshKeys(readFileSync(raw.mesh.keyFile, 'utf8')))
-    } catch (err) {
-      const node = doc.getIn(['mesh', 'keyFile'], true)
-      const offset = isNode(node) && node.range ? node.range[0] : 0
-      problems.push({ file, ...at(offset), message: `mesh.keyFile: cannot read: ${(err as NodeJS.ErrnoException).code ?? 'error'}` })
+  if (fromEnv !== undefined && fromEnv !== '') {
+    const k = parseMeshKeys(fromEnv)
+    // From the environment: no position; never quote the value.
+    if (typeof k === 'string') problems.push({ file, line: 0, col: 0, message: `${keyEnv}: the mesh key variable ${k}` })
+    else keys.push(...k)
+  } else if (raw.mesh?.keyFile !== undefined) {
+    const k = secretFrom(raw.mesh.keyFile, (text) => parseMeshKeys(text))
+    if (typeof k === 'string') problems.push({ file, ...position(['mesh', 'keyFile']), message: `mesh.keyFile: ${k}` })
+    else {
+      keys.push(...k)
+      keyFile = raw.mesh.keyFile
     }
   }
+  const token = adminToken(raw.admin, adminListener.host, (path, message) => problems.push({ file, ...(path === undefined ? { line: 0, col: 0 } : position(path)), message }))
+  let tls: TlsSettings | undefined
+  if (raw.tls !== undefined) {
+    tls = { certFile: raw.tls.certFile, keyFile: raw.tls.keyFile, caFile: raw.tls.caFile, requireClientCert: raw.tls.requireClientCert ?? false }
+    const m = readTlsMaterial(tls)
+    if (typeof m === 'string') problems.push({ file, ...position(['tls']), message: `tls: ${m}` })
+  }
   if (problems.length > 0 || service === undefined) throw new ConfigInvalidError(dedupe(problems))
-  const l = raw.listeners ?? {}
   return {
     source: file,
     service,
@@ -342,10 +359,11 @@ function build(raw: RawConfig, file: string, doc: Document, at: (o: number) => {
       egress: listener(l.egress, DEFAULT_LISTENERS.egress),
       ingress: listener(l.ingress, DEFAULT_LISTENERS.ingress),
       control: listener(l.control, DEFAULT_LISTENERS.control),
-      admin: listener(l.admin, DEFAULT_LISTENERS.admin),
+      admin: adminListener,
       health: l.health === undefined ? undefined : listener(l.health, DEFAULT_LISTENERS.health),
     },
     services,
+    servicesWithoutTls,
     defaultRoute,
     routes,
     drainTimeoutMs: raw.drainTimeoutMs ?? LIMITS.drainTimeoutMs,
@@ -354,7 +372,10 @@ function build(raw: RawConfig, file: string, doc: Document, at: (o: number) => {
       keys,
       coordinators,
       advertise,
+      keyFile,
     },
+    admin: { token },
+    tls,
     storeDir: o.storeDir?.value ?? raw.store?.dir ?? `txmesh-data/${service}`,
     hooks: {
       prepare: raw.hooks?.prepare ?? '/.well-known/txmesh/prepare',
@@ -379,19 +400,59 @@ function build(raw: RawConfig, file: string, doc: Document, at: (o: number) => {
   }
 }
 
+/** Reads a secret file and parses it; a string is the problem (never the content). */
+function secretFrom<T>(path: string, parse: (text: string) => T | string): T | string {
+  let text: string
+  try {
+    text = readSecretFile(path).toString('utf8')
+  } catch (err) {
+    return `cannot read: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`
+  }
+  return parse(text)
+}
+
+/** The loopback addresses: an admin listener on any other needs a token. */
+function isLoopback(host: string): boolean {
+  const h = host.toLowerCase()
+  return h === 'localhost' || h === '::1' || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(h) || /^::ffff:127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(h)
+}
+
 /**
- * Mesh keys from the env/file value: comma-separated, the first signs and every one verifies
- * (rotation). Keys shorter than 16 bytes are refused: an HMAC key must not be guessable.
+ * The admin token: admin.tokenFile, else the variable admin.tokenEnv (default
+ * TXMESH_ADMIN_TOKEN). A variable named in the file must be set; the default one is optional.
+ * A token shorter than LIMITS.adminTokenMinBytes, or an admin listener off loopback without a
+ * token, is a problem (reported with the key's position when it has one).
  */
-function meshKeys(value: string): Buffer[] {
-  return value
-    .split(',')
-    .map((k) => k.trim())
-    .filter((k) => k !== '')
-    .map((k) => {
-      if (Buffer.byteLength(k) < 16) throw new ConfigInvalidError([{ file: 'mesh key', line: 0, col: 0, message: 'mesh key must be at least 16 bytes' }])
-      return Buffer.from(k)
-    })
+function adminToken(raw: RawConfig['admin'], host: string, problem: (path: (string | number)[] | undefined, message: string) => void): Buffer | undefined {
+  const check = (text: string): Buffer | string => {
+    const t = text.trim()
+    if (t === '') return 'holds no token'
+    return Buffer.byteLength(t) < LIMITS.adminTokenMinBytes ? `the token is shorter than ${LIMITS.adminTokenMinBytes} bytes` : Buffer.from(t)
+  }
+  let token: Buffer | undefined
+  if (raw?.tokenFile !== undefined && raw.tokenEnv !== undefined) {
+    problem(['admin', 'tokenFile'], 'admin: give tokenEnv or tokenFile, not both')
+    return undefined
+  }
+  if (raw?.tokenFile !== undefined) {
+    const t = secretFrom(raw.tokenFile, check)
+    if (typeof t === 'string') return void problem(['admin', 'tokenFile'], `admin.tokenFile: ${t}`)
+    token = t
+  } else {
+    const name = raw?.tokenEnv ?? 'TXMESH_ADMIN_TOKEN'
+    const value = process.env[name]
+    if (value === undefined || value === '') {
+      if (raw?.tokenEnv !== undefined) return void problem(['admin', 'tokenEnv'], `admin.tokenEnv: the variable ${name} is not set`)
+    } else {
+      const t = check(value)
+      if (typeof t === 'string') return void problem(raw?.tokenEnv === undefined ? undefined : ['admin', 'tokenEnv'], `${name}: ${t}`)
+      token = t
+    }
+  }
+  if (token === undefined && !isLoopback(host)) {
+    problem(['listeners', 'admin', 'host'], `listeners.admin.host: ${host} is not a loopback address, so the admin API needs a token: set admin.tokenEnv (default TXMESH_ADMIN_TOKEN) or admin.tokenFile`)
+  }
+  return token
 }
 
 /**

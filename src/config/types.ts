@@ -45,6 +45,15 @@ export interface HostPort {
   readonly port: number
 }
 
+/** Config `tls`: peer traffic over TLS with certificates from files (reloaded on change). */
+export interface TlsSettings {
+  readonly certFile: string
+  readonly keyFile: string
+  readonly caFile: string
+  /** Mutual TLS: the ingress and control listeners refuse peers without a certificate from caFile. */
+  readonly requireClientCert: boolean
+}
+
 export interface SidecarConfig {
   readonly source: string
   readonly service: string
@@ -58,6 +67,8 @@ export interface SidecarConfig {
     readonly health: HostPort | undefined
   }
   readonly services: ReadonlyMap<string, HostPort>
+  /** Services of the map reached over plain HTTP even with `tls` on (`services.NAME.tls: false`). */
+  readonly servicesWithoutTls: ReadonlySet<string>
   /** The policy of requests no route matches. */
   readonly defaultRoute: RoutePolicy
   readonly routes: readonly RoutePolicy[]
@@ -69,7 +80,13 @@ export interface SidecarConfig {
     readonly coordinators: readonly string[]
     /** host:port peers use to reach this sidecar's control listener. */
     readonly advertise: string | undefined
+    /** mesh.keyFile when it is where the keys came from (the variable unset): watched for rotation. */
+    readonly keyFile: string | undefined
   }
+  /** Admin listener authentication: the bearer token (admin.tokenEnv / admin.tokenFile), if any. */
+  readonly admin: { readonly token: Buffer | undefined }
+  /** TLS between sidecars (ingress and control listeners, calls to peers); undefined: plain HTTP. */
+  readonly tls: TlsSettings | undefined
   readonly storeDir: string
   readonly hooks: { readonly prepare: string; readonly commit: string; readonly abort: string; readonly confirm: string; readonly cancel: string }
   /** Saga compensations and TCC confirm/cancel: sends before a step is stuck, and backoff. */

@@ -1,6 +1,8 @@
 // Control listener: peer sidecars reach this sidecar's coordinator and participant here
 // (DESIGN.md). Every request must carry a valid `txmesh-auth` signature (mesh key HMAC over
-// timestamp, method, path and body).
+// timestamp, nonce, method, path and body; src/tx/protocol.ts signControl) with a timestamp
+// within LIMITS.controlClockSkewMs and a nonce not seen in that window (src/control/replay.ts).
+// With `tls` configured it serves HTTPS (src/peer-tls.ts).
 //
 //   POST /v1/tx/{id}/prepare   {branch}            participant: -> {vote}
 //   POST /v1/tx/{id}/commit    {branch}            participant: -> {outcome}
@@ -14,7 +16,19 @@
 //   POST /v1/tx/{id}/cancel    {branch, method, path}  -> {done}; 503 = retry
 //   GET  /v1/tx/{id}/outcome                       coordinator: -> {outcome} (presumed abort)
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
-import { BadRequestError, ControlAuthError, MethodNotAllowedError, NotFoundError, NotReadyError, TxNotActiveError, TxmeshError } from '../errors.js'
+import { createServer as createHttpsServer } from 'node:https'
+import type { Server as TlsServer } from 'node:tls'
+import {
+  BadRequestError,
+  ControlAuthError,
+  ControlOverloadedError,
+  ControlReplayError,
+  MethodNotAllowedError,
+  NotFoundError,
+  NotReadyError,
+  TxNotActiveError,
+  TxmeshError,
+} from '../errors.js'
 import { parseJsonObject, readText, sendJson } from '../http-json.js'
 import { LIMITS } from '../limits.js'
 import type { Logger } from '../log.js'
@@ -25,10 +39,13 @@ import type { ParticipantRef } from '../tx/core.js'
 import type { ParticipantDriver } from '../tx/participant/driver.js'
 import type { StepCoordinator } from '../tx/steps/driver.js'
 import type { StepOp, StepRecord } from '../tx/steps/machine.js'
+import type { MeshKeys } from '../tx/keys.js'
+import type { PeerTls } from '../peer-tls.js'
 import { isId, verifyControl } from '../tx/protocol.js'
+import { ReplayCache } from './replay.js'
 
 export interface ControlDeps {
-  readonly keys: readonly Buffer[]
+  readonly keys: MeshKeys
   readonly coordinator: CoordinatorDriver
   readonly participant: ParticipantDriver
   readonly steps: StepCoordinator
@@ -39,8 +56,11 @@ export interface ControlDeps {
 const ROUTE = /^\/v1\/tx\/([A-Za-z0-9_-]{1,64})\/(prepare|commit-one-phase|commit|abort|register|outcome|steps|confirm|cancel)$/
 
 /** `deps()` is undefined until the transaction parts exist (start-up): requests then get 503. */
-export function createControlServer(deps: () => ControlDeps | undefined): Server {
-  const server = createServer({ maxHeaderSize: LIMITS.maxHeaderBytes, headersTimeout: LIMITS.downstreamHeadersTimeoutMs })
+export function createControlServer(deps: () => ControlDeps | undefined, tls?: PeerTls, replay: ReplayCache = new ReplayCache(Date.now())): Server {
+  const options = { maxHeaderSize: LIMITS.maxHeaderBytes, headersTimeout: LIMITS.downstreamHeadersTimeoutMs }
+  // https.Server serves the same 'request' events; typed as http.Server for listen/closeServer.
+  const server = tls === undefined ? createServer(options) : (createHttpsServer({ ...options, ...tls.serverOptions() }) as unknown as Server)
+  if (tls !== undefined) tls.serve(server as unknown as TlsServer)
   server.maxConnections = LIMITS.maxControlConnections
   server.on('request', (req: IncomingMessage, res: ServerResponse) => {
     handle(req, res).catch((err: unknown) => {
@@ -61,9 +81,14 @@ export function createControlServer(deps: () => ControlDeps | undefined): Server
     if (req.method !== wantMethod) return respondError(res, new MethodNotAllowedError(`${op} takes ${wantMethod}`))
     const text = await readText(req, LIMITS.controlBodyBytes)
     if (text instanceof TxmeshError) return respondError(res, text)
-    if (!verifyControl(d.keys, req.headers[CONTROL_AUTH_HEADER] as string | undefined, clock(), wantMethod, path, text)) {
-      return respondError(res, new ControlAuthError('control request is not signed with the mesh key (or its timestamp is stale)'))
-    }
+    const now = clock()
+    const auth = verifyControl(d.keys.verifying, req.headers[CONTROL_AUTH_HEADER] as string | undefined, now, wantMethod, path, text)
+    if (!auth.ok) return respondError(res, new ControlAuthError(AUTH_REFUSALS[auth.reason]))
+    // Only after the signature verified: filling the cache takes the mesh key.
+    const verdict = replay.check(auth.nonce, auth.ts, now)
+    if (verdict === 'replay') return respondError(res, new ControlReplayError('control request refused: its nonce was already used (a replayed request)'))
+    if (verdict === 'before-start') return respondError(res, new ControlReplayError('control request refused: it was signed before this sidecar started, so its nonce cannot be checked; sign it again'))
+    if (verdict === 'full') return respondError(res, new ControlOverloadedError(`control request refused: ${LIMITS.controlReplayCacheEntries} recent nonces are held and this one cannot be checked; retry`))
     const body = parseJsonObject(text)
     if (body instanceof TxmeshError) return respondError(res, body)
     switch (op) {
@@ -114,6 +139,13 @@ export function createControlServer(deps: () => ControlDeps | undefined): Server
     return sendJson(res, 200, { id, branch, outcome })
   }
   return server
+}
+
+const AUTH_REFUSALS: Readonly<Record<'missing' | 'malformed' | 'stale' | 'signature', string>> = {
+  missing: 'control request has no txmesh-auth header',
+  malformed: 'txmesh-auth is not <timestamp>.<nonce>.<mac>',
+  stale: `txmesh-auth timestamp is more than ${LIMITS.controlClockSkewMs} ms away from this sidecar's clock`,
+  signature: 'txmesh-auth does not verify with the mesh key',
 }
 
 function parseRefs(v: unknown): ParticipantRef[] | TxmeshError {

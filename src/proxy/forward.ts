@@ -13,6 +13,7 @@ import type { SidecarMetrics } from '../telemetry/metrics.js'
 import { RequestAbortedError, UpstreamTimeoutError, type TxmeshError } from '../errors.js'
 import { LIMITS } from '../limits.js'
 import type { Logger } from '../log.js'
+import type { PeerTls } from '../peer-tls.js'
 import { forwardResponseHeaders } from './headers.js'
 import { isConnectFailure, respondError, upstreamError } from './respond.js'
 import { RetryBudget, backoffMs, methodRetryable } from './retry.js'
@@ -70,6 +71,8 @@ export class Forwarder {
   constructor(
     readonly log: Logger,
     private readonly metrics?: SidecarMetrics,
+    /** Peer TLS: https:// origins (services reached over TLS) connect with the mesh CA. */
+    private readonly tls?: PeerTls,
   ) {}
 
   pool(origin: string): Pool {
@@ -87,7 +90,8 @@ export class Forwarder {
         pipelining: 1,
         keepAliveTimeout: LIMITS.upstreamKeepAliveMs,
         keepAliveMaxTimeout: LIMITS.upstreamKeepAliveMs,
-        connect: { timeout: LIMITS.connectTimeoutMs },
+        // The peer TLS connector opens each new connection with the certificates current then.
+        connect: this.tls !== undefined && origin.startsWith('https:') ? this.tls.connector : { timeout: LIMITS.connectTimeoutMs },
         maxHeaderSize: LIMITS.maxHeaderBytes,
       })
       this.pools.set(origin, pool)

@@ -64,6 +64,20 @@ const CONNECT_FAILURES = new Set([
   'UND_ERR_CONNECT_TIMEOUT',
 ])
 
+// OpenSSL's certificate verification codes as Node reports them on a TLS client socket.
+const TLS_FAILURES = new Set([
+  'UNABLE_TO_VERIFY_LEAF_SIGNATURE',
+  'UNABLE_TO_GET_ISSUER_CERT',
+  'UNABLE_TO_GET_ISSUER_CERT_LOCALLY',
+  'DEPTH_ZERO_SELF_SIGNED_CERT',
+  'SELF_SIGNED_CERT_IN_CHAIN',
+  'CERT_HAS_EXPIRED',
+  'CERT_NOT_YET_VALID',
+  'CERT_SIGNATURE_FAILURE',
+  'CERT_UNTRUSTED',
+  'CERT_REJECTED',
+])
+
 export function isConnectFailure(err: unknown): boolean {
   return CONNECT_FAILURES.has((err as { code?: string } | null)?.code ?? '')
 }
@@ -92,6 +106,11 @@ export function upstreamError(err: unknown, upstream: string): TxmeshError {
       return new RequestAbortedError('the client went away before the request finished', { cause: err })
   }
   if (code.startsWith('HPE_')) return new UpstreamProtocolError(`${upstream} sent an invalid response: ${msg}`, { cause: err })
+  // Peer TLS: the peer's certificate did not verify (wrong CA, name, expired) or the handshake
+  // failed: no connection the request could use was made.
+  if (TLS_FAILURES.has(code) || code.startsWith('ERR_TLS_') || code.startsWith('ERR_SSL_')) {
+    return new UpstreamUnreachableError(`TLS with ${upstream} failed: ${code}`, { cause: err })
+  }
   return new InternalError(`proxying to ${upstream} failed: ${msg}`, { cause: err })
 }
 

@@ -3,6 +3,8 @@
 // drains on shutdown. What differs between egress and ingress is only how the upstream is
 // chosen (a TargetResolver).
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
+import { createServer as createHttpsServer } from 'node:https'
+import type { Server as TlsServer } from 'node:tls'
 import { connect, type Socket } from 'node:net'
 import { Transform, pipeline, type Duplex, type Readable, type TransformCallback } from 'node:stream'
 import type { Direction, RoutePolicy, SidecarConfig } from '../config/types.js'
@@ -18,6 +20,7 @@ import {
 import { LIMITS } from '../limits.js'
 import { listen } from '../net.js'
 import type { Logger } from '../log.js'
+import type { PeerTls } from '../peer-tls.js'
 import type { Forwarder, ResponseHook } from './forward.js'
 import type { Span } from '@opentelemetry/api'
 import type { TxPlane } from '../tx/plane.js'
@@ -49,6 +52,11 @@ export interface ProxyServerOptions {
   readonly tx?: TxPlane | undefined
   /** Set only when tracing is on; undefined keeps the request path free of tracing work. */
   readonly tracing?: Tracing | undefined
+  /**
+   * Peer TLS (config `tls`): the ingress serves HTTPS with it; the egress opens its raw tunnels
+   * (Upgrade) to https:// peers with it.
+   */
+  readonly peerTls?: PeerTls | undefined
 }
 
 /** The SERVER span of one proxied request, shared with the Exchange for its CLIENT spans. */
@@ -61,6 +69,8 @@ export interface ProxyTrace {
 
 export class ProxyServer {
   readonly server: Server
+  /** What clients speak to this listener: https for an ingress with peer TLS. */
+  private readonly scheme: 'http' | 'https'
   private inflight = 0
   private draining = false
   private drained: (() => void) | undefined
@@ -69,14 +79,19 @@ export class ProxyServer {
   private readonly tunnelAuthority = new WeakMap<object, string>()
 
   constructor(private readonly o: ProxyServerOptions) {
-    this.server = createServer({
+    const options = {
       maxHeaderSize: LIMITS.maxHeaderBytes,
       keepAliveTimeout: LIMITS.downstreamKeepAliveMs,
       headersTimeout: LIMITS.downstreamHeadersTimeoutMs,
       requestTimeout: LIMITS.downstreamRequestTimeoutMs,
       // Let the proxy see the raw Host-less HTTP/1.1 requests and answer with its own code.
       requireHostHeader: false,
-    })
+    }
+    const tls = o.direction === 'ingress' ? o.peerTls : undefined
+    this.scheme = tls === undefined ? 'http' : 'https'
+    // https.Server emits the same request/upgrade/connect/clientError events as http.Server.
+    this.server = tls === undefined ? createServer(options) : (createHttpsServer({ ...options, ...tls.serverOptions() }) as unknown as Server)
+    if (tls !== undefined) tls.serve(this.server as unknown as TlsServer)
     this.server.maxConnections = LIMITS.maxConnectionsPerListener
     this.server.on('request', (req: IncomingMessage, res: ServerResponse) => this.onRequest(req, res, false))
     this.server.on('checkContinue', (req: IncomingMessage, res: ServerResponse) => this.onRequest(req, res, true))
@@ -103,7 +118,7 @@ export class ProxyServer {
     const refusal = checkLimits(route, facts, target.path.length + method.length)
     // The body of a refused request is never read: close the connection after the answer so
     // its unread bytes are not parsed as the next request.
-    const trace = this.o.tracing === undefined ? undefined : serverSpan(this.o.tracing, req, res, route, this.o.config.defaultRoute, method, target, facts.host)
+    const trace = this.o.tracing === undefined ? undefined : serverSpan(this.o.tracing, req, res, route, this.o.config.defaultRoute, method, target, facts.host, this.scheme)
     if (refusal !== undefined) {
       if (trace !== undefined) trace.errorType = refusal.code
       return respondError(res, refusal, true)
@@ -200,7 +215,9 @@ export class ProxyServer {
 
   /** A raw byte tunnel to the target (Upgrade, CONNECT to TLS ports), bounded by idle time. */
   private tunnel(socket: Duplex, target: Target, onConnected: (upstream: Socket) => void): void {
-    const upstream = connect({ host: target.connectHost, port: target.connectPort })
+    // A peer reached over TLS (https:// origin from the services map) gets a TLS tunnel.
+    const secure = target.origin.startsWith('https:') && this.o.peerTls !== undefined
+    const upstream = secure ? (this.o.peerTls as PeerTls).connectSocket(target.connectHost, target.connectPort) : connect({ host: target.connectHost, port: target.connectPort })
     let connected = false
     upstream.setTimeout(LIMITS.connectTimeoutMs)
     this.tunnels.add(socket)
@@ -211,7 +228,7 @@ export class ProxyServer {
       socket.destroy()
       upstream.destroy()
     }
-    upstream.once('connect', () => {
+    upstream.once(secure ? 'secureConnect' : 'connect', () => {
       connected = true
       upstream.setTimeout(LIMITS.tunnelIdleTimeoutMs)
       onConnected(upstream)
@@ -286,13 +303,14 @@ function serverSpan(
   method: string,
   target: Target,
   host: string | undefined,
+  scheme: 'http' | 'https',
 ): ProxyTrace {
   const matched = route !== defaultRoute
   const q = target.path.indexOf('?')
   const span = childSpan(tracing.tracer, matched ? `${method} ${route.name}` : method, SpanKind.SERVER, extractFromHeaders(req.rawHeaders), {
     'http.request.method': method,
     'url.path': q < 0 ? target.path : target.path.slice(0, q),
-    'url.scheme': 'http',
+    'url.scheme': scheme,
     'server.address': hostName(host ?? target.host),
     ...(matched ? { 'http.route': route.name } : {}),
   })

@@ -1,8 +1,11 @@
 // Signed JSON calls to peer sidecars' control listeners (prepare, commit, abort, register,
-// outcome). Every request carries `txmesh-auth: <ts>.<hmac>` over timestamp, method, path and
-// body with the mesh key; the control server refuses anything else.
+// outcome). Every request carries `txmesh-auth: <ts>.<nonce>.<hmac>` over timestamp, a fresh
+// nonce, method, path and body with the current signing mesh key; the control server refuses
+// anything else, and any nonce it saw before. With peer TLS the calls use HTTPS.
 import { Agent, request } from '../http-client.js'
 import { LIMITS } from '../limits.js'
+import type { PeerTls } from '../peer-tls.js'
+import type { MeshKeys } from './keys.js'
 import { signControl } from './protocol.js'
 
 export const CONTROL_AUTH_HEADER = 'txmesh-auth'
@@ -10,26 +13,31 @@ export const CONTROL_AUTH_HEADER = 'txmesh-auth'
 export type ControlResult = { ok: true; status: number; body: Record<string, unknown> } | { ok: false; status: number; error: string }
 
 export class ControlClient {
-  private readonly agent = new Agent({
-    connections: LIMITS.poolConnectionsPerOrigin,
-    keepAliveTimeout: LIMITS.upstreamKeepAliveMs,
-    connect: { timeout: LIMITS.connectTimeoutMs },
-  })
+  private readonly agent: Agent
+  private readonly scheme: 'http' | 'https'
 
   constructor(
-    private readonly key: Buffer,
+    private readonly keys: MeshKeys,
     private readonly clock: () => number = Date.now,
-  ) {}
+    tls?: PeerTls,
+  ) {
+    this.scheme = tls === undefined ? 'http' : 'https'
+    this.agent = new Agent({
+      connections: LIMITS.poolConnectionsPerOrigin,
+      keepAliveTimeout: LIMITS.upstreamKeepAliveMs,
+      connect: tls?.connector ?? { timeout: LIMITS.connectTimeoutMs },
+    })
+  }
 
   async call(address: string, method: 'GET' | 'POST', path: string, body?: Record<string, unknown>): Promise<ControlResult> {
     const text = body === undefined ? '' : JSON.stringify(body)
     try {
-      const res = await request(`http://${address}${path}`, {
+      const res = await request(`${this.scheme}://${address}${path}`, {
         method,
         dispatcher: this.agent,
         headers: {
           'content-type': 'application/json',
-          [CONTROL_AUTH_HEADER]: signControl(this.key, this.clock(), method, path, text),
+          [CONTROL_AUTH_HEADER]: signControl(this.keys.signing, this.clock(), method, path, text),
         },
         ...(method === 'POST' ? { body: text } : {}),
         headersTimeout: LIMITS.controlCallTimeoutMs,

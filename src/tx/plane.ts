@@ -6,6 +6,7 @@ import { MeshKeyMissingError, NoSidecarError, TxAbortedError, TxNotActiveError, 
 import type { ResponseHook } from '../proxy/forward.js'
 import type { Span } from '../telemetry/tracing.js'
 import type { ControlClient } from './control-client.js'
+import type { MeshKeys } from './keys.js'
 import type { CoordinatorDriver } from './coordinator/driver.js'
 import type { ParticipantRef } from './core.js'
 import type { ParticipantDriver } from './participant/driver.js'
@@ -31,7 +32,8 @@ import { LIMITS } from '../limits.js'
 import { hostName } from '../proxy/routes.js'
 
 export interface TxParts {
-  readonly keys: readonly Buffer[]
+  /** Mesh keys, read at each use: a reloaded mesh.keyFile takes effect at once. */
+  readonly keys: MeshKeys
   readonly coordinators: readonly string[]
   readonly coordinator: CoordinatorDriver
   readonly participant: ParticipantDriver
@@ -93,7 +95,7 @@ export class ActiveTxPlane implements TxPlane {
   }
 
   verify(token: string): TxContext | TxmeshError {
-    return verifyContext(this.d.keys, token, this.clock(), this.d.coordinators)
+    return verifyContext(this.d.keys.verifying, token, this.clock(), this.d.coordinators)
   }
 
   /** An outgoing call of the app that carries a context. */
@@ -111,7 +113,7 @@ export class ActiveTxPlane implements TxPlane {
           if (route.nonTransactionalTarget === 'proceed') return undefined
           return new NoSidecarError(`the target answered without a txmesh sidecar; the call is not part of transaction ${ctx.id}`)
         }
-        const refs = verifyEnlisted(this.d.keys, enlisted, ctx.id)
+        const refs = verifyEnlisted(this.d.keys.verifying, enlisted, ctx.id)
         if (refs instanceof TxmeshError) return refs
         return this.deliver(ctx, refs)
       },
@@ -141,7 +143,7 @@ export class ActiveTxPlane implements TxPlane {
    */
   private stepEgress(ctx: TxContext, route: RoutePolicy, call: EgressCall): ResponseHook | TxmeshError {
     const stepId = newBranchId()
-    const context = signContext(this.d.keys[0] as Buffer, { ...ctx, parent: ctx.branch ?? ctx.parent, branch: stepId, op: ctx.mode === 'saga' ? 'action' : 'try' })
+    const context = signContext(this.d.keys.signing, { ...ctx, parent: ctx.branch ?? ctx.parent, branch: stepId, op: ctx.mode === 'saga' ? 'action' : 'try' })
     take(call.headers, CONTEXT_HEADER)
     // The plain ids too, for a target without a sidecar (a sidecar's ingress sets its own).
     call.headers.push(CONTEXT_HEADER, context, TX_ID_HEADER, ctx.id, BRANCH_ID_HEADER, stepId, OP_HEADER, ctx.mode === 'saga' ? 'action' : 'try')
@@ -162,7 +164,7 @@ export class ActiveTxPlane implements TxPlane {
           step = { id: stepId, service, target: '', unresolved: `response body over ${LIMITS.stepTemplateBodyBytes} bytes; the tcc hook template cannot read it` }
         } else {
           // TCC: the try ran through the target's sidecar, which confirms or cancels it later.
-          const refs = enlisted === undefined ? undefined : verifyEnlisted(this.d.keys, enlisted, ctx.id)
+          const refs = enlisted === undefined ? undefined : verifyEnlisted(this.d.keys.verifying, enlisted, ctx.id)
           if (refs instanceof TxmeshError) return refs
           const self = refs?.find((r) => r.branch === stepId)
           if (self === undefined) {
@@ -214,7 +216,7 @@ export class ActiveTxPlane implements TxPlane {
       onResponseHead: async (status, out) => {
         answered = true
         await inner.onResponseHead(status, out)
-        const refs = verifyEnlisted(this.d.keys, take(out, ENLISTED_HEADER) ?? '', tx.id)
+        const refs = verifyEnlisted(this.d.keys.verifying, take(out, ENLISTED_HEADER) ?? '', tx.id)
         const ok = status >= 200 && status < 300
         const enlistErr = refs instanceof TxmeshError ? refs : this.d.coordinator.enlist(tx.id, refs)
         const result = ok && enlistErr === undefined ? await this.d.coordinator.commit(tx.id) : await this.d.coordinator.abort(tx.id, `the app answered ${status}`)
@@ -284,7 +286,7 @@ export class ActiveTxPlane implements TxPlane {
         take(out, ENLISTED_HEADER) // never trust one the app made up
         const self = this.d.participant.ref(branch)
         const refs = [self, ...branch.nested.splice(0).filter((n) => n.branch !== self.branch || n.control !== self.control)]
-        out.push(ENLISTED_HEADER, signEnlisted(this.d.keys[0] as Buffer, ctx.id, refs))
+        out.push(ENLISTED_HEADER, signEnlisted(this.d.keys.signing, ctx.id, refs))
         return undefined
       },
       onEnd: close,
@@ -303,7 +305,7 @@ export class ActiveTxPlane implements TxPlane {
     return {
       onResponseHead: (_status, out) => {
         take(out, ENLISTED_HEADER)
-        if (ctx.mode === 'tcc' && op === 'try') out.push(ENLISTED_HEADER, signEnlisted(this.d.keys[0] as Buffer, ctx.id, [this.d.participant.stepRef(branch)]))
+        if (ctx.mode === 'tcc' && op === 'try') out.push(ENLISTED_HEADER, signEnlisted(this.d.keys.signing, ctx.id, [this.d.participant.stepRef(branch)]))
         return undefined
       },
       onEnd: () => undefined,

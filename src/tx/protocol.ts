@@ -282,19 +282,49 @@ export function verifyEnlisted(keys: readonly Buffer[], token: string, tx: TxId)
   return out
 }
 
-/** Signature of a control request: HMAC over timestamp, method, path and body. */
-export function signControl(key: Buffer, ts: number, method: string, path: string, body: string): string {
-  return `${ts}.${mac(key, `${ts}\n${method}\n${path}\n${body}`)}`
+/**
+ * Signature of a control request, the `txmesh-auth` header: `<ts>.<nonce>.<mac>`. ts is epoch
+ * milliseconds, nonce 128 random bits (base64url), mac the base64url HMAC-SHA256 with the mesh
+ * key over ts, nonce, method, path and body. The control server refuses a stale ts and a nonce
+ * it has seen within the skew window (src/control/replay.ts), so a captured request cannot be
+ * sent again. Every call, retries included, gets a new nonce.
+ */
+export function signControl(key: Buffer, ts: number, method: string, path: string, body: string, nonce: string = newControlNonce()): string {
+  return `${ts}.${nonce}.${mac(key, controlInput(ts, nonce, method, path, body))}`
 }
 
-export function verifyControl(keys: readonly Buffer[], header: string | undefined, now: number, method: string, path: string, body: string): boolean {
-  if (header === undefined) return false
-  const dot = header.indexOf('.')
-  const ts = Number(header.slice(0, dot))
-  if (!Number.isFinite(ts) || Math.abs(now - ts) > LIMITS.controlClockSkewMs) return false
-  const given = Buffer.from(header.slice(dot + 1), 'base64url')
-  return keys.some((k) => {
-    const want = Buffer.from(mac(k, `${ts}\n${method}\n${path}\n${body}`), 'base64url')
+export function newControlNonce(): string {
+  return randomBytes(LIMITS.controlNonceBytes).toString('base64url')
+}
+
+function controlInput(ts: number, nonce: string, method: string, path: string, body: string): string {
+  return `${ts}\n${nonce}\n${method}\n${path}\n${body}`
+}
+
+export type ControlAuth =
+  | { readonly ok: true; readonly ts: number; readonly nonce: string }
+  | { readonly ok: false; readonly reason: 'missing' | 'malformed' | 'stale' | 'signature' }
+
+// ts: up to 16 digits (epoch ms until the year 2286 and beyond); nonce: exactly controlNonceBytes
+// in base64url; mac: 32 bytes in base64url (43 characters).
+const CONTROL_AUTH_RE = new RegExp(`^(\\d{1,16})\\.([A-Za-z0-9_-]{${Math.ceil((LIMITS.controlNonceBytes * 4) / 3)}})\\.([A-Za-z0-9_-]{43})$`)
+
+/**
+ * Checks a `txmesh-auth` header: shape, timestamp within LIMITS.controlClockSkewMs of `now`, and
+ * the mac with any of the keys (rotation). The nonce's freshness is the caller's (ReplayCache).
+ */
+export function verifyControl(keys: readonly Buffer[], header: string | undefined, now: number, method: string, path: string, body: string): ControlAuth {
+  if (header === undefined) return { ok: false, reason: 'missing' }
+  const m = CONTROL_AUTH_RE.exec(header)
+  if (m === null) return { ok: false, reason: 'malformed' }
+  const [, tsText, nonce, macText] = m as unknown as [string, string, string, string]
+  const ts = Number(tsText)
+  if (Math.abs(now - ts) > LIMITS.controlClockSkewMs) return { ok: false, reason: 'stale' }
+  const given = Buffer.from(macText, 'base64url')
+  const input = controlInput(ts, nonce, method, path, body)
+  const ok = keys.some((k) => {
+    const want = Buffer.from(mac(k, input), 'base64url')
     return want.length === given.length && timingSafeEqual(want, given)
   })
+  return ok ? { ok: true, ts, nonce } : { ok: false, reason: 'signature' }
 }

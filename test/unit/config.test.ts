@@ -232,3 +232,81 @@ describe('coordinator allow-list', () => {
     expect(problems('service: a\nmesh: {coordinators: ["fd00::/8:*"]}\n')[0]).toMatch(/^p\.yaml:2:23: mesh\.coordinators\.0: must match pattern/)
   })
 })
+
+describe('control plane security config (admin token, tls, key file)', () => {
+  const withEnv = <T>(vars: Record<string, string | undefined>, fn: () => T): T => {
+    const saved = Object.fromEntries(Object.keys(vars).map((k) => [k, process.env[k]]))
+    for (const [k, v] of Object.entries(vars)) if (v === undefined) delete process.env[k]
+    else process.env[k] = v
+    try {
+      return fn()
+    } finally {
+      for (const [k, v] of Object.entries(saved)) if (v === undefined) delete process.env[k]
+      else process.env[k] = v
+    }
+  }
+  const file = (content: string): string => {
+    const p = join(mkdtempSync(join(tmpdir(), 'txmesh-secret-')), 'secret')
+    writeFileSync(p, content)
+    return p
+  }
+  const TOKEN = 'admin-token-0123456789abcdef'
+
+  it('refuses an admin listener off loopback without a token, at the host key', () => {
+    withEnv({ TXMESH_ADMIN_TOKEN: undefined }, () => {
+      expect(problems('service: a\nlisteners:\n  admin: {host: 0.0.0.0, port: 15000}\n')).toEqual([
+        'p.yaml:3:17: listeners.admin.host: 0.0.0.0 is not a loopback address, so the admin API needs a token: set admin.tokenEnv (default TXMESH_ADMIN_TOKEN) or admin.tokenFile',
+      ])
+      // Loopback in any spelling needs none.
+      for (const host of ['127.0.0.1', '127.0.0.2', 'localhost', '"::1"']) expect(parseConfig(`service: a\nlisteners: {admin: {host: ${host}}}\n`, 'p.yaml').admin.token).toBeUndefined()
+    })
+  })
+
+  it('takes the token from TXMESH_ADMIN_TOKEN, a named variable or a file, at least 16 bytes', () => {
+    withEnv({ TXMESH_ADMIN_TOKEN: TOKEN, MY_TOKEN: undefined }, () => {
+      expect(parseConfig('service: a\nlisteners: {admin: {host: 0.0.0.0}}\n', 'p.yaml').admin.token?.toString()).toBe(TOKEN)
+      // Allowed on loopback too.
+      expect(parseConfig('service: a\n', 'p.yaml').admin.token?.toString()).toBe(TOKEN)
+      expect(problems('service: a\nadmin: {tokenEnv: MY_TOKEN}\n')).toEqual(['p.yaml:2:19: admin.tokenEnv: the variable MY_TOKEN is not set'])
+    })
+    withEnv({ TXMESH_ADMIN_TOKEN: 'short', MY_TOKEN: `  ${TOKEN}\n` }, () => {
+      expect(problems('service: a\n')).toEqual(['p.yaml:0:0: TXMESH_ADMIN_TOKEN: the token is shorter than 16 bytes'])
+      expect(parseConfig('service: a\nadmin: {tokenEnv: MY_TOKEN}\n', 'p.yaml').admin.token?.toString()).toBe(TOKEN)
+    })
+    withEnv({ TXMESH_ADMIN_TOKEN: undefined }, () => {
+      expect(parseConfig(`service: a\nadmin: {tokenFile: ${JSON.stringify(file(`${TOKEN}\n`))}}\n`, 'p.yaml').admin.token?.toString()).toBe(TOKEN)
+      const short = problems(`service: a\nadmin:\n  tokenFile: ${JSON.stringify(file('0123456789'))}\n`)
+      expect(short).toEqual(['p.yaml:3:14: admin.tokenFile: the token is shorter than 16 bytes'])
+      expect(short.join()).not.toContain('0123456789')
+      expect(problems('service: a\nadmin: {tokenFile: /nonexistent/token}\n')).toEqual(['p.yaml:2:20: admin.tokenFile: cannot read: ENOENT'])
+      expect(problems(`service: a\nadmin: {tokenEnv: X, tokenFile: ${JSON.stringify(file(TOKEN))}}\n`)).toEqual(['p.yaml:2:33: admin: give tokenEnv or tokenFile, not both'])
+    })
+  })
+
+  it('reads mesh keys from mesh.keyFile (watched) and refuses an empty or short one at its position', () => {
+    withEnv({ TXMESH_MESH_KEY: undefined }, () => {
+      const good = file('key-one-0123456789abcdef,key-two-0123456789abcdef\n')
+      const cfg = parseConfig(`service: a\nmesh: {keyFile: ${JSON.stringify(good)}}\n`, 'p.yaml')
+      expect(cfg.mesh.keys.map(String)).toEqual(['key-one-0123456789abcdef', 'key-two-0123456789abcdef'])
+      expect(cfg.mesh.keyFile).toBe(good)
+      expect(problems(`service: a\nmesh:\n  keyFile: ${JSON.stringify(file(' \n'))}\n`)).toEqual(['p.yaml:3:12: mesh.keyFile: holds no key'])
+      expect(problems(`service: a\nmesh:\n  keyFile: ${JSON.stringify(file('key-one-0123456789abcdef,tiny'))}\n`)).toEqual(['p.yaml:3:12: mesh.keyFile: key 2 is shorter than 16 bytes'])
+    })
+    // The variable wins, and then the file is not watched.
+    withEnv({ TXMESH_MESH_KEY: 'env-key-0123456789abcdef' }, () => {
+      const cfg = parseConfig(`service: a\nmesh: {keyFile: ${JSON.stringify(file('key-one-0123456789abcdef'))}}\n`, 'p.yaml')
+      expect(cfg.mesh.keys.map(String)).toEqual(['env-key-0123456789abcdef'])
+      expect(cfg.mesh.keyFile).toBeUndefined()
+    })
+  })
+
+  it('checks the tls files at load: all three readable, and the key matching the certificate', () => {
+    expect(problems('service: a\ntls: {certFile: /nonexistent/c.pem, keyFile: k, caFile: ca}\n')).toEqual(['p.yaml:2:6: tls: cannot read /nonexistent/c.pem: ENOENT'])
+    expect(problems('service: a\ntls: {certFile: c}\n')).toEqual(['p.yaml:2:6: tls: missing required key "keyFile"', 'p.yaml:2:6: tls: missing required key "caFile"'])
+    const junk = file('not a pem')
+    expect(problems(`service: a\ntls: {certFile: ${JSON.stringify(junk)}, keyFile: ${JSON.stringify(junk)}, caFile: ${JSON.stringify(junk)}}\n`)[0]).toMatch(/^p\.yaml:2:6: tls: the certificate, key and CA do not load together: /)
+    const cfg = parseConfig('service: a\nservices:\n  pay: {address: "10.0.0.1:80", tls: false}\n  orders: {address: "10.0.0.2:15006"}\n', 'p.yaml')
+    expect(cfg.tls).toBeUndefined()
+    expect([...cfg.servicesWithoutTls]).toEqual(['pay'])
+  })
+})

@@ -4,12 +4,14 @@ import { createServer } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import * as undici from 'undici'
 import { describe, expect, it } from 'vitest'
-import { Agent, Pool, request } from '../../src/http-client.js'
+import { Agent, Pool, buildConnector, request } from '../../src/http-client.js'
 
 describe('http-client', () => {
   it('is undici itself: the same Pool and Agent classes the package exports', () => {
     expect(Pool).toBe(undici.Pool)
     expect(Agent).toBe(undici.Agent)
+    // Peer TLS builds its connectors with undici's own (src/peer-tls.ts).
+    expect(buildConnector).toBe(undici.buildConnector)
   })
 
   it('requests through a given dispatcher and through the global one, as undici.request does', async () => {

@@ -7,6 +7,7 @@ import { silentLogger } from '../../src/log.js'
 import type { FileLog } from '../../src/log/file-log.js'
 import type { ControlClient } from '../../src/tx/control-client.js'
 import { CoordinatorDriver } from '../../src/tx/coordinator/driver.js'
+import { staticKeys } from '../../src/tx/keys.js'
 import { extractFromHeaders, injectTraceparent, parseTraceparent, tracingConfigured, type Tracing } from '../../src/telemetry/tracing.js'
 
 const TP = '00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01'
@@ -52,7 +53,7 @@ describe('coordinator recovery span', () => {
     const calls: string[] = []
     const control = { call: async (_to: string, _m: string, path: string) => (calls.push(path), { ok: true, status: 200, body: {} }) } as unknown as ControlClient
     const log = { end: () => undefined } as unknown as FileLog
-    const c = new CoordinatorDriver({ log, control, self: '127.0.0.1:1', key: Buffer.alloc(32), logger: silentLogger, tracing })
+    const c = new CoordinatorDriver({ log, control, self: '127.0.0.1:1', keys: staticKeys([Buffer.alloc(32)]), logger: silentLogger, tracing })
     const participants = [{ service: 'orders', control: '127.0.0.1:2', branch: 'b1' }]
     expect(c.recover([{ txId: 'c:tx1', body: { type: 'decision', mode: '2pc', participants, traceparent: TP } }])).toBe(1)
     for (let i = 0; i < 50 && !exporter.getFinishedSpans().some((s) => s.name === 'txmesh.transaction'); i++) await new Promise((r) => setTimeout(r, 10))

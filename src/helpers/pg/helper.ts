@@ -51,6 +51,11 @@ export interface TxmeshPgOptions {
   service: string
   /** The local sidecar's admin listener, for recover(). Default http://127.0.0.1:15000. */
   sidecarAdmin?: string
+  /**
+   * The sidecar's admin token (its config `admin`), sent as a Bearer token by recover(). Default:
+   * the TXMESH_ADMIN_TOKEN environment variable, when set.
+   */
+  adminToken?: string
   /** Open (unprepared) branches at most; more get 503 TXM_PG_TOO_MANY_OPEN. Default 64. */
   maxOpen?: number
   /** An open branch idle this long is rolled back; its prepare then votes no. Default 60 s. */
@@ -152,6 +157,7 @@ class PgParticipant implements TxmeshPg {
   private readonly pool: Pool
   private readonly service: string
   private readonly sidecarAdmin: string
+  private readonly adminToken: string | undefined
   private readonly maxOpen: number
   private readonly idleTimeoutMs: number
   private readonly hookPrefix: string
@@ -167,6 +173,9 @@ class PgParticipant implements TxmeshPg {
     this.pool = o.pool
     this.service = o.service
     this.sidecarAdmin = checkAdminUrl(o.sidecarAdmin ?? DEFAULT_SIDECAR_ADMIN)
+    const token = o.adminToken ?? process.env.TXMESH_ADMIN_TOKEN
+    if (token !== undefined && typeof token !== 'string') throw new PgConfigError('adminToken must be a string')
+    this.adminToken = token === '' ? undefined : token
     this.maxOpen = checkInt('maxOpen', o.maxOpen ?? L.defaultMaxOpen, 1, L.maxOpenCap)
     this.idleTimeoutMs = checkInt('idleTimeoutMs', o.idleTimeoutMs ?? L.defaultIdleTimeoutMs, 1, L.maxIdleTimeoutMs)
     this.hookPrefix = checkPrefix(o.hookPrefix ?? DEFAULT_HOOK_PREFIX)
@@ -617,6 +626,7 @@ class PgParticipant implements TxmeshPg {
       pool: this.pool,
       service: this.service,
       sidecarAdmin: this.sidecarAdmin,
+      adminToken: this.adminToken,
       emit: (e) => this.emit(e),
       withConnection: (fn) => this.withConnection(fn),
     })

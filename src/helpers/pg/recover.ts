@@ -25,6 +25,8 @@ export interface RecoverContext {
   readonly pool: Pool
   readonly service: string
   readonly sidecarAdmin: string
+  /** Bearer token of the sidecar's admin API, when it has one. */
+  readonly adminToken: string | undefined
   readonly emit: Emit
   readonly withConnection: <T>(fn: (c: PoolClient) => Promise<T>) => Promise<T>
 }
@@ -57,7 +59,7 @@ export async function recoverPrepared(ctx: RecoverContext): Promise<RecoverResul
         ctx.emit({ event: 'recover_in_doubt', gid, message: 'gid has the service prefix but not the txmesh format; left alone' })
         continue
       }
-      const outcome = await fetchOutcome(agent, ctx.sidecarAdmin, ids.txId, ids.branchId)
+      const outcome = await fetchOutcome(agent, ctx.sidecarAdmin, ctx.adminToken, ids.txId, ids.branchId)
       if (outcome.kind === 'in-doubt') {
         result.inDoubt++
         ctx.emit({ event: 'recover_in_doubt', gid, message: outcome.reason })
@@ -85,7 +87,7 @@ export async function recoverPrepared(ctx: RecoverContext): Promise<RecoverResul
   return result
 }
 
-async function fetchOutcome(agent: Agent, admin: string, txId: string, branchId: string): Promise<Outcome> {
+async function fetchOutcome(agent: Agent, admin: string, token: string | undefined, txId: string, branchId: string): Promise<Outcome> {
   const url = `${admin}/v1/branches/${encodeURIComponent(txId)}/${encodeURIComponent(branchId)}/outcome`
   let last = 'no attempt'
   for (let attempt = 1; attempt <= L.recoverAttempts; attempt++) {
@@ -93,7 +95,7 @@ async function fetchOutcome(agent: Agent, admin: string, txId: string, branchId:
     try {
       const res = await request(url, {
         method: 'GET',
-        headers: { accept: 'application/json' },
+        headers: { accept: 'application/json', ...(token === undefined ? {} : { authorization: `Bearer ${token}` }) },
         dispatcher: agent,
         signal: AbortSignal.timeout(L.recoverCallTimeoutMs),
       })

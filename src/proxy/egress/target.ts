@@ -1,7 +1,8 @@
 // Egress: where does an outgoing call of the local app go? The app reaches the egress either as
 // its HTTP proxy (absolute-form `GET http://payments/pay`) or through an iptables redirect
 // (origin-form `GET /pay` with `Host: payments`). The host is looked up in the config's service
-// map; otherwise host:port is used as given (port 80 by default).
+// map; otherwise host:port is used as given (port 80 by default). With peer TLS (config `tls`)
+// the services of the map are peer sidecars' ingresses and are reached over HTTPS.
 import type { SidecarConfig } from '../../config/types.js'
 import { BadRequestError, ProxyLoopError, type TxmeshError } from '../../errors.js'
 import type { Target, TargetResolver } from '../server.js'
@@ -26,8 +27,8 @@ function splitAuthority(authority: string): { host: string; port: number } | und
   return { host: host.toLowerCase(), port }
 }
 
-function origin(host: string, port: number): string {
-  return host.includes(':') ? `http://[${host}]:${port}` : `http://${host}:${port}`
+function origin(scheme: 'http' | 'https', host: string, port: number): string {
+  return host.includes(':') ? `${scheme}://[${host}]:${port}` : `${scheme}://${host}:${port}`
 }
 
 export function egressResolver(cfg: SidecarConfig, self: () => { host: string; port: number }): TargetResolver {
@@ -56,6 +57,7 @@ export function egressResolver(cfg: SidecarConfig, self: () => { host: string; p
     if (connectPort === me.port && (connectHost === me.host || connectHost === 'localhost' || connectHost === '127.0.0.1')) {
       return new ProxyLoopError(`request to ${authority} would loop back into the egress`)
     }
-    return { origin: origin(connectHost, connectPort), connectHost, connectPort, host: authority, path }
+    const scheme = mapped !== undefined && cfg.tls !== undefined && !cfg.servicesWithoutTls.has(parsed.host) ? 'https' : 'http'
+    return { origin: origin(scheme, connectHost, connectPort), connectHost, connectPort, host: authority, path }
   }
 }

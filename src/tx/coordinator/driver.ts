@@ -10,6 +10,7 @@ import { ShuttingDownError, TxLimitError, TxNotActiveError, TxUnknownError, type
 import { LIMITS } from '../../limits.js'
 import type { Logger } from '../../log.js'
 import type { ControlClient } from '../control-client.js'
+import type { MeshKeys } from '../keys.js'
 import type { CoordinatorAction, CoordinatorEvent, CoordinatorState, Env, Outcome, ParticipantRef, TxId, Vote } from '../core.js'
 import { newTxId, signContext, type TxMode } from '../protocol.js'
 import { SpanKind, SpanStatusCode, childSpan, formatTraceparent, linkTo, type Context, type Span, type Tracing } from '../../telemetry/tracing.js'
@@ -68,7 +69,8 @@ export interface CoordinatorDeps {
   readonly control: ControlClient
   /** This sidecar's control address as peers reach it (goes into contexts). */
   readonly self: string
-  readonly key: Buffer
+  /** Mesh keys: contexts are signed with the current signing key (rotation, src/tx/keys.ts). */
+  readonly keys: MeshKeys
   readonly logger: Logger
   readonly clock?: () => number
   readonly random?: () => number
@@ -132,7 +134,7 @@ export class CoordinatorDriver {
     this.txs.set(id, entry)
     const traceId = entry.span?.spanContext().traceId
     this.d.onEvent?.('tx-begin', { tx: id, mode, route, deadline, ...(traceId === undefined ? {} : { traceId }) })
-    const context = signContext(this.d.key, { id, mode, coordinator: this.d.self, deadline, parent: undefined })
+    const context = signContext(this.d.keys.signing, { id, mode, coordinator: this.d.self, deadline, parent: undefined })
     return { id, context, deadline }
   }
 

@@ -11,7 +11,9 @@ import { LIMITS } from '../../limits.js'
 import type { Logger } from '../../log.js'
 import type { FileLog } from '../../log/file-log.js'
 import type { SidecarMetrics } from '../../telemetry/metrics.js'
+import type { PeerTls } from '../../peer-tls.js'
 import type { ControlClient } from '../control-client.js'
+import type { MeshKeys } from '../keys.js'
 import type { BranchId, Env, Outcome, TxId } from '../core.js'
 import { appendDurable } from '../durable.js'
 import { BRANCH_ID_HEADER, CONTEXT_HEADER, OP_HEADER, TX_ID_HEADER, newTxId, signContext } from '../protocol.js'
@@ -54,8 +56,11 @@ export interface StepDeps {
   readonly log: FileLog
   readonly control: ControlClient
   readonly self: string
-  readonly key: Buffer
+  /** Mesh keys: contexts are signed with the current signing key (rotation, src/tx/keys.ts). */
+  readonly keys: MeshKeys
   readonly logger: Logger
+  /** Peer TLS: compensations to https:// step targets (services reached over TLS). */
+  readonly tls?: PeerTls | undefined
   readonly policy: StepPolicy
   readonly clock?: () => number
   readonly random?: () => number
@@ -83,13 +88,16 @@ export class StepCoordinator {
   private readonly finished = new RecentMap<TxId, Entry>()
   private readonly clock: () => number
   private readonly random: () => number
-  private readonly agent = new Agent({ connections: LIMITS.poolConnectionsPerOrigin, keepAliveTimeout: LIMITS.upstreamKeepAliveMs, connect: { timeout: LIMITS.connectTimeoutMs } })
+  private readonly agent: Agent
   private closed = false
   readonly outcomes = { committed: 0, aborted: 0 }
 
   constructor(private readonly d: StepDeps) {
     this.clock = d.clock ?? Date.now
     this.random = d.random ?? Math.random
+    // With peer TLS, https:// targets (services reached over TLS) get the mesh CA and this
+    // sidecar's certificate; the connector opens plain http:// targets as before.
+    this.agent = new Agent({ connections: LIMITS.poolConnectionsPerOrigin, keepAliveTimeout: LIMITS.upstreamKeepAliveMs, connect: d.tls?.connector ?? { timeout: LIMITS.connectTimeoutMs } })
   }
 
   private env(): Env {
@@ -120,7 +128,7 @@ export class StepCoordinator {
     entry.deadlineTimer.unref()
     this.txs.set(id, entry)
     this.d.onEvent?.('tx-begin', { tx: id, mode, route, deadline })
-    const context = signContext(this.d.key, { id, mode, coordinator: this.d.self, deadline, parent: undefined })
+    const context = signContext(this.d.keys.signing, { id, mode, coordinator: this.d.self, deadline, parent: undefined })
     return { id, context, deadline }
   }
 
@@ -331,7 +339,7 @@ export class StepCoordinator {
 
   /** Saga: the compensation goes to the step's target like any call, with a context naming the step. */
   private async sendCompensation(id: TxId, step: StepRecord, op: StepOp): Promise<{ ok: boolean; error: string }> {
-    const context = signContext(this.d.key, { id, mode: 'saga', coordinator: this.d.self, deadline: this.clock() + LIMITS.stepOpContextTtlMs, parent: undefined, branch: step.id, op: 'compensate' })
+    const context = signContext(this.d.keys.signing, { id, mode: 'saga', coordinator: this.d.self, deadline: this.clock() + LIMITS.stepOpContextTtlMs, parent: undefined, branch: step.id, op: 'compensate' })
     const headers: Record<string, string> = { ...(op.headers ?? {}), [CONTEXT_HEADER]: context, [TX_ID_HEADER]: id, [BRANCH_ID_HEADER]: step.id, [OP_HEADER]: 'compensate' }
     if (op.body !== undefined && headers['content-type'] === undefined) headers['content-type'] = 'application/json'
     try {

@@ -1,0 +1,74 @@
+// Small helpers for secrets and the files that hold them (mesh keys, the admin token, TLS keys).
+// Nothing here ever puts a secret's bytes into a message: errors name the file and what is
+// wrong with it, never its content.
+import { createHash, timingSafeEqual } from 'node:crypto'
+import { readFileSync, statSync, unwatchFile, watchFile } from 'node:fs'
+import { createSecureContext } from 'node:tls'
+import type { TlsSettings } from './config/types.js'
+import { LIMITS } from './limits.js'
+
+/** Reads a small secret or certificate file; throws (naming the size, not the content) past LIMITS.secretFileBytes. */
+export function readSecretFile(path: string): Buffer {
+  const size = statSync(path).size
+  if (size > LIMITS.secretFileBytes) throw new Error(`${path} is ${size} bytes; the limit is ${LIMITS.secretFileBytes}`)
+  return readFileSync(path)
+}
+
+/**
+ * Constant-time comparison of a presented secret with the expected one. Both are hashed first so
+ * the comparison takes the same time whatever the lengths (timingSafeEqual needs equal lengths,
+ * and comparing lengths first would tell an attacker the token's length).
+ */
+export function sameSecret(given: string | Buffer, want: Buffer): boolean {
+  const a = createHash('sha256').update(given).digest()
+  const b = createHash('sha256').update(want).digest()
+  return timingSafeEqual(a, b)
+}
+
+/** A short, non-reversible id of a key for logs (8 hex chars of its SHA-256), never the key. */
+export function keyId(key: Buffer): string {
+  return createHash('sha256').update(key).digest('hex').slice(0, 8)
+}
+
+/**
+ * Calls `onChange(path)` when one of `paths` changes (fs.watchFile, polling every
+ * LIMITS.secretFileCheckMs: polling follows the symlink swaps of a Kubernetes Secret volume,
+ * where inotify on the old target would go quiet). Does not keep the process alive. Returns the
+ * function that stops watching.
+ */
+export function watchFiles(paths: readonly string[], onChange: (path: string) => void, intervalMs: number = LIMITS.secretFileCheckMs): () => void {
+  const listeners = paths.map((path) => {
+    const listener = (): void => onChange(path)
+    watchFile(path, { interval: intervalMs, persistent: false }, listener)
+    return { path, listener }
+  })
+  return () => {
+    for (const { path, listener } of listeners) unwatchFile(path, listener)
+  }
+}
+
+export interface TlsMaterial {
+  readonly cert: Buffer
+  readonly key: Buffer
+  readonly ca: Buffer
+}
+
+/**
+ * Reads and checks the three files: the key must match the certificate, and all must parse.
+ * Returns the material, or what is wrong (file names and OpenSSL's reason, never key bytes).
+ */
+export function readTlsMaterial(files: Pick<TlsSettings, 'certFile' | 'keyFile' | 'caFile'>): TlsMaterial | string {
+  let m: TlsMaterial
+  try {
+    m = { cert: readSecretFile(files.certFile), key: readSecretFile(files.keyFile), ca: readSecretFile(files.caFile) }
+  } catch (err) {
+    const e = err as NodeJS.ErrnoException
+    return `cannot read ${e.path ?? 'a file'}: ${e.code ?? e.message}`
+  }
+  try {
+    createSecureContext({ cert: m.cert, key: m.key, ca: m.ca })
+  } catch (err) {
+    return `the certificate, key and CA do not load together: ${(err as Error).message}`
+  }
+  return m
+}
