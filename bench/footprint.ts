@@ -12,7 +12,8 @@
 //              each enlisting the participant by one call through egress, all held open; the RSS
 //              of both sidecars with every one open and the longest event-loop stall of each over
 //              the whole phase (TXMESH_LOOP_MONITOR=1, /v1/stats `eventLoop`); then all committed
-//   replay     FileLog.open of a log of BENCH_FP_REPLAY records (bench/lib/log-replay.ts)
+//   replay     FileLog.open of a log of BENCH_FP_REPLAY records (bench/lib/log-replay.ts), in a
+//              child process started with the sidecar's V8 flags
 //
 // Environment:
 //   BENCH_FP_STARTS        sidecar starts timed (default 5)
@@ -22,13 +23,14 @@
 //   BENCH_FP_REPLAY        log records replayed (default 1000000)
 // Output: a text table on stdout and bench/results/footprint-latest.json; exit 1 if a check fails
 // to run (a target missed is reported, not an error).
+import { execFileSync } from 'node:child_process'
 import { mkdirSync, writeFileSync } from 'node:fs'
 import { createServer } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import { join } from 'node:path'
 import { request, Agent } from 'undici'
 import { SIDECAR_NODE_FLAGS } from '../src/runtime.js'
-import { measureReplay } from './lib/log-replay.js'
+import type { ReplayResult } from './lib/log-replay.js'
 import { firstJsonLine, rssBytes, sleep, type Service } from './lib/procs.js'
 import { intEnv, median } from './lib/tx-measure.js'
 import type { TxPartContext } from './tx.js'
@@ -190,7 +192,13 @@ export async function runFootprintPart(ctx: TxPartContext): Promise<number> {
   await stop(coord)
   await stop(part)
 
-  const replay = await measureReplay(ctx.dir, replayRecords, 0)
+  // In a child with the sidecar's V8 flags: what a restarting sidecar pays.
+  const replayOut = execFileSync(process.execPath, [...SIDECAR_NODE_FLAGS, '--import', 'tsx', join(ctx.root, 'bench/lib/log-replay.ts'), ctx.dir, String(replayRecords)], {
+    cwd: ctx.root,
+    encoding: 'utf8',
+    maxBuffer: 1024 * 1024,
+  })
+  const replay = JSON.parse(replayOut) as ReplayResult
 
   const active = statsOpen.transactions?.active ?? 0
   const maxStall = Math.max(stall.coordinator.maxMs, stall.participant.maxMs)

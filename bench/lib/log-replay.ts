@@ -53,3 +53,12 @@ export async function measureReplay(parent: string, records: number, endedShare:
     await rm(dir, { recursive: true, force: true })
   }
 }
+
+// As a child process (the footprint part): `node --max-semi-space-size=2 --import tsx
+// bench/lib/log-replay.ts DIR RECORDS` prints one JSON ReplayResult, measured under the sidecar's
+// own V8 flags (its small young generation makes a large replay's garbage collection dearer).
+if (import.meta.url === `file://${process.argv[1]}`) {
+  const [dir, records] = process.argv.slice(2)
+  if (dir === undefined || records === undefined) throw new Error('usage: log-replay.ts DIR RECORDS')
+  process.stdout.write(JSON.stringify(await measureReplay(dir, Number(records), 0)) + '\n')
+}

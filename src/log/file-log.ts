@@ -132,6 +132,29 @@ interface LiveRecord {
   ended: boolean
 }
 
+/**
+ * A transaction's live records: the record itself when it has one (a coordinator's decision, a
+ * branch's PREPARED: the common case), an array from the second on. No array per transaction
+ * saves a million objects to allocate, and for the garbage collector to move, on a large replay.
+ */
+type LiveSet = LiveRecord | LiveRecord[]
+
+function sizeOf(set: LiveSet): number {
+  return Array.isArray(set) ? set.length : 1
+}
+
+function eachLive(set: LiveSet, fn: (r: LiveRecord) => void): void {
+  if (Array.isArray(set)) for (const r of set) fn(r)
+  else fn(set)
+}
+
+function addLive(map: Map<string, LiveSet>, txId: string, rec: LiveRecord): void {
+  const set = map.get(txId)
+  if (set === undefined) map.set(txId, rec)
+  else if (Array.isArray(set)) set.push(rec)
+  else map.set(txId, [set, rec])
+}
+
 function frameOf(r: LiveRecord): Buffer {
   return r.off === 0 && r.len === r.buf.length ? r.buf : r.buf.subarray(r.off, r.off + r.len)
 }
@@ -188,7 +211,7 @@ export class FileLog {
     private nextLsn: number,
     private readonly replay: { truncatedBytes: number; replayedRecords: number; replayMs: number },
     // Live records by transaction (handed over from replay, not copied: it can hold millions).
-    private readonly live: Map<string, LiveRecord[]>,
+    private readonly live: Map<string, LiveSet>,
     private liveRecords: number,
     private readonly segments: Map<number, SegmentInfo>,
   ) {}
@@ -310,7 +333,7 @@ export class FileLog {
     const recs = this.live.get(txId)
     if (recs === undefined) return
     this.live.delete(txId)
-    this.liveRecords -= recs.length
+    this.liveRecords -= sizeOf(recs)
     this.counters.ends++
     // END records skip the queue bound: there is at most one per live transaction, memory the
     // log already holds, and refusing one would keep a finished transaction alive.
@@ -401,9 +424,7 @@ export class FileLog {
   }
 
   private enqueueData(txId: string, rec: LiveRecord, waiter: Waiter | undefined): void {
-    const recs = this.live.get(txId)
-    if (recs === undefined) this.live.set(txId, [rec])
-    else recs.push(rec)
+    addLive(this.live, txId, rec)
     this.liveRecords++
     this.counters.appends++
     this.enqueue({ frame: rec.buf, rec, waiter })
@@ -569,7 +590,9 @@ export class FileLog {
     if (sealed.length === 0) return
     const liveBytes = new Map<number, number>()
     for (const recs of this.live.values()) {
-      for (const r of recs) if (r.seg > 0 && r.seg < this.seq) liveBytes.set(r.seg, (liveBytes.get(r.seg) ?? 0) + r.len)
+      eachLive(recs, (r) => {
+        if (r.seg > 0 && r.seg < this.seq) liveBytes.set(r.seg, (liveBytes.get(r.seg) ?? 0) + r.len)
+      })
     }
     // 1. The longest prefix whose live records fit the carry budget. An oldest segment that is
     //    mostly live would pin every segment behind it, so it is carried anyway once the sealed
@@ -600,7 +623,11 @@ export class FileLog {
     const last = doomed[doomed.length - 1] as number
     // 2. Copy forward and fsync before anything is deleted.
     const moved: LiveRecord[] = []
-    for (const recs of this.live.values()) for (const r of recs) if (r.seg > 0 && r.seg <= last) moved.push(r)
+    for (const recs of this.live.values()) {
+      eachLive(recs, (r) => {
+        if (r.seg > 0 && r.seg <= last) moved.push(r)
+      })
+    }
     moved.sort((a, b) => a.lsn - b.lsn)
     if (moved.length > 0) {
       await this.writeParts(
@@ -639,7 +666,7 @@ export class FileLog {
 // ---- replay ----
 
 class ReplayState {
-  readonly live = new Map<string, LiveRecord[]>()
+  readonly live = new Map<string, LiveSet>()
   readonly segments = new Map<number, SegmentInfo>()
   maxLsn = 0
   replayed = 0
@@ -661,32 +688,29 @@ class ReplayState {
     if (r.kind === RecordKind.end) {
       const recs = this.live.get(r.txId)
       if (recs !== undefined) {
-        for (const rec of recs) {
+        eachLive(recs, (rec) => {
           rec.ended = true
           this.liveBytes -= rec.len
-        }
-        this.liveCount -= recs.length
+        })
+        this.liveCount -= sizeOf(recs)
         this.live.delete(r.txId)
       }
       if (r.lsn > this.maxLsn) this.maxLsn = r.lsn
       this.maybeRepack()
       return
     }
-    let recs = this.live.get(r.txId)
     if (r.lsn > this.maxLsn) {
       // An original: lsns grow in file order.
       this.maxLsn = r.lsn
       const rec: LiveRecord = { lsn: r.lsn, txId: r.txId, buf, off, len: r.frameBytes, seg: seq, ended: false }
-      if (recs === undefined) this.live.set(r.txId, [rec])
-      else recs.push(rec)
+      addLive(this.live, r.txId, rec)
       this.add(rec)
       return
     }
     // A copy made by compaction: keep one record per lsn, remember the newer segment.
-    if (recs === undefined) {
-      recs = []
-      this.live.set(r.txId, recs)
-    }
+    const set = this.live.get(r.txId)
+    const recs = set === undefined ? [] : Array.isArray(set) ? set : [set]
+    if (recs !== set) this.live.set(r.txId, recs)
     const i = lowerBound(recs, r.lsn)
     const existing = recs[i]
     if (existing !== undefined && existing.lsn === r.lsn) {
@@ -708,7 +732,11 @@ class ReplayState {
   // Memory stays proportional to the live records, not to the log: once ended records dominate,
   // the live frames move to a fresh arena and the chunks they were read into can be collected.
   private maybeRepack(): void {
-    if (this.order.length > 2 * this.liveCount + 65_536 || this.retainedBytes > 2 * this.liveBytes + LIMITS.logReadChunkBytes * 4) this.repack()
+    if (this.order.length > 2 * this.liveCount + 65_536 || this.needsRepack()) this.repack()
+  }
+
+  private needsRepack(): boolean {
+    return this.retainedBytes > 2 * this.liveBytes + LIMITS.logReadChunkBytes * 4
   }
 
   private repack(): void {
@@ -726,7 +754,11 @@ class ReplayState {
   }
 
   liveEntries(): LogEntry[] {
-    this.repack()
+    // Records keep pointing into the chunks they were read into unless those hold mostly ended
+    // records (the repack rule during replay): copying a log that is all live into a fresh
+    // arena would only double its memory for a moment and cost a second pass over it.
+    if (this.needsRepack()) this.repack()
+    else if (this.order.length > this.liveCount) this.order = this.order.filter((r) => !r.ended)
     if (!this.ordered) this.order.sort((a, b) => a.lsn - b.lsn)
     return this.order.map((rec) => {
       const bodyStart = bodyStartOf(rec.buf, rec.off)
