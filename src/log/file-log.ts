@@ -170,6 +170,8 @@ interface Pending {
   readonly rec: LiveRecord | undefined
   /** Set for durable appends. */
   readonly waiter: Waiter | undefined
+  /** Set for END: the records it ends (compaction keeps their segments until it is durable). */
+  readonly ended?: LiveSet
 }
 
 interface SegmentInfo {
@@ -195,6 +197,8 @@ export class FileLog {
   private writing = false
   private writer: Promise<void> = Promise.resolve()
   private unsynced = false
+  // Records of the ENDs written since the last fsync (see compact()).
+  private unsyncedEnds: LiveSet[] = []
   private unsyncedFrames = 0
   private closing = false
   private closed = false
@@ -270,9 +274,16 @@ export class FileLog {
             tail.validBytes = header.length
             state.segments.set(seq, { bytes: header.length, records: 0 })
           }
-          // The cut must be on disk before new records land after it.
-          await fh.sync()
         }
+        // What replay read must be durable before anyone acts on it, and the cut before new
+        // records land after it. After a process crash the tail may be only in the page cache
+        // (written, never fsynced), and the last segment's name may not be durable (a crash in
+        // createSegment before its directory fsync): a later power loss would take back
+        // records recovery acted on, or the whole file with the records appended and
+        // acknowledged into it since (test/simulation/log.sim.test.ts found both). PostgreSQL
+        // fsyncs its data directory at startup for the same reason.
+        await fh.sync()
+        await syncDir(dir)
       } catch (err) {
         await fh.close()
         throw err
@@ -338,7 +349,7 @@ export class FileLog {
     // END records skip the queue bound: there is at most one per live transaction, memory the
     // log already holds, and refusing one would keep a finished transaction alive.
     const frame = encodeRecord(RecordKind.end, this.nextLsn++, Buffer.from(txId, 'utf8'), null)
-    this.enqueue({ frame, rec: undefined, waiter: undefined })
+    this.enqueue({ frame, rec: undefined, waiter: undefined, ended: recs })
     this.scheduleLazy()
   }
 
@@ -382,6 +393,16 @@ export class FileLog {
       this.kick()
       if (!this.writing) break
       await this.writer
+    }
+    // Lazy records the timer wrote earlier are on the page cache only: the queue may be empty
+    // and still not everything durable (test/simulation/log.sim.test.ts found it). A failure
+    // here fails the log, as one in the writer would.
+    if (this.failed === undefined) {
+      try {
+        await this.syncNow()
+      } catch (err) {
+        this.fail(err)
+      }
     }
     this.closed = true
     try {
@@ -508,6 +529,7 @@ export class FileLog {
         }
         parts.push(p.frame)
         partBytes += n
+        if (p.ended !== undefined) this.unsyncedEnds.push(p.ended)
         if (p.rec !== undefined) {
           p.rec.seg = this.seq
           this.segmentInfo().records++
@@ -552,6 +574,7 @@ export class FileLog {
     else await this.fh.sync()
     this.counters.fsyncs++
     this.unsynced = false
+    this.unsyncedEnds = []
     this.opts.onSync?.(this.unsyncedFrames, (performance.now() - started) / 1000)
     this.unsyncedFrames = 0
   }
@@ -588,6 +611,16 @@ export class FileLog {
   private async compact(): Promise<void> {
     const sealed = [...this.segments.keys()].filter((s) => s < this.seq).sort((a, b) => a - b)
     if (sealed.length === 0) return
+    // An END takes effect on disk only once it is durable: end() drops its records from `live`
+    // at once, so they are not copied, and deleting a segment that holds one before the END is
+    // on disk would let a crash lose the END and bring back the transaction's other records
+    // without these (test/simulation/log.sim.test.ts found it). ENDs already written are made
+    // durable here; a segment holding a record of an END still queued is kept for a later turn.
+    if (this.unsyncedEnds.length > 0) await this.syncNow()
+    const pinned = new Set<number>()
+    for (const p of this.queue) {
+      if (p.ended !== undefined) eachLive(p.ended, (r) => r.seg > 0 && pinned.add(r.seg))
+    }
     const liveBytes = new Map<number, number>()
     for (const recs of this.live.values()) {
       eachLive(recs, (r) => {
@@ -607,6 +640,7 @@ export class FileLog {
     let budgeted = 0
     let cut = 0
     for (const s of sealed) {
+      if (pinned.has(s)) break
       const b = liveBytes.get(s) ?? 0
       if (cut === 0 && forceOldest) {
         carryBytes += b
@@ -866,10 +900,14 @@ async function writeFully(fh: FileHandle, buf: Buffer, position: number): Promis
 
 // Creates the log directory. A directory created here must itself be durable in its parent, or a
 // power loss could take the whole log with it: each new level's parent is fsynced (bounded by the
-// path's depth).
+// path's depth). A directory found already there is fsynced in its parent too: a process that
+// crashed right after creating it may not have (test/simulation/log.sim.test.ts found it).
 async function ensureDir(dir: string): Promise<void> {
   const made = await mkdir(dir, { recursive: true })
-  if (made === undefined) return
+  if (made === undefined) {
+    await syncDir(dirname(resolvePath(dir)))
+    return
+  }
   const top = resolvePath(made)
   for (let d = resolvePath(dir); ; d = dirname(d)) {
     await syncDir(dirname(d))

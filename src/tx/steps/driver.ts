@@ -79,6 +79,10 @@ interface Entry extends MessageHolder {
   deadlineTimer: NodeJS.Timeout | undefined
   readonly retryTimers: Map<BranchId, NodeJS.Timeout>
   finished: boolean
+  /** Step records being written: the transaction may not end until they are fed. */
+  recording: number
+  /** The machine ended the transaction while step records were being written (see addStep). */
+  endHeld: boolean
 }
 
 const logKey = (id: TxId): string => `s:${id}`
@@ -133,7 +137,7 @@ export class StepCoordinator {
   }
 
   private newEntry(state: StepTxState, route: string): Entry {
-    return { state, route, outcome: undefined, outcomeWaiters: [], doneWaiters: [], deadlineTimer: undefined, retryTimers: new Map(), finished: false, messages: [], messageBytes: 0, publishing: undefined }
+    return { state, route, outcome: undefined, outcomeWaiters: [], doneWaiters: [], deadlineTimer: undefined, retryTimers: new Map(), finished: false, recording: 0, endHeld: false, messages: [], messageBytes: 0, publishing: undefined }
   }
 
   /**
@@ -152,8 +156,22 @@ export class StepCoordinator {
     if (e.state.steps.length >= LIMITS.maxSteps) return new TxLimitError(`transaction ${id} already has ${LIMITS.maxSteps} steps`)
     const late = e.state.status !== 'active'
     const recorded: StepRecord = late ? { ...step, late: true } : step
-    await appendDurable(this.d.log, logKey(id), { type: 'step', mode: e.state.mode, step: { ...recorded } })
+    // While the record is written the transaction may finish (an abort with nothing else to
+    // undo): its end waits for this step, or the step would be dropped (feed finds nothing)
+    // and ended at replay by the END queued behind it, never undone (found by
+    // test/simulation/steps.sim.test.ts).
+    e.recording++
+    try {
+      await appendDurable(this.d.log, logKey(id), { type: 'step', mode: e.state.mode, step: { ...recorded } })
+    } catch (err) {
+      e.recording--
+      this.releaseEnd(id, e)
+      throw err
+    }
+    e.recording--
     this.feed(id, { type: 'step', step: recorded })
+    // A duplicate changes nothing and the machine says nothing more: end it now.
+    this.releaseEnd(id, e)
     this.d.onEvent?.('tx-step', { tx: id, service: step.service, branch: step.id, ...(step.unresolved === undefined ? {} : { unresolved: step.unresolved }) })
     // A step that answered after the end still joins the undo queue, but the caller hears the
     // transaction is over.
@@ -308,9 +326,12 @@ export class StepCoordinator {
           if (a.outcome === 'committed') startPublishing(id, e, this.d.publish)
           break
         case 'log-end':
-          // Messages not yet on the bus keep the record (a restart publishes them again).
-          endAfterPublishing(this.d.log, logKey(id), e)
-          this.retire(id, e)
+          if (e.recording > 0) {
+            // A step record is being written: the machine hears of it, and ends again, first.
+            e.endHeld = true
+            break
+          }
+          this.end(id, e)
           break
       }
     }
@@ -368,6 +389,19 @@ export class StepCoordinator {
     if (hook.headers !== undefined) body.headers = hook.headers
     const r = await this.d.control.call(step.target, 'POST', `/v1/tx/${id}/${op}`, body)
     return r.ok ? { ok: true, error: '' } : { ok: false, error: `${op} via ${step.service} failed: ${r.error}` }
+  }
+
+  private end(id: TxId, e: Entry): void {
+    e.endHeld = false
+    // Messages not yet on the bus keep the record (a restart publishes them again).
+    endAfterPublishing(this.d.log, logKey(id), e)
+    this.retire(id, e)
+  }
+
+  /** Ends a transaction whose end waited for step records, once none is left and it is over. */
+  private releaseEnd(id: TxId, e: Entry): void {
+    if (!e.endHeld || e.recording > 0 || this.txs.get(id) !== e) return
+    if (e.state.status === 'committed' || e.state.status === 'aborted') this.end(id, e)
   }
 
   private retire(id: TxId, e: Entry): void {

@@ -184,11 +184,17 @@ function same(state: StepTxState): StepTxStep {
   return { state, actions: [] }
 }
 
-function onStep(state: StepTxState, step: StepRecord): StepTxStep {
+function onStep(state: StepTxState, answered: StepRecord): StepTxStep {
   // A step that answered after the transaction ended (a slow call racing an abort) must still
   // be undone: it joins the queue like the others.
-  if (state.steps.some((e) => e.step.id === step.id)) return same(state)
+  if (state.steps.some((e) => e.step.id === answered.id)) return same(state)
   assert(state.steps.length < LIMITS.maxSteps, `${state.id}: more than ${LIMITS.maxSteps} steps`)
+  // A step whose record was still being written when the abort came (its call answered while
+  // the transaction was active, so the driver did not mark it late) is undone like a late one:
+  // the undo of the steps before it may be under way already, so it cannot take its turn in
+  // reverse order (before, checkInvariants threw here and the driver dropped the step, never
+  // undoing it; test/simulation/steps.sim.test.ts found it).
+  const step = answered.late !== true && (state.status === 'aborting' || state.status === 'aborted') ? { ...answered, late: true } : answered
   const entry: StepEntry = { step, status: 'recorded', attempts: 0, lastError: undefined }
   const s = { ...state, steps: [...state.steps, entry] }
   if (state.status === 'active' || (state.status === 'committing' && !state.decisionLogged)) return same(s)
