@@ -60,6 +60,12 @@ export interface TxmeshPgOptions {
   maxOpen?: number
   /** An open branch idle this long is rolled back; its prepare then votes no. Default 60 s. */
   idleTimeoutMs?: number
+  /**
+   * Every this often, resolve prepared rows of this service older than the interval, as
+   * recover() does (rows a restarted sidecar no longer knows). 0: only when recover() is called.
+   * Default 30 s.
+   */
+  recoverIntervalMs?: number
   /** Where the hooks are served. Default /.well-known/txmesh. */
   hookPrefix?: string
   /** Structured events (opened, prepared, failed, recovered, ...). Must not throw. */
@@ -165,6 +171,9 @@ class PgParticipant implements TxmeshPg {
   private readonly open = new Map<string, Branch>()
   private readonly tombstones = new Map<string, Tombstone>()
   private closing: Promise<void> | undefined
+  private readonly recoverTimer: NodeJS.Timeout | undefined
+  /** The periodic sweep under way (sweeps never overlap). */
+  private sweeping: Promise<unknown> | undefined
   private barrierReady: Promise<void> | undefined
 
   constructor(o: TxmeshPgOptions) {
@@ -180,6 +189,12 @@ class PgParticipant implements TxmeshPg {
     this.idleTimeoutMs = checkInt('idleTimeoutMs', o.idleTimeoutMs ?? L.defaultIdleTimeoutMs, 1, L.maxIdleTimeoutMs)
     this.hookPrefix = checkPrefix(o.hookPrefix ?? DEFAULT_HOOK_PREFIX)
     this.onEvent = o.onEvent
+    const every = checkInt('recoverIntervalMs', o.recoverIntervalMs ?? L.defaultRecoverIntervalMs, 0, L.maxRecoverIntervalMs)
+    if (every > 0) {
+      this.recoverTimer = setInterval(() => this.sweep(every), every)
+      // A helper nobody closed must not keep the process alive.
+      this.recoverTimer.unref()
+    }
   }
 
   // ---- HTTP entry points ----
@@ -622,6 +637,10 @@ class PgParticipant implements TxmeshPg {
   // ---- recovery and shutdown ----
 
   recover(): Promise<RecoverResult> {
+    return this.recoverOlderThan(0)
+  }
+
+  private recoverOlderThan(minAgeMs: number): Promise<RecoverResult> {
     return recoverPrepared({
       pool: this.pool,
       service: this.service,
@@ -629,10 +648,25 @@ class PgParticipant implements TxmeshPg {
       adminToken: this.adminToken,
       emit: (e) => this.emit(e),
       withConnection: (fn) => this.withConnection(fn),
+      minAgeMs,
     })
   }
 
+  /**
+   * The periodic recover(), for rows older than one interval (younger ones are normally being
+   * finished by the sidecar; asking about them would be harmless, only wasted). The sidecar's
+   * answer decides as at start: a branch it holds answers in-doubt until decided, one it does not
+   * know is asked of the coordinator the id names (presumed abort).
+   */
+  private sweep(minAgeMs: number): void {
+    if (this.closing || this.sweeping) return
+    this.sweeping = this.recoverOlderThan(minAgeMs)
+      .catch((err: unknown) => this.emit({ event: 'recover_error', message: `periodic recovery failed: ${messageOf(err)}` }))
+      .finally(() => (this.sweeping = undefined))
+  }
+
   close(): Promise<void> {
+    clearInterval(this.recoverTimer)
     this.closing ??= (async () => {
       const error = new PgBranchFailedError('the txmesh/pg helper was closed before the branch was prepared')
       await Promise.all(

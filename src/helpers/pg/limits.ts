@@ -23,6 +23,15 @@ export const PG_HELPER_LIMITS = Object.freeze({
   // between its last business call and prepare, and short enough not to hold locks for long.
   defaultIdleTimeoutMs: 60_000,
   maxIdleTimeoutMs: 24 * 3_600_000,
+  // default recoverIntervalMs: how often the helper resolves, on its own, prepared rows of its
+  // service older than this interval. recover() at start cannot see a row prepared later whose
+  // sidecar then lost the branch (killed while the app ran PREPARE TRANSACTION, before PREPARED
+  // was logged) and whose coordinator's abort never arrived (its sends are bounded, and a
+  // restarted coordinator forgets an abort): nobody else would ever finish that row, and it holds
+  // its row locks. 30 s is well past a normal prepare-to-commit gap, and one cheap query when
+  // nothing is left over. 0 turns the sweep off.
+  defaultRecoverIntervalMs: 30_000,
+  maxRecoverIntervalMs: 24 * 3_600_000,
 
   // Requests of one branch run one at a time on its single connection; more than this many
   // waiting behind the running one is a caller bug or a storm: 503 TXM_PG_BRANCH_BUSY.

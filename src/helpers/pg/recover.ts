@@ -29,6 +29,8 @@ export interface RecoverContext {
   readonly adminToken: string | undefined
   readonly emit: Emit
   readonly withConnection: <T>(fn: (c: PoolClient) => Promise<T>) => Promise<T>
+  /** Only rows prepared at least this long ago (0: all; the periodic sweep passes its interval). */
+  readonly minAgeMs?: number
 }
 
 export async function recoverPrepared(ctx: RecoverContext): Promise<RecoverResult> {
@@ -36,8 +38,8 @@ export async function recoverPrepared(ctx: RecoverContext): Promise<RecoverResul
   // left()/length() rather than LIKE: '_' in a service name would be a LIKE wildcard.
   const { rows } = await ctx.withConnection((c) =>
     c.query<{ gid: string }>(
-      'SELECT gid FROM pg_prepared_xacts WHERE database = current_database() AND left(gid, length($1)) = $1 ORDER BY prepared',
-      [prefix],
+      "SELECT gid FROM pg_prepared_xacts WHERE database = current_database() AND left(gid, length($1)) = $1 AND prepared <= now() - $2 * interval '1 millisecond' ORDER BY prepared",
+      [prefix, ctx.minAgeMs ?? 0],
     ),
   )
   const result: RecoverResult = { committed: 0, aborted: 0, inDoubt: 0 }

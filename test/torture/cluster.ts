@@ -1,0 +1,360 @@
+// The bank's processes: per service an app (test/torture/bank-app.ts) and its sidecar, each a
+// real child process on fixed loopback ports so a restart comes back where its peers expect it
+// (with the same durable log directory), a fault proxy in front of the sidecar's ingress and
+// control listeners, and the coordinator sidecar the client begins transactions on.
+//
+//   client --admin/egress--> coordinator sidecar --(proxy)--> ingress of bank-x sidecar --> app x
+//                                              --(proxy)--> control of bank-x sidecar (prepare,
+//                                                           commit, abort, confirm, cancel)
+// The participants advertise their proxy's control port (mesh.advertise), so every control call
+// of the coordinator crosses a proxy; compensations go to the proxied ingress (the `services:`
+// address the step's call was forwarded to).
+import { spawn, type ChildProcess } from 'node:child_process'
+import { closeSync, mkdirSync, openSync, writeFileSync } from 'node:fs'
+import { join } from 'node:path'
+import { createInterface } from 'node:readline'
+import { SIDECAR_NODE_FLAGS } from '../../src/runtime.js'
+import { startFaultProxy, type FaultProxy } from '../helpers/fault-proxy.js'
+import { CLI, MESH_KEY, freePort } from '../helpers/servers.js'
+import type { Mode } from './schema.js'
+
+export const SERVICES = ['bank-a', 'bank-b', 'bank-c'] as const
+export type Service = (typeof SERVICES)[number]
+
+const APP = join(import.meta.dirname, 'bank-app.ts')
+const ROOT = join(import.meta.dirname, '../..')
+
+// Bounds of the processes, each with its reason.
+// From spawn to the "listening" line: a sidecar replays its log, an app loads tsx and runs
+// recover() (3 attempts of 2 s per prepared row when its sidecar is down). Slower is a hang.
+export const PROCESS_START_TIMEOUT_MS = 30_000
+// A restart on a fixed port can meet the port still held for an instant; a few tries cover it.
+const START_ATTEMPTS = 3
+const START_RETRY_DELAY_MS = 200
+// After SIGKILL the exit event follows at once; longer means the process is not ours to wait on.
+const EXIT_WAIT_MS = 5_000
+// A process that died on its own (a failpoint fired, or an unexpected exit) is restarted after
+// this pause, like a kubelet restarting a container.
+export const SELF_EXIT_RESTART_DELAY_MS = 300
+
+// Egress policy of the client's calls: a stuck call fails (504) rather than hold a transfer.
+export const CALL_TIMEOUT_MS = 4_000
+// Participant ingress: how long its app may take.
+const INGRESS_TIMEOUT_MS = 6_000
+// Saga/tcc finishing ops: retried quickly and for long (about 40 s) before a step is stuck, so
+// a participant down for a few seconds during the load never leaves one stuck.
+const STEPS_POLICY = 'steps: {attempts: 60, backoffBaseMs: 50, backoffCapMs: 1000}'
+
+export type ProcessKind = 'app' | 'participant-sidecar' | 'coordinator'
+export type Failpoint = 'coordinator-after-decision' | 'participant-after-prepared'
+
+export interface ExitNote {
+  readonly name: string
+  readonly code: number | null
+  readonly signal: NodeJS.Signals | null
+  readonly failpoint: Failpoint | undefined
+  readonly at: number
+}
+
+/** One restartable child process that prints a JSON "listening" line on stdout when ready. */
+export class Managed {
+  private child: ChildProcess | undefined
+  private exited: Promise<void> = Promise.resolve()
+  private expectExit = false
+  private armed: Failpoint | undefined
+  private starting: Promise<void> | undefined
+  private restartTimer: NodeJS.Timeout | undefined
+  private stopped = false
+
+  constructor(
+    readonly name: string,
+    readonly kind: ProcessKind,
+    private readonly args: readonly string[],
+    private readonly env: Readonly<Record<string, string>>,
+    private readonly logFile: string,
+    private readonly onSelfExit: (n: ExitNote) => void,
+  ) {}
+
+  get up(): boolean {
+    return this.child !== undefined && this.starting === undefined
+  }
+
+  get failpoint(): Failpoint | undefined {
+    return this.armed
+  }
+
+  /** Starts the process (armed with a failpoint if given) and waits for its listening line. */
+  start(failpoint?: Failpoint): Promise<void> {
+    if (this.stopped || (this.child !== undefined && this.starting === undefined)) return Promise.resolve()
+    clearTimeout(this.restartTimer)
+    this.restartTimer = undefined
+    this.starting ??= this.startWithRetries(failpoint).finally(() => (this.starting = undefined))
+    return this.starting
+  }
+
+  private async startWithRetries(failpoint: Failpoint | undefined): Promise<void> {
+    let last: unknown
+    for (let attempt = 1; attempt <= START_ATTEMPTS; attempt++) {
+      try {
+        await this.spawnOnce(failpoint)
+        return
+      } catch (err) {
+        last = err
+        await sleep(START_RETRY_DELAY_MS)
+      }
+    }
+    throw new Error(`${this.name} did not start after ${START_ATTEMPTS} attempts: ${(last as Error).message}`)
+  }
+
+  private async spawnOnce(failpoint: Failpoint | undefined): Promise<void> {
+    const fd = openSync(this.logFile, 'a')
+    writeFileSync(fd, `--- ${new Date().toISOString()} start${failpoint === undefined ? '' : ` armed ${failpoint}`}\n`)
+    const env: NodeJS.ProcessEnv = { ...process.env, ...this.env }
+    delete env.NODE_OPTIONS
+    delete env.TXMESH_LOG_LEVEL
+    delete env.TXMESH_CONFIG
+    delete env.TXMESH_FAILPOINTS
+    if (failpoint !== undefined) env.TXMESH_FAILPOINTS = failpoint
+    const child = spawn(process.execPath, [...this.args], { cwd: ROOT, env, stdio: ['ignore', 'pipe', fd] })
+    closeSync(fd)
+    this.armed = failpoint
+    this.expectExit = false
+    const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((r) => child.once('exit', (code, signal) => r({ code, signal })))
+    const stdout = child.stdout
+    if (stdout === null) throw new Error('no stdout pipe')
+    const lines = createInterface({ input: stdout })
+    let timer: NodeJS.Timeout | undefined
+    try {
+      await new Promise<void>((resolve, reject) => {
+        timer = setTimeout(() => reject(new Error(`no listening line within ${PROCESS_START_TIMEOUT_MS} ms (log: ${this.logFile})`)), PROCESS_START_TIMEOUT_MS)
+        lines.once('line', () => resolve())
+        void exited.then((e) => reject(new Error(`exited during start (code ${e.code}, signal ${e.signal}; log: ${this.logFile})`)))
+      })
+    } catch (err) {
+      child.kill('SIGKILL')
+      await exited
+      throw err
+    } finally {
+      clearTimeout(timer)
+    }
+    // Keep draining stdout so the child never blocks on a full pipe.
+    lines.on('line', () => undefined)
+    this.child = child
+    this.exited = exited.then((e) => {
+      if (this.child === child) this.child = undefined
+      if (this.expectExit || this.stopped) return
+      // Died on its own: a failpoint fired (it SIGKILLs itself), or a crash worth reporting.
+      const note: ExitNote = { name: this.name, code: e.code, signal: e.signal, failpoint: this.armed, at: Date.now() }
+      this.armed = undefined
+      this.onSelfExit(note)
+      this.restartTimer = setTimeout(() => {
+        this.restartTimer = undefined
+        this.start().catch((err: unknown) => process.stderr.write(`torture: restarting ${this.name} failed: ${(err as Error).message}\n`))
+      }, SELF_EXIT_RESTART_DELAY_MS)
+    })
+  }
+
+  /** SIGKILL (the process gets no chance to clean up) and wait for the exit. */
+  async kill(): Promise<boolean> {
+    if (this.starting !== undefined) await this.starting.catch(() => undefined)
+    const child = this.child
+    if (child === undefined) return false
+    this.expectExit = true
+    child.kill('SIGKILL')
+    await withTimeout(this.exited, EXIT_WAIT_MS, `${this.name} to exit after SIGKILL`)
+    this.armed = undefined
+    return true
+  }
+
+  /** For good (end of the run): no restarts any more. */
+  async stop(): Promise<void> {
+    this.stopped = true
+    clearTimeout(this.restartTimer)
+    if (this.starting !== undefined) await this.starting.catch(() => undefined)
+    const child = this.child
+    if (child === undefined) return
+    this.expectExit = true
+    child.kill('SIGKILL')
+    await withTimeout(this.exited, EXIT_WAIT_MS, `${this.name} to exit`).catch(() => undefined)
+  }
+}
+
+export interface SidecarPorts {
+  readonly egress: number
+  readonly ingress: number
+  readonly control: number
+  readonly admin: number
+}
+
+export interface ServiceNode {
+  readonly service: Service
+  readonly db: string
+  readonly appPort: number
+  readonly sidecarPorts: SidecarPorts
+  readonly app: Managed
+  readonly sidecar: Managed
+  readonly ingressProxy: FaultProxy
+  readonly controlProxy: FaultProxy
+}
+
+export interface BankCluster {
+  readonly mode: Mode
+  readonly dir: string
+  readonly nodes: readonly ServiceNode[]
+  readonly coordinator: Managed
+  readonly coordinatorPorts: SidecarPorts
+  readonly proxies: readonly { readonly name: string; readonly proxy: FaultProxy }[]
+  /** Every managed process, by name. */
+  readonly processes: ReadonlyMap<string, Managed>
+  stop(): Promise<void>
+}
+
+export interface ClusterOptions {
+  readonly mode: Mode
+  /** Scratch directory of this mode: configs, durable logs, process logs. */
+  readonly dir: string
+  readonly connectionString: (db: string) => string
+  readonly dbOf: (s: Service) => string
+  /** Seeded randomness for the proxies' drop choices. */
+  readonly random: () => number
+  readonly onSelfExit: (n: ExitNote) => void
+}
+
+async function sidecarPorts(): Promise<SidecarPorts> {
+  return { egress: await freePort(), ingress: await freePort(), control: await freePort(), admin: await freePort() }
+}
+
+function listenersYaml(p: SidecarPorts): string {
+  return `listeners: {egress: {host: 127.0.0.1, port: ${p.egress}}, ingress: {host: 127.0.0.1, port: ${p.ingress}}, control: {host: 127.0.0.1, port: ${p.control}}, admin: {host: 127.0.0.1, port: ${p.admin}}}`
+}
+
+function sidecarArgs(file: string, p: SidecarPorts): string[] {
+  return [
+    ...SIDECAR_NODE_FLAGS,
+    CLI,
+    'sidecar',
+    '--config',
+    file,
+    '--egress-port',
+    String(p.egress),
+    '--ingress-port',
+    String(p.ingress),
+    '--control-port',
+    String(p.control),
+    '--admin-port',
+    String(p.admin),
+  ]
+}
+
+/**
+ * The coordinator's egress routes. saga: bank-a and bank-b are undone by the route's
+ * compensation template; bank-c names its own undo in txmesh-compensate. tcc: bank-a and bank-b
+ * get the route's confirm/cancel templates; bank-c's sidecar calls its default hooks.
+ */
+function coordinatorRoutes(mode: Mode): string {
+  if (mode === '2pc') return ''
+  const lines = ['routes:']
+  for (const s of ['bank-a', 'bank-b'] as const) {
+    lines.push(`  - name: ${s}-${mode}`, `    match: {direction: egress, host: ${s}}`)
+    if (mode === 'saga') lines.push('    compensation: {method: POST, path: "/saga/undo/{request.query.transfer}/{request.query.account}/{request.query.delta}"}')
+    else lines.push('    tcc: {confirm: {path: "/tcc/confirm/{step.id}"}, cancel: {path: "/tcc/cancel/{step.id}"}}')
+  }
+  return lines.join('\n')
+}
+
+export async function startBankCluster(o: ClusterOptions): Promise<BankCluster> {
+  const processes = new Map<string, Managed>()
+  const proxies: { name: string; proxy: FaultProxy }[] = []
+  const nodes: ServiceNode[] = []
+  const stopAll = async (): Promise<void> => {
+    await Promise.all([...processes.values()].map((p) => p.stop()))
+    await Promise.all(proxies.map((p) => p.proxy.close()))
+  }
+  try {
+    for (const service of SERVICES) {
+      const dir = join(o.dir, service)
+      mkdirSync(dir, { recursive: true })
+      const appPort = await freePort()
+      const ports = await sidecarPorts()
+      const ingressProxy = await startFaultProxy({ port: await freePort(), targetPort: ports.ingress, random: o.random })
+      const controlProxy = await startFaultProxy({ port: await freePort(), targetPort: ports.control, random: o.random })
+      proxies.push({ name: `${service}/ingress`, proxy: ingressProxy }, { name: `${service}/control`, proxy: controlProxy })
+      const file = join(dir, 'sidecar.yaml')
+      writeFileSync(
+        file,
+        [
+          `service: ${service}`,
+          `app: {host: 127.0.0.1, port: ${appPort}}`,
+          `store: {dir: ${JSON.stringify(join(dir, 'store'))}}`,
+          'log: {level: info}',
+          listenersYaml(ports),
+          `mesh: {advertise: "127.0.0.1:${controlProxy.port}"}`,
+          `defaults: {timeoutMs: ${INGRESS_TIMEOUT_MS}}`,
+        ].join('\n'),
+      )
+      const sidecar = new Managed(`${service}/sidecar`, 'participant-sidecar', sidecarArgs(file, ports), { TXMESH_MESH_KEY: MESH_KEY }, join(dir, 'sidecar.log'), o.onSelfExit)
+      const db = o.dbOf(service)
+      const app = new Managed(
+        `${service}/app`,
+        'app',
+        ['--import', 'tsx', APP],
+        {
+          DATABASE_URL: o.connectionString(db),
+          SERVICE: service,
+          PORT: String(appPort),
+          SIDECAR_ADMIN: `http://127.0.0.1:${ports.admin}`,
+          COMPENSATE_HEADER: service === 'bank-c' ? '1' : '0',
+        },
+        join(dir, 'app.log'),
+        o.onSelfExit,
+      )
+      processes.set(sidecar.name, sidecar)
+      processes.set(app.name, app)
+      nodes.push({ service, db, appPort, sidecarPorts: ports, app, sidecar, ingressProxy, controlProxy })
+    }
+    // Sidecars first: the apps' recover() asks them.
+    await Promise.all(nodes.map((n) => n.sidecar.start()))
+    await Promise.all(nodes.map((n) => n.app.start()))
+
+    const dir = join(o.dir, 'coordinator')
+    mkdirSync(dir, { recursive: true })
+    const coordinatorPorts = await sidecarPorts()
+    const file = join(dir, 'sidecar.yaml')
+    writeFileSync(
+      file,
+      [
+        'service: bank-client',
+        // The client is the initiating app; nothing calls its ingress.
+        'app: {host: 127.0.0.1, port: 9}',
+        `store: {dir: ${JSON.stringify(join(dir, 'store'))}}`,
+        'log: {level: info}',
+        listenersYaml(coordinatorPorts),
+        'services:',
+        ...nodes.map((n) => `  ${n.service}: {address: "127.0.0.1:${n.ingressProxy.port}"}`),
+        `defaults: {timeoutMs: ${CALL_TIMEOUT_MS}}`,
+        STEPS_POLICY,
+        coordinatorRoutes(o.mode),
+      ].join('\n'),
+    )
+    const coordinator = new Managed('coordinator', 'coordinator', sidecarArgs(file, coordinatorPorts), { TXMESH_MESH_KEY: MESH_KEY }, join(dir, 'sidecar.log'), o.onSelfExit)
+    processes.set(coordinator.name, coordinator)
+    await coordinator.start()
+    return { mode: o.mode, dir: o.dir, nodes, coordinator, coordinatorPorts, proxies, processes, stop: stopAll }
+  } catch (err) {
+    await stopAll()
+    throw err
+  }
+}
+
+export function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms))
+}
+
+export async function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined
+  try {
+    return await Promise.race([p, new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms waiting for ${what}`)), ms)))])
+  } finally {
+    clearTimeout(timer)
+  }
+}

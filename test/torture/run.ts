@@ -1,0 +1,213 @@
+// One mode of the bank torture (Jepsen's bank test, for txmesh): three bank services, each an
+// app on its own Postgres database behind its own sidecar process; a client moving money
+// between them through a coordinator sidecar, 2 or 3 services per transfer, several at once;
+// a seeded fault driver killing apps and sidecars and flipping fault proxies meanwhile. Then a
+// bounded recovery window and the invariants (check.ts). Used by test/torture/bank.ts (the
+// `npm run torture` CLI) and test/integration/bank.test.ts (a short run in `npm test`).
+import { appendFileSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import type { PostgresInstance } from '../helpers/pg.js'
+import { Prng } from '../simulation/prng.js'
+import { checkInvariants, resolvedUnknowns, VIOLATIONS_SHOWN, waitRecovered, type RecoveryStatus, type Violation } from './check.js'
+import { planTransfers, runClient, TX_TIMEOUT_MS, type ClientRecord, type Seen } from './client.js'
+import { SERVICES, startBankCluster, type Service } from './cluster.js'
+import { FaultDriver, newFaultCounts, planFaults, type FaultCounts } from './faults.js'
+import { createBank, readBank, type BankState, type Mode } from './schema.js'
+
+export const MODES: readonly Mode[] = ['2pc', 'saga', 'tcc']
+
+// Shape of the bank, each with its reason.
+// Accounts per service: few enough that transfers contend for rows (2pc lock waits, overdrafts),
+// enough that 8 transfers in flight do not all queue on one row.
+const ACCOUNTS = 16
+// 2pc and tcc: small balances, so overdrafts happen on their own as money moves (refused at
+// PREPARE, or by the try's freeze). saga: large, because a saga's credit is visible at once and
+// undoing it must never overdraw the account (a saga has no isolation; that is not what this
+// test is about); its overdrafts come from the planned oversize transfers.
+const INITIAL_BALANCE: Readonly<Record<Mode, number>> = { '2pc': 1_000, saga: 1_000_000, tcc: 1_000 }
+// Transfers in flight at once (the brief: "e.g. 8").
+export const IN_FLIGHT = 8
+
+export interface BankOptions {
+  readonly mode: Mode
+  /** The run's seed; this mode's choices come from a seed derived from it and the mode. */
+  readonly seed: number
+  readonly transfers: number
+  readonly kills: number
+  readonly proxyFaults: number
+  /** Cap of the recovery window. */
+  readonly recoveryCapMs: number
+  readonly pg: PostgresInstance
+  /** Keep the mode's directory (configs, durable logs, process logs) when it fails. */
+  readonly keepDirOnFailure: boolean
+  readonly log: (line: string) => void
+}
+
+export interface BankResult {
+  readonly mode: Mode
+  readonly seed: number
+  readonly ok: boolean
+  readonly seen: Readonly<Record<Seen, number>>
+  readonly unknownResolved: { readonly applied: number; readonly none: number }
+  readonly abortReasons: readonly [string, number][]
+  readonly faults: FaultCounts
+  readonly connectionsDropped: number
+  readonly loadMs: number
+  readonly recovery: { readonly ok: boolean; readonly ms: number; readonly last: RecoveryStatus }
+  readonly violations: readonly Violation[]
+  readonly dir: string | undefined
+}
+
+/** A 32-bit seed per mode, so `TORTURE_MODE=saga` alone replays the saga part of an `all` run. */
+export function modeSeed(seed: number, mode: Mode): number {
+  const r = new Prng((seed ^ Math.imul(MODES.indexOf(mode) + 1, 0x9e3779b9)) >>> 0)
+  r.next()
+  return Math.floor(r.next() * 2 ** 32) >>> 0
+}
+
+export async function runBankMode(o: BankOptions): Promise<BankResult> {
+  const ms = modeSeed(o.seed, o.mode)
+  const transferRng = new Prng(ms)
+  const faultRng = new Prng(ms ^ 0x5bd1e995)
+  const proxyRng = new Prng(ms ^ 0x1b873593)
+  const initialBalance = INITIAL_BALANCE[o.mode]
+  const dir = mkdtempSync(join(tmpdir(), `txmesh-torture-${o.mode}-`))
+  const dbOf = (s: Service): string => `${s.replace('-', '_')}_${o.mode}`
+  for (const s of SERVICES) {
+    await o.pg.createDatabase(dbOf(s))
+    await createBank(o.pg.connectionString(dbOf(s)), o.mode, ACCOUNTS, initialBalance)
+  }
+
+  const faults = newFaultCounts()
+  const timelineFile = join(dir, 'timeline.log')
+  const timeline = (line: string): void => appendFileSync(timelineFile, `${new Date().toISOString()} ${line}\n`)
+  const cluster = await startBankCluster({
+    mode: o.mode,
+    dir,
+    connectionString: (db) => o.pg.connectionString(db),
+    dbOf,
+    random: () => proxyRng.next(),
+    onSelfExit: (n) => {
+      timeline(`${n.name} exited on its own: code ${n.code}, signal ${n.signal}${n.failpoint === undefined ? '' : ` (armed ${n.failpoint})`}`)
+      if (n.failpoint !== undefined && n.signal === 'SIGKILL') faults.failpoints[n.failpoint]++
+      else {
+        faults.unexpectedExits.push(n)
+        o.log(`${o.mode}: ${n.name} exited on its own (code ${n.code}, signal ${n.signal}); restarting it`)
+      }
+    },
+  })
+  let ok = false
+  try {
+    const transfers = planTransfers(transferRng, o.mode, o.transfers, ACCOUNTS, initialBalance)
+    const events = planFaults(
+      faultRng,
+      o.mode,
+      o.transfers,
+      o.kills,
+      o.proxyFaults,
+      [...cluster.processes.values()].map((p) => ({ name: p.name, kind: p.kind })),
+      cluster.proxies.map((p) => p.name),
+    )
+    const driver = new FaultDriver(cluster, events, faults, (line) => o.log(`${o.mode}: ${line}`), timeline)
+    const started = Date.now()
+    let records: ClientRecord[]
+    try {
+      records = await runClient(
+        { mode: o.mode, adminPort: cluster.coordinatorPorts.admin, egressPort: cluster.coordinatorPorts.egress, inFlight: IN_FLIGHT, onStart: (i) => driver.onTransferStart(i) },
+        transfers,
+      )
+    } finally {
+      await driver.stop()
+    }
+    const loadMs = Date.now() - started
+    // What the client saw, one JSON line per transfer (diagnosis of a failure).
+    writeFileSync(join(dir, 'client.log'), records.map((r) => JSON.stringify(r)).join('\n') + '\n')
+    const connectionsDropped = cluster.proxies.reduce((n, p) => n + p.proxy.stats.dropped, 0)
+
+    const recovery = await waitRecovered(cluster, (db) => o.pg.connectionString(db), o.recoveryCapMs)
+    const states = new Map<Service, BankState>()
+    for (const n of cluster.nodes) states.set(n.service, await readBank(o.pg.connectionString(n.db)))
+    const input = { mode: o.mode, records, states, initialBalance, accounts: ACCOUNTS }
+    const violations = checkInvariants(input)
+    if (!recovery.ok) {
+      const l = recovery.last
+      violations.unshift({
+        invariant: 'recovered within the window',
+        transfer: undefined,
+        detail: `after ${recovery.ms} ms: ${l.prepared} prepared, ${l.unfinished} unfinished transactions (${l.stuck} stuck steps), ${l.branches} branches held, ${l.unreachable} sidecars/databases not answering`,
+      })
+    }
+    const seen: Record<Seen, number> = { committed: 0, aborted: 0, unknown: 0, 'not-begun': 0 }
+    const reasons = new Map<string, number>()
+    for (const r of records) {
+      seen[r.seen]++
+      if (r.seen === 'aborted') {
+        const why = r.detail.replace(/^leg bank-[abc] /, 'leg ').replace(/; abort: .*$/, '')
+        reasons.set(why, (reasons.get(why) ?? 0) + 1)
+      }
+    }
+    ok = violations.length === 0
+    return {
+      mode: o.mode,
+      seed: o.seed,
+      ok,
+      seen,
+      unknownResolved: resolvedUnknowns(input),
+      abortReasons: [...reasons].sort((a, b) => b[1] - a[1]).slice(0, 6),
+      faults,
+      connectionsDropped,
+      loadMs,
+      recovery,
+      violations,
+      dir: ok || !o.keepDirOnFailure ? undefined : dir,
+    }
+  } finally {
+    await cluster.stop()
+    if (ok || !o.keepDirOnFailure) rmSync(dir, { recursive: true, force: true })
+  }
+}
+
+export interface ReplayArgs {
+  readonly transfers: number
+  readonly kills: number
+  readonly defaults: { readonly transfers: number; readonly kills: number }
+}
+
+export function replayCommand(r: BankResult, a: ReplayArgs): string {
+  const extra = [a.transfers !== a.defaults.transfers ? `TORTURE_TRANSFERS=${a.transfers}` : '', a.kills !== a.defaults.kills ? `TORTURE_KILLS=${a.kills}` : ''].filter((s) => s !== '')
+  return [`TORTURE_SEED=${r.seed}`, `TORTURE_MODE=${r.mode}`, ...extra, 'npm run torture'].join(' ')
+}
+
+export function formatResult(r: BankResult, replay: string): string {
+  const f = r.faults
+  const kills = f.kills.app + f.kills['participant-sidecar'] + f.kills.coordinator
+  const fired = f.failpoints['coordinator-after-decision'] + f.failpoints['participant-after-prepared']
+  const proxy = f.proxy.delay + f.proxy.drop + f.proxy.refuse
+  const total = r.seen.committed + r.seen.aborted + r.seen.unknown + r.seen['not-begun']
+  const lines = [
+    `mode ${r.mode}  seed ${r.seed} (mode seed ${modeSeed(r.seed, r.mode)})  ${r.ok ? 'PASS' : 'FAIL'}`,
+    `  transfers  ${total}: committed ${r.seen.committed}, aborted ${r.seen.aborted}, unknown ${r.seen.unknown} (afterwards all applied ${r.unknownResolved.applied}, all undone ${r.unknownResolved.none}), not begun ${r.seen['not-begun']}`,
+    `  aborted    ${r.abortReasons.map(([k, n]) => `${k} ×${n}`).join('; ') || '-'}`,
+    `  kills      ${kills + fired}: SIGKILL app ${f.kills.app}, participant sidecar ${f.kills['participant-sidecar']}, coordinator ${f.kills.coordinator}; failpoints fired: coordinator-after-decision ${f.failpoints['coordinator-after-decision']}, participant-after-prepared ${f.failpoints['participant-after-prepared']}; kill events that found the target down ${f.skipped}, not fired before the load ended ${f.notFired.kill}`,
+    `  proxy      ${proxy} faults: delay ${f.proxy.delay}, drop ${f.proxy.drop}, refuse ${f.proxy.refuse}; connections cut ${r.connectionsDropped}${f.notFired.proxy > 0 ? `; not fired before the load ended ${f.notFired.proxy}` : ''}`,
+    `  crashes    ${f.unexpectedExits.length === 0 ? 'none' : f.unexpectedExits.map((e) => `${e.name} (code ${e.code}, signal ${e.signal})`).join(', ')}`,
+    `  timing     load ${(r.loadMs / 1000).toFixed(1)} s (${((total * 1000) / Math.max(1, r.loadMs)).toFixed(1)} transfers/s, ${IN_FLIGHT} in flight, tx deadline ${TX_TIMEOUT_MS} ms), recovery ${(r.recovery.ms / 1000).toFixed(1)} s`,
+  ]
+  if (r.ok) {
+    lines.push('  invariants all hold: total unchanged, none negative, ledgers match balances, committed present everywhere, aborted nowhere, unknown all-or-nothing, pg_prepared_xacts empty')
+  } else {
+    const byInvariant = new Map<string, number>()
+    for (const v of r.violations) byInvariant.set(v.invariant, (byInvariant.get(v.invariant) ?? 0) + 1)
+    const known = r.violations.filter((v) => v.cause !== undefined).length
+    lines.push(`  invariants ${r.violations.length} violation(s): ${[...byInvariant].map(([k, n]) => `${k} ×${n}`).join('; ')}`)
+    if (known > 0) lines.push(`             ${known} of them: the leg whose call got no answer is left applied, the others undone (a step/try never recorded at the coordinator)`)
+    // Violations of another kind first: they are the news.
+    const shown = [...r.violations.filter((v) => v.cause === undefined), ...r.violations.filter((v) => v.cause !== undefined)].slice(0, VIOLATIONS_SHOWN)
+    for (const v of shown) lines.push(`    [${v.invariant}]${v.transfer === undefined ? '' : ` transfer ${v.transfer}:`} ${v.detail}${v.cause === undefined ? '' : ` | ${v.cause}`}`)
+    if (r.violations.length > VIOLATIONS_SHOWN) lines.push(`    ... and ${r.violations.length - VIOLATIONS_SHOWN} more`)
+    if (r.dir !== undefined) lines.push(`  logs       ${r.dir} (sidecar.yaml, sidecar.log, app.log and the durable log of each process)`)
+    lines.push(`  replay     ${replay}`)
+  }
+  return lines.join('\n')
+}
