@@ -38,6 +38,11 @@ export const LIMITS = Object.freeze({
   // Downstream keep-alive and head timeouts (slowloris bound).
   downstreamKeepAliveMs: 65_000,
   downstreamHeadersTimeoutMs: 20_000,
+  // How often a listener checks its connections against the head and request timeouts (Node's
+  // connectionsCheckingInterval). Node's default, 30 s, let a client that trickles its head hold
+  // a connection for up to 50 s instead of 20 (test/fuzz/limits.test.ts); once a second puts the
+  // bound at the timeout, for a native scan of the requests still arriving.
+  connectionsCheckMs: 1_000,
   // Bound on a request's whole lifetime at the server (Node's requestTimeout). Above the
   // route timeout cap so long uploads can finish.
   downstreamRequestTimeoutMs: 3_600_000,
@@ -50,6 +55,10 @@ export const LIMITS = Object.freeze({
   drainTimeoutCapMs: 300_000,
   // Admin API bodies are small JSON documents.
   adminBodyBytes: 64 * 1024,
+  // Time to receive a whole control or admin request (head and body, at most 64 KiB): callers
+  // give up long before (controlCallTimeoutMs, cliRequestTimeoutMs), so a request still arriving
+  // after 30 s is a stalled or hostile client. Node's default would hold it for 300 s.
+  apiRequestTimeoutMs: 30_000,
   // Config file size: a sidecar policy is a few KiB; refuse to parse megabytes of YAML.
   configFileBytes: 1024 * 1024,
   maxRoutes: 1_000,

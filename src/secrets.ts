@@ -2,16 +2,36 @@
 // Nothing here ever puts a secret's bytes into a message: errors name the file and what is
 // wrong with it, never its content.
 import { createHash, timingSafeEqual } from 'node:crypto'
-import { readFileSync, statSync, unwatchFile, watchFile } from 'node:fs'
+import { closeSync, openSync, readSync, statSync, unwatchFile, watchFile } from 'node:fs'
 import { createSecureContext } from 'node:tls'
 import type { TlsSettings } from './config/types.js'
 import { LIMITS } from './limits.js'
 
-/** Reads a small secret or certificate file; throws (naming the size, not the content) past LIMITS.secretFileBytes. */
+/**
+ * Reads a small secret or certificate file; throws (naming the size, not the content) past
+ * LIMITS.secretFileBytes. Only a regular file (a Secret volume's symlink leads to one): stat
+ * reports size 0 for /dev/zero or a FIFO, whose read would never end or never start (found by
+ * test/fuzz/config.test.ts), and the read itself stops one byte past the limit in case the file
+ * grows after the stat.
+ */
 export function readSecretFile(path: string): Buffer {
-  const size = statSync(path).size
-  if (size > LIMITS.secretFileBytes) throw new Error(`${path} is ${size} bytes; the limit is ${LIMITS.secretFileBytes}`)
-  return readFileSync(path)
+  const st = statSync(path)
+  if (!st.isFile()) throw new Error(`${path} is not a regular file`)
+  if (st.size > LIMITS.secretFileBytes) throw new Error(`${path} is ${st.size} bytes; the limit is ${LIMITS.secretFileBytes}`)
+  const fd = openSync(path, 'r')
+  try {
+    const buf = Buffer.alloc(LIMITS.secretFileBytes + 1)
+    let n = 0
+    while (n < buf.length) {
+      const got = readSync(fd, buf, n, buf.length - n, null)
+      if (got === 0) break
+      n += got
+    }
+    if (n > LIMITS.secretFileBytes) throw new Error(`${path} is over ${LIMITS.secretFileBytes} bytes`)
+    return Buffer.from(buf.subarray(0, n))
+  } finally {
+    closeSync(fd)
+  }
 }
 
 /**

@@ -3,9 +3,9 @@
 // and /readyz with the admin port's answers (answerProbe) and nothing else.
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
 import type { Duplex } from 'node:stream'
-import { BadRequestError, HeadersTooLargeError, MethodNotAllowedError, NotFoundError } from '../errors.js'
+import { MethodNotAllowedError, NotFoundError } from '../errors.js'
 import { LIMITS } from '../limits.js'
-import { respondError, respondErrorRaw } from '../proxy/respond.js'
+import { refuseExpectation, respondClientError, respondError } from '../proxy/respond.js'
 import { answerProbe, type Readiness } from './server.js'
 
 export function createHealthServer(readiness: () => Readiness): Server {
@@ -13,6 +13,7 @@ export function createHealthServer(readiness: () => Readiness): Server {
     maxHeaderSize: LIMITS.healthMaxHeaderBytes,
     headersTimeout: LIMITS.healthHeadersTimeoutMs,
     requestTimeout: LIMITS.healthRequestTimeoutMs,
+    connectionsCheckingInterval: LIMITS.connectionsCheckMs,
     // A probe without Host still gets the answer (Node would send a bare 400 without a code).
     requireHostHeader: false,
   })
@@ -28,8 +29,7 @@ export function createHealthServer(readiness: () => Readiness): Server {
     if (method !== 'GET' && method !== 'HEAD') return respondError(res, new MethodNotAllowedError(`use GET ${path}`))
     answerProbe(res, path, readiness)
   })
-  server.on('clientError', (err: Error & { code?: string }, socket: Duplex) => {
-    respondErrorRaw(socket, err.code === 'HPE_HEADER_OVERFLOW' ? new HeadersTooLargeError(`request head over ${LIMITS.healthMaxHeaderBytes} bytes`) : new BadRequestError('malformed request'))
-  })
+  server.on('checkExpectation', refuseExpectation)
+  server.on('clientError', (err: Error & { code?: string }, socket: Duplex) => respondClientError(err, socket, LIMITS.healthMaxHeaderBytes))
   return server
 }

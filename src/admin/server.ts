@@ -22,11 +22,12 @@
 //   GET  /v1/routes/probability           {route: P(commit)} from the metrics
 //   GET  /ui                              the dashboard (one inline HTML page)
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
+import type { Duplex } from 'node:stream'
 import { AdminUnauthorizedError, BadRequestError, MethodNotAllowedError, NotFoundError, TxLimitError, TxUnknownError, TxmeshError } from '../errors.js'
 import { parseJsonObject, readText, sendJson } from '../http-json.js'
 import { LIMITS } from '../limits.js'
 import type { Logger } from '../log.js'
-import { respondError } from '../proxy/respond.js'
+import { refuseExpectation, respondClientError, respondError } from '../proxy/respond.js'
 import { sameSecret } from '../secrets.js'
 import type { CoordinatorDriver } from '../tx/coordinator/driver.js'
 import type { ParticipantDriver } from '../tx/participant/driver.js'
@@ -84,7 +85,19 @@ const RESOLVE = /^\/v1\/branches\/([A-Za-z0-9_-]{1,64})\/resolve$/
 const BRANCH = /^\/v1\/branches\/([A-Za-z0-9_-]{1,64})\/([A-Za-z0-9_-]{1,64})\/outcome$/
 
 export function createAdminServer(d: AdminDeps): Server {
-  const server = createServer({ maxHeaderSize: LIMITS.maxHeaderBytes, headersTimeout: LIMITS.downstreamHeadersTimeoutMs })
+  const server = createServer({
+    maxHeaderSize: LIMITS.maxHeaderBytes,
+    headersTimeout: LIMITS.downstreamHeadersTimeoutMs,
+    requestTimeout: LIMITS.apiRequestTimeoutMs,
+    connectionsCheckingInterval: LIMITS.connectionsCheckMs,
+    // Host means nothing here; without this Node answers a Host-less HTTP/1.1 request with a bare 400.
+    requireHostHeader: false,
+  })
+  // Loopback by default, but still one listener among the others: bounded like them.
+  server.maxConnections = LIMITS.maxConnectionsPerListener
+  // What the parser refuses gets a code too (Node would answer a bare 400/408/417/431).
+  server.on('clientError', (err: Error & { code?: string }, socket: Duplex) => respondClientError(err, socket, LIMITS.maxHeaderBytes))
+  server.on('checkExpectation', refuseExpectation)
   server.on('request', (req: IncomingMessage, res: ServerResponse) => {
     handle(req, res).catch((err: unknown) => {
       d.logger.error('admin_failed', { error: String(err) })
@@ -157,7 +170,8 @@ export function createAdminServer(d: AdminDeps): Server {
       }
       if (method !== 'POST') return respondError(res, new MethodNotAllowedError('use POST to begin a transaction'))
       const text = await readText(req, LIMITS.adminBodyBytes)
-      if (text instanceof TxmeshError) return respondError(res, text)
+      // Over the limit: close after the answer rather than drain the rest of the body.
+      if (text instanceof TxmeshError) return respondError(res, text, true)
       const body = parseJsonObject(text)
       if (body instanceof TxmeshError) return respondError(res, body)
       const mode = body.mode ?? '2pc'
@@ -201,7 +215,8 @@ export function createAdminServer(d: AdminDeps): Server {
     if (r !== null) {
       if (method !== 'POST') return respondError(res, new MethodNotAllowedError('use POST to resolve'))
       const text = await readText(req, LIMITS.adminBodyBytes)
-      if (text instanceof TxmeshError) return respondError(res, text)
+      // Over the limit: close after the answer rather than drain the rest of the body.
+      if (text instanceof TxmeshError) return respondError(res, text, true)
       const body = parseJsonObject(text)
       if (body instanceof TxmeshError) return respondError(res, body)
       if (body.outcome !== 'committed' && body.outcome !== 'aborted') return respondError(res, new BadRequestError('outcome must be "committed" or "aborted"'))
@@ -244,7 +259,7 @@ const TOPIC = /^[A-Za-z0-9_-]{1,64}(\.[A-Za-z0-9_-]{1,64}){0,15}$/
 /** POST /v1/transactions/{id}/messages: checked, then held by the transaction's coordinator. */
 async function attachMessage(req: IncomingMessage, res: ServerResponse, id: string, owner: CoordinatorDriver | StepCoordinator, outbox: Outbox | undefined): Promise<void> {
   const text = await readText(req, LIMITS.maxMessageBytes)
-  if (text instanceof TxmeshError) return respondError(res, text)
+  if (text instanceof TxmeshError) return respondError(res, text, true)
   if (outbox?.acceptsMessages !== true) return respondError(res, new BadRequestError('no event bus takes messages here: configure events.nats'))
   const body = parseJsonObject(text)
   if (body instanceof TxmeshError) return respondError(res, body)

@@ -17,6 +17,7 @@
 //   GET  /v1/tx/{id}/outcome                       coordinator: -> {outcome} (presumed abort)
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
 import { createServer as createHttpsServer } from 'node:https'
+import type { Duplex } from 'node:stream'
 import type { Server as TlsServer } from 'node:tls'
 import {
   BadRequestError,
@@ -32,7 +33,7 @@ import {
 import { parseJsonObject, readText, sendJson } from '../http-json.js'
 import { LIMITS } from '../limits.js'
 import type { Logger } from '../log.js'
-import { respondError } from '../proxy/respond.js'
+import { refuseExpectation, respondClientError, respondError } from '../proxy/respond.js'
 import { CONTROL_AUTH_HEADER } from '../tx/control-client.js'
 import type { CoordinatorDriver } from '../tx/coordinator/driver.js'
 import type { ParticipantRef } from '../tx/core.js'
@@ -57,11 +58,21 @@ const ROUTE = /^\/v1\/tx\/([A-Za-z0-9_-]{1,64})\/(prepare|commit-one-phase|commi
 
 /** `deps()` is undefined until the transaction parts exist (start-up): requests then get 503. */
 export function createControlServer(deps: () => ControlDeps | undefined, tls?: PeerTls, replay: ReplayCache = new ReplayCache(Date.now())): Server {
-  const options = { maxHeaderSize: LIMITS.maxHeaderBytes, headersTimeout: LIMITS.downstreamHeadersTimeoutMs }
+  const options = {
+    maxHeaderSize: LIMITS.maxHeaderBytes,
+    headersTimeout: LIMITS.downstreamHeadersTimeoutMs,
+    requestTimeout: LIMITS.apiRequestTimeoutMs,
+    connectionsCheckingInterval: LIMITS.connectionsCheckMs,
+    // Host means nothing here; without this Node answers a Host-less HTTP/1.1 request with a bare 400.
+    requireHostHeader: false,
+  }
   // https.Server serves the same 'request' events; typed as http.Server for listen/closeServer.
   const server = tls === undefined ? createServer(options) : (createHttpsServer({ ...options, ...tls.serverOptions() }) as unknown as Server)
   if (tls !== undefined) tls.serve(server as unknown as TlsServer)
   server.maxConnections = LIMITS.maxControlConnections
+  // What the parser refuses gets a code too (Node would answer a bare 400/408/417/431).
+  server.on('clientError', (err: Error & { code?: string }, socket: Duplex) => respondClientError(err, socket, LIMITS.maxHeaderBytes))
+  server.on('checkExpectation', refuseExpectation)
   server.on('request', (req: IncomingMessage, res: ServerResponse) => {
     handle(req, res).catch((err: unknown) => {
       deps()?.logger.error('control_failed', { error: String(err) })
@@ -80,7 +91,8 @@ export function createControlServer(deps: () => ControlDeps | undefined, tls?: P
     const wantMethod = op === 'outcome' ? 'GET' : 'POST'
     if (req.method !== wantMethod) return respondError(res, new MethodNotAllowedError(`${op} takes ${wantMethod}`))
     const text = await readText(req, LIMITS.controlBodyBytes)
-    if (text instanceof TxmeshError) return respondError(res, text)
+    // Over the limit: close after the answer rather than drain the rest of the body.
+    if (text instanceof TxmeshError) return respondError(res, text, true)
     const now = clock()
     const auth = verifyControl(d.keys.verifying, req.headers[CONTROL_AUTH_HEADER] as string | undefined, now, wantMethod, path, text)
     if (!auth.ok) return respondError(res, new ControlAuthError(AUTH_REFUSALS[auth.reason]))

@@ -1,10 +1,12 @@
 // The one place that turns errors into HTTP responses (STYLE.md). Everything a client of the
 // sidecar sees on failure is: the error's status, `x-txmesh-error: CODE`, and the JSON body
 // {"error":{"code","message"}}.
-import type { ServerResponse } from 'node:http'
+import type { IncomingMessage, ServerResponse } from 'node:http'
 import type { Duplex } from 'node:stream'
 import { STATUS_CODES } from 'node:http'
 import {
+  BadRequestError,
+  HeadersTooLargeError,
   InternalError,
   TxmeshError,
   UpstreamProtocolError,
@@ -50,6 +52,27 @@ export function respondErrorRaw(socket: Duplex, err: TxmeshError): void {
       `content-type: application/json\r\ncontent-length: ${Buffer.byteLength(text)}\r\n` +
       `${ERROR_HEADER}: ${err.code}\r\nconnection: close\r\n\r\n${text}`,
   )
+}
+
+/**
+ * A listener's 'clientError': what Node's parser refused before any handler ran (a malformed
+ * head, a head over `maxHeaderBytes`, a head or request not received in time). Node's own answer
+ * would be a bare 400/408/431 without a code.
+ */
+export function respondClientError(err: Error & { code?: string }, socket: Duplex, maxHeaderBytes: number): void {
+  if (err.code === 'HPE_HEADER_OVERFLOW') return respondErrorRaw(socket, new HeadersTooLargeError(`request headers exceed ${maxHeaderBytes} bytes`))
+  // HPE_CLOSED_CONNECTION: bytes after a request answered with `Connection: close`.
+  if (err.code === 'ECONNRESET' || err.code === 'HPE_CLOSED_CONNECTION' || !socket.writable) return void socket.destroy()
+  if (err.code === 'ERR_HTTP_REQUEST_TIMEOUT') return respondErrorRaw(socket, new BadRequestError('request was not received in time'))
+  respondErrorRaw(socket, new BadRequestError(`malformed request: ${err.code ?? err.message}`))
+}
+
+/**
+ * A listener's 'checkExpectation': an `Expect` other than 100-continue, which Node would answer
+ * with a bare 417. The body is not read, so the connection closes after the answer.
+ */
+export function refuseExpectation(_req: IncomingMessage, res: ServerResponse): void {
+  respondError(res, new BadRequestError('only "Expect: 100-continue" is supported'), true)
 }
 
 // undici / socket error codes that mean "no connection to the upstream was made": safe to

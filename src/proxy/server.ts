@@ -25,7 +25,7 @@ import type { Forwarder, ResponseHook } from './forward.js'
 import type { Span } from '@opentelemetry/api'
 import type { TxPlane } from '../tx/plane.js'
 import { forwardRequestHeaders, newFacts, upgradeRequestHeaders, type RequestHeadFacts } from './headers.js'
-import { respondError, respondErrorRaw } from './respond.js'
+import { refuseExpectation, respondClientError, respondError, respondErrorRaw } from './respond.js'
 import { hostName, matchRoute } from './routes.js'
 import { methodRetryable } from './retry.js'
 import { SpanKind, SpanStatusCode, childSpan, extractFromHeaders, type Tracing } from '../telemetry/tracing.js'
@@ -84,6 +84,7 @@ export class ProxyServer {
       keepAliveTimeout: LIMITS.downstreamKeepAliveMs,
       headersTimeout: LIMITS.downstreamHeadersTimeoutMs,
       requestTimeout: LIMITS.downstreamRequestTimeoutMs,
+      connectionsCheckingInterval: LIMITS.connectionsCheckMs,
       // Let the proxy see the raw Host-less HTTP/1.1 requests and answer with its own code.
       requireHostHeader: false,
     }
@@ -97,7 +98,8 @@ export class ProxyServer {
     this.server.on('checkContinue', (req: IncomingMessage, res: ServerResponse) => this.onRequest(req, res, true))
     this.server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => this.onUpgrade(req, socket, head))
     this.server.on('connect', (req: IncomingMessage, socket: Duplex, head: Buffer) => this.onConnect(req, socket, head))
-    this.server.on('clientError', (err: Error & { code?: string }, socket: Duplex) => this.onClientError(err, socket))
+    this.server.on('clientError', (err: Error & { code?: string }, socket: Duplex) => respondClientError(err, socket, LIMITS.maxHeaderBytes))
+    this.server.on('checkExpectation', refuseExpectation)
   }
 
   private readonly onResClose = (): void => {
@@ -176,7 +178,11 @@ export class ProxyServer {
     const refusal = checkLimits(route, facts, target.path.length + method.length)
     if (refusal !== undefined) return respondErrorRaw(socket, refusal)
     const headers = upgradeRequestHeaders(req.rawHeaders, req.socket.remoteAddress)
-    for (let i = 0; i < headers.length; i += 2) if (headers[i] === 'host') headers[i + 1] = target.host
+    // Host always goes upstream, as for other requests: a Host-less HTTP/1.1 upgrade (the
+    // egress resolves absolute-form targets, the ingress ignores Host) would get the app's
+    // bare 400 (test/fuzz/ingress.test.ts).
+    if (headers[0] === 'host') headers[1] = target.host
+    else headers.unshift('host', target.host)
     let head_ = `${method} ${target.path} HTTP/1.1\r\n`
     for (let i = 0; i < headers.length; i += 2) head_ += `${headers[i]}: ${headers[i + 1]}\r\n`
     head_ += '\r\n'
@@ -246,20 +252,6 @@ export class ProxyServer {
     upstream.on('close', () => (connected ? cleanup() : undefined))
     socket.on('error', cleanup)
     socket.on('close', cleanup)
-  }
-
-  private onClientError(err: Error & { code?: string }, socket: Duplex): void {
-    if (err.code === 'HPE_HEADER_OVERFLOW') {
-      return respondErrorRaw(socket, new HeadersTooLargeError(`request headers exceed ${LIMITS.maxHeaderBytes} bytes`))
-    }
-    if (err.code === 'ECONNRESET' || !socket.writable) {
-      socket.destroy()
-      return
-    }
-    if (err.code === 'ERR_HTTP_REQUEST_TIMEOUT') {
-      return respondErrorRaw(socket, new BadRequestError('request was not received in time'))
-    }
-    respondErrorRaw(socket, new BadRequestError(`malformed request: ${err.code ?? err.message}`))
   }
 
   listen(host: string, port: number): Promise<number> {

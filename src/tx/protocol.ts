@@ -102,16 +102,25 @@ function open(keys: readonly Buffer[], token: string, what: string, limit: numbe
   if (parts.length !== 3 || parts[0] !== VERSION) return new ContextInvalidError(`${what} is not a ${VERSION} token`)
   const body = `${parts[0]}.${parts[1] as string}`
   const given = Buffer.from(parts[2] as string, 'base64url')
+  // Node's base64url decoder skips characters outside the alphabet and ignores padding bits, so
+  // `<mac>=` or `<mac>!` would decode to the same bytes: only the canonical spelling is the
+  // token that was signed (test/fuzz/context.test.ts).
+  const canonical = given.toString('base64url') === parts[2]
   const ok = keys.some((k) => {
     const want = Buffer.from(mac(k, body), 'base64url')
     return want.length === given.length && timingSafeEqual(want, given)
   })
-  if (!ok) return new ContextForgedError(`${what} signature does not verify with the mesh key`)
+  if (!ok || !canonical) return new ContextForgedError(`${what} signature does not verify with the mesh key`)
+  let payload: unknown
   try {
-    return JSON.parse(Buffer.from(parts[1] as string, 'base64url').toString('utf8')) as unknown
+    payload = JSON.parse(Buffer.from(parts[1] as string, 'base64url').toString('utf8')) as unknown
   } catch {
     return new ContextInvalidError(`${what} payload is not JSON`)
   }
+  // A signed `null` or array would make the field checks read properties of nothing (found by
+  // test/fuzz/context.test.ts): only an object is a payload.
+  if (typeof payload !== 'object' || payload === null || Array.isArray(payload)) return new ContextInvalidError(`${what} payload is not a JSON object`)
+  return payload
 }
 
 export function signContext(key: Buffer, ctx: TxContext): string {
@@ -273,8 +282,8 @@ export function verifyEnlisted(keys: readonly Buffer[], token: string, tx: TxId)
   if (p.i !== tx) return new ContextInvalidError('txmesh-enlisted names another transaction')
   if (!Array.isArray(p.p) || p.p.length > LIMITS.maxParticipants) return new ContextInvalidError('txmesh-enlisted has a malformed participant list')
   const out: ParticipantRef[] = []
-  for (const e of p.p as { s?: unknown; c?: unknown; b?: unknown }[]) {
-    if (typeof e.s !== 'string' || e.s.length > 253 || typeof e.c !== 'string' || !ADDRESS_RE.test(e.c) || !isId(e.b)) {
+  for (const e of p.p as ({ s?: unknown; c?: unknown; b?: unknown } | null)[]) {
+    if (typeof e !== 'object' || e === null || typeof e.s !== 'string' || e.s.length > 253 || typeof e.c !== 'string' || !ADDRESS_RE.test(e.c) || !isId(e.b)) {
       return new ContextInvalidError('txmesh-enlisted has a malformed participant')
     }
     out.push({ service: e.s, control: e.c, branch: e.b })
