@@ -67,7 +67,10 @@ export function overridesFrom(
 export function loadConfigFile(file: string, overrides: ConfigOverrides = {}): SidecarConfig {
   let size: number
   try {
-    size = statSync(file).size
+    const st = statSync(file)
+    // A device or FIFO (`--config /dev/zero`) would read forever or block: only regular files.
+    if (!st.isFile()) throw new Error('not a regular file')
+    size = st.size
   } catch (err) {
     throw new ConfigInvalidError([{ file, line: 0, col: 0, message: `cannot read: ${(err as Error).message}` }])
   }

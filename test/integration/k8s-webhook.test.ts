@@ -244,6 +244,24 @@ describe('txmesh webhook: AdmissionReview v1 over HTTPS', () => {
     }
   })
 
+  it('answers requests Node itself refuses (malformed, unknown Expect) with a coded 400', async () => {
+    const raw = (text: string): Promise<string> =>
+      new Promise((resolve, reject) => {
+        let got = ''
+        const s = connect({ host: '127.0.0.1', port: server.port, rejectUnauthorized: false }, () => s.write(text))
+        s.on('data', (c: Buffer) => (got += c.toString()))
+        s.on('end', () => resolve(got))
+        s.on('close', () => resolve(got))
+        s.on('error', reject)
+      })
+    const malformed = await raw('NOT HTTP AT ALL\r\n\r\n')
+    expect(malformed).toMatch(/^HTTP\/1\.1 400 /)
+    expect(malformed.toLowerCase()).toContain('x-txmesh-error: txm_bad_request')
+    const expect100 = await raw(`POST ${WEBHOOK.path} HTTP/1.1\r\nHost: x\r\nExpect: bogus\r\nContent-Length: 2\r\nConnection: close\r\n\r\n`)
+    expect(expect100).toMatch(/^HTTP\/1\.1 400 /)
+    expect(expect100.toLowerCase()).toContain('x-txmesh-error: txm_bad_request')
+  })
+
   it('picks up a rotated certificate from its files', async () => {
     const fingerprint = (): Promise<string> =>
       new Promise((resolve, reject) => {
