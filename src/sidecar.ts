@@ -102,7 +102,7 @@ export async function startSidecar(config: SidecarConfig, log: Logger): Promise<
     token: config.admin.token,
   })
   const health = L.health === undefined ? undefined : createHealthServer(() => readiness)
-  const control = createControlServer(() => controlDeps, peerTls)
+  const control = createControlServer(() => controlDeps, peerTls, undefined, () => (txEnabled ? undefined : new MeshKeyMissingError('transactions need a mesh key (TXMESH_MESH_KEY or mesh.keyFile)')))
   const metrics = new SidecarMetrics({
     inFlight: () => coordinator?.activeCount ?? 0,
     inDoubt: () => participant?.inDoubtCount ?? 0,

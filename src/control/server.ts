@@ -56,8 +56,16 @@ export interface ControlDeps {
 
 const ROUTE = /^\/v1\/tx\/([A-Za-z0-9_-]{1,64})\/(prepare|commit-one-phase|commit|abort|register|outcome|steps|confirm|cancel)$/
 
-/** `deps()` is undefined until the transaction parts exist (start-up): requests then get 503. */
-export function createControlServer(deps: () => ControlDeps | undefined, tls?: PeerTls, replay: ReplayCache = new ReplayCache(Date.now())): Server {
+/**
+ * `deps()` is undefined until the transaction parts exist (start-up): requests then get 503, or
+ * what `unavailable()` says when they never will (no mesh key: TXM_MESH_KEY_MISSING).
+ */
+export function createControlServer(
+  deps: () => ControlDeps | undefined,
+  tls?: PeerTls,
+  replay: ReplayCache = new ReplayCache(Date.now()),
+  unavailable: () => TxmeshError | undefined = () => undefined,
+): Server {
   const options = {
     maxHeaderSize: LIMITS.maxHeaderBytes,
     headersTimeout: LIMITS.downstreamHeadersTimeoutMs,
@@ -82,7 +90,7 @@ export function createControlServer(deps: () => ControlDeps | undefined, tls?: P
 
   async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const d = deps()
-    if (d === undefined) return respondError(res, new NotReadyError('control listener is starting'))
+    if (d === undefined) return respondError(res, unavailable() ?? new NotReadyError('control listener is starting'))
     const clock = d.clock ?? Date.now
     const path = (req.url ?? '/').split('?')[0] as string
     const m = ROUTE.exec(path)

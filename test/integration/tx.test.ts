@@ -266,6 +266,17 @@ describe('two-phase commit through sidecars', () => {
     expect(r.headers['x-txmesh-error']).toBe('TXM_CONTROL_UNAUTHORIZED')
   })
 
+  it('answers transaction calls of a sidecar without a mesh key with TXM_MESH_KEY_MISSING, not "starting" forever', async () => {
+    const sc = await spawnSidecar(sidecarYaml('keyless', 1), [], { TXMESH_MESH_KEY: '' })
+    procs.push(sc)
+    const control = await rawRequest(sc.ports.control, { method: 'POST', path: '/v1/tx/abc/prepare', headers: { 'content-length': '2' }, body: '{}' })
+    expect(control.status).toBe(503)
+    expect(control.headers['x-txmesh-error']).toBe('TXM_MESH_KEY_MISSING')
+    const admin = await rawRequest(sc.ports.admin, { method: 'POST', path: '/v1/transactions', headers: { 'content-length': '2' }, body: '{}' })
+    expect(admin.status).toBe(503)
+    expect(admin.headers['x-txmesh-error']).toBe('TXM_MESH_KEY_MISSING')
+  })
+
   it('reads the context from W3C baggage', async () => {
     const m = await mesh(['orders'])
     const tx = await m.begin()
