@@ -1,7 +1,7 @@
 // Where transactions meet the data plane: the egress enlists the targets of calls that carry a
 // context, the ingress joins the caller's transaction and tells it who took part (DESIGN.md
 // "Enlistment").
-import type { RoutePolicy } from '../config/types.js'
+import type { RoutePolicy, StepRequestTemplate } from '../config/types.js'
 import { HookForbiddenError, MeshKeyMissingError, NoSidecarError, TxAbortedError, TxNotActiveError, TxmeshError } from '../errors.js'
 import type { ResponseHook } from '../proxy/forward.js'
 import type { Span } from '../telemetry/tracing.js'
@@ -165,15 +165,18 @@ export class ActiveTxPlane implements TxPlane {
     const hook: ResponseHook = {
       ...(needs.responseJson ? { responseBodyLimit: LIMITS.stepTemplateBodyBytes } : {}),
       ...(needs.requestJson ? { requestBodyLimit: LIMITS.stepTemplateBodyBytes } : {}),
-      beforeSend: async () => {
-        const facts: CallFacts = { method: call.method, path: call.path, requestHeaders: call.headers, requestBody: hook.requestBody, status: 0, responseHeaders: [], responseBody: undefined, txId: ctx.id, stepId }
-        const intent = ctx.mode === 'saga' ? sagaIntent(stepId, service, call.origin, template, facts) : tccIntent(stepId, service, call.origin, route.tcc?.cancel, facts)
-        // Saga without a template: only the answer can name the undo (txmesh-compensate).
-        if (intent === undefined) return undefined
-        const err = await this.recordStep(ctx, intent)
-        intended = err === undefined
-        return err
-      },
+      // Saga without a template: only the answer can name the undo (txmesh-compensate), so
+      // there is nothing to record before the call.
+      ...(ctx.mode === 'tcc' || template !== undefined
+        ? {
+            beforeSend: async (): Promise<TxmeshError | undefined> => {
+              const facts: CallFacts = { method: call.method, path: call.path, requestHeaders: call.headers, requestBody: hook.requestBody, status: 0, responseHeaders: [], responseBody: undefined, txId: ctx.id, stepId }
+              const err = await this.recordStep(ctx, ctx.mode === 'saga' ? sagaIntent(stepId, service, call.origin, template as StepRequestTemplate, facts) : tccIntent(stepId, service, call.origin, route.tcc?.cancel, facts))
+              intended = err === undefined
+              return err
+            },
+          }
+        : {}),
       onResponseHead: async (status, headers, body) => {
         const named = take(headers, COMPENSATE_HEADER)
         const enlisted = take(headers, ENLISTED_HEADER)
@@ -390,12 +393,11 @@ function sagaStep(
 }
 
 /**
- * The saga intent of a call about to be sent, or undefined when the route has no compensation
- * template (only the answer can name the undo then). A template that reads the response leaves
- * the intent unresolved: with no answer it goes stuck, visible, instead of being lost.
+ * The saga intent of a call about to be sent, from its route's compensation template. A template
+ * that reads the response leaves the intent unresolved: with no answer it goes stuck, visible,
+ * instead of being lost.
  */
-function sagaIntent(id: string, service: string, origin: string, template: RoutePolicy['compensation'], facts: CallFacts): StepRecord | undefined {
-  if (template === undefined) return undefined
+function sagaIntent(id: string, service: string, origin: string, template: StepRequestTemplate, facts: CallFacts): StepRecord {
   const base = { id, service, target: origin, intent: true }
   if (templateNeeds(template).response) return { ...base, unresolved: 'the call got no answer and its compensation needs the response' }
   const op = fillTemplate(template, facts)
