@@ -11,7 +11,9 @@
 //                                                  finish -> {outcome}; 503 = not known yet, retry
 //   POST /v1/tx/{id}/register  {participants: []}  coordinator: late enlistment
 //   POST /v1/tx/{id}/steps     {step}              coordinator: a saga/tcc step made by a nested
-//                                                  call, durable before the answer
+//                                                  call (its intent, durable before the call is
+//                                                  sent; its resolution, before the answer)
+//                              {void: stepId}      coordinator: that intent's call was refused
 //   POST /v1/tx/{id}/confirm   {branch, method, path}  participant (tcc): call the app's hook
 //   POST /v1/tx/{id}/cancel    {branch, method, path}  -> {done}; 503 = retry
 //   GET  /v1/tx/{id}/outcome                       coordinator: -> {outcome} (presumed abort)
@@ -115,6 +117,12 @@ export function createControlServer(
       case 'outcome':
         return sendJson(res, 200, { id, outcome: d.steps.has(id) ? d.steps.outcomeFor(id) : d.coordinator.outcomeFor(id) })
       case 'steps': {
+        if (body.void !== undefined) {
+          if (!isId(body.void)) return respondError(res, new BadRequestError('void must be a step id'))
+          const err = d.steps.voidStep(id, body.void)
+          if (err !== undefined) return respondError(res, err)
+          return sendJson(res, 200, { id, void: body.void })
+        }
         const step = parseStep(body.step)
         if (step instanceof TxmeshError) return respondError(res, step)
         const err = await d.steps.addStep(id, step)
@@ -198,6 +206,7 @@ function parseStep(v: unknown): StepRecord | TxmeshError {
   }
   for (const k of ['compensate', 'confirm', 'cancel'] as const) if (o[k] !== undefined && !isOp(o[k])) return new BadRequestError(`step.${k} is malformed`)
   if (o.unresolved !== undefined && (typeof o.unresolved !== 'string' || o.unresolved.length > LIMITS.stepReasonChars)) return new BadRequestError('step.unresolved is malformed')
+  for (const k of ['intent', 'viaIngress'] as const) if (o[k] !== undefined && typeof o[k] !== 'boolean') return new BadRequestError(`step.${k} must be a boolean`)
   const step: StepRecord = {
     id: o.id,
     service: o.service,
@@ -206,6 +215,8 @@ function parseStep(v: unknown): StepRecord | TxmeshError {
     ...(o.confirm === undefined ? {} : { confirm: o.confirm as StepOp }),
     ...(o.cancel === undefined ? {} : { cancel: o.cancel as StepOp }),
     ...(o.unresolved === undefined ? {} : { unresolved: o.unresolved as string }),
+    ...(o.intent === true ? { intent: true } : {}),
+    ...(o.viaIngress === true ? { viaIngress: true } : {}),
   }
   return step
 }

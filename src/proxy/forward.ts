@@ -39,6 +39,11 @@ export interface ForwardRequest {
 
 export interface ResponseHook {
   /**
+   * Runs before the request is forwarded (once its small body is read, if it is read): an error
+   * is answered instead and nothing is sent upstream (saga/tcc: the step's intent is recorded).
+   */
+  beforeSend?(): Promise<TxmeshError | undefined>
+  /**
    * May edit the filtered response headers; an error replaces the response. With
    * `responseBodyLimit` it runs once the body is in (`body`: undefined when over the limit).
    */

@@ -12,6 +12,8 @@ import {
   BadRequestError,
   BodyTooLargeError,
   HeadersTooLargeError,
+  HookForbiddenError,
+  InternalError,
   MethodNotAllowedError,
   ShuttingDownError,
   TxmeshError,
@@ -21,7 +23,7 @@ import { LIMITS } from '../limits.js'
 import { listen } from '../net.js'
 import type { Logger } from '../log.js'
 import type { PeerTls } from '../peer-tls.js'
-import type { Forwarder, ResponseHook } from './forward.js'
+import type { ForwardRequest, Forwarder, ResponseHook } from './forward.js'
 import type { Span } from '@opentelemetry/api'
 import type { TxPlane } from '../tx/plane.js'
 import { forwardRequestHeaders, newFacts, upgradeRequestHeaders, type RequestHeadFacts } from './headers.js'
@@ -39,6 +41,11 @@ export interface Target {
   readonly host: string
   /** origin-form request target sent upstream. */
   readonly path: string
+  /**
+   * Ingress: the request is the app's TCC hook, let through only with a signed context of that
+   * op (src/tx/protocol.ts STEP_CANCEL_PATH).
+   */
+  readonly stepHook?: 'cancel'
 }
 
 export type TargetResolver = (url: string, hostHeader: string | undefined) => Target | TxmeshError
@@ -142,9 +149,18 @@ export class ProxyServer {
       }
       hook = h
     }
+    if (target.stepHook !== undefined) {
+      const refused = tx === undefined || facts.context === undefined ? new HookForbiddenError(`${target.path} is a participant hook; only a coordinator's signed ${target.stepHook} reaches it`) : tx.stepHook(facts.context, target.stepHook)
+      if (refused !== undefined) {
+        hook?.onEnd()
+        if (trace !== undefined) trace.errorType = refused.code
+        return respondError(res, refused, facts.contentLength !== 0 || facts.chunked)
+      }
+    }
     if (facts.expectContinue) res.writeContinue()
     headers.push('host', target.host)
 
+    const hasBody = facts.contentLength !== 0 || facts.chunked
     let body: ForwardBody = null
     if (facts.chunked) {
       body = pipeline(req, new BodyLimit(route.maxBodyBytes), noop)
@@ -159,12 +175,37 @@ export class ProxyServer {
             return respondError(res, new BadRequestError('request body ended early'), true)
           }
           if (hook !== undefined && wanted) hook.requestBody = buf
-          this.o.forwarder.forward({ direction: this.o.direction, req, res, origin: target.origin, path: target.path, method, headers, body: buf, route, hook, trace })
+          this.send({ direction: this.o.direction, req, res, origin: target.origin, path: target.path, method, headers, body: buf, route, hook, trace }, false)
         })
       }
       body = req
     }
-    this.o.forwarder.forward({ direction: this.o.direction, req, res, origin: target.origin, path: target.path, method, headers, body, route, hook, trace })
+    this.send({ direction: this.o.direction, req, res, origin: target.origin, path: target.path, method, headers, body, route, hook, trace }, hasBody)
+  }
+
+  /**
+   * Forwards, after the hook's beforeSend when it has one (a saga/tcc step's intent must be
+   * durable before its call leaves). Refused: answered with the error, nothing sent; a body not
+   * read (`unreadBody`) closes the connection, as the other refusals do.
+   */
+  private send(f: ForwardRequest, unreadBody: boolean): void {
+    const before = f.hook?.beforeSend
+    if (before === undefined) return this.o.forwarder.forward(f)
+    const hook = f.hook as ResponseHook
+    const refuse = (err: TxmeshError): void => {
+      hook.onEnd()
+      if (f.trace !== undefined) f.trace.errorType = err.code
+      respondError(f.res, err, unreadBody)
+    }
+    before.call(hook).then(
+      (err) => {
+        if (err !== undefined) return refuse(err)
+        // The client left while the intent was written: send nothing (the intent is undone).
+        if (f.res.destroyed || f.req.socket.destroyed) return hook.onEnd()
+        this.o.forwarder.forward(f)
+      },
+      (err: unknown) => refuse(err instanceof TxmeshError ? err : new InternalError(`the request could not be prepared: ${String(err)}`)),
+    )
   }
 
   private onUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {

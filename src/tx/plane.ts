@@ -1,8 +1,8 @@
 // Where transactions meet the data plane: the egress enlists the targets of calls that carry a
 // context, the ingress joins the caller's transaction and tells it who took part (DESIGN.md
 // "Enlistment").
-import type { RoutePolicy } from '../config/types.js'
-import { MeshKeyMissingError, NoSidecarError, TxAbortedError, TxNotActiveError, TxmeshError } from '../errors.js'
+import type { RoutePolicy, StepRequestTemplate } from '../config/types.js'
+import { HookForbiddenError, MeshKeyMissingError, NoSidecarError, TxAbortedError, TxNotActiveError, TxmeshError } from '../errors.js'
 import type { ResponseHook } from '../proxy/forward.js'
 import type { Span } from '../telemetry/tracing.js'
 import type { ControlClient } from './control-client.js'
@@ -17,6 +17,7 @@ import {
   ENLISTED_HEADER,
   OP_HEADER,
   OUTCOME_HEADER,
+  STEP_CANCEL_PATH,
   TX_ID_HEADER,
   newBranchId,
   signContext,
@@ -70,6 +71,8 @@ export interface TxPlane {
   ingress(token: string, route: RoutePolicy, headers: string[]): ResponseHook | TxmeshError | undefined
   /** `trace`: the request's SERVER span (tracing on), parent of the transaction's span. */
   implicit(route: RoutePolicy, headers: string[], trace?: Span): ResponseHook | TxmeshError | undefined
+  /** Ingress: may a request with this context reach the app's TCC `op` hook (STEP_CANCEL_PATH)? */
+  stepHook(token: string, op: 'cancel'): TxmeshError | undefined
 }
 
 export class DisabledTxPlane implements TxPlane {
@@ -83,6 +86,9 @@ export class DisabledTxPlane implements TxPlane {
     return this.refuse()
   }
   implicit(): TxmeshError {
+    return this.refuse()
+  }
+  stepHook(): TxmeshError {
     return this.refuse()
   }
 }
@@ -138,8 +144,12 @@ export class ActiveTxPlane implements TxPlane {
 
   /**
    * A saga or TCC call is a step: it gets its own id (in a re-signed context, so the target's
-   * barrier can key on it), and once it answered, what undoes (saga) or confirms/cancels (tcc)
-   * it is recorded durably at the coordinator before the response reaches the app.
+   * barrier can key on it). Before the call is sent, its *intent* is recorded durably at the
+   * coordinator with the undo the request alone tells (saga: a compensation template that reads
+   * nothing of the response; TCC: a cancel through the target's ingress), so a call whose answer
+   * never comes back is still undone. Once it answered, what undoes (saga) or confirms/cancels
+   * (tcc) it is recorded again, same id, before the response reaches the app; a saga call
+   * refused outright voids its intent.
    */
   private stepEgress(ctx: TxContext, route: RoutePolicy, call: EgressCall): ResponseHook | TxmeshError {
     const stepId = newBranchId()
@@ -150,26 +160,48 @@ export class ActiveTxPlane implements TxPlane {
     const template = ctx.mode === 'saga' ? route.compensation : undefined
     const needs = ctx.mode === 'saga' ? templateNeeds(template) : templateNeeds(route.tcc?.confirm, route.tcc?.cancel)
     const service = hostName(call.host)
+    /** The intent is durable at the coordinator (its call was sent). */
+    let intended = false
     const hook: ResponseHook = {
       ...(needs.responseJson ? { responseBodyLimit: LIMITS.stepTemplateBodyBytes } : {}),
       ...(needs.requestJson ? { requestBodyLimit: LIMITS.stepTemplateBodyBytes } : {}),
-      onResponseHead: (status, headers, body) => {
+      // Saga without a template: only the answer can name the undo (txmesh-compensate), so
+      // there is nothing to record before the call.
+      ...(ctx.mode === 'tcc' || template !== undefined
+        ? {
+            beforeSend: async (): Promise<TxmeshError | undefined> => {
+              const facts: CallFacts = { method: call.method, path: call.path, requestHeaders: call.headers, requestBody: hook.requestBody, status: 0, responseHeaders: [], responseBody: undefined, txId: ctx.id, stepId }
+              const err = await this.recordStep(ctx, ctx.mode === 'saga' ? sagaIntent(stepId, service, call.origin, template as StepRequestTemplate, facts) : tccIntent(stepId, service, call.origin, route.tcc?.cancel, facts))
+              intended = err === undefined
+              return err
+            },
+          }
+        : {}),
+      onResponseHead: async (status, headers, body) => {
         const named = take(headers, COMPENSATE_HEADER)
         const enlisted = take(headers, ENLISTED_HEADER)
         const facts: CallFacts = { method: call.method, path: call.path, requestHeaders: call.headers, requestBody: hook.requestBody, status, responseHeaders: headers, responseBody: body, txId: ctx.id, stepId }
         let step: StepRecord | undefined
         if (ctx.mode === 'saga') {
           step = sagaStep(stepId, service, call.origin, status, template, named, facts, needs.responseJson && body === undefined)
+          // Refused outright (or nothing it did can be undone): its intent's undo must not run.
+          if (step === undefined && intended) await this.voidStep(ctx, stepId)
         } else if (needs.responseJson && body === undefined) {
           step = { id: stepId, service, target: '', unresolved: `response body over ${LIMITS.stepTemplateBodyBytes} bytes; the tcc hook template cannot read it` }
         } else {
           // TCC: the try ran through the target's sidecar, which confirms or cancels it later.
+          // Where no step can be made of the answer, the intent (if any) stays: it is cancelled
+          // whatever the outcome.
           const refs = enlisted === undefined ? undefined : verifyEnlisted(this.d.keys.verifying, enlisted, ctx.id)
           if (refs instanceof TxmeshError) return refs
           const self = refs?.find((r) => r.branch === stepId)
           if (self === undefined) {
             if (headers.some((h, i) => i % 2 === 0 && h.toLowerCase() === 'x-txmesh-error')) return undefined
-            if (route.nonTransactionalTarget === 'proceed') return undefined
+            if (route.nonTransactionalTarget === 'proceed') {
+              // Not a TCC participant: nothing to confirm or cancel.
+              if (intended) await this.voidStep(ctx, stepId)
+              return undefined
+            }
             return new NoSidecarError(`the target answered without a txmesh sidecar; a TCC try needs one to confirm or cancel it (transaction ${ctx.id})`)
           }
           // A failed try is cancelled too (it may have reserved before failing; the target's
@@ -188,11 +220,24 @@ export class ActiveTxPlane implements TxPlane {
     return hook
   }
 
-  /** Durable at the coordinator (local, or over the control listener) before the app sees the answer. */
+  /** Durable at the coordinator (local, or over the control listener) before the call or the answer goes on. */
   private async recordStep(ctx: TxContext, step: StepRecord): Promise<TxmeshError | undefined> {
     if (this.d.steps.has(ctx.id)) return this.d.steps.addStep(ctx.id, step)
     const r = await this.d.control.call(ctx.coordinator, 'POST', `/v1/tx/${ctx.id}/steps`, { step: { ...step } })
     return r.ok ? undefined : new TxNotActiveError(`coordinator refused the step: ${r.error}`)
+  }
+
+  /**
+   * The intent's call was refused: tell the coordinator before the app hears the answer (it may
+   * commit next). If that fails, the intent stays and is undone; the target's barrier makes the
+   * undo of a call that did nothing a no-op.
+   */
+  private async voidStep(ctx: TxContext, stepId: string): Promise<void> {
+    if (this.d.steps.has(ctx.id)) {
+      this.d.steps.voidStep(ctx.id, stepId)
+      return
+    }
+    await this.d.control.call(ctx.coordinator, 'POST', `/v1/tx/${ctx.id}/steps`, { void: stepId })
   }
 
   /**
@@ -258,6 +303,17 @@ export class ActiveTxPlane implements TxPlane {
         if (!answered) void this.d.steps.abort(tx.id, 'the request failed before the app answered')
       },
     }
+  }
+
+  /**
+   * Only a coordinator signs a tcc context whose op is cancel (StepCoordinator.sendOp); the
+   * ingress then sets the ids and op for the app as for any step request (stepIngress).
+   */
+  stepHook(token: string, op: 'cancel'): TxmeshError | undefined {
+    const ctx = this.verify(token)
+    if (ctx instanceof TxmeshError) return ctx
+    if (ctx.mode !== 'tcc' || ctx.op !== op || ctx.branch === undefined) return new HookForbiddenError(`the TCC ${op} hook takes only a coordinator's ${op} of a try; this context is a ${ctx.mode} ${ctx.op ?? 'transaction'}`)
+    return undefined
   }
 
   /** An incoming call that carries a context: join the transaction as a branch. */
@@ -334,6 +390,31 @@ function sagaStep(
   if (op === undefined) return undefined
   if ('unresolved' in op) return status < 300 ? { id, service, target: origin, unresolved: op.unresolved } : undefined
   return { id, service, target: origin, compensate: op }
+}
+
+/**
+ * The saga intent of a call about to be sent, from its route's compensation template. A template
+ * that reads the response leaves the intent unresolved: with no answer it goes stuck, visible,
+ * instead of being lost.
+ */
+function sagaIntent(id: string, service: string, origin: string, template: StepRequestTemplate, facts: CallFacts): StepRecord {
+  const base = { id, service, target: origin, intent: true }
+  if (templateNeeds(template).response) return { ...base, unresolved: 'the call got no answer and its compensation needs the response' }
+  const op = fillTemplate(template, facts)
+  return 'unresolved' in op ? { ...base, unresolved: op.unresolved } : { ...base, compensate: op }
+}
+
+/**
+ * The TCC intent of a try about to be sent: a cancel sent like a saga compensation to the
+ * target's ingress (its control address comes only with the answer), on the route's cancel
+ * template when it reads only the request, else on the default hook path, which the target's
+ * sidecar maps to its own cancel hook.
+ */
+function tccIntent(id: string, service: string, origin: string, template: RoutePolicy['compensation'], facts: CallFacts): StepRecord {
+  const base = { id, service, target: origin, intent: true, viaIngress: true }
+  if (template === undefined || templateNeeds(template).response) return { ...base, cancel: { method: 'POST', path: STEP_CANCEL_PATH } }
+  const op = fillTemplate(template, facts)
+  return 'unresolved' in op ? { ...base, unresolved: op.unresolved } : { ...base, cancel: op }
 }
 
 /** A TCC hook of the caller's route, filled; path '' lets the target sidecar use its default hook. */

@@ -32,6 +32,12 @@ export const OP_HEADER = 'txmesh-op'
 export const COMPENSATE_HEADER = 'txmesh-compensate'
 /** On responses of implicit transactions: committed | aborted. */
 export const OUTCOME_HEADER = 'txmesh-outcome'
+/**
+ * Where a coordinator sends the cancel of a TCC try it recorded before its answer (it knows the
+ * target's ingress, not its sidecar's control address or hooks): the target's ingress takes it,
+ * with a signed tcc context whose op is cancel, to its app's own `hooks.cancel`.
+ */
+export const STEP_CANCEL_PATH = '/.well-known/txmesh/cancel'
 
 export type TxMode = '2pc' | 'saga' | 'tcc'
 export const TX_MODES: readonly TxMode[] = ['2pc', 'saga', 'tcc']

@@ -65,7 +65,8 @@ describe('ingress proxy', () => {
 
   it('refuses calls to the participant hooks from outside (only the sidecar calls them)', async () => {
     const before = app.seen.length
-    for (const path of ['/.well-known/txmesh/commit', '/.well-known/txmesh/prepare?x=1', '/.well-known/txmesh/anything', '/.WELL-KNOWN/TXMESH/COMMIT', '/.well-known/txmesh%2Fabort', '//.well-known//txmesh/commit']) {
+    // The cancel hook too, however spelled: it takes only a coordinator's signed TCC cancel.
+    for (const path of ['/.well-known/txmesh/commit', '/.well-known/txmesh/prepare?x=1', '/.well-known/txmesh/anything', '/.WELL-KNOWN/TXMESH/COMMIT', '/.well-known/txmesh%2Fabort', '//.well-known//txmesh/commit', '/.well-known/txmesh/cancel', '/.WELL-KNOWN/txmesh/Cancel?x=1', '/.well-known/txmesh%2Fcancel']) {
       const r = await rawRequest(callee.ports.ingress, { method: 'POST', path, headers: { host: 'payments' }, body: '' })
       expect(r.status, path).toBe(403)
       expect(r.headers['x-txmesh-error']).toBe('TXM_HOOK_FORBIDDEN')

@@ -172,10 +172,17 @@ describe('saga through sidecars', () => {
     await new Promise((resolve) => setTimeout(resolve, 200))
     expect(m.orders.seen.map((s) => s.op)).toEqual(['action'])
     expect(m.payments.seen).toHaveLength(1)
-    // A step after the end is refused to the app and undone.
-    const late = await m.call(tx.context, 'http://orders/orders')
+    // A call after the end whose undo is recorded before it (a route template): refused before
+    // it is sent, so there is nothing to undo.
+    const refused = await m.call(tx.context, 'http://orders/orders')
+    expect(refused.status).toBe(409)
+    expect(refused.headers['x-txmesh-error']).toBe('TXM_TX_NOT_ACTIVE')
+    // One whose service names its undo in its answer is sent; the step is refused to the app and undone.
+    const late = await m.call(tx.context, 'http://payments/charge')
     expect(late.status).toBe(409)
-    await until('late step undone', () => m.orders.seen.some((s) => s.op === 'compensate'))
+    await until('late step undone', () => m.payments.seen.some((s) => s.op === 'compensate'))
+    expect(m.payments.seen.at(-1)).toMatchObject({ path: '/refund/c-7', op: 'compensate', branch: m.payments.seen.at(-2)!.branch })
+    expect(m.orders.seen.map((s) => s.op)).toEqual(['action'])
   })
 
   it('reports a compensation failing past its budget as stuck, then finishes it when an operator retries', async () => {
@@ -336,5 +343,195 @@ describe('TCC through sidecars', () => {
     await until('cancels', () => m.wallet.seen.length === 2 && m.stock.seen.length === 2)
     expect(m.wallet.seen[1]).toMatchObject({ method: 'DELETE', path: `/wallet/hold/${m.wallet.seen[0]!.branch}`, op: 'cancel' })
     expect(m.stock.seen[1]).toMatchObject({ path: '/tcc/cancel', op: 'cancel' })
+  })
+})
+
+// A call whose answer never reaches the coordinator's egress (the service did the work, then the
+// connection was cut) is still undone: its step was recorded, as an intent with an undo worked out
+// from the request alone, before the call was sent.
+describe('calls that get no answer', () => {
+  /** A service that does its work, then cuts the connection without answering, when told to. */
+  async function cutting(name: string, cut: (req: IncomingMessage) => boolean, answer: (req: IncomingMessage, res: ServerResponse) => void = (_req, res) => json(res, 200, {})) {
+    return app(name, (req, res) => {
+      if (cut(req)) {
+        req.socket.destroy()
+        return
+      }
+      answer(req, res)
+    })
+  }
+
+  it('saga: compensates a call whose connection was cut after the work, with the request-only template, on abort and on commit', async () => {
+    // ledger: no sidecar, so the cut reaches the coordinator's egress itself.
+    const ledger = await cutting('ledger', (req) => req.url?.startsWith('/debit') === true && req.url.includes('cut=1'), (req, res) => (req.url?.startsWith('/debit') === true && req.url.includes('refuse=1') ? json(res, 409, { error: 'insufficient funds' }) : json(res, 200, { ok: true })))
+    const coord = await spawnSidecar(
+      sidecarYaml(
+        'shop',
+        1,
+        [
+          `services: {ledger: {address: "127.0.0.1:${ledger.port}"}}`,
+          'routes:',
+          '  - name: debit',
+          '    match: {direction: egress, host: ledger, pathPrefix: /debit}',
+          '    compensation: {method: POST, path: "/credit/{request.query.account}/{request.query.amount}"}',
+          '    nonTransactionalTarget: proceed',
+          STEPS,
+        ].join('\n'),
+      ),
+    )
+    procs.push(coord)
+    const begin = async (): Promise<{ id: string; context: string }> => (await admin(coord.ports.admin, 'POST', '/v1/transactions', { mode: 'saga', timeoutMs: 30_000 })).body as { id: string; context: string }
+    const call = (ctx: string, query: string) => rawRequest(coord.ports.egress, { method: 'POST', path: `http://ledger/debit?${query}`, headers: { 'txmesh-context': ctx, 'content-length': '0' } })
+
+    const tx = await begin()
+    const done = await call(tx.context, 'account=3&amount=5')
+    expect(done.status).toBe(200)
+    const cut = await call(tx.context, 'account=7&amount=10&cut=1')
+    expect(cut.status).toBe(502)
+    // A refusal: the service did nothing, so its intent is voided and never compensated.
+    const refused = await call(tx.context, 'account=9&amount=1&refuse=1')
+    expect(refused.status).toBe(409)
+    const [action, cutAction, refusedAction] = ledger.seen
+    expect(cutAction).toMatchObject({ path: '/debit?account=7&amount=10&cut=1', op: 'action', tx: tx.id })
+
+    const r = await admin(coord.ports.admin, 'POST', `/v1/transactions/${tx.id}/abort?wait=acks`)
+    expect(r.body.outcome).toBe('aborted')
+    await until('both compensations', () => ledger.seen.filter((s) => s.op === 'compensate').length === 2)
+    const undos = ledger.seen.filter((s) => s.op === 'compensate')
+    // Reverse order: the cut call (step 2) first, then step 1; each with its step's branch id.
+    expect(undos[0]).toMatchObject({ method: 'POST', path: '/credit/7/10', tx: tx.id, branch: cutAction!.branch })
+    expect(undos[1]).toMatchObject({ method: 'POST', path: '/credit/3/5', tx: tx.id, branch: action!.branch })
+    expect(ledger.seen.some((s) => s.op === 'compensate' && s.branch === refusedAction!.branch)).toBe(false)
+    await until('finished', async () => (await admin(coord.ports.admin, 'GET', `/v1/transactions/${tx.id}`)).body.status === 'aborted')
+    const steps = (await admin(coord.ports.admin, 'GET', `/v1/transactions/${tx.id}`)).body.steps as { id: string; status: string; intent?: boolean }[]
+    expect(steps.map((s) => [s.id, s.status, s.intent === true])).toEqual([
+      [action!.branch, 'finished', false],
+      [cutAction!.branch, 'finished', true],
+      [refusedAction!.branch, 'finished', true],
+    ])
+
+    // Committed anyway: the call that got no answer is still compensated (the app never saw it
+    // succeed); the answered one is kept.
+    const tx2 = await begin()
+    expect((await call(tx2.context, 'account=4&amount=2')).status).toBe(200)
+    expect((await call(tx2.context, 'account=5&amount=3&cut=1')).status).toBe(502)
+    const kept = ledger.seen.at(-2)!
+    const cut2 = ledger.seen.at(-1)!
+    expect((await admin(coord.ports.admin, 'POST', `/v1/transactions/${tx2.id}/commit?wait=acks`)).body.outcome).toBe('committed')
+    await until('the cut call compensated', () => ledger.seen.some((s) => s.op === 'compensate' && s.tx === tx2.id))
+    await new Promise((resolve) => setTimeout(resolve, 200))
+    expect(ledger.seen.filter((s) => s.tx === tx2.id && s.op === 'compensate')).toEqual([{ method: 'POST', path: '/credit/5/3', tx: tx2.id, branch: cut2.branch, op: 'compensate' }])
+    expect(kept.branch).not.toBe(cut2.branch)
+  })
+
+  it('tcc: cancels a try whose connection was cut after the work, through the target sidecar, on the route template or the target’s own cancel hook', async () => {
+    const wallet = await cutting('wallet', (req) => req.url === '/reserve')
+    const stock = await cutting('stock', (req) => req.url === '/reserve')
+    const walletSc = await spawnSidecar(sidecarYaml('wallet', wallet.port))
+    const stockSc = await spawnSidecar(sidecarYaml('stock', stock.port, 'hooks: {confirm: /tcc/confirm, cancel: /tcc/cancel}'))
+    procs.push(walletSc, stockSc)
+    const coord = await spawnSidecar(
+      sidecarYaml(
+        'shop',
+        1,
+        [
+          'services:',
+          `  wallet: {address: "127.0.0.1:${walletSc.ports.ingress}"}`,
+          `  stock: {address: "127.0.0.1:${stockSc.ports.ingress}"}`,
+          'routes:',
+          '  - name: wallet-try',
+          '    match: {direction: egress, host: wallet}',
+          '    tcc: {confirm: {path: "/wallet/confirm/{step.id}"}, cancel: {method: DELETE, path: "/wallet/hold/{step.id}"}}',
+          STEPS,
+        ].join('\n'),
+      ),
+    )
+    procs.push(coord)
+    const tx = (await admin(coord.ports.admin, 'POST', '/v1/transactions', { mode: 'tcc', timeoutMs: 30_000 })).body as { id: string; context: string }
+    const call = (url: string) => rawRequest(coord.ports.egress, { method: 'POST', path: url, headers: { 'txmesh-context': tx.context, 'content-length': '0' } })
+    expect((await call('http://wallet/reserve')).status).toBe(502)
+    expect((await call('http://stock/reserve')).status).toBe(502)
+    expect(wallet.seen[0]).toMatchObject({ op: 'try', tx: tx.id })
+    expect(stock.seen[0]).toMatchObject({ op: 'try', tx: tx.id })
+
+    expect((await admin(coord.ports.admin, 'POST', `/v1/transactions/${tx.id}/abort?wait=acks`)).body.outcome).toBe('aborted')
+    await until('both cancels', () => wallet.seen.length === 2 && stock.seen.length === 2)
+    expect(wallet.seen[1]).toMatchObject({ method: 'DELETE', path: `/wallet/hold/${wallet.seen[0]!.branch}`, op: 'cancel', tx: tx.id, branch: wallet.seen[0]!.branch })
+    // The default hook path, which the target's sidecar maps to its own hooks.cancel.
+    expect(stock.seen[1]).toMatchObject({ method: 'POST', path: '/tcc/cancel', op: 'cancel', tx: tx.id, branch: stock.seen[0]!.branch })
+    await until('finished', async () => (await admin(coord.ports.admin, 'GET', `/v1/transactions/${tx.id}`)).body.status === 'aborted')
+    // That path is no way in for anyone else: without a coordinator's signed cancel it is refused.
+    const forged = await rawRequest(stockSc.ports.ingress, { method: 'POST', path: '/.well-known/txmesh/cancel', headers: { host: 'stock', 'content-length': '0' } })
+    expect(forged.status).toBe(403)
+    const asTry = await rawRequest(stockSc.ports.ingress, { method: 'POST', path: '/.well-known/txmesh/cancel', headers: { host: 'stock', 'content-length': '0', 'txmesh-context': tx.context } })
+    expect(asTry.status).toBe(403)
+    expect(stock.seen).toHaveLength(2)
+  })
+
+  it('saga, nested: a call a service makes while serving a step records its intent at the coordinator over the control listener', async () => {
+    const ledger = await cutting('ledger', (req) => req.url?.includes('cut=1') === true, (req, res) => (req.url?.includes('refuse=1') === true ? json(res, 409, {}) : json(res, 200, {})))
+    // orders (behind a sidecar) debits the ledger twice while it serves its step: a cut call and a refused one.
+    let ordersEgress = 0
+    const orders = await app('orders', (req, res) => {
+      if (req.method !== 'POST') return json(res, 200, {})
+      const ctx = req.headers['txmesh-context'] as string
+      const debit = (q: string) => rawRequest(ordersEgress, { method: 'POST', path: `http://ledger/debit?${q}`, headers: { 'txmesh-context': ctx, 'content-length': '0' } })
+      void (async () => {
+        const a = await debit('account=1&amount=4&cut=1')
+        const b = await debit('account=2&amount=1&refuse=1')
+        json(res, 201, { debits: [a.status, b.status] })
+      })()
+    })
+    const route = ['  - name: debit', '    match: {direction: egress, host: ledger}', '    compensation: {method: POST, path: "/credit/{request.query.account}/{request.query.amount}"}', '    nonTransactionalTarget: proceed']
+    const ordersSc = await spawnSidecar(sidecarYaml('orders', orders.port, [`services: {ledger: {address: "127.0.0.1:${ledger.port}"}}`, 'routes:', ...route].join('\n')))
+    procs.push(ordersSc)
+    ordersEgress = ordersSc.ports.egress
+    const coord = await spawnSidecar(
+      sidecarYaml('shop', 1, [`services: {orders: {address: "127.0.0.1:${ordersSc.ports.ingress}"}}`, 'routes:', '  - {name: orders, match: {direction: egress, host: orders}, compensation: {method: DELETE, path: "/orders/{step.id}"}}', STEPS].join('\n')),
+      ['--control-port', String(await freePort())],
+    )
+    procs.push(coord)
+    const tx = (await admin(coord.ports.admin, 'POST', '/v1/transactions', { mode: 'saga', timeoutMs: 30_000 })).body as { id: string; context: string }
+    const r = await rawRequest(coord.ports.egress, { method: 'POST', path: 'http://orders/orders', headers: { 'txmesh-context': tx.context, 'content-length': '0' } })
+    expect(r.status).toBe(201)
+    expect(JSON.parse(r.body)).toEqual({ debits: [502, 409] })
+    const [cutCall, refusedCall] = ledger.seen
+    expect((await admin(coord.ports.admin, 'POST', `/v1/transactions/${tx.id}/abort?wait=acks`)).body.outcome).toBe('aborted')
+    await until('the cut call compensated', () => ledger.seen.some((s) => s.op === 'compensate'))
+    await until('orders compensated', () => orders.seen.some((s) => s.op === 'compensate'))
+    expect(ledger.seen.filter((s) => s.op === 'compensate')).toEqual([{ method: 'POST', path: '/credit/1/4', tx: tx.id, branch: cutCall!.branch, op: 'compensate' }])
+    expect(ledger.seen.some((s) => s.branch === refusedCall!.branch && s.op === 'compensate')).toBe(false)
+    await until('finished', async () => (await admin(coord.ports.admin, 'GET', `/v1/transactions/${tx.id}`)).body.status === 'aborted')
+  })
+
+  it('saga: a cut call whose compensation needs the response becomes a stuck step with a clear error, not a lost one', async () => {
+    const orders = await cutting('orders', (req) => req.method === 'POST')
+    const coord = await spawnSidecar(
+      sidecarYaml(
+        'shop',
+        1,
+        [
+          `services: {orders: {address: "127.0.0.1:${orders.port}"}}`,
+          'routes:',
+          '  - name: create-order',
+          '    match: {direction: egress, host: orders}',
+          '    compensation: {method: DELETE, path: "/orders/{response.json.id}"}',
+          '    nonTransactionalTarget: proceed',
+          STEPS,
+        ].join('\n'),
+      ),
+    )
+    procs.push(coord)
+    const tx = (await admin(coord.ports.admin, 'POST', '/v1/transactions', { mode: 'saga', timeoutMs: 30_000 })).body as { id: string; context: string }
+    const r = await rawRequest(coord.ports.egress, { method: 'POST', path: 'http://orders/orders', headers: { 'txmesh-context': tx.context, 'content-length': '0' } })
+    expect(r.status).toBe(502)
+    expect((await admin(coord.ports.admin, 'POST', `/v1/transactions/${tx.id}/abort`)).body.outcome).toBe('aborted')
+    await until('stuck', async () => (await admin(coord.ports.admin, 'GET', `/v1/transactions/${tx.id}`)).body.stuck === 1)
+    const view = (await admin(coord.ports.admin, 'GET', `/v1/transactions/${tx.id}`)).body
+    const steps = view.steps as { id: string; status: string; lastError?: string; attempts: number; intent?: boolean }[]
+    expect(steps).toHaveLength(1)
+    expect(steps[0]).toMatchObject({ id: orders.seen[0]!.branch, status: 'stuck', attempts: 0, intent: true, lastError: 'the call got no answer and its compensation needs the response' })
+    // Nothing was sent for it: the operator decides.
+    expect(orders.seen).toHaveLength(1)
   })
 })

@@ -36,20 +36,27 @@ export function checkStepInvariants(r: StepReport): StepVerdict {
     const e = r.effects.get(s.id)
     const count = (op: 'action' | 'compensate' | 'try' | 'confirm' | 'cancel'): number => e?.count[op] ?? 0
     const ran = (op: 'compensate' | 'confirm' | 'cancel'): boolean => e?.rows.has(op) === true
-    if (r.mode === 'saga') {
-      if (outcome === 'aborted' || s.late) {
+    // Late (its caller heard the transaction was over) or an intent never resolved (its call
+    // never answered): undone whatever the outcome.
+    const always = s.late || s.intent
+    const tag = s.late ? ' (late)' : s.intent ? ' (intent)' : ''
+    if (s.voided) {
+      // Refused outright: nothing to undo (an undo may still run, after a lost step-done record).
+      if (count('action') > 0 || count('try') > 0) v.push(`${s.id}: voided, yet its call took effect`)
+    } else if (r.mode === 'saga') {
+      if (outcome === 'aborted' || always) {
         // Compensated exactly once in effect, or (its action never ran) an empty compensation.
-        if (!ran('compensate')) v.push(`${s.id}${s.late ? ' (late)' : ''}: never compensated in ${outcome} saga`)
+        if (!ran('compensate')) v.push(`${s.id}${tag}: never compensated in ${outcome} saga`)
         else if (count('action') > 0 && count('compensate') !== 1) v.push(`${s.id}: action took effect, compensation ${count('compensate')} times`)
       } else if (ran('compensate')) v.push(`${s.id}: compensated in a committed saga`)
-    } else if (outcome === 'committed' && !s.late) {
+    } else if (outcome === 'committed' && !always) {
       if (!ran('confirm') || count('try') !== count('confirm')) v.push(`${s.id}: try ${count('try')}, confirm ${count('confirm')} in a committed TCC`)
       if (ran('cancel')) v.push(`${s.id}: cancelled in a committed TCC`)
     } else {
       // Every try is cancelled, failed ones included (their cancel may be empty).
-      if (!ran('cancel')) v.push(`${s.id}${s.late ? ' (late)' : ''}: never cancelled in ${outcome} TCC`)
+      if (!ran('cancel')) v.push(`${s.id}${tag}: never cancelled in ${outcome} TCC`)
       else if (count('try') > 0 && count('cancel') !== 1) v.push(`${s.id}: try took effect, cancel ${count('cancel')} times`)
-      if (ran('confirm')) v.push(`${s.id}: confirmed in ${outcome} TCC${s.late ? ' (late step)' : ''}`)
+      if (ran('confirm')) v.push(`${s.id}: confirmed in ${outcome} TCC${tag}`)
     }
     if (r.droppedAtRetire.has(s.id)) known.push(...v.splice(v0).map((m) => `${m} [dropped: the transaction retired while its record was written]`))
   }
@@ -71,6 +78,10 @@ export function checkStepInvariants(r: StepReport): StepVerdict {
       }
     }
   }
+
+  // Recorded before the call: no call takes effect without a durable step (the old order's
+  // `unrecordedEffects`, a call whose answer never came back, never undone).
+  if (r.intents && r.stats.unrecordedEffects > 0) v.push(`${r.stats.unrecordedEffects} call(s) took effect without a durable step, though steps are recorded before their call`)
 
   // Liveness: once faults stop, everything finishes and the log forgets it.
   if (r.coordinatorStateLeft !== undefined) v.push(`the coordinator still holds the transaction: ${r.coordinatorStateLeft}`)

@@ -8,7 +8,13 @@
 //   every try): force-written to the log ({type:'step'}), then fed to the machine, then the
 //   answer goes to the app; a step recorded after commit or abort was asked is `late` and the
 //   app hears 409. A finished (retired) transaction takes a late step back; one this process
-//   does not know refuses it.
+//   does not know refuses it. That is the order of a call whose undo only its answer names.
+// - in half the seeds (`intents`, the order of a call whose undo the request tells) the egress
+//   first records the step's intent (refused, and the call not sent, unless the transaction is
+//   active before and after the write), then sends the call; the answer is recorded as the
+//   intent's resolution (written only while nothing was sent for the intent), or, for a saga
+//   4xx, voids it (fed at once; its step-done record is lazy). Services then also refuse some
+//   calls outright (4xx, nothing done).
 // - log-decision committed is force-written, then decision-logged is fed; aborted is lazy;
 //   log-step-done is lazy; log-end writes END lazily and retires the transaction.
 // - run sends the op (saga: the compensation to the service; TCC: confirm/cancel through the
@@ -25,6 +31,7 @@
 // crash loses in-flight requests, not its database.
 import type { Env, Outcome } from '../../src/tx/core.js'
 import {
+  intentUnsent,
   newStepTx,
   recoverStepTx,
   stepTxOutcome,
@@ -107,6 +114,12 @@ interface Effects {
 
 interface ServiceNode extends Node {
   readonly index: number
+  /**
+   * Chance of refusing an action/try outright (4xx, nothing done; intents seeds only). A 4xx
+   * refuses the request as such: every delivery of it gets the same answer (RFC 9110 15.5).
+   */
+  readonly refusals: number
+  readonly refused: Set<string>
   /** Windows of simulated time in which it answers 503 (sometimes after doing the work). */
   readonly failing: readonly (readonly [number, number])[]
   readonly effects: Map<string, Effects>
@@ -140,8 +153,12 @@ export interface StepStats {
   duplicateDeliveries: number
   emptyUndos: number
   hangingRefused: number
-  /** Effects of calls never durably recorded as steps (documented: never undone). */
+  /** Effects of calls never durably recorded as steps (old order only: never undone). */
   unrecordedEffects: number
+  /** Intents recorded (intents seeds), those refused (the call not sent), and voided by a 4xx. */
+  intents: number
+  intentsRefused: number
+  voided: number
   lostLazyRecords: number
   messages: number
   lost: number
@@ -149,7 +166,12 @@ export interface StepStats {
 
 export interface StepInfo {
   readonly id: string
+  /** Of its last durable record (an intent's resolution comes after it). */
   readonly late: boolean
+  /** Its last durable record is an intent: the call's answer never was: undone whatever the outcome. */
+  readonly intent: boolean
+  /** Its intent was voided (the call was refused): nothing to undo. */
+  readonly voided: boolean
   /** Position among the durable step records (log order). */
   readonly order: number
   /** First time any coordinator process held it in its machine. */
@@ -159,6 +181,8 @@ export interface StepInfo {
 export interface StepReport {
   readonly seed: number
   readonly mode: StepMode
+  /** Steps recorded before their call (intents), or only once it answered. */
+  readonly intents: boolean
   readonly quiesced: 'idle' | 'time' | 'events'
   readonly endTime: number
   readonly events: number
@@ -197,6 +221,7 @@ class StepWorld {
   private readonly faults: StepFaults
   private faultsOn = true
   private readonly mode: StepMode
+  private readonly intents: boolean
   private readonly tx: string
   private readonly deadline: number
   private readonly policy: StepPolicy
@@ -220,12 +245,16 @@ class StepWorld {
     emptyUndos: 0,
     hangingRefused: 0,
     unrecordedEffects: 0,
+    intents: 0,
+    intentsRefused: 0,
+    voided: 0,
     lostLazyRecords: 0,
     messages: 0,
     lost: 0,
   }
-  /** Durable step records, in log order. */
-  private readonly durableSteps = new Map<string, { late: boolean; order: number }>()
+  /** Durable step records, by step in log order of their first record; flags of the last one. */
+  private readonly durableSteps = new Map<string, { late: boolean; intent: boolean; order: number }>()
+  private readonly voidedSteps = new Set<string>()
   private readonly knownAt = new Map<string, number>()
   private readonly firstRunAt = new Map<string, number>()
   private readonly droppedAtRetire = new Set<string>()
@@ -256,6 +285,8 @@ class StepWorld {
       random: () => rng.next(),
     }
     this.mode = rng.chance(0.5) ? 'saga' : 'tcc'
+    // Drawn apart, so the seeds of the old order replay as they did before intents existed.
+    this.intents = new Prng(seed ^ 0x5bd1e995).chance(0.5)
     // A quarter of the seeds run without faults, a third with a few, the rest with many.
     const tier = rng.next()
     const scale = tier < 0.25 ? 0 : tier < 0.6 ? 0.25 : 1
@@ -280,7 +311,8 @@ class StepWorld {
         const from = rng.int(0, STEP_FAULTS_END_MS / 2)
         failing.push([from, from + rng.int(50, 1_500)])
       }
-      this.services.push({ name: `S${i}`, up: true, incarnation: 0, index: i, failing, effects: new Map() })
+      const refusals = this.intents && rng.chance(0.3) ? rng.next() * 0.5 : 0
+      this.services.push({ name: `S${i}`, up: true, incarnation: 0, index: i, refusals, refused: new Set(), failing, effects: new Map() })
     }
   }
 
@@ -536,7 +568,7 @@ class StepWorld {
       this.commitDurable = true
       this.log('C COMMIT decision durable')
     }
-    if (b.type === 'step' && !this.durableSteps.has(b.step.id)) this.durableSteps.set(b.step.id, { late: b.step.late === true, order: this.durableSteps.size })
+    if (b.type === 'step') this.durableSteps.set(b.step.id, { late: b.step.late === true, intent: b.step.intent === true, order: this.durableSteps.get(b.step.id)?.order ?? this.durableSteps.size })
   }
 
   // -------------------------------------------------------------------------------------------
@@ -635,20 +667,43 @@ class StepWorld {
     return s
   }
 
-  /** StepCoordinator.addStep: durable, then fed; `reply` gets what the egress tells the app. */
+  /**
+   * StepCoordinator.addStep: durable, then fed; `reply` gets what the egress tells the app
+   * (an intent: 'ok' lets the call be sent, anything else keeps it back).
+   */
   private addStep(step: StepRecord, reply: (r: 'ok' | 'late' | 'unknown') => void): void {
     const c = this.coordinator
     if (c.state === undefined) {
       reply('unknown')
       return
     }
-    // A retired transaction takes a late step back (RecentMap `finished`).
-    c.retired = false
+    const known = c.state.steps.find((e) => e.step.id === step.id)
+    if (step.intent === true) {
+      if (c.retired || c.state.status !== 'active') {
+        this.stats.intentsRefused++
+        reply('late')
+        return
+      }
+      if (known !== undefined) {
+        reply('ok')
+        return
+      }
+    } else if (known !== undefined) {
+      // A resolution whose intent's undo started (or a duplicate): nothing to write.
+      if (c.retired || !intentUnsent(known)) {
+        reply(!c.retired && c.state.status === 'active' ? 'ok' : 'late')
+        return
+      }
+    } else {
+      // A retired transaction takes a late step back (RecentMap `finished`).
+      c.retired = false
+    }
     const late = c.state.status !== 'active'
     const recorded: StepRecord = late ? { ...step, late: true } : step
-    this.stats.steps++
+    if (known === undefined) this.stats.steps++
+    if (step.intent === true) this.stats.intents++
     if (late) this.stats.lateSteps++
-    this.log(`C records step ${step.id}${late ? ' (late)' : ''}`)
+    this.log(`C records ${step.intent === true ? 'intent' : known !== undefined ? 'resolution' : 'step'} ${step.id}${late ? ' (late)' : ''}`)
     c.recording++
     this.append({ type: 'step', mode: this.mode, step: recorded }, () => {
       c.recording--
@@ -656,8 +711,25 @@ class StepWorld {
       this.feed({ type: 'step', step: recorded })
       // As the driver's releaseEnd: a duplicate changes nothing, so the held end happens now.
       if (c.endHeld && c.recording === 0 && !c.retired && c.state !== undefined && (c.state.status === 'committed' || c.state.status === 'aborted')) this.endTx()
+      // An intent whose transaction ended while it was written: the call is not sent.
+      if (step.intent === true && c.state?.status !== 'active') {
+        this.stats.intentsRefused++
+        reply('late')
+        return
+      }
       reply(late ? 'late' : 'ok')
     })
+  }
+
+  /** StepCoordinator.voidStep: the intent's call was refused outright. */
+  private voidStep(id: string): void {
+    const c = this.coordinator
+    if (c.state === undefined || c.retired) return
+    const e = c.state.steps.find((x) => x.step.id === id)
+    if (e === undefined || !intentUnsent(e)) return
+    this.stats.voided++
+    this.voidedSteps.add(id)
+    this.feed({ type: 'step-void', step: id })
   }
 
   // -------------------------------------------------------------------------------------------
@@ -739,40 +811,49 @@ class StepWorld {
     }
     this.timer(c, appTimeout, () => hear(false))
     this.log(`app calls ${s.name} (step ${id})`)
-    // Now and then a retrying proxy sends the request again, late, and drops the answer: the
-    // barrier must keep it from taking effect twice, or after its compensation/cancel.
     const op: BarrierOp = this.mode === 'saga' ? 'action' : 'try'
-    if (this.faultsOn && this.rng.chance(this.faults.duplicate)) {
-      this.sched.after(this.rng.int(20, 1_500), () => {
-        if (s.up) this.serve(s, id, op, () => undefined)
-      })
-    }
-    this.request<number>(
-      c,
-      s,
-      EGRESS_TIMEOUT_MS,
-      (reply) => this.serve(s, id, op, reply),
-      (status) => {
-        if (status === undefined) {
-          hear(false)
-          return
-        }
-        // The egress: saga records 2xx and 5xx (not 4xx), TCC every try.
-        if (this.mode === 'saga' && status >= 400 && status < 500) {
-          hear(false)
-          return
-        }
-        const record: StepRecord =
-          this.mode === 'saga'
-            ? { id, service: s.name, target: `http://svc${s.index}`, compensate: { method: 'DELETE', path: `/things/${id}` } }
-            : { id, service: s.name, target: `svc${s.index}:15010`, confirm: { method: 'POST', path: '/confirm' }, cancel: { method: 'POST', path: '/cancel' } }
-        this.addStep(record, (r) => {
-          if (r === 'late') this.stats.lateRefused++
-          hear(r === 'ok' && status >= 200 && status < 300)
+    const record: StepRecord =
+      this.mode === 'saga'
+        ? { id, service: s.name, target: `http://svc${s.index}`, compensate: { method: 'DELETE', path: `/things/${id}` } }
+        : { id, service: s.name, target: `svc${s.index}:15010`, confirm: { method: 'POST', path: '/confirm' }, cancel: { method: 'POST', path: '/cancel' } }
+    const send = (): void => {
+      // Now and then a retrying proxy sends the request again, late, and drops the answer: the
+      // barrier must keep it from taking effect twice, or after its compensation/cancel.
+      if (this.faultsOn && this.rng.chance(this.faults.duplicate)) {
+        this.sched.after(this.rng.int(20, 1_500), () => {
+          if (s.up) this.serve(s, id, op, () => undefined)
         })
-      },
-      false,
-    )
+      }
+      this.request<number>(
+        c,
+        s,
+        EGRESS_TIMEOUT_MS,
+        (reply) => this.serve(s, id, op, reply),
+        (status) => {
+          if (status === undefined) {
+            // No answer: with intents, the intent stays and is undone whatever the outcome.
+            hear(false)
+            return
+          }
+          // The egress: saga records 2xx and 5xx (not 4xx, which voids an intent), TCC every try.
+          if (this.mode === 'saga' && status >= 400 && status < 500) {
+            if (this.intents) this.voidStep(id)
+            hear(false)
+            return
+          }
+          this.addStep(record, (r) => {
+            if (r === 'late') this.stats.lateRefused++
+            hear(r === 'ok' && status >= 200 && status < 300)
+          })
+        },
+        false,
+      )
+    }
+    if (!this.intents) return send()
+    // The intent: what undoes the call, known from the request alone (TCC: a cancel through the
+    // service's ingress), durable before the call is sent.
+    const intent: StepRecord = this.mode === 'saga' ? { ...record, intent: true } : { id, service: s.name, target: `http://svc${s.index}`, cancel: { method: 'POST', path: '/.well-known/txmesh/cancel' }, intent: true, viaIngress: true }
+    this.addStep(intent, (r) => (r === 'ok' ? send() : hear(false)))
   }
 
   // -------------------------------------------------------------------------------------------
@@ -784,6 +865,12 @@ class StepWorld {
       const failing = this.faultsOn && s.failing.some(([a, b]) => this.sched.now >= a && this.sched.now < b)
       if (failing && this.rng.chance(0.6)) {
         reply(503)
+        return
+      }
+      // Refused outright (a 4xx, nothing done: the barrier row rolls back with the refusal).
+      if ((op === 'action' || op === 'try') && (s.refused.has(branch) || (s.refusals > 0 && !s.effects.get(branch)?.rows.has(op) && this.rng.chance(s.refusals)))) {
+        s.refused.add(branch)
+        reply(409)
         return
       }
       const status = this.barrier(s, branch, op)
@@ -829,16 +916,19 @@ class StepWorld {
 
   /** What must hold at the moment an effect happens. */
   private checkEffect(branch: string, op: BarrierOp): void {
-    const late = this.durableSteps.get(branch)?.late === true
+    const d = this.durableSteps.get(branch)
+    // Late steps and intents without an answer are undone whatever the outcome.
+    const undoAlways = d?.late === true || d?.intent === true
     if (op === 'confirm' && !this.commitDurable) this.violation(`${branch} confirmed before the COMMIT decision was durable`)
-    if ((op === 'compensate' || op === 'cancel') && this.commitDurable && !late) this.violation(`${branch}: ${op} in a committed transaction`)
+    if (op === 'confirm' && d?.intent === true) this.violation(`${branch}: confirmed, yet its call never answered`)
+    if ((op === 'compensate' || op === 'cancel') && this.commitDurable && !undoAlways) this.violation(`${branch}: ${op} in a committed transaction`)
   }
 
   // -------------------------------------------------------------------------------------------
 
   private report(quiesced: 'idle' | 'time' | 'events'): StepReport {
     const c = this.coordinator
-    const steps: StepInfo[] = [...this.durableSteps.entries()].map(([id, d]) => ({ id, late: d.late, order: d.order, knownAt: this.knownAt.get(id) ?? Infinity }))
+    const steps: StepInfo[] = [...this.durableSteps.entries()].map(([id, d]) => ({ id, late: d.late, intent: d.intent, voided: this.voidedSteps.has(id), order: d.order, knownAt: this.knownAt.get(id) ?? Infinity }))
     const effects = new Map<string, Effects>()
     for (const s of this.services) for (const [b, e] of s.effects) effects.set(b, e)
     for (const [b, e] of effects) {
@@ -847,6 +937,7 @@ class StepWorld {
     return {
       seed: this.seed,
       mode: this.mode,
+      intents: this.intents,
       quiesced,
       endTime: this.sched.now,
       events: this.sched.events,
@@ -879,7 +970,9 @@ function liveRecords(log: readonly LogRecord[]): LogBody[] {
 function describe(x: StepEvent | StepAction): string {
   switch (x.type) {
     case 'step':
-      return `step(${x.step.id}${x.step.late === true ? ' late' : ''})`
+      return `step(${x.step.id}${x.step.intent === true ? ' intent' : ''}${x.step.late === true ? ' late' : ''})`
+    case 'step-void':
+      return `step-void(${x.step})`
     case 'op-done':
     case 'retry-due':
     case 'log-step-done':

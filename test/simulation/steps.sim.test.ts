@@ -12,8 +12,15 @@
 // are cancelled); an aborted one cancelled every try, failed ones included, and confirmed none;
 // no confirm before the COMMIT decision was durable; no effect twice; the app was told the
 // outcome the log decided; no durable step is lost across crashes; nothing left stuck, held or
-// without END. Not checked, because the README documents it: a call that got no response (or
-// whose coordinator crashed before its step was durable) is never undone (`unrecordedEffects`).
+// without END.
+//
+// Half the seeds record each step before its call (an intent, then its resolution or, for a
+// refused saga call, a void; steps-world.ts): there no call takes effect without a durable step,
+// an intent that never got its answer is undone whatever the outcome and never confirmed, and a
+// voided one never took effect. The other half keep the order of a call whose undo only its
+// answer names (a saga's txmesh-compensate header): a call that got no response there, or whose
+// coordinator crashed before its step was durable, is never undone (`unrecordedEffects`,
+// counted, as the README says).
 //
 // A step whose call answered while the transaction was active but whose record was still being
 // written when the transaction finished used to be dropped (log-end retired the transaction, so
@@ -101,6 +108,9 @@ describe('saga/TCC simulation', () => {
       expect(totals.duplicateDeliveries).toBeGreaterThan(0)
       expect(totals.emptyUndos).toBeGreaterThan(0)
       expect(totals.hangingRefused).toBeGreaterThan(0)
+      expect(totals.intents).toBeGreaterThan(seeds / 2)
+      expect(totals.intentsRefused).toBeGreaterThan(seeds / 100)
+      expect(totals.voided).toBeGreaterThan(seeds / 100)
     }
   })
 })

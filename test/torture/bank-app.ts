@@ -9,18 +9,16 @@
 //                                                        PREPARE TRANSACTION (the vote is no)
 //   saga  POST /saga/action?transfer=T&account=N&delta=D  under txm.barrier: UPDATE + ledger
 //                                                        'action'; CHECK (balance >= 0) -> 409
-//         POST /saga/undo/T/N/D                          the compensation (route template, or
-//                                                        named by this app in txmesh-compensate
-//                                                        when COMPENSATE_HEADER=1): -D, ledger
-//                                                        'compensate'
+//         POST /saga/undo/T/N/D                          the compensation (the coordinator's
+//                                                        route template): -D, ledger 'compensate'
 //   tcc   POST /tcc/try?transfer=T&account=N&delta=D      under the barrier: a hold row; a debit
 //                                                        also freezes -D (CHECK balance >= frozen)
 //         POST /tcc/confirm/{step}, /tcc/cancel/{step},  the hooks (route templates, or this
 //         POST /.well-known/txmesh/{confirm,cancel}      sidecar's default hooks): apply or
 //                                                        release the hold the branch made
 //
-// Environment: DATABASE_URL, SERVICE, PORT (fixed: restarts reuse it), SIDECAR_ADMIN,
-// COMPENSATE_HEADER (1: name the saga undo in txmesh-compensate). Runs txm.recover() before it
+// Environment: DATABASE_URL, SERVICE, PORT (fixed: restarts reuse it), SIDECAR_ADMIN. Runs
+// txm.recover() before it
 // listens, then prints {"event":"listening","port":N,"pid":N,"recovered":{...}} on stdout.
 // Usage: node --import tsx test/torture/bank-app.ts
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http'
@@ -69,7 +67,6 @@ const txm = createTxmeshPg({
     if (!ROUTINE.has(e.event)) process.stderr.write(`${new Date().toISOString()} ${JSON.stringify(e)}\n`)
   },
 })
-const compensateHeader = process.env.COMPENSATE_HEADER === '1'
 
 interface Leg {
   readonly transfer: string
@@ -90,8 +87,8 @@ function fromQuery(url: URL): Leg | undefined {
   return leg(url.searchParams.get('transfer'), url.searchParams.get('account'), url.searchParams.get('delta'))
 }
 
-function send(res: ServerResponse, status: number, body = '', headers: Record<string, string> = {}): void {
-  res.writeHead(status, { 'content-type': 'text/plain', 'content-length': Buffer.byteLength(body), ...headers }).end(body)
+function send(res: ServerResponse, status: number, body = ''): void {
+  res.writeHead(status, { 'content-type': 'text/plain', 'content-length': Buffer.byteLength(body) }).end(body)
 }
 
 /** Thrown inside a barrier so the barrier row rolls back with the refused effect. */
@@ -163,8 +160,7 @@ async function sagaStep(req: IncomingMessage, res: ServerResponse, l: Leg, undo:
   }
   // duplicate and empty succeed; hanging (an action after its undo) must fail the step.
   if (!r.ran && r.reason === 'hanging') return send(res, 409, 'hanging action refused')
-  const headers: Record<string, string> = !undo && compensateHeader ? { 'txmesh-compensate': `POST /saga/undo/${l.transfer}/${l.account}/${l.delta}` } : {}
-  send(res, 200, r.ran ? 'done' : r.reason, headers)
+  send(res, 200, r.ran ? 'done' : r.reason)
 }
 
 // ---- tcc ----

@@ -84,8 +84,6 @@ export interface Violation {
   readonly invariant: string
   readonly transfer: string | undefined
   readonly detail: string
-  /** Set when the violation has the signature of a known txmesh gap (see hint()). */
-  readonly cause?: string
 }
 
 type LegState = { readonly kind: 'applied' } | { readonly kind: 'none' } | { readonly kind: 'anomaly'; readonly why: string }
@@ -129,7 +127,7 @@ export interface CheckInput {
 
 export function checkInvariants(c: CheckInput): Violation[] {
   const v: Violation[] = []
-  const add = (invariant: string, transfer: string | undefined, detail: string, cause?: string): void => void v.push({ invariant, transfer, detail, ...(cause === undefined ? {} : { cause }) })
+  const add = (invariant: string, transfer: string | undefined, detail: string): void => void v.push({ invariant, transfer, detail })
   const initial = BigInt(c.initialBalance)
 
   let total = 0n
@@ -160,8 +158,6 @@ export function checkInvariants(c: CheckInput): Violation[] {
     for (const h of db.holds) if (!planned.has(`${service}:${h.transfer}:${h.account}`)) add('no stray effects', h.transfer, `${service}: hold ${h.status} on account ${h.account} of no planned leg`)
   }
 
-  let gapDelta = 0n
-  let gapTransfers = 0
   for (const r of c.records) {
     const t = r.transfer
     const states = t.legs.map((l) => {
@@ -172,46 +168,14 @@ export function checkInvariants(c: CheckInput): Violation[] {
     const applied = states.filter(({ s }) => s.kind === 'applied').length
     const none = states.filter(({ s }) => s.kind === 'none').length
     const before = v.length
-    const cause = hint(c.mode, r, states)
-    if (cause !== undefined) {
-      // What the leg left behind by the gap moved (a saga leg applied; a tcc hold moves nothing).
-      const left = states.find(({ l }) => l.service === r.failedLeg?.service)
-      if (left !== undefined && left.s.kind === 'applied') gapDelta += BigInt(left.l.delta)
-      gapTransfers++
-    }
-    if (r.seen === 'committed' && applied !== states.length) add('committed transfers present everywhere', t.id, describe(), cause)
-    if ((r.seen === 'aborted' || r.seen === 'not-begun') && none !== states.length) add('aborted transfers present nowhere', t.id, describe(), cause)
-    if (r.seen === 'unknown' && applied !== states.length && none !== states.length) add('unknown transfers all-or-nothing', t.id, describe(), cause)
+    if (r.seen === 'committed' && applied !== states.length) add('committed transfers present everywhere', t.id, describe())
+    if ((r.seen === 'aborted' || r.seen === 'not-begun') && none !== states.length) add('aborted transfers present nowhere', t.id, describe())
+    if (r.seen === 'unknown' && applied !== states.length && none !== states.length) add('unknown transfers all-or-nothing', t.id, describe())
     // A malformed leg not already reported through the transfer's outcome.
     if (v.length === before) for (const { l, s } of states) if (s.kind === 'anomaly') add('ledger rows well-formed', t.id, `${l.service}: ${s.why} | ${describe()}`)
   }
-  if (total !== expectedTotal) {
-    // Exactly the drift of the legs the documented gap left behind, or a violation of its own.
-    const explained = gapTransfers > 0 && total - expectedTotal === gapDelta
-    add(
-      'total balance unchanged',
-      undefined,
-      `total ${total}, expected ${expectedTotal} (difference ${total - expectedTotal})`,
-      explained ? `the difference is exactly what the ${gapTransfers} transfer(s) left behind by the gap moved` : undefined,
-    )
-  }
+  if (total !== expectedTotal) add('total balance unchanged', undefined, `total ${total}, expected ${expectedTotal} (difference ${total - expectedTotal})`)
   return v
-}
-
-/**
- * A pointer for whoever reads a saga/tcc failure: the leg left behind is the one whose call the
- * coordinator's egress got no answer for (network error, or the egress's own 502/504), i.e. the
- * step was never recorded at the coordinator, so nothing will ever undo it.
- */
-function hint(mode: Mode, r: ClientRecord, states: readonly { l: Leg; s: LegState }[]): string | undefined {
-  const f = r.failedLeg
-  if (mode === '2pc' || f === undefined) return undefined
-  // Only that leg is left behind; every other leg was undone (or never done).
-  const others = states.filter(({ l }) => l.service !== f.service)
-  const left = states.find(({ l }) => l.service === f.service)
-  if (left === undefined || left.s.kind === 'none' || others.some(({ s }) => s.kind !== 'none')) return undefined
-  const noAnswer = f.status === 0 || f.status === 502 || f.status === 504
-  return noAnswer ? `the leg left behind is the call that got no answer: its ${mode === 'saga' ? 'step' : 'try'} was never recorded at the coordinator, so it is never ${mode === 'saga' ? 'compensated' : 'cancelled'} (README, Sagas and TCC, limits)` : undefined
 }
 
 /** How the unknown transfers turned out (all applied or all undone), for the report. */

@@ -38,8 +38,6 @@ export interface ClientRecord {
   /** When the client began and finished it (ISO time), for the timeline. */
   readonly began: string
   readonly ended: string
-  /** The leg whose call failed, and how (status 0: no HTTP answer at all). */
-  readonly failedLeg?: { readonly service: Service; readonly status: number }
 }
 
 // Bounds of the client, each with its reason.
@@ -190,20 +188,18 @@ async function runTransfer(o: ClientOptions, agent: HttpAgent, t: Transfer): Pro
     return { transfer: t, seen: 'not-begun', detail: `begin: ${errorCode(begun)}`, txId: undefined }
   }
   let failed: string | undefined
-  let failedLeg: { service: Service; status: number } | undefined
   for (const l of t.legs) {
     // Absolute-form through the egress, as an app using it as HTTP_PROXY sends it.
     const a = await call(agent, o.egressPort, 'POST', `http://${l.service}${legPath(o.mode, l, t.id)}`, { 'txmesh-context': tx.context }, '')
     if (a.status !== 200) {
       failed = `leg ${l.service} ${errorCode(a)}`
-      failedLeg = { service: l.service, status: a.status }
       break
     }
   }
   const base = `/v1/transactions/${tx.id}`
   if (failed !== undefined) {
     const a = await call(agent, o.adminPort, 'POST', `${base}/abort`, {}, '')
-    return { transfer: t, seen: 'aborted', detail: `${failed}; abort: ${a.status === 200 ? 'aborted' : errorCode(a)}`, txId: tx.id, ...(failedLeg === undefined ? {} : { failedLeg }) }
+    return { transfer: t, seen: 'aborted', detail: `${failed}; abort: ${a.status === 200 ? 'aborted' : errorCode(a)}`, txId: tx.id }
   }
   const c = await call(agent, o.adminPort, 'POST', `${base}/commit`, {}, '')
   if (c.status === 200) {

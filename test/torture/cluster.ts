@@ -247,14 +247,17 @@ function sidecarArgs(file: string, p: SidecarPorts): string[] {
 }
 
 /**
- * The coordinator's egress routes. saga: bank-a and bank-b are undone by the route's
- * compensation template; bank-c names its own undo in txmesh-compensate. tcc: bank-a and bank-b
- * get the route's confirm/cancel templates; bank-c's sidecar calls its default hooks.
+ * The coordinator's egress routes. saga: every service is undone by the route's compensation
+ * template, which reads only the request, so the step's intent carries it before the call is
+ * sent (bank-c used to name its undo in txmesh-compensate, which only the answer carries: a cut
+ * answer left it with nothing to undo). tcc: bank-a and bank-b get the route's confirm/cancel
+ * templates; bank-c's sidecar calls its default hooks (an intent's cancel reaches them through
+ * its ingress, /.well-known/txmesh/cancel).
  */
 function coordinatorRoutes(mode: Mode): string {
   if (mode === '2pc') return ''
   const lines = ['routes:']
-  for (const s of ['bank-a', 'bank-b'] as const) {
+  for (const s of mode === 'saga' ? SERVICES : (['bank-a', 'bank-b'] as const)) {
     lines.push(`  - name: ${s}-${mode}`, `    match: {direction: egress, host: ${s}}`)
     if (mode === 'saga') lines.push('    compensation: {method: POST, path: "/saga/undo/{request.query.transfer}/{request.query.account}/{request.query.delta}"}')
     else lines.push('    tcc: {confirm: {path: "/tcc/confirm/{step.id}"}, cancel: {path: "/tcc/cancel/{step.id}"}}')
@@ -303,7 +306,6 @@ export async function startBankCluster(o: ClusterOptions): Promise<BankCluster> 
           SERVICE: service,
           PORT: String(appPort),
           SIDECAR_ADMIN: `http://127.0.0.1:${ports.admin}`,
-          COMPENSATE_HEADER: service === 'bank-c' ? '1' : '0',
         },
         join(dir, 'app.log'),
         o.onSelfExit,

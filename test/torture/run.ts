@@ -199,12 +199,8 @@ export function formatResult(r: BankResult, replay: string): string {
   } else {
     const byInvariant = new Map<string, number>()
     for (const v of r.violations) byInvariant.set(v.invariant, (byInvariant.get(v.invariant) ?? 0) + 1)
-    const known = r.violations.filter((v) => v.cause !== undefined).length
     lines.push(`  invariants ${r.violations.length} violation(s): ${[...byInvariant].map(([k, n]) => `${k} ×${n}`).join('; ')}`)
-    if (known > 0) lines.push(`             ${known} of them: the leg whose call got no answer is left applied, the others undone (a step/try never recorded at the coordinator)`)
-    // Violations of another kind first: they are the news.
-    const shown = [...r.violations.filter((v) => v.cause === undefined), ...r.violations.filter((v) => v.cause !== undefined)].slice(0, VIOLATIONS_SHOWN)
-    for (const v of shown) lines.push(`    [${v.invariant}]${v.transfer === undefined ? '' : ` transfer ${v.transfer}:`} ${v.detail}${v.cause === undefined ? '' : ` | ${v.cause}`}`)
+    for (const v of r.violations.slice(0, VIOLATIONS_SHOWN)) lines.push(`    [${v.invariant}]${v.transfer === undefined ? '' : ` transfer ${v.transfer}:`} ${v.detail}`)
     if (r.violations.length > VIOLATIONS_SHOWN) lines.push(`    ... and ${r.violations.length - VIOLATIONS_SHOWN} more`)
     if (r.dir !== undefined) lines.push(`  logs       ${r.dir} (sidecar.yaml, sidecar.log, app.log and the durable log of each process)`)
     lines.push(`  replay     ${replay}`)

@@ -472,6 +472,120 @@ describe('step machine: recovery', () => {
   })
 })
 
+describe('step machine: intents (recorded before the call is sent)', () => {
+  const none = new Set<BranchId>()
+  /** Saga intent of step i: its compensation filled from the request alone. */
+  const sagaIntent = (i: number, extra: Partial<StepRecord> = {}): StepRecord => ({ ...sagaStep(i), compensate: { method: 'POST', path: `/undo/${i}` }, intent: true, ...extra })
+  /** TCC intent of step i: a cancel through the target's ingress. */
+  const tccIntent = (i: number): StepRecord => ({ id: `s${i}`, service: `svc${i}`, target: `http://10.0.0.${i}:8080`, cancel: { method: 'POST', path: '/.well-known/txmesh/cancel' }, intent: true, viaIngress: true })
+  const VOID = (id: BranchId): StepEvent => ({ type: 'step-void', step: id })
+
+  it('a resolution replaces its intent in place, and the saga commits without undoing it', () => {
+    const s = withSteps('saga', [sagaStep(0), sagaIntent(1), sagaStep(2)])
+    const resolved = feed(s, [{ type: 'step', step: sagaStep(1) }]).state
+    expect(resolved.steps.map((e) => e.step)).toEqual([sagaStep(0), sagaStep(1), sagaStep(2)])
+    const r = feed(resolved, [COMMIT, LOGGED])
+    expect(r.state.status).toBe('committed')
+    expect(r.out.flat().some((a) => a.type === 'run')).toBe(false)
+  })
+
+  it('a resolved intent is undone in its own turn of the reverse order on abort', () => {
+    const s = feed(withSteps('saga', [sagaStep(0), sagaIntent(1), sagaStep(2)]), [{ type: 'step', step: sagaStep(1) }]).state
+    const r = feed(s, [ABORT, done('s2'), done('s1')])
+    expect(r.out[1]).toEqual([{ type: 'log-step-done', step: 's2' }, run(sagaStep(1), 'compensate')])
+    expect(r.out[2]).toEqual([{ type: 'log-step-done', step: 's1' }, run(sagaStep(0), 'compensate')])
+  })
+
+  it('a voided intent (its call was refused) finishes at once and is never undone', () => {
+    const s = withSteps('saga', [sagaStep(0), sagaIntent(1)])
+    const v = stepTxStep(s, VOID('s1'), env())
+    expect(v.actions).toEqual([{ type: 'log-step-done', step: 's1' }])
+    expect(statuses(v.state)).toEqual(['recorded', 'finished'])
+    const r = feed(v.state, [ABORT, done('s0')])
+    expect(r.out[0]).toEqual([{ type: 'log-decision', outcome: 'aborted' }, { type: 'outcome', outcome: 'aborted', reason: ABORT.type === 'abort-requested' ? ABORT.reason : '' }, run(sagaStep(0), 'compensate')])
+    expect(r.state.status).toBe('aborted')
+    // Committed instead: nothing at all runs.
+    const c = feed(v.state, [COMMIT, LOGGED])
+    expect(c.state.status).toBe('committed')
+    expect(c.out.flat().some((a) => a.type === 'run')).toBe(false)
+  })
+
+  it('a void after the undo started changes nothing (the barrier orders them); a void of a non-intent too', () => {
+    const running = stepTxStep(withSteps('saga', [sagaIntent(0)]), ABORT, env()).state
+    expect(statuses(running)).toEqual(['running'])
+    const r = stepTxStep(running, VOID('s0'), env())
+    expect(r.state).toBe(running)
+    expect(r.actions).toEqual([])
+    const plain = withSteps('saga', [sagaStep(0)])
+    expect(stepTxStep(plain, VOID('s0'), env()).state).toBe(plain)
+    expect(stepTxStep(plain, VOID('nope'), env()).state).toBe(plain)
+  })
+
+  it('an intent that never got its answer is compensated even though the saga committed', () => {
+    const r = feed(withSteps('saga', [sagaStep(0), sagaIntent(1)]), [COMMIT, LOGGED, done('s1')])
+    expect(r.out[1]).toEqual([{ type: 'outcome', outcome: 'committed' }, run(sagaIntent(1), 'compensate')])
+    expect(r.out[2]).toEqual([{ type: 'log-step-done', step: 's1' }, { type: 'log-step-done', step: 's0' }, { type: 'log-end' }])
+    expect(r.state.status).toBe('committed')
+    expect(stepTxOutcome(r.state)).toBe('committed')
+  })
+
+  it('an intent that never got its answer is compensated on abort, in its turn', () => {
+    const r = feed(withSteps('saga', [sagaStep(0), sagaIntent(1)]), [ABORT, done('s1'), done('s0')])
+    expect(r.out[0]?.at(-1)).toEqual(run(sagaIntent(1), 'compensate'))
+    expect(r.out[1]).toEqual([{ type: 'log-step-done', step: 's1' }, run(sagaStep(0), 'compensate')])
+    expect(r.state.status).toBe('aborted')
+  })
+
+  it('a tcc intent is cancelled, never confirmed, whatever the outcome; its resolution is confirmed on commit', () => {
+    const committed = feed(withSteps('tcc', [tccStep(0), tccIntent(1)]), [COMMIT, LOGGED])
+    expect(committed.out[1]).toEqual([{ type: 'outcome', outcome: 'committed' }, run(tccStep(0), 'confirm'), run(tccIntent(1), 'cancel')])
+    const aborted = stepTxStep(withSteps('tcc', [tccIntent(0)]), ABORT, env())
+    expect(aborted.actions.at(-1)).toEqual(run(tccIntent(0), 'cancel'))
+    const resolved = feed(withSteps('tcc', [tccIntent(0)]), [{ type: 'step', step: tccStep(0) }, COMMIT, LOGGED])
+    expect(resolved.out[2]).toEqual([{ type: 'outcome', outcome: 'committed' }, run(tccStep(0), 'confirm')])
+  })
+
+  it('a resolution arriving once the undo of its intent is under way changes nothing', () => {
+    const running = stepTxStep(withSteps('tcc', [tccIntent(0)]), ABORT, env()).state
+    const r = stepTxStep(running, { type: 'step', step: tccStep(0, { late: true }) }, env())
+    expect(r.state).toBe(running)
+    expect(r.actions).toEqual([])
+  })
+
+  it('a resolution still waiting its turn after the decision replaces the intent and keeps its late flag', () => {
+    // Saga abort: s1 is undone first; the intent s0 waits; its answer arrives (told: over).
+    const s = feed(withSteps('saga', [sagaIntent(0), sagaStep(1)]), [ABORT]).state
+    expect(statuses(s)).toEqual(['recorded', 'running'])
+    const late = sagaStep(0, { late: true })
+    const r = feed(s, [{ type: 'step', step: late }, done('s1')])
+    expect(r.out[0]).toEqual([])
+    expect(r.out[1]).toEqual([{ type: 'log-step-done', step: 's1' }, run(late, 'compensate')])
+  })
+
+  it('an unresolved intent goes stuck at once on abort, and its resolution, if it comes, replaces it and runs', () => {
+    const unresolved: StepRecord = { ...bareStep(0), intent: true, unresolved: 'the call got no answer and its compensation needs the response' }
+    const s = stepTxStep(withSteps('saga', [unresolved]), ABORT, env())
+    expect(s.actions.at(-1)).toEqual({ type: 'stuck', step: unresolved, op: 'compensate', error: unresolved.unresolved })
+    const late = sagaStep(0, { late: true })
+    const r = stepTxStep(s.state, { type: 'step', step: late }, env())
+    expect(r.actions).toEqual([run(late, 'compensate')])
+  })
+
+  it('recovery takes the last record of a step, in the place of its first', () => {
+    // s1: intent then resolution (its answer was durable before the crash); s2: intent only.
+    const r = recoverStepTx('tx1', 'saga', [sagaStep(0), sagaIntent(1), sagaIntent(2), sagaStep(1)], none, true, POLICY, env())
+    expect(r.state.steps.map((e) => e.step)).toEqual([sagaStep(0), sagaStep(1), sagaIntent(2)])
+    // Committed: only the intent without an answer is compensated.
+    expect(r.actions).toEqual([run(sagaIntent(2), 'compensate')])
+    const aborted = recoverStepTx('tx1', 'saga', [sagaStep(0), sagaIntent(1), sagaIntent(2), sagaStep(1)], none, false, POLICY, env())
+    expect(aborted.actions).toEqual([run(sagaIntent(2), 'compensate')])
+    expect(feed(aborted.state, [done('s2')]).out[0]).toEqual([{ type: 'log-step-done', step: 's2' }, run(sagaStep(1), 'compensate')])
+    // A voided intent (its step-done record) stays finished.
+    const voided = recoverStepTx('tx1', 'tcc', [tccIntent(0), tccStep(1)], new Set(['s0']), true, POLICY, env())
+    expect(voided.actions).toEqual([run(tccStep(1), 'confirm')])
+  })
+})
+
 // ---------------------------------------------------------------------------------------------
 // Random schedules: a driver that answers ops, fires retry timers and writes the decision in any
 // order, with duplicate and stale events mixed in. The machine asserts its invariants on every
@@ -487,6 +601,15 @@ type Cmd =
   | { readonly k: 'timer'; readonly pick: number }
   | { readonly k: 'retry-stuck' }
   | { readonly k: 'stale'; readonly type: 'op-done' | 'op-failed' | 'retry-due'; readonly pick: number }
+  /** An intent, recorded before its call is sent (the driver refuses it once not active). */
+  | { readonly k: 'intent' }
+  /** The call of a pending intent answers (its resolution) or is refused (void). */
+  | { readonly k: 'resolve'; readonly pick: number; readonly result: 'resolved' | 'void' }
+
+const intentCmdArb: fc.Arbitrary<Cmd> = fc.oneof(
+  { weight: 3, arbitrary: fc.constant({ k: 'intent' as const }) },
+  { weight: 3, arbitrary: fc.record({ k: fc.constant('resolve' as const), pick: fc.nat(), result: fc.constantFrom('resolved' as const, 'resolved' as const, 'void' as const) }) },
+)
 
 const cmdArb: fc.Arbitrary<Cmd> = fc.oneof(
   { weight: 4, arbitrary: fc.record({ k: fc.constant('step' as const), undo: fc.constantFrom('op' as const, 'op' as const, 'op' as const, 'none' as const, 'unresolved' as const) }) },
@@ -509,6 +632,8 @@ class Sim {
   /** commit or abort: what ended the active phase. */
   asked: 'commit' | 'abort' | undefined
   readonly actions: StepAction[] = []
+  /** Intents whose call has not answered yet. */
+  readonly pending: number[] = []
   private next = 0
   private draw = 0
 
@@ -549,7 +674,8 @@ class Sim {
   }
 
   private expectedOp(step: StepRecord): StepOpName {
-    const committed = this.state.decisionLogged && step.late !== true
+    // Late steps and intents without an answer are undone whatever the outcome.
+    const committed = this.state.decisionLogged && step.late !== true && step.intent !== true
     if (this.state.mode === 'saga') {
       // A committed saga never sends anything for a step that answered in time.
       expect(committed).toBe(false)
@@ -577,6 +703,32 @@ class Sim {
         const step: StepRecord = c.undo === 'op' ? base : c.undo === 'none' ? bareStep(i) : { ...bareStep(i), unresolved: 'no value' }
         // As the driver does: a step answered after commit/abort was asked is late.
         this.feed({ type: 'step', step: this.state.status === 'active' ? step : { ...step, late: true } })
+        return
+      }
+      case 'intent': {
+        if (this.state.status !== 'active' || this.state.steps.length >= LIMITS.maxSteps) return
+        const i = this.next++
+        const base = this.state.mode === 'saga' ? sagaStep(i) : { ...bareStep(i), cancel: { method: 'POST', path: '/.well-known/txmesh/cancel' }, viaIngress: true }
+        this.pending.push(i)
+        this.feed({ type: 'step', step: { ...base, intent: true } })
+        return
+      }
+      case 'resolve': {
+        if (this.pending.length === 0) return
+        const [i] = this.pending.splice(c.pick % this.pending.length, 1) as [number]
+        const id = `s${i}`
+        const before = this.state.steps.find((e) => e.step.id === id)
+        if (c.result === 'void') {
+          this.feed({ type: 'step-void', step: id })
+          if (before?.status === 'recorded') expect(this.state.steps.find((e) => e.step.id === id)?.status).toBe('finished')
+          return
+        }
+        const base = this.state.mode === 'saga' ? sagaStep(i) : tccStep(i)
+        this.feed({ type: 'step', step: this.state.status === 'active' ? base : { ...base, late: true } })
+        const after = this.state.steps.find((e) => e.step.id === id)
+        // Replaced while nothing was sent for the intent; left alone once its undo started.
+        if (before?.status === 'recorded') expect(after?.step.intent).toBeUndefined()
+        else if (before?.status === 'running' || before?.status === 'waiting' || before?.status === 'finished') expect(after?.step).toBe(before.step)
         return
       }
       case 'commit':
@@ -696,6 +848,29 @@ describe('step machine: random schedules', () => {
       { numRuns: 500, seed: 1 },
     )
   })
+
+  it('keeps its invariants with intents, their resolutions and voids, and finishes every step', () => {
+    fc.assert(
+      fc.property(
+        scheduleArb,
+        fc.array(fc.oneof({ weight: 1, arbitrary: cmdArb }, { weight: 1, arbitrary: intentCmdArb }), { maxLength: 150, size: 'medium' }),
+        ({ mode, attempts, draws, first }, cmds) => {
+          const sim = new Sim(mode, { attempts, backoffBaseMs: 50, backoffCapMs: 400 }, draws, true)
+          for (const c of [...first.map((): Cmd => ({ k: 'intent' })), ...cmds]) sim.apply(c.k === 'step' && c.undo === 'unresolved' ? { k: 'step', undo: 'op' } : c)
+          sim.drain()
+          expect(sim.state.steps.every((e) => e.status === 'finished')).toBe(true)
+          // (a late step after the end ends it again)
+          expect(sim.actions.at(-1)).toEqual({ type: 'log-end' })
+          // An intent that never got its answer was undone, never confirmed.
+          for (const e of sim.state.steps.filter((x) => x.step.intent === true)) {
+            const ops = sim.actions.flatMap((a) => (a.type === 'run' && a.step.id === e.step.id ? [a.op] : []))
+            expect(ops.every((op) => op === (mode === 'saga' ? 'compensate' : 'cancel'))).toBe(true)
+          }
+        },
+      ),
+      { numRuns: 500, seed: 2 },
+    )
+  })
 })
 
 // ---------------------------------------------------------------------------------------------
@@ -759,11 +934,14 @@ describe('step templates', () => {
     expect(fillTemplate(tpl('/x/{request.query.customer}'), facts({ path: '/orders' }))).toHaveProperty('unresolved')
   })
 
-  it('says which bodies a template reads, so the proxy buffers only those', () => {
-    expect(templateNeeds(undefined)).toEqual({ requestJson: false, responseJson: false })
-    expect(templateNeeds(tpl('/orders/{response.json.id}'))).toEqual({ requestJson: false, responseJson: true })
-    expect(templateNeeds(tpl('/x', { headers: { a: '{request.json.sku}' } }))).toEqual({ requestJson: true, responseJson: false })
-    expect(templateNeeds(tpl('/x/{request.query.a}', { body: '{response.header.x}' }))).toEqual({ requestJson: false, responseJson: false })
+  it('says which bodies a template reads, so the proxy buffers only those, and whether it reads the response at all', () => {
+    expect(templateNeeds(undefined)).toEqual({ requestJson: false, responseJson: false, response: false })
+    expect(templateNeeds(tpl('/orders/{response.json.id}'))).toEqual({ requestJson: false, responseJson: true, response: true })
+    expect(templateNeeds(tpl('/x', { headers: { a: '{request.json.sku}' } }))).toEqual({ requestJson: true, responseJson: false, response: false })
+    expect(templateNeeds(tpl('/x/{request.query.a}', { body: '{response.header.x}' }))).toEqual({ requestJson: false, responseJson: false, response: true })
+    expect(templateNeeds(tpl('/x/{step.id}/{response.status}'))).toMatchObject({ response: true })
+    // Request-only: its intent can be filled before the call is sent.
+    expect(templateNeeds(tpl('/undo/{request.query.a}/{tx.id}/{step.id}'))).toMatchObject({ response: false })
   })
 
   it('parseCompensateHeader accepts "METHOD /path"', () => {

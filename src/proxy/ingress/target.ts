@@ -2,6 +2,7 @@
 // app on `app.host:app.port`, keeping the Host the caller used.
 import type { SidecarConfig } from '../../config/types.js'
 import { BadRequestError, HookForbiddenError, type TxmeshError } from '../../errors.js'
+import { STEP_CANCEL_PATH } from '../../tx/protocol.js'
 import type { Target, TargetResolver } from '../server.js'
 
 export function ingressResolver(cfg: SidecarConfig): TargetResolver {
@@ -22,6 +23,11 @@ export function ingressResolver(cfg: SidecarConfig): TargetResolver {
     const q = url.indexOf('?')
     const path = q < 0 ? url : url.slice(0, q)
     const folded = foldPath(path)
+    if (folded === STEP_CANCEL_PATH) {
+      // A coordinator's cancel of a TCC try it recorded before the try's answer: to this app's
+      // own cancel hook, once the server has checked its signed context (ProxyServer.onRequest).
+      return { origin, connectHost: host, connectPort: port, host: hostHeader ?? fallbackHost, path: cfg.hooks.cancel + (q < 0 ? '' : url.slice(q)), stepHook: 'cancel' }
+    }
     if (hooks.has(folded) || (hookPrefix !== undefined && folded.startsWith(hookPrefix))) {
       return new HookForbiddenError(`${path} is a participant hook; only the app's own sidecar calls it`)
     }

@@ -2,9 +2,10 @@
 // ./machine.ts (log writes, compensation requests, confirm/cancel control calls, timers) and
 // feeds the results back. One entry per transaction this sidecar coordinates.
 //
-// Log records, all under `s:<tx>`: {type:'step'} (force-written before the step's response
-// reaches the app), {type:'decision', outcome} (COMMIT force-written, abort lazy),
-// {type:'step-done'} (lazy). END once every step is finished.
+// Log records, all under `s:<tx>`: {type:'step'} (force-written before the step's call is sent,
+// as an intent, and again, resolved, before its response reaches the app; a call whose undo
+// cannot be known before its answer only the second time), {type:'decision', outcome} (COMMIT
+// force-written, abort lazy), {type:'step-done'} (lazy). END once every step is finished.
 import { request, Agent } from '../../http-client.js'
 import { ShuttingDownError, TxLimitError, TxNotActiveError, TxUnknownError, type TxmeshError } from '../../errors.js'
 import { LIMITS } from '../../limits.js'
@@ -20,7 +21,7 @@ import { BRANCH_ID_HEADER, CONTEXT_HEADER, OP_HEADER, TX_ID_HEADER, newTxId, sig
 import { RecentMap } from '../recent.js'
 import type { TxMessage } from '../../events/outbox.js'
 import { addMessage, endAfterPublishing, startPublishing, waitAtMost, type MessageHolder, type Publish } from '../messages.js'
-import { newStepTx, recoverStepTx, stepTxOutcome, stepTxStep, type StepAction, type StepEvent, type StepMode, type StepOp, type StepOpName, type StepPolicy, type StepRecord, type StepTxState } from './machine.js'
+import { intentUnsent, newStepTx, recoverStepTx, stepTxOutcome, stepTxStep, type StepAction, type StepEvent, type StepMode, type StepOp, type StepOpName, type StepPolicy, type StepRecord, type StepTxState } from './machine.js'
 
 export interface StepView {
   readonly id: BranchId
@@ -32,6 +33,8 @@ export interface StepView {
   readonly compensate?: StepOp
   readonly confirm?: StepOp
   readonly cancel?: StepOp
+  /** Recorded before its call was sent and never resolved by an answer: undone whatever the outcome. */
+  readonly intent?: boolean
 }
 
 export interface StepTxView {
@@ -142,18 +145,34 @@ export class StepCoordinator {
 
   /**
    * Records a step durably, then hands it to the machine. Resolves once the record is on disk:
-   * only then may the step's response reach the app (a crash after that still undoes it).
+   * only then may the call be sent (an intent) or its response reach the app (a crash after
+   * that still undoes it).
+   * - An intent (recorded before its call is sent) is refused unless the transaction is active,
+   *   before and after its write: a refused intent's call is not sent, so nothing needs undoing.
+   * - The resolution of an intent (same id, once the call answered) replaces it while nothing
+   *   was sent for it; otherwise there is nothing to write. It never takes a finished
+   *   transaction back and does not count as a new step.
+   * - Any other step is new; one recorded after commit or abort was asked is `late`.
    */
   async addStep(id: TxId, step: StepRecord): Promise<TxmeshError | undefined> {
     let e = this.txs.get(id)
-    if (e === undefined) {
+    const known = (e ?? this.finished.get(id))?.state.steps.find((x) => x.step.id === step.id)
+    if (step.intent === true) {
+      if (e === undefined || e.state.status !== 'active') return new TxNotActiveError(`transaction ${id} is ${e?.state.status ?? 'over'}; the call is not sent`)
+      if (known !== undefined) return undefined
+    } else if (known !== undefined) {
+      const status = (e ?? this.finished.get(id))?.state.status
+      // Its undo is under way or done (the target's barrier orders it against the call), or a
+      // duplicate: nothing to write.
+      if (e === undefined || !intentUnsent(known)) return status === 'active' ? undefined : new TxNotActiveError(`transaction ${id} is ${status ?? 'over'}; the step is undone`)
+    } else if (e === undefined) {
       // Finished already: a step that answered late still has to be undone.
       e = this.finished.get(id)
       if (e === undefined) return new TxUnknownError(`transaction ${id} is not coordinated here`)
       e.finished = false
       this.txs.set(id, e)
     }
-    if (e.state.steps.length >= LIMITS.maxSteps) return new TxLimitError(`transaction ${id} already has ${LIMITS.maxSteps} steps`)
+    if (known === undefined && e.state.steps.length >= LIMITS.maxSteps) return new TxLimitError(`transaction ${id} already has ${LIMITS.maxSteps} steps`)
     const late = e.state.status !== 'active'
     const recorded: StepRecord = late ? { ...step, late: true } : step
     // While the record is written the transaction may finish (an abort with nothing else to
@@ -172,10 +191,32 @@ export class StepCoordinator {
     this.feed(id, { type: 'step', step: recorded })
     // A duplicate changes nothing and the machine says nothing more: end it now.
     this.releaseEnd(id, e)
-    this.d.onEvent?.('tx-step', { tx: id, service: step.service, branch: step.id, ...(step.unresolved === undefined ? {} : { unresolved: step.unresolved }) })
+    if (known === undefined) {
+      this.d.onEvent?.('tx-step', {
+        tx: id,
+        service: step.service,
+        branch: step.id,
+        ...(step.intent === true ? { intent: true } : {}),
+        ...(step.unresolved === undefined ? {} : { unresolved: step.unresolved }),
+      })
+    }
+    // An intent whose transaction ended while it was written: its call is not sent (the
+    // machine undoes the intent; the target's barrier makes that a no-op).
+    if (step.intent === true && e.state.status !== 'active') return new TxNotActiveError(`transaction ${id} is ${e.state.status}; the call is not sent`)
     // A step that answered after the end still joins the undo queue, but the caller hears the
     // transaction is over.
     if (late) return new TxNotActiveError(`transaction ${id} is ${e.state.status}; the step will be undone`)
+    return undefined
+  }
+
+  /**
+   * The call of an intent was refused outright (saga: 4xx): it did nothing, so its undo must
+   * not be sent. A lazy step-done record (lost, the undo runs after a restart: the barrier
+   * makes it a no-op). An undo already under way is left alone.
+   */
+  voidStep(id: TxId, step: BranchId): TxmeshError | undefined {
+    if (this.txs.has(id)) this.feed(id, { type: 'step-void', step })
+    else if (this.finished.get(id) === undefined) return new TxUnknownError(`transaction ${id} is not coordinated here`)
     return undefined
   }
 
@@ -350,18 +391,22 @@ export class StepCoordinator {
     const request = step[op]
     let result: { ok: boolean; error: string }
     if (request === undefined) result = { ok: true, error: '' }
-    else if (e.state.mode === 'tcc') result = await this.callHook(id, step, op, request)
-    else result = await this.sendCompensation(id, step, request)
+    else if (e.state.mode === 'tcc' && step.viaIngress !== true) result = await this.callHook(id, step, op, request)
+    else result = await this.sendOp(id, e.state.mode, step, op, request)
     this.d.metrics?.stepOp(op, result.ok ? 'done' : 'failed')
     if (result.ok) this.d.onEvent?.(`tx-${op === 'compensate' ? 'compensated' : op === 'confirm' ? 'confirmed' : 'cancelled'}`, { tx: id, service: step.service, branch: step.id })
     else this.d.logger.warn('step_op_failed', { tx: id, step: step.id, service: step.service, op, error: result.error })
     this.feed(id, result.ok ? { type: 'op-done', step: step.id } : { type: 'op-failed', step: step.id, error: result.error })
   }
 
-  /** Saga: the compensation goes to the step's target like any call, with a context naming the step. */
-  private async sendCompensation(id: TxId, step: StepRecord, op: StepOp): Promise<{ ok: boolean; error: string }> {
-    const context = signContext(this.d.keys.signing, { id, mode: 'saga', coordinator: this.d.self, deadline: this.clock() + LIMITS.stepOpContextTtlMs, parent: undefined, branch: step.id, op: 'compensate' })
-    const headers: Record<string, string> = { ...(op.headers ?? {}), [CONTEXT_HEADER]: context, [TX_ID_HEADER]: id, [BRANCH_ID_HEADER]: step.id, [OP_HEADER]: 'compensate' }
+  /**
+   * Saga: the compensation goes to the step's target like any call, with a context naming the
+   * step and the op. TCC steps marked viaIngress: the cancel goes the same way to the target's
+   * ingress, whose sidecar hands it to its app (README "Sagas and TCC").
+   */
+  private async sendOp(id: TxId, mode: StepMode, step: StepRecord, name: StepOpName, op: StepOp): Promise<{ ok: boolean; error: string }> {
+    const context = signContext(this.d.keys.signing, { id, mode, coordinator: this.d.self, deadline: this.clock() + LIMITS.stepOpContextTtlMs, parent: undefined, branch: step.id, op: name })
+    const headers: Record<string, string> = { ...(op.headers ?? {}), [CONTEXT_HEADER]: context, [TX_ID_HEADER]: id, [BRANCH_ID_HEADER]: step.id, [OP_HEADER]: name }
     if (op.body !== undefined && headers['content-type'] === undefined) headers['content-type'] = 'application/json'
     try {
       const res = await request(`${step.target}${op.path}`, {
@@ -436,6 +481,7 @@ function stepViews(s: StepTxState): StepView[] {
     ...(e.step.compensate === undefined ? {} : { compensate: e.step.compensate }),
     ...(e.step.confirm === undefined ? {} : { confirm: e.step.confirm }),
     ...(e.step.cancel === undefined ? {} : { cancel: e.step.cancel }),
+    ...(e.step.intent === true ? { intent: true } : {}),
   }))
 }
 

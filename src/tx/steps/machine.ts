@@ -2,7 +2,10 @@
 // "Pure core, thin drivers"). One state per transaction, held by the coordinator sidecar.
 //
 // Every call made in the transaction is a step, recorded durably by the driver before the
-// call's response reaches the app, with what finishes it:
+// call is sent (an *intent*: what undoes it, worked out from the request alone; DTM records its
+// branches the same way) and again once it answered (the *resolution*, same id, replacing the
+// intent while nothing was sent for it), before the response reaches the app, with what
+// finishes it:
 //   saga  commit: nothing; abort: its compensation, run in reverse order of the steps, one at a
 //         time (a later step may depend on an earlier one, so it is undone first);
 //   tcc   commit: its confirm hook; abort: its cancel hook, all steps at once.
@@ -11,6 +14,8 @@
 // the log without a COMMIT decision are undone (presumed abort). Each op is retried with capped
 // exponential backoff and full jitter; past its attempt budget the step is `stuck`: visible to
 // operators with its last error, retried again only when an operator asks (or after a restart).
+// An intent that never got its resolution is undone whatever the outcome, like a late step: the
+// app never saw the call's answer. A call refused outright (saga 4xx) voids its intent.
 import assert from 'node:assert/strict'
 import { LIMITS } from '../../limits.js'
 import type { BranchId, Env, Outcome, Step, TxId } from '../core.js'
@@ -39,6 +44,17 @@ export interface StepRecord {
   readonly unresolved?: string
   /** Answered after commit or abort was asked: its caller was told it failed, so it is always undone. */
   readonly late?: boolean
+  /**
+   * Recorded before its call was sent, from the request alone: until its resolution (the record
+   * of the answered call, same id) replaces it, it is undone whatever the outcome.
+   */
+  readonly intent?: boolean
+  /**
+   * TCC: confirm/cancel go over HTTP to `target`, the step's ingress origin, with a signed
+   * context, as a saga compensation does (an intent does not know the participant sidecar's
+   * control address yet). Otherwise `target` is that control address.
+   */
+  readonly viaIngress?: boolean
 }
 
 export type StepStatus = 'recorded' | 'running' | 'waiting' | 'finished' | 'stuck'
@@ -72,8 +88,13 @@ export interface StepTxState {
 }
 
 export type StepEvent =
-  /** A step's call answered and the step is durable in the log. */
+  /**
+   * A step is durable in the log: an intent (before its call is sent), the resolution of one
+   * (same id, once the call answered), or a step recorded only once it answered.
+   */
   | { readonly type: 'step'; readonly step: StepRecord }
+  /** The call of an intent was refused outright (it did nothing): nothing to undo. */
+  | { readonly type: 'step-void'; readonly step: BranchId }
   | { readonly type: 'commit-requested' }
   | { readonly type: 'abort-requested'; readonly reason: string }
   | { readonly type: 'deadline' }
@@ -111,7 +132,8 @@ export function stepTxStep(state: StepTxState, event: StepEvent, env: Env): Step
 /**
  * Rebuilds a transaction from its log records after a restart: with a COMMIT decision a TCC
  * confirms its unfinished steps (a saga has nothing left to do); without one every unfinished
- * step is undone (presumed abort).
+ * step is undone (presumed abort). A step recorded twice (intent, then resolution) is its last
+ * record, in the place of its first. Intents still unresolved are undone either way.
  */
 export function recoverStepTx(
   id: TxId,
@@ -147,7 +169,8 @@ export function stepTxOutcome(state: StepTxState | undefined): Outcome | 'unknow
 /** The op that finishes a step in this state (undefined: nothing to send). */
 export function opFor(state: StepTxState, step: StepRecord): StepOpName | undefined {
   const undo = state.mode === 'tcc' ? 'cancel' : 'compensate'
-  if (step.late === true) return undo
+  // Its caller never saw it succeed (late: told the transaction was over; intent: no answer).
+  if (step.late === true || step.intent === true) return undo
   if (state.status === 'committing' || state.status === 'committed') return state.mode === 'tcc' ? 'confirm' : undefined
   return undo
 }
@@ -156,6 +179,8 @@ function dispatch(state: StepTxState, event: StepEvent, env: Env): StepTxStep {
   switch (event.type) {
     case 'step':
       return onStep(state, event.step)
+    case 'step-void':
+      return withStep(state, event.step, ['recorded', 'stuck'], (e, s) => (intentUnsent(e) ? advance(replace(s, { ...e, status: 'finished', lastError: undefined }), [{ type: 'log-step-done', step: e.step.id }]) : same(s)))
     case 'commit-requested':
       if (state.status !== 'active') return same(state)
       return { state: { ...state, status: 'committing' }, actions: [{ type: 'log-decision', outcome: 'committed' }] }
@@ -184,10 +209,16 @@ function same(state: StepTxState): StepTxStep {
   return { state, actions: [] }
 }
 
+/** An intent nothing was sent for yet: waiting its turn, or stuck without a request (unresolved). */
+export function intentUnsent(e: StepEntry): boolean {
+  return e.step.intent === true && (e.status === 'recorded' || (e.status === 'stuck' && e.step.unresolved !== undefined))
+}
+
 function onStep(state: StepTxState, answered: StepRecord): StepTxStep {
+  const known = state.steps.find((e) => e.step.id === answered.id)
+  if (known !== undefined) return onResolution(state, known, answered)
   // A step that answered after the transaction ended (a slow call racing an abort) must still
   // be undone: it joins the queue like the others.
-  if (state.steps.some((e) => e.step.id === answered.id)) return same(state)
   assert(state.steps.length < LIMITS.maxSteps, `${state.id}: more than ${LIMITS.maxSteps} steps`)
   // A step whose record was still being written when the abort came (its call answered while
   // the transaction was active, so the driver did not mark it late) is undone like a late one:
@@ -200,6 +231,22 @@ function onStep(state: StepTxState, answered: StepRecord): StepTxStep {
   if (state.status === 'active' || (state.status === 'committing' && !state.decisionLogged)) return same(s)
   if (state.status === 'committed') return advance({ ...s, status: 'committing' }, [])
   // (late steps are undone whatever the outcome: opFor)
+  if (state.status === 'aborted') return advance({ ...s, status: 'aborting' }, [])
+  return advance(s, [])
+}
+
+/**
+ * The answered call of an intent: its record takes the intent's place (and its turn in a saga's
+ * reverse order) while nothing was sent for the intent. Once its undo is under way or done, the
+ * resolution changes nothing: the target's barrier sees to an undo that raced its call.
+ */
+function onResolution(state: StepTxState, known: StepEntry, answered: StepRecord): StepTxStep {
+  if (answered.intent === true || !intentUnsent(known)) return same(state)
+  // As for a new step: one fed while the abort runs is undone like a late one.
+  const step = answered.late !== true && (state.status === 'aborting' || state.status === 'aborted') ? { ...answered, late: true } : answered
+  const s = replace(state, { step, status: 'recorded', attempts: 0, lastError: undefined })
+  if (state.status === 'active' || (state.status === 'committing' && !state.decisionLogged)) return same(s)
+  if (state.status === 'committed') return advance({ ...s, status: 'committing' }, [])
   if (state.status === 'aborted') return advance({ ...s, status: 'aborting' }, [])
   return advance(s, [])
 }
@@ -281,9 +328,11 @@ function replace(state: StepTxState, entry: StepEntry): StepTxState {
   return { ...state, steps: state.steps.map((e) => (e.step.id === entry.step.id ? entry : e)) }
 }
 
+/** The last record of each step (an intent's resolution comes after it), in first-record order. */
 function unique(steps: readonly StepRecord[]): StepRecord[] {
   const seen = new Map<BranchId, StepRecord>()
-  for (const s of steps) if (!seen.has(s.id)) seen.set(s.id, s)
+  // Map.set keeps a key's first insertion position: the intent's place, the resolution's record.
+  for (const s of steps) seen.set(s.id, s)
   return [...seen.values()]
 }
 
@@ -291,8 +340,10 @@ function checkInvariants(s: StepTxState): void {
   assert(s.steps.length <= LIMITS.maxSteps, `${s.id}: ${s.steps.length} steps`)
   assert(new Set(s.steps.map((e) => e.step.id)).size === s.steps.length, `${s.id}: a step is listed twice`)
   if (s.status === 'committed' || s.status === 'aborted') assert(s.steps.every((e) => e.status === 'finished'), `${s.id}: ${s.status} with unfinished steps`)
-  if (s.status === 'active') assert(s.steps.every((e) => e.status === 'recorded'), `${s.id}: a step ran while active`)
-  if (s.status === 'committing' && !s.decisionLogged) assert(s.steps.every((e) => e.status === 'recorded'), `${s.id}: a step ran before the decision`)
+  // (finished while active: a voided intent)
+  const idle = (e: StepEntry): boolean => e.status === 'recorded' || (e.status === 'finished' && e.step.intent === true)
+  if (s.status === 'active') assert(s.steps.every(idle), `${s.id}: a step ran while active`)
+  if (s.status === 'committing' && !s.decisionLogged) assert(s.steps.every(idle), `${s.id}: a step ran before the decision`)
   if (s.mode === 'saga') assert(s.steps.filter((e) => e.status === 'running' || e.status === 'waiting').length <= 1, `${s.id}: saga undoes two steps at once`)
   if (s.mode === 'saga' && s.status === 'aborting') {
     // Reverse order: no step runs while a later one is unfinished.

@@ -1,6 +1,7 @@
 // Request templates of saga compensations and TCC hooks (config `compensation`, `tcc`), filled
-// from the step's call when its response arrives. Placeholders (the config schema checks their
-// shape, so a typo fails at load with file:line:col):
+// from the step's call: before it is sent, for its intent, when they read nothing of the
+// response (README "Sagas and TCC"), and when its response arrives. Placeholders (the config
+// schema checks their shape, so a typo fails at load with file:line:col):
 //   {request.method} {request.path} {request.query.NAME} {request.header.NAME} {request.json.A.B}
 //   {response.status} {response.header.NAME} {response.json.A.B} {tx.id} {step.id}
 // In a path every value is percent-encoded; in a body or header it is inserted as text (a JSON
@@ -25,10 +26,13 @@ export interface CallFacts {
   readonly stepId: string
 }
 
-/** Which bodies the templates read (the proxy buffers only those, bounded). */
-export function templateNeeds(...ts: (StepRequestTemplate | undefined)[]): { requestJson: boolean; responseJson: boolean } {
+/**
+ * Which bodies the templates read (the proxy buffers only those, bounded), and whether they read
+ * anything of the response at all (if not, they can be filled before the call is sent).
+ */
+export function templateNeeds(...ts: (StepRequestTemplate | undefined)[]): { requestJson: boolean; responseJson: boolean; response: boolean } {
   const all = ts.flatMap((t) => (t === undefined ? [] : [t.path, t.body ?? '', ...Object.values(t.headers)])).join('\n')
-  return { requestJson: all.includes('{request.json.'), responseJson: all.includes('{response.json.') }
+  return { requestJson: all.includes('{request.json.'), responseJson: all.includes('{response.json.'), response: all.includes('{response.') }
 }
 
 /** The filled request, or why it cannot be filled. */
