@@ -132,7 +132,7 @@ function checks(rows: readonly SagaRow[], concurrencies: readonly number[]): TxC
   }
   for (const c of concurrencies) {
     const s = row('saga', c)
-    out.push({ name: `saga: coordinator log appends per saga (c=${c}); forced: 2 steps + commit`, value: s?.coordinatorAppendsPerSaga, goal: 'info', pass: undefined })
+    out.push({ name: `saga: coordinator log appends per saga (c=${c}); forced: 2 intents + 2 steps + commit`, value: s?.coordinatorAppendsPerSaga, goal: 'info', pass: undefined })
   }
   return out
 }

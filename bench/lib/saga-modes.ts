@@ -118,13 +118,14 @@ class SagaThroughSidecars implements SagaMode {
       this.work =
         '8 HTTP exchanges (begin + commit at the admin API; 2 × driver -> coordinator egress -> participant ingress -> app), ' +
         '8 SQL statements (per step: BEGIN, INSERT barrier row, UPDATE, COMMIT), 2 Postgres WAL flushes, ' +
-        '3 forced coordinator log appends (2 steps, the commit decision), 5 forced writes in sequence'
+        '5 forced coordinator log appends (per step its intent before the call and its record after it; the commit decision), ' +
+        '7 forced writes in sequence'
     } else {
       this.label = 'the same 2 steps, then abort?wait=acks: compensations b then a through the participant sidecars (barrier), answered once both are done'
       this.work =
         '12 HTTP exchanges (+ 2 compensations coordinator -> participant ingress -> app), 18 SQL statements (+ per undo: BEGIN, ' +
-        'INSERT action row (conflicts), INSERT compensate row, UPDATE, COMMIT), 4 Postgres WAL flushes, 2 forced coordinator log ' +
-        'appends (the steps; decision and step-done records lazy), 6 forced writes in sequence'
+        'INSERT action row (conflicts), INSERT compensate row, UPDATE, COMMIT), 4 Postgres WAL flushes, 4 forced coordinator log ' +
+        'appends (intent and record of each step; decision and step-done records lazy), 8 forced writes in sequence'
     }
   }
 
