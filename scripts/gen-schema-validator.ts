@@ -1,7 +1,7 @@
 // Generates src/config/schema-validator.generated.ts: config/txmesh.schema.json compiled by ajv
 // ahead of time (ajv's standalone code), so a starting sidecar neither loads ajv's compiler nor
 // compiles the schema (~120 ms and ~3 MB of a cold start on the CI machine). Run after editing
-// the schema: `npx tsx scripts/gen-schema-validator.ts`. test/unit/config.test.ts fails when the
+// the schema: `npx tsx scripts/gen-schema-validator.ts`. test/unit/schema-validator.test.ts fails when the
 // committed file is not what this script makes from the current schema.
 import { readFileSync, writeFileSync } from 'node:fs'
 import { Ajv } from 'ajv'

@@ -15,23 +15,36 @@ import { LIMITS } from './limits.js'
  * grows after the stat.
  */
 export function readSecretFile(path: string): Buffer {
+  return readBoundedFile(path, LIMITS.secretFileBytes)
+}
+
+/**
+ * A regular file of at most `maxBytes`, read without trusting its size (a file that grows, or a
+ * device that claims 0 bytes, stops being read at maxBytes + 1).
+ */
+export function readBoundedFile(path: string, maxBytes: number): Buffer {
   const st = statSync(path)
   if (!st.isFile()) throw new Error(`${path} is not a regular file`)
-  if (st.size > LIMITS.secretFileBytes) throw new Error(`${path} is ${st.size} bytes; the limit is ${LIMITS.secretFileBytes}`)
+  if (st.size > maxBytes) throw new Error(`${path} is ${st.size} bytes; the limit is ${maxBytes}`)
   const fd = openSync(path, 'r')
   try {
-    const buf = Buffer.alloc(LIMITS.secretFileBytes + 1)
-    let n = 0
-    while (n < buf.length) {
-      const got = readSync(fd, buf, n, buf.length - n, null)
-      if (got === 0) break
-      n += got
-    }
-    if (n > LIMITS.secretFileBytes) throw new Error(`${path} is over ${LIMITS.secretFileBytes} bytes`)
-    return Buffer.from(buf.subarray(0, n))
+    return readBoundedFd(fd, maxBytes, path)
   } finally {
     closeSync(fd)
   }
+}
+
+/** At most `maxBytes` from an open descriptor (a file, or a pipe such as stdin), else an error. */
+export function readBoundedFd(fd: number, maxBytes: number, name: string): Buffer {
+  const buf = Buffer.alloc(maxBytes + 1)
+  let n = 0
+  while (n < buf.length) {
+    const got = readSync(fd, buf, n, buf.length - n, null)
+    if (got === 0) break
+    n += got
+  }
+  if (n > maxBytes) throw new Error(`${name} is over ${maxBytes} bytes`)
+  return Buffer.from(buf.subarray(0, n))
 }
 
 /**

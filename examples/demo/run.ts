@@ -202,12 +202,11 @@ async function main(): Promise<void> {
     say('    COMMIT decision is durable and before phase 2; it restarts and finishes the commit')
     orders.sidecar!.kill('SIGTERM')
     await new Promise((r) => orders.sidecar!.once('exit', r))
-    const fixed = ordersPorts
-    await startSidecar(orders, ordersYaml, fixed, 'coordinator-after-decision')
+    await startSidecar(orders, ordersYaml, ordersPorts, 'coordinator-after-decision')
     const died = new Promise((r) => orders.sidecar!.once('exit', (_c, sig) => r(sig)))
     const c = await order(1).catch((err: Error) => ({ status: 0, outcome: undefined, code: (err as { code?: string }).code ?? err.message }))
     say(`    client saw: ${c.status === 0 ? `connection lost (${c.code})` : `HTTP ${c.status}`}; sidecar ended by ${String(await died)}`)
-    await startSidecar(orders, ordersYaml, fixed)
+    await startSidecar(orders, ordersYaml, ordersPorts)
     say(`    orders sidecar restarted (pid ${orders.sidecar!.pid}) on the same ports and log`)
 
     // Wait (bounded) for recovery to finish phase 2 everywhere.
@@ -264,8 +263,8 @@ async function main(): Promise<void> {
 
     say('\nfinal state')
     const nOrders = Number((await orders.pool.query('SELECT count(*) FROM orders')).rows[0].count)
-    const nPayments = Number((await payments.pool.query('SELECT count(*) FROM payments')).rows[0].count)
-    const stock = Number((await inventory.pool.query("SELECT qty FROM stock WHERE item = 'widget'")).rows[0].qty)
+    const nPayments = await countPayments()
+    const stock = await widgets()
     const left = await prepared()
     say(`    orders rows: ${nOrders}   payments rows: ${nPayments}   widget stock: ${stock}   pg_prepared_xacts rows: ${left}`)
     const consistent = sagaOk && a.status === 201 && a.outcome === 'committed' && b.status === 409 && b.code === 'TXM_TX_ABORTED' && nOrders === 2 && nPayments === 2 && stock === 3 && left === 0

@@ -2,18 +2,22 @@
 // templates of a YAML stream and writes the result to stdout; everything else passes through
 // byte for byte. Exit 1 with `file:line:col: Kind/name (document N): message [CODE]` when a
 // document cannot be injected; nothing is written then (no half-injected output in a pipe).
-import { readFileSync, statSync } from 'node:fs'
+import { statSync } from 'node:fs'
 import { parseArgs } from 'node:util'
 import { InjectError } from '../errors.js'
 import { injectManifests } from '../k8s/manifests.js'
+import { readBoundedFd, readBoundedFile } from '../secrets.js'
 import { LIMITS } from '../limits.js'
 import { UsageError } from './usage.js'
 
+/** The input, bounded by LIMITS.manifestBytes whether it is a file or stdin. */
 function readInput(file: string): string {
-  if (file === '-') return readFileSync(0, 'utf8')
-  const size = statSync(file).size
-  if (size > LIMITS.manifestBytes) throw new UsageError(`${file} is ${size} bytes; inject reads at most ${LIMITS.manifestBytes}`)
-  return readFileSync(file, 'utf8')
+  if (file !== '-') {
+    const size = statSync(file).size
+    if (size > LIMITS.manifestBytes) throw new UsageError(`${file} is ${size} bytes; inject reads at most ${LIMITS.manifestBytes}`)
+  }
+  const bytes = file === '-' ? readBoundedFd(0, LIMITS.manifestBytes, 'stdin') : readBoundedFile(file, LIMITS.manifestBytes)
+  return bytes.toString('utf8')
 }
 
 export function injectCommand(argv: string[]): number {
@@ -34,10 +38,6 @@ export function injectCommand(argv: string[]): number {
   } catch (err) {
     if (err instanceof UsageError) throw err
     process.stderr.write(`txmesh inject: cannot read ${file}: ${(err as Error).message}\n`)
-    return 1
-  }
-  if (text.length > LIMITS.manifestBytes) {
-    process.stderr.write(`txmesh inject: the input is over ${LIMITS.manifestBytes} bytes\n`)
     return 1
   }
   try {

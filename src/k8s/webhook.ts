@@ -131,7 +131,9 @@ export async function startWebhook(options: WebhookOptions): Promise<WebhookServ
     {
       cert: options.cert,
       key: options.key,
+      maxHeaderSize: LIMITS.maxHeaderBytes,
       headersTimeout: LIMITS.admissionHeadersTimeoutMs,
+      connectionsCheckingInterval: LIMITS.connectionsCheckMs,
       requestTimeout: LIMITS.admissionRequestTimeoutMs,
     },
     (req, res) => {

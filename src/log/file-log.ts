@@ -197,8 +197,8 @@ export class FileLog {
   private writing = false
   private writer: Promise<void> = Promise.resolve()
   private unsynced = false
-  // Records of the ENDs written since the last fsync (see compact()).
-  private unsyncedEnds: LiveSet[] = []
+  // An END was written since the last fsync (see compact()).
+  private unsyncedEnds = false
   private unsyncedFrames = 0
   private closing = false
   private closed = false
@@ -529,7 +529,7 @@ export class FileLog {
         }
         parts.push(p.frame)
         partBytes += n
-        if (p.ended !== undefined) this.unsyncedEnds.push(p.ended)
+        if (p.ended !== undefined) this.unsyncedEnds = true
         if (p.rec !== undefined) {
           p.rec.seg = this.seq
           this.segmentInfo().records++
@@ -574,7 +574,7 @@ export class FileLog {
     else await this.fh.sync()
     this.counters.fsyncs++
     this.unsynced = false
-    this.unsyncedEnds = []
+    this.unsyncedEnds = false
     this.opts.onSync?.(this.unsyncedFrames, (performance.now() - started) / 1000)
     this.unsyncedFrames = 0
   }
@@ -616,7 +616,7 @@ export class FileLog {
     // on disk would let a crash lose the END and bring back the transaction's other records
     // without these (test/simulation/log.sim.test.ts found it). ENDs already written are made
     // durable here; a segment holding a record of an END still queued is kept for a later turn.
-    if (this.unsyncedEnds.length > 0) await this.syncNow()
+    if (this.unsyncedEnds) await this.syncNow()
     const pinned = new Set<number>()
     for (const p of this.queue) {
       if (p.ended !== undefined) eachLive(p.ended, (r) => r.seg > 0 && pinned.add(r.seg))

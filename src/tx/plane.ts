@@ -31,6 +31,7 @@ import type { StepOp, StepRecord } from './steps/machine.js'
 import { fillTemplate, parseCompensateHeader, templateNeeds, type CallFacts } from './steps/template.js'
 import { LIMITS } from '../limits.js'
 import { hostName } from '../proxy/routes.js'
+import { ERROR_HEADER } from '../proxy/respond.js'
 
 export interface TxParts {
   /** Mesh keys, read at each use: a reloaded mesh.keyFile takes effect at once. */
@@ -115,7 +116,7 @@ export class ActiveTxPlane implements TxPlane {
         const enlisted = take(headers, ENLISTED_HEADER)
         if (enlisted === undefined) {
           // An error the peer's sidecar produced is the more useful answer: pass it on.
-          if (headers.some((h, i) => i % 2 === 0 && h.toLowerCase() === 'x-txmesh-error')) return undefined
+          if (hasErrorHeader(headers)) return undefined
           if (route.nonTransactionalTarget === 'proceed') return undefined
           return new NoSidecarError(`the target answered without a txmesh sidecar; the call is not part of transaction ${ctx.id}`)
         }
@@ -196,7 +197,7 @@ export class ActiveTxPlane implements TxPlane {
           if (refs instanceof TxmeshError) return refs
           const self = refs?.find((r) => r.branch === stepId)
           if (self === undefined) {
-            if (headers.some((h, i) => i % 2 === 0 && h.toLowerCase() === 'x-txmesh-error')) return undefined
+            if (hasErrorHeader(headers)) return undefined
             if (route.nonTransactionalTarget === 'proceed') {
               // Not a TCC participant: nothing to confirm or cancel.
               if (intended) await this.voidStep(ctx, stepId)
@@ -420,4 +421,9 @@ function tccIntent(id: string, service: string, origin: string, template: RouteP
 /** A TCC hook of the caller's route, filled; path '' lets the target sidecar use its default hook. */
 function hookOp(t: RoutePolicy['compensation'], facts: CallFacts): StepOp | { unresolved: string } {
   return t === undefined ? { method: 'POST', path: '' } : fillTemplate(t, facts)
+}
+
+/** The response carries an error code a txmesh sidecar produced (flat [name, value, ...] headers). */
+function hasErrorHeader(headers: readonly string[]): boolean {
+  return headers.some((h, i) => i % 2 === 0 && h.toLowerCase() === ERROR_HEADER)
 }

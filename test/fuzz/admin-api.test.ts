@@ -10,7 +10,7 @@ import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest'
 import { LIMITS } from '../../src/limits.js'
 import type { Sidecar } from '../../src/sidecar.js'
 import { inProcessSidecar, rawRequest, sidecarYaml, startEcho } from '../helpers/servers.js'
-import { type Answer, expectCodedAnswer, type FuzzRequest, fuzzParams, fuzzRuns, fuzzTimeout, MB, memoryNow, type Memory, parseResponses, rawRequests, REQUEST_TIMEOUT_MS, send, sendRaw } from './fuzz.js'
+import { type Answer, expectCodedAnswer, type FuzzRequest, fuzzParams, fuzzRuns, fuzzTimeout, MB, memoryNow, type Memory, REQUEST_TIMEOUT_MS, send, rawStreamProperty } from './fuzz.js'
 
 const MESH_KEY = 'fuzz-admin-mesh-key-0123456789ab'
 const TOKEN = 'fuzz-admin-token-0123456789abcdef'
@@ -197,19 +197,7 @@ describe('fuzz: admin API over sockets', () => {
 
   it('answers raw HTTP-shaped byte streams with coded 4xx or closes them, never with a bare error', async () => {
     const paths = ['/healthz', '/readyz', '/metrics', '/v1/stats', '/v1/transactions', '/v1/transactions/t1/commit', '/v1/branches', '/ui']
-    await fc.assert(
-      fc.asyncProperty(rawRequests(paths), fc.boolean(), async (bytes, halfClose) => {
-        const out = await sendRaw(sc.ports.admin, bytes, halfClose)
-        const { answers, rest } = parseResponses(out)
-        const what = `raw${halfClose ? ' (half-closed)' : ''} ${JSON.stringify(bytes.toString('latin1').slice(0, 300))} -> ${JSON.stringify(out.toString('latin1').slice(0, 300))}`
-        expect(rest, what).toBe('')
-        for (const a of answers) {
-          tally(a)
-          expectCodedAnswer(a, what, a.body === '' && a.status !== 200)
-        }
-      }),
-      fuzzParams(Math.ceil(RUNS / 2)),
-    )
+    await rawStreamProperty(sc.ports.admin, paths, tally, Math.ceil(RUNS / 2))
   }, fuzzTimeout(RUNS, 40))
 
   it('stays healthy and bounded in memory after the fuzzing', async () => {

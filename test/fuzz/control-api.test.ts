@@ -21,11 +21,9 @@ import {
   MB,
   memoryNow,
   type Memory,
-  parseResponses,
-  rawRequests,
   REGISTRY,
   send,
-  sendRaw,
+  rawStreamProperty,
 } from './fuzz.js'
 
 const KEY = 'fuzz-control-mesh-key-0123456789'
@@ -185,20 +183,7 @@ describe('fuzz: control API over sockets', () => {
 
   it('answers raw HTTP-shaped byte streams with coded 4xx or closes them, never with a bare error', async () => {
     const paths = OPS.map((op) => `/v1/tx/t1/${op}`)
-    await fc.assert(
-      fc.asyncProperty(rawRequests(paths), fc.boolean(), async (bytes, halfClose) => {
-        const out = await sendRaw(sc.ports.control, bytes, halfClose)
-        const { answers, rest } = parseResponses(out)
-        const what = `raw${halfClose ? ' (half-closed)' : ''} ${JSON.stringify(bytes.toString('latin1').slice(0, 300))} -> ${JSON.stringify(out.toString('latin1').slice(0, 300))}`
-        // Everything the listener wrote is whole responses.
-        expect(rest, what).toBe('')
-        for (const a of answers) {
-          tally(a)
-          expectCodedAnswer(a, what, a.body === '' && a.status !== 200)
-        }
-      }),
-      fuzzParams(Math.ceil(RUNS / 2)),
-    )
+    await rawStreamProperty(sc.ports.control, paths, tally, Math.ceil(RUNS / 2))
   }, fuzzTimeout(RUNS, 40))
 
   it('stays healthy and bounded in memory after the fuzzing', async () => {

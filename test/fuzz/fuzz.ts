@@ -276,6 +276,27 @@ export function parseResponses(raw: Buffer): { answers: Answer[]; rest: string }
   return { answers, rest: text }
 }
 
+/**
+ * The raw-stream property every socket target shares: HTTP-shaped bytes (half-closed or not) sent
+ * to `port` get only whole responses back, each coded (or a bodyless 200-free close), each tallied.
+ */
+export function rawStreamProperty(port: number, paths: readonly string[], tally: (a: Answer) => void, numRuns: number): Promise<void> {
+  return fc.assert(
+    fc.asyncProperty(rawRequests(paths), fc.boolean(), async (bytes, halfClose) => {
+      const out = await sendRaw(port, bytes, halfClose)
+      const { answers, rest } = parseResponses(out)
+      const what = `raw${halfClose ? ' (half-closed)' : ''} ${JSON.stringify(bytes.toString('latin1').slice(0, 300))} -> ${JSON.stringify(out.toString('latin1').slice(0, 300))}`
+      // Everything the listener wrote is whole responses.
+      expect(rest, what).toBe('')
+      for (const a of answers) {
+        tally(a)
+        expectCodedAnswer(a, what, a.body === '' && a.status !== 200)
+      }
+    }),
+    fuzzParams(numRuns),
+  )
+}
+
 /** Arbitrary bytes shaped like HTTP/1.1 requests: broken request lines, framing, headers, bodies. */
 export function rawRequests(paths: readonly string[]): fc.Arbitrary<Buffer> {
   // Mostly well-formed parts, so that requests get past the parser as often as they fail in it.

@@ -8,6 +8,7 @@ import { request } from 'undici'
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
 import { rawRequest, sidecarYaml, spawnSidecar, startServer, tempDir, type SidecarProcess, until } from '../helpers/servers.js'
 import { startTxApp, type TxApp } from '../helpers/tx-app.js'
+import { LIMITS } from '../../src/limits.js'
 
 const CHROMIUM = '/usr/bin/chromium'
 const ARTIFACTS = join(import.meta.dirname, '../artifacts')
@@ -245,7 +246,7 @@ describe('dashboard', () => {
 
     // Past the stream limit: 503 with a txmesh error code.
     const open: (() => void)[] = []
-    for (let i = 0; i < 16; i++) {
+    for (let i = 0; i < LIMITS.adminEventStreams; i++) {
       await new Promise<void>((resolve, reject) => {
         const req = httpRequest({ host: '127.0.0.1', port, path: '/v1/events', agent: false }, (res) => {
           open.push(() => res.destroy())

@@ -56,6 +56,34 @@ async function admin(port: number, method: 'GET' | 'POST', path: string, body?: 
   return { status: r.statusCode, body: (await r.body.json()) as Record<string, unknown> }
 }
 
+/**
+ * TCC targets wallet and stock, each behind its own sidecar (stock names its own hooks), and a
+ * coordinator sidecar whose wallet route gives the confirm/cancel templates.
+ */
+async function tccSidecars(walletPort: number, stockPort: number) {
+  const walletSc = await spawnSidecar(sidecarYaml('wallet', walletPort))
+  const stockSc = await spawnSidecar(sidecarYaml('stock', stockPort, 'hooks: {confirm: /tcc/confirm, cancel: /tcc/cancel}'))
+  procs.push(walletSc, stockSc)
+  const coord = await spawnSidecar(
+    sidecarYaml(
+      'shop',
+      1,
+      [
+        'services:',
+        `  wallet: {address: "127.0.0.1:${walletSc.ports.ingress}"}`,
+        `  stock: {address: "127.0.0.1:${stockSc.ports.ingress}"}`,
+        'routes:',
+        '  - name: wallet-try',
+        '    match: {direction: egress, host: wallet}',
+        '    tcc: {confirm: {path: "/wallet/confirm/{step.id}"}, cancel: {method: DELETE, path: "/wallet/hold/{step.id}"}}',
+        STEPS,
+      ].join('\n'),
+    ),
+  )
+  procs.push(coord)
+  return { walletSc, stockSc, coord }
+}
+
 describe('saga through sidecars', () => {
   /**
    * orders (behind a sidecar): POST /orders -> 201 {id}; undo by route template DELETE /orders/{id}.
@@ -294,26 +322,7 @@ describe('TCC through sidecars', () => {
       })
     const wallet = await hooks('wallet')
     const stock = await hooks('stock')
-    const walletSc = await spawnSidecar(sidecarYaml('wallet', wallet.port))
-    const stockSc = await spawnSidecar(sidecarYaml('stock', stock.port, 'hooks: {confirm: /tcc/confirm, cancel: /tcc/cancel}'))
-    procs.push(walletSc, stockSc)
-    const coord = await spawnSidecar(
-      sidecarYaml(
-        'shop',
-        1,
-        [
-          'services:',
-          `  wallet: {address: "127.0.0.1:${walletSc.ports.ingress}"}`,
-          `  stock: {address: "127.0.0.1:${stockSc.ports.ingress}"}`,
-          'routes:',
-          '  - name: wallet-try',
-          '    match: {direction: egress, host: wallet}',
-          '    tcc: {confirm: {path: "/wallet/confirm/{step.id}"}, cancel: {method: DELETE, path: "/wallet/hold/{step.id}"}}',
-          STEPS,
-        ].join('\n'),
-      ),
-    )
-    procs.push(coord)
+    const { coord } = await tccSidecars(wallet.port, stock.port)
     const begin = async (): Promise<{ id: string; context: string }> => (await admin(coord.ports.admin, 'POST', '/v1/transactions', { mode: 'tcc', timeoutMs: 30_000 })).body as { id: string; context: string }
     const call = (ctx: string, url: string) => rawRequest(coord.ports.egress, { method: 'POST', path: url, headers: { 'txmesh-context': ctx, 'content-length': '0' } })
     return { wallet, stock, coord, begin, call }
@@ -427,26 +436,7 @@ describe('calls that get no answer', () => {
   it('tcc: cancels a try whose connection was cut after the work, through the target sidecar, on the route template or the target’s own cancel hook', async () => {
     const wallet = await cutting('wallet', (req) => req.url === '/reserve')
     const stock = await cutting('stock', (req) => req.url === '/reserve')
-    const walletSc = await spawnSidecar(sidecarYaml('wallet', wallet.port))
-    const stockSc = await spawnSidecar(sidecarYaml('stock', stock.port, 'hooks: {confirm: /tcc/confirm, cancel: /tcc/cancel}'))
-    procs.push(walletSc, stockSc)
-    const coord = await spawnSidecar(
-      sidecarYaml(
-        'shop',
-        1,
-        [
-          'services:',
-          `  wallet: {address: "127.0.0.1:${walletSc.ports.ingress}"}`,
-          `  stock: {address: "127.0.0.1:${stockSc.ports.ingress}"}`,
-          'routes:',
-          '  - name: wallet-try',
-          '    match: {direction: egress, host: wallet}',
-          '    tcc: {confirm: {path: "/wallet/confirm/{step.id}"}, cancel: {method: DELETE, path: "/wallet/hold/{step.id}"}}',
-          STEPS,
-        ].join('\n'),
-      ),
-    )
-    procs.push(coord)
+    const { stockSc, coord } = await tccSidecars(wallet.port, stock.port)
     const tx = (await admin(coord.ports.admin, 'POST', '/v1/transactions', { mode: 'tcc', timeoutMs: 30_000 })).body as { id: string; context: string }
     const call = (url: string) => rawRequest(coord.ports.egress, { method: 'POST', path: url, headers: { 'txmesh-context': tx.context, 'content-length': '0' } })
     expect((await call('http://wallet/reserve')).status).toBe(502)

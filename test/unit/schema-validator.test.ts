@@ -6,6 +6,6 @@ import { GENERATED, generateValidator } from '../../scripts/gen-schema-validator
 
 describe('precompiled config schema', () => {
   it('matches config/txmesh.schema.json (else run: npx tsx scripts/gen-schema-validator.ts)', () => {
-    expect(readFileSync(GENERATED, 'utf8') === generateValidator()).toBe(true)
+    expect(readFileSync(GENERATED, 'utf8')).toBe(generateValidator())
   })
 })

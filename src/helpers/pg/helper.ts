@@ -36,7 +36,7 @@ import {
   messageOf,
   sqlstateOf,
 } from './errors.js'
-import { OP_HEADER, badOpError, barrierIds, createBarrierTable, isBarrierOp, runBarrier, type BarrierIds, type BarrierResult } from './barrier.js'
+import { BRANCH_ID_HEADER, OP_HEADER, TX_ID_HEADER, badOpError, barrierIds, createBarrierTable, isBarrierOp, runBarrier, type BarrierIds, type BarrierResult } from './barrier.js'
 import type { TxmeshPgEvent } from './events.js'
 import { assertService, gidLiteral, makeGid, type BranchIds } from './gid.js'
 import { PG_HELPER_LIMITS as L } from './limits.js'
@@ -788,8 +788,8 @@ class PgParticipant implements TxmeshPg {
 
 /** The txmesh ids of a request; undefined when it carries neither header. */
 function readIds(req: IncomingMessage): BranchIds | undefined {
-  const txId = req.headers['txmesh-tx-id']
-  const branchId = req.headers['txmesh-branch-id']
+  const txId = req.headers[TX_ID_HEADER]
+  const branchId = req.headers[BRANCH_ID_HEADER]
   if (txId === undefined && branchId === undefined) return undefined
   // Half a pair or a repeated header is malformed; makeGid rejects '' and ', ' with a clear error.
   return { txId: typeof txId === 'string' ? txId : '', branchId: typeof branchId === 'string' ? branchId : '' }

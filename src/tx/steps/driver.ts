@@ -18,6 +18,7 @@ import type { MeshKeys } from '../keys.js'
 import type { BranchId, Env, Outcome, TxId } from '../core.js'
 import { appendDurable } from '../durable.js'
 import { BRANCH_ID_HEADER, CONTEXT_HEADER, OP_HEADER, TX_ID_HEADER, newTxId, signContext } from '../protocol.js'
+import { ERROR_HEADER } from '../../proxy/respond.js'
 import { RecentMap } from '../recent.js'
 import type { TxMessage } from '../../events/outbox.js'
 import { addMessage, endAfterPublishing, startPublishing, waitAtMost, type MessageHolder, type Publish } from '../messages.js'
@@ -417,7 +418,7 @@ export class StepCoordinator {
         headersTimeout: LIMITS.stepOpTimeoutMs,
         bodyTimeout: LIMITS.stepOpTimeoutMs,
       })
-      const code = res.headers['x-txmesh-error']
+      const code = res.headers[ERROR_HEADER]
       await res.body.dump({ limit: LIMITS.controlBodyBytes }).catch(() => undefined)
       // 404: nothing left to undo (already compensated, or never created).
       if ((res.statusCode >= 200 && res.statusCode < 300) || res.statusCode === 404) return { ok: true, error: '' }
