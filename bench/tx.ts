@@ -11,7 +11,7 @@
 //   BENCH_TX_CONCURRENCY        comma-separated closed-loop worker counts (default 1,8,32)
 //   BENCH_TX_ROUNDS             interleaved sweeps; rates and latencies are medians (default 1)
 //   BENCH_TX_ACCOUNTS           accounts per database (default 1000)
-//   BENCH_TX_MODES              subset of local,inproc,txmesh (default all three)
+//   BENCH_TX_MODES              subset of local,inproc,mesh,txmesh (default all four)
 //   BENCH_TX_FSYNC_CONCURRENCY  concurrency of the fsyncs-per-transaction check (default 32, else the highest)
 //   BENCH_TX_CPU_PROFILE        directory: apps and sidecars run with --cpu-prof and write there on exit
 //                               (one subdirectory per process; npx tsx bench/cpuprofile-top.ts DIR/*/*.cpuprofile)
@@ -107,7 +107,7 @@ function settings(): TxSettings {
     concurrencies: cs,
     rounds: intEnv('BENCH_TX_ROUNDS', 1, 1),
     accounts: intEnv('BENCH_TX_ACCOUNTS', 1000, 3),
-    // Run order is fixed (local, inproc, txmesh) whatever order the variable lists.
+    // Run order is fixed (local, inproc, mesh, txmesh) whatever order the variable lists.
     modes: MODE_NAMES.filter((m) => modes.includes(m)),
     fsyncConcurrency: fsyncC,
     cpuProfileDir: prof !== undefined && prof !== '' ? prof : undefined,
@@ -128,7 +128,7 @@ function logDelta(before: Map<string, SidecarStats>, after: Map<string, SidecarS
 
 async function measure(c: Cluster, mode: Mode, concurrency: number, s: TxSettings): Promise<TxSample> {
   const { count, ...rest } = await measureRun(c, {
-    viaSidecars: mode.name === 'txmesh',
+    viaSidecars: mode.name === 'txmesh' || mode.name === 'mesh',
     inFlight: (x) => x.active,
     logDelta,
     run: () => closedLoop(mode, concurrency, s.seconds, s.accounts),
@@ -180,6 +180,14 @@ function checks(rows: readonly TxRow[], concurrencies: readonly number[], fsync:
   // coordinator with no overhead at all.
   for (const c of concurrencies) {
     out.push({ name: `(b) ÷ (a): zero-overhead 2PC vs local commits (c=${c})`, value: ratio(rate('inproc', c), rate('local', c)), goal: 'info', pass: undefined })
+  }
+  // What the two proxy hops cost on their own, and what 2PC adds on top of them: with a Node
+  // sidecar on each side of every call, (c) ÷ (a) is the ceiling of txmesh ÷ (a).
+  for (const c of concurrencies) {
+    out.push({ name: `(c) mesh only ÷ (a): the sidecar hops, no transaction (c=${c})`, value: ratio(rate('mesh', c), rate('local', c)), goal: 'info', pass: undefined })
+  }
+  for (const c of concurrencies) {
+    out.push({ name: `txmesh ÷ (c): 2PC on top of the same hops (c=${c})`, value: ratio(rate('txmesh', c), rate('mesh', c)), goal: 'info', pass: undefined })
   }
   const f = fsync.find((x) => x.concurrency === fsyncC)
   out.push({

@@ -45,3 +45,79 @@ export function request(url: string | URL, opts: RequestOptions = {}): Promise<U
     method: opts.method ?? (opts.body !== undefined && opts.body !== null ? 'PUT' : 'GET'),
   })
 }
+
+/** What `exchange` got back: the status and the body, or `undefined` for a body over the limit. */
+export interface Exchanged {
+  readonly status: number
+  readonly text: string | undefined
+}
+
+export interface ExchangeOptions {
+  readonly path: string
+  readonly method: 'GET' | 'POST'
+  /** Flat [name, value, ...] list. */
+  readonly headers: string[]
+  readonly body?: string
+  /** Time to the response head, and between body chunks. */
+  readonly timeoutMs: number
+  /** Body bytes read at most; past it the connection is dropped and `text` is undefined. */
+  readonly limit: number
+}
+
+/**
+ * One small request/response on `dispatcher` (a Pool or Agent; `origin` picks the pool of an
+ * Agent), through undici's `dispatch` with a handler object, as the proxy forwards: no stream,
+ * no promise per chunk. For the 2PC control calls and app hook calls, several per transaction.
+ * Rejects on a transport failure (the error keeps undici's `code`).
+ */
+export function exchange(dispatcher: Undici.Dispatcher, origin: string, o: ExchangeOptions): Promise<Exchanged> {
+  return new Promise((resolve, reject) => {
+    dispatcher.dispatch(
+      { origin, path: o.path, method: o.method, headers: o.headers, body: o.body ?? null, headersTimeout: o.timeoutMs, bodyTimeout: o.timeoutMs },
+      new ExchangeHandler(o.limit, resolve, reject),
+    )
+  })
+}
+
+class ExchangeHandler {
+  private status = 0
+  private readonly chunks: Buffer[] = []
+  private size = 0
+  private over = false
+  private abort: ((err?: Error) => void) | undefined
+
+  constructor(
+    private readonly limit: number,
+    private readonly resolve: (e: Exchanged) => void,
+    private readonly reject: (err: Error) => void,
+  ) {}
+
+  onConnect(abort: (err?: Error) => void): void {
+    this.abort = abort
+  }
+
+  onHeaders(status: number): boolean {
+    this.status = status
+    return true
+  }
+
+  onData(chunk: Buffer): boolean {
+    this.size += chunk.length
+    if (this.size > this.limit) {
+      this.over = true
+      this.abort?.(new Error(`response body over ${this.limit} bytes`))
+      return false
+    }
+    this.chunks.push(chunk)
+    return true
+  }
+
+  onComplete(): void {
+    this.resolve({ status: this.status, text: Buffer.concat(this.chunks, this.size).toString('utf8') })
+  }
+
+  onError(err: Error): void {
+    if (this.over) this.resolve({ status: this.status, text: undefined })
+    else this.reject(err)
+  }
+}

@@ -73,6 +73,16 @@ export const LIMITS = Object.freeze({
   controlCallTimeoutMs: 5_000,
   // One app hook call (prepare/commit/abort); a prepare that takes longer votes no.
   hookCallTimeoutMs: 10_000,
+  // Batched protocol messages (src/tx/batcher.ts): 2PC control calls to one peer sidecar, and
+  // hook calls to the app when hooks.batch is set. 64 items of ~150 bytes (a hook item carries
+  // its ~400-byte context) stay far under controlBodyBytes both ways.
+  batchMaxItems: 64,
+  // Exchanges out to one peer at once: one keeps batches largest; a second one lets an item that
+  // arrives while a slow batch (an app's PREPARE and fsync) is out leave without waiting for it.
+  batchMaxInFlight: 2,
+  // Messages waiting for one peer at most (each is a transaction waiting for its answer; at most
+  // maxActiveTransactions and maxBranches exist at once): past it they are refused, 503.
+  batchMaxQueued: 10_000,
   // Transactions this sidecar coordinates at once, and branches it holds as a participant.
   maxActiveTransactions: 10_000,
   maxBranches: 10_000,

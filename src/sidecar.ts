@@ -95,6 +95,8 @@ export async function startSidecar(config: SidecarConfig, log: Logger): Promise<
       transactions: coordinator === undefined ? undefined : { active: coordinator.activeCount, ...coordinator.outcomes },
       steps: steps === undefined ? undefined : { active: steps.activeCount, stuck: steps.stuckCount, ...steps.outcomes },
       branches: participant?.branchCount,
+      // Messages sent batched and the exchanges that carried them (src/tx/batcher.ts).
+      batches: controlClient === undefined ? undefined : { control: controlClient.batchCounters, hooks: participant?.hookBatchCounters },
       eventLoop: loop?.read(),
     }),
     txUnavailable: () => (txEnabled ? undefined : new MeshKeyMissingError('transactions need a mesh key (TXMESH_MESH_KEY or mesh.keyFile)')),

@@ -210,6 +210,8 @@ async function startSidecar(group: ProcessGroup, o: ClusterOptions, name: string
       '  ingress: {host: 127.0.0.1, port: 0}',
       '  control: {host: 127.0.0.1, port: 0}',
       '  admin: {host: 127.0.0.1, port: 0}',
+      // txmesh/pg serves the batch hook: prepare/commit/abort calls that meet share a request.
+      ...(name === 'coordinator' ? [] : ['hooks: {batch: /.well-known/txmesh/batch}']),
       extra,
     ].join('\n'),
   )

@@ -9,6 +9,8 @@
 //   inproc  (b) the driver is the coordinator: three pg pools, BEGIN + UPDATE on each, PREPARE
 //           TRANSACTION on the three in parallel, then COMMIT PREPARED on the three in parallel.
 //           No sidecar, no HTTP, no app process, no coordinator log.
+//   mesh    (c) the calls of (a) through the sidecars (coordinator egress -> participant ingress
+//           -> app), no context: what the two proxy hops alone cost, with no transaction.
 //
 // The calls to a, b, c are sequential in every mode (a transfer debits before it credits); that
 // also gives every transaction the same lock order, so 2PC transfers cannot deadlock across
@@ -17,8 +19,8 @@ import pg from 'pg'
 import { Pool as HttpPool } from 'undici'
 import { SERVICES, type Cluster, type ServiceName } from './tx-cluster.js'
 
-export type ModeName = 'local' | 'inproc' | 'txmesh'
-export const MODE_NAMES: readonly ModeName[] = ['local', 'inproc', 'txmesh']
+export type ModeName = 'local' | 'inproc' | 'mesh' | 'txmesh'
+export const MODE_NAMES: readonly ModeName[] = ['local', 'inproc', 'mesh', 'txmesh']
 
 export type Outcome = 'committed' | 'aborted' | 'error'
 
@@ -172,18 +174,45 @@ class LocalMode implements Mode {
     })
   }
 
-  async transfer(t: Transfer): Promise<Attempt> {
-    for (let i = 0; i < this.apps.length; i++) {
-      const r = await (this.apps[i] as HttpPool).request({ path: transferPath(t, i), method: 'POST', headers: { 'content-length': '0' } })
-      await r.body.dump()
-      // Nothing to roll back: the earlier services already committed (why (a) is no answer).
-      if (r.statusCode !== 200) return { outcome: 'error', detail: `${SERVICES[i] as string} answered ${r.statusCode}` }
-    }
-    return { outcome: 'committed' }
+  transfer(t: Transfer): Promise<Attempt> {
+    return autocommitCalls(t, (i) => ({ pool: this.apps[i] as HttpPool, path: transferPath(t, i) }))
   }
 
   async close(): Promise<void> {
     await Promise.all(this.apps.map((p) => p.close()))
+  }
+}
+
+/** The three calls of (a) and (c), in order; each UPDATE commits on its own. */
+async function autocommitCalls(t: Transfer, target: (i: number) => { pool: HttpPool; path: string }): Promise<Attempt> {
+  for (let i = 0; i < SERVICES.length; i++) {
+    const { pool, path } = target(i)
+    const r = await pool.request({ path, method: 'POST', headers: { 'content-length': '0' } })
+    await r.body.dump()
+    // Nothing to roll back: the earlier services already committed (why (a) is no answer).
+    if (r.statusCode !== 200) return { outcome: 'error', detail: `${SERVICES[i] as string} answered ${r.statusCode}${errorCode(r.headers)}` }
+  }
+  return { outcome: 'committed' }
+}
+
+// ---- (c) the same calls through the mesh, no transaction ----
+
+class MeshMode implements Mode {
+  readonly name = 'mesh'
+  readonly label = "the calls of (a) through the sidecars: driver -> coordinator sidecar's egress -> participant sidecar's ingress -> app, no context (autocommit, not atomic)"
+  readonly work = '9 HTTP exchanges (3 × driver -> egress -> ingress -> app), 3 SQL statements, 3 Postgres WAL flushes, 3 forced writes in sequence'
+  private readonly egress: HttpPool
+
+  constructor(c: Cluster, connections: number) {
+    this.egress = httpPool(c.coordinator.ports.egress, connections)
+  }
+
+  transfer(t: Transfer): Promise<Attempt> {
+    return autocommitCalls(t, (i) => ({ pool: this.egress, path: `http://${SERVICES[i] as string}${transferPath(t, i)}` }))
+  }
+
+  async close(): Promise<void> {
+    await this.egress.close()
   }
 }
 
@@ -276,6 +305,8 @@ export function createMode(name: ModeName, c: Cluster, connections: number): Mod
       return new LocalMode(c, connections)
     case 'inproc':
       return new InProcMode(c, connections)
+    case 'mesh':
+      return new MeshMode(c, connections)
   }
 }
 

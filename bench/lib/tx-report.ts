@@ -149,7 +149,7 @@ export function appendWarningsAndChecks<R extends { readonly concurrency: number
   out.push(table(['ratio / figure (same run)', 'value', goalHeader, 'result'], ['l', 'r', 'l', 'l'], checkRows), '')
 }
 
-export const MODE_TITLES: Readonly<Record<ModeName, string>> = { txmesh: 'txmesh', local: '(a) local', inproc: '(b) in-proc' }
+export const MODE_TITLES: Readonly<Record<ModeName, string>> = { txmesh: 'txmesh', local: '(a) local', inproc: '(b) in-proc', mesh: '(c) mesh only' }
 
 export function printTxReport(r: TxReport): void {
   const header = ['mode', 'conc', 'tx/s', 'p50', 'p99', 'committed', 'aborted', 'errors', 'machine µs/tx', 'procs µs/tx:', 'pg', 'apps', 'part.sc', 'coord.sc', 'driver', 'busy', 'steal']
@@ -173,8 +173,8 @@ export function printTxReport(r: TxReport): void {
       cpu(row.totalCpuUsPerTx),
       cpu(g?.postgres),
       cpu(g?.apps),
-      row.mode === 'txmesh' ? cpu(g?.participantSidecars) : '',
-      row.mode === 'txmesh' ? cpu(g?.coordinatorSidecar) : '',
+      row.mode === 'txmesh' || row.mode === 'mesh' ? cpu(g?.participantSidecars) : '',
+      row.mode === 'txmesh' || row.mode === 'mesh' ? cpu(g?.coordinatorSidecar) : '',
       cpu(g?.driver),
       row.busyPct === undefined ? DASH : `${Math.round(row.busyPct)}%`,
       row.stealPct === undefined ? DASH : `${Math.round(row.stealPct)}%`,

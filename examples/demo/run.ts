@@ -81,6 +81,8 @@ function sidecarYaml(s: Service, extra: string): string {
     `app: {host: 127.0.0.1, port: ${s.port}}`,
     'listeners: {egress: {port: 0}, ingress: {host: 127.0.0.1, port: 0}, control: {host: 127.0.0.1, port: 0}, admin: {port: 0}}',
     `store: {dir: ${JSON.stringify(join(s.store, 'log'))}}`,
+    // Every demo app runs txmesh/pg, which takes hook calls batched.
+    'hooks: {batch: /.well-known/txmesh/batch}',
     extra,
   ].join('\n')
 }

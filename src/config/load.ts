@@ -202,7 +202,7 @@ interface RawConfig {
   admin?: { tokenEnv?: string; tokenFile?: string }
   tls?: { certFile: string; keyFile: string; caFile: string; requireClientCert?: boolean }
   store?: { dir?: string }
-  hooks?: { prepare?: string; commit?: string; abort?: string; confirm?: string; cancel?: string }
+  hooks?: { prepare?: string; commit?: string; abort?: string; confirm?: string; cancel?: string; batch?: string }
   steps?: { attempts?: number; backoffBaseMs?: number; backoffCapMs?: number }
   events?: { nats?: { servers: string[]; stream?: string; topics?: string[] }; webhooks?: { url: string }[] }
   ui?: { traceUrl?: string }
@@ -386,6 +386,7 @@ function build(raw: RawConfig, file: string, doc: Document, at: (o: number) => {
       abort: raw.hooks?.abort ?? '/.well-known/txmesh/abort',
       confirm: raw.hooks?.confirm ?? '/.well-known/txmesh/confirm',
       cancel: raw.hooks?.cancel ?? '/.well-known/txmesh/cancel',
+      batch: raw.hooks?.batch,
     },
     steps: {
       attempts: raw.steps?.attempts ?? LIMITS.stepOpAttempts,

@@ -88,7 +88,11 @@ export interface SidecarConfig {
   /** TLS between sidecars (ingress and control listeners, calls to peers); undefined: plain HTTP. */
   readonly tls: TlsSettings | undefined
   readonly storeDir: string
-  readonly hooks: { readonly prepare: string; readonly commit: string; readonly abort: string; readonly confirm: string; readonly cancel: string }
+  /**
+   * `batch`: where the app takes several prepare/commit/abort calls in one request (txmesh/pg
+   * serves /.well-known/txmesh/batch); undefined: one request per hook call.
+   */
+  readonly hooks: { readonly prepare: string; readonly commit: string; readonly abort: string; readonly confirm: string; readonly cancel: string; readonly batch: string | undefined }
   /** Saga compensations and TCC confirm/cancel: sends before a step is stuck, and backoff. */
   readonly steps: { readonly attempts: number; readonly backoffBaseMs: number; readonly backoffCapMs: number }
   /** Event bus sinks (none: lifecycle events only on the SSE feed; messages refused). */

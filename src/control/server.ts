@@ -17,6 +17,10 @@
 //   POST /v1/tx/{id}/confirm   {branch, method, path}  participant (tcc): call the app's hook
 //   POST /v1/tx/{id}/cancel    {branch, method, path}  -> {done}; 503 = retry
 //   GET  /v1/tx/{id}/outcome                       coordinator: -> {outcome} (presumed abort)
+//   POST /v1/batch  {items: [{tx, op, branch}]}    several prepare / commit / abort /
+//                                                  commit-one-phase messages in one exchange
+//                                                  (src/tx/batcher.ts) -> {results: [{status, body}]},
+//                                                  each what the op's own endpoint would answer
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
 import { createServer as createHttpsServer } from 'node:https'
 import type { Duplex } from 'node:stream'
@@ -57,6 +61,7 @@ export interface ControlDeps {
 }
 
 const ROUTE = /^\/v1\/tx\/([A-Za-z0-9_-]{1,64})\/(prepare|commit-one-phase|commit|abort|register|outcome|steps|confirm|cancel)$/
+const BATCH_PATH = '/v1/batch'
 
 /**
  * `deps()` is undefined until the transaction parts exist (start-up): requests then get 503, or
@@ -95,9 +100,10 @@ export function createControlServer(
     if (d === undefined) return respondError(res, unavailable() ?? new NotReadyError('control listener is starting'))
     const clock = d.clock ?? Date.now
     const path = (req.url ?? '/').split('?')[0] as string
-    const m = ROUTE.exec(path)
-    if (m === null) return respondError(res, new NotFoundError(`no control endpoint ${req.method ?? ''} ${path}`))
-    const [, id, op] = m as unknown as [string, string, string]
+    const m = path === BATCH_PATH ? null : ROUTE.exec(path)
+    if (m === null && path !== BATCH_PATH) return respondError(res, new NotFoundError(`no control endpoint ${req.method ?? ''} ${path}`))
+    // No match: the batch endpoint (id and op come with each item).
+    const [, id, op] = (m ?? []) as unknown as [string, string | undefined, string | undefined]
     const wantMethod = op === 'outcome' ? 'GET' : 'POST'
     if (req.method !== wantMethod) return respondError(res, new MethodNotAllowedError(`${op} takes ${wantMethod}`))
     const text = await readText(req, LIMITS.controlBodyBytes)
@@ -113,60 +119,100 @@ export function createControlServer(
     if (verdict === 'full') return respondError(res, new ControlOverloadedError(`control request refused: ${LIMITS.controlReplayCacheEntries} recent nonces are held and this one cannot be checked; retry`))
     const body = parseJsonObject(text)
     if (body instanceof TxmeshError) return respondError(res, body)
-    switch (op) {
-      case 'outcome':
-        return sendJson(res, 200, { id, outcome: d.steps.has(id) ? d.steps.outcomeFor(id) : d.coordinator.outcomeFor(id) })
-      case 'steps': {
-        if (body.void !== undefined) {
-          if (!isId(body.void)) return respondError(res, new BadRequestError('void must be a step id'))
-          const err = d.steps.voidStep(id, body.void)
-          if (err !== undefined) return respondError(res, err)
-          return sendJson(res, 200, { id, void: body.void })
-        }
-        const step = parseStep(body.step)
-        if (step instanceof TxmeshError) return respondError(res, step)
-        const err = await d.steps.addStep(id, step)
-        if (err !== undefined) return respondError(res, err)
-        return sendJson(res, 200, { id, step: step.id })
-      }
-      case 'register': {
-        const refs = parseRefs(body.participants)
-        if (refs instanceof TxmeshError) return respondError(res, refs)
-        const err = d.coordinator.enlist(id, refs)
-        if (err !== undefined) return respondError(res, err)
-        return sendJson(res, 200, { id, registered: refs.length })
-      }
+    if (op === undefined) {
+      const items = parseBatch(body)
+      if (items instanceof TxmeshError) return respondError(res, items)
+      const results = await Promise.all(items.map((it) => (it instanceof TxmeshError ? it : runOp(d, it.tx, it.op, it.body))))
+      return sendJson(res, 200, { results: results.map((r) => (r instanceof TxmeshError ? { status: r.status, body: { error: { code: r.code, message: r.message } } } : r)) })
     }
-    const branch = body.branch
-    if (!isId(branch)) return respondError(res, new BadRequestError('body.branch must be a branch id'))
-    if (op === 'confirm' || op === 'cancel') {
-      const m = typeof body.method === 'string' && /^[A-Z]{1,16}$/.test(body.method) ? body.method : 'POST'
-      const p = typeof body.path === 'string' && body.path.startsWith('/') && body.path.length <= LIMITS.stepPathChars ? body.path : undefined
-      const extra = { method: m, path: p, body: undefined as string | undefined, headers: {} as Record<string, string> }
-      if (typeof body.body === 'string' && body.body.length <= LIMITS.stepTemplateBodyBytes) extra.body = body.body
-      if (typeof body.headers === 'object' && body.headers !== null) {
-        for (const [k, v] of Object.entries(body.headers as Record<string, unknown>)) if (/^[A-Za-z0-9-]{1,64}$/.test(k) && typeof v === 'string' && !k.toLowerCase().startsWith('txmesh-')) extra.headers[k.toLowerCase()] = v
-      }
-      const done = await d.participant.stepHook(id, branch, op, extra)
-      if (done === 'failed') return respondError(res, new NotReadyError(`the app did not ${op} step ${branch}; retry later`))
-      return sendJson(res, 200, { id, branch, done: op })
-    }
-    if (op === 'prepare') {
-      const vote = await d.participant.prepare(id, branch)
-      return sendJson(res, 200, { id, branch, vote: vote.kind, ...(vote.kind === 'refused' ? { reason: vote.reason } : {}) })
-    }
-    if (op === 'commit-one-phase') {
-      const outcome = await d.participant.commitOnePhase(id, branch)
-      if (outcome === 'refused') return respondError(res, new TxNotActiveError(`branch ${branch} is in a two-phase commit; it cannot commit in one phase`))
-      if (outcome === 'failed') return respondError(res, new NotReadyError(`the outcome of branch ${branch} is not known yet; retry later`))
-      return sendJson(res, 200, { id, branch, outcome })
-    }
-    const outcome = await d.participant.decide(id, branch, op === 'commit' ? 'committed' : 'aborted')
-    if (outcome === 'refused') return respondError(res, new TxNotActiveError(`branch ${branch} never prepared; it cannot commit`))
-    if (outcome === 'failed') return respondError(res, new NotReadyError(`the app did not finish branch ${branch}; retry later`))
-    return sendJson(res, 200, { id, branch, outcome })
+    const answer = await runOp(d, id as string, op, body)
+    if (answer instanceof TxmeshError) return respondError(res, answer)
+    return sendJson(res, answer.status, answer.body)
   }
   return server
+}
+
+interface Answer {
+  readonly status: number
+  readonly body: Record<string, unknown>
+}
+
+const ok = (body: Record<string, unknown>): Answer => ({ status: 200, body })
+
+/** One control operation on transaction `id`, as its own request or as an item of a batch. */
+async function runOp(d: ControlDeps, id: string, op: string, body: Record<string, unknown>): Promise<Answer | TxmeshError> {
+  switch (op) {
+    case 'outcome':
+      return ok({ id, outcome: d.steps.has(id) ? d.steps.outcomeFor(id) : d.coordinator.outcomeFor(id) })
+    case 'steps': {
+      if (body.void !== undefined) {
+        if (!isId(body.void)) return new BadRequestError('void must be a step id')
+        return d.steps.voidStep(id, body.void) ?? ok({ id, void: body.void })
+      }
+      const step = parseStep(body.step)
+      if (step instanceof TxmeshError) return step
+      return (await d.steps.addStep(id, step)) ?? ok({ id, step: step.id })
+    }
+    case 'register': {
+      const refs = parseRefs(body.participants)
+      if (refs instanceof TxmeshError) return refs
+      return d.coordinator.enlist(id, refs) ?? ok({ id, registered: refs.length })
+    }
+  }
+  const branch = body.branch
+  if (!isId(branch)) return new BadRequestError('body.branch must be a branch id')
+  if (op === 'confirm' || op === 'cancel') {
+    const m = typeof body.method === 'string' && /^[A-Z]{1,16}$/.test(body.method) ? body.method : 'POST'
+    const p = typeof body.path === 'string' && body.path.startsWith('/') && body.path.length <= LIMITS.stepPathChars ? body.path : undefined
+    const extra = { method: m, path: p, body: undefined as string | undefined, headers: {} as Record<string, string> }
+    if (typeof body.body === 'string' && body.body.length <= LIMITS.stepTemplateBodyBytes) extra.body = body.body
+    if (typeof body.headers === 'object' && body.headers !== null) {
+      for (const [k, v] of Object.entries(body.headers as Record<string, unknown>)) if (/^[A-Za-z0-9-]{1,64}$/.test(k) && typeof v === 'string' && !k.toLowerCase().startsWith('txmesh-')) extra.headers[k.toLowerCase()] = v
+    }
+    const done = await d.participant.stepHook(id, branch, op, extra)
+    if (done === 'failed') return new NotReadyError(`the app did not ${op} step ${branch}; retry later`)
+    return ok({ id, branch, done: op })
+  }
+  if (op === 'prepare') {
+    const vote = await d.participant.prepare(id, branch)
+    return ok({ id, branch, vote: vote.kind, ...(vote.kind === 'refused' ? { reason: vote.reason } : {}) })
+  }
+  if (op === 'commit-one-phase') {
+    const outcome = await d.participant.commitOnePhase(id, branch)
+    if (outcome === 'refused') return new TxNotActiveError(`branch ${branch} is in a two-phase commit; it cannot commit in one phase`)
+    if (outcome === 'failed') return new NotReadyError(`the outcome of branch ${branch} is not known yet; retry later`)
+    return ok({ id, branch, outcome })
+  }
+  const outcome = await d.participant.decide(id, branch, op === 'commit' ? 'committed' : 'aborted')
+  if (outcome === 'refused') return new TxNotActiveError(`branch ${branch} never prepared; it cannot commit`)
+  if (outcome === 'failed') return new NotReadyError(`the app did not finish branch ${branch}; retry later`)
+  return ok({ id, branch, outcome })
+}
+
+/** The operations a batch may carry: the 2PC messages a coordinator sends its participants. */
+export const BATCH_OPS: ReadonlySet<string> = new Set(['prepare', 'commit', 'abort', 'commit-one-phase'])
+
+interface BatchItem {
+  readonly tx: string
+  readonly op: string
+  readonly body: Record<string, unknown>
+}
+
+/**
+ * `{items: [{tx, op, branch}, ...]}`. A malformed list refuses the whole batch; a malformed item
+ * is answered 400 in its place while the others run.
+ */
+function parseBatch(body: Record<string, unknown>): (BatchItem | TxmeshError)[] | TxmeshError {
+  const items = body.items
+  if (!Array.isArray(items) || items.length === 0) return new BadRequestError('a batch needs a non-empty items list')
+  if (items.length > LIMITS.batchMaxItems) return new BadRequestError(`a batch carries at most ${LIMITS.batchMaxItems} items, got ${items.length}`)
+  return items.map((v: unknown): BatchItem | TxmeshError => {
+    const o = v as Record<string, unknown> | null
+    if (typeof o !== 'object' || o === null || Array.isArray(o)) return new BadRequestError('a batch item must be an object')
+    if (!isId(o.tx)) return new BadRequestError('item.tx must be a transaction id')
+    if (typeof o.op !== 'string' || !BATCH_OPS.has(o.op)) return new BadRequestError(`item.op must be one of ${[...BATCH_OPS].join(', ')}`)
+    return { tx: o.tx, op: o.op, body: { branch: o.branch } }
+  })
 }
 
 const AUTH_REFUSALS: Readonly<Record<'missing' | 'malformed' | 'stale' | 'signature', string>> = {

@@ -2,19 +2,32 @@
 // outcome). Every request carries `txmesh-auth: <ts>.<nonce>.<hmac>` over timestamp, a fresh
 // nonce, method, path and body with the current signing mesh key; the control server refuses
 // anything else, and any nonce it saw before. With peer TLS the calls use HTTPS.
-import { Agent, request } from '../http-client.js'
+import { Agent, exchange } from '../http-client.js'
 import { LIMITS } from '../limits.js'
 import type { PeerTls } from '../peer-tls.js'
 import type { MeshKeys } from './keys.js'
+import { Batcher } from './batcher.js'
 import { signControl } from './protocol.js'
 
 export const CONTROL_AUTH_HEADER = 'txmesh-auth'
 
 export type ControlResult = { ok: true; status: number; body: Record<string, unknown> } | { ok: false; status: number; error: string }
 
+/** A 2PC message to a participant sidecar, sent batched (control POST /v1/batch). */
+export interface BatchedCall {
+  readonly tx: string
+  readonly op: 'prepare' | 'commit' | 'abort' | 'commit-one-phase'
+  readonly branch: string
+}
+
+/** Peers remembered as answering /v1/batch with 404 (an older txmesh): bounded, then forgotten. */
+const MAX_UNBATCHED_PEERS = 1_000
+
 export class ControlClient {
   private readonly agent: Agent
   private readonly scheme: 'http' | 'https'
+  private readonly batcher: Batcher<BatchedCall, ControlResult>
+  private readonly unbatched = new Set<string>()
 
   constructor(
     private readonly keys: MeshKeys,
@@ -27,43 +40,77 @@ export class ControlClient {
       keepAliveTimeout: LIMITS.upstreamKeepAliveMs,
       connect: tls?.connector ?? { timeout: LIMITS.connectTimeoutMs },
     })
+    this.batcher = new Batcher({
+      maxItems: LIMITS.batchMaxItems,
+      maxInFlight: LIMITS.batchMaxInFlight,
+      maxQueued: LIMITS.batchMaxQueued,
+      flush: (address, items) => this.flushBatch(address, items),
+      overloaded: (err) => ({ ok: false, status: err.status, error: err.code }),
+    })
+  }
+
+  /** Messages and exchanges the batched sends used (GET /v1/stats). */
+  get batchCounters(): { readonly items: number; readonly batches: number } {
+    return this.batcher.counters
+  }
+
+  /**
+   * A prepare, commit, abort or one-phase commit for `address`: sent with whatever else waits for
+   * that peer (src/tx/batcher.ts); the result is what the op's own endpoint would have answered.
+   */
+  send(address: string, call: BatchedCall): Promise<ControlResult> {
+    return this.batcher.send(address, call)
+  }
+
+  private async flushBatch(address: string, items: readonly BatchedCall[]): Promise<ControlResult[]> {
+    const single = (): Promise<ControlResult[]> => Promise.all(items.map((c) => this.call(address, 'POST', `/v1/tx/${c.tx}/${c.op}`, { branch: c.branch })))
+    if (this.unbatched.has(address)) return single()
+    const r = await this.call(address, 'POST', '/v1/batch', { items: items.map((c) => ({ tx: c.tx, op: c.op, branch: c.branch })) })
+    if (!r.ok) {
+      if (r.status === 404 && r.error === 'TXM_NOT_FOUND') {
+        // A peer without the batch endpoint: talk to it one message at a time from now on.
+        if (this.unbatched.size >= MAX_UNBATCHED_PEERS) this.unbatched.clear()
+        this.unbatched.add(address)
+        return single()
+      }
+      return items.map(() => r)
+    }
+    const results = r.body.results
+    if (!Array.isArray(results) || results.length !== items.length) {
+      const bad: ControlResult = { ok: false, status: r.status, error: 'control batch answer does not match the batch' }
+      return items.map(() => bad)
+    }
+    return results.map((x: unknown): ControlResult => {
+      const o = x as { status?: unknown; body?: unknown } | null
+      const status = typeof o?.status === 'number' ? o.status : 0
+      const body = typeof o?.body === 'object' && o.body !== null && !Array.isArray(o.body) ? (o.body as Record<string, unknown>) : {}
+      if (status >= 200 && status < 300) return { ok: true, status, body }
+      return { ok: false, status, error: (body.error as { code?: string } | undefined)?.code ?? `HTTP ${status}` }
+    })
   }
 
   async call(address: string, method: 'GET' | 'POST', path: string, body?: Record<string, unknown>): Promise<ControlResult> {
     const text = body === undefined ? '' : JSON.stringify(body)
     try {
-      const res = await request(`${this.scheme}://${address}${path}`, {
-        method,
-        dispatcher: this.agent,
-        headers: {
-          'content-type': 'application/json',
-          [CONTROL_AUTH_HEADER]: signControl(this.keys.signing, this.clock(), method, path, text),
-        },
-        ...(method === 'POST' ? { body: text } : {}),
-        headersTimeout: LIMITS.controlCallTimeoutMs,
-        bodyTimeout: LIMITS.controlCallTimeoutMs,
-      })
       // Read at most controlBodyBytes: a misbehaving peer cannot make us buffer more.
-      const chunks: Buffer[] = []
-      let size = 0
-      for await (const chunk of res.body) {
-        size += (chunk as Buffer).length
-        if (size > LIMITS.controlBodyBytes) {
-          res.body.destroy()
-          return { ok: false, status: res.statusCode, error: 'control response too large' }
-        }
-        chunks.push(chunk as Buffer)
-      }
-      const raw = Buffer.concat(chunks).toString('utf8')
+      const res = await exchange(this.agent, `${this.scheme}://${address}`, {
+        path,
+        method,
+        headers: ['content-type', 'application/json', CONTROL_AUTH_HEADER, signControl(this.keys.signing, this.clock(), method, path, text)],
+        ...(method === 'POST' ? { body: text } : {}),
+        timeoutMs: LIMITS.controlCallTimeoutMs,
+        limit: LIMITS.controlBodyBytes,
+      })
+      if (res.text === undefined) return { ok: false, status: res.status, error: 'control response too large' }
       let parsed: Record<string, unknown> = {}
       try {
-        parsed = raw === '' ? {} : (JSON.parse(raw) as Record<string, unknown>)
+        parsed = res.text === '' ? {} : (JSON.parse(res.text) as Record<string, unknown>)
       } catch {
-        return { ok: false, status: res.statusCode, error: 'control response is not JSON' }
+        return { ok: false, status: res.status, error: 'control response is not JSON' }
       }
-      if (res.statusCode >= 200 && res.statusCode < 300) return { ok: true, status: res.statusCode, body: parsed }
-      const err = (parsed.error as { code?: string } | undefined)?.code ?? `HTTP ${res.statusCode}`
-      return { ok: false, status: res.statusCode, error: err }
+      if (res.status >= 200 && res.status < 300) return { ok: true, status: res.status, body: parsed }
+      const err = (parsed.error as { code?: string } | undefined)?.code ?? `HTTP ${res.status}`
+      return { ok: false, status: res.status, error: err }
     } catch (err) {
       return { ok: false, status: 0, error: (err as { code?: string }).code ?? String(err) }
     }

@@ -106,9 +106,13 @@ describe('control replay protection', () => {
     const first = await run('r1')
     expect(first.outcome).toBe('committed')
     expect(orders.committed).toEqual(['orders:r1'])
-    // What the coordinator sent through the proxy: one participant, so one commit-one-phase.
+    // What the coordinator sent through the proxy: one participant, so one commit-one-phase (in
+    // a batch: src/tx/batcher.ts).
     const captured = proxy.sent.flatMap((chunks) => requestsIn(Buffer.concat(chunks)))
-    const commit = captured.find((r) => r.toString('latin1').startsWith(`POST /v1/tx/${first.id}/commit-one-phase `))
+    const commit = captured.find((r) => {
+      const t = r.toString('latin1')
+      return t.startsWith('POST /v1/batch ') && t.includes(`"tx":"${first.id}","op":"commit-one-phase"`)
+    })
     expect(commit, captured.map((r) => r.toString('latin1').split('\r\n')[0]).join('\n')).toBeDefined()
     expect(commit!.toString('latin1')).toMatch(/\r\ntxmesh-auth: \d+\.[A-Za-z0-9_-]{22}\.[A-Za-z0-9_-]{43}\r\n/)
 

@@ -201,6 +201,51 @@ describe('txmesh/pg participant helper on real Postgres', () => {
     }
   })
 
+  it('serves prepare, commit and abort calls batched in one request ({hookPrefix}/batch), each answered as its own hook would', async () => {
+    const app = await startApp({ service: 'orders' })
+    const batch = async (body: string, method = 'POST'): Promise<Answer> => {
+      const r = await request(`${app.url}/.well-known/txmesh/batch`, { method: method as 'POST', headers: { 'content-type': 'application/json' }, ...(method === 'POST' ? { body } : {}) })
+      const text = await r.body.text()
+      return { status: r.statusCode, body: text === '' ? {} : (JSON.parse(text) as Record<string, unknown>), headers: r.headers }
+    }
+    try {
+      const [a, b, c, ro] = [newId(), newId(), newId(), newId()].map((tx, i) => ({ tx, branch: `b${i}` })) as [{ tx: string; branch: string }, { tx: string; branch: string }, { tx: string; branch: string }, { tx: string; branch: string }]
+      const rows = [newId(), newId(), newId()]
+      for (const [i, ids] of [a, b, c].entries()) expect((await call(app, 'POST', `/items?id=${rows[i] as string}`, ids)).status).toBe(201)
+      expect((await call(app, 'GET', '/whoami', ro)).status).toBe(200)
+      const item = (hook: string, ids: { tx: string; branch: string }): Record<string, string> => ({ hook, tx: ids.tx, branch: ids.branch, context: 'opaque-to-the-app' })
+      // Prepare three (one wrote nothing: read-only), with a malformed item among them.
+      const prepared = await batch(JSON.stringify({ items: [item('prepare', a), item('prepare', b), { hook: 'prepare', tx: 'bad id!', branch: 'x' }, item('prepare', ro), item('prepare', c)] }))
+      expect(prepared.status).toBe(200)
+      const results = prepared.body.results as { status: number; body?: Record<string, unknown> }[]
+      expect(results.map((r) => r.status)).toEqual([200, 200, 400, 204, 200])
+      expect(results[0]?.body).toEqual({ vote: 'prepared', gid: `txm:orders:${a.tx}:b0` })
+      expect((results[2]?.body?.error as { code: string }).code).toBe('TXM_PG_BAD_ID')
+      expect(await preparedGids('orders')).toEqual([a, b, c].map((x) => `txm:orders:${x.tx}:${x.branch}`).sort())
+      // Commit two and abort one in the next batch; a repeated commit answers 404 in its place.
+      const finished = await batch(JSON.stringify({ items: [item('commit', a), item('abort', b), item('commit', c), item('commit', a)] }))
+      expect((finished.body.results as { status: number }[]).map((r) => r.status)).toEqual([200, 200, 200, 404])
+      expect([await rowExists(rows[0] as string), await rowExists(rows[1] as string), await rowExists(rows[2] as string)]).toEqual([true, false, true])
+      expect(await allPrepared()).toBe(0)
+
+      // What is not a batch is refused whole, with a code.
+      for (const bad of ['not json', '{}', '{"items": []}', '{"items": {}}', JSON.stringify({ items: Array.from({ length: 65 }, () => item('commit', a)) })]) {
+        const r = await batch(bad)
+        expect([r.status, errorCode(r)], bad.slice(0, 20)).toEqual([400, 'TXM_PG_BAD_BATCH'])
+      }
+      const unknownHook = await batch(JSON.stringify({ items: [{ hook: 'confirm', tx: a.tx, branch: 'b0' }] }))
+      expect((unknownHook.body.results as { status: number; body: { error: { code: string } } }[])[0]).toMatchObject({ status: 400, body: { error: { code: 'TXM_PG_BAD_BATCH' } } })
+      const tooLarge = await batch(JSON.stringify({ items: [{ ...item('commit', a), pad: 'x'.repeat(70_000) }] }))
+      expect([tooLarge.status, errorCode(tooLarge), tooLarge.headers.connection]).toEqual([400, 'TXM_PG_BAD_BATCH', 'close'])
+      const get = await batch('', 'GET')
+      expect([get.status, errorCode(get)]).toEqual([405, 'TXM_PG_METHOD_NOT_ALLOWED'])
+      // The app still serves.
+      expect((await call(app, 'GET', `/items?id=${rows[0] as string}`)).body.found).toBe(true)
+    } finally {
+      await app.stop()
+    }
+  })
+
   it('rolls a prepared branch back on abort: the row is absent and nothing stays prepared', async () => {
     const app = await startApp({ service: 'orders' })
     try {

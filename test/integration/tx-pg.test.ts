@@ -69,7 +69,9 @@ describe('two-phase commit on Postgres through sidecars', () => {
       // sidecar on a fixed free app port first.
       // Fixed ports (below the ephemeral range) so the app and sidecar restart on them safely.
       const appPort = await freePort()
-      const sc = await spawnSidecar(sidecarYaml(name, appPort, '', store), ['--ingress-port', String(await freePort()), '--control-port', String(await freePort()), '--admin-port', String(await freePort())])
+      // alpha takes its hook calls batched (hooks.batch, served by txmesh/pg); beta one by one.
+      const hooks = name === 'alpha' ? 'hooks: {batch: /.well-known/txmesh/batch}' : ''
+      const sc = await spawnSidecar(sidecarYaml(name, appPort, hooks, store), ['--ingress-port', String(await freePort()), '--control-port', String(await freePort()), '--admin-port', String(await freePort())])
       const app = await startApp(name, name, sc.ports.admin, {}, appPort)
       svc[name] = { db: name, sc, app, store }
       children.push(sc.child)
@@ -147,5 +149,43 @@ describe('two-phase commit on Postgres through sidecars', () => {
       const v = (await (await request(`http://127.0.0.1:${coord.ports.admin}/v1/transactions/${tx.id}`)).body.json()) as { status: string }
       return v.status === 'committed'
     })
+  })
+
+  it('sends the prepares and commits of concurrent transactions in batches, to peer sidecars and to a batching app', async () => {
+    const stats = async (port: number): Promise<{ batches?: { control: { items: number; batches: number }; hooks?: { items: number; batches: number } } }> =>
+      (await (await request(`http://127.0.0.1:${port}/v1/stats`)).body.json()) as never
+    const before = { coord: await stats(coord.ports.admin), alpha: await stats(svc.alpha!.sc.ports.admin) }
+    // Each open branch holds one of the app's 10 pool connections.
+    const n = 8
+    const txs = await Promise.all(Array.from({ length: n }, () => begin()))
+    for (const [i, tx] of txs.entries()) {
+      expect(await write(tx.context, 'alpha', `batch-a${i}`)).toBe(200)
+      expect(await write(tx.context, 'beta', `batch-b${i}`)).toBe(200)
+    }
+    // One transaction is aborted among them: its abort rides in a batch as well.
+    const outcomes = await Promise.all(
+      txs.map(async (tx, i) => {
+        const r = await request(`http://127.0.0.1:${coord.ports.admin}/v1/transactions/${tx.id}/${i === 5 ? 'abort' : 'commit'}?wait=acks`, { method: 'POST' })
+        return ((await r.body.json()) as { outcome: string; participants: { acknowledged: boolean }[] })
+      }),
+    )
+    expect(outcomes.map((o) => o.outcome)).toEqual(txs.map((_t, i) => (i === 5 ? 'aborted' : 'committed')))
+    expect(outcomes.every((o) => o.participants.every((p) => p.acknowledged))).toBe(true)
+    const want = (p: string): string[] => Array.from({ length: n }, (_x, i) => `${p}${i}`).filter((_v, i) => i !== 5)
+    expect((await rows('alpha')).items.filter((v) => v.startsWith('batch-'))).toEqual(want('batch-a'))
+    expect((await rows('beta')).items.filter((v) => v.startsWith('batch-'))).toEqual(want('batch-b'))
+    expect((await rows('alpha')).prepared).toBe(0)
+    expect((await rows('beta')).prepared).toBe(0)
+    const after = { coord: await stats(coord.ports.admin), alpha: await stats(svc.alpha!.sc.ports.admin), beta: await stats(svc.beta!.sc.ports.admin) }
+    // 7 prepares + 7 commits + 1 abort to each of 2 participants: 30 control messages (and a
+    // retry or two of a commit an app had not finished yet), in fewer exchanges than messages.
+    const control = { items: after.coord.batches!.control.items - before.coord.batches!.control.items, batches: after.coord.batches!.control.batches - before.coord.batches!.control.batches }
+    expect(control.items).toBeGreaterThanOrEqual(30)
+    expect(control.batches).toBeLessThan(control.items)
+    // alpha's app got its 15 hook calls in fewer requests; beta has no batch hook.
+    const hooks = { items: after.alpha.batches!.hooks!.items - before.alpha.batches!.hooks!.items, batches: after.alpha.batches!.hooks!.batches - before.alpha.batches!.hooks!.batches }
+    expect(hooks.items).toBeGreaterThanOrEqual(15)
+    expect(hooks.batches).toBeLessThan(hooks.items)
+    expect(after.beta.batches!.hooks).toBeUndefined()
   })
 })

@@ -336,8 +336,10 @@ describe('the txmesh-config ConfigMaps', () => {
 
   it('the shop policy is the base policy plus its routes', () => {
     const base = obj(parseYaml(txmeshYaml(baseObjs)), 'base')
-    const { routes, ...shop } = obj(parseYaml(txmeshYaml(shopObjs)), 'shop')
+    const { routes, hooks, ...shop } = obj(parseYaml(txmeshYaml(shopObjs)), 'shop')
     expect(shop).toEqual(base)
+    // The shop's apps run txmesh/pg, which serves the batch hook; the base policy fits any app.
+    expect(hooks).toEqual({ batch: '/.well-known/txmesh/batch' })
     const cfg = parseConfig(txmeshYaml(shopObjs), 'shop/txmesh.yaml', overridesFrom({}, podEnv))
     const order = cfg.routes.find((r) => r.pathPrefix === '/orders')
     expect(order?.transaction).toBe('required')

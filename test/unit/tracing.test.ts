@@ -51,7 +51,7 @@ describe('coordinator recovery span', () => {
     const provider = new BasicTracerProvider({ spanProcessors: [new SimpleSpanProcessor(exporter)] })
     const tracing: Tracing = { tracer: provider.getTracer('t'), shutdown: () => provider.shutdown() }
     const calls: string[] = []
-    const control = { call: async (_to: string, _m: string, path: string) => (calls.push(path), { ok: true, status: 200, body: {} }) } as unknown as ControlClient
+    const control = { send: async (_to: string, m: { tx: string; op: string }) => (calls.push(`/v1/tx/${m.tx}/${m.op}`), { ok: true, status: 200, body: {} }) } as unknown as ControlClient
     const log = { end: () => undefined } as unknown as FileLog
     const c = new CoordinatorDriver({ log, control, self: '127.0.0.1:1', keys: staticKeys([Buffer.alloc(32)]), logger: silentLogger, tracing })
     const participants = [{ service: 'orders', control: '127.0.0.1:2', branch: 'b1' }]

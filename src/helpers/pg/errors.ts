@@ -28,6 +28,12 @@ export class PgBadOpError extends TxmeshPgError {
   readonly status = 400
 }
 
+/** The batch hook's body is not `{items: [{hook, tx, branch}, ...]}` within the helper's bounds. */
+export class PgBadBatchError extends TxmeshPgError {
+  readonly code = 'TXM_PG_BAD_BATCH'
+  readonly status = 400
+}
+
 export class PgMethodNotAllowedError extends TxmeshPgError {
   readonly code = 'TXM_PG_METHOD_NOT_ALLOWED'
   readonly status = 405
@@ -111,6 +117,7 @@ export class PgConfigError extends TxmeshPgError {
 export const PG_ERROR_CLASSES = [
   PgBadIdError,
   PgBadOpError,
+  PgBadBatchError,
   PgMethodNotAllowedError,
   PgNotFoundError,
   PgBranchClosedError,

@@ -17,6 +17,7 @@
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import type { Pool, PoolClient, QueryResult, QueryResultRow } from 'pg'
 import {
+  PgBadBatchError,
   PgBadIdError,
   PgBranchBusyError,
   PgBranchClosedError,
@@ -42,7 +43,7 @@ import { assertService, gidLiteral, makeGid, type BranchIds } from './gid.js'
 import { PG_HELPER_LIMITS as L } from './limits.js'
 import { BranchQueue } from './queue.js'
 import { recoverPrepared, type RecoverResult } from './recover.js'
-import { fail, ok, sendAnswer, sendError, sendHandlerFailure, type HookAnswer } from './respond.js'
+import { errorBody, fail, ok, sendAnswer, sendError, sendHandlerFailure, sendJson, type HookAnswer } from './respond.js'
 
 export interface TxmeshPgOptions {
   /** The app's pool. Each open branch holds one of its connections: size `max` above maxOpen. */
@@ -154,6 +155,7 @@ const WRITE_COMMANDS = new Set(['INSERT', 'UPDATE', 'DELETE', 'MERGE'])
 const DEFAULT_SIDECAR_ADMIN = 'http://127.0.0.1:15000'
 const DEFAULT_HOOK_PREFIX = '/.well-known/txmesh'
 const HOOKS = new Set(['prepare', 'commit', 'abort'])
+const BATCH_HOOK = 'batch'
 
 export function createTxmeshPg(options: TxmeshPgOptions): TxmeshPg {
   return new PgParticipant(options)
@@ -204,6 +206,7 @@ class PgParticipant implements TxmeshPg {
     if (path.startsWith(`${this.hookPrefix}/`)) {
       const hook = path.slice(this.hookPrefix.length + 1)
       if (HOOKS.has(hook)) return void this.serveHook(hook, req, res).catch((err: unknown) => sendError(res, internal(err)))
+      if (hook === BATCH_HOOK) return void this.serveBatch(req, res).catch((err: unknown) => sendError(res, internal(err)))
       // Other names under the prefix (tcc's confirm/cancel) are the app's own hooks: passed on,
       // and never opened as a branch although they carry the txmesh headers.
       return next()
@@ -418,15 +421,38 @@ class PgParticipant implements TxmeshPg {
     }
     const ids = readIds(req)
     if (ids === undefined) return sendError(res, new PgBadIdError(`the ${hook} hook needs txmesh-tx-id and txmesh-branch-id headers`))
-    let answer: HookAnswer
+    sendAnswer(res, await this.runHook(hook, ids))
+  }
+
+  private async runHook(hook: string, ids: BranchIds): Promise<HookAnswer> {
     try {
       const gid = makeGid(this.service, ids)
       if (this.closing) throw new PgClosedError('the txmesh/pg helper is closed')
-      answer = hook === 'prepare' ? await this.prepare(gid) : hook === 'commit' ? await this.commit(gid) : await this.abort(gid)
+      return hook === 'prepare' ? await this.prepare(gid) : hook === 'commit' ? await this.commit(gid) : await this.abort(gid)
     } catch (err) {
-      answer = fail(err instanceof TxmeshPgError ? err : new PgError(messageOf(err), { sqlstate: sqlstateOf(err) }))
+      return fail(err instanceof TxmeshPgError ? err : new PgError(messageOf(err), { sqlstate: sqlstateOf(err) }))
     }
-    sendAnswer(res, answer)
+  }
+
+  /**
+   * `POST {hookPrefix}/batch` (the sidecar's `hooks.batch`): several prepare / commit / abort
+   * calls in one request, `{items: [{hook, tx, branch}]}`, run at once; the answer lists, in
+   * order, the status and body each hook's own endpoint would have answered.
+   */
+  private async serveBatch(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    if (req.method !== 'POST') {
+      res.setHeader('allow', 'POST')
+      return sendError(res, new PgMethodNotAllowedError(`the batch hook takes POST, got ${req.method ?? '?'}`))
+    }
+    const text = await readBody(req, L.maxBatchBodyBytes)
+    const items = text instanceof PgBadBatchError ? text : parseBatch(text)
+    if (items instanceof PgBadBatchError) {
+      // Unread bytes of an oversize body would be parsed as the next request: close instead.
+      if (text instanceof PgBadBatchError) res.setHeader('connection', 'close')
+      return sendError(res, items)
+    }
+    const answers = await Promise.all(items.map((it) => (it instanceof TxmeshPgError ? fail(it) : this.runHook(it.hook, it.ids))))
+    sendJson(res, 200, { results: answers.map(batchResult) }, undefined)
   }
 
   private async prepare(gid: string): Promise<HookAnswer> {
@@ -787,6 +813,57 @@ class PgParticipant implements TxmeshPg {
 }
 
 /** The txmesh ids of a request; undefined when it carries neither header. */
+/** The request body as text, or PgBadBatchError past `limit` bytes (the rest is not read). */
+function readBody(req: IncomingMessage, limit: number): Promise<string | PgBadBatchError> {
+  return new Promise((resolve) => {
+    const tooLarge = (): void => resolve(new PgBadBatchError(`the batch body is over ${limit} bytes`))
+    if (Number(req.headers['content-length'] ?? 0) > limit) return tooLarge()
+    const chunks: Buffer[] = []
+    let n = 0
+    const onData = (c: Buffer): void => {
+      n += c.length
+      if (n <= limit) return void chunks.push(c)
+      req.off('data', onData)
+      req.pause()
+      tooLarge()
+    }
+    req.on('data', onData)
+    req.once('end', () => resolve(Buffer.concat(chunks).toString('utf8')))
+    req.once('error', () => resolve(new PgBadBatchError('the batch body could not be read')))
+  })
+}
+
+/** `{items: [{hook, tx, branch}]}`: a malformed list refuses the batch, a malformed item only itself. */
+function parseBatch(text: string): ({ hook: string; ids: BranchIds } | TxmeshPgError)[] | PgBadBatchError {
+  let body: unknown
+  try {
+    body = JSON.parse(text)
+  } catch {
+    return new PgBadBatchError('the batch body is not JSON')
+  }
+  const items = (body as { items?: unknown } | null)?.items
+  if (!Array.isArray(items) || items.length === 0) return new PgBadBatchError('the batch body must be {"items": [...]} with at least one item')
+  if (items.length > L.maxBatchItems) return new PgBadBatchError(`a batch carries at most ${L.maxBatchItems} items, got ${items.length}`)
+  return items.map((v: unknown) => {
+    const o = v as Record<string, unknown> | null
+    if (typeof o !== 'object' || o === null || typeof o.hook !== 'string' || !HOOKS.has(o.hook)) return new PgBadBatchError('a batch item needs hook prepare, commit or abort')
+    // makeGid checks the ids themselves (TXM_PG_BAD_ID), as for a single hook call.
+    return { hook: o.hook, ids: { txId: typeof o.tx === 'string' ? o.tx : '', branchId: typeof o.branch === 'string' ? o.branch : '' } }
+  })
+}
+
+/** One item of the batch answer: what the hook's own endpoint would have answered. */
+function batchResult(a: HookAnswer): { status: number; body?: Readonly<Record<string, unknown>> } {
+  switch (a.kind) {
+    case 'ok':
+      return { status: 200, body: a.body }
+    case 'read-only':
+      return { status: 204 }
+    case 'error':
+      return { status: a.error.status, body: { error: errorBody(a.error) } }
+  }
+}
+
 function readIds(req: IncomingMessage): BranchIds | undefined {
   const txId = req.headers[TX_ID_HEADER]
   const branchId = req.headers[BRANCH_ID_HEADER]

@@ -48,6 +48,11 @@ export const PG_HELPER_LIMITS = Object.freeze({
   // makes Postgres roll its transaction back).
   closeWaitMs: 5_000,
 
+  // The batch hook ({hookPrefix}/batch): hook calls per request and the body's size. The sidecar
+  // sends at most 64 items (its LIMITS.batchMaxItems) of ~500 bytes (ids and the context).
+  maxBatchItems: 64,
+  maxBatchBodyBytes: 64 * 1024,
+
   // Finished branches remembered, so a late request of a prepared/failed branch is refused
   // instead of silently starting a new transaction, and a repeated prepare answers the same.
   // Ids are unique; the oldest are forgotten first.

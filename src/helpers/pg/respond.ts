@@ -30,9 +30,15 @@ export function sendAnswer(res: ServerResponse, answer: HookAnswer): void {
   }
 }
 
-export function sendError(res: ServerResponse, err: TxmeshPgError): void {
+/** `{code, message[, sqlstate]}`: the `error` member of every answer the helper writes itself. */
+export function errorBody(err: TxmeshPgError): Record<string, string> {
   const body: Record<string, string> = { code: err.code, message: err.message }
   if (err.sqlstate !== undefined) body.sqlstate = err.sqlstate
+  return body
+}
+
+export function sendError(res: ServerResponse, err: TxmeshPgError): void {
+  const body = errorBody(err)
   const extra: Record<string, string> = { 'x-txmesh-error': err.code }
   // Too many open branches or a busy branch clears up quickly: tell well-behaved clients so.
   if (err.status === 503) extra['retry-after'] = '1'
@@ -44,7 +50,7 @@ export function sendHandlerFailure(res: ServerResponse): void {
   sendJson(res, 500, { error: { message: 'the request handler failed' } }, undefined)
 }
 
-function sendJson(res: ServerResponse, status: number, body: unknown, extra: Record<string, string> | undefined): void {
+export function sendJson(res: ServerResponse, status: number, body: unknown, extra: Record<string, string> | undefined): void {
   // Once the head is out the status cannot change; cutting the connection is the only honest
   // signal left (and it marks the branch failed, see helper.ts).
   if (res.headersSent) return void res.destroy()

@@ -269,7 +269,7 @@ export class CoordinatorDriver {
       switch (a.type) {
         case 'send-prepare': {
           const span = e.span === undefined ? undefined : this.phaseSpan(e, 'txmesh.prepare', id, { 'txmesh.participant': a.to.service })
-          void this.d.control.call(a.to.control, 'POST', `/v1/tx/${id}/prepare`, { branch: a.to.branch }).then((r) => {
+          void this.d.control.send(a.to.control, { tx: id, op: 'prepare', branch: a.to.branch }).then((r) => {
             const vote = r.ok ? parseVote(r.body.vote) : ({ kind: 'refused', reason: `prepare failed: ${r.error}` } as const)
             if (span !== undefined) endPhaseSpan(span, r.ok, { 'txmesh.vote': vote.kind })
             // A refusal that follows our own early abort says nothing about the participant.
@@ -308,7 +308,7 @@ export class CoordinatorDriver {
         case 'send-abort': {
           const op = a.type === 'send-commit' ? 'commit' : 'abort'
           const span = e.span === undefined ? undefined : this.phaseSpan(e, `txmesh.${op}`, id, { 'txmesh.participant': a.to.service })
-          void this.d.control.call(a.to.control, 'POST', `/v1/tx/${id}/${op}`, { branch: a.to.branch }).then((r) => {
+          void this.d.control.send(a.to.control, { tx: id, op, branch: a.to.branch }).then((r) => {
             if (span !== undefined) endPhaseSpan(span, r.ok, r.ok ? { 'txmesh.acknowledged': true } : { 'error.type': 'send_failed' })
             if (r.ok) this.d.onEvent?.('tx-ack', { tx: id, service: a.to.service, branch: a.to.branch, op })
             this.feed(id, r.ok ? { type: 'ack', branch: a.to.branch } : { type: 'send-failed', branch: a.to.branch })
@@ -320,7 +320,7 @@ export class CoordinatorDriver {
           // the machine retries until the participant answers.
           {
           const span = e.span === undefined ? undefined : this.phaseSpan(e, 'txmesh.commit', id, { 'txmesh.participant': a.to.service, 'txmesh.one_phase': true })
-          void this.d.control.call(a.to.control, 'POST', `/v1/tx/${id}/commit-one-phase`, { branch: a.to.branch }).then((r) => {
+          void this.d.control.send(a.to.control, { tx: id, op: 'commit-one-phase', branch: a.to.branch }).then((r) => {
             const o = r.ok ? r.body.outcome : undefined
             if (span !== undefined) endPhaseSpan(span, o === 'committed' || o === 'aborted', typeof o === 'string' ? { 'txmesh.outcome': o } : { 'error.type': 'send_failed' })
             if (o === 'committed' || o === 'aborted') this.d.onEvent?.('tx-ack', { tx: id, service: a.to.service, branch: a.to.branch, op: 'commit-one-phase', outcome: o })

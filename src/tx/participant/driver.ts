@@ -1,7 +1,7 @@
 // Participant driver: holds the branches this sidecar runs for its app, performs the actions of
 // the pure participant machine (app hook calls, PREPARED log writes, outcome queries, timers)
 // and answers the coordinator's prepare / commit / abort.
-import { request, type Dispatcher } from '../../http-client.js'
+import { exchange, request, type Dispatcher } from '../../http-client.js'
 import { failpoint } from '../../failpoints.js'
 import { appendDurable } from '../durable.js'
 import { RecentMap } from '../recent.js'
@@ -13,6 +13,15 @@ import type { ControlClient } from '../control-client.js'
 import type { BranchId, Env, Outcome, ParticipantAction, ParticipantEvent, ParticipantRef, ParticipantState, TxId, Vote } from '../core.js'
 import { BRANCH_ID_HEADER, CONTEXT_HEADER, OP_HEADER, TX_ID_HEADER, coordinatorAllowed, coordinatorOfTx, newBranchId, type TxContext } from '../protocol.js'
 import { newParticipant, participantStep, recoverParticipant } from './machine.js'
+import { Batcher } from '../batcher.js'
+
+function safeJson(text: string): unknown {
+  try {
+    return JSON.parse(text) as unknown
+  } catch {
+    return undefined
+  }
+}
 
 export interface Branch {
   state: ParticipantState
@@ -50,7 +59,8 @@ export interface ParticipantDeps {
   /** The app's origin, e.g. http://127.0.0.1:8080, and the pool to reach it. */
   readonly app: Dispatcher
   readonly appOrigin: string
-  readonly hooks: { readonly prepare: string; readonly commit: string; readonly abort: string; readonly confirm: string; readonly cancel: string }
+  /** `batch`: the app's batch hook (config hooks.batch); prepare/commit/abort then go through it. */
+  readonly hooks: { readonly prepare: string; readonly commit: string; readonly abort: string; readonly confirm: string; readonly cancel: string; readonly batch?: string | undefined }
   readonly logger: Logger
   /** Coordinator allow-list (mesh.coordinators): who may be asked about unknown branches. */
   readonly coordinators: readonly string[]
@@ -62,6 +72,17 @@ export interface ParticipantDeps {
 
 const logKey = (tx: TxId, branch: BranchId): string => `p:${tx}:${branch}`
 
+/** A 2PC hook call to the app, sent in a batch when hooks.batch is set. */
+interface HookItem {
+  readonly hook: 'prepare' | 'commit' | 'abort'
+  readonly tx: TxId
+  readonly branch: BranchId
+  readonly context: string | undefined
+}
+
+/** The batch's single key: every hook call goes to the one app. */
+const APP_KEY = 'app'
+
 export class ParticipantDriver {
   /** One branch per transaction in this sidecar (DESIGN.md: a participant is a sidecar instance). */
   private readonly byTx = new Map<TxId, Branch>()
@@ -71,10 +92,28 @@ export class ParticipantDriver {
   private readonly random: () => number
   /** Set by close() (drain): results arriving afterwards are dropped, no new timers start. */
   private closed = false
+  /** Hook calls batched to the app (hooks.batch), else undefined: one request per call. */
+  private readonly hookBatcher: Batcher<HookItem, number | Error> | undefined
 
   constructor(private readonly d: ParticipantDeps) {
     this.clock = d.clock ?? Date.now
     this.random = d.random ?? Math.random
+    const batchPath = d.hooks.batch
+    this.hookBatcher =
+      batchPath === undefined
+        ? undefined
+        : new Batcher({
+            maxItems: LIMITS.batchMaxItems,
+            maxInFlight: LIMITS.batchMaxInFlight,
+            maxQueued: LIMITS.batchMaxQueued,
+            flush: (_app, items) => this.flushHooks(batchPath, items),
+            overloaded: (err) => err,
+          })
+  }
+
+  /** Hook calls and the requests that carried them (GET /v1/stats), when hooks.batch is set. */
+  get hookBatchCounters(): { readonly items: number; readonly batches: number } | undefined {
+    return this.hookBatcher?.counters
   }
 
   private env(): Env {
@@ -473,17 +512,49 @@ export class ParticipantDriver {
   }
 
   private async hookStatus(tx: TxId, branch: BranchId, context: string | undefined, hook: 'prepare' | 'commit' | 'abort'): Promise<number> {
-    const headers: Record<string, string> = { [TX_ID_HEADER]: tx, [BRANCH_ID_HEADER]: branch, 'content-length': '0' }
-    if (context !== undefined) headers[CONTEXT_HEADER] = context
-    const res = await request(`${this.d.appOrigin}${this.d.hooks[hook]}`, {
-      method: 'POST',
-      dispatcher: this.d.app,
-      headers,
-      headersTimeout: LIMITS.hookCallTimeoutMs,
-      bodyTimeout: LIMITS.hookCallTimeoutMs,
-    })
-    await res.body.dump({ limit: LIMITS.controlBodyBytes }).catch(() => undefined)
-    return res.statusCode
+    if (this.hookBatcher !== undefined) {
+      const r = await this.hookBatcher.send(APP_KEY, { hook, tx, branch, context })
+      if (r instanceof Error) throw r
+      return r
+    }
+    const headers = [TX_ID_HEADER, tx, BRANCH_ID_HEADER, branch]
+    if (context !== undefined) headers.push(CONTEXT_HEADER, context)
+    const res = await exchange(this.d.app, this.d.appOrigin, { path: this.d.hooks[hook], method: 'POST', headers, timeoutMs: LIMITS.hookCallTimeoutMs, limit: LIMITS.controlBodyBytes })
+    return res.status
+  }
+
+  /**
+   * One request to the app's batch hook: `{items: [{hook, tx, branch, context}]}`, answered
+   * `{results: [{status}]}` in order. Any other answer fails every item (a prepare then votes
+   * no, a commit or abort is retried), as a failed single hook call would.
+   */
+  private async flushHooks(path: string, items: readonly HookItem[]): Promise<(number | Error)[]> {
+    const failAll = (why: string): Error[] => {
+      this.d.logger.warn('hook_batch_failed', { items: items.length, error: why })
+      const err = new Error(why)
+      return items.map(() => err)
+    }
+    try {
+      const res = await exchange(this.d.app, this.d.appOrigin, {
+        path,
+        method: 'POST',
+        headers: ['content-type', 'application/json'],
+        body: JSON.stringify({ items: items.map((i) => ({ hook: i.hook, tx: i.tx, branch: i.branch, ...(i.context === undefined ? {} : { context: i.context }) })) }),
+        timeoutMs: LIMITS.hookCallTimeoutMs,
+        limit: LIMITS.controlBodyBytes,
+      })
+      const text = res.text
+      if (res.status !== 200) return failAll(`the batch hook ${path} answered ${res.status}`)
+      if (text === undefined) return failAll(`the batch hook's answer is over ${LIMITS.controlBodyBytes} bytes`)
+      const results = (safeJson(text) as { results?: unknown } | undefined)?.results
+      if (!Array.isArray(results) || results.length !== items.length) return failAll(`the batch hook's answer does not list ${items.length} results`)
+      return results.map((r: unknown) => {
+        const status = (r as { status?: unknown } | null)?.status
+        return typeof status === 'number' && Number.isInteger(status) && status >= 100 && status <= 599 ? status : new Error('a batch result has no status')
+      })
+    } catch (err) {
+      return failAll((err as { code?: string }).code ?? String(err))
+    }
   }
 
   private async callHook(b: Branch, hook: 'prepare' | 'commit' | 'abort'): Promise<ParticipantEvent> {

@@ -1,0 +1,139 @@
+// The control listener's batch endpoint (POST /v1/batch) and the control client's batching, on
+// real sockets: per-item answers equal to what each op's own endpoint answers, malformed items
+// answered in their place, malformed batches refused whole, and a peer without the endpoint (an
+// older txmesh) reached one message at a time.
+import { createServer, type IncomingMessage, type ServerResponse } from 'node:http'
+import { request } from 'undici'
+import { afterEach, describe, expect, it } from 'vitest'
+import { createControlServer, type ControlDeps } from '../../src/control/server.js'
+import { ReplayCache } from '../../src/control/replay.js'
+import { LIMITS } from '../../src/limits.js'
+import { silentLogger } from '../../src/log.js'
+import { closeServer, listen } from '../../src/net.js'
+import { ControlClient } from '../../src/tx/control-client.js'
+import { staticKeys } from '../../src/tx/keys.js'
+import { signControl } from '../../src/tx/protocol.js'
+import { MESH_KEY } from '../helpers/servers.js'
+
+const closers: (() => Promise<void>)[] = []
+afterEach(async () => {
+  await Promise.all(closers.splice(0).map((c) => c()))
+})
+
+const key = Buffer.from(MESH_KEY)
+
+/** A control listener whose participant answers from a table (the batching is what is tested). */
+async function controlListener(): Promise<{ port: number; seen: string[] }> {
+  const seen: string[] = []
+  const deps = {
+    keys: staticKeys([key]),
+    coordinator: { outcomeFor: () => 'aborted' },
+    steps: { has: () => false },
+    participant: {
+      prepare: async (tx: string, branch: string) => {
+        seen.push(`prepare ${tx}/${branch}`)
+        return branch === 'no' ? { kind: 'refused', reason: 'app answered prepare with 409' } : { kind: 'prepared' }
+      },
+      decide: async (tx: string, branch: string, outcome: string) => {
+        seen.push(`${outcome} ${tx}/${branch}`)
+        return branch === 'busy' ? 'failed' : outcome
+      },
+      commitOnePhase: async (tx: string, branch: string) => {
+        seen.push(`one-phase ${tx}/${branch}`)
+        return 'committed'
+      },
+    },
+    logger: silentLogger,
+  } as unknown as ControlDeps
+  const server = createControlServer(() => deps, undefined, new ReplayCache(Date.now()))
+  const port = await listen(server, '127.0.0.1', 0)
+  closers.push(() => closeServer(server))
+  return { port, seen }
+}
+
+async function post(port: number, path: string, body: string): Promise<{ status: number; code: unknown; body: Record<string, unknown> }> {
+  const r = await request(`http://127.0.0.1:${port}${path}`, { method: 'POST', headers: { 'content-type': 'application/json', 'txmesh-auth': signControl(key, Date.now(), 'POST', path, body) }, body })
+  const text = await r.body.text()
+  return { status: r.statusCode, code: r.headers['x-txmesh-error'], body: text === '' ? {} : (JSON.parse(text) as Record<string, unknown>) }
+}
+
+describe('control batch endpoint', () => {
+  it('answers every item as its own endpoint would, in order, and malformed items in their place', async () => {
+    const { port, seen } = await controlListener()
+    const items = [
+      { tx: 't1', op: 'prepare', branch: 'b1' },
+      { tx: 't2', op: 'prepare', branch: 'no' },
+      { tx: 't3', op: 'commit', branch: 'b3' },
+      { tx: 't4', op: 'abort', branch: 'b4' },
+      { tx: 't5', op: 'commit', branch: 'busy' },
+      { tx: 't6', op: 'commit-one-phase', branch: 'b6' },
+      { tx: 't7', op: 'register', branch: 'b7' },
+      { tx: 'bad id!', op: 'prepare', branch: 'b8' },
+      { tx: 't9', op: 'prepare', branch: '' },
+      'not an object',
+    ]
+    const r = await post(port, '/v1/batch', JSON.stringify({ items }))
+    expect(r.status).toBe(200)
+    const results = r.body.results as { status: number; body: Record<string, unknown> }[]
+    expect(results.map((x) => x.status)).toEqual([200, 200, 200, 200, 503, 200, 400, 400, 400, 400])
+    expect(results[0]?.body).toEqual({ id: 't1', branch: 'b1', vote: 'prepared' })
+    expect(results[1]?.body).toEqual({ id: 't2', branch: 'no', vote: 'refused', reason: 'app answered prepare with 409' })
+    expect(results[2]?.body).toEqual({ id: 't3', branch: 'b3', outcome: 'committed' })
+    expect(results[3]?.body).toEqual({ id: 't4', branch: 'b4', outcome: 'aborted' })
+    expect((results[4]?.body.error as { code: string }).code).toBe('TXM_NOT_READY')
+    expect(results[5]?.body).toEqual({ id: 't6', branch: 'b6', outcome: 'committed' })
+    for (const i of [6, 7, 8, 9]) expect((results[i]?.body.error as { code: string }).code).toBe('TXM_BAD_REQUEST')
+    // The single endpoint answers the same for the same op.
+    const single = await post(port, '/v1/tx/t1/prepare', JSON.stringify({ branch: 'b1' }))
+    expect(single).toMatchObject({ status: 200, body: results[0]?.body })
+    expect(seen).toEqual(['prepare t1/b1', 'prepare t2/no', 'committed t3/b3', 'aborted t4/b4', 'committed t5/busy', 'one-phase t6/b6', 'prepare t1/b1'])
+  })
+
+  it('refuses a batch that is not a list of at most batchMaxItems items, and an unsigned one', async () => {
+    const { port, seen } = await controlListener()
+    const item = { tx: 't1', op: 'prepare', branch: 'b1' }
+    for (const body of ['{}', '{"items": []}', '{"items": {}}', JSON.stringify({ items: Array.from({ length: LIMITS.batchMaxItems + 1 }, () => item) })]) {
+      const r = await post(port, '/v1/batch', body)
+      expect([r.status, r.code], body.slice(0, 30)).toEqual([400, 'TXM_BAD_REQUEST'])
+    }
+    const unsigned = await request(`http://127.0.0.1:${port}/v1/batch`, { method: 'POST', body: JSON.stringify({ items: [item] }) })
+    expect([unsigned.statusCode, unsigned.headers['x-txmesh-error']]).toEqual([401, 'TXM_CONTROL_UNAUTHORIZED'])
+    await unsigned.body.dump()
+    const get = await request(`http://127.0.0.1:${port}/v1/batch`, { headers: { 'txmesh-auth': signControl(key, Date.now(), 'GET', '/v1/batch', '') } })
+    expect([get.statusCode, get.headers['x-txmesh-error']]).toEqual([405, 'TXM_METHOD_NOT_ALLOWED'])
+    await get.body.dump()
+    expect(seen).toEqual([])
+  })
+
+  it('the control client batches what meets, and talks one message at a time to a peer without the batch endpoint', async () => {
+    const { port, seen } = await controlListener()
+    const client = new ControlClient(staticKeys([key]))
+    closers.push(() => client.close())
+    const answers = await Promise.all([1, 2, 3].map((i) => client.send(`127.0.0.1:${port}`, { tx: `t${i}`, op: 'commit', branch: `b${i}` })))
+    expect(answers.map((a) => a.ok && a.body.outcome)).toEqual(['committed', 'committed', 'committed'])
+    expect(seen).toEqual(['committed t1/b1', 'committed t2/b2', 'committed t3/b3'])
+    expect(client.batchCounters).toEqual({ items: 3, batches: 1 })
+
+    // An older peer: 404 TXM_NOT_FOUND for /v1/batch, the single endpoints for the rest.
+    const paths: string[] = []
+    const old = createServer((req: IncomingMessage, res: ServerResponse) => {
+      paths.push(`${req.method ?? ''} ${req.url ?? ''}`)
+      req.resume()
+      const m = /^\/v1\/tx\/([^/]+)\/commit$/.exec(req.url ?? '')
+      const [status, body] = m === null ? [404, { error: { code: 'TXM_NOT_FOUND', message: 'no control endpoint' } }] : [200, { id: m[1], outcome: 'committed' }]
+      res.writeHead(status, { 'content-type': 'application/json' }).end(JSON.stringify(body))
+    })
+    const oldPort = await listen(old, '127.0.0.1', 0)
+    closers.push(() => closeServer(old))
+    const first = await Promise.all([1, 2].map((i) => client.send(`127.0.0.1:${oldPort}`, { tx: `o${i}`, op: 'commit', branch: 'b' })))
+    expect(first.map((a) => a.ok && a.body.outcome)).toEqual(['committed', 'committed'])
+    const second = await client.send(`127.0.0.1:${oldPort}`, { tx: 'o3', op: 'commit', branch: 'b' })
+    expect(second.ok).toBe(true)
+    // Asked once, then remembered.
+    expect(paths).toEqual(['POST /v1/batch', 'POST /v1/tx/o1/commit', 'POST /v1/tx/o2/commit', 'POST /v1/tx/o3/commit'])
+
+    // An unreachable peer: every item fails, nothing hangs.
+    const dead = await Promise.all([1, 2].map((i) => client.send('127.0.0.1:1', { tx: `d${i}`, op: 'prepare', branch: 'b' })))
+    expect(dead.every((a) => !a.ok && a.error === 'ECONNREFUSED')).toBe(true)
+  })
+})
