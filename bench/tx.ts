@@ -119,7 +119,15 @@ function logDelta(before: Map<string, SidecarStats>, after: Map<string, SidecarS
   const sidecars = [...after.keys()].map((name) => {
     const a = after.get(name) as SidecarStats
     const b = before.get(name) as SidecarStats
-    return { name, appends: a.log.appends - b.log.appends, fsyncs: a.log.fsyncs - b.log.fsyncs }
+    return {
+      name,
+      appends: a.log.appends - b.log.appends,
+      fsyncs: a.log.fsyncs - b.log.fsyncs,
+      controlItems: a.batches.controlItems - b.batches.controlItems,
+      controlBatches: a.batches.controlBatches - b.batches.controlBatches,
+      hookItems: a.batches.hookItems - b.batches.hookItems,
+      hookBatches: a.batches.hookBatches - b.batches.hookBatches,
+    }
   })
   const ca = after.get('coordinator') as SidecarStats
   const cb = before.get('coordinator') as SidecarStats
@@ -150,8 +158,13 @@ function fsyncRow(concurrency: number, samples: readonly TxSample[]): FsyncRow |
   const sidecars = names.map((name) => {
     const appends = deltas.reduce((n, d) => n + (d.sidecars.find((x) => x.name === name)?.appends ?? 0), 0)
     const fsyncs = deltas.reduce((n, d) => n + (d.sidecars.find((x) => x.name === name)?.fsyncs ?? 0), 0)
-    return { name, appends, fsyncs, fsyncsPerTx: per(fsyncs) }
+    const sum = (k: 'controlItems' | 'controlBatches' | 'hookItems' | 'hookBatches'): number => deltas.reduce((n, d) => n + (d.sidecars.find((x) => x.name === name)?.[k] ?? 0), 0)
+    return { name, appends, fsyncs, fsyncsPerTx: per(fsyncs), controlItems: sum('controlItems'), controlBatches: sum('controlBatches'), hookItems: sum('hookItems'), hookBatches: sum('hookBatches') }
   })
+  const coord = sidecars.find((x) => x.name === 'coordinator')
+  const parts = sidecars.filter((x) => x.name !== 'coordinator')
+  const hookItems = parts.reduce((n, x) => n + x.hookItems, 0)
+  const hookBatches = parts.reduce((n, x) => n + x.hookBatches, 0)
   const allFsyncs = sidecars.reduce((n, x) => n + x.fsyncs, 0)
   const allAppends = sidecars.reduce((n, x) => n + x.appends, 0)
   return {
@@ -160,6 +173,10 @@ function fsyncRow(concurrency: number, samples: readonly TxSample[]): FsyncRow |
     coordinatorFsyncsPerTx: sidecars.find((x) => x.name === 'coordinator')?.fsyncsPerTx,
     allFsyncsPerTx: per(allFsyncs),
     allAppendsPerTx: per(allAppends),
+    controlMsgsPerTx: coord === undefined ? undefined : per(coord.controlItems),
+    controlReqsPerTx: coord === undefined ? undefined : per(coord.controlBatches),
+    hookCallsPerTx: per(hookItems),
+    hookReqsPerTx: per(hookBatches),
     sidecars,
   }
 }

@@ -77,9 +77,14 @@ export const LIMITS = Object.freeze({
   // hook calls to the app when hooks.batch is set. 64 items of ~150 bytes (a hook item carries
   // its ~400-byte context) stay far under controlBodyBytes both ways.
   batchMaxItems: 64,
-  // Exchanges out to one peer at once: one keeps batches largest; a second one lets an item that
-  // arrives while a slow batch (an app's PREPARE and fsync) is out leave without waiting for it.
-  batchMaxInFlight: 2,
+  // Exchanges out to one peer at once: one keeps batches largest (measured at 32 transfers in
+  // flight: ~11 messages per request with one, ~6 with two, and more transfers per second).
+  batchMaxInFlight: 1,
+  // A batch answers when its slowest item does (a prepare may wait for the app's running request,
+  // up to hookCallTimeoutMs): one out longer than this stops holding the next one back, so a slow
+  // transaction delays the others' messages to the same peer by this much at most. Well above a
+  // healthy batch's round trip (an app's PREPARE and an fsync, a few ms).
+  batchHoldMs: 25,
   // Messages waiting for one peer at most (each is a transaction waiting for its answer; at most
   // maxActiveTransactions and maxBranches exist at once): past it they are refused, 503.
   batchMaxQueued: 10_000,

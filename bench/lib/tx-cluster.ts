@@ -255,8 +255,17 @@ export interface LogStats {
   readonly fsyncs: number
 }
 
+/** Messages sent batched and the requests that carried them (src/tx/batcher.ts). */
+export interface BatchStats {
+  readonly controlItems: number
+  readonly controlBatches: number
+  readonly hookItems: number
+  readonly hookBatches: number
+}
+
 export interface SidecarStats {
   readonly log: LogStats
+  readonly batches: BatchStats
   /** 2PC transactions this sidecar coordinates. */
   readonly committed: number
   readonly aborted: number
@@ -280,8 +289,10 @@ export async function sidecarStats(adminPort: number): Promise<SidecarStats> {
   const log = (o.log ?? {}) as Record<string, unknown>
   const tx = (o.transactions ?? {}) as Record<string, unknown>
   const st = (o.steps ?? {}) as Record<string, unknown>
+  const b = (o.batches ?? {}) as { control?: Record<string, unknown>; hooks?: Record<string, unknown> }
   return {
     log: { appends: num(log.appends), fsyncs: num(log.fsyncs) },
+    batches: { controlItems: num(b.control?.items), controlBatches: num(b.control?.batches), hookItems: num(b.hooks?.items), hookBatches: num(b.hooks?.batches) },
     committed: num(tx.committed),
     aborted: num(tx.aborted),
     active: num(tx.active),

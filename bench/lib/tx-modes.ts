@@ -114,8 +114,9 @@ class TxmeshMode implements Mode {
   readonly label =
     "begin at the coordinator sidecar's admin API, 3 calls via its egress -> participant sidecar -> app (txmesh/pg), commit (2PC through the sidecars)"
   readonly work =
-    '23 HTTP exchanges (begin + commit at the admin API; 3 × driver -> coordinator egress -> participant ingress -> app; ' +
-    '3 × control prepare + 3 × control commit; 3 × prepare hook + 3 × commit hook), 12 SQL statements (per branch: BEGIN, UPDATE, ' +
+    '23 HTTP exchanges when nothing is batched (begin + commit at the admin API; 3 × driver -> coordinator egress -> participant ingress -> app; ' +
+    '3 × control prepare + 3 × control commit; 3 × prepare hook + 3 × commit hook; the control and hook calls of concurrent transfers share requests, ' +
+    'counted in the last columns of the table below), 12 SQL statements (per branch: BEGIN, UPDATE, ' +
     'PREPARE TRANSACTION, COMMIT PREPARED; the helper skips its read-only check after a write), 6 Postgres WAL flushes, 7 durable log appends ' +
     '(coordinator decision; PREPARED and END at each participant), 5 forced writes in sequence on the commit path'
   private readonly admin: HttpPool

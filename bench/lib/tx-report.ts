@@ -27,6 +27,11 @@ export interface SidecarLogDelta {
   readonly name: string
   readonly appends: number
   readonly fsyncs: number
+  /** Batched messages sent (control: prepare/commit/abort to peers; hooks: to the app) and the requests that carried them. */
+  readonly controlItems: number
+  readonly controlBatches: number
+  readonly hookItems: number
+  readonly hookBatches: number
 }
 
 export interface LogDelta {
@@ -70,6 +75,12 @@ export interface FsyncRow {
   readonly coordinatorFsyncsPerTx: number | undefined
   readonly allFsyncsPerTx: number | undefined
   readonly allAppendsPerTx: number | undefined
+  /** 2PC control messages the coordinator sent per committed transfer, and the requests that carried them. */
+  readonly controlMsgsPerTx: number | undefined
+  readonly controlReqsPerTx: number | undefined
+  /** Hook calls the participants made to their apps per committed transfer, and the requests that carried them. */
+  readonly hookCallsPerTx: number | undefined
+  readonly hookReqsPerTx: number | undefined
   readonly sidecars: readonly (SidecarLogDelta & { readonly fsyncsPerTx: number | undefined })[]
 }
 
@@ -190,7 +201,7 @@ export function printTxReport(r: TxReport): void {
 
   if (r.fsync.length > 0) {
     const names = (r.fsync[0]?.sidecars.map((s) => s.name) ?? []).filter((n) => n !== 'coordinator')
-    const fh = ['txmesh conc', 'committed', 'coordinator fsyncs/tx', ...names.map((n) => `participant ${n} fsyncs/tx`), 'all logs fsyncs/tx', 'all logs appends/tx']
+    const fh = ['txmesh conc', 'committed', 'coordinator fsyncs/tx', ...names.map((n) => `participant ${n} fsyncs/tx`), 'all logs fsyncs/tx', 'all logs appends/tx', 'control msgs/tx', 'in requests/tx', 'hook calls/tx', 'in requests/tx']
     const fb = r.fsync.map((f) => [
       String(f.concurrency),
       String(f.committed),
@@ -198,9 +209,18 @@ export function printTxReport(r: TxReport): void {
       ...names.map((n) => num(f.sidecars.find((s) => s.name === n)?.fsyncsPerTx, 3)),
       num(f.allFsyncsPerTx, 3),
       num(f.allAppendsPerTx, 2),
+      num(f.controlMsgsPerTx, 2),
+      num(f.controlReqsPerTx, 2),
+      num(f.hookCallsPerTx, 2),
+      num(f.hookReqsPerTx, 2),
     ])
     out.push(table(fh, fh.map((_, i) => (i === 0 ? 'l' : 'r')), fb))
-    out.push('(from GET /v1/stats before and after each txmesh run; committed = the coordinator\'s count, in-flight tail included)', '')
+    out.push(
+      "(from GET /v1/stats before and after each txmesh run; committed = the coordinator's count, in-flight tail included; control msgs: the",
+      "coordinator's prepare/commit/abort to participant sidecars; hook calls: the participants' prepare/commit/abort calls to their apps;",
+      'each followed by the requests that carried them, batched: src/tx/batcher.ts)',
+      '',
+    )
   }
   const c = r.consistency
   out.push(

@@ -8,13 +8,18 @@
 // other item queued for the same peer in the same turn (a group commit that decided several
 // transactions at once sends their commits as one batch). While `maxInFlight` batches to a peer
 // are out, new items wait and leave together when one comes back, so batches grow with the load.
+// A batch answers when its slowest item does (an app's prepare may wait for a running request),
+// so one out longer than `holdMs` stops holding the others back: a slow transaction delays the
+// messages of the others to the same peer by `holdMs` at most.
 import { ControlOverloadedError } from '../errors.js'
 
 export interface BatcherOptions<I, R> {
   /** Items per exchange at most. */
   readonly maxItems: number
-  /** Exchanges out to one peer at once; more items wait for one to come back. */
+  /** Exchanges out to one peer at once (younger than holdMs); more items wait for one to come back. */
   readonly maxInFlight: number
+  /** An exchange out this long no longer counts against maxInFlight. */
+  readonly holdMs: number
   /** Items waiting for one peer at most; past it `send` answers `overloaded` at once. */
   readonly maxQueued: number
   /**
@@ -24,6 +29,8 @@ export interface BatcherOptions<I, R> {
   readonly flush: (key: string, items: readonly I[]) => Promise<readonly R[]>
   /** The result of an item refused because the peer's queue is full. */
   readonly overloaded: (err: ControlOverloadedError) => R
+  /** Injected for tests. */
+  readonly now?: () => number
 }
 
 interface Waiting<I, R> {
@@ -33,21 +40,27 @@ interface Waiting<I, R> {
 
 interface Peer<I, R> {
   queue: Waiting<I, R>[]
-  inFlight: number
+  /** Start times of the exchanges out, oldest first. */
+  readonly out: number[]
   scheduled: boolean
+  /** Set while waiting for the oldest exchange out to pass holdMs. */
+  timer: NodeJS.Timeout | undefined
 }
 
 export class Batcher<I, R> {
   private readonly peers = new Map<string, Peer<I, R>>()
+  private readonly now: () => number
   /** Items sent and batches used (stats, tests). */
   readonly counters = { items: 0, batches: 0 }
 
-  constructor(private readonly o: BatcherOptions<I, R>) {}
+  constructor(private readonly o: BatcherOptions<I, R>) {
+    this.now = o.now ?? performance.now.bind(performance)
+  }
 
   send(key: string, item: I): Promise<R> {
     let p = this.peers.get(key)
     if (p === undefined) {
-      p = { queue: [], inFlight: 0, scheduled: false }
+      p = { queue: [], out: [], scheduled: false, timer: undefined }
       this.peers.set(key, p)
     }
     if (p.queue.length >= this.o.maxQueued) {
@@ -60,8 +73,27 @@ export class Batcher<I, R> {
     })
   }
 
+  /** Exchanges out to `p` that still hold new items back. */
+  private holding(p: Peer<I, R>): number {
+    const since = this.now() - this.o.holdMs
+    let n = 0
+    for (const t of p.out) if (t > since) n++
+    return n
+  }
+
   private schedule(key: string, p: Peer<I, R>): void {
-    if (p.scheduled || p.inFlight >= this.o.maxInFlight || p.queue.length === 0) return
+    if (p.scheduled || p.queue.length === 0) return
+    if (this.holding(p) >= this.o.maxInFlight) {
+      // Wait for one to come back, or for the oldest to pass holdMs.
+      if (p.timer === undefined) {
+        const oldest = p.out.find((t) => t > this.now() - this.o.holdMs) ?? this.now()
+        p.timer = setTimeout(() => {
+          p.timer = undefined
+          this.schedule(key, p)
+        }, Math.max(1, Math.ceil(oldest + this.o.holdMs - this.now())))
+      }
+      return
+    }
     p.scheduled = true
     setImmediate(() => {
       p.scheduled = false
@@ -70,17 +102,22 @@ export class Batcher<I, R> {
   }
 
   private flushSome(key: string, p: Peer<I, R>): void {
-    while (p.inFlight < this.o.maxInFlight && p.queue.length > 0) {
+    while (p.queue.length > 0 && this.holding(p) < this.o.maxInFlight) {
       const batch = p.queue.splice(0, this.o.maxItems)
-      p.inFlight++
+      const started = this.now()
+      p.out.push(started)
       this.counters.batches++
       this.counters.items += batch.length
       void this.o.flush(key, batch.map((w) => w.item)).then((results) => {
-        p.inFlight--
+        p.out.splice(p.out.indexOf(started), 1)
         for (let i = 0; i < batch.length; i++) (batch[i] as Waiting<I, R>).resolve(results[i] as R)
-        if (p.inFlight === 0 && p.queue.length === 0) this.peers.delete(key)
-        else this.schedule(key, p)
+        if (p.out.length === 0 && p.queue.length === 0) {
+          clearTimeout(p.timer)
+          this.peers.delete(key)
+        } else this.schedule(key, p)
       })
     }
+    // What the loop left (all exchanges out are young): wait as schedule() does.
+    this.schedule(key, p)
   }
 }

@@ -43,6 +43,7 @@ export class ControlClient {
     this.batcher = new Batcher({
       maxItems: LIMITS.batchMaxItems,
       maxInFlight: LIMITS.batchMaxInFlight,
+      holdMs: LIMITS.batchHoldMs,
       maxQueued: LIMITS.batchMaxQueued,
       flush: (address, items) => this.flushBatch(address, items),
       overloaded: (err) => ({ ok: false, status: err.status, error: err.code }),

@@ -11,11 +11,12 @@ interface Flush {
   release(): void
 }
 
-function batcher(o: { maxItems?: number; maxInFlight?: number; maxQueued?: number } = {}): { b: Batcher<number, string>; flushes: Flush[] } {
+function batcher(o: { maxItems?: number; maxInFlight?: number; maxQueued?: number; holdMs?: number } = {}): { b: Batcher<number, string>; flushes: Flush[] } {
   const flushes: Flush[] = []
   const b = new Batcher<number, string>({
     maxItems: o.maxItems ?? 64,
     maxInFlight: o.maxInFlight ?? 1,
+    holdMs: o.holdMs ?? 60_000,
     maxQueued: o.maxQueued ?? 1_000,
     flush: (key, items) =>
       new Promise((resolve) => {
@@ -64,6 +65,24 @@ describe('Batcher', () => {
     flushes[1]?.release()
     flushes[2]?.release()
     expect(await Promise.all([...later, more, other])).toEqual(['p:20', 'p:30', 'p:40', 'q:90'])
+  })
+
+  it('stops holding messages back behind an exchange out longer than holdMs', async () => {
+    const { b, flushes } = batcher({ maxInFlight: 1, holdMs: 40 })
+    const slow = b.send('p', 1)
+    await turn()
+    const t0 = performance.now()
+    const next = b.send('p', 2)
+    await turn()
+    expect(flushes).toHaveLength(1)
+    // The first is still out: after holdMs the second leaves anyway.
+    for (let i = 0; i < 100 && flushes.length < 2; i++) await new Promise((r) => setTimeout(r, 5))
+    expect(flushes.map((f) => f.items)).toEqual([[1], [2]])
+    expect(performance.now() - t0).toBeGreaterThanOrEqual(30)
+    flushes[1]?.release()
+    expect(await next).toBe('p:20')
+    flushes[0]?.release()
+    expect(await slow).toBe('p:10')
   })
 
   it('splits a queue longer than maxItems into several batches, within maxInFlight', async () => {

@@ -105,6 +105,7 @@ export class ParticipantDriver {
         : new Batcher({
             maxItems: LIMITS.batchMaxItems,
             maxInFlight: LIMITS.batchMaxInFlight,
+            holdMs: LIMITS.batchHoldMs,
             maxQueued: LIMITS.batchMaxQueued,
             flush: (_app, items) => this.flushHooks(batchPath, items),
             overloaded: (err) => err,
