@@ -65,6 +65,9 @@ export const LIMITS = Object.freeze({
   // txmesh-context token size (DESIGN.md: <= 1 KiB): ids, one address and a deadline fit in
   // ~250 bytes; the bound stops header stuffing.
   contextBytes: 1024,
+  // Contexts a sidecar remembers as verified (src/tx/plane.ts), so the calls of one transaction
+  // check its signature once: one per transaction in flight is plenty; ~1 KiB each at most.
+  verifiedContexts: 4_096,
   // Control requests carry a signed timestamp; this is how far clocks may disagree.
   controlClockSkewMs: 30_000,
   // Control request/response bodies are small JSON documents.

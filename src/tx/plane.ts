@@ -2,7 +2,7 @@
 // context, the ingress joins the caller's transaction and tells it who took part (DESIGN.md
 // "Enlistment").
 import type { RoutePolicy, StepRequestTemplate } from '../config/types.js'
-import { HookForbiddenError, MeshKeyMissingError, NoSidecarError, TxAbortedError, TxNotActiveError, TxmeshError } from '../errors.js'
+import { ContextExpiredError, HookForbiddenError, MeshKeyMissingError, NoSidecarError, TxAbortedError, TxNotActiveError, TxmeshError } from '../errors.js'
 import type { ResponseHook } from '../proxy/forward.js'
 import type { Span } from '../telemetry/tracing.js'
 import type { ControlClient } from './control-client.js'
@@ -96,13 +96,33 @@ export class DisabledTxPlane implements TxPlane {
 
 export class ActiveTxPlane implements TxPlane {
   private readonly clock: () => number
+  /**
+   * Contexts that verified, by token: an app sends the same context on every call of its
+   * transaction, and its sidecar's egress need not check the signature again each time. Valid
+   * for the keys they verified with (a rotation empties it); the deadline is checked at each use.
+   */
+  private readonly verified = new Map<string, TxContext>()
+  private verifiedWith: readonly Buffer[] | undefined
 
   constructor(private readonly d: TxParts) {
     this.clock = d.clock ?? Date.now
   }
 
   verify(token: string): TxContext | TxmeshError {
-    return verifyContext(this.d.keys.verifying, token, this.clock(), this.d.coordinators)
+    const now = this.clock()
+    const keys = this.d.keys.verifying
+    if (keys !== this.verifiedWith) {
+      this.verified.clear()
+      this.verifiedWith = keys
+    }
+    const known = this.verified.get(token)
+    if (known !== undefined) return known.deadline > now ? known : new ContextExpiredError(`transaction ${known.id} passed its deadline`)
+    const ctx = verifyContext(keys, token, now, this.d.coordinators)
+    if (ctx instanceof TxmeshError) return ctx
+    // Oldest first out (Map keeps insertion order).
+    if (this.verified.size >= LIMITS.verifiedContexts) this.verified.delete(this.verified.keys().next().value as string)
+    this.verified.set(token, ctx)
+    return ctx
   }
 
   /** An outgoing call of the app that carries a context. */
