@@ -11,7 +11,7 @@
 import { connect, createSecureContext, type SecureContext, type Server as TlsServer, type TLSSocket, type TlsOptions } from 'node:tls'
 import { isIP } from 'node:net'
 import type { TlsSettings } from './config/types.js'
-import { buildConnector, type Connector } from './http-client.js'
+import { Agent, buildConnector, type Connector } from './http-client.js'
 import { LIMITS } from './limits.js'
 import type { Logger } from './log.js'
 import { readTlsMaterial, type TlsMaterial, watchFiles } from './secrets.js'
@@ -115,4 +115,13 @@ export class PeerTls {
     // connections after a reload do full handshakes with the new certificate.
     return buildConnector({ timeout: LIMITS.connectTimeoutMs, secureContext: this.context, minVersion: 'TLSv1.2' })
   }
+}
+
+/**
+ * The pool a sidecar reaches its peers with (control calls, saga compensations, TCC
+ * confirm/cancel): keep-alive connections per origin, and the mesh certificate when peer TLS is on
+ * (plain http:// targets still connect in the clear).
+ */
+export function peerAgent(tls: PeerTls | undefined): Agent {
+  return new Agent({ connections: LIMITS.poolConnectionsPerOrigin, keepAliveTimeout: LIMITS.upstreamKeepAliveMs, connect: tls?.connector ?? { timeout: LIMITS.connectTimeoutMs } })
 }

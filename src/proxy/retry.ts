@@ -2,6 +2,7 @@
 // fraction of traffic so a failing upstream is not hit by a retry storm (Linkerd's retry
 // budget: a ratio of requests plus a small floor per second).
 import type { RetryPolicy } from '../config/types.js'
+import { fullJitterMs } from '../backoff.js'
 import { LIMITS } from '../limits.js'
 
 // RFC 9110 §9.2.2: methods whose repetition has the same effect as one request.
@@ -54,6 +55,5 @@ export class RetryBudget {
 
 /** Capped exponential backoff with full jitter. */
 export function backoffMs(attempt: number, random: () => number = Math.random): number {
-  const cap = Math.min(LIMITS.retryBackoffCapMs, LIMITS.retryBackoffBaseMs * 2 ** attempt)
-  return Math.floor(random() * cap)
+  return fullJitterMs(attempt + 1, LIMITS.retryBackoffBaseMs, LIMITS.retryBackoffCapMs, random)
 }

@@ -2,9 +2,9 @@
 // outcome). Every request carries `txmesh-auth: <ts>.<nonce>.<hmac>` over timestamp, a fresh
 // nonce, method, path and body with the current signing mesh key; the control server refuses
 // anything else, and any nonce it saw before. With peer TLS the calls use HTTPS.
-import { Agent, exchange } from '../http-client.js'
+import { exchange, type Agent } from '../http-client.js'
 import { LIMITS } from '../limits.js'
-import type { PeerTls } from '../peer-tls.js'
+import { peerAgent, type PeerTls } from '../peer-tls.js'
 import type { MeshKeys } from './keys.js'
 import { Batcher } from './batcher.js'
 import { signControl } from './protocol.js'
@@ -35,11 +35,7 @@ export class ControlClient {
     tls?: PeerTls,
   ) {
     this.scheme = tls === undefined ? 'http' : 'https'
-    this.agent = new Agent({
-      connections: LIMITS.poolConnectionsPerOrigin,
-      keepAliveTimeout: LIMITS.upstreamKeepAliveMs,
-      connect: tls?.connector ?? { timeout: LIMITS.connectTimeoutMs },
-    })
+    this.agent = peerAgent(tls)
     this.batcher = new Batcher({
       maxItems: LIMITS.batchMaxItems,
       maxInFlight: LIMITS.batchMaxInFlight,

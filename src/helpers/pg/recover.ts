@@ -5,6 +5,7 @@
 // decide them, and Postgres keeps them (with their locks) until someone does.
 import type { Pool, PoolClient } from 'pg'
 import { Agent, request } from 'undici'
+import { fullJitterMs } from '../../backoff.js'
 import { messageOf, sqlstateOf } from './errors.js'
 import { gidLiteral, gidPrefix, parseGid } from './gid.js'
 import { PG_HELPER_LIMITS as L } from './limits.js'
@@ -143,8 +144,7 @@ async function readBounded(body: AsyncIterable<Uint8Array> & { destroy(err?: Err
 
 /** Capped exponential backoff with full jitter (as the sidecar's retries). */
 function backoff(retry: number): number {
-  const cap = Math.min(L.recoverBackoffCapMs, L.recoverBackoffBaseMs * 2 ** retry)
-  return Math.floor(Math.random() * cap)
+  return fullJitterMs(retry + 1, L.recoverBackoffBaseMs, L.recoverBackoffCapMs, Math.random)
 }
 
 function sleep(ms: number): Promise<void> {

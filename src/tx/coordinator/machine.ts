@@ -13,6 +13,7 @@
 // neither the deadline nor an abort request can take the decision away from the participant.
 // The participant set is fixed at commit-requested: a branch enlisted later hears abort.
 import assert from 'node:assert/strict'
+import { fullJitterMs } from '../../backoff.js'
 import { LIMITS } from '../../limits.js'
 import type {
   BranchId,
@@ -310,8 +311,7 @@ function finishIfAcked(state: CoordinatorState, actions: CoordinatorAction[]): C
 
 /** Capped exponential backoff with full jitter (attempt 1 = the first send failed). */
 function backoffMs(attempt: number, random: () => number): number {
-  const ceiling = Math.min(LIMITS.phase2BackoffCapMs, LIMITS.phase2BackoffBaseMs * 2 ** Math.min(Math.max(attempt - 1, 0), 30))
-  return Math.floor(random() * ceiling)
+  return fullJitterMs(attempt, LIMITS.phase2BackoffBaseMs, LIMITS.phase2BackoffCapMs, random)
 }
 
 function uniqueByBranch(refs: readonly ParticipantRef[]): ParticipantRef[] {

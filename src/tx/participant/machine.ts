@@ -19,6 +19,7 @@
 // commit-one-phase must never reach a sidecar that forgot the commit, where it would be
 // answered "aborted".
 import assert from 'node:assert/strict'
+import { fullJitterMs } from '../../backoff.js'
 import { LIMITS } from '../../limits.js'
 import type { BranchId, Env, Outcome, ParticipantAction, ParticipantEvent, ParticipantState, Step, TxId, Vote } from '../core.js'
 
@@ -287,8 +288,7 @@ function onDeadline(s: ParticipantState): ParticipantStep {
 
 /** Capped exponential backoff with full jitter (attempt 1 = the first call failed). */
 function backoffMs(attempt: number, random: () => number): number {
-  const ceiling = Math.min(LIMITS.branchRetryCapMs, LIMITS.branchRetryBaseMs * 2 ** Math.min(Math.max(attempt - 1, 0), 30))
-  return Math.floor(random() * ceiling)
+  return fullJitterMs(attempt, LIMITS.branchRetryBaseMs, LIMITS.branchRetryCapMs, random)
 }
 
 function checkInvariants(s: ParticipantState): void {

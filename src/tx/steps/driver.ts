@@ -6,13 +6,13 @@
 // as an intent, and again, resolved, before its response reaches the app; a call whose undo
 // cannot be known before its answer only the second time), {type:'decision', outcome} (COMMIT
 // force-written, abort lazy), {type:'step-done'} (lazy). END once every step is finished.
-import { request, Agent } from '../../http-client.js'
+import { request, type Agent } from '../../http-client.js'
 import { ShuttingDownError, TxLimitError, TxNotActiveError, TxUnknownError, type TxmeshError } from '../../errors.js'
 import { LIMITS } from '../../limits.js'
 import type { Logger } from '../../log.js'
 import type { FileLog } from '../../log/file-log.js'
 import type { SidecarMetrics } from '../../telemetry/metrics.js'
-import type { PeerTls } from '../../peer-tls.js'
+import { peerAgent, type PeerTls } from '../../peer-tls.js'
 import type { ControlClient } from '../control-client.js'
 import type { MeshKeys } from '../keys.js'
 import type { BranchId, Env, Outcome, TxId } from '../core.js'
@@ -105,7 +105,7 @@ export class StepCoordinator {
     this.random = d.random ?? Math.random
     // With peer TLS, https:// targets (services reached over TLS) get the mesh CA and this
     // sidecar's certificate; the connector opens plain http:// targets as before.
-    this.agent = new Agent({ connections: LIMITS.poolConnectionsPerOrigin, keepAliveTimeout: LIMITS.upstreamKeepAliveMs, connect: d.tls?.connector ?? { timeout: LIMITS.connectTimeoutMs } })
+    this.agent = peerAgent(d.tls)
   }
 
   private env(): Env {

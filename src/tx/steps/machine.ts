@@ -17,6 +17,7 @@
 // An intent that never got its resolution is undone whatever the outcome, like a late step: the
 // app never saw the call's answer. A call refused outright (saga 4xx) voids its intent.
 import assert from 'node:assert/strict'
+import { fullJitterMs } from '../../backoff.js'
 import { LIMITS } from '../../limits.js'
 import type { BranchId, Env, Outcome, Step, TxId } from '../core.js'
 
@@ -265,8 +266,7 @@ function onFailed(state: StepTxState, e: StepEntry, error: string, env: Env): St
     const stuck: StepEntry = { ...e, status: 'stuck', lastError: error }
     return advance(replace(state, stuck), [{ type: 'stuck', step: e.step, op, error }])
   }
-  const ceiling = Math.min(state.policy.backoffCapMs, state.policy.backoffBaseMs * 2 ** Math.min(e.attempts - 1, 30))
-  const delayMs = Math.floor(env.random() * ceiling)
+  const delayMs = fullJitterMs(e.attempts, state.policy.backoffBaseMs, state.policy.backoffCapMs, env.random)
   return { state: replace(state, { ...e, status: 'waiting', lastError: error }), actions: [{ type: 'schedule-retry', step: e.step.id, delayMs }] }
 }
 

@@ -30,9 +30,38 @@ export interface CallFacts {
  * Which bodies the templates read (the proxy buffers only those, bounded), and whether they read
  * anything of the response at all (if not, they can be filled before the call is sent).
  */
-export function templateNeeds(...ts: (StepRequestTemplate | undefined)[]): { requestJson: boolean; responseJson: boolean; response: boolean } {
-  const all = ts.flatMap((t) => (t === undefined ? [] : [t.path, t.body ?? '', ...Object.values(t.headers)])).join('\n')
-  return { requestJson: all.includes('{request.json.'), responseJson: all.includes('{response.json.'), response: all.includes('{response.') }
+export function templateNeeds(...ts: (StepRequestTemplate | undefined)[]): TemplateNeeds {
+  let requestJson = false
+  let responseJson = false
+  let response = false
+  for (const t of ts) {
+    if (t === undefined) continue
+    const n = needsOf(t)
+    requestJson ||= n.requestJson
+    responseJson ||= n.responseJson
+    response ||= n.response
+  }
+  return { requestJson, responseJson, response }
+}
+
+export interface TemplateNeeds {
+  readonly requestJson: boolean
+  readonly responseJson: boolean
+  readonly response: boolean
+}
+
+// Templates come from the loaded config and never change: each is scanned once, not on every
+// saga/TCC call that uses it.
+const scanned = new WeakMap<StepRequestTemplate, TemplateNeeds>()
+
+function needsOf(t: StepRequestTemplate): TemplateNeeds {
+  let n = scanned.get(t)
+  if (n === undefined) {
+    const all = [t.path, t.body ?? '', ...Object.values(t.headers)].join('\n')
+    n = { requestJson: all.includes('{request.json.'), responseJson: all.includes('{response.json.'), response: all.includes('{response.') }
+    scanned.set(t, n)
+  }
+  return n
 }
 
 /** The filled request, or why it cannot be filled. */
