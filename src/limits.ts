@@ -205,6 +205,12 @@ export const LIMITS = Object.freeze({
   // A step's target as a peer reports it (origin or control address: scheme, bracketed IPv6 or
   // a 253-character DNS name, port).
   stepTargetChars: 300,
+  // A step operation's HTTP method (a token of capitals: POST, DELETE, ...), the names of the
+  // headers a step operation carries, and the service a peer names as a step's target (a DNS
+  // name is at most 253 characters).
+  stepMethodChars: 16,
+  stepHeaderNameChars: 64,
+  stepServiceChars: 253,
   // Transactional messages (POST /v1/transactions/{id}/messages): they ride in the decision
   // record, so 64 messages of at most 64 KiB keep it well under logMaxRecordBytes... together
   // with maxMessageTotalBytes, which bounds the sum.

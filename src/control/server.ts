@@ -62,6 +62,8 @@ export interface ControlDeps {
 
 const ROUTE = /^\/v1\/tx\/([A-Za-z0-9_-]{1,64})\/(prepare|commit-one-phase|commit|abort|register|outcome|steps|confirm|cancel)$/
 const BATCH_PATH = '/v1/batch'
+const STEP_METHOD = new RegExp(`^[A-Z]{1,${LIMITS.stepMethodChars}}$`)
+const STEP_HEADER_NAME = new RegExp(`^[A-Za-z0-9-]{1,${LIMITS.stepHeaderNameChars}}$`)
 
 /**
  * `deps()` is undefined until the transaction parts exist (start-up): requests then get 503, or
@@ -162,12 +164,12 @@ async function runOp(d: ControlDeps, id: string, op: string, body: Record<string
   const branch = body.branch
   if (!isId(branch)) return new BadRequestError('body.branch must be a branch id')
   if (op === 'confirm' || op === 'cancel') {
-    const m = typeof body.method === 'string' && /^[A-Z]{1,16}$/.test(body.method) ? body.method : 'POST'
+    const m = typeof body.method === 'string' && STEP_METHOD.test(body.method) ? body.method : 'POST'
     const p = typeof body.path === 'string' && body.path.startsWith('/') && body.path.length <= LIMITS.stepPathChars ? body.path : undefined
     const extra = { method: m, path: p, body: undefined as string | undefined, headers: {} as Record<string, string> }
     if (typeof body.body === 'string' && body.body.length <= LIMITS.stepTemplateBodyBytes) extra.body = body.body
     if (typeof body.headers === 'object' && body.headers !== null) {
-      for (const [k, v] of Object.entries(body.headers as Record<string, unknown>)) if (/^[A-Za-z0-9-]{1,64}$/.test(k) && typeof v === 'string' && !k.toLowerCase().startsWith('txmesh-')) extra.headers[k.toLowerCase()] = v
+      for (const [k, v] of Object.entries(body.headers as Record<string, unknown>)) if (STEP_HEADER_NAME.test(k) && typeof v === 'string' && !k.toLowerCase().startsWith('txmesh-')) extra.headers[k.toLowerCase()] = v
     }
     const done = await d.participant.stepHook(id, branch, op, extra)
     if (done === 'failed') return new NotReadyError(`the app did not ${op} step ${branch}; retry later`)
@@ -237,7 +239,7 @@ function parseRefs(v: unknown): ParticipantRef[] | TxmeshError {
 function isOp(v: unknown): v is StepOp {
   const o = v as Record<string, unknown> | null
   if (typeof o !== 'object' || o === null) return false
-  if (typeof o.method !== 'string' || !/^[A-Z]{1,16}$/.test(o.method) || typeof o.path !== 'string' || o.path.length > LIMITS.stepPathChars) return false
+  if (typeof o.method !== 'string' || !STEP_METHOD.test(o.method) || typeof o.path !== 'string' || o.path.length > LIMITS.stepPathChars) return false
   if (o.path !== '' && !o.path.startsWith('/')) return false
   if (o.body !== undefined && (typeof o.body !== 'string' || o.body.length > LIMITS.stepTemplateBodyBytes)) return false
   if (o.headers !== undefined && (typeof o.headers !== 'object' || o.headers === null || Object.values(o.headers).some((h) => typeof h !== 'string'))) return false
@@ -247,7 +249,7 @@ function isOp(v: unknown): v is StepOp {
 /** A step a peer's egress recorded (control POST /steps): checked field by field. */
 function parseStep(v: unknown): StepRecord | TxmeshError {
   const o = v as Record<string, unknown> | null
-  if (typeof o !== 'object' || o === null || !isId(o.id) || typeof o.service !== 'string' || o.service.length > 253 || typeof o.target !== 'string' || o.target.length > LIMITS.stepTargetChars) {
+  if (typeof o !== 'object' || o === null || !isId(o.id) || typeof o.service !== 'string' || o.service.length > LIMITS.stepServiceChars || typeof o.target !== 'string' || o.target.length > LIMITS.stepTargetChars) {
     return new BadRequestError('step must have id, service and target')
   }
   for (const k of ['compensate', 'confirm', 'cancel'] as const) if (o[k] !== undefined && !isOp(o[k])) return new BadRequestError(`step.${k} is malformed`)

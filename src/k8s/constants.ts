@@ -94,3 +94,16 @@ export const WEBHOOK = Object.freeze({
   // namespace's labels, so the path is how the webhook learns that the selector matched.
   namespaceEnabledPath: '/inject/namespace-enabled',
 })
+
+/**
+ * The injected sidecar's probes (period and failures before the kubelet acts, in seconds and
+ * counts; each probe times out after 1 s). Startup allows up to 2 minutes for log replay before
+ * liveness counts (a native sidecar's app starts only once it passed); readiness drops a pod
+ * from its Service after 15 s of failures, liveness restarts the sidecar after 30 s.
+ */
+export const PROBES = Object.freeze({
+  timeoutSeconds: 1,
+  startup: { periodSeconds: 1, failureThreshold: 120 },
+  readiness: { periodSeconds: 5, failureThreshold: 3 },
+  liveness: { periodSeconds: 10, failureThreshold: 3 },
+})

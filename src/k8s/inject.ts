@@ -16,6 +16,7 @@ import {
   MESH_KEY_KEY,
   PORT_NAMES,
   PORTS,
+  PROBES,
   PROXY_CONTAINER,
   PROXY_ENV,
   STATUS_INJECTED,
@@ -484,11 +485,11 @@ export function proxyContainer(s: ProxySettings): Container {
     env.push({ name: 'POD_NAME', valueFrom: { fieldRef: { fieldPath: 'metadata.name' } } })
     logMount[0] = { name: LOG_VOLUME, mountPath: STORE_DIR, subPathExpr: '$(POD_NAME)' }
   }
-  const probe = (path: string, periodSeconds: number, failureThreshold: number): Probe => ({
+  const probe = (path: string, p: { periodSeconds: number; failureThreshold: number }): Probe => ({
     httpGet: { path, port: PROBE_PORT },
-    periodSeconds,
-    timeoutSeconds: 1,
-    failureThreshold,
+    periodSeconds: p.periodSeconds,
+    timeoutSeconds: PROBES.timeoutSeconds,
+    failureThreshold: p.failureThreshold,
   })
   return {
     name: PROXY_CONTAINER,
@@ -502,11 +503,11 @@ export function proxyContainer(s: ProxySettings): Container {
       { name: PORT_NAMES.control, containerPort: PORTS.control, protocol: 'TCP' },
       { name: PORT_NAMES.health, containerPort: PORTS.health, protocol: 'TCP' },
     ],
-    // Startup: up to 2 min for log replay before liveness counts. A native sidecar's app starts
-    // only once this probe passed, so the app never talks to a proxy that is not listening yet.
-    startupProbe: probe('/healthz', 1, 120),
-    readinessProbe: probe('/readyz', 5, 3),
-    livenessProbe: probe('/healthz', 10, 3),
+    // A native sidecar's app starts only once the startup probe passed, so the app never talks
+    // to a proxy that is not listening yet.
+    startupProbe: probe('/healthz', PROBES.startup),
+    readinessProbe: probe('/readyz', PROBES.readiness),
+    livenessProbe: probe('/healthz', PROBES.liveness),
     resources: s.resources,
     securityContext: SECURITY,
     volumeMounts: [...logMount, { name: CONFIG_VOLUME, mountPath: CONFIG_DIR, readOnly: true }],

@@ -58,7 +58,7 @@ export function isBarrierOp(v: unknown): v is BarrierOp {
 }
 
 export function badOpError(v: unknown): PgBadOpError {
-  const got = v === undefined ? 'nothing' : JSON.stringify(String(v).slice(0, 80))
+  const got = v === undefined ? 'nothing' : JSON.stringify(String(v).slice(0, L.echoChars))
   return new PgBadOpError(`${OP_HEADER} must be one of ${BARRIER_OPS.join(', ')}, got ${got}`)
 }
 
@@ -78,7 +78,7 @@ export function barrierIds(from: IncomingMessage | BarrierIds): BarrierIds {
 
 function checkId(name: string, v: unknown): string {
   if (typeof v === 'string' && isValidId(v)) return v
-  const got = v === undefined ? 'nothing' : JSON.stringify(String(v).slice(0, 80))
+  const got = v === undefined ? 'nothing' : JSON.stringify(String(v).slice(0, L.echoChars))
   throw new PgBadIdError(`${name} must match [A-Za-z0-9_-]{1,${L.maxIdLength}}, got ${got}`)
 }
 

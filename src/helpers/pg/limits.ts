@@ -12,6 +12,8 @@ export const PG_HELPER_LIMITS = Object.freeze({
   // while most of them still fit the gid with two 64-character ids (4 + 100 + 1 + 64 + 1 + 64
   // is 234 > 199: ids near the maximum with a long service are refused per request, clearly).
   maxServiceLength: 100,
+  // Characters of a malformed id or op quoted back in an error message (the rest is cut).
+  echoChars: 80,
 
   // default maxOpen: branches holding a checked-out connection (open, not yet prepared). Each
   // one pins a pool connection and its row locks until prepare/abort; 64 is a busy service's
