@@ -88,6 +88,12 @@ export const LIMITS = Object.freeze({
   // transaction delays the others' messages to the same peer by this much at most. Well above a
   // healthy batch's round trip (an app's PREPARE and an fsync, a few ms).
   batchHoldMs: 25,
+  // An item of a control batch still working after this long (a prepare waiting for the app) is
+  // answered 503 on its own, so its batch answers within the caller's controlCallTimeoutMs.
+  batchItemWaitMs: 4_000,
+  // A peer that answered /v1/batch with 404 (an older txmesh) is sent one message at a time for
+  // this long, then asked again (it may have been upgraded).
+  batchReprobeMs: 60_000,
   // Messages waiting for one peer at most (each is a transaction waiting for its answer; at most
   // maxActiveTransactions and maxBranches exist at once): past it they are refused, 503.
   batchMaxQueued: 10_000,

@@ -28,6 +28,7 @@ import type { Server as TlsServer } from 'node:tls'
 import {
   BadRequestError,
   ControlAuthError,
+  InternalError,
   ControlOverloadedError,
   ControlReplayError,
   MethodNotAllowedError,
@@ -107,7 +108,7 @@ export function createControlServer(
     // No match: the batch endpoint (id and op come with each item).
     const [, id, op] = (m ?? []) as unknown as [string, string | undefined, string | undefined]
     const wantMethod = op === 'outcome' ? 'GET' : 'POST'
-    if (req.method !== wantMethod) return respondError(res, new MethodNotAllowedError(`${op} takes ${wantMethod}`))
+    if (req.method !== wantMethod) return respondError(res, new MethodNotAllowedError(`${op ?? 'batch'} takes ${wantMethod}`))
     const text = await readText(req, LIMITS.controlBodyBytes)
     // Over the limit: close after the answer rather than drain the rest of the body.
     if (text instanceof TxmeshError) return respondError(res, text, true)
@@ -124,7 +125,7 @@ export function createControlServer(
     if (op === undefined) {
       const items = parseBatch(body)
       if (items instanceof TxmeshError) return respondError(res, items)
-      const results = await Promise.all(items.map((it) => (it instanceof TxmeshError ? it : runOp(d, it.tx, it.op, it.body))))
+      const results = await Promise.all(items.map((it) => (it instanceof TxmeshError ? it : itemAnswer(runOp(d, it.tx, it.op, it.body), it, d.logger))))
       return sendJson(res, 200, { results: results.map((r) => (r instanceof TxmeshError ? { status: r.status, body: { error: { code: r.code, message: r.message } } } : r)) })
     }
     const answer = await runOp(d, id as string, op, body)
@@ -137,6 +138,27 @@ export function createControlServer(
 interface Answer {
   readonly status: number
   readonly body: Record<string, unknown>
+}
+
+/**
+ * One item of a batch, answered on its own: a failure stays with its item, and an item still
+ * working after LIMITS.batchItemWaitMs (a prepare waiting for the app) is answered 503 so the
+ * others are not held past the caller's timeout (the caller retries a commit or abort; a
+ * prepare answered so counts as a no, as a single prepare that timed out would).
+ */
+function itemAnswer(run: Promise<Answer | TxmeshError>, it: BatchItem, logger: Logger): Promise<Answer | TxmeshError> {
+  let timer: NodeJS.Timeout | undefined
+  const late = new Promise<TxmeshError>((resolve) => {
+    timer = setTimeout(() => resolve(new NotReadyError(`${it.op} of ${it.tx} did not finish within ${LIMITS.batchItemWaitMs} ms; ask again`)), LIMITS.batchItemWaitMs)
+  })
+  const settled = run.then(
+    (a) => a,
+    (err: unknown) => {
+      logger.error('control_failed', { op: it.op, tx: it.tx, error: String(err) })
+      return new InternalError(`${it.op} of ${it.tx} failed`)
+    },
+  )
+  return Promise.race([settled, late]).finally(() => clearTimeout(timer))
 }
 
 const ok = (body: Record<string, unknown>): Answer => ({ status: 200, body })

@@ -29,6 +29,8 @@ export interface BatcherOptions<I, R> {
   readonly flush: (key: string, items: readonly I[]) => Promise<readonly R[]>
   /** The result of an item refused because the peer's queue is full. */
   readonly overloaded: (err: ControlOverloadedError) => R
+  /** The result of every item of an exchange whose flush broke its contract (threw or rejected). */
+  readonly failed: (err: Error) => R
   /** Injected for tests. */
   readonly now?: () => number
 }
@@ -108,14 +110,26 @@ export class Batcher<I, R> {
       p.out.push(started)
       this.counters.batches++
       this.counters.items += batch.length
-      void this.o.flush(key, batch.map((w) => w.item)).then((results) => {
+      const done = (results: readonly R[] | Error): void => {
         p.out.splice(p.out.indexOf(started), 1)
-        for (let i = 0; i < batch.length; i++) (batch[i] as Waiting<I, R>).resolve(results[i] as R)
+        const broken = results instanceof Error ? results : results.length === batch.length ? undefined : new Error(`the exchange answered ${results.length} results for ${batch.length} items`)
+        for (let i = 0; i < batch.length; i++) {
+          const w = batch[i] as Waiting<I, R>
+          w.resolve(broken === undefined ? ((results as readonly R[])[i] as R) : this.o.failed(broken))
+        }
         if (p.out.length === 0 && p.queue.length === 0) {
           clearTimeout(p.timer)
           this.peers.delete(key)
         } else this.schedule(key, p)
-      })
+      }
+      let sent: Promise<readonly R[]>
+      try {
+        sent = this.o.flush(key, batch.map((w) => w.item))
+      } catch (err) {
+        sent = Promise.reject(err as Error)
+      }
+      // Every waiting caller gets an answer, whatever the flush does.
+      sent.then(done, (err: unknown) => done(err instanceof Error ? err : new Error(String(err))))
     }
     // What the loop left (all exchanges out are young): wait as schedule() does.
     this.schedule(key, p)

@@ -27,7 +27,8 @@ export class ControlClient {
   private readonly agent: Agent
   private readonly scheme: 'http' | 'https'
   private readonly batcher: Batcher<BatchedCall, ControlResult>
-  private readonly unbatched = new Set<string>()
+  /** Peers without the batch endpoint, until when they are sent one message at a time. */
+  private readonly unbatched = new Map<string, number>()
 
   constructor(
     private readonly keys: MeshKeys,
@@ -43,6 +44,7 @@ export class ControlClient {
       maxQueued: LIMITS.batchMaxQueued,
       flush: (address, items) => this.flushBatch(address, items),
       overloaded: (err) => ({ ok: false, status: err.status, error: err.code }),
+      failed: (err) => ({ ok: false, status: 0, error: `control batch failed: ${err.message}` }),
     })
   }
 
@@ -61,13 +63,16 @@ export class ControlClient {
 
   private async flushBatch(address: string, items: readonly BatchedCall[]): Promise<ControlResult[]> {
     const single = (): Promise<ControlResult[]> => Promise.all(items.map((c) => this.call(address, 'POST', `/v1/tx/${c.tx}/${c.op}`, { branch: c.branch })))
-    if (this.unbatched.has(address)) return single()
+    const until = this.unbatched.get(address)
+    if (until !== undefined && until > performance.now()) return single()
+    this.unbatched.delete(address)
     const r = await this.call(address, 'POST', '/v1/batch', { items: items.map((c) => ({ tx: c.tx, op: c.op, branch: c.branch })) })
     if (!r.ok) {
       if (r.status === 404 && r.error === 'TXM_NOT_FOUND') {
         // A peer without the batch endpoint: talk to it one message at a time from now on.
+        // Asked again later: the peer may have been upgraded meanwhile.
         if (this.unbatched.size >= MAX_UNBATCHED_PEERS) this.unbatched.clear()
-        this.unbatched.add(address)
+        this.unbatched.set(address, performance.now() + LIMITS.batchReprobeMs)
         return single()
       }
       return items.map(() => r)
@@ -99,14 +104,16 @@ export class ControlClient {
         limit: LIMITS.controlBodyBytes,
       })
       if (res.text === undefined) return { ok: false, status: res.status, error: 'control response too large' }
-      let parsed: Record<string, unknown> = {}
+      let parsed: unknown = {}
       try {
-        parsed = res.text === '' ? {} : (JSON.parse(res.text) as Record<string, unknown>)
+        parsed = res.text === '' ? {} : (JSON.parse(res.text) as unknown)
       } catch {
         return { ok: false, status: res.status, error: 'control response is not JSON' }
       }
-      if (res.status >= 200 && res.status < 300) return { ok: true, status: res.status, body: parsed }
-      const err = (parsed.error as { code?: string } | undefined)?.code ?? `HTTP ${res.status}`
+      if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) return { ok: false, status: res.status, error: 'control response is not a JSON object' }
+      const body = parsed as Record<string, unknown>
+      if (res.status >= 200 && res.status < 300) return { ok: true, status: res.status, body }
+      const err = (body.error as { code?: string } | undefined)?.code ?? `HTTP ${res.status}`
       return { ok: false, status: res.status, error: err }
     } catch (err) {
       return { ok: false, status: 0, error: (err as { code?: string }).code ?? String(err) }

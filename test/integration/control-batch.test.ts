@@ -32,6 +32,9 @@ async function controlListener(): Promise<{ port: number; seen: string[] }> {
     participant: {
       prepare: async (tx: string, branch: string) => {
         seen.push(`prepare ${tx}/${branch}`)
+        if (branch === 'throws') throw new Error('a bug')
+        // Never answers (an app whose prepare hangs): the batch answers this item 503 on its own.
+        if (branch === 'hangs') return new Promise(() => undefined)
         return branch === 'no' ? { kind: 'refused', reason: 'app answered prepare with 409' } : { kind: 'prepared' }
       },
       decide: async (tx: string, branch: string, outcome: string) => {
@@ -89,6 +92,22 @@ describe('control batch endpoint', () => {
     expect(seen).toEqual(['prepare t1/b1', 'prepare t2/no', 'committed t3/b3', 'aborted t4/b4', 'committed t5/busy', 'one-phase t6/b6', 'prepare t1/b1'])
   })
 
+  it('answers an item that throws with 500 and one still working after batchItemWaitMs with 503, and the others as usual', async () => {
+    const { port } = await controlListener()
+    const started = Date.now()
+    const r = await post(port, '/v1/batch', JSON.stringify({ items: [{ tx: 't1', op: 'prepare', branch: 'throws' }, { tx: 't2', op: 'prepare', branch: 'hangs' }, { tx: 't3', op: 'commit', branch: 'b3' }] }))
+    expect(r.status).toBe(200)
+    const results = r.body.results as { status: number; body: { error?: { code: string } } }[]
+    expect(results.map((x) => [x.status, x.body.error?.code])).toEqual([
+      [500, 'TXM_INTERNAL'],
+      [503, 'TXM_NOT_READY'],
+      [200, undefined],
+    ])
+    // Within the caller's timeout, so the items that finished are not lost with the slow one.
+    expect(Date.now() - started).toBeGreaterThanOrEqual(LIMITS.batchItemWaitMs - 100)
+    expect(Date.now() - started).toBeLessThan(LIMITS.controlCallTimeoutMs)
+  }, 15_000)
+
   it('refuses a batch that is not a list of at most batchMaxItems items, and an unsigned one', async () => {
     const { port, seen } = await controlListener()
     const item = { tx: 't1', op: 'prepare', branch: 'b1' }
@@ -131,6 +150,24 @@ describe('control batch endpoint', () => {
     expect(second.ok).toBe(true)
     // Asked once, then remembered.
     expect(paths).toEqual(['POST /v1/batch', 'POST /v1/tx/o1/commit', 'POST /v1/tx/o2/commit', 'POST /v1/tx/o3/commit'])
+
+    // A peer answering nonsense: every item fails with a reason, nothing hangs or throws.
+    for (const [answer, error] of [
+      ['null', 'control response is not a JSON object'],
+      ['[1, 2]', 'control response is not a JSON object'],
+      ['{"results": [{"status": 200, "body": {}}]}', 'control batch answer does not match the batch'],
+      ['{"results": "x"}', 'control batch answer does not match the batch'],
+      ['not json', 'control response is not JSON'],
+    ] as const) {
+      const odd = createServer((req: IncomingMessage, res: ServerResponse) => {
+        req.resume()
+        res.writeHead(200, { 'content-type': 'application/json' }).end(answer)
+      })
+      const oddPort = await listen(odd, '127.0.0.1', 0)
+      closers.push(() => closeServer(odd))
+      const got = await Promise.all([1, 2].map((i) => client.send(`127.0.0.1:${oddPort}`, { tx: `n${i}`, op: 'commit', branch: 'b' })))
+      expect(got.map((a) => !a.ok && a.error), answer).toEqual([error, error])
+    }
 
     // An unreachable peer: every item fails, nothing hangs.
     const dead = await Promise.all([1, 2].map((i) => client.send('127.0.0.1:1', { tx: `d${i}`, op: 'prepare', branch: 'b' })))

@@ -74,6 +74,23 @@ describe('ingress proxy', () => {
     expect(app.seen.length).toBe(before)
   })
 
+  it('refuses the batch hook from outside too: hooks.batch, and the batch beside custom hooks (where txmesh/pg serves it)', async () => {
+    const custom = await inProcessSidecar(sidecarYaml('payments', app.port, 'hooks: {prepare: /tx/prepare, commit: /tx/commit, abort: /tx/abort, batch: /tx-batch}'))
+    try {
+      const before = app.seen.length
+      for (const path of ['/.well-known/txmesh/batch', '/tx/batch', '/TX/Batch?x=1', '/tx%2Fbatch', '/tx-batch', '/tx/commit']) {
+        const r = await rawRequest(custom.ports.ingress, { method: 'POST', path, headers: { host: 'payments' }, body: '{"items":[]}' })
+        expect([r.status, r.headers['x-txmesh-error']], path).toEqual([403, 'TXM_HOOK_FORBIDDEN'])
+      }
+      expect(app.seen.length).toBe(before)
+      // Other paths beside them are the app's own.
+      expect((await rawRequest(custom.ports.ingress, { method: 'POST', path: '/tx/other', headers: { host: 'payments' }, body: '' })).status).toBe(200)
+      expect(app.seen.at(-1)?.url).toBe('/tx/other')
+    } finally {
+      await custom.drain(100)
+    }
+  })
+
   it('answers 502 when the app is down', async () => {
     const down = await inProcessSidecar(sidecarYaml('payments', 1))
     try {

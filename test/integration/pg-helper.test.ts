@@ -246,6 +246,37 @@ describe('txmesh/pg participant helper on real Postgres', () => {
     }
   })
 
+  it('takes a batch a body parser mounted before it already parsed, and refuses one it can no longer read, without hanging', async () => {
+    const pool = new pg.Pool({ connectionString: db.connectionString('app'), max: 4 })
+    pool.on('error', () => undefined)
+    const txm = createTxmeshPg({ pool, service: 'parsed' })
+    // What express.json() does ahead of the middleware: the stream is consumed, req.body is set.
+    const server = createServer((req, res) => {
+      const chunks: Buffer[] = []
+      req.on('data', (c: Buffer) => chunks.push(c))
+      req.on('end', () => {
+        if (req.headers['x-parse'] === '1') (req as IncomingMessage & { body?: unknown }).body = JSON.parse(Buffer.concat(chunks).toString('utf8')) as unknown
+        txm.middleware(req, res, () => json(res, 404, {}))
+      })
+    })
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r))
+    const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}/.well-known/txmesh/batch`
+    try {
+      const body = JSON.stringify({ items: [{ hook: 'commit', tx: newId(), branch: 'b1' }] })
+      const parsed = await request(url, { method: 'POST', headers: { 'content-type': 'application/json', 'x-parse': '1' }, body })
+      expect(parsed.statusCode).toBe(200)
+      expect(((await parsed.body.json()) as { results: { status: number }[] }).results.map((r) => r.status)).toEqual([404])
+      const consumed = await request(url, { method: 'POST', headers: { 'content-type': 'application/json' }, body })
+      expect([consumed.statusCode, consumed.headers['x-txmesh-error']]).toEqual([400, 'TXM_PG_BAD_BATCH'])
+      expect(((await consumed.body.json()) as { error: { message: string } }).error.message).toContain('mount txm.middleware before body parsers')
+    } finally {
+      await txm.close()
+      server.closeAllConnections()
+      await new Promise<void>((r) => server.close(() => r()))
+      await pool.end()
+    }
+  })
+
   it('rolls a prepared branch back on abort: the row is absent and nothing stays prepared', async () => {
     const app = await startApp({ service: 'orders' })
     try {

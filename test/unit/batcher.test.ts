@@ -23,8 +23,26 @@ function batcher(o: { maxItems?: number; maxInFlight?: number; maxQueued?: numbe
         flushes.push({ key, items, release: () => resolve(items.map((i) => `${key}:${i * 10}`)) })
       }),
     overloaded: (err: ControlOverloadedError) => `refused:${err.code}`,
+    failed: (err: Error) => `failed:${err.message}`,
   })
   return { b, flushes }
+}
+
+/** A batcher whose flush breaks its contract in the way given. */
+function broken(how: 'throws' | 'rejects' | 'short'): Batcher<number, string> {
+  return new Batcher<number, string>({
+    maxItems: 64,
+    maxInFlight: 1,
+    holdMs: 60_000,
+    maxQueued: 100,
+    flush: (_key, items) => {
+      if (how === 'throws') throw new Error('boom')
+      if (how === 'rejects') return Promise.reject(new Error('gone'))
+      return Promise.resolve(items.slice(1).map(String))
+    },
+    overloaded: (err: ControlOverloadedError) => `refused:${err.code}`,
+    failed: (err: Error) => `failed:${err.message}`,
+  })
 }
 
 const turn = (): Promise<void> => new Promise((r) => setImmediate(r))
@@ -104,6 +122,20 @@ describe('Batcher', () => {
     flushes[1]?.release()
     flushes[2]?.release()
     expect(await Promise.all(answers)).toEqual([0, 1, 2, 3, 4, 5, 6, 7].map((i) => `p:${i * 10}`))
+  })
+
+  it('answers every caller when a flush throws, rejects or answers too few results, and forgets the peer', async () => {
+    for (const [how, want] of [
+      ['throws', 'failed:boom'],
+      ['rejects', 'failed:gone'],
+      ['short', 'failed:the exchange answered 1 results for 2 items'],
+    ] as const) {
+      const b = broken(how)
+      expect(await Promise.all([b.send('p', 1), b.send('p', 2)]), how).toEqual([want, want])
+      // Later messages still go out (the exchange no longer counts as out).
+      expect(await b.send('p', 3), how).toBe(how === 'short' ? 'failed:the exchange answered 0 results for 1 items' : want)
+      expect((b as unknown as { peers: Map<string, unknown> }).peers.size, how).toBe(0)
+    }
   })
 
   it('refuses a message at once when maxQueued wait for its peer already', async () => {

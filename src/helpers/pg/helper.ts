@@ -444,14 +444,14 @@ class PgParticipant implements TxmeshPg {
       res.setHeader('allow', 'POST')
       return sendError(res, new PgMethodNotAllowedError(`the batch hook takes POST, got ${req.method ?? '?'}`))
     }
-    const text = await readBody(req, L.maxBatchBodyBytes)
+    const text = await readBody(req, L.maxBatchBodyBytes, L.batchReadMs)
     const items = text instanceof PgBadBatchError ? text : parseBatch(text)
     if (items instanceof PgBadBatchError) {
       // Unread bytes of an oversize body would be parsed as the next request: close instead.
       if (text instanceof PgBadBatchError) res.setHeader('connection', 'close')
       return sendError(res, items)
     }
-    const answers = await Promise.all(items.map((it) => (it instanceof TxmeshPgError ? fail(it) : this.runHook(it.hook, it.ids))))
+    const answers = await Promise.all(items.map((it) => (it instanceof TxmeshPgError ? fail(it) : withinItemWait(this.runHook(it.hook, it.ids), it.hook))))
     sendJson(res, 200, { results: answers.map(batchResult) }, undefined)
   }
 
@@ -813,24 +813,52 @@ class PgParticipant implements TxmeshPg {
 }
 
 /** The txmesh ids of a request; undefined when it carries neither header. */
-/** The request body as text, or PgBadBatchError past `limit` bytes (the rest is not read). */
-function readBody(req: IncomingMessage, limit: number): Promise<string | PgBadBatchError> {
+/**
+ * The request body as text, or PgBadBatchError past `limit` bytes (the rest is not read), after
+ * `timeoutMs` without its end, or when something before the helper already read it (a body
+ * parser mounted ahead of the middleware: its parsed JSON is taken then).
+ */
+function readBody(req: IncomingMessage, limit: number, timeoutMs: number): Promise<string | PgBadBatchError> {
+  const parsed = (req as { body?: unknown }).body
+  if (typeof parsed === 'object' && parsed !== null && !Buffer.isBuffer(parsed)) return Promise.resolve(JSON.stringify(parsed))
+  if (req.readableEnded) return Promise.resolve(new PgBadBatchError('the batch body was already read before txmesh/pg saw it: mount txm.middleware before body parsers'))
   return new Promise((resolve) => {
-    const tooLarge = (): void => resolve(new PgBadBatchError(`the batch body is over ${limit} bytes`))
-    if (Number(req.headers['content-length'] ?? 0) > limit) return tooLarge()
+    const finish = (v: string | PgBadBatchError): void => {
+      clearTimeout(timer)
+      req.off('data', onData)
+      resolve(v)
+    }
+    const tooLarge = (): void => finish(new PgBadBatchError(`the batch body is over ${limit} bytes`))
     const chunks: Buffer[] = []
     let n = 0
     const onData = (c: Buffer): void => {
       n += c.length
       if (n <= limit) return void chunks.push(c)
-      req.off('data', onData)
       req.pause()
       tooLarge()
     }
+    const timer = setTimeout(() => {
+      req.pause()
+      finish(new PgBadBatchError(`the batch body did not arrive within ${timeoutMs} ms`))
+    }, timeoutMs)
+    if (Number(req.headers['content-length'] ?? 0) > limit) return tooLarge()
     req.on('data', onData)
-    req.once('end', () => resolve(Buffer.concat(chunks).toString('utf8')))
-    req.once('error', () => resolve(new PgBadBatchError('the batch body could not be read')))
+    req.once('end', () => finish(Buffer.concat(chunks).toString('utf8')))
+    req.once('error', () => finish(new PgBadBatchError('the batch body could not be read')))
   })
+}
+
+/**
+ * A batch item still working after batchItemWaitMs (a prepare waiting for the branch's running
+ * request) is answered 503 on its own, so the batch answers before the sidecar gives up on it
+ * (its hookCallTimeoutMs): a prepare answered so votes no, a commit or abort is asked again.
+ */
+function withinItemWait(run: Promise<HookAnswer>, hook: string): Promise<HookAnswer> {
+  let timer: NodeJS.Timeout | undefined
+  const late = new Promise<HookAnswer>((resolve) => {
+    timer = setTimeout(() => resolve(fail(new PgBranchBusyError(`the ${hook} did not finish within ${L.batchItemWaitMs} ms; ask again`))), L.batchItemWaitMs)
+  })
+  return Promise.race([run, late]).finally(() => clearTimeout(timer))
 }
 
 /** `{items: [{hook, tx, branch}]}`: a malformed list refuses the batch, a malformed item only itself. */

@@ -54,6 +54,10 @@ export const PG_HELPER_LIMITS = Object.freeze({
   // sends at most 64 items (its LIMITS.batchMaxItems) of ~500 bytes (ids and the context).
   maxBatchItems: 64,
   maxBatchBodyBytes: 64 * 1024,
+  // The batch body must arrive within this (the sidecar sends it at once); an item still working
+  // after batchItemWaitMs is answered 503 on its own, below the sidecar's 10 s hook timeout.
+  batchReadMs: 5_000,
+  batchItemWaitMs: 8_000,
 
   // Finished branches remembered, so a late request of a prepared/failed branch is refused
   // instead of silently starting a new transaction, and a repeated prepare answers the same.

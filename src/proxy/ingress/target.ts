@@ -11,8 +11,11 @@ export function ingressResolver(cfg: SidecarConfig): TargetResolver {
   const fallbackHost = `${cfg.service}`
   // The participant hooks commit and abort the app's work: only this sidecar calls them.
   // Compared case-folded and percent-decoded: many app routers match paths that way.
-  const hooks = new Set([cfg.hooks.prepare, cfg.hooks.commit, cfg.hooks.abort].map((h) => h.toLowerCase()))
-  const hookPrefix = commonDir(cfg.hooks.prepare)
+  // The batch hook carries the same calls, several at once: its configured path, and the
+  // `batch` beside each hook, where txmesh/pg serves it whether or not hooks.batch is set.
+  const twoPhase = [cfg.hooks.prepare, cfg.hooks.commit, cfg.hooks.abort]
+  const batchPaths = twoPhase.map((h) => `${h.slice(0, h.lastIndexOf('/'))}/batch`)
+  const hooks = new Set([...twoPhase, ...batchPaths, ...(cfg.hooks.batch === undefined ? [] : [cfg.hooks.batch])].map((h) => h.toLowerCase()))
   return (url: string, hostHeader: string | undefined): Target | TxmeshError => {
     if (!url.startsWith('/')) {
       // Absolute-form at ingress: keep only the path; the app is the only upstream here.
@@ -28,17 +31,19 @@ export function ingressResolver(cfg: SidecarConfig): TargetResolver {
       // own cancel hook, once the server has checked its signed context (ProxyServer.onRequest).
       return { origin, connectHost: host, connectPort: port, host: hostHeader ?? fallbackHost, path: cfg.hooks.cancel + (q < 0 ? '' : url.slice(q)), stepHook: 'cancel' }
     }
-    if (hooks.has(folded) || (hookPrefix !== undefined && folded.startsWith(hookPrefix))) {
+    if (hooks.has(folded) || folded.startsWith(HOOK_DIR)) {
       return new HookForbiddenError(`${path} is a participant hook; only the app's own sidecar calls it`)
     }
     return { origin, connectHost: host, connectPort: port, host: hostHeader ?? fallbackHost, path: url }
   }
 }
 
-/** `/.well-known/txmesh/` for the default hooks: every path under it is refused at ingress. */
-function commonDir(hook: string): string | undefined {
-  return hook.startsWith('/.well-known/txmesh/') ? '/.well-known/txmesh/' : undefined
-}
+/**
+ * Where the default hooks live (and txmesh/pg serves them unless told otherwise): every path
+ * under it is refused at ingress, whatever hooks this sidecar is configured with, so an app
+ * whose helper still serves the defaults is not reachable there either.
+ */
+const HOOK_DIR = '/.well-known/txmesh/'
 
 function foldPath(path: string): string {
   // Runs on every ingress request: decode and collapse only when there is something to.

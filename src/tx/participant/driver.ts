@@ -109,6 +109,7 @@ export class ParticipantDriver {
             maxQueued: LIMITS.batchMaxQueued,
             flush: (_app, items) => this.flushHooks(batchPath, items),
             overloaded: (err) => err,
+            failed: (err) => err,
           })
   }
 
