@@ -293,6 +293,9 @@ export async function startBankCluster(o: ClusterOptions): Promise<BankCluster> 
           listenersYaml(ports),
           `mesh: {advertise: "127.0.0.1:${controlProxy.port}"}`,
           `defaults: {timeoutMs: ${INGRESS_TIMEOUT_MS}}`,
+          // bank-a and bank-b take their 2PC hook calls batched (txmesh/pg serves the batch hook),
+          // bank-c one request per call: both paths go through the faults.
+          ...(service === 'bank-c' ? [] : ['hooks: {batch: /.well-known/txmesh/batch}']),
         ].join('\n'),
       )
       const sidecar = new Managed(`${service}/sidecar`, 'participant-sidecar', sidecarArgs(file, ports), { TXMESH_MESH_KEY: MESH_KEY }, join(dir, 'sidecar.log'), o.onSelfExit)
