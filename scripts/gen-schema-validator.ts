@@ -19,7 +19,8 @@ const SCHEMA = new URL('../config/txmesh.schema.json', import.meta.url)
 /** The generated module's text for the schema as it is now. */
 export function generateValidator(): string {
   const ajv = new Ajv({ allErrors: true, strict: true, code: { source: true, esm: true } })
-  const code = standaloneCode(ajv, ajv.compile(JSON.parse(readFileSync(SCHEMA, 'utf8')) as object))
+  const schema = JSON.parse(readFileSync(SCHEMA, 'utf8')) as { properties: { service: { pattern: string } }; definitions: { address: { pattern: string } } }
+  const code = standaloneCode(ajv, ajv.compile(schema))
   // ajv's ESM output still require()s its runtime helpers: turn each into an import.
   const imports: string[] = []
   // A CJS module's default import is module.exports under Node and, with __esModule set, its
@@ -36,6 +37,9 @@ export function generateValidator(): string {
     ...imports,
     'const cjs = (m) => (typeof m === "function" ? { default: m } : m)',
     body.replace(/^"use strict";/, ''),
+    // The patterns src/config/load.ts checks values given outside the file against (--service,
+    // --advertise and their environment variables), so it need not read the schema at start.
+    `export const PATTERNS = ${JSON.stringify({ service: schema.properties.service.pattern, address: schema.definitions.address.pattern })}`,
     '',
   ].join('\n')
 }

@@ -9,21 +9,13 @@ import { LIMITS } from '../limits.js'
 import { readSecretFile, readTlsMaterial } from '../secrets.js'
 import { parseMeshKeys } from '../tx/keys.js'
 import { compileCoordinators } from '../tx/protocol.js'
-import validateSchema from './schema-validator.generated.js'
+import validateSchema, { PATTERNS } from './schema-validator.generated.js'
 import type { HostPort, RetryOn, RetryPolicy, RoutePolicy, SidecarConfig, Direction, StepRequestTemplate, TlsSettings } from './types.js'
 
 export const SCHEMA_URL = new URL('../../config/txmesh.schema.json', import.meta.url)
 
-interface Schema {
-  readonly properties: { readonly service: { readonly pattern: string } }
-  readonly definitions: { readonly address: { readonly pattern: string } }
-}
-let schemaJson: Schema | undefined
 /** ajv's validate function: errors of the last call on the function itself. */
 type Validator = ((data: unknown) => boolean) & { errors?: ErrorObject[] | null }
-function schema(): Schema {
-  return (schemaJson ??= JSON.parse(readFileSync(SCHEMA_URL, 'utf8')) as Schema)
-}
 /** The schema compiled ahead of time (scripts/gen-schema-validator.ts): no ajv compile at start. */
 function schemaValidator(): Validator {
   return validateSchema as Validator
@@ -298,7 +290,7 @@ function build(raw: RawConfig, file: string, doc: Document, at: (o: number) => {
   }
   // Values from flags/env have no position: line 0, like an unreadable file.
   const given = (g: Given, message: string): void => void problems.push({ file, line: 0, col: 0, message: `${g.from}: ${message}` })
-  if (o.service !== undefined && !new RegExp(schema().properties.service.pattern).test(o.service.value)) {
+  if (o.service !== undefined && !new RegExp(PATTERNS.service).test(o.service.value)) {
     given(o.service, `"${o.service.value}" is not a service name (lowercase letters, digits, '-' and '.', at most 63, starting and ending with a letter or digit)`)
   }
   const service = o.service?.value ?? raw.service
@@ -468,7 +460,7 @@ function advertiseAddress(value: string): string | undefined {
   const colon = value.lastIndexOf(':')
   const host = value.slice(0, colon)
   const normal = colon > 0 && isIPv6(host) ? `[${host}]${value.slice(colon)}` : value
-  if (!new RegExp(schema().definitions.address.pattern).test(normal)) return undefined
+  if (!new RegExp(PATTERNS.address).test(normal)) return undefined
   const port = Number(normal.slice(normal.lastIndexOf(':') + 1))
   return port >= 1 && port <= 65535 ? normal : undefined
 }
