@@ -7,6 +7,7 @@ import { resolve as resolvePath } from 'node:path'
 import { EventHub } from './admin/events.js'
 import { createHealthServer } from './admin/health.js'
 import { createAdminServer, type Readiness } from './admin/server.js'
+import { checkAdminToken } from './config/load.js'
 import type { ListenerName, SidecarConfig } from './config/types.js'
 import { createControlServer, type ControlDeps } from './control/server.js'
 import { ConfigInvalidError, MeshKeyMissingError } from './errors.js'
@@ -22,7 +23,7 @@ import { ProxyServer } from './proxy/server.js'
 import { ControlClient } from './tx/control-client.js'
 import { KeyRing, watchKeyFile } from './tx/keys.js'
 import { PeerTls } from './peer-tls.js'
-import { readTlsMaterial } from './secrets.js'
+import { readSecretFile, readTlsMaterial, watchFiles } from './secrets.js'
 import { CoordinatorDriver } from './tx/coordinator/driver.js'
 import { ParticipantDriver } from './tx/participant/driver.js'
 import { StepCoordinator } from './tx/steps/driver.js'
@@ -64,6 +65,9 @@ export async function startSidecar(config: SidecarConfig, log: Logger): Promise<
   const txEnabled = keys !== undefined
   const peerTls = config.tls === undefined ? undefined : startPeerTls(config, log)
   const stopKeyWatch = keys !== undefined && config.mesh.keyFile !== undefined ? watchKeyFile(keys, config.mesh.keyFile, log) : undefined
+  // The admin token: admin.tokenFile is re-read when it changes, as the mesh key file is.
+  let adminToken = config.admin.token
+  const stopTokenWatch = config.admin.tokenFile === undefined ? undefined : watchAdminTokenFile(config.admin.tokenFile, log, () => adminToken, (t) => (adminToken = t))
   let coordinator: CoordinatorDriver | undefined
   let participant: ParticipantDriver | undefined
   let steps: StepCoordinator | undefined
@@ -101,7 +105,7 @@ export async function startSidecar(config: SidecarConfig, log: Logger): Promise<
     }),
     txUnavailable: () => (txEnabled ? undefined : new MeshKeyMissingError('transactions need a mesh key (TXMESH_MESH_KEY or mesh.keyFile)')),
     logger: log,
-    token: config.admin.token,
+    token: () => adminToken,
   })
   const health = L.health === undefined ? undefined : createHealthServer(() => readiness)
   const control = createControlServer(() => controlDeps, peerTls, undefined, () => (txEnabled ? undefined : new MeshKeyMissingError('transactions need a mesh key (TXMESH_MESH_KEY or mesh.keyFile)')))
@@ -202,6 +206,7 @@ export async function startSidecar(config: SidecarConfig, log: Logger): Promise<
         await fileLog?.close()
         loop?.close()
         stopKeyWatch?.()
+        stopTokenWatch?.()
         peerTls?.close()
         // Every span has ended by now (responses closed, open transactions cut by close()):
         // flush them before the process exits.
@@ -214,6 +219,7 @@ export async function startSidecar(config: SidecarConfig, log: Logger): Promise<
   } catch (err) {
     await Promise.allSettled(bound.map(closeServer))
     stopKeyWatch?.()
+    stopTokenWatch?.()
     peerTls?.close()
     await fileLog?.close()
     await appPool?.close()
@@ -254,4 +260,29 @@ function committedIn(records: readonly { txId: string; body: Readonly<Record<str
     if (r.txId.startsWith('c:') || (r.txId.startsWith('s:') && r.body.outcome === 'committed')) out.push(r.txId.slice(2))
   }
   return out
+}
+
+/**
+ * Re-reads admin.tokenFile when it changes: a valid new token replaces the old one at once (the
+ * old one is refused from then on); an unreadable or invalid file keeps the current token.
+ */
+function watchAdminTokenFile(file: string, log: Logger, current: () => Buffer | undefined, replace: (t: Buffer) => void): () => void {
+  let warned: string | undefined
+  return watchFiles([file], () => {
+    let t: Buffer | string
+    try {
+      t = checkAdminToken(readSecretFile(file).toString('utf8'))
+    } catch (err) {
+      t = `cannot read: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`
+    }
+    if (typeof t === 'string') {
+      if (warned !== t) log.warn('admin_token_file_invalid', { file, problem: t, keeping: 'the current token' })
+      warned = t
+      return
+    }
+    warned = undefined
+    if (current()?.equals(t) === true) return
+    replace(t)
+    log.info('admin_token_reloaded', { file })
+  })
 }

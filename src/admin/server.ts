@@ -59,8 +59,11 @@ export interface AdminDeps {
   readonly traceUrl?: string | undefined
   /** Transaction events for GET /v1/events (the dashboard). */
   readonly events?: EventHub | undefined
-  /** Bearer token every request but the probes must carry (config admin); undefined: none. */
-  readonly token?: Buffer | undefined
+  /**
+   * Bearer token every request but the probes must carry (config admin), read at each request
+   * (admin.tokenFile is re-read when it changes); undefined: none.
+   */
+  readonly token?: (() => Buffer | undefined) | undefined
 }
 
 /**
@@ -109,8 +112,9 @@ export function createAdminServer(d: AdminDeps): Server {
     const path = (req.url ?? '/').split('?')[0] as string
     const method = req.method ?? 'GET'
     if (answerProbe(res, path, d.readiness)) return
-    if (d.token !== undefined) {
-      const refusal = checkToken(req, path, d.token)
+    const token = d.token?.()
+    if (token !== undefined) {
+      const refusal = checkToken(req, path, token)
       if (refusal !== undefined) {
         // The body is not read: close after the answer so it is not parsed as a request.
         req.resume()

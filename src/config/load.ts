@@ -369,7 +369,7 @@ function build(raw: RawConfig, file: string, doc: Document, at: (o: number) => {
       advertise,
       keyFile,
     },
-    admin: { token },
+    admin: { token, tokenFile: raw.admin?.tokenFile },
     tls,
     storeDir: o.storeDir?.value ?? raw.store?.dir ?? `txmesh-data/${service}`,
     hooks: {
@@ -419,12 +419,15 @@ function isLoopback(host: string): boolean {
  * A token shorter than LIMITS.adminTokenMinBytes, or an admin listener off loopback without a
  * token, is a problem (reported with the key's position when it has one).
  */
+/** An admin token as read from its file or variable, or what is wrong with it. */
+export function checkAdminToken(text: string): Buffer | string {
+  const t = text.trim()
+  if (t === '') return 'holds no token'
+  return Buffer.byteLength(t) < LIMITS.adminTokenMinBytes ? `the token is shorter than ${LIMITS.adminTokenMinBytes} bytes` : Buffer.from(t)
+}
+
 function adminToken(raw: RawConfig['admin'], host: string, problem: (path: (string | number)[] | undefined, message: string) => void): Buffer | undefined {
-  const check = (text: string): Buffer | string => {
-    const t = text.trim()
-    if (t === '') return 'holds no token'
-    return Buffer.byteLength(t) < LIMITS.adminTokenMinBytes ? `the token is shorter than ${LIMITS.adminTokenMinBytes} bytes` : Buffer.from(t)
-  }
+  const check = checkAdminToken
   let token: Buffer | undefined
   if (raw?.tokenFile !== undefined && raw.tokenEnv !== undefined) {
     problem(['admin', 'tokenFile'], 'admin: give tokenEnv or tokenFile, not both')

@@ -84,7 +84,7 @@ export interface SidecarConfig {
     readonly keyFile: string | undefined
   }
   /** Admin listener authentication: the bearer token (admin.tokenEnv / admin.tokenFile), if any. */
-  readonly admin: { readonly token: Buffer | undefined }
+  readonly admin: { readonly token: Buffer | undefined; readonly tokenFile: string | undefined }
   /** TLS between sidecars (ingress and control listeners, calls to peers); undefined: plain HTTP. */
   readonly tls: TlsSettings | undefined
   readonly storeDir: string

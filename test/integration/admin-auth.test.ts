@@ -12,7 +12,7 @@ import { chromium } from 'playwright-core'
 import { request } from 'undici'
 import { afterAll, afterEach, describe, expect, it } from 'vitest'
 import { createTxmeshPg } from '../../src/helpers/pg/index.js'
-import { CLI, rawRequest, sidecarYaml, spawnSidecar, type SidecarProcess } from '../helpers/servers.js'
+import { CLI, rawRequest, sidecarYaml, spawnSidecar, until, type SidecarProcess } from '../helpers/servers.js'
 import { startTxApp, type TxApp } from '../helpers/tx-app.js'
 
 const TOKEN = 'admin-token-for-tests-0123456789'
@@ -170,6 +170,26 @@ describe('admin API authentication', () => {
       if (saved === undefined) delete process.env.TXMESH_ADMIN_TOKEN
       else process.env.TXMESH_ADMIN_TOKEN = saved
     }
+  })
+
+  it('re-reads admin.tokenFile when it changes: the new token works and the old one is refused; a bad file keeps the current token', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'txmesh-token-'))
+    const file = join(dir, 'token')
+    writeFileSync(file, `${TOKEN}\n`)
+    const sc = await spawnSidecar(exposedYaml('orders', 1, `admin: {tokenFile: ${JSON.stringify(file)}}`).replace('log: {level: silent}', 'log: {level: info}'))
+    procs.push(sc)
+    const status = async (token: string): Promise<number> => (await get(sc.ports.admin, '/v1/transactions', { authorization: `Bearer ${token}` })).status
+    expect(await status(TOKEN)).toBe(200)
+    const next = 'rotated-admin-token-0123456789abcdef'
+    writeFileSync(file, next)
+    await until('the new token is taken', async () => (await status(next)) === 200, 10_000, 100)
+    expect((await get(sc.ports.admin, '/v1/transactions', { authorization: `Bearer ${TOKEN}` })).code).toBe('TXM_ADMIN_UNAUTHORIZED')
+    // Too short: refused with a warning, the current token stays.
+    writeFileSync(file, 'short')
+    await until('the bad file was seen', () => sc.stderr().includes('admin_token_file_invalid'), 10_000, 100)
+    expect(await status(next)).toBe(200)
+    expect(await status('short')).toBe(401)
+    expect(sc.stderr()).not.toContain(next)
   })
 
   it('serves the dashboard with a token: its API calls carry the bearer token and its event stream the query parameter', async () => {
