@@ -35,6 +35,8 @@ export const ANNOTATIONS = Object.freeze({
   image: 'txmesh.io/image',
   service: 'txmesh.io/service',
   meshKeySecret: 'txmesh.io/mesh-key-secret',
+  tlsSecret: 'txmesh.io/tls-secret',
+  adminTokenSecret: 'txmesh.io/admin-token-secret',
 })
 
 /** Value of `txmesh.io/status` on an injected pod template: the idempotency marker. */
@@ -64,6 +66,16 @@ export const CONFIG_FILE = `${CONFIG_DIR}/${CONFIG_KEY}`
 export const STORE_DIR = '/var/lib/txmesh'
 
 export const MESH_KEY_KEY = 'mesh-key'
+
+/**
+ * Peer TLS (txmesh.io/tls-secret): the Secret is mounted here, with the keys a cert-manager
+ * Certificate's Secret has (tls.crt, tls.key, ca.crt); the config's `tls` names the files.
+ */
+export const TLS_VOLUME = 'txmesh-tls'
+export const TLS_DIR = '/var/run/secrets/txmesh/tls'
+export const TLS_FILES = Object.freeze({ certFile: `${TLS_DIR}/tls.crt`, keyFile: `${TLS_DIR}/tls.key`, caFile: `${TLS_DIR}/ca.crt` })
+/** The admin token (txmesh.io/admin-token-secret): this key of the Secret, as TXMESH_ADMIN_TOKEN. */
+export const ADMIN_TOKEN_KEY = 'token'
 
 export const DEFAULTS = Object.freeze({
   configMap: 'txmesh-config',

@@ -5,6 +5,7 @@
 import { InjectConflictError, InjectInvalidError, InjectNoAppPortError, ManifestInvalidError } from '../errors.js'
 import {
   ANNOTATIONS,
+  ADMIN_TOKEN_KEY,
   CONFIG_DIR,
   CONFIG_FILE,
   ENV_CONFIGMAP,
@@ -21,6 +22,8 @@ import {
   PROXY_ENV,
   STATUS_INJECTED,
   STORE_DIR,
+  TLS_DIR,
+  TLS_VOLUME,
   TXMESH_GID,
   TXMESH_UID,
   defaultImage,
@@ -50,6 +53,10 @@ export interface ProxySettings {
   readonly image: string
   readonly service: string
   readonly meshKeySecret: string
+  /** Secret mounted for peer TLS (txmesh.io/tls-secret), if any. */
+  readonly tlsSecret: string | undefined
+  /** Secret whose `token` is the admin token of the sidecar and of the app's CLI/helper, if any. */
+  readonly adminTokenSecret: string | undefined
   readonly resources: ResourceRequirements
   readonly logPvc: string | undefined
 }
@@ -303,6 +310,9 @@ function resolveSettings(template: JsonObject, view: PodSpecView, ctx: TemplateC
   }
   const configMap = name(ANNOTATIONS.config, DEFAULTS.configMap, 'ConfigMap')
   const meshKeySecret = name(ANNOTATIONS.meshKeySecret, DEFAULTS.meshKeySecret, 'Secret')
+  const optionalName = (key: string, what: string): string | undefined => (annotation(key) === undefined ? undefined : name(key, '', what))
+  const tlsSecret = optionalName(ANNOTATIONS.tlsSecret, 'Secret')
+  const adminTokenSecret = optionalName(ANNOTATIONS.adminTokenSecret, 'Secret')
   const logPvcText = annotation(ANNOTATIONS.logPvc)
   const logPvc = logPvcText === undefined ? undefined : name(ANNOTATIONS.logPvc, logPvcText, 'PersistentVolumeClaim')
 
@@ -317,6 +327,8 @@ function resolveSettings(template: JsonObject, view: PodSpecView, ctx: TemplateC
     image,
     service: serviceName(template, ctx, annotation),
     meshKeySecret,
+    tlsSecret,
+    adminTokenSecret,
     resources: resources(at, annotation),
     logPvc,
   }
@@ -450,7 +462,7 @@ function checkConflicts(view: PodSpecView, s: ProxySettings, at: string): void {
     })
   }
   view.volumes?.forEach((v, i) => {
-    if (v.name === LOG_VOLUME || v.name === CONFIG_VOLUME) {
+    if (v.name === LOG_VOLUME || v.name === CONFIG_VOLUME || v.name === TLS_VOLUME) {
       throw new InjectConflictError(`a volume is already named "${String(v.name)}"`, { path: `${at}/spec/volumes/${i}/name` })
     }
   })
@@ -477,6 +489,7 @@ export function proxyContainer(s: ProxySettings): Container {
     { name: 'TXMESH_ADVERTISE', value: `$(POD_IP):${PORTS.control}` },
     { name: 'TXMESH_STORE_DIR', value: STORE_DIR },
     { name: 'TXMESH_MESH_KEY', valueFrom: { secretKeyRef: { name: s.meshKeySecret, key: MESH_KEY_KEY } } },
+    ...adminTokenEnv(s),
   ]
   const logMount: VolumeMount[] = [{ name: LOG_VOLUME, mountPath: STORE_DIR }]
   if (s.logPvc !== undefined) {
@@ -510,8 +523,17 @@ export function proxyContainer(s: ProxySettings): Container {
     livenessProbe: probe('/healthz', PROBES.liveness),
     resources: s.resources,
     securityContext: SECURITY,
-    volumeMounts: [...logMount, { name: CONFIG_VOLUME, mountPath: CONFIG_DIR, readOnly: true }],
+    volumeMounts: [
+      ...logMount,
+      { name: CONFIG_VOLUME, mountPath: CONFIG_DIR, readOnly: true },
+      ...(s.tlsSecret === undefined ? [] : [{ name: TLS_VOLUME, mountPath: TLS_DIR, readOnly: true }]),
+    ],
   }
+}
+
+/** TXMESH_ADMIN_TOKEN from the admin token Secret (sidecar and app containers), when annotated. */
+function adminTokenEnv(s: Pick<ProxySettings, 'adminTokenSecret'>): EnvVar[] {
+  return s.adminTokenSecret === undefined ? [] : [{ name: 'TXMESH_ADMIN_TOKEN', valueFrom: { secretKeyRef: { name: s.adminTokenSecret, key: ADMIN_TOKEN_KEY } } }]
 }
 
 /**
@@ -558,7 +580,8 @@ export function volumes(s: ProxySettings): Volume[] {
   // emptyDir dies with the pod: its in-doubt branches then rely on the coordinator's presumed
   // abort and peers' retries (README, Kubernetes). A claim keeps the log across rescheduling.
   const log: Volume = s.logPvc === undefined ? { name: LOG_VOLUME, emptyDir: {} } : { name: LOG_VOLUME, persistentVolumeClaim: { claimName: s.logPvc } }
-  return [log, { name: CONFIG_VOLUME, configMap: { name: s.configMap, items: [{ key: CONFIG_KEY, path: CONFIG_KEY }] } }]
+  const tls: Volume[] = s.tlsSecret === undefined ? [] : [{ name: TLS_VOLUME, secret: { secretName: s.tlsSecret } }]
+  return [log, { name: CONFIG_VOLUME, configMap: { name: s.configMap, items: [{ key: CONFIG_KEY, path: CONFIG_KEY }] } }, ...tls]
 }
 
 function proxyEnv(): EnvVar[] {
@@ -602,11 +625,14 @@ function buildPatch(template: JsonObject, view: PodSpecView, s: ProxySettings, a
     add('/spec/containers/-', proxy)
   }
 
-  if (s.capture === 'env') {
+  // The app's containers: the proxy variables (env capture) and the admin token (txmesh/pg's
+  // recovery and the CLI call the sidecar's admin API with it).
+  const appEnv = [...(s.capture === 'env' ? proxyEnv() : []), ...adminTokenEnv(s)]
+  if (appEnv.length > 0) {
     view.containers.forEach((c, i) => {
       const have = new Set(Array.isArray(c.env) ? c.env.filter(isObject).map((e) => e.name) : [])
       // A variable the container already sets is its owner's choice; it is left alone.
-      const missing = proxyEnv().filter((e) => !have.has(e.name))
+      const missing = appEnv.filter((e) => !have.has(e.name))
       if (missing.length === 0) return
       if (!Array.isArray(c.env)) add(`/spec/containers/${i}/env`, missing)
       else for (const e of missing) add(`/spec/containers/${i}/env/-`, e)

@@ -405,6 +405,8 @@ describe('txmesh inject: errors name the document and the line', () => {
     ['app port is a sidecar port', '        txmesh.io/app-port: "15006"\n', InjectConflictError, /app port 15006 is one of the sidecar's own ports/],
     ['bad ConfigMap name', '        txmesh.io/config: My_Config\n', InjectInvalidError, /"My_Config" is not a valid ConfigMap name/],
     ['bad service name', '        txmesh.io/service: Orders Service\n', InjectInvalidError, /service name "Orders Service" \(from annotation txmesh\.io\/service\)/],
+    ['bad TLS Secret name', '        txmesh.io/tls-secret: Mesh_TLS\n', InjectInvalidError, /txmesh\.io\/tls-secret: "Mesh_TLS" is not a valid Secret name/],
+    ['empty admin token Secret name', '        txmesh.io/admin-token-secret: ""\n', InjectInvalidError, /txmesh\.io\/admin-token-secret: "" is not a valid Secret name/],
   ]
   for (const [what, annotations, Cls, message] of bad) {
     it(`${what}: ${new Cls('' as never).code}`, () => {
@@ -426,6 +428,9 @@ describe('txmesh inject: errors name the document and the line', () => {
     const host = thrown(() => inject(deployment('').replace('    spec:\n      containers:', '    spec:\n      hostNetwork: true\n      containers:'), 'app.yaml'))
     expect(host.code).toBe('TXM_INJECT_CONFLICT')
     expect(host.message).toMatch(/^app\.yaml:21:20: .*a hostNetwork pod shares the node's ports/)
+    const tls = thrown(() => inject(deployment('        txmesh.io/tls-secret: mesh-tls\n').replace('    spec:\n      containers:', '    spec:\n      volumes:\n      - name: txmesh-tls\n        emptyDir: {}\n      containers:'), 'app.yaml'))
+    expect(tls.code).toBe('TXM_INJECT_CONFLICT')
+    expect(tls.message).toMatch(/a volume is already named "txmesh-tls"/)
   })
 
   it('YAML syntax errors: TXM_MANIFEST_INVALID with file:line:col and nothing written', () => {
