@@ -120,8 +120,11 @@ export class ProxyServer {
     if (this.draining) res.shouldKeepAlive = false
     const facts = newFacts(expectContinue)
     const headers = forwardRequestHeaders(req.rawHeaders, req.socket.remoteAddress, facts)
+    // A request refused with a body still to come closes its connection after the answer, so
+    // the unread bytes are not parsed as the next request.
+    const hasBody = facts.contentLength !== 0 || facts.chunked
     const target = this.o.resolve(req.url ?? '/', facts.host ?? this.tunnelAuthority.get(req.socket))
-    if (target instanceof TxmeshError) return respondError(res, target, facts.contentLength !== 0 || facts.chunked)
+    if (target instanceof TxmeshError) return respondError(res, target, hasBody)
     const method = req.method ?? 'GET'
     const route = matchRoute(this.o.config, this.o.direction, hostName(target.host), target.path, method)
     const refusal = checkLimits(route, facts, target.path.length + method.length)
@@ -145,7 +148,7 @@ export class ProxyServer {
             : tx.ingress(facts.context, route, headers)
       if (h instanceof TxmeshError) {
         if (trace !== undefined) trace.errorType = h.code
-        return respondError(res, h, facts.contentLength !== 0 || facts.chunked)
+        return respondError(res, h, hasBody)
       }
       hook = h
     }
@@ -154,13 +157,12 @@ export class ProxyServer {
       if (refused !== undefined) {
         hook?.onEnd()
         if (trace !== undefined) trace.errorType = refused.code
-        return respondError(res, refused, facts.contentLength !== 0 || facts.chunked)
+        return respondError(res, refused, hasBody)
       }
     }
     if (facts.expectContinue) res.writeContinue()
     headers.push('host', target.host)
 
-    const hasBody = facts.contentLength !== 0 || facts.chunked
     let body: ForwardBody = null
     if (facts.chunked) {
       body = pipeline(req, new BodyLimit(route.maxBodyBytes), noop)
