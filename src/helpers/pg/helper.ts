@@ -154,6 +154,12 @@ const WRITE_COMMANDS = new Set(['INSERT', 'UPDATE', 'DELETE', 'MERGE'])
 
 const DEFAULT_SIDECAR_ADMIN = 'http://127.0.0.1:15000'
 const DEFAULT_HOOK_PREFIX = '/.well-known/txmesh'
+// What a late request of a branch finished normally is told: one instance each, made once (an
+// error's stack trace costs more than the rest of closing a branch, and nobody reads it).
+const CLOSED_READ_ONLY = new PgBranchClosedError('the branch is finished (read-only)')
+const CLOSED_PREPARED = new PgBranchClosedError('the branch is already prepared')
+const CLOSED_COMMITTED = new PgBranchClosedError('the branch is committed')
+
 const HOOKS = new Set(['prepare', 'commit', 'abort'])
 const BATCH_HOOK = 'batch'
 
@@ -493,7 +499,7 @@ class PgParticipant implements TxmeshPg {
         // A read-only commit can still fail (serializable isolation); its reads are then void.
         return this.refuse(b, new PgBranchFailedError(`COMMIT of the read-only branch failed: ${messageOf(err)}`, { sqlstate: sqlstateOf(err) }))
       }
-      this.closeBranch(b, { kind: 'read-only' }, new PgBranchClosedError('the branch is finished (read-only)'), undefined)
+      this.closeBranch(b, { kind: 'read-only' }, CLOSED_READ_ONLY, undefined)
       this.emit({ event: 'branch_read_only', gid: b.gid })
       return { kind: 'read-only' }
     }
@@ -514,7 +520,7 @@ class PgParticipant implements TxmeshPg {
       this.closeBranch(b, { kind: 'failed', error }, error, undefined)
       return fail(error)
     }
-    this.closeBranch(b, { kind: 'prepared' }, new PgBranchClosedError('the branch is already prepared'), undefined)
+    this.closeBranch(b, { kind: 'prepared' }, CLOSED_PREPARED, undefined)
     this.emit({ event: 'branch_prepared', gid: b.gid })
     return ok({ vote: 'prepared', gid: b.gid })
   }
@@ -563,7 +569,7 @@ class PgParticipant implements TxmeshPg {
       if (sqlstate !== undefined) return this.refuse(b, new PgBranchFailedError(`COMMIT failed: ${messageOf(err)}`, { sqlstate }))
       if (xid === null) {
         // Nothing was written: whatever happened to the session, there is nothing to lose.
-        this.closeBranch(b, { kind: 'committed' }, new PgBranchClosedError('the branch is committed'), asError(err))
+        this.closeBranch(b, { kind: 'committed' }, CLOSED_COMMITTED, asError(err))
         return ok({ outcome: 'committed' })
       }
       this.closeBranch(b, { kind: 'commit-unknown', xid }, new PgBranchClosedError('the branch connection was lost during commit'), asError(err))
@@ -574,7 +580,7 @@ class PgParticipant implements TxmeshPg {
       this.closeBranch(b, { kind: 'failed', error }, error, undefined)
       return fail(error)
     }
-    this.closeBranch(b, { kind: 'committed' }, new PgBranchClosedError('the branch is committed'), undefined)
+    this.closeBranch(b, { kind: 'committed' }, CLOSED_COMMITTED, undefined)
     this.emit({ event: 'branch_committed', gid: b.gid })
     return ok({ outcome: 'committed' })
   }
