@@ -14,9 +14,13 @@
 //   each possibly torn, as out-of-order writeback does; and each pending name change or not.
 // - A process crash (SIGKILL) keeps the page cache: everything written is still there, durable
 //   or not, for the next process to read, and still lost if the power goes later.
-// - Faults: an operation fails with EIO; a write is short; a "lying" fsync reports success and
-//   persists nothing (a volatile write cache without barriers).
+// - A file opened with O_DSYNC: each write that returns is durable, with what the file held
+//   before it (fdatasync of the file after the write: what the log's `dsync` mode relies on).
+//   A write cut by a crash is not.
+// - Faults: an operation fails with EIO; a write is short; a "lying" fsync (or O_DSYNC write)
+//   reports success and persists nothing (a volatile write cache without barriers).
 // Everything is deterministic: one Prng, operations complete in microtasks, no real I/O.
+import { constants as fsConstants } from 'node:fs'
 import { Prng } from './prng.js'
 
 export interface FsFaults {
@@ -191,8 +195,9 @@ export class SimFs {
         this.ns.delete(path)
         this.pendingDir.push({ kind: 'remove', path })
       }),
-    open: (path: string, flags: string): Promise<SimHandle> =>
-      this.op(`open(${flags})`, undefined, (partial) => {
+    open: (path: string, given: string | number): Promise<SimHandle> => {
+      const { flags, dsync } = simFlags(given)
+      return this.op(`open(${flags}${dsync ? ', O_DSYNC' : ''})`, undefined, (partial) => {
         const node = this.ns.get(path)
         if (flags === 'wx+') {
           if (node !== undefined) throw fsError('EEXIST', `open ${path}`)
@@ -200,13 +205,14 @@ export class SimFs {
           this.maybeFail('create')
           const inode = new Inode()
           if (!partial || this.rng.chance(0.5)) this.addName(path, inode)
-          return new SimHandle(this, path, inode, this.incarnation)
+          return new SimHandle(this, path, inode, this.incarnation, dsync)
         }
         if (node === undefined) throw fsError('ENOENT', `open ${path}`)
         if (flags !== 'r' && flags !== 'r+') throw fsError('EINVAL', `open ${path} with flags ${flags} is not simulated`)
         if (node === 'dir' && flags !== 'r') throw fsError('EISDIR', `open ${path}`)
-        return new SimHandle(this, path, node, this.incarnation)
-      }),
+        return new SimHandle(this, path, node, this.incarnation, dsync)
+      })
+    },
   }
 
   // ---- FileHandle operations (called by SimHandle) ----
@@ -222,6 +228,14 @@ export class SimFs {
         n = this.rng.int(1, len - 1)
       }
       if (n > 0) this.fileOp(inode, { kind: 'write', pos, bytes: Buffer.from(buf.subarray(off, off + n)) })
+      // O_DSYNC: the write returns durable, unless the crash cut it or the disk lies.
+      if (h.dsync && !partial) {
+        if (this.rng.chance(this.faults.lyingSync)) this.injected.lies++
+        else {
+          inode.durable = Buffer.from(inode.cur)
+          inode.pending = []
+        }
+      }
       return { bytesWritten: n, buffer: buf }
     })
   }
@@ -382,6 +396,8 @@ export class SimHandle {
     readonly path: string,
     readonly node: Node,
     readonly incarnation: number,
+    /** Opened with O_DSYNC: each write returns durable. */
+    readonly dsync = false,
   ) {}
 
   file(): Inode {
@@ -430,5 +446,16 @@ export const fsPromisesMock = {
   mkdir: (path: string, opts?: { recursive?: boolean }) => disk().api.mkdir(path, opts),
   readdir: (path: string) => disk().api.readdir(path),
   unlink: (path: string) => disk().api.unlink(path),
-  open: (path: string, flags: string) => disk().api.open(path, flags),
+  open: (path: string, flags: string | number) => disk().api.open(path, flags),
+}
+
+/** The string flags the log uses, from either form it passes (numeric: with O_DSYNC). */
+function simFlags(given: string | number): { flags: string; dsync: boolean } {
+  if (typeof given === 'string') return { flags: given, dsync: false }
+  const { O_RDWR, O_CREAT, O_EXCL, O_DSYNC } = fsConstants
+  const dsync = O_DSYNC !== undefined && (given & O_DSYNC) !== 0
+  const rest = given & ~(O_DSYNC ?? 0)
+  if (rest === (O_RDWR | O_CREAT | O_EXCL)) return { flags: 'wx+', dsync }
+  if (rest === O_RDWR) return { flags: 'r+', dsync }
+  throw fsError('EINVAL', `open with flags ${given} is not simulated`)
 }

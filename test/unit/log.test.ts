@@ -73,9 +73,9 @@ describe('FileLog', () => {
     ])
   })
 
-  it('writes lazy records with the next durable batch, or alone without an fsync after lazyFlushMs', async () => {
+  it('writes lazy records with the next durable batch, or alone without an fsync after lazyFlushMs (fdatasync mode)', async () => {
     const dir = await tmp()
-    const { log } = await reopen(dir, { lazyFlushMs: 50 })
+    const { log } = await reopen(dir, { lazyFlushMs: 50, sync: 'datasync' })
     log.appendLazy('lazy-1', { n: 1 })
     expect(log.stats()).toMatchObject({ bytes: 0, fsyncs: 0 })
     await log.append('durable', { n: 2 })
@@ -90,6 +90,28 @@ describe('FileLog', () => {
     await log.close()
     expect(await replayed(dir)).toEqual([
       { txId: 'lazy-1', body: { n: 1 } },
+      { txId: 'lazy-2', body: { n: 3 } },
+    ])
+  })
+
+  it('with O_DSYNC (the default here) a batch is durable in one write, lazy records riding with it or written durable alone', async () => {
+    const dir = await tmp()
+    const { log } = await reopen(dir, { lazyFlushMs: 50 })
+    log.appendLazy('lazy-1', { n: 1 })
+    expect(log.stats()).toMatchObject({ bytes: 0, fsyncs: 0 })
+    await log.append('durable', { n: 2 })
+    // One durable write covered both.
+    expect(log.stats().fsyncs).toBe(1)
+    const before = log.stats().bytes
+    log.appendLazy('lazy-2', { n: 3 })
+    await new Promise((r) => setTimeout(r, 200))
+    // Written by the lazy timer: with O_DSYNC that write is durable too (counted as a sync).
+    expect(log.stats().bytes).toBeGreaterThan(before)
+    expect(log.stats().fsyncs).toBe(2)
+    await log.close()
+    expect(await replayed(dir)).toEqual([
+      { txId: 'lazy-1', body: { n: 1 } },
+      { txId: 'durable', body: { n: 2 } },
       { txId: 'lazy-2', body: { n: 3 } },
     ])
   })
