@@ -135,7 +135,7 @@ export async function startSidecar(config: SidecarConfig, log: Logger): Promise<
 
     let plane: TxPlane | undefined
     if (keys !== undefined) {
-      const opened = await FileLog.open(resolvePath(config.storeDir), { logger: log, onSync: (n, sec) => metrics.logSync(n, sec) })
+      const opened = await FileLog.open(resolvePath(config.storeDir), { logger: log, onSync: (n, sec) => metrics.logSync(n, sec), ...(config.storeSync === undefined ? {} : { sync: config.storeSync }) })
       fileLog = opened.log
       controlClient = new ControlClient(keys, Date.now, peerTls)
       outbox = createOutbox(config, fileLog, log)

@@ -193,7 +193,7 @@ interface RawConfig {
   mesh?: { keyEnv?: string; keyFile?: string; coordinators?: string[]; advertise?: string }
   admin?: { tokenEnv?: string; tokenFile?: string }
   tls?: { certFile: string; keyFile: string; caFile: string; requireClientCert?: boolean }
-  store?: { dir?: string }
+  store?: { dir?: string; sync?: 'dsync' | 'datasync' | 'fsync' }
   hooks?: { prepare?: string; commit?: string; abort?: string; confirm?: string; cancel?: string; batch?: string }
   steps?: { attempts?: number; backoffBaseMs?: number; backoffCapMs?: number }
   events?: { nats?: { servers: string[]; stream?: string; topics?: string[] }; webhooks?: { url: string }[] }
@@ -372,6 +372,7 @@ function build(raw: RawConfig, file: string, doc: Document, at: (o: number) => {
     admin: { token, tokenFile: raw.admin?.tokenFile },
     tls,
     storeDir: o.storeDir?.value ?? raw.store?.dir ?? `txmesh-data/${service}`,
+    storeSync: raw.store?.sync,
     hooks: {
       prepare: raw.hooks?.prepare ?? '/.well-known/txmesh/prepare',
       commit: raw.hooks?.commit ?? '/.well-known/txmesh/commit',

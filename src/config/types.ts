@@ -88,6 +88,8 @@ export interface SidecarConfig {
   /** TLS between sidecars (ingress and control listeners, calls to peers); undefined: plain HTTP. */
   readonly tls: TlsSettings | undefined
   readonly storeDir: string
+  /** store.sync: how the log makes a batch durable (undefined: the log's default, dsync where the platform has O_DSYNC). */
+  readonly storeSync: 'dsync' | 'datasync' | 'fsync' | undefined
   /**
    * `batch`: where the app takes several prepare/commit/abort calls in one request (txmesh/pg
    * serves /.well-known/txmesh/batch); undefined: one request per hook call.

@@ -128,6 +128,14 @@ describe('settings from flags and the environment (Kubernetes: one ConfigMap, pe
     expect(problems('service: a\n', overridesFrom({ storeDir: '' }, {}))).toEqual(['p.yaml:0:0: --store-dir: the store directory must not be empty'])
   })
 
+  it('takes store.sync (dsync, datasync, fsync) and refuses anything else at its position', () => {
+    expect(parseConfig('service: a\n', 'p.yaml').storeSync).toBeUndefined()
+    for (const v of ['dsync', 'datasync', 'fsync'] as const) expect(parseConfig(`service: a\nstore: {sync: ${v}}\n`, 'p.yaml').storeSync).toBe(v)
+    const bad = problems('service: a\nstore:\n  sync: osync\n')
+    expect(bad).toHaveLength(1)
+    expect(bad[0]).toMatch(/^p\.yaml:3:9: store\.sync: /)
+  })
+
   it('takes the advertised control address from --advertise or TXMESH_ADVERTISE over mesh.advertise', () => {
     const yaml = 'service: a\nmesh: {advertise: "file-host:15010"}\n'
     expect(parseConfig(yaml, 'p.yaml').mesh.advertise).toBe('file-host:15010')
