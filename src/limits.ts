@@ -163,6 +163,9 @@ export const LIMITS = Object.freeze({
   logCompactMinBytes: 1024 * 1024,
   // Replay reads segments in chunks of this size (plus one record), not whole files.
   logReadChunkBytes: 4 * 1024 * 1024,
+  // Replay: how many ended records its list may hold beyond twice the live ones before the live
+  // records are repacked into a fresh arena (a copy of every live frame, so not too often).
+  logReplayEndedSlack: 65_536,
   // --- 2PC protocol core (src/tx/coordinator/machine.ts, src/tx/participant/machine.ts) ---
   // Participants (sidecar branches) per transaction. The COMMIT record lists them all and the
   // coordinator fans phase 2 out to each: 64 bounds that record to a few KiB and one decision to
@@ -211,12 +214,13 @@ export const LIMITS = Object.freeze({
   // A step's target as a peer reports it (origin or control address: scheme, bracketed IPv6 or
   // a 253-character DNS name, port).
   stepTargetChars: 300,
-  // A step operation's HTTP method (a token of capitals: POST, DELETE, ...), the names of the
-  // headers a step operation carries, and the service a peer names as a step's target (a DNS
-  // name is at most 253 characters).
+  // A step operation's HTTP method (a token of capitals: POST, DELETE, ...) and the names of the
+  // headers a step operation carries.
   stepMethodChars: 16,
   stepHeaderNameChars: 64,
-  stepServiceChars: 253,
+  // A service name a peer reports (a step's service, an enlisted participant): a DNS name is at
+  // most 253 characters.
+  serviceNameChars: 253,
   // Transactional messages (POST /v1/transactions/{id}/messages): they ride in the decision
   // record, so 64 messages of at most 64 KiB keep it well under logMaxRecordBytes... together
   // with maxMessageTotalBytes, which bounds the sum.

@@ -6,6 +6,7 @@ import { closeSync, openSync, readSync, statSync, unwatchFile, watchFile } from 
 import { createSecureContext } from 'node:tls'
 import type { TlsSettings } from './config/types.js'
 import { LIMITS } from './limits.js'
+import type { Logger } from './log.js'
 
 /**
  * Reads a small secret or certificate file; throws (naming the size, not the content) past
@@ -78,6 +79,43 @@ export function watchFiles(paths: readonly string[], onChange: (path: string) =>
   return () => {
     for (const { path, listener } of listeners) unwatchFile(path, listener)
   }
+}
+
+export interface SecretFileWatch<T> {
+  /** The new value, or what is wrong with the file's text. */
+  readonly parse: (text: string) => T | string
+  /** Takes a valid value; true when it differed from the current one. */
+  readonly apply: (value: T) => boolean
+  readonly log: Logger
+  /** Log events, and the fields each adds (never the secret). */
+  readonly reloaded: { readonly event: string; readonly fields?: () => Record<string, unknown> }
+  readonly invalid: { readonly event: string; readonly fields?: () => Record<string, unknown> }
+  readonly intervalMs?: number
+}
+
+/**
+ * Re-reads a secret file whenever it changes (mesh.keyFile, admin.tokenFile): a valid new value
+ * is applied and logged; an unreadable or invalid file keeps the current value and is logged
+ * once, until the file changes again.
+ */
+export function watchSecretFile<T>(file: string, w: SecretFileWatch<T>): () => void {
+  let warned: string | undefined
+  const reload = (): void => {
+    let v: T | string
+    try {
+      v = w.parse(readSecretFile(file).toString('utf8'))
+    } catch (err) {
+      v = `cannot read: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`
+    }
+    if (typeof v === 'string') {
+      if (warned !== v) w.log.warn(w.invalid.event, { file, problem: v, ...w.invalid.fields?.() })
+      warned = v
+      return
+    }
+    warned = undefined
+    if (w.apply(v)) w.log.info(w.reloaded.event, { file, ...w.reloaded.fields?.() })
+  }
+  return watchFiles([file], reload, w.intervalMs)
 }
 
 export interface TlsMaterial {

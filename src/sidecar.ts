@@ -23,7 +23,7 @@ import { ProxyServer } from './proxy/server.js'
 import { ControlClient } from './tx/control-client.js'
 import { KeyRing, watchKeyFile } from './tx/keys.js'
 import { PeerTls } from './peer-tls.js'
-import { readSecretFile, readTlsMaterial, watchFiles } from './secrets.js'
+import { readTlsMaterial, watchSecretFile } from './secrets.js'
 import { CoordinatorDriver } from './tx/coordinator/driver.js'
 import { ParticipantDriver } from './tx/participant/driver.js'
 import { StepCoordinator } from './tx/steps/driver.js'
@@ -267,22 +267,15 @@ function committedIn(records: readonly { txId: string; body: Readonly<Record<str
  * old one is refused from then on); an unreadable or invalid file keeps the current token.
  */
 function watchAdminTokenFile(file: string, log: Logger, current: () => Buffer | undefined, replace: (t: Buffer) => void): () => void {
-  let warned: string | undefined
-  return watchFiles([file], () => {
-    let t: Buffer | string
-    try {
-      t = checkAdminToken(readSecretFile(file).toString('utf8'))
-    } catch (err) {
-      t = `cannot read: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`
-    }
-    if (typeof t === 'string') {
-      if (warned !== t) log.warn('admin_token_file_invalid', { file, problem: t, keeping: 'the current token' })
-      warned = t
-      return
-    }
-    warned = undefined
-    if (current()?.equals(t) === true) return
-    replace(t)
-    log.info('admin_token_reloaded', { file })
+  return watchSecretFile(file, {
+    parse: checkAdminToken,
+    apply: (t) => {
+      if (current()?.equals(t) === true) return false
+      replace(t)
+      return true
+    },
+    log,
+    reloaded: { event: 'admin_token_reloaded' },
+    invalid: { event: 'admin_token_file_invalid', fields: () => ({ keeping: 'the current token' }) },
   })
 }

@@ -2,10 +2,9 @@
 // probes reach it on the pod IP while the admin API stays on loopback. It serves GET /healthz
 // and /readyz with the admin port's answers (answerProbe) and nothing else.
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
-import type { Duplex } from 'node:stream'
 import { MethodNotAllowedError, NotFoundError } from '../errors.js'
 import { LIMITS } from '../limits.js'
-import { refuseExpectation, respondClientError, respondError } from '../proxy/respond.js'
+import { answerRefusedRequests, respondError } from '../proxy/respond.js'
 import { answerProbe, type Readiness } from './server.js'
 
 export function createHealthServer(readiness: () => Readiness): Server {
@@ -29,7 +28,6 @@ export function createHealthServer(readiness: () => Readiness): Server {
     if (method !== 'GET' && method !== 'HEAD') return respondError(res, new MethodNotAllowedError(`use GET ${path}`))
     answerProbe(res, path, readiness)
   })
-  server.on('checkExpectation', refuseExpectation)
-  server.on('clientError', (err: Error & { code?: string }, socket: Duplex) => respondClientError(err, socket, LIMITS.healthMaxHeaderBytes))
+  answerRefusedRequests(server, LIMITS.healthMaxHeaderBytes)
   return server
 }

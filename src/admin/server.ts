@@ -22,12 +22,11 @@
 //   GET  /v1/routes/probability           {route: P(commit)} from the metrics
 //   GET  /ui                              the dashboard (one inline HTML page)
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
-import type { Duplex } from 'node:stream'
 import { AdminUnauthorizedError, BadRequestError, MethodNotAllowedError, NotFoundError, TxLimitError, TxUnknownError, TxmeshError } from '../errors.js'
 import { parseJsonObject, readText, sendJson } from '../http-json.js'
 import { LIMITS } from '../limits.js'
 import type { Logger } from '../log.js'
-import { refuseExpectation, respondClientError, respondError } from '../proxy/respond.js'
+import { answerRefusedRequests, respondError } from '../proxy/respond.js'
 import { sameSecret } from '../secrets.js'
 import type { CoordinatorDriver } from '../tx/coordinator/driver.js'
 import type { ParticipantDriver } from '../tx/participant/driver.js'
@@ -99,8 +98,7 @@ export function createAdminServer(d: AdminDeps): Server {
   // Loopback by default, but still one listener among the others: bounded like them.
   server.maxConnections = LIMITS.maxConnectionsPerListener
   // What the parser refuses gets a code too (Node would answer a bare 400/408/417/431).
-  server.on('clientError', (err: Error & { code?: string }, socket: Duplex) => respondClientError(err, socket, LIMITS.maxHeaderBytes))
-  server.on('checkExpectation', refuseExpectation)
+  answerRefusedRequests(server, LIMITS.maxHeaderBytes)
   server.on('request', (req: IncomingMessage, res: ServerResponse) => {
     handle(req, res).catch((err: unknown) => {
       d.logger.error('admin_failed', { error: String(err) })

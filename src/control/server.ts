@@ -23,7 +23,6 @@
 //                                                  each what the op's own endpoint would answer
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
 import { createServer as createHttpsServer } from 'node:https'
-import type { Duplex } from 'node:stream'
 import type { Server as TlsServer } from 'node:tls'
 import {
   BadRequestError,
@@ -40,7 +39,7 @@ import {
 import { parseJsonObject, readText, sendJson } from '../http-json.js'
 import { LIMITS } from '../limits.js'
 import type { Logger } from '../log.js'
-import { refuseExpectation, respondClientError, respondError } from '../proxy/respond.js'
+import { answerRefusedRequests, errorBody, respondError } from '../proxy/respond.js'
 import { CONTROL_AUTH_HEADER } from '../tx/control-client.js'
 import type { CoordinatorDriver } from '../tx/coordinator/driver.js'
 import type { ParticipantRef } from '../tx/core.js'
@@ -50,6 +49,7 @@ import type { StepOp, StepRecord } from '../tx/steps/machine.js'
 import type { MeshKeys } from '../tx/keys.js'
 import type { PeerTls } from '../peer-tls.js'
 import { isId, verifyControl } from '../tx/protocol.js'
+import { answerWithin } from '../tx/batcher.js'
 import { ReplayCache } from './replay.js'
 
 export interface ControlDeps {
@@ -89,8 +89,7 @@ export function createControlServer(
   if (tls !== undefined) tls.serve(server as unknown as TlsServer)
   server.maxConnections = LIMITS.maxControlConnections
   // What the parser refuses gets a code too (Node would answer a bare 400/408/417/431).
-  server.on('clientError', (err: Error & { code?: string }, socket: Duplex) => respondClientError(err, socket, LIMITS.maxHeaderBytes))
-  server.on('checkExpectation', refuseExpectation)
+  answerRefusedRequests(server, LIMITS.maxHeaderBytes)
   server.on('request', (req: IncomingMessage, res: ServerResponse) => {
     handle(req, res).catch((err: unknown) => {
       deps()?.logger.error('control_failed', { error: String(err) })
@@ -126,7 +125,7 @@ export function createControlServer(
       const items = parseBatch(body)
       if (items instanceof TxmeshError) return respondError(res, items)
       const results = await Promise.all(items.map((it) => (it instanceof TxmeshError ? it : itemAnswer(runOp(d, it.tx, it.op, it.body), it, d.logger))))
-      return sendJson(res, 200, { results: results.map((r) => (r instanceof TxmeshError ? { status: r.status, body: { error: { code: r.code, message: r.message } } } : r)) })
+      return sendJson(res, 200, { results: results.map((r) => (r instanceof TxmeshError ? { status: r.status, body: errorBody(r) } : r)) })
     }
     const answer = await runOp(d, id as string, op, body)
     if (answer instanceof TxmeshError) return respondError(res, answer)
@@ -147,10 +146,6 @@ interface Answer {
  * prepare answered so counts as a no, as a single prepare that timed out would).
  */
 function itemAnswer(run: Promise<Answer | TxmeshError>, it: BatchItem, logger: Logger): Promise<Answer | TxmeshError> {
-  let timer: NodeJS.Timeout | undefined
-  const late = new Promise<TxmeshError>((resolve) => {
-    timer = setTimeout(() => resolve(new NotReadyError(`${it.op} of ${it.tx} did not finish within ${LIMITS.batchItemWaitMs} ms; ask again`)), LIMITS.batchItemWaitMs)
-  })
   const settled = run.then(
     (a) => a,
     (err: unknown) => {
@@ -158,7 +153,7 @@ function itemAnswer(run: Promise<Answer | TxmeshError>, it: BatchItem, logger: L
       return new InternalError(`${it.op} of ${it.tx} failed`)
     },
   )
-  return Promise.race([settled, late]).finally(() => clearTimeout(timer))
+  return answerWithin<Answer | TxmeshError>(settled, LIMITS.batchItemWaitMs, () => new NotReadyError(`${it.op} of ${it.tx} did not finish within ${LIMITS.batchItemWaitMs} ms; ask again`))
 }
 
 const ok = (body: Record<string, unknown>): Answer => ({ status: 200, body })
@@ -271,7 +266,7 @@ function isOp(v: unknown): v is StepOp {
 /** A step a peer's egress recorded (control POST /steps): checked field by field. */
 function parseStep(v: unknown): StepRecord | TxmeshError {
   const o = v as Record<string, unknown> | null
-  if (typeof o !== 'object' || o === null || !isId(o.id) || typeof o.service !== 'string' || o.service.length > LIMITS.stepServiceChars || typeof o.target !== 'string' || o.target.length > LIMITS.stepTargetChars) {
+  if (typeof o !== 'object' || o === null || !isId(o.id) || typeof o.service !== 'string' || o.service.length > LIMITS.serviceNameChars || typeof o.target !== 'string' || o.target.length > LIMITS.stepTargetChars) {
     return new BadRequestError('step must have id, service and target')
   }
   for (const k of ['compensate', 'confirm', 'cancel'] as const) if (o[k] !== undefined && !isOp(o[k])) return new BadRequestError(`step.${k} is malformed`)

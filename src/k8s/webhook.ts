@@ -6,12 +6,11 @@ import { statSync, readFileSync } from 'node:fs'
 import { createServer, type Server } from 'node:https'
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import type { AddressInfo } from 'node:net'
-import type { Duplex } from 'node:stream'
 import { AdmissionInvalidError, InjectError, InternalError, MethodNotAllowedError, NotFoundError, TxmeshError } from '../errors.js'
 import { readText, sendJson } from '../http-json.js'
 import { LIMITS } from '../limits.js'
 import type { Logger } from '../log.js'
-import { refuseExpectation, respondClientError, respondError } from '../proxy/respond.js'
+import { answerRefusedRequests, respondError } from '../proxy/respond.js'
 import { WEBHOOK } from './constants.js'
 import { injectObject, objectName } from './inject.js'
 import { isObject, type Json, type JsonObject } from './json-patch.js'
@@ -145,8 +144,7 @@ export async function startWebhook(options: WebhookOptions): Promise<WebhookServ
   )
   server.on('tlsClientError', (err) => log.debug('tls_client_error', { error: err.message }))
   // Node's own answers to malformed requests (400, 408, 417, 431) carry a code like every other.
-  server.on('clientError', (err: Error & { code?: string }, socket: Duplex) => respondClientError(err, socket, LIMITS.maxHeaderBytes))
-  server.on('checkExpectation', refuseExpectation)
+  answerRefusedRequests(server, LIMITS.maxHeaderBytes)
 
   const stamp = (): string | undefined => {
     if (options.certFiles === undefined) return undefined

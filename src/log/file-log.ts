@@ -783,7 +783,7 @@ class ReplayState {
   // Memory stays proportional to the live records, not to the log: once ended records dominate,
   // the live frames move to a fresh arena and the chunks they were read into can be collected.
   private maybeRepack(): void {
-    if (this.order.length > 2 * this.liveCount + 65_536 || this.needsRepack()) this.repack()
+    if (this.order.length > 2 * this.liveCount + LIMITS.logReplayEndedSlack || this.needsRepack()) this.repack()
   }
 
   private needsRepack(): boolean {

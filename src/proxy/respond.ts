@@ -2,6 +2,7 @@
 // sidecar sees on failure is: the error's status, `x-txmesh-error: CODE`, and the JSON body
 // {"error":{"code","message"}}.
 import type { IncomingMessage, ServerResponse } from 'node:http'
+import type { EventEmitter } from 'node:events'
 import type { Duplex } from 'node:stream'
 import { STATUS_CODES } from 'node:http'
 import {
@@ -17,8 +18,13 @@ import {
 
 export const ERROR_HEADER = 'x-txmesh-error'
 
+/** The JSON body of every error answer: `{error: {code, message}}`. */
+export function errorBody(err: TxmeshError): { error: { code: string; message: string } } {
+  return { error: { code: err.code, message: err.message } }
+}
+
 function body(err: TxmeshError): string {
-  return JSON.stringify({ error: { code: err.code, message: err.message } })
+  return JSON.stringify(errorBody(err))
 }
 
 /** Writes the error response, or ends the connection when the response had already begun. */
@@ -73,6 +79,15 @@ export function respondClientError(err: Error & { code?: string }, socket: Duple
  */
 export function refuseExpectation(_req: IncomingMessage, res: ServerResponse): void {
   respondError(res, new BadRequestError('only "Expect: 100-continue" is supported'), true)
+}
+
+/**
+ * What every listener does with requests Node's parser or its Expect check refuse: answer them
+ * with a code (respondClientError, refuseExpectation) instead of Node's bare 400/408/417/431.
+ */
+export function answerRefusedRequests(server: EventEmitter, maxHeaderBytes: number): void {
+  server.on('clientError', (err: Error & { code?: string }, socket: Duplex) => respondClientError(err, socket, maxHeaderBytes))
+  server.on('checkExpectation', refuseExpectation)
 }
 
 // undici / socket error codes that mean "no connection to the upstream was made": safe to

@@ -27,7 +27,7 @@ import type { ForwardRequest, Forwarder, ResponseHook } from './forward.js'
 import type { Span } from '@opentelemetry/api'
 import type { TxPlane } from '../tx/plane.js'
 import { forwardRequestHeaders, newFacts, upgradeRequestHeaders, type RequestHeadFacts } from './headers.js'
-import { refuseExpectation, respondClientError, respondError, respondErrorRaw } from './respond.js'
+import { answerRefusedRequests, respondError, respondErrorRaw } from './respond.js'
 import { hostName, matchRoute } from './routes.js'
 import { methodRetryable } from './retry.js'
 import { SpanKind, SpanStatusCode, childSpan, extractFromHeaders, type Tracing } from '../telemetry/tracing.js'
@@ -105,8 +105,7 @@ export class ProxyServer {
     this.server.on('checkContinue', (req: IncomingMessage, res: ServerResponse) => this.onRequest(req, res, true))
     this.server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => this.onUpgrade(req, socket, head))
     this.server.on('connect', (req: IncomingMessage, socket: Duplex, head: Buffer) => this.onConnect(req, socket, head))
-    this.server.on('clientError', (err: Error & { code?: string }, socket: Duplex) => respondClientError(err, socket, LIMITS.maxHeaderBytes))
-    this.server.on('checkExpectation', refuseExpectation)
+    answerRefusedRequests(this.server, LIMITS.maxHeaderBytes)
   }
 
   private readonly onResClose = (): void => {

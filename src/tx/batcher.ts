@@ -135,3 +135,16 @@ export class Batcher<I, R> {
     this.schedule(key, p)
   }
 }
+
+/**
+ * The serving side of a batch: one item's answer, or `late()` once `ms` passed without it, so one
+ * slow item does not hold its batch past the caller's timeout (the control listener's
+ * /v1/batch and txmesh/pg's batch hook). The item keeps running; only its answer is given up.
+ */
+export function answerWithin<T>(run: Promise<T>, ms: number, late: () => T): Promise<T> {
+  let timer: NodeJS.Timeout | undefined
+  const deadline = new Promise<T>((resolve) => {
+    timer = setTimeout(() => resolve(late()), ms)
+  })
+  return Promise.race([run, deadline]).finally(() => clearTimeout(timer))
+}

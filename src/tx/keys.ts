@@ -12,7 +12,7 @@
 // warning.
 import { LIMITS } from '../limits.js'
 import type { Logger } from '../log.js'
-import { keyId, readSecretFile, watchFiles } from '../secrets.js'
+import { keyId, watchSecretFile } from '../secrets.js'
 
 /** What signing and verification read: the current keys, the first one signing. */
 export interface MeshKeys {
@@ -79,23 +79,12 @@ export class KeyRing implements MeshKeys {
  * Returns the function that stops watching.
  */
 export function watchKeyFile(ring: KeyRing, file: string, log: Logger, intervalMs?: number): () => void {
-  let warned: string | undefined
-  const reload = (): void => {
-    let problem: string
-    try {
-      const keys = parseMeshKeys(readSecretFile(file).toString('utf8'))
-      if (typeof keys !== 'string') {
-        warned = undefined
-        if (ring.replace(keys)) log.info('mesh_keys_reloaded', { file, keys: ring.ids() })
-        return
-      }
-      problem = keys
-    } catch (err) {
-      problem = `cannot read: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`
-    }
-    if (warned === problem) return
-    warned = problem
-    log.warn('mesh_key_file_invalid', { file, problem, keeping: ring.ids() })
-  }
-  return watchFiles([file], reload, intervalMs)
+  return watchSecretFile(file, {
+    parse: parseMeshKeys,
+    apply: (keys) => ring.replace(keys),
+    log,
+    reloaded: { event: 'mesh_keys_reloaded', fields: () => ({ keys: ring.ids() }) },
+    invalid: { event: 'mesh_key_file_invalid', fields: () => ({ keeping: ring.ids() }) },
+    ...(intervalMs === undefined ? {} : { intervalMs }),
+  })
 }

@@ -2,7 +2,7 @@
 // context, the ingress joins the caller's transaction and tells it who took part (DESIGN.md
 // "Enlistment").
 import type { RoutePolicy, StepRequestTemplate } from '../config/types.js'
-import { ContextExpiredError, HookForbiddenError, MeshKeyMissingError, NoSidecarError, TxAbortedError, TxNotActiveError, TxmeshError } from '../errors.js'
+import { HookForbiddenError, MeshKeyMissingError, NoSidecarError, TxAbortedError, TxNotActiveError, TxmeshError } from '../errors.js'
 import type { ResponseHook } from '../proxy/forward.js'
 import type { Span } from '../telemetry/tracing.js'
 import type { ControlClient } from './control-client.js'
@@ -19,6 +19,7 @@ import {
   OUTCOME_HEADER,
   STEP_CANCEL_PATH,
   TX_ID_HEADER,
+  expired,
   newBranchId,
   signContext,
   signEnlisted,
@@ -116,7 +117,7 @@ export class ActiveTxPlane implements TxPlane {
       this.verifiedWith = keys
     }
     const known = this.verified.get(token)
-    if (known !== undefined) return known.deadline > now ? known : new ContextExpiredError(`transaction ${known.id} passed its deadline`)
+    if (known !== undefined) return expired(known, now) ?? known
     const ctx = verifyContext(keys, token, now, this.d.coordinators)
     if (ctx instanceof TxmeshError) return ctx
     // Oldest first out (Map keeps insertion order).

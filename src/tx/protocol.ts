@@ -256,9 +256,16 @@ export function verifyContext(
   ) {
     return new ContextInvalidError('txmesh-context payload has missing or malformed fields')
   }
-  if (p.d <= now) return new ContextExpiredError(`transaction ${p.i} passed its deadline`)
+  const ctx: TxContext = { id: p.i, mode: p.m as TxMode, coordinator: p.c, deadline: p.d, parent: p.p as string | undefined, branch: p.b as string | undefined, op: p.o as StepOpKind | undefined }
+  const late = expired(ctx, now)
+  if (late !== undefined) return late
   if (!coordinatorAllowed(allow, p.c)) return new CoordinatorNotAllowedError(`coordinator ${p.c} is not in the allow-list`)
-  return { id: p.i, mode: p.m as TxMode, coordinator: p.c, deadline: p.d, parent: p.p as string | undefined, branch: p.b as string | undefined, op: p.o as StepOpKind | undefined }
+  return ctx
+}
+
+/** A context past its deadline is refused (also one verified earlier and remembered). */
+export function expired(ctx: TxContext, now: number): ContextExpiredError | undefined {
+  return ctx.deadline <= now ? new ContextExpiredError(`transaction ${ctx.id} passed its deadline`) : undefined
 }
 
 /** The txmesh entry of a W3C baggage header, if any (`txmesh=<token>`). */
@@ -289,7 +296,7 @@ export function verifyEnlisted(keys: readonly Buffer[], token: string, tx: TxId)
   if (!Array.isArray(p.p) || p.p.length > LIMITS.maxParticipants) return new ContextInvalidError('txmesh-enlisted has a malformed participant list')
   const out: ParticipantRef[] = []
   for (const e of p.p as ({ s?: unknown; c?: unknown; b?: unknown } | null)[]) {
-    if (typeof e !== 'object' || e === null || typeof e.s !== 'string' || e.s.length > 253 || typeof e.c !== 'string' || !ADDRESS_RE.test(e.c) || !isId(e.b)) {
+    if (typeof e !== 'object' || e === null || typeof e.s !== 'string' || e.s.length > LIMITS.serviceNameChars || typeof e.c !== 'string' || !ADDRESS_RE.test(e.c) || !isId(e.b)) {
       return new ContextInvalidError('txmesh-enlisted has a malformed participant')
     }
     out.push({ service: e.s, control: e.c, branch: e.b })

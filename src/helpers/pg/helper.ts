@@ -40,6 +40,7 @@ import {
 import { BRANCH_ID_HEADER, OP_HEADER, TX_ID_HEADER, badOpError, barrierIds, createBarrierTable, isBarrierOp, runBarrier, type BarrierIds, type BarrierResult } from './barrier.js'
 import type { TxmeshPgEvent } from './events.js'
 import { assertService, gidLiteral, makeGid, type BranchIds } from './gid.js'
+import { answerWithin } from '../../tx/batcher.js'
 import { PG_HELPER_LIMITS as L } from './limits.js'
 import { BranchQueue } from './queue.js'
 import { recoverPrepared, type RecoverResult } from './recover.js'
@@ -860,11 +861,7 @@ function readBody(req: IncomingMessage, limit: number, timeoutMs: number): Promi
  * (its hookCallTimeoutMs): a prepare answered so votes no, a commit or abort is asked again.
  */
 function withinItemWait(run: Promise<HookAnswer>, hook: string): Promise<HookAnswer> {
-  let timer: NodeJS.Timeout | undefined
-  const late = new Promise<HookAnswer>((resolve) => {
-    timer = setTimeout(() => resolve(fail(new PgBranchBusyError(`the ${hook} did not finish within ${L.batchItemWaitMs} ms; ask again`))), L.batchItemWaitMs)
-  })
-  return Promise.race([run, late]).finally(() => clearTimeout(timer))
+  return answerWithin(run, L.batchItemWaitMs, () => fail(new PgBranchBusyError(`the ${hook} did not finish within ${L.batchItemWaitMs} ms; ask again`)))
 }
 
 /** `{items: [{hook, tx, branch}]}`: a malformed list refuses the batch, a malformed item only itself. */

@@ -5,7 +5,7 @@ import { exchange, request, type Dispatcher } from '../../http-client.js'
 import { failpoint } from '../../failpoints.js'
 import { appendDurable } from '../durable.js'
 import { RecentMap } from '../recent.js'
-import { LogFailedError, ShuttingDownError, TxLimitError, TxNotActiveError, TxUnknownError, type TxmeshError } from '../../errors.js'
+import { LogFailedError, ShuttingDownError, TxLimitError, TxNotActiveError, TxUnknownError, TxmeshError } from '../../errors.js'
 import { LIMITS } from '../../limits.js'
 import type { Logger } from '../../log.js'
 import type { FileLog } from '../../log/file-log.js'
@@ -14,14 +14,7 @@ import type { BranchId, Env, Outcome, ParticipantAction, ParticipantEvent, Parti
 import { BRANCH_ID_HEADER, CONTEXT_HEADER, OP_HEADER, TX_ID_HEADER, coordinatorAllowed, coordinatorOfTx, newBranchId, type TxContext } from '../protocol.js'
 import { newParticipant, participantStep, recoverParticipant } from './machine.js'
 import { Batcher } from '../batcher.js'
-
-function safeJson(text: string): unknown {
-  try {
-    return JSON.parse(text) as unknown
-  } catch {
-    return undefined
-  }
-}
+import { parseJsonObject } from '../../http-json.js'
 
 export interface Branch {
   state: ParticipantState
@@ -548,7 +541,8 @@ export class ParticipantDriver {
       const text = res.text
       if (res.status !== 200) return failAll(`the batch hook ${path} answered ${res.status}`)
       if (text === undefined) return failAll(`the batch hook's answer is over ${LIMITS.controlBodyBytes} bytes`)
-      const results = (safeJson(text) as { results?: unknown } | undefined)?.results
+      const answer = parseJsonObject(text)
+      const results = answer instanceof TxmeshError ? undefined : answer.results
       if (!Array.isArray(results) || results.length !== items.length) return failAll(`the batch hook's answer does not list ${items.length} results`)
       return results.map((r: unknown) => {
         const status = (r as { status?: unknown } | null)?.status
