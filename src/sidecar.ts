@@ -64,6 +64,8 @@ export async function startSidecar(config: SidecarConfig, log: Logger): Promise<
   const keys = config.mesh.keys.length > 0 ? new KeyRing(config.mesh.keys) : undefined
   const txEnabled = keys !== undefined
   const peerTls = config.tls === undefined ? undefined : startPeerTls(config, log)
+  // What the admin API's transaction calls and the control listener answer without a mesh key.
+  const txUnavailable = (): MeshKeyMissingError | undefined => (txEnabled ? undefined : new MeshKeyMissingError('transactions need a mesh key (TXMESH_MESH_KEY or mesh.keyFile)'))
   const stopKeyWatch = keys !== undefined && config.mesh.keyFile !== undefined ? watchKeyFile(keys, config.mesh.keyFile, log) : undefined
   // The admin token: admin.tokenFile is re-read when it changes, as the mesh key file is.
   let adminToken = config.admin.token
@@ -103,12 +105,12 @@ export async function startSidecar(config: SidecarConfig, log: Logger): Promise<
       batches: controlClient === undefined ? undefined : { control: controlClient.batchCounters, hooks: participant?.hookBatchCounters },
       eventLoop: loop?.read(),
     }),
-    txUnavailable: () => (txEnabled ? undefined : new MeshKeyMissingError('transactions need a mesh key (TXMESH_MESH_KEY or mesh.keyFile)')),
+    txUnavailable,
     logger: log,
     token: () => adminToken,
   })
   const health = L.health === undefined ? undefined : createHealthServer(() => readiness)
-  const control = createControlServer(() => controlDeps, peerTls, undefined, () => (txEnabled ? undefined : new MeshKeyMissingError('transactions need a mesh key (TXMESH_MESH_KEY or mesh.keyFile)')))
+  const control = createControlServer(() => controlDeps, peerTls, undefined, txUnavailable)
   const metrics = new SidecarMetrics({
     inFlight: () => coordinator?.activeCount ?? 0,
     inDoubt: () => participant?.inDoubtCount ?? 0,
