@@ -46,6 +46,7 @@ import type { ParticipantRef } from '../tx/core.js'
 import type { ParticipantDriver } from '../tx/participant/driver.js'
 import type { StepCoordinator } from '../tx/steps/driver.js'
 import type { StepOp, StepRecord } from '../tx/steps/machine.js'
+import { isStepMethod } from '../tx/steps/template.js'
 import type { MeshKeys } from '../tx/keys.js'
 import type { PeerTls } from '../peer-tls.js'
 import { isId, verifyControl } from '../tx/protocol.js'
@@ -63,7 +64,6 @@ export interface ControlDeps {
 
 const ROUTE = /^\/v1\/tx\/([A-Za-z0-9_-]{1,64})\/(prepare|commit-one-phase|commit|abort|register|outcome|steps|confirm|cancel)$/
 const BATCH_PATH = '/v1/batch'
-const STEP_METHOD = new RegExp(`^[A-Z]{1,${LIMITS.stepMethodChars}}$`)
 const STEP_HEADER_NAME = new RegExp(`^[A-Za-z0-9-]{1,${LIMITS.stepHeaderNameChars}}$`)
 
 /**
@@ -181,7 +181,8 @@ async function runOp(d: ControlDeps, id: string, op: string, body: Record<string
   const branch = body.branch
   if (!isId(branch)) return new BadRequestError('body.branch must be a branch id')
   if (op === 'confirm' || op === 'cancel') {
-    const m = typeof body.method === 'string' && STEP_METHOD.test(body.method) ? body.method : 'POST'
+    if (body.method !== undefined && !isStepMethod(body.method)) return new BadRequestError(`body.method must be an upper-case method other than CONNECT, at most ${LIMITS.stepMethodChars} letters`)
+    const m = body.method ?? 'POST'
     const p = typeof body.path === 'string' && body.path.startsWith('/') && body.path.length <= LIMITS.stepPathChars ? body.path : undefined
     const extra = { method: m, path: p, body: undefined as string | undefined, headers: {} as Record<string, string> }
     if (typeof body.body === 'string' && body.body.length <= LIMITS.stepTemplateBodyBytes) extra.body = body.body
@@ -256,7 +257,7 @@ function parseRefs(v: unknown): ParticipantRef[] | TxmeshError {
 function isOp(v: unknown): v is StepOp {
   const o = v as Record<string, unknown> | null
   if (typeof o !== 'object' || o === null) return false
-  if (typeof o.method !== 'string' || !STEP_METHOD.test(o.method) || typeof o.path !== 'string' || o.path.length > LIMITS.stepPathChars) return false
+  if (!isStepMethod(o.method) || typeof o.path !== 'string' || o.path.length > LIMITS.stepPathChars) return false
   if (o.path !== '' && !o.path.startsWith('/')) return false
   if (o.body !== undefined && (typeof o.body !== 'string' || o.body.length > LIMITS.stepTemplateBodyBytes)) return false
   if (o.headers !== undefined && (typeof o.headers !== 'object' || o.headers === null || Object.values(o.headers).some((h) => typeof h !== 'string'))) return false

@@ -28,8 +28,15 @@ async function controlListener(): Promise<{ port: number; seen: string[] }> {
   const deps = {
     keys: staticKeys([key]),
     coordinator: { outcomeFor: () => 'aborted' },
-    steps: { has: () => false },
+    steps: {
+      has: () => false,
+      addStep: async (tx: string, step: { id: string; compensate?: { method: string } }) => void seen.push(`step ${tx}/${step.id} ${step.compensate?.method ?? ''}`),
+    },
     participant: {
+      stepHook: async (tx: string, branch: string, op: string, extra: { method: string }) => {
+        seen.push(`${op} ${tx}/${branch} ${extra.method}`)
+        return 'done'
+      },
       prepare: async (tx: string, branch: string) => {
         seen.push(`prepare ${tx}/${branch}`)
         if (branch === 'throws') throw new Error('a bug')
@@ -59,6 +66,26 @@ async function post(port: number, path: string, body: string): Promise<{ status:
   const text = await r.body.text()
   return { status: r.statusCode, code: r.headers['x-txmesh-error'], body: text === '' ? {} : (JSON.parse(text) as Record<string, unknown>) }
 }
+
+describe('control listener: step methods', () => {
+  // CONNECT asks for a tunnel and the HTTP client refuses to send it as a request: a step or a
+  // confirm/cancel naming it would fail every attempt until it went stuck, so it is refused here.
+  it('refuses a step record or a confirm/cancel whose method is CONNECT or not an upper-case method', async () => {
+    const { port, seen } = await controlListener()
+    const step = (method: string): string => JSON.stringify({ step: { id: 's1', service: 'pay', target: 'http://127.0.0.1:1', compensate: { method, path: '/undo' } } })
+    expect(await post(port, '/v1/tx/t1/steps', step('DELETE'))).toMatchObject({ status: 200, body: { id: 't1', step: 's1' } })
+    for (const m of ['CONNECT', 'delete', 'X'.repeat(LIMITS.stepMethodChars + 1)]) {
+      expect(await post(port, '/v1/tx/t1/steps', step(m)), m).toMatchObject({ status: 400, code: 'TXM_BAD_REQUEST' })
+      const hook = await post(port, '/v1/tx/t1/confirm', JSON.stringify({ branch: 'b1', method: m, path: '/confirm' }))
+      expect(hook, m).toMatchObject({ status: 400, code: 'TXM_BAD_REQUEST' })
+      expect(JSON.stringify(hook.body)).toContain('body.method')
+    }
+    // No method: the hook is a POST, as before.
+    expect(await post(port, '/v1/tx/t1/cancel', JSON.stringify({ branch: 'b1', path: '/cancel' }))).toMatchObject({ status: 200, body: { done: 'cancel' } })
+    expect(await post(port, '/v1/tx/t1/confirm', JSON.stringify({ branch: 'b1', method: 'PUT', path: '/confirm' }))).toMatchObject({ status: 200, body: { done: 'confirm' } })
+    expect(seen).toEqual(['step t1/s1 DELETE', 'cancel t1/b1 POST', 'confirm t1/b1 PUT'])
+  })
+})
 
 describe('control batch endpoint', () => {
   it('answers every item as its own endpoint would, in order, and malformed items in their place', async () => {

@@ -956,5 +956,8 @@ describe('step templates', () => {
       expect(r, JSON.stringify(v)).toHaveProperty('unresolved')
       expect((r as { unresolved: string }).unresolved).toContain('is not "METHOD /path"')
     }
+    // CONNECT has the shape but cannot be sent as a request: unresolved at once, not stuck later.
+    expect(parseCompensateHeader('CONNECT /x')).toEqual({ unresolved: 'txmesh-compensate names CONNECT, which opens a tunnel and cannot undo a step' })
+    expect(parseCompensateHeader(`DELETE /${'a'.repeat(LIMITS.stepPathChars - 2)}`)).toHaveProperty('method', 'DELETE')
   })
 })

@@ -8,6 +8,7 @@
 // object or array as JSON). A placeholder with no value leaves the step unresolved: it goes
 // stuck with the reason instead of sending a wrong request.
 import type { StepRequestTemplate } from '../../config/types.js'
+import { LIMITS } from '../../limits.js'
 import type { StepOp } from './machine.js'
 
 const PLACEHOLDER = /\{([a-z]+(?:\.[A-Za-z0-9_.-]+)?)\}/g
@@ -86,9 +87,23 @@ export function fillTemplate(t: StepRequestTemplate, facts: CallFacts): StepOp |
  * must be origin-form (the compensation goes to the same service).
  */
 export function parseCompensateHeader(value: string): StepOp | { unresolved: string } {
-  const m = /^([A-Z]{1,16}) (\/[^\s]{0,2047})$/.exec(value.trim())
+  const m = COMPENSATE_HEADER.exec(value.trim())
   if (m === null) return { unresolved: `txmesh-compensate header is not "METHOD /path": ${JSON.stringify(value.slice(0, 80))}` }
-  return { method: m[1] as string, path: m[2] as string }
+  const method = m[1] as string
+  if (!isStepMethod(method)) return { unresolved: `txmesh-compensate names ${method}, which opens a tunnel and cannot undo a step` }
+  return { method, path: m[2] as string }
+}
+
+const COMPENSATE_HEADER = new RegExp(`^([A-Z]{1,${LIMITS.stepMethodChars}}) (/[^\\s]{0,${LIMITS.stepPathChars - 1}})$`)
+const METHOD_SHAPE = new RegExp(`^[A-Z]{1,${LIMITS.stepMethodChars}}$`)
+
+/**
+ * A method a compensation, confirm or cancel can be sent with: upper-case letters, bounded.
+ * CONNECT is not one: it asks for a tunnel, and the HTTP client refuses to send it as a request,
+ * so a step naming it would fail every attempt until it went stuck.
+ */
+export function isStepMethod(m: unknown): m is string {
+  return typeof m === 'string' && METHOD_SHAPE.test(m) && m !== 'CONNECT'
 }
 
 function valueOf(name: string, f: CallFacts, json: { request?: unknown; response?: unknown }): string | undefined {
