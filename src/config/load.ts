@@ -39,6 +39,11 @@ export interface ConfigOverrides {
 
 /** Environment variables of the settings that may come from outside the file. */
 export const CONFIG_ENV = { service: 'TXMESH_SERVICE', storeDir: 'TXMESH_STORE_DIR', advertise: 'TXMESH_ADVERTISE' } as const
+/**
+ * File holding the mesh key(s), over mesh.keyFile (the key variable itself, mesh.keyEnv, wins over
+ * both). The Kubernetes injector points it at the mounted mesh key Secret, which is then watched.
+ */
+export const MESH_KEY_FILE_ENV = 'TXMESH_MESH_KEY_FILE'
 const CONFIG_FLAG = { service: '--service', storeDir: '--store-dir', advertise: '--advertise' } as const
 
 /** Applies the precedence: a flag wins over its variable; an empty variable counts as unset. */
@@ -330,12 +335,18 @@ function build(raw: RawConfig, file: string, doc: Document, at: (o: number) => {
     // From the environment: no position; never quote the value.
     if (typeof k === 'string') problems.push({ file, line: 0, col: 0, message: `${keyEnv}: the mesh key variable ${k}` })
     else keys.push(...k)
-  } else if (raw.mesh?.keyFile !== undefined) {
-    const k = secretFrom(raw.mesh.keyFile, (text) => parseMeshKeys(text))
-    if (typeof k === 'string') problems.push({ file, ...position(['mesh', 'keyFile']), message: `mesh.keyFile: ${k}` })
-    else {
-      keys.push(...k)
-      keyFile = raw.mesh.keyFile
+  } else {
+    // TXMESH_MESH_KEY_FILE wins over mesh.keyFile, as the variables of the other settings do.
+    const fileEnv = process.env[MESH_KEY_FILE_ENV]
+    const fromFileEnv = fileEnv !== undefined && fileEnv !== ''
+    const path = fromFileEnv ? fileEnv : raw.mesh?.keyFile
+    if (path !== undefined) {
+      const k = secretFrom(path, (text) => parseMeshKeys(text))
+      if (typeof k !== 'string') {
+        keys.push(...k)
+        keyFile = path
+      } else if (fromFileEnv) problems.push({ file, line: 0, col: 0, message: `${MESH_KEY_FILE_ENV} (${path}): ${k}` })
+      else problems.push({ file, ...position(['mesh', 'keyFile']), message: `mesh.keyFile: ${k}` })
     }
   }
   const token = adminToken(raw.admin, adminListener.host, (path, message) => problems.push({ file, ...(path === undefined ? { line: 0, col: 0 } : position(path)), message }))

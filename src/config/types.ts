@@ -80,7 +80,7 @@ export interface SidecarConfig {
     readonly coordinators: readonly string[]
     /** host:port peers use to reach this sidecar's control listener. */
     readonly advertise: string | undefined
-    /** mesh.keyFile when it is where the keys came from (the variable unset): watched for rotation. */
+    /** The key file when it is where the keys came from (TXMESH_MESH_KEY_FILE or mesh.keyFile; the key variable unset): watched for rotation. */
     readonly keyFile: string | undefined
   }
   /** Admin listener authentication: the bearer token (admin.tokenEnv / admin.tokenFile), if any. */

@@ -66,6 +66,13 @@ export const CONFIG_FILE = `${CONFIG_DIR}/${CONFIG_KEY}`
 export const STORE_DIR = '/var/lib/txmesh'
 
 export const MESH_KEY_KEY = 'mesh-key'
+/**
+ * The mesh key Secret is mounted here rather than passed as a variable: the kubelet updates a
+ * mounted Secret in place, and the sidecar watches the file, so a rotation needs no restart.
+ */
+export const MESH_KEY_VOLUME = 'txmesh-mesh-key'
+export const MESH_KEY_DIR = '/var/run/secrets/txmesh/mesh-key'
+export const MESH_KEY_FILE = `${MESH_KEY_DIR}/${MESH_KEY_KEY}`
 
 /**
  * Peer TLS (txmesh.io/tls-secret): the Secret is mounted here, with the keys a cert-manager

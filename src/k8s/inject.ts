@@ -2,6 +2,7 @@
 // template's txmesh.io/* annotations, decides, and returns the change as JSON Patch operations
 // plus the object they produce. The webhook sends the operations; `txmesh inject` applies them to
 // the YAML document. Shape and names follow the contract in src/k8s/constants.ts.
+import { MESH_KEY_FILE_ENV } from '../config/load.js'
 import { InjectConflictError, InjectInvalidError, InjectNoAppPortError, ManifestInvalidError } from '../errors.js'
 import {
   ANNOTATIONS,
@@ -14,7 +15,10 @@ import {
   DEFAULTS,
   INIT_CONTAINER,
   LOG_VOLUME,
+  MESH_KEY_DIR,
+  MESH_KEY_FILE,
   MESH_KEY_KEY,
+  MESH_KEY_VOLUME,
   PORT_NAMES,
   PORTS,
   PROBES,
@@ -462,7 +466,7 @@ function checkConflicts(view: PodSpecView, s: ProxySettings, at: string): void {
     })
   }
   view.volumes?.forEach((v, i) => {
-    if (v.name === LOG_VOLUME || v.name === CONFIG_VOLUME || v.name === TLS_VOLUME) {
+    if (v.name === LOG_VOLUME || v.name === CONFIG_VOLUME || v.name === MESH_KEY_VOLUME || v.name === TLS_VOLUME) {
       throw new InjectConflictError(`a volume is already named "${String(v.name)}"`, { path: `${at}/spec/volumes/${i}/name` })
     }
   })
@@ -488,7 +492,7 @@ export function proxyContainer(s: ProxySettings): Container {
     // $(POD_IP) expands because POD_IP is defined above it.
     { name: 'TXMESH_ADVERTISE', value: `$(POD_IP):${PORTS.control}` },
     { name: 'TXMESH_STORE_DIR', value: STORE_DIR },
-    { name: 'TXMESH_MESH_KEY', valueFrom: { secretKeyRef: { name: s.meshKeySecret, key: MESH_KEY_KEY } } },
+    { name: MESH_KEY_FILE_ENV, value: MESH_KEY_FILE },
     ...adminTokenEnv(s),
   ]
   const logMount: VolumeMount[] = [{ name: LOG_VOLUME, mountPath: STORE_DIR }]
@@ -526,6 +530,7 @@ export function proxyContainer(s: ProxySettings): Container {
     volumeMounts: [
       ...logMount,
       { name: CONFIG_VOLUME, mountPath: CONFIG_DIR, readOnly: true },
+      { name: MESH_KEY_VOLUME, mountPath: MESH_KEY_DIR, readOnly: true },
       ...(s.tlsSecret === undefined ? [] : [{ name: TLS_VOLUME, mountPath: TLS_DIR, readOnly: true }]),
     ],
   }
@@ -581,7 +586,12 @@ export function volumes(s: ProxySettings): Volume[] {
   // abort and peers' retries (README, Kubernetes). A claim keeps the log across rescheduling.
   const log: Volume = s.logPvc === undefined ? { name: LOG_VOLUME, emptyDir: {} } : { name: LOG_VOLUME, persistentVolumeClaim: { claimName: s.logPvc } }
   const tls: Volume[] = s.tlsSecret === undefined ? [] : [{ name: TLS_VOLUME, secret: { secretName: s.tlsSecret } }]
-  return [log, { name: CONFIG_VOLUME, configMap: { name: s.configMap, items: [{ key: CONFIG_KEY, path: CONFIG_KEY }] } }, ...tls]
+  return [
+    log,
+    { name: CONFIG_VOLUME, configMap: { name: s.configMap, items: [{ key: CONFIG_KEY, path: CONFIG_KEY }] } },
+    { name: MESH_KEY_VOLUME, secret: { secretName: s.meshKeySecret, items: [{ key: MESH_KEY_KEY, path: MESH_KEY_KEY }] } },
+    ...tls,
+  ]
 }
 
 function proxyEnv(): EnvVar[] {

@@ -58,5 +58,5 @@ export type Volume = {
   emptyDir?: { medium?: string; sizeLimit?: string }
   persistentVolumeClaim?: { claimName: string }
   configMap?: { name: string; items: { key: string; path: string }[] }
-  secret?: { secretName: string }
+  secret?: { secretName: string; items?: { key: string; path: string }[] }
 }

@@ -1,12 +1,14 @@
 // The sidecar as the Kubernetes contract runs it: a shared config without `service`, the pod's
-// settings from the environment (TXMESH_SERVICE, TXMESH_STORE_DIR, TXMESH_ADVERTISE) and the
+// settings from the environment (TXMESH_SERVICE, TXMESH_STORE_DIR, TXMESH_ADVERTISE), the mesh
+// key from a mounted Secret (TXMESH_MESH_KEY_FILE) that the kubelet updates in place, and the
 // kubelet's probes on the health listener (--health-port).
-import { existsSync, readdirSync } from 'node:fs'
+import { existsSync, mkdirSync, readdirSync, renameSync, rmSync, symlinkSync, writeFileSync } from 'node:fs'
 import { connect } from 'node:net'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import type { Sidecar } from '../../src/sidecar.js'
-import { coordinatorOfTx } from '../../src/tx/protocol.js'
+import { CONTROL_AUTH_HEADER } from '../../src/tx/control-client.js'
+import { coordinatorOfTx, signControl } from '../../src/tx/protocol.js'
 import { inProcessSidecar, rawRequest, sidecarYaml, spawnSidecar, startEcho, tempDir, until, type SidecarProcess } from '../helpers/servers.js'
 
 // The ConfigMap of the contract: no service, no store dir, no app port (--app-port gives it).
@@ -28,18 +30,49 @@ function refused(port: number): Promise<boolean> {
   })
 }
 
+/**
+ * A Secret volume as the kubelet writes it (its atomic writer): each version in its own
+ * directory, `..data` a symlink to the current one, and each key a symlink through `..data`.
+ * An update writes a new directory and renames a new `..data` over the old one.
+ */
+class SecretVolume {
+  private version = 0
+  constructor(readonly dir: string) {}
+
+  write(files: Record<string, string>): void {
+    const v = `..2026_11_25_v${++this.version}`
+    mkdirSync(join(this.dir, v))
+    for (const [k, text] of Object.entries(files)) writeFileSync(join(this.dir, v, k), text)
+    symlinkSync(v, join(this.dir, '..data_tmp'))
+    renameSync(join(this.dir, '..data_tmp'), join(this.dir, '..data'))
+    for (const k of Object.keys(files)) if (!existsSync(join(this.dir, k))) symlinkSync(join('..data', k), join(this.dir, k))
+    if (this.version > 1) rmSync(join(this.dir, `..2026_11_25_v${this.version - 1}`), { recursive: true })
+  }
+}
+
+const K1 = 'k8s-mesh-key-one-0123456789abcdef'
+const K2 = 'k8s-mesh-key-two-0123456789abcdef'
+
 describe('sidecar in a pod (env settings, health listener)', () => {
   let app: Awaited<ReturnType<typeof startEcho>>
   let sidecar: SidecarProcess
   let storeDir: string
+  let meshKey: SecretVolume
 
   beforeAll(async () => {
     app = await startEcho()
-    storeDir = join(tempDir('txmesh-k8s-'), 'var-lib-txmesh')
+    const root = tempDir('txmesh-k8s-')
+    storeDir = join(root, 'var-lib-txmesh')
+    meshKey = new SecretVolume(join(root, 'mesh-key'))
+    mkdirSync(meshKey.dir)
+    meshKey.write({ 'mesh-key': K1 })
     sidecar = await spawnSidecar(SHARED_YAML, ['--app-port', String(app.port), '--health-port', '0'], {
       TXMESH_SERVICE: 'k8s-orders',
       TXMESH_STORE_DIR: storeDir,
       TXMESH_ADVERTISE: '10.244.1.7:15010',
+      // What the injector sets: no key variable, the mounted Secret's file.
+      TXMESH_MESH_KEY: '',
+      TXMESH_MESH_KEY_FILE: join(meshKey.dir, 'mesh-key'),
     })
   })
   afterAll(async () => {
@@ -101,6 +134,27 @@ describe('sidecar in a pod (env settings, health listener)', () => {
     const r = await rawRequest(sidecar.ports.ingress, { path: '/hello', headers: { host: 'k8s-orders' } })
     expect(r.status).toBe(200)
     expect(app.seen.at(-1)?.url).toBe('/hello')
+  })
+
+  it('takes the mesh key from TXMESH_MESH_KEY_FILE and follows the kubelet updating the mounted Secret, without a restart', async () => {
+    const outcome = async (key: string): Promise<number> => {
+      const path = '/v1/tx/k8s1/outcome'
+      const headers = { [CONTROL_AUTH_HEADER]: signControl(Buffer.from(key), Date.now(), 'GET', path, '') }
+      return (await rawRequest(sidecar.ports.control, { path, headers })).status
+    }
+    expect([await outcome(K1), await outcome(K2)]).toEqual([200, 401])
+    // Rotation, step 1 and then step 3 (README "Mesh keys and rotation"): the file is polled
+    // every LIMITS.secretFileCheckMs, and polling follows the `..data` swap.
+    meshKey.write({ 'mesh-key': `${K1},${K2}` })
+    await until('K2 accepted', async () => (await outcome(K2)) === 200)
+    expect(await outcome(K1)).toBe(200)
+    meshKey.write({ 'mesh-key': K2 })
+    await until('K1 refused', async () => (await outcome(K1)) === 401)
+    expect(await outcome(K2)).toBe(200)
+    // A broken update keeps the keys in use.
+    meshKey.write({ 'mesh-key': 'short' })
+    await new Promise((r) => setTimeout(r, 2_500))
+    expect([await outcome(K1), await outcome(K2)]).toEqual([401, 200])
   })
 
   it('closes the health listener with the others on SIGTERM and exits 0', async () => {

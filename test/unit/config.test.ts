@@ -300,8 +300,22 @@ describe('control plane security config (admin token, tls, key file)', () => {
       expect(problems(`service: a\nmesh:\n  keyFile: ${JSON.stringify(file(' \n'))}\n`)).toEqual(['p.yaml:3:12: mesh.keyFile: holds no key'])
       expect(problems(`service: a\nmesh:\n  keyFile: ${JSON.stringify(file('key-one-0123456789abcdef,tiny'))}\n`)).toEqual(['p.yaml:3:12: mesh.keyFile: key 2 is shorter than 16 bytes'])
     })
+    // TXMESH_MESH_KEY_FILE (what the Kubernetes injector sets) wins over mesh.keyFile, and is watched.
+    withEnv({ TXMESH_MESH_KEY: undefined, TXMESH_MESH_KEY_FILE: undefined }, () => {
+      const mounted = file('mounted-key-0123456789abcdef\n')
+      process.env.TXMESH_MESH_KEY_FILE = mounted
+      const cfg = parseConfig(`service: a\nmesh: {keyFile: ${JSON.stringify(file('key-one-0123456789abcdef'))}}\n`, 'p.yaml')
+      expect(cfg.mesh.keys.map(String)).toEqual(['mounted-key-0123456789abcdef'])
+      expect(cfg.mesh.keyFile).toBe(mounted)
+      expect(parseConfig('service: a\n', 'p.yaml').mesh.keyFile).toBe(mounted)
+      process.env.TXMESH_MESH_KEY_FILE = '/nonexistent/mesh-key'
+      expect(problems('service: a\n')).toEqual(['p.yaml:0:0: TXMESH_MESH_KEY_FILE (/nonexistent/mesh-key): cannot read: ENOENT'])
+      // Empty counts as unset.
+      process.env.TXMESH_MESH_KEY_FILE = ''
+      expect(parseConfig('service: a\n', 'p.yaml').mesh.keys).toEqual([])
+    })
     // The variable wins, and then the file is not watched.
-    withEnv({ TXMESH_MESH_KEY: 'env-key-0123456789abcdef' }, () => {
+    withEnv({ TXMESH_MESH_KEY: 'env-key-0123456789abcdef', TXMESH_MESH_KEY_FILE: undefined }, () => {
       const cfg = parseConfig(`service: a\nmesh: {keyFile: ${JSON.stringify(file('key-one-0123456789abcdef'))}}\n`, 'p.yaml')
       expect(cfg.mesh.keys.map(String)).toEqual(['env-key-0123456789abcdef'])
       expect(cfg.mesh.keyFile).toBeUndefined()

@@ -277,12 +277,21 @@ describe('txmesh inject: the sidecar follows the contract', () => {
     const dflt = obj(proxyOf(obj(injected('deployment.in.yaml')[0])))
     expect(dflt.resources).toEqual({ requests: { cpu: '50m', memory: '64Mi' }, limits: { cpu: '1', memory: '256Mi' } })
     expect(envOf(dflt).TXMESH_SERVICE).toBe('orders') // label app
-    expect(envOf(dflt).TXMESH_MESH_KEY).toEqual({ secretKeyRef: { name: 'txmesh-mesh-key', key: 'mesh-key' } })
+    // The mesh key is a mounted file, not a variable: the kubelet updates it in place and the
+    // sidecar watches it, so a rotation needs no restart.
+    expect(envOf(dflt).TXMESH_MESH_KEY).toBeUndefined()
+    expect(envOf(dflt).TXMESH_MESH_KEY_FILE).toBe('/var/run/secrets/txmesh/mesh-key/mesh-key')
+    expect(list(dflt.volumeMounts).find((m) => m.name === 'txmesh-mesh-key')).toEqual({ name: 'txmesh-mesh-key', mountPath: '/var/run/secrets/txmesh/mesh-key', readOnly: true })
+    const meshKeyVolume = (w: unknown): unknown => list(at(w, 'spec', 'volumes')).find((v) => v.name === 'txmesh-mesh-key')
+    expect(meshKeyVolume(injected('deployment.in.yaml')[0])).toEqual({ name: 'txmesh-mesh-key', secret: { secretName: 'txmesh-mesh-key', items: [{ key: 'mesh-key', path: 'mesh-key' }] } })
     expect(dflt.image).toBe(IMAGE)
     const [cron] = injected('cronjob.in.yaml')
     const proxy = obj(proxyOf(obj(cron)))
     expect(envOf(proxy).TXMESH_SERVICE).toBe('reconciler')
-    expect(envOf(proxy).TXMESH_MESH_KEY).toEqual({ secretKeyRef: { name: 'shop-mesh-key', key: 'mesh-key' } })
+    expect(list(at(cron, 'spec', 'volumes')).find((v) => v.name === 'txmesh-mesh-key')).toEqual({
+      name: 'txmesh-mesh-key',
+      secret: { secretName: 'shop-mesh-key', items: [{ key: 'mesh-key', path: 'mesh-key' }] },
+    })
     expect(proxy.image).toBe('registry.internal/mirror/txmesh:0.1.0')
     expect(list(at(cron, 'spec', 'volumes')).find((v) => v.name === 'txmesh-config')).toEqual({
       name: 'txmesh-config',
@@ -299,7 +308,7 @@ describe('txmesh inject: the sidecar follows the contract', () => {
     const proxy = obj(proxyOf(obj(sts)))
     expect(list(proxy.volumeMounts)[0]).toEqual({ name: 'txmesh-log', mountPath: '/var/lib/txmesh', subPathExpr: '$(POD_NAME)' })
     expect(envOf(proxy).POD_NAME).toEqual({ fieldRef: { fieldPath: 'metadata.name' } })
-    expect(list(at(sts, 'spec', 'volumes')).map((v) => v.name)).toEqual(['scratch', 'txmesh-log', 'txmesh-config'])
+    expect(list(at(sts, 'spec', 'volumes')).map((v) => v.name)).toEqual(['scratch', 'txmesh-log', 'txmesh-config', 'txmesh-mesh-key'])
   })
 })
 
@@ -431,6 +440,8 @@ describe('txmesh inject: errors name the document and the line', () => {
     const tls = thrown(() => inject(deployment('        txmesh.io/tls-secret: mesh-tls\n').replace('    spec:\n      containers:', '    spec:\n      volumes:\n      - name: txmesh-tls\n        emptyDir: {}\n      containers:'), 'app.yaml'))
     expect(tls.code).toBe('TXM_INJECT_CONFLICT')
     expect(tls.message).toMatch(/a volume is already named "txmesh-tls"/)
+    const key = thrown(() => inject(deployment('').replace('    spec:\n      containers:', '    spec:\n      volumes:\n      - name: txmesh-mesh-key\n        emptyDir: {}\n      containers:'), 'app.yaml'))
+    expect([key.code, key.message]).toEqual(['TXM_INJECT_CONFLICT', expect.stringMatching(/a volume is already named "txmesh-mesh-key"/)])
   })
 
   it('YAML syntax errors: TXM_MANIFEST_INVALID with file:line:col and nothing written', () => {
