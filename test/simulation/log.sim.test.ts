@@ -39,6 +39,7 @@ import { FileLog, type FileLogOptions, type LogEntry } from '../../src/log/file-
 import { RecordKind, SEGMENT_HEADER_BYTES, decodeRecord } from '../../src/log/record.js'
 import { Prng } from './prng.js'
 import { NO_FAULTS, SimFs, simDisk, type CrashKind, type FsFaults, type Persistence } from './simfs.js'
+import { envInt, expectNoFailures, expectReplayClean, failure } from './seeds.js'
 
 vi.mock('node:fs/promises', async (importOriginal) => {
   const real = await importOriginal<Record<string, unknown>>()
@@ -49,14 +50,6 @@ vi.mock('node:fs/promises', async (importOriginal) => {
 const DEFAULT_SCHEDULES = 10_000
 const DIR = '/data/log'
 const LAZY_FLUSH_MS = 5
-
-function envInt(name: string): number | undefined {
-  const raw = process.env[name]
-  if (raw === undefined || raw === '') return undefined
-  const n = Number(raw)
-  if (!Number.isSafeInteger(n) || n < 0) throw new Error(`${name} must be a non-negative integer, got ${raw}`)
-  return n
-}
 
 /** One appended record (data) or END, in append order. `n` numbers data records, increasing. */
 type StreamEntry = { readonly kind: 'data'; readonly key: string; readonly n: number; readonly body: string } | { readonly kind: 'end'; readonly key: string }
@@ -494,9 +487,7 @@ describe('log simulation', () => {
     const lines: string[] = []
     const stats = newStats()
     try {
-      const v = await runSchedule(seed, stats, (l) => lines.push(l))
-      process.stdout.write(`${lines.join('\n')}\nseed ${seed}: ${v.length === 0 ? 'ok' : v.join('\n  ')}\n`)
-      expect(v).toEqual([])
+      expectReplayClean(seed, '', lines, await runSchedule(seed, stats, (l) => lines.push(l)))
     } finally {
       vi.useRealTimers()
     }
@@ -511,15 +502,14 @@ describe('log simulation', () => {
     try {
       for (let seed = 1; seed <= schedules; seed++) {
         const v = await runSchedule(seed, stats)
-        if (v.length > 0) failures.push(`seed ${seed} (replay: SIM_LOG_SEED=${seed} npx vitest run test/simulation/log.sim.test.ts):\n    ${v.join('\n    ')}`)
+        if (v.length > 0) failures.push(failure(seed, `SIM_LOG_SEED=${seed} npx vitest run test/simulation/log.sim.test.ts`, v))
       }
     } finally {
       vi.useRealTimers()
     }
     const ms = Math.round(performance.now() - started)
     process.stdout.write(`log simulation: ${schedules} schedules in ${ms} ms; ${JSON.stringify(stats)}\n`)
-    if (failures.length > 0) process.stdout.write(`${failures.length} failing schedules; first ones:\n${failures.slice(0, 10).join('\n')}\n`)
-    expect(failures.slice(0, 10)).toEqual([])
+    expectNoFailures(failures, 'schedules')
     if (schedules >= DEFAULT_SCHEDULES) {
       // The schedules must reach the hard places, or the run proves little.
       for (const phase of ['open', 'roll', 'compact', 'write', 'between']) expect(stats.crashes[phase] ?? 0, `crashes during ${phase}`).toBeGreaterThan(schedules / 200)

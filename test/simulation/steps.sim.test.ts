@@ -37,17 +37,10 @@
 //   SIM_SEED=4242 npx vitest run test/simulation/steps.sim.test.ts          replay one seed with its trace
 import { describe, expect, it } from 'vitest'
 import { checkStepInvariants, inFlightAtAbort } from './steps-invariants.js'
+import { envInt, expectNoFailures, expectReplayClean, failure } from './seeds.js'
 import { simulateSteps, type StepStats } from './steps-world.js'
 
 const DEFAULT_SEEDS = 10_000
-
-function envInt(name: string): number | undefined {
-  const raw = process.env[name]
-  if (raw === undefined || raw === '') return undefined
-  const n = Number(raw)
-  if (!Number.isSafeInteger(n) || n < 0) throw new Error(`${name} must be a non-negative integer, got ${raw}`)
-  return n
-}
 
 const replay = envInt('SIM_SEED')
 
@@ -57,10 +50,7 @@ describe('saga/TCC simulation', () => {
     const lines: string[] = []
     const report = simulateSteps(seed, (l) => lines.push(l))
     const verdict = checkStepInvariants(report)
-    const problems = [...verdict.violations, ...verdict.known]
-    process.stdout.write(`seed ${seed} ${report.mode} faults ${JSON.stringify(report.faults)}\n${lines.join('\n')}\n`)
-    process.stdout.write(`seed ${seed}: ${problems.length === 0 ? 'ok' : problems.join('\n  ')}\n`)
-    expect(problems).toEqual([])
+    expectReplayClean(seed, `seed ${seed} ${report.mode} faults ${JSON.stringify(report.faults)}\n`, lines, [...verdict.violations, ...verdict.known])
   })
 
   it.runIf(replay === undefined)('undoes, confirms or cancels every durable step as the outcome says, under faults, for every seed', () => {
@@ -76,8 +66,7 @@ describe('saga/TCC simulation', () => {
       const report = simulateSteps(seed)
       const verdict = checkStepInvariants(report)
       const problems = [...verdict.violations, ...verdict.known]
-      const replayCmd = `SIM_SEED=${seed} npx vitest run test/simulation/steps.sim.test.ts`
-      if (problems.length > 0) failures.push(`seed ${seed} (replay: ${replayCmd}):\n    ${problems.join('\n    ')}`)
+      if (problems.length > 0) failures.push(failure(seed, `SIM_SEED=${seed} npx vitest run test/simulation/steps.sim.test.ts`, problems))
       if (totals === undefined) totals = { ...report.stats }
       else for (const k of Object.keys(totals) as (keyof StepStats)[]) totals[k] += report.stats[k]
       outcomes[report.mode][report.commitDurable ? 'committed' : 'aborted']++
@@ -89,8 +78,7 @@ describe('saga/TCC simulation', () => {
     process.stdout.write(
       `saga/TCC simulation: ${seeds} seeds, ${events} events in ${ms} ms; outcomes ${JSON.stringify(outcomes)}, app told ${told}; saga steps undone out of order because their record was in flight at the abort: ${inFlight}; ${JSON.stringify(totals)}\n`,
     )
-    if (failures.length > 0) process.stdout.write(`${failures.length} failing seeds; first ones:\n${failures.slice(0, 10).join('\n')}\n`)
-    expect(failures.slice(0, 10)).toEqual([])
+    expectNoFailures(failures, 'seeds')
     if (seeds >= DEFAULT_SEEDS && totals !== undefined) {
       // The schedules must reach the hard paths, or the run proves little.
       for (const mode of ['saga', 'tcc'] as const) {

@@ -7,17 +7,10 @@
 //   SIM_SEED=4242 npx vitest run test/simulation         replay one seed and print its trace
 import { describe, expect, it } from 'vitest'
 import { checkInvariants } from './invariants.js'
-import { simulate, type Stats } from './world.js'
+import { envInt, expectNoFailures, expectReplayClean, failure } from './seeds.js'
+import { emptyStats, simulate } from './world.js'
 
 const DEFAULT_SEEDS = 50_000
-
-function envInt(name: string): number | undefined {
-  const raw = process.env[name]
-  if (raw === undefined || raw === '') return undefined
-  const n = Number(raw)
-  if (!Number.isSafeInteger(n) || n < 0) throw new Error(`${name} must be a non-negative integer, got ${raw}`)
-  return n
-}
 
 const replay = envInt('SIM_SEED')
 
@@ -26,39 +19,21 @@ describe('2PC simulation', () => {
     const seed = replay as number
     const lines: string[] = []
     const report = simulate(seed, (l) => lines.push(l))
-    const problems = checkInvariants(report)
-    process.stdout.write(`seed ${seed} faults ${JSON.stringify(report.faults)}\n${lines.join('\n')}\n`)
-    process.stdout.write(`seed ${seed}: ${problems.length === 0 ? 'ok' : problems.join('\n  ')}\n`)
-    expect(problems).toEqual([])
+    expectReplayClean(seed, `seed ${seed} faults ${JSON.stringify(report.faults)}\n`, lines, checkInvariants(report))
   })
 
   it.runIf(replay === undefined)('keeps atomicity, agreement and progress under faults for every seed', () => {
     const seeds = envInt('SIM_SEEDS') ?? DEFAULT_SEEDS
     const failures: string[] = []
-    const totals: Stats = {
-      coordinatorCrashes: 0,
-      participantCrashes: 0,
-      coordinatorRecoveries: 0,
-      participantRecoveries: 0,
-      orphansResolved: 0,
-      lateEnlistments: 0,
-      messages: 0,
-      lost: 0,
-      duplicated: 0,
-      onePhaseCommits: 0,
-      onePhaseAborts: 0,
-      onePhaseRecoveries: 0,
-      onePhaseUnknown: 0,
-      onePhaseCrashes: 0,
-    }
+    const totals = emptyStats()
     const outcomes = { committed: 0, aborted: 0, unknown: 0 }
     let events = 0
     const started = performance.now()
     for (let seed = 1; seed <= seeds; seed++) {
       const report = simulate(seed)
       const problems = checkInvariants(report)
-      if (problems.length > 0) failures.push(`seed ${seed} (replay: SIM_SEED=${seed} npx vitest run test/simulation):\n    ${problems.join('\n    ')}`)
-      for (const k of Object.keys(totals) as (keyof Stats)[]) totals[k] += report.stats[k]
+      if (problems.length > 0) failures.push(failure(seed, `SIM_SEED=${seed} npx vitest run test/simulation`, problems))
+      for (const k of Object.keys(totals) as (keyof typeof totals)[]) totals[k] += report.stats[k]
       outcomes[report.appOutcome ?? 'unknown']++
       events += report.events
     }
@@ -66,8 +41,7 @@ describe('2PC simulation', () => {
     process.stdout.write(
       `2PC simulation: ${seeds} seeds, ${events} events in ${ms} ms; app outcomes ${JSON.stringify(outcomes)}; ${JSON.stringify(totals)}\n`,
     )
-    if (failures.length > 0) process.stdout.write(`${failures.length} failing seeds; first ones:\n${failures.slice(0, 10).join('\n')}\n`)
-    expect(failures.slice(0, 10)).toEqual([])
+    expectNoFailures(failures, 'seeds')
     // The schedules must actually exercise the hard paths, or the run proves little.
     if (seeds >= DEFAULT_SEEDS) {
       expect(outcomes.committed).toBeGreaterThan(seeds / 10)

@@ -157,22 +157,9 @@ export interface Report {
   readonly faults: Faults
 }
 
-export function simulate(seed: number, trace?: (line: string) => void): Report {
-  return new World(seed, trace).run()
-}
-
-class World {
-  private readonly rng: Prng
-  private readonly sched = new Scheduler()
-  private readonly env: Env
-  private readonly faults: Faults
-  private faultsOn = true
-  private readonly tx: string
-  private readonly deadline: number
-  private readonly coordinator: CoordinatorNode
-  private readonly participants: ParticipantNode[] = []
-  private readonly violations: string[] = []
-  private readonly stats: Stats = {
+/** Every counter at zero: a world's start, and the totals of a run over many seeds. */
+export function emptyStats(): Stats {
+  return {
     coordinatorCrashes: 0,
     participantCrashes: 0,
     coordinatorRecoveries: 0,
@@ -188,6 +175,24 @@ class World {
     onePhaseUnknown: 0,
     onePhaseCrashes: 0,
   }
+}
+
+export function simulate(seed: number, trace?: (line: string) => void): Report {
+  return new World(seed, trace).run()
+}
+
+class World {
+  private readonly rng: Prng
+  private readonly sched = new Scheduler()
+  private readonly env: Env
+  private readonly faults: Faults
+  private faultsOn = true
+  private readonly tx: string
+  private readonly deadline: number
+  private readonly coordinator: CoordinatorNode
+  private readonly participants: ParticipantNode[] = []
+  private readonly violations: string[] = []
+  private readonly stats: Stats = emptyStats()
   private onePhase = false
   private readonly onePhaseLogged = new Set<string>()
   private readonly coordinatorOutcomes: Outcome[] = []
