@@ -8,7 +8,7 @@
 // Enlistment header `txmesh-enlisted: v1.<payload>.<mac>` on responses from a participant's
 // ingress: payload {i: tx id, p: [{s: service, c: control address, b: branch}]} listing the
 // participant itself and the participants it enlisted in nested calls.
-import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto'
+import { createHmac, randomFillSync, timingSafeEqual } from 'node:crypto'
 import { BlockList, isIP } from 'node:net'
 import {
   ContextExpiredError,
@@ -71,7 +71,7 @@ const ADDRESS_RE = /^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]{1,253}):\d{1,5}$/
 export function newTxId(coordinator: string): TxId {
   // Alphanumeric only: '_' separates the coordinator part, and an id starting with '-' would
   // read as a flag on a command line (txmesh tx show ID).
-  const random = randomBytes(12).toString('base64url').replace(/[-_]/g, 'x')
+  const random = randomBase64url(12).replace(/[-_]/g, 'x')
   const encoded = Buffer.from(coordinator).toString('base64url')
   return random.length + 1 + encoded.length <= 64 ? `${random}_${encoded}` : random
 }
@@ -84,8 +84,22 @@ export function coordinatorOfTx(id: TxId): string | undefined {
   return ADDRESS_RE.test(address) ? address : undefined
 }
 
+const randomPool = Buffer.allocUnsafe(LIMITS.randomPoolBytes)
+let randomUsed = randomPool.length
+
+/** `n` fresh CSPRNG bytes in base64url, from the pool (LIMITS.randomPoolBytes); never reused. */
+function randomBase64url(n: number): string {
+  if (randomUsed + n > randomPool.length) {
+    randomFillSync(randomPool)
+    randomUsed = 0
+  }
+  const s = randomPool.toString('base64url', randomUsed, randomUsed + n)
+  randomUsed += n
+  return s
+}
+
 export function newBranchId(): BranchId {
-  return randomBytes(6).toString('base64url').replace(/[-_]/g, 'x')
+  return randomBase64url(6).replace(/[-_]/g, 'x')
 }
 
 export function isId(s: unknown): s is string {
@@ -316,7 +330,7 @@ export function signControl(key: Buffer, ts: number, method: string, path: strin
 }
 
 export function newControlNonce(): string {
-  return randomBytes(LIMITS.controlNonceBytes).toString('base64url')
+  return randomBase64url(LIMITS.controlNonceBytes)
 }
 
 function controlInput(ts: number, nonce: string, method: string, path: string, body: string): string {

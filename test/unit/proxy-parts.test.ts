@@ -87,11 +87,17 @@ describe('retries', () => {
 describe('transaction ids', () => {
   it('are alphanumeric before the coordinator part, never start with "-", and name their coordinator', async () => {
     const { newTxId, newBranchId, coordinatorOfTx } = await import('../../src/tx/protocol.js')
+    const seen = new Set<string>()
+    // 2000 × 18 random bytes: the pool (LIMITS.randomPoolBytes) is refilled several times, and no
+    // id repeats across a refill.
     for (let i = 0; i < 2000; i++) {
       const id = newTxId('127.0.0.1:15010')
       expect(id).toMatch(/^[A-Za-z0-9]{16}_[A-Za-z0-9_-]+$/)
       expect(coordinatorOfTx(id)).toBe('127.0.0.1:15010')
-      expect(newBranchId()).toMatch(/^[A-Za-z0-9]{8}$/)
+      const branch = newBranchId()
+      expect(branch).toMatch(/^[A-Za-z0-9]{8}$/)
+      seen.add(id).add(branch)
     }
+    expect(seen.size).toBe(4000)
   })
 })
