@@ -84,7 +84,7 @@ export function coordinatorOfTx(id: TxId): string | undefined {
   return ADDRESS_RE.test(address) ? address : undefined
 }
 
-const randomPool = Buffer.allocUnsafe(LIMITS.randomPoolBytes)
+const randomPool = Buffer.alloc(LIMITS.randomPoolBytes)
 let randomUsed = randomPool.length
 
 /** `n` fresh CSPRNG bytes in base64url, from the pool (LIMITS.randomPoolBytes); never reused. */
