@@ -29,7 +29,7 @@
 // pg/barrier.ts): duplicates are skipped, a compensate/cancel of an action/try that never ran
 // is empty and stops that action/try from running later (hanging, answered 409). A service
 // crash loses in-flight requests, not its database.
-import type { Env, Outcome } from '../../src/tx/core.js'
+import type { Outcome } from '../../src/tx/core.js'
 import {
   intentUnsent,
   newStepTx,
@@ -45,7 +45,7 @@ import {
   type StepTxState,
 } from '../../src/tx/steps/machine.js'
 import { Prng } from './prng.js'
-import { Scheduler } from './scheduler.js'
+import { SimWorld, type SimNode } from './sim-world.js'
 
 /** Time after which no fault is injected any more and every node is up. */
 export const STEP_FAULTS_END_MS = 3_000
@@ -62,12 +62,7 @@ const OPERATOR_RETRY_MS = 1_000
 
 export type BarrierOp = 'action' | 'compensate' | 'try' | 'confirm' | 'cancel'
 
-interface Node {
-  readonly name: string
-  up: boolean
-  /** Bumped at every crash: callbacks of an earlier life are dropped. */
-  incarnation: number
-}
+type Node = SimNode
 
 type LogBody =
   | { readonly type: 'step'; readonly mode: StepMode; readonly step: StepRecord }
@@ -162,6 +157,7 @@ export interface StepStats {
   lostLazyRecords: number
   messages: number
   lost: number
+  duplicated: number
 }
 
 export interface StepInfo {
@@ -214,12 +210,8 @@ function newEffects(): Effects {
   return { count: { action: 0, compensate: 0, try: 0, confirm: 0, cancel: 0 }, at: {}, rows: new Map() }
 }
 
-class StepWorld {
-  private readonly rng: Prng
-  private readonly sched = new Scheduler()
-  private readonly env: Env
-  private readonly faults: StepFaults
-  private faultsOn = true
+class StepWorld extends SimWorld {
+  protected readonly faults: StepFaults
   private readonly mode: StepMode
   private readonly intents: boolean
   private readonly tx: string
@@ -227,8 +219,7 @@ class StepWorld {
   private readonly policy: StepPolicy
   private readonly coordinator: CoordinatorNode
   private readonly services: ServiceNode[] = []
-  private readonly violations: string[] = []
-  private readonly stats: StepStats = {
+  protected readonly stats: StepStats = {
     coordinatorCrashes: 0,
     powerLosses: 0,
     serviceCrashes: 0,
@@ -251,6 +242,7 @@ class StepWorld {
     lostLazyRecords: 0,
     messages: 0,
     lost: 0,
+    duplicated: 0,
   }
   /** Durable step records, by step in log order of their first record; flags of the last one. */
   private readonly durableSteps = new Map<string, { late: boolean; intent: boolean; order: number }>()
@@ -271,19 +263,9 @@ class StepWorld {
   private nextStep = 0
   private decided = false
 
-  constructor(
-    private readonly seed: number,
-    private readonly trace: ((line: string) => void) | undefined,
-  ) {
-    this.rng = new Prng(seed)
+  constructor(seed: number, trace: ((line: string) => void) | undefined) {
+    super(seed, trace)
     const rng = this.rng
-    const sched = this.sched
-    this.env = {
-      get now() {
-        return sched.now
-      },
-      random: () => rng.next(),
-    }
     this.mode = rng.chance(0.5) ? 'saga' : 'tcc'
     // Drawn apart, so the seeds of the old order replay as they did before intents existed.
     this.intents = new Prng(seed ^ 0x5bd1e995).chance(0.5)
@@ -334,15 +316,6 @@ class StepWorld {
     return this.report(quiesced)
   }
 
-  private log(line: string): void {
-    this.trace?.(`${String(this.sched.now).padStart(6)} ${line}`)
-  }
-
-  private violation(what: string): void {
-    this.violations.push(`t=${this.sched.now}: ${what}`)
-    this.log(`VIOLATION ${what}`)
-  }
-
   // -------------------------------------------------------------------------------------------
   // Faults, network, timers
 
@@ -380,67 +353,6 @@ class StepWorld {
       this.feed({ type: 'retry-stuck' })
     }
     if (stuck || !c.up || (c.state !== undefined && !c.retired)) this.sched.after(OPERATOR_RETRY_MS, () => this.operatorLoop())
-  }
-
-  private latency(): number {
-    if (this.faultsOn && this.rng.chance(this.faults.slow)) return this.rng.int(100, 1_500)
-    return this.rng.chance(0.1) ? this.rng.int(10, 80) : this.rng.int(1, 10)
-  }
-
-  /** An fsync; now and then the disk stalls. */
-  private diskLatency(): number {
-    return this.faultsOn && this.rng.chance(this.faults.slow) ? this.rng.int(50, 600) : this.rng.int(1, 15)
-  }
-
-  private send(to: Node, deliver: () => void, duplicable: boolean): void {
-    this.stats.messages++
-    if (this.faultsOn && this.rng.chance(this.faults.loss)) {
-      this.stats.lost++
-      return
-    }
-    const copies = duplicable && this.faultsOn && this.rng.chance(this.faults.duplicate) ? 2 : 1
-    for (let i = 0; i < copies; i++) {
-      this.sched.after(this.latency(), () => {
-        if (to.up) deliver()
-      })
-    }
-  }
-
-  /** Request-response with a timeout: `done` runs once, with the first answer or undefined. */
-  private request<R>(from: Node, to: Node, timeoutMs: number, handle: (reply: (r: R) => void) => void, done: (r: R | undefined) => void, duplicable: boolean): void {
-    const incarnation = from.incarnation
-    let settled = false
-    this.send(
-      to,
-      () => {
-        const toIncarnation = to.incarnation
-        handle((r) => {
-          if (!to.up || to.incarnation !== toIncarnation) return
-          this.send(
-            from,
-            () => {
-              if (!from.up || from.incarnation !== incarnation || settled) return
-              settled = true
-              done(r)
-            },
-            duplicable,
-          )
-        })
-      },
-      duplicable,
-    )
-    this.timer(from, timeoutMs, () => {
-      if (settled) return
-      settled = true
-      done(undefined)
-    })
-  }
-
-  private timer(node: Node, delayMs: number, run: () => void): void {
-    const incarnation = node.incarnation
-    this.sched.after(delayMs, () => {
-      if (node.up && node.incarnation === incarnation) run()
-    })
   }
 
   private crash(node: Node, power: boolean): void {
@@ -514,15 +426,6 @@ class StepWorld {
     for (const e of step.state.steps) if (!this.knownAt.has(e.step.id)) this.knownAt.set(e.step.id, this.sched.now)
     this.log(`C recovered ${step.state.status} with ${steps.length} steps (${done.size} done)${step.actions.length > 0 ? `: ${step.actions.map(describe).join(', ')}` : ''}`)
     this.perform(step.actions)
-  }
-
-  private guard<T>(what: string, f: () => T): T | undefined {
-    try {
-      return f()
-    } catch (err) {
-      this.violation(`${what} threw: ${err instanceof Error ? err.message : String(err)}`)
-      return undefined
-    }
   }
 
   // -------------------------------------------------------------------------------------------
@@ -657,7 +560,7 @@ class StepWorld {
         if (ok !== true) this.stats.failedOps++
         this.feed(ok === true ? { type: 'op-done', step: step.id } : { type: 'op-failed', step: step.id, error: ok === false ? `${op} answered 503` : `${op} timed out` })
       },
-      true,
+      { duplicable: true },
     )
   }
 
@@ -846,7 +749,7 @@ class StepWorld {
             hear(r === 'ok' && status >= 200 && status < 300)
           })
         },
-        false,
+        { duplicable: false },
       )
     }
     if (!this.intents) return send()

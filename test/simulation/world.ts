@@ -22,7 +22,6 @@ import type {
   CoordinatorAction,
   CoordinatorEvent,
   CoordinatorState,
-  Env,
   Outcome,
   ParticipantAction,
   ParticipantEvent,
@@ -31,8 +30,7 @@ import type {
   Vote,
 } from '../../src/tx/core.js'
 import { newParticipant, participantStep, recoverParticipant } from '../../src/tx/participant/machine.js'
-import { Prng } from './prng.js'
-import { Scheduler } from './scheduler.js'
+import { SimWorld, type SimNode } from './sim-world.js'
 
 /** Time after which no fault is injected any more and every node is up. */
 export const FAULTS_END_MS = 3_000
@@ -46,12 +44,7 @@ const HOOK_TIMEOUT_MS = 200
 
 export type AppBranchStatus = 'none' | 'open' | 'prepared' | 'committed' | 'aborted' | 'read-only'
 
-interface Node {
-  readonly name: string
-  up: boolean
-  /** Bumped at every crash: callbacks of an earlier life are dropped. */
-  incarnation: number
-}
+type Node = SimNode
 
 type CoordinatorRecord = { readonly kind: 'decision'; readonly participants: readonly ParticipantRef[] } | { readonly kind: 'end' }
 type ParticipantRecord = { readonly kind: 'prepared'; readonly onePhase: boolean } | { readonly kind: 'end'; readonly outcome: Outcome }
@@ -181,18 +174,13 @@ export function simulate(seed: number, trace?: (line: string) => void): Report {
   return new World(seed, trace).run()
 }
 
-class World {
-  private readonly rng: Prng
-  private readonly sched = new Scheduler()
-  private readonly env: Env
-  private readonly faults: Faults
-  private faultsOn = true
+class World extends SimWorld {
+  protected readonly faults: Faults
   private readonly tx: string
   private readonly deadline: number
   private readonly coordinator: CoordinatorNode
   private readonly participants: ParticipantNode[] = []
-  private readonly violations: string[] = []
-  private readonly stats: Stats = emptyStats()
+  protected readonly stats: Stats = emptyStats()
   private onePhase = false
   private readonly onePhaseLogged = new Set<string>()
   private readonly coordinatorOutcomes: Outcome[] = []
@@ -207,19 +195,9 @@ class World {
   private appLostAnswer = false
   private readonly callResults = new Map<string, 'ok' | 'failed'>()
 
-  constructor(
-    private readonly seed: number,
-    private readonly trace: ((line: string) => void) | undefined,
-  ) {
-    this.rng = new Prng(seed)
+  constructor(seed: number, trace: ((line: string) => void) | undefined) {
+    super(seed, trace)
     const rng = this.rng
-    const sched = this.sched
-    this.env = {
-      get now() {
-        return sched.now
-      },
-      random: () => rng.next(),
-    }
     // A quarter of the seeds run without faults, a third with a few, the rest with many.
     const tier = rng.next()
     const scale = tier < 0.25 ? 0 : tier < 0.6 ? 0.25 : 1
@@ -264,15 +242,6 @@ class World {
     return this.report(quiesced)
   }
 
-  private log(line: string): void {
-    this.trace?.(`${String(this.sched.now).padStart(6)} ${line}`)
-  }
-
-  private violation(what: string): void {
-    this.violations.push(`t=${this.sched.now}: ${what}`)
-    this.log(`VIOLATION ${what}`)
-  }
-
   // -------------------------------------------------------------------------------------------
   // Faults, network, timers
 
@@ -299,90 +268,12 @@ class World {
     this.log('faults stop')
   }
 
-  private latency(): number {
-    if (this.faultsOn && this.rng.chance(this.faults.slow)) return this.rng.int(100, 1_500)
-    return this.rng.chance(0.1) ? this.rng.int(10, 80) : this.rng.int(1, 10)
-  }
-
-  /** A forced log write; now and then the disk stalls (fsync behind a busy device). */
-  private diskLatency(): number {
-    return this.faultsOn && this.rng.chance(this.faults.slow) ? this.rng.int(50, 600) : this.rng.int(1, 15)
-  }
-
-  /** One message; it may be lost, duplicated, delayed past later ones. Delivered only to a node that is up. */
-  private send(to: Node, deliver: () => void, duplicable: boolean): void {
-    this.stats.messages++
-    if (this.faultsOn && this.rng.chance(this.faults.loss)) {
-      this.stats.lost++
-      return
-    }
-    const copies = duplicable && this.faultsOn && this.rng.chance(this.faults.duplicate) ? 2 : 1
-    if (copies === 2) this.stats.duplicated++
-    for (let i = 0; i < copies; i++) {
-      this.sched.after(this.latency(), () => {
-        if (to.up) deliver()
-      })
-    }
-  }
-
-  /**
-   * Request-response with a timeout: `done` runs exactly once, with the first answer or with
-   * undefined at the timeout, and only if the caller is still the same incarnation. `onEveryReply`
-   * sees every answer that arrives (late and duplicated ones too): the egress enlists from them.
-   */
-  private request<R>(
-    from: Node,
-    to: Node,
-    timeoutMs: number,
-    handle: (reply: (r: R) => void) => void,
-    done: (r: R | undefined) => void,
-    opts: { duplicable: boolean; onEveryReply?: (r: R) => void } = { duplicable: true },
-  ): void {
-    const incarnation = from.incarnation
-    let settled = false
-    const alive = (): boolean => from.up && from.incarnation === incarnation
-    this.send(
-      to,
-      () => {
-        const toIncarnation = to.incarnation
-        handle((r) => {
-          if (!to.up || to.incarnation !== toIncarnation) return
-          this.send(
-            from,
-            () => {
-              if (!alive()) return
-              opts.onEveryReply?.(r)
-              if (settled) return
-              settled = true
-              done(r)
-            },
-            opts.duplicable,
-          )
-        })
-      },
-      opts.duplicable,
-    )
-    this.timer(from, timeoutMs, () => {
-      if (settled) return
-      settled = true
-      done(undefined)
-    })
-  }
-
   private append<R>(node: Node & Logged<R>, record: R, delayMs: number, then?: () => void): void {
     const at = Math.max(this.sched.now + delayMs, node.logTail)
     node.logTail = at
     this.timer(node, at - this.sched.now, () => {
       node.log.push(record)
       then?.()
-    })
-  }
-
-  /** A timer of one incarnation of a node: it dies with a crash. */
-  private timer(node: Node, delayMs: number, run: () => void): void {
-    const incarnation = node.incarnation
-    this.sched.after(delayMs, () => {
-      if (node.up && node.incarnation === incarnation) run()
     })
   }
 
@@ -444,15 +335,6 @@ class World {
       this.stats.orphansResolved++
       p.app = 'aborted'
       this.log(`${p.name} app rolls back an orphan prepared branch`)
-    }
-  }
-
-  private guard<T>(what: string, f: () => T): T | undefined {
-    try {
-      return f()
-    } catch (err) {
-      this.violation(`${what} threw: ${err instanceof Error ? err.message : String(err)}`)
-      return undefined
     }
   }
 
