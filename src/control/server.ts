@@ -181,14 +181,18 @@ async function runOp(d: ControlDeps, id: string, op: string, body: Record<string
   const branch = body.branch
   if (!isId(branch)) return new BadRequestError('body.branch must be a branch id')
   if (op === 'confirm' || op === 'cancel') {
-    if (body.method !== undefined && !isStepMethod(body.method)) return new BadRequestError(`body.method must be an upper-case method other than CONNECT, at most ${LIMITS.stepMethodChars} letters`)
-    const m = body.method ?? 'POST'
-    const p = typeof body.path === 'string' && body.path.startsWith('/') && body.path.length <= LIMITS.stepPathChars ? body.path : undefined
-    const extra = { method: m, path: p, body: undefined as string | undefined, headers: {} as Record<string, string> }
-    if (typeof body.body === 'string' && body.body.length <= LIMITS.stepTemplateBodyBytes) extra.body = body.body
-    if (typeof body.headers === 'object' && body.headers !== null) {
-      for (const [k, v] of Object.entries(body.headers as Record<string, unknown>)) if (STEP_HEADER_NAME.test(k) && typeof v === 'string' && !k.toLowerCase().startsWith('txmesh-')) extra.headers[k.toLowerCase()] = v
+    // The request the participant sends its app: as the step recorded it (no method: POST; no
+    // path or '': the sidecar's own hook). Malformed fields are refused, never replaced.
+    const problem = opProblem(body, false)
+    if (problem !== undefined) return new BadRequestError(`body.${problem}`)
+    const extra = {
+      method: (body.method as string | undefined) ?? 'POST',
+      path: body.path === undefined || body.path === '' ? undefined : (body.path as string),
+      body: body.body as string | undefined,
+      headers: {} as Record<string, string>,
     }
+    // The txmesh-* headers are the sidecar's to set.
+    for (const [k, v] of Object.entries((body.headers ?? {}) as Record<string, string>)) if (!k.toLowerCase().startsWith('txmesh-')) extra.headers[k.toLowerCase()] = v
     const done = await d.participant.stepHook(id, branch, op, extra)
     if (done === 'failed') return new NotReadyError(`the app did not ${op} step ${branch}; retry later`)
     return ok({ id, branch, done: op })
@@ -254,14 +258,24 @@ function parseRefs(v: unknown): ParticipantRef[] | TxmeshError {
   return out
 }
 
-function isOp(v: unknown): v is StepOp {
-  const o = v as Record<string, unknown> | null
-  if (typeof o !== 'object' || o === null) return false
-  if (!isStepMethod(o.method) || typeof o.path !== 'string' || o.path.length > LIMITS.stepPathChars) return false
-  if (o.path !== '' && !o.path.startsWith('/')) return false
-  if (o.body !== undefined && (typeof o.body !== 'string' || o.body.length > LIMITS.stepTemplateBodyBytes)) return false
-  if (o.headers !== undefined && (typeof o.headers !== 'object' || o.headers === null || Object.values(o.headers).some((h) => typeof h !== 'string'))) return false
-  return true
+/**
+ * What is wrong with the request fields of a step op, if anything: a /steps record's compensate,
+ * confirm or cancel (method and path required), or the body of a confirm/cancel call (both
+ * optional). A path '' names the service's own hook.
+ */
+function opProblem(o: Record<string, unknown>, recorded: boolean): string | undefined {
+  if (o.method === undefined ? recorded : !isStepMethod(o.method)) return `method must be an upper-case method other than CONNECT, at most ${LIMITS.stepMethodChars} letters`
+  if (o.path === undefined ? recorded : typeof o.path !== 'string' || o.path.length > LIMITS.stepPathChars || (o.path !== '' && !o.path.startsWith('/'))) {
+    return `path must be '' or start with '/', at most ${LIMITS.stepPathChars} characters`
+  }
+  if (o.body !== undefined && (typeof o.body !== 'string' || o.body.length > LIMITS.stepTemplateBodyBytes)) return `body must be a string of at most ${LIMITS.stepTemplateBodyBytes} characters`
+  if (o.headers !== undefined) {
+    const h = o.headers
+    if (typeof h !== 'object' || h === null || Array.isArray(h) || Object.entries(h).some(([k, v]) => !STEP_HEADER_NAME.test(k) || typeof v !== 'string')) {
+      return `headers must map header names (at most ${LIMITS.stepHeaderNameChars} letters, digits and '-') to strings`
+    }
+  }
+  return undefined
 }
 
 /** A step a peer's egress recorded (control POST /steps): checked field by field. */
@@ -270,7 +284,12 @@ function parseStep(v: unknown): StepRecord | TxmeshError {
   if (typeof o !== 'object' || o === null || !isId(o.id) || typeof o.service !== 'string' || o.service.length > LIMITS.serviceNameChars || typeof o.target !== 'string' || o.target.length > LIMITS.stepTargetChars) {
     return new BadRequestError('step must have id, service and target')
   }
-  for (const k of ['compensate', 'confirm', 'cancel'] as const) if (o[k] !== undefined && !isOp(o[k])) return new BadRequestError(`step.${k} is malformed`)
+  for (const k of ['compensate', 'confirm', 'cancel'] as const) {
+    const op = o[k]
+    if (op === undefined) continue
+    const problem = typeof op === 'object' && op !== null && !Array.isArray(op) ? opProblem(op as Record<string, unknown>, true) : 'must be an object'
+    if (problem !== undefined) return new BadRequestError(`step.${k} is malformed: ${problem}`)
+  }
   if (o.unresolved !== undefined && (typeof o.unresolved !== 'string' || o.unresolved.length > LIMITS.stepReasonChars)) return new BadRequestError('step.unresolved is malformed')
   for (const k of ['intent', 'viaIngress'] as const) if (o[k] !== undefined && typeof o[k] !== 'boolean') return new BadRequestError(`step.${k} must be a boolean`)
   const step: StepRecord = {

@@ -80,6 +80,13 @@ describe('control listener: step methods', () => {
       expect(hook, m).toMatchObject({ status: 400, code: 'TXM_BAD_REQUEST' })
       expect(JSON.stringify(hook.body)).toContain('body.method')
     }
+    // Other malformed fields are refused too, never replaced by the defaults.
+    for (const bad of [{ path: 'confirm' }, { path: 7 }, { body: {} }, { headers: { 'bad name': 'v' } }, { headers: ['x'] }, { headers: { a: 1 } }]) {
+      const hook = await post(port, '/v1/tx/t1/confirm', JSON.stringify({ branch: 'b1', method: 'PUT', ...bad }))
+      expect(hook, JSON.stringify(bad)).toMatchObject({ status: 400, code: 'TXM_BAD_REQUEST' })
+      const recorded = JSON.stringify({ step: { id: 's2', service: 'pay', target: 'http://127.0.0.1:1', confirm: { method: 'PUT', path: '/c', ...bad } } })
+      expect(await post(port, '/v1/tx/t1/steps', recorded), JSON.stringify(bad)).toMatchObject({ status: 400, code: 'TXM_BAD_REQUEST' })
+    }
     // No method: the hook is a POST, as before.
     expect(await post(port, '/v1/tx/t1/cancel', JSON.stringify({ branch: 'b1', path: '/cancel' }))).toMatchObject({ status: 200, body: { done: 'cancel' } })
     expect(await post(port, '/v1/tx/t1/confirm', JSON.stringify({ branch: 'b1', method: 'PUT', path: '/confirm' }))).toMatchObject({ status: 200, body: { done: 'confirm' } })
