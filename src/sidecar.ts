@@ -65,7 +65,7 @@ export async function startSidecar(config: SidecarConfig, log: Logger): Promise<
   const txEnabled = keys !== undefined
   const peerTls = config.tls === undefined ? undefined : startPeerTls(config, log)
   // What the admin API's transaction calls and the control listener answer without a mesh key.
-  const txUnavailable = (): MeshKeyMissingError | undefined => (txEnabled ? undefined : new MeshKeyMissingError('transactions need a mesh key (TXMESH_MESH_KEY or mesh.keyFile)'))
+  const txUnavailable = (): MeshKeyMissingError | undefined => (txEnabled ? undefined : new MeshKeyMissingError('transactions need a mesh key (TXMESH_MESH_KEY, TXMESH_MESH_KEY_FILE or mesh.keyFile)'))
   const stopKeyWatch = keys !== undefined && config.mesh.keyFile !== undefined ? watchKeyFile(keys, config.mesh.keyFile, log) : undefined
   // The admin token: admin.tokenFile is re-read when it changes, as the mesh key file is.
   let adminToken = config.admin.token

@@ -7,7 +7,7 @@ import { LineCounter, parseDocument, isMap, isNode, isPair, isScalar, type Docum
 import { ConfigInvalidError, type ConfigProblem } from '../errors.js'
 import { LIMITS } from '../limits.js'
 import { readSecretFile, readTlsMaterial } from '../secrets.js'
-import { parseMeshKeys } from '../tx/keys.js'
+import { MESH_KEY_FILE_ENV, parseMeshKeys } from '../tx/keys.js'
 import { compileCoordinators } from '../tx/protocol.js'
 import validateSchema, { PATTERNS } from './schema-validator.generated.js'
 import type { HostPort, RetryOn, RetryPolicy, RoutePolicy, SidecarConfig, Direction, StepRequestTemplate, TlsSettings } from './types.js'
@@ -39,11 +39,6 @@ export interface ConfigOverrides {
 
 /** Environment variables of the settings that may come from outside the file. */
 export const CONFIG_ENV = { service: 'TXMESH_SERVICE', storeDir: 'TXMESH_STORE_DIR', advertise: 'TXMESH_ADVERTISE' } as const
-/**
- * File holding the mesh key(s), over mesh.keyFile (the key variable itself, mesh.keyEnv, wins over
- * both). The Kubernetes injector points it at the mounted mesh key Secret, which is then watched.
- */
-export const MESH_KEY_FILE_ENV = 'TXMESH_MESH_KEY_FILE'
 const CONFIG_FLAG = { service: '--service', storeDir: '--store-dir', advertise: '--advertise' } as const
 
 /** Applies the precedence: a flag wins over its variable; an empty variable counts as unset. */
@@ -345,7 +340,8 @@ function build(raw: RawConfig, file: string, doc: Document, at: (o: number) => {
       if (typeof k !== 'string') {
         keys.push(...k)
         keyFile = path
-      } else if (fromFileEnv) problems.push({ file, line: 0, col: 0, message: `${MESH_KEY_FILE_ENV} (${path}): ${k}` })
+        // The variable's value is not quoted: it may hold the key by mistake.
+      } else if (fromFileEnv) problems.push({ file, line: 0, col: 0, message: `${MESH_KEY_FILE_ENV}: ${k}` })
       else problems.push({ file, ...position(['mesh', 'keyFile']), message: `mesh.keyFile: ${k}` })
     }
   }

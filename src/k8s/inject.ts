@@ -2,8 +2,8 @@
 // template's txmesh.io/* annotations, decides, and returns the change as JSON Patch operations
 // plus the object they produce. The webhook sends the operations; `txmesh inject` applies them to
 // the YAML document. Shape and names follow the contract in src/k8s/constants.ts.
-import { MESH_KEY_FILE_ENV } from '../config/load.js'
 import { InjectConflictError, InjectInvalidError, InjectNoAppPortError, ManifestInvalidError } from '../errors.js'
+import { MESH_KEY_FILE_ENV } from '../tx/keys.js'
 import {
   ANNOTATIONS,
   ADMIN_TOKEN_KEY,

@@ -1,5 +1,5 @@
 // Mesh keys: the HMAC-SHA256 keys that sign contexts, enlistment headers and control calls.
-// Several keys may be configured (comma-separated, TXMESH_MESH_KEY or mesh.keyFile): the first
+// Several keys may be configured (comma-separated, in TXMESH_MESH_KEY or in the key file): the first
 // signs and every one verifies, which is how a key is rotated without stopping the mesh:
 //   1. every sidecar gets [K1,K2]  (accepts K2, still signs with K1)
 //   2. every sidecar gets [K2,K1]  (signs with K2, still accepts K1 from those not moved yet)
@@ -7,12 +7,18 @@
 // Step 1 must be complete before step 2 starts anywhere: a sidecar signing with K2 sends
 // enlistment headers and control calls that a peer knowing only K1 refuses.
 //
-// mesh.keyFile is watched: a valid new content replaces the keys in place (no restart); an
-// invalid one (no key, a key under 16 bytes, unreadable) keeps the current keys and logs one
-// warning.
+// The key file (TXMESH_MESH_KEY_FILE, else mesh.keyFile) is watched: a valid new content replaces
+// the keys in place (no restart); an invalid one (no key, a key under 16 bytes, unreadable) keeps
+// the current keys and logs one warning.
 import { LIMITS } from '../limits.js'
 import type { Logger } from '../log.js'
 import { keyId, watchSecretFile } from '../secrets.js'
+
+/**
+ * The variable naming the mesh key file; it wins over mesh.keyFile (the key variable itself,
+ * mesh.keyEnv, wins over both). The Kubernetes injector points it at the mounted mesh key Secret.
+ */
+export const MESH_KEY_FILE_ENV = 'TXMESH_MESH_KEY_FILE'
 
 /** What signing and verification read: the current keys, the first one signing. */
 export interface MeshKeys {
@@ -27,7 +33,7 @@ export function staticKeys(keys: readonly Buffer[]): MeshKeys {
 }
 
 /**
- * Parses the value of TXMESH_MESH_KEY or mesh.keyFile: comma-separated keys, blanks around them
+ * Parses the value of TXMESH_MESH_KEY or of the key file: comma-separated keys, blanks around them
  * ignored. Returns the keys, or what is wrong (never quoting a key).
  */
 export function parseMeshKeys(text: string): Buffer[] | string {

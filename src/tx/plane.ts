@@ -79,7 +79,7 @@ export interface TxPlane {
 
 export class DisabledTxPlane implements TxPlane {
   private refuse(): TxmeshError {
-    return new MeshKeyMissingError('a transaction reached a sidecar without a mesh key (TXMESH_MESH_KEY or mesh.keyFile)')
+    return new MeshKeyMissingError('a transaction reached a sidecar without a mesh key (TXMESH_MESH_KEY, TXMESH_MESH_KEY_FILE or mesh.keyFile)')
   }
   egress(): TxmeshError {
     return this.refuse()

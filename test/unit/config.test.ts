@@ -309,7 +309,10 @@ describe('control plane security config (admin token, tls, key file)', () => {
       expect(cfg.mesh.keyFile).toBe(mounted)
       expect(parseConfig('service: a\n', 'p.yaml').mesh.keyFile).toBe(mounted)
       process.env.TXMESH_MESH_KEY_FILE = '/nonexistent/mesh-key'
-      expect(problems('service: a\n')).toEqual(['p.yaml:0:0: TXMESH_MESH_KEY_FILE (/nonexistent/mesh-key): cannot read: ENOENT'])
+      expect(problems('service: a\n')).toEqual(['p.yaml:0:0: TXMESH_MESH_KEY_FILE: cannot read: ENOENT'])
+      // A key put in the variable by mistake is not quoted back.
+      process.env.TXMESH_MESH_KEY_FILE = 'key-by-mistake-0123456789abcdef'
+      expect(problems('service: a\n').join()).not.toContain('key-by-mistake')
       // Empty counts as unset.
       process.env.TXMESH_MESH_KEY_FILE = ''
       expect(parseConfig('service: a\n', 'p.yaml').mesh.keys).toEqual([])
