@@ -3,7 +3,8 @@
 // database). Can call other services through its sidecar, forwarding the context it received.
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import { ProxyAgent, request } from 'undici'
-import { startServer } from './servers.js'
+import { afterAll, afterEach } from 'vitest'
+import { startServer, type SidecarProcess } from './servers.js'
 
 export interface TxApp {
   port: number
@@ -103,4 +104,20 @@ export async function startTxApp(name: string): Promise<TxApp> {
   })
   app.port = s.port
   return app
+}
+
+/**
+ * What a test file starts and must stop: its sidecar processes are SIGKILLed and its closers run
+ * after each test; its apps are closed after the file. Call once at the top of the file.
+ */
+export function stopAfterTests(): { procs: SidecarProcess[]; apps: TxApp[]; closers: (() => Promise<void>)[] } {
+  const t = { procs: [] as SidecarProcess[], apps: [] as TxApp[], closers: [] as (() => Promise<void>)[] }
+  afterEach(async () => {
+    for (const p of t.procs.splice(0)) if (p.child.exitCode === null) p.child.kill('SIGKILL')
+    await Promise.all(t.closers.splice(0).map((c) => c()))
+  })
+  afterAll(async () => {
+    await Promise.all(t.apps.splice(0).map((a) => a.close()))
+  })
+  return t
 }

@@ -10,20 +10,13 @@ import { join } from 'node:path'
 import type { Pool } from 'pg'
 import { chromium } from 'playwright-core'
 import { request } from 'undici'
-import { afterAll, afterEach, describe, expect, it } from 'vitest'
+import { describe, expect, it } from 'vitest'
 import { createTxmeshPg } from '../../src/helpers/pg/index.js'
-import { CLI, rawRequest, sidecarYaml, spawnSidecar, until, type SidecarProcess } from '../helpers/servers.js'
-import { startTxApp, type TxApp } from '../helpers/tx-app.js'
+import { CLI, rawRequest, sidecarYaml, spawnSidecar, until } from '../helpers/servers.js'
+import { startTxApp, stopAfterTests } from '../helpers/tx-app.js'
 
 const TOKEN = 'admin-token-for-tests-0123456789'
-const procs: SidecarProcess[] = []
-const apps: TxApp[] = []
-afterEach(() => {
-  for (const p of procs.splice(0)) if (p.child.exitCode === null) p.child.kill('SIGKILL')
-})
-afterAll(async () => {
-  await Promise.all(apps.splice(0).map((a) => a.close()))
-})
+const { procs, apps } = stopAfterTests()
 
 /** sidecarYaml with the admin listener on every interface. */
 function exposedYaml(service: string, appPort: number, extra = ''): string {

@@ -4,7 +4,7 @@
 // sends them again byte for byte.
 import { createServer as createTcpServer, connect, type AddressInfo, type Server as TcpServer, type Socket } from 'node:net'
 import { request } from 'undici'
-import { afterAll, afterEach, describe, expect, it } from 'vitest'
+import { describe, expect, it } from 'vitest'
 import { createControlServer, type ControlDeps } from '../../src/control/server.js'
 import { ReplayCache } from '../../src/control/replay.js'
 import { LIMITS } from '../../src/limits.js'
@@ -12,19 +12,10 @@ import { silentLogger } from '../../src/log.js'
 import { closeServer, listen } from '../../src/net.js'
 import { staticKeys } from '../../src/tx/keys.js'
 import { signControl } from '../../src/tx/protocol.js'
-import { MESH_KEY, freePort, rawRequest, sidecarYaml, spawnSidecar, type SidecarProcess } from '../helpers/servers.js'
-import { startTxApp, type TxApp } from '../helpers/tx-app.js'
+import { MESH_KEY, freePort, rawRequest, sidecarYaml, spawnSidecar } from '../helpers/servers.js'
+import { startTxApp, stopAfterTests } from '../helpers/tx-app.js'
 
-const procs: SidecarProcess[] = []
-const apps: TxApp[] = []
-const closers: (() => Promise<void>)[] = []
-afterEach(async () => {
-  for (const p of procs.splice(0)) if (p.child.exitCode === null) p.child.kill('SIGKILL')
-  await Promise.all(closers.splice(0).map((c) => c()))
-})
-afterAll(async () => {
-  await Promise.all(apps.splice(0).map((a) => a.close()))
-})
+const { procs, apps, closers } = stopAfterTests()
 
 /** A TCP proxy to 127.0.0.1:`target` that keeps every byte clients sent, per connection. */
 async function recordingProxy(target: number): Promise<{ port: number; sent: Buffer[][] }> {

@@ -5,20 +5,13 @@
 import { renameSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { request } from 'undici'
-import { afterAll, afterEach, describe, expect, it } from 'vitest'
+import { describe, expect, it } from 'vitest'
 import { keyId } from '../../src/secrets.js'
 import { signContext, signControl, verifyContext, verifyEnlisted } from '../../src/tx/protocol.js'
 import { freePort, rawRequest, sidecarYaml, spawnSidecar, tempDir, until, type SidecarProcess } from '../helpers/servers.js'
-import { startTxApp, type TxApp } from '../helpers/tx-app.js'
+import { startTxApp, stopAfterTests, type TxApp } from '../helpers/tx-app.js'
 
-const procs: SidecarProcess[] = []
-const apps: TxApp[] = []
-afterEach(() => {
-  for (const p of procs.splice(0)) if (p.child.exitCode === null) p.child.kill('SIGKILL')
-})
-afterAll(async () => {
-  await Promise.all(apps.splice(0).map((a) => a.close()))
-})
+const { procs, apps } = stopAfterTests()
 
 const K1 = 'k1-rotation-test-key-0123456789'
 const K2 = 'k2-rotation-test-key-9876543210'

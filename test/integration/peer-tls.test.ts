@@ -10,22 +10,13 @@ import type { AddressInfo } from 'node:net'
 import { connect as tlsConnect, type TLSSocket } from 'node:tls'
 import { Agent, request } from 'undici'
 import { WebSocket, WebSocketServer } from 'ws'
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
+import { beforeAll, describe, expect, it } from 'vitest'
 import { signControl } from '../../src/tx/protocol.js'
 import { makePki, replaceFile, type Leaf, type TestPki } from '../helpers/certs.js'
 import { MESH_KEY, rawRequest, sidecarYaml, spawnSidecar, startServer, tempDir, until, type SidecarProcess } from '../helpers/servers.js'
-import { startTxApp, type TxApp } from '../helpers/tx-app.js'
+import { startTxApp, stopAfterTests } from '../helpers/tx-app.js'
 
-const procs: SidecarProcess[] = []
-const apps: TxApp[] = []
-const closers: (() => Promise<void>)[] = []
-afterEach(async () => {
-  for (const p of procs.splice(0)) if (p.child.exitCode === null) p.child.kill('SIGKILL')
-  await Promise.all(closers.splice(0).map((c) => c()))
-})
-afterAll(async () => {
-  await Promise.all(apps.splice(0).map((a) => a.close()))
-})
+const { procs, apps, closers } = stopAfterTests()
 
 let pki: TestPki
 let leaf1: Leaf

@@ -3,15 +3,11 @@
 import { execFile } from 'node:child_process'
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import { request } from 'undici'
-import { afterEach, describe, expect, it } from 'vitest'
+import { describe, expect, it } from 'vitest'
 import { CLI, freePort, rawRequest, sidecarYaml, spawnSidecar, startServer, tempDir, until, type SidecarProcess } from '../helpers/servers.js'
+import { stopAfterTests } from '../helpers/tx-app.js'
 
-const procs: SidecarProcess[] = []
-const closers: (() => Promise<void>)[] = []
-afterEach(async () => {
-  for (const p of procs.splice(0)) if (p.child.exitCode === null) p.child.kill('SIGKILL')
-  await Promise.all(closers.splice(0).map((c) => c()))
-})
+const { procs, closers } = stopAfterTests()
 
 interface Seen {
   method: string

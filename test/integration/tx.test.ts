@@ -4,20 +4,13 @@ import { spawnSync } from 'node:child_process'
 import { readFileSync, readdirSync } from 'node:fs'
 import { join } from 'node:path'
 import { request } from 'undici'
-import { afterAll, afterEach, describe, expect, it } from 'vitest'
+import { describe, expect, it } from 'vitest'
 import { signContext } from '../../src/tx/protocol.js'
 import { signControl } from '../../src/tx/protocol.js'
 import { CLI, MESH_KEY, freePort, rawRequest, sidecarYaml, spawnSidecar, tempDir, type SidecarProcess, until } from '../helpers/servers.js'
-import { startTxApp, type TxApp } from '../helpers/tx-app.js'
+import { startTxApp, stopAfterTests, type TxApp } from '../helpers/tx-app.js'
 
-const procs: SidecarProcess[] = []
-const apps: TxApp[] = []
-afterEach(() => {
-  for (const p of procs.splice(0)) if (p.child.exitCode === null) p.child.kill('SIGKILL')
-})
-afterAll(async () => {
-  await Promise.all(apps.splice(0).map((a) => a.close()))
-})
+const { procs, apps } = stopAfterTests()
 
 
 interface Mesh {
