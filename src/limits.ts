@@ -94,6 +94,8 @@ export const LIMITS = Object.freeze({
   // A peer that answered /v1/batch with 404 (an older txmesh) is sent one message at a time for
   // this long, then asked again (it may have been upgraded).
   batchReprobeMs: 60_000,
+  // Such peers remembered at most; past it the list is forgotten (they are probed again).
+  batchUnbatchedPeers: 1_000,
   // Messages waiting for one peer at most (each is a transaction waiting for its answer; at most
   // maxActiveTransactions and maxBranches exist at once): past it they are refused, 503.
   batchMaxQueued: 10_000,

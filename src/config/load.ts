@@ -421,12 +421,6 @@ function isLoopback(host: string): boolean {
   return h === 'localhost' || h === '::1' || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(h) || /^::ffff:127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(h)
 }
 
-/**
- * The admin token: admin.tokenFile, else the variable admin.tokenEnv (default
- * TXMESH_ADMIN_TOKEN). A variable named in the file must be set; the default one is optional.
- * A token shorter than LIMITS.adminTokenMinBytes, or an admin listener off loopback without a
- * token, is a problem (reported with the key's position when it has one).
- */
 /** An admin token as read from its file or variable, or what is wrong with it. */
 export function checkAdminToken(text: string): Buffer | string {
   const t = text.trim()
@@ -434,15 +428,20 @@ export function checkAdminToken(text: string): Buffer | string {
   return Buffer.byteLength(t) < LIMITS.adminTokenMinBytes ? `the token is shorter than ${LIMITS.adminTokenMinBytes} bytes` : Buffer.from(t)
 }
 
+/**
+ * The admin token: admin.tokenFile, else the variable admin.tokenEnv (default
+ * TXMESH_ADMIN_TOKEN). A variable named in the file must be set; the default one is optional.
+ * A token shorter than LIMITS.adminTokenMinBytes, or an admin listener off loopback without a
+ * token, is a problem (reported with the key's position when it has one).
+ */
 function adminToken(raw: RawConfig['admin'], host: string, problem: (path: (string | number)[] | undefined, message: string) => void): Buffer | undefined {
-  const check = checkAdminToken
   let token: Buffer | undefined
   if (raw?.tokenFile !== undefined && raw.tokenEnv !== undefined) {
     problem(['admin', 'tokenFile'], 'admin: give tokenEnv or tokenFile, not both')
     return undefined
   }
   if (raw?.tokenFile !== undefined) {
-    const t = secretFrom(raw.tokenFile, check)
+    const t = secretFrom(raw.tokenFile, checkAdminToken)
     if (typeof t === 'string') return void problem(['admin', 'tokenFile'], `admin.tokenFile: ${t}`)
     token = t
   } else {
@@ -451,7 +450,7 @@ function adminToken(raw: RawConfig['admin'], host: string, problem: (path: (stri
     if (value === undefined || value === '') {
       if (raw?.tokenEnv !== undefined) return void problem(['admin', 'tokenEnv'], `admin.tokenEnv: the variable ${name} is not set`)
     } else {
-      const t = check(value)
+      const t = checkAdminToken(value)
       if (typeof t === 'string') return void problem(raw?.tokenEnv === undefined ? undefined : ['admin', 'tokenEnv'], `${name}: ${t}`)
       token = t
     }

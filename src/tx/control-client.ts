@@ -20,9 +20,6 @@ export interface BatchedCall {
   readonly branch: string
 }
 
-/** Peers remembered as answering /v1/batch with 404 (an older txmesh): bounded, then forgotten. */
-const MAX_UNBATCHED_PEERS = 1_000
-
 export class ControlClient {
   private readonly agent: Agent
   private readonly scheme: 'http' | 'https'
@@ -71,7 +68,7 @@ export class ControlClient {
       if (r.status === 404 && r.error === 'TXM_NOT_FOUND') {
         // A peer without the batch endpoint: talk to it one message at a time from now on.
         // Asked again later: the peer may have been upgraded meanwhile.
-        if (this.unbatched.size >= MAX_UNBATCHED_PEERS) this.unbatched.clear()
+        if (this.unbatched.size >= LIMITS.batchUnbatchedPeers) this.unbatched.clear()
         this.unbatched.set(address, performance.now() + LIMITS.batchReprobeMs)
         return single()
       }
@@ -84,10 +81,8 @@ export class ControlClient {
     }
     return results.map((x: unknown): ControlResult => {
       const o = x as { status?: unknown; body?: unknown } | null
-      const status = typeof o?.status === 'number' ? o.status : 0
       const body = typeof o?.body === 'object' && o.body !== null && !Array.isArray(o.body) ? (o.body as Record<string, unknown>) : {}
-      if (status >= 200 && status < 300) return { ok: true, status, body }
-      return { ok: false, status, error: (body.error as { code?: string } | undefined)?.code ?? `HTTP ${status}` }
+      return resultOf(typeof o?.status === 'number' ? o.status : 0, body)
     })
   }
 
@@ -111,10 +106,7 @@ export class ControlClient {
         return { ok: false, status: res.status, error: 'control response is not JSON' }
       }
       if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) return { ok: false, status: res.status, error: 'control response is not a JSON object' }
-      const body = parsed as Record<string, unknown>
-      if (res.status >= 200 && res.status < 300) return { ok: true, status: res.status, body }
-      const err = (body.error as { code?: string } | undefined)?.code ?? `HTTP ${res.status}`
-      return { ok: false, status: res.status, error: err }
+      return resultOf(res.status, parsed as Record<string, unknown>)
     } catch (err) {
       return { ok: false, status: 0, error: (err as { code?: string }).code ?? String(err) }
     }
@@ -123,4 +115,10 @@ export class ControlClient {
   close(): Promise<void> {
     return this.agent.close()
   }
+}
+
+/** A control answer, on its own or as an item of a batch: 2xx is ok, else the error's code. */
+function resultOf(status: number, body: Record<string, unknown>): ControlResult {
+  if (status >= 200 && status < 300) return { ok: true, status, body }
+  return { ok: false, status, error: (body.error as { code?: string } | undefined)?.code ?? `HTTP ${status}` }
 }

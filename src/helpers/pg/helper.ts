@@ -819,7 +819,6 @@ class PgParticipant implements TxmeshPg {
   }
 }
 
-/** The txmesh ids of a request; undefined when it carries neither header. */
 /**
  * The request body as text, or PgBadBatchError past `limit` bytes (the rest is not read), after
  * `timeoutMs` without its end, or when something before the helper already read it (a body
@@ -895,6 +894,7 @@ function batchResult(a: HookAnswer): { status: number; body?: Readonly<Record<st
   }
 }
 
+/** The txmesh ids of a request; undefined when it carries neither header. */
 function readIds(req: IncomingMessage): BranchIds | undefined {
   const txId = req.headers[TX_ID_HEADER]
   const branchId = req.headers[BRANCH_ID_HEADER]
