@@ -142,6 +142,9 @@ export function rssOf(pid: number): { rss: number; hwm: number } {
   return { rss: kb('VmRSS'), hwm: kb('VmHWM') }
 }
 
+/** Ports freePort() handed out in this process: never handed out again (see freePort). */
+const handedOut = new Set<number>()
+
 /**
  * A free loopback port below the kernel's ephemeral range (32768+ on Linux). Ports from
  * listen(0) come from that range, so after a process dies its port can be taken at once by
@@ -151,12 +154,18 @@ export async function freePort(): Promise<number> {
   const { createServer: createTcpServer } = await import('node:net')
   for (let i = 0; i < 100; i++) {
     const port = 15_100 + Math.floor(Math.random() * 17_000)
+    // A test often picks several ports before anything binds them (a cluster's sidecars, apps
+    // and fault proxies): a port picked twice would then be taken by one and refused to the other.
+    if (handedOut.has(port)) continue
     const ok = await new Promise<boolean>((resolve) => {
       const s = createTcpServer()
       s.once('error', () => resolve(false))
       s.listen(port, '127.0.0.1', () => s.close(() => resolve(true)))
     })
-    if (ok) return port
+    if (ok) {
+      handedOut.add(port)
+      return port
+    }
   }
   throw new Error('no free port found below the ephemeral range')
 }
