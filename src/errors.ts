@@ -121,6 +121,12 @@ export class TxNotActiveError extends TxmeshError {
   readonly status = 409
 }
 
+/** An operator resolution of a branch its coordinator can still decide (unless forced). */
+export class BranchNotInDoubtError extends TxmeshError {
+  readonly code = 'TXM_BRANCH_NOT_IN_DOUBT'
+  readonly status = 409
+}
+
 export class TxAbortedError extends TxmeshError {
   readonly code = 'TXM_TX_ABORTED'
   readonly status = 409
@@ -278,6 +284,7 @@ export const ERROR_CLASSES = [
   MeshKeyMissingError,
   TxUnknownError,
   TxNotActiveError,
+  BranchNotInDoubtError,
   TxAbortedError,
   TxLimitError,
   NoSidecarError,

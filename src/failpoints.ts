@@ -3,6 +3,22 @@
 // protocol steps that no outside timing can separate reliably. Off unless the variable is set.
 const active = new Set((process.env.TXMESH_FAILPOINTS ?? '').split(',').filter((s) => s !== ''))
 
-export function failpoint(name: 'coordinator-after-decision' | 'participant-after-prepared'): void {
+export type FailpointName =
+  | 'coordinator-after-decision'
+  | 'participant-after-prepared'
+  // The app answered prepare 200, before the sidecar wrote PREPARED (the prepare window).
+  | 'participant-after-app-prepared'
+  // A committed branch's END is durable and its acknowledgement on its way (see failpointSoon).
+  | 'participant-after-end'
+
+export function failpoint(name: FailpointName): void {
   if (active.has(name)) process.kill(process.pid, 'SIGKILL')
+}
+
+/**
+ * The same, `ms` later: for a point whose interesting crash is just after an answer left (the
+ * answer must reach the peer first). No timer unless the point is active.
+ */
+export function failpointSoon(name: FailpointName, ms: number): void {
+  if (active.has(name)) setTimeout(() => process.kill(process.pid, 'SIGKILL'), ms)
 }

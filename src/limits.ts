@@ -116,6 +116,14 @@ export const LIMITS = Object.freeze({
   // A commit or abort the app cannot finish yet is answered 503 after this long; the
   // coordinator retries it.
   decideWaitMs: 4_000,
+  // How long a prepare/commit/abort hook call waits while a request of the same branch still
+  // runs in the app (the contract: a hook never overlaps the branch's own request). 8 s, as
+  // txmesh/pg queues such a hook: longer than a request blocked briefly on a row lock, shorter
+  // than hookCallTimeoutMs. Past it a prepare votes no and a commit/abort is retried.
+  hookHoldMs: 8_000,
+  // Test crash points that fire just after an answer left (failpointSoon): long enough for the
+  // answer to reach a peer on loopback, short enough that nothing else happens first.
+  failpointAfterAnswerMs: 200,
   // P(commit) per route uses each participant's last N prepare results: recent enough to
   // follow an incident, large enough that one refusal moves it by 1%.
   metricsPrepareWindow: 100,
@@ -337,6 +345,9 @@ export const LIMITS = Object.freeze({
   // anywhere in a mesh's life must not share one, or a stranger could answer presumed abort for
   // the other's transactions. Ten fit in a 64-character transaction id with a pod address.
   incarnationChars: 10,
+  // Characters of a coordinator process's run tag (the head of the ids it makes): ~36 bits, so two
+  // runs of one log share one with odds of 1 in 5e10. Taken from the id's 16 random characters.
+  runTagChars: 6,
   // Nonces remembered to refuse replayed control requests: each stays until its timestamp leaves
   // the controlClockSkewMs window (about 30 s). 100k admit a sustained ~3,300 verified control
   // calls per second per sidecar (a 2PC participant gets two: prepare and commit) and cost at

@@ -16,7 +16,8 @@
 //   GET  /v1/branches/{tx}/{branch}/outcome  for the app helper's recovery
 //   GET  /v1/stats                        log and transaction counters
 //   GET  /v1/branches                     branches held here (in-doubt ones flagged)
-//   POST /v1/branches/{tx}/resolve        {"outcome":"committed"|"aborted","by"?} operator decision, audited
+//   POST /v1/branches/{tx}/resolve        {"outcome":"committed"|"aborted","by"?,"force"?} operator decision of a
+//                                         branch in doubt (force: any prepared branch, a heuristic), audited
 //   GET  /metrics                         Prometheus text
 //   GET  /v1/events                       server-sent events of transactions and branches (dashboard)
 //   GET  /v1/routes/probability           {route: P(commit)} from the metrics
@@ -223,9 +224,11 @@ export function createAdminServer(d: AdminDeps): Server {
       if (body instanceof TxmeshError) return respondError(res, body)
       if (body.outcome !== 'committed' && body.outcome !== 'aborted') return respondError(res, new BadRequestError('outcome must be "committed" or "aborted"'))
       const by = typeof body.by === 'string' && body.by.length <= LIMITS.auditActorChars ? body.by : 'operator'
-      const done = await participant.resolve((r as unknown as [string, string])[1], body.outcome, by)
+      if (body.force !== undefined && typeof body.force !== 'boolean') return respondError(res, new BadRequestError('force must be true or false'))
+      const force = body.force === true
+      const done = await participant.resolve((r as unknown as [string, string])[1], body.outcome, by, force)
       if (done instanceof TxmeshError) return respondError(res, done)
-      return sendJson(res, 200, { ...done, resolved: body.outcome, by })
+      return sendJson(res, 200, { ...done, resolved: body.outcome, by, forced: !done.inDoubt })
     }
     const b = BRANCH.exec(path)
     if (b !== null && method === 'GET') {

@@ -23,6 +23,7 @@ export const DASHBOARD_HTML = `<!doctype html>
   th { font-weight: 600; }
   code { font: 12px ui-monospace, monospace; }
   .committed { color: var(--ok); font-weight: 600; }
+  .heuristic-mixed { color: var(--bad); font-weight: 600; }
   .aborted, .refused { color: var(--bad); font-weight: 600; }
   .muted { color: var(--muted); }
   button { font: inherit; padding: 0.2rem 0.6rem; margin-right: 0.25rem; cursor: pointer; }
@@ -158,7 +159,7 @@ export const DASHBOARD_HTML = `<!doctype html>
       var td = el("td");
       var ul = el("ul", null, "parts");
       t.participants.forEach(function (p) {
-        ul.appendChild(el("li", p.service + ": " + (p.vote || "no vote yet") + (p.acknowledged ? ", acknowledged" : "")));
+        ul.appendChild(el("li", p.service + ": " + (p.vote || "no vote yet") + (p.acknowledged ? ", acknowledged" : "") + (p.heuristic ? ", HEURISTIC: finished " + p.heuristic + " against the decision" : ""), p.heuristic ? "heuristic-mixed" : null));
       });
       td.appendChild(ul);
       tr.appendChild(td);
@@ -240,6 +241,7 @@ export const DASHBOARD_HTML = `<!doctype html>
           var x = part(t, p);
           x.vote = p.vote;
           x.acknowledged = p.acknowledged;
+          x.heuristic = p.heuristic;
         });
         // saga/tcc: the steps, each with its status (recorded, finished, stuck...).
         (v.steps || []).forEach(function (st) {
@@ -303,17 +305,21 @@ export const DASHBOARD_HTML = `<!doctype html>
   function refreshSoon() { clearTimeout(txTimer); txTimer = setTimeout(loadTransactions, 100); }
 
   function resolve(b, outcome, label, btn) {
-    var ok = window.confirm(label + " branch " + b.branch + " of transaction " + b.tx + "?\\n\\nThis is a heuristic decision: it must match what the coordinator decided. It is recorded in the log.");
+    // A branch not in doubt yet may still be decided by its coordinator: resolving it is forced.
+    var force = !b.inDoubt;
+    var ok = window.confirm(force
+      ? "Force: " + label.toLowerCase() + " branch " + b.branch + " of transaction " + b.tx + "?\\n\\nIt is not in doubt: its coordinator may still decide it, and if it decides the other way the transaction is heuristic-mixed. This forced decision is recorded in the log."
+      : label + " branch " + b.branch + " of transaction " + b.tx + "?\\n\\nThis is a heuristic decision: it must match what the coordinator decided. It is recorded in the log.");
     if (!ok) { announce(label + " of " + b.tx + " cancelled."); return; }
     btn.disabled = true;
     fetch("/v1/branches/" + encodeURIComponent(b.tx) + "/resolve", {
       method: "POST",
       headers: authed({ "content-type": "application/json" }),
-      body: JSON.stringify({ outcome: outcome, by: "dashboard" })
+      body: JSON.stringify(force ? { outcome: outcome, by: "dashboard", force: true } : { outcome: outcome, by: "dashboard" })
     }).then(function (r) {
       return r.json().then(function (body) {
         var text = r.ok
-          ? "Resolved transaction " + b.tx + ": " + body.resolved + " by " + body.by + " (audited in the log)"
+          ? "Resolved transaction " + b.tx + ": " + body.resolved + " by " + body.by + (body.forced ? " (forced; audited in the log)" : " (audited in the log)")
           : "Could not resolve transaction " + b.tx + ": " + ((body.error && (body.error.code + " " + body.error.message)) || r.status);
         var li = el("li", text, r.ok ? outcome : "aborted");
         li.dataset.tx = b.tx;
@@ -340,6 +346,13 @@ export const DASHBOARD_HTML = `<!doctype html>
       announce("Transaction " + d.tx + " " + d.outcome);
     },
     "tx-ack": function (d) { part(tx(d.tx), d).acknowledged = true; },
+    "tx-heuristic": function (d) {
+      var t = tx(d.tx);
+      var x = part(t, d);
+      x.heuristic = d.outcome; x.acknowledged = false;
+      t.status = "heuristic-mixed";
+      announce("Transaction " + d.tx + " is heuristic-mixed: " + d.service + " finished " + d.outcome + ", the decision was " + d.decision);
+    },
     "tx-step": function (d) { part(tx(d.tx), d).vote = "step recorded"; },
     "tx-compensated": function (d) { part(tx(d.tx), d).vote = "step compensated"; refreshSoon(); },
     "tx-confirmed": function (d) { part(tx(d.tx), d).vote = "step confirmed"; refreshSoon(); },

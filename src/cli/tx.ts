@@ -55,7 +55,7 @@ type Tx = {
   status: string
   mode: string
   deadline: string
-  participants?: { service: string; branch: string; vote?: string; acknowledged: boolean }[]
+  participants?: { service: string; branch: string; vote?: string; acknowledged: boolean; heuristic?: string }[]
   steps?: Step[]
   stuck?: number
 }
@@ -87,6 +87,7 @@ export async function txCommand(argv: string[]): Promise<number> {
       commit: { type: 'boolean', default: false },
       abort: { type: 'boolean', default: false },
       by: { type: 'string' },
+      force: { type: 'boolean', default: false },
       token: { type: 'string' },
       'token-file': { type: 'string' },
     },
@@ -106,9 +107,11 @@ export async function txCommand(argv: string[]): Promise<number> {
       const txs = t.body.transactions as Tx[]
       const branches = b.body.branches as Br[]
       if (values.json) return printJson(JSON.stringify({ transactions: txs, branches }))
-      out(`transactions coordinated here (${txs.length})\n`)
+      const mixed = txs.filter((x) => x.status === 'heuristic-mixed').length
+      out(`transactions coordinated here (${txs.length}${mixed > 0 ? `, ${mixed} HEURISTIC-MIXED: a branch finished against the decision` : ''})\n`)
       const members = (x: Tx): string => (x.steps === undefined ? String(x.participants?.length ?? 0) : `${x.steps.length} steps${x.stuck ? `, ${x.stuck} stuck` : ''}`)
-      out(table(['ID', 'STATUS', 'MODE', 'PARTICIPANTS', 'DEADLINE'], txs.map((x) => [x.id, x.status, x.mode, members(x), x.deadline])))
+      const status = (x: Tx): string => (x.status === 'heuristic-mixed' ? `heuristic-mixed! (${(x.participants ?? []).filter((p) => p.heuristic !== undefined).map((p) => `${p.service} ${p.heuristic}`).join(', ')})` : x.status)
+      out(table(['ID', 'STATUS', 'MODE', 'PARTICIPANTS', 'DEADLINE'], txs.map((x) => [x.id, status(x), x.mode, members(x), x.deadline])))
       out(`\nbranches held here (${branches.length}, ${branches.filter((x) => x.inDoubt).length} in doubt)\n`)
       out(table(['TX', 'BRANCH', 'STATUS', 'AGE', 'IN-DOUBT', 'COORDINATOR'], branches.map((x) => [x.tx, x.branch, x.status, age(x.ageMs), x.inDoubt ? 'yes' : 'no', x.coordinator])))
       return 0
@@ -125,7 +128,7 @@ export async function txCommand(argv: string[]): Promise<number> {
           if ((x.stuck ?? 0) > 0) out(`\n${String(x.stuck)} stuck: fix the cause, then run: txmesh tx retry ${x.id}\n`)
           return 0
         }
-        out(table(['SERVICE', 'BRANCH', 'VOTE', 'ACKNOWLEDGED'], (x.participants ?? []).map((p) => [p.service, p.branch, p.vote ?? '-', p.acknowledged ? 'yes' : 'no'])))
+        out(table(['SERVICE', 'BRANCH', 'VOTE', 'ACKNOWLEDGED', 'HEURISTIC'], (x.participants ?? []).map((p) => [p.service, p.branch, p.vote ?? '-', p.acknowledged ? 'yes' : 'no', p.heuristic ?? '-'])))
         return 0
       }
       // Not coordinated here: maybe a branch held here.
@@ -138,12 +141,13 @@ export async function txCommand(argv: string[]): Promise<number> {
     }
     case 'resolve': {
       if (id === undefined) throw new UsageError('tx resolve needs a transaction id')
-      if (values.commit === values.abort) throw new UsageError('tx resolve needs exactly one of --commit or --abort')
+      if (values.commit === values.abort) throw new UsageError('tx resolve needs exactly one of --commit or --abort (and --force for a branch not in doubt)')
       const outcome = values.commit ? 'committed' : 'aborted'
-      const r = await call(base, 'POST', `/v1/branches/${encodeURIComponent(id)}/resolve`, { outcome, by: values.by ?? process.env.USER ?? 'operator' })
+      const r = await call(base, 'POST', `/v1/branches/${encodeURIComponent(id)}/resolve`, { outcome, by: values.by ?? process.env.USER ?? 'operator', ...(values.force ? { force: true } : {}) })
       if (r.status !== 200) return fail(r)
       if (values.json) return printJson(JSON.stringify(r.body))
-      out(`resolved branch ${String(r.body.branch)} of transaction ${id}: ${outcome} (audited in the log)\n`)
+      const forced = r.body.forced === true ? ', forced: a heuristic decision, the branch was not in doubt' : ''
+      out(`resolved branch ${String(r.body.branch)} of transaction ${id}: ${outcome} (audited in the log${forced})\n`)
       return 0
     }
     case 'retry': {

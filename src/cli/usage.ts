@@ -8,8 +8,9 @@ commands:
   validate FILE           check a config file; prints file:line:col for each problem
   tx list                 transactions coordinated and branches held by a sidecar
   tx show ID              one transaction (or branch) with its participants
-  tx resolve ID --commit|--abort
-                          decide an in-doubt branch by hand (audited in the log)
+  tx resolve ID --commit|--abort [--force]
+                          decide an in-doubt branch by hand (audited in the log);
+                          --force: one not in doubt yet (a heuristic decision)
   tx retry ID             saga/tcc: try the stuck steps of a transaction again
                           (tx flags: --admin URL, default http://127.0.0.1:15000; --json;
                           --token-file FILE or --token TOKEN or TXMESH_ADMIN_TOKEN when the

@@ -16,7 +16,8 @@
 //                              {void: stepId}      coordinator: that intent's call was refused
 //   POST /v1/tx/{id}/confirm   {branch, method, path}  participant (tcc): call the app's hook
 //   POST /v1/tx/{id}/cancel    {branch, method, path}  -> {done}; 503 = retry
-//   GET  /v1/tx/{id}/outcome                       coordinator: -> {outcome} (presumed abort)
+//   GET  /v1/tx/{id}/outcome                       coordinator: -> {outcome} (presumed abort), asked by the branch's holder
+//   GET  /v1/tx/{id}/lookup                        the same, asked about a prepared row the asker does not hold
 //   POST /v1/batch  {items: [{tx, op, branch}]}    several prepare / commit / abort /
 //                                                  commit-one-phase messages in one exchange
 //                                                  (src/tx/batcher.ts) -> {results: [{status, body}]},
@@ -62,7 +63,7 @@ export interface ControlDeps {
   readonly clock?: () => number
 }
 
-const ROUTE = /^\/v1\/tx\/([A-Za-z0-9_-]{1,64})\/(prepare|commit-one-phase|commit|abort|register|outcome|steps|confirm|cancel)$/
+const ROUTE = /^\/v1\/tx\/([A-Za-z0-9_-]{1,64})\/(prepare|commit-one-phase|commit|abort|register|outcome|lookup|steps|confirm|cancel)$/
 const BATCH_PATH = '/v1/batch'
 const STEP_HEADER_NAME = new RegExp(`^[A-Za-z0-9-]{1,${LIMITS.stepHeaderNameChars}}$`)
 
@@ -106,7 +107,7 @@ export function createControlServer(
     if (m === null && path !== BATCH_PATH) return respondError(res, new NotFoundError(`no control endpoint ${req.method ?? ''} ${path}`))
     // No match: the batch endpoint (id and op come with each item).
     const [, id, op] = (m ?? []) as unknown as [string, string | undefined, string | undefined]
-    const wantMethod = op === 'outcome' ? 'GET' : 'POST'
+    const wantMethod = op === 'outcome' || op === 'lookup' ? 'GET' : 'POST'
     if (req.method !== wantMethod) return respondError(res, new MethodNotAllowedError(`${op ?? 'batch'} takes ${wantMethod}`))
     const text = await readText(req, LIMITS.controlBodyBytes)
     // Over the limit: close after the answer rather than drain the rest of the body.
@@ -162,7 +163,9 @@ const ok = (body: Record<string, unknown>): Answer => ({ status: 200, body })
 async function runOp(d: ControlDeps, id: string, op: string, body: Record<string, unknown>): Promise<Answer | TxmeshError> {
   switch (op) {
     case 'outcome':
-      return ok({ id, outcome: d.steps.has(id) ? d.steps.outcomeFor(id) : d.coordinator.outcomeFor(id) })
+    case 'lookup':
+      // lookup: the asker found a prepared row of `id` it does not hold (coordinator outcomeFor).
+      return ok({ id, outcome: d.steps.has(id) ? d.steps.outcomeFor(id) : d.coordinator.outcomeFor(id, op === 'outcome') })
     case 'steps': {
       if (body.void !== undefined) {
         if (!isId(body.void)) return new BadRequestError('void must be a step id')

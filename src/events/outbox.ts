@@ -39,6 +39,7 @@ const LIFECYCLE: Readonly<Record<string, string>> = {
   'tx-cancelled': 'cancelled',
   'tx-stuck': 'stuck',
   'tx-finished': 'finished',
+  'tx-heuristic': 'heuristic',
   'branch-status': 'branch',
   'branch-resolved': 'branch-resolved',
 }

@@ -44,6 +44,8 @@ export class SidecarMetrics {
   private readonly routeServices = new Map<string, Set<string>>()
 
   private readonly stepOps: Counter<'op' | 'result'>
+  /** Phase-2 answers whose outcome contradicts the decision (heuristic mixed). */
+  readonly heuristic: Counter<'decision' | 'branch'>
 
   constructor(gauges: { inFlight: () => number; inDoubt: () => number; stuck?: () => number }) {
     const registers = [this.registry]
@@ -56,6 +58,7 @@ export class SidecarMetrics {
     this.phase = new Histogram({ name: 'txmesh_phase_duration_seconds', help: 'Duration of protocol phases at the coordinator: prepare (commit requested to decision), commit and abort (decision to every acknowledgement).', labelNames: ['phase'], buckets: LATENCY_BUCKETS, registers })
     new Gauge({ name: 'txmesh_transactions_in_flight', help: 'Transactions this sidecar coordinates that have not finished.', registers, collect() { this.set(gauges.inFlight()) } })
     new Gauge({ name: 'txmesh_branches_in_doubt', help: 'Branches this sidecar holds that voted yes and wait for the decision.', registers, collect() { this.set(gauges.inDoubt()) } })
+    this.heuristic = new Counter({ name: 'txmesh_heuristic_outcomes_total', help: 'Participants that finished a branch against the coordinator\u2019s decision (an operator\u2019s resolution raced it): heuristic mixed outcomes, by decision and branch outcome.', labelNames: ['decision', 'branch'], registers })
     this.stepOps = new Counter({ name: 'txmesh_step_ops_total', help: 'Saga compensations and TCC confirm/cancel sends, by op and result (done, failed, stuck).', labelNames: ['op', 'result'], registers })
     new Gauge({ name: 'txmesh_steps_stuck', help: 'Saga/TCC steps whose compensation, confirm or cancel failed past its retry budget and waits for an operator.', registers, collect() { this.set(gauges.stuck?.() ?? 0) } })
     this.fsyncs = new Counter({ name: 'txmesh_log_fsyncs_total', help: 'fsyncs of the durable log.', registers })

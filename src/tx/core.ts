@@ -45,6 +45,11 @@ export interface CoordinatorParticipant {
   readonly acked: boolean
   /** Phase-2 sends so far (for backoff). */
   readonly attempts: number
+  /**
+   * The participant answered phase 2 with the other outcome (an operator resolved it by hand
+   * before the decision reached it): a heuristic outcome. It counts as finished, not as agreeing.
+   */
+  readonly heuristic?: Outcome
 }
 
 export interface CoordinatorState {
@@ -77,8 +82,11 @@ export type CoordinatorEvent =
   /** Answer to send-prepare. A failed/timed-out prepare arrives as a refused vote. */
   | { readonly type: 'vote'; readonly branch: BranchId; readonly vote: Vote }
   | { readonly type: 'decision-logged' }
-  /** Answer to send-commit / send-abort: the participant finished the branch. */
-  | { readonly type: 'ack'; readonly branch: BranchId }
+  /**
+   * Answer to send-commit / send-abort: the participant finished the branch, with `outcome` when
+   * it said which (an outcome other than the decision is a heuristic one).
+   */
+  | { readonly type: 'ack'; readonly branch: BranchId; readonly outcome?: Outcome }
   /** A phase-2 send failed (unreachable, 5xx, timeout): the machine schedules a retry. */
   | { readonly type: 'send-failed'; readonly branch: BranchId }
   | { readonly type: 'retry-due'; readonly branch: BranchId }
@@ -103,12 +111,15 @@ export type CoordinatorAction =
   | { readonly type: 'log-end' }
   /** The outcome is known (and, for commit, durable): answer whoever waits on it. */
   | { readonly type: 'outcome'; readonly outcome: Outcome; readonly reason?: string }
+  /** A participant finished its branch the other way (heuristic mixed): report it. */
+  | { readonly type: 'heuristic'; readonly to: ParticipantRef; readonly outcome: Outcome }
 
 // ---------------------------------------------------------------------------------------------
 // Participant: one state per branch, held by the sidecar of the instance that did the work.
 
 export type ParticipantStatus =
   | 'active' // the business request ran; no prepare yet
+  | 'recording' // PREPARING being force-written, before the app is asked to prepare
   | 'preparing' // asked the app to prepare
   | 'logging' // app voted yes; PREPARED being force-written
   | 'prepared' // voted yes; waits for the decision
@@ -141,6 +152,8 @@ export type ParticipantEvent =
   /** The coordinator's one-phase commit: prepare, decide and finish alone; answer with the outcome. */
   | { readonly type: 'commit-one-phase' }
   | { readonly type: 'app-voted'; readonly vote: Vote }
+  /** PREPARING is durable (or could not be written: `ok` false): the app may now be asked to prepare. */
+  | { readonly type: 'preparing-logged'; readonly ok: boolean }
   | { readonly type: 'prepared-logged' }
   /** Decision from the coordinator (message or outcome-query answer). */
   | { readonly type: 'decision'; readonly outcome: Outcome }
@@ -155,6 +168,11 @@ export type ParticipantEvent =
 
 export type ParticipantAction =
   | { readonly type: 'call-app'; readonly hook: 'prepare' | 'commit' | 'abort' }
+  /**
+   * Force-write PREPARING(tx, branch, coordinator[, onePhase]) before the app is asked to
+   * prepare; then feed preparing-logged. A branch found with only this record never voted yes.
+   */
+  | { readonly type: 'log-preparing' }
   /** Force-write PREPARED(tx, branch, coordinator[, onePhase]); then feed prepared-logged. */
   | { readonly type: 'log-prepared' }
   /** Answer the coordinator's pending prepare(s). */

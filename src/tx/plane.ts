@@ -352,13 +352,14 @@ export class ActiveTxPlane implements TxPlane {
       return new TxNotActiveError(`transaction ${ctx.id} is ${branch.state.status} here; new work cannot join it`)
     }
     headers.push(TX_ID_HEADER, ctx.id, BRANCH_ID_HEADER, branch.state.branch)
-    branch.inflight++
+    this.d.participant.enter(branch)
     let open = true
-    // Once the head leaves, later nested enlistments must use register instead.
+    // Once the head leaves, later nested enlistments must use register instead, and hook calls
+    // held for the request may go.
     const close = (): void => {
       if (!open) return
       open = false
-      branch.inflight--
+      this.d.participant.leave(branch)
     }
     return {
       onResponseHead: (_status, out) => {

@@ -72,10 +72,11 @@ const ADDRESS_RE = /^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]{1,253}):\d{1,5}$/
  * the database; addresses too long to fit the 64-character id are left out (such rows stay in
  * doubt until an operator resolves them).
  */
-export function newTxId(coordinator: string, incarnation: string): TxId {
+export function newTxId(coordinator: string, incarnation: string, run = ''): TxId {
   // Alphanumeric only: '_' separates the parts, and an id starting with '-' would read as a
-  // flag on a command line (txmesh tx show ID).
-  const random = randomBase64url(12).replace(/[-_]/g, 'x')
+  // flag on a command line (txmesh tx show ID). The random part starts with the run tag of the
+  // process that made it (isOfRun).
+  const random = (run + randomBase64url(12).replace(/[-_]/g, 'x')).slice(0, 16)
   const encoded = Buffer.from(coordinator).toString('base64url')
   const head = `${random}_${incarnation}`
   return head.length + 1 + encoded.length <= 64 ? `${head}_${encoded}` : head
@@ -89,12 +90,24 @@ export function isIncarnation(s: string): boolean {
 }
 
 /** A fresh incarnation id (CSPRNG, alphanumeric). */
-export function newIncarnation(): string {
+export function newIncarnation(chars: number = LIMITS.incarnationChars): string {
   let out = ''
   // Bounded: each turn keeps about 3/4 of 16 characters, so two turns nearly always suffice.
-  for (let turn = 0; out.length < LIMITS.incarnationChars && turn < 64; turn++) out += randomBase64url(12).replace(/[-_]/g, '')
-  if (out.length < LIMITS.incarnationChars) throw new Error('the random pool gave no alphanumeric characters')
-  return out.slice(0, LIMITS.incarnationChars)
+  for (let turn = 0; out.length < chars && turn < 64; turn++) out += randomBase64url(12).replace(/[-_]/g, '')
+  if (out.length < chars) throw new Error('the random pool gave no alphanumeric characters')
+  return out.slice(0, chars)
+}
+
+/**
+ * A run tag: made by each start of a coordinator process, the first characters of every id it
+ * makes. It tells the coordinator which unknown ids of its own log it made in this run (isOfRun).
+ */
+export function newRunTag(): string {
+  return newIncarnation(LIMITS.runTagChars)
+}
+
+export function isOfRun(id: TxId, run: string): boolean {
+  return run !== '' && id.startsWith(run)
 }
 
 /**

@@ -3,10 +3,11 @@
 // coordinator's address taken over by another log, END ignored at recovery, an app prepared
 // before its sidecar wrote anything, a prepare that timed out, an operator racing the
 // coordinator, and hooks racing the branch's own requests.
+import { spawnSync } from 'node:child_process'
 import { request } from 'undici'
 import { describe, expect, it } from 'vitest'
 import { incarnationOfTx, signControl } from '../../src/tx/protocol.js'
-import { MESH_KEY, tempDir, until } from '../helpers/servers.js'
+import { CLI, MESH_KEY, sidecarYaml, spawnSidecar, tempDir, until } from '../helpers/servers.js'
 import { stopAfterTests } from '../helpers/tx-app.js'
 import { mesh } from '../helpers/mesh.js'
 
@@ -56,5 +57,148 @@ describe('atomicity under crashes and strangers', () => {
     const unseen = `AAAAAAAAAAAAAAAA_${incarnation}`
     expect(await outcomeAt(m.coord.ports.control, tx.id)).toBe('unknown-coordinator')
     expect(await outcomeAt(m.coord.ports.control, unseen)).toBe('aborted')
+  })
+
+  it('a committed branch with a durable END is never re-asked or aborted after a crash', async () => {
+    const m = await mesh(t, ['orders', 'payments'], { payments: { TXMESH_FAILPOINTS: 'participant-after-end' } })
+    const payments = m.svc.payments!.app
+    const tx = await m.begin()
+    await m.call(tx.context, 'orders', 'o6')
+    await m.call(tx.context, 'payments', 'p6')
+    const result = await m.commit(tx.id, 'acks')
+    expect(result.outcome).toBe('committed')
+    expect(result.participants).toMatchObject([{ acknowledged: true }, { acknowledged: true }])
+    // Payments died just after its acknowledgement left (its END marker is lazy: not on disk).
+    expect(await m.svc.payments!.sc.exited).toMatchObject({ signal: 'SIGKILL' })
+    expect(payments.committed).toEqual(['payments:p6'])
+    // The coordinator forgets the transaction (drained, restarted on its log).
+    m.coord.child.kill('SIGTERM')
+    await m.coord.exited
+    await m.restartCoord()
+    await m.restart('payments')
+    await sleep(2_000)
+    expect(payments.hooks).not.toContain(`abort:${tx.id}`)
+    expect(await m.branches('payments')).toEqual([])
+  })
+
+  it('an app that prepared just before its sidecar died is rolled back by the sidecar, whoever forgot it', async () => {
+    const m = await mesh(t, ['orders', 'payments'], { payments: { TXMESH_FAILPOINTS: 'participant-after-app-prepared' } })
+    const payments = m.svc.payments!.app
+    const tx = await m.begin()
+    await m.call(tx.context, 'orders', 'o3')
+    await m.call(tx.context, 'payments', 'p3')
+    const result = await m.commit(tx.id)
+    expect(result.outcome).toBe('aborted')
+    expect(await m.svc.payments!.sc.exited).toMatchObject({ signal: 'SIGKILL' })
+    expect(payments.hooks).toContain(`prepare:${tx.id}`)
+    // The coordinator dies during its abort sends: nobody else will tell payments.
+    m.coord.child.kill('SIGKILL')
+    await m.coord.exited
+    await m.restartCoord()
+    await m.restart('payments')
+    await until('payments app rolled back', () => payments.hooks.includes(`abort:${tx.id}`))
+    expect(payments.committed).toEqual([])
+    await until('payments holds nothing', async () => (await m.branches('payments')).length === 0)
+  })
+
+  it('a participant whose prepare timed out is sent abort as soon as its app answers', async () => {
+    const m = await mesh(t, ['orders', 'payments'])
+    const payments = m.svc.payments!.app
+    // Longer than the coordinator's control call timeout (5 s): the prepare times out there.
+    payments.hookDelayMs.prepare = 7_000
+    const tx = await m.begin(120_000)
+    await m.call(tx.context, 'orders', 'o4')
+    await m.call(tx.context, 'payments', 'p4')
+    const started = Date.now()
+    expect((await m.commit(tx.id)).outcome).toBe('aborted')
+    // Not at the deadline (two minutes): right after the late prepare returned.
+    await until('payments app rolled back', () => payments.hooks.includes(`abort:${tx.id}`), 20_000)
+    expect(Date.now() - started).toBeLessThan(20_000)
+    expect(payments.committed).toEqual([])
+    await until('payments holds nothing', async () => (await m.branches('payments')).length === 0)
+  })
+
+  it('an operator cannot resolve a branch its coordinator can still decide; a forced one is reported heuristic-mixed', async () => {
+    const m = await mesh(t, ['orders', 'payments'], {}, { TXMESH_FAILPOINTS: 'coordinator-after-decision' })
+    const tx = await m.begin(60_000)
+    await m.call(tx.context, 'orders', 'o5')
+    await m.call(tx.context, 'payments', 'p5')
+    const commit = m.commit(tx.id).catch((e: Error) => e)
+    expect(await m.coord.exited).toMatchObject({ signal: 'SIGKILL' })
+    await commit
+    const resolve = async (force: boolean): Promise<{ status: number; body: Record<string, unknown> }> => {
+      const r = await request(`http://127.0.0.1:${m.svc.payments!.sc.ports.admin}/v1/branches/${tx.id}/resolve`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ outcome: 'aborted', by: 'test', ...(force ? { force: true } : {}) }),
+      })
+      return { status: r.statusCode, body: (await r.body.json()) as Record<string, unknown> }
+    }
+    // Prepared seconds ago, coordinator not gone: not in doubt.
+    const refused = await resolve(false)
+    expect(refused.status).toBe(409)
+    expect(refused.body).toMatchObject({ error: { code: 'TXM_BRANCH_NOT_IN_DOUBT' } })
+    expect(m.svc.payments!.app.hooks).not.toContain(`abort:${tx.id}`)
+    // Forced: carried out, and audited as forced.
+    const forced = await resolve(true)
+    expect(forced.status).toBe(200)
+    expect(forced.body).toMatchObject({ resolved: 'aborted', forced: true })
+    await until('payments app aborted', () => m.svc.payments!.app.hooks.includes(`abort:${tx.id}`))
+    // The coordinator comes back with its COMMIT decision: orders commits, payments disagrees.
+    await m.restartCoord()
+    await until('orders committed', () => m.svc.orders!.app.committed.length === 1)
+    await until('heuristic-mixed', async () => (await m.view(tx.id)).status === 'heuristic-mixed')
+    const view = await m.view(tx.id)
+    expect(view.participants).toEqual(
+      expect.arrayContaining([
+        expect.objectContaining({ service: 'orders', acknowledged: true }),
+        expect.objectContaining({ service: 'payments', acknowledged: false, heuristic: 'aborted' }),
+      ]),
+    )
+    const metrics = await (await request(`http://127.0.0.1:${m.coord.ports.admin}/metrics`)).body.text()
+    expect(metrics).toMatch(/txmesh_heuristic_outcomes_total\{decision="committed",branch="aborted"\} 1/)
+    const list = spawnSync(process.execPath, [CLI, 'tx', 'list', '--admin', `http://127.0.0.1:${m.coord.ports.admin}`], { encoding: 'utf8' })
+    expect(list.stdout).toContain('HEURISTIC-MIXED')
+    expect(list.stdout).toContain('heuristic-mixed! (payments aborted)')
+  })
+
+  it('holds a deadline abort until the branch request running in the app has answered', async () => {
+    const m = await mesh(t, ['orders'])
+    const orders = m.svc.orders!.app
+    const tx = await m.begin(600)
+    // The request runs 2 s in the app (blocked on a lock, say); the deadline passes meanwhile.
+    const call = m.call(tx.context, 'orders', 'slow', 'hold=2000')
+    await until('abort hook', () => orders.hooks.includes(`abort:${tx.id}`), 15_000)
+    await call
+    const end = orders.timeline.find((e) => e.what === `end:${tx.id}`)
+    const abort = orders.timeline.find((e) => e.what === `hook:abort:${tx.id}`)
+    expect(end).toBeDefined()
+    expect(abort!.at).toBeGreaterThanOrEqual(end!.at)
+  })
+
+  it('a sibling asking about a one-phase branch it does not hold, after the coordinator restarted, hears in doubt, not aborted', async () => {
+    const m = await mesh(t, ['payments'])
+    const payments = m.svc.payments!.app
+    // The only participant: it decides commit itself once PREPARED(onePhase) is durable, and
+    // keeps retrying its app's commit.
+    payments.answer.commit = 503
+    const tx = await m.begin(60_000)
+    const call = await m.call(tx.context, 'payments', 'p7')
+    const branch = (JSON.parse(call.body) as { branch: string }).branch
+    void m.commit(tx.id).catch(() => undefined)
+    await until('payments asked to commit', () => payments.hooks.includes(`commit:${tx.id}`))
+    // The coordinator restarts on its log: it logged nothing for the one-phase commit.
+    m.coord.child.kill('SIGKILL')
+    await m.coord.exited
+    await m.restartCoord()
+    // A sibling instance of payments (another sidecar, another log) finds the prepared row.
+    const sibling = await spawnSidecar(sidecarYaml('payments', payments.port, '', tempDir()))
+    t.procs.push(sibling)
+    const asked = await request(`http://127.0.0.1:${sibling.ports.admin}/v1/branches/${tx.id}/${branch}/outcome`)
+    expect(((await asked.body.json()) as { outcome: string }).outcome).toBe('in-doubt')
+    // The holder still asks as the holder and finishes the commit.
+    payments.answer.commit = 200
+    await until('payments committed', () => payments.committed.length === 1, 20_000)
+    expect(payments.hooks).not.toContain(`abort:${tx.id}`)
   })
 })

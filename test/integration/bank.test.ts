@@ -59,12 +59,13 @@ describe('bank under faults (a short torture run per mode)', () => {
 })
 
 // Found by the torture (2pc, seed 11): a participant sidecar SIGKILLed while its app ran PREPARE
-// TRANSACTION restarts without the branch; the coordinator's abort was its only way out, and a
-// coordinator killed after deciding abort forgets it (presumed abort logs nothing). The row then
-// stayed in pg_prepared_xacts for good, holding its row locks, until the helper learned to run
-// its recovery periodically (recoverIntervalMs; the bank app sets 5 s).
-describe('a prepared row whose sidecar and coordinator both forgot it', () => {
-  it('is rolled back by the helper on its own, without an app restart', async () => {
+// TRANSACTION used to restart without the branch; the coordinator's abort was its only way out,
+// and a coordinator killed after deciding abort forgets it (presumed abort logs nothing). The row
+// then stayed in pg_prepared_xacts for good, holding its row locks. The sidecar now force-writes
+// PREPARING before the app's prepare, so at restart it knows the branch never voted and rolls
+// it back itself (the helper's periodic recovery, recoverIntervalMs, is no longer needed for it).
+describe('a prepared row whose sidecar died during its PREPARE, with the coordinator after its abort', () => {
+  it('is rolled back by the restarted sidecar, without an app restart', async () => {
     const dbOf = (s: Service): string => `${s.replace('-', '_')}_orphan`
     for (const s of ['bank-a', 'bank-b', 'bank-c'] as const) {
       await pg.createDatabase(dbOf(s))
@@ -93,11 +94,13 @@ describe('a prepared row whose sidecar and coordinator both forgot it', () => {
       await cluster.coordinator.kill()
       await Promise.all([node.sidecar.start(), cluster.coordinator.start()])
       const left = async (): Promise<number> => (await b.query('SELECT count(*)::int AS n FROM pg_prepared_xacts WHERE database = current_database()')).rows[0].n as number
-      // Left behind once its PREPARE is done: prepared in Postgres, unknown to the restarted sidecar.
-      await until('the slow PREPARE to finish', async () => (await left()) === 1, 10_000, 100)
-      const branches = (await (await request(`http://127.0.0.1:${node.sidecarPorts.admin}/v1/branches`)).body.json()) as { branches: unknown[] }
-      expect(branches.branches).toEqual([])
-      await until('the helper rolled the row back', async () => (await left()) === 0, 30_000, 250)
+      // The restarted sidecar found PREPARING without PREPARED: it holds the branch, aborting.
+      const branches = (await (await request(`http://127.0.0.1:${node.sidecarPorts.admin}/v1/branches`)).body.json()) as { branches: { tx: string; status: string }[] }
+      expect(branches.branches.filter((x) => x.tx === tx.id).map((x) => x.status)).toEqual(['aborting'])
+      // Once the slow PREPARE is done (3 s) its abort goes through: no prepared row is left.
+      await sleep(3_000)
+      await until('the row rolled back', async () => (await left()) === 0, 30_000, 250)
+      await until('the sidecar forgot the branch', async () => ((await (await request(`http://127.0.0.1:${node.sidecarPorts.admin}/v1/branches`)).body.json()) as { branches: unknown[] }).branches.length === 0)
       const state = await readBank(pg.connectionString(dbOf('bank-b')))
       expect(state.ledger).toEqual([])
       expect(state.accounts.get(4)?.balance).toBe(1_000n)

@@ -165,6 +165,8 @@ describe('dashboard', () => {
     const resolution = ppage.locator(`#resolutions li[data-tx="${t2.id}"]`)
     await expect.poll(() => resolution.textContent()).toContain(`Resolved transaction ${t2.id}: committed by dashboard`)
     expect(confirmed).toContain(t2.id)
+    // Prepared seconds ago: not in doubt yet, so the button forces it and says so.
+    expect(confirmed).toContain('not in doubt')
     expect(await ppage.locator('#status').textContent()).toContain('Resolved transaction')
     await until('orders commit hook', () => orders.app.committed.includes('orders:doubt'))
     // The branch finished: it leaves the list (the event feed reloads it).

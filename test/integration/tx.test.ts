@@ -376,9 +376,11 @@ describe('metrics', () => {
     // orders voted yes 3 times of 3, inventory 2 of 3: P = 1 * 2/3.
     expect(c.get('txmesh_route_commit_probability{route="api"}')).toBeCloseTo(2 / 3, 5)
     // The log's incarnation record (written when the log was created) and two decision records,
-    // each its own fsync here (no concurrency to group).
-    expect(c.get('txmesh_log_fsyncs_total')).toBe(3)
-    expect(c.get('txmesh_log_fsync_batch_records_count')).toBe(3)
+    // each its own fsync here (no concurrency to group); the two lazy END records may ride on a
+    // later sync or get one of their own, depending on timing.
+    expect(c.get('txmesh_log_fsyncs_total')).toBeGreaterThanOrEqual(3)
+    expect(c.get('txmesh_log_fsyncs_total')).toBeLessThanOrEqual(5)
+    expect(c.get('txmesh_log_fsync_batch_records_count')).toBe(c.get('txmesh_log_fsyncs_total'))
     const p = await scrape(m.svc.inventory!.sc.ports.admin)
     expect(p.get('txmesh_proxy_requests_total{direction="ingress",route="default",status="200"}')).toBe(3)
     expect(p.get('txmesh_branches_in_doubt')).toBe(0)
@@ -425,15 +427,20 @@ describe('operator CLI', () => {
     const list = JSON.parse(cli(['list', '--admin', admin, '--json']).stdout) as { branches: { tx: string; status: string }[] }
     expect(list.branches).toEqual([expect.objectContaining({ tx: tx.id, status: 'prepared' })])
     expect(cli(['list', '--admin', admin]).stdout).toMatch(new RegExp(`${tx.id}\\s+\\S+\\s+prepared`))
-    const resolved = cli(['resolve', tx.id, '--commit', '--by', 'test-operator', '--admin', admin])
+    // Prepared a moment ago: its coordinator may come back and decide, so not in doubt yet.
+    const early = cli(['resolve', tx.id, '--commit', '--by', 'test-operator', '--admin', admin])
+    expect(early.status).toBe(1)
+    expect(early.stderr).toContain('TXM_BRANCH_NOT_IN_DOUBT')
+    const resolved = cli(['resolve', tx.id, '--commit', '--force', '--by', 'test-operator', '--admin', admin])
     expect(resolved.stderr).toBe('')
     expect(resolved.status).toBe(0)
-    expect(resolved.stdout).toContain(`of transaction ${tx.id}: committed (audited in the log)`)
+    expect(resolved.stdout).toContain(`of transaction ${tx.id}: committed (audited in the log, forced: a heuristic decision, the branch was not in doubt)`)
     await until('orders commit hook', () => m.svc.orders!.app.committed.includes('orders:doubt'))
     // The decision is in the durable log, with who made it.
     const logBytes = readdirSync(m.svc.orders!.store).map((f) => readFileSync(join(m.svc.orders!.store, f)).toString('latin1')).join('')
     expect(logBytes).toContain('"type":"resolved"')
     expect(logBytes).toContain('"by":"test-operator"')
+    expect(logBytes).toContain('"forced":true')
     // Resolving it again, or a branch that is not prepared, is refused.
     const again = cli(['resolve', tx.id, '--abort', '--admin', admin])
     expect(again.status).toBe(1)

@@ -29,7 +29,7 @@ import type {
   ParticipantState,
   Vote,
 } from '../../src/tx/core.js'
-import { newParticipant, participantStep, recoverParticipant } from '../../src/tx/participant/machine.js'
+import { newParticipant, participantStep, recoverParticipant, recoverUnvoted } from '../../src/tx/participant/machine.js'
 import { SimWorld, type SimNode } from './sim-world.js'
 
 /** Time after which no fault is injected any more and every node is up. */
@@ -47,7 +47,10 @@ export type AppBranchStatus = 'none' | 'open' | 'prepared' | 'committed' | 'abor
 type Node = SimNode
 
 type CoordinatorRecord = { readonly kind: 'decision'; readonly participants: readonly ParticipantRef[] } | { readonly kind: 'end' }
-type ParticipantRecord = { readonly kind: 'prepared'; readonly onePhase: boolean } | { readonly kind: 'end'; readonly outcome: Outcome }
+type ParticipantRecord =
+  | { readonly kind: 'preparing'; readonly onePhase: boolean }
+  | { readonly kind: 'prepared'; readonly onePhase: boolean }
+  | { readonly kind: 'end'; readonly outcome: Outcome }
 
 /** A node's durable log: records become durable in append order (one file, one queue). */
 interface Logged<R> {
@@ -317,24 +320,24 @@ class World extends SimWorld {
       return
     }
     const p = node as ParticipantNode
-    const live = livePrepared(p.log)
+    const live = liveBranch(p.log)
     if (live !== undefined) {
       this.stats.participantRecoveries++
       if (live.onePhase) this.stats.onePhaseRecoveries++
-      const step = this.guard('recoverParticipant', () => recoverParticipant(this.tx, p.ref.branch, 'c:15010', this.deadline, this.env, live.onePhase))
+      // PREPARING alone: the app may have prepared, but the branch never voted yes: abort alone.
+      if (!live.voted) this.stats.orphansResolved++
+      const step = this.guard('recoverParticipant', () =>
+        live.voted ? recoverParticipant(this.tx, p.ref.branch, 'c:15010', this.deadline, this.env, live.onePhase) : recoverUnvoted(this.tx, p.ref.branch, 'c:15010', this.deadline, live.onePhase),
+      )
       if (step === undefined) return
       p.state = step.state
       this.armDeadline(p)
       this.log(`${p.name} recovered ${step.state.status}: ${step.actions.map(describe).join(', ')}`)
       this.performParticipant(p, step.actions)
     } else if (p.app === 'prepared') {
-      // The app prepared but the sidecar never made PREPARED durable, so it never voted yes and
-      // the coordinator cannot have committed it: the app helper's restart resolution (it asks
-      // the coordinator, which presumes abort) rolls it back.
-      if (this.decision?.includes(p.ref.branch)) this.violation(`${p.ref.branch}: app-prepared orphan is in the COMMIT record`)
-      this.stats.orphansResolved++
-      p.app = 'aborted'
-      this.log(`${p.name} app rolls back an orphan prepared branch`)
+      // The app prepared and its sidecar has no record of the branch: nothing would ever finish
+      // it (an app written from the hook contract alone has no sweep of its own).
+      this.violation(`${p.ref.branch}: the app holds a prepared branch its sidecar has no record of`)
     }
   }
 
@@ -615,7 +618,8 @@ class World extends SimWorld {
   }
 
   private performParticipant(p: ParticipantNode, actions: readonly ParticipantAction[]): void {
-    for (const a of actions) {
+    for (let i = 0; i < actions.length; i++) {
+      const a = actions[i] as ParticipantAction
       // A crash point below may have killed the sidecar: the rest of the step dies with it.
       if (!p.up) return
       switch (a.type) {
@@ -623,6 +627,13 @@ class World extends SimWorld {
           if (a.hook !== 'abort' && this.maybeCrashOnePhase(p, `before the ${a.hook} hook`)) return
           this.callApp(p, a.hook)
           break
+        case 'log-preparing': {
+          const onePhase = p.state?.onePhase === true
+          this.append(p, { kind: 'preparing', onePhase }, this.diskLatency(), () => {
+            this.timer(p, this.rng.int(0, 3), () => this.feedParticipant(p, { type: 'preparing-logged', ok: true }))
+          })
+          break
+        }
         case 'log-prepared': {
           const onePhase = p.state?.onePhase === true
           this.append(p, { kind: 'prepared', onePhase }, this.diskLatency(), () => {
@@ -660,10 +671,19 @@ class World extends SimWorld {
           // forget the transaction then); an aborted one's may be lazy (presumed abort).
           // A one-phase branch's END is lazy either way: a lost one only means committing again
           // (idempotent) and asking whether the coordinator still waits.
-          if (a.outcome === 'committed' && p.state?.onePhase !== true) {
-            // Nothing of this branch can still be queued: PREPARED was durable before the vote.
+          // A read-only branch's END is durable too (a PREPARING alone would abort it at a
+          // restart), and the answers that follow it go out only then, as in the driver.
+          if (a.outcome === 'committed' && !(p.state?.onePhase === true && p.state.vote?.kind === 'prepared')) {
+            // Nothing of this branch can still be queued: PREPARING/PREPARED were durable before.
             if (p.logTail > this.sched.now) this.violation(`${p.ref.branch}: END(committed) behind a pending append`)
             p.log.push({ kind: 'end', outcome: a.outcome })
+            for (const r of actions.slice(i + 1)) {
+              if (r.type === 'reply-vote') {
+                if (r.vote.kind !== 'refused') this.votedYes.add(p.ref.branch)
+                for (const w of p.voteWaiters.splice(0)) w(r.vote)
+              }
+              if (r.type === 'reply-done') for (const w of p.doneWaiters.splice(0)) w(r.outcome)
+            }
           } else this.append(p, { kind: 'end', outcome: a.outcome }, this.rng.int(1, 50))
           p.state = undefined
           p.ended = a.outcome
@@ -743,7 +763,7 @@ class World extends SimWorld {
         app: p.app,
         sidecarOutcomes: this.sidecarOutcomes.get(p.ref.branch) ?? [],
         stateLeft: p.state?.status,
-        preparedLive: livePrepared(p.log) !== undefined,
+        preparedLive: liveBranch(p.log)?.voted === true,
         awaited: p.awaited,
       })),
       preparedSet: this.preparedSet,
@@ -771,9 +791,10 @@ function liveDecision(log: readonly CoordinatorRecord[]): readonly ParticipantRe
 }
 
 /** A PREPARED record not followed by an END: the branch is recovered after a restart. */
-function livePrepared(log: readonly ParticipantRecord[]): { readonly onePhase: boolean } | undefined {
-  let live: { readonly onePhase: boolean } | undefined
-  for (const r of log) live = r.kind === 'prepared' ? r : undefined
+/** The branch a participant log still holds: voted (PREPARED) or not (PREPARING only). */
+function liveBranch(log: readonly ParticipantRecord[]): { readonly onePhase: boolean; readonly voted: boolean } | undefined {
+  let live: { readonly onePhase: boolean; readonly voted: boolean } | undefined
+  for (const r of log) live = r.kind === 'end' ? undefined : { onePhase: r.onePhase, voted: r.kind === 'prepared' || live?.voted === true }
   return live
 }
 

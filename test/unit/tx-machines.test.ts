@@ -4,7 +4,7 @@ import { describe, expect, it } from 'vitest'
 import { LIMITS } from '../../src/limits.js'
 import type { CoordinatorAction, CoordinatorEvent, CoordinatorState, Env, ParticipantEvent, ParticipantRef, ParticipantState, Vote } from '../../src/tx/core.js'
 import { coordinatorOutcome, coordinatorStep, newCoordinator, recoverCoordinator } from '../../src/tx/coordinator/machine.js'
-import { newParticipant, participantStep, recoverParticipant } from '../../src/tx/participant/machine.js'
+import { newParticipant, participantStep, recoverParticipant, recoverUnvoted } from '../../src/tx/participant/machine.js'
 
 const env = (now = 0, random = 0.5): Env => ({ now, random: () => random })
 const ref = (i: number): ParticipantRef => ({ service: `svc${i}`, control: `10.0.0.${i}:15010`, branch: `b${i}` })
@@ -103,9 +103,11 @@ describe('coordinator machine', () => {
     expect(r.state.reason).toContain('insufficient funds')
     const actions = last(r.steps)
     expect(actions).toContainEqual({ type: 'outcome', outcome: 'aborted', reason: r.state.reason })
-    // b1 rolled back itself; b0 is prepared and b2 has not answered yet: both hear abort.
+    // b0 is prepared and b2 has not answered yet; b1 said no, which is no proof it holds
+    // nothing (a prepare that timed out arrives as a no): all three hear abort.
     expect(actions.filter((a) => a.type === 'send-abort')).toEqual([
       { type: 'send-abort', to: ref(0) },
+      { type: 'send-abort', to: ref(1) },
       { type: 'send-abort', to: ref(2) },
     ])
     expect(types(r.steps.flat())).not.toContain('log-decision')
@@ -113,11 +115,17 @@ describe('coordinator machine', () => {
     expect(coordinatorStep(r.state, { type: 'vote', branch: 'b2', vote: YES }, env()).actions).toEqual([])
   })
 
-  it('one prepare failure aborts', () => {
+  it('one prepare failure aborts, and the branch whose prepare timed out hears abort too', () => {
     const s = coordinatorStep(preparing2pc(), { type: 'vote', branch: 'b0', vote: { kind: 'refused', reason: 'prepare timed out' } }, env())
-    // Nobody left that may hold work: aborted outright.
-    expect(s.state.status).toBe('aborted')
-    expect(s.actions).toEqual([{ type: 'outcome', outcome: 'aborted', reason: s.state.reason }, { type: 'log-end' }])
+    // The app behind b0 may prepare after the timeout: it must be told to abort (b1 voted
+    // read-only: it holds nothing).
+    expect(s.state.status).toBe('aborting')
+    expect(s.actions).toEqual([
+      { type: 'outcome', outcome: 'aborted', reason: s.state.reason },
+      { type: 'send-abort', to: ref(0) },
+    ])
+    const acked = runC(s.state, [{ type: 'ack', branch: 'b0' }])
+    expect(acked.state.status).toBe('aborted')
   })
 
   it('commits without a decision record when every vote is read-only', () => {
@@ -141,6 +149,19 @@ describe('coordinator machine', () => {
       { type: 'send-commit', to: ref(1) },
     ])
     expect(coordinatorStep(r.state, { type: 'ack', branch: 'b1' }, env()).actions).toEqual([{ type: 'log-end' }])
+  })
+
+  it('a phase-2 answer with the other outcome is a heuristic one: finished, reported, not an acknowledgement', () => {
+    const r = runC(preparing(2), [
+      { type: 'vote', branch: 'b0', vote: YES },
+      { type: 'vote', branch: 'b1', vote: YES },
+      { type: 'decision-logged' },
+      { type: 'ack', branch: 'b0', outcome: 'committed' },
+      { type: 'ack', branch: 'b1', outcome: 'aborted' },
+    ])
+    expect(r.state.status).toBe('committed')
+    expect(r.state.participants.map((p) => p.heuristic)).toEqual([undefined, 'aborted'])
+    expect(last(r.steps)).toEqual([{ type: 'heuristic', to: ref(1), outcome: 'aborted' }, { type: 'log-end' }])
   })
 
   it('duplicate ack is harmless', () => {
@@ -387,26 +408,28 @@ function runP(state: ParticipantState, events: readonly ParticipantEvent[], e: E
 }
 
 const fresh = (): ParticipantState => newParticipant('tx1', 'b0', 'coord:15010', 1_000)
-const preparedP = (): ParticipantState => runP(fresh(), [{ type: 'prepare' }, { type: 'app-voted', vote: YES }, { type: 'prepared-logged' }]).state
+/** PREPARING is durable: the app may be asked to prepare. */
+const LOGGED: ParticipantEvent = { type: 'preparing-logged', ok: true }
+const preparedP = (): ParticipantState => runP(fresh(), [{ type: 'prepare' }, LOGGED, { type: 'app-voted', vote: YES }, { type: 'prepared-logged' }]).state
 
 describe('participant machine', () => {
   it('asks the app to prepare, force-writes PREPARED, and only then votes yes', () => {
-    const r = runP(fresh(), [{ type: 'prepare' }, { type: 'app-voted', vote: YES }, { type: 'prepared-logged' }])
-    expect(r.steps).toEqual([[{ type: 'call-app', hook: 'prepare' }], [{ type: 'log-prepared' }], [{ type: 'reply-vote', vote: YES }]])
+    const r = runP(fresh(), [{ type: 'prepare' }, LOGGED, { type: 'app-voted', vote: YES }, { type: 'prepared-logged' }])
+    expect(r.steps).toEqual([[{ type: 'log-preparing' }], [{ type: 'call-app', hook: 'prepare' }], [{ type: 'log-prepared' }], [{ type: 'reply-vote', vote: YES }]])
     expect(r.state).toMatchObject({ status: 'prepared', vote: YES })
   })
 
-  it('a read-only vote finishes the branch at once (vote before END)', () => {
-    const r = runP(fresh(), [{ type: 'prepare' }, { type: 'app-voted', vote: RO }])
+  it('a read-only vote finishes the branch at once (END before the vote: PREPARING alone would abort it)', () => {
+    const r = runP(fresh(), [{ type: 'prepare' }, LOGGED, { type: 'app-voted', vote: RO }])
     expect(r.state.status).toBe('committed')
     expect(last(r.steps)).toEqual([
-      { type: 'reply-vote', vote: RO },
       { type: 'log-end', outcome: 'committed' },
+      { type: 'reply-vote', vote: RO },
     ])
   })
 
   it('a no vote answers no and rolls the app back until the app confirms', () => {
-    const r = runP(fresh(), [{ type: 'prepare' }, { type: 'app-voted', vote: NO }])
+    const r = runP(fresh(), [{ type: 'prepare' }, LOGGED, { type: 'app-voted', vote: NO }])
     expect(last(r.steps)).toEqual([
       { type: 'reply-vote', vote: NO },
       { type: 'call-app', hook: 'abort' },
@@ -421,7 +444,7 @@ describe('participant machine', () => {
   })
 
   it('answers duplicate prepares from what it already knows', () => {
-    const preparing = participantStep(fresh(), { type: 'prepare' }, env()).state
+    const preparing = runP(fresh(), [{ type: 'prepare' }, LOGGED]).state
     expect(participantStep(preparing, { type: 'prepare' }, env()).actions).toEqual([])
     const logging = participantStep(preparing, { type: 'app-voted', vote: YES }, env()).state
     expect(participantStep(logging, { type: 'prepare' }, env()).actions).toEqual([])
@@ -454,7 +477,7 @@ describe('participant machine', () => {
   })
 
   it('ignores commit for a branch that never voted yes', () => {
-    for (const s of [fresh(), participantStep(fresh(), { type: 'prepare' }, env()).state]) {
+    for (const s of [fresh(), runP(fresh(), [{ type: 'prepare' }, LOGGED]).state]) {
       expect(participantStep(s, { type: 'decision', outcome: 'committed' }, env())).toEqual({ state: s, actions: [] })
     }
   })
@@ -468,7 +491,55 @@ describe('participant machine', () => {
   })
 
   it('an abort that arrives while the app prepares waits for the prepare call to return', () => {
-    const r = runP(fresh(), [{ type: 'prepare' }, { type: 'decision', outcome: 'aborted' }, { type: 'app-voted', vote: YES }, { type: 'app-done' }])
+    const r = runP(fresh(), [{ type: 'prepare' }, LOGGED, { type: 'decision', outcome: 'aborted' }, { type: 'app-voted', vote: YES }, { type: 'app-done' }])
+    expect(r.steps[2]).toEqual([])
+    expect(r.steps[3]).toEqual([
+      { type: 'reply-vote', vote: { kind: 'refused', reason: 'branch aborted' } },
+      { type: 'call-app', hook: 'abort' },
+    ])
+    expect(r.state.status).toBe('aborted')
+  })
+
+  it('an abort that arrives while PREPARED is written answers the prepare with no and undoes', () => {
+    const r = runP(fresh(), [{ type: 'prepare' }, LOGGED, { type: 'app-voted', vote: YES }, { type: 'decision', outcome: 'aborted' }, { type: 'prepared-logged' }])
+    expect(r.steps[3]).toEqual([
+      { type: 'reply-vote', vote: { kind: 'refused', reason: 'branch aborted' } },
+      { type: 'call-app', hook: 'abort' },
+    ])
+    expect(r.steps[4]).toEqual([])
+  })
+
+  it('a failed PREPARED write votes no', () => {
+    const r = runP(fresh(), [{ type: 'prepare' }, LOGGED, { type: 'app-voted', vote: YES }, { type: 'app-voted', vote: { kind: 'refused', reason: 'cannot log PREPARED' } }])
+    expect(r.state.status).toBe('aborting')
+    expect(last(r.steps)).toEqual([
+      { type: 'reply-vote', vote: { kind: 'refused', reason: 'cannot log PREPARED' } },
+      { type: 'call-app', hook: 'abort' },
+    ])
+  })
+
+  it('writes PREPARING before the app is asked to prepare, and asks nothing while it is written', () => {
+    const recording = participantStep(fresh(), { type: 'prepare' }, env())
+    expect(recording.actions).toEqual([{ type: 'log-preparing' }])
+    expect(recording.state.status).toBe('recording')
+    // A duplicate prepare, a commit and the deadline wait for the write.
+    expect(participantStep(recording.state, { type: 'prepare' }, env()).actions).toEqual([])
+    expect(participantStep(recording.state, { type: 'decision', outcome: 'committed' }, env()).actions).toEqual([])
+    expect(participantStep(recording.state, { type: 'deadline' }, env(5_000)).actions).toEqual([])
+  })
+
+  it('a PREPARING that cannot be written votes no and undoes, without asking the app to prepare', () => {
+    const r = runP(fresh(), [{ type: 'prepare' }, { type: 'preparing-logged', ok: false }])
+    expect(r.state.status).toBe('aborting')
+    expect(last(r.steps)).toEqual([
+      { type: 'reply-vote', vote: { kind: 'refused', reason: 'cannot log PREPARING' } },
+      { type: 'call-app', hook: 'abort' },
+    ])
+    expect(r.steps.flat()).not.toContainEqual({ type: 'call-app', hook: 'prepare' })
+  })
+
+  it('an abort that arrives while PREPARING is written undoes once the write returns, never preparing', () => {
+    const r = runP(fresh(), [{ type: 'prepare' }, { type: 'decision', outcome: 'aborted' }, LOGGED, { type: 'app-done' }])
     expect(r.steps[1]).toEqual([])
     expect(r.steps[2]).toEqual([
       { type: 'reply-vote', vote: { kind: 'refused', reason: 'branch aborted' } },
@@ -477,22 +548,14 @@ describe('participant machine', () => {
     expect(r.state.status).toBe('aborted')
   })
 
-  it('an abort that arrives while PREPARED is written answers the prepare with no and undoes', () => {
-    const r = runP(fresh(), [{ type: 'prepare' }, { type: 'app-voted', vote: YES }, { type: 'decision', outcome: 'aborted' }, { type: 'prepared-logged' }])
-    expect(r.steps[2]).toEqual([
-      { type: 'reply-vote', vote: { kind: 'refused', reason: 'branch aborted' } },
-      { type: 'call-app', hook: 'abort' },
-    ])
-    expect(r.steps[3]).toEqual([])
-  })
-
-  it('a failed PREPARED write votes no', () => {
-    const r = runP(fresh(), [{ type: 'prepare' }, { type: 'app-voted', vote: YES }, { type: 'app-voted', vote: { kind: 'refused', reason: 'cannot log PREPARED' } }])
+  it('a branch recovered with PREPARING and no PREPARED never voted: it aborts alone until the app answers', () => {
+    const r = recoverUnvoted('tx1', 'b0', 'coord:15010', 1_000)
     expect(r.state.status).toBe('aborting')
-    expect(last(r.steps)).toEqual([
-      { type: 'reply-vote', vote: { kind: 'refused', reason: 'cannot log PREPARED' } },
-      { type: 'call-app', hook: 'abort' },
-    ])
+    expect(r.actions).toEqual([{ type: 'call-app', hook: 'abort' }])
+    const failed = participantStep(r.state, { type: 'app-failed' }, env())
+    expect(failed.actions[0]?.type).toBe('schedule-retry')
+    expect(participantStep(failed.state, { type: 'retry-due' }, env()).actions).toEqual([{ type: 'call-app', hook: 'abort' }])
+    expect(participantStep(r.state, { type: 'app-done' }, env()).actions).toContainEqual({ type: 'log-end', outcome: 'aborted' })
   })
 
   it('retries a failing commit hook with capped backoff until the app answers', () => {
@@ -533,7 +596,7 @@ describe('participant machine', () => {
   })
 
   it('asks for the outcome at once when PREPARED lands after the deadline', () => {
-    const logging = runP(fresh(), [{ type: 'prepare' }, { type: 'app-voted', vote: YES }, { type: 'deadline' }]).state
+    const logging = runP(fresh(), [{ type: 'prepare' }, LOGGED, { type: 'app-voted', vote: YES }, { type: 'deadline' }]).state
     expect(logging.status).toBe('logging')
     const r = participantStep(logging, { type: 'prepared-logged' }, env(5_000))
     expect(r.actions).toEqual([{ type: 'reply-vote', vote: YES }, { type: 'query-outcome' }])
@@ -558,12 +621,13 @@ describe('participant machine', () => {
 })
 
 describe('participant machine: one-phase commit', () => {
-  const onePhaseLogging = (): ParticipantState => runP(fresh(), [{ type: 'commit-one-phase' }, { type: 'app-voted', vote: YES }]).state
+  const onePhaseLogging = (): ParticipantState => runP(fresh(), [{ type: 'commit-one-phase' }, LOGGED, { type: 'app-voted', vote: YES }]).state
   const onePhaseCommitted = (): ParticipantState => runP(onePhaseLogging(), [{ type: 'prepared-logged' }, { type: 'app-done' }]).state
 
   it('prepares, force-writes PREPARED(onePhase), then commits on its own and answers committed', () => {
-    const r = runP(fresh(), [{ type: 'commit-one-phase' }, { type: 'app-voted', vote: YES }, { type: 'prepared-logged' }, { type: 'app-done' }], env(0, 0))
+    const r = runP(fresh(), [{ type: 'commit-one-phase' }, LOGGED, { type: 'app-voted', vote: YES }, { type: 'prepared-logged' }, { type: 'app-done' }], env(0, 0))
     expect(r.steps).toEqual([
+      [{ type: 'log-preparing' }],
       [{ type: 'call-app', hook: 'prepare' }],
       [{ type: 'log-prepared' }],
       [{ type: 'call-app', hook: 'commit' }],
@@ -624,12 +688,12 @@ describe('participant machine: one-phase commit', () => {
   })
 
   it('a one-phase no aborts, answers aborted at once and rolls the app back', () => {
-    const r = runP(fresh(), [{ type: 'commit-one-phase' }, { type: 'app-voted', vote: NO }, { type: 'app-done' }])
-    expect(r.steps[1]).toEqual([
+    const r = runP(fresh(), [{ type: 'commit-one-phase' }, LOGGED, { type: 'app-voted', vote: NO }, { type: 'app-done' }])
+    expect(r.steps[2]).toEqual([
       { type: 'reply-done', outcome: 'aborted' },
       { type: 'call-app', hook: 'abort' },
     ])
-    expect(r.steps[2]).toContainEqual({ type: 'log-end', outcome: 'aborted' })
+    expect(r.steps[3]).toContainEqual({ type: 'log-end', outcome: 'aborted' })
     expect(r.state.status).toBe('aborted')
     // A PREPARED(onePhase) write that surely missed the disk aborts the same way.
     const failed = participantStep(onePhaseLogging(), { type: 'app-voted', vote: { kind: 'refused', reason: 'cannot log PREPARED' } }, env())
@@ -640,10 +704,10 @@ describe('participant machine: one-phase commit', () => {
   })
 
   it('a one-phase read-only vote answers committed and finishes', () => {
-    const r = runP(fresh(), [{ type: 'commit-one-phase' }, { type: 'app-voted', vote: RO }])
+    const r = runP(fresh(), [{ type: 'commit-one-phase' }, LOGGED, { type: 'app-voted', vote: RO }])
     expect(last(r.steps)).toEqual([
-      { type: 'reply-done', outcome: 'committed' },
       { type: 'log-end', outcome: 'committed' },
+      { type: 'reply-done', outcome: 'committed' },
     ])
   })
 

@@ -12,7 +12,7 @@ import type { Logger } from '../../log.js'
 import type { ControlClient } from '../control-client.js'
 import type { MeshKeys } from '../keys.js'
 import type { CoordinatorAction, CoordinatorEvent, CoordinatorState, Env, Outcome, ParticipantRef, TxId, Vote } from '../core.js'
-import { incarnationOfTx, newTxId, signContext, type TxMode } from '../protocol.js'
+import { incarnationOfTx, isOfRun, newTxId, signContext, type TxMode } from '../protocol.js'
 import { SpanKind, SpanStatusCode, childSpan, formatTraceparent, linkTo, type Context, type Span, type Tracing } from '../../telemetry/tracing.js'
 import type { TxMessage } from '../../events/outbox.js'
 import { addMessage, endAfterPublishing, startPublishing, waitAtMost, type MessageHolder, type Publish } from '../messages.js'
@@ -21,6 +21,8 @@ import { coordinatorOutcome, coordinatorStep, newCoordinator, recoverCoordinator
 export interface TxResult {
   readonly id: TxId
   readonly outcome: Outcome
+  /** Set when a participant finished its branch the other way (see ParticipantView.heuristic). */
+  readonly heuristic?: 'mixed'
   readonly reason: string | undefined
   readonly participants: readonly ParticipantView[]
 }
@@ -31,12 +33,15 @@ export interface ParticipantView {
   readonly control: string
   readonly vote: Vote['kind'] | undefined
   readonly acknowledged: boolean
+  /** The branch finished with the other outcome (an operator's heuristic decision). */
+  readonly heuristic?: Outcome
 }
 
 export interface TxView {
   readonly id: TxId
   readonly mode: TxMode
-  readonly status: CoordinatorState['status']
+  /** 'heuristic-mixed': decided, but a participant finished its branch the other way. */
+  readonly status: CoordinatorState['status'] | 'heuristic-mixed'
   readonly deadline: number
   readonly reason: string | undefined
   readonly participants: readonly ParticipantView[]
@@ -71,6 +76,8 @@ export interface CoordinatorDeps {
   readonly self: string
   /** This sidecar's log incarnation (src/log/incarnation.ts): ids carry it. */
   readonly incarnation: string
+  /** This process's run tag (protocol.ts newRunTag): ids start with it. */
+  readonly run: string
   /** Mesh keys: contexts are signed with the current signing key (rotation, src/tx/keys.ts). */
   readonly keys: MeshKeys
   readonly logger: Logger
@@ -111,7 +118,7 @@ export class CoordinatorDriver {
   /** `trace`: what the transaction's span continues (the request that began it), if traced. */
   begin(mode: TxMode, timeoutMs: number, route = 'api', trace?: Context | Span): { id: TxId; context: string; deadline: number } | TxmeshError {
     if (this.txs.size >= LIMITS.maxActiveTransactions) return new TxLimitError(`this sidecar already coordinates ${this.txs.size} transactions`)
-    const id = newTxId(this.d.self, this.d.incarnation)
+    const id = newTxId(this.d.self, this.d.incarnation, this.d.run)
     const deadline = this.clock() + timeoutMs
     const entry: Entry = {
       state: newCoordinator(id, deadline),
@@ -186,14 +193,14 @@ export class CoordinatorDriver {
       // The decision is durable; phase 2 runs on its own. Waiting is only for the answer.
       await waitAtMost((done) => e.ackWaiters.push(done), LIMITS.commitAckWaitMs)
     }
-    return { id, outcome: e.outcome ?? 'aborted', reason: e.state.reason, participants: views(e.state) }
+    return { id, outcome: e.outcome ?? 'aborted', reason: e.state.reason, participants: views(e.state), ...(mixed(e.state) ? { heuristic: 'mixed' as const } : {}) }
   }
 
   view(id: TxId): TxView | undefined {
     const e = this.txs.get(id) ?? this.finished.get(id)
     if (e === undefined) return undefined
     const traceId = e.span?.spanContext().traceId
-    return { id, mode: e.mode, status: e.state.status, deadline: e.state.deadline, reason: e.state.reason, participants: views(e.state), ...(traceId === undefined ? {} : { traceId }) }
+    return { id, mode: e.mode, status: mixed(e.state) ? 'heuristic-mixed' : e.state.status, deadline: e.state.deadline, reason: e.state.reason, participants: views(e.state), ...(traceId === undefined ? {} : { traceId }) }
   }
 
   list(): TxView[] {
@@ -205,10 +212,16 @@ export class CoordinatorDriver {
    * incarnation that is neither active here nor has a durable COMMIT decision aborted. An id of
    * another incarnation (another log at this address: a new pod at a reused IP, a wiped log) is
    * none of this sidecar's to answer: 'unknown-coordinator', and the asker stays in doubt.
+   * `holder` false: the asker does not hold the branch it asks for (control op lookup).
    */
-  outcomeFor(id: TxId): Outcome | 'in-doubt' | 'unknown-coordinator' {
+  outcomeFor(id: TxId, holder = true): Outcome | 'in-doubt' | 'unknown-coordinator' {
     const e = this.txs.get(id) ?? this.finished.get(id)
     if (e === undefined && incarnationOfTx(id) !== this.d.incarnation) return 'unknown-coordinator'
+    // Asked by a sidecar that found a prepared row it does not hold (a sibling's, or its own
+    // lost log's), about an id an earlier run made: that transaction may have been a one-phase
+    // commit, which logs nothing here and was decided (commit) by its participant. Presumed
+    // abort would roll back committed work; only the branch's holder may hear it.
+    if (e === undefined && !holder && !isOfRun(id, this.d.run)) return 'in-doubt'
     const o = coordinatorOutcome(e?.state)
     return o === 'unknown' ? 'in-doubt' : o
   }
@@ -317,7 +330,10 @@ export class CoordinatorDriver {
           void this.d.control.send(a.to.control, { tx: id, op, branch: a.to.branch }).then((r) => {
             if (span !== undefined) endPhaseSpan(span, r.ok, r.ok ? { 'txmesh.acknowledged': true } : { 'error.type': 'send_failed' })
             if (r.ok) this.d.onEvent?.('tx-ack', { tx: id, service: a.to.service, branch: a.to.branch, op })
-            this.feed(id, r.ok ? { type: 'ack', branch: a.to.branch } : { type: 'send-failed', branch: a.to.branch })
+            // The answer names the branch's outcome ('unknown': finished long ago, or never here).
+            const o = r.ok ? r.body.outcome : undefined
+            const said: { outcome?: Outcome } = o === 'committed' || o === 'aborted' ? { outcome: o } : {}
+            this.feed(id, r.ok ? { type: 'ack', branch: a.to.branch, ...said } : { type: 'send-failed', branch: a.to.branch })
           })
           break
         }
@@ -363,6 +379,15 @@ export class CoordinatorDriver {
           this.d.onEvent?.('tx-outcome', { tx: id, outcome: a.outcome, reason: a.reason, ...(e.requestedAt > 0 ? { prepareMs: e.decidedAt - e.requestedAt } : {}) })
           this.d.logger.info('tx_outcome', { tx: id, outcome: a.outcome, reason: a.reason })
           break
+        case 'heuristic': {
+          // An operator finished the branch the other way before the decision reached it.
+          const decided = e.outcome ?? 'aborted'
+          this.d.metrics?.heuristic.inc({ decision: decided, branch: a.outcome })
+          this.d.logger.error('tx_heuristic', { tx: id, decision: decided, service: a.to.service, branch: a.to.branch, branchOutcome: a.outcome })
+          this.d.onEvent?.('tx-heuristic', { tx: id, decision: decided, service: a.to.service, branch: a.to.branch, outcome: a.outcome })
+          if (e.span !== undefined) e.span.setAttribute('txmesh.heuristic', 'mixed')
+          break
+        }
         case 'log-end':
           // Only a logged decision has records to end (presumed abort writes nothing).
           if (e.state.decisionLogged) {
@@ -386,7 +411,7 @@ export class CoordinatorDriver {
     this.txs.delete(id)
     // Keep finished transactions visible for a while, bounded in count and age.
     this.finished.set(id, e)
-    this.d.onEvent?.('tx-finished', { tx: id, outcome: e.outcome, status: e.state.status, ...(e.decidedAt > 0 ? { phase2Ms: performance.now() - e.decidedAt } : {}) })
+    this.d.onEvent?.('tx-finished', { tx: id, outcome: e.outcome, status: mixed(e.state) ? 'heuristic-mixed' : e.state.status, ...(e.decidedAt > 0 ? { phase2Ms: performance.now() - e.decidedAt } : {}) })
   }
 
   /** A per-participant span under the transaction's (only called when tracing is on). */
@@ -427,12 +452,19 @@ function parseVote(v: unknown): Vote {
   return { kind: 'refused', reason: typeof v === 'string' ? v : 'no vote' }
 }
 
+/** Decided, but at least one participant finished its branch the other way. */
+function mixed(s: CoordinatorState): boolean {
+  return s.participants.some((p) => p.heuristic !== undefined)
+}
+
 function views(s: CoordinatorState): ParticipantView[] {
   return s.participants.map((p) => ({
     service: p.ref.service,
     branch: p.ref.branch,
     control: p.ref.control,
     vote: p.vote?.kind,
-    acknowledged: p.acked,
+    // A heuristic answer finished the branch but is no acknowledgement of the decision.
+    acknowledged: p.acked && p.heuristic === undefined,
+    ...(p.heuristic === undefined ? {} : { heuristic: p.heuristic }),
   }))
 }

@@ -105,7 +105,7 @@ function dispatch(state: CoordinatorState, event: CoordinatorEvent, env: Env): C
     case 'decision-logged':
       return onDecisionLogged(state)
     case 'ack':
-      return onAck(state, event.branch)
+      return onAck(state, event.branch, event.outcome)
     case 'send-failed':
       return onSendFailed(state, event.branch, env)
     case 'retry-due':
@@ -233,12 +233,18 @@ function onDecisionLogged(state: CoordinatorState): CoordinatorStep {
   return finishIfAcked({ ...state, participants, decisionLogged: true }, actions)
 }
 
-function onAck(state: CoordinatorState, branch: BranchId): CoordinatorStep {
+function onAck(state: CoordinatorState, branch: BranchId, outcome: Outcome | undefined): CoordinatorStep {
   // A one-phase branch answers with its outcome (one-phase-result), never with a bare ack.
   if (!inPhase2(state)) return same(state)
   const i = state.participants.findIndex((p) => p.ref.branch === branch)
   const p = state.participants[i]
   if (p === undefined || p.acked) return same(state)
+  const decision: Outcome = state.status === 'aborting' ? 'aborted' : 'committed'
+  if (outcome !== undefined && outcome !== decision) {
+    // The branch finished the other way: sending again cannot change it. Finished, reported.
+    const participants = state.participants.with(i, { ...p, acked: true, heuristic: outcome })
+    return finishIfAcked({ ...state, participants }, [{ type: 'heuristic', to: p.ref, outcome }])
+  }
   return finishIfAcked({ ...state, participants: state.participants.with(i, { ...p, acked: true }) }, [])
 }
 
@@ -289,12 +295,14 @@ function onOnePhaseResult(state: CoordinatorState, branch: BranchId, outcome: Ou
 
 /**
  * Decides abort (from active or preparing). Nothing is logged (presumed abort). Every branch
- * that may hold work hears abort: all but those that voted no (they rolled back) or read-only.
+ * that may hold work hears abort: all but those that voted read-only (they hold nothing). A
+ * refused vote is no proof: a prepare that failed or timed out here arrives as one while the
+ * app may still prepare after it, so a branch that said no (or never answered) is told too.
  */
 function abort(state: CoordinatorState, reason: string): CoordinatorStep {
   const actions: CoordinatorAction[] = [{ type: 'outcome', outcome: 'aborted', reason }]
   const participants = state.participants.map((p) => {
-    if (p.vote !== undefined && p.vote.kind !== 'prepared') return { ...p, acked: true }
+    if (p.vote?.kind === 'read-only') return { ...p, acked: true }
     actions.push({ type: 'send-abort', to: p.ref })
     return { ...p, acked: false, attempts: 1 }
   })

@@ -2,17 +2,17 @@
 // the pure participant machine (app hook calls, PREPARED log writes, outcome queries, timers)
 // and answers the coordinator's prepare / commit / abort.
 import { exchange, request, type Dispatcher } from '../../http-client.js'
-import { failpoint } from '../../failpoints.js'
+import { failpoint, failpointSoon } from '../../failpoints.js'
 import { appendDurable } from '../durable.js'
 import { RecentMap } from '../recent.js'
-import { LogFailedError, ShuttingDownError, TxLimitError, TxNotActiveError, TxUnknownError, TxmeshError } from '../../errors.js'
+import { BranchNotInDoubtError, LogFailedError, ShuttingDownError, TxLimitError, TxNotActiveError, TxUnknownError, TxmeshError } from '../../errors.js'
 import { LIMITS } from '../../limits.js'
 import type { Logger } from '../../log.js'
 import type { FileLog } from '../../log/file-log.js'
 import type { ControlClient } from '../control-client.js'
 import type { BranchId, Env, Outcome, ParticipantAction, ParticipantEvent, ParticipantRef, ParticipantState, TxId, Vote } from '../core.js'
 import { BRANCH_ID_HEADER, CONTEXT_HEADER, OP_HEADER, TX_ID_HEADER, coordinatorAllowed, coordinatorOfTx, newBranchId, type TxContext } from '../protocol.js'
-import { newParticipant, participantStep, recoverParticipant } from './machine.js'
+import { newParticipant, participantStep, recoverParticipant, recoverUnvoted } from './machine.js'
 import { Batcher } from '../batcher.js'
 import { parseJsonObject } from '../../http-json.js'
 
@@ -23,8 +23,13 @@ export interface Branch {
   readonly context: string
   voteWaiters: ((v: Vote) => void)[]
   doneWaiters: ((o: Outcome) => void)[]
-  /** Inbound requests of this branch still being answered (nested enlistments ride on them). */
+  /**
+   * Inbound requests of this branch still being answered (nested enlistments ride on them, and
+   * hook calls wait for them: enter/leave).
+   */
   inflight: number
+  /** Hook calls waiting for inflight to reach 0. */
+  idle: (() => void)[]
   /** Participants enlisted by this app's outgoing calls while a request of the branch ran. */
   nested: ParticipantRef[]
   timer: NodeJS.Timeout | undefined
@@ -136,25 +141,39 @@ export class ParticipantDriver {
       status: b.state.status,
       coordinator: b.state.coordinator,
       ageMs: now - b.since,
-      inDoubt: b.state.status === 'prepared' && (b.coordinatorUnknown || now - b.since >= LIMITS.inDoubtWindowMs),
+      inDoubt: this.isInDoubt(b, now),
       coordinatorUnknown: b.coordinatorUnknown,
     }))
   }
 
   /**
    * An operator's decision for a prepared branch whose coordinator cannot answer (heuristic
-   * outcome, as XA and LRA call it). Audited durably in the log before it is carried out.
+   * outcome, as XA and LRA call it). Only a branch in doubt (prepared past the in-doubt window,
+   * or its coordinator gone) may be resolved: before that its coordinator may still decide the
+   * other way. `force` overrides that, and the record says so. Audited durably in the log before
+   * it is carried out.
    */
-  async resolve(tx: TxId, outcome: Outcome, by: string): Promise<BranchView | TxmeshError> {
+  async resolve(tx: TxId, outcome: Outcome, by: string, force = false): Promise<BranchView | TxmeshError> {
     const b = this.byTx.get(tx)
     if (b === undefined) return new TxUnknownError(`no branch of transaction ${tx} here`)
     if (b.state.status !== 'prepared') return new TxNotActiveError(`branch ${b.state.branch} is ${b.state.status}; only a prepared branch can be resolved`)
-    await appendDurable(this.d.log, logKey(tx, b.state.branch), { type: 'resolved', outcome, by, at: new Date(this.clock()).toISOString() })
-    this.d.logger.warn('branch_resolved', { tx, branch: b.state.branch, outcome, by, coordinator: b.state.coordinator })
-    this.d.onEvent?.('branch-resolved', { tx, branch: b.state.branch, outcome, by })
+    const inDoubt = this.isInDoubt(b, this.clock())
+    if (!inDoubt && !force) {
+      return new BranchNotInDoubtError(
+        `branch ${b.state.branch} is not in doubt: its coordinator ${b.state.coordinator} may still decide it (prepared ${Math.round((this.clock() - b.since) / 1000)} s ago, in doubt after ${LIMITS.inDoubtWindowMs / 1000} s); force it only if you know the coordinator's decision`,
+      )
+    }
+    const forced = !inDoubt
+    await appendDurable(this.d.log, logKey(tx, b.state.branch), { type: 'resolved', outcome, by, at: new Date(this.clock()).toISOString(), ...(forced ? { forced: true } : {}) })
+    this.d.logger.warn(forced ? 'branch_resolved_forced' : 'branch_resolved', { tx, branch: b.state.branch, outcome, by, coordinator: b.state.coordinator })
+    this.d.onEvent?.('branch-resolved', { tx, branch: b.state.branch, outcome, by, forced })
     const view = this.list().find((v) => v.tx === tx) as BranchView
     this.feed(b, { type: 'decision', outcome })
     return view
+  }
+
+  private isInDoubt(b: Branch, now: number): boolean {
+    return b.state.status === 'prepared' && (b.coordinatorUnknown || now - b.since >= LIMITS.inDoubtWindowMs)
   }
 
   /** Branches that voted yes and wait for the decision (metrics). */
@@ -227,6 +246,7 @@ export class ParticipantDriver {
       voteWaiters: [],
       doneWaiters: [],
       inflight: 0,
+      idle: [],
       nested: [],
       timer: undefined,
       deadlineTimer: undefined,
@@ -243,6 +263,39 @@ export class ParticipantDriver {
 
   branchOf(tx: TxId): Branch | undefined {
     return this.byTx.get(tx)
+  }
+
+  /** A request of the branch reached the app through the ingress. */
+  enter(b: Branch): void {
+    b.inflight++
+  }
+
+  /** That request's response head left the app (or its exchange ended): waiting hooks may go. */
+  leave(b: Branch): void {
+    b.inflight--
+    if (b.inflight === 0) for (const w of b.idle.splice(0)) w()
+  }
+
+  /**
+   * Resolves true once no request of the branch runs in the app, false after
+   * LIMITS.hookHoldMs: a hook must not reach the app while the branch's own request still runs
+   * there (an app that runs the hook on the branch's connection would leave the rest of that
+   * request outside any transaction).
+   */
+  private whenIdle(b: Branch): Promise<boolean> | boolean {
+    if (b.inflight === 0) return true
+    return new Promise<boolean>((resolve) => {
+      const done = (): void => {
+        clearTimeout(timer)
+        resolve(true)
+      }
+      const timer = setTimeout(() => {
+        const i = b.idle.indexOf(done)
+        if (i >= 0) b.idle.splice(i, 1)
+        resolve(b.inflight === 0)
+      }, LIMITS.hookHoldMs)
+      b.idle.push(done)
+    })
   }
 
   /** Coordinator's prepare. Unknown branch: the work is lost (e.g. restart before prepare) -> no. */
@@ -276,7 +329,7 @@ export class ParticipantDriver {
       return Promise.resolve('refused')
     }
     // Commit reaches only a branch that voted yes; anything else is a protocol violation (409).
-    if (outcome === 'committed' && (b.state.status === 'active' || b.state.status === 'preparing' || b.state.status === 'logging')) {
+    if (outcome === 'committed' && (b.state.status === 'active' || b.state.status === 'recording' || b.state.status === 'preparing' || b.state.status === 'logging')) {
       return Promise.resolve('refused')
     }
     // Bounded wait: an app that cannot finish yet gets 'failed' (503) and the coordinator's
@@ -344,42 +397,56 @@ export class ParticipantDriver {
     if (b === undefined || b.state.branch !== branch) {
       const coordinator = coordinatorOfTx(tx)
       if (coordinator === undefined || !coordinatorAllowed(this.d.coordinators, coordinator)) return 'in-doubt'
-      return this.askCoordinator(coordinator, tx)
+      return this.askCoordinator(coordinator, tx, false)
     }
     if (b.state.status === 'committed' || b.state.status === 'committing') return 'committed'
     if (b.state.status === 'aborted' || b.state.status === 'aborting') return 'aborted'
     // Still voting: the decision is not made yet.
     if (b.state.status !== 'prepared') return 'in-doubt'
-    return this.askCoordinator(b.state.coordinator, tx)
+    return this.askCoordinator(b.state.coordinator, tx, true)
   }
 
-  private async askCoordinator(coordinator: string, tx: TxId): Promise<Outcome | 'in-doubt'> {
-    const r = await this.d.control.call(coordinator, 'GET', `/v1/tx/${tx}/outcome`)
+  /** `held`: this sidecar holds the branch (else the coordinator may not presume abort for it). */
+  private async askCoordinator(coordinator: string, tx: TxId, held: boolean): Promise<Outcome | 'in-doubt'> {
+    const r = await this.d.control.call(coordinator, 'GET', `/v1/tx/${tx}/${held ? 'outcome' : 'lookup'}`)
     const o = r.ok ? r.body.outcome : undefined
     return o === 'committed' || o === 'aborted' ? o : 'in-doubt'
   }
 
+  /**
+   * Rebuilds the branches found in the log at start, per key: one with a durable END is over
+   * (its END marker was lazy and did not land: end it again, never re-ask); one with PREPARED
+   * voted yes and asks its coordinator (or, one-phase, commits); one with only PREPARING never
+   * voted, so it aborts alone. Operator resolutions are carried out again if the branch did not
+   * finish before the restart.
+   */
   recover(records: readonly { txId: string; body: Readonly<Record<string, unknown>> }[]): number {
-    let n = 0
-    // Operator resolutions are carried out again if the branch did not finish before a restart.
-    const resolved = new Map<string, Outcome>()
-    for (const r of records) if (r.body.type === 'resolved') resolved.set(r.txId, r.body.outcome as Outcome)
+    type Found = { preparing?: Readonly<Record<string, unknown>>; prepared?: Readonly<Record<string, unknown>>; ended: boolean; resolved?: Outcome }
+    const byKey = new Map<string, Found>()
     for (const r of records) {
-      if (!r.txId.startsWith('p:') || r.body.type !== 'prepared') continue
-      const { tx, branch, coordinator, deadline, context, onePhase } = r.body as {
-        tx: string
-        branch: string
-        coordinator: string
-        deadline: number
-        context: string
-        onePhase?: boolean
+      if (!r.txId.startsWith('p:')) continue
+      let f = byKey.get(r.txId)
+      if (f === undefined) byKey.set(r.txId, (f = { ended: false }))
+      const type = r.body.type
+      if (type === 'preparing') f.preparing = r.body
+      else if (type === 'prepared') f.prepared = r.body
+      else if (type === 'end') f.ended = true
+      else if (type === 'resolved' && (r.body.outcome === 'committed' || r.body.outcome === 'aborted')) f.resolved = r.body.outcome
+    }
+    let n = 0
+    for (const [key, f] of byKey) {
+      const rec = f.prepared ?? f.preparing
+      if (f.ended || rec === undefined) {
+        this.d.log.end(key)
+        continue
       }
-      const step = recoverParticipant(tx, branch, coordinator, deadline, this.env(), onePhase === true)
+      const { tx, branch, coordinator, deadline, context, onePhase } = rec as { tx: string; branch: string; coordinator: string; deadline: number; context: string; onePhase?: boolean }
+      const voted = f.prepared !== undefined
+      const step = voted ? recoverParticipant(tx, branch, coordinator, deadline, this.env(), onePhase === true) : recoverUnvoted(tx, branch, coordinator, deadline, onePhase === true)
       const b = this.add(step.state, context)
-      this.d.logger.info('tx_recovered', { tx, branch, role: 'participant', onePhase: onePhase === true })
+      this.d.logger.info('tx_recovered', { tx, branch, role: 'participant', onePhase: onePhase === true, voted })
       this.perform(b, step.actions)
-      const heuristic = resolved.get(r.txId)
-      if (heuristic !== undefined) this.feed(b, { type: 'decision', outcome: heuristic })
+      if (f.resolved !== undefined) this.feed(b, { type: 'decision', outcome: f.resolved })
       n++
     }
     return n
@@ -412,6 +479,24 @@ export class ParticipantDriver {
       switch (a.type) {
         case 'call-app':
           void this.callHook(b, a.hook).then((ev) => this.feed(b, ev))
+          break
+        case 'log-preparing':
+          appendDurable(this.d.log, logKey(tx, branch), {
+            type: 'preparing',
+            tx,
+            branch,
+            coordinator: b.state.coordinator,
+            deadline: b.state.deadline,
+            context: b.context,
+            ...(b.state.onePhase ? { onePhase: true } : {}),
+          }).then(
+            () => this.feed(b, { type: 'preparing-logged', ok: true }),
+            (err: unknown) => {
+              // Safe either way: a PREPARING alone (landed or not) only ever means abort.
+              this.d.logger.error('preparing_log_failed', { tx, branch, error: String(err) })
+              this.feed(b, { type: 'preparing-logged', ok: false })
+            },
+          )
           break
         case 'log-prepared':
           appendDurable(this.d.log, logKey(tx, branch), {
@@ -456,22 +541,24 @@ export class ParticipantDriver {
           b.timer = setTimeout(() => this.feed(b, { type: 'retry-due' }), a.delayMs)
           break
         case 'log-end': {
-          if (a.outcome === 'aborted' || b.state.onePhase) {
-            // Presumed abort: a lost END only means asking the coordinator again. A one-phase
-            // branch's lost END only means committing again (idempotent) and asking whether
-            // the coordinator still waits.
+          if (a.outcome === 'aborted' || (b.state.onePhase && b.state.vote?.kind === 'prepared')) {
+            // Presumed abort: a lost END only means asking the coordinator again (or, with only
+            // PREPARING, aborting again). A one-phase branch's lost END only means committing
+            // again (idempotent) and asking whether the coordinator still waits.
             this.d.log.end(logKey(tx, branch))
             this.retire(b, a.outcome)
             break
           }
           // A committed branch's END must be durable before it acknowledges: once acked the
           // coordinator forgets the transaction, and a PREPARED found on restart would be told
-          // "aborted" (presumed abort) for work that committed.
+          // "aborted" (presumed abort) for work that committed. A read-only one's too: with
+          // only PREPARING left, a restart would abort a branch that answered read-only.
           const rest = actions.slice(i + 1)
           appendDurable(this.d.log, logKey(tx, branch), { type: 'end', outcome: a.outcome }).then(
             () => {
               this.d.log.end(logKey(tx, branch))
               this.retire(b, 'committed', rest)
+              failpointSoon('participant-after-end', LIMITS.failpointAfterAnswerMs)
             },
             (err: unknown) => {
               this.d.logger.error('end_log_failed', { tx, branch, error: String(err) })
@@ -578,9 +665,15 @@ export class ParticipantDriver {
   }
 
   private async callHook(b: Branch, hook: 'prepare' | 'commit' | 'abort'): Promise<ParticipantEvent> {
+    if (!(await this.whenIdle(b))) {
+      this.d.logger.warn('hook_held_too_long', { tx: b.state.tx, hook, inflight: b.inflight, ms: LIMITS.hookHoldMs })
+      if (hook === 'prepare') return { type: 'app-voted', vote: { kind: 'refused', reason: `a request of the branch still ran after ${LIMITS.hookHoldMs} ms` } }
+      return { type: 'app-failed' }
+    }
     try {
       const s = await this.hookStatus(b.state.tx, b.state.branch, b.context, hook)
       if (hook === 'prepare') {
+        if (s === 200) failpoint('participant-after-app-prepared')
         if (s === 200) return { type: 'app-voted', vote: { kind: 'prepared' } }
         if (s === 204) return { type: 'app-voted', vote: { kind: 'read-only' } }
         return { type: 'app-voted', vote: { kind: 'refused', reason: `app answered prepare with ${s}` } }

@@ -3,6 +3,9 @@
 // (DESIGN.md "Commit protocol", "Enlistment"). No I/O, no clock, no randomness of its own.
 //
 // Rules that keep it safe:
+// - Before the app is asked to prepare, PREPARING is durable (log-preparing, then
+//   preparing-logged): a sidecar that dies after its app prepared knows at restart that the
+//   branch exists and, with no PREPARED, that it never voted yes, so it aborts it alone.
 // - It votes yes only after PREPARED is durable (log-prepared, then prepared-logged).
 // - Once prepared it never decides alone: past the deadline it asks the coordinator.
 // - Before voting yes it may abort alone at any time (presumed abort agrees).
@@ -32,6 +35,18 @@ export function newParticipant(tx: TxId, branch: BranchId, coordinator: string, 
 }
 
 /**
+ * Rebuilds a branch found with a PREPARING record and no PREPARED after a restart: the app may
+ * have prepared, but the branch never voted yes (and a one-phase branch never decided commit),
+ * so nobody can have committed it. Abort alone, calling the app's abort hook until it answers.
+ */
+export function recoverUnvoted(tx: TxId, branch: BranchId, coordinator: string, deadline: number, onePhase = false): ParticipantStep {
+  return {
+    state: { tx, branch, coordinator, deadline, status: 'aborting', vote: { kind: 'refused', reason: 'the sidecar restarted before voting' }, attempts: 1, onePhase },
+    actions: [{ type: 'call-app', hook: 'abort' }],
+  }
+}
+
+/**
  * Rebuilds a branch from its PREPARED record after a restart: in doubt, so ask the coordinator.
  * A one-phase branch is not in doubt: it decided commit when its record became durable, so it
  * commits (again: the app's commit hook is idempotent).
@@ -56,7 +71,8 @@ export function participantStep(state: ParticipantState, event: ParticipantEvent
 }
 
 // `attempts` also tells which retry chain runs: in 'prepared', > 0 means outcome queries have
-// started; in 'aborting', 0 means the abort waits for the app's prepare call to return.
+// started; in 'aborting', 0 means the abort waits for PREPARING's write or the app's prepare
+// call to return.
 
 function dispatch(s: ParticipantState, event: ParticipantEvent, env: Env): ParticipantStep {
   switch (event.type) {
@@ -64,6 +80,8 @@ function dispatch(s: ParticipantState, event: ParticipantEvent, env: Env): Parti
       return onPrepare(s)
     case 'commit-one-phase':
       return onCommitOnePhase(s)
+    case 'preparing-logged':
+      return onPreparingLogged(s, event.ok)
     case 'app-voted':
       return onAppVoted(s, event.vote)
     case 'prepared-logged':
@@ -107,7 +125,8 @@ function confirming(s: ParticipantState): boolean {
 function onCommitOnePhase(s: ParticipantState): ParticipantStep {
   switch (s.status) {
     case 'active':
-      return { state: { ...s, status: 'preparing', onePhase: true }, actions: [{ type: 'call-app', hook: 'prepare' }] }
+      return { state: { ...s, status: 'recording', onePhase: true }, actions: [{ type: 'log-preparing' }] }
+    case 'recording':
     case 'preparing':
     case 'logging':
     case 'committing':
@@ -128,7 +147,8 @@ function onCommitOnePhase(s: ParticipantState): ParticipantStep {
 function onPrepare(s: ParticipantState): ParticipantStep {
   switch (s.status) {
     case 'active':
-      return { state: { ...s, status: 'preparing' }, actions: [{ type: 'call-app', hook: 'prepare' }] }
+      return { state: { ...s, status: 'recording' }, actions: [{ type: 'log-preparing' }] }
+    case 'recording':
     case 'preparing':
     case 'logging':
       // The vote is on its way; the driver answers every waiting prepare with it.
@@ -142,6 +162,21 @@ function onPrepare(s: ParticipantState): ParticipantStep {
     case 'aborted':
       return { state: s, actions: [{ type: 'reply-vote', vote: s.vote?.kind === 'refused' ? s.vote : ABORTED_VOTE }] }
   }
+}
+
+function onPreparingLogged(s: ParticipantState, ok: boolean): ParticipantStep {
+  const refused: Vote = { kind: 'refused', reason: 'cannot log PREPARING' }
+  const reply: ParticipantAction = s.onePhase ? { type: 'reply-done', outcome: 'aborted' } : { type: 'reply-vote', vote: s.status === 'aborting' ? ABORTED_VOTE : refused }
+  if (s.status === 'aborting' && s.attempts === 0) {
+    // Aborted while PREPARING was being written: the app was never asked to prepare, but the
+    // branch's work is still open in it; undo it.
+    return { state: { ...s, attempts: 1 }, actions: [reply, { type: 'call-app', hook: 'abort' }] }
+  }
+  if (s.status !== 'recording') return same(s)
+  if (ok) return { state: { ...s, status: 'preparing' }, actions: [{ type: 'call-app', hook: 'prepare' }] }
+  // Not recorded: the app must not prepare (nothing would know of it after a crash). Whether or
+  // not the write reached the disk, a PREPARING alone only ever means abort.
+  return { state: { ...s, status: 'aborting', vote: refused, attempts: 1 }, actions: [reply, { type: 'call-app', hook: 'abort' }] }
 }
 
 function onAppVoted(s: ParticipantState, vote: Vote): ParticipantStep {
@@ -164,12 +199,12 @@ function onAppVoted(s: ParticipantState, vote: Vote): ParticipantStep {
     case 'prepared':
       return { state: { ...s, status: 'logging', vote }, actions: [{ type: 'log-prepared' }] }
     case 'read-only':
-      // Nothing to commit: the branch is done. reply-vote comes before log-end (the driver may
-      // drop the branch, and its waiters, at log-end).
+      // Nothing to commit: the branch is done. END is durable before the answer leaves: with
+      // only PREPARING left, a restart would abort a branch that answered read-only.
       if (s.onePhase) {
-        return { state: { ...s, status: 'committed', vote }, actions: [{ type: 'reply-done', outcome: 'committed' }, { type: 'log-end', outcome: 'committed' }] }
+        return { state: { ...s, status: 'committed', vote }, actions: [{ type: 'log-end', outcome: 'committed' }, { type: 'reply-done', outcome: 'committed' }] }
       }
-      return { state: { ...s, status: 'committed', vote }, actions: [{ type: 'reply-vote', vote }, { type: 'log-end', outcome: 'committed' }] }
+      return { state: { ...s, status: 'committed', vote }, actions: [{ type: 'log-end', outcome: 'committed' }, { type: 'reply-vote', vote }] }
     case 'refused':
       if (s.onePhase) {
         // The decider says no: aborted, whatever the app's abort hook still has to undo.
@@ -202,6 +237,7 @@ function onCommit(s: ParticipantState): ParticipantStep {
     case 'aborted':
       return done(s)
     case 'active':
+    case 'recording':
     case 'preparing':
     case 'logging':
       // Commit for a branch that never voted yes is a protocol violation: ignore it (the driver
@@ -219,8 +255,10 @@ function onAbort(s: ParticipantState): ParticipantStep {
     case 'active':
     case 'prepared':
       return { state: { ...s, status: 'aborting', attempts: 1 }, actions: [{ type: 'call-app', hook: 'abort' }] }
+    case 'recording':
     case 'preparing':
-      // Wait for the app's prepare to return (app-voted) before calling abort.
+      // Wait for PREPARING's write (preparing-logged) or the app's prepare (app-voted) to return
+      // before calling abort: an abort must never overtake the prepare call.
       return { state: { ...s, status: 'aborting', attempts: 0 }, actions: [] }
     case 'logging':
       // The app is prepared, PREPARED is being written: the coordinator has decided without our
