@@ -57,6 +57,11 @@ export const LIMITS = Object.freeze({
   // point at each other's egress, a name NATed back to this host) after 8 connections instead
   // of ~2000, when X-Forwarded-For outgrew the header limit.
   maxProxyHops: 8,
+  // Ingress: rounds of percent-decoding a path gets when it is checked for a disguised hook
+  // (`%252e` is `.` after two). An app decodes once, a proxy in front of it maybe once more; a
+  // path still changing after 3 is refused (TXM_PATH_AMBIGUOUS) rather than decoded on: each
+  // round costs a pass over up to 32 KiB, and nesting is free for a caller to add.
+  pathDecodeRounds: 3,
   // SIGTERM drain: how long in-flight requests may take before the sidecar exits anyway.
   drainTimeoutMs: 15_000,
   drainTimeoutCapMs: 300_000,
