@@ -238,6 +238,8 @@ export class ProxyServer {
     if (looped !== undefined) return respondErrorRaw(socket, looped)
     const target = this.o.resolve(req.url ?? '/', facts.host ?? this.tunnelAuthority.get(req.socket))
     if (target instanceof TxmeshError) return respondErrorRaw(socket, target)
+    // A hook reached only with a signed context of its op is never a tunnel's end.
+    if (target.stepHook !== undefined) return respondErrorRaw(socket, new HookForbiddenError(`${target.path} is a participant hook; it takes no Upgrade`))
     const method = req.method ?? 'GET'
     const route = matchRoute(this.o.config, this.o.direction, hostName(target.host), target.path, method)
     const refusal = checkLimits(route, facts, target.path.length + method.length)

@@ -91,6 +91,21 @@ describe('ingress paths that reach a hook only after decoding or normalizing', (
     expect(app.seen).toEqual([])
   })
 
+  it('refuses an Upgrade request to the TCC cancel path: only a signed cancel reaches that hook', async () => {
+    const { app, sc } = await start()
+    const out = await new Promise<string>((resolve) => {
+      const s = connect(sc.ports.ingress, '127.0.0.1', () =>
+        s.write('GET /.well-known/txmesh/cancel HTTP/1.1\r\nHost: payments\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n'),
+      )
+      let t = ''
+      s.on('data', (c: Buffer) => (t += c.toString()))
+      s.on('close', () => resolve(t))
+    })
+    expect(app.seen).toEqual([])
+    expect(out).toMatch(/^HTTP\/1\.1 403 /)
+    expect(out).toContain('x-txmesh-error: TXM_HOOK_FORBIDDEN')
+  })
+
   it('keeps the plain spellings at 403 TXM_HOOK_FORBIDDEN and lets the app have its other paths, encoded ones too', async () => {
     const { app, sc } = await start()
     for (const path of ['/.well-known/txmesh/abort', '/.WELL-KNOWN/TXMESH/COMMIT', '/.well-known/txmesh/anything', '/tx/prepare', '/TX/Commit?x=1', '/.well-known/txmesh/']) {
