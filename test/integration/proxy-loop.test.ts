@@ -52,7 +52,7 @@ describe('egress loop detection', () => {
   it('answers 508 TXM_PROXY_LOOP at once to every spelling of its own address, and forwards nothing', { timeout: 60_000 }, async () => {
     const { app, sc, port } = await start((p) => `services:\n  loopy: {address: "127.1:${p}"}\n  mapped: {address: "[::ffff:127.0.0.1]:${p}"}\n  named: {address: "localhost:${p}"}\n`)
     // Literal spellings (refused before connecting) and names (refused once connected).
-    const hosts = ['127.0.0.1', '0.0.0.0', '0', '127.1', '0x7f.1', '0x7f000001', '2130706433', '017700000001', '[::ffff:127.0.0.1]', '[::ffff:7f00:1]', '[::ffff:0.0.0.0]', 'localhost', 'LOCALHOST']
+    const hosts = ['127.0.0.1', '0.0.0.0', '0', '127.1', '0x7f.1', '0x7f000001', '2130706433', '017700000001', '[::ffff:127.0.0.1]', '[::ffff:7f00:1]', '[::ffff:0.0.0.0]', '[::]', 'localhost', 'LOCALHOST']
     // This host's name, where it resolves to loopback (it does in most containers and CI VMs).
     const own = hostname()
     const ownAddress = await lookup(own).catch(() => undefined)
@@ -73,6 +73,20 @@ describe('egress loop detection', () => {
       expect((await egressForwarded(sc)) - before, c.what).toBeLessThanOrEqual(1)
     }
     expect(app.seen).toEqual([])
+  })
+
+  it('lets the app call its own ingress (one hop to the app, not a loop), and refuses an ingress whose app address is its egress', async () => {
+    const { app, sc } = await start()
+    const self = await rawRequest(sc.ports.egress, { path: `http://127.1:${sc.ports.ingress}/self` })
+    expect(self.status).toBe(200)
+    expect(app.seen.map((x) => x.url)).toEqual(['/self'])
+    // app.port set to the sidecar's own egress port by mistake.
+    const port = await freePort()
+    const wrong = await spawnSidecar(yamlWithEgress('orders', port, port))
+    procs.push(wrong)
+    const r = await rawRequest(wrong.ports.ingress, { path: '/x', headers: { host: 'orders' } })
+    expect([r.status, r.headers['x-txmesh-error']]).toEqual([508, 'TXM_PROXY_LOOP'])
+    expect(await egressForwarded(wrong)).toBe(0)
   })
 
   it('refuses an Upgrade and a CONNECT tunnel to its own address too', async () => {
