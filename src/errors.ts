@@ -31,6 +31,14 @@ export class HookForbiddenError extends TxmeshError {
   readonly status = 403
 }
 
+// Ingress: a path whose meaning depends on how it is decoded or normalized (dot-segments, or a
+// participant hook spelled with escapes, backslashes, doubled slashes or path parameters): an
+// app server that normalizes paths must not be reachable at a hook (issue 15, hole 11).
+export class PathAmbiguousError extends TxmeshError {
+  readonly code = 'TXM_PATH_AMBIGUOUS'
+  readonly status = 400
+}
+
 export class BodyTooLargeError extends TxmeshError {
   readonly code = 'TXM_BODY_TOO_LARGE'
   readonly status = 413
@@ -266,6 +274,7 @@ export const ERROR_CLASSES = [
   NotFoundError,
   MethodNotAllowedError,
   HookForbiddenError,
+  PathAmbiguousError,
   BodyTooLargeError,
   HeadersTooLargeError,
   ProxyLoopError,

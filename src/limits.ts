@@ -50,6 +50,18 @@ export const LIMITS = Object.freeze({
   maxConnectionsPerListener: 10_000,
   // WebSocket / Upgrade tunnels: idle time before both sides are closed.
   tunnelIdleTimeoutMs: 600_000,
+  // Sidecar egress listeners one request may pass without an app in between (the txmesh-hops
+  // header; a peer's ingress is the last hop before its app and drops the count). A call passes
+  // one; egresses chained as each other's proxies pass a few more. Past 8 the egress answers
+  // 508 TXM_PROXY_LOOP: this ends the loops no address shows (two sidecars whose service maps
+  // point at each other's egress, a name NATed back to this host) after 8 connections instead
+  // of ~2000, when X-Forwarded-For outgrew the header limit.
+  maxProxyHops: 8,
+  // Ingress: rounds of percent-decoding a path gets when it is checked for a disguised hook
+  // (`%252e` is `.` after two). An app decodes once, a proxy in front of it maybe once more; a
+  // path still changing after 3 is refused (TXM_PATH_AMBIGUOUS) rather than decoded on: each
+  // round costs a pass over up to 32 KiB, and nesting is free for a caller to add.
+  pathDecodeRounds: 3,
   // SIGTERM drain: how long in-flight requests may take before the sidecar exits anyway.
   drainTimeoutMs: 15_000,
   drainTimeoutCapMs: 300_000,

@@ -118,7 +118,9 @@ export async function startSidecar(config: SidecarConfig, log: Logger): Promise<
     inDoubt: () => participant?.inDoubtCount ?? 0,
     stuck: () => steps?.stuckCount ?? 0,
   })
-  const forwarder = new Forwarder(log, metrics, peerTls)
+  // The egress's own port, once bound: no upstream connection may reach it (src/proxy/loop.ts).
+  const selfPorts = new Set<number>()
+  const forwarder = new Forwarder(log, metrics, peerTls, selfPorts)
   // Undefined unless OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT is set: then nothing is traced.
   const tracing = await startTracing(config.service, log)
   const bound: Server[] = []
@@ -192,10 +194,12 @@ export async function startSidecar(config: SidecarConfig, log: Logger): Promise<
       tx: plane,
       tracing,
       peerTls,
+      selfPorts,
       resolve: egressResolver(config, () => ({ host: L.egress.host, port: ports.egress })),
     })
-    const ingress = new ProxyServer({ direction: 'ingress', config, forwarder, log, tx: plane, tracing, peerTls, resolve: ingressResolver(config) })
+    const ingress = new ProxyServer({ direction: 'ingress', config, forwarder, log, tx: plane, tracing, peerTls, selfPorts, resolve: ingressResolver(config) })
     ports.egress = await egress.listen(L.egress.host, L.egress.port)
+    selfPorts.add(ports.egress)
     bound.push(egress.server)
     ports.ingress = await ingress.listen(L.ingress.host, L.ingress.port)
     bound.push(ingress.server)

@@ -7,14 +7,16 @@
 // one write, and no promises per request.
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import type { Readable } from 'node:stream'
-import { Pool, type Dispatcher } from '../http-client.js'
+import type { Socket } from 'node:net'
+import { Pool, buildConnector, type Connector, type Dispatcher } from '../http-client.js'
 import type { Direction, RetryOn, RoutePolicy } from '../config/types.js'
 import type { SidecarMetrics } from '../telemetry/metrics.js'
-import { RequestAbortedError, UpstreamTimeoutError, type TxmeshError } from '../errors.js'
+import { ProxyLoopError, RequestAbortedError, UpstreamTimeoutError, type TxmeshError } from '../errors.js'
 import { LIMITS } from '../limits.js'
 import type { Logger } from '../log.js'
 import type { PeerTls } from '../peer-tls.js'
 import { forwardResponseHeaders } from './headers.js'
+import { connectedToSelf } from './loop.js'
 import { isConnectFailure, respondError, upstreamError } from './respond.js'
 import { RetryBudget, backoffMs, methodRetryable } from './retry.js'
 import type { ProxyTrace } from './server.js'
@@ -73,12 +75,37 @@ export class Forwarder {
   private readonly pools = new Map<string, Pool>()
   private readonly budgets = new WeakMap<RoutePolicy, RetryBudget>()
 
+  /** Plain connections: undici's own connector, with the loop check of `connect`. */
+  private readonly plain: Connector = buildConnector({ timeout: LIMITS.connectTimeoutMs })
+
   constructor(
     readonly log: Logger,
     private readonly metrics?: SidecarMetrics,
     /** Peer TLS: https:// origins (services reached over TLS) connect with the mesh CA. */
     private readonly tls?: PeerTls,
+    /**
+     * Ports of this sidecar's own proxy listeners a connection must never reach (the egress's):
+     * a request sent there would come straight back (src/proxy/loop.ts).
+     */
+    private readonly selfPorts: ReadonlySet<number> = new Set(),
   ) {}
+
+  /**
+   * Every new upstream connection: refused with TXM_PROXY_LOOP when it reached one of this
+   * sidecar's own listeners, whatever name or address spelling led there (DNS included). The
+   * socket is closed before undici writes anything on it.
+   */
+  private connect(base: Connector): Connector {
+    return (opts, callback) =>
+      base(opts, (err, socket) => {
+        if (err === null && connectedToSelf(socket as Socket, this.selfPorts)) {
+          socket.destroy()
+          return callback(new ProxyLoopError(`${opts.hostname}:${opts.port} is this sidecar's own listener: the request would loop back into it`), null)
+        }
+        if (err === null) callback(null, socket)
+        else callback(err, null)
+      })
+  }
 
   pool(origin: string): Pool {
     let pool = this.pools.get(origin)
@@ -96,7 +123,7 @@ export class Forwarder {
         keepAliveTimeout: LIMITS.upstreamKeepAliveMs,
         keepAliveMaxTimeout: LIMITS.upstreamKeepAliveMs,
         // The peer TLS connector opens each new connection with the certificates current then.
-        connect: this.tls !== undefined && origin.startsWith('https:') ? this.tls.connector : { timeout: LIMITS.connectTimeoutMs },
+        connect: this.connect(this.tls !== undefined && origin.startsWith('https:') ? this.tls.connector : this.plain),
         maxHeaderSize: LIMITS.maxHeaderBytes,
       })
       this.pools.set(origin, pool)

@@ -3,6 +3,7 @@
 // header objects: this runs on every proxied request.
 
 import { contextFromBaggage } from '../tx/protocol.js'
+import { parseHops } from './loop.js'
 
 // Hop-by-hop headers: meaningful for one connection only, never forwarded. `proxy-*` are
 // matched by prefix below. `expect` is answered by the sidecar itself (100-continue).
@@ -28,10 +29,12 @@ export interface RequestHeadFacts {
   headerBytes: number
   /** txmesh-context token, or the txmesh entry of W3C baggage. */
   context: string | undefined
+  /** txmesh-hops: sidecar listeners passed so far (src/proxy/loop.ts); 0 when absent. */
+  hops: number
 }
 
 export function newFacts(expectContinue: boolean): RequestHeadFacts {
-  return { host: undefined, contentLength: undefined, chunked: false, expectContinue, headerBytes: 0, context: undefined }
+  return { host: undefined, contentLength: undefined, chunked: false, expectContinue, headerBytes: 0, context: undefined, hops: 0 }
 }
 
 function connectionTokens(raw: readonly string[]): Set<string> | undefined {
@@ -103,6 +106,10 @@ export function forwardRequestHeaders(
       case 'txmesh-branch-id':
       case 'txmesh-op':
         continue
+      // Counted here, set again by the egress (one more), never passed to an app.
+      case 'txmesh-hops':
+        facts.hops = parseHops(value, facts.hops)
+        continue
     }
     if (dropped(lower, named)) continue
     out.push(name, value)
@@ -115,12 +122,16 @@ export function forwardRequestHeaders(
 }
 
 /**
- * Filters an upstream response's raw headers (Buffers from undici) into a flat string array
- * for `res.writeHead`. Drops hop-by-hop headers and those named in `Connection`.
+ * Filters an upstream response's raw headers (Buffers from undici, strings from node:http) into
+ * a flat string array for `res.writeHead`. Drops hop-by-hop headers and those named in
+ * `Connection`.
  */
-export function forwardResponseHeaders(raw: readonly Buffer[]): string[] {
+export function forwardResponseHeaders(raw: readonly (Buffer | string)[]): string[] {
   const strs: string[] = new Array<string>(raw.length)
-  for (let i = 0; i < raw.length; i++) strs[i] = (raw[i] as Buffer).toString('latin1')
+  for (let i = 0; i < raw.length; i++) {
+    const h = raw[i] as Buffer | string
+    strs[i] = typeof h === 'string' ? h : h.toString('latin1')
+  }
   const named = connectionTokens(strs)
   const out: string[] = []
   for (let i = 0; i < strs.length; i += 2) {

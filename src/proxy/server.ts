@@ -1,8 +1,8 @@
 // One HTTP listener of the data plane (egress or ingress): parses requests, applies the
-// matching route policy's limits, forwards through the Forwarder, tunnels Upgrade requests, and
-// drains on shutdown. What differs between egress and ingress is only how the upstream is
-// chosen (a TargetResolver).
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
+// matching route policy's limits, forwards through the Forwarder, tunnels Upgrade requests the
+// upstream accepted with 101, and drains on shutdown. What differs between egress and ingress
+// is only how the upstream is chosen (a TargetResolver).
+import { createServer, request as httpRequest, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
 import { createServer as createHttpsServer } from 'node:https'
 import type { Server as TlsServer } from 'node:tls'
 import { connect, type Socket } from 'node:net'
@@ -15,8 +15,11 @@ import {
   HookForbiddenError,
   InternalError,
   MethodNotAllowedError,
+  ProxyLoopError,
   ShuttingDownError,
   TxmeshError,
+  UpstreamProtocolError,
+  UpstreamTimeoutError,
   UpstreamUnreachableError,
 } from '../errors.js'
 import { LIMITS } from '../limits.js'
@@ -26,8 +29,9 @@ import type { PeerTls } from '../peer-tls.js'
 import type { ForwardRequest, Forwarder, ResponseHook } from './forward.js'
 import type { Span } from '@opentelemetry/api'
 import type { TxPlane } from '../tx/plane.js'
-import { forwardRequestHeaders, newFacts, upgradeRequestHeaders, type RequestHeadFacts } from './headers.js'
-import { answerRefusedRequests, respondError, respondErrorRaw } from './respond.js'
+import { forwardRequestHeaders, forwardResponseHeaders, newFacts, upgradeRequestHeaders, type RequestHeadFacts } from './headers.js'
+import { HOPS_HEADER, connectedToSelf } from './loop.js'
+import { answerRefusedRequests, respondError, respondErrorRaw, upstreamError } from './respond.js'
 import { hostName, matchRoute } from './routes.js'
 import { methodRetryable } from './retry.js'
 import { SpanKind, SpanStatusCode, childSpan, extractFromHeaders, type Tracing } from '../telemetry/tracing.js'
@@ -64,6 +68,8 @@ export interface ProxyServerOptions {
    * (Upgrade) to https:// peers with it.
    */
   readonly peerTls?: PeerTls | undefined
+  /** Ports of this sidecar's own listeners a tunnel must never reach (src/proxy/loop.ts). */
+  readonly selfPorts?: ReadonlySet<number> | undefined
 }
 
 /** The SERVER span of one proxied request, shared with the Exchange for its CLIENT spans. */
@@ -122,6 +128,8 @@ export class ProxyServer {
     // A request refused with a body still to come closes its connection after the answer, so
     // the unread bytes are not parsed as the next request.
     const hasBody = facts.contentLength !== 0 || facts.chunked
+    const looped = this.hopsRefusal(facts)
+    if (looped !== undefined) return respondError(res, looped, hasBody)
     const target = this.o.resolve(req.url ?? '/', facts.host ?? this.tunnelAuthority.get(req.socket))
     if (target instanceof TxmeshError) return respondError(res, target, hasBody)
     const method = req.method ?? 'GET'
@@ -161,6 +169,7 @@ export class ProxyServer {
     }
     if (facts.expectContinue) res.writeContinue()
     headers.push('host', target.host)
+    if (this.o.direction === 'egress') headers.push(HOPS_HEADER, String(facts.hops + 1))
 
     let body: ForwardBody = null
     if (facts.chunked) {
@@ -209,29 +218,135 @@ export class ProxyServer {
     )
   }
 
+  /**
+   * Egress: a request that already passed LIMITS.maxProxyHops sidecar listeners is in a loop no
+   * address shows (src/proxy/loop.ts). The ingress only drops the count: it is the last hop
+   * before an app.
+   */
+  private hopsRefusal(facts: RequestHeadFacts): ProxyLoopError | undefined {
+    if (this.o.direction !== 'egress' || facts.hops < LIMITS.maxProxyHops) return undefined
+    return new ProxyLoopError(
+      Number.isFinite(facts.hops) ? `request passed ${facts.hops} sidecar listeners (${HOPS_HEADER}): a proxy loop` : `invalid ${HOPS_HEADER} header`,
+    )
+  }
+
   private onUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {
     if (this.draining) return respondErrorRaw(socket, new ShuttingDownError('sidecar is shutting down'))
     const facts = newFacts(false)
     forwardRequestHeaders(req.rawHeaders, undefined, facts)
+    const looped = this.hopsRefusal(facts)
+    if (looped !== undefined) return respondErrorRaw(socket, looped)
     const target = this.o.resolve(req.url ?? '/', facts.host ?? this.tunnelAuthority.get(req.socket))
     if (target instanceof TxmeshError) return respondErrorRaw(socket, target)
+    // A hook reached only with a signed context of its op is never a tunnel's end.
+    if (target.stepHook !== undefined) return respondErrorRaw(socket, new HookForbiddenError(`${target.path} is a participant hook; it takes no Upgrade`))
     const method = req.method ?? 'GET'
     const route = matchRoute(this.o.config, this.o.direction, hostName(target.host), target.path, method)
     const refusal = checkLimits(route, facts, target.path.length + method.length)
     if (refusal !== undefined) return respondErrorRaw(socket, refusal)
+    // What follows the handshake's head belongs to the tunnel and goes upstream only after a
+    // 101; a body of the handshake itself would have to be framed and sent before it.
+    if (facts.chunked || (facts.contentLength !== undefined && facts.contentLength > 0)) {
+      return respondErrorRaw(socket, new BadRequestError('an Upgrade request with a body is not supported'))
+    }
     const headers = upgradeRequestHeaders(req.rawHeaders, req.socket.remoteAddress)
     // Host always goes upstream, as for other requests: a Host-less HTTP/1.1 upgrade (the
     // egress resolves absolute-form targets, the ingress ignores Host) would get the app's
     // bare 400 (test/fuzz/ingress.test.ts).
     if (headers[0] === 'host') headers[1] = target.host
     else headers.unshift('host', target.host)
-    let head_ = `${method} ${target.path} HTTP/1.1\r\n`
-    for (let i = 0; i < headers.length; i += 2) head_ += `${headers[i]}: ${headers[i + 1]}\r\n`
-    head_ += '\r\n'
-    this.tunnel(socket, target, (upstream) => {
-      upstream.write(head_)
-      if (head.length > 0) upstream.write(head)
+    if (this.o.direction === 'egress') headers.push(HOPS_HEADER, String(facts.hops + 1))
+    this.upgrade(socket, head, target, method, headers, route.timeoutMs)
+  }
+
+  /**
+   * Upgrade (WebSocket): the handshake goes upstream as an HTTP request and its answer is
+   * parsed. Only a 101 turns the connection into a byte tunnel. Any other answer is relayed as
+   * an ordinary response and the client's connection is closed after it (issue 15, hole 1: an
+   * app that answered 200 and kept its socket got the client's next request, a forged hook
+   * call, unfiltered). The client's bytes behind the handshake wait, unread, for the 101.
+   */
+  private upgrade(client: Duplex, early: Buffer, target: Target, method: string, headers: string[], headTimeoutMs: number): void {
+    client.pause()
+    const { upstream, connectEvent } = this.openUpstream(target)
+    // connecting → waiting (for the answer's head) → relaying (not 101) or tunnel (101).
+    let state: 'connecting' | 'waiting' | 'relaying' | 'tunnel' = 'connecting'
+    let over = false
+    this.tunnels.add(client)
+    this.tunnels.add(upstream)
+    const cleanup = (): void => {
+      if (over) return
+      over = true
+      this.tunnels.delete(client)
+      this.tunnels.delete(upstream)
+      client.destroy()
+      upstream.destroy()
+    }
+    // A failure before the answer gets the sidecar's own coded response; the client's
+    // connection closes once it is written. Later, both sides are just closed.
+    const fail = (err: TxmeshError): void => {
+      if (over) return
+      if (state === 'relaying' || state === 'tunnel') return cleanup()
+      over = true
+      this.tunnels.delete(client)
+      this.tunnels.delete(upstream)
+      upstream.destroy()
+      respondErrorRaw(client, err)
+      closeOnceWritten(client)
+    }
+    upstream.setTimeout(LIMITS.connectTimeoutMs)
+    upstream.once(connectEvent, () => {
+      if (this.o.selfPorts !== undefined && connectedToSelf(upstream, this.o.selfPorts)) {
+        return fail(new ProxyLoopError(`${target.connectHost}:${target.connectPort} is this sidecar's own listener: the request would loop back into it`))
+      }
+      state = 'waiting'
+      upstream.setTimeout(headTimeoutMs)
     })
+    upstream.on('timeout', () => {
+      if (state === 'connecting') fail(new UpstreamUnreachableError(`connect to ${target.origin} timed out`))
+      else fail(new UpstreamTimeoutError(`${target.origin} did not answer the upgrade within ${headTimeoutMs} ms`))
+    })
+    upstream.on('error', (err: Error) => fail(upstreamError(err, target.origin)))
+    // While relaying, the end of the upstream is the end of a close-delimited body: the piped
+    // response ends the client's side itself.
+    upstream.on('close', () => (state === 'relaying' ? undefined : fail(new UpstreamProtocolError(`${target.origin} closed the connection before answering the upgrade`))))
+    client.on('error', cleanup)
+    client.on('close', cleanup)
+    let up: ReturnType<typeof httpRequest>
+    try {
+      up = httpRequest({ method, path: target.path, headers, setHost: false, createConnection: () => upstream })
+    } catch (err) {
+      // node:http's client refuses some header values its server accepted.
+      return fail(new BadRequestError(`the upgrade request cannot be forwarded: ${(err as Error).message}`))
+    }
+    up.on('error', (err: Error) => fail(upstreamError(err, target.origin)))
+    up.once('upgrade', (res: IncomingMessage, socket: Duplex, upstreamHead: Buffer) => {
+      if (over) return
+      state = 'tunnel'
+      upstream.setTimeout(LIMITS.tunnelIdleTimeoutMs)
+      // The 101 goes back as it came: its Upgrade/Connection pair is what the tunnel is for.
+      let text = `HTTP/1.1 101 ${res.statusMessage ?? 'Switching Protocols'}\r\n`
+      for (let i = 0; i < res.rawHeaders.length; i += 2) text += `${res.rawHeaders[i]}: ${res.rawHeaders[i + 1]}\r\n`
+      client.write(`${text}\r\n`)
+      if (upstreamHead.length > 0) client.write(upstreamHead)
+      if (early.length > 0) socket.write(early)
+      socket.pipe(client)
+      client.pipe(socket)
+    })
+    up.once('response', (res: IncomingMessage) => {
+      if (over) return
+      state = 'relaying'
+      // Not switched: an ordinary response, its body delimited by its length or by the close.
+      const filtered = forwardResponseHeaders(res.rawHeaders)
+      let text = `HTTP/1.1 ${res.statusCode ?? 502} ${res.statusMessage ?? ''}\r\n`
+      for (let i = 0; i < filtered.length; i += 2) text += `${filtered[i]}: ${filtered[i + 1]}\r\n`
+      client.write(`${text}connection: close\r\n\r\n`)
+      res.on('error', cleanup)
+      res.on('aborted', cleanup)
+      res.pipe(client)
+      closeOnceWritten(client)
+    })
+    up.end()
   }
 
   /**
@@ -261,11 +376,17 @@ export class ProxyServer {
     this.server.emit('connection', socket)
   }
 
-  /** A raw byte tunnel to the target (Upgrade, CONNECT to TLS ports), bounded by idle time. */
-  private tunnel(socket: Duplex, target: Target, onConnected: (upstream: Socket) => void): void {
+  /** The connection to the target of a tunnel: TLS to a peer reached over TLS, else TCP. */
+  private openUpstream(target: Target): { upstream: Socket; connectEvent: 'connect' | 'secureConnect' } {
     // A peer reached over TLS (https:// origin from the services map) gets a TLS tunnel.
     const secure = target.origin.startsWith('https:') && this.o.peerTls !== undefined
     const upstream = secure ? (this.o.peerTls as PeerTls).connectSocket(target.connectHost, target.connectPort) : connect({ host: target.connectHost, port: target.connectPort })
+    return { upstream, connectEvent: secure ? 'secureConnect' : 'connect' }
+  }
+
+  /** A raw byte tunnel to the target (CONNECT to TLS ports), bounded by idle time. */
+  private tunnel(socket: Duplex, target: Target, onConnected: (upstream: Socket) => void): void {
+    const { upstream, connectEvent } = this.openUpstream(target)
     let connected = false
     upstream.setTimeout(LIMITS.connectTimeoutMs)
     this.tunnels.add(socket)
@@ -276,7 +397,11 @@ export class ProxyServer {
       socket.destroy()
       upstream.destroy()
     }
-    upstream.once(secure ? 'secureConnect' : 'connect', () => {
+    upstream.once(connectEvent, () => {
+      if (this.o.selfPorts !== undefined && connectedToSelf(upstream, this.o.selfPorts)) {
+        respondErrorRaw(socket, new ProxyLoopError(`${target.connectHost}:${target.connectPort} is this sidecar's own listener: the tunnel would loop back into it`))
+        return cleanup()
+      }
       connected = true
       upstream.setTimeout(LIMITS.tunnelIdleTimeoutMs)
       onConnected(upstream)
@@ -361,6 +486,12 @@ function serverSpan(
 }
 
 function noop(): void {}
+
+/** Closes a socket once what was written to it has gone out (a client keeps its side open). */
+function closeOnceWritten(socket: Duplex): void {
+  if (socket.writableFinished) socket.destroy()
+  else socket.once('finish', () => socket.destroy())
+}
 
 function checkLimits(route: RoutePolicy, facts: RequestHeadFacts, requestLineBytes: number): TxmeshError | undefined {
   if (facts.headerBytes + requestLineBytes > route.maxHeaderBytes) {

@@ -66,10 +66,16 @@ describe('ingress proxy', () => {
   it('refuses calls to the participant hooks from outside (only the sidecar calls them)', async () => {
     const before = app.seen.length
     // The cancel hook too, however spelled: it takes only a coordinator's signed TCC cancel.
-    for (const path of ['/.well-known/txmesh/commit', '/.well-known/txmesh/prepare?x=1', '/.well-known/txmesh/anything', '/.WELL-KNOWN/TXMESH/COMMIT', '/.well-known/txmesh%2Fabort', '//.well-known//txmesh/commit', '/.well-known/txmesh/cancel', '/.WELL-KNOWN/txmesh/Cancel?x=1', '/.well-known/txmesh%2Fcancel']) {
+    for (const path of ['/.well-known/txmesh/commit', '/.well-known/txmesh/prepare?x=1', '/.well-known/txmesh/anything', '/.WELL-KNOWN/TXMESH/COMMIT', '/.well-known/txmesh/cancel', '/.WELL-KNOWN/txmesh/Cancel?x=1']) {
       const r = await rawRequest(callee.ports.ingress, { method: 'POST', path, headers: { host: 'payments' }, body: '' })
       expect(r.status, path).toBe(403)
       expect(r.headers['x-txmesh-error']).toBe('TXM_HOOK_FORBIDDEN')
+    }
+    // Spelled otherwise (escapes, doubled slashes): refused before the hook check
+    // (test/integration/ingress-paths.test.ts has the other disguises).
+    for (const path of ['/.well-known/txmesh%2Fabort', '//.well-known//txmesh/commit', '/.well-known/txmesh%2Fcancel']) {
+      const r = await rawRequest(callee.ports.ingress, { method: 'POST', path, headers: { host: 'payments' }, body: '' })
+      expect([r.status, r.headers['x-txmesh-error']], path).toEqual([400, 'TXM_PATH_AMBIGUOUS'])
     }
     expect(app.seen.length).toBe(before)
   })
@@ -78,10 +84,12 @@ describe('ingress proxy', () => {
     const custom = await inProcessSidecar(sidecarYaml('payments', app.port, 'hooks: {prepare: /tx/prepare, commit: /tx/commit, abort: /tx/abort, batch: /tx-batch}'))
     try {
       const before = app.seen.length
-      for (const path of ['/.well-known/txmesh/batch', '/tx/batch', '/TX/Batch?x=1', '/tx%2Fbatch', '/tx-batch', '/tx/commit']) {
+      for (const path of ['/.well-known/txmesh/batch', '/tx/batch', '/TX/Batch?x=1', '/tx-batch', '/tx/commit']) {
         const r = await rawRequest(custom.ports.ingress, { method: 'POST', path, headers: { host: 'payments' }, body: '{"items":[]}' })
         expect([r.status, r.headers['x-txmesh-error']], path).toEqual([403, 'TXM_HOOK_FORBIDDEN'])
       }
+      const encoded = await rawRequest(custom.ports.ingress, { method: 'POST', path: '/tx%2Fbatch', headers: { host: 'payments' }, body: '{"items":[]}' })
+      expect([encoded.status, encoded.headers['x-txmesh-error']]).toEqual([400, 'TXM_PATH_AMBIGUOUS'])
       expect(app.seen.length).toBe(before)
       // Other paths beside them are the app's own.
       expect((await rawRequest(custom.ports.ingress, { method: 'POST', path: '/tx/other', headers: { host: 'payments' }, body: '' })).status).toBe(200)

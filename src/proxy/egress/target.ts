@@ -5,6 +5,7 @@
 // the services of the map are peer sidecars' ingresses and are reached over HTTPS.
 import type { SidecarConfig } from '../../config/types.js'
 import { BadRequestError, ProxyLoopError, type TxmeshError } from '../../errors.js'
+import { isLocalAddressLiteral } from '../loop.js'
 import type { Target, TargetResolver } from '../server.js'
 
 function splitAuthority(authority: string): { host: string; port: number } | undefined {
@@ -53,8 +54,10 @@ export function egressResolver(cfg: SidecarConfig, self: () => { host: string; p
     const mapped = cfg.services.get(parsed.host)
     const connectHost = mapped?.host ?? parsed.host
     const connectPort = mapped?.port ?? parsed.port
+    // Any spelling of a local address is caught here, before connecting; names (localhost
+    // too) once connected to what DNS gave (Forwarder.connect), chains by the hop count.
     const me = self()
-    if (connectPort === me.port && (connectHost === me.host || connectHost === 'localhost' || connectHost === '127.0.0.1')) {
+    if (connectPort === me.port && (connectHost === me.host || isLocalAddressLiteral(connectHost))) {
       return new ProxyLoopError(`request to ${authority} would loop back into the egress`)
     }
     const scheme = mapped !== undefined && cfg.tls !== undefined && !cfg.servicesWithoutTls.has(parsed.host) ? 'https' : 'http'
