@@ -250,7 +250,9 @@ function parseRefs(v: unknown): ParticipantRef[] | TxmeshError {
   if (!Array.isArray(v) || v.length === 0 || v.length > LIMITS.maxParticipants) return new BadRequestError('participants must be a non-empty list')
   const out: ParticipantRef[] = []
   for (const p of v as { service?: unknown; control?: unknown; branch?: unknown }[]) {
-    if (typeof p.service !== 'string' || typeof p.control !== 'string' || !/^[A-Za-z0-9.[\]:-]{1,260}$/.test(p.control) || !isId(p.branch)) {
+    // The service name is bounded as in an enlisted header: the decision record lists every
+    // participant, and its size is budgeted (LIMITS.decisionRecordRestBytes).
+    if (typeof p.service !== 'string' || p.service.length > LIMITS.serviceNameChars || typeof p.control !== 'string' || !/^[A-Za-z0-9.[\]:-]{1,260}$/.test(p.control) || !isId(p.branch)) {
       return new BadRequestError('malformed participant')
     }
     out.push({ service: p.service, control: p.control, branch: p.branch })

@@ -7,7 +7,7 @@
 // cannot be known before its answer only the second time), {type:'decision', outcome} (COMMIT
 // force-written, abort lazy), {type:'step-done'} (lazy). END once every step is finished.
 import { request, type Agent } from '../../http-client.js'
-import { ShuttingDownError, TxLimitError, TxNotActiveError, TxUnknownError, type TxmeshError } from '../../errors.js'
+import { InternalError, LogFailedError, ShuttingDownError, TxLimitError, TxNotActiveError, TxUnknownError, TxmeshError } from '../../errors.js'
 import { LIMITS } from '../../limits.js'
 import type { Logger } from '../../log.js'
 import type { FileLog } from '../../log/file-log.js'
@@ -87,6 +87,8 @@ interface Entry extends MessageHolder {
   recording: number
   /** The machine ended the transaction while step records were being written (see addStep). */
   endHeld: boolean
+  /** Why the commit failed when its decision record was refused before anything was written. */
+  commitError?: TxmeshError
 }
 
 const logKey = (id: TxId): string => `s:${id}`
@@ -222,8 +224,8 @@ export class StepCoordinator {
   }
 
   /** Attaches a message, published only if the transaction commits. */
-  attach(id: TxId, m: TxMessage, bytes: number): TxmeshError | number {
-    const n = addMessage(id, this.txs.get(id) ?? this.finished.get(id), m, bytes)
+  attach(id: TxId, m: TxMessage): TxmeshError | number {
+    const n = addMessage(id, this.txs.get(id) ?? this.finished.get(id), m)
     return n
   }
 
@@ -243,6 +245,7 @@ export class StepCoordinator {
       this.feed(id, event)
       await outcome
     }
+    if (event.type === 'commit-requested' && e.commitError !== undefined) return e.commitError
     if (waitForSteps && !e.finished) {
       await waitAtMost((done) => e.doneWaiters.push(done), LIMITS.commitAckWaitMs)
     }
@@ -332,7 +335,14 @@ export class StepCoordinator {
             (err: unknown) => {
               this.d.logger.error('decision_log_failed', { tx: id, error: String(err) })
               if (err instanceof ShuttingDownError) return
-              // Neither outcome is safe to announce: stop, recovery decides from the log.
+              // Refused before anything was written (too large, not encodable, the queue full):
+              // this commit fails alone, the transaction aborts.
+              if (!(err instanceof LogFailedError)) {
+                e.commitError = err instanceof TxmeshError ? err : new InternalError(`the decision record could not be written: ${String(err)}`)
+                this.feed(id, { type: 'decision-refused', reason: `the decision record could not be logged: ${e.commitError.message}` })
+                return
+              }
+              // A write or fsync failed: neither outcome is safe to announce: stop, recovery decides from the log.
               process.exit(70)
             },
           )
