@@ -220,6 +220,10 @@ export const LIMITS = Object.freeze({
   // headers a step operation carries.
   stepMethodChars: 16,
   stepHeaderNameChars: 64,
+  // The headers a step operation's template (or a peer's step record) sets, filled, as request
+  // head bytes: the target must take them with the context and ids on top (~600 bytes), and
+  // Node's default head limit is 16 KiB; 8 KiB leaves room for both.
+  stepOpHeaderBytes: 8 * 1024,
   // A service name a peer reports (a step's service, an enlisted participant): a DNS name is at
   // most 253 characters.
   serviceNameChars: 253,

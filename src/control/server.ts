@@ -46,7 +46,7 @@ import type { ParticipantRef } from '../tx/core.js'
 import type { ParticipantDriver } from '../tx/participant/driver.js'
 import type { StepCoordinator } from '../tx/steps/driver.js'
 import type { StepOp, StepRecord } from '../tx/steps/machine.js'
-import { isStepMethod } from '../tx/steps/template.js'
+import { isStepMethod, opHeadersProblem } from '../tx/steps/template.js'
 import type { MeshKeys } from '../tx/keys.js'
 import type { PeerTls } from '../peer-tls.js'
 import { isId, verifyControl } from '../tx/protocol.js'
@@ -276,6 +276,8 @@ function opProblem(o: Record<string, unknown>, recorded: boolean): string | unde
     if (typeof h !== 'object' || h === null || Array.isArray(h) || Object.entries(h).some(([k, v]) => !STEP_HEADER_NAME.test(k) || typeof v !== 'string')) {
       return `headers must map header names (at most ${LIMITS.stepHeaderNameChars} letters, digits and '-') to strings`
     }
+    // A request that could never be sent would fail every attempt (a step stuck for good).
+    return opHeadersProblem(o as { headers?: Record<string, string>; body?: string })
   }
   return undefined
 }
