@@ -170,7 +170,7 @@ async function runOp(d: ControlDeps, id: string, op: string, body: Record<string
       }
       const step = parseStep(body.step)
       if (step instanceof TxmeshError) return step
-      return (await d.steps.addStep(id, step)) ?? ok({ id, step: step.id })
+      return (await d.steps.addPeerStep(id, step)) ?? ok({ id, step: step.id })
     }
     case 'register': {
       const refs = parseRefs(body.participants)
