@@ -344,6 +344,10 @@ export const LIMITS = Object.freeze({
   // refilled from the CSPRNG when used up (each byte is used once): one call into OpenSSL per
   // pool instead of one per id, as crypto.randomUUID does with its own cache.
   randomPoolBytes: 4_096,
+  // Characters of a coordinator log's incarnation id (alphanumeric, ~59 bits): two logs created
+  // anywhere in a mesh's life must not share one, or a stranger could answer presumed abort for
+  // the other's transactions. Ten fit in a 64-character transaction id with a pod address.
+  incarnationChars: 10,
   // Nonces remembered to refuse replayed control requests: each stays until its timestamp leaves
   // the controlClockSkewMs window (about 30 s). 100k admit a sustained ~3,300 verified control
   // calls per second per sidecar (a 2PC participant gets two: prepare and commit) and cost at

@@ -13,6 +13,7 @@ import { createControlServer, type ControlDeps } from './control/server.js'
 import { ConfigInvalidError, MeshKeyMissingError } from './errors.js'
 import type { Logger } from './log.js'
 import { FileLog } from './log/file-log.js'
+import { logIncarnation } from './log/incarnation.js'
 import { closeServer, listen } from './net.js'
 import { LIMITS } from './limits.js'
 import { Pool } from './http-client.js'
@@ -139,6 +140,8 @@ export async function startSidecar(config: SidecarConfig, log: Logger): Promise<
     if (keys !== undefined) {
       const opened = await FileLog.open(resolvePath(config.storeDir), { logger: log, onSync: (n, sec) => metrics.logSync(n, sec), ...(config.storeSync === undefined ? {} : { sync: config.storeSync }) })
       fileLog = opened.log
+      const incarnation = await logIncarnation(fileLog, opened.records)
+      log.info('log_incarnation', { incarnation: incarnation.id, created: incarnation.created })
       controlClient = new ControlClient(keys, Date.now, peerTls)
       outbox = createOutbox(config, fileLog, log)
       const bus = outbox
@@ -150,7 +153,7 @@ export async function startSidecar(config: SidecarConfig, log: Logger): Promise<
       const publish = (id: string, messages: readonly TxMessage[]): Promise<void> => bus.publish(id, messages)
       const appOrigin = config.app.host.includes(':') ? `http://[${config.app.host}]:${config.app.port}` : `http://${config.app.host}:${config.app.port}`
       appPool = new Pool(appOrigin, { connections: LIMITS.poolConnectionsPerOrigin, keepAliveTimeout: LIMITS.upstreamKeepAliveMs, connect: { timeout: LIMITS.connectTimeoutMs } })
-      coordinator = new CoordinatorDriver({ log: fileLog, control: controlClient, self, keys, logger: log, metrics, tracing, onEvent, publish })
+      coordinator = new CoordinatorDriver({ log: fileLog, control: controlClient, self, incarnation: incarnation.id, keys, logger: log, metrics, tracing, onEvent, publish })
       participant = new ParticipantDriver({
         log: fileLog,
         control: controlClient,
@@ -164,7 +167,7 @@ export async function startSidecar(config: SidecarConfig, log: Logger): Promise<
         coordinators: config.mesh.coordinators,
         onEvent,
       })
-      steps = new StepCoordinator({ log: fileLog, control: controlClient, self, keys, logger: log, metrics, onEvent, publish, policy: config.steps, tls: peerTls, targets: { origins: serviceOrigins(config), controls: config.mesh.coordinators } })
+      steps = new StepCoordinator({ log: fileLog, control: controlClient, self, incarnation: incarnation.id, keys, logger: log, metrics, onEvent, publish, policy: config.steps, tls: peerTls, targets: { origins: serviceOrigins(config), controls: config.mesh.coordinators } })
       plane = new ActiveTxPlane({ keys, coordinators: config.mesh.coordinators, coordinator, participant, steps, control: controlClient })
       controlDeps = { keys, coordinator, participant, steps, logger: log }
       // The outbox first: events the drivers emit while recovering continue each transaction's

@@ -376,7 +376,7 @@ export const DASHBOARD_HTML = `<!doctype html>
     Object.keys(handlers).forEach(function (type) {
       es.addEventListener(type, function (ev) { handlers[type](JSON.parse(ev.data)); renderTx(); });
     });
-    ["branch-status", "branch-ended", "branch-resolved"].forEach(function (type) {
+    ["branch-status", "branch-ended", "branch-resolved", "branch-in-doubt"].forEach(function (type) {
       es.addEventListener(type, function () { clearTimeout(branchTimer); branchTimer = setTimeout(loadBranches, 50); });
     });
   }

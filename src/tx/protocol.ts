@@ -63,24 +63,61 @@ const ID_RE = /^[A-Za-z0-9_-]{1,64}$/
 const ADDRESS_RE = /^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]{1,253}):\d{1,5}$/
 
 /**
- * A transaction id names its coordinator (DESIGN.md "Enlistment"): `<random>_<base64url of the
- * coordinator's control address>`. A sibling instance, or a sidecar that lost its log, can then
- * ask the coordinator about a prepared row it finds in the database. Addresses too long to fit
- * the 64-character id are left out (such rows stay in doubt until an operator resolves them).
+ * A transaction id names its coordinator (DESIGN.md "Enlistment", "Coordinator identity"):
+ * `<random>_<incarnation>_<base64url of the coordinator's control address>`. The incarnation is
+ * the coordinator log's own id (src/log/incarnation.ts), made when the log was created: presumed
+ * abort ("no record means aborted") is only sound from the log that would hold the record, so a
+ * sidecar answers "aborted" only for ids of its own incarnation. The address lets a sibling
+ * instance, or a sidecar that lost its log, ask the coordinator about a prepared row it finds in
+ * the database; addresses too long to fit the 64-character id are left out (such rows stay in
+ * doubt until an operator resolves them).
  */
-export function newTxId(coordinator: string): TxId {
-  // Alphanumeric only: '_' separates the coordinator part, and an id starting with '-' would
-  // read as a flag on a command line (txmesh tx show ID).
+export function newTxId(coordinator: string, incarnation: string): TxId {
+  // Alphanumeric only: '_' separates the parts, and an id starting with '-' would read as a
+  // flag on a command line (txmesh tx show ID).
   const random = randomBase64url(12).replace(/[-_]/g, 'x')
   const encoded = Buffer.from(coordinator).toString('base64url')
-  return random.length + 1 + encoded.length <= 64 ? `${random}_${encoded}` : random
+  const head = `${random}_${incarnation}`
+  return head.length + 1 + encoded.length <= 64 ? `${head}_${encoded}` : head
+}
+
+/** A log incarnation: INCARNATION_CHARS alphanumeric characters. */
+const INCARNATION_RE = new RegExp(`^[A-Za-z0-9]{${LIMITS.incarnationChars}}$`)
+
+export function isIncarnation(s: string): boolean {
+  return INCARNATION_RE.test(s)
+}
+
+/** A fresh incarnation id (CSPRNG, alphanumeric). */
+export function newIncarnation(): string {
+  let out = ''
+  // Bounded: each turn keeps about 3/4 of 16 characters, so two turns nearly always suffice.
+  for (let turn = 0; out.length < LIMITS.incarnationChars && turn < 64; turn++) out += randomBase64url(12).replace(/[-_]/g, '')
+  if (out.length < LIMITS.incarnationChars) throw new Error('the random pool gave no alphanumeric characters')
+  return out.slice(0, LIMITS.incarnationChars)
+}
+
+/**
+ * The coordinator log incarnation an id names, if any. Ids made before incarnations existed
+ * (`<random>_<address>`) name none: their coordinator cannot vouch for them, so they are in doubt.
+ */
+export function incarnationOfTx(id: TxId): string | undefined {
+  const first = id.indexOf('_')
+  if (first < 0) return undefined
+  const second = id.indexOf('_', first + 1)
+  const part = second < 0 ? id.slice(first + 1) : id.slice(first + 1, second)
+  return isIncarnation(part) ? part : undefined
 }
 
 /** The coordinator control address a transaction id names, if any. */
 export function coordinatorOfTx(id: TxId): string | undefined {
-  const sep = id.indexOf('_')
-  if (sep < 0) return undefined
-  const address = Buffer.from(id.slice(sep + 1), 'base64url').toString('utf8')
+  const first = id.indexOf('_')
+  if (first < 0) return undefined
+  const inc = incarnationOfTx(id)
+  // Current ids: after the incarnation; older ones: right after the random part.
+  const start = inc === undefined ? first + 1 : id.indexOf('_', first + 1) + 1
+  if (inc !== undefined && start === 0) return undefined
+  const address = Buffer.from(id.slice(start), 'base64url').toString('utf8')
   return ADDRESS_RE.test(address) ? address : undefined
 }
 

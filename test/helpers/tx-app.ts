@@ -18,6 +18,12 @@ export interface TxApp {
   egress: number | undefined
   /** Nested calls made after the response (`?later=<service>`) that finished: their statuses. */
   later: number[]
+  /** Status answered for commit/abort hooks instead of 200 (a non-2xx commit applies nothing). */
+  answer: Partial<Record<'commit' | 'abort', number>>
+  /** Delay before a hook answers (an app slow to prepare, say). */
+  hookDelayMs: Partial<Record<'prepare' | 'commit' | 'abort', number>>
+  /** Timestamped record: "hook:<hook>:<tx>" when a hook arrives, "start:<tx>"/"end:<tx>" around business calls. */
+  timeline: { what: string; at: number }[]
   close(): Promise<void>
 }
 
@@ -31,6 +37,9 @@ export async function startTxApp(name: string): Promise<TxApp> {
     vote: 200,
     egress: undefined,
     later: [],
+    answer: {},
+    hookDelayMs: {},
+    timeline: [],
     close: async () => {
       await agent?.close()
       await s.close()
@@ -44,15 +53,23 @@ export async function startTxApp(name: string): Promise<TxApp> {
     req.resume()
     req.on('end', () => {
       if (url.startsWith('/.well-known/txmesh/')) {
-        const hook = url.slice('/.well-known/txmesh/'.length)
+        const hook = url.slice('/.well-known/txmesh/'.length) as 'prepare' | 'commit' | 'abort'
         app.hooks.push(`${hook}:${tx}`)
-        if (hook === 'prepare') {
-          if (app.vote !== 200) staged.delete(key)
-          return void res.writeHead(app.vote).end()
+        app.timeline.push({ what: `hook:${hook}:${tx}`, at: Date.now() })
+        const answer = (): void => {
+          if (hook === 'prepare') {
+            if (app.vote !== 200) staged.delete(key)
+            return void res.writeHead(app.vote).end()
+          }
+          const status = app.answer[hook] ?? 200
+          if (status < 200 || status > 299) return void res.writeHead(status).end()
+          if (hook === 'commit') app.committed.push(...(staged.get(key) ?? []))
+          staged.delete(key)
+          res.writeHead(200).end()
         }
-        if (hook === 'commit') app.committed.push(...(staged.get(key) ?? []))
-        staged.delete(key)
-        return void res.writeHead(200).end()
+        const delay = app.hookDelayMs[hook]
+        if (delay === undefined) return answer()
+        return void setTimeout(answer, delay)
       }
       if (url.startsWith('/reset')) return void req.socket.destroy()
       // Business call: /write/<value>[?then=<service>[&times=N]]
@@ -61,6 +78,16 @@ export async function startTxApp(name: string): Promise<TxApp> {
       if (tx !== undefined) staged.set(key, [...(staged.get(key) ?? []), `${name}:${value}`])
       else app.committed.push(`${name}:${value}`)
       const params = new URLSearchParams(query ?? '')
+      const hold = params.get('hold')
+      if (hold !== null) {
+        // A request that takes a while in the app (blocked on a lock, say): answered after `hold` ms.
+        app.timeline.push({ what: `start:${tx}`, at: Date.now() })
+        setTimeout(() => {
+          app.timeline.push({ what: `end:${tx}`, at: Date.now() })
+          res.end(JSON.stringify({ service: name, tx, branch }))
+        }, Number(hold))
+        return
+      }
       const then = params.get('then')
       const later = params.get('later')
       const nested = (service: string) => {

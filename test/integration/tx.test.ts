@@ -375,9 +375,10 @@ describe('metrics', () => {
     expect(c.get('txmesh_transactions_in_flight')).toBe(0)
     // orders voted yes 3 times of 3, inventory 2 of 3: P = 1 * 2/3.
     expect(c.get('txmesh_route_commit_probability{route="api"}')).toBeCloseTo(2 / 3, 5)
-    // Two decision records, each its own fsync here (no concurrency to group).
-    expect(c.get('txmesh_log_fsyncs_total')).toBe(2)
-    expect(c.get('txmesh_log_fsync_batch_records_count')).toBe(2)
+    // The log's incarnation record (written when the log was created) and two decision records,
+    // each its own fsync here (no concurrency to group).
+    expect(c.get('txmesh_log_fsyncs_total')).toBe(3)
+    expect(c.get('txmesh_log_fsync_batch_records_count')).toBe(3)
     const p = await scrape(m.svc.inventory!.sc.ports.admin)
     expect(p.get('txmesh_proxy_requests_total{direction="ingress",route="default",status="200"}')).toBe(3)
     expect(p.get('txmesh_branches_in_doubt')).toBe(0)

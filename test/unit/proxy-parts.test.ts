@@ -85,19 +85,30 @@ describe('retries', () => {
 })
 
 describe('transaction ids', () => {
-  it('are alphanumeric before the coordinator part, never start with "-", and name their coordinator', async () => {
-    const { newTxId, newBranchId, coordinatorOfTx } = await import('../../src/tx/protocol.js')
+  it('are alphanumeric before the coordinator part, never start with "-", and name their coordinator and log incarnation', async () => {
+    const { newTxId, newBranchId, coordinatorOfTx, incarnationOfTx, newIncarnation } = await import('../../src/tx/protocol.js')
+    const inc = newIncarnation()
+    expect(inc).toMatch(/^[A-Za-z0-9]{10}$/)
     const seen = new Set<string>()
     // 2000 × 18 random bytes: the pool (LIMITS.randomPoolBytes) is refilled several times, and no
     // id repeats across a refill.
     for (let i = 0; i < 2000; i++) {
-      const id = newTxId('127.0.0.1:15010')
-      expect(id).toMatch(/^[A-Za-z0-9]{16}_[A-Za-z0-9_-]+$/)
+      const id = newTxId('127.0.0.1:15010', inc)
+      expect(id).toMatch(/^[A-Za-z0-9]{16}_[A-Za-z0-9]{10}_[A-Za-z0-9_-]+$/)
       expect(coordinatorOfTx(id)).toBe('127.0.0.1:15010')
+      expect(incarnationOfTx(id)).toBe(inc)
       const branch = newBranchId()
       expect(branch).toMatch(/^[A-Za-z0-9]{8}$/)
       seen.add(id).add(branch)
     }
+    // An address too long for the id leaves it out; the incarnation stays.
+    const long = newTxId(`${'a'.repeat(60)}.example:15010`, inc)
+    expect(incarnationOfTx(long)).toBe(inc)
+    expect(coordinatorOfTx(long)).toBeUndefined()
+    // Ids made before incarnations name their coordinator but no incarnation: in doubt.
+    const legacy = `abcdefghijklmnop_${Buffer.from('127.0.0.1:15010').toString('base64url')}`
+    expect(incarnationOfTx(legacy)).toBeUndefined()
+    expect(coordinatorOfTx(legacy)).toBe('127.0.0.1:15010')
     expect(seen.size).toBe(4000)
   })
 })

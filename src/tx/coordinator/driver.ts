@@ -12,7 +12,7 @@ import type { Logger } from '../../log.js'
 import type { ControlClient } from '../control-client.js'
 import type { MeshKeys } from '../keys.js'
 import type { CoordinatorAction, CoordinatorEvent, CoordinatorState, Env, Outcome, ParticipantRef, TxId, Vote } from '../core.js'
-import { newTxId, signContext, type TxMode } from '../protocol.js'
+import { incarnationOfTx, newTxId, signContext, type TxMode } from '../protocol.js'
 import { SpanKind, SpanStatusCode, childSpan, formatTraceparent, linkTo, type Context, type Span, type Tracing } from '../../telemetry/tracing.js'
 import type { TxMessage } from '../../events/outbox.js'
 import { addMessage, endAfterPublishing, startPublishing, waitAtMost, type MessageHolder, type Publish } from '../messages.js'
@@ -71,6 +71,8 @@ export interface CoordinatorDeps {
   readonly control: ControlClient
   /** This sidecar's control address as peers reach it (goes into contexts). */
   readonly self: string
+  /** This sidecar's log incarnation (src/log/incarnation.ts): ids carry it. */
+  readonly incarnation: string
   /** Mesh keys: contexts are signed with the current signing key (rotation, src/tx/keys.ts). */
   readonly keys: MeshKeys
   readonly logger: Logger
@@ -111,7 +113,7 @@ export class CoordinatorDriver {
   /** `trace`: what the transaction's span continues (the request that began it), if traced. */
   begin(mode: TxMode, timeoutMs: number, route = 'api', trace?: Context | Span): { id: TxId; context: string; deadline: number } | TxmeshError {
     if (this.txs.size >= LIMITS.maxActiveTransactions) return new TxLimitError(`this sidecar already coordinates ${this.txs.size} transactions`)
-    const id = newTxId(this.d.self)
+    const id = newTxId(this.d.self, this.d.incarnation)
     const deadline = this.clock() + timeoutMs
     const entry: Entry = {
       state: newCoordinator(id, deadline),
@@ -202,11 +204,15 @@ export class CoordinatorDriver {
   }
 
   /**
-   * What a participant asking about `id` must do. Presumed abort: a transaction that is neither
-   * active here nor has a durable COMMIT decision aborted.
+   * What a participant asking about `id` must do. Presumed abort: a transaction of this log's
+   * incarnation that is neither active here nor has a durable COMMIT decision aborted. An id of
+   * another incarnation (another log at this address: a new pod at a reused IP, a wiped log) is
+   * none of this sidecar's to answer: 'unknown-coordinator', and the asker stays in doubt.
    */
-  outcomeFor(id: TxId): Outcome | 'in-doubt' {
-    const o = coordinatorOutcome((this.txs.get(id) ?? this.finished.get(id))?.state)
+  outcomeFor(id: TxId): Outcome | 'in-doubt' | 'unknown-coordinator' {
+    const e = this.txs.get(id) ?? this.finished.get(id)
+    if (e === undefined && incarnationOfTx(id) !== this.d.incarnation) return 'unknown-coordinator'
+    const o = coordinatorOutcome(e?.state)
     return o === 'unknown' ? 'in-doubt' : o
   }
 

@@ -31,6 +31,12 @@ export interface Branch {
   deadlineTimer: NodeJS.Timeout | undefined
   /** When this sidecar took the branch on (joined, or recovered from the log). */
   readonly since: number
+  /**
+   * The coordinator the branch names answered 'unknown-coordinator': the sidecar at that address
+   * now runs another log (a reused pod IP, a wiped log), so nobody can say the outcome. The
+   * branch stays prepared and is listed in doubt at once; an operator decides.
+   */
+  coordinatorUnknown: boolean
 }
 
 export interface BranchView {
@@ -39,8 +45,10 @@ export interface BranchView {
   readonly status: ParticipantState['status']
   readonly coordinator: string
   readonly ageMs: number
-  /** Voted yes and waiting past the in-doubt window: an operator may resolve it. */
+  /** Voted yes and waiting past the in-doubt window (or its coordinator is gone): an operator may resolve it. */
   readonly inDoubt: boolean
+  /** Its coordinator's address answered that it runs another log and cannot vouch for the id. */
+  readonly coordinatorUnknown: boolean
 }
 
 export interface ParticipantDeps {
@@ -128,7 +136,8 @@ export class ParticipantDriver {
       status: b.state.status,
       coordinator: b.state.coordinator,
       ageMs: now - b.since,
-      inDoubt: b.state.status === 'prepared' && now - b.since >= LIMITS.inDoubtWindowMs,
+      inDoubt: b.state.status === 'prepared' && (b.coordinatorUnknown || now - b.since >= LIMITS.inDoubtWindowMs),
+      coordinatorUnknown: b.coordinatorUnknown,
     }))
   }
 
@@ -222,6 +231,7 @@ export class ParticipantDriver {
       timer: undefined,
       deadlineTimer: undefined,
       since: this.clock(),
+      coordinatorUnknown: false,
     }
     this.byTx.set(state.tx, b)
     this.branchEvent(b)
@@ -437,6 +447,7 @@ export class ParticipantDriver {
         case 'query-outcome':
           void this.d.control.call(b.state.coordinator, 'GET', `/v1/tx/${tx}/outcome`).then((r) => {
             const o = r.ok ? r.body.outcome : undefined
+            if (o === 'unknown-coordinator') this.coordinatorGone(b)
             this.feed(b, o === 'committed' || o === 'aborted' ? { type: 'decision', outcome: o } : { type: 'outcome-unknown' })
           })
           break
@@ -474,6 +485,19 @@ export class ParticipantDriver {
         }
       }
     }
+  }
+
+  /**
+   * The branch's coordinator address is held by a sidecar of another log incarnation: the branch
+   * stays prepared (asking on, in case the old log comes back there) and is in doubt for
+   * operators now. Logged and announced once per branch.
+   */
+  private coordinatorGone(b: Branch): void {
+    if (b.coordinatorUnknown) return
+    b.coordinatorUnknown = true
+    const { tx, branch, coordinator } = b.state
+    this.d.logger.warn('branch_coordinator_unknown', { tx, branch, coordinator })
+    this.d.onEvent?.('branch-in-doubt', { tx, branch, service: this.d.service, coordinator, reason: 'unknown-coordinator' })
   }
 
   private retire(b: Branch, outcome: Outcome, after: readonly ParticipantAction[] = []): void {

@@ -60,6 +60,8 @@ export interface StepDeps {
   readonly log: FileLog
   readonly control: ControlClient
   readonly self: string
+  /** This sidecar's log incarnation (src/log/incarnation.ts): ids carry it. */
+  readonly incarnation: string
   /** Mesh keys: contexts are signed with the current signing key (rotation, src/tx/keys.ts). */
   readonly keys: MeshKeys
   readonly logger: Logger
@@ -148,7 +150,7 @@ export class StepCoordinator {
 
   begin(mode: StepMode, timeoutMs: number, route = 'api'): { id: TxId; context: string; deadline: number } | TxmeshError {
     if (this.txs.size >= LIMITS.maxActiveTransactions) return new TxLimitError(`this sidecar already coordinates ${this.txs.size} step transactions`)
-    const id = newTxId(this.d.self)
+    const id = newTxId(this.d.self, this.d.incarnation)
     const deadline = this.clock() + timeoutMs
     const entry = this.newEntry(newStepTx(id, mode, deadline, this.d.policy), route)
     entry.deadlineTimer = setTimeout(() => this.feed(id, { type: 'deadline' }), timeoutMs)

@@ -1,0 +1,26 @@
+// The coordinator log's incarnation (DESIGN.md "Coordinator identity"): an id made once, when the
+// log is created, and kept in the log itself as a record that is never ended (so compaction
+// carries it forward). Transaction ids carry it (src/tx/protocol.ts newTxId). Presumed abort,
+// "no record means aborted", holds only in the log that would hold the record: a sidecar whose
+// log is a different one (a new pod at a reused IP address, a wiped emptyDir, a log older than
+// this rule) answers "unknown coordinator" for ids that are not of its incarnation, and the
+// branches asking stay prepared and in doubt instead of rolling back committed work.
+import type { FileLog, LogEntry } from './file-log.js'
+import { isIncarnation, newIncarnation } from '../tx/protocol.js'
+
+export const INCARNATION_KEY = 'i:log'
+
+/**
+ * The incarnation found among the replayed records, or a new one made durable before it is
+ * returned (no id may carry it before the log can vouch for it).
+ */
+export async function logIncarnation(log: FileLog, records: readonly LogEntry[]): Promise<{ id: string; created: boolean }> {
+  for (const r of records) {
+    if (r.txId !== INCARNATION_KEY) continue
+    const id = r.body.id
+    if (r.body.type === 'incarnation' && typeof id === 'string' && isIncarnation(id)) return { id, created: false }
+  }
+  const id = newIncarnation()
+  await log.append(INCARNATION_KEY, { type: 'incarnation', id, at: new Date().toISOString() })
+  return { id, created: true }
+}
