@@ -140,6 +140,28 @@ export class TxAbortedError extends TxmeshError {
   readonly status = 409
 }
 
+// A transactional message that would take its transaction's messages, as the decision record
+// stores them, past LIMITS.maxMessageBytes (one) or LIMITS.maxMessageTotalBytes (all).
+export class MessageTooLargeError extends TxmeshError {
+  readonly code = 'TXM_MESSAGE_TOO_LARGE'
+  readonly status = 413
+}
+
+// A saga/TCC call whose compensation, confirm or cancel, filled from the call's request, would
+// be a request no HTTP client sends (a header value with CR, LF, NUL or a character beyond
+// latin1): refused before it is sent, so there is nothing to undo.
+export class StepTemplateInvalidError extends TxmeshError {
+  readonly code = 'TXM_STEP_TEMPLATE_INVALID'
+  readonly status = 400
+}
+
+// A peer's step record naming a target the coordinator may not send to: an origin that is not
+// one of its `services` addresses, or a control address outside `mesh.coordinators`.
+export class StepTargetRefusedError extends TxmeshError {
+  readonly code = 'TXM_STEP_TARGET_REFUSED'
+  readonly status = 403
+}
+
 export class TxLimitError extends TxmeshError {
   readonly code = 'TXM_TX_LIMIT'
   readonly status = 503
@@ -194,6 +216,13 @@ export class LogCorruptError extends TxmeshError {
 export class LogOverloadedError extends TxmeshError {
   readonly code = 'TXM_LOG_OVERLOADED'
   readonly status = 503
+}
+
+// A record over the log's record limit (LIMITS.logMaxRecordBytes), refused before anything was
+// written: the commit it was for fails alone (its transaction aborts), the log carries on.
+export class LogRecordTooLargeError extends TxmeshError {
+  readonly code = 'TXM_LOG_RECORD_TOO_LARGE'
+  readonly status = 413
 }
 
 // A write or fsync of the log failed. After a failed fsync the page cache state is unknown, so
@@ -296,6 +325,9 @@ export const ERROR_CLASSES = [
   BranchNotInDoubtError,
   TxAbortedError,
   TxLimitError,
+  MessageTooLargeError,
+  StepTemplateInvalidError,
+  StepTargetRefusedError,
   NoSidecarError,
   ControlAuthError,
   ControlReplayError,
@@ -303,6 +335,7 @@ export const ERROR_CLASSES = [
   AdminUnauthorizedError,
   LogCorruptError,
   LogOverloadedError,
+  LogRecordTooLargeError,
   LogFailedError,
   ManifestInvalidError,
   InjectInvalidError,

@@ -240,20 +240,31 @@ export const LIMITS = Object.freeze({
   // headers a step operation carries.
   stepMethodChars: 16,
   stepHeaderNameChars: 64,
+  // The headers a step operation's template (or a peer's step record) sets, filled, as request
+  // head bytes: the target must take them with the context and ids on top (~600 bytes), and
+  // Node's default head limit is 16 KiB; 8 KiB leaves room for both.
+  stepOpHeaderBytes: 8 * 1024,
   // A service name a peer reports (a step's service, an enlisted participant): a DNS name is at
   // most 253 characters.
   serviceNameChars: 253,
   // Transactional messages (POST /v1/transactions/{id}/messages): they ride in the decision
-  // record, so 64 messages of at most 64 KiB keep it well under logMaxRecordBytes... together
-  // with maxMessageTotalBytes, which bounds the sum.
+  // record, so their sizes count as the record stores them (JSON re-serialized from the parsed
+  // request, which can be several times larger: 1e20 is stored as 100000000000000000000). 64
+  // messages of at most maxMessageBytes, at most maxMessageTotalBytes together, keep the record
+  // under logMaxRecordBytes with decisionRecordRestBytes to spare (src/tx/messages.ts asserts it).
   maxMessagesPerTx: 64,
   // A message's key (partitioning/dedup hint for consumers): an id, not a document.
   messageKeyChars: 256,
   // Connect, JetStream API and publish-ack timeout of the NATS sink: a bus that does not answer
   // in 5 s is treated as down (the outbox keeps the events and retries).
   eventSinkTimeoutMs: 5_000,
+  // One message as stored (and the request that attaches it): an event, not a document.
   maxMessageBytes: 64 * 1024,
   maxMessageTotalBytes: 512 * 1024,
+  // What a decision record holds besides its messages, at most: maxParticipants (64) refs of a
+  // service name (253 characters, up to 6 bytes each once JSON-escaped), a control address and a
+  // branch id, ~1.9 KiB each and ~120 KiB in all, then the mode and a traceparent.
+  decisionRecordRestBytes: 128 * 1024,
   // --- Event bus delivery (src/events/: queues, NATS and webhook sinks) ---
   // An event id is the sink's idempotency key (JetStream Nats-Msg-Id, webhook idempotency-key
   // header). Ids are built from transaction and branch ids (~100 chars); 256 leaves room for a

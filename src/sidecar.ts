@@ -18,7 +18,7 @@ import { newRunTag } from './tx/protocol.js'
 import { closeServer, listen } from './net.js'
 import { LIMITS } from './limits.js'
 import { Pool } from './http-client.js'
-import { egressResolver } from './proxy/egress/target.js'
+import { egressResolver, serviceOrigins } from './proxy/egress/target.js'
 import { Forwarder } from './proxy/forward.js'
 import { ingressResolver } from './proxy/ingress/target.js'
 import { ProxyServer } from './proxy/server.js'
@@ -171,7 +171,7 @@ export async function startSidecar(config: SidecarConfig, log: Logger): Promise<
         coordinators: config.mesh.coordinators,
         onEvent,
       })
-      steps = new StepCoordinator({ log: fileLog, control: controlClient, self, incarnation: incarnation.id, run, keys, logger: log, metrics, onEvent, publish, policy: config.steps, tls: peerTls })
+      steps = new StepCoordinator({ log: fileLog, control: controlClient, self, incarnation: incarnation.id, run, keys, logger: log, metrics, onEvent, publish, policy: config.steps, tls: peerTls, targets: { origins: serviceOrigins(config), controls: config.mesh.coordinators } })
       plane = new ActiveTxPlane({ keys, coordinators: config.mesh.coordinators, coordinator, participant, steps, control: controlClient })
       controlDeps = { keys, coordinator, participant, steps, logger: log }
       // The outbox first: events the drivers emit while recovering continue each transaction's

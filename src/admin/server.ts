@@ -272,7 +272,7 @@ async function attachMessage(req: IncomingMessage, res: ServerResponse, id: stri
   if (!outbox.coversTopic(body.topic)) return respondError(res, new BadRequestError(`topic ${body.topic} is not in events.nats.topics`))
   if (body.key !== undefined && (typeof body.key !== 'string' || body.key.length > LIMITS.messageKeyChars)) return respondError(res, new BadRequestError(`key must be a string of at most ${LIMITS.messageKeyChars} characters`))
   if (body.payload === undefined) return respondError(res, new BadRequestError('payload is required'))
-  const n = owner.attach(id, { topic: body.topic, payload: body.payload, ...(body.key === undefined ? {} : { key: body.key as string }) }, Buffer.byteLength(text))
+  const n = owner.attach(id, { topic: body.topic, payload: body.payload, ...(body.key === undefined ? {} : { key: body.key as string }) })
   if (n instanceof TxmeshError) return respondError(res, n)
   return sendJson(res, 201, { id, messages: n })
 }

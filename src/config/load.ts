@@ -9,6 +9,7 @@ import { LIMITS } from '../limits.js'
 import { readSecretFile, readTlsMaterial } from '../secrets.js'
 import { MESH_KEY_FILE_ENV, parseMeshKeys } from '../tx/keys.js'
 import { compileCoordinators } from '../tx/protocol.js'
+import { configHeaderProblem } from '../tx/steps/template.js'
 import validateSchema, { PATTERNS } from './schema-validator.generated.js'
 import type { HostPort, RetryOn, RetryPolicy, RoutePolicy, SidecarConfig, Direction, StepRequestTemplate, TlsSettings } from './types.js'
 
@@ -307,6 +308,24 @@ function build(raw: RawConfig, file: string, doc: Document, at: (o: number) => {
   const coordinators = Object.freeze([...(raw.mesh?.coordinators ?? ['127.0.0.1:*', 'localhost:*'])])
   for (const p of compileCoordinators(coordinators)) {
     problems.push({ file, ...position(['mesh', 'coordinators', p.index]), message: `mesh.coordinators.${p.index}: ${p.message}` })
+  }
+  // A step template whose headers can only be refused by the HTTP client would fail every send.
+  for (const [i, r] of (raw.routes ?? []).entries()) {
+    const templates: [(string | number)[], RawStepRequest | undefined][] = [
+      [['routes', i, 'compensation'], r.compensation],
+      [['routes', i, 'tcc', 'confirm'], r.tcc?.confirm],
+      [['routes', i, 'tcc', 'cancel'], r.tcc?.cancel],
+    ]
+    for (const [path, t] of templates) {
+      for (const [name, value] of Object.entries(t?.headers ?? {})) {
+        const p = configHeaderProblem(name, value)
+        if (p === undefined) continue
+        const headers = doc.getIn([...path, 'headers'], true)
+        const pair = isMap(headers) ? headers.items.find((x) => isPair(x) && isScalar(x.key) && String(x.key.value) === name) : undefined
+        const node = p.on === 'name' ? pair?.key : pair?.value
+        problems.push({ file, ...at(isNode(node) && node.range ? node.range[0] : 0), message: `${[...path, 'headers', name].join('.')}: ${p.message}` })
+      }
+    }
   }
   const servicesWithoutTls = new Set<string>()
   for (const [name, s] of Object.entries(raw.services ?? {})) {

@@ -47,7 +47,7 @@ import type { ParticipantRef } from '../tx/core.js'
 import type { ParticipantDriver } from '../tx/participant/driver.js'
 import type { StepCoordinator } from '../tx/steps/driver.js'
 import type { StepOp, StepRecord } from '../tx/steps/machine.js'
-import { isStepMethod } from '../tx/steps/template.js'
+import { isStepMethod, opHeadersProblem } from '../tx/steps/template.js'
 import type { MeshKeys } from '../tx/keys.js'
 import type { PeerTls } from '../peer-tls.js'
 import { isId, verifyControl } from '../tx/protocol.js'
@@ -173,7 +173,7 @@ async function runOp(d: ControlDeps, id: string, op: string, body: Record<string
       }
       const step = parseStep(body.step)
       if (step instanceof TxmeshError) return step
-      return (await d.steps.addStep(id, step)) ?? ok({ id, step: step.id })
+      return (await d.steps.addPeerStep(id, step)) ?? ok({ id, step: step.id })
     }
     case 'register': {
       const refs = parseRefs(body.participants)
@@ -253,7 +253,9 @@ function parseRefs(v: unknown): ParticipantRef[] | TxmeshError {
   if (!Array.isArray(v) || v.length === 0 || v.length > LIMITS.maxParticipants) return new BadRequestError('participants must be a non-empty list')
   const out: ParticipantRef[] = []
   for (const p of v as { service?: unknown; control?: unknown; branch?: unknown }[]) {
-    if (typeof p.service !== 'string' || typeof p.control !== 'string' || !/^[A-Za-z0-9.[\]:-]{1,260}$/.test(p.control) || !isId(p.branch)) {
+    // The service name is bounded as in an enlisted header: the decision record lists every
+    // participant, and its size is budgeted (LIMITS.decisionRecordRestBytes).
+    if (typeof p.service !== 'string' || p.service.length > LIMITS.serviceNameChars || typeof p.control !== 'string' || !/^[A-Za-z0-9.[\]:-]{1,260}$/.test(p.control) || !isId(p.branch)) {
       return new BadRequestError('malformed participant')
     }
     out.push({ service: p.service, control: p.control, branch: p.branch })
@@ -277,6 +279,8 @@ function opProblem(o: Record<string, unknown>, recorded: boolean): string | unde
     if (typeof h !== 'object' || h === null || Array.isArray(h) || Object.entries(h).some(([k, v]) => !STEP_HEADER_NAME.test(k) || typeof v !== 'string')) {
       return `headers must map header names (at most ${LIMITS.stepHeaderNameChars} letters, digits and '-') to strings`
     }
+    // A request that could never be sent would fail every attempt (a step stuck for good).
+    return opHeadersProblem(o as { headers?: Record<string, string>; body?: string })
   }
   return undefined
 }

@@ -41,7 +41,7 @@ import { constants as fsConstants } from 'node:fs'
 import { mkdir, open, readdir, unlink, type FileHandle } from 'node:fs/promises'
 import { dirname, join, resolve as resolvePath } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
-import { InternalError, LogCorruptError, LogFailedError, LogOverloadedError, ShuttingDownError } from '../errors.js'
+import { InternalError, LogCorruptError, LogFailedError, LogOverloadedError, LogRecordTooLargeError, ShuttingDownError } from '../errors.js'
 import { LIMITS } from '../limits.js'
 import { silentLogger, type Logger } from '../log.js'
 import {
@@ -435,18 +435,27 @@ export class FileLog {
     }
   }
 
-  /** Validates and frames a data record; throws when it is invalid or the queue is full. */
+  /**
+   * Validates and frames a data record; throws when it is invalid or the queue is full. Every
+   * throw here happens before anything is queued: the caller may treat it as "not written".
+   */
   private encodeData(txId: string, body: Record<string, unknown>): LiveRecord {
     const id = Buffer.from(txId, 'utf8')
     if (id.length === 0 || id.length > LIMITS.logMaxTxIdBytes) {
       throw new InternalError(`log transaction id must be 1..${LIMITS.logMaxTxIdBytes} bytes, got ${id.length}`)
     }
-    const json: unknown = JSON.stringify(body)
+    let json: unknown
+    try {
+      json = JSON.stringify(body)
+    } catch (err) {
+      // A BigInt or a cycle: a bug of the caller, refused like any invalid record.
+      throw new InternalError(`log record body for ${txId} cannot be encoded: ${(err as Error).message}`, { cause: err })
+    }
     if (typeof json !== 'string' || !json.startsWith('{')) throw new InternalError(`log record body for ${txId} is not a JSON object`)
     const lsn = this.nextLsn
     const frame = encodeRecord(RecordKind.data, lsn, id, json)
     if (frame.length > this.opts.maxRecordBytes) {
-      throw new InternalError(`log record for ${txId} is ${frame.length} bytes, over the ${this.opts.maxRecordBytes}-byte limit (LIMITS.logMaxRecordBytes)`)
+      throw new LogRecordTooLargeError(`log record for ${txId} is ${frame.length} bytes, over the ${this.opts.maxRecordBytes}-byte limit (LIMITS.logMaxRecordBytes); nothing was written`)
     }
     this.assertRoom(frame.length)
     this.nextLsn++

@@ -82,6 +82,8 @@ export type CoordinatorEvent =
   /** Answer to send-prepare. A failed/timed-out prepare arrives as a refused vote. */
   | { readonly type: 'vote'; readonly branch: BranchId; readonly vote: Vote }
   | { readonly type: 'decision-logged' }
+  /** The log refused the COMMIT record before writing anything (too large, queue full): abort. */
+  | { readonly type: 'decision-refused'; readonly reason: string }
   /**
    * Answer to send-commit / send-abort: the participant finished the branch, with `outcome` when
    * it said which (an outcome other than the decision is a heuristic one).

@@ -2,7 +2,7 @@
 // context, the ingress joins the caller's transaction and tells it who took part (DESIGN.md
 // "Enlistment").
 import type { RoutePolicy, StepRequestTemplate } from '../config/types.js'
-import { HookForbiddenError, MeshKeyMissingError, NoSidecarError, TxAbortedError, TxNotActiveError, TxmeshError } from '../errors.js'
+import { HookForbiddenError, MeshKeyMissingError, NoSidecarError, StepTemplateInvalidError, TxAbortedError, TxNotActiveError, TxmeshError } from '../errors.js'
 import type { ResponseHook } from '../proxy/forward.js'
 import type { Span } from '../telemetry/tracing.js'
 import type { ControlClient } from './control-client.js'
@@ -29,7 +29,7 @@ import {
 } from './protocol.js'
 import type { StepCoordinator } from './steps/driver.js'
 import type { StepOp, StepRecord } from './steps/machine.js'
-import { fillTemplate, parseCompensateHeader, templateNeeds, type CallFacts } from './steps/template.js'
+import { fillTemplate, parseCompensateHeader, requestProblem, templateNeeds, type CallFacts } from './steps/template.js'
 import { LIMITS } from '../limits.js'
 import { hostName } from '../proxy/routes.js'
 import { ERROR_HEADER } from '../proxy/respond.js'
@@ -195,6 +195,9 @@ export class ActiveTxPlane implements TxPlane {
         ? {
             beforeSend: async (): Promise<TxmeshError | undefined> => {
               const facts: CallFacts = { method: call.method, path: call.path, requestHeaders: call.headers, requestBody: hook.requestBody, status: 0, responseHeaders: [], responseBody: undefined, txId: ctx.id, stepId }
+              // Its undo (or confirm) could never be sent: refuse the call while there is nothing to undo.
+              const invalid = stepRequestProblem(ctx.mode === 'saga' ? [['compensation', template]] : [['confirm', route.tcc?.confirm], ['cancel', route.tcc?.cancel]], facts)
+              if (invalid !== undefined) return new StepTemplateInvalidError(`the call to ${service} is not sent: ${invalid}`)
               const err = await this.recordStep(ctx, ctx.mode === 'saga' ? sagaIntent(stepId, service, call.origin, template as StepRequestTemplate, facts) : tccIntent(stepId, service, call.origin, route.tcc?.cancel, facts))
               intended = err === undefined
               return err
@@ -445,6 +448,15 @@ function tccIntent(id: string, service: string, origin: string, template: RouteP
 /** A TCC hook of the caller's route, filled; path '' lets the target sidecar use its default hook. */
 function hookOp(t: RoutePolicy['compensation'], facts: CallFacts): StepOp | { unresolved: string } {
   return t === undefined ? { method: 'POST', path: '' } : fillTemplate(t, facts)
+}
+
+/** What makes one of a step's request templates unsendable with this call's request, if anything. */
+function stepRequestProblem(templates: readonly (readonly [string, StepRequestTemplate | undefined])[], facts: CallFacts): string | undefined {
+  for (const [what, t] of templates) {
+    const problem = t === undefined ? undefined : requestProblem(t, facts)
+    if (problem !== undefined) return `its ${what} template, filled from it, could never be sent (${problem})`
+  }
+  return undefined
 }
 
 /** The response carries an error code a txmesh sidecar produced (flat [name, value, ...] headers). */

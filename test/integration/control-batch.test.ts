@@ -30,7 +30,7 @@ async function controlListener(): Promise<{ port: number; seen: string[] }> {
     coordinator: { outcomeFor: () => 'aborted' },
     steps: {
       has: () => false,
-      addStep: async (tx: string, step: { id: string; compensate?: { method: string } }) => void seen.push(`step ${tx}/${step.id} ${step.compensate?.method ?? ''}`),
+      addPeerStep: async (tx: string, step: { id: string; compensate?: { method: string } }) => void seen.push(`step ${tx}/${step.id} ${step.compensate?.method ?? ''}`),
     },
     participant: {
       stepHook: async (tx: string, branch: string, op: string, extra: { method: string }) => {
@@ -81,7 +81,7 @@ describe('control listener: step methods', () => {
       expect(JSON.stringify(hook.body)).toContain('body.method')
     }
     // Other malformed fields are refused too, never replaced by the defaults.
-    for (const bad of [{ path: 'confirm' }, { path: 7 }, { body: {} }, { headers: { 'bad name': 'v' } }, { headers: ['x'] }, { headers: { a: 1 } }]) {
+    for (const bad of [{ path: 'confirm' }, { path: 7 }, { body: {} }, { headers: { 'bad name': 'v' } }, { headers: ['x'] }, { headers: { a: 1 } }, { headers: { a: 'x\r\ny: 1' } }, { headers: { upgrade: 'websocket' } }]) {
       const hook = await post(port, '/v1/tx/t1/confirm', JSON.stringify({ branch: 'b1', method: 'PUT', ...bad }))
       expect(hook, JSON.stringify(bad)).toMatchObject({ status: 400, code: 'TXM_BAD_REQUEST' })
       const recorded = JSON.stringify({ step: { id: 's2', service: 'pay', target: 'http://127.0.0.1:1', confirm: { method: 'PUT', path: '/c', ...bad } } })

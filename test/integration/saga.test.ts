@@ -473,7 +473,8 @@ describe('calls that get no answer', () => {
     procs.push(ordersSc)
     ordersEgress = ordersSc.ports.egress
     const coord = await spawnSidecar(
-      sidecarYaml('shop', 1, [`services: {orders: {address: "127.0.0.1:${ordersSc.ports.ingress}"}}`, 'routes:', '  - {name: orders, match: {direction: egress, host: orders}, compensation: {method: DELETE, path: "/orders/{step.id}"}}', STEPS].join('\n')),
+      // The coordinator sends the nested steps' compensations too: ledger is one of its services.
+      sidecarYaml('shop', 1, [`services: {orders: {address: "127.0.0.1:${ordersSc.ports.ingress}"}, ledger: {address: "127.0.0.1:${ledger.port}"}}`, 'routes:', '  - {name: orders, match: {direction: egress, host: orders}, compensation: {method: DELETE, path: "/orders/{step.id}"}}', STEPS].join('\n')),
       ['--control-port', String(await freePort())],
     )
     procs.push(coord)

@@ -54,6 +54,19 @@ describe('config', () => {
     expect(problems('service: a\nservices:\n  pay: {address: "nope"}\n')[0]).toMatch(/^p\.yaml:3:18: services\.pay\.address/)
   })
 
+  it('refuses step templates whose headers can only be refused by the HTTP client, at the key or the value', () => {
+    const route = (headers: string) => `service: a\nroutes:\n  - name: r\n    compensation:\n      path: /undo\n      headers:\n${headers}`
+    expect(problems(route('        x-note: "caf\\u20ac {request.json.note}"\n'))).toEqual([
+      'p.yaml:7:17: routes.0.compensation.headers.x-note: header x-note would carry U+20AC: CR, LF, NUL, other control characters and characters beyond latin1 are not allowed in a header value',
+    ])
+    expect(problems(route('        x-a: "one\\r\\ntwo"\n'))[0]).toMatch(/^p\.yaml:7:14: routes\.0\.compensation\.headers\.x-a: header x-a would carry U\+000D/)
+    expect(problems(route('        Transfer-Encoding: chunked\n'))).toEqual(['p.yaml:7:9: routes.0.compensation.headers.Transfer-Encoding: header transfer-encoding cannot be set on a step\'s request (the HTTP client frames the connection itself)'])
+    expect(problems('service: a\nroutes:\n  - tcc: {cancel: {path: /c, headers: {expect: 100-continue}}}\n')[0]).toMatch(/^p\.yaml:3:40: routes\.0\.tcc\.cancel\.headers\.expect: /)
+    // Placeholders fill values at run time (checked then); latin1 text and HTAB are fine.
+    const cfg = parseConfig(route('        x-note: "caf\u00e9\\t{request.json.note}"\n        x-id: "{step.id}"\n'), 'p.yaml')
+    expect(cfg.routes[0]?.compensation?.headers).toEqual({ 'x-note': 'caf\u00e9\t{request.json.note}', 'x-id': '{step.id}' })
+  })
+
   it('txmesh validate exits 0 on a good file and 1 with positions on a bad one', () => {
     const good = spawnSync(process.execPath, [CLI, 'validate', join(import.meta.dirname, '../../config/example.yaml')], { encoding: 'utf8' })
     expect(good.status).toBe(0)

@@ -20,7 +20,7 @@ import {
   type StepRecord,
   type StepTxState,
 } from '../../src/tx/steps/machine.js'
-import { fillTemplate, parseCompensateHeader, templateNeeds, type CallFacts } from '../../src/tx/steps/template.js'
+import { fillTemplate, opHeadersProblem, parseCompensateHeader, requestProblem, templateNeeds, type CallFacts } from '../../src/tx/steps/template.js'
 
 const POLICY: StepPolicy = { attempts: 3, backoffBaseMs: 100, backoffCapMs: 1000 }
 const env = (random = 0.5, now = 0): Env => ({ now, random: () => random })
@@ -942,6 +942,33 @@ describe('step templates', () => {
     expect(templateNeeds(tpl('/x/{step.id}/{response.status}'))).toMatchObject({ response: true })
     // Request-only: its intent can be filled before the call is sent.
     expect(templateNeeds(tpl('/undo/{request.query.a}/{tx.id}/{step.id}'))).toMatchObject({ response: false })
+  })
+
+  it('finds before the call a header its request alone makes unsendable, and leaves a response-made one unresolved', () => {
+    const t = tpl('/undo', { headers: { 'x-note': '{request.json.note} for {response.json.id}' } })
+    const withNote = (note: string) => facts({ requestBody: Buffer.from(JSON.stringify({ note })) })
+    expect(requestProblem(t, withNote('ok'))).toBeUndefined()
+    expect(requestProblem(t, withNote('a\r\nx-evil: 1'))).toMatch(/header x-note would carry U\+000D/)
+    expect(requestProblem(t, withNote('nul\u0000'))).toMatch(/U\+0000/)
+    expect(requestProblem(t, withNote('\u20ac'))).toMatch(/U\+20AC/)
+    // latin1 and HTAB are what a header value may carry.
+    expect(requestProblem(t, withNote('caf\u00e9\tok'))).toBeUndefined()
+    expect(requestProblem(t, withNote('x'.repeat(9_000)))).toMatch(/at most 8192/)
+    // A placeholder without a value is not this check's: the step is unresolved instead.
+    expect(requestProblem(tpl('/u', { headers: { a: '{request.json.nope}' } }), facts())).toBeUndefined()
+    // Filled with a response that makes it invalid: unresolved (stuck with the reason), never retried.
+    const fromResponse = fillTemplate(tpl('/u', { headers: { 'x-ref': '{response.json.order.ref}' } }), facts({ responseBody: Buffer.from(JSON.stringify({ order: { ref: 'r\n1' } })) }))
+    expect(fromResponse).toEqual({ unresolved: expect.stringMatching(/^compensation template: header x-ref would carry U\+000A/) })
+  })
+
+  it('refuses the headers of a step op no client would send: refused names, invalid values, a wrong content-length', () => {
+    expect(opHeadersProblem({ headers: { 'x-a': 'fine', connection: 'close' } })).toBeUndefined()
+    expect(opHeadersProblem({ headers: { 'transfer-encoding': 'chunked' } })).toMatch(/cannot be set/)
+    expect(opHeadersProblem({ headers: { 'x-a': 'a\rb' } })).toMatch(/U\+000D/)
+    expect(opHeadersProblem({ headers: { 'bad name': 'v' } })).toMatch(/not an HTTP token/)
+    expect(opHeadersProblem({ headers: { connection: 'close, x y' } })).toMatch(/list of tokens/)
+    expect(opHeadersProblem({ headers: { 'content-length': '3' }, body: '{}' })).toMatch(/content-length must be the body's length in bytes \(2\)/)
+    expect(opHeadersProblem({ headers: { 'content-length': '2' }, body: '{}' })).toBeUndefined()
   })
 
   it('parseCompensateHeader accepts "METHOD /path"', () => {

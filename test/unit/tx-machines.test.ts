@@ -164,6 +164,23 @@ describe('coordinator machine', () => {
     expect(last(r.steps)).toEqual([{ type: 'heuristic', to: ref(1), outcome: 'aborted' }, { type: 'log-end' }])
   })
 
+  it('a COMMIT record the log refused before writing anything aborts the transaction, every branch told', () => {
+    const r = runC(preparing(2), [
+      { type: 'vote', branch: 'b0', vote: YES },
+      { type: 'vote', branch: 'b1', vote: YES },
+      { type: 'decision-refused', reason: 'record too large' },
+    ])
+    expect(r.state.status).toBe('aborting')
+    expect(last(r.steps)).toEqual([
+      { type: 'outcome', outcome: 'aborted', reason: 'record too large' },
+      { type: 'send-abort', to: ref(0) },
+      { type: 'send-abort', to: ref(1) },
+    ])
+    // Once logged, a refusal cannot arrive; if it did it would change nothing.
+    const logged = runC(preparing(2), [{ type: 'vote', branch: 'b0', vote: YES }, { type: 'vote', branch: 'b1', vote: YES }, { type: 'decision-logged' }]).state
+    expect(coordinatorStep(logged, { type: 'decision-refused', reason: 'x' }, env()).actions).toEqual([])
+  })
+
   it('duplicate ack is harmless', () => {
     const r = runC(preparing(2), [
       { type: 'vote', branch: 'b0', vote: YES },

@@ -60,7 +60,20 @@ export function egressResolver(cfg: SidecarConfig, self: () => { host: string; p
     if (connectPort === me.port && (connectHost === me.host || isLocalAddressLiteral(connectHost))) {
       return new ProxyLoopError(`request to ${authority} would loop back into the egress`)
     }
-    const scheme = mapped !== undefined && cfg.tls !== undefined && !cfg.servicesWithoutTls.has(parsed.host) ? 'https' : 'http'
+    const scheme = mapped !== undefined ? serviceScheme(cfg, parsed.host) : 'http'
     return { origin: origin(scheme, connectHost, connectPort), connectHost, connectPort, host: authority, path }
   }
+}
+
+/** With peer TLS, the services of the map are reached over HTTPS unless marked `tls: false`. */
+function serviceScheme(cfg: SidecarConfig, name: string): 'http' | 'https' {
+  return cfg.tls !== undefined && !cfg.servicesWithoutTls.has(name) ? 'https' : 'http'
+}
+
+/**
+ * The origins the egress forwards calls to the `services` of the map, as it writes them (host
+ * lower-cased): where a coordinator may send a nested step's compensation or cancel.
+ */
+export function serviceOrigins(cfg: SidecarConfig): ReadonlySet<string> {
+  return new Set([...cfg.services].map(([name, a]) => origin(serviceScheme(cfg, name), a.host, a.port).toLowerCase()))
 }

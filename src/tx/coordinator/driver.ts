@@ -6,7 +6,7 @@ import { appendDurable } from '../durable.js'
 import { RecentMap } from '../recent.js'
 import type { SidecarMetrics } from '../../telemetry/metrics.js'
 import type { FileLog } from '../../log/file-log.js'
-import { ShuttingDownError, TxLimitError, TxNotActiveError, TxUnknownError, type TxmeshError } from '../../errors.js'
+import { InternalError, LogFailedError, ShuttingDownError, TxLimitError, TxNotActiveError, TxUnknownError, TxmeshError } from '../../errors.js'
 import { LIMITS } from '../../limits.js'
 import type { Logger } from '../../log.js'
 import type { ControlClient } from '../control-client.js'
@@ -67,6 +67,8 @@ interface Entry extends MessageHolder {
   /** `txmesh.transaction` span (tracing on): parent of the per-participant phase spans. */
   readonly span: Span | undefined
   spanEnded: boolean
+  /** Why the commit failed when its decision record was refused before anything was written. */
+  commitError?: TxmeshError
 }
 
 export interface CoordinatorDeps {
@@ -162,8 +164,8 @@ export class CoordinatorDriver {
   }
 
   /** Attaches a message, published only if the transaction commits. */
-  attach(id: TxId, m: TxMessage, bytes: number): TxmeshError | number {
-    const n = addMessage(id, this.txs.get(id) ?? this.finished.get(id), m, bytes)
+  attach(id: TxId, m: TxMessage): TxmeshError | number {
+    const n = addMessage(id, this.txs.get(id) ?? this.finished.get(id), m)
     if (n === 1) this.feed(id, { type: 'must-log' })
     return n
   }
@@ -189,6 +191,7 @@ export class CoordinatorDriver {
       this.feed(id, event)
       await outcome
     }
+    if (event.type === 'commit-requested' && e.commitError !== undefined) return e.commitError
     if (waitForAcks && !e.finished) {
       // The decision is durable; phase 2 runs on its own. Waiting is only for the answer.
       await waitAtMost((done) => e.ackWaiters.push(done), LIMITS.commitAckWaitMs)
@@ -316,6 +319,9 @@ export class CoordinatorDriver {
               this.d.logger.error('decision_log_failed', { tx: id, error: String(err) })
               // The log is closing (drain): the process is about to exit; recovery decides.
               if (err instanceof ShuttingDownError) return
+              // Refused before anything was written (too large, not encodable, the queue full):
+              // this commit fails alone.
+              if (!(err instanceof LogFailedError)) return this.decisionRefused(id, e, err)
               // The write may or may not have reached the disk: neither commit nor abort is
               // safe to announce. Stop, as databases do on a failed fsync; recovery decides
               // from what the log holds.
@@ -398,6 +404,17 @@ export class CoordinatorDriver {
           break
       }
     }
+  }
+
+  /**
+   * The decision record was refused before any of it reached the log: nothing can have decided
+   * commit, so the transaction is as undecided as before it was asked to (every vote in) and
+   * aborts from there (presumed abort: the participants hear abort). The commit's caller gets
+   * the coded error.
+   */
+  private decisionRefused(id: TxId, e: Entry, err: unknown): void {
+    e.commitError = err instanceof TxmeshError ? err : new InternalError(`the decision record could not be written: ${String(err)}`)
+    this.feed(id, { type: 'decision-refused', reason: `the decision record could not be logged: ${e.commitError.message}` })
   }
 
   private retire(id: TxId, e: Entry): void {

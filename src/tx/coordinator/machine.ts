@@ -104,6 +104,9 @@ function dispatch(state: CoordinatorState, event: CoordinatorEvent, env: Env): C
       return onVote(state, event.branch, event.vote)
     case 'decision-logged':
       return onDecisionLogged(state)
+    case 'decision-refused':
+      // Nothing reached the disk, so nobody can have been told commit: abort is still open.
+      return state.status === 'committing' && !state.decisionLogged && !state.onePhase ? abort(state, event.reason) : same(state)
     case 'ack':
       return onAck(state, event.branch, event.outcome)
     case 'send-failed':

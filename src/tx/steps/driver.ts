@@ -7,7 +7,7 @@
 // cannot be known before its answer only the second time), {type:'decision', outcome} (COMMIT
 // force-written, abort lazy), {type:'step-done'} (lazy). END once every step is finished.
 import { request, type Agent } from '../../http-client.js'
-import { ShuttingDownError, TxLimitError, TxNotActiveError, TxUnknownError, type TxmeshError } from '../../errors.js'
+import { InternalError, LogFailedError, ShuttingDownError, StepTargetRefusedError, TxLimitError, TxNotActiveError, TxUnknownError, TxmeshError } from '../../errors.js'
 import { LIMITS } from '../../limits.js'
 import type { Logger } from '../../log.js'
 import type { FileLog } from '../../log/file-log.js'
@@ -17,7 +17,7 @@ import type { ControlClient } from '../control-client.js'
 import type { MeshKeys } from '../keys.js'
 import type { BranchId, Env, Outcome, TxId } from '../core.js'
 import { appendDurable } from '../durable.js'
-import { BRANCH_ID_HEADER, CONTEXT_HEADER, OP_HEADER, TX_ID_HEADER, newTxId, signContext } from '../protocol.js'
+import { BRANCH_ID_HEADER, CONTEXT_HEADER, OP_HEADER, TX_ID_HEADER, coordinatorAllowed, newTxId, signContext } from '../protocol.js'
 import { ERROR_HEADER } from '../../proxy/respond.js'
 import { RecentMap } from '../recent.js'
 import type { TxMessage } from '../../events/outbox.js'
@@ -76,7 +76,24 @@ export interface StepDeps {
   readonly onEvent?: ((type: string, data: Readonly<Record<string, unknown>>) => void) | undefined
   /** Publishes a committed transaction's messages; resolves once the bus has them all. */
   readonly publish?: Publish | undefined
+  /** Where a peer's step record may send its operations (addPeerStep). */
+  readonly targets: StepTargets
 }
+
+/**
+ * The targets this coordinator sends the steps of peers to. A step's own egress knows where it
+ * forwarded the call (its record is taken as it is); a peer's record could name any address,
+ * and the coordinator would send a signed request there from its own network position.
+ */
+export interface StepTargets {
+  /** Origins of the `services` addresses, as the egress forwards to them (lower-case). */
+  readonly origins: ReadonlySet<string>
+  /** mesh.coordinators: the control addresses of the mesh's sidecars. */
+  readonly controls: readonly string[]
+}
+
+// A control address as participants report theirs (host:port, bracketed IPv6).
+const CONTROL_ADDRESS = /^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]{1,253}):\d{1,5}$/
 
 interface Entry extends MessageHolder {
   state: StepTxState
@@ -91,6 +108,8 @@ interface Entry extends MessageHolder {
   recording: number
   /** The machine ended the transaction while step records were being written (see addStep). */
   endHeld: boolean
+  /** Why the commit failed when its decision record was refused before anything was written. */
+  commitError?: TxmeshError
 }
 
 const logKey = (id: TxId): string => `s:${id}`
@@ -215,6 +234,32 @@ export class StepCoordinator {
   }
 
   /**
+   * A step a peer's egress recorded (control POST /steps): as addStep, once its target is one
+   * this coordinator may send to: for an HTTP operation (saga compensation, TCC cancel through
+   * the target's ingress) the origin of one of its `services` addresses; for a TCC confirm or
+   * cancel through the participant's sidecar, a control address `mesh.coordinators` allows. A
+   * step that can send nothing (unresolved, no target) needs neither.
+   */
+  async addPeerStep(id: TxId, step: StepRecord): Promise<TxmeshError | undefined> {
+    const mode = (this.txs.get(id) ?? this.finished.get(id))?.state.mode
+    let refused: TxmeshError | undefined
+    if (mode !== undefined && !(step.target === '' && step.unresolved !== undefined)) {
+      const target = JSON.stringify(step.target.slice(0, 80))
+      if (mode === 'tcc' && step.viaIngress !== true) {
+        if (!CONTROL_ADDRESS.test(step.target) || !coordinatorAllowed(this.d.targets.controls, step.target)) {
+          refused = new StepTargetRefusedError(`step ${step.id} names the control address ${target}, which mesh.coordinators does not allow`)
+        }
+      } else if (!this.d.targets.origins.has(step.target.toLowerCase())) {
+        refused = new StepTargetRefusedError(`step ${step.id} names the origin ${target}, which is none of this sidecar's services addresses; its operations are not sent there`)
+      }
+    }
+    if (refused === undefined) return this.addStep(id, step)
+    // A peer whose services map names an address this one does not: operators must hear of it.
+    this.d.logger.warn('step_target_refused', { tx: id, step: step.id, service: step.service, target: step.target.slice(0, LIMITS.stepTargetChars), intent: step.intent === true })
+    return refused
+  }
+
+  /**
    * The call of an intent was refused outright (saga: 4xx): it did nothing, so its undo must
    * not be sent. A lazy step-done record (lost, the undo runs after a restart: the barrier
    * makes it a no-op). An undo already under way is left alone.
@@ -226,8 +271,8 @@ export class StepCoordinator {
   }
 
   /** Attaches a message, published only if the transaction commits. */
-  attach(id: TxId, m: TxMessage, bytes: number): TxmeshError | number {
-    const n = addMessage(id, this.txs.get(id) ?? this.finished.get(id), m, bytes)
+  attach(id: TxId, m: TxMessage): TxmeshError | number {
+    const n = addMessage(id, this.txs.get(id) ?? this.finished.get(id), m)
     return n
   }
 
@@ -247,6 +292,7 @@ export class StepCoordinator {
       this.feed(id, event)
       await outcome
     }
+    if (event.type === 'commit-requested' && e.commitError !== undefined) return e.commitError
     if (waitForSteps && !e.finished) {
       await waitAtMost((done) => e.doneWaiters.push(done), LIMITS.commitAckWaitMs)
     }
@@ -336,7 +382,14 @@ export class StepCoordinator {
             (err: unknown) => {
               this.d.logger.error('decision_log_failed', { tx: id, error: String(err) })
               if (err instanceof ShuttingDownError) return
-              // Neither outcome is safe to announce: stop, recovery decides from the log.
+              // Refused before anything was written (too large, not encodable, the queue full):
+              // this commit fails alone, the transaction aborts.
+              if (!(err instanceof LogFailedError)) {
+                e.commitError = err instanceof TxmeshError ? err : new InternalError(`the decision record could not be written: ${String(err)}`)
+                this.feed(id, { type: 'decision-refused', reason: `the decision record could not be logged: ${e.commitError.message}` })
+                return
+              }
+              // A write or fsync failed: neither outcome is safe to announce: stop, recovery decides from the log.
               process.exit(70)
             },
           )

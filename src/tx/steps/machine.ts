@@ -100,6 +100,11 @@ export type StepEvent =
   | { readonly type: 'abort-requested'; readonly reason: string }
   | { readonly type: 'deadline' }
   | { readonly type: 'decision-logged' }
+  /**
+   * The COMMIT decision was refused before any of it was written (a record over the log's
+   * limit, say): nothing decided commit, so the transaction aborts.
+   */
+  | { readonly type: 'decision-refused'; readonly reason: string }
   | { readonly type: 'op-done'; readonly step: BranchId }
   | { readonly type: 'op-failed'; readonly step: BranchId; readonly error: string }
   | { readonly type: 'retry-due'; readonly step: BranchId }
@@ -192,6 +197,9 @@ function dispatch(state: StepTxState, event: StepEvent, env: Env): StepTxStep {
     case 'decision-logged':
       if (state.status !== 'committing' || state.decisionLogged) return same(state)
       return advance({ ...state, decisionLogged: true }, [{ type: 'outcome', outcome: 'committed' }])
+    case 'decision-refused':
+      if (state.status !== 'committing' || state.decisionLogged) return same(state)
+      return abort({ ...state, status: 'active' }, event.reason)
     case 'op-done':
       return withStep(state, event.step, ['running'], (e, s) => advance(replace(s, { ...e, status: 'finished', lastError: undefined }), [{ type: 'log-step-done', step: e.step.id }]))
     case 'op-failed':

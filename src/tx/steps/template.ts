@@ -6,7 +6,11 @@
 //   {response.status} {response.header.NAME} {response.json.A.B} {tx.id} {step.id}
 // In a path every value is percent-encoded; in a body or header it is inserted as text (a JSON
 // object or array as JSON). A placeholder with no value leaves the step unresolved: it goes
-// stuck with the reason instead of sending a wrong request.
+// stuck with the reason instead of sending a wrong request. A header no HTTP client would send
+// (a value with CR, LF or a character beyond latin1, from `{request.json.*}` say) would fail
+// every attempt: the call is refused before it is sent when the request alone makes it invalid
+// (requestProblem), the step is unresolved when its response does, and the config refuses a
+// template that can only produce one (configHeaderProblem).
 import type { StepRequestTemplate } from '../../config/types.js'
 import { LIMITS } from '../../limits.js'
 import type { StepOp } from './machine.js'
@@ -79,7 +83,87 @@ export function fillTemplate(t: StepRequestTemplate, facts: CallFacts): StepOp |
   const headers: Record<string, string> = {}
   for (const [k, v] of Object.entries(t.headers)) headers[k.toLowerCase()] = v.replace(PLACEHOLDER, (_m, name: string) => lookup(name) ?? '')
   if (missing.length > 0) return { unresolved: `compensation template has no value for {${missing.join('}, {')}}` }
-  return { method: t.method, path, ...(body === undefined ? {} : { body }), ...(Object.keys(headers).length === 0 ? {} : { headers }) }
+  const op = { method: t.method, path, ...(body === undefined ? {} : { body }), ...(Object.keys(headers).length === 0 ? {} : { headers }) }
+  const problem = opHeadersProblem(op)
+  return problem === undefined ? op : { unresolved: `compensation template: ${problem}` }
+}
+
+/**
+ * Why the request of `t`, filled from the call's request alone, could never be sent, if so:
+ * its headers with every `{response.*}` placeholder left empty. Checked before the call is sent
+ * (what the response adds can only lengthen a value, never make an invalid one valid); a
+ * placeholder without a value is not a problem here (the step is unresolved instead).
+ */
+export function requestProblem(t: StepRequestTemplate, facts: CallFacts): string | undefined {
+  const json: { request?: unknown; response?: unknown } = {}
+  let bytes = 0
+  for (const [k, v] of Object.entries(t.headers)) {
+    const value = v.replace(PLACEHOLDER, (_m, name: string) => (name.startsWith('response.') ? '' : (valueOf(name, facts, json) ?? '')))
+    const problem = headerValueProblem(k, value)
+    if (problem !== undefined) return problem
+    bytes += k.length + value.length + HEADER_LINE_BYTES
+  }
+  return bytes > LIMITS.stepOpHeaderBytes ? headersTooLarge(bytes) : undefined
+}
+
+/** Why the headers of a filled step op (a template's, or a peer's /steps record) could never be sent, if so. */
+export function opHeadersProblem(op: { readonly headers?: Readonly<Record<string, string>>; readonly body?: string }): string | undefined {
+  let bytes = 0
+  for (const [k, v] of Object.entries(op.headers ?? {})) {
+    const problem = headerNameProblem(k) ?? headerValueProblem(k, v) ?? headerSemanticsProblem(k, v, op.body)
+    if (problem !== undefined) return problem
+    bytes += k.length + v.length + HEADER_LINE_BYTES
+  }
+  return bytes > LIMITS.stepOpHeaderBytes ? headersTooLarge(bytes) : undefined
+}
+
+/**
+ * Config: why a header of a template can only produce a request no client sends, if so: a name
+ * the HTTP client always refuses, literal text (outside the placeholders) with a character not
+ * allowed in a header value, or literal text alone over the headers' bound.
+ */
+export function configHeaderProblem(name: string, template: string): { readonly on: 'name' | 'value'; readonly message: string } | undefined {
+  const n = headerNameProblem(name)
+  if (n !== undefined) return { on: 'name', message: n }
+  const literal = template.replace(PLACEHOLDER, '')
+  const v = headerValueProblem(name, literal)
+  if (v !== undefined) return { on: 'value', message: v }
+  if (name.length + literal.length + HEADER_LINE_BYTES > LIMITS.stepOpHeaderBytes) return { on: 'value', message: headersTooLarge(name.length + literal.length + HEADER_LINE_BYTES) }
+  return undefined
+}
+
+// ": " and CRLF around each header line, as the request head carries it.
+const HEADER_LINE_BYTES = 4
+// RFC 9110 token: what a header name may be.
+const TOKEN = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/
+// What undici (and Node's http) accept in a header value: HTAB, visible ASCII, space, obs-text.
+const INVALID_VALUE_CHAR = /[^\t\x20-\x7e\x80-\xff]/
+// Headers undici refuses to send whatever their value: the client frames the connection itself.
+const REFUSED_NAMES: ReadonlySet<string> = new Set(['transfer-encoding', 'keep-alive', 'upgrade', 'expect'])
+
+function headerNameProblem(name: string): string | undefined {
+  if (!TOKEN.test(name)) return `header name ${JSON.stringify(name.slice(0, 64))} is not an HTTP token`
+  if (REFUSED_NAMES.has(name.toLowerCase())) return `header ${name.toLowerCase()} cannot be set on a step's request (the HTTP client frames the connection itself)`
+  return undefined
+}
+
+function headerValueProblem(name: string, value: string): string | undefined {
+  const bad = INVALID_VALUE_CHAR.exec(value)
+  if (bad === null) return undefined
+  const code = (bad[0].codePointAt(0) as number).toString(16).toUpperCase().padStart(4, '0')
+  return `header ${name.toLowerCase()} would carry U+${code}: CR, LF, NUL, other control characters and characters beyond latin1 are not allowed in a header value`
+}
+
+/** The two headers whose value undici parses: a list of tokens, and the body's length. */
+function headerSemanticsProblem(name: string, value: string, body: string | undefined): string | undefined {
+  const n = name.toLowerCase()
+  if (n === 'connection' && !value.split(',').every((t) => TOKEN.test(t.trim()))) return `header connection must be a list of tokens`
+  if (n === 'content-length' && value !== String(Buffer.byteLength(body ?? ''))) return `header content-length must be the body's length in bytes (${Buffer.byteLength(body ?? '')})`
+  return undefined
+}
+
+function headersTooLarge(bytes: number): string {
+  return `the template's headers would be ${bytes} bytes; at most ${LIMITS.stepOpHeaderBytes}`
 }
 
 /**
