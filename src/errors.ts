@@ -161,6 +161,28 @@ export class AdminUnauthorizedError extends TxmeshError {
   readonly status = 401
 }
 
+// Browser defences of the admin API (issue 15, hole 10). A Host that is neither loopback, the
+// listener's own address nor in admin.allowedHosts: a page whose name was rebound to this address
+// (DNS rebinding) would otherwise read and drive the API.
+export class AdminHostRefusedError extends TxmeshError {
+  readonly code = 'TXM_ADMIN_HOST_REFUSED'
+  readonly status = 403
+}
+
+// An Origin other than the Host's own (http or https) or one of admin.allowedOrigins: a request
+// another site's page made the operator's browser send.
+export class AdminOriginRefusedError extends TxmeshError {
+  readonly code = 'TXM_ADMIN_ORIGIN_REFUSED'
+  readonly status = 403
+}
+
+// A request body that is not declared application/json: the only type a page of another site
+// cannot send without a CORS preflight (text/plain, forms), so none is read as JSON.
+export class UnsupportedMediaTypeError extends TxmeshError {
+  readonly code = 'TXM_UNSUPPORTED_MEDIA_TYPE'
+  readonly status = 415
+}
+
 // Durable log (src/log/). Replay refuses to guess past damage it cannot explain by a crash: a bad
 // record in a segment that is not the last one, or a format this build does not know.
 export class LogCorruptError extends TxmeshError {
@@ -285,6 +307,9 @@ export const ERROR_CLASSES = [
   ControlReplayError,
   ControlOverloadedError,
   AdminUnauthorizedError,
+  AdminHostRefusedError,
+  AdminOriginRefusedError,
+  UnsupportedMediaTypeError,
   LogCorruptError,
   LogOverloadedError,
   LogFailedError,

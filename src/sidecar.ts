@@ -96,6 +96,7 @@ export async function startSidecar(config: SidecarConfig, log: Logger): Promise<
     metrics: () => metrics,
     traceUrl: config.traceUrl,
     events,
+    browser: { allowedHosts: config.admin.allowedHosts, allowedOrigins: config.admin.allowedOrigins },
     stats: () => ({
       log: fileLog?.stats(),
       transactions: coordinator === undefined ? undefined : { active: coordinator.activeCount, ...coordinator.outcomes },
