@@ -155,6 +155,15 @@ export class ControlOverloadedError extends TxmeshError {
   readonly status = 503
 }
 
+// A control answer (vote, outcome, acknowledgement) whose `txmesh-auth` is missing or does not
+// verify for the request it answers: the caller treats it as a failed call (no vote, outcome
+// unknown, retried), never as the answer it claims to be. Never an HTTP answer of txmesh; the
+// code is the caller's reason (logs, span errors, "refused: ..." messages).
+export class ControlAnswerUnsignedError extends TxmeshError {
+  readonly code = 'TXM_CONTROL_ANSWER_UNSIGNED'
+  readonly status = 502
+}
+
 // An admin request without the configured bearer token (admin.tokenEnv / admin.tokenFile).
 export class AdminUnauthorizedError extends TxmeshError {
   readonly code = 'TXM_ADMIN_UNAUTHORIZED'
@@ -306,6 +315,7 @@ export const ERROR_CLASSES = [
   ControlAuthError,
   ControlReplayError,
   ControlOverloadedError,
+  ControlAnswerUnsignedError,
   AdminUnauthorizedError,
   AdminHostRefusedError,
   AdminOriginRefusedError,

@@ -140,7 +140,7 @@ export async function startSidecar(config: SidecarConfig, log: Logger): Promise<
     if (keys !== undefined) {
       const opened = await FileLog.open(resolvePath(config.storeDir), { logger: log, onSync: (n, sec) => metrics.logSync(n, sec), ...(config.storeSync === undefined ? {} : { sync: config.storeSync }) })
       fileLog = opened.log
-      controlClient = new ControlClient(keys, Date.now, peerTls)
+      controlClient = new ControlClient(keys, Date.now, peerTls, { logger: log, metrics })
       outbox = createOutbox(config, fileLog, log)
       const bus = outbox
       // Every transaction event feeds the dashboard (SSE) and, when sinks are configured, the outbox.
@@ -167,7 +167,7 @@ export async function startSidecar(config: SidecarConfig, log: Logger): Promise<
       })
       steps = new StepCoordinator({ log: fileLog, control: controlClient, self, keys, logger: log, metrics, onEvent, publish, policy: config.steps, tls: peerTls })
       plane = new ActiveTxPlane({ keys, coordinators: config.mesh.coordinators, coordinator, participant, steps, control: controlClient })
-      controlDeps = { keys, coordinator, participant, steps, logger: log }
+      controlDeps = { keys, self, coordinator, participant, steps, logger: log }
       // The outbox first: events the drivers emit while recovering continue each transaction's
       // sequence after the logged ones (same ids would be taken for duplicates by the bus).
       outbox.recover(opened.records, committedIn(opened.records))

@@ -44,6 +44,7 @@ export class SidecarMetrics {
   private readonly routeServices = new Map<string, Set<string>>()
 
   private readonly stepOps: Counter<'op' | 'result'>
+  private readonly answersRefused: Counter<'reason'>
 
   constructor(gauges: { inFlight: () => number; inDoubt: () => number; stuck?: () => number }) {
     const registers = [this.registry]
@@ -57,6 +58,7 @@ export class SidecarMetrics {
     new Gauge({ name: 'txmesh_transactions_in_flight', help: 'Transactions this sidecar coordinates that have not finished.', registers, collect() { this.set(gauges.inFlight()) } })
     new Gauge({ name: 'txmesh_branches_in_doubt', help: 'Branches this sidecar holds that voted yes and wait for the decision.', registers, collect() { this.set(gauges.inDoubt()) } })
     this.stepOps = new Counter({ name: 'txmesh_step_ops_total', help: 'Saga compensations and TCC confirm/cancel sends, by op and result (done, failed, stuck).', labelNames: ['op', 'result'], registers })
+    this.answersRefused = new Counter({ name: 'txmesh_control_answers_refused_total', help: 'Control answers (votes, outcomes, acknowledgements) refused because their signature was missing or did not verify: each was taken as a failed call.', labelNames: ['reason'], registers })
     new Gauge({ name: 'txmesh_steps_stuck', help: 'Saga/TCC steps whose compensation, confirm or cancel failed past its retry budget and waits for an operator.', registers, collect() { this.set(gauges.stuck?.() ?? 0) } })
     this.fsyncs = new Counter({ name: 'txmesh_log_fsyncs_total', help: 'fsyncs of the durable log.', registers })
     this.batch = new Histogram({ name: 'txmesh_log_fsync_batch_records', help: 'Records made durable by one fsync (group commit).', buckets: [1, 2, 4, 8, 16, 32, 64, 128, 256], registers })
@@ -76,6 +78,10 @@ export class SidecarMetrics {
 
   stepOp(op: string, result: 'done' | 'failed' | 'stuck'): void {
     this.stepOps.inc({ op, result })
+  }
+
+  controlAnswerRefused(reason: 'unsigned' | 'bad-signature'): void {
+    this.answersRefused.inc({ reason })
   }
 
   request(direction: Direction, route: string, status: number, seconds: number): void {
