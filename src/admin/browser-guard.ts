@@ -8,7 +8,11 @@
 //     text/plain or a form. Browsers send `Origin` on every such request: it must be the Host's
 //     own origin or one of admin.allowedOrigins; and a body is read only when it is declared
 //     application/json, which no page of another origin can send without a CORS preflight (which
-//     this listener never grants).
+//     this listener never grants). Browsers also say where a request comes from in
+//     `Sec-Fetch-Site`: one another site's page made (cross-site, same-site) is refused unless it
+//     is the operator following a link (a navigation) or comes from admin.allowedOrigins, so a
+//     page cannot load admin URLs without an Origin either (an <img> or <script> GET, which
+//     browsers send without one).
 // Clients that are not browsers (the CLI, txmesh/pg, scripts) send a loopback Host and no Origin,
 // and JSON bodies as application/json. A request without Host is not a browser's, and passes.
 import type { IncomingMessage } from 'node:http'
@@ -83,11 +87,13 @@ export function hostOrOriginRefusal(req: IncomingMessage, policy: BrowserPolicy)
     }
   }
   const origin = req.headers.origin
-  if (origin !== undefined) {
-    const o = origin.toLowerCase()
-    if (!policy.allowedOrigins.includes(o) && (host === undefined || !sameOrigin(o, host))) {
-      return new AdminOriginRefusedError('the admin API answers requests from a page only when its Origin is the admin listener\'s own or in admin.allowedOrigins')
-    }
+  const allowed = origin !== undefined && policy.allowedOrigins.includes(origin.toLowerCase())
+  if (origin !== undefined && !allowed && (host === undefined || !sameOrigin(origin.toLowerCase(), host))) {
+    return new AdminOriginRefusedError('the admin API answers requests from a page only when its Origin is the admin listener\'s own or in admin.allowedOrigins')
+  }
+  const site = req.headers['sec-fetch-site']
+  if ((site === 'cross-site' || site === 'same-site') && !allowed && !(req.headers['sec-fetch-mode'] === 'navigate' && (req.method === 'GET' || req.method === 'HEAD'))) {
+    return new AdminOriginRefusedError('the admin API answers requests another site\'s page makes only when they come from admin.allowedOrigins (Sec-Fetch-Site)')
   }
   return undefined
 }
