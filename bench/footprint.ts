@@ -161,7 +161,7 @@ export async function runFootprintPart(ctx: TxPartContext): Promise<number> {
   const ids: string[] = new Array<string>(inflight)
   const tFill = performance.now()
   await pool(inflight, concurrency, async (i) => {
-    const b = await request(`${admin}/v1/transactions`, { method: 'POST', body: JSON.stringify({ mode: '2pc', timeoutMs: 600_000 }), dispatcher: agent })
+    const b = await request(`${admin}/v1/transactions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ mode: '2pc', timeoutMs: 600_000 }), dispatcher: agent })
     if (b.statusCode !== 201) throw new Error(`begin ${i}: HTTP ${b.statusCode} ${await b.body.text()}`)
     const { id, context } = (await b.body.json()) as { id: string; context: string }
     ids[i] = id

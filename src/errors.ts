@@ -191,10 +191,41 @@ export class ControlOverloadedError extends TxmeshError {
   readonly status = 503
 }
 
+// A control answer (vote, outcome, acknowledgement) whose `txmesh-auth` is missing or does not
+// verify for the request it answers: the caller treats it as a failed call (no vote, outcome
+// unknown, retried), never as the answer it claims to be. Never an HTTP answer of txmesh; the
+// code is the caller's reason (logs, span errors, "refused: ..." messages).
+export class ControlAnswerUnsignedError extends TxmeshError {
+  readonly code = 'TXM_CONTROL_ANSWER_UNSIGNED'
+  readonly status = 502
+}
+
 // An admin request without the configured bearer token (admin.tokenEnv / admin.tokenFile).
 export class AdminUnauthorizedError extends TxmeshError {
   readonly code = 'TXM_ADMIN_UNAUTHORIZED'
   readonly status = 401
+}
+
+// Browser defences of the admin API (issue 15, hole 10). A Host that is neither loopback, the
+// listener's own address nor in admin.allowedHosts: a page whose name was rebound to this address
+// (DNS rebinding) would otherwise read and drive the API.
+export class AdminHostRefusedError extends TxmeshError {
+  readonly code = 'TXM_ADMIN_HOST_REFUSED'
+  readonly status = 403
+}
+
+// An Origin other than the Host's own (http or https) or one of admin.allowedOrigins: a request
+// another site's page made the operator's browser send.
+export class AdminOriginRefusedError extends TxmeshError {
+  readonly code = 'TXM_ADMIN_ORIGIN_REFUSED'
+  readonly status = 403
+}
+
+// A request body that is not declared application/json: the only type a page of another site
+// cannot send without a CORS preflight (text/plain, forms), so none is read as JSON.
+export class UnsupportedMediaTypeError extends TxmeshError {
+  readonly code = 'TXM_UNSUPPORTED_MEDIA_TYPE'
+  readonly status = 415
 }
 
 // Durable log (src/log/). Replay refuses to guess past damage it cannot explain by a crash: a bad
@@ -332,7 +363,11 @@ export const ERROR_CLASSES = [
   ControlAuthError,
   ControlReplayError,
   ControlOverloadedError,
+  ControlAnswerUnsignedError,
   AdminUnauthorizedError,
+  AdminHostRefusedError,
+  AdminOriginRefusedError,
+  UnsupportedMediaTypeError,
   LogCorruptError,
   LogOverloadedError,
   LogRecordTooLargeError,

@@ -50,6 +50,8 @@ export function request(url: string | URL, opts: RequestOptions = {}): Promise<U
 export interface Exchanged {
   readonly status: number
   readonly text: string | undefined
+  /** The value of the response header `ExchangeOptions.header` (the first one), if asked for and sent. */
+  readonly header?: string | undefined
 }
 
 export interface ExchangeOptions {
@@ -62,6 +64,8 @@ export interface ExchangeOptions {
   readonly timeoutMs: number
   /** Body bytes read at most; past it the connection is dropped and `text` is undefined. */
   readonly limit: number
+  /** A response header to hand back (lower case), e.g. a control answer's signature. */
+  readonly header?: string
 }
 
 /**
@@ -74,13 +78,14 @@ export function exchange(dispatcher: Undici.Dispatcher, origin: string, o: Excha
   return new Promise((resolve, reject) => {
     dispatcher.dispatch(
       { origin, path: o.path, method: o.method, headers: o.headers, body: o.body ?? null, headersTimeout: o.timeoutMs, bodyTimeout: o.timeoutMs },
-      new ExchangeHandler(o.limit, resolve, reject),
+      new ExchangeHandler(o.limit, o.header, resolve, reject),
     )
   })
 }
 
 class ExchangeHandler {
   private status = 0
+  private header: string | undefined
   private readonly chunks: Buffer[] = []
   private size = 0
   private over = false
@@ -88,6 +93,7 @@ class ExchangeHandler {
 
   constructor(
     private readonly limit: number,
+    private readonly wanted: string | undefined,
     private readonly resolve: (e: Exchanged) => void,
     private readonly reject: (err: Error) => void,
   ) {}
@@ -96,8 +102,16 @@ class ExchangeHandler {
     this.abort = abort
   }
 
-  onHeaders(status: number): boolean {
+  onHeaders(status: number, raw: Buffer[] | null): boolean {
     this.status = status
+    if (this.wanted !== undefined && raw !== null) {
+      for (let i = 0; i + 1 < raw.length; i += 2) {
+        if ((raw[i] as Buffer).toString('latin1').toLowerCase() === this.wanted) {
+          this.header = (raw[i + 1] as Buffer).toString('latin1')
+          break
+        }
+      }
+    }
     return true
   }
 
@@ -113,11 +127,11 @@ class ExchangeHandler {
   }
 
   onComplete(): void {
-    this.resolve({ status: this.status, text: Buffer.concat(this.chunks, this.size).toString('utf8') })
+    this.resolve({ status: this.status, text: Buffer.concat(this.chunks, this.size).toString('utf8'), header: this.header })
   }
 
   onError(err: Error): void {
-    if (this.over) this.resolve({ status: this.status, text: undefined })
+    if (this.over) this.resolve({ status: this.status, text: undefined, header: this.header })
     else this.reject(err)
   }
 }

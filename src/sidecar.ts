@@ -98,6 +98,7 @@ export async function startSidecar(config: SidecarConfig, log: Logger): Promise<
     metrics: () => metrics,
     traceUrl: config.traceUrl,
     events,
+    browser: { allowedHosts: config.admin.allowedHosts, allowedOrigins: config.admin.allowedOrigins },
     stats: () => ({
       log: fileLog?.stats(),
       transactions: coordinator === undefined ? undefined : { active: coordinator.activeCount, ...coordinator.outcomes },
@@ -146,7 +147,7 @@ export async function startSidecar(config: SidecarConfig, log: Logger): Promise<
       const incarnation = await logIncarnation(fileLog, opened.records)
       const run = newRunTag()
       log.info('log_incarnation', { incarnation: incarnation.id, created: incarnation.created })
-      controlClient = new ControlClient(keys, Date.now, peerTls)
+      controlClient = new ControlClient(keys, Date.now, peerTls, { logger: log, metrics })
       outbox = createOutbox(config, fileLog, log)
       const bus = outbox
       // Every transaction event feeds the dashboard (SSE) and, when sinks are configured, the outbox.
@@ -173,7 +174,7 @@ export async function startSidecar(config: SidecarConfig, log: Logger): Promise<
       })
       steps = new StepCoordinator({ log: fileLog, control: controlClient, self, incarnation: incarnation.id, run, keys, logger: log, metrics, onEvent, publish, policy: config.steps, tls: peerTls, targets: { origins: serviceOrigins(config), controls: config.mesh.coordinators } })
       plane = new ActiveTxPlane({ keys, coordinators: config.mesh.coordinators, coordinator, participant, steps, control: controlClient })
-      controlDeps = { keys, coordinator, participant, steps, logger: log }
+      controlDeps = { keys, self, coordinator, participant, steps, logger: log }
       // The outbox first: events the drivers emit while recovering continue each transaction's
       // sequence after the logged ones (same ids would be taken for duplicates by the bus).
       outbox.recover(opened.records, committedIn(opened.records))

@@ -3,7 +3,9 @@
 // admin.tokenFile; required off loopback) every request but GET /healthz and /readyz needs
 // `Authorization: Bearer <token>`; /ui and /v1/events also take `?access_token=` (a page
 // navigation and EventSource cannot set headers). Tokens are compared in constant time and never
-// logged or echoed.
+// logged or echoed. Every request but those probes must also pass the browser defences of
+// src/admin/browser-guard.ts: a loopback (or admin.allowedHosts) Host, no foreign Origin, and any
+// body as application/json (403 TXM_ADMIN_HOST_REFUSED / TXM_ADMIN_ORIGIN_REFUSED, 415).
 //
 //   POST /v1/transactions                 {"mode":"2pc"|"saga"|"tcc","timeoutMs":N} -> 201 {id, context, ...}
 //   POST /v1/transactions/{id}/commit     -> outcome once the decision is durable
@@ -35,6 +37,7 @@ import type { StepCoordinator } from '../tx/steps/driver.js'
 import type { Outbox } from '../events/outbox.js'
 import type { SidecarMetrics } from '../telemetry/metrics.js'
 import { extractFromHeaders } from '../telemetry/tracing.js'
+import { hostOrOriginRefusal, mediaTypeRefusal, type BrowserPolicy } from './browser-guard.js'
 import type { EventHub } from './events.js'
 import { DASHBOARD_HTML } from './ui.js'
 
@@ -64,7 +67,11 @@ export interface AdminDeps {
    * (admin.tokenFile is re-read when it changes); undefined: none.
    */
   readonly token?: (() => Buffer | undefined) | undefined
+  /** Host and Origin values accepted besides loopback and the request's own origin (config admin); none when undefined. */
+  readonly browser?: BrowserPolicy | undefined
 }
+
+const LOOPBACK_ONLY: BrowserPolicy = { allowedHosts: [], allowedOrigins: [] }
 
 /**
  * GET /healthz (alive) and /readyz (200 once ready, 503 while starting or draining): the answers
@@ -111,6 +118,12 @@ export function createAdminServer(d: AdminDeps): Server {
     const path = (req.url ?? '/').split('?')[0] as string
     const method = req.method ?? 'GET'
     if (answerProbe(res, path, d.readiness)) return
+    // A page another site showed in the operator's browser (DNS rebinding, cross-site POST).
+    const foreign = hostOrOriginRefusal(req, d.browser ?? LOOPBACK_ONLY)
+    if (foreign !== undefined) {
+      req.resume()
+      return respondError(res, foreign, true)
+    }
     const token = d.token?.()
     if (token !== undefined) {
       const refusal = checkToken(req, path, token)
@@ -119,6 +132,11 @@ export function createAdminServer(d: AdminDeps): Server {
         req.resume()
         return respondError(res, new AdminUnauthorizedError(refusal), true)
       }
+    }
+    const untyped = mediaTypeRefusal(req)
+    if (untyped !== undefined) {
+      req.resume()
+      return respondError(res, untyped, true)
     }
     if (path === '/metrics' && d.metrics !== undefined) {
       const m = d.metrics()

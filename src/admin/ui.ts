@@ -292,7 +292,7 @@ export const DASHBOARD_HTML = `<!doctype html>
 
   function retry(id, btn) {
     btn.disabled = true;
-    fetch("/v1/transactions/" + encodeURIComponent(id) + "/retry", { method: "POST", headers: authed({}) }).then(function (r) {
+    fetch("/v1/transactions/" + encodeURIComponent(id) + "/retry", { method: "POST", headers: authed({ "content-type": "application/json" }) }).then(function (r) {
       return r.json().then(function (body) {
         announce(r.ok
           ? "Retrying " + body.retried + " stuck step(s) of transaction " + id

@@ -192,7 +192,7 @@ interface RawConfig {
   drainTimeoutMs?: number
   log?: { level?: SidecarConfig['logLevel'] }
   mesh?: { keyEnv?: string; keyFile?: string; coordinators?: string[]; advertise?: string }
-  admin?: { tokenEnv?: string; tokenFile?: string }
+  admin?: { tokenEnv?: string; tokenFile?: string; allowedHosts?: string[]; allowedOrigins?: string[] }
   tls?: { certFile: string; keyFile: string; caFile: string; requireClientCert?: boolean }
   store?: { dir?: string; sync?: 'dsync' | 'datasync' | 'fsync' }
   hooks?: { prepare?: string; commit?: string; abort?: string; confirm?: string; cancel?: string; batch?: string }
@@ -395,7 +395,12 @@ function build(raw: RawConfig, file: string, doc: Document, at: (o: number) => {
       advertise,
       keyFile,
     },
-    admin: { token, tokenFile: raw.admin?.tokenFile },
+    admin: {
+      token,
+      tokenFile: raw.admin?.tokenFile,
+      allowedHosts: (raw.admin?.allowedHosts ?? []).map((h) => h.toLowerCase()),
+      allowedOrigins: (raw.admin?.allowedOrigins ?? []).map((o) => o.toLowerCase()),
+    },
     tls,
     storeDir: o.storeDir?.value ?? raw.store?.dir ?? `txmesh-data/${service}`,
     storeSync: raw.store?.sync,

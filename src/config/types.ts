@@ -83,8 +83,16 @@ export interface SidecarConfig {
     /** The key file when it is where the keys came from (TXMESH_MESH_KEY_FILE or mesh.keyFile; the key variable unset): watched for rotation. */
     readonly keyFile: string | undefined
   }
-  /** Admin listener authentication: the bearer token (admin.tokenEnv / admin.tokenFile), if any. */
-  readonly admin: { readonly token: Buffer | undefined; readonly tokenFile: string | undefined }
+  /**
+   * Admin listener authentication: the bearer token (admin.tokenEnv / admin.tokenFile), if any;
+   * the Host and Origin values accepted besides loopback and the request's own origin (lower case).
+   */
+  readonly admin: {
+    readonly token: Buffer | undefined
+    readonly tokenFile: string | undefined
+    readonly allowedHosts: readonly string[]
+    readonly allowedOrigins: readonly string[]
+  }
   /** TLS between sidecars (ingress and control listeners, calls to peers); undefined: plain HTTP. */
   readonly tls: TlsSettings | undefined
   readonly storeDir: string

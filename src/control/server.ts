@@ -2,7 +2,11 @@
 // (DESIGN.md). Every request must carry a valid `txmesh-auth` signature (mesh key HMAC over
 // timestamp, nonce, method, path and body; src/tx/protocol.ts signControl) with a timestamp
 // within LIMITS.controlClockSkewMs and a nonce not seen in that window (src/control/replay.ts).
-// With `tls` configured it serves HTTPS (src/peer-tls.ts).
+// Every answer to a request whose signature verified is signed too (`txmesh-auth` on the
+// response, src/tx/protocol.ts signAnswer: this sidecar's address, the request's txmesh-auth,
+// status and body), so a vote or an outcome cannot be forged on the way back; the caller
+// (src/tx/control-client.ts) refuses answers without it. With `tls` configured it serves HTTPS
+// (src/peer-tls.ts).
 //
 //   POST /v1/tx/{id}/prepare   {branch}            participant: -> {vote}
 //   POST /v1/tx/{id}/commit    {branch}            participant: -> {outcome}
@@ -37,7 +41,7 @@ import {
   TxNotActiveError,
   TxmeshError,
 } from '../errors.js'
-import { parseJsonObject, readText, sendJson } from '../http-json.js'
+import { parseJsonObject, readText } from '../http-json.js'
 import { LIMITS } from '../limits.js'
 import type { Logger } from '../log.js'
 import { answerRefusedRequests, errorBody, respondError } from '../proxy/respond.js'
@@ -50,12 +54,14 @@ import type { StepOp, StepRecord } from '../tx/steps/machine.js'
 import { isStepMethod, opHeadersProblem } from '../tx/steps/template.js'
 import type { MeshKeys } from '../tx/keys.js'
 import type { PeerTls } from '../peer-tls.js'
-import { isId, verifyControl } from '../tx/protocol.js'
+import { isId, signAnswer, verifyControl } from '../tx/protocol.js'
 import { answerWithin } from '../tx/batcher.js'
 import { ReplayCache } from './replay.js'
 
 export interface ControlDeps {
   readonly keys: MeshKeys
+  /** This sidecar's control address as its peers call it (advertised): what its answers are signed for. */
+  readonly self: string
   readonly coordinator: CoordinatorDriver
   readonly participant: ParticipantDriver
   readonly steps: StepCoordinator
@@ -113,24 +119,31 @@ export function createControlServer(
     // Over the limit: close after the answer rather than drain the rest of the body.
     if (text instanceof TxmeshError) return respondError(res, text, true)
     const now = clock()
-    const auth = verifyControl(d.keys.verifying, req.headers[CONTROL_AUTH_HEADER] as string | undefined, now, wantMethod, path, text)
+    const header = req.headers[CONTROL_AUTH_HEADER] as string | undefined
+    const auth = verifyControl(d.keys.verifying, header, now, wantMethod, path, text)
+    // Unsigned: the caller cannot tell a refusal from a forgery, and signing answers to requests
+    // anyone can send would sign whatever they carry.
     if (!auth.ok) return respondError(res, new ControlAuthError(AUTH_REFUSALS[auth.reason]))
+    // From here on every answer is signed for this request (its txmesh-auth verified).
+    const sign = (status: number, bodyText: string): readonly [string, string] => [CONTROL_AUTH_HEADER, signAnswer(d.keys.signing, d.self, header as string, status, bodyText)]
+    const refuse = (err: TxmeshError): void => respondError(res, err, false, sign)
     // Only after the signature verified: filling the cache takes the mesh key.
     const verdict = replay.check(auth.nonce, auth.ts, now)
-    if (verdict === 'replay') return respondError(res, new ControlReplayError('control request refused: its nonce was already used (a replayed request)'))
-    if (verdict === 'before-start') return respondError(res, new ControlReplayError('control request refused: it was signed before this sidecar started, so its nonce cannot be checked; sign it again'))
-    if (verdict === 'full') return respondError(res, new ControlOverloadedError(`control request refused: ${LIMITS.controlReplayCacheEntries} recent nonces are held and this one cannot be checked; retry`))
+    if (verdict === 'replay') return refuse(new ControlReplayError('control request refused: its nonce was already used (a replayed request)'))
+    if (verdict === 'before-start') return refuse(new ControlReplayError('control request refused: it was signed before this sidecar started, so its nonce cannot be checked; sign it again'))
+    if (verdict === 'full') return refuse(new ControlOverloadedError(`control request refused: ${LIMITS.controlReplayCacheEntries} recent nonces are held and this one cannot be checked; retry`))
     const body = parseJsonObject(text)
-    if (body instanceof TxmeshError) return respondError(res, body)
+    if (body instanceof TxmeshError) return refuse(body)
     if (op === undefined) {
       const items = parseBatch(body)
-      if (items instanceof TxmeshError) return respondError(res, items)
+      if (items instanceof TxmeshError) return refuse(items)
       const results = await Promise.all(items.map((it) => (it instanceof TxmeshError ? it : itemAnswer(runOp(d, it.tx, it.op, it.body), it, d.logger))))
-      return sendJson(res, 200, { results: results.map((r) => (r instanceof TxmeshError ? { status: r.status, body: errorBody(r) } : r)) })
+      // One signature over the whole list covers every item's vote or outcome.
+      return sendSigned(res, 200, { results: results.map((r) => (r instanceof TxmeshError ? { status: r.status, body: errorBody(r) } : r)) }, sign)
     }
     const answer = await runOp(d, id as string, op, body)
-    if (answer instanceof TxmeshError) return respondError(res, answer)
-    return sendJson(res, answer.status, answer.body)
+    if (answer instanceof TxmeshError) return refuse(answer)
+    return sendSigned(res, answer.status, answer.body, sign)
   }
   return server
 }
@@ -138,6 +151,14 @@ export function createControlServer(
 interface Answer {
   readonly status: number
   readonly body: Record<string, unknown>
+}
+
+/** sendJson with the answer's signature header. */
+function sendSigned(res: ServerResponse, status: number, body: unknown, sign: (status: number, text: string) => readonly [string, string]): void {
+  const text = JSON.stringify(body)
+  const [name, value] = sign(status, text)
+  res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text), 'cache-control': 'no-store', [name]: value })
+  res.end(text)
 }
 
 /**

@@ -27,8 +27,11 @@ function body(err: TxmeshError): string {
   return JSON.stringify(errorBody(err))
 }
 
-/** Writes the error response, or ends the connection when the response had already begun. */
-export function respondError(res: ServerResponse, err: TxmeshError, closeConnection = false): void {
+/**
+ * Writes the error response, or ends the connection when the response had already begun. `sign`
+ * adds a header computed over the status and body text (a control answer's signature).
+ */
+export function respondError(res: ServerResponse, err: TxmeshError, closeConnection = false, sign?: (status: number, text: string) => readonly [string, string]): void {
   if (res.headersSent) {
     // Half a response cannot be turned into an error: cut it so the client sees a failure
     // instead of a truncated body that looks complete.
@@ -42,6 +45,10 @@ export function respondError(res: ServerResponse, err: TxmeshError, closeConnect
     [ERROR_HEADER]: err.code,
   }
   if (closeConnection) headers.connection = 'close'
+  if (sign !== undefined) {
+    const [name, value] = sign(err.status, text)
+    headers[name] = value
+  }
   res.writeHead(err.status, headers)
   res.end(text)
 }

@@ -46,6 +46,7 @@ export class SidecarMetrics {
   private readonly stepOps: Counter<'op' | 'result'>
   /** Phase-2 answers whose outcome contradicts the decision (heuristic mixed). */
   readonly heuristic: Counter<'decision' | 'branch'>
+  private readonly answersRefused: Counter<'reason'>
 
   constructor(gauges: { inFlight: () => number; inDoubt: () => number; stuck?: () => number }) {
     const registers = [this.registry]
@@ -60,6 +61,7 @@ export class SidecarMetrics {
     new Gauge({ name: 'txmesh_branches_in_doubt', help: 'Branches this sidecar holds that voted yes and wait for the decision.', registers, collect() { this.set(gauges.inDoubt()) } })
     this.heuristic = new Counter({ name: 'txmesh_heuristic_outcomes_total', help: 'Participants that finished a branch against the coordinator\u2019s decision (an operator\u2019s resolution raced it): heuristic mixed outcomes, by decision and branch outcome.', labelNames: ['decision', 'branch'], registers })
     this.stepOps = new Counter({ name: 'txmesh_step_ops_total', help: 'Saga compensations and TCC confirm/cancel sends, by op and result (done, failed, stuck).', labelNames: ['op', 'result'], registers })
+    this.answersRefused = new Counter({ name: 'txmesh_control_answers_refused_total', help: 'Control answers (votes, outcomes, acknowledgements) refused because their signature was missing or did not verify: each was taken as a failed call.', labelNames: ['reason'], registers })
     new Gauge({ name: 'txmesh_steps_stuck', help: 'Saga/TCC steps whose compensation, confirm or cancel failed past its retry budget and waits for an operator.', registers, collect() { this.set(gauges.stuck?.() ?? 0) } })
     this.fsyncs = new Counter({ name: 'txmesh_log_fsyncs_total', help: 'fsyncs of the durable log.', registers })
     this.batch = new Histogram({ name: 'txmesh_log_fsync_batch_records', help: 'Records made durable by one fsync (group commit).', buckets: [1, 2, 4, 8, 16, 32, 64, 128, 256], registers })
@@ -79,6 +81,10 @@ export class SidecarMetrics {
 
   stepOp(op: string, result: 'done' | 'failed' | 'stuck'): void {
     this.stepOps.inc({ op, result })
+  }
+
+  controlAnswerRefused(reason: 'unsigned' | 'bad-signature'): void {
+    this.answersRefused.inc({ reason })
   }
 
   request(direction: Direction, route: string, status: number, seconds: number): void {

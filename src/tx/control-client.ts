@@ -1,13 +1,21 @@
 // Signed JSON calls to peer sidecars' control listeners (prepare, commit, abort, register,
 // outcome). Every request carries `txmesh-auth: <ts>.<nonce>.<hmac>` over timestamp, a fresh
 // nonce, method, path and body with the current signing mesh key; the control server refuses
-// anything else, and any nonce it saw before. With peer TLS the calls use HTTPS.
+// anything else, and any nonce it saw before. Every answer must carry its own `txmesh-auth`, the
+// peer's signature over its address, our request's txmesh-auth, the status and the body
+// (src/tx/protocol.ts signAnswer), verified with any of our keys: one without it, or one that does
+// not verify, is not the peer's answer (a man in the middle's forged vote or outcome). It is a
+// failed call, as a lost connection is (status 0, TXM_CONTROL_ANSWER_UNSIGNED): no vote, outcome
+// unknown, retried; logged (`control_answer_refused`) and counted. With peer TLS the calls use HTTPS.
+import { ControlAnswerUnsignedError } from '../errors.js'
 import { exchange, type Agent } from '../http-client.js'
 import { LIMITS } from '../limits.js'
+import type { Logger } from '../log.js'
 import { peerAgent, type PeerTls } from '../peer-tls.js'
+import type { SidecarMetrics } from '../telemetry/metrics.js'
 import type { MeshKeys } from './keys.js'
 import { Batcher } from './batcher.js'
-import { signControl } from './protocol.js'
+import { signControl, verifyAnswer } from './protocol.js'
 
 export const CONTROL_AUTH_HEADER = 'txmesh-auth'
 
@@ -31,6 +39,8 @@ export class ControlClient {
     private readonly keys: MeshKeys,
     private readonly clock: () => number = Date.now,
     tls?: PeerTls,
+    /** Where refused answers are reported (a warning and txmesh_control_answers_refused_total). */
+    private readonly observe: { readonly logger?: Logger; readonly metrics?: SidecarMetrics } = {},
   ) {
     this.scheme = tls === undefined ? 'http' : 'https'
     this.agent = peerAgent(tls)
@@ -88,17 +98,22 @@ export class ControlClient {
 
   async call(address: string, method: 'GET' | 'POST', path: string, body?: Record<string, unknown>): Promise<ControlResult> {
     const text = body === undefined ? '' : JSON.stringify(body)
+    const auth = signControl(this.keys.signing, this.clock(), method, path, text)
     try {
       // Read at most controlBodyBytes: a misbehaving peer cannot make us buffer more.
       const res = await exchange(this.agent, `${this.scheme}://${address}`, {
         path,
         method,
-        headers: ['content-type', 'application/json', CONTROL_AUTH_HEADER, signControl(this.keys.signing, this.clock(), method, path, text)],
+        headers: ['content-type', 'application/json', CONTROL_AUTH_HEADER, auth],
         ...(method === 'POST' ? { body: text } : {}),
         timeoutMs: LIMITS.controlCallTimeoutMs,
         limit: LIMITS.controlBodyBytes,
+        header: CONTROL_AUTH_HEADER,
       })
       if (res.text === undefined) return { ok: false, status: res.status, error: 'control response too large' }
+      // Before anything of the answer is used: only the peer, holding the mesh key, can sign it.
+      const signed = verifyAnswer(this.keys.verifying, res.header, address, auth, res.status, res.text)
+      if (signed !== 'ok') return this.refused(address, method, path, res.status, res.text, signed)
       let parsed: unknown = {}
       try {
         parsed = res.text === '' ? {} : (JSON.parse(res.text) as unknown)
@@ -110,6 +125,17 @@ export class ControlClient {
     } catch (err) {
       return { ok: false, status: 0, error: (err as { code?: string }).code ?? String(err) }
     }
+  }
+
+  /** An answer that is not the peer's: reported, then a failed call like a transport error. */
+  private refused(address: string, method: string, path: string, status: number, text: string, why: 'missing' | 'signature'): ControlResult {
+    const err = new ControlAnswerUnsignedError(why === 'missing' ? 'the control answer carries no txmesh-auth' : 'the control answer\'s txmesh-auth does not verify for our request with the mesh key')
+    // The code it claims, for operators (unverified: a peer that refused our request's signature
+    // answers unsigned 401 TXM_CONTROL_UNAUTHORIZED, e.g. a key rotation step done out of order).
+    const claimed = /"code":"(TXM_[A-Z_]{1,40})"/.exec(text.slice(0, 200))?.[1]
+    this.observe.logger?.warn('control_answer_refused', { peer: address, method, path, status, ...(claimed === undefined ? {} : { claimed }), reason: why === 'missing' ? 'unsigned' : 'bad signature', code: err.code })
+    this.observe.metrics?.controlAnswerRefused(why === 'missing' ? 'unsigned' : 'bad-signature')
+    return { ok: false, status: 0, error: err.code }
   }
 
   close(): Promise<void> {

@@ -414,3 +414,42 @@ export function verifyControl(keys: readonly Buffer[], header: string | undefine
   })
   return ok ? { ok: true, ts, nonce } : { ok: false, reason: 'signature' }
 }
+
+/**
+ * Signature of a control answer, the `txmesh-auth` header of the response: the base64url
+ * HMAC-SHA256 with the signing mesh key over the answering sidecar's control address (its
+ * advertised `self`, the address its peers call it at), the `txmesh-auth` of the request it
+ * answers (timestamp, nonce and mac, so also method, path and body), the status and the body.
+ * Votes, outcomes and acknowledgements are what a coordinator and a participant decide on: a man
+ * in the middle on plain HTTP must not be able to write them (issue 15, hole 12). Bound to the
+ * request (every request has a new nonce), an answer cannot be shown for another request; bound to
+ * the address, a request redirected to another sidecar of the mesh (which would answer with its
+ * own view: "unknown branch", nothing to commit) cannot pass for the answer of the one called.
+ * The input starts with a word where a request's starts with digits: neither can stand for the other.
+ */
+export function signAnswer(key: Buffer, responder: string, requestAuth: string, status: number, body: string): string {
+  return mac(key, answerInput(responder, requestAuth, status, body))
+}
+
+function answerInput(responder: string, requestAuth: string, status: number, body: string): string {
+  return `answer\n${responder}\n${requestAuth}\n${status}\n${body}`
+}
+
+// A mac: 32 bytes in base64url (43 characters).
+const ANSWER_AUTH_RE = /^[A-Za-z0-9_-]{43}$/
+
+/**
+ * Checks a control answer's `txmesh-auth` against the request we sent (`requestAuth`) to the
+ * address we called (`responder`), with any of the keys (rotation: peers sign with their current key).
+ */
+export function verifyAnswer(keys: readonly Buffer[], header: string | undefined, responder: string, requestAuth: string, status: number, body: string): 'ok' | 'missing' | 'signature' {
+  if (header === undefined) return 'missing'
+  if (!ANSWER_AUTH_RE.test(header)) return 'signature'
+  const given = Buffer.from(header, 'base64url')
+  const input = answerInput(responder, requestAuth, status, body)
+  const ok = keys.some((k) => {
+    const want = Buffer.from(mac(k, input), 'base64url')
+    return want.length === given.length && timingSafeEqual(want, given)
+  })
+  return ok ? 'ok' : 'signature'
+}

@@ -1,9 +1,10 @@
 // Fuzzing the admin listener over real sockets: one sidecar in process with an admin token,
 // fuzzed methods, paths, queries, Authorization headers and bodies on every endpoint (the
 // transactions it really begins are used by later inputs), and raw byte streams shaped like HTTP.
-// The probes always answer; anything else without the token is 401 TXM_ADMIN_UNAUTHORIZED; with
-// it, every answer is a 2xx, a 4xx with a registered x-txmesh-error and JSON body, or a
-// documented 503, within the request timeout. The sidecar stays healthy and its memory bounded.
+// The probes always answer; anything else with a foreign Host or Origin is 403, without the token
+// 401 TXM_ADMIN_UNAUTHORIZED, with a body not declared application/json 415; otherwise every
+// answer is a 2xx, a 4xx with a registered x-txmesh-error and JSON body, or a documented 503,
+// within the request timeout. The sidecar stays healthy and its memory bounded.
 import { Agent, request as httpRequest } from 'node:http'
 import fc from 'fast-check'
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest'
@@ -100,12 +101,16 @@ const endpoint: fc.Arbitrary<Endpoint> = fc.oneof(
 )
 
 type Auth = 'bearer' | 'none' | 'wrong' | 'malformed' | 'query' | 'wrong-query'
+/** What a browser would add: its own origin or host name, or another site's (refused). */
+type Browser = 'plain' | 'same-origin' | 'localhost' | 'foreign-origin' | 'null-origin' | 'foreign-host'
+const browser = fc.constantFrom<Browser>('plain', 'plain', 'plain', 'plain', 'plain', 'same-origin', 'localhost', 'foreign-origin', 'null-origin', 'foreign-host')
 const auth = fc.constantFrom<Auth>('bearer', 'bearer', 'bearer', 'bearer', 'bearer', 'none', 'wrong', 'malformed', 'query', 'wrong-query')
 
 const adminRequest = fc
   .record({
     endpoint,
     auth,
+    browser,
     // Most requests use the endpoint's method; some another one.
     methodShift: fc.nat({ max: 11 }),
     query: fc.constantFrom('', '', '?wait=acks', '?lastEventId=5', '?x=%zz'),
@@ -157,7 +162,14 @@ describe('fuzz: admin API over sockets', () => {
     await fc.assert(
       fc.asyncProperty(adminRequest, async (r) => {
         const method = r.methodShift < 9 ? r.endpoint.method : (methods[r.methodShift % methods.length] as string)
-        const headers: Record<string, string> = { ...r.extra }
+        // JSON bodies declared as such, as every client does; the fuzzed headers may say otherwise.
+        const headers: Record<string, string> = { ...(r.body === '' ? {} : { 'content-type': 'application/json' }), ...r.extra }
+        if (r.browser === 'same-origin') headers.origin = `http://127.0.0.1:${sc.ports.admin}`
+        if (r.browser === 'localhost') headers.host = `localhost:${sc.ports.admin}`
+        if (r.browser === 'foreign-origin') headers.origin = 'https://evil.example'
+        if (r.browser === 'null-origin') headers.origin = 'null'
+        if (r.browser === 'foreign-host') headers.host = `evil.example:${sc.ports.admin}`
+        const foreign = r.browser === 'foreign-origin' || r.browser === 'null-origin' || r.browser === 'foreign-host'
         let query: string = r.query
         if (r.auth === 'bearer') headers.authorization = `Bearer ${TOKEN}`
         if (r.auth === 'wrong') headers.authorization = `Bearer not-the-token-0123456789abcdef`
@@ -165,11 +177,11 @@ describe('fuzz: admin API over sockets', () => {
         if (r.auth === 'query') query = `?access_token=${TOKEN}`
         if (r.auth === 'wrong-query') query = `?access_token=not-the-token`
         const path = r.endpoint.path
-        const what = `${method} ${path}${query} auth=${r.auth} headers=${JSON.stringify(Object.keys(headers))} body=${JSON.stringify(r.body.slice(0, 200))}`
+        const what = `${method} ${path}${query} auth=${r.auth} browser=${r.browser} headers=${JSON.stringify(Object.keys(headers))} body=${JSON.stringify(r.body.slice(0, 200))}`
         const authorized = r.auth === 'bearer' || (r.auth === 'malformed' && r.malformed === `bearer  ${TOKEN}`) || (r.auth === 'query' && QUERY_TOKEN_PATHS.has(path))
         const badExpect = headers.expect !== undefined && headers.expect !== '100-continue'
         let a: Answer
-        if (path === '/v1/events' && method === 'GET' && authorized && !badExpect) {
+        if (path === '/v1/events' && method === 'GET' && authorized && !badExpect && !foreign) {
           a = await openStream(sc.ports.admin, path + query, headers)
           tally(a)
           // A stream, or the documented refusal when 16 are open already.
@@ -183,8 +195,13 @@ describe('fuzz: admin API over sockets', () => {
         expectCodedAnswer(a, what, method === 'HEAD')
         if (badExpect) return void expect([a.status, a.code], what).toEqual([400, 'TXM_BAD_REQUEST'])
         if (PROBES.has(path)) return void expect(a.status, what).toBe(200)
+        if (foreign) return void expect([a.status, a.code], what).toEqual([403, r.browser === 'foreign-host' ? 'TXM_ADMIN_HOST_REFUSED' : 'TXM_ADMIN_ORIGIN_REFUSED'])
         if (!authorized) return void expect([a.status, a.code], what).toEqual([401, 'TXM_ADMIN_UNAUTHORIZED'])
         expect(a.code ?? '', what).not.toBe('TXM_ADMIN_UNAUTHORIZED')
+        const type = headers['content-type']
+        const typed = (r.body !== '' || (type !== undefined && method !== 'GET' && method !== 'HEAD'))
+        if (typed && (type === undefined || !/^application\/json\s*(;|$)/i.test(type))) return void expect([a.status, a.code], what).toEqual([415, 'TXM_UNSUPPORTED_MEDIA_TYPE'])
+        expect(a.code ?? '', what).not.toMatch(/^TXM_(ADMIN_HOST_REFUSED|ADMIN_ORIGIN_REFUSED|UNSUPPORTED_MEDIA_TYPE)$/)
         if (a.status >= 200 && a.status < 300 && path.startsWith('/v1/') && method !== 'HEAD') {
           const body = JSON.parse(a.body) as { id?: unknown }
           expect(typeof body, what).toBe('object')
@@ -205,7 +222,7 @@ describe('fuzz: admin API over sockets', () => {
     expect((await rawRequest(sc.ports.admin, { path: '/readyz' })).status).toBe(200)
     // And still does its job: begin and commit a transaction.
     const auth = { authorization: `Bearer ${TOKEN}` }
-    const b = await send(sc.ports.admin, { method: 'POST', path: '/v1/transactions', headers: auth, body: '{"mode":"2pc"}' }, agent)
+    const b = await send(sc.ports.admin, { method: 'POST', path: '/v1/transactions', headers: { ...auth, 'content-type': 'application/json' }, body: '{"mode":"2pc"}' }, agent)
     expect(b.status).toBe(201)
     const txid = (JSON.parse(b.body) as { id: string }).id
     const c = await send(sc.ports.admin, { method: 'POST', path: `/v1/transactions/${txid}/commit`, headers: auth, body: '' }, agent)

@@ -138,7 +138,8 @@ describe('limits: oversize heads and bodies', () => {
     expect([a.status, a.code]).toEqual([413, 'TXM_BODY_TOO_LARGE'])
   })
 
-  // Control and admin bodies are small JSON documents (controlBodyBytes, adminBodyBytes).
+  // Control and admin bodies are small JSON documents (controlBodyBytes, adminBodyBytes), sent
+  // as the admin listener wants them (a loopback Host, application/json).
   const bodyTargets = [
     { l: 'control' as const, path: '/v1/tx/t1/prepare', limit: LIMITS.controlBodyBytes },
     { l: 'admin' as const, path: '/v1/transactions', limit: LIMITS.adminBodyBytes },
@@ -146,7 +147,7 @@ describe('limits: oversize heads and bodies', () => {
 
   it.each(bodyTargets)('answers a declared $l body over $limit bytes with 413 TXM_BODY_TOO_LARGE without waiting for it, and closes', async ({ l, path, limit }) => {
     // Only the head is sent: neither the answer nor the close may wait for the body.
-    const { out } = await exchange(port(l), (s) => s.write(`POST ${path} HTTP/1.1\r\nHost: x\r\nContent-Length: ${limit + 1}\r\n\r\n`), 5_000)
+    const { out } = await exchange(port(l), (s) => s.write(`POST ${path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: ${limit + 1}\r\n\r\n`), 5_000)
     const a = firstAnswer(out)
     expect([a.status, a.code]).toEqual([413, 'TXM_BODY_TOO_LARGE'])
   })
@@ -158,7 +159,7 @@ describe('limits: oversize heads and bodies', () => {
     const { out, closedAfterMs } = await exchange(
       port(l),
       (s) => {
-        s.write(`POST ${path} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n`)
+        s.write(`POST ${path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n`)
         const chunk = `4000\r\n${'x'.repeat(0x4000)}\r\n`
         // An endless body: keeps writing until the listener hangs up.
         const pump = (): void => {

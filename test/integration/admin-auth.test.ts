@@ -88,13 +88,13 @@ describe('admin API authentication', () => {
       expect(r.body).not.toContain(TOKEN)
     }
     // A POST without the token does nothing.
-    const post = await request(`http://127.0.0.1:${port}/v1/transactions`, { method: 'POST', body: '{}' })
+    const post = await request(`http://127.0.0.1:${port}/v1/transactions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{}' })
     expect(post.statusCode).toBe(401)
     await post.body.dump()
     expect(JSON.parse((await get(port, '/v1/transactions', bearer)).body)).toEqual({ transactions: [] })
 
     // With the token: the API works end to end.
-    const begun = await request(`http://127.0.0.1:${port}/v1/transactions`, { method: 'POST', headers: bearer, body: '{"timeoutMs":10000}' })
+    const begun = await request(`http://127.0.0.1:${port}/v1/transactions`, { method: 'POST', headers: { ...bearer, 'content-type': 'application/json' }, body: '{"timeoutMs":10000}' })
     expect(begun.statusCode).toBe(201)
     const tx = (await begun.body.json()) as { id: string; context: string }
     const call = await rawRequest(sc.ports.egress, { method: 'POST', path: 'http://orders/write/a1', headers: { 'txmesh-context': tx.context } })
@@ -197,7 +197,7 @@ describe('admin API authentication', () => {
     const admin = `http://127.0.0.1:${sc.ports.admin}`
     const bearer = { authorization: `Bearer ${TOKEN}` }
     const commitOne = async (value: string): Promise<string> => {
-      const tx = (await (await request(`${admin}/v1/transactions`, { method: 'POST', headers: bearer, body: '{"timeoutMs":10000}' })).body.json()) as { id: string; context: string }
+      const tx = (await (await request(`${admin}/v1/transactions`, { method: 'POST', headers: { ...bearer, 'content-type': 'application/json' }, body: '{"timeoutMs":10000}' })).body.json()) as { id: string; context: string }
       expect((await rawRequest(sc.ports.egress, { method: 'POST', path: `http://orders/write/${value}`, headers: { 'txmesh-context': tx.context } })).status).toBe(200)
       await (await request(`${admin}/v1/transactions/${tx.id}/commit?wait=acks`, { method: 'POST', headers: bearer })).body.dump()
       return tx.id

@@ -81,7 +81,7 @@ describe('a prepared row whose sidecar died during its PREPARE, with the coordin
       await b.query("CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN IF NEW.id = 4 THEN PERFORM pg_sleep(3); END IF; RETURN NULL; END $$")
       await b.query('CREATE CONSTRAINT TRIGGER slow AFTER UPDATE ON accounts DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION slow()')
       const admin = `http://127.0.0.1:${cluster.coordinatorPorts.admin}`
-      const tx = (await (await request(`${admin}/v1/transactions`, { method: 'POST', body: JSON.stringify({ mode: '2pc', timeoutMs: 10_000 }) })).body.json()) as { id: string; context: string }
+      const tx = (await (await request(`${admin}/v1/transactions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ mode: '2pc', timeoutMs: 10_000 }) })).body.json()) as { id: string; context: string }
       for (const [service, account, delta] of [['bank-a', 1, -5], ['bank-b', 4, 5]] as const) {
         const r = await rawRequest(cluster.coordinatorPorts.egress, { method: 'POST', path: `http://${service}/apply?transfer=x1&account=${account}&delta=${delta}`, headers: { 'txmesh-context': tx.context } })
         expect(r.status).toBe(200)

@@ -1,7 +1,8 @@
 // The control listener's batch endpoint (POST /v1/batch) and the control client's batching, on
 // real sockets: per-item answers equal to what each op's own endpoint answers, malformed items
 // answered in their place, malformed batches refused whole, and a peer without the endpoint (an
-// older txmesh) reached one message at a time.
+// older txmesh) reached one message at a time. Every answer is signed for its request and the
+// client refuses those that are not (test/integration/control-answers.test.ts: forged on the wire).
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http'
 import { request } from 'undici'
 import { afterEach, describe, expect, it } from 'vitest'
@@ -12,7 +13,7 @@ import { silentLogger } from '../../src/log.js'
 import { closeServer, listen } from '../../src/net.js'
 import { ControlClient } from '../../src/tx/control-client.js'
 import { staticKeys } from '../../src/tx/keys.js'
-import { signControl } from '../../src/tx/protocol.js'
+import { signAnswer, signControl } from '../../src/tx/protocol.js'
 import { MESH_KEY } from '../helpers/servers.js'
 
 const closers: (() => Promise<void>)[] = []
@@ -27,6 +28,8 @@ async function controlListener(): Promise<{ port: number; seen: string[] }> {
   const seen: string[] = []
   const deps = {
     keys: staticKeys([key]),
+    // Set once listening: the address its answers are signed for.
+    self: '',
     coordinator: { outcomeFor: () => 'aborted' },
     steps: {
       has: () => false,
@@ -57,8 +60,27 @@ async function controlListener(): Promise<{ port: number; seen: string[] }> {
   } as unknown as ControlDeps
   const server = createControlServer(() => deps, undefined, new ReplayCache(Date.now()))
   const port = await listen(server, '127.0.0.1', 0)
+  ;(deps as { self: string }).self = `127.0.0.1:${port}`
   closers.push(() => closeServer(server))
   return { port, seen }
+}
+
+/**
+ * A peer that is not a txmesh control listener but holds the mesh key: answers `answer(req)`,
+ * signed for the request as a control listener signs (what the client's checks are tested on).
+ */
+async function signingPeer(answer: (req: IncomingMessage) => [number, string]): Promise<number> {
+  let self = ''
+  const server = createServer((req: IncomingMessage, res: ServerResponse) => {
+    req.resume()
+    const [status, text] = answer(req)
+    const auth = signAnswer(key, self, String(req.headers['txmesh-auth']), status, text)
+    res.writeHead(status, { 'content-type': 'application/json', 'txmesh-auth': auth }).end(text)
+  })
+  const port = await listen(server, '127.0.0.1', 0)
+  self = `127.0.0.1:${port}`
+  closers.push(() => closeServer(server))
+  return port
 }
 
 async function post(port: number, path: string, body: string): Promise<{ status: number; code: unknown; body: Record<string, unknown> }> {
@@ -167,17 +189,15 @@ describe('control batch endpoint', () => {
     expect(seen).toEqual(['committed t1/b1', 'committed t2/b2', 'committed t3/b3'])
     expect(client.batchCounters).toEqual({ items: 3, batches: 1 })
 
-    // An older peer: 404 TXM_NOT_FOUND for /v1/batch, the single endpoints for the rest.
+    // A peer without the batch endpoint: 404 TXM_NOT_FOUND for /v1/batch, the single endpoints
+    // for the rest (signed: a peer that does not sign its answers is not heard at all).
     const paths: string[] = []
-    const old = createServer((req: IncomingMessage, res: ServerResponse) => {
+    const oldPort = await signingPeer((req) => {
       paths.push(`${req.method ?? ''} ${req.url ?? ''}`)
-      req.resume()
       const m = /^\/v1\/tx\/([^/]+)\/commit$/.exec(req.url ?? '')
       const [status, body] = m === null ? [404, { error: { code: 'TXM_NOT_FOUND', message: 'no control endpoint' } }] : [200, { id: m[1], outcome: 'committed' }]
-      res.writeHead(status, { 'content-type': 'application/json' }).end(JSON.stringify(body))
+      return [status, JSON.stringify(body)]
     })
-    const oldPort = await listen(old, '127.0.0.1', 0)
-    closers.push(() => closeServer(old))
     const first = await Promise.all([1, 2].map((i) => client.send(`127.0.0.1:${oldPort}`, { tx: `o${i}`, op: 'commit', branch: 'b' })))
     expect(first.map((a) => a.ok && a.body.outcome)).toEqual(['committed', 'committed'])
     const second = await client.send(`127.0.0.1:${oldPort}`, { tx: 'o3', op: 'commit', branch: 'b' })
@@ -193,12 +213,7 @@ describe('control batch endpoint', () => {
       ['{"results": "x"}', 'control batch answer does not match the batch'],
       ['not json', 'control response is not JSON'],
     ] as const) {
-      const odd = createServer((req: IncomingMessage, res: ServerResponse) => {
-        req.resume()
-        res.writeHead(200, { 'content-type': 'application/json' }).end(answer)
-      })
-      const oddPort = await listen(odd, '127.0.0.1', 0)
-      closers.push(() => closeServer(odd))
+      const oddPort = await signingPeer(() => [200, answer])
       const got = await Promise.all([1, 2].map((i) => client.send(`127.0.0.1:${oddPort}`, { tx: `n${i}`, op: 'commit', branch: 'b' })))
       expect(got.map((a) => !a.ok && a.error), answer).toEqual([error, error])
     }

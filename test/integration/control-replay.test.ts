@@ -88,7 +88,7 @@ describe('control replay protection', () => {
     procs.push(coord)
     const admin = `http://127.0.0.1:${coord.ports.admin}`
     const run = async (value: string): Promise<{ id: string; outcome: string }> => {
-      const tx = (await (await request(`${admin}/v1/transactions`, { method: 'POST', body: '{"timeoutMs":10000}' })).body.json()) as { id: string; context: string }
+      const tx = (await (await request(`${admin}/v1/transactions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{"timeoutMs":10000}' })).body.json()) as { id: string; context: string }
       expect((await rawRequest(coord.ports.egress, { method: 'POST', path: `http://orders/write/${value}`, headers: { 'txmesh-context': tx.context } })).status).toBe(200)
       const r = (await (await request(`${admin}/v1/transactions/${tx.id}/commit?wait=acks`, { method: 'POST' })).body.json()) as { outcome: string }
       return { id: tx.id, outcome: r.outcome }

@@ -65,7 +65,7 @@ async function coordinator(yaml: string, env: Record<string, string> = {}) {
     sc,
     admin,
     async begin(): Promise<{ id: string; context: string }> {
-      const r = await request(`${admin}/v1/transactions`, { method: 'POST', body: JSON.stringify({ mode: '2pc', timeoutMs: 30_000 }) })
+      const r = await request(`${admin}/v1/transactions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ mode: '2pc', timeoutMs: 30_000 }) })
       expect(r.statusCode).toBe(201)
       return (await r.body.json()) as { id: string; context: string }
     },
@@ -199,7 +199,7 @@ describe('dashboard', () => {
     )
     const coord = await coordinator(yaml)
     const page = await openUi(coord.sc.ports.admin)
-    const begun = await request(`${coord.admin}/v1/transactions`, { method: 'POST', body: JSON.stringify({ mode: 'saga', timeoutMs: 30_000 }) })
+    const begun = await request(`${coord.admin}/v1/transactions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ mode: 'saga', timeoutMs: 30_000 }) })
     const t = (await begun.body.json()) as { id: string; context: string }
     const charge = await rawRequest(coord.sc.ports.egress, { method: 'POST', path: 'http://payments/charge', headers: { 'txmesh-context': t.context, 'content-length': '0' } })
     expect(charge.status).toBe(200)

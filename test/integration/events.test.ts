@@ -42,7 +42,7 @@ async function start(store: string, control: number, stream = 'TXMESH'): Promise
 }
 
 async function post(port: number, path: string, body?: unknown): Promise<{ status: number; body: Record<string, unknown> }> {
-  const r = await request(`http://127.0.0.1:${port}${path}`, { method: 'POST', ...(body === undefined ? {} : { body: JSON.stringify(body) }) })
+  const r = await request(`http://127.0.0.1:${port}${path}`, { method: 'POST', ...(body === undefined ? {} : { headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) }) })
   return { status: r.statusCode, body: (await r.body.json()) as Record<string, unknown> }
 }
 

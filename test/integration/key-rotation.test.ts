@@ -58,7 +58,7 @@ describe('mesh key rotation', () => {
     let n = 0
     const commitVia = async (from: Node, to: Node): Promise<string> => {
       const value = `${from.name[0]}${to.name[0]}${++n}`
-      const r = await request(`http://127.0.0.1:${from.sc.ports.admin}/v1/transactions`, { method: 'POST', body: '{"timeoutMs":10000}' })
+      const r = await request(`http://127.0.0.1:${from.sc.ports.admin}/v1/transactions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{"timeoutMs":10000}' })
       const tx = (await r.body.json()) as { id: string; context: string }
       const call = await rawRequest(from.sc.ports.egress, { method: 'POST', path: `http://${to.name}/write/${value}`, headers: { 'txmesh-context': tx.context } })
       expect(call.status, `${from.name} -> ${to.name}: ${call.body}`).toBe(200)

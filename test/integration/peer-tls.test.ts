@@ -65,7 +65,7 @@ function servedSerial(port: number): Promise<string> {
 }
 
 async function begin(coord: SidecarProcess, mode = '2pc'): Promise<{ id: string; context: string }> {
-  const r = await request(`http://127.0.0.1:${coord.ports.admin}/v1/transactions`, { method: 'POST', body: JSON.stringify({ mode, timeoutMs: 10_000 }) })
+  const r = await request(`http://127.0.0.1:${coord.ports.admin}/v1/transactions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ mode, timeoutMs: 10_000 }) })
   expect(r.statusCode).toBe(201)
   return (await r.body.json()) as { id: string; context: string }
 }

@@ -48,7 +48,7 @@ function cli(args: string[]): Promise<{ code: number; stdout: string; stderr: st
 const STEPS = 'steps: {attempts: 3, backoffBaseMs: 20, backoffCapMs: 50}'
 
 async function admin(port: number, method: 'GET' | 'POST', path: string, body?: unknown): Promise<{ status: number; body: Record<string, unknown> }> {
-  const r = await request(`http://127.0.0.1:${port}${path}`, { method, ...(body === undefined ? {} : { body: JSON.stringify(body) }) })
+  const r = await request(`http://127.0.0.1:${port}${path}`, { method, ...(body === undefined ? {} : { headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) }) })
   return { status: r.statusCode, body: (await r.body.json()) as Record<string, unknown> }
 }
 

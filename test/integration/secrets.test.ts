@@ -91,7 +91,7 @@ describe('secrets', () => {
       return r
     }
     const run = async (value: string, end: 'commit' | 'abort'): Promise<string> => {
-      const begun = await call(`${admin}/v1/transactions`, { method: 'POST', headers: bearer, body: '{"timeoutMs":10000}' })
+      const begun = await call(`${admin}/v1/transactions`, { method: 'POST', headers: { ...bearer, 'content-type': 'application/json' }, body: '{"timeoutMs":10000}' })
       expect(begun.status).toBe(201)
       const tx = JSON.parse(begun.body) as { id: string; context: string }
       // The app's own query string (here with a token of its own) stays out of spans.

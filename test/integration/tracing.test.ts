@@ -95,7 +95,7 @@ describe('tracing', () => {
       const traceparent = `00-${traceId}-${rootSpan}-01`
       const begun = await request(`http://127.0.0.1:${coord.ports.admin}/v1/transactions`, {
         method: 'POST',
-        headers: { traceparent },
+        headers: { traceparent, 'content-type': 'application/json' },
         body: JSON.stringify({ mode: '2pc', timeoutMs: 10_000 }),
       })
       expect(begun.statusCode).toBe(201)

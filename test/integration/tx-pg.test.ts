@@ -83,7 +83,7 @@ describe('two-phase commit on Postgres through sidecars', () => {
   })
 
   async function begin(): Promise<{ id: string; context: string }> {
-    const r = await request(`http://127.0.0.1:${coord.ports.admin}/v1/transactions`, { method: 'POST', body: '{"mode":"2pc","timeoutMs":20000}' })
+    const r = await request(`http://127.0.0.1:${coord.ports.admin}/v1/transactions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{"mode":"2pc","timeoutMs":20000}' })
     return (await r.body.json()) as { id: string; context: string }
   }
   async function write(ctx: string, service: string, value: string): Promise<number> {

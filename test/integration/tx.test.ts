@@ -45,7 +45,7 @@ async function mesh(names: string[], env: Record<string, Record<string, string>>
     coord: await spawnSidecar(coordYaml, ['--control-port', String(await freePort())], coordEnv),
     svc,
     async begin(timeoutMs = 10_000) {
-      const r = await request(`http://127.0.0.1:${m.coord.ports.admin}/v1/transactions`, { method: 'POST', body: JSON.stringify({ mode: '2pc', timeoutMs }) })
+      const r = await request(`http://127.0.0.1:${m.coord.ports.admin}/v1/transactions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ mode: '2pc', timeoutMs }) })
       expect(r.statusCode).toBe(201)
       return (await r.body.json()) as { id: string; context: string }
     },
@@ -262,10 +262,10 @@ describe('two-phase commit through sidecars', () => {
   it('answers transaction calls of a sidecar without a mesh key with TXM_MESH_KEY_MISSING, not "starting" forever', async () => {
     const sc = await spawnSidecar(sidecarYaml('keyless', 1), [], { TXMESH_MESH_KEY: '' })
     procs.push(sc)
-    const control = await rawRequest(sc.ports.control, { method: 'POST', path: '/v1/tx/abc/prepare', headers: { 'content-length': '2' }, body: '{}' })
+    const control = await rawRequest(sc.ports.control, { method: 'POST', path: '/v1/tx/abc/prepare', headers: { 'content-length': '2', 'content-type': 'application/json' }, body: '{}' })
     expect(control.status).toBe(503)
     expect(control.headers['x-txmesh-error']).toBe('TXM_MESH_KEY_MISSING')
-    const admin = await rawRequest(sc.ports.admin, { method: 'POST', path: '/v1/transactions', headers: { 'content-length': '2' }, body: '{}' })
+    const admin = await rawRequest(sc.ports.admin, { method: 'POST', path: '/v1/transactions', headers: { 'content-length': '2', 'content-type': 'application/json' }, body: '{}' })
     expect(admin.status).toBe(503)
     expect(admin.headers['x-txmesh-error']).toBe('TXM_MESH_KEY_MISSING')
   })

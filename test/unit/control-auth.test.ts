@@ -1,11 +1,12 @@
 // Control-plane security parts in isolation: the txmesh-auth signature with its nonce, the
+// signature of control answers,
 // bounded replay cache, mesh key parsing and the live key ring, secret comparison.
 import { describe, expect, it } from 'vitest'
 import { ReplayCache } from '../../src/control/replay.js'
 import { LIMITS } from '../../src/limits.js'
 import { keyId, sameSecret } from '../../src/secrets.js'
 import { KeyRing, parseMeshKeys } from '../../src/tx/keys.js'
-import { newControlNonce, signControl, verifyControl } from '../../src/tx/protocol.js'
+import { newControlNonce, signAnswer, signControl, verifyAnswer, verifyControl } from '../../src/tx/protocol.js'
 
 const K1 = Buffer.from('k1-0123456789abcdef-rotation')
 const K2 = Buffer.from('k2-0123456789abcdef-rotation')
@@ -46,6 +47,40 @@ describe('control request signature', () => {
     expect(v(`${ts}.${mac}`)).toEqual({ ok: false, reason: 'malformed' })
     expect(v('x'.repeat(5000))).toEqual({ ok: false, reason: 'malformed' })
     expect(v(`${ts}.${nonce}.${mac}.x`)).toEqual({ ok: false, reason: 'malformed' })
+  })
+})
+
+describe('control answer signature', () => {
+  const now = 1_700_000_000_000
+  const req = signControl(K1, now, 'POST', '/v1/tx/t/prepare', '{"branch":"b"}')
+  const body = '{"id":"t","branch":"b","vote":"prepared"}'
+  const at = '10.0.0.5:15010'
+
+  it('is a 32-byte mac that verifies with any configured key for the request, address, status and body it was made for', () => {
+    const a = signAnswer(K2, at, req, 200, body)
+    expect(a).toMatch(/^[A-Za-z0-9_-]{43}$/)
+    expect(verifyAnswer([K1, K2], a, at, req, 200, body)).toBe('ok')
+    expect(verifyAnswer([K1], a, at, req, 200, body)).toBe('signature')
+  })
+
+  it('refuses another request, address, status or body, a missing header and other shapes', () => {
+    const a = signAnswer(K1, at, req, 200, body)
+    const other = signControl(K1, now, 'POST', '/v1/tx/t/prepare', '{"branch":"b"}')
+    expect(verifyAnswer([K1], a, at, other, 200, body)).toBe('signature')
+    expect(verifyAnswer([K1], a, '10.0.0.6:15010', req, 200, body)).toBe('signature')
+    expect(verifyAnswer([K1], a, at, req, 201, body)).toBe('signature')
+    expect(verifyAnswer([K1], a, at, req, 200, body.replace('prepared', 'refused'))).toBe('signature')
+    expect(verifyAnswer([K1], undefined, at, req, 200, body)).toBe('missing')
+    for (const bad of ['', 'x', `${a}=`, `${a}A`, a.slice(1), `${a.slice(0, -1)}.`]) expect(verifyAnswer([K1], bad, at, req, 200, body), bad).toBe('signature')
+  })
+
+  it('cannot stand for a request signature, nor a request signature for it', () => {
+    // Request macs are over "<ts>\n...", answer macs over "answer\n...": the same key never makes one from the other's input.
+    const mac = req.split('.')[2] as string
+    expect(verifyAnswer([K1], mac, at, req, 200, body)).toBe('signature')
+    const a = signAnswer(K1, at, req, 200, body)
+    const [ts, nonce] = req.split('.') as [string, string]
+    expect(verifyControl([K1], `${ts}.${nonce}.${a}`, now, 'POST', '/v1/tx/t/prepare', '{"branch":"b"}')).toEqual({ ok: false, reason: 'signature' })
   })
 })
 
