@@ -129,6 +129,12 @@ export class TxNotActiveError extends TxmeshError {
   readonly status = 409
 }
 
+/** A decision for a 2PC branch another sidecar's log holds, sent to this sidecar's (reused) address. */
+export class BranchNotHereError extends TxmeshError {
+  readonly code = 'TXM_BRANCH_NOT_HERE'
+  readonly status = 409
+}
+
 /** An operator resolution of a branch its coordinator can still decide (unless forced). */
 export class BranchNotInDoubtError extends TxmeshError {
   readonly code = 'TXM_BRANCH_NOT_IN_DOUBT'
@@ -354,6 +360,7 @@ export const ERROR_CLASSES = [
   TxUnknownError,
   TxNotActiveError,
   BranchNotInDoubtError,
+  BranchNotHereError,
   TxAbortedError,
   TxLimitError,
   MessageTooLargeError,

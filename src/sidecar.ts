@@ -164,6 +164,7 @@ export async function startSidecar(config: SidecarConfig, log: Logger): Promise<
         control: controlClient,
         service: config.service,
         self,
+        incarnation: incarnation.id,
         // Its own pool: the forwarder's pools are evicted when many upstreams are in use.
         app: appPool,
         appOrigin,

@@ -31,6 +31,7 @@ import { createServer as createHttpsServer } from 'node:https'
 import type { Server as TlsServer } from 'node:tls'
 import {
   BadRequestError,
+  BranchNotHereError,
   ControlAuthError,
   InternalError,
   ControlOverloadedError,
@@ -234,6 +235,7 @@ async function runOp(d: ControlDeps, id: string, op: string, body: Record<string
   const outcome = await d.participant.decide(id, branch, op === 'commit' ? 'committed' : 'aborted')
   if (outcome === 'refused') return new TxNotActiveError(`branch ${branch} never prepared; it cannot commit`)
   if (outcome === 'failed') return new NotReadyError(`the app did not finish branch ${branch}; retry later`)
+  if (outcome === 'not-here') return new BranchNotHereError(`branch ${branch} is held by another sidecar's log, not this one's (this address was reused); its holder must be told`)
   return ok({ id, branch, outcome })
 }
 

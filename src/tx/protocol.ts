@@ -148,8 +148,23 @@ function randomBase64url(n: number): string {
   return s
 }
 
-export function newBranchId(): BranchId {
-  return randomBase64url(6).replace(/[-_]/g, 'x')
+/**
+ * A branch id; a 2PC branch's names the log incarnation of the sidecar that holds it
+ * (`<random>_<incarnation>`), so a sidecar reached at the holder's old address (a pod IP reused
+ * by another pod) can tell a decision for a branch that is not its own from one for a branch
+ * its own lost log held.
+ */
+export function newBranchId(holder?: string): BranchId {
+  const random = randomBase64url(6).replace(/[-_]/g, 'x')
+  return holder === undefined ? random : `${random}_${holder}`
+}
+
+/** The log incarnation of the sidecar holding a 2PC branch, if its id names one. */
+export function holderOfBranch(branch: BranchId): string | undefined {
+  const sep = branch.indexOf('_')
+  if (sep < 0) return undefined
+  const inc = branch.slice(sep + 1)
+  return isIncarnation(inc) ? inc : undefined
 }
 
 export function isId(s: unknown): s is string {

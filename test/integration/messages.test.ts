@@ -20,7 +20,7 @@ afterAll(async () => {
 })
 
 async function post(port: number, path: string, body?: string): Promise<{ status: number; code: string | undefined; body: Record<string, unknown> }> {
-  const r = await request(`http://127.0.0.1:${port}${path}`, { method: 'POST', ...(body === undefined ? {} : { body }) })
+  const r = await request(`http://127.0.0.1:${port}${path}`, { method: 'POST', ...(body === undefined ? {} : { headers: { 'content-type': 'application/json' }, body }) })
   return { status: r.statusCode, code: r.headers['x-txmesh-error'] as string | undefined, body: (await r.body.json()) as Record<string, unknown> }
 }
 

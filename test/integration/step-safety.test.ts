@@ -42,7 +42,7 @@ function json(res: ServerResponse, status: number, body: unknown): void {
 }
 
 async function admin(port: number, method: 'GET' | 'POST', path: string, body?: unknown): Promise<{ status: number; body: Record<string, unknown> }> {
-  const r = await request(`http://127.0.0.1:${port}${path}`, { method, ...(body === undefined ? {} : { body: JSON.stringify(body) }) })
+  const r = await request(`http://127.0.0.1:${port}${path}`, { method, ...(body === undefined ? {} : { headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) }) })
   return { status: r.statusCode, body: (await r.body.json()) as Record<string, unknown> }
 }
 

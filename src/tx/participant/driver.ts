@@ -11,7 +11,7 @@ import type { Logger } from '../../log.js'
 import type { FileLog } from '../../log/file-log.js'
 import type { ControlClient } from '../control-client.js'
 import type { BranchId, Env, Outcome, ParticipantAction, ParticipantEvent, ParticipantRef, ParticipantState, TxId, Vote } from '../core.js'
-import { BRANCH_ID_HEADER, CONTEXT_HEADER, OP_HEADER, TX_ID_HEADER, coordinatorAllowed, coordinatorOfTx, newBranchId, type TxContext } from '../protocol.js'
+import { BRANCH_ID_HEADER, CONTEXT_HEADER, OP_HEADER, TX_ID_HEADER, coordinatorAllowed, coordinatorOfTx, holderOfBranch, newBranchId, type TxContext } from '../protocol.js'
 import { newParticipant, participantStep, recoverParticipant, recoverUnvoted } from './machine.js'
 import { Batcher } from '../batcher.js'
 import { parseJsonObject } from '../../http-json.js'
@@ -62,6 +62,8 @@ export interface ParticipantDeps {
   readonly service: string
   /** This sidecar's control address (its identity as a participant). */
   readonly self: string
+  /** This sidecar's log incarnation: its 2PC branch ids carry it (protocol.ts newBranchId). */
+  readonly incarnation?: string
   /** The app's origin, e.g. http://127.0.0.1:8080, and the pool to reach it. */
   readonly app: Dispatcher
   readonly appOrigin: string
@@ -77,6 +79,12 @@ export interface ParticipantDeps {
 }
 
 const logKey = (tx: TxId, branch: BranchId): string => `p:${tx}:${branch}`
+
+/** A PREPARING or PREPARED record: what recovery needs to rebuild the branch. */
+function branchRecord(type: 'preparing' | 'prepared', b: Branch): Record<string, unknown> {
+  const s = b.state
+  return { type, tx: s.tx, branch: s.branch, coordinator: s.coordinator, deadline: s.deadline, context: b.context, ...(s.onePhase ? { onePhase: true } : {}) }
+}
 
 /** A 2PC hook call to the app, sent in a batch when hooks.batch is set. */
 interface HookItem {
@@ -233,7 +241,7 @@ export class ParticipantDriver {
     const ended = this.endedTx.get(ctx.id)
     if (ended !== undefined) return new TxNotActiveError(`transaction ${ctx.id} already ${ended} here`)
     if (this.byTx.size >= LIMITS.maxBranches) return new TxLimitError(`this sidecar already holds ${this.byTx.size} branches`)
-    const branch = newBranchId()
+    const branch = newBranchId(this.d.incarnation)
     const b = this.add(newParticipant(ctx.id, branch, ctx.coordinator, ctx.deadline), token)
     return b
   }
@@ -311,15 +319,18 @@ export class ParticipantDriver {
   }
 
   /** Coordinator's decision. 'unknown' when the branch is not here (already finished or never began: both are done). */
-  decide(tx: TxId, branch: BranchId, outcome: Outcome): Promise<Outcome | 'unknown' | 'refused' | 'failed'> {
+  decide(tx: TxId, branch: BranchId, outcome: Outcome): Promise<Outcome | 'unknown' | 'refused' | 'failed' | 'not-here'> {
     const b = this.byTx.get(tx)
     if (b === undefined || b.state.branch !== branch) {
       const ended = this.ended.get(`${tx}:${branch}`)
       if (ended !== undefined) return Promise.resolve(ended)
       // Not known here: finished long ago, or this sidecar lost its log (emptyDir) while the
       // app still holds a prepared row. Deliver the decision to the app anyway: its hooks are
-      // idempotent (404 = nothing to do), so this is right in both cases.
-      return this.decideUnknown(tx, branch, outcome)
+      // idempotent (404 = nothing to do), so this is right in both cases. A branch another log
+      // held (this address was its holder's, a pod IP now reused) is finished only if the app
+      // here had it (2xx: a sibling on the same database); else it is not here, and the
+      // coordinator must not take the answer for its holder's.
+      return this.decideUnknown(tx, branch, outcome, this.heldElsewhere(branch))
     }
     if (b.state.onePhase) {
       // Its coordinator never sends commit or abort to a one-phase branch (it decides itself):
@@ -360,6 +371,8 @@ export class ParticipantDriver {
     if (b === undefined || b.state.branch !== branch) {
       const ended = this.ended.get(`${tx}:${branch}`)
       if (ended !== undefined) return Promise.resolve(ended)
+      // Another log's branch: its holder may have decided commit; nothing here may answer for it.
+      if (this.heldElsewhere(branch)) return Promise.resolve('failed')
       return this.abortUnknownOnePhase(tx, branch)
     }
     const s = b.state
@@ -481,15 +494,7 @@ export class ParticipantDriver {
           void this.callHook(b, a.hook).then((ev) => this.feed(b, ev))
           break
         case 'log-preparing':
-          appendDurable(this.d.log, logKey(tx, branch), {
-            type: 'preparing',
-            tx,
-            branch,
-            coordinator: b.state.coordinator,
-            deadline: b.state.deadline,
-            context: b.context,
-            ...(b.state.onePhase ? { onePhase: true } : {}),
-          }).then(
+          appendDurable(this.d.log, logKey(tx, branch), branchRecord('preparing', b)).then(
             () => this.feed(b, { type: 'preparing-logged', ok: true }),
             (err: unknown) => {
               // Safe either way: a PREPARING alone (landed or not) only ever means abort.
@@ -499,15 +504,7 @@ export class ParticipantDriver {
           )
           break
         case 'log-prepared':
-          appendDurable(this.d.log, logKey(tx, branch), {
-              type: 'prepared',
-              tx,
-              branch,
-              coordinator: b.state.coordinator,
-              deadline: b.state.deadline,
-              context: b.context,
-              ...(b.state.onePhase ? { onePhase: true } : {}),
-            }).then(
+          appendDurable(this.d.log, logKey(tx, branch), branchRecord('prepared', b)).then(
               () => {
                 failpoint('participant-after-prepared')
                 this.feed(b, { type: 'prepared-logged' })
@@ -606,11 +603,18 @@ export class ParticipantDriver {
     for (const w of b.doneWaiters.splice(0)) w(outcome)
   }
 
-  private async decideUnknown(tx: TxId, branch: BranchId, outcome: Outcome): Promise<Outcome | 'unknown' | 'failed'> {
+  /** The branch id names another log incarnation than this sidecar's: not a branch of ours. */
+  private heldElsewhere(branch: BranchId): boolean {
+    const holder = holderOfBranch(branch)
+    return holder !== undefined && this.d.incarnation !== undefined && holder !== this.d.incarnation
+  }
+
+  private async decideUnknown(tx: TxId, branch: BranchId, outcome: Outcome, elsewhere: boolean): Promise<Outcome | 'unknown' | 'failed' | 'not-here'> {
     const hook = outcome === 'committed' ? 'commit' : 'abort'
     try {
       const s = await this.hookStatus(tx, branch, undefined, hook)
-      if ((s >= 200 && s < 300) || s === 404) return 'unknown'
+      if (s >= 200 && s < 300) return 'unknown'
+      if (s === 404) return elsewhere ? 'not-here' : 'unknown'
     } catch (err) {
       this.d.logger.warn('hook_failed', { tx, hook, error: (err as { code?: string }).code ?? String(err) })
     }
