@@ -961,6 +961,17 @@ describe('step templates', () => {
     expect(fromResponse).toEqual({ unresolved: expect.stringMatching(/^compensation template: header x-ref would carry U\+000A/) })
   })
 
+  it('finds before the call a path its request makes a dot-segment (every ingress refuses those), and leaves a response-made one unresolved', () => {
+    const t = tpl('/refund/{request.json.id}/{response.json.ref}')
+    const withId = (id: string) => facts({ requestBody: Buffer.from(JSON.stringify({ id })) })
+    expect(requestProblem(t, withId('r-1'))).toBeUndefined()
+    expect(requestProblem(t, withId('..'))).toMatch(/dot-segment/)
+    expect(requestProblem(t, withId('.'))).toMatch(/dot-segment/)
+    expect(requestProblem(t, withId('a..b'))).toBeUndefined()
+    const fromResponse = fillTemplate(t, facts({ requestBody: Buffer.from(JSON.stringify({ id: 'r-1' })), responseBody: Buffer.from(JSON.stringify({ ref: '..' })) }))
+    expect(fromResponse).toEqual({ unresolved: expect.stringMatching(/dot-segment/) })
+  })
+
   it('refuses the headers of a step op no client would send: refused names, invalid values, a wrong content-length', () => {
     expect(opHeadersProblem({ headers: { 'x-a': 'fine', connection: 'close' } })).toBeUndefined()
     expect(opHeadersProblem({ headers: { 'transfer-encoding': 'chunked' } })).toMatch(/cannot be set/)

@@ -84,7 +84,7 @@ export function fillTemplate(t: StepRequestTemplate, facts: CallFacts): StepOp |
   for (const [k, v] of Object.entries(t.headers)) headers[k.toLowerCase()] = v.replace(PLACEHOLDER, (_m, name: string) => lookup(name) ?? '')
   if (missing.length > 0) return { unresolved: `compensation template has no value for {${missing.join('}, {')}}` }
   const op = { method: t.method, path, ...(body === undefined ? {} : { body }), ...(Object.keys(headers).length === 0 ? {} : { headers }) }
-  const problem = opHeadersProblem(op)
+  const problem = pathProblem(path) ?? opHeadersProblem(op)
   return problem === undefined ? op : { unresolved: `compensation template: ${problem}` }
 }
 
@@ -96,6 +96,10 @@ export function fillTemplate(t: StepRequestTemplate, facts: CallFacts): StepOp |
  */
 export function requestProblem(t: StepRequestTemplate, facts: CallFacts): string | undefined {
   const json: { request?: unknown; response?: unknown } = {}
+  // A response value stands in as one that cannot make a dot-segment.
+  const path = t.path.replace(PLACEHOLDER, (_m, name: string) => (name.startsWith('response.') ? 'r' : encodeURIComponent(valueOf(name, facts, json) ?? '')))
+  const bad = pathProblem(path)
+  if (bad !== undefined) return bad
   let bytes = 0
   for (const [k, v] of Object.entries(t.headers)) {
     const value = v.replace(PLACEHOLDER, (_m, name: string) => (name.startsWith('response.') ? '' : (valueOf(name, facts, json) ?? '')))
@@ -104,6 +108,23 @@ export function requestProblem(t: StepRequestTemplate, facts: CallFacts): string
     bytes += k.length + value.length + HEADER_LINE_BYTES
   }
   return bytes > LIMITS.stepOpHeaderBytes ? headersTooLarge(bytes) : undefined
+}
+
+/**
+ * Why a filled path could never reach the target's app, if so: a `.` or `..` segment (raw or
+ * encoded), which every txmesh ingress refuses (TXM_PATH_AMBIGUOUS) however often it is sent.
+ */
+function pathProblem(path: string): string | undefined {
+  for (const seg of path.split('?')[0]!.split('/')) {
+    let s = seg
+    try {
+      s = decodeURIComponent(seg)
+    } catch {
+      // Not decodable: the ingress judges it; not a dot-segment.
+    }
+    if (s === '.' || s === '..') return `the path ${path.slice(0, 64)} has a dot-segment, which the target's ingress refuses`
+  }
+  return undefined
 }
 
 /** Why the headers of a filled step op (a template's, or a peer's /steps record) could never be sent, if so. */
