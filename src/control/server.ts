@@ -22,6 +22,7 @@
 //   POST /v1/tx/{id}/cancel    {branch, method, path}  -> {done}; 503 = retry
 //   GET  /v1/tx/{id}/outcome                       coordinator: -> {outcome} (presumed abort), asked by the branch's holder
 //   GET  /v1/tx/{id}/lookup                        the same, asked about a prepared row the asker does not hold
+//   POST /v1/tx/{id}/finished  {branch, outcome}   coordinator: a participant finished its branch after asking
 //   POST /v1/batch  {items: [{tx, op, branch}]}    several prepare / commit / abort /
 //                                                  commit-one-phase messages in one exchange
 //                                                  (src/tx/batcher.ts) -> {results: [{status, body}]},
@@ -70,7 +71,7 @@ export interface ControlDeps {
   readonly clock?: () => number
 }
 
-const ROUTE = /^\/v1\/tx\/([A-Za-z0-9_-]{1,64})\/(prepare|commit-one-phase|commit|abort|register|outcome|lookup|steps|confirm|cancel)$/
+const ROUTE = /^\/v1\/tx\/([A-Za-z0-9_-]{1,64})\/(prepare|commit-one-phase|commit|abort|register|outcome|lookup|finished|steps|confirm|cancel)$/
 const BATCH_PATH = '/v1/batch'
 const STEP_HEADER_NAME = new RegExp(`^[A-Za-z0-9-]{1,${LIMITS.stepHeaderNameChars}}$`)
 
@@ -205,6 +206,12 @@ async function runOp(d: ControlDeps, id: string, op: string, body: Record<string
   }
   const branch = body.branch
   if (!isId(branch)) return new BadRequestError('body.branch must be a branch id')
+  if (op === 'finished') {
+    // A participant that learned the outcome by asking (its address had changed, say) finished
+    // its branch: phase 2 needs nothing more from it.
+    if (body.outcome !== 'committed' && body.outcome !== 'aborted') return new BadRequestError('body.outcome must be "committed" or "aborted"')
+    return ok({ id, branch, known: d.coordinator.finishedBy(id, branch, body.outcome) })
+  }
   if (op === 'confirm' || op === 'cancel') {
     // The request the participant sends its app: as the step recorded it (no method: POST; no
     // path or '': the sidecar's own hook). Malformed fields are refused, never replaced.

@@ -163,6 +163,17 @@ export class CoordinatorDriver {
     return undefined
   }
 
+  /**
+   * A participant finished `branch` with `outcome` on its own, after an outcome query (control
+   * op finished): taken as its phase-2 answer. False when the transaction is not in phase 2 here.
+   */
+  finishedBy(id: TxId, branch: string, outcome: Outcome): boolean {
+    const e = this.txs.get(id)
+    if (e === undefined || !e.state.participants.some((p) => p.ref.branch === branch)) return false
+    this.feed(id, { type: 'ack', branch, outcome })
+    return true
+  }
+
   /** Attaches a message, published only if the transaction commits. */
   attach(id: TxId, m: TxMessage): TxmeshError | number {
     const n = addMessage(id, this.txs.get(id) ?? this.finished.get(id), m)

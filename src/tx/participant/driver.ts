@@ -42,6 +42,8 @@ export interface Branch {
    * branch stays prepared and is listed in doubt at once; an operator decides.
    */
   coordinatorUnknown: boolean
+  /** The decision came from an outcome query, not from the coordinator's phase 2: tell it when done. */
+  learnedByQuery: boolean
 }
 
 export interface BranchView {
@@ -260,6 +262,7 @@ export class ParticipantDriver {
       deadlineTimer: undefined,
       since: this.clock(),
       coordinatorUnknown: false,
+      learnedByQuery: false,
     }
     this.byTx.set(state.tx, b)
     this.branchEvent(b)
@@ -327,9 +330,8 @@ export class ParticipantDriver {
       // Not known here: finished long ago, or this sidecar lost its log (emptyDir) while the
       // app still holds a prepared row. Deliver the decision to the app anyway: its hooks are
       // idempotent (404 = nothing to do), so this is right in both cases. A branch another log
-      // held (this address was its holder's, a pod IP now reused) is finished only if the app
-      // here had it (2xx: a sibling on the same database); else it is not here, and the
-      // coordinator must not take the answer for its holder's.
+      // held (this address was its holder's, a pod IP now reused) is not here: the coordinator
+      // must not take this answer for its holder's (the holder tells it: control op finished).
       return this.decideUnknown(tx, branch, outcome, this.heldElsewhere(branch))
     }
     if (b.state.onePhase) {
@@ -530,6 +532,7 @@ export class ParticipantDriver {
           void this.d.control.call(b.state.coordinator, 'GET', `/v1/tx/${tx}/outcome`).then((r) => {
             const o = r.ok ? r.body.outcome : undefined
             if (o === 'unknown-coordinator') this.coordinatorGone(b)
+            if ((o === 'committed' || o === 'aborted') && !b.state.onePhase) b.learnedByQuery = true
             this.feed(b, o === 'committed' || o === 'aborted' ? { type: 'decision', outcome: o } : { type: 'outcome-unknown' })
           })
           break
@@ -572,6 +575,17 @@ export class ParticipantDriver {
   }
 
   /**
+   * Once, best effort: the coordinator may still be sending phase 2 to where this branch was
+   * (an address since reused, whose sidecar refuses it as not its own); tell it the branch is done.
+   */
+  private tellFinished(b: Branch, outcome: Outcome): void {
+    const { tx, branch, coordinator } = b.state
+    void this.d.control.call(coordinator, 'POST', `/v1/tx/${tx}/finished`, { branch, outcome }).then((r) => {
+      if (!r.ok) this.d.logger.info('finished_not_told', { tx, branch, coordinator, error: r.error })
+    })
+  }
+
+  /**
    * The branch's coordinator address is held by a sidecar of another log incarnation: the branch
    * stays prepared (asking on, in case the old log comes back there) and is in doubt for
    * operators now. Logged and announced once per branch.
@@ -594,6 +608,7 @@ export class ParticipantDriver {
     }
     this.byTx.delete(b.state.tx)
     this.branchEvent(b, outcome)
+    if (b.learnedByQuery) this.tellFinished(b, outcome)
     const key = `${b.state.tx}:${b.state.branch}`
     const tx = b.state.tx
     this.ended.set(key, outcome)
@@ -613,8 +628,9 @@ export class ParticipantDriver {
     const hook = outcome === 'committed' ? 'commit' : 'abort'
     try {
       const s = await this.hookStatus(tx, branch, undefined, hook)
-      if (s >= 200 && s < 300) return 'unknown'
-      if (s === 404) return elsewhere ? 'not-here' : 'unknown'
+      // A branch of another log: delivered (a sibling on the same database may apply it), but
+      // never answered for its holder, whatever this app said (it may answer 2xx to anything).
+      if ((s >= 200 && s < 300) || s === 404) return elsewhere ? 'not-here' : 'unknown'
     } catch (err) {
       this.d.logger.warn('hook_failed', { tx, hook, error: (err as { code?: string }).code ?? String(err) })
     }
