@@ -56,7 +56,7 @@ import type { StepOp, StepRecord } from '../tx/steps/machine.js'
 import { isStepMethod, opHeadersProblem } from '../tx/steps/template.js'
 import type { MeshKeys } from '../tx/keys.js'
 import type { PeerTls } from '../peer-tls.js'
-import { isId, signAnswer, verifyControl } from '../tx/protocol.js'
+import { isId, isIncarnation, signAnswer, verifyControl } from '../tx/protocol.js'
 import { answerWithin } from '../tx/batcher.js'
 import { ReplayCache } from './replay.js'
 
@@ -225,8 +225,10 @@ async function runOp(d: ControlDeps, id: string, op: string, body: Record<string
     }
     // The txmesh-* headers are the sidecar's to set.
     for (const [k, v] of Object.entries((body.headers ?? {}) as Record<string, string>)) if (!k.toLowerCase().startsWith('txmesh-')) extra.headers[k.toLowerCase()] = v
-    const done = await d.participant.stepHook(id, branch, op, extra)
+    if (body.holder !== undefined && (typeof body.holder !== 'string' || !isIncarnation(body.holder))) return new BadRequestError('body.holder must be a log incarnation')
+    const done = await d.participant.stepHook(id, branch, op, extra, body.holder as string | undefined)
     if (done === 'failed') return new NotReadyError(`the app did not ${op} step ${branch}; retry later`)
+    if (done === 'not-here') return new BranchNotHereError(`step ${branch} was tried through another sidecar's log, not this one's (this address was reused); its holder must be told`)
     return ok({ id, branch, done: op })
   }
   if (op === 'prepare') {
@@ -329,6 +331,7 @@ function parseStep(v: unknown): StepRecord | TxmeshError {
   }
   if (o.unresolved !== undefined && (typeof o.unresolved !== 'string' || o.unresolved.length > LIMITS.stepReasonChars)) return new BadRequestError('step.unresolved is malformed')
   for (const k of ['intent', 'viaIngress'] as const) if (o[k] !== undefined && typeof o[k] !== 'boolean') return new BadRequestError(`step.${k} must be a boolean`)
+  if (o.holder !== undefined && (typeof o.holder !== 'string' || !isIncarnation(o.holder))) return new BadRequestError('step.holder must be a log incarnation')
   const step: StepRecord = {
     id: o.id,
     service: o.service,
@@ -339,6 +342,7 @@ function parseStep(v: unknown): StepRecord | TxmeshError {
     ...(o.unresolved === undefined ? {} : { unresolved: o.unresolved as string }),
     ...(o.intent === true ? { intent: true } : {}),
     ...(o.viaIngress === true ? { viaIngress: true } : {}),
+    ...(typeof o.holder === 'string' ? { holder: o.holder } : {}),
   }
   return step
 }

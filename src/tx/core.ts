@@ -16,6 +16,11 @@ export interface ParticipantRef {
   /** host:port of the participant sidecar's control listener. */
   readonly control: string
   readonly branch: BranchId
+  /**
+   * TCC step refs: the log incarnation of the sidecar that ran the try, so a confirm or cancel
+   * reaching another sidecar at that address (a reused pod IP) is refused there, never "done".
+   */
+  readonly holder?: string
 }
 
 export type Vote = { readonly kind: 'prepared' } | { readonly kind: 'read-only' } | { readonly kind: 'refused'; readonly reason: string }

@@ -235,7 +235,7 @@ export class ActiveTxPlane implements TxPlane {
           // barrier turns a cancel of nothing into a no-op).
           const confirm = hookOp(route.tcc?.confirm, facts)
           const cancel = hookOp(route.tcc?.cancel, facts)
-          step = { id: stepId, service: self.service, target: self.control }
+          step = { id: stepId, service: self.service, target: self.control, ...(self.holder === undefined ? {} : { holder: self.holder }) }
           if ('unresolved' in confirm || 'unresolved' in cancel) step = { ...step, unresolved: 'unresolved' in confirm ? confirm.unresolved : (cancel as { unresolved: string }).unresolved }
           else step = { ...step, confirm, cancel }
         }

@@ -364,7 +364,7 @@ export function contextFromBaggage(baggage: string): string | undefined {
 }
 
 export function signEnlisted(key: Buffer, tx: TxId, refs: readonly ParticipantRef[]): string {
-  return seal(key, { i: tx, p: refs.map((r) => ({ s: r.service, c: r.control, b: r.branch })) })
+  return seal(key, { i: tx, p: refs.map((r) => ({ s: r.service, c: r.control, b: r.branch, ...(r.holder === undefined ? {} : { h: r.holder }) })) })
 }
 
 export function verifyEnlisted(keys: readonly Buffer[], token: string, tx: TxId): ParticipantRef[] | TxmeshError {
@@ -374,11 +374,12 @@ export function verifyEnlisted(keys: readonly Buffer[], token: string, tx: TxId)
   if (p.i !== tx) return new ContextInvalidError('txmesh-enlisted names another transaction')
   if (!Array.isArray(p.p) || p.p.length > LIMITS.maxParticipants) return new ContextInvalidError('txmesh-enlisted has a malformed participant list')
   const out: ParticipantRef[] = []
-  for (const e of p.p as ({ s?: unknown; c?: unknown; b?: unknown } | null)[]) {
+  for (const e of p.p as ({ s?: unknown; c?: unknown; b?: unknown; h?: unknown } | null)[]) {
     if (typeof e !== 'object' || e === null || typeof e.s !== 'string' || e.s.length > LIMITS.serviceNameChars || typeof e.c !== 'string' || !ADDRESS_RE.test(e.c) || !isId(e.b)) {
       return new ContextInvalidError('txmesh-enlisted has a malformed participant')
     }
-    out.push({ service: e.s, control: e.c, branch: e.b })
+    if (e.h !== undefined && (typeof e.h !== 'string' || !isIncarnation(e.h))) return new ContextInvalidError('txmesh-enlisted has a malformed holder')
+    out.push({ service: e.s, control: e.c, branch: e.b, ...(typeof e.h === 'string' ? { holder: e.h } : {}) })
   }
   return out
 }

@@ -199,7 +199,7 @@ export class ParticipantDriver {
 
   /** This sidecar as the participant of a saga/tcc step (no branch state is kept here). */
   stepRef(branch: BranchId): ParticipantRef {
-    return { service: this.d.service, control: this.d.self, branch }
+    return { service: this.d.service, control: this.d.self, branch, ...(this.d.incarnation === undefined ? {} : { holder: this.d.incarnation }) }
   }
 
   /**
@@ -213,7 +213,11 @@ export class ParticipantDriver {
     branch: BranchId,
     op: 'confirm' | 'cancel',
     call: { method: string; path: string | undefined; body: string | undefined; headers: Readonly<Record<string, string>> },
-  ): Promise<'done' | 'failed'> {
+    holder?: string,
+  ): Promise<'done' | 'failed' | 'not-here'> {
+    // The try ran through another log's sidecar (this address was its, a pod IP reused): this
+    // app never saw it, and answering for it would call a reservation confirmed that is not.
+    if (holder !== undefined && this.d.incarnation !== undefined && holder !== this.d.incarnation) return 'not-here'
     try {
       const headers: Record<string, string> = { ...call.headers, [TX_ID_HEADER]: tx, [BRANCH_ID_HEADER]: branch, [OP_HEADER]: op }
       if (call.body === undefined) headers['content-length'] = '0'

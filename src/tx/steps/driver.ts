@@ -487,7 +487,7 @@ export class StepCoordinator {
 
   /** TCC: the participant's sidecar calls its app's confirm or cancel hook. */
   private async callHook(id: TxId, step: StepRecord, op: StepOpName, hook: StepOp): Promise<{ ok: boolean; error: string }> {
-    const body: Record<string, unknown> = { branch: step.id, method: hook.method, path: hook.path }
+    const body: Record<string, unknown> = { branch: step.id, method: hook.method, path: hook.path, ...(step.holder === undefined ? {} : { holder: step.holder }) }
     if (hook.body !== undefined) body.body = hook.body
     if (hook.headers !== undefined) body.headers = hook.headers
     const r = await this.d.control.call(step.target, 'POST', `/v1/tx/${id}/${op}`, body)

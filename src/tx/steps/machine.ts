@@ -41,6 +41,8 @@ export interface StepRecord {
   readonly compensate?: StepOp
   readonly confirm?: StepOp
   readonly cancel?: StepOp
+  /** TCC through the target's sidecar: that sidecar's log incarnation (ParticipantRef.holder). */
+  readonly holder?: string
   /** Set when the step's undo could not be worked out (e.g. a template field missing): it goes stuck at once. */
   readonly unresolved?: string
   /** Answered after commit or abort was asked: its caller was told it failed, so it is always undone. */
