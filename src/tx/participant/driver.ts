@@ -175,6 +175,13 @@ export class ParticipantDriver {
     }
     const forced = !inDoubt
     await appendDurable(this.d.log, logKey(tx, b.state.branch), { type: 'resolved', outcome, by, at: new Date(this.clock()).toISOString(), ...(forced ? { forced: true } : {}) })
+    // The coordinator's decision may have landed while the record was written: it wins. (A
+    // crash before that branch's END would replay the record at restart: the narrow window in
+    // which a resolution of a branch in doubt still contradicts a late decision, reported as
+    // heuristic by the coordinator if it still waits for the branch.)
+    if (this.byTx.get(tx) !== b || b.state.status !== 'prepared') {
+      return new TxNotActiveError(`branch ${b.state.branch} is ${b.state.status}: its coordinator's decision arrived first; nothing was resolved`)
+    }
     this.d.logger.warn(forced ? 'branch_resolved_forced' : 'branch_resolved', { tx, branch: b.state.branch, outcome, by, coordinator: b.state.coordinator })
     this.d.onEvent?.('branch-resolved', { tx, branch: b.state.branch, outcome, by, forced })
     const view = this.list().find((v) => v.tx === tx) as BranchView
