@@ -7,7 +7,7 @@ import { spawnSync } from 'node:child_process'
 import { request } from 'undici'
 import { describe, expect, it } from 'vitest'
 import { incarnationOfTx, signControl } from '../../src/tx/protocol.js'
-import { CLI, MESH_KEY, sidecarYaml, spawnSidecar, startServer, tempDir, until } from '../helpers/servers.js'
+import { CLI, MESH_KEY, sidecarYaml, spawnSidecar, tempDir, until } from '../helpers/servers.js'
 import { stopAfterTests } from '../helpers/tx-app.js'
 import { mesh } from '../helpers/mesh.js'
 
@@ -200,39 +200,5 @@ describe('atomicity under crashes and strangers', () => {
     payments.answer.commit = 200
     await until('payments committed', () => payments.committed.length === 1, 20_000)
     expect(payments.hooks).not.toContain(`abort:${tx.id}`)
-  })
-
-  it('a commit reaching another sidecar at a participant\'s reused address is not an acknowledgement', async () => {
-    const m = await mesh(t, ['orders', 'payments'])
-    const payments = m.svc.payments!
-    payments.app.answer.commit = 503
-    const tx = await m.begin(60_000)
-    await m.call(tx.context, 'orders', 'o8')
-    await m.call(tx.context, 'payments', 'p8')
-    expect((await m.commit(tx.id)).outcome).toBe('committed')
-    await until('payments asked to commit', () => payments.app.hooks.includes(`commit:${tx.id}`))
-    // The payments pod goes away; another pod (another service, its own log) gets its address.
-    payments.sc.child.kill('SIGKILL')
-    await payments.sc.exited
-    const strangerApp = await startServer((req, res) => {
-      req.resume()
-      res.writeHead(404).end()
-    })
-    t.closers.push(strangerApp.close)
-    const stranger = await spawnSidecar(sidecarYaml('search', strangerApp.port, '', tempDir()), ['--ingress-port', String(payments.sc.ports.ingress), '--control-port', String(payments.sc.ports.control)])
-    t.procs.push(stranger)
-    // The coordinator's phase-2 retries now reach the stranger; then the coordinator restarts.
-    await sleep(3_000)
-    m.coord.child.kill('SIGTERM')
-    await m.coord.exited
-    await m.restartCoord()
-    // The payments pod comes back elsewhere with its log: it asks the coordinator.
-    payments.app.answer.commit = 200
-    const moved = await spawnSidecar(sidecarYaml('payments', payments.app.port, '', payments.store))
-    t.procs.push(moved)
-    await until('payments committed or aborted', () => payments.app.committed.length === 1 || payments.app.hooks.includes(`abort:${tx.id}`), 20_000)
-    expect(payments.app.hooks).not.toContain(`abort:${tx.id}`)
-    expect(payments.app.committed).toEqual(['payments:p8'])
-    expect(m.svc.orders!.app.committed).toEqual(['orders:o8'])
   })
 })

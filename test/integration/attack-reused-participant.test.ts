@@ -8,26 +8,34 @@ import { mesh } from '../helpers/mesh.js'
 const t = stopAfterTests()
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms))
 
+/**
+ * orders and payments commit; payments' app cannot commit yet (503), so its branch stays PREPARED
+ * in its persistent log when its sidecar is SIGKILLed; then another pod (another service, its own
+ * fresh log) gets payments' old control address.
+ */
+async function committedThenStranger(n: string) {
+  const m = await mesh(t, ['orders', 'payments'])
+  const payments = m.svc.payments!.app
+  payments.answer.commit = 503
+  const tx = await m.begin(60_000)
+  expect((await m.call(tx.context, 'orders', `o${n}`)).status).toBe(200)
+  expect((await m.call(tx.context, 'payments', `p${n}`)).status).toBe(200)
+  expect((await m.commit(tx.id)).outcome).toBe('committed')
+  await until('orders committed', () => m.svc.orders!.app.committed.length === 1)
+  await until('payments asked to commit', () => payments.hooks.includes(`commit:${tx.id}`))
+  const control = m.svc.payments!.sc.ports.control
+  m.svc.payments!.sc.child.kill('SIGKILL')
+  await m.svc.payments!.sc.exited
+  const other = await startTxApp('inventory')
+  t.apps.push(other)
+  const stranger = await spawnSidecar(sidecarYaml('inventory', other.port, '', tempDir()), ['--control-port', String(control)])
+  t.procs.push(stranger)
+  return { m, tx, stranger }
+}
+
 describe('a participant address reused by another sidecar', () => {
   it('a commit answered by a stranger at the address of a prepared participant is no acknowledgement', async () => {
-    const m = await mesh(t, ['orders', 'payments'])
-    const payments = m.svc.payments!.app
-    payments.answer.commit = 503
-    const tx = await m.begin(60_000)
-    expect((await m.call(tx.context, 'orders', 'o1')).status).toBe(200)
-    expect((await m.call(tx.context, 'payments', 'p1')).status).toBe(200)
-    expect((await m.commit(tx.id)).outcome).toBe('committed')
-    await until('orders committed', () => m.svc.orders!.app.committed.length === 1)
-    await until('payments asked to commit', () => payments.hooks.includes(`commit:${tx.id}`))
-    // The payments pod dies with its branch PREPARED in its (persistent) log.
-    const control = m.svc.payments!.sc.ports.control
-    m.svc.payments!.sc.child.kill('SIGKILL')
-    await m.svc.payments!.sc.exited
-    // Another pod (another service, its own fresh log) gets the old address.
-    const other = await startTxApp('inventory')
-    t.apps.push(other)
-    const stranger = await spawnSidecar(sidecarYaml('inventory', other.port, '', tempDir()), ['--control-port', String(control)])
-    t.procs.push(stranger)
+    const { m, tx } = await committedThenStranger('1')
     // The coordinator's retried commit reaches the stranger. Does it count as acknowledged?
     await sleep(12_000)
     const view = await m.view(tx.id)
@@ -37,22 +45,8 @@ describe('a participant address reused by another sidecar', () => {
   }, 60_000)
 
   it('after such an answer the real participant, back at a new address, still commits', async () => {
-    const m = await mesh(t, ['orders', 'payments'])
+    const { m, tx, stranger } = await committedThenStranger('2')
     const payments = m.svc.payments!.app
-    payments.answer.commit = 503
-    const tx = await m.begin(60_000)
-    await m.call(tx.context, 'orders', 'o2')
-    await m.call(tx.context, 'payments', 'p2')
-    expect((await m.commit(tx.id)).outcome).toBe('committed')
-    await until('orders committed', () => m.svc.orders!.app.committed.length === 1)
-    await until('payments asked to commit', () => payments.hooks.includes(`commit:${tx.id}`))
-    const control = m.svc.payments!.sc.ports.control
-    m.svc.payments!.sc.child.kill('SIGKILL')
-    await m.svc.payments!.sc.exited
-    const other = await startTxApp('inventory')
-    t.apps.push(other)
-    const stranger = await spawnSidecar(sidecarYaml('inventory', other.port, '', tempDir()), ['--control-port', String(control)])
-    t.procs.push(stranger)
     // Wait until the coordinator stops retrying (or 15 s).
     await until('coordinator finished', async () => (await m.view(tx.id)).status !== 'committing', 15_000).catch(() => undefined)
     const seen = await m.view(tx.id)
