@@ -44,6 +44,13 @@ export interface Branch {
   coordinatorUnknown: boolean
   /** The decision came from an outcome query, not from the coordinator's phase 2: tell it when done. */
   learnedByQuery: boolean
+  /**
+   * An operator's resolution is being recorded: the coordinator's decision waits (answered
+   * 'failed', it retries) so the resolution, once durable, is what the branch does and a decision
+   * the other way is then reported as heuristic, never the reverse (a "resolved" answer for a
+   * branch that committed meanwhile).
+   */
+  resolving: boolean
 }
 
 export interface BranchView {
@@ -174,7 +181,13 @@ export class ParticipantDriver {
       )
     }
     const forced = !inDoubt
-    await appendDurable(this.d.log, logKey(tx, b.state.branch), { type: 'resolved', outcome, by, at: new Date(this.clock()).toISOString(), ...(forced ? { forced: true } : {}) })
+    if (b.resolving) return new TxNotActiveError(`branch ${b.state.branch} is being resolved already`)
+    b.resolving = true
+    try {
+      await appendDurable(this.d.log, logKey(tx, b.state.branch), { type: 'resolved', outcome, by, at: new Date(this.clock()).toISOString(), ...(forced ? { forced: true } : {}) })
+    } finally {
+      b.resolving = false
+    }
     this.d.logger.warn(forced ? 'branch_resolved_forced' : 'branch_resolved', { tx, branch: b.state.branch, outcome, by, coordinator: b.state.coordinator })
     this.d.onEvent?.('branch-resolved', { tx, branch: b.state.branch, outcome, by, forced })
     const view = this.list().find((v) => v.tx === tx) as BranchView
@@ -263,6 +276,7 @@ export class ParticipantDriver {
       since: this.clock(),
       coordinatorUnknown: false,
       learnedByQuery: false,
+      resolving: false,
     }
     this.byTx.set(state.tx, b)
     this.branchEvent(b)
@@ -345,6 +359,8 @@ export class ParticipantDriver {
     if (outcome === 'committed' && (b.state.status === 'active' || b.state.status === 'recording' || b.state.status === 'preparing' || b.state.status === 'logging')) {
       return Promise.resolve('refused')
     }
+    // An operator's resolution is on its way to the log: it goes first (see Branch.resolving).
+    if (b.resolving) return Promise.resolve('failed')
     // Bounded wait: an app that cannot finish yet gets 'failed' (503) and the coordinator's
     // retry asks again, instead of one parked request per retry.
     const p = new Promise<Outcome | 'failed'>((resolve) => {
@@ -530,7 +546,9 @@ export class ParticipantDriver {
           break
         case 'query-outcome':
           void this.d.control.call(b.state.coordinator, 'GET', `/v1/tx/${tx}/outcome`).then((r) => {
-            const o = r.ok ? r.body.outcome : undefined
+            const got = r.ok ? r.body.outcome : undefined
+            // An operator's resolution being recorded goes first (Branch.resolving): ask again later.
+            const o = b.resolving ? undefined : got
             if (o === 'unknown-coordinator') this.coordinatorGone(b)
             if ((o === 'committed' || o === 'aborted') && !b.state.onePhase) b.learnedByQuery = true
             this.feed(b, o === 'committed' || o === 'aborted' ? { type: 'decision', outcome: o } : { type: 'outcome-unknown' })
