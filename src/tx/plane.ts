@@ -373,7 +373,13 @@ export class ActiveTxPlane implements TxPlane {
         out.push(ENLISTED_HEADER, signEnlisted(this.d.keys.signing, ctx.id, refs))
         return undefined
       },
-      onEnd: close,
+      // Ended before the app's response head (the caller gave up, the route timed out): the
+      // sidecar stopped the exchange, but the app's handler may run on (a Node app is not told).
+      // Keep holding the branch's hooks as long as a running request would hold them.
+      onEnd: () => {
+        if (!open) return
+        setTimeout(close, LIMITS.hookHoldMs).unref()
+      },
     }
   }
 

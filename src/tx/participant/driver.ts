@@ -44,6 +44,15 @@ export interface Branch {
   coordinatorUnknown: boolean
   /** The decision came from an outcome query, not from the coordinator's phase 2: tell it when done. */
   learnedByQuery: boolean
+  /**
+   * An operator's resolution is being recorded: the coordinator's decision waits (answered
+   * 'failed', it retries) so the resolution, once durable, is what the branch does and a decision
+   * the other way is then reported as heuristic, never the reverse (a "resolved" answer for a
+   * branch that committed meanwhile).
+   */
+  resolving: boolean
+  /** The outcome an operator resolved the branch with (its END then keeps its records: resolvedEnded). */
+  resolved: Outcome | undefined
 }
 
 export interface BranchView {
@@ -104,6 +113,14 @@ export class ParticipantDriver {
   private readonly byTx = new Map<TxId, Branch>()
   private readonly ended = new RecentMap<string, Outcome>()
   private readonly endedTx = new RecentMap<TxId, Outcome>()
+  /**
+   * Branches an operator resolved (`${tx}:${branch}` -> outcome), kept, and their records kept in
+   * the log, until their coordinator's decision reaches them: the answer then names the outcome
+   * the branch has, and one against the decision is reported heuristic-mixed there, however long
+   * the coordinator was away and whether or not this sidecar restarted meanwhile. Few: one per
+   * operator resolution.
+   */
+  private readonly resolvedEnded = new Map<string, Outcome>()
   private readonly clock: () => number
   private readonly random: () => number
   /** Set by close() (drain): results arriving afterwards are dropped, no new timers start. */
@@ -174,17 +191,17 @@ export class ParticipantDriver {
       )
     }
     const forced = !inDoubt
-    await appendDurable(this.d.log, logKey(tx, b.state.branch), { type: 'resolved', outcome, by, at: new Date(this.clock()).toISOString(), ...(forced ? { forced: true } : {}) })
-    // The coordinator's decision may have landed while the record was written: it wins. (A
-    // crash before that branch's END would replay the record at restart: the narrow window in
-    // which a resolution of a branch in doubt still contradicts a late decision, reported as
-    // heuristic by the coordinator if it still waits for the branch.)
-    if (this.byTx.get(tx) !== b || b.state.status !== 'prepared') {
-      return new TxNotActiveError(`branch ${b.state.branch} is ${b.state.status}: its coordinator's decision arrived first; nothing was resolved`)
+    if (b.resolving) return new TxNotActiveError(`branch ${b.state.branch} is being resolved already`)
+    b.resolving = true
+    try {
+      await appendDurable(this.d.log, logKey(tx, b.state.branch), { type: 'resolved', outcome, by, at: new Date(this.clock()).toISOString(), ...(forced ? { forced: true } : {}) })
+    } finally {
+      b.resolving = false
     }
     this.d.logger.warn(forced ? 'branch_resolved_forced' : 'branch_resolved', { tx, branch: b.state.branch, outcome, by, coordinator: b.state.coordinator })
     this.d.onEvent?.('branch-resolved', { tx, branch: b.state.branch, outcome, by, forced })
     const view = this.list().find((v) => v.tx === tx) as BranchView
+    b.resolved = outcome
     this.feed(b, { type: 'decision', outcome })
     return view
   }
@@ -274,6 +291,8 @@ export class ParticipantDriver {
       since: this.clock(),
       coordinatorUnknown: false,
       learnedByQuery: false,
+      resolving: false,
+      resolved: undefined,
     }
     this.byTx.set(state.tx, b)
     this.branchEvent(b)
@@ -336,6 +355,14 @@ export class ParticipantDriver {
   decide(tx: TxId, branch: BranchId, outcome: Outcome): Promise<Outcome | 'unknown' | 'refused' | 'failed' | 'not-here'> {
     const b = this.byTx.get(tx)
     if (b === undefined || b.state.branch !== branch) {
+      const resolved = this.resolvedEnded.get(`${tx}:${branch}`)
+      if (resolved !== undefined) {
+        // Resolved by hand: the coordinator hears the outcome the branch has (heuristic when it
+        // is not its decision); its records may go now.
+        this.resolvedEnded.delete(`${tx}:${branch}`)
+        this.d.log.end(logKey(tx, branch))
+        return Promise.resolve(resolved)
+      }
       const ended = this.ended.get(`${tx}:${branch}`)
       if (ended !== undefined) return Promise.resolve(ended)
       // Not known here: finished long ago, or this sidecar lost its log (emptyDir) while the
@@ -356,6 +383,8 @@ export class ParticipantDriver {
     if (outcome === 'committed' && (b.state.status === 'active' || b.state.status === 'recording' || b.state.status === 'preparing' || b.state.status === 'logging')) {
       return Promise.resolve('refused')
     }
+    // An operator's resolution is on its way to the log: it goes first (see Branch.resolving).
+    if (b.resolving) return Promise.resolve('failed')
     // Bounded wait: an app that cannot finish yet gets 'failed' (503) and the coordinator's
     // retry asks again, instead of one parked request per retry.
     const p = new Promise<Outcome | 'failed'>((resolve) => {
@@ -447,7 +476,7 @@ export class ParticipantDriver {
    * finish before the restart.
    */
   recover(records: readonly { txId: string; body: Readonly<Record<string, unknown>> }[]): number {
-    type Found = { preparing?: Readonly<Record<string, unknown>>; prepared?: Readonly<Record<string, unknown>>; ended: boolean; resolved?: Outcome }
+    type Found = { preparing?: Readonly<Record<string, unknown>>; prepared?: Readonly<Record<string, unknown>>; ended: boolean; resolved?: Outcome; endResolved?: Outcome }
     const byKey = new Map<string, Found>()
     for (const r of records) {
       if (!r.txId.startsWith('p:')) continue
@@ -456,12 +485,20 @@ export class ParticipantDriver {
       const type = r.body.type
       if (type === 'preparing') f.preparing = r.body
       else if (type === 'prepared') f.prepared = r.body
-      else if (type === 'end') f.ended = true
+      else if (type === 'end') {
+        f.ended = true
+        if (r.body.resolved === true && (r.body.outcome === 'committed' || r.body.outcome === 'aborted')) f.endResolved = r.body.outcome
+      }
       else if (type === 'resolved' && (r.body.outcome === 'committed' || r.body.outcome === 'aborted')) f.resolved = r.body.outcome
     }
     let n = 0
     for (const [key, f] of byKey) {
       const rec = f.prepared ?? f.preparing
+      if (f.ended && f.endResolved !== undefined && rec !== undefined) {
+        // Resolved by hand, its coordinator not heard from since: keep answering with it.
+        this.resolvedEnded.set(`${String(rec.tx)}:${String(rec.branch)}`, f.endResolved)
+        continue
+      }
       if (f.ended || rec === undefined) {
         this.d.log.end(key)
         continue
@@ -541,7 +578,9 @@ export class ParticipantDriver {
           break
         case 'query-outcome':
           void this.d.control.call(b.state.coordinator, 'GET', `/v1/tx/${tx}/outcome`).then((r) => {
-            const o = r.ok ? r.body.outcome : undefined
+            const got = r.ok ? r.body.outcome : undefined
+            // An operator's resolution being recorded goes first (Branch.resolving): ask again later.
+            const o = b.resolving ? undefined : got
             if (o === 'unknown-coordinator') this.coordinatorGone(b)
             if ((o === 'committed' || o === 'aborted') && !b.state.onePhase) b.learnedByQuery = true
             this.feed(b, o === 'committed' || o === 'aborted' ? { type: 'decision', outcome: o } : { type: 'outcome-unknown' })
@@ -552,6 +591,23 @@ export class ParticipantDriver {
           b.timer = setTimeout(() => this.feed(b, { type: 'retry-due' }), a.delayMs)
           break
         case 'log-end': {
+          if (b.resolved !== undefined) {
+            // Resolved by hand: END is durable and the records stay until the coordinator's
+            // decision reaches the branch (resolvedEnded). A lost END only means finishing the
+            // resolution again.
+            const outcome = a.outcome
+            const rest = actions.slice(i + 1)
+            this.resolvedEnded.set(`${tx}:${branch}`, outcome)
+            appendDurable(this.d.log, logKey(tx, branch), { type: 'end', outcome, resolved: true }).then(
+              () => this.retire(b, outcome, rest),
+              (err: unknown) => {
+                this.d.logger.error('end_log_failed', { tx, branch, error: String(err) })
+                if (err instanceof ShuttingDownError) return
+                this.retire(b, outcome, rest)
+              },
+            )
+            return
+          }
           if (a.outcome === 'aborted' || (b.state.onePhase && b.state.vote?.kind === 'prepared')) {
             // Presumed abort: a lost END only means asking the coordinator again (or, with only
             // PREPARING, aborting again). A one-phase branch's lost END only means committing
