@@ -285,6 +285,7 @@ export class ActiveTxPlane implements TxPlane {
     }
     let answered = false
     return {
+      ...(inner.beforeSend === undefined ? {} : { beforeSend: inner.beforeSend }),
       onResponseHead: async (status, out) => {
         answered = true
         await inner.onResponseHead(status, out)
@@ -356,6 +357,7 @@ export class ActiveTxPlane implements TxPlane {
     }
     headers.push(TX_ID_HEADER, ctx.id, BRANCH_ID_HEADER, branch.state.branch)
     this.d.participant.enter(branch)
+    const beforeSend = this.d.participant.joinedBeforeSend(branch)
     let open = true
     // Once the head leaves, later nested enlistments must use register instead, and hook calls
     // held for the request may go.
@@ -365,6 +367,7 @@ export class ActiveTxPlane implements TxPlane {
       this.d.participant.leave(branch)
     }
     return {
+      ...(beforeSend === undefined ? {} : { beforeSend }),
       onResponseHead: (_status, out) => {
         close()
         take(out, ENLISTED_HEADER) // never trust one the app made up

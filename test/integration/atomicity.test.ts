@@ -201,4 +201,27 @@ describe('atomicity under crashes and strangers', () => {
     await until('payments committed', () => payments.committed.length === 1, 20_000)
     expect(payments.hooks).not.toContain(`abort:${tx.id}`)
   })
+
+  it('a branch whose sidecar died while its first request ran in the app is aborted after the restart', async () => {
+    const m = await mesh(t, ['orders', 'payments'])
+    const payments = m.svc.payments!.app
+    const tx = await m.begin(60_000)
+    await m.call(tx.context, 'orders', 'o9')
+    // The request runs 2 s in the app; its sidecar dies meanwhile, before the answer (and its
+    // enlistment) went back: the coordinator never hears of the branch.
+    const call = m.call(tx.context, 'payments', 'p9', 'hold=2000')
+    await until('payments request started', () => payments.timeline.some((e) => e.what === `start:${tx.id}`))
+    m.svc.payments!.sc.child.kill('SIGKILL')
+    await m.svc.payments!.sc.exited
+    expect((await call).status).toBeGreaterThanOrEqual(500)
+    await m.restart('payments')
+    // JOINED was durable before the request reached the app: the restarted sidecar aborts the
+    // branch alone, once a request that may still run in the app would have finished.
+    await until('payments app rolled back', () => payments.hooks.includes(`abort:${tx.id}`), 20_000)
+    const end = payments.timeline.find((e) => e.what === `end:${tx.id}`)
+    const abort = payments.timeline.find((e) => e.what === `hook:abort:${tx.id}`)
+    expect(abort!.at).toBeGreaterThanOrEqual(end!.at)
+    expect(payments.committed).toEqual([])
+    await until('payments holds nothing', async () => (await m.branches('payments')).length === 0)
+  })
 })

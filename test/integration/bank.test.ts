@@ -62,8 +62,8 @@ describe('bank under faults (a short torture run per mode)', () => {
 // TRANSACTION used to restart without the branch; the coordinator's abort was its only way out,
 // and a coordinator killed after deciding abort forgets it (presumed abort logs nothing). The row
 // then stayed in pg_prepared_xacts for good, holding its row locks. The sidecar now force-writes
-// PREPARING before the app's prepare, so at restart it knows the branch never voted and rolls
-// it back itself (the helper's periodic recovery, recoverIntervalMs, is no longer needed for it).
+// JOINED before the branch's first request reaches the app, so at restart it knows the branch
+// never voted and rolls it back itself (the helper's periodic recovery, recoverIntervalMs, is no longer needed for it).
 describe('a prepared row whose sidecar died during its PREPARE, with the coordinator after its abort', () => {
   it('is rolled back by the restarted sidecar, without an app restart', async () => {
     const dbOf = (s: Service): string => `${s.replace('-', '_')}_orphan`

@@ -30,6 +30,13 @@ export interface Branch {
   inflight: number
   /** Hook calls waiting for inflight to reach 0. */
   idle: (() => void)[]
+  /**
+   * JOINED (the branch's first record) is durable: force-written before the branch's first
+   * request reaches the app, so a sidecar that dies while its app holds open work of the branch
+   * finds it at restart and aborts it. `joining`: that write, while it runs (false: it failed).
+   */
+  joinedDurable: boolean
+  joining: Promise<boolean> | undefined
   /** Participants enlisted by this app's outgoing calls while a request of the branch ran. */
   nested: ParticipantRef[]
   timer: NodeJS.Timeout | undefined
@@ -92,7 +99,7 @@ export interface ParticipantDeps {
 const logKey = (tx: TxId, branch: BranchId): string => `p:${tx}:${branch}`
 
 /** A PREPARING or PREPARED record: what recovery needs to rebuild the branch. */
-function branchRecord(type: 'preparing' | 'prepared', b: Branch): Record<string, unknown> {
+function branchRecord(type: 'joined' | 'preparing' | 'prepared', b: Branch): Record<string, unknown> {
   const s = b.state
   return { type, tx: s.tx, branch: s.branch, coordinator: s.coordinator, deadline: s.deadline, context: b.context, ...(s.onePhase ? { onePhase: true } : {}) }
 }
@@ -273,7 +280,26 @@ export class ParticipantDriver {
     if (this.byTx.size >= LIMITS.maxBranches) return new TxLimitError(`this sidecar already holds ${this.byTx.size} branches`)
     const branch = newBranchId(this.d.incarnation)
     const b = this.add(newParticipant(ctx.id, branch, ctx.coordinator, ctx.deadline), token)
+    b.joining = appendDurable(this.d.log, logKey(ctx.id, branch), branchRecord('joined', b)).then(
+      () => (b.joinedDurable = true),
+      (err: unknown) => {
+        this.d.logger.error('joined_log_failed', { tx: ctx.id, branch, error: String(err) })
+        // Nothing reached the app: the branch aborts alone (as at a deadline before prepare).
+        this.feed(b, { type: 'deadline' })
+        return false
+      },
+    )
     return b
+  }
+
+  /**
+   * Before a request of the branch is forwarded to the app: JOINED must be durable (undefined
+   * once it is, so later requests pay nothing). An error refuses the request.
+   */
+  joinedBeforeSend(b: Branch): (() => Promise<TxmeshError | undefined>) | undefined {
+    if (b.joinedDurable || b.joining === undefined) return undefined
+    const joining = b.joining
+    return async () => ((await joining) ? undefined : new LogFailedError(`branch ${b.state.branch} of ${b.state.tx} could not be recorded; the request is not sent`))
   }
 
   private add(state: ParticipantState, token: string): Branch {
@@ -285,6 +311,8 @@ export class ParticipantDriver {
       doneWaiters: [],
       inflight: 0,
       idle: [],
+      joinedDurable: false,
+      joining: undefined,
       nested: [],
       timer: undefined,
       deadlineTimer: undefined,
@@ -483,7 +511,7 @@ export class ParticipantDriver {
       let f = byKey.get(r.txId)
       if (f === undefined) byKey.set(r.txId, (f = { ended: false }))
       const type = r.body.type
-      if (type === 'preparing') f.preparing = r.body
+      if (type === 'preparing' || type === 'joined') f.preparing = r.body
       else if (type === 'prepared') f.prepared = r.body
       else if (type === 'end') {
         f.ended = true
@@ -507,6 +535,14 @@ export class ParticipantDriver {
       const voted = f.prepared !== undefined
       const step = voted ? recoverParticipant(tx, branch, coordinator, deadline, this.env(), onePhase === true) : recoverUnvoted(tx, branch, coordinator, deadline, onePhase === true)
       const b = this.add(step.state, context)
+      b.joinedDurable = true
+      if (!voted) {
+        // A request or the prepare call of the branch may still run in the app (its connection
+        // through this sidecar died with the old process, the app's handler need not have):
+        // hold the abort as a running request would hold it.
+        this.enter(b)
+        setTimeout(() => this.leave(b), LIMITS.hookHoldMs).unref()
+      }
       this.d.logger.info('tx_recovered', { tx, branch, role: 'participant', onePhase: onePhase === true, voted })
       this.perform(b, step.actions)
       if (f.resolved !== undefined) this.feed(b, { type: 'decision', outcome: f.resolved })
@@ -544,7 +580,9 @@ export class ParticipantDriver {
           void this.callHook(b, a.hook).then((ev) => this.feed(b, ev))
           break
         case 'log-preparing':
-          appendDurable(this.d.log, logKey(tx, branch), branchRecord('preparing', b)).then(
+          // Normally JOINED already is the record PREPARING would be (written before the
+          // branch's first request reached the app): nothing more to write.
+          (b.joinedDurable ? Promise.resolve() : appendDurable(this.d.log, logKey(tx, branch), branchRecord('preparing', b))).then(
             () => this.feed(b, { type: 'preparing-logged', ok: true }),
             (err: unknown) => {
               // Safe either way: a PREPARING alone (landed or not) only ever means abort.

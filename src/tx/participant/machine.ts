@@ -3,9 +3,11 @@
 // (DESIGN.md "Commit protocol", "Enlistment"). No I/O, no clock, no randomness of its own.
 //
 // Rules that keep it safe:
-// - Before the app is asked to prepare, PREPARING is durable (log-preparing, then
-//   preparing-logged): a sidecar that dies after its app prepared knows at restart that the
-//   branch exists and, with no PREPARED, that it never voted yes, so it aborts it alone.
+// - Before the app is asked to prepare, the branch's first record is durable (log-preparing,
+//   then preparing-logged; the driver normally has it already: JOINED, written before the
+//   branch's first request reached the app): a sidecar that dies while its app holds open or
+//   prepared work knows at restart that the branch exists and, with no PREPARED, that it never
+//   voted yes, so it aborts it alone.
 // - It votes yes only after PREPARED is durable (log-prepared, then prepared-logged).
 // - Once prepared it never decides alone: past the deadline it asks the coordinator.
 // - Before voting yes it may abort alone at any time (presumed abort agrees).
