@@ -1,19 +1,24 @@
 // `npm run torture`: the bank test under faults (issue 8, item 1), in every mode or one.
 //
-//   TORTURE_MODE       2pc | saga | tcc | all (default all: the three one after another)
+//   TORTURE_MODE       2pc | saga | tcc | contract | all (default all: the four one after another;
+//                      contract is 2pc with bank apps written from the hook contract alone on
+//                      pg, test/torture/contract-app.ts)
 //   TORTURE_SEED       replay a run (default: a random seed, printed)
 //   TORTURE_TRANSFERS  transfers per mode (default 1000)
 //   TORTURE_KILLS      SIGKILLs per mode sent by the fault driver (default 50; failpoint kills
 //                      in 2pc come on top)
 //   TORTURE_PROXY_FAULTS  proxy faults per mode (default: one per 20 transfers)
-//   TORTURE_KEEP=1     keep the directory of a failed mode (default on; 0 removes it)
+//   TORTURE_CONTRACT_IDLE_MS  contract run: Postgres's idle_in_transaction_session_timeout for
+//                      the apps' open branches (default 15000; 0: none, to see what the hook
+//                      contract alone leaves open)
+//   TORTURE_KEEP=1     keep the directory of a failed mode (default on; 0 removes it; always:
+//                      keep every mode's)
 // Prints per mode the counts, the seed and, on failure, each violated invariant with the
 // transfer and what every database and the client said, and the command that replays it.
 // Exits 0 only if every invariant of every mode holds.
 import { randomInt } from 'node:crypto'
 import { startPostgres } from '../helpers/pg.js'
-import { formatResult, MODES, replayCommand, runBankMode, type BankResult } from './run.js'
-import type { Mode } from './schema.js'
+import { formatResult, replayCommand, RUNS, runBankMode, type BankResult, type RunName } from './run.js'
 
 const DEFAULT_TRANSFERS = 1_000
 const DEFAULT_KILLS = 50
@@ -36,13 +41,16 @@ function intEnv(name: string, fallback: number, min: number): number {
 
 async function main(): Promise<number> {
   const modeArg = process.env.TORTURE_MODE ?? 'all'
-  if (modeArg !== 'all' && !MODES.includes(modeArg as Mode)) throw new Error(`TORTURE_MODE must be 2pc, saga, tcc or all, got ${JSON.stringify(modeArg)}`)
-  const modes = modeArg === 'all' ? MODES : [modeArg as Mode]
+  if (modeArg !== 'all' && !RUNS.includes(modeArg as RunName)) throw new Error(`TORTURE_MODE must be 2pc, saga, tcc, contract or all, got ${JSON.stringify(modeArg)}`)
+  const modes = modeArg === 'all' ? RUNS : [modeArg as RunName]
   const seed = intEnv('TORTURE_SEED', randomInt(1, 2 ** 31 - 1), 0)
   const transfers = intEnv('TORTURE_TRANSFERS', DEFAULT_TRANSFERS, 1)
   const kills = intEnv('TORTURE_KILLS', DEFAULT_KILLS, 0)
   const proxyFaults = intEnv('TORTURE_PROXY_FAULTS', Math.ceil(transfers / 20), 0)
   const keep = process.env.TORTURE_KEEP !== '0'
+  const keepAlways = process.env.TORTURE_KEEP === 'always'
+  const contractIdle = process.env.TORTURE_CONTRACT_IDLE_MS
+  const contractIdleMs = contractIdle === undefined || contractIdle === '' ? undefined : intEnv('TORTURE_CONTRACT_IDLE_MS', 15_000, 0)
   const log = (line: string): void => void process.stderr.write(`torture: ${line}\n`)
   process.stdout.write(`txmesh bank torture: seed ${seed}, modes ${modes.join(', ')}, ${transfers} transfers and ${kills} kills and ${proxyFaults} proxy faults per mode\n`)
 
@@ -51,7 +59,7 @@ async function main(): Promise<number> {
   const started = Date.now()
   try {
     for (const mode of modes) {
-      const r = await runBankMode({ mode, seed, transfers, kills, proxyFaults, recoveryCapMs: RECOVERY_CAP_MS, pg, keepDirOnFailure: keep, log })
+      const r = await runBankMode({ mode, seed, transfers, kills, proxyFaults, recoveryCapMs: RECOVERY_CAP_MS, pg, keepDirOnFailure: keep, keepDir: keepAlways, ...(contractIdleMs === undefined ? {} : { contractIdleMs }), log })
       results.push(r)
       process.stdout.write(formatResult(r, replayCommand(r, { transfers, kills, defaults: { transfers: DEFAULT_TRANSFERS, kills: DEFAULT_KILLS } })) + '\n')
     }
@@ -59,7 +67,7 @@ async function main(): Promise<number> {
     await pg.stop()
   }
   const sum = (f: (r: BankResult) => number): number => results.reduce((n, r) => n + f(r), 0)
-  const allKills = sum((r) => r.faults.kills.app + r.faults.kills['participant-sidecar'] + r.faults.kills.coordinator + r.faults.failpoints['coordinator-after-decision'] + r.faults.failpoints['participant-after-prepared'])
+  const allKills = sum((r) => r.faults.kills.app + r.faults.kills['participant-sidecar'] + r.faults.kills.coordinator + r.faults.failpoints['coordinator-after-decision'] + r.faults.failpoints['participant-after-prepared'] + r.faults.failpoints['participant-after-app-prepared'])
   const failed = results.filter((r) => !r.ok)
   process.stdout.write(
     `total: ${sum((r) => r.seen.committed + r.seen.aborted + r.seen.unknown + r.seen['not-begun'])} transfers (committed ${sum((r) => r.seen.committed)}, aborted ${sum((r) => r.seen.aborted)}, unknown ${sum((r) => r.seen.unknown)}, not begun ${sum((r) => r.seen['not-begun'])}), ${allKills} kills, ${sum((r) => r.faults.proxy.delay + r.faults.proxy.drop + r.faults.proxy.refuse)} proxy faults, ${((Date.now() - started) / 1000).toFixed(0)} s; seed ${seed}: ${failed.length === 0 ? 'PASS' : `FAIL (${failed.map((r) => r.mode).join(', ')})`}\n`,

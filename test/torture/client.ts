@@ -151,6 +151,8 @@ export interface ClientOptions {
   readonly inFlight: number
   /** Called as each transfer starts (the fault driver schedules by it). */
   readonly onStart: (index: number) => void
+  /** Called as each transfer ends, with what the client saw (kills planned after an abort). */
+  readonly onEnd?: (index: number, r: ClientRecord) => void
 }
 
 export async function runClient(o: ClientOptions, transfers: readonly Transfer[]): Promise<ClientRecord[]> {
@@ -166,6 +168,7 @@ export async function runClient(o: ClientOptions, transfers: readonly Transfer[]
       const began = new Date().toISOString()
       const r = { ...(await runTransfer(o, agent, t)), began, ended: new Date().toISOString() }
       records[i] = r
+      o.onEnd?.(i, r)
       if (r.seen !== 'committed') await new Promise((resolve) => setTimeout(resolve, FAILURE_BACKOFF_MS))
     }
   }

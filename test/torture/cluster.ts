@@ -1,4 +1,5 @@
-// The bank's processes: per service an app (test/torture/bank-app.ts) and its sidecar, each a
+// The bank's processes: per service an app (test/torture/bank-app.ts on txmesh/pg, or in the
+// `contract` run test/torture/contract-app.ts on pg alone) and its sidecar, each a
 // real child process on fixed loopback ports so a restart comes back where its peers expect it
 // (with the same durable log directory), a fault proxy in front of the sidecar's ingress and
 // control listeners, and the coordinator sidecar the client begins transactions on.
@@ -21,7 +22,9 @@ import type { Mode } from './schema.js'
 export const SERVICES = ['bank-a', 'bank-b', 'bank-c'] as const
 export type Service = (typeof SERVICES)[number]
 
-const APP = join(import.meta.dirname, 'bank-app.ts')
+/** Which app each bank service runs: on the txmesh/pg helper, or from the hook contract alone. */
+export type Participant = 'helper' | 'contract'
+const APP: Readonly<Record<Participant, string>> = { helper: join(import.meta.dirname, 'bank-app.ts'), contract: join(import.meta.dirname, 'contract-app.ts') }
 const ROOT = join(import.meta.dirname, '../..')
 
 // Bounds of the processes, each with its reason.
@@ -46,7 +49,7 @@ const INGRESS_TIMEOUT_MS = 6_000
 const STEPS_POLICY = 'steps: {attempts: 60, backoffBaseMs: 50, backoffCapMs: 1000}'
 
 export type ProcessKind = 'app' | 'participant-sidecar' | 'coordinator'
-export type Failpoint = 'coordinator-after-decision' | 'participant-after-prepared'
+export type Failpoint = 'coordinator-after-decision' | 'participant-after-prepared' | 'participant-after-app-prepared'
 
 export interface ExitNote {
   readonly name: string
@@ -199,6 +202,7 @@ export interface ServiceNode {
 
 export interface BankCluster {
   readonly mode: Mode
+  readonly participant: Participant
   readonly dir: string
   readonly nodes: readonly ServiceNode[]
   readonly coordinator: Managed
@@ -211,6 +215,10 @@ export interface BankCluster {
 
 export interface ClusterOptions {
   readonly mode: Mode
+  /** The bank services' app (default helper: bank-app.ts). */
+  readonly participant?: Participant
+  /** contract apps: Postgres's idle_in_transaction_session_timeout for their branches (0: none; default 15 s). */
+  readonly contractIdleMs?: number
   /** Scratch directory of this mode: configs, durable logs, process logs. */
   readonly dir: string
   readonly connectionString: (db: string) => string
@@ -266,6 +274,7 @@ function coordinatorRoutes(mode: Mode): string {
 }
 
 export async function startBankCluster(o: ClusterOptions): Promise<BankCluster> {
+  const participant = o.participant ?? 'helper'
   const processes = new Map<string, Managed>()
   const proxies: { name: string; proxy: FaultProxy }[] = []
   const nodes: ServiceNode[] = []
@@ -294,8 +303,9 @@ export async function startBankCluster(o: ClusterOptions): Promise<BankCluster> 
           `mesh: {advertise: "127.0.0.1:${controlProxy.port}"}`,
           `defaults: {timeoutMs: ${INGRESS_TIMEOUT_MS}}`,
           // bank-a and bank-b take their 2PC hook calls batched (txmesh/pg serves the batch hook),
-          // bank-c one request per call: both paths go through the faults.
-          ...(service === 'bank-c' ? [] : ['hooks: {batch: /.well-known/txmesh/batch}']),
+          // bank-c one request per call: both paths go through the faults. The contract app
+          // serves only the three required hooks: one request per call everywhere.
+          ...(service === 'bank-c' || participant === 'contract' ? [] : ['hooks: {batch: /.well-known/txmesh/batch}']),
         ].join('\n'),
       )
       const sidecar = new Managed(`${service}/sidecar`, 'participant-sidecar', sidecarArgs(file, ports), { TXMESH_MESH_KEY: MESH_KEY }, join(dir, 'sidecar.log'), o.onSelfExit)
@@ -303,12 +313,14 @@ export async function startBankCluster(o: ClusterOptions): Promise<BankCluster> 
       const app = new Managed(
         `${service}/app`,
         'app',
-        ['--import', 'tsx', APP],
+        ['--import', 'tsx', APP[participant]],
         {
           DATABASE_URL: o.connectionString(db),
           SERVICE: service,
           PORT: String(appPort),
-          SIDECAR_ADMIN: `http://127.0.0.1:${ports.admin}`,
+          // Only the helper app talks to its sidecar's admin API (its recover()).
+          ...(participant === 'helper' ? { SIDECAR_ADMIN: `http://127.0.0.1:${ports.admin}` } : {}),
+          ...(participant === 'contract' && o.contractIdleMs !== undefined ? { IDLE_IN_TRANSACTION_MS: String(o.contractIdleMs) } : {}),
         },
         join(dir, 'app.log'),
         o.onSelfExit,
@@ -317,7 +329,7 @@ export async function startBankCluster(o: ClusterOptions): Promise<BankCluster> 
       processes.set(app.name, app)
       nodes.push({ service, db, appPort, sidecarPorts: ports, app, sidecar, ingressProxy, controlProxy })
     }
-    // Sidecars first: the apps' recover() asks them.
+    // Sidecars first: the helper apps' recover() asks them.
     await Promise.all(nodes.map((n) => n.sidecar.start()))
     await Promise.all(nodes.map((n) => n.app.start()))
 
@@ -344,7 +356,7 @@ export async function startBankCluster(o: ClusterOptions): Promise<BankCluster> 
     const coordinator = new Managed('coordinator', 'coordinator', sidecarArgs(file, coordinatorPorts), { TXMESH_MESH_KEY: MESH_KEY }, join(dir, 'sidecar.log'), o.onSelfExit)
     processes.set(coordinator.name, coordinator)
     await coordinator.start()
-    return { mode: o.mode, dir: o.dir, nodes, coordinator, coordinatorPorts, proxies, processes, stop: stopAll }
+    return { mode: o.mode, participant, dir: o.dir, nodes, coordinator, coordinatorPorts, proxies, processes, stop: stopAll }
   } catch (err) {
     await stopAll()
     throw err

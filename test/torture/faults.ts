@@ -9,9 +9,18 @@
 // sidecar restarts come back armed with a failpoint (TXMESH_FAILPOINTS): the process SIGKILLs
 // itself at the next COMMIT decision (coordinator) or PREPARED record (participant), the windows
 // no outside timing can hit reliably; it is then restarted unarmed.
+//
+// The `contract` run (apps from the hook contract alone, whose prepared rows only the sidecar
+// finishes) adds the two schedules that leave such a row to the sidecar's recovery: participant
+// sidecars restarted armed with participant-after-app-prepared (killed after the app answered
+// prepare 200, before PREPARED: the restarted sidecar must abort the branch alone), and
+// coordinator kills right after a commit answered "aborted" (its abort sends are in flight: the
+// prepared participants must learn the outcome without them). Its first two kill events are one
+// of each, in the first half of the load, so even a short run has both.
 import type { FaultMode } from '../helpers/fault-proxy.js'
 import type { Prng } from '../simulation/prng.js'
-import { sleep, withTimeout, type BankCluster, type ExitNote, type Failpoint, type Managed, type ProcessKind } from './cluster.js'
+import type { ClientRecord } from './client.js'
+import { sleep, withTimeout, type BankCluster, type ExitNote, type Failpoint, type Managed, type Participant, type ProcessKind } from './cluster.js'
 import type { Mode } from './schema.js'
 
 // Bounds and ranges of the fault schedule, each with its reason.
@@ -24,6 +33,16 @@ const DOWNTIME_MIN_MS = 100
 const DOWNTIME_MAX_MS = 1_500
 // Share of sidecar kills (2pc) restarted armed with a failpoint.
 const FAILPOINT_SHARE = 0.3
+// contract run: the sidecars' failpoints are the point of it, so half of their restarts are armed,
+// and of a participant's, most in the prepare window.
+const CONTRACT_FAILPOINT_SHARE = 0.5
+const CONTRACT_PREPARE_WINDOW_SHARE = 0.7
+// contract run: share of kill events that kill the coordinator right after a commit answered
+// "aborted" instead of at a transfer's start.
+const CONTRACT_ABORT_KILL_SHARE = 0.2
+// ... that many ms after the client has the answer: the abort sends left in the same turn of the
+// coordinator's event loop, and each takes a few ms over loopback and the proxy.
+const ABORT_KILL_DELAY_MAX_MS = 10
 // Proxy faults: how long a mode lasts, and the delay mode's range.
 const PROXY_FAULT_MIN_MS = 200
 const PROXY_FAULT_MAX_MS = 1_500
@@ -34,11 +53,15 @@ const RESTART_WAIT_MS = 60_000
 
 export type FaultEvent =
   | { readonly kind: 'kill'; readonly at: number; readonly delayMs: number; readonly target: string; readonly downMs: number; readonly failpoint: Failpoint | undefined }
+  /** Kills `target` (the coordinator) `delayMs` after the first commit answered "aborted" once transfer `at` started. */
+  | { readonly kind: 'kill-on-abort'; readonly at: number; readonly delayMs: number; readonly target: string; readonly downMs: number }
   | { readonly kind: 'proxy'; readonly at: number; readonly delayMs: number; readonly target: string; readonly mode: FaultMode; readonly durationMs: number }
 
 export interface FaultCounts {
-  /** SIGKILLs sent by the driver, by kind of process. */
+  /** SIGKILLs sent by the driver, by kind of process (kill-on-abort events included). */
   readonly kills: Record<ProcessKind, number>
+  /** Of those, coordinator kills right after a commit answered "aborted". */
+  onAbort: number
   /** Kill events that found their target already down (a failpoint or an earlier kill). */
   skipped: number
   /** Events the load ended before (planned at one of the last transfers, or still in their delay). */
@@ -54,18 +77,32 @@ export interface FaultCounts {
 export function newFaultCounts(): FaultCounts {
   return {
     kills: { app: 0, 'participant-sidecar': 0, coordinator: 0 },
+    onAbort: 0,
     skipped: 0,
     notFired: { kill: 0, proxy: 0 },
-    failpoints: { 'coordinator-after-decision': 0, 'participant-after-prepared': 0 },
+    failpoints: { 'coordinator-after-decision': 0, 'participant-after-prepared': 0, 'participant-after-app-prepared': 0 },
     proxy: { delay: 0, drop: 0, refuse: 0 },
     unexpectedExits: [],
   }
 }
 
 /** Seeded schedule: `kills` kill events and `proxyFaults` proxy events spread over the transfers. */
-export function planFaults(rng: Prng, mode: Mode, transfers: number, kills: number, proxyFaults: number, processes: readonly { name: string; kind: ProcessKind }[], proxies: readonly string[]): FaultEvent[] {
+export function planFaults(
+  rng: Prng,
+  mode: Mode,
+  transfers: number,
+  kills: number,
+  proxyFaults: number,
+  processes: readonly { name: string; kind: ProcessKind }[],
+  proxies: readonly string[],
+  participant: Participant = 'helper',
+): FaultEvent[] {
   const events: FaultEvent[] = []
   for (let i = 0; i < kills; i++) {
+    if (participant === 'contract') {
+      events.push(planContractKill(rng, i, transfers, processes))
+      continue
+    }
     const p = processes[rng.int(0, processes.length - 1)] as { name: string; kind: ProcessKind }
     const armed = mode === '2pc' && p.kind !== 'app' && rng.chance(FAILPOINT_SHARE)
     const failpoint: Failpoint | undefined = !armed ? undefined : p.kind === 'coordinator' ? 'coordinator-after-decision' : 'participant-after-prepared'
@@ -81,11 +118,33 @@ export function planFaults(rng: Prng, mode: Mode, transfers: number, kills: numb
   return events.map((e, i) => ({ e, i })).sort((a, b) => a.e.at - b.e.at || a.i - b.i).map((x) => x.e)
 }
 
+/** The contract run's kill event number `i` (see the head of this file). */
+function planContractKill(rng: Prng, i: number, transfers: number, processes: readonly { name: string; kind: ProcessKind }[]): FaultEvent {
+  const pick = (of: readonly { name: string; kind: ProcessKind }[]): { name: string; kind: ProcessKind } => of[rng.int(0, of.length - 1)] as { name: string; kind: ProcessKind }
+  const at = i < 2 ? rng.int(0, Math.max(0, Math.floor(transfers / 2) - 1)) : rng.int(0, transfers - 1)
+  const downMs = rng.int(DOWNTIME_MIN_MS, DOWNTIME_MAX_MS)
+  const coordinator = processes.find((p) => p.kind === 'coordinator')
+  if (coordinator === undefined) throw new Error('no coordinator process')
+  if (i === 1 || (i > 1 && rng.chance(CONTRACT_ABORT_KILL_SHARE))) {
+    return { kind: 'kill-on-abort', at, delayMs: rng.int(0, ABORT_KILL_DELAY_MAX_MS), target: coordinator.name, downMs }
+  }
+  const p = i === 0 ? pick(processes.filter((x) => x.kind === 'participant-sidecar')) : pick(processes)
+  const delayMs = rng.int(0, FAULT_DELAY_MAX_MS)
+  if (i === 0) return { kind: 'kill', at, delayMs, target: p.name, downMs, failpoint: 'participant-after-app-prepared' }
+  let failpoint: Failpoint | undefined
+  if (p.kind !== 'app' && rng.chance(CONTRACT_FAILPOINT_SHARE)) {
+    failpoint = p.kind === 'coordinator' ? 'coordinator-after-decision' : rng.chance(CONTRACT_PREPARE_WINDOW_SHARE) ? 'participant-after-app-prepared' : 'participant-after-prepared'
+  }
+  return { kind: 'kill', at, delayMs, target: p.name, downMs, failpoint }
+}
+
 export class FaultDriver {
   private next = 0
   private readonly timers = new Set<NodeJS.Timeout>()
   /** Planned events whose delay timer is running (not fired yet). */
   private readonly pending = new Set<FaultEvent>()
+  /** kill-on-abort events due, waiting for a commit answered "aborted" (oldest first). */
+  private readonly awaitingAbort: FaultEvent[] = []
   private readonly tasks = new Set<Promise<void>>()
   /** Per proxy: bumped by every switch, so an expiring fault only restores `pass` if it is still the latest. */
   private readonly generation = new Map<string, number>()
@@ -104,12 +163,32 @@ export class FaultDriver {
   onTransferStart(index: number): void {
     while (!this.stopped && this.next < this.events.length && (this.events[this.next] as FaultEvent).at <= index) {
       const e = this.events[this.next++] as FaultEvent
-      this.pending.add(e)
-      this.later(e.delayMs, () => {
-        this.pending.delete(e)
-        return this.fire(e)
-      })
+      if (e.kind === 'kill-on-abort') {
+        this.awaitingAbort.push(e)
+        continue
+      }
+      this.schedule(e, e.delayMs)
     }
+  }
+
+  /**
+   * The client finished transfer `index`: a commit answered "aborted" (the prepare round ended
+   * in abort: a no vote or a failed prepare) fires the oldest kill-on-abort event due.
+   */
+  onTransferEnd(index: number, r: ClientRecord): void {
+    if (this.stopped || r.seen !== 'aborted' || !r.detail.startsWith('commit: aborted')) return
+    const e = this.awaitingAbort.shift()
+    if (e === undefined) return
+    this.timeline(`commit of t${index} (tx ${r.txId ?? '-'}) answered aborted: killing ${e.target} in ${e.delayMs} ms`)
+    this.schedule(e, e.delayMs)
+  }
+
+  private schedule(e: FaultEvent, ms: number): void {
+    this.pending.add(e)
+    this.later(ms, () => {
+      this.pending.delete(e)
+      return this.fire(e)
+    })
   }
 
   private later(ms: number, f: () => Promise<void>): void {
@@ -146,10 +225,12 @@ export class FaultDriver {
       return
     }
     this.counts.kills[p.kind]++
-    this.timeline(`kill ${p.name}, down ${e.downMs} ms`)
+    if (e.kind === 'kill-on-abort') this.counts.onAbort++
+    this.timeline(`kill ${p.name}${e.kind === 'kill-on-abort' ? ' (after an aborted commit)' : ''}, down ${e.downMs} ms`)
+    const failpoint = e.kind === 'kill' ? e.failpoint : undefined
     this.later(e.downMs, async () => {
-      await p.start(e.failpoint)
-      this.timeline(`restarted ${p.name}${e.failpoint === undefined ? '' : ` armed ${e.failpoint}`}`)
+      await p.start(failpoint)
+      this.timeline(`restarted ${p.name}${failpoint === undefined ? '' : ` armed ${failpoint}`}`)
     })
   }
 
@@ -167,7 +248,7 @@ export class FaultDriver {
     this.stopped = true
     for (const t of this.timers) clearTimeout(t)
     this.timers.clear()
-    for (const e of [...this.pending, ...this.events.slice(this.next)]) this.counts.notFired[e.kind]++
+    for (const e of [...this.pending, ...this.awaitingAbort, ...this.events.slice(this.next)]) this.counts.notFired[e.kind === 'proxy' ? 'proxy' : 'kill']++
     await withTimeout(Promise.allSettled([...this.tasks]), RESTART_WAIT_MS, 'fault tasks to finish')
     for (const { proxy } of this.cluster.proxies) await proxy.setMode({ kind: 'pass' })
     for (const p of this.cluster.processes.values()) {

@@ -4,18 +4,34 @@
 // a seeded fault driver killing apps and sidecars and flipping fault proxies meanwhile. Then a
 // bounded recovery window and the invariants (check.ts). Used by test/torture/bank.ts (the
 // `npm run torture` CLI) and test/integration/bank.test.ts (a short run in `npm test`).
-import { appendFileSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+//
+// Runs: the three modes with apps on txmesh/pg (bank-app.ts), and `contract`: 2pc with apps
+// written from the README's hook contract alone on pg (contract-app.ts: no txmesh/pg, no sweep of
+// pg_prepared_xacts), so what finishes their prepared rows is the sidecar's own records and
+// recovery. It is 2pc only: the contract is the 2PC hooks'.
+import { appendFileSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import type { PostgresInstance } from '../helpers/pg.js'
 import { Prng } from '../simulation/prng.js'
 import { checkInvariants, resolvedUnknowns, VIOLATIONS_SHOWN, waitRecovered, type RecoveryStatus, type Violation } from './check.js'
 import { planTransfers, runClient, TX_TIMEOUT_MS, type ClientRecord, type Seen } from './client.js'
-import { SERVICES, startBankCluster, type Service } from './cluster.js'
+import { SERVICES, startBankCluster, type Participant, type Service } from './cluster.js'
 import { FaultDriver, newFaultCounts, planFaults, type FaultCounts } from './faults.js'
-import { createBank, readBank, type BankState, type Mode } from './schema.js'
+import { createBank, lockProbe, readBank, type BankState, type Mode } from './schema.js'
 
 export const MODES: readonly Mode[] = ['2pc', 'saga', 'tcc']
+/** What `TORTURE_MODE` names: a mode (apps on txmesh/pg), or `contract` (2pc, apps on pg alone). */
+export type RunName = Mode | 'contract'
+export const RUNS: readonly RunName[] = [...MODES, 'contract']
+
+export function runMode(run: RunName): Mode {
+  return run === 'contract' ? '2pc' : run
+}
+
+export function runParticipant(run: RunName): Participant {
+  return run === 'contract' ? 'contract' : 'helper'
+}
 
 // Shape of the bank, each with its reason.
 // Accounts per service: few enough that transfers contend for rows (2pc lock waits, overdrafts),
@@ -28,9 +44,13 @@ const ACCOUNTS = 16
 const INITIAL_BALANCE: Readonly<Record<Mode, number>> = { '2pc': 1_000, saga: 1_000_000, tcc: 1_000 }
 // Transfers in flight at once (the brief: "e.g. 8").
 export const IN_FLIGHT = 8
+// The lock probe after recovery waits this long for a row lock: above the apps' 15 s limits on
+// an open branch nobody prepares (txmesh/pg idleTimeoutMs, Postgres's
+// idle_in_transaction_session_timeout in contract-app.ts), so only a lock held for good fails it.
+const LOCK_PROBE_WAIT_MS = 20_000
 
 export interface BankOptions {
-  readonly mode: Mode
+  readonly mode: RunName
   /** The run's seed; this mode's choices come from a seed derived from it and the mode. */
   readonly seed: number
   readonly transfers: number
@@ -41,11 +61,15 @@ export interface BankOptions {
   readonly pg: PostgresInstance
   /** Keep the mode's directory (configs, durable logs, process logs) when it fails. */
   readonly keepDirOnFailure: boolean
+  /** Keep it whatever the outcome (diagnosis of a passing run: TORTURE_KEEP=always). */
+  readonly keepDir?: boolean
+  /** contract run: the apps' idle-in-transaction limit (0: none, see contract-app.ts; default 15 s). */
+  readonly contractIdleMs?: number
   readonly log: (line: string) => void
 }
 
 export interface BankResult {
-  readonly mode: Mode
+  readonly mode: RunName
   readonly seed: number
   readonly ok: boolean
   readonly seen: Readonly<Record<Seen, number>>
@@ -56,12 +80,16 @@ export interface BankResult {
   readonly loadMs: number
   readonly recovery: { readonly ok: boolean; readonly ms: number; readonly last: RecoveryStatus }
   readonly violations: readonly Violation[]
+  /** Longest wait of the lock probe over the databases (ms). */
+  readonly lockProbeMs: number
+  /** contract run: what the apps logged (see contract-app.ts). */
+  readonly contractApp: { readonly breaches: number; readonly idleBranchesEnded: number; readonly branchesLost: number } | undefined
   readonly dir: string | undefined
 }
 
-/** A 32-bit seed per mode, so `TORTURE_MODE=saga` alone replays the saga part of an `all` run. */
-export function modeSeed(seed: number, mode: Mode): number {
-  const r = new Prng((seed ^ Math.imul(MODES.indexOf(mode) + 1, 0x9e3779b9)) >>> 0)
+/** A 32-bit seed per run, so `TORTURE_MODE=saga` alone replays the saga part of an `all` run. */
+export function modeSeed(seed: number, mode: RunName): number {
+  const r = new Prng((seed ^ Math.imul(RUNS.indexOf(mode) + 1, 0x9e3779b9)) >>> 0)
   r.next()
   return Math.floor(r.next() * 2 ** 32) >>> 0
 }
@@ -71,19 +99,23 @@ export async function runBankMode(o: BankOptions): Promise<BankResult> {
   const transferRng = new Prng(ms)
   const faultRng = new Prng(ms ^ 0x5bd1e995)
   const proxyRng = new Prng(ms ^ 0x1b873593)
-  const initialBalance = INITIAL_BALANCE[o.mode]
+  const mode = runMode(o.mode)
+  const participant = runParticipant(o.mode)
+  const initialBalance = INITIAL_BALANCE[mode]
   const dir = mkdtempSync(join(tmpdir(), `txmesh-torture-${o.mode}-`))
   const dbOf = (s: Service): string => `${s.replace('-', '_')}_${o.mode}`
   for (const s of SERVICES) {
     await o.pg.createDatabase(dbOf(s))
-    await createBank(o.pg.connectionString(dbOf(s)), o.mode, ACCOUNTS, initialBalance)
+    await createBank(o.pg.connectionString(dbOf(s)), mode, ACCOUNTS, initialBalance)
   }
 
   const faults = newFaultCounts()
   const timelineFile = join(dir, 'timeline.log')
   const timeline = (line: string): void => appendFileSync(timelineFile, `${new Date().toISOString()} ${line}\n`)
   const cluster = await startBankCluster({
-    mode: o.mode,
+    mode,
+    participant,
+    ...(o.contractIdleMs === undefined ? {} : { contractIdleMs: o.contractIdleMs }),
     dir,
     connectionString: (db) => o.pg.connectionString(db),
     dbOf,
@@ -99,22 +131,30 @@ export async function runBankMode(o: BankOptions): Promise<BankResult> {
   })
   let ok = false
   try {
-    const transfers = planTransfers(transferRng, o.mode, o.transfers, ACCOUNTS, initialBalance)
+    const transfers = planTransfers(transferRng, mode, o.transfers, ACCOUNTS, initialBalance)
     const events = planFaults(
       faultRng,
-      o.mode,
+      mode,
       o.transfers,
       o.kills,
       o.proxyFaults,
       [...cluster.processes.values()].map((p) => ({ name: p.name, kind: p.kind })),
       cluster.proxies.map((p) => p.name),
+      participant,
     )
     const driver = new FaultDriver(cluster, events, faults, (line) => o.log(`${o.mode}: ${line}`), timeline)
     const started = Date.now()
     let records: ClientRecord[]
     try {
       records = await runClient(
-        { mode: o.mode, adminPort: cluster.coordinatorPorts.admin, egressPort: cluster.coordinatorPorts.egress, inFlight: IN_FLIGHT, onStart: (i) => driver.onTransferStart(i) },
+        {
+          mode,
+          adminPort: cluster.coordinatorPorts.admin,
+          egressPort: cluster.coordinatorPorts.egress,
+          inFlight: IN_FLIGHT,
+          onStart: (i) => driver.onTransferStart(i),
+          onEnd: (i, r) => driver.onTransferEnd(i, r),
+        },
         transfers,
       )
     } finally {
@@ -126,10 +166,19 @@ export async function runBankMode(o: BankOptions): Promise<BankResult> {
     const connectionsDropped = cluster.proxies.reduce((n, p) => n + p.proxy.stats.dropped, 0)
 
     const recovery = await waitRecovered(cluster, (db) => o.pg.connectionString(db), o.recoveryCapMs)
+    // Locks first: a probe that had to wait for a lock shows in lockProbeMs.
+    let lockProbeMs = 0
+    const lockViolations: Violation[] = []
+    for (const n of cluster.nodes) {
+      const p = await lockProbe(o.pg.connectionString(n.db), LOCK_PROBE_WAIT_MS)
+      lockProbeMs = Math.max(lockProbeMs, p.waitedMs)
+      if (!p.ok) lockViolations.push({ invariant: 'no lock left behind', transfer: undefined, detail: `${n.service}: a transaction updating every account waited ${p.waitedMs} ms for a row lock; holders: ${p.holders.join('; ') || 'none left'}` })
+    }
     const states = new Map<Service, BankState>()
     for (const n of cluster.nodes) states.set(n.service, await readBank(o.pg.connectionString(n.db)))
-    const input = { mode: o.mode, records, states, initialBalance, accounts: ACCOUNTS }
-    const violations = checkInvariants(input)
+    const input = { mode, records, states, initialBalance, accounts: ACCOUNTS }
+    const violations = [...checkInvariants(input), ...lockViolations]
+    const contractApp = participant === 'contract' ? contractAppNotes(dir, violations) : undefined
     if (!recovery.ok) {
       const l = recovery.last
       violations.unshift({
@@ -160,12 +209,48 @@ export async function runBankMode(o: BankOptions): Promise<BankResult> {
       loadMs,
       recovery,
       violations,
-      dir: ok || !o.keepDirOnFailure ? undefined : dir,
+      lockProbeMs,
+      contractApp,
+      dir: o.keepDir === true || (!ok && o.keepDirOnFailure) ? dir : undefined,
     }
   } finally {
     await cluster.stop()
-    if (ok || !o.keepDirOnFailure) rmSync(dir, { recursive: true, force: true })
+    if (o.keepDir !== true && (ok || !o.keepDirOnFailure)) rmSync(dir, { recursive: true, force: true })
   }
+}
+
+/**
+ * What the contract apps logged (contract-app.ts): every `contract_breach` line is a violation
+ * (the app saw a hook the contract says it never sees); `branch_connection_lost` lines count
+ * open branches whose session ended under them, 25P03 those Postgres's idle timeout ended (a
+ * branch nobody prepared or aborted for 15 s).
+ */
+function contractAppNotes(dir: string, violations: Violation[]): { breaches: number; idleBranchesEnded: number; branchesLost: number } {
+  let breaches = 0
+  let idleBranchesEnded = 0
+  let branchesLost = 0
+  for (const s of SERVICES) {
+    const file = join(dir, s, 'app.log')
+    if (!existsSync(file)) continue
+    for (const line of readFileSync(file, 'utf8').split('\n')) {
+      const at = line.indexOf('{')
+      if (at < 0) continue
+      let e: { event?: unknown; what?: unknown; branch?: unknown; code?: unknown }
+      try {
+        e = JSON.parse(line.slice(at)) as typeof e
+      } catch {
+        continue
+      }
+      if (e.event === 'contract_breach') {
+        breaches++
+        violations.push({ invariant: 'hooks as the contract says', transfer: undefined, detail: `${s}: ${String(e.what)} (branch ${String(e.branch)}) at ${line.slice(0, at).trim()}` })
+      } else if (e.event === 'branch_connection_lost') {
+        branchesLost++
+        if (e.code === '25P03') idleBranchesEnded++
+      }
+    }
+  }
+  return { breaches, idleBranchesEnded, branchesLost }
 }
 
 export interface ReplayArgs {
@@ -182,20 +267,23 @@ export function replayCommand(r: BankResult, a: ReplayArgs): string {
 export function formatResult(r: BankResult, replay: string): string {
   const f = r.faults
   const kills = f.kills.app + f.kills['participant-sidecar'] + f.kills.coordinator
-  const fired = f.failpoints['coordinator-after-decision'] + f.failpoints['participant-after-prepared']
+  const fired = f.failpoints['coordinator-after-decision'] + f.failpoints['participant-after-prepared'] + f.failpoints['participant-after-app-prepared']
   const proxy = f.proxy.delay + f.proxy.drop + f.proxy.refuse
   const total = r.seen.committed + r.seen.aborted + r.seen.unknown + r.seen['not-begun']
   const lines = [
-    `mode ${r.mode}  seed ${r.seed} (mode seed ${modeSeed(r.seed, r.mode)})  ${r.ok ? 'PASS' : 'FAIL'}`,
+    `${r.mode === 'contract' ? 'run contract (2pc, apps on pg from the hook contract alone)' : `mode ${r.mode}`}  seed ${r.seed} (mode seed ${modeSeed(r.seed, r.mode)})  ${r.ok ? 'PASS' : 'FAIL'}`,
     `  transfers  ${total}: committed ${r.seen.committed}, aborted ${r.seen.aborted}, unknown ${r.seen.unknown} (afterwards all applied ${r.unknownResolved.applied}, all undone ${r.unknownResolved.none}), not begun ${r.seen['not-begun']}`,
     `  aborted    ${r.abortReasons.map(([k, n]) => `${k} ×${n}`).join('; ') || '-'}`,
-    `  kills      ${kills + fired}: SIGKILL app ${f.kills.app}, participant sidecar ${f.kills['participant-sidecar']}, coordinator ${f.kills.coordinator}; failpoints fired: coordinator-after-decision ${f.failpoints['coordinator-after-decision']}, participant-after-prepared ${f.failpoints['participant-after-prepared']}; kill events that found the target down ${f.skipped}, not fired before the load ended ${f.notFired.kill}`,
+    `  kills      ${kills + fired}: SIGKILL app ${f.kills.app}, participant sidecar ${f.kills['participant-sidecar']}, coordinator ${f.kills.coordinator}${r.mode === 'contract' ? ` (${f.onAbort} right after a commit answered aborted)` : ''}; failpoints fired: coordinator-after-decision ${f.failpoints['coordinator-after-decision']}, participant-after-prepared ${f.failpoints['participant-after-prepared']}${r.mode === 'contract' ? `, participant-after-app-prepared ${f.failpoints['participant-after-app-prepared']}` : ''}; kill events that found the target down ${f.skipped}, not fired before the load ended ${f.notFired.kill}`,
     `  proxy      ${proxy} faults: delay ${f.proxy.delay}, drop ${f.proxy.drop}, refuse ${f.proxy.refuse}; connections cut ${r.connectionsDropped}${f.notFired.proxy > 0 ? `; not fired before the load ended ${f.notFired.proxy}` : ''}`,
     `  crashes    ${f.unexpectedExits.length === 0 ? 'none' : f.unexpectedExits.map((e) => `${e.name} (code ${e.code}, signal ${e.signal})`).join(', ')}`,
-    `  timing     load ${(r.loadMs / 1000).toFixed(1)} s (${((total * 1000) / Math.max(1, r.loadMs)).toFixed(1)} transfers/s, ${IN_FLIGHT} in flight, tx deadline ${TX_TIMEOUT_MS} ms), recovery ${(r.recovery.ms / 1000).toFixed(1)} s`,
+    `  timing     load ${(r.loadMs / 1000).toFixed(1)} s (${((total * 1000) / Math.max(1, r.loadMs)).toFixed(1)} transfers/s, ${IN_FLIGHT} in flight, tx deadline ${TX_TIMEOUT_MS} ms), recovery ${(r.recovery.ms / 1000).toFixed(1)} s, lock probe waited ${(r.lockProbeMs / 1000).toFixed(1)} s`,
   ]
+  const c = r.contractApp
+  if (c !== undefined) lines.push(`  apps       hook contract breaches seen ${c.breaches}; open branches whose session ended ${c.branchesLost} (by Postgres's idle-in-transaction timeout ${c.idleBranchesEnded})`)
+  if (r.ok && r.dir !== undefined) lines.push(`  logs       ${r.dir}`)
   if (r.ok) {
-    lines.push('  invariants all hold: total unchanged, none negative, ledgers match balances, committed present everywhere, aborted nowhere, unknown all-or-nothing, pg_prepared_xacts empty')
+    lines.push(`  invariants all hold: total unchanged, none negative, ledgers match balances, committed present everywhere, aborted nowhere, unknown all-or-nothing, pg_prepared_xacts empty, no lock left behind${c === undefined ? '' : ', hooks as the contract says'}`)
   } else {
     const byInvariant = new Map<string, number>()
     for (const v of r.violations) byInvariant.set(v.invariant, (byInvariant.get(v.invariant) ?? 0) + 1)

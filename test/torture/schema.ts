@@ -104,3 +104,41 @@ export async function preparedCount(connectionString: string): Promise<number> {
     await c.end()
   }
 }
+
+export interface LockProbe {
+  /** The probe took every account's row lock within its wait. */
+  readonly ok: boolean
+  readonly waitedMs: number
+  /** When not: the sessions that held locks in the database (pid, state, query). */
+  readonly holders: readonly string[]
+}
+
+/**
+ * "No branch lock blocks a later transfer": after recovery, one transaction updates every account
+ * (then rolls back), waiting at most `waitMs` for any row lock still held.
+ */
+export async function lockProbe(connectionString: string, waitMs: number): Promise<LockProbe> {
+  const c = new pg.Client({ connectionString, connectionTimeoutMillis: POLL_CONNECT_TIMEOUT_MS })
+  await c.connect()
+  const started = Date.now()
+  try {
+    await c.query('BEGIN')
+    await c.query(`SET LOCAL lock_timeout = ${Math.max(1, Math.floor(waitMs))}`)
+    try {
+      await c.query('UPDATE accounts SET balance = balance')
+      return { ok: true, waitedMs: Date.now() - started, holders: [] }
+    } catch (err) {
+      if ((err as { code?: unknown }).code !== '55P03') throw err
+      await c.query('ROLLBACK')
+      const h = await c.query<{ pid: number; state: string | null; xact_start: string | null; query: string }>(
+        `SELECT a.pid, a.state, a.xact_start::text, left(a.query, 80) AS query FROM pg_stat_activity a
+         WHERE a.datname = current_database() AND a.pid <> pg_backend_pid() AND a.backend_type = 'client backend'
+           AND EXISTS (SELECT 1 FROM pg_locks l WHERE l.pid = a.pid AND l.granted AND l.relation = 'accounts'::regclass)`,
+      )
+      return { ok: false, waitedMs: Date.now() - started, holders: h.rows.map((r) => `pid ${r.pid} ${r.state ?? '?'} since ${r.xact_start ?? '?'}: ${r.query}`) }
+    }
+  } finally {
+    await c.query('ROLLBACK').catch(() => undefined)
+    await c.end()
+  }
+}
