@@ -50,7 +50,7 @@ async function main(): Promise<number> {
   const keep = process.env.TORTURE_KEEP !== '0'
   const keepAlways = process.env.TORTURE_KEEP === 'always'
   const contractIdle = process.env.TORTURE_CONTRACT_IDLE_MS
-  const contractIdleMs = contractIdle === undefined || contractIdle === '' ? undefined : intEnv('TORTURE_CONTRACT_IDLE_MS', 15_000, 0)
+  const contractIdleMs = contractIdle === undefined || contractIdle === '' ? undefined : intEnv('TORTURE_CONTRACT_IDLE_MS', 0, 0)
   const log = (line: string): void => void process.stderr.write(`torture: ${line}\n`)
   process.stdout.write(`txmesh bank torture: seed ${seed}, modes ${modes.join(', ')}, ${transfers} transfers and ${kills} kills and ${proxyFaults} proxy faults per mode\n`)
 

@@ -217,7 +217,7 @@ export interface ClusterOptions {
   readonly mode: Mode
   /** The bank services' app (default helper: bank-app.ts). */
   readonly participant?: Participant
-  /** contract apps: Postgres's idle_in_transaction_session_timeout for their branches (0: none; default 15 s). */
+  /** contract apps: Postgres's idle_in_transaction_session_timeout for their branches (0: none, the default). */
   readonly contractIdleMs?: number
   /** Scratch directory of this mode: configs, durable logs, process logs. */
   readonly dir: string

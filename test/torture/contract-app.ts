@@ -18,10 +18,11 @@
 // The app trusts the contract (a hook never runs while a request of its branch runs here, a
 // prepare never overlaps another hook of its branch, commit only after a yes) and does nothing to
 // make up for a breach of it; it only reports one: a `contract_breach` JSON line on stderr, which
-// the torture counts as a violation (run.ts). Its one safeguard outside the contract is
-// Postgres's own idle_in_transaction_session_timeout for branches that never reach prepare (the
-// contract promises abort only for branches whose prepare may have taken effect); every branch it
-// ends is a `branch_connection_lost` line, which the torture reports.
+// the torture counts as a violation (run.ts). It has no safeguard outside the contract by default:
+// the sidecar aborts every branch that may hold work (JOINED is durable before a branch's first
+// request reaches the app). IDLE_IN_TRANSACTION_MS > 0 sets Postgres's own
+// idle_in_transaction_session_timeout for open branches; every branch it ends is a
+// `branch_connection_lost` line, which the torture reports.
 //
 // Environment: DATABASE_URL, SERVICE, PORT (fixed: restarts reuse it). Prints
 // {"event":"listening","port":N,"pid":N} on stdout once it listens.
@@ -47,13 +48,11 @@ const CONNECT_TIMEOUT_MS = 5_000
 // Row locks held by a prepared branch whose decision is on its way make other transfers wait:
 // they fail after this instead (and abort), so the load keeps moving (as bank-app.ts).
 const LOCK_TIMEOUT_MS = 2_000
-// An open branch idle this long is past its transaction's 10 s deadline: nobody will prepare it.
-// Postgres ends its session (and its row locks). Needed only for a branch whose sidecar forgot it
-// before writing anything (killed before prepare) while its coordinator also forgot the
-// transaction (killed during its abort sends) or never knew the branch (the answer that enlisted
-// it was lost with the kill). IDLE_IN_TRANSACTION_MS=0 turns it off (the torture's
-// TORTURE_CONTRACT_IDLE_MS), to show what the contract alone leaves.
-const IDLE_IN_TRANSACTION_MS = Number(process.env.IDLE_IN_TRANSACTION_MS ?? 15_000)
+// Off by default (0): the contract alone must end every open branch. It was needed before the
+// sidecar wrote JOINED, for a branch whose sidecar was killed before prepare while its
+// coordinator forgot the transaction or never knew the branch (the torture's
+// TORTURE_CONTRACT_IDLE_MS sets it, in ms).
+const IDLE_IN_TRANSACTION_MS = Number(process.env.IDLE_IN_TRANSACTION_MS ?? 0)
 // Branches remembered after their prepare, to report a request or a commit that breaks the
 // contract; bounded memory.
 const RECENT_KEPT = 10_000

@@ -44,9 +44,9 @@ const ACCOUNTS = 16
 const INITIAL_BALANCE: Readonly<Record<Mode, number>> = { '2pc': 1_000, saga: 1_000_000, tcc: 1_000 }
 // Transfers in flight at once (the brief: "e.g. 8").
 export const IN_FLIGHT = 8
-// The lock probe after recovery waits this long for a row lock: above the apps' 15 s limits on
-// an open branch nobody prepares (txmesh/pg idleTimeoutMs, Postgres's
-// idle_in_transaction_session_timeout in contract-app.ts), so only a lock held for good fails it.
+// The lock probe after recovery waits this long for a row lock: above the txmesh/pg apps' 15 s
+// idleTimeoutMs on an open branch nobody prepares and the sidecars' 8 s hook hold at restart, so
+// only a lock held for good fails it.
 const LOCK_PROBE_WAIT_MS = 20_000
 
 export interface BankOptions {
@@ -63,7 +63,7 @@ export interface BankOptions {
   readonly keepDirOnFailure: boolean
   /** Keep it whatever the outcome (diagnosis of a passing run: TORTURE_KEEP=always). */
   readonly keepDir?: boolean
-  /** contract run: the apps' idle-in-transaction limit (0: none, see contract-app.ts; default 15 s). */
+  /** contract run: the apps' idle-in-transaction limit (0: none, the default, see contract-app.ts). */
   readonly contractIdleMs?: number
   readonly log: (line: string) => void
 }
@@ -223,7 +223,7 @@ export async function runBankMode(o: BankOptions): Promise<BankResult> {
  * What the contract apps logged (contract-app.ts): every `contract_breach` line is a violation
  * (the app saw a hook the contract says it never sees); `branch_connection_lost` lines count
  * open branches whose session ended under them, 25P03 those Postgres's idle timeout ended (a
- * branch nobody prepared or aborted for 15 s).
+ * branch nobody prepared or aborted for TORTURE_CONTRACT_IDLE_MS, when set).
  */
 function contractAppNotes(dir: string, violations: Violation[]): { breaches: number; idleBranchesEnded: number; branchesLost: number } {
   let breaches = 0
