@@ -1,4 +1,4 @@
-// A real nats-server (Debian's package; .ci/run installs it) with JetStream and a file store in a
+// A real nats-server (Debian's package; npm test installs it when missing: scripts/test-tools.mjs) with JetStream and a file store in a
 // temp dir, on a fixed free port so that restart() brings it back where clients reconnect.
 import { spawn, type ChildProcess } from 'node:child_process'
 import { existsSync, rmSync } from 'node:fs'

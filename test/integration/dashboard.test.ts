@@ -19,7 +19,7 @@ const servers: { close: () => Promise<void> }[] = []
 let browser: Browser | undefined
 
 beforeAll(async () => {
-  // Not a skip: the browser test is part of the suite (.ci/run installs chromium when missing).
+  // Not a skip: the browser test is part of the suite (npm test installs chromium when missing: scripts/test-tools.mjs).
   if (!existsSync(CHROMIUM)) throw new Error(`${CHROMIUM} is missing: install Debian's chromium (apt-get install -y chromium) to run the dashboard test`)
   // playwright-core launches it with a fresh temporary profile.
   browser = await chromium.launch({
