@@ -30,14 +30,15 @@ async function committedThenStranger(n: string) {
   t.apps.push(other)
   const stranger = await spawnSidecar(sidecarYaml('inventory', other.port, '', tempDir()), ['--control-port', String(control)])
   t.procs.push(stranger)
-  return { m, tx, stranger }
+  return { m, tx, stranger, other }
 }
 
 describe('a participant address reused by another sidecar', () => {
   it('a commit answered by a stranger at the address of a prepared participant is no acknowledgement', async () => {
-    const { m, tx } = await committedThenStranger('1')
+    const { m, tx, other } = await committedThenStranger('1')
     // The coordinator's retried commit reaches the stranger. Does it count as acknowledged?
-    await sleep(12_000)
+    await until('the stranger heard the commit', () => other.hooks.includes(`commit:${tx.id}`), 20_000)
+    await sleep(500)
     const view = await m.view(tx.id)
     // The real payments branch is still prepared somewhere: the decision must not be forgotten.
     expect(view.participants).toEqual(expect.arrayContaining([expect.objectContaining({ service: 'payments', acknowledged: false })]))
@@ -45,10 +46,11 @@ describe('a participant address reused by another sidecar', () => {
   }, 60_000)
 
   it('after such an answer the real participant, back at a new address, still commits', async () => {
-    const { m, tx, stranger } = await committedThenStranger('2')
+    const { m, tx, stranger, other } = await committedThenStranger('2')
     const payments = m.svc.payments!.app
     // Wait until the coordinator stops retrying (or 15 s).
-    await until('coordinator finished', async () => (await m.view(tx.id)).status !== 'committing', 15_000).catch(() => undefined)
+    await until('the stranger heard the commit', () => other.hooks.includes(`commit:${tx.id}`), 20_000)
+    await sleep(500)
     const seen = await m.view(tx.id)
     // The coordinator restarts on its own log (a rollout): whatever it ended is forgotten.
     m.coord.child.kill('SIGTERM')
@@ -85,7 +87,7 @@ describe('a participant address reused by another sidecar', () => {
     t.apps.push(other)
     const stranger = await spawnSidecar(sidecarYaml('inventory', other.port, '', tempDir()), ['--control-port', String(control)])
     t.procs.push(stranger)
-    const reported = await Promise.race([commit, sleep(15_000).then(() => ({ outcome: 'no answer yet' }))])
+    const reported = await Promise.race([commit, sleep(6_000).then(() => ({ outcome: 'no answer yet' }))])
     // The payments pod comes back with its log at a new address: it commits (it decided).
     stranger.child.kill('SIGKILL')
     const back = await spawnSidecar(sidecarYaml('payments', payments.port, '', m.svc.payments!.store), ['--control-port', String(await freePort())])
