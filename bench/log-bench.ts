@@ -1,4 +1,4 @@
-// Durable log benchmark (src/log/file-log.ts), standalone:
+// Durable log benchmark (src/wal/file-log.ts), standalone:
 //
 //   npx tsx bench/log-bench.ts
 //   LOG_BENCH_SECONDS=5 LOG_BENCH_DIR=/var/lib/txmesh npx tsx bench/log-bench.ts
@@ -18,7 +18,7 @@
 import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { FileLog, type FileLogOptions } from '../src/log/file-log.js'
+import { FileLog, type FileLogOptions } from '../src/wal/file-log.js'
 import { decision, measureReplay } from './lib/log-replay.js'
 
 const seconds = Number(process.env.LOG_BENCH_SECONDS ?? 3)

@@ -234,7 +234,7 @@ export class UnsupportedMediaTypeError extends TxmeshError {
   readonly status = 415
 }
 
-// Durable log (src/log/). Replay refuses to guess past damage it cannot explain by a crash: a bad
+// Durable log (src/wal/). Replay refuses to guess past damage it cannot explain by a crash: a bad
 // record in a segment that is not the last one, or a format this build does not know.
 export class LogCorruptError extends TxmeshError {
   readonly code = 'TXM_LOG_CORRUPT'

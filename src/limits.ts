@@ -160,7 +160,7 @@ export const LIMITS = Object.freeze({
   finishedTxRetentionMs: 60_000,
   maxFinishedTxRetained: 10_000,
   maxServices: 10_000,
-  // Durable log (src/log/). A segment is the unit of rollover and compaction: 64 MiB replays in
+  // Durable log (src/wal/). A segment is the unit of rollover and compaction: 64 MiB replays in
   // well under a second and keeps the file count low (etcd's WAL uses 64 MB segments too).
   logSegmentBytes: 64 * 1024 * 1024,
   // A log record is a decision (participants + outcome), a few hundred bytes; 1 MiB bounds a

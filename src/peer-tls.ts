@@ -13,7 +13,7 @@ import { isIP } from 'node:net'
 import type { TlsSettings } from './config/types.js'
 import { Agent, buildConnector, type Connector } from './http-client.js'
 import { LIMITS } from './limits.js'
-import type { Logger } from './log.js'
+import type { Logger } from './telemetry/logger.js'
 import { readTlsMaterial, type TlsMaterial, watchFiles } from './secrets.js'
 
 export class PeerTls {

@@ -6,7 +6,7 @@ import { closeSync, openSync, readSync, statSync, unwatchFile, watchFile } from 
 import { createSecureContext } from 'node:tls'
 import type { TlsSettings } from './config/types.js'
 import { LIMITS } from './limits.js'
-import type { Logger } from './log.js'
+import type { Logger } from './telemetry/logger.js'
 
 /**
  * Reads a small secret or certificate file; throws (naming the size, not the content) past

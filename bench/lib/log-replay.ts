@@ -1,8 +1,8 @@
-// Replay of a large durable log (src/log/file-log.ts): written first, then timed while
+// Replay of a large durable log (src/wal/file-log.ts): written first, then timed while
 // FileLog.open reads it back. Shared by bench/log-bench.ts and the footprint part.
 import { mkdtemp, rm } from 'node:fs/promises'
 import { join } from 'node:path'
-import { FileLog } from '../../src/log/file-log.js'
+import { FileLog } from '../../src/wal/file-log.js'
 
 /** One 1 GiB segment: compaction removes nothing, so every record is read back. */
 const REPLAY_OPTS = { segmentBytes: 1024 * 1024 * 1024 }

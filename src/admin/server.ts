@@ -28,7 +28,7 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import { AdminUnauthorizedError, BadRequestError, MethodNotAllowedError, NotFoundError, TxLimitError, TxUnknownError, TxmeshError } from '../errors.js'
 import { parseJsonObject, readText, sendJson } from '../http-json.js'
 import { LIMITS } from '../limits.js'
-import type { Logger } from '../log.js'
+import type { Logger } from '../telemetry/logger.js'
 import { answerRefusedRequests, respondError } from '../proxy/respond.js'
 import { sameSecret } from '../secrets.js'
 import type { CoordinatorDriver } from '../tx/coordinator/driver.js'

@@ -17,7 +17,7 @@ import { parseArgs } from 'node:util'
 import pg from 'pg'
 import { EnvHttpProxyAgent, request } from 'undici'
 import { createTxmeshPg, type TxmeshPg, type TxmeshPgTx } from '../helpers/pg/index.js'
-import { createLogger, type Logger } from '../log.js'
+import { createLogger, type Logger } from '../telemetry/logger.js'
 import { UsageError } from './usage.js'
 
 const SERVICES = ['orders', 'payments', 'inventory'] as const

@@ -5,7 +5,7 @@
 // JSON line with the bound ports on stdout; SIGTERM/SIGINT drain and exit 0.
 import { parseArgs } from 'node:util'
 import { loadConfigFile, overridesFrom, withOverrides } from '../config/load.js'
-import { createLogger } from '../log.js'
+import { createLogger } from '../telemetry/logger.js'
 import { missingRuntimeFlags } from '../runtime.js'
 import { startSidecar } from '../sidecar.js'
 import { UsageError } from './usage.js'

@@ -5,7 +5,7 @@ import { readFileSync } from 'node:fs'
 import { parseArgs } from 'node:util'
 import { WEBHOOK } from '../k8s/constants.js'
 import { startWebhook } from '../k8s/webhook.js'
-import { createLogger, type LogLevel } from '../log.js'
+import { createLogger, type LogLevel } from '../telemetry/logger.js'
 import { UsageError } from './usage.js'
 
 const LEVELS = new Set(['debug', 'info', 'warn', 'error', 'silent'])

@@ -45,7 +45,7 @@ import {
 } from '../errors.js'
 import { parseJsonObject, readText } from '../http-json.js'
 import { LIMITS } from '../limits.js'
-import type { Logger } from '../log.js'
+import type { Logger } from '../telemetry/logger.js'
 import { answerRefusedRequests, errorBody, respondError } from '../proxy/respond.js'
 import { CONTROL_AUTH_HEADER } from '../tx/control-client.js'
 import type { CoordinatorDriver } from '../tx/coordinator/driver.js'

@@ -4,7 +4,7 @@
 import assert from 'node:assert/strict'
 import type { JetStreamClient, JetStreamManager } from '@nats-io/jetstream'
 import type { NatsConnection } from '@nats-io/transport-node'
-import { silentLogger, type Logger } from '../log.js'
+import { silentLogger, type Logger } from '../telemetry/logger.js'
 import { LIMITS } from '../limits.js'
 import type { BusEvent, Sink } from './types.js'
 

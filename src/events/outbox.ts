@@ -14,8 +14,8 @@
 // publish() resolved, so a restart publishes again what was not acknowledged.
 //
 // The SSE feed (/v1/events) is the in-memory EventHub, fed by the same callback.
-import type { Logger } from '../log.js'
-import type { FileLog } from '../log/file-log.js'
+import type { Logger } from '../telemetry/logger.js'
+import type { FileLog } from '../wal/file-log.js'
 import { LIMITS } from '../limits.js'
 import { DeliveryQueue } from './delivery.js'
 import { eventSubject } from './nats.js'

@@ -24,7 +24,7 @@ import {
 } from '../errors.js'
 import { LIMITS } from '../limits.js'
 import { listen } from '../net.js'
-import type { Logger } from '../log.js'
+import type { Logger } from '../telemetry/logger.js'
 import type { PeerTls } from '../peer-tls.js'
 import type { ForwardRequest, Forwarder, ResponseHook } from './forward.js'
 import type { Span } from '@opentelemetry/api'

@@ -18,7 +18,7 @@ import {
   type SpanContext,
   type Tracer,
 } from '@opentelemetry/api'
-import type { Logger } from '../log.js'
+import type { Logger } from './logger.js'
 
 export { SpanKind, SpanStatusCode, type Context, type Span }
 

@@ -10,7 +10,7 @@
 import { ControlAnswerUnsignedError } from '../errors.js'
 import { exchange, type Agent } from '../http-client.js'
 import { LIMITS } from '../limits.js'
-import type { Logger } from '../log.js'
+import type { Logger } from '../telemetry/logger.js'
 import { peerAgent, type PeerTls } from '../peer-tls.js'
 import type { SidecarMetrics } from '../telemetry/metrics.js'
 import type { MeshKeys } from './keys.js'

@@ -3,7 +3,7 @@
 // or may not have reached the disk, so the caller must stop and let recovery decide.
 import { LogOverloadedError } from '../errors.js'
 import { LIMITS } from '../limits.js'
-import type { FileLog } from '../log/file-log.js'
+import type { FileLog } from '../wal/file-log.js'
 
 export async function appendDurable(log: FileLog, key: string, body: Record<string, unknown>): Promise<void> {
   for (let attempt = 0; ; attempt++) {

@@ -11,7 +11,7 @@
 // the keys in place (no restart); an invalid one (no key, a key under 16 bytes, unreadable) keeps
 // the current keys and logs one warning.
 import { LIMITS } from '../limits.js'
-import type { Logger } from '../log.js'
+import type { Logger } from '../telemetry/logger.js'
 import { keyId, watchSecretFile } from '../secrets.js'
 
 /**

@@ -5,7 +5,7 @@ import assert from 'node:assert/strict'
 import { MessageTooLargeError, TxLimitError, TxNotActiveError, TxUnknownError, type TxmeshError } from '../errors.js'
 import type { TxMessage } from '../events/outbox.js'
 import { LIMITS } from '../limits.js'
-import type { FileLog } from '../log/file-log.js'
+import type { FileLog } from '../wal/file-log.js'
 import type { TxId } from './core.js'
 
 // The messages and the rest of a decision record always fit one log record, so a commit never

@@ -65,7 +65,7 @@ const ADDRESS_RE = /^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]{1,253}):\d{1,5}$/
 /**
  * A transaction id names its coordinator (DESIGN.md "Enlistment", "Coordinator identity"):
  * `<random>_<incarnation>_<base64url of the coordinator's control address>`. The incarnation is
- * the coordinator log's own id (src/log/incarnation.ts), made when the log was created: presumed
+ * the coordinator log's own id (src/wal/incarnation.ts), made when the log was created: presumed
  * abort ("no record means aborted") is only sound from the log that would hold the record, so a
  * sidecar answers "aborted" only for ids of its own incarnation. The address lets a sibling
  * instance, or a sidecar that lost its log, ask the coordinator about a prepared row it finds in

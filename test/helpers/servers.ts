@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { createInterface } from 'node:readline'
 import { parseConfig } from '../../src/config/load.js'
-import { silentLogger } from '../../src/log.js'
+import { silentLogger } from '../../src/telemetry/logger.js'
 import { SIDECAR_NODE_FLAGS } from '../../src/runtime.js'
 import { startSidecar, type Ports, type Sidecar } from '../../src/sidecar.js'
 

@@ -18,7 +18,7 @@ import { injectObject } from '../../src/k8s/inject.js'
 import type { JsonObject } from '../../src/k8s/json-patch.js'
 import { startWebhook, type WebhookServer } from '../../src/k8s/webhook.js'
 import { LIMITS } from '../../src/limits.js'
-import { createLogger } from '../../src/log.js'
+import { createLogger } from '../../src/telemetry/logger.js'
 
 const root = join(import.meta.dirname, '../..')
 const fixtures = join(root, 'test/fixtures/k8s/admission')

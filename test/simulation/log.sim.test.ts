@@ -1,4 +1,4 @@
-// Deterministic simulation of the durable log (src/log/file-log.ts) under disk faults: the real
+// Deterministic simulation of the durable log (src/wal/file-log.ts) under disk faults: the real
 // FileLog on a simulated disk (./simfs.ts, put in place of node:fs/promises), driven by one seed
 // through rounds of appends (durable and lazy), ends, flushes and lazy-flush timers, each round
 // ended by a crash at a random operation (mid-write, mid-fsync, mid-rollover, mid-compaction,
@@ -35,8 +35,8 @@
 //   SIM_LOG_SEED=42 npx vitest run test/simulation/log.sim.test.ts           replay one, with its trace
 import { describe, expect, it, vi } from 'vitest'
 import { LogCorruptError, LogFailedError } from '../../src/errors.js'
-import { FileLog, type FileLogOptions, type LogEntry } from '../../src/log/file-log.js'
-import { RecordKind, SEGMENT_HEADER_BYTES, decodeRecord } from '../../src/log/record.js'
+import { FileLog, type FileLogOptions, type LogEntry } from '../../src/wal/file-log.js'
+import { RecordKind, SEGMENT_HEADER_BYTES, decodeRecord } from '../../src/wal/record.js'
 import { Prng } from './prng.js'
 import { NO_FAULTS, SimFs, simDisk, type CrashKind, type FsFaults, type Persistence } from './simfs.js'
 import { envInt, expectNoFailures, expectReplayClean, failure } from './seeds.js'

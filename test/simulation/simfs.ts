@@ -1,5 +1,5 @@
 // A simulated disk for the log simulation (log.sim.test.ts): the four node:fs/promises calls
-// src/log/file-log.ts makes (mkdir, open, readdir, unlink) and the FileHandle methods it uses,
+// src/wal/file-log.ts makes (mkdir, open, readdir, unlink) and the FileHandle methods it uses,
 // in memory, with a page cache separate from what is durable, so a crash can land at any await
 // of the log (mid-write, mid-rollover, mid-compaction, mid-replay) and keep only what a real
 // disk may keep.

@@ -19,7 +19,7 @@
 //   log-step-done is lazy; log-end writes END lazily and retires the transaction.
 // - run sends the op (saga: the compensation to the service; TCC: confirm/cancel through the
 //   service's sidecar) with a timeout; 2xx is op-done, anything else or no answer op-failed.
-// The log behaves as src/log/file-log.ts promises (log.sim.test.ts checks it): records reach
+// The log behaves as src/wal/file-log.ts promises (log.sim.test.ts checks it): records reach
 // the disk in append order; a forced append resolves once it and everything before it is
 // fsynced; lazy records are written (not fsynced) by a timer or ride with the next fsync; a
 // process crash loses what was only queued, a power loss also an unsynced suffix of what was

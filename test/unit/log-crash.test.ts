@@ -9,10 +9,10 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { pathToFileURL } from 'node:url'
 import { afterAll, describe, expect, it } from 'vitest'
-import { FileLog } from '../../src/log/file-log.js'
+import { FileLog } from '../../src/wal/file-log.js'
 
 const root = join(import.meta.dirname, '../..')
-const moduleUrl = pathToFileURL(join(root, 'src/log/file-log.ts')).href
+const moduleUrl = pathToFileURL(join(root, 'src/wal/file-log.ts')).href
 
 // Runs in the child (plain ESM; tsx loads the TypeScript module). 16 concurrent writers; after
 // each resolved append it prints "acked N"; nine transactions in ten are then ended (lazily).

@@ -3,8 +3,8 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { crc32 } from 'node:zlib'
 import { afterEach, describe, expect, it } from 'vitest'
-import { FileLog, type FileLogOptions, type LogEntry } from '../../src/log/file-log.js'
-import { SEGMENT_HEADER_BYTES, segmentName } from '../../src/log/record.js'
+import { FileLog, type FileLogOptions, type LogEntry } from '../../src/wal/file-log.js'
+import { SEGMENT_HEADER_BYTES, segmentName } from '../../src/wal/record.js'
 
 const dirs: string[] = []
 async function tmp(): Promise<string> {

@@ -5,10 +5,10 @@ import { failpoint } from '../../failpoints.js'
 import { appendDurable } from '../durable.js'
 import { RecentMap } from '../recent.js'
 import type { SidecarMetrics } from '../../telemetry/metrics.js'
-import type { FileLog } from '../../log/file-log.js'
+import type { FileLog } from '../../wal/file-log.js'
 import { InternalError, LogFailedError, ShuttingDownError, TxLimitError, TxNotActiveError, TxUnknownError, TxmeshError } from '../../errors.js'
 import { LIMITS } from '../../limits.js'
-import type { Logger } from '../../log.js'
+import type { Logger } from '../../telemetry/logger.js'
 import type { ControlClient } from '../control-client.js'
 import type { MeshKeys } from '../keys.js'
 import type { CoordinatorAction, CoordinatorEvent, CoordinatorState, Env, Outcome, ParticipantRef, TxId, Vote } from '../core.js'
@@ -76,7 +76,7 @@ export interface CoordinatorDeps {
   readonly control: ControlClient
   /** This sidecar's control address as peers reach it (goes into contexts). */
   readonly self: string
-  /** This sidecar's log incarnation (src/log/incarnation.ts): ids carry it. */
+  /** This sidecar's log incarnation (src/wal/incarnation.ts): ids carry it. */
   readonly incarnation: string
   /** This process's run tag (protocol.ts newRunTag): ids start with it. */
   readonly run: string

@@ -9,8 +9,8 @@
 import { request, type Agent } from '../../http-client.js'
 import { InternalError, LogFailedError, ShuttingDownError, StepTargetRefusedError, TxLimitError, TxNotActiveError, TxUnknownError, TxmeshError } from '../../errors.js'
 import { LIMITS } from '../../limits.js'
-import type { Logger } from '../../log.js'
-import type { FileLog } from '../../log/file-log.js'
+import type { Logger } from '../../telemetry/logger.js'
+import type { FileLog } from '../../wal/file-log.js'
 import type { SidecarMetrics } from '../../telemetry/metrics.js'
 import { peerAgent, type PeerTls } from '../../peer-tls.js'
 import type { ControlClient } from '../control-client.js'
@@ -60,7 +60,7 @@ export interface StepDeps {
   readonly log: FileLog
   readonly control: ControlClient
   readonly self: string
-  /** This sidecar's log incarnation (src/log/incarnation.ts): ids carry it. */
+  /** This sidecar's log incarnation (src/wal/incarnation.ts): ids carry it. */
   readonly incarnation: string
   /** This process's run tag (protocol.ts newRunTag): ids start with it. */
   readonly run: string

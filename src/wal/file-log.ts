@@ -43,7 +43,7 @@ import { dirname, join, resolve as resolvePath } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { InternalError, LogCorruptError, LogFailedError, LogOverloadedError, LogRecordTooLargeError, ShuttingDownError } from '../errors.js'
 import { LIMITS } from '../limits.js'
-import { silentLogger, type Logger } from '../log.js'
+import { silentLogger, type Logger } from '../telemetry/logger.js'
 import {
   FRAME_HEADER_BYTES,
   RecordKind,
