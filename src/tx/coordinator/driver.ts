@@ -214,7 +214,7 @@ export class CoordinatorDriver {
     const e = this.txs.get(id) ?? this.finished.get(id)
     if (e === undefined) return undefined
     const traceId = e.span?.spanContext().traceId
-    return { id, mode: e.mode, status: mixed(e.state) ? 'heuristic-mixed' : e.state.status, deadline: e.state.deadline, reason: e.state.reason, participants: views(e.state), ...(traceId === undefined ? {} : { traceId }) }
+    return { id, mode: e.mode, status: statusOf(e.state), deadline: e.state.deadline, reason: e.state.reason, participants: views(e.state), ...(traceId === undefined ? {} : { traceId }) }
   }
 
   list(): TxView[] {
@@ -439,7 +439,7 @@ export class CoordinatorDriver {
     this.txs.delete(id)
     // Keep finished transactions visible for a while, bounded in count and age.
     this.finished.set(id, e)
-    this.d.onEvent?.('tx-finished', { tx: id, outcome: e.outcome, status: mixed(e.state) ? 'heuristic-mixed' : e.state.status, ...(e.decidedAt > 0 ? { phase2Ms: performance.now() - e.decidedAt } : {}) })
+    this.d.onEvent?.('tx-finished', { tx: id, outcome: e.outcome, status: statusOf(e.state), ...(e.decidedAt > 0 ? { phase2Ms: performance.now() - e.decidedAt } : {}) })
   }
 
   /** A per-participant span under the transaction's (only called when tracing is on). */
@@ -483,6 +483,11 @@ function parseVote(v: unknown): Vote {
 /** Decided, but at least one participant finished its branch the other way. */
 function mixed(s: CoordinatorState): boolean {
   return s.participants.some((p) => p.heuristic !== undefined)
+}
+
+/** The status operators see: the machine's, or heuristic-mixed once a branch disagreed. */
+function statusOf(s: CoordinatorState): TxView['status'] {
+  return mixed(s) ? 'heuristic-mixed' : s.status
 }
 
 function views(s: CoordinatorState): ParticipantView[] {

@@ -98,7 +98,7 @@ export interface ParticipantDeps {
 
 const logKey = (tx: TxId, branch: BranchId): string => `p:${tx}:${branch}`
 
-/** A PREPARING or PREPARED record: what recovery needs to rebuild the branch. */
+/** A JOINED, PREPARING or PREPARED record: what recovery needs to rebuild the branch. */
 function branchRecord(type: 'joined' | 'preparing' | 'prepared', b: Branch): Record<string, unknown> {
   const s = b.state
   return { type, tx: s.tx, branch: s.branch, coordinator: s.coordinator, deadline: s.deadline, context: b.context, ...(s.onePhase ? { onePhase: true } : {}) }
@@ -248,7 +248,7 @@ export class ParticipantDriver {
   ): Promise<'done' | 'failed' | 'not-here'> {
     // The try ran through another log's sidecar (this address was its, a pod IP reused): this
     // app never saw it, and answering for it would call a reservation confirmed that is not.
-    if (holder !== undefined && this.d.incarnation !== undefined && holder !== this.d.incarnation) return 'not-here'
+    if (this.foreign(holder)) return 'not-here'
     try {
       const headers: Record<string, string> = { ...call.headers, [TX_ID_HEADER]: tx, [BRANCH_ID_HEADER]: branch, [OP_HEADER]: op }
       if (call.body === undefined) headers['content-length'] = '0'
@@ -499,9 +499,10 @@ export class ParticipantDriver {
   /**
    * Rebuilds the branches found in the log at start, per key: one with a durable END is over
    * (its END marker was lazy and did not land: end it again, never re-ask); one with PREPARED
-   * voted yes and asks its coordinator (or, one-phase, commits); one with only PREPARING never
-   * voted, so it aborts alone. Operator resolutions are carried out again if the branch did not
-   * finish before the restart.
+   * voted yes and asks its coordinator (or, one-phase, commits); one with only JOINED (or
+   * PREPARING) never voted, so it aborts alone; one resolved by hand keeps answering with its
+   * resolution. Operator resolutions are carried out again if the branch did not finish before
+   * the restart.
    */
   recover(records: readonly { txId: string; body: Readonly<Record<string, unknown>> }[]): number {
     type Found = { preparing?: Readonly<Record<string, unknown>>; prepared?: Readonly<Record<string, unknown>>; ended: boolean; resolved?: Outcome; endResolved?: Outcome }
@@ -725,7 +726,11 @@ export class ParticipantDriver {
 
   /** The branch id names another log incarnation than this sidecar's: not a branch of ours. */
   private heldElsewhere(branch: BranchId): boolean {
-    const holder = holderOfBranch(branch)
+    return this.foreign(holderOfBranch(branch))
+  }
+
+  /** `holder` (a log incarnation a branch or step names) is another sidecar's log than this one's. */
+  private foreign(holder: string | undefined): boolean {
     return holder !== undefined && this.d.incarnation !== undefined && holder !== this.d.incarnation
   }
 
@@ -798,8 +803,10 @@ export class ParticipantDriver {
     try {
       const s = await this.hookStatus(b.state.tx, b.state.branch, b.context, hook)
       if (hook === 'prepare') {
-        if (s === 200) failpoint('participant-after-app-prepared')
-        if (s === 200) return { type: 'app-voted', vote: { kind: 'prepared' } }
+        if (s === 200) {
+          failpoint('participant-after-app-prepared')
+          return { type: 'app-voted', vote: { kind: 'prepared' } }
+        }
         if (s === 204) return { type: 'app-voted', vote: { kind: 'read-only' } }
         return { type: 'app-voted', vote: { kind: 'refused', reason: `app answered prepare with ${s}` } }
       }
