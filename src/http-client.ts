@@ -56,7 +56,7 @@ export interface Exchanged {
 
 export interface ExchangeOptions {
   readonly path: string
-  readonly method: 'GET' | 'POST'
+  readonly method: Undici.Dispatcher.HttpMethod
   /** Flat [name, value, ...] list. */
   readonly headers: string[]
   readonly body?: string

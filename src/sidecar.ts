@@ -24,7 +24,8 @@ import { ingressResolver } from './proxy/ingress/target.js'
 import { ProxyServer } from './proxy/server.js'
 import { ControlClient } from './tx/control-client.js'
 import { KeyRing, watchKeyFile } from './tx/keys.js'
-import { PeerTls } from './peer-tls.js'
+import { PeerTls, peerAgent } from './peer-tls.js'
+import { productionIo } from './tx/io.js'
 import { readTlsMaterial, watchSecretFile } from './secrets.js'
 import { CoordinatorDriver } from './tx/coordinator/driver.js'
 import { ParticipantDriver } from './tx/participant/driver.js'
@@ -157,23 +158,24 @@ export async function startSidecar(config: SidecarConfig, log: Logger): Promise<
       }
       const publish = (id: string, messages: readonly TxMessage[]): Promise<void> => bus.publish(id, messages)
       const appOrigin = config.app.host.includes(':') ? `http://[${config.app.host}]:${config.app.port}` : `http://${config.app.host}:${config.app.port}`
+      // Its own pool: the forwarder's pools are evicted when many upstreams are in use.
       appPool = new Pool(appOrigin, { connections: LIMITS.poolConnectionsPerOrigin, keepAliveTimeout: LIMITS.upstreamKeepAliveMs, connect: { timeout: LIMITS.connectTimeoutMs } })
-      coordinator = new CoordinatorDriver({ log: fileLog, control: controlClient, self, incarnation: incarnation.id, run, keys, logger: log, metrics, tracing, onEvent, publish })
+      // With peer TLS, https:// step targets (services reached over TLS) get the mesh CA and this
+      // sidecar's certificate; the connector opens plain http:// targets as before.
+      const io = productionIo({ log: fileLog, control: controlClient, app: appPool, http: peerAgent(peerTls), logger: log })
+      coordinator = new CoordinatorDriver({ io, self, incarnation: incarnation.id, run, keys, logger: log, metrics, tracing, onEvent, publish })
       participant = new ParticipantDriver({
-        log: fileLog,
-        control: controlClient,
+        io,
         service: config.service,
         self,
         incarnation: incarnation.id,
-        // Its own pool: the forwarder's pools are evicted when many upstreams are in use.
-        app: appPool,
         appOrigin,
         hooks: config.hooks,
         logger: log,
         coordinators: config.mesh.coordinators,
         onEvent,
       })
-      steps = new StepCoordinator({ log: fileLog, control: controlClient, self, incarnation: incarnation.id, run, keys, logger: log, metrics, onEvent, publish, policy: config.steps, tls: peerTls, targets: { origins: serviceOrigins(config), controls: config.mesh.coordinators } })
+      steps = new StepCoordinator({ io, self, incarnation: incarnation.id, run, keys, logger: log, metrics, onEvent, publish, policy: config.steps, targets: { origins: serviceOrigins(config), controls: config.mesh.coordinators } })
       plane = new ActiveTxPlane({ keys, coordinators: config.mesh.coordinators, coordinator, participant, steps, control: controlClient })
       controlDeps = { keys, self, coordinator, participant, steps, logger: log }
       // The outbox first: events the drivers emit while recovering continue each transaction's

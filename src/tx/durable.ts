@@ -4,15 +4,16 @@
 import { LogOverloadedError } from '../errors.js'
 import { LIMITS } from '../limits.js'
 import type { FileLog } from '../wal/file-log.js'
+import { sleep, type Timers } from './io.js'
 
-export async function appendDurable(log: FileLog, key: string, body: Record<string, unknown>): Promise<void> {
+export async function appendDurable(io: { readonly log: FileLog; readonly timers: Timers }, key: string, body: Record<string, unknown>): Promise<void> {
   for (let attempt = 0; ; attempt++) {
     try {
-      await log.append(key, body)
+      await io.log.append(key, body)
       return
     } catch (err) {
       if (!(err instanceof LogOverloadedError) || attempt >= LIMITS.logOverloadRetries) throw err
-      await new Promise((r) => setTimeout(r, LIMITS.logOverloadRetryMs * (attempt + 1)))
+      await sleep(io.timers, LIMITS.logOverloadRetryMs * (attempt + 1))
     }
   }
 }

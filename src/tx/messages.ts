@@ -7,6 +7,7 @@ import type { TxMessage } from '../events/outbox.js'
 import { LIMITS } from '../limits.js'
 import type { FileLog } from '../wal/file-log.js'
 import type { TxId } from './core.js'
+import type { Timers } from './io.js'
 
 // The messages and the rest of a decision record always fit one log record, so a commit never
 // finds its record too large (it would abort: src/tx/*/driver.ts, "decision refused").
@@ -55,8 +56,8 @@ export function endAfterPublishing(log: FileLog, key: string, holder: MessageHol
 }
 
 /** Waits until `register`'s callback runs, or `ms` at most (a bounded wait for an answer). */
-export async function waitAtMost(register: (done: () => void) => void, ms: number): Promise<void> {
-  let timer: NodeJS.Timeout | undefined
-  await Promise.race([new Promise<void>((resolve) => register(resolve)), new Promise<void>((resolve) => (timer = setTimeout(resolve, ms)))])
-  clearTimeout(timer)
+export async function waitAtMost(timers: Timers, register: (done: () => void) => void, ms: number): Promise<void> {
+  let timer: object | undefined
+  await Promise.race([new Promise<void>((resolve) => register(resolve)), new Promise<void>((resolve) => (timer = timers.set(resolve, ms)))])
+  timers.clear(timer)
 }

@@ -72,11 +72,11 @@ const ADDRESS_RE = /^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]{1,253}):\d{1,5}$/
  * the database; addresses too long to fit the 64-character id are left out (such rows stay in
  * doubt until an operator resolves them).
  */
-export function newTxId(coordinator: string, incarnation: string, run = ''): TxId {
+export function newTxId(coordinator: string, incarnation: string, run = '', randomChars: (n: number) => string = randomBase64url): TxId {
   // Alphanumeric only: '_' separates the parts, and an id starting with '-' would read as a
   // flag on a command line (txmesh tx show ID). The random part starts with the run tag of the
   // process that made it (isOfRun).
-  const random = (run + randomBase64url(12).replace(/[-_]/g, 'x')).slice(0, 16)
+  const random = (run + randomChars(12).replace(/[-_]/g, 'x')).slice(0, 16)
   const encoded = Buffer.from(coordinator).toString('base64url')
   const head = `${random}_${incarnation}`
   return head.length + 1 + encoded.length <= 64 ? `${head}_${encoded}` : head
@@ -138,7 +138,7 @@ const randomPool = Buffer.alloc(LIMITS.randomPoolBytes)
 let randomUsed = randomPool.length
 
 /** `n` fresh CSPRNG bytes in base64url, from the pool (LIMITS.randomPoolBytes); never reused. */
-function randomBase64url(n: number): string {
+export function randomBase64url(n: number): string {
   if (randomUsed + n > randomPool.length) {
     randomFillSync(randomPool)
     randomUsed = 0
@@ -154,8 +154,8 @@ function randomBase64url(n: number): string {
  * by another pod) can tell a decision for a branch that is not its own from one for a branch
  * its own lost log held.
  */
-export function newBranchId(holder?: string): BranchId {
-  const random = randomBase64url(6).replace(/[-_]/g, 'x')
+export function newBranchId(holder?: string, randomChars: (n: number) => string = randomBase64url): BranchId {
+  const random = randomChars(6).replace(/[-_]/g, 'x')
   return holder === undefined ? random : `${random}_${holder}`
 }
 

@@ -40,9 +40,9 @@ import assert from 'node:assert/strict'
 import { constants as fsConstants } from 'node:fs'
 import { mkdir, open, readdir, unlink, type FileHandle } from 'node:fs/promises'
 import { dirname, join, resolve as resolvePath } from 'node:path'
-import { setTimeout as sleep } from 'node:timers/promises'
 import { InternalError, LogCorruptError, LogFailedError, LogOverloadedError, LogRecordTooLargeError, ShuttingDownError } from '../errors.js'
 import { LIMITS } from '../limits.js'
+import { nodeTimers, sleep, type Timer, type Timers } from '../timers.js'
 import { silentLogger, type Logger } from '../telemetry/logger.js'
 import {
   FRAME_HEADER_BYTES,
@@ -64,7 +64,20 @@ export interface LogEntry {
   readonly body: Readonly<Record<string, unknown>>
 }
 
+/** The node:fs/promises calls the log makes (the simulation hands it a simulated disk). */
+export interface LogFs {
+  readonly mkdir: typeof mkdir
+  readonly open: typeof open
+  readonly readdir: typeof readdir
+  readonly unlink: typeof unlink
+}
+
+const nodeFs: LogFs = { mkdir, open, readdir, unlink }
+
 export interface FileLogOptions {
+  /** The file system (default node:fs/promises) and the timers (default Node's). */
+  fs: LogFs
+  timers: Timers
   /** A segment is rolled over once the next record would take it past this size. */
   segmentBytes: number
   /**
@@ -202,7 +215,7 @@ export class FileLog {
   private pendingCount = 0
   private pendingBytes = 0
   private lazyDue = false
-  private lazyTimer: NodeJS.Timeout | undefined
+  private lazyTimer: Timer | undefined
   private writing = false
   private writer: Promise<void> = Promise.resolve()
   private unsynced = false
@@ -237,8 +250,9 @@ export class FileLog {
   static async open(dir: string, options: Partial<FileLogOptions> = {}): Promise<{ log: FileLog; records: LogEntry[] }> {
     const opts = resolveOptions(options)
     const started = performance.now()
-    await ensureDir(dir)
-    const seqs = (await readdir(dir))
+    const fs = opts.fs
+    await ensureDir(fs, dir)
+    const seqs = (await fs.readdir(dir))
       .map(parseSegmentName)
       .filter((s): s is number => s !== undefined)
       .sort((a, b) => a - b)
@@ -254,7 +268,7 @@ export class FileLog {
     const maxPayload = Math.max(opts.maxRecordBytes, LIMITS.logMaxRecordBytes) - FRAME_HEADER_BYTES
     let tail: SegmentReplay | undefined
     for (const [i, seq] of seqs.entries()) {
-      const r = await replaySegment(join(dir, segmentName(seq)), seq, i === seqs.length - 1, maxPayload, opts.readChunkBytes, state)
+      const r = await replaySegment(fs, join(dir, segmentName(seq)), seq, i === seqs.length - 1, maxPayload, opts.readChunkBytes, state)
       state.segments.set(seq, { bytes: r.validBytes, records: r.records })
       tail = r
     }
@@ -265,13 +279,13 @@ export class FileLog {
     let truncatedBytes = 0
     if (tail === undefined) {
       seq = 1
-      fh = await createSegment(dir, seq, opts.sync)
+      fh = await createSegment(fs, dir, seq, opts.sync)
       segBytes = SEGMENT_HEADER_BYTES
       state.segments.set(seq, { bytes: segBytes, records: 0 })
     } else {
       seq = tail.seq
       const file = join(dir, segmentName(seq))
-      fh = await open(file, segmentFlags(opts.sync, false))
+      fh = await fs.open(file, segmentFlags(opts.sync, false))
       try {
         if (tail.dropped !== undefined) {
           truncatedBytes = tail.dropped.bytes
@@ -292,7 +306,7 @@ export class FileLog {
         // acknowledged into it since (test/simulation/log.sim.test.ts found both). PostgreSQL
         // fsyncs its data directory at startup for the same reason.
         await fh.sync()
-        await syncDir(dir)
+        await syncDir(fs, dir)
       } catch (err) {
         await fh.close()
         throw err
@@ -396,7 +410,7 @@ export class FileLog {
 
   private async closeOnce(): Promise<void> {
     this.closing = true
-    if (this.lazyTimer !== undefined) clearTimeout(this.lazyTimer)
+    this.opts.timers.clear(this.lazyTimer)
     for (let turn = 0; ; turn++) {
       assert(turn < MAX_CLOSE_TURNS, 'log close did not drain its queue')
       this.kick()
@@ -484,12 +498,11 @@ export class FileLog {
       return
     }
     if (this.lazyTimer !== undefined || this.writing) return
-    this.lazyTimer = setTimeout(() => {
+    this.lazyTimer = this.opts.timers.set(() => {
       this.lazyTimer = undefined
       this.lazyDue = true
       this.kick()
     }, this.opts.lazyFlushMs)
-    this.lazyTimer.unref()
   }
 
   private shouldWrite(): boolean {
@@ -507,13 +520,13 @@ export class FileLog {
       // Not a waiting loop: each turn writes one batch, and it ends when nothing is due.
       while (this.shouldWrite()) {
         const delay = this.opts.groupCommitMaxDelayMs ?? 0
-        if (delay > 0 && this.queuedDurable > 0 && !this.closing) await sleep(delay)
+        if (delay > 0 && this.queuedDurable > 0 && !this.closing) await sleep(this.opts.timers, delay)
         const batch = this.queue
         this.queue = []
         this.queuedDurable = 0
         this.lazyDue = false
         if (this.lazyTimer !== undefined) {
-          clearTimeout(this.lazyTimer)
+          this.opts.timers.clear(this.lazyTimer)
           this.lazyTimer = undefined
         }
         await this.writeBatch(batch)
@@ -616,7 +629,7 @@ export class FileLog {
     await this.syncNow()
     await this.fh.close()
     const seq = this.seq + 1
-    this.fh = await createSegment(this.dir, seq, this.opts.sync)
+    this.fh = await createSegment(this.opts.fs, this.dir, seq, this.opts.sync)
     this.seq = seq
     this.segBytes = SEGMENT_HEADER_BYTES
     this.segments.set(seq, { bytes: SEGMENT_HEADER_BYTES, records: 0 })
@@ -701,8 +714,8 @@ export class FileLog {
     }
     // 3. Delete oldest first, each unlink durable before the next.
     for (const s of doomed) {
-      await unlink(join(this.dir, segmentName(s)))
-      await syncDir(this.dir)
+      await this.opts.fs.unlink(join(this.dir, segmentName(s)))
+      await syncDir(this.opts.fs, this.dir)
       this.segments.delete(s)
     }
     this.counters.compactions++
@@ -842,8 +855,8 @@ interface SegmentReplay {
   readonly dropped: { readonly bytes: number; readonly reason: string } | undefined
 }
 
-async function replaySegment(file: string, seq: number, isLast: boolean, maxPayload: number, chunkBytes: number, state: ReplayState): Promise<SegmentReplay> {
-  const fh = await open(file, 'r')
+async function replaySegment(fs: LogFs, file: string, seq: number, isLast: boolean, maxPayload: number, chunkBytes: number, state: ReplayState): Promise<SegmentReplay> {
+  const fh = await fs.open(file, 'r')
   try {
     const size = (await fh.stat()).size
     const head = Buffer.alloc(SEGMENT_HEADER_BYTES)
@@ -907,13 +920,13 @@ function segmentFlags(sync: FileLogOptions['sync'], create: boolean): string | n
   return fsConstants.O_RDWR | (fsConstants.O_DSYNC as number) | (create ? fsConstants.O_CREAT | fsConstants.O_EXCL : 0)
 }
 
-async function createSegment(dir: string, seq: number, sync: FileLogOptions['sync']): Promise<FileHandle> {
-  const fh = await open(join(dir, segmentName(seq)), segmentFlags(sync, true))
+async function createSegment(fs: LogFs, dir: string, seq: number, sync: FileLogOptions['sync']): Promise<FileHandle> {
+  const fh = await fs.open(join(dir, segmentName(seq)), segmentFlags(sync, true))
   try {
     await writeFully(fh, encodeSegmentHeader(seq), 0)
     await fh.sync()
     // The new name must be durable before anything acknowledged lands in the file.
-    await syncDir(dir)
+    await syncDir(fs, dir)
   } catch (err) {
     await fh.close()
     throw err
@@ -934,21 +947,21 @@ async function writeFully(fh: FileHandle, buf: Buffer, position: number): Promis
 // power loss could take the whole log with it: each new level's parent is fsynced (bounded by the
 // path's depth). A directory found already there is fsynced in its parent too: a process that
 // crashed right after creating it may not have (test/simulation/log.sim.test.ts found it).
-async function ensureDir(dir: string): Promise<void> {
-  const made = await mkdir(dir, { recursive: true })
+async function ensureDir(fs: LogFs, dir: string): Promise<void> {
+  const made = await fs.mkdir(dir, { recursive: true })
   if (made === undefined) {
-    await syncDir(dirname(resolvePath(dir)))
+    await syncDir(fs, dirname(resolvePath(dir)))
     return
   }
   const top = resolvePath(made)
   for (let d = resolvePath(dir); ; d = dirname(d)) {
-    await syncDir(dirname(d))
+    await syncDir(fs, dirname(d))
     if (d === top || d === dirname(d)) return
   }
 }
 
-async function syncDir(dir: string): Promise<void> {
-  const d = await open(dir, 'r')
+async function syncDir(fs: LogFs, dir: string): Promise<void> {
+  const d = await fs.open(dir, 'r')
   try {
     await d.sync()
   } finally {
@@ -969,6 +982,8 @@ function lowerBound(recs: readonly LiveRecord[], lsn: number): number {
 
 function resolveOptions(o: Partial<FileLogOptions>): Readonly<FileLogOptions> {
   const opts: FileLogOptions = {
+    fs: o.fs ?? nodeFs,
+    timers: o.timers ?? nodeTimers,
     segmentBytes: o.segmentBytes ?? LIMITS.logSegmentBytes,
     maxRecordBytes: o.maxRecordBytes ?? LIMITS.logMaxRecordBytes,
     maxQueuedAppends: o.maxQueuedAppends ?? LIMITS.logMaxQueuedAppends,

@@ -3,6 +3,7 @@
 import { BasicTracerProvider, InMemorySpanExporter, SimpleSpanProcessor } from '@opentelemetry/sdk-trace-base'
 import { trace } from '@opentelemetry/api'
 import { describe, expect, it } from 'vitest'
+import { localIo } from '../../src/tx/io.js'
 import { silentLogger } from '../../src/telemetry/logger.js'
 import type { FileLog } from '../../src/wal/file-log.js'
 import type { ControlClient } from '../../src/tx/control-client.js'
@@ -53,7 +54,7 @@ describe('coordinator recovery span', () => {
     const calls: string[] = []
     const control = { send: async (_to: string, m: { tx: string; op: string }) => (calls.push(`/v1/tx/${m.tx}/${m.op}`), { ok: true, status: 200, body: {} }) } as unknown as ControlClient
     const log = { end: () => undefined } as unknown as FileLog
-    const c = new CoordinatorDriver({ log, control, self: '127.0.0.1:1', incarnation: 'AAAAAAAAAA', run: '', keys: staticKeys([Buffer.alloc(32)]), logger: silentLogger, tracing })
+    const c = new CoordinatorDriver({ io: localIo({ log, control }), self: '127.0.0.1:1', incarnation: 'AAAAAAAAAA', run: '', keys: staticKeys([Buffer.alloc(32)]), logger: silentLogger, tracing })
     const participants = [{ service: 'orders', control: '127.0.0.1:2', branch: 'b1' }]
     expect(c.recover([{ txId: 'c:tx1', body: { type: 'decision', mode: '2pc', participants, traceparent: TP } }])).toBe(1)
     for (let i = 0; i < 50 && !exporter.getFinishedSpans().some((s) => s.name === 'txmesh.transaction'); i++) await new Promise((r) => setTimeout(r, 10))

@@ -5,11 +5,10 @@ import { failpoint } from '../../failpoints.js'
 import { appendDurable } from '../durable.js'
 import { RecentMap } from '../recent.js'
 import type { SidecarMetrics } from '../../telemetry/metrics.js'
-import type { FileLog } from '../../wal/file-log.js'
 import { InternalError, LogFailedError, ShuttingDownError, TxLimitError, TxNotActiveError, TxUnknownError, TxmeshError } from '../../errors.js'
 import { LIMITS } from '../../limits.js'
 import type { Logger } from '../../telemetry/logger.js'
-import type { ControlClient } from '../control-client.js'
+import type { SidecarIo, Timer } from '../io.js'
 import type { MeshKeys } from '../keys.js'
 import type { CoordinatorAction, CoordinatorEvent, CoordinatorState, Env, Outcome, ParticipantRef, TxId, Vote } from '../core.js'
 import { incarnationOfTx, isOfRun, newTxId, signContext, type TxMode } from '../protocol.js'
@@ -61,8 +60,8 @@ interface Entry extends MessageHolder {
   outcome: Outcome | undefined
   outcomeWaiters: ((o: Outcome) => void)[]
   ackWaiters: (() => void)[]
-  deadlineTimer: NodeJS.Timeout | undefined
-  readonly retryTimers: Map<string, NodeJS.Timeout>
+  deadlineTimer: Timer | undefined
+  readonly retryTimers: Map<string, Timer>
   finished: boolean
   /** `txmesh.transaction` span (tracing on): parent of the per-participant phase spans. */
   readonly span: Span | undefined
@@ -72,8 +71,8 @@ interface Entry extends MessageHolder {
 }
 
 export interface CoordinatorDeps {
-  readonly log: FileLog
-  readonly control: ControlClient
+  /** Time, timers, the control transport and the log (./io.ts). */
+  readonly io: SidecarIo
   /** This sidecar's control address as peers reach it (goes into contexts). */
   readonly self: string
   /** This sidecar's log incarnation (src/wal/incarnation.ts): ids carry it. */
@@ -83,8 +82,6 @@ export interface CoordinatorDeps {
   /** Mesh keys: contexts are signed with the current signing key (rotation, src/tx/keys.ts). */
   readonly keys: MeshKeys
   readonly logger: Logger
-  readonly clock?: () => number
-  readonly random?: () => number
   readonly metrics?: SidecarMetrics | undefined
   readonly tracing?: Tracing | undefined
   /** Transaction events for the dashboard feed (src/admin/events.ts). */
@@ -105,8 +102,8 @@ export class CoordinatorDriver {
   private closed = false
 
   constructor(private readonly d: CoordinatorDeps) {
-    this.clock = d.clock ?? Date.now
-    this.random = d.random ?? Math.random
+    this.clock = d.io.clock
+    this.random = d.io.random
   }
 
   private env(): Env {
@@ -120,7 +117,7 @@ export class CoordinatorDriver {
   /** `trace`: what the transaction's span continues (the request that began it), if traced. */
   begin(mode: TxMode, timeoutMs: number, route = 'api', trace?: Context | Span): { id: TxId; context: string; deadline: number } | TxmeshError {
     if (this.txs.size >= LIMITS.maxActiveTransactions) return new TxLimitError(`this sidecar already coordinates ${this.txs.size} transactions`)
-    const id = newTxId(this.d.self, this.d.incarnation, this.d.run)
+    const id = newTxId(this.d.self, this.d.incarnation, this.d.run, this.d.io.randomChars)
     const deadline = this.clock() + timeoutMs
     const entry: Entry = {
       state: newCoordinator(id, deadline),
@@ -140,8 +137,7 @@ export class CoordinatorDriver {
       span: this.d.tracing === undefined ? undefined : childSpan(this.d.tracing.tracer, 'txmesh.transaction', SpanKind.INTERNAL, trace, { 'txmesh.tx.id': id, 'txmesh.tx.mode': mode, 'txmesh.route': route }),
       spanEnded: false,
     }
-    entry.deadlineTimer = setTimeout(() => this.feed(id, { type: 'deadline' }), timeoutMs)
-    entry.deadlineTimer.unref()
+    entry.deadlineTimer = this.d.io.timers.set(() => this.feed(id, { type: 'deadline' }), timeoutMs)
     this.txs.set(id, entry)
     const traceId = entry.span?.spanContext().traceId
     this.d.onEvent?.('tx-begin', { tx: id, mode, route, deadline, ...(traceId === undefined ? {} : { traceId }) })
@@ -205,7 +201,7 @@ export class CoordinatorDriver {
     if (event.type === 'commit-requested' && e.commitError !== undefined) return e.commitError
     if (waitForAcks && !e.finished) {
       // The decision is durable; phase 2 runs on its own. Waiting is only for the answer.
-      await waitAtMost((done) => e.ackWaiters.push(done), LIMITS.commitAckWaitMs)
+      await waitAtMost(this.d.io.timers, (done) => e.ackWaiters.push(done), LIMITS.commitAckWaitMs)
     }
     return { id, outcome: e.outcome ?? 'aborted', reason: e.state.reason, participants: views(e.state), ...(mixed(e.state) ? { heuristic: 'mixed' as const } : {}) }
   }
@@ -302,7 +298,7 @@ export class CoordinatorDriver {
       switch (a.type) {
         case 'send-prepare': {
           const span = e.span === undefined ? undefined : this.phaseSpan(e, 'txmesh.prepare', id, { 'txmesh.participant': a.to.service })
-          void this.d.control.send(a.to.control, { tx: id, op: 'prepare', branch: a.to.branch }).then((r) => {
+          void this.d.io.control.send(a.to.control, { tx: id, op: 'prepare', branch: a.to.branch }).then((r) => {
             const vote = r.ok ? parseVote(r.body.vote) : ({ kind: 'refused', reason: `prepare failed: ${r.error}` } as const)
             if (span !== undefined) endPhaseSpan(span, r.ok, { 'txmesh.vote': vote.kind })
             // A refusal that follows our own early abort says nothing about the participant.
@@ -314,7 +310,7 @@ export class CoordinatorDriver {
           break
         }
         case 'log-decision':
-          appendDurable(this.d.log, logKey(id), {
+          appendDurable(this.d.io, logKey(id), {
             type: 'decision',
             mode: e.mode,
             participants: a.participants.map((p) => ({ ...p })),
@@ -336,7 +332,7 @@ export class CoordinatorDriver {
               // The write may or may not have reached the disk: neither commit nor abort is
               // safe to announce. Stop, as databases do on a failed fsync; recovery decides
               // from what the log holds.
-              process.exit(70)
+              this.d.io.fatal('decision_log_failed', { tx: id })
             },
           )
           break
@@ -344,7 +340,7 @@ export class CoordinatorDriver {
         case 'send-abort': {
           const op = a.type === 'send-commit' ? 'commit' : 'abort'
           const span = e.span === undefined ? undefined : this.phaseSpan(e, `txmesh.${op}`, id, { 'txmesh.participant': a.to.service })
-          void this.d.control.send(a.to.control, { tx: id, op, branch: a.to.branch }).then((r) => {
+          void this.d.io.control.send(a.to.control, { tx: id, op, branch: a.to.branch }).then((r) => {
             if (span !== undefined) endPhaseSpan(span, r.ok, r.ok ? { 'txmesh.acknowledged': true } : { 'error.type': 'send_failed' })
             if (r.ok) this.d.onEvent?.('tx-ack', { tx: id, service: a.to.service, branch: a.to.branch, op })
             // The answer names the branch's outcome ('unknown': finished long ago, or never here).
@@ -359,7 +355,7 @@ export class CoordinatorDriver {
           // the machine retries until the participant answers.
           {
           const span = e.span === undefined ? undefined : this.phaseSpan(e, 'txmesh.commit', id, { 'txmesh.participant': a.to.service, 'txmesh.one_phase': true })
-          void this.d.control.send(a.to.control, { tx: id, op: 'commit-one-phase', branch: a.to.branch }).then((r) => {
+          void this.d.io.control.send(a.to.control, { tx: id, op: 'commit-one-phase', branch: a.to.branch }).then((r) => {
             const o = r.ok ? r.body.outcome : undefined
             if (span !== undefined) endPhaseSpan(span, o === 'committed' || o === 'aborted', typeof o === 'string' ? { 'txmesh.outcome': o } : { 'error.type': 'send_failed' })
             if (o === 'committed' || o === 'aborted') this.d.onEvent?.('tx-ack', { tx: id, service: a.to.service, branch: a.to.branch, op: 'commit-one-phase', outcome: o })
@@ -368,8 +364,8 @@ export class CoordinatorDriver {
           }
           break
         case 'schedule-retry': {
-          clearTimeout(e.retryTimers.get(a.branch))
-          const t = setTimeout(() => {
+          this.d.io.timers.clear(e.retryTimers.get(a.branch))
+          const t = this.d.io.timers.set(() => {
             e.retryTimers.delete(a.branch)
             this.feed(id, { type: 'retry-due', branch: a.branch })
           }, a.delayMs)
@@ -385,7 +381,7 @@ export class CoordinatorDriver {
             if (e.requestedAt > 0) this.d.metrics.phase.observe({ phase: 'prepare' }, (e.decidedAt - e.requestedAt) / 1000)
             this.d.metrics.routeParticipants(e.route, e.state.participants.map((p) => p.ref.service))
           }
-          clearTimeout(e.deadlineTimer)
+          this.d.io.timers.clear(e.deadlineTimer)
           if (e.span !== undefined) {
             e.span.setAttribute('txmesh.outcome', a.outcome)
             if (a.reason !== undefined) e.span.setAttribute('txmesh.reason', a.reason)
@@ -409,7 +405,7 @@ export class CoordinatorDriver {
           // Only a logged decision has records to end (presumed abort writes nothing).
           if (e.state.decisionLogged) {
             // Messages not yet on the bus keep the record (a restart publishes them again).
-            endAfterPublishing(this.d.log, logKey(id), e)
+            endAfterPublishing(this.d.io.log, logKey(id), e)
           }
           this.retire(id, e)
           break
@@ -431,8 +427,8 @@ export class CoordinatorDriver {
   private retire(id: TxId, e: Entry): void {
     e.finished = true
     if (e.decidedAt > 0) this.d.metrics?.phase.observe({ phase: e.outcome === 'committed' ? 'commit' : 'abort' }, (performance.now() - e.decidedAt) / 1000)
-    clearTimeout(e.deadlineTimer)
-    for (const t of e.retryTimers.values()) clearTimeout(t)
+    this.d.io.timers.clear(e.deadlineTimer)
+    for (const t of e.retryTimers.values()) this.d.io.timers.clear(t)
     e.retryTimers.clear()
     for (const w of e.ackWaiters.splice(0)) w()
     this.endTxSpan(e)
@@ -462,8 +458,8 @@ export class CoordinatorDriver {
         e.span.setAttribute('txmesh.interrupted', true)
         this.endTxSpan(e)
       }
-      clearTimeout(e.deadlineTimer)
-      for (const t of e.retryTimers.values()) clearTimeout(t)
+      this.d.io.timers.clear(e.deadlineTimer)
+      for (const t of e.retryTimers.values()) this.d.io.timers.clear(t)
     }
   }
 }

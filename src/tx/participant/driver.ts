@@ -1,15 +1,13 @@
 // Participant driver: holds the branches this sidecar runs for its app, performs the actions of
 // the pure participant machine (app hook calls, PREPARED log writes, outcome queries, timers)
 // and answers the coordinator's prepare / commit / abort.
-import { exchange, request, type Dispatcher } from '../../http-client.js'
 import { failpoint, failpointSoon } from '../../failpoints.js'
 import { appendDurable } from '../durable.js'
 import { RecentMap } from '../recent.js'
 import { BranchNotInDoubtError, LogFailedError, ShuttingDownError, TxLimitError, TxNotActiveError, TxUnknownError, TxmeshError } from '../../errors.js'
 import { LIMITS } from '../../limits.js'
 import type { Logger } from '../../telemetry/logger.js'
-import type { FileLog } from '../../wal/file-log.js'
-import type { ControlClient } from '../control-client.js'
+import { sleep, type SidecarIo, type Timer } from '../io.js'
 import type { BranchId, Env, Outcome, ParticipantAction, ParticipantEvent, ParticipantRef, ParticipantState, TxId, Vote } from '../core.js'
 import { BRANCH_ID_HEADER, CONTEXT_HEADER, OP_HEADER, TX_ID_HEADER, coordinatorAllowed, coordinatorOfTx, holderOfBranch, newBranchId, type TxContext } from '../protocol.js'
 import { newParticipant, participantStep, recoverParticipant, recoverUnvoted } from './machine.js'
@@ -39,8 +37,8 @@ export interface Branch {
   joining: Promise<boolean> | undefined
   /** Participants enlisted by this app's outgoing calls while a request of the branch ran. */
   nested: ParticipantRef[]
-  timer: NodeJS.Timeout | undefined
-  deadlineTimer: NodeJS.Timeout | undefined
+  timer: Timer | undefined
+  deadlineTimer: Timer | undefined
   /** When this sidecar took the branch on (joined, or recovered from the log). */
   readonly since: number
   /**
@@ -75,23 +73,20 @@ export interface BranchView {
 }
 
 export interface ParticipantDeps {
-  readonly log: FileLog
-  readonly control: ControlClient
+  /** Time, timers, the control transport, the app's hooks and the log (./io.ts). */
+  readonly io: SidecarIo
   readonly service: string
   /** This sidecar's control address (its identity as a participant). */
   readonly self: string
   /** This sidecar's log incarnation: its 2PC branch ids carry it (protocol.ts newBranchId). */
   readonly incarnation?: string
-  /** The app's origin, e.g. http://127.0.0.1:8080, and the pool to reach it. */
-  readonly app: Dispatcher
+  /** The app's origin, e.g. http://127.0.0.1:8080 (reached through io.app). */
   readonly appOrigin: string
   /** `batch`: the app's batch hook (config hooks.batch); prepare/commit/abort then go through it. */
   readonly hooks: { readonly prepare: string; readonly commit: string; readonly abort: string; readonly confirm: string; readonly cancel: string; readonly batch?: string | undefined }
   readonly logger: Logger
   /** Coordinator allow-list (mesh.coordinators): who may be asked about unknown branches. */
   readonly coordinators: readonly string[]
-  readonly clock?: () => number
-  readonly random?: () => number
   /** Branch events for the dashboard feed (src/admin/events.ts). */
   readonly onEvent?: ((type: string, data: Readonly<Record<string, unknown>>) => void) | undefined
 }
@@ -136,8 +131,8 @@ export class ParticipantDriver {
   private readonly hookBatcher: Batcher<HookItem, number | Error> | undefined
 
   constructor(private readonly d: ParticipantDeps) {
-    this.clock = d.clock ?? Date.now
-    this.random = d.random ?? Math.random
+    this.clock = d.io.clock
+    this.random = d.io.random
     const batchPath = d.hooks.batch
     this.hookBatcher =
       batchPath === undefined
@@ -201,7 +196,7 @@ export class ParticipantDriver {
     if (b.resolving) return new TxNotActiveError(`branch ${b.state.branch} is being resolved already`)
     b.resolving = true
     try {
-      await appendDurable(this.d.log, logKey(tx, b.state.branch), { type: 'resolved', outcome, by, at: new Date(this.clock()).toISOString(), ...(forced ? { forced: true } : {}) })
+      await appendDurable(this.d.io, logKey(tx, b.state.branch), { type: 'resolved', outcome, by, at: new Date(this.clock()).toISOString(), ...(forced ? { forced: true } : {}) })
     } finally {
       b.resolving = false
     }
@@ -253,16 +248,15 @@ export class ParticipantDriver {
       const headers: Record<string, string> = { ...call.headers, [TX_ID_HEADER]: tx, [BRANCH_ID_HEADER]: branch, [OP_HEADER]: op }
       if (call.body === undefined) headers['content-length'] = '0'
       else headers['content-type'] ??= 'application/json'
-      const res = await request(`${this.d.appOrigin}${call.path ?? this.d.hooks[op]}`, {
+      const res = await this.d.io.app.exchange(this.d.appOrigin, {
+        path: call.path ?? this.d.hooks[op],
         method: call.method as 'POST',
-        dispatcher: this.d.app,
-        headers,
+        headers: Object.entries(headers).flat(),
         ...(call.body === undefined ? {} : { body: call.body }),
-        headersTimeout: LIMITS.hookCallTimeoutMs,
-        bodyTimeout: LIMITS.hookCallTimeoutMs,
+        timeoutMs: LIMITS.hookCallTimeoutMs,
+        limit: LIMITS.controlBodyBytes,
       })
-      await res.body.dump({ limit: LIMITS.controlBodyBytes }).catch(() => undefined)
-      const s = res.statusCode
+      const s = res.status
       this.d.onEvent?.('branch-status', { tx, branch, status: s >= 200 && s < 300 ? (op === 'confirm' ? 'confirmed' : 'cancelled') : `${op}-failed`, service: this.d.service })
       if ((s >= 200 && s < 300) || s === 404) return 'done'
     } catch (err) {
@@ -278,9 +272,9 @@ export class ParticipantDriver {
     const ended = this.endedTx.get(ctx.id)
     if (ended !== undefined) return new TxNotActiveError(`transaction ${ctx.id} already ${ended} here`)
     if (this.byTx.size >= LIMITS.maxBranches) return new TxLimitError(`this sidecar already holds ${this.byTx.size} branches`)
-    const branch = newBranchId(this.d.incarnation)
+    const branch = newBranchId(this.d.incarnation, this.d.io.randomChars)
     const b = this.add(newParticipant(ctx.id, branch, ctx.coordinator, ctx.deadline), token)
-    b.joining = appendDurable(this.d.log, logKey(ctx.id, branch), branchRecord('joined', b)).then(
+    b.joining = appendDurable(this.d.io, logKey(ctx.id, branch), branchRecord('joined', b)).then(
       () => (b.joinedDurable = true),
       (err: unknown) => {
         this.d.logger.error('joined_log_failed', { tx: ctx.id, branch, error: String(err) })
@@ -325,8 +319,7 @@ export class ParticipantDriver {
     this.byTx.set(state.tx, b)
     this.branchEvent(b)
     const left = Math.max(0, state.deadline - this.clock())
-    b.deadlineTimer = setTimeout(() => this.feed(b, { type: 'deadline' }), Math.min(left, 2 ** 31 - 1))
-    b.deadlineTimer.unref()
+    b.deadlineTimer = this.d.io.timers.set(() => this.feed(b, { type: 'deadline' }), left)
     return b
   }
 
@@ -355,10 +348,10 @@ export class ParticipantDriver {
     if (b.inflight === 0) return true
     return new Promise<boolean>((resolve) => {
       const done = (): void => {
-        clearTimeout(timer)
+        this.d.io.timers.clear(timer)
         resolve(true)
       }
-      const timer = setTimeout(() => {
+      const timer = this.d.io.timers.set(() => {
         const i = b.idle.indexOf(done)
         if (i >= 0) b.idle.splice(i, 1)
         resolve(b.inflight === 0)
@@ -388,7 +381,7 @@ export class ParticipantDriver {
         // Resolved by hand: the coordinator hears the outcome the branch has (heuristic when it
         // is not its decision); its records may go now.
         this.resolvedEnded.delete(`${tx}:${branch}`)
-        this.d.log.end(logKey(tx, branch))
+        this.d.io.log.end(logKey(tx, branch))
         return Promise.resolve(resolved)
       }
       const ended = this.ended.get(`${tx}:${branch}`)
@@ -417,10 +410,10 @@ export class ParticipantDriver {
     // retry asks again, instead of one parked request per retry.
     const p = new Promise<Outcome | 'failed'>((resolve) => {
       const waiter = (o: Outcome): void => {
-        clearTimeout(timer)
+        this.d.io.timers.clear(timer)
         resolve(o)
       }
-      const timer = setTimeout(() => {
+      const timer = this.d.io.timers.set(() => {
         const i = b.doneWaiters.indexOf(waiter)
         if (i >= 0) b.doneWaiters.splice(i, 1)
         resolve('failed')
@@ -491,7 +484,7 @@ export class ParticipantDriver {
 
   /** `held`: this sidecar holds the branch (else the coordinator may not presume abort for it). */
   private async askCoordinator(coordinator: string, tx: TxId, held: boolean): Promise<Outcome | 'in-doubt'> {
-    const r = await this.d.control.call(coordinator, 'GET', `/v1/tx/${tx}/${held ? 'outcome' : 'lookup'}`)
+    const r = await this.d.io.control.call(coordinator, 'GET', `/v1/tx/${tx}/${held ? 'outcome' : 'lookup'}`)
     const o = r.ok ? r.body.outcome : undefined
     return o === 'committed' || o === 'aborted' ? o : 'in-doubt'
   }
@@ -529,7 +522,7 @@ export class ParticipantDriver {
         continue
       }
       if (f.ended || rec === undefined) {
-        this.d.log.end(key)
+        this.d.io.log.end(key)
         continue
       }
       const { tx, branch, coordinator, deadline, context, onePhase } = rec as { tx: string; branch: string; coordinator: string; deadline: number; context: string; onePhase?: boolean }
@@ -542,7 +535,7 @@ export class ParticipantDriver {
         // through this sidecar died with the old process, the app's handler need not have):
         // hold the abort as a running request would hold it.
         this.enter(b)
-        setTimeout(() => this.leave(b), LIMITS.hookHoldMs).unref()
+        void sleep(this.d.io.timers, LIMITS.hookHoldMs).then(() => this.leave(b))
       }
       this.d.logger.info('tx_recovered', { tx, branch, role: 'participant', onePhase: onePhase === true, voted })
       this.perform(b, step.actions)
@@ -583,7 +576,7 @@ export class ParticipantDriver {
         case 'log-preparing':
           // Normally JOINED already is the record PREPARING would be (written before the
           // branch's first request reached the app): nothing more to write.
-          (b.joinedDurable ? Promise.resolve() : appendDurable(this.d.log, logKey(tx, branch), branchRecord('preparing', b))).then(
+          (b.joinedDurable ? Promise.resolve() : appendDurable(this.d.io, logKey(tx, branch), branchRecord('preparing', b))).then(
             () => this.feed(b, { type: 'preparing-logged', ok: true }),
             (err: unknown) => {
               // Safe either way: a PREPARING alone (landed or not) only ever means abort.
@@ -593,7 +586,7 @@ export class ParticipantDriver {
           )
           break
         case 'log-prepared':
-          appendDurable(this.d.log, logKey(tx, branch), branchRecord('prepared', b)).then(
+          appendDurable(this.d.io, logKey(tx, branch), branchRecord('prepared', b)).then(
               () => {
                 failpoint('participant-after-prepared')
                 this.feed(b, { type: 'prepared-logged' })
@@ -603,7 +596,7 @@ export class ParticipantDriver {
                 if (b.state.onePhase && err instanceof LogFailedError) {
                   // The write may have reached the disk, and a restart would commit it: neither
                   // outcome is safe to announce. Stop; recovery decides from what the log holds.
-                  process.exit(70)
+                  return this.d.io.fatal('prepared_log_failed', { tx, branch })
                 }
                 this.feed(b, { type: 'app-voted', vote: { kind: 'refused', reason: 'cannot log PREPARED' } })
               },
@@ -616,7 +609,7 @@ export class ParticipantDriver {
           for (const w of b.doneWaiters.splice(0)) w(a.outcome)
           break
         case 'query-outcome':
-          void this.d.control.call(b.state.coordinator, 'GET', `/v1/tx/${tx}/outcome`).then((r) => {
+          void this.d.io.control.call(b.state.coordinator, 'GET', `/v1/tx/${tx}/outcome`).then((r) => {
             const got = r.ok ? r.body.outcome : undefined
             // An operator's resolution being recorded goes first (Branch.resolving): ask again later.
             const o = b.resolving ? undefined : got
@@ -626,8 +619,8 @@ export class ParticipantDriver {
           })
           break
         case 'schedule-retry':
-          clearTimeout(b.timer)
-          b.timer = setTimeout(() => this.feed(b, { type: 'retry-due' }), a.delayMs)
+          this.d.io.timers.clear(b.timer)
+          b.timer = this.d.io.timers.set(() => this.feed(b, { type: 'retry-due' }), a.delayMs)
           break
         case 'log-end': {
           if (b.resolved !== undefined) {
@@ -637,7 +630,7 @@ export class ParticipantDriver {
             const outcome = a.outcome
             const rest = actions.slice(i + 1)
             this.resolvedEnded.set(`${tx}:${branch}`, outcome)
-            appendDurable(this.d.log, logKey(tx, branch), { type: 'end', outcome, resolved: true }).then(
+            appendDurable(this.d.io, logKey(tx, branch), { type: 'end', outcome, resolved: true }).then(
               () => this.retire(b, outcome, rest),
               (err: unknown) => {
                 this.d.logger.error('end_log_failed', { tx, branch, error: String(err) })
@@ -651,7 +644,7 @@ export class ParticipantDriver {
             // Presumed abort: a lost END only means asking the coordinator again (or, with only
             // PREPARING, aborting again). A one-phase branch's lost END only means committing
             // again (idempotent) and asking whether the coordinator still waits.
-            this.d.log.end(logKey(tx, branch))
+            this.d.io.log.end(logKey(tx, branch))
             this.retire(b, a.outcome)
             break
           }
@@ -660,9 +653,9 @@ export class ParticipantDriver {
           // "aborted" (presumed abort) for work that committed. A read-only one's too: with
           // only PREPARING left, a restart would abort a branch that answered read-only.
           const rest = actions.slice(i + 1)
-          appendDurable(this.d.log, logKey(tx, branch), { type: 'end', outcome: a.outcome }).then(
+          appendDurable(this.d.io, logKey(tx, branch), { type: 'end', outcome: a.outcome }).then(
             () => {
-              this.d.log.end(logKey(tx, branch))
+              this.d.io.log.end(logKey(tx, branch))
               this.retire(b, 'committed', rest)
               failpointSoon('participant-after-end', LIMITS.failpointAfterAnswerMs)
             },
@@ -671,7 +664,7 @@ export class ParticipantDriver {
               // Closing (drain): the branch stays PREPARED in the log and is finished again
               // after restart (the app's hooks are idempotent).
               if (err instanceof ShuttingDownError) return
-              process.exit(70)
+              this.d.io.fatal('end_log_failed', { tx, branch })
             },
           )
           return
@@ -686,7 +679,7 @@ export class ParticipantDriver {
    */
   private tellFinished(b: Branch, outcome: Outcome): void {
     const { tx, branch, coordinator } = b.state
-    void this.d.control.call(coordinator, 'POST', `/v1/tx/${tx}/finished`, { branch, outcome }).then((r) => {
+    void this.d.io.control.call(coordinator, 'POST', `/v1/tx/${tx}/finished`, { branch, outcome }).then((r) => {
       if (!r.ok) this.d.logger.info('finished_not_told', { tx, branch, coordinator, error: r.error })
     })
   }
@@ -705,8 +698,8 @@ export class ParticipantDriver {
   }
 
   private retire(b: Branch, outcome: Outcome, after: readonly ParticipantAction[] = []): void {
-    clearTimeout(b.timer)
-    clearTimeout(b.deadlineTimer)
+    this.d.io.timers.clear(b.timer)
+    this.d.io.timers.clear(b.deadlineTimer)
     // Actions that followed log-end (reply-done) run while the branch is still registered.
     for (const a of after) {
       if (a.type === 'reply-vote') for (const w of b.voteWaiters.splice(0)) w(a.vote)
@@ -755,7 +748,7 @@ export class ParticipantDriver {
     }
     const headers = [TX_ID_HEADER, tx, BRANCH_ID_HEADER, branch]
     if (context !== undefined) headers.push(CONTEXT_HEADER, context)
-    const res = await exchange(this.d.app, this.d.appOrigin, { path: this.d.hooks[hook], method: 'POST', headers, timeoutMs: LIMITS.hookCallTimeoutMs, limit: LIMITS.controlBodyBytes })
+    const res = await this.d.io.app.exchange(this.d.appOrigin, { path: this.d.hooks[hook], method: 'POST', headers, timeoutMs: LIMITS.hookCallTimeoutMs, limit: LIMITS.controlBodyBytes })
     return res.status
   }
 
@@ -771,7 +764,7 @@ export class ParticipantDriver {
       return items.map(() => err)
     }
     try {
-      const res = await exchange(this.d.app, this.d.appOrigin, {
+      const res = await this.d.io.app.exchange(this.d.appOrigin, {
         path,
         method: 'POST',
         headers: ['content-type', 'application/json'],
@@ -821,8 +814,8 @@ export class ParticipantDriver {
   close(): void {
     this.closed = true
     for (const b of this.byTx.values()) {
-      clearTimeout(b.timer)
-      clearTimeout(b.deadlineTimer)
+      this.d.io.timers.clear(b.timer)
+      this.d.io.timers.clear(b.deadlineTimer)
     }
   }
 }

@@ -6,14 +6,11 @@
 // as an intent, and again, resolved, before its response reaches the app; a call whose undo
 // cannot be known before its answer only the second time), {type:'decision', outcome} (COMMIT
 // force-written, abort lazy), {type:'step-done'} (lazy). END once every step is finished.
-import { request, type Agent } from '../../http-client.js'
 import { InternalError, LogFailedError, ShuttingDownError, StepTargetRefusedError, TxLimitError, TxNotActiveError, TxUnknownError, TxmeshError } from '../../errors.js'
 import { LIMITS } from '../../limits.js'
 import type { Logger } from '../../telemetry/logger.js'
-import type { FileLog } from '../../wal/file-log.js'
 import type { SidecarMetrics } from '../../telemetry/metrics.js'
-import { peerAgent, type PeerTls } from '../../peer-tls.js'
-import type { ControlClient } from '../control-client.js'
+import type { SidecarIo, Timer } from '../io.js'
 import type { MeshKeys } from '../keys.js'
 import type { BranchId, Env, Outcome, TxId } from '../core.js'
 import { appendDurable } from '../durable.js'
@@ -57,8 +54,11 @@ export interface StepTxResult {
 }
 
 export interface StepDeps {
-  readonly log: FileLog
-  readonly control: ControlClient
+  /**
+   * Time, timers, the control transport, HTTP to step targets (compensations; over peer TLS to
+   * https:// targets in production) and the log (./io.ts).
+   */
+  readonly io: SidecarIo
   readonly self: string
   /** This sidecar's log incarnation (src/wal/incarnation.ts): ids carry it. */
   readonly incarnation: string
@@ -67,11 +67,7 @@ export interface StepDeps {
   /** Mesh keys: contexts are signed with the current signing key (rotation, src/tx/keys.ts). */
   readonly keys: MeshKeys
   readonly logger: Logger
-  /** Peer TLS: compensations to https:// step targets (services reached over TLS). */
-  readonly tls?: PeerTls | undefined
   readonly policy: StepPolicy
-  readonly clock?: () => number
-  readonly random?: () => number
   readonly metrics?: SidecarMetrics | undefined
   readonly onEvent?: ((type: string, data: Readonly<Record<string, unknown>>) => void) | undefined
   /** Publishes a committed transaction's messages; resolves once the bus has them all. */
@@ -101,8 +97,8 @@ interface Entry extends MessageHolder {
   outcome: Outcome | undefined
   outcomeWaiters: ((o: Outcome) => void)[]
   doneWaiters: (() => void)[]
-  deadlineTimer: NodeJS.Timeout | undefined
-  readonly retryTimers: Map<BranchId, NodeJS.Timeout>
+  deadlineTimer: Timer | undefined
+  readonly retryTimers: Map<BranchId, Timer>
   finished: boolean
   /** Step records being written: the transaction may not end until they are fed. */
   recording: number
@@ -119,16 +115,12 @@ export class StepCoordinator {
   private readonly finished = new RecentMap<TxId, Entry>()
   private readonly clock: () => number
   private readonly random: () => number
-  private readonly agent: Agent
   private closed = false
   readonly outcomes = { committed: 0, aborted: 0 }
 
   constructor(private readonly d: StepDeps) {
-    this.clock = d.clock ?? Date.now
-    this.random = d.random ?? Math.random
-    // With peer TLS, https:// targets (services reached over TLS) get the mesh CA and this
-    // sidecar's certificate; the connector opens plain http:// targets as before.
-    this.agent = peerAgent(d.tls)
+    this.clock = d.io.clock
+    this.random = d.io.random
   }
 
   private env(): Env {
@@ -152,11 +144,10 @@ export class StepCoordinator {
 
   begin(mode: StepMode, timeoutMs: number, route = 'api'): { id: TxId; context: string; deadline: number } | TxmeshError {
     if (this.txs.size >= LIMITS.maxActiveTransactions) return new TxLimitError(`this sidecar already coordinates ${this.txs.size} step transactions`)
-    const id = newTxId(this.d.self, this.d.incarnation, this.d.run)
+    const id = newTxId(this.d.self, this.d.incarnation, this.d.run, this.d.io.randomChars)
     const deadline = this.clock() + timeoutMs
     const entry = this.newEntry(newStepTx(id, mode, deadline, this.d.policy), route)
-    entry.deadlineTimer = setTimeout(() => this.feed(id, { type: 'deadline' }), timeoutMs)
-    entry.deadlineTimer.unref()
+    entry.deadlineTimer = this.d.io.timers.set(() => this.feed(id, { type: 'deadline' }), timeoutMs)
     this.txs.set(id, entry)
     this.d.onEvent?.('tx-begin', { tx: id, mode, route, deadline })
     const context = signContext(this.d.keys.signing, { id, mode, coordinator: this.d.self, deadline, parent: undefined })
@@ -205,7 +196,7 @@ export class StepCoordinator {
     // test/simulation/steps.sim.test.ts).
     e.recording++
     try {
-      await appendDurable(this.d.log, logKey(id), { type: 'step', mode: e.state.mode, step: { ...recorded } })
+      await appendDurable(this.d.io, logKey(id), { type: 'step', mode: e.state.mode, step: { ...recorded } })
     } catch (err) {
       e.recording--
       this.releaseEnd(id, e)
@@ -294,7 +285,7 @@ export class StepCoordinator {
     }
     if (event.type === 'commit-requested' && e.commitError !== undefined) return e.commitError
     if (waitForSteps && !e.finished) {
-      await waitAtMost((done) => e.doneWaiters.push(done), LIMITS.commitAckWaitMs)
+      await waitAtMost(this.d.io.timers, (done) => e.doneWaiters.push(done), LIMITS.commitAckWaitMs)
     }
     return { id, outcome: e.outcome ?? 'aborted', reason: e.state.reason, steps: stepViews(e.state) }
   }
@@ -377,7 +368,7 @@ export class StepCoordinator {
             this.lazy(id, { type: 'decision', outcome: 'aborted' })
             break
           }
-          appendDurable(this.d.log, logKey(id), { type: 'decision', outcome: 'committed', ...(e.messages.length === 0 ? {} : { messages: e.messages }) }).then(
+          appendDurable(this.d.io, logKey(id), { type: 'decision', outcome: 'committed', ...(e.messages.length === 0 ? {} : { messages: e.messages }) }).then(
             () => this.feed(id, { type: 'decision-logged' }),
             (err: unknown) => {
               this.d.logger.error('decision_log_failed', { tx: id, error: String(err) })
@@ -390,7 +381,7 @@ export class StepCoordinator {
                 return
               }
               // A write or fsync failed: neither outcome is safe to announce: stop, recovery decides from the log.
-              process.exit(70)
+              this.d.io.fatal('decision_log_failed', { tx: id })
             },
           )
           break
@@ -401,8 +392,8 @@ export class StepCoordinator {
           this.lazy(id, { type: 'step-done', step: a.step })
           break
         case 'schedule-retry': {
-          clearTimeout(e.retryTimers.get(a.step))
-          const t = setTimeout(() => {
+          this.d.io.timers.clear(e.retryTimers.get(a.step))
+          const t = this.d.io.timers.set(() => {
             e.retryTimers.delete(a.step)
             this.feed(id, { type: 'retry-due', step: a.step })
           }, a.delayMs)
@@ -417,7 +408,7 @@ export class StepCoordinator {
         case 'outcome':
           e.outcome = a.outcome
           this.outcomes[a.outcome]++
-          clearTimeout(e.deadlineTimer)
+          this.d.io.timers.clear(e.deadlineTimer)
           this.d.metrics?.transactions.inc({ mode: e.state.mode, outcome: a.outcome })
           for (const w of e.outcomeWaiters.splice(0)) w(a.outcome)
           this.d.onEvent?.('tx-outcome', { tx: id, outcome: a.outcome, reason: a.reason })
@@ -438,7 +429,7 @@ export class StepCoordinator {
 
   private lazy(id: TxId, body: Record<string, unknown>): void {
     try {
-      this.d.log.appendLazy(logKey(id), body)
+      this.d.io.log.appendLazy(logKey(id), body)
     } catch (err) {
       // A lost lazy record only means the op runs again after a restart (ops are idempotent).
       this.d.logger.warn('log_lazy_failed', { tx: id, error: String(err) })
@@ -467,19 +458,20 @@ export class StepCoordinator {
     const headers: Record<string, string> = { ...(op.headers ?? {}), [CONTEXT_HEADER]: context, [TX_ID_HEADER]: id, [BRANCH_ID_HEADER]: step.id, [OP_HEADER]: name }
     if (op.body !== undefined && headers['content-type'] === undefined) headers['content-type'] = 'application/json'
     try {
-      const res = await request(`${step.target}${op.path}`, {
+      const url = new URL(`${step.target}${op.path}`)
+      const res = await this.d.io.http.exchange(url.origin, {
+        path: `${url.pathname}${url.search}`,
         method: op.method as 'POST',
-        headers,
+        headers: Object.entries(headers).flat(),
         ...(op.body === undefined ? {} : { body: op.body }),
-        dispatcher: this.agent,
-        headersTimeout: LIMITS.stepOpTimeoutMs,
-        bodyTimeout: LIMITS.stepOpTimeoutMs,
+        timeoutMs: LIMITS.stepOpTimeoutMs,
+        limit: LIMITS.controlBodyBytes,
+        header: ERROR_HEADER,
       })
-      const code = res.headers[ERROR_HEADER]
-      await res.body.dump({ limit: LIMITS.controlBodyBytes }).catch(() => undefined)
+      const code = res.header
       // 404: nothing left to undo (already compensated, or never created).
-      if ((res.statusCode >= 200 && res.statusCode < 300) || res.statusCode === 404) return { ok: true, error: '' }
-      return { ok: false, error: `${op.method} ${op.path} answered ${res.statusCode}${typeof code === 'string' ? ` ${code}` : ''}` }
+      if ((res.status >= 200 && res.status < 300) || res.status === 404) return { ok: true, error: '' }
+      return { ok: false, error: `${op.method} ${op.path} answered ${res.status}${typeof code === 'string' ? ` ${code}` : ''}` }
     } catch (err) {
       return { ok: false, error: `${op.method} ${op.path} failed: ${(err as { code?: string }).code ?? String(err)}` }
     }
@@ -490,14 +482,14 @@ export class StepCoordinator {
     const body: Record<string, unknown> = { branch: step.id, method: hook.method, path: hook.path, ...(step.holder === undefined ? {} : { holder: step.holder }) }
     if (hook.body !== undefined) body.body = hook.body
     if (hook.headers !== undefined) body.headers = hook.headers
-    const r = await this.d.control.call(step.target, 'POST', `/v1/tx/${id}/${op}`, body)
+    const r = await this.d.io.control.call(step.target, 'POST', `/v1/tx/${id}/${op}`, body)
     return r.ok ? { ok: true, error: '' } : { ok: false, error: `${op} via ${step.service} failed: ${r.error}` }
   }
 
   private end(id: TxId, e: Entry): void {
     e.endHeld = false
     // Messages not yet on the bus keep the record (a restart publishes them again).
-    endAfterPublishing(this.d.log, logKey(id), e)
+    endAfterPublishing(this.d.io.log, logKey(id), e)
     this.retire(id, e)
   }
 
@@ -509,8 +501,8 @@ export class StepCoordinator {
 
   private retire(id: TxId, e: Entry): void {
     e.finished = true
-    clearTimeout(e.deadlineTimer)
-    for (const t of e.retryTimers.values()) clearTimeout(t)
+    this.d.io.timers.clear(e.deadlineTimer)
+    for (const t of e.retryTimers.values()) this.d.io.timers.clear(t)
     e.retryTimers.clear()
     for (const w of e.doneWaiters.splice(0)) w()
     this.txs.delete(id)
@@ -521,10 +513,10 @@ export class StepCoordinator {
   close(): Promise<void> {
     this.closed = true
     for (const e of this.txs.values()) {
-      clearTimeout(e.deadlineTimer)
-      for (const t of e.retryTimers.values()) clearTimeout(t)
+      this.d.io.timers.clear(e.deadlineTimer)
+      for (const t of e.retryTimers.values()) this.d.io.timers.clear(t)
     }
-    return this.agent.close()
+    return this.d.io.http.close?.() ?? Promise.resolve()
   }
 }
 
