@@ -150,7 +150,7 @@ export function createControlServer(
   return server
 }
 
-interface Answer {
+export interface Answer {
   readonly status: number
   readonly body: Record<string, unknown>
 }
@@ -181,6 +181,15 @@ function itemAnswer(run: Promise<Answer | TxmeshError>, it: BatchItem, logger: L
 }
 
 const ok = (body: Record<string, unknown>): Answer => ({ status: 200, body })
+
+/**
+ * One control operation as its endpoint answers it once the request is authenticated (status and
+ * body): what the deterministic simulation (test/simulation) delivers its control messages to.
+ */
+export async function answerOp(d: ControlDeps, id: string, op: string, body: Record<string, unknown>): Promise<Answer> {
+  const a = await runOp(d, id, op, body)
+  return a instanceof TxmeshError ? { status: a.status, body: errorBody(a) as Record<string, unknown> } : a
+}
 
 /** One control operation on transaction `id`, as its own request or as an item of a batch. */
 async function runOp(d: ControlDeps, id: string, op: string, body: Record<string, unknown>): Promise<Answer | TxmeshError> {

@@ -144,7 +144,8 @@ export class ControlClient {
 }
 
 /** A control answer, on its own or as an item of a batch: 2xx is ok, else the error's code. */
-function resultOf(status: number, body: Record<string, unknown>): ControlResult {
+/** A control answer as a result: 2xx is ok, anything else fails with the error code it names. */
+export function resultOf(status: number, body: Record<string, unknown>): ControlResult {
   if (status >= 200 && status < 300) return { ok: true, status, body }
   return { ok: false, status, error: (body.error as { code?: string } | undefined)?.code ?? `HTTP ${status}` }
 }

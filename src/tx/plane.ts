@@ -5,7 +5,7 @@ import type { RoutePolicy, StepRequestTemplate } from '../config/types.js'
 import { HookForbiddenError, MeshKeyMissingError, NoSidecarError, StepTemplateInvalidError, TxAbortedError, TxNotActiveError, TxmeshError } from '../errors.js'
 import type { ResponseHook } from '../proxy/forward.js'
 import type { Span } from '../telemetry/tracing.js'
-import type { ControlClient } from './control-client.js'
+import { nodeTimers, type ControlTransport, type Timers } from './io.js'
 import type { MeshKeys } from './keys.js'
 import type { CoordinatorDriver } from './coordinator/driver.js'
 import type { ParticipantRef } from './core.js'
@@ -41,8 +41,10 @@ export interface TxParts {
   readonly coordinator: CoordinatorDriver
   readonly participant: ParticipantDriver
   readonly steps: StepCoordinator
-  readonly control: ControlClient
+  readonly control: ControlTransport
   readonly clock?: () => number
+  /** Node's unless given (the simulation's scheduler). */
+  readonly timers?: Timers
 }
 
 /** An outgoing call, as the egress forwards it (saga steps record where to send their undo). */
@@ -381,7 +383,7 @@ export class ActiveTxPlane implements TxPlane {
       // Keep holding the branch's hooks as long as a running request would hold them.
       onEnd: () => {
         if (!open) return
-        setTimeout(close, LIMITS.hookHoldMs).unref()
+        ;(this.d.timers ?? nodeTimers).set(close, LIMITS.hookHoldMs)
       },
     }
   }

@@ -40,6 +40,24 @@ export class Scheduler {
     return 'idle'
   }
 
+  /**
+   * As run, for worlds whose nodes are async code (the shipped drivers): after each event every
+   * promise continuation it set off runs (`settle`: one macrotask turn) before the next event, so
+   * nothing happens between events and a run is the same for the same seed.
+   */
+  async runAsync(untilTime: number, maxEvents: number, settle: () => Promise<void>): Promise<'idle' | 'time' | 'events'> {
+    while (this.heap.length > 0) {
+      if (this.events >= maxEvents) return 'events'
+      const e = this.pop()
+      if (e.time > untilTime) return 'time'
+      this.now = e.time
+      this.events++
+      e.run()
+      await settle()
+    }
+    return 'idle'
+  }
+
   private pop(): Entry {
     const h = this.heap
     const top = h[0] as Entry

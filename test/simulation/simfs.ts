@@ -96,6 +96,8 @@ export class SimFs {
   /** Bumped at every restart: handles of an earlier process hang. */
   private incarnation = 0
   faults: FsFaults = NO_FAULTS
+  /** Awaited before each operation runs (unset: operations complete in microtasks). */
+  gate: ((what: string) => Promise<void>) | undefined
   readonly injected = { ioErrors: 0, shortWrites: 0, lies: 0 }
 
   constructor(
@@ -317,6 +319,12 @@ export class SimFs {
    */
   private async op<T>(what: string, h: SimHandle | undefined, perform: (partial: boolean) => T): Promise<T> {
     if (this.crashed !== undefined || (h !== undefined && h.incarnation !== this.incarnation)) return never<T>()
+    if (this.gate !== undefined) {
+      // The device takes its time (mesh simulation): the process may die meanwhile.
+      const incarnation = this.incarnation
+      await this.gate(what)
+      if (this.crashed !== undefined || incarnation !== this.incarnation) return never<T>()
+    }
     if (h?.closed === true) throw fsError('EBADF', `${what} on a closed handle`)
     this.ops++
     if (this.ops >= this.crashAt) {

@@ -94,7 +94,7 @@ const logKey = (id: TxId): string => `c:${id}`
 
 export class CoordinatorDriver {
   private readonly txs = new Map<TxId, Entry>()
-  private readonly finished = new RecentMap<TxId, Entry>()
+  private readonly finished: RecentMap<TxId, Entry>
   private readonly clock: () => number
   private readonly random: () => number
   readonly outcomes = { committed: 0, aborted: 0 }
@@ -102,6 +102,7 @@ export class CoordinatorDriver {
   private closed = false
 
   constructor(private readonly d: CoordinatorDeps) {
+    this.finished = new RecentMap(undefined, undefined, d.io.clock)
     this.clock = d.io.clock
     this.random = d.io.random
   }

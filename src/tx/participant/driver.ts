@@ -113,8 +113,8 @@ const APP_KEY = 'app'
 export class ParticipantDriver {
   /** One branch per transaction in this sidecar (DESIGN.md: a participant is a sidecar instance). */
   private readonly byTx = new Map<TxId, Branch>()
-  private readonly ended = new RecentMap<string, Outcome>()
-  private readonly endedTx = new RecentMap<TxId, Outcome>()
+  private readonly ended: RecentMap<string, Outcome>
+  private readonly endedTx: RecentMap<TxId, Outcome>
   /**
    * Branches an operator resolved (`${tx}:${branch}` -> outcome), kept, and their records kept in
    * the log, until their coordinator's decision reaches them: the answer then names the outcome
@@ -131,6 +131,8 @@ export class ParticipantDriver {
   private readonly hookBatcher: Batcher<HookItem, number | Error> | undefined
 
   constructor(private readonly d: ParticipantDeps) {
+    this.ended = new RecentMap(undefined, undefined, d.io.clock)
+    this.endedTx = new RecentMap(undefined, undefined, d.io.clock)
     this.clock = d.io.clock
     this.random = d.io.random
     const batchPath = d.hooks.batch
@@ -613,6 +615,13 @@ export class ParticipantDriver {
             const got = r.ok ? r.body.outcome : undefined
             // An operator's resolution being recorded goes first (Branch.resolving): ask again later.
             const o = b.resolving ? undefined : got
+            if (o === 'unknown-coordinator' && b.state.onePhase && b.state.status === 'committed') {
+              // A one-phase branch that committed waits only so that a retried commit-one-phase
+              // finds its answer; its coordinator's log is no longer at that address, so no
+              // retry can come from it: the branch is done (test/simulation/mesh.sim.test.ts
+              // seed 270 held it, asking, forever).
+              return this.feed(b, { type: 'decision', outcome: 'committed' })
+            }
             if (o === 'unknown-coordinator') this.coordinatorGone(b)
             if ((o === 'committed' || o === 'aborted') && !b.state.onePhase) b.learnedByQuery = true
             this.feed(b, o === 'committed' || o === 'aborted' ? { type: 'decision', outcome: o } : { type: 'outcome-unknown' })

@@ -112,13 +112,14 @@ const logKey = (id: TxId): string => `s:${id}`
 
 export class StepCoordinator {
   private readonly txs = new Map<TxId, Entry>()
-  private readonly finished = new RecentMap<TxId, Entry>()
+  private readonly finished: RecentMap<TxId, Entry>
   private readonly clock: () => number
   private readonly random: () => number
   private closed = false
   readonly outcomes = { committed: 0, aborted: 0 }
 
   constructor(private readonly d: StepDeps) {
+    this.finished = new RecentMap(undefined, undefined, d.io.clock)
     this.clock = d.io.clock
     this.random = d.io.random
   }
