@@ -944,20 +944,15 @@ async function writeFully(fh: FileHandle, buf: Buffer, position: number): Promis
 }
 
 // Creates the log directory. A directory created here must itself be durable in its parent, or a
-// power loss could take the whole log with it: each new level's parent is fsynced (bounded by the
-// path's depth). A directory found already there is fsynced in its parent too: a process that
-// crashed right after creating it may not have (test/simulation/log.sim.test.ts found it).
+// power loss could take the whole log with it; and so must every level above it that an earlier
+// process may have created and crashed before syncing (mkdir -p of several levels): each
+// directory on the path up to the root is fsynced in its parent (bounded by the path's depth).
+// test/simulation/log.sim.test.ts found the one-level case, the mesh simulation
+// (test/simulation/twopc.sim.test.ts seed 29404) the two-level one: /data and /data/txmesh made by
+// a process that died, the next one syncing only /data, a power loss then dropping /data.
 async function ensureDir(fs: LogFs, dir: string): Promise<void> {
-  const made = await fs.mkdir(dir, { recursive: true })
-  if (made === undefined) {
-    await syncDir(fs, dirname(resolvePath(dir)))
-    return
-  }
-  const top = resolvePath(made)
-  for (let d = resolvePath(dir); ; d = dirname(d)) {
-    await syncDir(fs, dirname(d))
-    if (d === top || d === dirname(d)) return
-  }
+  await fs.mkdir(dir, { recursive: true })
+  for (let d = resolvePath(dir); d !== dirname(d); d = dirname(d)) await syncDir(fs, dirname(d))
 }
 
 async function syncDir(fs: LogFs, dir: string): Promise<void> {

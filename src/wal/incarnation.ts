@@ -14,13 +14,18 @@ export const INCARNATION_KEY = 'i:log'
  * The incarnation found among the replayed records, or a new one made durable before it is
  * returned (no id may carry it before the log can vouch for it).
  */
-export async function logIncarnation(log: FileLog, records: readonly LogEntry[]): Promise<{ id: string; created: boolean }> {
+export async function logIncarnation(
+  log: FileLog,
+  records: readonly LogEntry[],
+  /** Makes the id (the simulation's is seeded) and tells the time of the record. */
+  make: { readonly id: () => string; readonly now: () => number } = { id: () => newIncarnation(), now: Date.now },
+): Promise<{ id: string; created: boolean }> {
   for (const r of records) {
     if (r.txId !== INCARNATION_KEY) continue
     const id = r.body.id
     if (r.body.type === 'incarnation' && typeof id === 'string' && isIncarnation(id)) return { id, created: false }
   }
-  const id = newIncarnation()
-  await log.append(INCARNATION_KEY, { type: 'incarnation', id, at: new Date().toISOString() })
+  const id = make.id()
+  await log.append(INCARNATION_KEY, { type: 'incarnation', id, at: new Date(make.now()).toISOString() })
   return { id, created: true }
 }

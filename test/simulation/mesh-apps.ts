@@ -25,16 +25,22 @@ export interface AppHost {
   faultsOn(): boolean
   /** Runs `fn` after `ms` if `proc` is still up. */
   after(proc: SimProc, ms: number, fn: () => void): void
-  violation(what: string): void
+  /** `branch`: the branch it concerns (an operator's resolution of it may explain it). */
+  violation(what: string, branch?: string): void
   log(line: string): void
   /** The app died (dieAfterPrepare): the world restarts it. */
   died(app: ContractApp): void
+  /** The app changed what it holds for a branch: the world checks its invariants at once. */
+  applied(app: ContractApp): void
 }
 
 export class ContractApp implements App {
   proc: SimProc
   /** What the app did for each branch id (its tx id too). */
   readonly work = new Map<string, { readonly tx: string; status: BranchWork; wasPrepared: boolean; history: string[] }>()
+
+  /** Business requests of each branch the app is still working on (slow ones). */
+  private readonly running = new Map<string, number>()
 
   constructor(
     readonly name: string,
@@ -49,6 +55,7 @@ export class ContractApp implements App {
   crash(): void {
     if (!this.proc.up) return
     this.proc.up = false
+    this.running.clear()
     // The database rolls back open work when its session dies.
     for (const w of this.work.values()) if (w.status === 'open') this.apply(w, 'aborted', 'crash')
   }
@@ -64,10 +71,22 @@ export class ContractApp implements App {
     const branch = header(headers, BRANCH_ID_HEADER)
     if (tx === undefined || branch === undefined) return { status: 400 }
     if (h.faultsOn() && h.rng.chance(this.faults.failure)) return { status: 500 }
+    // The contract: no hook of a branch reaches the app while a request of that branch still runs
+    // in it (the sidecar holds hooks until the request's response head left, LIMITS.hookHoldMs).
+    if (path !== '/work' && (this.running.get(branch) ?? 0) > 0) this.host.violation(`${this.name}: ${path} of ${branch} arrived while a request of the branch still ran in the app`)
     const answer = this.answer(path, tx, branch)
     if (h.faultsOn() && h.rng.chance(this.faults.slow)) {
       const proc = this.proc
-      return new Promise((resolve) => h.after(proc, h.rng.int(LIMITS.hookCallTimeoutMs + 1, LIMITS.hookCallTimeoutMs * 2), () => resolve(answer)))
+      // A slow business request runs (holds its branch) until it answers, past the sidecar's
+      // hook timeout but within its hold.
+      const ms = path === '/work' ? h.rng.int(1, LIMITS.hookHoldMs - 1) : h.rng.int(LIMITS.hookCallTimeoutMs + 1, LIMITS.hookCallTimeoutMs * 2)
+      if (path === '/work') this.running.set(branch, (this.running.get(branch) ?? 0) + 1)
+      return new Promise((resolve) =>
+        h.after(proc, ms, () => {
+          if (path === '/work') this.running.set(branch, (this.running.get(branch) ?? 1) - 1)
+          resolve(answer)
+        }),
+      )
     }
     return answer
   }
@@ -113,7 +132,7 @@ export class ContractApp implements App {
         return { status: 409 }
       }
       if (w.status === 'aborted') {
-        if (w.wasPrepared) this.host.violation(`${this.name}: commit of ${branch} after it was rolled back`)
+        if (w.wasPrepared) this.host.violation(`${this.name}: commit of ${branch} after it was rolled back`, branch)
         return { status: 404 }
       }
       this.apply(w, 'committed', 'commit')
@@ -123,7 +142,7 @@ export class ContractApp implements App {
       if (w === undefined) return { status: 404 }
       if (w.status === 'aborted' || w.status === 'read-only') return { status: 200 }
       if (w.status === 'committed') {
-        this.host.violation(`${this.name}: abort of ${branch} after it committed`)
+        this.host.violation(`${this.name}: abort of ${branch} after it committed`, branch)
         return { status: 409 }
       }
       this.apply(w, 'aborted', 'abort')
@@ -136,5 +155,6 @@ export class ContractApp implements App {
     w.status = status
     if (status === 'prepared') w.wasPrepared = true
     w.history.push(`${why}->${status}`)
+    this.host.applied(this)
   }
 }

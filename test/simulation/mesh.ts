@@ -129,8 +129,10 @@ export abstract class MeshWorld extends SimWorld {
   }
 
   private newDisk(): SimFs {
-    const disk = new SimFs(this.rng, undefined)
-    disk.gate = () => new Promise<void>((resolve) => this.sched.after(this.diskLatency(), resolve))
+    const disk = new SimFs(this.rng, process.env.SIM_DEBUG === undefined ? undefined : (l) => this.log(`disk: ${l}`))
+    // Writes and syncs take the device's time (a crash can land between them); the rest of the
+    // file system answers at once.
+    disk.gate = (what) => (what === 'write' || what.startsWith('fsync') || what === 'truncate' ? new Promise<void>((resolve) => this.sched.after(this.diskLatency(), resolve)) : Promise.resolve())
     return disk
   }
 
@@ -159,9 +161,11 @@ export abstract class MeshWorld extends SimWorld {
 
   private async openSidecar(pod: Pod, proc: SimProc): Promise<void> {
     const timers = this.timersOf(proc)
-    const opened = await FileLog.open(LOG_DIR, { fs: pod.disk.api as unknown as LogFs, timers, logger: silentLogger, sync: 'fsync' })
+    const logger = process.env.SIM_DEBUG === undefined ? silentLogger : { debug: () => undefined, info: () => undefined, warn: (e: string, f?: object) => this.log(`${pod.name} log warn ${e} ${JSON.stringify(f)}`), error: (e: string, f?: object) => this.log(`${pod.name} log error ${e} ${JSON.stringify(f)}`) }
+    const opened = await FileLog.open(LOG_DIR, { fs: pod.disk.api as unknown as LogFs, timers, logger, sync: 'fsync' })
     if (!proc.up) return
-    const incarnation = await logIncarnation(opened.log, opened.records)
+    if (process.env.SIM_DEBUG) this.log(`${pod.name} log opened: ${opened.records.map((r) => `${r.txId}:${String(r.body.type)}`).join(' ')}; files ${JSON.stringify(pod.disk.list(LOG_DIR))}`)
+    const incarnation = await logIncarnation(opened.log, opened.records, { id: () => this.randomString(ALNUM, LIMITS.incarnationChars), now: () => this.sched.now + pod.clockOffset })
     if (!proc.up) return
     const io = this.ioOf(pod, proc, opened.log)
     const run = this.randomString(ALNUM, LIMITS.runTagChars)
@@ -194,7 +198,7 @@ export abstract class MeshWorld extends SimWorld {
     pod.disk.crashNow()
     this.stats.sidecarCrashes++
     if (kind === 'power') this.stats.powerLosses++
-    this.log(`CRASH ${pod.name} sidecar (${kind})`)
+    this.log(`CRASH ${pod.name} sidecar (${kind})${process.env.SIM_DEBUG ? ` files ${JSON.stringify(pod.disk.list(LOG_DIR))} durable ${JSON.stringify(pod.disk.durableList(LOG_DIR))}` : ''}`)
   }
 
   protected restartSidecar(pod: Pod, kind: CrashKind, wipe = false): void {

@@ -45,7 +45,9 @@ export class Scheduler {
    * promise continuation it set off runs (`settle`: one macrotask turn) before the next event, so
    * nothing happens between events and a run is the same for the same seed.
    */
-  async runAsync(untilTime: number, maxEvents: number, settle: () => Promise<void>): Promise<'idle' | 'time' | 'events'> {
+  async runAsync(untilTime: number, maxEvents: number, settle: () => Promise<void>, afterEach?: (events: number) => void): Promise<'idle' | 'time' | 'events'> {
+    // What the caller started before the first event runs first.
+    await settle()
     while (this.heap.length > 0) {
       if (this.events >= maxEvents) return 'events'
       const e = this.pop()
@@ -54,6 +56,7 @@ export class Scheduler {
       this.events++
       e.run()
       await settle()
+      afterEach?.(this.events)
     }
     return 'idle'
   }

@@ -151,6 +151,14 @@ export class SimFs {
     return node === undefined || node === 'dir' ? undefined : node.cur
   }
 
+  /** Durable files under `dir` and their durable sizes (what a power loss keeps for sure). */
+  durableList(dir: string): { readonly name: string; readonly size: number }[] {
+    return [...this.durableNs.entries()]
+      .filter((e): e is [string, Inode] => e[1] !== 'dir' && parentOf(e[0]) === dir)
+      .map(([p, f]) => ({ name: p.slice(dir.length + 1), size: f.durable.length }))
+      .sort((a, b) => (a.name < b.name ? -1 : 1))
+  }
+
   /** Files under `dir` and their sizes, sorted by name (traces and checks). */
   list(dir: string): { readonly name: string; readonly size: number }[] {
     return [...this.ns.entries()]
@@ -375,6 +383,7 @@ export class SimFs {
           b = op.kind === 'write' && this.rng.chance(0.3) ? this.torn(b, op) : applyOp(b, op)
         }
       }
+      this.trace?.(`power loss: a file keeps ${b.length} bytes (durable ${node.durable.length}, ${ops.length} pending)`)
       node.durable = b
       node.cur = b
       node.pending = []
