@@ -26,6 +26,7 @@ import { ControlClient } from './tx/control-client.js'
 import { KeyRing, watchKeyFile } from './tx/keys.js'
 import { PeerTls, peerAgent } from './peer-tls.js'
 import { productionIo } from './tx/io.js'
+import { committedIn, decodeRecords } from './tx/records.js'
 import { readTlsMaterial, watchSecretFile } from './secrets.js'
 import { CoordinatorDriver } from './tx/coordinator/driver.js'
 import { ParticipantDriver } from './tx/participant/driver.js'
@@ -180,10 +181,11 @@ export async function startSidecar(config: SidecarConfig, log: Logger): Promise<
       controlDeps = { keys, self, coordinator, participant, steps, logger: log }
       // The outbox first: events the drivers emit while recovering continue each transaction's
       // sequence after the logged ones (same ids would be taken for duplicates by the bus).
-      outbox.recover(opened.records, committedIn(opened.records))
-      const c = coordinator.recover(opened.records)
-      const p = participant.recover(opened.records)
-      const st = steps.recover(opened.records)
+      const replayed = decodeRecords(opened.records)
+      outbox.recover(replayed, committedIn(replayed))
+      const c = coordinator.recover(replayed)
+      const p = participant.recover(replayed)
+      const st = steps.recover(replayed)
       if (c + p + st > 0) log.info('recovery_started', { coordinator: c, participant: p, steps: st })
     } else {
       // Contexts are refused with TXM_MESH_KEY_MISSING rather than silently ignored.
@@ -265,16 +267,6 @@ function createOutbox(config: SidecarConfig, log: FileLog, logger: Logger): Outb
   }
   for (const w of config.events.webhooks) sinks.push(new WebhookSink({ url: w.url }))
   return new Outbox({ log, service: config.service, logger, sinks, messages, topics: n?.topics ?? [] })
-}
-
-/** Transactions whose COMMIT decision is in the log (their committed event must exist). */
-function committedIn(records: readonly { txId: string; body: Readonly<Record<string, unknown>> }[]): string[] {
-  const out: string[] = []
-  for (const r of records) {
-    if (r.body.type !== 'decision') continue
-    if (r.txId.startsWith('c:') || (r.txId.startsWith('s:') && r.body.outcome === 'committed')) out.push(r.txId.slice(2))
-  }
-  return out
 }
 
 /**

@@ -14,6 +14,7 @@
 // publish() resolved, so a restart publishes again what was not acknowledged.
 //
 // The SSE feed (/v1/events) is the in-memory EventHub, fed by the same callback.
+import { eventsKey, type LogRecord } from '../tx/records.js'
 import type { Logger } from '../telemetry/logger.js'
 import type { FileLog } from '../wal/file-log.js'
 import { LIMITS } from '../limits.js'
@@ -52,7 +53,7 @@ interface TxTrack {
   over: boolean
 }
 
-const logKey = (tx: string): string => `e:${tx}`
+const logKey = eventsKey
 
 /** A transaction's last event here: the coordinator's `finished`, a participant branch's end. */
 function isLast(type: string, data: Readonly<Record<string, unknown>>): boolean {
@@ -199,15 +200,14 @@ export class Outbox {
    * After a restart: re-sends the events still in the log, and records `committed` for a
    * transaction whose decision is durable but whose committed event was lost.
    */
-  recover(records: readonly { txId: string; body: Readonly<Record<string, unknown>> }[], committed: readonly string[]): void {
+  recover(records: readonly LogRecord[], committed: readonly string[]): void {
     if (!this.enabled) return
-    const seen = new Map<string, { events: Record<string, unknown>[] }>()
+    const seen = new Map<string, { events: Readonly<Record<string, unknown>>[] }>()
     for (const r of records) {
-      if (!r.txId.startsWith('e:') || r.body.type !== 'event') continue
-      const tx = r.txId.slice(2)
-      let s = seen.get(tx)
-      if (s === undefined) seen.set(tx, (s = { events: [] }))
-      s.events.push(r.body.event as Record<string, unknown>)
+      if (r.kind !== 'events') continue
+      let s = seen.get(r.tx)
+      if (s === undefined) seen.set(r.tx, (s = { events: [] }))
+      s.events.push(r.record.event)
     }
     for (const [tx, s] of seen) {
       const t = this.track(tx)

@@ -4,12 +4,13 @@
 import { LogOverloadedError } from '../errors.js'
 import { LIMITS } from '../limits.js'
 import type { FileLog } from '../wal/file-log.js'
+import { body, type WrittenRecord } from './records.js'
 import { sleep, type Timers } from './io.js'
 
-export async function appendDurable(io: { readonly log: FileLog; readonly timers: Timers }, key: string, body: Record<string, unknown>): Promise<void> {
+export async function appendDurable(io: { readonly log: FileLog; readonly timers: Timers }, key: string, record: WrittenRecord): Promise<void> {
   for (let attempt = 0; ; attempt++) {
     try {
-      await io.log.append(key, body)
+      await io.log.append(key, body(record))
       return
     } catch (err) {
       if (!(err instanceof LogOverloadedError) || attempt >= LIMITS.logOverloadRetries) throw err

@@ -7,8 +7,9 @@
 // branches asking stay prepared and in doubt instead of rolling back committed work.
 import type { FileLog, LogEntry } from './file-log.js'
 import { isIncarnation, newIncarnation } from '../tx/protocol.js'
+import { INCARNATION_KEY, body, decodeRecord } from '../tx/records.js'
 
-export const INCARNATION_KEY = 'i:log'
+export { INCARNATION_KEY }
 
 /**
  * The incarnation found among the replayed records, or a new one made durable before it is
@@ -22,10 +23,10 @@ export async function logIncarnation(
 ): Promise<{ id: string; created: boolean }> {
   for (const r of records) {
     if (r.txId !== INCARNATION_KEY) continue
-    const id = r.body.id
-    if (r.body.type === 'incarnation' && typeof id === 'string' && isIncarnation(id)) return { id, created: false }
+    const d = decodeRecord(r.txId, r.body)
+    if (d?.kind === 'incarnation' && isIncarnation(d.record.id)) return { id: d.record.id, created: false }
   }
   const id = make.id()
-  await log.append(INCARNATION_KEY, { type: 'incarnation', id, at: new Date(make.now()).toISOString() })
+  await log.append(INCARNATION_KEY, body({ type: 'incarnation', id, at: new Date(make.now()).toISOString() }))
   return { id, created: true }
 }

@@ -25,6 +25,7 @@ import type { HttpTransport, SidecarIo, Timer, Timers } from '../../src/tx/io.js
 import type { ExchangeOptions, Exchanged } from '../../src/http-client.js'
 import { FileLog, type LogFs } from '../../src/wal/file-log.js'
 import { logIncarnation } from '../../src/wal/incarnation.js'
+import { decodeRecords } from '../../src/tx/records.js'
 import { silentLogger } from '../../src/telemetry/logger.js'
 import { SimFs, type CrashKind, type FsFaults } from './simfs.js'
 import { SimWorld } from './sim-world.js'
@@ -128,11 +129,20 @@ export abstract class MeshWorld extends SimWorld {
     return this.pods.find((p) => p.address === address)
   }
 
+  /** Every disk of the run (a wiped pod gets a new one): their injected faults go into the stats. */
+  protected readonly disks: SimFs[] = []
+
+  /** Faults the disks injected (EIO, short writes). */
+  protected diskFaultCount(): number {
+    return this.disks.reduce((n, d) => n + d.injected.ioErrors + d.injected.shortWrites, 0)
+  }
+
   private newDisk(): SimFs {
     const disk = new SimFs(this.rng, process.env.SIM_DEBUG === undefined ? undefined : (l) => this.log(`disk: ${l}`))
     // Writes and syncs take the device's time (a crash can land between them); the rest of the
     // file system answers at once.
     disk.gate = (what) => (what === 'write' || what.startsWith('fsync') || what === 'truncate' ? new Promise<void>((resolve) => this.sched.after(this.diskLatency(), resolve)) : Promise.resolve())
+    this.disks.push(disk)
     return disk
   }
 
@@ -178,9 +188,10 @@ export abstract class MeshWorld extends SimWorld {
     const steps = new StepCoordinator({ ...common, run, policy: SIM_CONFIG.steps, targets: { origins: new Set(this.pods.map((p) => `http://${p.service}`)), controls: SIM_CONFIG.mesh.coordinators } })
     const plane = new ActiveTxPlane({ keys: MESH_KEYS, coordinators: SIM_CONFIG.mesh.coordinators, coordinator, participant, steps, control: io.control, clock: io.clock, timers })
     const control: ControlDeps = { keys: MESH_KEYS, self: pod.address, coordinator, participant, steps, logger: silentLogger, clock: io.clock }
-    const c = coordinator.recover(opened.records)
-    const p = participant.recover(opened.records)
-    const s = steps.recover(opened.records)
+    const replayed = decodeRecords(opened.records)
+    const c = coordinator.recover(replayed)
+    const p = participant.recover(replayed)
+    const s = steps.recover(replayed)
     pod.sidecar = { proc, log: opened.log, io, coordinator, participant, steps, plane, control }
     this.log(`${pod.name} sidecar up (incarnation ${incarnation.id}${incarnation.created ? ', new' : ''}; recovered ${c}/${p}/${s})`)
     this.sidecarStarted(pod)

@@ -125,6 +125,7 @@ class TwoPcMesh extends MeshWorld {
     })
     const quiesced = await this.sched.runAsync(FAULTS_END_MS + SETTLE_MS, MAX_EVENTS, settle, (n) => this.stepCrashes.get(n)?.())
     this.checkEnd(quiesced)
+    this.stats.diskFaults = this.diskFaultCount()
     return { seed: this.seed, quiesced, endTime: this.sched.now, events: this.sched.events, violations: this.violations, stats: this.stats, appOutcome: this.appOutcome }
   }
 

@@ -4,6 +4,7 @@ import { BasicTracerProvider, InMemorySpanExporter, SimpleSpanProcessor } from '
 import { trace } from '@opentelemetry/api'
 import { describe, expect, it } from 'vitest'
 import { localIo } from '../../src/tx/io.js'
+import { decodeRecords } from '../../src/tx/records.js'
 import { silentLogger } from '../../src/telemetry/logger.js'
 import type { FileLog } from '../../src/wal/file-log.js'
 import type { ControlClient } from '../../src/tx/control-client.js'
@@ -56,7 +57,7 @@ describe('coordinator recovery span', () => {
     const log = { end: () => undefined } as unknown as FileLog
     const c = new CoordinatorDriver({ io: localIo({ log, control }), self: '127.0.0.1:1', incarnation: 'AAAAAAAAAA', run: '', keys: staticKeys([Buffer.alloc(32)]), logger: silentLogger, tracing })
     const participants = [{ service: 'orders', control: '127.0.0.1:2', branch: 'b1' }]
-    expect(c.recover([{ txId: 'c:tx1', body: { type: 'decision', mode: '2pc', participants, traceparent: TP } }])).toBe(1)
+    expect(c.recover(decodeRecords([{ txId: 'c:tx1', body: { type: 'decision', mode: '2pc', participants, traceparent: TP } }]))).toBe(1)
     for (let i = 0; i < 50 && !exporter.getFinishedSpans().some((s) => s.name === 'txmesh.transaction'); i++) await new Promise((r) => setTimeout(r, 10))
     c.close()
     const spans = exporter.getFinishedSpans()

@@ -3,6 +3,7 @@
 // transaction this sidecar coordinates.
 import { failpoint } from '../../failpoints.js'
 import { appendDurable } from '../durable.js'
+import { coordinatorKey, type LogRecord } from '../records.js'
 import { RecentMap } from '../recent.js'
 import type { SidecarMetrics } from '../../telemetry/metrics.js'
 import { InternalError, LogFailedError, ShuttingDownError, TxLimitError, TxNotActiveError, TxUnknownError, TxmeshError } from '../../errors.js'
@@ -89,8 +90,6 @@ export interface CoordinatorDeps {
   /** Publishes a committed transaction's messages; resolves once the bus has them all. */
   readonly publish?: Publish | undefined
 }
-
-const logKey = (id: TxId): string => `c:${id}`
 
 export class CoordinatorDriver {
   private readonly txs = new Map<TxId, Entry>()
@@ -238,15 +237,14 @@ export class CoordinatorDriver {
   }
 
   /** Re-drives phase 2 of every COMMIT decision found in the log at start. */
-  recover(records: readonly { txId: string; body: Readonly<Record<string, unknown>> }[]): number {
+  recover(records: readonly LogRecord[]): number {
     let n = 0
     for (const r of records) {
-      if (!r.txId.startsWith('c:') || r.body.type !== 'decision') continue
-      const id = r.txId.slice(2)
-      const participants = r.body.participants as ParticipantRef[]
+      if (r.kind !== 'coordinator') continue
+      const id = r.tx
+      const { participants, mode } = r.record
       const step = recoverCoordinator(id, participants, this.env())
-      const mode = (r.body.mode as TxMode | undefined) ?? '2pc'
-      const messages = Array.isArray(r.body.messages) ? (r.body.messages as TxMessage[]) : []
+      const messages = [...(r.record.messages ?? [])]
       const entry: Entry = {
         state: step.state,
         mode,
@@ -272,7 +270,7 @@ export class CoordinatorDriver {
                 SpanKind.INTERNAL,
                 undefined,
                 { 'txmesh.tx.id': id, 'txmesh.tx.mode': mode, 'txmesh.recovered': true, 'txmesh.outcome': 'committed' },
-                linkTo(r.body.traceparent),
+                linkTo(r.record.traceparent),
               ),
         spanEnded: false,
       }
@@ -311,7 +309,7 @@ export class CoordinatorDriver {
           break
         }
         case 'log-decision':
-          appendDurable(this.d.io, logKey(id), {
+          appendDurable(this.d.io, coordinatorKey(id), {
             type: 'decision',
             mode: e.mode,
             participants: a.participants.map((p) => ({ ...p })),
@@ -406,7 +404,7 @@ export class CoordinatorDriver {
           // Only a logged decision has records to end (presumed abort writes nothing).
           if (e.state.decisionLogged) {
             // Messages not yet on the bus keep the record (a restart publishes them again).
-            endAfterPublishing(this.d.io.log, logKey(id), e)
+            endAfterPublishing(this.d.io.log, coordinatorKey(id), e)
           }
           this.retire(id, e)
           break

@@ -3,6 +3,7 @@
 // and answers the coordinator's prepare / commit / abort.
 import { failpoint, failpointSoon } from '../../failpoints.js'
 import { appendDurable } from '../durable.js'
+import { participantKey, type BranchRecord, type LogRecord } from '../records.js'
 import { RecentMap } from '../recent.js'
 import { BranchNotInDoubtError, LogFailedError, ShuttingDownError, TxLimitError, TxNotActiveError, TxUnknownError, TxmeshError } from '../../errors.js'
 import { LIMITS } from '../../limits.js'
@@ -91,10 +92,10 @@ export interface ParticipantDeps {
   readonly onEvent?: ((type: string, data: Readonly<Record<string, unknown>>) => void) | undefined
 }
 
-const logKey = (tx: TxId, branch: BranchId): string => `p:${tx}:${branch}`
+const logKey = participantKey
 
 /** A JOINED, PREPARING or PREPARED record: what recovery needs to rebuild the branch. */
-function branchRecord(type: 'joined' | 'preparing' | 'prepared', b: Branch): Record<string, unknown> {
+function branchRecord(type: BranchRecord['type'], b: Branch): BranchRecord {
   const s = b.state
   return { type, tx: s.tx, branch: s.branch, coordinator: s.coordinator, deadline: s.deadline, context: b.context, ...(s.onePhase ? { onePhase: true } : {}) }
 }
@@ -499,35 +500,34 @@ export class ParticipantDriver {
    * resolution. Operator resolutions are carried out again if the branch did not finish before
    * the restart.
    */
-  recover(records: readonly { txId: string; body: Readonly<Record<string, unknown>> }[]): number {
-    type Found = { preparing?: Readonly<Record<string, unknown>>; prepared?: Readonly<Record<string, unknown>>; ended: boolean; resolved?: Outcome; endResolved?: Outcome }
+  recover(records: readonly LogRecord[]): number {
+    type Found = { preparing?: BranchRecord; prepared?: BranchRecord; ended: boolean; resolved?: Outcome; endResolved?: Outcome }
     const byKey = new Map<string, Found>()
     for (const r of records) {
-      if (!r.txId.startsWith('p:')) continue
-      let f = byKey.get(r.txId)
-      if (f === undefined) byKey.set(r.txId, (f = { ended: false }))
-      const type = r.body.type
-      if (type === 'preparing' || type === 'joined') f.preparing = r.body
-      else if (type === 'prepared') f.prepared = r.body
-      else if (type === 'end') {
+      if (r.kind !== 'participant') continue
+      let f = byKey.get(r.key)
+      if (f === undefined) byKey.set(r.key, (f = { ended: false }))
+      const rec = r.record
+      if (rec.type === 'preparing' || rec.type === 'joined') f.preparing = rec
+      else if (rec.type === 'prepared') f.prepared = rec
+      else if (rec.type === 'end') {
         f.ended = true
-        if (r.body.resolved === true && (r.body.outcome === 'committed' || r.body.outcome === 'aborted')) f.endResolved = r.body.outcome
-      }
-      else if (type === 'resolved' && (r.body.outcome === 'committed' || r.body.outcome === 'aborted')) f.resolved = r.body.outcome
+        if (rec.resolved === true) f.endResolved = rec.outcome
+      } else if (rec.type === 'resolved') f.resolved = rec.outcome
     }
     let n = 0
     for (const [key, f] of byKey) {
       const rec = f.prepared ?? f.preparing
       if (f.ended && f.endResolved !== undefined && rec !== undefined) {
         // Resolved by hand, its coordinator not heard from since: keep answering with it.
-        this.resolvedEnded.set(`${String(rec.tx)}:${String(rec.branch)}`, f.endResolved)
+        this.resolvedEnded.set(`${rec.tx}:${rec.branch}`, f.endResolved)
         continue
       }
       if (f.ended || rec === undefined) {
         this.d.io.log.end(key)
         continue
       }
-      const { tx, branch, coordinator, deadline, context, onePhase } = rec as { tx: string; branch: string; coordinator: string; deadline: number; context: string; onePhase?: boolean }
+      const { tx, branch, coordinator, deadline, context, onePhase } = rec
       const voted = f.prepared !== undefined
       const step = voted ? recoverParticipant(tx, branch, coordinator, deadline, this.env(), onePhase === true) : recoverUnvoted(tx, branch, coordinator, deadline, onePhase === true)
       const b = this.add(step.state, context)

@@ -14,6 +14,7 @@ import type { SidecarIo, Timer } from '../io.js'
 import type { MeshKeys } from '../keys.js'
 import type { BranchId, Env, Outcome, TxId } from '../core.js'
 import { appendDurable } from '../durable.js'
+import { body, stepsKey, type LogRecord, type StepDecisionRecord, type StepDoneRecord } from '../records.js'
 import { BRANCH_ID_HEADER, CONTEXT_HEADER, OP_HEADER, TX_ID_HEADER, coordinatorAllowed, newTxId, signContext } from '../protocol.js'
 import { ERROR_HEADER } from '../../proxy/respond.js'
 import { RecentMap } from '../recent.js'
@@ -108,7 +109,7 @@ interface Entry extends MessageHolder {
   commitError?: TxmeshError
 }
 
-const logKey = (id: TxId): string => `s:${id}`
+const logKey = stepsKey
 
 export class StepCoordinator {
   private readonly txs = new Map<TxId, Entry>()
@@ -318,26 +319,26 @@ export class StepCoordinator {
   }
 
   /** Restarts every transaction whose steps are in the log and not ended. */
-  recover(records: readonly { txId: string; body: Readonly<Record<string, unknown>> }[]): number {
+  recover(records: readonly LogRecord[]): number {
     const byTx = new Map<TxId, { mode: StepMode; steps: StepRecord[]; done: Set<BranchId>; committed: boolean; messages: TxMessage[] }>()
     for (const r of records) {
-      if (!r.txId.startsWith('s:')) continue
-      const id = r.txId.slice(2)
-      const b = r.body
+      if (r.kind !== 'steps') continue
+      const id = r.tx
+      const rec = r.record
       let t = byTx.get(id)
       if (t === undefined) {
-        t = { mode: b.mode === 'tcc' ? 'tcc' : 'saga', steps: [], done: new Set(), committed: false, messages: [] }
+        t = { mode: rec.type === 'step' ? rec.mode : 'saga', steps: [], done: new Set(), committed: false, messages: [] }
         byTx.set(id, t)
       }
-      if (b.type === 'step') {
-        t.mode = b.mode === 'tcc' ? 'tcc' : 'saga'
-        t.steps.push(b.step as StepRecord)
-      } else if (b.type === 'decision' && b.outcome === 'committed') {
-        t.committed = true
-        if (Array.isArray(b.messages)) t.messages = b.messages as TxMessage[]
-      } else if (b.type === 'step-done' && typeof b.step === 'string') {
-        t.done.add(b.step)
-      }
+      if (rec.type === 'step') {
+        t.mode = rec.mode
+        t.steps.push(rec.step)
+      } else if (rec.type === 'decision') {
+        if (rec.outcome === 'committed') {
+          t.committed = true
+          t.messages = [...(rec.messages ?? [])]
+        }
+      } else t.done.add(rec.step)
     }
     for (const [id, t] of byTx) {
       const step = recoverStepTx(id, t.mode, t.steps, t.done, t.committed, this.d.policy, this.env())
@@ -428,9 +429,9 @@ export class StepCoordinator {
     }
   }
 
-  private lazy(id: TxId, body: Record<string, unknown>): void {
+  private lazy(id: TxId, record: StepDecisionRecord | StepDoneRecord): void {
     try {
-      this.d.io.log.appendLazy(logKey(id), body)
+      this.d.io.log.appendLazy(logKey(id), body(record))
     } catch (err) {
       // A lost lazy record only means the op runs again after a restart (ops are idempotent).
       this.d.logger.warn('log_lazy_failed', { tx: id, error: String(err) })
