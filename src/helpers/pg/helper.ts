@@ -16,6 +16,9 @@
 // at once, made safe against retries and reordering by barrier() (barrier.ts).
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import type { Pool, PoolClient, QueryResult, QueryResultRow } from 'pg'
+import type { Next, TxmeshHandler, TxmeshPg, TxmeshPgStats, TxmeshPgTx, TxmeshRequest } from './api.js'
+import { OP_HEADER, badOpError, barrierIds, createBarrierTable, isBarrierOp, runBarrier, type BarrierIds, type BarrierResult } from './barrier.js'
+import { CLOSED_COMMITTED, CLOSED_PREPARED, CLOSED_READ_ONLY, WRITE_COMMANDS, asError, currentXid, lateRequestError, openClient, type Branch, type Tombstone } from './branch.js'
 import {
   PgBadBatchError,
   PgBadIdError,
@@ -37,132 +40,19 @@ import {
   messageOf,
   sqlstateOf,
 } from './errors.js'
-import { BRANCH_ID_HEADER, OP_HEADER, TX_ID_HEADER, badOpError, barrierIds, createBarrierTable, isBarrierOp, runBarrier, type BarrierIds, type BarrierResult } from './barrier.js'
 import type { TxmeshPgEvent } from './events.js'
 import { assertService, gidLiteral, makeGid, type BranchIds } from './gid.js'
-import { answerWithin } from '../../tx/batcher.js'
+import { BATCH_HOOK, HOOKS, batchResult, parseBatch, readBody, withinItemWait } from './hooks.js'
+import { internal, isThenable, readIds } from './http-entry.js'
 import { PG_HELPER_LIMITS as L } from './limits.js'
+import { DEFAULT_HOOK_PREFIX, DEFAULT_SIDECAR_ADMIN, checkAdminUrl, checkInt, checkPrefix, type TxmeshPgOptions } from './options.js'
 import { BranchQueue } from './queue.js'
 import { recoverPrepared, type RecoverResult } from './recover.js'
-import { errorBody, fail, ok, sendAnswer, sendError, sendHandlerFailure, sendJson, type HookAnswer } from './respond.js'
+import { fail, ok, sendAnswer, sendError, sendHandlerFailure, sendJson, type HookAnswer } from './respond.js'
 
-export interface TxmeshPgOptions {
-  /** The app's pool. Each open branch holds one of its connections: size `max` above maxOpen. */
-  pool: Pool
-  /** Service name (same as the sidecar's `service`); part of every gid. */
-  service: string
-  /** The local sidecar's admin listener, for recover(). Default http://127.0.0.1:15000. */
-  sidecarAdmin?: string
-  /**
-   * The sidecar's admin token (its config `admin`), sent as a Bearer token by recover(). Default:
-   * the TXMESH_ADMIN_TOKEN environment variable, when set.
-   */
-  adminToken?: string
-  /** Open (unprepared) branches at most; more get 503 TXM_PG_TOO_MANY_OPEN. Default 64. */
-  maxOpen?: number
-  /** An open branch idle this long is rolled back; its prepare then votes no. Default 60 s. */
-  idleTimeoutMs?: number
-  /**
-   * Every this often, resolve prepared rows of this service older than the interval, as
-   * recover() does (rows a restarted sidecar no longer knows). 0: only when recover() is called.
-   * Default 30 s.
-   */
-  recoverIntervalMs?: number
-  /** Where the hooks are served. Default /.well-known/txmesh. */
-  hookPrefix?: string
-  /** Structured events (opened, prepared, failed, recovered, ...). Must not throw. */
-  onEvent?: (event: TxmeshPgEvent) => void
-}
-
-/** What a transactional request gets as `req.txmesh` (and as `tx` in handler()). */
-export interface TxmeshPgTx {
-  /** The branch's connection, inside BEGIN. Yours only until your response ends. */
-  readonly client: PoolClient
-  readonly txId: string
-  readonly branchId: string
-  /** The gid the branch will be prepared under. */
-  readonly gid: string
-  /** `client.query`, refused once this request's response has ended. */
-  query<R extends QueryResultRow = QueryResultRow>(text: string, values?: unknown[]): Promise<QueryResult<R>>
-}
-
-/** A request after the middleware: `txmesh` is set when it belongs to a transaction. */
-export type TxmeshRequest = IncomingMessage & { txmesh?: TxmeshPgTx }
-export type Next = (err?: unknown) => void
-export type TxmeshHandler = (req: IncomingMessage, res: ServerResponse, tx: TxmeshPgTx | undefined) => unknown
-
-export interface TxmeshPgStats {
-  /** Branches holding a connection (opening or open, not yet prepared). */
-  readonly open: number
-  readonly maxOpen: number
-  /** Finished branches remembered. */
-  readonly remembered: number
-}
-
-export interface TxmeshPg {
-  /** connect/express middleware: answers the hooks, opens/joins branches, passes the rest. */
-  readonly middleware: (req: IncomingMessage, res: ServerResponse, next: Next) => void
-  /** node:http request listener around `fn` (tx is undefined for non-transactional requests). */
-  handler(fn: TxmeshHandler): (req: IncomingMessage, res: ServerResponse) => void
-  /** Resolve this service's prepared rows with the sidecar's outcomes (call on app start). */
-  recover(): Promise<RecoverResult>
-  /**
-   * Runs `fn` in one local transaction with the sub-transaction barrier of a saga/tcc call (ids
-   * from the request's txmesh-tx-id / txmesh-branch-id / txmesh-op, or given): the effect and the
-   * barrier row commit together. Duplicates and empty compensations are skipped (`ran: false`,
-   * answer success); `reason: 'hanging'` must be refused (409). `fn`'s error is rethrown after
-   * ROLLBACK. Throws PgBadIdError / PgBadOpError (400) for bad ids, PgUnavailableError (503).
-   */
-  barrier<T>(req: IncomingMessage | BarrierIds, fn: (client: PoolClient) => Promise<T>): Promise<BarrierResult<T>>
-  /** Creates the txmesh_barrier table if it is missing (barrier() does it on first use). */
-  ensureBarrier(): Promise<void>
-  /** Roll back open branches and give their connections back. Does not end the pool. */
-  close(): Promise<void>
-  stats(): TxmeshPgStats
-}
-
-type Tombstone =
-  | { readonly kind: 'prepared' | 'read-only' | 'committed' | 'aborted' }
-  | { readonly kind: 'failed'; readonly error: TxmeshPgError }
-  // PREPARE lost its connection: whether the row exists is known only to pg_prepared_xacts.
-  | { readonly kind: 'prepare-unknown' }
-  // A one-phase COMMIT lost its connection: txid_status(xid) tells what happened.
-  | { readonly kind: 'commit-unknown'; readonly xid: string }
-
-interface Branch {
-  readonly ids: BranchIds
-  readonly gid: string
-  state: 'opening' | 'open' | 'closed'
-  client: PoolClient | undefined
-  /** Doomed: prepare votes no with this, and the branch is rolled back when its holder ends. */
-  failure: TxmeshPgError | undefined
-  /** The connection reported an error: it is destroyed, never returned to the pool. */
-  broken: Error | undefined
-  /** What requests that waited on a branch that closed meanwhile are told. */
-  closedWith: TxmeshPgError | undefined
-  readonly queue: BranchQueue
-  idleTimer: NodeJS.Timeout | undefined
-  readonly onClientError: (err: Error) => void
-  /**
-   * A data-changing statement run through `tx.query` touched a row, so Postgres has given the
-   * transaction an xid: prepare skips its read-only check (one round trip less per branch).
-   */
-  wrote: boolean
-}
-
-/** Command tags whose rows, when any were touched, mean the transaction holds an xid. */
-const WRITE_COMMANDS = new Set(['INSERT', 'UPDATE', 'DELETE', 'MERGE'])
-
-const DEFAULT_SIDECAR_ADMIN = 'http://127.0.0.1:15000'
-const DEFAULT_HOOK_PREFIX = '/.well-known/txmesh'
-// What a late request of a branch finished normally is told: one instance each, made once (an
-// error's stack trace costs more than the rest of closing a branch, and nobody reads it).
-const CLOSED_READ_ONLY = new PgBranchClosedError('the branch is finished (read-only)')
-const CLOSED_PREPARED = new PgBranchClosedError('the branch is already prepared')
-const CLOSED_COMMITTED = new PgBranchClosedError('the branch is committed')
-
-const HOOKS = new Set(['prepare', 'commit', 'abort'])
-const BATCH_HOOK = 'batch'
+// The public types index.ts exports beside createTxmeshPg.
+export type { Next, TxmeshHandler, TxmeshPg, TxmeshPgStats, TxmeshPgTx, TxmeshRequest } from './api.js'
+export type { TxmeshPgOptions } from './options.js'
 
 export function createTxmeshPg(options: TxmeshPgOptions): TxmeshPg {
   return new PgParticipant(options)
@@ -817,137 +707,4 @@ class PgParticipant implements TxmeshPg {
       // An observer must not break a transaction.
     }
   }
-}
-
-/**
- * The request body as text, or PgBadBatchError past `limit` bytes (the rest is not read), after
- * `timeoutMs` without its end, or when something before the helper already read it (a body
- * parser mounted ahead of the middleware: its parsed JSON is taken then).
- */
-function readBody(req: IncomingMessage, limit: number, timeoutMs: number): Promise<string | PgBadBatchError> {
-  const parsed = (req as { body?: unknown }).body
-  if (typeof parsed === 'object' && parsed !== null && !Buffer.isBuffer(parsed)) return Promise.resolve(JSON.stringify(parsed))
-  if (req.readableEnded) return Promise.resolve(new PgBadBatchError('the batch body was already read before txmesh/pg saw it: mount txm.middleware before body parsers'))
-  return new Promise((resolve) => {
-    const finish = (v: string | PgBadBatchError): void => {
-      clearTimeout(timer)
-      req.off('data', onData)
-      resolve(v)
-    }
-    const tooLarge = (): void => finish(new PgBadBatchError(`the batch body is over ${limit} bytes`))
-    const chunks: Buffer[] = []
-    let n = 0
-    const onData = (c: Buffer): void => {
-      n += c.length
-      if (n <= limit) return void chunks.push(c)
-      req.pause()
-      tooLarge()
-    }
-    const timer = setTimeout(() => {
-      req.pause()
-      finish(new PgBadBatchError(`the batch body did not arrive within ${timeoutMs} ms`))
-    }, timeoutMs)
-    if (Number(req.headers['content-length'] ?? 0) > limit) return tooLarge()
-    req.on('data', onData)
-    req.once('end', () => finish(Buffer.concat(chunks).toString('utf8')))
-    req.once('error', () => finish(new PgBadBatchError('the batch body could not be read')))
-  })
-}
-
-/**
- * A batch item still working after batchItemWaitMs (a prepare waiting for the branch's running
- * request) is answered 503 on its own, so the batch answers before the sidecar gives up on it
- * (its hookCallTimeoutMs): a prepare answered so votes no, a commit or abort is asked again.
- */
-function withinItemWait(run: Promise<HookAnswer>, hook: string): Promise<HookAnswer> {
-  return answerWithin(run, L.batchItemWaitMs, () => fail(new PgBranchBusyError(`the ${hook} did not finish within ${L.batchItemWaitMs} ms; ask again`)))
-}
-
-/** `{items: [{hook, tx, branch}]}`: a malformed list refuses the batch, a malformed item only itself. */
-function parseBatch(text: string): ({ hook: string; ids: BranchIds } | TxmeshPgError)[] | PgBadBatchError {
-  let body: unknown
-  try {
-    body = JSON.parse(text)
-  } catch {
-    return new PgBadBatchError('the batch body is not JSON')
-  }
-  const items = (body as { items?: unknown } | null)?.items
-  if (!Array.isArray(items) || items.length === 0) return new PgBadBatchError('the batch body must be {"items": [...]} with at least one item')
-  if (items.length > L.maxBatchItems) return new PgBadBatchError(`a batch carries at most ${L.maxBatchItems} items, got ${items.length}`)
-  return items.map((v: unknown) => {
-    const o = v as Record<string, unknown> | null
-    if (typeof o !== 'object' || o === null || typeof o.hook !== 'string' || !HOOKS.has(o.hook)) return new PgBadBatchError('a batch item needs hook prepare, commit or abort')
-    // makeGid checks the ids themselves (TXM_PG_BAD_ID), as for a single hook call.
-    return { hook: o.hook, ids: { txId: typeof o.tx === 'string' ? o.tx : '', branchId: typeof o.branch === 'string' ? o.branch : '' } }
-  })
-}
-
-/** One item of the batch answer: what the hook's own endpoint would have answered. */
-function batchResult(a: HookAnswer): { status: number; body?: Readonly<Record<string, unknown>> } {
-  switch (a.kind) {
-    case 'ok':
-      return { status: 200, body: a.body }
-    case 'read-only':
-      return { status: 204 }
-    case 'error':
-      return { status: a.error.status, body: { error: errorBody(a.error) } }
-  }
-}
-
-/** The txmesh ids of a request; undefined when it carries neither header. */
-function readIds(req: IncomingMessage): BranchIds | undefined {
-  const txId = req.headers[TX_ID_HEADER]
-  const branchId = req.headers[BRANCH_ID_HEADER]
-  if (txId === undefined && branchId === undefined) return undefined
-  // Half a pair or a repeated header is malformed; makeGid rejects '' and ', ' with a clear error.
-  return { txId: typeof txId === 'string' ? txId : '', branchId: typeof branchId === 'string' ? branchId : '' }
-}
-
-function lateRequestError(tomb: Tombstone): TxmeshPgError {
-  if (tomb.kind === 'failed') return tomb.error
-  return new PgBranchClosedError(`the branch is already ${tomb.kind === 'prepare-unknown' || tomb.kind === 'commit-unknown' ? 'being finished' : tomb.kind}; a new request cannot join it`)
-}
-
-function openClient(b: Branch): PoolClient {
-  if (b.client === undefined) throw new Error(`branch ${b.gid} is open without a connection`)
-  return b.client
-}
-
-async function currentXid(client: PoolClient): Promise<string | null> {
-  const r = await client.query<{ xid: string | null }>('SELECT txid_current_if_assigned()::text AS xid')
-  return r.rows[0]?.xid ?? null
-}
-
-/** A bug or an unexpected failure of the helper itself: 500 TXM_PG_ERROR with the reason. */
-function internal(err: unknown): TxmeshPgError {
-  return err instanceof TxmeshPgError ? err : new PgError(`txmesh/pg failed: ${messageOf(err)}`, { sqlstate: sqlstateOf(err) })
-}
-
-function asError(err: unknown): Error {
-  return err instanceof Error ? err : new Error(String(err))
-}
-
-function isThenable(v: unknown): v is PromiseLike<unknown> {
-  return typeof v === 'object' && v !== null && typeof (v as { then?: unknown }).then === 'function'
-}
-
-function checkInt(name: string, v: number, min: number, max: number): number {
-  if (!Number.isInteger(v) || v < min || v > max) throw new PgConfigError(`${name} must be an integer in [${min}, ${max}], got ${v}`)
-  return v
-}
-
-function checkPrefix(p: string): string {
-  if (!/^\/[A-Za-z0-9._~\-/]*[^/]$/.test(p)) throw new PgConfigError(`hookPrefix must be an absolute path without a trailing slash, got ${JSON.stringify(p)}`)
-  return p
-}
-
-function checkAdminUrl(u: string): string {
-  let url: URL
-  try {
-    url = new URL(u)
-  } catch {
-    throw new PgConfigError(`sidecarAdmin must be a URL, got ${JSON.stringify(u)}`)
-  }
-  if (url.protocol !== 'http:' && url.protocol !== 'https:') throw new PgConfigError(`sidecarAdmin must be http(s), got ${url.protocol}`)
-  return u.replace(/\/+$/, '')
 }
