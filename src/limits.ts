@@ -209,7 +209,7 @@ export const LIMITS = Object.freeze({
   // the outcome); the cap bounds the wait once the app or the coordinator is back.
   branchRetryBaseMs: 100,
   branchRetryCapMs: 10_000,
-  // --- Step transactions: sagas and TCC (src/tx/steps/) ---
+  // --- Step transactions: sagas and TCC (src/tx/saga/) ---
   // Steps per saga/tcc transaction: each is a durable record and, on abort, one compensation
   // in sequence; 256 covers long workflows while bounding a recovery's replay and an undo queue.
   maxSteps: 256,

@@ -9,7 +9,7 @@ import { LIMITS } from '../limits.js'
 import { readSecretFile, readTlsMaterial } from '../secrets.js'
 import { MESH_KEY_FILE_ENV, parseMeshKeys } from '../tx/keys.js'
 import { compileCoordinators } from '../tx/protocol.js'
-import { configHeaderProblem } from '../tx/steps/template.js'
+import { configHeaderProblem } from '../tx/saga/template.js'
 import validateSchema, { PATTERNS } from './schema-validator.generated.js'
 import type { HostPort, RetryOn, RetryPolicy, RoutePolicy, SidecarConfig, Direction, StepRequestTemplate, TlsSettings } from './types.js'
 

@@ -12,7 +12,7 @@ export interface RetryPolicy {
   readonly budgetMinPerSecond: number
 }
 
-/** A request template of a saga compensation or a TCC hook (placeholders: src/tx/steps/template.ts). */
+/** A request template of a saga compensation or a TCC hook (placeholders: src/tx/saga/template.ts). */
 export interface StepRequestTemplate {
   readonly method: string
   readonly path: string

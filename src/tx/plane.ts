@@ -27,9 +27,9 @@ import {
   verifyEnlisted,
   type TxContext,
 } from './protocol.js'
-import type { StepCoordinator } from './steps/driver.js'
-import type { StepOp, StepRecord } from './steps/machine.js'
-import { fillTemplate, parseCompensateHeader, requestProblem, templateNeeds, type CallFacts } from './steps/template.js'
+import type { StepCoordinator } from './saga/driver.js'
+import type { StepOp, StepRecord } from './saga/machine.js'
+import { fillTemplate, parseCompensateHeader, requestProblem, templateNeeds, type CallFacts } from './saga/template.js'
 import { LIMITS } from '../limits.js'
 import { hostName } from '../proxy/routes.js'
 import { ERROR_HEADER } from '../proxy/respond.js'

@@ -16,7 +16,7 @@
 import type { TxMessage } from '../events/outbox.js'
 import type { BranchId, Outcome, ParticipantRef, TxId } from './core.js'
 import type { TxMode } from './protocol.js'
-import type { StepMode, StepRecord } from './steps/machine.js'
+import type { StepMode, StepRecord } from './saga/machine.js'
 
 export const KEY_PREFIX = { coordinator: 'c:', participant: 'p:', steps: 's:', events: 'e:' } as const
 export const INCARNATION_KEY = 'i:log'

@@ -7,7 +7,7 @@ import type { StepReport } from './steps-world.js'
 export interface StepVerdict {
   readonly violations: readonly string[]
   /**
-   * Violations caused by the open driver bug (src/tx/steps/driver.ts): a step whose record was
+   * Violations caused by the open driver bug (src/tx/saga/driver.ts): a step whose record was
    * being written when the transaction finished is dropped by feed() and ended by the END
    * queued behind it, so it is never undone. Listed apart so the run shows them and stays
    * green for everything else; SIM_STRICT=1 counts them as failures.

@@ -1,9 +1,9 @@
 // One simulated saga or TCC transaction (steps.sim.test.ts): the real step machine
-// (src/tx/steps/machine.ts) in a coordinator pod (the orchestrating app, its egress and the
+// (src/tx/saga/machine.ts) in a coordinator pod (the orchestrating app, its egress and the
 // step coordinator with its log) and 1–5 step services (saga: the service itself; TCC: its
 // sidecar and app), wired through a lossy network and driven by one seed.
 //
-// The coordinator's driver here does what src/tx/steps/driver.ts does with the machine's actions:
+// The coordinator's driver here does what src/tx/saga/driver.ts does with the machine's actions:
 // - a step is recorded by the egress once the service answered (saga: 2xx or 5xx, not 4xx; TCC:
 //   every try): force-written to the log ({type:'step'}), then fed to the machine, then the
 //   answer goes to the app; a step recorded after commit or abort was asked is `late` and the
@@ -43,7 +43,7 @@ import {
   type StepPolicy,
   type StepRecord,
   type StepTxState,
-} from '../../src/tx/steps/machine.js'
+} from '../../src/tx/saga/machine.js'
 import { Prng } from './prng.js'
 import { SimWorld, type SimNode } from './sim-world.js'
 

@@ -1,5 +1,5 @@
 // Deterministic simulation of sagas and TCC (STYLE.md "Pure core, thin drivers"): the real step
-// machine (src/tx/steps/machine.ts) in a simulated coordinator pod with its log, and step
+// machine (src/tx/saga/machine.ts) in a simulated coordinator pod with its log, and step
 // services behind a barrier, with message loss, duplication, reordering and delays, services
 // answering 5xx for a while, crashes and restarts of the coordinator (process kills and power
 // losses, recovery from what the log kept) and of services, deadlines, late steps, stuck steps

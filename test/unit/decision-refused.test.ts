@@ -13,7 +13,7 @@ import { FileLog } from '../../src/wal/file-log.js'
 import type { ControlClient } from '../../src/tx/control-client.js'
 import { CoordinatorDriver } from '../../src/tx/coordinator/driver.js'
 import { staticKeys } from '../../src/tx/keys.js'
-import { StepCoordinator } from '../../src/tx/steps/driver.js'
+import { StepCoordinator } from '../../src/tx/saga/driver.js'
 
 const dirs: string[] = []
 const logs: FileLog[] = []

@@ -1,6 +1,6 @@
-// The pure machine of step transactions, sagas and TCC (src/tx/steps/machine.ts), one rule at a
+// The pure machine of step transactions, sagas and TCC (src/tx/saga/machine.ts), one rule at a
 // time, then random schedules under fast-check; and the request templates that fill a step's
-// compensation or TCC hooks (src/tx/steps/template.ts). test/integration/saga.test.ts runs the
+// compensation or TCC hooks (src/tx/saga/template.ts). test/integration/saga.test.ts runs the
 // same rules through real sidecars.
 import fc from 'fast-check'
 import { describe, expect, it } from 'vitest'
@@ -19,8 +19,8 @@ import {
   type StepPolicy,
   type StepRecord,
   type StepTxState,
-} from '../../src/tx/steps/machine.js'
-import { fillTemplate, opHeadersProblem, parseCompensateHeader, requestProblem, templateNeeds, type CallFacts } from '../../src/tx/steps/template.js'
+} from '../../src/tx/saga/machine.js'
+import { fillTemplate, opHeadersProblem, parseCompensateHeader, requestProblem, templateNeeds, type CallFacts } from '../../src/tx/saga/template.js'
 
 const POLICY: StepPolicy = { attempts: 3, backoffBaseMs: 100, backoffCapMs: 1000 }
 const env = (random = 0.5, now = 0): Env => ({ now, random: () => random })
