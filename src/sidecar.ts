@@ -30,7 +30,7 @@ import { committedIn, decodeRecords } from './tx/records.js'
 import { readTlsMaterial, watchSecretFile } from './secrets.js'
 import { CoordinatorDriver } from './tx/coordinator/driver.js'
 import { ParticipantDriver } from './tx/participant/driver.js'
-import { StepCoordinator } from './tx/saga/driver.js'
+import { SagaDriver } from './tx/saga/driver.js'
 import { Outbox, type TxMessage } from './events/outbox.js'
 import { EVENT_SUBJECT_PREFIX, LazyNatsSink } from './events/nats.js'
 import { WebhookSink } from './events/webhook.js'
@@ -76,7 +76,7 @@ export async function startSidecar(config: SidecarConfig, log: Logger): Promise<
   const stopTokenWatch = config.admin.tokenFile === undefined ? undefined : watchAdminTokenFile(config.admin.tokenFile, log, () => adminToken, (t) => (adminToken = t))
   let coordinator: CoordinatorDriver | undefined
   let participant: ParticipantDriver | undefined
-  let steps: StepCoordinator | undefined
+  let steps: SagaDriver | undefined
   let outbox: Outbox | undefined
   let controlDeps: ControlDeps | undefined
   // Transaction events for the dashboard (GET /v1/events, /ui).
@@ -176,7 +176,7 @@ export async function startSidecar(config: SidecarConfig, log: Logger): Promise<
         coordinators: config.mesh.coordinators,
         onEvent,
       })
-      steps = new StepCoordinator({ io, self, incarnation: incarnation.id, run, keys, logger: log, metrics, onEvent, publish, policy: config.steps, targets: { origins: serviceOrigins(config), controls: config.mesh.coordinators } })
+      steps = new SagaDriver({ io, self, incarnation: incarnation.id, run, keys, logger: log, metrics, onEvent, publish, policy: config.steps, targets: { origins: serviceOrigins(config), controls: config.mesh.coordinators } })
       plane = new ActiveTxPlane({ keys, coordinators: config.mesh.coordinators, coordinator, participant, steps, control: controlClient })
       controlDeps = { keys, self, coordinator, participant, steps, logger: log }
       // The outbox first: events the drivers emit while recovering continue each transaction's

@@ -33,7 +33,7 @@ import { answerRefusedRequests, respondError } from '../proxy/respond.js'
 import { sameSecret } from '../secrets.js'
 import type { CoordinatorDriver } from '../tx/coordinator/driver.js'
 import type { ParticipantDriver } from '../tx/participant/driver.js'
-import type { StepCoordinator } from '../tx/saga/driver.js'
+import type { SagaDriver } from '../tx/saga/driver.js'
 import type { Outbox } from '../events/outbox.js'
 import type { SidecarMetrics } from '../telemetry/metrics.js'
 import { extractFromHeaders } from '../telemetry/tracing.js'
@@ -48,7 +48,7 @@ export interface AdminDeps {
   readonly coordinator?: CoordinatorDriver | undefined
   readonly participant?: ParticipantDriver | undefined
   /** Saga and TCC transactions. */
-  readonly steps?: StepCoordinator | undefined
+  readonly steps?: SagaDriver | undefined
   /** Event bus (transactional messages). */
   readonly outbox?: Outbox | undefined
   /** Why transactions are unavailable (no mesh key), when they are. */
@@ -280,7 +280,7 @@ function checkToken(req: IncomingMessage, path: string, token: Buffer): string |
 const TOPIC = /^[A-Za-z0-9_-]{1,64}(\.[A-Za-z0-9_-]{1,64}){0,15}$/
 
 /** POST /v1/transactions/{id}/messages: checked, then held by the transaction's coordinator. */
-async function attachMessage(req: IncomingMessage, res: ServerResponse, id: string, owner: CoordinatorDriver | StepCoordinator, outbox: Outbox | undefined): Promise<void> {
+async function attachMessage(req: IncomingMessage, res: ServerResponse, id: string, owner: CoordinatorDriver | SagaDriver, outbox: Outbox | undefined): Promise<void> {
   const text = await readText(req, LIMITS.maxMessageBytes)
   if (text instanceof TxmeshError) return respondError(res, text, true)
   if (outbox?.acceptsMessages !== true) return respondError(res, new BadRequestError('no event bus takes messages here: configure events.nats'))

@@ -51,7 +51,7 @@ import { CONTROL_AUTH_HEADER } from '../tx/control-client.js'
 import type { CoordinatorDriver } from '../tx/coordinator/driver.js'
 import type { ParticipantRef } from '../tx/core.js'
 import type { ParticipantDriver } from '../tx/participant/driver.js'
-import type { StepCoordinator } from '../tx/saga/driver.js'
+import type { SagaDriver } from '../tx/saga/driver.js'
 import type { StepOp, StepRecord } from '../tx/saga/machine.js'
 import { isStepMethod, opHeadersProblem } from '../tx/saga/template.js'
 import type { MeshKeys } from '../tx/keys.js'
@@ -66,7 +66,7 @@ export interface ControlDeps {
   readonly self: string
   readonly coordinator: CoordinatorDriver
   readonly participant: ParticipantDriver
-  readonly steps: StepCoordinator
+  readonly steps: SagaDriver
   readonly logger: Logger
   readonly clock?: () => number
 }

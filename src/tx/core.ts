@@ -32,7 +32,7 @@ export interface Env {
   readonly random: () => number
 }
 
-export interface Step<S, A> {
+export interface Transition<S, A> {
   readonly state: S
   readonly actions: readonly A[]
 }

@@ -27,7 +27,7 @@ import {
   verifyEnlisted,
   type TxContext,
 } from './protocol.js'
-import type { StepCoordinator } from './saga/driver.js'
+import type { SagaDriver } from './saga/driver.js'
 import type { StepOp, StepRecord } from './saga/machine.js'
 import { fillTemplate, parseCompensateHeader, requestProblem, templateNeeds, type CallFacts } from './saga/template.js'
 import { LIMITS } from '../limits.js'
@@ -40,7 +40,7 @@ export interface TxParts {
   readonly coordinators: readonly string[]
   readonly coordinator: CoordinatorDriver
   readonly participant: ParticipantDriver
-  readonly steps: StepCoordinator
+  readonly steps: SagaDriver
   readonly control: ControlTransport
   readonly clock?: () => number
   /** Node's unless given (the simulation's scheduler). */
@@ -336,7 +336,7 @@ export class ActiveTxPlane implements TxPlane {
   }
 
   /**
-   * Only a coordinator signs a tcc context whose op is cancel (StepCoordinator.sendOp); the
+   * Only a coordinator signs a tcc context whose op is cancel (SagaDriver.sendOp); the
    * ingress then sets the ids and op for the app as for any step request (stepIngress).
    */
   stepHook(token: string, op: 'cancel'): TxmeshError | undefined {

@@ -1,5 +1,5 @@
 // A simulated mesh of pods that run the code txmesh ships: each pod's sidecar is the real
-// CoordinatorDriver, ParticipantDriver, StepCoordinator and ActiveTxPlane over the real FileLog,
+// CoordinatorDriver, ParticipantDriver, SagaDriver and ActiveTxPlane over the real FileLog,
 // given an io (src/tx/io.ts) made of this simulator's clock, timers, network and disk (./simfs.ts).
 // Control messages reach the real control operations (src/control/server.ts answerOp); the data
 // plane's calls go through the real plane hooks (ingress join, egress enlistment). What is
@@ -18,7 +18,7 @@ import { answerOp, type ControlDeps } from '../../src/control/server.js'
 import { resultOf, type BatchedCall, type ControlResult } from '../../src/tx/control-client.js'
 import { CoordinatorDriver } from '../../src/tx/coordinator/driver.js'
 import { ParticipantDriver } from '../../src/tx/participant/driver.js'
-import { StepCoordinator } from '../../src/tx/saga/driver.js'
+import { SagaDriver } from '../../src/tx/saga/driver.js'
 import { ActiveTxPlane } from '../../src/tx/plane.js'
 import { staticKeys, type MeshKeys } from '../../src/tx/keys.js'
 import type { HttpTransport, SidecarIo, Timer, Timers } from '../../src/tx/io.js'
@@ -49,7 +49,7 @@ export interface Sidecar {
   readonly io: SidecarIo
   readonly coordinator: CoordinatorDriver
   readonly participant: ParticipantDriver
-  readonly steps: StepCoordinator
+  readonly steps: SagaDriver
   readonly plane: ActiveTxPlane
   readonly control: ControlDeps
 }
@@ -185,7 +185,7 @@ export abstract class MeshWorld extends SimWorld {
     const common = { io, self: pod.address, incarnation: incarnation.id, keys: MESH_KEYS, logger: silentLogger, onEvent }
     const coordinator = new CoordinatorDriver({ ...common, run })
     const participant = new ParticipantDriver({ ...common, service: pod.service, appOrigin: 'http://app', hooks: SIM_CONFIG.hooks, coordinators: SIM_CONFIG.mesh.coordinators })
-    const steps = new StepCoordinator({ ...common, run, policy: SIM_CONFIG.steps, targets: { origins: new Set(this.pods.map((p) => `http://${p.service}`)), controls: SIM_CONFIG.mesh.coordinators } })
+    const steps = new SagaDriver({ ...common, run, policy: SIM_CONFIG.steps, targets: { origins: new Set(this.pods.map((p) => `http://${p.service}`)), controls: SIM_CONFIG.mesh.coordinators } })
     const plane = new ActiveTxPlane({ keys: MESH_KEYS, coordinators: SIM_CONFIG.mesh.coordinators, coordinator, participant, steps, control: io.control, clock: io.clock, timers })
     const control: ControlDeps = { keys: MESH_KEYS, self: pod.address, coordinator, participant, steps, logger: silentLogger, clock: io.clock }
     const replayed = decodeRecords(opened.records)

@@ -32,10 +32,10 @@
 import type { Outcome } from '../../src/tx/core.js'
 import {
   intentUnsent,
-  newStepTx,
-  recoverStepTx,
-  stepTxOutcome,
-  stepTxStep,
+  newSagaTx,
+  recoverSagaTx,
+  sagaOutcome,
+  sagaTransition,
   type StepAction,
   type StepEvent,
   type StepMode,
@@ -418,7 +418,7 @@ class StepWorld extends SimWorld {
     this.stats.recoveries++
     if (committed) this.stats.recoveredCommitted++
     // As the driver: the mode of the step records (a transaction with none recovers as a saga).
-    const step = this.guard('recoverStepTx', () => recoverStepTx(this.tx, mode, steps, done, committed, this.policy, this.env))
+    const step = this.guard('recoverSagaTx', () => recoverSagaTx(this.tx, mode, steps, done, committed, this.policy, this.env))
     if (step === undefined) return
     c.state = step.state
     c.retired = false
@@ -481,7 +481,7 @@ class StepWorld extends SimWorld {
     const c = this.coordinator
     if (!c.up || c.state === undefined || c.retired) return
     const before = c.state
-    const step = this.guard(`stepTxStep(${event.type})`, () => stepTxStep(before, event, this.env))
+    const step = this.guard(`sagaTransition(${event.type})`, () => sagaTransition(before, event, this.env))
     if (step === undefined) return
     c.state = step.state
     if (event.type === 'step' && !this.knownAt.has(event.step.id)) this.knownAt.set(event.step.id, this.sched.now)
@@ -533,7 +533,7 @@ class StepWorld extends SimWorld {
     }
   }
 
-  /** StepCoordinator.end: END (lazily) and retire. */
+  /** SagaDriver.end: END (lazily) and retire. */
   private endTx(): void {
     const c = this.coordinator
     c.endHeld = false
@@ -571,7 +571,7 @@ class StepWorld extends SimWorld {
   }
 
   /**
-   * StepCoordinator.addStep: durable, then fed; `reply` gets what the egress tells the app
+   * SagaDriver.addStep: durable, then fed; `reply` gets what the egress tells the app
    * (an intent: 'ok' lets the call be sent, anything else keeps it back).
    */
   private addStep(step: StepRecord, reply: (r: 'ok' | 'late' | 'unknown') => void): void {
@@ -624,7 +624,7 @@ class StepWorld extends SimWorld {
     })
   }
 
-  /** StepCoordinator.voidStep: the intent's call was refused outright. */
+  /** SagaDriver.voidStep: the intent's call was refused outright. */
   private voidStep(id: string): void {
     const c = this.coordinator
     if (c.state === undefined || c.retired) return
@@ -640,7 +640,7 @@ class StepWorld extends SimWorld {
 
   private startApp(): void {
     const c = this.coordinator
-    c.state = newStepTx(this.tx, this.mode, this.deadline, this.policy)
+    c.state = newSagaTx(this.tx, this.mode, this.deadline, this.policy)
     this.timer(c, this.deadline, () => this.feed({ type: 'deadline' }))
     // An app that gives up on a call before its egress does makes the egress record a step the
     // app already counts as failed: it aborts, and the step arrives late.
@@ -853,7 +853,7 @@ class StepWorld extends SimWorld {
       appRequested: this.appRequested,
       appOutcome: this.appOutcome,
       appLostAnswer: this.appLostAnswer,
-      coordinatorStateLeft: c.state !== undefined && !c.retired ? `${c.state.status} (${stepTxOutcome(c.state)})` : undefined,
+      coordinatorStateLeft: c.state !== undefined && !c.retired ? `${c.state.status} (${sagaOutcome(c.state)})` : undefined,
       stuckLeft: c.state?.steps.filter((e) => e.status === 'stuck').length ?? 0,
       liveRecordsLeft: liveRecords(c.log).length,
       announced: this.announced,

@@ -13,7 +13,7 @@ import { FileLog } from '../../src/wal/file-log.js'
 import type { ControlClient } from '../../src/tx/control-client.js'
 import { CoordinatorDriver } from '../../src/tx/coordinator/driver.js'
 import { staticKeys } from '../../src/tx/keys.js'
-import { StepCoordinator } from '../../src/tx/saga/driver.js'
+import { SagaDriver } from '../../src/tx/saga/driver.js'
 
 const dirs: string[] = []
 const logs: FileLog[] = []
@@ -60,7 +60,7 @@ describe('a decision record refused before it is written', () => {
 
   it('saga: fails that commit with TXM_LOG_RECORD_TOO_LARGE, aborts the transaction, and commits the next one', async () => {
     const log = await smallLog()
-    const s = new StepCoordinator({ io: localIo({ log, control: noControl }), self: '127.0.0.1:1', incarnation: 'inc0000001', run: '', keys, logger: silentLogger, policy: { attempts: 1, backoffBaseMs: 1, backoffCapMs: 1 }, targets: { origins: new Set(), controls: [] } })
+    const s = new SagaDriver({ io: localIo({ log, control: noControl }), self: '127.0.0.1:1', incarnation: 'inc0000001', run: '', keys, logger: silentLogger, policy: { attempts: 1, backoffBaseMs: 1, backoffCapMs: 1 }, targets: { origins: new Set(), controls: [] } })
     const tx = s.begin('saga', 30_000)
     if (tx instanceof TxmeshError) throw tx
     expect(s.attach(tx.id, big)).toBe(1)

@@ -8,10 +8,10 @@ import type { StepRequestTemplate } from '../../src/config/types.js'
 import { LIMITS } from '../../src/limits.js'
 import type { BranchId, Env } from '../../src/tx/core.js'
 import {
-  newStepTx,
-  recoverStepTx,
-  stepTxOutcome,
-  stepTxStep,
+  newSagaTx,
+  recoverSagaTx,
+  sagaOutcome,
+  sagaTransition,
   type StepAction,
   type StepEvent,
   type StepMode,
@@ -49,7 +49,7 @@ const bareStep = (i: number): StepRecord => ({ id: `s${i}`, service: `svc${i}`, 
 function feed(state: StepTxState, events: readonly StepEvent[], e: Env = env()): { state: StepTxState; out: (readonly StepAction[])[] } {
   const out: (readonly StepAction[])[] = []
   for (const ev of events) {
-    const s = stepTxStep(state, ev, e)
+    const s = sagaTransition(state, ev, e)
     state = s.state
     out.push(s.actions)
   }
@@ -58,7 +58,7 @@ function feed(state: StepTxState, events: readonly StepEvent[], e: Env = env()):
 
 function withSteps(mode: StepMode, steps: readonly StepRecord[], policy: StepPolicy = POLICY): StepTxState {
   return feed(
-    newStepTx('tx1', mode, 10_000, policy),
+    newSagaTx('tx1', mode, 10_000, policy),
     steps.map((step) => ({ type: 'step', step })),
   ).state
 }
@@ -75,25 +75,25 @@ const types = (actions: readonly StepAction[]): string[] => actions.map((a) => a
 
 describe('step machine: saga', () => {
   it('records steps while active and runs nothing', () => {
-    const r = feed(newStepTx('tx1', 'saga', 10_000, POLICY), [
+    const r = feed(newSagaTx('tx1', 'saga', 10_000, POLICY), [
       { type: 'step', step: sagaStep(0) },
       { type: 'step', step: sagaStep(1) },
     ])
     expect(r.out).toEqual([[], []])
     expect(statuses(r.state)).toEqual(['recorded', 'recorded'])
-    expect(stepTxOutcome(r.state)).toBe('unknown')
+    expect(sagaOutcome(r.state)).toBe('unknown')
   })
 
   it('a step recorded twice is listed once', () => {
     const s = withSteps('saga', [sagaStep(0)])
-    const again = stepTxStep(s, { type: 'step', step: sagaStep(0) }, env())
+    const again = sagaTransition(s, { type: 'step', step: sagaStep(0) }, env())
     expect(again.state).toBe(s)
     expect(again.actions).toEqual([])
   })
 
   it(`refuses a step past LIMITS.maxSteps (${LIMITS.maxSteps})`, () => {
     const s = withSteps('saga', Array.from({ length: LIMITS.maxSteps }, (_, i) => sagaStep(i)))
-    expect(() => stepTxStep(s, { type: 'step', step: sagaStep(LIMITS.maxSteps) }, env())).toThrow(/more than/)
+    expect(() => sagaTransition(s, { type: 'step', step: sagaStep(LIMITS.maxSteps) }, env())).toThrow(/more than/)
   })
 
   it('aborts by compensating in reverse order, one step at a time', () => {
@@ -112,29 +112,29 @@ describe('step machine: saga', () => {
   })
 
   it('abort writes a lazy decision and answers at once, before any compensation finished', () => {
-    const s = stepTxStep(withSteps('saga', [sagaStep(0), sagaStep(1)]), ABORT, env())
+    const s = sagaTransition(withSteps('saga', [sagaStep(0), sagaStep(1)]), ABORT, env())
     // Presumed abort: the record is lazy (no decision-logged is awaited) and the outcome is in
     // the same batch of actions as the first compensation.
     expect(types(s.actions)).toEqual(['log-decision', 'outcome', 'run'])
     expect(s.state.status).toBe('aborting')
     expect(s.state.decisionLogged).toBe(false)
-    expect(stepTxOutcome(s.state)).toBe('aborted')
+    expect(sagaOutcome(s.state)).toBe('aborted')
     // A stray decision-logged changes nothing for an abort.
-    expect(stepTxStep(s.state, LOGGED, env()).state).toBe(s.state)
+    expect(sagaTransition(s.state, LOGGED, env()).state).toBe(s.state)
   })
 
   it('commit force-writes the decision, answers committed only once it is logged, and runs nothing', () => {
     const s = withSteps('saga', [sagaStep(0), sagaStep(1)])
-    const asked = stepTxStep(s, COMMIT, env())
+    const asked = sagaTransition(s, COMMIT, env())
     expect(asked.actions).toEqual([{ type: 'log-decision', outcome: 'committed' }])
     expect(asked.state.status).toBe('committing')
-    expect(stepTxOutcome(asked.state)).toBe('unknown')
+    expect(sagaOutcome(asked.state)).toBe('unknown')
     // Until the decision is durable, neither an abort nor the deadline can change it.
     const waiting = feed(asked.state, [ABORT, { type: 'deadline' }, COMMIT])
     expect(waiting.out).toEqual([[], [], []])
     expect(waiting.state).toBe(asked.state)
 
-    const logged = stepTxStep(asked.state, LOGGED, env())
+    const logged = sagaTransition(asked.state, LOGGED, env())
     expect(logged.actions).toEqual([
       { type: 'outcome', outcome: 'committed' },
       { type: 'log-step-done', step: 's1' },
@@ -142,13 +142,13 @@ describe('step machine: saga', () => {
       { type: 'log-end' },
     ])
     expect(logged.state).toMatchObject({ status: 'committed', decisionLogged: true })
-    expect(stepTxOutcome(logged.state)).toBe('committed')
+    expect(sagaOutcome(logged.state)).toBe('committed')
     // A duplicate decision-logged does not answer twice.
-    expect(stepTxStep(logged.state, LOGGED, env()).actions).toEqual([])
+    expect(sagaTransition(logged.state, LOGGED, env()).actions).toEqual([])
   })
 
   it('commits with no steps after the decision is logged', () => {
-    const r = feed(newStepTx('tx1', 'saga', 10_000, POLICY), [COMMIT, LOGGED])
+    const r = feed(newSagaTx('tx1', 'saga', 10_000, POLICY), [COMMIT, LOGGED])
     expect(r.out).toEqual([[{ type: 'log-decision', outcome: 'committed' }], [{ type: 'outcome', outcome: 'committed' }, { type: 'log-end' }]])
     expect(r.state.status).toBe('committed')
   })
@@ -173,15 +173,15 @@ describe('step machine: saga', () => {
         fc.integer({ min: 1, max: 100_000 }),
         (draws, base, cap) => {
           const policy: StepPolicy = { attempts: draws.length + 1, backoffBaseMs: base, backoffCapMs: cap }
-          let s = stepTxStep(withSteps('saga', [sagaStep(0)], policy), ABORT, env()).state
+          let s = sagaTransition(withSteps('saga', [sagaStep(0)], policy), ABORT, env()).state
           for (const [n, draw] of draws.entries()) {
-            const f = stepTxStep(s, failed('s0'), env(draw))
+            const f = sagaTransition(s, failed('s0'), env(draw))
             const a = f.actions[0]
             if (a?.type !== 'schedule-retry') throw new Error(`attempt ${n + 1}: expected schedule-retry, got ${JSON.stringify(f.actions)}`)
             expect(a.delayMs).toBeGreaterThanOrEqual(0)
             expect(a.delayMs).toBeLessThan(Math.min(cap, base * 2 ** n))
             expect(Number.isInteger(a.delayMs)).toBe(true)
-            s = stepTxStep(f.state, retryDue('s0'), env()).state
+            s = sagaTransition(f.state, retryDue('s0'), env()).state
           }
         },
       ),
@@ -198,7 +198,7 @@ describe('step machine: saga', () => {
     // Reverse order: s0 is not undone while s1, which may rely on it, is not.
     expect(r.state.steps[0]).toMatchObject({ status: 'recorded', attempts: 0 })
     expect(r.state.status).toBe('aborting')
-    expect(stepTxOutcome(r.state)).toBe('aborted')
+    expect(sagaOutcome(r.state)).toBe('aborted')
     // Nothing runs by itself any more: a late retry-due or answer is ignored.
     expect(feed(r.state, [retryDue('s1'), done('s1'), failed('s1')]).out).toEqual([[], [], []])
   })
@@ -215,8 +215,8 @@ describe('step machine: saga', () => {
   })
 
   it('retry-stuck with nothing stuck changes nothing', () => {
-    const s = stepTxStep(withSteps('saga', [sagaStep(0)]), ABORT, env()).state
-    const r = stepTxStep(s, { type: 'retry-stuck' }, env())
+    const s = sagaTransition(withSteps('saga', [sagaStep(0)]), ABORT, env()).state
+    const r = sagaTransition(s, { type: 'retry-stuck' }, env())
     expect(r.state).toBe(s)
     expect(r.actions).toEqual([])
   })
@@ -238,7 +238,7 @@ describe('step machine: saga', () => {
     const why = 'compensation template has no value for {response.json.id}'
     const unresolved = bareStep(1)
     const s = withSteps('saga', [sagaStep(0), { ...unresolved, unresolved: why }])
-    const r = stepTxStep(s, ABORT, env())
+    const r = sagaTransition(s, ABORT, env())
     expect(r.actions).toEqual([
       { type: 'log-decision', outcome: 'aborted' },
       { type: 'outcome', outcome: 'aborted', reason: 'the app answered 500' },
@@ -249,7 +249,7 @@ describe('step machine: saga', () => {
       ['stuck', 0, why],
     ])
     // An operator retry cannot make it resolvable: it is stuck again, still without a send.
-    const again = stepTxStep(r.state, { type: 'retry-stuck' }, env())
+    const again = sagaTransition(r.state, { type: 'retry-stuck' }, env())
     expect(types(again.actions)).toEqual(['stuck'])
   })
 
@@ -269,11 +269,11 @@ describe('step machine: saga', () => {
     expect(r.out[1]).toEqual([{ type: 'log-step-done', step: 's1' }, { type: 'log-end' }])
     // The outcome was given once, and stays committed.
     expect(r.out.flat().some((a) => a.type === 'outcome')).toBe(false)
-    expect(stepTxOutcome(r.state)).toBe('committed')
+    expect(sagaOutcome(r.state)).toBe('committed')
   })
 
   it('a late step arriving while the commit decision is being written is compensated once it is durable', () => {
-    const committing = stepTxStep(withSteps('saga', [sagaStep(0)]), COMMIT, env()).state
+    const committing = sagaTransition(withSteps('saga', [sagaStep(0)]), COMMIT, env()).state
     const late = sagaStep(1, { late: true })
     const r = feed(committing, [{ type: 'step', step: late }, LOGGED])
     expect(r.out[0]).toEqual([])
@@ -295,7 +295,7 @@ describe('step machine: saga', () => {
     const s = feed(withSteps('saga', [sagaStep(0), sagaStep(1)]), [ABORT, done('s1')]).state
     expect(statuses(s)).toEqual(['running', 'finished'])
     const late = sagaStep(2, { late: true })
-    const r = stepTxStep(s, { type: 'step', step: late }, env())
+    const r = sagaTransition(s, { type: 'step', step: late }, env())
     expect(r.actions).toEqual([])
     expect(statuses(r.state)).toEqual(['running', 'finished', 'recorded'])
   })
@@ -304,22 +304,22 @@ describe('step machine: saga', () => {
     const s = feed(withSteps('saga', [sagaStep(0), sagaStep(1)]), [ABORT, done('s1'), failed('s0')]).state
     expect(statuses(s)).toEqual(['waiting', 'finished'])
     for (const ev of [done('s1'), failed('s1'), done('s0'), failed('s0'), retryDue('s1'), done('nope'), failed('nope'), retryDue('nope')]) {
-      const r = stepTxStep(s, ev, env())
+      const r = sagaTransition(s, ev, env())
       expect(r.state, ev.type).toBe(s)
       expect(r.actions).toEqual([])
     }
     // A duplicate answer after the end, too.
     const end = feed(s, [retryDue('s0'), done('s0')])
     expect(end.state.status).toBe('aborted')
-    const dup = stepTxStep(end.state, done('s0'), env())
+    const dup = sagaTransition(end.state, done('s0'), env())
     expect(dup.state).toBe(end.state)
     expect(dup.actions).toEqual([])
   })
 
   it('a second abort or commit changes nothing', () => {
-    const aborting = stepTxStep(withSteps('saga', [sagaStep(0)]), ABORT, env()).state
+    const aborting = sagaTransition(withSteps('saga', [sagaStep(0)]), ABORT, env()).state
     for (const ev of [ABORT, COMMIT, { type: 'deadline' } as const]) {
-      const r = stepTxStep(aborting, ev, env())
+      const r = sagaTransition(aborting, ev, env())
       expect(r.state).toBe(aborting)
       expect(r.actions).toEqual([])
     }
@@ -330,16 +330,16 @@ describe('step machine: tcc', () => {
   const three = (): StepTxState => withSteps('tcc', [tccStep(0), tccStep(1), tccStep(2)])
 
   it('commit confirms every step at once, only after the decision is logged', () => {
-    const asked = stepTxStep(three(), COMMIT, env())
+    const asked = sagaTransition(three(), COMMIT, env())
     expect(asked.actions).toEqual([{ type: 'log-decision', outcome: 'committed' }])
-    const logged = stepTxStep(asked.state, LOGGED, env())
+    const logged = sagaTransition(asked.state, LOGGED, env())
     expect(logged.actions).toEqual([
       { type: 'outcome', outcome: 'committed' },
       run(tccStep(0), 'confirm'),
       run(tccStep(1), 'confirm'),
       run(tccStep(2), 'confirm'),
     ])
-    expect(stepTxOutcome(logged.state)).toBe('committed')
+    expect(sagaOutcome(logged.state)).toBe('committed')
     // Any order of answers; the end comes with the last.
     const r = feed(logged.state, [done('s2'), done('s0'), done('s1')])
     expect(r.out).toEqual([[{ type: 'log-step-done', step: 's2' }], [{ type: 'log-step-done', step: 's0' }], [{ type: 'log-step-done', step: 's1' }, { type: 'log-end' }]])
@@ -347,7 +347,7 @@ describe('step machine: tcc', () => {
   })
 
   it('abort cancels every step at once and answers at once', () => {
-    const r = stepTxStep(three(), ABORT, env())
+    const r = sagaTransition(three(), ABORT, env())
     expect(r.actions).toEqual([
       { type: 'log-decision', outcome: 'aborted' },
       { type: 'outcome', outcome: 'aborted', reason: 'the app answered 500' },
@@ -367,7 +367,7 @@ describe('step machine: tcc', () => {
     expect(r.out[0]).toEqual([{ type: 'stuck', step: tccStep(0), op: 'confirm', error: 'confirm via svc0 failed: 503' }])
     expect(r.out[1]).toEqual([{ type: 'log-step-done', step: 's1' }])
     expect(r.state.status).toBe('committing')
-    expect(stepTxOutcome(r.state)).toBe('committed')
+    expect(sagaOutcome(r.state)).toBe('committed')
     const retried = feed(r.state, [{ type: 'retry-stuck' }, done('s0')])
     expect(retried.out[0]).toEqual([run(tccStep(0), 'confirm')])
     expect(retried.state.status).toBe('committed')
@@ -396,7 +396,7 @@ describe('step machine: tcc', () => {
 
 describe('step machine: deadline', () => {
   it('aborts an active transaction', () => {
-    const r = stepTxStep(withSteps('tcc', [tccStep(0)]), { type: 'deadline' }, env())
+    const r = sagaTransition(withSteps('tcc', [tccStep(0)]), { type: 'deadline' }, env())
     expect(r.actions).toEqual([
       { type: 'log-decision', outcome: 'aborted' },
       { type: 'outcome', outcome: 'aborted', reason: 'deadline passed' },
@@ -407,12 +407,12 @@ describe('step machine: deadline', () => {
 
   it('changes nothing once commit or abort was asked, or after the end', () => {
     const base = withSteps('saga', [sagaStep(0)])
-    const committing = stepTxStep(base, COMMIT, env()).state
-    const committed = stepTxStep(committing, LOGGED, env()).state
-    const aborting = stepTxStep(base, ABORT, env()).state
-    const aborted = stepTxStep(aborting, done('s0'), env()).state
+    const committing = sagaTransition(base, COMMIT, env()).state
+    const committed = sagaTransition(committing, LOGGED, env()).state
+    const aborting = sagaTransition(base, ABORT, env()).state
+    const aborted = sagaTransition(aborting, done('s0'), env()).state
     for (const s of [committing, committed, aborting, aborted]) {
-      const r = stepTxStep(s, { type: 'deadline' }, env())
+      const r = sagaTransition(s, { type: 'deadline' }, env())
       expect(r.state, s.status).toBe(s)
       expect(r.actions).toEqual([])
     }
@@ -423,52 +423,52 @@ describe('step machine: recovery', () => {
   const none = new Set<BranchId>()
 
   it('with a commit decision, a tcc confirms its unfinished steps at once', () => {
-    const r = recoverStepTx('tx1', 'tcc', [tccStep(0), tccStep(1), tccStep(2)], new Set(['s1']), true, POLICY, env(0.5, 5_000))
+    const r = recoverSagaTx('tx1', 'tcc', [tccStep(0), tccStep(1), tccStep(2)], new Set(['s1']), true, POLICY, env(0.5, 5_000))
     expect(r.actions).toEqual([run(tccStep(0), 'confirm'), run(tccStep(2), 'confirm')])
     expect(r.state).toMatchObject({ status: 'committing', decisionLogged: true })
-    expect(stepTxOutcome(r.state)).toBe('committed')
+    expect(sagaOutcome(r.state)).toBe('committed')
     expect(feed(r.state, [done('s0'), done('s2')]).state.status).toBe('committed')
   })
 
   it('with a commit decision, a saga has nothing left to do and ends', () => {
-    const r = recoverStepTx('tx1', 'saga', [sagaStep(0), sagaStep(1)], new Set(['s0']), true, POLICY, env())
+    const r = recoverSagaTx('tx1', 'saga', [sagaStep(0), sagaStep(1)], new Set(['s0']), true, POLICY, env())
     expect(r.actions).toEqual([{ type: 'log-step-done', step: 's1' }, { type: 'log-end' }])
     expect(r.state.status).toBe('committed')
   })
 
   it('with a commit decision, a late saga step found in the log is still compensated', () => {
     const late = sagaStep(1, { late: true })
-    const r = recoverStepTx('tx1', 'saga', [sagaStep(0), late], none, true, POLICY, env())
+    const r = recoverSagaTx('tx1', 'saga', [sagaStep(0), late], none, true, POLICY, env())
     expect(r.actions).toEqual([run(late, 'compensate')])
     expect(r.state.status).toBe('committing')
   })
 
   it('without a decision, a saga undoes every unfinished step in reverse order, skipping finished ones (presumed abort)', () => {
-    const r = recoverStepTx('tx1', 'saga', [sagaStep(0), sagaStep(1), sagaStep(2)], new Set(['s2']), false, POLICY, env())
+    const r = recoverSagaTx('tx1', 'saga', [sagaStep(0), sagaStep(1), sagaStep(2)], new Set(['s2']), false, POLICY, env())
     expect(r.actions).toEqual([run(sagaStep(1), 'compensate')])
     expect(r.state).toMatchObject({ status: 'aborting', decisionLogged: false, reason: 'recovered without a commit decision' })
-    expect(stepTxOutcome(r.state)).toBe('aborted')
+    expect(sagaOutcome(r.state)).toBe('aborted')
     const end = feed(r.state, [done('s1'), done('s0')])
     expect(end.out[0]).toEqual([{ type: 'log-step-done', step: 's1' }, run(sagaStep(0), 'compensate')])
     expect(end.state.status).toBe('aborted')
   })
 
   it('without a decision, a tcc cancels every unfinished step at once', () => {
-    const r = recoverStepTx('tx1', 'tcc', [tccStep(0), tccStep(1), tccStep(2)], new Set(['s0']), false, POLICY, env())
+    const r = recoverSagaTx('tx1', 'tcc', [tccStep(0), tccStep(1), tccStep(2)], new Set(['s0']), false, POLICY, env())
     expect(r.actions).toEqual([run(tccStep(1), 'cancel'), run(tccStep(2), 'cancel')])
   })
 
   it('lists a step recorded twice in the log once, and ends at once when every step is finished', () => {
-    const twice = recoverStepTx('tx1', 'tcc', [tccStep(0), tccStep(0)], none, false, POLICY, env())
+    const twice = recoverSagaTx('tx1', 'tcc', [tccStep(0), tccStep(0)], none, false, POLICY, env())
     expect(twice.state.steps).toHaveLength(1)
     expect(twice.actions).toEqual([run(tccStep(0), 'cancel')])
-    const over = recoverStepTx('tx1', 'saga', [sagaStep(0)], new Set(['s0']), false, POLICY, env())
+    const over = recoverSagaTx('tx1', 'saga', [sagaStep(0)], new Set(['s0']), false, POLICY, env())
     expect(over.actions).toEqual([{ type: 'log-end' }])
     expect(over.state.status).toBe('aborted')
   })
 
   it('an unknown transaction is presumed aborted', () => {
-    expect(stepTxOutcome(undefined)).toBe('aborted')
+    expect(sagaOutcome(undefined)).toBe('aborted')
   })
 })
 
@@ -498,7 +498,7 @@ describe('step machine: intents (recorded before the call is sent)', () => {
 
   it('a voided intent (its call was refused) finishes at once and is never undone', () => {
     const s = withSteps('saga', [sagaStep(0), sagaIntent(1)])
-    const v = stepTxStep(s, VOID('s1'), env())
+    const v = sagaTransition(s, VOID('s1'), env())
     expect(v.actions).toEqual([{ type: 'log-step-done', step: 's1' }])
     expect(statuses(v.state)).toEqual(['recorded', 'finished'])
     const r = feed(v.state, [ABORT, done('s0')])
@@ -511,14 +511,14 @@ describe('step machine: intents (recorded before the call is sent)', () => {
   })
 
   it('a void after the undo started changes nothing (the barrier orders them); a void of a non-intent too', () => {
-    const running = stepTxStep(withSteps('saga', [sagaIntent(0)]), ABORT, env()).state
+    const running = sagaTransition(withSteps('saga', [sagaIntent(0)]), ABORT, env()).state
     expect(statuses(running)).toEqual(['running'])
-    const r = stepTxStep(running, VOID('s0'), env())
+    const r = sagaTransition(running, VOID('s0'), env())
     expect(r.state).toBe(running)
     expect(r.actions).toEqual([])
     const plain = withSteps('saga', [sagaStep(0)])
-    expect(stepTxStep(plain, VOID('s0'), env()).state).toBe(plain)
-    expect(stepTxStep(plain, VOID('nope'), env()).state).toBe(plain)
+    expect(sagaTransition(plain, VOID('s0'), env()).state).toBe(plain)
+    expect(sagaTransition(plain, VOID('nope'), env()).state).toBe(plain)
   })
 
   it('an intent that never got its answer is compensated even though the saga committed', () => {
@@ -526,7 +526,7 @@ describe('step machine: intents (recorded before the call is sent)', () => {
     expect(r.out[1]).toEqual([{ type: 'outcome', outcome: 'committed' }, run(sagaIntent(1), 'compensate')])
     expect(r.out[2]).toEqual([{ type: 'log-step-done', step: 's1' }, { type: 'log-step-done', step: 's0' }, { type: 'log-end' }])
     expect(r.state.status).toBe('committed')
-    expect(stepTxOutcome(r.state)).toBe('committed')
+    expect(sagaOutcome(r.state)).toBe('committed')
   })
 
   it('an intent that never got its answer is compensated on abort, in its turn', () => {
@@ -539,15 +539,15 @@ describe('step machine: intents (recorded before the call is sent)', () => {
   it('a tcc intent is cancelled, never confirmed, whatever the outcome; its resolution is confirmed on commit', () => {
     const committed = feed(withSteps('tcc', [tccStep(0), tccIntent(1)]), [COMMIT, LOGGED])
     expect(committed.out[1]).toEqual([{ type: 'outcome', outcome: 'committed' }, run(tccStep(0), 'confirm'), run(tccIntent(1), 'cancel')])
-    const aborted = stepTxStep(withSteps('tcc', [tccIntent(0)]), ABORT, env())
+    const aborted = sagaTransition(withSteps('tcc', [tccIntent(0)]), ABORT, env())
     expect(aborted.actions.at(-1)).toEqual(run(tccIntent(0), 'cancel'))
     const resolved = feed(withSteps('tcc', [tccIntent(0)]), [{ type: 'step', step: tccStep(0) }, COMMIT, LOGGED])
     expect(resolved.out[2]).toEqual([{ type: 'outcome', outcome: 'committed' }, run(tccStep(0), 'confirm')])
   })
 
   it('a resolution arriving once the undo of its intent is under way changes nothing', () => {
-    const running = stepTxStep(withSteps('tcc', [tccIntent(0)]), ABORT, env()).state
-    const r = stepTxStep(running, { type: 'step', step: tccStep(0, { late: true }) }, env())
+    const running = sagaTransition(withSteps('tcc', [tccIntent(0)]), ABORT, env()).state
+    const r = sagaTransition(running, { type: 'step', step: tccStep(0, { late: true }) }, env())
     expect(r.state).toBe(running)
     expect(r.actions).toEqual([])
   })
@@ -564,24 +564,24 @@ describe('step machine: intents (recorded before the call is sent)', () => {
 
   it('an unresolved intent goes stuck at once on abort, and its resolution, if it comes, replaces it and runs', () => {
     const unresolved: StepRecord = { ...bareStep(0), intent: true, unresolved: 'the call got no answer and its compensation needs the response' }
-    const s = stepTxStep(withSteps('saga', [unresolved]), ABORT, env())
+    const s = sagaTransition(withSteps('saga', [unresolved]), ABORT, env())
     expect(s.actions.at(-1)).toEqual({ type: 'stuck', step: unresolved, op: 'compensate', error: unresolved.unresolved })
     const late = sagaStep(0, { late: true })
-    const r = stepTxStep(s.state, { type: 'step', step: late }, env())
+    const r = sagaTransition(s.state, { type: 'step', step: late }, env())
     expect(r.actions).toEqual([run(late, 'compensate')])
   })
 
   it('recovery takes the last record of a step, in the place of its first', () => {
     // s1: intent then resolution (its answer was durable before the crash); s2: intent only.
-    const r = recoverStepTx('tx1', 'saga', [sagaStep(0), sagaIntent(1), sagaIntent(2), sagaStep(1)], none, true, POLICY, env())
+    const r = recoverSagaTx('tx1', 'saga', [sagaStep(0), sagaIntent(1), sagaIntent(2), sagaStep(1)], none, true, POLICY, env())
     expect(r.state.steps.map((e) => e.step)).toEqual([sagaStep(0), sagaStep(1), sagaIntent(2)])
     // Committed: only the intent without an answer is compensated.
     expect(r.actions).toEqual([run(sagaIntent(2), 'compensate')])
-    const aborted = recoverStepTx('tx1', 'saga', [sagaStep(0), sagaIntent(1), sagaIntent(2), sagaStep(1)], none, false, POLICY, env())
+    const aborted = recoverSagaTx('tx1', 'saga', [sagaStep(0), sagaIntent(1), sagaIntent(2), sagaStep(1)], none, false, POLICY, env())
     expect(aborted.actions).toEqual([run(sagaIntent(2), 'compensate')])
     expect(feed(aborted.state, [done('s2')]).out[0]).toEqual([{ type: 'log-step-done', step: 's2' }, run(sagaStep(1), 'compensate')])
     // A voided intent (its step-done record) stays finished.
-    const voided = recoverStepTx('tx1', 'tcc', [tccIntent(0), tccStep(1)], new Set(['s0']), true, POLICY, env())
+    const voided = recoverSagaTx('tx1', 'tcc', [tccIntent(0), tccStep(1)], new Set(['s0']), true, POLICY, env())
     expect(voided.actions).toEqual([run(tccStep(1), 'confirm')])
   })
 })
@@ -643,7 +643,7 @@ class Sim {
     private readonly draws: readonly number[],
     private readonly allowLate: boolean,
   ) {
-    this.state = newStepTx('tx1', mode, 10_000, policy)
+    this.state = newSagaTx('tx1', mode, 10_000, policy)
   }
 
   private env(): Env {
@@ -652,7 +652,7 @@ class Sim {
 
   feed(ev: StepEvent): { before: StepTxState; actions: readonly StepAction[] } {
     const before = this.state
-    const r = stepTxStep(before, ev, this.env())
+    const r = sagaTransition(before, ev, this.env())
     this.state = r.state
     if (before.status === 'active' && r.state.status !== 'active') this.asked = r.state.status === 'committing' ? 'commit' : 'abort'
     for (const a of r.actions) {

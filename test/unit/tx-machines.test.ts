@@ -3,8 +3,8 @@
 import { describe, expect, it } from 'vitest'
 import { LIMITS } from '../../src/limits.js'
 import type { CoordinatorAction, CoordinatorEvent, CoordinatorState, Env, ParticipantEvent, ParticipantRef, ParticipantState, Vote } from '../../src/tx/core.js'
-import { coordinatorOutcome, coordinatorStep, newCoordinator, recoverCoordinator } from '../../src/tx/coordinator/machine.js'
-import { newParticipant, participantStep, recoverParticipant, recoverUnvoted } from '../../src/tx/participant/machine.js'
+import { coordinatorOutcome, coordinatorTransition, newCoordinator, recoverCoordinator } from '../../src/tx/coordinator/machine.js'
+import { newParticipant, participantTransition, recoverParticipant, recoverUnvoted } from '../../src/tx/participant/machine.js'
 
 const env = (now = 0, random = 0.5): Env => ({ now, random: () => random })
 const ref = (i: number): ParticipantRef => ({ service: `svc${i}`, control: `10.0.0.${i}:15010`, branch: `b${i}` })
@@ -16,7 +16,7 @@ const NO: Vote = { kind: 'refused', reason: 'insufficient funds' }
 function runC(state: CoordinatorState, events: readonly CoordinatorEvent[], e: Env = env()): { state: CoordinatorState; steps: (readonly CoordinatorAction[])[] } {
   const steps: (readonly CoordinatorAction[])[] = []
   for (const ev of events) {
-    const s = coordinatorStep(state, ev, e)
+    const s = coordinatorTransition(state, ev, e)
     state = s.state
     steps.push(s.actions)
   }
@@ -34,7 +34,7 @@ function enlisted(n: number): CoordinatorState {
 }
 
 function preparing(n: number): CoordinatorState {
-  return coordinatorStep(enlisted(n), { type: 'commit-requested' }, env()).state
+  return coordinatorTransition(enlisted(n), { type: 'commit-requested' }, env()).state
 }
 
 /**
@@ -42,21 +42,21 @@ function preparing(n: number): CoordinatorState {
  * participant went through before one-phase commit (a lone participant now takes one phase).
  */
 function preparing2pc(): CoordinatorState {
-  return coordinatorStep(preparing(2), { type: 'vote', branch: 'b1', vote: RO }, env()).state
+  return coordinatorTransition(preparing(2), { type: 'vote', branch: 'b1', vote: RO }, env()).state
 }
 
 const types = (actions: readonly { type: string }[]): string[] => actions.map((a) => a.type)
 
 describe('coordinator machine', () => {
   it('commits at once with no participants and logs no decision', () => {
-    const s = coordinatorStep(newCoordinator('tx1', 1000), { type: 'commit-requested' }, env())
+    const s = coordinatorTransition(newCoordinator('tx1', 1000), { type: 'commit-requested' }, env())
     expect(s.state.status).toBe('committed')
     expect(s.actions).toEqual([{ type: 'outcome', outcome: 'committed' }, { type: 'log-end' }])
     expect(s.state.decisionLogged).toBe(false)
   })
 
   it('prepares every enlisted participant when the app commits', () => {
-    const s = coordinatorStep(enlisted(3), { type: 'commit-requested' }, env())
+    const s = coordinatorTransition(enlisted(3), { type: 'commit-requested' }, env())
     expect(s.state.status).toBe('preparing')
     expect(s.actions).toEqual([0, 1, 2].map((i) => ({ type: 'send-prepare', to: ref(i) })))
   })
@@ -79,7 +79,7 @@ describe('coordinator machine', () => {
     expect(r.steps[1]).toEqual([{ type: 'log-decision', participants: [ref(0), ref(1)] }])
     expect(r.state).toMatchObject({ status: 'committing', decisionLogged: false })
     expect(coordinatorOutcome(r.state)).toBe('unknown')
-    const logged = coordinatorStep(r.state, { type: 'decision-logged' }, env())
+    const logged = coordinatorTransition(r.state, { type: 'decision-logged' }, env())
     expect(logged.actions).toEqual([
       { type: 'outcome', outcome: 'committed' },
       { type: 'send-commit', to: ref(0) },
@@ -112,11 +112,11 @@ describe('coordinator machine', () => {
     ])
     expect(types(r.steps.flat())).not.toContain('log-decision')
     // The vote still on its way changes nothing.
-    expect(coordinatorStep(r.state, { type: 'vote', branch: 'b2', vote: YES }, env()).actions).toEqual([])
+    expect(coordinatorTransition(r.state, { type: 'vote', branch: 'b2', vote: YES }, env()).actions).toEqual([])
   })
 
   it('one prepare failure aborts, and the branch whose prepare timed out hears abort too', () => {
-    const s = coordinatorStep(preparing2pc(), { type: 'vote', branch: 'b0', vote: { kind: 'refused', reason: 'prepare timed out' } }, env())
+    const s = coordinatorTransition(preparing2pc(), { type: 'vote', branch: 'b0', vote: { kind: 'refused', reason: 'prepare timed out' } }, env())
     // The app behind b0 may prepare after the timeout: it must be told to abort (b1 voted
     // read-only: it holds nothing).
     expect(s.state.status).toBe('aborting')
@@ -148,7 +148,7 @@ describe('coordinator machine', () => {
       { type: 'outcome', outcome: 'committed' },
       { type: 'send-commit', to: ref(1) },
     ])
-    expect(coordinatorStep(r.state, { type: 'ack', branch: 'b1' }, env()).actions).toEqual([{ type: 'log-end' }])
+    expect(coordinatorTransition(r.state, { type: 'ack', branch: 'b1' }, env()).actions).toEqual([{ type: 'log-end' }])
   })
 
   it('a phase-2 answer with the other outcome is a heuristic one: finished, reported, not an acknowledgement', () => {
@@ -178,7 +178,7 @@ describe('coordinator machine', () => {
     ])
     // Once logged, a refusal cannot arrive; if it did it would change nothing.
     const logged = runC(preparing(2), [{ type: 'vote', branch: 'b0', vote: YES }, { type: 'vote', branch: 'b1', vote: YES }, { type: 'decision-logged' }]).state
-    expect(coordinatorStep(logged, { type: 'decision-refused', reason: 'x' }, env()).actions).toEqual([])
+    expect(coordinatorTransition(logged, { type: 'decision-refused', reason: 'x' }, env()).actions).toEqual([])
   })
 
   it('duplicate ack is harmless', () => {
@@ -203,30 +203,30 @@ describe('coordinator machine', () => {
 
   it('ignores a vote from an unknown branch, a second vote, and votes before prepare', () => {
     const s = preparing(2)
-    expect(coordinatorStep(s, { type: 'vote', branch: 'stranger', vote: YES }, env())).toEqual({ state: s, actions: [] })
-    const once = coordinatorStep(s, { type: 'vote', branch: 'b0', vote: YES }, env()).state
-    expect(coordinatorStep(once, { type: 'vote', branch: 'b0', vote: NO }, env())).toEqual({ state: once, actions: [] })
+    expect(coordinatorTransition(s, { type: 'vote', branch: 'stranger', vote: YES }, env())).toEqual({ state: s, actions: [] })
+    const once = coordinatorTransition(s, { type: 'vote', branch: 'b0', vote: YES }, env()).state
+    expect(coordinatorTransition(once, { type: 'vote', branch: 'b0', vote: NO }, env())).toEqual({ state: once, actions: [] })
     const active = enlisted(1)
-    expect(coordinatorStep(active, { type: 'vote', branch: 'b0', vote: YES }, env())).toEqual({ state: active, actions: [] })
+    expect(coordinatorTransition(active, { type: 'vote', branch: 'b0', vote: YES }, env())).toEqual({ state: active, actions: [] })
   })
 
   it('a vote after the decision is a no-op', () => {
     const committing = runC(preparing2pc(), [{ type: 'vote', branch: 'b0', vote: YES }, { type: 'decision-logged' }]).state
-    expect(coordinatorStep(committing, { type: 'vote', branch: 'b0', vote: NO }, env())).toEqual({ state: committing, actions: [] })
-    const aborted = coordinatorStep(preparing(2), { type: 'vote', branch: 'b0', vote: NO }, env()).state
-    expect(coordinatorStep(aborted, { type: 'vote', branch: 'b1', vote: YES }, env())).toEqual({ state: aborted, actions: [] })
+    expect(coordinatorTransition(committing, { type: 'vote', branch: 'b0', vote: NO }, env())).toEqual({ state: committing, actions: [] })
+    const aborted = coordinatorTransition(preparing(2), { type: 'vote', branch: 'b0', vote: NO }, env()).state
+    expect(coordinatorTransition(aborted, { type: 'vote', branch: 'b1', vote: YES }, env())).toEqual({ state: aborted, actions: [] })
   })
 
   it('retries a failed commit send with capped exponential backoff and full jitter, forever', () => {
     let s = runC(preparing2pc(), [{ type: 'vote', branch: 'b0', vote: YES }, { type: 'decision-logged' }]).state
     const delays: number[] = []
     for (let i = 0; i < 12; i++) {
-      const failed = coordinatorStep(s, { type: 'send-failed', branch: 'b0' }, env(0, 0.999999))
+      const failed = coordinatorTransition(s, { type: 'send-failed', branch: 'b0' }, env(0, 0.999999))
       const retry = failed.actions[0]
       if (retry?.type !== 'schedule-retry') throw new Error('no retry scheduled')
       expect(retry.branch).toBe('b0')
       delays.push(retry.delayMs)
-      const due = coordinatorStep(failed.state, { type: 'retry-due', branch: 'b0' }, env())
+      const due = coordinatorTransition(failed.state, { type: 'retry-due', branch: 'b0' }, env())
       expect(due.actions).toEqual([{ type: 'send-commit', to: ref(0) }])
       s = due.state
     }
@@ -234,22 +234,22 @@ describe('coordinator machine', () => {
     expect(delays.slice(0, 4)).toEqual([base - 1, 2 * base - 1, 4 * base - 1, 8 * base - 1])
     expect(Math.max(...delays)).toBe(LIMITS.phase2BackoffCapMs - 1)
     // Full jitter: with random() = 0 the wait is 0.
-    const zero = coordinatorStep(s, { type: 'send-failed', branch: 'b0' }, env(0, 0)).actions[0]
+    const zero = coordinatorTransition(s, { type: 'send-failed', branch: 'b0' }, env(0, 0)).actions[0]
     expect(zero).toEqual({ type: 'schedule-retry', branch: 'b0', delayMs: 0 })
   })
 
   it('retries abort sends a bounded number of times, then forgets the transaction (presumed abort)', () => {
-    let s = coordinatorStep(enlisted(1), { type: 'abort-requested', reason: 'app said so' }, env()).state
+    let s = coordinatorTransition(enlisted(1), { type: 'abort-requested', reason: 'app said so' }, env()).state
     expect(s.status).toBe('aborting')
     let sends = 1
     for (;;) {
-      const failed = coordinatorStep(s, { type: 'send-failed', branch: 'b0' }, env())
+      const failed = coordinatorTransition(s, { type: 'send-failed', branch: 'b0' }, env())
       s = failed.state
       if (failed.actions[0]?.type !== 'schedule-retry') {
         expect(failed.actions).toEqual([{ type: 'log-end' }])
         break
       }
-      const due = coordinatorStep(s, { type: 'retry-due', branch: 'b0' }, env())
+      const due = coordinatorTransition(s, { type: 'retry-due', branch: 'b0' }, env())
       expect(due.actions).toEqual([{ type: 'send-abort', to: ref(0) }])
       s = due.state
       sends++
@@ -260,36 +260,36 @@ describe('coordinator machine', () => {
   })
 
   it('aborts on the deadline while active or preparing, not once committing', () => {
-    const a = coordinatorStep(enlisted(1), { type: 'deadline' }, env())
+    const a = coordinatorTransition(enlisted(1), { type: 'deadline' }, env())
     expect(a.state).toMatchObject({ status: 'aborting', reason: 'deadline' })
     expect(a.actions).toEqual([
       { type: 'outcome', outcome: 'aborted', reason: 'deadline' },
       { type: 'send-abort', to: ref(0) },
     ])
-    expect(coordinatorStep(preparing2pc(), { type: 'deadline' }, env()).state.status).toBe('aborting')
-    const committing = coordinatorStep(preparing2pc(), { type: 'vote', branch: 'b0', vote: YES }, env()).state
-    expect(coordinatorStep(committing, { type: 'deadline' }, env())).toEqual({ state: committing, actions: [] })
+    expect(coordinatorTransition(preparing2pc(), { type: 'deadline' }, env()).state.status).toBe('aborting')
+    const committing = coordinatorTransition(preparing2pc(), { type: 'vote', branch: 'b0', vote: YES }, env()).state
+    expect(coordinatorTransition(committing, { type: 'deadline' }, env())).toEqual({ state: committing, actions: [] })
   })
 
   it('an abort request while the COMMIT record is being written waits for the commit', () => {
-    const committing = coordinatorStep(preparing2pc(), { type: 'vote', branch: 'b0', vote: YES }, env()).state
-    expect(coordinatorStep(committing, { type: 'abort-requested', reason: 'impatient' }, env())).toEqual({ state: committing, actions: [] })
-    expect(coordinatorStep(committing, { type: 'commit-requested' }, env())).toEqual({ state: committing, actions: [] })
+    const committing = coordinatorTransition(preparing2pc(), { type: 'vote', branch: 'b0', vote: YES }, env()).state
+    expect(coordinatorTransition(committing, { type: 'abort-requested', reason: 'impatient' }, env())).toEqual({ state: committing, actions: [] })
+    expect(coordinatorTransition(committing, { type: 'commit-requested' }, env())).toEqual({ state: committing, actions: [] })
   })
 
   it('a branch enlisted after prepare began aborts the transaction, and hears abort too', () => {
-    const s = coordinatorStep(preparing2pc(), { type: 'enlist', participants: [ref(0), ref(7)] }, env())
+    const s = coordinatorTransition(preparing2pc(), { type: 'enlist', participants: [ref(0), ref(7)] }, env())
     expect(s.state).toMatchObject({ status: 'aborting', reason: 'late enlistment' })
     expect(s.actions).toContainEqual({ type: 'send-abort', to: ref(7) })
     expect(s.actions).toContainEqual({ type: 'send-abort', to: ref(0) })
     // Re-enlisting a known branch after prepare is not late: nothing happens.
     const p = preparing(2)
-    expect(coordinatorStep(p, { type: 'enlist', participants: [ref(1)] }, env())).toEqual({ state: p, actions: [] })
+    expect(coordinatorTransition(p, { type: 'enlist', participants: [ref(1)] }, env())).toEqual({ state: p, actions: [] })
   })
 
   it('a branch enlisted after the decision hears abort and leaves the outcome alone', () => {
     const committing = runC(preparing2pc(), [{ type: 'vote', branch: 'b0', vote: YES }, { type: 'decision-logged' }]).state
-    const s = coordinatorStep(committing, { type: 'enlist', participants: [ref(5)] }, env())
+    const s = coordinatorTransition(committing, { type: 'enlist', participants: [ref(5)] }, env())
     expect(s.state).toEqual(committing)
     expect(s.actions).toEqual([{ type: 'send-abort', to: ref(5) }])
   })
@@ -297,7 +297,7 @@ describe('coordinator machine', () => {
   it(`aborts when more than ${LIMITS.maxParticipants} participants enlist`, () => {
     const full = enlisted(LIMITS.maxParticipants)
     expect(full.participants).toHaveLength(LIMITS.maxParticipants)
-    const s = coordinatorStep(full, { type: 'enlist', participants: [ref(1000)] }, env())
+    const s = coordinatorTransition(full, { type: 'enlist', participants: [ref(1000)] }, env())
     expect(s.state.status).toBe('aborting')
     expect(s.state.participants).toHaveLength(LIMITS.maxParticipants)
     expect(s.actions).toContainEqual({ type: 'send-abort', to: ref(1000) })
@@ -324,33 +324,33 @@ describe('coordinator machine', () => {
     expect(coordinatorOutcome(undefined)).toBe('aborted')
     expect(coordinatorOutcome(enlisted(1))).toBe('unknown')
     expect(coordinatorOutcome(preparing2pc())).toBe('unknown')
-    expect(coordinatorOutcome(coordinatorStep(enlisted(1), { type: 'deadline' }, env()).state)).toBe('aborted')
+    expect(coordinatorOutcome(coordinatorTransition(enlisted(1), { type: 'deadline' }, env()).state)).toBe('aborted')
   })
 
   it('ignores phase-2 events before phase 2', () => {
-    const committing = coordinatorStep(preparing2pc(), { type: 'vote', branch: 'b0', vote: YES }, env()).state
+    const committing = coordinatorTransition(preparing2pc(), { type: 'vote', branch: 'b0', vote: YES }, env()).state
     for (const ev of [
       { type: 'ack', branch: 'b0' },
       { type: 'send-failed', branch: 'b0' },
       { type: 'retry-due', branch: 'b0' },
     ] as const) {
-      expect(coordinatorStep(committing, ev, env())).toEqual({ state: committing, actions: [] })
+      expect(coordinatorTransition(committing, ev, env())).toEqual({ state: committing, actions: [] })
     }
-    const d = coordinatorStep(committing, { type: 'decision-logged' }, env()).state
-    expect(coordinatorStep(d, { type: 'decision-logged' }, env())).toEqual({ state: d, actions: [] })
+    const d = coordinatorTransition(committing, { type: 'decision-logged' }, env()).state
+    expect(coordinatorTransition(d, { type: 'decision-logged' }, env())).toEqual({ state: d, actions: [] })
   })
 })
 
 describe('coordinator machine: one-phase commit', () => {
-  const onePhase = (): CoordinatorState => coordinatorStep(enlisted(1), { type: 'commit-requested' }, env()).state
+  const onePhase = (): CoordinatorState => coordinatorTransition(enlisted(1), { type: 'commit-requested' }, env()).state
 
   it('commits a single participant in one phase without a coordinator log write', () => {
-    const started = coordinatorStep(enlisted(1), { type: 'commit-requested' }, env())
+    const started = coordinatorTransition(enlisted(1), { type: 'commit-requested' }, env())
     expect(started.state).toMatchObject({ status: 'committing', onePhase: true, decisionLogged: false })
     expect(started.actions).toEqual([{ type: 'send-commit-one-phase', to: ref(0) }])
     // The participant decides: until it answers, the coordinator does not know the outcome.
     expect(coordinatorOutcome(started.state)).toBe('unknown')
-    const done = coordinatorStep(started.state, { type: 'one-phase-result', branch: 'b0', outcome: 'committed' }, env())
+    const done = coordinatorTransition(started.state, { type: 'one-phase-result', branch: 'b0', outcome: 'committed' }, env())
     expect(done.actions).toEqual([{ type: 'outcome', outcome: 'committed' }, { type: 'log-end' }])
     expect(done.state).toMatchObject({ status: 'committed', decisionLogged: false })
     expect(done.state.participants[0]).toMatchObject({ acked: true, vote: YES })
@@ -359,7 +359,7 @@ describe('coordinator machine: one-phase commit', () => {
   })
 
   it('reports the participant’s one-phase abort, logging nothing', () => {
-    const r = coordinatorStep(onePhase(), { type: 'one-phase-result', branch: 'b0', outcome: 'aborted' }, env())
+    const r = coordinatorTransition(onePhase(), { type: 'one-phase-result', branch: 'b0', outcome: 'aborted' }, env())
     expect(r.state.status).toBe('aborted')
     expect(r.actions).toEqual([{ type: 'outcome', outcome: 'aborted', reason: r.state.reason }, { type: 'log-end' }])
     expect(r.state.reason).toContain('one-phase')
@@ -368,15 +368,15 @@ describe('coordinator machine: one-phase commit', () => {
   it('resends commit-one-phase after a failed send, with backoff, and never reports aborted for it', () => {
     let s = onePhase()
     for (let i = 0; i < 10; i++) {
-      const failed = coordinatorStep(s, { type: 'send-failed', branch: 'b0' }, env(0, 0.999999))
+      const failed = coordinatorTransition(s, { type: 'send-failed', branch: 'b0' }, env(0, 0.999999))
       expect(types(failed.actions)).toEqual(['schedule-retry'])
       expect(coordinatorOutcome(failed.state)).toBe('unknown')
-      const due = coordinatorStep(failed.state, { type: 'retry-due', branch: 'b0' }, env())
+      const due = coordinatorTransition(failed.state, { type: 'retry-due', branch: 'b0' }, env())
       expect(due.actions).toEqual([{ type: 'send-commit-one-phase', to: ref(0) }])
       s = due.state
     }
     expect(s.status).toBe('committing')
-    expect(coordinatorStep(s, { type: 'one-phase-result', branch: 'b0', outcome: 'committed' }, env()).state.status).toBe('committed')
+    expect(coordinatorTransition(s, { type: 'one-phase-result', branch: 'b0', outcome: 'committed' }, env()).state.status).toBe('committed')
   })
 
   it('neither the deadline nor an abort request takes a one-phase commit from its participant', () => {
@@ -389,27 +389,27 @@ describe('coordinator machine: one-phase commit', () => {
       { type: 'ack', branch: 'b0' },
       { type: 'vote', branch: 'b0', vote: NO },
     ] as const) {
-      expect(coordinatorStep(s, ev, env()), ev.type).toEqual({ state: s, actions: [] })
+      expect(coordinatorTransition(s, ev, env()), ev.type).toEqual({ state: s, actions: [] })
     }
   })
 
   it('a branch enlisted during a one-phase commit hears abort; the participant stays the only one', () => {
     const s = onePhase()
-    const r = coordinatorStep(s, { type: 'enlist', participants: [ref(0), ref(5)] }, env())
+    const r = coordinatorTransition(s, { type: 'enlist', participants: [ref(0), ref(5)] }, env())
     expect(r.state).toEqual(s)
     expect(r.actions).toEqual([{ type: 'send-abort', to: ref(5) }])
   })
 
   it('ignores stale, duplicate and stray one-phase results', () => {
     const active = enlisted(1)
-    expect(coordinatorStep(active, { type: 'one-phase-result', branch: 'b0', outcome: 'committed' }, env())).toEqual({ state: active, actions: [] })
+    expect(coordinatorTransition(active, { type: 'one-phase-result', branch: 'b0', outcome: 'committed' }, env())).toEqual({ state: active, actions: [] })
     const s = onePhase()
-    expect(coordinatorStep(s, { type: 'one-phase-result', branch: 'stranger', outcome: 'aborted' }, env())).toEqual({ state: s, actions: [] })
-    const done = coordinatorStep(s, { type: 'one-phase-result', branch: 'b0', outcome: 'committed' }, env()).state
-    expect(coordinatorStep(done, { type: 'one-phase-result', branch: 'b0', outcome: 'aborted' }, env())).toEqual({ state: done, actions: [] })
-    expect(coordinatorStep(done, { type: 'send-failed', branch: 'b0' }, env())).toEqual({ state: done, actions: [] })
+    expect(coordinatorTransition(s, { type: 'one-phase-result', branch: 'stranger', outcome: 'aborted' }, env())).toEqual({ state: s, actions: [] })
+    const done = coordinatorTransition(s, { type: 'one-phase-result', branch: 'b0', outcome: 'committed' }, env()).state
+    expect(coordinatorTransition(done, { type: 'one-phase-result', branch: 'b0', outcome: 'aborted' }, env())).toEqual({ state: done, actions: [] })
+    expect(coordinatorTransition(done, { type: 'send-failed', branch: 'b0' }, env())).toEqual({ state: done, actions: [] })
     // Two participants still prepare.
-    expect(types(coordinatorStep(enlisted(2), { type: 'commit-requested' }, env()).actions)).toEqual(['send-prepare', 'send-prepare'])
+    expect(types(coordinatorTransition(enlisted(2), { type: 'commit-requested' }, env()).actions)).toEqual(['send-prepare', 'send-prepare'])
   })
 })
 
@@ -417,7 +417,7 @@ describe('coordinator machine: one-phase commit', () => {
 function runP(state: ParticipantState, events: readonly ParticipantEvent[], e: Env = env()) {
   const steps: (readonly { type: string }[])[] = []
   for (const ev of events) {
-    const s = participantStep(state, ev, e)
+    const s = participantTransition(state, ev, e)
     state = s.state
     steps.push(s.actions)
   }
@@ -452,23 +452,23 @@ describe('participant machine', () => {
       { type: 'call-app', hook: 'abort' },
     ])
     expect(r.state.status).toBe('aborting')
-    const failed = participantStep(r.state, { type: 'app-failed' }, env())
+    const failed = participantTransition(r.state, { type: 'app-failed' }, env())
     expect(types(failed.actions)).toEqual(['schedule-retry'])
-    expect(participantStep(failed.state, { type: 'retry-due' }, env()).actions).toEqual([{ type: 'call-app', hook: 'abort' }])
-    const done = participantStep(r.state, { type: 'app-done' }, env())
+    expect(participantTransition(failed.state, { type: 'retry-due' }, env()).actions).toEqual([{ type: 'call-app', hook: 'abort' }])
+    const done = participantTransition(r.state, { type: 'app-done' }, env())
     expect(done.state.status).toBe('aborted')
     expect(done.actions).toContainEqual({ type: 'log-end', outcome: 'aborted' })
   })
 
   it('answers duplicate prepares from what it already knows', () => {
     const preparing = runP(fresh(), [{ type: 'prepare' }, LOGGED]).state
-    expect(participantStep(preparing, { type: 'prepare' }, env()).actions).toEqual([])
-    const logging = participantStep(preparing, { type: 'app-voted', vote: YES }, env()).state
-    expect(participantStep(logging, { type: 'prepare' }, env()).actions).toEqual([])
-    expect(participantStep(preparedP(), { type: 'prepare' }, env()).actions).toEqual([{ type: 'reply-vote', vote: YES }])
+    expect(participantTransition(preparing, { type: 'prepare' }, env()).actions).toEqual([])
+    const logging = participantTransition(preparing, { type: 'app-voted', vote: YES }, env()).state
+    expect(participantTransition(logging, { type: 'prepare' }, env()).actions).toEqual([])
+    expect(participantTransition(preparedP(), { type: 'prepare' }, env()).actions).toEqual([{ type: 'reply-vote', vote: YES }])
     const aborted = runP(fresh(), [{ type: 'decision', outcome: 'aborted' }, { type: 'app-done' }]).state
     expect(aborted.status).toBe('aborted')
-    const again = participantStep(aborted, { type: 'prepare' }, env()).actions
+    const again = participantTransition(aborted, { type: 'prepare' }, env()).actions
     expect(again).toHaveLength(1)
     expect(again[0]).toMatchObject({ type: 'reply-vote', vote: { kind: 'refused' } })
   })
@@ -488,20 +488,20 @@ describe('participant machine', () => {
 
   it('answers a repeated decision for a finished branch with its own outcome', () => {
     const committed = runP(preparedP(), [{ type: 'decision', outcome: 'committed' }, { type: 'app-done' }]).state
-    expect(participantStep(committed, { type: 'decision', outcome: 'committed' }, env()).actions).toEqual([{ type: 'reply-done', outcome: 'committed' }])
+    expect(participantTransition(committed, { type: 'decision', outcome: 'committed' }, env()).actions).toEqual([{ type: 'reply-done', outcome: 'committed' }])
     const aborted = runP(preparedP(), [{ type: 'decision', outcome: 'aborted' }, { type: 'app-done' }]).state
-    expect(participantStep(aborted, { type: 'decision', outcome: 'aborted' }, env()).actions).toEqual([{ type: 'reply-done', outcome: 'aborted' }])
+    expect(participantTransition(aborted, { type: 'decision', outcome: 'aborted' }, env()).actions).toEqual([{ type: 'reply-done', outcome: 'aborted' }])
   })
 
   it('ignores commit for a branch that never voted yes', () => {
     for (const s of [fresh(), runP(fresh(), [{ type: 'prepare' }, LOGGED]).state]) {
-      expect(participantStep(s, { type: 'decision', outcome: 'committed' }, env())).toEqual({ state: s, actions: [] })
+      expect(participantTransition(s, { type: 'decision', outcome: 'committed' }, env())).toEqual({ state: s, actions: [] })
     }
   })
 
   it('aborts through the app on an abort decision while active or prepared', () => {
     for (const s of [fresh(), preparedP()]) {
-      const r = participantStep(s, { type: 'decision', outcome: 'aborted' }, env())
+      const r = participantTransition(s, { type: 'decision', outcome: 'aborted' }, env())
       expect(r.state.status).toBe('aborting')
       expect(r.actions).toEqual([{ type: 'call-app', hook: 'abort' }])
     }
@@ -536,13 +536,13 @@ describe('participant machine', () => {
   })
 
   it('writes PREPARING before the app is asked to prepare, and asks nothing while it is written', () => {
-    const recording = participantStep(fresh(), { type: 'prepare' }, env())
+    const recording = participantTransition(fresh(), { type: 'prepare' }, env())
     expect(recording.actions).toEqual([{ type: 'log-preparing' }])
     expect(recording.state.status).toBe('recording')
     // A duplicate prepare, a commit and the deadline wait for the write.
-    expect(participantStep(recording.state, { type: 'prepare' }, env()).actions).toEqual([])
-    expect(participantStep(recording.state, { type: 'decision', outcome: 'committed' }, env()).actions).toEqual([])
-    expect(participantStep(recording.state, { type: 'deadline' }, env(5_000)).actions).toEqual([])
+    expect(participantTransition(recording.state, { type: 'prepare' }, env()).actions).toEqual([])
+    expect(participantTransition(recording.state, { type: 'decision', outcome: 'committed' }, env()).actions).toEqual([])
+    expect(participantTransition(recording.state, { type: 'deadline' }, env(5_000)).actions).toEqual([])
   })
 
   it('a PREPARING that cannot be written votes no and undoes, without asking the app to prepare', () => {
@@ -569,28 +569,28 @@ describe('participant machine', () => {
     const r = recoverUnvoted('tx1', 'b0', 'coord:15010', 1_000)
     expect(r.state.status).toBe('aborting')
     expect(r.actions).toEqual([{ type: 'call-app', hook: 'abort' }])
-    const failed = participantStep(r.state, { type: 'app-failed' }, env())
+    const failed = participantTransition(r.state, { type: 'app-failed' }, env())
     expect(failed.actions[0]?.type).toBe('schedule-retry')
-    expect(participantStep(failed.state, { type: 'retry-due' }, env()).actions).toEqual([{ type: 'call-app', hook: 'abort' }])
-    expect(participantStep(r.state, { type: 'app-done' }, env()).actions).toContainEqual({ type: 'log-end', outcome: 'aborted' })
+    expect(participantTransition(failed.state, { type: 'retry-due' }, env()).actions).toEqual([{ type: 'call-app', hook: 'abort' }])
+    expect(participantTransition(r.state, { type: 'app-done' }, env()).actions).toContainEqual({ type: 'log-end', outcome: 'aborted' })
   })
 
   it('retries a failing commit hook with capped backoff until the app answers', () => {
-    let s = participantStep(preparedP(), { type: 'decision', outcome: 'committed' }, env()).state
+    let s = participantTransition(preparedP(), { type: 'decision', outcome: 'committed' }, env()).state
     const delays: number[] = []
     for (let i = 0; i < 10; i++) {
-      const failed = participantStep(s, { type: 'app-failed' }, env(0, 0.999999))
+      const failed = participantTransition(s, { type: 'app-failed' }, env(0, 0.999999))
       const a = failed.actions[0]
       if (a?.type !== 'schedule-retry') throw new Error('no retry')
       delays.push(a.delayMs)
-      const due = participantStep(failed.state, { type: 'retry-due' }, env())
+      const due = participantTransition(failed.state, { type: 'retry-due' }, env())
       expect(due.actions).toEqual([{ type: 'call-app', hook: 'commit' }])
       s = due.state
     }
     expect(delays[0]).toBe(LIMITS.branchRetryBaseMs - 1)
     expect(delays[1]).toBe(2 * LIMITS.branchRetryBaseMs - 1)
     expect(Math.max(...delays)).toBe(LIMITS.branchRetryCapMs - 1)
-    expect(participantStep(s, { type: 'app-done' }, env()).state.status).toBe('committed')
+    expect(participantTransition(s, { type: 'app-done' }, env()).state.status).toBe('committed')
   })
 
   it('aborts alone on the deadline while active', () => {
@@ -601,21 +601,21 @@ describe('participant machine', () => {
   })
 
   it('never decides alone once prepared: on the deadline it asks the coordinator, and keeps asking', () => {
-    const asked = participantStep(preparedP(), { type: 'deadline' }, env(1_000))
+    const asked = participantTransition(preparedP(), { type: 'deadline' }, env(1_000))
     expect(asked.state.status).toBe('prepared')
     expect(asked.actions).toEqual([{ type: 'query-outcome' }])
     // A second deadline (or one after recovery) does not start a second chain of queries.
-    expect(participantStep(asked.state, { type: 'deadline' }, env(1_000)).actions).toEqual([])
-    const unknown = participantStep(asked.state, { type: 'outcome-unknown' }, env())
+    expect(participantTransition(asked.state, { type: 'deadline' }, env(1_000)).actions).toEqual([])
+    const unknown = participantTransition(asked.state, { type: 'outcome-unknown' }, env())
     expect(types(unknown.actions)).toEqual(['schedule-retry'])
-    expect(participantStep(unknown.state, { type: 'retry-due' }, env()).actions).toEqual([{ type: 'query-outcome' }])
-    expect(participantStep(unknown.state, { type: 'decision', outcome: 'aborted' }, env()).actions).toEqual([{ type: 'call-app', hook: 'abort' }])
+    expect(participantTransition(unknown.state, { type: 'retry-due' }, env()).actions).toEqual([{ type: 'query-outcome' }])
+    expect(participantTransition(unknown.state, { type: 'decision', outcome: 'aborted' }, env()).actions).toEqual([{ type: 'call-app', hook: 'abort' }])
   })
 
   it('asks for the outcome at once when PREPARED lands after the deadline', () => {
     const logging = runP(fresh(), [{ type: 'prepare' }, LOGGED, { type: 'app-voted', vote: YES }, { type: 'deadline' }]).state
     expect(logging.status).toBe('logging')
-    const r = participantStep(logging, { type: 'prepared-logged' }, env(5_000))
+    const r = participantTransition(logging, { type: 'prepared-logged' }, env(5_000))
     expect(r.actions).toEqual([{ type: 'reply-vote', vote: YES }, { type: 'query-outcome' }])
   })
 
@@ -630,10 +630,10 @@ describe('participant machine', () => {
   it('ignores stray events', () => {
     const s = fresh()
     for (const ev of [{ type: 'app-done' }, { type: 'app-failed' }, { type: 'outcome-unknown' }, { type: 'retry-due' }, { type: 'prepared-logged' }, { type: 'app-voted', vote: YES }] as const) {
-      expect(participantStep(s, ev, env())).toEqual({ state: s, actions: [] })
+      expect(participantTransition(s, ev, env())).toEqual({ state: s, actions: [] })
     }
     const p = preparedP()
-    expect(participantStep(p, { type: 'app-done' }, env())).toEqual({ state: p, actions: [] })
+    expect(participantTransition(p, { type: 'app-done' }, env())).toEqual({ state: p, actions: [] })
   })
 })
 
@@ -662,20 +662,20 @@ describe('participant machine: one-phase commit', () => {
   it('keeps a committed one-phase branch until the coordinator no longer waits for its answer', () => {
     const s = onePhaseCommitted()
     // A retried commit-one-phase is answered from the branch.
-    expect(participantStep(s, { type: 'commit-one-phase' }, env()).actions).toEqual([{ type: 'reply-done', outcome: 'committed' }])
-    const asked = participantStep(s, { type: 'retry-due' }, env())
+    expect(participantTransition(s, { type: 'commit-one-phase' }, env()).actions).toEqual([{ type: 'reply-done', outcome: 'committed' }])
+    const asked = participantTransition(s, { type: 'retry-due' }, env())
     expect(asked.actions).toEqual([{ type: 'query-outcome' }])
     // "unknown": the coordinator still waits (its answer is on the way): ask again later.
-    const unknown = participantStep(asked.state, { type: 'outcome-unknown' }, env())
+    const unknown = participantTransition(asked.state, { type: 'outcome-unknown' }, env())
     expect(types(unknown.actions)).toEqual(['schedule-retry'])
-    expect(participantStep(unknown.state, { type: 'retry-due' }, env()).actions).toEqual([{ type: 'query-outcome' }])
+    expect(participantTransition(unknown.state, { type: 'retry-due' }, env()).actions).toEqual([{ type: 'query-outcome' }])
     // Any answer means it no longer waits ("aborted": it forgot the transaction): END, done.
     for (const outcome of ['committed', 'aborted'] as const) {
-      const r = participantStep(unknown.state, { type: 'decision', outcome }, env())
+      const r = participantTransition(unknown.state, { type: 'decision', outcome }, env())
       expect(r.actions).toEqual([{ type: 'log-end', outcome: 'committed' }])
       expect(r.state.status).toBe('committed')
     }
-    expect(participantStep(s, { type: 'deadline' }, env(5_000))).toEqual({ state: s, actions: [] })
+    expect(participantTransition(s, { type: 'deadline' }, env(5_000))).toEqual({ state: s, actions: [] })
   })
 
   it('a one-phase participant restarted after PREPARED commits on its own', () => {
@@ -694,11 +694,11 @@ describe('participant machine: one-phase commit', () => {
 
   it('the deadline never aborts a one-phase branch once its PREPARED may be on disk', () => {
     const logging = onePhaseLogging()
-    expect(participantStep(logging, { type: 'deadline' }, env(5_000))).toEqual({ state: logging, actions: [] })
+    expect(participantTransition(logging, { type: 'deadline' }, env(5_000))).toEqual({ state: logging, actions: [] })
     // PREPARED(onePhase) landed after the deadline: still commit, no outcome query.
-    const landed = participantStep(logging, { type: 'prepared-logged' }, env(5_000))
+    const landed = participantTransition(logging, { type: 'prepared-logged' }, env(5_000))
     expect(landed.actions).toEqual([{ type: 'call-app', hook: 'commit' }])
-    expect(participantStep(landed.state, { type: 'deadline' }, env(5_000))).toEqual({ state: landed.state, actions: [] })
+    expect(participantTransition(landed.state, { type: 'deadline' }, env(5_000))).toEqual({ state: landed.state, actions: [] })
     // Before any prepare it may still abort alone, and then answers a late commit-one-phase with aborted.
     const alone = runP(fresh(), [{ type: 'deadline' }, { type: 'commit-one-phase' }])
     expect(alone.steps[1]).toEqual([{ type: 'reply-done', outcome: 'aborted' }])
@@ -713,7 +713,7 @@ describe('participant machine: one-phase commit', () => {
     expect(r.steps[3]).toContainEqual({ type: 'log-end', outcome: 'aborted' })
     expect(r.state.status).toBe('aborted')
     // A PREPARED(onePhase) write that surely missed the disk aborts the same way.
-    const failed = participantStep(onePhaseLogging(), { type: 'app-voted', vote: { kind: 'refused', reason: 'cannot log PREPARED' } }, env())
+    const failed = participantTransition(onePhaseLogging(), { type: 'app-voted', vote: { kind: 'refused', reason: 'cannot log PREPARED' } }, env())
     expect(failed.actions).toEqual([
       { type: 'reply-done', outcome: 'aborted' },
       { type: 'call-app', hook: 'abort' },
@@ -729,13 +729,13 @@ describe('participant machine: one-phase commit', () => {
   })
 
   it('a duplicate commit-one-phase while the branch is under way adds nothing', () => {
-    const preparingS = participantStep(fresh(), { type: 'commit-one-phase' }, env()).state
-    const committing = participantStep(onePhaseLogging(), { type: 'prepared-logged' }, env()).state
+    const preparingS = participantTransition(fresh(), { type: 'commit-one-phase' }, env()).state
+    const committing = participantTransition(onePhaseLogging(), { type: 'prepared-logged' }, env()).state
     for (const s of [preparingS, onePhaseLogging(), committing]) {
-      expect(participantStep(s, { type: 'commit-one-phase' }, env())).toEqual({ state: s, actions: [] })
+      expect(participantTransition(s, { type: 'commit-one-phase' }, env())).toEqual({ state: s, actions: [] })
     }
     // A two-phase branch that voted yes is not finished by a one-phase commit.
     const p = preparedP()
-    expect(participantStep(p, { type: 'commit-one-phase' }, env())).toEqual({ state: p, actions: [] })
+    expect(participantTransition(p, { type: 'commit-one-phase' }, env())).toEqual({ state: p, actions: [] })
   })
 })

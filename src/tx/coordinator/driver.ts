@@ -16,7 +16,7 @@ import { incarnationOfTx, isOfRun, newTxId, signContext, type TxMode } from '../
 import { SpanKind, SpanStatusCode, childSpan, formatTraceparent, linkTo, type Context, type Span, type Tracing } from '../../telemetry/tracing.js'
 import type { TxMessage } from '../../events/outbox.js'
 import { addMessage, endAfterPublishing, startPublishing, waitAtMost, type MessageHolder, type Publish } from '../messages.js'
-import { coordinatorOutcome, coordinatorStep, newCoordinator, recoverCoordinator } from './machine.js'
+import { coordinatorOutcome, coordinatorTransition, newCoordinator, recoverCoordinator } from './machine.js'
 
 export interface TxResult {
   readonly id: TxId
@@ -243,10 +243,10 @@ export class CoordinatorDriver {
       if (r.kind !== 'coordinator') continue
       const id = r.tx
       const { participants, mode } = r.record
-      const step = recoverCoordinator(id, participants, this.env())
+      const next = recoverCoordinator(id, participants, this.env())
       const messages = [...(r.record.messages ?? [])]
       const entry: Entry = {
-        state: step.state,
+        state: next.state,
         mode,
         route: 'recovered',
         requestedAt: 0,
@@ -278,7 +278,7 @@ export class CoordinatorDriver {
       this.txs.set(id, entry)
       this.d.onEvent?.('tx-begin', { tx: id, mode, route: 'recovered', recovered: true, participants: participants.map((p) => ({ service: p.service, branch: p.branch })) })
       this.d.logger.info('tx_recovered', { tx: id, role: 'coordinator', participants: participants.length })
-      this.perform(id, entry, step.actions)
+      this.perform(id, entry, next.actions)
       n++
     }
     return n
@@ -287,9 +287,9 @@ export class CoordinatorDriver {
   private feed(id: TxId, event: CoordinatorEvent): void {
     const e = this.txs.get(id)
     if (e === undefined || this.closed) return
-    const step = coordinatorStep(e.state, event, this.env())
-    e.state = step.state
-    this.perform(id, e, step.actions)
+    const next = coordinatorTransition(e.state, event, this.env())
+    e.state = next.state
+    this.perform(id, e, next.actions)
   }
 
   private perform(id: TxId, e: Entry, actions: readonly CoordinatorAction[]): void {

@@ -24,18 +24,18 @@ import type {
   Env,
   Outcome,
   ParticipantRef,
-  Step,
+  Transition,
   TxId,
   Vote,
 } from '../core.js'
 
-type CoordinatorStep = Step<CoordinatorState, CoordinatorAction>
+type CoordinatorTransition = Transition<CoordinatorState, CoordinatorAction>
 
 export function newCoordinator(id: TxId, deadline: number): CoordinatorState {
   return { id, deadline, status: 'active', participants: [], decisionLogged: false, reason: undefined, onePhase: false, mustLog: false }
 }
 
-export function coordinatorStep(state: CoordinatorState, event: CoordinatorEvent, env: Env): CoordinatorStep {
+export function coordinatorTransition(state: CoordinatorState, event: CoordinatorEvent, env: Env): CoordinatorTransition {
   const step = dispatch(state, event, env)
   checkInvariants(step.state)
   return step
@@ -45,7 +45,7 @@ export function coordinatorStep(state: CoordinatorState, event: CoordinatorEvent
  * Rebuilds a transaction from its logged COMMIT decision after a restart: phase 2 starts over
  * (commit is idempotent at the participants; one that already finished answers done).
  */
-export function recoverCoordinator(id: TxId, participants: readonly ParticipantRef[], env: Env): CoordinatorStep {
+export function recoverCoordinator(id: TxId, participants: readonly ParticipantRef[], env: Env): CoordinatorTransition {
   const refs = uniqueByBranch(participants)
   assert(refs.length <= LIMITS.maxParticipants, `decision record of ${id} lists ${refs.length} participants`)
   const state: CoordinatorState = {
@@ -86,7 +86,7 @@ export function coordinatorOutcome(state: CoordinatorState | undefined): Outcome
   }
 }
 
-function dispatch(state: CoordinatorState, event: CoordinatorEvent, env: Env): CoordinatorStep {
+function dispatch(state: CoordinatorState, event: CoordinatorEvent, env: Env): CoordinatorTransition {
   switch (event.type) {
     case 'enlist':
       return onEnlist(state, event.participants)
@@ -118,7 +118,7 @@ function dispatch(state: CoordinatorState, event: CoordinatorEvent, env: Env): C
   }
 }
 
-function same(state: CoordinatorState): CoordinatorStep {
+function same(state: CoordinatorState): CoordinatorTransition {
   return { state, actions: [] }
 }
 
@@ -136,7 +136,7 @@ function onePhasePending(state: CoordinatorState): boolean {
   return state.status === 'committing' && state.onePhase
 }
 
-function onEnlist(state: CoordinatorState, refs: readonly ParticipantRef[]): CoordinatorStep {
+function onEnlist(state: CoordinatorState, refs: readonly ParticipantRef[]): CoordinatorTransition {
   const known = new Set(state.participants.map((p) => p.ref.branch))
   // The same branch enlisted twice (a duplicated register, nested refs repeated) is one branch.
   const fresh = uniqueByBranch(refs).filter((r) => !known.has(r.branch))
@@ -183,7 +183,7 @@ function newParticipant(ref: ParticipantRef): CoordinatorParticipant {
   return { ref, vote: undefined, acked: false, attempts: 0 }
 }
 
-function onCommitRequested(state: CoordinatorState): CoordinatorStep {
+function onCommitRequested(state: CoordinatorState): CoordinatorTransition {
   if (state.status !== 'active') return same(state)
   if (state.participants.length === 0 && state.mustLog) return { state: { ...state, status: 'committing' }, actions: [{ type: 'log-decision', participants: [] }] }
   if (state.participants.length === 0) {
@@ -204,7 +204,7 @@ function onCommitRequested(state: CoordinatorState): CoordinatorStep {
   }
 }
 
-function onVote(state: CoordinatorState, branch: BranchId, vote: Vote): CoordinatorStep {
+function onVote(state: CoordinatorState, branch: BranchId, vote: Vote): CoordinatorTransition {
   // A vote after the decision (or a second vote, or from a branch we do not know) changes nothing.
   if (state.status !== 'preparing') return same(state)
   const i = state.participants.findIndex((p) => p.ref.branch === branch)
@@ -225,7 +225,7 @@ function onVote(state: CoordinatorState, branch: BranchId, vote: Vote): Coordina
   return { state: { ...next, status: 'committing' }, actions: [{ type: 'log-decision', participants: prepared }] }
 }
 
-function onDecisionLogged(state: CoordinatorState): CoordinatorStep {
+function onDecisionLogged(state: CoordinatorState): CoordinatorTransition {
   if (state.status !== 'committing' || state.decisionLogged || state.onePhase) return same(state)
   const actions: CoordinatorAction[] = [{ type: 'outcome', outcome: 'committed' }]
   const participants = state.participants.map((p) => {
@@ -236,7 +236,7 @@ function onDecisionLogged(state: CoordinatorState): CoordinatorStep {
   return finishIfAcked({ ...state, participants, decisionLogged: true }, actions)
 }
 
-function onAck(state: CoordinatorState, branch: BranchId, outcome: Outcome | undefined): CoordinatorStep {
+function onAck(state: CoordinatorState, branch: BranchId, outcome: Outcome | undefined): CoordinatorTransition {
   // A one-phase branch answers with its outcome (one-phase-result), never with a bare ack.
   if (!inPhase2(state)) return same(state)
   const i = state.participants.findIndex((p) => p.ref.branch === branch)
@@ -251,7 +251,7 @@ function onAck(state: CoordinatorState, branch: BranchId, outcome: Outcome | und
   return finishIfAcked({ ...state, participants: state.participants.with(i, { ...p, acked: true }) }, [])
 }
 
-function onSendFailed(state: CoordinatorState, branch: BranchId, env: Env): CoordinatorStep {
+function onSendFailed(state: CoordinatorState, branch: BranchId, env: Env): CoordinatorTransition {
   if (!inPhase2(state) && !onePhasePending(state)) return same(state)
   const i = state.participants.findIndex((p) => p.ref.branch === branch)
   const p = state.participants[i]
@@ -264,7 +264,7 @@ function onSendFailed(state: CoordinatorState, branch: BranchId, env: Env): Coor
   return { state, actions: [{ type: 'schedule-retry', branch, delayMs: backoffMs(p.attempts, env.random) }] }
 }
 
-function onRetryDue(state: CoordinatorState, branch: BranchId): CoordinatorStep {
+function onRetryDue(state: CoordinatorState, branch: BranchId): CoordinatorTransition {
   if (!inPhase2(state) && !onePhasePending(state)) return same(state)
   const i = state.participants.findIndex((p) => p.ref.branch === branch)
   const p = state.participants[i]
@@ -279,7 +279,7 @@ function onRetryDue(state: CoordinatorState, branch: BranchId): CoordinatorStep 
 }
 
 /** The one-phase participant answered: its outcome is the transaction's. Nothing was logged here. */
-function onOnePhaseResult(state: CoordinatorState, branch: BranchId, outcome: Outcome): CoordinatorStep {
+function onOnePhaseResult(state: CoordinatorState, branch: BranchId, outcome: Outcome): CoordinatorTransition {
   if (!onePhasePending(state)) return same(state)
   const i = state.participants.findIndex((p) => p.ref.branch === branch)
   const p = state.participants[i]
@@ -302,7 +302,7 @@ function onOnePhaseResult(state: CoordinatorState, branch: BranchId, outcome: Ou
  * refused vote is no proof: a prepare that failed or timed out here arrives as one while the
  * app may still prepare after it, so a branch that said no (or never answered) is told too.
  */
-function abort(state: CoordinatorState, reason: string): CoordinatorStep {
+function abort(state: CoordinatorState, reason: string): CoordinatorTransition {
   const actions: CoordinatorAction[] = [{ type: 'outcome', outcome: 'aborted', reason }]
   const participants = state.participants.map((p) => {
     if (p.vote?.kind === 'read-only') return { ...p, acked: true }
@@ -313,7 +313,7 @@ function abort(state: CoordinatorState, reason: string): CoordinatorStep {
 }
 
 /** Phase 2 over once every participant acknowledged (or needs nothing more). */
-function finishIfAcked(state: CoordinatorState, actions: CoordinatorAction[]): CoordinatorStep {
+function finishIfAcked(state: CoordinatorState, actions: CoordinatorAction[]): CoordinatorTransition {
   if (!state.participants.every((p) => p.acked)) return { state, actions }
   if (state.status === 'committing' && state.decisionLogged) return { state: { ...state, status: 'committed' }, actions: [...actions, { type: 'log-end' }] }
   if (state.status === 'aborting') return { state: { ...state, status: 'aborted' }, actions: [...actions, { type: 'log-end' }] }

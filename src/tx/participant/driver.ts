@@ -11,7 +11,7 @@ import type { Logger } from '../../telemetry/logger.js'
 import { sleep, type SidecarIo, type Timer } from '../io.js'
 import type { BranchId, Env, Outcome, ParticipantAction, ParticipantEvent, ParticipantRef, ParticipantState, TxId, Vote } from '../core.js'
 import { BRANCH_ID_HEADER, CONTEXT_HEADER, OP_HEADER, TX_ID_HEADER, coordinatorAllowed, coordinatorOfTx, holderOfBranch, newBranchId, type TxContext } from '../protocol.js'
-import { newParticipant, participantStep, recoverParticipant, recoverUnvoted } from './machine.js'
+import { newParticipant, participantTransition, recoverParticipant, recoverUnvoted } from './machine.js'
 import { Batcher } from '../batcher.js'
 import { parseJsonObject } from '../../http-json.js'
 
@@ -529,8 +529,8 @@ export class ParticipantDriver {
       }
       const { tx, branch, coordinator, deadline, context, onePhase } = rec
       const voted = f.prepared !== undefined
-      const step = voted ? recoverParticipant(tx, branch, coordinator, deadline, this.env(), onePhase === true) : recoverUnvoted(tx, branch, coordinator, deadline, onePhase === true)
-      const b = this.add(step.state, context)
+      const next = voted ? recoverParticipant(tx, branch, coordinator, deadline, this.env(), onePhase === true) : recoverUnvoted(tx, branch, coordinator, deadline, onePhase === true)
+      const b = this.add(next.state, context)
       b.joinedDurable = true
       if (!voted) {
         // A request or the prepare call of the branch may still run in the app (its connection
@@ -540,7 +540,7 @@ export class ParticipantDriver {
         void sleep(this.d.io.timers, LIMITS.hookHoldMs).then(() => this.leave(b))
       }
       this.d.logger.info('tx_recovered', { tx, branch, role: 'participant', onePhase: onePhase === true, voted })
-      this.perform(b, step.actions)
+      this.perform(b, next.actions)
       if (f.resolved !== undefined) this.feed(b, { type: 'decision', outcome: f.resolved })
       n++
     }
@@ -549,11 +549,11 @@ export class ParticipantDriver {
 
   feed(b: Branch, event: ParticipantEvent): void {
     if (this.closed || this.byTx.get(b.state.tx) !== b) return
-    const step = participantStep(b.state, event, this.env())
+    const next = participantTransition(b.state, event, this.env())
     const before = b.state.status
-    b.state = step.state
-    if (step.state.status !== before) this.branchEvent(b)
-    this.perform(b, step.actions)
+    b.state = next.state
+    if (next.state.status !== before) this.branchEvent(b)
+    this.perform(b, next.actions)
   }
 
   private branchEvent(b: Branch, ended?: Outcome): void {

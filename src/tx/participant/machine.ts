@@ -26,9 +26,9 @@
 import assert from 'node:assert/strict'
 import { fullJitterMs } from '../../backoff.js'
 import { LIMITS } from '../../limits.js'
-import type { BranchId, Env, Outcome, ParticipantAction, ParticipantEvent, ParticipantState, Step, TxId, Vote } from '../core.js'
+import type { BranchId, Env, Outcome, ParticipantAction, ParticipantEvent, ParticipantState, Transition, TxId, Vote } from '../core.js'
 
-type ParticipantStep = Step<ParticipantState, ParticipantAction>
+type ParticipantTransition = Transition<ParticipantState, ParticipantAction>
 
 const ABORTED_VOTE: Vote = { kind: 'refused', reason: 'branch aborted' }
 
@@ -41,7 +41,7 @@ export function newParticipant(tx: TxId, branch: BranchId, coordinator: string, 
  * have prepared, but the branch never voted yes (and a one-phase branch never decided commit),
  * so nobody can have committed it. Abort alone, calling the app's abort hook until it answers.
  */
-export function recoverUnvoted(tx: TxId, branch: BranchId, coordinator: string, deadline: number, onePhase = false): ParticipantStep {
+export function recoverUnvoted(tx: TxId, branch: BranchId, coordinator: string, deadline: number, onePhase = false): ParticipantTransition {
   return {
     state: { tx, branch, coordinator, deadline, status: 'aborting', vote: { kind: 'refused', reason: 'the sidecar restarted before voting' }, attempts: 1, onePhase },
     actions: [{ type: 'call-app', hook: 'abort' }],
@@ -53,7 +53,7 @@ export function recoverUnvoted(tx: TxId, branch: BranchId, coordinator: string, 
  * A one-phase branch is not in doubt: it decided commit when its record became durable, so it
  * commits (again: the app's commit hook is idempotent).
  */
-export function recoverParticipant(tx: TxId, branch: BranchId, coordinator: string, deadline: number, _env: Env, onePhase = false): ParticipantStep {
+export function recoverParticipant(tx: TxId, branch: BranchId, coordinator: string, deadline: number, _env: Env, onePhase = false): ParticipantTransition {
   if (onePhase) {
     return {
       state: { tx, branch, coordinator, deadline, status: 'committing', vote: { kind: 'prepared' }, attempts: 1, onePhase: true },
@@ -66,7 +66,7 @@ export function recoverParticipant(tx: TxId, branch: BranchId, coordinator: stri
   }
 }
 
-export function participantStep(state: ParticipantState, event: ParticipantEvent, env: Env): ParticipantStep {
+export function participantTransition(state: ParticipantState, event: ParticipantEvent, env: Env): ParticipantTransition {
   const step = dispatch(state, event, env)
   checkInvariants(step.state)
   return step
@@ -76,7 +76,7 @@ export function participantStep(state: ParticipantState, event: ParticipantEvent
 // started; in 'aborting', 0 means the abort waits for PREPARING's write or the app's prepare
 // call to return.
 
-function dispatch(s: ParticipantState, event: ParticipantEvent, env: Env): ParticipantStep {
+function dispatch(s: ParticipantState, event: ParticipantEvent, env: Env): ParticipantTransition {
   switch (event.type) {
     case 'prepare':
       return onPrepare(s)
@@ -106,7 +106,7 @@ function dispatch(s: ParticipantState, event: ParticipantEvent, env: Env): Parti
   }
 }
 
-function same(s: ParticipantState): ParticipantStep {
+function same(s: ParticipantState): ParticipantTransition {
   return { state: s, actions: [] }
 }
 
@@ -124,7 +124,7 @@ function confirming(s: ParticipantState): boolean {
   return s.onePhase && s.status === 'committed'
 }
 
-function onCommitOnePhase(s: ParticipantState): ParticipantStep {
+function onCommitOnePhase(s: ParticipantState): ParticipantTransition {
   switch (s.status) {
     case 'active':
       return { state: { ...s, status: 'recording', onePhase: true }, actions: [{ type: 'log-preparing' }] }
@@ -146,7 +146,7 @@ function onCommitOnePhase(s: ParticipantState): ParticipantStep {
   }
 }
 
-function onPrepare(s: ParticipantState): ParticipantStep {
+function onPrepare(s: ParticipantState): ParticipantTransition {
   switch (s.status) {
     case 'active':
       return { state: { ...s, status: 'recording' }, actions: [{ type: 'log-preparing' }] }
@@ -166,7 +166,7 @@ function onPrepare(s: ParticipantState): ParticipantStep {
   }
 }
 
-function onPreparingLogged(s: ParticipantState, ok: boolean): ParticipantStep {
+function onPreparingLogged(s: ParticipantState, ok: boolean): ParticipantTransition {
   const refused: Vote = { kind: 'refused', reason: 'cannot log PREPARING' }
   const reply: ParticipantAction = s.onePhase ? { type: 'reply-done', outcome: 'aborted' } : { type: 'reply-vote', vote: s.status === 'aborting' ? ABORTED_VOTE : refused }
   if (s.status === 'aborting' && s.attempts === 0) {
@@ -181,7 +181,7 @@ function onPreparingLogged(s: ParticipantState, ok: boolean): ParticipantStep {
   return { state: { ...s, status: 'aborting', vote: refused, attempts: 1 }, actions: [reply, { type: 'call-app', hook: 'abort' }] }
 }
 
-function onAppVoted(s: ParticipantState, vote: Vote): ParticipantStep {
+function onAppVoted(s: ParticipantState, vote: Vote): ParticipantTransition {
   if (s.status === 'aborting' && s.attempts === 0) {
     // The coordinator aborted while the app was preparing: now that prepare returned, the
     // abort cannot overtake it.
@@ -218,7 +218,7 @@ function onAppVoted(s: ParticipantState, vote: Vote): ParticipantStep {
   }
 }
 
-function onPreparedLogged(s: ParticipantState, env: Env): ParticipantStep {
+function onPreparedLogged(s: ParticipantState, env: Env): ParticipantTransition {
   if (s.status !== 'logging') return same(s)
   if (s.onePhase) {
     // PREPARED(onePhase) is durable: the decision is commit, deadline or not.
@@ -231,7 +231,7 @@ function onPreparedLogged(s: ParticipantState, env: Env): ParticipantStep {
   return { state: prepared, actions }
 }
 
-function onCommit(s: ParticipantState): ParticipantStep {
+function onCommit(s: ParticipantState): ParticipantTransition {
   switch (s.status) {
     case 'prepared':
       return { state: { ...s, status: 'committing', attempts: 1 }, actions: [{ type: 'call-app', hook: 'commit' }] }
@@ -252,7 +252,7 @@ function onCommit(s: ParticipantState): ParticipantStep {
   }
 }
 
-function onAbort(s: ParticipantState): ParticipantStep {
+function onAbort(s: ParticipantState): ParticipantTransition {
   switch (s.status) {
     case 'active':
     case 'prepared':
@@ -276,11 +276,11 @@ function onAbort(s: ParticipantState): ParticipantStep {
 }
 
 /** An already finished branch answers a repeated decision with its own outcome (idempotent). */
-function done(s: ParticipantState): ParticipantStep {
+function done(s: ParticipantState): ParticipantTransition {
   return { state: s, actions: [{ type: 'reply-done', outcome: s.status === 'committed' ? 'committed' : 'aborted' }] }
 }
 
-function onAppDone(s: ParticipantState, env: Env): ParticipantStep {
+function onAppDone(s: ParticipantState, env: Env): ParticipantTransition {
   if (!callPending(s)) return same(s)
   const outcome: Outcome = s.status === 'committing' ? 'committed' : 'aborted'
   if (s.onePhase && outcome === 'committed') {
@@ -306,14 +306,14 @@ function onAppDone(s: ParticipantState, env: Env): ParticipantStep {
   }
 }
 
-function onRetryDue(s: ParticipantState): ParticipantStep {
+function onRetryDue(s: ParticipantState): ParticipantTransition {
   if (s.status === 'committing') return { state: { ...s, attempts: s.attempts + 1 }, actions: [{ type: 'call-app', hook: 'commit' }] }
   if (s.status === 'aborting' && s.attempts > 0) return { state: { ...s, attempts: s.attempts + 1 }, actions: [{ type: 'call-app', hook: 'abort' }] }
   if (querying(s)) return { state: { ...s, attempts: s.attempts + 1 }, actions: [{ type: 'query-outcome' }] }
   return same(s)
 }
 
-function onDeadline(s: ParticipantState): ParticipantStep {
+function onDeadline(s: ParticipantState): ParticipantTransition {
   if (s.status === 'active') {
     // Never prepared: abort alone (DESIGN.md "Enlistment"). A later prepare is answered no.
     return { state: { ...s, status: 'aborting', attempts: 1 }, actions: [{ type: 'call-app', hook: 'abort' }] }

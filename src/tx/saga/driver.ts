@@ -20,7 +20,7 @@ import { ERROR_HEADER } from '../../proxy/respond.js'
 import { RecentMap } from '../recent.js'
 import type { TxMessage } from '../../events/outbox.js'
 import { addMessage, endAfterPublishing, startPublishing, waitAtMost, type MessageHolder, type Publish } from '../messages.js'
-import { intentUnsent, newStepTx, recoverStepTx, stepTxOutcome, stepTxStep, type StepAction, type StepEvent, type StepMode, type StepOp, type StepOpName, type StepPolicy, type StepRecord, type StepTxState } from './machine.js'
+import { intentUnsent, newSagaTx, recoverSagaTx, sagaOutcome, sagaTransition, type StepAction, type StepEvent, type StepMode, type StepOp, type StepOpName, type StepPolicy, type StepRecord, type StepTxState } from './machine.js'
 
 export interface StepView {
   readonly id: BranchId
@@ -54,7 +54,7 @@ export interface StepTxResult {
   readonly steps: readonly StepView[]
 }
 
-export interface StepDeps {
+export interface SagaDeps {
   /**
    * Time, timers, the control transport, HTTP to step targets (compensations; over peer TLS to
    * https:// targets in production) and the log (./io.ts).
@@ -111,7 +111,7 @@ interface Entry extends MessageHolder {
 
 const logKey = stepsKey
 
-export class StepCoordinator {
+export class SagaDriver {
   private readonly txs = new Map<TxId, Entry>()
   private readonly finished: RecentMap<TxId, Entry>
   private readonly clock: () => number
@@ -119,7 +119,7 @@ export class StepCoordinator {
   private closed = false
   readonly outcomes = { committed: 0, aborted: 0 }
 
-  constructor(private readonly d: StepDeps) {
+  constructor(private readonly d: SagaDeps) {
     this.finished = new RecentMap(undefined, undefined, d.io.clock)
     this.clock = d.io.clock
     this.random = d.io.random
@@ -148,7 +148,7 @@ export class StepCoordinator {
     if (this.txs.size >= LIMITS.maxActiveTransactions) return new TxLimitError(`this sidecar already coordinates ${this.txs.size} step transactions`)
     const id = newTxId(this.d.self, this.d.incarnation, this.d.run, this.d.io.randomChars)
     const deadline = this.clock() + timeoutMs
-    const entry = this.newEntry(newStepTx(id, mode, deadline, this.d.policy), route)
+    const entry = this.newEntry(newSagaTx(id, mode, deadline, this.d.policy), route)
     entry.deadlineTimer = this.d.io.timers.set(() => this.feed(id, { type: 'deadline' }), timeoutMs)
     this.txs.set(id, entry)
     this.d.onEvent?.('tx-begin', { tx: id, mode, route, deadline })
@@ -303,7 +303,7 @@ export class StepCoordinator {
 
   outcomeFor(id: TxId): Outcome | 'in-doubt' {
     const e = this.txs.get(id) ?? this.finished.get(id)
-    const o = e === undefined ? 'aborted' : stepTxOutcome(e.state)
+    const o = e === undefined ? 'aborted' : sagaOutcome(e.state)
     return o === 'unknown' ? 'in-doubt' : o
   }
 
@@ -341,15 +341,15 @@ export class StepCoordinator {
       } else t.done.add(rec.step)
     }
     for (const [id, t] of byTx) {
-      const step = recoverStepTx(id, t.mode, t.steps, t.done, t.committed, this.d.policy, this.env())
-      const entry = this.newEntry(step.state, 'recovered')
+      const next = recoverSagaTx(id, t.mode, t.steps, t.done, t.committed, this.d.policy, this.env())
+      const entry = this.newEntry(next.state, 'recovered')
       entry.outcome = t.committed ? 'committed' : 'aborted'
       entry.messages.push(...t.messages)
       if (t.committed) startPublishing(id, entry, this.d.publish)
       this.txs.set(id, entry)
       this.d.onEvent?.('tx-begin', { tx: id, mode: t.mode, route: 'recovered', recovered: true })
       this.d.logger.info('tx_recovered', { tx: id, role: 'coordinator', mode: t.mode, steps: t.steps.length, committed: t.committed })
-      this.perform(id, entry, step.actions)
+      this.perform(id, entry, next.actions)
     }
     return byTx.size
   }
@@ -357,9 +357,9 @@ export class StepCoordinator {
   private feed(id: TxId, event: StepEvent): void {
     const e = this.txs.get(id)
     if (e === undefined || this.closed) return
-    const step = stepTxStep(e.state, event, this.env())
-    e.state = step.state
-    this.perform(id, e, step.actions)
+    const next = sagaTransition(e.state, event, this.env())
+    e.state = next.state
+    this.perform(id, e, next.actions)
   }
 
   private perform(id: TxId, e: Entry, actions: readonly StepAction[]): void {

@@ -19,7 +19,7 @@
 import assert from 'node:assert/strict'
 import { fullJitterMs } from '../../backoff.js'
 import { LIMITS } from '../../limits.js'
-import type { BranchId, Env, Outcome, Step, TxId } from '../core.js'
+import type { BranchId, Env, Outcome, Transition, TxId } from '../core.js'
 
 export type StepMode = 'saga' | 'tcc'
 export type StepOpName = 'compensate' | 'confirm' | 'cancel'
@@ -125,13 +125,13 @@ export type StepAction =
   /** Every step finished: END may be written lazily and the state dropped. */
   | { readonly type: 'log-end' }
 
-type StepTxStep = Step<StepTxState, StepAction>
+type SagaTransition = Transition<StepTxState, StepAction>
 
-export function newStepTx(id: TxId, mode: StepMode, deadline: number, policy: StepPolicy): StepTxState {
+export function newSagaTx(id: TxId, mode: StepMode, deadline: number, policy: StepPolicy): StepTxState {
   return { id, mode, deadline, status: 'active', steps: [], decisionLogged: false, reason: undefined, policy }
 }
 
-export function stepTxStep(state: StepTxState, event: StepEvent, env: Env): StepTxStep {
+export function sagaTransition(state: StepTxState, event: StepEvent, env: Env): SagaTransition {
   const out = dispatch(state, event, env)
   checkInvariants(out.state)
   return out
@@ -143,7 +143,7 @@ export function stepTxStep(state: StepTxState, event: StepEvent, env: Env): Step
  * step is undone (presumed abort). A step recorded twice (intent, then resolution) is its last
  * record, in the place of its first. Intents still unresolved are undone either way.
  */
-export function recoverStepTx(
+export function recoverSagaTx(
   id: TxId,
   mode: StepMode,
   steps: readonly StepRecord[],
@@ -151,7 +151,7 @@ export function recoverStepTx(
   committed: boolean,
   policy: StepPolicy,
   env: Env,
-): StepTxStep {
+): SagaTransition {
   const entries: StepEntry[] = unique(steps).map((step) => ({ step, status: finished.has(step.id) ? 'finished' : 'recorded', attempts: 0, lastError: undefined }))
   const state: StepTxState = {
     id,
@@ -167,7 +167,7 @@ export function recoverStepTx(
 }
 
 /** What a participant or an operator is told about this transaction. */
-export function stepTxOutcome(state: StepTxState | undefined): Outcome | 'unknown' {
+export function sagaOutcome(state: StepTxState | undefined): Outcome | 'unknown' {
   if (state === undefined) return 'aborted'
   if (state.status === 'committed' || (state.status === 'committing' && state.decisionLogged)) return 'committed'
   if (state.status === 'aborting' || state.status === 'aborted') return 'aborted'
@@ -183,7 +183,7 @@ export function opFor(state: StepTxState, step: StepRecord): StepOpName | undefi
   return undo
 }
 
-function dispatch(state: StepTxState, event: StepEvent, env: Env): StepTxStep {
+function dispatch(state: StepTxState, event: StepEvent, env: Env): SagaTransition {
   switch (event.type) {
     case 'step':
       return onStep(state, event.step)
@@ -216,7 +216,7 @@ function dispatch(state: StepTxState, event: StepEvent, env: Env): StepTxStep {
   }
 }
 
-function same(state: StepTxState): StepTxStep {
+function same(state: StepTxState): SagaTransition {
   return { state, actions: [] }
 }
 
@@ -225,7 +225,7 @@ export function intentUnsent(e: StepEntry): boolean {
   return e.step.intent === true && (e.status === 'recorded' || (e.status === 'stuck' && e.step.unresolved !== undefined))
 }
 
-function onStep(state: StepTxState, answered: StepRecord): StepTxStep {
+function onStep(state: StepTxState, answered: StepRecord): SagaTransition {
   const known = state.steps.find((e) => e.step.id === answered.id)
   if (known !== undefined) return onResolution(state, known, answered)
   // A step that answered after the transaction ended (a slow call racing an abort) must still
@@ -251,7 +251,7 @@ function onStep(state: StepTxState, answered: StepRecord): StepTxStep {
  * reverse order) while nothing was sent for the intent. Once its undo is under way or done, the
  * resolution changes nothing: the target's barrier sees to an undo that raced its call.
  */
-function onResolution(state: StepTxState, known: StepEntry, answered: StepRecord): StepTxStep {
+function onResolution(state: StepTxState, known: StepEntry, answered: StepRecord): SagaTransition {
   if (answered.intent === true || !intentUnsent(known)) return same(state)
   // As for a new step: one fed while the abort runs is undone like a late one.
   const step = answered.late !== true && (state.status === 'aborting' || state.status === 'aborted') ? { ...answered, late: true } : answered
@@ -262,7 +262,7 @@ function onResolution(state: StepTxState, known: StepEntry, answered: StepRecord
   return advance(s, [])
 }
 
-function abort(state: StepTxState, reason: string): StepTxStep {
+function abort(state: StepTxState, reason: string): SagaTransition {
   if (state.status !== 'active') return same(state)
   return advance({ ...state, status: 'aborting', reason }, [
     { type: 'log-decision', outcome: 'aborted' },
@@ -270,7 +270,7 @@ function abort(state: StepTxState, reason: string): StepTxStep {
   ])
 }
 
-function onFailed(state: StepTxState, e: StepEntry, error: string, env: Env): StepTxStep {
+function onFailed(state: StepTxState, e: StepEntry, error: string, env: Env): SagaTransition {
   const op = opFor(state, e.step) as StepOpName
   if (e.attempts >= state.policy.attempts) {
     const stuck: StepEntry = { ...e, status: 'stuck', lastError: error }
@@ -280,7 +280,7 @@ function onFailed(state: StepTxState, e: StepEntry, error: string, env: Env): St
   return { state: replace(state, { ...e, status: 'waiting', lastError: error }), actions: [{ type: 'schedule-retry', step: e.step.id, delayMs }] }
 }
 
-function run(state: StepTxState, e: StepEntry): StepTxStep {
+function run(state: StepTxState, e: StepEntry): SagaTransition {
   const op = opFor(state, e.step) as StepOpName
   const next: StepEntry = { ...e, status: 'running', attempts: e.attempts + 1 }
   return { state: replace(state, next), actions: [{ type: 'run', step: e.step, op, attempt: next.attempts }] }
@@ -291,7 +291,7 @@ function run(state: StepTxState, e: StepEntry): StepTxStep {
  * one step at a time from the last; TCC confirms or cancels all at once. A stuck step of a saga
  * blocks the steps before it (undoing them first could break what the stuck one relies on).
  */
-function advance(state: StepTxState, actions: StepAction[]): StepTxStep {
+function advance(state: StepTxState, actions: StepAction[]): SagaTransition {
   if (state.status === 'active' || (state.status === 'committing' && !state.decisionLogged)) return { state, actions }
   let s = state
   const out = [...actions]
@@ -327,7 +327,7 @@ function advance(state: StepTxState, actions: StepAction[]): StepTxStep {
   return { state: s, actions: out }
 }
 
-function withStep(state: StepTxState, id: BranchId, statuses: readonly StepStatus[], f: (e: StepEntry, s: StepTxState) => StepTxStep): StepTxStep {
+function withStep(state: StepTxState, id: BranchId, statuses: readonly StepStatus[], f: (e: StepEntry, s: StepTxState) => SagaTransition): SagaTransition {
   const e = state.steps.find((x) => x.step.id === id)
   // Late or duplicate answers (after a retry-stuck reset, or a restart) change nothing.
   if (e === undefined || !statuses.includes(e.status)) return same(state)
