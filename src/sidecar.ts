@@ -31,6 +31,7 @@ import { readTlsMaterial, watchSecretFile } from './secrets.js'
 import { CoordinatorDriver } from './tx/coordinator/driver.js'
 import { ParticipantDriver } from './tx/participant/driver.js'
 import { SagaDriver } from './tx/saga/driver.js'
+import { TccParticipant } from './tx/saga/participant.js'
 import { Outbox, type TxMessage } from './events/outbox.js'
 import { EVENT_SUBJECT_PREFIX, LazyNatsSink } from './events/nats.js'
 import { WebhookSink } from './events/webhook.js'
@@ -177,8 +178,9 @@ export async function startSidecar(config: SidecarConfig, log: Logger): Promise<
         onEvent,
       })
       steps = new SagaDriver({ io, self, incarnation: incarnation.id, run, keys, logger: log, metrics, onEvent, publish, policy: config.steps, targets: { origins: serviceOrigins(config), controls: config.mesh.coordinators } })
-      plane = new ActiveTxPlane({ keys, coordinators: config.mesh.coordinators, coordinator, participant, steps, control: controlClient })
-      controlDeps = { keys, self, coordinator, participant, steps, logger: log }
+      const tcc = new TccParticipant({ io, service: config.service, self, incarnation: incarnation.id, appOrigin, hooks: config.hooks, logger: log, onEvent })
+      plane = new ActiveTxPlane({ keys, coordinators: config.mesh.coordinators, coordinator, participant, tcc, steps, control: controlClient })
+      controlDeps = { keys, self, coordinator, participant, tcc, steps, logger: log }
       // The outbox first: events the drivers emit while recovering continue each transaction's
       // sequence after the logged ones (same ids would be taken for duplicates by the bus).
       const replayed = decodeRecords(opened.records)

@@ -50,6 +50,7 @@ import { answerRefusedRequests, errorBody, respondError } from '../proxy/respond
 import { CONTROL_AUTH_HEADER } from '../tx/control-client.js'
 import type { CoordinatorDriver } from '../tx/coordinator/driver.js'
 import type { ParticipantRef } from '../tx/core.js'
+import type { TccParticipant } from '../tx/saga/participant.js'
 import type { ParticipantDriver } from '../tx/participant/driver.js'
 import type { SagaDriver } from '../tx/saga/driver.js'
 import type { StepOp, StepRecord } from '../tx/saga/machine.js'
@@ -66,6 +67,8 @@ export interface ControlDeps {
   readonly self: string
   readonly coordinator: CoordinatorDriver
   readonly participant: ParticipantDriver
+  /** TCC confirm / cancel of tries that went through this sidecar. */
+  readonly tcc: TccParticipant
   readonly steps: SagaDriver
   readonly logger: Logger
   readonly clock?: () => number
@@ -235,7 +238,7 @@ async function runOp(d: ControlDeps, id: string, op: string, body: Record<string
     // The txmesh-* headers are the sidecar's to set.
     for (const [k, v] of Object.entries((body.headers ?? {}) as Record<string, string>)) if (!k.toLowerCase().startsWith('txmesh-')) extra.headers[k.toLowerCase()] = v
     if (body.holder !== undefined && (typeof body.holder !== 'string' || !isIncarnation(body.holder))) return new BadRequestError('body.holder must be a log incarnation')
-    const done = await d.participant.stepHook(id, branch, op, extra, body.holder as string | undefined)
+    const done = await d.tcc.stepHook(id, branch, op, extra, body.holder as string | undefined)
     if (done === 'failed') return new NotReadyError(`the app did not ${op} step ${branch}; retry later`)
     if (done === 'not-here') return new BranchNotHereError(`step ${branch} was tried through another sidecar's log, not this one's (this address was reused); its holder must be told`)
     return ok({ id, branch, done: op })

@@ -9,6 +9,7 @@ import { nodeTimers, type ControlTransport, type Timers } from './io.js'
 import type { MeshKeys } from './keys.js'
 import type { CoordinatorDriver } from './coordinator/driver.js'
 import type { ParticipantRef } from './core.js'
+import type { TccParticipant } from './saga/participant.js'
 import type { ParticipantDriver } from './participant/driver.js'
 import {
   BRANCH_ID_HEADER,
@@ -40,6 +41,7 @@ export interface TxParts {
   readonly coordinators: readonly string[]
   readonly coordinator: CoordinatorDriver
   readonly participant: ParticipantDriver
+  readonly tcc: TccParticipant
   readonly steps: SagaDriver
   readonly control: ControlTransport
   readonly clock?: () => number
@@ -400,7 +402,7 @@ export class ActiveTxPlane implements TxPlane {
     return {
       onResponseHead: (_status, out) => {
         take(out, ENLISTED_HEADER)
-        if (ctx.mode === 'tcc' && op === 'try') out.push(ENLISTED_HEADER, signEnlisted(this.d.keys.signing, ctx.id, [this.d.participant.stepRef(branch)]))
+        if (ctx.mode === 'tcc' && op === 'try') out.push(ENLISTED_HEADER, signEnlisted(this.d.keys.signing, ctx.id, [this.d.tcc.stepRef(branch)]))
         return undefined
       },
       onEnd: () => undefined,

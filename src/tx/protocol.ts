@@ -159,6 +159,11 @@ export function newBranchId(holder?: string, randomChars: (n: number) => string 
   return holder === undefined ? random : `${random}_${holder}`
 }
 
+/** `holder` (the log incarnation a branch or TCC step names) is another sidecar's log than `own`. */
+export function heldByAnotherLog(own: string | undefined, holder: string | undefined): boolean {
+  return holder !== undefined && own !== undefined && holder !== own
+}
+
 /** The log incarnation of the sidecar holding a 2PC branch, if its id names one. */
 export function holderOfBranch(branch: BranchId): string | undefined {
   const sep = branch.indexOf('_')

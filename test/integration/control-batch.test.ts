@@ -35,11 +35,13 @@ async function controlListener(): Promise<{ port: number; seen: string[] }> {
       has: () => false,
       addPeerStep: async (tx: string, step: { id: string; compensate?: { method: string } }) => void seen.push(`step ${tx}/${step.id} ${step.compensate?.method ?? ''}`),
     },
-    participant: {
+    tcc: {
       stepHook: async (tx: string, branch: string, op: string, extra: { method: string }) => {
         seen.push(`${op} ${tx}/${branch} ${extra.method}`)
         return 'done'
       },
+    },
+    participant: {
       prepare: async (tx: string, branch: string) => {
         seen.push(`prepare ${tx}/${branch}`)
         if (branch === 'throws') throw new Error('a bug')

@@ -19,6 +19,7 @@ import { resultOf, type BatchedCall, type ControlResult } from '../../src/tx/con
 import { CoordinatorDriver } from '../../src/tx/coordinator/driver.js'
 import { ParticipantDriver } from '../../src/tx/participant/driver.js'
 import { SagaDriver } from '../../src/tx/saga/driver.js'
+import { TccParticipant } from '../../src/tx/saga/participant.js'
 import { ActiveTxPlane } from '../../src/tx/plane.js'
 import { staticKeys, type MeshKeys } from '../../src/tx/keys.js'
 import type { HttpTransport, SidecarIo, Timer, Timers } from '../../src/tx/io.js'
@@ -186,8 +187,9 @@ export abstract class MeshWorld extends SimWorld {
     const coordinator = new CoordinatorDriver({ ...common, run })
     const participant = new ParticipantDriver({ ...common, service: pod.service, appOrigin: 'http://app', hooks: SIM_CONFIG.hooks, coordinators: SIM_CONFIG.mesh.coordinators })
     const steps = new SagaDriver({ ...common, run, policy: SIM_CONFIG.steps, targets: { origins: new Set(this.pods.map((p) => `http://${p.service}`)), controls: SIM_CONFIG.mesh.coordinators } })
-    const plane = new ActiveTxPlane({ keys: MESH_KEYS, coordinators: SIM_CONFIG.mesh.coordinators, coordinator, participant, steps, control: io.control, clock: io.clock, timers })
-    const control: ControlDeps = { keys: MESH_KEYS, self: pod.address, coordinator, participant, steps, logger: silentLogger, clock: io.clock }
+    const tcc = new TccParticipant({ ...common, service: pod.service, appOrigin: 'http://app', hooks: SIM_CONFIG.hooks })
+    const plane = new ActiveTxPlane({ keys: MESH_KEYS, coordinators: SIM_CONFIG.mesh.coordinators, coordinator, participant, tcc, steps, control: io.control, clock: io.clock, timers })
+    const control: ControlDeps = { keys: MESH_KEYS, self: pod.address, coordinator, participant, tcc, steps, logger: silentLogger, clock: io.clock }
     const replayed = decodeRecords(opened.records)
     const c = coordinator.recover(replayed)
     const p = participant.recover(replayed)

@@ -10,7 +10,7 @@ import { LIMITS } from '../../limits.js'
 import type { Logger } from '../../telemetry/logger.js'
 import { sleep, type SidecarIo, type Timer } from '../io.js'
 import type { BranchId, Env, Outcome, ParticipantAction, ParticipantEvent, ParticipantRef, ParticipantState, TxId, Vote } from '../core.js'
-import { BRANCH_ID_HEADER, CONTEXT_HEADER, OP_HEADER, TX_ID_HEADER, coordinatorAllowed, coordinatorOfTx, holderOfBranch, newBranchId, type TxContext } from '../protocol.js'
+import { BRANCH_ID_HEADER, CONTEXT_HEADER, OP_HEADER, TX_ID_HEADER, coordinatorAllowed, coordinatorOfTx, heldByAnotherLog, holderOfBranch, newBranchId, type TxContext } from '../protocol.js'
 import { newParticipant, participantTransition, recoverParticipant, recoverUnvoted } from './machine.js'
 import { Batcher } from '../batcher.js'
 import { parseJsonObject } from '../../http-json.js'
@@ -224,48 +224,6 @@ export class ParticipantDriver {
 
   ref(b: Branch): ParticipantRef {
     return { service: this.d.service, control: this.d.self, branch: b.state.branch }
-  }
-
-  /** This sidecar as the participant of a saga/tcc step (no branch state is kept here). */
-  stepRef(branch: BranchId): ParticipantRef {
-    return { service: this.d.service, control: this.d.self, branch, ...(this.d.incarnation === undefined ? {} : { holder: this.d.incarnation }) }
-  }
-
-  /**
-   * TCC: the coordinator asks to confirm or cancel a step tried through this sidecar. The
-   * sidecar keeps no state for TCC steps (the coordinator holds them durably and retries), so
-   * this only calls the app's hook: 2xx or 404 is done, anything else is retried by the caller.
-   * `path`: the hook the caller's route names, else this sidecar's hooks.confirm / hooks.cancel.
-   */
-  async stepHook(
-    tx: TxId,
-    branch: BranchId,
-    op: 'confirm' | 'cancel',
-    call: { method: string; path: string | undefined; body: string | undefined; headers: Readonly<Record<string, string>> },
-    holder?: string,
-  ): Promise<'done' | 'failed' | 'not-here'> {
-    // The try ran through another log's sidecar (this address was its, a pod IP reused): this
-    // app never saw it, and answering for it would call a reservation confirmed that is not.
-    if (this.foreign(holder)) return 'not-here'
-    try {
-      const headers: Record<string, string> = { ...call.headers, [TX_ID_HEADER]: tx, [BRANCH_ID_HEADER]: branch, [OP_HEADER]: op }
-      if (call.body === undefined) headers['content-length'] = '0'
-      else headers['content-type'] ??= 'application/json'
-      const res = await this.d.io.app.exchange(this.d.appOrigin, {
-        path: call.path ?? this.d.hooks[op],
-        method: call.method as 'POST',
-        headers: Object.entries(headers).flat(),
-        ...(call.body === undefined ? {} : { body: call.body }),
-        timeoutMs: LIMITS.hookCallTimeoutMs,
-        limit: LIMITS.controlBodyBytes,
-      })
-      const s = res.status
-      this.d.onEvent?.('branch-status', { tx, branch, status: s >= 200 && s < 300 ? (op === 'confirm' ? 'confirmed' : 'cancelled') : `${op}-failed`, service: this.d.service })
-      if ((s >= 200 && s < 300) || s === 404) return 'done'
-    } catch (err) {
-      this.d.logger.warn('hook_failed', { tx, hook: op, error: (err as { code?: string }).code ?? String(err) })
-    }
-    return 'failed'
   }
 
   /** The branch of this transaction here, created on the first request that carries its context. */
@@ -731,9 +689,8 @@ export class ParticipantDriver {
     return this.foreign(holderOfBranch(branch))
   }
 
-  /** `holder` (a log incarnation a branch or step names) is another sidecar's log than this one's. */
   private foreign(holder: string | undefined): boolean {
-    return holder !== undefined && this.d.incarnation !== undefined && holder !== this.d.incarnation
+    return heldByAnotherLog(this.d.incarnation, holder)
   }
 
   private async decideUnknown(tx: TxId, branch: BranchId, outcome: Outcome, elsewhere: boolean): Promise<Outcome | 'unknown' | 'failed' | 'not-here'> {
