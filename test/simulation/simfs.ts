@@ -21,7 +21,7 @@
 //   reports success and persists nothing (a volatile write cache without barriers).
 // Everything is deterministic: one Prng, operations complete in microtasks, no real I/O.
 import { constants as fsConstants } from 'node:fs'
-import { Prng } from './prng.js'
+import type { Prng } from './prng.js'
 
 export interface FsFaults {
   /** Chance that a write, fsync, create, unlink or truncate fails with EIO. */
