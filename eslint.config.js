@@ -16,7 +16,10 @@ export default tseslint.config(
       '@typescript-eslint/no-floating-promises': 'error',
       '@typescript-eslint/consistent-type-imports': ['error', { fixStyle: 'inline-type-imports' }],
       // Modules say what they export by name: a reader finds where a name comes from by grep.
-      'no-restricted-syntax': ['error', { selector: 'ExportAllDeclaration', message: 'export names explicitly instead of export *' }],
+      'no-restricted-syntax': [
+        'error',
+        { selector: 'ExportAllDeclaration', message: 'export names explicitly instead of export *' },
+      ],
     },
   },
 )

@@ -27,11 +27,18 @@ interface Profile {
 
 function isProfile(v: unknown): v is Profile {
   const o = v as Record<string, unknown> | null
-  return typeof o === 'object' && o !== null && Array.isArray(o.nodes) && Array.isArray(o.samples) && Array.isArray(o.timeDeltas)
+  return (
+    typeof o === 'object' &&
+    o !== null &&
+    Array.isArray(o.nodes) &&
+    Array.isArray(o.samples) &&
+    Array.isArray(o.timeDeltas)
+  )
 }
 
 function where(f: CallFrame): string {
-  const file = f.url === '' ? '' : f.url.replace(/^file:\/\//, '').replace(/^.*\/(node_modules\/|src\/|dist\/|bench\/)/, '$1')
+  const file =
+    f.url === '' ? '' : f.url.replace(/^file:\/\//, '').replace(/^.*\/(node_modules\/|src\/|dist\/|bench\/)/, '$1')
   return file === '' ? '' : `${file}:${f.lineNumber + 1}`
 }
 
@@ -45,7 +52,9 @@ function top(map: Map<string, number>, n: number, totalUs: number): string[] {
   return [...map]
     .sort((a, b) => b[1] - a[1])
     .slice(0, n)
-    .map(([k, us]) => `${(us / 1000).toFixed(0).padStart(8)} ms ${((100 * us) / totalUs).toFixed(1).padStart(5)}%  ${k}`)
+    .map(
+      ([k, us]) => `${(us / 1000).toFixed(0).padStart(8)} ms ${((100 * us) / totalUs).toFixed(1).padStart(5)}%  ${k}`,
+    )
 }
 
 function summarize(file: string, n: number): void {
@@ -88,14 +97,20 @@ function summarize(file: string, n: number): void {
     }
   }
   const busy = total - idle
-  process.stdout.write(`\n== ${basename(file)}: ${(busy / 1000).toFixed(0)} ms busy of ${(total / 1000).toFixed(0)} ms sampled\n`)
+  process.stdout.write(
+    `\n== ${basename(file)}: ${(busy / 1000).toFixed(0)} ms busy of ${(total / 1000).toFixed(0)} ms sampled\n`,
+  )
   process.stdout.write('-- self time by function\n' + top(byFn, n, busy).join('\n') + '\n')
   process.stdout.write('-- self time by file\n' + top(byFile, n, busy).join('\n') + '\n')
   const own = new Map([...inclusive].filter(([k]) => / (src|dist)\//.test(k)))
   process.stdout.write('-- inclusive time, txmesh functions\n' + top(own, n, busy).join('\n') + '\n')
 }
 
-const { values, positionals } = parseArgs({ options: { top: { type: 'string', default: '25' } }, allowPositionals: true, strict: true })
+const { values, positionals } = parseArgs({
+  options: { top: { type: 'string', default: '25' } },
+  allowPositionals: true,
+  strict: true,
+})
 const n = Number(values.top)
 if (positionals.length === 0) {
   process.stderr.write('usage: npx tsx bench/cpuprofile-top.ts FILE.cpuprofile [...] [--top N]\n')

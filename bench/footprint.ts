@@ -75,14 +75,25 @@ function yaml(name: string, storeDir: string, appPort: number, extra = ''): stri
   ].join('\n')
 }
 
-async function startSidecar(ctx: TxPartContext, name: string, config: string, env: Record<string, string> = {}): Promise<Sidecar> {
+async function startSidecar(
+  ctx: TxPartContext,
+  name: string,
+  config: string,
+  env: Record<string, string> = {},
+): Promise<Sidecar> {
   const file = join(ctx.dir, `${name}.yaml`)
   writeFileSync(file, config)
   const t0 = performance.now()
-  const svc = ctx.group.start(name, undefined, process.execPath, [...SIDECAR_NODE_FLAGS, join(ctx.root, 'dist/cli/index.js'), 'sidecar', '--config', file], {
-    cwd: ctx.root,
-    env: { ...process.env, TXMESH_MESH_KEY: MESH_KEY, ...env },
-  })
+  const svc = ctx.group.start(
+    name,
+    undefined,
+    process.execPath,
+    [...SIDECAR_NODE_FLAGS, join(ctx.root, 'dist/cli/index.js'), 'sidecar', '--config', file],
+    {
+      cwd: ctx.root,
+      env: { ...process.env, TXMESH_MESH_KEY: MESH_KEY, ...env },
+    },
+  )
   const { ports } = await firstJsonLine(svc, isListening)
   for (let i = 0; i < READY_POLLS; i++) {
     const r = await request(`http://127.0.0.1:${ports.admin}/readyz`)
@@ -124,7 +135,9 @@ export async function runFootprintPart(ctx: TxPartContext): Promise<number> {
   const inflight = intEnv('BENCH_FP_INFLIGHT', 10_000, 1)
   const concurrency = intEnv('BENCH_FP_CONCURRENCY', 64, 1)
   const replayRecords = intEnv('BENCH_FP_REPLAY', 1_000_000, 1)
-  console.log(`txmesh footprint benchmark: node ${process.version}; ${starts} starts, ${idleSeconds}s idle, ${inflight} in-flight transactions, ${replayRecords} log records`)
+  console.log(
+    `txmesh footprint benchmark: node ${process.version}; ${starts} starts, ${idleSeconds}s idle, ${inflight} in-flight transactions, ${replayRecords} log records`,
+  )
 
   // Ready time and idle RSS: fresh sidecars with empty logs, one at a time.
   const readies: number[] = []
@@ -151,8 +164,23 @@ export async function runFootprintPart(ctx: TxPartContext): Promise<number> {
   ctx.onCleanup(() => new Promise<void>((r) => app.close(() => r())))
   const appPort = (app.address() as AddressInfo).port
   const loopEnv = { TXMESH_LOOP_MONITOR: '1' }
-  const part = await startSidecar(ctx, 'participant', yaml('bank', join(ctx.dir, 'store-participant'), appPort), loopEnv)
-  const coord = await startSidecar(ctx, 'coordinator', yaml('teller', join(ctx.dir, 'store-coordinator'), 9, `services: {bank: {address: "127.0.0.1:${part.ports.ingress}"}}`), loopEnv)
+  const part = await startSidecar(
+    ctx,
+    'participant',
+    yaml('bank', join(ctx.dir, 'store-participant'), appPort),
+    loopEnv,
+  )
+  const coord = await startSidecar(
+    ctx,
+    'coordinator',
+    yaml(
+      'teller',
+      join(ctx.dir, 'store-coordinator'),
+      9,
+      `services: {bank: {address: "127.0.0.1:${part.ports.ingress}"}}`,
+    ),
+    loopEnv,
+  )
   const agent = new Agent({ connections: concurrency })
   const admin = `http://127.0.0.1:${coord.ports.admin}`
   const rssBefore = { coordinator: mb(coord.svc.pid), participant: mb(part.svc.pid) }
@@ -161,7 +189,12 @@ export async function runFootprintPart(ctx: TxPartContext): Promise<number> {
   const ids: string[] = new Array<string>(inflight)
   const tFill = performance.now()
   await pool(inflight, concurrency, async (i) => {
-    const b = await request(`${admin}/v1/transactions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ mode: '2pc', timeoutMs: 600_000 }), dispatcher: agent })
+    const b = await request(`${admin}/v1/transactions`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ mode: '2pc', timeoutMs: 600_000 }),
+      dispatcher: agent,
+    })
     if (b.statusCode !== 201) throw new Error(`begin ${i}: HTTP ${b.statusCode} ${await b.body.text()}`)
     const { id, context } = (await b.body.json()) as { id: string; context: string }
     ids[i] = id
@@ -193,19 +226,40 @@ export async function runFootprintPart(ctx: TxPartContext): Promise<number> {
   await stop(part)
 
   // In a child with the sidecar's V8 flags: what a restarting sidecar pays.
-  const replayOut = execFileSync(process.execPath, [...SIDECAR_NODE_FLAGS, '--import', 'tsx', join(ctx.root, 'bench/lib/log-replay.ts'), ctx.dir, String(replayRecords)], {
-    cwd: ctx.root,
-    encoding: 'utf8',
-    maxBuffer: 1024 * 1024,
-  })
+  const replayOut = execFileSync(
+    process.execPath,
+    [
+      ...SIDECAR_NODE_FLAGS,
+      '--import',
+      'tsx',
+      join(ctx.root, 'bench/lib/log-replay.ts'),
+      ctx.dir,
+      String(replayRecords),
+    ],
+    {
+      cwd: ctx.root,
+      encoding: 'utf8',
+      maxBuffer: 1024 * 1024,
+    },
+  )
   const replay = JSON.parse(replayOut) as ReplayResult
 
   const active = statsOpen.transactions?.active ?? 0
   const maxStall = Math.max(stall.coordinator.maxMs, stall.participant.maxMs)
   const maxRss = Math.max(rssOpen.coordinator, rssOpen.participant)
   const rows: [string, string, string, string][] = [
-    ['ready (spawn -> /readyz 200)', `${readyMs.toFixed(0)} ms (median of ${starts}: ${readies.map((r) => r.toFixed(0)).join(', ')})`, `≤ ${TARGETS.readyMs} ms`, verdict(readyMs <= TARGETS.readyMs)],
-    ['idle RSS', `${idleRss.toFixed(1)} MB (at ready: ${readyRss.toFixed(1)} MB)`, `≤ ${TARGETS.idleRssMb} MB`, verdict(idleRss <= TARGETS.idleRssMb)],
+    [
+      'ready (spawn -> /readyz 200)',
+      `${readyMs.toFixed(0)} ms (median of ${starts}: ${readies.map((r) => r.toFixed(0)).join(', ')})`,
+      `≤ ${TARGETS.readyMs} ms`,
+      verdict(readyMs <= TARGETS.readyMs),
+    ],
+    [
+      'idle RSS',
+      `${idleRss.toFixed(1)} MB (at ready: ${readyRss.toFixed(1)} MB)`,
+      `≤ ${TARGETS.idleRssMb} MB`,
+      verdict(idleRss <= TARGETS.idleRssMb),
+    ],
     [
       `RSS with ${active} open transactions`,
       `coordinator ${rssOpen.coordinator.toFixed(1)} MB (idle ${rssBefore.coordinator.toFixed(1)}), participant ${rssOpen.participant.toFixed(1)} MB (idle ${rssBefore.participant.toFixed(1)})`,
@@ -218,8 +272,18 @@ export async function runFootprintPart(ctx: TxPartContext): Promise<number> {
       `≤ ${TARGETS.stallMs} ms`,
       verdict(maxStall <= TARGETS.stallMs),
     ],
-    ['fill / commit', `${inflight} begun+enlisted in ${fillSeconds.toFixed(1)} s, ${committed} committed in ${commitSeconds.toFixed(1)} s`, `all ${inflight} committed`, verdict(committed === inflight)],
-    [`replay of ${replayRecords} log records`, `${replay.replayMs.toFixed(0)} ms (${replay.replayed} read, heap +${replay.heapMiB.toFixed(0)} MiB)`, `< ${TARGETS.replayMs} ms`, verdict(replay.replayMs < TARGETS.replayMs)],
+    [
+      'fill / commit',
+      `${inflight} begun+enlisted in ${fillSeconds.toFixed(1)} s, ${committed} committed in ${commitSeconds.toFixed(1)} s`,
+      `all ${inflight} committed`,
+      verdict(committed === inflight),
+    ],
+    [
+      `replay of ${replayRecords} log records`,
+      `${replay.replayMs.toFixed(0)} ms (${replay.replayed} read, heap +${replay.heapMiB.toFixed(0)} MiB)`,
+      `< ${TARGETS.replayMs} ms`,
+      verdict(replay.replayMs < TARGETS.replayMs),
+    ],
   ]
   const w0 = Math.max(...rows.map((r) => r[0].length))
   const w1 = Math.max(...rows.map((r) => r[1].length))
@@ -227,7 +291,22 @@ export async function runFootprintPart(ctx: TxPartContext): Promise<number> {
   for (const r of rows) console.log(`${r[0].padEnd(w0)}  ${r[1].padEnd(w1)}  ${r[2].padEnd(9)}  ${r[3]}`)
   const dir = join(ctx.root, 'bench', 'results')
   mkdirSync(dir, { recursive: true })
-  const json = { node: process.version, readyMs, readies, idleRssMb: idleRss, readyRssMb: readyRss, rssOpen, rssBefore, active, stall, fillSeconds, committed, commitSeconds, replay, targets: TARGETS }
+  const json = {
+    node: process.version,
+    readyMs,
+    readies,
+    idleRssMb: idleRss,
+    readyRssMb: readyRss,
+    rssOpen,
+    rssBefore,
+    active,
+    stall,
+    fillSeconds,
+    committed,
+    commitSeconds,
+    replay,
+    targets: TARGETS,
+  }
   writeFileSync(join(dir, 'footprint-latest.json'), JSON.stringify(json, null, 2) + '\n')
   console.log(`\nJSON: ${join(dir, 'footprint-latest.json')}`)
   return committed === inflight ? 0 : 1

@@ -83,10 +83,14 @@ const pad = (v: string | number, w: number): string => String(v).padStart(w)
 console.log(`txmesh durable log benchmark: node ${process.version}, ${seconds}s per point, logs under ${parent}`)
 for (const sync of ['datasync', 'fsync'] as const) {
   console.log(`\nappend (${sync === 'datasync' ? 'fdatasync' : 'fsync'}), each append then ended lazily`)
-  console.log(`${pad('concurrency', 11)} ${pad('appends/s', 10)} ${pad('fsyncs/append', 13)} ${pad('p50 ms', 8)} ${pad('p99 ms', 8)}`)
+  console.log(
+    `${pad('concurrency', 11)} ${pad('appends/s', 10)} ${pad('fsyncs/append', 13)} ${pad('p50 ms', 8)} ${pad('p99 ms', 8)}`,
+  )
   for (const c of concurrencies) {
     const r = await measureAppends(sync, c)
-    console.log(`${pad(c, 11)} ${pad(Math.round(r.appendsPerSec), 10)} ${pad(r.fsyncsPerAppend.toFixed(3), 13)} ${pad(r.p50Ms.toFixed(2), 8)} ${pad(r.p99Ms.toFixed(2), 8)}`)
+    console.log(
+      `${pad(c, 11)} ${pad(Math.round(r.appendsPerSec), 10)} ${pad(r.fsyncsPerAppend.toFixed(3), 13)} ${pad(r.p50Ms.toFixed(2), 8)} ${pad(r.p99Ms.toFixed(2), 8)}`,
+    )
   }
 }
 

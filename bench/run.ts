@@ -89,7 +89,13 @@ interface Listening {
 }
 function isListening(v: unknown): v is Listening {
   const o = v as Record<string, unknown> | null
-  return typeof o === 'object' && o !== null && o.event === 'listening' && typeof o.port === 'number' && typeof o.pid === 'number'
+  return (
+    typeof o === 'object' &&
+    o !== null &&
+    o.event === 'listening' &&
+    typeof o.port === 'number' &&
+    typeof o.pid === 'number'
+  )
 }
 
 interface SidecarListening {
@@ -132,7 +138,12 @@ async function startApp(group: ProcessGroup, cpu: string | undefined): Promise<{
   return { svc, port: l.port }
 }
 
-async function startTxmesh(group: ProcessGroup, cpu: string | undefined, dir: string, appPort: number): Promise<Target> {
+async function startTxmesh(
+  group: ProcessGroup,
+  cpu: string | undefined,
+  dir: string,
+  appPort: number,
+): Promise<Target> {
   const cfg = join(dir, 'txmesh.yaml')
   writeFileSync(
     cfg,
@@ -175,18 +186,43 @@ async function startHttpProxy(group: ProcessGroup, cpu: string | undefined, appP
   const args = [...nodeWithTsx('http-proxy-forwarder.ts'), '--target-port', String(appPort)]
   const svc = group.start('http-proxy forwarder', cpu, process.execPath, args, { cwd: ROOT, env: childEnv() })
   const l = await firstJsonLine(svc, isListening)
-  return { name: 'http-proxy', label: 'http-proxy 1.18.1 + keepAlive Agent', port: l.port, proxyPid: svc.pid, note: undefined }
+  return {
+    name: 'http-proxy',
+    label: 'http-proxy 1.18.1 + keepAlive Agent',
+    port: l.port,
+    proxyPid: svc.pid,
+    note: undefined,
+  }
 }
 
-async function startNginxTarget(group: ProcessGroup, cpu: string | undefined, dir: string, appPort: number): Promise<Target> {
+async function startNginxTarget(
+  group: ProcessGroup,
+  cpu: string | undefined,
+  dir: string,
+  appPort: number,
+): Promise<Target> {
   const bin = findNginx()
-  if (bin === undefined) return { name: 'nginx', label: 'nginx', port: undefined, proxyPid: undefined, note: 'nginx not found' }
+  if (bin === undefined)
+    return { name: 'nginx', label: 'nginx', port: undefined, proxyPid: undefined, note: 'nginx not found' }
   try {
     const n = await startNginx(group, bin, cpu, dir, appPort)
-    return { name: 'nginx', label: `${n.version}, 1 worker`, port: n.port, proxyPid: n.workerPid, note: undefined, logFile: join(n.prefix, 'error.log') }
+    return {
+      name: 'nginx',
+      label: `${n.version}, 1 worker`,
+      port: n.port,
+      proxyPid: n.workerPid,
+      note: undefined,
+      logFile: join(n.prefix, 'error.log'),
+    }
   } catch (err) {
     const msg = (err as Error).message.split('\n').slice(0, 3).join(' | ')
-    return { name: 'nginx', label: `nginx (${nginxVersion(bin)})`, port: undefined, proxyPid: undefined, note: `nginx failed to start: ${msg}` }
+    return {
+      name: 'nginx',
+      label: `nginx (${nginxVersion(bin)})`,
+      port: undefined,
+      proxyPid: undefined,
+      note: `nginx failed to start: ${msg}`,
+    }
   }
 }
 
@@ -197,7 +233,8 @@ async function probe(t: Target): Promise<string | undefined> {
     const res = await fetch(`http://127.0.0.1:${t.port}/probe`, { signal: AbortSignal.timeout(5_000) })
     const body = await res.arrayBuffer()
     if (res.status !== 200) return `probe: status ${res.status} ${new TextDecoder().decode(body).slice(0, 200)}`
-    if (body.byteLength !== EXPECTED_BODY_BYTES) return `probe: body of ${body.byteLength} bytes, expected ${EXPECTED_BODY_BYTES}`
+    if (body.byteLength !== EXPECTED_BODY_BYTES)
+      return `probe: body of ${body.byteLength} bytes, expected ${EXPECTED_BODY_BYTES}`
     return undefined
   } catch (err) {
     return `probe failed: ${(err as Error).message}`
@@ -229,7 +266,9 @@ async function measure(
   const targetCpu = cpuUse(statBefore, statAfter, cpuSets.target)
   const all = cpuUse(statBefore, statAfter, ['cpu'])
   const perReq = (before: number | undefined, after: number | undefined): number | undefined =>
-    before === undefined || after === undefined || load.requests === 0 ? undefined : ((after - before) * 1e6) / load.requests
+    before === undefined || after === undefined || load.requests === 0
+      ? undefined
+      : ((after - before) * 1e6) / load.requests
   const rss = t.proxyPid !== undefined ? rssBytes(t.proxyPid) : undefined
   return {
     load,
@@ -255,7 +294,8 @@ function defined<T>(xs: readonly (T | undefined)[]): T[] {
 
 function summarize(t: Target, connections: number, samples: readonly Sample[], direct: Row | undefined): Row {
   const p50 = median(samples.map((s) => s.load.p50Us))
-  const addedP50Us = t.name !== 'direct' && p50 !== undefined && direct?.p50Us !== undefined ? p50 - direct.p50Us : undefined
+  const addedP50Us =
+    t.name !== 'direct' && p50 !== undefined && direct?.p50Us !== undefined ? p50 - direct.p50Us : undefined
   return {
     target: t.name,
     label: t.label,
@@ -441,7 +481,8 @@ function cleanupPart(p: PartRun): Promise<void> {
   p.cleaned ??= (async () => {
     await p.group.stopAll()
     // After the children: the apps close their Postgres pools on SIGTERM before Postgres stops.
-    for (const fn of p.cleanups) await fn().catch((err: unknown) => process.stderr.write(`cleanup: ${(err as Error).message}\n`))
+    for (const fn of p.cleanups)
+      await fn().catch((err: unknown) => process.stderr.write(`cleanup: ${(err as Error).message}\n`))
     rmSync(p.dir, { recursive: true, force: true })
   })()
   return p.cleaned
@@ -462,7 +503,9 @@ async function run(): Promise<void> {
     process.once(sig, () => {
       interrupted = true
       process.stderr.write(`\n${sig}: stopping child processes\n`)
-      void (current !== undefined ? cleanupPart(current) : Promise.resolve()).finally(() => process.exit(128 + (sig === 'SIGINT' ? 2 : sig === 'SIGTERM' ? 15 : 1)))
+      void (current !== undefined ? cleanupPart(current) : Promise.resolve()).finally(() =>
+        process.exit(128 + (sig === 'SIGINT' ? 2 : sig === 'SIGTERM' ? 15 : 1)),
+      )
     })
   }
   let code = 0

@@ -26,8 +26,26 @@ import { availableParallelism, cpus } from 'node:os'
 import { dirname, join } from 'node:path'
 import pg from 'pg'
 import type { PostgresInstance } from '../test/helpers/pg.js'
-import { SAGA_MODE_NAMES, SAGA_SERVICES, coordinatorRoutes, createSagaMode, newBarrierExpectation, randomSagaTransfer, type BarrierExpectation, type SagaMode, type SagaModeName } from './lib/saga-modes.js'
-import { printSagaReport, type BarrierCheck, type SagaConsistency, type SagaLogDelta, type SagaReport, type SagaRow, type SagaSample } from './lib/saga-report.js'
+import {
+  SAGA_MODE_NAMES,
+  SAGA_SERVICES,
+  coordinatorRoutes,
+  createSagaMode,
+  newBarrierExpectation,
+  randomSagaTransfer,
+  type BarrierExpectation,
+  type SagaMode,
+  type SagaModeName,
+} from './lib/saga-modes.js'
+import {
+  printSagaReport,
+  type BarrierCheck,
+  type SagaConsistency,
+  type SagaLogDelta,
+  type SagaReport,
+  type SagaRow,
+  type SagaSample,
+} from './lib/saga-report.js'
 import { checkConsistency, sidecarStats, startCluster, type Cluster, type SidecarStats } from './lib/tx-cluster.js'
 import { closedLoopOf, type LoopResult } from './lib/tx-loop.js'
 import { defined, intEnv, measureRun, quiesce, summarizeRuns } from './lib/tx-measure.js'
@@ -50,7 +68,8 @@ interface SagaSettings {
 
 function settings(): SagaSettings {
   const cs = (process.env.BENCH_SAGA_CONCURRENCY ?? '1,8,32').split(',').map((s) => Number(s.trim()))
-  if (cs.length === 0 || cs.some((c) => !Number.isInteger(c) || c < 1)) throw new Error('BENCH_SAGA_CONCURRENCY must list positive integers')
+  if (cs.length === 0 || cs.some((c) => !Number.isInteger(c) || c < 1))
+    throw new Error('BENCH_SAGA_CONCURRENCY must list positive integers')
   const prof = process.env.BENCH_SAGA_CPU_PROFILE
   return {
     seconds: intEnv('BENCH_SAGA_SECONDS', 5, 1),
@@ -77,10 +96,21 @@ function logDelta(before: Map<string, SidecarStats>, after: Map<string, SidecarS
 }
 
 function loop(m: SagaMode, concurrency: number, seconds: number, accounts: number): Promise<LoopResult> {
-  return closedLoopOf((t) => m.transfer(t), () => randomSagaTransfer(accounts), concurrency, seconds)
+  return closedLoopOf(
+    (t) => m.transfer(t),
+    () => randomSagaTransfer(accounts),
+    concurrency,
+    seconds,
+  )
 }
 
-async function measure(c: Cluster, m: SagaMode, concurrency: number, seconds: number, accounts: number): Promise<SagaSample> {
+async function measure(
+  c: Cluster,
+  m: SagaMode,
+  concurrency: number,
+  seconds: number,
+  accounts: number,
+): Promise<SagaSample> {
   const { count, ...rest } = await measureRun(c, {
     viaSidecars: m.name !== 'direct',
     inFlight: (x) => x.steps.active,
@@ -94,7 +124,8 @@ function summarize(mode: SagaModeName, concurrency: number, samples: readonly Sa
   const { count, ...row } = summarizeRuns(samples.map((x) => ({ ...x, count: x.done })))
   const logs = defined(samples.map((x) => x.logs))
   const ended = logs.reduce((n, l) => n + l.sagasEnded, 0)
-  const perSaga = (f: (l: SagaLogDelta) => number): number | undefined => (logs.length === 0 || ended === 0 ? undefined : logs.reduce((n, l) => n + f(l), 0) / ended)
+  const perSaga = (f: (l: SagaLogDelta) => number): number | undefined =>
+    logs.length === 0 || ended === 0 ? undefined : logs.reduce((n, l) => n + f(l), 0) / ended
   return {
     mode,
     concurrency,
@@ -109,15 +140,26 @@ function summarize(mode: SagaModeName, concurrency: number, samples: readonly Sa
 
 function checks(rows: readonly SagaRow[], concurrencies: readonly number[]): TxCheck[] {
   const row = (m: SagaModeName, c: number): SagaRow | undefined => rows.find((r) => r.mode === m && r.concurrency === c)
-  const ratio = (a: number | undefined, b: number | undefined): number | undefined => (a === undefined || b === undefined || b <= 0 ? undefined : a / b)
+  const ratio = (a: number | undefined, b: number | undefined): number | undefined =>
+    a === undefined || b === undefined || b <= 0 ? undefined : a / b
   const out: TxCheck[] = []
   for (const c of concurrencies) {
     const v = ratio(row('saga', c)?.txPerSec, row('direct', c)?.txPerSec)
-    out.push({ name: `saga tx/s ÷ direct tx/s (c=${c})`, value: v, goal: `≥ ${DTM_RATIO.toFixed(2)} (DTM, same shape)`, pass: v === undefined ? undefined : v >= DTM_RATIO })
+    out.push({
+      name: `saga tx/s ÷ direct tx/s (c=${c})`,
+      value: v,
+      goal: `≥ ${DTM_RATIO.toFixed(2)} (DTM, same shape)`,
+      pass: v === undefined ? undefined : v >= DTM_RATIO,
+    })
   }
   for (const c of concurrencies) {
     if (row('saga-abort', c) === undefined) continue
-    out.push({ name: `saga-abort tx/s ÷ direct tx/s (c=${c})`, value: ratio(row('saga-abort', c)?.txPerSec, row('direct', c)?.txPerSec), goal: 'info', pass: undefined })
+    out.push({
+      name: `saga-abort tx/s ÷ direct tx/s (c=${c})`,
+      value: ratio(row('saga-abort', c)?.txPerSec, row('direct', c)?.txPerSec),
+      goal: 'info',
+      pass: undefined,
+    })
   }
   for (const c of concurrencies) {
     const s = row('saga', c)
@@ -128,11 +170,21 @@ function checks(rows: readonly SagaRow[], concurrencies: readonly number[]): TxC
   for (const c of concurrencies) {
     const s = row('saga', c)
     const d = row('direct', c)
-    out.push({ name: `saga machine CPU ÷ direct machine CPU per transfer (c=${c})`, value: ratio(s?.machineCpuUsPerTx, d?.machineCpuUsPerTx), goal: 'info', pass: undefined })
+    out.push({
+      name: `saga machine CPU ÷ direct machine CPU per transfer (c=${c})`,
+      value: ratio(s?.machineCpuUsPerTx, d?.machineCpuUsPerTx),
+      goal: 'info',
+      pass: undefined,
+    })
   }
   for (const c of concurrencies) {
     const s = row('saga', c)
-    out.push({ name: `saga: coordinator log appends per saga (c=${c}); forced: 2 intents + 2 steps + commit`, value: s?.coordinatorAppendsPerSaga, goal: 'info', pass: undefined })
+    out.push({
+      name: `saga: coordinator log appends per saga (c=${c}); forced: 2 intents + 2 steps + commit`,
+      value: s?.coordinatorAppendsPerSaga,
+      goal: 'info',
+      pass: undefined,
+    })
   }
   return out
 }
@@ -145,7 +197,9 @@ async function sagaConsistency(c: Cluster, expect: BarrierExpectation): Promise<
     const client = new pg.Client({ connectionString: c.pg.connectionString(svc) })
     await client.connect()
     try {
-      const r = await client.query<{ op: string; n: string }>('SELECT op, count(*) AS n FROM txmesh_barrier GROUP BY op')
+      const r = await client.query<{ op: string; n: string }>(
+        'SELECT op, count(*) AS n FROM txmesh_barrier GROUP BY op',
+      )
       const count = (op: string): number => Number(r.rows.find((x) => x.op === op)?.n ?? 0)
       barrier.push({
         service: svc,
@@ -159,7 +213,9 @@ async function sagaConsistency(c: Cluster, expect: BarrierExpectation): Promise<
     }
   }
   const st = await sidecarStats(c.coordinator.ports.admin)
-  const barrierOk = barrier.every((b) => b.actionRows === b.expectedActionRows && b.compensateRows === b.expectedCompensateRows)
+  const barrierOk = barrier.every(
+    (b) => b.actionRows === b.expectedActionRows && b.compensateRows === b.expectedCompensateRows,
+  )
   return {
     ok: base.ok && barrierOk && st.steps.active === 0 && st.steps.stuck === 0,
     total: String(base.total),
@@ -212,8 +268,10 @@ export async function runSagaPart(ctx: TxPartContext): Promise<number> {
     pinning: 'none: every process on every CPU',
     postgres: `embedded Postgres on 127.0.0.1:${cluster.pg.port}, fsync=on, synchronous_commit=on, full_page_writes=on, max_connections=${cluster.sizing.maxConnections}; databases a, b with ${s.accounts} accounts each`,
     apps: `node:http + pg.Pool(max ${cluster.sizing.appPoolMax}) + txmesh/pg barrier (bench/saga-app.ts), one process per service`,
-    sidecars: 'node --max-semi-space-size=2 dist/cli/index.js sidecar, log level warn, durable log in the scratch dir (same disk as Postgres)',
-    coordinatorRoutes: 'a, b: POST /transfer* is a step; compensation POST /transfer/undo?id={request.query.id}&amount={request.query.amount}',
+    sidecars:
+      'node --max-semi-space-size=2 dist/cli/index.js sidecar, log level warn, durable log in the scratch dir (same disk as Postgres)',
+    coordinatorRoutes:
+      'a, b: POST /transfer* is a step; compensation POST /transfer/undo?id={request.query.id}&amount={request.query.amount}',
     loadavgAtStart: readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' '),
     driver: 'this process: closed loop of N workers (undici Pools to the apps / the coordinator sidecar)',
   }
@@ -232,7 +290,8 @@ export async function runSagaPart(ctx: TxPartContext): Promise<number> {
   // One transfer per mode must end as intended before anything is measured.
   for (const m of modes) {
     const a = await m.transfer(randomSagaTransfer(s.accounts))
-    if (a.outcome !== 'committed') throw new Error(`probe transfer through ${m.name} did not end as intended: ${a.outcome} ${a.detail ?? ''}`)
+    if (a.outcome !== 'committed')
+      throw new Error(`probe transfer through ${m.name} did not end as intended: ${a.outcome} ${a.detail ?? ''}`)
   }
   if (s.warmupSeconds > 0) {
     for (const m of modes) {
@@ -257,7 +316,8 @@ export async function runSagaPart(ctx: TxPartContext): Promise<number> {
   await quiesce(cluster, (x) => x.steps.active)
 
   const rows: SagaRow[] = []
-  for (const c of s.concurrencies) for (const m of modes) rows.push(summarize(m.name, c, samples.get(key(m.name, c)) ?? []))
+  for (const c of s.concurrencies)
+    for (const m of modes) rows.push(summarize(m.name, c, samples.get(key(m.name, c)) ?? []))
   const consistency = await sagaConsistency(cluster, expect)
   const childOutput: Record<string, string> = {}
   for (const o of ctx.group.outputs()) childOutput[o.name] = o.tail
@@ -285,6 +345,7 @@ export async function runSagaPart(ctx: TxPartContext): Promise<number> {
   mkdirSync(dirname(file), { recursive: true })
   writeFileSync(file, JSON.stringify(report, null, 2) + '\n')
   process.stdout.write(`\nJSON: ${file}\n`)
-  if (s.cpuProfileDir !== undefined) process.stdout.write(`CPU profiles (written as the processes exit): ${s.cpuProfileDir}\n`)
+  if (s.cpuProfileDir !== undefined)
+    process.stdout.write(`CPU profiles (written as the processes exit): ${s.cpuProfileDir}\n`)
   return consistency.ok ? 0 : 1
 }

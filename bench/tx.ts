@@ -25,11 +25,27 @@ import { availableParallelism, cpus } from 'node:os'
 import { dirname, join } from 'node:path'
 import type { PostgresInstance } from '../test/helpers/pg.js'
 import type { ProcessGroup } from './lib/procs.js'
-import { affinityOf, checkConsistency, pinPid, startCluster, type Cluster, type SidecarStats } from './lib/tx-cluster.js'
+import {
+  affinityOf,
+  checkConsistency,
+  pinPid,
+  startCluster,
+  type Cluster,
+  type SidecarStats,
+} from './lib/tx-cluster.js'
 import { closedLoop } from './lib/tx-loop.js'
 import { defined, intEnv, measureRun, quiesce, summarizeRuns } from './lib/tx-measure.js'
 import { MODE_NAMES, createMode, randomTransfer, type Mode, type ModeName } from './lib/tx-modes.js'
-import { MODE_TITLES, printTxReport, type FsyncRow, type LogDelta, type TxCheck, type TxReport, type TxRow, type TxSample } from './lib/tx-report.js'
+import {
+  MODE_TITLES,
+  printTxReport,
+  type FsyncRow,
+  type LogDelta,
+  type TxCheck,
+  type TxReport,
+  type TxRow,
+  type TxSample,
+} from './lib/tx-report.js'
 
 export interface TxPartContext {
   readonly root: string
@@ -94,9 +110,12 @@ const TARGET_VS_INPROC = 0.9
 
 function settings(): TxSettings {
   const cs = (process.env.BENCH_TX_CONCURRENCY ?? '1,8,32').split(',').map((s) => Number(s.trim()))
-  if (cs.length === 0 || cs.some((c) => !Number.isInteger(c) || c < 1)) throw new Error('BENCH_TX_CONCURRENCY must list positive integers')
+  if (cs.length === 0 || cs.some((c) => !Number.isInteger(c) || c < 1))
+    throw new Error('BENCH_TX_CONCURRENCY must list positive integers')
   const modes = (process.env.BENCH_TX_MODES ?? MODE_NAMES.join(',')).split(',').map((s) => s.trim())
-  for (const m of modes) if (!(MODE_NAMES as readonly string[]).includes(m)) throw new Error(`BENCH_TX_MODES: unknown mode "${m}" (use ${MODE_NAMES.join(', ')})`)
+  for (const m of modes)
+    if (!(MODE_NAMES as readonly string[]).includes(m))
+      throw new Error(`BENCH_TX_MODES: unknown mode "${m}" (use ${MODE_NAMES.join(', ')})`)
   const fsyncC = intEnv('BENCH_TX_FSYNC_CONCURRENCY', cs.includes(32) ? 32 : Math.max(...cs), 1)
   const prof = process.env.BENCH_TX_CPU_PROFILE
   const pin = (process.env.BENCH_TX_PIN ?? DEFAULT_PIN) as PinLayout
@@ -158,8 +177,18 @@ function fsyncRow(concurrency: number, samples: readonly TxSample[]): FsyncRow |
   const sidecars = names.map((name) => {
     const appends = deltas.reduce((n, d) => n + (d.sidecars.find((x) => x.name === name)?.appends ?? 0), 0)
     const fsyncs = deltas.reduce((n, d) => n + (d.sidecars.find((x) => x.name === name)?.fsyncs ?? 0), 0)
-    const sum = (k: 'controlItems' | 'controlBatches' | 'hookItems' | 'hookBatches'): number => deltas.reduce((n, d) => n + (d.sidecars.find((x) => x.name === name)?.[k] ?? 0), 0)
-    return { name, appends, fsyncs, fsyncsPerTx: per(fsyncs), controlItems: sum('controlItems'), controlBatches: sum('controlBatches'), hookItems: sum('hookItems'), hookBatches: sum('hookBatches') }
+    const sum = (k: 'controlItems' | 'controlBatches' | 'hookItems' | 'hookBatches'): number =>
+      deltas.reduce((n, d) => n + (d.sidecars.find((x) => x.name === name)?.[k] ?? 0), 0)
+    return {
+      name,
+      appends,
+      fsyncs,
+      fsyncsPerTx: per(fsyncs),
+      controlItems: sum('controlItems'),
+      controlBatches: sum('controlBatches'),
+      hookItems: sum('hookItems'),
+      hookBatches: sum('hookBatches'),
+    }
   })
   const coord = sidecars.find((x) => x.name === 'coordinator')
   const parts = sidecars.filter((x) => x.name !== 'coordinator')
@@ -190,35 +219,74 @@ function freeProtocolCeiling(rows: readonly TxRow[], c: number): { vsLocal: numb
   if (local === undefined || inproc === undefined || mesh === undefined) return undefined
   if ([local, inproc, mesh].some((r) => r.busyPct === undefined || r.busyPct < CEILING_BUSY_PCT)) return undefined
   const [a, b, m] = [local.machineCpuUsPerTx, inproc.machineCpuUsPerTx, mesh.machineCpuUsPerTx]
-  if (a === undefined || b === undefined || m === undefined || local.cpuUsPerTx === undefined || inproc.cpuUsPerTx === undefined) return undefined
+  if (
+    a === undefined ||
+    b === undefined ||
+    m === undefined ||
+    local.cpuUsPerTx === undefined ||
+    inproc.cpuUsPerTx === undefined
+  )
+    return undefined
   const best = m + Math.max(0, inproc.cpuUsPerTx.postgres - local.cpuUsPerTx.postgres)
   return best > 0 ? { vsLocal: a / best, vsInproc: b / best } : undefined
 }
 
-function checks(rows: readonly TxRow[], concurrencies: readonly number[], fsync: readonly FsyncRow[], fsyncC: number): TxCheck[] {
-  const rate = (m: ModeName, c: number): number | undefined => rows.find((r) => r.mode === m && r.concurrency === c)?.txPerSec
-  const ratio = (a: number | undefined, b: number | undefined): number | undefined => (a === undefined || b === undefined || b <= 0 ? undefined : a / b)
+function checks(
+  rows: readonly TxRow[],
+  concurrencies: readonly number[],
+  fsync: readonly FsyncRow[],
+  fsyncC: number,
+): TxCheck[] {
+  const rate = (m: ModeName, c: number): number | undefined =>
+    rows.find((r) => r.mode === m && r.concurrency === c)?.txPerSec
+  const ratio = (a: number | undefined, b: number | undefined): number | undefined =>
+    a === undefined || b === undefined || b <= 0 ? undefined : a / b
   const out: TxCheck[] = []
   for (const c of concurrencies) {
     const vsLocal = ratio(rate('txmesh', c), rate('local', c))
-    out.push({ name: `txmesh tx/s ÷ (a) local commits over HTTP (c=${c})`, value: vsLocal, goal: `≥ ${TARGET_VS_LOCAL.toFixed(2)}`, pass: vsLocal === undefined ? undefined : vsLocal >= TARGET_VS_LOCAL })
+    out.push({
+      name: `txmesh tx/s ÷ (a) local commits over HTTP (c=${c})`,
+      value: vsLocal,
+      goal: `≥ ${TARGET_VS_LOCAL.toFixed(2)}`,
+      pass: vsLocal === undefined ? undefined : vsLocal >= TARGET_VS_LOCAL,
+    })
   }
   for (const c of concurrencies) {
     const vsInproc = ratio(rate('txmesh', c), rate('inproc', c))
-    out.push({ name: `txmesh tx/s ÷ (b) in-process coordinator, pure SQL (c=${c})`, value: vsInproc, goal: `≥ ${TARGET_VS_INPROC.toFixed(2)}`, pass: vsInproc === undefined ? undefined : vsInproc >= TARGET_VS_INPROC })
+    out.push({
+      name: `txmesh tx/s ÷ (b) in-process coordinator, pure SQL (c=${c})`,
+      value: vsInproc,
+      goal: `≥ ${TARGET_VS_INPROC.toFixed(2)}`,
+      pass: vsInproc === undefined ? undefined : vsInproc >= TARGET_VS_INPROC,
+    })
   }
   // What pure-SQL 2PC itself costs against local commits here: the ceiling of txmesh ÷ (a) for a
   // coordinator with no overhead at all.
   for (const c of concurrencies) {
-    out.push({ name: `(b) ÷ (a): zero-overhead 2PC vs local commits (c=${c})`, value: ratio(rate('inproc', c), rate('local', c)), goal: 'info', pass: undefined })
+    out.push({
+      name: `(b) ÷ (a): zero-overhead 2PC vs local commits (c=${c})`,
+      value: ratio(rate('inproc', c), rate('local', c)),
+      goal: 'info',
+      pass: undefined,
+    })
   }
   // What the two proxy hops cost on their own, and what 2PC adds on top of them: with a Node
   // sidecar on each side of every call, (c) ÷ (a) is the ceiling of txmesh ÷ (a).
   for (const c of concurrencies) {
-    out.push({ name: `(c) mesh only ÷ (a): the sidecar hops, no transaction (c=${c})`, value: ratio(rate('mesh', c), rate('local', c)), goal: 'info', pass: undefined })
+    out.push({
+      name: `(c) mesh only ÷ (a): the sidecar hops, no transaction (c=${c})`,
+      value: ratio(rate('mesh', c), rate('local', c)),
+      goal: 'info',
+      pass: undefined,
+    })
   }
   for (const c of concurrencies) {
-    out.push({ name: `txmesh ÷ (c): 2PC on top of the same hops (c=${c})`, value: ratio(rate('txmesh', c), rate('mesh', c)), goal: 'info', pass: undefined })
+    out.push({
+      name: `txmesh ÷ (c): 2PC on top of the same hops (c=${c})`,
+      value: ratio(rate('txmesh', c), rate('mesh', c)),
+      goal: 'info',
+      pass: undefined,
+    })
   }
   // The ceiling of any sidecar-based 2PC here, from the same run: a protocol that cost nothing
   // (no log, no messages, no hook calls) would still do what (c) does, plus the Postgres work of
@@ -229,8 +297,18 @@ function checks(rows: readonly TxRow[], concurrencies: readonly number[], fsync:
   // mode under CEILING_BUSY_PCT busy): n/a.
   for (const c of concurrencies) {
     const ceiling = freeProtocolCeiling(rows, c)
-    out.push({ name: `ceiling of txmesh ÷ (a) with a 2PC protocol that cost nothing (c=${c})`, value: ceiling?.vsLocal, goal: 'info', pass: undefined })
-    out.push({ name: `ceiling of txmesh ÷ (b) with a 2PC protocol that cost nothing (c=${c})`, value: ceiling?.vsInproc, goal: 'info', pass: undefined })
+    out.push({
+      name: `ceiling of txmesh ÷ (a) with a 2PC protocol that cost nothing (c=${c})`,
+      value: ceiling?.vsLocal,
+      goal: 'info',
+      pass: undefined,
+    })
+    out.push({
+      name: `ceiling of txmesh ÷ (b) with a 2PC protocol that cost nothing (c=${c})`,
+      value: ceiling?.vsInproc,
+      goal: 'info',
+      pass: undefined,
+    })
   }
   const f = fsync.find((x) => x.concurrency === fsyncC)
   out.push({
@@ -239,7 +317,12 @@ function checks(rows: readonly TxRow[], concurrencies: readonly number[], fsync:
     goal: '≤ 0.50 (well under 1)',
     pass: f?.coordinatorFsyncsPerTx === undefined ? undefined : f.coordinatorFsyncsPerTx <= 0.5,
   })
-  out.push({ name: `all 4 logs: fsyncs per committed tx (c=${fsyncC})`, value: f?.allFsyncsPerTx, goal: 'info', pass: undefined })
+  out.push({
+    name: `all 4 logs: fsyncs per committed tx (c=${fsyncC})`,
+    value: f?.allFsyncsPerTx,
+    goal: 'info',
+    pass: undefined,
+  })
   return out
 }
 
@@ -293,7 +376,8 @@ export async function runTxPart(ctx: TxPartContext): Promise<number> {
     pinning: describePin(s.pin),
     postgres: `embedded Postgres on 127.0.0.1:${cluster.pg.port}, fsync=on, synchronous_commit=on, full_page_writes=on, max_prepared_transactions=${cluster.sizing.maxPreparedTransactions}, max_connections=${cluster.sizing.maxConnections}; databases a, b, c with ${s.accounts} accounts each`,
     apps: `node:http + pg.Pool(max ${cluster.sizing.appPoolMax}) + txmesh/pg (maxOpen ${cluster.sizing.maxOpen}), one process per service`,
-    sidecars: 'node --max-semi-space-size=2 dist/cli/index.js sidecar, log level warn, durable log in the scratch dir (same disk as Postgres)',
+    sidecars:
+      'node --max-semi-space-size=2 dist/cli/index.js sidecar, log level warn, durable log in the scratch dir (same disk as Postgres)',
     loadavgAtStart: readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' '),
     driver: `this process: closed loop of N workers (undici Pools to the apps / coordinator; pg Pools of ${maxC} for (b))`,
   }
@@ -312,7 +396,8 @@ export async function runTxPart(ctx: TxPartContext): Promise<number> {
   // One transfer per mode must commit before anything is measured.
   for (const m of modes) {
     const a = await m.transfer(randomTransfer(s.accounts))
-    if (a.outcome !== 'committed') throw new Error(`probe transfer through ${MODE_TITLES[m.name]} did not commit: ${a.outcome} ${a.detail ?? ''}`)
+    if (a.outcome !== 'committed')
+      throw new Error(`probe transfer through ${MODE_TITLES[m.name]} did not commit: ${a.outcome} ${a.detail ?? ''}`)
   }
   if (s.warmupSeconds > 0) {
     for (const m of modes) {
@@ -364,7 +449,12 @@ export async function runTxPart(ctx: TxPartContext): Promise<number> {
     checks: checks(rows, s.concurrencies, fsync, s.fsyncConcurrency),
     fsync,
     fsyncConcurrency: s.fsyncConcurrency,
-    consistency: { ok: consistency.ok, total: String(consistency.total), expectedTotal: String(consistency.expectedTotal), preparedLeft: consistency.preparedLeft },
+    consistency: {
+      ok: consistency.ok,
+      total: String(consistency.total),
+      expectedTotal: String(consistency.expectedTotal),
+      preparedLeft: consistency.preparedLeft,
+    },
     childOutput,
   }
   printTxReport(report)
@@ -372,6 +462,7 @@ export async function runTxPart(ctx: TxPartContext): Promise<number> {
   mkdirSync(dirname(file), { recursive: true })
   writeFileSync(file, JSON.stringify(report, null, 2) + '\n')
   process.stdout.write(`\nJSON: ${file}\n`)
-  if (s.cpuProfileDir !== undefined) process.stdout.write(`CPU profiles (written as the processes exit): ${s.cpuProfileDir}\n`)
+  if (s.cpuProfileDir !== undefined)
+    process.stdout.write(`CPU profiles (written as the processes exit): ${s.cpuProfileDir}\n`)
   return consistency.ok ? 0 : 1
 }

@@ -19,7 +19,10 @@ const SCHEMA = new URL('../config/txmesh.schema.json', import.meta.url)
 /** The generated module's text for the schema as it is now. */
 export function generateValidator(): string {
   const ajv = new Ajv({ allErrors: true, strict: true, code: { source: true, esm: true } })
-  const schema = JSON.parse(readFileSync(SCHEMA, 'utf8')) as { properties: { service: { pattern: string } }; definitions: { address: { pattern: string } } }
+  const schema = JSON.parse(readFileSync(SCHEMA, 'utf8')) as {
+    properties: { service: { pattern: string } }
+    definitions: { address: { pattern: string } }
+  }
   const code = standaloneCode(ajv, ajv.compile(schema))
   // ajv's ESM output still require()s its runtime helpers: turn each into an import.
   const imports: string[] = []

@@ -14,7 +14,12 @@ import { delimiter, join } from 'node:path'
 /** program -> where the tests look for it besides PATH, and the Debian package that has it. */
 const TOOLS = [
   { program: 'chromium', paths: ['/usr/bin/chromium'], pkg: 'chromium', for: 'the dashboard and admin-browser tests' },
-  { program: 'nats-server', paths: ['/usr/sbin/nats-server', '/usr/bin/nats-server'], pkg: 'nats-server', for: 'the event tests' },
+  {
+    program: 'nats-server',
+    paths: ['/usr/sbin/nats-server', '/usr/bin/nats-server'],
+    pkg: 'nats-server',
+    for: 'the event tests',
+  },
   { program: 'openssl', paths: ['/usr/bin/openssl'], pkg: 'openssl', for: 'the TLS tests' },
 ]
 
@@ -50,10 +55,15 @@ if (!root || !hasApt) {
 }
 process.stderr.write(`txmesh tests: installing Debian packages ${pkgs.join(' ')}\n`)
 const env = { ...process.env, DEBIAN_FRONTEND: 'noninteractive' }
-for (const args of [['update', '-qq'], ['install', '-y', '-qq', '--no-install-recommends', ...pkgs]]) {
+for (const args of [
+  ['update', '-qq'],
+  ['install', '-y', '-qq', '--no-install-recommends', ...pkgs],
+]) {
   const r = spawnSync('apt-get', args, { stdio: ['ignore', 'ignore', 'inherit'], env })
   if (r.status !== 0) {
-    process.stderr.write(`txmesh tests: apt-get ${args.join(' ')} failed (exit ${r.status ?? r.signal}); install them by hand:\n  ${command}\n`)
+    process.stderr.write(
+      `txmesh tests: apt-get ${args.join(' ')} failed (exit ${r.status ?? r.signal}); install them by hand:\n  ${command}\n`,
+    )
     process.exit(1)
   }
 }

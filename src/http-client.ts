@@ -77,7 +77,15 @@ export interface ExchangeOptions {
 export function exchange(dispatcher: Undici.Dispatcher, origin: string, o: ExchangeOptions): Promise<Exchanged> {
   return new Promise((resolve, reject) => {
     dispatcher.dispatch(
-      { origin, path: o.path, method: o.method, headers: o.headers, body: o.body ?? null, headersTimeout: o.timeoutMs, bodyTimeout: o.timeoutMs },
+      {
+        origin,
+        path: o.path,
+        method: o.method,
+        headers: o.headers,
+        body: o.body ?? null,
+        headersTimeout: o.timeoutMs,
+        bodyTimeout: o.timeoutMs,
+      },
       new ExchangeHandler(o.limit, o.header, resolve, reject),
     )
   })
@@ -127,7 +135,11 @@ class ExchangeHandler {
   }
 
   onComplete(): void {
-    this.resolve({ status: this.status, text: Buffer.concat(this.chunks, this.size).toString('utf8'), header: this.header })
+    this.resolve({
+      status: this.status,
+      text: Buffer.concat(this.chunks, this.size).toString('utf8'),
+      header: this.header,
+    })
   }
 
   onError(err: Error): void {

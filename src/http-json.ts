@@ -5,7 +5,11 @@ import { BadRequestError, BodyTooLargeError, type TxmeshError } from './errors.j
 
 export function sendJson(res: ServerResponse, status: number, body: unknown): void {
   const text = JSON.stringify(body)
-  res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text), 'cache-control': 'no-store' })
+  res.writeHead(status, {
+    'content-type': 'application/json',
+    'content-length': Buffer.byteLength(text),
+    'cache-control': 'no-store',
+  })
   res.end(text)
 }
 
@@ -39,7 +43,8 @@ export function parseJsonObject(text: string): Record<string, unknown> | TxmeshE
   if (text === '') return {}
   try {
     const v = JSON.parse(text) as unknown
-    if (v === null || typeof v !== 'object' || Array.isArray(v)) return new BadRequestError('body must be a JSON object')
+    if (v === null || typeof v !== 'object' || Array.isArray(v))
+      return new BadRequestError('body must be a JSON object')
     return v as Record<string, unknown>
   } catch {
     return new BadRequestError('body is not valid JSON')

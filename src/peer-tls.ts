@@ -8,7 +8,14 @@
 // (setSecureContext: new connections get it, open ones keep theirs) and into the connector that
 // opens new client connections; an invalid set (a certificate that does not match its key,
 // unreadable files) keeps the current one and logs one warning.
-import { connect, createSecureContext, type SecureContext, type Server as TlsServer, type TLSSocket, type TlsOptions } from 'node:tls'
+import {
+  connect,
+  createSecureContext,
+  type SecureContext,
+  type Server as TlsServer,
+  type TLSSocket,
+  type TlsOptions,
+} from 'node:tls'
 import { isIP } from 'node:net'
 import type { TlsSettings } from './config/types.js'
 import { Agent, buildConnector, type Connector } from './http-client.js'
@@ -53,7 +60,9 @@ export class PeerTls {
     this.servers.add(server)
     // A failed handshake (plain HTTP on the TLS port, a client without a certificate) is the
     // client's problem: nothing to answer, and OpenSSL's reason names no secret.
-    server.on('tlsClientError', (err: Error & { code?: string }) => this.log.debug('tls_client_error', { code: err.code, error: err.message }))
+    server.on('tlsClientError', (err: Error & { code?: string }) =>
+      this.log.debug('tls_client_error', { code: err.code, error: err.message }),
+    )
   }
 
   /**
@@ -70,7 +79,13 @@ export class PeerTls {
 
   /** A raw TLS connection to a peer (the egress's Upgrade tunnels), with the current material. */
   connectSocket(host: string, port: number): TLSSocket {
-    return connect({ host, port, secureContext: this.context, minVersion: 'TLSv1.2', ...(isIP(host) === 0 ? { servername: host } : {}) })
+    return connect({
+      host,
+      port,
+      secureContext: this.context,
+      minVersion: 'TLSv1.2',
+      ...(isIP(host) === 0 ? { servername: host } : {}),
+    })
   }
 
   /** Starts watching the files (LIMITS.secretFileCheckMs). */
@@ -123,5 +138,9 @@ export class PeerTls {
  * (plain http:// targets still connect in the clear).
  */
 export function peerAgent(tls: PeerTls | undefined): Agent {
-  return new Agent({ connections: LIMITS.poolConnectionsPerOrigin, keepAliveTimeout: LIMITS.upstreamKeepAliveMs, connect: tls?.connector ?? { timeout: LIMITS.connectTimeoutMs } })
+  return new Agent({
+    connections: LIMITS.poolConnectionsPerOrigin,
+    keepAliveTimeout: LIMITS.upstreamKeepAliveMs,
+    connect: tls?.connector ?? { timeout: LIMITS.connectTimeoutMs },
+  })
 }

@@ -70,7 +70,11 @@ export function keyId(key: Buffer): string {
  * where inotify on the old target would go quiet). Does not keep the process alive. Returns the
  * function that stops watching.
  */
-export function watchFiles(paths: readonly string[], onChange: (path: string) => void, intervalMs: number = LIMITS.secretFileCheckMs): () => void {
+export function watchFiles(
+  paths: readonly string[],
+  onChange: (path: string) => void,
+  intervalMs: number = LIMITS.secretFileCheckMs,
+): () => void {
   const listeners = paths.map((path) => {
     const listener = (): void => onChange(path)
     watchFile(path, { interval: intervalMs, persistent: false }, listener)

@@ -70,11 +70,23 @@ export async function startSidecar(config: SidecarConfig, log: Logger): Promise<
   const txEnabled = keys !== undefined
   const peerTls = config.tls === undefined ? undefined : startPeerTls(config, log)
   // What the admin API's transaction calls and the control listener answer without a mesh key.
-  const txUnavailable = (): MeshKeyMissingError | undefined => (txEnabled ? undefined : new MeshKeyMissingError('transactions need a mesh key (TXMESH_MESH_KEY, TXMESH_MESH_KEY_FILE or mesh.keyFile)'))
-  const stopKeyWatch = keys !== undefined && config.mesh.keyFile !== undefined ? watchKeyFile(keys, config.mesh.keyFile, log) : undefined
+  const txUnavailable = (): MeshKeyMissingError | undefined =>
+    txEnabled
+      ? undefined
+      : new MeshKeyMissingError('transactions need a mesh key (TXMESH_MESH_KEY, TXMESH_MESH_KEY_FILE or mesh.keyFile)')
+  const stopKeyWatch =
+    keys !== undefined && config.mesh.keyFile !== undefined ? watchKeyFile(keys, config.mesh.keyFile, log) : undefined
   // The admin token: admin.tokenFile is re-read when it changes, as the mesh key file is.
   let adminToken = config.admin.token
-  const stopTokenWatch = config.admin.tokenFile === undefined ? undefined : watchAdminTokenFile(config.admin.tokenFile, log, () => adminToken, (t) => (adminToken = t))
+  const stopTokenWatch =
+    config.admin.tokenFile === undefined
+      ? undefined
+      : watchAdminTokenFile(
+          config.admin.tokenFile,
+          log,
+          () => adminToken,
+          (t) => (adminToken = t),
+        )
   let coordinator: CoordinatorDriver | undefined
   let participant: ParticipantDriver | undefined
   let steps: SagaDriver | undefined
@@ -104,11 +116,16 @@ export async function startSidecar(config: SidecarConfig, log: Logger): Promise<
     browser: { allowedHosts: config.admin.allowedHosts, allowedOrigins: config.admin.allowedOrigins },
     stats: () => ({
       log: fileLog?.stats(),
-      transactions: coordinator === undefined ? undefined : { active: coordinator.activeCount, ...coordinator.outcomes },
-      steps: steps === undefined ? undefined : { active: steps.activeCount, stuck: steps.stuckCount, ...steps.outcomes },
+      transactions:
+        coordinator === undefined ? undefined : { active: coordinator.activeCount, ...coordinator.outcomes },
+      steps:
+        steps === undefined ? undefined : { active: steps.activeCount, stuck: steps.stuckCount, ...steps.outcomes },
       branches: participant?.branchCount,
       // Messages sent batched and the exchanges that carried them (src/tx/batcher.ts).
-      batches: controlClient === undefined ? undefined : { control: controlClient.batchCounters, hooks: participant?.hookBatchCounters },
+      batches:
+        controlClient === undefined
+          ? undefined
+          : { control: controlClient.batchCounters, hooks: participant?.hookBatchCounters },
       eventLoop: loop?.read(),
     }),
     txUnavailable,
@@ -145,7 +162,11 @@ export async function startSidecar(config: SidecarConfig, log: Logger): Promise<
 
     let plane: TxPlane | undefined
     if (keys !== undefined) {
-      const opened = await FileLog.open(resolvePath(config.storeDir), { logger: log, onSync: (n, sec) => metrics.logSync(n, sec), ...(config.storeSync === undefined ? {} : { sync: config.storeSync }) })
+      const opened = await FileLog.open(resolvePath(config.storeDir), {
+        logger: log,
+        onSync: (n, sec) => metrics.logSync(n, sec),
+        ...(config.storeSync === undefined ? {} : { sync: config.storeSync }),
+      })
       fileLog = opened.log
       const incarnation = await logIncarnation(fileLog, opened.records)
       const run = newRunTag()
@@ -159,13 +180,36 @@ export async function startSidecar(config: SidecarConfig, log: Logger): Promise<
         bus.record(type, data)
       }
       const publish = (id: string, messages: readonly TxMessage[]): Promise<void> => bus.publish(id, messages)
-      const appOrigin = config.app.host.includes(':') ? `http://[${config.app.host}]:${config.app.port}` : `http://${config.app.host}:${config.app.port}`
+      const appOrigin = config.app.host.includes(':')
+        ? `http://[${config.app.host}]:${config.app.port}`
+        : `http://${config.app.host}:${config.app.port}`
       // Its own pool: the forwarder's pools are evicted when many upstreams are in use.
-      appPool = new Pool(appOrigin, { connections: LIMITS.poolConnectionsPerOrigin, keepAliveTimeout: LIMITS.upstreamKeepAliveMs, connect: { timeout: LIMITS.connectTimeoutMs } })
+      appPool = new Pool(appOrigin, {
+        connections: LIMITS.poolConnectionsPerOrigin,
+        keepAliveTimeout: LIMITS.upstreamKeepAliveMs,
+        connect: { timeout: LIMITS.connectTimeoutMs },
+      })
       // With peer TLS, https:// step targets (services reached over TLS) get the mesh CA and this
       // sidecar's certificate; the connector opens plain http:// targets as before.
-      const io = productionIo({ log: fileLog, control: controlClient, app: appPool, http: peerAgent(peerTls), logger: log })
-      coordinator = new CoordinatorDriver({ io, self, incarnation: incarnation.id, run, keys, logger: log, metrics, tracing, onEvent, publish })
+      const io = productionIo({
+        log: fileLog,
+        control: controlClient,
+        app: appPool,
+        http: peerAgent(peerTls),
+        logger: log,
+      })
+      coordinator = new CoordinatorDriver({
+        io,
+        self,
+        incarnation: incarnation.id,
+        run,
+        keys,
+        logger: log,
+        metrics,
+        tracing,
+        onEvent,
+        publish,
+      })
       participant = new ParticipantDriver({
         io,
         service: config.service,
@@ -177,9 +221,38 @@ export async function startSidecar(config: SidecarConfig, log: Logger): Promise<
         coordinators: config.mesh.coordinators,
         onEvent,
       })
-      steps = new SagaDriver({ io, self, incarnation: incarnation.id, run, keys, logger: log, metrics, onEvent, publish, policy: config.steps, targets: { origins: serviceOrigins(config), controls: config.mesh.coordinators } })
-      const tcc = new TccParticipant({ io, service: config.service, self, incarnation: incarnation.id, appOrigin, hooks: config.hooks, logger: log, onEvent })
-      plane = new ActiveTxPlane({ keys, coordinators: config.mesh.coordinators, coordinator, participant, tcc, steps, control: controlClient })
+      steps = new SagaDriver({
+        io,
+        self,
+        incarnation: incarnation.id,
+        run,
+        keys,
+        logger: log,
+        metrics,
+        onEvent,
+        publish,
+        policy: config.steps,
+        targets: { origins: serviceOrigins(config), controls: config.mesh.coordinators },
+      })
+      const tcc = new TccParticipant({
+        io,
+        service: config.service,
+        self,
+        incarnation: incarnation.id,
+        appOrigin,
+        hooks: config.hooks,
+        logger: log,
+        onEvent,
+      })
+      plane = new ActiveTxPlane({
+        keys,
+        coordinators: config.mesh.coordinators,
+        coordinator,
+        participant,
+        tcc,
+        steps,
+        control: controlClient,
+      })
       controlDeps = { keys, self, coordinator, participant, tcc, steps, logger: log }
       // The outbox first: events the drivers emit while recovering continue each transaction's
       // sequence after the logged ones (same ids would be taken for duplicates by the bus).
@@ -205,7 +278,17 @@ export async function startSidecar(config: SidecarConfig, log: Logger): Promise<
       selfPorts,
       resolve: egressResolver(config, () => ({ host: L.egress.host, port: ports.egress })),
     })
-    const ingress = new ProxyServer({ direction: 'ingress', config, forwarder, log, tx: plane, tracing, peerTls, selfPorts, resolve: ingressResolver(config) })
+    const ingress = new ProxyServer({
+      direction: 'ingress',
+      config,
+      forwarder,
+      log,
+      tx: plane,
+      tracing,
+      peerTls,
+      selfPorts,
+      resolve: ingressResolver(config),
+    })
     ports.egress = await egress.listen(L.egress.host, L.egress.port)
     selfPorts.add(ports.egress)
     bound.push(egress.server)
@@ -221,7 +304,14 @@ export async function startSidecar(config: SidecarConfig, log: Logger): Promise<
         const [e, i] = await Promise.all([egress.drain(timeoutMs), ingress.drain(timeoutMs)])
         coordinator?.close()
         participant?.close()
-        await Promise.all([steps?.close(), outbox?.close(), closeServer(control), forwarder.close(), controlClient?.close(), appPool?.close()])
+        await Promise.all([
+          steps?.close(),
+          outbox?.close(),
+          closeServer(control),
+          forwarder.close(),
+          controlClient?.close(),
+          appPool?.close(),
+        ])
         await fileLog?.close()
         loop?.close()
         stopKeyWatch?.()
@@ -251,7 +341,8 @@ export async function startSidecar(config: SidecarConfig, log: Logger): Promise<
 function startPeerTls(config: SidecarConfig, log: Logger): PeerTls {
   const settings = config.tls as NonNullable<SidecarConfig['tls']>
   const material = readTlsMaterial(settings)
-  if (typeof material === 'string') throw new ConfigInvalidError([{ file: config.source, line: 0, col: 0, message: `tls: ${material}` }])
+  if (typeof material === 'string')
+    throw new ConfigInvalidError([{ file: config.source, line: 0, col: 0, message: `tls: ${material}` }])
   const tls = new PeerTls(settings, material, log)
   tls.watch()
   return tls
@@ -263,7 +354,14 @@ function createOutbox(config: SidecarConfig, log: FileLog, logger: Logger): Outb
   let messages: Sink | undefined
   const n = config.events.nats
   if (n !== undefined) {
-    const nats = new LazyNatsSink({ servers: [...n.servers], stream: n.stream, subjects: [`${EVENT_SUBJECT_PREFIX}.>`, ...n.topics], name: `txmesh-${config.service}`, timeoutMs: LIMITS.eventSinkTimeoutMs, logger })
+    const nats = new LazyNatsSink({
+      servers: [...n.servers],
+      stream: n.stream,
+      subjects: [`${EVENT_SUBJECT_PREFIX}.>`, ...n.topics],
+      name: `txmesh-${config.service}`,
+      timeoutMs: LIMITS.eventSinkTimeoutMs,
+      logger,
+    })
     sinks.push(nats)
     messages = nats
   }
@@ -275,7 +373,12 @@ function createOutbox(config: SidecarConfig, log: FileLog, logger: Logger): Outb
  * Re-reads admin.tokenFile when it changes: a valid new token replaces the old one at once (the
  * old one is refused from then on); an unreadable or invalid file keeps the current token.
  */
-function watchAdminTokenFile(file: string, log: Logger, current: () => Buffer | undefined, replace: (t: Buffer) => void): () => void {
+function watchAdminTokenFile(
+  file: string,
+  log: Logger,
+  current: () => Buffer | undefined,
+  replace: (t: Buffer) => void,
+): () => void {
   return watchSecretFile(file, {
     parse: checkAdminToken,
     apply: (t) => {

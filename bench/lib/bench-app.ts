@@ -34,7 +34,10 @@ export function benchApp(): BenchApp {
 }
 
 /** Serves `handle` behind the helper; a failure answers 500 and is reported on stderr. */
-export function serveBenchApp(app: BenchApp, handle: (req: IncomingMessage, res: ServerResponse, tx: TxmeshPgTx | undefined) => Promise<void>): void {
+export function serveBenchApp(
+  app: BenchApp,
+  handle: (req: IncomingMessage, res: ServerResponse, tx: TxmeshPgTx | undefined) => Promise<void>,
+): void {
   const server = createServer(
     app.txm.handler(async (req, res, tx) => {
       try {

@@ -122,7 +122,9 @@ class Autocannon implements LoadGenerator {
 
   async run(url: string, connections: number, seconds: number): Promise<LoadResult> {
     const args = [this.script, '--json', '--no-progress', '-c', String(connections), '-d', String(seconds), url]
-    const out = await runToEnd(this.group.start(`autocannon c=${connections}`, this.cpu, process.execPath, args, { transient: true }))
+    const out = await runToEnd(
+      this.group.start(`autocannon c=${connections}`, this.cpu, process.execPath, args, { transient: true }),
+    )
     const j: unknown = JSON.parse(out)
     if (!isAutocannonJson(j)) throw new Error(`unexpected autocannon report: ${out.slice(0, 500)}`)
     return {
@@ -142,7 +144,11 @@ class Autocannon implements LoadGenerator {
  * wrk when installed (BENCH_LOADGEN=autocannon forces the fallback), else autocannon from
  * node_modules.
  */
-export function pickLoadGenerator(group: ProcessGroup, cpu: string | undefined, prefer: string | undefined): LoadGenerator {
+export function pickLoadGenerator(
+  group: ProcessGroup,
+  cpu: string | undefined,
+  prefer: string | undefined,
+): LoadGenerator {
   const wrk = prefer === 'autocannon' ? undefined : findExecutable('wrk')
   if (wrk !== undefined) return new Wrk(wrk, group, cpu, `${wrk} -t1 (1 thread)`)
   if (prefer === 'wrk') throw new Error('BENCH_LOADGEN=wrk but wrk is not on PATH')

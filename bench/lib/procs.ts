@@ -297,7 +297,8 @@ export async function waitForPort(port: number, svc: Service, timeoutMs = 10_000
       sock.once('error', () => resolve(false))
     })
     if (ok) return
-    if (Date.now() > deadline) throw new Error(`${svc.name}: port ${port} not accepting within ${timeoutMs} ms\n${svc.tail()}`)
+    if (Date.now() > deadline)
+      throw new Error(`${svc.name}: port ${port} not accepting within ${timeoutMs} ms\n${svc.tail()}`)
     await sleep(50)
   }
 }

@@ -157,14 +157,21 @@ export function printReport(r: Report): void {
   for (const [k, v] of badProbes) out.push(`probe ${k}: ${v}`)
   const broken = r.rows.filter((row) => row.non2xx > 0 || row.errors > 0)
   for (const row of broken) {
-    out.push(`WARNING: ${row.target} c=${row.connections}: ${row.non2xx} non-2xx responses, ${row.errors} socket errors`)
+    out.push(
+      `WARNING: ${row.target} c=${row.connections}: ${row.non2xx} non-2xx responses, ${row.errors} socket errors`,
+    )
   }
   for (const row of r.rows.filter((x) => x.stealPct !== undefined && x.stealPct > 5)) {
-    out.push(`WARNING: ${row.target} c=${row.connections}: hypervisor steal ${Math.round(row.stealPct ?? 0)}%, figures are unreliable`)
+    out.push(
+      `WARNING: ${row.target} c=${row.connections}: hypervisor steal ${Math.round(row.stealPct ?? 0)}%, figures are unreliable`,
+    )
   }
   for (const [name, tail] of Object.entries(r.childOutput)) {
     const lines = tail.split('\n')
-    out.push(`output of ${name} (${lines.length} line(s), last 5):`, ...lines.slice(-5).map((l) => `  ${l.slice(0, 300)}`))
+    out.push(
+      `output of ${name} (${lines.length} line(s), last 5):`,
+      ...lines.slice(-5).map((l) => `  ${l.slice(0, 300)}`),
+    )
   }
   if (r.loadGenerator.latencyResolutionUs > 1) {
     out.push(`note: ${r.loadGenerator.name} latencies have ${r.loadGenerator.latencyResolutionUs} µs resolution`)

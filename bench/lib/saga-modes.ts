@@ -68,7 +68,8 @@ function transferPath(t: SagaTransfer, i: number): string {
 
 class DirectMode implements SagaMode {
   readonly name = 'direct'
-  readonly label = 'the same 2 calls straight to the apps, each UPDATE in autocommit (no sidecar, no barrier, not atomic)'
+  readonly label =
+    'the same 2 calls straight to the apps, each UPDATE in autocommit (no sidecar, no barrier, not atomic)'
   readonly work = '2 HTTP exchanges, 2 SQL statements, 2 Postgres WAL flushes in sequence (one per autocommit)'
   private readonly apps: HttpPool[]
 
@@ -82,10 +83,15 @@ class DirectMode implements SagaMode {
 
   async transfer(t: SagaTransfer): Promise<Attempt> {
     for (let i = 0; i < this.apps.length; i++) {
-      const r = await (this.apps[i] as HttpPool).request({ path: transferPath(t, i), method: 'POST', headers: { 'content-length': '0' } })
+      const r = await (this.apps[i] as HttpPool).request({
+        path: transferPath(t, i),
+        method: 'POST',
+        headers: { 'content-length': '0' },
+      })
       await r.body.dump()
       // Nothing undoes a's debit when b fails: why this mode is no answer.
-      if (r.statusCode !== 200) return { outcome: 'error', detail: `${SAGA_SERVICES[i] as string} answered ${r.statusCode}` }
+      if (r.statusCode !== 200)
+        return { outcome: 'error', detail: `${SAGA_SERVICES[i] as string} answered ${r.statusCode}` }
     }
     return { outcome: 'committed' }
   }
@@ -114,14 +120,16 @@ class SagaThroughSidecars implements SagaMode {
     this.admin = httpPool(c.coordinator.ports.admin, connections)
     this.egress = httpPool(c.coordinator.ports.egress, connections)
     if (!abort) {
-      this.label = "begin at the coordinator sidecar's admin API, 2 calls via its egress -> participant sidecar -> app (barrier), commit"
+      this.label =
+        "begin at the coordinator sidecar's admin API, 2 calls via its egress -> participant sidecar -> app (barrier), commit"
       this.work =
         '8 HTTP exchanges (begin + commit at the admin API; 2 × driver -> coordinator egress -> participant ingress -> app), ' +
         '8 SQL statements (per step: BEGIN, INSERT barrier row, UPDATE, COMMIT), 2 Postgres WAL flushes, ' +
         '5 forced coordinator log appends (per step its intent before the call and its record after it; the commit decision), ' +
         '7 forced writes in sequence'
     } else {
-      this.label = 'the same 2 steps, then abort?wait=acks: compensations b then a through the participant sidecars (barrier), answered once both are done'
+      this.label =
+        'the same 2 steps, then abort?wait=acks: compensations b then a through the participant sidecars (barrier), answered once both are done'
       this.work =
         '12 HTTP exchanges (+ 2 compensations coordinator -> participant ingress -> app), 18 SQL statements (+ per undo: BEGIN, ' +
         'INSERT action row (conflicts), INSERT compensate row, UPDATE, COMMIT), 4 Postgres WAL flushes, 4 forced coordinator log ' +
@@ -130,9 +138,15 @@ class SagaThroughSidecars implements SagaMode {
   }
 
   async transfer(t: SagaTransfer): Promise<Attempt> {
-    const begin = await this.admin.request({ path: '/v1/transactions', method: 'POST', headers: { 'content-type': 'application/json' }, body: BEGIN_BODY })
+    const begin = await this.admin.request({
+      path: '/v1/transactions',
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: BEGIN_BODY,
+    })
     const began: unknown = await begin.body.json()
-    if (begin.statusCode !== 201 || !isBeginAnswer(began)) return { outcome: 'error', detail: `begin answered ${begin.statusCode}${errorCode(begin.headers)}` }
+    if (begin.statusCode !== 201 || !isBeginAnswer(began))
+      return { outcome: 'error', detail: `begin answered ${begin.statusCode}${errorCode(begin.headers)}` }
     const done: SagaServiceName[] = []
     for (let i = 0; i < SAGA_SERVICES.length; i++) {
       const svc = SAGA_SERVICES[i] as SagaServiceName
@@ -144,7 +158,10 @@ class SagaThroughSidecars implements SagaMode {
       await r.body.dump()
       if (r.statusCode !== 200) {
         const undone = await this.finish(began.id, 'abort', done)
-        return { outcome: undone.outcome === 'error' ? 'error' : 'aborted', detail: `${svc} answered ${r.statusCode}${errorCode(r.headers)}` }
+        return {
+          outcome: undone.outcome === 'error' ? 'error' : 'aborted',
+          detail: `${svc} answered ${r.statusCode}${errorCode(r.headers)}`,
+        }
       }
       this.expect.actions[svc]++
       done.push(svc)
@@ -159,11 +176,18 @@ class SagaThroughSidecars implements SagaMode {
   private async finish(id: string, op: 'commit' | 'abort', done: readonly SagaServiceName[]): Promise<Attempt> {
     const wait = op === 'abort' && this.abort ? '?wait=acks' : ''
     if (op === 'abort') for (const s of done) this.expect.compensations[s]++
-    const r = await this.admin.request({ path: `/v1/transactions/${id}/${op}${wait}`, method: 'POST', headers: { 'content-length': '0' } })
+    const r = await this.admin.request({
+      path: `/v1/transactions/${id}/${op}${wait}`,
+      method: 'POST',
+      headers: { 'content-length': '0' },
+    })
     const body: unknown = await r.body.json()
-    if (r.statusCode !== 200 || !isOutcomeAnswer(body)) return { outcome: 'error', detail: `${op} answered ${r.statusCode}${errorCode(r.headers)}` }
-    if (body.outcome === 'committed') return op === 'commit' ? { outcome: 'committed' } : { outcome: 'error', detail: 'abort answered committed' }
-    if (op === 'commit') return { outcome: 'aborted', detail: `aborted: ${body.reason ?? 'no reason given'}`.slice(0, 160) }
+    if (r.statusCode !== 200 || !isOutcomeAnswer(body))
+      return { outcome: 'error', detail: `${op} answered ${r.statusCode}${errorCode(r.headers)}` }
+    if (body.outcome === 'committed')
+      return op === 'commit' ? { outcome: 'committed' } : { outcome: 'error', detail: 'abort answered committed' }
+    if (op === 'commit')
+      return { outcome: 'aborted', detail: `aborted: ${body.reason ?? 'no reason given'}`.slice(0, 160) }
     if (wait !== '') {
       const steps = (body as { steps?: { status?: unknown }[] }).steps ?? []
       const open = steps.filter((s) => s.status !== 'finished').length
@@ -177,7 +201,12 @@ class SagaThroughSidecars implements SagaMode {
   }
 }
 
-export function createSagaMode(name: SagaModeName, c: Cluster, connections: number, expect: BarrierExpectation): SagaMode {
+export function createSagaMode(
+  name: SagaModeName,
+  c: Cluster,
+  connections: number,
+  expect: BarrierExpectation,
+): SagaMode {
   switch (name) {
     case 'direct':
       return new DirectMode(c, connections)

@@ -88,7 +88,26 @@ export interface SagaReport {
 const DASH = '—'
 
 export function printSagaReport(r: SagaReport): void {
-  const header = ['mode', 'conc', 'tx/s', 'p50', 'p99', 'done', 'aborted', 'errors', 'machine µs/tx', 'procs µs/tx:', 'pg', 'apps', 'part.sc', 'coord.sc', 'driver', 'busy', 'steal', 'coord fsyncs/saga']
+  const header = [
+    'mode',
+    'conc',
+    'tx/s',
+    'p50',
+    'p99',
+    'done',
+    'aborted',
+    'errors',
+    'machine µs/tx',
+    'procs µs/tx:',
+    'pg',
+    'apps',
+    'part.sc',
+    'coord.sc',
+    'driver',
+    'busy',
+    'steal',
+    'coord fsyncs/saga',
+  ]
   const align: Align[] = header.map((_, i) => (i === 0 ? 'l' : 'r'))
   const body: string[][] = []
   let lastC: number | undefined
@@ -119,16 +138,27 @@ export function printSagaReport(r: SagaReport): void {
     ])
   }
   const out: string[] = [table(header, align, body), '']
-  out.push('tx/s: transfers per second that ended as the mode intends (saga-abort: rolled back, both steps compensated).')
-  out.push('machine µs/tx: busy CPU time of the whole machine per transfer (kernel included: fsync, softirq). procs µs/tx:')
-  out.push('the benchmark\'s processes, then by group: Postgres, the 2 apps, the 2 participant sidecars, the coordinator sidecar,')
-  out.push('the driver. coord fsyncs/saga: fsyncs of the coordinator\'s log per saga it ended (group commit shares them).')
+  out.push(
+    'tx/s: transfers per second that ended as the mode intends (saga-abort: rolled back, both steps compensated).',
+  )
+  out.push(
+    'machine µs/tx: busy CPU time of the whole machine per transfer (kernel included: fsync, softirq). procs µs/tx:',
+  )
+  out.push(
+    "the benchmark's processes, then by group: Postgres, the 2 apps, the 2 participant sidecars, the coordinator sidecar,",
+  )
+  out.push(
+    "the driver. coord fsyncs/saga: fsyncs of the coordinator's log per saga it ended (group commit shares them).",
+  )
   for (const [k, v] of Object.entries(r.modes)) out.push(`  ${k}: ${v}`)
   appendWarningsAndChecks(out, r.rows, (row) => row.mode, r.childOutput, r.checks, 'reference')
 
   const c = r.consistency
   const barrier = c.barrier
-    .map((b) => `${b.service}: ${b.actionRows} action rows (expected ${b.expectedActionRows}), ${b.compensateRows} compensate rows (expected ${b.expectedCompensateRows})`)
+    .map(
+      (b) =>
+        `${b.service}: ${b.actionRows} action rows (expected ${b.expectedActionRows}), ${b.compensateRows} compensate rows (expected ${b.expectedCompensateRows})`,
+    )
     .join('; ')
   out.push(
     c.ok

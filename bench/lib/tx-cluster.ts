@@ -11,7 +11,15 @@ import pg from 'pg'
 import { request } from 'undici'
 import { SIDECAR_NODE_FLAGS } from '../../src/runtime.js'
 import { startPostgres, type PostgresInstance } from '../../test/helpers/pg.js'
-import { childPids, clockTicksPerSecond, cpuUse, firstJsonLine, readCpuTimes, type CpuTimes, type ProcessGroup } from './procs.js'
+import {
+  childPids,
+  clockTicksPerSecond,
+  cpuUse,
+  firstJsonLine,
+  readCpuTimes,
+  type CpuTimes,
+  type ProcessGroup,
+} from './procs.js'
 
 export const SERVICES = ['a', 'b', 'c'] as const
 export type ServiceName = (typeof SERVICES)[number]
@@ -70,7 +78,12 @@ export interface Cluster {
   readonly participants: readonly SidecarProc[]
   readonly coordinator: SidecarProc
   /** Sizes the helper and the pools were given (printed with the results). */
-  readonly sizing: { readonly appPoolMax: number; readonly maxOpen: number; readonly maxPreparedTransactions: number; readonly maxConnections: number }
+  readonly sizing: {
+    readonly appPoolMax: number
+    readonly maxOpen: number
+    readonly maxPreparedTransactions: number
+    readonly maxConnections: number
+  }
   /** Sum of all balances over the databases right after seeding. */
   readonly initialTotal: bigint
 }
@@ -82,7 +95,13 @@ interface Listening {
 }
 function isListening(v: unknown): v is Listening {
   const o = v as Record<string, unknown> | null
-  return typeof o === 'object' && o !== null && o.event === 'listening' && typeof o.port === 'number' && typeof o.pid === 'number'
+  return (
+    typeof o === 'object' &&
+    o !== null &&
+    o.event === 'listening' &&
+    typeof o.port === 'number' &&
+    typeof o.pid === 'number'
+  )
 }
 
 interface SidecarListening {
@@ -94,7 +113,11 @@ function isSidecarListening(v: unknown): v is SidecarListening {
   const o = v as Record<string, unknown> | null
   if (typeof o !== 'object' || o === null || o.event !== 'listening' || typeof o.pid !== 'number') return false
   const p = o.ports as Record<string, unknown> | null
-  return typeof p === 'object' && p !== null && ['egress', 'ingress', 'control', 'admin'].every((k) => typeof p[k] === 'number')
+  return (
+    typeof p === 'object' &&
+    p !== null &&
+    ['egress', 'ingress', 'control', 'admin'].every((k) => typeof p[k] === 'number')
+  )
 }
 
 function childEnv(extra: Record<string, string> = {}): NodeJS.ProcessEnv {
@@ -113,7 +136,11 @@ function profileFlags(o: ClusterOptions, name: string): string[] {
   return ['--cpu-prof', `--cpu-prof-dir=${join(o.cpuProfileDir, name)}`]
 }
 
-export async function startCluster(group: ProcessGroup, o: ClusterOptions, onPostgres: (p: PostgresInstance) => void): Promise<Cluster> {
+export async function startCluster(
+  group: ProcessGroup,
+  o: ClusterOptions,
+  onPostgres: (p: PostgresInstance) => void,
+): Promise<Cluster> {
   const c = o.maxConcurrency
   const services = o.services ?? SERVICES
   // Each open branch holds a connection, and COMMIT PREPARED takes another: maxOpen above the
@@ -132,10 +159,14 @@ export async function startCluster(group: ProcessGroup, o: ClusterOptions, onPos
     extraFlags: [
       // Durability is part of what is measured: every COMMIT, PREPARE TRANSACTION and COMMIT
       // PREPARED waits for its WAL flush, as in production.
-      '-c', 'fsync=on',
-      '-c', 'synchronous_commit=on',
-      '-c', 'full_page_writes=on',
-      '-c', `max_connections=${maxConnections}`,
+      '-c',
+      'fsync=on',
+      '-c',
+      'synchronous_commit=on',
+      '-c',
+      'full_page_writes=on',
+      '-c',
+      `max_connections=${maxConnections}`,
     ],
   })
   onPostgres(pgi)
@@ -153,7 +184,10 @@ export async function startCluster(group: ProcessGroup, o: ClusterOptions, onPos
     await client.connect()
     try {
       await client.query('CREATE TABLE accounts (id int PRIMARY KEY, balance bigint NOT NULL)')
-      await client.query('INSERT INTO accounts SELECT g, $1 FROM generate_series(1, $2) g', [o.initialBalance, o.accounts])
+      await client.query('INSERT INTO accounts SELECT g, $1 FROM generate_series(1, $2) g', [
+        o.initialBalance,
+        o.accounts,
+      ])
       await client.query('VACUUM ANALYZE accounts')
       const r = await client.query<{ s: string }>('SELECT sum(balance)::text AS s FROM accounts')
       initialTotal += BigInt(r.rows[0]?.s ?? '0')
@@ -171,7 +205,12 @@ export async function startCluster(group: ProcessGroup, o: ClusterOptions, onPos
       [...profileFlags(o, `app-${name}`), '--import', 'tsx', join(o.root, 'bench', o.appScript ?? 'tx-app.ts')],
       {
         cwd: o.root,
-        env: childEnv({ DATABASE_URL: pgi.connectionString(name), SERVICE: name, POOL_MAX: String(appPoolMax), MAX_OPEN: String(maxOpen) }),
+        env: childEnv({
+          DATABASE_URL: pgi.connectionString(name),
+          SERVICE: name,
+          POOL_MAX: String(appPoolMax),
+          MAX_OPEN: String(maxOpen),
+        }),
       },
     )
     const l = await firstJsonLine(svc, isListening)
@@ -183,7 +222,13 @@ export async function startCluster(group: ProcessGroup, o: ClusterOptions, onPos
   const addresses = participants.map((p) => `  ${p.name}: {address: "127.0.0.1:${p.ports.ingress}"}`).join('\n')
   // The coordinator's app is the driver, which serves nothing: ingress is never used, the port
   // only has to be valid.
-  const coordinator = await startSidecar(group, o, 'coordinator', 9, `services:\n${addresses}\n${o.coordinatorExtra ?? ''}`)
+  const coordinator = await startSidecar(
+    group,
+    o,
+    'coordinator',
+    9,
+    `services:\n${addresses}\n${o.coordinatorExtra ?? ''}`,
+  )
 
   return {
     pg: pgi,
@@ -195,7 +240,13 @@ export async function startCluster(group: ProcessGroup, o: ClusterOptions, onPos
   }
 }
 
-async function startSidecar(group: ProcessGroup, o: ClusterOptions, name: string, appPort: number, extra: string): Promise<SidecarProc> {
+async function startSidecar(
+  group: ProcessGroup,
+  o: ClusterOptions,
+  name: string,
+  appPort: number,
+  extra: string,
+): Promise<SidecarProc> {
   const storeDir = join(o.dir, `store-${name}`)
   const file = join(o.dir, `sidecar-${name}.yaml`)
   writeFileSync(
@@ -231,7 +282,10 @@ async function startSidecar(group: ProcessGroup, o: ClusterOptions, name: string
     '--admin-port',
     '0',
   ]
-  const svc = group.start(`sidecar ${name}`, o.nodeCpu, process.execPath, args, { cwd: o.root, env: childEnv({ TXMESH_MESH_KEY: MESH_KEY }) })
+  const svc = group.start(`sidecar ${name}`, o.nodeCpu, process.execPath, args, {
+    cwd: o.root,
+    env: childEnv({ TXMESH_MESH_KEY: MESH_KEY }),
+  })
   const l = await firstJsonLine(svc, isSidecarListening)
   return { name, pid: svc.pid, ports: l.ports, storeDir }
 }
@@ -271,7 +325,12 @@ export interface SidecarStats {
   readonly aborted: number
   readonly active: number
   /** Step transactions (saga, tcc) this sidecar coordinates. */
-  readonly steps: { readonly committed: number; readonly aborted: number; readonly active: number; readonly stuck: number }
+  readonly steps: {
+    readonly committed: number
+    readonly aborted: number
+    readonly active: number
+    readonly stuck: number
+  }
 }
 
 function num(v: unknown): number {
@@ -292,7 +351,12 @@ export async function sidecarStats(adminPort: number): Promise<SidecarStats> {
   const b = (o.batches ?? {}) as { control?: Record<string, unknown>; hooks?: Record<string, unknown> }
   return {
     log: { appends: num(log.appends), fsyncs: num(log.fsyncs) },
-    batches: { controlItems: num(b.control?.items), controlBatches: num(b.control?.batches), hookItems: num(b.hooks?.items), hookBatches: num(b.hooks?.batches) },
+    batches: {
+      controlItems: num(b.control?.items),
+      controlBatches: num(b.control?.batches),
+      hookItems: num(b.hooks?.items),
+      hookBatches: num(b.hooks?.batches),
+    },
     committed: num(tx.committed),
     aborted: num(tx.aborted),
     active: num(tx.active),
@@ -313,7 +377,13 @@ export interface CpuSnapshot {
 }
 
 export type CpuGroup = Exclude<keyof CpuSnapshot, 'machine'>
-export const CPU_GROUPS: readonly CpuGroup[] = ['postgres', 'apps', 'participantSidecars', 'coordinatorSidecar', 'driver']
+export const CPU_GROUPS: readonly CpuGroup[] = [
+  'postgres',
+  'apps',
+  'participantSidecars',
+  'coordinatorSidecar',
+  'driver',
+]
 
 /** utime+stime (and, with `children`, cutime+cstime of reaped children) in clock ticks. */
 function ticks(pid: number, children: boolean): number {
@@ -332,7 +402,8 @@ function ticks(pid: number, children: boolean): number {
 function postmasterPid(p: PostgresInstance): number {
   const first = readFileSync(join(p.dataDir, 'postmaster.pid'), 'latin1').split('\n')[0] ?? ''
   const pid = Number(first.trim())
-  if (!Number.isInteger(pid) || pid <= 0) throw new Error(`cannot read the postmaster pid from ${p.dataDir}/postmaster.pid`)
+  if (!Number.isInteger(pid) || pid <= 0)
+    throw new Error(`cannot read the postmaster pid from ${p.dataDir}/postmaster.pid`)
   return pid
 }
 
@@ -396,11 +467,24 @@ export async function checkConsistency(c: Cluster): Promise<Consistency> {
     const client = new pg.Client({ connectionString: c.pg.connectionString(name) })
     await client.connect()
     try {
-      total += BigInt((await client.query<{ s: string }>('SELECT sum(balance)::text AS s FROM accounts')).rows[0]?.s ?? '0')
-      prepared += Number((await client.query<{ n: string }>('SELECT count(*) AS n FROM pg_prepared_xacts WHERE database = current_database()')).rows[0]?.n ?? 0)
+      total += BigInt(
+        (await client.query<{ s: string }>('SELECT sum(balance)::text AS s FROM accounts')).rows[0]?.s ?? '0',
+      )
+      prepared += Number(
+        (
+          await client.query<{ n: string }>(
+            'SELECT count(*) AS n FROM pg_prepared_xacts WHERE database = current_database()',
+          )
+        ).rows[0]?.n ?? 0,
+      )
     } finally {
       await client.end()
     }
   }
-  return { total, expectedTotal: c.initialTotal, preparedLeft: prepared, ok: total === c.initialTotal && prepared === 0 }
+  return {
+    total,
+    expectedTotal: c.initialTotal,
+    preparedLeft: prepared,
+    ok: total === c.initialTotal && prepared === 0,
+  }
 }

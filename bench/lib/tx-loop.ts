@@ -18,18 +18,29 @@ export interface LoopResult {
 const MAX_REASONS = 20
 
 export function closedLoop(mode: Mode, concurrency: number, seconds: number, accounts: number): Promise<LoopResult> {
-  return closedLoopOf((t) => mode.transfer(t), () => randomTransfer(accounts), concurrency, seconds)
+  return closedLoopOf(
+    (t) => mode.transfer(t),
+    () => randomTransfer(accounts),
+    concurrency,
+    seconds,
+  )
 }
 
 /** The loop for any kind of work: `make` draws the next input, `run` performs it. */
-export async function closedLoopOf<T>(run: (t: T) => Promise<Attempt>, make: () => T, concurrency: number, seconds: number): Promise<LoopResult> {
+export async function closedLoopOf<T>(
+  run: (t: T) => Promise<Attempt>,
+  make: () => T,
+  concurrency: number,
+  seconds: number,
+): Promise<LoopResult> {
   const counts: Record<Outcome, number> = { committed: 0, aborted: 0, error: 0 }
   const latencies: number[] = []
   const reasons: Record<string, number> = {}
   const start = performance.now()
   const end = start + seconds * 1000
   const note = (reason: string): void => {
-    if (reasons[reason] !== undefined || Object.keys(reasons).length < MAX_REASONS) reasons[reason] = (reasons[reason] ?? 0) + 1
+    if (reasons[reason] !== undefined || Object.keys(reasons).length < MAX_REASONS)
+      reasons[reason] = (reasons[reason] ?? 0) + 1
   }
 
   const worker = async (): Promise<void> => {
@@ -52,7 +63,15 @@ export async function closedLoopOf<T>(run: (t: T) => Promise<Attempt>, make: () 
   }
   await Promise.all(Array.from({ length: concurrency }, worker))
   const sorted = Float64Array.from(latencies).sort()
-  return { concurrency, seconds, committed: counts.committed, aborted: counts.aborted, errors: counts.error, latenciesUs: sorted, reasons }
+  return {
+    concurrency,
+    seconds,
+    committed: counts.committed,
+    aborted: counts.aborted,
+    errors: counts.error,
+    latenciesUs: sorted,
+    reasons,
+  }
 }
 
 /** Nearest-rank percentile of an ascending array; undefined when empty. */

@@ -2,7 +2,15 @@
 // stats around a run, one measured closed-loop run (rates, latencies, CPU per process group),
 // and the per-row summary (medians over rounds, CPU per counted transfer over all of them).
 import { sleep } from './procs.js'
-import { CPU_GROUPS, cpuDelta, cpuSnapshot, sidecarStats, type Cluster, type CpuGroup, type SidecarStats } from './tx-cluster.js'
+import {
+  CPU_GROUPS,
+  cpuDelta,
+  cpuSnapshot,
+  sidecarStats,
+  type Cluster,
+  type CpuGroup,
+  type SidecarStats,
+} from './tx-cluster.js'
 import { percentile, type LoopResult } from './tx-loop.js'
 
 export function intEnv(name: string, dflt: number, min: number): number {
@@ -63,7 +71,10 @@ export interface RunOptions<L> {
   readonly run: () => Promise<LoopResult>
 }
 
-export async function measureRun<L>(c: Cluster, o: RunOptions<L>): Promise<RunFigures & { readonly logs: L | undefined }> {
+export async function measureRun<L>(
+  c: Cluster,
+  o: RunOptions<L>,
+): Promise<RunFigures & { readonly logs: L | undefined }> {
   // Whatever mode ran before (phase 2, compensations) finishes before this one is measured.
   await quiesce(c, o.inFlight)
   await sleep(200)
@@ -118,7 +129,10 @@ export function summarizeRuns(samples: readonly RunFigures[]) {
     errors: samples.reduce((n, x) => n + x.errors, 0),
     cpuUsPerTx,
     totalCpuUsPerTx: total,
-    machineCpuUsPerTx: count > 0 && samples.every((x) => x.machineCpuSeconds !== undefined) ? (samples.reduce((n, x) => n + (x.machineCpuSeconds ?? 0), 0) * 1e6) / count : undefined,
+    machineCpuUsPerTx:
+      count > 0 && samples.every((x) => x.machineCpuSeconds !== undefined)
+        ? (samples.reduce((n, x) => n + (x.machineCpuSeconds ?? 0), 0) * 1e6) / count
+        : undefined,
     busyPct: median(defined(samples.map((x) => x.busyPct))),
     stealPct: median(defined(samples.map((x) => x.stealPct))),
     reasons,

@@ -128,9 +128,15 @@ class TxmeshMode implements Mode {
   }
 
   async transfer(t: Transfer): Promise<Attempt> {
-    const begin = await this.admin.request({ path: '/v1/transactions', method: 'POST', headers: { 'content-type': 'application/json' }, body: BEGIN_BODY })
+    const begin = await this.admin.request({
+      path: '/v1/transactions',
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: BEGIN_BODY,
+    })
     const began: unknown = await begin.body.json()
-    if (begin.statusCode !== 201 || !isBeginAnswer(began)) return { outcome: 'error', detail: `begin answered ${begin.statusCode}${errorCode(begin.headers)}` }
+    if (begin.statusCode !== 201 || !isBeginAnswer(began))
+      return { outcome: 'error', detail: `begin answered ${begin.statusCode}${errorCode(begin.headers)}` }
     for (let i = 0; i < SERVICES.length; i++) {
       const svc = SERVICES[i] as ServiceName
       const r = await this.egress.request({
@@ -148,10 +154,17 @@ class TxmeshMode implements Mode {
   }
 
   private async finish(id: string, op: 'commit' | 'abort'): Promise<Attempt> {
-    const r = await this.admin.request({ path: `/v1/transactions/${id}/${op}`, method: 'POST', headers: { 'content-length': '0' } })
+    const r = await this.admin.request({
+      path: `/v1/transactions/${id}/${op}`,
+      method: 'POST',
+      headers: { 'content-length': '0' },
+    })
     const body: unknown = await r.body.json()
-    if (r.statusCode !== 200 || !isOutcomeAnswer(body)) return { outcome: 'error', detail: `${op} answered ${r.statusCode}${errorCode(r.headers)}` }
-    return body.outcome === 'committed' ? { outcome: 'committed' } : { outcome: 'aborted', detail: `aborted: ${body.reason ?? 'no reason given'}`.slice(0, 160) }
+    if (r.statusCode !== 200 || !isOutcomeAnswer(body))
+      return { outcome: 'error', detail: `${op} answered ${r.statusCode}${errorCode(r.headers)}` }
+    return body.outcome === 'committed'
+      ? { outcome: 'committed' }
+      : { outcome: 'aborted', detail: `aborted: ${body.reason ?? 'no reason given'}`.slice(0, 160) }
   }
 
   async close(): Promise<void> {
@@ -163,8 +176,10 @@ class TxmeshMode implements Mode {
 
 class LocalMode implements Mode {
   readonly name = 'local'
-  readonly label = 'local commits: 3 HTTP calls straight to the apps, each UPDATE in autocommit (no sidecar, not atomic)'
-  readonly work = '3 HTTP exchanges, 3 SQL statements, 3 Postgres WAL flushes (one per autocommit), 3 forced writes in sequence (one per call)'
+  readonly label =
+    'local commits: 3 HTTP calls straight to the apps, each UPDATE in autocommit (no sidecar, not atomic)'
+  readonly work =
+    '3 HTTP exchanges, 3 SQL statements, 3 Postgres WAL flushes (one per autocommit), 3 forced writes in sequence (one per call)'
   private readonly apps: HttpPool[]
 
   constructor(c: Cluster, connections: number) {
@@ -191,7 +206,8 @@ async function autocommitCalls(t: Transfer, target: (i: number) => { pool: HttpP
     const r = await pool.request({ path, method: 'POST', headers: { 'content-length': '0' } })
     await r.body.dump()
     // Nothing to roll back: the earlier services already committed (why (a) is no answer).
-    if (r.statusCode !== 200) return { outcome: 'error', detail: `${SERVICES[i] as string} answered ${r.statusCode}${errorCode(r.headers)}` }
+    if (r.statusCode !== 200)
+      return { outcome: 'error', detail: `${SERVICES[i] as string} answered ${r.statusCode}${errorCode(r.headers)}` }
   }
   return { outcome: 'committed' }
 }
@@ -200,8 +216,10 @@ async function autocommitCalls(t: Transfer, target: (i: number) => { pool: HttpP
 
 class MeshMode implements Mode {
   readonly name = 'mesh'
-  readonly label = "the calls of (a) through the sidecars: driver -> coordinator sidecar's egress -> participant sidecar's ingress -> app, no context (autocommit, not atomic)"
-  readonly work = '9 HTTP exchanges (3 × driver -> egress -> ingress -> app), 3 SQL statements, 3 Postgres WAL flushes, 3 forced writes in sequence'
+  readonly label =
+    "the calls of (a) through the sidecars: driver -> coordinator sidecar's egress -> participant sidecar's ingress -> app, no context (autocommit, not atomic)"
+  readonly work =
+    '9 HTTP exchanges (3 × driver -> egress -> ingress -> app), 3 SQL statements, 3 Postgres WAL flushes, 3 forced writes in sequence'
   private readonly egress: HttpPool
 
   constructor(c: Cluster, connections: number) {
@@ -209,7 +227,10 @@ class MeshMode implements Mode {
   }
 
   transfer(t: Transfer): Promise<Attempt> {
-    return autocommitCalls(t, (i) => ({ pool: this.egress, path: `http://${SERVICES[i] as string}${transferPath(t, i)}` }))
+    return autocommitCalls(t, (i) => ({
+      pool: this.egress,
+      path: `http://${SERVICES[i] as string}${transferPath(t, i)}`,
+    }))
   }
 
   async close(): Promise<void> {
@@ -227,7 +248,8 @@ interface Branch {
 
 class InProcMode implements Mode {
   readonly name = 'inproc'
-  readonly label = 'in-process coordinator: the driver runs BEGIN/UPDATE, PREPARE TRANSACTION ×3 ∥, COMMIT PREPARED ×3 ∥ on 3 pg pools (pure SQL, no HTTP, no log)'
+  readonly label =
+    'in-process coordinator: the driver runs BEGIN/UPDATE, PREPARE TRANSACTION ×3 ∥, COMMIT PREPARED ×3 ∥ on 3 pg pools (pure SQL, no HTTP, no log)'
   readonly work =
     '0 HTTP, 12 SQL statements (per database: BEGIN, UPDATE, PREPARE TRANSACTION, COMMIT PREPARED), 6 Postgres WAL flushes, ' +
     'no coordinator log (not recoverable), 2 forced writes in sequence (PREPARE ∥, COMMIT PREPARED ∥)'
@@ -237,7 +259,11 @@ class InProcMode implements Mode {
 
   constructor(c: Cluster, connections: number) {
     this.pools = SERVICES.map((name) => {
-      const pool = new pg.Pool({ connectionString: c.pg.connectionString(name), max: connections, idleTimeoutMillis: 0 })
+      const pool = new pg.Pool({
+        connectionString: c.pg.connectionString(name),
+        max: connections,
+        idleTimeoutMillis: 0,
+      })
       pool.on('error', () => undefined) // idle client errors surface on the next query
       return pool
     })
@@ -286,7 +312,8 @@ class InProcMode implements Mode {
       // it is an error of the run and shows in the consistency check.
       const done = await Promise.allSettled(branches.map((b) => b.client.query(`COMMIT PREPARED '${tx}-${b.db}'`)))
       const failed = done.find((v): v is PromiseRejectedResult => v.status === 'rejected')
-      if (failed !== undefined) return { outcome: 'error', detail: `COMMIT PREPARED failed: ${describe(failed.reason)}` }
+      if (failed !== undefined)
+        return { outcome: 'error', detail: `COMMIT PREPARED failed: ${describe(failed.reason)}` }
       return { outcome: 'committed' }
     } finally {
       for (const b of branches) b.client.release(broken)

@@ -95,7 +95,12 @@ export interface TxReport {
   readonly fsync: readonly FsyncRow[]
   /** The concurrency of the fsync check (32 when measured). */
   readonly fsyncConcurrency: number
-  readonly consistency: { readonly ok: boolean; readonly total: string; readonly expectedTotal: string; readonly preparedLeft: number }
+  readonly consistency: {
+    readonly ok: boolean
+    readonly total: string
+    readonly expectedTotal: string
+    readonly preparedLeft: number
+  }
   readonly childOutput: Readonly<Record<string, string>>
 }
 
@@ -118,7 +123,11 @@ export function cpu(us: number | undefined): string {
 
 export type Align = 'l' | 'r'
 
-export function table(header: readonly string[], align: readonly Align[], body: readonly (readonly string[])[]): string {
+export function table(
+  header: readonly string[],
+  align: readonly Align[],
+  body: readonly (readonly string[])[],
+): string {
   const widths = header.map((h, i) => Math.max(h.length, ...body.map((r) => (r[i] ?? '').length)))
   const line = (cells: readonly string[]): string =>
     cells
@@ -129,7 +138,15 @@ export function table(header: readonly string[], align: readonly Align[], body: 
 }
 
 /** Warnings (aborts, errors, steal), the tail of each child's output, then the ratio table. */
-export function appendWarningsAndChecks<R extends { readonly concurrency: number; readonly aborted: number; readonly errors: number; readonly stealPct: number | undefined; readonly reasons: Readonly<Record<string, number>> }>(
+export function appendWarningsAndChecks<
+  R extends {
+    readonly concurrency: number
+    readonly aborted: number
+    readonly errors: number
+    readonly stealPct: number | undefined
+    readonly reasons: Readonly<Record<string, number>>
+  },
+>(
   out: string[],
   rows: readonly R[],
   title: (row: R) => string,
@@ -144,11 +161,16 @@ export function appendWarningsAndChecks<R extends { readonly concurrency: number
     for (const [why, n] of reasons.slice(0, 5)) out.push(`    ${n} × ${why}`)
   }
   for (const row of rows.filter((x) => x.stealPct !== undefined && x.stealPct > 5)) {
-    out.push(`WARNING: ${title(row)} c=${row.concurrency}: hypervisor steal ${Math.round(row.stealPct ?? 0)}%, figures are unreliable`)
+    out.push(
+      `WARNING: ${title(row)} c=${row.concurrency}: hypervisor steal ${Math.round(row.stealPct ?? 0)}%, figures are unreliable`,
+    )
   }
   for (const [name, tail] of Object.entries(childOutput)) {
     const lines = tail.split('\n')
-    out.push(`output of ${name} (${lines.length} line(s), last 5):`, ...lines.slice(-5).map((l) => `  ${l.slice(0, 300)}`))
+    out.push(
+      `output of ${name} (${lines.length} line(s), last 5):`,
+      ...lines.slice(-5).map((l) => `  ${l.slice(0, 300)}`),
+    )
   }
   out.push('')
   const checkRows = checks.map((c) => [
@@ -160,10 +182,33 @@ export function appendWarningsAndChecks<R extends { readonly concurrency: number
   out.push(table(['ratio / figure (same run)', 'value', goalHeader, 'result'], ['l', 'r', 'l', 'l'], checkRows), '')
 }
 
-export const MODE_TITLES: Readonly<Record<ModeName, string>> = { txmesh: 'txmesh', local: '(a) local', inproc: '(b) in-proc', mesh: '(c) mesh only' }
+export const MODE_TITLES: Readonly<Record<ModeName, string>> = {
+  txmesh: 'txmesh',
+  local: '(a) local',
+  inproc: '(b) in-proc',
+  mesh: '(c) mesh only',
+}
 
 export function printTxReport(r: TxReport): void {
-  const header = ['mode', 'conc', 'tx/s', 'p50', 'p99', 'committed', 'aborted', 'errors', 'machine µs/tx', 'procs µs/tx:', 'pg', 'apps', 'part.sc', 'coord.sc', 'driver', 'busy', 'steal']
+  const header = [
+    'mode',
+    'conc',
+    'tx/s',
+    'p50',
+    'p99',
+    'committed',
+    'aborted',
+    'errors',
+    'machine µs/tx',
+    'procs µs/tx:',
+    'pg',
+    'apps',
+    'part.sc',
+    'coord.sc',
+    'driver',
+    'busy',
+    'steal',
+  ]
   const align: Align[] = header.map((_, i) => (i === 0 ? 'l' : 'r'))
   const body: string[][] = []
   let lastC: number | undefined
@@ -192,16 +237,35 @@ export function printTxReport(r: TxReport): void {
     ])
   }
   const out: string[] = [table(header, align, body), '']
-  out.push('machine µs/tx: busy CPU time of the whole machine per committed transfer (kernel threads included: fsync, softirq).')
-  out.push('procs µs/tx: CPU time of the benchmark\'s processes per committed transfer, then by group: Postgres (postmaster and')
-  out.push('backends), the 3 apps, the 3 participant sidecars, the coordinator sidecar, the driver (in (b) the driver is the')
-  out.push('coordinator). busy: all CPUs, % of capacity. Transfers in flight at the end of a run add CPU but are not counted.')
+  out.push(
+    'machine µs/tx: busy CPU time of the whole machine per committed transfer (kernel threads included: fsync, softirq).',
+  )
+  out.push(
+    "procs µs/tx: CPU time of the benchmark's processes per committed transfer, then by group: Postgres (postmaster and",
+  )
+  out.push(
+    'backends), the 3 apps, the 3 participant sidecars, the coordinator sidecar, the driver (in (b) the driver is the',
+  )
+  out.push(
+    'coordinator). busy: all CPUs, % of capacity. Transfers in flight at the end of a run add CPU but are not counted.',
+  )
   for (const [k, v] of Object.entries(r.modes)) out.push(`  ${k}: ${v}`)
   appendWarningsAndChecks(out, r.rows, (row) => MODE_TITLES[row.mode], r.childOutput, r.checks, 'target')
 
   if (r.fsync.length > 0) {
     const names = (r.fsync[0]?.sidecars.map((s) => s.name) ?? []).filter((n) => n !== 'coordinator')
-    const fh = ['txmesh conc', 'committed', 'coordinator fsyncs/tx', ...names.map((n) => `participant ${n} fsyncs/tx`), 'all logs fsyncs/tx', 'all logs appends/tx', 'control msgs/tx', 'in requests/tx', 'hook calls/tx', 'in requests/tx']
+    const fh = [
+      'txmesh conc',
+      'committed',
+      'coordinator fsyncs/tx',
+      ...names.map((n) => `participant ${n} fsyncs/tx`),
+      'all logs fsyncs/tx',
+      'all logs appends/tx',
+      'control msgs/tx',
+      'in requests/tx',
+      'hook calls/tx',
+      'in requests/tx',
+    ]
     const fb = r.fsync.map((f) => [
       String(f.concurrency),
       String(f.committed),
@@ -214,7 +278,13 @@ export function printTxReport(r: TxReport): void {
       num(f.hookCallsPerTx, 2),
       num(f.hookReqsPerTx, 2),
     ])
-    out.push(table(fh, fh.map((_, i) => (i === 0 ? 'l' : 'r')), fb))
+    out.push(
+      table(
+        fh,
+        fh.map((_, i) => (i === 0 ? 'l' : 'r')),
+        fb,
+      ),
+    )
     out.push(
       "(from GET /v1/stats before and after each txmesh run; committed = the coordinator's count, in-flight tail included; control msgs: the",
       "coordinator's prepare/commit/abort to participant sidecars; hook calls: the participants' prepare/commit/abort calls to their apps;",

@@ -22,7 +22,17 @@ import { SIDECAR_NODE_FLAGS } from '../../src/runtime.js'
 import { startPostgres, type PostgresInstance } from '../../test/helpers/pg.js'
 import { readStream, startNats, type NatsServer } from '../../test/helpers/nats.js'
 import { freePort } from '../../test/helpers/servers.js'
-import { SAGA_ROUTES, SAGA_STEPS, barrierOps, describeEvent, followEvents, inventorySaga, ordersSaga, paymentsSaga, waitFor } from './saga.js'
+import {
+  SAGA_ROUTES,
+  SAGA_STEPS,
+  barrierOps,
+  describeEvent,
+  followEvents,
+  inventorySaga,
+  ordersSaga,
+  paymentsSaga,
+  waitFor,
+} from './saga.js'
 
 const CLI = join(import.meta.dirname, '../../dist/cli/index.js')
 const MESH_KEY = 'demo-mesh-key-change-me-0123456789'
@@ -112,10 +122,19 @@ async function main(): Promise<void> {
       await pgi.createDatabase(name)
       const pool = new pg.Pool({ connectionString: pgi.connectionString(name), max: 20 })
       pool.on('error', () => undefined) // idle clients see Postgres stop at the end of the demo
-      services.push({ name, pool, txm: createTxmeshPg({ pool, service: name }), server: createServer(), port: 0, store: mkdtempSync(join(tmpdir(), `txmesh-demo-${name}-`)) })
+      services.push({
+        name,
+        pool,
+        txm: createTxmeshPg({ pool, service: name }),
+        server: createServer(),
+        port: 0,
+        store: mkdtempSync(join(tmpdir(), `txmesh-demo-${name}-`)),
+      })
     }
     const [orders, payments, inventory] = services as [Service, Service, Service]
-    await orders.pool.query('CREATE TABLE orders (id serial PRIMARY KEY, item text NOT NULL, qty int NOT NULL, amount int NOT NULL)')
+    await orders.pool.query(
+      'CREATE TABLE orders (id serial PRIMARY KEY, item text NOT NULL, qty int NOT NULL, amount int NOT NULL)',
+    )
     await payments.pool.query('CREATE TABLE payments (id serial PRIMARY KEY, amount int NOT NULL)')
     await inventory.pool.query(`
       CREATE TABLE stock (item text PRIMARY KEY, qty int NOT NULL);
@@ -131,32 +150,56 @@ async function main(): Promise<void> {
     // commit at once under the barrier (saga.ts).
     await payments.txm.ensureBarrier()
     await inventory.txm.ensureBarrier()
-    payments.server.on('request', payments.txm.handler(async (req, res, tx) => {
-      const body = await json(req)
-      if (req.url?.startsWith('/saga/') === true) return paymentsSaga(payments.txm, req, res, body)
-      await sql(tx, payments.pool, 'INSERT INTO payments (amount) VALUES ($1)', [body.amount])
-      res.writeHead(201).end()
-    }))
-    inventory.server.on('request', inventory.txm.handler(async (req, res, tx) => {
-      const body = await json(req)
-      if (req.url?.startsWith('/saga/') === true) return inventorySaga(inventory.txm, req, res, body)
-      await sql(tx, inventory.pool, 'UPDATE stock SET qty = qty - $1 WHERE item = $2', [body.qty, body.item])
-      res.writeHead(201).end()
-    }))
+    payments.server.on(
+      'request',
+      payments.txm.handler(async (req, res, tx) => {
+        const body = await json(req)
+        if (req.url?.startsWith('/saga/') === true) return paymentsSaga(payments.txm, req, res, body)
+        await sql(tx, payments.pool, 'INSERT INTO payments (amount) VALUES ($1)', [body.amount])
+        res.writeHead(201).end()
+      }),
+    )
+    inventory.server.on(
+      'request',
+      inventory.txm.handler(async (req, res, tx) => {
+        const body = await json(req)
+        if (req.url?.startsWith('/saga/') === true) return inventorySaga(inventory.txm, req, res, body)
+        await sql(tx, inventory.pool, 'UPDATE stock SET qty = qty - $1 WHERE item = $2', [body.qty, body.item])
+        res.writeHead(201).end()
+      }),
+    )
     // orders: records the order and calls the others through its sidecar, forwarding the context.
     let egress: ProxyAgent | undefined
-    orders.server.on('request', orders.txm.handler(async (req, res, tx) => {
-      if (req.url === '/saga-orders') return ordersSaga(egress!, req, res)
-      const body = await json(req)
-      await sql(tx, orders.pool, 'INSERT INTO orders (item, qty, amount) VALUES ($1, $2, $3)', [body.item, body.qty, body.amount])
-      const headers = { 'txmesh-context': req.headers['txmesh-context'] as string, 'content-type': 'application/json' }
-      for (const [svc, path, payload] of [['payments', '/charge', { amount: body.amount }], ['inventory', '/reserve', { item: body.item, qty: body.qty }]] as const) {
-        const r = await request(`http://${svc}${path}`, { method: 'POST', dispatcher: egress!, headers, body: JSON.stringify(payload) })
-        await r.body.dump()
-        if (r.statusCode >= 300) return void res.writeHead(502).end(`${svc} answered ${r.statusCode}`)
-      }
-      res.writeHead(201, { 'content-type': 'application/json' }).end(JSON.stringify({ ordered: body }))
-    }))
+    orders.server.on(
+      'request',
+      orders.txm.handler(async (req, res, tx) => {
+        if (req.url === '/saga-orders') return ordersSaga(egress!, req, res)
+        const body = await json(req)
+        await sql(tx, orders.pool, 'INSERT INTO orders (item, qty, amount) VALUES ($1, $2, $3)', [
+          body.item,
+          body.qty,
+          body.amount,
+        ])
+        const headers = {
+          'txmesh-context': req.headers['txmesh-context'] as string,
+          'content-type': 'application/json',
+        }
+        for (const [svc, path, payload] of [
+          ['payments', '/charge', { amount: body.amount }],
+          ['inventory', '/reserve', { item: body.item, qty: body.qty }],
+        ] as const) {
+          const r = await request(`http://${svc}${path}`, {
+            method: 'POST',
+            dispatcher: egress!,
+            headers,
+            body: JSON.stringify(payload),
+          })
+          await r.body.dump()
+          if (r.statusCode >= 300) return void res.writeHead(502).end(`${svc} answered ${r.statusCode}`)
+        }
+        res.writeHead(201, { 'content-type': 'application/json' }).end(JSON.stringify({ ordered: body }))
+      }),
+    )
     for (const s of services) s.port = await listen(s.server)
 
     for (const s of [payments, inventory]) await startSidecar(s, sidecarYaml(s, ''), [])
@@ -167,12 +210,26 @@ async function main(): Promise<void> {
       `${map}\nroutes:\n  - name: place-order\n    match: {direction: ingress, pathPrefix: /orders, methods: [POST]}\n    transaction: required\n    timeoutMs: 10000\n${SAGA_ROUTES}\n${SAGA_STEPS}\n${bus}`,
     )
     // Fixed ports below the kernel's ephemeral range, so the restart in (c) gets them back.
-    const ordersPorts = ['--ingress-port', String(await freePort()), '--control-port', String(await freePort()), '--egress-port', String(await freePort()), '--admin-port', String(await freePort())]
+    const ordersPorts = [
+      '--ingress-port',
+      String(await freePort()),
+      '--control-port',
+      String(await freePort()),
+      '--egress-port',
+      String(await freePort()),
+      '--admin-port',
+      String(await freePort()),
+    ]
     await startSidecar(orders, ordersYaml, ordersPorts)
     egress = new ProxyAgent({ uri: `http://127.0.0.1:${orders.ports!.egress}`, proxyTunnel: false })
-    for (const s of services) say(`  ${s.name.padEnd(9)} app :${s.port}  sidecar pid ${s.sidecar!.pid} ingress :${s.ports!.ingress} control :${s.ports!.control} admin :${s.ports!.admin}`)
+    for (const s of services)
+      say(
+        `  ${s.name.padEnd(9)} app :${s.port}  sidecar pid ${s.sidecar!.pid} ingress :${s.ports!.ingress} control :${s.ports!.control} admin :${s.ports!.admin}`,
+      )
     say('\nwhere to look')
-    say(`  dashboard (live, coordinator): http://127.0.0.1:${orders.ports!.admin}/ui   (participants: /ui on their admin ports)`)
+    say(
+      `  dashboard (live, coordinator): http://127.0.0.1:${orders.ports!.admin}/ui   (participants: /ui on their admin ports)`,
+    )
     say(`  metrics:                       http://127.0.0.1:${orders.ports!.admin}/metrics`)
     say(`  operator CLI:                  npx txmesh tx list --admin http://127.0.0.1:${orders.ports!.admin}`)
     say(
@@ -182,14 +239,20 @@ async function main(): Promise<void> {
     )
     say('  (TXMESH_DEMO_HOLD=1 keeps everything running after the checks, until Ctrl-C)')
 
-    const order = async (qty: number): Promise<{ status: number; outcome: string | undefined; code: string | undefined }> => {
+    const order = async (
+      qty: number,
+    ): Promise<{ status: number; outcome: string | undefined; code: string | undefined }> => {
       const r = await request(`http://127.0.0.1:${orders.ports!.ingress}/orders`, {
         method: 'POST',
         headers: { host: 'orders', 'content-type': 'application/json' },
         body: JSON.stringify({ item: 'widget', qty, amount: qty * 100 }),
       })
       await r.body.dump()
-      return { status: r.statusCode, outcome: r.headers['txmesh-outcome'] as string | undefined, code: r.headers['x-txmesh-error'] as string | undefined }
+      return {
+        status: r.statusCode,
+        outcome: r.headers['txmesh-outcome'] as string | undefined,
+        code: r.headers['x-txmesh-error'] as string | undefined,
+      }
     }
 
     say('\n(a) an order of 1 widget (stock 5): all three services commit')
@@ -206,15 +269,22 @@ async function main(): Promise<void> {
     await new Promise((r) => orders.sidecar!.once('exit', r))
     await startSidecar(orders, ordersYaml, ordersPorts, 'coordinator-after-decision')
     const died = new Promise((r) => orders.sidecar!.once('exit', (_c, sig) => r(sig)))
-    const c = await order(1).catch((err: Error) => ({ status: 0, outcome: undefined, code: (err as { code?: string }).code ?? err.message }))
-    say(`    client saw: ${c.status === 0 ? `connection lost (${c.code})` : `HTTP ${c.status}`}; sidecar ended by ${String(await died)}`)
+    const c = await order(1).catch((err: Error) => ({
+      status: 0,
+      outcome: undefined,
+      code: (err as { code?: string }).code ?? err.message,
+    }))
+    say(
+      `    client saw: ${c.status === 0 ? `connection lost (${c.code})` : `HTTP ${c.status}`}; sidecar ended by ${String(await died)}`,
+    )
     await startSidecar(orders, ordersYaml, ordersPorts)
     say(`    orders sidecar restarted (pid ${orders.sidecar!.pid}) on the same ports and log`)
 
     // Wait (bounded) for recovery to finish phase 2 everywhere.
     const prepared = async (): Promise<number> => {
       let n = 0
-      for (const s of services) n += Number((await s.pool.query('SELECT count(*) FROM pg_prepared_xacts')).rows[0].count)
+      for (const s of services)
+        n += Number((await s.pool.query('SELECT count(*) FROM pg_prepared_xacts')).rows[0].count)
       return n
     }
     for (let i = 0; i < 200 && (await prepared()) > 0; i++) await new Promise((r) => setTimeout(r, 50))
@@ -222,14 +292,21 @@ async function main(): Promise<void> {
     say('\n(d) a saga (route place-order-saga, mode: saga): orders charges payments (step 1) and reserves')
     say('    a widget (step 2), each committed at once in its own database; reserving a gadget then fails')
     say('    (out of stock), the orders app answers 409, and the sidecar compensates steps 2 and 1, in that order')
-    const countPayments = async (): Promise<number> => Number((await payments.pool.query('SELECT count(*) FROM payments')).rows[0].count)
-    const widgets = async (): Promise<number> => Number((await inventory.pool.query("SELECT qty FROM stock WHERE item = 'widget'")).rows[0].qty)
+    const countPayments = async (): Promise<number> =>
+      Number((await payments.pool.query('SELECT count(*) FROM payments')).rows[0].count)
+    const widgets = async (): Promise<number> =>
+      Number((await inventory.pool.query("SELECT qty FROM stock WHERE item = 'widget'")).rows[0].qty)
     const before = { payments: await countPayments(), widgets: await widgets() }
     const feed = await followEvents(orders.ports!.admin)
-    const d = await request(`http://127.0.0.1:${orders.ports!.ingress}/saga-orders`, { method: 'POST', headers: { host: 'orders' } })
+    const d = await request(`http://127.0.0.1:${orders.ports!.ingress}/saga-orders`, {
+      method: 'POST',
+      headers: { host: 'orders' },
+    })
     const dAnswer = await d.body.text()
     const sagaId = d.headers['txmesh-tx-id'] as string
-    say(`    HTTP ${d.statusCode} ${dAnswer}, txmesh-outcome: ${String(d.headers['txmesh-outcome'])}, transaction ${sagaId}`)
+    say(
+      `    HTTP ${d.statusCode} ${dAnswer}, txmesh-outcome: ${String(d.headers['txmesh-outcome'])}, transaction ${sagaId}`,
+    )
     const ofSaga = (): typeof feed.events => feed.events.filter((e) => e.data.tx === sagaId)
     const finished = await waitFor(() => ofSaga().some((e) => e.type === 'tx-finished'))
     feed.close()
@@ -241,16 +318,26 @@ async function main(): Promise<void> {
     let busCount = -1
     if (nats !== undefined) {
       // Published in order per transaction, at least once (Nats-Msg-Id = event id); bounded wait.
-      const onBus = async (): Promise<number> => (await readStream(nats.url, 'TXMESH')).filter((m) => (m.payload as { tx?: string }).tx === sagaId).length
+      const onBus = async (): Promise<number> =>
+        (await readStream(nats.url, 'TXMESH')).filter((m) => (m.payload as { tx?: string }).tx === sagaId).length
       await waitFor(async () => (busCount = await onBus()) >= sagaEvents.length)
       say(`    the same ${busCount} events on NATS JetStream (stream TXMESH, subject txmesh.events.orders)`)
     } else {
-      say('    (no nats-server installed: with one, the same events also go to NATS JetStream, subject txmesh.events.orders)')
+      say(
+        '    (no nats-server installed: with one, the same events also go to NATS JetStream, subject txmesh.events.orders)',
+      )
     }
     const after = { payments: await countPayments(), widgets: await widgets() }
-    const barrier = { payments: await barrierOps(payments.pool, sagaId), inventory: await barrierOps(inventory.pool, sagaId) }
-    say(`    payments rows ${before.payments} -> ${after.payments}, widget stock ${before.widgets} -> ${after.widgets} (every step undone)`)
-    say(`    barrier rows: payments [${barrier.payments.join(', ')}], inventory [${barrier.inventory.join(', ')}] (the failed reservation left none)`)
+    const barrier = {
+      payments: await barrierOps(payments.pool, sagaId),
+      inventory: await barrierOps(inventory.pool, sagaId),
+    }
+    say(
+      `    payments rows ${before.payments} -> ${after.payments}, widget stock ${before.widgets} -> ${after.widgets} (every step undone)`,
+    )
+    say(
+      `    barrier rows: payments [${barrier.payments.join(', ')}], inventory [${barrier.inventory.join(', ')}] (the failed reservation left none)`,
+    )
     const sagaOk =
       d.statusCode === 409 &&
       d.headers['txmesh-outcome'] === 'aborted' &&
@@ -268,9 +355,24 @@ async function main(): Promise<void> {
     const nPayments = await countPayments()
     const stock = await widgets()
     const left = await prepared()
-    say(`    orders rows: ${nOrders}   payments rows: ${nPayments}   widget stock: ${stock}   pg_prepared_xacts rows: ${left}`)
-    const consistent = sagaOk && a.status === 201 && a.outcome === 'committed' && b.status === 409 && b.code === 'TXM_TX_ABORTED' && nOrders === 2 && nPayments === 2 && stock === 3 && left === 0
-    say(consistent ? '\nconsistent: (a) and (c) committed in all three databases, (b) in none, (d) compensated everywhere. demo passed' : '\nINCONSISTENT: demo FAILED')
+    say(
+      `    orders rows: ${nOrders}   payments rows: ${nPayments}   widget stock: ${stock}   pg_prepared_xacts rows: ${left}`,
+    )
+    const consistent =
+      sagaOk &&
+      a.status === 201 &&
+      a.outcome === 'committed' &&
+      b.status === 409 &&
+      b.code === 'TXM_TX_ABORTED' &&
+      nOrders === 2 &&
+      nPayments === 2 &&
+      stock === 3 &&
+      left === 0
+    say(
+      consistent
+        ? '\nconsistent: (a) and (c) committed in all three databases, (b) in none, (d) compensated everywhere. demo passed'
+        : '\nINCONSISTENT: demo FAILED',
+    )
     process.exitCode = consistent ? 0 : 1
     if (process.env.TXMESH_DEMO_HOLD === '1') {
       say(`\nholding: dashboard at http://127.0.0.1:${orders.ports!.admin}/ui — Ctrl-C to stop`)

@@ -35,18 +35,26 @@ const WAIT_MS = 15_000
 
 function send(res: ServerResponse, status: number, body?: unknown, headers: Record<string, string> = {}): void {
   const text = body === undefined ? '' : JSON.stringify(body)
-  res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text), ...headers }).end(text)
+  res
+    .writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text), ...headers })
+    .end(text)
 }
 
 /** Thrown inside the barrier so the barrier row rolls back with the work that did not happen. */
 class Refused extends Error {}
 
 /** payments: POST /saga/charge -> 201 {id}; POST /saga/refund/:id deletes that charge. */
-export async function paymentsSaga(txm: TxmeshPg, req: IncomingMessage, res: ServerResponse, body: Record<string, unknown>): Promise<void> {
+export async function paymentsSaga(
+  txm: TxmeshPg,
+  req: IncomingMessage,
+  res: ServerResponse,
+  body: Record<string, unknown>,
+): Promise<void> {
   const refund = /^\/saga\/refund\/(\d+)$/.exec(req.url ?? '')
   const r = await txm.barrier(req, async (c) => {
     if (refund !== null) return void (await c.query('DELETE FROM payments WHERE id = $1', [Number(refund[1])]))
-    return (await c.query<{ id: number }>('INSERT INTO payments (amount) VALUES ($1) RETURNING id', [body.amount])).rows[0]!.id
+    return (await c.query<{ id: number }>('INSERT INTO payments (amount) VALUES ($1) RETURNING id', [body.amount]))
+      .rows[0]!.id
   })
   // A duplicate or an undo of an action that never ran did nothing and is still a success; an
   // action arriving after its undo (hanging) must fail.
@@ -55,18 +63,27 @@ export async function paymentsSaga(txm: TxmeshPg, req: IncomingMessage, res: Ser
 }
 
 /** inventory: POST /saga/reserve {item, qty} names its own undo; POST /saga/release?item&qty. */
-export async function inventorySaga(txm: TxmeshPg, req: IncomingMessage, res: ServerResponse, body: Record<string, unknown>): Promise<void> {
+export async function inventorySaga(
+  txm: TxmeshPg,
+  req: IncomingMessage,
+  res: ServerResponse,
+  body: Record<string, unknown>,
+): Promise<void> {
   const url = new URL(req.url ?? '/', 'http://inventory')
   const release = url.pathname === '/saga/release'
   const item = release ? url.searchParams.get('item') : String(body.item)
   const qty = release ? Number(url.searchParams.get('qty')) : Number(body.qty)
   try {
     const r = await txm.barrier(req, async (c) => {
-      const sql = release ? 'UPDATE stock SET qty = qty + $1 WHERE item = $2' : 'UPDATE stock SET qty = qty - $1 WHERE item = $2 AND qty >= $1'
+      const sql = release
+        ? 'UPDATE stock SET qty = qty + $1 WHERE item = $2'
+        : 'UPDATE stock SET qty = qty - $1 WHERE item = $2 AND qty >= $1'
       if ((await c.query(sql, [qty, item])).rowCount !== 1) throw new Refused(`${item} is out of stock`)
     })
     if (!r.ran) return send(res, r.reason === 'hanging' ? 409 : 200, { skipped: r.reason })
-    const undo = release ? {} : { 'txmesh-compensate': `POST /saga/release?item=${encodeURIComponent(item ?? '')}&qty=${qty}` }
+    const undo = release
+      ? {}
+      : { 'txmesh-compensate': `POST /saga/release?item=${encodeURIComponent(item ?? '')}&qty=${qty}` }
     send(res, release ? 200 : 201, { item, qty }, undo)
   } catch (err) {
     if (!(err instanceof Refused)) throw err
@@ -84,7 +101,12 @@ export async function ordersSaga(egress: Dispatcher, req: IncomingMessage, res: 
     ['inventory', '/saga/reserve', { item: 'gadget', qty: 1 }],
   ] as const
   for (const [svc, path, payload] of calls) {
-    const r = await request(`http://${svc}${path}`, { method: 'POST', dispatcher: egress, headers, body: JSON.stringify(payload) })
+    const r = await request(`http://${svc}${path}`, {
+      method: 'POST',
+      dispatcher: egress,
+      headers,
+      body: JSON.stringify(payload),
+    })
     const text = await r.body.text()
     if (r.statusCode >= 300) return send(res, 409, { failed: `${svc} ${path}`, answer: text })
   }
@@ -100,7 +122,10 @@ interface SseEvent {
 export async function followEvents(adminPort: number): Promise<{ events: SseEvent[]; close: () => void }> {
   const ac = new AbortController()
   const events: SseEvent[] = []
-  const r = await request(`http://127.0.0.1:${adminPort}/v1/events`, { signal: ac.signal, headers: { accept: 'text/event-stream' } })
+  const r = await request(`http://127.0.0.1:${adminPort}/v1/events`, {
+    signal: ac.signal,
+    headers: { accept: 'text/event-stream' },
+  })
   let buf = ''
   r.body.setEncoding('utf8')
   r.body.on('data', (chunk: string) => {
@@ -122,7 +147,7 @@ export async function followEvents(adminPort: number): Promise<{ events: SseEven
 }
 
 export async function waitFor(cond: () => boolean | Promise<boolean>): Promise<boolean> {
-  for (const start = Date.now(); Date.now() - start < WAIT_MS; ) {
+  for (const start = Date.now(); Date.now() - start < WAIT_MS;) {
     if (await cond()) return true
     await new Promise((r) => setTimeout(r, 50))
   }
@@ -153,6 +178,8 @@ export function describeEvent(e: SseEvent): string {
 
 /** Barrier rows of a transaction in one database: "op" per step, in insertion order. */
 export async function barrierOps(pool: pg.Pool, tx: string): Promise<string[]> {
-  const r = await pool.query<{ op: string }>('SELECT op FROM txmesh_barrier WHERE tx_id = $1 ORDER BY created_at, op', [tx])
+  const r = await pool.query<{ op: string }>('SELECT op FROM txmesh_barrier WHERE tx_id = $1 ORDER BY created_at, op', [
+    tx,
+  ])
   return r.rows.map((row) => row.op)
 }

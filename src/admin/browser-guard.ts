@@ -16,7 +16,12 @@
 // Clients that are not browsers (the CLI, txmesh/pg, scripts) send a loopback Host and no Origin,
 // and JSON bodies as application/json. A request without Host is not a browser's, and passes.
 import type { IncomingMessage } from 'node:http'
-import { AdminHostRefusedError, AdminOriginRefusedError, UnsupportedMediaTypeError, type TxmeshError } from '../errors.js'
+import {
+  AdminHostRefusedError,
+  AdminOriginRefusedError,
+  UnsupportedMediaTypeError,
+  type TxmeshError,
+} from '../errors.js'
 
 export interface BrowserPolicy {
   /** Host values accepted besides loopback and the listener's address: `name` (any port) or `name:port`, lower case. */
@@ -54,7 +59,11 @@ function isLocalAddress(host: string, local: string | undefined): boolean {
   return bare === l || `::ffff:${bare}` === l
 }
 
-function hostAllowed(host: { host: string; port: string | undefined }, policy: BrowserPolicy, local: string | undefined): boolean {
+function hostAllowed(
+  host: { host: string; port: string | undefined },
+  policy: BrowserPolicy,
+  local: string | undefined,
+): boolean {
   if (isLoopbackHost(host.host) || isLocalAddress(host.host, local)) return true
   return policy.allowedHosts.some((entry) => {
     const e = parseAuthority(entry)
@@ -83,17 +92,27 @@ export function hostOrOriginRefusal(req: IncomingMessage, policy: BrowserPolicy)
   if (hostHeader !== undefined) {
     host = parseAuthority(hostHeader)
     if (host === undefined || !hostAllowed(host, policy, req.socket.localAddress)) {
-      return new AdminHostRefusedError('the admin API answers only requests whose Host is a loopback name or address, this listener\'s address, or in admin.allowedHosts')
+      return new AdminHostRefusedError(
+        "the admin API answers only requests whose Host is a loopback name or address, this listener's address, or in admin.allowedHosts",
+      )
     }
   }
   const origin = req.headers.origin
   const allowed = origin !== undefined && policy.allowedOrigins.includes(origin.toLowerCase())
   if (origin !== undefined && !allowed && (host === undefined || !sameOrigin(origin.toLowerCase(), host))) {
-    return new AdminOriginRefusedError('the admin API answers requests from a page only when its Origin is the admin listener\'s own or in admin.allowedOrigins')
+    return new AdminOriginRefusedError(
+      "the admin API answers requests from a page only when its Origin is the admin listener's own or in admin.allowedOrigins",
+    )
   }
   const site = req.headers['sec-fetch-site']
-  if ((site === 'cross-site' || site === 'same-site') && !allowed && !(req.headers['sec-fetch-mode'] === 'navigate' && (req.method === 'GET' || req.method === 'HEAD'))) {
-    return new AdminOriginRefusedError('the admin API answers requests another site\'s page makes only when they come from admin.allowedOrigins (Sec-Fetch-Site)')
+  if (
+    (site === 'cross-site' || site === 'same-site') &&
+    !allowed &&
+    !(req.headers['sec-fetch-mode'] === 'navigate' && (req.method === 'GET' || req.method === 'HEAD'))
+  ) {
+    return new AdminOriginRefusedError(
+      "the admin API answers requests another site's page makes only when they come from admin.allowedOrigins (Sec-Fetch-Site)",
+    )
   }
   return undefined
 }

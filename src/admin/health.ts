@@ -19,11 +19,15 @@ export function createHealthServer(readiness: () => Readiness): Server {
   server.maxConnections = LIMITS.healthMaxConnections
   server.on('request', (req: IncomingMessage, res: ServerResponse) => {
     // Probes have no body: rather than read one, close the connection after the answer.
-    if (req.headers['content-length'] !== undefined || req.headers['transfer-encoding'] !== undefined) res.shouldKeepAlive = false
+    if (req.headers['content-length'] !== undefined || req.headers['transfer-encoding'] !== undefined)
+      res.shouldKeepAlive = false
     const path = (req.url ?? '/').split('?')[0] as string
     const method = req.method ?? 'GET'
     if (path !== '/healthz' && path !== '/readyz') {
-      return respondError(res, new NotFoundError(`the health listener serves only GET /healthz and /readyz, not ${method} ${path}`))
+      return respondError(
+        res,
+        new NotFoundError(`the health listener serves only GET /healthz and /readyz, not ${method} ${path}`),
+      )
     }
     if (method !== 'GET' && method !== 'HEAD') return respondError(res, new MethodNotAllowedError(`use GET ${path}`))
     answerProbe(res, path, readiness)

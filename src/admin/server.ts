@@ -25,7 +25,15 @@
 //   GET  /v1/routes/probability           {route: P(commit)} from the metrics
 //   GET  /ui                              the dashboard (one inline HTML page)
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
-import { AdminUnauthorizedError, BadRequestError, MethodNotAllowedError, NotFoundError, TxLimitError, TxUnknownError, TxmeshError } from '../errors.js'
+import {
+  AdminUnauthorizedError,
+  BadRequestError,
+  MethodNotAllowedError,
+  NotFoundError,
+  TxLimitError,
+  TxUnknownError,
+  TxmeshError,
+} from '../errors.js'
 import { parseJsonObject, readText, sendJson } from '../http-json.js'
 import { LIMITS } from '../limits.js'
 import type { Logger } from '../telemetry/logger.js'
@@ -152,7 +160,8 @@ export function createAdminServer(d: AdminDeps): Server {
         'content-length': Buffer.byteLength(DASHBOARD_HTML),
         'cache-control': 'no-store',
         // Inline script and style only; the page talks to this origin alone.
-        'content-security-policy': "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+        'content-security-policy':
+          "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
         'x-content-type-options': 'nosniff',
         // The page's URL may carry ?access_token=: never send it on in a Referer (trace links).
         'referrer-policy': 'no-referrer',
@@ -181,13 +190,16 @@ export function createAdminServer(d: AdminDeps): Server {
     const coordinator = d.coordinator
     const participant = d.participant
     const steps = d.steps
-    if (coordinator === undefined || participant === undefined || steps === undefined) return respondError(res, new NotFoundError('transactions are not enabled'))
+    if (coordinator === undefined || participant === undefined || steps === undefined)
+      return respondError(res, new NotFoundError('transactions are not enabled'))
 
     if (path === '/v1/stats' && method === 'GET') return sendJson(res, 200, d.stats?.() ?? {})
     if (path === '/v1/transactions') {
       if (method === 'GET') {
         const all = [...coordinator.list(), ...steps.list()]
-        return sendJson(res, 200, { transactions: all.map((v) => ({ ...v, deadline: new Date(v.deadline).toISOString() })) })
+        return sendJson(res, 200, {
+          transactions: all.map((v) => ({ ...v, deadline: new Date(v.deadline).toISOString() })),
+        })
       }
       if (method !== 'POST') return respondError(res, new MethodNotAllowedError('use POST to begin a transaction'))
       const text = await readText(req, LIMITS.adminBodyBytes)
@@ -196,13 +208,28 @@ export function createAdminServer(d: AdminDeps): Server {
       const body = parseJsonObject(text)
       if (body instanceof TxmeshError) return respondError(res, body)
       const mode = body.mode ?? '2pc'
-      if (mode !== '2pc' && mode !== 'saga' && mode !== 'tcc') return respondError(res, new BadRequestError(`mode "${String(mode)}" is not supported; use "2pc", "saga" or "tcc"`))
+      if (mode !== '2pc' && mode !== 'saga' && mode !== 'tcc')
+        return respondError(
+          res,
+          new BadRequestError(`mode "${String(mode)}" is not supported; use "2pc", "saga" or "tcc"`),
+        )
       const timeoutMs = body.timeoutMs ?? LIMITS.txTimeoutMs
-      if (typeof timeoutMs !== 'number' || !Number.isInteger(timeoutMs) || timeoutMs < 1 || timeoutMs > LIMITS.txTimeoutCapMs) {
-        return respondError(res, new BadRequestError(`timeoutMs must be an integer between 1 and ${LIMITS.txTimeoutCapMs}`))
+      if (
+        typeof timeoutMs !== 'number' ||
+        !Number.isInteger(timeoutMs) ||
+        timeoutMs < 1 ||
+        timeoutMs > LIMITS.txTimeoutCapMs
+      ) {
+        return respondError(
+          res,
+          new BadRequestError(`timeoutMs must be an integer between 1 and ${LIMITS.txTimeoutCapMs}`),
+        )
       }
       // The transaction's span continues the caller's trace when it sent a traceparent.
-      const tx = mode === '2pc' ? coordinator.begin(mode, timeoutMs, 'api', extractFromHeaders(req.rawHeaders)) : steps.begin(mode, timeoutMs)
+      const tx =
+        mode === '2pc'
+          ? coordinator.begin(mode, timeoutMs, 'api', extractFromHeaders(req.rawHeaders))
+          : steps.begin(mode, timeoutMs)
       if (tx instanceof TxmeshError) return respondError(res, tx)
       return sendJson(res, 201, { id: tx.id, mode, context: tx.context, deadline: new Date(tx.deadline).toISOString() })
     }
@@ -213,7 +240,8 @@ export function createAdminServer(d: AdminDeps): Server {
       if (op === undefined) {
         if (method !== 'GET') return respondError(res, new MethodNotAllowedError('use GET'))
         const view = coordinator.view(id) ?? steps.view(id)
-        if (view === undefined) return respondError(res, new TxUnknownError(`transaction ${id} is not coordinated here`))
+        if (view === undefined)
+          return respondError(res, new TxUnknownError(`transaction ${id} is not coordinated here`))
         return sendJson(res, 200, { ...view, deadline: new Date(view.deadline).toISOString() })
       }
       if (method !== 'POST') return respondError(res, new MethodNotAllowedError(`use POST to ${op}`))
@@ -226,7 +254,10 @@ export function createAdminServer(d: AdminDeps): Server {
       }
       const waitForAcks = /[?&]wait=acks(&|$)/.test(req.url ?? '')
       const owner = steps.has(id) ? steps : coordinator
-      const result = op === 'commit' ? await owner.commit(id, waitForAcks) : await owner.abort(id, 'aborted by the application', waitForAcks)
+      const result =
+        op === 'commit'
+          ? await owner.commit(id, waitForAcks)
+          : await owner.abort(id, 'aborted by the application', waitForAcks)
       if (result instanceof TxmeshError) return respondError(res, result)
       return sendJson(res, 200, result)
     }
@@ -240,9 +271,11 @@ export function createAdminServer(d: AdminDeps): Server {
       if (text instanceof TxmeshError) return respondError(res, text, true)
       const body = parseJsonObject(text)
       if (body instanceof TxmeshError) return respondError(res, body)
-      if (body.outcome !== 'committed' && body.outcome !== 'aborted') return respondError(res, new BadRequestError('outcome must be "committed" or "aborted"'))
+      if (body.outcome !== 'committed' && body.outcome !== 'aborted')
+        return respondError(res, new BadRequestError('outcome must be "committed" or "aborted"'))
       const by = typeof body.by === 'string' && body.by.length <= LIMITS.auditActorChars ? body.by : 'operator'
-      if (body.force !== undefined && typeof body.force !== 'boolean') return respondError(res, new BadRequestError('force must be true or false'))
+      if (body.force !== undefined && typeof body.force !== 'boolean')
+        return respondError(res, new BadRequestError('force must be true or false'))
       const force = body.force === true
       const done = await participant.resolve((r as unknown as [string, string])[1], body.outcome, by, force)
       if (done instanceof TxmeshError) return respondError(res, done)
@@ -273,24 +306,45 @@ function checkToken(req: IncomingMessage, path: string, token: Buffer): string |
     const q = (req.url ?? '').indexOf('?')
     given = q < 0 ? undefined : (new URLSearchParams((req.url ?? '').slice(q + 1)).get('access_token') ?? undefined)
   }
-  if (given === undefined) return `the admin API needs Authorization: Bearer <token>${QUERY_TOKEN_PATHS.has(path) ? ' (or ?access_token=)' : ''}`
+  if (given === undefined)
+    return `the admin API needs Authorization: Bearer <token>${QUERY_TOKEN_PATHS.has(path) ? ' (or ?access_token=)' : ''}`
   return sameSecret(given, token) ? undefined : 'the admin token does not match'
 }
 
 const TOPIC = /^[A-Za-z0-9_-]{1,64}(\.[A-Za-z0-9_-]{1,64}){0,15}$/
 
 /** POST /v1/transactions/{id}/messages: checked, then held by the transaction's coordinator. */
-async function attachMessage(req: IncomingMessage, res: ServerResponse, id: string, owner: CoordinatorDriver | SagaDriver, outbox: Outbox | undefined): Promise<void> {
+async function attachMessage(
+  req: IncomingMessage,
+  res: ServerResponse,
+  id: string,
+  owner: CoordinatorDriver | SagaDriver,
+  outbox: Outbox | undefined,
+): Promise<void> {
   const text = await readText(req, LIMITS.maxMessageBytes)
   if (text instanceof TxmeshError) return respondError(res, text, true)
-  if (outbox?.acceptsMessages !== true) return respondError(res, new BadRequestError('no event bus takes messages here: configure events.nats'))
+  if (outbox?.acceptsMessages !== true)
+    return respondError(res, new BadRequestError('no event bus takes messages here: configure events.nats'))
   const body = parseJsonObject(text)
   if (body instanceof TxmeshError) return respondError(res, body)
-  if (typeof body.topic !== 'string' || !TOPIC.test(body.topic)) return respondError(res, new BadRequestError('topic must be a NATS subject of tokens [A-Za-z0-9_-] separated by dots'))
-  if (!outbox.coversTopic(body.topic)) return respondError(res, new BadRequestError(`topic ${body.topic} is not in events.nats.topics`))
-  if (body.key !== undefined && (typeof body.key !== 'string' || body.key.length > LIMITS.messageKeyChars)) return respondError(res, new BadRequestError(`key must be a string of at most ${LIMITS.messageKeyChars} characters`))
+  if (typeof body.topic !== 'string' || !TOPIC.test(body.topic))
+    return respondError(
+      res,
+      new BadRequestError('topic must be a NATS subject of tokens [A-Za-z0-9_-] separated by dots'),
+    )
+  if (!outbox.coversTopic(body.topic))
+    return respondError(res, new BadRequestError(`topic ${body.topic} is not in events.nats.topics`))
+  if (body.key !== undefined && (typeof body.key !== 'string' || body.key.length > LIMITS.messageKeyChars))
+    return respondError(
+      res,
+      new BadRequestError(`key must be a string of at most ${LIMITS.messageKeyChars} characters`),
+    )
   if (body.payload === undefined) return respondError(res, new BadRequestError('payload is required'))
-  const n = owner.attach(id, { topic: body.topic, payload: body.payload, ...(body.key === undefined ? {} : { key: body.key as string }) })
+  const n = owner.attach(id, {
+    topic: body.topic,
+    payload: body.payload,
+    ...(body.key === undefined ? {} : { key: body.key as string }),
+  })
   if (n instanceof TxmeshError) return respondError(res, n)
   return sendJson(res, 201, { id, messages: n })
 }
@@ -315,7 +369,12 @@ function streamEvents(req: IncomingMessage, res: ServerResponse, hub: EventHub):
   const query = /[?&]lastEventId=(\d{1,15})(&|$)/.exec(req.url ?? '')?.[1]
   const raw = typeof header === 'string' ? header : query
   const last = raw !== undefined && /^\d{1,15}$/.test(raw) ? Number(raw) : undefined
-  res.writeHead(200, { 'content-type': 'text/event-stream; charset=utf-8', 'cache-control': 'no-store', connection: 'keep-alive', 'x-accel-buffering': 'no' })
+  res.writeHead(200, {
+    'content-type': 'text/event-stream; charset=utf-8',
+    'cache-control': 'no-store',
+    connection: 'keep-alive',
+    'x-accel-buffering': 'no',
+  })
   res.write(`retry: ${LIMITS.adminEventsRetryMs}\n: txmesh events, last id ${hub.lastId}\n\n`)
   // No Last-Event-ID: a new page that loads current state over the API; only new events follow.
   if (last !== undefined) for (const e of hub.since(last)) write(e)

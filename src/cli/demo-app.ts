@@ -33,7 +33,8 @@ const POOL_MAX = 20 // each open branch holds a connection until prepare (helper
 const CALL_TIMEOUT_MS = 15_000 // below the sidecar's default route timeout, so the sidecar's error is the one seen
 
 const SCHEMA: Record<ShopService, string> = {
-  orders: 'CREATE TABLE IF NOT EXISTS orders (id serial PRIMARY KEY, item text NOT NULL, qty int NOT NULL, amount int NOT NULL)',
+  orders:
+    'CREATE TABLE IF NOT EXISTS orders (id serial PRIMARY KEY, item text NOT NULL, qty int NOT NULL, amount int NOT NULL)',
   payments: 'CREATE TABLE IF NOT EXISTS payments (id serial PRIMARY KEY, amount int NOT NULL)',
   inventory: `
     CREATE TABLE IF NOT EXISTS stock (item text PRIMARY KEY, qty int NOT NULL);
@@ -79,11 +80,13 @@ function readJson(req: IncomingMessage): Promise<Record<string, unknown>> {
 }
 
 const int = (v: unknown, name: string): number => {
-  if (typeof v !== 'number' || !Number.isSafeInteger(v) || v <= 0) throw new BadRequest(`${name} must be a positive integer`)
+  if (typeof v !== 'number' || !Number.isSafeInteger(v) || v <= 0)
+    throw new BadRequest(`${name} must be a positive integer`)
   return v
 }
 const text = (v: unknown, name: string): string => {
-  if (typeof v !== 'string' || v === '' || v.length > 64) throw new BadRequest(`${name} must be a string of 1-64 characters`)
+  if (typeof v !== 'string' || v === '' || v.length > 64)
+    throw new BadRequest(`${name} must be a string of 1-64 characters`)
   return v
 }
 
@@ -101,11 +104,16 @@ function send(res: ServerResponse, status: number, body?: unknown): void {
 // context (DESIGN.md "Transaction context") and the W3C trace headers, so one trace shows it all.
 const FORWARDED = ['txmesh-context', 'baggage', 'traceparent', 'tracestate'] as const
 
-function routes(service: ShopService, pool: pg.Pool, egress: EnvHttpProxyAgent): (req: IncomingMessage, res: ServerResponse, tx: TxmeshPgTx | undefined) => Promise<void> {
+function routes(
+  service: ShopService,
+  pool: pg.Pool,
+  egress: EnvHttpProxyAgent,
+): (req: IncomingMessage, res: ServerResponse, tx: TxmeshPgTx | undefined) => Promise<void> {
   return async (req, res, tx) => {
     const path = (req.url ?? '/').split('?')[0]
     try {
-      if (req.method === 'GET' && path === '/') return send(res, 200, { service, rows: (await pool.query(LIST[service])).rows })
+      if (req.method === 'GET' && path === '/')
+        return send(res, 200, { service, rows: (await pool.query(LIST[service])).rows })
       if (service === 'payments' && req.method === 'POST' && path === '/charge') {
         const body = await readJson(req)
         await sql(tx, pool, 'INSERT INTO payments (amount) VALUES ($1)', [int(body.amount, 'amount')])
@@ -113,13 +121,20 @@ function routes(service: ShopService, pool: pg.Pool, egress: EnvHttpProxyAgent):
       }
       if (service === 'inventory' && req.method === 'POST' && path === '/reserve') {
         const body = await readJson(req)
-        const r = await sql(tx, pool, 'UPDATE stock SET qty = qty - $1 WHERE item = $2', [int(body.qty, 'qty'), text(body.item, 'item')])
+        const r = await sql(tx, pool, 'UPDATE stock SET qty = qty - $1 WHERE item = $2', [
+          int(body.qty, 'qty'),
+          text(body.item, 'item'),
+        ])
         return r.rowCount === 0 ? send(res, 404, { error: `no stock item "${String(body.item)}"` }) : send(res, 201)
       }
       if (service === 'orders' && req.method === 'POST' && path === '/orders') {
         const body = await readJson(req)
         const order = { item: text(body.item, 'item'), qty: int(body.qty, 'qty'), amount: int(body.amount, 'amount') }
-        await sql(tx, pool, 'INSERT INTO orders (item, qty, amount) VALUES ($1, $2, $3)', [order.item, order.qty, order.amount])
+        await sql(tx, pool, 'INSERT INTO orders (item, qty, amount) VALUES ($1, $2, $3)', [
+          order.item,
+          order.qty,
+          order.amount,
+        ])
         const forwarded: Record<string, string> = { 'content-type': 'application/json' }
         for (const h of FORWARDED) {
           const v = req.headers[h]
@@ -142,7 +157,11 @@ function routes(service: ShopService, pool: pg.Pool, egress: EnvHttpProxyAgent):
           })
           const answer = await r.body.text()
           if (r.statusCode >= 300) {
-            return send(res, 502, { error: `${target} answered ${r.statusCode}`, code: r.headers['x-txmesh-error'] ?? null, body: answer.slice(0, 200) })
+            return send(res, 502, {
+              error: `${target} answered ${r.statusCode}`,
+              code: r.headers['x-txmesh-error'] ?? null,
+              body: answer.slice(0, 200),
+            })
           }
         }
         return send(res, 201, { ordered: order })
@@ -175,7 +194,8 @@ async function setupDatabase(pool: pg.Pool, service: ShopService, log: Logger): 
         client.release()
       }
     }
-    if (attempt >= DB_SETUP_ATTEMPTS) throw new Error(`cannot reach Postgres after ${attempt} attempts: ${client.message}`)
+    if (attempt >= DB_SETUP_ATTEMPTS)
+      throw new Error(`cannot reach Postgres after ${attempt} attempts: ${client.message}`)
     log.warn('database_unreachable', { attempt, error: client.message, retryInMs: DB_SETUP_RETRY_MS })
     await sleep(DB_SETUP_RETRY_MS)
   }
@@ -198,30 +218,46 @@ async function recoverPrepared(txm: TxmeshPg, log: Logger): Promise<void> {
 export async function demoAppCommand(argv: string[]): Promise<number> {
   const { values } = parseArgs({
     args: argv,
-    options: { service: { type: 'string' }, port: { type: 'string' }, host: { type: 'string' }, help: { type: 'boolean', short: 'h' } },
+    options: {
+      service: { type: 'string' },
+      port: { type: 'string' },
+      host: { type: 'string' },
+      help: { type: 'boolean', short: 'h' },
+    },
     strict: true,
   })
   if (values.help === true) {
-    process.stdout.write('usage: txmesh demo-app --service orders|payments|inventory [--port 8080] [--host 127.0.0.1]\n  env: DATABASE_URL (required), PG* variables\n')
+    process.stdout.write(
+      'usage: txmesh demo-app --service orders|payments|inventory [--port 8080] [--host 127.0.0.1]\n  env: DATABASE_URL (required), PG* variables\n',
+    )
     return 0
   }
   const service = values.service as ShopService | undefined
-  if (service === undefined || !SERVICES.includes(service)) throw new UsageError(`demo-app needs --service ${SERVICES.join('|')}`)
+  if (service === undefined || !SERVICES.includes(service))
+    throw new UsageError(`demo-app needs --service ${SERVICES.join('|')}`)
   const portText = values.port ?? '8080'
   const port = Number(portText)
-  if (!/^\d{1,5}$/.test(portText) || port > 65535) throw new UsageError(`--port must be a port number 0-65535, got "${portText}"`)
+  if (!/^\d{1,5}$/.test(portText) || port > 65535)
+    throw new UsageError(`--port must be a port number 0-65535, got "${portText}"`)
   // Loopback by default: only the sidecar (same pod) reaches the app; peers go through ingress.
   const host = values.host ?? '127.0.0.1'
   const url = process.env.DATABASE_URL
-  if (url === undefined || url === '') throw new UsageError('demo-app needs DATABASE_URL (e.g. postgres://shop@postgres:5432/orders)')
+  if (url === undefined || url === '')
+    throw new UsageError('demo-app needs DATABASE_URL (e.g. postgres://shop@postgres:5432/orders)')
 
-  const log = createLogger((process.env.TXMESH_LOG_LEVEL as Parameters<typeof createLogger>[0] | undefined) ?? 'info', { app: 'demo-app', service })
+  const log = createLogger((process.env.TXMESH_LOG_LEVEL as Parameters<typeof createLogger>[0] | undefined) ?? 'info', {
+    app: 'demo-app',
+    service,
+  })
   const pool = new pg.Pool({ connectionString: url, max: POOL_MAX })
   pool.on('error', (err) => log.warn('pool_error', { error: err.message })) // idle clients see Postgres restart
   const txm = createTxmeshPg({
     pool,
     service,
-    onEvent: (e) => (e.event.endsWith('error') || e.event.endsWith('failed') ? log.warn(e.event, { ...e }) : log.debug(e.event, { ...e })),
+    onEvent: (e) =>
+      e.event.endsWith('error') || e.event.endsWith('failed')
+        ? log.warn(e.event, { ...e })
+        : log.debug(e.event, { ...e }),
   })
   const egress = new EnvHttpProxyAgent()
   await setupDatabase(pool, service, log)
@@ -232,7 +268,9 @@ export async function demoAppCommand(argv: string[]): Promise<number> {
   })
   const address = server.address()
   const bound = typeof address === 'object' && address !== null ? address.port : port
-  process.stdout.write(JSON.stringify({ event: 'listening', app: 'demo-app', service, host, port: bound, pid: process.pid }) + '\n')
+  process.stdout.write(
+    JSON.stringify({ event: 'listening', app: 'demo-app', service, host, port: bound, pid: process.pid }) + '\n',
+  )
   void recoverPrepared(txm, log)
 
   return new Promise<number>((resolve) => {

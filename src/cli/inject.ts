@@ -14,9 +14,11 @@ import { UsageError } from './usage.js'
 function readInput(file: string): string {
   if (file !== '-') {
     const size = statSync(file).size
-    if (size > LIMITS.manifestBytes) throw new UsageError(`${file} is ${size} bytes; inject reads at most ${LIMITS.manifestBytes}`)
+    if (size > LIMITS.manifestBytes)
+      throw new UsageError(`${file} is ${size} bytes; inject reads at most ${LIMITS.manifestBytes}`)
   }
-  const bytes = file === '-' ? readBoundedFd(0, LIMITS.manifestBytes, 'stdin') : readBoundedFile(file, LIMITS.manifestBytes)
+  const bytes =
+    file === '-' ? readBoundedFd(0, LIMITS.manifestBytes, 'stdin') : readBoundedFile(file, LIMITS.manifestBytes)
   return bytes.toString('utf8')
 }
 
@@ -30,7 +32,8 @@ export function injectCommand(argv: string[]): number {
     strict: true,
     allowPositionals: true,
   })
-  if (positionals.length > 0) throw new UsageError(`inject reads -f FILE (or stdin); unexpected "${positionals[0] ?? ''}"`)
+  if (positionals.length > 0)
+    throw new UsageError(`inject reads -f FILE (or stdin); unexpected "${positionals[0] ?? ''}"`)
   const file = values.filename ?? '-'
   let text: string
   try {
@@ -41,7 +44,11 @@ export function injectCommand(argv: string[]): number {
     return 1
   }
   try {
-    const result = injectManifests(text, file === '-' ? '<stdin>' : file, values.image === undefined ? {} : { image: values.image })
+    const result = injectManifests(
+      text,
+      file === '-' ? '<stdin>' : file,
+      values.image === undefined ? {} : { image: values.image },
+    )
     for (const w of result.warnings) process.stderr.write(`txmesh inject: warning: ${w}\n`)
     process.stdout.write(result.output)
     return 0

@@ -47,15 +47,25 @@ export async function sidecarCommand(argv: string[]): Promise<number> {
   set('control', 'control-port', values['control-port'])
   set('admin', 'admin-port', values['admin-port'])
   set('health', 'health-port', values['health-port'])
-  const given = overridesFrom({ service: values.service, storeDir: values['store-dir'], advertise: values.advertise }, process.env)
+  const given = overridesFrom(
+    { service: values.service, storeDir: values['store-dir'], advertise: values.advertise },
+    process.env,
+  )
   const config = withOverrides(loadConfigFile(file, given), overrides)
   const level = (process.env.TXMESH_LOG_LEVEL as typeof config.logLevel | undefined) ?? config.logLevel
   const log = createLogger(level, { service: config.service })
   const missing = missingRuntimeFlags()
-  if (missing.length > 0) log.warn('runtime_flags_missing', { missing, hint: 'start with: node ' + missing.join(' ') + ' dist/cli/index.js' })
+  if (missing.length > 0)
+    log.warn('runtime_flags_missing', { missing, hint: 'start with: node ' + missing.join(' ') + ' dist/cli/index.js' })
   const sidecar = await startSidecar(config, log)
   process.stdout.write(
-    JSON.stringify({ event: 'listening', service: config.service, pid: process.pid, ports: sidecar.ports, app: config.app }) + '\n',
+    JSON.stringify({
+      event: 'listening',
+      service: config.service,
+      pid: process.pid,
+      ports: sidecar.ports,
+      app: config.app,
+    }) + '\n',
   )
   return new Promise<number>((resolve) => {
     const stop = (signal: string): void => {

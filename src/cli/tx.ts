@@ -13,10 +13,19 @@ interface Answer {
   body: Record<string, unknown>
 }
 
-async function callAdmin(base: string, method: 'GET' | 'POST', path: string, body?: unknown, token?: string): Promise<Answer> {
+async function callAdmin(
+  base: string,
+  method: 'GET' | 'POST',
+  path: string,
+  body?: unknown,
+  token?: string,
+): Promise<Answer> {
   const res = await request(`${base}${path}`, {
     method,
-    headers: { 'content-type': 'application/json', ...(token === undefined ? {} : { authorization: `Bearer ${token}` }) },
+    headers: {
+      'content-type': 'application/json',
+      ...(token === undefined ? {} : { authorization: `Bearer ${token}` }),
+    },
     ...(body === undefined ? {} : { body: JSON.stringify(body) }),
     headersTimeout: LIMITS.cliRequestTimeoutMs,
     bodyTimeout: LIMITS.cliRequestTimeoutMs,
@@ -28,7 +37,11 @@ async function callAdmin(base: string, method: 'GET' | 'POST', path: string, bod
 /** Aligned columns: the header row, then one row per item. */
 export function table(headers: string[], rows: string[][]): string {
   const widths = headers.map((h, i) => Math.max(h.length, ...rows.map((r) => String(r[i] ?? '').length)))
-  const line = (cells: string[]): string => cells.map((c, i) => String(c).padEnd(widths[i] ?? 0)).join('  ').trimEnd()
+  const line = (cells: string[]): string =>
+    cells
+      .map((c, i) => String(c).padEnd(widths[i] ?? 0))
+      .join('  ')
+      .trimEnd()
   return [line(headers), ...rows.map(line)].join('\n') + '\n'
 }
 
@@ -96,7 +109,8 @@ export async function txCommand(argv: string[]): Promise<number> {
   const base = (values.admin ?? process.env.TXMESH_ADMIN ?? 'http://127.0.0.1:15000').replace(/\/$/, '')
   const [sub, id] = positionals
   const token = adminToken(values.token, values['token-file'])
-  const call = (b: string, method: 'GET' | 'POST', path: string, body?: unknown): Promise<Answer> => callAdmin(b, method, path, body, token)
+  const call = (b: string, method: 'GET' | 'POST', path: string, body?: unknown): Promise<Answer> =>
+    callAdmin(b, method, path, body, token)
   const out = (s: string): boolean => process.stdout.write(s)
   switch (sub) {
     case 'list': {
@@ -108,12 +122,33 @@ export async function txCommand(argv: string[]): Promise<number> {
       const branches = b.body.branches as Br[]
       if (values.json) return printJson(JSON.stringify({ transactions: txs, branches }))
       const mixed = txs.filter((x) => x.status === 'heuristic-mixed').length
-      out(`transactions coordinated here (${txs.length}${mixed > 0 ? `, ${mixed} HEURISTIC-MIXED: a branch finished against the decision` : ''})\n`)
-      const members = (x: Tx): string => (x.steps === undefined ? String(x.participants?.length ?? 0) : `${x.steps.length} steps${x.stuck ? `, ${x.stuck} stuck` : ''}`)
-      const status = (x: Tx): string => (x.status === 'heuristic-mixed' ? `heuristic-mixed! (${(x.participants ?? []).filter((p) => p.heuristic !== undefined).map((p) => `${p.service} ${p.heuristic}`).join(', ')})` : x.status)
-      out(table(['ID', 'STATUS', 'MODE', 'PARTICIPANTS', 'DEADLINE'], txs.map((x) => [x.id, status(x), x.mode, members(x), x.deadline])))
+      out(
+        `transactions coordinated here (${txs.length}${mixed > 0 ? `, ${mixed} HEURISTIC-MIXED: a branch finished against the decision` : ''})\n`,
+      )
+      const members = (x: Tx): string =>
+        x.steps === undefined
+          ? String(x.participants?.length ?? 0)
+          : `${x.steps.length} steps${x.stuck ? `, ${x.stuck} stuck` : ''}`
+      const status = (x: Tx): string =>
+        x.status === 'heuristic-mixed'
+          ? `heuristic-mixed! (${(x.participants ?? [])
+              .filter((p) => p.heuristic !== undefined)
+              .map((p) => `${p.service} ${p.heuristic}`)
+              .join(', ')})`
+          : x.status
+      out(
+        table(
+          ['ID', 'STATUS', 'MODE', 'PARTICIPANTS', 'DEADLINE'],
+          txs.map((x) => [x.id, status(x), x.mode, members(x), x.deadline]),
+        ),
+      )
       out(`\nbranches held here (${branches.length}, ${branches.filter((x) => x.inDoubt).length} in doubt)\n`)
-      out(table(['TX', 'BRANCH', 'STATUS', 'AGE', 'IN-DOUBT', 'COORDINATOR'], branches.map((x) => [x.tx, x.branch, x.status, age(x.ageMs), x.inDoubt ? 'yes' : 'no', x.coordinator])))
+      out(
+        table(
+          ['TX', 'BRANCH', 'STATUS', 'AGE', 'IN-DOUBT', 'COORDINATOR'],
+          branches.map((x) => [x.tx, x.branch, x.status, age(x.ageMs), x.inDoubt ? 'yes' : 'no', x.coordinator]),
+        ),
+      )
       return 0
     }
     case 'show': {
@@ -124,11 +159,27 @@ export async function txCommand(argv: string[]): Promise<number> {
         if (values.json) return printJson(JSON.stringify(x))
         out(`transaction ${x.id}\nstatus    ${x.status}\nmode      ${x.mode}\ndeadline  ${x.deadline}\n\n`)
         if (x.steps !== undefined) {
-          out(table(['STEP', 'SERVICE', 'STATUS', 'ATTEMPTS', 'LAST ERROR'], x.steps.map((p) => [p.id, p.service, p.status, String(p.attempts), p.lastError ?? '-'])))
+          out(
+            table(
+              ['STEP', 'SERVICE', 'STATUS', 'ATTEMPTS', 'LAST ERROR'],
+              x.steps.map((p) => [p.id, p.service, p.status, String(p.attempts), p.lastError ?? '-']),
+            ),
+          )
           if ((x.stuck ?? 0) > 0) out(`\n${String(x.stuck)} stuck: fix the cause, then run: txmesh tx retry ${x.id}\n`)
           return 0
         }
-        out(table(['SERVICE', 'BRANCH', 'VOTE', 'ACKNOWLEDGED', 'HEURISTIC'], (x.participants ?? []).map((p) => [p.service, p.branch, p.vote ?? '-', p.acknowledged ? 'yes' : 'no', p.heuristic ?? '-'])))
+        out(
+          table(
+            ['SERVICE', 'BRANCH', 'VOTE', 'ACKNOWLEDGED', 'HEURISTIC'],
+            (x.participants ?? []).map((p) => [
+              p.service,
+              p.branch,
+              p.vote ?? '-',
+              p.acknowledged ? 'yes' : 'no',
+              p.heuristic ?? '-',
+            ]),
+          ),
+        )
         return 0
       }
       // Not coordinated here: maybe a branch held here.
@@ -136,14 +187,23 @@ export async function txCommand(argv: string[]): Promise<number> {
       const mine = b.status === 200 ? (b.body.branches as Br[]).find((x) => x.tx === id) : undefined
       if (mine === undefined) return fail(t)
       if (values.json) return printJson(JSON.stringify(mine))
-      out(`branch ${mine.branch} of transaction ${mine.tx}\nstatus       ${mine.status}\nage          ${age(mine.ageMs)}\nin doubt     ${mine.inDoubt ? 'yes' : 'no'}\ncoordinator  ${mine.coordinator}\n`)
+      out(
+        `branch ${mine.branch} of transaction ${mine.tx}\nstatus       ${mine.status}\nage          ${age(mine.ageMs)}\nin doubt     ${mine.inDoubt ? 'yes' : 'no'}\ncoordinator  ${mine.coordinator}\n`,
+      )
       return 0
     }
     case 'resolve': {
       if (id === undefined) throw new UsageError('tx resolve needs a transaction id')
-      if (values.commit === values.abort) throw new UsageError('tx resolve needs exactly one of --commit or --abort (and --force for a branch not in doubt)')
+      if (values.commit === values.abort)
+        throw new UsageError(
+          'tx resolve needs exactly one of --commit or --abort (and --force for a branch not in doubt)',
+        )
       const outcome = values.commit ? 'committed' : 'aborted'
-      const r = await call(base, 'POST', `/v1/branches/${encodeURIComponent(id)}/resolve`, { outcome, by: values.by ?? process.env.USER ?? 'operator', ...(values.force ? { force: true } : {}) })
+      const r = await call(base, 'POST', `/v1/branches/${encodeURIComponent(id)}/resolve`, {
+        outcome,
+        by: values.by ?? process.env.USER ?? 'operator',
+        ...(values.force ? { force: true } : {}),
+      })
       if (r.status !== 200) return fail(r)
       if (values.json) return printJson(JSON.stringify(r.body))
       const forced = r.body.forced === true ? ', forced: a heuristic decision, the branch was not in doubt' : ''

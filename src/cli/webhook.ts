@@ -22,10 +22,12 @@ export async function webhookCommand(argv: string[]): Promise<number> {
     },
     strict: true,
   })
-  if (values.cert === undefined || values.key === undefined) throw new UsageError('webhook needs --cert FILE and --key FILE')
+  if (values.cert === undefined || values.key === undefined)
+    throw new UsageError('webhook needs --cert FILE and --key FILE')
   const portText = values.port ?? String(WEBHOOK.port)
   const port = Number(portText)
-  if (!/^\d{1,5}$/.test(portText) || port > 65535) throw new UsageError(`--port must be a port number 0-65535, got "${portText}"`)
+  if (!/^\d{1,5}$/.test(portText) || port > 65535)
+    throw new UsageError(`--port must be a port number 0-65535, got "${portText}"`)
   const envLevel = process.env.TXMESH_LOG_LEVEL ?? 'info'
   const log = createLogger(LEVELS.has(envLevel) ? (envLevel as LogLevel) : 'info', { component: 'webhook' })
   let cert: Buffer
@@ -46,7 +48,9 @@ export async function webhookCommand(argv: string[]): Promise<number> {
     ...(values.host === undefined ? {} : { host: values.host }),
     ...(values.image === undefined ? {} : { image: values.image }),
   })
-  process.stdout.write(JSON.stringify({ event: 'listening', component: 'webhook', pid: process.pid, port: server.port }) + '\n')
+  process.stdout.write(
+    JSON.stringify({ event: 'listening', component: 'webhook', pid: process.pid, port: server.port }) + '\n',
+  )
   return new Promise<number>((resolve) => {
     const stop = (signal: string): void => {
       log.info('closing', { signal })

@@ -74,7 +74,8 @@ export interface ControlDeps {
   readonly clock?: () => number
 }
 
-const ROUTE = /^\/v1\/tx\/([A-Za-z0-9_-]{1,64})\/(prepare|commit-one-phase|commit|abort|register|outcome|lookup|finished|steps|confirm|cancel)$/
+const ROUTE =
+  /^\/v1\/tx\/([A-Za-z0-9_-]{1,64})\/(prepare|commit-one-phase|commit|abort|register|outcome|lookup|finished|steps|confirm|cancel)$/
 const BATCH_PATH = '/v1/batch'
 const STEP_HEADER_NAME = new RegExp(`^[A-Za-z0-9-]{1,${LIMITS.stepHeaderNameChars}}$`)
 
@@ -97,7 +98,10 @@ export function createControlServer(
     requireHostHeader: false,
   }
   // https.Server serves the same 'request' events; typed as http.Server for listen/closeServer.
-  const server = tls === undefined ? createServer(options) : (createHttpsServer({ ...options, ...tls.serverOptions() }) as unknown as Server)
+  const server =
+    tls === undefined
+      ? createServer(options)
+      : (createHttpsServer({ ...options, ...tls.serverOptions() }) as unknown as Server)
   if (tls !== undefined) tls.serve(server as unknown as TlsServer)
   server.maxConnections = LIMITS.maxControlConnections
   // What the parser refuses gets a code too (Node would answer a bare 400/408/417/431).
@@ -115,11 +119,13 @@ export function createControlServer(
     const clock = d.clock ?? Date.now
     const path = (req.url ?? '/').split('?')[0] as string
     const m = path === BATCH_PATH ? null : ROUTE.exec(path)
-    if (m === null && path !== BATCH_PATH) return respondError(res, new NotFoundError(`no control endpoint ${req.method ?? ''} ${path}`))
+    if (m === null && path !== BATCH_PATH)
+      return respondError(res, new NotFoundError(`no control endpoint ${req.method ?? ''} ${path}`))
     // No match: the batch endpoint (id and op come with each item).
     const [, id, op] = (m ?? []) as unknown as [string, string | undefined, string | undefined]
     const wantMethod = op === 'outcome' || op === 'lookup' ? 'GET' : 'POST'
-    if (req.method !== wantMethod) return respondError(res, new MethodNotAllowedError(`${op ?? 'batch'} takes ${wantMethod}`))
+    if (req.method !== wantMethod)
+      return respondError(res, new MethodNotAllowedError(`${op ?? 'batch'} takes ${wantMethod}`))
     const text = await readText(req, LIMITS.controlBodyBytes)
     // Over the limit: close after the answer rather than drain the rest of the body.
     if (text instanceof TxmeshError) return respondError(res, text, true)
@@ -130,21 +136,42 @@ export function createControlServer(
     // anyone can send would sign whatever they carry.
     if (!auth.ok) return respondError(res, new ControlAuthError(AUTH_REFUSALS[auth.reason]))
     // From here on every answer is signed for this request (its txmesh-auth verified).
-    const sign = (status: number, bodyText: string): readonly [string, string] => [CONTROL_AUTH_HEADER, signAnswer(d.keys.signing, d.self, header as string, status, bodyText)]
+    const sign = (status: number, bodyText: string): readonly [string, string] => [
+      CONTROL_AUTH_HEADER,
+      signAnswer(d.keys.signing, d.self, header as string, status, bodyText),
+    ]
     const refuse = (err: TxmeshError): void => respondError(res, err, false, sign)
     // Only after the signature verified: filling the cache takes the mesh key.
     const verdict = replay.check(auth.nonce, auth.ts, now)
-    if (verdict === 'replay') return refuse(new ControlReplayError('control request refused: its nonce was already used (a replayed request)'))
-    if (verdict === 'before-start') return refuse(new ControlReplayError('control request refused: it was signed before this sidecar started, so its nonce cannot be checked; sign it again'))
-    if (verdict === 'full') return refuse(new ControlOverloadedError(`control request refused: ${LIMITS.controlReplayCacheEntries} recent nonces are held and this one cannot be checked; retry`))
+    if (verdict === 'replay')
+      return refuse(new ControlReplayError('control request refused: its nonce was already used (a replayed request)'))
+    if (verdict === 'before-start')
+      return refuse(
+        new ControlReplayError(
+          'control request refused: it was signed before this sidecar started, so its nonce cannot be checked; sign it again',
+        ),
+      )
+    if (verdict === 'full')
+      return refuse(
+        new ControlOverloadedError(
+          `control request refused: ${LIMITS.controlReplayCacheEntries} recent nonces are held and this one cannot be checked; retry`,
+        ),
+      )
     const body = parseJsonObject(text)
     if (body instanceof TxmeshError) return refuse(body)
     if (op === undefined) {
       const items = parseBatch(body)
       if (items instanceof TxmeshError) return refuse(items)
-      const results = await Promise.all(items.map((it) => (it instanceof TxmeshError ? it : itemAnswer(runOp(d, it.tx, it.op, it.body), it, d.logger))))
+      const results = await Promise.all(
+        items.map((it) => (it instanceof TxmeshError ? it : itemAnswer(runOp(d, it.tx, it.op, it.body), it, d.logger))),
+      )
       // One signature over the whole list covers every item's vote or outcome.
-      return sendSigned(res, 200, { results: results.map((r) => (r instanceof TxmeshError ? { status: r.status, body: errorBody(r) } : r)) }, sign)
+      return sendSigned(
+        res,
+        200,
+        { results: results.map((r) => (r instanceof TxmeshError ? { status: r.status, body: errorBody(r) } : r)) },
+        sign,
+      )
     }
     const answer = await runOp(d, id as string, op, body)
     if (answer instanceof TxmeshError) return refuse(answer)
@@ -159,10 +186,20 @@ export interface Answer {
 }
 
 /** sendJson with the answer's signature header. */
-function sendSigned(res: ServerResponse, status: number, body: unknown, sign: (status: number, text: string) => readonly [string, string]): void {
+function sendSigned(
+  res: ServerResponse,
+  status: number,
+  body: unknown,
+  sign: (status: number, text: string) => readonly [string, string],
+): void {
   const text = JSON.stringify(body)
   const [name, value] = sign(status, text)
-  res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text), 'cache-control': 'no-store', [name]: value })
+  res.writeHead(status, {
+    'content-type': 'application/json',
+    'content-length': Buffer.byteLength(text),
+    'cache-control': 'no-store',
+    [name]: value,
+  })
   res.end(text)
 }
 
@@ -180,7 +217,11 @@ function itemAnswer(run: Promise<Answer | TxmeshError>, it: BatchItem, logger: L
       return new InternalError(`${it.op} of ${it.tx} failed`)
     },
   )
-  return answerWithin<Answer | TxmeshError>(settled, LIMITS.batchItemWaitMs, () => new NotReadyError(`${it.op} of ${it.tx} did not finish within ${LIMITS.batchItemWaitMs} ms; ask again`))
+  return answerWithin<Answer | TxmeshError>(
+    settled,
+    LIMITS.batchItemWaitMs,
+    () => new NotReadyError(`${it.op} of ${it.tx} did not finish within ${LIMITS.batchItemWaitMs} ms; ask again`),
+  )
 }
 
 const ok = (body: Record<string, unknown>): Answer => ({ status: 200, body })
@@ -195,12 +236,20 @@ export async function answerOp(d: ControlDeps, id: string, op: string, body: Rec
 }
 
 /** One control operation on transaction `id`, as its own request or as an item of a batch. */
-async function runOp(d: ControlDeps, id: string, op: string, body: Record<string, unknown>): Promise<Answer | TxmeshError> {
+async function runOp(
+  d: ControlDeps,
+  id: string,
+  op: string,
+  body: Record<string, unknown>,
+): Promise<Answer | TxmeshError> {
   switch (op) {
     case 'outcome':
     case 'lookup':
       // lookup: the asker found a prepared row of `id` it does not hold (coordinator outcomeFor).
-      return ok({ id, outcome: d.steps.has(id) ? d.steps.outcomeFor(id) : d.coordinator.outcomeFor(id, op === 'outcome') })
+      return ok({
+        id,
+        outcome: d.steps.has(id) ? d.steps.outcomeFor(id) : d.coordinator.outcomeFor(id, op === 'outcome'),
+      })
     case 'steps': {
       if (body.void !== undefined) {
         if (!isId(body.void)) return new BadRequestError('void must be a step id')
@@ -221,7 +270,8 @@ async function runOp(d: ControlDeps, id: string, op: string, body: Record<string
   if (op === 'finished') {
     // A participant that learned the outcome by asking (its address had changed, say) finished
     // its branch: phase 2 needs nothing more from it.
-    if (body.outcome !== 'committed' && body.outcome !== 'aborted') return new BadRequestError('body.outcome must be "committed" or "aborted"')
+    if (body.outcome !== 'committed' && body.outcome !== 'aborted')
+      return new BadRequestError('body.outcome must be "committed" or "aborted"')
     return ok({ id, branch, known: d.coordinator.finishedBy(id, branch, body.outcome) })
   }
   if (op === 'confirm' || op === 'cancel') {
@@ -236,11 +286,16 @@ async function runOp(d: ControlDeps, id: string, op: string, body: Record<string
       headers: {} as Record<string, string>,
     }
     // The txmesh-* headers are the sidecar's to set.
-    for (const [k, v] of Object.entries((body.headers ?? {}) as Record<string, string>)) if (!k.toLowerCase().startsWith('txmesh-')) extra.headers[k.toLowerCase()] = v
-    if (body.holder !== undefined && (typeof body.holder !== 'string' || !isIncarnation(body.holder))) return new BadRequestError('body.holder must be a log incarnation')
+    for (const [k, v] of Object.entries((body.headers ?? {}) as Record<string, string>))
+      if (!k.toLowerCase().startsWith('txmesh-')) extra.headers[k.toLowerCase()] = v
+    if (body.holder !== undefined && (typeof body.holder !== 'string' || !isIncarnation(body.holder)))
+      return new BadRequestError('body.holder must be a log incarnation')
     const done = await d.tcc.stepHook(id, branch, op, extra, body.holder as string | undefined)
     if (done === 'failed') return new NotReadyError(`the app did not ${op} step ${branch}; retry later`)
-    if (done === 'not-here') return new BranchNotHereError(`step ${branch} was tried through another sidecar's log, not this one's (this address was reused); its holder must be told`)
+    if (done === 'not-here')
+      return new BranchNotHereError(
+        `step ${branch} was tried through another sidecar's log, not this one's (this address was reused); its holder must be told`,
+      )
     return ok({ id, branch, done: op })
   }
   if (op === 'prepare') {
@@ -249,14 +304,18 @@ async function runOp(d: ControlDeps, id: string, op: string, body: Record<string
   }
   if (op === 'commit-one-phase') {
     const outcome = await d.participant.commitOnePhase(id, branch)
-    if (outcome === 'refused') return new TxNotActiveError(`branch ${branch} is in a two-phase commit; it cannot commit in one phase`)
+    if (outcome === 'refused')
+      return new TxNotActiveError(`branch ${branch} is in a two-phase commit; it cannot commit in one phase`)
     if (outcome === 'failed') return new NotReadyError(`the outcome of branch ${branch} is not known yet; retry later`)
     return ok({ id, branch, outcome })
   }
   const outcome = await d.participant.decide(id, branch, op === 'commit' ? 'committed' : 'aborted')
   if (outcome === 'refused') return new TxNotActiveError(`branch ${branch} never prepared; it cannot commit`)
   if (outcome === 'failed') return new NotReadyError(`the app did not finish branch ${branch}; retry later`)
-  if (outcome === 'not-here') return new BranchNotHereError(`branch ${branch} is held by another sidecar's log, not this one's (this address was reused); its holder must be told`)
+  if (outcome === 'not-here')
+    return new BranchNotHereError(
+      `branch ${branch} is held by another sidecar's log, not this one's (this address was reused); its holder must be told`,
+    )
   return ok({ id, branch, outcome })
 }
 
@@ -276,12 +335,15 @@ interface BatchItem {
 function parseBatch(body: Record<string, unknown>): (BatchItem | TxmeshError)[] | TxmeshError {
   const items = body.items
   if (!Array.isArray(items) || items.length === 0) return new BadRequestError('a batch needs a non-empty items list')
-  if (items.length > LIMITS.batchMaxItems) return new BadRequestError(`a batch carries at most ${LIMITS.batchMaxItems} items, got ${items.length}`)
+  if (items.length > LIMITS.batchMaxItems)
+    return new BadRequestError(`a batch carries at most ${LIMITS.batchMaxItems} items, got ${items.length}`)
   return items.map((v: unknown): BatchItem | TxmeshError => {
     const o = v as Record<string, unknown> | null
-    if (typeof o !== 'object' || o === null || Array.isArray(o)) return new BadRequestError('a batch item must be an object')
+    if (typeof o !== 'object' || o === null || Array.isArray(o))
+      return new BadRequestError('a batch item must be an object')
     if (!isId(o.tx)) return new BadRequestError('item.tx must be a transaction id')
-    if (typeof o.op !== 'string' || !BATCH_OPS.has(o.op)) return new BadRequestError(`item.op must be one of ${[...BATCH_OPS].join(', ')}`)
+    if (typeof o.op !== 'string' || !BATCH_OPS.has(o.op))
+      return new BadRequestError(`item.op must be one of ${[...BATCH_OPS].join(', ')}`)
     return { tx: o.tx, op: o.op, body: { branch: o.branch } }
   })
 }
@@ -294,12 +356,19 @@ const AUTH_REFUSALS: Readonly<Record<'missing' | 'malformed' | 'stale' | 'signat
 }
 
 function parseRefs(v: unknown): ParticipantRef[] | TxmeshError {
-  if (!Array.isArray(v) || v.length === 0 || v.length > LIMITS.maxParticipants) return new BadRequestError('participants must be a non-empty list')
+  if (!Array.isArray(v) || v.length === 0 || v.length > LIMITS.maxParticipants)
+    return new BadRequestError('participants must be a non-empty list')
   const out: ParticipantRef[] = []
   for (const p of v as { service?: unknown; control?: unknown; branch?: unknown }[]) {
     // The service name is bounded as in an enlisted header: the decision record lists every
     // participant, and its size is budgeted (LIMITS.decisionRecordRestBytes).
-    if (typeof p.service !== 'string' || p.service.length > LIMITS.serviceNameChars || typeof p.control !== 'string' || !/^[A-Za-z0-9.[\]:-]{1,260}$/.test(p.control) || !isId(p.branch)) {
+    if (
+      typeof p.service !== 'string' ||
+      p.service.length > LIMITS.serviceNameChars ||
+      typeof p.control !== 'string' ||
+      !/^[A-Za-z0-9.[\]:-]{1,260}$/.test(p.control) ||
+      !isId(p.branch)
+    ) {
       return new BadRequestError('malformed participant')
     }
     out.push({ service: p.service, control: p.control, branch: p.branch })
@@ -313,14 +382,25 @@ function parseRefs(v: unknown): ParticipantRef[] | TxmeshError {
  * optional). A path '' names the service's own hook.
  */
 function opProblem(o: Record<string, unknown>, recorded: boolean): string | undefined {
-  if (o.method === undefined ? recorded : !isStepMethod(o.method)) return `method must be an upper-case method other than CONNECT, at most ${LIMITS.stepMethodChars} letters`
-  if (o.path === undefined ? recorded : typeof o.path !== 'string' || o.path.length > LIMITS.stepPathChars || (o.path !== '' && !o.path.startsWith('/'))) {
+  if (o.method === undefined ? recorded : !isStepMethod(o.method))
+    return `method must be an upper-case method other than CONNECT, at most ${LIMITS.stepMethodChars} letters`
+  if (
+    o.path === undefined
+      ? recorded
+      : typeof o.path !== 'string' || o.path.length > LIMITS.stepPathChars || (o.path !== '' && !o.path.startsWith('/'))
+  ) {
     return `path must be '' or start with '/', at most ${LIMITS.stepPathChars} characters`
   }
-  if (o.body !== undefined && (typeof o.body !== 'string' || o.body.length > LIMITS.stepTemplateBodyBytes)) return `body must be a string of at most ${LIMITS.stepTemplateBodyBytes} characters`
+  if (o.body !== undefined && (typeof o.body !== 'string' || o.body.length > LIMITS.stepTemplateBodyBytes))
+    return `body must be a string of at most ${LIMITS.stepTemplateBodyBytes} characters`
   if (o.headers !== undefined) {
     const h = o.headers
-    if (typeof h !== 'object' || h === null || Array.isArray(h) || Object.entries(h).some(([k, v]) => !STEP_HEADER_NAME.test(k) || typeof v !== 'string')) {
+    if (
+      typeof h !== 'object' ||
+      h === null ||
+      Array.isArray(h) ||
+      Object.entries(h).some(([k, v]) => !STEP_HEADER_NAME.test(k) || typeof v !== 'string')
+    ) {
       return `headers must map header names (at most ${LIMITS.stepHeaderNameChars} letters, digits and '-') to strings`
     }
     // A request that could never be sent would fail every attempt (a step stuck for good).
@@ -332,18 +412,32 @@ function opProblem(o: Record<string, unknown>, recorded: boolean): string | unde
 /** A step a peer's egress recorded (control POST /steps): checked field by field. */
 function parseStep(v: unknown): StepRecord | TxmeshError {
   const o = v as Record<string, unknown> | null
-  if (typeof o !== 'object' || o === null || !isId(o.id) || typeof o.service !== 'string' || o.service.length > LIMITS.serviceNameChars || typeof o.target !== 'string' || o.target.length > LIMITS.stepTargetChars) {
+  if (
+    typeof o !== 'object' ||
+    o === null ||
+    !isId(o.id) ||
+    typeof o.service !== 'string' ||
+    o.service.length > LIMITS.serviceNameChars ||
+    typeof o.target !== 'string' ||
+    o.target.length > LIMITS.stepTargetChars
+  ) {
     return new BadRequestError('step must have id, service and target')
   }
   for (const k of ['compensate', 'confirm', 'cancel'] as const) {
     const op = o[k]
     if (op === undefined) continue
-    const problem = typeof op === 'object' && op !== null && !Array.isArray(op) ? opProblem(op as Record<string, unknown>, true) : 'must be an object'
+    const problem =
+      typeof op === 'object' && op !== null && !Array.isArray(op)
+        ? opProblem(op as Record<string, unknown>, true)
+        : 'must be an object'
     if (problem !== undefined) return new BadRequestError(`step.${k} is malformed: ${problem}`)
   }
-  if (o.unresolved !== undefined && (typeof o.unresolved !== 'string' || o.unresolved.length > LIMITS.stepReasonChars)) return new BadRequestError('step.unresolved is malformed')
-  for (const k of ['intent', 'viaIngress'] as const) if (o[k] !== undefined && typeof o[k] !== 'boolean') return new BadRequestError(`step.${k} must be a boolean`)
-  if (o.holder !== undefined && (typeof o.holder !== 'string' || !isIncarnation(o.holder))) return new BadRequestError('step.holder must be a log incarnation')
+  if (o.unresolved !== undefined && (typeof o.unresolved !== 'string' || o.unresolved.length > LIMITS.stepReasonChars))
+    return new BadRequestError('step.unresolved is malformed')
+  for (const k of ['intent', 'viaIngress'] as const)
+    if (o[k] !== undefined && typeof o[k] !== 'boolean') return new BadRequestError(`step.${k} must be a boolean`)
+  if (o.holder !== undefined && (typeof o.holder !== 'string' || !isIncarnation(o.holder)))
+    return new BadRequestError('step.holder must be a log incarnation')
   const step: StepRecord = {
     id: o.id,
     service: o.service,

@@ -91,9 +91,20 @@ export class DeliveryQueue {
     this.random = opts.random ?? Math.random
     this.onDelivered = opts.onDelivered
     this.onFailure = opts.onFailure
-    assert(Number.isInteger(this.maxPending) && this.maxPending >= 1 && this.maxPending <= LIMITS.eventQueueLength, 'maxPending out of range')
-    assert(this.backoffBaseMs >= 1 && this.backoffBaseMs <= this.backoffCapMs && this.backoffCapMs <= LIMITS.eventBackoffCapMs, 'backoff out of range')
-    assert(this.deliveryTimeoutMs >= 1 && this.deliveryTimeoutMs <= LIMITS.eventDeliveryTimeoutCapMs, 'deliveryTimeoutMs out of range')
+    assert(
+      Number.isInteger(this.maxPending) && this.maxPending >= 1 && this.maxPending <= LIMITS.eventQueueLength,
+      'maxPending out of range',
+    )
+    assert(
+      this.backoffBaseMs >= 1 &&
+        this.backoffBaseMs <= this.backoffCapMs &&
+        this.backoffCapMs <= LIMITS.eventBackoffCapMs,
+      'backoff out of range',
+    )
+    assert(
+      this.deliveryTimeoutMs >= 1 && this.deliveryTimeoutMs <= LIMITS.eventDeliveryTimeoutCapMs,
+      'deliveryTimeoutMs out of range',
+    )
     assert(this.closeWaitMs >= 0 && this.closeWaitMs <= LIMITS.eventCloseWaitMs, 'closeWaitMs out of range')
   }
 
@@ -108,7 +119,10 @@ export class DeliveryQueue {
    */
   push(e: BusEvent): boolean {
     if (this.closed) throw new Error(`delivery queue for sink ${this.sink.name} is closed`)
-    assert(e.id.length > 0 && e.id.length <= LIMITS.eventIdMaxChars, `event id must be 1..${LIMITS.eventIdMaxChars} chars`)
+    assert(
+      e.id.length > 0 && e.id.length <= LIMITS.eventIdMaxChars,
+      `event id must be 1..${LIMITS.eventIdMaxChars} chars`,
+    )
     if (this.items.length >= this.maxPending) return false
     this.items.push(e)
     if (!this.running) {
@@ -119,7 +133,13 @@ export class DeliveryQueue {
   }
 
   stats(): DeliveryStats {
-    return { delivered: this.delivered, failures: this.failures, pending: this.items.length, lastError: this.lastError, lastErrorAt: this.lastErrorAt }
+    return {
+      delivered: this.delivered,
+      failures: this.failures,
+      pending: this.items.length,
+      lastError: this.lastError,
+      lastErrorAt: this.lastErrorAt,
+    }
   }
 
   /**
@@ -190,7 +210,10 @@ export class DeliveryQueue {
   private async attempt(e: BusEvent): Promise<void> {
     let timer: unknown
     const timeout = new Promise<never>((_, reject) => {
-      timer = this.clock.setTimeout(() => reject(new Error(`no acknowledgement within ${this.deliveryTimeoutMs} ms`)), this.deliveryTimeoutMs)
+      timer = this.clock.setTimeout(
+        () => reject(new Error(`no acknowledgement within ${this.deliveryTimeoutMs} ms`)),
+        this.deliveryTimeoutMs,
+      )
     })
     try {
       // Promise.race subscribes to the sink's promise, so its late rejection is handled.

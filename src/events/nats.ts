@@ -83,7 +83,9 @@ export class NatsSink implements Sink {
         reconnectTimeWait: reconnectWaitMs,
       })
     } catch (err) {
-      throw new Error(`nats sink ${opts.name}: cannot connect to ${opts.servers.join(', ')}: ${errorText(err)}`, { cause: err })
+      throw new Error(`nats sink ${opts.name}: cannot connect to ${opts.servers.join(', ')}: ${errorText(err)}`, {
+        cause: err,
+      })
     }
     try {
       const jsm = await jetstreamManager(nc, { timeout: opts.timeoutMs })

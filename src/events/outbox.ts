@@ -70,7 +70,14 @@ export class Outbox {
   private readonly publishing = new Set<DeliveryQueue>()
 
   constructor(
-    private readonly o: { log: FileLog; service: string; logger: Logger; sinks: readonly Sink[]; messages: Sink | undefined; topics?: readonly string[] },
+    private readonly o: {
+      log: FileLog
+      service: string
+      logger: Logger
+      sinks: readonly Sink[]
+      messages: Sink | undefined
+      topics?: readonly string[]
+    },
   ) {
     this.subject = eventSubject(o.service)
     this.queues = o.sinks.map(
@@ -78,7 +85,8 @@ export class Outbox {
         new DeliveryQueue(sink, {
           onDelivered: (e) => this.delivered(e),
           onFailure: (e, err, attempt) => {
-            if (attempt === 1 || attempt % LIMITS.eventFailureLogEvery === 0) o.logger.warn('event_delivery_failed', { sink: sink.name, event: e.id, attempt, error: err.message })
+            if (attempt === 1 || attempt % LIMITS.eventFailureLogEvery === 0)
+              o.logger.warn('event_delivery_failed', { sink: sink.name, event: e.id, attempt, error: err.message })
           },
         }),
     )
@@ -117,13 +125,23 @@ export class Outbox {
     const t = this.track(tx)
     t.seq++
     const at = Date.now()
-    const payload = { id: `${this.o.service}:${tx}:${t.seq}`, service: this.o.service, tx, seq: t.seq, type: name, at: new Date(at).toISOString(), data }
+    const payload = {
+      id: `${this.o.service}:${tx}:${t.seq}`,
+      service: this.o.service,
+      tx,
+      seq: t.seq,
+      type: name,
+      at: new Date(at).toISOString(),
+      data,
+    }
     const e: BusEvent = { id: payload.id, subject: this.subject, payload }
     if (isLast(name, data)) t.over = true
     try {
       if (name === 'committed') {
         // Force-written: the one event a consumer must never miss.
-        this.o.log.append(logKey(tx), { type: 'event', event: payload }).catch((err: unknown) => this.o.logger.warn('event_log_failed', { tx, error: String(err) }))
+        this.o.log
+          .append(logKey(tx), { type: 'event', event: payload })
+          .catch((err: unknown) => this.o.logger.warn('event_log_failed', { tx, error: String(err) }))
       } else {
         this.o.log.appendLazy(logKey(tx), { type: 'event', event: payload })
       }
@@ -219,12 +237,17 @@ export class Outbox {
     }
     for (const tx of committed) {
       const events = seen.get(tx)?.events ?? []
-      if (!events.some((p) => p.type === 'committed')) this.record('tx-outcome', { tx, outcome: 'committed', recovered: true })
+      if (!events.some((p) => p.type === 'committed'))
+        this.record('tx-outcome', { tx, outcome: 'committed', recovered: true })
     }
   }
 
   async close(): Promise<void> {
     await Promise.all([...this.queues, ...this.publishing].map((q) => q.close()))
-    await Promise.all([...this.o.sinks, ...(this.o.messages === undefined ? [] : [this.o.messages])].map((s) => s.close().catch(() => undefined)))
+    await Promise.all(
+      [...this.o.sinks, ...(this.o.messages === undefined ? [] : [this.o.messages])].map((s) =>
+        s.close().catch(() => undefined),
+      ),
+    )
   }
 }

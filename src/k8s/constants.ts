@@ -58,7 +58,11 @@ export const CONFIG_VOLUME = 'txmesh-config'
 export const ENV_CONFIGMAP = 'txmesh-env'
 
 export const PORTS = Object.freeze({ admin: 15000, egress: 15001, ingress: 15006, control: 15010, health: 15021 })
-export const PORT_NAMES = Object.freeze({ ingress: 'txmesh-ingress', control: 'txmesh-control', health: 'txmesh-health' })
+export const PORT_NAMES = Object.freeze({
+  ingress: 'txmesh-ingress',
+  control: 'txmesh-control',
+  health: 'txmesh-health',
+})
 
 export const CONFIG_DIR = '/etc/txmesh'
 export const CONFIG_KEY = 'txmesh.yaml'
@@ -80,7 +84,11 @@ export const MESH_KEY_FILE = `${MESH_KEY_DIR}/${MESH_KEY_KEY}`
  */
 export const TLS_VOLUME = 'txmesh-tls'
 export const TLS_DIR = '/var/run/secrets/txmesh/tls'
-export const TLS_FILES = Object.freeze({ certFile: `${TLS_DIR}/tls.crt`, keyFile: `${TLS_DIR}/tls.key`, caFile: `${TLS_DIR}/ca.crt` })
+export const TLS_FILES = Object.freeze({
+  certFile: `${TLS_DIR}/tls.crt`,
+  keyFile: `${TLS_DIR}/tls.key`,
+  caFile: `${TLS_DIR}/ca.crt`,
+})
 /** The admin token (txmesh.io/admin-token-secret): this key of the Secret, as TXMESH_ADMIN_TOKEN. */
 export const ADMIN_TOKEN_KEY = 'token'
 

@@ -33,7 +33,16 @@ import {
   defaultImage,
 } from './constants.js'
 import { applyPatch, isObject, pointer, type Json, type JsonObject, type PatchOp } from './json-patch.js'
-import type { Container, EnvVar, Probe, ResourceList, ResourceRequirements, SecurityContext, Volume, VolumeMount } from './types.js'
+import type {
+  Container,
+  EnvVar,
+  Probe,
+  ResourceList,
+  ResourceRequirements,
+  SecurityContext,
+  Volume,
+  VolumeMount,
+} from './types.js'
 
 export type Capture = 'env' | 'iptables'
 
@@ -112,8 +121,22 @@ const DNS_SUBDOMAIN = /^(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-
 // Kubernetes resource quantity without a sign (resource.Quantity's grammar).
 const QUANTITY = /^(\d+(?:\.\d*)?|\.\d+)(Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E|[eE][+-]?\d+)?$/
 const QUANTITY_SCALE: Readonly<Record<string, number>> = {
-  '': 1, n: 1e-9, u: 1e-6, m: 1e-3, k: 1e3, M: 1e6, G: 1e9, T: 1e12, P: 1e15, E: 1e18,
-  Ki: 2 ** 10, Mi: 2 ** 20, Gi: 2 ** 30, Ti: 2 ** 40, Pi: 2 ** 50, Ei: 2 ** 60,
+  '': 1,
+  n: 1e-9,
+  u: 1e-6,
+  m: 1e-3,
+  k: 1e3,
+  M: 1e6,
+  G: 1e9,
+  T: 1e12,
+  P: 1e15,
+  E: 1e18,
+  Ki: 2 ** 10,
+  Mi: 2 ** 20,
+  Gi: 2 ** 30,
+  Ti: 2 ** 40,
+  Pi: 2 ** 50,
+  Ei: 2 ** 60,
 }
 // An image reference: no whitespace, not empty. The registry decides the rest at pull time.
 const IMAGE = /^[^\s]{1,512}$/
@@ -122,7 +145,10 @@ const IMAGE = /^[^\s]{1,512}$/
 const TXMESH_PORTS = new Set<number>(Object.values(PORTS))
 
 // The iptables init container's own resources: it runs a dozen iptables commands and exits.
-const INIT_RESOURCES: ResourceRequirements = { requests: { cpu: '10m', memory: '16Mi' }, limits: { cpu: '100m', memory: '64Mi' } }
+const INIT_RESOURCES: ResourceRequirements = {
+  requests: { cpu: '10m', memory: '16Mi' },
+  limits: { cpu: '100m', memory: '64Mi' },
+}
 
 const PROBE_PORT = PORT_NAMES.health
 
@@ -210,7 +236,8 @@ export function podWorkloadName(meta: JsonObject): string | undefined {
     name = meta.generateName.replace(/-$/, '')
   }
   const hash = labels['pod-template-hash']
-  if (name !== undefined && typeof hash === 'string' && name.endsWith(`-${hash}`)) name = name.slice(0, -hash.length - 1)
+  if (name !== undefined && typeof hash === 'string' && name.endsWith(`-${hash}`))
+    name = name.slice(0, -hash.length - 1)
   return name
 }
 
@@ -223,32 +250,46 @@ interface TemplateContext extends InjectOptions {
 }
 
 /** Decides and builds the injection of one pod template (a Pod's metadata+spec is one too). */
-export function injectTemplate(template: JsonObject, ctx: TemplateContext): { outcome: TemplateOutcome; patch: PatchOp[] } {
+export function injectTemplate(
+  template: JsonObject,
+  ctx: TemplateContext,
+): { outcome: TemplateOutcome; patch: PatchOp[] } {
   const { at } = ctx
-  if (template.metadata !== undefined && !isObject(template.metadata)) throw new ManifestInvalidError('metadata is not a mapping', { path: `${at}/metadata` })
+  if (template.metadata !== undefined && !isObject(template.metadata))
+    throw new ManifestInvalidError('metadata is not a mapping', { path: `${at}/metadata` })
   const meta = template.metadata ?? {}
   if (meta.annotations !== undefined && meta.annotations !== null && !isObject(meta.annotations)) {
-    throw new ManifestInvalidError('metadata.annotations is not a mapping', { path: at + pointer('metadata', 'annotations') })
+    throw new ManifestInvalidError('metadata.annotations is not a mapping', {
+      path: at + pointer('metadata', 'annotations'),
+    })
   }
   const annotations = isObject(meta.annotations) ? meta.annotations : {}
   const annotation = (key: string): string | undefined => {
     const v = annotations[key]
     if (v === undefined || v === null) return undefined
     if (typeof v !== 'string') {
-      throw new InjectInvalidError(`${key}: annotation values must be strings; quote it: "${String(v)}"`, { path: annotationPath(at, key) })
+      throw new InjectInvalidError(`${key}: annotation values must be strings; quote it: "${String(v)}"`, {
+        path: annotationPath(at, key),
+      })
     }
     return v
   }
 
   if (annotation(ANNOTATIONS.status) === STATUS_INJECTED) {
-    return { outcome: { kind: 'skipped', reason: 'already-injected', ...alreadyInjected(template, ctx, annotation) }, patch: [] }
+    return {
+      outcome: { kind: 'skipped', reason: 'already-injected', ...alreadyInjected(template, ctx, annotation) },
+      patch: [],
+    }
   }
   const inject = annotation(ANNOTATIONS.inject)
   if (inject !== undefined && inject !== 'true' && inject !== 'false') {
-    throw new InjectInvalidError(`${ANNOTATIONS.inject} must be "true" or "false", not "${inject}"`, { path: annotationPath(at, ANNOTATIONS.inject) })
+    throw new InjectInvalidError(`${ANNOTATIONS.inject} must be "true" or "false", not "${inject}"`, {
+      path: annotationPath(at, ANNOTATIONS.inject),
+    })
   }
   if (inject === 'false') return { outcome: { kind: 'skipped', reason: 'opted-out' }, patch: [] }
-  if (inject === undefined && ctx.namespaceEnabled !== true) return { outcome: { kind: 'skipped', reason: 'not-annotated' }, patch: [] }
+  if (inject === undefined && ctx.namespaceEnabled !== true)
+    return { outcome: { kind: 'skipped', reason: 'not-annotated' }, patch: [] }
 
   const spec = podSpec(template, at)
   const settings = resolveSettings(template, spec, ctx, annotation)
@@ -277,16 +318,22 @@ function podSpec(template: JsonObject, at: string): PodSpecView {
       if (required) throw new ManifestInvalidError(`spec.${key} is missing`, { path: `${at}/spec` })
       return undefined
     }
-    if (!Array.isArray(v) || !v.every(isObject)) throw new ManifestInvalidError(`spec.${key} is not a list of mappings`, { path: `${at}/spec/${key}` })
+    if (!Array.isArray(v) || !v.every(isObject))
+      throw new ManifestInvalidError(`spec.${key} is not a list of mappings`, { path: `${at}/spec/${key}` })
     return v as JsonObject[]
   }
   const containers = list('containers', true) ?? []
-  if (containers.length === 0) throw new ManifestInvalidError('spec.containers is empty', { path: `${at}/spec/containers` })
+  if (containers.length === 0)
+    throw new ManifestInvalidError('spec.containers is empty', { path: `${at}/spec/containers` })
   return { spec, containers, initContainers: list('initContainers', false), volumes: list('volumes', false) }
 }
 
 function containerPorts(c: JsonObject): { name: string | undefined; port: unknown }[] {
-  return Array.isArray(c.ports) ? c.ports.filter(isObject).map((p) => ({ name: typeof p.name === 'string' ? p.name : undefined, port: p.containerPort })) : []
+  return Array.isArray(c.ports)
+    ? c.ports
+        .filter(isObject)
+        .map((p) => ({ name: typeof p.name === 'string' ? p.name : undefined, port: p.containerPort }))
+    : []
 }
 
 function validPort(n: unknown): n is number {
@@ -295,12 +342,19 @@ function validPort(n: unknown): n is number {
 
 type AnnotationReader = (key: string) => string | undefined
 
-function resolveSettings(template: JsonObject, view: PodSpecView, ctx: TemplateContext, annotation: AnnotationReader): ProxySettings {
+function resolveSettings(
+  template: JsonObject,
+  view: PodSpecView,
+  ctx: TemplateContext,
+  annotation: AnnotationReader,
+): ProxySettings {
   const { at } = ctx
-  const invalid = (key: string, message: string): InjectInvalidError => new InjectInvalidError(`${key}: ${message}`, { path: annotationPath(at, key) })
+  const invalid = (key: string, message: string): InjectInvalidError =>
+    new InjectInvalidError(`${key}: ${message}`, { path: annotationPath(at, key) })
 
   const capture = annotation(ANNOTATIONS.capture) ?? DEFAULTS.capture
-  if (capture !== 'env' && capture !== 'iptables') throw invalid(ANNOTATIONS.capture, `must be "env" or "iptables", not "${capture}"`)
+  if (capture !== 'env' && capture !== 'iptables')
+    throw invalid(ANNOTATIONS.capture, `must be "env" or "iptables", not "${capture}"`)
 
   const nativeText = annotation(ANNOTATIONS.nativeSidecar)
   if (nativeText !== undefined && nativeText !== 'true' && nativeText !== 'false') {
@@ -314,7 +368,8 @@ function resolveSettings(template: JsonObject, view: PodSpecView, ctx: TemplateC
   }
   const configMap = name(ANNOTATIONS.config, DEFAULTS.configMap, 'ConfigMap')
   const meshKeySecret = name(ANNOTATIONS.meshKeySecret, DEFAULTS.meshKeySecret, 'Secret')
-  const optionalName = (key: string, what: string): string | undefined => (annotation(key) === undefined ? undefined : name(key, '', what))
+  const optionalName = (key: string, what: string): string | undefined =>
+    annotation(key) === undefined ? undefined : name(key, '', what)
   const tlsSecret = optionalName(ANNOTATIONS.tlsSecret, 'Secret')
   const adminTokenSecret = optionalName(ANNOTATIONS.adminTokenSecret, 'Secret')
   const logPvcText = annotation(ANNOTATIONS.logPvc)
@@ -343,16 +398,22 @@ function appPort(view: PodSpecView, at: string, annotation: AnnotationReader): n
   if (text !== undefined) {
     if (/^\d+$/.test(text)) {
       const n = Number(text)
-      if (!validPort(n)) throw new InjectInvalidError(`${ANNOTATIONS.appPort}: ${text} is not a port (1-65535)`, { path: annotationPath(at, ANNOTATIONS.appPort) })
+      if (!validPort(n))
+        throw new InjectInvalidError(`${ANNOTATIONS.appPort}: ${text} is not a port (1-65535)`, {
+          path: annotationPath(at, ANNOTATIONS.appPort),
+        })
       return n
     }
     // A named port of an app container, as a Service's targetPort may name one.
     for (const c of view.containers) {
       for (const p of containerPorts(c)) if (p.name === text && validPort(p.port)) return p.port
     }
-    throw new InjectInvalidError(`${ANNOTATIONS.appPort}: "${text}" is neither a port number nor the name of a container port`, {
-      path: annotationPath(at, ANNOTATIONS.appPort),
-    })
+    throw new InjectInvalidError(
+      `${ANNOTATIONS.appPort}: "${text}" is neither a port number nor the name of a container port`,
+      {
+        path: annotationPath(at, ANNOTATIONS.appPort),
+      },
+    )
   }
   const first = view.containers[0] as JsonObject
   const port = containerPorts(first)[0]
@@ -364,7 +425,10 @@ function appPort(view: PodSpecView, at: string, annotation: AnnotationReader): n
       { path: `${at}/spec/containers/0` },
     )
   }
-  if (!validPort(port.port)) throw new ManifestInvalidError('containerPort is not a port number (1-65535)', { path: `${at}/spec/containers/0/ports/0/containerPort` })
+  if (!validPort(port.port))
+    throw new ManifestInvalidError('containerPort is not a port number (1-65535)', {
+      path: `${at}/spec/containers/0/ports/0/containerPort`,
+    })
   return port.port
 }
 
@@ -373,18 +437,28 @@ function serviceName(template: JsonObject, ctx: TemplateContext, annotation: Ann
   const labels = isObject(meta.labels) ? meta.labels : {}
   const candidates: [string | undefined, string, string][] = [
     [annotation(ANNOTATIONS.service), `annotation ${ANNOTATIONS.service}`, annotationPath(ctx.at, ANNOTATIONS.service)],
-    [stringOr(labels['app.kubernetes.io/name']), 'label app.kubernetes.io/name', ctx.at + pointer('metadata', 'labels', 'app.kubernetes.io/name')],
+    [
+      stringOr(labels['app.kubernetes.io/name']),
+      'label app.kubernetes.io/name',
+      ctx.at + pointer('metadata', 'labels', 'app.kubernetes.io/name'),
+    ],
     [stringOr(labels.app), 'label app', ctx.at + pointer('metadata', 'labels', 'app')],
     [ctx.workloadName, `the ${ctx.kind}'s name`, ctx.at === '' ? '/metadata' : pointer('metadata', 'name')],
   ]
   for (const [value, from, path] of candidates) {
     if (value === undefined || value === '') continue
     if (!SERVICE_NAME.test(value)) {
-      throw new InjectInvalidError(`service name "${value}" (from ${from}) is not a valid txmesh service name; set ${ANNOTATIONS.service}`, { path })
+      throw new InjectInvalidError(
+        `service name "${value}" (from ${from}) is not a valid txmesh service name; set ${ANNOTATIONS.service}`,
+        { path },
+      )
     }
     return value
   }
-  throw new InjectInvalidError(`cannot tell the service name: set ${ANNOTATIONS.service} or the label app.kubernetes.io/name`, { path: `${ctx.at}/metadata` })
+  throw new InjectInvalidError(
+    `cannot tell the service name: set ${ANNOTATIONS.service} or the label app.kubernetes.io/name`,
+    { path: `${ctx.at}/metadata` },
+  )
 }
 
 function stringOr(v: Json | undefined): string | undefined {
@@ -404,7 +478,10 @@ function resources(at: string, annotation: AnnotationReader): ResourceRequiremen
     const v = annotation(key) ?? fallback
     // "none" leaves the field out: many clusters run without CPU limits to avoid throttling.
     if (v === 'none') return undefined
-    if (quantity(v) === undefined) throw new InjectInvalidError(`${key}: "${v}" is not a Kubernetes quantity (e.g. 100m, 128Mi) or "none"`, { path: annotationPath(at, key) })
+    if (quantity(v) === undefined)
+      throw new InjectInvalidError(`${key}: "${v}" is not a Kubernetes quantity (e.g. 100m, 128Mi) or "none"`, {
+        path: annotationPath(at, key),
+      })
     return v
   }
   const list = (cpu: string | undefined, memory: string | undefined): ResourceList | undefined => {
@@ -420,7 +497,9 @@ function resources(at: string, annotation: AnnotationReader): ResourceRequiremen
   // The API server refuses a request above its limit; say which annotation at injection time.
   const over = (req: string | undefined, lim: string | undefined, key: string): void => {
     if (req !== undefined && lim !== undefined && (quantity(req) ?? 0) > (quantity(lim) ?? 0)) {
-      throw new InjectInvalidError(`${key}: request ${req} is above the limit ${lim}`, { path: annotationPath(at, key) })
+      throw new InjectInvalidError(`${key}: request ${req} is above the limit ${lim}`, {
+        path: annotationPath(at, key),
+      })
     }
   }
   over(cpuReq, cpuLim, ANNOTATIONS.cpuRequest)
@@ -436,9 +515,12 @@ function resources(at: string, annotation: AnnotationReader): ResourceRequiremen
 function checkConflicts(view: PodSpecView, s: ProxySettings, at: string): void {
   // Istio skips such pods; a pod that asked for a sidecar is told why instead.
   if (view.spec.hostNetwork === true) {
-    throw new InjectConflictError(`a hostNetwork pod shares the node's ports: the sidecar's ports (${[...TXMESH_PORTS].join(', ')}) would collide between pods of the node`, {
-      path: `${at}/spec/hostNetwork`,
-    })
+    throw new InjectConflictError(
+      `a hostNetwork pod shares the node's ports: the sidecar's ports (${[...TXMESH_PORTS].join(', ')}) would collide between pods of the node`,
+      {
+        path: `${at}/spec/hostNetwork`,
+      },
+    )
   }
   const ours = new Set([PROXY_CONTAINER, INIT_CONTAINER])
   const lists: [string, JsonObject[] | undefined][] = [
@@ -449,29 +531,41 @@ function checkConflicts(view: PodSpecView, s: ProxySettings, at: string): void {
   for (const [key, list] of lists) {
     list?.forEach((c, i) => {
       if (typeof c.name === 'string' && ours.has(c.name)) {
-        throw new InjectConflictError(`a container is already named "${c.name}" but the pod is not marked ${ANNOTATIONS.status}: ${STATUS_INJECTED}`, {
-          path: `${at}/spec/${key}/${i}/name`,
-        })
+        throw new InjectConflictError(
+          `a container is already named "${c.name}" but the pod is not marked ${ANNOTATIONS.status}: ${STATUS_INJECTED}`,
+          {
+            path: `${at}/spec/${key}/${i}/name`,
+          },
+        )
       }
       containerPorts(c).forEach((p, j) => {
         if (typeof p.port === 'number' && TXMESH_PORTS.has(p.port)) {
-          throw new InjectConflictError(`port ${p.port} is used by the txmesh sidecar (${[...TXMESH_PORTS].join(', ')})`, {
-            path: `${at}/spec/${key}/${i}/ports/${j}`,
-          })
+          throw new InjectConflictError(
+            `port ${p.port} is used by the txmesh sidecar (${[...TXMESH_PORTS].join(', ')})`,
+            {
+              path: `${at}/spec/${key}/${i}/ports/${j}`,
+            },
+          )
         }
         if (p.name !== undefined && ourPortNames.has(p.name)) {
-          throw new InjectConflictError(`port name "${p.name}" is reserved for the txmesh sidecar`, { path: `${at}/spec/${key}/${i}/ports/${j}` })
+          throw new InjectConflictError(`port name "${p.name}" is reserved for the txmesh sidecar`, {
+            path: `${at}/spec/${key}/${i}/ports/${j}`,
+          })
         }
       })
     })
   }
   view.volumes?.forEach((v, i) => {
     if (v.name === LOG_VOLUME || v.name === CONFIG_VOLUME || v.name === MESH_KEY_VOLUME || v.name === TLS_VOLUME) {
-      throw new InjectConflictError(`a volume is already named "${String(v.name)}"`, { path: `${at}/spec/volumes/${i}/name` })
+      throw new InjectConflictError(`a volume is already named "${String(v.name)}"`, {
+        path: `${at}/spec/volumes/${i}/name`,
+      })
     }
   })
   if (TXMESH_PORTS.has(s.appPort)) {
-    throw new InjectConflictError(`app port ${s.appPort} is one of the sidecar's own ports`, { path: annotationPath(at, ANNOTATIONS.appPort) })
+    throw new InjectConflictError(`app port ${s.appPort} is one of the sidecar's own ports`, {
+      path: annotationPath(at, ANNOTATIONS.appPort),
+    })
   }
 }
 
@@ -538,7 +632,9 @@ export function proxyContainer(s: ProxySettings): Container {
 
 /** TXMESH_ADMIN_TOKEN from the admin token Secret (sidecar and app containers), when annotated. */
 function adminTokenEnv(s: Pick<ProxySettings, 'adminTokenSecret'>): EnvVar[] {
-  return s.adminTokenSecret === undefined ? [] : [{ name: 'TXMESH_ADMIN_TOKEN', valueFrom: { secretKeyRef: { name: s.adminTokenSecret, key: ADMIN_TOKEN_KEY } } }]
+  return s.adminTokenSecret === undefined
+    ? []
+    : [{ name: 'TXMESH_ADMIN_TOKEN', valueFrom: { secretKeyRef: { name: s.adminTokenSecret, key: ADMIN_TOKEN_KEY } } }]
 }
 
 /**
@@ -584,12 +680,18 @@ export function initContainer(s: ProxySettings): Container {
 export function volumes(s: ProxySettings): Volume[] {
   // emptyDir dies with the pod: its in-doubt branches then rely on the coordinator's presumed
   // abort and peers' retries (README, Kubernetes). A claim keeps the log across rescheduling.
-  const log: Volume = s.logPvc === undefined ? { name: LOG_VOLUME, emptyDir: {} } : { name: LOG_VOLUME, persistentVolumeClaim: { claimName: s.logPvc } }
+  const log: Volume =
+    s.logPvc === undefined
+      ? { name: LOG_VOLUME, emptyDir: {} }
+      : { name: LOG_VOLUME, persistentVolumeClaim: { claimName: s.logPvc } }
   const tls: Volume[] = s.tlsSecret === undefined ? [] : [{ name: TLS_VOLUME, secret: { secretName: s.tlsSecret } }]
   return [
     log,
     { name: CONFIG_VOLUME, configMap: { name: s.configMap, items: [{ key: CONFIG_KEY, path: CONFIG_KEY }] } },
-    { name: MESH_KEY_VOLUME, secret: { secretName: s.meshKeySecret, items: [{ key: MESH_KEY_KEY, path: MESH_KEY_KEY }] } },
+    {
+      name: MESH_KEY_VOLUME,
+      secret: { secretName: s.meshKeySecret, items: [{ key: MESH_KEY_KEY, path: MESH_KEY_KEY }] },
+    },
     ...tls,
   ]
 }
@@ -655,7 +757,12 @@ function buildPatch(template: JsonObject, view: PodSpecView, s: ProxySettings, a
   return ops
 }
 
-function facts(template: JsonObject, view: PodSpecView, ctx: TemplateContext, s: Pick<ProxySettings, 'capture' | 'appPort'>): InjectedTemplate {
+function facts(
+  template: JsonObject,
+  view: PodSpecView,
+  ctx: TemplateContext,
+  s: Pick<ProxySettings, 'capture' | 'appPort'>,
+): InjectedTemplate {
   const meta = isObject(template.metadata) ? template.metadata : {}
   const labels: Record<string, string> = {}
   if (isObject(meta.labels)) for (const [k, v] of Object.entries(meta.labels)) if (typeof v === 'string') labels[k] = v
@@ -668,7 +775,11 @@ function facts(template: JsonObject, view: PodSpecView, ctx: TemplateContext, s:
 }
 
 /** An injected template's facts, read back from its proxy container (for Service retargeting). */
-function alreadyInjected(template: JsonObject, ctx: TemplateContext, annotation: AnnotationReader): { injected?: InjectedTemplate } {
+function alreadyInjected(
+  template: JsonObject,
+  ctx: TemplateContext,
+  annotation: AnnotationReader,
+): { injected?: InjectedTemplate } {
   let view: PodSpecView
   try {
     view = podSpec(template, ctx.at)

@@ -39,7 +39,8 @@ export function injectManifests(text: string, file: string, options: InjectOptio
 
   const docs: Doc[] = parsed.map((doc, index) => {
     const first = doc.errors[0]
-    if (first !== undefined) throw new ManifestInvalidError(`${at(first.pos[0])}: ${first.message.split('\n')[0] ?? first.message}`)
+    if (first !== undefined)
+      throw new ManifestInvalidError(`${at(first.pos[0])}: ${first.message.split('\n')[0] ?? first.message}`)
     let value: Json
     try {
       value = (doc.toJS({ maxAliasCount: LIMITS.manifestMaxAliases }) ?? null) as Json
@@ -68,8 +69,14 @@ export function injectManifests(text: string, file: string, options: InjectOptio
   // Second pass: a Service may come before the workload it selects.
   let retargeted = 0
   for (const d of docs) {
-    const items = isObject(d.value) && Array.isArray(d.value.items) && String(d.value.kind).endsWith('List') ? d.value.items : undefined
-    const ops = items === undefined ? retargetService(d.value, '', templates) : items.flatMap((item, i) => retargetService(item, `/items/${i}`, templates))
+    const items =
+      isObject(d.value) && Array.isArray(d.value.items) && String(d.value.kind).endsWith('List')
+        ? d.value.items
+        : undefined
+    const ops =
+      items === undefined
+        ? retargetService(d.value, '', templates)
+        : items.flatMap((item, i) => retargetService(item, `/items/${i}`, templates))
     retargeted += ops.length
     d.patch.push(...ops)
   }
@@ -136,9 +143,16 @@ export function applyToYaml(doc: Document, ops: readonly PatchOp[]): void {
     if (last === undefined) throw new ManifestInvalidError('cannot replace a whole document')
     let node: unknown = doc.contents
     for (const seg of segments) {
-      const next: unknown = isMap(node) ? node.get(seg, true) : isSeq(node) ? node.get(arrayIndex(seg, node.items.length, false), true) : undefined
+      const next: unknown = isMap(node)
+        ? node.get(seg, true)
+        : isSeq(node)
+          ? node.get(arrayIndex(seg, node.items.length, false), true)
+          : undefined
       if (next === undefined) {
-        throw new ManifestInvalidError(`cannot apply ${op.op} ${op.path}: nothing at /${seg} (a YAML alias or merge key on the way?)`, { path: op.path })
+        throw new ManifestInvalidError(
+          `cannot apply ${op.op} ${op.path}: nothing at /${seg} (a YAML alias or merge key on the way?)`,
+          { path: op.path },
+        )
       }
       node = next
     }
@@ -153,7 +167,10 @@ export function applyToYaml(doc: Document, ops: readonly PatchOp[]): void {
       if (isScalar(prev) && (op.value === null || typeof op.value !== 'object')) prev.value = op.value
       else node.set(last, doc.createNode(op.value))
     } else {
-      throw new ManifestInvalidError(`cannot apply ${op.op} ${op.path}: the parent is not a mapping or sequence (a YAML alias?)`, { path: op.path })
+      throw new ManifestInvalidError(
+        `cannot apply ${op.op} ${op.path}: the parent is not a mapping or sequence (a YAML alias?)`,
+        { path: op.path },
+      )
     }
   }
 }

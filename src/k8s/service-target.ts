@@ -33,9 +33,15 @@ export function retargetService(svc: Json, at: string, templates: readonly Injec
     if (port.protocol !== undefined && port.protocol !== 'TCP') return
     // targetPort defaults to port; a name refers to a container port of the selected pods.
     const target = port.targetPort ?? port.port
-    const hits = selected.some((t) => (typeof target === 'number' ? target === t.appPort : typeof target === 'string' && t.appPortNames.includes(target)))
+    const hits = selected.some((t) =>
+      typeof target === 'number' ? target === t.appPort : typeof target === 'string' && t.appPortNames.includes(target),
+    )
     if (!hits) return
-    ops.push({ op: port.targetPort === undefined ? 'add' : 'replace', path: at + pointer('spec', 'ports', i, 'targetPort'), value: PORTS.ingress })
+    ops.push({
+      op: port.targetPort === undefined ? 'add' : 'replace',
+      path: at + pointer('spec', 'ports', i, 'targetPort'),
+      value: PORTS.ingress,
+    })
   })
   return ops
 }

@@ -6,7 +6,14 @@ import { statSync, readFileSync } from 'node:fs'
 import { createServer, type Server } from 'node:https'
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import type { AddressInfo } from 'node:net'
-import { AdmissionInvalidError, InjectError, InternalError, MethodNotAllowedError, NotFoundError, TxmeshError } from '../errors.js'
+import {
+  AdmissionInvalidError,
+  InjectError,
+  InternalError,
+  MethodNotAllowedError,
+  NotFoundError,
+  TxmeshError,
+} from '../errors.js'
 import { readText, sendJson } from '../http-json.js'
 import { LIMITS } from '../limits.js'
 import type { Logger } from '../telemetry/logger.js'
@@ -50,9 +57,12 @@ export interface AdmitOptions {
  */
 export function admit(body: unknown, options: AdmitOptions): Admission | AdmissionInvalidError {
   if (!isObject(body)) return new AdmissionInvalidError('body must be a JSON object (an AdmissionReview)')
-  if (body.kind !== 'AdmissionReview') return new AdmissionInvalidError(`kind must be AdmissionReview, not ${JSON.stringify(body.kind ?? null)}`)
+  if (body.kind !== 'AdmissionReview')
+    return new AdmissionInvalidError(`kind must be AdmissionReview, not ${JSON.stringify(body.kind ?? null)}`)
   if (body.apiVersion !== ADMISSION_API_VERSION) {
-    return new AdmissionInvalidError(`apiVersion must be ${ADMISSION_API_VERSION} (the webhook configuration's admissionReviewVersions: ["v1"]), not ${JSON.stringify(body.apiVersion ?? null)}`)
+    return new AdmissionInvalidError(
+      `apiVersion must be ${ADMISSION_API_VERSION} (the webhook configuration's admissionReviewVersions: ["v1"]), not ${JSON.stringify(body.apiVersion ?? null)}`,
+    )
   }
   const request = body.request
   if (!isObject(request)) return new AdmissionInvalidError('request is missing')
@@ -73,29 +83,53 @@ export function admit(body: unknown, options: AdmitOptions): Admission | Admissi
   const isPod = kind.kind === 'Pod' && (kind.group ?? '') === '' && kind.version === 'v1' && subResource === ''
   if (!isPod) {
     const what = `${String(kind.group ?? '') || 'core'}/${String(kind.version ?? '?')} ${String(kind.kind ?? '?')}${subResource === '' ? '' : `/${subResource}`}`
-    return answer({ allowed: true, warnings: [`txmesh webhook: ${what} is not a Pod; nothing injected (check the webhook's rules)`] }, { outcome: 'skipped', reason: 'not-a-pod', resource: what })
+    return answer(
+      {
+        allowed: true,
+        warnings: [`txmesh webhook: ${what} is not a Pod; nothing injected (check the webhook's rules)`],
+      },
+      { outcome: 'skipped', reason: 'not-a-pod', resource: what },
+    )
   }
-  if (operation !== undefined && operation !== 'CREATE') return answer({ allowed: true }, { outcome: 'skipped', reason: 'not-create' })
+  if (operation !== undefined && operation !== 'CREATE')
+    return answer({ allowed: true }, { outcome: 'skipped', reason: 'not-create' })
   const object = request.object
   if (!isObject(object)) return new AdmissionInvalidError('request.object is missing or not a Pod object')
   // The API server sends apiVersion/kind with the object; a hand-made review may leave them out.
   const pod: JsonObject = { ...object, apiVersion: 'v1', kind: 'Pod' }
   const name = objectName(pod)
   try {
-    const outcome = injectObject(pod, { namespaceEnabled: options.namespaceEnabled, ...(options.image === undefined ? {} : { image: options.image }) })
+    const outcome = injectObject(pod, {
+      namespaceEnabled: options.namespaceEnabled,
+      ...(options.image === undefined ? {} : { image: options.image }),
+    })
     const template = outcome?.templates[0]
     if (outcome === undefined || template === undefined) throw new Error('a Pod has no pod template')
-    if (template.kind === 'skipped') return answer({ allowed: true }, { name, outcome: 'skipped', reason: template.reason })
+    if (template.kind === 'skipped')
+      return answer({ allowed: true }, { name, outcome: 'skipped', reason: template.reason })
     return answer(
       { allowed: true, patchType: 'JSONPatch', patch: Buffer.from(JSON.stringify(outcome.patch)).toString('base64') },
-      { name, outcome: 'injected', operations: outcome.patch.length, capture: template.settings.capture, native: template.settings.native, appPort: template.settings.appPort },
+      {
+        name,
+        outcome: 'injected',
+        operations: outcome.patch.length,
+        capture: template.settings.capture,
+        native: template.settings.native,
+        appPort: template.settings.appPort,
+      },
     )
   } catch (err) {
     // Denied, never waved through: a pod that asked for a sidecar must not start without one.
-    const e = err instanceof TxmeshError ? err : new InternalError(`injection failed: ${(err as Error).message}`, { cause: err })
+    const e =
+      err instanceof TxmeshError
+        ? err
+        : new InternalError(`injection failed: ${(err as Error).message}`, { cause: err })
     const where = e instanceof InjectError && e.path !== undefined ? ` (at ${e.path})` : ''
     const message = `txmesh: ${e.code}: ${e.message}${where}`
-    return answer({ allowed: false, status: { code: e.status, reason: e.code, message } }, { name, outcome: 'denied', code: e.code, message })
+    return answer(
+      { allowed: false, status: { code: e.status, reason: e.code, message } },
+      { name, outcome: 'denied', code: e.code, message },
+    )
   }
 }
 
@@ -173,7 +207,8 @@ export async function startWebhook(options: WebhookOptions): Promise<WebhookServ
       return false
     }
   }
-  const timer = options.certFiles === undefined ? undefined : setInterval(reloadCertificate, LIMITS.admissionCertCheckMs)
+  const timer =
+    options.certFiles === undefined ? undefined : setInterval(reloadCertificate, LIMITS.admissionCertCheckMs)
   timer?.unref()
 
   await new Promise<void>((resolve, reject) => {
@@ -200,11 +235,16 @@ async function handle(req: IncomingMessage, res: ServerResponse, options: Webhoo
   // The API server appends ?timeout=10s to the configured path.
   const path = new URL(req.url ?? '/', 'https://webhook').pathname
   if (path === '/healthz') {
-    if (req.method !== 'GET' && req.method !== 'HEAD') return respondError(res, new MethodNotAllowedError('GET /healthz'))
+    if (req.method !== 'GET' && req.method !== 'HEAD')
+      return respondError(res, new MethodNotAllowedError('GET /healthz'))
     return sendJson(res, 200, { status: 'ok' })
   }
   const namespaceEnabled = PATHS.get(path)
-  if (namespaceEnabled === undefined) return respondError(res, new NotFoundError(`no endpoint ${path}; reviews go to ${WEBHOOK.path} or ${WEBHOOK.namespaceEnabledPath}`))
+  if (namespaceEnabled === undefined)
+    return respondError(
+      res,
+      new NotFoundError(`no endpoint ${path}; reviews go to ${WEBHOOK.path} or ${WEBHOOK.namespaceEnabledPath}`),
+    )
   if (req.method !== 'POST') return respondError(res, new MethodNotAllowedError(`${path} takes POST`))
   const started = performance.now()
   const text = await readText(req, LIMITS.admissionBodyBytes)

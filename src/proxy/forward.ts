@@ -49,7 +49,11 @@ export interface ResponseHook {
    * May edit the filtered response headers; an error replaces the response. With
    * `responseBodyLimit` it runs once the body is in (`body`: undefined when over the limit).
    */
-  onResponseHead(status: number, headers: string[], body?: Buffer): TxmeshError | undefined | Promise<TxmeshError | undefined>
+  onResponseHead(
+    status: number,
+    headers: string[],
+    body?: Buffer,
+  ): TxmeshError | undefined | Promise<TxmeshError | undefined>
   /** The exchange ended, whichever way. Called once. */
   onEnd(): void
   /** Hold the response until this many body bytes are in (saga templates on the response). */
@@ -100,7 +104,12 @@ export class Forwarder {
       base(opts, (err, socket) => {
         if (err === null && connectedToSelf(socket as Socket, this.selfPorts)) {
           socket.destroy()
-          return callback(new ProxyLoopError(`${opts.hostname}:${opts.port} is this sidecar's own listener: the request would loop back into it`), null)
+          return callback(
+            new ProxyLoopError(
+              `${opts.hostname}:${opts.port} is this sidecar's own listener: the request would loop back into it`,
+            ),
+            null,
+          )
         }
         if (err === null) callback(null, socket)
         else callback(err, null)
@@ -144,7 +153,13 @@ export class Forwarder {
     const budget = this.budget(f.route)
     budget.deposit()
     const replayable = f.body === null || Buffer.isBuffer(f.body)
-    const exchange = new Exchange(this.pool(f.origin), f, budget, replayable && methodRetryable(f.method, f.route.retries), this.metrics)
+    const exchange = new Exchange(
+      this.pool(f.origin),
+      f,
+      budget,
+      replayable && methodRetryable(f.method, f.route.retries),
+      this.metrics,
+    )
     exchange.start()
   }
 
@@ -315,7 +330,15 @@ class Exchange implements Dispatcher.DispatchHandler {
     const headers = forwardResponseHeaders(rawHeaders)
     const hook = this.f.hook
     if (hook?.responseBodyLimit !== undefined) {
-      this.held = { status: statusCode, text: statusText, headers, chunks: [], size: 0, complete: false, released: false }
+      this.held = {
+        status: statusCode,
+        text: statusText,
+        headers,
+        chunks: [],
+        size: 0,
+        complete: false,
+        released: false,
+      }
       return true
     }
     if (hook !== undefined) {

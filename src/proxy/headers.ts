@@ -34,7 +34,15 @@ export interface RequestHeadFacts {
 }
 
 export function newFacts(expectContinue: boolean): RequestHeadFacts {
-  return { host: undefined, contentLength: undefined, chunked: false, expectContinue, headerBytes: 0, context: undefined, hops: 0 }
+  return {
+    host: undefined,
+    contentLength: undefined,
+    chunked: false,
+    expectContinue,
+    headerBytes: 0,
+    context: undefined,
+    hops: 0,
+  }
 }
 
 function connectionTokens(raw: readonly string[]): Set<string> | undefined {

@@ -31,7 +31,12 @@ function body(err: TxmeshError): string {
  * Writes the error response, or ends the connection when the response had already begun. `sign`
  * adds a header computed over the status and body text (a control answer's signature).
  */
-export function respondError(res: ServerResponse, err: TxmeshError, closeConnection = false, sign?: (status: number, text: string) => readonly [string, string]): void {
+export function respondError(
+  res: ServerResponse,
+  err: TxmeshError,
+  closeConnection = false,
+  sign?: (status: number, text: string) => readonly [string, string],
+): void {
   if (res.headersSent) {
     // Half a response cannot be turned into an error: cut it so the client sees a failure
     // instead of a truncated body that looks complete.
@@ -73,10 +78,13 @@ export function respondErrorRaw(socket: Duplex, err: TxmeshError): void {
  * would be a bare 400/408/431 without a code.
  */
 export function respondClientError(err: Error & { code?: string }, socket: Duplex, maxHeaderBytes: number): void {
-  if (err.code === 'HPE_HEADER_OVERFLOW') return respondErrorRaw(socket, new HeadersTooLargeError(`request headers exceed ${maxHeaderBytes} bytes`))
+  if (err.code === 'HPE_HEADER_OVERFLOW')
+    return respondErrorRaw(socket, new HeadersTooLargeError(`request headers exceed ${maxHeaderBytes} bytes`))
   // HPE_CLOSED_CONNECTION: bytes after a request answered with `Connection: close`.
-  if (err.code === 'ECONNRESET' || err.code === 'HPE_CLOSED_CONNECTION' || !socket.writable) return void socket.destroy()
-  if (err.code === 'ERR_HTTP_REQUEST_TIMEOUT') return respondErrorRaw(socket, new BadRequestError('request was not received in time'))
+  if (err.code === 'ECONNRESET' || err.code === 'HPE_CLOSED_CONNECTION' || !socket.writable)
+    return void socket.destroy()
+  if (err.code === 'ERR_HTTP_REQUEST_TIMEOUT')
+    return respondErrorRaw(socket, new BadRequestError('request was not received in time'))
   respondErrorRaw(socket, new BadRequestError(`malformed request: ${err.code ?? err.message}`))
 }
 
@@ -93,7 +101,9 @@ export function refuseExpectation(_req: IncomingMessage, res: ServerResponse): v
  * with a code (respondClientError, refuseExpectation) instead of Node's bare 400/408/417/431.
  */
 export function answerRefusedRequests(server: EventEmitter, maxHeaderBytes: number): void {
-  server.on('clientError', (err: Error & { code?: string }, socket: Duplex) => respondClientError(err, socket, maxHeaderBytes))
+  server.on('clientError', (err: Error & { code?: string }, socket: Duplex) =>
+    respondClientError(err, socket, maxHeaderBytes),
+  )
   server.on('checkExpectation', refuseExpectation)
 }
 
@@ -132,7 +142,8 @@ export function upstreamError(err: unknown, upstream: string): TxmeshError {
   if (err instanceof TxmeshError) return err
   const code = (err as { code?: string } | null)?.code ?? ''
   const msg = (err as Error | null)?.message ?? String(err)
-  if (isConnectFailure(err)) return new UpstreamUnreachableError(`cannot connect to ${upstream}: ${code}`, { cause: err })
+  if (isConnectFailure(err))
+    return new UpstreamUnreachableError(`cannot connect to ${upstream}: ${code}`, { cause: err })
   switch (code) {
     case 'UND_ERR_HEADERS_TIMEOUT':
     case 'UND_ERR_BODY_TIMEOUT':
@@ -143,14 +154,17 @@ export function upstreamError(err: unknown, upstream: string): TxmeshError {
     case 'HPE_INVALID_CONSTANT':
     case 'UND_ERR_RES_CONTENT_LENGTH_MISMATCH':
     case 'UND_ERR_INFO':
-      return new UpstreamProtocolError(`${upstream} closed the connection or sent an invalid response: ${msg}`, { cause: err })
+      return new UpstreamProtocolError(`${upstream} closed the connection or sent an invalid response: ${msg}`, {
+        cause: err,
+      })
     case 'UND_ERR_REQ_CONTENT_LENGTH_MISMATCH':
       return new RequestAbortedError('request body did not match its content-length', { cause: err })
     case 'UND_ERR_ABORTED':
     case 'ERR_STREAM_PREMATURE_CLOSE':
       return new RequestAbortedError('the client went away before the request finished', { cause: err })
   }
-  if (code.startsWith('HPE_')) return new UpstreamProtocolError(`${upstream} sent an invalid response: ${msg}`, { cause: err })
+  if (code.startsWith('HPE_'))
+    return new UpstreamProtocolError(`${upstream} sent an invalid response: ${msg}`, { cause: err })
   // Peer TLS: the peer's certificate did not verify (wrong CA, name, expired) or the handshake
   // failed: no connection the request could use was made.
   if (TLS_FAILURES.has(code) || code.startsWith('ERR_TLS_') || code.startsWith('ERR_SSL_')) {
@@ -158,4 +172,3 @@ export function upstreamError(err: unknown, upstream: string): TxmeshError {
   }
   return new InternalError(`proxying to ${upstream} failed: ${msg}`, { cause: err })
 }
-

@@ -29,7 +29,13 @@ import type { PeerTls } from '../peer-tls.js'
 import type { ForwardRequest, Forwarder, ResponseHook } from './forward.js'
 import type { Span } from '@opentelemetry/api'
 import type { TxPlane } from '../tx/plane.js'
-import { forwardRequestHeaders, forwardResponseHeaders, newFacts, upgradeRequestHeaders, type RequestHeadFacts } from './headers.js'
+import {
+  forwardRequestHeaders,
+  forwardResponseHeaders,
+  newFacts,
+  upgradeRequestHeaders,
+  type RequestHeadFacts,
+} from './headers.js'
 import { HOPS_HEADER, connectedToSelf } from './loop.js'
 import { answerRefusedRequests, respondError, respondErrorRaw, upstreamError } from './respond.js'
 import { hostName, matchRoute } from './routes.js'
@@ -104,7 +110,10 @@ export class ProxyServer {
     const tls = o.direction === 'ingress' ? o.peerTls : undefined
     this.scheme = tls === undefined ? 'http' : 'https'
     // https.Server emits the same request/upgrade/connect/clientError events as http.Server.
-    this.server = tls === undefined ? createServer(options) : (createHttpsServer({ ...options, ...tls.serverOptions() }) as unknown as Server)
+    this.server =
+      tls === undefined
+        ? createServer(options)
+        : (createHttpsServer({ ...options, ...tls.serverOptions() }) as unknown as Server)
     if (tls !== undefined) tls.serve(this.server as unknown as TlsServer)
     this.server.maxConnections = LIMITS.maxConnectionsPerListener
     this.server.on('request', (req: IncomingMessage, res: ServerResponse) => this.onRequest(req, res, false))
@@ -137,7 +146,20 @@ export class ProxyServer {
     const refusal = checkLimits(route, facts, target.path.length + method.length)
     // The body of a refused request is never read: close the connection after the answer so
     // its unread bytes are not parsed as the next request.
-    const trace = this.o.tracing === undefined ? undefined : serverSpan(this.o.tracing, req, res, route, this.o.config.defaultRoute, method, target, facts.host, this.scheme)
+    const trace =
+      this.o.tracing === undefined
+        ? undefined
+        : serverSpan(
+            this.o.tracing,
+            req,
+            res,
+            route,
+            this.o.config.defaultRoute,
+            method,
+            target,
+            facts.host,
+            this.scheme,
+          )
     if (refusal !== undefined) {
       if (trace !== undefined) trace.errorType = refusal.code
       return respondError(res, refusal, true)
@@ -151,7 +173,13 @@ export class ProxyServer {
             ? tx.implicit(route, headers, trace?.span)
             : undefined
           : this.o.direction === 'egress'
-            ? tx.egress(facts.context, route, { origin: target.origin, host: target.host, method, path: target.path, headers })
+            ? tx.egress(facts.context, route, {
+                origin: target.origin,
+                host: target.host,
+                method,
+                path: target.path,
+                headers,
+              })
             : tx.ingress(facts.context, route, headers)
       if (h instanceof TxmeshError) {
         if (trace !== undefined) trace.errorType = h.code
@@ -160,7 +188,12 @@ export class ProxyServer {
       hook = h
     }
     if (target.stepHook !== undefined) {
-      const refused = tx === undefined || facts.context === undefined ? new HookForbiddenError(`${target.path} is a participant hook; only a coordinator's signed ${target.stepHook} reaches it`) : tx.stepHook(facts.context, target.stepHook)
+      const refused =
+        tx === undefined || facts.context === undefined
+          ? new HookForbiddenError(
+              `${target.path} is a participant hook; only a coordinator's signed ${target.stepHook} reaches it`,
+            )
+          : tx.stepHook(facts.context, target.stepHook)
       if (refused !== undefined) {
         hook?.onEnd()
         if (trace !== undefined) trace.errorType = refused.code
@@ -185,12 +218,42 @@ export class ProxyServer {
             return respondError(res, new BadRequestError('request body ended early'), true)
           }
           if (hook !== undefined && wanted) hook.requestBody = buf
-          this.send({ direction: this.o.direction, req, res, origin: target.origin, path: target.path, method, headers, body: buf, route, hook, trace }, false)
+          this.send(
+            {
+              direction: this.o.direction,
+              req,
+              res,
+              origin: target.origin,
+              path: target.path,
+              method,
+              headers,
+              body: buf,
+              route,
+              hook,
+              trace,
+            },
+            false,
+          )
         })
       }
       body = req
     }
-    this.send({ direction: this.o.direction, req, res, origin: target.origin, path: target.path, method, headers, body, route, hook, trace }, hasBody)
+    this.send(
+      {
+        direction: this.o.direction,
+        req,
+        res,
+        origin: target.origin,
+        path: target.path,
+        method,
+        headers,
+        body,
+        route,
+        hook,
+        trace,
+      },
+      hasBody,
+    )
   }
 
   /**
@@ -214,7 +277,10 @@ export class ProxyServer {
         if (f.res.destroyed || f.req.socket.destroyed) return hook.onEnd()
         this.o.forwarder.forward(f)
       },
-      (err: unknown) => refuse(err instanceof TxmeshError ? err : new InternalError(`the request could not be prepared: ${String(err)}`)),
+      (err: unknown) =>
+        refuse(
+          err instanceof TxmeshError ? err : new InternalError(`the request could not be prepared: ${String(err)}`),
+        ),
     )
   }
 
@@ -226,7 +292,9 @@ export class ProxyServer {
   private hopsRefusal(facts: RequestHeadFacts): ProxyLoopError | undefined {
     if (this.o.direction !== 'egress' || facts.hops < LIMITS.maxProxyHops) return undefined
     return new ProxyLoopError(
-      Number.isFinite(facts.hops) ? `request passed ${facts.hops} sidecar listeners (${HOPS_HEADER}): a proxy loop` : `invalid ${HOPS_HEADER} header`,
+      Number.isFinite(facts.hops)
+        ? `request passed ${facts.hops} sidecar listeners (${HOPS_HEADER}): a proxy loop`
+        : `invalid ${HOPS_HEADER} header`,
     )
   }
 
@@ -239,7 +307,11 @@ export class ProxyServer {
     const target = this.o.resolve(req.url ?? '/', facts.host ?? this.tunnelAuthority.get(req.socket))
     if (target instanceof TxmeshError) return respondErrorRaw(socket, target)
     // A hook reached only with a signed context of its op is never a tunnel's end.
-    if (target.stepHook !== undefined) return respondErrorRaw(socket, new HookForbiddenError(`${target.path} is a participant hook; it takes no Upgrade`))
+    if (target.stepHook !== undefined)
+      return respondErrorRaw(
+        socket,
+        new HookForbiddenError(`${target.path} is a participant hook; it takes no Upgrade`),
+      )
     const method = req.method ?? 'GET'
     const route = matchRoute(this.o.config, this.o.direction, hostName(target.host), target.path, method)
     const refusal = checkLimits(route, facts, target.path.length + method.length)
@@ -266,7 +338,14 @@ export class ProxyServer {
    * app that answered 200 and kept its socket got the client's next request, a forged hook
    * call, unfiltered). The client's bytes behind the handshake wait, unread, for the 101.
    */
-  private upgrade(client: Duplex, early: Buffer, target: Target, method: string, headers: string[], headTimeoutMs: number): void {
+  private upgrade(
+    client: Duplex,
+    early: Buffer,
+    target: Target,
+    method: string,
+    headers: string[],
+    headTimeoutMs: number,
+  ): void {
     client.pause()
     const { upstream, connectEvent } = this.openUpstream(target)
     // connecting → waiting (for the answer's head) → relaying (not 101) or tunnel (101).
@@ -297,7 +376,11 @@ export class ProxyServer {
     upstream.setTimeout(LIMITS.connectTimeoutMs)
     upstream.once(connectEvent, () => {
       if (this.o.selfPorts !== undefined && connectedToSelf(upstream, this.o.selfPorts)) {
-        return fail(new ProxyLoopError(`${target.connectHost}:${target.connectPort} is this sidecar's own listener: the request would loop back into it`))
+        return fail(
+          new ProxyLoopError(
+            `${target.connectHost}:${target.connectPort} is this sidecar's own listener: the request would loop back into it`,
+          ),
+        )
       }
       state = 'waiting'
       upstream.setTimeout(headTimeoutMs)
@@ -309,7 +392,11 @@ export class ProxyServer {
     upstream.on('error', (err: Error) => fail(upstreamError(err, target.origin)))
     // While relaying, the end of the upstream is the end of a close-delimited body: the piped
     // response ends the client's side itself.
-    upstream.on('close', () => (state === 'relaying' ? undefined : fail(new UpstreamProtocolError(`${target.origin} closed the connection before answering the upgrade`))))
+    upstream.on('close', () =>
+      state === 'relaying'
+        ? undefined
+        : fail(new UpstreamProtocolError(`${target.origin} closed the connection before answering the upgrade`)),
+    )
     client.on('error', cleanup)
     client.on('close', cleanup)
     let up: ReturnType<typeof httpRequest>
@@ -380,7 +467,9 @@ export class ProxyServer {
   private openUpstream(target: Target): { upstream: Socket; connectEvent: 'connect' | 'secureConnect' } {
     // A peer reached over TLS (https:// origin from the services map) gets a TLS tunnel.
     const secure = target.origin.startsWith('https:') && this.o.peerTls !== undefined
-    const upstream = secure ? (this.o.peerTls as PeerTls).connectSocket(target.connectHost, target.connectPort) : connect({ host: target.connectHost, port: target.connectPort })
+    const upstream = secure
+      ? (this.o.peerTls as PeerTls).connectSocket(target.connectHost, target.connectPort)
+      : connect({ host: target.connectHost, port: target.connectPort })
     return { upstream, connectEvent: secure ? 'secureConnect' : 'connect' }
   }
 
@@ -399,7 +488,12 @@ export class ProxyServer {
     }
     upstream.once(connectEvent, () => {
       if (this.o.selfPorts !== undefined && connectedToSelf(upstream, this.o.selfPorts)) {
-        respondErrorRaw(socket, new ProxyLoopError(`${target.connectHost}:${target.connectPort} is this sidecar's own listener: the tunnel would loop back into it`))
+        respondErrorRaw(
+          socket,
+          new ProxyLoopError(
+            `${target.connectHost}:${target.connectPort} is this sidecar's own listener: the tunnel would loop back into it`,
+          ),
+        )
         return cleanup()
       }
       connected = true
@@ -413,7 +507,11 @@ export class ProxyServer {
       cleanup()
     })
     upstream.on('error', (err: Error & { code?: string }) => {
-      if (!connected) respondErrorRaw(socket, new UpstreamUnreachableError(`cannot connect to ${target.origin}: ${err.code ?? err.message}`))
+      if (!connected)
+        respondErrorRaw(
+          socket,
+          new UpstreamUnreachableError(`cannot connect to ${target.origin}: ${err.code ?? err.message}`),
+        )
       cleanup()
     })
     upstream.on('close', () => (connected ? cleanup() : undefined))
@@ -466,13 +564,19 @@ function serverSpan(
 ): ProxyTrace {
   const matched = route !== defaultRoute
   const q = target.path.indexOf('?')
-  const span = childSpan(tracing.tracer, matched ? `${method} ${route.name}` : method, SpanKind.SERVER, extractFromHeaders(req.rawHeaders), {
-    'http.request.method': method,
-    'url.path': q < 0 ? target.path : target.path.slice(0, q),
-    'url.scheme': scheme,
-    'server.address': hostName(host ?? target.host),
-    ...(matched ? { 'http.route': route.name } : {}),
-  })
+  const span = childSpan(
+    tracing.tracer,
+    matched ? `${method} ${route.name}` : method,
+    SpanKind.SERVER,
+    extractFromHeaders(req.rawHeaders),
+    {
+      'http.request.method': method,
+      'url.path': q < 0 ? target.path : target.path.slice(0, q),
+      'url.scheme': scheme,
+      'server.address': hostName(host ?? target.host),
+      ...(matched ? { 'http.route': route.name } : {}),
+    },
+  )
   const t: ProxyTrace = { tracing, span, errorType: undefined }
   res.once('close', () => {
     const status = res.headersSent ? res.statusCode : 499
@@ -498,7 +602,9 @@ function checkLimits(route: RoutePolicy, facts: RequestHeadFacts, requestLineByt
     return new HeadersTooLargeError(`request headers exceed ${route.maxHeaderBytes} bytes (route ${route.name})`)
   }
   if (facts.contentLength !== undefined && facts.contentLength > route.maxBodyBytes) {
-    return new BodyTooLargeError(`request body of ${facts.contentLength} bytes exceeds ${route.maxBodyBytes} (route ${route.name})`)
+    return new BodyTooLargeError(
+      `request body of ${facts.contentLength} bytes exceeds ${route.maxBodyBytes} (route ${route.name})`,
+    )
   }
   return undefined
 }

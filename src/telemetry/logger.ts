@@ -11,7 +11,11 @@ export interface Logger {
   error(event: string, fields?: Record<string, unknown>): void
 }
 
-export function createLogger(level: LogLevel, base: Record<string, unknown> = {}, out: NodeJS.WritableStream = process.stderr): Logger {
+export function createLogger(
+  level: LogLevel,
+  base: Record<string, unknown> = {},
+  out: NodeJS.WritableStream = process.stderr,
+): Logger {
   const min = ORDER[level]
   const emit = (lvl: LogLevel, event: string, fields?: Record<string, unknown>): void => {
     if (ORDER[lvl] < min) return

@@ -27,7 +27,12 @@ export class LoopMonitor {
   read(): LoopDelay {
     const ms = (ns: number): number => Math.round(ns / 1e4) / 100
     const now = performance.now()
-    const out = { maxMs: ms(this.h.max), p99Ms: ms(this.h.percentile(99)), meanMs: Number.isNaN(this.h.mean) ? 0 : ms(this.h.mean), sinceMs: Math.round(now - this.since) }
+    const out = {
+      maxMs: ms(this.h.max),
+      p99Ms: ms(this.h.percentile(99)),
+      meanMs: Number.isNaN(this.h.mean) ? 0 : ms(this.h.mean),
+      sinceMs: Math.round(now - this.since),
+    }
     this.h.reset()
     this.since = now
     return out
@@ -38,6 +43,8 @@ export class LoopMonitor {
   }
 }
 
-export function loopMonitorFromEnv(env: Readonly<Record<string, string | undefined>> = process.env): LoopMonitor | undefined {
+export function loopMonitorFromEnv(
+  env: Readonly<Record<string, string | undefined>> = process.env,
+): LoopMonitor | undefined {
   return env.TXMESH_LOOP_MONITOR === '1' ? new LoopMonitor() : undefined
 }

@@ -32,7 +32,10 @@ export class SidecarMetrics {
   readonly registry = new Registry()
   /** Per-request accumulators (hot path): plain numbers, turned into metric values at scrape. */
   private readonly requestCounts = new Map<string, { direction: string; route: string; status: string; n: number }>()
-  private readonly durations = new Map<string, { direction: string; route: string; buckets: Float64Array; sum: number; count: number }>()
+  private readonly durations = new Map<
+    string,
+    { direction: string; route: string; buckets: Float64Array; sum: number; count: number }
+  >()
   private readonly retries: Counter<'direction' | 'route'>
   readonly transactions: Counter<'mode' | 'outcome'>
   readonly phase: Histogram<'phase'>
@@ -54,18 +57,80 @@ export class SidecarMetrics {
     // plain numbers on the proxy path and rendered by their own collectors at scrape time.
     this.registry.registerMetric(this.requestsMetric())
     this.registry.registerMetric(this.durationMetric())
-    this.retries = new Counter({ name: 'txmesh_proxy_retries_total', help: 'Upstream attempts retried, by direction and route.', labelNames: ['direction', 'route'], registers })
-    this.transactions = new Counter({ name: 'txmesh_transactions_total', help: 'Transactions this sidecar coordinated, by mode and outcome.', labelNames: ['mode', 'outcome'], registers })
-    this.phase = new Histogram({ name: 'txmesh_phase_duration_seconds', help: 'Duration of protocol phases at the coordinator: prepare (commit requested to decision), commit and abort (decision to every acknowledgement).', labelNames: ['phase'], buckets: LATENCY_BUCKETS, registers })
-    new Gauge({ name: 'txmesh_transactions_in_flight', help: 'Transactions this sidecar coordinates that have not finished.', registers, collect() { this.set(gauges.inFlight()) } })
-    new Gauge({ name: 'txmesh_branches_in_doubt', help: 'Branches this sidecar holds that voted yes and wait for the decision.', registers, collect() { this.set(gauges.inDoubt()) } })
-    this.heuristic = new Counter({ name: 'txmesh_heuristic_outcomes_total', help: 'Participants that finished a branch against the coordinator\u2019s decision (an operator\u2019s resolution raced it): heuristic mixed outcomes, by decision and branch outcome.', labelNames: ['decision', 'branch'], registers })
-    this.stepOps = new Counter({ name: 'txmesh_step_ops_total', help: 'Saga compensations and TCC confirm/cancel sends, by op and result (done, failed, stuck).', labelNames: ['op', 'result'], registers })
-    this.answersRefused = new Counter({ name: 'txmesh_control_answers_refused_total', help: 'Control answers (votes, outcomes, acknowledgements) refused because their signature was missing or did not verify: each was taken as a failed call.', labelNames: ['reason'], registers })
-    new Gauge({ name: 'txmesh_steps_stuck', help: 'Saga/TCC steps whose compensation, confirm or cancel failed past its retry budget and waits for an operator.', registers, collect() { this.set(gauges.stuck?.() ?? 0) } })
+    this.retries = new Counter({
+      name: 'txmesh_proxy_retries_total',
+      help: 'Upstream attempts retried, by direction and route.',
+      labelNames: ['direction', 'route'],
+      registers,
+    })
+    this.transactions = new Counter({
+      name: 'txmesh_transactions_total',
+      help: 'Transactions this sidecar coordinated, by mode and outcome.',
+      labelNames: ['mode', 'outcome'],
+      registers,
+    })
+    this.phase = new Histogram({
+      name: 'txmesh_phase_duration_seconds',
+      help: 'Duration of protocol phases at the coordinator: prepare (commit requested to decision), commit and abort (decision to every acknowledgement).',
+      labelNames: ['phase'],
+      buckets: LATENCY_BUCKETS,
+      registers,
+    })
+    new Gauge({
+      name: 'txmesh_transactions_in_flight',
+      help: 'Transactions this sidecar coordinates that have not finished.',
+      registers,
+      collect() {
+        this.set(gauges.inFlight())
+      },
+    })
+    new Gauge({
+      name: 'txmesh_branches_in_doubt',
+      help: 'Branches this sidecar holds that voted yes and wait for the decision.',
+      registers,
+      collect() {
+        this.set(gauges.inDoubt())
+      },
+    })
+    this.heuristic = new Counter({
+      name: 'txmesh_heuristic_outcomes_total',
+      help: 'Participants that finished a branch against the coordinator\u2019s decision (an operator\u2019s resolution raced it): heuristic mixed outcomes, by decision and branch outcome.',
+      labelNames: ['decision', 'branch'],
+      registers,
+    })
+    this.stepOps = new Counter({
+      name: 'txmesh_step_ops_total',
+      help: 'Saga compensations and TCC confirm/cancel sends, by op and result (done, failed, stuck).',
+      labelNames: ['op', 'result'],
+      registers,
+    })
+    this.answersRefused = new Counter({
+      name: 'txmesh_control_answers_refused_total',
+      help: 'Control answers (votes, outcomes, acknowledgements) refused because their signature was missing or did not verify: each was taken as a failed call.',
+      labelNames: ['reason'],
+      registers,
+    })
+    new Gauge({
+      name: 'txmesh_steps_stuck',
+      help: 'Saga/TCC steps whose compensation, confirm or cancel failed past its retry budget and waits for an operator.',
+      registers,
+      collect() {
+        this.set(gauges.stuck?.() ?? 0)
+      },
+    })
     this.fsyncs = new Counter({ name: 'txmesh_log_fsyncs_total', help: 'fsyncs of the durable log.', registers })
-    this.batch = new Histogram({ name: 'txmesh_log_fsync_batch_records', help: 'Records made durable by one fsync (group commit).', buckets: [1, 2, 4, 8, 16, 32, 64, 128, 256], registers })
-    this.fsyncSeconds = new Histogram({ name: 'txmesh_log_fsync_duration_seconds', help: 'Duration of one fsync of the durable log.', buckets: LATENCY_BUCKETS, registers })
+    this.batch = new Histogram({
+      name: 'txmesh_log_fsync_batch_records',
+      help: 'Records made durable by one fsync (group commit).',
+      buckets: [1, 2, 4, 8, 16, 32, 64, 128, 256],
+      registers,
+    })
+    this.fsyncSeconds = new Histogram({
+      name: 'txmesh_log_fsync_duration_seconds',
+      help: 'Duration of one fsync of the durable log.',
+      buckets: LATENCY_BUCKETS,
+      registers,
+    })
     const self = this
     new Gauge({
       name: 'txmesh_route_commit_probability',
@@ -123,7 +188,10 @@ export class SidecarMetrics {
         help: 'Proxied requests by direction, route and response status.',
         type: 'counter' as unknown as MetricType,
         aggregator: 'sum' as const,
-        values: [...self.requestCounts.values()].map((c) => ({ labels: { direction: c.direction, route: c.route, status: c.status }, value: c.n })),
+        values: [...self.requestCounts.values()].map((c) => ({
+          labels: { direction: c.direction, route: c.route, status: c.status },
+          value: c.n,
+        })),
       }),
     } as unknown as Metric<string>
   }

@@ -47,12 +47,14 @@ function nonEmpty(v: string | undefined): boolean {
  */
 export async function startTracing(service: string, log: Logger, env: Env = process.env): Promise<Tracing | undefined> {
   if (!tracingConfigured(env)) return undefined
-  const [{ NodeSDK }, { OTLPTraceExporter }, { BatchSpanProcessor }, { W3CTraceContextPropagator }] = await Promise.all([
-    import('@opentelemetry/sdk-node'),
-    import('@opentelemetry/exporter-trace-otlp-http'),
-    import('@opentelemetry/sdk-trace-base'),
-    import('@opentelemetry/core'),
-  ])
+  const [{ NodeSDK }, { OTLPTraceExporter }, { BatchSpanProcessor }, { W3CTraceContextPropagator }] = await Promise.all(
+    [
+      import('@opentelemetry/sdk-node'),
+      import('@opentelemetry/exporter-trace-otlp-http'),
+      import('@opentelemetry/sdk-trace-base'),
+      import('@opentelemetry/core'),
+    ],
+  )
   const sdk = new NodeSDK({
     // NodeSDK reads OTEL_SERVICE_NAME itself; an explicit serviceName would override it.
     ...(nonEmpty(env.OTEL_SERVICE_NAME) ? {} : { serviceName: service }),
@@ -87,7 +89,14 @@ export function parseTraceparent(value: string | undefined, tracestate?: string)
   if (value === undefined) return undefined
   const m = TRACEPARENT.exec(value.trim())
   if (m === null) return undefined
-  const [, version, traceId, spanId, flags, rest] = m as unknown as [string, string, string, string, string, string | undefined]
+  const [, version, traceId, spanId, flags, rest] = m as unknown as [
+    string,
+    string,
+    string,
+    string,
+    string,
+    string | undefined,
+  ]
   if (version === 'ff' || (version === '00' && rest !== undefined)) return undefined
   if (traceId === INVALID_TRACE || spanId === INVALID_SPAN) return undefined
   const ctx: SpanContext = { traceId, spanId, traceFlags: parseInt(flags, 16) & TraceFlags.SAMPLED, isRemote: true }
@@ -120,7 +129,8 @@ export function extractFromHeaders(headers: readonly string[]): Context {
   for (let i = 0; i < headers.length; i += 2) {
     const name = headers[i] as string
     if (name.length === 11 && name.toLowerCase() === 'traceparent') parent = headers[i + 1]
-    else if (name.length === 10 && name.toLowerCase() === 'tracestate') state = state === undefined ? headers[i + 1] : `${state},${headers[i + 1]}`
+    else if (name.length === 10 && name.toLowerCase() === 'tracestate')
+      state = state === undefined ? headers[i + 1] : `${state},${headers[i + 1]}`
   }
   const sc = parseTraceparent(parent, state)
   return sc === undefined ? ROOT_CONTEXT : trace.setSpanContext(ROOT_CONTEXT, sc)
@@ -145,9 +155,21 @@ export function injectTraceparent(headers: string[], span: Span): void {
 }
 
 /** Starts a span under `parent` (a context, or a span). */
-export function childSpan(tracer: Tracer, name: string, kind: SpanKind, parent: Context | Span | undefined, attributes?: Attributes, links?: Link[]): Span {
-  const ctx = parent === undefined ? ROOT_CONTEXT : 'spanContext' in parent ? trace.setSpan(ROOT_CONTEXT, parent) : parent
-  return tracer.startSpan(name, { kind, ...(attributes === undefined ? {} : { attributes }), ...(links === undefined ? {} : { links }) }, ctx)
+export function childSpan(
+  tracer: Tracer,
+  name: string,
+  kind: SpanKind,
+  parent: Context | Span | undefined,
+  attributes?: Attributes,
+  links?: Link[],
+): Span {
+  const ctx =
+    parent === undefined ? ROOT_CONTEXT : 'spanContext' in parent ? trace.setSpan(ROOT_CONTEXT, parent) : parent
+  return tracer.startSpan(
+    name,
+    { kind, ...(attributes === undefined ? {} : { attributes }), ...(links === undefined ? {} : { links }) },
+    ctx,
+  )
 }
 
 export function contextOf(span: Span): Context {

@@ -66,7 +66,11 @@ export class Batcher<I, R> {
       this.peers.set(key, p)
     }
     if (p.queue.length >= this.o.maxQueued) {
-      return Promise.resolve(this.o.overloaded(new ControlOverloadedError(`${p.queue.length} messages already wait for ${key} (limit ${this.o.maxQueued})`)))
+      return Promise.resolve(
+        this.o.overloaded(
+          new ControlOverloadedError(`${p.queue.length} messages already wait for ${key} (limit ${this.o.maxQueued})`),
+        ),
+      )
     }
     const peer = p
     return new Promise<R>((resolve) => {
@@ -89,10 +93,13 @@ export class Batcher<I, R> {
       // Wait for one to come back, or for the oldest to pass holdMs.
       if (p.timer === undefined) {
         const oldest = p.out.find((t) => t > this.now() - this.o.holdMs) ?? this.now()
-        p.timer = setTimeout(() => {
-          p.timer = undefined
-          this.schedule(key, p)
-        }, Math.max(1, Math.ceil(oldest + this.o.holdMs - this.now())))
+        p.timer = setTimeout(
+          () => {
+            p.timer = undefined
+            this.schedule(key, p)
+          },
+          Math.max(1, Math.ceil(oldest + this.o.holdMs - this.now())),
+        )
       }
       return
     }
@@ -112,7 +119,12 @@ export class Batcher<I, R> {
       this.counters.items += batch.length
       const done = (results: readonly R[] | Error): void => {
         p.out.splice(p.out.indexOf(started), 1)
-        const broken = results instanceof Error ? results : results.length === batch.length ? undefined : new Error(`the exchange answered ${results.length} results for ${batch.length} items`)
+        const broken =
+          results instanceof Error
+            ? results
+            : results.length === batch.length
+              ? undefined
+              : new Error(`the exchange answered ${results.length} results for ${batch.length} items`)
         for (let i = 0; i < batch.length; i++) {
           const w = batch[i] as Waiting<I, R>
           w.resolve(broken === undefined ? ((results as readonly R[])[i] as R) : this.o.failed(broken))
@@ -124,7 +136,10 @@ export class Batcher<I, R> {
       }
       let sent: Promise<readonly R[]>
       try {
-        sent = this.o.flush(key, batch.map((w) => w.item))
+        sent = this.o.flush(
+          key,
+          batch.map((w) => w.item),
+        )
       } catch (err) {
         sent = Promise.reject(err as Error)
       }

@@ -19,7 +19,8 @@ import { signControl, verifyAnswer } from './protocol.js'
 
 export const CONTROL_AUTH_HEADER = 'txmesh-auth'
 
-export type ControlResult = { ok: true; status: number; body: Record<string, unknown> } | { ok: false; status: number; error: string }
+export type ControlResult =
+  { ok: true; status: number; body: Record<string, unknown> } | { ok: false; status: number; error: string }
 
 /** A 2PC message to a participant sidecar, sent batched (control POST /v1/batch). */
 export interface BatchedCall {
@@ -69,11 +70,14 @@ export class ControlClient {
   }
 
   private async flushBatch(address: string, items: readonly BatchedCall[]): Promise<ControlResult[]> {
-    const single = (): Promise<ControlResult[]> => Promise.all(items.map((c) => this.call(address, 'POST', `/v1/tx/${c.tx}/${c.op}`, { branch: c.branch })))
+    const single = (): Promise<ControlResult[]> =>
+      Promise.all(items.map((c) => this.call(address, 'POST', `/v1/tx/${c.tx}/${c.op}`, { branch: c.branch })))
     const until = this.unbatched.get(address)
     if (until !== undefined && until > performance.now()) return single()
     this.unbatched.delete(address)
-    const r = await this.call(address, 'POST', '/v1/batch', { items: items.map((c) => ({ tx: c.tx, op: c.op, branch: c.branch })) })
+    const r = await this.call(address, 'POST', '/v1/batch', {
+      items: items.map((c) => ({ tx: c.tx, op: c.op, branch: c.branch })),
+    })
     if (!r.ok) {
       if (r.status === 404 && r.error === 'TXM_NOT_FOUND') {
         // A peer without the batch endpoint: talk to it one message at a time from now on.
@@ -91,12 +95,20 @@ export class ControlClient {
     }
     return results.map((x: unknown): ControlResult => {
       const o = x as { status?: unknown; body?: unknown } | null
-      const body = typeof o?.body === 'object' && o.body !== null && !Array.isArray(o.body) ? (o.body as Record<string, unknown>) : {}
+      const body =
+        typeof o?.body === 'object' && o.body !== null && !Array.isArray(o.body)
+          ? (o.body as Record<string, unknown>)
+          : {}
       return resultOf(typeof o?.status === 'number' ? o.status : 0, body)
     })
   }
 
-  async call(address: string, method: 'GET' | 'POST', path: string, body?: Record<string, unknown>): Promise<ControlResult> {
+  async call(
+    address: string,
+    method: 'GET' | 'POST',
+    path: string,
+    body?: Record<string, unknown>,
+  ): Promise<ControlResult> {
     const text = body === undefined ? '' : JSON.stringify(body)
     const auth = signControl(this.keys.signing, this.clock(), method, path, text)
     try {
@@ -120,7 +132,8 @@ export class ControlClient {
       } catch {
         return { ok: false, status: res.status, error: 'control response is not JSON' }
       }
-      if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) return { ok: false, status: res.status, error: 'control response is not a JSON object' }
+      if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed))
+        return { ok: false, status: res.status, error: 'control response is not a JSON object' }
       return resultOf(res.status, parsed as Record<string, unknown>)
     } catch (err) {
       return { ok: false, status: 0, error: (err as { code?: string }).code ?? String(err) }
@@ -128,12 +141,31 @@ export class ControlClient {
   }
 
   /** An answer that is not the peer's: reported, then a failed call like a transport error. */
-  private refused(address: string, method: string, path: string, status: number, text: string, why: 'missing' | 'signature'): ControlResult {
-    const err = new ControlAnswerUnsignedError(why === 'missing' ? 'the control answer carries no txmesh-auth' : 'the control answer\'s txmesh-auth does not verify for our request with the mesh key')
+  private refused(
+    address: string,
+    method: string,
+    path: string,
+    status: number,
+    text: string,
+    why: 'missing' | 'signature',
+  ): ControlResult {
+    const err = new ControlAnswerUnsignedError(
+      why === 'missing'
+        ? 'the control answer carries no txmesh-auth'
+        : "the control answer's txmesh-auth does not verify for our request with the mesh key",
+    )
     // The code it claims, for operators (unverified: a peer that refused our request's signature
     // answers unsigned 401 TXM_CONTROL_UNAUTHORIZED, e.g. a key rotation step done out of order).
     const claimed = /"code":"(TXM_[A-Z_]{1,40})"/.exec(text.slice(0, 200))?.[1]
-    this.observe.logger?.warn('control_answer_refused', { peer: address, method, path, status, ...(claimed === undefined ? {} : { claimed }), reason: why === 'missing' ? 'unsigned' : 'bad signature', code: err.code })
+    this.observe.logger?.warn('control_answer_refused', {
+      peer: address,
+      method,
+      path,
+      status,
+      ...(claimed === undefined ? {} : { claimed }),
+      reason: why === 'missing' ? 'unsigned' : 'bad signature',
+      code: err.code,
+    })
     this.observe.metrics?.controlAnswerRefused(why === 'missing' ? 'unsigned' : 'bad-signature')
     return { ok: false, status: 0, error: err.code }
   }

@@ -23,7 +23,8 @@ export interface ParticipantRef {
   readonly holder?: string
 }
 
-export type Vote = { readonly kind: 'prepared' } | { readonly kind: 'read-only' } | { readonly kind: 'refused'; readonly reason: string }
+export type Vote =
+  { readonly kind: 'prepared' } | { readonly kind: 'read-only' } | { readonly kind: 'refused'; readonly reason: string }
 
 export interface Env {
   /** Milliseconds, monotonic enough for deadlines and backoff. */

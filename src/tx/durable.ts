@@ -7,7 +7,11 @@ import type { FileLog } from '../wal/file-log.js'
 import { body, type WrittenRecord } from './records.js'
 import { sleep, type Timers } from './io.js'
 
-export async function appendDurable(io: { readonly log: FileLog; readonly timers: Timers }, key: string, record: WrittenRecord): Promise<void> {
+export async function appendDurable(
+  io: { readonly log: FileLog; readonly timers: Timers },
+  key: string,
+  record: WrittenRecord,
+): Promise<void> {
   for (let attempt = 0; ; attempt++) {
     try {
       await io.log.append(key, body(record))

@@ -57,7 +57,13 @@ export function undiciHttp(dispatcher: Dispatcher): HttpTransport {
   return { exchange: (origin, o) => exchange(dispatcher, origin, o), close: () => dispatcher.close() }
 }
 
-export function productionIo(parts: { log: FileLog; control: ControlTransport; app: Dispatcher; http: Dispatcher; logger: Logger }): SidecarIo {
+export function productionIo(parts: {
+  log: FileLog
+  control: ControlTransport
+  app: Dispatcher
+  http: Dispatcher
+  logger: Logger
+}): SidecarIo {
   return {
     clock: Date.now,
     random: Math.random,

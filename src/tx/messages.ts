@@ -11,7 +11,10 @@ import type { Timers } from './io.js'
 
 // The messages and the rest of a decision record always fit one log record, so a commit never
 // finds its record too large (it would abort: src/tx/*/driver.ts, "decision refused").
-assert(LIMITS.maxMessageTotalBytes + LIMITS.decisionRecordRestBytes <= LIMITS.logMaxRecordBytes, 'messages and the rest of a decision record must fit a log record')
+assert(
+  LIMITS.maxMessageTotalBytes + LIMITS.decisionRecordRestBytes <= LIMITS.logMaxRecordBytes,
+  'messages and the rest of a decision record must fit a log record',
+)
 
 export interface MessageHolder {
   readonly messages: TxMessage[]
@@ -29,15 +32,26 @@ export type Publish = (id: TxId, messages: readonly TxMessage[]) => Promise<void
  * serializes the parsed message again, and JSON can grow on the way (a request's 1e20 is stored
  * as 100000000000000000000).
  */
-export function addMessage(id: TxId, holder: (MessageHolder & { readonly state: { readonly status: string } }) | undefined, m: TxMessage): TxmeshError | number {
+export function addMessage(
+  id: TxId,
+  holder: (MessageHolder & { readonly state: { readonly status: string } }) | undefined,
+  m: TxMessage,
+): TxmeshError | number {
   if (holder === undefined) return new TxUnknownError(`transaction ${id} is not coordinated here`)
-  if (holder.state.status !== 'active') return new TxNotActiveError(`transaction ${id} is ${holder.state.status}; messages attach before commit`)
-  if (holder.messages.length >= LIMITS.maxMessagesPerTx) return new TxLimitError(`transaction ${id} holds its maximum of ${LIMITS.maxMessagesPerTx} messages`)
+  if (holder.state.status !== 'active')
+    return new TxNotActiveError(`transaction ${id} is ${holder.state.status}; messages attach before commit`)
+  if (holder.messages.length >= LIMITS.maxMessagesPerTx)
+    return new TxLimitError(`transaction ${id} holds its maximum of ${LIMITS.maxMessagesPerTx} messages`)
   // + 1: the comma that separates it from the others in the record's list.
   const bytes = Buffer.byteLength(JSON.stringify(m)) + 1
-  if (bytes > LIMITS.maxMessageBytes) return new MessageTooLargeError(`the message is ${bytes} bytes as stored in the transaction's record; the limit is ${LIMITS.maxMessageBytes}`)
+  if (bytes > LIMITS.maxMessageBytes)
+    return new MessageTooLargeError(
+      `the message is ${bytes} bytes as stored in the transaction's record; the limit is ${LIMITS.maxMessageBytes}`,
+    )
   if (holder.messageBytes + bytes > LIMITS.maxMessageTotalBytes) {
-    return new MessageTooLargeError(`transaction ${id} holds ${holder.messageBytes} bytes of messages; this one (${bytes} bytes stored) would take it past ${LIMITS.maxMessageTotalBytes}`)
+    return new MessageTooLargeError(
+      `transaction ${id} holds ${holder.messageBytes} bytes of messages; this one (${bytes} bytes stored) would take it past ${LIMITS.maxMessageTotalBytes}`,
+    )
   }
   holder.messages.push(m)
   holder.messageBytes += bytes
@@ -58,6 +72,9 @@ export function endAfterPublishing(log: FileLog, key: string, holder: MessageHol
 /** Waits until `register`'s callback runs, or `ms` at most (a bounded wait for an answer). */
 export async function waitAtMost(timers: Timers, register: (done: () => void) => void, ms: number): Promise<void> {
   let timer: object | undefined
-  await Promise.race([new Promise<void>((resolve) => register(resolve)), new Promise<void>((resolve) => (timer = timers.set(resolve, ms)))])
+  await Promise.race([
+    new Promise<void>((resolve) => register(resolve)),
+    new Promise<void>((resolve) => (timer = timers.set(resolve, ms))),
+  ])
   timers.clear(timer)
 }

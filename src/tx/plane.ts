@@ -2,7 +2,15 @@
 // context, the ingress joins the caller's transaction and tells it who took part (DESIGN.md
 // "Enlistment").
 import type { RoutePolicy, StepRequestTemplate } from '../config/types.js'
-import { HookForbiddenError, MeshKeyMissingError, NoSidecarError, StepTemplateInvalidError, TxAbortedError, TxNotActiveError, TxmeshError } from '../errors.js'
+import {
+  HookForbiddenError,
+  MeshKeyMissingError,
+  NoSidecarError,
+  StepTemplateInvalidError,
+  TxAbortedError,
+  TxNotActiveError,
+  TxmeshError,
+} from '../errors.js'
 import type { ResponseHook } from '../proxy/forward.js'
 import type { Span } from '../telemetry/tracing.js'
 import { nodeTimers, type ControlTransport, type Timers } from './io.js'
@@ -83,7 +91,9 @@ export interface TxPlane {
 
 export class DisabledTxPlane implements TxPlane {
   private refuse(): TxmeshError {
-    return new MeshKeyMissingError('a transaction reached a sidecar without a mesh key (TXMESH_MESH_KEY, TXMESH_MESH_KEY_FILE or mesh.keyFile)')
+    return new MeshKeyMissingError(
+      'a transaction reached a sidecar without a mesh key (TXMESH_MESH_KEY, TXMESH_MESH_KEY_FILE or mesh.keyFile)',
+    )
   }
   egress(): TxmeshError {
     return this.refuse()
@@ -145,7 +155,9 @@ export class ActiveTxPlane implements TxPlane {
           // An error the peer's sidecar produced is the more useful answer: pass it on.
           if (hasErrorHeader(headers)) return undefined
           if (route.nonTransactionalTarget === 'proceed') return undefined
-          return new NoSidecarError(`the target answered without a txmesh sidecar; the call is not part of transaction ${ctx.id}`)
+          return new NoSidecarError(
+            `the target answered without a txmesh sidecar; the call is not part of transaction ${ctx.id}`,
+          )
         }
         const refs = verifyEnlisted(this.d.keys.verifying, enlisted, ctx.id)
         if (refs instanceof TxmeshError) return refs
@@ -156,12 +168,16 @@ export class ActiveTxPlane implements TxPlane {
   }
 
   /** Hands enlisted participants to whoever collects them for this transaction. */
-  private deliver(ctx: TxContext, refs: readonly ParticipantRef[]): TxmeshError | undefined | Promise<TxmeshError | undefined> {
+  private deliver(
+    ctx: TxContext,
+    refs: readonly ParticipantRef[],
+  ): TxmeshError | undefined | Promise<TxmeshError | undefined> {
     if (this.d.coordinator.has(ctx.id)) return this.d.coordinator.enlist(ctx.id, refs)
     const branch = this.d.participant.branchOf(ctx.id)
     if (branch !== undefined && branch.inflight > 0) {
       // Nested call made while our inbound request runs: ride back on its response.
-      for (const r of refs) if (!branch.nested.some((n) => n.branch === r.branch && n.control === r.control)) branch.nested.push(r)
+      for (const r of refs)
+        if (!branch.nested.some((n) => n.branch === r.branch && n.control === r.control)) branch.nested.push(r)
       return undefined
     }
     // The inbound request already answered (or the app got the context another way): register.
@@ -181,10 +197,24 @@ export class ActiveTxPlane implements TxPlane {
    */
   private stepEgress(ctx: TxContext, route: RoutePolicy, call: EgressCall): ResponseHook | TxmeshError {
     const stepId = newBranchId()
-    const context = signContext(this.d.keys.signing, { ...ctx, parent: ctx.branch ?? ctx.parent, branch: stepId, op: ctx.mode === 'saga' ? 'action' : 'try' })
+    const context = signContext(this.d.keys.signing, {
+      ...ctx,
+      parent: ctx.branch ?? ctx.parent,
+      branch: stepId,
+      op: ctx.mode === 'saga' ? 'action' : 'try',
+    })
     take(call.headers, CONTEXT_HEADER)
     // The plain ids too, for a target without a sidecar (a sidecar's ingress sets its own).
-    call.headers.push(CONTEXT_HEADER, context, TX_ID_HEADER, ctx.id, BRANCH_ID_HEADER, stepId, OP_HEADER, ctx.mode === 'saga' ? 'action' : 'try')
+    call.headers.push(
+      CONTEXT_HEADER,
+      context,
+      TX_ID_HEADER,
+      ctx.id,
+      BRANCH_ID_HEADER,
+      stepId,
+      OP_HEADER,
+      ctx.mode === 'saga' ? 'action' : 'try',
+    )
     const template = ctx.mode === 'saga' ? route.compensation : undefined
     const needs = ctx.mode === 'saga' ? templateNeeds(template) : templateNeeds(route.tcc?.confirm, route.tcc?.cancel)
     const service = hostName(call.host)
@@ -198,11 +228,35 @@ export class ActiveTxPlane implements TxPlane {
       ...(ctx.mode === 'tcc' || template !== undefined
         ? {
             beforeSend: async (): Promise<TxmeshError | undefined> => {
-              const facts: CallFacts = { method: call.method, path: call.path, requestHeaders: call.headers, requestBody: hook.requestBody, status: 0, responseHeaders: [], responseBody: undefined, txId: ctx.id, stepId }
+              const facts: CallFacts = {
+                method: call.method,
+                path: call.path,
+                requestHeaders: call.headers,
+                requestBody: hook.requestBody,
+                status: 0,
+                responseHeaders: [],
+                responseBody: undefined,
+                txId: ctx.id,
+                stepId,
+              }
               // Its undo (or confirm) could never be sent: refuse the call while there is nothing to undo.
-              const invalid = stepRequestProblem(ctx.mode === 'saga' ? [['compensation', template]] : [['confirm', route.tcc?.confirm], ['cancel', route.tcc?.cancel]], facts)
-              if (invalid !== undefined) return new StepTemplateInvalidError(`the call to ${service} is not sent: ${invalid}`)
-              const err = await this.recordStep(ctx, ctx.mode === 'saga' ? sagaIntent(stepId, service, call.origin, template as StepRequestTemplate, facts) : tccIntent(stepId, service, call.origin, route.tcc?.cancel, facts))
+              const invalid = stepRequestProblem(
+                ctx.mode === 'saga'
+                  ? [['compensation', template]]
+                  : [
+                      ['confirm', route.tcc?.confirm],
+                      ['cancel', route.tcc?.cancel],
+                    ],
+                facts,
+              )
+              if (invalid !== undefined)
+                return new StepTemplateInvalidError(`the call to ${service} is not sent: ${invalid}`)
+              const err = await this.recordStep(
+                ctx,
+                ctx.mode === 'saga'
+                  ? sagaIntent(stepId, service, call.origin, template as StepRequestTemplate, facts)
+                  : tccIntent(stepId, service, call.origin, route.tcc?.cancel, facts),
+              )
               intended = err === undefined
               return err
             },
@@ -211,14 +265,38 @@ export class ActiveTxPlane implements TxPlane {
       onResponseHead: async (status, headers, body) => {
         const named = take(headers, COMPENSATE_HEADER)
         const enlisted = take(headers, ENLISTED_HEADER)
-        const facts: CallFacts = { method: call.method, path: call.path, requestHeaders: call.headers, requestBody: hook.requestBody, status, responseHeaders: headers, responseBody: body, txId: ctx.id, stepId }
+        const facts: CallFacts = {
+          method: call.method,
+          path: call.path,
+          requestHeaders: call.headers,
+          requestBody: hook.requestBody,
+          status,
+          responseHeaders: headers,
+          responseBody: body,
+          txId: ctx.id,
+          stepId,
+        }
         let step: StepRecord | undefined
         if (ctx.mode === 'saga') {
-          step = sagaStep(stepId, service, call.origin, status, template, named, facts, needs.responseJson && body === undefined)
+          step = sagaStep(
+            stepId,
+            service,
+            call.origin,
+            status,
+            template,
+            named,
+            facts,
+            needs.responseJson && body === undefined,
+          )
           // Refused outright (or nothing it did can be undone): its intent's undo must not run.
           if (step === undefined && intended) await this.voidStep(ctx, stepId)
         } else if (needs.responseJson && body === undefined) {
-          step = { id: stepId, service, target: '', unresolved: `response body over ${LIMITS.stepTemplateBodyBytes} bytes; the tcc hook template cannot read it` }
+          step = {
+            id: stepId,
+            service,
+            target: '',
+            unresolved: `response body over ${LIMITS.stepTemplateBodyBytes} bytes; the tcc hook template cannot read it`,
+          }
         } else {
           // TCC: the try ran through the target's sidecar, which confirms or cancels it later.
           // Where no step can be made of the answer, the intent (if any) stays: it is cancelled
@@ -233,14 +311,25 @@ export class ActiveTxPlane implements TxPlane {
               if (intended) await this.voidStep(ctx, stepId)
               return undefined
             }
-            return new NoSidecarError(`the target answered without a txmesh sidecar; a TCC try needs one to confirm or cancel it (transaction ${ctx.id})`)
+            return new NoSidecarError(
+              `the target answered without a txmesh sidecar; a TCC try needs one to confirm or cancel it (transaction ${ctx.id})`,
+            )
           }
           // A failed try is cancelled too (it may have reserved before failing; the target's
           // barrier turns a cancel of nothing into a no-op).
           const confirm = hookOp(route.tcc?.confirm, facts)
           const cancel = hookOp(route.tcc?.cancel, facts)
-          step = { id: stepId, service: self.service, target: self.control, ...(self.holder === undefined ? {} : { holder: self.holder }) }
-          if ('unresolved' in confirm || 'unresolved' in cancel) step = { ...step, unresolved: 'unresolved' in confirm ? confirm.unresolved : (cancel as { unresolved: string }).unresolved }
+          step = {
+            id: stepId,
+            service: self.service,
+            target: self.control,
+            ...(self.holder === undefined ? {} : { holder: self.holder }),
+          }
+          if ('unresolved' in confirm || 'unresolved' in cancel)
+            step = {
+              ...step,
+              unresolved: 'unresolved' in confirm ? confirm.unresolved : (cancel as { unresolved: string }).unresolved,
+            }
           else step = { ...step, confirm, cancel }
         }
         if (step === undefined) return undefined
@@ -296,11 +385,16 @@ export class ActiveTxPlane implements TxPlane {
         const refs = verifyEnlisted(this.d.keys.verifying, take(out, ENLISTED_HEADER) ?? '', tx.id)
         const ok = status >= 200 && status < 300
         const enlistErr = refs instanceof TxmeshError ? refs : this.d.coordinator.enlist(tx.id, refs)
-        const result = ok && enlistErr === undefined ? await this.d.coordinator.commit(tx.id) : await this.d.coordinator.abort(tx.id, `the app answered ${status}`)
+        const result =
+          ok && enlistErr === undefined
+            ? await this.d.coordinator.commit(tx.id)
+            : await this.d.coordinator.abort(tx.id, `the app answered ${status}`)
         const outcome = result instanceof TxmeshError ? 'aborted' : result.outcome
         out.push(TX_ID_HEADER, tx.id, OUTCOME_HEADER, outcome)
         if (ok && outcome !== 'committed') {
-          return new TxAbortedError(`transaction ${tx.id} aborted: ${result instanceof TxmeshError ? result.message : (result.reason ?? 'a participant refused')}`)
+          return new TxAbortedError(
+            `transaction ${tx.id} aborted: ${result instanceof TxmeshError ? result.message : (result.reason ?? 'a participant refused')}`,
+          )
         }
         return undefined
       },
@@ -325,10 +419,15 @@ export class ActiveTxPlane implements TxPlane {
       onResponseHead: async (status, out) => {
         answered = true
         const ok = status >= 200 && status < 300
-        const result = ok ? await this.d.steps.commit(tx.id) : await this.d.steps.abort(tx.id, `the app answered ${status}`)
+        const result = ok
+          ? await this.d.steps.commit(tx.id)
+          : await this.d.steps.abort(tx.id, `the app answered ${status}`)
         const outcome = result instanceof TxmeshError ? 'aborted' : result.outcome
         out.push(TX_ID_HEADER, tx.id, OUTCOME_HEADER, outcome)
-        if (ok && outcome !== 'committed') return new TxAbortedError(`transaction ${tx.id} aborted: ${result instanceof TxmeshError ? result.message : (result.reason ?? 'aborted')}`)
+        if (ok && outcome !== 'committed')
+          return new TxAbortedError(
+            `transaction ${tx.id} aborted: ${result instanceof TxmeshError ? result.message : (result.reason ?? 'aborted')}`,
+          )
         return undefined
       },
       onEnd: () => {
@@ -344,7 +443,10 @@ export class ActiveTxPlane implements TxPlane {
   stepHook(token: string, op: 'cancel'): TxmeshError | undefined {
     const ctx = this.verify(token)
     if (ctx instanceof TxmeshError) return ctx
-    if (ctx.mode !== 'tcc' || ctx.op !== op || ctx.branch === undefined) return new HookForbiddenError(`the TCC ${op} hook takes only a coordinator's ${op} of a try; this context is a ${ctx.mode} ${ctx.op ?? 'transaction'}`)
+    if (ctx.mode !== 'tcc' || ctx.op !== op || ctx.branch === undefined)
+      return new HookForbiddenError(
+        `the TCC ${op} hook takes only a coordinator's ${op} of a try; this context is a ${ctx.mode} ${ctx.op ?? 'transaction'}`,
+      )
     return undefined
   }
 
@@ -376,7 +478,10 @@ export class ActiveTxPlane implements TxPlane {
         close()
         take(out, ENLISTED_HEADER) // never trust one the app made up
         const self = this.d.participant.ref(branch)
-        const refs = [self, ...branch.nested.splice(0).filter((n) => n.branch !== self.branch || n.control !== self.control)]
+        const refs = [
+          self,
+          ...branch.nested.splice(0).filter((n) => n.branch !== self.branch || n.control !== self.control),
+        ]
         out.push(ENLISTED_HEADER, signEnlisted(this.d.keys.signing, ctx.id, refs))
         return undefined
       },
@@ -402,7 +507,8 @@ export class ActiveTxPlane implements TxPlane {
     return {
       onResponseHead: (_status, out) => {
         take(out, ENLISTED_HEADER)
-        if (ctx.mode === 'tcc' && op === 'try') out.push(ENLISTED_HEADER, signEnlisted(this.d.keys.signing, ctx.id, [this.d.tcc.stepRef(branch)]))
+        if (ctx.mode === 'tcc' && op === 'try')
+          out.push(ENLISTED_HEADER, signEnlisted(this.d.keys.signing, ctx.id, [this.d.tcc.stepRef(branch)]))
         return undefined
       },
       onEnd: () => undefined,
@@ -426,7 +532,12 @@ function sagaStep(
   // nothing harmless).
   if (status >= 400 && status < 500) return undefined
   let op: StepOp | { unresolved: string } | undefined
-  if (template !== undefined) op = bodyTooLarge ? { unresolved: `response body over ${LIMITS.stepTemplateBodyBytes} bytes; the compensation template cannot read it` } : fillTemplate(template, facts)
+  if (template !== undefined)
+    op = bodyTooLarge
+      ? {
+          unresolved: `response body over ${LIMITS.stepTemplateBodyBytes} bytes; the compensation template cannot read it`,
+        }
+      : fillTemplate(template, facts)
   else if (named !== undefined) op = parseCompensateHeader(named)
   if (op === undefined) return undefined
   if ('unresolved' in op) return status < 300 ? { id, service, target: origin, unresolved: op.unresolved } : undefined
@@ -438,9 +549,16 @@ function sagaStep(
  * that reads the response leaves the intent unresolved: with no answer it goes stuck, visible,
  * instead of being lost.
  */
-function sagaIntent(id: string, service: string, origin: string, template: StepRequestTemplate, facts: CallFacts): StepRecord {
+function sagaIntent(
+  id: string,
+  service: string,
+  origin: string,
+  template: StepRequestTemplate,
+  facts: CallFacts,
+): StepRecord {
   const base = { id, service, target: origin, intent: true }
-  if (templateNeeds(template).response) return { ...base, unresolved: 'the call got no answer and its compensation needs the response' }
+  if (templateNeeds(template).response)
+    return { ...base, unresolved: 'the call got no answer and its compensation needs the response' }
   const op = fillTemplate(template, facts)
   return 'unresolved' in op ? { ...base, unresolved: op.unresolved } : { ...base, compensate: op }
 }
@@ -451,9 +569,16 @@ function sagaIntent(id: string, service: string, origin: string, template: StepR
  * template when it reads only the request, else on the default hook path, which the target's
  * sidecar maps to its own cancel hook.
  */
-function tccIntent(id: string, service: string, origin: string, template: RoutePolicy['compensation'], facts: CallFacts): StepRecord {
+function tccIntent(
+  id: string,
+  service: string,
+  origin: string,
+  template: RoutePolicy['compensation'],
+  facts: CallFacts,
+): StepRecord {
   const base = { id, service, target: origin, intent: true, viaIngress: true }
-  if (template === undefined || templateNeeds(template).response) return { ...base, cancel: { method: 'POST', path: STEP_CANCEL_PATH } }
+  if (template === undefined || templateNeeds(template).response)
+    return { ...base, cancel: { method: 'POST', path: STEP_CANCEL_PATH } }
   const op = fillTemplate(template, facts)
   return 'unresolved' in op ? { ...base, unresolved: op.unresolved } : { ...base, cancel: op }
 }
@@ -464,7 +589,10 @@ function hookOp(t: RoutePolicy['compensation'], facts: CallFacts): StepOp | { un
 }
 
 /** What makes one of a step's request templates unsendable with this call's request, if anything. */
-function stepRequestProblem(templates: readonly (readonly [string, StepRequestTemplate | undefined])[], facts: CallFacts): string | undefined {
+function stepRequestProblem(
+  templates: readonly (readonly [string, StepRequestTemplate | undefined])[],
+  facts: CallFacts,
+): string | undefined {
   for (const [what, t] of templates) {
     const problem = t === undefined ? undefined : requestProblem(t, facts)
     if (problem !== undefined) return `its ${what} template, filled from it, could never be sent (${problem})`

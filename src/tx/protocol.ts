@@ -72,7 +72,12 @@ const ADDRESS_RE = /^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]{1,253}):\d{1,5}$/
  * the database; addresses too long to fit the 64-character id are left out (such rows stay in
  * doubt until an operator resolves them).
  */
-export function newTxId(coordinator: string, incarnation: string, run = '', randomChars: (n: number) => string = randomBase64url): TxId {
+export function newTxId(
+  coordinator: string,
+  incarnation: string,
+  run = '',
+  randomChars: (n: number) => string = randomBase64url,
+): TxId {
   // Alphanumeric only: '_' separates the parts, and an id starting with '-' would read as a
   // flag on a command line (txmesh tx show ID). The random part starts with the run tag of the
   // process that made it (isOfRun).
@@ -209,7 +214,8 @@ function open(keys: readonly Buffer[], token: string, what: string, limit: numbe
   }
   // A signed `null` or array would make the field checks read properties of nothing (found by
   // test/fuzz/context.test.ts): only an object is a payload.
-  if (typeof payload !== 'object' || payload === null || Array.isArray(payload)) return new ContextInvalidError(`${what} payload is not a JSON object`)
+  if (typeof payload !== 'object' || payload === null || Array.isArray(payload))
+    return new ContextInvalidError(`${what} payload is not a JSON object`)
   return payload
 }
 
@@ -257,10 +263,22 @@ function compileAllowList(allow: readonly string[]): { matcher: AllowMatcher; pr
       return
     }
     const m = ALLOW_ENTRY_RE.exec(entry)
-    if (m === null) return void problems.push({ index, message: `"${entry}" is not *, host:port, host:*, a.b.c.d/N:port or [v6::/N]:port` })
-    const [, v6, v6Prefix, name, v4Prefix, portText] = m as unknown as [string, string | undefined, string | undefined, string | undefined, string | undefined, string]
+    if (m === null)
+      return void problems.push({
+        index,
+        message: `"${entry}" is not *, host:port, host:*, a.b.c.d/N:port or [v6::/N]:port`,
+      })
+    const [, v6, v6Prefix, name, v4Prefix, portText] = m as unknown as [
+      string,
+      string | undefined,
+      string | undefined,
+      string | undefined,
+      string | undefined,
+      string,
+    ]
     const port = portText === '*' ? undefined : Number(portText)
-    if (port !== undefined && port > 65535) return void problems.push({ index, message: `"${entry}": port ${port} is over 65535` })
+    if (port !== undefined && port > 65535)
+      return void problems.push({ index, message: `"${entry}": port ${port} is over 65535` })
     const prefixText = v6Prefix ?? v4Prefix
     if (prefixText === undefined) {
       if (port === undefined) anyPort.add(v6 === undefined ? (name as string) : `[${v6}]`)
@@ -269,10 +287,12 @@ function compileAllowList(allow: readonly string[]): { matcher: AllowMatcher; pr
     }
     const ip = (v6 ?? name) as string
     const family = v6 === undefined ? 4 : 6
-    if (isIP(ip) !== family) return void problems.push({ index, message: `"${entry}": ${ip} is not an IPv${family} address` })
+    if (isIP(ip) !== family)
+      return void problems.push({ index, message: `"${entry}": ${ip} is not an IPv${family} address` })
     const prefix = Number(prefixText)
     const max = family === 4 ? 32 : 128
-    if (prefix > max) return void problems.push({ index, message: `"${entry}": prefix /${prefix} is longer than ${max} bits` })
+    if (prefix > max)
+      return void problems.push({ index, message: `"${entry}": prefix /${prefix} is longer than ${max} bits` })
     let list: BlockList | undefined
     if (port === undefined) list = netAnyPort ??= new BlockList()
     else {
@@ -340,10 +360,19 @@ export function verifyContext(
   ) {
     return new ContextInvalidError('txmesh-context payload has missing or malformed fields')
   }
-  const ctx: TxContext = { id: p.i, mode: p.m as TxMode, coordinator: p.c, deadline: p.d, parent: p.p as string | undefined, branch: p.b as string | undefined, op: p.o as StepOpKind | undefined }
+  const ctx: TxContext = {
+    id: p.i,
+    mode: p.m as TxMode,
+    coordinator: p.c,
+    deadline: p.d,
+    parent: p.p as string | undefined,
+    branch: p.b as string | undefined,
+    op: p.o as StepOpKind | undefined,
+  }
   const late = expired(ctx, now)
   if (late !== undefined) return late
-  if (!coordinatorAllowed(allow, p.c)) return new CoordinatorNotAllowedError(`coordinator ${p.c} is not in the allow-list`)
+  if (!coordinatorAllowed(allow, p.c))
+    return new CoordinatorNotAllowedError(`coordinator ${p.c} is not in the allow-list`)
   return ctx
 }
 
@@ -358,7 +387,11 @@ export function contextFromBaggage(baggage: string): string | undefined {
     const eq = member.indexOf('=')
     if (eq < 0) continue
     if (member.slice(0, eq).trim() !== BAGGAGE_ENTRY) continue
-    const value = member.slice(eq + 1).split(';')[0]?.trim() ?? ''
+    const value =
+      member
+        .slice(eq + 1)
+        .split(';')[0]
+        ?.trim() ?? ''
     try {
       return decodeURIComponent(value)
     } catch {
@@ -369,7 +402,15 @@ export function contextFromBaggage(baggage: string): string | undefined {
 }
 
 export function signEnlisted(key: Buffer, tx: TxId, refs: readonly ParticipantRef[]): string {
-  return seal(key, { i: tx, p: refs.map((r) => ({ s: r.service, c: r.control, b: r.branch, ...(r.holder === undefined ? {} : { h: r.holder }) })) })
+  return seal(key, {
+    i: tx,
+    p: refs.map((r) => ({
+      s: r.service,
+      c: r.control,
+      b: r.branch,
+      ...(r.holder === undefined ? {} : { h: r.holder }),
+    })),
+  })
 }
 
 export function verifyEnlisted(keys: readonly Buffer[], token: string, tx: TxId): ParticipantRef[] | TxmeshError {
@@ -377,13 +418,23 @@ export function verifyEnlisted(keys: readonly Buffer[], token: string, tx: TxId)
   if (raw instanceof TxmeshError) return raw
   const p = raw as { i?: unknown; p?: unknown }
   if (p.i !== tx) return new ContextInvalidError('txmesh-enlisted names another transaction')
-  if (!Array.isArray(p.p) || p.p.length > LIMITS.maxParticipants) return new ContextInvalidError('txmesh-enlisted has a malformed participant list')
+  if (!Array.isArray(p.p) || p.p.length > LIMITS.maxParticipants)
+    return new ContextInvalidError('txmesh-enlisted has a malformed participant list')
   const out: ParticipantRef[] = []
   for (const e of p.p as ({ s?: unknown; c?: unknown; b?: unknown; h?: unknown } | null)[]) {
-    if (typeof e !== 'object' || e === null || typeof e.s !== 'string' || e.s.length > LIMITS.serviceNameChars || typeof e.c !== 'string' || !ADDRESS_RE.test(e.c) || !isId(e.b)) {
+    if (
+      typeof e !== 'object' ||
+      e === null ||
+      typeof e.s !== 'string' ||
+      e.s.length > LIMITS.serviceNameChars ||
+      typeof e.c !== 'string' ||
+      !ADDRESS_RE.test(e.c) ||
+      !isId(e.b)
+    ) {
       return new ContextInvalidError('txmesh-enlisted has a malformed participant')
     }
-    if (e.h !== undefined && (typeof e.h !== 'string' || !isIncarnation(e.h))) return new ContextInvalidError('txmesh-enlisted has a malformed holder')
+    if (e.h !== undefined && (typeof e.h !== 'string' || !isIncarnation(e.h)))
+      return new ContextInvalidError('txmesh-enlisted has a malformed holder')
     out.push({ service: e.s, control: e.c, branch: e.b, ...(typeof e.h === 'string' ? { holder: e.h } : {}) })
   }
   return out
@@ -396,7 +447,14 @@ export function verifyEnlisted(keys: readonly Buffer[], token: string, tx: TxId)
  * it has seen within the skew window (src/control/replay.ts), so a captured request cannot be
  * sent again. Every call, retries included, gets a new nonce.
  */
-export function signControl(key: Buffer, ts: number, method: string, path: string, body: string, nonce: string = newControlNonce()): string {
+export function signControl(
+  key: Buffer,
+  ts: number,
+  method: string,
+  path: string,
+  body: string,
+  nonce: string = newControlNonce(),
+): string {
   return `${ts}.${nonce}.${mac(key, controlInput(ts, nonce, method, path, body))}`
 }
 
@@ -414,13 +472,22 @@ export type ControlAuth =
 
 // ts: up to 16 digits (epoch ms until the year 2286 and beyond); nonce: exactly controlNonceBytes
 // in base64url; mac: 32 bytes in base64url (43 characters).
-const CONTROL_AUTH_RE = new RegExp(`^(\\d{1,16})\\.([A-Za-z0-9_-]{${Math.ceil((LIMITS.controlNonceBytes * 4) / 3)}})\\.([A-Za-z0-9_-]{43})$`)
+const CONTROL_AUTH_RE = new RegExp(
+  `^(\\d{1,16})\\.([A-Za-z0-9_-]{${Math.ceil((LIMITS.controlNonceBytes * 4) / 3)}})\\.([A-Za-z0-9_-]{43})$`,
+)
 
 /**
  * Checks a `txmesh-auth` header: shape, timestamp within LIMITS.controlClockSkewMs of `now`, and
  * the mac with any of the keys (rotation). The nonce's freshness is the caller's (ReplayCache).
  */
-export function verifyControl(keys: readonly Buffer[], header: string | undefined, now: number, method: string, path: string, body: string): ControlAuth {
+export function verifyControl(
+  keys: readonly Buffer[],
+  header: string | undefined,
+  now: number,
+  method: string,
+  path: string,
+  body: string,
+): ControlAuth {
   if (header === undefined) return { ok: false, reason: 'missing' }
   const m = CONTROL_AUTH_RE.exec(header)
   if (m === null) return { ok: false, reason: 'malformed' }
@@ -463,7 +530,14 @@ const ANSWER_AUTH_RE = /^[A-Za-z0-9_-]{43}$/
  * Checks a control answer's `txmesh-auth` against the request we sent (`requestAuth`) to the
  * address we called (`responder`), with any of the keys (rotation: peers sign with their current key).
  */
-export function verifyAnswer(keys: readonly Buffer[], header: string | undefined, responder: string, requestAuth: string, status: number, body: string): 'ok' | 'missing' | 'signature' {
+export function verifyAnswer(
+  keys: readonly Buffer[],
+  header: string | undefined,
+  responder: string,
+  requestAuth: string,
+  status: number,
+  body: string,
+): 'ok' | 'missing' | 'signature' {
   if (header === undefined) return 'missing'
   if (!ANSWER_AUTH_RE.test(header)) return 'signature'
   const given = Buffer.from(header, 'base64url')

@@ -94,8 +94,16 @@ export interface EventRecord {
 export type LogRecord =
   | { readonly kind: 'incarnation'; readonly record: IncarnationRecord }
   | { readonly kind: 'coordinator'; readonly tx: TxId; readonly record: DecisionRecord }
-  | { readonly kind: 'participant'; readonly key: string; readonly record: BranchRecord | ResolvedRecord | BranchEndRecord }
-  | { readonly kind: 'steps'; readonly tx: TxId; readonly record: StepEntryRecord | StepDecisionRecord | StepDoneRecord }
+  | {
+      readonly kind: 'participant'
+      readonly key: string
+      readonly record: BranchRecord | ResolvedRecord | BranchEndRecord
+    }
+  | {
+      readonly kind: 'steps'
+      readonly tx: TxId
+      readonly record: StepEntryRecord | StepDecisionRecord | StepDoneRecord
+    }
   | { readonly kind: 'events'; readonly tx: string; readonly record: EventRecord }
 
 type Body = Readonly<Record<string, unknown>>
@@ -105,7 +113,13 @@ const isOutcome = (v: unknown): v is Outcome => v === 'committed' || v === 'abor
 const isString = (v: unknown): v is string => typeof v === 'string'
 
 function isRef(v: unknown): v is ParticipantRef {
-  return isObject(v) && isString(v.service) && isString(v.control) && isString(v.branch) && (v.holder === undefined || isString(v.holder))
+  return (
+    isObject(v) &&
+    isString(v.service) &&
+    isString(v.control) &&
+    isString(v.branch) &&
+    (v.holder === undefined || isString(v.holder))
+  )
 }
 
 function isMessages(v: unknown): v is readonly TxMessage[] {
@@ -121,12 +135,16 @@ function isStep(v: unknown): v is StepRecord {
  * version's, or damaged in a way the log's checksum cannot see): callers skip it.
  */
 export function decodeRecord(key: string, body: Body): LogRecord | undefined {
-  if (key === INCARNATION_KEY) return body.type === 'incarnation' && isString(body.id) ? { kind: 'incarnation', record: { type: 'incarnation', id: body.id, at: isString(body.at) ? body.at : '' } } : undefined
+  if (key === INCARNATION_KEY)
+    return body.type === 'incarnation' && isString(body.id)
+      ? { kind: 'incarnation', record: { type: 'incarnation', id: body.id, at: isString(body.at) ? body.at : '' } }
+      : undefined
   const prefix = key.slice(0, 2)
   const rest = key.slice(2)
   switch (prefix) {
     case KEY_PREFIX.coordinator: {
-      if (body.type !== 'decision' || !Array.isArray(body.participants) || !body.participants.every(isRef)) return undefined
+      if (body.type !== 'decision' || !Array.isArray(body.participants) || !body.participants.every(isRef))
+        return undefined
       const record: DecisionRecord = {
         type: 'decision',
         mode: body.mode === 'saga' || body.mode === 'tcc' ? body.mode : '2pc',
@@ -145,7 +163,9 @@ export function decodeRecord(key: string, body: Body): LogRecord | undefined {
       return record === undefined ? undefined : { kind: 'steps', tx: rest, record }
     }
     case KEY_PREFIX.events:
-      return body.type === 'event' && isObject(body.event) ? { kind: 'events', tx: rest, record: { type: 'event', event: body.event } } : undefined
+      return body.type === 'event' && isObject(body.event)
+        ? { kind: 'events', tx: rest, record: { type: 'event', event: body.event } }
+        : undefined
   }
   return undefined
 }
@@ -155,14 +175,39 @@ function decodeParticipant(b: Body): BranchRecord | ResolvedRecord | BranchEndRe
     case 'joined':
     case 'preparing':
     case 'prepared':
-      if (!isString(b.tx) || !isString(b.branch) || !isString(b.coordinator) || typeof b.deadline !== 'number' || !isString(b.context)) return undefined
-      return { type: b.type, tx: b.tx, branch: b.branch, coordinator: b.coordinator, deadline: b.deadline, context: b.context, ...(b.onePhase === true ? { onePhase: true } : {}) }
+      if (
+        !isString(b.tx) ||
+        !isString(b.branch) ||
+        !isString(b.coordinator) ||
+        typeof b.deadline !== 'number' ||
+        !isString(b.context)
+      )
+        return undefined
+      return {
+        type: b.type,
+        tx: b.tx,
+        branch: b.branch,
+        coordinator: b.coordinator,
+        deadline: b.deadline,
+        context: b.context,
+        ...(b.onePhase === true ? { onePhase: true } : {}),
+      }
     case 'resolved':
       if (!isOutcome(b.outcome)) return undefined
-      return { type: 'resolved', outcome: b.outcome, by: isString(b.by) ? b.by : '', at: isString(b.at) ? b.at : '', ...(b.forced === true ? { forced: true } : {}) }
+      return {
+        type: 'resolved',
+        outcome: b.outcome,
+        by: isString(b.by) ? b.by : '',
+        at: isString(b.at) ? b.at : '',
+        ...(b.forced === true ? { forced: true } : {}),
+      }
     case 'end':
       // An END's outcome was not always written: committed is what a durable END meant.
-      return { type: 'end', outcome: isOutcome(b.outcome) ? b.outcome : 'committed', ...(b.resolved === true ? { resolved: true } : {}) }
+      return {
+        type: 'end',
+        outcome: isOutcome(b.outcome) ? b.outcome : 'committed',
+        ...(b.resolved === true ? { resolved: true } : {}),
+      }
   }
   return undefined
 }
@@ -172,7 +217,9 @@ function decodeSteps(b: Body): StepEntryRecord | StepDecisionRecord | StepDoneRe
     case 'step':
       return isStep(b.step) ? { type: 'step', mode: b.mode === 'tcc' ? 'tcc' : 'saga', step: b.step } : undefined
     case 'decision':
-      return isOutcome(b.outcome) ? { type: 'decision', outcome: b.outcome, ...(isMessages(b.messages) ? { messages: b.messages } : {}) } : undefined
+      return isOutcome(b.outcome)
+        ? { type: 'decision', outcome: b.outcome, ...(isMessages(b.messages) ? { messages: b.messages } : {}) }
+        : undefined
     case 'step-done':
       return isString(b.step) ? { type: 'step-done', step: b.step } : undefined
   }
@@ -193,13 +240,26 @@ export function decodeRecords(records: readonly { readonly txId: string; readonl
 export function committedIn(records: readonly LogRecord[]): string[] {
   const out: string[] = []
   for (const r of records) {
-    if (r.kind === 'coordinator' || (r.kind === 'steps' && r.record.type === 'decision' && r.record.outcome === 'committed')) out.push(r.tx)
+    if (
+      r.kind === 'coordinator' ||
+      (r.kind === 'steps' && r.record.type === 'decision' && r.record.outcome === 'committed')
+    )
+      out.push(r.tx)
   }
   return out
 }
 
 /** Every record the sidecar writes. */
-export type WrittenRecord = IncarnationRecord | DecisionRecord | BranchRecord | ResolvedRecord | BranchEndRecord | StepEntryRecord | StepDecisionRecord | StepDoneRecord | EventRecord
+export type WrittenRecord =
+  | IncarnationRecord
+  | DecisionRecord
+  | BranchRecord
+  | ResolvedRecord
+  | BranchEndRecord
+  | StepEntryRecord
+  | StepDecisionRecord
+  | StepDoneRecord
+  | EventRecord
 
 /** The body of a record, as the log stores it (JSON). */
 export const body = (r: WrittenRecord): Record<string, unknown> => r as unknown as Record<string, unknown>

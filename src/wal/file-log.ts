@@ -40,7 +40,14 @@ import assert from 'node:assert/strict'
 import { constants as fsConstants } from 'node:fs'
 import { mkdir, open, readdir, unlink, type FileHandle } from 'node:fs/promises'
 import { dirname, join, resolve as resolvePath } from 'node:path'
-import { InternalError, LogCorruptError, LogFailedError, LogOverloadedError, LogRecordTooLargeError, ShuttingDownError } from '../errors.js'
+import {
+  InternalError,
+  LogCorruptError,
+  LogFailedError,
+  LogOverloadedError,
+  LogRecordTooLargeError,
+  ShuttingDownError,
+} from '../errors.js'
 import { LIMITS } from '../limits.js'
 import { nodeTimers, sleep, type Timer, type Timers } from '../timers.js'
 import { silentLogger, type Logger } from '../telemetry/logger.js'
@@ -247,7 +254,10 @@ export class FileLog {
    * corrupt tail (never trusts it), and returns the live records in append order. Records of
    * transactions that were ended (see end()) are not returned.
    */
-  static async open(dir: string, options: Partial<FileLogOptions> = {}): Promise<{ log: FileLog; records: LogEntry[] }> {
+  static async open(
+    dir: string,
+    options: Partial<FileLogOptions> = {},
+  ): Promise<{ log: FileLog; records: LogEntry[] }> {
     const opts = resolveOptions(options)
     const started = performance.now()
     const fs = opts.fs
@@ -260,7 +270,11 @@ export class FileLog {
       const prev = seqs[i - 1] as number
       const cur = seqs[i] as number
       // Compaction deletes only a prefix of the sequence (see the comment at the top).
-      if (cur !== prev + 1) throw new LogCorruptError(`log ${dir}: segment ${segmentName(prev + 1)} is missing (found ${segmentName(prev)} and ${segmentName(cur)})`, { file: join(dir, segmentName(prev + 1)) })
+      if (cur !== prev + 1)
+        throw new LogCorruptError(
+          `log ${dir}: segment ${segmentName(prev + 1)} is missing (found ${segmentName(prev)} and ${segmentName(cur)})`,
+          { file: join(dir, segmentName(prev + 1)) },
+        )
     }
 
     const state = new ReplayState()
@@ -268,7 +282,15 @@ export class FileLog {
     const maxPayload = Math.max(opts.maxRecordBytes, LIMITS.logMaxRecordBytes) - FRAME_HEADER_BYTES
     let tail: SegmentReplay | undefined
     for (const [i, seq] of seqs.entries()) {
-      const r = await replaySegment(fs, join(dir, segmentName(seq)), seq, i === seqs.length - 1, maxPayload, opts.readChunkBytes, state)
+      const r = await replaySegment(
+        fs,
+        join(dir, segmentName(seq)),
+        seq,
+        i === seqs.length - 1,
+        maxPayload,
+        opts.readChunkBytes,
+        state,
+      )
       state.segments.set(seq, { bytes: r.validBytes, records: r.records })
       tail = r
     }
@@ -289,7 +311,12 @@ export class FileLog {
       try {
         if (tail.dropped !== undefined) {
           truncatedBytes = tail.dropped.bytes
-          opts.logger.warn('log.torn_tail', { file, offset: tail.validBytes, droppedBytes: tail.dropped.bytes, reason: tail.dropped.reason })
+          opts.logger.warn('log.torn_tail', {
+            file,
+            offset: tail.validBytes,
+            droppedBytes: tail.dropped.bytes,
+            reason: tail.dropped.reason,
+          })
           await fh.truncate(tail.validBytes)
           if (tail.validBytes === 0) {
             const header = encodeSegmentHeader(seq)
@@ -322,8 +349,25 @@ export class FileLog {
       throw err
     }
     const replayMs = performance.now() - started
-    const log = new FileLog(dir, opts, fh, seq, segBytes, state.maxLsn + 1, { truncatedBytes, replayedRecords: state.replayed, replayMs }, state.live, records.length, state.segments)
-    opts.logger.info('log.replayed', { dir, segments: seqs.length, records: state.replayed, live: records.length, ms: Math.round(replayMs) })
+    const log = new FileLog(
+      dir,
+      opts,
+      fh,
+      seq,
+      segBytes,
+      state.maxLsn + 1,
+      { truncatedBytes, replayedRecords: state.replayed, replayMs },
+      state.live,
+      records.length,
+      state.segments,
+    )
+    opts.logger.info('log.replayed', {
+      dir,
+      segments: seqs.length,
+      records: state.replayed,
+      live: records.length,
+      ms: Math.round(replayMs),
+    })
     return { log, records }
   }
 
@@ -444,8 +488,13 @@ export class FileLog {
   }
 
   private assertRoom(frameBytes: number): void {
-    if (this.pendingCount + 1 > this.opts.maxQueuedAppends || this.pendingBytes + frameBytes > this.opts.maxQueuedBytes) {
-      throw new LogOverloadedError(`log append queue is full (${this.pendingCount} appends, ${this.pendingBytes} bytes waiting; limits ${this.opts.maxQueuedAppends} and ${this.opts.maxQueuedBytes})`)
+    if (
+      this.pendingCount + 1 > this.opts.maxQueuedAppends ||
+      this.pendingBytes + frameBytes > this.opts.maxQueuedBytes
+    ) {
+      throw new LogOverloadedError(
+        `log append queue is full (${this.pendingCount} appends, ${this.pendingBytes} bytes waiting; limits ${this.opts.maxQueuedAppends} and ${this.opts.maxQueuedBytes})`,
+      )
     }
   }
 
@@ -463,13 +512,18 @@ export class FileLog {
       json = JSON.stringify(body)
     } catch (err) {
       // A BigInt or a cycle: a bug of the caller, refused like any invalid record.
-      throw new InternalError(`log record body for ${txId} cannot be encoded: ${(err as Error).message}`, { cause: err })
+      throw new InternalError(`log record body for ${txId} cannot be encoded: ${(err as Error).message}`, {
+        cause: err,
+      })
     }
-    if (typeof json !== 'string' || !json.startsWith('{')) throw new InternalError(`log record body for ${txId} is not a JSON object`)
+    if (typeof json !== 'string' || !json.startsWith('{'))
+      throw new InternalError(`log record body for ${txId} is not a JSON object`)
     const lsn = this.nextLsn
     const frame = encodeRecord(RecordKind.data, lsn, id, json)
     if (frame.length > this.opts.maxRecordBytes) {
-      throw new LogRecordTooLargeError(`log record for ${txId} is ${frame.length} bytes, over the ${this.opts.maxRecordBytes}-byte limit (LIMITS.logMaxRecordBytes); nothing was written`)
+      throw new LogRecordTooLargeError(
+        `log record for ${txId} is ${frame.length} bytes, over the ${this.opts.maxRecordBytes}-byte limit (LIMITS.logMaxRecordBytes); nothing was written`,
+      )
     }
     this.assertRoom(frame.length)
     this.nextLsn++
@@ -506,7 +560,9 @@ export class FileLog {
   }
 
   private shouldWrite(): boolean {
-    return this.queue.length > 0 && this.failed === undefined && (this.queuedDurable > 0 || this.lazyDue || this.closing)
+    return (
+      this.queue.length > 0 && this.failed === undefined && (this.queuedDurable > 0 || this.lazyDue || this.closing)
+    )
   }
 
   private kick(): void {
@@ -551,7 +607,11 @@ export class FileLog {
         const n = p.frame.length
         // Roll over when this record would overflow a segment that already holds records (a
         // record larger than a segment gets a segment of its own; flush()'s empty entry none).
-        if (n > 0 && this.segBytes + partBytes + n > this.opts.segmentBytes && this.segBytes + partBytes > SEGMENT_HEADER_BYTES) {
+        if (
+          n > 0 &&
+          this.segBytes + partBytes + n > this.opts.segmentBytes &&
+          this.segBytes + partBytes > SEGMENT_HEADER_BYTES
+        ) {
           await this.writeParts(parts, partBytes)
           parts = []
           partBytes = 0
@@ -672,7 +732,8 @@ export class FileLog {
     //    and frees at least twice that as the following prefixes go.
     const budget = this.opts.compactCarryFraction * this.opts.segmentBytes
     let deadBytes = 0
-    for (const s of sealed) deadBytes += (this.segments.get(s)?.bytes ?? 0) - SEGMENT_HEADER_BYTES - (liveBytes.get(s) ?? 0)
+    for (const s of sealed)
+      deadBytes += (this.segments.get(s)?.bytes ?? 0) - SEGMENT_HEADER_BYTES - (liveBytes.get(s) ?? 0)
     const oldestLive = liveBytes.get(sealed[0] as number) ?? 0
     const forceOldest = oldestLive > budget && deadBytes >= 2 * this.opts.segmentBytes
     let carryBytes = 0
@@ -703,10 +764,7 @@ export class FileLog {
     }
     moved.sort((a, b) => a.lsn - b.lsn)
     if (moved.length > 0) {
-      await this.writeParts(
-        moved.map(frameOf),
-        carryBytes,
-      )
+      await this.writeParts(moved.map(frameOf), carryBytes)
       await this.syncNow()
       for (const r of moved) r.seg = this.seq
       this.segmentInfo().records += moved.length
@@ -719,12 +777,22 @@ export class FileLog {
       this.segments.delete(s)
     }
     this.counters.compactions++
-    this.opts.logger.info('log.compacted', { dir: this.dir, deletedSegments: doomed.length, carriedRecords: moved.length, carriedBytes: carryBytes })
+    this.opts.logger.info('log.compacted', {
+      dir: this.dir,
+      deletedSegments: doomed.length,
+      carriedRecords: moved.length,
+      carriedBytes: carryBytes,
+    })
   }
 
   private fail(err: unknown): LogFailedError {
     if (this.failed === undefined) {
-      this.failed = err instanceof LogFailedError ? err : new LogFailedError(`log write failed in ${this.dir}: ${err instanceof Error ? err.message : String(err)}`, { cause: err })
+      this.failed =
+        err instanceof LogFailedError
+          ? err
+          : new LogFailedError(`log write failed in ${this.dir}: ${err instanceof Error ? err.message : String(err)}`, {
+              cause: err,
+            })
       this.opts.logger.error('log.failed', { dir: this.dir, error: this.failed.message })
       const queued = this.queue
       this.queue = []
@@ -839,9 +907,13 @@ class ReplayState {
       try {
         body = JSON.parse(rec.buf.toString('utf8', bodyStart, rec.off + rec.len))
       } catch (err) {
-        throw new LogCorruptError(`log record lsn ${rec.lsn} of ${rec.txId} has a valid checksum but its body is not JSON`, { cause: err })
+        throw new LogCorruptError(
+          `log record lsn ${rec.lsn} of ${rec.txId} has a valid checksum but its body is not JSON`,
+          { cause: err },
+        )
       }
-      if (typeof body !== 'object' || body === null || Array.isArray(body)) throw new LogCorruptError(`log record lsn ${rec.lsn} of ${rec.txId} has a body that is not a JSON object`)
+      if (typeof body !== 'object' || body === null || Array.isArray(body))
+        throw new LogCorruptError(`log record lsn ${rec.lsn} of ${rec.txId} has a body that is not a JSON object`)
       return { txId: rec.txId, body: body as Record<string, unknown> }
     })
   }
@@ -855,7 +927,15 @@ interface SegmentReplay {
   readonly dropped: { readonly bytes: number; readonly reason: string } | undefined
 }
 
-async function replaySegment(fs: LogFs, file: string, seq: number, isLast: boolean, maxPayload: number, chunkBytes: number, state: ReplayState): Promise<SegmentReplay> {
+async function replaySegment(
+  fs: LogFs,
+  file: string,
+  seq: number,
+  isLast: boolean,
+  maxPayload: number,
+  chunkBytes: number,
+  state: ReplayState,
+): Promise<SegmentReplay> {
   const fh = await fs.open(file, 'r')
   try {
     const size = (await fh.stat()).size
@@ -865,7 +945,8 @@ async function replaySegment(fs: LogFs, file: string, seq: number, isLast: boole
     if (!hc.ok) {
       // A crash while a segment is created leaves a short or unsynced header, and nothing after
       // it: the header is fsynced before any record is written. Only the last segment can be new.
-      if (hc.torn && isLast && size <= SEGMENT_HEADER_BYTES) return { seq, validBytes: 0, records: 0, dropped: { bytes: size, reason: hc.reason } }
+      if (hc.torn && isLast && size <= SEGMENT_HEADER_BYTES)
+        return { seq, validBytes: 0, records: 0, dropped: { bytes: size, reason: hc.reason } }
       throw new LogCorruptError(`log segment ${file}: ${hc.reason}`, { file, offset: 0 })
     }
     // Room for a full chunk after the unread part of an incomplete frame (at most one frame). A
@@ -900,11 +981,24 @@ async function replaySegment(fs: LogFs, file: string, seq: number, isLast: boole
           if (n > 0) continue
         }
         if (pos === size) return { seq, validBytes: pos, records, dropped: undefined }
-        if (isLast) return { seq, validBytes: pos, records, dropped: { bytes: size - pos, reason: 'record cut short by the end of the file' } }
-        throw new LogCorruptError(`log segment ${file} offset ${pos}: record cut short by the end of the file, in a segment that is not the last`, { file, offset: pos })
+        if (isLast)
+          return {
+            seq,
+            validBytes: pos,
+            records,
+            dropped: { bytes: size - pos, reason: 'record cut short by the end of the file' },
+          }
+        throw new LogCorruptError(
+          `log segment ${file} offset ${pos}: record cut short by the end of the file, in a segment that is not the last`,
+          { file, offset: pos },
+        )
       }
-      if (d.kind === 'bad' && isLast) return { seq, validBytes: pos, records, dropped: { bytes: size - pos, reason: d.reason } }
-      const where = d.kind === 'bad' ? 'in a segment that is not the last (only the last one can have a torn tail)' : 'written by a newer format'
+      if (d.kind === 'bad' && isLast)
+        return { seq, validBytes: pos, records, dropped: { bytes: size - pos, reason: d.reason } }
+      const where =
+        d.kind === 'bad'
+          ? 'in a segment that is not the last (only the last one can have a torn tail)'
+          : 'written by a newer format'
       throw new LogCorruptError(`log segment ${file} offset ${pos}: ${d.reason}, ${where}`, { file, offset: pos })
     }
   } finally {
@@ -993,12 +1087,27 @@ function resolveOptions(o: Partial<FileLogOptions>): Readonly<FileLogOptions> {
   if (o.groupCommitMaxDelayMs !== undefined) opts.groupCommitMaxDelayMs = o.groupCommitMaxDelayMs
   if (o.compactEndedFraction !== undefined) opts.compactEndedFraction = o.compactEndedFraction
   if (o.onSync !== undefined) opts.onSync = o.onSync
-  const positive = ['segmentBytes', 'maxRecordBytes', 'maxQueuedAppends', 'maxQueuedBytes', 'lazyFlushMs', 'compactMinBytes', 'readChunkBytes'] as const
-  for (const k of positive) if (!Number.isSafeInteger(opts[k]) || opts[k] <= 0) throw new RangeError(`log option ${k} must be a positive integer, got ${opts[k]}`)
-  if (opts.segmentBytes <= SEGMENT_HEADER_BYTES) throw new RangeError(`log option segmentBytes must exceed the ${SEGMENT_HEADER_BYTES}-byte segment header`)
-  if (!(opts.compactCarryFraction >= 0 && opts.compactCarryFraction <= 1)) throw new RangeError('log option compactCarryFraction must be within [0, 1]')
-  if (opts.compactEndedFraction !== undefined && !(opts.compactEndedFraction > 0 && opts.compactEndedFraction <= 1)) throw new RangeError('log option compactEndedFraction must be within (0, 1]')
-  if (opts.groupCommitMaxDelayMs !== undefined && !(opts.groupCommitMaxDelayMs >= 0)) throw new RangeError('log option groupCommitMaxDelayMs must be >= 0')
-  if (opts.sync === 'dsync' && fsConstants.O_DSYNC === undefined) throw new RangeError('log option sync "dsync" needs O_DSYNC, which this platform does not have')
+  const positive = [
+    'segmentBytes',
+    'maxRecordBytes',
+    'maxQueuedAppends',
+    'maxQueuedBytes',
+    'lazyFlushMs',
+    'compactMinBytes',
+    'readChunkBytes',
+  ] as const
+  for (const k of positive)
+    if (!Number.isSafeInteger(opts[k]) || opts[k] <= 0)
+      throw new RangeError(`log option ${k} must be a positive integer, got ${opts[k]}`)
+  if (opts.segmentBytes <= SEGMENT_HEADER_BYTES)
+    throw new RangeError(`log option segmentBytes must exceed the ${SEGMENT_HEADER_BYTES}-byte segment header`)
+  if (!(opts.compactCarryFraction >= 0 && opts.compactCarryFraction <= 1))
+    throw new RangeError('log option compactCarryFraction must be within [0, 1]')
+  if (opts.compactEndedFraction !== undefined && !(opts.compactEndedFraction > 0 && opts.compactEndedFraction <= 1))
+    throw new RangeError('log option compactEndedFraction must be within (0, 1]')
+  if (opts.groupCommitMaxDelayMs !== undefined && !(opts.groupCommitMaxDelayMs >= 0))
+    throw new RangeError('log option groupCommitMaxDelayMs must be >= 0')
+  if (opts.sync === 'dsync' && fsConstants.O_DSYNC === undefined)
+    throw new RangeError('log option sync "dsync" needs O_DSYNC, which this platform does not have')
   return Object.freeze(opts)
 }

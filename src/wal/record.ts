@@ -59,13 +59,22 @@ export type HeaderCheck =
   | { readonly ok: false; readonly torn: boolean; readonly reason: string }
 
 export function checkSegmentHeader(b: Buffer, expectedSeq: number): HeaderCheck {
-  if (b.length < SEGMENT_HEADER_BYTES) return { ok: false, torn: true, reason: `segment header is ${b.length} bytes, expected ${SEGMENT_HEADER_BYTES}` }
-  if (b.readUInt32LE(16) !== crc32(b.subarray(0, 16))) return { ok: false, torn: true, reason: 'segment header checksum mismatch' }
-  if (!b.subarray(0, 4).equals(SEGMENT_MAGIC)) return { ok: false, torn: false, reason: 'not a txmesh log segment (bad magic)' }
+  if (b.length < SEGMENT_HEADER_BYTES)
+    return { ok: false, torn: true, reason: `segment header is ${b.length} bytes, expected ${SEGMENT_HEADER_BYTES}` }
+  if (b.readUInt32LE(16) !== crc32(b.subarray(0, 16)))
+    return { ok: false, torn: true, reason: 'segment header checksum mismatch' }
+  if (!b.subarray(0, 4).equals(SEGMENT_MAGIC))
+    return { ok: false, torn: false, reason: 'not a txmesh log segment (bad magic)' }
   const version = b.readUInt8(4)
-  if (version !== FORMAT_VERSION) return { ok: false, torn: false, reason: `unsupported log format version ${version} (this build reads ${FORMAT_VERSION})` }
+  if (version !== FORMAT_VERSION)
+    return {
+      ok: false,
+      torn: false,
+      reason: `unsupported log format version ${version} (this build reads ${FORMAT_VERSION})`,
+    }
   const seq = readU64(b, 8)
-  if (seq !== expectedSeq) return { ok: false, torn: false, reason: `segment header says seq ${seq}, file name says ${expectedSeq}` }
+  if (seq !== expectedSeq)
+    return { ok: false, torn: false, reason: `segment header says seq ${seq}, file name says ${expectedSeq}` }
   return { ok: true }
 }
 
@@ -113,15 +122,19 @@ export function decodeRecord(b: Buffer, off: number, end: number, maxPayloadByte
     return { kind: 'bad', reason: `record length ${payloadBytes} outside [${MIN_PAYLOAD_BYTES}, ${maxPayloadBytes}]` }
   }
   if (end - off < FRAME_HEADER_BYTES + payloadBytes) return { kind: 'short' }
-  if (b.readUInt32LE(off + 4) !== frameChecksum(b, off, payloadBytes)) return { kind: 'bad', reason: 'record checksum mismatch' }
+  if (b.readUInt32LE(off + 4) !== frameChecksum(b, off, payloadBytes))
+    return { kind: 'bad', reason: 'record checksum mismatch' }
   const p = off + FRAME_HEADER_BYTES
   const kind = b.readUInt8(p)
-  if (kind !== RecordKind.data && kind !== RecordKind.end) return { kind: 'unsupported', reason: `unknown record kind ${kind}` }
+  if (kind !== RecordKind.data && kind !== RecordKind.end)
+    return { kind: 'unsupported', reason: `unknown record kind ${kind}` }
   const txIdBytes = b.readUInt8(p + 9)
   const bodyStart = p + PAYLOAD_FIXED_BYTES + txIdBytes
   const frameEnd = p + payloadBytes
-  if (txIdBytes === 0 || bodyStart > frameEnd) return { kind: 'unsupported', reason: `transaction id length ${txIdBytes} does not fit the record` }
-  if (kind === RecordKind.end && bodyStart !== frameEnd) return { kind: 'unsupported', reason: 'end record with a body' }
+  if (txIdBytes === 0 || bodyStart > frameEnd)
+    return { kind: 'unsupported', reason: `transaction id length ${txIdBytes} does not fit the record` }
+  if (kind === RecordKind.end && bodyStart !== frameEnd)
+    return { kind: 'unsupported', reason: 'end record with a body' }
   return {
     kind: 'record',
     record: {

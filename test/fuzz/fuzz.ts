@@ -43,7 +43,14 @@ export const REGISTRY: ReadonlyMap<string, number> = new Map(allErrorCodes().map
  * 503 answers the README documents as "retry later" rather than a bug: the sidecar is starting,
  * full, or its log is overloaded or failed. Any other 5xx on a fuzzed input is a bug.
  */
-export const DOCUMENTED_503 = new Set(['TXM_NOT_READY', 'TXM_TX_LIMIT', 'TXM_CONTROL_OVERLOADED', 'TXM_LOG_OVERLOADED', 'TXM_LOG_FAILED', 'TXM_MESH_KEY_MISSING'])
+export const DOCUMENTED_503 = new Set([
+  'TXM_NOT_READY',
+  'TXM_TX_LIMIT',
+  'TXM_CONTROL_OVERLOADED',
+  'TXM_LOG_OVERLOADED',
+  'TXM_LOG_FAILED',
+  'TXM_MESH_KEY_MISSING',
+])
 
 /** A rejection of bad input: a registered TxmeshError whose status is 4xx. */
 export function expectClientError(e: unknown, what: string): asserts e is TxmeshError {
@@ -70,7 +77,10 @@ export function expectCodedAnswer(a: Answer, what: string, bodyless = false): vo
   if (a.status >= 200 && a.status < 300) return
   if (bodyless) {
     // HEAD: the status and code, without the body.
-    expect((a.status >= 400 && a.status < 500) || (a.status === 503 && DOCUMENTED_503.has(a.code ?? '')), `status: ${where}`).toBe(true)
+    expect(
+      (a.status >= 400 && a.status < 500) || (a.status === 503 && DOCUMENTED_503.has(a.code ?? '')),
+      `status: ${where}`,
+    ).toBe(true)
     expect(REGISTRY.get(a.code ?? ''), `code not in the registry / status mismatch: ${where}`).toBe(a.status)
     return
   }
@@ -89,7 +99,41 @@ export function expectCodedAnswer(a: Answer, what: string, bodyless = false): vo
 // ---- mutations of a valid input ----
 
 /** Characters that mean something to the parsers under test (YAML, JSON, tokens, HTTP). */
-const SPECIAL = [':', '-', '.', ',', '{', '}', '[', ']', '&', '*', '!', '|', '>', '#', '%', '@', '`', '"', "'", '\\', '\n', '\r', '\t', ' ', '\0', '=', '?', '~', '<<', '\u00e9', '\ud83d\ude00', '\ufeff', '\u2028']
+const SPECIAL = [
+  ':',
+  '-',
+  '.',
+  ',',
+  '{',
+  '}',
+  '[',
+  ']',
+  '&',
+  '*',
+  '!',
+  '|',
+  '>',
+  '#',
+  '%',
+  '@',
+  '`',
+  '"',
+  "'",
+  '\\',
+  '\n',
+  '\r',
+  '\t',
+  ' ',
+  '\0',
+  '=',
+  '?',
+  '~',
+  '<<',
+  '\u00e9',
+  '\ud83d\ude00',
+  '\ufeff',
+  '\u2028',
+]
 
 /** One edit of a string; positions are taken modulo the string's length. */
 type Edit =
@@ -108,7 +152,12 @@ const edit: fc.Arbitrary<Edit> = fc.oneof(
   fc.record({ kind: fc.constant('special' as const), at: fc.nat(), which: fc.nat({ max: SPECIAL.length - 1 }) }),
   fc.record({ kind: fc.constant('duplicate' as const), at: fc.nat(), len: fc.integer({ min: 1, max: 64 }) }),
   fc.record({ kind: fc.constant('truncate' as const), at: fc.nat() }),
-  fc.record({ kind: fc.constant('replace' as const), at: fc.nat(), len: fc.integer({ min: 0, max: 8 }), text: fc.string({ unit: 'grapheme-ascii', maxLength: 8 }) }),
+  fc.record({
+    kind: fc.constant('replace' as const),
+    at: fc.nat(),
+    len: fc.integer({ min: 0, max: 8 }),
+    text: fc.string({ unit: 'grapheme-ascii', maxLength: 8 }),
+  }),
 )
 
 function applyEdit(s: string, e: Edit, dictionary: readonly string[]): string {
@@ -133,7 +182,8 @@ function applyEdit(s: string, e: Edit, dictionary: readonly string[]): string {
       return s.slice(0, at)
     case 'replace': {
       // With a dictionary, half the replacements are a dictionary word.
-      const word = dictionary.length > 0 && e.len % 2 === 0 ? (dictionary[e.text.length % dictionary.length] as string) : e.text
+      const word =
+        dictionary.length > 0 && e.len % 2 === 0 ? (dictionary[e.text.length % dictionary.length] as string) : e.text
       return s.slice(0, at) + word + s.slice(at + e.len)
     }
   }
@@ -143,7 +193,11 @@ function applyEdit(s: string, e: Edit, dictionary: readonly string[]): string {
  * Mutated versions of `bases` (bit flips, deletions, insertions of raw or meaningful characters,
  * duplications, truncation, dictionary words): 1 to `maxEdits` edits of one base.
  */
-export function mutated(bases: readonly string[], dictionary: readonly string[] = [], maxEdits = 6): fc.Arbitrary<string> {
+export function mutated(
+  bases: readonly string[],
+  dictionary: readonly string[] = [],
+  maxEdits = 6,
+): fc.Arbitrary<string> {
   return fc
     .tuple(fc.nat({ max: bases.length - 1 }), fc.array(edit, { minLength: 1, maxLength: maxEdits }))
     .map(([i, edits]) => edits.reduce((s, e) => applyEdit(s, e, dictionary), bases[i] as string))
@@ -198,19 +252,34 @@ export function send(port: number, r: FuzzRequest, agent: Agent): Promise<Answer
       req.destroy()
       reject(new Error(`hang: no answer in ${REQUEST_TIMEOUT_MS} ms to ${r.method} ${r.path}`))
     }, REQUEST_TIMEOUT_MS)
-    const req = httpRequest({ host: '127.0.0.1', port, method: r.method, path: r.path, headers: { ...r.headers, 'content-length': String(Buffer.byteLength(r.body)) }, agent }, (res) => {
-      const chunks: Buffer[] = []
-      res.on('data', (c: Buffer) => chunks.push(c))
-      res.on('end', () => {
-        clearTimeout(timer)
-        const code = res.headers[ERROR_HEADER]
-        resolve({ status: res.statusCode ?? 0, code: typeof code === 'string' ? code : undefined, contentType: res.headers['content-type'], body: Buffer.concat(chunks).toString() })
-      })
-      res.on('error', (err) => {
-        clearTimeout(timer)
-        reject(err)
-      })
-    })
+    const req = httpRequest(
+      {
+        host: '127.0.0.1',
+        port,
+        method: r.method,
+        path: r.path,
+        headers: { ...r.headers, 'content-length': String(Buffer.byteLength(r.body)) },
+        agent,
+      },
+      (res) => {
+        const chunks: Buffer[] = []
+        res.on('data', (c: Buffer) => chunks.push(c))
+        res.on('end', () => {
+          clearTimeout(timer)
+          const code = res.headers[ERROR_HEADER]
+          resolve({
+            status: res.statusCode ?? 0,
+            code: typeof code === 'string' ? code : undefined,
+            contentType: res.headers['content-type'],
+            body: Buffer.concat(chunks).toString(),
+          })
+        })
+        res.on('error', (err) => {
+          clearTimeout(timer)
+          reject(err)
+        })
+      },
+    )
     req.on('error', (err) => {
       clearTimeout(timer)
       reject(err)
@@ -232,7 +301,11 @@ export function sendRaw(port: number, bytes: Buffer, halfClose = true): Promise<
     const socket = connect(port, '127.0.0.1', () => (halfClose ? socket.end(bytes) : socket.write(bytes)))
     const timer = setTimeout(() => {
       socket.destroy()
-      reject(new Error(`hang: connection not closed in ${REQUEST_TIMEOUT_MS} ms after ${JSON.stringify(bytes.toString('latin1').slice(0, 200))}`))
+      reject(
+        new Error(
+          `hang: connection not closed in ${REQUEST_TIMEOUT_MS} ms after ${JSON.stringify(bytes.toString('latin1').slice(0, 200))}`,
+        ),
+      )
     }, REQUEST_TIMEOUT_MS)
     let quiet: NodeJS.Timeout | undefined
     const settle = (ms: number): void => {
@@ -265,12 +338,20 @@ export function parseResponses(raw: Buffer): { answers: Answer[]; rest: string }
     const head = text.slice(0, end).split('\r\n')
     const m = /^HTTP\/1\.[01] (\d{3}) /.exec(head[0] ?? '')
     if (m === null) break
-    const headers = new Map(head.slice(1).map((l) => [l.slice(0, l.indexOf(':')).toLowerCase(), l.slice(l.indexOf(':') + 1).trim()]))
+    const headers = new Map(
+      head.slice(1).map((l) => [l.slice(0, l.indexOf(':')).toLowerCase(), l.slice(l.indexOf(':') + 1).trim()]),
+    )
     // A HEAD answer declares its length but has no body: the next response follows at once.
     const length = text.startsWith('HTTP/1.', end + 4) ? 0 : Number(headers.get('content-length') ?? 0)
     const body = text.slice(end + 4, end + 4 + length)
     // 100 Continue is an interim answer: the final one follows.
-    if (!m[1]?.startsWith('1')) answers.push({ status: Number(m[1]), code: headers.get(ERROR_HEADER), contentType: headers.get('content-type'), body })
+    if (!m[1]?.startsWith('1'))
+      answers.push({
+        status: Number(m[1]),
+        code: headers.get(ERROR_HEADER),
+        contentType: headers.get('content-type'),
+        body,
+      })
     text = text.slice(end + 4 + length)
   }
   return { answers, rest: text }
@@ -280,7 +361,12 @@ export function parseResponses(raw: Buffer): { answers: Answer[]; rest: string }
  * The raw-stream property every socket target shares: HTTP-shaped bytes (half-closed or not) sent
  * to `port` get only whole responses back, each coded (or a bodyless 200-free close), each tallied.
  */
-export function rawStreamProperty(port: number, paths: readonly string[], tally: (a: Answer) => void, numRuns: number): Promise<void> {
+export function rawStreamProperty(
+  port: number,
+  paths: readonly string[],
+  tally: (a: Answer) => void,
+  numRuns: number,
+): Promise<void> {
   return fc.assert(
     fc.asyncProperty(rawRequests(paths), fc.boolean(), async (bytes, halfClose) => {
       const out = await sendRaw(port, bytes, halfClose)
@@ -307,32 +393,87 @@ export function rawRequests(paths: readonly string[]): fc.Arbitrary<Buffer> {
   )
   const target = fc.oneof(
     { weight: 4, arbitrary: fc.constantFrom(...paths) },
-    { weight: 1, arbitrary: fc.constantFrom('*', '/', 'http://x/healthz', '//', '/%00', '/a b', '/\u00ff', '', '/healthz?x', '/v1/../healthz') },
+    {
+      weight: 1,
+      arbitrary: fc.constantFrom(
+        '*',
+        '/',
+        'http://x/healthz',
+        '//',
+        '/%00',
+        '/a b',
+        '/\u00ff',
+        '',
+        '/healthz?x',
+        '/v1/../healthz',
+      ),
+    },
     { weight: 1, arbitrary: fc.string({ unit: 'binary-ascii', maxLength: 40 }) },
   )
-  const version = fc.oneof({ weight: 6, arbitrary: fc.constant('HTTP/1.1') }, { weight: 1, arbitrary: fc.constantFrom('HTTP/1.0', 'HTTP/2.0', 'HTTP/1.1 x', 'http/1.1', 'HTTP/9', '') })
+  const version = fc.oneof(
+    { weight: 6, arbitrary: fc.constant('HTTP/1.1') },
+    { weight: 1, arbitrary: fc.constantFrom('HTTP/1.0', 'HTTP/2.0', 'HTTP/1.1 x', 'http/1.1', 'HTTP/9', '') },
+  )
   const header = fc.oneof(
     // Host: 127.0.0.1 too: the admin listener refuses other names (TXM_ADMIN_HOST_REFUSED) before it looks further.
-    { weight: 6, arbitrary: fc.constantFrom('Host: x', 'Host: 127.0.0.1', 'Content-Type: application/json', 'Accept: */*') },
-    { weight: 3, arbitrary: fc.constantFrom(
-      'Host: x', 'Content-Length: 5', 'Content-Length: 0', 'Content-Length: -1', 'Content-Length: 99999999999999999999', 'Content-Length: 1, 2',
-      'Transfer-Encoding: chunked', 'Transfer-Encoding: gzip, chunked', 'Transfer-Encoding: identity', 'Connection: close', 'Connection: upgrade',
-      'Upgrade: websocket', 'Expect: 100-continue', 'Expect: nonsense', ' folded: line', 'Bad Header: x', ': empty', 'x-a:\u0000', 'txmesh-auth: 1.2.3',
-      'Authorization: Bearer x', `x-big: ${'y'.repeat(40 * 1024)}`,
-    ) },
-    { weight: 1, arbitrary: fc.tuple(fc.string({ unit: 'binary-ascii', maxLength: 12 }), fc.string({ unit: 'binary-ascii', maxLength: 24 })).map(([n, v]) => `${n}: ${v}`) },
+    {
+      weight: 6,
+      arbitrary: fc.constantFrom('Host: x', 'Host: 127.0.0.1', 'Content-Type: application/json', 'Accept: */*'),
+    },
+    {
+      weight: 3,
+      arbitrary: fc.constantFrom(
+        'Host: x',
+        'Content-Length: 5',
+        'Content-Length: 0',
+        'Content-Length: -1',
+        'Content-Length: 99999999999999999999',
+        'Content-Length: 1, 2',
+        'Transfer-Encoding: chunked',
+        'Transfer-Encoding: gzip, chunked',
+        'Transfer-Encoding: identity',
+        'Connection: close',
+        'Connection: upgrade',
+        'Upgrade: websocket',
+        'Expect: 100-continue',
+        'Expect: nonsense',
+        ' folded: line',
+        'Bad Header: x',
+        ': empty',
+        'x-a:\u0000',
+        'txmesh-auth: 1.2.3',
+        'Authorization: Bearer x',
+        `x-big: ${'y'.repeat(40 * 1024)}`,
+      ),
+    },
+    {
+      weight: 1,
+      arbitrary: fc
+        .tuple(fc.string({ unit: 'binary-ascii', maxLength: 12 }), fc.string({ unit: 'binary-ascii', maxLength: 24 }))
+        .map(([n, v]) => `${n}: ${v}`),
+    },
   )
   // Mostly none: bytes after a head without framing headers are the next request's (invalid) method.
   const body = fc.oneof(
     { weight: 6, arbitrary: fc.constant('') },
-    { weight: 2, arbitrary: fc.constantFrom('hello', '0\r\n\r\n', '5\r\nhello\r\n0\r\n\r\n', 'zz\r\n', '{"branch":"b"}') },
+    {
+      weight: 2,
+      arbitrary: fc.constantFrom('hello', '0\r\n\r\n', '5\r\nhello\r\n0\r\n\r\n', 'zz\r\n', '{"branch":"b"}'),
+    },
     { weight: 1, arbitrary: fc.string({ unit: 'binary-ascii', maxLength: 64 }) },
   )
-  const eol = fc.oneof({ weight: 8, arbitrary: fc.constant('\r\n') }, { weight: 1, arbitrary: fc.constantFrom('\n', '\r', '\r\r\n') })
-  const one = fc.tuple(token, target, version, fc.array(header, { maxLength: 6 }), eol, body).map(([m, t, v, hs, nl, b]) => `${m} ${t} ${v}${nl}${hs.map((h) => h + nl).join('')}${nl}${b}`)
-  return fc.oneof(
-    { weight: 4, arbitrary: one },
-    { weight: 1, arbitrary: fc.array(one, { minLength: 2, maxLength: 3 }).map((r) => r.join('')) },
-    { weight: 1, arbitrary: fc.string({ unit: 'binary', maxLength: 200 }) },
-  ).map((s) => Buffer.from(s, 'latin1'))
+  const eol = fc.oneof(
+    { weight: 8, arbitrary: fc.constant('\r\n') },
+    { weight: 1, arbitrary: fc.constantFrom('\n', '\r', '\r\r\n') },
+  )
+  const one = fc
+    .tuple(token, target, version, fc.array(header, { maxLength: 6 }), eol, body)
+    .map(([m, t, v, hs, nl, b]) => `${m} ${t} ${v}${nl}${hs.map((h) => h + nl).join('')}${nl}${b}`)
+  return fc
+    .oneof(
+      { weight: 4, arbitrary: one },
+      { weight: 1, arbitrary: fc.array(one, { minLength: 2, maxLength: 3 }).map((r) => r.join('')) },
+      { weight: 1, arbitrary: fc.string({ unit: 'binary', maxLength: 200 }) },
+    )
+    .map((s) => Buffer.from(s, 'latin1'))
 }

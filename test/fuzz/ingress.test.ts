@@ -9,10 +9,29 @@ import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest'
 import type { Sidecar } from '../../src/sidecar.js'
 import { BAGGAGE_ENTRY, CONTEXT_HEADER, signContext, type TxContext } from '../../src/tx/protocol.js'
 import { inProcessSidecar, rawRequest, sidecarYaml, startEcho } from '../helpers/servers.js'
-import { type Answer, expectCodedAnswer, fuzzParams, fuzzRuns, fuzzTimeout, MB, memoryNow, type Memory, mutated, send, rawStreamProperty } from './fuzz.js'
+import {
+  type Answer,
+  expectCodedAnswer,
+  fuzzParams,
+  fuzzRuns,
+  fuzzTimeout,
+  MB,
+  memoryNow,
+  type Memory,
+  mutated,
+  send,
+  rawStreamProperty,
+} from './fuzz.js'
 
 const KEY = 'fuzz-ingress-mesh-key-0123456789'
-const CONTEXT_CODES = new Set(['TXM_CONTEXT_INVALID', 'TXM_CONTEXT_FORGED', 'TXM_CONTEXT_EXPIRED', 'TXM_CONTEXT_TOO_LARGE', 'TXM_COORDINATOR_NOT_ALLOWED', 'TXM_HEADERS_TOO_LARGE'])
+const CONTEXT_CODES = new Set([
+  'TXM_CONTEXT_INVALID',
+  'TXM_CONTEXT_FORGED',
+  'TXM_CONTEXT_EXPIRED',
+  'TXM_CONTEXT_TOO_LARGE',
+  'TXM_COORDINATOR_NOT_ALLOWED',
+  'TXM_HEADERS_TOO_LARGE',
+])
 
 let echo: Awaited<ReturnType<typeof startEcho>>
 let sc: Sidecar
@@ -30,7 +49,8 @@ beforeAll(async () => {
   echo = await startEcho()
   sc = await inProcessSidecar(sidecarYaml('fuzzed', echo.port))
   agent = new Agent({ keepAlive: true, maxSockets: 4 })
-  for (let i = 0; i < 50; i++) await send(sc.ports.ingress, { method: 'GET', path: '/warm', headers: { host: 'app' }, body: '' }, agent)
+  for (let i = 0; i < 50; i++)
+    await send(sc.ports.ingress, { method: 'GET', path: '/warm', headers: { host: 'app' }, body: '' }, agent)
   before = memoryNow()
 })
 
@@ -44,9 +64,21 @@ afterAll(async () => {
 const id = fc.stringMatching(/^[A-Za-z0-9_-]{1,64}$/)
 /** Genuine contexts, but every one is refused: past its deadline, or signed with another key. */
 const refusedToken = fc
-  .record({ id, mode: fc.constantFrom('2pc' as const, 'saga' as const, 'tcc' as const), port: fc.integer({ min: 1, max: 65535 }), late: fc.nat({ max: 3_600_000 }), wrongKey: fc.boolean() })
+  .record({
+    id,
+    mode: fc.constantFrom('2pc' as const, 'saga' as const, 'tcc' as const),
+    port: fc.integer({ min: 1, max: 65535 }),
+    late: fc.nat({ max: 3_600_000 }),
+    wrongKey: fc.boolean(),
+  })
   .map((c) => {
-    const ctx: TxContext = { id: c.id, mode: c.mode, coordinator: `127.0.0.1:${c.port}`, deadline: c.wrongKey ? Date.now() + 60_000 : Date.now() - 1 - c.late, parent: undefined }
+    const ctx: TxContext = {
+      id: c.id,
+      mode: c.mode,
+      coordinator: `127.0.0.1:${c.port}`,
+      deadline: c.wrongKey ? Date.now() + 60_000 : Date.now() - 1 - c.late,
+      parent: undefined,
+    }
     return signContext(Buffer.from(c.wrongKey ? 'another-mesh-key-0123456789abcdef' : KEY), ctx)
   })
 /**
@@ -56,41 +88,65 @@ const refusedToken = fc
  */
 const changedToken = fc
   .record({ id, mode: fc.constantFrom('2pc' as const, 'saga' as const) })
-  .map((c) => signContext(Buffer.from(KEY), { id: c.id, mode: c.mode, coordinator: '127.0.0.1:1', deadline: Date.now() + 600_000, parent: undefined }))
-  .chain((t) => mutated([t], ['.', '=', 'v2', '%', 'A'.repeat(43)], 3).filter((m) => m.replace(/^[\t ]+|[\t ]+$/g, '') !== t))
-const junk = fc.oneof(fc.string({ unit: 'binary-ascii', maxLength: 200 }), fc.constantFrom('v1', 'v1..', 'v1.e30.', 'x'.repeat(1025), 'x'.repeat(30_000)))
+  .map((c) =>
+    signContext(Buffer.from(KEY), {
+      id: c.id,
+      mode: c.mode,
+      coordinator: '127.0.0.1:1',
+      deadline: Date.now() + 600_000,
+      parent: undefined,
+    }),
+  )
+  .chain((t) =>
+    mutated([t], ['.', '=', 'v2', '%', 'A'.repeat(43)], 3).filter((m) => m.replace(/^[\t ]+|[\t ]+$/g, '') !== t),
+  )
+const junk = fc.oneof(
+  fc.string({ unit: 'binary-ascii', maxLength: 200 }),
+  fc.constantFrom('v1', 'v1..', 'v1.e30.', 'x'.repeat(1025), 'x'.repeat(30_000)),
+)
 /** What node:http lets a client send as a header value. */
 const headerSafe = (s: string): string => s.replace(/[^\t\x20-\x7e]/g, '?')
 
 describe('fuzz: ingress with transaction contexts', () => {
   const RUNS = fuzzRuns(600)
 
-  it('refuses every forged, changed, expired or junk context with its coded 4xx, without calling the app', async () => {
-    await fc.assert(
-      fc.asyncProperty(
-        fc.oneof(refusedToken, changedToken, junk).map(headerSafe),
-        fc.constantFrom('context', 'baggage'),
-        fc.constantFrom('GET', 'POST', 'PUT', 'DELETE'),
-        fc.string({ maxLength: 40 }),
-        async (token, where, method, body) => {
-          const headers = where === 'context' ? { host: 'app', [CONTEXT_HEADER]: token } : { host: 'app', baggage: `a=1,${BAGGAGE_ENTRY}=${token};p=1` }
-          const calls = echo.seen.length
-          const a = await send(sc.ports.ingress, { method, path: '/pay', headers, body }, agent)
-          tally(a)
-          const what = `${method} /pay ${where}=${JSON.stringify(token.slice(0, 200))}`
-          expectCodedAnswer(a, what)
-          expect(a.status >= 400, `accepted: ${what}`).toBe(true)
-          expect(CONTEXT_CODES.has(a.code ?? ''), `${a.code}: ${what}`).toBe(true)
-          expect(echo.seen.length, `the app was called: ${what}`).toBe(calls)
-        },
-      ),
-      fuzzParams(RUNS * 2),
-    )
-  }, fuzzTimeout(RUNS * 2, 40))
+  it(
+    'refuses every forged, changed, expired or junk context with its coded 4xx, without calling the app',
+    async () => {
+      await fc.assert(
+        fc.asyncProperty(
+          fc.oneof(refusedToken, changedToken, junk).map(headerSafe),
+          fc.constantFrom('context', 'baggage'),
+          fc.constantFrom('GET', 'POST', 'PUT', 'DELETE'),
+          fc.string({ maxLength: 40 }),
+          async (token, where, method, body) => {
+            const headers =
+              where === 'context'
+                ? { host: 'app', [CONTEXT_HEADER]: token }
+                : { host: 'app', baggage: `a=1,${BAGGAGE_ENTRY}=${token};p=1` }
+            const calls = echo.seen.length
+            const a = await send(sc.ports.ingress, { method, path: '/pay', headers, body }, agent)
+            tally(a)
+            const what = `${method} /pay ${where}=${JSON.stringify(token.slice(0, 200))}`
+            expectCodedAnswer(a, what)
+            expect(a.status >= 400, `accepted: ${what}`).toBe(true)
+            expect(CONTEXT_CODES.has(a.code ?? ''), `${a.code}: ${what}`).toBe(true)
+            expect(echo.seen.length, `the app was called: ${what}`).toBe(calls)
+          },
+        ),
+        fuzzParams(RUNS * 2),
+      )
+    },
+    fuzzTimeout(RUNS * 2, 40),
+  )
 
-  it('answers raw HTTP-shaped byte streams with the app or a coded 4xx, never a 5xx', async () => {
-    await rawStreamProperty(sc.ports.ingress, ['/pay', '/', '/a?b=c', 'http://app/x'], tally, Math.ceil(RUNS / 2))
-  }, fuzzTimeout(RUNS, 40))
+  it(
+    'answers raw HTTP-shaped byte streams with the app or a coded 4xx, never a 5xx',
+    async () => {
+      await rawStreamProperty(sc.ports.ingress, ['/pay', '/', '/a?b=c', 'http://app/x'], tally, Math.ceil(RUNS / 2))
+    },
+    fuzzTimeout(RUNS, 40),
+  )
 
   it('stays healthy and bounded in memory after the fuzzing', async () => {
     expect((await rawRequest(sc.ports.admin, { path: '/readyz' })).status).toBe(200)
@@ -98,7 +154,9 @@ describe('fuzz: ingress with transaction contexts', () => {
     const after = memoryNow()
     const heap = (after.heapUsed - before.heapUsed) / MB
     const rss = (after.rss - before.rss) / MB
-    console.info(`ingress fuzz: ${JSON.stringify(Object.fromEntries([...statuses].sort()))}; heap ${heap.toFixed(1)} MB, rss ${rss.toFixed(1)} MB over the run`)
+    console.info(
+      `ingress fuzz: ${JSON.stringify(Object.fromEntries([...statuses].sort()))}; heap ${heap.toFixed(1)} MB, rss ${rss.toFixed(1)} MB over the run`,
+    )
     expect(heap).toBeLessThan(64)
     // The leak check is the heap after a full GC; in process, RSS also holds the fuzzer's own
     // allocations (see control-api.test.ts): only a runaway is caught here.

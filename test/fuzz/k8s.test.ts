@@ -28,11 +28,51 @@ const SLOW_MS = 2_000
 
 // Values the annotations may get: valid ones of every kind, near misses and junk.
 const ANNOTATION_VALUES = [
-  'true', 'false', 'True', 'yes', '', ' true', 'env', 'iptables', 'ebpf', '8080', '0', '65536', '-1', 'http', 'metrics', 'nope', '50m', '1', '1.5',
-  '64Mi', '1e3', '0.1Gi', '-5m', '1Zi', 'none', 'NaN', 'txmesh-config', 'UPPER', 'a'.repeat(300), 'my.claim', 'ghcr.io/x/y:1', 'has space', 'injected',
-  'orders', '..', '\u0000', '\ud800', '{}', '[1]',
+  'true',
+  'false',
+  'True',
+  'yes',
+  '',
+  ' true',
+  'env',
+  'iptables',
+  'ebpf',
+  '8080',
+  '0',
+  '65536',
+  '-1',
+  'http',
+  'metrics',
+  'nope',
+  '50m',
+  '1',
+  '1.5',
+  '64Mi',
+  '1e3',
+  '0.1Gi',
+  '-5m',
+  '1Zi',
+  'none',
+  'NaN',
+  'txmesh-config',
+  'UPPER',
+  'a'.repeat(300),
+  'my.claim',
+  'ghcr.io/x/y:1',
+  'has space',
+  'injected',
+  'orders',
+  '..',
+  '\u0000',
+  '\ud800',
+  '{}',
+  '[1]',
 ]
-const annotationValue = fc.oneof(fc.constantFrom(...ANNOTATION_VALUES), fc.string({ maxLength: 20 }), fc.integer().map(String))
+const annotationValue = fc.oneof(
+  fc.constantFrom(...ANNOTATION_VALUES),
+  fc.string({ maxLength: 20 }),
+  fc.integer().map(String),
+)
 const annotations = fc.dictionary(fc.constantFrom(...Object.values(ANNOTATIONS)), annotationValue, { maxKeys: 6 })
 
 // ---- structural mutation of JSON values ----
@@ -50,35 +90,49 @@ type Mutation = { path: number; action: 'delete' | 'set' | 'wrap' | 'annotations
 const mutation: fc.Arbitrary<Mutation> = fc.record({
   path: fc.nat(),
   action: fc.constantFrom('delete', 'set', 'set', 'wrap', 'annotations'),
-  value: fc.oneof(fc.jsonValue({ maxDepth: 2 }), fc.constantFrom<unknown>(null, '', 0, -1, 8080, 'Pod', 'CREATE', 'UPDATE', 'v1', [], {}, ['x'], { name: 'txmesh-proxy' }), annotations),
+  value: fc.oneof(
+    fc.jsonValue({ maxDepth: 2 }),
+    fc.constantFrom<unknown>(null, '', 0, -1, 8080, 'Pod', 'CREATE', 'UPDATE', 'v1', [], {}, ['x'], {
+      name: 'txmesh-proxy',
+    }),
+    annotations,
+  ),
 })
 
 function applyMutation(root: unknown, m: Mutation): unknown {
   const all = paths(root)
   const path = all[m.path % all.length] as Path
   if (path.length === 0) return m.action === 'set' ? m.value : root
-  const parent = path.slice(0, -1).reduce<unknown>((o, k) => (o as Record<string | number, unknown>)[k], root) as Record<string | number, unknown> | unknown[]
+  const parent = path.slice(0, -1).reduce<unknown>((o, k) => (o as Record<string | number, unknown>)[k], root) as
+    Record<string | number, unknown> | unknown[]
   const key = path[path.length - 1] as string | number
   if (m.action === 'delete') {
     if (Array.isArray(parent)) parent.splice(key as number, 1)
     else delete parent[key]
   } else if (m.action === 'set') (parent as Record<string | number, unknown>)[key] = m.value
-  else if (m.action === 'wrap') (parent as Record<string | number, unknown>)[key] = [(parent as Record<string | number, unknown>)[key]]
+  else if (m.action === 'wrap')
+    (parent as Record<string | number, unknown>)[key] = [(parent as Record<string | number, unknown>)[key]]
   else {
     // Annotations on whatever object is here (the pod's metadata most usefully).
     const target = (parent as Record<string | number, unknown>)[key]
-    if (target !== null && typeof target === 'object' && !Array.isArray(target)) (target as Record<string, unknown>).annotations = m.value
+    if (target !== null && typeof target === 'object' && !Array.isArray(target))
+      (target as Record<string, unknown>).annotations = m.value
   }
   return root
 }
 
 /** A fixture review with its pod's annotations replaced, then 0-4 structural mutations. */
 const mutatedReview = fc
-  .tuple(fc.nat({ max: REVIEWS.length - 1 }), fc.option(annotations, { nil: undefined }), fc.array(mutation, { maxLength: 4 }))
+  .tuple(
+    fc.nat({ max: REVIEWS.length - 1 }),
+    fc.option(annotations, { nil: undefined }),
+    fc.array(mutation, { maxLength: 4 }),
+  )
   .map(([i, ann, ms]) => {
     const r = structuredClone(REVIEWS[i]) as { request?: { object?: { metadata?: Record<string, unknown> } } }
     const meta = r.request?.object?.metadata
-    if (ann !== undefined && meta !== undefined) meta.annotations = { ...(meta.annotations as object), [ANNOTATIONS.inject]: 'true', ...ann }
+    if (ann !== undefined && meta !== undefined)
+      meta.annotations = { ...(meta.annotations as object), [ANNOTATIONS.inject]: 'true', ...ann }
     return ms.reduce<unknown>(applyMutation, r)
   })
 
@@ -87,17 +141,24 @@ type Op = { op: string; path: string; value?: unknown }
 function applyRfc6902(doc: unknown, ops: Op[]): unknown {
   const out = structuredClone(doc)
   for (const { op, path, value } of ops) {
-    const parts = path.split('/').slice(1).map((p) => p.replaceAll('~1', '/').replaceAll('~0', '~'))
+    const parts = path
+      .split('/')
+      .slice(1)
+      .map((p) => p.replaceAll('~1', '/').replaceAll('~0', '~'))
     const key = parts.pop() as string
-    const parent = parts.reduce<Record<string, unknown>>((o, p) => {
-      const next = o[p]
-      if (typeof next !== 'object' || next === null) throw new Error(`${op} ${path}: no /${p}`)
-      return next as Record<string, unknown>
-    }, out as Record<string, unknown>)
+    const parent = parts.reduce<Record<string, unknown>>(
+      (o, p) => {
+        const next = o[p]
+        if (typeof next !== 'object' || next === null) throw new Error(`${op} ${path}: no /${p}`)
+        return next as Record<string, unknown>
+      },
+      out as Record<string, unknown>,
+    )
     if (op !== 'add' && op !== 'replace') throw new Error(`unexpected op ${op}`)
     if (Array.isArray(parent)) {
       const i = key === '-' ? parent.length : Number(key)
-      if (!Number.isInteger(i) || i < 0 || i > parent.length || (op === 'replace' && i === parent.length)) throw new Error(`${op} ${path}: bad index`)
+      if (!Number.isInteger(i) || i < 0 || i > parent.length || (op === 'replace' && i === parent.length))
+        throw new Error(`${op} ${path}: bad index`)
       if (op === 'add') parent.splice(i, 0, structuredClone(value))
       else parent[i] = structuredClone(value)
     } else {
@@ -114,7 +175,10 @@ function checkAdmit(generated: unknown, namespaceEnabled: boolean): Admission | 
   const body = JSON.parse(JSON.stringify(generated) ?? 'null') as unknown
   const started = performance.now()
   let out: ReturnType<typeof admit> | undefined
-  expect(() => (out = admit(body, { namespaceEnabled, image: 'ghcr.io/txmesh/txmesh:fuzz' })), `admit threw on ${JSON.stringify(body)?.slice(0, 400)}`).not.toThrow()
+  expect(
+    () => (out = admit(body, { namespaceEnabled, image: 'ghcr.io/txmesh/txmesh:fuzz' })),
+    `admit threw on ${JSON.stringify(body)?.slice(0, 400)}`,
+  ).not.toThrow()
   expect(performance.now() - started).toBeLessThan(SLOW_MS)
   if (out instanceof TxmeshError) {
     expectClientError(out, 'admit')
@@ -131,7 +195,10 @@ function checkAdmit(generated: unknown, namespaceEnabled: boolean): Admission | 
     const status = res.status as { code: number; reason: string; message: string }
     // A denial is the pod's fault, with a stable code; TXM_INTERNAL would be an injector bug.
     expect(REGISTRY.get(status.reason), `denied with ${status.reason}: ${status.message}`).toBe(status.code)
-    expect(status.code >= 400 && status.code < 500, `denied with ${status.code} ${status.reason}: ${status.message}`).toBe(true)
+    expect(
+      status.code >= 400 && status.code < 500,
+      `denied with ${status.code} ${status.reason}: ${status.message}`,
+    ).toBe(true)
     expect(res.patch).toBeUndefined()
   }
   if (res.patch !== undefined) {
@@ -141,7 +208,10 @@ function checkAdmit(generated: unknown, namespaceEnabled: boolean): Admission | 
     // The API server applies the patch to the object it sent: it must apply, and the patched pod
     // is left alone when it comes back (txmesh.io/status: injected).
     const pod = applyRfc6902({ ...(request.object as object), apiVersion: 'v1', kind: 'Pod' }, ops)
-    const again = admit({ ...(body as object), request: { ...request, object: pod } }, { namespaceEnabled, image: 'ghcr.io/txmesh/txmesh:fuzz' })
+    const again = admit(
+      { ...(body as object), request: { ...request, object: pod } },
+      { namespaceEnabled, image: 'ghcr.io/txmesh/txmesh:fuzz' },
+    )
     expect(again).not.toBeInstanceOf(TxmeshError)
     expect((again as Admission).review.response).toMatchObject({ allowed: true })
     expect((again as Admission).review.response.patch).toBeUndefined()
@@ -156,7 +226,8 @@ function checkInject(text: string): string | undefined {
   try {
     out = injectManifests(text, FILE, { image: 'ghcr.io/txmesh/txmesh:fuzz' }).output
   } catch (err) {
-    if (!(err instanceof InjectError)) throw new Error(`injectManifests threw ${String(err)} on ${JSON.stringify(text.slice(0, 400))}`, { cause: err })
+    if (!(err instanceof InjectError))
+      throw new Error(`injectManifests threw ${String(err)} on ${JSON.stringify(text.slice(0, 400))}`, { cause: err })
     expectClientError(err, 'injectManifests')
     expect(err.message, 'an inject error names file:line:col').toMatch(/^fuzz\.yaml:\d+:\d+: /)
   }
@@ -171,85 +242,132 @@ function checkInject(text: string): string | undefined {
 describe('fuzz: AdmissionReview (webhook admit)', () => {
   const RUNS = fuzzRuns(1_000)
 
-  it('mutated fixture reviews get a review with a registered 4xx denial or a patch that applies', () => {
-    let patched = 0
-    let denied = 0
-    fc.assert(
-      fc.property(mutatedReview, fc.boolean(), (review, namespaceEnabled) => {
-        const a = checkAdmit(review, namespaceEnabled)
-        if (a?.review.response.patch !== undefined) patched++
-        if (a?.review.response.allowed === false) denied++
-      }),
-      fuzzParams(RUNS * 2),
-    )
-    // Both interesting outcomes are reached, not only the cheap refusals.
-    expect(patched).toBeGreaterThan(0)
-    expect(denied).toBeGreaterThan(0)
-  }, fuzzTimeout(RUNS * 2, 20))
+  it(
+    'mutated fixture reviews get a review with a registered 4xx denial or a patch that applies',
+    () => {
+      let patched = 0
+      let denied = 0
+      fc.assert(
+        fc.property(mutatedReview, fc.boolean(), (review, namespaceEnabled) => {
+          const a = checkAdmit(review, namespaceEnabled)
+          if (a?.review.response.patch !== undefined) patched++
+          if (a?.review.response.allowed === false) denied++
+        }),
+        fuzzParams(RUNS * 2),
+      )
+      // Both interesting outcomes are reached, not only the cheap refusals.
+      expect(patched).toBeGreaterThan(0)
+      expect(denied).toBeGreaterThan(0)
+    },
+    fuzzTimeout(RUNS * 2, 20),
+  )
 
-  it('arbitrary JSON, near-reviews and mutated review text never make admit throw', () => {
-    const near = fc.record(
-      {
-        apiVersion: fc.constantFrom<unknown>('admission.k8s.io/v1', 'admission.k8s.io/v1beta1', 1, null),
-        kind: fc.constantFrom<unknown>('AdmissionReview', 'Pod', null),
-        request: fc.record(
-          {
-            uid: fc.oneof(fc.uuid(), fc.constantFrom<unknown>('', 1, null)),
-            kind: fc.oneof(fc.constant({ group: '', version: 'v1', kind: 'Pod' }), fc.jsonValue({ maxDepth: 2 })),
-            operation: fc.constantFrom<unknown>('CREATE', 'UPDATE', 'DELETE', 'CONNECT', 5),
-            subResource: fc.constantFrom<unknown>(undefined, '', 'status', 'ephemeralcontainers'),
-            namespace: fc.oneof(fc.string(), fc.constant(undefined)),
-            object: fc.oneof(fc.jsonValue({ maxDepth: 4 }), fc.record({ metadata: fc.record({ annotations: annotations }), spec: fc.jsonValue({ maxDepth: 3 }) })),
-          },
-          { requiredKeys: [] },
+  it(
+    'arbitrary JSON, near-reviews and mutated review text never make admit throw',
+    () => {
+      const near = fc.record(
+        {
+          apiVersion: fc.constantFrom<unknown>('admission.k8s.io/v1', 'admission.k8s.io/v1beta1', 1, null),
+          kind: fc.constantFrom<unknown>('AdmissionReview', 'Pod', null),
+          request: fc.record(
+            {
+              uid: fc.oneof(fc.uuid(), fc.constantFrom<unknown>('', 1, null)),
+              kind: fc.oneof(fc.constant({ group: '', version: 'v1', kind: 'Pod' }), fc.jsonValue({ maxDepth: 2 })),
+              operation: fc.constantFrom<unknown>('CREATE', 'UPDATE', 'DELETE', 'CONNECT', 5),
+              subResource: fc.constantFrom<unknown>(undefined, '', 'status', 'ephemeralcontainers'),
+              namespace: fc.oneof(fc.string(), fc.constant(undefined)),
+              object: fc.oneof(
+                fc.jsonValue({ maxDepth: 4 }),
+                fc.record({ metadata: fc.record({ annotations: annotations }), spec: fc.jsonValue({ maxDepth: 3 }) }),
+              ),
+            },
+            { requiredKeys: [] },
+          ),
+        },
+        { requiredKeys: [] },
+      )
+      const text = mutated(
+        REVIEWS.map((r) => JSON.stringify(r, null, 1)),
+        ['"Pod"', '"CREATE"', 'null', '[]', '{}', '"txmesh.io/inject": "true",', '"containerPort": 15006,'],
+        4,
+      )
+      const fromText = text.map((t) => {
+        try {
+          return JSON.parse(t) as unknown
+        } catch {
+          return { unparsable: true }
+        }
+      })
+      fc.assert(
+        fc.property(
+          fc.oneof(fc.jsonValue({ maxDepth: 5 }), near, fromText),
+          fc.boolean(),
+          (body, namespaceEnabled) => void checkAdmit(body, namespaceEnabled),
         ),
-      },
-      { requiredKeys: [] },
-    )
-    const text = mutated(REVIEWS.map((r) => JSON.stringify(r, null, 1)), ['"Pod"', '"CREATE"', 'null', '[]', '{}', '"txmesh.io/inject": "true",', '"containerPort": 15006,'], 4)
-    const fromText = text.map((t) => {
-      try {
-        return JSON.parse(t) as unknown
-      } catch {
-        return { unparsable: true }
-      }
-    })
-    fc.assert(
-      fc.property(fc.oneof(fc.jsonValue({ maxDepth: 5 }), near, fromText), fc.boolean(), (body, namespaceEnabled) => void checkAdmit(body, namespaceEnabled)),
-      fuzzParams(RUNS * 2),
-    )
-  }, fuzzTimeout(RUNS * 2, 20))
+        fuzzParams(RUNS * 2),
+      )
+    },
+    fuzzTimeout(RUNS * 2, 20),
+  )
 })
 
 describe('fuzz: txmesh inject manifests', () => {
   const RUNS = fuzzRuns(500)
 
-  it('mutated manifests inject idempotently or fail with a located InjectError', () => {
-    const dictionary = [
-      ...Object.values(ANNOTATIONS).map((a) => `\n        ${a}: `),
-      ...ANNOTATION_VALUES.map((v) => JSON.stringify(v)),
-      '---\n', '...\n', 'kind: List\nitems:\n- ', 'kind: Pod', 'kind: CronJob', '&a ', '*a', '<<: *a', '!!binary ', 'containerPort: 15006', '- name: txmesh-proxy', 'null', '[]', '{}',
-    ]
-    let injected = 0
-    fc.assert(
-      fc.property(mutated(MANIFESTS, dictionary, 6), (text) => {
-        if (checkInject(text) !== undefined && text.includes('txmesh.io/inject')) injected++
-      }),
-      fuzzParams(RUNS * 2),
-    )
-    expect(injected).toBeGreaterThan(0)
-  }, fuzzTimeout(RUNS * 2, 40))
+  it(
+    'mutated manifests inject idempotently or fail with a located InjectError',
+    () => {
+      const dictionary = [
+        ...Object.values(ANNOTATIONS).map((a) => `\n        ${a}: `),
+        ...ANNOTATION_VALUES.map((v) => JSON.stringify(v)),
+        '---\n',
+        '...\n',
+        'kind: List\nitems:\n- ',
+        'kind: Pod',
+        'kind: CronJob',
+        '&a ',
+        '*a',
+        '<<: *a',
+        '!!binary ',
+        'containerPort: 15006',
+        '- name: txmesh-proxy',
+        'null',
+        '[]',
+        '{}',
+      ]
+      let injected = 0
+      fc.assert(
+        fc.property(mutated(MANIFESTS, dictionary, 6), (text) => {
+          if (checkInject(text) !== undefined && text.includes('txmesh.io/inject')) injected++
+        }),
+        fuzzParams(RUNS * 2),
+      )
+      expect(injected).toBeGreaterThan(0)
+    },
+    fuzzTimeout(RUNS * 2, 40),
+  )
 
-  it('annotation values of every kind inject idempotently or fail with a located InjectError', () => {
-    const base = MANIFESTS.find((m) => m.includes('kind: Deployment') && m.includes('txmesh.io/inject: "true" # opt in')) as string
-    expect(base).toBeDefined()
-    const quoted = fc.tuple(annotationValue, fc.boolean()).map(([v, raw]) => (raw ? v : JSON.stringify(v)))
-    fc.assert(
-      fc.property(fc.dictionary(fc.constantFrom(...Object.values(ANNOTATIONS)), quoted, { maxKeys: 6 }), (ann) => {
-        const lines = Object.entries(ann).map(([k, v]) => `        ${k}: ${v}`)
-        void checkInject(base.replace('        txmesh.io/inject: "true" # opt in', ['        txmesh.io/inject: "true" # opt in', ...lines].join('\n')))
-      }),
-      fuzzParams(RUNS * 2),
-    )
-  }, fuzzTimeout(RUNS * 2, 40))
+  it(
+    'annotation values of every kind inject idempotently or fail with a located InjectError',
+    () => {
+      const base = MANIFESTS.find(
+        (m) => m.includes('kind: Deployment') && m.includes('txmesh.io/inject: "true" # opt in'),
+      ) as string
+      expect(base).toBeDefined()
+      const quoted = fc.tuple(annotationValue, fc.boolean()).map(([v, raw]) => (raw ? v : JSON.stringify(v)))
+      fc.assert(
+        fc.property(fc.dictionary(fc.constantFrom(...Object.values(ANNOTATIONS)), quoted, { maxKeys: 6 }), (ann) => {
+          const lines = Object.entries(ann).map(([k, v]) => `        ${k}: ${v}`)
+          void checkInject(
+            base.replace(
+              '        txmesh.io/inject: "true" # opt in',
+              ['        txmesh.io/inject: "true" # opt in', ...lines].join('\n'),
+            ),
+          )
+        }),
+        fuzzParams(RUNS * 2),
+      )
+    },
+    fuzzTimeout(RUNS * 2, 40),
+  )
 })

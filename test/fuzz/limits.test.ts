@@ -12,7 +12,16 @@ import { connect, type Socket } from 'node:net'
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest'
 import { LIMITS } from '../../src/limits.js'
 import type { Sidecar } from '../../src/sidecar.js'
-import { inProcessSidecar, MESH_KEY, rawRequest, rssOf, sidecarYaml, spawnSidecar, startEcho, type SidecarProcess } from '../helpers/servers.js'
+import {
+  inProcessSidecar,
+  MESH_KEY,
+  rawRequest,
+  rssOf,
+  sidecarYaml,
+  spawnSidecar,
+  startEcho,
+  type SidecarProcess,
+} from '../helpers/servers.js'
 import { MB, parseResponses } from './fuzz.js'
 
 type Listener = 'egress' | 'ingress' | 'control' | 'admin' | 'health'
@@ -97,11 +106,16 @@ beforeAll(async () => {
     match: {direction: ingress, pathPrefix: /small-body}
     maxBodyBytes: 16
 `,
-  ).replace('admin: {host: 127.0.0.1, port: 0}}', 'admin: {host: 127.0.0.1, port: 0}, health: {host: 127.0.0.1, port: 0}}')
+  ).replace(
+    'admin: {host: 127.0.0.1, port: 0}}',
+    'admin: {host: 127.0.0.1, port: 0}, health: {host: 127.0.0.1, port: 0}}',
+  )
   sc = await inProcessSidecar(yaml)
   const all: Listener[] = ['egress', 'ingress', 'control', 'admin', 'health']
   // Started now, collected by the last test: they trickle while the other tests run.
-  slow = Promise.all(all.map(async (l) => [l, await slowloris(port(l))] as const)).then((r) => Object.fromEntries(r) as Record<Listener, { out: string; closedAfterMs: number; sent: number }>)
+  slow = Promise.all(all.map(async (l) => [l, await slowloris(port(l))] as const)).then(
+    (r) => Object.fromEntries(r) as Record<Listener, { out: string; closedAfterMs: number; sent: number }>,
+  )
 })
 
 afterAll(async () => {
@@ -114,16 +128,22 @@ afterAll(async () => {
 describe('limits: oversize heads and bodies', () => {
   const huge = 'h'.repeat(LIMITS.maxHeaderBytes + 8 * 1024)
 
-  it.each(['ingress', 'control', 'admin'] as const)('answers a head over the %s listener limit (32 KiB) with 431 TXM_HEADERS_TOO_LARGE and closes', async (l) => {
-    const { out } = await exchange(port(l), (s) => s.write(`GET /x HTTP/1.1\r\nHost: x\r\nx-huge: ${huge}\r\n\r\n`))
-    const a = firstAnswer(out)
-    expect([a.status, a.code]).toEqual([431, 'TXM_HEADERS_TOO_LARGE'])
-    expect(JSON.parse(a.body)).toMatchObject({ error: { code: 'TXM_HEADERS_TOO_LARGE' } })
-  })
+  it.each(['ingress', 'control', 'admin'] as const)(
+    'answers a head over the %s listener limit (32 KiB) with 431 TXM_HEADERS_TOO_LARGE and closes',
+    async (l) => {
+      const { out } = await exchange(port(l), (s) => s.write(`GET /x HTTP/1.1\r\nHost: x\r\nx-huge: ${huge}\r\n\r\n`))
+      const a = firstAnswer(out)
+      expect([a.status, a.code]).toEqual([431, 'TXM_HEADERS_TOO_LARGE'])
+      expect(JSON.parse(a.body)).toMatchObject({ error: { code: 'TXM_HEADERS_TOO_LARGE' } })
+    },
+  )
 
   it('answers a head over an ingress route limit with 431 TXM_HEADERS_TOO_LARGE without calling the app', async () => {
     const before = echo.seen.length
-    const r = await rawRequest(port('ingress'), { path: '/small-head', headers: { host: 'app', 'x-big': 'b'.repeat(600) } })
+    const r = await rawRequest(port('ingress'), {
+      path: '/small-head',
+      headers: { host: 'app', 'x-big': 'b'.repeat(600) },
+    })
     expect([r.status, r.headers['x-txmesh-error']]).toEqual([431, 'TXM_HEADERS_TOO_LARGE'])
     expect(echo.seen.length).toBe(before)
   })
@@ -145,40 +165,55 @@ describe('limits: oversize heads and bodies', () => {
     { l: 'admin' as const, path: '/v1/transactions', limit: LIMITS.adminBodyBytes },
   ]
 
-  it.each(bodyTargets)('answers a declared $l body over $limit bytes with 413 TXM_BODY_TOO_LARGE without waiting for it, and closes', async ({ l, path, limit }) => {
-    // Only the head is sent: neither the answer nor the close may wait for the body.
-    const { out } = await exchange(port(l), (s) => s.write(`POST ${path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: ${limit + 1}\r\n\r\n`), 5_000)
-    const a = firstAnswer(out)
-    expect([a.status, a.code]).toEqual([413, 'TXM_BODY_TOO_LARGE'])
-  })
+  it.each(bodyTargets)(
+    'answers a declared $l body over $limit bytes with 413 TXM_BODY_TOO_LARGE without waiting for it, and closes',
+    async ({ l, path, limit }) => {
+      // Only the head is sent: neither the answer nor the close may wait for the body.
+      const { out } = await exchange(
+        port(l),
+        (s) =>
+          s.write(
+            `POST ${path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: ${limit + 1}\r\n\r\n`,
+          ),
+        5_000,
+      )
+      const a = firstAnswer(out)
+      expect([a.status, a.code]).toEqual([413, 'TXM_BODY_TOO_LARGE'])
+    },
+  )
 
-  it.each(bodyTargets)('cuts a chunked $l body that never ends once it passes $limit bytes: 413, then the connection closes', async ({ l, path }) => {
-    // Endless for the purpose: a listener that drained it instead of closing would take seconds.
-    const endless = 256 * MB
-    let written = 0
-    const { out, closedAfterMs } = await exchange(
-      port(l),
-      (s) => {
-        s.write(`POST ${path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n`)
-        const chunk = `4000\r\n${'x'.repeat(0x4000)}\r\n`
-        // An endless body: keeps writing until the listener hangs up.
-        const pump = (): void => {
-          while (s.writable && written < endless) {
-            written += 0x4000
-            if (!s.write(chunk)) return void s.once('drain', pump)
+  it.each(bodyTargets)(
+    'cuts a chunked $l body that never ends once it passes $limit bytes: 413, then the connection closes',
+    async ({ l, path }) => {
+      // Endless for the purpose: a listener that drained it instead of closing would take seconds.
+      const endless = 256 * MB
+      let written = 0
+      const { out, closedAfterMs } = await exchange(
+        port(l),
+        (s) => {
+          s.write(
+            `POST ${path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n`,
+          )
+          const chunk = `4000\r\n${'x'.repeat(0x4000)}\r\n`
+          // An endless body: keeps writing until the listener hangs up.
+          const pump = (): void => {
+            while (s.writable && written < endless) {
+              written += 0x4000
+              if (!s.write(chunk)) return void s.once('drain', pump)
+            }
           }
-        }
-        pump()
-      },
-      10_000,
-    )
-    const a = firstAnswer(out)
-    expect([a.status, a.code]).toEqual([413, 'TXM_BODY_TOO_LARGE'])
-    // Cut, not drained: the listener hung up long before the client would have stopped writing
-    // (what it wrote sat in the kernel's socket buffers).
-    expect(written).toBeLessThan(endless)
-    expect(closedAfterMs).toBeLessThan(5_000)
-  })
+          pump()
+        },
+        10_000,
+      )
+      const a = firstAnswer(out)
+      expect([a.status, a.code]).toEqual([413, 'TXM_BODY_TOO_LARGE'])
+      // Cut, not drained: the listener hung up long before the client would have stopped writing
+      // (what it wrote sat in the kernel's socket buffers).
+      expect(written).toBeLessThan(endless)
+      expect(closedAfterMs).toBeLessThan(5_000)
+    },
+  )
 })
 
 describe('limits: connection flood', () => {
@@ -212,7 +247,9 @@ describe('limits: connection flood', () => {
     // Let the listener's accept loop catch up with the kernel's backlog.
     await new Promise((r) => setTimeout(r, 1_000))
     // Idle connections are cut at the head timeout: counted later, they would all look refused.
-    expect(Date.now() - started, 'the flood took too long to open (an overloaded machine?)').toBeLessThan(headTimeoutMs - 1_000)
+    expect(Date.now() - started, 'the flood took too long to open (an overloaded machine?)').toBeLessThan(
+      headTimeoutMs - 1_000,
+    )
     return { open, dropped }
   }
 
@@ -223,51 +260,75 @@ describe('limits: connection flood', () => {
     { l: 'health', max: LIMITS.healthMaxConnections },
   ]
 
-  it.each(cases)('refuses $l connections past its maximum ($max), keeps serving, and stays bounded in memory', async ({ l, max }) => {
-    const pid = proc.child.pid as number
-    const ports = proc.ports as Partial<Record<Listener, number>>
-    const p = ports[l] as number
-    expect((await freshRequest(l, ports)).status).toBeLessThan(500)
-    const base = rssOf(pid).rss
-    const excess = 50
-    const { open, dropped } = await flood(p, max + excess, l === 'health' ? LIMITS.healthHeadersTimeoutMs : LIMITS.downstreamHeadersTimeoutMs)
-    const peak = rssOf(pid)
-    // The excess was closed by the listener; the others are still open.
-    expect(dropped).toBeGreaterThanOrEqual(excess)
-    expect(dropped).toBeLessThan(excess + 10)
-    // The other listeners answer during the flood (admin's own probe when admin is flooded: health).
-    const other: Listener = l === 'admin' ? 'health' : 'admin'
-    expect((await freshRequest(other, ports)).status).toBe(200)
-    for (const s of open) s.destroy()
-    // Once the flood is gone, a fresh client of the same listener is served.
-    let status = 0
-    for (let i = 0; i < 50 && status === 0; i++) {
-      await new Promise((r) => setTimeout(r, 100))
-      status = await freshRequest(l, ports).then((r) => r.status, () => 0)
-    }
-    expect(status).toBe(l === 'control' ? 401 : 200)
-    console.info(`flood ${l}: ${max + excess} connections, ${dropped} refused; sidecar RSS ${(base / MB).toFixed(1)} MB before, ${(peak.rss / MB).toFixed(1)} MB flooded, high-water mark ${(peak.hwm / MB).toFixed(1)} MB`)
-    // An open connection costs the sidecar 6-14 KB (socket, parser, V8 garbage not yet
-    // collected): 10k of them took it from ~65 MB to 120-210 MB in repeated floods, falling back
-    // after each (no growth from flood to flood). The bound is on the process's high-water mark.
-    expect(peak.hwm / MB).toBeLessThan(256)
-  }, 60_000)
+  it.each(cases)(
+    'refuses $l connections past its maximum ($max), keeps serving, and stays bounded in memory',
+    async ({ l, max }) => {
+      const pid = proc.child.pid as number
+      const ports = proc.ports as Partial<Record<Listener, number>>
+      const p = ports[l] as number
+      expect((await freshRequest(l, ports)).status).toBeLessThan(500)
+      const base = rssOf(pid).rss
+      const excess = 50
+      const { open, dropped } = await flood(
+        p,
+        max + excess,
+        l === 'health' ? LIMITS.healthHeadersTimeoutMs : LIMITS.downstreamHeadersTimeoutMs,
+      )
+      const peak = rssOf(pid)
+      // The excess was closed by the listener; the others are still open.
+      expect(dropped).toBeGreaterThanOrEqual(excess)
+      expect(dropped).toBeLessThan(excess + 10)
+      // The other listeners answer during the flood (admin's own probe when admin is flooded: health).
+      const other: Listener = l === 'admin' ? 'health' : 'admin'
+      expect((await freshRequest(other, ports)).status).toBe(200)
+      for (const s of open) s.destroy()
+      // Once the flood is gone, a fresh client of the same listener is served.
+      let status = 0
+      for (let i = 0; i < 50 && status === 0; i++) {
+        await new Promise((r) => setTimeout(r, 100))
+        status = await freshRequest(l, ports).then(
+          (r) => r.status,
+          () => 0,
+        )
+      }
+      expect(status).toBe(l === 'control' ? 401 : 200)
+      console.info(
+        `flood ${l}: ${max + excess} connections, ${dropped} refused; sidecar RSS ${(base / MB).toFixed(1)} MB before, ${(peak.rss / MB).toFixed(1)} MB flooded, high-water mark ${(peak.hwm / MB).toFixed(1)} MB`,
+      )
+      // An open connection costs the sidecar 6-14 KB (socket, parser, V8 garbage not yet
+      // collected): 10k of them took it from ~65 MB to 120-210 MB in repeated floods, falling back
+      // after each (no growth from flood to flood). The bound is on the process's high-water mark.
+      expect(peak.hwm / MB).toBeLessThan(256)
+    },
+    60_000,
+  )
 })
 
 describe('limits: slowloris', () => {
-  it('cuts a client that trickles its head one byte per 300 ms at the head timeout, on every listener, with a coded 400', async () => {
-    // Meanwhile every listener served the other tests; and it still serves now.
-    for (const l of ['egress', 'ingress', 'control', 'admin', 'health'] as const) expect((await freshRequest(l, sc.ports as Partial<Record<Listener, number>>)).status).toBeLessThan(500)
-    const results = await slow
-    console.info(`slowloris: closed after ${Object.entries(results).map(([l, r]) => `${l} ${(r.closedAfterMs / 1000).toFixed(1)} s (${r.sent} bytes)`).join(', ')}`)
-    for (const [l, r] of Object.entries(results)) {
-      const timeout = l === 'health' ? LIMITS.healthHeadersTimeoutMs : LIMITS.downstreamHeadersTimeoutMs
-      // Cut at the named timeout (checked every connectionsCheckMs), not at Node's 30 s check.
-      expect(r.closedAfterMs, `${l} closed after ${r.closedAfterMs} ms`).toBeGreaterThanOrEqual(timeout - 500)
-      expect(r.closedAfterMs, `${l} closed after ${r.closedAfterMs} ms`).toBeLessThanOrEqual(timeout + LIMITS.connectionsCheckMs + 2_000)
-      const a = firstAnswer(r.out)
-      expect([l, a.status, a.code]).toEqual([l, 400, 'TXM_BAD_REQUEST'])
-      expect(JSON.parse(a.body)).toMatchObject({ error: { message: 'request was not received in time' } })
-    }
-  }, LIMITS.downstreamHeadersTimeoutMs + 30_000)
+  it(
+    'cuts a client that trickles its head one byte per 300 ms at the head timeout, on every listener, with a coded 400',
+    async () => {
+      // Meanwhile every listener served the other tests; and it still serves now.
+      for (const l of ['egress', 'ingress', 'control', 'admin', 'health'] as const)
+        expect((await freshRequest(l, sc.ports as Partial<Record<Listener, number>>)).status).toBeLessThan(500)
+      const results = await slow
+      console.info(
+        `slowloris: closed after ${Object.entries(results)
+          .map(([l, r]) => `${l} ${(r.closedAfterMs / 1000).toFixed(1)} s (${r.sent} bytes)`)
+          .join(', ')}`,
+      )
+      for (const [l, r] of Object.entries(results)) {
+        const timeout = l === 'health' ? LIMITS.healthHeadersTimeoutMs : LIMITS.downstreamHeadersTimeoutMs
+        // Cut at the named timeout (checked every connectionsCheckMs), not at Node's 30 s check.
+        expect(r.closedAfterMs, `${l} closed after ${r.closedAfterMs} ms`).toBeGreaterThanOrEqual(timeout - 500)
+        expect(r.closedAfterMs, `${l} closed after ${r.closedAfterMs} ms`).toBeLessThanOrEqual(
+          timeout + LIMITS.connectionsCheckMs + 2_000,
+        )
+        const a = firstAnswer(r.out)
+        expect([l, a.status, a.code]).toEqual([l, 400, 'TXM_BAD_REQUEST'])
+        expect(JSON.parse(a.body)).toMatchObject({ error: { message: 'request was not received in time' } })
+      }
+    },
+    LIMITS.downstreamHeadersTimeoutMs + 30_000,
+  )
 })

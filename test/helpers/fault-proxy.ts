@@ -12,7 +12,11 @@
 // proxy adds no unseeded randomness of its own (the byte boundaries still depend on timing).
 import { Socket, createServer, type Server } from 'node:net'
 
-export type FaultMode = { readonly kind: 'pass' } | { readonly kind: 'delay'; readonly ms: number } | { readonly kind: 'drop' } | { readonly kind: 'refuse' }
+export type FaultMode =
+  | { readonly kind: 'pass' }
+  | { readonly kind: 'delay'; readonly ms: number }
+  | { readonly kind: 'drop' }
+  | { readonly kind: 'refuse' }
 
 export interface FaultProxyOptions {
   /** Loopback port to listen on (0 picks one). A fixed port keeps working across refuse/pass. */

@@ -41,21 +41,31 @@ export async function startHttpMitm(options: HttpMitmOptions): Promise<HttpMitm>
         stats.cut++
         return void req.socket.destroy()
       }
-      const up = httpRequest({ host: '127.0.0.1', port: mitm.options.targetPort, method: seen.method, path: seen.path, headers: req.headers, agent: false }, (answer) => {
-        const got: Buffer[] = []
-        answer.on('data', (c: Buffer) => got.push(c))
-        answer.on('end', () => {
-          stats.forwarded++
-          const text = Buffer.concat(got).toString()
-          const replaced = mitm.options.rewrite?.(seen, answer.statusCode ?? 0, text)
-          if (replaced !== undefined && replaced !== text) stats.rewritten++
-          const out = replaced ?? text
-          const headers = { ...answer.headers, 'content-length': String(Buffer.byteLength(out)) }
-          delete headers['transfer-encoding']
-          res.writeHead(answer.statusCode ?? 502, headers).end(out)
-        })
-        answer.on('error', () => res.socket?.destroy())
-      })
+      const up = httpRequest(
+        {
+          host: '127.0.0.1',
+          port: mitm.options.targetPort,
+          method: seen.method,
+          path: seen.path,
+          headers: req.headers,
+          agent: false,
+        },
+        (answer) => {
+          const got: Buffer[] = []
+          answer.on('data', (c: Buffer) => got.push(c))
+          answer.on('end', () => {
+            stats.forwarded++
+            const text = Buffer.concat(got).toString()
+            const replaced = mitm.options.rewrite?.(seen, answer.statusCode ?? 0, text)
+            if (replaced !== undefined && replaced !== text) stats.rewritten++
+            const out = replaced ?? text
+            const headers = { ...answer.headers, 'content-length': String(Buffer.byteLength(out)) }
+            delete headers['transfer-encoding']
+            res.writeHead(answer.statusCode ?? 502, headers).end(out)
+          })
+          answer.on('error', () => res.socket?.destroy())
+        },
+      )
       up.on('error', () => res.socket?.destroy())
       up.end(body)
     })

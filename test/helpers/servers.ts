@@ -14,7 +14,9 @@ import { startSidecar, type Ports, type Sidecar } from '../../src/sidecar.js'
 
 export const CLI = join(import.meta.dirname, '../../dist/cli/index.js')
 
-export async function startServer(handler: (req: IncomingMessage, res: ServerResponse) => void): Promise<{ server: Server; port: number; close: () => Promise<void> }> {
+export async function startServer(
+  handler: (req: IncomingMessage, res: ServerResponse) => void,
+): Promise<{ server: Server; port: number; close: () => Promise<void> }> {
   const server = createServer(handler)
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r))
   const port = (server.address() as AddressInfo).port
@@ -49,7 +51,14 @@ export async function startEcho(extra?: (req: IncomingMessage, res: ServerRespon
       if (n <= 1 << 20) chunks.push(c)
     })
     req.on('end', () => {
-      const rec: Seen = { method: req.method ?? '', url: req.url ?? '', rawHeaders: req.rawHeaders, headers: req.headers, bodyBytes: n, body: Buffer.concat(chunks).toString() }
+      const rec: Seen = {
+        method: req.method ?? '',
+        url: req.url ?? '',
+        rawHeaders: req.rawHeaders,
+        headers: req.headers,
+        bodyBytes: n,
+        body: Buffer.concat(chunks).toString(),
+      }
       seen.push(rec)
       if (extra?.(req, res, rec)) return
       const text = JSON.stringify(rec)
@@ -89,7 +98,11 @@ export interface SidecarProcess {
 /** Spawns `txmesh sidecar` from dist/ with a config written to a temp file. */
 export const MESH_KEY = 'test-mesh-key-0123456789abcdef'
 
-export async function spawnSidecar(yaml: string, args: string[] = [], env: Record<string, string> = {}): Promise<SidecarProcess> {
+export async function spawnSidecar(
+  yaml: string,
+  args: string[] = [],
+  env: Record<string, string> = {},
+): Promise<SidecarProcess> {
   const dir = mkdtempSync(join(tmpdir(), 'txmesh-test-'))
   const file = join(dir, 'txmesh.yaml')
   writeFileSync(file, yaml)
@@ -99,7 +112,9 @@ export async function spawnSidecar(yaml: string, args: string[] = [], env: Recor
   })
   let err = ''
   child.stderr.on('data', (c: Buffer) => (err += c.toString()))
-  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((r) => child.once('exit', (code, signal) => r({ code, signal })))
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((r) =>
+    child.once('exit', (code, signal) => r({ code, signal })),
+  )
   const lines = createInterface({ input: child.stdout })
   const ports = await new Promise<Ports>((resolve, reject) => {
     const t = setTimeout(() => reject(new Error(`sidecar did not start: ${err}`)), 10_000)
@@ -125,12 +140,22 @@ export function rawRequest(
   opts: { method?: string; path: string; headers?: Record<string, string | string[]>; body?: string | Buffer },
 ): Promise<RawResponse> {
   return new Promise((resolve, reject) => {
-    const req = httpRequest({ host: '127.0.0.1', port, method: opts.method ?? 'GET', path: opts.path, headers: opts.headers, agent: false }, (res) => {
-      const chunks: Buffer[] = []
-      res.on('data', (c: Buffer) => chunks.push(c))
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, rawHeaders: res.rawHeaders, body: Buffer.concat(chunks).toString() }))
-      res.on('error', reject)
-    })
+    const req = httpRequest(
+      { host: '127.0.0.1', port, method: opts.method ?? 'GET', path: opts.path, headers: opts.headers, agent: false },
+      (res) => {
+        const chunks: Buffer[] = []
+        res.on('data', (c: Buffer) => chunks.push(c))
+        res.on('end', () =>
+          resolve({
+            status: res.statusCode ?? 0,
+            headers: res.headers,
+            rawHeaders: res.rawHeaders,
+            body: Buffer.concat(chunks).toString(),
+          }),
+        )
+        res.on('error', reject)
+      },
+    )
     req.on('error', reject)
     req.end(opts.body)
   })
@@ -171,7 +196,12 @@ export async function freePort(): Promise<number> {
 }
 
 /** Waits (bounded) until `cond` holds, polling; throws naming what it waited for. */
-export async function until(what: string, cond: () => boolean | Promise<boolean>, ms = 10_000, everyMs = 25): Promise<void> {
+export async function until(
+  what: string,
+  cond: () => boolean | Promise<boolean>,
+  ms = 10_000,
+  everyMs = 25,
+): Promise<void> {
   const end = Date.now() + ms
   while (Date.now() < end) {
     if (await cond()) return

@@ -24,25 +24,47 @@ function exposedYaml(service: string, appPort: number, extra = ''): string {
   return yaml.replace('admin: {host: 127.0.0.1, port: 0}', 'admin: {host: 0.0.0.0, port: 0}')
 }
 
-function cli(args: string[], env: Record<string, string> = {}): Promise<{ code: number; stdout: string; stderr: string }> {
+function cli(
+  args: string[],
+  env: Record<string, string> = {},
+): Promise<{ code: number; stdout: string; stderr: string }> {
   return new Promise((resolve) => {
     const e = { ...process.env, ...env }
     if (env.TXMESH_ADMIN_TOKEN === undefined) delete e.TXMESH_ADMIN_TOKEN
-    execFile(process.execPath, [CLI, ...args], { env: e }, (err, stdout, stderr) => resolve({ code: err === null ? 0 : Number(err.code ?? 1), stdout, stderr }))
+    execFile(process.execPath, [CLI, ...args], { env: e }, (err, stdout, stderr) =>
+      resolve({ code: err === null ? 0 : Number(err.code ?? 1), stdout, stderr }),
+    )
   })
 }
 
-async function get(port: number, path: string, headers: Record<string, string> = {}): Promise<{ status: number; code: unknown; type: unknown; body: string; headers: Record<string, unknown> }> {
+async function get(
+  port: number,
+  path: string,
+  headers: Record<string, string> = {},
+): Promise<{ status: number; code: unknown; type: unknown; body: string; headers: Record<string, unknown> }> {
   const r = await request(`http://127.0.0.1:${port}${path}`, { headers })
   const body = await r.body.text()
-  return { status: r.statusCode, code: r.headers['x-txmesh-error'], type: r.headers['content-type'], body, headers: r.headers }
+  return {
+    status: r.statusCode,
+    code: r.headers['x-txmesh-error'],
+    type: r.headers['content-type'],
+    body,
+    headers: r.headers,
+  }
 }
 
 /** The head of an SSE response (then the stream is closed). */
-function eventStreamHead(port: number, path: string): Promise<{ status: number; type: string; code: string | undefined }> {
+function eventStreamHead(
+  port: number,
+  path: string,
+): Promise<{ status: number; type: string; code: string | undefined }> {
   return new Promise((resolve, reject) => {
     const req = httpRequest({ host: '127.0.0.1', port, path, agent: false }, (res) => {
-      resolve({ status: res.statusCode ?? 0, type: String(res.headers['content-type']), code: res.headers['x-txmesh-error'] as string | undefined })
+      resolve({
+        status: res.statusCode ?? 0,
+        type: String(res.headers['content-type']),
+        code: res.headers['x-txmesh-error'] as string | undefined,
+      })
       res.destroy()
     })
     req.on('error', reject)
@@ -52,8 +74,12 @@ function eventStreamHead(port: number, path: string): Promise<{ status: number; 
 
 describe('admin API authentication', () => {
   it('refuses to start an admin listener off loopback without a token', async () => {
-    await expect(spawnSidecar(exposedYaml('orders', 1), [], { TXMESH_ADMIN_TOKEN: '' })).rejects.toThrow(/listeners\.admin\.host: 0\.0\.0\.0 is not a loopback address, so the admin API needs a token/)
-    await expect(spawnSidecar(exposedYaml('orders', 1), [], { TXMESH_ADMIN_TOKEN: 'too-short' })).rejects.toThrow(/TXMESH_ADMIN_TOKEN: the token is shorter than 16 bytes/)
+    await expect(spawnSidecar(exposedYaml('orders', 1), [], { TXMESH_ADMIN_TOKEN: '' })).rejects.toThrow(
+      /listeners\.admin\.host: 0\.0\.0\.0 is not a loopback address, so the admin API needs a token/,
+    )
+    await expect(spawnSidecar(exposedYaml('orders', 1), [], { TXMESH_ADMIN_TOKEN: 'too-short' })).rejects.toThrow(
+      /TXMESH_ADMIN_TOKEN: the token is shorter than 16 bytes/,
+    )
   })
 
   it('needs the bearer token on every endpoint but the probes; the page and event stream take ?access_token=', async () => {
@@ -61,7 +87,11 @@ describe('admin API authentication', () => {
     apps.push(orders)
     const ord = await spawnSidecar(sidecarYaml('orders', orders.port), [], { TXMESH_ADMIN_TOKEN: TOKEN })
     procs.push(ord)
-    const sc = await spawnSidecar(exposedYaml('initiator', 1, `services:\n  orders: {address: "127.0.0.1:${ord.ports.ingress}"}\n`), [], { TXMESH_ADMIN_TOKEN: TOKEN })
+    const sc = await spawnSidecar(
+      exposedYaml('initiator', 1, `services:\n  orders: {address: "127.0.0.1:${ord.ports.ingress}"}\n`),
+      [],
+      { TXMESH_ADMIN_TOKEN: TOKEN },
+    )
     procs.push(sc)
     const port = sc.ports.admin
     const bearer = { authorization: `Bearer ${TOKEN}` }
@@ -88,18 +118,33 @@ describe('admin API authentication', () => {
       expect(r.body).not.toContain(TOKEN)
     }
     // A POST without the token does nothing.
-    const post = await request(`http://127.0.0.1:${port}/v1/transactions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{}' })
+    const post = await request(`http://127.0.0.1:${port}/v1/transactions`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: '{}',
+    })
     expect(post.statusCode).toBe(401)
     await post.body.dump()
     expect(JSON.parse((await get(port, '/v1/transactions', bearer)).body)).toEqual({ transactions: [] })
 
     // With the token: the API works end to end.
-    const begun = await request(`http://127.0.0.1:${port}/v1/transactions`, { method: 'POST', headers: { ...bearer, 'content-type': 'application/json' }, body: '{"timeoutMs":10000}' })
+    const begun = await request(`http://127.0.0.1:${port}/v1/transactions`, {
+      method: 'POST',
+      headers: { ...bearer, 'content-type': 'application/json' },
+      body: '{"timeoutMs":10000}',
+    })
     expect(begun.statusCode).toBe(201)
     const tx = (await begun.body.json()) as { id: string; context: string }
-    const call = await rawRequest(sc.ports.egress, { method: 'POST', path: 'http://orders/write/a1', headers: { 'txmesh-context': tx.context } })
+    const call = await rawRequest(sc.ports.egress, {
+      method: 'POST',
+      path: 'http://orders/write/a1',
+      headers: { 'txmesh-context': tx.context },
+    })
     expect(call.status).toBe(200)
-    const done = await request(`http://127.0.0.1:${port}/v1/transactions/${tx.id}/commit?wait=acks`, { method: 'POST', headers: bearer })
+    const done = await request(`http://127.0.0.1:${port}/v1/transactions/${tx.id}/commit?wait=acks`, {
+      method: 'POST',
+      headers: bearer,
+    })
     expect(((await done.body.json()) as { outcome: string }).outcome).toBe('committed')
     expect((await get(port, '/metrics', bearer)).body).toContain('txmesh_transactions_total')
 
@@ -109,7 +154,9 @@ describe('admin API authentication', () => {
     expect(page.type).toMatch(/^text\/html/)
     expect(page.headers['referrer-policy']).toBe('no-referrer')
     expect(await eventStreamHead(port, '/v1/events')).toMatchObject({ status: 401, code: 'TXM_ADMIN_UNAUTHORIZED' })
-    expect(await eventStreamHead(port, `/v1/events?access_token=${encodeURIComponent(TOKEN)}&lastEventId=0`)).toMatchObject({ status: 200, type: 'text/event-stream; charset=utf-8' })
+    expect(
+      await eventStreamHead(port, `/v1/events?access_token=${encodeURIComponent(TOKEN)}&lastEventId=0`),
+    ).toMatchObject({ status: 200, type: 'text/event-stream; charset=utf-8' })
 
     // The CLI: refused without a token, working with --token, TXMESH_ADMIN_TOKEN or --token-file.
     const admin = `http://127.0.0.1:${port}`
@@ -151,13 +198,22 @@ describe('admin API authentication', () => {
     try {
       delete process.env.TXMESH_ADMIN_TOKEN
       const events: string[] = []
-      const noToken = await createTxmeshPg({ pool, service: 'orders', sidecarAdmin, onEvent: (e) => events.push(`${e.event} ${'message' in e ? String(e.message) : ''}`) }).recover()
+      const noToken = await createTxmeshPg({
+        pool,
+        service: 'orders',
+        sidecarAdmin,
+        onEvent: (e) => events.push(`${e.event} ${'message' in e ? String(e.message) : ''}`),
+      }).recover()
       expect(noToken).toEqual({ committed: 0, aborted: 0, inDoubt: 1 })
       expect(events.join('\n')).toContain('401')
       expect(events.join('\n')).not.toContain(TOKEN)
       expect(finished).toEqual([])
       process.env.TXMESH_ADMIN_TOKEN = TOKEN
-      expect(await createTxmeshPg({ pool, service: 'orders', sidecarAdmin }).recover()).toEqual({ committed: 1, aborted: 0, inDoubt: 0 })
+      expect(await createTxmeshPg({ pool, service: 'orders', sidecarAdmin }).recover()).toEqual({
+        committed: 1,
+        aborted: 0,
+        inDoubt: 0,
+      })
       expect(finished).toEqual([`COMMIT PREPARED '${gid}'`])
     } finally {
       if (saved === undefined) delete process.env.TXMESH_ADMIN_TOKEN
@@ -169,14 +225,22 @@ describe('admin API authentication', () => {
     const dir = mkdtempSync(join(tmpdir(), 'txmesh-token-'))
     const file = join(dir, 'token')
     writeFileSync(file, `${TOKEN}\n`)
-    const sc = await spawnSidecar(exposedYaml('orders', 1, `admin: {tokenFile: ${JSON.stringify(file)}}`).replace('log: {level: silent}', 'log: {level: info}'))
+    const sc = await spawnSidecar(
+      exposedYaml('orders', 1, `admin: {tokenFile: ${JSON.stringify(file)}}`).replace(
+        'log: {level: silent}',
+        'log: {level: info}',
+      ),
+    )
     procs.push(sc)
-    const status = async (token: string): Promise<number> => (await get(sc.ports.admin, '/v1/transactions', { authorization: `Bearer ${token}` })).status
+    const status = async (token: string): Promise<number> =>
+      (await get(sc.ports.admin, '/v1/transactions', { authorization: `Bearer ${token}` })).status
     expect(await status(TOKEN)).toBe(200)
     const next = 'rotated-admin-token-0123456789abcdef'
     writeFileSync(file, next)
     await until('the new token is taken', async () => (await status(next)) === 200, 10_000, 100)
-    expect((await get(sc.ports.admin, '/v1/transactions', { authorization: `Bearer ${TOKEN}` })).code).toBe('TXM_ADMIN_UNAUTHORIZED')
+    expect((await get(sc.ports.admin, '/v1/transactions', { authorization: `Bearer ${TOKEN}` })).code).toBe(
+      'TXM_ADMIN_UNAUTHORIZED',
+    )
     // Too short: refused with a warning, the current token stays.
     writeFileSync(file, 'short')
     await until('the bad file was seen', () => sc.stderr().includes('admin_token_file_invalid'), 10_000, 100)
@@ -187,24 +251,56 @@ describe('admin API authentication', () => {
 
   it('serves the dashboard with a token: its API calls carry the bearer token and its event stream the query parameter', async () => {
     const CHROMIUM = '/usr/bin/chromium'
-    if (!existsSync(CHROMIUM)) throw new Error(`${CHROMIUM} is missing: install Debian's chromium to run the dashboard test`)
+    if (!existsSync(CHROMIUM))
+      throw new Error(`${CHROMIUM} is missing: install Debian's chromium to run the dashboard test`)
     const orders = await startTxApp('orders')
     apps.push(orders)
     const ord = await spawnSidecar(sidecarYaml('orders', orders.port))
     procs.push(ord)
-    const sc = await spawnSidecar(sidecarYaml('initiator', 1, `services:\n  orders: {address: "127.0.0.1:${ord.ports.ingress}"}\n`), [], { TXMESH_ADMIN_TOKEN: TOKEN })
+    const sc = await spawnSidecar(
+      sidecarYaml('initiator', 1, `services:\n  orders: {address: "127.0.0.1:${ord.ports.ingress}"}\n`),
+      [],
+      { TXMESH_ADMIN_TOKEN: TOKEN },
+    )
     procs.push(sc)
     const admin = `http://127.0.0.1:${sc.ports.admin}`
     const bearer = { authorization: `Bearer ${TOKEN}` }
     const commitOne = async (value: string): Promise<string> => {
-      const tx = (await (await request(`${admin}/v1/transactions`, { method: 'POST', headers: { ...bearer, 'content-type': 'application/json' }, body: '{"timeoutMs":10000}' })).body.json()) as { id: string; context: string }
-      expect((await rawRequest(sc.ports.egress, { method: 'POST', path: `http://orders/write/${value}`, headers: { 'txmesh-context': tx.context } })).status).toBe(200)
-      await (await request(`${admin}/v1/transactions/${tx.id}/commit?wait=acks`, { method: 'POST', headers: bearer })).body.dump()
+      const tx = (await (
+        await request(`${admin}/v1/transactions`, {
+          method: 'POST',
+          headers: { ...bearer, 'content-type': 'application/json' },
+          body: '{"timeoutMs":10000}',
+        })
+      ).body.json()) as { id: string; context: string }
+      expect(
+        (
+          await rawRequest(sc.ports.egress, {
+            method: 'POST',
+            path: `http://orders/write/${value}`,
+            headers: { 'txmesh-context': tx.context },
+          })
+        ).status,
+      ).toBe(200)
+      await (
+        await request(`${admin}/v1/transactions/${tx.id}/commit?wait=acks`, { method: 'POST', headers: bearer })
+      ).body.dump()
       return tx.id
     }
     const before = await commitOne('d1')
 
-    const browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--headless', '--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'] })
+    const browser = await chromium.launch({
+      executablePath: CHROMIUM,
+      args: [
+        '--headless',
+        '--no-sandbox',
+        '--disable-gpu',
+        '--no-first-run',
+        '--disable-background-networking',
+        '--disable-component-update',
+        '--disable-sync',
+      ],
+    })
     try {
       const page = await browser.newPage()
       const errors: string[] = []
@@ -220,7 +316,9 @@ describe('admin API authentication', () => {
       await expect.poll(() => page.locator('#route-body').textContent()).toContain('api')
       // ...and live over the event stream.
       const live = await commitOne('d2')
-      await expect.poll(() => page.locator(`#tx-body tr[data-tx="${live}"]`).textContent(), { timeout: 10_000 }).toMatch(/committed.*committed/)
+      await expect
+        .poll(() => page.locator(`#tx-body tr[data-tx="${live}"]`).textContent(), { timeout: 10_000 })
+        .toMatch(/committed.*committed/)
       expect(unauthorized).toEqual([])
       expect(errors).toEqual([])
       // Without the token the page is not served at all.

@@ -29,34 +29,73 @@ async function transactions(sc: SidecarProcess): Promise<unknown[]> {
 }
 
 function begin(sc: SidecarProcess, headers: Record<string, string>, body = '{"timeoutMs":60000}') {
-  return rawRequest(sc.ports.admin, { method: 'POST', path: '/v1/transactions', headers: { 'content-length': String(Buffer.byteLength(body)), ...headers }, body })
+  return rawRequest(sc.ports.admin, {
+    method: 'POST',
+    path: '/v1/transactions',
+    headers: { 'content-length': String(Buffer.byteLength(body)), ...headers },
+    body,
+  })
 }
 
-const refusal = (r: { status: number; headers: Record<string, unknown> }): [number, unknown] => [r.status, r.headers['x-txmesh-error']]
+const refusal = (r: { status: number; headers: Record<string, unknown> }): [number, unknown] => [
+  r.status,
+  r.headers['x-txmesh-error'],
+]
 
 describe('admin API from a browser page', () => {
   it('refuses a body not declared application/json with 415 and begins nothing; JSON (with parameters) begins', async () => {
     const sc = await sidecar()
-    for (const type of ['text/plain', 'text/plain;charset=UTF-8', 'application/x-www-form-urlencoded', 'multipart/form-data; boundary=x', 'application/jsonx', undefined]) {
+    for (const type of [
+      'text/plain',
+      'text/plain;charset=UTF-8',
+      'application/x-www-form-urlencoded',
+      'multipart/form-data; boundary=x',
+      'application/jsonx',
+      undefined,
+    ]) {
       const r = await begin(sc, type === undefined ? {} : { 'content-type': type })
       expect(refusal(r), String(type)).toEqual([415, 'TXM_UNSUPPORTED_MEDIA_TYPE'])
     }
     // The other bodies the API reads: a resolution and a message.
-    const resolve = await rawRequest(sc.ports.admin, { method: 'POST', path: '/v1/branches/t1/resolve', headers: { 'content-type': 'text/plain' }, body: '{"outcome":"aborted"}' })
+    const resolve = await rawRequest(sc.ports.admin, {
+      method: 'POST',
+      path: '/v1/branches/t1/resolve',
+      headers: { 'content-type': 'text/plain' },
+      body: '{"outcome":"aborted"}',
+    })
     expect(refusal(resolve)).toEqual([415, 'TXM_UNSUPPORTED_MEDIA_TYPE'])
     expect(await transactions(sc)).toEqual([])
     const ok = await begin(sc, { 'content-type': 'application/json; charset=utf-8' })
     expect(ok.status).toBe(201)
     const { id } = JSON.parse(ok.body) as { id: string }
     // A POST without a body needs no type; one that declares a type must declare JSON.
-    expect(refusal(await rawRequest(sc.ports.admin, { method: 'POST', path: `/v1/transactions/${id}/abort`, headers: { 'content-type': 'text/plain' } }))).toEqual([415, 'TXM_UNSUPPORTED_MEDIA_TYPE'])
-    expect((await rawRequest(sc.ports.admin, { method: 'POST', path: `/v1/transactions/${id}/abort` })).status).toBe(200)
+    expect(
+      refusal(
+        await rawRequest(sc.ports.admin, {
+          method: 'POST',
+          path: `/v1/transactions/${id}/abort`,
+          headers: { 'content-type': 'text/plain' },
+        }),
+      ),
+    ).toEqual([415, 'TXM_UNSUPPORTED_MEDIA_TYPE'])
+    expect((await rawRequest(sc.ports.admin, { method: 'POST', path: `/v1/transactions/${id}/abort` })).status).toBe(
+      200,
+    )
   })
 
   it('refuses a Host that is not loopback with 403 on every endpoint but the probes; loopback names and addresses pass', async () => {
     const sc = await sidecar()
     const port = sc.ports.admin
-    for (const host of [`evil.example:${port}`, 'evil.example', `localhost.evil.example:${port}`, `127.0.0.1.evil.example:${port}`, `10.9.8.7:${port}`, '[::2]', '127.0.0.256', 'a b']) {
+    for (const host of [
+      `evil.example:${port}`,
+      'evil.example',
+      `localhost.evil.example:${port}`,
+      `127.0.0.1.evil.example:${port}`,
+      `10.9.8.7:${port}`,
+      '[::2]',
+      '127.0.0.256',
+      'a b',
+    ]) {
       for (const path of ['/v1/transactions', '/v1/stats', '/ui', '/metrics', '/v1/events', '/nope']) {
         const r = await rawRequest(port, { path, headers: { host } })
         expect(refusal(r), `${host} ${path}`).toEqual([403, 'TXM_ADMIN_HOST_REFUSED'])
@@ -69,40 +108,83 @@ describe('admin API from a browser page', () => {
       expect((await rawRequest(port, { path: '/readyz', headers: { host } })).status).toBe(200)
     }
     expect(await transactions(sc)).toEqual([])
-    for (const host of [`localhost:${port}`, 'localhost', `LOCALHOST:${port}`, `127.0.0.1:${port}`, `127.1.2.3:${port}`, `[::1]:${port}`, '[::1]', `[::ffff:127.0.0.1]:${port}`]) {
+    for (const host of [
+      `localhost:${port}`,
+      'localhost',
+      `LOCALHOST:${port}`,
+      `127.0.0.1:${port}`,
+      `127.1.2.3:${port}`,
+      `[::1]:${port}`,
+      '[::1]',
+      `[::ffff:127.0.0.1]:${port}`,
+    ]) {
       expect((await rawRequest(port, { path: '/v1/transactions', headers: { host } })).status, host).toBe(200)
     }
     expect((await begin(sc, { host: `localhost:${port}`, ...JSON_TYPE })).status).toBe(201)
   })
 
-  it('refuses an Origin other than the Host\'s own with 403; the same origin passes', async () => {
+  it("refuses an Origin other than the Host's own with 403; the same origin passes", async () => {
     const sc = await sidecar()
     const port = sc.ports.admin
-    for (const origin of ['https://evil.example', `http://evil.example:${port}`, 'null', `http://localhost:${port}`, `http://127.0.0.1:${port + 1}`, `http://127.0.0.1:${port}/`, 'file://']) {
+    for (const origin of [
+      'https://evil.example',
+      `http://evil.example:${port}`,
+      'null',
+      `http://localhost:${port}`,
+      `http://127.0.0.1:${port + 1}`,
+      `http://127.0.0.1:${port}/`,
+      'file://',
+    ]) {
       expect(refusal(await begin(sc, { origin, ...JSON_TYPE })), origin).toEqual([403, 'TXM_ADMIN_ORIGIN_REFUSED'])
-      expect(refusal(await rawRequest(port, { path: '/v1/transactions', headers: { origin } })), origin).toEqual([403, 'TXM_ADMIN_ORIGIN_REFUSED'])
+      expect(refusal(await rawRequest(port, { path: '/v1/transactions', headers: { origin } })), origin).toEqual([
+        403,
+        'TXM_ADMIN_ORIGIN_REFUSED',
+      ])
     }
     expect(await transactions(sc)).toEqual([])
     expect((await begin(sc, { origin: `http://127.0.0.1:${port}`, ...JSON_TYPE })).status).toBe(201)
-    expect((await begin(sc, { host: `localhost:${port}`, origin: `http://localhost:${port}`, ...JSON_TYPE })).status).toBe(201)
+    expect(
+      (await begin(sc, { host: `localhost:${port}`, origin: `http://localhost:${port}`, ...JSON_TYPE })).status,
+    ).toBe(201)
     // Default ports: Host without a port is the origin's default one.
     expect((await begin(sc, { host: 'localhost', origin: 'http://localhost', ...JSON_TYPE })).status).toBe(201)
     expect((await begin(sc, { host: 'localhost', origin: 'https://localhost:443', ...JSON_TYPE })).status).toBe(201)
-    expect(refusal(await begin(sc, { host: 'localhost', origin: 'http://localhost:8080', ...JSON_TYPE }))).toEqual([403, 'TXM_ADMIN_ORIGIN_REFUSED'])
+    expect(refusal(await begin(sc, { host: 'localhost', origin: 'http://localhost:8080', ...JSON_TYPE }))).toEqual([
+      403,
+      'TXM_ADMIN_ORIGIN_REFUSED',
+    ])
   })
 
   it('accepts the names and origins of admin.allowedHosts and admin.allowedOrigins, and still refuses others', async () => {
-    const sc = await sidecar('admin: {allowedHosts: [txmesh-admin.internal, "ops.example.com:8443"], allowedOrigins: ["https://ops.example.com:8443", "https://portal.example.com"]}')
+    const sc = await sidecar(
+      'admin: {allowedHosts: [txmesh-admin.internal, "ops.example.com:8443"], allowedOrigins: ["https://ops.example.com:8443", "https://portal.example.com"]}',
+    )
     const port = sc.ports.admin
-    expect((await rawRequest(port, { path: '/v1/transactions', headers: { host: 'txmesh-admin.internal' } })).status).toBe(200)
-    expect((await rawRequest(port, { path: '/v1/transactions', headers: { host: `TXMESH-ADMIN.internal:${port}` } })).status).toBe(200)
-    expect((await rawRequest(port, { path: '/v1/transactions', headers: { host: 'ops.example.com:8443' } })).status).toBe(200)
-    expect(refusal(await rawRequest(port, { path: '/v1/transactions', headers: { host: 'ops.example.com' } }))).toEqual([403, 'TXM_ADMIN_HOST_REFUSED'])
-    expect(refusal(await rawRequest(port, { path: '/v1/transactions', headers: { host: 'other.internal' } }))).toEqual([403, 'TXM_ADMIN_HOST_REFUSED'])
+    expect(
+      (await rawRequest(port, { path: '/v1/transactions', headers: { host: 'txmesh-admin.internal' } })).status,
+    ).toBe(200)
+    expect(
+      (await rawRequest(port, { path: '/v1/transactions', headers: { host: `TXMESH-ADMIN.internal:${port}` } })).status,
+    ).toBe(200)
+    expect(
+      (await rawRequest(port, { path: '/v1/transactions', headers: { host: 'ops.example.com:8443' } })).status,
+    ).toBe(200)
+    expect(refusal(await rawRequest(port, { path: '/v1/transactions', headers: { host: 'ops.example.com' } }))).toEqual(
+      [403, 'TXM_ADMIN_HOST_REFUSED'],
+    )
+    expect(refusal(await rawRequest(port, { path: '/v1/transactions', headers: { host: 'other.internal' } }))).toEqual([
+      403,
+      'TXM_ADMIN_HOST_REFUSED',
+    ])
     // A reverse proxy that rewrites Host to loopback and passes the page's Origin on.
     expect((await begin(sc, { origin: 'https://portal.example.com', ...JSON_TYPE })).status).toBe(201)
-    expect((await begin(sc, { host: 'ops.example.com:8443', origin: 'https://ops.example.com:8443', ...JSON_TYPE })).status).toBe(201)
-    expect(refusal(await begin(sc, { origin: 'https://evil.example', ...JSON_TYPE }))).toEqual([403, 'TXM_ADMIN_ORIGIN_REFUSED'])
+    expect(
+      (await begin(sc, { host: 'ops.example.com:8443', origin: 'https://ops.example.com:8443', ...JSON_TYPE })).status,
+    ).toBe(201)
+    expect(refusal(await begin(sc, { origin: 'https://evil.example', ...JSON_TYPE }))).toEqual([
+      403,
+      'TXM_ADMIN_ORIGIN_REFUSED',
+    ])
     expect(await transactions(sc)).toHaveLength(2)
     // Malformed entries are config errors with their position.
     await expect(sidecar('admin: {allowedHosts: ["http://x"]}')).rejects.toThrow(/admin\.allowedHosts|allowedHosts/)
@@ -110,7 +192,8 @@ describe('admin API from a browser page', () => {
   })
 
   it('in Chromium: a page of another origin cannot begin a transaction, a rebound name cannot read the API, the dashboard works', async () => {
-    if (!existsSync(CHROMIUM)) throw new Error(`${CHROMIUM} is missing: install Debian's chromium to run the browser test`)
+    if (!existsSync(CHROMIUM))
+      throw new Error(`${CHROMIUM} is missing: install Debian's chromium to run the browser test`)
     const sc = await sidecar()
     const admin = sc.ports.admin
     // The attacker's page: a form POST and a no-cors fetch to the admin port, as any site could.
@@ -131,13 +214,30 @@ describe('admin API from a browser page', () => {
     const browser = await chromium.launch({
       executablePath: CHROMIUM,
       // evil.example resolves to 127.0.0.1, as a rebinding DNS server would make it do.
-      args: ['--headless', '--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--host-resolver-rules=MAP evil.example 127.0.0.1'],
+      args: [
+        '--headless',
+        '--no-sandbox',
+        '--disable-gpu',
+        '--no-first-run',
+        '--disable-background-networking',
+        '--disable-component-update',
+        '--disable-sync',
+        '--host-resolver-rules=MAP evil.example 127.0.0.1',
+      ],
     })
     try {
       const page = await browser.newPage()
-      const formAnswer = page.waitForResponse((r) => r.url().endsWith('/v1/transactions') && r.request().method() === 'POST' && r.request().resourceType() === 'document')
+      const formAnswer = page.waitForResponse(
+        (r) =>
+          r.url().endsWith('/v1/transactions') &&
+          r.request().method() === 'POST' &&
+          r.request().resourceType() === 'document',
+      )
       await page.goto(`http://127.0.0.1:${evil.port}/`)
-      expect(await page.evaluate(() => (globalThis as unknown as { sent: Promise<string[]> }).sent)).toEqual(['sent', 'sent'])
+      expect(await page.evaluate(() => (globalThis as unknown as { sent: Promise<string[]> }).sent)).toEqual([
+        'sent',
+        'sent',
+      ])
       expect((await formAnswer).status()).toBe(403)
       // Let anything in flight land, then look: nothing was begun.
       await new Promise((r) => setTimeout(r, 300))
@@ -149,7 +249,11 @@ describe('admin API from a browser page', () => {
       const ui = await rebound.goto(`http://evil.example:${admin}/ui`)
       expect(ui?.status()).toBe(403)
       const read = await rebound.evaluate(async () => {
-        const r = await fetch('/v1/transactions', { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{"timeoutMs":60000}' })
+        const r = await fetch('/v1/transactions', {
+          method: 'POST',
+          headers: { 'content-type': 'application/json' },
+          body: '{"timeoutMs":60000}',
+        })
         return [r.status, r.headers.get('x-txmesh-error')]
       })
       expect(read).toEqual([403, 'TXM_ADMIN_HOST_REFUSED'])
@@ -166,7 +270,11 @@ describe('admin API from a browser page', () => {
       await dash.goto(`http://localhost:${admin}/ui`)
       await dash.getByText('connected', { exact: true }).waitFor({ timeout: 10_000 })
       const begun = await dash.evaluate(async () => {
-        const r = await fetch('/v1/transactions', { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{"timeoutMs":60000}' })
+        const r = await fetch('/v1/transactions', {
+          method: 'POST',
+          headers: { 'content-type': 'application/json' },
+          body: '{"timeoutMs":60000}',
+        })
         return r.status
       })
       expect(begun).toBe(201)

@@ -16,7 +16,9 @@ const t = stopAfterTests()
 /** A signed outcome query, as a participant sidecar sends it. */
 async function outcomeAt(control: number, id: string): Promise<unknown> {
   const path = `/v1/tx/${id}/outcome`
-  const r = await request(`http://127.0.0.1:${control}${path}`, { headers: { 'txmesh-auth': signControl(Buffer.from(MESH_KEY), Date.now(), 'GET', path, '') } })
+  const r = await request(`http://127.0.0.1:${control}${path}`, {
+    headers: { 'txmesh-auth': signControl(Buffer.from(MESH_KEY), Date.now(), 'GET', path, '') },
+  })
   expect(r.statusCode).toBe(200)
   return ((await r.body.json()) as { outcome: unknown }).outcome
 }
@@ -43,11 +45,18 @@ describe('atomicity under crashes and strangers', () => {
     payments.answer.commit = 200
     await m.restart('payments')
     // The recovered branch asks the address, which cannot vouch for the id: in doubt at once.
-    const inDoubt = async (): Promise<boolean> => (await m.branches('payments')).some((b) => b.tx === tx.id && b.inDoubt === true && b.coordinatorUnknown === true)
-    await until('payments aborted or in doubt', async () => payments.hooks.includes(`abort:${tx.id}`) || (await inDoubt()))
+    const inDoubt = async (): Promise<boolean> =>
+      (await m.branches('payments')).some((b) => b.tx === tx.id && b.inDoubt === true && b.coordinatorUnknown === true)
+    await until(
+      'payments aborted or in doubt',
+      async () => payments.hooks.includes(`abort:${tx.id}`) || (await inDoubt()),
+    )
     await sleep(1_500)
     expect(payments.hooks).not.toContain(`abort:${tx.id}`)
-    expect((await m.branches('payments')).find((b) => b.tx === tx.id)).toMatchObject({ status: 'prepared', inDoubt: true })
+    expect((await m.branches('payments')).find((b) => b.tx === tx.id)).toMatchObject({
+      status: 'prepared',
+      inDoubt: true,
+    })
     // The new log answers 'unknown-coordinator' for the old id, and still presumes abort for an
     // id of its own incarnation that it never saw.
     const own = await m.begin()
@@ -82,7 +91,9 @@ describe('atomicity under crashes and strangers', () => {
   })
 
   it('an app that prepared just before its sidecar died is rolled back by the sidecar, whoever forgot it', async () => {
-    const m = await mesh(t, ['orders', 'payments'], { payments: { TXMESH_FAILPOINTS: 'participant-after-app-prepared' } })
+    const m = await mesh(t, ['orders', 'payments'], {
+      payments: { TXMESH_FAILPOINTS: 'participant-after-app-prepared' },
+    })
     const payments = m.svc.payments!.app
     const tx = await m.begin()
     await m.call(tx.context, 'orders', 'o3')
@@ -157,7 +168,11 @@ describe('atomicity under crashes and strangers', () => {
     )
     const metrics = await (await request(`http://127.0.0.1:${m.coord.ports.admin}/metrics`)).body.text()
     expect(metrics).toMatch(/txmesh_heuristic_outcomes_total\{decision="committed",branch="aborted"\} 1/)
-    const list = spawnSync(process.execPath, [CLI, 'tx', 'list', '--admin', `http://127.0.0.1:${m.coord.ports.admin}`], { encoding: 'utf8' })
+    const list = spawnSync(
+      process.execPath,
+      [CLI, 'tx', 'list', '--admin', `http://127.0.0.1:${m.coord.ports.admin}`],
+      { encoding: 'utf8' },
+    )
     expect(list.stdout).toContain('HEURISTIC-MIXED')
     expect(list.stdout).toContain('heuristic-mixed! (payments aborted)')
   })

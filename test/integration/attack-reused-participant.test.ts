@@ -28,7 +28,10 @@ async function committedThenStranger(n: string) {
   await m.svc.payments!.sc.exited
   const other = await startTxApp('inventory')
   t.apps.push(other)
-  const stranger = await spawnSidecar(sidecarYaml('inventory', other.port, '', tempDir()), ['--control-port', String(control)])
+  const stranger = await spawnSidecar(sidecarYaml('inventory', other.port, '', tempDir()), [
+    '--control-port',
+    String(control),
+  ])
   t.procs.push(stranger)
   return { m, tx, stranger, other }
 }
@@ -41,7 +44,9 @@ describe('a participant address reused by another sidecar', () => {
     await sleep(500)
     const view = await m.view(tx.id)
     // The real payments branch is still prepared somewhere: the decision must not be forgotten.
-    expect(view.participants).toEqual(expect.arrayContaining([expect.objectContaining({ service: 'payments', acknowledged: false })]))
+    expect(view.participants).toEqual(
+      expect.arrayContaining([expect.objectContaining({ service: 'payments', acknowledged: false })]),
+    )
     expect(view.status).toBe('committing')
   }, 60_000)
 
@@ -60,12 +65,23 @@ describe('a participant address reused by another sidecar', () => {
     await stranger.exited
     // The payments pod comes back with its log at a new address.
     payments.answer.commit = 200
-    const back = await spawnSidecar(sidecarYaml('payments', payments.port, '', m.svc.payments!.store), ['--control-port', String(await freePort())])
+    const back = await spawnSidecar(sidecarYaml('payments', payments.port, '', m.svc.payments!.store), [
+      '--control-port',
+      String(await freePort()),
+    ])
     t.procs.push(back)
-    await until('payments finished its branch', () => payments.hooks.includes(`abort:${tx.id}`) || payments.committed.length === 1, 20_000)
+    await until(
+      'payments finished its branch',
+      () => payments.hooks.includes(`abort:${tx.id}`) || payments.committed.length === 1,
+      20_000,
+    )
     // Orders committed: so must payments.
     // (The stranger's app hears the commit too, as any app at an unknown branch's address does: harmless.)
-    expect({ seen: seen.status, payments: payments.hooks.filter((h) => !h.startsWith('commit:')), committed: payments.committed }).toEqual({
+    expect({
+      seen: seen.status,
+      payments: payments.hooks.filter((h) => !h.startsWith('commit:')),
+      committed: payments.committed,
+    }).toEqual({
       seen: 'committing',
       payments: [`prepare:${tx.id}`],
       committed: ['payments:p2'],
@@ -85,12 +101,18 @@ describe('a participant address reused by another sidecar', () => {
     const control = m.svc.payments!.sc.ports.control
     const other = await startTxApp('inventory')
     t.apps.push(other)
-    const stranger = await spawnSidecar(sidecarYaml('inventory', other.port, '', tempDir()), ['--control-port', String(control)])
+    const stranger = await spawnSidecar(sidecarYaml('inventory', other.port, '', tempDir()), [
+      '--control-port',
+      String(control),
+    ])
     t.procs.push(stranger)
     const reported = await Promise.race([commit, sleep(6_000).then(() => ({ outcome: 'no answer yet' }))])
     // The payments pod comes back with its log at a new address: it commits (it decided).
     stranger.child.kill('SIGKILL')
-    const back = await spawnSidecar(sidecarYaml('payments', payments.port, '', m.svc.payments!.store), ['--control-port', String(await freePort())])
+    const back = await spawnSidecar(sidecarYaml('payments', payments.port, '', m.svc.payments!.store), [
+      '--control-port',
+      String(await freePort()),
+    ])
     t.procs.push(back)
     await until('payments committed', () => payments.committed.length === 1, 20_000)
     // The coordinator must never have told its caller "aborted".

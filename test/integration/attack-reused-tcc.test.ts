@@ -8,7 +8,9 @@ import { stopAfterTests } from '../helpers/tx-app.js'
 
 const { procs, closers } = stopAfterTests()
 
-async function app(answer: (req: IncomingMessage, res: ServerResponse) => void): Promise<{ port: number; seen: string[] }> {
+async function app(
+  answer: (req: IncomingMessage, res: ServerResponse) => void,
+): Promise<{ port: number; seen: string[] }> {
   const seen: string[] = []
   const s = await startServer((req, res) => {
     req.resume()
@@ -29,32 +31,53 @@ describe('TCC confirm at a reused participant address', () => {
     // stock: confirms answer 503 for now (its database is busy), so the coordinator retries.
     let stockUp = false
     const stock = await app((req, res) => {
-      if (req.url === '/reserve') return void res.writeHead(200, { 'content-type': 'application/json' }).end('{"reserved":true}')
+      if (req.url === '/reserve')
+        return void res.writeHead(200, { 'content-type': 'application/json' }).end('{"reserved":true}')
       res.writeHead(stockUp ? 200 : 503, { 'content-length': '0' }).end()
     })
     // Another service's app: knows nothing of the step (404 = nothing to do, as the contract says).
     const other = await app((_req, res) => void res.writeHead(404, { 'content-length': '0' }).end())
     const control = await freePort()
     const stockStore = tempDir()
-    const stockSc = await spawnSidecar(sidecarYaml('stock', stock.port, 'hooks: {confirm: /tcc/confirm, cancel: /tcc/cancel}', stockStore), ['--control-port', String(control)])
+    const stockSc = await spawnSidecar(
+      sidecarYaml('stock', stock.port, 'hooks: {confirm: /tcc/confirm, cancel: /tcc/cancel}', stockStore),
+      ['--control-port', String(control)],
+    )
     procs.push(stockSc)
-    const coord = await spawnSidecar(sidecarYaml('shop', 1, ['services:', `  stock: {address: "127.0.0.1:${stockSc.ports.ingress}"}`].join('\n')))
+    const coord = await spawnSidecar(
+      sidecarYaml('shop', 1, ['services:', `  stock: {address: "127.0.0.1:${stockSc.ports.ingress}"}`].join('\n')),
+    )
     procs.push(coord)
-    const begin = await request(`http://127.0.0.1:${coord.ports.admin}/v1/transactions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ mode: 'tcc', timeoutMs: 60_000 }) })
+    const begin = await request(`http://127.0.0.1:${coord.ports.admin}/v1/transactions`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ mode: 'tcc', timeoutMs: 60_000 }),
+    })
     const tx = (await begin.body.json()) as { id: string; context: string }
-    const tried = await rawRequest(coord.ports.egress, { method: 'POST', path: 'http://stock/reserve', headers: { 'txmesh-context': tx.context, 'content-length': '0' } })
+    const tried = await rawRequest(coord.ports.egress, {
+      method: 'POST',
+      path: 'http://stock/reserve',
+      headers: { 'txmesh-context': tx.context, 'content-length': '0' },
+    })
     expect(tried.status).toBe(200)
-    const commit = await request(`http://127.0.0.1:${coord.ports.admin}/v1/transactions/${tx.id}/commit`, { method: 'POST' })
+    const commit = await request(`http://127.0.0.1:${coord.ports.admin}/v1/transactions/${tx.id}/commit`, {
+      method: 'POST',
+    })
     expect(((await commit.body.json()) as { outcome: string }).outcome).toBe('committed')
     await until('stock asked to confirm', () => stock.seen.some((s) => s.includes('confirm')))
     // The stock pod goes; another pod with another log gets its address.
     stockSc.child.kill('SIGKILL')
     await stockSc.exited
-    const stranger = await spawnSidecar(sidecarYaml('inventory', other.port, '', tempDir()), ['--control-port', String(control)])
+    const stranger = await spawnSidecar(sidecarYaml('inventory', other.port, '', tempDir()), [
+      '--control-port',
+      String(control),
+    ])
     procs.push(stranger)
     // Long enough for several confirm retries to reach the stranger's sidecar.
     await new Promise((r) => setTimeout(r, 4_000))
-    const view = (await (await request(`http://127.0.0.1:${coord.ports.admin}/v1/transactions/${tx.id}`)).body.json()) as { status: string; steps: { status: string }[] }
+    const view = (await (
+      await request(`http://127.0.0.1:${coord.ports.admin}/v1/transactions/${tx.id}`)
+    ).body.json()) as { status: string; steps: { status: string }[] }
     stockUp = true
     // The real stock app never confirmed its reservation: the coordinator must not call the step done.
     expect({ stranger: other.seen, status: view.status }).toEqual({ stranger: [], status: 'committing' })
@@ -63,7 +86,21 @@ describe('TCC confirm at a reused participant address', () => {
     // Back at its address, stock confirms and the transaction finishes.
     stranger.child.kill('SIGKILL')
     await stranger.exited
-    procs.push(await spawnSidecar(sidecarYaml('stock', stock.port, 'hooks: {confirm: /tcc/confirm, cancel: /tcc/cancel}', stockStore), ['--control-port', String(control)]))
-    await until('committed', async () => ((await (await request(`http://127.0.0.1:${coord.ports.admin}/v1/transactions/${tx.id}`)).body.json()) as { status: string }).status === 'committed', 20_000)
+    procs.push(
+      await spawnSidecar(
+        sidecarYaml('stock', stock.port, 'hooks: {confirm: /tcc/confirm, cancel: /tcc/cancel}', stockStore),
+        ['--control-port', String(control)],
+      ),
+    )
+    await until(
+      'committed',
+      async () =>
+        (
+          (await (await request(`http://127.0.0.1:${coord.ports.admin}/v1/transactions/${tx.id}`)).body.json()) as {
+            status: string
+          }
+        ).status === 'committed',
+      20_000,
+    )
   }, 60_000)
 })

@@ -26,7 +26,11 @@ describe('a resolution in doubt that the coordinator later contradicts', () => {
     await m.restartCoord({ store: tempDir() })
     await until('payments in doubt', async () => (await m.branches('payments')).some((b) => b.inDoubt === true), 15_000)
     // The operator resolves it (not forced: it is in doubt) the wrong way.
-    const r = await request(`http://127.0.0.1:${m.svc.payments!.sc.ports.admin}/v1/branches/${tx.id}/resolve`, { method: 'POST', headers: JSON_HEADERS, body: JSON.stringify({ outcome: 'aborted', by: 'attack2' }) })
+    const r = await request(`http://127.0.0.1:${m.svc.payments!.sc.ports.admin}/v1/branches/${tx.id}/resolve`, {
+      method: 'POST',
+      headers: JSON_HEADERS,
+      body: JSON.stringify({ outcome: 'aborted', by: 'attack2' }),
+    })
     expect(r.statusCode).toBe(200)
     await r.body.dump()
     await until('payments aborted', () => payments.hooks.includes(`abort:${tx.id}`))

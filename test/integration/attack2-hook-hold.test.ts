@@ -16,7 +16,14 @@ describe('hooks held while a request of the branch runs in the app', () => {
     // The transaction's deadline passes while the request still runs in the app (blocked on a
     // lock, say): the deadline abort must wait for it (the contract), as it does when the caller waits.
     const tx = await m.begin(1_500)
-    const req = httpRequest({ host: '127.0.0.1', port: m.coord.ports.egress, method: 'POST', path: 'http://payments/write/p1?hold=4000', headers: { 'txmesh-context': tx.context }, agent: false })
+    const req = httpRequest({
+      host: '127.0.0.1',
+      port: m.coord.ports.egress,
+      method: 'POST',
+      path: 'http://payments/write/p1?hold=4000',
+      headers: { 'txmesh-context': tx.context },
+      agent: false,
+    })
     req.on('error', () => undefined)
     req.end()
     await until('request running in the app', () => payments.timeline.some((e) => e.what === `start:${tx.id}`))
@@ -28,6 +35,8 @@ describe('hooks held while a request of the branch runs in the app', () => {
     await until('request finished in the app', () => payments.timeline.some((e) => e.what === `end:${tx.id}`), 15_000)
     const at = (what: string): number => payments.timeline.find((e) => e.what === what)?.at ?? 0
     // The abort hook must not overtake the branch's own running request.
-    expect({ abortBeforeRequestEnded: at(`hook:abort:${tx.id}`) < at(`end:${tx.id}`) }).toEqual({ abortBeforeRequestEnded: false })
+    expect({ abortBeforeRequestEnded: at(`hook:abort:${tx.id}`) < at(`end:${tx.id}`) }).toEqual({
+      abortBeforeRequestEnded: false,
+    })
   }, 30_000)
 })

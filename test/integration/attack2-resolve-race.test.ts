@@ -32,11 +32,16 @@ describe('forced resolution racing the coordinator', () => {
       })
       const body = await r.body.text()
       await commit
-      await until('payments finished', () => payments.hooks.includes(`commit:${tx.id}`) || payments.hooks.includes(`abort:${tx.id}`), 10_000)
+      await until(
+        'payments finished',
+        () => payments.hooks.includes(`commit:${tx.id}`) || payments.hooks.includes(`abort:${tx.id}`),
+        10_000,
+      )
       await sleep(100)
       const committed = payments.committed.includes(`payments:p${i}`)
       // A resolution carried out against the commit is reported by the coordinator.
-      if (r.statusCode === 200 && !committed) await until('heuristic reported', async () => (await m.view(tx.id)).status === 'heuristic-mixed', 10_000)
+      if (r.statusCode === 200 && !committed)
+        await until('heuristic reported', async () => (await m.view(tx.id)).status === 'heuristic-mixed', 10_000)
       seen.push({ delta, status: r.statusCode, body, committed })
     }
     // 200 "resolved aborted" must mean the branch aborted; a branch that committed first is 409.

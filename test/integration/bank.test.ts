@@ -37,7 +37,8 @@ const TITLE: Readonly<Record<RunName, string>> = {
   '2pc': '2pc',
   saga: 'saga',
   tcc: 'tcc',
-  contract: 'contract (2pc, apps on pg from the hook contract alone, sidecars killed in the prepare window and the coordinator during its abort sends)',
+  contract:
+    'contract (2pc, apps on pg from the hook contract alone, sidecars killed in the prepare window and the coordinator during its abort sends)',
 }
 
 describe('bank under faults (a short torture run per mode)', () => {
@@ -45,12 +46,28 @@ describe('bank under faults (a short torture run per mode)', () => {
     it(
       `${TITLE[mode]}: total unchanged, none negative, committed everywhere, aborted nowhere, unknown all-or-nothing, no prepared xacts, no lock left`,
       async () => {
-        const r = await runBankMode({ mode, seed: SEED, transfers: TRANSFERS, kills: KILLS, proxyFaults: PROXY_FAULTS, recoveryCapMs: RECOVERY_CAP_MS, pg, keepDirOnFailure: true, log: () => undefined })
-        const report = formatResult(r, replayCommand(r, { transfers: TRANSFERS, kills: KILLS, defaults: { transfers: 1_000, kills: 50 } }))
+        const r = await runBankMode({
+          mode,
+          seed: SEED,
+          transfers: TRANSFERS,
+          kills: KILLS,
+          proxyFaults: PROXY_FAULTS,
+          recoveryCapMs: RECOVERY_CAP_MS,
+          pg,
+          keepDirOnFailure: true,
+          log: () => undefined,
+        })
+        const report = formatResult(
+          r,
+          replayCommand(r, { transfers: TRANSFERS, kills: KILLS, defaults: { transfers: 1_000, kills: 50 } }),
+        )
         process.stdout.write(`${report}\n`)
         // Every mode, saga and TCC included: a call that got no answer is undone too (its step is
         // recorded before the call is sent; README, Sagas and TCC).
-        expect(r.violations.map((v) => `[${v.invariant}] ${v.transfer ?? ''} ${v.detail}`), report).toEqual([])
+        expect(
+          r.violations.map((v) => `[${v.invariant}] ${v.transfer ?? ''} ${v.detail}`),
+          report,
+        ).toEqual([])
         // The faults ran: every planned kill killed its target, found it already down, or came
         // after the load (planned at one of the last transfers); most of them ran.
         const f = r.faults
@@ -82,49 +99,91 @@ describe('bank under faults (a short torture run per mode)', () => {
 // JOINED before the branch's first request reaches the app, so at restart it knows the branch
 // never voted and rolls it back itself (the helper's periodic recovery, recoverIntervalMs, is no longer needed for it).
 describe('a prepared row whose sidecar died during its PREPARE, with the coordinator after its abort', () => {
-  it('is rolled back by the restarted sidecar, without an app restart', async () => {
-    const dbOf = (s: Service): string => `${s.replace('-', '_')}_orphan`
-    for (const s of ['bank-a', 'bank-b', 'bank-c'] as const) {
-      await pg.createDatabase(dbOf(s))
-      await createBank(pg.connectionString(dbOf(s)), '2pc', 4, 1_000)
-    }
-    // bank-b takes 3 s to PREPARE a transaction that touched its account 4: the window in which
-    // its sidecar is killed.
-    const b = new Client({ connectionString: pg.connectionString(dbOf('bank-b')) })
-    await b.connect()
-    const dir = mkdtempSync(join(tmpdir(), 'txmesh-orphan-'))
-    const cluster = await startBankCluster({ mode: '2pc', dir, connectionString: (db) => pg.connectionString(db), dbOf, random: () => 0.5, onSelfExit: () => undefined })
-    try {
-      await b.query("CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN IF NEW.id = 4 THEN PERFORM pg_sleep(3); END IF; RETURN NULL; END $$")
-      await b.query('CREATE CONSTRAINT TRIGGER slow AFTER UPDATE ON accounts DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION slow()')
-      const admin = `http://127.0.0.1:${cluster.coordinatorPorts.admin}`
-      const tx = (await (await request(`${admin}/v1/transactions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ mode: '2pc', timeoutMs: 10_000 }) })).body.json()) as { id: string; context: string }
-      for (const [service, account, delta] of [['bank-a', 1, -5], ['bank-b', 4, 5]] as const) {
-        const r = await rawRequest(cluster.coordinatorPorts.egress, { method: 'POST', path: `http://${service}/apply?transfer=x1&account=${account}&delta=${delta}`, headers: { 'txmesh-context': tx.context } })
-        expect(r.status).toBe(200)
+  it(
+    'is rolled back by the restarted sidecar, without an app restart',
+    async () => {
+      const dbOf = (s: Service): string => `${s.replace('-', '_')}_orphan`
+      for (const s of ['bank-a', 'bank-b', 'bank-c'] as const) {
+        await pg.createDatabase(dbOf(s))
+        await createBank(pg.connectionString(dbOf(s)), '2pc', 4, 1_000)
       }
-      const commit = request(`${admin}/v1/transactions/${tx.id}/commit`, { method: 'POST' }).then(async (r) => (await r.body.json()) as { outcome: string })
-      await sleep(1_000)
-      const node = cluster.nodes.find((n) => n.service === 'bank-b')!
-      await node.sidecar.kill()
-      expect((await commit).outcome).toBe('aborted')
-      await cluster.coordinator.kill()
-      await Promise.all([node.sidecar.start(), cluster.coordinator.start()])
-      const left = async (): Promise<number> => (await b.query('SELECT count(*)::int AS n FROM pg_prepared_xacts WHERE database = current_database()')).rows[0].n as number
-      // The restarted sidecar found PREPARING without PREPARED: it holds the branch, aborting.
-      const branches = (await (await request(`http://127.0.0.1:${node.sidecarPorts.admin}/v1/branches`)).body.json()) as { branches: { tx: string; status: string }[] }
-      expect(branches.branches.filter((x) => x.tx === tx.id).map((x) => x.status)).toEqual(['aborting'])
-      // Once the slow PREPARE is done (3 s) its abort goes through: no prepared row is left.
-      await sleep(3_000)
-      await until('the row rolled back', async () => (await left()) === 0, 30_000, 250)
-      await until('the sidecar forgot the branch', async () => ((await (await request(`http://127.0.0.1:${node.sidecarPorts.admin}/v1/branches`)).body.json()) as { branches: unknown[] }).branches.length === 0)
-      const state = await readBank(pg.connectionString(dbOf('bank-b')))
-      expect(state.ledger).toEqual([])
-      expect(state.accounts.get(4)?.balance).toBe(1_000n)
-    } finally {
-      await b.end()
-      await cluster.stop()
-      rmSync(dir, { recursive: true, force: true })
-    }
-  }, TEST_TIMEOUT_MS)
+      // bank-b takes 3 s to PREPARE a transaction that touched its account 4: the window in which
+      // its sidecar is killed.
+      const b = new Client({ connectionString: pg.connectionString(dbOf('bank-b')) })
+      await b.connect()
+      const dir = mkdtempSync(join(tmpdir(), 'txmesh-orphan-'))
+      const cluster = await startBankCluster({
+        mode: '2pc',
+        dir,
+        connectionString: (db) => pg.connectionString(db),
+        dbOf,
+        random: () => 0.5,
+        onSelfExit: () => undefined,
+      })
+      try {
+        await b.query(
+          'CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN IF NEW.id = 4 THEN PERFORM pg_sleep(3); END IF; RETURN NULL; END $$',
+        )
+        await b.query(
+          'CREATE CONSTRAINT TRIGGER slow AFTER UPDATE ON accounts DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION slow()',
+        )
+        const admin = `http://127.0.0.1:${cluster.coordinatorPorts.admin}`
+        const tx = (await (
+          await request(`${admin}/v1/transactions`, {
+            method: 'POST',
+            headers: { 'content-type': 'application/json' },
+            body: JSON.stringify({ mode: '2pc', timeoutMs: 10_000 }),
+          })
+        ).body.json()) as { id: string; context: string }
+        for (const [service, account, delta] of [
+          ['bank-a', 1, -5],
+          ['bank-b', 4, 5],
+        ] as const) {
+          const r = await rawRequest(cluster.coordinatorPorts.egress, {
+            method: 'POST',
+            path: `http://${service}/apply?transfer=x1&account=${account}&delta=${delta}`,
+            headers: { 'txmesh-context': tx.context },
+          })
+          expect(r.status).toBe(200)
+        }
+        const commit = request(`${admin}/v1/transactions/${tx.id}/commit`, { method: 'POST' }).then(
+          async (r) => (await r.body.json()) as { outcome: string },
+        )
+        await sleep(1_000)
+        const node = cluster.nodes.find((n) => n.service === 'bank-b')!
+        await node.sidecar.kill()
+        expect((await commit).outcome).toBe('aborted')
+        await cluster.coordinator.kill()
+        await Promise.all([node.sidecar.start(), cluster.coordinator.start()])
+        const left = async (): Promise<number> =>
+          (await b.query('SELECT count(*)::int AS n FROM pg_prepared_xacts WHERE database = current_database()'))
+            .rows[0].n as number
+        // The restarted sidecar found PREPARING without PREPARED: it holds the branch, aborting.
+        const branches = (await (
+          await request(`http://127.0.0.1:${node.sidecarPorts.admin}/v1/branches`)
+        ).body.json()) as { branches: { tx: string; status: string }[] }
+        expect(branches.branches.filter((x) => x.tx === tx.id).map((x) => x.status)).toEqual(['aborting'])
+        // Once the slow PREPARE is done (3 s) its abort goes through: no prepared row is left.
+        await sleep(3_000)
+        await until('the row rolled back', async () => (await left()) === 0, 30_000, 250)
+        await until(
+          'the sidecar forgot the branch',
+          async () =>
+            (
+              (await (await request(`http://127.0.0.1:${node.sidecarPorts.admin}/v1/branches`)).body.json()) as {
+                branches: unknown[]
+              }
+            ).branches.length === 0,
+        )
+        const state = await readBank(pg.connectionString(dbOf('bank-b')))
+        expect(state.ledger).toEqual([])
+        expect(state.accounts.get(4)?.balance).toBe(1_000n)
+      } finally {
+        await b.end()
+        await cluster.stop()
+        rmSync(dir, { recursive: true, force: true })
+      }
+    },
+    TEST_TIMEOUT_MS,
+  )
 })

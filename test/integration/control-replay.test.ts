@@ -2,7 +2,13 @@
 // a coordinator sidecar and a participant sidecar's control listener (the participant advertises
 // the proxy's address), captures the control requests the coordinator really sent, and the test
 // sends them again byte for byte.
-import { createServer as createTcpServer, connect, type AddressInfo, type Server as TcpServer, type Socket } from 'node:net'
+import {
+  createServer as createTcpServer,
+  connect,
+  type AddressInfo,
+  type Server as TcpServer,
+  type Socket,
+} from 'node:net'
 import { request } from 'undici'
 import { describe, expect, it } from 'vitest'
 import { createControlServer, type ControlDeps } from '../../src/control/server.js'
@@ -82,15 +88,40 @@ describe('control replay protection', () => {
     apps.push(orders)
     const [ingress, control] = [await freePort(), await freePort()]
     const proxy = await recordingProxy(control)
-    const ord = await spawnSidecar(sidecarYaml('orders', orders.port), ['--ingress-port', String(ingress), '--control-port', String(control), '--advertise', `127.0.0.1:${proxy.port}`])
+    const ord = await spawnSidecar(sidecarYaml('orders', orders.port), [
+      '--ingress-port',
+      String(ingress),
+      '--control-port',
+      String(control),
+      '--advertise',
+      `127.0.0.1:${proxy.port}`,
+    ])
     procs.push(ord)
-    const coord = await spawnSidecar(sidecarYaml('initiator', 1, `services:\n  orders: {address: "127.0.0.1:${ingress}"}\n`))
+    const coord = await spawnSidecar(
+      sidecarYaml('initiator', 1, `services:\n  orders: {address: "127.0.0.1:${ingress}"}\n`),
+    )
     procs.push(coord)
     const admin = `http://127.0.0.1:${coord.ports.admin}`
     const run = async (value: string): Promise<{ id: string; outcome: string }> => {
-      const tx = (await (await request(`${admin}/v1/transactions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{"timeoutMs":10000}' })).body.json()) as { id: string; context: string }
-      expect((await rawRequest(coord.ports.egress, { method: 'POST', path: `http://orders/write/${value}`, headers: { 'txmesh-context': tx.context } })).status).toBe(200)
-      const r = (await (await request(`${admin}/v1/transactions/${tx.id}/commit?wait=acks`, { method: 'POST' })).body.json()) as { outcome: string }
+      const tx = (await (
+        await request(`${admin}/v1/transactions`, {
+          method: 'POST',
+          headers: { 'content-type': 'application/json' },
+          body: '{"timeoutMs":10000}',
+        })
+      ).body.json()) as { id: string; context: string }
+      expect(
+        (
+          await rawRequest(coord.ports.egress, {
+            method: 'POST',
+            path: `http://orders/write/${value}`,
+            headers: { 'txmesh-context': tx.context },
+          })
+        ).status,
+      ).toBe(200)
+      const r = (await (
+        await request(`${admin}/v1/transactions/${tx.id}/commit?wait=acks`, { method: 'POST' })
+      ).body.json()) as { outcome: string }
       return { id: tx.id, outcome: r.outcome }
     }
 
@@ -117,19 +148,30 @@ describe('control replay protection', () => {
 
     // A tampered copy (another branch id, same signature and nonce) fails the signature check.
     const text = commit!.toString('latin1')
-    const tampered = Buffer.from(text.replace(/"branch":"([A-Za-z0-9_-])/, (_m, c: string) => `"branch":"${c === 'x' ? 'y' : 'x'}`), 'latin1')
+    const tampered = Buffer.from(
+      text.replace(/"branch":"([A-Za-z0-9_-])/, (_m, c: string) => `"branch":"${c === 'x' ? 'y' : 'x'}`),
+      'latin1',
+    )
     expect(tampered.equals(commit!)).toBe(false)
     expect((await sendRaw(control, tampered)).code).toBe('TXM_CONTROL_UNAUTHORIZED')
 
     // Stale and future timestamps, freshly signed with the mesh key and a new nonce: refused.
     const path = `/v1/tx/${first.id}/outcome`
     const at = async (ts: number): Promise<{ status: number; code: unknown }> => {
-      const r = await request(`http://127.0.0.1:${control}${path}`, { headers: { 'txmesh-auth': signControl(Buffer.from(MESH_KEY), ts, 'GET', path, '') } })
+      const r = await request(`http://127.0.0.1:${control}${path}`, {
+        headers: { 'txmesh-auth': signControl(Buffer.from(MESH_KEY), ts, 'GET', path, '') },
+      })
       await r.body.dump()
       return { status: r.statusCode, code: r.headers['x-txmesh-error'] }
     }
-    expect(await at(Date.now() - LIMITS.controlClockSkewMs - 2_000)).toEqual({ status: 401, code: 'TXM_CONTROL_UNAUTHORIZED' })
-    expect(await at(Date.now() + LIMITS.controlClockSkewMs + 2_000)).toEqual({ status: 401, code: 'TXM_CONTROL_UNAUTHORIZED' })
+    expect(await at(Date.now() - LIMITS.controlClockSkewMs - 2_000)).toEqual({
+      status: 401,
+      code: 'TXM_CONTROL_UNAUTHORIZED',
+    })
+    expect(await at(Date.now() + LIMITS.controlClockSkewMs + 2_000)).toEqual({
+      status: 401,
+      code: 'TXM_CONTROL_UNAUTHORIZED',
+    })
     expect(await at(Date.now())).toEqual({ status: 200, code: undefined })
     // The old header format (<ts>.<mac>, no nonce) is refused.
     const old = signControl(Buffer.from(MESH_KEY), Date.now(), 'GET', path, '').split('.')

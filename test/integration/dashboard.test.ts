@@ -6,7 +6,15 @@ import { join } from 'node:path'
 import { chromium, type Browser, type Page } from 'playwright-core'
 import { request } from 'undici'
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
-import { rawRequest, sidecarYaml, spawnSidecar, startServer, tempDir, type SidecarProcess, until } from '../helpers/servers.js'
+import {
+  rawRequest,
+  sidecarYaml,
+  spawnSidecar,
+  startServer,
+  tempDir,
+  type SidecarProcess,
+  until,
+} from '../helpers/servers.js'
 import { startTxApp, type TxApp } from '../helpers/tx-app.js'
 import { LIMITS } from '../../src/limits.js'
 
@@ -20,11 +28,23 @@ let browser: Browser | undefined
 
 beforeAll(async () => {
   // Not a skip: the browser test is part of the suite (npm test installs chromium when missing: scripts/test-tools.mjs).
-  if (!existsSync(CHROMIUM)) throw new Error(`${CHROMIUM} is missing: install Debian's chromium (apt-get install -y chromium) to run the dashboard test`)
+  if (!existsSync(CHROMIUM))
+    throw new Error(
+      `${CHROMIUM} is missing: install Debian's chromium (apt-get install -y chromium) to run the dashboard test`,
+    )
   // playwright-core launches it with a fresh temporary profile.
   browser = await chromium.launch({
     executablePath: CHROMIUM,
-    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+    args: [
+      '--headless',
+      '--no-sandbox',
+      '--disable-gpu',
+      '--disable-quic',
+      '--no-first-run',
+      '--disable-background-networking',
+      '--disable-component-update',
+      '--disable-sync',
+    ],
   })
 })
 afterEach(async () => {
@@ -35,7 +55,6 @@ afterAll(async () => {
   await browser?.close()
   await Promise.all(apps.splice(0).map((a) => a.close()))
 })
-
 
 interface Participant {
   app: TxApp
@@ -65,12 +84,20 @@ async function coordinator(yaml: string, env: Record<string, string> = {}) {
     sc,
     admin,
     async begin(): Promise<{ id: string; context: string }> {
-      const r = await request(`${admin}/v1/transactions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ mode: '2pc', timeoutMs: 30_000 }) })
+      const r = await request(`${admin}/v1/transactions`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ mode: '2pc', timeoutMs: 30_000 }),
+      })
       expect(r.statusCode).toBe(201)
       return (await r.body.json()) as { id: string; context: string }
     },
     async call(ctx: string, service: string, value: string): Promise<void> {
-      const r = await rawRequest(sc.ports.egress, { method: 'POST', path: `http://${service}/write/${value}`, headers: { 'txmesh-context': ctx } })
+      const r = await rawRequest(sc.ports.egress, {
+        method: 'POST',
+        path: `http://${service}/write/${value}`,
+        headers: { 'txmesh-context': ctx },
+      })
       expect(r.status).toBe(200)
     },
     async commit(id: string): Promise<Record<string, unknown>> {
@@ -81,7 +108,12 @@ async function coordinator(yaml: string, env: Record<string, string> = {}) {
 }
 
 /** Reads an SSE stream until `done(text)` or the timeout, then closes it. */
-function readEvents(port: number, headers: Record<string, string>, done: (text: string) => boolean, ms = 5_000): Promise<{ status: number; type: string; text: string }> {
+function readEvents(
+  port: number,
+  headers: Record<string, string>,
+  done: (text: string) => boolean,
+  ms = 5_000,
+): Promise<{ status: number; type: string; text: string }> {
   return new Promise((resolve, reject) => {
     const req = httpRequest({ host: '127.0.0.1', port, path: '/v1/events', headers, agent: false }, (res) => {
       let text = ''
@@ -182,7 +214,8 @@ describe('dashboard', () => {
     const refunds: string[] = []
     const payments = await startServer((req, res) => {
       req.resume()
-      if (req.url === '/charge') return void res.writeHead(200, { 'txmesh-compensate': 'POST /refund/r-1', 'content-length': '0' }).end()
+      if (req.url === '/charge')
+        return void res.writeHead(200, { 'txmesh-compensate': 'POST /refund/r-1', 'content-length': '0' }).end()
       refunds.push(String(req.headers['txmesh-op']))
       res.writeHead(refundsDown ? 503 : 200, { 'content-length': '0' }).end()
     })
@@ -199,9 +232,17 @@ describe('dashboard', () => {
     )
     const coord = await coordinator(yaml)
     const page = await openUi(coord.sc.ports.admin)
-    const begun = await request(`${coord.admin}/v1/transactions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ mode: 'saga', timeoutMs: 30_000 }) })
+    const begun = await request(`${coord.admin}/v1/transactions`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ mode: 'saga', timeoutMs: 30_000 }),
+    })
     const t = (await begun.body.json()) as { id: string; context: string }
-    const charge = await rawRequest(coord.sc.ports.egress, { method: 'POST', path: 'http://payments/charge', headers: { 'txmesh-context': t.context, 'content-length': '0' } })
+    const charge = await rawRequest(coord.sc.ports.egress, {
+      method: 'POST',
+      path: 'http://payments/charge',
+      headers: { 'txmesh-context': t.context, 'content-length': '0' },
+    })
     expect(charge.status).toBe(200)
     await request(`${coord.admin}/v1/transactions/${t.id}/abort`, { method: 'POST' }).then((r) => r.body.dump())
 
@@ -217,7 +258,9 @@ describe('dashboard', () => {
     await expect.poll(() => page.locator('#status').textContent()).toMatch(/Retrying 1 stuck step|compensated/)
     await expect.poll(() => page.locator(`#stuck-body tr[data-tx="${t.id}"]`).count(), { timeout: 10_000 }).toBe(0)
     expect(await page.locator('#stuck-empty').isVisible()).toBe(true)
-    await expect.poll(() => page.locator(`#tx-body tr[data-tx="${t.id}"]`).textContent()).toContain('payments: step compensated')
+    await expect
+      .poll(() => page.locator(`#tx-body tr[data-tx="${t.id}"]`).textContent())
+      .toContain('payments: step compensated')
     expect(refunds).toHaveLength(3)
     await page.close()
   })
@@ -234,7 +277,8 @@ describe('dashboard', () => {
     const replay = await readEvents(port, { 'last-event-id': '0' }, (s) => s.includes('event: tx-finished'))
     expect(replay.status).toBe(200)
     expect(replay.type).toMatch(/^text\/event-stream/)
-    for (const type of ['tx-begin', 'tx-enlist', 'tx-vote', 'tx-outcome', 'tx-ack', 'tx-finished']) expect(replay.text).toContain(`event: ${type}\n`)
+    for (const type of ['tx-begin', 'tx-enlist', 'tx-vote', 'tx-outcome', 'tx-ack', 'tx-finished'])
+      expect(replay.text).toContain(`event: ${type}\n`)
     const ids = [...replay.text.matchAll(/^id: (\d+)$/gm)].map((m) => Number(m[1]))
     expect(ids[0]).toBe(1)
     const data = [...replay.text.matchAll(/^data: (.*)$/gm)].map((m) => JSON.parse(m[1] as string) as { tx: string })

@@ -8,7 +8,17 @@
 // directories as root; they are skipped and listed. USER, WORKDIR, ENTRYPOINT and CMD are
 // checked against the Kubernetes contract (src/k8s/constants.ts, src/runtime.ts).
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
-import { cpSync, existsSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import {
+  cpSync,
+  existsSync,
+  lstatSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  writeFileSync,
+} from 'node:fs'
 import { tmpdir } from 'node:os'
 import { dirname, join, posix, relative } from 'node:path'
 import { createInterface } from 'node:readline'
@@ -70,7 +80,8 @@ function parseDockerfile(text: string): Stage[] {
 const last = (stage: Stage, op: string): Instruction | undefined => stage.instructions.filter((i) => i.op === op).at(-1)
 function execForm(i: Instruction | undefined, what: string): string[] {
   if (i === undefined) throw new Error(`no ${what}`)
-  if (!i.args.startsWith('[')) throw new Error(`Dockerfile:${i.line}: ${what} must be exec form (JSON), so signals reach node`)
+  if (!i.args.startsWith('['))
+    throw new Error(`Dockerfile:${i.line}: ${what} must be exec form (JSON), so signals reach node`)
   return JSON.parse(i.args) as string[]
 }
 function envOf(stage: Stage): Record<string, string> {
@@ -94,7 +105,10 @@ function dockerignore(text: string): (path: string) => boolean {
     .filter((l) => l !== '' && !l.startsWith('#'))
     .map((l) => {
       const negate = l.startsWith('!')
-      const pattern = posix.normalize((negate ? l.slice(1) : l).trim()).replace(/^\/+/, '').replace(/\/+$/, '')
+      const pattern = posix
+        .normalize((negate ? l.slice(1) : l).trim())
+        .replace(/^\/+/, '')
+        .replace(/\/+$/, '')
       let re = ''
       for (let i = 0; i < pattern.length; i++) {
         const c = pattern[i] as string
@@ -127,7 +141,8 @@ function mapper(stage: Stage, dir: string): (p: string) => string {
   const workdir = last(stage, 'WORKDIR')?.args ?? '/'
   return (p) => {
     const abs = posix.resolve(workdir, p)
-    if (abs !== workdir && !abs.startsWith(workdir + '/')) throw new Error(`${abs} is outside WORKDIR ${workdir}; the test maps only WORKDIR`)
+    if (abs !== workdir && !abs.startsWith(workdir + '/'))
+      throw new Error(`${abs} is outside WORKDIR ${workdir}; the test maps only WORKDIR`)
     return join(dir, posix.relative(workdir, abs))
   }
 }
@@ -138,10 +153,12 @@ function copyArgs(i: Instruction): { from: string | undefined; sources: string[]
   while (words[0]?.startsWith('--')) {
     const flag = words.shift() as string
     if (flag.startsWith('--from=')) from = flag.slice('--from='.length)
-    else if (!/^--(chown|chmod|link)(=|$)/.test(flag)) throw new Error(`Dockerfile:${i.line}: COPY ${flag} not simulated`)
+    else if (!/^--(chown|chmod|link)(=|$)/.test(flag))
+      throw new Error(`Dockerfile:${i.line}: COPY ${flag} not simulated`)
   }
   const dest = words.pop()
-  if (dest === undefined || words.length === 0) throw new Error(`Dockerfile:${i.line}: COPY needs sources and a destination`)
+  if (dest === undefined || words.length === 0)
+    throw new Error(`Dockerfile:${i.line}: COPY needs sources and a destination`)
   return { from, sources: words, dest }
 }
 
@@ -157,7 +174,8 @@ function copyFromContext(sources: string[], dest: string, ignored: (p: string) =
   const intoDir = dest.endsWith('/') || sources.length > 1
   for (const src of sources) {
     const rel = posix.normalize(src).replace(/^\.\/|\/$/g, '')
-    if (!existsSync(join(root, rel)) || ignored(rel)) throw new Error(`COPY ${src}: not in the build context (or excluded by .dockerignore)`)
+    if (!existsSync(join(root, rel)) || ignored(rel))
+      throw new Error(`COPY ${src}: not in the build context (or excluded by .dockerignore)`)
     const isDir = lstatSync(join(root, rel)).isDirectory()
     for (const f of filesUnder(root, rel)) {
       if (ignored(f)) continue
@@ -195,15 +213,24 @@ describe('Dockerfile and .dockerignore, as written', () => {
   it('runs as uid/gid 10001 in /app with the contract entrypoint and command', () => {
     const user = last(runtime, 'USER')?.args
     expect(user).toBe(`${TXMESH_UID}:${TXMESH_GID}`)
-    expect(last(runtime, 'USER')?.line, 'USER is the last word on who runs').toBeGreaterThan(Math.max(...runtime.instructions.filter((i) => i.op === 'RUN').map((i) => i.line)))
+    expect(last(runtime, 'USER')?.line, 'USER is the last word on who runs').toBeGreaterThan(
+      Math.max(...runtime.instructions.filter((i) => i.op === 'RUN').map((i) => i.line)),
+    )
     expect(last(runtime, 'WORKDIR')?.args).toBe('/app')
-    expect(execForm(last(runtime, 'ENTRYPOINT'), 'ENTRYPOINT')).toEqual(['node', ...SIDECAR_NODE_FLAGS, '/app/dist/cli/index.js'])
+    expect(execForm(last(runtime, 'ENTRYPOINT'), 'ENTRYPOINT')).toEqual([
+      'node',
+      ...SIDECAR_NODE_FLAGS,
+      '/app/dist/cli/index.js',
+    ])
     expect(execForm(last(runtime, 'CMD'), 'CMD')).toEqual(['sidecar', '--config', CONFIG_FILE])
     expect(JSON.parse(last(runtime, 'VOLUME')?.args ?? '[]')).toEqual([STORE_DIR])
   })
 
   it('the runtime image has iptables, for the txmesh-init container that runs the same image', () => {
-    const setup = runtime.instructions.filter((i) => i.op === 'RUN').map((i) => i.args).join('\n')
+    const setup = runtime.instructions
+      .filter((i) => i.op === 'RUN')
+      .map((i) => i.args)
+      .join('\n')
     expect(setup).toMatch(/apt-get install -y --no-install-recommends iptables\b/)
     expect(setup).toMatch(/rm -rf \/var\/lib\/apt\/lists/)
     expect(setup).toContain(`useradd --uid ${TXMESH_UID} --gid ${TXMESH_GID}`)
@@ -211,10 +238,25 @@ describe('Dockerfile and .dockerignore, as written', () => {
   })
 
   it('.dockerignore keeps dependencies, build output, git, test artifacts and bench output out of the context', () => {
-    for (const p of ['node_modules/yaml/package.json', 'dist/cli/index.js', '.git/HEAD', 'test/artifacts/dashboard.png', 'bench/results/x.json', 'src/x/y.log', 'txmesh-data/orders/seg-1']) {
+    for (const p of [
+      'node_modules/yaml/package.json',
+      'dist/cli/index.js',
+      '.git/HEAD',
+      'test/artifacts/dashboard.png',
+      'bench/results/x.json',
+      'src/x/y.log',
+      'txmesh-data/orders/seg-1',
+    ]) {
       expect(ignored(p), p).toBe(true)
     }
-    for (const p of ['package.json', 'package-lock.json', 'tsconfig.json', 'tsconfig.build.json', 'src/cli/index.ts', 'config/txmesh.schema.json']) {
+    for (const p of [
+      'package.json',
+      'package-lock.json',
+      'tsconfig.json',
+      'tsconfig.build.json',
+      'src/cli/index.ts',
+      'config/txmesh.schema.json',
+    ]) {
       expect(ignored(p), p).toBe(false)
     }
   })
@@ -239,8 +281,18 @@ describe('Dockerfile, built and started without Docker', () => {
       const map = mapper(stage, dir)
       // The builder's environment, not the test runner's (vitest sets NODE_ENV, which npm reads).
       // Where npm finds packages is kept (a CI mirror or cache), nothing else.
-      const npm = Object.fromEntries(['npm_config_cache', 'npm_config_registry'].flatMap((k) => (process.env[k] === undefined ? [] : [[k, process.env[k]]])))
-      const env = { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? tmp, ...npm, ...envOf(stage), npm_config_update_notifier: 'false' }
+      const npm = Object.fromEntries(
+        ['npm_config_cache', 'npm_config_registry'].flatMap((k) =>
+          process.env[k] === undefined ? [] : [[k, process.env[k]]],
+        ),
+      )
+      const env = {
+        PATH: process.env.PATH ?? '',
+        HOME: process.env.HOME ?? tmp,
+        ...npm,
+        ...envOf(stage),
+        npm_config_update_notifier: 'false',
+      }
       for (const i of stage.instructions) {
         if (i.op === 'COPY') {
           const { from, sources, dest } = copyArgs(i)
@@ -257,13 +309,18 @@ describe('Dockerfile, built and started without Docker', () => {
           }
         } else if (i.op === 'RUN') {
           if (isSystemSetup(i.args)) {
-            skipped.push(`Dockerfile:${i.line} (system packages and users; needs root and apt): ${i.args.slice(0, 60)}...`)
+            skipped.push(
+              `Dockerfile:${i.line} (system packages and users; needs root and apt): ${i.args.slice(0, 60)}...`,
+            )
             continue
           }
           // --prefer-offline: use the npm cache when it has the package (it is the same lockfile).
           const cmd = i.args.replace(/^npm ci\b/, 'npm ci --prefer-offline')
           const r = spawnSync('sh', ['-c', cmd], { cwd: map('.'), env, encoding: 'utf8', timeout: BUILD_TIMEOUT_MS })
-          if (r.status !== 0) throw new Error(`Dockerfile:${i.line} "${cmd}" exited ${String(r.status)}:\n${r.stdout.slice(-2000)}\n${r.stderr.slice(-4000)}`)
+          if (r.status !== 0)
+            throw new Error(
+              `Dockerfile:${i.line} "${cmd}" exited ${String(r.status)}:\n${r.stdout.slice(-2000)}\n${r.stderr.slice(-4000)}`,
+            )
         }
       }
     }
@@ -279,7 +336,14 @@ describe('Dockerfile, built and started without Docker', () => {
     expect(contextFiles).toContain('package-lock.json')
     expect(contextFiles).toContain('src/cli/index.ts')
     const tops = new Set(contextFiles.map((f) => f.split('/')[0]))
-    expect([...tops].sort()).toEqual(['config', 'package-lock.json', 'package.json', 'src', 'tsconfig.build.json', 'tsconfig.json'])
+    expect([...tops].sort()).toEqual([
+      'config',
+      'package-lock.json',
+      'package.json',
+      'src',
+      'tsconfig.build.json',
+      'tsconfig.json',
+    ])
   })
 
   it('skips only the apt-get line, and says so', () => {
@@ -291,12 +355,20 @@ describe('Dockerfile, built and started without Docker', () => {
     expect(existsSync(join(imageDir, 'dist/cli/index.js'))).toBe(true)
     expect(existsSync(join(imageDir, 'config/txmesh.schema.json'))).toBe(true) // the config validator reads it at run time
     expect(readdirSync(imageDir).sort()).toEqual(['config', 'dist', 'node_modules', 'package.json'])
-    const pkg = JSON.parse(readFileSync(join(root, 'package.json'), 'utf8')) as { dependencies: Record<string, string>; devDependencies: Record<string, string> }
-    for (const dep of Object.keys(pkg.dependencies)) expect(existsSync(join(imageDir, 'node_modules', dep, 'package.json')), dep).toBe(true)
+    const pkg = JSON.parse(readFileSync(join(root, 'package.json'), 'utf8')) as {
+      dependencies: Record<string, string>
+      devDependencies: Record<string, string>
+    }
+    for (const dep of Object.keys(pkg.dependencies))
+      expect(existsSync(join(imageDir, 'node_modules', dep, 'package.json')), dep).toBe(true)
     expect(existsSync(join(imageDir, 'node_modules/vitest')), 'vitest').toBe(false)
     // Every package the lockfile marks dev-only is gone, not just the direct devDependencies.
-    const lock = JSON.parse(readFileSync(join(root, 'package-lock.json'), 'utf8')) as { packages: Record<string, { dev?: boolean }> }
-    const devOnly = Object.entries(lock.packages).filter(([p, v]) => p !== '' && v.dev === true).map(([p]) => p)
+    const lock = JSON.parse(readFileSync(join(root, 'package-lock.json'), 'utf8')) as {
+      packages: Record<string, { dev?: boolean }>
+    }
+    const devOnly = Object.entries(lock.packages)
+      .filter(([p, v]) => p !== '' && v.dev === true)
+      .map(([p]) => p)
     expect(devOnly.length).toBeGreaterThan(Object.keys(pkg.devDependencies).length)
     const left = devOnly.filter((p) => existsSync(join(imageDir, p)))
     expect(left).toEqual([])
@@ -320,22 +392,48 @@ describe('Dockerfile, built and started without Docker', () => {
       ].join('\n'),
     )
     const toHost = (a: string): string =>
-      a.startsWith('/app/') ? join(imageDir, a.slice('/app/'.length)) : a.startsWith(CONFIG_DIR + '/') ? join(configDir, a.slice(CONFIG_DIR.length + 1)) : a
+      a.startsWith('/app/')
+        ? join(imageDir, a.slice('/app/'.length))
+        : a.startsWith(CONFIG_DIR + '/')
+          ? join(configDir, a.slice(CONFIG_DIR.length + 1))
+          : a
     const [node, ...entry] = execForm(last(runtime, 'ENTRYPOINT'), 'ENTRYPOINT')
     expect(node).toBe('node')
     const argv = [...entry, ...execForm(last(runtime, 'CMD'), 'CMD')].map(toHost)
-    const ports = ['--app-port', '1', '--egress-port', '0', '--ingress-port', '0', '--control-port', '0', '--admin-port', '0', '--health-port', '0']
+    const ports = [
+      '--app-port',
+      '1',
+      '--egress-port',
+      '0',
+      '--ingress-port',
+      '0',
+      '--control-port',
+      '0',
+      '--admin-port',
+      '0',
+      '--health-port',
+      '0',
+    ]
     child = spawn(process.execPath, [...argv, ...ports], {
       cwd: imageDir,
       stdio: ['ignore', 'pipe', 'pipe'],
       // What the injector gives the sidecar (the store dir is the volume, here a temp dir).
-      env: { PATH: process.env.PATH ?? '', ...envOf(runtime), TXMESH_SERVICE: 'orders', TXMESH_STORE_DIR: storeDir, TXMESH_MESH_KEY: 'dockerfile-test-mesh-key-0123456789' },
+      env: {
+        PATH: process.env.PATH ?? '',
+        ...envOf(runtime),
+        TXMESH_SERVICE: 'orders',
+        TXMESH_STORE_DIR: storeDir,
+        TXMESH_MESH_KEY: 'dockerfile-test-mesh-key-0123456789',
+      },
     })
     let stderr = ''
     child.stderr?.on('data', (c: Buffer) => (stderr += c.toString()))
     const proc = child
     const line = await new Promise<string>((resolve, reject) => {
-      const t = setTimeout(() => reject(new Error(`no listening line after ${START_TIMEOUT_MS} ms; stderr:\n${stderr}`)), START_TIMEOUT_MS)
+      const t = setTimeout(
+        () => reject(new Error(`no listening line after ${START_TIMEOUT_MS} ms; stderr:\n${stderr}`)),
+        START_TIMEOUT_MS,
+      )
       createInterface({ input: proc.stdout! }).once('line', (l) => {
         clearTimeout(t)
         resolve(l)
@@ -370,14 +468,30 @@ describe('Dockerfile, built and started without Docker', () => {
     const [, ...entry] = execForm(last(runtime, 'ENTRYPOINT'), 'ENTRYPOINT')
     const cli = entry.map((a) => (a.startsWith('/app/') ? join(imageDir, a.slice(5)) : a))
     const env = { PATH: process.env.PATH ?? '', ...envOf(runtime) }
-    const demo = spawnSync(process.execPath, [...cli, 'demo-app', '--help'], { cwd: imageDir, env, encoding: 'utf8', timeout: 20_000 })
+    const demo = spawnSync(process.execPath, [...cli, 'demo-app', '--help'], {
+      cwd: imageDir,
+      env,
+      encoding: 'utf8',
+      timeout: 20_000,
+    })
     expect(demo.stderr).toBe('')
     expect(demo.status).toBe(0)
     expect(demo.stdout).toContain('--service orders|payments|inventory')
-    const help = spawnSync(process.execPath, [...cli, 'help'], { cwd: imageDir, env, encoding: 'utf8', timeout: 20_000 })
+    const help = spawnSync(process.execPath, [...cli, 'help'], {
+      cwd: imageDir,
+      env,
+      encoding: 'utf8',
+      timeout: 20_000,
+    })
     if (!help.stdout.includes('inject')) return // the injector is not built yet
     const deployment = readFileSync(join(root, 'deploy/examples/shop/orders.yaml'), 'utf8')
-    const injected = spawnSync(process.execPath, [...cli, 'inject'], { cwd: imageDir, env, input: deployment, encoding: 'utf8', timeout: 20_000 })
+    const injected = spawnSync(process.execPath, [...cli, 'inject'], {
+      cwd: imageDir,
+      env,
+      input: deployment,
+      encoding: 'utf8',
+      timeout: 20_000,
+    })
     expect(injected.stderr).toBe('')
     expect(injected.status).toBe(0)
     expect(injected.stdout).toContain('name: txmesh-proxy')

@@ -70,7 +70,15 @@ describe('egress proxy', () => {
     })
     expect(r.status).toBe(200)
     const h = (JSON.parse(r.body) as { headers: Record<string, string> }).headers
-    for (const name of ['x-private', 'keep-alive', 'te', 'proxy-authorization', 'proxy-foo', 'upgrade', 'transfer-encoding']) {
+    for (const name of [
+      'x-private',
+      'keep-alive',
+      'te',
+      'proxy-authorization',
+      'proxy-foo',
+      'upgrade',
+      'transfer-encoding',
+    ]) {
       expect(h[name], name).toBeUndefined()
     }
     expect(h['x-kept']).toBe('yes')
@@ -103,7 +111,9 @@ describe('egress proxy', () => {
     const before = app.seen.length
     const body = await new Promise<string>((resolve, reject) => {
       const s = connect(sc.ports.egress, '127.0.0.1', () => {
-        s.write('POST http://payments/chunked HTTP/1.1\r\nHost: payments\r\nTransfer-Encoding: chunked\r\nTrailer: x-t\r\nConnection: close\r\n\r\n')
+        s.write(
+          'POST http://payments/chunked HTTP/1.1\r\nHost: payments\r\nTransfer-Encoding: chunked\r\nTrailer: x-t\r\nConnection: close\r\n\r\n',
+        )
         s.write('5\r\nhello\r\n')
         setTimeout(() => s.write('6\r\n world\r\n0\r\n\r\n'), 20)
       })
@@ -122,7 +132,9 @@ describe('egress proxy', () => {
   it('answers Expect: 100-continue before the body is sent, then forwards the body', async () => {
     const out = await new Promise<string>((resolve, reject) => {
       const s = connect(sc.ports.egress, '127.0.0.1', () => {
-        s.write('PUT http://payments/continue HTTP/1.1\r\nHost: payments\r\nContent-Length: 4\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n')
+        s.write(
+          'PUT http://payments/continue HTTP/1.1\r\nHost: payments\r\nContent-Length: 4\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n',
+        )
       })
       let text = ''
       let sent = false
@@ -172,7 +184,9 @@ describe('egress proxy', () => {
     const before = app.seen.length
     const out = await new Promise<string>((resolve) => {
       const s = connect(sc.ports.egress, '127.0.0.1', () =>
-        s.write('POST http://payments/smuggle HTTP/1.1\r\nHost: payments\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n'),
+        s.write(
+          'POST http://payments/smuggle HTTP/1.1\r\nHost: payments\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n',
+        ),
       )
       let t = ''
       s.on('data', (c: Buffer) => (t += c.toString()))

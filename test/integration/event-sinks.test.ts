@@ -44,16 +44,30 @@ describe('NATS JetStream sink', () => {
     await first.close()
 
     const second = await sinkFor('EV_CREATE', [eventSubject('orders'), eventSubject('payments')])
-    expect((await jsm.streams.info('EV_CREATE')).config.subjects).toEqual(['txmesh.events.orders', 'txmesh.events.payments'])
+    expect((await jsm.streams.info('EV_CREATE')).config.subjects).toEqual([
+      'txmesh.events.orders',
+      'txmesh.events.payments',
+    ])
     await second.close()
     await admin.close()
   })
 
   it('stores a delivered event that a JetStream consumer reads back with its payload and id', async () => {
     const sink = await sinkFor('EV_READ', [eventSubject('read')])
-    await sink.deliver({ id: 'read-1', subject: eventSubject('read'), payload: { kind: 'tx.committed', tx: 'abc', branches: 2 } })
+    await sink.deliver({
+      id: 'read-1',
+      subject: eventSubject('read'),
+      payload: { kind: 'tx.committed', tx: 'abc', branches: 2 },
+    })
     await sink.close()
-    expect(await readStream(nats.url, 'EV_READ')).toEqual([{ subject: 'txmesh.events.read', seq: 1, msgId: 'read-1', payload: { kind: 'tx.committed', tx: 'abc', branches: 2 } }])
+    expect(await readStream(nats.url, 'EV_READ')).toEqual([
+      {
+        subject: 'txmesh.events.read',
+        seq: 1,
+        msgId: 'read-1',
+        payload: { kind: 'tx.committed', tx: 'abc', branches: 2 },
+      },
+    ])
   })
 
   it('stores one message when the same event id is published twice (dedup on Nats-Msg-Id)', async () => {
@@ -108,9 +122,15 @@ describe('NATS JetStream sink', () => {
 
   it('fails to connect within the connect timeout when no server listens', async () => {
     const started = Date.now()
-    await expect(NatsSink.connect({ servers: ['nats://127.0.0.1:1'], stream: 'EV_NONE', subjects: ['txmesh.events.none'], name: 'none', timeoutMs: 500 })).rejects.toThrow(
-      /cannot connect to nats:\/\/127\.0\.0\.1:1/,
-    )
+    await expect(
+      NatsSink.connect({
+        servers: ['nats://127.0.0.1:1'],
+        stream: 'EV_NONE',
+        subjects: ['txmesh.events.none'],
+        name: 'none',
+        timeoutMs: 500,
+      }),
+    ).rejects.toThrow(/cannot connect to nats:\/\/127\.0\.0\.1:1/)
     expect(Date.now() - started).toBeLessThan(5_000)
   })
 })
@@ -160,13 +180,22 @@ describe('webhook sink', () => {
     const sink = new WebhookSink({ url: rx.url, timeoutMs: 2_000 })
     const retired: string[] = []
     const failures: string[] = []
-    const q = new DeliveryQueue(sink, { ...FAST, onDelivered: (e) => void retired.push(e.id), onFailure: (_e, err) => void failures.push(err.message) })
+    const q = new DeliveryQueue(sink, {
+      ...FAST,
+      onDelivered: (e) => void retired.push(e.id),
+      onFailure: (_e, err) => void failures.push(err.message),
+    })
     q.push(ev('hook', 1))
     q.push(ev('hook', 2))
     await until('both events delivered', () => q.stats().delivered === 2)
 
     expect(rx.hits.map((h) => h.key)).toEqual(['hook-1', 'hook-1', 'hook-1', 'hook-2'])
-    expect(rx.hits[0]).toEqual({ key: 'hook-1', subject: 'txmesh.events.hook', contentType: 'application/json', body: { n: 1, tx: 'tx-1' } })
+    expect(rx.hits[0]).toEqual({
+      key: 'hook-1',
+      subject: 'txmesh.events.hook',
+      contentType: 'application/json',
+      body: { n: 1, tx: 'tx-1' },
+    })
     expect(retired).toEqual(['hook-1', 'hook-2'])
     expect(failures).toEqual([`webhook ${rx.url} answered 500: db down`, `webhook ${rx.url} answered 500: db down`])
     expect(q.stats()).toMatchObject({ delivered: 2, failures: 2, pending: 0 })
@@ -189,7 +218,9 @@ describe('webhook sink', () => {
     await rx.close()
 
     const gone = new WebhookSink({ url: rx.url, timeoutMs: 1_000 })
-    await expect(gone.deliver({ id: 'gone', subject: 's', payload: {} })).rejects.toThrow(/unreachable: connection refused/)
+    await expect(gone.deliver({ id: 'gone', subject: 's', payload: {} })).rejects.toThrow(
+      /unreachable: connection refused/,
+    )
     await gone.close()
   })
 

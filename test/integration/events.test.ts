@@ -4,7 +4,16 @@
 import { request } from 'undici'
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
 import { deleteStream, readStream, startNats, type NatsServer, type Stored } from '../helpers/nats.js'
-import { freePort, rawRequest, sidecarYaml, spawnSidecar, startServer, tempDir, until, type SidecarProcess } from '../helpers/servers.js'
+import {
+  freePort,
+  rawRequest,
+  sidecarYaml,
+  spawnSidecar,
+  startServer,
+  tempDir,
+  until,
+  type SidecarProcess,
+} from '../helpers/servers.js'
 
 let nats: NatsServer
 const procs: SidecarProcess[] = []
@@ -33,7 +42,13 @@ async function start(store: string, control: number, stream = 'TXMESH'): Promise
   const yaml = sidecarYaml(
     'shop',
     1,
-    [`services:`, `  orders: {address: "127.0.0.1:${appPort}"}`, 'routes:', '  - {name: orders, match: {direction: egress, host: orders}, nonTransactionalTarget: proceed}', `events: {nats: {servers: ["${nats.url}"], stream: ${stream}, topics: ["orders.>"]}}`].join('\n'),
+    [
+      `services:`,
+      `  orders: {address: "127.0.0.1:${appPort}"}`,
+      'routes:',
+      '  - {name: orders, match: {direction: egress, host: orders}, nonTransactionalTarget: proceed}',
+      `events: {nats: {servers: ["${nats.url}"], stream: ${stream}, topics: ["orders.>"]}}`,
+    ].join('\n'),
     store,
   )
   const sc = await spawnSidecar(yaml, ['--control-port', String(control)])
@@ -41,8 +56,15 @@ async function start(store: string, control: number, stream = 'TXMESH'): Promise
   return sc
 }
 
-async function post(port: number, path: string, body?: unknown): Promise<{ status: number; body: Record<string, unknown> }> {
-  const r = await request(`http://127.0.0.1:${port}${path}`, { method: 'POST', ...(body === undefined ? {} : { headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) }) })
+async function post(
+  port: number,
+  path: string,
+  body?: unknown,
+): Promise<{ status: number; body: Record<string, unknown> }> {
+  const r = await request(`http://127.0.0.1:${port}${path}`, {
+    method: 'POST',
+    ...(body === undefined ? {} : { headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) }),
+  })
   return { status: r.statusCode, body: (await r.body.json()) as Record<string, unknown> }
 }
 
@@ -54,28 +76,59 @@ async function begin(sc: SidecarProcess, mode: string): Promise<{ id: string; co
 
 /** Lifecycle events of one transaction, in stream order. */
 const of = (all: Stored[], tx: string): Record<string, unknown>[] =>
-  all.filter((s) => s.subject === 'txmesh.events.shop').map((s) => s.payload as Record<string, unknown>).filter((p) => p.tx === tx)
+  all
+    .filter((s) => s.subject === 'txmesh.events.shop')
+    .map((s) => s.payload as Record<string, unknown>)
+    .filter((p) => p.tx === tx)
 
 describe('event bus on NATS JetStream', () => {
   it('publishes a message only when its transaction commits, and every lifecycle event in order', async () => {
     const sc = await start(tempDir(), await freePort())
     const saga = await begin(sc, 'saga')
-    const step = await rawRequest(sc.ports.egress, { method: 'POST', path: 'http://orders/orders', headers: { 'txmesh-context': saga.context, 'content-length': '0' } })
+    const step = await rawRequest(sc.ports.egress, {
+      method: 'POST',
+      path: 'http://orders/orders',
+      headers: { 'txmesh-context': saga.context, 'content-length': '0' },
+    })
     expect(step.status).toBe(201)
-    expect((await post(sc.ports.admin, `/v1/transactions/${saga.id}/messages`, { topic: 'orders.created', payload: { id: 1 }, key: 'o-1' })).status).toBe(201)
+    expect(
+      (
+        await post(sc.ports.admin, `/v1/transactions/${saga.id}/messages`, {
+          topic: 'orders.created',
+          payload: { id: 1 },
+          key: 'o-1',
+        })
+      ).status,
+    ).toBe(201)
     const doomed = await begin(sc, '2pc')
-    expect((await post(sc.ports.admin, `/v1/transactions/${doomed.id}/messages`, { topic: 'orders.cancelled', payload: { id: 2 } })).status).toBe(201)
+    expect(
+      (
+        await post(sc.ports.admin, `/v1/transactions/${doomed.id}/messages`, {
+          topic: 'orders.cancelled',
+          payload: { id: 2 },
+        })
+      ).status,
+    ).toBe(201)
     // Refused: a topic outside the stream, and a message on a finished transaction.
-    expect((await post(sc.ports.admin, `/v1/transactions/${doomed.id}/messages`, { topic: 'payments.done', payload: {} })).status).toBe(400)
+    expect(
+      (await post(sc.ports.admin, `/v1/transactions/${doomed.id}/messages`, { topic: 'payments.done', payload: {} }))
+        .status,
+    ).toBe(400)
     expect((await post(sc.ports.admin, `/v1/transactions/${saga.id}/commit?wait=acks`)).body.outcome).toBe('committed')
     expect((await post(sc.ports.admin, `/v1/transactions/${doomed.id}/abort`)).body.outcome).toBe('aborted')
-    expect((await post(sc.ports.admin, `/v1/transactions/${doomed.id}/messages`, { topic: 'orders.x', payload: {} })).status).toBe(409)
+    expect(
+      (await post(sc.ports.admin, `/v1/transactions/${doomed.id}/messages`, { topic: 'orders.x', payload: {} })).status,
+    ).toBe(409)
 
     let all: Stored[] = []
     await until('message and events on the stream', async () => {
       all = await readStream(nats.url, 'TXMESH')
       const types = of(all, saga.id).map((p) => p.type)
-      return all.some((s) => s.subject === 'orders.created') && types.includes('finished') && of(all, doomed.id).some((p) => p.type === 'finished')
+      return (
+        all.some((s) => s.subject === 'orders.created') &&
+        types.includes('finished') &&
+        of(all, doomed.id).some((p) => p.type === 'finished')
+      )
     })
     const msg = all.find((s) => s.subject === 'orders.created')!
     expect(msg.payload).toEqual({ tx: saga.id, topic: 'orders.created', key: 'o-1', payload: { id: 1 } })
@@ -86,7 +139,11 @@ describe('event bus on NATS JetStream', () => {
     const events = of(all, saga.id)
     expect(events.map((e) => e.type)).toEqual(['begun', 'step', 'committed', 'finished'])
     expect(events.map((e) => e.seq)).toEqual([1, 2, 3, 4])
-    expect(all.filter((s) => s.subject === 'txmesh.events.shop' && (s.payload as { tx?: string }).tx === saga.id).map((s) => s.msgId)).toEqual(events.map((e) => e.id))
+    expect(
+      all
+        .filter((s) => s.subject === 'txmesh.events.shop' && (s.payload as { tx?: string }).tx === saga.id)
+        .map((s) => s.msgId),
+    ).toEqual(events.map((e) => e.id))
     expect(of(all, doomed.id).map((e) => e.type)).toEqual(['begun', 'aborted', 'finished'])
   })
 
@@ -100,7 +157,10 @@ describe('event bus on NATS JetStream', () => {
     // The bus is down: the commit answers (the decision is durable), publishing has to wait.
     await nats.restart(async () => {
       tx = await begin(sc, '2pc')
-      expect((await post(sc.ports.admin, `/v1/transactions/${tx.id}/messages`, { topic: 'orders.paid', payload: { id: 3 } })).status).toBe(201)
+      expect(
+        (await post(sc.ports.admin, `/v1/transactions/${tx.id}/messages`, { topic: 'orders.paid', payload: { id: 3 } }))
+          .status,
+      ).toBe(201)
       expect((await post(sc.ports.admin, `/v1/transactions/${tx.id}/commit`)).body.outcome).toBe('committed')
       sc.child.kill('SIGKILL')
       await sc.exited
@@ -116,7 +176,9 @@ describe('event bus on NATS JetStream', () => {
       },
       20_000,
     )
-    expect(all.filter((s) => s.subject === 'orders.paid').map((s) => s.payload)).toEqual([{ tx: tx.id, topic: 'orders.paid', payload: { id: 3 } }])
+    expect(all.filter((s) => s.subject === 'orders.paid').map((s) => s.payload)).toEqual([
+      { tx: tx.id, topic: 'orders.paid', payload: { id: 3 } },
+    ])
     // The logged events first, in their order; recovery's own follow with later sequence numbers.
     const events = of(all, tx.id)
     expect(events.map((p) => p.type).slice(0, 2)).toEqual(['begun', 'committed'])

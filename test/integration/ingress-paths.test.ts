@@ -14,7 +14,9 @@ async function start() {
   const app = await startEcho()
   closers.push(() => app.close())
   // Custom hooks beside the default directory: both must stay out of reach.
-  const sc = await spawnSidecar(sidecarYaml('payments', app.port, 'hooks: {prepare: /tx/prepare, commit: /tx/commit, abort: /tx/abort}'))
+  const sc = await spawnSidecar(
+    sidecarYaml('payments', app.port, 'hooks: {prepare: /tx/prepare, commit: /tx/commit, abort: /tx/abort}'),
+  )
   procs.push(sc)
   return { app, sc }
 }
@@ -69,7 +71,17 @@ describe('ingress paths that reach a hook only after decoding or normalizing', (
     const { app, sc } = await start()
     const got: Record<string, string> = {}
     for (const path of DISGUISED) {
-      const r = await rawRequest(sc.ports.ingress, { method: 'POST', path, headers: { host: 'payments', 'content-type': 'application/json', 'txmesh-tx-id': 'forged', 'txmesh-branch-id': 'forged' }, body: '{}' })
+      const r = await rawRequest(sc.ports.ingress, {
+        method: 'POST',
+        path,
+        headers: {
+          host: 'payments',
+          'content-type': 'application/json',
+          'txmesh-tx-id': 'forged',
+          'txmesh-branch-id': 'forged',
+        },
+        body: '{}',
+      })
       got[path] = `${r.status} ${String(r.headers['x-txmesh-error'])}`
     }
     expect(app.seen.map((s) => s.url)).toEqual([])
@@ -80,7 +92,9 @@ describe('ingress paths that reach a hook only after decoding or normalizing', (
     const { app, sc } = await start()
     const out = await new Promise<string>((resolve) => {
       const s = connect(sc.ports.ingress, '127.0.0.1', () =>
-        s.write('GET /x/%2e%2e/.well-known/txmesh/abort HTTP/1.1\r\nHost: payments\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n'),
+        s.write(
+          'GET /x/%2e%2e/.well-known/txmesh/abort HTTP/1.1\r\nHost: payments\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n',
+        ),
       )
       let t = ''
       s.on('data', (c: Buffer) => (t += c.toString()))
@@ -95,7 +109,9 @@ describe('ingress paths that reach a hook only after decoding or normalizing', (
     const { app, sc } = await start()
     const out = await new Promise<string>((resolve) => {
       const s = connect(sc.ports.ingress, '127.0.0.1', () =>
-        s.write('GET /.well-known/txmesh/cancel HTTP/1.1\r\nHost: payments\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n'),
+        s.write(
+          'GET /.well-known/txmesh/cancel HTTP/1.1\r\nHost: payments\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n',
+        ),
       )
       let t = ''
       s.on('data', (c: Buffer) => (t += c.toString()))
@@ -108,14 +124,29 @@ describe('ingress paths that reach a hook only after decoding or normalizing', (
 
   it('keeps the plain spellings at 403 TXM_HOOK_FORBIDDEN and lets the app have its other paths, encoded ones too', async () => {
     const { app, sc } = await start()
-    for (const path of ['/.well-known/txmesh/abort', '/.WELL-KNOWN/TXMESH/COMMIT', '/.well-known/txmesh/anything', '/tx/prepare', '/TX/Commit?x=1', '/.well-known/txmesh/']) {
+    for (const path of [
+      '/.well-known/txmesh/abort',
+      '/.WELL-KNOWN/TXMESH/COMMIT',
+      '/.well-known/txmesh/anything',
+      '/tx/prepare',
+      '/TX/Commit?x=1',
+      '/.well-known/txmesh/',
+    ]) {
       const r = await rawRequest(sc.ports.ingress, { method: 'POST', path, headers: { host: 'payments' }, body: '' })
       expect([r.status, r.headers['x-txmesh-error']], path).toEqual([403, 'TXM_HOOK_FORBIDDEN'])
     }
     expect(app.seen).toEqual([])
     // Encoded slashes and escapes outside the hooks are the app's business (APIs that name
     // "group/project" as one segment), as are names that merely contain dots.
-    const mine = ['/projects/group%2Fproject', '/files/a%20b', '/q?next=/../.well-known/txmesh/abort', '/a..b/c.d', '/.well-known/other', '/tx/other', '/tx/prepared']
+    const mine = [
+      '/projects/group%2Fproject',
+      '/files/a%20b',
+      '/q?next=/../.well-known/txmesh/abort',
+      '/a..b/c.d',
+      '/.well-known/other',
+      '/tx/other',
+      '/tx/prepared',
+    ]
     for (const path of mine) {
       const r = await rawRequest(sc.ports.ingress, { method: 'POST', path, headers: { host: 'payments' }, body: '' })
       expect(r.status, path).toBe(200)

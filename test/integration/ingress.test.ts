@@ -11,7 +11,9 @@ describe('ingress proxy', () => {
   beforeAll(async () => {
     app = await startEcho()
     callee = await inProcessSidecar(sidecarYaml('payments', app.port))
-    caller = await inProcessSidecar(sidecarYaml('orders', 1, `services:\n  payments: {address: "127.0.0.1:${callee.ports.ingress}"}\n`))
+    caller = await inProcessSidecar(
+      sidecarYaml('orders', 1, `services:\n  payments: {address: "127.0.0.1:${callee.ports.ingress}"}\n`),
+    )
   })
   afterAll(async () => {
     await Promise.all([caller.drain(1000), callee.drain(1000)])
@@ -45,7 +47,9 @@ describe('ingress proxy', () => {
   it('streams a chunked body and answers 100-continue on ingress too', async () => {
     const out = await new Promise<string>((resolve, reject) => {
       const s = connect(callee.ports.ingress, '127.0.0.1', () =>
-        s.write('POST /up HTTP/1.1\r\nHost: payments\r\nTransfer-Encoding: chunked\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n'),
+        s.write(
+          'POST /up HTTP/1.1\r\nHost: payments\r\nTransfer-Encoding: chunked\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n',
+        ),
       )
       let t = ''
       let sent = false
@@ -66,33 +70,79 @@ describe('ingress proxy', () => {
   it('refuses calls to the participant hooks from outside (only the sidecar calls them)', async () => {
     const before = app.seen.length
     // The cancel hook too, however spelled: it takes only a coordinator's signed TCC cancel.
-    for (const path of ['/.well-known/txmesh/commit', '/.well-known/txmesh/prepare?x=1', '/.well-known/txmesh/anything', '/.WELL-KNOWN/TXMESH/COMMIT', '/.well-known/txmesh/cancel', '/.WELL-KNOWN/txmesh/Cancel?x=1']) {
-      const r = await rawRequest(callee.ports.ingress, { method: 'POST', path, headers: { host: 'payments' }, body: '' })
+    for (const path of [
+      '/.well-known/txmesh/commit',
+      '/.well-known/txmesh/prepare?x=1',
+      '/.well-known/txmesh/anything',
+      '/.WELL-KNOWN/TXMESH/COMMIT',
+      '/.well-known/txmesh/cancel',
+      '/.WELL-KNOWN/txmesh/Cancel?x=1',
+    ]) {
+      const r = await rawRequest(callee.ports.ingress, {
+        method: 'POST',
+        path,
+        headers: { host: 'payments' },
+        body: '',
+      })
       expect(r.status, path).toBe(403)
       expect(r.headers['x-txmesh-error']).toBe('TXM_HOOK_FORBIDDEN')
     }
     // Spelled otherwise (escapes, doubled slashes): refused before the hook check
     // (test/integration/ingress-paths.test.ts has the other disguises).
-    for (const path of ['/.well-known/txmesh%2Fabort', '//.well-known//txmesh/commit', '/.well-known/txmesh%2Fcancel']) {
-      const r = await rawRequest(callee.ports.ingress, { method: 'POST', path, headers: { host: 'payments' }, body: '' })
+    for (const path of [
+      '/.well-known/txmesh%2Fabort',
+      '//.well-known//txmesh/commit',
+      '/.well-known/txmesh%2Fcancel',
+    ]) {
+      const r = await rawRequest(callee.ports.ingress, {
+        method: 'POST',
+        path,
+        headers: { host: 'payments' },
+        body: '',
+      })
       expect([r.status, r.headers['x-txmesh-error']], path).toEqual([400, 'TXM_PATH_AMBIGUOUS'])
     }
     expect(app.seen.length).toBe(before)
   })
 
   it('refuses the batch hook from outside too: hooks.batch, and the batch beside custom hooks (where txmesh/pg serves it)', async () => {
-    const custom = await inProcessSidecar(sidecarYaml('payments', app.port, 'hooks: {prepare: /tx/prepare, commit: /tx/commit, abort: /tx/abort, batch: /tx-batch}'))
+    const custom = await inProcessSidecar(
+      sidecarYaml(
+        'payments',
+        app.port,
+        'hooks: {prepare: /tx/prepare, commit: /tx/commit, abort: /tx/abort, batch: /tx-batch}',
+      ),
+    )
     try {
       const before = app.seen.length
       for (const path of ['/.well-known/txmesh/batch', '/tx/batch', '/TX/Batch?x=1', '/tx-batch', '/tx/commit']) {
-        const r = await rawRequest(custom.ports.ingress, { method: 'POST', path, headers: { host: 'payments' }, body: '{"items":[]}' })
+        const r = await rawRequest(custom.ports.ingress, {
+          method: 'POST',
+          path,
+          headers: { host: 'payments' },
+          body: '{"items":[]}',
+        })
         expect([r.status, r.headers['x-txmesh-error']], path).toEqual([403, 'TXM_HOOK_FORBIDDEN'])
       }
-      const encoded = await rawRequest(custom.ports.ingress, { method: 'POST', path: '/tx%2Fbatch', headers: { host: 'payments' }, body: '{"items":[]}' })
+      const encoded = await rawRequest(custom.ports.ingress, {
+        method: 'POST',
+        path: '/tx%2Fbatch',
+        headers: { host: 'payments' },
+        body: '{"items":[]}',
+      })
       expect([encoded.status, encoded.headers['x-txmesh-error']]).toEqual([400, 'TXM_PATH_AMBIGUOUS'])
       expect(app.seen.length).toBe(before)
       // Other paths beside them are the app's own.
-      expect((await rawRequest(custom.ports.ingress, { method: 'POST', path: '/tx/other', headers: { host: 'payments' }, body: '' })).status).toBe(200)
+      expect(
+        (
+          await rawRequest(custom.ports.ingress, {
+            method: 'POST',
+            path: '/tx/other',
+            headers: { host: 'payments' },
+            body: '',
+          })
+        ).status,
+      ).toBe(200)
       expect(app.seen.at(-1)?.url).toBe('/tx/other')
     } finally {
       await custom.drain(100)
@@ -102,7 +152,12 @@ describe('ingress proxy', () => {
   it('answers 502 when the app is down', async () => {
     const down = await inProcessSidecar(sidecarYaml('payments', 1))
     try {
-      const r = await rawRequest(down.ports.ingress, { method: 'POST', path: '/x', headers: { host: 'payments' }, body: 'a' })
+      const r = await rawRequest(down.ports.ingress, {
+        method: 'POST',
+        path: '/x',
+        headers: { host: 'payments' },
+        body: 'a',
+      })
       expect(r.status).toBe(502)
       expect(r.headers['x-txmesh-error']).toBe('TXM_UPSTREAM_UNREACHABLE')
     } finally {

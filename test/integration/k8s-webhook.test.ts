@@ -33,13 +33,19 @@ type Op = { op: string; path: string; value?: unknown }
 function applyRfc6902(doc: unknown, ops: Op[]): unknown {
   const out = structuredClone(doc)
   for (const { op, path, value } of ops) {
-    const parts = path.split('/').slice(1).map((p) => p.replaceAll('~1', '/').replaceAll('~0', '~'))
+    const parts = path
+      .split('/')
+      .slice(1)
+      .map((p) => p.replaceAll('~1', '/').replaceAll('~0', '~'))
     const key = parts.pop() as string
-    const parent = parts.reduce<Record<string, unknown>>((o, p) => {
-      const next = o[p]
-      if (typeof next !== 'object' || next === null) throw new Error(`${op} ${path}: no /${p}`)
-      return next as Record<string, unknown>
-    }, out as Record<string, unknown>)
+    const parent = parts.reduce<Record<string, unknown>>(
+      (o, p) => {
+        const next = o[p]
+        if (typeof next !== 'object' || next === null) throw new Error(`${op} ${path}: no /${p}`)
+        return next as Record<string, unknown>
+      },
+      out as Record<string, unknown>,
+    )
     if (Array.isArray(parent)) {
       const i = key === '-' ? parent.length : Number(key)
       if (!Number.isInteger(i) || i < 0 || i > parent.length) throw new Error(`${op} ${path}: bad index`)
@@ -67,7 +73,25 @@ const logLines: Obj[] = []
 function makeCert(cn: string, certFile: string, keyFile: string): void {
   const r = spawnSync(
     'openssl',
-    ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-days', '1', '-subj', `/CN=${cn}`, '-addext', 'subjectAltName=IP:127.0.0.1,DNS:localhost', '-keyout', keyFile, '-out', certFile],
+    [
+      'req',
+      '-x509',
+      '-newkey',
+      'ec',
+      '-pkeyopt',
+      'ec_paramgen_curve:prime256v1',
+      '-nodes',
+      '-days',
+      '1',
+      '-subj',
+      `/CN=${cn}`,
+      '-addext',
+      'subjectAltName=IP:127.0.0.1,DNS:localhost',
+      '-keyout',
+      keyFile,
+      '-out',
+      certFile,
+    ],
     { encoding: 'utf8' },
   )
   if (r.status !== 0) throw new Error(`openssl failed: ${r.stderr}`)
@@ -102,10 +126,18 @@ afterAll(async () => {
   rmSync(dir, { recursive: true, force: true })
 })
 
-async function post(body: string | Buffer, path: string = WEBHOOK.path, headers: Record<string, string> = { 'content-type': 'application/json' }): Promise<{ status: number; code: string | undefined; json: Obj }> {
+async function post(
+  body: string | Buffer,
+  path: string = WEBHOOK.path,
+  headers: Record<string, string> = { 'content-type': 'application/json' },
+): Promise<{ status: number; code: string | undefined; json: Obj }> {
   const res = await request(`https://127.0.0.1:${server.port}${path}`, { method: 'POST', body, headers, dispatcher })
   const text = await res.body.text()
-  return { status: res.statusCode, code: res.headers['x-txmesh-error'] as string | undefined, json: JSON.parse(text) as Obj }
+  return {
+    status: res.statusCode,
+    code: res.headers['x-txmesh-error'] as string | undefined,
+    json: JSON.parse(text) as Obj,
+  }
 }
 
 const lastLog = (): Obj | undefined => logLines[logLines.length - 1]
@@ -143,7 +175,11 @@ describe('txmesh webhook: AdmissionReview v1 over HTTPS', () => {
       const ops = JSON.parse(Buffer.from(response.patch, 'base64').toString('utf8')) as Op[]
       expect(ops.every((o) => o.op === 'add')).toBe(true)
       // The annotation key's "/" is escaped as ~1 (RFC 6901).
-      expect(ops[0]).toEqual({ op: 'add', path: expect.stringMatching(/^\/metadata\/annotations(\/txmesh\.io~1status)?$/), value: expect.anything() })
+      expect(ops[0]).toEqual({
+        op: 'add',
+        path: expect.stringMatching(/^\/metadata\/annotations(\/txmesh\.io~1status)?$/),
+        value: expect.anything(),
+      })
       const pod = applyRfc6902(podOf(r), ops) as JsonObject
       const offline = injectObject(podOf(r), { image: IMAGE, namespaceEnabled: path === WEBHOOK.namespaceEnabledPath })
       expect(pod).toEqual(offline?.object)
@@ -151,9 +187,20 @@ describe('txmesh webhook: AdmissionReview v1 over HTTPS', () => {
       const annotations = (pod.metadata as { annotations: Record<string, string> }).annotations
       expect(annotations['txmesh.io/status']).toBe('injected')
       // TXMESH_SERVICE from the label app; the ReplicaSet's generated name is not used.
-      const proxy = [...((pod.spec as { initContainers?: Obj[] }).initContainers ?? []), ...(pod.spec as { containers: Obj[] }).containers].find((c) => c.name === 'txmesh-proxy')
+      const proxy = [
+        ...((pod.spec as { initContainers?: Obj[] }).initContainers ?? []),
+        ...(pod.spec as { containers: Obj[] }).containers,
+      ].find((c) => c.name === 'txmesh-proxy')
       expect((proxy?.env as Obj[])[0]).toEqual({ name: 'TXMESH_SERVICE', value: 'orders' })
-      expect(lastLog()).toMatchObject({ level: 'info', event: 'admission', component: 'webhook', uid, namespace: 'shop', outcome: 'injected', operations: ops.length })
+      expect(lastLog()).toMatchObject({
+        level: 'info',
+        event: 'admission',
+        component: 'webhook',
+        uid,
+        namespace: 'shop',
+        outcome: 'injected',
+        operations: ops.length,
+      })
 
       // Reinvocation (reinvocationPolicy: IfNeeded) sees the injected pod: no second patch.
       const again = structuredClone(r) as { request: { object: unknown } }
@@ -180,13 +227,28 @@ describe('txmesh webhook: AdmissionReview v1 over HTTPS', () => {
 
   it('denies a pod it cannot inject, with the code and reason, rather than admit it without a sidecar', async () => {
     for (const [fixture, code, status, message] of [
-      ['pod-no-app-port.json', 'TXM_INJECT_NO_APP_PORT', 400, /no txmesh\.io\/app-port annotation and the first container "worker" declares no containerPort/],
-      ['pod-bad-capture.json', 'TXM_INJECT_INVALID', 400, /txmesh\.io\/capture: must be "env" or "iptables", not "ebpf" \(at \/metadata\/annotations\/txmesh\.io~1capture\)/],
+      [
+        'pod-no-app-port.json',
+        'TXM_INJECT_NO_APP_PORT',
+        400,
+        /no txmesh\.io\/app-port annotation and the first container "worker" declares no containerPort/,
+      ],
+      [
+        'pod-bad-capture.json',
+        'TXM_INJECT_INVALID',
+        400,
+        /txmesh\.io\/capture: must be "env" or "iptables", not "ebpf" \(at \/metadata\/annotations\/txmesh\.io~1capture\)/,
+      ],
     ] as const) {
       const r = review(fixture)
       const res = await post(JSON.stringify(r))
       expect(res.status).toBe(200)
-      const response = res.json.response as { uid: string; allowed: boolean; patch?: string; status: { code: number; reason: string; message: string } }
+      const response = res.json.response as {
+        uid: string
+        allowed: boolean
+        patch?: string
+        status: { code: number; reason: string; message: string }
+      }
       expect(response.allowed).toBe(false)
       expect(response.patch).toBeUndefined()
       expect(response.status.code).toBe(status)
@@ -222,7 +284,9 @@ describe('txmesh webhook: AdmissionReview v1 over HTTPS', () => {
       const res = await post(body)
       expect([res.status, res.code], what).toEqual([400, 'TXM_ADMISSION_INVALID'])
       expect((res.json.error as { code: string }).code, what).toBe('TXM_ADMISSION_INVALID')
-      expect(logLines.slice(before), what).toEqual([expect.objectContaining({ level: 'warn', event: 'admission_rejected', code: 'TXM_ADMISSION_INVALID' })])
+      expect(logLines.slice(before), what).toEqual([
+        expect.objectContaining({ level: 'warn', event: 'admission_rejected', code: 'TXM_ADMISSION_INVALID' }),
+      ])
     }
   })
 
@@ -257,7 +321,9 @@ describe('txmesh webhook: AdmissionReview v1 over HTTPS', () => {
     const malformed = await raw('NOT HTTP AT ALL\r\n\r\n')
     expect(malformed).toMatch(/^HTTP\/1\.1 400 /)
     expect(malformed.toLowerCase()).toContain('x-txmesh-error: txm_bad_request')
-    const expect100 = await raw(`POST ${WEBHOOK.path} HTTP/1.1\r\nHost: x\r\nExpect: bogus\r\nContent-Length: 2\r\nConnection: close\r\n\r\n`)
+    const expect100 = await raw(
+      `POST ${WEBHOOK.path} HTTP/1.1\r\nHost: x\r\nExpect: bogus\r\nContent-Length: 2\r\nConnection: close\r\n\r\n`,
+    )
     expect(expect100).toMatch(/^HTTP\/1\.1 400 /)
     expect(expect100.toLowerCase()).toContain('x-txmesh-error: txm_bad_request')
   })
@@ -286,9 +352,26 @@ describe('txmesh webhook: AdmissionReview v1 over HTTPS', () => {
 
 describe('txmesh webhook CLI', () => {
   it('listens with --cert/--key, reports its port, serves reviews and exits 0 on SIGTERM', async () => {
-    const child = spawn(process.execPath, [join(root, 'dist/cli/index.js'), 'webhook', '--cert', cert, '--key', key, '--port', '0', '--host', '127.0.0.1', '--image', IMAGE], {
-      stdio: ['ignore', 'pipe', 'pipe'],
-    })
+    const child = spawn(
+      process.execPath,
+      [
+        join(root, 'dist/cli/index.js'),
+        'webhook',
+        '--cert',
+        cert,
+        '--key',
+        key,
+        '--port',
+        '0',
+        '--host',
+        '127.0.0.1',
+        '--image',
+        IMAGE,
+      ],
+      {
+        stdio: ['ignore', 'pipe', 'pipe'],
+      },
+    )
     let stderr = ''
     child.stderr.on('data', (c: Buffer) => (stderr += c.toString()))
     const port = await new Promise<number>((resolve, reject) => {
@@ -301,14 +384,23 @@ describe('txmesh webhook CLI', () => {
       child.once('exit', (code) => reject(new Error(`webhook exited ${String(code)}: ${stderr}`)))
     })
     const agent = new Agent({ connect: { rejectUnauthorized: false } })
-    const res = await request(`https://127.0.0.1:${port}${WEBHOOK.path}`, { method: 'POST', body: readFileSync(join(fixtures, 'pod-annotated.json')), dispatcher: agent })
+    const res = await request(`https://127.0.0.1:${port}${WEBHOOK.path}`, {
+      method: 'POST',
+      body: readFileSync(join(fixtures, 'pod-annotated.json')),
+      dispatcher: agent,
+    })
     const body = (await res.body.json()) as { response: { allowed: boolean; patchType: string } }
     expect([res.statusCode, body.response.allowed, body.response.patchType]).toEqual([200, true, 'JSONPatch'])
     await agent.close()
     const exited = new Promise<number | null>((resolve) => child.once('exit', resolve))
     child.kill('SIGTERM')
     expect(await exited).toBe(0)
-    const lines = stderr.split('\n').filter(Boolean).map((l) => JSON.parse(l) as Obj)
-    expect(lines.filter((l) => l.event === 'admission')).toEqual([expect.objectContaining({ outcome: 'injected', component: 'webhook' })])
+    const lines = stderr
+      .split('\n')
+      .filter(Boolean)
+      .map((l) => JSON.parse(l) as Obj)
+    expect(lines.filter((l) => l.event === 'admission')).toEqual([
+      expect.objectContaining({ outcome: 'injected', component: 'webhook' }),
+    ])
   })
 })

@@ -19,9 +19,20 @@ afterAll(async () => {
   await nats.stop()
 })
 
-async function post(port: number, path: string, body?: string): Promise<{ status: number; code: string | undefined; body: Record<string, unknown> }> {
-  const r = await request(`http://127.0.0.1:${port}${path}`, { method: 'POST', ...(body === undefined ? {} : { headers: { 'content-type': 'application/json' }, body }) })
-  return { status: r.statusCode, code: r.headers['x-txmesh-error'] as string | undefined, body: (await r.body.json()) as Record<string, unknown> }
+async function post(
+  port: number,
+  path: string,
+  body?: string,
+): Promise<{ status: number; code: string | undefined; body: Record<string, unknown> }> {
+  const r = await request(`http://127.0.0.1:${port}${path}`, {
+    method: 'POST',
+    ...(body === undefined ? {} : { headers: { 'content-type': 'application/json' }, body }),
+  })
+  return {
+    status: r.statusCode,
+    code: r.headers['x-txmesh-error'] as string | undefined,
+    body: (await r.body.json()) as Record<string, unknown>,
+  }
 }
 
 /** A message request of about `requestBytes` bytes whose payload is a list of 1e20s. */
@@ -32,7 +43,15 @@ function numbersMessage(requestBytes: number): string {
 
 describe('transactional messages bounded as the decision record stores them', () => {
   it('refuses with 413 TXM_MESSAGE_TOO_LARGE the messages that would not fit the decision record, and the sidecar keeps serving', async () => {
-    const sc = await spawnSidecar(sidecarYaml('shop', 1, `events: {nats: {servers: ["${nats.url}"], stream: SIZES, topics: ["orders.>"]}}`, tempDir()), ['--control-port', String(await freePort())])
+    const sc = await spawnSidecar(
+      sidecarYaml(
+        'shop',
+        1,
+        `events: {nats: {servers: ["${nats.url}"], stream: SIZES, topics: ["orders.>"]}}`,
+        tempDir(),
+      ),
+      ['--control-port', String(await freePort())],
+    )
     procs.push(sc)
     const begin = async (): Promise<string> => {
       const r = await post(sc.ports.admin, '/v1/transactions', JSON.stringify({ mode: '2pc', timeoutMs: 30_000 }))
@@ -47,10 +66,13 @@ describe('transactional messages bounded as the decision record stores them', ()
     // 24 messages of 12 KiB each: 288 KiB of requests (under the 512 KiB per transaction), but
     // ~1.2 MiB stored, over the log's record limit.
     const many: { status: number; code: string | undefined }[] = []
-    for (let i = 0; i < 24; i++) many.push(await post(sc.ports.admin, `/v1/transactions/${id}/messages`, numbersMessage(12 * 1024)))
+    for (let i = 0; i < 24; i++)
+      many.push(await post(sc.ports.admin, `/v1/transactions/${id}/messages`, numbersMessage(12 * 1024)))
     // The commit answers (it used to kill the process) and the process lives on.
     const commit = await post(sc.ports.admin, `/v1/transactions/${id}/commit`).catch(async (err: unknown) => {
-      throw new Error(`the commit got no answer (${String(err)}); the sidecar exited with ${JSON.stringify(await sc.exited)}`)
+      throw new Error(
+        `the commit got no answer (${String(err)}); the sidecar exited with ${JSON.stringify(await sc.exited)}`,
+      )
     })
     expect(commit.status).toBe(200)
     expect(commit.body.outcome).toBe('committed')
@@ -66,9 +88,22 @@ describe('transactional messages bounded as the decision record stores them', ()
 
     // The next transaction is served as usual, and the accepted messages reach the bus.
     const next = await begin()
-    expect((await post(sc.ports.admin, `/v1/transactions/${next}/messages`, JSON.stringify({ topic: 'orders.small', payload: { id: 1 } }))).status).toBe(201)
+    expect(
+      (
+        await post(
+          sc.ports.admin,
+          `/v1/transactions/${next}/messages`,
+          JSON.stringify({ topic: 'orders.small', payload: { id: 1 } }),
+        )
+      ).status,
+    ).toBe(201)
     expect((await post(sc.ports.admin, `/v1/transactions/${next}/commit`)).body.outcome).toBe('committed')
-    await until('the accepted messages on the bus', async () => (await readStream(nats.url, 'SIZES').catch(() => [])).filter((s) => s.subject === 'orders.big').length === accepted)
+    await until(
+      'the accepted messages on the bus',
+      async () =>
+        (await readStream(nats.url, 'SIZES').catch(() => [])).filter((s) => s.subject === 'orders.big').length ===
+        accepted,
+    )
     expect(sc.child.exitCode).toBeNull()
   })
 })

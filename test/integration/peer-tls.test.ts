@@ -13,7 +13,16 @@ import { WebSocket, WebSocketServer } from 'ws'
 import { beforeAll, describe, expect, it } from 'vitest'
 import { signControl } from '../../src/tx/protocol.js'
 import { makePki, replaceFile, type Leaf, type TestPki } from '../helpers/certs.js'
-import { MESH_KEY, rawRequest, sidecarYaml, spawnSidecar, startServer, tempDir, until, type SidecarProcess } from '../helpers/servers.js'
+import {
+  MESH_KEY,
+  rawRequest,
+  sidecarYaml,
+  spawnSidecar,
+  startServer,
+  tempDir,
+  until,
+  type SidecarProcess,
+} from '../helpers/servers.js'
 import { startTxApp, stopAfterTests } from '../helpers/tx-app.js'
 
 const { procs, apps, closers } = stopAfterTests()
@@ -55,23 +64,38 @@ function httpsAgent(withCert: boolean): Agent {
 /** Serial of the certificate a new TLS connection to `port` is served. */
 function servedSerial(port: number): Promise<string> {
   return new Promise((resolve, reject) => {
-    const socket = tlsConnect({ host: '127.0.0.1', port, ca: readFileSync(pki.caFile), cert: readFileSync(leaf1.certFile), key: readFileSync(leaf1.keyFile) }, () => {
-      const serial = socket.getPeerCertificate().serialNumber
-      socket.end()
-      resolve(serial)
-    })
+    const socket = tlsConnect(
+      {
+        host: '127.0.0.1',
+        port,
+        ca: readFileSync(pki.caFile),
+        cert: readFileSync(leaf1.certFile),
+        key: readFileSync(leaf1.keyFile),
+      },
+      () => {
+        const serial = socket.getPeerCertificate().serialNumber
+        socket.end()
+        resolve(serial)
+      },
+    )
     socket.once('error', reject)
   })
 }
 
 async function begin(coord: SidecarProcess, mode = '2pc'): Promise<{ id: string; context: string }> {
-  const r = await request(`http://127.0.0.1:${coord.ports.admin}/v1/transactions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ mode, timeoutMs: 10_000 }) })
+  const r = await request(`http://127.0.0.1:${coord.ports.admin}/v1/transactions`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ mode, timeoutMs: 10_000 }),
+  })
   expect(r.statusCode).toBe(201)
   return (await r.body.json()) as { id: string; context: string }
 }
 
 async function commit(coord: SidecarProcess, id: string, op = 'commit'): Promise<Record<string, unknown>> {
-  const r = await request(`http://127.0.0.1:${coord.ports.admin}/v1/transactions/${id}/${op}?wait=acks`, { method: 'POST' })
+  const r = await request(`http://127.0.0.1:${coord.ports.admin}/v1/transactions/${id}/${op}?wait=acks`, {
+    method: 'POST',
+  })
   return (await r.body.json()) as Record<string, unknown>
 }
 
@@ -83,7 +107,13 @@ describe('peer TLS', () => {
     const inv = await spawnSidecar(sidecarYaml('inventory', inventory.port, tlsYaml(ownFiles('inventory'))))
     procs.push(inv)
     inventory.egress = inv.ports.egress
-    const ord = await spawnSidecar(sidecarYaml('orders', orders.port, `services:\n  inventory: {address: "127.0.0.1:${inv.ports.ingress}"}\n${tlsYaml(ownFiles('orders'))}`))
+    const ord = await spawnSidecar(
+      sidecarYaml(
+        'orders',
+        orders.port,
+        `services:\n  inventory: {address: "127.0.0.1:${inv.ports.ingress}"}\n${tlsYaml(ownFiles('orders'))}`,
+      ),
+    )
     procs.push(ord)
     orders.egress = ord.ports.egress
     const services = `services:\n  orders: {address: "127.0.0.1:${ord.ports.ingress}"}\n  inventory: {address: "127.0.0.1:${inv.ports.ingress}"}\n`
@@ -93,25 +123,40 @@ describe('peer TLS', () => {
     // Egress over HTTPS to orders, which calls inventory over HTTPS; prepare and commit are
     // control calls over HTTPS with client certificates.
     const tx = await begin(coord)
-    const call = await rawRequest(coord.ports.egress, { method: 'POST', path: 'http://orders/write/t1?then=inventory', headers: { 'txmesh-context': tx.context } })
+    const call = await rawRequest(coord.ports.egress, {
+      method: 'POST',
+      path: 'http://orders/write/t1?then=inventory',
+      headers: { 'txmesh-context': tx.context },
+    })
     expect(call.status, call.body).toBe(200)
     const result = await commit(coord, tx.id)
     expect(result.outcome).toBe('committed')
-    expect((result.participants as { service: string; acknowledged: boolean }[]).map((p) => `${p.service}:${p.acknowledged}`).sort()).toEqual(['inventory:true', 'orders:true'])
+    expect(
+      (result.participants as { service: string; acknowledged: boolean }[])
+        .map((p) => `${p.service}:${p.acknowledged}`)
+        .sort(),
+    ).toEqual(['inventory:true', 'orders:true'])
     expect(orders.committed).toEqual(['orders:t1'])
     expect(inventory.committed).toEqual(['inventory:t1'])
 
     // Plain HTTP to the TLS listeners gets no HTTP answer at all.
-    await expect(rawRequest(ord.ports.control, { method: 'POST', path: `/v1/tx/${tx.id}/commit`, body: '{}' })).rejects.toThrow()
+    await expect(
+      rawRequest(ord.ports.control, { method: 'POST', path: `/v1/tx/${tx.id}/commit`, body: '{}' }),
+    ).rejects.toThrow()
     await expect(rawRequest(ord.ports.ingress, { path: '/write/plain', headers: { host: 'orders' } })).rejects.toThrow()
     expect(orders.committed).toEqual(['orders:t1'])
 
     // Mutual TLS: a client without a certificate from the CA is refused during the handshake...
     const path = `/v1/tx/${tx.id}/outcome`
     const signed = { 'txmesh-auth': signControl(Buffer.from(MESH_KEY), Date.now(), 'GET', path, '') }
-    await expect(request(`https://127.0.0.1:${ord.ports.control}${path}`, { dispatcher: httpsAgent(false), headers: signed })).rejects.toThrow()
+    await expect(
+      request(`https://127.0.0.1:${ord.ports.control}${path}`, { dispatcher: httpsAgent(false), headers: signed }),
+    ).rejects.toThrow()
     // ...and one with a certificate gets through TLS to the control API's own checks.
-    const ok = await request(`https://127.0.0.1:${ord.ports.control}${path}`, { dispatcher: httpsAgent(true), headers: signed })
+    const ok = await request(`https://127.0.0.1:${ord.ports.control}${path}`, {
+      dispatcher: httpsAgent(true),
+      headers: signed,
+    })
     expect(ok.statusCode).toBe(200)
     await ok.body.dump()
     const unsigned = await request(`https://127.0.0.1:${ord.ports.control}${path}`, { dispatcher: httpsAgent(true) })
@@ -128,35 +173,69 @@ describe('peer TLS', () => {
     procs.push(ord)
     // A TLS peer of our own that records the client certificate each new connection presents.
     const presented: string[] = []
-    const probe = createHttpsServer({ cert: readFileSync(leaf1.certFile), key: readFileSync(leaf1.keyFile), ca: readFileSync(pki.caFile), requestCert: true, rejectUnauthorized: true }, (req, res) => {
-      presented.push((req.socket as TLSSocket).getPeerCertificate().serialNumber)
-      req.resume()
-      // A new connection for every call, so each one shows the files current at that moment.
-      res.writeHead(200, { connection: 'close' }).end('{}')
-    })
+    const probe = createHttpsServer(
+      {
+        cert: readFileSync(leaf1.certFile),
+        key: readFileSync(leaf1.keyFile),
+        ca: readFileSync(pki.caFile),
+        requestCert: true,
+        rejectUnauthorized: true,
+      },
+      (req, res) => {
+        presented.push((req.socket as TLSSocket).getPeerCertificate().serialNumber)
+        req.resume()
+        // A new connection for every call, so each one shows the files current at that moment.
+        res.writeHead(200, { connection: 'close' }).end('{}')
+      },
+    )
     await new Promise<void>((r) => probe.listen(0, '127.0.0.1', r))
     closers.push(() => new Promise<void>((r) => probe.close(() => r())))
     const coordFiles = ownFiles('initiator')
     const probePort = (probe.address() as AddressInfo).port
-    const coord = await spawnSidecar(sidecarYaml('initiator', 1, `services:\n  orders: {address: "127.0.0.1:${ord.ports.ingress}"}\n  probe: {address: "127.0.0.1:${probePort}"}\n${tlsYaml(coordFiles)}`))
+    const coord = await spawnSidecar(
+      sidecarYaml(
+        'initiator',
+        1,
+        `services:\n  orders: {address: "127.0.0.1:${ord.ports.ingress}"}\n  probe: {address: "127.0.0.1:${probePort}"}\n${tlsYaml(coordFiles)}`,
+      ),
+    )
     procs.push(coord)
     expect((await rawRequest(coord.ports.egress, { path: 'http://probe/who' })).status).toBe(200)
     expect(presented).toEqual([leaf1.serial])
     expect(await servedSerial(ord.ports.control)).toBe(leaf1.serial)
     expect(await servedSerial(ord.ports.ingress)).toBe(leaf1.serial)
     const tx1 = await begin(coord)
-    expect((await rawRequest(coord.ports.egress, { method: 'POST', path: 'http://orders/write/r1', headers: { 'txmesh-context': tx1.context } })).status).toBe(200)
+    expect(
+      (
+        await rawRequest(coord.ports.egress, {
+          method: 'POST',
+          path: 'http://orders/write/r1',
+          headers: { 'txmesh-context': tx1.context },
+        })
+      ).status,
+    ).toBe(200)
     expect((await commit(coord, tx1.id)).outcome).toBe('committed')
 
     // The Secret is swapped: certificate and key files replaced.
     replaceFile(leaf2.certFile, files.certFile)
     replaceFile(leaf2.keyFile, files.keyFile)
-    await until('the control listener serves the new certificate', async () => (await servedSerial(ord.ports.control)) === leaf2.serial)
+    await until(
+      'the control listener serves the new certificate',
+      async () => (await servedSerial(ord.ports.control)) === leaf2.serial,
+    )
     expect(await servedSerial(ord.ports.ingress)).toBe(leaf2.serial)
     expect(ord.stderr()).toContain('"event":"tls_reloaded"')
     // Peers keep working: new connections verify the new certificate against the same CA.
     const tx2 = await begin(coord)
-    expect((await rawRequest(coord.ports.egress, { method: 'POST', path: 'http://orders/write/r2', headers: { 'txmesh-context': tx2.context } })).status).toBe(200)
+    expect(
+      (
+        await rawRequest(coord.ports.egress, {
+          method: 'POST',
+          path: 'http://orders/write/r2',
+          headers: { 'txmesh-context': tx2.context },
+        })
+      ).status,
+    ).toBe(200)
     expect((await commit(coord, tx2.id)).outcome).toBe('committed')
     expect(orders.committed).toEqual(['orders:r1', 'orders:r2'])
 
@@ -175,7 +254,12 @@ describe('peer TLS', () => {
     await until('one warning about the files', () => ord.stderr().includes('"event":"tls_files_invalid"'))
     await new Promise((r) => setTimeout(r, 1_500))
     expect(await servedSerial(ord.ports.control)).toBe(leaf2.serial)
-    expect(ord.stderr().split('\n').filter((l) => l.includes('"event":"tls_files_invalid"'))).toHaveLength(1)
+    expect(
+      ord
+        .stderr()
+        .split('\n')
+        .filter((l) => l.includes('"event":"tls_files_invalid"')),
+    ).toHaveLength(1)
   })
 
   it('sends saga compensations over TLS to a sidecar, and over plain HTTP to a service marked tls: false', async () => {
@@ -186,8 +270,10 @@ describe('peer TLS', () => {
       req.on('end', () => {
         seen.push(`${name} ${req.method} ${req.url}`)
         ops.push(String(req.headers['txmesh-op']))
-        if (name === 'orders' && req.method === 'POST') return void res.writeHead(201, { 'content-type': 'application/json' }).end('{"id":42}')
-        if (name === 'payments' && req.url === '/charge') return void res.writeHead(200, { 'txmesh-compensate': 'POST /refund/c-7' }).end('{}')
+        if (name === 'orders' && req.method === 'POST')
+          return void res.writeHead(201, { 'content-type': 'application/json' }).end('{"id":42}')
+        if (name === 'payments' && req.url === '/charge')
+          return void res.writeHead(200, { 'txmesh-compensate': 'POST /refund/c-7' }).end('{}')
         res.writeHead(200).end('{}')
       })
     }
@@ -217,13 +303,34 @@ describe('peer TLS', () => {
     const coord = await spawnSidecar(yaml)
     procs.push(coord)
     const tx = await begin(coord, 'saga')
-    expect((await rawRequest(coord.ports.egress, { method: 'POST', path: 'http://orders/orders', headers: { 'txmesh-context': tx.context } })).status).toBe(201)
-    expect((await rawRequest(coord.ports.egress, { method: 'POST', path: 'http://payments/charge', headers: { 'txmesh-context': tx.context } })).status).toBe(200)
+    expect(
+      (
+        await rawRequest(coord.ports.egress, {
+          method: 'POST',
+          path: 'http://orders/orders',
+          headers: { 'txmesh-context': tx.context },
+        })
+      ).status,
+    ).toBe(201)
+    expect(
+      (
+        await rawRequest(coord.ports.egress, {
+          method: 'POST',
+          path: 'http://payments/charge',
+          headers: { 'txmesh-context': tx.context },
+        })
+      ).status,
+    ).toBe(200)
     const aborted = await commit(coord, tx.id, 'abort')
     expect(aborted.outcome).toBe('aborted')
     await until('both compensations', () => seen.length === 4)
     // Reverse order: the refund (plain HTTP), then the order's undo through the orders sidecar (TLS).
-    expect(seen).toEqual(['orders POST /orders', 'payments POST /charge', 'payments POST /refund/c-7', 'orders DELETE /orders/42'])
+    expect(seen).toEqual([
+      'orders POST /orders',
+      'payments POST /charge',
+      'payments POST /refund/c-7',
+      'orders DELETE /orders/42',
+    ])
     expect(ops[0]).toBe('action')
     expect(ops[3]).toBe('compensate')
   })
@@ -235,7 +342,13 @@ describe('peer TLS', () => {
     wss.on('connection', (ws) => ws.on('message', (data) => ws.send(`echo:${String(data)}`)))
     const chat = await spawnSidecar(sidecarYaml('chat', app.port, tlsYaml(ownFiles('chat'))))
     procs.push(chat)
-    const web = await spawnSidecar(sidecarYaml('web', 1, `services:\n  chat: {address: "127.0.0.1:${chat.ports.ingress}"}\n${tlsYaml(ownFiles('web'))}`))
+    const web = await spawnSidecar(
+      sidecarYaml(
+        'web',
+        1,
+        `services:\n  chat: {address: "127.0.0.1:${chat.ports.ingress}"}\n${tlsYaml(ownFiles('web'))}`,
+      ),
+    )
     procs.push(web)
     const ws = new WebSocket(`ws://127.0.0.1:${web.ports.egress}/socket`, { headers: { host: 'chat' } })
     const got = await new Promise<string>((resolve, reject) => {

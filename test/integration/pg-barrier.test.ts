@@ -67,26 +67,39 @@ function startHelper(database = 'app', poolMax = 10): Helper {
 
 /** A step's business effect: one ledger row. */
 async function applyEffect(c: pg.PoolClient, ids: BarrierIds, delayMs = 0): Promise<number> {
-  const r = await c.query('INSERT INTO ledger (tx_id, branch_id, op) VALUES ($1, $2, $3)', [ids.txId, ids.branchId, ids.op])
+  const r = await c.query('INSERT INTO ledger (tx_id, branch_id, op) VALUES ($1, $2, $3)', [
+    ids.txId,
+    ids.branchId,
+    ids.op,
+  ])
   if (delayMs > 0) await new Promise((resolve) => setTimeout(resolve, delayMs))
   return r.rowCount ?? 0
 }
 
 /** `branch:op` of every effect applied for a transaction, sorted. */
 async function effects(txId: string): Promise<string[]> {
-  const r = await observer.query<{ k: string }>("SELECT branch_id || ':' || op AS k FROM ledger WHERE tx_id = $1 ORDER BY 1", [txId])
+  const r = await observer.query<{ k: string }>(
+    "SELECT branch_id || ':' || op AS k FROM ledger WHERE tx_id = $1 ORDER BY 1",
+    [txId],
+  )
   return r.rows.map((x) => x.k)
 }
 
 /** `branch:op:reason` of every barrier row of a transaction, sorted. */
 async function barrierRows(txId: string, pool: pg.Pool = observer): Promise<string[]> {
-  const r = await pool.query<{ k: string }>("SELECT branch_id || ':' || op || ':' || reason AS k FROM txmesh_barrier WHERE tx_id = $1 ORDER BY 1", [txId])
+  const r = await pool.query<{ k: string }>(
+    "SELECT branch_id || ':' || op || ':' || reason AS k FROM txmesh_barrier WHERE tx_id = $1 ORDER BY 1",
+    [txId],
+  )
   return r.rows.map((x) => x.k)
 }
 
 /** Sessions of the helper's pool holding an open transaction. */
 async function openSessions(appName: string): Promise<number> {
-  const r = await observer.query<{ n: string }>("SELECT count(*) AS n FROM pg_stat_activity WHERE application_name = $1 AND state LIKE 'idle in transaction%'", [appName])
+  const r = await observer.query<{ n: string }>(
+    "SELECT count(*) AS n FROM pg_stat_activity WHERE application_name = $1 AND state LIKE 'idle in transaction%'",
+    [appName],
+  )
   return Number(r.rows[0]?.n)
 }
 
@@ -101,7 +114,10 @@ async function eventually(check: () => Promise<boolean>, ms = 5_000): Promise<vo
 const ids = (txId: string, branchId: string, op: BarrierOp): BarrierIds => ({ txId, branchId, op })
 
 /** A step through the barrier that counts how often its fn ran. */
-function counted(h: Helper): { readonly runs: () => number; step(i: BarrierIds, delayMs?: number): ReturnType<TxmeshPg['barrier']> } {
+function counted(h: Helper): {
+  readonly runs: () => number
+  step(i: BarrierIds, delayMs?: number): ReturnType<TxmeshPg['barrier']>
+} {
   let n = 0
   return {
     runs: () => n,
@@ -145,12 +161,20 @@ async function startApp(): Promise<App> {
 }
 
 /** Every route is a saga/tcc step: its effect runs under the barrier, a hanging call gets 409. */
-async function step(txm: TxmeshPg, req: IncomingMessage, res: ServerResponse, tx: TxmeshPgTx | undefined): Promise<void> {
+async function step(
+  txm: TxmeshPg,
+  req: IncomingMessage,
+  res: ServerResponse,
+  tx: TxmeshPgTx | undefined,
+): Promise<void> {
   let r
   try {
     r = await txm.barrier(req, async (c) => {
       const h = req.headers
-      return applyEffect(c, ids(String(h['txmesh-tx-id']), String(h['txmesh-branch-id']), String(h['txmesh-op']) as BarrierOp))
+      return applyEffect(
+        c,
+        ids(String(h['txmesh-tx-id']), String(h['txmesh-branch-id']), String(h['txmesh-op']) as BarrierOp),
+      )
     })
   } catch (err) {
     if (err instanceof TxmeshPgError) return json(res, err.status, { error: { code: err.code } })
@@ -176,10 +200,18 @@ interface Answer {
 async function call(app: App, path: string, headers: Record<string, string | string[]>): Promise<Answer> {
   const r = await request(`${app.url}${path}`, { method: 'POST', headers })
   const text = await r.body.text()
-  return { status: r.statusCode, body: text === '' ? {} : (JSON.parse(text) as Record<string, unknown>), headers: r.headers }
+  return {
+    status: r.statusCode,
+    body: text === '' ? {} : (JSON.parse(text) as Record<string, unknown>),
+    headers: r.headers,
+  }
 }
 
-const sidecar = (i: BarrierIds): Record<string, string> => ({ 'txmesh-tx-id': i.txId, 'txmesh-branch-id': i.branchId, 'txmesh-op': i.op })
+const sidecar = (i: BarrierIds): Record<string, string> => ({
+  'txmesh-tx-id': i.txId,
+  'txmesh-branch-id': i.branchId,
+  'txmesh-op': i.op,
+})
 
 describe('txmesh/pg sub-transaction barrier on real Postgres', () => {
   it('runs fn once and commits its effect together with its barrier row', async () => {
@@ -212,7 +244,12 @@ describe('txmesh/pg sub-transaction barrier on real Postgres', () => {
       expect(await s.step(ids(tx, 'saga', 'compensate'))).toEqual({ ran: false, reason: 'duplicate' })
       expect(s.runs()).toBe(4)
       expect(await effects(tx)).toEqual(['saga:action', 'saga:compensate', 'tcc:confirm', 'tcc:try'])
-      expect(await barrierRows(tx)).toEqual(['saga:action:action', 'saga:compensate:compensate', 'tcc:confirm:confirm', 'tcc:try:try'])
+      expect(await barrierRows(tx)).toEqual([
+        'saga:action:action',
+        'saga:compensate:compensate',
+        'tcc:confirm:confirm',
+        'tcc:try:try',
+      ])
     } finally {
       await h.stop()
     }
@@ -230,7 +267,12 @@ describe('txmesh/pg sub-transaction barrier on real Postgres', () => {
       expect(s.runs()).toBe(0)
       expect(await effects(tx)).toEqual([])
       // Both rows commit: the origin's row (written by its undo) is what makes it hang later.
-      expect(await barrierRows(tx)).toEqual(['saga:action:compensate', 'saga:compensate:compensate', 'tcc:cancel:cancel', 'tcc:try:cancel'])
+      expect(await barrierRows(tx)).toEqual([
+        'saga:action:compensate',
+        'saga:compensate:compensate',
+        'tcc:cancel:cancel',
+        'tcc:try:cancel',
+      ])
     } finally {
       await h.stop()
     }
@@ -248,7 +290,12 @@ describe('txmesh/pg sub-transaction barrier on real Postgres', () => {
       expect(await s.step(ids(tx, 'tcc', 'try'))).toEqual({ ran: false, reason: 'hanging' }) // and stays so
       expect(s.runs()).toBe(0)
       expect(await effects(tx)).toEqual([])
-      expect(await barrierRows(tx)).toEqual(['saga:action:compensate', 'saga:compensate:compensate', 'tcc:cancel:cancel', 'tcc:try:cancel'])
+      expect(await barrierRows(tx)).toEqual([
+        'saga:action:compensate',
+        'saga:compensate:compensate',
+        'tcc:cancel:cancel',
+        'tcc:try:cancel',
+      ])
     } finally {
       await h.stop()
     }
@@ -309,7 +356,12 @@ describe('txmesh/pg sub-transaction barrier on real Postgres', () => {
       await sa.step(ids(tx, 'tcc', 'try'))
       const confirm = ids(tx, 'tcc', 'confirm')
       // fn holds its transaction open a while, so the others really wait on the barrier row.
-      const results = await Promise.all([sa.step(confirm, 150), sb.step(confirm, 150), sa.step(confirm, 150), sb.step(confirm, 150)])
+      const results = await Promise.all([
+        sa.step(confirm, 150),
+        sb.step(confirm, 150),
+        sa.step(confirm, 150),
+        sb.step(confirm, 150),
+      ])
       expect(results.filter((r) => r.ran)).toHaveLength(1)
       expect(results.filter((r) => !r.ran && r.reason === 'duplicate')).toHaveLength(3)
       expect(sa.runs() + sb.runs()).toBe(2) // the try, and one confirm
@@ -318,7 +370,11 @@ describe('txmesh/pg sub-transaction barrier on real Postgres', () => {
       const tx2 = newId()
       const [t, c] = await Promise.all([sa.step(ids(tx2, 'x', 'try'), 100), sb.step(ids(tx2, 'x', 'cancel'), 100)])
       if (t.ran) expect(c.ran).toBe(true)
-      else expect([t, c]).toEqual([{ ran: false, reason: 'hanging' }, { ran: false, reason: 'empty' }])
+      else
+        expect([t, c]).toEqual([
+          { ran: false, reason: 'hanging' },
+          { ran: false, reason: 'empty' },
+        ])
       expect(await effects(tx2)).toEqual(t.ran ? ['x:cancel', 'x:try'] : [])
     } finally {
       await a.stop()
@@ -347,7 +403,11 @@ describe('txmesh/pg sub-transaction barrier on real Postgres', () => {
       const first = helpers[0]
       if (first === undefined) throw new Error('no helper')
       expect(await barrierRows(tx, first.pool)).toHaveLength(12)
-      expect(Number((await first.pool.query<{ n: string }>('SELECT count(*) AS n FROM ledger WHERE tx_id = $1', [tx])).rows[0]?.n)).toBe(12)
+      expect(
+        Number(
+          (await first.pool.query<{ n: string }>('SELECT count(*) AS n FROM ledger WHERE tx_id = $1', [tx])).rows[0]?.n,
+        ),
+      ).toBe(12)
       await first.txm.ensureBarrier() // idempotent
     } finally {
       await Promise.all(helpers.map((h) => h.stop()))
@@ -363,12 +423,17 @@ describe('txmesh/pg sub-transaction barrier on real Postgres', () => {
       // Another instance's CREATE is in flight (uncommitted): ours cannot see the table, tries to
       // create it, waits on the catalog's unique index and fails with 23505 once that commits.
       await other.query('BEGIN')
-      await other.query('CREATE TABLE txmesh_barrier (tx_id text NOT NULL, branch_id text NOT NULL, op text NOT NULL, reason text NOT NULL, created_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (tx_id, branch_id, op))')
+      await other.query(
+        'CREATE TABLE txmesh_barrier (tx_id text NOT NULL, branch_id text NOT NULL, op text NOT NULL, reason text NOT NULL, created_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (tx_id, branch_id, op))',
+      )
       const tx = newId()
       const running = h.txm.barrier(ids(tx, 'b1', 'action'), async () => 'ran')
       // (Asked from outside `other`: pg_stat_activity is a snapshot per transaction.)
       await eventually(async () => {
-        const r = await observer.query("SELECT 1 FROM pg_stat_activity WHERE application_name = $1 AND wait_event_type = 'Lock'", [h.appName])
+        const r = await observer.query(
+          "SELECT 1 FROM pg_stat_activity WHERE application_name = $1 AND wait_event_type = 'Lock'",
+          [h.appName],
+        )
         return r.rowCount === 1
       })
       await other.query('COMMIT')

@@ -7,7 +7,14 @@ import type { AddressInfo } from 'node:net'
 import pg from 'pg'
 import { request } from 'undici'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { createTxmeshPg, PgConfigError, type TxmeshPg, type TxmeshPgEvent, type TxmeshPgOptions, type TxmeshPgTx } from '../../src/helpers/pg/index.js'
+import {
+  createTxmeshPg,
+  PgConfigError,
+  type TxmeshPg,
+  type TxmeshPgEvent,
+  type TxmeshPgOptions,
+  type TxmeshPgTx,
+} from '../../src/helpers/pg/index.js'
 import { startPostgres, type PostgresInstance } from '../helpers/pg.js'
 
 let db: PostgresInstance
@@ -39,7 +46,10 @@ interface App {
   stop(): Promise<void>
 }
 
-async function startApp(options: Partial<Omit<TxmeshPgOptions, 'pool'>> & { service: string }, poolMax = 10): Promise<App> {
+async function startApp(
+  options: Partial<Omit<TxmeshPgOptions, 'pool'>> & { service: string },
+  poolMax = 10,
+): Promise<App> {
   const appName = `app-${options.service}-${newId().slice(0, 6)}`
   const pool = new pg.Pool({ connectionString: db.connectionString('app'), max: poolMax, application_name: appName })
   // As every pg app must: an idle client whose backend is terminated (the test kills backends,
@@ -68,12 +78,23 @@ async function startApp(options: Partial<Omit<TxmeshPgOptions, 'pool'>> & { serv
 }
 
 /** The app's business routes. With `tx` the work joins the branch; without it, autocommit. */
-async function route(req: IncomingMessage, res: ServerResponse, tx: TxmeshPgTx | undefined, pool: pg.Pool, spans: { start: number; end: number }[]): Promise<void> {
+async function route(
+  req: IncomingMessage,
+  res: ServerResponse,
+  tx: TxmeshPgTx | undefined,
+  pool: pg.Pool,
+  spans: { start: number; end: number }[],
+): Promise<void> {
   const u = new URL(req.url ?? '/', 'http://app')
   const id = u.searchParams.get('id') ?? ''
-  const q = <R extends pg.QueryResultRow>(text: string, values?: unknown[]): Promise<pg.QueryResult<R>> => (tx ? tx.query<R>(text, values) : pool.query<R>(text, values))
+  const q = <R extends pg.QueryResultRow>(text: string, values?: unknown[]): Promise<pg.QueryResult<R>> =>
+    tx ? tx.query<R>(text, values) : pool.query<R>(text, values)
   const who = async (): Promise<{ pid: number; xid: string | null }> =>
-    (await q<{ pid: number; xid: string | null }>('SELECT pg_backend_pid() AS pid, txid_current_if_assigned()::text AS xid')).rows[0] ?? { pid: -1, xid: null }
+    (
+      await q<{ pid: number; xid: string | null }>(
+        'SELECT pg_backend_pid() AS pid, txid_current_if_assigned()::text AS xid',
+      )
+    ).rows[0] ?? { pid: -1, xid: null }
   if (req.method === 'POST' && u.pathname === '/items') {
     await q('INSERT INTO items (id, note) VALUES ($1, $2)', [id, u.searchParams.get('note') ?? 'x'])
     return json(res, 201, { tx: tx !== undefined, ...(await who()) })
@@ -82,7 +103,8 @@ async function route(req: IncomingMessage, res: ServerResponse, tx: TxmeshPgTx |
     const r = await q<{ note: string }>('SELECT note FROM items WHERE id = $1', [id])
     return json(res, 200, { found: r.rows.length === 1, ...(await who()) })
   }
-  if (req.method === 'GET' && u.pathname === '/whoami') return json(res, 200, { tx: tx !== undefined, ...(await who()) })
+  if (req.method === 'GET' && u.pathname === '/whoami')
+    return json(res, 200, { tx: tx !== undefined, ...(await who()) })
   if (req.method === 'POST' && u.pathname === '/fail') {
     await q('INSERT INTO items (id, note) VALUES ($1, $2)', [id, 'doomed'])
     return json(res, 500, { error: 'business rule broken' })
@@ -115,7 +137,13 @@ interface Answer {
   headers: Record<string, string | string[] | undefined>
 }
 
-async function call(app: App, method: string, path: string, ids?: { tx: string; branch: string }, extraHeaders: Record<string, string> = {}): Promise<Answer> {
+async function call(
+  app: App,
+  method: string,
+  path: string,
+  ids?: { tx: string; branch: string },
+  extraHeaders: Record<string, string> = {},
+): Promise<Answer> {
   const headers: Record<string, string> = { ...extraHeaders }
   if (ids) {
     headers['txmesh-tx-id'] = ids.tx
@@ -124,7 +152,11 @@ async function call(app: App, method: string, path: string, ids?: { tx: string; 
   }
   const r = await request(`${app.url}${path}`, { method: method as 'GET', headers })
   const text = await r.body.text()
-  return { status: r.statusCode, body: text === '' ? {} : (JSON.parse(text) as Record<string, unknown>), headers: r.headers }
+  return {
+    status: r.statusCode,
+    body: text === '' ? {} : (JSON.parse(text) as Record<string, unknown>),
+    headers: r.headers,
+  }
 }
 
 /** The sidecar calling one of the app's hooks. */
@@ -140,7 +172,10 @@ async function rowExists(id: string): Promise<boolean> {
 
 async function preparedGids(service: string): Promise<string[]> {
   const prefix = `txm:${service}:`
-  const r = await observer.query<{ gid: string }>('SELECT gid FROM pg_prepared_xacts WHERE left(gid, length($1)) = $1 ORDER BY gid', [prefix])
+  const r = await observer.query<{ gid: string }>(
+    'SELECT gid FROM pg_prepared_xacts WHERE left(gid, length($1)) = $1 ORDER BY gid',
+    [prefix],
+  )
   return r.rows.map((x) => x.gid)
 }
 
@@ -150,13 +185,19 @@ async function allPrepared(): Promise<number> {
 
 /** Sessions of the app holding an open transaction. */
 async function openSessions(app: App): Promise<number> {
-  const r = await observer.query<{ n: string }>("SELECT count(*) AS n FROM pg_stat_activity WHERE application_name = $1 AND state LIKE 'idle in transaction%'", [app.appName])
+  const r = await observer.query<{ n: string }>(
+    "SELECT count(*) AS n FROM pg_stat_activity WHERE application_name = $1 AND state LIKE 'idle in transaction%'",
+    [app.appName],
+  )
   return Number(r.rows[0]?.n)
 }
 
 /** Sessions of the app running a statement. */
 async function activeSessions(app: App): Promise<number> {
-  const r = await observer.query<{ n: string }>("SELECT count(*) AS n FROM pg_stat_activity WHERE application_name = $1 AND state = 'active'", [app.appName])
+  const r = await observer.query<{ n: string }>(
+    "SELECT count(*) AS n FROM pg_stat_activity WHERE application_name = $1 AND state = 'active'",
+    [app.appName],
+  )
   return Number(r.rows[0]?.n)
 }
 
@@ -204,18 +245,47 @@ describe('txmesh/pg participant helper on real Postgres', () => {
   it('serves prepare, commit and abort calls batched in one request ({hookPrefix}/batch), each answered as its own hook would', async () => {
     const app = await startApp({ service: 'orders' })
     const batch = async (body: string, method = 'POST'): Promise<Answer> => {
-      const r = await request(`${app.url}/.well-known/txmesh/batch`, { method: method as 'POST', headers: { 'content-type': 'application/json' }, ...(method === 'POST' ? { body } : {}) })
+      const r = await request(`${app.url}/.well-known/txmesh/batch`, {
+        method: method as 'POST',
+        headers: { 'content-type': 'application/json' },
+        ...(method === 'POST' ? { body } : {}),
+      })
       const text = await r.body.text()
-      return { status: r.statusCode, body: text === '' ? {} : (JSON.parse(text) as Record<string, unknown>), headers: r.headers }
+      return {
+        status: r.statusCode,
+        body: text === '' ? {} : (JSON.parse(text) as Record<string, unknown>),
+        headers: r.headers,
+      }
     }
     try {
-      const [a, b, c, ro] = [newId(), newId(), newId(), newId()].map((tx, i) => ({ tx, branch: `b${i}` })) as [{ tx: string; branch: string }, { tx: string; branch: string }, { tx: string; branch: string }, { tx: string; branch: string }]
+      const [a, b, c, ro] = [newId(), newId(), newId(), newId()].map((tx, i) => ({ tx, branch: `b${i}` })) as [
+        { tx: string; branch: string },
+        { tx: string; branch: string },
+        { tx: string; branch: string },
+        { tx: string; branch: string },
+      ]
       const rows = [newId(), newId(), newId()]
-      for (const [i, ids] of [a, b, c].entries()) expect((await call(app, 'POST', `/items?id=${rows[i] as string}`, ids)).status).toBe(201)
+      for (const [i, ids] of [a, b, c].entries())
+        expect((await call(app, 'POST', `/items?id=${rows[i] as string}`, ids)).status).toBe(201)
       expect((await call(app, 'GET', '/whoami', ro)).status).toBe(200)
-      const item = (hook: string, ids: { tx: string; branch: string }): Record<string, string> => ({ hook, tx: ids.tx, branch: ids.branch, context: 'opaque-to-the-app' })
+      const item = (hook: string, ids: { tx: string; branch: string }): Record<string, string> => ({
+        hook,
+        tx: ids.tx,
+        branch: ids.branch,
+        context: 'opaque-to-the-app',
+      })
       // Prepare three (one wrote nothing: read-only), with a malformed item among them.
-      const prepared = await batch(JSON.stringify({ items: [item('prepare', a), item('prepare', b), { hook: 'prepare', tx: 'bad id!', branch: 'x' }, item('prepare', ro), item('prepare', c)] }))
+      const prepared = await batch(
+        JSON.stringify({
+          items: [
+            item('prepare', a),
+            item('prepare', b),
+            { hook: 'prepare', tx: 'bad id!', branch: 'x' },
+            item('prepare', ro),
+            item('prepare', c),
+          ],
+        }),
+      )
       expect(prepared.status).toBe(200)
       const results = prepared.body.results as { status: number; body?: Record<string, unknown> }[]
       expect(results.map((r) => r.status)).toEqual([200, 200, 400, 204, 200])
@@ -223,20 +293,39 @@ describe('txmesh/pg participant helper on real Postgres', () => {
       expect((results[2]?.body?.error as { code: string }).code).toBe('TXM_PG_BAD_ID')
       expect(await preparedGids('orders')).toEqual([a, b, c].map((x) => `txm:orders:${x.tx}:${x.branch}`).sort())
       // Commit two and abort one in the next batch; a repeated commit answers 404 in its place.
-      const finished = await batch(JSON.stringify({ items: [item('commit', a), item('abort', b), item('commit', c), item('commit', a)] }))
+      const finished = await batch(
+        JSON.stringify({ items: [item('commit', a), item('abort', b), item('commit', c), item('commit', a)] }),
+      )
       expect((finished.body.results as { status: number }[]).map((r) => r.status)).toEqual([200, 200, 200, 404])
-      expect([await rowExists(rows[0] as string), await rowExists(rows[1] as string), await rowExists(rows[2] as string)]).toEqual([true, false, true])
+      expect([
+        await rowExists(rows[0] as string),
+        await rowExists(rows[1] as string),
+        await rowExists(rows[2] as string),
+      ]).toEqual([true, false, true])
       expect(await allPrepared()).toBe(0)
 
       // What is not a batch is refused whole, with a code.
-      for (const bad of ['not json', '{}', '{"items": []}', '{"items": {}}', JSON.stringify({ items: Array.from({ length: 65 }, () => item('commit', a)) })]) {
+      for (const bad of [
+        'not json',
+        '{}',
+        '{"items": []}',
+        '{"items": {}}',
+        JSON.stringify({ items: Array.from({ length: 65 }, () => item('commit', a)) }),
+      ]) {
         const r = await batch(bad)
         expect([r.status, errorCode(r)], bad.slice(0, 20)).toEqual([400, 'TXM_PG_BAD_BATCH'])
       }
       const unknownHook = await batch(JSON.stringify({ items: [{ hook: 'confirm', tx: a.tx, branch: 'b0' }] }))
-      expect((unknownHook.body.results as { status: number; body: { error: { code: string } } }[])[0]).toMatchObject({ status: 400, body: { error: { code: 'TXM_PG_BAD_BATCH' } } })
+      expect((unknownHook.body.results as { status: number; body: { error: { code: string } } }[])[0]).toMatchObject({
+        status: 400,
+        body: { error: { code: 'TXM_PG_BAD_BATCH' } },
+      })
       const tooLarge = await batch(JSON.stringify({ items: [{ ...item('commit', a), pad: 'x'.repeat(70_000) }] }))
-      expect([tooLarge.status, errorCode(tooLarge), tooLarge.headers.connection]).toEqual([400, 'TXM_PG_BAD_BATCH', 'close'])
+      expect([tooLarge.status, errorCode(tooLarge), tooLarge.headers.connection]).toEqual([
+        400,
+        'TXM_PG_BAD_BATCH',
+        'close',
+      ])
       const get = await batch('', 'GET')
       expect([get.status, errorCode(get)]).toEqual([405, 'TXM_PG_METHOD_NOT_ALLOWED'])
       // The app still serves.
@@ -255,7 +344,10 @@ describe('txmesh/pg participant helper on real Postgres', () => {
       const chunks: Buffer[] = []
       req.on('data', (c: Buffer) => chunks.push(c))
       req.on('end', () => {
-        if (req.headers['x-parse'] === '1') (req as IncomingMessage & { body?: unknown }).body = JSON.parse(Buffer.concat(chunks).toString('utf8')) as unknown
+        if (req.headers['x-parse'] === '1')
+          (req as IncomingMessage & { body?: unknown }).body = JSON.parse(
+            Buffer.concat(chunks).toString('utf8'),
+          ) as unknown
         txm.middleware(req, res, () => json(res, 404, {}))
       })
     })
@@ -263,12 +355,20 @@ describe('txmesh/pg participant helper on real Postgres', () => {
     const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}/.well-known/txmesh/batch`
     try {
       const body = JSON.stringify({ items: [{ hook: 'commit', tx: newId(), branch: 'b1' }] })
-      const parsed = await request(url, { method: 'POST', headers: { 'content-type': 'application/json', 'x-parse': '1' }, body })
+      const parsed = await request(url, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json', 'x-parse': '1' },
+        body,
+      })
       expect(parsed.statusCode).toBe(200)
-      expect(((await parsed.body.json()) as { results: { status: number }[] }).results.map((r) => r.status)).toEqual([404])
+      expect(((await parsed.body.json()) as { results: { status: number }[] }).results.map((r) => r.status)).toEqual([
+        404,
+      ])
       const consumed = await request(url, { method: 'POST', headers: { 'content-type': 'application/json' }, body })
       expect([consumed.statusCode, consumed.headers['x-txmesh-error']]).toEqual([400, 'TXM_PG_BAD_BATCH'])
-      expect(((await consumed.body.json()) as { error: { message: string } }).error.message).toContain('mount txm.middleware before body parsers')
+      expect(((await consumed.body.json()) as { error: { message: string } }).error.message).toContain(
+        'mount txm.middleware before body parsers',
+      )
     } finally {
       await txm.close()
       server.closeAllConnections()
@@ -438,7 +538,8 @@ describe('txmesh/pg participant helper on real Postgres', () => {
       expect(answers.map((a) => a.status)).toEqual([201, 201, 201])
       expect(new Set(answers.map((a) => a.body.xid))).toEqual(new Set([first.body.xid]))
       const spans = [...app.spans].sort((x, y) => x.start - y.start)
-      for (let i = 1; i < spans.length; i++) expect(spans[i]?.start).toBeGreaterThanOrEqual(spans[i - 1]?.end ?? Infinity)
+      for (let i = 1; i < spans.length; i++)
+        expect(spans[i]?.start).toBeGreaterThanOrEqual(spans[i - 1]?.end ?? Infinity)
       expect(await openSessions(app)).toBe(1)
 
       expect((await hook(app, 'prepare', ids)).status).toBe(200)
@@ -454,7 +555,11 @@ describe('txmesh/pg participant helper on real Postgres', () => {
   it('recovers prepared rows after a restart as the sidecar says, leaving in-doubt ones and other services alone', async () => {
     const before = await startApp({ service: 'ledger' })
     const other = await startApp({ service: 'ledger-audit' })
-    const branches = { commit: { tx: newId(), branch: 'c' }, abort: { tx: newId(), branch: 'a' }, doubt: { tx: newId(), branch: 'd' } }
+    const branches = {
+      commit: { tx: newId(), branch: 'c' },
+      abort: { tx: newId(), branch: 'a' },
+      doubt: { tx: newId(), branch: 'd' },
+    }
     const rows = { commit: newId(), abort: newId(), doubt: newId(), other: newId() }
     const otherIds = { tx: newId(), branch: 'o' }
     for (const k of ['commit', 'abort', 'doubt'] as const) {
@@ -525,7 +630,9 @@ describe('txmesh/pg participant helper on real Postgres', () => {
       expect((await call(app, 'POST', `/items?id=${row}`, ids)).status).toBe(201)
       expect((await hook(app, 'prepare', ids)).status).toBe(200)
       expect(await orphan.txm.recover()).toEqual({ committed: 0, aborted: 0, inDoubt: 1 })
-      expect(orphan.events.find((e) => e.event === 'recover_in_doubt')?.message).toMatch(/unreachable.*after 3 attempts/)
+      expect(orphan.events.find((e) => e.event === 'recover_in_doubt')?.message).toMatch(
+        /unreachable.*after 3 attempts/,
+      )
       expect(await preparedGids('stock')).toHaveLength(1)
       expect((await hook(app, 'abort', ids)).status).toBe(200)
       expect(await allPrepared()).toBe(0)
@@ -653,7 +760,10 @@ describe('txmesh/pg participant helper on real Postgres', () => {
       const half = await call(app, 'POST', `/items?id=${newId()}`, undefined, { 'txmesh-tx-id': newId() })
       expect(half.status).toBe(400)
       // 4 + 100 + 1 + 64 + 1 + 64 = 234 bytes: over Postgres' GIDSIZE.
-      const tooLong = await call(longName, 'POST', `/items?id=${newId()}`, { tx: 't'.repeat(64), branch: 'b'.repeat(64) })
+      const tooLong = await call(longName, 'POST', `/items?id=${newId()}`, {
+        tx: 't'.repeat(64),
+        branch: 'b'.repeat(64),
+      })
       expect(tooLong.status).toBe(400)
       expect(String((tooLong.body.error as { message?: unknown }).message)).toMatch(/234 bytes; Postgres allows 199/)
       const hookBad = await call(app, 'POST', '/.well-known/txmesh/prepare', undefined)

@@ -118,7 +118,9 @@ routes:
 
   it('answers 431 over the listener header limit', async () => {
     const out = await new Promise<string>((resolve) => {
-      const s = connect(sc.ports.egress, '127.0.0.1', () => s.write(`GET http://api/ HTTP/1.1\r\nHost: api\r\nx-huge: ${'b'.repeat(40_000)}\r\n\r\n`))
+      const s = connect(sc.ports.egress, '127.0.0.1', () =>
+        s.write(`GET http://api/ HTTP/1.1\r\nHost: api\r\nx-huge: ${'b'.repeat(40_000)}\r\n\r\n`),
+      )
       let t = ''
       s.on('data', (c: Buffer) => (t += c.toString()))
       s.on('close', () => resolve(t))

@@ -1,6 +1,13 @@
 import { request } from 'undici'
 import { afterEach, describe, expect, it } from 'vitest'
-import { rawRequest, sidecarYaml, spawnSidecar, startEcho, startServer, type SidecarProcess } from '../helpers/servers.js'
+import {
+  rawRequest,
+  sidecarYaml,
+  spawnSidecar,
+  startEcho,
+  startServer,
+  type SidecarProcess,
+} from '../helpers/servers.js'
 
 const running: SidecarProcess[] = []
 afterEach(() => {
@@ -13,7 +20,18 @@ describe('txmesh sidecar process', () => {
     try {
       // The file names ports that are taken (the app's); every flag overrides one to 0.
       const yaml = sidecarYaml('orders', 1).replace(/port: 0/g, `port: ${app.port}`)
-      const p = await spawnSidecar(yaml, ['--app-port', String(app.port), '--egress-port', '0', '--ingress-port', '0', '--control-port', '0', '--admin-port', '0'])
+      const p = await spawnSidecar(yaml, [
+        '--app-port',
+        String(app.port),
+        '--egress-port',
+        '0',
+        '--ingress-port',
+        '0',
+        '--control-port',
+        '0',
+        '--admin-port',
+        '0',
+      ])
       running.push(p)
       for (const port of Object.values(p.ports)) expect(port).toBeGreaterThan(0)
       expect(new Set(Object.values(p.ports)).size).toBe(4)
@@ -32,7 +50,9 @@ describe('txmesh sidecar process', () => {
   })
 
   it('exits 1 with file:line:col when the config is invalid', async () => {
-    await expect(spawnSidecar('service: orders\nroutes: 3\n')).rejects.toThrow(/txmesh\.yaml:2:9: routes: must be array/)
+    await expect(spawnSidecar('service: orders\nroutes: 3\n')).rejects.toThrow(
+      /txmesh\.yaml:2:9: routes: must be array/,
+    )
   })
 
   it('drains on SIGTERM: refuses new connections, finishes the in-flight request, exits 0', async () => {

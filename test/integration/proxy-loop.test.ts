@@ -15,7 +15,10 @@ const { procs, closers } = stopAfterTests()
 
 /** sidecarYaml with the egress on a port chosen beforehand, so the config can name it. */
 function yamlWithEgress(service: string, appPort: number, egressPort: number, extra = ''): string {
-  return sidecarYaml(service, appPort, extra).replace('egress: {host: 127.0.0.1, port: 0}', `egress: {host: 127.0.0.1, port: ${egressPort}}`)
+  return sidecarYaml(service, appPort, extra).replace(
+    'egress: {host: 127.0.0.1, port: 0}',
+    `egress: {host: 127.0.0.1, port: ${egressPort}}`,
+  )
 }
 
 /** Egress requests the sidecar forwarded so far (its /metrics), whatever their status. */
@@ -23,7 +26,8 @@ async function egressForwarded(sc: SidecarProcess): Promise<number> {
   const r = await request(`http://127.0.0.1:${sc.ports.admin}/metrics`)
   const text = await r.body.text()
   let n = 0
-  for (const m of text.matchAll(/^txmesh_proxy_requests_total\{([^}]*)\} (\d+)$/gm)) if ((m[1] as string).includes('direction="egress"')) n += Number(m[2])
+  for (const m of text.matchAll(/^txmesh_proxy_requests_total\{([^}]*)\} (\d+)$/gm))
+    if ((m[1] as string).includes('direction="egress"')) n += Number(m[2])
   return n
 }
 
@@ -49,31 +53,53 @@ function exchangeRaw(port: number, bytes: string): Promise<string> {
 }
 
 describe('egress loop detection', () => {
-  it('answers 508 TXM_PROXY_LOOP at once to every spelling of its own address, and forwards nothing', { timeout: 60_000 }, async () => {
-    const { app, sc, port } = await start((p) => `services:\n  loopy: {address: "127.1:${p}"}\n  mapped: {address: "[::ffff:127.0.0.1]:${p}"}\n  named: {address: "localhost:${p}"}\n`)
-    // Literal spellings (refused before connecting) and names (refused once connected).
-    const hosts = ['127.0.0.1', '0.0.0.0', '0', '127.1', '0x7f.1', '0x7f000001', '2130706433', '017700000001', '[::ffff:127.0.0.1]', '[::ffff:7f00:1]', '[::ffff:0.0.0.0]', '[::]', 'localhost', 'LOCALHOST']
-    // This host's name, where it resolves to loopback (it does in most containers and CI VMs).
-    const own = hostname()
-    const ownAddress = await lookup(own).catch(() => undefined)
-    if (ownAddress !== undefined && /^127\./.test(ownAddress.address)) hosts.push(own)
-    const cases: { what: string; path: string; headers?: Record<string, string> }[] = [
-      ...hosts.map((h) => ({ what: `absolute-form ${h}`, path: `http://${h}:${port}/x` })),
-      ...hosts.map((h) => ({ what: `origin-form Host: ${h}`, path: '/x', headers: { host: `${h}:${port}` } })),
-      ...['loopy', 'mapped', 'named'].map((h) => ({ what: `service ${h}`, path: `http://${h}/x` })),
-    ]
-    for (const c of cases) {
-      const before = await egressForwarded(sc)
-      const started = Date.now()
-      const r = await rawRequest(sc.ports.egress, { path: c.path, headers: c.headers ?? {} })
-      const took = Date.now() - started
-      expect([r.status, r.headers['x-txmesh-error']], c.what).toEqual([508, 'TXM_PROXY_LOOP'])
-      expect(took, c.what).toBeLessThan(2_000)
-      // At most the refused request itself: it never came round again.
-      expect((await egressForwarded(sc)) - before, c.what).toBeLessThanOrEqual(1)
-    }
-    expect(app.seen).toEqual([])
-  })
+  it(
+    'answers 508 TXM_PROXY_LOOP at once to every spelling of its own address, and forwards nothing',
+    { timeout: 60_000 },
+    async () => {
+      const { app, sc, port } = await start(
+        (p) =>
+          `services:\n  loopy: {address: "127.1:${p}"}\n  mapped: {address: "[::ffff:127.0.0.1]:${p}"}\n  named: {address: "localhost:${p}"}\n`,
+      )
+      // Literal spellings (refused before connecting) and names (refused once connected).
+      const hosts = [
+        '127.0.0.1',
+        '0.0.0.0',
+        '0',
+        '127.1',
+        '0x7f.1',
+        '0x7f000001',
+        '2130706433',
+        '017700000001',
+        '[::ffff:127.0.0.1]',
+        '[::ffff:7f00:1]',
+        '[::ffff:0.0.0.0]',
+        '[::]',
+        'localhost',
+        'LOCALHOST',
+      ]
+      // This host's name, where it resolves to loopback (it does in most containers and CI VMs).
+      const own = hostname()
+      const ownAddress = await lookup(own).catch(() => undefined)
+      if (ownAddress !== undefined && /^127\./.test(ownAddress.address)) hosts.push(own)
+      const cases: { what: string; path: string; headers?: Record<string, string> }[] = [
+        ...hosts.map((h) => ({ what: `absolute-form ${h}`, path: `http://${h}:${port}/x` })),
+        ...hosts.map((h) => ({ what: `origin-form Host: ${h}`, path: '/x', headers: { host: `${h}:${port}` } })),
+        ...['loopy', 'mapped', 'named'].map((h) => ({ what: `service ${h}`, path: `http://${h}/x` })),
+      ]
+      for (const c of cases) {
+        const before = await egressForwarded(sc)
+        const started = Date.now()
+        const r = await rawRequest(sc.ports.egress, { path: c.path, headers: c.headers ?? {} })
+        const took = Date.now() - started
+        expect([r.status, r.headers['x-txmesh-error']], c.what).toEqual([508, 'TXM_PROXY_LOOP'])
+        expect(took, c.what).toBeLessThan(2_000)
+        // At most the refused request itself: it never came round again.
+        expect((await egressForwarded(sc)) - before, c.what).toBeLessThanOrEqual(1)
+      }
+      expect(app.seen).toEqual([])
+    },
+  )
 
   it('lets the app call its own ingress (one hop to the app, not a loop), and refuses an ingress whose app address is its egress', async () => {
     const { app, sc } = await start()
@@ -98,27 +124,39 @@ describe('egress loop detection', () => {
       expect(out, host).toMatch(/^HTTP\/1\.1 508 /)
       expect(out, host).toContain('x-txmesh-error: TXM_PROXY_LOOP')
     }
-    const tunneled = await exchangeRaw(sc.ports.egress, `CONNECT 0.0.0.0:${port} HTTP/1.1\r\nHost: 0.0.0.0:${port}\r\n\r\n`)
+    const tunneled = await exchangeRaw(
+      sc.ports.egress,
+      `CONNECT 0.0.0.0:${port} HTTP/1.1\r\nHost: 0.0.0.0:${port}\r\n\r\n`,
+    )
     expect(tunneled).toMatch(/^HTTP\/1\.1 508 /)
     expect(app.seen).toEqual([])
   })
 
-  it('ends a loop between two sidecars (service maps pointing at each other) at the hop bound', { timeout: 30_000 }, async () => {
-    const [pa, pb] = [await freePort(), await freePort()]
-    const appA = await startEcho()
-    const appB = await startEcho()
-    closers.push(() => appA.close(), () => appB.close())
-    // Each maps "b" to the other one's egress: every hop is to another listener.
-    const a = await spawnSidecar(yamlWithEgress('orders', appA.port, pa, `services:\n  b: {address: "127.0.0.1:${pb}"}\n`))
-    const b = await spawnSidecar(yamlWithEgress('b', appB.port, pb, `services:\n  b: {address: "127.0.0.1:${pa}"}\n`))
-    procs.push(a, b)
-    const r = await rawRequest(a.ports.egress, { path: 'http://b/x' })
-    expect([r.status, r.headers['x-txmesh-error']]).toEqual([508, 'TXM_PROXY_LOOP'])
-    const hops = (await egressForwarded(a)) + (await egressForwarded(b))
-    expect(hops).toBeLessThanOrEqual(LIMITS.maxProxyHops)
-    expect(appA.seen).toEqual([])
-    expect(appB.seen).toEqual([])
-  })
+  it(
+    'ends a loop between two sidecars (service maps pointing at each other) at the hop bound',
+    { timeout: 30_000 },
+    async () => {
+      const [pa, pb] = [await freePort(), await freePort()]
+      const appA = await startEcho()
+      const appB = await startEcho()
+      closers.push(
+        () => appA.close(),
+        () => appB.close(),
+      )
+      // Each maps "b" to the other one's egress: every hop is to another listener.
+      const a = await spawnSidecar(
+        yamlWithEgress('orders', appA.port, pa, `services:\n  b: {address: "127.0.0.1:${pb}"}\n`),
+      )
+      const b = await spawnSidecar(yamlWithEgress('b', appB.port, pb, `services:\n  b: {address: "127.0.0.1:${pa}"}\n`))
+      procs.push(a, b)
+      const r = await rawRequest(a.ports.egress, { path: 'http://b/x' })
+      expect([r.status, r.headers['x-txmesh-error']]).toEqual([508, 'TXM_PROXY_LOOP'])
+      const hops = (await egressForwarded(a)) + (await egressForwarded(b))
+      expect(hops).toBeLessThanOrEqual(LIMITS.maxProxyHops)
+      expect(appA.seen).toEqual([])
+      expect(appB.seen).toEqual([])
+    },
+  )
 
   it('counts hops in txmesh-hops: refuses a request that passed the bound, and no app sees the header', async () => {
     const callee = await startEcho()
@@ -130,7 +168,10 @@ describe('egress loop detection', () => {
     expect(ok.status).toBe(200)
     expect(callee.seen.at(-1)?.headers['txmesh-hops']).toBeUndefined()
     // Sent by an outside caller to the ingress: dropped, the request goes on.
-    const forged = await rawRequest(peer.ports.ingress, { path: '/pay', headers: { host: 'payments', 'txmesh-hops': '999' } })
+    const forged = await rawRequest(peer.ports.ingress, {
+      path: '/pay',
+      headers: { host: 'payments', 'txmesh-hops': '999' },
+    })
     expect(forged.status).toBe(200)
     expect(callee.seen.at(-1)?.headers['txmesh-hops']).toBeUndefined()
     // A request that arrives at an egress having passed the bound is a loop.
@@ -139,7 +180,10 @@ describe('egress loop detection', () => {
       const r = await rawRequest(sc.ports.egress, { path: 'http://payments/pay', headers: { 'txmesh-hops': hops } })
       expect([r.status, r.headers['x-txmesh-error']], hops).toEqual([508, 'TXM_PROXY_LOOP'])
     }
-    const below = await rawRequest(sc.ports.egress, { path: 'http://payments/pay', headers: { 'txmesh-hops': String(LIMITS.maxProxyHops - 1) } })
+    const below = await rawRequest(sc.ports.egress, {
+      path: 'http://payments/pay',
+      headers: { 'txmesh-hops': String(LIMITS.maxProxyHops - 1) },
+    })
     expect(below.status).toBe(200)
     expect(callee.seen.length).toBe(before + 1)
   })

@@ -4,7 +4,17 @@ import { execFile } from 'node:child_process'
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import { request } from 'undici'
 import { describe, expect, it } from 'vitest'
-import { CLI, freePort, rawRequest, sidecarYaml, spawnSidecar, startServer, tempDir, until, type SidecarProcess } from '../helpers/servers.js'
+import {
+  CLI,
+  freePort,
+  rawRequest,
+  sidecarYaml,
+  spawnSidecar,
+  startServer,
+  tempDir,
+  until,
+  type SidecarProcess,
+} from '../helpers/servers.js'
 import { stopAfterTests } from '../helpers/tx-app.js'
 
 const { procs, closers } = stopAfterTests()
@@ -24,7 +34,13 @@ async function app(name: string, answer: (req: IncomingMessage, res: ServerRespo
     req.resume()
     req.on('end', () => {
       const h = (k: string): string | undefined => req.headers[k] as string | undefined
-      seen.push({ method: req.method ?? '', path: req.url ?? '', tx: h('txmesh-tx-id'), branch: h('txmesh-branch-id'), op: h('txmesh-op') })
+      seen.push({
+        method: req.method ?? '',
+        path: req.url ?? '',
+        tx: h('txmesh-tx-id'),
+        branch: h('txmesh-branch-id'),
+        op: h('txmesh-op'),
+      })
       answer(req, res, seen)
     })
   })
@@ -41,14 +57,24 @@ function json(res: ServerResponse, status: number, body: unknown, headers: Recor
 /** Runs the `txmesh` CLI from dist/. */
 function cli(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
   return new Promise((resolve) => {
-    execFile(process.execPath, [CLI, ...args], (err, stdout, stderr) => resolve({ code: err === null ? 0 : Number(err.code ?? 1), stdout, stderr }))
+    execFile(process.execPath, [CLI, ...args], (err, stdout, stderr) =>
+      resolve({ code: err === null ? 0 : Number(err.code ?? 1), stdout, stderr }),
+    )
   })
 }
 
 const STEPS = 'steps: {attempts: 3, backoffBaseMs: 20, backoffCapMs: 50}'
 
-async function admin(port: number, method: 'GET' | 'POST', path: string, body?: unknown): Promise<{ status: number; body: Record<string, unknown> }> {
-  const r = await request(`http://127.0.0.1:${port}${path}`, { method, ...(body === undefined ? {} : { headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) }) })
+async function admin(
+  port: number,
+  method: 'GET' | 'POST',
+  path: string,
+  body?: unknown,
+): Promise<{ status: number; body: Record<string, unknown> }> {
+  const r = await request(`http://127.0.0.1:${port}${path}`, {
+    method,
+    ...(body === undefined ? {} : { headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) }),
+  })
   return { status: r.statusCode, body: (await r.body.json()) as Record<string, unknown> }
 }
 
@@ -58,7 +84,9 @@ async function admin(port: number, method: 'GET' | 'POST', path: string, body?: 
  */
 async function tccSidecars(walletPort: number, stockPort: number) {
   const walletSc = await spawnSidecar(sidecarYaml('wallet', walletPort))
-  const stockSc = await spawnSidecar(sidecarYaml('stock', stockPort, 'hooks: {confirm: /tcc/confirm, cancel: /tcc/cancel}'))
+  const stockSc = await spawnSidecar(
+    sidecarYaml('stock', stockPort, 'hooks: {confirm: /tcc/confirm, cancel: /tcc/cancel}'),
+  )
   procs.push(walletSc, stockSc)
   const coord = await spawnSidecar(
     sidecarYaml(
@@ -147,7 +175,11 @@ describe('saga through sidecars', () => {
         return r.body as { id: string; context: string }
       },
       call(ctx: string, url: string) {
-        return rawRequest(this.coord.ports.egress, { method: 'POST', path: url, headers: { 'txmesh-context': ctx, 'content-length': '0' } })
+        return rawRequest(this.coord.ports.egress, {
+          method: 'POST',
+          path: url,
+          headers: { 'txmesh-context': ctx, 'content-length': '0' },
+        })
       },
     }
   }
@@ -205,7 +237,11 @@ describe('saga through sidecars', () => {
     const late = await m.call(tx.context, 'http://payments/charge')
     expect(late.status).toBe(409)
     await until('late step undone', () => m.payments.seen.some((s) => s.op === 'compensate'))
-    expect(m.payments.seen.at(-1)).toMatchObject({ path: '/refund/c-7', op: 'compensate', branch: m.payments.seen.at(-2)!.branch })
+    expect(m.payments.seen.at(-1)).toMatchObject({
+      path: '/refund/c-7',
+      op: 'compensate',
+      branch: m.payments.seen.at(-2)!.branch,
+    })
     expect(m.orders.seen.map((s) => s.op)).toEqual(['action'])
   })
 
@@ -215,7 +251,10 @@ describe('saga through sidecars', () => {
     await m.call(tx.context, 'http://orders/orders')
     await m.call(tx.context, 'http://payments/charge')
     expect((await admin(m.coord.ports.admin, 'POST', `/v1/transactions/${tx.id}/abort`)).body.outcome).toBe('aborted')
-    await until('stuck', async () => (await admin(m.coord.ports.admin, 'GET', `/v1/transactions/${tx.id}`)).body.stuck === 1)
+    await until(
+      'stuck',
+      async () => (await admin(m.coord.ports.admin, 'GET', `/v1/transactions/${tx.id}`)).body.stuck === 1,
+    )
     const view = (await admin(m.coord.ports.admin, 'GET', `/v1/transactions/${tx.id}`)).body
     const steps = view.steps as { service: string; status: string; lastError?: string; attempts: number }[]
     expect(steps[1]).toMatchObject({ service: 'payments', status: 'stuck', attempts: 3 })
@@ -239,7 +278,10 @@ describe('saga through sidecars', () => {
     const retried = await cli(['tx', 'retry', tx.id, '--admin', adminUrl, '--json'])
     expect(retried.code).toBe(0)
     expect(JSON.parse(retried.stdout)).toMatchObject({ retried: 1 })
-    await until('finished', async () => (await admin(m.coord.ports.admin, 'GET', `/v1/transactions/${tx.id}`)).body.status === 'aborted')
+    await until(
+      'finished',
+      async () => (await admin(m.coord.ports.admin, 'GET', `/v1/transactions/${tx.id}`)).body.status === 'aborted',
+    )
     expect(m.orders.seen.filter((s) => s.op === 'compensate')).toHaveLength(1)
     // Nothing left to retry: a clear refusal with the code, exit 1.
     const again = await cli(['tx', 'retry', tx.id, '--admin', adminUrl])
@@ -258,10 +300,17 @@ describe('saga through sidecars', () => {
     await m.coord.exited
     m.setRefundFailures(0)
     m.coord = await m.start()
-    await until('both compensated after restart', () => m.payments.seen.some((s) => s.path === '/refund/c-7') && m.orders.seen.some((s) => s.op === 'compensate'), 15_000)
+    await until(
+      'both compensated after restart',
+      () => m.payments.seen.some((s) => s.path === '/refund/c-7') && m.orders.seen.some((s) => s.op === 'compensate'),
+      15_000,
+    )
     const refundAt = m.payments.seen.findIndex((s) => s.path === '/refund/c-7')
     expect(refundAt).toBeGreaterThan(0)
-    await until('finished', async () => (await admin(m.coord.ports.admin, 'GET', `/v1/transactions/${tx.id}`)).body.status === 'aborted')
+    await until(
+      'finished',
+      async () => (await admin(m.coord.ports.admin, 'GET', `/v1/transactions/${tx.id}`)).body.status === 'aborted',
+    )
   })
   it('begins a saga per request on a `mode: saga` ingress route and compensates when the app answers non-2xx', async () => {
     const payments = await app('payments', (req, res) => {
@@ -273,10 +322,16 @@ describe('saga through sidecars', () => {
     let appSaw: Record<string, string | undefined> = {}
     const shop = await startServer((req, res) => {
       req.resume()
-      appSaw = { context: req.headers['txmesh-context'] as string | undefined, tx: req.headers['txmesh-tx-id'] as string | undefined, branch: req.headers['txmesh-branch-id'] as string | undefined }
-      void rawRequest(egressPort, { method: 'POST', path: 'http://payments/charge', headers: { 'txmesh-context': appSaw.context ?? '', 'content-length': '0' } }).then((r) =>
-        json(res, r.status === 201 ? 409 : 500, { step: r.status }),
-      )
+      appSaw = {
+        context: req.headers['txmesh-context'] as string | undefined,
+        tx: req.headers['txmesh-tx-id'] as string | undefined,
+        branch: req.headers['txmesh-branch-id'] as string | undefined,
+      }
+      void rawRequest(egressPort, {
+        method: 'POST',
+        path: 'http://payments/charge',
+        headers: { 'txmesh-context': appSaw.context ?? '', 'content-length': '0' },
+      }).then((r) => json(res, r.status === 201 ? 409 : 500, { step: r.status }))
     })
     closers.push(shop.close)
     const yaml = sidecarYaml(
@@ -293,7 +348,11 @@ describe('saga through sidecars', () => {
     const sc = await spawnSidecar(yaml)
     procs.push(sc)
     egressPort = sc.ports.egress
-    const r = await rawRequest(sc.ports.ingress, { method: 'POST', path: '/checkout', headers: { host: 'shop', 'content-length': '0' } })
+    const r = await rawRequest(sc.ports.ingress, {
+      method: 'POST',
+      path: '/checkout',
+      headers: { host: 'shop', 'content-length': '0' },
+    })
     expect(r.status).toBe(409)
     expect(r.headers['txmesh-outcome']).toBe('aborted')
     const id = r.headers['txmesh-tx-id'] as string
@@ -303,8 +362,17 @@ describe('saga through sidecars', () => {
     expect(appSaw.tx).toBeUndefined()
     expect(appSaw.branch).toBeUndefined()
     await until('refund', () => payments.seen.some((s) => s.path === '/refund/9'))
-    expect(payments.seen[1]).toMatchObject({ method: 'POST', path: '/refund/9', tx: id, op: 'compensate', branch: payments.seen[0]!.branch })
-    await until('finished', async () => (await admin(sc.ports.admin, 'GET', `/v1/transactions/${id}`)).body.status === 'aborted')
+    expect(payments.seen[1]).toMatchObject({
+      method: 'POST',
+      path: '/refund/9',
+      tx: id,
+      op: 'compensate',
+      branch: payments.seen[0]!.branch,
+    })
+    await until(
+      'finished',
+      async () => (await admin(sc.ports.admin, 'GET', `/v1/transactions/${id}`)).body.status === 'aborted',
+    )
   })
 })
 
@@ -319,8 +387,17 @@ describe('TCC through sidecars', () => {
     const wallet = await hooks('wallet')
     const stock = await hooks('stock')
     const { coord } = await tccSidecars(wallet.port, stock.port)
-    const begin = async (): Promise<{ id: string; context: string }> => (await admin(coord.ports.admin, 'POST', '/v1/transactions', { mode: 'tcc', timeoutMs: 30_000 })).body as { id: string; context: string }
-    const call = (ctx: string, url: string) => rawRequest(coord.ports.egress, { method: 'POST', path: url, headers: { 'txmesh-context': ctx, 'content-length': '0' } })
+    const begin = async (): Promise<{ id: string; context: string }> =>
+      (await admin(coord.ports.admin, 'POST', '/v1/transactions', { mode: 'tcc', timeoutMs: 30_000 })).body as {
+        id: string
+        context: string
+      }
+    const call = (ctx: string, url: string) =>
+      rawRequest(coord.ports.egress, {
+        method: 'POST',
+        path: url,
+        headers: { 'txmesh-context': ctx, 'content-length': '0' },
+      })
     return { wallet, stock, coord, begin, call }
   }
 
@@ -334,8 +411,19 @@ describe('TCC through sidecars', () => {
     expect((r.body.steps as { status: string }[]).every((s) => s.status === 'finished')).toBe(true)
     const walletTry = m.wallet.seen[0]!
     expect(walletTry.op).toBe('try')
-    expect(m.wallet.seen[1]).toMatchObject({ method: 'POST', path: `/wallet/confirm/${walletTry.branch}`, op: 'confirm', tx: tx.id, branch: walletTry.branch })
-    expect(m.stock.seen[1]).toMatchObject({ method: 'POST', path: '/tcc/confirm', op: 'confirm', branch: m.stock.seen[0]!.branch })
+    expect(m.wallet.seen[1]).toMatchObject({
+      method: 'POST',
+      path: `/wallet/confirm/${walletTry.branch}`,
+      op: 'confirm',
+      tx: tx.id,
+      branch: walletTry.branch,
+    })
+    expect(m.stock.seen[1]).toMatchObject({
+      method: 'POST',
+      path: '/tcc/confirm',
+      op: 'confirm',
+      branch: m.stock.seen[0]!.branch,
+    })
   })
 
   it('cancels every try on abort, a failed one included', async () => {
@@ -346,7 +434,11 @@ describe('TCC through sidecars', () => {
     const r = await admin(m.coord.ports.admin, 'POST', `/v1/transactions/${tx.id}/abort?wait=acks`)
     expect(r.body.outcome).toBe('aborted')
     await until('cancels', () => m.wallet.seen.length === 2 && m.stock.seen.length === 2)
-    expect(m.wallet.seen[1]).toMatchObject({ method: 'DELETE', path: `/wallet/hold/${m.wallet.seen[0]!.branch}`, op: 'cancel' })
+    expect(m.wallet.seen[1]).toMatchObject({
+      method: 'DELETE',
+      path: `/wallet/hold/${m.wallet.seen[0]!.branch}`,
+      op: 'cancel',
+    })
     expect(m.stock.seen[1]).toMatchObject({ path: '/tcc/cancel', op: 'cancel' })
   })
 })
@@ -356,7 +448,11 @@ describe('TCC through sidecars', () => {
 // from the request alone, before the call was sent.
 describe('calls that get no answer', () => {
   /** A service that does its work, then cuts the connection without answering, when told to. */
-  async function cutting(name: string, cut: (req: IncomingMessage) => boolean, answer: (req: IncomingMessage, res: ServerResponse) => void = (_req, res) => json(res, 200, {})) {
+  async function cutting(
+    name: string,
+    cut: (req: IncomingMessage) => boolean,
+    answer: (req: IncomingMessage, res: ServerResponse) => void = (_req, res) => json(res, 200, {}),
+  ) {
     return app(name, (req, res) => {
       if (cut(req)) {
         req.socket.destroy()
@@ -368,7 +464,14 @@ describe('calls that get no answer', () => {
 
   it('saga: compensates a call whose connection was cut after the work, with the request-only template, on abort and on commit', async () => {
     // ledger: no sidecar, so the cut reaches the coordinator's egress itself.
-    const ledger = await cutting('ledger', (req) => req.url?.startsWith('/debit') === true && req.url.includes('cut=1'), (req, res) => (req.url?.startsWith('/debit') === true && req.url.includes('refuse=1') ? json(res, 409, { error: 'insufficient funds' }) : json(res, 200, { ok: true })))
+    const ledger = await cutting(
+      'ledger',
+      (req) => req.url?.startsWith('/debit') === true && req.url.includes('cut=1'),
+      (req, res) =>
+        req.url?.startsWith('/debit') === true && req.url.includes('refuse=1')
+          ? json(res, 409, { error: 'insufficient funds' })
+          : json(res, 200, { ok: true }),
+    )
     const coord = await spawnSidecar(
       sidecarYaml(
         'shop',
@@ -385,8 +488,17 @@ describe('calls that get no answer', () => {
       ),
     )
     procs.push(coord)
-    const begin = async (): Promise<{ id: string; context: string }> => (await admin(coord.ports.admin, 'POST', '/v1/transactions', { mode: 'saga', timeoutMs: 30_000 })).body as { id: string; context: string }
-    const call = (ctx: string, query: string) => rawRequest(coord.ports.egress, { method: 'POST', path: `http://ledger/debit?${query}`, headers: { 'txmesh-context': ctx, 'content-length': '0' } })
+    const begin = async (): Promise<{ id: string; context: string }> =>
+      (await admin(coord.ports.admin, 'POST', '/v1/transactions', { mode: 'saga', timeoutMs: 30_000 })).body as {
+        id: string
+        context: string
+      }
+    const call = (ctx: string, query: string) =>
+      rawRequest(coord.ports.egress, {
+        method: 'POST',
+        path: `http://ledger/debit?${query}`,
+        headers: { 'txmesh-context': ctx, 'content-length': '0' },
+      })
 
     const tx = await begin()
     const done = await call(tx.context, 'account=3&amount=5')
@@ -407,8 +519,15 @@ describe('calls that get no answer', () => {
     expect(undos[0]).toMatchObject({ method: 'POST', path: '/credit/7/10', tx: tx.id, branch: cutAction!.branch })
     expect(undos[1]).toMatchObject({ method: 'POST', path: '/credit/3/5', tx: tx.id, branch: action!.branch })
     expect(ledger.seen.some((s) => s.op === 'compensate' && s.branch === refusedAction!.branch)).toBe(false)
-    await until('finished', async () => (await admin(coord.ports.admin, 'GET', `/v1/transactions/${tx.id}`)).body.status === 'aborted')
-    const steps = (await admin(coord.ports.admin, 'GET', `/v1/transactions/${tx.id}`)).body.steps as { id: string; status: string; intent?: boolean }[]
+    await until(
+      'finished',
+      async () => (await admin(coord.ports.admin, 'GET', `/v1/transactions/${tx.id}`)).body.status === 'aborted',
+    )
+    const steps = (await admin(coord.ports.admin, 'GET', `/v1/transactions/${tx.id}`)).body.steps as {
+      id: string
+      status: string
+      intent?: boolean
+    }[]
     expect(steps.map((s) => [s.id, s.status, s.intent === true])).toEqual([
       [action!.branch, 'finished', false],
       [cutAction!.branch, 'finished', true],
@@ -422,10 +541,14 @@ describe('calls that get no answer', () => {
     expect((await call(tx2.context, 'account=5&amount=3&cut=1')).status).toBe(502)
     const kept = ledger.seen.at(-2)!
     const cut2 = ledger.seen.at(-1)!
-    expect((await admin(coord.ports.admin, 'POST', `/v1/transactions/${tx2.id}/commit?wait=acks`)).body.outcome).toBe('committed')
+    expect((await admin(coord.ports.admin, 'POST', `/v1/transactions/${tx2.id}/commit?wait=acks`)).body.outcome).toBe(
+      'committed',
+    )
     await until('the cut call compensated', () => ledger.seen.some((s) => s.op === 'compensate' && s.tx === tx2.id))
     await new Promise((resolve) => setTimeout(resolve, 200))
-    expect(ledger.seen.filter((s) => s.tx === tx2.id && s.op === 'compensate')).toEqual([{ method: 'POST', path: '/credit/5/3', tx: tx2.id, branch: cut2.branch, op: 'compensate' }])
+    expect(ledger.seen.filter((s) => s.tx === tx2.id && s.op === 'compensate')).toEqual([
+      { method: 'POST', path: '/credit/5/3', tx: tx2.id, branch: cut2.branch, op: 'compensate' },
+    ])
     expect(kept.branch).not.toBe(cut2.branch)
   })
 
@@ -433,62 +556,134 @@ describe('calls that get no answer', () => {
     const wallet = await cutting('wallet', (req) => req.url === '/reserve')
     const stock = await cutting('stock', (req) => req.url === '/reserve')
     const { stockSc, coord } = await tccSidecars(wallet.port, stock.port)
-    const tx = (await admin(coord.ports.admin, 'POST', '/v1/transactions', { mode: 'tcc', timeoutMs: 30_000 })).body as { id: string; context: string }
-    const call = (url: string) => rawRequest(coord.ports.egress, { method: 'POST', path: url, headers: { 'txmesh-context': tx.context, 'content-length': '0' } })
+    const tx = (await admin(coord.ports.admin, 'POST', '/v1/transactions', { mode: 'tcc', timeoutMs: 30_000 }))
+      .body as { id: string; context: string }
+    const call = (url: string) =>
+      rawRequest(coord.ports.egress, {
+        method: 'POST',
+        path: url,
+        headers: { 'txmesh-context': tx.context, 'content-length': '0' },
+      })
     expect((await call('http://wallet/reserve')).status).toBe(502)
     expect((await call('http://stock/reserve')).status).toBe(502)
     expect(wallet.seen[0]).toMatchObject({ op: 'try', tx: tx.id })
     expect(stock.seen[0]).toMatchObject({ op: 'try', tx: tx.id })
 
-    expect((await admin(coord.ports.admin, 'POST', `/v1/transactions/${tx.id}/abort?wait=acks`)).body.outcome).toBe('aborted')
+    expect((await admin(coord.ports.admin, 'POST', `/v1/transactions/${tx.id}/abort?wait=acks`)).body.outcome).toBe(
+      'aborted',
+    )
     await until('both cancels', () => wallet.seen.length === 2 && stock.seen.length === 2)
-    expect(wallet.seen[1]).toMatchObject({ method: 'DELETE', path: `/wallet/hold/${wallet.seen[0]!.branch}`, op: 'cancel', tx: tx.id, branch: wallet.seen[0]!.branch })
+    expect(wallet.seen[1]).toMatchObject({
+      method: 'DELETE',
+      path: `/wallet/hold/${wallet.seen[0]!.branch}`,
+      op: 'cancel',
+      tx: tx.id,
+      branch: wallet.seen[0]!.branch,
+    })
     // The default hook path, which the target's sidecar maps to its own hooks.cancel.
-    expect(stock.seen[1]).toMatchObject({ method: 'POST', path: '/tcc/cancel', op: 'cancel', tx: tx.id, branch: stock.seen[0]!.branch })
-    await until('finished', async () => (await admin(coord.ports.admin, 'GET', `/v1/transactions/${tx.id}`)).body.status === 'aborted')
+    expect(stock.seen[1]).toMatchObject({
+      method: 'POST',
+      path: '/tcc/cancel',
+      op: 'cancel',
+      tx: tx.id,
+      branch: stock.seen[0]!.branch,
+    })
+    await until(
+      'finished',
+      async () => (await admin(coord.ports.admin, 'GET', `/v1/transactions/${tx.id}`)).body.status === 'aborted',
+    )
     // That path is no way in for anyone else: without a coordinator's signed cancel it is refused.
-    const forged = await rawRequest(stockSc.ports.ingress, { method: 'POST', path: '/.well-known/txmesh/cancel', headers: { host: 'stock', 'content-length': '0' } })
+    const forged = await rawRequest(stockSc.ports.ingress, {
+      method: 'POST',
+      path: '/.well-known/txmesh/cancel',
+      headers: { host: 'stock', 'content-length': '0' },
+    })
     expect(forged.status).toBe(403)
-    const asTry = await rawRequest(stockSc.ports.ingress, { method: 'POST', path: '/.well-known/txmesh/cancel', headers: { host: 'stock', 'content-length': '0', 'txmesh-context': tx.context } })
+    const asTry = await rawRequest(stockSc.ports.ingress, {
+      method: 'POST',
+      path: '/.well-known/txmesh/cancel',
+      headers: { host: 'stock', 'content-length': '0', 'txmesh-context': tx.context },
+    })
     expect(asTry.status).toBe(403)
     expect(stock.seen).toHaveLength(2)
   })
 
   it('saga, nested: a call a service makes while serving a step records its intent at the coordinator over the control listener', async () => {
-    const ledger = await cutting('ledger', (req) => req.url?.includes('cut=1') === true, (req, res) => (req.url?.includes('refuse=1') === true ? json(res, 409, {}) : json(res, 200, {})))
+    const ledger = await cutting(
+      'ledger',
+      (req) => req.url?.includes('cut=1') === true,
+      (req, res) => (req.url?.includes('refuse=1') === true ? json(res, 409, {}) : json(res, 200, {})),
+    )
     // orders (behind a sidecar) debits the ledger twice while it serves its step: a cut call and a refused one.
     let ordersEgress = 0
     const orders = await app('orders', (req, res) => {
       if (req.method !== 'POST') return json(res, 200, {})
       const ctx = req.headers['txmesh-context'] as string
-      const debit = (q: string) => rawRequest(ordersEgress, { method: 'POST', path: `http://ledger/debit?${q}`, headers: { 'txmesh-context': ctx, 'content-length': '0' } })
+      const debit = (q: string) =>
+        rawRequest(ordersEgress, {
+          method: 'POST',
+          path: `http://ledger/debit?${q}`,
+          headers: { 'txmesh-context': ctx, 'content-length': '0' },
+        })
       void (async () => {
         const a = await debit('account=1&amount=4&cut=1')
         const b = await debit('account=2&amount=1&refuse=1')
         json(res, 201, { debits: [a.status, b.status] })
       })()
     })
-    const route = ['  - name: debit', '    match: {direction: egress, host: ledger}', '    compensation: {method: POST, path: "/credit/{request.query.account}/{request.query.amount}"}', '    nonTransactionalTarget: proceed']
-    const ordersSc = await spawnSidecar(sidecarYaml('orders', orders.port, [`services: {ledger: {address: "127.0.0.1:${ledger.port}"}}`, 'routes:', ...route].join('\n')))
+    const route = [
+      '  - name: debit',
+      '    match: {direction: egress, host: ledger}',
+      '    compensation: {method: POST, path: "/credit/{request.query.account}/{request.query.amount}"}',
+      '    nonTransactionalTarget: proceed',
+    ]
+    const ordersSc = await spawnSidecar(
+      sidecarYaml(
+        'orders',
+        orders.port,
+        [`services: {ledger: {address: "127.0.0.1:${ledger.port}"}}`, 'routes:', ...route].join('\n'),
+      ),
+    )
     procs.push(ordersSc)
     ordersEgress = ordersSc.ports.egress
     const coord = await spawnSidecar(
       // The coordinator sends the nested steps' compensations too: ledger is one of its services.
-      sidecarYaml('shop', 1, [`services: {orders: {address: "127.0.0.1:${ordersSc.ports.ingress}"}, ledger: {address: "127.0.0.1:${ledger.port}"}}`, 'routes:', '  - {name: orders, match: {direction: egress, host: orders}, compensation: {method: DELETE, path: "/orders/{step.id}"}}', STEPS].join('\n')),
+      sidecarYaml(
+        'shop',
+        1,
+        [
+          `services: {orders: {address: "127.0.0.1:${ordersSc.ports.ingress}"}, ledger: {address: "127.0.0.1:${ledger.port}"}}`,
+          'routes:',
+          '  - {name: orders, match: {direction: egress, host: orders}, compensation: {method: DELETE, path: "/orders/{step.id}"}}',
+          STEPS,
+        ].join('\n'),
+      ),
       ['--control-port', String(await freePort())],
     )
     procs.push(coord)
-    const tx = (await admin(coord.ports.admin, 'POST', '/v1/transactions', { mode: 'saga', timeoutMs: 30_000 })).body as { id: string; context: string }
-    const r = await rawRequest(coord.ports.egress, { method: 'POST', path: 'http://orders/orders', headers: { 'txmesh-context': tx.context, 'content-length': '0' } })
+    const tx = (await admin(coord.ports.admin, 'POST', '/v1/transactions', { mode: 'saga', timeoutMs: 30_000 }))
+      .body as { id: string; context: string }
+    const r = await rawRequest(coord.ports.egress, {
+      method: 'POST',
+      path: 'http://orders/orders',
+      headers: { 'txmesh-context': tx.context, 'content-length': '0' },
+    })
     expect(r.status).toBe(201)
     expect(JSON.parse(r.body)).toEqual({ debits: [502, 409] })
     const [cutCall, refusedCall] = ledger.seen
-    expect((await admin(coord.ports.admin, 'POST', `/v1/transactions/${tx.id}/abort?wait=acks`)).body.outcome).toBe('aborted')
+    expect((await admin(coord.ports.admin, 'POST', `/v1/transactions/${tx.id}/abort?wait=acks`)).body.outcome).toBe(
+      'aborted',
+    )
     await until('the cut call compensated', () => ledger.seen.some((s) => s.op === 'compensate'))
     await until('orders compensated', () => orders.seen.some((s) => s.op === 'compensate'))
-    expect(ledger.seen.filter((s) => s.op === 'compensate')).toEqual([{ method: 'POST', path: '/credit/1/4', tx: tx.id, branch: cutCall!.branch, op: 'compensate' }])
+    expect(ledger.seen.filter((s) => s.op === 'compensate')).toEqual([
+      { method: 'POST', path: '/credit/1/4', tx: tx.id, branch: cutCall!.branch, op: 'compensate' },
+    ])
     expect(ledger.seen.some((s) => s.branch === refusedCall!.branch && s.op === 'compensate')).toBe(false)
-    await until('finished', async () => (await admin(coord.ports.admin, 'GET', `/v1/transactions/${tx.id}`)).body.status === 'aborted')
+    await until(
+      'finished',
+      async () => (await admin(coord.ports.admin, 'GET', `/v1/transactions/${tx.id}`)).body.status === 'aborted',
+    )
   })
 
   it('saga: a cut call whose compensation needs the response becomes a stuck step with a clear error, not a lost one', async () => {
@@ -509,15 +704,29 @@ describe('calls that get no answer', () => {
       ),
     )
     procs.push(coord)
-    const tx = (await admin(coord.ports.admin, 'POST', '/v1/transactions', { mode: 'saga', timeoutMs: 30_000 })).body as { id: string; context: string }
-    const r = await rawRequest(coord.ports.egress, { method: 'POST', path: 'http://orders/orders', headers: { 'txmesh-context': tx.context, 'content-length': '0' } })
+    const tx = (await admin(coord.ports.admin, 'POST', '/v1/transactions', { mode: 'saga', timeoutMs: 30_000 }))
+      .body as { id: string; context: string }
+    const r = await rawRequest(coord.ports.egress, {
+      method: 'POST',
+      path: 'http://orders/orders',
+      headers: { 'txmesh-context': tx.context, 'content-length': '0' },
+    })
     expect(r.status).toBe(502)
     expect((await admin(coord.ports.admin, 'POST', `/v1/transactions/${tx.id}/abort`)).body.outcome).toBe('aborted')
-    await until('stuck', async () => (await admin(coord.ports.admin, 'GET', `/v1/transactions/${tx.id}`)).body.stuck === 1)
+    await until(
+      'stuck',
+      async () => (await admin(coord.ports.admin, 'GET', `/v1/transactions/${tx.id}`)).body.stuck === 1,
+    )
     const view = (await admin(coord.ports.admin, 'GET', `/v1/transactions/${tx.id}`)).body
     const steps = view.steps as { id: string; status: string; lastError?: string; attempts: number; intent?: boolean }[]
     expect(steps).toHaveLength(1)
-    expect(steps[0]).toMatchObject({ id: orders.seen[0]!.branch, status: 'stuck', attempts: 0, intent: true, lastError: 'the call got no answer and its compensation needs the response' })
+    expect(steps[0]).toMatchObject({
+      id: orders.seen[0]!.branch,
+      status: 'stuck',
+      attempts: 0,
+      intent: true,
+      lastError: 'the call got no answer and its compensation needs the response',
+    })
     // Nothing was sent for it: the operator decides.
     expect(orders.seen).toHaveLength(1)
   })

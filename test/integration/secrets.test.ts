@@ -11,7 +11,15 @@ import { Agent, request } from 'undici'
 import { afterAll, describe, expect, it } from 'vitest'
 import { signContext, signControl } from '../../src/tx/protocol.js'
 import { makePki, pemBodyLines } from '../helpers/certs.js'
-import { rawRequest, sidecarYaml, spawnSidecar, startServer, tempDir, until, type SidecarProcess } from '../helpers/servers.js'
+import {
+  rawRequest,
+  sidecarYaml,
+  spawnSidecar,
+  startServer,
+  tempDir,
+  until,
+  type SidecarProcess,
+} from '../helpers/servers.js'
 import { startTxApp, type TxApp } from '../helpers/tx-app.js'
 
 const KEY_NEW = 'mesh-key-new-S3cr3t-0123456789'
@@ -54,7 +62,13 @@ describe('secrets', () => {
       writeFileSync(`${f}.tmp`, content)
       renameSync(`${f}.tmp`, f)
     }
-    const env = { TXMESH_MESH_KEY: '', TXMESH_ADMIN_TOKEN: TOKEN, TXMESH_LOG_LEVEL: 'debug', OTEL_EXPORTER_OTLP_ENDPOINT: `http://127.0.0.1:${receiver.port}`, OTEL_BSP_SCHEDULE_DELAY: '200' }
+    const env = {
+      TXMESH_MESH_KEY: '',
+      TXMESH_ADMIN_TOKEN: TOKEN,
+      TXMESH_LOG_LEVEL: 'debug',
+      OTEL_EXPORTER_OTLP_ENDPOINT: `http://127.0.0.1:${receiver.port}`,
+      OTEL_BSP_SCHEDULE_DELAY: '200',
+    }
     const extra = (name: string, more = ''): string => {
       keyFiles[name] = join(tempDir('txmesh-key-'), 'mesh-key')
       writeKeys(name, `${KEY_NEW},${KEY_OLD}\n`)
@@ -72,15 +86,33 @@ describe('secrets', () => {
     procs.push(ord)
     ord.child.stdout.on('data', (c: Buffer) => stdout.push(c.toString()))
     orders.egress = ord.ports.egress
-    const coord = await spawnSidecar(sidecarYaml('initiator', 1, extra('initiator', `services:\n  orders: {address: "127.0.0.1:${ord.ports.ingress}"}\n`)), [], env)
+    const coord = await spawnSidecar(
+      sidecarYaml(
+        'initiator',
+        1,
+        extra('initiator', `services:\n  orders: {address: "127.0.0.1:${ord.ports.ingress}"}\n`),
+      ),
+      [],
+      env,
+    )
     procs.push(coord)
     coord.child.stdout.on('data', (c: Buffer) => stdout.push(c.toString()))
     const admin = `http://127.0.0.1:${coord.ports.admin}`
     const bearer = { authorization: `Bearer ${TOKEN}` }
-    const mtls = new Agent({ connect: { ca: readFileSync(pki.caFile), cert: readFileSync(leaf.certFile), key: readFileSync(leaf.keyFile) } })
+    const mtls = new Agent({
+      connect: { ca: readFileSync(pki.caFile), cert: readFileSync(leaf.certFile), key: readFileSync(leaf.keyFile) },
+    })
 
-    const call = async (url: string, opts: { method?: 'GET' | 'POST'; headers?: Record<string, string>; body?: string; dispatcher?: Agent } = {}): Promise<{ status: number; code: unknown; body: string }> => {
-      const r = await request(url, { method: opts.method ?? 'GET', ...(opts.headers ? { headers: opts.headers } : {}), ...(opts.body !== undefined ? { body: opts.body } : {}), ...(opts.dispatcher ? { dispatcher: opts.dispatcher } : {}) })
+    const call = async (
+      url: string,
+      opts: { method?: 'GET' | 'POST'; headers?: Record<string, string>; body?: string; dispatcher?: Agent } = {},
+    ): Promise<{ status: number; code: unknown; body: string }> => {
+      const r = await request(url, {
+        method: opts.method ?? 'GET',
+        ...(opts.headers ? { headers: opts.headers } : {}),
+        ...(opts.body !== undefined ? { body: opts.body } : {}),
+        ...(opts.dispatcher ? { dispatcher: opts.dispatcher } : {}),
+      })
       const body = await r.body.text()
       remember(r.statusCode, r.headers, body)
       return { status: r.statusCode, code: r.headers['x-txmesh-error'], body }
@@ -91,11 +123,17 @@ describe('secrets', () => {
       return r
     }
     const run = async (value: string, end: 'commit' | 'abort'): Promise<string> => {
-      const begun = await call(`${admin}/v1/transactions`, { method: 'POST', headers: { ...bearer, 'content-type': 'application/json' }, body: '{"timeoutMs":10000}' })
+      const begun = await call(`${admin}/v1/transactions`, {
+        method: 'POST',
+        headers: { ...bearer, 'content-type': 'application/json' },
+        body: '{"timeoutMs":10000}',
+      })
       expect(begun.status).toBe(201)
       const tx = JSON.parse(begun.body) as { id: string; context: string }
       // The app's own query string (here with a token of its own) stays out of spans.
-      expect((await egress(`http://orders/write/${value}?access_token=${TOKEN}`, { 'txmesh-context': tx.context })).status).toBe(200)
+      expect(
+        (await egress(`http://orders/write/${value}?access_token=${TOKEN}`, { 'txmesh-context': tx.context })).status,
+      ).toBe(200)
       const done = await call(`${admin}/v1/transactions/${tx.id}/${end}?wait=acks`, { method: 'POST', headers: bearer })
       expect(JSON.parse(done.body).outcome).toBe(end === 'commit' ? 'committed' : 'aborted')
       return tx.id
@@ -107,29 +145,61 @@ describe('secrets', () => {
     expect(orders.committed).toEqual(['orders:s1'])
 
     // --- forged and junk contexts, some carrying the secrets themselves ---
-    const good = { id: 'forged', mode: '2pc' as const, coordinator: `127.0.0.1:${coord.ports.control}`, deadline: Date.now() + 60_000, parent: undefined }
-    for (const context of [signContext(Buffer.from('not-the-mesh-key-0123456789'), good), KEY_NEW, `v1.${Buffer.from(KEY_OLD).toString('base64url')}.${TOKEN}`]) {
-      const viaIngress = await call(`https://127.0.0.1:${ord.ports.ingress}/write/forged`, { headers: { 'txmesh-context': context }, dispatcher: mtls })
+    const good = {
+      id: 'forged',
+      mode: '2pc' as const,
+      coordinator: `127.0.0.1:${coord.ports.control}`,
+      deadline: Date.now() + 60_000,
+      parent: undefined,
+    }
+    for (const context of [
+      signContext(Buffer.from('not-the-mesh-key-0123456789'), good),
+      KEY_NEW,
+      `v1.${Buffer.from(KEY_OLD).toString('base64url')}.${TOKEN}`,
+    ]) {
+      const viaIngress = await call(`https://127.0.0.1:${ord.ports.ingress}/write/forged`, {
+        headers: { 'txmesh-context': context },
+        dispatcher: mtls,
+      })
       expect(viaIngress.status).toBeGreaterThanOrEqual(400)
-      expect((await egress('http://orders/write/forged', { 'txmesh-context': context })).status).toBeGreaterThanOrEqual(400)
+      expect((await egress('http://orders/write/forged', { 'txmesh-context': context })).status).toBeGreaterThanOrEqual(
+        400,
+      )
     }
     expect(orders.committed).toEqual(['orders:s1'])
 
     // --- bad control auth and a replay ---
     const controlUrl = (path: string): string => `https://127.0.0.1:${ord.ports.control}${path}`
     const path = `/v1/tx/${t1}/outcome`
-    for (const auth of [undefined, KEY_NEW, `${Date.now()}.${TOKEN}`, signControl(Buffer.from('not-the-mesh-key-0123456789'), Date.now(), 'GET', path, ''), signControl(Buffer.from(KEY_NEW), Date.now() - 3_600_000, 'GET', path, '')]) {
-      const r = await call(controlUrl(path), { headers: auth === undefined ? {} : { 'txmesh-auth': auth }, dispatcher: mtls })
+    for (const auth of [
+      undefined,
+      KEY_NEW,
+      `${Date.now()}.${TOKEN}`,
+      signControl(Buffer.from('not-the-mesh-key-0123456789'), Date.now(), 'GET', path, ''),
+      signControl(Buffer.from(KEY_NEW), Date.now() - 3_600_000, 'GET', path, ''),
+    ]) {
+      const r = await call(controlUrl(path), {
+        headers: auth === undefined ? {} : { 'txmesh-auth': auth },
+        dispatcher: mtls,
+      })
       expect(r.status).toBe(401)
     }
     const signed = signControl(Buffer.from(KEY_OLD), Date.now(), 'GET', path, '')
     expect((await call(controlUrl(path), { headers: { 'txmesh-auth': signed }, dispatcher: mtls })).status).toBe(200)
-    expect((await call(controlUrl(path), { headers: { 'txmesh-auth': signed }, dispatcher: mtls })).code).toBe('TXM_CONTROL_REPLAY')
+    expect((await call(controlUrl(path), { headers: { 'txmesh-auth': signed }, dispatcher: mtls })).code).toBe(
+      'TXM_CONTROL_REPLAY',
+    )
     // Plain HTTP on a TLS port: a handshake failure, logged at debug.
     await expect(rawRequest(ord.ports.control, { path })).rejects.toThrow()
 
     // --- bad admin tokens, and the right one where it travels in a URL ---
-    for (const headers of [{}, { authorization: 'Bearer wrong-token-0123456789' }, { authorization: `Bearer ${KEY_NEW}` }, { authorization: `Bearer ${TOKEN}-and-more` }, { authorization: TOKEN }]) {
+    for (const headers of [
+      {},
+      { authorization: 'Bearer wrong-token-0123456789' },
+      { authorization: `Bearer ${KEY_NEW}` },
+      { authorization: `Bearer ${TOKEN}-and-more` },
+      { authorization: TOKEN },
+    ]) {
       expect((await call(`${admin}/v1/transactions`, { headers })).code).toBe('TXM_ADMIN_UNAUTHORIZED')
     }
     expect((await call(`${admin}/v1/branches?access_token=${TOKEN}`)).code).toBe('TXM_ADMIN_UNAUTHORIZED')
@@ -138,21 +208,38 @@ describe('secrets', () => {
     expect(ui.status).toBe(200)
     expect(ui.body).not.toContain(TOKEN)
     await new Promise<void>((resolve, reject) => {
-      const req = httpRequest({ host: '127.0.0.1', port: coord.ports.admin, path: `/v1/events?access_token=${TOKEN}&lastEventId=0`, agent: false }, (res) => {
-        let text = ''
-        res.on('data', (c: Buffer) => {
-          text += c.toString()
-          if (text.includes('tx-finished')) {
-            remember(res.statusCode ?? 0, res.headers, text)
-            res.destroy()
-            resolve()
-          }
-        })
-      })
+      const req = httpRequest(
+        {
+          host: '127.0.0.1',
+          port: coord.ports.admin,
+          path: `/v1/events?access_token=${TOKEN}&lastEventId=0`,
+          agent: false,
+        },
+        (res) => {
+          let text = ''
+          res.on('data', (c: Buffer) => {
+            text += c.toString()
+            if (text.includes('tx-finished')) {
+              remember(res.statusCode ?? 0, res.headers, text)
+              res.destroy()
+              resolve()
+            }
+          })
+        },
+      )
       req.on('error', reject)
       req.end()
     })
-    for (const p of ['/v1/transactions', '/v1/branches', '/v1/stats', `/v1/transactions/${t1}`, '/v1/ui-config', '/v1/routes/probability', '/no/such']) await call(`${admin}${p}`, { headers: bearer })
+    for (const p of [
+      '/v1/transactions',
+      '/v1/branches',
+      '/v1/stats',
+      `/v1/transactions/${t1}`,
+      '/v1/ui-config',
+      '/v1/routes/probability',
+      '/no/such',
+    ])
+      await call(`${admin}${p}`, { headers: bearer })
 
     // --- a bad key file reload (empty, then a short key): kept keys, one warning each ---
     writeKeys('orders', '')
@@ -164,7 +251,10 @@ describe('secrets', () => {
     await run('s3', 'commit')
 
     // --- metrics of both ---
-    const metrics = [(await call(`${admin}/metrics`, { headers: bearer })).body, (await call(`http://127.0.0.1:${ord.ports.admin}/metrics`, { headers: bearer })).body]
+    const metrics = [
+      (await call(`${admin}/metrics`, { headers: bearer })).body,
+      (await call(`http://127.0.0.1:${ord.ports.admin}/metrics`, { headers: bearer })).body,
+    ]
     expect(metrics[0]).toContain('txmesh_transactions_total')
 
     // --- drain: spans flushed on SIGTERM ---
@@ -186,8 +276,19 @@ describe('secrets', () => {
     const pemLines = [...pemBodyLines(tlsKeyPem), ...pemBodyLines(caKeyPem)].filter((l) => l.length >= 16)
     expect(pemLines.length).toBeGreaterThanOrEqual(4)
     const secrets = [KEY_NEW, KEY_OLD, TOKEN, ...pemLines]
-    const forms = secrets.flatMap((s) => [s, Buffer.from(s).toString('hex'), Buffer.from(s).toString('base64'), encodeURIComponent(s)])
-    const places: Record<string, string> = { stderr, stdout: stdout.join(''), spans, metrics: metrics.join('\n'), responses: seen.join('\n') }
+    const forms = secrets.flatMap((s) => [
+      s,
+      Buffer.from(s).toString('hex'),
+      Buffer.from(s).toString('base64'),
+      encodeURIComponent(s),
+    ])
+    const places: Record<string, string> = {
+      stderr,
+      stdout: stdout.join(''),
+      spans,
+      metrics: metrics.join('\n'),
+      responses: seen.join('\n'),
+    }
     for (const [where, text] of Object.entries(places)) {
       for (const s of forms) expect(text.includes(s), `a secret (${s.slice(0, 6)}…) appears in ${where}`).toBe(false)
     }

@@ -9,7 +9,16 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import type { Sidecar } from '../../src/sidecar.js'
 import { CONTROL_AUTH_HEADER } from '../../src/tx/control-client.js'
 import { coordinatorOfTx, signControl } from '../../src/tx/protocol.js'
-import { inProcessSidecar, rawRequest, sidecarYaml, spawnSidecar, startEcho, tempDir, until, type SidecarProcess } from '../helpers/servers.js'
+import {
+  inProcessSidecar,
+  rawRequest,
+  sidecarYaml,
+  spawnSidecar,
+  startEcho,
+  tempDir,
+  until,
+  type SidecarProcess,
+} from '../helpers/servers.js'
 
 // The ConfigMap of the contract: no service, no store dir, no app port (--app-port gives it).
 const SHARED_YAML = [
@@ -45,7 +54,8 @@ class SecretVolume {
     for (const [k, text] of Object.entries(files)) writeFileSync(join(this.dir, v, k), text)
     symlinkSync(v, join(this.dir, '..data_tmp'))
     renameSync(join(this.dir, '..data_tmp'), join(this.dir, '..data'))
-    for (const k of Object.keys(files)) if (!existsSync(join(this.dir, k))) symlinkSync(join('..data', k), join(this.dir, k))
+    for (const k of Object.keys(files))
+      if (!existsSync(join(this.dir, k))) symlinkSync(join('..data', k), join(this.dir, k))
     if (this.version > 1) rmSync(join(this.dir, `..2026_11_25_v${this.version - 1}`), { recursive: true })
   }
 }
@@ -115,18 +125,28 @@ describe('sidecar in a pod (env settings, health listener)', () => {
   })
 
   it('refuses a request head over the health limit with 431 TXM_HEADERS_TOO_LARGE', async () => {
-    const r = await rawRequest(sidecar.ports.health as number, { path: '/healthz', headers: { 'x-big': 'a'.repeat(9 * 1024) } })
+    const r = await rawRequest(sidecar.ports.health as number, {
+      path: '/healthz',
+      headers: { 'x-big': 'a'.repeat(9 * 1024) },
+    })
     expect([r.status, r.headers['x-txmesh-error']]).toEqual([431, 'TXM_HEADERS_TOO_LARGE'])
     expect((await rawRequest(sidecar.ports.health as number, { path: '/healthz' })).status).toBe(200)
   })
 
   it('keeps the admin API, names itself TXMESH_SERVICE, advertises TXMESH_ADVERTISE and logs under TXMESH_STORE_DIR', async () => {
-    const begun = await rawRequest(sidecar.ports.admin, { method: 'POST', path: '/v1/transactions', headers: { 'content-type': 'application/json' }, body: '{"timeoutMs":5000}' })
+    const begun = await rawRequest(sidecar.ports.admin, {
+      method: 'POST',
+      path: '/v1/transactions',
+      headers: { 'content-type': 'application/json' },
+      body: '{"timeoutMs":5000}',
+    })
     expect(begun.status).toBe(201)
     const tx = JSON.parse(begun.body) as { id: string }
     // A transaction id names its coordinator's advertised control address.
     expect(coordinatorOfTx(tx.id)).toBe('10.244.1.7:15010')
-    expect((await rawRequest(sidecar.ports.admin, { method: 'POST', path: `/v1/transactions/${tx.id}/abort` })).status).toBe(200)
+    expect(
+      (await rawRequest(sidecar.ports.admin, { method: 'POST', path: `/v1/transactions/${tx.id}/abort` })).status,
+    ).toBe(200)
     expect(readdirSync(storeDir).filter((f) => /^\d{16}\.log$/.test(f)).length).toBeGreaterThan(0)
     // Not the file's default (txmesh-data/<service> in the working directory).
     expect(existsSync(join(process.cwd(), 'txmesh-data', 'k8s-orders'))).toBe(false)
@@ -172,11 +192,16 @@ describe('sidecar start-up refusals', () => {
       () => undefined,
       (e: unknown) => e as Error,
     )
-    expect(err?.message).toMatch(/txmesh\.yaml:1:1: config: missing required key "service" \(or give --service NAME or TXMESH_SERVICE\)/)
+    expect(err?.message).toMatch(
+      /txmesh\.yaml:1:1: config: missing required key "service" \(or give --service NAME or TXMESH_SERVICE\)/,
+    )
   })
 
   it('exits 1 on a TXMESH_ADVERTISE that is not host:port, and --service wins over TXMESH_SERVICE', async () => {
-    const err = await spawnSidecar(SHARED_YAML, ['--service', 'flag-name'], { TXMESH_SERVICE: 'Not_Valid', TXMESH_ADVERTISE: '10.244.1.7' }).then(
+    const err = await spawnSidecar(SHARED_YAML, ['--service', 'flag-name'], {
+      TXMESH_SERVICE: 'Not_Valid',
+      TXMESH_ADVERTISE: '10.244.1.7',
+    }).then(
       () => undefined,
       (e: unknown) => e as Error,
     )
@@ -192,7 +217,11 @@ describe('health listener in process', () => {
     await Promise.all(sidecars.map((s) => s.drain(1000)))
   })
   // sidecarYaml binds every listener on 127.0.0.1:0; this adds the health listener.
-  const withHealth = (yaml: string): string => yaml.replace('admin: {host: 127.0.0.1, port: 0}}', 'admin: {host: 127.0.0.1, port: 0}, health: {host: 127.0.0.1, port: 0}}')
+  const withHealth = (yaml: string): string =>
+    yaml.replace(
+      'admin: {host: 127.0.0.1, port: 0}}',
+      'admin: {host: 127.0.0.1, port: 0}, health: {host: 127.0.0.1, port: 0}}',
+    )
 
   it('is bound only when configured, so many sidecars on port 0 do not collide', async () => {
     const plain = await inProcessSidecar(sidecarYaml('plain', 1))

@@ -37,7 +37,8 @@ describe('streaming through the sidecar with bounded memory', () => {
     })
     sc = await spawnSidecar(sidecarYaml('orders', app.port))
     // Warm the process up (JIT, pools) before the baseline is taken.
-    for (let i = 0; i < 20; i++) await send('POST', 'http://127.0.0.1:' + app.port + '/upload', generator(64 * 1024), false)
+    for (let i = 0; i < 20; i++)
+      await send('POST', 'http://127.0.0.1:' + app.port + '/upload', generator(64 * 1024), false)
     baseline = rssOf(sc.child.pid as number).rss
   })
   afterAll(async () => {
@@ -45,19 +46,27 @@ describe('streaming through the sidecar with bounded memory', () => {
     await app.close()
   })
 
-  function send(method: string, url: string, body: Readable | undefined, chunked: boolean): Promise<{ status: number; bytes: number; text: string }> {
+  function send(
+    method: string,
+    url: string,
+    body: Readable | undefined,
+    chunked: boolean,
+  ): Promise<{ status: number; bytes: number; text: string }> {
     return new Promise((resolve, reject) => {
       const headers: Record<string, string> = chunked ? { 'transfer-encoding': 'chunked' } : {}
-      const req = httpRequest({ host: '127.0.0.1', port: sc.ports.egress, method, path: url, headers, agent: false }, (res) => {
-        let bytes = 0
-        let text = ''
-        res.on('data', (c: Buffer) => {
-          bytes += c.length
-          if (text.length < 64) text += c.toString()
-        })
-        res.on('end', () => resolve({ status: res.statusCode ?? 0, bytes, text }))
-        res.on('error', reject)
-      })
+      const req = httpRequest(
+        { host: '127.0.0.1', port: sc.ports.egress, method, path: url, headers, agent: false },
+        (res) => {
+          let bytes = 0
+          let text = ''
+          res.on('data', (c: Buffer) => {
+            bytes += c.length
+            if (text.length < 64) text += c.toString()
+          })
+          res.on('end', () => resolve({ status: res.statusCode ?? 0, bytes, text }))
+          res.on('error', reject)
+        },
+      )
       req.on('error', reject)
       if (body) body.pipe(req)
       else req.end()

@@ -3,7 +3,14 @@
 import { randomBytes } from 'node:crypto'
 import { request } from 'undici'
 import { afterAll, describe, expect, it } from 'vitest'
-import { MESH_KEY, rawRequest, sidecarYaml, spawnSidecar, startServer, type SidecarProcess } from '../helpers/servers.js'
+import {
+  MESH_KEY,
+  rawRequest,
+  sidecarYaml,
+  spawnSidecar,
+  startServer,
+  type SidecarProcess,
+} from '../helpers/servers.js'
 import { startTxApp, type TxApp } from '../helpers/tx-app.js'
 
 interface OtlpValue {
@@ -56,11 +63,21 @@ async function startReceiver() {
       const text = Buffer.concat(chunks).toString()
       if (req.method === 'POST' && req.url === '/v1/traces') {
         payloads.push(text)
-        const body = JSON.parse(text) as { resourceSpans?: { resource?: { attributes?: { key: string; value: OtlpValue }[] }; scopeSpans?: { spans?: OtlpSpan[] }[] }[] }
+        const body = JSON.parse(text) as {
+          resourceSpans?: {
+            resource?: { attributes?: { key: string; value: OtlpValue }[] }
+            scopeSpans?: { spans?: OtlpSpan[] }[]
+          }[]
+        }
         for (const rs of body.resourceSpans ?? []) {
           const service = String(plain(rs.resource?.attributes?.find((a) => a.key === 'service.name')?.value ?? {}))
           for (const ss of rs.scopeSpans ?? []) {
-            for (const s of ss.spans ?? []) spans.push({ ...s, service, attrs: Object.fromEntries((s.attributes ?? []).map((a) => [a.key, plain(a.value)])) })
+            for (const s of ss.spans ?? [])
+              spans.push({
+                ...s,
+                service,
+                attrs: Object.fromEntries((s.attributes ?? []).map((a) => [a.key, plain(a.value)])),
+              })
           }
         }
       }
@@ -83,11 +100,19 @@ describe('tracing', () => {
       const inv = await spawnSidecar(sidecarYaml('inventory', inventory.port, route), [], env)
       procs.push(inv)
       inventory.egress = inv.ports.egress
-      const ord = await spawnSidecar(sidecarYaml('orders', orders.port, `services:\n  inventory: {address: "127.0.0.1:${inv.ports.ingress}"}\n`), [], env)
+      const ord = await spawnSidecar(
+        sidecarYaml('orders', orders.port, `services:\n  inventory: {address: "127.0.0.1:${inv.ports.ingress}"}\n`),
+        [],
+        env,
+      )
       procs.push(ord)
       orders.egress = ord.ports.egress
       const services = `services:\n  orders: {address: "127.0.0.1:${ord.ports.ingress}"}\n  inventory: {address: "127.0.0.1:${inv.ports.ingress}"}\n`
-      const coord = await spawnSidecar(sidecarYaml('initiator', 1, `${services}\nui: {traceUrl: "http://jaeger.local:16686/trace/{traceId}"}\n`), [], env)
+      const coord = await spawnSidecar(
+        sidecarYaml('initiator', 1, `${services}\nui: {traceUrl: "http://jaeger.local:16686/trace/{traceId}"}\n`),
+        [],
+        env,
+      )
       procs.push(coord)
 
       const traceId = randomBytes(16).toString('hex')
@@ -106,12 +131,20 @@ describe('tracing', () => {
         headers: { 'txmesh-context': tx.context, traceparent, tracestate: 'app=1' },
       })
       expect(call.status).toBe(200)
-      const committed = (await (await request(`http://127.0.0.1:${coord.ports.admin}/v1/transactions/${tx.id}/commit?wait=acks`, { method: 'POST' })).body.json()) as { outcome: string }
+      const committed = (await (
+        await request(`http://127.0.0.1:${coord.ports.admin}/v1/transactions/${tx.id}/commit?wait=acks`, {
+          method: 'POST',
+        })
+      ).body.json()) as { outcome: string }
       expect(committed.outcome).toBe('committed')
       // The dashboard links each transaction to its trace through the configured template.
-      const view = (await (await request(`http://127.0.0.1:${coord.ports.admin}/v1/transactions/${tx.id}`)).body.json()) as { traceId?: string }
+      const view = (await (
+        await request(`http://127.0.0.1:${coord.ports.admin}/v1/transactions/${tx.id}`)
+      ).body.json()) as { traceId?: string }
       expect(view.traceId).toBe(traceId)
-      const uiConfig = (await (await request(`http://127.0.0.1:${coord.ports.admin}/v1/ui-config`)).body.json()) as { traceUrl: string }
+      const uiConfig = (await (await request(`http://127.0.0.1:${coord.ports.admin}/v1/ui-config`)).body.json()) as {
+        traceUrl: string
+      }
       expect(uiConfig.traceUrl).toBe('http://jaeger.local:16686/trace/{traceId}')
       expect(orders.committed).toEqual(['orders:o1'])
       expect(inventory.committed).toEqual(['inventory:o1'])
@@ -125,7 +158,11 @@ describe('tracing', () => {
       expect(spans.length).toBeGreaterThan(0)
       expect(new Set(spans.map((s) => s.traceId))).toEqual(new Set([traceId]))
       const ids = new Set(spans.map((s) => s.spanId))
-      for (const s of spans) expect(s.parentSpanId === rootSpan || ids.has(s.parentSpanId ?? ''), `${s.service} ${s.name} has a known parent`).toBe(true)
+      for (const s of spans)
+        expect(
+          s.parentSpanId === rootSpan || ids.has(s.parentSpanId ?? ''),
+          `${s.service} ${s.name} has a known parent`,
+        ).toBe(true)
       expect(new Set(spans.map((s) => s.service))).toEqual(new Set(['initiator', 'orders', 'inventory']))
 
       // HTTP spans follow the semantic conventions.
@@ -158,13 +195,18 @@ describe('tracing', () => {
         expect(spans.find((s) => s.spanId === c.parentSpanId)?.kind).toBe(SERVER)
       }
       // Each hop's server span is the child of the previous hop's client span.
-      for (const s of servers.filter((x) => x !== first)) expect(spans.find((p) => p.spanId === s.parentSpanId)?.kind).toBe(CLIENT)
+      for (const s of servers.filter((x) => x !== first))
+        expect(spans.find((p) => p.spanId === s.parentSpanId)?.kind).toBe(CLIENT)
 
       // The transaction span continues the admin begin's traceparent, with per-participant phases.
       const txSpan = spans.find((s) => s.name === 'txmesh.transaction')!
       expect(txSpan.service).toBe('initiator')
       expect(txSpan.parentSpanId).toBe(rootSpan)
-      expect(txSpan.attrs).toMatchObject({ 'txmesh.tx.id': tx.id, 'txmesh.tx.mode': '2pc', 'txmesh.outcome': 'committed' })
+      expect(txSpan.attrs).toMatchObject({
+        'txmesh.tx.id': tx.id,
+        'txmesh.tx.mode': '2pc',
+        'txmesh.outcome': 'committed',
+      })
       const children = (name: string) => spans.filter((s) => s.name === name && s.parentSpanId === txSpan.spanId)
       const prepares = children('txmesh.prepare')
       expect(prepares.map((s) => s.attrs['txmesh.participant']).sort()).toEqual(['inventory', 'orders'])
@@ -193,7 +235,9 @@ describe('tracing', () => {
       res.writeHead(hits <= 2 ? 503 : 200).end('x')
     })
     try {
-      const sc = await spawnSidecar(sidecarYaml('edge', 1), [], { OTEL_EXPORTER_OTLP_ENDPOINT: `http://127.0.0.1:${receiver.port}` })
+      const sc = await spawnSidecar(sidecarYaml('edge', 1), [], {
+        OTEL_EXPORTER_OTLP_ENDPOINT: `http://127.0.0.1:${receiver.port}`,
+      })
       procs.push(sc)
       const r = await rawRequest(sc.ports.egress, { path: `http://127.0.0.1:${upstream.port}/flaky` })
       expect(r.status).toBe(200)

@@ -6,7 +6,15 @@ import pg from 'pg'
 import { request } from 'undici'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { startPostgres, type PostgresInstance } from '../helpers/pg.js'
-import { freePort, rawRequest, sidecarYaml, spawnSidecar, tempDir, type SidecarProcess, until } from '../helpers/servers.js'
+import {
+  freePort,
+  rawRequest,
+  sidecarYaml,
+  spawnSidecar,
+  tempDir,
+  type SidecarProcess,
+  until,
+} from '../helpers/servers.js'
 
 const APP = join(import.meta.dirname, '../fixtures/pg-app.ts')
 let pgi: PostgresInstance
@@ -27,9 +35,22 @@ interface AppProc {
   exited: Promise<unknown>
 }
 
-async function startApp(service: string, db: string, admin: number, env: Record<string, string> = {}, port = 0): Promise<AppProc> {
+async function startApp(
+  service: string,
+  db: string,
+  admin: number,
+  env: Record<string, string> = {},
+  port = 0,
+): Promise<AppProc> {
   const child = spawn(process.execPath, ['--import', 'tsx', APP], {
-    env: { ...process.env, DATABASE_URL: pgi.connectionString(db), SERVICE: service, SIDECAR_ADMIN: `http://127.0.0.1:${admin}`, PORT: String(port), ...env },
+    env: {
+      ...process.env,
+      DATABASE_URL: pgi.connectionString(db),
+      SERVICE: service,
+      SIDECAR_ADMIN: `http://127.0.0.1:${admin}`,
+      PORT: String(port),
+      ...env,
+    },
     stdio: 'pipe',
   })
   children.push(child)
@@ -49,13 +70,15 @@ async function rows(db: string): Promise<{ items: string[]; prepared: number }> 
   await c.connect()
   try {
     const items = (await c.query<{ v: string }>('SELECT v FROM items ORDER BY v')).rows.map((r) => r.v)
-    const prepared = Number((await c.query<{ n: string }>('SELECT count(*) AS n FROM pg_prepared_xacts WHERE database = current_database()')).rows[0]?.n)
+    const prepared = Number(
+      (await c.query<{ n: string }>('SELECT count(*) AS n FROM pg_prepared_xacts WHERE database = current_database()'))
+        .rows[0]?.n,
+    )
     return { items, prepared }
   } finally {
     await c.end()
   }
 }
-
 
 describe('two-phase commit on Postgres through sidecars', () => {
   let coord: SidecarProcess
@@ -71,23 +94,44 @@ describe('two-phase commit on Postgres through sidecars', () => {
       const appPort = await freePort()
       // alpha takes its hook calls batched (hooks.batch, served by txmesh/pg); beta one by one.
       const hooks = name === 'alpha' ? 'hooks: {batch: /.well-known/txmesh/batch}' : ''
-      const sc = await spawnSidecar(sidecarYaml(name, appPort, hooks, store), ['--ingress-port', String(await freePort()), '--control-port', String(await freePort()), '--admin-port', String(await freePort())])
+      const sc = await spawnSidecar(sidecarYaml(name, appPort, hooks, store), [
+        '--ingress-port',
+        String(await freePort()),
+        '--control-port',
+        String(await freePort()),
+        '--admin-port',
+        String(await freePort()),
+      ])
       const app = await startApp(name, name, sc.ports.admin, {}, appPort)
       svc[name] = { db: name, sc, app, store }
       children.push(sc.child)
     }
     coord = await spawnSidecar(
-      sidecarYaml('initiator', 1, `services:\n  alpha: {address: "127.0.0.1:${svc.alpha!.sc.ports.ingress}"}\n  beta: {address: "127.0.0.1:${svc.beta!.sc.ports.ingress}"}\n`),
+      sidecarYaml(
+        'initiator',
+        1,
+        `services:\n  alpha: {address: "127.0.0.1:${svc.alpha!.sc.ports.ingress}"}\n  beta: {address: "127.0.0.1:${svc.beta!.sc.ports.ingress}"}\n`,
+      ),
     )
     children.push(coord.child)
   })
 
   async function begin(): Promise<{ id: string; context: string }> {
-    const r = await request(`http://127.0.0.1:${coord.ports.admin}/v1/transactions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{"mode":"2pc","timeoutMs":20000}' })
+    const r = await request(`http://127.0.0.1:${coord.ports.admin}/v1/transactions`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: '{"mode":"2pc","timeoutMs":20000}',
+    })
     return (await r.body.json()) as { id: string; context: string }
   }
   async function write(ctx: string, service: string, value: string): Promise<number> {
-    return (await rawRequest(coord.ports.egress, { method: 'POST', path: `http://${service}/write/${value}`, headers: { 'txmesh-context': ctx } })).status
+    return (
+      await rawRequest(coord.ports.egress, {
+        method: 'POST',
+        path: `http://${service}/write/${value}`,
+        headers: { 'txmesh-context': ctx },
+      })
+    ).status
   }
 
   it('commits rows in both databases and leaves no prepared transaction', async () => {
@@ -95,7 +139,9 @@ describe('two-phase commit on Postgres through sidecars', () => {
     expect(await write(tx.context, 'alpha', 'a1')).toBe(200)
     expect(await write(tx.context, 'beta', 'b1')).toBe(200)
     expect((await rows('alpha')).items).toEqual([])
-    const r = await request(`http://127.0.0.1:${coord.ports.admin}/v1/transactions/${tx.id}/commit?wait=acks`, { method: 'POST' })
+    const r = await request(`http://127.0.0.1:${coord.ports.admin}/v1/transactions/${tx.id}/commit?wait=acks`, {
+      method: 'POST',
+    })
     expect(((await r.body.json()) as { outcome: string }).outcome).toBe('committed')
     expect(await rows('alpha')).toEqual({ items: ['a1'], prepared: 0 })
     expect(await rows('beta')).toEqual({ items: ['b1'], prepared: 0 })
@@ -110,7 +156,9 @@ describe('two-phase commit on Postgres through sidecars', () => {
     const tx = await begin()
     expect(await write(tx.context, 'alpha', 'a2')).toBe(200)
     expect(await write(tx.context, 'beta', 'b2')).toBe(200)
-    const r = await request(`http://127.0.0.1:${coord.ports.admin}/v1/transactions/${tx.id}/commit?wait=acks`, { method: 'POST' })
+    const r = await request(`http://127.0.0.1:${coord.ports.admin}/v1/transactions/${tx.id}/commit?wait=acks`, {
+      method: 'POST',
+    })
     expect(((await r.body.json()) as { outcome: string }).outcome).toBe('committed')
     await beta.app.exited
     expect((await rows('beta')).prepared).toBe(1)
@@ -132,13 +180,22 @@ describe('two-phase commit on Postgres through sidecars', () => {
     const tx = await begin()
     expect(await write(tx.context, 'alpha', 'a3')).toBe(200)
     expect(await write(tx.context, 'beta', 'b3')).toBe(200)
-    const r = await request(`http://127.0.0.1:${coord.ports.admin}/v1/transactions/${tx.id}/commit?wait=acks`, { method: 'POST' })
+    const r = await request(`http://127.0.0.1:${coord.ports.admin}/v1/transactions/${tx.id}/commit?wait=acks`, {
+      method: 'POST',
+    })
     expect(((await r.body.json()) as { outcome: string }).outcome).toBe('committed')
     await beta.app.exited
     // The sidecar dies too and comes back with an empty log (an emptyDir that was lost).
     beta.sc.child.kill('SIGKILL')
     await beta.sc.exited
-    beta.sc = await spawnSidecar(sidecarYaml('beta', beta.app.port, '', tempDir()), ['--ingress-port', String(beta.sc.ports.ingress), '--control-port', String(beta.sc.ports.control), '--admin-port', String(beta.sc.ports.admin)])
+    beta.sc = await spawnSidecar(sidecarYaml('beta', beta.app.port, '', tempDir()), [
+      '--ingress-port',
+      String(beta.sc.ports.ingress),
+      '--control-port',
+      String(beta.sc.ports.control),
+      '--admin-port',
+      String(beta.sc.ports.admin),
+    ])
     children.push(beta.sc.child)
     expect((await rows('beta')).prepared).toBe(1)
     beta.app = await startApp('beta', 'beta', beta.sc.ports.admin, {}, beta.app.port)
@@ -149,14 +206,22 @@ describe('two-phase commit on Postgres through sidecars', () => {
     // it cannot tell a wiped log from another pod at a reused IP whose real holder is prepared
     // elsewhere. The coordinator keeps its COMMIT and retries.
     await new Promise((r) => setTimeout(r, 1_500))
-    const v = (await (await request(`http://127.0.0.1:${coord.ports.admin}/v1/transactions/${tx.id}`)).body.json()) as { status: string; participants: { service: string; acknowledged: boolean }[] }
+    const v = (await (await request(`http://127.0.0.1:${coord.ports.admin}/v1/transactions/${tx.id}`)).body.json()) as {
+      status: string
+      participants: { service: string; acknowledged: boolean }[]
+    }
     expect(v.status).toBe('committing')
-    expect(v.participants).toEqual(expect.arrayContaining([expect.objectContaining({ service: 'beta', acknowledged: false })]))
+    expect(v.participants).toEqual(
+      expect.arrayContaining([expect.objectContaining({ service: 'beta', acknowledged: false })]),
+    )
   })
 
   it('sends the prepares and commits of concurrent transactions in batches, to peer sidecars and to a batching app', async () => {
-    const stats = async (port: number): Promise<{ batches?: { control: { items: number; batches: number }; hooks?: { items: number; batches: number } } }> =>
-      (await (await request(`http://127.0.0.1:${port}/v1/stats`)).body.json()) as never
+    const stats = async (
+      port: number,
+    ): Promise<{
+      batches?: { control: { items: number; batches: number }; hooks?: { items: number; batches: number } }
+    }> => (await (await request(`http://127.0.0.1:${port}/v1/stats`)).body.json()) as never
     const before = { coord: await stats(coord.ports.admin), alpha: await stats(svc.alpha!.sc.ports.admin) }
     // Each open branch holds one of the app's 10 pool connections.
     const n = 8
@@ -168,8 +233,11 @@ describe('two-phase commit on Postgres through sidecars', () => {
     // One transaction is aborted among them: its abort rides in a batch as well.
     const outcomes = await Promise.all(
       txs.map(async (tx, i) => {
-        const r = await request(`http://127.0.0.1:${coord.ports.admin}/v1/transactions/${tx.id}/${i === 5 ? 'abort' : 'commit'}?wait=acks`, { method: 'POST' })
-        return ((await r.body.json()) as { outcome: string; participants: { acknowledged: boolean }[] })
+        const r = await request(
+          `http://127.0.0.1:${coord.ports.admin}/v1/transactions/${tx.id}/${i === 5 ? 'abort' : 'commit'}?wait=acks`,
+          { method: 'POST' },
+        )
+        return (await r.body.json()) as { outcome: string; participants: { acknowledged: boolean }[] }
       }),
     )
     expect(outcomes.map((o) => o.outcome)).toEqual(txs.map((_t, i) => (i === 5 ? 'aborted' : 'committed')))
@@ -179,14 +247,24 @@ describe('two-phase commit on Postgres through sidecars', () => {
     expect((await rows('beta')).items.filter((v) => v.startsWith('batch-'))).toEqual(want('batch-b'))
     expect((await rows('alpha')).prepared).toBe(0)
     expect((await rows('beta')).prepared).toBe(0)
-    const after = { coord: await stats(coord.ports.admin), alpha: await stats(svc.alpha!.sc.ports.admin), beta: await stats(svc.beta!.sc.ports.admin) }
+    const after = {
+      coord: await stats(coord.ports.admin),
+      alpha: await stats(svc.alpha!.sc.ports.admin),
+      beta: await stats(svc.beta!.sc.ports.admin),
+    }
     // 7 prepares + 7 commits + 1 abort to each of 2 participants: 30 control messages (and a
     // retry or two of a commit an app had not finished yet), in fewer exchanges than messages.
-    const control = { items: after.coord.batches!.control.items - before.coord.batches!.control.items, batches: after.coord.batches!.control.batches - before.coord.batches!.control.batches }
+    const control = {
+      items: after.coord.batches!.control.items - before.coord.batches!.control.items,
+      batches: after.coord.batches!.control.batches - before.coord.batches!.control.batches,
+    }
     expect(control.items).toBeGreaterThanOrEqual(30)
     expect(control.batches).toBeLessThan(control.items)
     // alpha's app got its 15 hook calls in fewer requests; beta has no batch hook.
-    const hooks = { items: after.alpha.batches!.hooks!.items - before.alpha.batches!.hooks!.items, batches: after.alpha.batches!.hooks!.batches - before.alpha.batches!.hooks!.batches }
+    const hooks = {
+      items: after.alpha.batches!.hooks!.items - before.alpha.batches!.hooks!.items,
+      batches: after.alpha.batches!.hooks!.batches - before.alpha.batches!.hooks!.batches,
+    }
     expect(hooks.items).toBeGreaterThanOrEqual(15)
     expect(hooks.batches).toBeLessThan(hooks.items)
     expect(after.beta.batches!.hooks).toBeUndefined()

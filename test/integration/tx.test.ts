@@ -7,23 +7,42 @@ import { request } from 'undici'
 import { describe, expect, it } from 'vitest'
 import { signContext } from '../../src/tx/protocol.js'
 import { signControl } from '../../src/tx/protocol.js'
-import { CLI, MESH_KEY, freePort, rawRequest, sidecarYaml, spawnSidecar, tempDir, type SidecarProcess, until } from '../helpers/servers.js'
+import {
+  CLI,
+  MESH_KEY,
+  freePort,
+  rawRequest,
+  sidecarYaml,
+  spawnSidecar,
+  tempDir,
+  type SidecarProcess,
+  until,
+} from '../helpers/servers.js'
 import { startTxApp, stopAfterTests, type TxApp } from '../helpers/tx-app.js'
 
 const { procs, apps } = stopAfterTests()
-
 
 interface Mesh {
   coord: SidecarProcess
   svc: Record<string, { app: TxApp; sc: SidecarProcess; store: string }>
   begin(timeoutMs?: number): Promise<{ id: string; context: string }>
-  call(ctx: string, service: string, value: string, then?: string): Promise<{ status: number; body: string; headers: Record<string, unknown> }>
+  call(
+    ctx: string,
+    service: string,
+    value: string,
+    then?: string,
+  ): Promise<{ status: number; body: string; headers: Record<string, unknown> }>
   commit(id: string): Promise<Record<string, unknown>>
   restart(name: string, env?: Record<string, string>): Promise<void>
 }
 
 /** Coordinator sidecar (for the test, acting as the initiating app) + participants. */
-async function mesh(names: string[], env: Record<string, Record<string, string>> = {}, coordEnv: Record<string, string> = {}, coordStore = tempDir()): Promise<Mesh> {
+async function mesh(
+  names: string[],
+  env: Record<string, Record<string, string>> = {},
+  coordEnv: Record<string, string> = {},
+  coordStore = tempDir(),
+): Promise<Mesh> {
   const svc: Mesh['svc'] = {}
   // Ports fixed up front (outside the kernel's ephemeral range, see freePort) so every sidecar
   // starts once with the full service map and can restart on the same address.
@@ -35,7 +54,11 @@ async function mesh(names: string[], env: Record<string, Record<string, string>>
     apps.push(app)
     const store = tempDir()
     const f = fixed[name]!
-    const sc = await spawnSidecar(sidecarYaml(name, app.port, `services:\n${services}\n`, store), ['--ingress-port', String(f.ingress), '--control-port', String(f.control)], env[name] ?? {})
+    const sc = await spawnSidecar(
+      sidecarYaml(name, app.port, `services:\n${services}\n`, store),
+      ['--ingress-port', String(f.ingress), '--control-port', String(f.control)],
+      env[name] ?? {},
+    )
     procs.push(sc)
     app.egress = sc.ports.egress
     svc[name] = { app, sc, store }
@@ -45,7 +68,11 @@ async function mesh(names: string[], env: Record<string, Record<string, string>>
     coord: await spawnSidecar(coordYaml, ['--control-port', String(await freePort())], coordEnv),
     svc,
     async begin(timeoutMs = 10_000) {
-      const r = await request(`http://127.0.0.1:${m.coord.ports.admin}/v1/transactions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ mode: '2pc', timeoutMs }) })
+      const r = await request(`http://127.0.0.1:${m.coord.ports.admin}/v1/transactions`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ mode: '2pc', timeoutMs }),
+      })
       expect(r.statusCode).toBe(201)
       return (await r.body.json()) as { id: string; context: string }
     },
@@ -58,12 +85,18 @@ async function mesh(names: string[], env: Record<string, Record<string, string>>
       return { status: r.status, body: r.body, headers: r.headers }
     },
     async commit(id) {
-      const r = await request(`http://127.0.0.1:${m.coord.ports.admin}/v1/transactions/${id}/commit?wait=acks`, { method: 'POST' })
+      const r = await request(`http://127.0.0.1:${m.coord.ports.admin}/v1/transactions/${id}/commit?wait=acks`, {
+        method: 'POST',
+      })
       return (await r.body.json()) as Record<string, unknown>
     },
     async restart(name, e = {}) {
       const s = svc[name]!
-      s.sc = await spawnSidecar(sidecarYaml(name, s.app.port, `services:\n${services}\n`, s.store), ['--ingress-port', String(s.sc.ports.ingress), '--control-port', String(s.sc.ports.control)], e)
+      s.sc = await spawnSidecar(
+        sidecarYaml(name, s.app.port, `services:\n${services}\n`, s.store),
+        ['--ingress-port', String(s.sc.ports.ingress), '--control-port', String(s.sc.ports.control)],
+        e,
+      )
       procs.push(s.sc)
       s.app.egress = s.sc.ports.egress
     },
@@ -88,14 +121,20 @@ describe('two-phase commit through sidecars', () => {
     expect(m.svc.orders!.app.committed).toEqual(['orders:o1'])
     expect(m.svc.inventory!.app.committed).toEqual(['inventory:o1'])
     expect(m.svc.payments!.app.committed).toEqual(['payments:p1'])
-    const view = (await (await request(`http://127.0.0.1:${m.coord.ports.admin}/v1/transactions/${tx.id}`)).body.json()) as { status: string }
+    const view = (await (
+      await request(`http://127.0.0.1:${m.coord.ports.admin}/v1/transactions/${tx.id}`)
+    ).body.json()) as { status: string }
     expect(view.status).toBe('committed')
   })
 
   it('enlists a participant once however many calls reach it in one request', async () => {
     const m = await mesh(['orders', 'inventory'])
     const tx = await m.begin()
-    const r = await rawRequest(m.coord.ports.egress, { method: 'POST', path: 'http://orders/write/many?then=inventory&times=20', headers: { 'txmesh-context': tx.context } })
+    const r = await rawRequest(m.coord.ports.egress, {
+      method: 'POST',
+      path: 'http://orders/write/many?then=inventory&times=20',
+      headers: { 'txmesh-context': tx.context },
+    })
     expect(r.status).toBe(200)
     const result = await m.commit(tx.id)
     expect(result.outcome).toBe('committed')
@@ -142,10 +181,16 @@ describe('two-phase commit through sidecars', () => {
   it('fails a call to an unreachable service and leaves the transaction abortable', async () => {
     const m = await mesh(['orders'])
     const tx = await m.begin()
-    const r = await rawRequest(m.coord.ports.egress, { method: 'POST', path: 'http://127.0.0.1:1/write/x', headers: { 'txmesh-context': tx.context } })
+    const r = await rawRequest(m.coord.ports.egress, {
+      method: 'POST',
+      path: 'http://127.0.0.1:1/write/x',
+      headers: { 'txmesh-context': tx.context },
+    })
     expect(r.status).toBe(502)
     expect(r.headers['x-txmesh-error']).toBe('TXM_UPSTREAM_UNREACHABLE')
-    const a = await request(`http://127.0.0.1:${m.coord.ports.admin}/v1/transactions/${tx.id}/abort`, { method: 'POST' })
+    const a = await request(`http://127.0.0.1:${m.coord.ports.admin}/v1/transactions/${tx.id}/abort`, {
+      method: 'POST',
+    })
     expect(((await a.body.json()) as { outcome: string }).outcome).toBe('aborted')
   })
 
@@ -155,7 +200,9 @@ describe('two-phase commit through sidecars', () => {
     const tx = await m.begin()
     await m.call(tx.context, 'orders', 'o4')
     await m.call(tx.context, 'payments', 'p4')
-    const commit = request(`http://127.0.0.1:${m.coord.ports.admin}/v1/transactions/${tx.id}/commit`, { method: 'POST' }).catch((e: Error) => e)
+    const commit = request(`http://127.0.0.1:${m.coord.ports.admin}/v1/transactions/${tx.id}/commit`, {
+      method: 'POST',
+    }).catch((e: Error) => e)
     expect(await m.coord.exited).toMatchObject({ signal: 'SIGKILL' })
     expect(await commit).toBeInstanceOf(Error)
     expect(m.svc.orders!.app.committed).toEqual([])
@@ -163,7 +210,10 @@ describe('two-phase commit through sidecars', () => {
     const yaml = sidecarYaml('initiator', 1, '', coordStore)
     const again = await spawnSidecar(yaml, ['--control-port', String(m.coord.ports.control)])
     procs.push(again)
-    await until('commit everywhere', () => m.svc.orders!.app.committed.length === 1 && m.svc.payments!.app.committed.length === 1)
+    await until(
+      'commit everywhere',
+      () => m.svc.orders!.app.committed.length === 1 && m.svc.payments!.app.committed.length === 1,
+    )
     expect(m.svc.orders!.app.committed).toEqual(['orders:o4'])
     expect(m.svc.payments!.app.committed).toEqual(['payments:p4'])
   })
@@ -179,7 +229,10 @@ describe('two-phase commit through sidecars', () => {
     await m.svc.payments!.sc.exited
     await m.restart('payments')
     // After restart the participant asks the coordinator and finishes the branch.
-    await until('payments abort hook after restart', () => m.svc.payments!.app.hooks.filter((h) => h === `abort:${tx.id}`).length >= 1)
+    await until(
+      'payments abort hook after restart',
+      () => m.svc.payments!.app.hooks.filter((h) => h === `abort:${tx.id}`).length >= 1,
+    )
     expect(m.svc.payments!.app.committed).toEqual([])
     expect(m.svc.orders!.app.committed).toEqual([])
   })
@@ -211,14 +264,20 @@ describe('two-phase commit through sidecars', () => {
   it('a single-participant commit takes one phase: prepare then commit at the app, no decision record at the coordinator', async () => {
     const m = await mesh(['orders'])
     const stats = async (port: number): Promise<{ log: { appends: number }; branches: number }> =>
-      (await (await request(`http://127.0.0.1:${port}/v1/stats`)).body.json()) as { log: { appends: number }; branches: number }
+      (await (await request(`http://127.0.0.1:${port}/v1/stats`)).body.json()) as {
+        log: { appends: number }
+        branches: number
+      }
     const tx = await m.begin()
     expect((await m.call(tx.context, 'orders', 'o9')).status).toBe(200)
     const before = await stats(m.coord.ports.admin)
     const result = await m.commit(tx.id)
     expect(result.outcome).toBe('committed')
     expect(result.participants).toMatchObject([{ service: 'orders', vote: 'prepared', acknowledged: true }])
-    expect(m.svc.orders!.app.hooks.filter((h) => h.endsWith(`:${tx.id}`))).toEqual([`prepare:${tx.id}`, `commit:${tx.id}`])
+    expect(m.svc.orders!.app.hooks.filter((h) => h.endsWith(`:${tx.id}`))).toEqual([
+      `prepare:${tx.id}`,
+      `commit:${tx.id}`,
+    ])
     expect(m.svc.orders!.app.committed).toEqual(['orders:o9'])
     // The coordinator wrote nothing for it (the participant's PREPARED(onePhase) is the record).
     expect((await stats(m.coord.ports.admin)).log.appends).toBe(before.log.appends)
@@ -229,7 +288,13 @@ describe('two-phase commit through sidecars', () => {
   it('refuses forged, expired, malformed and oversize contexts with stable codes', async () => {
     const m = await mesh(['orders'])
     const ingress = m.svc.orders!.sc.ports.ingress
-    const good = { id: 'abc', mode: '2pc' as const, coordinator: `127.0.0.1:${m.coord.ports.control}`, deadline: Date.now() + 60_000, parent: undefined }
+    const good = {
+      id: 'abc',
+      mode: '2pc' as const,
+      coordinator: `127.0.0.1:${m.coord.ports.control}`,
+      deadline: Date.now() + 60_000,
+      parent: undefined,
+    }
     const cases: [string, string, number][] = [
       ['forged', signContext(Buffer.from('another-key-0123456789abcdef'), good), 401],
       ['expired', signContext(Buffer.from(MESH_KEY), { ...good, deadline: Date.now() - 1 }), 410],
@@ -254,7 +319,10 @@ describe('two-phase commit through sidecars', () => {
     })
     expect(m.svc.orders!.app.committed).toEqual([])
     // Unsigned control calls are refused too.
-    const r = await request(`http://127.0.0.1:${m.svc.orders!.sc.ports.control}/v1/tx/abc/commit`, { method: 'POST', body: '{"branch":"b"}' })
+    const r = await request(`http://127.0.0.1:${m.svc.orders!.sc.ports.control}/v1/tx/abc/commit`, {
+      method: 'POST',
+      body: '{"branch":"b"}',
+    })
     expect(r.statusCode).toBe(401)
     expect(r.headers['x-txmesh-error']).toBe('TXM_CONTROL_UNAUTHORIZED')
   })
@@ -262,10 +330,20 @@ describe('two-phase commit through sidecars', () => {
   it('answers transaction calls of a sidecar without a mesh key with TXM_MESH_KEY_MISSING, not "starting" forever', async () => {
     const sc = await spawnSidecar(sidecarYaml('keyless', 1), [], { TXMESH_MESH_KEY: '' })
     procs.push(sc)
-    const control = await rawRequest(sc.ports.control, { method: 'POST', path: '/v1/tx/abc/prepare', headers: { 'content-length': '2', 'content-type': 'application/json' }, body: '{}' })
+    const control = await rawRequest(sc.ports.control, {
+      method: 'POST',
+      path: '/v1/tx/abc/prepare',
+      headers: { 'content-length': '2', 'content-type': 'application/json' },
+      body: '{}',
+    })
     expect(control.status).toBe(503)
     expect(control.headers['x-txmesh-error']).toBe('TXM_MESH_KEY_MISSING')
-    const admin = await rawRequest(sc.ports.admin, { method: 'POST', path: '/v1/transactions', headers: { 'content-length': '2', 'content-type': 'application/json' }, body: '{}' })
+    const admin = await rawRequest(sc.ports.admin, {
+      method: 'POST',
+      path: '/v1/transactions',
+      headers: { 'content-length': '2', 'content-type': 'application/json' },
+      body: '{}',
+    })
     expect(admin.status).toBe(503)
     expect(admin.headers['x-txmesh-error']).toBe('TXM_MESH_KEY_MISSING')
   })
@@ -287,7 +365,11 @@ describe('two-phase commit through sidecars', () => {
     const m = await mesh(['orders', 'audit'])
     const tx = await m.begin()
     expect((await m.call(tx.context, 'orders', 'o7', undefined)).status).toBe(200)
-    const r = await rawRequest(m.coord.ports.egress, { method: 'POST', path: 'http://orders/write/o8?later=audit', headers: { 'txmesh-context': tx.context } })
+    const r = await rawRequest(m.coord.ports.egress, {
+      method: 'POST',
+      path: 'http://orders/write/o8?later=audit',
+      headers: { 'txmesh-context': tx.context },
+    })
     expect(r.status).toBe(200)
     await until('the late call', () => m.svc.orders!.app.later.length === 1)
     expect(m.svc.orders!.app.later).toEqual([200])
@@ -314,7 +396,11 @@ describe('implicit transactions (route transaction: required)', () => {
     )
     procs.push(frontSc)
     front.egress = frontSc.ports.egress
-    const ok = await rawRequest(frontSc.ports.ingress, { method: 'POST', path: '/write/ok?then=back', headers: { host: 'front' } })
+    const ok = await rawRequest(frontSc.ports.ingress, {
+      method: 'POST',
+      path: '/write/ok?then=back',
+      headers: { host: 'front' },
+    })
     expect(ok.status).toBe(200)
     expect(ok.headers['txmesh-outcome']).toBe('committed')
     // The answer comes once the decision is durable; phase 2 reaches the apps right after.
@@ -323,16 +409,26 @@ describe('implicit transactions (route transaction: required)', () => {
     expect(back.committed).toEqual(['back:ok'])
 
     back.vote = 409
-    const refused = await rawRequest(frontSc.ports.ingress, { method: 'POST', path: '/write/no?then=back', headers: { host: 'front' } })
+    const refused = await rawRequest(frontSc.ports.ingress, {
+      method: 'POST',
+      path: '/write/no?then=back',
+      headers: { host: 'front' },
+    })
     expect(refused.status).toBe(409)
     expect(refused.headers['x-txmesh-error']).toBe('TXM_TX_ABORTED')
     expect(front.committed).toEqual(['front:ok'])
     expect(back.committed).toEqual(['back:ok'])
     // The app failing before it answers ends the implicit transaction at once.
-    const broken = await rawRequest(frontSc.ports.ingress, { method: 'POST', path: '/reset', headers: { host: 'front' } })
+    const broken = await rawRequest(frontSc.ports.ingress, {
+      method: 'POST',
+      path: '/reset',
+      headers: { host: 'front' },
+    })
     expect(broken.status).toBe(502)
     await until('implicit transactions ended', async () => {
-      const stats = (await (await request(`http://127.0.0.1:${frontSc.ports.admin}/v1/stats`)).body.json()) as { transactions: { active: number } }
+      const stats = (await (await request(`http://127.0.0.1:${frontSc.ports.admin}/v1/stats`)).body.json()) as {
+        transactions: { active: number }
+      }
       return stats.transactions.active === 0
     })
     // Requests outside the route stay plain.
@@ -421,10 +517,14 @@ describe('operator CLI', () => {
     const tx = await m.begin()
     await m.call(tx.context, 'orders', 'doubt')
     await m.call(tx.context, 'payments', 'doubt')
-    await request(`http://127.0.0.1:${m.coord.ports.admin}/v1/transactions/${tx.id}/commit`, { method: 'POST' }).catch(() => undefined)
+    await request(`http://127.0.0.1:${m.coord.ports.admin}/v1/transactions/${tx.id}/commit`, { method: 'POST' }).catch(
+      () => undefined,
+    )
     await m.coord.exited
     const admin = `http://127.0.0.1:${m.svc.orders!.sc.ports.admin}`
-    const list = JSON.parse(cli(['list', '--admin', admin, '--json']).stdout) as { branches: { tx: string; status: string }[] }
+    const list = JSON.parse(cli(['list', '--admin', admin, '--json']).stdout) as {
+      branches: { tx: string; status: string }[]
+    }
     expect(list.branches).toEqual([expect.objectContaining({ tx: tx.id, status: 'prepared' })])
     expect(cli(['list', '--admin', admin]).stdout).toMatch(new RegExp(`${tx.id}\\s+\\S+\\s+prepared`))
     // Prepared a moment ago: its coordinator may come back and decide, so not in doubt yet.
@@ -434,10 +534,14 @@ describe('operator CLI', () => {
     const resolved = cli(['resolve', tx.id, '--commit', '--force', '--by', 'test-operator', '--admin', admin])
     expect(resolved.stderr).toBe('')
     expect(resolved.status).toBe(0)
-    expect(resolved.stdout).toContain(`of transaction ${tx.id}: committed (audited in the log, forced: a heuristic decision, the branch was not in doubt)`)
+    expect(resolved.stdout).toContain(
+      `of transaction ${tx.id}: committed (audited in the log, forced: a heuristic decision, the branch was not in doubt)`,
+    )
     await until('orders commit hook', () => m.svc.orders!.app.committed.includes('orders:doubt'))
     // The decision is in the durable log, with who made it.
-    const logBytes = readdirSync(m.svc.orders!.store).map((f) => readFileSync(join(m.svc.orders!.store, f)).toString('latin1')).join('')
+    const logBytes = readdirSync(m.svc.orders!.store)
+      .map((f) => readFileSync(join(m.svc.orders!.store, f)).toString('latin1'))
+      .join('')
     expect(logBytes).toContain('"type":"resolved"')
     expect(logBytes).toContain('"by":"test-operator"')
     expect(logBytes).toContain('"forced":true')

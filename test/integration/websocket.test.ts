@@ -18,7 +18,9 @@ describe('WebSocket through two sidecars (egress of the caller, ingress of the c
       ws.on('message', (data, isBinary) => ws.send(isBinary ? data : `echo:${String(data)}`, { binary: isBinary }))
     })
     callee = await spawnSidecar(sidecarYaml('chat', app.port))
-    caller = await spawnSidecar(sidecarYaml('web', 1, `services:\n  chat: {address: "127.0.0.1:${callee.ports.ingress}"}\n`))
+    caller = await spawnSidecar(
+      sidecarYaml('web', 1, `services:\n  chat: {address: "127.0.0.1:${callee.ports.ingress}"}\n`),
+    )
   })
   afterAll(async () => {
     caller.child.kill('SIGKILL')
@@ -54,7 +56,9 @@ describe('WebSocket through two sidecars (egress of the caller, ingress of the c
     await dead.close()
     const out = await new Promise<string>((resolve) => {
       const s = connect(caller.ports.egress, '127.0.0.1', () =>
-        s.write(`GET /socket HTTP/1.1\r\nHost: 127.0.0.1:${dead.port}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n`),
+        s.write(
+          `GET /socket HTTP/1.1\r\nHost: 127.0.0.1:${dead.port}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n`,
+        ),
       )
       let t = ''
       s.on('data', (c: Buffer) => (t += c.toString()))
@@ -70,7 +74,11 @@ describe('WebSocket through two sidecars (egress of the caller, ingress of the c
  * connection is still open) sends `second` on the same connection; resolves with all that came
  * back once the connection closes or a second answer arrived (bounded).
  */
-async function upgradeThenSecond(port: number, first: string, second: string): Promise<{ text: string; closed: boolean; secondSent: boolean }> {
+async function upgradeThenSecond(
+  port: number,
+  first: string,
+  second: string,
+): Promise<{ text: string; closed: boolean; secondSent: boolean }> {
   const s = connect(port, '127.0.0.1')
   let text = ''
   let closed = false
@@ -87,13 +95,19 @@ async function upgradeThenSecond(port: number, first: string, second: string): P
     s.write(second)
     secondSent = true
   }
-  await until('the connection to close or a second answer', () => closed || text.split('HTTP/1.1 ').length > 2, 3_000).catch(() => undefined)
+  await until(
+    'the connection to close or a second answer',
+    () => closed || text.split('HTTP/1.1 ').length > 2,
+    3_000,
+  ).catch(() => undefined)
   s.destroy()
   return { text, closed, secondSent }
 }
 
-const UPGRADE = 'Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n'
-const FORGED_ABORT = 'POST /.well-known/txmesh/abort HTTP/1.1\r\nHost: payments\r\ntxmesh-tx-id: forged-tx\r\ntxmesh-branch-id: forged-branch\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}'
+const UPGRADE =
+  'Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n'
+const FORGED_ABORT =
+  'POST /.well-known/txmesh/abort HTTP/1.1\r\nHost: payments\r\ntxmesh-tx-id: forged-tx\r\ntxmesh-branch-id: forged-branch\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}'
 
 describe('Upgrade requests the upstream does not answer with 101 (issue 15, hole 1)', () => {
   // A plain node:http app: without an 'upgrade' listener Node answers an Upgrade request as an
@@ -112,7 +126,11 @@ describe('Upgrade requests the upstream does not answer with 101 (issue 15, hole
 
   it('ingress: sends the 200 as an HTTP response, closes the connection, and the forged hook call after it never reaches the app', async () => {
     const before = app.seen.length
-    const r = await upgradeThenSecond(sc.ports.ingress, `GET /socket HTTP/1.1\r\nHost: payments\r\n${UPGRADE}\r\n`, FORGED_ABORT)
+    const r = await upgradeThenSecond(
+      sc.ports.ingress,
+      `GET /socket HTTP/1.1\r\nHost: payments\r\n${UPGRADE}\r\n`,
+      FORGED_ABORT,
+    )
     await new Promise((res) => setTimeout(res, 200))
     const seen = app.seen.slice(before)
     expect(seen.map((s) => s.url)).toEqual(['/socket'])
@@ -124,7 +142,11 @@ describe('Upgrade requests the upstream does not answer with 101 (issue 15, hole
 
   it('ingress: bytes the client sent behind the upgrade request, before any answer, never reach the app', async () => {
     const before = app.seen.length
-    const r = await upgradeThenSecond(sc.ports.ingress, `GET /socket HTTP/1.1\r\nHost: payments\r\n${UPGRADE}\r\n${FORGED_ABORT}`, '')
+    const r = await upgradeThenSecond(
+      sc.ports.ingress,
+      `GET /socket HTTP/1.1\r\nHost: payments\r\n${UPGRADE}\r\n${FORGED_ABORT}`,
+      '',
+    )
     await new Promise((res) => setTimeout(res, 200))
     expect(app.seen.slice(before).map((s) => s.url)).toEqual(['/socket'])
     expect(r.text).toMatch(/^HTTP\/1\.1 200 OK\r\n/)
@@ -153,7 +175,11 @@ describe('Upgrade requests the upstream does not answer with 101 (issue 15, hole
     })
     const side = await spawnSidecar(sidecarYaml('chat', refusing.port))
     try {
-      const r = await upgradeThenSecond(side.ports.ingress, `GET /socket HTTP/1.1\r\nHost: chat\r\n${UPGRADE}\r\n`, FORGED_ABORT)
+      const r = await upgradeThenSecond(
+        side.ports.ingress,
+        `GET /socket HTTP/1.1\r\nHost: chat\r\n${UPGRADE}\r\n`,
+        FORGED_ABORT,
+      )
       expect(r.text).toMatch(/^HTTP\/1\.1 426 Upgrade Required\r\n/)
       expect(r.text.endsWith('\r\n\r\nno websockets here')).toBe(true)
       // Hop-by-hop headers of the refusal are not relayed; the connection is closed after it.

@@ -52,7 +52,9 @@ const DIR = '/data/log'
 const LAZY_FLUSH_MS = 5
 
 /** One appended record (data) or END, in append order. `n` numbers data records, increasing. */
-type StreamEntry = { readonly kind: 'data'; readonly key: string; readonly n: number; readonly body: string } | { readonly kind: 'end'; readonly key: string }
+type StreamEntry =
+  | { readonly kind: 'data'; readonly key: string; readonly n: number; readonly body: string }
+  | { readonly kind: 'end'; readonly key: string }
 
 interface Stats {
   schedules: number
@@ -144,7 +146,12 @@ class Model {
 
   /** After an open: what it returned is the new base, and durable from now on. */
   rebase(records: readonly LogEntry[]): void {
-    this.stream = records.map((r) => ({ kind: 'data', key: r.txId, n: r.body.n as number, body: JSON.stringify(r.body) }))
+    this.stream = records.map((r) => ({
+      kind: 'data',
+      key: r.txId,
+      n: r.body.n as number,
+      body: JSON.stringify(r.body),
+    }))
     this.acked = this.stream.length
   }
 
@@ -191,7 +198,8 @@ class Model {
       const n = typeof r.body.n === 'number' ? r.body.n : -1
       const e = this.history.get(n)
       if (e === undefined) return `replayed a record that was never appended: ${r.txId} ${JSON.stringify(r.body)}`
-      if (e.key !== r.txId || e.body !== JSON.stringify(r.body)) return `replayed record ${n} with other bytes: ${r.txId} ${JSON.stringify(r.body)}, appended ${e.key} ${e.body}`
+      if (e.key !== r.txId || e.body !== JSON.stringify(r.body))
+        return `replayed record ${n} with other bytes: ${r.txId} ${JSON.stringify(r.body)}, appended ${e.key} ${e.body}`
       if (n <= last) return `replayed record ${n} after ${last} (out of append order, or twice)`
       last = n
     }
@@ -206,13 +214,17 @@ function dumpSegments(fs: SimFs): string {
     .map((f) => {
       const b = fs.content(`${DIR}/${f.name}`) ?? Buffer.alloc(0)
       const frames: string[] = []
-      for (let off = SEGMENT_HEADER_BYTES; ; ) {
+      for (let off = SEGMENT_HEADER_BYTES; ;) {
         const d = decodeRecord(b, off, b.length, 1 << 20)
         if (d.kind !== 'record') {
           if (off < b.length) frames.push(`<${d.kind} ${b.length - off}B>`)
           break
         }
-        frames.push(d.record.kind === RecordKind.end ? `${d.record.lsn}:END(${d.record.txId})` : `${d.record.lsn}:${d.record.txId}`)
+        frames.push(
+          d.record.kind === RecordKind.end
+            ? `${d.record.lsn}:END(${d.record.txId})`
+            : `${d.record.lsn}:${d.record.txId}`,
+        )
         off += d.record.frameBytes
       }
       return `${f.name.replace(/^0+/, '')}[${frames.join(' ')}]`
@@ -264,7 +276,9 @@ async function runSchedule(seed: number, stats: Stats, trace?: (line: string) =>
     readChunkBytes: [16, 61, 256, 4_096][rng.int(0, 3)] as number,
     ...(rng.chance(0.5) ? { compactEndedFraction: [0.3, 0.5, 0.9][rng.int(0, 2)] as number } : {}),
   }
-  trace?.(`seed ${seed}: faults ${JSON.stringify(faults)}${flipAtEnd ? ' + a bit flip before the last open' : ''}; options ${JSON.stringify(opts)}`)
+  trace?.(
+    `seed ${seed}: faults ${JSON.stringify(faults)}${flipAtEnd ? ' + a bit flip before the last open' : ''}; options ${JSON.stringify(opts)}`,
+  )
   const model = new Model()
   const rounds = rng.int(1, 4)
   let weak = lying
@@ -303,7 +317,12 @@ async function runSchedule(seed: number, stats: Stats, trace?: (line: string) =>
       stats.truncatedBytes += st.truncatedBytes
     }
     const problem = weak ? model.checkAppended(records) : model.checkPrefix(records)
-    trace?.(`open: ${records.length} records [${records.map((e) => `${e.txId}:${String(e.body.n)}`).join(' ')}], truncated ${st.truncatedBytes} bytes, segments ${fs.list(DIR).map((f) => `${f.name}(${f.size})`).join(' ')}`)
+    trace?.(
+      `open: ${records.length} records [${records.map((e) => `${e.txId}:${String(e.body.n)}`).join(' ')}], truncated ${st.truncatedBytes} bytes, segments ${fs
+        .list(DIR)
+        .map((f) => `${f.name}(${f.size})`)
+        .join(' ')}`,
+    )
     if (problem !== undefined) fail(problem)
     else if (!weak) stats.ackedChecked += model.acked
     if (flip !== undefined) {
@@ -311,7 +330,8 @@ async function runSchedule(seed: number, stats: Stats, trace?: (line: string) =>
       // flipped byte (a flipped header of a segment without records is a torn header: rewritten).
       const size = fs.list(DIR).find((f) => `${DIR}/${f.name}` === flip?.path)?.size ?? 0
       if (!flipInLast) fail(`bit flip in sealed segment ${flip.path} at ${flip.offset} was not refused`)
-      else if (size > flip.offset && !(flip.offset < 20 && size === 20)) fail(`bit flip at ${flip.path}:${flip.offset} was replayed (the file is still ${size} bytes)`)
+      else if (size > flip.offset && !(flip.offset < 20 && size === 20))
+        fail(`bit flip at ${flip.path}:${flip.offset} was replayed (the file is still ${size} bytes)`)
       else stats.flipsCut++
     }
     model.rebase(records)
@@ -350,7 +370,12 @@ async function runSchedule(seed: number, stats: Stats, trace?: (line: string) =>
           const r = await Promise.race([closing, crashed.then(() => 'crashed' as const)])
           // close() of a failed log resolves without writing anything: not an acknowledgement.
           if (r === 'closed' && fs.injected.ioErrors === failedBefore) model.ack(model.stream.length)
-          else if (r !== 'crashed' && r !== 'closed' && !(r instanceof LogFailedError && fs.injected.ioErrors > failedBefore)) fail(`close failed: ${String(r)}`)
+          else if (
+            r !== 'crashed' &&
+            r !== 'closed' &&
+            !(r instanceof LogFailedError && fs.injected.ioErrors > failedBefore)
+          )
+            fail(`close failed: ${String(r)}`)
         }
         fs.crashNow()
       }
@@ -383,7 +408,9 @@ async function runSchedule(seed: number, stats: Stats, trace?: (line: string) =>
         weak = true
         const names = fs.list(DIR).map((f) => f.name)
         flipInLast = flip.path === `${DIR}/${names[names.length - 1] ?? ''}`
-        trace?.(`bit flip in ${flip.path} at offset ${flip.offset} (${flipInLast ? 'the last segment' : 'a sealed segment'})`)
+        trace?.(
+          `bit flip in ${flip.path} at offset ${flip.offset} (${flipInLast ? 'the last segment' : 'a sealed segment'})`,
+        )
       }
     }
   }
@@ -395,7 +422,16 @@ async function runSchedule(seed: number, stats: Stats, trace?: (line: string) =>
 }
 
 /** One round of appends, lazy appends, ends, flushes, timer ticks and waits, until a crash. */
-async function workload(log: FileLog, model: Model, rng: Prng, fs: SimFs, crashed: Promise<void>, stats: Stats, fail: (what: string) => void, trace?: (line: string) => void): Promise<void> {
+async function workload(
+  log: FileLog,
+  model: Model,
+  rng: Prng,
+  fs: SimFs,
+  crashed: Promise<void>,
+  stats: Stats,
+  fail: (what: string) => void,
+  trace?: (line: string) => void,
+): Promise<void> {
   const pending: Promise<unknown>[] = []
   const faulty = (): boolean => fs.injected.ioErrors > 0
   const rejected = (what: string) => (err: unknown) => {
@@ -432,10 +468,13 @@ async function workload(log: FileLog, model: Model, rng: Prng, fs: SimFs, crashe
       if (lazy) stats.lazyAppends++
       else stats.durableAppends++
       if (p !== undefined) {
-        const acked = p.then(() => {
-          model.ack(at)
-          trace?.(`  acked ${key}:${n}`)
-        }, rejected(`append ${key}:${n}`))
+        const acked = p.then(
+          () => {
+            model.ack(at)
+            trace?.(`  acked ${key}:${n}`)
+          },
+          rejected(`append ${key}:${n}`),
+        )
         pending.push(acked)
         if (rng.chance(0.3)) await Promise.race([acked, crashed])
       }
@@ -445,7 +484,8 @@ async function workload(log: FileLog, model: Model, rng: Prng, fs: SimFs, crashe
       const before = log.stats().ends
       log.end(k)
       const wrote = log.stats().ends > before
-      if (wrote !== live.includes(k) && !faulty()) fail(`end(${k}): the log ${wrote ? 'wrote' : 'skipped'} an END the model did not expect`)
+      if (wrote !== live.includes(k) && !faulty())
+        fail(`end(${k}): the log ${wrote ? 'wrote' : 'skipped'} an END the model did not expect`)
       if (wrote) {
         model.end(k)
         stats.ends++
@@ -493,35 +533,39 @@ describe('log simulation', () => {
     }
   })
 
-  it.runIf(replay === undefined)('replays every acknowledged record and nothing else, whatever the crash point and disk fault', async () => {
-    const schedules = envInt('SIM_LOG_SCHEDULES') ?? DEFAULT_SCHEDULES
-    const stats = newStats()
-    const failures: string[] = []
-    const started = performance.now()
-    vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout'] })
-    try {
-      for (let seed = 1; seed <= schedules; seed++) {
-        const v = await runSchedule(seed, stats)
-        if (v.length > 0) failures.push(failure(seed, `SIM_LOG_SEED=${seed} npx vitest run test/simulation/log.sim.test.ts`, v))
+  it.runIf(replay === undefined)(
+    'replays every acknowledged record and nothing else, whatever the crash point and disk fault',
+    async () => {
+      const schedules = envInt('SIM_LOG_SCHEDULES') ?? DEFAULT_SCHEDULES
+      const stats = newStats()
+      const failures: string[] = []
+      const started = performance.now()
+      vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout'] })
+      try {
+        for (let seed = 1; seed <= schedules; seed++) {
+          const v = await runSchedule(seed, stats)
+          if (v.length > 0)
+            failures.push(failure(seed, `SIM_LOG_SEED=${seed} npx vitest run test/simulation/log.sim.test.ts`, v))
+        }
+      } finally {
+        vi.useRealTimers()
       }
-    } finally {
-      vi.useRealTimers()
-    }
-    const ms = Math.round(performance.now() - started)
-    process.stdout.write(`log simulation: ${schedules} schedules in ${ms} ms; ${JSON.stringify(stats)}\n`)
-    expectNoFailures(failures, 'schedules')
-    if (schedules >= DEFAULT_SCHEDULES) {
-      // The schedules must reach the hard places, or the run proves little.
-      for (const phase of ['open', 'roll', 'compact', 'write', 'between']) expect(stats.crashes[phase] ?? 0, `crashes during ${phase}`).toBeGreaterThan(schedules / 200)
-      expect(stats.tornTails).toBeGreaterThan(schedules / 20)
-      expect(stats.compactions).toBeGreaterThan(schedules)
-      expect(stats.carried).toBeGreaterThan(0)
-      expect(stats.ackedChecked).toBeGreaterThan(schedules)
-      expect(stats.logFailures).toBeGreaterThan(0)
-      expect(stats.lies).toBeGreaterThan(0)
-      expect(stats.flipsRefused).toBeGreaterThan(0)
-      expect(stats.flipsCut).toBeGreaterThan(0)
-    }
-  })
+      const ms = Math.round(performance.now() - started)
+      process.stdout.write(`log simulation: ${schedules} schedules in ${ms} ms; ${JSON.stringify(stats)}\n`)
+      expectNoFailures(failures, 'schedules')
+      if (schedules >= DEFAULT_SCHEDULES) {
+        // The schedules must reach the hard places, or the run proves little.
+        for (const phase of ['open', 'roll', 'compact', 'write', 'between'])
+          expect(stats.crashes[phase] ?? 0, `crashes during ${phase}`).toBeGreaterThan(schedules / 200)
+        expect(stats.tornTails).toBeGreaterThan(schedules / 20)
+        expect(stats.compactions).toBeGreaterThan(schedules)
+        expect(stats.carried).toBeGreaterThan(0)
+        expect(stats.ackedChecked).toBeGreaterThan(schedules)
+        expect(stats.logFailures).toBeGreaterThan(0)
+        expect(stats.lies).toBeGreaterThan(0)
+        expect(stats.flipsRefused).toBeGreaterThan(0)
+        expect(stats.flipsCut).toBeGreaterThan(0)
+      }
+    },
+  )
 })
-

@@ -37,7 +37,10 @@ export interface AppHost {
 export class ContractApp implements App {
   proc: SimProc
   /** What the app did for each branch id (its tx id too). */
-  readonly work = new Map<string, { readonly tx: string; status: BranchWork; wasPrepared: boolean; history: string[] }>()
+  readonly work = new Map<
+    string,
+    { readonly tx: string; status: BranchWork; wasPrepared: boolean; history: string[] }
+  >()
 
   /** Business requests of each branch the app is still working on (slow ones). */
   private readonly running = new Map<string, number>()
@@ -73,13 +76,19 @@ export class ContractApp implements App {
     if (h.faultsOn() && h.rng.chance(this.faults.failure)) return { status: 500 }
     // The contract: no hook of a branch reaches the app while a request of that branch still runs
     // in it (the sidecar holds hooks until the request's response head left, LIMITS.hookHoldMs).
-    if (path !== '/work' && (this.running.get(branch) ?? 0) > 0) this.host.violation(`${this.name}: ${path} of ${branch} arrived while a request of the branch still ran in the app`)
+    if (path !== '/work' && (this.running.get(branch) ?? 0) > 0)
+      this.host.violation(
+        `${this.name}: ${path} of ${branch} arrived while a request of the branch still ran in the app`,
+      )
     const answer = this.answer(path, tx, branch)
     if (h.faultsOn() && h.rng.chance(this.faults.slow)) {
       const proc = this.proc
       // A slow business request runs (holds its branch) until it answers, past the sidecar's
       // hook timeout but within its hold.
-      const ms = path === '/work' ? h.rng.int(1, LIMITS.hookHoldMs - 1) : h.rng.int(LIMITS.hookCallTimeoutMs + 1, LIMITS.hookCallTimeoutMs * 2)
+      const ms =
+        path === '/work'
+          ? h.rng.int(1, LIMITS.hookHoldMs - 1)
+          : h.rng.int(LIMITS.hookCallTimeoutMs + 1, LIMITS.hookCallTimeoutMs * 2)
       if (path === '/work') this.running.set(branch, (this.running.get(branch) ?? 0) + 1)
       return new Promise((resolve) =>
         h.after(proc, ms, () => {
@@ -151,7 +160,11 @@ export class ContractApp implements App {
     return { status: 404 }
   }
 
-  private apply(w: { status: BranchWork; wasPrepared: boolean; history: string[] }, status: BranchWork, why: string): void {
+  private apply(
+    w: { status: BranchWork; wasPrepared: boolean; history: string[] },
+    status: BranchWork,
+    why: string,
+  ): void {
     w.status = status
     if (status === 'prepared') w.wasPrepared = true
     w.history.push(`${why}->${status}`)

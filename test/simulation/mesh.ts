@@ -56,7 +56,8 @@ export interface Sidecar {
 }
 
 /** An app's answer to one HTTP request (or a refused connection: nothing listens). */
-export type AppAnswer = { readonly status: number; readonly text?: string; readonly headers?: readonly string[] } | 'refused'
+export type AppAnswer =
+  { readonly status: number; readonly text?: string; readonly headers?: readonly string[] } | 'refused'
 
 export interface App {
   proc: SimProc
@@ -96,7 +97,20 @@ export interface MeshStats {
 }
 
 export function emptyMeshStats(): MeshStats {
-  return { messages: 0, lost: 0, duplicated: 0, refused: 0, timeouts: 0, sidecarCrashes: 0, appCrashes: 0, powerLosses: 0, wipes: 0, fatals: 0, clockJumps: 0, diskFaults: 0 }
+  return {
+    messages: 0,
+    lost: 0,
+    duplicated: 0,
+    refused: 0,
+    timeouts: 0,
+    sidecarCrashes: 0,
+    appCrashes: 0,
+    powerLosses: 0,
+    wipes: 0,
+    fatals: 0,
+    clockJumps: 0,
+    diskFaults: 0,
+  }
 }
 
 export interface MeshFaults {
@@ -114,14 +128,28 @@ export abstract class MeshWorld extends SimWorld {
   protected abstract override readonly stats: MeshStats
   protected readonly pods: Pod[] = []
   /** Events the sidecars emitted (heuristics, resolutions), in order. */
-  protected readonly events: { readonly pod: string; readonly type: string; readonly data: Readonly<Record<string, unknown>> }[] = []
+  protected readonly events: {
+    readonly pod: string
+    readonly type: string
+    readonly data: Readonly<Record<string, unknown>>
+  }[] = []
 
   protected constructor(seed: number, trace: ((line: string) => void) | undefined) {
     super(seed, trace)
   }
 
   protected addPod(name: string, service: string, app: App): Pod {
-    const pod: Pod = { name, address: `127.0.0.${this.pods.length + 1}:15010`, service, disk: this.newDisk(), sidecar: undefined, sidecarProc: undefined, app, clockOffset: 0, wiped: 0 }
+    const pod: Pod = {
+      name,
+      address: `127.0.0.${this.pods.length + 1}:15010`,
+      service,
+      disk: this.newDisk(),
+      sidecar: undefined,
+      sidecarProc: undefined,
+      app,
+      clockOffset: 0,
+      wiped: 0,
+    }
     this.pods.push(pod)
     return pod
   }
@@ -142,13 +170,18 @@ export abstract class MeshWorld extends SimWorld {
     const disk = new SimFs(this.rng, process.env.SIM_DEBUG === undefined ? undefined : (l) => this.log(`disk: ${l}`))
     // Writes and syncs take the device's time (a crash can land between them); the rest of the
     // file system answers at once.
-    disk.gate = (what) => (what === 'write' || what.startsWith('fsync') || what === 'truncate' ? new Promise<void>((resolve) => this.sched.after(this.diskLatency(), resolve)) : Promise.resolve())
+    disk.gate = (what) =>
+      what === 'write' || what.startsWith('fsync') || what === 'truncate'
+        ? new Promise<void>((resolve) => this.sched.after(this.diskLatency(), resolve))
+        : Promise.resolve()
     this.disks.push(disk)
     return disk
   }
 
   protected diskFaults(): FsFaults {
-    return this.faultsOn ? { ioError: this.faults.diskError, shortWrite: this.faults.diskError, lyingSync: 0 } : { ioError: 0, shortWrite: 0, lyingSync: 0 }
+    return this.faultsOn
+      ? { ioError: this.faults.diskError, shortWrite: this.faults.diskError, lyingSync: 0 }
+      : { ioError: 0, shortWrite: 0, lyingSync: 0 }
   }
 
   // -------------------------------------------------------------------------------------------
@@ -172,30 +205,91 @@ export abstract class MeshWorld extends SimWorld {
 
   private async openSidecar(pod: Pod, proc: SimProc): Promise<void> {
     const timers = this.timersOf(proc)
-    const logger = process.env.SIM_DEBUG === undefined ? silentLogger : { debug: () => undefined, info: () => undefined, warn: (e: string, f?: object) => this.log(`${pod.name} log warn ${e} ${JSON.stringify(f)}`), error: (e: string, f?: object) => this.log(`${pod.name} log error ${e} ${JSON.stringify(f)}`) }
+    const logger =
+      process.env.SIM_DEBUG === undefined
+        ? silentLogger
+        : {
+            debug: () => undefined,
+            info: () => undefined,
+            warn: (e: string, f?: object) => this.log(`${pod.name} log warn ${e} ${JSON.stringify(f)}`),
+            error: (e: string, f?: object) => this.log(`${pod.name} log error ${e} ${JSON.stringify(f)}`),
+          }
     const opened = await FileLog.open(LOG_DIR, { fs: pod.disk.api as unknown as LogFs, timers, logger, sync: 'fsync' })
     if (!proc.up) return
-    if (process.env.SIM_DEBUG) this.log(`${pod.name} log opened: ${opened.records.map((r) => `${r.txId}:${String(r.body.type)}`).join(' ')}; files ${JSON.stringify(pod.disk.list(LOG_DIR))}`)
-    const incarnation = await logIncarnation(opened.log, opened.records, { id: () => this.randomString(ALNUM, LIMITS.incarnationChars), now: () => this.sched.now + pod.clockOffset })
+    if (process.env.SIM_DEBUG)
+      this.log(
+        `${pod.name} log opened: ${opened.records.map((r) => `${r.txId}:${String(r.body.type)}`).join(' ')}; files ${JSON.stringify(pod.disk.list(LOG_DIR))}`,
+      )
+    const incarnation = await logIncarnation(opened.log, opened.records, {
+      id: () => this.randomString(ALNUM, LIMITS.incarnationChars),
+      now: () => this.sched.now + pod.clockOffset,
+    })
     if (!proc.up) return
     const io = this.ioOf(pod, proc, opened.log)
     const run = this.randomString(ALNUM, LIMITS.runTagChars)
     const onEvent = (type: string, data: Readonly<Record<string, unknown>>): void => {
       if (proc.up) this.events.push({ pod: pod.name, type, data })
     }
-    const common = { io, self: pod.address, incarnation: incarnation.id, keys: MESH_KEYS, logger: silentLogger, onEvent }
+    const common = {
+      io,
+      self: pod.address,
+      incarnation: incarnation.id,
+      keys: MESH_KEYS,
+      logger: silentLogger,
+      onEvent,
+    }
     const coordinator = new CoordinatorDriver({ ...common, run })
-    const participant = new ParticipantDriver({ ...common, service: pod.service, appOrigin: 'http://app', hooks: SIM_CONFIG.hooks, coordinators: SIM_CONFIG.mesh.coordinators })
-    const steps = new SagaDriver({ ...common, run, policy: SIM_CONFIG.steps, targets: { origins: new Set(this.pods.map((p) => `http://${p.service}`)), controls: SIM_CONFIG.mesh.coordinators } })
-    const tcc = new TccParticipant({ ...common, service: pod.service, appOrigin: 'http://app', hooks: SIM_CONFIG.hooks })
-    const plane = new ActiveTxPlane({ keys: MESH_KEYS, coordinators: SIM_CONFIG.mesh.coordinators, coordinator, participant, tcc, steps, control: io.control, clock: io.clock, timers })
-    const control: ControlDeps = { keys: MESH_KEYS, self: pod.address, coordinator, participant, tcc, steps, logger: silentLogger, clock: io.clock }
+    const participant = new ParticipantDriver({
+      ...common,
+      service: pod.service,
+      appOrigin: 'http://app',
+      hooks: SIM_CONFIG.hooks,
+      coordinators: SIM_CONFIG.mesh.coordinators,
+    })
+    const steps = new SagaDriver({
+      ...common,
+      run,
+      policy: SIM_CONFIG.steps,
+      targets: {
+        origins: new Set(this.pods.map((p) => `http://${p.service}`)),
+        controls: SIM_CONFIG.mesh.coordinators,
+      },
+    })
+    const tcc = new TccParticipant({
+      ...common,
+      service: pod.service,
+      appOrigin: 'http://app',
+      hooks: SIM_CONFIG.hooks,
+    })
+    const plane = new ActiveTxPlane({
+      keys: MESH_KEYS,
+      coordinators: SIM_CONFIG.mesh.coordinators,
+      coordinator,
+      participant,
+      tcc,
+      steps,
+      control: io.control,
+      clock: io.clock,
+      timers,
+    })
+    const control: ControlDeps = {
+      keys: MESH_KEYS,
+      self: pod.address,
+      coordinator,
+      participant,
+      tcc,
+      steps,
+      logger: silentLogger,
+      clock: io.clock,
+    }
     const replayed = decodeRecords(opened.records)
     const c = coordinator.recover(replayed)
     const p = participant.recover(replayed)
     const s = steps.recover(replayed)
     pod.sidecar = { proc, log: opened.log, io, coordinator, participant, steps, plane, control }
-    this.log(`${pod.name} sidecar up (incarnation ${incarnation.id}${incarnation.created ? ', new' : ''}; recovered ${c}/${p}/${s})`)
+    this.log(
+      `${pod.name} sidecar up (incarnation ${incarnation.id}${incarnation.created ? ', new' : ''}; recovered ${c}/${p}/${s})`,
+    )
     this.sidecarStarted(pod)
   }
 
@@ -211,7 +305,9 @@ export abstract class MeshWorld extends SimWorld {
     pod.disk.crashNow()
     this.stats.sidecarCrashes++
     if (kind === 'power') this.stats.powerLosses++
-    this.log(`CRASH ${pod.name} sidecar (${kind})${process.env.SIM_DEBUG ? ` files ${JSON.stringify(pod.disk.list(LOG_DIR))} durable ${JSON.stringify(pod.disk.durableList(LOG_DIR))}` : ''}`)
+    this.log(
+      `CRASH ${pod.name} sidecar (${kind})${process.env.SIM_DEBUG ? ` files ${JSON.stringify(pod.disk.list(LOG_DIR))} durable ${JSON.stringify(pod.disk.durableList(LOG_DIR))}` : ''}`,
+    )
   }
 
   protected restartSidecar(pod: Pod, kind: CrashKind, wipe = false): void {
@@ -259,7 +355,8 @@ export abstract class MeshWorld extends SimWorld {
       randomChars: (n) => this.randomString(URL_SAFE, n),
       timers: this.timersOf(proc),
       control: {
-        send: (address: string, call: BatchedCall) => this.control(proc, address, call.tx, call.op, { branch: call.branch }),
+        send: (address: string, call: BatchedCall) =>
+          this.control(proc, address, call.tx, call.op, { branch: call.branch }),
         call: (address, _method, path, body) => {
           const m = /^\/v1\/tx\/([A-Za-z0-9_-]{1,64})\/([a-z-]+)$/.exec(path)
           if (m === null) return Promise.resolve({ ok: false, status: 404, error: 'TXM_NOT_FOUND' })
@@ -335,7 +432,13 @@ export abstract class MeshWorld extends SimWorld {
     })
   }
 
-  private async control(from: SimProc, address: string, tx: string, op: string, body: Record<string, unknown>): Promise<ControlResult> {
+  private async control(
+    from: SimProc,
+    address: string,
+    tx: string,
+    op: string,
+    body: Record<string, unknown>,
+  ): Promise<ControlResult> {
     const r = await this.rpc(
       from,
       LIMITS.controlCallTimeoutMs,
@@ -344,7 +447,8 @@ export abstract class MeshWorld extends SimWorld {
         if (pod?.sidecarProc?.up !== true) return 'refused'
         const s = pod.sidecar
         // Listening, still recovering: the real listener answers 503 until the drivers exist.
-        if (s === undefined) return { proc: pod.sidecarProc, answer: { status: 503, body: { error: { code: 'TXM_NOT_READY' } } } }
+        if (s === undefined)
+          return { proc: pod.sidecarProc, answer: { status: 503, body: { error: { code: 'TXM_NOT_READY' } } } }
         return { proc: s.proc, answer: answerOp(s.control, tx, op, body) }
       },
       true,
@@ -394,6 +498,7 @@ function exchanged(r: AppAnswer | 'timeout'): Exchanged {
 
 /** The value of header `name` in a flat list. */
 export function header(headers: readonly string[], name: string): string | undefined {
-  for (let i = 0; i + 1 < headers.length; i += 2) if ((headers[i] as string).toLowerCase() === name) return headers[i + 1]
+  for (let i = 0; i + 1 < headers.length; i += 2)
+    if ((headers[i] as string).toLowerCase() === name) return headers[i + 1]
   return undefined
 }

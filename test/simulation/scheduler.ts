@@ -45,7 +45,12 @@ export class Scheduler {
    * promise continuation it set off runs (`settle`: one macrotask turn) before the next event, so
    * nothing happens between events and a run is the same for the same seed.
    */
-  async runAsync(untilTime: number, maxEvents: number, settle: () => Promise<void>, afterEach?: (events: number) => void): Promise<'idle' | 'time' | 'events'> {
+  async runAsync(
+    untilTime: number,
+    maxEvents: number,
+    settle: () => Promise<void>,
+    afterEach?: (events: number) => void,
+  ): Promise<'idle' | 'time' | 'events'> {
     // What the caller started before the first event runs first.
     await settle()
     while (this.heap.length > 0) {

@@ -18,12 +18,20 @@ export function failure(seed: number, replay: string, problems: readonly string[
 
 /** Prints the first failing seeds of a run, and fails the test on them. */
 export function expectNoFailures(failures: readonly string[], what: string): void {
-  if (failures.length > 0) process.stdout.write(`${failures.length} failing ${what}; first ones:\n${failures.slice(0, 10).join('\n')}\n`)
+  if (failures.length > 0)
+    process.stdout.write(`${failures.length} failing ${what}; first ones:\n${failures.slice(0, 10).join('\n')}\n`)
   expect(failures.slice(0, 10)).toEqual([])
 }
 
 /** Prints a replayed seed's trace (after `header`) and verdict, and fails the test on its problems. */
-export function expectReplayClean(seed: number, header: string, trace: readonly string[], problems: readonly string[]): void {
-  process.stdout.write(`${header}${trace.join('\n')}\nseed ${seed}: ${problems.length === 0 ? 'ok' : problems.join('\n  ')}\n`)
+export function expectReplayClean(
+  seed: number,
+  header: string,
+  trace: readonly string[],
+  problems: readonly string[],
+): void {
+  process.stdout.write(
+    `${header}${trace.join('\n')}\nseed ${seed}: ${problems.length === 0 ? 'ok' : problems.join('\n  ')}\n`,
+  )
   expect(problems).toEqual([])
 }

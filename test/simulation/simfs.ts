@@ -37,7 +37,9 @@ export const NO_FAULTS: FsFaults = { ioError: 0, shortWrite: 0, lyingSync: 0 }
 export type CrashKind = 'power' | 'process'
 export type Persistence = 'prefix' | 'reorder'
 
-type FileOp = { readonly kind: 'write'; readonly pos: number; readonly bytes: Buffer } | { readonly kind: 'truncate'; readonly len: number }
+type FileOp =
+  | { readonly kind: 'write'; readonly pos: number; readonly bytes: Buffer }
+  | { readonly kind: 'truncate'; readonly len: number }
 
 class Inode {
   /** What reads see (the page cache). */
@@ -49,7 +51,9 @@ class Inode {
 }
 
 type Node = Inode | 'dir'
-type DirOp = { readonly kind: 'add'; readonly path: string; readonly node: Node } | { readonly kind: 'remove'; readonly path: string }
+type DirOp =
+  | { readonly kind: 'add'; readonly path: string; readonly node: Node }
+  | { readonly kind: 'remove'; readonly path: string }
 
 export interface CrashInfo {
   readonly op: number
@@ -133,7 +137,9 @@ export class SimFs {
 
   /** Flips one bit of durable data in a file under `dir`; returns where. */
   flipBit(dir: string): { readonly path: string; readonly offset: number } | undefined {
-    const files = [...this.ns.entries()].filter((e): e is [string, Inode] => e[1] !== 'dir' && parentOf(e[0]) === dir && e[1].cur.length > 0).sort((a, b) => (a[0] < b[0] ? -1 : 1))
+    const files = [...this.ns.entries()]
+      .filter((e): e is [string, Inode] => e[1] !== 'dir' && parentOf(e[0]) === dir && e[1].cur.length > 0)
+      .sort((a, b) => (a[0] < b[0] ? -1 : 1))
     if (files.length === 0) return undefined
     const [path, inode] = files[this.rng.int(0, files.length - 1)] as [string, Inode]
     const offset = this.rng.int(0, inode.cur.length - 1)
@@ -188,7 +194,9 @@ export class SimFs {
     readdir: (path: string): Promise<string[]> =>
       this.op('readdir', undefined, () => {
         if (this.ns.get(path) !== 'dir') throw fsError('ENOENT', `readdir ${path}`)
-        const names = [...this.ns.keys()].filter((p) => p !== '/' && parentOf(p) === path).map((p) => p.slice(path.length + 1))
+        const names = [...this.ns.keys()]
+          .filter((p) => p !== '/' && parentOf(p) === path)
+          .map((p) => p.slice(path.length + 1))
         // Directory order is whatever the file system likes.
         for (let i = names.length - 1; i > 0; i--) {
           const j = this.rng.int(0, i)
@@ -218,7 +226,8 @@ export class SimFs {
           return new SimHandle(this, path, inode, this.incarnation, dsync)
         }
         if (node === undefined) throw fsError('ENOENT', `open ${path}`)
-        if (flags !== 'r' && flags !== 'r+') throw fsError('EINVAL', `open ${path} with flags ${flags} is not simulated`)
+        if (flags !== 'r' && flags !== 'r+')
+          throw fsError('EINVAL', `open ${path} with flags ${flags} is not simulated`)
         if (node === 'dir' && flags !== 'r') throw fsError('EISDIR', `open ${path}`)
         return new SimHandle(this, path, node, this.incarnation, dsync)
       })
@@ -227,7 +236,13 @@ export class SimFs {
 
   // ---- FileHandle operations (called by SimHandle) ----
 
-  write(h: SimHandle, buf: Buffer, off: number, len: number, pos: number): Promise<{ bytesWritten: number; buffer: Buffer }> {
+  write(
+    h: SimHandle,
+    buf: Buffer,
+    off: number,
+    len: number,
+    pos: number,
+  ): Promise<{ bytesWritten: number; buffer: Buffer }> {
     return this.op('write', h, (partial) => {
       const inode = h.file()
       this.maybeFail('write')
@@ -250,7 +265,13 @@ export class SimFs {
     })
   }
 
-  read(h: SimHandle, buf: Buffer, off: number, len: number, pos: number): Promise<{ bytesRead: number; buffer: Buffer }> {
+  read(
+    h: SimHandle,
+    buf: Buffer,
+    off: number,
+    len: number,
+    pos: number,
+  ): Promise<{ bytesRead: number; buffer: Buffer }> {
     return this.op('read', h, () => {
       const inode = h.file()
       const n = Math.max(0, Math.min(len, inode.cur.length - pos))
@@ -351,7 +372,15 @@ export class SimFs {
 
   private hit(during: string, inOp: boolean): void {
     const stack = new Error().stack ?? ''
-    const phase = /\.compact \(|at compact /.test(stack) ? 'compact' : /\.roll \(|createSegment/.test(stack) ? 'roll' : /FileLog\.open|replaySegment|ensureDir/.test(stack) ? 'open' : inOp ? 'write' : 'between'
+    const phase = /\.compact \(|at compact /.test(stack)
+      ? 'compact'
+      : /\.roll \(|createSegment/.test(stack)
+        ? 'roll'
+        : /FileLog\.open|replaySegment|ensureDir/.test(stack)
+          ? 'open'
+          : inOp
+            ? 'write'
+            : 'between'
     this.crashed = { op: this.ops, during, phase }
     this.trace?.(`fs: CRASH during ${during} (op ${this.ops}, ${phase})`)
     this.onCrash?.()
@@ -365,7 +394,8 @@ export class SimFs {
       else ns.delete(d.path)
     }
     // A name whose directory did not survive is gone with it (shortest paths first).
-    for (const p of [...ns.keys()].sort((a, b) => a.length - b.length)) if (p !== '/' && !ns.has(parentOf(p))) ns.delete(p)
+    for (const p of [...ns.keys()].sort((a, b) => a.length - b.length))
+      if (p !== '/' && !ns.has(parentOf(p))) ns.delete(p)
     const seen = new Set<Inode>()
     for (const node of ns.values()) {
       if (node === 'dir' || seen.has(node)) continue

@@ -26,8 +26,10 @@ export function checkStepInvariants(r: StepReport): StepVerdict {
   if (announced.size > 1) v.push(`the coordinator announced both outcomes (${r.announced.join(', ')})`)
   if (announced.has('committed') && !r.commitDurable) v.push('announced committed without a durable COMMIT decision')
   if (announced.has('aborted') && r.commitDurable) v.push('announced aborted, yet a COMMIT decision became durable')
-  if (r.appOutcome !== undefined && r.appOutcome !== outcome) v.push(`the app was told ${r.appOutcome}, the transaction ${outcome}`)
-  if (r.appRequested !== 'none' && r.appOutcome === undefined && !r.appLostAnswer) v.push(`the app asked ${r.appRequested} and never got an answer`)
+  if (r.appOutcome !== undefined && r.appOutcome !== outcome)
+    v.push(`the app was told ${r.appOutcome}, the transaction ${outcome}`)
+  if (r.appRequested !== 'none' && r.appOutcome === undefined && !r.appLostAnswer)
+    v.push(`the app asked ${r.appRequested} and never got an answer`)
 
   // Every step whose record became durable is finished as the outcome says, whatever crashed
   // in between; "in effect" counts what the barrier let through.
@@ -47,23 +49,29 @@ export function checkStepInvariants(r: StepReport): StepVerdict {
       if (outcome === 'aborted' || always) {
         // Compensated exactly once in effect, or (its action never ran) an empty compensation.
         if (!ran('compensate')) v.push(`${s.id}${tag}: never compensated in ${outcome} saga`)
-        else if (count('action') > 0 && count('compensate') !== 1) v.push(`${s.id}: action took effect, compensation ${count('compensate')} times`)
+        else if (count('action') > 0 && count('compensate') !== 1)
+          v.push(`${s.id}: action took effect, compensation ${count('compensate')} times`)
       } else if (ran('compensate')) v.push(`${s.id}: compensated in a committed saga`)
     } else if (outcome === 'committed' && !always) {
-      if (!ran('confirm') || count('try') !== count('confirm')) v.push(`${s.id}: try ${count('try')}, confirm ${count('confirm')} in a committed TCC`)
+      if (!ran('confirm') || count('try') !== count('confirm'))
+        v.push(`${s.id}: try ${count('try')}, confirm ${count('confirm')} in a committed TCC`)
       if (ran('cancel')) v.push(`${s.id}: cancelled in a committed TCC`)
     } else {
       // Every try is cancelled, failed ones included (their cancel may be empty).
       if (!ran('cancel')) v.push(`${s.id}${tag}: never cancelled in ${outcome} TCC`)
-      else if (count('try') > 0 && count('cancel') !== 1) v.push(`${s.id}: try took effect, cancel ${count('cancel')} times`)
+      else if (count('try') > 0 && count('cancel') !== 1)
+        v.push(`${s.id}: try took effect, cancel ${count('cancel')} times`)
       if (ran('confirm')) v.push(`${s.id}: confirmed in ${outcome} TCC${tag}`)
     }
-    if (r.droppedAtRetire.has(s.id)) known.push(...v.splice(v0).map((m) => `${m} [dropped: the transaction retired while its record was written]`))
+    if (r.droppedAtRetire.has(s.id))
+      known.push(...v.splice(v0).map((m) => `${m} [dropped: the transaction retired while its record was written]`))
   }
 
   // Saga: compensations in reverse order of the steps (late steps are undone as they come).
   if (r.mode === 'saga' && outcome === 'aborted') {
-    const done = r.steps.filter((s) => !s.late && r.effects.get(s.id)?.at.compensate !== undefined).sort((a, b) => a.order - b.order)
+    const done = r.steps
+      .filter((s) => !s.late && r.effects.get(s.id)?.at.compensate !== undefined)
+      .sort((a, b) => a.order - b.order)
     for (let i = 0; i < done.length; i++) {
       for (let j = i + 1; j < done.length; j++) {
         const a = done[i] as (typeof done)[number]
@@ -81,10 +89,14 @@ export function checkStepInvariants(r: StepReport): StepVerdict {
 
   // Recorded before the call: no call takes effect without a durable step (the old order's
   // `unrecordedEffects`, a call whose answer never came back, never undone).
-  if (r.intents && r.stats.unrecordedEffects > 0) v.push(`${r.stats.unrecordedEffects} call(s) took effect without a durable step, though steps are recorded before their call`)
+  if (r.intents && r.stats.unrecordedEffects > 0)
+    v.push(
+      `${r.stats.unrecordedEffects} call(s) took effect without a durable step, though steps are recorded before their call`,
+    )
 
   // Liveness: once faults stop, everything finishes and the log forgets it.
-  if (r.coordinatorStateLeft !== undefined) v.push(`the coordinator still holds the transaction: ${r.coordinatorStateLeft}`)
+  if (r.coordinatorStateLeft !== undefined)
+    v.push(`the coordinator still holds the transaction: ${r.coordinatorStateLeft}`)
   if (r.stuckLeft > 0) v.push(`${r.stuckLeft} steps left stuck`)
   if (r.liveRecordsLeft > 0) v.push(`${r.liveRecordsLeft} log records left without END`)
   return { violations: v, known }

@@ -284,7 +284,20 @@ class StepWorld extends SimWorld {
     // Some deadlines strike while steps or the decision are being written.
     this.deadline = rng.chance(0.3) ? rng.int(20, 250) : rng.int(250, 3_000)
     this.policy = { attempts: rng.int(1, 5), backoffBaseMs: rng.int(5, 60), backoffCapMs: rng.int(60, 600) }
-    this.coordinator = { name: 'C', up: true, incarnation: 0, state: undefined, retired: false, recording: 0, endHeld: false, outcome: undefined, log: [], syncScheduledAt: 0, lazyTimer: false, retryTimers: new Map() }
+    this.coordinator = {
+      name: 'C',
+      up: true,
+      incarnation: 0,
+      state: undefined,
+      retired: false,
+      recording: 0,
+      endHeld: false,
+      outcome: undefined,
+      log: [],
+      syncScheduledAt: 0,
+      lazyTimer: false,
+      retryTimers: new Map(),
+    }
     const n = rng.int(1, 5)
     this.plannedCalls = n
     for (let i = 0; i < n; i++) {
@@ -294,7 +307,16 @@ class StepWorld extends SimWorld {
         failing.push([from, from + rng.int(50, 1_500)])
       }
       const refusals = this.intents && rng.chance(0.3) ? rng.next() * 0.5 : 0
-      this.services.push({ name: `S${i}`, up: true, incarnation: 0, index: i, refusals, refused: new Set(), failing, effects: new Map() })
+      this.services.push({
+        name: `S${i}`,
+        up: true,
+        incarnation: 0,
+        index: i,
+        refusals,
+        refused: new Set(),
+        failing,
+        effects: new Map(),
+      })
     }
   }
 
@@ -352,7 +374,8 @@ class StepWorld extends SimWorld {
       this.log('operator retries the stuck steps')
       this.feed({ type: 'retry-stuck' })
     }
-    if (stuck || !c.up || (c.state !== undefined && !c.retired)) this.sched.after(OPERATOR_RETRY_MS, () => this.operatorLoop())
+    if (stuck || !c.up || (c.state !== undefined && !c.retired))
+      this.sched.after(OPERATOR_RETRY_MS, () => this.operatorLoop())
   }
 
   private crash(node: Node, power: boolean): void {
@@ -388,7 +411,8 @@ class StepWorld extends SimWorld {
     c.lazyTimer = false
     c.syncScheduledAt = 0
     c.retryTimers.clear()
-    if (this.appRequested !== 'none' && this.appOutcome === undefined && this.appIncarnation === c.incarnation - 1) this.appLostAnswer = true
+    if (this.appRequested !== 'none' && this.appOutcome === undefined && this.appIncarnation === c.incarnation - 1)
+      this.appLostAnswer = true
     this.appWaiting = false
   }
 
@@ -414,17 +438,22 @@ class StepWorld extends SimWorld {
       } else if (b.type === 'decision' && b.outcome === 'committed') committed = true
       else if (b.type === 'step-done') done.add(b.step)
     }
-    if (mode !== this.mode && steps.length > 0) this.violation(`recovered mode ${mode}, the transaction is ${this.mode}`)
+    if (mode !== this.mode && steps.length > 0)
+      this.violation(`recovered mode ${mode}, the transaction is ${this.mode}`)
     this.stats.recoveries++
     if (committed) this.stats.recoveredCommitted++
     // As the driver: the mode of the step records (a transaction with none recovers as a saga).
-    const step = this.guard('recoverSagaTx', () => recoverSagaTx(this.tx, mode, steps, done, committed, this.policy, this.env))
+    const step = this.guard('recoverSagaTx', () =>
+      recoverSagaTx(this.tx, mode, steps, done, committed, this.policy, this.env),
+    )
     if (step === undefined) return
     c.state = step.state
     c.retired = false
     c.outcome = committed ? 'committed' : 'aborted'
     for (const e of step.state.steps) if (!this.knownAt.has(e.step.id)) this.knownAt.set(e.step.id, this.sched.now)
-    this.log(`C recovered ${step.state.status} with ${steps.length} steps (${done.size} done)${step.actions.length > 0 ? `: ${step.actions.map(describe).join(', ')}` : ''}`)
+    this.log(
+      `C recovered ${step.state.status} with ${steps.length} steps (${done.size} done)${step.actions.length > 0 ? `: ${step.actions.map(describe).join(', ')}` : ''}`,
+    )
     this.perform(step.actions)
   }
 
@@ -471,7 +500,12 @@ class StepWorld extends SimWorld {
       this.commitDurable = true
       this.log('C COMMIT decision durable')
     }
-    if (b.type === 'step') this.durableSteps.set(b.step.id, { late: b.step.late === true, intent: b.step.intent === true, order: this.durableSteps.get(b.step.id)?.order ?? this.durableSteps.size })
+    if (b.type === 'step')
+      this.durableSteps.set(b.step.id, {
+        late: b.step.late === true,
+        intent: b.step.intent === true,
+        order: this.durableSteps.get(b.step.id)?.order ?? this.durableSteps.size,
+      })
   }
 
   // -------------------------------------------------------------------------------------------
@@ -485,7 +519,9 @@ class StepWorld extends SimWorld {
     if (step === undefined) return
     c.state = step.state
     if (event.type === 'step' && !this.knownAt.has(event.step.id)) this.knownAt.set(event.step.id, this.sched.now)
-    this.log(`C ${describe(event)} -> ${step.state.status}${step.actions.length > 0 ? `: ${step.actions.map(describe).join(', ')}` : ''}`)
+    this.log(
+      `C ${describe(event)} -> ${step.state.status}${step.actions.length > 0 ? `: ${step.actions.map(describe).join(', ')}` : ''}`,
+    )
     this.perform(step.actions)
   }
 
@@ -540,7 +576,8 @@ class StepWorld extends SimWorld {
     // A step record still being written would be ended by this END, queued behind it, and its
     // feed() would find nothing in `txs`: the driver holds the end back, so this stays empty.
     for (const r of c.log) {
-      if (r.body.type === 'step' && r.then !== undefined && !r.fed && r.incarnation === c.incarnation) this.droppedAtRetire.add(r.body.step.id)
+      if (r.body.type === 'step' && r.then !== undefined && !r.fed && r.incarnation === c.incarnation)
+        this.droppedAtRetire.add(r.body.step.id)
     }
     this.append({ type: 'end' })
     c.retired = true
@@ -558,7 +595,11 @@ class StepWorld extends SimWorld {
       (reply) => this.serve(s, step.id, op, (status) => reply(status >= 200 && status < 300)),
       (ok) => {
         if (ok !== true) this.stats.failedOps++
-        this.feed(ok === true ? { type: 'op-done', step: step.id } : { type: 'op-failed', step: step.id, error: ok === false ? `${op} answered 503` : `${op} timed out` })
+        this.feed(
+          ok === true
+            ? { type: 'op-done', step: step.id }
+            : { type: 'op-failed', step: step.id, error: ok === false ? `${op} answered 503` : `${op} timed out` },
+        )
       },
       { duplicable: true },
     )
@@ -606,14 +647,23 @@ class StepWorld extends SimWorld {
     if (known === undefined) this.stats.steps++
     if (step.intent === true) this.stats.intents++
     if (late) this.stats.lateSteps++
-    this.log(`C records ${step.intent === true ? 'intent' : known !== undefined ? 'resolution' : 'step'} ${step.id}${late ? ' (late)' : ''}`)
+    this.log(
+      `C records ${step.intent === true ? 'intent' : known !== undefined ? 'resolution' : 'step'} ${step.id}${late ? ' (late)' : ''}`,
+    )
     c.recording++
     this.append({ type: 'step', mode: this.mode, step: recorded }, () => {
       c.recording--
       if (c.retired) this.log(`C drops step ${step.id}: the transaction was retired while its record was written`)
       this.feed({ type: 'step', step: recorded })
       // As the driver's releaseEnd: a duplicate changes nothing, so the held end happens now.
-      if (c.endHeld && c.recording === 0 && !c.retired && c.state !== undefined && (c.state.status === 'committed' || c.state.status === 'aborted')) this.endTx()
+      if (
+        c.endHeld &&
+        c.recording === 0 &&
+        !c.retired &&
+        c.state !== undefined &&
+        (c.state.status === 'committed' || c.state.status === 'aborted')
+      )
+        this.endTx()
       // An intent whose transaction ended while it was written: the call is not sent.
       if (step.intent === true && c.state?.status !== 'active') {
         this.stats.intentsRefused++
@@ -646,13 +696,16 @@ class StepWorld extends SimWorld {
     // app already counts as failed: it aborts, and the step arrives late.
     const appTimeout = this.rng.chance(0.2) ? this.rng.int(20, EGRESS_TIMEOUT_MS) : EGRESS_TIMEOUT_MS + 100
     if (this.mode === 'saga') this.sagaCall(appTimeout)
-    else for (let i = 0; i < this.plannedCalls; i++) this.timer(c, this.rng.int(0, 30), () => this.call(appTimeout, true, () => this.maybeDecide()))
+    else
+      for (let i = 0; i < this.plannedCalls; i++)
+        this.timer(c, this.rng.int(0, 30), () => this.call(appTimeout, true, () => this.maybeDecide()))
   }
 
   /** Saga calls go one after the other: a later one may rely on an earlier one. */
   private sagaCall(appTimeout: number): void {
     this.call(appTimeout, true, (ok) => {
-      if (ok && this.nextStep < this.plannedCalls) this.timer(this.coordinator, this.rng.int(0, 20), () => this.sagaCall(appTimeout))
+      if (ok && this.nextStep < this.plannedCalls)
+        this.timer(this.coordinator, this.rng.int(0, 20), () => this.sagaCall(appTimeout))
       else this.maybeDecide()
     })
   }
@@ -679,7 +732,11 @@ class StepWorld extends SimWorld {
     this.appIncarnation = c.incarnation
     this.appWaiting = true
     this.log(`app asks ${kind}`)
-    this.feed(kind === 'commit' ? { type: 'commit-requested' } : { type: 'abort-requested', reason: failed ? 'a call failed' : 'app chose to abort' })
+    this.feed(
+      kind === 'commit'
+        ? { type: 'commit-requested' }
+        : { type: 'abort-requested', reason: failed ? 'a call failed' : 'app chose to abort' },
+    )
     if (c.outcome !== undefined) this.answerApp(c.outcome)
     if (kind === 'commit' && this.rng.chance(0.1)) {
       this.timer(c, this.rng.int(0, 60), () => {
@@ -690,7 +747,8 @@ class StepWorld extends SimWorld {
   }
 
   private answerApp(outcome: Outcome): void {
-    if (!this.appWaiting || this.appOutcome !== undefined || this.coordinator.incarnation !== this.appIncarnation) return
+    if (!this.appWaiting || this.appOutcome !== undefined || this.coordinator.incarnation !== this.appIncarnation)
+      return
     this.appOutcome = outcome
     this.appWaiting = false
     this.log(`app hears ${outcome}`)
@@ -717,8 +775,19 @@ class StepWorld extends SimWorld {
     const op: BarrierOp = this.mode === 'saga' ? 'action' : 'try'
     const record: StepRecord =
       this.mode === 'saga'
-        ? { id, service: s.name, target: `http://svc${s.index}`, compensate: { method: 'DELETE', path: `/things/${id}` } }
-        : { id, service: s.name, target: `svc${s.index}:15010`, confirm: { method: 'POST', path: '/confirm' }, cancel: { method: 'POST', path: '/cancel' } }
+        ? {
+            id,
+            service: s.name,
+            target: `http://svc${s.index}`,
+            compensate: { method: 'DELETE', path: `/things/${id}` },
+          }
+        : {
+            id,
+            service: s.name,
+            target: `svc${s.index}:15010`,
+            confirm: { method: 'POST', path: '/confirm' },
+            cancel: { method: 'POST', path: '/cancel' },
+          }
     const send = (): void => {
       // Now and then a retrying proxy sends the request again, late, and drops the answer: the
       // barrier must keep it from taking effect twice, or after its compensation/cancel.
@@ -755,7 +824,17 @@ class StepWorld extends SimWorld {
     if (!this.intents) return send()
     // The intent: what undoes the call, known from the request alone (TCC: a cancel through the
     // service's ingress), durable before the call is sent.
-    const intent: StepRecord = this.mode === 'saga' ? { ...record, intent: true } : { id, service: s.name, target: `http://svc${s.index}`, cancel: { method: 'POST', path: '/.well-known/txmesh/cancel' }, intent: true, viaIngress: true }
+    const intent: StepRecord =
+      this.mode === 'saga'
+        ? { ...record, intent: true }
+        : {
+            id,
+            service: s.name,
+            target: `http://svc${s.index}`,
+            cancel: { method: 'POST', path: '/.well-known/txmesh/cancel' },
+            intent: true,
+            viaIngress: true,
+          }
     this.addStep(intent, (r) => (r === 'ok' ? send() : hear(false)))
   }
 
@@ -771,7 +850,11 @@ class StepWorld extends SimWorld {
         return
       }
       // Refused outright (a 4xx, nothing done: the barrier row rolls back with the refusal).
-      if ((op === 'action' || op === 'try') && (s.refused.has(branch) || (s.refusals > 0 && !s.effects.get(branch)?.rows.has(op) && this.rng.chance(s.refusals)))) {
+      if (
+        (op === 'action' || op === 'try') &&
+        (s.refused.has(branch) ||
+          (s.refusals > 0 && !s.effects.get(branch)?.rows.has(op) && this.rng.chance(s.refusals)))
+      ) {
         s.refused.add(branch)
         reply(409)
         return
@@ -822,16 +905,25 @@ class StepWorld extends SimWorld {
     const d = this.durableSteps.get(branch)
     // Late steps and intents without an answer are undone whatever the outcome.
     const undoAlways = d?.late === true || d?.intent === true
-    if (op === 'confirm' && !this.commitDurable) this.violation(`${branch} confirmed before the COMMIT decision was durable`)
+    if (op === 'confirm' && !this.commitDurable)
+      this.violation(`${branch} confirmed before the COMMIT decision was durable`)
     if (op === 'confirm' && d?.intent === true) this.violation(`${branch}: confirmed, yet its call never answered`)
-    if ((op === 'compensate' || op === 'cancel') && this.commitDurable && !undoAlways) this.violation(`${branch}: ${op} in a committed transaction`)
+    if ((op === 'compensate' || op === 'cancel') && this.commitDurable && !undoAlways)
+      this.violation(`${branch}: ${op} in a committed transaction`)
   }
 
   // -------------------------------------------------------------------------------------------
 
   private report(quiesced: 'idle' | 'time' | 'events'): StepReport {
     const c = this.coordinator
-    const steps: StepInfo[] = [...this.durableSteps.entries()].map(([id, d]) => ({ id, late: d.late, intent: d.intent, voided: this.voidedSteps.has(id), order: d.order, knownAt: this.knownAt.get(id) ?? Infinity }))
+    const steps: StepInfo[] = [...this.durableSteps.entries()].map(([id, d]) => ({
+      id,
+      late: d.late,
+      intent: d.intent,
+      voided: this.voidedSteps.has(id),
+      order: d.order,
+      knownAt: this.knownAt.get(id) ?? Infinity,
+    }))
     const effects = new Map<string, Effects>()
     for (const s of this.services) for (const [b, e] of s.effects) effects.set(b, e)
     for (const [b, e] of effects) {
@@ -853,7 +945,8 @@ class StepWorld extends SimWorld {
       appRequested: this.appRequested,
       appOutcome: this.appOutcome,
       appLostAnswer: this.appLostAnswer,
-      coordinatorStateLeft: c.state !== undefined && !c.retired ? `${c.state.status} (${sagaOutcome(c.state)})` : undefined,
+      coordinatorStateLeft:
+        c.state !== undefined && !c.retired ? `${c.state.status} (${sagaOutcome(c.state)})` : undefined,
       stuckLeft: c.state?.steps.filter((e) => e.status === 'stuck').length ?? 0,
       liveRecordsLeft: liveRecords(c.log).length,
       announced: this.announced,

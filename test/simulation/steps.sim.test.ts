@@ -50,55 +50,62 @@ describe('saga/TCC simulation', () => {
     const lines: string[] = []
     const report = simulateSteps(seed, (l) => lines.push(l))
     const verdict = checkStepInvariants(report)
-    expectReplayClean(seed, `seed ${seed} ${report.mode} faults ${JSON.stringify(report.faults)}\n`, lines, [...verdict.violations, ...verdict.known])
+    expectReplayClean(seed, `seed ${seed} ${report.mode} faults ${JSON.stringify(report.faults)}\n`, lines, [
+      ...verdict.violations,
+      ...verdict.known,
+    ])
   })
 
-  it.runIf(replay === undefined)('undoes, confirms or cancels every durable step as the outcome says, under faults, for every seed', () => {
-    const seeds = envInt('SIM_SEEDS') ?? DEFAULT_SEEDS
-    const failures: string[] = []
-    let totals: StepStats | undefined
-    const outcomes = { saga: { committed: 0, aborted: 0 }, tcc: { committed: 0, aborted: 0 } }
-    let told = 0
-    let inFlight = 0
-    let events = 0
-    const started = performance.now()
-    for (let seed = 1; seed <= seeds; seed++) {
-      const report = simulateSteps(seed)
-      const verdict = checkStepInvariants(report)
-      const problems = [...verdict.violations, ...verdict.known]
-      if (problems.length > 0) failures.push(failure(seed, `SIM_SEED=${seed} npx vitest run test/simulation/steps.sim.test.ts`, problems))
-      if (totals === undefined) totals = { ...report.stats }
-      else for (const k of Object.keys(totals) as (keyof StepStats)[]) totals[k] += report.stats[k]
-      outcomes[report.mode][report.commitDurable ? 'committed' : 'aborted']++
-      if (report.appOutcome !== undefined) told++
-      inFlight += inFlightAtAbort(report)
-      events += report.events
-    }
-    const ms = Math.round(performance.now() - started)
-    process.stdout.write(
-      `saga/TCC simulation: ${seeds} seeds, ${events} events in ${ms} ms; outcomes ${JSON.stringify(outcomes)}, app told ${told}; saga steps undone out of order because their record was in flight at the abort: ${inFlight}; ${JSON.stringify(totals)}\n`,
-    )
-    expectNoFailures(failures, 'seeds')
-    if (seeds >= DEFAULT_SEEDS && totals !== undefined) {
-      // The schedules must reach the hard paths, or the run proves little.
-      for (const mode of ['saga', 'tcc'] as const) {
-        expect(outcomes[mode].committed, `${mode} commits`).toBeGreaterThan(seeds / 20)
-        expect(outcomes[mode].aborted, `${mode} aborts`).toBeGreaterThan(seeds / 20)
+  it.runIf(replay === undefined)(
+    'undoes, confirms or cancels every durable step as the outcome says, under faults, for every seed',
+    () => {
+      const seeds = envInt('SIM_SEEDS') ?? DEFAULT_SEEDS
+      const failures: string[] = []
+      let totals: StepStats | undefined
+      const outcomes = { saga: { committed: 0, aborted: 0 }, tcc: { committed: 0, aborted: 0 } }
+      let told = 0
+      let inFlight = 0
+      let events = 0
+      const started = performance.now()
+      for (let seed = 1; seed <= seeds; seed++) {
+        const report = simulateSteps(seed)
+        const verdict = checkStepInvariants(report)
+        const problems = [...verdict.violations, ...verdict.known]
+        if (problems.length > 0)
+          failures.push(failure(seed, `SIM_SEED=${seed} npx vitest run test/simulation/steps.sim.test.ts`, problems))
+        if (totals === undefined) totals = { ...report.stats }
+        else for (const k of Object.keys(totals) as (keyof StepStats)[]) totals[k] += report.stats[k]
+        outcomes[report.mode][report.commitDurable ? 'committed' : 'aborted']++
+        if (report.appOutcome !== undefined) told++
+        inFlight += inFlightAtAbort(report)
+        events += report.events
       }
-      expect(totals.recoveries).toBeGreaterThan(seeds / 100)
-      expect(totals.recoveredCommitted).toBeGreaterThan(0)
-      expect(totals.powerLosses).toBeGreaterThan(0)
-      expect(totals.lostLazyRecords).toBeGreaterThan(0)
-      expect(totals.serviceCrashes).toBeGreaterThan(0)
-      expect(totals.lateSteps).toBeGreaterThan(seeds / 100)
-      expect(totals.stuck).toBeGreaterThan(seeds / 100)
-      expect(totals.operatorRetries).toBeGreaterThan(seeds / 100)
-      expect(totals.duplicateDeliveries).toBeGreaterThan(0)
-      expect(totals.emptyUndos).toBeGreaterThan(0)
-      expect(totals.hangingRefused).toBeGreaterThan(0)
-      expect(totals.intents).toBeGreaterThan(seeds / 2)
-      expect(totals.intentsRefused).toBeGreaterThan(seeds / 100)
-      expect(totals.voided).toBeGreaterThan(seeds / 100)
-    }
-  })
+      const ms = Math.round(performance.now() - started)
+      process.stdout.write(
+        `saga/TCC simulation: ${seeds} seeds, ${events} events in ${ms} ms; outcomes ${JSON.stringify(outcomes)}, app told ${told}; saga steps undone out of order because their record was in flight at the abort: ${inFlight}; ${JSON.stringify(totals)}\n`,
+      )
+      expectNoFailures(failures, 'seeds')
+      if (seeds >= DEFAULT_SEEDS && totals !== undefined) {
+        // The schedules must reach the hard paths, or the run proves little.
+        for (const mode of ['saga', 'tcc'] as const) {
+          expect(outcomes[mode].committed, `${mode} commits`).toBeGreaterThan(seeds / 20)
+          expect(outcomes[mode].aborted, `${mode} aborts`).toBeGreaterThan(seeds / 20)
+        }
+        expect(totals.recoveries).toBeGreaterThan(seeds / 100)
+        expect(totals.recoveredCommitted).toBeGreaterThan(0)
+        expect(totals.powerLosses).toBeGreaterThan(0)
+        expect(totals.lostLazyRecords).toBeGreaterThan(0)
+        expect(totals.serviceCrashes).toBeGreaterThan(0)
+        expect(totals.lateSteps).toBeGreaterThan(seeds / 100)
+        expect(totals.stuck).toBeGreaterThan(seeds / 100)
+        expect(totals.operatorRetries).toBeGreaterThan(seeds / 100)
+        expect(totals.duplicateDeliveries).toBeGreaterThan(0)
+        expect(totals.emptyUndos).toBeGreaterThan(0)
+        expect(totals.hangingRefused).toBeGreaterThan(0)
+        expect(totals.intents).toBeGreaterThan(seeds / 2)
+        expect(totals.intentsRefused).toBeGreaterThan(seeds / 100)
+        expect(totals.voided).toBeGreaterThan(seeds / 100)
+      }
+    },
+  )
 })

@@ -12,7 +12,18 @@ import { CONTEXT_HEADER } from '../../src/tx/protocol.js'
 import { ERROR_HEADER } from '../../src/proxy/respond.js'
 import { TxmeshError as TxmeshErrorClass } from '../../src/errors.js'
 import { ContractApp, type AppHost, type BranchWork } from './mesh-apps.js'
-import { MeshWorld, SIM_CONFIG, SimProc, emptyMeshStats, type App, type AppAnswer, type MeshFaults, type MeshStats, type Pod, type Sidecar } from './mesh.js'
+import {
+  MeshWorld,
+  SIM_CONFIG,
+  SimProc,
+  emptyMeshStats,
+  type App,
+  type AppAnswer,
+  type MeshFaults,
+  type MeshStats,
+  type Pod,
+  type Sidecar,
+} from './mesh.js'
 
 /** No fault after this; every process is up again by then. */
 const FAULTS_END_MS = 30_000
@@ -102,15 +113,22 @@ class TwoPcMesh extends MeshWorld {
       faultsOn: () => this.faultsOn,
       after: (proc, ms, fn) => this.sched.after(ms, () => proc.up && fn()),
       // An operator who resolved the branch the other way asked for it (heuristic, reported).
-      violation: (what, branch) => (branch !== undefined && this.resolved.has(branch) ? this.log(`heuristic: ${what}`) : this.violation(what)),
+      violation: (what, branch) =>
+        branch !== undefined && this.resolved.has(branch) ? this.log(`heuristic: ${what}`) : this.violation(what),
       log: (line) => this.log(line),
-      died: (app) => this.timer({ name: 'w', up: true, incarnation: 0 }, rng.int(10, 3_000), () => this.restartApp(app)),
+      died: (app) =>
+        this.timer({ name: 'w', up: true, incarnation: 0 }, rng.int(10, 3_000), () => this.restartApp(app)),
       applied: () => this.checkAtomicity(),
     }
     for (let i = 0; i < n; i++) {
       const r = rng.next()
       const vote = r < 0.82 ? 'prepared' : r < 0.92 ? 'read-only' : 'refused'
-      const app = new ContractApp(`P${i}`, host, { failure: this.faults.appFailure, slow: this.faults.appSlow, dieAfterPrepare: this.faults.dieAfterPrepare }, vote)
+      const app = new ContractApp(
+        `P${i}`,
+        host,
+        { failure: this.faults.appFailure, slow: this.faults.appSlow, dieAfterPrepare: this.faults.dieAfterPrepare },
+        vote,
+      )
       this.ps.push({ pod: this.addPod(`P${i}`, `svc${i}`, app), app, awaited: i !== unawaited })
     }
   }
@@ -123,10 +141,20 @@ class TwoPcMesh extends MeshWorld {
       for (const pod of this.pods) pod.disk.faults = this.diskFaults()
       this.log('faults stop')
     })
-    const quiesced = await this.sched.runAsync(FAULTS_END_MS + SETTLE_MS, MAX_EVENTS, settle, (n) => this.stepCrashes.get(n)?.())
+    const quiesced = await this.sched.runAsync(FAULTS_END_MS + SETTLE_MS, MAX_EVENTS, settle, (n) =>
+      this.stepCrashes.get(n)?.(),
+    )
     this.checkEnd(quiesced)
     this.stats.diskFaults = this.diskFaultCount()
-    return { seed: this.seed, quiesced, endTime: this.sched.now, events: this.sched.events, violations: this.violations, stats: this.stats, appOutcome: this.appOutcome }
+    return {
+      seed: this.seed,
+      quiesced,
+      endTime: this.sched.now,
+      events: this.sched.events,
+      violations: this.violations,
+      stats: this.stats,
+      appOutcome: this.appOutcome,
+    }
   }
 
   protected override sidecarStarted(pod: Pod): void {
@@ -182,7 +210,8 @@ class TwoPcMesh extends MeshWorld {
         })
       })
     }
-    for (let i = 0; i < f.resolutions; i++) this.sched.after(this.rng.int(0, FAULTS_END_MS + 120_000), () => this.operatorResolves())
+    for (let i = 0; i < f.resolutions; i++)
+      this.sched.after(this.rng.int(0, FAULTS_END_MS + 120_000), () => this.operatorResolves())
     for (let i = 0; i < f.clockJumps; i++) {
       const pod = this.pods[this.rng.int(0, this.pods.length - 1)] as Pod
       this.sched.after(this.rng.int(0, FAULTS_END_MS), () => {
@@ -216,7 +245,9 @@ class TwoPcMesh extends MeshWorld {
 
   /** An operator resolves a prepared branch: refused unless in doubt, or forced. */
   private operatorResolves(): void {
-    const candidates = this.ps.filter((p) => p.pod.sidecar !== undefined && p.pod.sidecar.participant.list().some((b) => b.status === 'prepared'))
+    const candidates = this.ps.filter(
+      (p) => p.pod.sidecar !== undefined && p.pod.sidecar.participant.list().some((b) => b.status === 'prepared'),
+    )
     if (candidates.length === 0) return
     const p = candidates[this.rng.int(0, candidates.length - 1)] as (typeof this.ps)[number]
     const s = p.pod.sidecar as Sidecar
@@ -277,7 +308,9 @@ class TwoPcMesh extends MeshWorld {
       'pod',
     )
     const ok = typeof r === 'object' && r.status >= 200 && r.status < 300
-    this.log(`call to ${p.pod.name}: ${typeof r === 'object' ? `${r.status}${r.code === undefined ? '' : ` ${r.code}`}` : r}`)
+    this.log(
+      `call to ${p.pod.name}: ${typeof r === 'object' ? `${r.status}${r.code === undefined ? '' : ` ${r.code}`}` : r}`,
+    )
     if (!p.awaited) return
     this.answered.add(p.app)
     if (ok) this.succeeded.add(p.app)
@@ -288,7 +321,13 @@ class TwoPcMesh extends MeshWorld {
   /** The initiator's sidecar forwards a call with the context: the real plane's egress hook. */
   private async egress(s: Sidecar, token: string, target: Pod): Promise<{ status: number; code?: string }> {
     const route = SIM_CONFIG.defaultRoute
-    const hook = s.plane.egress(token, route, { origin: `http://${target.service}`, host: target.service, method: 'POST', path: '/work', headers: [CONTEXT_HEADER, token] })
+    const hook = s.plane.egress(token, route, {
+      origin: `http://${target.service}`,
+      host: target.service,
+      method: 'POST',
+      path: '/work',
+      headers: [CONTEXT_HEADER, token],
+    })
     if (hook instanceof TxmeshErrorClass) return { status: hook.status, code: hook.code }
     const r = await this.rpc(
       s.proc,
@@ -326,7 +365,13 @@ class TwoPcMesh extends MeshWorld {
       }
     }
     const app = pod.app
-    const r = await this.rpc(s.proc, SIM_CONFIG.defaultRoute.timeoutMs, () => (app.proc.up ? { proc: app.proc, answer: app.handle('/work', headers, undefined) } : 'refused'), false, 'pod')
+    const r = await this.rpc(
+      s.proc,
+      SIM_CONFIG.defaultRoute.timeoutMs,
+      () => (app.proc.up ? { proc: app.proc, answer: app.handle('/work', headers, undefined) } : 'refused'),
+      false,
+      'pod',
+    )
     this.log(`${pod.name} app answered the call: ${typeof r === 'object' ? r.status : r}`)
     if (typeof r !== 'object') {
       hook?.onEnd()
@@ -365,7 +410,10 @@ class TwoPcMesh extends MeshWorld {
       () => {
         const s = this.c.sidecar
         if (s === undefined) return 'refused'
-        return { proc: s.proc, answer: kind === 'commit' ? s.coordinator.commit(id) : s.coordinator.abort(id, 'app chose to abort') }
+        return {
+          proc: s.proc,
+          answer: kind === 'commit' ? s.coordinator.commit(id) : s.coordinator.abort(id, 'app chose to abort'),
+        }
       },
       false,
       'pod',
@@ -389,16 +437,33 @@ class TwoPcMesh extends MeshWorld {
       for (const p of this.ps) {
         if (!this.succeeded.has(p.app)) continue
         const s = status(p.app)
-        if (s !== 'committed' && s !== 'read-only' && !resolvedTo(p.app, 'aborted') && !(s === 'prepared' && this.inDoubtForOperator(p))) this.violation(`app was told committed but ${p.app.name} is ${s}`)
+        if (
+          s !== 'committed' &&
+          s !== 'read-only' &&
+          !resolvedTo(p.app, 'aborted') &&
+          !(s === 'prepared' && this.inDoubtForOperator(p))
+        )
+          this.violation(`app was told committed but ${p.app.name} is ${s}`)
       }
     }
-    if (this.appOutcome === 'aborted') for (const p of committed) if (!resolvedTo(p.app, 'committed')) this.violation(`app was told aborted but ${p.app.name} committed`)
-    if (this.asked === 'abort' && this.appOutcome === 'committed') this.violation('app asked abort and was told committed without asking commit first')
+    if (this.appOutcome === 'aborted')
+      for (const p of committed)
+        if (!resolvedTo(p.app, 'committed')) this.violation(`app was told aborted but ${p.app.name} committed`)
+    if (this.asked === 'abort' && this.appOutcome === 'committed')
+      this.violation('app asked abort and was told committed without asking commit first')
     // Heuristic outcomes are reported where the coordinator heard them.
-    const mixed = committed.length > 0 && this.ps.some((p) => [...p.app.work.values()][0]?.wasPrepared === true && status(p.app) === 'aborted')
+    const mixed =
+      committed.length > 0 &&
+      this.ps.some((p) => [...p.app.work.values()][0]?.wasPrepared === true && status(p.app) === 'aborted')
     const heard = this.events.some((e) => e.type === 'tx-heuristic')
     if (mixed && this.resolved.size === 0) this.violation('mixed outcome with no operator resolution')
-    if (mixed && !heard && this.c.wiped === 0 && this.c.sidecar?.coordinator.view(this.txId)?.status !== 'heuristic-mixed' && this.coordinatorHeardEveryone()) {
+    if (
+      mixed &&
+      !heard &&
+      this.c.wiped === 0 &&
+      this.c.sidecar?.coordinator.view(this.txId)?.status !== 'heuristic-mixed' &&
+      this.coordinatorHeardEveryone()
+    ) {
       this.violation('mixed outcome, and the coordinator that heard every branch reported no heuristic')
     }
     // Nothing left behind: no prepared or open work, no branch or transaction still held; only a
@@ -409,11 +474,21 @@ class TwoPcMesh extends MeshWorld {
       const held = p.pod.sidecar?.participant.list().find((v) => v.branch === b)
       const inDoubtForOperator = this.inDoubtForOperator(p)
       if (s === 'open') this.violation(`${p.app.name}: work of ${b} left open`)
-      if (s === 'prepared' && !inDoubtForOperator) this.violation(`${p.app.name}: branch ${b} left prepared${held === undefined ? ' and its sidecar holds no record of it' : ` (sidecar: ${held.status}, in doubt ${held.inDoubt})`}`)
-      if (held !== undefined && !inDoubtForOperator && quiesced !== 'idle') this.violation(`${p.pod.name} sidecar still holds ${held.branch} (${held.status})`)
+      if (s === 'prepared' && !inDoubtForOperator)
+        this.violation(
+          `${p.app.name}: branch ${b} left prepared${held === undefined ? ' and its sidecar holds no record of it' : ` (sidecar: ${held.status}, in doubt ${held.inDoubt})`}`,
+        )
+      if (held !== undefined && !inDoubtForOperator && quiesced !== 'idle')
+        this.violation(`${p.pod.name} sidecar still holds ${held.branch} (${held.status})`)
     }
     const active = this.c.sidecar?.coordinator.view(this.txId)
-    if (active !== undefined && active.status !== 'committed' && active.status !== 'aborted' && active.status !== 'heuristic-mixed' && this.c.sidecar?.coordinator.has(this.txId) === true) {
+    if (
+      active !== undefined &&
+      active.status !== 'committed' &&
+      active.status !== 'aborted' &&
+      active.status !== 'heuristic-mixed' &&
+      this.c.sidecar?.coordinator.has(this.txId) === true
+    ) {
       const stuckOnUnknown = this.ps.some((p) => p.pod.wiped > 0)
       if (!stuckOnUnknown) this.violation(`coordinator still holds the transaction (${active.status})`)
     }
@@ -443,9 +518,16 @@ class TwoPcMesh extends MeshWorld {
     if (committed.length === 0) return
     for (const p of this.ps) {
       const w = [...p.app.work.values()][0]
-      if (w?.status === 'aborted' && w.wasPrepared && !this.resolvedTo(p.app, 'aborted') && !committed.every((c) => this.resolvedTo(c.app, 'committed'))) {
+      if (
+        w?.status === 'aborted' &&
+        w.wasPrepared &&
+        !this.resolvedTo(p.app, 'aborted') &&
+        !committed.every((c) => this.resolvedTo(c.app, 'committed'))
+      ) {
         this.split = true
-        this.violation(`${p.app.name} rolled back a prepared branch while ${committed.map((c) => c.app.name).join(',')} committed (${w.history.join(' ')})`)
+        this.violation(
+          `${p.app.name} rolled back a prepared branch while ${committed.map((c) => c.app.name).join(',')} committed (${w.history.join(' ')})`,
+        )
       }
     }
   }

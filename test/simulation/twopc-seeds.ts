@@ -18,19 +18,33 @@ export async function runSeeds(first: number, count: number, file: string): Prom
   const started = performance.now()
   for (let seed = first; seed < first + count; seed++) {
     const r = await simulateMesh(seed)
-    if (r.violations.length > 0) failures.push(failure(seed, `SIM_SEED=${seed} npx vitest run test/simulation/twopc.sim.test.ts`, r.violations))
+    if (r.violations.length > 0)
+      failures.push(failure(seed, `SIM_SEED=${seed} npx vitest run test/simulation/twopc.sim.test.ts`, r.violations))
     for (const k of Object.keys(totals) as (keyof typeof totals)[]) totals[k] += r.stats[k]
     outcomes[r.appOutcome ?? 'unknown']++
     events += r.events
   }
   const ms = Math.round(performance.now() - started)
-  process.stdout.write(`${file}: 2PC mesh seeds ${first}..${first + count - 1}, ${events} events in ${ms} ms; app outcomes ${JSON.stringify(outcomes)}; ${JSON.stringify(totals)}\n`)
+  process.stdout.write(
+    `${file}: 2PC mesh seeds ${first}..${first + count - 1}, ${events} events in ${ms} ms; app outcomes ${JSON.stringify(outcomes)}; ${JSON.stringify(totals)}\n`,
+  )
   expectNoFailures(failures, 'seeds')
   if (count >= 1_000) {
     // The schedules must take the hard paths, or the run proves little.
     expect(outcomes.committed).toBeGreaterThan(count / 10)
     expect(outcomes.aborted).toBeGreaterThan(count / 20)
-    for (const k of ['lost', 'duplicated', 'refused', 'timeouts', 'sidecarCrashes', 'appCrashes', 'powerLosses', 'wipes', 'clockJumps'] as const) expect(totals[k], k).toBeGreaterThan(0)
+    for (const k of [
+      'lost',
+      'duplicated',
+      'refused',
+      'timeouts',
+      'sidecarCrashes',
+      'appCrashes',
+      'powerLosses',
+      'wipes',
+      'clockJumps',
+    ] as const)
+      expect(totals[k], k).toBeGreaterThan(0)
   }
 }
 

@@ -18,7 +18,12 @@ describe('2PC on the shipped drivers (mesh simulation)', () => {
     const seed = replay as number
     const lines: string[] = []
     const report = await simulateMesh(seed, (l) => lines.push(l))
-    expectReplayClean(seed, `seed ${seed} (${report.quiesced} at t=${report.endTime}, ${report.events} events)\n`, lines, [...report.violations])
+    expectReplayClean(
+      seed,
+      `seed ${seed} (${report.quiesced} at t=${report.endTime}, ${report.events} events)\n`,
+      lines,
+      [...report.violations],
+    )
   })
 
   it.runIf(replay === undefined)('runs the same for the same seed', async () => {
@@ -30,7 +35,11 @@ describe('2PC on the shipped drivers (mesh simulation)', () => {
     }
   })
 
-  it.runIf(replay === undefined)('keeps atomicity, agreement and progress for every seed (first half)', async () => {
-    await runSeeds(1, seedsFromEnv() ?? DEFAULT_SEEDS / 2, 'twopc.sim.test.ts')
-  }, 1_800_000)
+  it.runIf(replay === undefined)(
+    'keeps atomicity, agreement and progress for every seed (first half)',
+    async () => {
+      await runSeeds(1, seedsFromEnv() ?? DEFAULT_SEEDS / 2, 'twopc.sim.test.ts')
+    },
+    1_800_000,
+  )
 })

@@ -52,7 +52,12 @@ const RECOVER_INTERVAL_MS = 5_000
 // reuses a connection this server is closing.
 const KEEP_ALIVE_MS = 120_000
 
-const pool = new pg.Pool({ connectionString: env('DATABASE_URL'), max: POOL_MAX, idleTimeoutMillis: 0, options: `-c lock_timeout=${LOCK_TIMEOUT_MS}` })
+const pool = new pg.Pool({
+  connectionString: env('DATABASE_URL'),
+  max: POOL_MAX,
+  idleTimeoutMillis: 0,
+  options: `-c lock_timeout=${LOCK_TIMEOUT_MS}`,
+})
 pool.on('error', (err) => process.stderr.write(`${SERVICE}: idle pool client error: ${err.message}\n`))
 // The helper's events, except the routine ones of every transfer, go to the log (diagnosis).
 const ROUTINE = new Set(['branch_opened', 'branch_prepared', 'branch_committed'])
@@ -76,10 +81,21 @@ interface Leg {
 
 const ID = /^[A-Za-z0-9_-]{1,64}$/
 
-function leg(transfer: string | null | undefined, account: string | null | undefined, delta: string | null | undefined): Leg | undefined {
+function leg(
+  transfer: string | null | undefined,
+  account: string | null | undefined,
+  delta: string | null | undefined,
+): Leg | undefined {
   const a = Number(account)
   const d = Number(delta)
-  if (typeof transfer !== 'string' || !ID.test(transfer) || !Number.isSafeInteger(a) || !Number.isSafeInteger(d) || d === 0) return undefined
+  if (
+    typeof transfer !== 'string' ||
+    !ID.test(transfer) ||
+    !Number.isSafeInteger(a) ||
+    !Number.isSafeInteger(d) ||
+    d === 0
+  )
+    return undefined
   return { transfer, account: a, delta: d }
 }
 
@@ -129,9 +145,18 @@ type Query = (text: string, values: unknown[]) => Promise<{ rowCount: number | n
  * is checked per statement, so a debit's confirm must move both at once), plus its ledger row.
  */
 async function updateBalance(query: Query, l: Leg, delta: number, op: string, frozenDelta = 0): Promise<void> {
-  const r = await query('UPDATE accounts SET balance = balance + $1, frozen = frozen + $2 WHERE id = $3', [delta, frozenDelta, l.account])
+  const r = await query('UPDATE accounts SET balance = balance + $1, frozen = frozen + $2 WHERE id = $3', [
+    delta,
+    frozenDelta,
+    l.account,
+  ])
   if (r.rowCount !== 1) throw new Error(`account ${l.account} does not exist`)
-  await query('INSERT INTO ledger (transfer_id, account, delta, op) VALUES ($1, $2, $3, $4)', [l.transfer, l.account, delta, op])
+  await query('INSERT INTO ledger (transfer_id, account, delta, op) VALUES ($1, $2, $3, $4)', [
+    l.transfer,
+    l.account,
+    delta,
+    op,
+  ])
 }
 
 // ---- 2pc ----
@@ -153,7 +178,11 @@ async function apply(res: ServerResponse, l: Leg, tx: TxmeshPgTx | undefined): P
 async function sagaStep(req: IncomingMessage, res: ServerResponse, l: Leg, undo: boolean): Promise<void> {
   let r
   try {
-    r = await txm.barrier(req, (c) => refusing(() => updateBalance((t, v) => c.query(t, v), l, undo ? -l.delta : l.delta, undo ? 'compensate' : 'action')))
+    r = await txm.barrier(req, (c) =>
+      refusing(() =>
+        updateBalance((t, v) => c.query(t, v), l, undo ? -l.delta : l.delta, undo ? 'compensate' : 'action'),
+      ),
+    )
   } catch (err) {
     if (err instanceof Refused) return send(res, err.status, err.message)
     throw err
@@ -172,7 +201,10 @@ async function tccTry(req: IncomingMessage, res: ServerResponse, l: Leg): Promis
   try {
     r = await txm.barrier(req, (c) =>
       refusing(async () => {
-        await c.query("INSERT INTO holds (tx_id, branch_id, transfer_id, account, delta, status) VALUES ($1, $2, $3, $4, $5, 'held')", [txId, branchId, l.transfer, l.account, l.delta])
+        await c.query(
+          "INSERT INTO holds (tx_id, branch_id, transfer_id, account, delta, status) VALUES ($1, $2, $3, $4, $5, 'held')",
+          [txId, branchId, l.transfer, l.account, l.delta],
+        )
         if (l.delta < 0) {
           const u = await c.query('UPDATE accounts SET frozen = frozen - $1 WHERE id = $2', [l.delta, l.account])
           if (u.rowCount !== 1) throw new Error(`account ${l.account} does not exist`)
@@ -188,10 +220,16 @@ async function tccTry(req: IncomingMessage, res: ServerResponse, l: Leg): Promis
 }
 
 /** Confirm or cancel the hold this branch's try made (keyed by the ids the sidecar sets). */
-async function tccFinish(req: IncomingMessage, res: ServerResponse, op: 'confirm' | 'cancel', stepInPath: string | undefined): Promise<void> {
+async function tccFinish(
+  req: IncomingMessage,
+  res: ServerResponse,
+  op: 'confirm' | 'cancel',
+  stepInPath: string | undefined,
+): Promise<void> {
   const txId = req.headers['txmesh-tx-id']
   const branchId = req.headers['txmesh-branch-id']
-  if (stepInPath !== undefined && stepInPath !== branchId) return send(res, 400, `step ${stepInPath} in the path is not the branch ${String(branchId)}`)
+  if (stepInPath !== undefined && stepInPath !== branchId)
+    return send(res, 400, `step ${stepInPath} in the path is not the branch ${String(branchId)}`)
   let r
   try {
     r = await txm.barrier(req, async (c) => {
@@ -215,7 +253,11 @@ async function tccFinish(req: IncomingMessage, res: ServerResponse, op: 'confirm
       } else if (delta < 0) {
         await c.query('UPDATE accounts SET frozen = frozen + $1 WHERE id = $2', [delta, l.account])
       }
-      await c.query('UPDATE holds SET status = $1 WHERE tx_id = $2 AND branch_id = $3', [op === 'confirm' ? 'confirmed' : 'cancelled', txId, branchId])
+      await c.query('UPDATE holds SET status = $1 WHERE tx_id = $2 AND branch_id = $3', [
+        op === 'confirm' ? 'confirmed' : 'cancelled',
+        txId,
+        branchId,
+      ])
       return op
     })
   } catch (err) {

@@ -35,13 +35,15 @@ function intEnv(name: string, fallback: number, min: number): number {
   const raw = process.env[name]
   if (raw === undefined || raw === '') return fallback
   const n = Number(raw)
-  if (!Number.isSafeInteger(n) || n < min) throw new Error(`${name} must be an integer >= ${min}, got ${JSON.stringify(raw)}`)
+  if (!Number.isSafeInteger(n) || n < min)
+    throw new Error(`${name} must be an integer >= ${min}, got ${JSON.stringify(raw)}`)
   return n
 }
 
 async function main(): Promise<number> {
   const modeArg = process.env.TORTURE_MODE ?? 'all'
-  if (modeArg !== 'all' && !RUNS.includes(modeArg as RunName)) throw new Error(`TORTURE_MODE must be 2pc, saga, tcc, contract or all, got ${JSON.stringify(modeArg)}`)
+  if (modeArg !== 'all' && !RUNS.includes(modeArg as RunName))
+    throw new Error(`TORTURE_MODE must be 2pc, saga, tcc, contract or all, got ${JSON.stringify(modeArg)}`)
   const modes = modeArg === 'all' ? RUNS : [modeArg as RunName]
   const seed = intEnv('TORTURE_SEED', randomInt(1, 2 ** 31 - 1), 0)
   const transfers = intEnv('TORTURE_TRANSFERS', DEFAULT_TRANSFERS, 1)
@@ -50,24 +52,55 @@ async function main(): Promise<number> {
   const keep = process.env.TORTURE_KEEP !== '0'
   const keepAlways = process.env.TORTURE_KEEP === 'always'
   const contractIdle = process.env.TORTURE_CONTRACT_IDLE_MS
-  const contractIdleMs = contractIdle === undefined || contractIdle === '' ? undefined : intEnv('TORTURE_CONTRACT_IDLE_MS', 0, 0)
+  const contractIdleMs =
+    contractIdle === undefined || contractIdle === '' ? undefined : intEnv('TORTURE_CONTRACT_IDLE_MS', 0, 0)
   const log = (line: string): void => void process.stderr.write(`torture: ${line}\n`)
-  process.stdout.write(`txmesh bank torture: seed ${seed}, modes ${modes.join(', ')}, ${transfers} transfers and ${kills} kills and ${proxyFaults} proxy faults per mode\n`)
+  process.stdout.write(
+    `txmesh bank torture: seed ${seed}, modes ${modes.join(', ')}, ${transfers} transfers and ${kills} kills and ${proxyFaults} proxy faults per mode\n`,
+  )
 
-  const pg = await startPostgres({ maxPreparedTransactions: MAX_PREPARED_TRANSACTIONS, extraFlags: ['-c', `max_connections=${MAX_CONNECTIONS}`] })
+  const pg = await startPostgres({
+    maxPreparedTransactions: MAX_PREPARED_TRANSACTIONS,
+    extraFlags: ['-c', `max_connections=${MAX_CONNECTIONS}`],
+  })
   const results: BankResult[] = []
   const started = Date.now()
   try {
     for (const mode of modes) {
-      const r = await runBankMode({ mode, seed, transfers, kills, proxyFaults, recoveryCapMs: RECOVERY_CAP_MS, pg, keepDirOnFailure: keep, keepDir: keepAlways, ...(contractIdleMs === undefined ? {} : { contractIdleMs }), log })
+      const r = await runBankMode({
+        mode,
+        seed,
+        transfers,
+        kills,
+        proxyFaults,
+        recoveryCapMs: RECOVERY_CAP_MS,
+        pg,
+        keepDirOnFailure: keep,
+        keepDir: keepAlways,
+        ...(contractIdleMs === undefined ? {} : { contractIdleMs }),
+        log,
+      })
       results.push(r)
-      process.stdout.write(formatResult(r, replayCommand(r, { transfers, kills, defaults: { transfers: DEFAULT_TRANSFERS, kills: DEFAULT_KILLS } })) + '\n')
+      process.stdout.write(
+        formatResult(
+          r,
+          replayCommand(r, { transfers, kills, defaults: { transfers: DEFAULT_TRANSFERS, kills: DEFAULT_KILLS } }),
+        ) + '\n',
+      )
     }
   } finally {
     await pg.stop()
   }
   const sum = (f: (r: BankResult) => number): number => results.reduce((n, r) => n + f(r), 0)
-  const allKills = sum((r) => r.faults.kills.app + r.faults.kills['participant-sidecar'] + r.faults.kills.coordinator + r.faults.failpoints['coordinator-after-decision'] + r.faults.failpoints['participant-after-prepared'] + r.faults.failpoints['participant-after-app-prepared'])
+  const allKills = sum(
+    (r) =>
+      r.faults.kills.app +
+      r.faults.kills['participant-sidecar'] +
+      r.faults.kills.coordinator +
+      r.faults.failpoints['coordinator-after-decision'] +
+      r.faults.failpoints['participant-after-prepared'] +
+      r.faults.failpoints['participant-after-app-prepared'],
+  )
   const failed = results.filter((r) => !r.ok)
   process.stdout.write(
     `total: ${sum((r) => r.seen.committed + r.seen.aborted + r.seen.unknown + r.seen['not-begun'])} transfers (committed ${sum((r) => r.seen.committed)}, aborted ${sum((r) => r.seen.aborted)}, unknown ${sum((r) => r.seen.unknown)}, not begun ${sum((r) => r.seen['not-begun'])}), ${allKills} kills, ${sum((r) => r.faults.proxy.delay + r.faults.proxy.drop + r.faults.proxy.refuse)} proxy faults, ${((Date.now() - started) / 1000).toFixed(0)} s; seed ${seed}: ${failed.length === 0 ? 'PASS' : `FAIL (${failed.map((r) => r.mode).join(', ')})`}\n`,

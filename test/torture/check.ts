@@ -31,7 +31,10 @@ function settled(s: RecoveryStatus): boolean {
 
 async function adminJson(port: number, path: string): Promise<Record<string, unknown> | undefined> {
   try {
-    const r = await request(`http://127.0.0.1:${port}${path}`, { headersTimeout: ADMIN_CALL_TIMEOUT_MS, bodyTimeout: ADMIN_CALL_TIMEOUT_MS })
+    const r = await request(`http://127.0.0.1:${port}${path}`, {
+      headersTimeout: ADMIN_CALL_TIMEOUT_MS,
+      bodyTimeout: ADMIN_CALL_TIMEOUT_MS,
+    })
     const body = (await r.body.json()) as Record<string, unknown>
     return r.statusCode === 200 ? body : undefined
   } catch {
@@ -39,7 +42,10 @@ async function adminJson(port: number, path: string): Promise<Record<string, unk
   }
 }
 
-export async function recoveryStatus(cluster: BankCluster, connectionString: (db: string) => string): Promise<RecoveryStatus> {
+export async function recoveryStatus(
+  cluster: BankCluster,
+  connectionString: (db: string) => string,
+): Promise<RecoveryStatus> {
   let prepared = 0
   let unreachable = 0
   for (const n of cluster.nodes) {
@@ -69,7 +75,11 @@ export async function recoveryStatus(cluster: BankCluster, connectionString: (db
 }
 
 /** Polls until nothing is left to finish, or the cap. */
-export async function waitRecovered(cluster: BankCluster, connectionString: (db: string) => string, capMs: number): Promise<{ ok: boolean; ms: number; last: RecoveryStatus }> {
+export async function waitRecovered(
+  cluster: BankCluster,
+  connectionString: (db: string) => string,
+  capMs: number,
+): Promise<{ ok: boolean; ms: number; last: RecoveryStatus }> {
   const started = Date.now()
   const maxPolls = Math.ceil(capMs / RECOVERY_POLL_MS) + 1
   let last = await recoveryStatus(cluster, connectionString)
@@ -86,7 +96,8 @@ export interface Violation {
   readonly detail: string
 }
 
-type LegState = { readonly kind: 'applied' } | { readonly kind: 'none' } | { readonly kind: 'anomaly'; readonly why: string }
+type LegState =
+  { readonly kind: 'applied' } | { readonly kind: 'none' } | { readonly kind: 'anomaly'; readonly why: string }
 
 /** What one service's database says happened to one leg of a transfer. */
 function legState(mode: Mode, db: BankState, transfer: string, l: Leg): LegState {
@@ -108,7 +119,8 @@ function legState(mode: Mode, db: BankState, transfer: string, l: Leg): LegState
   }
   const holds = db.holds.filter((h) => h.transfer === transfer && h.account === l.account)
   const confirmed = rows.find((r) => r.op === 'confirm' && r.delta === d)
-  if (holds.length > 1 || rows.length > (confirmed ? 1 : 0)) return { kind: 'anomaly', why: `${holds.length} holds; ${show()}` }
+  if (holds.length > 1 || rows.length > (confirmed ? 1 : 0))
+    return { kind: 'anomaly', why: `${holds.length} holds; ${show()}` }
   const h = holds[0]
   if (h === undefined) return confirmed ? { kind: 'anomaly', why: 'confirmed without a hold' } : { kind: 'none' }
   if (h.status === 'held') return { kind: 'anomaly', why: 'hold never confirmed or cancelled' }
@@ -127,54 +139,99 @@ export interface CheckInput {
 
 export function checkInvariants(c: CheckInput): Violation[] {
   const v: Violation[] = []
-  const add = (invariant: string, transfer: string | undefined, detail: string): void => void v.push({ invariant, transfer, detail })
+  const add = (invariant: string, transfer: string | undefined, detail: string): void =>
+    void v.push({ invariant, transfer, detail })
   const initial = BigInt(c.initialBalance)
 
   let total = 0n
   for (const [service, db] of c.states) {
-    if (db.prepared.length > 0) add('pg_prepared_xacts empty', undefined, `${service}: ${db.prepared.length} left: ${db.prepared.slice(0, 5).join(', ')}`)
-    if (db.accounts.size !== c.accounts) add('accounts intact', undefined, `${service}: ${db.accounts.size} accounts, expected ${c.accounts}`)
+    if (db.prepared.length > 0)
+      add(
+        'pg_prepared_xacts empty',
+        undefined,
+        `${service}: ${db.prepared.length} left: ${db.prepared.slice(0, 5).join(', ')}`,
+      )
+    if (db.accounts.size !== c.accounts)
+      add('accounts intact', undefined, `${service}: ${db.accounts.size} accounts, expected ${c.accounts}`)
     const sums = new Map<number, bigint>()
     for (const r of db.ledger) sums.set(r.account, (sums.get(r.account) ?? 0n) + r.delta)
     const heldDebits = new Map<number, bigint>()
-    for (const h of db.holds) if (h.status === 'held' && h.delta < 0n) heldDebits.set(h.account, (heldDebits.get(h.account) ?? 0n) - h.delta)
+    for (const h of db.holds)
+      if (h.status === 'held' && h.delta < 0n) heldDebits.set(h.account, (heldDebits.get(h.account) ?? 0n) - h.delta)
     for (const [id, a] of db.accounts) {
       total += a.balance
       if (a.balance < 0n) add('no account negative', undefined, `${service} account ${id}: balance ${a.balance}`)
-      if (a.frozen < 0n || a.frozen > a.balance) add('no account negative', undefined, `${service} account ${id}: frozen ${a.frozen} of balance ${a.balance}`)
+      if (a.frozen < 0n || a.frozen > a.balance)
+        add('no account negative', undefined, `${service} account ${id}: frozen ${a.frozen} of balance ${a.balance}`)
       const expected = initial + (sums.get(id) ?? 0n)
-      if (expected !== a.balance) add('ledger sums equal balances', undefined, `${service} account ${id}: balance ${a.balance}, initial + ledger = ${expected}`)
+      if (expected !== a.balance)
+        add(
+          'ledger sums equal balances',
+          undefined,
+          `${service} account ${id}: balance ${a.balance}, initial + ledger = ${expected}`,
+        )
       const held = heldDebits.get(id) ?? 0n
-      if (a.frozen !== held) add('frozen equals open holds', undefined, `${service} account ${id}: frozen ${a.frozen}, open debit holds ${held}`)
+      if (a.frozen !== held)
+        add(
+          'frozen equals open holds',
+          undefined,
+          `${service} account ${id}: frozen ${a.frozen}, open debit holds ${held}`,
+        )
     }
   }
   const expectedTotal = initial * BigInt(c.accounts) * BigInt(c.states.size)
 
   // Every effect in a database belongs to a leg the client planned there.
   const planned = new Map<string, Set<string>>()
-  for (const r of c.records) for (const l of r.transfer.legs) planned.set(`${l.service}:${r.transfer.id}:${l.account}`, new Set())
+  for (const r of c.records)
+    for (const l of r.transfer.legs) planned.set(`${l.service}:${r.transfer.id}:${l.account}`, new Set())
   for (const [service, db] of c.states) {
-    for (const r of db.ledger) if (!planned.has(`${service}:${r.transfer}:${r.account}`)) add('no stray effects', r.transfer, `${service}: ledger row ${r.op} ${r.delta} on account ${r.account} of no planned leg`)
-    for (const h of db.holds) if (!planned.has(`${service}:${h.transfer}:${h.account}`)) add('no stray effects', h.transfer, `${service}: hold ${h.status} on account ${h.account} of no planned leg`)
+    for (const r of db.ledger)
+      if (!planned.has(`${service}:${r.transfer}:${r.account}`))
+        add(
+          'no stray effects',
+          r.transfer,
+          `${service}: ledger row ${r.op} ${r.delta} on account ${r.account} of no planned leg`,
+        )
+    for (const h of db.holds)
+      if (!planned.has(`${service}:${h.transfer}:${h.account}`))
+        add('no stray effects', h.transfer, `${service}: hold ${h.status} on account ${h.account} of no planned leg`)
   }
 
   for (const r of c.records) {
     const t = r.transfer
     const states = t.legs.map((l) => {
       const db = c.states.get(l.service)
-      return { l, s: db === undefined ? ({ kind: 'anomaly', why: 'no database state' } as LegState) : legState(c.mode, db, t.id, l) }
+      return {
+        l,
+        s:
+          db === undefined
+            ? ({ kind: 'anomaly', why: 'no database state' } as LegState)
+            : legState(c.mode, db, t.id, l),
+      }
     })
-    const describe = (): string => `${states.map(({ l, s }) => `${l.service}#${l.account} ${l.delta}: ${s.kind === 'anomaly' ? `anomaly (${s.why})` : s.kind}`).join('; ')} | client: ${r.seen} (${r.detail}) tx ${r.txId ?? '-'}`
+    const describe = (): string =>
+      `${states.map(({ l, s }) => `${l.service}#${l.account} ${l.delta}: ${s.kind === 'anomaly' ? `anomaly (${s.why})` : s.kind}`).join('; ')} | client: ${r.seen} (${r.detail}) tx ${r.txId ?? '-'}`
     const applied = states.filter(({ s }) => s.kind === 'applied').length
     const none = states.filter(({ s }) => s.kind === 'none').length
     const before = v.length
-    if (r.seen === 'committed' && applied !== states.length) add('committed transfers present everywhere', t.id, describe())
-    if ((r.seen === 'aborted' || r.seen === 'not-begun') && none !== states.length) add('aborted transfers present nowhere', t.id, describe())
-    if (r.seen === 'unknown' && applied !== states.length && none !== states.length) add('unknown transfers all-or-nothing', t.id, describe())
+    if (r.seen === 'committed' && applied !== states.length)
+      add('committed transfers present everywhere', t.id, describe())
+    if ((r.seen === 'aborted' || r.seen === 'not-begun') && none !== states.length)
+      add('aborted transfers present nowhere', t.id, describe())
+    if (r.seen === 'unknown' && applied !== states.length && none !== states.length)
+      add('unknown transfers all-or-nothing', t.id, describe())
     // A malformed leg not already reported through the transfer's outcome.
-    if (v.length === before) for (const { l, s } of states) if (s.kind === 'anomaly') add('ledger rows well-formed', t.id, `${l.service}: ${s.why} | ${describe()}`)
+    if (v.length === before)
+      for (const { l, s } of states)
+        if (s.kind === 'anomaly') add('ledger rows well-formed', t.id, `${l.service}: ${s.why} | ${describe()}`)
   }
-  if (total !== expectedTotal) add('total balance unchanged', undefined, `total ${total}, expected ${expectedTotal} (difference ${total - expectedTotal})`)
+  if (total !== expectedTotal)
+    add(
+      'total balance unchanged',
+      undefined,
+      `total ${total}, expected ${expectedTotal} (difference ${total - expectedTotal})`,
+    )
   return v
 }
 

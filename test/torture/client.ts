@@ -60,7 +60,13 @@ const MAX_AMOUNT = 200
 const OVERDRAFT_SHARE = 0.05
 
 /** Seeded transfers: 2 or 3 services each, one account per service, summing to zero. */
-export function planTransfers(rng: Prng, mode: Mode, count: number, accounts: number, initialBalance: number): Transfer[] {
+export function planTransfers(
+  rng: Prng,
+  mode: Mode,
+  count: number,
+  accounts: number,
+  initialBalance: number,
+): Transfer[] {
   const out: Transfer[] = []
   for (let i = 0; i < count; i++) {
     const services = rng.chance(0.5) ? [...SERVICES] : pickTwo(rng)
@@ -117,15 +123,34 @@ interface Answer {
 }
 
 /** One HTTP exchange; network failures come back as status 0 with the error code. */
-function call(agent: HttpAgent, port: number, method: string, path: string, headers: Record<string, string>, body: string): Promise<Answer> {
+function call(
+  agent: HttpAgent,
+  port: number,
+  method: string,
+  path: string,
+  headers: Record<string, string>,
+  body: string,
+): Promise<Answer> {
   return new Promise((resolve) => {
     const req = httpRequest(
-      { host: '127.0.0.1', port, method, path, headers: { ...headers, 'content-length': String(Buffer.byteLength(body)) }, agent, timeout: CLIENT_REQUEST_TIMEOUT_MS },
+      {
+        host: '127.0.0.1',
+        port,
+        method,
+        path,
+        headers: { ...headers, 'content-length': String(Buffer.byteLength(body)) },
+        agent,
+        timeout: CLIENT_REQUEST_TIMEOUT_MS,
+      },
       (res) => {
         const chunks: Buffer[] = []
         res.on('data', (c: Buffer) => chunks.push(c))
-        res.on('end', () => resolve({ status: res.statusCode ?? 0, body: Buffer.concat(chunks).toString(), error: undefined }))
-        res.on('error', (err) => resolve({ status: 0, body: '', error: (err as { code?: string }).code ?? err.message }))
+        res.on('end', () =>
+          resolve({ status: res.statusCode ?? 0, body: Buffer.concat(chunks).toString(), error: undefined }),
+        )
+        res.on('error', (err) =>
+          resolve({ status: 0, body: '', error: (err as { code?: string }).code ?? err.message }),
+        )
       },
     )
     req.on('timeout', () => req.destroy(Object.assign(new Error('client timeout'), { code: 'CLIENT_TIMEOUT' })))
@@ -180,9 +205,20 @@ export async function runClient(o: ClientOptions, transfers: readonly Transfer[]
   return records
 }
 
-async function runTransfer(o: ClientOptions, agent: HttpAgent, t: Transfer): Promise<Omit<ClientRecord, 'began' | 'ended'>> {
+async function runTransfer(
+  o: ClientOptions,
+  agent: HttpAgent,
+  t: Transfer,
+): Promise<Omit<ClientRecord, 'began' | 'ended'>> {
   const json = { 'content-type': 'application/json' }
-  const begun = await call(agent, o.adminPort, 'POST', '/v1/transactions', json, JSON.stringify({ mode: o.mode, timeoutMs: TX_TIMEOUT_MS }))
+  const begun = await call(
+    agent,
+    o.adminPort,
+    'POST',
+    '/v1/transactions',
+    json,
+    JSON.stringify({ mode: o.mode, timeoutMs: TX_TIMEOUT_MS }),
+  )
   let tx: { id: string; context: string }
   try {
     if (begun.status !== 201) throw new Error('not begun')
@@ -193,7 +229,14 @@ async function runTransfer(o: ClientOptions, agent: HttpAgent, t: Transfer): Pro
   let failed: string | undefined
   for (const l of t.legs) {
     // Absolute-form through the egress, as an app using it as HTTP_PROXY sends it.
-    const a = await call(agent, o.egressPort, 'POST', `http://${l.service}${legPath(o.mode, l, t.id)}`, { 'txmesh-context': tx.context }, '')
+    const a = await call(
+      agent,
+      o.egressPort,
+      'POST',
+      `http://${l.service}${legPath(o.mode, l, t.id)}`,
+      { 'txmesh-context': tx.context },
+      '',
+    )
     if (a.status !== 200) {
       failed = `leg ${l.service} ${errorCode(a)}`
       break
@@ -202,7 +245,12 @@ async function runTransfer(o: ClientOptions, agent: HttpAgent, t: Transfer): Pro
   const base = `/v1/transactions/${tx.id}`
   if (failed !== undefined) {
     const a = await call(agent, o.adminPort, 'POST', `${base}/abort`, {}, '')
-    return { transfer: t, seen: 'aborted', detail: `${failed}; abort: ${a.status === 200 ? 'aborted' : errorCode(a)}`, txId: tx.id }
+    return {
+      transfer: t,
+      seen: 'aborted',
+      detail: `${failed}; abort: ${a.status === 200 ? 'aborted' : errorCode(a)}`,
+      txId: tx.id,
+    }
   }
   const c = await call(agent, o.adminPort, 'POST', `${base}/commit`, {}, '')
   if (c.status === 200) {
@@ -212,11 +260,13 @@ async function runTransfer(o: ClientOptions, agent: HttpAgent, t: Transfer): Pro
     } catch {
       outcome = undefined
     }
-    if (outcome === 'committed' || outcome === 'aborted') return { transfer: t, seen: outcome, detail: `commit: ${outcome}`, txId: tx.id }
+    if (outcome === 'committed' || outcome === 'aborted')
+      return { transfer: t, seen: outcome, detail: `commit: ${outcome}`, txId: tx.id }
     return { transfer: t, seen: 'unknown', detail: `commit: 200 without an outcome`, txId: tx.id }
   }
   const code = errorCode(c)
   // The coordinator answered and has no decision for it: presumed abort.
-  if (c.status === 404 && code.includes('TXM_TX_UNKNOWN')) return { transfer: t, seen: 'aborted', detail: `commit: ${code}`, txId: tx.id }
+  if (c.status === 404 && code.includes('TXM_TX_UNKNOWN'))
+    return { transfer: t, seen: 'aborted', detail: `commit: ${code}`, txId: tx.id }
   return { transfer: t, seen: 'unknown', detail: `commit: ${code}`, txId: tx.id }
 }

@@ -24,7 +24,10 @@ export type Service = (typeof SERVICES)[number]
 
 /** Which app each bank service runs: on the txmesh/pg helper, or from the hook contract alone. */
 export type Participant = 'helper' | 'contract'
-const APP: Readonly<Record<Participant, string>> = { helper: join(import.meta.dirname, 'bank-app.ts'), contract: join(import.meta.dirname, 'contract-app.ts') }
+const APP: Readonly<Record<Participant, string>> = {
+  helper: join(import.meta.dirname, 'bank-app.ts'),
+  contract: join(import.meta.dirname, 'contract-app.ts'),
+}
 const ROOT = join(import.meta.dirname, '../..')
 
 // Bounds of the processes, each with its reason.
@@ -122,16 +125,23 @@ export class Managed {
     closeSync(fd)
     this.armed = failpoint
     this.expectExit = false
-    const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((r) => child.once('exit', (code, signal) => r({ code, signal })))
+    const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((r) =>
+      child.once('exit', (code, signal) => r({ code, signal })),
+    )
     const stdout = child.stdout
     if (stdout === null) throw new Error('no stdout pipe')
     const lines = createInterface({ input: stdout })
     let timer: NodeJS.Timeout | undefined
     try {
       await new Promise<void>((resolve, reject) => {
-        timer = setTimeout(() => reject(new Error(`no listening line within ${PROCESS_START_TIMEOUT_MS} ms (log: ${this.logFile})`)), PROCESS_START_TIMEOUT_MS)
+        timer = setTimeout(
+          () => reject(new Error(`no listening line within ${PROCESS_START_TIMEOUT_MS} ms (log: ${this.logFile})`)),
+          PROCESS_START_TIMEOUT_MS,
+        )
         lines.once('line', () => resolve())
-        void exited.then((e) => reject(new Error(`exited during start (code ${e.code}, signal ${e.signal}; log: ${this.logFile})`)))
+        void exited.then((e) =>
+          reject(new Error(`exited during start (code ${e.code}, signal ${e.signal}; log: ${this.logFile})`)),
+        )
       })
     } catch (err) {
       child.kill('SIGKILL')
@@ -152,7 +162,9 @@ export class Managed {
       this.onSelfExit(note)
       this.restartTimer = setTimeout(() => {
         this.restartTimer = undefined
-        this.start().catch((err: unknown) => process.stderr.write(`torture: restarting ${this.name} failed: ${(err as Error).message}\n`))
+        this.start().catch((err: unknown) =>
+          process.stderr.write(`torture: restarting ${this.name} failed: ${(err as Error).message}\n`),
+        )
       }, SELF_EXIT_RESTART_DELAY_MS)
     })
   }
@@ -267,7 +279,10 @@ function coordinatorRoutes(mode: Mode): string {
   const lines = ['routes:']
   for (const s of mode === 'saga' ? SERVICES : (['bank-a', 'bank-b'] as const)) {
     lines.push(`  - name: ${s}-${mode}`, `    match: {direction: egress, host: ${s}}`)
-    if (mode === 'saga') lines.push('    compensation: {method: POST, path: "/saga/undo/{request.query.transfer}/{request.query.account}/{request.query.delta}"}')
+    if (mode === 'saga')
+      lines.push(
+        '    compensation: {method: POST, path: "/saga/undo/{request.query.transfer}/{request.query.account}/{request.query.delta}"}',
+      )
     else lines.push('    tcc: {confirm: {path: "/tcc/confirm/{step.id}"}, cancel: {path: "/tcc/cancel/{step.id}"}}')
   }
   return lines.join('\n')
@@ -288,9 +303,20 @@ export async function startBankCluster(o: ClusterOptions): Promise<BankCluster> 
       mkdirSync(dir, { recursive: true })
       const appPort = await freePort()
       const ports = await sidecarPorts()
-      const ingressProxy = await startFaultProxy({ port: await freePort(), targetPort: ports.ingress, random: o.random })
-      const controlProxy = await startFaultProxy({ port: await freePort(), targetPort: ports.control, random: o.random })
-      proxies.push({ name: `${service}/ingress`, proxy: ingressProxy }, { name: `${service}/control`, proxy: controlProxy })
+      const ingressProxy = await startFaultProxy({
+        port: await freePort(),
+        targetPort: ports.ingress,
+        random: o.random,
+      })
+      const controlProxy = await startFaultProxy({
+        port: await freePort(),
+        targetPort: ports.control,
+        random: o.random,
+      })
+      proxies.push(
+        { name: `${service}/ingress`, proxy: ingressProxy },
+        { name: `${service}/control`, proxy: controlProxy },
+      )
       const file = join(dir, 'sidecar.yaml')
       writeFileSync(
         file,
@@ -308,7 +334,14 @@ export async function startBankCluster(o: ClusterOptions): Promise<BankCluster> 
           ...(service === 'bank-c' || participant === 'contract' ? [] : ['hooks: {batch: /.well-known/txmesh/batch}']),
         ].join('\n'),
       )
-      const sidecar = new Managed(`${service}/sidecar`, 'participant-sidecar', sidecarArgs(file, ports), { TXMESH_MESH_KEY: MESH_KEY }, join(dir, 'sidecar.log'), o.onSelfExit)
+      const sidecar = new Managed(
+        `${service}/sidecar`,
+        'participant-sidecar',
+        sidecarArgs(file, ports),
+        { TXMESH_MESH_KEY: MESH_KEY },
+        join(dir, 'sidecar.log'),
+        o.onSelfExit,
+      )
       const db = o.dbOf(service)
       const app = new Managed(
         `${service}/app`,
@@ -320,7 +353,9 @@ export async function startBankCluster(o: ClusterOptions): Promise<BankCluster> 
           PORT: String(appPort),
           // Only the helper app talks to its sidecar's admin API (its recover()).
           ...(participant === 'helper' ? { SIDECAR_ADMIN: `http://127.0.0.1:${ports.admin}` } : {}),
-          ...(participant === 'contract' && o.contractIdleMs !== undefined ? { IDLE_IN_TRANSACTION_MS: String(o.contractIdleMs) } : {}),
+          ...(participant === 'contract' && o.contractIdleMs !== undefined
+            ? { IDLE_IN_TRANSACTION_MS: String(o.contractIdleMs) }
+            : {}),
         },
         join(dir, 'app.log'),
         o.onSelfExit,
@@ -353,10 +388,27 @@ export async function startBankCluster(o: ClusterOptions): Promise<BankCluster> 
         coordinatorRoutes(o.mode),
       ].join('\n'),
     )
-    const coordinator = new Managed('coordinator', 'coordinator', sidecarArgs(file, coordinatorPorts), { TXMESH_MESH_KEY: MESH_KEY }, join(dir, 'sidecar.log'), o.onSelfExit)
+    const coordinator = new Managed(
+      'coordinator',
+      'coordinator',
+      sidecarArgs(file, coordinatorPorts),
+      { TXMESH_MESH_KEY: MESH_KEY },
+      join(dir, 'sidecar.log'),
+      o.onSelfExit,
+    )
     processes.set(coordinator.name, coordinator)
     await coordinator.start()
-    return { mode: o.mode, participant, dir: o.dir, nodes, coordinator, coordinatorPorts, proxies, processes, stop: stopAll }
+    return {
+      mode: o.mode,
+      participant,
+      dir: o.dir,
+      nodes,
+      coordinator,
+      coordinatorPorts,
+      proxies,
+      processes,
+      stop: stopAll,
+    }
   } catch (err) {
     await stopAll()
     throw err
@@ -370,7 +422,13 @@ export function sleep(ms: number): Promise<void> {
 export async function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
   let timer: NodeJS.Timeout | undefined
   try {
-    return await Promise.race([p, new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms waiting for ${what}`)), ms)))])
+    return await Promise.race([
+      p,
+      new Promise<never>(
+        (_, reject) =>
+          (timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms waiting for ${what}`)), ms)),
+      ),
+    ])
   } finally {
     clearTimeout(timer)
   }

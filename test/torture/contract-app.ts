@@ -181,7 +181,14 @@ async function apply(req: IncomingMessage, res: ServerResponse, url: URL): Promi
   const transfer = url.searchParams.get('transfer')
   const account = Number(url.searchParams.get('account'))
   const delta = Number(url.searchParams.get('delta'))
-  if (transfer === null || !ID.test(transfer) || !Number.isSafeInteger(account) || !Number.isSafeInteger(delta) || delta === 0) return send(res, 400, 'bad leg')
+  if (
+    transfer === null ||
+    !ID.test(transfer) ||
+    !Number.isSafeInteger(account) ||
+    !Number.isSafeInteger(delta) ||
+    delta === 0
+  )
+    return send(res, 400, 'bad leg')
   const { key } = ids
   if (prepared.has(key)) breach('request of a branch after its prepare', key)
   const hooks = hooksRunning.get(key)
@@ -194,7 +201,12 @@ async function apply(req: IncomingMessage, res: ServerResponse, url: URL): Promi
     b = await openBranch(key)
     const u = await b.client.query('UPDATE accounts SET balance = balance + $1 WHERE id = $2', [delta, account])
     if (u.rowCount !== 1) throw new Error(`account ${account} does not exist`)
-    await b.client.query('INSERT INTO ledger (transfer_id, account, delta, op) VALUES ($1, $2, $3, $4)', [transfer, account, delta, 'apply'])
+    await b.client.query('INSERT INTO ledger (transfer_id, account, delta, op) VALUES ($1, $2, $3, $4)', [
+      transfer,
+      account,
+      delta,
+      'apply',
+    ])
   } catch (err) {
     // The branch failed: roll it back now (its prepare answers 409 for an unknown branch).
     const s = sqlstate(err)
@@ -233,7 +245,12 @@ async function hook(req: IncomingMessage, res: ServerResponse, name: Hook): Prom
   hooksRunning.set(key, h)
   let answer: [number, string]
   try {
-    answer = name === 'prepare' ? await prepare(key, ids.gid) : name === 'commit' ? await finishPrepared('COMMIT', ids.gid) : await abort(key, ids.gid)
+    answer =
+      name === 'prepare'
+        ? await prepare(key, ids.gid)
+        : name === 'commit'
+          ? await finishPrepared('COMMIT', ids.gid)
+          : await abort(key, ids.gid)
   } finally {
     h[name === 'prepare' ? 'prepare' : 'other']--
     if (h.prepare + h.other === 0 && hooksRunning.get(key) === h) hooksRunning.delete(key)

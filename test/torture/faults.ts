@@ -20,7 +20,16 @@
 import type { FaultMode } from '../helpers/fault-proxy.js'
 import type { Prng } from '../simulation/prng.js'
 import type { ClientRecord } from './client.js'
-import { sleep, withTimeout, type BankCluster, type ExitNote, type Failpoint, type Managed, type Participant, type ProcessKind } from './cluster.js'
+import {
+  sleep,
+  withTimeout,
+  type BankCluster,
+  type ExitNote,
+  type Failpoint,
+  type Managed,
+  type Participant,
+  type ProcessKind,
+} from './cluster.js'
 import type { Mode } from './schema.js'
 
 // Bounds and ranges of the fault schedule, each with its reason.
@@ -52,10 +61,30 @@ const PROXY_DELAY_MAX_MS = 1_500
 const RESTART_WAIT_MS = 60_000
 
 export type FaultEvent =
-  | { readonly kind: 'kill'; readonly at: number; readonly delayMs: number; readonly target: string; readonly downMs: number; readonly failpoint: Failpoint | undefined }
+  | {
+      readonly kind: 'kill'
+      readonly at: number
+      readonly delayMs: number
+      readonly target: string
+      readonly downMs: number
+      readonly failpoint: Failpoint | undefined
+    }
   /** Kills `target` (the coordinator) `delayMs` after the first commit answered "aborted" once transfer `at` started. */
-  | { readonly kind: 'kill-on-abort'; readonly at: number; readonly delayMs: number; readonly target: string; readonly downMs: number }
-  | { readonly kind: 'proxy'; readonly at: number; readonly delayMs: number; readonly target: string; readonly mode: FaultMode; readonly durationMs: number }
+  | {
+      readonly kind: 'kill-on-abort'
+      readonly at: number
+      readonly delayMs: number
+      readonly target: string
+      readonly downMs: number
+    }
+  | {
+      readonly kind: 'proxy'
+      readonly at: number
+      readonly delayMs: number
+      readonly target: string
+      readonly mode: FaultMode
+      readonly durationMs: number
+    }
 
 export interface FaultCounts {
   /** SIGKILLs sent by the driver, by kind of process (kill-on-abort events included). */
@@ -80,7 +109,11 @@ export function newFaultCounts(): FaultCounts {
     onAbort: 0,
     skipped: 0,
     notFired: { kill: 0, proxy: 0 },
-    failpoints: { 'coordinator-after-decision': 0, 'participant-after-prepared': 0, 'participant-after-app-prepared': 0 },
+    failpoints: {
+      'coordinator-after-decision': 0,
+      'participant-after-prepared': 0,
+      'participant-after-app-prepared': 0,
+    },
     proxy: { delay: 0, drop: 0, refuse: 0 },
     unexpectedExits: [],
   }
@@ -105,22 +138,54 @@ export function planFaults(
     }
     const p = processes[rng.int(0, processes.length - 1)] as { name: string; kind: ProcessKind }
     const armed = mode === '2pc' && p.kind !== 'app' && rng.chance(FAILPOINT_SHARE)
-    const failpoint: Failpoint | undefined = !armed ? undefined : p.kind === 'coordinator' ? 'coordinator-after-decision' : 'participant-after-prepared'
-    events.push({ kind: 'kill', at: rng.int(0, transfers - 1), delayMs: rng.int(0, FAULT_DELAY_MAX_MS), target: p.name, downMs: rng.int(DOWNTIME_MIN_MS, DOWNTIME_MAX_MS), failpoint })
+    const failpoint: Failpoint | undefined = !armed
+      ? undefined
+      : p.kind === 'coordinator'
+        ? 'coordinator-after-decision'
+        : 'participant-after-prepared'
+    events.push({
+      kind: 'kill',
+      at: rng.int(0, transfers - 1),
+      delayMs: rng.int(0, FAULT_DELAY_MAX_MS),
+      target: p.name,
+      downMs: rng.int(DOWNTIME_MIN_MS, DOWNTIME_MAX_MS),
+      failpoint,
+    })
   }
   for (let i = 0; i < proxyFaults; i++) {
     const target = proxies[rng.int(0, proxies.length - 1)] as string
     const r = rng.next()
-    const fault: FaultMode = r < 0.4 ? { kind: 'delay', ms: rng.int(PROXY_DELAY_MIN_MS, PROXY_DELAY_MAX_MS) } : r < 0.8 ? { kind: 'drop' } : { kind: 'refuse' }
-    events.push({ kind: 'proxy', at: rng.int(0, transfers - 1), delayMs: rng.int(0, FAULT_DELAY_MAX_MS), target, mode: fault, durationMs: rng.int(PROXY_FAULT_MIN_MS, PROXY_FAULT_MAX_MS) })
+    const fault: FaultMode =
+      r < 0.4
+        ? { kind: 'delay', ms: rng.int(PROXY_DELAY_MIN_MS, PROXY_DELAY_MAX_MS) }
+        : r < 0.8
+          ? { kind: 'drop' }
+          : { kind: 'refuse' }
+    events.push({
+      kind: 'proxy',
+      at: rng.int(0, transfers - 1),
+      delayMs: rng.int(0, FAULT_DELAY_MAX_MS),
+      target,
+      mode: fault,
+      durationMs: rng.int(PROXY_FAULT_MIN_MS, PROXY_FAULT_MAX_MS),
+    })
   }
   // Stable order: by transfer, then by the order planned.
-  return events.map((e, i) => ({ e, i })).sort((a, b) => a.e.at - b.e.at || a.i - b.i).map((x) => x.e)
+  return events
+    .map((e, i) => ({ e, i }))
+    .sort((a, b) => a.e.at - b.e.at || a.i - b.i)
+    .map((x) => x.e)
 }
 
 /** The contract run's kill event number `i` (see the head of this file). */
-function planContractKill(rng: Prng, i: number, transfers: number, processes: readonly { name: string; kind: ProcessKind }[]): FaultEvent {
-  const pick = (of: readonly { name: string; kind: ProcessKind }[]): { name: string; kind: ProcessKind } => of[rng.int(0, of.length - 1)] as { name: string; kind: ProcessKind }
+function planContractKill(
+  rng: Prng,
+  i: number,
+  transfers: number,
+  processes: readonly { name: string; kind: ProcessKind }[],
+): FaultEvent {
+  const pick = (of: readonly { name: string; kind: ProcessKind }[]): { name: string; kind: ProcessKind } =>
+    of[rng.int(0, of.length - 1)] as { name: string; kind: ProcessKind }
   const at = i < 2 ? rng.int(0, Math.max(0, Math.floor(transfers / 2) - 1)) : rng.int(0, transfers - 1)
   const downMs = rng.int(DOWNTIME_MIN_MS, DOWNTIME_MAX_MS)
   const coordinator = processes.find((p) => p.kind === 'coordinator')
@@ -133,7 +198,12 @@ function planContractKill(rng: Prng, i: number, transfers: number, processes: re
   if (i === 0) return { kind: 'kill', at, delayMs, target: p.name, downMs, failpoint: 'participant-after-app-prepared' }
   let failpoint: Failpoint | undefined
   if (p.kind !== 'app' && rng.chance(CONTRACT_FAILPOINT_SHARE)) {
-    failpoint = p.kind === 'coordinator' ? 'coordinator-after-decision' : rng.chance(CONTRACT_PREPARE_WINDOW_SHARE) ? 'participant-after-app-prepared' : 'participant-after-prepared'
+    failpoint =
+      p.kind === 'coordinator'
+        ? 'coordinator-after-decision'
+        : rng.chance(CONTRACT_PREPARE_WINDOW_SHARE)
+          ? 'participant-after-app-prepared'
+          : 'participant-after-prepared'
   }
   return { kind: 'kill', at, delayMs, target: p.name, downMs, failpoint }
 }
@@ -209,7 +279,9 @@ export class FaultDriver {
       const gen = (this.generation.get(e.target) ?? 0) + 1
       this.generation.set(e.target, gen)
       this.counts.proxy[e.mode.kind as 'delay' | 'drop' | 'refuse']++
-      this.timeline(`proxy ${e.target} ${e.mode.kind}${e.mode.kind === 'delay' ? ` ${e.mode.ms} ms` : ''} for ${e.durationMs} ms`)
+      this.timeline(
+        `proxy ${e.target} ${e.mode.kind}${e.mode.kind === 'delay' ? ` ${e.mode.ms} ms` : ''} for ${e.durationMs} ms`,
+      )
       await proxy.setMode(e.mode)
       this.later(e.durationMs, async () => {
         if (this.generation.get(e.target) !== gen) return
@@ -226,7 +298,9 @@ export class FaultDriver {
     }
     this.counts.kills[p.kind]++
     if (e.kind === 'kill-on-abort') this.counts.onAbort++
-    this.timeline(`kill ${p.name}${e.kind === 'kill-on-abort' ? ' (after an aborted commit)' : ''}, down ${e.downMs} ms`)
+    this.timeline(
+      `kill ${p.name}${e.kind === 'kill-on-abort' ? ' (after an aborted commit)' : ''}, down ${e.downMs} ms`,
+    )
     const failpoint = e.kind === 'kill' ? e.failpoint : undefined
     this.later(e.downMs, async () => {
       await p.start(failpoint)
@@ -248,7 +322,8 @@ export class FaultDriver {
     this.stopped = true
     for (const t of this.timers) clearTimeout(t)
     this.timers.clear()
-    for (const e of [...this.pending, ...this.awaitingAbort, ...this.events.slice(this.next)]) this.counts.notFired[e.kind === 'proxy' ? 'proxy' : 'kill']++
+    for (const e of [...this.pending, ...this.awaitingAbort, ...this.events.slice(this.next)])
+      this.counts.notFired[e.kind === 'proxy' ? 'proxy' : 'kill']++
     await withTimeout(Promise.allSettled([...this.tasks]), RESTART_WAIT_MS, 'fault tasks to finish')
     for (const { proxy } of this.cluster.proxies) await proxy.setMode({ kind: 'pass' })
     for (const p of this.cluster.processes.values()) {

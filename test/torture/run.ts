@@ -14,7 +14,14 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import type { PostgresInstance } from '../helpers/pg.js'
 import { Prng } from '../simulation/prng.js'
-import { checkInvariants, resolvedUnknowns, VIOLATIONS_SHOWN, waitRecovered, type RecoveryStatus, type Violation } from './check.js'
+import {
+  checkInvariants,
+  resolvedUnknowns,
+  VIOLATIONS_SHOWN,
+  waitRecovered,
+  type RecoveryStatus,
+  type Violation,
+} from './check.js'
 import { planTransfers, runClient, TX_TIMEOUT_MS, type ClientRecord, type Seen } from './client.js'
 import { SERVICES, startBankCluster, type Participant, type Service } from './cluster.js'
 import { FaultDriver, newFaultCounts, planFaults, type FaultCounts } from './faults.js'
@@ -83,7 +90,8 @@ export interface BankResult {
   /** Longest wait of the lock probe over the databases (ms). */
   readonly lockProbeMs: number
   /** contract run: what the apps logged (see contract-app.ts). */
-  readonly contractApp: { readonly breaches: number; readonly idleBranchesEnded: number; readonly branchesLost: number } | undefined
+  readonly contractApp:
+    { readonly breaches: number; readonly idleBranchesEnded: number; readonly branchesLost: number } | undefined
   readonly dir: string | undefined
 }
 
@@ -121,7 +129,9 @@ export async function runBankMode(o: BankOptions): Promise<BankResult> {
     dbOf,
     random: () => proxyRng.next(),
     onSelfExit: (n) => {
-      timeline(`${n.name} exited on its own: code ${n.code}, signal ${n.signal}${n.failpoint === undefined ? '' : ` (armed ${n.failpoint})`}`)
+      timeline(
+        `${n.name} exited on its own: code ${n.code}, signal ${n.signal}${n.failpoint === undefined ? '' : ` (armed ${n.failpoint})`}`,
+      )
       if (n.failpoint !== undefined && n.signal === 'SIGKILL') faults.failpoints[n.failpoint]++
       else {
         faults.unexpectedExits.push(n)
@@ -172,7 +182,12 @@ export async function runBankMode(o: BankOptions): Promise<BankResult> {
     for (const n of cluster.nodes) {
       const p = await lockProbe(o.pg.connectionString(n.db), LOCK_PROBE_WAIT_MS)
       lockProbeMs = Math.max(lockProbeMs, p.waitedMs)
-      if (!p.ok) lockViolations.push({ invariant: 'no lock left behind', transfer: undefined, detail: `${n.service}: a transaction updating every account waited ${p.waitedMs} ms for a row lock; holders: ${p.holders.join('; ') || 'none left'}` })
+      if (!p.ok)
+        lockViolations.push({
+          invariant: 'no lock left behind',
+          transfer: undefined,
+          detail: `${n.service}: a transaction updating every account waited ${p.waitedMs} ms for a row lock; holders: ${p.holders.join('; ') || 'none left'}`,
+        })
     }
     const states = new Map<Service, BankState>()
     for (const n of cluster.nodes) states.set(n.service, await readBank(o.pg.connectionString(n.db)))
@@ -225,7 +240,10 @@ export async function runBankMode(o: BankOptions): Promise<BankResult> {
  * open branches whose session ended under them, 25P03 those Postgres's idle timeout ended (a
  * branch nobody prepared or aborted for TORTURE_CONTRACT_IDLE_MS, when set).
  */
-function contractAppNotes(dir: string, violations: Violation[]): { breaches: number; idleBranchesEnded: number; branchesLost: number } {
+function contractAppNotes(
+  dir: string,
+  violations: Violation[],
+): { breaches: number; idleBranchesEnded: number; branchesLost: number } {
   let breaches = 0
   let idleBranchesEnded = 0
   let branchesLost = 0
@@ -243,7 +261,11 @@ function contractAppNotes(dir: string, violations: Violation[]): { breaches: num
       }
       if (e.event === 'contract_breach') {
         breaches++
-        violations.push({ invariant: 'hooks as the contract says', transfer: undefined, detail: `${s}: ${String(e.what)} (branch ${String(e.branch)}) at ${line.slice(0, at).trim()}` })
+        violations.push({
+          invariant: 'hooks as the contract says',
+          transfer: undefined,
+          detail: `${s}: ${String(e.what)} (branch ${String(e.branch)}) at ${line.slice(0, at).trim()}`,
+        })
       } else if (e.event === 'branch_connection_lost') {
         branchesLost++
         if (e.code === '25P03') idleBranchesEnded++
@@ -260,14 +282,20 @@ export interface ReplayArgs {
 }
 
 export function replayCommand(r: BankResult, a: ReplayArgs): string {
-  const extra = [a.transfers !== a.defaults.transfers ? `TORTURE_TRANSFERS=${a.transfers}` : '', a.kills !== a.defaults.kills ? `TORTURE_KILLS=${a.kills}` : ''].filter((s) => s !== '')
+  const extra = [
+    a.transfers !== a.defaults.transfers ? `TORTURE_TRANSFERS=${a.transfers}` : '',
+    a.kills !== a.defaults.kills ? `TORTURE_KILLS=${a.kills}` : '',
+  ].filter((s) => s !== '')
   return [`TORTURE_SEED=${r.seed}`, `TORTURE_MODE=${r.mode}`, ...extra, 'npm run torture'].join(' ')
 }
 
 export function formatResult(r: BankResult, replay: string): string {
   const f = r.faults
   const kills = f.kills.app + f.kills['participant-sidecar'] + f.kills.coordinator
-  const fired = f.failpoints['coordinator-after-decision'] + f.failpoints['participant-after-prepared'] + f.failpoints['participant-after-app-prepared']
+  const fired =
+    f.failpoints['coordinator-after-decision'] +
+    f.failpoints['participant-after-prepared'] +
+    f.failpoints['participant-after-app-prepared']
   const proxy = f.proxy.delay + f.proxy.drop + f.proxy.refuse
   const total = r.seen.committed + r.seen.aborted + r.seen.unknown + r.seen['not-begun']
   const lines = [
@@ -280,17 +308,26 @@ export function formatResult(r: BankResult, replay: string): string {
     `  timing     load ${(r.loadMs / 1000).toFixed(1)} s (${((total * 1000) / Math.max(1, r.loadMs)).toFixed(1)} transfers/s, ${IN_FLIGHT} in flight, tx deadline ${TX_TIMEOUT_MS} ms), recovery ${(r.recovery.ms / 1000).toFixed(1)} s, lock probe waited ${(r.lockProbeMs / 1000).toFixed(1)} s`,
   ]
   const c = r.contractApp
-  if (c !== undefined) lines.push(`  apps       hook contract breaches seen ${c.breaches}; open branches whose session ended ${c.branchesLost} (by Postgres's idle-in-transaction timeout ${c.idleBranchesEnded})`)
+  if (c !== undefined)
+    lines.push(
+      `  apps       hook contract breaches seen ${c.breaches}; open branches whose session ended ${c.branchesLost} (by Postgres's idle-in-transaction timeout ${c.idleBranchesEnded})`,
+    )
   if (r.ok && r.dir !== undefined) lines.push(`  logs       ${r.dir}`)
   if (r.ok) {
-    lines.push(`  invariants all hold: total unchanged, none negative, ledgers match balances, committed present everywhere, aborted nowhere, unknown all-or-nothing, pg_prepared_xacts empty, no lock left behind${c === undefined ? '' : ', hooks as the contract says'}`)
+    lines.push(
+      `  invariants all hold: total unchanged, none negative, ledgers match balances, committed present everywhere, aborted nowhere, unknown all-or-nothing, pg_prepared_xacts empty, no lock left behind${c === undefined ? '' : ', hooks as the contract says'}`,
+    )
   } else {
     const byInvariant = new Map<string, number>()
     for (const v of r.violations) byInvariant.set(v.invariant, (byInvariant.get(v.invariant) ?? 0) + 1)
-    lines.push(`  invariants ${r.violations.length} violation(s): ${[...byInvariant].map(([k, n]) => `${k} ×${n}`).join('; ')}`)
-    for (const v of r.violations.slice(0, VIOLATIONS_SHOWN)) lines.push(`    [${v.invariant}]${v.transfer === undefined ? '' : ` transfer ${v.transfer}:`} ${v.detail}`)
+    lines.push(
+      `  invariants ${r.violations.length} violation(s): ${[...byInvariant].map(([k, n]) => `${k} ×${n}`).join('; ')}`,
+    )
+    for (const v of r.violations.slice(0, VIOLATIONS_SHOWN))
+      lines.push(`    [${v.invariant}]${v.transfer === undefined ? '' : ` transfer ${v.transfer}:`} ${v.detail}`)
     if (r.violations.length > VIOLATIONS_SHOWN) lines.push(`    ... and ${r.violations.length - VIOLATIONS_SHOWN} more`)
-    if (r.dir !== undefined) lines.push(`  logs       ${r.dir} (sidecar.yaml, sidecar.log, app.log and the durable log of each process)`)
+    if (r.dir !== undefined)
+      lines.push(`  logs       ${r.dir} (sidecar.yaml, sidecar.log, app.log and the durable log of each process)`)
     lines.push(`  replay     ${replay}`)
   }
   return lines.join('\n')

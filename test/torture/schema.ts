@@ -38,12 +38,20 @@ export function schemaSql(mode: Mode): string[] {
   return sql
 }
 
-export async function createBank(connectionString: string, mode: Mode, accounts: number, initialBalance: number): Promise<void> {
+export async function createBank(
+  connectionString: string,
+  mode: Mode,
+  accounts: number,
+  initialBalance: number,
+): Promise<void> {
   const c = new pg.Client({ connectionString })
   await c.connect()
   try {
     for (const s of schemaSql(mode)) await c.query(s)
-    await c.query('INSERT INTO accounts (id, balance) SELECT g, $1 FROM generate_series(1, $2) g', [initialBalance, accounts])
+    await c.query('INSERT INTO accounts (id, balance) SELECT g, $1 FROM generate_series(1, $2) g', [
+      initialBalance,
+      accounts,
+    ])
   } finally {
     await c.end()
   }
@@ -75,14 +83,27 @@ export async function readBank(connectionString: string): Promise<BankState> {
   const c = new pg.Client({ connectionString })
   await c.connect()
   try {
-    const a = await c.query<{ id: number; balance: string; frozen: string }>('SELECT id, balance::text, frozen::text FROM accounts ORDER BY id')
-    const l = await c.query<{ transfer_id: string; account: number; delta: string; op: string }>('SELECT transfer_id, account, delta::text, op FROM ledger')
-    const h = await c.query<{ transfer_id: string; account: number; delta: string; status: string }>('SELECT transfer_id, account, delta::text, status FROM holds')
-    const p = await c.query<{ gid: string }>('SELECT gid FROM pg_prepared_xacts WHERE database = current_database() ORDER BY gid')
+    const a = await c.query<{ id: number; balance: string; frozen: string }>(
+      'SELECT id, balance::text, frozen::text FROM accounts ORDER BY id',
+    )
+    const l = await c.query<{ transfer_id: string; account: number; delta: string; op: string }>(
+      'SELECT transfer_id, account, delta::text, op FROM ledger',
+    )
+    const h = await c.query<{ transfer_id: string; account: number; delta: string; status: string }>(
+      'SELECT transfer_id, account, delta::text, status FROM holds',
+    )
+    const p = await c.query<{ gid: string }>(
+      'SELECT gid FROM pg_prepared_xacts WHERE database = current_database() ORDER BY gid',
+    )
     return {
       accounts: new Map(a.rows.map((r) => [r.id, { balance: BigInt(r.balance), frozen: BigInt(r.frozen) }])),
       ledger: l.rows.map((r) => ({ transfer: r.transfer_id, account: r.account, delta: BigInt(r.delta), op: r.op })),
-      holds: h.rows.map((r) => ({ transfer: r.transfer_id, account: r.account, delta: BigInt(r.delta), status: r.status })),
+      holds: h.rows.map((r) => ({
+        transfer: r.transfer_id,
+        account: r.account,
+        delta: BigInt(r.delta),
+        status: r.status,
+      })),
       prepared: p.rows.map((r) => r.gid),
     }
   } finally {
@@ -98,7 +119,9 @@ export async function preparedCount(connectionString: string): Promise<number> {
   const c = new pg.Client({ connectionString, connectionTimeoutMillis: POLL_CONNECT_TIMEOUT_MS })
   await c.connect()
   try {
-    const r = await c.query<{ n: string }>('SELECT count(*)::text AS n FROM pg_prepared_xacts WHERE database = current_database()')
+    const r = await c.query<{ n: string }>(
+      'SELECT count(*)::text AS n FROM pg_prepared_xacts WHERE database = current_database()',
+    )
     return Number(r.rows[0]?.n ?? 0)
   } finally {
     await c.end()
@@ -135,7 +158,11 @@ export async function lockProbe(connectionString: string, waitMs: number): Promi
          WHERE a.datname = current_database() AND a.pid <> pg_backend_pid() AND a.backend_type = 'client backend'
            AND EXISTS (SELECT 1 FROM pg_locks l WHERE l.pid = a.pid AND l.granted AND l.relation = 'accounts'::regclass)`,
       )
-      return { ok: false, waitedMs: Date.now() - started, holders: h.rows.map((r) => `pid ${r.pid} ${r.state ?? '?'} since ${r.xact_start ?? '?'}: ${r.query}`) }
+      return {
+        ok: false,
+        waitedMs: Date.now() - started,
+        holders: h.rows.map((r) => `pid ${r.pid} ${r.state ?? '?'} since ${r.xact_start ?? '?'}: ${r.query}`),
+      }
     }
   } finally {
     await c.query('ROLLBACK').catch(() => undefined)

@@ -11,7 +11,10 @@ interface Flush {
   release(): void
 }
 
-function batcher(o: { maxItems?: number; maxInFlight?: number; maxQueued?: number; holdMs?: number } = {}): { b: Batcher<number, string>; flushes: Flush[] } {
+function batcher(o: { maxItems?: number; maxInFlight?: number; maxQueued?: number; holdMs?: number } = {}): {
+  b: Batcher<number, string>
+  flushes: Flush[]
+} {
   const flushes: Flush[] = []
   const b = new Batcher<number, string>({
     maxItems: o.maxItems ?? 64,
@@ -133,7 +136,9 @@ describe('Batcher', () => {
       const b = broken(how)
       expect(await Promise.all([b.send('p', 1), b.send('p', 2)]), how).toEqual([want, want])
       // Later messages still go out (the exchange no longer counts as out).
-      expect(await b.send('p', 3), how).toBe(how === 'short' ? 'failed:the exchange answered 0 results for 1 items' : want)
+      expect(await b.send('p', 3), how).toBe(
+        how === 'short' ? 'failed:the exchange answered 0 results for 1 items' : want,
+      )
       expect((b as unknown as { peers: Map<string, unknown> }).peers.size, how).toBe(0)
     }
   })

@@ -3,7 +3,13 @@ import { mkdtempSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { describe, expect, it } from 'vitest'
-import { parseConfig, loadConfigFile, overridesFrom, withOverrides, type ConfigOverrides } from '../../src/config/load.js'
+import {
+  parseConfig,
+  loadConfigFile,
+  overridesFrom,
+  withOverrides,
+  type ConfigOverrides,
+} from '../../src/config/load.js'
 import { ConfigInvalidError } from '../../src/errors.js'
 import { coordinatorAllowed } from '../../src/tx/protocol.js'
 import { CLI } from '../helpers/servers.js'
@@ -33,11 +39,15 @@ describe('config', () => {
   })
 
   it('names file:line:col of an unknown key', () => {
-    expect(problems('service: a\nlisteners:\n  egres: {port: 1}\n')).toEqual(['p.yaml:3:3: listeners: unknown key "egres"'])
+    expect(problems('service: a\nlisteners:\n  egres: {port: 1}\n')).toEqual([
+      'p.yaml:3:3: listeners: unknown key "egres"',
+    ])
   })
 
   it('names file:line:col of a wrong type, an out-of-range value and a bad enum', () => {
-    expect(problems('service: a\napp:\n  port: "80"\nroutes:\n  - timeoutMs: -1\n    match: {methods: [GOT]}\n')).toEqual([
+    expect(
+      problems('service: a\napp:\n  port: "80"\nroutes:\n  - timeoutMs: -1\n    match: {methods: [GOT]}\n'),
+    ).toEqual([
       'p.yaml:3:9: app.port: must be integer',
       'p.yaml:5:16: routes.0.timeoutMs: must be >= 1',
       'p.yaml:6:23: routes.0.match.methods.0: must be one of "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE"',
@@ -45,30 +55,51 @@ describe('config', () => {
   })
 
   it('reports a missing required key and YAML syntax errors with positions', () => {
-    expect(problems('app: {port: 1}\n')).toEqual(['p.yaml:1:1: config: missing required key "service" (or give --service NAME or TXMESH_SERVICE)'])
+    expect(problems('app: {port: 1}\n')).toEqual([
+      'p.yaml:1:1: config: missing required key "service" (or give --service NAME or TXMESH_SERVICE)',
+    ])
     expect(problems('service: a\nroutes: [\n')[0]).toMatch(/^p\.yaml:3:1: /)
     expect(problems('service: a\nservice: b\n')[0]).toMatch(/^p\.yaml:2:1: Map keys must be unique/)
   })
 
   it('rejects a service address that is not host:port', () => {
-    expect(problems('service: a\nservices:\n  pay: {address: "nope"}\n')[0]).toMatch(/^p\.yaml:3:18: services\.pay\.address/)
+    expect(problems('service: a\nservices:\n  pay: {address: "nope"}\n')[0]).toMatch(
+      /^p\.yaml:3:18: services\.pay\.address/,
+    )
   })
 
   it('refuses step templates whose headers can only be refused by the HTTP client, at the key or the value', () => {
-    const route = (headers: string) => `service: a\nroutes:\n  - name: r\n    compensation:\n      path: /undo\n      headers:\n${headers}`
+    const route = (headers: string) =>
+      `service: a\nroutes:\n  - name: r\n    compensation:\n      path: /undo\n      headers:\n${headers}`
     expect(problems(route('        x-note: "caf\\u20ac {request.json.note}"\n'))).toEqual([
       'p.yaml:7:17: routes.0.compensation.headers.x-note: header x-note would carry U+20AC: CR, LF, NUL, other control characters and characters beyond latin1 are not allowed in a header value',
     ])
-    expect(problems(route('        x-a: "one\\r\\ntwo"\n'))[0]).toMatch(/^p\.yaml:7:14: routes\.0\.compensation\.headers\.x-a: header x-a would carry U\+000D/)
-    expect(problems(route('        Transfer-Encoding: chunked\n'))).toEqual(['p.yaml:7:9: routes.0.compensation.headers.Transfer-Encoding: header transfer-encoding cannot be set on a step\'s request (the HTTP client frames the connection itself)'])
-    expect(problems('service: a\nroutes:\n  - tcc: {cancel: {path: /c, headers: {expect: 100-continue}}}\n')[0]).toMatch(/^p\.yaml:3:40: routes\.0\.tcc\.cancel\.headers\.expect: /)
+    expect(problems(route('        x-a: "one\\r\\ntwo"\n'))[0]).toMatch(
+      /^p\.yaml:7:14: routes\.0\.compensation\.headers\.x-a: header x-a would carry U\+000D/,
+    )
+    expect(problems(route('        Transfer-Encoding: chunked\n'))).toEqual([
+      "p.yaml:7:9: routes.0.compensation.headers.Transfer-Encoding: header transfer-encoding cannot be set on a step's request (the HTTP client frames the connection itself)",
+    ])
+    expect(
+      problems('service: a\nroutes:\n  - tcc: {cancel: {path: /c, headers: {expect: 100-continue}}}\n')[0],
+    ).toMatch(/^p\.yaml:3:40: routes\.0\.tcc\.cancel\.headers\.expect: /)
     // Placeholders fill values at run time (checked then); latin1 text and HTAB are fine.
-    const cfg = parseConfig(route('        x-note: "caf\u00e9\\t{request.json.note}"\n        x-id: "{step.id}"\n'), 'p.yaml')
-    expect(cfg.routes[0]?.compensation?.headers).toEqual({ 'x-note': 'caf\u00e9\t{request.json.note}', 'x-id': '{step.id}' })
+    const cfg = parseConfig(
+      route('        x-note: "caf\u00e9\\t{request.json.note}"\n        x-id: "{step.id}"\n'),
+      'p.yaml',
+    )
+    expect(cfg.routes[0]?.compensation?.headers).toEqual({
+      'x-note': 'caf\u00e9\t{request.json.note}',
+      'x-id': '{step.id}',
+    })
   })
 
   it('txmesh validate exits 0 on a good file and 1 with positions on a bad one', () => {
-    const good = spawnSync(process.execPath, [CLI, 'validate', join(import.meta.dirname, '../../config/example.yaml')], { encoding: 'utf8' })
+    const good = spawnSync(
+      process.execPath,
+      [CLI, 'validate', join(import.meta.dirname, '../../config/example.yaml')],
+      { encoding: 'utf8' },
+    )
     expect(good.status).toBe(0)
     expect(good.stdout).toContain('ok')
     const dir = mkdtempSync(join(tmpdir(), 'txmesh-cfg-'))
@@ -121,7 +152,9 @@ describe('settings from flags and the environment (Kubernetes: one ConfigMap, pe
     expect(problems('log: {level: silent}\n', overridesFrom({}, { TXMESH_SERVICE: 'Orders_1' }))).toEqual([
       `p.yaml:0:0: TXMESH_SERVICE: "Orders_1" is not a service name (lowercase letters, digits, '-' and '.', at most 63, starting and ending with a letter or digit)`,
     ])
-    expect(problems('service: ok\n', overridesFrom({ service: 'x'.repeat(64) }, {}))[0]).toMatch(/^p\.yaml:0:0: --service: "x{64}" is not a service name/)
+    expect(problems('service: ok\n', overridesFrom({ service: 'x'.repeat(64) }, {}))[0]).toMatch(
+      /^p\.yaml:0:0: --service: "x{64}" is not a service name/,
+    )
     expect(problemsOrEmpty('service: ok\n', { service: 'a-b.c' })).toEqual([])
   })
 
@@ -137,13 +170,18 @@ describe('settings from flags and the environment (Kubernetes: one ConfigMap, pe
     expect(parseConfig(yaml, 'p.yaml').storeDir).toBe('/file/store')
     expect(parseConfig(yaml, 'p.yaml', overridesFrom({}, env)).storeDir).toBe('/env/store')
     expect(parseConfig(yaml, 'p.yaml', overridesFrom({ storeDir: '/flag/store' }, env)).storeDir).toBe('/flag/store')
-    expect(parseConfig('log: {level: silent}\n', 'p.yaml', overridesFrom({}, { TXMESH_SERVICE: 'svc' })).storeDir).toBe('txmesh-data/svc')
-    expect(problems('service: a\n', overridesFrom({ storeDir: '' }, {}))).toEqual(['p.yaml:0:0: --store-dir: the store directory must not be empty'])
+    expect(parseConfig('log: {level: silent}\n', 'p.yaml', overridesFrom({}, { TXMESH_SERVICE: 'svc' })).storeDir).toBe(
+      'txmesh-data/svc',
+    )
+    expect(problems('service: a\n', overridesFrom({ storeDir: '' }, {}))).toEqual([
+      'p.yaml:0:0: --store-dir: the store directory must not be empty',
+    ])
   })
 
   it('takes store.sync (dsync, datasync, fsync) and refuses anything else at its position', () => {
     expect(parseConfig('service: a\n', 'p.yaml').storeSync).toBeUndefined()
-    for (const v of ['dsync', 'datasync', 'fsync'] as const) expect(parseConfig(`service: a\nstore: {sync: ${v}}\n`, 'p.yaml').storeSync).toBe(v)
+    for (const v of ['dsync', 'datasync', 'fsync'] as const)
+      expect(parseConfig(`service: a\nstore: {sync: ${v}}\n`, 'p.yaml').storeSync).toBe(v)
     const bad = problems('service: a\nstore:\n  sync: osync\n')
     expect(bad).toHaveLength(1)
     expect(bad[0]).toMatch(/^p\.yaml:3:9: store\.sync: /)
@@ -154,19 +192,35 @@ describe('settings from flags and the environment (Kubernetes: one ConfigMap, pe
     expect(parseConfig(yaml, 'p.yaml').mesh.advertise).toBe('file-host:15010')
     expect(parseConfig('service: a\n', 'p.yaml').mesh.advertise).toBeUndefined()
     expect(parseConfig(yaml, 'p.yaml', overridesFrom({}, env)).mesh.advertise).toBe('10.1.2.3:15010')
-    expect(parseConfig(yaml, 'p.yaml', overridesFrom({ advertise: 'pod.ns.svc:15010' }, env)).mesh.advertise).toBe('pod.ns.svc:15010')
+    expect(parseConfig(yaml, 'p.yaml', overridesFrom({ advertise: 'pod.ns.svc:15010' }, env)).mesh.advertise).toBe(
+      'pod.ns.svc:15010',
+    )
     // $(POD_IP):15010 in an IPv6 cluster.
-    expect(parseConfig('service: a\n', 'p.yaml', overridesFrom({}, { TXMESH_ADVERTISE: 'fd00::5:15010' })).mesh.advertise).toBe('[fd00::5]:15010')
-    expect(parseConfig('service: a\n', 'p.yaml', overridesFrom({}, { TXMESH_ADVERTISE: '[fd00::5]:15010' })).mesh.advertise).toBe('[fd00::5]:15010')
+    expect(
+      parseConfig('service: a\n', 'p.yaml', overridesFrom({}, { TXMESH_ADVERTISE: 'fd00::5:15010' })).mesh.advertise,
+    ).toBe('[fd00::5]:15010')
+    expect(
+      parseConfig('service: a\n', 'p.yaml', overridesFrom({}, { TXMESH_ADVERTISE: '[fd00::5]:15010' })).mesh.advertise,
+    ).toBe('[fd00::5]:15010')
   })
 
   it('refuses an advertised address that is not host:port, with a clear message', () => {
-    for (const bad of ['10.1.2.3', '10.1.2.3:', ':15010', '10.1.2.3:99999', '10.1.2.3:0', 'http://10.1.2.3:15010', 'a b:1']) {
+    for (const bad of [
+      '10.1.2.3',
+      '10.1.2.3:',
+      ':15010',
+      '10.1.2.3:99999',
+      '10.1.2.3:0',
+      'http://10.1.2.3:15010',
+      'a b:1',
+    ]) {
       expect(problems('service: a\n', overridesFrom({}, { TXMESH_ADVERTISE: bad }))).toEqual([
         `p.yaml:0:0: TXMESH_ADVERTISE: "${bad}" is not host:port (e.g. 10.1.2.3:15010, [fd00::1]:15010)`,
       ])
     }
-    expect(problems('service: a\nmesh:\n  advertise: "h:70000"\n')).toEqual(['p.yaml:3:14: mesh.advertise: "h:70000" is not host:port with a port 1-65535'])
+    expect(problems('service: a\nmesh:\n  advertise: "h:70000"\n')).toEqual([
+      'p.yaml:3:14: mesh.advertise: "h:70000" is not host:port with a port 1-65535',
+    ])
   })
 })
 
@@ -184,23 +238,38 @@ function problemsOrEmpty(yaml: string, flags: Parameters<typeof overridesFrom>[0
 describe('health listener config', () => {
   it('is disabled unless listeners.health or a health port is given', () => {
     expect(parseConfig('service: a\n', 'p.yaml').listeners.health).toBeUndefined()
-    expect(parseConfig('service: a\nlisteners: {health: {}}\n', 'p.yaml').listeners.health).toEqual({ host: '0.0.0.0', port: 15021 })
-    expect(parseConfig('service: a\nlisteners: {health: {host: 127.0.0.1, port: 0}}\n', 'p.yaml').listeners.health).toEqual({ host: '127.0.0.1', port: 0 })
+    expect(parseConfig('service: a\nlisteners: {health: {}}\n', 'p.yaml').listeners.health).toEqual({
+      host: '0.0.0.0',
+      port: 15021,
+    })
+    expect(
+      parseConfig('service: a\nlisteners: {health: {host: 127.0.0.1, port: 0}}\n', 'p.yaml').listeners.health,
+    ).toEqual({ host: '127.0.0.1', port: 0 })
   })
 
   it('--health-port enables it on 0.0.0.0, or on the host the file names', () => {
-    expect(withOverrides(parseConfig('service: a\n', 'p.yaml'), { health: 15021 }).listeners.health).toEqual({ host: '0.0.0.0', port: 15021 })
-    expect(withOverrides(parseConfig('service: a\nlisteners: {health: {host: 10.0.0.1, port: 1}}\n', 'p.yaml'), { health: 0 }).listeners.health).toEqual({ host: '10.0.0.1', port: 0 })
+    expect(withOverrides(parseConfig('service: a\n', 'p.yaml'), { health: 15021 }).listeners.health).toEqual({
+      host: '0.0.0.0',
+      port: 15021,
+    })
+    expect(
+      withOverrides(parseConfig('service: a\nlisteners: {health: {host: 10.0.0.1, port: 1}}\n', 'p.yaml'), {
+        health: 0,
+      }).listeners.health,
+    ).toEqual({ host: '10.0.0.1', port: 0 })
     expect(withOverrides(parseConfig('service: a\n', 'p.yaml'), { admin: 1 }).listeners.health).toBeUndefined()
   })
 
   it('names file:line:col of a bad health port', () => {
-    expect(problems('service: a\nlisteners:\n  health: {port: 70000}\n')).toEqual(['p.yaml:3:18: listeners.health.port: must be <= 65535'])
+    expect(problems('service: a\nlisteners:\n  health: {port: 70000}\n')).toEqual([
+      'p.yaml:3:18: listeners.health.port: must be <= 65535',
+    ])
   })
 })
 
 describe('coordinator allow-list', () => {
-  const allow = (entries: string[]): readonly string[] => parseConfig(`service: a\nmesh:\n  coordinators: ${JSON.stringify(entries)}\n`, 'p.yaml').mesh.coordinators
+  const allow = (entries: string[]): readonly string[] =>
+    parseConfig(`service: a\nmesh:\n  coordinators: ${JSON.stringify(entries)}\n`, 'p.yaml').mesh.coordinators
 
   it('keeps exact host:port, host:* and * entries', () => {
     const list = allow(['orders:15010', 'payments:*', '[::1]:15010'])
@@ -241,7 +310,11 @@ describe('coordinator allow-list', () => {
   })
 
   it('refuses a bad network with file:line:col', () => {
-    expect(problems('service: a\nmesh:\n  coordinators:\n    - "10.0.0.0/8:*"\n    - "10.0.0.300/8:*"\n    - "10.0.0.0/33:15010"\n    - "[fd00::/129]:*"\n    - "[10.0.0.0/8]:*"\n    - "foo/8:*"\n    - "h:99999"\n')).toEqual([
+    expect(
+      problems(
+        'service: a\nmesh:\n  coordinators:\n    - "10.0.0.0/8:*"\n    - "10.0.0.300/8:*"\n    - "10.0.0.0/33:15010"\n    - "[fd00::/129]:*"\n    - "[10.0.0.0/8]:*"\n    - "foo/8:*"\n    - "h:99999"\n',
+      ),
+    ).toEqual([
       'p.yaml:5:7: mesh.coordinators.1: "10.0.0.300/8:*": 10.0.0.300 is not an IPv4 address',
       'p.yaml:6:7: mesh.coordinators.2: "10.0.0.0/33:15010": prefix /33 is longer than 32 bits',
       'p.yaml:7:7: mesh.coordinators.3: "[fd00::/129]:*": prefix /129 is longer than 128 bits',
@@ -250,20 +323,24 @@ describe('coordinator allow-list', () => {
       'p.yaml:10:7: mesh.coordinators.6: "h:99999": port 99999 is over 65535',
     ])
     // An unbracketed IPv6 network does not pass the schema.
-    expect(problems('service: a\nmesh: {coordinators: ["fd00::/8:*"]}\n')[0]).toMatch(/^p\.yaml:2:23: mesh\.coordinators\.0: must match pattern/)
+    expect(problems('service: a\nmesh: {coordinators: ["fd00::/8:*"]}\n')[0]).toMatch(
+      /^p\.yaml:2:23: mesh\.coordinators\.0: must match pattern/,
+    )
   })
 })
 
 describe('control plane security config (admin token, tls, key file)', () => {
   const withEnv = <T>(vars: Record<string, string | undefined>, fn: () => T): T => {
     const saved = Object.fromEntries(Object.keys(vars).map((k) => [k, process.env[k]]))
-    for (const [k, v] of Object.entries(vars)) if (v === undefined) delete process.env[k]
-    else process.env[k] = v
+    for (const [k, v] of Object.entries(vars))
+      if (v === undefined) delete process.env[k]
+      else process.env[k] = v
     try {
       return fn()
     } finally {
-      for (const [k, v] of Object.entries(saved)) if (v === undefined) delete process.env[k]
-      else process.env[k] = v
+      for (const [k, v] of Object.entries(saved))
+        if (v === undefined) delete process.env[k]
+        else process.env[k] = v
     }
   }
   const file = (content: string): string => {
@@ -279,28 +356,42 @@ describe('control plane security config (admin token, tls, key file)', () => {
         'p.yaml:3:17: listeners.admin.host: 0.0.0.0 is not a loopback address, so the admin API needs a token: set admin.tokenEnv (default TXMESH_ADMIN_TOKEN) or admin.tokenFile',
       ])
       // Loopback in any spelling needs none.
-      for (const host of ['127.0.0.1', '127.0.0.2', 'localhost', '"::1"']) expect(parseConfig(`service: a\nlisteners: {admin: {host: ${host}}}\n`, 'p.yaml').admin.token).toBeUndefined()
+      for (const host of ['127.0.0.1', '127.0.0.2', 'localhost', '"::1"'])
+        expect(parseConfig(`service: a\nlisteners: {admin: {host: ${host}}}\n`, 'p.yaml').admin.token).toBeUndefined()
     })
   })
 
   it('takes the token from TXMESH_ADMIN_TOKEN, a named variable or a file, at least 16 bytes', () => {
     withEnv({ TXMESH_ADMIN_TOKEN: TOKEN, MY_TOKEN: undefined }, () => {
-      expect(parseConfig('service: a\nlisteners: {admin: {host: 0.0.0.0}}\n', 'p.yaml').admin.token?.toString()).toBe(TOKEN)
+      expect(parseConfig('service: a\nlisteners: {admin: {host: 0.0.0.0}}\n', 'p.yaml').admin.token?.toString()).toBe(
+        TOKEN,
+      )
       // Allowed on loopback too.
       expect(parseConfig('service: a\n', 'p.yaml').admin.token?.toString()).toBe(TOKEN)
-      expect(problems('service: a\nadmin: {tokenEnv: MY_TOKEN}\n')).toEqual(['p.yaml:2:19: admin.tokenEnv: the variable MY_TOKEN is not set'])
+      expect(problems('service: a\nadmin: {tokenEnv: MY_TOKEN}\n')).toEqual([
+        'p.yaml:2:19: admin.tokenEnv: the variable MY_TOKEN is not set',
+      ])
     })
     withEnv({ TXMESH_ADMIN_TOKEN: 'short', MY_TOKEN: `  ${TOKEN}\n` }, () => {
       expect(problems('service: a\n')).toEqual(['p.yaml:0:0: TXMESH_ADMIN_TOKEN: the token is shorter than 16 bytes'])
       expect(parseConfig('service: a\nadmin: {tokenEnv: MY_TOKEN}\n', 'p.yaml').admin.token?.toString()).toBe(TOKEN)
     })
     withEnv({ TXMESH_ADMIN_TOKEN: undefined }, () => {
-      expect(parseConfig(`service: a\nadmin: {tokenFile: ${JSON.stringify(file(`${TOKEN}\n`))}}\n`, 'p.yaml').admin.token?.toString()).toBe(TOKEN)
+      expect(
+        parseConfig(
+          `service: a\nadmin: {tokenFile: ${JSON.stringify(file(`${TOKEN}\n`))}}\n`,
+          'p.yaml',
+        ).admin.token?.toString(),
+      ).toBe(TOKEN)
       const short = problems(`service: a\nadmin:\n  tokenFile: ${JSON.stringify(file('0123456789'))}\n`)
       expect(short).toEqual(['p.yaml:3:14: admin.tokenFile: the token is shorter than 16 bytes'])
       expect(short.join()).not.toContain('0123456789')
-      expect(problems('service: a\nadmin: {tokenFile: /nonexistent/token}\n')).toEqual(['p.yaml:2:20: admin.tokenFile: cannot read: ENOENT'])
-      expect(problems(`service: a\nadmin: {tokenEnv: X, tokenFile: ${JSON.stringify(file(TOKEN))}}\n`)).toEqual(['p.yaml:2:33: admin: give tokenEnv or tokenFile, not both'])
+      expect(problems('service: a\nadmin: {tokenFile: /nonexistent/token}\n')).toEqual([
+        'p.yaml:2:20: admin.tokenFile: cannot read: ENOENT',
+      ])
+      expect(problems(`service: a\nadmin: {tokenEnv: X, tokenFile: ${JSON.stringify(file(TOKEN))}}\n`)).toEqual([
+        'p.yaml:2:33: admin: give tokenEnv or tokenFile, not both',
+      ])
     })
   })
 
@@ -310,14 +401,21 @@ describe('control plane security config (admin token, tls, key file)', () => {
       const cfg = parseConfig(`service: a\nmesh: {keyFile: ${JSON.stringify(good)}}\n`, 'p.yaml')
       expect(cfg.mesh.keys.map(String)).toEqual(['key-one-0123456789abcdef', 'key-two-0123456789abcdef'])
       expect(cfg.mesh.keyFile).toBe(good)
-      expect(problems(`service: a\nmesh:\n  keyFile: ${JSON.stringify(file(' \n'))}\n`)).toEqual(['p.yaml:3:12: mesh.keyFile: holds no key'])
-      expect(problems(`service: a\nmesh:\n  keyFile: ${JSON.stringify(file('key-one-0123456789abcdef,tiny'))}\n`)).toEqual(['p.yaml:3:12: mesh.keyFile: key 2 is shorter than 16 bytes'])
+      expect(problems(`service: a\nmesh:\n  keyFile: ${JSON.stringify(file(' \n'))}\n`)).toEqual([
+        'p.yaml:3:12: mesh.keyFile: holds no key',
+      ])
+      expect(
+        problems(`service: a\nmesh:\n  keyFile: ${JSON.stringify(file('key-one-0123456789abcdef,tiny'))}\n`),
+      ).toEqual(['p.yaml:3:12: mesh.keyFile: key 2 is shorter than 16 bytes'])
     })
     // TXMESH_MESH_KEY_FILE (what the Kubernetes injector sets) wins over mesh.keyFile, and is watched.
     withEnv({ TXMESH_MESH_KEY: undefined, TXMESH_MESH_KEY_FILE: undefined }, () => {
       const mounted = file('mounted-key-0123456789abcdef\n')
       process.env.TXMESH_MESH_KEY_FILE = mounted
-      const cfg = parseConfig(`service: a\nmesh: {keyFile: ${JSON.stringify(file('key-one-0123456789abcdef'))}}\n`, 'p.yaml')
+      const cfg = parseConfig(
+        `service: a\nmesh: {keyFile: ${JSON.stringify(file('key-one-0123456789abcdef'))}}\n`,
+        'p.yaml',
+      )
       expect(cfg.mesh.keys.map(String)).toEqual(['mounted-key-0123456789abcdef'])
       expect(cfg.mesh.keyFile).toBe(mounted)
       expect(parseConfig('service: a\n', 'p.yaml').mesh.keyFile).toBe(mounted)
@@ -332,18 +430,33 @@ describe('control plane security config (admin token, tls, key file)', () => {
     })
     // The variable wins, and then the file is not watched.
     withEnv({ TXMESH_MESH_KEY: 'env-key-0123456789abcdef', TXMESH_MESH_KEY_FILE: undefined }, () => {
-      const cfg = parseConfig(`service: a\nmesh: {keyFile: ${JSON.stringify(file('key-one-0123456789abcdef'))}}\n`, 'p.yaml')
+      const cfg = parseConfig(
+        `service: a\nmesh: {keyFile: ${JSON.stringify(file('key-one-0123456789abcdef'))}}\n`,
+        'p.yaml',
+      )
       expect(cfg.mesh.keys.map(String)).toEqual(['env-key-0123456789abcdef'])
       expect(cfg.mesh.keyFile).toBeUndefined()
     })
   })
 
   it('checks the tls files at load: all three readable, and the key matching the certificate', () => {
-    expect(problems('service: a\ntls: {certFile: /nonexistent/c.pem, keyFile: k, caFile: ca}\n')).toEqual(['p.yaml:2:6: tls: cannot read /nonexistent/c.pem: ENOENT'])
-    expect(problems('service: a\ntls: {certFile: c}\n')).toEqual(['p.yaml:2:6: tls: missing required key "keyFile"', 'p.yaml:2:6: tls: missing required key "caFile"'])
+    expect(problems('service: a\ntls: {certFile: /nonexistent/c.pem, keyFile: k, caFile: ca}\n')).toEqual([
+      'p.yaml:2:6: tls: cannot read /nonexistent/c.pem: ENOENT',
+    ])
+    expect(problems('service: a\ntls: {certFile: c}\n')).toEqual([
+      'p.yaml:2:6: tls: missing required key "keyFile"',
+      'p.yaml:2:6: tls: missing required key "caFile"',
+    ])
     const junk = file('not a pem')
-    expect(problems(`service: a\ntls: {certFile: ${JSON.stringify(junk)}, keyFile: ${JSON.stringify(junk)}, caFile: ${JSON.stringify(junk)}}\n`)[0]).toMatch(/^p\.yaml:2:6: tls: the certificate, key and CA do not load together: /)
-    const cfg = parseConfig('service: a\nservices:\n  pay: {address: "10.0.0.1:80", tls: false}\n  orders: {address: "10.0.0.2:15006"}\n', 'p.yaml')
+    expect(
+      problems(
+        `service: a\ntls: {certFile: ${JSON.stringify(junk)}, keyFile: ${JSON.stringify(junk)}, caFile: ${JSON.stringify(junk)}}\n`,
+      )[0],
+    ).toMatch(/^p\.yaml:2:6: tls: the certificate, key and CA do not load together: /)
+    const cfg = parseConfig(
+      'service: a\nservices:\n  pay: {address: "10.0.0.1:80", tls: false}\n  orders: {address: "10.0.0.2:15006"}\n',
+      'p.yaml',
+    )
     expect(cfg.tls).toBeUndefined()
     expect([...cfg.servicesWithoutTls]).toEqual(['pay'])
   })

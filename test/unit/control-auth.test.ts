@@ -26,22 +26,41 @@ describe('control request signature', () => {
 
   it('verifies with any configured key and returns the nonce and timestamp', () => {
     const h = signControl(K2, now, 'GET', '/v1/tx/t/outcome', '', 'AAAAAAAAAAAAAAAAAAAAAA')
-    expect(verifyControl([K1, K2], h, now + 1000, 'GET', '/v1/tx/t/outcome', '')).toEqual({ ok: true, ts: now, nonce: 'AAAAAAAAAAAAAAAAAAAAAA' })
+    expect(verifyControl([K1, K2], h, now + 1000, 'GET', '/v1/tx/t/outcome', '')).toEqual({
+      ok: true,
+      ts: now,
+      nonce: 'AAAAAAAAAAAAAAAAAAAAAA',
+    })
     expect(verifyControl([K1], h, now, 'GET', '/v1/tx/t/outcome', '')).toEqual({ ok: false, reason: 'signature' })
   })
 
   it('refuses a changed method, path, body, nonce or timestamp, a stale or future timestamp, and other shapes', () => {
     const h = signControl(K1, now, 'POST', '/v1/tx/t/commit', '{"branch":"b"}')
-    const v = (header: string | undefined, method = 'POST', path = '/v1/tx/t/commit', body = '{"branch":"b"}', at = now) => verifyControl([K1], header, at, method, path, body)
+    const v = (
+      header: string | undefined,
+      method = 'POST',
+      path = '/v1/tx/t/commit',
+      body = '{"branch":"b"}',
+      at = now,
+    ) => verifyControl([K1], header, at, method, path, body)
     expect(v(h).ok).toBe(true)
     expect(v(h, 'GET')).toEqual({ ok: false, reason: 'signature' })
     expect(v(h, 'POST', '/v1/tx/t/abort')).toEqual({ ok: false, reason: 'signature' })
     expect(v(h, 'POST', '/v1/tx/t/commit', '{"branch":"c"}')).toEqual({ ok: false, reason: 'signature' })
     const [ts, nonce, mac] = h.split('.') as [string, string, string]
-    expect(v(`${ts}.${nonce.slice(0, -1)}${nonce.endsWith('A') ? 'B' : 'A'}.${mac}`)).toEqual({ ok: false, reason: 'signature' })
+    expect(v(`${ts}.${nonce.slice(0, -1)}${nonce.endsWith('A') ? 'B' : 'A'}.${mac}`)).toEqual({
+      ok: false,
+      reason: 'signature',
+    })
     expect(v(`${Number(ts) + 1}.${nonce}.${mac}`)).toEqual({ ok: false, reason: 'signature' })
-    expect(v(h, 'POST', '/v1/tx/t/commit', '{"branch":"b"}', now + LIMITS.controlClockSkewMs + 1)).toEqual({ ok: false, reason: 'stale' })
-    expect(v(h, 'POST', '/v1/tx/t/commit', '{"branch":"b"}', now - LIMITS.controlClockSkewMs - 1)).toEqual({ ok: false, reason: 'stale' })
+    expect(v(h, 'POST', '/v1/tx/t/commit', '{"branch":"b"}', now + LIMITS.controlClockSkewMs + 1)).toEqual({
+      ok: false,
+      reason: 'stale',
+    })
+    expect(v(h, 'POST', '/v1/tx/t/commit', '{"branch":"b"}', now - LIMITS.controlClockSkewMs - 1)).toEqual({
+      ok: false,
+      reason: 'stale',
+    })
     expect(v(undefined)).toEqual({ ok: false, reason: 'missing' })
     // The format before nonces (<ts>.<mac>) and junk are malformed.
     expect(v(`${ts}.${mac}`)).toEqual({ ok: false, reason: 'malformed' })
@@ -71,7 +90,8 @@ describe('control answer signature', () => {
     expect(verifyAnswer([K1], a, at, req, 201, body)).toBe('signature')
     expect(verifyAnswer([K1], a, at, req, 200, body.replace('prepared', 'refused'))).toBe('signature')
     expect(verifyAnswer([K1], undefined, at, req, 200, body)).toBe('missing')
-    for (const bad of ['', 'x', `${a}=`, `${a}A`, a.slice(1), `${a.slice(0, -1)}.`]) expect(verifyAnswer([K1], bad, at, req, 200, body), bad).toBe('signature')
+    for (const bad of ['', 'x', `${a}=`, `${a}A`, a.slice(1), `${a.slice(0, -1)}.`])
+      expect(verifyAnswer([K1], bad, at, req, 200, body), bad).toBe('signature')
   })
 
   it('cannot stand for a request signature, nor a request signature for it', () => {
@@ -80,7 +100,10 @@ describe('control answer signature', () => {
     expect(verifyAnswer([K1], mac, at, req, 200, body)).toBe('signature')
     const a = signAnswer(K1, at, req, 200, body)
     const [ts, nonce] = req.split('.') as [string, string]
-    expect(verifyControl([K1], `${ts}.${nonce}.${a}`, now, 'POST', '/v1/tx/t/prepare', '{"branch":"b"}')).toEqual({ ok: false, reason: 'signature' })
+    expect(verifyControl([K1], `${ts}.${nonce}.${a}`, now, 'POST', '/v1/tx/t/prepare', '{"branch":"b"}')).toEqual({
+      ok: false,
+      reason: 'signature',
+    })
   })
 })
 

@@ -38,7 +38,14 @@ const small = { topic: 'orders.small', payload: { id: 1 } }
 describe('a decision record refused before it is written', () => {
   it('2pc: fails that commit with TXM_LOG_RECORD_TOO_LARGE, aborts the transaction, and commits the next one', async () => {
     const log = await smallLog()
-    const c = new CoordinatorDriver({ io: localIo({ log, control: noControl }), self: '127.0.0.1:1', incarnation: 'inc0000001', run: '', keys, logger: silentLogger })
+    const c = new CoordinatorDriver({
+      io: localIo({ log, control: noControl }),
+      self: '127.0.0.1:1',
+      incarnation: 'inc0000001',
+      run: '',
+      keys,
+      logger: silentLogger,
+    })
     const tx = c.begin('2pc', 30_000)
     if (tx instanceof TxmeshError) throw tx
     expect(c.attach(tx.id, big)).toBe(1)
@@ -60,7 +67,16 @@ describe('a decision record refused before it is written', () => {
 
   it('saga: fails that commit with TXM_LOG_RECORD_TOO_LARGE, aborts the transaction, and commits the next one', async () => {
     const log = await smallLog()
-    const s = new SagaDriver({ io: localIo({ log, control: noControl }), self: '127.0.0.1:1', incarnation: 'inc0000001', run: '', keys, logger: silentLogger, policy: { attempts: 1, backoffBaseMs: 1, backoffCapMs: 1 }, targets: { origins: new Set(), controls: [] } })
+    const s = new SagaDriver({
+      io: localIo({ log, control: noControl }),
+      self: '127.0.0.1:1',
+      incarnation: 'inc0000001',
+      run: '',
+      keys,
+      logger: silentLogger,
+      policy: { attempts: 1, backoffBaseMs: 1, backoffCapMs: 1 },
+      targets: { origins: new Set(), controls: [] },
+    })
     const tx = s.begin('saga', 30_000)
     if (tx instanceof TxmeshError) throw tx
     expect(s.attach(tx.id, big)).toBe(1)

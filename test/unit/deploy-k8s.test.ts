@@ -18,7 +18,21 @@ import { PodDisruptionBudget } from 'kubernetes-models/policy/v1'
 import { ClusterRole, ClusterRoleBinding, Role, RoleBinding } from 'kubernetes-models/rbac.authorization.k8s.io/v1'
 import { ConfigMap, Namespace, Secret, Service, ServiceAccount } from 'kubernetes-models/v1'
 import { parseConfig, overridesFrom } from '../../src/config/load.js'
-import { ANNOTATIONS, CONFIG_KEY, DEFAULTS, NAMESPACE_LABEL, NAMESPACE_LABEL_ENABLED, PORT_NAMES, PORTS, PROXY_CONTAINER, STATUS_INJECTED, STORE_DIR, TXMESH_UID, WEBHOOK, defaultImage } from '../../src/k8s/constants.js'
+import {
+  ANNOTATIONS,
+  CONFIG_KEY,
+  DEFAULTS,
+  NAMESPACE_LABEL,
+  NAMESPACE_LABEL_ENABLED,
+  PORT_NAMES,
+  PORTS,
+  PROXY_CONTAINER,
+  STATUS_INJECTED,
+  STORE_DIR,
+  TXMESH_UID,
+  WEBHOOK,
+  defaultImage,
+} from '../../src/k8s/constants.js'
 import { coordinatorAllowed } from '../../src/tx/protocol.js'
 
 const root = join(import.meta.dirname, '../..')
@@ -65,13 +79,25 @@ const MODELS: Record<string, new (o: Obj) => Validatable> = {
 
 function validate(o: Obj): void {
   const Model = MODELS[`${String(o.apiVersion)}/${String(o.kind)}`]
-  if (Model === undefined) throw new Error(`${idOf(o)}: no schema for ${String(o.apiVersion)} ${String(o.kind)} (add it to MODELS)`)
+  if (Model === undefined)
+    throw new Error(`${idOf(o)}: no schema for ${String(o.apiVersion)} ${String(o.kind)} (add it to MODELS)`)
   new Model(structuredClone(o)).validate()
 }
 
 // ---- building a kustomization ----
 
-const CLUSTER_SCOPED = new Set(['Namespace', 'MutatingWebhookConfiguration', 'ValidatingWebhookConfiguration', 'ClusterRole', 'ClusterRoleBinding', 'ClusterIssuer', 'CustomResourceDefinition', 'PersistentVolume', 'StorageClass', 'PriorityClass'])
+const CLUSTER_SCOPED = new Set([
+  'Namespace',
+  'MutatingWebhookConfiguration',
+  'ValidatingWebhookConfiguration',
+  'ClusterRole',
+  'ClusterRoleBinding',
+  'ClusterIssuer',
+  'CustomResourceDefinition',
+  'PersistentVolume',
+  'StorageClass',
+  'PriorityClass',
+])
 const SUPPORTED_FIELDS = new Set(['apiVersion', 'kind', 'namespace', 'resources'])
 
 /** Parsed as Kubernetes reads YAML (1.1: `0440` is octal, `yes`/`on` are booleans). */
@@ -88,7 +114,8 @@ function yamlDocs(text: string, what: string): Obj[] {
 function simpleKustomize(dir: string): Obj[] {
   const k = obj(parseYaml(readFileSync(join(dir, 'kustomization.yaml'), 'utf8')), `${dir}/kustomization.yaml`)
   const unsupported = Object.keys(k).filter((f) => !SUPPORTED_FIELDS.has(f))
-  if (unsupported.length > 0) throw new Error(`${dir}: the simple builder does not support ${unsupported.join(', ')}; use kubectl kustomize`)
+  if (unsupported.length > 0)
+    throw new Error(`${dir}: the simple builder does not support ${unsupported.join(', ')}; use kubectl kustomize`)
   const out: Obj[] = []
   for (const r of arr(k.resources ?? [], 'resources')) {
     const path = join(dir, String(r))
@@ -102,7 +129,10 @@ function simpleKustomize(dir: string): Obj[] {
 
 const kubectl = spawnSync('kubectl', ['version', '--client'], { encoding: 'utf8', timeout: 20_000 }).status === 0
 function kubectlKustomize(dir: string): Obj[] {
-  return yamlDocs(execFileSync('kubectl', ['kustomize', dir], { encoding: 'utf8', timeout: 60_000 }), `kubectl kustomize ${dir}`)
+  return yamlDocs(
+    execFileSync('kubectl', ['kustomize', dir], { encoding: 'utf8', timeout: 60_000 }),
+    `kubectl kustomize ${dir}`,
+  )
 }
 const build = (dir: string): Obj[] => (kubectl ? kubectlKustomize(dir) : simpleKustomize(dir))
 
@@ -122,10 +152,18 @@ function workloads(objs: Obj[]): Workload[] {
       return { id: idOf(o), obj: o, template, pod: obj(template.spec, `${idOf(o)} pod spec`) }
     })
 }
-const containersOf = (pod: Obj): Obj[] => [...((pod.initContainers as unknown[] | undefined) ?? []), ...arr(pod.containers, 'containers')].map((c) => obj(c, 'container'))
-const annotationsOf = (template: Obj): Obj => (isObj(obj(template.metadata ?? {}, 'metadata').annotations) ? (obj(template.metadata, 'metadata').annotations as Obj) : {})
-const labelsOf = (o: Obj): Obj => (isObj(obj(o.metadata ?? {}, 'metadata').labels) ? (obj(o.metadata, 'metadata').labels as Obj) : {})
-const envOf = (c: Obj): Map<string, Obj> => new Map(((c.env as unknown[] | undefined) ?? []).map((e) => [String(obj(e, 'env').name), obj(e, 'env')]))
+const containersOf = (pod: Obj): Obj[] =>
+  [...((pod.initContainers as unknown[] | undefined) ?? []), ...arr(pod.containers, 'containers')].map((c) =>
+    obj(c, 'container'),
+  )
+const annotationsOf = (template: Obj): Obj =>
+  isObj(obj(template.metadata ?? {}, 'metadata').annotations)
+    ? (obj(template.metadata, 'metadata').annotations as Obj)
+    : {}
+const labelsOf = (o: Obj): Obj =>
+  isObj(obj(o.metadata ?? {}, 'metadata').labels) ? (obj(o.metadata, 'metadata').labels as Obj) : {}
+const envOf = (c: Obj): Map<string, Obj> =>
+  new Map(((c.env as unknown[] | undefined) ?? []).map((e) => [String(obj(e, 'env').name), obj(e, 'env')]))
 
 /** Every container (init and sidecar included) non-root, read-only root, no privileges, bounded. */
 function checkHardened(w: Workload, opts: { allowIptablesInit: boolean } = { allowIptablesInit: false }): void {
@@ -178,7 +216,10 @@ describe('kustomize builds', () => {
     }
   })
 
-  for (const [name, objs, ns] of [['deploy/base', baseObjs, 'txmesh-system'], ['deploy/examples/shop', shopObjs, 'txmesh-shop']] as const) {
+  for (const [name, objs, ns] of [
+    ['deploy/base', baseObjs, 'txmesh-system'],
+    ['deploy/examples/shop', shopObjs, 'txmesh-shop'],
+  ] as const) {
     it(`${name}: every object validates against its Kubernetes or cert-manager schema`, () => {
       expect(objs.length).toBeGreaterThan(5)
       checkAll(objs)
@@ -222,13 +263,17 @@ describe('deploy/base: the injector webhook', () => {
       expect(h.failurePolicy, where).toBe('Fail')
       expect(h.sideEffects, where).toBe('None')
       expect(h.admissionReviewVersions, where).toEqual(['v1'])
-      expect(h.rules, where).toEqual([{ operations: ['CREATE'], apiGroups: [''], apiVersions: ['v1'], resources: ['pods'], scope: 'Namespaced' }])
+      expect(h.rules, where).toEqual([
+        { operations: ['CREATE'], apiGroups: [''], apiVersions: ['v1'], resources: ['pods'], scope: 'Namespaced' },
+      ])
     }
   })
 
   it('pods of namespaces labelled txmesh.io/inject=enabled go to the namespace-enabled path', () => {
     const h = byPath(WEBHOOK.namespaceEnabledPath)
-    expect(obj(h.namespaceSelector, 'namespaceSelector').matchLabels).toEqual({ [NAMESPACE_LABEL]: NAMESPACE_LABEL_ENABLED })
+    expect(obj(h.namespaceSelector, 'namespaceSelector').matchLabels).toEqual({
+      [NAMESPACE_LABEL]: NAMESPACE_LABEL_ENABLED,
+    })
   })
 
   it('other namespaces send only pods annotated txmesh.io/inject: "true" to /inject, never system namespaces', () => {
@@ -246,7 +291,9 @@ describe('deploy/base: the injector webhook', () => {
 
   it("both webhooks exclude the webhook's own pods by label", () => {
     for (const h of hooks) {
-      const expressions = arr(obj(h.objectSelector, 'objectSelector').matchExpressions, 'matchExpressions').map((e) => obj(e, 'expression'))
+      const expressions = arr(obj(h.objectSelector, 'objectSelector').matchExpressions, 'matchExpressions').map((e) =>
+        obj(e, 'expression'),
+      )
       const own = expressions.find((e) => isObj(e) && webhookLabels[String(e.key)] !== undefined)
       expect(own, String(h.name)).toBeDefined()
       expect(own?.operator).toBe('NotIn')
@@ -256,15 +303,21 @@ describe('deploy/base: the injector webhook', () => {
   })
 
   it('cert-manager issues the serving certificate, injects its CA, and the webhook serves it on 8443', () => {
-    expect(meta(mwc).annotations).toMatchObject({ 'cert-manager.io/inject-ca-from': `${WEBHOOK.namespace}/${nameOf(cert)}` })
+    expect(meta(mwc).annotations).toMatchObject({
+      'cert-manager.io/inject-ca-from': `${WEBHOOK.namespace}/${nameOf(cert)}`,
+    })
     const spec = obj(cert.spec, 'certificate spec')
     expect(spec.dnsNames).toEqual(expect.arrayContaining([`${WEBHOOK.service}.${WEBHOOK.namespace}.svc`]))
     const issuer = find(baseObjs, 'Issuer', String(obj(spec.issuerRef, 'issuerRef').name))
     expect(obj(issuer.spec, 'issuer spec').selfSigned).toEqual({})
-    const tls = arr(pod.volumes, 'volumes').map((v) => obj(v, 'volume')).find((v) => isObj(v.secret))
+    const tls = arr(pod.volumes, 'volumes')
+      .map((v) => obj(v, 'volume'))
+      .find((v) => isObj(v.secret))
     expect(obj(tls?.secret, 'secret volume').secretName).toBe(spec.secretName)
     const c = obj(arr(pod.containers, 'containers')[0], 'container')
-    const mount = arr(c.volumeMounts, 'volumeMounts').map((m) => obj(m, 'mount')).find((m) => m.name === tls?.name)
+    const mount = arr(c.volumeMounts, 'volumeMounts')
+      .map((m) => obj(m, 'mount'))
+      .find((m) => m.name === tls?.name)
     const args = arr(c.args, 'args').map(String)
     expect(args[0]).toBe('webhook')
     expect(args[args.indexOf('--cert') + 1]).toBe(`${String(mount?.mountPath)}/tls.crt`)
@@ -274,8 +327,12 @@ describe('deploy/base: the injector webhook', () => {
     const service = find(baseObjs, 'Service', WEBHOOK.service)
     const sp = obj(arr(obj(service.spec, 'spec').ports, 'ports')[0], 'service port')
     expect(sp.port).toBe(443)
-    expect(ports.find((p) => p.name === sp.targetPort || p.containerPort === sp.targetPort)?.containerPort).toBe(WEBHOOK.port)
-    expect(obj(service.spec, 'spec').selector).toEqual(obj(obj(deployment.spec, 'spec').selector, 'selector').matchLabels)
+    expect(ports.find((p) => p.name === sp.targetPort || p.containerPort === sp.targetPort)?.containerPort).toBe(
+      WEBHOOK.port,
+    )
+    expect(obj(service.spec, 'spec').selector).toEqual(
+      obj(obj(deployment.spec, 'spec').selector, 'selector').matchLabels,
+    )
     // fail closed needs the webhook up: more than one replica, kept through drains.
     expect(obj(deployment.spec, 'spec').replicas).toBeGreaterThanOrEqual(2)
     expect(obj(find(baseObjs, 'PodDisruptionBudget', WEBHOOK.service).spec, 'pdb spec').minAvailable).toBe(1)
@@ -286,7 +343,9 @@ describe('deploy/base: the injector webhook', () => {
     expect(sa.automountServiceAccountToken).toBe(false)
     expect(pod.automountServiceAccountToken).toBe(false)
     const bindings = baseObjs.filter((o) => o.kind === 'RoleBinding' || o.kind === 'ClusterRoleBinding')
-    const toWebhook = bindings.filter((b) => ((b.subjects as unknown[] | undefined) ?? []).some((s) => obj(s, 'subject').name === nameOf(sa)))
+    const toWebhook = bindings.filter((b) =>
+      ((b.subjects as unknown[] | undefined) ?? []).some((s) => obj(s, 'subject').name === nameOf(sa)),
+    )
     expect(toWebhook.map(idOf)).toEqual([])
   })
 
@@ -304,7 +363,10 @@ function txmeshYaml(objs: Obj[]): string {
 const podEnv = { TXMESH_SERVICE: 'orders', TXMESH_ADVERTISE: '10.1.2.3:15010', TXMESH_STORE_DIR: STORE_DIR }
 
 describe('the txmesh-config ConfigMaps', () => {
-  for (const [name, objs] of [['deploy/base', baseObjs], ['deploy/examples/shop', shopObjs]] as const) {
+  for (const [name, objs] of [
+    ['deploy/base', baseObjs],
+    ['deploy/examples/shop', shopObjs],
+  ] as const) {
     it(`${name}: txmesh.yaml leaves service and app.port to the injector and passes the sidecar's validator`, () => {
       const text = txmeshYaml(objs)
       const raw = obj(parseYaml(text), 'txmesh.yaml')
@@ -327,7 +389,8 @@ describe('the txmesh-config ConfigMaps', () => {
 
     it(`${name}: contexts may name coordinators on private pod networks' control port, nothing else`, () => {
       const cfg = parseConfig(txmeshYaml(objs), `${name}/txmesh.yaml`, overridesFrom({}, podEnv))
-      for (const ok of ['10.1.2.3:15010', '172.20.0.9:15010', '192.168.5.6:15010']) expect(coordinatorAllowed(cfg.mesh.coordinators, ok), ok).toBe(true)
+      for (const ok of ['10.1.2.3:15010', '172.20.0.9:15010', '192.168.5.6:15010'])
+        expect(coordinatorAllowed(cfg.mesh.coordinators, ok), ok).toBe(true)
       for (const no of ['10.1.2.3:80', '8.8.8.8:15010', '127.0.0.1:15010', '169.254.169.254:15010', 'payments:15010']) {
         expect(coordinatorAllowed(cfg.mesh.coordinators, no), no).toBe(false)
       }
@@ -371,7 +434,10 @@ describe('deploy/examples/shop', () => {
       expect(annotationsOf(w.template)[ANNOTATIONS.appPort]).toBe(String(port))
       const env = envOf(app ?? {})
       expect(env.get('DATABASE_URL')?.value).toBe(`postgres://shop@postgres:5432/${name}`)
-      expect(obj(obj(env.get('PGPASSWORD')?.valueFrom, 'valueFrom').secretKeyRef, 'secretKeyRef')).toEqual({ name: 'shop-postgres', key: 'password' })
+      expect(obj(obj(env.get('PGPASSWORD')?.valueFrom, 'valueFrom').secretKeyRef, 'secretKeyRef')).toEqual({
+        name: 'shop-postgres',
+        key: 'password',
+      })
       expect(w.pod.automountServiceAccountToken).toBe(false)
     })
 
@@ -414,7 +480,8 @@ describe('deploy/examples/shop', () => {
 // ---- txmesh inject over the shop (when the injector is built) ----
 
 const injectBuilt =
-  existsSync(CLI) && spawnSync(process.execPath, [CLI, 'help'], { encoding: 'utf8', timeout: 20_000 }).stdout.includes('inject')
+  existsSync(CLI) &&
+  spawnSync(process.execPath, [CLI, 'help'], { encoding: 'utf8', timeout: 20_000 }).stdout.includes('inject')
 function inject(input: string): string {
   const r = spawnSync(process.execPath, [CLI, 'inject'], { input, encoding: 'utf8', timeout: 30_000 })
   if (r.status !== 0) throw new Error(`txmesh inject exited ${String(r.status)}: ${r.stderr}`)
@@ -440,7 +507,9 @@ describe.skipIf(!injectBuilt)('txmesh inject over deploy/examples/shop', () => {
         expect(injected, w.id).toBe(true)
         const proxy = containersOf(w.pod).find((c) => c.name === PROXY_CONTAINER)
         expect(proxy, `${w.id} has ${PROXY_CONTAINER}`).toBeDefined()
-        const ingress = arr(proxy?.ports, 'ports').map((p) => obj(p, 'port')).find((p) => p.name === PORT_NAMES.ingress)
+        const ingress = arr(proxy?.ports, 'ports')
+          .map((p) => obj(p, 'port'))
+          .find((p) => p.name === PORT_NAMES.ingress)
         expect(ingress?.containerPort).toBe(PORTS.ingress)
         // The Service in the same file still (or now) reaches the ingress port.
         const svc = objs.find((o) => o.kind === 'Service')

@@ -96,7 +96,8 @@ describe('deploy/observability manifests', () => {
           const sec = { ...podSec, ...(isObj(c.securityContext) ? c.securityContext : {}) }
           expect(sec.runAsNonRoot, `${where} runAsNonRoot`).toBe(true)
           if (sec.runAsUser !== undefined) expect(sec.runAsUser, `${where} runAsUser`).not.toBe(0)
-          if (isObj(c.securityContext)) expect(c.securityContext.allowPrivilegeEscalation, `${where} allowPrivilegeEscalation`).not.toBe(true)
+          if (isObj(c.securityContext))
+            expect(c.securityContext.allowPrivilegeEscalation, `${where} allowPrivilegeEscalation`).not.toBe(true)
         }
       }
     })
@@ -122,7 +123,10 @@ describe('deploy/observability manifests', () => {
     const ports = services.flatMap((s) => arr(obj(s.spec, 'spec').ports, 'ports').map((p) => obj(p, 'port').port))
     expect(ports).toEqual(expect.arrayContaining([4317, 4318]))
     const dep = docs.find((d) => d.kind === 'Deployment')
-    const c = obj(arr(obj(obj(obj(dep?.spec, 'spec').template, 'template').spec, 'pod').containers, 'containers')[0], 'container')
+    const c = obj(
+      arr(obj(obj(obj(dep?.spec, 'spec').template, 'template').spec, 'pod').containers, 'containers')[0],
+      'container',
+    )
     expect(c.image).toBe('otel/opentelemetry-collector:0.115.1')
     expect(obj(obj(c.readinessProbe, 'readinessProbe').httpGet, 'httpGet').port).toBe('health')
   })
@@ -144,7 +148,9 @@ describe('deploy/observability/grafana-dashboard.json', () => {
   it('queries only metric names the sidecar exports', async () => {
     const allowed = await allowedSeries()
     expect(allowed.size).toBeGreaterThan(0)
-    const exprs = panels(dashboard.panels).flatMap((p) => arr(p.targets ?? [], 'targets').map((t) => String(obj(t, 'target').expr)))
+    const exprs = panels(dashboard.panels).flatMap((p) =>
+      arr(p.targets ?? [], 'targets').map((t) => String(obj(t, 'target').expr)),
+    )
     // Variable queries select metrics too.
     for (const v of arr(obj(dashboard.templating, 'templating').list, 'templating.list')) {
       const o = obj(v, 'variable')
@@ -161,7 +167,8 @@ describe('deploy/observability/grafana-dashboard.json', () => {
     for (const p of panels(dashboard.panels)) {
       if (p.type === 'row') continue
       expect(obj(p.datasource, `panel ${String(p.title)} datasource`).uid).toBe('${datasource}')
-      for (const t of arr(p.targets, `panel ${String(p.title)} targets`)) expect(obj(obj(t, 'target').datasource, 'target datasource').uid).toBe('${datasource}')
+      for (const t of arr(p.targets, `panel ${String(p.title)} targets`))
+        expect(obj(obj(t, 'target').datasource, 'target datasource').uid).toBe('${datasource}')
     }
   })
 })

@@ -26,7 +26,11 @@ describe('error registry', () => {
 
   it('has no code in the source that the registry does not list', () => {
     const registry = new Set([...allErrorCodes(), ...pgErrorCodes()].map((e) => e.code))
-    const inSource = new Set(sources(join(root, 'src')).flatMap((f) => [...readFileSync(f, 'utf8').matchAll(/'(TXM_[A-Z_]+)'/g)].map((m) => m[1] as string)))
+    const inSource = new Set(
+      sources(join(root, 'src')).flatMap((f) =>
+        [...readFileSync(f, 'utf8').matchAll(/'(TXM_[A-Z_]+)'/g)].map((m) => m[1] as string),
+      ),
+    )
     for (const code of inSource) expect(registry.has(code), code).toBe(true)
   })
 

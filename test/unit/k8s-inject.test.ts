@@ -7,7 +7,16 @@ import { existsSync, readFileSync, readdirSync, writeFileSync } from 'node:fs'
 import { join, relative } from 'node:path'
 import { CronJob, Job } from 'kubernetes-models/batch/v1'
 import { DaemonSet, Deployment, ReplicaSet, StatefulSet } from 'kubernetes-models/apps/v1'
-import type { IContainer, IContainerPort, IEnvVar, IProbe, IResourceRequirements, ISecurityContext, IVolume, IVolumeMount } from 'kubernetes-models/v1'
+import type {
+  IContainer,
+  IContainerPort,
+  IEnvVar,
+  IProbe,
+  IResourceRequirements,
+  ISecurityContext,
+  IVolume,
+  IVolumeMount,
+} from 'kubernetes-models/v1'
 import { ConfigMap, Pod, Secret, Service } from 'kubernetes-models/v1'
 import { describe, expect, it } from 'vitest'
 import { parseAllDocuments } from 'yaml'
@@ -22,7 +31,16 @@ import { ANNOTATIONS, PORTS, TXMESH_UID, defaultImage } from '../../src/k8s/cons
 import { SERVICE_NAME, injectObject } from '../../src/k8s/inject.js'
 import { applyPatch, escapeSegment, pointer, type Json, type JsonObject } from '../../src/k8s/json-patch.js'
 import { injectManifests } from '../../src/k8s/manifests.js'
-import type { Container, ContainerPort, EnvVar, Probe, ResourceRequirements, SecurityContext, Volume, VolumeMount } from '../../src/k8s/types.js'
+import type {
+  Container,
+  ContainerPort,
+  EnvVar,
+  Probe,
+  ResourceRequirements,
+  SecurityContext,
+  Volume,
+  VolumeMount,
+} from '../../src/k8s/types.js'
 
 const root = join(import.meta.dirname, '../..')
 const dir = join(root, 'test/fixtures/k8s/inject')
@@ -34,7 +52,8 @@ const inputs = readdirSync(dir)
   .filter((f) => f.endsWith('.in.yaml'))
   .sort()
 const rel = (f: string): string => relative(root, join(dir, f))
-const inject = (text: string, file = 'test.yaml'): ReturnType<typeof injectManifests> => injectManifests(text, file, { image: IMAGE })
+const inject = (text: string, file = 'test.yaml'): ReturnType<typeof injectManifests> =>
+  injectManifests(text, file, { image: IMAGE })
 
 // ---- compile-time: every field the injector writes exists in the Kubernetes API types ----
 // (the OpenAPI validators accept unknown fields, so a misspelt one would pass them silently)
@@ -44,7 +63,9 @@ type Deep<Mine, Theirs> = Mine extends readonly (infer E)[]
     : false
   : Mine extends object
     ? [Exclude<keyof Mine, keyof Theirs>] extends [never]
-      ? { [K in keyof Mine]-?: K extends keyof Theirs ? Deep<NonNullable<Mine[K]>, NonNullable<Theirs[K]>> : false }[keyof Mine]
+      ? {
+          [K in keyof Mine]-?: K extends keyof Theirs ? Deep<NonNullable<Mine[K]>, NonNullable<Theirs[K]>> : false
+        }[keyof Mine]
       : false
     : true
 type AllKnown<M, T> = false extends Deep<M, T> ? false : true
@@ -68,7 +89,8 @@ const obj = (v: unknown): Obj => {
   return v as Obj
 }
 const list = (v: unknown): Obj[] => (Array.isArray(v) ? (v as Obj[]) : [])
-const at = (o: unknown, ...path: (string | number)[]): unknown => path.reduce<unknown>((v, k) => (v as Record<string | number, unknown> | undefined)?.[k], o)
+const at = (o: unknown, ...path: (string | number)[]): unknown =>
+  path.reduce<unknown>((v, k) => (v as Record<string | number, unknown> | undefined)?.[k], o)
 
 function objects(text: string): Obj[] {
   return parseAllDocuments(text)
@@ -120,12 +142,19 @@ function templates(o: Obj): Obj[] {
   const path = TEMPLATE_AT[String(o.kind)]
   return path === undefined ? [] : [obj(at(o, ...path))]
 }
-const annotationsOf = (t: Obj): Record<string, string> => (at(t, 'metadata', 'annotations') ?? {}) as Record<string, string>
-const proxyOf = (t: Obj): Obj | undefined => [...list(at(t, 'spec', 'initContainers')), ...list(at(t, 'spec', 'containers'))].find((c) => c.name === 'txmesh-proxy')
-const envOf = (c: Obj): Record<string, unknown> => Object.fromEntries(list(c.env).map((e) => [e.name, e.value ?? e.valueFrom]))
+const annotationsOf = (t: Obj): Record<string, string> =>
+  (at(t, 'metadata', 'annotations') ?? {}) as Record<string, string>
+const proxyOf = (t: Obj): Obj | undefined =>
+  [...list(at(t, 'spec', 'initContainers')), ...list(at(t, 'spec', 'containers'))].find(
+    (c) => c.name === 'txmesh-proxy',
+  )
+const envOf = (c: Obj): Record<string, unknown> =>
+  Object.fromEntries(list(c.env).map((e) => [e.name, e.value ?? e.valueFrom]))
 
 function injected(file: string): Obj[] {
-  return objects(readFileSync(join(dir, file.replace('.in.yaml', '.out.yaml')), 'utf8')).flatMap(templates).filter((t) => annotationsOf(t)['txmesh.io/status'] === 'injected')
+  return objects(readFileSync(join(dir, file.replace('.in.yaml', '.out.yaml')), 'utf8'))
+    .flatMap(templates)
+    .filter((t) => annotationsOf(t)['txmesh.io/status'] === 'injected')
 }
 
 function thrown(fn: () => unknown): TxmeshError {
@@ -140,7 +169,12 @@ function thrown(fn: () => unknown): TxmeshError {
 describe('txmesh inject: golden files', () => {
   it('has fixtures for every workload kind and option', () => {
     expect(fieldsKnown.every(Boolean) && assignable.length === 2).toBe(true)
-    const kinds = new Set(inputs.flatMap((f) => objects(readFileSync(join(dir, f), 'utf8'))).flatMap((o) => (o.kind === 'List' ? list(o.items) : [o])).map((o) => o.kind))
+    const kinds = new Set(
+      inputs
+        .flatMap((f) => objects(readFileSync(join(dir, f), 'utf8')))
+        .flatMap((o) => (o.kind === 'List' ? list(o.items) : [o]))
+        .map((o) => o.kind),
+    )
     for (const k of Object.keys(TEMPLATE_AT)) expect(kinds, k).toContain(k)
     expect(inputs.length).toBeGreaterThanOrEqual(12)
   })
@@ -179,7 +213,15 @@ describe('txmesh inject: the sidecar follows the contract', () => {
   it('runs the proxy non-root, read-only, without capabilities, with probes on the health port', () => {
     for (const { t } of all()) {
       const proxy = obj(proxyOf(t))
-      expect(proxy.args).toEqual(['sidecar', '--config', '/etc/txmesh/txmesh.yaml', '--app-port', expect.stringMatching(/^\d+$/), '--health-port', '15021'])
+      expect(proxy.args).toEqual([
+        'sidecar',
+        '--config',
+        '/etc/txmesh/txmesh.yaml',
+        '--app-port',
+        expect.stringMatching(/^\d+$/),
+        '--health-port',
+        '15021',
+      ])
       expect(proxy.securityContext).toEqual({
         runAsNonRoot: true,
         runAsUser: TXMESH_UID,
@@ -203,9 +245,15 @@ describe('txmesh inject: the sidecar follows the contract', () => {
       expect(env.POD_IP).toEqual({ fieldRef: { fieldPath: 'status.podIP' } })
       expect(env.TXMESH_ADVERTISE).toBe('$(POD_IP):15010')
       expect(env.TXMESH_STORE_DIR).toBe('/var/lib/txmesh')
-      expect(list(proxy.env).findIndex((e) => e.name === 'POD_IP')).toBeLessThan(list(proxy.env).findIndex((e) => e.name === 'TXMESH_ADVERTISE'))
+      expect(list(proxy.env).findIndex((e) => e.name === 'POD_IP')).toBeLessThan(
+        list(proxy.env).findIndex((e) => e.name === 'TXMESH_ADVERTISE'),
+      )
       const mounts = list(proxy.volumeMounts)
-      expect(mounts.find((m) => m.name === 'txmesh-config')).toEqual({ name: 'txmesh-config', mountPath: '/etc/txmesh', readOnly: true })
+      expect(mounts.find((m) => m.name === 'txmesh-config')).toEqual({
+        name: 'txmesh-config',
+        mountPath: '/etc/txmesh',
+        readOnly: true,
+      })
       expect(mounts.find((m) => m.name === 'txmesh-log')?.mountPath).toBe('/var/lib/txmesh')
     }
   })
@@ -230,7 +278,11 @@ describe('txmesh inject: the sidecar follows the contract', () => {
     expect(list(at(native, 'spec', 'initContainers')).map((c) => c.name)).toEqual(['txmesh-init', 'txmesh-proxy'])
     const [classic] = injected('classic-iptables.in.yaml')
     expect(list(at(classic, 'spec', 'initContainers')).map((c) => c.name)).toEqual(['wait-for-db', 'txmesh-init'])
-    expect(list(at(classic, 'spec', 'containers')).map((c) => c.name)).toEqual(['shipping', 'log-shipper', 'txmesh-proxy'])
+    expect(list(at(classic, 'spec', 'containers')).map((c) => c.name)).toEqual([
+      'shipping',
+      'log-shipper',
+      'txmesh-proxy',
+    ])
     for (const [t, appPort] of [
       [native, 7070],
       [classic, 8080],
@@ -246,7 +298,9 @@ describe('txmesh inject: the sidecar follows the contract', () => {
       for (const c of list(at(t, 'spec', 'containers'))) expect(envOf(c).HTTP_PROXY).toBeUndefined()
     }
     // And the Service keeps pointing at the app port, which the rules redirect.
-    const svc = objects(readFileSync(join(dir, 'daemonset-iptables.out.yaml'), 'utf8')).find((o) => o.kind === 'Service')
+    const svc = objects(readFileSync(join(dir, 'daemonset-iptables.out.yaml'), 'utf8')).find(
+      (o) => o.kind === 'Service',
+    )
     expect(at(svc, 'spec', 'ports', 0, 'targetPort')).toBe(7070)
   })
 
@@ -281,9 +335,17 @@ describe('txmesh inject: the sidecar follows the contract', () => {
     // sidecar watches it, so a rotation needs no restart.
     expect(envOf(dflt).TXMESH_MESH_KEY).toBeUndefined()
     expect(envOf(dflt).TXMESH_MESH_KEY_FILE).toBe('/var/run/secrets/txmesh/mesh-key/mesh-key')
-    expect(list(dflt.volumeMounts).find((m) => m.name === 'txmesh-mesh-key')).toEqual({ name: 'txmesh-mesh-key', mountPath: '/var/run/secrets/txmesh/mesh-key', readOnly: true })
-    const meshKeyVolume = (w: unknown): unknown => list(at(w, 'spec', 'volumes')).find((v) => v.name === 'txmesh-mesh-key')
-    expect(meshKeyVolume(injected('deployment.in.yaml')[0])).toEqual({ name: 'txmesh-mesh-key', secret: { secretName: 'txmesh-mesh-key', items: [{ key: 'mesh-key', path: 'mesh-key' }] } })
+    expect(list(dflt.volumeMounts).find((m) => m.name === 'txmesh-mesh-key')).toEqual({
+      name: 'txmesh-mesh-key',
+      mountPath: '/var/run/secrets/txmesh/mesh-key',
+      readOnly: true,
+    })
+    const meshKeyVolume = (w: unknown): unknown =>
+      list(at(w, 'spec', 'volumes')).find((v) => v.name === 'txmesh-mesh-key')
+    expect(meshKeyVolume(injected('deployment.in.yaml')[0])).toEqual({
+      name: 'txmesh-mesh-key',
+      secret: { secretName: 'txmesh-mesh-key', items: [{ key: 'mesh-key', path: 'mesh-key' }] },
+    })
     expect(dflt.image).toBe(IMAGE)
     const [cron] = injected('cronjob.in.yaml')
     const proxy = obj(proxyOf(obj(cron)))
@@ -306,9 +368,18 @@ describe('txmesh inject: the sidecar follows the contract', () => {
     const [sts] = injected('statefulset-pvc.in.yaml')
     expect(vol(sts)).toEqual({ name: 'txmesh-log', persistentVolumeClaim: { claimName: 'txmesh-ledger-log' } })
     const proxy = obj(proxyOf(obj(sts)))
-    expect(list(proxy.volumeMounts)[0]).toEqual({ name: 'txmesh-log', mountPath: '/var/lib/txmesh', subPathExpr: '$(POD_NAME)' })
+    expect(list(proxy.volumeMounts)[0]).toEqual({
+      name: 'txmesh-log',
+      mountPath: '/var/lib/txmesh',
+      subPathExpr: '$(POD_NAME)',
+    })
     expect(envOf(proxy).POD_NAME).toEqual({ fieldRef: { fieldPath: 'metadata.name' } })
-    expect(list(at(sts, 'spec', 'volumes')).map((v) => v.name)).toEqual(['scratch', 'txmesh-log', 'txmesh-config', 'txmesh-mesh-key'])
+    expect(list(at(sts, 'spec', 'volumes')).map((v) => v.name)).toEqual([
+      'scratch',
+      'txmesh-log',
+      'txmesh-config',
+      'txmesh-mesh-key',
+    ])
   })
 })
 
@@ -319,7 +390,10 @@ describe('txmesh inject: documents it does not inject', () => {
     const head = text.slice(0, text.indexOf('# The only injected document'))
     expect(out.startsWith(head)).toBe(true)
     expect(head).toContain(`defaults: &defaults   '{"retries":  2}'`)
-    const staging = text.slice(text.indexOf('---\n# A Service in another namespace'), text.indexOf('---\n# And the catalog'))
+    const staging = text.slice(
+      text.indexOf('---\n# A Service in another namespace'),
+      text.indexOf('---\n# And the catalog'),
+    )
     expect(out).toContain(staging)
   })
 
@@ -328,7 +402,9 @@ describe('txmesh inject: documents it does not inject', () => {
     expect(out).toContain('txmesh.io/inject: "true" # opt in')
     expect(out).toContain('# The orders service: a Deployment opted in')
     expect(out.indexOf('replicas: 2')).toBeLessThan(out.indexOf('selector:\n    matchLabels'))
-    expect(readFileSync(join(dir, 'configmap-passthrough.out.yaml'), 'utf8')).toContain('annotations: {txmesh.io/inject: "true", txmesh.io/status: injected}')
+    expect(readFileSync(join(dir, 'configmap-passthrough.out.yaml'), 'utf8')).toContain(
+      'annotations: {txmesh.io/inject: "true", txmesh.io/status: injected}',
+    )
   })
 
   it('leaves opted-out and unannotated workloads alone: output equals input', () => {
@@ -338,15 +414,20 @@ describe('txmesh inject: documents it does not inject', () => {
     expect([r.injected, r.retargeted]).toEqual([0, 0])
   })
 
-  it('warns about txmesh.io/* on a workload\'s own metadata and does not inject it', () => {
+  it("warns about txmesh.io/* on a workload's own metadata and does not inject it", () => {
     const text = readFileSync(join(dir, 'workload-annotation.in.yaml'), 'utf8')
     const r = inject(text, 'w.yaml')
     expect(r.output).toBe(text)
-    expect(r.warnings).toEqual([expect.stringMatching(/^w\.yaml:8:5: Deployment\/reports: txmesh\.io\/inject on the Deployment's own metadata is ignored; txmesh reads annotations from the pod template \(spec\.template\.metadata\.annotations\)$/)])
+    expect(r.warnings).toEqual([
+      expect.stringMatching(
+        /^w\.yaml:8:5: Deployment\/reports: txmesh\.io\/inject on the Deployment's own metadata is ignored; txmesh reads annotations from the pod template \(spec\.template\.metadata\.annotations\)$/,
+      ),
+    ])
   })
 
   it('passes through empty documents, scalars and unknown kinds', () => {
-    const text = '---\n# only a comment\n---\nplain scalar\n---\napiVersion: example.com/v1\nkind: Widget\nspec:\n  template: {metadata: {annotations: {txmesh.io/inject: "true"}}}\n'
+    const text =
+      '---\n# only a comment\n---\nplain scalar\n---\napiVersion: example.com/v1\nkind: Widget\nspec:\n  template: {metadata: {annotations: {txmesh.io/inject: "true"}}}\n'
     expect(inject(text).output).toBe(text)
     expect(inject('').output).toBe('')
   })
@@ -362,7 +443,9 @@ describe('txmesh inject: Services in the same input (env capture)', () => {
   })
 
   it('follows a named targetPort, adds one where the port was implied, and respects namespaces', () => {
-    const out = objects(readFileSync(join(dir, 'configmap-passthrough.out.yaml'), 'utf8')).filter((o) => o.kind === 'Service')
+    const out = objects(readFileSync(join(dir, 'configmap-passthrough.out.yaml'), 'utf8')).filter(
+      (o) => o.kind === 'Service',
+    )
     expect(out.map((s) => [at(s, 'metadata', 'namespace'), at(s, 'spec', 'ports', 0, 'targetPort')])).toEqual([
       ['staging', 'http'],
       ['shop', PORTS.ingress],
@@ -373,7 +456,8 @@ describe('txmesh inject: Services in the same input (env capture)', () => {
 
   it('retargets a Service added after an already injected workload', () => {
     const injectedText = readFileSync(join(dir, 'replicaset-classic.out.yaml'), 'utf8')
-    const svc = 'apiVersion: v1\nkind: Service\nmetadata:\n  name: payments\nspec:\n  selector:\n    app: payments\n  ports:\n  - port: 80\n    targetPort: 8080\n'
+    const svc =
+      'apiVersion: v1\nkind: Service\nmetadata:\n  name: payments\nspec:\n  selector:\n    app: payments\n  ports:\n  - port: 80\n    targetPort: 8080\n'
     const r = inject(svc + '---\n' + injectedText)
     expect([r.injected, r.retargeted]).toEqual([0, 1])
     expect(at(objects(r.output)[0], 'spec', 'ports', 0, 'targetPort')).toBe(PORTS.ingress)
@@ -382,14 +466,18 @@ describe('txmesh inject: Services in the same input (env capture)', () => {
 
   it('leaves a Service that already names txmesh-ingress alone', () => {
     const injectedText = readFileSync(join(dir, 'replicaset-classic.out.yaml'), 'utf8')
-    const svc = 'apiVersion: v1\nkind: Service\nmetadata:\n  name: payments\nspec:\n  selector:\n    app: payments\n  ports:\n  - port: 80\n    targetPort: txmesh-ingress\n---\n'
+    const svc =
+      'apiVersion: v1\nkind: Service\nmetadata:\n  name: payments\nspec:\n  selector:\n    app: payments\n  ports:\n  - port: 80\n    targetPort: txmesh-ingress\n---\n'
     const r = inject(svc + injectedText)
     expect(r.output).toBe(svc + injectedText)
   })
 })
 
 describe('txmesh inject: errors name the document and the line', () => {
-  const deployment = (annotations: string, containers = '      - name: app\n        image: app:1\n        ports:\n        - containerPort: 8080\n'): string =>
+  const deployment = (
+    annotations: string,
+    containers = '      - name: app\n        image: app:1\n        ports:\n        - containerPort: 8080\n',
+  ): string =>
     'apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: first\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: orders\nspec:\n  selector:\n    matchLabels:\n      app: orders\n  template:\n    metadata:\n      labels:\n        app: orders\n      annotations:\n        txmesh.io/inject: "true"\n' +
     annotations +
     '    spec:\n      containers:\n' +
@@ -399,27 +487,85 @@ describe('txmesh inject: errors name the document and the line', () => {
     const e = thrown(() => inject(deployment('', '      - name: app\n        image: app:1\n'), 'app.yaml'))
     expect(e).toBeInstanceOf(InjectNoAppPortError)
     expect(e.code).toBe('TXM_INJECT_NO_APP_PORT')
-    expect(e.message).toMatch(/^app\.yaml:22:9: Deployment\/orders \(document 2\): no txmesh\.io\/app-port annotation and the first container "app" declares no containerPort/)
+    expect(e.message).toMatch(
+      /^app\.yaml:22:9: Deployment\/orders \(document 2\): no txmesh\.io\/app-port annotation and the first container "app" declares no containerPort/,
+    )
   })
 
   const bad: [string, string, new (...a: never[]) => TxmeshError, RegExp][] = [
-    ['unknown capture', '        txmesh.io/capture: ebpf\n', InjectInvalidError, /:20:28: .*txmesh\.io\/capture: must be "env" or "iptables", not "ebpf"/],
+    [
+      'unknown capture',
+      '        txmesh.io/capture: ebpf\n',
+      InjectInvalidError,
+      /:20:28: .*txmesh\.io\/capture: must be "env" or "iptables", not "ebpf"/,
+    ],
     ['inject not a boolean word', '', InjectInvalidError, /must be "true" or "false", not "yes"/],
-    ['native-sidecar not a boolean word', '        txmesh.io/native-sidecar: "no"\n', InjectInvalidError, /txmesh\.io\/native-sidecar: must be "true" or "false"/],
-    ['unquoted boolean', '        txmesh.io/native-sidecar: false\n', InjectInvalidError, /annotation values must be strings; quote it/],
-    ['bad quantity', '        txmesh.io/proxy-memory-limit: 1 GB\n', InjectInvalidError, /:20:39: .*"1 GB" is not a Kubernetes quantity/],
-    ['request above limit', '        txmesh.io/proxy-cpu-request: "2"\n', InjectInvalidError, /txmesh\.io\/proxy-cpu-request: request 2 is above the limit 1/],
+    [
+      'native-sidecar not a boolean word',
+      '        txmesh.io/native-sidecar: "no"\n',
+      InjectInvalidError,
+      /txmesh\.io\/native-sidecar: must be "true" or "false"/,
+    ],
+    [
+      'unquoted boolean',
+      '        txmesh.io/native-sidecar: false\n',
+      InjectInvalidError,
+      /annotation values must be strings; quote it/,
+    ],
+    [
+      'bad quantity',
+      '        txmesh.io/proxy-memory-limit: 1 GB\n',
+      InjectInvalidError,
+      /:20:39: .*"1 GB" is not a Kubernetes quantity/,
+    ],
+    [
+      'request above limit',
+      '        txmesh.io/proxy-cpu-request: "2"\n',
+      InjectInvalidError,
+      /txmesh\.io\/proxy-cpu-request: request 2 is above the limit 1/,
+    ],
     ['app port out of range', '        txmesh.io/app-port: "70000"\n', InjectInvalidError, /70000 is not a port/],
-    ['app port name unknown', '        txmesh.io/app-port: grpc\n', InjectInvalidError, /"grpc" is neither a port number nor the name of a container port/],
-    ['app port is a sidecar port', '        txmesh.io/app-port: "15006"\n', InjectConflictError, /app port 15006 is one of the sidecar's own ports/],
-    ['bad ConfigMap name', '        txmesh.io/config: My_Config\n', InjectInvalidError, /"My_Config" is not a valid ConfigMap name/],
-    ['bad service name', '        txmesh.io/service: Orders Service\n', InjectInvalidError, /service name "Orders Service" \(from annotation txmesh\.io\/service\)/],
-    ['bad TLS Secret name', '        txmesh.io/tls-secret: Mesh_TLS\n', InjectInvalidError, /txmesh\.io\/tls-secret: "Mesh_TLS" is not a valid Secret name/],
-    ['empty admin token Secret name', '        txmesh.io/admin-token-secret: ""\n', InjectInvalidError, /txmesh\.io\/admin-token-secret: "" is not a valid Secret name/],
+    [
+      'app port name unknown',
+      '        txmesh.io/app-port: grpc\n',
+      InjectInvalidError,
+      /"grpc" is neither a port number nor the name of a container port/,
+    ],
+    [
+      'app port is a sidecar port',
+      '        txmesh.io/app-port: "15006"\n',
+      InjectConflictError,
+      /app port 15006 is one of the sidecar's own ports/,
+    ],
+    [
+      'bad ConfigMap name',
+      '        txmesh.io/config: My_Config\n',
+      InjectInvalidError,
+      /"My_Config" is not a valid ConfigMap name/,
+    ],
+    [
+      'bad service name',
+      '        txmesh.io/service: Orders Service\n',
+      InjectInvalidError,
+      /service name "Orders Service" \(from annotation txmesh\.io\/service\)/,
+    ],
+    [
+      'bad TLS Secret name',
+      '        txmesh.io/tls-secret: Mesh_TLS\n',
+      InjectInvalidError,
+      /txmesh\.io\/tls-secret: "Mesh_TLS" is not a valid Secret name/,
+    ],
+    [
+      'empty admin token Secret name',
+      '        txmesh.io/admin-token-secret: ""\n',
+      InjectInvalidError,
+      /txmesh\.io\/admin-token-secret: "" is not a valid Secret name/,
+    ],
   ]
   for (const [what, annotations, Cls, message] of bad) {
     it(`${what}: ${new Cls('' as never).code}`, () => {
-      const text = what === 'inject not a boolean word' ? deployment('').replace('"true"', 'yes') : deployment(annotations)
+      const text =
+        what === 'inject not a boolean word' ? deployment('').replace('"true"', 'yes') : deployment(annotations)
       const e = thrown(() => inject(text, 'app.yaml'))
       expect(e).toBeInstanceOf(Cls)
       expect(e.message).toMatch(/^app\.yaml:\d+:\d+: Deployment\/orders \(document 2\): /)
@@ -428,20 +574,60 @@ describe('txmesh inject: errors name the document and the line', () => {
   }
 
   it('a container or volume named like the sidecar, or a txmesh port in use: TXM_INJECT_CONFLICT', () => {
-    const named = thrown(() => inject(deployment('', '      - name: txmesh-proxy\n        image: x:1\n        ports:\n        - containerPort: 8080\n'), 'app.yaml'))
+    const named = thrown(() =>
+      inject(
+        deployment(
+          '',
+          '      - name: txmesh-proxy\n        image: x:1\n        ports:\n        - containerPort: 8080\n',
+        ),
+        'app.yaml',
+      ),
+    )
     expect(named).toBeInstanceOf(InjectConflictError)
     expect(named.message).toMatch(/^app\.yaml:22:15: .*already named "txmesh-proxy"/)
-    const port = thrown(() => inject(deployment('', '      - name: app\n        image: x:1\n        ports:\n        - containerPort: 8080\n        - containerPort: 15021\n'), 'app.yaml'))
+    const port = thrown(() =>
+      inject(
+        deployment(
+          '',
+          '      - name: app\n        image: x:1\n        ports:\n        - containerPort: 8080\n        - containerPort: 15021\n',
+        ),
+        'app.yaml',
+      ),
+    )
     expect(port.code).toBe('TXM_INJECT_CONFLICT')
     expect(port.message).toMatch(/port 15021 is used by the txmesh sidecar/)
-    const host = thrown(() => inject(deployment('').replace('    spec:\n      containers:', '    spec:\n      hostNetwork: true\n      containers:'), 'app.yaml'))
+    const host = thrown(() =>
+      inject(
+        deployment('').replace('    spec:\n      containers:', '    spec:\n      hostNetwork: true\n      containers:'),
+        'app.yaml',
+      ),
+    )
     expect(host.code).toBe('TXM_INJECT_CONFLICT')
     expect(host.message).toMatch(/^app\.yaml:21:20: .*a hostNetwork pod shares the node's ports/)
-    const tls = thrown(() => inject(deployment('        txmesh.io/tls-secret: mesh-tls\n').replace('    spec:\n      containers:', '    spec:\n      volumes:\n      - name: txmesh-tls\n        emptyDir: {}\n      containers:'), 'app.yaml'))
+    const tls = thrown(() =>
+      inject(
+        deployment('        txmesh.io/tls-secret: mesh-tls\n').replace(
+          '    spec:\n      containers:',
+          '    spec:\n      volumes:\n      - name: txmesh-tls\n        emptyDir: {}\n      containers:',
+        ),
+        'app.yaml',
+      ),
+    )
     expect(tls.code).toBe('TXM_INJECT_CONFLICT')
     expect(tls.message).toMatch(/a volume is already named "txmesh-tls"/)
-    const key = thrown(() => inject(deployment('').replace('    spec:\n      containers:', '    spec:\n      volumes:\n      - name: txmesh-mesh-key\n        emptyDir: {}\n      containers:'), 'app.yaml'))
-    expect([key.code, key.message]).toEqual(['TXM_INJECT_CONFLICT', expect.stringMatching(/a volume is already named "txmesh-mesh-key"/)])
+    const key = thrown(() =>
+      inject(
+        deployment('').replace(
+          '    spec:\n      containers:',
+          '    spec:\n      volumes:\n      - name: txmesh-mesh-key\n        emptyDir: {}\n      containers:',
+        ),
+        'app.yaml',
+      ),
+    )
+    expect([key.code, key.message]).toEqual([
+      'TXM_INJECT_CONFLICT',
+      expect.stringMatching(/a volume is already named "txmesh-mesh-key"/),
+    ])
   })
 
   it('YAML syntax errors: TXM_MANIFEST_INVALID with file:line:col and nothing written', () => {
@@ -454,7 +640,12 @@ describe('txmesh inject: errors name the document and the line', () => {
   })
 
   it('a workload without containers: TXM_MANIFEST_INVALID', () => {
-    const e = thrown(() => inject('apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\n  annotations: {txmesh.io/inject: "true"}\nspec: {containers: []}\n', 'p.yaml'))
+    const e = thrown(() =>
+      inject(
+        'apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\n  annotations: {txmesh.io/inject: "true"}\nspec: {containers: []}\n',
+        'p.yaml',
+      ),
+    )
     expect(e.code).toBe('TXM_MANIFEST_INVALID')
     expect(e.message).toMatch(/^p\.yaml:6:20: Pod\/p \(document 1\): spec\.containers is empty/)
   })
@@ -487,24 +678,35 @@ describe('injectObject and its JSON Patch', () => {
     const r = injectObject(plain, { image: IMAGE, namespaceEnabled: true })
     expect(r?.templates[0]?.kind).toBe('injected')
     // No annotations map yet: the patch adds the map rather than a key inside it.
-    expect(r?.patch[0]).toEqual({ op: 'add', path: '/metadata/annotations', value: { [ANNOTATIONS.status]: 'injected' } })
+    expect(r?.patch[0]).toEqual({
+      op: 'add',
+      path: '/metadata/annotations',
+      value: { [ANNOTATIONS.status]: 'injected' },
+    })
     const out = pod()
     ;(out.metadata as { annotations: Record<string, string> }).annotations[ANNOTATIONS.inject] = 'false'
-    expect(injectObject(out, { namespaceEnabled: true })?.templates[0]).toEqual({ kind: 'skipped', reason: 'opted-out' })
+    expect(injectObject(out, { namespaceEnabled: true })?.templates[0]).toEqual({
+      kind: 'skipped',
+      reason: 'opted-out',
+    })
   })
 
-  it('names the service after a ReplicaSet pod\'s Deployment when no label names it', () => {
+  it("names the service after a ReplicaSet pod's Deployment when no label names it", () => {
     const p: Obj = {
       apiVersion: 'v1',
       kind: 'Pod',
-      metadata: { generateName: 'orders-7d9f8c6b5-', labels: { 'pod-template-hash': '7d9f8c6b5' }, annotations: { [ANNOTATIONS.inject]: 'true' } },
+      metadata: {
+        generateName: 'orders-7d9f8c6b5-',
+        labels: { 'pod-template-hash': '7d9f8c6b5' },
+        annotations: { [ANNOTATIONS.inject]: 'true' },
+      },
       spec: { containers: [{ name: 'app', image: 'app:1', ports: [{ containerPort: 8080 }] }] },
     }
     const r = injectObject(p, { image: IMAGE })
     expect(r?.templates[0]?.kind === 'injected' && r.templates[0].settings.service).toBe('orders')
   })
 
-  it('uses this build\'s image by default', () => {
+  it("uses this build's image by default", () => {
     const pkg = JSON.parse(readFileSync(join(root, 'package.json'), 'utf8')) as { version: string }
     expect(defaultImage()).toBe(`ghcr.io/txmesh/txmesh:${pkg.version}`)
     const r = injectObject(pod())
@@ -512,7 +714,9 @@ describe('injectObject and its JSON Patch', () => {
   })
 
   it('accepts exactly the service names the sidecar config accepts', () => {
-    const schema = JSON.parse(readFileSync(join(root, 'config/txmesh.schema.json'), 'utf8')) as { properties: { service: { pattern: string } } }
+    const schema = JSON.parse(readFileSync(join(root, 'config/txmesh.schema.json'), 'utf8')) as {
+      properties: { service: { pattern: string } }
+    }
     expect(SERVICE_NAME.source).toBe(schema.properties.service.pattern)
   })
 })
@@ -520,7 +724,11 @@ describe('injectObject and its JSON Patch', () => {
 describe('txmesh inject CLI', () => {
   const cli = join(root, 'dist/cli/index.js')
   const run = (args: string[], input?: string): { status: number | null; stdout: string; stderr: string } =>
-    spawnSync(process.execPath, [cli, 'inject', ...args], { cwd: root, encoding: 'utf8', ...(input === undefined ? {} : { input }) })
+    spawnSync(process.execPath, [cli, 'inject', ...args], {
+      cwd: root,
+      encoding: 'utf8',
+      ...(input === undefined ? {} : { input }),
+    })
 
   it('writes the golden output for -f FILE, and reads stdin with -f - or no -f', () => {
     const input = rel('deployment.in.yaml')
@@ -534,9 +742,14 @@ describe('txmesh inject CLI', () => {
   })
 
   it('exits 1 with the code and position, writing nothing to stdout', () => {
-    const r = run(['-f', '-'], 'apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\n  annotations:\n    txmesh.io/inject: "true"\n    txmesh.io/capture: sidecarless\nspec:\n  containers:\n  - {name: a, image: a, ports: [{containerPort: 80}]}\n')
+    const r = run(
+      ['-f', '-'],
+      'apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\n  annotations:\n    txmesh.io/inject: "true"\n    txmesh.io/capture: sidecarless\nspec:\n  containers:\n  - {name: a, image: a, ports: [{containerPort: 80}]}\n',
+    )
     expect(r.status).toBe(1)
     expect(r.stdout).toBe('')
-    expect(r.stderr).toBe('txmesh inject: <stdin>:7:24: Pod/p (document 1): txmesh.io/capture: must be "env" or "iptables", not "sidecarless" [TXM_INJECT_INVALID]\n')
+    expect(r.stderr).toBe(
+      'txmesh inject: <stdin>:7:24: Pod/p (document 1): txmesh.io/capture: must be "env" or "iptables", not "sidecarless" [TXM_INJECT_INVALID]\n',
+    )
   })
 })

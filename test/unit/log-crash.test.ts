@@ -112,7 +112,9 @@ describe('FileLog crash safety', () => {
       // Records come back in append order: ids grow within a round, rounds follow each other.
       const order = records.map((r) => Number(r.txId.slice(3)))
       expect(order).toEqual([...order].sort((a, b) => a - b))
-      console.log(`round ${round}: killed after ${run.acked.length} acks; replayed ${records.length} live (${mustSurvive.size} required), truncated ${log.stats().truncatedBytes} bytes, ${log.stats().segments} segments`)
+      console.log(
+        `round ${round}: killed after ${run.acked.length} acks; replayed ${records.length} live (${mustSurvive.size} required), truncated ${log.stats().truncatedBytes} bytes, ${log.stats().segments} segments`,
+      )
       await log.close()
     }
   })

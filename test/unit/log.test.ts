@@ -135,7 +135,11 @@ describe('FileLog', () => {
     await r.log.close()
 
     const again = await reopen(dir)
-    expect(again.records.map((e) => e.txId)).toEqual([...Array.from({ length: 9 }, (_, i) => `tx-${i}`), 'tx-after-1', 'tx-after-2'])
+    expect(again.records.map((e) => e.txId)).toEqual([
+      ...Array.from({ length: 9 }, (_, i) => `tx-${i}`),
+      'tx-after-1',
+      'tx-after-2',
+    ])
     expect(again.log.stats().truncatedBytes).toBe(0)
     await again.log.close()
   })
@@ -318,7 +322,8 @@ describe('FileLog', () => {
     // Pull the file out from under the writer, as a dying disk would.
     await (log as unknown as { fh: { close(): Promise<void> } }).fh.close()
     const results = await Promise.allSettled([log.append('a', { n: 1 }), log.append('b', { n: 2 })])
-    for (const r of results) expect(r).toMatchObject({ status: 'rejected', reason: { code: 'TXM_LOG_FAILED', status: 503 } })
+    for (const r of results)
+      expect(r).toMatchObject({ status: 'rejected', reason: { code: 'TXM_LOG_FAILED', status: 503 } })
     await expect(log.append('c', { n: 3 })).rejects.toMatchObject({ code: 'TXM_LOG_FAILED' })
     expect(() => log.appendLazy('d', { n: 4 })).toThrow(/log write failed/)
     await log.close()
@@ -433,7 +438,11 @@ describe('FileLog', () => {
     const total = 200_000
     const batch = 2_000
     for (let b = 0; b < total; b += batch) {
-      await Promise.all(Array.from({ length: batch }, (_, j) => log.append(`tx-${b + j}`, { decision: 'commit', participants: ['http://a:15010', 'http://b:15010'] })))
+      await Promise.all(
+        Array.from({ length: batch }, (_, j) =>
+          log.append(`tx-${b + j}`, { decision: 'commit', participants: ['http://a:15010', 'http://b:15010'] }),
+        ),
+      )
       // Half the transactions end (their END records are replayed too).
       for (let j = 0; j < batch; j += 2) log.end(`tx-${b + j}`)
     }
@@ -441,7 +450,9 @@ describe('FileLog', () => {
     const t0 = performance.now()
     const r = await reopen(dir, { segmentBytes: 4 * 1024 * 1024 })
     const ms = performance.now() - t0
-    console.log(`replayed ${r.log.stats().replayedRecords} records (${r.records.length} live, ${r.log.stats().segments} segments) in ${ms.toFixed(0)} ms`)
+    console.log(
+      `replayed ${r.log.stats().replayedRecords} records (${r.records.length} live, ${r.log.stats().segments} segments) in ${ms.toFixed(0)} ms`,
+    )
     expect(r.records).toHaveLength(total / 2)
     expect(r.records[0]?.txId).toBe('tx-1')
     expect(r.records.at(-1)?.txId).toBe(`tx-${total - 1}`)
@@ -467,7 +478,13 @@ async function materialise(files: Files): Promise<string> {
 // Builds the directory a crash could leave at each point of the rollover + compaction that
 // happened between `pre` and `post`, and checks each replays to the model. Returns whether the
 // compaction deleted segments and copied records forward.
-async function checkCrashPoints(pre: Files, post: Files, modelPre: LogEntry[], modelPost: LogEntry[], opts: Partial<FileLogOptions>): Promise<{ deleted: boolean; copies: boolean }> {
+async function checkCrashPoints(
+  pre: Files,
+  post: Files,
+  modelPre: LogEntry[],
+  modelPost: LogEntry[],
+  opts: Partial<FileLogOptions>,
+): Promise<{ deleted: boolean; copies: boolean }> {
   const deleted = [...pre.keys()].filter((f) => !post.has(f)).sort()
   const created = [...post.keys()].filter((f) => !pre.has(f)).sort()
   expect(created).toHaveLength(1) // the rollover's new segment
@@ -476,13 +493,25 @@ async function checkCrashPoints(pre: Files, post: Files, modelPre: LogEntry[], m
   // [header][the appended record][copies carried forward]
   const recordEnd = SEGMENT_HEADER_BYTES + 8 + fresh.readUInt32LE(SEGMENT_HEADER_BYTES)
   const states: { what: string; files: Files; expected: LogEntry[] }[] = []
-  const withAllPre = (newBytes: Buffer): Files => new Map([...pre, ...[...post].filter(([f]) => f !== newName), [newName, newBytes]])
+  const withAllPre = (newBytes: Buffer): Files =>
+    new Map([...pre, ...[...post].filter(([f]) => f !== newName), [newName, newBytes]])
   // Crash while creating the segment or writing the record: the append was never acknowledged.
   states.push({ what: 'torn header', files: withAllPre(fresh.subarray(0, 10)), expected: modelPre })
   states.push({ what: 'torn record', files: withAllPre(fresh.subarray(0, recordEnd - 3)), expected: modelPre })
   // Crash while copying forward: nothing deleted yet, copies torn anywhere.
-  for (const cut of new Set([recordEnd, recordEnd + 1, (recordEnd + fresh.length) >> 1, fresh.length - 1, fresh.length])) {
-    if (cut <= fresh.length) states.push({ what: `copies cut at ${cut}/${fresh.length}`, files: withAllPre(fresh.subarray(0, cut)), expected: modelPost })
+  for (const cut of new Set([
+    recordEnd,
+    recordEnd + 1,
+    (recordEnd + fresh.length) >> 1,
+    fresh.length - 1,
+    fresh.length,
+  ])) {
+    if (cut <= fresh.length)
+      states.push({
+        what: `copies cut at ${cut}/${fresh.length}`,
+        files: withAllPre(fresh.subarray(0, cut)),
+        expected: modelPost,
+      })
   }
   // Crash between unlinks: the oldest k deleted segments are gone, the rest still there.
   for (let k = 0; k <= deleted.length; k++) {

@@ -15,7 +15,13 @@ function plane(keys: KeyRing, clock: () => number): ActiveTxPlane {
   return new ActiveTxPlane({ keys, coordinators: ['127.0.0.1:*'], clock } as unknown as TxParts)
 }
 
-const ctx = (id: string, deadline: number): TxContext => ({ id, mode: '2pc', coordinator: '127.0.0.1:15010', deadline, parent: undefined })
+const ctx = (id: string, deadline: number): TxContext => ({
+  id,
+  mode: '2pc',
+  coordinator: '127.0.0.1:15010',
+  deadline,
+  parent: undefined,
+})
 const code = (v: unknown): string | undefined => (v instanceof TxmeshError ? v.code : undefined)
 
 describe('ActiveTxPlane.verify', () => {
@@ -46,7 +52,9 @@ describe('ActiveTxPlane.verify', () => {
     expect(code(p.verify(forged))).toBe('TXM_CONTEXT_FORGED')
     expect(code(p.verify(forged))).toBe('TXM_CONTEXT_FORGED')
     expect(code(p.verify('v1.e30.x'))).toBeDefined()
-    const tokens = Array.from({ length: LIMITS.verifiedContexts + 10 }, (_x, i) => signContext(newKey, ctx(`t${i}`, 9_000)))
+    const tokens = Array.from({ length: LIMITS.verifiedContexts + 10 }, (_x, i) =>
+      signContext(newKey, ctx(`t${i}`, 9_000)),
+    )
     for (const t of tokens) expect(p.verify(t)).toMatchObject({ deadline: 9_000 })
     const held = (p as unknown as { verified: Map<string, unknown> }).verified
     expect(held.size).toBe(LIMITS.verifiedContexts)

@@ -11,7 +11,32 @@ describe('header filtering', () => {
   it('drops every hop-by-hop header, Connection-named ones and Expect, keeps end-to-end ones', () => {
     const f = facts()
     const out = forwardRequestHeaders(
-      ['Host', 'a', 'Connection', 'Keep-Alive, X-Foo', 'X-Foo', '1', 'Keep-Alive', 't=1', 'TE', 'trailers', 'Trailer', 'x', 'Transfer-Encoding', 'chunked', 'Upgrade', 'h2c', 'Proxy-Authorization', 'p', 'Proxy-Bar', 'b', 'Expect', '100-continue', 'Accept', '*/*'],
+      [
+        'Host',
+        'a',
+        'Connection',
+        'Keep-Alive, X-Foo',
+        'X-Foo',
+        '1',
+        'Keep-Alive',
+        't=1',
+        'TE',
+        'trailers',
+        'Trailer',
+        'x',
+        'Transfer-Encoding',
+        'chunked',
+        'Upgrade',
+        'h2c',
+        'Proxy-Authorization',
+        'p',
+        'Proxy-Bar',
+        'b',
+        'Expect',
+        '100-continue',
+        'Accept',
+        '*/*',
+      ],
       '10.1.1.1',
       f,
     )
@@ -25,7 +50,9 @@ describe('header filtering', () => {
   })
 
   it('filters response headers named in Connection', () => {
-    const raw = ['Connection', 'x-a', 'X-A', '1', 'Content-Type', 'text/plain', 'Transfer-Encoding', 'chunked'].map((s) => Buffer.from(s))
+    const raw = ['Connection', 'x-a', 'X-A', '1', 'Content-Type', 'text/plain', 'Transfer-Encoding', 'chunked'].map(
+      (s) => Buffer.from(s),
+    )
     expect(forwardResponseHeaders(raw)).toEqual(['Content-Type', 'text/plain'])
   })
 })
@@ -55,7 +82,13 @@ routes:
 
 describe('retries', () => {
   it('retries only idempotent methods unless opted in', () => {
-    const p = { attempts: 2, on: new Set<'502'>(['502']), nonIdempotent: false, budgetRatio: 0.2, budgetMinPerSecond: 0 }
+    const p = {
+      attempts: 2,
+      on: new Set<'502'>(['502']),
+      nonIdempotent: false,
+      budgetRatio: 0.2,
+      budgetMinPerSecond: 0,
+    }
     expect(methodRetryable('GET', p)).toBe(true)
     expect(methodRetryable('PUT', p)).toBe(true)
     expect(methodRetryable('POST', p)).toBe(false)
@@ -86,7 +119,8 @@ describe('retries', () => {
 
 describe('transaction ids', () => {
   it('are alphanumeric before the coordinator part, never start with "-", and name their coordinator and log incarnation', async () => {
-    const { newTxId, newBranchId, coordinatorOfTx, incarnationOfTx, newIncarnation } = await import('../../src/tx/protocol.js')
+    const { newTxId, newBranchId, coordinatorOfTx, incarnationOfTx, newIncarnation } =
+      await import('../../src/tx/protocol.js')
     const inc = newIncarnation()
     expect(inc).toMatch(/^[A-Za-z0-9]{10}$/)
     const seen = new Set<string>()

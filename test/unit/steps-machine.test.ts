@@ -20,7 +20,14 @@ import {
   type StepRecord,
   type StepTxState,
 } from '../../src/tx/saga/machine.js'
-import { fillTemplate, opHeadersProblem, parseCompensateHeader, requestProblem, templateNeeds, type CallFacts } from '../../src/tx/saga/template.js'
+import {
+  fillTemplate,
+  opHeadersProblem,
+  parseCompensateHeader,
+  requestProblem,
+  templateNeeds,
+  type CallFacts,
+} from '../../src/tx/saga/template.js'
 
 const POLICY: StepPolicy = { attempts: 3, backoffBaseMs: 100, backoffCapMs: 1000 }
 const env = (random = 0.5, now = 0): Env => ({ now, random: () => random })
@@ -46,7 +53,11 @@ const tccStep = (i: number, extra: Partial<StepRecord> = {}): StepRecord => ({
 const bareStep = (i: number): StepRecord => ({ id: `s${i}`, service: `svc${i}`, target: `http://10.0.0.${i}:8080` })
 
 /** Feeds events in order; returns the final state and every action, event by event. */
-function feed(state: StepTxState, events: readonly StepEvent[], e: Env = env()): { state: StepTxState; out: (readonly StepAction[])[] } {
+function feed(
+  state: StepTxState,
+  events: readonly StepEvent[],
+  e: Env = env(),
+): { state: StepTxState; out: (readonly StepAction[])[] } {
   const out: (readonly StepAction[])[] = []
   for (const ev of events) {
     const s = sagaTransition(state, ev, e)
@@ -92,7 +103,10 @@ describe('step machine: saga', () => {
   })
 
   it(`refuses a step past LIMITS.maxSteps (${LIMITS.maxSteps})`, () => {
-    const s = withSteps('saga', Array.from({ length: LIMITS.maxSteps }, (_, i) => sagaStep(i)))
+    const s = withSteps(
+      'saga',
+      Array.from({ length: LIMITS.maxSteps }, (_, i) => sagaStep(i)),
+    )
     expect(() => sagaTransition(s, { type: 'step', step: sagaStep(LIMITS.maxSteps) }, env())).toThrow(/more than/)
   })
 
@@ -149,14 +163,21 @@ describe('step machine: saga', () => {
 
   it('commits with no steps after the decision is logged', () => {
     const r = feed(newSagaTx('tx1', 'saga', 10_000, POLICY), [COMMIT, LOGGED])
-    expect(r.out).toEqual([[{ type: 'log-decision', outcome: 'committed' }], [{ type: 'outcome', outcome: 'committed' }, { type: 'log-end' }]])
+    expect(r.out).toEqual([
+      [{ type: 'log-decision', outcome: 'committed' }],
+      [{ type: 'outcome', outcome: 'committed' }, { type: 'log-end' }],
+    ])
     expect(r.state.status).toBe('committed')
   })
 
   it('retries a failing compensation with capped exponential backoff drawn from the injected random', () => {
     const policy: StepPolicy = { attempts: 4, backoffBaseMs: 100, backoffCapMs: 250 }
     const delays = (random: number): number[] => {
-      const r = feed(withSteps('saga', [sagaStep(0)], policy), [ABORT, failed('s0'), retryDue('s0'), failed('s0'), retryDue('s0'), failed('s0')], env(random))
+      const r = feed(
+        withSteps('saga', [sagaStep(0)], policy),
+        [ABORT, failed('s0'), retryDue('s0'), failed('s0'), retryDue('s0'), failed('s0')],
+        env(random),
+      )
       return r.out.flat().flatMap((a) => (a.type === 'schedule-retry' ? [a.delayMs] : []))
     }
     // Full jitter: uniform in [0, min(cap, base * 2^(n-1))).
@@ -177,7 +198,8 @@ describe('step machine: saga', () => {
           for (const [n, draw] of draws.entries()) {
             const f = sagaTransition(s, failed('s0'), env(draw))
             const a = f.actions[0]
-            if (a?.type !== 'schedule-retry') throw new Error(`attempt ${n + 1}: expected schedule-retry, got ${JSON.stringify(f.actions)}`)
+            if (a?.type !== 'schedule-retry')
+              throw new Error(`attempt ${n + 1}: expected schedule-retry, got ${JSON.stringify(f.actions)}`)
             expect(a.delayMs).toBeGreaterThanOrEqual(0)
             expect(a.delayMs).toBeLessThan(Math.min(cap, base * 2 ** n))
             expect(Number.isInteger(a.delayMs)).toBe(true)
@@ -190,10 +212,23 @@ describe('step machine: saga', () => {
 
   it('after policy.attempts sends the step is stuck with its error, and it blocks the steps before it', () => {
     const s = withSteps('saga', [sagaStep(0), sagaStep(1)])
-    const r = feed(s, [ABORT, failed('s1', 'e1'), retryDue('s1'), failed('s1', 'e2'), retryDue('s1'), failed('s1', 'POST /refund answered 503')])
+    const r = feed(s, [
+      ABORT,
+      failed('s1', 'e1'),
+      retryDue('s1'),
+      failed('s1', 'e2'),
+      retryDue('s1'),
+      failed('s1', 'POST /refund answered 503'),
+    ])
     const runs = r.out.flat().filter((a) => a.type === 'run')
-    expect(runs).toEqual([run(sagaStep(1), 'compensate', 1), run(sagaStep(1), 'compensate', 2), run(sagaStep(1), 'compensate', 3)])
-    expect(r.out[5]).toEqual([{ type: 'stuck', step: sagaStep(1), op: 'compensate', error: 'POST /refund answered 503' }])
+    expect(runs).toEqual([
+      run(sagaStep(1), 'compensate', 1),
+      run(sagaStep(1), 'compensate', 2),
+      run(sagaStep(1), 'compensate', 3),
+    ])
+    expect(r.out[5]).toEqual([
+      { type: 'stuck', step: sagaStep(1), op: 'compensate', error: 'POST /refund answered 503' },
+    ])
     expect(r.state.steps[1]).toMatchObject({ status: 'stuck', attempts: 3, lastError: 'POST /refund answered 503' })
     // Reverse order: s0 is not undone while s1, which may rely on it, is not.
     expect(r.state.steps[0]).toMatchObject({ status: 'recorded', attempts: 0 })
@@ -229,7 +264,11 @@ describe('step machine: saga', () => {
       run(sagaStep(2), 'compensate'),
     ])
     // s1 has no request: finished on the spot, and s0 starts in the same step.
-    expect(r.out[1]).toEqual([{ type: 'log-step-done', step: 's2' }, { type: 'log-step-done', step: 's1' }, run(sagaStep(0), 'compensate')])
+    expect(r.out[1]).toEqual([
+      { type: 'log-step-done', step: 's2' },
+      { type: 'log-step-done', step: 's1' },
+      run(sagaStep(0), 'compensate'),
+    ])
     expect(r.state.status).toBe('aborted')
     expect(r.out.flat().some((a) => a.type === 'run' && a.step.id === 's1')).toBe(false)
   })
@@ -303,7 +342,16 @@ describe('step machine: saga', () => {
   it('duplicate and late answers change nothing', () => {
     const s = feed(withSteps('saga', [sagaStep(0), sagaStep(1)]), [ABORT, done('s1'), failed('s0')]).state
     expect(statuses(s)).toEqual(['waiting', 'finished'])
-    for (const ev of [done('s1'), failed('s1'), done('s0'), failed('s0'), retryDue('s1'), done('nope'), failed('nope'), retryDue('nope')]) {
+    for (const ev of [
+      done('s1'),
+      failed('s1'),
+      done('s0'),
+      failed('s0'),
+      retryDue('s1'),
+      done('nope'),
+      failed('nope'),
+      retryDue('nope'),
+    ]) {
       const r = sagaTransition(s, ev, env())
       expect(r.state, ev.type).toBe(s)
       expect(r.actions).toEqual([])
@@ -342,7 +390,11 @@ describe('step machine: tcc', () => {
     expect(sagaOutcome(logged.state)).toBe('committed')
     // Any order of answers; the end comes with the last.
     const r = feed(logged.state, [done('s2'), done('s0'), done('s1')])
-    expect(r.out).toEqual([[{ type: 'log-step-done', step: 's2' }], [{ type: 'log-step-done', step: 's0' }], [{ type: 'log-step-done', step: 's1' }, { type: 'log-end' }]])
+    expect(r.out).toEqual([
+      [{ type: 'log-step-done', step: 's2' }],
+      [{ type: 'log-step-done', step: 's0' }],
+      [{ type: 'log-step-done', step: 's1' }, { type: 'log-end' }],
+    ])
     expect(r.state.status).toBe('committed')
   })
 
@@ -364,7 +416,9 @@ describe('step machine: tcc', () => {
     const policy: StepPolicy = { attempts: 1, backoffBaseMs: 100, backoffCapMs: 1000 }
     const logged = feed(withSteps('tcc', [tccStep(0), tccStep(1)], policy), [COMMIT, LOGGED]).state
     const r = feed(logged, [failed('s0', 'confirm via svc0 failed: 503'), done('s1')])
-    expect(r.out[0]).toEqual([{ type: 'stuck', step: tccStep(0), op: 'confirm', error: 'confirm via svc0 failed: 503' }])
+    expect(r.out[0]).toEqual([
+      { type: 'stuck', step: tccStep(0), op: 'confirm', error: 'confirm via svc0 failed: 503' },
+    ])
     expect(r.out[1]).toEqual([{ type: 'log-step-done', step: 's1' }])
     expect(r.state.status).toBe('committing')
     expect(sagaOutcome(r.state)).toBe('committed')
@@ -423,7 +477,15 @@ describe('step machine: recovery', () => {
   const none = new Set<BranchId>()
 
   it('with a commit decision, a tcc confirms its unfinished steps at once', () => {
-    const r = recoverSagaTx('tx1', 'tcc', [tccStep(0), tccStep(1), tccStep(2)], new Set(['s1']), true, POLICY, env(0.5, 5_000))
+    const r = recoverSagaTx(
+      'tx1',
+      'tcc',
+      [tccStep(0), tccStep(1), tccStep(2)],
+      new Set(['s1']),
+      true,
+      POLICY,
+      env(0.5, 5_000),
+    )
     expect(r.actions).toEqual([run(tccStep(0), 'confirm'), run(tccStep(2), 'confirm')])
     expect(r.state).toMatchObject({ status: 'committing', decisionLogged: true })
     expect(sagaOutcome(r.state)).toBe('committed')
@@ -444,9 +506,21 @@ describe('step machine: recovery', () => {
   })
 
   it('without a decision, a saga undoes every unfinished step in reverse order, skipping finished ones (presumed abort)', () => {
-    const r = recoverSagaTx('tx1', 'saga', [sagaStep(0), sagaStep(1), sagaStep(2)], new Set(['s2']), false, POLICY, env())
+    const r = recoverSagaTx(
+      'tx1',
+      'saga',
+      [sagaStep(0), sagaStep(1), sagaStep(2)],
+      new Set(['s2']),
+      false,
+      POLICY,
+      env(),
+    )
     expect(r.actions).toEqual([run(sagaStep(1), 'compensate')])
-    expect(r.state).toMatchObject({ status: 'aborting', decisionLogged: false, reason: 'recovered without a commit decision' })
+    expect(r.state).toMatchObject({
+      status: 'aborting',
+      decisionLogged: false,
+      reason: 'recovered without a commit decision',
+    })
     expect(sagaOutcome(r.state)).toBe('aborted')
     const end = feed(r.state, [done('s1'), done('s0')])
     expect(end.out[0]).toEqual([{ type: 'log-step-done', step: 's1' }, run(sagaStep(0), 'compensate')])
@@ -475,9 +549,21 @@ describe('step machine: recovery', () => {
 describe('step machine: intents (recorded before the call is sent)', () => {
   const none = new Set<BranchId>()
   /** Saga intent of step i: its compensation filled from the request alone. */
-  const sagaIntent = (i: number, extra: Partial<StepRecord> = {}): StepRecord => ({ ...sagaStep(i), compensate: { method: 'POST', path: `/undo/${i}` }, intent: true, ...extra })
+  const sagaIntent = (i: number, extra: Partial<StepRecord> = {}): StepRecord => ({
+    ...sagaStep(i),
+    compensate: { method: 'POST', path: `/undo/${i}` },
+    intent: true,
+    ...extra,
+  })
   /** TCC intent of step i: a cancel through the target's ingress. */
-  const tccIntent = (i: number): StepRecord => ({ id: `s${i}`, service: `svc${i}`, target: `http://10.0.0.${i}:8080`, cancel: { method: 'POST', path: '/.well-known/txmesh/cancel' }, intent: true, viaIngress: true })
+  const tccIntent = (i: number): StepRecord => ({
+    id: `s${i}`,
+    service: `svc${i}`,
+    target: `http://10.0.0.${i}:8080`,
+    cancel: { method: 'POST', path: '/.well-known/txmesh/cancel' },
+    intent: true,
+    viaIngress: true,
+  })
   const VOID = (id: BranchId): StepEvent => ({ type: 'step-void', step: id })
 
   it('a resolution replaces its intent in place, and the saga commits without undoing it', () => {
@@ -490,7 +576,9 @@ describe('step machine: intents (recorded before the call is sent)', () => {
   })
 
   it('a resolved intent is undone in its own turn of the reverse order on abort', () => {
-    const s = feed(withSteps('saga', [sagaStep(0), sagaIntent(1), sagaStep(2)]), [{ type: 'step', step: sagaStep(1) }]).state
+    const s = feed(withSteps('saga', [sagaStep(0), sagaIntent(1), sagaStep(2)]), [
+      { type: 'step', step: sagaStep(1) },
+    ]).state
     const r = feed(s, [ABORT, done('s2'), done('s1')])
     expect(r.out[1]).toEqual([{ type: 'log-step-done', step: 's2' }, run(sagaStep(1), 'compensate')])
     expect(r.out[2]).toEqual([{ type: 'log-step-done', step: 's1' }, run(sagaStep(0), 'compensate')])
@@ -502,7 +590,11 @@ describe('step machine: intents (recorded before the call is sent)', () => {
     expect(v.actions).toEqual([{ type: 'log-step-done', step: 's1' }])
     expect(statuses(v.state)).toEqual(['recorded', 'finished'])
     const r = feed(v.state, [ABORT, done('s0')])
-    expect(r.out[0]).toEqual([{ type: 'log-decision', outcome: 'aborted' }, { type: 'outcome', outcome: 'aborted', reason: ABORT.type === 'abort-requested' ? ABORT.reason : '' }, run(sagaStep(0), 'compensate')])
+    expect(r.out[0]).toEqual([
+      { type: 'log-decision', outcome: 'aborted' },
+      { type: 'outcome', outcome: 'aborted', reason: ABORT.type === 'abort-requested' ? ABORT.reason : '' },
+      run(sagaStep(0), 'compensate'),
+    ])
     expect(r.state.status).toBe('aborted')
     // Committed instead: nothing at all runs.
     const c = feed(v.state, [COMMIT, LOGGED])
@@ -524,7 +616,11 @@ describe('step machine: intents (recorded before the call is sent)', () => {
   it('an intent that never got its answer is compensated even though the saga committed', () => {
     const r = feed(withSteps('saga', [sagaStep(0), sagaIntent(1)]), [COMMIT, LOGGED, done('s1')])
     expect(r.out[1]).toEqual([{ type: 'outcome', outcome: 'committed' }, run(sagaIntent(1), 'compensate')])
-    expect(r.out[2]).toEqual([{ type: 'log-step-done', step: 's1' }, { type: 'log-step-done', step: 's0' }, { type: 'log-end' }])
+    expect(r.out[2]).toEqual([
+      { type: 'log-step-done', step: 's1' },
+      { type: 'log-step-done', step: 's0' },
+      { type: 'log-end' },
+    ])
     expect(r.state.status).toBe('committed')
     expect(sagaOutcome(r.state)).toBe('committed')
   })
@@ -538,7 +634,11 @@ describe('step machine: intents (recorded before the call is sent)', () => {
 
   it('a tcc intent is cancelled, never confirmed, whatever the outcome; its resolution is confirmed on commit', () => {
     const committed = feed(withSteps('tcc', [tccStep(0), tccIntent(1)]), [COMMIT, LOGGED])
-    expect(committed.out[1]).toEqual([{ type: 'outcome', outcome: 'committed' }, run(tccStep(0), 'confirm'), run(tccIntent(1), 'cancel')])
+    expect(committed.out[1]).toEqual([
+      { type: 'outcome', outcome: 'committed' },
+      run(tccStep(0), 'confirm'),
+      run(tccIntent(1), 'cancel'),
+    ])
     const aborted = sagaTransition(withSteps('tcc', [tccIntent(0)]), ABORT, env())
     expect(aborted.actions.at(-1)).toEqual(run(tccIntent(0), 'cancel'))
     const resolved = feed(withSteps('tcc', [tccIntent(0)]), [{ type: 'step', step: tccStep(0) }, COMMIT, LOGGED])
@@ -563,9 +663,18 @@ describe('step machine: intents (recorded before the call is sent)', () => {
   })
 
   it('an unresolved intent goes stuck at once on abort, and its resolution, if it comes, replaces it and runs', () => {
-    const unresolved: StepRecord = { ...bareStep(0), intent: true, unresolved: 'the call got no answer and its compensation needs the response' }
+    const unresolved: StepRecord = {
+      ...bareStep(0),
+      intent: true,
+      unresolved: 'the call got no answer and its compensation needs the response',
+    }
     const s = sagaTransition(withSteps('saga', [unresolved]), ABORT, env())
-    expect(s.actions.at(-1)).toEqual({ type: 'stuck', step: unresolved, op: 'compensate', error: unresolved.unresolved })
+    expect(s.actions.at(-1)).toEqual({
+      type: 'stuck',
+      step: unresolved,
+      op: 'compensate',
+      error: unresolved.unresolved,
+    })
     const late = sagaStep(0, { late: true })
     const r = sagaTransition(s.state, { type: 'step', step: late }, env())
     expect(r.actions).toEqual([run(late, 'compensate')])
@@ -573,13 +682,32 @@ describe('step machine: intents (recorded before the call is sent)', () => {
 
   it('recovery takes the last record of a step, in the place of its first', () => {
     // s1: intent then resolution (its answer was durable before the crash); s2: intent only.
-    const r = recoverSagaTx('tx1', 'saga', [sagaStep(0), sagaIntent(1), sagaIntent(2), sagaStep(1)], none, true, POLICY, env())
+    const r = recoverSagaTx(
+      'tx1',
+      'saga',
+      [sagaStep(0), sagaIntent(1), sagaIntent(2), sagaStep(1)],
+      none,
+      true,
+      POLICY,
+      env(),
+    )
     expect(r.state.steps.map((e) => e.step)).toEqual([sagaStep(0), sagaStep(1), sagaIntent(2)])
     // Committed: only the intent without an answer is compensated.
     expect(r.actions).toEqual([run(sagaIntent(2), 'compensate')])
-    const aborted = recoverSagaTx('tx1', 'saga', [sagaStep(0), sagaIntent(1), sagaIntent(2), sagaStep(1)], none, false, POLICY, env())
+    const aborted = recoverSagaTx(
+      'tx1',
+      'saga',
+      [sagaStep(0), sagaIntent(1), sagaIntent(2), sagaStep(1)],
+      none,
+      false,
+      POLICY,
+      env(),
+    )
     expect(aborted.actions).toEqual([run(sagaIntent(2), 'compensate')])
-    expect(feed(aborted.state, [done('s2')]).out[0]).toEqual([{ type: 'log-step-done', step: 's2' }, run(sagaStep(1), 'compensate')])
+    expect(feed(aborted.state, [done('s2')]).out[0]).toEqual([
+      { type: 'log-step-done', step: 's2' },
+      run(sagaStep(1), 'compensate'),
+    ])
     // A voided intent (its step-done record) stays finished.
     const voided = recoverSagaTx('tx1', 'tcc', [tccIntent(0), tccStep(1)], new Set(['s0']), true, POLICY, env())
     expect(voided.actions).toEqual([run(tccStep(1), 'confirm')])
@@ -608,11 +736,24 @@ type Cmd =
 
 const intentCmdArb: fc.Arbitrary<Cmd> = fc.oneof(
   { weight: 3, arbitrary: fc.constant({ k: 'intent' as const }) },
-  { weight: 3, arbitrary: fc.record({ k: fc.constant('resolve' as const), pick: fc.nat(), result: fc.constantFrom('resolved' as const, 'resolved' as const, 'void' as const) }) },
+  {
+    weight: 3,
+    arbitrary: fc.record({
+      k: fc.constant('resolve' as const),
+      pick: fc.nat(),
+      result: fc.constantFrom('resolved' as const, 'resolved' as const, 'void' as const),
+    }),
+  },
 )
 
 const cmdArb: fc.Arbitrary<Cmd> = fc.oneof(
-  { weight: 4, arbitrary: fc.record({ k: fc.constant('step' as const), undo: fc.constantFrom('op' as const, 'op' as const, 'op' as const, 'none' as const, 'unresolved' as const) }) },
+  {
+    weight: 4,
+    arbitrary: fc.record({
+      k: fc.constant('step' as const),
+      undo: fc.constantFrom('op' as const, 'op' as const, 'op' as const, 'none' as const, 'unresolved' as const),
+    }),
+  },
   { weight: 1, arbitrary: fc.constant({ k: 'commit' as const }) },
   { weight: 1, arbitrary: fc.constant({ k: 'abort' as const }) },
   { weight: 1, arbitrary: fc.constant({ k: 'deadline' as const }) },
@@ -620,7 +761,14 @@ const cmdArb: fc.Arbitrary<Cmd> = fc.oneof(
   { weight: 6, arbitrary: fc.record({ k: fc.constant('answer' as const), pick: fc.nat(), ok: fc.boolean() }) },
   { weight: 3, arbitrary: fc.record({ k: fc.constant('timer' as const), pick: fc.nat() }) },
   { weight: 1, arbitrary: fc.constant({ k: 'retry-stuck' as const }) },
-  { weight: 2, arbitrary: fc.record({ k: fc.constant('stale' as const), type: fc.constantFrom('op-done' as const, 'op-failed' as const, 'retry-due' as const), pick: fc.nat() }) },
+  {
+    weight: 2,
+    arbitrary: fc.record({
+      k: fc.constant('stale' as const),
+      type: fc.constantFrom('op-done' as const, 'op-failed' as const, 'retry-due' as const),
+      pick: fc.nat(),
+    }),
+  },
 )
 
 class Sim {
@@ -654,7 +802,8 @@ class Sim {
     const before = this.state
     const r = sagaTransition(before, ev, this.env())
     this.state = r.state
-    if (before.status === 'active' && r.state.status !== 'active') this.asked = r.state.status === 'committing' ? 'commit' : 'abort'
+    if (before.status === 'active' && r.state.status !== 'active')
+      this.asked = r.state.status === 'committing' ? 'commit' : 'abort'
     for (const a of r.actions) {
       this.actions.push(a)
       if (a.type === 'log-decision' && a.outcome === 'committed') this.decisionPending = true
@@ -700,7 +849,8 @@ class Sim {
         if (this.state.steps.length >= LIMITS.maxSteps) return
         const i = this.next++
         const base = this.state.mode === 'saga' ? sagaStep(i) : tccStep(i)
-        const step: StepRecord = c.undo === 'op' ? base : c.undo === 'none' ? bareStep(i) : { ...bareStep(i), unresolved: 'no value' }
+        const step: StepRecord =
+          c.undo === 'op' ? base : c.undo === 'none' ? bareStep(i) : { ...bareStep(i), unresolved: 'no value' }
         // As the driver does: a step answered after commit/abort was asked is late.
         this.feed({ type: 'step', step: this.state.status === 'active' ? step : { ...step, late: true } })
         return
@@ -708,7 +858,10 @@ class Sim {
       case 'intent': {
         if (this.state.status !== 'active' || this.state.steps.length >= LIMITS.maxSteps) return
         const i = this.next++
-        const base = this.state.mode === 'saga' ? sagaStep(i) : { ...bareStep(i), cancel: { method: 'POST', path: '/.well-known/txmesh/cancel' }, viaIngress: true }
+        const base =
+          this.state.mode === 'saga'
+            ? sagaStep(i)
+            : { ...bareStep(i), cancel: { method: 'POST', path: '/.well-known/txmesh/cancel' }, viaIngress: true }
         this.pending.push(i)
         this.feed({ type: 'step', step: { ...base, intent: true } })
         return
@@ -720,7 +873,8 @@ class Sim {
         const before = this.state.steps.find((e) => e.step.id === id)
         if (c.result === 'void') {
           this.feed({ type: 'step-void', step: id })
-          if (before?.status === 'recorded') expect(this.state.steps.find((e) => e.step.id === id)?.status).toBe('finished')
+          if (before?.status === 'recorded')
+            expect(this.state.steps.find((e) => e.step.id === id)?.status).toBe('finished')
           return
         }
         const base = this.state.mode === 'saga' ? sagaStep(i) : tccStep(i)
@@ -728,7 +882,8 @@ class Sim {
         const after = this.state.steps.find((e) => e.step.id === id)
         // Replaced while nothing was sent for the intent; left alone once its undo started.
         if (before?.status === 'recorded') expect(after?.step.intent).toBeUndefined()
-        else if (before?.status === 'running' || before?.status === 'waiting' || before?.status === 'finished') expect(after?.step).toBe(before.step)
+        else if (before?.status === 'running' || before?.status === 'waiting' || before?.status === 'finished')
+          expect(after?.step).toBe(before.step)
         return
       }
       case 'commit':
@@ -781,7 +936,8 @@ class Sim {
       if (this.decisionPending) this.apply({ k: 'decision' })
       else if (this.inFlight.length > 0) this.apply({ k: 'answer', pick: 0, ok: true })
       else if (this.timers.length > 0) this.apply({ k: 'timer', pick: 0 })
-      else if (this.state.steps.some((e) => e.status === 'stuck' && e.step.unresolved === undefined)) this.feed({ type: 'retry-stuck' })
+      else if (this.state.steps.some((e) => e.status === 'stuck' && e.step.unresolved === undefined))
+        this.feed({ type: 'retry-stuck' })
       else return
     }
     throw new Error('did not settle')
@@ -793,7 +949,10 @@ const scheduleArb = fc.record({
   attempts: fc.integer({ min: 1, max: 4 }),
   draws: fc.array(fc.double({ min: 0, max: 1, maxExcluded: true, noNaN: true }), { minLength: 1, maxLength: 8 }),
   // Steps recorded before anything else happens, so most schedules have several to finish.
-  first: fc.array(fc.constantFrom('op' as const, 'op' as const, 'op' as const, 'none' as const, 'unresolved' as const), { maxLength: 8 }),
+  first: fc.array(
+    fc.constantFrom('op' as const, 'op' as const, 'op' as const, 'none' as const, 'unresolved' as const),
+    { maxLength: 8 },
+  ),
   cmds: fc.array(cmdArb, { maxLength: 150, size: 'medium' }),
   // Half the schedules have no unresolved step, so that every step can finish.
   unresolved: fc.boolean(),
@@ -804,7 +963,8 @@ describe('step machine: random schedules', () => {
     fc.assert(
       fc.property(scheduleArb, ({ mode, attempts, draws, first, cmds, unresolved }) => {
         const sim = new Sim(mode, { attempts, backoffBaseMs: 50, backoffCapMs: 400 }, draws, false)
-        for (const c of [...first.map((undo): Cmd => ({ k: 'step', undo })), ...cmds]) sim.apply(unresolved || c.k !== 'step' || c.undo !== 'unresolved' ? c : { k: 'step', undo: 'op' })
+        for (const c of [...first.map((undo): Cmd => ({ k: 'step', undo })), ...cmds])
+          sim.apply(unresolved || c.k !== 'step' || c.undo !== 'unresolved' ? c : { k: 'step', undo: 'op' })
         sim.drain()
         const s = sim.state
         const unresolvedSteps = s.steps.filter((e) => e.step.unresolved !== undefined)
@@ -822,7 +982,9 @@ describe('step machine: random schedules', () => {
         }
         // One outcome, after a durable decision for a commit, at once for an abort.
         const outcomes = sim.actions.filter((a) => a.type === 'outcome')
-        expect(outcomes).toEqual([{ type: 'outcome', outcome: committed ? 'committed' : 'aborted', ...(committed ? {} : { reason: s.reason }) }])
+        expect(outcomes).toEqual([
+          { type: 'outcome', outcome: committed ? 'committed' : 'aborted', ...(committed ? {} : { reason: s.reason }) },
+        ])
         const at = sim.actions.indexOf(outcomes[0] as StepAction)
         expect(sim.actions[at - 1]).toEqual({ type: 'log-decision', outcome: committed ? 'committed' : 'aborted' })
         if (committed) expect(sim.actions.slice(0, at).some((a) => a.type === 'run')).toBe(false)
@@ -830,7 +992,9 @@ describe('step machine: random schedules', () => {
         if (mode === 'saga' && !committed) {
           const finishedOrder = sim.actions.flatMap((a) => (a.type === 'log-step-done' ? [a.step] : []))
           const ids = s.steps.map((e) => e.step.id)
-          const expected = blocked ? ids.slice(ids.findLastIndex((_, i) => s.steps[i]?.status !== 'finished') + 1).reverse() : [...ids].reverse()
+          const expected = blocked
+            ? ids.slice(ids.findLastIndex((_, i) => s.steps[i]?.status !== 'finished') + 1).reverse()
+            : [...ids].reverse()
           expect(finishedOrder).toEqual(expected)
         }
       }),
@@ -842,7 +1006,8 @@ describe('step machine: random schedules', () => {
     fc.assert(
       fc.property(scheduleArb, ({ mode, attempts, draws, first, cmds, unresolved }) => {
         const sim = new Sim(mode, { attempts, backoffBaseMs: 50, backoffCapMs: 400 }, draws, true)
-        for (const c of [...first.map((undo): Cmd => ({ k: 'step', undo })), ...cmds]) sim.apply(unresolved || c.k !== 'step' || c.undo !== 'unresolved' ? c : { k: 'step', undo: 'op' })
+        for (const c of [...first.map((undo): Cmd => ({ k: 'step', undo })), ...cmds])
+          sim.apply(unresolved || c.k !== 'step' || c.undo !== 'unresolved' ? c : { k: 'step', undo: 'op' })
         sim.drain()
       }),
       { numRuns: 500, seed: 1 },
@@ -853,10 +1018,14 @@ describe('step machine: random schedules', () => {
     fc.assert(
       fc.property(
         scheduleArb,
-        fc.array(fc.oneof({ weight: 1, arbitrary: cmdArb }, { weight: 1, arbitrary: intentCmdArb }), { maxLength: 150, size: 'medium' }),
+        fc.array(fc.oneof({ weight: 1, arbitrary: cmdArb }, { weight: 1, arbitrary: intentCmdArb }), {
+          maxLength: 150,
+          size: 'medium',
+        }),
         ({ mode, attempts, draws, first }, cmds) => {
           const sim = new Sim(mode, { attempts, backoffBaseMs: 50, backoffCapMs: 400 }, draws, true)
-          for (const c of [...first.map((): Cmd => ({ k: 'intent' })), ...cmds]) sim.apply(c.k === 'step' && c.undo === 'unresolved' ? { k: 'step', undo: 'op' } : c)
+          for (const c of [...first.map((): Cmd => ({ k: 'intent' })), ...cmds])
+            sim.apply(c.k === 'step' && c.undo === 'unresolved' ? { k: 'step', undo: 'op' } : c)
           sim.drain()
           expect(sim.state.steps.every((e) => e.status === 'finished')).toBe(true)
           // (a late step after the end ends it again)
@@ -888,19 +1057,35 @@ const facts = (o: Partial<CallFacts> = {}): CallFacts => ({
   stepId: 'st-1',
   ...o,
 })
-const tpl = (path: string, o: Partial<StepRequestTemplate> = {}): StepRequestTemplate => ({ method: 'DELETE', path, body: undefined, headers: {}, ...o })
+const tpl = (path: string, o: Partial<StepRequestTemplate> = {}): StepRequestTemplate => ({
+  method: 'DELETE',
+  path,
+  body: undefined,
+  headers: {},
+  ...o,
+})
 
 describe('step templates', () => {
   it('fills a path from the response json, percent-encoding each value', () => {
     expect(fillTemplate(tpl('/orders/{response.json.id}'), facts())).toEqual({ method: 'DELETE', path: '/orders/42' })
-    expect(fillTemplate(tpl('/refs/{response.json.order.ref}/items/{response.json.items.0.id}'), facts())).toEqual({ method: 'DELETE', path: '/refs/R%2F1%3F/items/i-1' })
-    expect(fillTemplate(tpl('/stock/{request.json.sku}/{request.json.qty}'), facts())).toEqual({ method: 'DELETE', path: '/stock/a%20b%2Fc/2' })
+    expect(fillTemplate(tpl('/refs/{response.json.order.ref}/items/{response.json.items.0.id}'), facts())).toEqual({
+      method: 'DELETE',
+      path: '/refs/R%2F1%3F/items/i-1',
+    })
+    expect(fillTemplate(tpl('/stock/{request.json.sku}/{request.json.qty}'), facts())).toEqual({
+      method: 'DELETE',
+      path: '/stock/a%20b%2Fc/2',
+    })
   })
 
   it('fills from the query, the method, the path without its query, headers (any case), status and ids', () => {
     const t = tpl('/customers/{request.query.customer}/undo', {
       method: 'POST',
-      headers: { 'X-Idem': '{request.header.idempotency-key}', 'X-Where': '{response.header.location}', 'x-hold': '{response.header.X-HOLD}' },
+      headers: {
+        'X-Idem': '{request.header.idempotency-key}',
+        'X-Where': '{response.header.location}',
+        'x-hold': '{response.header.X-HOLD}',
+      },
       body: '{"undo":"{request.method} {request.path}","status":{response.status},"tx":"{tx.id}","step":"{step.id}"}',
     })
     expect(fillTemplate(t, facts())).toEqual({
@@ -912,17 +1097,27 @@ describe('step templates', () => {
   })
 
   it('inserts body values as text, and a JSON object or array as JSON', () => {
-    const t = tpl('/x', { body: '{"sku":"{request.json.sku}","meta":{request.json.meta},"tags":{request.json.meta.tags}}' })
+    const t = tpl('/x', {
+      body: '{"sku":"{request.json.sku}","meta":{request.json.meta},"tags":{request.json.meta.tags}}',
+    })
     const r = fillTemplate(t, facts())
     expect(r).toMatchObject({ body: '{"sku":"a b/c","meta":{"tags":["x","y"]},"tags":["x","y"]}' })
-    expect(JSON.parse((r as { body: string }).body)).toEqual({ sku: 'a b/c', meta: { tags: ['x', 'y'] }, tags: ['x', 'y'] })
+    expect(JSON.parse((r as { body: string }).body)).toEqual({
+      sku: 'a b/c',
+      meta: { tags: ['x', 'y'] },
+      tags: ['x', 'y'],
+    })
   })
 
   it('leaves the step unresolved, naming each placeholder without a value', () => {
-    const t = tpl('/orders/{response.json.missing}', { headers: { 'x-a': '{request.header.x-nope}' }, body: '{request.query.nope}{response.json.gone}' })
+    const t = tpl('/orders/{response.json.missing}', {
+      headers: { 'x-a': '{request.header.x-nope}' },
+      body: '{request.query.nope}{response.json.gone}',
+    })
     const r = fillTemplate(t, facts())
     expect(r).toEqual({ unresolved: expect.stringContaining('{response.json.missing}') })
-    for (const name of ['request.header.x-nope', 'request.query.nope', 'response.json.gone']) expect((r as { unresolved: string }).unresolved).toContain(`{${name}}`)
+    for (const name of ['request.header.x-nope', 'request.query.nope', 'response.json.gone'])
+      expect((r as { unresolved: string }).unresolved).toContain(`{${name}}`)
   })
 
   it('is unresolved when the body is absent, empty, not JSON, or the path goes through a scalar', () => {
@@ -936,9 +1131,21 @@ describe('step templates', () => {
 
   it('says which bodies a template reads, so the proxy buffers only those, and whether it reads the response at all', () => {
     expect(templateNeeds(undefined)).toEqual({ requestJson: false, responseJson: false, response: false })
-    expect(templateNeeds(tpl('/orders/{response.json.id}'))).toEqual({ requestJson: false, responseJson: true, response: true })
-    expect(templateNeeds(tpl('/x', { headers: { a: '{request.json.sku}' } }))).toEqual({ requestJson: true, responseJson: false, response: false })
-    expect(templateNeeds(tpl('/x/{request.query.a}', { body: '{response.header.x}' }))).toEqual({ requestJson: false, responseJson: false, response: true })
+    expect(templateNeeds(tpl('/orders/{response.json.id}'))).toEqual({
+      requestJson: false,
+      responseJson: true,
+      response: true,
+    })
+    expect(templateNeeds(tpl('/x', { headers: { a: '{request.json.sku}' } }))).toEqual({
+      requestJson: true,
+      responseJson: false,
+      response: false,
+    })
+    expect(templateNeeds(tpl('/x/{request.query.a}', { body: '{response.header.x}' }))).toEqual({
+      requestJson: false,
+      responseJson: false,
+      response: true,
+    })
     expect(templateNeeds(tpl('/x/{step.id}/{response.status}'))).toMatchObject({ response: true })
     // Request-only: its intent can be filled before the call is sent.
     expect(templateNeeds(tpl('/undo/{request.query.a}/{tx.id}/{step.id}'))).toMatchObject({ response: false })
@@ -957,8 +1164,13 @@ describe('step templates', () => {
     // A placeholder without a value is not this check's: the step is unresolved instead.
     expect(requestProblem(tpl('/u', { headers: { a: '{request.json.nope}' } }), facts())).toBeUndefined()
     // Filled with a response that makes it invalid: unresolved (stuck with the reason), never retried.
-    const fromResponse = fillTemplate(tpl('/u', { headers: { 'x-ref': '{response.json.order.ref}' } }), facts({ responseBody: Buffer.from(JSON.stringify({ order: { ref: 'r\n1' } })) }))
-    expect(fromResponse).toEqual({ unresolved: expect.stringMatching(/^compensation template: header x-ref would carry U\+000A/) })
+    const fromResponse = fillTemplate(
+      tpl('/u', { headers: { 'x-ref': '{response.json.order.ref}' } }),
+      facts({ responseBody: Buffer.from(JSON.stringify({ order: { ref: 'r\n1' } })) }),
+    )
+    expect(fromResponse).toEqual({
+      unresolved: expect.stringMatching(/^compensation template: header x-ref would carry U\+000A/),
+    })
   })
 
   it('finds before the call a path its request makes a dot-segment (every ingress refuses those), and leaves a response-made one unresolved', () => {
@@ -968,7 +1180,13 @@ describe('step templates', () => {
     expect(requestProblem(t, withId('..'))).toMatch(/dot-segment/)
     expect(requestProblem(t, withId('.'))).toMatch(/dot-segment/)
     expect(requestProblem(t, withId('a..b'))).toBeUndefined()
-    const fromResponse = fillTemplate(t, facts({ requestBody: Buffer.from(JSON.stringify({ id: 'r-1' })), responseBody: Buffer.from(JSON.stringify({ ref: '..' })) }))
+    const fromResponse = fillTemplate(
+      t,
+      facts({
+        requestBody: Buffer.from(JSON.stringify({ id: 'r-1' })),
+        responseBody: Buffer.from(JSON.stringify({ ref: '..' })),
+      }),
+    )
     expect(fromResponse).toEqual({ unresolved: expect.stringMatching(/dot-segment/) })
   })
 
@@ -978,24 +1196,43 @@ describe('step templates', () => {
     expect(opHeadersProblem({ headers: { 'x-a': 'a\rb' } })).toMatch(/U\+000D/)
     expect(opHeadersProblem({ headers: { 'bad name': 'v' } })).toMatch(/not an HTTP token/)
     expect(opHeadersProblem({ headers: { connection: 'close, x y' } })).toMatch(/list of tokens/)
-    expect(opHeadersProblem({ headers: { 'content-length': '3' }, body: '{}' })).toMatch(/content-length must be the body's length in bytes \(2\)/)
+    expect(opHeadersProblem({ headers: { 'content-length': '3' }, body: '{}' })).toMatch(
+      /content-length must be the body's length in bytes \(2\)/,
+    )
     expect(opHeadersProblem({ headers: { 'content-length': '2' }, body: '{}' })).toBeUndefined()
   })
 
   it('parseCompensateHeader accepts "METHOD /path"', () => {
     expect(parseCompensateHeader('DELETE /orders/42')).toEqual({ method: 'DELETE', path: '/orders/42' })
-    expect(parseCompensateHeader('  POST /refund/c-7?reason=saga ')).toEqual({ method: 'POST', path: '/refund/c-7?reason=saga' })
+    expect(parseCompensateHeader('  POST /refund/c-7?reason=saga ')).toEqual({
+      method: 'POST',
+      path: '/refund/c-7?reason=saga',
+    })
   })
 
   it('parseCompensateHeader rejects anything else, quoting it', () => {
-    const bad = ['', 'DELETE', '/orders/42', 'delete /orders/42', 'DELETE orders/42', 'DELETE http://evil.example/x', 'DELETE /a b', 'DELETE  /x', 'DELETE\t/x', `DELETE /${'a'.repeat(2048)}`, 'TOOLONGMETHODNAMEX /x']
+    const bad = [
+      '',
+      'DELETE',
+      '/orders/42',
+      'delete /orders/42',
+      'DELETE orders/42',
+      'DELETE http://evil.example/x',
+      'DELETE /a b',
+      'DELETE  /x',
+      'DELETE\t/x',
+      `DELETE /${'a'.repeat(2048)}`,
+      'TOOLONGMETHODNAMEX /x',
+    ]
     for (const v of bad) {
       const r = parseCompensateHeader(v)
       expect(r, JSON.stringify(v)).toHaveProperty('unresolved')
       expect((r as { unresolved: string }).unresolved).toContain('is not "METHOD /path"')
     }
     // CONNECT has the shape but cannot be sent as a request: unresolved at once, not stuck later.
-    expect(parseCompensateHeader('CONNECT /x')).toEqual({ unresolved: 'txmesh-compensate names CONNECT, which opens a tunnel and cannot undo a step' })
+    expect(parseCompensateHeader('CONNECT /x')).toEqual({
+      unresolved: 'txmesh-compensate names CONNECT, which opens a tunnel and cannot undo a step',
+    })
     expect(parseCompensateHeader(`DELETE /${'a'.repeat(LIMITS.stepPathChars - 2)}`)).toHaveProperty('method', 'DELETE')
   })
 })

@@ -10,7 +10,13 @@ import type { FileLog } from '../../src/wal/file-log.js'
 import type { ControlClient } from '../../src/tx/control-client.js'
 import { CoordinatorDriver } from '../../src/tx/coordinator/driver.js'
 import { staticKeys } from '../../src/tx/keys.js'
-import { extractFromHeaders, injectTraceparent, parseTraceparent, tracingConfigured, type Tracing } from '../../src/telemetry/tracing.js'
+import {
+  extractFromHeaders,
+  injectTraceparent,
+  parseTraceparent,
+  tracingConfigured,
+  type Tracing,
+} from '../../src/telemetry/tracing.js'
 
 const TP = '00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01'
 
@@ -24,13 +30,20 @@ describe('tracing helpers', () => {
   })
 
   it('parses valid traceparents and refuses malformed or all-zero ones', () => {
-    expect(parseTraceparent(TP)).toMatchObject({ traceId: '0af7651916cd43dd8448eb211c80319c', spanId: 'b7ad6b7169203331', traceFlags: 1, isRemote: true })
+    expect(parseTraceparent(TP)).toMatchObject({
+      traceId: '0af7651916cd43dd8448eb211c80319c',
+      spanId: 'b7ad6b7169203331',
+      traceFlags: 1,
+      isRemote: true,
+    })
     expect(parseTraceparent('00-00000000000000000000000000000000-b7ad6b7169203331-01')).toBeUndefined()
     expect(parseTraceparent('00-0af7651916cd43dd8448eb211c80319c-0000000000000000-01')).toBeUndefined()
     expect(parseTraceparent('ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01')).toBeUndefined()
     expect(parseTraceparent('00-0AF7651916CD43DD8448EB211C80319C-b7ad6b7169203331-01')).toBeUndefined()
     expect(parseTraceparent('garbage')).toBeUndefined()
-    expect(trace.getSpanContext(extractFromHeaders(['TraceParent', TP, 'tracestate', 'a=1']))?.traceState?.serialize()).toBe('a=1')
+    expect(
+      trace.getSpanContext(extractFromHeaders(['TraceParent', TP, 'tracestate', 'a=1']))?.traceState?.serialize(),
+    ).toBe('a=1')
     expect(trace.getSpanContext(extractFromHeaders(['x', 'y']))).toBeUndefined()
   })
 
@@ -53,16 +66,38 @@ describe('coordinator recovery span', () => {
     const provider = new BasicTracerProvider({ spanProcessors: [new SimpleSpanProcessor(exporter)] })
     const tracing: Tracing = { tracer: provider.getTracer('t'), shutdown: () => provider.shutdown() }
     const calls: string[] = []
-    const control = { send: async (_to: string, m: { tx: string; op: string }) => (calls.push(`/v1/tx/${m.tx}/${m.op}`), { ok: true, status: 200, body: {} }) } as unknown as ControlClient
+    const control = {
+      send: async (_to: string, m: { tx: string; op: string }) => (
+        calls.push(`/v1/tx/${m.tx}/${m.op}`),
+        { ok: true, status: 200, body: {} }
+      ),
+    } as unknown as ControlClient
     const log = { end: () => undefined } as unknown as FileLog
-    const c = new CoordinatorDriver({ io: localIo({ log, control }), self: '127.0.0.1:1', incarnation: 'AAAAAAAAAA', run: '', keys: staticKeys([Buffer.alloc(32)]), logger: silentLogger, tracing })
+    const c = new CoordinatorDriver({
+      io: localIo({ log, control }),
+      self: '127.0.0.1:1',
+      incarnation: 'AAAAAAAAAA',
+      run: '',
+      keys: staticKeys([Buffer.alloc(32)]),
+      logger: silentLogger,
+      tracing,
+    })
     const participants = [{ service: 'orders', control: '127.0.0.1:2', branch: 'b1' }]
-    expect(c.recover(decodeRecords([{ txId: 'c:tx1', body: { type: 'decision', mode: '2pc', participants, traceparent: TP } }]))).toBe(1)
-    for (let i = 0; i < 50 && !exporter.getFinishedSpans().some((s) => s.name === 'txmesh.transaction'); i++) await new Promise((r) => setTimeout(r, 10))
+    expect(
+      c.recover(
+        decodeRecords([{ txId: 'c:tx1', body: { type: 'decision', mode: '2pc', participants, traceparent: TP } }]),
+      ),
+    ).toBe(1)
+    for (let i = 0; i < 50 && !exporter.getFinishedSpans().some((s) => s.name === 'txmesh.transaction'); i++)
+      await new Promise((r) => setTimeout(r, 10))
     c.close()
     const spans = exporter.getFinishedSpans()
     const tx = spans.find((s) => s.name === 'txmesh.transaction')!
-    expect(tx.attributes).toMatchObject({ 'txmesh.tx.id': 'tx1', 'txmesh.recovered': true, 'txmesh.outcome': 'committed' })
+    expect(tx.attributes).toMatchObject({
+      'txmesh.tx.id': 'tx1',
+      'txmesh.recovered': true,
+      'txmesh.outcome': 'committed',
+    })
     expect(tx.links.map((l) => l.context.traceId)).toEqual(['0af7651916cd43dd8448eb211c80319c'])
     expect(tx.spanContext().traceId).not.toBe('0af7651916cd43dd8448eb211c80319c')
     const commit = spans.find((s) => s.name === 'txmesh.commit')!

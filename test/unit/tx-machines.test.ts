@@ -2,9 +2,28 @@
 // (test/simulation) checks them together under faults; these pin each rule down.
 import { describe, expect, it } from 'vitest'
 import { LIMITS } from '../../src/limits.js'
-import type { CoordinatorAction, CoordinatorEvent, CoordinatorState, Env, ParticipantEvent, ParticipantRef, ParticipantState, Vote } from '../../src/tx/core.js'
-import { coordinatorOutcome, coordinatorTransition, newCoordinator, recoverCoordinator } from '../../src/tx/coordinator/machine.js'
-import { newParticipant, participantTransition, recoverParticipant, recoverUnvoted } from '../../src/tx/participant/machine.js'
+import type {
+  CoordinatorAction,
+  CoordinatorEvent,
+  CoordinatorState,
+  Env,
+  ParticipantEvent,
+  ParticipantRef,
+  ParticipantState,
+  Vote,
+} from '../../src/tx/core.js'
+import {
+  coordinatorOutcome,
+  coordinatorTransition,
+  newCoordinator,
+  recoverCoordinator,
+} from '../../src/tx/coordinator/machine.js'
+import {
+  newParticipant,
+  participantTransition,
+  recoverParticipant,
+  recoverUnvoted,
+} from '../../src/tx/participant/machine.js'
 
 const env = (now = 0, random = 0.5): Env => ({ now, random: () => random })
 const ref = (i: number): ParticipantRef => ({ service: `svc${i}`, control: `10.0.0.${i}:15010`, branch: `b${i}` })
@@ -13,7 +32,11 @@ const RO: Vote = { kind: 'read-only' }
 const NO: Vote = { kind: 'refused', reason: 'insufficient funds' }
 
 /** Feeds events in order; returns the final state and every action, step by step. */
-function runC(state: CoordinatorState, events: readonly CoordinatorEvent[], e: Env = env()): { state: CoordinatorState; steps: (readonly CoordinatorAction[])[] } {
+function runC(
+  state: CoordinatorState,
+  events: readonly CoordinatorEvent[],
+  e: Env = env(),
+): { state: CoordinatorState; steps: (readonly CoordinatorAction[])[] } {
   const steps: (readonly CoordinatorAction[])[] = []
   for (const ev of events) {
     const s = coordinatorTransition(state, ev, e)
@@ -30,7 +53,9 @@ function last<T>(xs: readonly T[]): T {
 }
 
 function enlisted(n: number): CoordinatorState {
-  return runC(newCoordinator('tx1', 10_000), [{ type: 'enlist', participants: Array.from({ length: n }, (_, i) => ref(i)) }]).state
+  return runC(newCoordinator('tx1', 10_000), [
+    { type: 'enlist', participants: Array.from({ length: n }, (_, i) => ref(i)) },
+  ]).state
 }
 
 function preparing(n: number): CoordinatorState {
@@ -116,7 +141,11 @@ describe('coordinator machine', () => {
   })
 
   it('one prepare failure aborts, and the branch whose prepare timed out hears abort too', () => {
-    const s = coordinatorTransition(preparing2pc(), { type: 'vote', branch: 'b0', vote: { kind: 'refused', reason: 'prepare timed out' } }, env())
+    const s = coordinatorTransition(
+      preparing2pc(),
+      { type: 'vote', branch: 'b0', vote: { kind: 'refused', reason: 'prepare timed out' } },
+      env(),
+    )
     // The app behind b0 may prepare after the timeout: it must be told to abort (b1 voted
     // read-only: it holds nothing).
     expect(s.state.status).toBe('aborting')
@@ -177,7 +206,11 @@ describe('coordinator machine', () => {
       { type: 'send-abort', to: ref(1) },
     ])
     // Once logged, a refusal cannot arrive; if it did it would change nothing.
-    const logged = runC(preparing(2), [{ type: 'vote', branch: 'b0', vote: YES }, { type: 'vote', branch: 'b1', vote: YES }, { type: 'decision-logged' }]).state
+    const logged = runC(preparing(2), [
+      { type: 'vote', branch: 'b0', vote: YES },
+      { type: 'vote', branch: 'b1', vote: YES },
+      { type: 'decision-logged' },
+    ]).state
     expect(coordinatorTransition(logged, { type: 'decision-refused', reason: 'x' }, env()).actions).toEqual([])
   })
 
@@ -203,18 +236,36 @@ describe('coordinator machine', () => {
 
   it('ignores a vote from an unknown branch, a second vote, and votes before prepare', () => {
     const s = preparing(2)
-    expect(coordinatorTransition(s, { type: 'vote', branch: 'stranger', vote: YES }, env())).toEqual({ state: s, actions: [] })
+    expect(coordinatorTransition(s, { type: 'vote', branch: 'stranger', vote: YES }, env())).toEqual({
+      state: s,
+      actions: [],
+    })
     const once = coordinatorTransition(s, { type: 'vote', branch: 'b0', vote: YES }, env()).state
-    expect(coordinatorTransition(once, { type: 'vote', branch: 'b0', vote: NO }, env())).toEqual({ state: once, actions: [] })
+    expect(coordinatorTransition(once, { type: 'vote', branch: 'b0', vote: NO }, env())).toEqual({
+      state: once,
+      actions: [],
+    })
     const active = enlisted(1)
-    expect(coordinatorTransition(active, { type: 'vote', branch: 'b0', vote: YES }, env())).toEqual({ state: active, actions: [] })
+    expect(coordinatorTransition(active, { type: 'vote', branch: 'b0', vote: YES }, env())).toEqual({
+      state: active,
+      actions: [],
+    })
   })
 
   it('a vote after the decision is a no-op', () => {
-    const committing = runC(preparing2pc(), [{ type: 'vote', branch: 'b0', vote: YES }, { type: 'decision-logged' }]).state
-    expect(coordinatorTransition(committing, { type: 'vote', branch: 'b0', vote: NO }, env())).toEqual({ state: committing, actions: [] })
+    const committing = runC(preparing2pc(), [
+      { type: 'vote', branch: 'b0', vote: YES },
+      { type: 'decision-logged' },
+    ]).state
+    expect(coordinatorTransition(committing, { type: 'vote', branch: 'b0', vote: NO }, env())).toEqual({
+      state: committing,
+      actions: [],
+    })
     const aborted = coordinatorTransition(preparing(2), { type: 'vote', branch: 'b0', vote: NO }, env()).state
-    expect(coordinatorTransition(aborted, { type: 'vote', branch: 'b1', vote: YES }, env())).toEqual({ state: aborted, actions: [] })
+    expect(coordinatorTransition(aborted, { type: 'vote', branch: 'b1', vote: YES }, env())).toEqual({
+      state: aborted,
+      actions: [],
+    })
   })
 
   it('retries a failed commit send with capped exponential backoff and full jitter, forever', () => {
@@ -273,8 +324,14 @@ describe('coordinator machine', () => {
 
   it('an abort request while the COMMIT record is being written waits for the commit', () => {
     const committing = coordinatorTransition(preparing2pc(), { type: 'vote', branch: 'b0', vote: YES }, env()).state
-    expect(coordinatorTransition(committing, { type: 'abort-requested', reason: 'impatient' }, env())).toEqual({ state: committing, actions: [] })
-    expect(coordinatorTransition(committing, { type: 'commit-requested' }, env())).toEqual({ state: committing, actions: [] })
+    expect(coordinatorTransition(committing, { type: 'abort-requested', reason: 'impatient' }, env())).toEqual({
+      state: committing,
+      actions: [],
+    })
+    expect(coordinatorTransition(committing, { type: 'commit-requested' }, env())).toEqual({
+      state: committing,
+      actions: [],
+    })
   })
 
   it('a branch enlisted after prepare began aborts the transaction, and hears abort too', () => {
@@ -284,11 +341,17 @@ describe('coordinator machine', () => {
     expect(s.actions).toContainEqual({ type: 'send-abort', to: ref(0) })
     // Re-enlisting a known branch after prepare is not late: nothing happens.
     const p = preparing(2)
-    expect(coordinatorTransition(p, { type: 'enlist', participants: [ref(1)] }, env())).toEqual({ state: p, actions: [] })
+    expect(coordinatorTransition(p, { type: 'enlist', participants: [ref(1)] }, env())).toEqual({
+      state: p,
+      actions: [],
+    })
   })
 
   it('a branch enlisted after the decision hears abort and leaves the outcome alone', () => {
-    const committing = runC(preparing2pc(), [{ type: 'vote', branch: 'b0', vote: YES }, { type: 'decision-logged' }]).state
+    const committing = runC(preparing2pc(), [
+      { type: 'vote', branch: 'b0', vote: YES },
+      { type: 'decision-logged' },
+    ]).state
     const s = coordinatorTransition(committing, { type: 'enlist', participants: [ref(5)] }, env())
     expect(s.state).toEqual(committing)
     expect(s.actions).toEqual([{ type: 'send-abort', to: ref(5) }])
@@ -350,7 +413,11 @@ describe('coordinator machine: one-phase commit', () => {
     expect(started.actions).toEqual([{ type: 'send-commit-one-phase', to: ref(0) }])
     // The participant decides: until it answers, the coordinator does not know the outcome.
     expect(coordinatorOutcome(started.state)).toBe('unknown')
-    const done = coordinatorTransition(started.state, { type: 'one-phase-result', branch: 'b0', outcome: 'committed' }, env())
+    const done = coordinatorTransition(
+      started.state,
+      { type: 'one-phase-result', branch: 'b0', outcome: 'committed' },
+      env(),
+    )
     expect(done.actions).toEqual([{ type: 'outcome', outcome: 'committed' }, { type: 'log-end' }])
     expect(done.state).toMatchObject({ status: 'committed', decisionLogged: false })
     expect(done.state.participants[0]).toMatchObject({ acked: true, vote: YES })
@@ -376,7 +443,9 @@ describe('coordinator machine: one-phase commit', () => {
       s = due.state
     }
     expect(s.status).toBe('committing')
-    expect(coordinatorTransition(s, { type: 'one-phase-result', branch: 'b0', outcome: 'committed' }, env()).state.status).toBe('committed')
+    expect(
+      coordinatorTransition(s, { type: 'one-phase-result', branch: 'b0', outcome: 'committed' }, env()).state.status,
+    ).toBe('committed')
   })
 
   it('neither the deadline nor an abort request takes a one-phase commit from its participant', () => {
@@ -402,14 +471,27 @@ describe('coordinator machine: one-phase commit', () => {
 
   it('ignores stale, duplicate and stray one-phase results', () => {
     const active = enlisted(1)
-    expect(coordinatorTransition(active, { type: 'one-phase-result', branch: 'b0', outcome: 'committed' }, env())).toEqual({ state: active, actions: [] })
+    expect(
+      coordinatorTransition(active, { type: 'one-phase-result', branch: 'b0', outcome: 'committed' }, env()),
+    ).toEqual({ state: active, actions: [] })
     const s = onePhase()
-    expect(coordinatorTransition(s, { type: 'one-phase-result', branch: 'stranger', outcome: 'aborted' }, env())).toEqual({ state: s, actions: [] })
+    expect(
+      coordinatorTransition(s, { type: 'one-phase-result', branch: 'stranger', outcome: 'aborted' }, env()),
+    ).toEqual({ state: s, actions: [] })
     const done = coordinatorTransition(s, { type: 'one-phase-result', branch: 'b0', outcome: 'committed' }, env()).state
-    expect(coordinatorTransition(done, { type: 'one-phase-result', branch: 'b0', outcome: 'aborted' }, env())).toEqual({ state: done, actions: [] })
-    expect(coordinatorTransition(done, { type: 'send-failed', branch: 'b0' }, env())).toEqual({ state: done, actions: [] })
+    expect(coordinatorTransition(done, { type: 'one-phase-result', branch: 'b0', outcome: 'aborted' }, env())).toEqual({
+      state: done,
+      actions: [],
+    })
+    expect(coordinatorTransition(done, { type: 'send-failed', branch: 'b0' }, env())).toEqual({
+      state: done,
+      actions: [],
+    })
     // Two participants still prepare.
-    expect(types(coordinatorTransition(enlisted(2), { type: 'commit-requested' }, env()).actions)).toEqual(['send-prepare', 'send-prepare'])
+    expect(types(coordinatorTransition(enlisted(2), { type: 'commit-requested' }, env()).actions)).toEqual([
+      'send-prepare',
+      'send-prepare',
+    ])
   })
 })
 
@@ -427,12 +509,23 @@ function runP(state: ParticipantState, events: readonly ParticipantEvent[], e: E
 const fresh = (): ParticipantState => newParticipant('tx1', 'b0', 'coord:15010', 1_000)
 /** PREPARING is durable: the app may be asked to prepare. */
 const LOGGED: ParticipantEvent = { type: 'preparing-logged', ok: true }
-const preparedP = (): ParticipantState => runP(fresh(), [{ type: 'prepare' }, LOGGED, { type: 'app-voted', vote: YES }, { type: 'prepared-logged' }]).state
+const preparedP = (): ParticipantState =>
+  runP(fresh(), [{ type: 'prepare' }, LOGGED, { type: 'app-voted', vote: YES }, { type: 'prepared-logged' }]).state
 
 describe('participant machine', () => {
   it('asks the app to prepare, force-writes PREPARED, and only then votes yes', () => {
-    const r = runP(fresh(), [{ type: 'prepare' }, LOGGED, { type: 'app-voted', vote: YES }, { type: 'prepared-logged' }])
-    expect(r.steps).toEqual([[{ type: 'log-preparing' }], [{ type: 'call-app', hook: 'prepare' }], [{ type: 'log-prepared' }], [{ type: 'reply-vote', vote: YES }]])
+    const r = runP(fresh(), [
+      { type: 'prepare' },
+      LOGGED,
+      { type: 'app-voted', vote: YES },
+      { type: 'prepared-logged' },
+    ])
+    expect(r.steps).toEqual([
+      [{ type: 'log-preparing' }],
+      [{ type: 'call-app', hook: 'prepare' }],
+      [{ type: 'log-prepared' }],
+      [{ type: 'reply-vote', vote: YES }],
+    ])
     expect(r.state).toMatchObject({ status: 'prepared', vote: YES })
   })
 
@@ -454,7 +547,9 @@ describe('participant machine', () => {
     expect(r.state.status).toBe('aborting')
     const failed = participantTransition(r.state, { type: 'app-failed' }, env())
     expect(types(failed.actions)).toEqual(['schedule-retry'])
-    expect(participantTransition(failed.state, { type: 'retry-due' }, env()).actions).toEqual([{ type: 'call-app', hook: 'abort' }])
+    expect(participantTransition(failed.state, { type: 'retry-due' }, env()).actions).toEqual([
+      { type: 'call-app', hook: 'abort' },
+    ])
     const done = participantTransition(r.state, { type: 'app-done' }, env())
     expect(done.state.status).toBe('aborted')
     expect(done.actions).toContainEqual({ type: 'log-end', outcome: 'aborted' })
@@ -465,7 +560,9 @@ describe('participant machine', () => {
     expect(participantTransition(preparing, { type: 'prepare' }, env()).actions).toEqual([])
     const logging = participantTransition(preparing, { type: 'app-voted', vote: YES }, env()).state
     expect(participantTransition(logging, { type: 'prepare' }, env()).actions).toEqual([])
-    expect(participantTransition(preparedP(), { type: 'prepare' }, env()).actions).toEqual([{ type: 'reply-vote', vote: YES }])
+    expect(participantTransition(preparedP(), { type: 'prepare' }, env()).actions).toEqual([
+      { type: 'reply-vote', vote: YES },
+    ])
     const aborted = runP(fresh(), [{ type: 'decision', outcome: 'aborted' }, { type: 'app-done' }]).state
     expect(aborted.status).toBe('aborted')
     const again = participantTransition(aborted, { type: 'prepare' }, env()).actions
@@ -474,7 +571,11 @@ describe('participant machine', () => {
   })
 
   it('commits through the app and writes END before answering done', () => {
-    const r = runP(preparedP(), [{ type: 'decision', outcome: 'committed' }, { type: 'decision', outcome: 'committed' }, { type: 'app-done' }])
+    const r = runP(preparedP(), [
+      { type: 'decision', outcome: 'committed' },
+      { type: 'decision', outcome: 'committed' },
+      { type: 'app-done' },
+    ])
     expect(r.steps).toEqual([
       [{ type: 'call-app', hook: 'commit' }],
       [],
@@ -488,14 +589,21 @@ describe('participant machine', () => {
 
   it('answers a repeated decision for a finished branch with its own outcome', () => {
     const committed = runP(preparedP(), [{ type: 'decision', outcome: 'committed' }, { type: 'app-done' }]).state
-    expect(participantTransition(committed, { type: 'decision', outcome: 'committed' }, env()).actions).toEqual([{ type: 'reply-done', outcome: 'committed' }])
+    expect(participantTransition(committed, { type: 'decision', outcome: 'committed' }, env()).actions).toEqual([
+      { type: 'reply-done', outcome: 'committed' },
+    ])
     const aborted = runP(preparedP(), [{ type: 'decision', outcome: 'aborted' }, { type: 'app-done' }]).state
-    expect(participantTransition(aborted, { type: 'decision', outcome: 'aborted' }, env()).actions).toEqual([{ type: 'reply-done', outcome: 'aborted' }])
+    expect(participantTransition(aborted, { type: 'decision', outcome: 'aborted' }, env()).actions).toEqual([
+      { type: 'reply-done', outcome: 'aborted' },
+    ])
   })
 
   it('ignores commit for a branch that never voted yes', () => {
     for (const s of [fresh(), runP(fresh(), [{ type: 'prepare' }, LOGGED]).state]) {
-      expect(participantTransition(s, { type: 'decision', outcome: 'committed' }, env())).toEqual({ state: s, actions: [] })
+      expect(participantTransition(s, { type: 'decision', outcome: 'committed' }, env())).toEqual({
+        state: s,
+        actions: [],
+      })
     }
   })
 
@@ -508,7 +616,13 @@ describe('participant machine', () => {
   })
 
   it('an abort that arrives while the app prepares waits for the prepare call to return', () => {
-    const r = runP(fresh(), [{ type: 'prepare' }, LOGGED, { type: 'decision', outcome: 'aborted' }, { type: 'app-voted', vote: YES }, { type: 'app-done' }])
+    const r = runP(fresh(), [
+      { type: 'prepare' },
+      LOGGED,
+      { type: 'decision', outcome: 'aborted' },
+      { type: 'app-voted', vote: YES },
+      { type: 'app-done' },
+    ])
     expect(r.steps[2]).toEqual([])
     expect(r.steps[3]).toEqual([
       { type: 'reply-vote', vote: { kind: 'refused', reason: 'branch aborted' } },
@@ -518,7 +632,13 @@ describe('participant machine', () => {
   })
 
   it('an abort that arrives while PREPARED is written answers the prepare with no and undoes', () => {
-    const r = runP(fresh(), [{ type: 'prepare' }, LOGGED, { type: 'app-voted', vote: YES }, { type: 'decision', outcome: 'aborted' }, { type: 'prepared-logged' }])
+    const r = runP(fresh(), [
+      { type: 'prepare' },
+      LOGGED,
+      { type: 'app-voted', vote: YES },
+      { type: 'decision', outcome: 'aborted' },
+      { type: 'prepared-logged' },
+    ])
     expect(r.steps[3]).toEqual([
       { type: 'reply-vote', vote: { kind: 'refused', reason: 'branch aborted' } },
       { type: 'call-app', hook: 'abort' },
@@ -527,7 +647,12 @@ describe('participant machine', () => {
   })
 
   it('a failed PREPARED write votes no', () => {
-    const r = runP(fresh(), [{ type: 'prepare' }, LOGGED, { type: 'app-voted', vote: YES }, { type: 'app-voted', vote: { kind: 'refused', reason: 'cannot log PREPARED' } }])
+    const r = runP(fresh(), [
+      { type: 'prepare' },
+      LOGGED,
+      { type: 'app-voted', vote: YES },
+      { type: 'app-voted', vote: { kind: 'refused', reason: 'cannot log PREPARED' } },
+    ])
     expect(r.state.status).toBe('aborting')
     expect(last(r.steps)).toEqual([
       { type: 'reply-vote', vote: { kind: 'refused', reason: 'cannot log PREPARED' } },
@@ -541,7 +666,9 @@ describe('participant machine', () => {
     expect(recording.state.status).toBe('recording')
     // A duplicate prepare, a commit and the deadline wait for the write.
     expect(participantTransition(recording.state, { type: 'prepare' }, env()).actions).toEqual([])
-    expect(participantTransition(recording.state, { type: 'decision', outcome: 'committed' }, env()).actions).toEqual([])
+    expect(participantTransition(recording.state, { type: 'decision', outcome: 'committed' }, env()).actions).toEqual(
+      [],
+    )
     expect(participantTransition(recording.state, { type: 'deadline' }, env(5_000)).actions).toEqual([])
   })
 
@@ -556,7 +683,12 @@ describe('participant machine', () => {
   })
 
   it('an abort that arrives while PREPARING is written undoes once the write returns, never preparing', () => {
-    const r = runP(fresh(), [{ type: 'prepare' }, { type: 'decision', outcome: 'aborted' }, LOGGED, { type: 'app-done' }])
+    const r = runP(fresh(), [
+      { type: 'prepare' },
+      { type: 'decision', outcome: 'aborted' },
+      LOGGED,
+      { type: 'app-done' },
+    ])
     expect(r.steps[1]).toEqual([])
     expect(r.steps[2]).toEqual([
       { type: 'reply-vote', vote: { kind: 'refused', reason: 'branch aborted' } },
@@ -571,8 +703,13 @@ describe('participant machine', () => {
     expect(r.actions).toEqual([{ type: 'call-app', hook: 'abort' }])
     const failed = participantTransition(r.state, { type: 'app-failed' }, env())
     expect(failed.actions[0]?.type).toBe('schedule-retry')
-    expect(participantTransition(failed.state, { type: 'retry-due' }, env()).actions).toEqual([{ type: 'call-app', hook: 'abort' }])
-    expect(participantTransition(r.state, { type: 'app-done' }, env()).actions).toContainEqual({ type: 'log-end', outcome: 'aborted' })
+    expect(participantTransition(failed.state, { type: 'retry-due' }, env()).actions).toEqual([
+      { type: 'call-app', hook: 'abort' },
+    ])
+    expect(participantTransition(r.state, { type: 'app-done' }, env()).actions).toContainEqual({
+      type: 'log-end',
+      outcome: 'aborted',
+    })
   })
 
   it('retries a failing commit hook with capped backoff until the app answers', () => {
@@ -608,12 +745,21 @@ describe('participant machine', () => {
     expect(participantTransition(asked.state, { type: 'deadline' }, env(1_000)).actions).toEqual([])
     const unknown = participantTransition(asked.state, { type: 'outcome-unknown' }, env())
     expect(types(unknown.actions)).toEqual(['schedule-retry'])
-    expect(participantTransition(unknown.state, { type: 'retry-due' }, env()).actions).toEqual([{ type: 'query-outcome' }])
-    expect(participantTransition(unknown.state, { type: 'decision', outcome: 'aborted' }, env()).actions).toEqual([{ type: 'call-app', hook: 'abort' }])
+    expect(participantTransition(unknown.state, { type: 'retry-due' }, env()).actions).toEqual([
+      { type: 'query-outcome' },
+    ])
+    expect(participantTransition(unknown.state, { type: 'decision', outcome: 'aborted' }, env()).actions).toEqual([
+      { type: 'call-app', hook: 'abort' },
+    ])
   })
 
   it('asks for the outcome at once when PREPARED lands after the deadline', () => {
-    const logging = runP(fresh(), [{ type: 'prepare' }, LOGGED, { type: 'app-voted', vote: YES }, { type: 'deadline' }]).state
+    const logging = runP(fresh(), [
+      { type: 'prepare' },
+      LOGGED,
+      { type: 'app-voted', vote: YES },
+      { type: 'deadline' },
+    ]).state
     expect(logging.status).toBe('logging')
     const r = participantTransition(logging, { type: 'prepared-logged' }, env(5_000))
     expect(r.actions).toEqual([{ type: 'reply-vote', vote: YES }, { type: 'query-outcome' }])
@@ -629,7 +775,14 @@ describe('participant machine', () => {
 
   it('ignores stray events', () => {
     const s = fresh()
-    for (const ev of [{ type: 'app-done' }, { type: 'app-failed' }, { type: 'outcome-unknown' }, { type: 'retry-due' }, { type: 'prepared-logged' }, { type: 'app-voted', vote: YES }] as const) {
+    for (const ev of [
+      { type: 'app-done' },
+      { type: 'app-failed' },
+      { type: 'outcome-unknown' },
+      { type: 'retry-due' },
+      { type: 'prepared-logged' },
+      { type: 'app-voted', vote: YES },
+    ] as const) {
       expect(participantTransition(s, ev, env())).toEqual({ state: s, actions: [] })
     }
     const p = preparedP()
@@ -638,11 +791,23 @@ describe('participant machine', () => {
 })
 
 describe('participant machine: one-phase commit', () => {
-  const onePhaseLogging = (): ParticipantState => runP(fresh(), [{ type: 'commit-one-phase' }, LOGGED, { type: 'app-voted', vote: YES }]).state
-  const onePhaseCommitted = (): ParticipantState => runP(onePhaseLogging(), [{ type: 'prepared-logged' }, { type: 'app-done' }]).state
+  const onePhaseLogging = (): ParticipantState =>
+    runP(fresh(), [{ type: 'commit-one-phase' }, LOGGED, { type: 'app-voted', vote: YES }]).state
+  const onePhaseCommitted = (): ParticipantState =>
+    runP(onePhaseLogging(), [{ type: 'prepared-logged' }, { type: 'app-done' }]).state
 
   it('prepares, force-writes PREPARED(onePhase), then commits on its own and answers committed', () => {
-    const r = runP(fresh(), [{ type: 'commit-one-phase' }, LOGGED, { type: 'app-voted', vote: YES }, { type: 'prepared-logged' }, { type: 'app-done' }], env(0, 0))
+    const r = runP(
+      fresh(),
+      [
+        { type: 'commit-one-phase' },
+        LOGGED,
+        { type: 'app-voted', vote: YES },
+        { type: 'prepared-logged' },
+        { type: 'app-done' },
+      ],
+      env(0, 0),
+    )
     expect(r.steps).toEqual([
       [{ type: 'log-preparing' }],
       [{ type: 'call-app', hook: 'prepare' }],
@@ -662,13 +827,17 @@ describe('participant machine: one-phase commit', () => {
   it('keeps a committed one-phase branch until the coordinator no longer waits for its answer', () => {
     const s = onePhaseCommitted()
     // A retried commit-one-phase is answered from the branch.
-    expect(participantTransition(s, { type: 'commit-one-phase' }, env()).actions).toEqual([{ type: 'reply-done', outcome: 'committed' }])
+    expect(participantTransition(s, { type: 'commit-one-phase' }, env()).actions).toEqual([
+      { type: 'reply-done', outcome: 'committed' },
+    ])
     const asked = participantTransition(s, { type: 'retry-due' }, env())
     expect(asked.actions).toEqual([{ type: 'query-outcome' }])
     // "unknown": the coordinator still waits (its answer is on the way): ask again later.
     const unknown = participantTransition(asked.state, { type: 'outcome-unknown' }, env())
     expect(types(unknown.actions)).toEqual(['schedule-retry'])
-    expect(participantTransition(unknown.state, { type: 'retry-due' }, env()).actions).toEqual([{ type: 'query-outcome' }])
+    expect(participantTransition(unknown.state, { type: 'retry-due' }, env()).actions).toEqual([
+      { type: 'query-outcome' },
+    ])
     // Any answer means it no longer waits ("aborted": it forgot the transaction): END, done.
     for (const outcome of ['committed', 'aborted'] as const) {
       const r = participantTransition(unknown.state, { type: 'decision', outcome }, env())
@@ -698,14 +867,22 @@ describe('participant machine: one-phase commit', () => {
     // PREPARED(onePhase) landed after the deadline: still commit, no outcome query.
     const landed = participantTransition(logging, { type: 'prepared-logged' }, env(5_000))
     expect(landed.actions).toEqual([{ type: 'call-app', hook: 'commit' }])
-    expect(participantTransition(landed.state, { type: 'deadline' }, env(5_000))).toEqual({ state: landed.state, actions: [] })
+    expect(participantTransition(landed.state, { type: 'deadline' }, env(5_000))).toEqual({
+      state: landed.state,
+      actions: [],
+    })
     // Before any prepare it may still abort alone, and then answers a late commit-one-phase with aborted.
     const alone = runP(fresh(), [{ type: 'deadline' }, { type: 'commit-one-phase' }])
     expect(alone.steps[1]).toEqual([{ type: 'reply-done', outcome: 'aborted' }])
   })
 
   it('a one-phase no aborts, answers aborted at once and rolls the app back', () => {
-    const r = runP(fresh(), [{ type: 'commit-one-phase' }, LOGGED, { type: 'app-voted', vote: NO }, { type: 'app-done' }])
+    const r = runP(fresh(), [
+      { type: 'commit-one-phase' },
+      LOGGED,
+      { type: 'app-voted', vote: NO },
+      { type: 'app-done' },
+    ])
     expect(r.steps[2]).toEqual([
       { type: 'reply-done', outcome: 'aborted' },
       { type: 'call-app', hook: 'abort' },
@@ -713,7 +890,11 @@ describe('participant machine: one-phase commit', () => {
     expect(r.steps[3]).toContainEqual({ type: 'log-end', outcome: 'aborted' })
     expect(r.state.status).toBe('aborted')
     // A PREPARED(onePhase) write that surely missed the disk aborts the same way.
-    const failed = participantTransition(onePhaseLogging(), { type: 'app-voted', vote: { kind: 'refused', reason: 'cannot log PREPARED' } }, env())
+    const failed = participantTransition(
+      onePhaseLogging(),
+      { type: 'app-voted', vote: { kind: 'refused', reason: 'cannot log PREPARED' } },
+      env(),
+    )
     expect(failed.actions).toEqual([
       { type: 'reply-done', outcome: 'aborted' },
       { type: 'call-app', hook: 'abort' },

@@ -12,7 +12,15 @@
 // the other transaction and then sees its committed row, or inserts if it rolled back.
 import type { IncomingMessage } from 'node:http'
 import type { PoolClient } from 'pg'
-import { PgBadIdError, PgBadOpError, PgError, PgOutcomeUnknownError, PgUnavailableError, messageOf, sqlstateOf } from './errors.js'
+import {
+  PgBadIdError,
+  PgBadOpError,
+  PgError,
+  PgOutcomeUnknownError,
+  PgUnavailableError,
+  messageOf,
+  sqlstateOf,
+} from './errors.js'
 import { isValidId } from './gid.js'
 import { PG_HELPER_LIMITS as L } from './limits.js'
 
@@ -33,7 +41,8 @@ export interface BarrierIds {
 export type BarrierSkip = 'duplicate' | 'empty' | 'hanging'
 
 /** `ran: false` never throws: the step succeeds (duplicate, empty) or must be refused (hanging). */
-export type BarrierResult<T> = { readonly ran: true; readonly value: T } | { readonly ran: false; readonly reason: BarrierSkip }
+export type BarrierResult<T> =
+  { readonly ran: true; readonly value: T } | { readonly ran: false; readonly reason: BarrierSkip }
 
 export const BARRIER_TABLE = 'txmesh_barrier'
 
@@ -69,7 +78,9 @@ export function badOpError(v: unknown): PgBadOpError {
  */
 export function barrierIds(from: IncomingMessage | BarrierIds): BarrierIds {
   const raw: { txId: unknown; branchId: unknown; op: unknown } =
-    'headers' in from ? { txId: from.headers[TX_ID_HEADER], branchId: from.headers[BRANCH_ID_HEADER], op: from.headers[OP_HEADER] } : from
+    'headers' in from
+      ? { txId: from.headers[TX_ID_HEADER], branchId: from.headers[BRANCH_ID_HEADER], op: from.headers[OP_HEADER] }
+      : from
   const txId = checkId(TX_ID_HEADER, raw.txId)
   const branchId = checkId(BRANCH_ID_HEADER, raw.branchId)
   if (!isBarrierOp(raw.op)) throw badOpError(raw.op)
@@ -96,7 +107,8 @@ export function barrierDecision(
   if (originInserted === true) return { run: false, reason: 'empty' }
   if (ownInserted) return { run: true }
   // An action/try row a compensating op wrote on its behalf: this call arrived after its undo.
-  if (existingReason !== undefined && ORIGIN[existingReason as BarrierOp] === op) return { run: false, reason: 'hanging' }
+  if (existingReason !== undefined && ORIGIN[existingReason as BarrierOp] === op)
+    return { run: false, reason: 'hanging' }
   return { run: false, reason: 'duplicate' }
 }
 
@@ -127,7 +139,11 @@ export async function createBarrierTable(c: PoolClient): Promise<void> {
  * Runs the barrier and `fn` in one transaction on a connection from `connect`, and gives the
  * connection back (destroyed when it failed). `fn`'s own error is rethrown after ROLLBACK.
  */
-export async function runBarrier<T>(connect: () => Promise<PoolClient>, ids: BarrierIds, fn: (client: PoolClient) => Promise<T>): Promise<BarrierResult<T>> {
+export async function runBarrier<T>(
+  connect: () => Promise<PoolClient>,
+  ids: BarrierIds,
+  fn: (client: PoolClient) => Promise<T>,
+): Promise<BarrierResult<T>> {
   const c = await connect()
   let broken: Error | undefined
   const onError = (err: Error): void => {
@@ -143,7 +159,9 @@ export async function runBarrier<T>(connect: () => Promise<PoolClient>, ids: Bar
     }
     phase = 'work'
     const decision = await bookkeep(c, ids)
-    const result: BarrierResult<T> = decision.run ? { ran: true, value: await fn(c) } : { ran: false, reason: decision.reason }
+    const result: BarrierResult<T> = decision.run
+      ? { ran: true, value: await fn(c) }
+      : { ran: false, reason: decision.reason }
     phase = 'commit'
     await commit(c)
     return result
@@ -168,14 +186,19 @@ export async function runBarrier<T>(connect: () => Promise<PoolClient>, ids: Bar
   }
 }
 
-async function bookkeep(c: PoolClient, ids: BarrierIds): Promise<{ readonly run: true } | { readonly run: false; readonly reason: BarrierSkip }> {
-  const insert = async (op: BarrierOp): Promise<boolean> => (await sql(() => c.query(INSERT_ROW, [ids.txId, ids.branchId, op, ids.op]))).rowCount === 1
+async function bookkeep(
+  c: PoolClient,
+  ids: BarrierIds,
+): Promise<{ readonly run: true } | { readonly run: false; readonly reason: BarrierSkip }> {
+  const insert = async (op: BarrierOp): Promise<boolean> =>
+    (await sql(() => c.query(INSERT_ROW, [ids.txId, ids.branchId, op, ids.op]))).rowCount === 1
   const origin = ORIGIN[ids.op]
   const originInserted = origin === undefined ? undefined : await insert(origin)
   const ownInserted = await insert(ids.op)
   let existingReason: string | undefined
   if (!ownInserted && originInserted !== true) {
-    existingReason = (await sql(() => c.query<{ reason: string }>(SELECT_REASON, [ids.txId, ids.branchId, ids.op]))).rows[0]?.reason
+    existingReason = (await sql(() => c.query<{ reason: string }>(SELECT_REASON, [ids.txId, ids.branchId, ids.op])))
+      .rows[0]?.reason
   }
   return barrierDecision(ids.op, originInserted, ownInserted, existingReason)
 }
@@ -186,12 +209,19 @@ async function commit(c: PoolClient): Promise<void> {
     command = (await c.query('COMMIT')).command
   } catch (err) {
     const sqlstate = sqlstateOf(err)
-    if (sqlstate !== undefined) throw new PgError(`COMMIT of the barrier failed (effect and barrier row rolled back): ${messageOf(err)}`, { sqlstate })
+    if (sqlstate !== undefined)
+      throw new PgError(`COMMIT of the barrier failed (effect and barrier row rolled back): ${messageOf(err)}`, {
+        sqlstate,
+      })
     // Committed or not is unknown; a retry is safe either way, which is the barrier's point.
-    throw new PgOutcomeUnknownError(`the connection was lost during the barrier's COMMIT; retry (the barrier makes it safe): ${messageOf(err)}`, { cause: err })
+    throw new PgOutcomeUnknownError(
+      `the connection was lost during the barrier's COMMIT; retry (the barrier makes it safe): ${messageOf(err)}`,
+      { cause: err },
+    )
   }
   // COMMIT of a transaction in the aborted state (fn caught a failed statement) answers ROLLBACK.
-  if (command !== 'COMMIT') throw new PgError('a statement inside the barrier failed, so Postgres rolled back the effect and the barrier row')
+  if (command !== 'COMMIT')
+    throw new PgError('a statement inside the barrier failed, so Postgres rolled back the effect and the barrier row')
 }
 
 /** Bookkeeping statements fail as PgError (with the SQLSTATE when Postgres reported one). */

@@ -45,7 +45,9 @@ export const CLOSED_COMMITTED = new PgBranchClosedError('the branch is committed
 
 export function lateRequestError(tomb: Tombstone): TxmeshPgError {
   if (tomb.kind === 'failed') return tomb.error
-  return new PgBranchClosedError(`the branch is already ${tomb.kind === 'prepare-unknown' || tomb.kind === 'commit-unknown' ? 'being finished' : tomb.kind}; a new request cannot join it`)
+  return new PgBranchClosedError(
+    `the branch is already ${tomb.kind === 'prepare-unknown' || tomb.kind === 'commit-unknown' ? 'being finished' : tomb.kind}; a new request cannot join it`,
+  )
 }
 
 export function openClient(b: Branch): PoolClient {

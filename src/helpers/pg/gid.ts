@@ -33,8 +33,14 @@ export function gidPrefix(service: string): string {
 
 /** The gid of a branch; throws PgBadIdError for invalid ids or a gid over Postgres' limit. */
 export function makeGid(service: string, ids: BranchIds): string {
-  if (!isValidId(ids.txId)) throw new PgBadIdError(`txmesh-tx-id must match [A-Za-z0-9_-]{1,64}, got ${JSON.stringify(ids.txId.slice(0, PG_HELPER_LIMITS.echoChars))}`)
-  if (!isValidId(ids.branchId)) throw new PgBadIdError(`txmesh-branch-id must match [A-Za-z0-9_-]{1,64}, got ${JSON.stringify(ids.branchId.slice(0, PG_HELPER_LIMITS.echoChars))}`)
+  if (!isValidId(ids.txId))
+    throw new PgBadIdError(
+      `txmesh-tx-id must match [A-Za-z0-9_-]{1,64}, got ${JSON.stringify(ids.txId.slice(0, PG_HELPER_LIMITS.echoChars))}`,
+    )
+  if (!isValidId(ids.branchId))
+    throw new PgBadIdError(
+      `txmesh-branch-id must match [A-Za-z0-9_-]{1,64}, got ${JSON.stringify(ids.branchId.slice(0, PG_HELPER_LIMITS.echoChars))}`,
+    )
   const gid = `${gidPrefix(service)}${ids.txId}:${ids.branchId}`
   // All characters are ASCII, so length is the byte length; the check stays byte-exact anyway.
   const bytes = Buffer.byteLength(gid)

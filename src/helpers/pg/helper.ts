@@ -17,8 +17,28 @@
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import type { Pool, PoolClient, QueryResult, QueryResultRow } from 'pg'
 import type { Next, TxmeshHandler, TxmeshPg, TxmeshPgStats, TxmeshPgTx, TxmeshRequest } from './api.js'
-import { OP_HEADER, badOpError, barrierIds, createBarrierTable, isBarrierOp, runBarrier, type BarrierIds, type BarrierResult } from './barrier.js'
-import { CLOSED_COMMITTED, CLOSED_PREPARED, CLOSED_READ_ONLY, WRITE_COMMANDS, asError, currentXid, lateRequestError, openClient, type Branch, type Tombstone } from './branch.js'
+import {
+  OP_HEADER,
+  badOpError,
+  barrierIds,
+  createBarrierTable,
+  isBarrierOp,
+  runBarrier,
+  type BarrierIds,
+  type BarrierResult,
+} from './barrier.js'
+import {
+  CLOSED_COMMITTED,
+  CLOSED_PREPARED,
+  CLOSED_READ_ONLY,
+  WRITE_COMMANDS,
+  asError,
+  currentXid,
+  lateRequestError,
+  openClient,
+  type Branch,
+  type Tombstone,
+} from './branch.js'
 import {
   PgBadBatchError,
   PgBadIdError,
@@ -45,7 +65,14 @@ import { assertService, gidLiteral, makeGid, type BranchIds } from './gid.js'
 import { BATCH_HOOK, HOOKS, batchResult, parseBatch, readBody, withinItemWait } from './hooks.js'
 import { internal, isThenable, readIds } from './http-entry.js'
 import { PG_HELPER_LIMITS as L } from './limits.js'
-import { DEFAULT_HOOK_PREFIX, DEFAULT_SIDECAR_ADMIN, checkAdminUrl, checkInt, checkPrefix, type TxmeshPgOptions } from './options.js'
+import {
+  DEFAULT_HOOK_PREFIX,
+  DEFAULT_SIDECAR_ADMIN,
+  checkAdminUrl,
+  checkInt,
+  checkPrefix,
+  type TxmeshPgOptions,
+} from './options.js'
 import { BranchQueue } from './queue.js'
 import { recoverPrepared, type RecoverResult } from './recover.js'
 import { fail, ok, sendAnswer, sendError, sendHandlerFailure, sendJson, type HookAnswer } from './respond.js'
@@ -88,7 +115,12 @@ class PgParticipant implements TxmeshPg {
     this.idleTimeoutMs = checkInt('idleTimeoutMs', o.idleTimeoutMs ?? L.defaultIdleTimeoutMs, 1, L.maxIdleTimeoutMs)
     this.hookPrefix = checkPrefix(o.hookPrefix ?? DEFAULT_HOOK_PREFIX)
     this.onEvent = o.onEvent
-    const every = checkInt('recoverIntervalMs', o.recoverIntervalMs ?? L.defaultRecoverIntervalMs, 0, L.maxRecoverIntervalMs)
+    const every = checkInt(
+      'recoverIntervalMs',
+      o.recoverIntervalMs ?? L.defaultRecoverIntervalMs,
+      0,
+      L.maxRecoverIntervalMs,
+    )
     if (every > 0) {
       this.recoverTimer = setInterval(() => this.sweep(every), every)
       // A helper nobody closed must not keep the process alive.
@@ -102,8 +134,10 @@ class PgParticipant implements TxmeshPg {
     const path = (req.url ?? '/').split('?', 1)[0] ?? '/'
     if (path.startsWith(`${this.hookPrefix}/`)) {
       const hook = path.slice(this.hookPrefix.length + 1)
-      if (HOOKS.has(hook)) return void this.serveHook(hook, req, res).catch((err: unknown) => sendError(res, internal(err)))
-      if (hook === BATCH_HOOK) return void this.serveBatch(req, res).catch((err: unknown) => sendError(res, internal(err)))
+      if (HOOKS.has(hook))
+        return void this.serveHook(hook, req, res).catch((err: unknown) => sendError(res, internal(err)))
+      if (hook === BATCH_HOOK)
+        return void this.serveBatch(req, res).catch((err: unknown) => sendError(res, internal(err)))
       // Other names under the prefix (tcc's confirm/cancel) are the app's own hooks: passed on,
       // and never opened as a branch although they carry the txmesh headers.
       return next()
@@ -146,7 +180,13 @@ class PgParticipant implements TxmeshPg {
 
   // ---- business requests ----
 
-  private async serveBusiness(ids: BranchIds, gid: string, res: ServerResponse, req: IncomingMessage, next: Next): Promise<void> {
+  private async serveBusiness(
+    ids: BranchIds,
+    gid: string,
+    res: ServerResponse,
+    req: IncomingMessage,
+    next: Next,
+  ): Promise<void> {
     // Watch the response from the start: a client that goes away while the request waits for
     // its turn must not leave the branch locked.
     let outcome: { ok: boolean } | undefined
@@ -167,7 +207,12 @@ class PgParticipant implements TxmeshPg {
       const tomb = this.tombstones.get(gid)
       if (tomb) return sendError(res, lateRequestError(tomb))
       if (this.open.size >= this.maxOpen) {
-        return sendError(res, new PgTooManyOpenError(`${this.open.size} branches are open, the limit (maxOpen) is ${this.maxOpen}; nothing was opened`))
+        return sendError(
+          res,
+          new PgTooManyOpenError(
+            `${this.open.size} branches are open, the limit (maxOpen) is ${this.maxOpen}; nothing was opened`,
+          ),
+        )
       }
       branch = this.newBranch(ids, gid)
       const first = branch.queue.tryAcquire('request')
@@ -183,7 +228,11 @@ class PgParticipant implements TxmeshPg {
       if (!turn.ok) {
         return sendError(
           res,
-          new PgBranchBusyError(turn.reason === 'full' ? `${L.maxQueuedPerBranch} requests of this branch are already waiting` : `waited ${L.requestQueueWaitMs} ms for the branch's previous request`),
+          new PgBranchBusyError(
+            turn.reason === 'full'
+              ? `${L.maxQueuedPerBranch} requests of this branch are already waiting`
+              : `waited ${L.requestQueueWaitMs} ms for the branch's previous request`,
+          ),
         )
       }
       release = turn.release
@@ -209,7 +258,10 @@ class PgParticipant implements TxmeshPg {
       branchId: ids.branchId,
       gid,
       query: <R extends QueryResultRow = QueryResultRow>(text: string, values?: unknown[]): Promise<QueryResult<R>> => {
-        if (!active || b.state !== 'open') return Promise.reject(new PgBranchClosedError('this request has ended; the branch connection is no longer its to use'))
+        if (!active || b.state !== 'open')
+          return Promise.reject(
+            new PgBranchClosedError('this request has ended; the branch connection is no longer its to use'),
+          )
         return client.query<R>(text, values).then((r) => {
           if (!b.wrote && (r.rowCount ?? 0) > 0 && WRITE_COMMANDS.has(r.command)) b.wrote = true
           return r
@@ -295,7 +347,9 @@ class PgParticipant implements TxmeshPg {
     const release = b.queue.tryAcquire('hook')
     if (!release) return // in use: the timer is armed again when it is released
     if (b.state !== 'open') return release()
-    const error = new PgBranchExpiredError(`the branch was idle for ${this.idleTimeoutMs} ms without prepare or abort and was rolled back`)
+    const error = new PgBranchExpiredError(
+      `the branch was idle for ${this.idleTimeoutMs} ms without prepare or abort and was rolled back`,
+    )
     this.emit({ event: 'branch_expired', gid: b.gid, code: error.code, message: error.message })
     void this.rollbackAndClose(b, { kind: 'failed', error }, error).finally(release)
   }
@@ -317,7 +371,8 @@ class PgParticipant implements TxmeshPg {
       return sendError(res, new PgMethodNotAllowedError(`${hook} hook takes POST, got ${req.method ?? '?'}`))
     }
     const ids = readIds(req)
-    if (ids === undefined) return sendError(res, new PgBadIdError(`the ${hook} hook needs txmesh-tx-id and txmesh-branch-id headers`))
+    if (ids === undefined)
+      return sendError(res, new PgBadIdError(`the ${hook} hook needs txmesh-tx-id and txmesh-branch-id headers`))
     sendAnswer(res, await this.runHook(hook, ids))
   }
 
@@ -325,7 +380,11 @@ class PgParticipant implements TxmeshPg {
     try {
       const gid = makeGid(this.service, ids)
       if (this.closing) throw new PgClosedError('the txmesh/pg helper is closed')
-      return hook === 'prepare' ? await this.prepare(gid) : hook === 'commit' ? await this.commit(gid) : await this.abort(gid)
+      return hook === 'prepare'
+        ? await this.prepare(gid)
+        : hook === 'commit'
+          ? await this.commit(gid)
+          : await this.abort(gid)
     } catch (err) {
       return fail(err instanceof TxmeshPgError ? err : new PgError(messageOf(err), { sqlstate: sqlstateOf(err) }))
     }
@@ -348,7 +407,11 @@ class PgParticipant implements TxmeshPg {
       if (text instanceof PgBadBatchError) res.setHeader('connection', 'close')
       return sendError(res, items)
     }
-    const answers = await Promise.all(items.map((it) => (it instanceof TxmeshPgError ? fail(it) : withinItemWait(this.runHook(it.hook, it.ids), it.hook))))
+    const answers = await Promise.all(
+      items.map((it) =>
+        it instanceof TxmeshPgError ? fail(it) : withinItemWait(this.runHook(it.hook, it.ids), it.hook),
+      ),
+    )
     sendJson(res, 200, { results: answers.map(batchResult) }, undefined)
   }
 
@@ -358,7 +421,9 @@ class PgParticipant implements TxmeshPg {
       const turn = await b.queue.acquire('hook', L.hookWaitMs)
       if (!turn.ok) {
         // A stuck request: vote no, and the branch rolls back when that request ends.
-        b.failure ??= new PgBranchFailedError(`prepare found a request of this branch still running after ${L.hookWaitMs} ms and voted no`)
+        b.failure ??= new PgBranchFailedError(
+          `prepare found a request of this branch still running after ${L.hookWaitMs} ms and voted no`,
+        )
         return fail(b.failure)
       }
       try {
@@ -379,16 +444,27 @@ class PgParticipant implements TxmeshPg {
       if (!b.wrote) xid = await currentXid(client)
     } catch (err) {
       // 25P02: a statement failed and the handler carried on; the transaction can only roll back.
-      return this.refuse(b, new PgBranchFailedError(`the branch's transaction cannot be prepared: ${messageOf(err)}`, { sqlstate: sqlstateOf(err) }))
+      return this.refuse(
+        b,
+        new PgBranchFailedError(`the branch's transaction cannot be prepared: ${messageOf(err)}`, {
+          sqlstate: sqlstateOf(err),
+        }),
+      )
     }
     if (xid === null) {
       // No xid: the branch wrote nothing (and locked no rows). Finish it here; phase 2 skips it.
       try {
         const r = await client.query('COMMIT')
-        if (r.command !== 'COMMIT') return this.refuse(b, new PgBranchFailedError('Postgres rolled the read-only transaction back'))
+        if (r.command !== 'COMMIT')
+          return this.refuse(b, new PgBranchFailedError('Postgres rolled the read-only transaction back'))
       } catch (err) {
         // A read-only commit can still fail (serializable isolation); its reads are then void.
-        return this.refuse(b, new PgBranchFailedError(`COMMIT of the read-only branch failed: ${messageOf(err)}`, { sqlstate: sqlstateOf(err) }))
+        return this.refuse(
+          b,
+          new PgBranchFailedError(`COMMIT of the read-only branch failed: ${messageOf(err)}`, {
+            sqlstate: sqlstateOf(err),
+          }),
+        )
       }
       this.closeBranch(b, { kind: 'read-only' }, CLOSED_READ_ONLY, undefined)
       this.emit({ event: 'branch_read_only', gid: b.gid })
@@ -400,14 +476,24 @@ class PgParticipant implements TxmeshPg {
     } catch (err) {
       const sqlstate = sqlstateOf(err)
       // A server error means Postgres rolled the transaction back: a definite no.
-      if (sqlstate !== undefined) return this.refuse(b, new PgPrepareFailedError(`PREPARE TRANSACTION failed: ${messageOf(err)}`, { sqlstate }))
+      if (sqlstate !== undefined)
+        return this.refuse(b, new PgPrepareFailedError(`PREPARE TRANSACTION failed: ${messageOf(err)}`, { sqlstate }))
       // The connection broke: prepared or not is unknown until a retried prepare looks it up.
-      this.closeBranch(b, { kind: 'prepare-unknown' }, new PgBranchClosedError('the branch connection was lost during prepare'), asError(err))
-      return fail(new PgError(`connection lost during PREPARE TRANSACTION (retry prepare to learn the vote): ${messageOf(err)}`))
+      this.closeBranch(
+        b,
+        { kind: 'prepare-unknown' },
+        new PgBranchClosedError('the branch connection was lost during prepare'),
+        asError(err),
+      )
+      return fail(
+        new PgError(`connection lost during PREPARE TRANSACTION (retry prepare to learn the vote): ${messageOf(err)}`),
+      )
     }
     // PREPARE on a transaction in the aborted state succeeds with the tag ROLLBACK.
     if (command !== 'PREPARE') {
-      const error = new PgPrepareFailedError('a statement of the branch had failed, so Postgres rolled the transaction back instead of preparing it')
+      const error = new PgPrepareFailedError(
+        'a statement of the branch had failed, so Postgres rolled the transaction back instead of preparing it',
+      )
       this.closeBranch(b, { kind: 'failed', error }, error, undefined)
       return fail(error)
     }
@@ -421,7 +507,12 @@ class PgParticipant implements TxmeshPg {
     const tomb = this.tombstones.get(gid)
     if (tomb?.kind === 'read-only') return { kind: 'read-only' }
     if (await this.isPrepared(gid)) return ok({ vote: 'prepared', gid })
-    if (tomb === undefined) return fail(new PgBranchUnknownError(`no open or prepared branch ${gid} in this app instance (never opened here, or lost in a restart)`))
+    if (tomb === undefined)
+      return fail(
+        new PgBranchUnknownError(
+          `no open or prepared branch ${gid} in this app instance (never opened here, or lost in a restart)`,
+        ),
+      )
     if (tomb.kind === 'failed') return fail(tomb.error)
     return fail(new PgBranchClosedError(`branch ${gid} is not prepared (it was ${tomb.kind})`))
   }
@@ -450,24 +541,37 @@ class PgParticipant implements TxmeshPg {
     try {
       xid = await currentXid(client)
     } catch (err) {
-      return this.refuse(b, new PgBranchFailedError(`the branch's transaction cannot commit: ${messageOf(err)}`, { sqlstate: sqlstateOf(err) }))
+      return this.refuse(
+        b,
+        new PgBranchFailedError(`the branch's transaction cannot commit: ${messageOf(err)}`, {
+          sqlstate: sqlstateOf(err),
+        }),
+      )
     }
     let command: string
     try {
       command = (await client.query('COMMIT')).command
     } catch (err) {
       const sqlstate = sqlstateOf(err)
-      if (sqlstate !== undefined) return this.refuse(b, new PgBranchFailedError(`COMMIT failed: ${messageOf(err)}`, { sqlstate }))
+      if (sqlstate !== undefined)
+        return this.refuse(b, new PgBranchFailedError(`COMMIT failed: ${messageOf(err)}`, { sqlstate }))
       if (xid === null) {
         // Nothing was written: whatever happened to the session, there is nothing to lose.
         this.closeBranch(b, { kind: 'committed' }, CLOSED_COMMITTED, asError(err))
         return ok({ outcome: 'committed' })
       }
-      this.closeBranch(b, { kind: 'commit-unknown', xid }, new PgBranchClosedError('the branch connection was lost during commit'), asError(err))
+      this.closeBranch(
+        b,
+        { kind: 'commit-unknown', xid },
+        new PgBranchClosedError('the branch connection was lost during commit'),
+        asError(err),
+      )
       return this.resolveOnePhase(b.gid, xid)
     }
     if (command !== 'COMMIT') {
-      const error = new PgBranchFailedError('a statement of the branch had failed, so Postgres rolled it back at COMMIT')
+      const error = new PgBranchFailedError(
+        'a statement of the branch had failed, so Postgres rolled it back at COMMIT',
+      )
       this.closeBranch(b, { kind: 'failed', error }, error, undefined)
       return fail(error)
     }
@@ -477,17 +581,24 @@ class PgParticipant implements TxmeshPg {
   }
 
   private async resolveOnePhase(gid: string, xid: string): Promise<HookAnswer> {
-    const status = await this.withConnection(async (c) => (await c.query<{ s: string | null }>('SELECT txid_status($1::bigint) AS s', [xid])).rows[0]?.s ?? null)
+    const status = await this.withConnection(
+      async (c) =>
+        (await c.query<{ s: string | null }>('SELECT txid_status($1::bigint) AS s', [xid])).rows[0]?.s ?? null,
+    )
     if (status === 'committed') {
       this.remember(gid, { kind: 'committed' })
       return ok({ outcome: 'committed' })
     }
     if (status === 'aborted') {
-      const error = new PgBranchFailedError('the one-phase commit was rolled back by Postgres (its connection was lost during COMMIT)')
+      const error = new PgBranchFailedError(
+        'the one-phase commit was rolled back by Postgres (its connection was lost during COMMIT)',
+      )
       this.remember(gid, { kind: 'failed', error })
       return fail(error)
     }
-    return fail(new PgOutcomeUnknownError(`transaction ${xid} of branch ${gid} is ${status ?? 'too old to look up'}; retry`))
+    return fail(
+      new PgOutcomeUnknownError(`transaction ${xid} of branch ${gid} is ${status ?? 'too old to look up'}; retry`),
+    )
   }
 
   private async abort(gid: string): Promise<HookAnswer> {
@@ -504,7 +615,11 @@ class PgParticipant implements TxmeshPg {
       if (!turn.ok) return fail(new PgBranchBusyError(`branch ${gid} is busy`))
       try {
         if (b.state === 'open') {
-          await this.rollbackAndClose(b, { kind: 'aborted' }, new PgBranchFailedError('the branch was aborted by its coordinator'))
+          await this.rollbackAndClose(
+            b,
+            { kind: 'aborted' },
+            new PgBranchFailedError('the branch was aborted by its coordinator'),
+          )
           this.emit({ event: 'branch_aborted', gid })
           return ok({ outcome: 'aborted' })
         }
@@ -522,7 +637,8 @@ class PgParticipant implements TxmeshPg {
     } catch (err) {
       if (err instanceof TxmeshPgError) return fail(err)
       const sqlstate = sqlstateOf(err)
-      if (sqlstate === '42704') return fail(new PgNotFoundError(`no open or prepared branch ${gid}: already finished, or never prepared`))
+      if (sqlstate === '42704')
+        return fail(new PgNotFoundError(`no open or prepared branch ${gid}: already finished, or never prepared`))
       if (sqlstate === '55000') return fail(new PgBranchBusyError(`${verb}: ${messageOf(err)}`, { sqlstate }))
       return fail(new PgError(`${verb} failed: ${messageOf(err)}`, { sqlstate }))
     }
@@ -540,7 +656,10 @@ class PgParticipant implements TxmeshPg {
 
   // ---- saga / tcc barrier ----
 
-  async barrier<T>(req: IncomingMessage | BarrierIds, fn: (client: PoolClient) => Promise<T>): Promise<BarrierResult<T>> {
+  async barrier<T>(
+    req: IncomingMessage | BarrierIds,
+    fn: (client: PoolClient) => Promise<T>,
+  ): Promise<BarrierResult<T>> {
     const ids = barrierIds(req)
     if (this.closing) throw new PgClosedError('the txmesh/pg helper is closed')
     await this.ensureBarrier()
@@ -584,7 +703,9 @@ class PgParticipant implements TxmeshPg {
   private sweep(minAgeMs: number): void {
     if (this.closing || this.sweeping) return
     this.sweeping = this.recoverOlderThan(minAgeMs)
-      .catch((err: unknown) => this.emit({ event: 'recover_error', message: `periodic recovery failed: ${messageOf(err)}` }))
+      .catch((err: unknown) =>
+        this.emit({ event: 'recover_error', message: `periodic recovery failed: ${messageOf(err)}` }),
+      )
       .finally(() => (this.sweeping = undefined))
   }
 
@@ -628,7 +749,12 @@ class PgParticipant implements TxmeshPg {
   }
 
   /** Gives the connection back (or destroys it) and forgets the branch as open. */
-  private closeBranch(b: Branch, tomb: Tombstone | undefined, closedWith: TxmeshPgError, destroy: Error | undefined): void {
+  private closeBranch(
+    b: Branch,
+    tomb: Tombstone | undefined,
+    closedWith: TxmeshPgError,
+    destroy: Error | undefined,
+  ): void {
     if (b.state === 'closed') return
     clearTimeout(b.idleTimer)
     b.idleTimer = undefined
@@ -655,7 +781,9 @@ class PgParticipant implements TxmeshPg {
   }
 
   private async isPrepared(gid: string): Promise<boolean> {
-    const r = await this.withConnection((c) => c.query('SELECT 1 FROM pg_prepared_xacts WHERE gid = $1 AND database = current_database()', [gid]))
+    const r = await this.withConnection((c) =>
+      c.query('SELECT 1 FROM pg_prepared_xacts WHERE gid = $1 AND database = current_database()', [gid]),
+    )
     return r.rowCount !== null && r.rowCount > 0
   }
 
@@ -665,7 +793,11 @@ class PgParticipant implements TxmeshPg {
       let late = false
       const timer = setTimeout(() => {
         late = true
-        reject(new PgUnavailableError(`no Postgres connection from the pool within ${L.connectTimeoutMs} ms (is pool.max above maxOpen?)`))
+        reject(
+          new PgUnavailableError(
+            `no Postgres connection from the pool within ${L.connectTimeoutMs} ms (is pool.max above maxOpen?)`,
+          ),
+        )
       }, L.connectTimeoutMs)
       this.pool.connect().then(
         (c) => {
@@ -675,7 +807,13 @@ class PgParticipant implements TxmeshPg {
         },
         (err: unknown) => {
           clearTimeout(timer)
-          if (!late) reject(new PgUnavailableError(`cannot connect to Postgres: ${messageOf(err)}`, { cause: err, sqlstate: sqlstateOf(err) }))
+          if (!late)
+            reject(
+              new PgUnavailableError(`cannot connect to Postgres: ${messageOf(err)}`, {
+                cause: err,
+                sqlstate: sqlstateOf(err),
+              }),
+            )
         },
       )
     })

@@ -17,8 +17,14 @@ export const BATCH_HOOK = 'batch'
  */
 export function readBody(req: IncomingMessage, limit: number, timeoutMs: number): Promise<string | PgBadBatchError> {
   const parsed = (req as { body?: unknown }).body
-  if (typeof parsed === 'object' && parsed !== null && !Buffer.isBuffer(parsed)) return Promise.resolve(JSON.stringify(parsed))
-  if (req.readableEnded) return Promise.resolve(new PgBadBatchError('the batch body was already read before txmesh/pg saw it: mount txm.middleware before body parsers'))
+  if (typeof parsed === 'object' && parsed !== null && !Buffer.isBuffer(parsed))
+    return Promise.resolve(JSON.stringify(parsed))
+  if (req.readableEnded)
+    return Promise.resolve(
+      new PgBadBatchError(
+        'the batch body was already read before txmesh/pg saw it: mount txm.middleware before body parsers',
+      ),
+    )
   return new Promise((resolve) => {
     const finish = (v: string | PgBadBatchError): void => {
       clearTimeout(timer)
@@ -51,7 +57,9 @@ export function readBody(req: IncomingMessage, limit: number, timeoutMs: number)
  * (its hookCallTimeoutMs): a prepare answered so votes no, a commit or abort is asked again.
  */
 export function withinItemWait(run: Promise<HookAnswer>, hook: string): Promise<HookAnswer> {
-  return answerWithin(run, L.batchItemWaitMs, () => fail(new PgBranchBusyError(`the ${hook} did not finish within ${L.batchItemWaitMs} ms; ask again`)))
+  return answerWithin(run, L.batchItemWaitMs, () =>
+    fail(new PgBranchBusyError(`the ${hook} did not finish within ${L.batchItemWaitMs} ms; ask again`)),
+  )
 }
 
 /** `{items: [{hook, tx, branch}]}`: a malformed list refuses the batch, a malformed item only itself. */
@@ -63,13 +71,19 @@ export function parseBatch(text: string): ({ hook: string; ids: BranchIds } | Tx
     return new PgBadBatchError('the batch body is not JSON')
   }
   const items = (body as { items?: unknown } | null)?.items
-  if (!Array.isArray(items) || items.length === 0) return new PgBadBatchError('the batch body must be {"items": [...]} with at least one item')
-  if (items.length > L.maxBatchItems) return new PgBadBatchError(`a batch carries at most ${L.maxBatchItems} items, got ${items.length}`)
+  if (!Array.isArray(items) || items.length === 0)
+    return new PgBadBatchError('the batch body must be {"items": [...]} with at least one item')
+  if (items.length > L.maxBatchItems)
+    return new PgBadBatchError(`a batch carries at most ${L.maxBatchItems} items, got ${items.length}`)
   return items.map((v: unknown) => {
     const o = v as Record<string, unknown> | null
-    if (typeof o !== 'object' || o === null || typeof o.hook !== 'string' || !HOOKS.has(o.hook)) return new PgBadBatchError('a batch item needs hook prepare, commit or abort')
+    if (typeof o !== 'object' || o === null || typeof o.hook !== 'string' || !HOOKS.has(o.hook))
+      return new PgBadBatchError('a batch item needs hook prepare, commit or abort')
     // makeGid checks the ids themselves (TXM_PG_BAD_ID), as for a single hook call.
-    return { hook: o.hook, ids: { txId: typeof o.tx === 'string' ? o.tx : '', branchId: typeof o.branch === 'string' ? o.branch : '' } }
+    return {
+      hook: o.hook,
+      ids: { txId: typeof o.tx === 'string' ? o.tx : '', branchId: typeof o.branch === 'string' ? o.branch : '' },
+    }
   })
 }
 

@@ -16,7 +16,9 @@ export function readIds(req: IncomingMessage): BranchIds | undefined {
 
 /** A bug or an unexpected failure of the helper itself: 500 TXM_PG_ERROR with the reason. */
 export function internal(err: unknown): TxmeshPgError {
-  return err instanceof TxmeshPgError ? err : new PgError(`txmesh/pg failed: ${messageOf(err)}`, { sqlstate: sqlstateOf(err) })
+  return err instanceof TxmeshPgError
+    ? err
+    : new PgError(`txmesh/pg failed: ${messageOf(err)}`, { sqlstate: sqlstateOf(err) })
 }
 
 export function isThenable(v: unknown): v is PromiseLike<unknown> {

@@ -6,7 +6,15 @@
 //   http.createServer(txm.handler(async (req, res, tx) => { ... tx?.query(...) ... }))
 //   saga/tcc steps: await txm.barrier(req, (client) => client.query(...))
 export { createTxmeshPg } from './helper.js'
-export type { Next, TxmeshHandler, TxmeshPg, TxmeshPgOptions, TxmeshPgStats, TxmeshPgTx, TxmeshRequest } from './helper.js'
+export type {
+  Next,
+  TxmeshHandler,
+  TxmeshPg,
+  TxmeshPgOptions,
+  TxmeshPgStats,
+  TxmeshPgTx,
+  TxmeshRequest,
+} from './helper.js'
 export type { RecoverResult } from './recover.js'
 export type { TxmeshPgEvent, TxmeshPgEventName } from './events.js'
 export { gidPrefix, isValidId, makeGid, parseGid } from './gid.js'

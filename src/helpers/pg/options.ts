@@ -36,12 +36,14 @@ export const DEFAULT_SIDECAR_ADMIN = 'http://127.0.0.1:15000'
 export const DEFAULT_HOOK_PREFIX = '/.well-known/txmesh'
 
 export function checkInt(name: string, v: number, min: number, max: number): number {
-  if (!Number.isInteger(v) || v < min || v > max) throw new PgConfigError(`${name} must be an integer in [${min}, ${max}], got ${v}`)
+  if (!Number.isInteger(v) || v < min || v > max)
+    throw new PgConfigError(`${name} must be an integer in [${min}, ${max}], got ${v}`)
   return v
 }
 
 export function checkPrefix(p: string): string {
-  if (!/^\/[A-Za-z0-9._~\-/]*[^/]$/.test(p)) throw new PgConfigError(`hookPrefix must be an absolute path without a trailing slash, got ${JSON.stringify(p)}`)
+  if (!/^\/[A-Za-z0-9._~\-/]*[^/]$/.test(p))
+    throw new PgConfigError(`hookPrefix must be an absolute path without a trailing slash, got ${JSON.stringify(p)}`)
   return p
 }
 
@@ -52,6 +54,7 @@ export function checkAdminUrl(u: string): string {
   } catch {
     throw new PgConfigError(`sidecarAdmin must be a URL, got ${JSON.stringify(u)}`)
   }
-  if (url.protocol !== 'http:' && url.protocol !== 'https:') throw new PgConfigError(`sidecarAdmin must be http(s), got ${url.protocol}`)
+  if (url.protocol !== 'http:' && url.protocol !== 'https:')
+    throw new PgConfigError(`sidecarAdmin must be http(s), got ${url.protocol}`)
   return u.replace(/\/+$/, '')
 }

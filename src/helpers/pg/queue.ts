@@ -3,7 +3,8 @@
 
 export type Holder = 'request' | 'hook'
 
-export type Acquired = { readonly ok: true; readonly release: () => void } | { readonly ok: false; readonly reason: 'full' | 'timeout' }
+export type Acquired =
+  { readonly ok: true; readonly release: () => void } | { readonly ok: false; readonly reason: 'full' | 'timeout' }
 
 interface Waiter {
   readonly kind: Holder

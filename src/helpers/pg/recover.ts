@@ -20,7 +20,8 @@ export interface RecoverResult {
   inDoubt: number
 }
 
-type Outcome = { readonly kind: 'committed' } | { readonly kind: 'aborted' } | { readonly kind: 'in-doubt'; readonly reason: string }
+type Outcome =
+  { readonly kind: 'committed' } | { readonly kind: 'aborted' } | { readonly kind: 'in-doubt'; readonly reason: string }
 
 export interface RecoverContext {
   readonly pool: Pool
@@ -59,7 +60,11 @@ export async function recoverPrepared(ctx: RecoverContext): Promise<RecoverResul
       const ids = parseGid(ctx.service, gid)
       if (ids === undefined) {
         result.inDoubt++
-        ctx.emit({ event: 'recover_in_doubt', gid, message: 'gid has the service prefix but not the txmesh format; left alone' })
+        ctx.emit({
+          event: 'recover_in_doubt',
+          gid,
+          message: 'gid has the service prefix but not the txmesh format; left alone',
+        })
         continue
       }
       const outcome = await fetchOutcome(agent, ctx.sidecarAdmin, ctx.adminToken, ids.txId, ids.branchId)
@@ -90,7 +95,13 @@ export async function recoverPrepared(ctx: RecoverContext): Promise<RecoverResul
   return result
 }
 
-async function fetchOutcome(agent: Agent, admin: string, token: string | undefined, txId: string, branchId: string): Promise<Outcome> {
+async function fetchOutcome(
+  agent: Agent,
+  admin: string,
+  token: string | undefined,
+  txId: string,
+  branchId: string,
+): Promise<Outcome> {
   const url = `${admin}/v1/branches/${encodeURIComponent(txId)}/${encodeURIComponent(branchId)}/outcome`
   let last = 'no attempt'
   for (let attempt = 1; attempt <= L.recoverAttempts; attempt++) {
@@ -106,7 +117,8 @@ async function fetchOutcome(agent: Agent, admin: string, token: string | undefin
       if (res.statusCode === 200) return parseOutcome(text)
       last = `sidecar answered ${res.statusCode}`
       // 5xx and 429 are passing states (sidecar starting, overloaded); anything else is final.
-      if (res.statusCode < 500 && res.statusCode !== 429) return { kind: 'in-doubt', reason: `${last}: ${text.slice(0, 200)}` }
+      if (res.statusCode < 500 && res.statusCode !== 429)
+        return { kind: 'in-doubt', reason: `${last}: ${text.slice(0, 200)}` }
     } catch (err) {
       last = `sidecar unreachable at ${admin}: ${messageOf(err)}`
     }
@@ -121,14 +133,20 @@ function parseOutcome(text: string): Outcome {
   } catch {
     return { kind: 'in-doubt', reason: 'sidecar answered invalid JSON' }
   }
-  const outcome = typeof value === 'object' && value !== null && 'outcome' in value ? (value as { outcome: unknown }).outcome : undefined
+  const outcome =
+    typeof value === 'object' && value !== null && 'outcome' in value
+      ? (value as { outcome: unknown }).outcome
+      : undefined
   if (outcome === 'committed') return { kind: 'committed' }
   if (outcome === 'aborted') return { kind: 'aborted' }
   if (outcome === 'in-doubt') return { kind: 'in-doubt', reason: 'the coordinator has not decided yet' }
   return { kind: 'in-doubt', reason: `sidecar answered an unknown outcome ${JSON.stringify(outcome)}` }
 }
 
-async function readBounded(body: AsyncIterable<Uint8Array> & { destroy(err?: Error): unknown }, max: number): Promise<string> {
+async function readBounded(
+  body: AsyncIterable<Uint8Array> & { destroy(err?: Error): unknown },
+  max: number,
+): Promise<string> {
   const chunks: Buffer[] = []
   let n = 0
   for await (const chunk of body) {

@@ -50,7 +50,12 @@ export function sendHandlerFailure(res: ServerResponse): void {
   sendJson(res, 500, { error: { message: 'the request handler failed' } }, undefined)
 }
 
-export function sendJson(res: ServerResponse, status: number, body: unknown, extra: Record<string, string> | undefined): void {
+export function sendJson(
+  res: ServerResponse,
+  status: number,
+  body: unknown,
+  extra: Record<string, string> | undefined,
+): void {
   // Once the head is out the status cannot change; cutting the connection is the only honest
   // signal left (and it marks the branch failed, see helper.ts).
   if (res.headersSent) return void res.destroy()

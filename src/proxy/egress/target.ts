@@ -48,7 +48,8 @@ export function egressResolver(cfg: SidecarConfig, self: () => { host: string; p
     } else {
       return new BadRequestError(`unsupported request target "${url.slice(0, 64)}"`)
     }
-    if (authority === undefined || authority === '') return new BadRequestError('request has no Host header and no absolute URL')
+    if (authority === undefined || authority === '')
+      return new BadRequestError('request has no Host header and no absolute URL')
     const parsed = splitAuthority(authority)
     if (parsed === undefined) return new BadRequestError(`invalid host "${authority.slice(0, 64)}"`)
     const mapped = cfg.services.get(parsed.host)

@@ -17,7 +17,11 @@ export function ingressResolver(cfg: SidecarConfig): TargetResolver {
   // `batch` beside each hook, where txmesh/pg serves it whether or not hooks.batch is set.
   const twoPhase = [cfg.hooks.prepare, cfg.hooks.commit, cfg.hooks.abort]
   const batchPaths = twoPhase.map((h) => `${h.slice(0, h.lastIndexOf('/'))}/batch`)
-  const hooks = new Set([...twoPhase, ...batchPaths, ...(cfg.hooks.batch === undefined ? [] : [cfg.hooks.batch])].map((h) => h.toLowerCase()))
+  const hooks = new Set(
+    [...twoPhase, ...batchPaths, ...(cfg.hooks.batch === undefined ? [] : [cfg.hooks.batch])].map((h) =>
+      h.toLowerCase(),
+    ),
+  )
   const isHook = (p: string): boolean => hooks.has(p) || p.startsWith(HOOK_DIR) || p === STEP_CANCEL_PATH
   return (url: string, hostHeader: string | undefined): Target | TxmeshError => {
     if (!url.startsWith('/')) {
@@ -33,15 +37,27 @@ export function ingressResolver(cfg: SidecarConfig): TargetResolver {
     if (MAY_NORMALIZE.test(path)) {
       // Refused before the hook check: what such a path names depends on who decodes it.
       const reading = appReading(path)
-      if (reading === undefined) return new PathAmbiguousError(`${path.slice(0, 64)} has a dot-segment or is encoded more than ${LIMITS.pathDecodeRounds} times`)
+      if (reading === undefined)
+        return new PathAmbiguousError(
+          `${path.slice(0, 64)} has a dot-segment or is encoded more than ${LIMITS.pathDecodeRounds} times`,
+        )
       if (reading !== folded && isHook(reading)) {
-        return new PathAmbiguousError(`${path.slice(0, 64)} reaches ${reading.slice(0, 64)} only once decoded or normalized; call hooks by their plain path`)
+        return new PathAmbiguousError(
+          `${path.slice(0, 64)} reaches ${reading.slice(0, 64)} only once decoded or normalized; call hooks by their plain path`,
+        )
       }
     }
     if (folded === STEP_CANCEL_PATH) {
       // A coordinator's cancel of a TCC try it recorded before the try's answer: to this app's
       // own cancel hook, once the server has checked its signed context (ProxyServer.onRequest).
-      return { origin, connectHost: host, connectPort: port, host: hostHeader ?? fallbackHost, path: cfg.hooks.cancel + (q < 0 ? '' : url.slice(q)), stepHook: 'cancel' }
+      return {
+        origin,
+        connectHost: host,
+        connectPort: port,
+        host: hostHeader ?? fallbackHost,
+        path: cfg.hooks.cancel + (q < 0 ? '' : url.slice(q)),
+        stepHook: 'cancel',
+      }
     }
     if (isHook(folded)) {
       return new HookForbiddenError(`${path} is a participant hook; only the app's own sidecar calls it`)

@@ -6,16 +6,49 @@ import { appendDurable } from '../durable.js'
 import { coordinatorKey, type LogRecord } from '../records.js'
 import { RecentMap } from '../recent.js'
 import type { SidecarMetrics } from '../../telemetry/metrics.js'
-import { InternalError, LogFailedError, ShuttingDownError, TxLimitError, TxNotActiveError, TxUnknownError, TxmeshError } from '../../errors.js'
+import {
+  InternalError,
+  LogFailedError,
+  ShuttingDownError,
+  TxLimitError,
+  TxNotActiveError,
+  TxUnknownError,
+  TxmeshError,
+} from '../../errors.js'
 import { LIMITS } from '../../limits.js'
 import type { Logger } from '../../telemetry/logger.js'
 import type { SidecarIo, Timer } from '../io.js'
 import type { MeshKeys } from '../keys.js'
-import type { CoordinatorAction, CoordinatorEvent, CoordinatorState, Env, Outcome, ParticipantRef, TxId, Vote } from '../core.js'
+import type {
+  CoordinatorAction,
+  CoordinatorEvent,
+  CoordinatorState,
+  Env,
+  Outcome,
+  ParticipantRef,
+  TxId,
+  Vote,
+} from '../core.js'
 import { incarnationOfTx, isOfRun, newTxId, signContext, type TxMode } from '../protocol.js'
-import { SpanKind, SpanStatusCode, childSpan, formatTraceparent, linkTo, type Context, type Span, type Tracing } from '../../telemetry/tracing.js'
+import {
+  SpanKind,
+  SpanStatusCode,
+  childSpan,
+  formatTraceparent,
+  linkTo,
+  type Context,
+  type Span,
+  type Tracing,
+} from '../../telemetry/tracing.js'
 import type { TxMessage } from '../../events/outbox.js'
-import { addMessage, endAfterPublishing, startPublishing, waitAtMost, type MessageHolder, type Publish } from '../messages.js'
+import {
+  addMessage,
+  endAfterPublishing,
+  startPublishing,
+  waitAtMost,
+  type MessageHolder,
+  type Publish,
+} from '../messages.js'
 import { coordinatorOutcome, coordinatorTransition, newCoordinator, recoverCoordinator } from './machine.js'
 
 export interface TxResult {
@@ -115,8 +148,14 @@ export class CoordinatorDriver {
   }
 
   /** `trace`: what the transaction's span continues (the request that began it), if traced. */
-  begin(mode: TxMode, timeoutMs: number, route = 'api', trace?: Context | Span): { id: TxId; context: string; deadline: number } | TxmeshError {
-    if (this.txs.size >= LIMITS.maxActiveTransactions) return new TxLimitError(`this sidecar already coordinates ${this.txs.size} transactions`)
+  begin(
+    mode: TxMode,
+    timeoutMs: number,
+    route = 'api',
+    trace?: Context | Span,
+  ): { id: TxId; context: string; deadline: number } | TxmeshError {
+    if (this.txs.size >= LIMITS.maxActiveTransactions)
+      return new TxLimitError(`this sidecar already coordinates ${this.txs.size} transactions`)
     const id = newTxId(this.d.self, this.d.incarnation, this.d.run, this.d.io.randomChars)
     const deadline = this.clock() + timeoutMs
     const entry: Entry = {
@@ -134,14 +173,27 @@ export class CoordinatorDriver {
       messages: [],
       messageBytes: 0,
       publishing: undefined,
-      span: this.d.tracing === undefined ? undefined : childSpan(this.d.tracing.tracer, 'txmesh.transaction', SpanKind.INTERNAL, trace, { 'txmesh.tx.id': id, 'txmesh.tx.mode': mode, 'txmesh.route': route }),
+      span:
+        this.d.tracing === undefined
+          ? undefined
+          : childSpan(this.d.tracing.tracer, 'txmesh.transaction', SpanKind.INTERNAL, trace, {
+              'txmesh.tx.id': id,
+              'txmesh.tx.mode': mode,
+              'txmesh.route': route,
+            }),
       spanEnded: false,
     }
     entry.deadlineTimer = this.d.io.timers.set(() => this.feed(id, { type: 'deadline' }), timeoutMs)
     this.txs.set(id, entry)
     const traceId = entry.span?.spanContext().traceId
     this.d.onEvent?.('tx-begin', { tx: id, mode, route, deadline, ...(traceId === undefined ? {} : { traceId }) })
-    const context = signContext(this.d.keys.signing, { id, mode, coordinator: this.d.self, deadline, parent: undefined })
+    const context = signContext(this.d.keys.signing, {
+      id,
+      mode,
+      coordinator: this.d.self,
+      deadline,
+      parent: undefined,
+    })
     return { id, context, deadline }
   }
 
@@ -152,8 +204,10 @@ export class CoordinatorDriver {
   enlist(id: TxId, refs: readonly ParticipantRef[]): TxmeshError | undefined {
     const e = this.txs.get(id)
     if (e === undefined) return new TxUnknownError(`transaction ${id} is not coordinated here`)
-    if (e.state.status !== 'active') return new TxNotActiveError(`transaction ${id} is ${e.state.status}; it cannot enlist more participants`)
-    if (e.span !== undefined) this.phaseSpan(e, 'txmesh.enlist', id, { 'txmesh.participant': refs.map((r) => r.service) }).end()
+    if (e.state.status !== 'active')
+      return new TxNotActiveError(`transaction ${id} is ${e.state.status}; it cannot enlist more participants`)
+    if (e.span !== undefined)
+      this.phaseSpan(e, 'txmesh.enlist', id, { 'txmesh.participant': refs.map((r) => r.service) }).end()
     this.feed(id, { type: 'enlist', participants: refs })
     this.d.onEvent?.('tx-enlist', { tx: id, participants: refs.map((r) => ({ service: r.service, branch: r.branch })) })
     return undefined
@@ -203,18 +257,34 @@ export class CoordinatorDriver {
       // The decision is durable; phase 2 runs on its own. Waiting is only for the answer.
       await waitAtMost(this.d.io.timers, (done) => e.ackWaiters.push(done), LIMITS.commitAckWaitMs)
     }
-    return { id, outcome: e.outcome ?? 'aborted', reason: e.state.reason, participants: views(e.state), ...(mixed(e.state) ? { heuristic: 'mixed' as const } : {}) }
+    return {
+      id,
+      outcome: e.outcome ?? 'aborted',
+      reason: e.state.reason,
+      participants: views(e.state),
+      ...(mixed(e.state) ? { heuristic: 'mixed' as const } : {}),
+    }
   }
 
   view(id: TxId): TxView | undefined {
     const e = this.txs.get(id) ?? this.finished.get(id)
     if (e === undefined) return undefined
     const traceId = e.span?.spanContext().traceId
-    return { id, mode: e.mode, status: statusOf(e.state), deadline: e.state.deadline, reason: e.state.reason, participants: views(e.state), ...(traceId === undefined ? {} : { traceId }) }
+    return {
+      id,
+      mode: e.mode,
+      status: statusOf(e.state),
+      deadline: e.state.deadline,
+      reason: e.state.reason,
+      participants: views(e.state),
+      ...(traceId === undefined ? {} : { traceId }),
+    }
   }
 
   list(): TxView[] {
-    return [...this.txs.keys(), ...this.finished.keys()].map((id) => this.view(id)).filter((v): v is TxView => v !== undefined)
+    return [...this.txs.keys(), ...this.finished.keys()]
+      .map((id) => this.view(id))
+      .filter((v): v is TxView => v !== undefined)
   }
 
   /**
@@ -276,7 +346,13 @@ export class CoordinatorDriver {
       }
       startPublishing(id, entry, this.d.publish)
       this.txs.set(id, entry)
-      this.d.onEvent?.('tx-begin', { tx: id, mode, route: 'recovered', recovered: true, participants: participants.map((p) => ({ service: p.service, branch: p.branch })) })
+      this.d.onEvent?.('tx-begin', {
+        tx: id,
+        mode,
+        route: 'recovered',
+        recovered: true,
+        participants: participants.map((p) => ({ service: p.service, branch: p.branch })),
+      })
       this.d.logger.info('tx_recovered', { tx: id, role: 'coordinator', participants: participants.length })
       this.perform(id, entry, next.actions)
       n++
@@ -296,14 +372,26 @@ export class CoordinatorDriver {
     for (const a of actions) {
       switch (a.type) {
         case 'send-prepare': {
-          const span = e.span === undefined ? undefined : this.phaseSpan(e, 'txmesh.prepare', id, { 'txmesh.participant': a.to.service })
+          const span =
+            e.span === undefined
+              ? undefined
+              : this.phaseSpan(e, 'txmesh.prepare', id, { 'txmesh.participant': a.to.service })
           void this.d.io.control.send(a.to.control, { tx: id, op: 'prepare', branch: a.to.branch }).then((r) => {
-            const vote = r.ok ? parseVote(r.body.vote) : ({ kind: 'refused', reason: `prepare failed: ${r.error}` } as const)
+            const vote = r.ok
+              ? parseVote(r.body.vote)
+              : ({ kind: 'refused', reason: `prepare failed: ${r.error}` } as const)
             if (span !== undefined) endPhaseSpan(span, r.ok, { 'txmesh.vote': vote.kind })
             // A refusal that follows our own early abort says nothing about the participant.
             const aborting = e.state.status === 'aborting' || e.state.status === 'aborted'
-            if (!(aborting && vote.kind === 'refused')) this.d.metrics?.prepareResult(a.to.service, vote.kind !== 'refused')
-            this.d.onEvent?.('tx-vote', { tx: id, service: a.to.service, branch: a.to.branch, vote: vote.kind, ...(vote.kind === 'refused' ? { reason: vote.reason } : {}) })
+            if (!(aborting && vote.kind === 'refused'))
+              this.d.metrics?.prepareResult(a.to.service, vote.kind !== 'refused')
+            this.d.onEvent?.('tx-vote', {
+              tx: id,
+              service: a.to.service,
+              branch: a.to.branch,
+              vote: vote.kind,
+              ...(vote.kind === 'refused' ? { reason: vote.reason } : {}),
+            })
             this.feed(id, { type: 'vote', branch: a.to.branch, vote })
           })
           break
@@ -338,14 +426,21 @@ export class CoordinatorDriver {
         case 'send-commit':
         case 'send-abort': {
           const op = a.type === 'send-commit' ? 'commit' : 'abort'
-          const span = e.span === undefined ? undefined : this.phaseSpan(e, `txmesh.${op}`, id, { 'txmesh.participant': a.to.service })
+          const span =
+            e.span === undefined
+              ? undefined
+              : this.phaseSpan(e, `txmesh.${op}`, id, { 'txmesh.participant': a.to.service })
           void this.d.io.control.send(a.to.control, { tx: id, op, branch: a.to.branch }).then((r) => {
-            if (span !== undefined) endPhaseSpan(span, r.ok, r.ok ? { 'txmesh.acknowledged': true } : { 'error.type': 'send_failed' })
+            if (span !== undefined)
+              endPhaseSpan(span, r.ok, r.ok ? { 'txmesh.acknowledged': true } : { 'error.type': 'send_failed' })
             if (r.ok) this.d.onEvent?.('tx-ack', { tx: id, service: a.to.service, branch: a.to.branch, op })
             // The answer names the branch's outcome ('unknown': finished long ago, or never here).
             const o = r.ok ? r.body.outcome : undefined
             const said: { outcome?: Outcome } = o === 'committed' || o === 'aborted' ? { outcome: o } : {}
-            this.feed(id, r.ok ? { type: 'ack', branch: a.to.branch, ...said } : { type: 'send-failed', branch: a.to.branch })
+            this.feed(
+              id,
+              r.ok ? { type: 'ack', branch: a.to.branch, ...said } : { type: 'send-failed', branch: a.to.branch },
+            )
           })
           break
         }
@@ -353,13 +448,38 @@ export class CoordinatorDriver {
           // Any answer but an outcome (unreachable, 5xx, timeout) leaves the outcome unknown:
           // the machine retries until the participant answers.
           {
-          const span = e.span === undefined ? undefined : this.phaseSpan(e, 'txmesh.commit', id, { 'txmesh.participant': a.to.service, 'txmesh.one_phase': true })
-          void this.d.io.control.send(a.to.control, { tx: id, op: 'commit-one-phase', branch: a.to.branch }).then((r) => {
-            const o = r.ok ? r.body.outcome : undefined
-            if (span !== undefined) endPhaseSpan(span, o === 'committed' || o === 'aborted', typeof o === 'string' ? { 'txmesh.outcome': o } : { 'error.type': 'send_failed' })
-            if (o === 'committed' || o === 'aborted') this.d.onEvent?.('tx-ack', { tx: id, service: a.to.service, branch: a.to.branch, op: 'commit-one-phase', outcome: o })
-            this.feed(id, o === 'committed' || o === 'aborted' ? { type: 'one-phase-result', branch: a.to.branch, outcome: o } : { type: 'send-failed', branch: a.to.branch })
-          })
+            const span =
+              e.span === undefined
+                ? undefined
+                : this.phaseSpan(e, 'txmesh.commit', id, {
+                    'txmesh.participant': a.to.service,
+                    'txmesh.one_phase': true,
+                  })
+            void this.d.io.control
+              .send(a.to.control, { tx: id, op: 'commit-one-phase', branch: a.to.branch })
+              .then((r) => {
+                const o = r.ok ? r.body.outcome : undefined
+                if (span !== undefined)
+                  endPhaseSpan(
+                    span,
+                    o === 'committed' || o === 'aborted',
+                    typeof o === 'string' ? { 'txmesh.outcome': o } : { 'error.type': 'send_failed' },
+                  )
+                if (o === 'committed' || o === 'aborted')
+                  this.d.onEvent?.('tx-ack', {
+                    tx: id,
+                    service: a.to.service,
+                    branch: a.to.branch,
+                    op: 'commit-one-phase',
+                    outcome: o,
+                  })
+                this.feed(
+                  id,
+                  o === 'committed' || o === 'aborted'
+                    ? { type: 'one-phase-result', branch: a.to.branch, outcome: o }
+                    : { type: 'send-failed', branch: a.to.branch },
+                )
+              })
           }
           break
         case 'schedule-retry': {
@@ -377,8 +497,12 @@ export class CoordinatorDriver {
           e.decidedAt = performance.now()
           if (this.d.metrics !== undefined) {
             this.d.metrics.transactions.inc({ mode: e.mode, outcome: a.outcome })
-            if (e.requestedAt > 0) this.d.metrics.phase.observe({ phase: 'prepare' }, (e.decidedAt - e.requestedAt) / 1000)
-            this.d.metrics.routeParticipants(e.route, e.state.participants.map((p) => p.ref.service))
+            if (e.requestedAt > 0)
+              this.d.metrics.phase.observe({ phase: 'prepare' }, (e.decidedAt - e.requestedAt) / 1000)
+            this.d.metrics.routeParticipants(
+              e.route,
+              e.state.participants.map((p) => p.ref.service),
+            )
           }
           this.d.io.timers.clear(e.deadlineTimer)
           if (e.span !== undefined) {
@@ -388,15 +512,32 @@ export class CoordinatorDriver {
           }
           for (const w of e.outcomeWaiters.splice(0)) w(a.outcome)
           if (a.outcome === 'committed') startPublishing(id, e, this.d.publish)
-          this.d.onEvent?.('tx-outcome', { tx: id, outcome: a.outcome, reason: a.reason, ...(e.requestedAt > 0 ? { prepareMs: e.decidedAt - e.requestedAt } : {}) })
+          this.d.onEvent?.('tx-outcome', {
+            tx: id,
+            outcome: a.outcome,
+            reason: a.reason,
+            ...(e.requestedAt > 0 ? { prepareMs: e.decidedAt - e.requestedAt } : {}),
+          })
           this.d.logger.info('tx_outcome', { tx: id, outcome: a.outcome, reason: a.reason })
           break
         case 'heuristic': {
           // An operator finished the branch the other way before the decision reached it.
           const decided = e.outcome ?? 'aborted'
           this.d.metrics?.heuristic.inc({ decision: decided, branch: a.outcome })
-          this.d.logger.error('tx_heuristic', { tx: id, decision: decided, service: a.to.service, branch: a.to.branch, branchOutcome: a.outcome })
-          this.d.onEvent?.('tx-heuristic', { tx: id, decision: decided, service: a.to.service, branch: a.to.branch, outcome: a.outcome })
+          this.d.logger.error('tx_heuristic', {
+            tx: id,
+            decision: decided,
+            service: a.to.service,
+            branch: a.to.branch,
+            branchOutcome: a.outcome,
+          })
+          this.d.onEvent?.('tx-heuristic', {
+            tx: id,
+            decision: decided,
+            service: a.to.service,
+            branch: a.to.branch,
+            outcome: a.outcome,
+          })
           if (e.span !== undefined) e.span.setAttribute('txmesh.heuristic', 'mixed')
           break
         }
@@ -419,13 +560,21 @@ export class CoordinatorDriver {
    * the coded error.
    */
   private decisionRefused(id: TxId, e: Entry, err: unknown): void {
-    e.commitError = err instanceof TxmeshError ? err : new InternalError(`the decision record could not be written: ${String(err)}`)
-    this.feed(id, { type: 'decision-refused', reason: `the decision record could not be logged: ${e.commitError.message}` })
+    e.commitError =
+      err instanceof TxmeshError ? err : new InternalError(`the decision record could not be written: ${String(err)}`)
+    this.feed(id, {
+      type: 'decision-refused',
+      reason: `the decision record could not be logged: ${e.commitError.message}`,
+    })
   }
 
   private retire(id: TxId, e: Entry): void {
     e.finished = true
-    if (e.decidedAt > 0) this.d.metrics?.phase.observe({ phase: e.outcome === 'committed' ? 'commit' : 'abort' }, (performance.now() - e.decidedAt) / 1000)
+    if (e.decidedAt > 0)
+      this.d.metrics?.phase.observe(
+        { phase: e.outcome === 'committed' ? 'commit' : 'abort' },
+        (performance.now() - e.decidedAt) / 1000,
+      )
     this.d.io.timers.clear(e.deadlineTimer)
     for (const t of e.retryTimers.values()) this.d.io.timers.clear(t)
     e.retryTimers.clear()
@@ -434,12 +583,20 @@ export class CoordinatorDriver {
     this.txs.delete(id)
     // Keep finished transactions visible for a while, bounded in count and age.
     this.finished.set(id, e)
-    this.d.onEvent?.('tx-finished', { tx: id, outcome: e.outcome, status: statusOf(e.state), ...(e.decidedAt > 0 ? { phase2Ms: performance.now() - e.decidedAt } : {}) })
+    this.d.onEvent?.('tx-finished', {
+      tx: id,
+      outcome: e.outcome,
+      status: statusOf(e.state),
+      ...(e.decidedAt > 0 ? { phase2Ms: performance.now() - e.decidedAt } : {}),
+    })
   }
 
   /** A per-participant span under the transaction's (only called when tracing is on). */
   private phaseSpan(e: Entry, name: string, id: TxId, attributes: Record<string, string | boolean | string[]>): Span {
-    return childSpan((this.d.tracing as Tracing).tracer, name, SpanKind.INTERNAL, e.span, { 'txmesh.tx.id': id, ...attributes })
+    return childSpan((this.d.tracing as Tracing).tracer, name, SpanKind.INTERNAL, e.span, {
+      'txmesh.tx.id': id,
+      ...attributes,
+    })
   }
 
   /** Ends the transaction's span once, when phase 2 is done (or at drain, marked interrupted). */

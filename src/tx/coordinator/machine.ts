@@ -32,10 +32,23 @@ import type {
 type CoordinatorTransition = Transition<CoordinatorState, CoordinatorAction>
 
 export function newCoordinator(id: TxId, deadline: number): CoordinatorState {
-  return { id, deadline, status: 'active', participants: [], decisionLogged: false, reason: undefined, onePhase: false, mustLog: false }
+  return {
+    id,
+    deadline,
+    status: 'active',
+    participants: [],
+    decisionLogged: false,
+    reason: undefined,
+    onePhase: false,
+    mustLog: false,
+  }
 }
 
-export function coordinatorTransition(state: CoordinatorState, event: CoordinatorEvent, env: Env): CoordinatorTransition {
+export function coordinatorTransition(
+  state: CoordinatorState,
+  event: CoordinatorEvent,
+  env: Env,
+): CoordinatorTransition {
   const step = dispatch(state, event, env)
   checkInvariants(step.state)
   return step
@@ -106,7 +119,9 @@ function dispatch(state: CoordinatorState, event: CoordinatorEvent, env: Env): C
       return onDecisionLogged(state)
     case 'decision-refused':
       // Nothing reached the disk, so nobody can have been told commit: abort is still open.
-      return state.status === 'committing' && !state.decisionLogged && !state.onePhase ? abort(state, event.reason) : same(state)
+      return state.status === 'committing' && !state.decisionLogged && !state.onePhase
+        ? abort(state, event.reason)
+        : same(state)
     case 'ack':
       return onAck(state, event.branch, event.outcome)
     case 'send-failed':
@@ -152,7 +167,10 @@ function onEnlist(state: CoordinatorState, refs: readonly ParticipantRef[]): Coo
     case 'active': {
       if (overflow.length > 0) {
         const step = abort(state, `more than ${LIMITS.maxParticipants} participants`)
-        return { state: step.state, actions: [...step.actions, ...fresh.map((to): CoordinatorAction => ({ type: 'send-abort', to }))] }
+        return {
+          state: step.state,
+          actions: [...step.actions, ...fresh.map((to): CoordinatorAction => ({ type: 'send-abort', to }))],
+        }
       }
       return { state: { ...state, participants: [...state.participants, ...fits.map(newParticipant)] }, actions: [] }
     }
@@ -185,10 +203,14 @@ function newParticipant(ref: ParticipantRef): CoordinatorParticipant {
 
 function onCommitRequested(state: CoordinatorState): CoordinatorTransition {
   if (state.status !== 'active') return same(state)
-  if (state.participants.length === 0 && state.mustLog) return { state: { ...state, status: 'committing' }, actions: [{ type: 'log-decision', participants: [] }] }
+  if (state.participants.length === 0 && state.mustLog)
+    return { state: { ...state, status: 'committing' }, actions: [{ type: 'log-decision', participants: [] }] }
   if (state.participants.length === 0) {
     // Nothing to prepare: committed at once, nothing to log.
-    return { state: { ...state, status: 'committed' }, actions: [{ type: 'outcome', outcome: 'committed' }, { type: 'log-end' }] }
+    return {
+      state: { ...state, status: 'committed' },
+      actions: [{ type: 'outcome', outcome: 'committed' }, { type: 'log-end' }],
+    }
   }
   const only = state.participants.length === 1 && !state.mustLog ? state.participants[0] : undefined
   if (only !== undefined) {
@@ -220,7 +242,10 @@ function onVote(state: CoordinatorState, branch: BranchId, vote: Vote): Coordina
   const prepared = participants.filter((q) => q.vote?.kind === 'prepared').map((q) => q.ref)
   if (prepared.length === 0 && !next.mustLog) {
     // Every branch read-only: nothing to commit anywhere, nothing to log.
-    return { state: { ...next, status: 'committed' }, actions: [{ type: 'outcome', outcome: 'committed' }, { type: 'log-end' }] }
+    return {
+      state: { ...next, status: 'committed' },
+      actions: [{ type: 'outcome', outcome: 'committed' }, { type: 'log-end' }],
+    }
   }
   return { state: { ...next, status: 'committing' }, actions: [{ type: 'log-decision', participants: prepared }] }
 }
@@ -275,7 +300,10 @@ function onRetryDue(state: CoordinatorState, branch: BranchId): CoordinatorTrans
       : state.onePhase
         ? { type: 'send-commit-one-phase', to: p.ref }
         : { type: 'send-commit', to: p.ref }
-  return { state: { ...state, participants: state.participants.with(i, { ...p, attempts: p.attempts + 1 }) }, actions: [action] }
+  return {
+    state: { ...state, participants: state.participants.with(i, { ...p, attempts: p.attempts + 1 }) },
+    actions: [action],
+  }
 }
 
 /** The one-phase participant answered: its outcome is the transaction's. Nothing was logged here. */
@@ -286,10 +314,17 @@ function onOnePhaseResult(state: CoordinatorState, branch: BranchId, outcome: Ou
   if (p === undefined || p.acked) return same(state)
   if (outcome === 'committed') {
     const participants = state.participants.with(i, { ...p, vote: { kind: 'prepared' }, acked: true })
-    return { state: { ...state, status: 'committed', participants }, actions: [{ type: 'outcome', outcome: 'committed' }, { type: 'log-end' }] }
+    return {
+      state: { ...state, status: 'committed', participants },
+      actions: [{ type: 'outcome', outcome: 'committed' }, { type: 'log-end' }],
+    }
   }
   const reason = `${p.ref.service} (${branch}) aborted the one-phase commit`
-  const participants = state.participants.with(i, { ...p, vote: { kind: 'refused', reason: 'aborted in one phase' }, acked: true })
+  const participants = state.participants.with(i, {
+    ...p,
+    vote: { kind: 'refused', reason: 'aborted in one phase' },
+    acked: true,
+  })
   return {
     state: { ...state, status: 'aborted', reason, participants },
     actions: [{ type: 'outcome', outcome: 'aborted', reason }, { type: 'log-end' }],
@@ -315,8 +350,10 @@ function abort(state: CoordinatorState, reason: string): CoordinatorTransition {
 /** Phase 2 over once every participant acknowledged (or needs nothing more). */
 function finishIfAcked(state: CoordinatorState, actions: CoordinatorAction[]): CoordinatorTransition {
   if (!state.participants.every((p) => p.acked)) return { state, actions }
-  if (state.status === 'committing' && state.decisionLogged) return { state: { ...state, status: 'committed' }, actions: [...actions, { type: 'log-end' }] }
-  if (state.status === 'aborting') return { state: { ...state, status: 'aborted' }, actions: [...actions, { type: 'log-end' }] }
+  if (state.status === 'committing' && state.decisionLogged)
+    return { state: { ...state, status: 'committed' }, actions: [...actions, { type: 'log-end' }] }
+  if (state.status === 'aborting')
+    return { state: { ...state, status: 'aborted' }, actions: [...actions, { type: 'log-end' }] }
   return { state, actions }
 }
 
@@ -333,12 +370,26 @@ function uniqueByBranch(refs: readonly ParticipantRef[]): ParticipantRef[] {
 
 function checkInvariants(s: CoordinatorState): void {
   assert(s.participants.length <= LIMITS.maxParticipants, `${s.id}: ${s.participants.length} participants`)
-  assert(new Set(s.participants.map((p) => p.ref.branch)).size === s.participants.length, `${s.id}: a branch is listed twice`)
-  assert(!s.decisionLogged || s.status === 'committing' || s.status === 'committed', `${s.id}: decision logged but ${s.status}`)
-  if (s.status === 'committed' || s.status === 'aborted') assert(s.participants.every((p) => p.acked), `${s.id}: ${s.status} with unacknowledged participants`)
+  assert(
+    new Set(s.participants.map((p) => p.ref.branch)).size === s.participants.length,
+    `${s.id}: a branch is listed twice`,
+  )
+  assert(
+    !s.decisionLogged || s.status === 'committing' || s.status === 'committed',
+    `${s.id}: decision logged but ${s.status}`,
+  )
+  if (s.status === 'committed' || s.status === 'aborted')
+    assert(
+      s.participants.every((p) => p.acked),
+      `${s.id}: ${s.status} with unacknowledged participants`,
+    )
   assert(!(s.onePhase && s.decisionLogged), `${s.id}: one-phase commit with a logged decision`)
-  if (s.onePhase) assert(s.participants.length === 1, `${s.id}: one-phase commit with ${s.participants.length} participants`)
+  if (s.onePhase)
+    assert(s.participants.length === 1, `${s.id}: one-phase commit with ${s.participants.length} participants`)
   if ((s.status === 'committing' && !s.onePhase) || (s.status === 'committed' && s.decisionLogged)) {
-    assert(s.participants.every((p) => p.vote !== undefined && p.vote.kind !== 'refused'), `${s.id}: committing with a missing or no vote`)
+    assert(
+      s.participants.every((p) => p.vote !== undefined && p.vote.kind !== 'refused'),
+      `${s.id}: committing with a missing or no vote`,
+    )
   }
 }

@@ -5,12 +5,41 @@ import { failpoint, failpointSoon } from '../../failpoints.js'
 import { appendDurable } from '../durable.js'
 import { participantKey, type BranchRecord, type LogRecord } from '../records.js'
 import { RecentMap } from '../recent.js'
-import { BranchNotInDoubtError, LogFailedError, ShuttingDownError, TxLimitError, TxNotActiveError, TxUnknownError, TxmeshError } from '../../errors.js'
+import {
+  BranchNotInDoubtError,
+  LogFailedError,
+  ShuttingDownError,
+  TxLimitError,
+  TxNotActiveError,
+  TxUnknownError,
+  TxmeshError,
+} from '../../errors.js'
 import { LIMITS } from '../../limits.js'
 import type { Logger } from '../../telemetry/logger.js'
 import { sleep, type SidecarIo, type Timer } from '../io.js'
-import type { BranchId, Env, Outcome, ParticipantAction, ParticipantEvent, ParticipantRef, ParticipantState, TxId, Vote } from '../core.js'
-import { BRANCH_ID_HEADER, CONTEXT_HEADER, OP_HEADER, TX_ID_HEADER, coordinatorAllowed, coordinatorOfTx, heldByAnotherLog, holderOfBranch, newBranchId, type TxContext } from '../protocol.js'
+import type {
+  BranchId,
+  Env,
+  Outcome,
+  ParticipantAction,
+  ParticipantEvent,
+  ParticipantRef,
+  ParticipantState,
+  TxId,
+  Vote,
+} from '../core.js'
+import {
+  BRANCH_ID_HEADER,
+  CONTEXT_HEADER,
+  OP_HEADER,
+  TX_ID_HEADER,
+  coordinatorAllowed,
+  coordinatorOfTx,
+  heldByAnotherLog,
+  holderOfBranch,
+  newBranchId,
+  type TxContext,
+} from '../protocol.js'
 import { newParticipant, participantTransition, recoverParticipant, recoverUnvoted } from './machine.js'
 import { Batcher } from '../batcher.js'
 import { parseJsonObject } from '../../http-json.js'
@@ -84,7 +113,14 @@ export interface ParticipantDeps {
   /** The app's origin, e.g. http://127.0.0.1:8080 (reached through io.app). */
   readonly appOrigin: string
   /** `batch`: the app's batch hook (config hooks.batch); prepare/commit/abort then go through it. */
-  readonly hooks: { readonly prepare: string; readonly commit: string; readonly abort: string; readonly confirm: string; readonly cancel: string; readonly batch?: string | undefined }
+  readonly hooks: {
+    readonly prepare: string
+    readonly commit: string
+    readonly abort: string
+    readonly confirm: string
+    readonly cancel: string
+    readonly batch?: string | undefined
+  }
   readonly logger: Logger
   /** Coordinator allow-list (mesh.coordinators): who may be asked about unknown branches. */
   readonly coordinators: readonly string[]
@@ -97,7 +133,15 @@ const logKey = participantKey
 /** A JOINED, PREPARING or PREPARED record: what recovery needs to rebuild the branch. */
 function branchRecord(type: BranchRecord['type'], b: Branch): BranchRecord {
   const s = b.state
-  return { type, tx: s.tx, branch: s.branch, coordinator: s.coordinator, deadline: s.deadline, context: b.context, ...(s.onePhase ? { onePhase: true } : {}) }
+  return {
+    type,
+    tx: s.tx,
+    branch: s.branch,
+    coordinator: s.coordinator,
+    deadline: s.deadline,
+    context: b.context,
+    ...(s.onePhase ? { onePhase: true } : {}),
+  }
 }
 
 /** A 2PC hook call to the app, sent in a batch when hooks.batch is set. */
@@ -188,7 +232,10 @@ export class ParticipantDriver {
   async resolve(tx: TxId, outcome: Outcome, by: string, force = false): Promise<BranchView | TxmeshError> {
     const b = this.byTx.get(tx)
     if (b === undefined) return new TxUnknownError(`no branch of transaction ${tx} here`)
-    if (b.state.status !== 'prepared') return new TxNotActiveError(`branch ${b.state.branch} is ${b.state.status}; only a prepared branch can be resolved`)
+    if (b.state.status !== 'prepared')
+      return new TxNotActiveError(
+        `branch ${b.state.branch} is ${b.state.status}; only a prepared branch can be resolved`,
+      )
     const inDoubt = this.isInDoubt(b, this.clock())
     if (!inDoubt && !force) {
       return new BranchNotInDoubtError(
@@ -199,11 +246,23 @@ export class ParticipantDriver {
     if (b.resolving) return new TxNotActiveError(`branch ${b.state.branch} is being resolved already`)
     b.resolving = true
     try {
-      await appendDurable(this.d.io, logKey(tx, b.state.branch), { type: 'resolved', outcome, by, at: new Date(this.clock()).toISOString(), ...(forced ? { forced: true } : {}) })
+      await appendDurable(this.d.io, logKey(tx, b.state.branch), {
+        type: 'resolved',
+        outcome,
+        by,
+        at: new Date(this.clock()).toISOString(),
+        ...(forced ? { forced: true } : {}),
+      })
     } finally {
       b.resolving = false
     }
-    this.d.logger.warn(forced ? 'branch_resolved_forced' : 'branch_resolved', { tx, branch: b.state.branch, outcome, by, coordinator: b.state.coordinator })
+    this.d.logger.warn(forced ? 'branch_resolved_forced' : 'branch_resolved', {
+      tx,
+      branch: b.state.branch,
+      outcome,
+      by,
+      coordinator: b.state.coordinator,
+    })
     this.d.onEvent?.('branch-resolved', { tx, branch: b.state.branch, outcome, by, forced })
     const view = this.list().find((v) => v.tx === tx) as BranchView
     b.resolved = outcome
@@ -232,7 +291,8 @@ export class ParticipantDriver {
     if (existing !== undefined) return existing
     const ended = this.endedTx.get(ctx.id)
     if (ended !== undefined) return new TxNotActiveError(`transaction ${ctx.id} already ${ended} here`)
-    if (this.byTx.size >= LIMITS.maxBranches) return new TxLimitError(`this sidecar already holds ${this.byTx.size} branches`)
+    if (this.byTx.size >= LIMITS.maxBranches)
+      return new TxLimitError(`this sidecar already holds ${this.byTx.size} branches`)
     const branch = newBranchId(this.d.incarnation, this.d.io.randomChars)
     const b = this.add(newParticipant(ctx.id, branch, ctx.coordinator, ctx.deadline), token)
     b.joining = appendDurable(this.d.io, logKey(ctx.id, branch), branchRecord('joined', b)).then(
@@ -254,7 +314,10 @@ export class ParticipantDriver {
   joinedBeforeSend(b: Branch): (() => Promise<TxmeshError | undefined>) | undefined {
     if (b.joinedDurable || b.joining === undefined) return undefined
     const joining = b.joining
-    return async () => ((await joining) ? undefined : new LogFailedError(`branch ${b.state.branch} of ${b.state.tx} could not be recorded; the request is not sent`))
+    return async () =>
+      (await joining)
+        ? undefined
+        : new LogFailedError(`branch ${b.state.branch} of ${b.state.tx} could not be recorded; the request is not sent`)
   }
 
   private add(state: ParticipantState, token: string): Branch {
@@ -325,7 +388,10 @@ export class ParticipantDriver {
   prepare(tx: TxId, branch: BranchId): Promise<Vote> {
     const b = this.byTx.get(tx)
     if (b === undefined || b.state.branch !== branch) {
-      return Promise.resolve({ kind: 'refused', reason: this.ended.has(`${tx}:${branch}`) ? 'branch already finished' : 'unknown branch' })
+      return Promise.resolve({
+        kind: 'refused',
+        reason: this.ended.has(`${tx}:${branch}`) ? 'branch already finished' : 'unknown branch',
+      })
     }
     const p = new Promise<Vote>((resolve) => b.voteWaiters.push(resolve))
     this.feed(b, { type: 'prepare' })
@@ -334,7 +400,11 @@ export class ParticipantDriver {
   }
 
   /** Coordinator's decision. 'unknown' when the branch is not here (already finished or never began: both are done). */
-  decide(tx: TxId, branch: BranchId, outcome: Outcome): Promise<Outcome | 'unknown' | 'refused' | 'failed' | 'not-here'> {
+  decide(
+    tx: TxId,
+    branch: BranchId,
+    outcome: Outcome,
+  ): Promise<Outcome | 'unknown' | 'refused' | 'failed' | 'not-here'> {
     const b = this.byTx.get(tx)
     if (b === undefined || b.state.branch !== branch) {
       const resolved = this.resolvedEnded.get(`${tx}:${branch}`)
@@ -362,7 +432,13 @@ export class ParticipantDriver {
       return Promise.resolve('refused')
     }
     // Commit reaches only a branch that voted yes; anything else is a protocol violation (409).
-    if (outcome === 'committed' && (b.state.status === 'active' || b.state.status === 'recording' || b.state.status === 'preparing' || b.state.status === 'logging')) {
+    if (
+      outcome === 'committed' &&
+      (b.state.status === 'active' ||
+        b.state.status === 'recording' ||
+        b.state.status === 'preparing' ||
+        b.state.status === 'logging')
+    ) {
       return Promise.resolve('refused')
     }
     // An operator's resolution is on its way to the log: it goes first (see Branch.resolving).
@@ -400,7 +476,8 @@ export class ParticipantDriver {
       return this.abortUnknownOnePhase(tx, branch)
     }
     const s = b.state
-    if (!s.onePhase && s.status !== 'active' && s.status !== 'aborting' && s.status !== 'aborted') return Promise.resolve('refused')
+    if (!s.onePhase && s.status !== 'active' && s.status !== 'aborting' && s.status !== 'aborted')
+      return Promise.resolve('refused')
     const p = new Promise<Outcome>((resolve) => b.doneWaiters.push(resolve))
     this.feed(b, { type: 'commit-one-phase' })
     return p
@@ -459,7 +536,13 @@ export class ParticipantDriver {
    * the restart.
    */
   recover(records: readonly LogRecord[]): number {
-    type Found = { preparing?: BranchRecord; prepared?: BranchRecord; ended: boolean; resolved?: Outcome; endResolved?: Outcome }
+    type Found = {
+      preparing?: BranchRecord
+      prepared?: BranchRecord
+      ended: boolean
+      resolved?: Outcome
+      endResolved?: Outcome
+    }
     const byKey = new Map<string, Found>()
     for (const r of records) {
       if (r.kind !== 'participant') continue
@@ -487,7 +570,9 @@ export class ParticipantDriver {
       }
       const { tx, branch, coordinator, deadline, context, onePhase } = rec
       const voted = f.prepared !== undefined
-      const next = voted ? recoverParticipant(tx, branch, coordinator, deadline, this.env(), onePhase === true) : recoverUnvoted(tx, branch, coordinator, deadline, onePhase === true)
+      const next = voted
+        ? recoverParticipant(tx, branch, coordinator, deadline, this.env(), onePhase === true)
+        : recoverUnvoted(tx, branch, coordinator, deadline, onePhase === true)
       const b = this.add(next.state, context)
       b.joinedDurable = true
       if (!voted) {
@@ -536,7 +621,10 @@ export class ParticipantDriver {
         case 'log-preparing':
           // Normally JOINED already is the record PREPARING would be (written before the
           // branch's first request reached the app): nothing more to write.
-          (b.joinedDurable ? Promise.resolve() : appendDurable(this.d.io, logKey(tx, branch), branchRecord('preparing', b))).then(
+          ;(b.joinedDurable
+            ? Promise.resolve()
+            : appendDurable(this.d.io, logKey(tx, branch), branchRecord('preparing', b))
+          ).then(
             () => this.feed(b, { type: 'preparing-logged', ok: true }),
             (err: unknown) => {
               // Safe either way: a PREPARING alone (landed or not) only ever means abort.
@@ -547,20 +635,20 @@ export class ParticipantDriver {
           break
         case 'log-prepared':
           appendDurable(this.d.io, logKey(tx, branch), branchRecord('prepared', b)).then(
-              () => {
-                failpoint('participant-after-prepared')
-                this.feed(b, { type: 'prepared-logged' })
-              },
-              (err: unknown) => {
-                this.d.logger.error('prepared_log_failed', { tx, branch, error: String(err) })
-                if (b.state.onePhase && err instanceof LogFailedError) {
-                  // The write may have reached the disk, and a restart would commit it: neither
-                  // outcome is safe to announce. Stop; recovery decides from what the log holds.
-                  return this.d.io.fatal('prepared_log_failed', { tx, branch })
-                }
-                this.feed(b, { type: 'app-voted', vote: { kind: 'refused', reason: 'cannot log PREPARED' } })
-              },
-            )
+            () => {
+              failpoint('participant-after-prepared')
+              this.feed(b, { type: 'prepared-logged' })
+            },
+            (err: unknown) => {
+              this.d.logger.error('prepared_log_failed', { tx, branch, error: String(err) })
+              if (b.state.onePhase && err instanceof LogFailedError) {
+                // The write may have reached the disk, and a restart would commit it: neither
+                // outcome is safe to announce. Stop; recovery decides from what the log holds.
+                return this.d.io.fatal('prepared_log_failed', { tx, branch })
+              }
+              this.feed(b, { type: 'app-voted', vote: { kind: 'refused', reason: 'cannot log PREPARED' } })
+            },
+          )
           break
         case 'reply-vote':
           for (const w of b.voteWaiters.splice(0)) w(a.vote)
@@ -582,7 +670,10 @@ export class ParticipantDriver {
             }
             if (o === 'unknown-coordinator') this.coordinatorGone(b)
             if ((o === 'committed' || o === 'aborted') && !b.state.onePhase) b.learnedByQuery = true
-            this.feed(b, o === 'committed' || o === 'aborted' ? { type: 'decision', outcome: o } : { type: 'outcome-unknown' })
+            this.feed(
+              b,
+              o === 'committed' || o === 'aborted' ? { type: 'decision', outcome: o } : { type: 'outcome-unknown' },
+            )
           })
           break
         case 'schedule-retry':
@@ -661,7 +752,13 @@ export class ParticipantDriver {
     b.coordinatorUnknown = true
     const { tx, branch, coordinator } = b.state
     this.d.logger.warn('branch_coordinator_unknown', { tx, branch, coordinator })
-    this.d.onEvent?.('branch-in-doubt', { tx, branch, service: this.d.service, coordinator, reason: 'unknown-coordinator' })
+    this.d.onEvent?.('branch-in-doubt', {
+      tx,
+      branch,
+      service: this.d.service,
+      coordinator,
+      reason: 'unknown-coordinator',
+    })
   }
 
   private retire(b: Branch, outcome: Outcome, after: readonly ParticipantAction[] = []): void {
@@ -693,7 +790,12 @@ export class ParticipantDriver {
     return heldByAnotherLog(this.d.incarnation, holder)
   }
 
-  private async decideUnknown(tx: TxId, branch: BranchId, outcome: Outcome, elsewhere: boolean): Promise<Outcome | 'unknown' | 'failed' | 'not-here'> {
+  private async decideUnknown(
+    tx: TxId,
+    branch: BranchId,
+    outcome: Outcome,
+    elsewhere: boolean,
+  ): Promise<Outcome | 'unknown' | 'failed' | 'not-here'> {
     const hook = outcome === 'committed' ? 'commit' : 'abort'
     try {
       const s = await this.hookStatus(tx, branch, undefined, hook)
@@ -706,7 +808,12 @@ export class ParticipantDriver {
     return 'failed'
   }
 
-  private async hookStatus(tx: TxId, branch: BranchId, context: string | undefined, hook: 'prepare' | 'commit' | 'abort'): Promise<number> {
+  private async hookStatus(
+    tx: TxId,
+    branch: BranchId,
+    context: string | undefined,
+    hook: 'prepare' | 'commit' | 'abort',
+  ): Promise<number> {
     if (this.hookBatcher !== undefined) {
       const r = await this.hookBatcher.send(APP_KEY, { hook, tx, branch, context })
       if (r instanceof Error) throw r
@@ -714,7 +821,13 @@ export class ParticipantDriver {
     }
     const headers = [TX_ID_HEADER, tx, BRANCH_ID_HEADER, branch]
     if (context !== undefined) headers.push(CONTEXT_HEADER, context)
-    const res = await this.d.io.app.exchange(this.d.appOrigin, { path: this.d.hooks[hook], method: 'POST', headers, timeoutMs: LIMITS.hookCallTimeoutMs, limit: LIMITS.controlBodyBytes })
+    const res = await this.d.io.app.exchange(this.d.appOrigin, {
+      path: this.d.hooks[hook],
+      method: 'POST',
+      headers,
+      timeoutMs: LIMITS.hookCallTimeoutMs,
+      limit: LIMITS.controlBodyBytes,
+    })
     return res.status
   }
 
@@ -734,7 +847,14 @@ export class ParticipantDriver {
         path,
         method: 'POST',
         headers: ['content-type', 'application/json'],
-        body: JSON.stringify({ items: items.map((i) => ({ hook: i.hook, tx: i.tx, branch: i.branch, ...(i.context === undefined ? {} : { context: i.context }) })) }),
+        body: JSON.stringify({
+          items: items.map((i) => ({
+            hook: i.hook,
+            tx: i.tx,
+            branch: i.branch,
+            ...(i.context === undefined ? {} : { context: i.context }),
+          })),
+        }),
         timeoutMs: LIMITS.hookCallTimeoutMs,
         limit: LIMITS.controlBodyBytes,
       })
@@ -743,10 +863,13 @@ export class ParticipantDriver {
       if (text === undefined) return failAll(`the batch hook's answer is over ${LIMITS.controlBodyBytes} bytes`)
       const answer = parseJsonObject(text)
       const results = answer instanceof TxmeshError ? undefined : answer.results
-      if (!Array.isArray(results) || results.length !== items.length) return failAll(`the batch hook's answer does not list ${items.length} results`)
+      if (!Array.isArray(results) || results.length !== items.length)
+        return failAll(`the batch hook's answer does not list ${items.length} results`)
       return results.map((r: unknown) => {
         const status = (r as { status?: unknown } | null)?.status
-        return typeof status === 'number' && Number.isInteger(status) && status >= 100 && status <= 599 ? status : new Error('a batch result has no status')
+        return typeof status === 'number' && Number.isInteger(status) && status >= 100 && status <= 599
+          ? status
+          : new Error('a batch result has no status')
       })
     } catch (err) {
       return failAll((err as { code?: string }).code ?? String(err))
@@ -756,7 +879,11 @@ export class ParticipantDriver {
   private async callHook(b: Branch, hook: 'prepare' | 'commit' | 'abort'): Promise<ParticipantEvent> {
     if (!(await this.whenIdle(b))) {
       this.d.logger.warn('hook_held_too_long', { tx: b.state.tx, hook, inflight: b.inflight, ms: LIMITS.hookHoldMs })
-      if (hook === 'prepare') return { type: 'app-voted', vote: { kind: 'refused', reason: `a request of the branch still ran after ${LIMITS.hookHoldMs} ms` } }
+      if (hook === 'prepare')
+        return {
+          type: 'app-voted',
+          vote: { kind: 'refused', reason: `a request of the branch still ran after ${LIMITS.hookHoldMs} ms` },
+        }
       return { type: 'app-failed' }
     }
     try {
@@ -772,7 +899,8 @@ export class ParticipantDriver {
       return (s >= 200 && s < 300) || s === 404 ? { type: 'app-done' } : { type: 'app-failed' }
     } catch (err) {
       this.d.logger.warn('hook_failed', { tx: b.state.tx, hook, error: (err as { code?: string }).code ?? String(err) })
-      if (hook === 'prepare') return { type: 'app-voted', vote: { kind: 'refused', reason: 'app unreachable at prepare' } }
+      if (hook === 'prepare')
+        return { type: 'app-voted', vote: { kind: 'refused', reason: 'app unreachable at prepare' } }
       return { type: 'app-failed' }
     }
   }

@@ -26,7 +26,17 @@
 import assert from 'node:assert/strict'
 import { fullJitterMs } from '../../backoff.js'
 import { LIMITS } from '../../limits.js'
-import type { BranchId, Env, Outcome, ParticipantAction, ParticipantEvent, ParticipantState, Transition, TxId, Vote } from '../core.js'
+import type {
+  BranchId,
+  Env,
+  Outcome,
+  ParticipantAction,
+  ParticipantEvent,
+  ParticipantState,
+  Transition,
+  TxId,
+  Vote,
+} from '../core.js'
 
 type ParticipantTransition = Transition<ParticipantState, ParticipantAction>
 
@@ -41,9 +51,24 @@ export function newParticipant(tx: TxId, branch: BranchId, coordinator: string, 
  * have prepared, but the branch never voted yes (and a one-phase branch never decided commit),
  * so nobody can have committed it. Abort alone, calling the app's abort hook until it answers.
  */
-export function recoverUnvoted(tx: TxId, branch: BranchId, coordinator: string, deadline: number, onePhase = false): ParticipantTransition {
+export function recoverUnvoted(
+  tx: TxId,
+  branch: BranchId,
+  coordinator: string,
+  deadline: number,
+  onePhase = false,
+): ParticipantTransition {
   return {
-    state: { tx, branch, coordinator, deadline, status: 'aborting', vote: { kind: 'refused', reason: 'the sidecar restarted before voting' }, attempts: 1, onePhase },
+    state: {
+      tx,
+      branch,
+      coordinator,
+      deadline,
+      status: 'aborting',
+      vote: { kind: 'refused', reason: 'the sidecar restarted before voting' },
+      attempts: 1,
+      onePhase,
+    },
     actions: [{ type: 'call-app', hook: 'abort' }],
   }
 }
@@ -53,20 +78,49 @@ export function recoverUnvoted(tx: TxId, branch: BranchId, coordinator: string, 
  * A one-phase branch is not in doubt: it decided commit when its record became durable, so it
  * commits (again: the app's commit hook is idempotent).
  */
-export function recoverParticipant(tx: TxId, branch: BranchId, coordinator: string, deadline: number, _env: Env, onePhase = false): ParticipantTransition {
+export function recoverParticipant(
+  tx: TxId,
+  branch: BranchId,
+  coordinator: string,
+  deadline: number,
+  _env: Env,
+  onePhase = false,
+): ParticipantTransition {
   if (onePhase) {
     return {
-      state: { tx, branch, coordinator, deadline, status: 'committing', vote: { kind: 'prepared' }, attempts: 1, onePhase: true },
+      state: {
+        tx,
+        branch,
+        coordinator,
+        deadline,
+        status: 'committing',
+        vote: { kind: 'prepared' },
+        attempts: 1,
+        onePhase: true,
+      },
       actions: [{ type: 'call-app', hook: 'commit' }],
     }
   }
   return {
-    state: { tx, branch, coordinator, deadline, status: 'prepared', vote: { kind: 'prepared' }, attempts: 1, onePhase: false },
+    state: {
+      tx,
+      branch,
+      coordinator,
+      deadline,
+      status: 'prepared',
+      vote: { kind: 'prepared' },
+      attempts: 1,
+      onePhase: false,
+    },
     actions: [{ type: 'query-outcome' }],
   }
 }
 
-export function participantTransition(state: ParticipantState, event: ParticipantEvent, env: Env): ParticipantTransition {
+export function participantTransition(
+  state: ParticipantState,
+  event: ParticipantEvent,
+  env: Env,
+): ParticipantTransition {
   const step = dispatch(state, event, env)
   checkInvariants(step.state)
   return step
@@ -96,9 +150,13 @@ function dispatch(s: ParticipantState, event: ParticipantEvent, env: Env): Parti
     case 'app-done':
       return onAppDone(s, env)
     case 'app-failed':
-      return callPending(s) ? { state: s, actions: [{ type: 'schedule-retry', delayMs: backoffMs(s.attempts, env.random) }] } : same(s)
+      return callPending(s)
+        ? { state: s, actions: [{ type: 'schedule-retry', delayMs: backoffMs(s.attempts, env.random) }] }
+        : same(s)
     case 'outcome-unknown':
-      return querying(s) ? { state: s, actions: [{ type: 'schedule-retry', delayMs: backoffMs(s.attempts, env.random) }] } : same(s)
+      return querying(s)
+        ? { state: s, actions: [{ type: 'schedule-retry', delayMs: backoffMs(s.attempts, env.random) }] }
+        : same(s)
     case 'retry-due':
       return onRetryDue(s)
     case 'deadline':
@@ -168,7 +226,9 @@ function onPrepare(s: ParticipantState): ParticipantTransition {
 
 function onPreparingLogged(s: ParticipantState, ok: boolean): ParticipantTransition {
   const refused: Vote = { kind: 'refused', reason: 'cannot log PREPARING' }
-  const reply: ParticipantAction = s.onePhase ? { type: 'reply-done', outcome: 'aborted' } : { type: 'reply-vote', vote: s.status === 'aborting' ? ABORTED_VOTE : refused }
+  const reply: ParticipantAction = s.onePhase
+    ? { type: 'reply-done', outcome: 'aborted' }
+    : { type: 'reply-vote', vote: s.status === 'aborting' ? ABORTED_VOTE : refused }
   if (s.status === 'aborting' && s.attempts === 0) {
     // Aborted while PREPARING was being written: the app was never asked to prepare, but the
     // branch's work is still open in it; undo it.
@@ -178,23 +238,44 @@ function onPreparingLogged(s: ParticipantState, ok: boolean): ParticipantTransit
   if (ok) return { state: { ...s, status: 'preparing' }, actions: [{ type: 'call-app', hook: 'prepare' }] }
   // Not recorded: the app must not prepare (nothing would know of it after a crash). Whether or
   // not the write reached the disk, a PREPARING alone only ever means abort.
-  return { state: { ...s, status: 'aborting', vote: refused, attempts: 1 }, actions: [reply, { type: 'call-app', hook: 'abort' }] }
+  return {
+    state: { ...s, status: 'aborting', vote: refused, attempts: 1 },
+    actions: [reply, { type: 'call-app', hook: 'abort' }],
+  }
 }
 
 function onAppVoted(s: ParticipantState, vote: Vote): ParticipantTransition {
   if (s.status === 'aborting' && s.attempts === 0) {
     // The coordinator aborted while the app was preparing: now that prepare returned, the
     // abort cannot overtake it.
-    return { state: { ...s, attempts: 1 }, actions: [{ type: 'reply-vote', vote: ABORTED_VOTE }, { type: 'call-app', hook: 'abort' }] }
+    return {
+      state: { ...s, attempts: 1 },
+      actions: [
+        { type: 'reply-vote', vote: ABORTED_VOTE },
+        { type: 'call-app', hook: 'abort' },
+      ],
+    }
   }
   if (s.status === 'logging' && vote.kind === 'refused') {
     // PREPARED could not be written: not voted yet, so aborting alone is still safe. (The driver
     // feeds this only when the record surely did not reach the disk; for a one-phase branch a
     // record that might have landed would commit at a restart, so the driver stops instead.)
     if (s.onePhase) {
-      return { state: { ...s, status: 'aborting', vote, attempts: 1 }, actions: [{ type: 'reply-done', outcome: 'aborted' }, { type: 'call-app', hook: 'abort' }] }
+      return {
+        state: { ...s, status: 'aborting', vote, attempts: 1 },
+        actions: [
+          { type: 'reply-done', outcome: 'aborted' },
+          { type: 'call-app', hook: 'abort' },
+        ],
+      }
     }
-    return { state: { ...s, status: 'aborting', vote, attempts: 1 }, actions: [{ type: 'reply-vote', vote }, { type: 'call-app', hook: 'abort' }] }
+    return {
+      state: { ...s, status: 'aborting', vote, attempts: 1 },
+      actions: [
+        { type: 'reply-vote', vote },
+        { type: 'call-app', hook: 'abort' },
+      ],
+    }
   }
   if (s.status !== 'preparing') return same(s)
   switch (vote.kind) {
@@ -204,17 +285,41 @@ function onAppVoted(s: ParticipantState, vote: Vote): ParticipantTransition {
       // Nothing to commit: the branch is done. END is durable before the answer leaves: with
       // only PREPARING left, a restart would abort a branch that answered read-only.
       if (s.onePhase) {
-        return { state: { ...s, status: 'committed', vote }, actions: [{ type: 'log-end', outcome: 'committed' }, { type: 'reply-done', outcome: 'committed' }] }
+        return {
+          state: { ...s, status: 'committed', vote },
+          actions: [
+            { type: 'log-end', outcome: 'committed' },
+            { type: 'reply-done', outcome: 'committed' },
+          ],
+        }
       }
-      return { state: { ...s, status: 'committed', vote }, actions: [{ type: 'log-end', outcome: 'committed' }, { type: 'reply-vote', vote }] }
+      return {
+        state: { ...s, status: 'committed', vote },
+        actions: [
+          { type: 'log-end', outcome: 'committed' },
+          { type: 'reply-vote', vote },
+        ],
+      }
     case 'refused':
       if (s.onePhase) {
         // The decider says no: aborted, whatever the app's abort hook still has to undo.
-        return { state: { ...s, status: 'aborting', vote, attempts: 1 }, actions: [{ type: 'reply-done', outcome: 'aborted' }, { type: 'call-app', hook: 'abort' }] }
+        return {
+          state: { ...s, status: 'aborting', vote, attempts: 1 },
+          actions: [
+            { type: 'reply-done', outcome: 'aborted' },
+            { type: 'call-app', hook: 'abort' },
+          ],
+        }
       }
       // The app said no, or its prepare failed or timed out: then it may have prepared after
       // all, so its abort hook is called until it answers (404 = nothing to undo).
-      return { state: { ...s, status: 'aborting', vote, attempts: 1 }, actions: [{ type: 'reply-vote', vote }, { type: 'call-app', hook: 'abort' }] }
+      return {
+        state: { ...s, status: 'aborting', vote, attempts: 1 },
+        actions: [
+          { type: 'reply-vote', vote },
+          { type: 'call-app', hook: 'abort' },
+        ],
+      }
   }
 }
 
@@ -222,12 +327,16 @@ function onPreparedLogged(s: ParticipantState, env: Env): ParticipantTransition 
   if (s.status !== 'logging') return same(s)
   if (s.onePhase) {
     // PREPARED(onePhase) is durable: the decision is commit, deadline or not.
-    return { state: { ...s, status: 'committing', vote: { kind: 'prepared' }, attempts: 1 }, actions: [{ type: 'call-app', hook: 'commit' }] }
+    return {
+      state: { ...s, status: 'committing', vote: { kind: 'prepared' }, attempts: 1 },
+      actions: [{ type: 'call-app', hook: 'commit' }],
+    }
   }
   const prepared: ParticipantState = { ...s, status: 'prepared', vote: { kind: 'prepared' }, attempts: 0 }
   const actions: ParticipantAction[] = [{ type: 'reply-vote', vote: { kind: 'prepared' } }]
   // The deadline passed while preparing (it was ignored then): start asking for the outcome now.
-  if (env.now >= s.deadline) return { state: { ...prepared, attempts: 1 }, actions: [...actions, { type: 'query-outcome' }] }
+  if (env.now >= s.deadline)
+    return { state: { ...prepared, attempts: 1 }, actions: [...actions, { type: 'query-outcome' }] }
   return { state: prepared, actions }
 }
 
@@ -265,7 +374,13 @@ function onAbort(s: ParticipantState): ParticipantTransition {
     case 'logging':
       // The app is prepared, PREPARED is being written: the coordinator has decided without our
       // vote, so answer the pending prepare with no and undo.
-      return { state: { ...s, status: 'aborting', attempts: 1 }, actions: [{ type: 'reply-vote', vote: ABORTED_VOTE }, { type: 'call-app', hook: 'abort' }] }
+      return {
+        state: { ...s, status: 'aborting', attempts: 1 },
+        actions: [
+          { type: 'reply-vote', vote: ABORTED_VOTE },
+          { type: 'call-app', hook: 'abort' },
+        ],
+      }
     case 'committed':
     case 'aborted':
       return done(s)
@@ -307,8 +422,10 @@ function onAppDone(s: ParticipantState, env: Env): ParticipantTransition {
 }
 
 function onRetryDue(s: ParticipantState): ParticipantTransition {
-  if (s.status === 'committing') return { state: { ...s, attempts: s.attempts + 1 }, actions: [{ type: 'call-app', hook: 'commit' }] }
-  if (s.status === 'aborting' && s.attempts > 0) return { state: { ...s, attempts: s.attempts + 1 }, actions: [{ type: 'call-app', hook: 'abort' }] }
+  if (s.status === 'committing')
+    return { state: { ...s, attempts: s.attempts + 1 }, actions: [{ type: 'call-app', hook: 'commit' }] }
+  if (s.status === 'aborting' && s.attempts > 0)
+    return { state: { ...s, attempts: s.attempts + 1 }, actions: [{ type: 'call-app', hook: 'abort' }] }
   if (querying(s)) return { state: { ...s, attempts: s.attempts + 1 }, actions: [{ type: 'query-outcome' }] }
   return same(s)
 }
@@ -332,8 +449,13 @@ function backoffMs(attempt: number, random: () => number): number {
 }
 
 function checkInvariants(s: ParticipantState): void {
-  if (s.status === 'prepared' || s.status === 'committing') assert(s.vote?.kind === 'prepared', `${s.tx}/${s.branch}: ${s.status} without a yes vote`)
-  if (s.status === 'committed') assert(s.vote !== undefined && s.vote.kind !== 'refused', `${s.tx}/${s.branch}: committed without a yes vote`)
+  if (s.status === 'prepared' || s.status === 'committing')
+    assert(s.vote?.kind === 'prepared', `${s.tx}/${s.branch}: ${s.status} without a yes vote`)
+  if (s.status === 'committed')
+    assert(s.vote !== undefined && s.vote.kind !== 'refused', `${s.tx}/${s.branch}: committed without a yes vote`)
   assert(s.attempts >= 0, `${s.tx}/${s.branch}: negative attempts`)
-  assert(!(s.onePhase && s.status === 'prepared'), `${s.tx}/${s.branch}: a one-phase branch waits for nobody's decision`)
+  assert(
+    !(s.onePhase && s.status === 'prepared'),
+    `${s.tx}/${s.branch}: a one-phase branch waits for nobody's decision`,
+  )
 }

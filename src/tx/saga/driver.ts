@@ -6,7 +6,16 @@
 // as an intent, and again, resolved, before its response reaches the app; a call whose undo
 // cannot be known before its answer only the second time), {type:'decision', outcome} (COMMIT
 // force-written, abort lazy), {type:'step-done'} (lazy). END once every step is finished.
-import { InternalError, LogFailedError, ShuttingDownError, StepTargetRefusedError, TxLimitError, TxNotActiveError, TxUnknownError, TxmeshError } from '../../errors.js'
+import {
+  InternalError,
+  LogFailedError,
+  ShuttingDownError,
+  StepTargetRefusedError,
+  TxLimitError,
+  TxNotActiveError,
+  TxUnknownError,
+  TxmeshError,
+} from '../../errors.js'
 import { LIMITS } from '../../limits.js'
 import type { Logger } from '../../telemetry/logger.js'
 import type { SidecarMetrics } from '../../telemetry/metrics.js'
@@ -15,12 +24,41 @@ import type { MeshKeys } from '../keys.js'
 import type { BranchId, Env, Outcome, TxId } from '../core.js'
 import { appendDurable } from '../durable.js'
 import { body, stepsKey, type LogRecord, type StepDecisionRecord, type StepDoneRecord } from '../records.js'
-import { BRANCH_ID_HEADER, CONTEXT_HEADER, OP_HEADER, TX_ID_HEADER, coordinatorAllowed, newTxId, signContext } from '../protocol.js'
+import {
+  BRANCH_ID_HEADER,
+  CONTEXT_HEADER,
+  OP_HEADER,
+  TX_ID_HEADER,
+  coordinatorAllowed,
+  newTxId,
+  signContext,
+} from '../protocol.js'
 import { ERROR_HEADER } from '../../proxy/respond.js'
 import { RecentMap } from '../recent.js'
 import type { TxMessage } from '../../events/outbox.js'
-import { addMessage, endAfterPublishing, startPublishing, waitAtMost, type MessageHolder, type Publish } from '../messages.js'
-import { intentUnsent, newSagaTx, recoverSagaTx, sagaOutcome, sagaTransition, type StepAction, type StepEvent, type StepMode, type StepOp, type StepOpName, type StepPolicy, type StepRecord, type StepTxState } from './machine.js'
+import {
+  addMessage,
+  endAfterPublishing,
+  startPublishing,
+  waitAtMost,
+  type MessageHolder,
+  type Publish,
+} from '../messages.js'
+import {
+  intentUnsent,
+  newSagaTx,
+  recoverSagaTx,
+  sagaOutcome,
+  sagaTransition,
+  type StepAction,
+  type StepEvent,
+  type StepMode,
+  type StepOp,
+  type StepOpName,
+  type StepPolicy,
+  type StepRecord,
+  type StepTxState,
+} from './machine.js'
 
 export interface StepView {
   readonly id: BranchId
@@ -144,20 +182,45 @@ export class SagaDriver {
     return this.txs.has(id) || this.finished.get(id) !== undefined
   }
 
-  begin(mode: StepMode, timeoutMs: number, route = 'api'): { id: TxId; context: string; deadline: number } | TxmeshError {
-    if (this.txs.size >= LIMITS.maxActiveTransactions) return new TxLimitError(`this sidecar already coordinates ${this.txs.size} step transactions`)
+  begin(
+    mode: StepMode,
+    timeoutMs: number,
+    route = 'api',
+  ): { id: TxId; context: string; deadline: number } | TxmeshError {
+    if (this.txs.size >= LIMITS.maxActiveTransactions)
+      return new TxLimitError(`this sidecar already coordinates ${this.txs.size} step transactions`)
     const id = newTxId(this.d.self, this.d.incarnation, this.d.run, this.d.io.randomChars)
     const deadline = this.clock() + timeoutMs
     const entry = this.newEntry(newSagaTx(id, mode, deadline, this.d.policy), route)
     entry.deadlineTimer = this.d.io.timers.set(() => this.feed(id, { type: 'deadline' }), timeoutMs)
     this.txs.set(id, entry)
     this.d.onEvent?.('tx-begin', { tx: id, mode, route, deadline })
-    const context = signContext(this.d.keys.signing, { id, mode, coordinator: this.d.self, deadline, parent: undefined })
+    const context = signContext(this.d.keys.signing, {
+      id,
+      mode,
+      coordinator: this.d.self,
+      deadline,
+      parent: undefined,
+    })
     return { id, context, deadline }
   }
 
   private newEntry(state: StepTxState, route: string): Entry {
-    return { state, route, outcome: undefined, outcomeWaiters: [], doneWaiters: [], deadlineTimer: undefined, retryTimers: new Map(), finished: false, recording: 0, endHeld: false, messages: [], messageBytes: 0, publishing: undefined }
+    return {
+      state,
+      route,
+      outcome: undefined,
+      outcomeWaiters: [],
+      doneWaiters: [],
+      deadlineTimer: undefined,
+      retryTimers: new Map(),
+      finished: false,
+      recording: 0,
+      endHeld: false,
+      messages: [],
+      messageBytes: 0,
+      publishing: undefined,
+    }
   }
 
   /**
@@ -175,13 +238,17 @@ export class SagaDriver {
     let e = this.txs.get(id)
     const known = (e ?? this.finished.get(id))?.state.steps.find((x) => x.step.id === step.id)
     if (step.intent === true) {
-      if (e === undefined || e.state.status !== 'active') return new TxNotActiveError(`transaction ${id} is ${e?.state.status ?? 'over'}; the call is not sent`)
+      if (e === undefined || e.state.status !== 'active')
+        return new TxNotActiveError(`transaction ${id} is ${e?.state.status ?? 'over'}; the call is not sent`)
       if (known !== undefined) return undefined
     } else if (known !== undefined) {
       const status = (e ?? this.finished.get(id))?.state.status
       // Its undo is under way or done (the target's barrier orders it against the call), or a
       // duplicate: nothing to write.
-      if (e === undefined || !intentUnsent(known)) return status === 'active' ? undefined : new TxNotActiveError(`transaction ${id} is ${status ?? 'over'}; the step is undone`)
+      if (e === undefined || !intentUnsent(known))
+        return status === 'active'
+          ? undefined
+          : new TxNotActiveError(`transaction ${id} is ${status ?? 'over'}; the step is undone`)
     } else if (e === undefined) {
       // Finished already: a step that answered late still has to be undone.
       e = this.finished.get(id)
@@ -189,7 +256,8 @@ export class SagaDriver {
       e.finished = false
       this.txs.set(id, e)
     }
-    if (known === undefined && e.state.steps.length >= LIMITS.maxSteps) return new TxLimitError(`transaction ${id} already has ${LIMITS.maxSteps} steps`)
+    if (known === undefined && e.state.steps.length >= LIMITS.maxSteps)
+      return new TxLimitError(`transaction ${id} already has ${LIMITS.maxSteps} steps`)
     const late = e.state.status !== 'active'
     const recorded: StepRecord = late ? { ...step, late: true } : step
     // While the record is written the transaction may finish (an abort with nothing else to
@@ -219,7 +287,8 @@ export class SagaDriver {
     }
     // An intent whose transaction ended while it was written: its call is not sent (the
     // machine undoes the intent; the target's barrier makes that a no-op).
-    if (step.intent === true && e.state.status !== 'active') return new TxNotActiveError(`transaction ${id} is ${e.state.status}; the call is not sent`)
+    if (step.intent === true && e.state.status !== 'active')
+      return new TxNotActiveError(`transaction ${id} is ${e.state.status}; the call is not sent`)
     // A step that answered after the end still joins the undo queue, but the caller hears the
     // transaction is over.
     if (late) return new TxNotActiveError(`transaction ${id} is ${e.state.status}; the step will be undone`)
@@ -240,15 +309,25 @@ export class SagaDriver {
       const target = JSON.stringify(step.target.slice(0, 80))
       if (mode === 'tcc' && step.viaIngress !== true) {
         if (!CONTROL_ADDRESS.test(step.target) || !coordinatorAllowed(this.d.targets.controls, step.target)) {
-          refused = new StepTargetRefusedError(`step ${step.id} names the control address ${target}, which mesh.coordinators does not allow`)
+          refused = new StepTargetRefusedError(
+            `step ${step.id} names the control address ${target}, which mesh.coordinators does not allow`,
+          )
         }
       } else if (!this.d.targets.origins.has(step.target.toLowerCase())) {
-        refused = new StepTargetRefusedError(`step ${step.id} names the origin ${target}, which is none of this sidecar's services addresses; its operations are not sent there`)
+        refused = new StepTargetRefusedError(
+          `step ${step.id} names the origin ${target}, which is none of this sidecar's services addresses; its operations are not sent there`,
+        )
       }
     }
     if (refused === undefined) return this.addStep(id, step)
     // A peer whose services map names an address this one does not: operators must hear of it.
-    this.d.logger.warn('step_target_refused', { tx: id, step: step.id, service: step.service, target: step.target.slice(0, LIMITS.stepTargetChars), intent: step.intent === true })
+    this.d.logger.warn('step_target_refused', {
+      tx: id,
+      step: step.id,
+      service: step.service,
+      target: step.target.slice(0, LIMITS.stepTargetChars),
+      intent: step.intent === true,
+    })
     return refused
   }
 
@@ -311,23 +390,42 @@ export class SagaDriver {
     const e = this.txs.get(id) ?? this.finished.get(id)
     if (e === undefined) return undefined
     const s = e.state
-    return { id, mode: s.mode, status: s.status, deadline: s.deadline, reason: s.reason, stuck: s.steps.filter((x) => x.status === 'stuck').length, steps: stepViews(s) }
+    return {
+      id,
+      mode: s.mode,
+      status: s.status,
+      deadline: s.deadline,
+      reason: s.reason,
+      stuck: s.steps.filter((x) => x.status === 'stuck').length,
+      steps: stepViews(s),
+    }
   }
 
   list(): StepTxView[] {
-    return [...this.txs.keys(), ...this.finished.keys()].map((id) => this.view(id)).filter((v): v is StepTxView => v !== undefined)
+    return [...this.txs.keys(), ...this.finished.keys()]
+      .map((id) => this.view(id))
+      .filter((v): v is StepTxView => v !== undefined)
   }
 
   /** Restarts every transaction whose steps are in the log and not ended. */
   recover(records: readonly LogRecord[]): number {
-    const byTx = new Map<TxId, { mode: StepMode; steps: StepRecord[]; done: Set<BranchId>; committed: boolean; messages: TxMessage[] }>()
+    const byTx = new Map<
+      TxId,
+      { mode: StepMode; steps: StepRecord[]; done: Set<BranchId>; committed: boolean; messages: TxMessage[] }
+    >()
     for (const r of records) {
       if (r.kind !== 'steps') continue
       const id = r.tx
       const rec = r.record
       let t = byTx.get(id)
       if (t === undefined) {
-        t = { mode: rec.type === 'step' ? rec.mode : 'saga', steps: [], done: new Set(), committed: false, messages: [] }
+        t = {
+          mode: rec.type === 'step' ? rec.mode : 'saga',
+          steps: [],
+          done: new Set(),
+          committed: false,
+          messages: [],
+        }
         byTx.set(id, t)
       }
       if (rec.type === 'step') {
@@ -348,7 +446,13 @@ export class SagaDriver {
       if (t.committed) startPublishing(id, entry, this.d.publish)
       this.txs.set(id, entry)
       this.d.onEvent?.('tx-begin', { tx: id, mode: t.mode, route: 'recovered', recovered: true })
-      this.d.logger.info('tx_recovered', { tx: id, role: 'coordinator', mode: t.mode, steps: t.steps.length, committed: t.committed })
+      this.d.logger.info('tx_recovered', {
+        tx: id,
+        role: 'coordinator',
+        mode: t.mode,
+        steps: t.steps.length,
+        committed: t.committed,
+      })
       this.perform(id, entry, next.actions)
     }
     return byTx.size
@@ -370,7 +474,11 @@ export class SagaDriver {
             this.lazy(id, { type: 'decision', outcome: 'aborted' })
             break
           }
-          appendDurable(this.d.io, logKey(id), { type: 'decision', outcome: 'committed', ...(e.messages.length === 0 ? {} : { messages: e.messages }) }).then(
+          appendDurable(this.d.io, logKey(id), {
+            type: 'decision',
+            outcome: 'committed',
+            ...(e.messages.length === 0 ? {} : { messages: e.messages }),
+          }).then(
             () => this.feed(id, { type: 'decision-logged' }),
             (err: unknown) => {
               this.d.logger.error('decision_log_failed', { tx: id, error: String(err) })
@@ -378,8 +486,14 @@ export class SagaDriver {
               // Refused before anything was written (too large, not encodable, the queue full):
               // this commit fails alone, the transaction aborts.
               if (!(err instanceof LogFailedError)) {
-                e.commitError = err instanceof TxmeshError ? err : new InternalError(`the decision record could not be written: ${String(err)}`)
-                this.feed(id, { type: 'decision-refused', reason: `the decision record could not be logged: ${e.commitError.message}` })
+                e.commitError =
+                  err instanceof TxmeshError
+                    ? err
+                    : new InternalError(`the decision record could not be written: ${String(err)}`)
+                this.feed(id, {
+                  type: 'decision-refused',
+                  reason: `the decision record could not be logged: ${e.commitError.message}`,
+                })
                 return
               }
               // A write or fsync failed: neither outcome is safe to announce: stop, recovery decides from the log.
@@ -404,7 +518,13 @@ export class SagaDriver {
         }
         case 'stuck':
           this.d.metrics?.stepOp(a.op, 'stuck')
-          this.d.logger.warn('step_stuck', { tx: id, step: a.step.id, service: a.step.service, op: a.op, error: a.error })
+          this.d.logger.warn('step_stuck', {
+            tx: id,
+            step: a.step.id,
+            service: a.step.service,
+            op: a.op,
+            error: a.error,
+          })
           this.d.onEvent?.('tx-stuck', { tx: id, service: a.step.service, branch: a.step.id, op: a.op, error: a.error })
           break
         case 'outcome':
@@ -445,9 +565,17 @@ export class SagaDriver {
     else if (e.state.mode === 'tcc' && step.viaIngress !== true) result = await this.callHook(id, step, op, request)
     else result = await this.sendOp(id, e.state.mode, step, op, request)
     this.d.metrics?.stepOp(op, result.ok ? 'done' : 'failed')
-    if (result.ok) this.d.onEvent?.(`tx-${op === 'compensate' ? 'compensated' : op === 'confirm' ? 'confirmed' : 'cancelled'}`, { tx: id, service: step.service, branch: step.id })
+    if (result.ok)
+      this.d.onEvent?.(`tx-${op === 'compensate' ? 'compensated' : op === 'confirm' ? 'confirmed' : 'cancelled'}`, {
+        tx: id,
+        service: step.service,
+        branch: step.id,
+      })
     else this.d.logger.warn('step_op_failed', { tx: id, step: step.id, service: step.service, op, error: result.error })
-    this.feed(id, result.ok ? { type: 'op-done', step: step.id } : { type: 'op-failed', step: step.id, error: result.error })
+    this.feed(
+      id,
+      result.ok ? { type: 'op-done', step: step.id } : { type: 'op-failed', step: step.id, error: result.error },
+    )
   }
 
   /**
@@ -455,9 +583,29 @@ export class SagaDriver {
    * step and the op. TCC steps marked viaIngress: the cancel goes the same way to the target's
    * ingress, whose sidecar hands it to its app (README "Sagas and TCC").
    */
-  private async sendOp(id: TxId, mode: StepMode, step: StepRecord, name: StepOpName, op: StepOp): Promise<{ ok: boolean; error: string }> {
-    const context = signContext(this.d.keys.signing, { id, mode, coordinator: this.d.self, deadline: this.clock() + LIMITS.stepOpContextTtlMs, parent: undefined, branch: step.id, op: name })
-    const headers: Record<string, string> = { ...(op.headers ?? {}), [CONTEXT_HEADER]: context, [TX_ID_HEADER]: id, [BRANCH_ID_HEADER]: step.id, [OP_HEADER]: name }
+  private async sendOp(
+    id: TxId,
+    mode: StepMode,
+    step: StepRecord,
+    name: StepOpName,
+    op: StepOp,
+  ): Promise<{ ok: boolean; error: string }> {
+    const context = signContext(this.d.keys.signing, {
+      id,
+      mode,
+      coordinator: this.d.self,
+      deadline: this.clock() + LIMITS.stepOpContextTtlMs,
+      parent: undefined,
+      branch: step.id,
+      op: name,
+    })
+    const headers: Record<string, string> = {
+      ...(op.headers ?? {}),
+      [CONTEXT_HEADER]: context,
+      [TX_ID_HEADER]: id,
+      [BRANCH_ID_HEADER]: step.id,
+      [OP_HEADER]: name,
+    }
     if (op.body !== undefined && headers['content-type'] === undefined) headers['content-type'] = 'application/json'
     try {
       const url = new URL(`${step.target}${op.path}`)
@@ -473,15 +621,28 @@ export class SagaDriver {
       const code = res.header
       // 404: nothing left to undo (already compensated, or never created).
       if ((res.status >= 200 && res.status < 300) || res.status === 404) return { ok: true, error: '' }
-      return { ok: false, error: `${op.method} ${op.path} answered ${res.status}${typeof code === 'string' ? ` ${code}` : ''}` }
+      return {
+        ok: false,
+        error: `${op.method} ${op.path} answered ${res.status}${typeof code === 'string' ? ` ${code}` : ''}`,
+      }
     } catch (err) {
       return { ok: false, error: `${op.method} ${op.path} failed: ${(err as { code?: string }).code ?? String(err)}` }
     }
   }
 
   /** TCC: the participant's sidecar calls its app's confirm or cancel hook. */
-  private async callHook(id: TxId, step: StepRecord, op: StepOpName, hook: StepOp): Promise<{ ok: boolean; error: string }> {
-    const body: Record<string, unknown> = { branch: step.id, method: hook.method, path: hook.path, ...(step.holder === undefined ? {} : { holder: step.holder }) }
+  private async callHook(
+    id: TxId,
+    step: StepRecord,
+    op: StepOpName,
+    hook: StepOp,
+  ): Promise<{ ok: boolean; error: string }> {
+    const body: Record<string, unknown> = {
+      branch: step.id,
+      method: hook.method,
+      path: hook.path,
+      ...(step.holder === undefined ? {} : { holder: step.holder }),
+    }
     if (hook.body !== undefined) body.body = hook.body
     if (hook.headers !== undefined) body.headers = hook.headers
     const r = await this.d.io.control.call(step.target, 'POST', `/v1/tx/${id}/${op}`, body)
@@ -536,4 +697,3 @@ function stepViews(s: StepTxState): StepView[] {
     ...(e.step.intent === true ? { intent: true } : {}),
   }))
 }
-

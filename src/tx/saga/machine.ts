@@ -152,7 +152,12 @@ export function recoverSagaTx(
   policy: StepPolicy,
   env: Env,
 ): SagaTransition {
-  const entries: StepEntry[] = unique(steps).map((step) => ({ step, status: finished.has(step.id) ? 'finished' : 'recorded', attempts: 0, lastError: undefined }))
+  const entries: StepEntry[] = unique(steps).map((step) => ({
+    step,
+    status: finished.has(step.id) ? 'finished' : 'recorded',
+    attempts: 0,
+    lastError: undefined,
+  }))
   const state: StepTxState = {
     id,
     mode,
@@ -188,7 +193,13 @@ function dispatch(state: StepTxState, event: StepEvent, env: Env): SagaTransitio
     case 'step':
       return onStep(state, event.step)
     case 'step-void':
-      return withStep(state, event.step, ['recorded', 'stuck'], (e, s) => (intentUnsent(e) ? advance(replace(s, { ...e, status: 'finished', lastError: undefined }), [{ type: 'log-step-done', step: e.step.id }]) : same(s)))
+      return withStep(state, event.step, ['recorded', 'stuck'], (e, s) =>
+        intentUnsent(e)
+          ? advance(replace(s, { ...e, status: 'finished', lastError: undefined }), [
+              { type: 'log-step-done', step: e.step.id },
+            ])
+          : same(s),
+      )
     case 'commit-requested':
       if (state.status !== 'active') return same(state)
       return { state: { ...state, status: 'committing' }, actions: [{ type: 'log-decision', outcome: 'committed' }] }
@@ -203,14 +214,20 @@ function dispatch(state: StepTxState, event: StepEvent, env: Env): SagaTransitio
       if (state.status !== 'committing' || state.decisionLogged) return same(state)
       return abort({ ...state, status: 'active' }, event.reason)
     case 'op-done':
-      return withStep(state, event.step, ['running'], (e, s) => advance(replace(s, { ...e, status: 'finished', lastError: undefined }), [{ type: 'log-step-done', step: e.step.id }]))
+      return withStep(state, event.step, ['running'], (e, s) =>
+        advance(replace(s, { ...e, status: 'finished', lastError: undefined }), [
+          { type: 'log-step-done', step: e.step.id },
+        ]),
+      )
     case 'op-failed':
       return withStep(state, event.step, ['running'], (e, s) => onFailed(s, e, event.error, env))
     case 'retry-due':
       return withStep(state, event.step, ['waiting'], (e, s) => run(s, e))
     case 'retry-stuck': {
       if (!state.steps.some((e) => e.status === 'stuck')) return same(state)
-      const steps = state.steps.map((e) => (e.status === 'stuck' ? { ...e, status: 'recorded' as const, attempts: 0 } : e))
+      const steps = state.steps.map((e) =>
+        e.status === 'stuck' ? { ...e, status: 'recorded' as const, attempts: 0 } : e,
+      )
       return advance({ ...state, steps }, [])
     }
   }
@@ -222,7 +239,9 @@ function same(state: StepTxState): SagaTransition {
 
 /** An intent nothing was sent for yet: waiting its turn, or stuck without a request (unresolved). */
 export function intentUnsent(e: StepEntry): boolean {
-  return e.step.intent === true && (e.status === 'recorded' || (e.status === 'stuck' && e.step.unresolved !== undefined))
+  return (
+    e.step.intent === true && (e.status === 'recorded' || (e.status === 'stuck' && e.step.unresolved !== undefined))
+  )
 }
 
 function onStep(state: StepTxState, answered: StepRecord): SagaTransition {
@@ -236,7 +255,10 @@ function onStep(state: StepTxState, answered: StepRecord): SagaTransition {
   // the undo of the steps before it may be under way already, so it cannot take its turn in
   // reverse order (before, checkInvariants threw here and the driver dropped the step, never
   // undoing it; test/simulation/steps.sim.test.ts found it).
-  const step = answered.late !== true && (state.status === 'aborting' || state.status === 'aborted') ? { ...answered, late: true } : answered
+  const step =
+    answered.late !== true && (state.status === 'aborting' || state.status === 'aborted')
+      ? { ...answered, late: true }
+      : answered
   const entry: StepEntry = { step, status: 'recorded', attempts: 0, lastError: undefined }
   const s = { ...state, steps: [...state.steps, entry] }
   if (state.status === 'active' || (state.status === 'committing' && !state.decisionLogged)) return same(s)
@@ -254,7 +276,10 @@ function onStep(state: StepTxState, answered: StepRecord): SagaTransition {
 function onResolution(state: StepTxState, known: StepEntry, answered: StepRecord): SagaTransition {
   if (answered.intent === true || !intentUnsent(known)) return same(state)
   // As for a new step: one fed while the abort runs is undone like a late one.
-  const step = answered.late !== true && (state.status === 'aborting' || state.status === 'aborted') ? { ...answered, late: true } : answered
+  const step =
+    answered.late !== true && (state.status === 'aborting' || state.status === 'aborted')
+      ? { ...answered, late: true }
+      : answered
   const s = replace(state, { step, status: 'recorded', attempts: 0, lastError: undefined })
   if (state.status === 'active' || (state.status === 'committing' && !state.decisionLogged)) return same(s)
   if (state.status === 'committed') return advance({ ...s, status: 'committing' }, [])
@@ -277,7 +302,10 @@ function onFailed(state: StepTxState, e: StepEntry, error: string, env: Env): Sa
     return advance(replace(state, stuck), [{ type: 'stuck', step: e.step, op, error }])
   }
   const delayMs = fullJitterMs(e.attempts, state.policy.backoffBaseMs, state.policy.backoffCapMs, env.random)
-  return { state: replace(state, { ...e, status: 'waiting', lastError: error }), actions: [{ type: 'schedule-retry', step: e.step.id, delayMs }] }
+  return {
+    state: replace(state, { ...e, status: 'waiting', lastError: error }),
+    actions: [{ type: 'schedule-retry', step: e.step.id, delayMs }],
+  }
 }
 
 function run(state: StepTxState, e: StepEntry): SagaTransition {
@@ -327,7 +355,12 @@ function advance(state: StepTxState, actions: StepAction[]): SagaTransition {
   return { state: s, actions: out }
 }
 
-function withStep(state: StepTxState, id: BranchId, statuses: readonly StepStatus[], f: (e: StepEntry, s: StepTxState) => SagaTransition): SagaTransition {
+function withStep(
+  state: StepTxState,
+  id: BranchId,
+  statuses: readonly StepStatus[],
+  f: (e: StepEntry, s: StepTxState) => SagaTransition,
+): SagaTransition {
   const e = state.steps.find((x) => x.step.id === id)
   // Late or duplicate answers (after a retry-stuck reset, or a restart) change nothing.
   if (e === undefined || !statuses.includes(e.status)) return same(state)
@@ -349,18 +382,28 @@ function unique(steps: readonly StepRecord[]): StepRecord[] {
 function checkInvariants(s: StepTxState): void {
   assert(s.steps.length <= LIMITS.maxSteps, `${s.id}: ${s.steps.length} steps`)
   assert(new Set(s.steps.map((e) => e.step.id)).size === s.steps.length, `${s.id}: a step is listed twice`)
-  if (s.status === 'committed' || s.status === 'aborted') assert(s.steps.every((e) => e.status === 'finished'), `${s.id}: ${s.status} with unfinished steps`)
+  if (s.status === 'committed' || s.status === 'aborted')
+    assert(
+      s.steps.every((e) => e.status === 'finished'),
+      `${s.id}: ${s.status} with unfinished steps`,
+    )
   // (finished while active: a voided intent)
   const idle = (e: StepEntry): boolean => e.status === 'recorded' || (e.status === 'finished' && e.step.intent === true)
   if (s.status === 'active') assert(s.steps.every(idle), `${s.id}: a step ran while active`)
-  if (s.status === 'committing' && !s.decisionLogged) assert(s.steps.every(idle), `${s.id}: a step ran before the decision`)
-  if (s.mode === 'saga') assert(s.steps.filter((e) => e.status === 'running' || e.status === 'waiting').length <= 1, `${s.id}: saga undoes two steps at once`)
+  if (s.status === 'committing' && !s.decisionLogged)
+    assert(s.steps.every(idle), `${s.id}: a step ran before the decision`)
+  if (s.mode === 'saga')
+    assert(
+      s.steps.filter((e) => e.status === 'running' || e.status === 'waiting').length <= 1,
+      `${s.id}: saga undoes two steps at once`,
+    )
   if (s.mode === 'saga' && s.status === 'aborting') {
     // Reverse order: no step runs while a later one is unfinished.
     let laterUnfinished = false
     for (let i = s.steps.length - 1; i >= 0; i--) {
       const e = s.steps[i] as StepEntry
-      if ((e.status === 'running' || e.status === 'waiting') && laterUnfinished) assert.fail(`${s.id}: step ${e.step.id} undone before a later one`)
+      if ((e.status === 'running' || e.status === 'waiting') && laterUnfinished)
+        assert.fail(`${s.id}: step ${e.step.id} undone before a later one`)
       // Late steps are undone as they come (after the one under way), outside the reverse order.
       if (e.status !== 'finished' && e.step.late !== true) laterUnfinished = true
     }

@@ -34,19 +34,35 @@ export class TccParticipant {
 
   /** This sidecar as the participant of a saga/tcc step (no branch state is kept here). */
   stepRef(branch: BranchId): ParticipantRef {
-    return { service: this.d.service, control: this.d.self, branch, ...(this.d.incarnation === undefined ? {} : { holder: this.d.incarnation }) }
+    return {
+      service: this.d.service,
+      control: this.d.self,
+      branch,
+      ...(this.d.incarnation === undefined ? {} : { holder: this.d.incarnation }),
+    }
   }
 
   /**
    * The coordinator asks to confirm or cancel a step tried through this sidecar. `call.path`:
    * the hook the caller's route names, else this sidecar's hooks.confirm / hooks.cancel.
    */
-  async stepHook(tx: TxId, branch: BranchId, op: 'confirm' | 'cancel', call: TccHookCall, holder?: string): Promise<'done' | 'failed' | 'not-here'> {
+  async stepHook(
+    tx: TxId,
+    branch: BranchId,
+    op: 'confirm' | 'cancel',
+    call: TccHookCall,
+    holder?: string,
+  ): Promise<'done' | 'failed' | 'not-here'> {
     // The try ran through another log's sidecar (this address was its, a pod IP reused): this
     // app never saw it, and answering for it would call a reservation confirmed that is not.
     if (heldByAnotherLog(this.d.incarnation, holder)) return 'not-here'
     try {
-      const headers: Record<string, string> = { ...call.headers, [TX_ID_HEADER]: tx, [BRANCH_ID_HEADER]: branch, [OP_HEADER]: op }
+      const headers: Record<string, string> = {
+        ...call.headers,
+        [TX_ID_HEADER]: tx,
+        [BRANCH_ID_HEADER]: branch,
+        [OP_HEADER]: op,
+      }
       if (call.body === undefined) headers['content-length'] = '0'
       else headers['content-type'] ??= 'application/json'
       const res = await this.d.io.app.exchange(this.d.appOrigin, {
@@ -58,7 +74,12 @@ export class TccParticipant {
         limit: LIMITS.controlBodyBytes,
       })
       const s = res.status
-      this.d.onEvent?.('branch-status', { tx, branch, status: s >= 200 && s < 300 ? (op === 'confirm' ? 'confirmed' : 'cancelled') : `${op}-failed`, service: this.d.service })
+      this.d.onEvent?.('branch-status', {
+        tx,
+        branch,
+        status: s >= 200 && s < 300 ? (op === 'confirm' ? 'confirmed' : 'cancelled') : `${op}-failed`,
+        service: this.d.service,
+      })
       if ((s >= 200 && s < 300) || s === 404) return 'done'
     } catch (err) {
       this.d.logger.warn('hook_failed', { tx, hook: op, error: (err as { code?: string }).code ?? String(err) })

@@ -63,7 +63,11 @@ function needsOf(t: StepRequestTemplate): TemplateNeeds {
   let n = scanned.get(t)
   if (n === undefined) {
     const all = [t.path, t.body ?? '', ...Object.values(t.headers)].join('\n')
-    n = { requestJson: all.includes('{request.json.'), responseJson: all.includes('{response.json.'), response: all.includes('{response.') }
+    n = {
+      requestJson: all.includes('{request.json.'),
+      responseJson: all.includes('{response.json.'),
+      response: all.includes('{response.'),
+    }
     scanned.set(t, n)
   }
   return n
@@ -81,9 +85,15 @@ export function fillTemplate(t: StepRequestTemplate, facts: CallFacts): StepOp |
   const path = t.path.replace(PLACEHOLDER, (_m, name: string) => encodeURIComponent(lookup(name) ?? ''))
   const body = t.body?.replace(PLACEHOLDER, (_m, name: string) => lookup(name) ?? '')
   const headers: Record<string, string> = {}
-  for (const [k, v] of Object.entries(t.headers)) headers[k.toLowerCase()] = v.replace(PLACEHOLDER, (_m, name: string) => lookup(name) ?? '')
+  for (const [k, v] of Object.entries(t.headers))
+    headers[k.toLowerCase()] = v.replace(PLACEHOLDER, (_m, name: string) => lookup(name) ?? '')
   if (missing.length > 0) return { unresolved: `compensation template has no value for {${missing.join('}, {')}}` }
-  const op = { method: t.method, path, ...(body === undefined ? {} : { body }), ...(Object.keys(headers).length === 0 ? {} : { headers }) }
+  const op = {
+    method: t.method,
+    path,
+    ...(body === undefined ? {} : { body }),
+    ...(Object.keys(headers).length === 0 ? {} : { headers }),
+  }
   const problem = pathProblem(path) ?? opHeadersProblem(op)
   return problem === undefined ? op : { unresolved: `compensation template: ${problem}` }
 }
@@ -97,12 +107,16 @@ export function fillTemplate(t: StepRequestTemplate, facts: CallFacts): StepOp |
 export function requestProblem(t: StepRequestTemplate, facts: CallFacts): string | undefined {
   const json: { request?: unknown; response?: unknown } = {}
   // A response value stands in as one that cannot make a dot-segment.
-  const path = t.path.replace(PLACEHOLDER, (_m, name: string) => (name.startsWith('response.') ? 'r' : encodeURIComponent(valueOf(name, facts, json) ?? '')))
+  const path = t.path.replace(PLACEHOLDER, (_m, name: string) =>
+    name.startsWith('response.') ? 'r' : encodeURIComponent(valueOf(name, facts, json) ?? ''),
+  )
   const bad = pathProblem(path)
   if (bad !== undefined) return bad
   let bytes = 0
   for (const [k, v] of Object.entries(t.headers)) {
-    const value = v.replace(PLACEHOLDER, (_m, name: string) => (name.startsWith('response.') ? '' : (valueOf(name, facts, json) ?? '')))
+    const value = v.replace(PLACEHOLDER, (_m, name: string) =>
+      name.startsWith('response.') ? '' : (valueOf(name, facts, json) ?? ''),
+    )
     const problem = headerValueProblem(k, value)
     if (problem !== undefined) return problem
     bytes += k.length + value.length + HEADER_LINE_BYTES
@@ -122,13 +136,17 @@ function pathProblem(path: string): string | undefined {
     } catch {
       // Not decodable: the ingress judges it; not a dot-segment.
     }
-    if (s === '.' || s === '..') return `the path ${path.slice(0, 64)} has a dot-segment, which the target's ingress refuses`
+    if (s === '.' || s === '..')
+      return `the path ${path.slice(0, 64)} has a dot-segment, which the target's ingress refuses`
   }
   return undefined
 }
 
 /** Why the headers of a filled step op (a template's, or a peer's /steps record) could never be sent, if so. */
-export function opHeadersProblem(op: { readonly headers?: Readonly<Record<string, string>>; readonly body?: string }): string | undefined {
+export function opHeadersProblem(op: {
+  readonly headers?: Readonly<Record<string, string>>
+  readonly body?: string
+}): string | undefined {
   let bytes = 0
   for (const [k, v] of Object.entries(op.headers ?? {})) {
     const problem = headerNameProblem(k) ?? headerValueProblem(k, v) ?? headerSemanticsProblem(k, v, op.body)
@@ -143,13 +161,17 @@ export function opHeadersProblem(op: { readonly headers?: Readonly<Record<string
  * the HTTP client always refuses, literal text (outside the placeholders) with a character not
  * allowed in a header value, or literal text alone over the headers' bound.
  */
-export function configHeaderProblem(name: string, template: string): { readonly on: 'name' | 'value'; readonly message: string } | undefined {
+export function configHeaderProblem(
+  name: string,
+  template: string,
+): { readonly on: 'name' | 'value'; readonly message: string } | undefined {
   const n = headerNameProblem(name)
   if (n !== undefined) return { on: 'name', message: n }
   const literal = template.replace(PLACEHOLDER, '')
   const v = headerValueProblem(name, literal)
   if (v !== undefined) return { on: 'value', message: v }
-  if (name.length + literal.length + HEADER_LINE_BYTES > LIMITS.stepOpHeaderBytes) return { on: 'value', message: headersTooLarge(name.length + literal.length + HEADER_LINE_BYTES) }
+  if (name.length + literal.length + HEADER_LINE_BYTES > LIMITS.stepOpHeaderBytes)
+    return { on: 'value', message: headersTooLarge(name.length + literal.length + HEADER_LINE_BYTES) }
   return undefined
 }
 
@@ -164,7 +186,8 @@ const REFUSED_NAMES: ReadonlySet<string> = new Set(['transfer-encoding', 'keep-a
 
 function headerNameProblem(name: string): string | undefined {
   if (!TOKEN.test(name)) return `header name ${JSON.stringify(name.slice(0, 64))} is not an HTTP token`
-  if (REFUSED_NAMES.has(name.toLowerCase())) return `header ${name.toLowerCase()} cannot be set on a step's request (the HTTP client frames the connection itself)`
+  if (REFUSED_NAMES.has(name.toLowerCase()))
+    return `header ${name.toLowerCase()} cannot be set on a step's request (the HTTP client frames the connection itself)`
   return undefined
 }
 
@@ -178,8 +201,10 @@ function headerValueProblem(name: string, value: string): string | undefined {
 /** The two headers whose value undici parses: a list of tokens, and the body's length. */
 function headerSemanticsProblem(name: string, value: string, body: string | undefined): string | undefined {
   const n = name.toLowerCase()
-  if (n === 'connection' && !value.split(',').every((t) => TOKEN.test(t.trim()))) return `header connection must be a list of tokens`
-  if (n === 'content-length' && value !== String(Buffer.byteLength(body ?? ''))) return `header content-length must be the body's length in bytes (${Buffer.byteLength(body ?? '')})`
+  if (n === 'connection' && !value.split(',').every((t) => TOKEN.test(t.trim())))
+    return `header connection must be a list of tokens`
+  if (n === 'content-length' && value !== String(Buffer.byteLength(body ?? '')))
+    return `header content-length must be the body's length in bytes (${Buffer.byteLength(body ?? '')})`
   return undefined
 }
 
@@ -193,9 +218,11 @@ function headersTooLarge(bytes: number): string {
  */
 export function parseCompensateHeader(value: string): StepOp | { unresolved: string } {
   const m = COMPENSATE_HEADER.exec(value.trim())
-  if (m === null) return { unresolved: `txmesh-compensate header is not "METHOD /path": ${JSON.stringify(value.slice(0, 80))}` }
+  if (m === null)
+    return { unresolved: `txmesh-compensate header is not "METHOD /path": ${JSON.stringify(value.slice(0, 80))}` }
   const method = m[1] as string
-  if (!isStepMethod(method)) return { unresolved: `txmesh-compensate names ${method}, which opens a tunnel and cannot undo a step` }
+  if (!isStepMethod(method))
+    return { unresolved: `txmesh-compensate names ${method}, which opens a tunnel and cannot undo a step` }
   return { method, path: m[2] as string }
 }
 
