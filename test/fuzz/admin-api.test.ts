@@ -115,40 +115,38 @@ const endpoint: fc.Arbitrary<Endpoint> = fc.oneof(
       ),
     ),
   }),
-  txId
-    .map(encodeURIComponent)
-    .chain((t) =>
-      fc.constantFrom<Endpoint>(
-        { method: 'GET', path: `/v1/transactions/${t}`, body: noBody },
-        { method: 'POST', path: `/v1/transactions/${t}/commit`, body: noBody },
-        { method: 'POST', path: `/v1/transactions/${t}/abort`, body: noBody },
-        { method: 'POST', path: `/v1/transactions/${t}/retry`, body: noBody },
-        {
-          method: 'POST',
-          path: `/v1/transactions/${t}/messages`,
-          body: fc.record(
-            {
-              topic: maybe(fc.constantFrom('orders.created', 'a..b', '', 'x'.repeat(70))),
-              payload: anything,
-              key: maybe(fc.string({ maxLength: 300 })),
-            },
-            { requiredKeys: [] },
-          ),
-        },
-        {
-          method: 'POST',
-          path: `/v1/branches/${t}/resolve`,
-          body: fc.record(
-            {
-              outcome: maybe(fc.constantFrom('committed', 'aborted', 'maybe')),
-              by: maybe(fc.string({ maxLength: 200 })),
-            },
-            { requiredKeys: [] },
-          ),
-        },
-        { method: 'GET', path: `/v1/branches/${t}/b1/outcome`, body: noBody },
-      ),
+  txId.map(encodeURIComponent).chain((t) =>
+    fc.constantFrom<Endpoint>(
+      { method: 'GET', path: `/v1/transactions/${t}`, body: noBody },
+      { method: 'POST', path: `/v1/transactions/${t}/commit`, body: noBody },
+      { method: 'POST', path: `/v1/transactions/${t}/abort`, body: noBody },
+      { method: 'POST', path: `/v1/transactions/${t}/retry`, body: noBody },
+      {
+        method: 'POST',
+        path: `/v1/transactions/${t}/messages`,
+        body: fc.record(
+          {
+            topic: maybe(fc.constantFrom('orders.created', 'a..b', '', 'x'.repeat(70))),
+            payload: anything,
+            key: maybe(fc.string({ maxLength: 300 })),
+          },
+          { requiredKeys: [] },
+        ),
+      },
+      {
+        method: 'POST',
+        path: `/v1/branches/${t}/resolve`,
+        body: fc.record(
+          {
+            outcome: maybe(fc.constantFrom('committed', 'aborted', 'maybe')),
+            by: maybe(fc.string({ maxLength: 200 })),
+          },
+          { requiredKeys: [] },
+        ),
+      },
+      { method: 'GET', path: `/v1/branches/${t}/b1/outcome`, body: noBody },
     ),
+  ),
   fc.webPath().map((p) => ({ method: 'GET', path: p.startsWith('/') ? p : `/${p}`, body: noBody })),
 )
 
