@@ -371,176 +371,28 @@ export class CoordinatorDriver {
   private perform(id: TxId, e: Entry, actions: readonly CoordinatorAction[]): void {
     for (const a of actions) {
       switch (a.type) {
-        case 'send-prepare': {
-          const span =
-            e.span === undefined
-              ? undefined
-              : this.phaseSpan(e, 'txmesh.prepare', id, { 'txmesh.participant': a.to.service })
-          void this.d.io.control.send(a.to.control, { tx: id, op: 'prepare', branch: a.to.branch }).then((r) => {
-            const vote = r.ok
-              ? parseVote(r.body.vote)
-              : ({ kind: 'refused', reason: `prepare failed: ${r.error}` } as const)
-            if (span !== undefined) endPhaseSpan(span, r.ok, { 'txmesh.vote': vote.kind })
-            // A refusal that follows our own early abort says nothing about the participant.
-            const aborting = e.state.status === 'aborting' || e.state.status === 'aborted'
-            if (!(aborting && vote.kind === 'refused'))
-              this.d.metrics?.prepareResult(a.to.service, vote.kind !== 'refused')
-            this.d.onEvent?.('tx-vote', {
-              tx: id,
-              service: a.to.service,
-              branch: a.to.branch,
-              vote: vote.kind,
-              ...(vote.kind === 'refused' ? { reason: vote.reason } : {}),
-            })
-            this.feed(id, { type: 'vote', branch: a.to.branch, vote })
-          })
+        case 'send-prepare':
+          this.sendPrepare(id, e, a)
           break
-        }
         case 'log-decision':
-          appendDurable(this.d.io, coordinatorKey(id), {
-            type: 'decision',
-            mode: e.mode,
-            participants: a.participants.map((p) => ({ ...p })),
-            ...(e.messages.length === 0 ? {} : { messages: e.messages }),
-            // Lets recovery after a restart link its span to this transaction's trace.
-            ...(e.span === undefined ? {} : { traceparent: formatTraceparent(e.span.spanContext()) }),
-          }).then(
-            () => {
-              failpoint('coordinator-after-decision')
-              this.feed(id, { type: 'decision-logged' })
-            },
-            (err: unknown) => {
-              this.d.logger.error('decision_log_failed', { tx: id, error: String(err) })
-              // The log is closing (drain): the process is about to exit; recovery decides.
-              if (err instanceof ShuttingDownError) return
-              // Refused before anything was written (too large, not encodable, the queue full):
-              // this commit fails alone.
-              if (!(err instanceof LogFailedError)) return this.decisionRefused(id, e, err)
-              // The write may or may not have reached the disk: neither commit nor abort is
-              // safe to announce. Stop, as databases do on a failed fsync; recovery decides
-              // from what the log holds.
-              this.d.io.fatal('decision_log_failed', { tx: id })
-            },
-          )
+          this.logDecision(id, e, a)
           break
         case 'send-commit':
-        case 'send-abort': {
-          const op = a.type === 'send-commit' ? 'commit' : 'abort'
-          const span =
-            e.span === undefined
-              ? undefined
-              : this.phaseSpan(e, `txmesh.${op}`, id, { 'txmesh.participant': a.to.service })
-          void this.d.io.control.send(a.to.control, { tx: id, op, branch: a.to.branch }).then((r) => {
-            if (span !== undefined)
-              endPhaseSpan(span, r.ok, r.ok ? { 'txmesh.acknowledged': true } : { 'error.type': 'send_failed' })
-            if (r.ok) this.d.onEvent?.('tx-ack', { tx: id, service: a.to.service, branch: a.to.branch, op })
-            // The answer names the branch's outcome ('unknown': finished long ago, or never here).
-            const o = r.ok ? r.body.outcome : undefined
-            const said: { outcome?: Outcome } = o === 'committed' || o === 'aborted' ? { outcome: o } : {}
-            this.feed(
-              id,
-              r.ok ? { type: 'ack', branch: a.to.branch, ...said } : { type: 'send-failed', branch: a.to.branch },
-            )
-          })
+        case 'send-abort':
+          this.sendDecision(id, e, a)
           break
-        }
         case 'send-commit-one-phase':
-          // Any answer but an outcome (unreachable, 5xx, timeout) leaves the outcome unknown:
-          // the machine retries until the participant answers.
-          {
-            const span =
-              e.span === undefined
-                ? undefined
-                : this.phaseSpan(e, 'txmesh.commit', id, {
-                    'txmesh.participant': a.to.service,
-                    'txmesh.one_phase': true,
-                  })
-            void this.d.io.control
-              .send(a.to.control, { tx: id, op: 'commit-one-phase', branch: a.to.branch })
-              .then((r) => {
-                const o = r.ok ? r.body.outcome : undefined
-                if (span !== undefined)
-                  endPhaseSpan(
-                    span,
-                    o === 'committed' || o === 'aborted',
-                    typeof o === 'string' ? { 'txmesh.outcome': o } : { 'error.type': 'send_failed' },
-                  )
-                if (o === 'committed' || o === 'aborted')
-                  this.d.onEvent?.('tx-ack', {
-                    tx: id,
-                    service: a.to.service,
-                    branch: a.to.branch,
-                    op: 'commit-one-phase',
-                    outcome: o,
-                  })
-                this.feed(
-                  id,
-                  o === 'committed' || o === 'aborted'
-                    ? { type: 'one-phase-result', branch: a.to.branch, outcome: o }
-                    : { type: 'send-failed', branch: a.to.branch },
-                )
-              })
-          }
+          this.sendOnePhase(id, e, a)
           break
-        case 'schedule-retry': {
-          this.d.io.timers.clear(e.retryTimers.get(a.branch))
-          const t = this.d.io.timers.set(() => {
-            e.retryTimers.delete(a.branch)
-            this.feed(id, { type: 'retry-due', branch: a.branch })
-          }, a.delayMs)
-          e.retryTimers.set(a.branch, t)
+        case 'schedule-retry':
+          this.scheduleRetry(id, e, a)
           break
-        }
         case 'outcome':
-          e.outcome = a.outcome
-          this.outcomes[a.outcome]++
-          e.decidedAt = performance.now()
-          if (this.d.metrics !== undefined) {
-            this.d.metrics.transactions.inc({ mode: e.mode, outcome: a.outcome })
-            if (e.requestedAt > 0)
-              this.d.metrics.phase.observe({ phase: 'prepare' }, (e.decidedAt - e.requestedAt) / 1000)
-            this.d.metrics.routeParticipants(
-              e.route,
-              e.state.participants.map((p) => p.ref.service),
-            )
-          }
-          this.d.io.timers.clear(e.deadlineTimer)
-          if (e.span !== undefined) {
-            e.span.setAttribute('txmesh.outcome', a.outcome)
-            if (a.reason !== undefined) e.span.setAttribute('txmesh.reason', a.reason)
-            // Ended in retire(), after phase 2, so the commit/abort spans sit inside it.
-          }
-          for (const w of e.outcomeWaiters.splice(0)) w(a.outcome)
-          if (a.outcome === 'committed') startPublishing(id, e, this.d.publish)
-          this.d.onEvent?.('tx-outcome', {
-            tx: id,
-            outcome: a.outcome,
-            reason: a.reason,
-            ...(e.requestedAt > 0 ? { prepareMs: e.decidedAt - e.requestedAt } : {}),
-          })
-          this.d.logger.info('tx_outcome', { tx: id, outcome: a.outcome, reason: a.reason })
+          this.announce(id, e, a)
           break
-        case 'heuristic': {
-          // An operator finished the branch the other way before the decision reached it.
-          const decided = e.outcome ?? 'aborted'
-          this.d.metrics?.heuristic.inc({ decision: decided, branch: a.outcome })
-          this.d.logger.error('tx_heuristic', {
-            tx: id,
-            decision: decided,
-            service: a.to.service,
-            branch: a.to.branch,
-            branchOutcome: a.outcome,
-          })
-          this.d.onEvent?.('tx-heuristic', {
-            tx: id,
-            decision: decided,
-            service: a.to.service,
-            branch: a.to.branch,
-            outcome: a.outcome,
-          })
-          if (e.span !== undefined) e.span.setAttribute('txmesh.heuristic', 'mixed')
+        case 'heuristic':
+          this.reportHeuristic(id, e, a)
           break
-        }
         case 'log-end':
           // Only a logged decision has records to end (presumed abort writes nothing).
           if (e.state.decisionLogged) {
@@ -551,6 +403,167 @@ export class CoordinatorDriver {
           break
       }
     }
+  }
+
+  private sendPrepare(id: TxId, e: Entry, a: Extract<CoordinatorAction, { type: 'send-prepare' }>): void {
+    const span =
+      e.span === undefined ? undefined : this.phaseSpan(e, 'txmesh.prepare', id, { 'txmesh.participant': a.to.service })
+    void this.d.io.control.send(a.to.control, { tx: id, op: 'prepare', branch: a.to.branch }).then((r) => {
+      const vote = r.ok ? parseVote(r.body.vote) : ({ kind: 'refused', reason: `prepare failed: ${r.error}` } as const)
+      if (span !== undefined) endPhaseSpan(span, r.ok, { 'txmesh.vote': vote.kind })
+      // A refusal that follows our own early abort says nothing about the participant.
+      const aborting = e.state.status === 'aborting' || e.state.status === 'aborted'
+      if (!(aborting && vote.kind === 'refused')) this.d.metrics?.prepareResult(a.to.service, vote.kind !== 'refused')
+      this.d.onEvent?.('tx-vote', {
+        tx: id,
+        service: a.to.service,
+        branch: a.to.branch,
+        vote: vote.kind,
+        ...(vote.kind === 'refused' ? { reason: vote.reason } : {}),
+      })
+      this.feed(id, { type: 'vote', branch: a.to.branch, vote })
+    })
+  }
+
+  private logDecision(id: TxId, e: Entry, a: Extract<CoordinatorAction, { type: 'log-decision' }>): void {
+    appendDurable(this.d.io, coordinatorKey(id), {
+      type: 'decision',
+      mode: e.mode,
+      participants: a.participants.map((p) => ({ ...p })),
+      ...(e.messages.length === 0 ? {} : { messages: e.messages }),
+      // Lets recovery after a restart link its span to this transaction's trace.
+      ...(e.span === undefined ? {} : { traceparent: formatTraceparent(e.span.spanContext()) }),
+    }).then(
+      () => {
+        failpoint('coordinator-after-decision')
+        this.feed(id, { type: 'decision-logged' })
+      },
+      (err: unknown) => {
+        this.d.logger.error('decision_log_failed', { tx: id, error: String(err) })
+        // The log is closing (drain): the process is about to exit; recovery decides.
+        if (err instanceof ShuttingDownError) return
+        // Refused before anything was written (too large, not encodable, the queue full):
+        // this commit fails alone.
+        if (!(err instanceof LogFailedError)) return this.decisionRefused(id, e, err)
+        // The write may or may not have reached the disk: neither commit nor abort is
+        // safe to announce. Stop, as databases do on a failed fsync; recovery decides
+        // from what the log holds.
+        this.d.io.fatal('decision_log_failed', { tx: id })
+      },
+    )
+  }
+
+  private sendDecision(
+    id: TxId,
+    e: Entry,
+    a: Extract<CoordinatorAction, { type: 'send-commit' } | { type: 'send-abort' }>,
+  ): void {
+    const op = a.type === 'send-commit' ? 'commit' : 'abort'
+    const span =
+      e.span === undefined ? undefined : this.phaseSpan(e, `txmesh.${op}`, id, { 'txmesh.participant': a.to.service })
+    void this.d.io.control.send(a.to.control, { tx: id, op, branch: a.to.branch }).then((r) => {
+      if (span !== undefined)
+        endPhaseSpan(span, r.ok, r.ok ? { 'txmesh.acknowledged': true } : { 'error.type': 'send_failed' })
+      if (r.ok) this.d.onEvent?.('tx-ack', { tx: id, service: a.to.service, branch: a.to.branch, op })
+      // The answer names the branch's outcome ('unknown': finished long ago, or never here).
+      const o = r.ok ? r.body.outcome : undefined
+      const said: { outcome?: Outcome } = o === 'committed' || o === 'aborted' ? { outcome: o } : {}
+      this.feed(id, r.ok ? { type: 'ack', branch: a.to.branch, ...said } : { type: 'send-failed', branch: a.to.branch })
+    })
+  }
+
+  private sendOnePhase(id: TxId, e: Entry, a: Extract<CoordinatorAction, { type: 'send-commit-one-phase' }>): void {
+    // Any answer but an outcome (unreachable, 5xx, timeout) leaves the outcome unknown:
+    // the machine retries until the participant answers.
+    const span =
+      e.span === undefined
+        ? undefined
+        : this.phaseSpan(e, 'txmesh.commit', id, {
+            'txmesh.participant': a.to.service,
+            'txmesh.one_phase': true,
+          })
+    void this.d.io.control.send(a.to.control, { tx: id, op: 'commit-one-phase', branch: a.to.branch }).then((r) => {
+      const o = r.ok ? r.body.outcome : undefined
+      if (span !== undefined)
+        endPhaseSpan(
+          span,
+          o === 'committed' || o === 'aborted',
+          typeof o === 'string' ? { 'txmesh.outcome': o } : { 'error.type': 'send_failed' },
+        )
+      if (o === 'committed' || o === 'aborted')
+        this.d.onEvent?.('tx-ack', {
+          tx: id,
+          service: a.to.service,
+          branch: a.to.branch,
+          op: 'commit-one-phase',
+          outcome: o,
+        })
+      this.feed(
+        id,
+        o === 'committed' || o === 'aborted'
+          ? { type: 'one-phase-result', branch: a.to.branch, outcome: o }
+          : { type: 'send-failed', branch: a.to.branch },
+      )
+    })
+  }
+
+  private scheduleRetry(id: TxId, e: Entry, a: Extract<CoordinatorAction, { type: 'schedule-retry' }>): void {
+    this.d.io.timers.clear(e.retryTimers.get(a.branch))
+    const t = this.d.io.timers.set(() => {
+      e.retryTimers.delete(a.branch)
+      this.feed(id, { type: 'retry-due', branch: a.branch })
+    }, a.delayMs)
+    e.retryTimers.set(a.branch, t)
+  }
+
+  private announce(id: TxId, e: Entry, a: Extract<CoordinatorAction, { type: 'outcome' }>): void {
+    e.outcome = a.outcome
+    this.outcomes[a.outcome]++
+    e.decidedAt = performance.now()
+    if (this.d.metrics !== undefined) {
+      this.d.metrics.transactions.inc({ mode: e.mode, outcome: a.outcome })
+      if (e.requestedAt > 0) this.d.metrics.phase.observe({ phase: 'prepare' }, (e.decidedAt - e.requestedAt) / 1000)
+      this.d.metrics.routeParticipants(
+        e.route,
+        e.state.participants.map((p) => p.ref.service),
+      )
+    }
+    this.d.io.timers.clear(e.deadlineTimer)
+    if (e.span !== undefined) {
+      e.span.setAttribute('txmesh.outcome', a.outcome)
+      if (a.reason !== undefined) e.span.setAttribute('txmesh.reason', a.reason)
+      // Ended in retire(), after phase 2, so the commit/abort spans sit inside it.
+    }
+    for (const w of e.outcomeWaiters.splice(0)) w(a.outcome)
+    if (a.outcome === 'committed') startPublishing(id, e, this.d.publish)
+    this.d.onEvent?.('tx-outcome', {
+      tx: id,
+      outcome: a.outcome,
+      reason: a.reason,
+      ...(e.requestedAt > 0 ? { prepareMs: e.decidedAt - e.requestedAt } : {}),
+    })
+    this.d.logger.info('tx_outcome', { tx: id, outcome: a.outcome, reason: a.reason })
+  }
+
+  private reportHeuristic(id: TxId, e: Entry, a: Extract<CoordinatorAction, { type: 'heuristic' }>): void {
+    // An operator finished the branch the other way before the decision reached it.
+    const decided = e.outcome ?? 'aborted'
+    this.d.metrics?.heuristic.inc({ decision: decided, branch: a.outcome })
+    this.d.logger.error('tx_heuristic', {
+      tx: id,
+      decision: decided,
+      service: a.to.service,
+      branch: a.to.branch,
+      branchOutcome: a.outcome,
+    })
+    this.d.onEvent?.('tx-heuristic', {
+      tx: id,
+      decision: decided,
+      service: a.to.service,
+      branch: a.to.branch,
+      outcome: a.outcome,
+    })
+    if (e.span !== undefined) e.span.setAttribute('txmesh.heuristic', 'mixed')
   }
 
   /**

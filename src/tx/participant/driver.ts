@@ -610,6 +610,8 @@ export class ParticipantDriver {
     })
   }
 
+  // Longer than most: log-end stays in this loop because it takes over the actions that follow it
+  // (the replies go out once END is durable), which only the loop holds.
   private perform(b: Branch, actions: readonly ParticipantAction[]): void {
     const { tx, branch } = b.state
     for (let i = 0; i < actions.length; i++) {
@@ -619,36 +621,10 @@ export class ParticipantDriver {
           void this.callHook(b, a.hook).then((ev) => this.feed(b, ev))
           break
         case 'log-preparing':
-          // Normally JOINED already is the record PREPARING would be (written before the
-          // branch's first request reached the app): nothing more to write.
-          ;(b.joinedDurable
-            ? Promise.resolve()
-            : appendDurable(this.d.io, logKey(tx, branch), branchRecord('preparing', b))
-          ).then(
-            () => this.feed(b, { type: 'preparing-logged', ok: true }),
-            (err: unknown) => {
-              // Safe either way: a PREPARING alone (landed or not) only ever means abort.
-              this.d.logger.error('preparing_log_failed', { tx, branch, error: String(err) })
-              this.feed(b, { type: 'preparing-logged', ok: false })
-            },
-          )
+          this.logPreparing(b, a)
           break
         case 'log-prepared':
-          appendDurable(this.d.io, logKey(tx, branch), branchRecord('prepared', b)).then(
-            () => {
-              failpoint('participant-after-prepared')
-              this.feed(b, { type: 'prepared-logged' })
-            },
-            (err: unknown) => {
-              this.d.logger.error('prepared_log_failed', { tx, branch, error: String(err) })
-              if (b.state.onePhase && err instanceof LogFailedError) {
-                // The write may have reached the disk, and a restart would commit it: neither
-                // outcome is safe to announce. Stop; recovery decides from what the log holds.
-                return this.d.io.fatal('prepared_log_failed', { tx, branch })
-              }
-              this.feed(b, { type: 'app-voted', vote: { kind: 'refused', reason: 'cannot log PREPARED' } })
-            },
-          )
+          this.logPrepared(b, a)
           break
         case 'reply-vote':
           for (const w of b.voteWaiters.splice(0)) w(a.vote)
@@ -657,24 +633,7 @@ export class ParticipantDriver {
           for (const w of b.doneWaiters.splice(0)) w(a.outcome)
           break
         case 'query-outcome':
-          void this.d.io.control.call(b.state.coordinator, 'GET', `/v1/tx/${tx}/outcome`).then((r) => {
-            const got = r.ok ? r.body.outcome : undefined
-            // An operator's resolution being recorded goes first (Branch.resolving): ask again later.
-            const o = b.resolving ? undefined : got
-            if (o === 'unknown-coordinator' && b.state.onePhase && b.state.status === 'committed') {
-              // A one-phase branch that committed waits only so that a retried commit-one-phase
-              // finds its answer; its coordinator's log is no longer at that address, so no
-              // retry can come from it: the branch is done (test/simulation/mesh.sim.test.ts
-              // seed 270 held it, asking, forever).
-              return this.feed(b, { type: 'decision', outcome: 'committed' })
-            }
-            if (o === 'unknown-coordinator') this.coordinatorGone(b)
-            if ((o === 'committed' || o === 'aborted') && !b.state.onePhase) b.learnedByQuery = true
-            this.feed(
-              b,
-              o === 'committed' || o === 'aborted' ? { type: 'decision', outcome: o } : { type: 'outcome-unknown' },
-            )
-          })
+          this.queryOutcome(b, a)
           break
         case 'schedule-retry':
           this.d.io.timers.clear(b.timer)
@@ -729,6 +688,64 @@ export class ParticipantDriver {
         }
       }
     }
+  }
+
+  private logPreparing(b: Branch, a: Extract<ParticipantAction, { type: 'log-preparing' }>): void {
+    const { tx, branch } = b.state
+    // Normally JOINED already is the record PREPARING would be (written before the
+    // branch's first request reached the app): nothing more to write.
+    ;(b.joinedDurable
+      ? Promise.resolve()
+      : appendDurable(this.d.io, logKey(tx, branch), branchRecord('preparing', b))
+    ).then(
+      () => this.feed(b, { type: 'preparing-logged', ok: true }),
+      (err: unknown) => {
+        // Safe either way: a PREPARING alone (landed or not) only ever means abort.
+        this.d.logger.error('preparing_log_failed', { tx, branch, error: String(err) })
+        this.feed(b, { type: 'preparing-logged', ok: false })
+      },
+    )
+  }
+
+  private logPrepared(b: Branch, a: Extract<ParticipantAction, { type: 'log-prepared' }>): void {
+    const { tx, branch } = b.state
+    appendDurable(this.d.io, logKey(tx, branch), branchRecord('prepared', b)).then(
+      () => {
+        failpoint('participant-after-prepared')
+        this.feed(b, { type: 'prepared-logged' })
+      },
+      (err: unknown) => {
+        this.d.logger.error('prepared_log_failed', { tx, branch, error: String(err) })
+        if (b.state.onePhase && err instanceof LogFailedError) {
+          // The write may have reached the disk, and a restart would commit it: neither
+          // outcome is safe to announce. Stop; recovery decides from what the log holds.
+          return this.d.io.fatal('prepared_log_failed', { tx, branch })
+        }
+        this.feed(b, { type: 'app-voted', vote: { kind: 'refused', reason: 'cannot log PREPARED' } })
+      },
+    )
+  }
+
+  private queryOutcome(b: Branch, a: Extract<ParticipantAction, { type: 'query-outcome' }>): void {
+    const { tx, branch } = b.state
+    void this.d.io.control.call(b.state.coordinator, 'GET', `/v1/tx/${tx}/outcome`).then((r) => {
+      const got = r.ok ? r.body.outcome : undefined
+      // An operator's resolution being recorded goes first (Branch.resolving): ask again later.
+      const o = b.resolving ? undefined : got
+      if (o === 'unknown-coordinator' && b.state.onePhase && b.state.status === 'committed') {
+        // A one-phase branch that committed waits only so that a retried commit-one-phase
+        // finds its answer; its coordinator's log is no longer at that address, so no
+        // retry can come from it: the branch is done (test/simulation/mesh.sim.test.ts
+        // seed 270 held it, asking, forever).
+        return this.feed(b, { type: 'decision', outcome: 'committed' })
+      }
+      if (o === 'unknown-coordinator') this.coordinatorGone(b)
+      if ((o === 'committed' || o === 'aborted') && !b.state.onePhase) b.learnedByQuery = true
+      this.feed(
+        b,
+        o === 'committed' || o === 'aborted' ? { type: 'decision', outcome: o } : { type: 'outcome-unknown' },
+      )
+    })
   }
 
   /**

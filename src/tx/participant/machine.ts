@@ -244,6 +244,8 @@ function onPreparingLogged(s: ParticipantState, ok: boolean): ParticipantTransit
   }
 }
 
+// Longer than most: one case per state and vote, in the order they are checked, as the table of
+// what the app's vote does; split up, the order that makes each case safe would be hidden.
 function onAppVoted(s: ParticipantState, vote: Vote): ParticipantTransition {
   if (s.status === 'aborting' && s.attempts === 0) {
     // The coordinator aborted while the app was preparing: now that prepare returned, the

@@ -470,36 +470,7 @@ export class SagaDriver {
     for (const a of actions) {
       switch (a.type) {
         case 'log-decision':
-          if (a.outcome === 'aborted') {
-            this.lazy(id, { type: 'decision', outcome: 'aborted' })
-            break
-          }
-          appendDurable(this.d.io, logKey(id), {
-            type: 'decision',
-            outcome: 'committed',
-            ...(e.messages.length === 0 ? {} : { messages: e.messages }),
-          }).then(
-            () => this.feed(id, { type: 'decision-logged' }),
-            (err: unknown) => {
-              this.d.logger.error('decision_log_failed', { tx: id, error: String(err) })
-              if (err instanceof ShuttingDownError) return
-              // Refused before anything was written (too large, not encodable, the queue full):
-              // this commit fails alone, the transaction aborts.
-              if (!(err instanceof LogFailedError)) {
-                e.commitError =
-                  err instanceof TxmeshError
-                    ? err
-                    : new InternalError(`the decision record could not be written: ${String(err)}`)
-                this.feed(id, {
-                  type: 'decision-refused',
-                  reason: `the decision record could not be logged: ${e.commitError.message}`,
-                })
-                return
-              }
-              // A write or fsync failed: neither outcome is safe to announce: stop, recovery decides from the log.
-              this.d.io.fatal('decision_log_failed', { tx: id })
-            },
-          )
+          this.logDecision(id, e, a)
           break
         case 'run':
           void this.runOp(id, e, a.step, a.op)
@@ -547,6 +518,39 @@ export class SagaDriver {
           break
       }
     }
+  }
+
+  private logDecision(id: TxId, e: Entry, a: Extract<StepAction, { type: 'log-decision' }>): void {
+    if (a.outcome === 'aborted') {
+      this.lazy(id, { type: 'decision', outcome: 'aborted' })
+      return
+    }
+    appendDurable(this.d.io, logKey(id), {
+      type: 'decision',
+      outcome: 'committed',
+      ...(e.messages.length === 0 ? {} : { messages: e.messages }),
+    }).then(
+      () => this.feed(id, { type: 'decision-logged' }),
+      (err: unknown) => {
+        this.d.logger.error('decision_log_failed', { tx: id, error: String(err) })
+        if (err instanceof ShuttingDownError) return
+        // Refused before anything was written (too large, not encodable, the queue full):
+        // this commit fails alone, the transaction aborts.
+        if (!(err instanceof LogFailedError)) {
+          e.commitError =
+            err instanceof TxmeshError
+              ? err
+              : new InternalError(`the decision record could not be written: ${String(err)}`)
+          this.feed(id, {
+            type: 'decision-refused',
+            reason: `the decision record could not be logged: ${e.commitError.message}`,
+          })
+          return
+        }
+        // A write or fsync failed: neither outcome is safe to announce: stop, recovery decides from the log.
+        this.d.io.fatal('decision_log_failed', { tx: id })
+      },
+    )
   }
 
   private lazy(id: TxId, record: StepDecisionRecord | StepDoneRecord): void {
