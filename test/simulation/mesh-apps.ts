@@ -12,7 +12,11 @@ import { header, SIM_CONFIG, SimProc, type App, type AppAnswer } from './mesh.js
 export type BranchWork = 'open' | 'prepared' | 'read-only' | 'committed' | 'aborted'
 
 export interface AppFaults {
-  /** A hook or business request answered 500 without doing anything. */
+  /**
+   * A hook or business request answered with an error without doing anything: 500 or 503, and
+   * for prepare or a business request also 404 or 409 (a no); never a 404 to commit or abort
+   * while work is held, which the contract reserves for "nothing here".
+   */
   readonly failure: number
   /** An answer slower than the sidecar's hook timeout. */
   readonly slow: number
@@ -73,7 +77,10 @@ export class ContractApp implements App {
     const tx = header(headers, TX_ID_HEADER)
     const branch = header(headers, BRANCH_ID_HEADER)
     if (tx === undefined || branch === undefined) return { status: 400 }
-    if (h.faultsOn() && h.rng.chance(this.faults.failure)) return { status: 500 }
+    if (h.faultsOn() && h.rng.chance(this.faults.failure)) {
+      const phase2 = path === SIM_CONFIG.hooks.commit || path === SIM_CONFIG.hooks.abort
+      return { status: (phase2 ? [500, 503] : [404, 409, 500, 503])[h.rng.int(0, phase2 ? 1 : 3)] as number }
+    }
     // The contract: no hook of a branch reaches the app while a request of that branch still runs
     // in it (the sidecar holds hooks until the request's response head left, LIMITS.hookHoldMs).
     if (path !== '/work' && (this.running.get(branch) ?? 0) > 0)
