@@ -55,6 +55,8 @@ export interface TxParts {
   readonly clock?: () => number
   /** Node's unless given (the simulation's scheduler). */
   readonly timers?: Timers
+  /** Random URL-safe characters of step ids (io.randomChars); crypto's unless given (the simulation's seed). */
+  readonly randomChars?: (n: number) => string
 }
 
 /** An outgoing call, as the egress forwards it (saga steps record where to send their undo). */
@@ -196,7 +198,7 @@ export class ActiveTxPlane implements TxPlane {
    * refused outright voids its intent.
    */
   private stepEgress(ctx: TxContext, route: RoutePolicy, call: EgressCall): ResponseHook | TxmeshError {
-    const stepId = newBranchId()
+    const stepId = newBranchId(undefined, this.d.randomChars)
     const context = signContext(this.d.keys.signing, {
       ...ctx,
       parent: ctx.branch ?? ctx.parent,
@@ -501,7 +503,7 @@ export class ActiveTxPlane implements TxPlane {
    * control address so the coordinator can have it confirmed or cancelled.
    */
   private stepIngress(ctx: TxContext, headers: string[]): ResponseHook {
-    const branch = ctx.branch ?? newBranchId()
+    const branch = ctx.branch ?? newBranchId(undefined, this.d.randomChars)
     const op = ctx.op ?? (ctx.mode === 'saga' ? 'action' : 'try')
     headers.push(TX_ID_HEADER, ctx.id, BRANCH_ID_HEADER, branch, OP_HEADER, op)
     return {
