@@ -255,6 +255,10 @@ export class SagaDriver {
       if (e === undefined) return new TxUnknownError(`transaction ${id} is not coordinated here`)
       e.finished = false
       this.txs.set(id, e)
+      // Its END is queued or written, and a replay drops every record before it, the COMMIT
+      // decision too: written again ahead of the step (the step's fsync covers it), or a restart
+      // would recover the step alone and call the committed transaction aborted.
+      if (e.outcome === 'committed') this.lazy(id, { type: 'decision', outcome: 'committed' })
     }
     if (known === undefined && e.state.steps.length >= LIMITS.maxSteps)
       return new TxLimitError(`transaction ${id} already has ${LIMITS.maxSteps} steps`)
