@@ -321,6 +321,11 @@ export class ActiveTxPlane implements TxPlane {
           // barrier turns a cancel of nothing into a no-op).
           const confirm = hookOp(route.tcc?.confirm, facts)
           const cancel = hookOp(route.tcc?.cancel, facts)
+          // One that failed with an answer its hook templates cannot read (a 409 without the
+          // body's id): its intent stays and cancels it through the target's ingress, whatever
+          // the outcome, instead of a step stuck for good with nothing to send.
+          if (intended && (status < 200 || status >= 300) && ('unresolved' in confirm || 'unresolved' in cancel))
+            return undefined
           step = {
             id: stepId,
             service: self.service,
