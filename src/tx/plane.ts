@@ -291,7 +291,11 @@ export class ActiveTxPlane implements TxPlane {
             needs.responseJson && body === undefined,
           )
           // Refused outright (or nothing it did can be undone): its intent's undo must not run.
-          if (step === undefined && intended) await this.voidStep(ctx, stepId)
+          // A 4xx the target's sidecar made (a context that expired meanwhile, say) refused only
+          // the delivery it answered, and an earlier one of the same call (a retry after a 503,
+          // a lost answer) may have done the work: the intent stays, its undo of nothing a no-op.
+          if (step === undefined && intended && !(status < 500 && hasErrorHeader(headers)))
+            await this.voidStep(ctx, stepId)
         } else if (needs.responseJson && body === undefined) {
           step = {
             id: stepId,
