@@ -321,15 +321,14 @@ export class ActiveTxPlane implements TxPlane {
               `the target answered without a txmesh sidecar; a TCC try needs one to confirm or cancel it (transaction ${ctx.id})`,
             )
           }
-          // A failed try is cancelled too (it may have reserved before failing; the target's
-          // barrier turns a cancel of nothing into a no-op).
+          // A failed try (not 2xx) keeps its intent: it is cancelled through the target's ingress
+          // whatever the outcome, never confirmed. The app never saw it succeed; it may have
+          // reserved before failing (the target's barrier turns a cancel of nothing into a
+          // no-op and refuses a later delivery of the try as hanging), and a confirm of one that
+          // did nothing would let a late delivery of it reserve what nothing finishes.
+          if (intended && (status < 200 || status >= 300)) return undefined
           const confirm = hookOp(route.tcc?.confirm, facts)
           const cancel = hookOp(route.tcc?.cancel, facts)
-          // One that failed with an answer its hook templates cannot read (a 409 without the
-          // body's id): its intent stays and cancels it through the target's ingress, whatever
-          // the outcome, instead of a step stuck for good with nothing to send.
-          if (intended && (status < 200 || status >= 300) && ('unresolved' in confirm || 'unresolved' in cancel))
-            return undefined
           step = {
             id: stepId,
             service: self.service,
