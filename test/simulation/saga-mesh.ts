@@ -16,7 +16,7 @@
 // jumps; operators retrying stuck steps.
 //
 // Checked once faults stopped and everything settled, against what the apps applied (the
-// invariants of ./steps-invariants.ts, restated): a committed saga compensated none of the
+// invariants the earlier model of the saga driver checked, restated): a committed saga compensated none of the
 // steps the app heard succeed, an aborted one compensated every action that took effect, exactly
 // once in effect, the steps the app heard succeed in reverse order of their calls; a committed
 // TCC confirmed every try the app heard succeed and cancelled none, an aborted one cancelled

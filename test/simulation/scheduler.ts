@@ -27,23 +27,11 @@ export class Scheduler {
     h[i] = e
   }
 
-  /** Runs events until none is left or a bound is hit; says which. */
-  run(untilTime: number, maxEvents: number): 'idle' | 'time' | 'events' {
-    while (this.heap.length > 0) {
-      if (this.events >= maxEvents) return 'events'
-      const e = this.pop()
-      if (e.time > untilTime) return 'time'
-      this.now = e.time
-      this.events++
-      e.run()
-    }
-    return 'idle'
-  }
-
   /**
-   * As run, for worlds whose nodes are async code (the shipped drivers): after each event every
-   * promise continuation it set off runs (`settle`: one macrotask turn) before the next event, so
-   * nothing happens between events and a run is the same for the same seed.
+   * Runs events until none is left or a bound is hit, and says which. The nodes are async code
+   * (the shipped drivers): after each event every promise continuation it set off runs (`settle`:
+   * one macrotask turn) before the next event, so nothing happens between events and a run is the
+   * same for the same seed.
    */
   async runAsync(
     untilTime: number,
