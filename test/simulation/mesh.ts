@@ -271,6 +271,7 @@ export abstract class MeshWorld extends SimWorld {
       control: io.control,
       clock: io.clock,
       timers,
+      randomChars: io.randomChars,
     })
     const control: ControlDeps = {
       keys: MESH_KEYS,

@@ -370,24 +370,10 @@ class SagaMesh extends MeshWorld {
 
   protected override sidecarStarted(pod: Pod): void {
     const s = pod.sidecar as Sidecar
-    // The same plane, drawing its step ids from the process's seeded io (replays are exact).
-    const plane = new ActiveTxPlane({
-      keys: MESH_KEYS,
-      coordinators: SIM_CONFIG.mesh.coordinators,
-      coordinator: s.coordinator,
-      participant: s.participant,
-      tcc: s.control.tcc,
-      steps: s.steps,
-      control: s.io.control,
-      clock: s.io.clock,
-      timers: s.io.timers,
-      randomChars: s.io.randomChars,
-    })
-    pod.sidecar = { ...s, plane }
     this.diskFaultsAtStart.set(pod, injectedFaults(pod))
     if (pod === this.c && !this.started) {
       this.started = true
-      this.begin(pod.sidecar)
+      this.begin(s)
     }
   }
 
