@@ -88,7 +88,7 @@ export const LIMITS = Object.freeze({
   controlCallTimeoutMs: 5_000,
   // One app hook call (prepare/commit/abort); a prepare that takes longer votes no.
   hookCallTimeoutMs: 10_000,
-  // Batched protocol messages (src/tx/batcher.ts): 2PC control calls to one peer sidecar, and
+  // Batched protocol messages (src/control/batcher.ts): 2PC control calls to one peer sidecar, and
   // hook calls to the app when hooks.batch is set. 64 items of ~150 bytes (a hook item carries
   // its ~400-byte context) stay far under controlBodyBytes both ways.
   batchMaxItems: 64,

@@ -22,7 +22,7 @@ import { egressResolver, serviceOrigins } from './proxy/egress/target.js'
 import { Forwarder } from './proxy/forward.js'
 import { ingressResolver } from './proxy/ingress/target.js'
 import { ProxyServer } from './proxy/server.js'
-import { ControlClient } from './tx/control-client.js'
+import { ControlClient } from './control/client.js'
 import { KeyRing, watchKeyFile } from './tx/keys.js'
 import { PeerTls, peerAgent } from './peer-tls.js'
 import { productionIo } from './tx/io.js'
@@ -121,7 +121,7 @@ export async function startSidecar(config: SidecarConfig, log: Logger): Promise<
       steps:
         steps === undefined ? undefined : { active: steps.activeCount, stuck: steps.stuckCount, ...steps.outcomes },
       branches: participant?.branchCount,
-      // Messages sent batched and the exchanges that carried them (src/tx/batcher.ts).
+      // Messages sent batched and the exchanges that carried them (src/control/batcher.ts).
       batches:
         controlClient === undefined
           ? undefined

@@ -309,7 +309,7 @@ export interface LogStats {
   readonly fsyncs: number
 }
 
-/** Messages sent batched and the requests that carried them (src/tx/batcher.ts). */
+/** Messages sent batched and the requests that carried them (src/control/batcher.ts). */
 export interface BatchStats {
   readonly controlItems: number
   readonly controlBatches: number

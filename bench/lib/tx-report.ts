@@ -288,7 +288,7 @@ export function printTxReport(r: TxReport): void {
     out.push(
       "(from GET /v1/stats before and after each txmesh run; committed = the coordinator's count, in-flight tail included; control msgs: the",
       "coordinator's prepare/commit/abort to participant sidecars; hook calls: the participants' prepare/commit/abort calls to their apps;",
-      'each followed by the requests that carried them, batched: src/tx/batcher.ts)',
+      'each followed by the requests that carried them, batched: src/control/batcher.ts)',
       '',
     )
   }

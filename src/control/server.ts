@@ -5,7 +5,7 @@
 // Every answer to a request whose signature verified is signed too (`txmesh-auth` on the
 // response, src/tx/protocol.ts signAnswer: this sidecar's address, the request's txmesh-auth,
 // status and body), so a vote or an outcome cannot be forged on the way back; the caller
-// (src/tx/control-client.ts) refuses answers without it. With `tls` configured it serves HTTPS
+// (src/control/client.ts) refuses answers without it. With `tls` configured it serves HTTPS
 // (src/peer-tls.ts).
 //
 //   POST /v1/tx/{id}/prepare   {branch}            participant: -> {vote}
@@ -25,7 +25,7 @@
 //   POST /v1/tx/{id}/finished  {branch, outcome}   coordinator: a participant finished its branch after asking
 //   POST /v1/batch  {items: [{tx, op, branch}]}    several prepare / commit / abort /
 //                                                  commit-one-phase messages in one exchange
-//                                                  (src/tx/batcher.ts) -> {results: [{status, body}]},
+//                                                  (src/control/batcher.ts) -> {results: [{status, body}]},
 //                                                  each what the op's own endpoint would answer
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
 import { createServer as createHttpsServer } from 'node:https'
@@ -47,7 +47,7 @@ import { parseJsonObject, readText } from '../http-json.js'
 import { LIMITS } from '../limits.js'
 import type { Logger } from '../telemetry/logger.js'
 import { answerRefusedRequests, errorBody, respondError } from '../proxy/respond.js'
-import { CONTROL_AUTH_HEADER } from '../tx/control-client.js'
+import { CONTROL_AUTH_HEADER } from './client.js'
 import type { CoordinatorDriver } from '../tx/coordinator/driver.js'
 import type { ParticipantRef } from '../tx/core.js'
 import type { TccParticipant } from '../tx/saga/participant.js'
@@ -58,7 +58,7 @@ import { isStepMethod, opHeadersProblem } from '../tx/saga/template.js'
 import type { MeshKeys } from '../tx/keys.js'
 import type { PeerTls } from '../peer-tls.js'
 import { isId, isIncarnation, signAnswer, verifyControl } from '../tx/protocol.js'
-import { answerWithin } from '../tx/batcher.js'
+import { answerWithin } from './batcher.js'
 import { ReplayCache } from './replay.js'
 
 export interface ControlDeps {

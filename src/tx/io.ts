@@ -7,7 +7,7 @@
 import { exchange, type Dispatcher, type ExchangeOptions, type Exchanged } from '../http-client.js'
 import type { FileLog } from '../wal/file-log.js'
 import type { Logger } from '../telemetry/logger.js'
-import type { BatchedCall, ControlResult } from './control-client.js'
+import type { BatchedCall, ControlResult } from '../control/client.js'
 import { randomBase64url } from './protocol.js'
 import { nodeTimers, sleep, type Timer, type Timers } from '../timers.js'
 

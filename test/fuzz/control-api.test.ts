@@ -8,7 +8,7 @@ import fc from 'fast-check'
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest'
 import { LIMITS } from '../../src/limits.js'
 import type { Sidecar } from '../../src/sidecar.js'
-import { CONTROL_AUTH_HEADER } from '../../src/tx/control-client.js'
+import { CONTROL_AUTH_HEADER } from '../../src/control/client.js'
 import { signControl } from '../../src/tx/protocol.js'
 import { inProcessSidecar, rawRequest, sidecarYaml, startEcho } from '../helpers/servers.js'
 import {

@@ -9,7 +9,7 @@ import { createServer, type IncomingMessage, type ServerResponse } from 'node:ht
 import { request } from 'undici'
 import { describe, expect, it } from 'vitest'
 import { closeServer, listen } from '../../src/net.js'
-import { ControlClient } from '../../src/tx/control-client.js'
+import { ControlClient } from '../../src/control/client.js'
 import { staticKeys } from '../../src/tx/keys.js'
 import { signAnswer } from '../../src/tx/protocol.js'
 import { startHttpMitm, type HttpMitm } from '../helpers/http-mitm.js'

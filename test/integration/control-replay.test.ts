@@ -129,7 +129,7 @@ describe('control replay protection', () => {
     expect(first.outcome).toBe('committed')
     expect(orders.committed).toEqual(['orders:r1'])
     // What the coordinator sent through the proxy: one participant, so one commit-one-phase (in
-    // a batch: src/tx/batcher.ts).
+    // a batch: src/control/batcher.ts).
     const captured = proxy.sent.flatMap((chunks) => requestsIn(Buffer.concat(chunks)))
     const commit = captured.find((r) => {
       const t = r.toString('latin1')

@@ -7,7 +7,7 @@ import { connect } from 'node:net'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import type { Sidecar } from '../../src/sidecar.js'
-import { CONTROL_AUTH_HEADER } from '../../src/tx/control-client.js'
+import { CONTROL_AUTH_HEADER } from '../../src/control/client.js'
 import { coordinatorOfTx, signControl } from '../../src/tx/protocol.js'
 import {
   inProcessSidecar,

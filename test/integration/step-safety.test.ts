@@ -7,7 +7,7 @@
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import { request } from 'undici'
 import { describe, expect, it } from 'vitest'
-import { CONTROL_AUTH_HEADER } from '../../src/tx/control-client.js'
+import { CONTROL_AUTH_HEADER } from '../../src/control/client.js'
 import { signControl } from '../../src/tx/protocol.js'
 import { MESH_KEY, rawRequest, sidecarYaml, spawnSidecar, startServer, until } from '../helpers/servers.js'
 import { stopAfterTests } from '../helpers/tx-app.js'

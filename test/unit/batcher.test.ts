@@ -1,8 +1,8 @@
-// The batcher of protocol messages (src/tx/batcher.ts): what meets in one turn of the event loop
+// The batcher of protocol messages (src/control/batcher.ts): what meets in one turn of the event loop
 // leaves together, at most maxInFlight exchanges per peer are out, the rest waits and leaves as
 // one batch, results come back to their own callers in order, and a full queue is refused.
 import { describe, expect, it } from 'vitest'
-import { Batcher } from '../../src/tx/batcher.js'
+import { Batcher } from '../../src/control/batcher.js'
 import type { ControlOverloadedError } from '../../src/errors.js'
 
 interface Flush {

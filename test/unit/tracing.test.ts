@@ -7,7 +7,7 @@ import { localIo } from '../../src/tx/io.js'
 import { decodeRecords } from '../../src/tx/records.js'
 import { silentLogger } from '../../src/telemetry/logger.js'
 import type { FileLog } from '../../src/wal/file-log.js'
-import type { ControlClient } from '../../src/tx/control-client.js'
+import type { ControlClient } from '../../src/control/client.js'
 import { CoordinatorDriver } from '../../src/tx/coordinator/driver.js'
 import { staticKeys } from '../../src/tx/keys.js'
 import {

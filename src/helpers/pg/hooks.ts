@@ -1,7 +1,7 @@
 // What the prepare / commit / abort hooks and their batch endpoint read from a request and how
 // a batch is answered; the hooks themselves are PgParticipant's methods (helper.ts).
 import type { IncomingMessage } from 'node:http'
-import { answerWithin } from '../../tx/batcher.js'
+import { answerWithin } from '../../control/batcher.js'
 import { PgBadBatchError, PgBranchBusyError, type TxmeshPgError } from './errors.js'
 import type { BranchIds } from './gid.js'
 import { PG_HELPER_LIMITS as L } from './limits.js'

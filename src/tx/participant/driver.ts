@@ -41,7 +41,7 @@ import {
   type TxContext,
 } from '../protocol.js'
 import { newParticipant, participantTransition, recoverParticipant, recoverUnvoted } from './machine.js'
-import { Batcher } from '../batcher.js'
+import { Batcher } from '../../control/batcher.js'
 import { parseJsonObject } from '../../http-json.js'
 
 export interface Branch {

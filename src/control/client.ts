@@ -13,9 +13,9 @@ import { LIMITS } from '../limits.js'
 import type { Logger } from '../telemetry/logger.js'
 import { peerAgent, type PeerTls } from '../peer-tls.js'
 import type { SidecarMetrics } from '../telemetry/metrics.js'
-import type { MeshKeys } from './keys.js'
+import type { MeshKeys } from '../tx/keys.js'
 import { Batcher } from './batcher.js'
-import { signControl, verifyAnswer } from './protocol.js'
+import { signControl, verifyAnswer } from '../tx/protocol.js'
 
 export const CONTROL_AUTH_HEADER = 'txmesh-auth'
 
@@ -63,7 +63,7 @@ export class ControlClient {
 
   /**
    * A prepare, commit, abort or one-phase commit for `address`: sent with whatever else waits for
-   * that peer (src/tx/batcher.ts); the result is what the op's own endpoint would have answered.
+   * that peer (src/control/batcher.ts); the result is what the op's own endpoint would have answered.
    */
   send(address: string, call: BatchedCall): Promise<ControlResult> {
     return this.batcher.send(address, call)
