@@ -2,6 +2,9 @@
 // with a stable code; src/proxy/respond.ts is the only code that turns them into responses.
 // The README's error table lists every code (a test checks it).
 
+/** Response header naming the code of an error a txmesh sidecar made (the body says it too). */
+export const ERROR_HEADER = 'x-txmesh-error'
+
 export abstract class TxmeshError extends Error {
   abstract readonly code: string
   abstract readonly status: number

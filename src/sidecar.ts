@@ -32,11 +32,13 @@ import { CoordinatorDriver } from './tx/coordinator/driver.js'
 import { ParticipantDriver } from './tx/participant/driver.js'
 import { SagaDriver } from './tx/saga/driver.js'
 import { TccParticipant } from './tx/saga/participant.js'
-import { Outbox, type TxMessage } from './events/outbox.js'
+import { Outbox } from './events/outbox.js'
+import type { TxMessage } from './events/types.js'
 import { EVENT_SUBJECT_PREFIX, LazyNatsSink } from './events/nats.js'
 import { WebhookSink } from './events/webhook.js'
 import type { Sink } from './events/types.js'
-import { ActiveTxPlane, DisabledTxPlane, type TxPlane } from './tx/plane.js'
+import { ActiveTxPlane, DisabledTxPlane } from './tx/plane.js'
+import type { TxHook } from './proxy/types.js'
 import { SidecarMetrics } from './telemetry/metrics.js'
 import { startTracing } from './telemetry/tracing.js'
 import { loopMonitorFromEnv } from './telemetry/loop-monitor.js'
@@ -160,7 +162,7 @@ export async function startSidecar(config: SidecarConfig, log: Logger): Promise<
     bound.push(control)
     const self = advertised(config, ports.control)
 
-    let plane: TxPlane | undefined
+    let plane: TxHook | undefined
     if (keys !== undefined) {
       const opened = await FileLog.open(resolvePath(config.storeDir), {
         logger: log,

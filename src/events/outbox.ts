@@ -20,14 +20,7 @@ import type { FileLog } from '../wal/file-log.js'
 import { LIMITS } from '../limits.js'
 import { DeliveryQueue } from './delivery.js'
 import { eventSubject } from './nats.js'
-import type { BusEvent, Sink } from './types.js'
-
-/** A message attached to a transaction (POST /v1/transactions/{id}/messages). */
-export interface TxMessage {
-  readonly topic: string
-  readonly payload: unknown
-  readonly key?: string
-}
+import type { BusEvent, Sink, TxMessage } from './types.js'
 
 /** Dashboard event types -> bus lifecycle types (others stay on the dashboard feed only). */
 const LIFECYCLE: Readonly<Record<string, string>> = {

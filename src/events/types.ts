@@ -1,4 +1,12 @@
-// The contract between the outbox (which decides what to send) and the sinks (which send it).
+// The contract between the outbox (which decides what to send) and the sinks (which send it),
+// and the messages a transaction carries to it.
+
+/** A message attached to a transaction (POST /v1/transactions/{id}/messages). */
+export interface TxMessage {
+  readonly topic: string
+  readonly payload: unknown
+  readonly key?: string
+}
 
 export interface BusEvent {
   /** Idempotency key: a sink that sees the same id twice keeps one copy. <= LIMITS.eventIdMaxChars. */

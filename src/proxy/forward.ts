@@ -19,7 +19,7 @@ import { forwardResponseHeaders } from './headers.js'
 import { connectedToSelf } from './loop.js'
 import { isConnectFailure, respondError, upstreamError } from './respond.js'
 import { RetryBudget, backoffMs, methodRetryable } from './retry.js'
-import type { ProxyTrace } from './server.js'
+import type { ProxyTrace, ResponseHook } from './types.js'
 import { SpanKind, SpanStatusCode, childSpan, injectTraceparent, type Span } from '../telemetry/tracing.js'
 
 export interface ForwardRequest {
@@ -37,30 +37,6 @@ export interface ForwardRequest {
   readonly hook?: ResponseHook | undefined
   /** The request's SERVER span when tracing is on: each attempt gets a CLIENT span under it. */
   readonly trace?: ProxyTrace | undefined
-}
-
-export interface ResponseHook {
-  /**
-   * Runs before the request is forwarded (once its small body is read, if it is read): an error
-   * is answered instead and nothing is sent upstream (saga/tcc: the step's intent is recorded).
-   */
-  beforeSend?(): Promise<TxmeshError | undefined>
-  /**
-   * May edit the filtered response headers; an error replaces the response. With
-   * `responseBodyLimit` it runs once the body is in (`body`: undefined when over the limit).
-   */
-  onResponseHead(
-    status: number,
-    headers: string[],
-    body?: Buffer,
-  ): TxmeshError | undefined | Promise<TxmeshError | undefined>
-  /** The exchange ended, whichever way. Called once. */
-  onEnd(): void
-  /** Hold the response until this many body bytes are in (saga templates on the response). */
-  readonly responseBodyLimit?: number | undefined
-  /** Read a small request body first, up to this many bytes, into `requestBody`. */
-  readonly requestBodyLimit?: number | undefined
-  requestBody?: Buffer | undefined
 }
 
 /** A response held back until its body is in (ResponseHook.responseBodyLimit). */

@@ -14,9 +14,8 @@ import {
   UpstreamTimeoutError,
   UpstreamUnreachableError,
   RequestAbortedError,
+  ERROR_HEADER,
 } from '../errors.js'
-
-export const ERROR_HEADER = 'x-txmesh-error'
 
 /** The JSON body of every error answer: `{error: {code, message}}`. */
 export function errorBody(err: TxmeshError): { error: { code: string; message: string } } {

@@ -26,9 +26,9 @@ import { LIMITS } from '../limits.js'
 import { listen } from '../net.js'
 import type { Logger } from '../telemetry/logger.js'
 import type { PeerTls } from '../peer-tls.js'
-import type { ForwardRequest, Forwarder, ResponseHook } from './forward.js'
+import type { ForwardRequest, Forwarder } from './forward.js'
+import type { ProxyTrace, ResponseHook, Target, TargetResolver, TxHook } from './types.js'
 import type { Span } from '@opentelemetry/api'
-import type { TxPlane } from '../tx/plane.js'
 import {
   forwardRequestHeaders,
   forwardResponseHeaders,
@@ -42,31 +42,13 @@ import { hostName, matchRoute } from './routes.js'
 import { methodRetryable } from './retry.js'
 import { SpanKind, SpanStatusCode, childSpan, extractFromHeaders, type Tracing } from '../telemetry/tracing.js'
 
-export interface Target {
-  /** http://host:port of the upstream connection. */
-  readonly origin: string
-  readonly connectHost: string
-  readonly connectPort: number
-  /** Host header sent upstream. */
-  readonly host: string
-  /** origin-form request target sent upstream. */
-  readonly path: string
-  /**
-   * Ingress: the request is the app's TCC hook, let through only with a signed context of that
-   * op (src/tx/protocol.ts STEP_CANCEL_PATH).
-   */
-  readonly stepHook?: 'cancel'
-}
-
-export type TargetResolver = (url: string, hostHeader: string | undefined) => Target | TxmeshError
-
 export interface ProxyServerOptions {
   readonly direction: Direction
   readonly config: SidecarConfig
   readonly forwarder: Forwarder
   readonly resolve: TargetResolver
   readonly log: Logger
-  readonly tx?: TxPlane | undefined
+  readonly tx?: TxHook | undefined
   /** Set only when tracing is on; undefined keeps the request path free of tracing work. */
   readonly tracing?: Tracing | undefined
   /**
@@ -76,14 +58,6 @@ export interface ProxyServerOptions {
   readonly peerTls?: PeerTls | undefined
   /** Ports of this sidecar's own listeners a tunnel must never reach (src/proxy/loop.ts). */
   readonly selfPorts?: ReadonlySet<number> | undefined
-}
-
-/** The SERVER span of one proxied request, shared with the Exchange for its CLIENT spans. */
-export interface ProxyTrace {
-  readonly tracing: Tracing
-  readonly span: Span
-  /** The failure's code (TXM_...) when the sidecar answered with an error of its own. */
-  errorType: string | undefined
 }
 
 export class ProxyServer {

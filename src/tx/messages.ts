@@ -3,7 +3,7 @@
 // record until the bus has them (a restart publishes again what it finds).
 import assert from 'node:assert/strict'
 import { MessageTooLargeError, TxLimitError, TxNotActiveError, TxUnknownError, type TxmeshError } from '../errors.js'
-import type { TxMessage } from '../events/outbox.js'
+import type { TxMessage } from '../events/types.js'
 import { LIMITS } from '../limits.js'
 import type { FileLog } from '../wal/file-log.js'
 import type { TxId } from './core.js'

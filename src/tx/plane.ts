@@ -10,8 +10,9 @@ import {
   TxAbortedError,
   TxNotActiveError,
   TxmeshError,
+  ERROR_HEADER,
 } from '../errors.js'
-import type { ResponseHook } from '../proxy/forward.js'
+import type { EgressCall, ResponseHook, TxHook } from '../proxy/types.js'
 import type { Span } from '../telemetry/tracing.js'
 import { nodeTimers, type ControlTransport, type Timers } from './io.js'
 import type { MeshKeys } from './keys.js'
@@ -41,7 +42,6 @@ import type { StepOp, StepRecord } from './saga/machine.js'
 import { fillTemplate, parseCompensateHeader, requestProblem, templateNeeds, type CallFacts } from './saga/template.js'
 import { LIMITS } from '../limits.js'
 import { hostName } from '../proxy/routes.js'
-import { ERROR_HEADER } from '../proxy/respond.js'
 
 export interface TxParts {
   /** Mesh keys, read at each use: a reloaded mesh.keyFile takes effect at once. */
@@ -59,16 +59,6 @@ export interface TxParts {
   readonly randomChars?: (n: number) => string
 }
 
-/** An outgoing call, as the egress forwards it (saga steps record where to send their undo). */
-export interface EgressCall {
-  readonly origin: string
-  readonly host: string
-  readonly method: string
-  readonly path: string
-  /** Outgoing headers (flat); the context header is replaced for saga/tcc steps. */
-  readonly headers: string[]
-}
-
 /** Removes every `name` header from a flat header list and returns the last value seen. */
 function take(headers: string[], name: string): string | undefined {
   let value: string | undefined
@@ -81,17 +71,7 @@ function take(headers: string[], name: string): string | undefined {
   return value
 }
 
-/** The data plane's view of transactions. Without a mesh key every context is refused. */
-export interface TxPlane {
-  egress(token: string, route: RoutePolicy, call: EgressCall): ResponseHook | TxmeshError | undefined
-  ingress(token: string, route: RoutePolicy, headers: string[]): ResponseHook | TxmeshError | undefined
-  /** `trace`: the request's SERVER span (tracing on), parent of the transaction's span. */
-  implicit(route: RoutePolicy, headers: string[], trace?: Span): ResponseHook | TxmeshError | undefined
-  /** Ingress: may a request with this context reach the app's TCC `op` hook (STEP_CANCEL_PATH)? */
-  stepHook(token: string, op: 'cancel'): TxmeshError | undefined
-}
-
-export class DisabledTxPlane implements TxPlane {
+export class DisabledTxPlane implements TxHook {
   private refuse(): TxmeshError {
     return new MeshKeyMissingError(
       'a transaction reached a sidecar without a mesh key (TXMESH_MESH_KEY, TXMESH_MESH_KEY_FILE or mesh.keyFile)',
@@ -111,7 +91,7 @@ export class DisabledTxPlane implements TxPlane {
   }
 }
 
-export class ActiveTxPlane implements TxPlane {
+export class ActiveTxPlane implements TxHook {
   private readonly clock: () => number
   /**
    * Contexts that verified, by token: an app sends the same context on every call of its

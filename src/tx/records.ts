@@ -13,7 +13,7 @@
 //                           decision {outcome, messages?}           saga/TCC COMMIT forced, abort lazy
 //                           step-done {step}                        a step's op is finished, lazy
 //   e:<tx>                  event {event}                           transaction events for the bus (src/events/outbox.ts)
-import type { TxMessage } from '../events/outbox.js'
+import type { TxMessage } from '../events/types.js'
 import type { BranchId, Outcome, ParticipantRef, TxId } from './core.js'
 import type { TxMode } from './protocol.js'
 import type { StepMode, StepRecord } from './saga/machine.js'

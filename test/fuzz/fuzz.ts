@@ -11,7 +11,7 @@ import { runInNewContext } from 'node:vm'
 import fc from 'fast-check'
 import { expect } from 'vitest'
 import { allErrorCodes, TxmeshError } from '../../src/errors.js'
-import { ERROR_HEADER } from '../../src/proxy/respond.js'
+import { ERROR_HEADER } from '../../src/errors.js'
 
 /** Inputs per property: FUZZ_RUNS when set, else the target's default. */
 export function fuzzRuns(defaultRuns: number): number {

@@ -37,10 +37,11 @@ import { LIMITS } from '../../src/limits.js'
 import { parseConfig } from '../../src/config/load.js'
 import type { RoutePolicy } from '../../src/config/types.js'
 import type { Outcome } from '../../src/tx/core.js'
-import { ActiveTxPlane, type EgressCall } from '../../src/tx/plane.js'
+import { ActiveTxPlane } from '../../src/tx/plane.js'
+import type { EgressCall } from '../../src/proxy/types.js'
 import { BRANCH_ID_HEADER, CONTEXT_HEADER, STEP_CANCEL_PATH } from '../../src/tx/protocol.js'
 import type { StepTxView } from '../../src/tx/saga/driver.js'
-import { ERROR_HEADER } from '../../src/proxy/respond.js'
+import { ERROR_HEADER } from '../../src/errors.js'
 import {
   header,
   MeshWorld,

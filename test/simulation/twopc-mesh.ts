@@ -9,7 +9,7 @@ import type { TxmeshError } from '../../src/errors.js'
 import { LIMITS } from '../../src/limits.js'
 import type { Outcome } from '../../src/tx/core.js'
 import { CONTEXT_HEADER } from '../../src/tx/protocol.js'
-import { ERROR_HEADER } from '../../src/proxy/respond.js'
+import { ERROR_HEADER } from '../../src/errors.js'
 import { TxmeshError as TxmeshErrorClass } from '../../src/errors.js'
 import { ContractApp, type AppHost, type BranchWork } from './mesh-apps.js'
 import {

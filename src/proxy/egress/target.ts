@@ -6,7 +6,7 @@
 import type { SidecarConfig } from '../../config/types.js'
 import { BadRequestError, ProxyLoopError, type TxmeshError } from '../../errors.js'
 import { isLocalAddressLiteral } from '../loop.js'
-import type { Target, TargetResolver } from '../server.js'
+import type { Target, TargetResolver } from '../types.js'
 
 function splitAuthority(authority: string): { host: string; port: number } | undefined {
   let host: string

@@ -4,7 +4,7 @@ import type { SidecarConfig } from '../../config/types.js'
 import { BadRequestError, HookForbiddenError, PathAmbiguousError, type TxmeshError } from '../../errors.js'
 import { LIMITS } from '../../limits.js'
 import { STEP_CANCEL_PATH } from '../../tx/protocol.js'
-import type { Target, TargetResolver } from '../server.js'
+import type { Target, TargetResolver } from '../types.js'
 
 export function ingressResolver(cfg: SidecarConfig): TargetResolver {
   const { host, port } = cfg.app

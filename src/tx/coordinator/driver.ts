@@ -40,7 +40,7 @@ import {
   type Span,
   type Tracing,
 } from '../../telemetry/tracing.js'
-import type { TxMessage } from '../../events/outbox.js'
+import type { TxMessage } from '../../events/types.js'
 import {
   addMessage,
   endAfterPublishing,

@@ -33,9 +33,9 @@ import {
   newTxId,
   signContext,
 } from '../protocol.js'
-import { ERROR_HEADER } from '../../proxy/respond.js'
+import { ERROR_HEADER } from '../../errors.js'
 import { RecentMap } from '../recent.js'
-import type { TxMessage } from '../../events/outbox.js'
+import type { TxMessage } from '../../events/types.js'
 import {
   addMessage,
   endAfterPublishing,
