@@ -1,9 +1,10 @@
-// The data plane's context check (src/tx/plane.ts ActiveTxPlane.verify): a context that verified
+// The data plane's context check (src/tx/plane.ts ContextCache, through ActiveTxPlane.verify): a context that verified
 // is remembered, so the calls of one transaction check its signature once, but never past its
 // deadline, never after the key that signed it was rotated out, and never for a forged token.
 import { describe, expect, it } from 'vitest'
 import { LIMITS } from '../../src/limits.js'
-import { ActiveTxPlane, type TxParts } from '../../src/tx/plane.js'
+import { ActiveTxPlane } from '../../src/proxy/tx-hook.js'
+import type { TxParts } from '../../src/tx/plane.js'
 import { KeyRing } from '../../src/tx/keys.js'
 import { signContext, type TxContext } from '../../src/tx/protocol.js'
 import { TxmeshError } from '../../src/errors.js'
