@@ -22,6 +22,7 @@ import {
   UnsupportedMediaTypeError,
   type TxmeshError,
 } from '../errors.js'
+import { authorityHost, splitAuthority } from '../address.js'
 
 export interface BrowserPolicy {
   /** Host values accepted besides loopback and the listener's address: `name` (any port) or `name:port`, lower case. */
@@ -30,13 +31,15 @@ export interface BrowserPolicy {
   readonly allowedOrigins: readonly string[]
 }
 
-// name or [v6], then an optional port: what a Host header (or an Origin's authority) may be.
-const AUTHORITY = /^(\[[0-9a-f:.]+\]|[a-z0-9.-]{1,253})(?::(\d{1,5}))?$/
-const ORIGIN = /^(https?):\/\/(\[[0-9a-f:.]+\]|[a-z0-9.-]{1,253})(?::(\d{1,5}))?$/
-
+/**
+ * What a Host header (or an Origin's authority) may be: a name or a [v6] literal, then an optional
+ * port, lowercased; the host keeps its brackets.
+ */
 function parseAuthority(value: string): { host: string; port: string | undefined } | undefined {
-  const m = AUTHORITY.exec(value.toLowerCase())
-  return m === null ? undefined : { host: m[1] as string, port: m[2] }
+  const a = splitAuthority(value.toLowerCase())
+  if (a === undefined || !(a.bracketed ? /^[0-9a-f:.]+$/ : /^[a-z0-9.-]{1,253}$/).test(a.host)) return undefined
+  if (a.port !== undefined && !/^\d{1,5}$/.test(a.port)) return undefined
+  return { host: authorityHost(a), port: a.port }
 }
 
 /** localhost, 127.0.0.0/8, [::1] (and the IPv4-mapped 127.0.0.0/8): names no page can own. */
@@ -73,11 +76,11 @@ function hostAllowed(
 
 /** The Origin names the same scheme-less authority as Host (default ports made explicit). */
 function sameOrigin(origin: string, host: { host: string; port: string | undefined }): boolean {
-  const m = ORIGIN.exec(origin)
-  if (m === null) return false
-  const [, scheme, oHost, oPort] = m as unknown as [string, string, string, string | undefined]
+  const scheme = /^(https?):\/\//.exec(origin)?.[1]
+  const o = scheme === undefined ? undefined : parseAuthority(origin.slice(scheme.length + 3))
+  if (o === undefined) return false
   const deflt = scheme === 'https' ? '443' : '80'
-  return oHost === host.host && (oPort ?? deflt) === (host.port ?? deflt)
+  return o.host === host.host && (o.port ?? deflt) === (host.port ?? deflt)
 }
 
 /** application/json, with any parameters (charset). */

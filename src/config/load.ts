@@ -12,6 +12,7 @@ import { compileCoordinators } from '../tx/protocol.js'
 import { configHeaderProblem } from '../tx/saga/template.js'
 import validateSchema, { PATTERNS } from './schema-validator.generated.js'
 import type { HostPort, RetryOn, RetryPolicy, RoutePolicy, SidecarConfig, Direction, StepRequestTemplate, TlsSettings } from './types.js'
+import { portNumber, splitAuthority } from '../address.js'
 
 export const SCHEMA_URL = new URL('../../config/txmesh.schema.json', import.meta.url)
 
@@ -213,10 +214,10 @@ const DEFAULT_LISTENERS = {
 } as const
 
 export function parseAddress(address: string): HostPort {
-  const m = /^(?:\[([^\]]+)\]|([^:]+)):(\d{1,5})$/.exec(address)
-  const port = m ? Number(m[3]) : NaN
-  if (!m || port > 65535) throw new Error(`invalid address "${address}"`)
-  return { host: (m[1] ?? m[2]) as string, port }
+  const a = splitAuthority(address)
+  const port = portNumber(a?.port)
+  if (a === undefined || a.host === '' || port === undefined) throw new Error(`invalid address "${address}"`)
+  return { host: a.host, port }
 }
 
 function listener(raw: RawListener | undefined, dflt: HostPort): HostPort {
@@ -495,8 +496,7 @@ function advertiseAddress(value: string): string | undefined {
   const host = value.slice(0, colon)
   const normal = colon > 0 && isIPv6(host) ? `[${host}]${value.slice(colon)}` : value
   if (!new RegExp(PATTERNS.address).test(normal)) return undefined
-  const port = Number(normal.slice(normal.lastIndexOf(':') + 1))
-  return port >= 1 && port <= 65535 ? normal : undefined
+  return portNumber(splitAuthority(normal)?.port) === undefined ? undefined : normal
 }
 
 /**

@@ -21,6 +21,7 @@ import { isConnectFailure, respondError, upstreamError } from './respond.js'
 import { RetryBudget, backoffMs, methodRetryable } from './retry.js'
 import type { ProxyTrace, ResponseHook } from './types.js'
 import { SpanKind, SpanStatusCode, childSpan, injectTraceparent, type Span } from '../telemetry/tracing.js'
+import { splitAuthority } from '../address.js'
 
 export interface ForwardRequest {
   readonly req: IncomingMessage
@@ -202,13 +203,12 @@ class Exchange implements Dispatcher.DispatchHandler {
   /** One CLIENT span per upstream attempt (HTTP semconv); the next hop continues it. */
   private startAttemptSpan(t: ProxyTrace): void {
     const f = this.f
-    const colon = f.origin.lastIndexOf(':')
-    const host = f.origin.slice(f.origin.indexOf('//') + 2, colon)
+    const a = splitAuthority(f.origin.slice(f.origin.indexOf('//') + 2))
     const q = f.path.indexOf('?')
     const span = childSpan(t.tracing.tracer, f.method, SpanKind.CLIENT, t.span, {
       'http.request.method': f.method,
-      'server.address': host.startsWith('[') ? host.slice(1, -1) : host,
-      'server.port': Number(f.origin.slice(colon + 1)),
+      'server.address': a?.host ?? '',
+      'server.port': Number(a?.port),
       // The query may carry credentials of the app's own; the path is enough to find the call.
       'url.full': f.origin + (q < 0 ? f.path : f.path.slice(0, q)),
       ...(this.attempt > 0 ? { 'http.request.resend_count': this.attempt } : {}),

@@ -2,16 +2,12 @@
 // wins; otherwise the config's default policy applies (Gateway API HTTPRoute semantics for
 // prefixes: `/pay` matches `/pay` and `/pay/x`, not `/payment`).
 import type { Direction, RoutePolicy, SidecarConfig } from '../config/types.js'
+import { splitAuthority } from '../address.js'
 
 export function hostName(hostHeader: string | undefined): string {
   if (hostHeader === undefined) return ''
-  // [v6]:port, name:port, name
-  if (hostHeader.startsWith('[')) {
-    const end = hostHeader.indexOf(']')
-    return end < 0 ? hostHeader.toLowerCase() : hostHeader.slice(1, end).toLowerCase()
-  }
-  const colon = hostHeader.indexOf(':')
-  return (colon < 0 ? hostHeader : hostHeader.slice(0, colon)).toLowerCase()
+  // [v6]:port, name:port, name; one that is none of these matches routes as written.
+  return (splitAuthority(hostHeader)?.host ?? hostHeader).toLowerCase()
 }
 
 export function prefixMatches(prefix: string, url: string): boolean {

@@ -1,5 +1,5 @@
 // The types the data plane's listeners and forwarder share with the transaction side that
-// plugs into them (src/tx/plane.ts): the proxy knows transactions only through TxHook and the
+// plugs into them (src/proxy/tx-hook.ts): the proxy knows transactions only through TxHook and the
 // ResponseHook it returns for one exchange.
 import type { RoutePolicy } from '../config/types.js'
 import type { TxmeshError } from '../errors.js'
@@ -66,7 +66,7 @@ export interface EgressCall {
 }
 
 /**
- * What the listeners ask of transactions: the tx side plugs in here (src/tx/plane.ts; without a
+ * What the listeners ask of transactions: the tx side plugs in here (src/proxy/tx-hook.ts; without a
  * mesh key every context is refused).
  */
 export interface TxHook {

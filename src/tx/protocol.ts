@@ -20,6 +20,7 @@ import {
 } from '../errors.js'
 import { LIMITS } from '../limits.js'
 import type { BranchId, ParticipantRef, TxId } from './core.js'
+import { authorityHost, splitAuthority } from '../address.js'
 
 export const CONTEXT_HEADER = 'txmesh-context'
 export const ENLISTED_HEADER = 'txmesh-enlisted'
@@ -326,17 +327,16 @@ export function coordinatorAllowed(allow: readonly string[], address: string): b
     if (Object.isFrozen(allow)) compiledAllowLists.set(allow, m)
   }
   if (m.any || m.exact.has(address)) return true
-  const colon = address.lastIndexOf(':')
-  if (colon < 0) return false
-  const host = address.slice(0, colon)
-  if (m.anyPort.has(host)) return true
+  const a = splitAuthority(address)
+  if (a?.port === undefined) return false
+  if (m.anyPort.has(authorityHost(a))) return true
   if (m.netAnyPort === undefined && m.netByPort.size === 0) return false
-  const ip = host.startsWith('[') ? host.slice(1, -1) : host
+  const ip = a.host
   const family = isIP(ip)
   if (family === 0) return false
   const type = family === 4 ? 'ipv4' : 'ipv6'
   if (m.netAnyPort?.check(ip, type) === true) return true
-  return m.netByPort.get(Number(address.slice(colon + 1)))?.check(ip, type) === true
+  return m.netByPort.get(Number(a.port))?.check(ip, type) === true
 }
 
 export function verifyContext(

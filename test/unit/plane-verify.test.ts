@@ -1,10 +1,9 @@
-// The data plane's context check (src/tx/plane.ts ContextCache, through ActiveTxPlane.verify): a context that verified
+// The data plane's context check (src/tx/plane.ts ContextCache, which ActiveTxPlane.verify asks): a context that verified
 // is remembered, so the calls of one transaction check its signature once, but never past its
 // deadline, never after the key that signed it was rotated out, and never for a forged token.
 import { describe, expect, it } from 'vitest'
 import { LIMITS } from '../../src/limits.js'
-import { ActiveTxPlane } from '../../src/proxy/tx-hook.js'
-import type { TxParts } from '../../src/tx/plane.js'
+import { ContextCache } from '../../src/tx/plane.js'
 import { KeyRing } from '../../src/tx/keys.js'
 import { signContext, type TxContext } from '../../src/tx/protocol.js'
 import { TxmeshError } from '../../src/errors.js'
@@ -12,8 +11,8 @@ import { TxmeshError } from '../../src/errors.js'
 const oldKey = Buffer.from('old-mesh-key-0123456789abcdef')
 const newKey = Buffer.from('new-mesh-key-0123456789abcdef')
 
-function plane(keys: KeyRing, clock: () => number): ActiveTxPlane {
-  return new ActiveTxPlane({ keys, coordinators: ['127.0.0.1:*'], clock } as unknown as TxParts)
+function plane(keys: KeyRing, clock: () => number): ContextCache {
+  return new ContextCache({ keys, coordinators: ['127.0.0.1:*'], clock })
 }
 
 const ctx = (id: string, deadline: number): TxContext => ({
@@ -25,7 +24,7 @@ const ctx = (id: string, deadline: number): TxContext => ({
 })
 const code = (v: unknown): string | undefined => (v instanceof TxmeshError ? v.code : undefined)
 
-describe('ActiveTxPlane.verify', () => {
+describe('ContextCache.verify', () => {
   it('answers a context it verified before from memory, until its deadline passes', () => {
     let now = 1_000
     const p = plane(new KeyRing([oldKey]), () => now)

@@ -7,23 +7,14 @@ import type { SidecarConfig } from '../../config/types.js'
 import { BadRequestError, ProxyLoopError, type TxmeshError } from '../../errors.js'
 import { isLocalAddressLiteral } from '../loop.js'
 import type { Target, TargetResolver } from '../types.js'
+import { splitAuthority } from '../../address.js'
 
-function splitAuthority(authority: string): { host: string; port: number } | undefined {
-  let host: string
-  let portText: string | undefined
-  if (authority.startsWith('[')) {
-    const end = authority.indexOf(']')
-    if (end < 0) return undefined
-    host = authority.slice(1, end)
-    const rest = authority.slice(end + 1)
-    if (rest !== '' && !rest.startsWith(':')) return undefined
-    portText = rest === '' ? undefined : rest.slice(1)
-  } else {
-    const colon = authority.lastIndexOf(':')
-    host = colon < 0 ? authority : authority.slice(0, colon)
-    portText = colon < 0 ? undefined : authority.slice(colon + 1)
-  }
-  const port = portText === undefined || portText === '' ? 80 : Number(portText)
+/** The upstream host (lowercased) and port (80 by default) an authority names, or undefined. */
+function upstreamOf(authority: string): { host: string; port: number } | undefined {
+  const a = splitAuthority(authority)
+  if (a === undefined) return undefined
+  const host = a.host
+  const port = a.port === undefined || a.port === '' ? 80 : Number(a.port)
   if (host === '' || !Number.isInteger(port) || port < 1 || port > 65535 || /[\s/@]/.test(host)) return undefined
   return { host: host.toLowerCase(), port }
 }
@@ -50,7 +41,7 @@ export function egressResolver(cfg: SidecarConfig, self: () => { host: string; p
     }
     if (authority === undefined || authority === '')
       return new BadRequestError('request has no Host header and no absolute URL')
-    const parsed = splitAuthority(authority)
+    const parsed = upstreamOf(authority)
     if (parsed === undefined) return new BadRequestError(`invalid host "${authority.slice(0, 64)}"`)
     const mapped = cfg.services.get(parsed.host)
     const connectHost = mapped?.host ?? parsed.host
