@@ -138,6 +138,57 @@ export class ProxyServer {
       if (trace !== undefined) trace.errorType = refusal.code
       return respondError(res, refusal, true)
     }
+    const hook = this.txHook(facts, route, target, method, headers, trace)
+    if (hook instanceof TxmeshError) {
+      if (trace !== undefined) trace.errorType = hook.code
+      return respondError(res, hook, hasBody)
+    }
+    if (facts.expectContinue) res.writeContinue()
+    headers.push('host', target.host)
+    if (this.o.direction === 'egress') headers.push(HOPS_HEADER, String(facts.hops + 1))
+    const request = (body: ForwardBody): ForwardRequest => ({
+      direction: this.o.direction,
+      req,
+      res,
+      origin: target.origin,
+      path: target.path,
+      method,
+      headers,
+      body,
+      route,
+      hook,
+      trace,
+    })
+    if (facts.chunked) return this.send(request(pipeline(req, new BodyLimit(route.maxBodyBytes), noop)), hasBody)
+    if (facts.contentLength === undefined || facts.contentLength === 0) return this.send(request(null), hasBody)
+    const wanted = hook?.requestBodyLimit !== undefined && facts.contentLength <= hook.requestBodyLimit
+    if (!wanted && !(facts.contentLength <= LIMITS.retryBodyBytes && methodRetryable(method, route.retries)))
+      return this.send(request(req), hasBody)
+    // Small body of a retryable request (or one a saga template reads): read it first so a
+    // retry can send it again.
+    readSmallBody(req, facts.contentLength, (buf) => {
+      if (buf === undefined) {
+        hook?.onEnd()
+        return respondError(res, new BadRequestError('request body ended early'), true)
+      }
+      if (hook !== undefined && wanted) hook.requestBody = buf
+      this.send(request(buf), false)
+    })
+  }
+
+  /**
+   * The transaction work of a request (src/proxy/tx-hook.ts): enlistment at the egress, joining
+   * or an implicit transaction at the ingress, and the check that only a coordinator's signed
+   * op reaches a participant hook; an error refuses the request.
+   */
+  private txHook(
+    facts: RequestHeadFacts,
+    route: RoutePolicy,
+    target: Target,
+    method: string,
+    headers: string[],
+    trace: ProxyTrace | undefined,
+  ): ResponseHook | TxmeshError | undefined {
     let hook: ResponseHook | undefined
     const tx = this.o.tx
     if (tx !== undefined && (facts.context !== undefined || route.transaction === 'required')) {
@@ -155,10 +206,7 @@ export class ProxyServer {
                 headers,
               })
             : tx.ingress(facts.context, route, headers)
-      if (h instanceof TxmeshError) {
-        if (trace !== undefined) trace.errorType = h.code
-        return respondError(res, h, hasBody)
-      }
+      if (h instanceof TxmeshError) return h
       hook = h
     }
     if (target.stepHook !== undefined) {
@@ -170,64 +218,10 @@ export class ProxyServer {
           : tx.stepHook(facts.context, target.stepHook)
       if (refused !== undefined) {
         hook?.onEnd()
-        if (trace !== undefined) trace.errorType = refused.code
-        return respondError(res, refused, hasBody)
+        return refused
       }
     }
-    if (facts.expectContinue) res.writeContinue()
-    headers.push('host', target.host)
-    if (this.o.direction === 'egress') headers.push(HOPS_HEADER, String(facts.hops + 1))
-
-    let body: ForwardBody = null
-    if (facts.chunked) {
-      body = pipeline(req, new BodyLimit(route.maxBodyBytes), noop)
-    } else if (facts.contentLength !== undefined && facts.contentLength > 0) {
-      const wanted = hook?.requestBodyLimit !== undefined && facts.contentLength <= hook.requestBodyLimit
-      if (wanted || (facts.contentLength <= LIMITS.retryBodyBytes && methodRetryable(method, route.retries))) {
-        // Small body of a retryable request (or one a saga template reads): read it first so a
-        // retry can send it again.
-        return readSmallBody(req, facts.contentLength, (buf) => {
-          if (buf === undefined) {
-            hook?.onEnd()
-            return respondError(res, new BadRequestError('request body ended early'), true)
-          }
-          if (hook !== undefined && wanted) hook.requestBody = buf
-          this.send(
-            {
-              direction: this.o.direction,
-              req,
-              res,
-              origin: target.origin,
-              path: target.path,
-              method,
-              headers,
-              body: buf,
-              route,
-              hook,
-              trace,
-            },
-            false,
-          )
-        })
-      }
-      body = req
-    }
-    this.send(
-      {
-        direction: this.o.direction,
-        req,
-        res,
-        origin: target.origin,
-        path: target.path,
-        method,
-        headers,
-        body,
-        route,
-        hook,
-        trace,
-      },
-      hasBody,
-    )
+    return hook
   }
 
   /**
@@ -311,6 +305,8 @@ export class ProxyServer {
    * an ordinary response and the client's connection is closed after it (issue 15, hole 1: an
    * app that answered 200 and kept its socket got the client's next request, a forged hook
    * call, unfiltered). The client's bytes behind the handshake wait, unread, for the 101.
+   * Longer than the other functions here on purpose: it is one small state machine whose socket
+   * handlers all share `state`, `over`, `cleanup` and `fail`, and reads best in one place.
    */
   private upgrade(
     client: Duplex,
