@@ -2,7 +2,9 @@
 // `npm test` runs this first (the `pretest` script): the suite drives real programs that npm does
 // not ship, and the test command must set them up by itself on a fresh machine with only Node
 // and npm. What each is for:
-//   chromium     the dashboard and admin-browser tests (playwright-core drives /usr/bin/chromium)
+//   chromium     the dashboard and admin-browser tests (playwright-core drives it): the headless
+//                build npm installs with @sparticuz/chromium (scripts/chromium.mjs) when it runs
+//                here, else Debian's /usr/bin/chromium
 //   nats-server  the event-sink, event and message tests (a real JetStream server)
 //   openssl      the peer TLS and secrets tests make their certificates with it
 // Found: nothing to do. Missing, as root on Debian: installs the Debian packages, saying so.
@@ -10,6 +12,7 @@
 import { spawnSync } from 'node:child_process'
 import { accessSync, constants } from 'node:fs'
 import { delimiter, join } from 'node:path'
+import { packagedChromium } from './chromium.mjs'
 
 /** program -> where the tests look for it besides PATH, and the Debian package that has it. */
 const TOOLS = [
@@ -37,7 +40,11 @@ function found(tool) {
   return (process.env.PATH ?? '').split(delimiter).some((dir) => dir !== '' && executable(join(dir, tool.program)))
 }
 
-const missing = TOOLS.filter((t) => !found(t))
+// The packaged Chromium first: nothing to install when it runs (the browser tests prefer it).
+const packaged = await packagedChromium()
+if ('error' in packaged) process.stderr.write(`txmesh tests: ${packaged.error}; trying Debian's chromium\n`)
+const needed = 'error' in packaged ? TOOLS : TOOLS.filter((t) => t.program !== 'chromium')
+const missing = needed.filter((t) => !found(t))
 if (missing.length === 0) process.exit(0)
 
 const pkgs = missing.map((t) => t.pkg)

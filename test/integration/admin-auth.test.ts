@@ -3,12 +3,13 @@
 // and its event stream take ?access_token= (headless Chromium), the CLI takes --token /
 // --token-file / TXMESH_ADMIN_TOKEN, and the txmesh/pg helper's recovery sends the token.
 import { execFile } from 'node:child_process'
-import { existsSync, mkdtempSync, writeFileSync } from 'node:fs'
+import { mkdtempSync, writeFileSync } from 'node:fs'
 import { request as httpRequest } from 'node:http'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import type { Pool } from 'pg'
 import { chromium } from 'playwright-core'
+import { testChromium } from '../helpers/browser.js'
 import { request } from 'undici'
 import { describe, expect, it } from 'vitest'
 import { createTxmeshPg } from '../../src/helpers/pg/index.js'
@@ -250,9 +251,7 @@ describe('admin API authentication', () => {
   })
 
   it('serves the dashboard with a token: its API calls carry the bearer token and its event stream the query parameter', async () => {
-    const CHROMIUM = '/usr/bin/chromium'
-    if (!existsSync(CHROMIUM))
-      throw new Error(`${CHROMIUM} is missing: install Debian's chromium to run the dashboard test`)
+    const { executablePath, env } = await testChromium()
     const orders = await startTxApp('orders')
     apps.push(orders)
     const ord = await spawnSidecar(sidecarYaml('orders', orders.port))
@@ -290,7 +289,8 @@ describe('admin API authentication', () => {
     const before = await commitOne('d1')
 
     const browser = await chromium.launch({
-      executablePath: CHROMIUM,
+      executablePath,
+      ...(env === undefined ? {} : { env }),
       args: [
         '--headless',
         '--no-sandbox',

@@ -4,15 +4,14 @@
 // and its Origin 403), a page whose name was rebound to 127.0.0.1 is refused by its Host (403),
 // and loopback clients, the dashboard and configured names keep working. Headless Chromium plays
 // the browser: a page served from another loopback port, and a rebound name (host resolver rules).
-import { existsSync } from 'node:fs'
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import { chromium } from 'playwright-core'
+import { testChromium } from '../helpers/browser.js'
 import { describe, expect, it } from 'vitest'
 import { rawRequest, sidecarYaml, spawnSidecar, startServer, type SidecarProcess } from '../helpers/servers.js'
 import { stopAfterTests } from '../helpers/tx-app.js'
 
 const { procs, closers } = stopAfterTests()
-const CHROMIUM = '/usr/bin/chromium'
 const JSON_TYPE = { 'content-type': 'application/json' }
 
 async function sidecar(extra = ''): Promise<SidecarProcess> {
@@ -192,8 +191,7 @@ describe('admin API from a browser page', () => {
   })
 
   it('in Chromium: a page of another origin cannot begin a transaction, a rebound name cannot read the API, the dashboard works', async () => {
-    if (!existsSync(CHROMIUM))
-      throw new Error(`${CHROMIUM} is missing: install Debian's chromium to run the browser test`)
+    const { executablePath, env } = await testChromium()
     const sc = await sidecar()
     const admin = sc.ports.admin
     // The attacker's page: a form POST and a no-cors fetch to the admin port, as any site could.
@@ -212,7 +210,8 @@ describe('admin API from a browser page', () => {
     })
     closers.push(() => evil.close())
     const browser = await chromium.launch({
-      executablePath: CHROMIUM,
+      executablePath,
+      ...(env === undefined ? {} : { env }),
       // evil.example resolves to 127.0.0.1, as a rebinding DNS server would make it do.
       args: [
         '--headless',

@@ -1,9 +1,10 @@
 // The dashboard (/ui) and its event feed (/v1/events), with real sidecars as child processes and
 // headless Chromium (Debian `chromium`) driven by playwright-core.
-import { existsSync, mkdirSync } from 'node:fs'
+import { mkdirSync } from 'node:fs'
 import { request as httpRequest } from 'node:http'
 import { join } from 'node:path'
 import { chromium, type Browser, type Page } from 'playwright-core'
+import { testChromium } from '../helpers/browser.js'
 import { request } from 'undici'
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
 import {
@@ -18,7 +19,6 @@ import {
 import { startTxApp, type TxApp } from '../helpers/tx-app.js'
 import { LIMITS } from '../../src/limits.js'
 
-const CHROMIUM = '/usr/bin/chromium'
 const ARTIFACTS = join(import.meta.dirname, '../artifacts')
 
 const procs: SidecarProcess[] = []
@@ -27,14 +27,12 @@ const servers: { close: () => Promise<void> }[] = []
 let browser: Browser | undefined
 
 beforeAll(async () => {
-  // Not a skip: the browser test is part of the suite (npm test installs chromium when missing: scripts/test-tools.mjs).
-  if (!existsSync(CHROMIUM))
-    throw new Error(
-      `${CHROMIUM} is missing: install Debian's chromium (apt-get install -y chromium) to run the dashboard test`,
-    )
+  // Not a skip: the browser test is part of the suite (test/helpers/browser.ts says which Chromium).
+  const { executablePath, env } = await testChromium()
   // playwright-core launches it with a fresh temporary profile.
   browser = await chromium.launch({
-    executablePath: CHROMIUM,
+    executablePath,
+    ...(env === undefined ? {} : { env }),
     args: [
       '--headless',
       '--no-sandbox',
