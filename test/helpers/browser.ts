@@ -3,6 +3,7 @@
 // /usr/bin/chromium, which scripts/test-tools.mjs (npm test's pretest) installs as root when the
 // packaged one cannot run on this machine. Not a skip when neither is there: a clear error.
 import { existsSync } from 'node:fs'
+import { chromium, type Browser } from 'playwright-core'
 import { packagedChromium } from '../../scripts/chromium.mjs'
 
 export interface TestChromium {
@@ -27,4 +28,27 @@ async function find(): Promise<TestChromium> {
 export function testChromium(): Promise<TestChromium> {
   found ??= find()
   return found
+}
+
+/**
+ * Launches the test Chromium headless, with a fresh temporary profile and nothing that reaches
+ * beyond loopback (no background networking, updates, sync or QUIC); `extraArgs` are added.
+ */
+export async function launchTestChromium(extraArgs: readonly string[] = []): Promise<Browser> {
+  const { executablePath, env } = await testChromium()
+  return chromium.launch({
+    executablePath,
+    ...(env === undefined ? {} : { env }),
+    args: [
+      '--headless',
+      '--no-sandbox',
+      '--disable-gpu',
+      '--disable-quic',
+      '--no-first-run',
+      '--disable-background-networking',
+      '--disable-component-update',
+      '--disable-sync',
+      ...extraArgs,
+    ],
+  })
 }

@@ -8,8 +8,7 @@ import { request as httpRequest } from 'node:http'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import type { Pool } from 'pg'
-import { chromium } from 'playwright-core'
-import { testChromium } from '../helpers/browser.js'
+import { launchTestChromium } from '../helpers/browser.js'
 import { request } from 'undici'
 import { describe, expect, it } from 'vitest'
 import { createTxmeshPg } from '../../src/helpers/pg/index.js'
@@ -251,7 +250,6 @@ describe('admin API authentication', () => {
   })
 
   it('serves the dashboard with a token: its API calls carry the bearer token and its event stream the query parameter', async () => {
-    const { executablePath, env } = await testChromium()
     const orders = await startTxApp('orders')
     apps.push(orders)
     const ord = await spawnSidecar(sidecarYaml('orders', orders.port))
@@ -288,19 +286,7 @@ describe('admin API authentication', () => {
     }
     const before = await commitOne('d1')
 
-    const browser = await chromium.launch({
-      executablePath,
-      ...(env === undefined ? {} : { env }),
-      args: [
-        '--headless',
-        '--no-sandbox',
-        '--disable-gpu',
-        '--no-first-run',
-        '--disable-background-networking',
-        '--disable-component-update',
-        '--disable-sync',
-      ],
-    })
+    const browser = await launchTestChromium()
     try {
       const page = await browser.newPage()
       const errors: string[] = []

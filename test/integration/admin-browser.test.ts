@@ -5,8 +5,7 @@
 // and loopback clients, the dashboard and configured names keep working. Headless Chromium plays
 // the browser: a page served from another loopback port, and a rebound name (host resolver rules).
 import type { IncomingMessage, ServerResponse } from 'node:http'
-import { chromium } from 'playwright-core'
-import { testChromium } from '../helpers/browser.js'
+import { launchTestChromium } from '../helpers/browser.js'
 import { describe, expect, it } from 'vitest'
 import { rawRequest, sidecarYaml, spawnSidecar, startServer, type SidecarProcess } from '../helpers/servers.js'
 import { stopAfterTests } from '../helpers/tx-app.js'
@@ -191,7 +190,6 @@ describe('admin API from a browser page', () => {
   })
 
   it('in Chromium: a page of another origin cannot begin a transaction, a rebound name cannot read the API, the dashboard works', async () => {
-    const { executablePath, env } = await testChromium()
     const sc = await sidecar()
     const admin = sc.ports.admin
     // The attacker's page: a form POST and a no-cors fetch to the admin port, as any site could.
@@ -209,21 +207,10 @@ describe('admin API from a browser page', () => {
 </script></body>`)
     })
     closers.push(() => evil.close())
-    const browser = await chromium.launch({
-      executablePath,
-      ...(env === undefined ? {} : { env }),
+    const browser = await launchTestChromium([
       // evil.example resolves to 127.0.0.1, as a rebinding DNS server would make it do.
-      args: [
-        '--headless',
-        '--no-sandbox',
-        '--disable-gpu',
-        '--no-first-run',
-        '--disable-background-networking',
-        '--disable-component-update',
-        '--disable-sync',
-        '--host-resolver-rules=MAP evil.example 127.0.0.1',
-      ],
-    })
+      '--host-resolver-rules=MAP evil.example 127.0.0.1',
+    ])
     try {
       const page = await browser.newPage()
       const formAnswer = page.waitForResponse(

@@ -1,10 +1,10 @@
 // The dashboard (/ui) and its event feed (/v1/events), with real sidecars as child processes and
-// headless Chromium (Debian `chromium`) driven by playwright-core.
+// headless Chromium (test/helpers/browser.ts) driven by playwright-core.
 import { mkdirSync } from 'node:fs'
 import { request as httpRequest } from 'node:http'
 import { join } from 'node:path'
-import { chromium, type Browser, type Page } from 'playwright-core'
-import { testChromium } from '../helpers/browser.js'
+import type { Browser, Page } from 'playwright-core'
+import { launchTestChromium } from '../helpers/browser.js'
 import { request } from 'undici'
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
 import {
@@ -28,22 +28,8 @@ let browser: Browser | undefined
 
 beforeAll(async () => {
   // Not a skip: the browser test is part of the suite (test/helpers/browser.ts says which Chromium).
-  const { executablePath, env } = await testChromium()
   // playwright-core launches it with a fresh temporary profile.
-  browser = await chromium.launch({
-    executablePath,
-    ...(env === undefined ? {} : { env }),
-    args: [
-      '--headless',
-      '--no-sandbox',
-      '--disable-gpu',
-      '--disable-quic',
-      '--no-first-run',
-      '--disable-background-networking',
-      '--disable-component-update',
-      '--disable-sync',
-    ],
-  })
+  browser = await launchTestChromium()
 })
 afterEach(async () => {
   for (const p of procs.splice(0)) if (p.child.exitCode === null) p.child.kill('SIGKILL')
