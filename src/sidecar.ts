@@ -265,7 +265,12 @@ export async function startSidecar(config: SidecarConfig, log: Logger): Promise<
       const st = steps.recover(replayed)
       if (c + p + st > 0) log.info('recovery_started', { coordinator: c, participant: p, steps: st })
     } else {
-      // Contexts are refused with TXM_MESH_KEY_MISSING rather than silently ignored.
+      // Contexts are refused with TXM_MESH_KEY_MISSING rather than silently ignored. Said once at
+      // start: a proxy that forwards fine but refuses every transaction looks like a bug otherwise.
+      log.warn('mesh_key_missing', {
+        message: 'no mesh key: transactions and the control listener are off (TXM_MESH_KEY_MISSING) until one is set',
+        hint: 'set TXMESH_MESH_KEY (or the variable mesh.keyEnv names) to a key of at least 16 bytes, or point TXMESH_MESH_KEY_FILE or mesh.keyFile at a file holding one, and restart',
+      })
       plane = new DisabledTxPlane()
     }
 

@@ -14,13 +14,13 @@ function sources(dir: string): string[] {
 }
 
 describe('error registry', () => {
-  const readme = readFileSync(join(root, 'README.md'), 'utf8')
-  // Rows of the README's error table: | `TXM_...` | status | meaning |
+  const doc = readFileSync(join(root, 'docs/errors.md'), 'utf8')
+  // Rows of the error tables in docs/errors.md (the sidecar's, then txmesh/pg's): | `TXM_...` | status | meaning |
   const rows = new Map(
-    [...readme.matchAll(/^\|\s*`(TXM_[A-Z_]+)`\s*\|\s*(\d{3})\s*\|/gm)].map((m) => [m[1] as string, Number(m[2])]),
+    [...doc.matchAll(/^\|\s*`(TXM_[A-Z_]+)`\s*\|\s*(\d{3})\s*\|/gm)].map((m) => [m[1] as string, Number(m[2])]),
   )
 
-  it('documents every code of the registry with its status in the README table', () => {
+  it('documents every code of the registry with its status in the docs/errors.md tables', () => {
     for (const { code, status } of [...allErrorCodes(), ...pgErrorCodes()]) expect(rows.get(code), code).toBe(status)
   })
 
