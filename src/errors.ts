@@ -1,6 +1,6 @@
 // The one registry of txmesh errors (STYLE.md). Every failure a client can see is a subclass
 // with a stable code; src/proxy/respond.ts is the only code that turns them into responses.
-// The README's error table lists every code (a test checks it).
+// The docs/errors.md lists every code (a test checks it).
 
 /** Response header naming the code of an error a txmesh sidecar made (the body says it too). */
 export const ERROR_HEADER = 'x-txmesh-error'
@@ -336,8 +336,8 @@ export function formatProblem(p: ConfigProblem): string {
   return `${p.file}:${p.line}:${p.col}: ${p.message}`
 }
 
-// Every code, for the README check and for `txmesh errors`. Built from instances so a new
-// class cannot be forgotten here without the README test noticing a missing row.
+// Every code, for the docs/errors.md check and for `txmesh errors`. Built from instances so a new
+// class cannot be forgotten here without the docs/errors.md test noticing a missing row.
 export const ERROR_CLASSES = [
   BadRequestError,
   NotFoundError,

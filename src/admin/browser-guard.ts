@@ -1,5 +1,5 @@
 // The admin API's defences against the operator's own browser (issue 15, hole 10). The admin
-// listener is on loopback, and the README sends operators to its dashboard through
+// listener is on loopback, and docs/operations.md sends operators to its dashboard through
 // `kubectl port-forward`: any page their browser shows can then send requests to it.
 //   - DNS rebinding: a page at evil.example whose name is rebound to 127.0.0.1 reads and drives
 //     the API as its own origin. Its requests carry `Host: evil.example`: only loopback names,

@@ -679,7 +679,7 @@ export function initContainer(s: ProxySettings): Container {
 
 export function volumes(s: ProxySettings): Volume[] {
   // emptyDir dies with the pod: its in-doubt branches then rely on the coordinator's presumed
-  // abort and peers' retries (README, Kubernetes). A claim keeps the log across rescheduling.
+  // abort and peers' retries (docs/kubernetes.md). A claim keeps the log across rescheduling.
   const log: Volume =
     s.logPvc === undefined
       ? { name: LOG_VOLUME, emptyDir: {} }

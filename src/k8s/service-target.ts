@@ -4,7 +4,7 @@
 // txmesh-ingress: a named port of a native sidecar (an init container) got no EndpointSlice port
 // before Kubernetes 1.32/1.33 (kubernetes/kubernetes#127958, fixed by #128850), which would
 // leave the Service without endpoints on the clusters most teams run. The webhook cannot
-// do this: it sees one Pod at a time, never the Services that select it (README, Kubernetes).
+// do this: it sees one Pod at a time, never the Services that select it (docs/kubernetes.md).
 // Pure, like inject.ts; rewriting a rewritten Service changes nothing.
 import { PORTS } from './constants.js'
 import type { InjectedTemplate } from './inject.js'

@@ -40,7 +40,7 @@ export function fuzzTimeout(runs: number, msPerRun: number): number {
 export const REGISTRY: ReadonlyMap<string, number> = new Map(allErrorCodes().map((e) => [e.code, e.status]))
 
 /**
- * 503 answers the README documents as "retry later" rather than a bug: the sidecar is starting,
+ * 503 answers docs/ documents as "retry later" rather than a bug: the sidecar is starting,
  * full, or its log is overloaded or failed. Any other 5xx on a fuzzed input is a bug.
  */
 export const DOCUMENTED_503 = new Set([

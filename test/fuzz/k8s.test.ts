@@ -233,7 +233,7 @@ function checkInject(text: string): string | undefined {
   }
   expect(performance.now() - started).toBeLessThan(SLOW_MS)
   if (out === undefined) return undefined
-  // The output is YAML, and inject on its own output changes nothing (README: byte-identical).
+  // The output is YAML, and inject on its own output changes nothing (docs/kubernetes.md: byte-identical).
   for (const d of parseAllDocuments(out)) expect(d.errors, `output does not parse: ${out.slice(0, 400)}`).toEqual([])
   expect(injectManifests(out, FILE, { image: 'ghcr.io/txmesh/txmesh:fuzz' }).output).toBe(out)
   return out

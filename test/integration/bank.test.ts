@@ -3,7 +3,7 @@
 // while seeded faults SIGKILL apps and sidecars and fault proxies delay, cut and refuse traffic.
 // A fixed seed per run (TORTURE_SEED overrides it); a failure prints every violated invariant
 // with its transfer and the command that replays the full-size run of that seed. The `contract`
-// run is 2pc with bank apps written from the README's hook contract alone on pg (no txmesh/pg,
+// run is 2pc with bank apps written from the hook contract alone (docs/participant-contract.md) on pg (no txmesh/pg,
 // no sweep of pg_prepared_xacts): only the sidecars finish what they prepared.
 import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
@@ -63,7 +63,7 @@ describe('bank under faults (a short torture run per mode)', () => {
         )
         process.stdout.write(`${report}\n`)
         // Every mode, saga and TCC included: a call that got no answer is undone too (its step is
-        // recorded before the call is sent; README, Sagas and TCC).
+        // recorded before the call is sent; docs/sagas-tcc.md).
         expect(
           r.violations.map((v) => `[${v.invariant}] ${v.transfer ?? ''} ${v.detail}`),
           report,

@@ -163,7 +163,7 @@ describe('sidecar in a pod (env settings, health listener)', () => {
       return (await rawRequest(sidecar.ports.control, { path, headers })).status
     }
     expect([await outcome(K1), await outcome(K2)]).toEqual([200, 401])
-    // Rotation, step 1 and then step 3 (README "Mesh keys and rotation"): the file is polled
+    // Rotation, step 1 and then step 3 (docs/security.md "Mesh keys and rotation"): the file is polled
     // every LIMITS.secretFileCheckMs, and polling follows the `..data` swap.
     meshKey.write({ 'mesh-key': `${K1},${K2}` })
     await until('K2 accepted', async () => (await outcome(K2)) === 200)

@@ -1,5 +1,5 @@
 // A 2PC participant app for the mesh simulation that knows only the documented hook contract
-// (README "Participant contract"): a business request opens work under its branch id; prepare
+// (docs/participant-contract.md): a business request opens work under its branch id; prepare
 // answers 200 (prepared, kept across a crash like a database's prepared transaction), 204
 // (read-only) or 409 (no); commit and abort answer 2xx when done and 404 when there is nothing.
 // Open work dies with the app (the database rolls it back). It has no recovery of its own.

@@ -1,5 +1,5 @@
 // A saga/TCC step service for the mesh simulation that knows only the documented contract
-// (README "Sagas and TCC"): a request's `txmesh-op` says what it is and `txmesh-branch-id` names
+// (docs/sagas-tcc.md): a request's `txmesh-op` says what it is and `txmesh-branch-id` names
 // its step. An action (saga) or try (TCC) applies its work in the service's database, keyed by
 // the step id, and answers 200 with the work's own id (`{"id":...}`) and, for sagas, its undo in
 // `txmesh-compensate`; a compensate, confirm or cancel is idempotent by step id and answers 404

@@ -24,7 +24,7 @@
 // outcome; the coordinator never announced both outcomes and the app was told the one it ended
 // with; nothing is left at the coordinator unless a step is stuck past its budget and reported
 // (tx-stuck); the logs keep nothing of it but what such a step needs. Allowed, and counted: a
-// saga call without a template whose answer never came back (the README's limit: nothing named
+// saga call without a template whose answer never came back (the limit docs/sagas-tcc.md states: nothing named
 // its undo), or one answered 5xx whose undo the answer could not name; a saga step the app heard
 // succeed whose record was still being written when the abort came, undone after the steps
 // whose undo had started (as steps.sim.test.ts reports it); steps stuck for good, listed in the
@@ -71,7 +71,7 @@ export type SagaVariant =
   'saga-request' | 'saga-response' | 'saga-header' | 'tcc-default' | 'tcc-template' | 'tcc-response'
 type Mode = 'saga' | 'tcc'
 
-// The egress routes a seed's calls take, as an operator writes them (README "Sagas and TCC").
+// The egress routes a seed's calls take, as an operator writes them (docs/sagas-tcc.md).
 const ROUTES_YAML = `service: sim
 routes:
   - name: saga-request
@@ -113,7 +113,7 @@ export interface SagaStats extends MeshStats {
   recoveries: number
   stuck: number
   operatorRetries: number
-  /** Saga actions never undone because nothing recorded their undo (allowed, README "Limits to know"). */
+  /** Saga actions never undone because nothing recorded their undo (allowed, docs/sagas-tcc.md "Limits to know"). */
   unrecorded: number
   /** Saga actions answered 5xx whose undo the answer could not name (allowed). */
   undoUnknown: number
@@ -843,7 +843,7 @@ class SagaMesh extends MeshWorld {
     }
     // The logs forget what finished: only a transaction held for its stuck steps keeps records
     // (and the log's incarnation record, never ended). A log that failed (an injected EIO since
-    // its process started) refuses every write, ENDs too, until the sidecar restarts (README
+    // its process started) refuses every write, ENDs too, until the sidecar restarts (docs/errors.md
     // TXM_LOG_FAILED): it keeps what it had.
     for (const pod of this.pods) {
       if (injectedFaults(pod) > (this.diskFaultsAtStart.get(pod) ?? 0)) {

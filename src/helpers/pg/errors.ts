@@ -1,6 +1,6 @@
 // Error registry of the Postgres participant helper. The helper runs in the app, not in the
-// sidecar, so its codes live here (all prefixed TXM_PG_) and are documented in the README's
-// "Postgres helper (txmesh/pg)" section. Every answer the helper writes itself carries the
+// sidecar, so its codes live here (all prefixed TXM_PG_) and are documented in docs/errors.md's
+// "txmesh/pg" section. Every answer the helper writes itself carries the
 // status, the header `x-txmesh-error: CODE` and `{"error":{"code","message"[,"sqlstate"]}}`,
 // the same shape the sidecar uses.
 

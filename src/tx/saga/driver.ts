@@ -589,7 +589,7 @@ export class SagaDriver {
   /**
    * Saga: the compensation goes to the step's target like any call, with a context naming the
    * step and the op. TCC steps marked viaIngress: the cancel goes the same way to the target's
-   * ingress, whose sidecar hands it to its app (README "Sagas and TCC").
+   * ingress, whose sidecar hands it to its app (docs/sagas-tcc.md).
    */
   private async sendOp(
     id: TxId,

@@ -1,6 +1,6 @@
 // Request templates of saga compensations and TCC hooks (config `compensation`, `tcc`), filled
 // from the step's call: before it is sent, for its intent, when they read nothing of the
-// response (README "Sagas and TCC"), and when its response arrives. Placeholders (the config
+// response (docs/sagas-tcc.md), and when its response arrives. Placeholders (the config
 // schema checks their shape, so a typo fails at load with file:line:col):
 //   {request.method} {request.path} {request.query.NAME} {request.header.NAME} {request.json.A.B}
 //   {response.status} {response.header.NAME} {response.json.A.B} {tx.id} {step.id}
