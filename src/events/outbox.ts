@@ -16,7 +16,7 @@
 // The SSE feed (/v1/events) is the in-memory EventHub, fed by the same callback.
 import { eventsKey, type LogRecord } from '../tx/records.js'
 import type { Logger } from '../telemetry/logger.js'
-import type { FileLog } from '../wal/file-log.js'
+import type { TxLog } from '../store/types.js'
 import { LIMITS } from '../limits.js'
 import { DeliveryQueue } from './delivery.js'
 import { eventSubject } from './nats.js'
@@ -64,7 +64,7 @@ export class Outbox {
 
   constructor(
     private readonly o: {
-      log: FileLog
+      log: TxLog
       service: string
       logger: Logger
       sinks: readonly Sink[]

@@ -3,12 +3,12 @@
 // or may not have reached the disk, so the caller must stop and let recovery decide.
 import { LogOverloadedError } from '../errors.js'
 import { LIMITS } from '../limits.js'
-import type { FileLog } from '../wal/file-log.js'
+import type { TxLog } from '../store/types.js'
 import { body, type WrittenRecord } from './records.js'
 import { sleep, type Timers } from './io.js'
 
 export async function appendDurable(
-  io: { readonly log: FileLog; readonly timers: Timers },
+  io: { readonly log: TxLog; readonly timers: Timers },
   key: string,
   record: WrittenRecord,
 ): Promise<void> {

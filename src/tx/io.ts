@@ -5,7 +5,7 @@
 // (test/simulation) builds it from its scheduler, network and simulated disk, so the simulated
 // sidecars run these same drivers.
 import { exchange, type Dispatcher, type ExchangeOptions, type Exchanged } from '../http-client.js'
-import type { FileLog } from '../wal/file-log.js'
+import type { TxLog } from '../store/types.js'
 import type { Logger } from '../telemetry/logger.js'
 import type { BatchedCall, ControlResult } from '../control/client.js'
 import { randomBase64url } from './protocol.js'
@@ -40,7 +40,7 @@ export interface SidecarIo {
   readonly app: HttpTransport
   /** Other services' origins (saga compensations). */
   readonly http: HttpTransport
-  readonly log: FileLog
+  readonly log: TxLog
   /**
    * A log write failed in a way that leaves an outcome unknown (it may or may not be on disk):
    * the process stops, as databases do on a failed fsync, and recovery decides from the log.
@@ -58,7 +58,7 @@ export function undiciHttp(dispatcher: Dispatcher): HttpTransport {
 }
 
 export function productionIo(parts: {
-  log: FileLog
+  log: TxLog
   control: ControlTransport
   app: Dispatcher
   http: Dispatcher

@@ -5,7 +5,7 @@ import assert from 'node:assert/strict'
 import { MessageTooLargeError, TxLimitError, TxNotActiveError, TxUnknownError, type TxmeshError } from '../errors.js'
 import type { TxMessage } from '../events/types.js'
 import { LIMITS } from '../limits.js'
-import type { FileLog } from '../wal/file-log.js'
+import type { TxLog } from '../store/types.js'
 import type { TxId } from './core.js'
 import type { Timers } from './io.js'
 
@@ -64,7 +64,7 @@ export function startPublishing(id: TxId, holder: MessageHolder, publish: Publis
 }
 
 /** Ends the decision record, after the messages are on the bus when there are any. */
-export function endAfterPublishing(log: FileLog, key: string, holder: MessageHolder): void {
+export function endAfterPublishing(log: TxLog, key: string, holder: MessageHolder): void {
   if (holder.publishing === undefined) log.end(key)
   else void holder.publishing.then(() => log.end(key))
 }

@@ -39,6 +39,7 @@
 import assert from 'node:assert/strict'
 import type { FileHandle } from 'node:fs/promises'
 import { join } from 'node:path'
+import type { TxLog } from '../store/types.js'
 import {
   InternalError,
   LogCorruptError,
@@ -85,7 +86,7 @@ interface Pending {
 const MAX_CLOSE_TURNS = 16
 const EMPTY = Buffer.alloc(0)
 
-export class FileLog {
+export class FileLog implements TxLog {
   private queue: Pending[] = []
   private queuedDurable = 0
   private pendingCount = 0

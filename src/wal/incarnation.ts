@@ -5,7 +5,7 @@
 // log is a different one (a new pod at a reused IP address, a wiped emptyDir, a log older than
 // this rule) answers "unknown coordinator" for ids that are not of its incarnation, and the
 // branches asking stay prepared and in doubt instead of rolling back committed work.
-import type { FileLog, LogEntry } from './file-log.js'
+import type { LogEntry, TxLog } from '../store/types.js'
 import { isIncarnation, newIncarnation } from '../tx/protocol.js'
 import { INCARNATION_KEY, body, decodeRecord } from '../tx/records.js'
 
@@ -16,7 +16,7 @@ export { INCARNATION_KEY }
  * returned (no id may carry it before the log can vouch for it).
  */
 export async function logIncarnation(
-  log: FileLog,
+  log: TxLog,
   records: readonly LogEntry[],
   /** Makes the id (the simulation's is seeded) and tells the time of the record. */
   make: { readonly id: () => string; readonly now: () => number } = { id: () => newIncarnation(), now: Date.now },

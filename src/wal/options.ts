@@ -6,12 +6,9 @@ import { LIMITS } from '../limits.js'
 import { nodeTimers, type Timers } from '../timers.js'
 import { silentLogger, type Logger } from '../telemetry/logger.js'
 import { SEGMENT_HEADER_BYTES } from './record.js'
+import type { LogEntry, LogStats } from '../store/types.js'
 
-export interface LogEntry {
-  readonly txId: string
-  /** JSON. */
-  readonly body: Readonly<Record<string, unknown>>
-}
+export type { LogEntry }
 
 /** The node:fs/promises calls the log makes (the simulation hands it a simulated disk). */
 export interface LogFs {
@@ -65,7 +62,7 @@ export interface FileLogOptions {
   onSync?: (records: number, seconds: number) => void
 }
 
-export interface FileLogStats {
+export interface FileLogStats extends LogStats {
   /** Records appended by callers (append + appendLazy), not END records or compaction copies. */
   readonly appends: number
   readonly fsyncs: number
