@@ -268,8 +268,15 @@ export class LogRecordTooLargeError extends TxmeshError {
 // A write or fsync of the log failed. After a failed fsync the page cache state is unknown, so
 // the log refuses every later append until the sidecar restarts and replays.
 export class LogFailedError extends TxmeshError {
-  readonly code = 'TXM_LOG_FAILED'
+  readonly code: string = 'TXM_LOG_FAILED'
   readonly status = 503
+}
+
+// A failed write of a special kind: the store's log was taken over by a sibling instance (its
+// fencing token moved on), so this instance must stop coordinating; the drivers stop as on any
+// failed write.
+export class LogFencedError extends LogFailedError {
+  override readonly code: string = 'TXM_LOG_FENCED'
 }
 
 // Kubernetes injection (src/k8s/). The CLI prints these (exit 1); the webhook answers a review
@@ -382,6 +389,7 @@ export const ERROR_CLASSES = [
   LogOverloadedError,
   LogRecordTooLargeError,
   LogFailedError,
+  LogFencedError,
   ManifestInvalidError,
   InjectInvalidError,
   InjectNoAppPortError,

@@ -177,6 +177,21 @@ export const LIMITS = Object.freeze({
   // A lazy record (END) waits at most this long for a durable batch to ride with before it is
   // written without an fsync of its own: short, so a restart rarely replays ended work.
   logLazyFlushMs: 200,
+  // Postgres store (src/store/pg-log.ts). Connections of one log: the writer and a spare.
+  pgStoreConnections: 2,
+  // A connection attempt waits this long: a server that does not answer is down, not slow.
+  pgStoreConnectMs: 5_000,
+  // A batch (or the open) that failed with a broken connection is sent again for this long, at
+  // most pgStoreRetries times, backing off from pgStoreRetryBaseMs to pgStoreRetryMaxMs: a
+  // Postgres restart or failover takes seconds; past it the log fails and the sidecar stops.
+  pgStoreRetryMs: 60_000,
+  pgStoreRetries: 200,
+  pgStoreRetryBaseMs: 50,
+  pgStoreRetryMaxMs: 2_000,
+  // Records in one Postgres transaction at most (the rest go in the next).
+  pgStoreBatchRecords: 1_000,
+  // flush() waits for the writer at most this many turns (each commits a batch).
+  pgStoreFlushTurns: 1_000,
   // One compaction copies forward at most this share of a segment of live records; beyond it the
   // oldest segments are mostly live and copying them would only rewrite the same bytes.
   logCompactCarryFraction: 0.5,

@@ -1,0 +1,345 @@
+// The coordinator's records in Postgres (config `store: {kind: postgres}`), for services whose
+// sibling instances share one store: the same records as the file log (src/tx/records.ts), in
+// rows instead of segments. Each log is one `log_id` (a coordinator instance's own log; a sibling
+// that takes it over writes under the same id with a newer fencing token).
+//
+// Writes. One writer drains the queue as the file log does: every record queued while the
+// previous batch was being committed goes in the next one, so concurrent decisions share one
+// Postgres transaction and one WAL flush (group commit). An append resolves once its batch's
+// COMMIT returned (synchronous_commit as the server has it; `on`, its default, is what makes
+// "durable" mean durable). Each record gets its lsn when it is queued; END is a record too: it
+// deletes the rows of its key with a lower lsn, so a record of the same key appended after it
+// (a late step) survives, as in the file log.
+//
+// Failures. A batch is idempotent (rows keyed by lsn, INSERT ... ON CONFLICT DO NOTHING, deletes
+// by lsn bound): when a connection breaks mid-commit and the outcome is unknown, the writer sends
+// the same batch again, with a capped backoff, for LIMITS.pgStoreRetryMs; Postgres restarted
+// meanwhile, the coordinators wait and resume and nothing acknowledged is lost. Past that bound
+// the log fails (LogFailedError): the drivers stop the process and recovery decides at restart.
+//
+// Fencing. Every batch first locks the log's row in `logs` and checks its token: a log taken over
+// by a sibling (token moved on) refuses every later write of the old owner (LogFencedError), which
+// stops coordinating.
+import pg from 'pg'
+import {
+  LogFailedError,
+  LogFencedError,
+  LogOverloadedError,
+  LogRecordTooLargeError,
+  ShuttingDownError,
+} from '../errors.js'
+import { fullJitterMs } from '../backoff.js'
+import { LIMITS } from '../limits.js'
+import { silentLogger, type Logger } from '../telemetry/logger.js'
+import { nodeTimers, sleep, type Timer, type Timers } from '../timers.js'
+import type { LogEntry, LogStats, OpenedLog, TxLog } from './types.js'
+
+export interface PgLogOptions {
+  /** A connection string (postgres://...). */
+  readonly url: string
+  /** Schema of the tables (created when missing). Default `txmesh`. */
+  readonly schema?: string
+  /** This log's id in the shared tables: `<service>/<instance>`. */
+  readonly logId: string
+  readonly logger?: Logger
+  readonly timers?: Timers
+  /** Called after every committed batch with its records and how long it took (metrics). */
+  readonly onSync?: (records: number, seconds: number) => void
+}
+
+export interface PgLogStats extends LogStats {
+  readonly kind: 'postgres'
+  /** Postgres transactions that made batches durable. */
+  readonly commits: number
+  /** Batches sent again after a failure whose outcome was unknown. */
+  readonly retries: number
+  /** The fencing token this log writes with. */
+  readonly token: number
+}
+
+interface Pending {
+  readonly lsn: number
+  readonly key: string
+  /** JSON text of the body; undefined for END. */
+  readonly body: string | undefined
+  readonly waiter: { resolve: () => void; reject: (err: Error) => void } | undefined
+}
+
+const SCHEMA_RE = /^[a-z_][a-z0-9_]{0,62}$/
+
+/** The DDL of a store's tables; idempotent. */
+function ddl(schema: string): string {
+  return `
+CREATE SCHEMA IF NOT EXISTS ${schema};
+CREATE TABLE IF NOT EXISTS ${schema}.logs (
+  log_id text PRIMARY KEY,
+  token bigint NOT NULL DEFAULT 1,
+  created_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE IF NOT EXISTS ${schema}.records (
+  log_id text NOT NULL,
+  lsn bigint NOT NULL,
+  key text NOT NULL,
+  body jsonb NOT NULL,
+  PRIMARY KEY (log_id, lsn)
+);
+CREATE INDEX IF NOT EXISTS records_by_key ON ${schema}.records (log_id, key);`
+}
+
+/** Connection failures whose batch may or may not have committed: sent again. */
+function retryable(err: unknown): boolean {
+  const code = (err as { code?: unknown }).code
+  if (typeof code !== 'string') return err instanceof Error && /Connection terminated|connect/i.test(err.message)
+  // Node's socket errors, and Postgres's admin shutdown / cannot connect now / connection classes.
+  return /^E[A-Z]+$/.test(code) || code.startsWith('08') || code === '57P01' || code === '57P02' || code === '57P03'
+}
+
+export class PgLog implements TxLog {
+  private queue: Pending[] = []
+  private queuedBytes = 0
+  private writing = false
+  private writer: Promise<void> = Promise.resolve()
+  private lazyTimer: Timer | undefined
+  private closing = false
+  private failed: LogFailedError | undefined
+  private readonly counters = { appends: 0, ends: 0, commits: 0, retries: 0 }
+
+  private constructor(
+    private readonly pool: pg.Pool,
+    private readonly schema: string,
+    private readonly logId: string,
+    private readonly token: number,
+    private nextLsn: number,
+    private readonly logger: Logger,
+    private readonly timers: Timers,
+    private readonly onSync: PgLogOptions['onSync'],
+    private readonly replay: { records: number; ms: number; live: number },
+  ) {}
+
+  /**
+   * Connects (waiting, bounded, for a Postgres that is starting), creates the tables when
+   * missing, registers the log and returns its live records in append order.
+   */
+  static async open(o: PgLogOptions): Promise<OpenedLog<PgLog>> {
+    const schema = o.schema ?? 'txmesh'
+    if (!SCHEMA_RE.test(schema)) throw new RangeError(`store schema "${schema}" is not a lowercase SQL identifier`)
+    const logger = o.logger ?? silentLogger
+    const timers = o.timers ?? nodeTimers
+    const pool = new pg.Pool({
+      connectionString: o.url,
+      max: LIMITS.pgStoreConnections,
+      connectionTimeoutMillis: LIMITS.pgStoreConnectMs,
+      idleTimeoutMillis: 0,
+    })
+    // An idle client's error (the server restarted) must not crash the process; the next query
+    // reconnects.
+    pool.on('error', (err) => logger.warn('store.pg_idle_error', { reason: err.message }))
+    try {
+      const started = performance.now()
+      const { token, rows } = await withRetries(logger, timers, 'open', async () => {
+        const c = await pool.connect()
+        try {
+          await c.query(ddl(schema))
+          await c.query(`INSERT INTO ${schema}.logs (log_id) VALUES ($1) ON CONFLICT (log_id) DO NOTHING`, [o.logId])
+          const t = await c.query<{ token: string }>(`SELECT token FROM ${schema}.logs WHERE log_id = $1`, [o.logId])
+          const r = await c.query<{ lsn: string; key: string; body: Record<string, unknown> }>(
+            `SELECT lsn, key, body FROM ${schema}.records WHERE log_id = $1 ORDER BY lsn`,
+            [o.logId],
+          )
+          return { token: Number(t.rows[0]?.token ?? 1), rows: r.rows }
+        } finally {
+          c.release()
+        }
+      })
+      const records: LogEntry[] = rows.map((r) => ({ txId: r.key, body: r.body }))
+      const last = rows.length === 0 ? 0 : Number(rows[rows.length - 1]?.lsn)
+      const live = new Set(records.map((r) => r.txId)).size
+      const log = new PgLog(pool, schema, o.logId, token, last + 1, logger, timers, o.onSync, {
+        records: rows.length,
+        ms: performance.now() - started,
+        live,
+      })
+      return { log, records }
+    } catch (err) {
+      await pool.end()
+      throw err
+    }
+  }
+
+  append(key: string, body: Record<string, unknown>): Promise<void> {
+    return new Promise<void>((resolve, reject) => {
+      const refused = this.enqueue(key, body, { resolve, reject })
+      if (refused !== undefined) reject(refused)
+    })
+  }
+
+  appendLazy(key: string, body: Record<string, unknown>): void {
+    const refused = this.enqueue(key, body, undefined)
+    if (refused !== undefined) this.logger.warn('store.lazy_dropped', { key, reason: refused.message })
+  }
+
+  end(key: string): void {
+    if (this.closing || this.failed !== undefined) return
+    this.counters.ends++
+    this.queue.push({ lsn: this.nextLsn++, key, body: undefined, waiter: undefined })
+    this.scheduleLazy()
+  }
+
+  async flush(): Promise<void> {
+    for (let turn = 0; turn < LIMITS.pgStoreFlushTurns && (this.queue.length > 0 || this.writing); turn++) {
+      this.kick()
+      await this.writer
+    }
+  }
+
+  async close(): Promise<void> {
+    if (this.closing) return
+    await this.flush()
+    this.closing = true
+    if (this.lazyTimer !== undefined) this.timers.clear(this.lazyTimer)
+    await this.pool.end()
+  }
+
+  stats(): PgLogStats {
+    return {
+      kind: 'postgres',
+      appends: this.counters.appends,
+      ends: this.counters.ends,
+      pending: this.queue.length,
+      replayedRecords: this.replay.records,
+      replayMs: this.replay.ms,
+      liveTransactions: this.replay.live,
+      commits: this.counters.commits,
+      retries: this.counters.retries,
+      token: this.token,
+    }
+  }
+
+  private enqueue(key: string, body: Record<string, unknown>, waiter: Pending['waiter']): Error | undefined {
+    if (this.failed !== undefined) return this.failed
+    if (this.closing) return new ShuttingDownError('the store is closing')
+    const text = JSON.stringify(body)
+    if (text.length > LIMITS.logMaxRecordBytes)
+      return new LogRecordTooLargeError(`record of ${text.length} bytes exceeds ${LIMITS.logMaxRecordBytes}`)
+    if (this.queue.length >= LIMITS.logMaxQueuedAppends || this.queuedBytes + text.length > LIMITS.logMaxQueuedBytes)
+      return new LogOverloadedError('the store has too many records waiting to be written')
+    this.counters.appends++
+    this.queuedBytes += text.length
+    this.queue.push({ lsn: this.nextLsn++, key, body: text, waiter })
+    if (waiter === undefined) this.scheduleLazy()
+    else this.kick()
+    return undefined
+  }
+
+  private scheduleLazy(): void {
+    if (this.lazyTimer !== undefined) return
+    this.lazyTimer = this.timers.set(() => {
+      this.lazyTimer = undefined
+      this.kick()
+    }, LIMITS.logLazyFlushMs)
+  }
+
+  private kick(): void {
+    if (this.writing || this.queue.length === 0 || this.failed !== undefined) return
+    this.writing = true
+    this.writer = this.drain().finally(() => {
+      this.writing = false
+      // What arrived during the last commit, with a waiter among it, goes now.
+      if (this.queue.some((p) => p.waiter !== undefined)) this.kick()
+    })
+  }
+
+  private async drain(): Promise<void> {
+    while (this.queue.length > 0 && this.failed === undefined) {
+      const batch = this.queue.splice(0, LIMITS.pgStoreBatchRecords)
+      const bytes = batch.reduce((n, p) => n + (p.body?.length ?? 0), 0)
+      const started = performance.now()
+      try {
+        await withRetries(
+          this.logger,
+          this.timers,
+          'write',
+          () => this.writeBatch(batch),
+          () => this.counters.retries++,
+        )
+      } catch (err) {
+        this.fail(err, batch)
+        return
+      }
+      this.queuedBytes -= bytes
+      this.counters.commits++
+      this.onSync?.(batch.length, (performance.now() - started) / 1000)
+      for (const p of batch) p.waiter?.resolve()
+    }
+  }
+
+  /** One Postgres transaction: the fence check, the rows, the ENDs. Safe to send again. */
+  private async writeBatch(batch: readonly Pending[]): Promise<void> {
+    const rows = batch.filter((p) => p.body !== undefined)
+    const ends = batch.filter((p) => p.body === undefined)
+    const c = await this.pool.connect()
+    let broken = false
+    try {
+      await c.query('BEGIN')
+      const t = await c.query<{ token: string }>(`SELECT token FROM ${this.schema}.logs WHERE log_id = $1 FOR UPDATE`, [
+        this.logId,
+      ])
+      const token = Number(t.rows[0]?.token ?? NaN)
+      if (token !== this.token)
+        throw new LogFencedError(
+          `log ${this.logId} was taken over (token ${token}, this instance writes with ${this.token}): its writes are refused`,
+        )
+      if (rows.length > 0)
+        await c.query(
+          `INSERT INTO ${this.schema}.records (log_id, lsn, key, body)
+           SELECT $1, l, k, b::jsonb FROM unnest($2::bigint[], $3::text[], $4::text[]) AS r(l, k, b)
+           ON CONFLICT (log_id, lsn) DO NOTHING`,
+          [this.logId, rows.map((p) => p.lsn), rows.map((p) => p.key), rows.map((p) => p.body)],
+        )
+      if (ends.length > 0)
+        await c.query(
+          `DELETE FROM ${this.schema}.records r USING unnest($2::text[], $3::bigint[]) AS e(k, l)
+           WHERE r.log_id = $1 AND r.key = e.k AND r.lsn < e.l`,
+          [this.logId, ends.map((p) => p.key), ends.map((p) => p.lsn)],
+        )
+      await c.query('COMMIT')
+    } catch (err) {
+      broken = retryable(err)
+      if (!broken) await c.query('ROLLBACK').catch(() => undefined)
+      throw err
+    } finally {
+      c.release(broken)
+    }
+  }
+
+  private fail(err: unknown, batch: readonly Pending[]): void {
+    const failed =
+      err instanceof LogFencedError
+        ? err
+        : new LogFailedError(`the Postgres store failed: ${err instanceof Error ? err.message : String(err)}`)
+    this.failed = failed
+    this.logger.error('store.failed', { log: this.logId, reason: failed.message })
+    for (const p of [...batch, ...this.queue.splice(0)]) p.waiter?.reject(failed)
+  }
+}
+
+/** Runs `fn`, again after a capped, jittered backoff while it fails retryably, for LIMITS.pgStoreRetryMs. */
+async function withRetries<T>(
+  logger: Logger,
+  timers: Timers,
+  what: string,
+  fn: () => Promise<T>,
+  onRetry?: () => void,
+): Promise<T> {
+  const until = Date.now() + LIMITS.pgStoreRetryMs
+  for (let attempt = 0; ; attempt++) {
+    try {
+      return await fn()
+    } catch (err) {
+      if (!retryable(err) || Date.now() >= until || attempt >= LIMITS.pgStoreRetries) throw err
+      onRetry?.()
+      logger.warn('store.pg_retry', { what, attempt, reason: err instanceof Error ? err.message : String(err) })
+      await sleep(timers, fullJitterMs(attempt + 1, LIMITS.pgStoreRetryBaseMs, LIMITS.pgStoreRetryMaxMs, Math.random))
+    }
+  }
+}
