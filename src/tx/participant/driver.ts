@@ -735,8 +735,8 @@ export class ParticipantDriver {
       if (o === 'unknown-coordinator' && b.state.onePhase && b.state.status === 'committed') {
         // A one-phase branch that committed waits only so that a retried commit-one-phase
         // finds its answer; its coordinator's log is no longer at that address, so no
-        // retry can come from it: the branch is done (test/simulation/mesh.sim.test.ts
-        // seed 270 held it, asking, forever).
+        // retry can come from it: the branch is done (the mesh simulation held it, asking,
+        // forever: test/simulation/twopc.sim.test.ts, seed 270 then; docs/simulation-reverts.md).
         return this.feed(b, { type: 'decision', outcome: 'committed' })
       }
       if (o === 'unknown-coordinator') this.coordinatorGone(b)
