@@ -13,6 +13,8 @@ import { createControlServer, type ControlDeps } from './control/server.js'
 import { ConfigInvalidError, MeshKeyMissingError } from './errors.js'
 import type { Logger } from './telemetry/logger.js'
 import { FileLog } from './wal/file-log.js'
+import { PgLog } from './store/pg-log.js'
+import type { TxLog } from './store/types.js'
 import { logIncarnation } from './wal/incarnation.js'
 import { newRunTag } from './tx/protocol.js'
 import { closeServer, listen } from './net.js'
@@ -147,7 +149,7 @@ export async function startSidecar(config: SidecarConfig, log: Logger): Promise<
   // Undefined unless OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT is set: then nothing is traced.
   const tracing = await startTracing(config.service, log)
   const bound: Server[] = []
-  let fileLog: FileLog | undefined
+  let fileLog: TxLog | undefined
   let controlClient: ControlClient | undefined
   let appPool: Pool | undefined
   try {
@@ -164,11 +166,22 @@ export async function startSidecar(config: SidecarConfig, log: Logger): Promise<
 
     let plane: TxHook | undefined
     if (keys !== undefined) {
-      const opened = await FileLog.open(resolvePath(config.storeDir), {
-        logger: log,
-        onSync: (n, sec) => metrics.logSync(n, sec),
-        ...(config.storeSync === undefined ? {} : { sync: config.storeSync }),
-      })
+      const onSync = (n: number, sec: number): void => metrics.logSync(n, sec)
+      const pgStore = config.storePostgres
+      const opened =
+        pgStore === undefined
+          ? await FileLog.open(resolvePath(config.storeDir), {
+              logger: log,
+              onSync,
+              ...(config.storeSync === undefined ? {} : { sync: config.storeSync }),
+            })
+          : await PgLog.open({
+              url: pgStore.url,
+              schema: pgStore.schema,
+              logId: `${config.service}/${pgStore.instance}`,
+              logger: log,
+              onSync,
+            })
       fileLog = opened.log
       const incarnation = await logIncarnation(fileLog, opened.records)
       const run = newRunTag()
@@ -356,7 +369,7 @@ function startPeerTls(config: SidecarConfig, log: Logger): PeerTls {
 }
 
 /** The event bus of the config: NATS (events and messages) and webhooks (events). */
-function createOutbox(config: SidecarConfig, log: FileLog, logger: Logger): Outbox {
+function createOutbox(config: SidecarConfig, log: TxLog, logger: Logger): Outbox {
   const sinks: Sink[] = []
   let messages: Sink | undefined
   const n = config.events.nats

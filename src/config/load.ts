@@ -1,6 +1,7 @@
 // YAML -> validated, typed, frozen SidecarConfig. Errors name file:line:col: YAML is parsed
 // with positions and every JSON Schema error is mapped back to the node it is about.
 import { readFileSync, statSync } from 'node:fs'
+import { hostname } from 'node:os'
 import { isIPv6 } from 'node:net'
 import type { ErrorObject } from 'ajv'
 import { LineCounter, parseDocument, isMap, isNode, isPair, isScalar, type Document } from 'yaml'
@@ -11,7 +12,7 @@ import { MESH_KEY_FILE_ENV, parseMeshKeys } from '../tx/keys.js'
 import { compileCoordinators } from '../tx/protocol.js'
 import { configHeaderProblem } from '../tx/saga/template.js'
 import validateSchema, { PATTERNS } from './schema-validator.generated.js'
-import type { HostPort, RetryOn, RetryPolicy, RoutePolicy, SidecarConfig, Direction, StepRequestTemplate, TlsSettings } from './types.js'
+import type { HostPort, PgStoreSettings, RetryOn, RetryPolicy, RoutePolicy, SidecarConfig, Direction, StepRequestTemplate, TlsSettings } from './types.js'
 import { portNumber, splitAuthority } from '../address.js'
 
 export const SCHEMA_URL = new URL('../../config/txmesh.schema.json', import.meta.url)
@@ -195,7 +196,7 @@ interface RawConfig {
   mesh?: { keyEnv?: string; keyFile?: string; coordinators?: string[]; advertise?: string }
   admin?: { tokenEnv?: string; tokenFile?: string; allowedHosts?: string[]; allowedOrigins?: string[] }
   tls?: { certFile: string; keyFile: string; caFile: string; requireClientCert?: boolean }
-  store?: { dir?: string; sync?: 'dsync' | 'datasync' | 'fsync' }
+  store?: { dir?: string; sync?: 'dsync' | 'datasync' | 'fsync'; kind?: 'file' | 'postgres'; url?: string; urlEnv?: string; urlFile?: string; schema?: string; instance?: string }
   hooks?: { prepare?: string; commit?: string; abort?: string; confirm?: string; cancel?: string; batch?: string }
   steps?: { attempts?: number; backoffBaseMs?: number; backoffCapMs?: number }
   events?: { nats?: { servers: string[]; stream?: string; topics?: string[] }; webhooks?: { url: string }[] }
@@ -365,6 +366,7 @@ function build(raw: RawConfig, file: string, doc: Document, at: (o: number) => {
       else problems.push({ file, ...position(['mesh', 'keyFile']), message: `mesh.keyFile: ${k}` })
     }
   }
+  const storePostgres = pgStore(raw.store, (path, message) => problems.push({ file, ...position(path), message }))
   const token = adminToken(raw.admin, adminListener.host, (path, message) => problems.push({ file, ...(path === undefined ? { line: 0, col: 0 } : position(path)), message }))
   let tls: TlsSettings | undefined
   if (raw.tls !== undefined) {
@@ -405,6 +407,7 @@ function build(raw: RawConfig, file: string, doc: Document, at: (o: number) => {
     tls,
     storeDir: o.storeDir?.value ?? raw.store?.dir ?? `txmesh-data/${service}`,
     storeSync: raw.store?.sync,
+    storePostgres,
     hooks: {
       prepare: raw.hooks?.prepare ?? '/.well-known/txmesh/prepare',
       commit: raw.hooks?.commit ?? '/.well-known/txmesh/commit',
@@ -451,6 +454,41 @@ export function checkAdminToken(text: string): Buffer | string {
   const t = text.trim()
   if (t === '') return 'holds no token'
   return Buffer.byteLength(t) < LIMITS.adminTokenMinBytes ? `the token is shorter than ${LIMITS.adminTokenMinBytes} bytes` : Buffer.from(t)
+}
+
+/**
+ * store.kind postgres: its connection string from exactly one of store.url, the variable
+ * store.urlEnv names, or store.urlFile; the schema (default txmesh); this instance's name
+ * (store.instance, else TXMESH_INSTANCE, else the host name, which is the pod's name in
+ * Kubernetes). Keys of the other kind are problems, never silently ignored.
+ */
+function pgStore(raw: RawConfig['store'], problem: (path: (string | number)[], message: string) => void): PgStoreSettings | undefined {
+  const pgKeys = ['url', 'urlEnv', 'urlFile', 'schema', 'instance'] as const
+  if (raw?.kind !== 'postgres') {
+    for (const k of pgKeys) if (raw?.[k] !== undefined) problem(['store', k], `store.${k}: only for store.kind postgres`)
+    return undefined
+  }
+  if (raw.dir !== undefined) problem(['store', 'dir'], 'store.dir: the postgres store keeps no files (store.kind file uses dir)')
+  if (raw.sync !== undefined) problem(['store', 'sync'], 'store.sync: only for store.kind file')
+  const given = (['url', 'urlEnv', 'urlFile'] as const).filter((k) => raw[k] !== undefined)
+  if (given.length !== 1) {
+    problem(['store', 'kind'], `store: kind postgres needs exactly one of url, urlEnv, urlFile (got ${given.length === 0 ? 'none' : given.join(', ')})`)
+    return undefined
+  }
+  let url: string | undefined
+  if (raw.url !== undefined) url = raw.url
+  else if (raw.urlEnv !== undefined) {
+    url = process.env[raw.urlEnv]
+    if (url === undefined || url === '') return void problem(['store', 'urlEnv'], `store.urlEnv: the variable ${raw.urlEnv} is not set`)
+  } else {
+    const t = secretFrom(raw.urlFile as string, (text) => ({ url: text.trim() }))
+    if (typeof t === 'string') return void problem(['store', 'urlFile'], `store.urlFile: ${t}`)
+    url = t.url
+  }
+  if (!/^postgres(ql)?:\/\//.test(url)) return void problem(['store', given[0] as string], `store.${given[0] as string}: not a postgres:// connection string`)
+  const instance = raw.instance ?? (process.env.TXMESH_INSTANCE || hostname())
+  if (!/^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/.test(instance)) return void problem(['store', 'instance'], `store.instance: "${instance.slice(0, 80)}" is not a name of letters, digits, . _ - (set store.instance or TXMESH_INSTANCE)`)
+  return { url, schema: raw.schema ?? 'txmesh', instance }
 }
 
 /**

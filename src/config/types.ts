@@ -98,6 +98,8 @@ export interface SidecarConfig {
   readonly storeDir: string
   /** store.sync: how the log makes a batch durable (undefined: the log's default, dsync where the platform has O_DSYNC). */
   readonly storeSync: 'dsync' | 'datasync' | 'fsync' | undefined
+  /** store.kind postgres: the shared store (src/store/pg-log.ts); undefined: the file log in storeDir. */
+  readonly storePostgres: PgStoreSettings | undefined
   /**
    * `batch`: where the app takes several prepare/commit/abort calls in one request (txmesh/pg
    * serves /.well-known/txmesh/batch); undefined: one request per hook call.
@@ -117,3 +119,11 @@ export interface SidecarConfig {
 
 /** The listeners every sidecar binds (health is optional). */
 export type ListenerName = Exclude<keyof SidecarConfig['listeners'], 'health'>
+
+export interface PgStoreSettings {
+  /** The connection string (from store.url, the variable store.urlEnv names, or store.urlFile). */
+  readonly url: string
+  readonly schema: string
+  /** This instance's name; its log is `<service>/<instance>`. */
+  readonly instance: string
+}

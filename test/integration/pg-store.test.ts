@@ -1,11 +1,19 @@
 // The Postgres store (src/store/pg-log.ts) on a real Postgres: what it acknowledges comes back at
 // open, in append order, without what END dropped and with what a key wrote after its END;
 // concurrent appends share commits; a log taken over (its token moved on) refuses every write
-// with TXM_LOG_FENCED; bad input is refused with a code before anything is written.
+// with TXM_LOG_FENCED; bad input is refused with a code before anything is written. And a real
+// coordinator sidecar on it (store.kind postgres, no files): SIGKILLed between its COMMIT
+// decision and phase 2, it restarts with nothing on its disk and finishes the commit from the
+// store.
 import pg from 'pg'
+import { request } from 'undici'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { PgLog } from '../../src/store/pg-log.js'
 import { startPostgres, type PostgresInstance } from '../helpers/pg.js'
+import { freePort, rawRequest, sidecarYaml, spawnSidecar, until } from '../helpers/servers.js'
+import { startTxApp, stopAfterTests } from '../helpers/tx-app.js'
+
+const { procs, apps } = stopAfterTests()
 
 let db: PostgresInstance
 let url: string
@@ -97,5 +105,83 @@ describe('Postgres store', () => {
     await log.append('ok', { n: 1 })
     await log.close()
     await expect(PgLog.open({ url, logId: 'x', schema: 'bad; drop' })).rejects.toThrow(/not a lowercase SQL identifier/)
+  })
+})
+
+/** A coordinator's config on the Postgres store: no store dir at all. */
+function pgCoordinatorYaml(services: string, instance: string): string {
+  return sidecarYaml('initiator', 1, `services:\n${services}\n`)
+    .split('\n')
+    .filter((l) => !l.startsWith('store:'))
+    .concat([`store: {kind: postgres, url: ${JSON.stringify(url)}, schema: sidecars, instance: ${instance}}`])
+    .join('\n')
+}
+
+describe('a coordinator sidecar on the Postgres store', () => {
+  it('commits, and after a SIGKILL between decision and phase 2 finishes the commit from the store alone', async () => {
+    const names = ['orders', 'payments'] as const
+    const fixed = { orders: await freePort(), payments: await freePort() }
+    const services = names.map((n) => `  ${n}: {address: "127.0.0.1:${fixed[n]}"}`).join('\n')
+    const app = { orders: await startTxApp('orders'), payments: await startTxApp('payments') }
+    for (const n of names) {
+      apps.push(app[n])
+      procs.push(
+        await spawnSidecar(sidecarYaml(n, app[n].port, `services:\n${services}\n`), [
+          '--ingress-port',
+          String(fixed[n]),
+        ]),
+      )
+    }
+    const control = await freePort()
+    const spawnCoordinator = async (env: Record<string, string> = {}) => {
+      const sc = await spawnSidecar(pgCoordinatorYaml(services, 'coord-1'), ['--control-port', String(control)], env)
+      procs.push(sc)
+      return sc
+    }
+    const run = async (coord: Awaited<ReturnType<typeof spawnCoordinator>>, value: string) => {
+      const r = await request(`http://127.0.0.1:${coord.ports.admin}/v1/transactions`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ mode: '2pc', timeoutMs: 20_000 }),
+      })
+      const tx = (await r.body.json()) as { id: string; context: string }
+      for (const n of names) {
+        const c = await rawRequest(coord.ports.egress, {
+          method: 'POST',
+          path: `http://${n}/write/${value}`,
+          headers: { 'txmesh-context': tx.context },
+        })
+        expect(c.status).toBe(200)
+      }
+      return tx
+    }
+
+    const first = await spawnCoordinator()
+    const tx1 = await run(first, 'v1')
+    const c1 = await request(`http://127.0.0.1:${first.ports.admin}/v1/transactions/${tx1.id}/commit?wait=acks`, {
+      method: 'POST',
+    })
+    expect(((await c1.body.json()) as { outcome: string }).outcome).toBe('committed')
+    expect(app.orders.committed).toEqual(['orders:v1'])
+    first.child.kill('SIGTERM')
+    await first.exited
+
+    const dying = await spawnCoordinator({ TXMESH_FAILPOINTS: 'coordinator-after-decision' })
+    const tx2 = await run(dying, 'v2')
+    const commit = request(`http://127.0.0.1:${dying.ports.admin}/v1/transactions/${tx2.id}/commit`, {
+      method: 'POST',
+    }).catch((e: Error) => e)
+    expect(await dying.exited).toMatchObject({ signal: 'SIGKILL' })
+    expect(await commit).toBeInstanceOf(Error)
+    expect(app.payments.committed).toEqual(['payments:v1'])
+    // A new process, nothing on disk: the decision is in Postgres.
+    await spawnCoordinator()
+    await until(
+      'the commit of tx2 everywhere',
+      () => app.orders.committed.length === 2 && app.payments.committed.length === 2,
+      20_000,
+    )
+    expect(app.orders.committed).toEqual(['orders:v1', 'orders:v2'])
+    expect(app.payments.committed).toEqual(['payments:v1', 'payments:v2'])
   })
 })

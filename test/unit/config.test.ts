@@ -62,6 +62,50 @@ describe('config', () => {
     expect(problems('service: a\nservice: b\n')[0]).toMatch(/^p\.yaml:2:1: Map keys must be unique/)
   })
 
+  it('store.kind postgres takes its connection string from exactly one of url, urlEnv, urlFile, with positions', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'txmesh-cfg-'))
+    const file = join(dir, 'pg-url')
+    writeFileSync(file, 'postgres://u:p@127.0.0.1:5432/store\n')
+    const pgOf = (yaml: string) => parseConfig(`service: orders\n${yaml}`, 'p.yaml').storePostgres
+    expect(pgOf('store: {kind: postgres, url: "postgres://127.0.0.1/db", instance: orders-0}\n')).toEqual({
+      url: 'postgres://127.0.0.1/db',
+      schema: 'txmesh',
+      instance: 'orders-0',
+    })
+    expect(pgOf(`store: {kind: postgres, urlFile: ${JSON.stringify(file)}, schema: coord, instance: a}\n`)).toEqual({
+      url: 'postgres://u:p@127.0.0.1:5432/store',
+      schema: 'coord',
+      instance: 'a',
+    })
+    process.env.TXMESH_TEST_PG_URL = 'postgres://127.0.0.1/x'
+    expect(pgOf('store: {kind: postgres, urlEnv: TXMESH_TEST_PG_URL, instance: a}\n')?.url).toBe(
+      'postgres://127.0.0.1/x',
+    )
+    delete process.env.TXMESH_TEST_PG_URL
+    expect(pgOf('store: {dir: /tmp/x}\n')).toBeUndefined()
+    expect(problems('service: a\nstore: {kind: postgres}\n')[0]).toMatch(
+      /^p\.yaml:2:\d+: store: kind postgres needs exactly one of url, urlEnv, urlFile \(got none\)/,
+    )
+    expect(problems('service: a\nstore: {kind: postgres, url: "postgres://h/d", urlEnv: X}\n')[0]).toMatch(
+      /got url, urlEnv/,
+    )
+    expect(problems('service: a\nstore: {kind: postgres, urlEnv: TXMESH_TEST_PG_UNSET}\n')[0]).toMatch(
+      /^p\.yaml:2:\d+: store\.urlEnv: the variable TXMESH_TEST_PG_UNSET is not set/,
+    )
+    expect(problems('service: a\nstore: {url: "postgres://h/d"}\n')[0]).toMatch(
+      /^p\.yaml:2:\d+: store\.url: only for store\.kind postgres/,
+    )
+    expect(problems('service: a\nstore: {kind: postgres, url: "postgres://h/d", dir: /x}\n')[0]).toMatch(
+      /store\.dir: the postgres store keeps no files/,
+    )
+    expect(problems('service: a\nstore: {kind: postgres, url: "mysql://h/d"}\n')[0]).toMatch(
+      /^p\.yaml:2:\d+: .*store\.url/,
+    )
+    expect(
+      problems(`service: a\nstore: {kind: postgres, urlFile: ${JSON.stringify(join(dir, 'missing'))}}\n`)[0],
+    ).toMatch(/store\.urlFile: cannot read: ENOENT/)
+  })
+
   it('rejects a service address that is not host:port', () => {
     expect(problems('service: a\nservices:\n  pay: {address: "nope"}\n')[0]).toMatch(
       /^p\.yaml:3:18: services\.pay\.address/,
