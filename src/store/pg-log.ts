@@ -244,8 +244,10 @@ export class PgLog implements TxLog {
     this.writing = true
     this.writer = this.drain().finally(() => {
       this.writing = false
-      // What arrived during the last commit, with a waiter among it, goes now.
+      // What arrived after the last batch was taken: at once when someone waits for it, else
+      // with the lazy timer (one that fired while this writer ran found it busy).
       if (this.queue.some((p) => p.waiter !== undefined)) this.kick()
+      else if (this.queue.length > 0) this.scheduleLazy()
     })
   }
 
