@@ -284,6 +284,19 @@ export class ProxyServer {
     const route = matchRoute(this.o.config, this.o.direction, hostName(target.host), target.path, method)
     const refusal = checkLimits(route, facts, target.path.length + method.length)
     if (refusal !== undefined) return respondErrorRaw(socket, refusal)
+    // A tunnel is never part of a transaction: nothing would enlist, join or end it, and an app
+    // that serves the handshake as an ordinary request (a node:http server without an 'upgrade'
+    // listener answers `Upgrade: h2c` with 200) would do the work outside the transaction.
+    if (
+      (facts.context !== undefined && route.transaction !== 'never') ||
+      (this.o.direction === 'ingress' && route.transaction === 'required')
+    )
+      return respondErrorRaw(
+        socket,
+        new BadRequestError(
+          'an Upgrade request cannot be part of a transaction: send it without a txmesh context, on a route that requires none',
+        ),
+      )
     // What follows the handshake's head belongs to the tunnel and goes upstream only after a
     // 101; a body of the handshake itself would have to be framed and sent before it.
     if (facts.chunked || (facts.contentLength !== undefined && facts.contentLength > 0)) {
