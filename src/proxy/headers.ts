@@ -107,7 +107,9 @@ export function forwardRequestHeaders(
         facts.context = value
         break
       case 'baggage':
-        if (facts.context === undefined && value.includes('txmesh=')) facts.context = contextFromBaggage(value)
+        // A cheap test first; contextFromBaggage reads the entry exactly (`txmesh = v` with the spaces
+        // W3C baggage allows too).
+        if (facts.context === undefined && value.includes('txmesh')) facts.context = contextFromBaggage(value)
         break
       // Set by the sidecar for its own app only; never trusted from outside.
       case 'txmesh-tx-id':

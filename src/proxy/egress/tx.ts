@@ -59,11 +59,12 @@ export class EgressTx {
     if (ctx instanceof TxmeshError) return ctx
     if (ctx.mode !== '2pc') return this.stepEgress(ctx, route, call)
     return {
-      onResponseHead: (_status, headers) => {
+      onResponseHead: (status, headers) => {
         const enlisted = take(headers, ENLISTED_HEADER)
         if (enlisted === undefined) {
-          // An error the peer's sidecar produced is the more useful answer: pass it on.
-          if (hasErrorHeader(headers)) return undefined
+          // An error the peer's sidecar produced is the more useful answer: pass it on. Only an
+          // error status: a 2xx with the header comes from a target without a sidecar.
+          if (status >= 400 && hasErrorHeader(headers)) return undefined
           if (route.nonTransactionalTarget === 'proceed') return undefined
           return new NoSidecarError(
             `the target answered without a txmesh sidecar; the call is not part of transaction ${ctx.id}`,
@@ -222,7 +223,7 @@ export class EgressTx {
     // A 4xx the target's sidecar made (a context that expired meanwhile, say) refused only
     // the delivery it answered, and an earlier one of the same call (a retry after a 503,
     // a lost answer) may have done the work: the intent stays, its undo of nothing a no-op.
-    if (step === undefined && s.intended && !(status < 500 && hasErrorHeader(headers)))
+    if (step === undefined && s.intended && !(status >= 400 && status < 500 && hasErrorHeader(headers)))
       await this.voidStep(s.ctx, s.stepId)
     return step
   }
@@ -251,7 +252,7 @@ export class EgressTx {
     if (refs instanceof TxmeshError) return refs
     const self = refs?.find((r) => r.branch === stepId)
     if (self === undefined) {
-      if (hasErrorHeader(headers)) return undefined
+      if (status >= 400 && hasErrorHeader(headers)) return undefined
       if (route.nonTransactionalTarget === 'proceed') {
         // Not a TCC participant: nothing to confirm or cancel.
         if (s.intended) await this.voidStep(ctx, stepId)

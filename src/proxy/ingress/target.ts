@@ -30,6 +30,10 @@ export function ingressResolver(cfg: SidecarConfig): TargetResolver {
       if (m === null) return new BadRequestError(`unsupported request target "${url.slice(0, 64)}"`)
       url = m[1] ?? '/'
     }
+    // A request target has no fragment (RFC 9112 3.2): an app router that parses the URL drops
+    // one, so `/hooks/batch#x` would reach the batch hook past the check below.
+    if (url.includes('#'))
+      return new PathAmbiguousError(`${url.slice(0, 64)} has a fragment (#), which no request target may have`)
     const q = url.indexOf('?')
     const path = q < 0 ? url : url.slice(0, q)
     // Compared case-folded: many app routers match paths that way.
@@ -99,6 +103,9 @@ function appReading(path: string): string | undefined {
     if (round === LIMITS.pathDecodeRounds) return undefined
     p = decoded
   }
+  // A router that decodes and then parses the URL drops what follows a decoded %23.
+  const hash = p.indexOf('#')
+  if (hash >= 0) p = p.slice(0, hash)
   const out: string[] = []
   for (const raw of p.split(/[\\/]/)) {
     const semi = raw.indexOf(';')
