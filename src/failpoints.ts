@@ -13,6 +13,9 @@ export type FailpointName =
 
 export function failpoint(name: FailpointName): void {
   if (active.has(name)) process.kill(process.pid, 'SIGKILL')
+  // `name:stop` pauses the process there instead (SIGSTOP; the test resumes it with SIGCONT): a
+  // process paused past its lease, then resumed.
+  else if (active.has(`${name}:stop`)) process.kill(process.pid, 'SIGSTOP')
 }
 
 /**

@@ -192,6 +192,18 @@ export const LIMITS = Object.freeze({
   pgStoreBatchRecords: 1_000,
   // flush() waits for the writer at most this many turns (each commits a batch).
   pgStoreFlushTurns: 1_000,
+  // Leases (src/store/lease.ts). An instance's lease on its log lasts pgLeaseMs (store.leaseMs)
+  // and is renewed every third of it; the holder counts it lapsed pgLeaseMarginMs early (its own
+  // monotonic clock against Postgres's), and sends no protocol message while it has lapsed.
+  pgLeaseMs: 10_000,
+  pgLeaseMarginMs: 1_000,
+  // Siblings look for lapsed logs of their service this often, and claim at most this many per look.
+  pgLeaseScanMs: 2_000,
+  pgLeaseClaimsPerScan: 4,
+  // Logs taken over and not yet finished that one instance holds at most.
+  pgLeaseTakenLogs: 16,
+  // An instance whose own log a live sibling holds (finishing it) waits this long for it at start.
+  pgLeaseOpenWaitMs: 120_000,
   // One compaction copies forward at most this share of a segment of live records; beyond it the
   // oldest segments are mostly live and copying them would only rewrite the same bytes.
   logCompactCarryFraction: 0.5,

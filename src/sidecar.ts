@@ -27,7 +27,9 @@ import { ProxyServer } from './proxy/server.js'
 import { ControlClient } from './control/client.js'
 import { KeyRing, watchKeyFile } from './tx/keys.js'
 import { PeerTls, peerAgent } from './peer-tls.js'
-import { productionIo } from './tx/io.js'
+import { leasedControl, leasedHttp, productionIo, type SidecarIo } from './tx/io.js'
+import { Takeover } from './store/takeover.js'
+import type { LogEntry } from './store/types.js'
 import { committedIn, decodeRecords } from './tx/records.js'
 import { readTlsMaterial, watchSecretFile } from './secrets.js'
 import { CoordinatorDriver } from './tx/coordinator/driver.js'
@@ -131,6 +133,8 @@ export async function startSidecar(config: SidecarConfig, log: Logger): Promise<
           ? undefined
           : { control: controlClient.batchCounters, hooks: participant?.hookBatchCounters },
       eventLoop: loop?.read(),
+      // Postgres store: sibling logs this instance took over and is finishing.
+      takenOver: takeover?.list(),
     }),
     txUnavailable,
     logger: log,
@@ -150,6 +154,7 @@ export async function startSidecar(config: SidecarConfig, log: Logger): Promise<
   const tracing = await startTracing(config.service, log)
   const bound: Server[] = []
   let fileLog: TxLog | undefined
+  let takeover: Takeover | undefined
   let controlClient: ControlClient | undefined
   let appPool: Pool | undefined
   try {
@@ -179,10 +184,21 @@ export async function startSidecar(config: SidecarConfig, log: Logger): Promise<
               url: pgStore.url,
               schema: pgStore.schema,
               logId: `${config.service}/${pgStore.instance}`,
+              holder: pgStore.instance,
+              leaseMs: pgStore.leaseMs,
               logger: log,
               onSync,
+              onRenewed: () => metrics.leaseRenewals.inc(),
+              // A sibling took this instance's log over (it was paused or cut off past its lease):
+              // every write is refused from now on; stop coordinating, as on a failed log write.
+              onFenced: () => {
+                metrics.fenced.inc()
+                events.emit('fenced', { log: `${config.service}/${pgStore.instance}` })
+                io.fatal('lease_lost', { log: `${config.service}/${pgStore.instance}` })
+              },
             })
       fileLog = opened.log
+      const leased = opened.log instanceof PgLog ? opened.log : undefined
       const incarnation = await logIncarnation(fileLog, opened.records)
       const run = newRunTag()
       log.info('log_incarnation', { incarnation: incarnation.id, created: incarnation.created })
@@ -206,13 +222,11 @@ export async function startSidecar(config: SidecarConfig, log: Logger): Promise<
       })
       // With peer TLS, https:// step targets (services reached over TLS) get the mesh CA and this
       // sidecar's certificate; the connector opens plain http:// targets as before.
-      const io = productionIo({
-        log: fileLog,
-        control: controlClient,
-        app: appPool,
-        http: peerAgent(peerTls),
-        logger: log,
-      })
+      const peerHttp = peerAgent(peerTls)
+      const io = withLease(
+        productionIo({ log: fileLog, control: controlClient, app: appPool, http: peerHttp, logger: log }),
+        leased === undefined ? undefined : () => leased.leaseHeld(),
+      )
       coordinator = new CoordinatorDriver({
         io,
         self,
@@ -277,6 +291,69 @@ export async function startSidecar(config: SidecarConfig, log: Logger): Promise<
       const p = participant.recover(replayed)
       const st = steps.recover(replayed)
       if (c + p + st > 0) log.info('recovery_started', { coordinator: c, participant: p, steps: st })
+      if (pgStore !== undefined) {
+        const client = controlClient
+        const pool = appPool
+        // Siblings' logs whose lease lapsed: finished here with the same drivers on their records.
+        const adopt = async (taken: PgLog, records: readonly LogEntry[]): Promise<{ close(): Promise<void> }> => {
+          const inc = await logIncarnation(taken, records)
+          let stop: (() => Promise<void>) | undefined
+          const base = productionIo({ log: taken, control: client, app: pool, http: peerHttp, logger: log })
+          const tio: SidecarIo = {
+            ...withLease(base, () => taken.leaseHeld()),
+            // A write to the taken log failed: stop finishing it (a sibling claims it again).
+            fatal: (what, detail) => {
+              log.error('takeover_log_failed', { log: taken.id, what, ...detail })
+              void stop?.()
+            },
+          }
+          const tOutbox = createOutbox(config, taken, log)
+          const tPublish = (id: string, messages: readonly TxMessage[]): Promise<void> => tOutbox.publish(id, messages)
+          const tOnEvent = (type: string, data: Readonly<Record<string, unknown>>): void => {
+            events.emit(type, { ...data, takenFrom: taken.id })
+            tOutbox.record(type, data)
+          }
+          const common = { io: tio, self, incarnation: inc.id, run, keys, logger: log, metrics, onEvent: tOnEvent }
+          const tCoordinator = new CoordinatorDriver({ ...common, tracing, publish: tPublish })
+          const tSteps = new SagaDriver({
+            ...common,
+            publish: tPublish,
+            policy: config.steps,
+            targets: { origins: serviceOrigins(config), controls: config.mesh.coordinators },
+          })
+          const decoded = decodeRecords(records)
+          tOutbox.recover(decoded, committedIn(decoded))
+          const counts = { coordinator: tCoordinator.recover(decoded), steps: tSteps.recover(decoded) }
+          log.info('takeover_recovery_started', { log: taken.id, ...counts })
+          let closing: Promise<void> | undefined
+          stop = () =>
+            (closing ??= (async () => {
+              tCoordinator.close()
+              await Promise.all([tSteps.close(), tOutbox.close()])
+            })())
+          return { close: stop }
+        }
+        takeover = new Takeover({
+          url: pgStore.url,
+          schema: pgStore.schema,
+          service: config.service,
+          instance: pgStore.instance,
+          leaseMs: pgStore.leaseMs,
+          logger: log,
+          adopt,
+          onTakeover: (logId, token, records) => {
+            metrics.takeovers.inc({ result: 'claimed' })
+            events.emit('takeover', { log: logId, token, records, by: pgStore.instance })
+          },
+          onFinished: (logId) => {
+            metrics.takeovers.inc({ result: 'finished' })
+            events.emit('takeover-finished', { log: logId, by: pgStore.instance })
+          },
+          onRenewed: () => metrics.leaseRenewals.inc(),
+          onFenced: () => metrics.fenced.inc(),
+        })
+        takeover.start()
+      }
     } else {
       // Contexts are refused with TXM_MESH_KEY_MISSING rather than silently ignored. Said once at
       // start: a proxy that forwards fine but refuses every transaction looks like a bug otherwise.
@@ -324,6 +401,7 @@ export async function startSidecar(config: SidecarConfig, log: Logger): Promise<
         const [e, i] = await Promise.all([egress.drain(timeoutMs), ingress.drain(timeoutMs)])
         coordinator?.close()
         participant?.close()
+        await takeover?.close()
         await Promise.all([
           steps?.close(),
           outbox?.close(),
@@ -355,6 +433,15 @@ export async function startSidecar(config: SidecarConfig, log: Logger): Promise<
     await tracing?.shutdown()
     throw err
   }
+}
+
+/**
+ * Drivers acting on a leased log (the Postgres store) send nothing while its lease has lapsed:
+ * no control message and no saga/TCC call with effects (see leasedControl).
+ */
+function withLease(io: SidecarIo, held: (() => boolean) | undefined): SidecarIo {
+  if (held === undefined) return io
+  return { ...io, control: leasedControl(io.control, held), http: leasedHttp(io.http, held) }
 }
 
 /** Peer TLS from the config's files (checked at load; read again here), watched for changes. */

@@ -126,4 +126,6 @@ export interface PgStoreSettings {
   readonly schema: string
   /** This instance's name; its log is `<service>/<instance>`. */
   readonly instance: string
+  /** How long the instance's lease on its log lasts unrenewed (store.leaseMs). */
+  readonly leaseMs: number
 }

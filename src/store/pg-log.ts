@@ -20,6 +20,13 @@
 // Fencing. Every batch first locks the log's row in `logs` and checks its token: a log taken over
 // by a sibling (token moved on) refuses every later write of the old owner (LogFencedError), which
 // stops coordinating.
+//
+// Leases. The row also names the log's holder and when its lease expires (Postgres's clock). An
+// instance claims its own log at open (token + 1, which fences any older process of it) unless a
+// live sibling holds it, renews the lease every third of `leaseMs`, and counts it lapsed a margin
+// early on its own monotonic clock (leaseHeld: the coordinators send no protocol message while it
+// has lapsed, so a process paused past its lease and resumed does not act before it learns it
+// was fenced). A sibling claims a lapsed log (src/store/takeover.ts) with the same token + 1.
 import pg from 'pg'
 import {
   LogFailedError,
@@ -45,6 +52,16 @@ export interface PgLogOptions {
   readonly timers?: Timers
   /** Called after every committed batch with its records and how long it took (metrics). */
   readonly onSync?: (records: number, seconds: number) => void
+  /** Who holds the lease (this instance's name). Default the log id. */
+  readonly holder?: string
+  /** Lease length; undefined: no lease (the log is held until another open claims it). */
+  readonly leaseMs?: number
+  /** A log a sibling claimed for this instance (takeover) with this token: opened without claiming. */
+  readonly token?: number
+  /** The lease was found taken over (a renewal matched no row): the log refuses writes from now on. */
+  readonly onFenced?: (err: LogFencedError) => void
+  /** A renewal went through (metrics). */
+  readonly onRenewed?: () => void
 }
 
 export interface PgLogStats extends LogStats {
@@ -55,6 +72,8 @@ export interface PgLogStats extends LogStats {
   readonly retries: number
   /** The fencing token this log writes with. */
   readonly token: number
+  /** Lease renewals that went through. */
+  readonly renewals: number
 }
 
 interface Pending {
@@ -76,6 +95,7 @@ CREATE TABLE IF NOT EXISTS ${schema}.logs (
   token bigint NOT NULL DEFAULT 1,
   created_at timestamptz NOT NULL DEFAULT now()
 );
+ALTER TABLE ${schema}.logs ADD COLUMN IF NOT EXISTS holder text, ADD COLUMN IF NOT EXISTS expires_at timestamptz;
 CREATE TABLE IF NOT EXISTS ${schema}.records (
   log_id text NOT NULL,
   lsn bigint NOT NULL,
@@ -102,7 +122,9 @@ export class PgLog implements TxLog {
   private lazyTimer: Timer | undefined
   private closing = false
   private failed: LogFailedError | undefined
-  private readonly counters = { appends: 0, ends: 0, commits: 0, retries: 0 }
+  private readonly counters = { appends: 0, ends: 0, commits: 0, retries: 0, renewals: 0 }
+  private renewTimer: Timer | undefined
+  private renewing = false
 
   private constructor(
     private readonly pool: pg.Pool,
@@ -114,7 +136,25 @@ export class PgLog implements TxLog {
     private readonly timers: Timers,
     private readonly onSync: PgLogOptions['onSync'],
     private readonly replay: { records: number; ms: number; live: number },
-  ) {}
+    private readonly lease: Lease | undefined,
+  ) {
+    if (lease !== undefined) this.scheduleRenewal()
+  }
+
+  /** The log's id in the store (`<service>/<instance>`). */
+  get id(): string {
+    return this.logId
+  }
+
+  /**
+   * Whether this instance may act on the log's transactions now: its lease has not lapsed (by its
+   * own clock, a margin early) and no write or renewal found it fenced. Always true without a lease.
+   */
+  leaseHeld(): boolean {
+    if (this.failed instanceof LogFencedError || this.closing) return false
+    if (this.lease === undefined) return true
+    return performance.now() < this.lease.from + this.lease.ms - Math.min(LIMITS.pgLeaseMarginMs, this.lease.ms / 4)
+  }
 
   /**
    * Connects (waiting, bounded, for a Postgres that is starting), creates the tables when
@@ -136,17 +176,21 @@ export class PgLog implements TxLog {
     pool.on('error', (err) => logger.warn('store.pg_idle_error', { reason: err.message }))
     try {
       const started = performance.now()
+      const holder = o.holder ?? o.logId
+      const leaseFrom = performance.now()
       const { token, rows } = await withRetries(logger, timers, 'open', async () => {
         const c = await pool.connect()
         try {
           await c.query(ddl(schema))
-          await c.query(`INSERT INTO ${schema}.logs (log_id) VALUES ($1) ON CONFLICT (log_id) DO NOTHING`, [o.logId])
+          const token = o.token ?? (await claimOwn(c, schema, o.logId, holder, o.leaseMs, logger, timers))
           const t = await c.query<{ token: string }>(`SELECT token FROM ${schema}.logs WHERE log_id = $1`, [o.logId])
+          if (Number(t.rows[0]?.token) !== token)
+            throw new LogFencedError(`log ${o.logId} was claimed again before it was opened (token ${token})`)
           const r = await c.query<{ lsn: string; key: string; body: Record<string, unknown> }>(
             `SELECT lsn, key, body FROM ${schema}.records WHERE log_id = $1 ORDER BY lsn`,
             [o.logId],
           )
-          return { token: Number(t.rows[0]?.token ?? 1), rows: r.rows }
+          return { token, rows: r.rows }
         } finally {
           c.release()
         }
@@ -154,11 +198,22 @@ export class PgLog implements TxLog {
       const records: LogEntry[] = rows.map((r) => ({ txId: r.key, body: r.body }))
       const last = rows.length === 0 ? 0 : Number(rows[rows.length - 1]?.lsn)
       const live = new Set(records.map((r) => r.txId)).size
-      const log = new PgLog(pool, schema, o.logId, token, last + 1, logger, timers, o.onSync, {
-        records: rows.length,
-        ms: performance.now() - started,
-        live,
-      })
+      const lease =
+        o.leaseMs === undefined
+          ? undefined
+          : { ms: o.leaseMs, from: leaseFrom, onFenced: o.onFenced, onRenewed: o.onRenewed }
+      const log = new PgLog(
+        pool,
+        schema,
+        o.logId,
+        token,
+        last + 1,
+        logger,
+        timers,
+        o.onSync,
+        { records: rows.length, ms: performance.now() - started, live },
+        lease,
+      )
       return { log, records }
     } catch (err) {
       await pool.end()
@@ -197,7 +252,77 @@ export class PgLog implements TxLog {
     await this.flush()
     this.closing = true
     if (this.lazyTimer !== undefined) this.timers.clear(this.lazyTimer)
+    if (this.renewTimer !== undefined) this.timers.clear(this.renewTimer)
     await this.pool.end()
+  }
+
+  /** Keys with live records under `prefixes` (a taken-over log is finished once none is left). */
+  async liveKeys(prefixes: readonly string[]): Promise<number> {
+    await this.flush()
+    const r = await this.pool.query<{ n: string }>(
+      `SELECT count(DISTINCT key) AS n FROM ${this.schema}.records
+       WHERE log_id = $1 AND substr(key, 1, 2) = ANY($2::text[])`,
+      [this.logId, prefixes],
+    )
+    return Number(r.rows[0]?.n ?? 0)
+  }
+
+  /** Gives a finished log's lease up (its own instance may claim it at once) and closes it. */
+  async release(): Promise<void> {
+    await this.flush()
+    if (this.failed === undefined)
+      await this.pool
+        .query(`UPDATE ${this.schema}.logs SET holder = NULL, expires_at = NULL WHERE log_id = $1 AND token = $2`, [
+          this.logId,
+          this.token,
+        ])
+        .catch((err: unknown) =>
+          this.logger.warn('store.release_failed', { log: this.logId, reason: (err as Error).message }),
+        )
+    await this.close()
+  }
+
+  private scheduleRenewal(): void {
+    const lease = this.lease
+    if (lease === undefined || this.closing || this.failed instanceof LogFencedError) return
+    this.renewTimer = this.timers.set(
+      () => {
+        this.renewTimer = undefined
+        void this.renew().finally(() => this.scheduleRenewal())
+      },
+      Math.max(1, Math.floor(lease.ms / 3)),
+    )
+  }
+
+  /** Moves the lease's expiry on, if the token is still this log's; else the log is fenced. */
+  private async renew(): Promise<void> {
+    const lease = this.lease
+    if (lease === undefined || this.renewing || this.closing) return
+    this.renewing = true
+    const started = performance.now()
+    try {
+      const r = await this.pool.query(
+        `UPDATE ${this.schema}.logs SET expires_at = now() + $3 * interval '1 millisecond'
+         WHERE log_id = $1 AND token = $2`,
+        [this.logId, this.token, lease.ms],
+      )
+      if (r.rowCount === 1) {
+        lease.from = started
+        this.counters.renewals++
+        lease.onRenewed?.()
+        return
+      }
+      const fenced = new LogFencedError(
+        `log ${this.logId} was taken over: the lease of token ${this.token} matched no row at renewal`,
+      )
+      this.fail(fenced, [])
+      lease.onFenced?.(fenced)
+    } catch (err) {
+      // Postgres away: the lease lapses by time if this lasts (leaseHeld), the next renewal retries.
+      this.logger.warn('store.lease_renew_failed', { log: this.logId, reason: (err as Error).message })
+    } finally {
+      this.renewing = false
+    }
   }
 
   stats(): PgLogStats {
@@ -212,6 +337,7 @@ export class PgLog implements TxLog {
       commits: this.counters.commits,
       retries: this.counters.retries,
       token: this.token,
+      renewals: this.counters.renewals,
     }
   }
 
@@ -322,6 +448,52 @@ export class PgLog implements TxLog {
     this.failed = failed
     this.logger.error('store.failed', { log: this.logId, reason: failed.message })
     for (const p of [...batch, ...this.queue.splice(0)]) p.waiter?.reject(failed)
+  }
+}
+
+interface Lease {
+  readonly ms: number
+  /** performance.now() when the last renewal that went through was sent. */
+  from: number
+  readonly onFenced: ((err: LogFencedError) => void) | undefined
+  readonly onRenewed: (() => void) | undefined
+}
+
+/**
+ * Claims this instance's own log (token + 1, fencing any older process of it) when nobody else
+ * holds it: free, already its own, or with a lease that has lapsed. A live sibling holding it is
+ * finishing its transactions: wait (bounded) for it to give the log up.
+ */
+async function claimOwn(
+  c: pg.PoolClient,
+  schema: string,
+  logId: string,
+  holder: string,
+  leaseMs: number | undefined,
+  logger: Logger,
+  timers: Timers,
+): Promise<number> {
+  const until = Date.now() + LIMITS.pgLeaseOpenWaitMs
+  for (let attempt = 0; ; attempt++) {
+    const r = await c.query<{ token: string }>(
+      `INSERT INTO ${schema}.logs (log_id, holder, expires_at)
+       VALUES ($1, $2, now() + $3 * interval '1 millisecond')
+       ON CONFLICT (log_id) DO UPDATE SET token = logs.token + 1, holder = $2, expires_at = EXCLUDED.expires_at
+       WHERE logs.holder IS NULL OR logs.holder = $2 OR logs.expires_at IS NULL OR logs.expires_at < now()
+       RETURNING token`,
+      [logId, holder, leaseMs ?? null],
+    )
+    const token = r.rows[0]?.token
+    if (token !== undefined) return Number(token)
+    const held = await c.query<{ holder: string | null }>(`SELECT holder FROM ${schema}.logs WHERE log_id = $1`, [
+      logId,
+    ])
+    if (Date.now() >= until)
+      throw new LogFailedError(
+        `log ${logId} is held by ${held.rows[0]?.holder ?? 'a sibling'} (taking it over) past ${LIMITS.pgLeaseOpenWaitMs} ms`,
+      )
+    if (attempt === 0) logger.warn('store.log_held', { log: logId, holder: held.rows[0]?.holder ?? null })
+    await sleep(timers, LIMITS.pgLeaseScanMs)
   }
 }
 

@@ -50,6 +50,10 @@ export class SidecarMetrics {
   /** Phase-2 answers whose outcome contradicts the decision (heuristic mixed). */
   readonly heuristic: Counter<'decision' | 'branch'>
   private readonly answersRefused: Counter<'reason'>
+  /** Postgres store leases (src/store): renewals, logs taken over from a sibling, writes refused by fencing. */
+  readonly leaseRenewals: Counter
+  readonly takeovers: Counter<'result'>
+  readonly fenced: Counter
 
   constructor(gauges: { inFlight: () => number; inDoubt: () => number; stuck?: () => number }) {
     const registers = [this.registry]
@@ -119,6 +123,22 @@ export class SidecarMetrics {
       },
     })
     this.fsyncs = new Counter({ name: 'txmesh_log_fsyncs_total', help: 'fsyncs of the durable log.', registers })
+    this.leaseRenewals = new Counter({
+      name: 'txmesh_store_lease_renewals_total',
+      help: 'Lease renewals of Postgres store logs this instance holds (its own and those it took over).',
+      registers,
+    })
+    this.takeovers = new Counter({
+      name: 'txmesh_store_takeovers_total',
+      help: 'Logs of sibling instances whose lease lapsed: claimed (result=claimed) and finished (result=finished).',
+      labelNames: ['result'],
+      registers,
+    })
+    this.fenced = new Counter({
+      name: 'txmesh_store_fenced_total',
+      help: 'Logs this instance held that a sibling took over (its writes to them refused from then on).',
+      registers,
+    })
     this.batch = new Histogram({
       name: 'txmesh_log_fsync_batch_records',
       help: 'Records made durable by one fsync (group commit).',

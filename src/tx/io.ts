@@ -104,3 +104,29 @@ export function localIo(parts: Partial<SidecarIo> & Pick<SidecarIo, 'log'>): Sid
     ...parts,
   }
 }
+
+/**
+ * The control transport of drivers that act on a leased log (the Postgres store): while the lease
+ * has lapsed (`held` false) nothing is sent and the call fails as an unreachable peer would (the
+ * drivers retry later), so a process paused past its lease does not send phase 2 for
+ * transactions a sibling may have taken over before it learns it was fenced.
+ */
+export function leasedControl(control: ControlTransport, held: () => boolean): ControlTransport {
+  const lapsed: ControlResult = { ok: false, status: 0, error: 'the lease on this log has lapsed' }
+  return {
+    send: (address, call) => (held() ? control.send(address, call) : Promise.resolve(lapsed)),
+    call: (address, method, path, body) =>
+      held() ? control.call(address, method, path, body) : Promise.resolve(lapsed),
+  }
+}
+
+/** The same for HTTP calls with effects (saga compensations, TCC confirm/cancel). */
+export function leasedHttp(http: HttpTransport, held: () => boolean): HttpTransport {
+  return {
+    exchange: (origin, o) =>
+      held()
+        ? http.exchange(origin, o)
+        : Promise.reject(Object.assign(new Error('the lease on this log has lapsed'), { code: 'ENOTLEASED' })),
+    ...(http.close === undefined ? {} : { close: () => (http.close as () => Promise<void>)() }),
+  }
+}

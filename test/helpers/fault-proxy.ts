@@ -33,6 +33,8 @@ export interface FaultProxyStats {
   dropped: number
   /** Chunks held by `delay`. */
   delayedChunks: number
+  /** Bytes received from clients (requests), whatever became of them. */
+  requestBytes: number
 }
 
 export interface FaultProxy {
@@ -65,7 +67,7 @@ interface Pair {
 export async function startFaultProxy(o: FaultProxyOptions): Promise<FaultProxy> {
   const targetHost = o.targetHost ?? HOST
   const pairs = new Set<Pair>()
-  const stats: FaultProxyStats = { connections: 0, dropped: 0, delayedChunks: 0 }
+  const stats: FaultProxyStats = { connections: 0, dropped: 0, delayedChunks: 0, requestBytes: 0 }
   let mode: FaultMode = { kind: 'pass' }
   let server: Server | undefined
   let port = o.port
@@ -84,6 +86,7 @@ export async function startFaultProxy(o: FaultProxyOptions): Promise<FaultProxy>
   const pipe = (p: Pair, from: Socket, to: Socket, toUpstream: boolean): void => {
     from.on('data', (chunk: Buffer) => {
       if (!pairs.has(p)) return
+      if (toUpstream) stats.requestBytes += chunk.length
       if (mode.kind === 'drop') doom(p)
       let data = chunk
       if (p.doom !== undefined && p.doom.toUpstream === toUpstream) {

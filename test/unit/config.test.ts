@@ -71,12 +71,20 @@ describe('config', () => {
       url: 'postgres://127.0.0.1/db',
       schema: 'txmesh',
       instance: 'orders-0',
+      leaseMs: 10_000,
     })
-    expect(pgOf(`store: {kind: postgres, urlFile: ${JSON.stringify(file)}, schema: coord, instance: a}\n`)).toEqual({
+    expect(
+      pgOf(`store: {kind: postgres, urlFile: ${JSON.stringify(file)}, schema: coord, instance: a, leaseMs: 3000}\n`),
+    ).toEqual({
       url: 'postgres://u:p@127.0.0.1:5432/store',
       schema: 'coord',
       instance: 'a',
+      leaseMs: 3_000,
     })
+    expect(problems('service: a\nstore: {kind: postgres, url: "postgres://h/d", leaseMs: 10}\n')[0]).toMatch(
+      /^p\.yaml:2:\d+: .*leaseMs/,
+    )
+    expect(problems('service: a\nstore: {leaseMs: 5000}\n')[0]).toMatch(/store\.leaseMs: only for store\.kind postgres/)
     process.env.TXMESH_TEST_PG_URL = 'postgres://127.0.0.1/x'
     expect(pgOf('store: {kind: postgres, urlEnv: TXMESH_TEST_PG_URL, instance: a}\n')?.url).toBe(
       'postgres://127.0.0.1/x',

@@ -1,0 +1,249 @@
+// Takeover on the shared Postgres store (src/store/takeover.ts), with real sidecar processes: three
+// coordinator instances of one service share a store; one stops after its COMMIT decision with
+// phase 2 not sent, and a sibling finishes the commit from the store. Paused past its lease and
+// resumed, the old holder sends nothing more for what was taken and stops (its log is fenced).
+import { readFileSync } from 'node:fs'
+import pg from 'pg'
+import { request } from 'undici'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { PgLog } from '../../src/store/pg-log.js'
+import { leasedControl, type ControlTransport } from '../../src/tx/io.js'
+import { startFaultProxy, type FaultProxy } from '../helpers/fault-proxy.js'
+import { startPostgres, type PostgresInstance } from '../helpers/pg.js'
+import { freePort, rawRequest, sidecarYaml, spawnSidecar, until, type SidecarProcess } from '../helpers/servers.js'
+import { startTxApp, stopAfterTests, type TxApp } from '../helpers/tx-app.js'
+
+const { procs, apps, closers } = stopAfterTests()
+const LEASE_MS = 3_000
+
+let db: PostgresInstance
+let url: string
+
+beforeAll(async () => {
+  db = await startPostgres()
+  await db.createDatabase('takeover')
+  url = db.connectionString('takeover')
+}, 60_000)
+
+afterAll(async () => {
+  await db?.stop()
+})
+
+async function sql<T extends pg.QueryResultRow>(text: string, values: unknown[] = []): Promise<T[]> {
+  const c = new pg.Client({ connectionString: url })
+  await c.connect()
+  try {
+    return (await c.query<T>(text, values)).rows
+  } finally {
+    await c.end()
+  }
+}
+
+interface Cluster {
+  app: Record<'orders' | 'payments', TxApp>
+  /** In front of each participant sidecar's control listener: counts what coordinators send. */
+  proxies: FaultProxy[]
+  coordinators: SidecarProcess[]
+}
+
+/** Two participant services and three coordinator instances of `initiator` on one store. */
+async function cluster(schema: string, firstEnv: Record<string, string>): Promise<Cluster> {
+  const names = ['orders', 'payments'] as const
+  const fixed = { orders: await freePort(), payments: await freePort() }
+  const services = names.map((n) => `  ${n}: {address: "127.0.0.1:${fixed[n]}"}`).join('\n')
+  const app = { orders: await startTxApp('orders'), payments: await startTxApp('payments') }
+  const proxies: FaultProxy[] = []
+  for (const n of names) {
+    apps.push(app[n])
+    const proxyPort = await freePort()
+    const sc = await spawnSidecar(
+      sidecarYaml(n, app[n].port, `services:\n${services}\nmesh: {advertise: "127.0.0.1:${proxyPort}"}\n`),
+      ['--ingress-port', String(fixed[n])],
+    )
+    procs.push(sc)
+    const proxy = await startFaultProxy({ port: proxyPort, targetPort: sc.ports.control, random: Math.random })
+    closers.push(() => proxy.close())
+    proxies.push(proxy)
+  }
+  const coordinators: SidecarProcess[] = []
+  for (const i of [1, 2, 3]) {
+    const yaml = sidecarYaml('initiator', 1, `services:\n${services}\n`)
+      .replace('log: {level: silent}', 'log: {level: error}')
+      .split('\n')
+      .filter((l) => !l.startsWith('store:'))
+      .concat([
+        `store: {kind: postgres, url: ${JSON.stringify(url)}, schema: ${schema}, instance: coord-${i}, leaseMs: ${LEASE_MS}}`,
+      ])
+      .join('\n')
+    const sc = await spawnSidecar(yaml, [], i === 1 ? firstEnv : {})
+    procs.push(sc)
+    coordinators.push(sc)
+  }
+  return { app, proxies, coordinators }
+}
+
+/** Begins a 2PC transaction on `coord` with a write at both participants, and asks it to commit. */
+async function writeAndCommit(coord: SidecarProcess, value: string): Promise<{ id: string; commit: Promise<unknown> }> {
+  const r = await request(`http://127.0.0.1:${coord.ports.admin}/v1/transactions`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ mode: '2pc', timeoutMs: 60_000 }),
+  })
+  const tx = (await r.body.json()) as { id: string; context: string }
+  for (const n of ['orders', 'payments']) {
+    const c = await rawRequest(coord.ports.egress, {
+      method: 'POST',
+      path: `http://${n}/write/${value}`,
+      headers: { 'txmesh-context': tx.context },
+    })
+    expect(c.status).toBe(200)
+  }
+  const commit = request(`http://127.0.0.1:${coord.ports.admin}/v1/transactions/${tx.id}/commit`, {
+    method: 'POST',
+  }).catch((e: unknown) => e)
+  return { id: tx.id, commit }
+}
+
+/** The coordinator records still live in a log of the store. */
+const decisionsIn = async (schema: string, logId: string): Promise<number> =>
+  Number(
+    (
+      await sql<{ n: string }>(
+        `SELECT count(*) AS n FROM ${schema}.records WHERE log_id = $1 AND substr(key, 1, 2) = 'c:'`,
+        [logId],
+      )
+    )[0]?.n,
+  )
+
+const statState = (pid: number): string => readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]?.[0] ?? '?'
+
+describe('takeover by a sibling on the Postgres store', () => {
+  it('a coordinator SIGKILLed after its COMMIT decision, nothing left of it but the store: a sibling finishes the commit within the lease + 10 s', async () => {
+    const c = await cluster('tk_kill', { TXMESH_FAILPOINTS: 'coordinator-after-decision' })
+    const [first] = c.coordinators as [SidecarProcess]
+    const tx = await writeAndCommit(first, 'k1')
+    expect(await first.exited).toMatchObject({ signal: 'SIGKILL' })
+    const killedAt = Date.now()
+    expect(c.app.orders.committed).toEqual([])
+    await until(
+      'the commit at both participants',
+      () => c.app.orders.committed.length === 1 && c.app.payments.committed.length === 1,
+      LEASE_MS + 10_000,
+    )
+    expect(Date.now() - killedAt).toBeLessThan(LEASE_MS + 10_000)
+    expect({ orders: c.app.orders.committed, payments: c.app.payments.committed }).toEqual({
+      orders: ['orders:k1'],
+      payments: ['payments:k1'],
+    })
+    // The taker finishes the log (END after the acknowledgements) and gives it up.
+    await until('the dead log finished', async () => (await decisionsIn('tk_kill', 'initiator/coord-1')) === 0, 10_000)
+    await until(
+      'the dead log released',
+      async () =>
+        (await sql<{ holder: string | null }>(`SELECT holder FROM tk_kill.logs WHERE log_id = 'initiator/coord-1'`))[0]
+          ?.holder === null,
+      10_000,
+    )
+    const claims = await Promise.all(
+      c.coordinators.slice(1).map(async (sc) => {
+        const m = await request(`http://127.0.0.1:${sc.ports.admin}/metrics`)
+        const text = await m.body.text()
+        return /txmesh_store_takeovers_total\{result="claimed"\} (\d+)/.exec(text)?.[1] ?? '0'
+      }),
+    )
+    expect(claims.map(Number).reduce((a, b) => a + b, 0)).toBe(1)
+    void tx.commit
+  }, 60_000)
+
+  it('a coordinator paused past its lease and resumed after a sibling took over sends no phase-2 message for it and stops, fenced', async () => {
+    const c = await cluster('tk_stop', { TXMESH_FAILPOINTS: 'coordinator-after-decision:stop' })
+    const [first] = c.coordinators as [SidecarProcess]
+    const pid = first.child.pid as number
+    await writeAndCommit(first, 's1')
+    await until('the coordinator paused after its decision', () => statState(pid) === 'T', 10_000)
+    await until(
+      'the commit at both participants, by a sibling',
+      () => c.app.orders.committed.length === 1 && c.app.payments.committed.length === 1,
+      LEASE_MS + 10_000,
+    )
+    await until('the taken log finished', async () => (await decisionsIn('tk_stop', 'initiator/coord-1')) === 0, 10_000)
+    const sentBefore = c.proxies.map((p) => p.stats.requestBytes)
+    process.kill(pid, 'SIGCONT')
+    const exited = await Promise.race([
+      first.exited,
+      new Promise<'running'>((r) => setTimeout(() => r('running'), 10_000)),
+    ])
+    // Give anything it might still send the time to arrive.
+    await new Promise((r) => setTimeout(r, 500))
+    expect({
+      exited,
+      sentAfterResume: c.proxies.map((p, i) => p.stats.requestBytes - (sentBefore[i] ?? 0)),
+      fenced: /lease_lost|TXM_LOG_FENCED/.test(first.stderr()),
+    }).toEqual({ exited: { code: 70, signal: null }, sentAfterResume: [0, 0], fenced: true })
+    expect({ orders: c.app.orders.committed, payments: c.app.payments.committed }).toEqual({
+      orders: ['orders:s1'],
+      payments: ['payments:s1'],
+    })
+  }, 60_000)
+})
+
+describe('a lease', () => {
+  it("lapses on the holder's own clock while its process cannot run, and nothing is sent through the guard until a renewal went through", async () => {
+    const { log } = await PgLog.open({ url, logId: 'initiator/lease-unit', holder: 'lease-unit', leaseMs: 1_500 })
+    let sent = 0
+    const transport: ControlTransport = {
+      send: () => {
+        sent++
+        return Promise.resolve({ ok: true, status: 200, body: {} })
+      },
+      call: () => {
+        sent++
+        return Promise.resolve({ ok: true, status: 200, body: {} })
+      },
+    }
+    const guarded = leasedControl(transport, () => log.leaseHeld())
+    expect(log.leaseHeld()).toBe(true)
+    expect((await guarded.send('127.0.0.1:1', { tx: 't', op: 'commit', branch: 'b' })).ok).toBe(true)
+    // The event loop blocked past the lease (as a paused process is): no renewal could run.
+    Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 1_600)
+    expect(log.leaseHeld()).toBe(false)
+    const refused = await guarded.send('127.0.0.1:1', { tx: 't', op: 'commit', branch: 'b' })
+    const asked = await guarded.call('127.0.0.1:1', 'GET', '/v1/tx/t/outcome')
+    expect({ refused: refused.ok, asked: asked.ok, sent }).toEqual({ refused: false, asked: false, sent: 1 })
+    // Nobody claimed it meanwhile: the next renewal goes through and the lease holds again.
+    await until('the lease renewed', () => log.leaseHeld(), 5_000)
+    expect(log.stats().renewals).toBeGreaterThan(0)
+    await log.close()
+  })
+
+  it('held by a live sibling, a log is not opened by its own instance until the sibling gives it up', async () => {
+    const first = await PgLog.open({ url, logId: 'initiator/held', holder: 'held', leaseMs: 60_000 })
+    await first.log.append('c:t1', { type: 'decision' })
+    await first.log.close()
+    // A sibling claims it as takeover does (token + 1, holder = sibling, a live lease).
+    const [claimed] = await sql<{ token: string }>(
+      `UPDATE txmesh.logs SET token = token + 1, holder = 'sibling', expires_at = now() + interval '1 minute'
+       WHERE log_id = 'initiator/held' RETURNING token`,
+    )
+    const opening = PgLog.open({ url, logId: 'initiator/held', holder: 'held', leaseMs: 60_000 })
+    let opened = false
+    void opening.then(() => (opened = true))
+    await new Promise((r) => setTimeout(r, 2_500))
+    expect(opened).toBe(false)
+    const sibling = await PgLog.open({
+      url,
+      logId: 'initiator/held',
+      holder: 'sibling',
+      leaseMs: 60_000,
+      token: Number(claimed?.token),
+    })
+    sibling.log.end('c:t1')
+    await sibling.log.release()
+    const own = await opening
+    expect({ records: own.records.map((r) => r.txId), token: own.log.stats().token }).toEqual({
+      records: [],
+      token: Number(claimed?.token) + 1,
+    })
+    await own.log.close()
+  }, 30_000)
+})
