@@ -28,7 +28,7 @@ import { ControlClient } from './control/client.js'
 import { KeyRing, watchKeyFile } from './tx/keys.js'
 import { PeerTls, peerAgent } from './peer-tls.js'
 import { leasedControl, leasedHttp, productionIo, type SidecarIo } from './tx/io.js'
-import { Takeover } from './store/takeover.js'
+import { Takeover, type AdoptedLog } from './store/takeover.js'
 import type { LogEntry } from './store/types.js'
 import { committedIn, decodeRecords } from './tx/records.js'
 import { readTlsMaterial, watchSecretFile } from './secrets.js'
@@ -231,6 +231,7 @@ export async function startSidecar(config: SidecarConfig, log: Logger): Promise<
         io,
         self,
         incarnation: incarnation.id,
+        group: pgStore?.group,
         run,
         keys,
         logger: log,
@@ -295,7 +296,7 @@ export async function startSidecar(config: SidecarConfig, log: Logger): Promise<
         const client = controlClient
         const pool = appPool
         // Siblings' logs whose lease lapsed: finished here with the same drivers on their records.
-        const adopt = async (taken: PgLog, records: readonly LogEntry[]): Promise<{ close(): Promise<void> }> => {
+        const adopt = async (taken: PgLog, records: readonly LogEntry[]): Promise<AdoptedLog> => {
           const inc = await logIncarnation(taken, records)
           let stop: (() => Promise<void>) | undefined
           const base = productionIo({ log: taken, control: client, app: pool, http: peerHttp, logger: log })
@@ -331,7 +332,11 @@ export async function startSidecar(config: SidecarConfig, log: Logger): Promise<
               tCoordinator.close()
               await Promise.all([tSteps.close(), tOutbox.close()])
             })())
-          return { close: stop }
+          return {
+            incarnation: inc.id,
+            outcomeFor: (id, holder) => (tSteps.has(id) ? tSteps.outcomeFor(id) : tCoordinator.outcomeFor(id, holder)),
+            close: stop,
+          }
         }
         takeover = new Takeover({
           url: pgStore.url,
@@ -353,6 +358,7 @@ export async function startSidecar(config: SidecarConfig, log: Logger): Promise<
           onFenced: () => metrics.fenced.inc(),
         })
         takeover.start()
+        controlDeps = { ...controlDeps, group: takeover, groupAddress: pgStore.group }
       }
     } else {
       // Contexts are refused with TXM_MESH_KEY_MISSING rather than silently ignored. Said once at

@@ -196,7 +196,7 @@ interface RawConfig {
   mesh?: { keyEnv?: string; keyFile?: string; coordinators?: string[]; advertise?: string }
   admin?: { tokenEnv?: string; tokenFile?: string; allowedHosts?: string[]; allowedOrigins?: string[] }
   tls?: { certFile: string; keyFile: string; caFile: string; requireClientCert?: boolean }
-  store?: { dir?: string; sync?: 'dsync' | 'datasync' | 'fsync'; kind?: 'file' | 'postgres'; url?: string; urlEnv?: string; urlFile?: string; schema?: string; instance?: string; leaseMs?: number }
+  store?: { dir?: string; sync?: 'dsync' | 'datasync' | 'fsync'; kind?: 'file' | 'postgres'; url?: string; urlEnv?: string; urlFile?: string; schema?: string; instance?: string; leaseMs?: number; group?: string }
   hooks?: { prepare?: string; commit?: string; abort?: string; confirm?: string; cancel?: string; batch?: string }
   steps?: { attempts?: number; backoffBaseMs?: number; backoffCapMs?: number }
   events?: { nats?: { servers: string[]; stream?: string; topics?: string[] }; webhooks?: { url: string }[] }
@@ -463,7 +463,7 @@ export function checkAdminToken(text: string): Buffer | string {
  * Kubernetes). Keys of the other kind are problems, never silently ignored.
  */
 function pgStore(raw: RawConfig['store'], problem: (path: (string | number)[], message: string) => void): PgStoreSettings | undefined {
-  const pgKeys = ['url', 'urlEnv', 'urlFile', 'schema', 'instance', 'leaseMs'] as const
+  const pgKeys = ['url', 'urlEnv', 'urlFile', 'schema', 'instance', 'leaseMs', 'group'] as const
   if (raw?.kind !== 'postgres') {
     for (const k of pgKeys) if (raw?.[k] !== undefined) problem(['store', k], `store.${k}: only for store.kind postgres`)
     return undefined
@@ -488,7 +488,7 @@ function pgStore(raw: RawConfig['store'], problem: (path: (string | number)[], m
   if (!/^postgres(ql)?:\/\//.test(url)) return void problem(['store', given[0] as string], `store.${given[0] as string}: not a postgres:// connection string`)
   const instance = raw.instance ?? (process.env.TXMESH_INSTANCE || hostname())
   if (!/^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/.test(instance)) return void problem(['store', 'instance'], `store.instance: "${instance.slice(0, 80)}" is not a name of letters, digits, . _ - (set store.instance or TXMESH_INSTANCE)`)
-  return { url, schema: raw.schema ?? 'txmesh', instance, leaseMs: raw.leaseMs ?? LIMITS.pgLeaseMs }
+  return { url, schema: raw.schema ?? 'txmesh', instance, leaseMs: raw.leaseMs ?? LIMITS.pgLeaseMs, group: raw.group }
 }
 
 /**

@@ -128,4 +128,6 @@ export interface PgStoreSettings {
   readonly instance: string
   /** How long the instance's lease on its log lasts unrenewed (store.leaseMs). */
   readonly leaseMs: number
+  /** store.group: the control address any live instance of the service answers at. */
+  readonly group: string | undefined
 }

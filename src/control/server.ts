@@ -72,6 +72,20 @@ export interface ControlDeps {
   readonly steps: SagaDriver
   readonly logger: Logger
   readonly clock?: () => number
+  /**
+   * The shared store's answer for an id of another instance of this service (store.group): asked
+   * when this sidecar's own drivers cannot vouch for the id.
+   */
+  readonly group?: GroupAnswerer | undefined
+  /**
+   * store.group's address: an outcome question asked there (its Host) is answered, and signed,
+   * as the group (the caller checks the answer is signed for the address it called).
+   */
+  readonly groupAddress?: string | undefined
+}
+
+export interface GroupAnswerer {
+  outcomeFor(id: string, holder: boolean): Promise<'committed' | 'aborted' | 'in-doubt' | 'unknown-coordinator'>
 }
 
 const ROUTE =
@@ -136,9 +150,13 @@ export function createControlServer(
     // anyone can send would sign whatever they carry.
     if (!auth.ok) return respondError(res, new ControlAuthError(AUTH_REFUSALS[auth.reason]))
     // From here on every answer is signed for this request (its txmesh-auth verified).
+    const as =
+      d.groupAddress !== undefined && req.headers.host === d.groupAddress && (op === 'outcome' || op === 'lookup')
+        ? d.groupAddress
+        : d.self
     const sign = (status: number, bodyText: string): readonly [string, string] => [
       CONTROL_AUTH_HEADER,
-      signAnswer(d.keys.signing, d.self, header as string, status, bodyText),
+      signAnswer(d.keys.signing, as, header as string, status, bodyText),
     ]
     const refuse = (err: TxmeshError): void => respondError(res, err, false, sign)
     // Only after the signature verified: filling the cache takes the mesh key.
@@ -244,12 +262,11 @@ async function runOp(
 ): Promise<Answer | TxmeshError> {
   switch (op) {
     case 'outcome':
-    case 'lookup':
-      // lookup: the asker found a prepared row of `id` it does not hold (coordinator outcomeFor).
-      return ok({
-        id,
-        outcome: d.steps.has(id) ? d.steps.outcomeFor(id) : d.coordinator.outcomeFor(id, op === 'outcome'),
-      })
+    case 'lookup': { // lookup: the asker found a prepared row of `id` it does not hold (coordinator outcomeFor).
+      const own = d.steps.has(id) ? d.steps.outcomeFor(id) : d.coordinator.outcomeFor(id, op === 'outcome')
+      if (own !== 'unknown-coordinator' || d.group === undefined) return ok({ id, outcome: own })
+      return ok({ id, outcome: await d.group.outcomeFor(id, op === 'outcome') })
+    }
     case 'steps': {
       if (body.void !== undefined) {
         if (!isId(body.void)) return new BadRequestError('void must be a step id')

@@ -8,11 +8,20 @@
 // shipped drivers' recovery on the log's records, renews the log's lease as its own, and gives the
 // log up once nothing of that work is left. Participant records (branches of the dead instance's
 // own app) stay for that instance: only its app can finish them.
+//
+// Outcome answers for the group (store.group, DESIGN.md "Coordinator identity"). A branch whose
+// coordinator cannot be reached asks the group address, and any live instance answers from the
+// store (outcomeFor): for an id of a log it finishes, with that log's drivers; for a log whose
+// lease has lapsed, it claims the log first (fencing its old holder, so no COMMIT decision can be
+// added to it any more) and then answers as the log's coordinator would, presumed abort included;
+// for a log a live instance holds, in doubt (the asker asks again, there or at its coordinator).
+// An id whose incarnation no log of the service has is not the group's to answer.
 import pg from 'pg'
 import { LIMITS } from '../limits.js'
 import type { Logger } from '../telemetry/logger.js'
 import { nodeTimers, type Timer, type Timers } from '../timers.js'
 import { INCARNATION_KEY, KEY_PREFIX } from '../tx/records.js'
+import { incarnationOfTx } from '../tx/protocol.js'
 import { PgLog } from './pg-log.js'
 import type { LogEntry } from './types.js'
 
@@ -32,7 +41,7 @@ export interface TakeoverOptions {
    * Starts the drivers that finish a claimed log from its records (only those under
    * TAKEN_PREFIXES, and the incarnation); returns how to stop them.
    */
-  readonly adopt: (log: PgLog, records: readonly LogEntry[]) => Promise<{ close(): Promise<void> }>
+  readonly adopt: (log: PgLog, records: readonly LogEntry[]) => Promise<AdoptedLog>
   /** Metrics and the dashboard's events. */
   readonly onTakeover?: (logId: string, token: number, records: number) => void
   readonly onFinished?: (logId: string) => void
@@ -40,9 +49,20 @@ export interface TakeoverOptions {
   readonly onFenced?: (logId: string) => void
 }
 
+/** The drivers finishing a taken log. */
+export interface AdoptedLog {
+  /** The taken log's incarnation (its transaction ids carry it). */
+  readonly incarnation: string
+  /** What the log's coordinator answers for `id` (presumed abort for its incarnation). */
+  outcomeFor(id: string, holder: boolean): GroupOutcome
+  close(): Promise<void>
+}
+
+export type GroupOutcome = 'committed' | 'aborted' | 'in-doubt' | 'unknown-coordinator'
+
 interface Held {
   readonly log: PgLog
-  readonly drivers: { close(): Promise<void> }
+  readonly drivers: AdoptedLog
 }
 
 export class Takeover {
@@ -76,6 +96,42 @@ export class Takeover {
         this.o.logger.warn('takeover.scan_failed', { reason: err instanceof Error ? err.message : String(err) })
       })
     return this.scanning
+  }
+
+  /** The group's answer for a transaction id of another instance of this service. */
+  async outcomeFor(id: string, holder: boolean): Promise<GroupOutcome> {
+    const inc = incarnationOfTx(id)
+    if (inc === undefined || this.closed) return 'unknown-coordinator'
+    const held = this.heldFor(inc)
+    if (held !== undefined) return held.log.leaseHeld() ? held.drivers.outcomeFor(id, holder) : 'in-doubt'
+    const s = this.o.schema
+    const r = await this.pool.query<{ log_id: string; lapsed: boolean }>(
+      `SELECT l.log_id, (l.expires_at IS NULL OR l.expires_at < now()) AS lapsed
+       FROM ${s}.records r JOIN ${s}.logs l ON l.log_id = r.log_id
+       WHERE r.key = $1 AND r.body->>'id' = $2 AND l.log_id LIKE $3 ESCAPE '\\' LIMIT 1`,
+      [INCARNATION_KEY, inc, this.prefix()],
+    )
+    const row = r.rows[0]
+    if (row === undefined || row.log_id === this.own()) return 'unknown-coordinator'
+    // Held by a live instance (its own or a sibling finishing it): that one answers.
+    if (!row.lapsed || this.held.size >= LIMITS.pgLeaseTakenLogs) return 'in-doubt'
+    const claimed = await this.claim(row.log_id)
+    if (claimed !== undefined) await this.adopt(claimed.logId, claimed.token)
+    const now = this.heldFor(inc)
+    return now !== undefined && now.log.leaseHeld() ? now.drivers.outcomeFor(id, holder) : 'in-doubt'
+  }
+
+  private heldFor(incarnation: string): Held | undefined {
+    for (const h of this.held.values()) if (h.drivers.incarnation === incarnation) return h
+    return undefined
+  }
+
+  private own(): string {
+    return `${this.o.service}/${this.o.instance}`
+  }
+
+  private prefix(): string {
+    return `${this.o.service.replace(/[\\%_]/g, '\\$&')}/%`
   }
 
   async close(): Promise<void> {
@@ -118,23 +174,24 @@ export class Takeover {
     }
   }
 
-  /** Atomically claims one lapsed log of this service with unfinished work, if there is one. */
-  private async claim(): Promise<{ logId: string; token: number } | undefined> {
+  /**
+   * Atomically claims one lapsed log of this service: `logId` (an outcome asked for), or else any
+   * with unfinished work.
+   */
+  private async claim(logId?: string): Promise<{ logId: string; token: number } | undefined> {
     const s = this.o.schema
-    const own = `${this.o.service}/${this.o.instance}`
-    const prefix = `${this.o.service.replace(/[\\%_]/g, '\\$&')}/%`
     const r = await this.pool.query<{ log_id: string; token: string }>(
       `WITH lapsed AS (
          SELECT l.log_id FROM ${s}.logs l
          WHERE l.log_id LIKE $1 ESCAPE '\\' AND l.log_id <> $2
            AND (l.expires_at IS NULL OR l.expires_at < now())
-           AND EXISTS (SELECT 1 FROM ${s}.records r
-                       WHERE r.log_id = l.log_id AND substr(r.key, 1, 2) = ANY($3::text[]))
+           AND (l.log_id = $6::text OR ($6::text IS NULL AND EXISTS (SELECT 1 FROM ${s}.records r
+                WHERE r.log_id = l.log_id AND substr(r.key, 1, 2) = ANY($3::text[]))))
          ORDER BY l.log_id LIMIT 1 FOR UPDATE SKIP LOCKED)
        UPDATE ${s}.logs l SET token = l.token + 1, holder = $4, expires_at = now() + $5 * interval '1 millisecond'
        FROM lapsed WHERE l.log_id = lapsed.log_id
        RETURNING l.log_id, l.token`,
-      [prefix, own, TAKEN_PREFIXES, this.o.instance, this.o.leaseMs],
+      [this.prefix(), this.own(), TAKEN_PREFIXES, this.o.instance, this.o.leaseMs, logId ?? null],
     )
     const row = r.rows[0]
     return row === undefined ? undefined : { logId: row.log_id, token: Number(row.token) }

@@ -57,6 +57,12 @@ export interface TxContext {
   readonly branch?: BranchId | undefined
   /** saga/tcc: what the request is to the step (absent: the step itself). */
   readonly op?: StepOpKind | undefined
+  /**
+   * 2PC on a shared store (store.group): a control address any live instance of the coordinator's
+   * service answers at (a Service in front of their control ports). A branch whose coordinator
+   * cannot be reached asks there (src/store/takeover.ts answers from the store).
+   */
+  readonly group?: string | undefined
 }
 
 const VERSION = 'v1'
@@ -225,6 +231,7 @@ export function signContext(key: Buffer, ctx: TxContext): string {
   if (ctx.parent !== undefined) p.p = ctx.parent
   if (ctx.branch !== undefined) p.b = ctx.branch
   if (ctx.op !== undefined) p.o = ctx.op
+  if (ctx.group !== undefined) p.g = ctx.group
   return seal(key, p)
 }
 
@@ -347,7 +354,16 @@ export function verifyContext(
 ): TxContext | TxmeshError {
   const raw = open(keys, token, 'txmesh-context', LIMITS.contextBytes)
   if (raw instanceof TxmeshError) return raw
-  const p = raw as { i?: unknown; m?: unknown; c?: unknown; d?: unknown; p?: unknown; b?: unknown; o?: unknown }
+  const p = raw as {
+    i?: unknown
+    m?: unknown
+    c?: unknown
+    d?: unknown
+    p?: unknown
+    b?: unknown
+    o?: unknown
+    g?: unknown
+  }
   if (
     !isId(p.i) ||
     !TX_MODES.includes(p.m as TxMode) ||
@@ -356,7 +372,8 @@ export function verifyContext(
     typeof p.d !== 'number' ||
     (p.p !== undefined && !isId(p.p)) ||
     (p.b !== undefined && (!isId(p.b) || p.m === '2pc')) ||
-    (p.o !== undefined && (!STEP_OPS.includes(p.o as StepOpKind) || p.b === undefined))
+    (p.o !== undefined && (!STEP_OPS.includes(p.o as StepOpKind) || p.b === undefined)) ||
+    (p.g !== undefined && (typeof p.g !== 'string' || !ADDRESS_RE.test(p.g)))
   ) {
     return new ContextInvalidError('txmesh-context payload has missing or malformed fields')
   }
@@ -368,12 +385,28 @@ export function verifyContext(
     parent: p.p as string | undefined,
     branch: p.b as string | undefined,
     op: p.o as StepOpKind | undefined,
+    ...(p.g === undefined ? {} : { group: p.g as string }),
   }
   const late = expired(ctx, now)
   if (late !== undefined) return late
   if (!coordinatorAllowed(allow, p.c))
     return new CoordinatorNotAllowedError(`coordinator ${p.c} is not in the allow-list`)
   return ctx
+}
+
+/**
+ * The group address of a context this sidecar verified when the branch joined (kept in its log
+ * with the branch), if it names one; undefined for anything else.
+ */
+export function contextGroup(token: string): string | undefined {
+  const parts = token.split('.')
+  if (parts.length !== 3 || parts[0] !== VERSION) return undefined
+  try {
+    const g = (JSON.parse(Buffer.from(parts[1] as string, 'base64url').toString('utf8')) as { g?: unknown }).g
+    return typeof g === 'string' && ADDRESS_RE.test(g) ? g : undefined
+  } catch {
+    return undefined
+  }
 }
 
 /** A context past its deadline is refused (also one verified earlier and remembered). */

@@ -47,7 +47,11 @@ interface Cluster {
 }
 
 /** Two participant services and three coordinator instances of `initiator` on one store. */
-async function cluster(schema: string, firstEnv: Record<string, string>): Promise<Cluster> {
+async function cluster(
+  schema: string,
+  firstEnv: Record<string, string>,
+  o: { group?: boolean } = {},
+): Promise<Cluster> {
   const names = ['orders', 'payments'] as const
   const fixed = { orders: await freePort(), payments: await freePort() }
   const services = names.map((n) => `  ${n}: {address: "127.0.0.1:${fixed[n]}"}`).join('\n')
@@ -66,28 +70,44 @@ async function cluster(schema: string, firstEnv: Record<string, string>): Promis
     proxies.push(proxy)
   }
   const coordinators: SidecarProcess[] = []
+  // store.group: a proxy standing for a Service in front of the instances' control ports (here it
+  // routes to the second instance).
+  const groupPort = await freePort()
+  const group = o.group === true ? `, group: "127.0.0.1:${groupPort}"` : ''
   for (const i of [1, 2, 3]) {
     const yaml = sidecarYaml('initiator', 1, `services:\n${services}\n`)
       .replace('log: {level: silent}', 'log: {level: error}')
       .split('\n')
       .filter((l) => !l.startsWith('store:'))
       .concat([
-        `store: {kind: postgres, url: ${JSON.stringify(url)}, schema: ${schema}, instance: coord-${i}, leaseMs: ${LEASE_MS}}`,
+        `store: {kind: postgres, url: ${JSON.stringify(url)}, schema: ${schema}, instance: coord-${i}, leaseMs: ${LEASE_MS}${group}}`,
       ])
       .join('\n')
     const sc = await spawnSidecar(yaml, [], i === 1 ? firstEnv : {})
     procs.push(sc)
     coordinators.push(sc)
   }
+  if (o.group === true) {
+    const service = await startFaultProxy({
+      port: groupPort,
+      targetPort: (coordinators[1] as SidecarProcess).ports.control,
+      random: Math.random,
+    })
+    closers.push(() => service.close())
+  }
   return { app, proxies, coordinators }
 }
 
 /** Begins a 2PC transaction on `coord` with a write at both participants, and asks it to commit. */
-async function writeAndCommit(coord: SidecarProcess, value: string): Promise<{ id: string; commit: Promise<unknown> }> {
+async function writeAndCommit(
+  coord: SidecarProcess,
+  value: string,
+  timeoutMs = 60_000,
+): Promise<{ id: string; commit: Promise<unknown> }> {
   const r = await request(`http://127.0.0.1:${coord.ports.admin}/v1/transactions`, {
     method: 'POST',
     headers: { 'content-type': 'application/json' },
-    body: JSON.stringify({ mode: '2pc', timeoutMs: 60_000 }),
+    body: JSON.stringify({ mode: '2pc', timeoutMs }),
   })
   const tx = (await r.body.json()) as { id: string; context: string }
   for (const n of ['orders', 'payments']) {
@@ -153,6 +173,29 @@ describe('takeover by a sibling on the Postgres store', () => {
     )
     expect(claims.map(Number).reduce((a, b) => a + b, 0)).toBe(1)
     void tx.commit
+  }, 60_000)
+
+  it('a coordinator SIGKILLed during prepare: its prepared branches ask the group, a sibling claims the log and answers aborted, every branch rolls back within the lease + 10 s', async () => {
+    const c = await cluster('tk_prepare', {}, { group: true })
+    const [first] = c.coordinators as [SidecarProcess]
+    // payments prepares slowly: the coordinator dies between the two prepares.
+    c.app.payments.hookDelayMs.prepare = 1_500
+    const tx = await writeAndCommit(first, 'p1', 4_000)
+    await until('orders prepared', () => c.app.orders.hooks.includes(`prepare:${tx.id}`), 10_000)
+    first.child.kill('SIGKILL')
+    const killedAt = Date.now()
+    await first.exited
+    await until(
+      'both branches rolled back',
+      () => c.app.orders.hooks.includes(`abort:${tx.id}`) && c.app.payments.hooks.includes(`abort:${tx.id}`),
+      LEASE_MS + 10_000,
+    )
+    expect(Date.now() - killedAt).toBeLessThan(LEASE_MS + 10_000)
+    expect({
+      orders: c.app.orders.committed,
+      payments: c.app.payments.committed,
+      paymentsPrepared: c.app.payments.hooks.includes(`prepare:${tx.id}`),
+    }).toEqual({ orders: [], payments: [], paymentsPrepared: true })
   }, 60_000)
 
   it('a coordinator paused past its lease and resumed after a sibling took over sends no phase-2 message for it and stops, fenced', async () => {

@@ -111,6 +111,8 @@ export interface CoordinatorDeps {
   readonly self: string
   /** This sidecar's log incarnation (src/wal/incarnation.ts): ids carry it. */
   readonly incarnation: string
+  /** store.group: where any live instance of this service answers outcomes (goes into contexts). */
+  readonly group?: string | undefined
   /** This process's run tag (protocol.ts newRunTag): ids start with it. */
   readonly run: string
   /** Mesh keys: contexts are signed with the current signing key (rotation, src/tx/keys.ts). */
@@ -193,6 +195,7 @@ export class CoordinatorDriver {
       coordinator: this.d.self,
       deadline,
       parent: undefined,
+      ...(this.d.group === undefined ? {} : { group: this.d.group }),
     })
     return { id, context, deadline }
   }

@@ -34,6 +34,7 @@ import {
   OP_HEADER,
   TX_ID_HEADER,
   coordinatorAllowed,
+  contextGroup,
   coordinatorOfTx,
   heldByAnotherLog,
   holderOfBranch,
@@ -79,6 +80,11 @@ export interface Branch {
   coordinatorUnknown: boolean
   /** The decision came from an outcome query, not from the coordinator's phase 2: tell it when done. */
   learnedByQuery: boolean
+  /**
+   * The next outcome query goes to the context's group address (store.group) instead of the
+   * coordinator: queries alternate between the two while neither gives the outcome.
+   */
+  askGroup: boolean
   /**
    * An operator's resolution is being recorded: the coordinator's decision waits (answered
    * 'failed', it retries) so the resolution, once durable, is what the branch does and a decision
@@ -337,6 +343,7 @@ export class ParticipantDriver {
       since: this.clock(),
       coordinatorUnknown: false,
       learnedByQuery: false,
+      askGroup: false,
       resolving: false,
       resolved: undefined,
     }
@@ -517,14 +524,32 @@ export class ParticipantDriver {
     if (b.state.status === 'aborted' || b.state.status === 'aborting') return 'aborted'
     // Still voting: the decision is not made yet.
     if (b.state.status !== 'prepared') return 'in-doubt'
-    return this.askCoordinator(b.state.coordinator, tx, true)
+    return this.askCoordinator(b.state.coordinator, tx, true, this.groupOf(b))
   }
 
-  /** `held`: this sidecar holds the branch (else the coordinator may not presume abort for it). */
-  private async askCoordinator(coordinator: string, tx: TxId, held: boolean): Promise<Outcome | 'in-doubt'> {
-    const r = await this.d.io.control.call(coordinator, 'GET', `/v1/tx/${tx}/${held ? 'outcome' : 'lookup'}`)
-    const o = r.ok ? r.body.outcome : undefined
-    return o === 'committed' || o === 'aborted' ? o : 'in-doubt'
+  /**
+   * `held`: this sidecar holds the branch (else the coordinator may not presume abort for it).
+   * Without an answer from the coordinator, the context's group address (if any) is asked.
+   */
+  private async askCoordinator(
+    coordinator: string,
+    tx: TxId,
+    held: boolean,
+    group?: string,
+  ): Promise<Outcome | 'in-doubt'> {
+    const path = `/v1/tx/${tx}/${held ? 'outcome' : 'lookup'}`
+    for (const to of group === undefined ? [coordinator] : [coordinator, group]) {
+      const r = await this.d.io.control.call(to, 'GET', path)
+      const o = r.ok ? r.body.outcome : undefined
+      if (o === 'committed' || o === 'aborted') return o
+    }
+    return 'in-doubt'
+  }
+
+  /** The group address of the branch's context, when the mesh allows asking it. */
+  private groupOf(b: Branch): string | undefined {
+    const g = b.context === undefined ? undefined : contextGroup(b.context)
+    return g !== undefined && coordinatorAllowed(this.d.coordinators, g) ? g : undefined
   }
 
   /**
@@ -728,8 +753,14 @@ export class ParticipantDriver {
 
   private queryOutcome(b: Branch, a: Extract<ParticipantAction, { type: 'query-outcome' }>): void {
     const { tx, branch } = b.state
-    void this.d.io.control.call(b.state.coordinator, 'GET', `/v1/tx/${tx}/outcome`).then((r) => {
-      const got = r.ok ? r.body.outcome : undefined
+    const group = this.groupOf(b)
+    const toGroup = group !== undefined && b.askGroup
+    void this.d.io.control.call(toGroup ? group : b.state.coordinator, 'GET', `/v1/tx/${tx}/outcome`).then((r) => {
+      const answer = r.ok ? r.body.outcome : undefined
+      // No outcome here: the next query asks the other one (coordinator or group).
+      if (group !== undefined && answer !== 'committed' && answer !== 'aborted') b.askGroup = !toGroup
+      // The group not knowing the id says nothing of its coordinator's address: ask on.
+      const got = toGroup && answer === 'unknown-coordinator' ? undefined : answer
       // An operator's resolution being recorded goes first (Branch.resolving): ask again later.
       const o = b.resolving ? undefined : got
       if (o === 'unknown-coordinator' && b.state.onePhase && b.state.status === 'committed') {
