@@ -366,7 +366,9 @@ function build(raw: RawConfig, file: string, doc: Document, at: (o: number) => {
       else problems.push({ file, ...position(['mesh', 'keyFile']), message: `mesh.keyFile: ${k}` })
     }
   }
-  const storePostgres = pgStore(raw.store, (path, message) => problems.push({ file, ...position(path), message }))
+  const storePostgres = pgStore(storeFromEnv(raw.store), (path, message) =>
+    problems.push({ file, ...position(path), message }),
+  )
   const token = adminToken(raw.admin, adminListener.host, (path, message) => problems.push({ file, ...(path === undefined ? { line: 0, col: 0 } : position(path)), message }))
   let tls: TlsSettings | undefined
   if (raw.tls !== undefined) {
@@ -456,6 +458,23 @@ export function checkAdminToken(text: string): Buffer | string {
   return Buffer.byteLength(t) < LIMITS.adminTokenMinBytes ? `the token is shorter than ${LIMITS.adminTokenMinBytes} bytes` : Buffer.from(t)
 }
 
+/** Environment that selects the Postgres store over the file's store (the Kubernetes injector sets it). */
+export const STORE_ENV = { url: 'TXMESH_STORE_URL', group: 'TXMESH_STORE_GROUP' } as const
+
+/**
+ * TXMESH_STORE_URL set (the injector's txmesh.io/store-secret): the Postgres store with that URL,
+ * whatever the file's store says (a ConfigMap shared by services on either store); the file's
+ * postgres settings (schema, leaseMs, group) are kept, TXMESH_STORE_GROUP wins over store.group.
+ */
+function storeFromEnv(raw: RawConfig['store']): RawConfig['store'] {
+  const url = process.env[STORE_ENV.url]
+  if (url === undefined || url === '') return raw
+  const group = process.env[STORE_ENV.group]
+  const keep = raw?.kind === 'postgres' ? { schema: raw.schema, instance: raw.instance, leaseMs: raw.leaseMs, group: raw.group } : {}
+  const merged = { ...keep, kind: 'postgres' as const, urlEnv: STORE_ENV.url, ...(group ? { group } : {}) }
+  return Object.fromEntries(Object.entries(merged).filter(([, v]) => v !== undefined)) as RawConfig['store']
+}
+
 /**
  * store.kind postgres: its connection string from exactly one of store.url, the variable
  * store.urlEnv names, or store.urlFile; the schema (default txmesh); this instance's name
@@ -488,6 +507,8 @@ function pgStore(raw: RawConfig['store'], problem: (path: (string | number)[], m
   if (!/^postgres(ql)?:\/\//.test(url)) return void problem(['store', given[0] as string], `store.${given[0] as string}: not a postgres:// connection string`)
   const instance = raw.instance ?? (process.env.TXMESH_INSTANCE || hostname())
   if (!/^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/.test(instance)) return void problem(['store', 'instance'], `store.instance: "${instance.slice(0, 80)}" is not a name of letters, digits, . _ - (set store.instance or TXMESH_INSTANCE)`)
+  if (raw.group !== undefined && !/^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]{1,253}):[0-9]{1,5}$/.test(raw.group))
+    return void problem(['store', 'group'], `store.group: "${raw.group.slice(0, 80)}" is not a host:port control address (${STORE_ENV.group} or store.group)`)
   return { url, schema: raw.schema ?? 'txmesh', instance, leaseMs: raw.leaseMs ?? LIMITS.pgLeaseMs, group: raw.group }
 }
 

@@ -262,7 +262,8 @@ async function runOp(
 ): Promise<Answer | TxmeshError> {
   switch (op) {
     case 'outcome':
-    case 'lookup': { // lookup: the asker found a prepared row of `id` it does not hold (coordinator outcomeFor).
+    case 'lookup': {
+      // lookup: the asker found a prepared row of `id` it does not hold (coordinator outcomeFor).
       const own = d.steps.has(id) ? d.steps.outcomeFor(id) : d.coordinator.outcomeFor(id, op === 'outcome')
       if (own !== 'unknown-coordinator' || d.group === undefined) return ok({ id, outcome: own })
       return ok({ id, outcome: await d.group.outcomeFor(id, op === 'outcome') })

@@ -37,6 +37,8 @@ export const ANNOTATIONS = Object.freeze({
   meshKeySecret: 'txmesh.io/mesh-key-secret',
   tlsSecret: 'txmesh.io/tls-secret',
   adminTokenSecret: 'txmesh.io/admin-token-secret',
+  storeSecret: 'txmesh.io/store-secret',
+  storeGroup: 'txmesh.io/store-group',
 })
 
 /** Value of `txmesh.io/status` on an injected pod template: the idempotency marker. */
@@ -91,6 +93,8 @@ export const TLS_FILES = Object.freeze({
 })
 /** The admin token (txmesh.io/admin-token-secret): this key of the Secret, as TXMESH_ADMIN_TOKEN. */
 export const ADMIN_TOKEN_KEY = 'token'
+/** Key of the Postgres store Secret (txmesh.io/store-secret) that holds the connection string. */
+export const STORE_URL_KEY = 'url'
 
 export const DEFAULTS = Object.freeze({
   configMap: 'txmesh-config',

@@ -7,6 +7,7 @@ import { MESH_KEY_FILE_ENV } from '../tx/keys.js'
 import {
   ANNOTATIONS,
   ADMIN_TOKEN_KEY,
+  STORE_URL_KEY,
   CONFIG_DIR,
   CONFIG_FILE,
   ENV_CONFIGMAP,
@@ -72,6 +73,13 @@ export interface ProxySettings {
   readonly adminTokenSecret: string | undefined
   readonly resources: ResourceRequirements
   readonly logPvc: string | undefined
+  /**
+   * Secret whose `url` is the Postgres store's connection string (txmesh.io/store-secret): the
+   * sidecar keeps its records there, shared with the service's other replicas, instead of the log volume.
+   */
+  readonly storeSecret: string | undefined
+  /** store.group (txmesh.io/store-group): host:port of a Service in front of the replicas' control ports. */
+  readonly storeGroup: string | undefined
 }
 
 export interface InjectOptions {
@@ -377,6 +385,14 @@ function resolveSettings(
 
   const image = annotation(ANNOTATIONS.image) ?? ctx.image ?? defaultImage()
   if (!IMAGE.test(image)) throw invalid(ANNOTATIONS.image, `"${image}" is not an image reference`)
+  const storeSecret = optionalName(ANNOTATIONS.storeSecret, 'Secret')
+  const storeGroup = annotation(ANNOTATIONS.storeGroup)
+  if (storeGroup !== undefined && !STORE_GROUP.test(storeGroup))
+    throw invalid(ANNOTATIONS.storeGroup, `"${storeGroup.slice(0, 80)}" is not a host:port address`)
+  if (storeSecret !== undefined && logPvc !== undefined)
+    throw invalid(ANNOTATIONS.storeSecret, `the Postgres store keeps no log files: drop ${ANNOTATIONS.logPvc} or this`)
+  if (storeGroup !== undefined && storeSecret === undefined)
+    throw invalid(ANNOTATIONS.storeGroup, `needs ${ANNOTATIONS.storeSecret} (the group answers from the shared store)`)
 
   return {
     appPort: appPort(view, at, annotation),
@@ -390,8 +406,12 @@ function resolveSettings(
     adminTokenSecret,
     resources: resources(at, annotation),
     logPvc,
+    storeSecret,
+    storeGroup,
   }
 }
+
+const STORE_GROUP = /^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?:[0-9]{1,5}$/
 
 function appPort(view: PodSpecView, at: string, annotation: AnnotationReader): number {
   const text = annotation(ANNOTATIONS.appPort)
@@ -588,6 +608,7 @@ export function proxyContainer(s: ProxySettings): Container {
     { name: 'TXMESH_STORE_DIR', value: STORE_DIR },
     { name: MESH_KEY_FILE_ENV, value: MESH_KEY_FILE },
     ...adminTokenEnv(s),
+    ...storeEnv(s),
   ]
   const logMount: VolumeMount[] = [{ name: LOG_VOLUME, mountPath: STORE_DIR }]
   if (s.logPvc !== undefined) {
@@ -628,6 +649,19 @@ export function proxyContainer(s: ProxySettings): Container {
       ...(s.tlsSecret === undefined ? [] : [{ name: TLS_VOLUME, mountPath: TLS_DIR, readOnly: true }]),
     ],
   }
+}
+
+/**
+ * The Postgres store (txmesh.io/store-secret): its URL from the Secret, the pod's name as the
+ * instance (each replica its own log in the shared tables), and the group address if annotated.
+ */
+function storeEnv(s: Pick<ProxySettings, 'storeSecret' | 'storeGroup'>): EnvVar[] {
+  if (s.storeSecret === undefined) return []
+  return [
+    { name: 'TXMESH_STORE_URL', valueFrom: { secretKeyRef: { name: s.storeSecret, key: STORE_URL_KEY } } },
+    { name: 'TXMESH_INSTANCE', valueFrom: { fieldRef: { fieldPath: 'metadata.name' } } },
+    ...(s.storeGroup === undefined ? [] : [{ name: 'TXMESH_STORE_GROUP', value: s.storeGroup }]),
+  ]
 }
 
 /** TXMESH_ADMIN_TOKEN from the admin token Secret (sidecar and app containers), when annotated. */

@@ -90,6 +90,22 @@ describe('config', () => {
       'postgres://127.0.0.1/x',
     )
     delete process.env.TXMESH_TEST_PG_URL
+    // The injector's txmesh.io/store-secret: TXMESH_STORE_URL selects the Postgres store over the
+    // file's (shared ConfigMap) store dir; TXMESH_STORE_GROUP names the group.
+    process.env.TXMESH_STORE_URL = 'postgres://127.0.0.1/shop'
+    process.env.TXMESH_STORE_GROUP = 'orders-txmesh.shop.svc:15010'
+    try {
+      expect(pgOf('store: {dir: /var/lib/txmesh}\n')).toMatchObject({
+        url: 'postgres://127.0.0.1/shop',
+        group: 'orders-txmesh.shop.svc:15010',
+        leaseMs: 10_000,
+      })
+      process.env.TXMESH_STORE_GROUP = 'not an address'
+      expect(problems('service: a\nstore: {dir: /x}\n')[0]).toMatch(/store\.group: "not an address" is not a host:port/)
+    } finally {
+      delete process.env.TXMESH_STORE_URL
+      delete process.env.TXMESH_STORE_GROUP
+    }
     expect(pgOf('store: {dir: /tmp/x}\n')).toBeUndefined()
     expect(problems('service: a\nstore: {kind: postgres}\n')[0]).toMatch(
       /^p\.yaml:2:\d+: store: kind postgres needs exactly one of url, urlEnv, urlFile \(got none\)/,

@@ -398,9 +398,15 @@ describe('the txmesh-config ConfigMaps', () => {
   }
 
   it('the shop policy is the base policy plus its routes', () => {
-    const base = obj(parseYaml(txmeshYaml(baseObjs)), 'base')
-    const { routes, hooks, ...shop } = obj(parseYaml(txmeshYaml(shopObjs)), 'shop')
+    const { mesh: baseMesh, ...base } = obj(parseYaml(txmeshYaml(baseObjs)), 'base')
+    const { routes, hooks, mesh, ...shop } = obj(parseYaml(txmeshYaml(shopObjs)), 'shop')
     expect(shop).toEqual(base)
+    // ...and the orders replicas' group address (store.group) among the coordinators participants ask.
+    const coordinators = (m: unknown): unknown => obj(m, 'mesh').coordinators
+    expect(coordinators(mesh)).toEqual([
+      ...arr(coordinators(baseMesh), 'coordinators'),
+      'orders-txmesh.txmesh-shop.svc:15010',
+    ])
     // The shop's apps run txmesh/pg, which serves the batch hook; the base policy fits any app.
     expect(hooks).toEqual({ batch: '/.well-known/txmesh/batch' })
     const cfg = parseConfig(txmeshYaml(shopObjs), 'shop/txmesh.yaml', overridesFrom({}, podEnv))
@@ -417,6 +423,22 @@ describe('the txmesh-config ConfigMaps', () => {
 const SHOP_SERVICES = ['orders', 'payments', 'inventory'] as const
 
 describe('deploy/examples/shop', () => {
+  it('orders: three replicas on the shared Postgres store, and the group Service in front of their control ports', () => {
+    const d = find(shopObjs, 'Deployment', 'orders')
+    const spec = obj(d.spec, 'spec')
+    expect(spec.replicas).toBe(3)
+    const annotations = obj(obj(obj(spec.template, 'template').metadata, 'metadata').annotations, 'annotations')
+    expect({
+      secret: annotations['txmesh.io/store-secret'],
+      group: annotations['txmesh.io/store-group'],
+    }).toEqual({ secret: 'shop-store', group: 'orders-txmesh.txmesh-shop.svc:15010' })
+    const svc = obj(find(shopObjs, 'Service', 'orders-txmesh').spec, 'spec')
+    expect(svc.selector).toEqual({ 'app.kubernetes.io/name': 'orders' })
+    expect(arr(svc.ports, 'ports')).toEqual([
+      { name: 'txmesh-control', port: 15010, targetPort: 15010, protocol: 'TCP' },
+    ])
+  })
+
   it('the namespace is labelled for injection', () => {
     expect(labelsOf(find(shopObjs, 'Namespace', 'txmesh-shop'))[NAMESPACE_LABEL]).toBe(NAMESPACE_LABEL_ENABLED)
   })

@@ -383,6 +383,32 @@ describe('txmesh inject: the sidecar follows the contract', () => {
   })
 })
 
+describe('txmesh inject: the Postgres store', () => {
+  it('txmesh.io/store-secret gives the sidecar the store URL from the Secret, the pod name as instance, and the group', () => {
+    const text = readFileSync(join(dir, 'deployment.in.yaml'), 'utf8').replace(
+      '        txmesh.io/inject: "true" # opt in\n',
+      '        txmesh.io/inject: "true" # opt in\n        txmesh.io/store-secret: orders-store\n        txmesh.io/store-group: orders-txmesh.shop.svc:15010\n',
+    )
+    const [template] = objects(inject(text).output).flatMap(templates)
+    const env = envOf(obj(proxyOf(obj(template))))
+    expect({
+      url: env.TXMESH_STORE_URL,
+      instance: env.TXMESH_INSTANCE,
+      group: env.TXMESH_STORE_GROUP,
+    }).toEqual({
+      url: { secretKeyRef: { name: 'orders-store', key: 'url' } },
+      instance: { fieldRef: { fieldPath: 'metadata.name' } },
+      group: 'orders-txmesh.shop.svc:15010',
+    })
+    const plain = envOf(obj(proxyOf(obj(injected('deployment.in.yaml')[0]))))
+    expect([plain.TXMESH_STORE_URL, plain.TXMESH_INSTANCE, plain.TXMESH_STORE_GROUP]).toEqual([
+      undefined,
+      undefined,
+      undefined,
+    ])
+  })
+})
+
 describe('txmesh inject: documents it does not inject', () => {
   it('copies unchanged documents byte for byte, comments, anchors and directives included', () => {
     const text = readFileSync(join(dir, 'configmap-passthrough.in.yaml'), 'utf8')
@@ -548,6 +574,24 @@ describe('txmesh inject: errors name the document and the line', () => {
       '        txmesh.io/service: Orders Service\n',
       InjectInvalidError,
       /service name "Orders Service" \(from annotation txmesh\.io\/service\)/,
+    ],
+    [
+      'store group not host:port',
+      '        txmesh.io/store-secret: orders-store\n        txmesh.io/store-group: orders-control\n',
+      InjectInvalidError,
+      /txmesh\.io\/store-group: "orders-control" is not a host:port address/,
+    ],
+    [
+      'store group without the store',
+      '        txmesh.io/store-group: orders-control.shop.svc:15010\n',
+      InjectInvalidError,
+      /txmesh\.io\/store-group: needs txmesh\.io\/store-secret/,
+    ],
+    [
+      'store and log claim both',
+      '        txmesh.io/store-secret: orders-store\n        txmesh.io/log-pvc: orders-log\n',
+      InjectInvalidError,
+      /txmesh\.io\/store-secret: the Postgres store keeps no log files/,
     ],
     [
       'bad TLS Secret name',
