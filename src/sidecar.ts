@@ -116,6 +116,9 @@ export async function startSidecar(config: SidecarConfig, log: Logger): Promise<
     get outbox() {
       return outbox
     },
+    // Postgres store: the instance whose log holds each transaction, and those taken over.
+    owner: config.storePostgres === undefined ? undefined : `${config.service}/${config.storePostgres.instance}`,
+    takenOver: () => takeover?.transactions() ?? [],
     metrics: () => metrics,
     traceUrl: config.traceUrl,
     events,
@@ -335,6 +338,7 @@ export async function startSidecar(config: SidecarConfig, log: Logger): Promise<
           return {
             incarnation: inc.id,
             outcomeFor: (id, holder) => (tSteps.has(id) ? tSteps.outcomeFor(id) : tCoordinator.outcomeFor(id, holder)),
+            list: () => [...tCoordinator.list(), ...tSteps.list()],
             close: stop,
           }
         }

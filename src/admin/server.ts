@@ -59,6 +59,10 @@ export interface AdminDeps {
   readonly steps?: SagaDriver | undefined
   /** Event bus (transactional messages). */
   readonly outbox?: Outbox | undefined
+  /** Postgres store: this instance's log (`<service>/<instance>`), the owner of what it coordinates. */
+  readonly owner?: string | undefined
+  /** Postgres store: transactions this instance finishes for siblings whose lease lapsed. */
+  readonly takenOver?: () => readonly { readonly deadline: number; readonly takenFrom: string }[]
   /** Why transactions are unavailable (no mesh key), when they are. */
   readonly txUnavailable?: () => TxmeshError | undefined
   readonly logger: Logger
@@ -196,9 +200,10 @@ export function createAdminServer(d: AdminDeps): Server {
     if (path === '/v1/stats' && method === 'GET') return sendJson(res, 200, d.stats?.() ?? {})
     if (path === '/v1/transactions') {
       if (method === 'GET') {
-        const all = [...coordinator.list(), ...steps.list()]
+        const owner = d.owner === undefined ? {} : { owner: d.owner }
+        const all = [...coordinator.list(), ...steps.list(), ...(d.takenOver?.() ?? [])]
         return sendJson(res, 200, {
-          transactions: all.map((v) => ({ ...v, deadline: new Date(v.deadline).toISOString() })),
+          transactions: all.map((v) => ({ ...v, ...owner, deadline: new Date(v.deadline).toISOString() })),
         })
       }
       if (method !== 'POST') return respondError(res, new MethodNotAllowedError('use POST to begin a transaction'))

@@ -155,7 +155,7 @@ export const DASHBOARD_HTML = `<!doctype html>
         th.appendChild(document.createTextNode(" ")); th.appendChild(a);
       }
       tr.appendChild(th);
-      tr.appendChild(el("td", t.status, t.status));
+      tr.appendChild(el("td", t.status + (t.takenFrom ? " (taken over from " + t.takenFrom + ")" : ""), t.status));
       var td = el("td");
       var ul = el("ul", null, "parts");
       t.participants.forEach(function (p) {
@@ -234,6 +234,7 @@ export const DASHBOARD_HTML = `<!doctype html>
       (r.body.transactions || []).slice().reverse().forEach(function (v) {
         var t = tx(v.id);
         t.status = v.status;
+        if (v.takenFrom) t.takenFrom = v.takenFrom;
         if (v.traceId) t.traceId = v.traceId;
         t.reason = v.reason;
         if (v.status === "committed" || v.status === "aborted") t.outcome = v.status;
@@ -336,6 +337,7 @@ export const DASHBOARD_HTML = `<!doctype html>
       if (d.traceId) t.traceId = d.traceId;
       (d.participants || []).forEach(function (p) { part(t, p); });
       if (d.recovered) t.status = "committing";
+      if (d.takenFrom) t.takenFrom = d.takenFrom;
     },
     "tx-enlist": function (d) { var t = tx(d.tx); d.participants.forEach(function (p) { part(t, p); }); },
     "tx-vote": function (d) { var t = tx(d.tx); part(t, d).vote = d.vote; if (t.status === "active") t.status = "preparing"; },
@@ -388,6 +390,16 @@ export const DASHBOARD_HTML = `<!doctype html>
     es.onerror = function () { $("live").textContent = "reconnecting"; $("live").dataset.state = "closed"; };
     Object.keys(handlers).forEach(function (type) {
       es.addEventListener(type, function (ev) { handlers[type](JSON.parse(ev.data)); renderTx(); });
+    });
+    // Postgres store: a sibling's log taken over here (its transactions are loaded with it), or
+    // this instance's own log taken by a sibling.
+    es.addEventListener("takeover", function (ev) {
+      var d = JSON.parse(ev.data);
+      announce("Took over " + d.log + " (its lease lapsed): finishing its transactions here");
+      loadTransactions();
+    });
+    es.addEventListener("fenced", function (ev) {
+      announce("This instance's log " + JSON.parse(ev.data).log + " was taken over by a sibling: it stops coordinating");
     });
     ["branch-status", "branch-ended", "branch-resolved", "branch-in-doubt"].forEach(function (type) {
       es.addEventListener(type, function () { clearTimeout(branchTimer); branchTimer = setTimeout(loadBranches, 50); });

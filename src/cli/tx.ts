@@ -71,6 +71,9 @@ type Tx = {
   participants?: { service: string; branch: string; vote?: string; acknowledged: boolean; heuristic?: string }[]
   steps?: Step[]
   stuck?: number
+  /** Postgres store: the instance coordinating it, and the sibling's log it was taken over from. */
+  owner?: string
+  takenFrom?: string
 }
 type Br = { tx: string; branch: string; status: string; coordinator: string; ageMs: number; inDoubt: boolean }
 
@@ -137,10 +140,22 @@ export async function txCommand(argv: string[]): Promise<number> {
               .join(', ')})`
           : x.status
       out(
-        table(
-          ['ID', 'STATUS', 'MODE', 'PARTICIPANTS', 'DEADLINE'],
-          txs.map((x) => [x.id, status(x), x.mode, members(x), x.deadline]),
-        ),
+        txs.some((x) => x.owner !== undefined)
+          ? table(
+              ['ID', 'STATUS', 'MODE', 'PARTICIPANTS', 'DEADLINE', 'OWNER'],
+              txs.map((x) => [
+                x.id,
+                status(x),
+                x.mode,
+                members(x),
+                x.deadline,
+                `${x.owner ?? '-'}${x.takenFrom === undefined ? '' : ` (taken over from ${x.takenFrom})`}`,
+              ]),
+            )
+          : table(
+              ['ID', 'STATUS', 'MODE', 'PARTICIPANTS', 'DEADLINE'],
+              txs.map((x) => [x.id, status(x), x.mode, members(x), x.deadline]),
+            ),
       )
       out(`\nbranches held here (${branches.length}, ${branches.filter((x) => x.inDoubt).length} in doubt)\n`)
       out(

@@ -55,6 +55,8 @@ export interface AdoptedLog {
   readonly incarnation: string
   /** What the log's coordinator answers for `id` (presumed abort for its incarnation). */
   outcomeFor(id: string, holder: boolean): GroupOutcome
+  /** The transactions being finished (admin API views, with `deadline` in epoch ms). */
+  list(): readonly { readonly deadline: number }[]
   close(): Promise<void>
 }
 
@@ -86,6 +88,11 @@ export class Takeover {
   /** Logs this instance holds for siblings, with their tokens (admin API). */
   list(): { log: string; token: number }[] {
     return [...this.held.values()].map((h) => ({ log: h.log.id, token: h.log.stats().token }))
+  }
+
+  /** The transactions of the logs this instance finishes for siblings, each with the log it came from. */
+  transactions(): { readonly deadline: number; readonly takenFrom: string }[] {
+    return [...this.held.values()].flatMap((h) => h.drivers.list().map((v) => ({ ...v, takenFrom: h.log.id })))
   }
 
   /** One look: claims what lapsed, gives up what is finished. Exposed for tests. */
