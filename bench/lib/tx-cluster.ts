@@ -10,7 +10,7 @@ import { join } from 'node:path'
 import pg from 'pg'
 import { request } from 'undici'
 import { SIDECAR_NODE_FLAGS } from '../../src/runtime.js'
-import { startPostgres, type PostgresInstance } from '../../test/helpers/pg.js'
+import { startPostgres, type PostgresInstance } from '../../harness/pg.js'
 import {
   childPids,
   clockTicksPerSecond,

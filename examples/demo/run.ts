@@ -19,8 +19,8 @@ import pg from 'pg'
 import { ProxyAgent, request } from 'undici'
 import { createTxmeshPg, type TxmeshPg, type TxmeshPgTx } from '../../src/helpers/pg/index.js'
 import { SIDECAR_NODE_FLAGS } from '../../src/runtime.js'
-import { startPostgres, type PostgresInstance } from '../../test/helpers/pg.js'
-import { readStream, startNats, type NatsServer } from '../../test/helpers/nats.js'
+import { startPostgres, type PostgresInstance } from '../../harness/pg.js'
+import { readStream, startNats, type NatsServer } from '../../harness/nats.js'
 import { freePort } from '../../test/helpers/servers.js'
 import {
   SAGA_ROUTES,

@@ -3,7 +3,7 @@
 // lost when the sidecar is SIGKILLed between the commit and the publish.
 import { request } from 'undici'
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
-import { deleteStream, readStream, startNats, type NatsServer, type Stored } from '../helpers/nats.js'
+import { deleteStream, readStream, startNats, type NatsServer, type Stored } from '../../harness/nats.js'
 import {
   freePort,
   rawRequest,

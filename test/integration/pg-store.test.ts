@@ -9,7 +9,7 @@ import pg from 'pg'
 import { request } from 'undici'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { PgLog } from '../../src/store/pg-log.js'
-import { startPostgres, type PostgresInstance } from '../helpers/pg.js'
+import { startPostgres, type PostgresInstance } from '../../harness/pg.js'
 import { freePort, rawRequest, sidecarYaml, spawnSidecar, until } from '../helpers/servers.js'
 import { startTxApp, stopAfterTests } from '../helpers/tx-app.js'
 

@@ -5,7 +5,7 @@ import { createInterface } from 'node:readline'
 import pg from 'pg'
 import { request } from 'undici'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { startPostgres, type PostgresInstance } from '../helpers/pg.js'
+import { startPostgres, type PostgresInstance } from '../../harness/pg.js'
 import {
   freePort,
   rawRequest,

@@ -5,7 +5,7 @@ import { existsSync, rmSync } from 'node:fs'
 import { connect as tcpConnect } from 'node:net'
 import { jetstream, jetstreamManager } from '@nats-io/jetstream'
 import { connect, type NatsConnection } from '@nats-io/transport-node'
-import { freePort, tempDir, until } from './servers.js'
+import { freePort, tempDir, until } from '../test/helpers/servers.js'
 
 export interface NatsServer {
   url: string
