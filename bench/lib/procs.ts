@@ -3,9 +3,9 @@
 // cleanup of everything started, also on errors and signals.
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process'
 import { accessSync, constants, readFileSync, readdirSync } from 'node:fs'
-import { connect, createServer } from 'node:net'
 import { delimiter, join } from 'node:path'
 import { createInterface } from 'node:readline'
+import { accepts } from '../../harness/ports.js'
 
 const TAIL_BYTES = 8 * 1024
 
@@ -270,33 +270,12 @@ export function childPids(ppid: number): number[] {
   return out
 }
 
-/** A currently free TCP port on 127.0.0.1 (for programs that cannot be told to pick one). */
-export function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = createServer()
-    srv.once('error', reject)
-    srv.listen(0, '127.0.0.1', () => {
-      const addr = srv.address()
-      const port = typeof addr === 'object' && addr !== null ? addr.port : 0
-      srv.close(() => resolve(port))
-    })
-  })
-}
-
 /** Polls until 127.0.0.1:port accepts a TCP connection; rejects if `svc` exits or on timeout. */
 export async function waitForPort(port: number, svc: Service, timeoutMs = 10_000): Promise<void> {
   const deadline = Date.now() + timeoutMs
   for (;;) {
     if (!svc.alive) throw new Error(`${svc.name} exited before listening on ${port}\n${svc.tail()}`)
-    const ok = await new Promise<boolean>((resolve) => {
-      const sock = connect({ host: '127.0.0.1', port })
-      sock.once('connect', () => {
-        sock.destroy()
-        resolve(true)
-      })
-      sock.once('error', () => resolve(false))
-    })
-    if (ok) return
+    if (await accepts(port)) return
     if (Date.now() > deadline)
       throw new Error(`${svc.name}: port ${port} not accepting within ${timeoutMs} ms\n${svc.tail()}`)
     await sleep(50)

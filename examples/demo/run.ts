@@ -21,7 +21,7 @@ import { createTxmeshPg, type TxmeshPg, type TxmeshPgTx } from '../../src/helper
 import { SIDECAR_NODE_FLAGS } from '../../src/runtime.js'
 import { startPostgres, type PostgresInstance } from '../../harness/pg.js'
 import { readStream, startNats, type NatsServer } from '../../harness/nats.js'
-import { freePort } from '../../test/helpers/servers.js'
+import { freePort } from '../../harness/ports.js'
 import {
   SAGA_ROUTES,
   SAGA_STEPS,

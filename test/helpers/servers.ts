@@ -10,6 +10,7 @@ import { createInterface } from 'node:readline'
 import { parseConfig } from '../../src/config/load.js'
 import { silentLogger } from '../../src/telemetry/logger.js'
 import { SIDECAR_NODE_FLAGS } from '../../src/runtime.js'
+import { tempDir } from '../../harness/temp.js'
 import { startSidecar, type Ports, type Sidecar } from '../../src/sidecar.js'
 
 export const CLI = join(import.meta.dirname, '../../dist/cli/index.js')
@@ -67,10 +68,6 @@ export async function startEcho(extra?: (req: IncomingMessage, res: ServerRespon
     })
   })
   return { ...s, seen }
-}
-
-export function tempDir(prefix = 'txmesh-'): string {
-  return mkdtempSync(join(tmpdir(), prefix))
 }
 
 export function sidecarYaml(service: string, appPort: number, extra = '', storeDir = tempDir('txmesh-store-')): string {
@@ -165,47 +162,4 @@ export function rssOf(pid: number): { rss: number; hwm: number } {
   const text = readFileSync(`/proc/${pid}/status`, 'utf8')
   const kb = (k: string): number => Number(new RegExp(`${k}:\\s+(\\d+)`).exec(text)?.[1] ?? 0) * 1024
   return { rss: kb('VmRSS'), hwm: kb('VmHWM') }
-}
-
-/** Ports freePort() handed out in this process: never handed out again (see freePort). */
-const handedOut = new Set<number>()
-
-/**
- * A free loopback port below the kernel's ephemeral range (32768+ on Linux). Ports from
- * listen(0) come from that range, so after a process dies its port can be taken at once by
- * some outgoing connection; tests that restart a sidecar on the same port use these instead.
- */
-export async function freePort(): Promise<number> {
-  const { createServer: createTcpServer } = await import('node:net')
-  for (let i = 0; i < 100; i++) {
-    const port = 15_100 + Math.floor(Math.random() * 17_000)
-    // A test often picks several ports before anything binds them (a cluster's sidecars, apps
-    // and fault proxies): a port picked twice would then be taken by one and refused to the other.
-    if (handedOut.has(port)) continue
-    const ok = await new Promise<boolean>((resolve) => {
-      const s = createTcpServer()
-      s.once('error', () => resolve(false))
-      s.listen(port, '127.0.0.1', () => s.close(() => resolve(true)))
-    })
-    if (ok) {
-      handedOut.add(port)
-      return port
-    }
-  }
-  throw new Error('no free port found below the ephemeral range')
-}
-
-/** Waits (bounded) until `cond` holds, polling; throws naming what it waited for. */
-export async function until(
-  what: string,
-  cond: () => boolean | Promise<boolean>,
-  ms = 10_000,
-  everyMs = 25,
-): Promise<void> {
-  const end = Date.now() + ms
-  while (Date.now() < end) {
-    if (await cond()) return
-    await new Promise((r) => setTimeout(r, everyMs))
-  }
-  throw new Error(`timed out waiting for ${what}`)
 }

@@ -10,7 +10,8 @@ import { eventSubject, NatsSink, subjectToken } from '../../src/events/nats.js'
 import type { BusEvent } from '../../src/events/types.js'
 import { WebhookSink } from '../../src/events/webhook.js'
 import { readStream, startNats, type NatsServer } from '../../harness/nats.js'
-import { startServer, until } from '../helpers/servers.js'
+import { until } from '../../harness/ports.js'
+import { startServer } from '../helpers/servers.js'
 
 // Fast retries so outage tests take seconds; production defaults are in LIMITS (event bus section).
 const FAST = { backoffBaseMs: 20, backoffCapMs: 200, deliveryTimeoutMs: 2_000 } as const

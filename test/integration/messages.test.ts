@@ -6,7 +6,9 @@
 import { request } from 'undici'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { readStream, startNats, type NatsServer } from '../../harness/nats.js'
-import { freePort, sidecarYaml, spawnSidecar, tempDir, until } from '../helpers/servers.js'
+import { freePort, until } from '../../harness/ports.js'
+import { tempDir } from '../../harness/temp.js'
+import { sidecarYaml, spawnSidecar } from '../helpers/servers.js'
 import { stopAfterTests } from '../helpers/tx-app.js'
 
 const { procs } = stopAfterTests()

@@ -16,7 +16,8 @@ import { join } from 'node:path'
 import { createInterface } from 'node:readline'
 import { SIDECAR_NODE_FLAGS } from '../../src/runtime.js'
 import { startFaultProxy, type FaultProxy } from '../helpers/fault-proxy.js'
-import { CLI, MESH_KEY, freePort } from '../helpers/servers.js'
+import { freePort } from '../../harness/ports.js'
+import { CLI, MESH_KEY } from '../helpers/servers.js'
 import type { Mode } from './schema.js'
 
 export const SERVICES = ['bank-a', 'bank-b', 'bank-c'] as const
