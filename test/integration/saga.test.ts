@@ -6,7 +6,8 @@ import { request } from 'undici'
 import { describe, expect, it } from 'vitest'
 import { freePort, until } from '../../harness/ports.js'
 import { tempDir } from '../../harness/temp.js'
-import { CLI, rawRequest, sidecarYaml, spawnSidecar, startServer, type SidecarProcess } from '../helpers/servers.js'
+import { CLI } from '../../harness/sidecar.js'
+import { rawRequest, sidecarYaml, spawnSidecar, startServer, type SidecarProcess } from '../helpers/servers.js'
 import { stopAfterTests } from '../helpers/tx-app.js'
 
 const { procs, closers } = stopAfterTests()

@@ -17,7 +17,8 @@ import { createInterface } from 'node:readline'
 import { SIDECAR_NODE_FLAGS } from '../../src/runtime.js'
 import { startFaultProxy, type FaultProxy } from '../helpers/fault-proxy.js'
 import { freePort } from '../../harness/ports.js'
-import { CLI, MESH_KEY } from '../helpers/servers.js'
+import { CLI } from '../../harness/sidecar.js'
+import { MESH_KEY } from '../helpers/servers.js'
 import type { Mode } from './schema.js'
 
 export const SERVICES = ['bank-a', 'bank-b', 'bank-c'] as const
