@@ -77,8 +77,16 @@ export function sidecarArgv(o: Pick<SpawnSidecarOptions, 'configFile' | 'args' |
   return [...SIDECAR_NODE_FLAGS, ...(o.nodeFlags ?? []), CLI, 'sidecar', '--config', o.configFile, ...(o.args ?? [])]
 }
 
-const isListening = (v: unknown): v is SidecarListening =>
-  typeof v === 'object' && v !== null && 'ports' in v && typeof (v as { ports: unknown }).ports === 'object'
+function isListening(v: unknown): v is SidecarListening {
+  const o = v as Record<string, unknown> | null
+  if (typeof o !== 'object' || o === null || o.event !== 'listening' || typeof o.pid !== 'number') return false
+  const ports = o.ports as Record<string, unknown> | null
+  return (
+    typeof ports === 'object' &&
+    ports !== null &&
+    ['egress', 'ingress', 'control', 'admin'].every((k) => typeof ports[k] === 'number')
+  )
+}
 
 /**
  * Spawns a sidecar and resolves once it printed its listening line. A child that exits first, or
@@ -93,7 +101,15 @@ export async function spawnSidecar(o: SpawnSidecarOptions): Promise<SpawnedSidec
   })
   let err = ''
   if (o.launch === undefined) child.stderr?.on('data', (c: Buffer) => (err += c.toString()))
-  const exited = new Promise<Exit>((r) => child.once('exit', (code, signal) => r({ code, signal })))
+  let spawnError: Error | undefined
+  const exited = new Promise<Exit>((r) => {
+    child.once('exit', (code, signal) => r({ code, signal }))
+    // A command that cannot be run (taskset missing) never exits: it counts as exited.
+    child.once('error', (e) => {
+      spawnError = e
+      r({ code: null, signal: null })
+    })
+  })
   const stdout = child.stdout
   if (stdout === null) throw new Error(`${name}: no stdout pipe`)
   const detail = (): string => {
@@ -126,11 +142,17 @@ export async function spawnSidecar(o: SpawnSidecarOptions): Promise<SpawnedSidec
         o.onStdoutLine?.(line)
       })
       void exited.then((e) =>
-        reject(new Error(`${name} exited (code ${e.code}, signal ${e.signal}) before listening${detail()}`)),
+        reject(
+          new Error(
+            spawnError !== undefined
+              ? `${name} could not be started: ${spawnError.message}${detail()}`
+              : `${name} exited (code ${e.code}, signal ${e.signal}) before listening${detail()}`,
+          ),
+        ),
       )
     })
   } catch (e) {
-    if (child.exitCode === null && child.signalCode === null) {
+    if (spawnError === undefined && child.exitCode === null && child.signalCode === null) {
       child.kill('SIGKILL')
       await exited
     }

@@ -6,6 +6,7 @@ import { accessSync, constants, readFileSync, readdirSync } from 'node:fs'
 import { delimiter, join } from 'node:path'
 import { createInterface } from 'node:readline'
 import { accepts } from '../../harness/ports.js'
+import { spawnSidecar, type SidecarListening, type SpawnSidecarOptions } from '../../harness/sidecar.js'
 
 const TAIL_BYTES = 8 * 1024
 
@@ -199,6 +200,36 @@ export function firstJsonLine<T>(svc: Service, check: (v: unknown) => v is T, ti
       settle(() => reject(new Error(`${svc.name} exited (code ${String(code)}) before listening\n${svc.tail()}`))),
     )
   })
+}
+
+/** What a benchmark says about a sidecar it starts (harness/sidecar.ts does the rest). */
+export type BenchSidecarOptions = Pick<SpawnSidecarOptions, 'configFile' | 'args' | 'nodeFlags' | 'env' | 'cwd'>
+
+/**
+ * Starts a built sidecar as one of the group's services (pinned to `cpu` when given) and resolves
+ * with it and its listening line; its stderr and any other stdout go to the service's tail.
+ */
+export async function startSidecarService(
+  group: ProcessGroup,
+  name: string,
+  cpu: string | undefined,
+  o: BenchSidecarOptions,
+  timeoutMs = 15_000,
+): Promise<{ svc: Service; listening: SidecarListening }> {
+  let svc: Service | undefined
+  const s = await spawnSidecar({
+    ...o,
+    name,
+    startTimeoutMs: timeoutMs,
+    launch: (cmd, args, lo) => {
+      svc = group.start(name, cpu, cmd, args, { env: lo.env, ...(lo.cwd !== undefined ? { cwd: lo.cwd } : {}) })
+      return svc.child
+    },
+    describe: () => svc?.tail() ?? '',
+    onStdoutLine: (line) => svc?.append(line + '\n'),
+  })
+  if (svc === undefined) throw new Error(`${name}: not started`)
+  return { svc, listening: s.listening }
 }
 
 export interface ProcStat {
