@@ -31,7 +31,7 @@ import { join } from 'node:path'
 import { request, Agent } from 'undici'
 import { SIDECAR_NODE_FLAGS } from '../src/runtime.js'
 import type { ReplayResult } from './lib/log-replay.js'
-import { firstJsonLine, rssBytes, sleep, type Service } from './lib/procs.js'
+import { rssBytes, sleep, startSidecarService, type Service } from './lib/procs.js'
 import { intEnv, median } from './lib/tx-measure.js'
 import type { TxPartContext } from './tx.js'
 
@@ -48,11 +48,6 @@ interface Ports {
   control: number
   admin: number
 }
-interface Listening {
-  ports: Ports
-}
-const isListening = (v: unknown): v is Listening => typeof v === 'object' && v !== null && 'ports' in v
-
 interface Sidecar {
   svc: Service
   ports: Ports
@@ -84,17 +79,12 @@ async function startSidecar(
   const file = join(ctx.dir, `${name}.yaml`)
   writeFileSync(file, config)
   const t0 = performance.now()
-  const svc = ctx.group.start(
-    name,
-    undefined,
-    process.execPath,
-    [...SIDECAR_NODE_FLAGS, join(ctx.root, 'dist/cli/index.js'), 'sidecar', '--config', file],
-    {
-      cwd: ctx.root,
-      env: { ...process.env, TXMESH_MESH_KEY: MESH_KEY, ...env },
-    },
-  )
-  const { ports } = await firstJsonLine(svc, isListening)
+  const { svc, listening } = await startSidecarService(ctx.group, name, undefined, {
+    configFile: file,
+    cwd: ctx.root,
+    env: { ...process.env, TXMESH_MESH_KEY: MESH_KEY, ...env },
+  })
+  const ports = listening.ports
   for (let i = 0; i < READY_POLLS; i++) {
     const r = await request(`http://127.0.0.1:${ports.admin}/readyz`)
     await r.body.dump()

@@ -23,7 +23,6 @@
 //   BENCH_NGINX           path of the nginx binary, or "none" to skip it (default: PATH, /usr/sbin)
 //
 // Output: an aligned text table on stdout and bench/results/latest.json.
-import { SIDECAR_NODE_FLAGS } from '../src/runtime.js'
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { availableParallelism, cpus, tmpdir } from 'node:os'
 import { dirname, join, resolve } from 'node:path'
@@ -41,6 +40,7 @@ import {
   readCpuTimes,
   rssBytes,
   sleep,
+  startSidecarService,
   type Service,
 } from './lib/procs.js'
 import { printReport, type Check, type Report, type Row, type Sample, type TargetName } from './lib/report.js'
@@ -98,18 +98,6 @@ function isListening(v: unknown): v is Listening {
   )
 }
 
-interface SidecarListening {
-  event: 'listening'
-  pid: number
-  ports: { ingress: number }
-}
-function isSidecarListening(v: unknown): v is SidecarListening {
-  const o = v as Record<string, unknown> | null
-  if (typeof o !== 'object' || o === null || o.event !== 'listening' || typeof o.pid !== 'number') return false
-  const ports = o.ports as Record<string, unknown> | null
-  return typeof ports === 'object' && ports !== null && typeof ports.ingress === 'number'
-}
-
 /** A thing the load is sent to. `port` undefined: not available (see `note`). */
 interface Target {
   readonly name: TargetName
@@ -159,25 +147,23 @@ async function startTxmesh(
       '',
     ].join('\n'),
   )
-  const args = [
-    ...SIDECAR_NODE_FLAGS,
-    join(ROOT, 'dist', 'cli', 'index.js'),
-    'sidecar',
-    '--config',
-    cfg,
-    '--app-port',
-    String(appPort),
-    '--egress-port',
-    '0',
-    '--ingress-port',
-    '0',
-    '--control-port',
-    '0',
-    '--admin-port',
-    '0',
-  ]
-  const svc = group.start('txmesh sidecar', cpu, process.execPath, args, { cwd: ROOT, env: childEnv() })
-  const l = await firstJsonLine(svc, isSidecarListening)
+  const { svc, listening: l } = await startSidecarService(group, 'txmesh sidecar', cpu, {
+    configFile: cfg,
+    args: [
+      '--app-port',
+      String(appPort),
+      '--egress-port',
+      '0',
+      '--ingress-port',
+      '0',
+      '--control-port',
+      '0',
+      '--admin-port',
+      '0',
+    ],
+    cwd: ROOT,
+    env: childEnv(),
+  })
   if (l.pid !== svc.pid) throw new Error(`txmesh reported pid ${l.pid} but the child is ${svc.pid}`)
   return { name: 'txmesh', label: 'txmesh sidecar (ingress)', port: l.ports.ingress, proxyPid: l.pid, note: undefined }
 }

@@ -25,7 +25,7 @@ import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { availableParallelism, cpus } from 'node:os'
 import { dirname, join } from 'node:path'
 import pg from 'pg'
-import type { PostgresInstance } from '../test/helpers/pg.js'
+import type { PostgresInstance } from '../harness/pg.js'
 import {
   SAGA_MODE_NAMES,
   SAGA_SERVICES,

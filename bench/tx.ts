@@ -23,7 +23,7 @@
 import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { availableParallelism, cpus } from 'node:os'
 import { dirname, join } from 'node:path'
-import type { PostgresInstance } from '../test/helpers/pg.js'
+import type { PostgresInstance } from '../harness/pg.js'
 import type { ProcessGroup } from './lib/procs.js'
 import {
   affinityOf,

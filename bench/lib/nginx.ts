@@ -5,7 +5,8 @@
 import { spawnSync } from 'node:child_process'
 import { chmodSync, mkdirSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
-import { childPids, findExecutable, freePort, procStat, sleep, waitForPort, type ProcessGroup } from './procs.js'
+import { freePort } from '../../harness/ports.js'
+import { childPids, findExecutable, procStat, sleep, waitForPort, type ProcessGroup } from './procs.js'
 
 export interface NginxInstance {
   readonly port: number

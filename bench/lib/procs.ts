@@ -3,9 +3,10 @@
 // cleanup of everything started, also on errors and signals.
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process'
 import { accessSync, constants, readFileSync, readdirSync } from 'node:fs'
-import { connect, createServer } from 'node:net'
 import { delimiter, join } from 'node:path'
 import { createInterface } from 'node:readline'
+import { accepts } from '../../harness/ports.js'
+import { spawnSidecar, type SidecarListening, type SpawnSidecarOptions } from '../../harness/sidecar.js'
 
 const TAIL_BYTES = 8 * 1024
 
@@ -201,6 +202,36 @@ export function firstJsonLine<T>(svc: Service, check: (v: unknown) => v is T, ti
   })
 }
 
+/** What a benchmark says about a sidecar it starts (harness/sidecar.ts does the rest). */
+export type BenchSidecarOptions = Pick<SpawnSidecarOptions, 'configFile' | 'args' | 'nodeFlags' | 'env' | 'cwd'>
+
+/**
+ * Starts a built sidecar as one of the group's services (pinned to `cpu` when given) and resolves
+ * with it and its listening line; its stderr and any other stdout go to the service's tail.
+ */
+export async function startSidecarService(
+  group: ProcessGroup,
+  name: string,
+  cpu: string | undefined,
+  o: BenchSidecarOptions,
+  timeoutMs = 15_000,
+): Promise<{ svc: Service; listening: SidecarListening }> {
+  let svc: Service | undefined
+  const s = await spawnSidecar({
+    ...o,
+    name,
+    startTimeoutMs: timeoutMs,
+    launch: (cmd, args, lo) => {
+      svc = group.start(name, cpu, cmd, args, { env: lo.env, ...(lo.cwd !== undefined ? { cwd: lo.cwd } : {}) })
+      return svc.child
+    },
+    describe: () => svc?.tail() ?? '',
+    onStdoutLine: (line) => svc?.append(line + '\n'),
+  })
+  if (svc === undefined) throw new Error(`${name}: not started`)
+  return { svc, listening: s.listening }
+}
+
 export interface ProcStat {
   readonly comm: string
   readonly ppid: number
@@ -270,33 +301,12 @@ export function childPids(ppid: number): number[] {
   return out
 }
 
-/** A currently free TCP port on 127.0.0.1 (for programs that cannot be told to pick one). */
-export function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = createServer()
-    srv.once('error', reject)
-    srv.listen(0, '127.0.0.1', () => {
-      const addr = srv.address()
-      const port = typeof addr === 'object' && addr !== null ? addr.port : 0
-      srv.close(() => resolve(port))
-    })
-  })
-}
-
 /** Polls until 127.0.0.1:port accepts a TCP connection; rejects if `svc` exits or on timeout. */
 export async function waitForPort(port: number, svc: Service, timeoutMs = 10_000): Promise<void> {
   const deadline = Date.now() + timeoutMs
   for (;;) {
     if (!svc.alive) throw new Error(`${svc.name} exited before listening on ${port}\n${svc.tail()}`)
-    const ok = await new Promise<boolean>((resolve) => {
-      const sock = connect({ host: '127.0.0.1', port })
-      sock.once('connect', () => {
-        sock.destroy()
-        resolve(true)
-      })
-      sock.once('error', () => resolve(false))
-    })
-    if (ok) return
+    if (await accepts(port)) return
     if (Date.now() > deadline)
       throw new Error(`${svc.name}: port ${port} not accepting within ${timeoutMs} ms\n${svc.tail()}`)
     await sleep(50)

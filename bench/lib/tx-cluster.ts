@@ -9,14 +9,14 @@ import { mkdirSync, readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import pg from 'pg'
 import { request } from 'undici'
-import { SIDECAR_NODE_FLAGS } from '../../src/runtime.js'
-import { startPostgres, type PostgresInstance } from '../../test/helpers/pg.js'
+import { startPostgres, type PostgresInstance } from '../../harness/pg.js'
 import {
   childPids,
   clockTicksPerSecond,
   cpuUse,
   firstJsonLine,
   readCpuTimes,
+  startSidecarService,
   type CpuTimes,
   type ProcessGroup,
 } from './procs.js'
@@ -101,22 +101,6 @@ function isListening(v: unknown): v is Listening {
     o.event === 'listening' &&
     typeof o.port === 'number' &&
     typeof o.pid === 'number'
-  )
-}
-
-interface SidecarListening {
-  event: 'listening'
-  pid: number
-  ports: SidecarPorts
-}
-function isSidecarListening(v: unknown): v is SidecarListening {
-  const o = v as Record<string, unknown> | null
-  if (typeof o !== 'object' || o === null || o.event !== 'listening' || typeof o.pid !== 'number') return false
-  const p = o.ports as Record<string, unknown> | null
-  return (
-    typeof p === 'object' &&
-    p !== null &&
-    ['egress', 'ingress', 'control', 'admin'].every((k) => typeof p[k] === 'number')
   )
 }
 
@@ -266,27 +250,13 @@ async function startSidecar(
       extra,
     ].join('\n'),
   )
-  const args = [
-    ...SIDECAR_NODE_FLAGS,
-    ...profileFlags(o, `sidecar-${name}`),
-    join(o.root, 'dist', 'cli', 'index.js'),
-    'sidecar',
-    '--config',
-    file,
-    '--egress-port',
-    '0',
-    '--ingress-port',
-    '0',
-    '--control-port',
-    '0',
-    '--admin-port',
-    '0',
-  ]
-  const svc = group.start(`sidecar ${name}`, o.nodeCpu, process.execPath, args, {
+  const { svc, listening: l } = await startSidecarService(group, `sidecar ${name}`, o.nodeCpu, {
+    configFile: file,
+    args: ['--egress-port', '0', '--ingress-port', '0', '--control-port', '0', '--admin-port', '0'],
+    nodeFlags: profileFlags(o, `sidecar-${name}`),
     cwd: o.root,
     env: childEnv({ TXMESH_MESH_KEY: MESH_KEY }),
   })
-  const l = await firstJsonLine(svc, isSidecarListening)
   return { name, pid: svc.pid, ports: l.ports, storeDir }
 }
 

@@ -8,20 +8,19 @@
 // order, the apps do their SQL through the txmesh/pg helper (each on its own database), and the
 // sidecar commits when the orders app answers 2xx. Part (d) runs a saga through the same
 // services (examples/demo/saga.ts) and shows its events. Exits 0 only if every database agrees.
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
+import { spawnSync, type ChildProcess } from 'node:child_process'
 import { existsSync, mkdtempSync, writeFileSync } from 'node:fs'
 import { createServer, type IncomingMessage, type Server } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { createInterface } from 'node:readline'
 import pg from 'pg'
 import { ProxyAgent, request } from 'undici'
 import { createTxmeshPg, type TxmeshPg, type TxmeshPgTx } from '../../src/helpers/pg/index.js'
-import { SIDECAR_NODE_FLAGS } from '../../src/runtime.js'
-import { startPostgres, type PostgresInstance } from '../../test/helpers/pg.js'
-import { readStream, startNats, type NatsServer } from '../../test/helpers/nats.js'
-import { freePort } from '../../test/helpers/servers.js'
+import { startPostgres, type PostgresInstance } from '../../harness/pg.js'
+import { readStream, startNats, type NatsServer } from '../../harness/nats.js'
+import { freePort } from '../../harness/ports.js'
+import { spawnSidecar } from '../../harness/sidecar.js'
 import {
   SAGA_ROUTES,
   SAGA_STEPS,
@@ -34,7 +33,6 @@ import {
   waitFor,
 } from './saga.js'
 
-const CLI = join(import.meta.dirname, '../../dist/cli/index.js')
 const MESH_KEY = 'demo-mesh-key-change-me-0123456789'
 type Ports = { egress: number; ingress: number; control: number; admin: number }
 const say = (s: string): void => console.log(s)
@@ -72,16 +70,15 @@ function json(req: IncomingMessage): Promise<Record<string, unknown>> {
 async function startSidecar(s: Service, yaml: string, args: string[], failpoints = ''): Promise<void> {
   const file = join(s.store, 'txmesh.yaml')
   writeFileSync(file, yaml)
-  const child = spawn(process.execPath, [...SIDECAR_NODE_FLAGS, CLI, 'sidecar', '--config', file, ...args], {
-    stdio: ['ignore', 'pipe', 'inherit'],
+  const sc = await spawnSidecar({
+    name: `${s.name} sidecar`,
+    configFile: file,
+    args,
+    stderr: 'inherit',
     env: { ...process.env, TXMESH_MESH_KEY: MESH_KEY, TXMESH_LOG_LEVEL: 'warn', TXMESH_FAILPOINTS: failpoints },
   })
-  const line = await new Promise<string>((resolve, reject) => {
-    createInterface({ input: child.stdout! }).once('line', resolve)
-    child.once('exit', (code) => reject(new Error(`${s.name} sidecar exited with ${code}`)))
-  })
-  s.sidecar = child
-  s.ports = (JSON.parse(line) as { ports: Ports }).ports
+  s.sidecar = sc.child
+  s.ports = sc.ports
   s.yaml = yaml
 }
 

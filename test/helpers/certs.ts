@@ -3,7 +3,7 @@
 import { execFileSync } from 'node:child_process'
 import { readFileSync, renameSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
-import { tempDir } from './servers.js'
+import { tempDir } from '../../harness/temp.js'
 
 export interface Leaf {
   readonly certFile: string

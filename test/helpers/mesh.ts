@@ -4,7 +4,9 @@
 // started again at the same address, with its log or with a fresh one.
 import { request } from 'undici'
 import { expect } from 'vitest'
-import { freePort, rawRequest, sidecarYaml, spawnSidecar, tempDir, type SidecarProcess } from './servers.js'
+import { freePort } from '../../harness/ports.js'
+import { tempDir } from '../../harness/temp.js'
+import { rawRequest, sidecarYaml, spawnSidecar, type SidecarProcess } from './servers.js'
 import { startTxApp, type TxApp } from './tx-app.js'
 
 export interface Mesh {

@@ -1,18 +1,15 @@
 // Test helpers: real servers on loopback (listen(0)) and real sidecars, in process or as child
 // processes of the built CLI.
-import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process'
-import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs'
+import type { ChildProcessWithoutNullStreams } from 'node:child_process'
+import { readFileSync, writeFileSync } from 'node:fs'
 import { createServer, request as httpRequest, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
 import type { AddressInfo } from 'node:net'
-import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { createInterface } from 'node:readline'
 import { parseConfig } from '../../src/config/load.js'
 import { silentLogger } from '../../src/telemetry/logger.js'
-import { SIDECAR_NODE_FLAGS } from '../../src/runtime.js'
+import { spawnSidecar as spawnProcess } from '../../harness/sidecar.js'
+import { tempDir } from '../../harness/temp.js'
 import { startSidecar, type Ports, type Sidecar } from '../../src/sidecar.js'
-
-export const CLI = join(import.meta.dirname, '../../dist/cli/index.js')
 
 export async function startServer(
   handler: (req: IncomingMessage, res: ServerResponse) => void,
@@ -69,10 +66,6 @@ export async function startEcho(extra?: (req: IncomingMessage, res: ServerRespon
   return { ...s, seen }
 }
 
-export function tempDir(prefix = 'txmesh-'): string {
-  return mkdtempSync(join(tmpdir(), prefix))
-}
-
 export function sidecarYaml(service: string, appPort: number, extra = '', storeDir = tempDir('txmesh-store-')): string {
   return [
     `service: ${service}`,
@@ -95,36 +88,25 @@ export interface SidecarProcess {
   exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>
 }
 
-/** Spawns `txmesh sidecar` from dist/ with a config written to a temp file. */
 export const MESH_KEY = 'test-mesh-key-0123456789abcdef'
 
+/** Spawns `txmesh sidecar` from dist/ with a config written to a temp file (harness/sidecar.ts). */
 export async function spawnSidecar(
   yaml: string,
   args: string[] = [],
   env: Record<string, string> = {},
 ): Promise<SidecarProcess> {
-  const dir = mkdtempSync(join(tmpdir(), 'txmesh-test-'))
-  const file = join(dir, 'txmesh.yaml')
+  const file = join(tempDir('txmesh-test-'), 'txmesh.yaml')
   writeFileSync(file, yaml)
-  const child = spawn(process.execPath, [...SIDECAR_NODE_FLAGS, CLI, 'sidecar', '--config', file, ...args], {
-    stdio: 'pipe',
+  const s = await spawnProcess({
+    configFile: file,
+    args,
     env: { ...process.env, TXMESH_MESH_KEY: MESH_KEY, ...env },
+    stdin: 'pipe',
+    startTimeoutMs: 10_000,
   })
-  let err = ''
-  child.stderr.on('data', (c: Buffer) => (err += c.toString()))
-  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((r) =>
-    child.once('exit', (code, signal) => r({ code, signal })),
-  )
-  const lines = createInterface({ input: child.stdout })
-  const ports = await new Promise<Ports>((resolve, reject) => {
-    const t = setTimeout(() => reject(new Error(`sidecar did not start: ${err}`)), 10_000)
-    lines.once('line', (line) => {
-      clearTimeout(t)
-      resolve((JSON.parse(line) as { ports: Ports }).ports)
-    })
-    void exited.then(() => reject(new Error(`sidecar exited: ${err}`)))
-  })
-  return { child, ports, stderr: () => err, exited }
+  // stdin, stdout and stderr are all pipes.
+  return { child: s.child as ChildProcessWithoutNullStreams, ports: s.ports, stderr: s.stderr, exited: s.exited }
 }
 
 export interface RawResponse {
@@ -165,47 +147,4 @@ export function rssOf(pid: number): { rss: number; hwm: number } {
   const text = readFileSync(`/proc/${pid}/status`, 'utf8')
   const kb = (k: string): number => Number(new RegExp(`${k}:\\s+(\\d+)`).exec(text)?.[1] ?? 0) * 1024
   return { rss: kb('VmRSS'), hwm: kb('VmHWM') }
-}
-
-/** Ports freePort() handed out in this process: never handed out again (see freePort). */
-const handedOut = new Set<number>()
-
-/**
- * A free loopback port below the kernel's ephemeral range (32768+ on Linux). Ports from
- * listen(0) come from that range, so after a process dies its port can be taken at once by
- * some outgoing connection; tests that restart a sidecar on the same port use these instead.
- */
-export async function freePort(): Promise<number> {
-  const { createServer: createTcpServer } = await import('node:net')
-  for (let i = 0; i < 100; i++) {
-    const port = 15_100 + Math.floor(Math.random() * 17_000)
-    // A test often picks several ports before anything binds them (a cluster's sidecars, apps
-    // and fault proxies): a port picked twice would then be taken by one and refused to the other.
-    if (handedOut.has(port)) continue
-    const ok = await new Promise<boolean>((resolve) => {
-      const s = createTcpServer()
-      s.once('error', () => resolve(false))
-      s.listen(port, '127.0.0.1', () => s.close(() => resolve(true)))
-    })
-    if (ok) {
-      handedOut.add(port)
-      return port
-    }
-  }
-  throw new Error('no free port found below the ephemeral range')
-}
-
-/** Waits (bounded) until `cond` holds, polling; throws naming what it waited for. */
-export async function until(
-  what: string,
-  cond: () => boolean | Promise<boolean>,
-  ms = 10_000,
-  everyMs = 25,
-): Promise<void> {
-  const end = Date.now() + ms
-  while (Date.now() < end) {
-    if (await cond()) return
-    await new Promise((r) => setTimeout(r, everyMs))
-  }
-  throw new Error(`timed out waiting for ${what}`)
 }

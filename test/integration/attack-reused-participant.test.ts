@@ -1,7 +1,9 @@
 // Attack (issue 15 "an attack before resolving"): a participant's control address taken over by
 // another sidecar with another log, the mirror of the reused coordinator address. Real processes.
 import { describe, expect, it } from 'vitest'
-import { freePort, sidecarYaml, spawnSidecar, tempDir, until } from '../helpers/servers.js'
+import { freePort, until } from '../../harness/ports.js'
+import { tempDir } from '../../harness/temp.js'
+import { sidecarYaml, spawnSidecar } from '../helpers/servers.js'
 import { startTxApp, stopAfterTests } from '../helpers/tx-app.js'
 import { mesh } from '../helpers/mesh.js'
 

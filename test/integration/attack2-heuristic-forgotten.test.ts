@@ -3,7 +3,8 @@
 // Real processes.
 import { request } from 'undici'
 import { describe, expect, it } from 'vitest'
-import { tempDir, until } from '../helpers/servers.js'
+import { tempDir } from '../../harness/temp.js'
+import { until } from '../../harness/ports.js'
 import { stopAfterTests } from '../helpers/tx-app.js'
 import { JSON_HEADERS, mesh } from '../helpers/mesh.js'
 

@@ -2,7 +2,7 @@
 // request is still running in the app. Real processes.
 import { request as httpRequest } from 'node:http'
 import { describe, expect, it } from 'vitest'
-import { until } from '../helpers/servers.js'
+import { until } from '../../harness/ports.js'
 import { stopAfterTests } from '../helpers/tx-app.js'
 import { mesh } from '../helpers/mesh.js'
 

@@ -2,7 +2,7 @@
 // its durable record; the commit can land meanwhile. What does the operator hear? Real processes.
 import { request } from 'undici'
 import { describe, expect, it } from 'vitest'
-import { until } from '../helpers/servers.js'
+import { until } from '../../harness/ports.js'
 import { stopAfterTests } from '../helpers/tx-app.js'
 import { JSON_HEADERS, mesh } from '../helpers/mesh.js'
 

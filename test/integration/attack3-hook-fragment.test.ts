@@ -9,7 +9,9 @@
 // aborts. Real processes.
 import { request } from 'undici'
 import { describe, expect, it } from 'vitest'
-import { freePort, rawRequest, sidecarYaml, spawnSidecar, startServer, tempDir } from '../helpers/servers.js'
+import { freePort } from '../../harness/ports.js'
+import { tempDir } from '../../harness/temp.js'
+import { rawRequest, sidecarYaml, spawnSidecar, startServer } from '../helpers/servers.js'
 import { stopAfterTests } from '../helpers/tx-app.js'
 
 const t = stopAfterTests()

@@ -13,15 +13,8 @@ import { ControlClient } from '../../src/control/client.js'
 import { staticKeys } from '../../src/tx/keys.js'
 import { signAnswer } from '../../src/tx/protocol.js'
 import { startHttpMitm, type HttpMitm } from '../helpers/http-mitm.js'
-import {
-  freePort,
-  MESH_KEY,
-  rawRequest,
-  sidecarYaml,
-  spawnSidecar,
-  until,
-  type SidecarProcess,
-} from '../helpers/servers.js'
+import { freePort, until } from '../../harness/ports.js'
+import { MESH_KEY, rawRequest, sidecarYaml, spawnSidecar, type SidecarProcess } from '../helpers/servers.js'
 import { startTxApp, stopAfterTests, type TxApp } from '../helpers/tx-app.js'
 
 const { procs, apps, closers } = stopAfterTests()

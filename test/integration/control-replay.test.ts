@@ -18,7 +18,8 @@ import { silentLogger } from '../../src/telemetry/logger.js'
 import { closeServer, listen } from '../../src/net.js'
 import { staticKeys } from '../../src/tx/keys.js'
 import { signControl } from '../../src/tx/protocol.js'
-import { MESH_KEY, freePort, rawRequest, sidecarYaml, spawnSidecar } from '../helpers/servers.js'
+import { freePort } from '../../harness/ports.js'
+import { MESH_KEY, rawRequest, sidecarYaml, spawnSidecar } from '../helpers/servers.js'
 import { startTxApp, stopAfterTests } from '../helpers/tx-app.js'
 
 const { procs, apps, closers } = stopAfterTests()

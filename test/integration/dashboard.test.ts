@@ -7,15 +7,9 @@ import type { Browser, Page } from 'playwright-core'
 import { launchTestChromium } from '../helpers/browser.js'
 import { request } from 'undici'
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
-import {
-  rawRequest,
-  sidecarYaml,
-  spawnSidecar,
-  startServer,
-  tempDir,
-  type SidecarProcess,
-  until,
-} from '../helpers/servers.js'
+import { tempDir } from '../../harness/temp.js'
+import { until } from '../../harness/ports.js'
+import { rawRequest, sidecarYaml, spawnSidecar, startServer, type SidecarProcess } from '../helpers/servers.js'
 import { startTxApp, type TxApp } from '../helpers/tx-app.js'
 import { LIMITS } from '../../src/limits.js'
 

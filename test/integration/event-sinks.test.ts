@@ -1,4 +1,4 @@
-// Event sinks against real peers: a nats-server child process with JetStream (test/helpers/nats.ts)
+// Event sinks against real peers: a nats-server child process with JetStream (harness/nats.ts)
 // and webhook receivers on 127.0.0.1 listen(0).
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import { jetstreamManager } from '@nats-io/jetstream'
@@ -9,8 +9,9 @@ import { LIMITS } from '../../src/limits.js'
 import { eventSubject, NatsSink, subjectToken } from '../../src/events/nats.js'
 import type { BusEvent } from '../../src/events/types.js'
 import { WebhookSink } from '../../src/events/webhook.js'
-import { readStream, startNats, type NatsServer } from '../helpers/nats.js'
-import { startServer, until } from '../helpers/servers.js'
+import { readStream, startNats, type NatsServer } from '../../harness/nats.js'
+import { until } from '../../harness/ports.js'
+import { startServer } from '../helpers/servers.js'
 
 // Fast retries so outage tests take seconds; production defaults are in LIMITS (event bus section).
 const FAST = { backoffBaseMs: 20, backoffCapMs: 200, deliveryTimeoutMs: 2_000 } as const

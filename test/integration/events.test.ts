@@ -3,17 +3,10 @@
 // lost when the sidecar is SIGKILLed between the commit and the publish.
 import { request } from 'undici'
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
-import { deleteStream, readStream, startNats, type NatsServer, type Stored } from '../helpers/nats.js'
-import {
-  freePort,
-  rawRequest,
-  sidecarYaml,
-  spawnSidecar,
-  startServer,
-  tempDir,
-  until,
-  type SidecarProcess,
-} from '../helpers/servers.js'
+import { deleteStream, readStream, startNats, type NatsServer, type Stored } from '../../harness/nats.js'
+import { freePort, until } from '../../harness/ports.js'
+import { tempDir } from '../../harness/temp.js'
+import { rawRequest, sidecarYaml, spawnSidecar, startServer, type SidecarProcess } from '../helpers/servers.js'
 
 let nats: NatsServer
 const procs: SidecarProcess[] = []

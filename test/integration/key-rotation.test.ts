@@ -8,15 +8,9 @@ import { request } from 'undici'
 import { describe, expect, it } from 'vitest'
 import { keyId } from '../../src/secrets.js'
 import { signContext, signControl, verifyContext, verifyEnlisted } from '../../src/tx/protocol.js'
-import {
-  freePort,
-  rawRequest,
-  sidecarYaml,
-  spawnSidecar,
-  tempDir,
-  until,
-  type SidecarProcess,
-} from '../helpers/servers.js'
+import { freePort, until } from '../../harness/ports.js'
+import { tempDir } from '../../harness/temp.js'
+import { rawRequest, sidecarYaml, spawnSidecar, type SidecarProcess } from '../helpers/servers.js'
 import { startTxApp, stopAfterTests, type TxApp } from '../helpers/tx-app.js'
 
 const { procs, apps } = stopAfterTests()

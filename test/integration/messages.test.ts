@@ -5,8 +5,10 @@
 // and the coordinator exited (70) at commit although nothing had been written.
 import { request } from 'undici'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { readStream, startNats, type NatsServer } from '../helpers/nats.js'
-import { freePort, sidecarYaml, spawnSidecar, tempDir, until } from '../helpers/servers.js'
+import { readStream, startNats, type NatsServer } from '../../harness/nats.js'
+import { freePort, until } from '../../harness/ports.js'
+import { tempDir } from '../../harness/temp.js'
+import { sidecarYaml, spawnSidecar } from '../helpers/servers.js'
 import { stopAfterTests } from '../helpers/tx-app.js'
 
 const { procs } = stopAfterTests()

@@ -13,14 +13,14 @@ import { WebSocket, WebSocketServer } from 'ws'
 import { beforeAll, describe, expect, it } from 'vitest'
 import { signControl } from '../../src/tx/protocol.js'
 import { makePki, replaceFile, type Leaf, type TestPki } from '../helpers/certs.js'
+import { tempDir } from '../../harness/temp.js'
+import { until } from '../../harness/ports.js'
 import {
   MESH_KEY,
   rawRequest,
   sidecarYaml,
   spawnSidecar,
   startServer,
-  tempDir,
-  until,
   type SidecarProcess,
 } from '../helpers/servers.js'
 import { startTxApp, stopAfterTests } from '../helpers/tx-app.js'

@@ -19,7 +19,7 @@ import {
   type TxmeshPgEvent,
   type TxmeshPgTx,
 } from '../../src/helpers/pg/index.js'
-import { startPostgres, type PostgresInstance } from '../helpers/pg.js'
+import { startPostgres, type PostgresInstance } from '../../harness/pg.js'
 
 let db: PostgresInstance
 let observer: pg.Pool // the test's own view of the database 'app'

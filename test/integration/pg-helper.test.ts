@@ -15,7 +15,7 @@ import {
   type TxmeshPgOptions,
   type TxmeshPgTx,
 } from '../../src/helpers/pg/index.js'
-import { startPostgres, type PostgresInstance } from '../helpers/pg.js'
+import { startPostgres, type PostgresInstance } from '../../harness/pg.js'
 
 let db: PostgresInstance
 let observer: pg.Pool // the test's own view of the database, outside every branch

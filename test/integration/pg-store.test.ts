@@ -9,8 +9,9 @@ import pg from 'pg'
 import { request } from 'undici'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { PgLog } from '../../src/store/pg-log.js'
-import { startPostgres, type PostgresInstance } from '../helpers/pg.js'
-import { freePort, rawRequest, sidecarYaml, spawnSidecar, until } from '../helpers/servers.js'
+import { startPostgres, type PostgresInstance } from '../../harness/pg.js'
+import { freePort, until } from '../../harness/ports.js'
+import { rawRequest, sidecarYaml, spawnSidecar } from '../helpers/servers.js'
 import { startTxApp, stopAfterTests } from '../helpers/tx-app.js'
 
 const { procs, apps } = stopAfterTests()

@@ -8,7 +8,8 @@ import { hostname } from 'node:os'
 import { request } from 'undici'
 import { describe, expect, it } from 'vitest'
 import { LIMITS } from '../../src/limits.js'
-import { freePort, rawRequest, sidecarYaml, spawnSidecar, startEcho, type SidecarProcess } from '../helpers/servers.js'
+import { freePort } from '../../harness/ports.js'
+import { rawRequest, sidecarYaml, spawnSidecar, startEcho, type SidecarProcess } from '../helpers/servers.js'
 import { stopAfterTests } from '../helpers/tx-app.js'
 
 const { procs, closers } = stopAfterTests()

@@ -4,17 +4,10 @@ import { execFile } from 'node:child_process'
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import { request } from 'undici'
 import { describe, expect, it } from 'vitest'
-import {
-  CLI,
-  freePort,
-  rawRequest,
-  sidecarYaml,
-  spawnSidecar,
-  startServer,
-  tempDir,
-  until,
-  type SidecarProcess,
-} from '../helpers/servers.js'
+import { freePort, until } from '../../harness/ports.js'
+import { tempDir } from '../../harness/temp.js'
+import { CLI } from '../../harness/sidecar.js'
+import { rawRequest, sidecarYaml, spawnSidecar, startServer, type SidecarProcess } from '../helpers/servers.js'
 import { stopAfterTests } from '../helpers/tx-app.js'
 
 const { procs, closers } = stopAfterTests()

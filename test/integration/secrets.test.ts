@@ -11,15 +11,9 @@ import { Agent, request } from 'undici'
 import { afterAll, describe, expect, it } from 'vitest'
 import { signContext, signControl } from '../../src/tx/protocol.js'
 import { makePki, pemBodyLines } from '../helpers/certs.js'
-import {
-  rawRequest,
-  sidecarYaml,
-  spawnSidecar,
-  startServer,
-  tempDir,
-  until,
-  type SidecarProcess,
-} from '../helpers/servers.js'
+import { tempDir } from '../../harness/temp.js'
+import { until } from '../../harness/ports.js'
+import { rawRequest, sidecarYaml, spawnSidecar, startServer, type SidecarProcess } from '../helpers/servers.js'
 import { startTxApp, type TxApp } from '../helpers/tx-app.js'
 
 const KEY_NEW = 'mesh-key-new-S3cr3t-0123456789'

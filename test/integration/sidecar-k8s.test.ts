@@ -9,14 +9,14 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import type { Sidecar } from '../../src/sidecar.js'
 import { CONTROL_AUTH_HEADER } from '../../src/control/client.js'
 import { coordinatorOfTx, signControl } from '../../src/tx/protocol.js'
+import { tempDir } from '../../harness/temp.js'
+import { until } from '../../harness/ports.js'
 import {
   inProcessSidecar,
   rawRequest,
   sidecarYaml,
   spawnSidecar,
   startEcho,
-  tempDir,
-  until,
   type SidecarProcess,
 } from '../helpers/servers.js'
 

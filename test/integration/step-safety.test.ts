@@ -9,7 +9,8 @@ import { request } from 'undici'
 import { describe, expect, it } from 'vitest'
 import { CONTROL_AUTH_HEADER } from '../../src/control/client.js'
 import { signControl } from '../../src/tx/protocol.js'
-import { MESH_KEY, rawRequest, sidecarYaml, spawnSidecar, startServer, until } from '../helpers/servers.js'
+import { until } from '../../harness/ports.js'
+import { MESH_KEY, rawRequest, sidecarYaml, spawnSidecar, startServer } from '../helpers/servers.js'
 import { stopAfterTests } from '../helpers/tx-app.js'
 
 const { procs, closers } = stopAfterTests()

@@ -5,16 +5,10 @@ import { createInterface } from 'node:readline'
 import pg from 'pg'
 import { request } from 'undici'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { startPostgres, type PostgresInstance } from '../helpers/pg.js'
-import {
-  freePort,
-  rawRequest,
-  sidecarYaml,
-  spawnSidecar,
-  tempDir,
-  type SidecarProcess,
-  until,
-} from '../helpers/servers.js'
+import { startPostgres, type PostgresInstance } from '../../harness/pg.js'
+import { freePort, until } from '../../harness/ports.js'
+import { tempDir } from '../../harness/temp.js'
+import { rawRequest, sidecarYaml, spawnSidecar, type SidecarProcess } from '../helpers/servers.js'
 
 const APP = join(import.meta.dirname, '../fixtures/pg-app.ts')
 let pgi: PostgresInstance

@@ -7,17 +7,10 @@ import { request } from 'undici'
 import { describe, expect, it } from 'vitest'
 import { signContext } from '../../src/tx/protocol.js'
 import { signControl } from '../../src/tx/protocol.js'
-import {
-  CLI,
-  MESH_KEY,
-  freePort,
-  rawRequest,
-  sidecarYaml,
-  spawnSidecar,
-  tempDir,
-  type SidecarProcess,
-  until,
-} from '../helpers/servers.js'
+import { freePort, until } from '../../harness/ports.js'
+import { tempDir } from '../../harness/temp.js'
+import { CLI } from '../../harness/sidecar.js'
+import { MESH_KEY, rawRequest, sidecarYaml, spawnSidecar, type SidecarProcess } from '../helpers/servers.js'
 import { startTxApp, stopAfterTests, type TxApp } from '../helpers/tx-app.js'
 
 const { procs, apps } = stopAfterTests()

@@ -1,7 +1,8 @@
 import { connect } from 'node:net'
 import { WebSocket, WebSocketServer } from 'ws'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { sidecarYaml, spawnSidecar, startEcho, startServer, until, type SidecarProcess } from '../helpers/servers.js'
+import { until } from '../../harness/ports.js'
+import { sidecarYaml, spawnSidecar, startEcho, startServer, type SidecarProcess } from '../helpers/servers.js'
 
 describe('WebSocket through two sidecars (egress of the caller, ingress of the callee)', () => {
   let app: Awaited<ReturnType<typeof startServer>>

@@ -17,7 +17,7 @@
 // transfer and what every database and the client said, and the command that replays it.
 // Exits 0 only if every invariant of every mode holds.
 import { randomInt } from 'node:crypto'
-import { startPostgres } from '../helpers/pg.js'
+import { startPostgres } from '../../harness/pg.js'
 import { formatResult, replayCommand, RUNS, runBankMode, type BankResult, type RunName } from './run.js'
 
 const DEFAULT_TRANSFERS = 1_000

@@ -14,9 +14,10 @@ import { spawn, type ChildProcess } from 'node:child_process'
 import { closeSync, mkdirSync, openSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { createInterface } from 'node:readline'
-import { SIDECAR_NODE_FLAGS } from '../../src/runtime.js'
 import { startFaultProxy, type FaultProxy } from '../helpers/fault-proxy.js'
-import { CLI, MESH_KEY, freePort } from '../helpers/servers.js'
+import { freePort } from '../../harness/ports.js'
+import { spawnSidecar, type Exit } from '../../harness/sidecar.js'
+import { MESH_KEY } from '../helpers/servers.js'
 import type { Mode } from './schema.js'
 
 export const SERVICES = ['bank-a', 'bank-b', 'bank-c'] as const
@@ -62,6 +63,11 @@ export interface ExitNote {
   readonly at: number
 }
 
+/** What a Managed process runs: a built sidecar (harness/sidecar.ts), or node with these arguments. */
+export type Command =
+  | { readonly kind: 'sidecar'; readonly configFile: string; readonly args: readonly string[] }
+  | { readonly kind: 'node'; readonly args: readonly string[] }
+
 /** One restartable child process that prints a JSON "listening" line on stdout when ready. */
 export class Managed {
   private child: ChildProcess | undefined
@@ -75,7 +81,7 @@ export class Managed {
   constructor(
     readonly name: string,
     readonly kind: ProcessKind,
-    private readonly args: readonly string[],
+    private readonly command: Command,
     private readonly env: Readonly<Record<string, string>>,
     private readonly logFile: string,
     private readonly onSelfExit: (n: ExitNote) => void,
@@ -121,13 +127,52 @@ export class Managed {
     delete env.TXMESH_CONFIG
     delete env.TXMESH_FAILPOINTS
     if (failpoint !== undefined) env.TXMESH_FAILPOINTS = failpoint
-    const child = spawn(process.execPath, [...this.args], { cwd: ROOT, env, stdio: ['ignore', 'pipe', fd] })
-    closeSync(fd)
     this.armed = failpoint
     this.expectExit = false
-    const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((r) =>
-      child.once('exit', (code, signal) => r({ code, signal })),
-    )
+    let started: { child: ChildProcess; exited: Promise<Exit> }
+    try {
+      started =
+        this.command.kind === 'sidecar'
+          ? await spawnSidecar({
+              configFile: this.command.configFile,
+              args: this.command.args,
+              cwd: ROOT,
+              env,
+              stderr: fd,
+              startTimeoutMs: PROCESS_START_TIMEOUT_MS,
+              describe: () => `log: ${this.logFile}`,
+            })
+          : await this.spawnNode(this.command.args, env, fd)
+    } finally {
+      // The child has its own copy of the log's descriptor.
+      closeSync(fd)
+    }
+    const { child, exited } = started
+    this.child = child
+    this.exited = exited.then((e) => {
+      if (this.child === child) this.child = undefined
+      if (this.expectExit || this.stopped) return
+      // Died on its own: a failpoint fired (it SIGKILLs itself), or a crash worth reporting.
+      const note: ExitNote = { name: this.name, code: e.code, signal: e.signal, failpoint: this.armed, at: Date.now() }
+      this.armed = undefined
+      this.onSelfExit(note)
+      this.restartTimer = setTimeout(() => {
+        this.restartTimer = undefined
+        this.start().catch((err: unknown) =>
+          process.stderr.write(`torture: restarting ${this.name} failed: ${(err as Error).message}\n`),
+        )
+      }, SELF_EXIT_RESTART_DELAY_MS)
+    })
+  }
+
+  /** An app (`node --import tsx app.ts`): waits for the first line it prints on stdout. */
+  private async spawnNode(
+    args: readonly string[],
+    env: NodeJS.ProcessEnv,
+    fd: number,
+  ): Promise<{ child: ChildProcess; exited: Promise<Exit> }> {
+    const child = spawn(process.execPath, [...args], { cwd: ROOT, env, stdio: ['ignore', 'pipe', fd] })
+    const exited = new Promise<Exit>((r) => child.once('exit', (code, signal) => r({ code, signal })))
     const stdout = child.stdout
     if (stdout === null) throw new Error('no stdout pipe')
     const lines = createInterface({ input: stdout })
@@ -152,21 +197,7 @@ export class Managed {
     }
     // Keep draining stdout so the child never blocks on a full pipe.
     lines.on('line', () => undefined)
-    this.child = child
-    this.exited = exited.then((e) => {
-      if (this.child === child) this.child = undefined
-      if (this.expectExit || this.stopped) return
-      // Died on its own: a failpoint fired (it SIGKILLs itself), or a crash worth reporting.
-      const note: ExitNote = { name: this.name, code: e.code, signal: e.signal, failpoint: this.armed, at: Date.now() }
-      this.armed = undefined
-      this.onSelfExit(note)
-      this.restartTimer = setTimeout(() => {
-        this.restartTimer = undefined
-        this.start().catch((err: unknown) =>
-          process.stderr.write(`torture: restarting ${this.name} failed: ${(err as Error).message}\n`),
-        )
-      }, SELF_EXIT_RESTART_DELAY_MS)
-    })
+    return { child, exited }
   }
 
   /** SIGKILL (the process gets no chance to clean up) and wait for the exit. */
@@ -248,22 +279,21 @@ function listenersYaml(p: SidecarPorts): string {
   return `listeners: {egress: {host: 127.0.0.1, port: ${p.egress}}, ingress: {host: 127.0.0.1, port: ${p.ingress}}, control: {host: 127.0.0.1, port: ${p.control}}, admin: {host: 127.0.0.1, port: ${p.admin}}}`
 }
 
-function sidecarArgs(file: string, p: SidecarPorts): string[] {
-  return [
-    ...SIDECAR_NODE_FLAGS,
-    CLI,
-    'sidecar',
-    '--config',
-    file,
-    '--egress-port',
-    String(p.egress),
-    '--ingress-port',
-    String(p.ingress),
-    '--control-port',
-    String(p.control),
-    '--admin-port',
-    String(p.admin),
-  ]
+function sidecarCommand(file: string, p: SidecarPorts): Command {
+  return {
+    kind: 'sidecar',
+    configFile: file,
+    args: [
+      '--egress-port',
+      String(p.egress),
+      '--ingress-port',
+      String(p.ingress),
+      '--control-port',
+      String(p.control),
+      '--admin-port',
+      String(p.admin),
+    ],
+  }
 }
 
 /**
@@ -337,7 +367,7 @@ export async function startBankCluster(o: ClusterOptions): Promise<BankCluster> 
       const sidecar = new Managed(
         `${service}/sidecar`,
         'participant-sidecar',
-        sidecarArgs(file, ports),
+        sidecarCommand(file, ports),
         { TXMESH_MESH_KEY: MESH_KEY },
         join(dir, 'sidecar.log'),
         o.onSelfExit,
@@ -346,7 +376,7 @@ export async function startBankCluster(o: ClusterOptions): Promise<BankCluster> 
       const app = new Managed(
         `${service}/app`,
         'app',
-        ['--import', 'tsx', APP[participant]],
+        { kind: 'node', args: ['--import', 'tsx', APP[participant]] },
         {
           DATABASE_URL: o.connectionString(db),
           SERVICE: service,
@@ -391,7 +421,7 @@ export async function startBankCluster(o: ClusterOptions): Promise<BankCluster> 
     const coordinator = new Managed(
       'coordinator',
       'coordinator',
-      sidecarArgs(file, coordinatorPorts),
+      sidecarCommand(file, coordinatorPorts),
       { TXMESH_MESH_KEY: MESH_KEY },
       join(dir, 'sidecar.log'),
       o.onSelfExit,

@@ -12,7 +12,7 @@
 import { appendFileSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import type { PostgresInstance } from '../helpers/pg.js'
+import type { PostgresInstance } from '../../harness/pg.js'
 import { Prng } from '../simulation/prng.js'
 import {
   checkInvariants,

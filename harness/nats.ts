@@ -2,10 +2,10 @@
 // temp dir, on a fixed free port so that restart() brings it back where clients reconnect.
 import { spawn, type ChildProcess } from 'node:child_process'
 import { existsSync, rmSync } from 'node:fs'
-import { connect as tcpConnect } from 'node:net'
 import { jetstream, jetstreamManager } from '@nats-io/jetstream'
 import { connect, type NatsConnection } from '@nats-io/transport-node'
-import { freePort, tempDir, until } from './servers.js'
+import { accepts, freePort, until } from './ports.js'
+import { tempDir } from './temp.js'
 
 export interface NatsServer {
   url: string
@@ -76,17 +76,6 @@ export async function startNats(): Promise<NatsServer> {
       await launch()
     },
   }
-}
-
-function accepts(port: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    const s = tcpConnect({ host: '127.0.0.1', port })
-    s.once('connect', () => {
-      s.destroy()
-      resolve(true)
-    })
-    s.once('error', () => resolve(false))
-  })
 }
 
 export interface Stored {
