@@ -1,10 +1,13 @@
 // A saga whose coordinator dies mid-compensation on the shared Postgres store: a sibling instance
 // takes the log over and finishes the compensations in reverse order (real sidecar processes).
+import { execFileSync } from 'node:child_process'
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import { request } from 'undici'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { startPostgres, type PostgresInstance } from '../helpers/pg.js'
-import { rawRequest, sidecarYaml, spawnSidecar, startServer, until, type SidecarProcess } from '../helpers/servers.js'
+import { startPostgres, type PostgresInstance } from '../../harness/pg.js'
+import { until } from '../../harness/ports.js'
+import { CLI } from '../../harness/sidecar.js'
+import { rawRequest, sidecarYaml, spawnSidecar, startServer, type SidecarProcess } from '../helpers/servers.js'
 import { stopAfterTests } from '../helpers/tx-app.js'
 
 const { procs, closers } = stopAfterTests()
@@ -124,6 +127,34 @@ describe('takeover of a saga on the Postgres store', () => {
     first.child.kill('SIGKILL')
     await first.exited
     const killedAt = Date.now()
+    // A sibling claims the log; its admin API and `txmesh tx list` show the saga as taken over.
+    let taker: SidecarProcess | undefined
+    await until(
+      'the saga listed by a sibling',
+      async () => {
+        for (const sc of coords.slice(1)) {
+          const r = await request(`http://127.0.0.1:${sc.ports.admin}/v1/transactions`)
+          const body = (await r.body.json()) as { transactions: { id: string; takenFrom?: string; owner?: string }[] }
+          const found = body.transactions.find((t) => t.id === tx.id)
+          if (found !== undefined) {
+            expect(found).toMatchObject({ takenFrom: 'shop/shop-1' })
+            taker = sc
+            return true
+          }
+        }
+        return false
+      },
+      LEASE_MS + 10_000,
+    )
+    const listed = execFileSync(process.execPath, [
+      CLI,
+      'tx',
+      'list',
+      '--admin',
+      `http://127.0.0.1:${(taker as SidecarProcess).ports.admin}`,
+    ]).toString()
+    expect(listed).toMatch(/OWNER/)
+    expect(listed).toMatch(new RegExp(`${tx.id}.*shop/shop-[23] \\(taken over from shop/shop-1\\)`))
     refundsDown = false
     await until(
       'both compensations, by a sibling',

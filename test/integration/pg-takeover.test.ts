@@ -9,8 +9,9 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { PgLog } from '../../src/store/pg-log.js'
 import { leasedControl, type ControlTransport } from '../../src/tx/io.js'
 import { startFaultProxy, type FaultProxy } from '../helpers/fault-proxy.js'
-import { startPostgres, type PostgresInstance } from '../helpers/pg.js'
-import { freePort, rawRequest, sidecarYaml, spawnSidecar, until, type SidecarProcess } from '../helpers/servers.js'
+import { startPostgres, type PostgresInstance } from '../../harness/pg.js'
+import { freePort, until } from '../../harness/ports.js'
+import { rawRequest, sidecarYaml, spawnSidecar, type SidecarProcess } from '../helpers/servers.js'
 import { startTxApp, stopAfterTests, type TxApp } from '../helpers/tx-app.js'
 
 const { procs, apps, closers } = stopAfterTests()
