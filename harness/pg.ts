@@ -37,6 +37,11 @@ export interface PostgresInstance {
   createDatabase(name: string): Promise<void>
   /** Fast shutdown, then the temp directory is removed. Safe to call twice. */
   stop(): Promise<void>
+  /**
+   * Fast shutdown (every connection is cut, as in a server restart or a failover), `downMs` with
+   * nothing listening, then the same cluster starts again on the same port.
+   */
+  restart(downMs: number): Promise<void>
   /** The last lines Postgres and initdb wrote (for failure messages). */
   logs(): string
 }
@@ -186,6 +191,14 @@ async function startOnce(maxPrepared: number, extraFlags: string[], owner: Owner
         } finally {
           await client.end()
         }
+      },
+      async restart(downMs: number): Promise<void> {
+        if (stopped !== undefined || !ready) throw new Error('embedded Postgres: restart of a stopped cluster')
+        ready = false
+        await withTimeout(server.stop(), STOP_TIMEOUT_MS, 'postgres stop')
+        await new Promise((r) => setTimeout(r, downMs))
+        await withTimeout(server.start(), START_TIMEOUT_MS, 'postgres start')
+        ready = true
       },
       stop(): Promise<void> {
         stopped ??= (async () => {
