@@ -77,6 +77,15 @@ export function sidecarYaml(service: string, appPort: number, extra = '', storeD
   ].join('\n')
 }
 
+/** `yaml` (from sidecarYaml) with its file store replaced by a Postgres store: `settings` go in `store: {kind: postgres, ...}`. */
+export function withPgStore(yaml: string, settings: string): string {
+  return yaml
+    .split('\n')
+    .filter((l) => !l.startsWith('store:'))
+    .concat([`store: {kind: postgres, ${settings}}`])
+    .join('\n')
+}
+
 export async function inProcessSidecar(yaml: string): Promise<Sidecar> {
   return startSidecar(parseConfig(yaml, 'test.yaml'), silentLogger)
 }

@@ -5,7 +5,7 @@ import { request } from 'undici'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { startPostgres, type PostgresInstance } from '../../harness/pg.js'
 import { freePort } from '../../harness/ports.js'
-import { rawRequest, sidecarYaml, spawnSidecar } from '../helpers/servers.js'
+import { rawRequest, sidecarYaml, spawnSidecar, withPgStore } from '../helpers/servers.js'
 import { startTxApp, stopAfterTests } from '../helpers/tx-app.js'
 
 const { procs, apps } = stopAfterTests()
@@ -40,11 +40,10 @@ describe('Postgres restarted under a coordinator on the Postgres store', () => {
       )
     }
     const coord = await spawnSidecar(
-      sidecarYaml('initiator', 1, `services:\n${services}\n`)
-        .split('\n')
-        .filter((l) => !l.startsWith('store:'))
-        .concat([`store: {kind: postgres, url: ${JSON.stringify(url)}, schema: restart, instance: c1}`])
-        .join('\n'),
+      withPgStore(
+        sidecarYaml('initiator', 1, `services:\n${services}\n`),
+        `url: ${JSON.stringify(url)}, schema: restart, instance: c1`,
+      ),
     )
     procs.push(coord)
     const admin = `http://127.0.0.1:${coord.ports.admin}`

@@ -11,7 +11,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { PgLog } from '../../src/store/pg-log.js'
 import { startPostgres, type PostgresInstance } from '../../harness/pg.js'
 import { freePort, until } from '../../harness/ports.js'
-import { rawRequest, sidecarYaml, spawnSidecar } from '../helpers/servers.js'
+import { rawRequest, sidecarYaml, spawnSidecar, withPgStore } from '../helpers/servers.js'
 import { startTxApp, stopAfterTests } from '../helpers/tx-app.js'
 
 const { procs, apps } = stopAfterTests()
@@ -111,11 +111,10 @@ describe('Postgres store', () => {
 
 /** A coordinator's config on the Postgres store: no store dir at all. */
 function pgCoordinatorYaml(services: string, instance: string): string {
-  return sidecarYaml('initiator', 1, `services:\n${services}\n`)
-    .split('\n')
-    .filter((l) => !l.startsWith('store:'))
-    .concat([`store: {kind: postgres, url: ${JSON.stringify(url)}, schema: sidecars, instance: ${instance}}`])
-    .join('\n')
+  return withPgStore(
+    sidecarYaml('initiator', 1, `services:\n${services}\n`),
+    `url: ${JSON.stringify(url)}, schema: sidecars, instance: ${instance}`,
+  )
 }
 
 describe('a coordinator sidecar on the Postgres store', () => {

@@ -7,7 +7,14 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { startPostgres, type PostgresInstance } from '../../harness/pg.js'
 import { until } from '../../harness/ports.js'
 import { CLI } from '../../harness/sidecar.js'
-import { rawRequest, sidecarYaml, spawnSidecar, startServer, type SidecarProcess } from '../helpers/servers.js'
+import {
+  rawRequest,
+  sidecarYaml,
+  spawnSidecar,
+  startServer,
+  withPgStore,
+  type SidecarProcess,
+} from '../helpers/servers.js'
 import { stopAfterTests } from '../helpers/tx-app.js'
 
 const { procs, closers } = stopAfterTests()
@@ -69,30 +76,27 @@ describe('takeover of a saga on the Postgres store', () => {
     const ordersSc = await spawnSidecar(sidecarYaml('orders', orders))
     procs.push(ordersSc)
     const config = (i: number): string =>
-      sidecarYaml(
-        'shop',
-        1,
-        [
-          'services:',
-          `  orders: {address: "127.0.0.1:${ordersSc.ports.ingress}"}`,
-          `  payments: {address: "127.0.0.1:${payments}"}`,
-          'routes:',
-          '  - name: create-order',
-          '    match: {direction: egress, host: orders, pathPrefix: /orders, methods: [POST]}',
-          '    compensation: {method: DELETE, path: "/orders/{response.json.id}"}',
-          '  - name: payments',
-          '    match: {direction: egress, host: payments}',
-          '    nonTransactionalTarget: proceed',
-          // Compensations retried (not stuck) while refunds are down.
-          'steps: {attempts: 1000, backoffBaseMs: 50, backoffCapMs: 100}',
-        ].join('\n'),
+      withPgStore(
+        sidecarYaml(
+          'shop',
+          1,
+          [
+            'services:',
+            `  orders: {address: "127.0.0.1:${ordersSc.ports.ingress}"}`,
+            `  payments: {address: "127.0.0.1:${payments}"}`,
+            'routes:',
+            '  - name: create-order',
+            '    match: {direction: egress, host: orders, pathPrefix: /orders, methods: [POST]}',
+            '    compensation: {method: DELETE, path: "/orders/{response.json.id}"}',
+            '  - name: payments',
+            '    match: {direction: egress, host: payments}',
+            '    nonTransactionalTarget: proceed',
+            // Compensations retried (not stuck) while refunds are down.
+            'steps: {attempts: 1000, backoffBaseMs: 50, backoffCapMs: 100}',
+          ].join('\n'),
+        ),
+        `url: ${JSON.stringify(url)}, schema: sagas, instance: shop-${i}, leaseMs: ${LEASE_MS}`,
       )
-        .split('\n')
-        .filter((l) => !l.startsWith('store:'))
-        .concat([
-          `store: {kind: postgres, url: ${JSON.stringify(url)}, schema: sagas, instance: shop-${i}, leaseMs: ${LEASE_MS}}`,
-        ])
-        .join('\n')
     const coords: SidecarProcess[] = []
     for (const i of [1, 2, 3]) {
       const sc = await spawnSidecar(config(i))

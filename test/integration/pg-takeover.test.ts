@@ -11,7 +11,7 @@ import { leasedControl, type ControlTransport } from '../../src/tx/io.js'
 import { startFaultProxy, type FaultProxy } from '../helpers/fault-proxy.js'
 import { startPostgres, type PostgresInstance } from '../../harness/pg.js'
 import { freePort, until } from '../../harness/ports.js'
-import { rawRequest, sidecarYaml, spawnSidecar, type SidecarProcess } from '../helpers/servers.js'
+import { rawRequest, sidecarYaml, spawnSidecar, withPgStore, type SidecarProcess } from '../helpers/servers.js'
 import { startTxApp, stopAfterTests, type TxApp } from '../helpers/tx-app.js'
 
 const { procs, apps, closers } = stopAfterTests()
@@ -76,14 +76,10 @@ async function cluster(
   const groupPort = await freePort()
   const group = o.group === true ? `, group: "127.0.0.1:${groupPort}"` : ''
   for (const i of [1, 2, 3]) {
-    const yaml = sidecarYaml('initiator', 1, `services:\n${services}\n`)
-      .replace('log: {level: silent}', 'log: {level: error}')
-      .split('\n')
-      .filter((l) => !l.startsWith('store:'))
-      .concat([
-        `store: {kind: postgres, url: ${JSON.stringify(url)}, schema: ${schema}, instance: coord-${i}, leaseMs: ${LEASE_MS}${group}}`,
-      ])
-      .join('\n')
+    const yaml = withPgStore(
+      sidecarYaml('initiator', 1, `services:\n${services}\n`).replace('log: {level: silent}', 'log: {level: error}'),
+      `url: ${JSON.stringify(url)}, schema: ${schema}, instance: coord-${i}, leaseMs: ${LEASE_MS}${group}`,
+    )
     const sc = await spawnSidecar(yaml, [], i === 1 ? firstEnv : {})
     procs.push(sc)
     coordinators.push(sc)
