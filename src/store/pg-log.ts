@@ -58,6 +58,12 @@ export interface PgLogOptions {
   readonly leaseMs?: number
   /** A log a sibling claimed for this instance (takeover) with this token: opened without claiming. */
   readonly token?: number
+  /**
+   * With `token`: performance.now() when the claim that set the lease's expiry was sent. The lease
+   * counts from there, not from this open: a claim whose answer came back late (Postgres slow)
+   * must not be counted as held past the expiry Postgres gave it.
+   */
+  readonly leaseFrom?: number
   /** The lease was found taken over (a renewal matched no row): the log refuses writes from now on. */
   readonly onFenced?: (err: LogFencedError) => void
   /** A renewal went through (metrics). */
@@ -177,12 +183,18 @@ export class PgLog implements TxLog {
     try {
       const started = performance.now()
       const holder = o.holder ?? o.logId
-      const leaseFrom = performance.now()
+      let leaseFrom = o.leaseFrom ?? performance.now()
       const { token, rows } = await withRetries(logger, timers, 'open', async () => {
         const c = await pool.connect()
         try {
           await c.query(ddl(schema))
-          const token = o.token ?? (await claimOwn(c, schema, o.logId, holder, o.leaseMs, logger, timers))
+          let token = o.token
+          if (token === undefined) {
+            // Counted from the claim that went through, not from before the wait for a sibling.
+            const claimed = await claimOwn(c, schema, o.logId, holder, o.leaseMs, logger, timers)
+            token = claimed.token
+            leaseFrom = claimed.sentAt
+          }
           const t = await c.query<{ token: string }>(`SELECT token FROM ${schema}.logs WHERE log_id = $1`, [o.logId])
           if (Number(t.rows[0]?.token) !== token)
             throw new LogFencedError(`log ${o.logId} was claimed again before it was opened (token ${token})`)
@@ -472,9 +484,10 @@ async function claimOwn(
   leaseMs: number | undefined,
   logger: Logger,
   timers: Timers,
-): Promise<number> {
+): Promise<{ token: number; sentAt: number }> {
   const until = Date.now() + LIMITS.pgLeaseOpenWaitMs
   for (let attempt = 0; ; attempt++) {
+    const sentAt = performance.now()
     const r = await c.query<{ token: string }>(
       `INSERT INTO ${schema}.logs (log_id, holder, expires_at)
        VALUES ($1, $2, now() + $3 * interval '1 millisecond')
@@ -484,7 +497,7 @@ async function claimOwn(
       [logId, holder, leaseMs ?? null],
     )
     const token = r.rows[0]?.token
-    if (token !== undefined) return Number(token)
+    if (token !== undefined) return { token: Number(token), sentAt }
     const held = await c.query<{ holder: string | null }>(`SELECT holder FROM ${schema}.logs WHERE log_id = $1`, [
       logId,
     ])

@@ -62,6 +62,13 @@ export interface AdoptedLog {
 
 export type GroupOutcome = 'committed' | 'aborted' | 'in-doubt' | 'unknown-coordinator'
 
+interface Claimed {
+  readonly logId: string
+  readonly token: number
+  /** performance.now() when the claim was sent. */
+  readonly sentAt: number
+}
+
 interface Held {
   readonly log: PgLog
   readonly drivers: AdoptedLog
@@ -123,7 +130,7 @@ export class Takeover {
     // Held by a live instance (its own or a sibling finishing it): that one answers.
     if (!row.lapsed || this.held.size >= LIMITS.pgLeaseTakenLogs) return 'in-doubt'
     const claimed = await this.claim(row.log_id)
-    if (claimed !== undefined) await this.adopt(claimed.logId, claimed.token)
+    if (claimed !== undefined) await this.adopt(claimed)
     const now = this.heldFor(inc)
     return now !== undefined && now.log.leaseHeld() ? now.drivers.outcomeFor(id, holder) : 'in-doubt'
   }
@@ -177,20 +184,23 @@ export class Takeover {
       if (this.closed) return
       const claimed = await this.claim()
       if (claimed === undefined) return
-      await this.adopt(claimed.logId, claimed.token)
+      await this.adopt(claimed)
     }
   }
 
   /**
    * Atomically claims one lapsed log of this service: `logId` (an outcome asked for), or else any
-   * with unfinished work.
+   * with unfinished work; never one this instance holds already (its lease there lapsed: its
+   * drivers wait for a renewal, or for the fence). `sentAt`: when the claim was sent, where the
+   * lease it set counts from.
    */
-  private async claim(logId?: string): Promise<{ logId: string; token: number } | undefined> {
+  private async claim(logId?: string): Promise<Claimed | undefined> {
     const s = this.o.schema
+    const sentAt = performance.now()
     const r = await this.pool.query<{ log_id: string; token: string }>(
       `WITH lapsed AS (
          SELECT l.log_id FROM ${s}.logs l
-         WHERE l.log_id LIKE $1 ESCAPE '\\' AND l.log_id <> $2
+         WHERE l.log_id LIKE $1 ESCAPE '\\' AND l.log_id <> $2 AND NOT (l.log_id = ANY($7::text[]))
            AND (l.expires_at IS NULL OR l.expires_at < now())
            AND (l.log_id = $6::text OR ($6::text IS NULL AND EXISTS (SELECT 1 FROM ${s}.records r
                 WHERE r.log_id = l.log_id AND substr(r.key, 1, 2) = ANY($3::text[]))))
@@ -198,13 +208,21 @@ export class Takeover {
        UPDATE ${s}.logs l SET token = l.token + 1, holder = $4, expires_at = now() + $5 * interval '1 millisecond'
        FROM lapsed WHERE l.log_id = lapsed.log_id
        RETURNING l.log_id, l.token`,
-      [this.prefix(), this.own(), TAKEN_PREFIXES, this.o.instance, this.o.leaseMs, logId ?? null],
+      [
+        this.prefix(),
+        this.own(),
+        TAKEN_PREFIXES,
+        this.o.instance,
+        this.o.leaseMs,
+        logId ?? null,
+        [...this.held.keys()],
+      ],
     )
     const row = r.rows[0]
-    return row === undefined ? undefined : { logId: row.log_id, token: Number(row.token) }
+    return row === undefined ? undefined : { logId: row.log_id, token: Number(row.token), sentAt }
   }
 
-  private async adopt(logId: string, token: number): Promise<void> {
+  private async adopt({ logId, token, sentAt }: Claimed): Promise<void> {
     const { log, records } = await PgLog.open({
       url: this.o.url,
       schema: this.o.schema,
@@ -212,6 +230,7 @@ export class Takeover {
       holder: this.o.instance,
       leaseMs: this.o.leaseMs,
       token,
+      leaseFrom: sentAt,
       logger: this.o.logger,
       ...(this.o.onRenewed === undefined ? {} : { onRenewed: this.o.onRenewed }),
       onFenced: () => {
