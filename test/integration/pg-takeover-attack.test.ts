@@ -6,8 +6,9 @@ import pg from 'pg'
 import { request } from 'undici'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { startFaultProxy, type FaultProxy } from '../helpers/fault-proxy.js'
-import { startPostgres, type PostgresInstance } from '../helpers/pg.js'
-import { freePort, rawRequest, sidecarYaml, spawnSidecar, until, type SidecarProcess } from '../helpers/servers.js'
+import { startPostgres, type PostgresInstance } from '../../harness/pg.js'
+import { freePort, until } from '../../harness/ports.js'
+import { rawRequest, sidecarYaml, spawnSidecar, withPgStore, type SidecarProcess } from '../helpers/servers.js'
 import { startTxApp, stopAfterTests, type TxApp } from '../helpers/tx-app.js'
 
 const { procs, apps, closers } = stopAfterTests()
@@ -58,14 +59,13 @@ async function participants(schema: string, groupPort: number): Promise<Cluster>
     procs.push(sc)
   }
   const coordinatorYaml = (i: number, storeUrl: string): string =>
-    sidecarYaml('initiator', 1, `services:\n${services}\n`)
-      .replace('log: {level: silent}', `log: {level: ${process.env.ATTACK_LOG ?? 'error'}}`)
-      .split('\n')
-      .filter((l) => !l.startsWith('store:'))
-      .concat([
-        `store: {kind: postgres, url: ${JSON.stringify(storeUrl)}, schema: ${schema}, instance: coord-${i}, leaseMs: ${LEASE_MS}, group: "127.0.0.1:${groupPort}"}`,
-      ])
-      .join('\n')
+    withPgStore(
+      sidecarYaml('initiator', 1, `services:\n${services}\n`).replace(
+        'log: {level: silent}',
+        `log: {level: ${process.env.ATTACK_LOG ?? 'error'}}`,
+      ),
+      `url: ${JSON.stringify(storeUrl)}, schema: ${schema}, instance: coord-${i}, leaseMs: ${LEASE_MS}, group: "127.0.0.1:${groupPort}"`,
+    )
   return { app, services, coordinatorYaml }
 }
 
