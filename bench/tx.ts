@@ -1,6 +1,8 @@
 // Transaction benchmark (the `tx` part of `npm run bench`): a transfer touching three services on
 // Postgres, at several concurrencies, through txmesh vs (a) the same SQL with local commits over
 // HTTP and (b) an in-process coordinator running the same PREPARE / COMMIT PREPARED directly.
+// txmesh runs twice: its coordinator on the file log, and (txmesh-pg) a second coordinator on the
+// Postgres store, started only when that mode is selected.
 //
 //   BENCH_PART=tx npm run bench
 //   BENCH_PART=tx BENCH_TX_SECONDS=10 BENCH_TX_ROUNDS=3 npm run bench
@@ -11,7 +13,7 @@
 //   BENCH_TX_CONCURRENCY        comma-separated closed-loop worker counts (default 1,8,32)
 //   BENCH_TX_ROUNDS             interleaved sweeps; rates and latencies are medians (default 1)
 //   BENCH_TX_ACCOUNTS           accounts per database (default 1000)
-//   BENCH_TX_MODES              subset of local,inproc,mesh,txmesh (default all four)
+//   BENCH_TX_MODES              subset of local,inproc,mesh,txmesh,txmesh-pg (default all five)
 //   BENCH_TX_FSYNC_CONCURRENCY  concurrency of the fsyncs-per-transaction check (default 32, else the highest)
 //   BENCH_TX_CPU_PROFILE        directory: apps and sidecars run with --cpu-prof and write there on exit
 //                               (one subdirectory per process; npx tsx bench/cpuprofile-top.ts DIR/*/*.cpuprofile)
@@ -26,8 +28,10 @@ import { dirname, join } from 'node:path'
 import type { PostgresInstance } from '../harness/pg.js'
 import type { ProcessGroup } from './lib/procs.js'
 import {
+  PG_STORE_DATABASE,
   affinityOf,
   checkConsistency,
+  forcedWrites,
   pinPid,
   startCluster,
   type Cluster,
@@ -94,9 +98,9 @@ function cpusOf(pin: PinLayout): { postgres: string | undefined; node: string | 
 function describePin(pin: PinLayout): string {
   switch (pin) {
     case 'none':
-      return 'none: Postgres, 3 apps, 4 sidecars and the driver share all CPUs'
+      return 'none: Postgres, 3 apps, the sidecars and the driver share all CPUs'
     case 'split':
-      return 'Postgres on CPU 0; the 3 apps, 4 sidecars and the driver on CPU 1'
+      return 'Postgres on CPU 0; the 3 apps, the sidecars and the driver on CPU 1'
     case 'one':
       return 'everything (Postgres, apps, sidecars, driver) on CPU 1'
   }
@@ -107,6 +111,8 @@ const DEFAULT_PIN: PinLayout = 'none'
 // Ratio targets of the issue: txmesh tx/s ÷ (a) and ÷ (b).
 const TARGET_VS_LOCAL = 0.6
 const TARGET_VS_INPROC = 0.9
+// Target of the Postgres store's issue: txmesh-pg tx/s ÷ txmesh tx/s at 32 in flight.
+const TARGET_PG_VS_FILE = 0.8
 
 function settings(): TxSettings {
   const cs = (process.env.BENCH_TX_CONCURRENCY ?? '1,8,32').split(',').map((s) => Number(s.trim()))
@@ -126,7 +132,7 @@ function settings(): TxSettings {
     concurrencies: cs,
     rounds: intEnv('BENCH_TX_ROUNDS', 1, 1),
     accounts: intEnv('BENCH_TX_ACCOUNTS', 1000, 3),
-    // Run order is fixed (local, inproc, mesh, txmesh) whatever order the variable lists.
+    // Run order is fixed (local, inproc, mesh, txmesh, txmesh-pg) whatever order the variable lists.
     modes: MODE_NAMES.filter((m) => modes.includes(m)),
     fsyncConcurrency: fsyncC,
     cpuProfileDir: prof !== undefined && prof !== '' ? prof : undefined,
@@ -140,8 +146,10 @@ function logDelta(before: Map<string, SidecarStats>, after: Map<string, SidecarS
     const b = before.get(name) as SidecarStats
     return {
       name,
+      store: a.log.kind,
       appends: a.log.appends - b.log.appends,
-      fsyncs: a.log.fsyncs - b.log.fsyncs,
+      ends: a.log.ends - b.log.ends,
+      forcedWrites: forcedWrites(a.log) - forcedWrites(b.log),
       controlItems: a.batches.controlItems - b.batches.controlItems,
       controlBatches: a.batches.controlBatches - b.batches.controlBatches,
       hookItems: a.batches.hookItems - b.batches.hookItems,
@@ -153,9 +161,19 @@ function logDelta(before: Map<string, SidecarStats>, after: Map<string, SidecarS
   return { sidecars, coordinatorCommitted: ca.committed - cb.committed }
 }
 
+/** Waits until neither coordinator (file log, Postgres store) has a transaction in flight. */
+async function quiesceCoordinators(c: Cluster): Promise<void> {
+  for (const co of [c.coordinator, c.pgCoordinator])
+    if (co !== undefined) await quiesce({ ...c, coordinator: co }, (x) => x.active)
+}
+
 async function measure(c: Cluster, mode: Mode, concurrency: number, s: TxSettings): Promise<TxSample> {
-  const { count, ...rest } = await measureRun(c, {
-    viaSidecars: mode.name === 'txmesh' || mode.name === 'mesh',
+  // The previous mode's phase 2 may still run at the other coordinator.
+  await quiesceCoordinators(c)
+  // Stats, in-flight and the coordinator's CPU are those of the coordinator the mode goes through.
+  const through = mode.coordinator === undefined ? c : { ...c, coordinator: mode.coordinator }
+  const { count, ...rest } = await measureRun(through, {
+    viaSidecars: mode.coordinator !== undefined,
     inFlight: (x) => x.active,
     logDelta,
     run: () => closedLoop(mode, concurrency, s.seconds, s.accounts),
@@ -168,22 +186,24 @@ function summarize(mode: ModeName, concurrency: number, samples: readonly TxSamp
   return { mode, concurrency, ...row, committed: count, samples: [...samples] }
 }
 
-function fsyncRow(concurrency: number, samples: readonly TxSample[]): FsyncRow | undefined {
+function fsyncRow(mode: ModeName, concurrency: number, samples: readonly TxSample[]): FsyncRow | undefined {
   const deltas = defined(samples.map((x) => x.logs))
   if (deltas.length === 0) return undefined
   const committed = deltas.reduce((n, d) => n + d.coordinatorCommitted, 0)
   const per = (v: number): number | undefined => (committed > 0 ? v / committed : undefined)
   const names = deltas[0]?.sidecars.map((x) => x.name) ?? []
   const sidecars = names.map((name) => {
-    const appends = deltas.reduce((n, d) => n + (d.sidecars.find((x) => x.name === name)?.appends ?? 0), 0)
-    const fsyncs = deltas.reduce((n, d) => n + (d.sidecars.find((x) => x.name === name)?.fsyncs ?? 0), 0)
-    const sum = (k: 'controlItems' | 'controlBatches' | 'hookItems' | 'hookBatches'): number =>
-      deltas.reduce((n, d) => n + (d.sidecars.find((x) => x.name === name)?.[k] ?? 0), 0)
+    const sum = (
+      k: 'appends' | 'ends' | 'forcedWrites' | 'controlItems' | 'controlBatches' | 'hookItems' | 'hookBatches',
+    ): number => deltas.reduce((n, d) => n + (d.sidecars.find((x) => x.name === name)?.[k] ?? 0), 0)
+    const forced = sum('forcedWrites')
     return {
       name,
-      appends,
-      fsyncs,
-      fsyncsPerTx: per(fsyncs),
+      store: deltas[0]?.sidecars.find((x) => x.name === name)?.store ?? 'file',
+      appends: sum('appends'),
+      ends: sum('ends'),
+      forcedWrites: forced,
+      forcedPerTx: per(forced),
       controlItems: sum('controlItems'),
       controlBatches: sum('controlBatches'),
       hookItems: sum('hookItems'),
@@ -194,13 +214,17 @@ function fsyncRow(concurrency: number, samples: readonly TxSample[]): FsyncRow |
   const parts = sidecars.filter((x) => x.name !== 'coordinator')
   const hookItems = parts.reduce((n, x) => n + x.hookItems, 0)
   const hookBatches = parts.reduce((n, x) => n + x.hookBatches, 0)
-  const allFsyncs = sidecars.reduce((n, x) => n + x.fsyncs, 0)
+  const allForced = sidecars.reduce((n, x) => n + x.forcedWrites, 0)
   const allAppends = sidecars.reduce((n, x) => n + x.appends, 0)
   return {
+    mode,
     concurrency,
     committed,
-    coordinatorFsyncsPerTx: sidecars.find((x) => x.name === 'coordinator')?.fsyncsPerTx,
-    allFsyncsPerTx: per(allFsyncs),
+    coordinatorStore: coord?.store,
+    coordinatorForcedPerTx: coord?.forcedPerTx,
+    coordinatorRecordsPerForced:
+      coord === undefined || coord.forcedWrites === 0 ? undefined : (coord.appends + coord.ends) / coord.forcedWrites,
+    allForcedPerTx: per(allForced),
     allAppendsPerTx: per(allAppends),
     controlMsgsPerTx: coord === undefined ? undefined : per(coord.controlItems),
     controlReqsPerTx: coord === undefined ? undefined : per(coord.controlBatches),
@@ -310,20 +334,55 @@ function checks(
       pass: undefined,
     })
   }
-  const f = fsync.find((x) => x.concurrency === fsyncC)
+  const f = fsync.find((x) => x.mode === 'txmesh' && x.concurrency === fsyncC)
   out.push({
     name: `coordinator log fsyncs per committed tx (c=${fsyncC})`,
-    value: f?.coordinatorFsyncsPerTx,
+    value: f?.coordinatorForcedPerTx,
     goal: '≤ 0.50 (well under 1)',
-    pass: f?.coordinatorFsyncsPerTx === undefined ? undefined : f.coordinatorFsyncsPerTx <= 0.5,
+    pass: f?.coordinatorForcedPerTx === undefined ? undefined : f.coordinatorForcedPerTx <= 0.5,
   })
   out.push({
     name: `all 4 logs: fsyncs per committed tx (c=${fsyncC})`,
-    value: f?.allFsyncsPerTx,
+    value: f?.allForcedPerTx,
     goal: 'info',
     pass: undefined,
   })
+  const p = fsync.find((x) => x.mode === 'txmesh-pg' && x.concurrency === fsyncC)
+  if (p !== undefined) {
+    out.push({
+      name: `txmesh-pg: Postgres store commits per committed tx (c=${fsyncC})`,
+      value: p.coordinatorForcedPerTx,
+      goal: 'info',
+      pass: undefined,
+    })
+    out.push({
+      name: `txmesh-pg: records per Postgres store commit (c=${fsyncC})`,
+      value: p.coordinatorRecordsPerForced,
+      goal: 'info',
+      pass: undefined,
+    })
+  }
+  const pg = pgStoreTarget(rows, fsyncC)
+  if (pg !== undefined)
+    out.push({
+      name: `txmesh-pg ÷ txmesh: Postgres store ÷ file log tx/s (c=${pg.concurrency})`,
+      value: pg.value,
+      goal: `≥ ${pg.goal.toFixed(2)}`,
+      pass: pg.value === undefined ? undefined : pg.value >= pg.goal,
+    })
   return out
+}
+
+/** txmesh-pg tx/s ÷ txmesh tx/s at c, when both modes ran. */
+function pgStoreTarget(rows: readonly TxRow[], c: number): TxReport['pgStoreTarget'] {
+  const rate = (m: ModeName): TxRow | undefined => rows.find((r) => r.mode === m && r.concurrency === c)
+  const [file, pg] = [rate('txmesh'), rate('txmesh-pg')]
+  if (file === undefined || pg === undefined) return undefined
+  const value =
+    file.txPerSec === undefined || pg.txPerSec === undefined || file.txPerSec <= 0
+      ? undefined
+      : pg.txPerSec / file.txPerSec
+  return { concurrency: c, goal: TARGET_PG_VS_FILE, value }
 }
 
 export async function runTxPart(ctx: TxPartContext): Promise<number> {
@@ -346,7 +405,10 @@ export async function runTxPart(ctx: TxPartContext): Promise<number> {
     if (pgi !== undefined) rmSync(dirname(pgi.dataDir), { recursive: true, force: true })
   })
 
-  process.stderr.write('tx: starting Postgres, 3 apps, 3 participant sidecars and a coordinator sidecar ...\n')
+  const pgStore = s.modes.includes('txmesh-pg')
+  process.stderr.write(
+    `tx: starting Postgres, 3 apps, 3 participant sidecars and ${pgStore ? 'two coordinator sidecars (file log, Postgres store)' : 'a coordinator sidecar'} ...\n`,
+  )
   const cluster = await startCluster(
     ctx.group,
     {
@@ -359,6 +421,7 @@ export async function runTxPart(ctx: TxPartContext): Promise<number> {
       postgresCpu: cpu.postgres,
       nodeCpu: cpu.node,
       taskset: ctx.taskset,
+      pgStoreCoordinator: pgStore,
     },
     (p) => (pgi = p),
   )
@@ -377,7 +440,10 @@ export async function runTxPart(ctx: TxPartContext): Promise<number> {
     postgres: `embedded Postgres on 127.0.0.1:${cluster.pg.port}, fsync=on, synchronous_commit=on, full_page_writes=on, max_prepared_transactions=${cluster.sizing.maxPreparedTransactions}, max_connections=${cluster.sizing.maxConnections}; databases a, b, c with ${s.accounts} accounts each`,
     apps: `node:http + pg.Pool(max ${cluster.sizing.appPoolMax}) + txmesh/pg (maxOpen ${cluster.sizing.maxOpen}), one process per service`,
     sidecars:
-      'node --max-semi-space-size=2 dist/cli/index.js sidecar, log level warn, durable log in the scratch dir (same disk as Postgres)',
+      'node --max-semi-space-size=2 dist/cli/index.js sidecar, log level warn, durable log in the scratch dir (same disk as Postgres)' +
+      (pgStore
+        ? `; txmesh-pg: a second coordinator sidecar, same config but store: {kind: postgres} in database ${PG_STORE_DATABASE} of the same Postgres (schema txmesh, instance bench)`
+        : ''),
     loadavgAtStart: readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' '),
     driver: `this process: closed loop of N workers (undici Pools to the apps / coordinator; pg Pools of ${maxC} for (b))`,
   }
@@ -386,6 +452,7 @@ export async function runTxPart(ctx: TxPartContext): Promise<number> {
       `txmesh transaction benchmark — ${new Date().toISOString()}, node ${process.version}`,
       `CPUs: ${layout.cpus}; pinning: ${layout.pinning}; loadavg at start ${layout.loadavgAtStart}`,
       `Postgres: ${layout.postgres}`,
+      ...(pgStore ? [`sidecars: ${layout.sidecars}`] : []),
       `apps: ${layout.apps}`,
       `transfer: UPDATE accounts SET balance = balance + $1 WHERE id = $2 in a, then b, then c (random accounts, amounts net 0); ` +
         `concurrency ${s.concurrencies.join(', ')}; ${s.seconds} s per point, ${s.warmupSeconds} s warm-up per mode, ${s.rounds} round(s) (medians)`,
@@ -419,14 +486,16 @@ export async function runTxPart(ctx: TxPartContext): Promise<number> {
       }
     }
   }
-  await quiesce(cluster, (x) => x.active)
+  await quiesceCoordinators(cluster)
 
   const rows: TxRow[] = []
   const fsync: FsyncRow[] = []
   for (const c of s.concurrencies) {
     for (const m of modes) rows.push(summarize(m.name, c, samples.get(key(m.name, c)) ?? []))
-    const f = fsyncRow(c, samples.get(key('txmesh', c)) ?? [])
-    if (f !== undefined) fsync.push(f)
+    for (const m of ['txmesh', 'txmesh-pg'] as const) {
+      const f = fsyncRow(m, c, samples.get(key(m, c)) ?? [])
+      if (f !== undefined) fsync.push(f)
+    }
   }
   const consistency = await checkConsistency(cluster)
   const childOutput: Record<string, string> = {}
@@ -449,6 +518,7 @@ export async function runTxPart(ctx: TxPartContext): Promise<number> {
     checks: checks(rows, s.concurrencies, fsync, s.fsyncConcurrency),
     fsync,
     fsyncConcurrency: s.fsyncConcurrency,
+    pgStoreTarget: pgStoreTarget(rows, s.fsyncConcurrency),
     consistency: {
       ok: consistency.ok,
       total: String(consistency.total),

@@ -2,6 +2,8 @@
 // service, a participant app per database (bench/tx-app.ts by default, txmesh/pg helper), a txmesh
 // sidecar beside each app, and one coordinator sidecar for the benchmark driver (the initiating
 // app). Also the measurements taken around each run: sidecar stats and CPU time per process group.
+// On request a second coordinator sidecar, identical but for its store (the Postgres store, in a
+// database of the same Postgres), so the file log and the Postgres store are measured in one run.
 // The saga benchmark (bench/saga.ts) runs on the same cluster with two services, its own app and
 // routes on the coordinator.
 import { execFileSync } from 'node:child_process'
@@ -49,7 +51,20 @@ export interface ClusterOptions {
   readonly appScript?: string
   /** YAML appended to the coordinator sidecar's config after its `services:` map (routes, steps). */
   readonly coordinatorExtra?: string
+  /** Also start a coordinator on the Postgres store (database PG_STORE_DATABASE), Cluster.pgCoordinator. */
+  readonly pgStoreCoordinator?: boolean
 }
+
+/** The database of the second coordinator's Postgres store, on the cluster's Postgres. */
+export const PG_STORE_DATABASE = 'txmesh_store'
+/** Its store.instance: the log is `driver/bench`. */
+const PG_STORE_INSTANCE = 'bench'
+// What the Postgres store holds open: its writer pool (LIMITS.pgStoreConnections, 2) and the
+// takeover scanner (1), with one to spare.
+const PG_STORE_CONNECTIONS = 4
+
+/** Where a coordinator sidecar keeps its records. */
+export type StoreKind = 'file' | 'postgres'
 
 export interface AppProc {
   readonly name: string
@@ -65,10 +80,12 @@ export interface SidecarPorts {
 }
 
 export interface SidecarProc {
-  /** a, b, c, or "coordinator". */
+  /** a, b, c, or "coordinator" (either coordinator: the role, as the stats are keyed). */
   readonly name: string
   readonly pid: number
   readonly ports: SidecarPorts
+  readonly store: StoreKind
+  /** The file log's directory (the Postgres store's sidecar has its config file there only). */
   readonly storeDir: string
 }
 
@@ -77,6 +94,8 @@ export interface Cluster {
   readonly apps: readonly AppProc[]
   readonly participants: readonly SidecarProc[]
   readonly coordinator: SidecarProc
+  /** The same coordinator on the Postgres store, when ClusterOptions.pgStoreCoordinator asked for it. */
+  readonly pgCoordinator: SidecarProc | undefined
   /** Sizes the helper and the pools were given (printed with the results). */
   readonly sizing: {
     readonly appPoolMax: number
@@ -135,7 +154,8 @@ export async function startCluster(
   // database), with room to spare.
   const maxPreparedTransactions = 4 * c + 16
   // An app pool per service, three driver pools for mode (b), and a few for setup and checks.
-  const maxConnections = services.length * appPoolMax + 3 * c + 20
+  const maxConnections =
+    services.length * appPoolMax + 3 * c + 20 + (o.pgStoreCoordinator === true ? PG_STORE_CONNECTIONS : 0)
   if (o.cpuProfileDir !== undefined) mkdirSync(o.cpuProfileDir, { recursive: true })
 
   const pgi = await startPostgres({
@@ -206,19 +226,23 @@ export async function startCluster(
   const addresses = participants.map((p) => `  ${p.name}: {address: "127.0.0.1:${p.ports.ingress}"}`).join('\n')
   // The coordinator's app is the driver, which serves nothing: ingress is never used, the port
   // only has to be valid.
-  const coordinator = await startSidecar(
-    group,
-    o,
-    'coordinator',
-    9,
-    `services:\n${addresses}\n${o.coordinatorExtra ?? ''}`,
-  )
+  const coordinatorConfig = `services:\n${addresses}\n${o.coordinatorExtra ?? ''}`
+  const coordinator = await startSidecar(group, o, 'coordinator', 9, coordinatorConfig)
+  let pgCoordinator: SidecarProc | undefined
+  if (o.pgStoreCoordinator === true) {
+    // Its own database: the store's tables and WAL traffic are the coordinator's, the apps'
+    // databases stay as the other modes see them (the server, its WAL and its disk are shared).
+    await pgi.createDatabase(PG_STORE_DATABASE)
+    const store = `{kind: postgres, url: ${JSON.stringify(pgi.connectionString(PG_STORE_DATABASE))}, schema: txmesh, instance: ${PG_STORE_INSTANCE}}`
+    pgCoordinator = await startSidecar(group, o, 'coordinator', 9, coordinatorConfig, store)
+  }
 
   return {
     pg: pgi,
     apps,
     participants,
     coordinator,
+    pgCoordinator,
     sizing: { appPoolMax, maxOpen, maxPreparedTransactions, maxConnections },
     initialTotal,
   }
@@ -230,15 +254,19 @@ async function startSidecar(
   name: string,
   appPort: number,
   extra: string,
+  /** The Postgres store's `store:` value; undefined: the file log in the scratch dir. */
+  pgStore?: string,
 ): Promise<SidecarProc> {
-  const storeDir = join(o.dir, `store-${name}`)
-  const file = join(o.dir, `sidecar-${name}.yaml`)
+  const store: StoreKind = pgStore === undefined ? 'file' : 'postgres'
+  const label = store === 'file' ? name : `${name}-pg`
+  const storeDir = join(o.dir, `store-${label}`)
+  const file = join(o.dir, `sidecar-${label}.yaml`)
   writeFileSync(
     file,
     [
       `service: ${name === 'coordinator' ? 'driver' : name}`,
       `app: {host: 127.0.0.1, port: ${appPort}}`,
-      `store: {dir: ${JSON.stringify(storeDir)}}`,
+      `store: ${pgStore ?? `{dir: ${JSON.stringify(storeDir)}}`}`,
       'log: {level: warn}',
       'listeners:',
       '  egress: {host: 127.0.0.1, port: 0}',
@@ -250,14 +278,14 @@ async function startSidecar(
       extra,
     ].join('\n'),
   )
-  const { svc, listening: l } = await startSidecarService(group, `sidecar ${name}`, o.nodeCpu, {
+  const { svc, listening: l } = await startSidecarService(group, `sidecar ${label}`, o.nodeCpu, {
     configFile: file,
     args: ['--egress-port', '0', '--ingress-port', '0', '--control-port', '0', '--admin-port', '0'],
-    nodeFlags: profileFlags(o, `sidecar-${name}`),
+    nodeFlags: profileFlags(o, `sidecar-${label}`),
     cwd: o.root,
     env: childEnv({ TXMESH_MESH_KEY: MESH_KEY }),
   })
-  return { name, pid: svc.pid, ports: l.ports, storeDir }
+  return { name, pid: svc.pid, ports: l.ports, store, storeDir }
 }
 
 /** Sets the CPU affinity of every thread of a running process (taskset -a -p). */
@@ -275,8 +303,19 @@ export function affinityOf(taskset: string, pid: number): string {
 // ---- sidecar stats ----
 
 export interface LogStats {
+  readonly kind: StoreKind
   readonly appends: number
+  /** File log: fsyncs. Postgres store: 0 (it forces writes by committing). */
   readonly fsyncs: number
+  /** Postgres store: the Postgres transactions that made batches durable (src/store/pg-log.ts PgLogStats). */
+  readonly commits: number
+  /** END records (not counted in appends by the Postgres store). */
+  readonly ends: number
+}
+
+/** What made the log's records durable: a file log's fsyncs, a Postgres store's commits. */
+export function forcedWrites(l: LogStats): number {
+  return l.kind === 'postgres' ? l.commits : l.fsyncs
 }
 
 /** Messages sent batched and the requests that carried them (src/control/batcher.ts). */
@@ -320,7 +359,13 @@ export async function sidecarStats(adminPort: number): Promise<SidecarStats> {
   const st = (o.steps ?? {}) as Record<string, unknown>
   const b = (o.batches ?? {}) as { control?: Record<string, unknown>; hooks?: Record<string, unknown> }
   return {
-    log: { appends: num(log.appends), fsyncs: num(log.fsyncs) },
+    log: {
+      kind: log.kind === 'postgres' ? 'postgres' : 'file',
+      appends: num(log.appends),
+      fsyncs: num(log.fsyncs),
+      commits: num(log.commits),
+      ends: num(log.ends),
+    },
     batches: {
       controlItems: num(b.control?.items),
       controlBatches: num(b.control?.batches),

@@ -4,6 +4,8 @@
 //   txmesh  begin at the coordinator sidecar's admin API; one HTTP call per service through its
 //           egress (-> participant sidecar ingress -> app, which runs BEGIN + UPDATE through
 //           txmesh/pg); commit at the admin API (prepare and commit hooks via the sidecars).
+//   txmesh-pg  the same through a second coordinator sidecar whose records are in the Postgres
+//           store (a database of the same Postgres) instead of the file log; same participants.
 //   local   (a) the driver calls the three apps directly over HTTP, no sidecar, no context: each
 //           app runs the UPDATE in autocommit. Same app code path minus txmesh; not atomic.
 //   inproc  (b) the driver is the coordinator: three pg pools, BEGIN + UPDATE on each, PREPARE
@@ -17,10 +19,10 @@
 // databases (Postgres cannot see such a cycle).
 import pg from 'pg'
 import { Pool as HttpPool } from 'undici'
-import { SERVICES, type Cluster, type ServiceName } from './tx-cluster.js'
+import { SERVICES, type Cluster, type ServiceName, type SidecarProc } from './tx-cluster.js'
 
-export type ModeName = 'local' | 'inproc' | 'mesh' | 'txmesh'
-export const MODE_NAMES: readonly ModeName[] = ['local', 'inproc', 'mesh', 'txmesh']
+export type ModeName = 'local' | 'inproc' | 'mesh' | 'txmesh' | 'txmesh-pg'
+export const MODE_NAMES: readonly ModeName[] = ['local', 'inproc', 'mesh', 'txmesh', 'txmesh-pg']
 
 export type Outcome = 'committed' | 'aborted' | 'error'
 
@@ -42,6 +44,8 @@ export interface Mode {
   readonly label: string
   /** What one transfer costs in messages, statements and forced writes (read off the code path). */
   readonly work: string
+  /** The coordinator sidecar the transfers go through (its stats and CPU are the run's); undefined: none. */
+  readonly coordinator: SidecarProc | undefined
   transfer(t: Transfer): Promise<Attempt>
   close(): Promise<void>
 }
@@ -109,22 +113,43 @@ export function isOutcomeAnswer(v: unknown): v is OutcomeAnswer {
   return typeof o === 'object' && o !== null && (o.outcome === 'committed' || o.outcome === 'aborted')
 }
 
+/** Where the txmesh modes' coordinator keeps its decisions: what the mode's name and texts say. */
+const TXMESH_STORES = {
+  txmesh: {
+    label: '',
+    decision: 'coordinator decision',
+    forced: '5 forced writes in sequence on the commit path',
+  },
+  'txmesh-pg': {
+    label: '; the coordinator on the Postgres store (database txmesh_store of the same Postgres)',
+    decision: 'coordinator decision, a row of the store',
+    forced:
+      "5 forced writes in sequence on the commit path (the first a commit of the store's Postgres transaction, which concurrent decisions share: one more WAL flush)",
+  },
+} as const
+
 class TxmeshMode implements Mode {
-  readonly name = 'txmesh'
-  readonly label =
-    "begin at the coordinator sidecar's admin API, 3 calls via its egress -> participant sidecar -> app (txmesh/pg), commit (2PC through the sidecars)"
-  readonly work =
-    '23 HTTP exchanges when nothing is batched (begin + commit at the admin API; 3 × driver -> coordinator egress -> participant ingress -> app; ' +
-    '3 × control prepare + 3 × control commit; 3 × prepare hook + 3 × commit hook; the control and hook calls of concurrent transfers share requests, ' +
-    'counted in the last columns of the table below), 12 SQL statements (per branch: BEGIN, UPDATE, ' +
-    'PREPARE TRANSACTION, COMMIT PREPARED; the helper skips its read-only check after a write), 6 Postgres WAL flushes, 7 durable log appends ' +
-    '(coordinator decision; PREPARED and END at each participant), 5 forced writes in sequence on the commit path'
+  readonly label: string
+  readonly work: string
   private readonly admin: HttpPool
   private readonly egress: HttpPool
 
-  constructor(c: Cluster, connections: number) {
-    this.admin = httpPool(c.coordinator.ports.admin, connections)
-    this.egress = httpPool(c.coordinator.ports.egress, connections)
+  /** `coordinator`: the cluster's file-log coordinator (txmesh) or its Postgres-store one (txmesh-pg). */
+  constructor(
+    readonly name: 'txmesh' | 'txmesh-pg',
+    readonly coordinator: SidecarProc,
+    connections: number,
+  ) {
+    const store = TXMESH_STORES[name]
+    this.label = `begin at the coordinator sidecar's admin API, 3 calls via its egress -> participant sidecar -> app (txmesh/pg), commit (2PC through the sidecars)${store.label}`
+    this.work =
+      '23 HTTP exchanges when nothing is batched (begin + commit at the admin API; 3 × driver -> coordinator egress -> participant ingress -> app; ' +
+      '3 × control prepare + 3 × control commit; 3 × prepare hook + 3 × commit hook; the control and hook calls of concurrent transfers share requests, ' +
+      'counted in the last columns of the table below), 12 SQL statements (per branch: BEGIN, UPDATE, ' +
+      'PREPARE TRANSACTION, COMMIT PREPARED; the helper skips its read-only check after a write), 6 Postgres WAL flushes, 7 durable log appends ' +
+      `(${store.decision}; PREPARED and END at each participant), ${store.forced}`
+    this.admin = httpPool(coordinator.ports.admin, connections)
+    this.egress = httpPool(coordinator.ports.egress, connections)
   }
 
   async transfer(t: Transfer): Promise<Attempt> {
@@ -180,6 +205,7 @@ class LocalMode implements Mode {
     'local commits: 3 HTTP calls straight to the apps, each UPDATE in autocommit (no sidecar, not atomic)'
   readonly work =
     '3 HTTP exchanges, 3 SQL statements, 3 Postgres WAL flushes (one per autocommit), 3 forced writes in sequence (one per call)'
+  readonly coordinator = undefined
   private readonly apps: HttpPool[]
 
   constructor(c: Cluster, connections: number) {
@@ -220,9 +246,11 @@ class MeshMode implements Mode {
     "the calls of (a) through the sidecars: driver -> coordinator sidecar's egress -> participant sidecar's ingress -> app, no context (autocommit, not atomic)"
   readonly work =
     '9 HTTP exchanges (3 × driver -> egress -> ingress -> app), 3 SQL statements, 3 Postgres WAL flushes, 3 forced writes in sequence'
+  readonly coordinator: SidecarProc
   private readonly egress: HttpPool
 
   constructor(c: Cluster, connections: number) {
+    this.coordinator = c.coordinator
     this.egress = httpPool(c.coordinator.ports.egress, connections)
   }
 
@@ -253,6 +281,7 @@ class InProcMode implements Mode {
   readonly work =
     '0 HTTP, 12 SQL statements (per database: BEGIN, UPDATE, PREPARE TRANSACTION, COMMIT PREPARED), 6 Postgres WAL flushes, ' +
     'no coordinator log (not recoverable), 2 forced writes in sequence (PREPARE ∥, COMMIT PREPARED ∥)'
+  readonly coordinator = undefined
   private readonly pools: pg.Pool[]
   private readonly prefix = `bench-${process.pid}-`
   private seq = 0
@@ -328,7 +357,10 @@ class InProcMode implements Mode {
 export function createMode(name: ModeName, c: Cluster, connections: number): Mode {
   switch (name) {
     case 'txmesh':
-      return new TxmeshMode(c, connections)
+      return new TxmeshMode('txmesh', c.coordinator, connections)
+    case 'txmesh-pg':
+      if (c.pgCoordinator === undefined) throw new Error('txmesh-pg needs the cluster started with pgStoreCoordinator')
+      return new TxmeshMode('txmesh-pg', c.pgCoordinator, connections)
     case 'local':
       return new LocalMode(c, connections)
     case 'inproc':

@@ -1,7 +1,7 @@
 // Result types of the transaction benchmark and their plain-text rendering: the table of modes
-// and concurrencies, the ratios against the targets, and the durable log's fsyncs per committed
-// transaction.
-import type { CpuGroup } from './tx-cluster.js'
+// and concurrencies, the ratios against the targets, and the durable logs' forced writes (file
+// log: fsyncs; Postgres store: commits) per committed transaction.
+import type { CpuGroup, StoreKind } from './tx-cluster.js'
 import type { ModeName } from './tx-modes.js'
 
 /** One mode at one concurrency in one round. */
@@ -25,8 +25,11 @@ export interface TxSample {
 
 export interface SidecarLogDelta {
   readonly name: string
+  readonly store: StoreKind
   readonly appends: number
-  readonly fsyncs: number
+  readonly ends: number
+  /** What made records durable: the file log's fsyncs, the Postgres store's commits. */
+  readonly forcedWrites: number
   /** Batched messages sent (control: prepare/commit/abort to peers; hooks: to the app) and the requests that carried them. */
   readonly controlItems: number
   readonly controlBatches: number
@@ -70,10 +73,16 @@ export interface TxCheck {
 }
 
 export interface FsyncRow {
+  /** The txmesh mode (file-log or Postgres-store coordinator) whose runs these are. */
+  readonly mode: ModeName
   readonly concurrency: number
   readonly committed: number
-  readonly coordinatorFsyncsPerTx: number | undefined
-  readonly allFsyncsPerTx: number | undefined
+  readonly coordinatorStore: StoreKind | undefined
+  /** Forced writes of the coordinator's log: fsyncs, or Postgres commits on the Postgres store. */
+  readonly coordinatorForcedPerTx: number | undefined
+  /** Records (appends and ENDs) the coordinator's log made durable per forced write: its batch size. */
+  readonly coordinatorRecordsPerForced: number | undefined
+  readonly allForcedPerTx: number | undefined
   readonly allAppendsPerTx: number | undefined
   /** 2PC control messages the coordinator sent per committed transfer, and the requests that carried them. */
   readonly controlMsgsPerTx: number | undefined
@@ -81,7 +90,7 @@ export interface FsyncRow {
   /** Hook calls the participants made to their apps per committed transfer, and the requests that carried them. */
   readonly hookCallsPerTx: number | undefined
   readonly hookReqsPerTx: number | undefined
-  readonly sidecars: readonly (SidecarLogDelta & { readonly fsyncsPerTx: number | undefined })[]
+  readonly sidecars: readonly (SidecarLogDelta & { readonly forcedPerTx: number | undefined })[]
 }
 
 export interface TxReport {
@@ -93,8 +102,11 @@ export interface TxReport {
   readonly rows: readonly TxRow[]
   readonly checks: readonly TxCheck[]
   readonly fsync: readonly FsyncRow[]
-  /** The concurrency of the fsync check (32 when measured). */
+  /** The concurrency of the fsync check and of the Postgres store's target (32 when measured). */
   readonly fsyncConcurrency: number
+  /** The issue's target: txmesh-pg tx/s ÷ txmesh tx/s at fsyncConcurrency; undefined: not both run. */
+  readonly pgStoreTarget:
+    { readonly concurrency: number; readonly goal: number; readonly value: number | undefined } | undefined
   readonly consistency: {
     readonly ok: boolean
     readonly total: string
@@ -184,9 +196,15 @@ export function appendWarningsAndChecks<
 
 export const MODE_TITLES: Readonly<Record<ModeName, string>> = {
   txmesh: 'txmesh',
+  'txmesh-pg': 'txmesh-pg',
   local: '(a) local',
   inproc: '(b) in-proc',
   mesh: '(c) mesh only',
+}
+
+/** Modes whose transfers go through the sidecars (their CPU columns apply). */
+function throughSidecars(m: ModeName): boolean {
+  return m === 'txmesh' || m === 'txmesh-pg' || m === 'mesh'
 }
 
 export function printTxReport(r: TxReport): void {
@@ -229,8 +247,8 @@ export function printTxReport(r: TxReport): void {
       cpu(row.totalCpuUsPerTx),
       cpu(g?.postgres),
       cpu(g?.apps),
-      row.mode === 'txmesh' || row.mode === 'mesh' ? cpu(g?.participantSidecars) : '',
-      row.mode === 'txmesh' || row.mode === 'mesh' ? cpu(g?.coordinatorSidecar) : '',
+      throughSidecars(row.mode) ? cpu(g?.participantSidecars) : '',
+      throughSidecars(row.mode) ? cpu(g?.coordinatorSidecar) : '',
       cpu(g?.driver),
       row.busyPct === undefined ? DASH : `${Math.round(row.busyPct)}%`,
       row.stealPct === undefined ? DASH : `${Math.round(row.stealPct)}%`,
@@ -247,19 +265,22 @@ export function printTxReport(r: TxReport): void {
     'backends), the 3 apps, the 3 participant sidecars, the coordinator sidecar, the driver (in (b) the driver is the',
   )
   out.push(
-    'coordinator). busy: all CPUs, % of capacity. Transfers in flight at the end of a run add CPU but are not counted.',
+    'coordinator; for txmesh-pg its coordinator on the Postgres store, whose commits count under pg). busy: all CPUs, % of',
   )
+  out.push('capacity. Transfers in flight at the end of a run add CPU but are not counted.')
   for (const [k, v] of Object.entries(r.modes)) out.push(`  ${k}: ${v}`)
   appendWarningsAndChecks(out, r.rows, (row) => MODE_TITLES[row.mode], r.childOutput, r.checks, 'target')
 
   if (r.fsync.length > 0) {
     const names = (r.fsync[0]?.sidecars.map((s) => s.name) ?? []).filter((n) => n !== 'coordinator')
     const fh = [
-      'txmesh conc',
+      'mode',
+      'conc',
       'committed',
-      'coordinator fsyncs/tx',
+      'coord. forced writes/tx',
+      'coord. records/forced write',
       ...names.map((n) => `participant ${n} fsyncs/tx`),
-      'all logs fsyncs/tx',
+      'all logs forced writes/tx',
       'all logs appends/tx',
       'control msgs/tx',
       'in requests/tx',
@@ -267,11 +288,13 @@ export function printTxReport(r: TxReport): void {
       'in requests/tx',
     ]
     const fb = r.fsync.map((f) => [
+      MODE_TITLES[f.mode],
       String(f.concurrency),
       String(f.committed),
-      num(f.coordinatorFsyncsPerTx, 3),
-      ...names.map((n) => num(f.sidecars.find((s) => s.name === n)?.fsyncsPerTx, 3)),
-      num(f.allFsyncsPerTx, 3),
+      num(f.coordinatorForcedPerTx, 3),
+      num(f.coordinatorRecordsPerForced, 1),
+      ...names.map((n) => num(f.sidecars.find((s) => s.name === n)?.forcedPerTx, 3)),
+      num(f.allForcedPerTx, 3),
       num(f.allAppendsPerTx, 2),
       num(f.controlMsgsPerTx, 2),
       num(f.controlReqsPerTx, 2),
@@ -286,11 +309,18 @@ export function printTxReport(r: TxReport): void {
       ),
     )
     out.push(
-      "(from GET /v1/stats before and after each txmesh run; committed = the coordinator's count, in-flight tail included; control msgs: the",
+      "(from GET /v1/stats before and after each txmesh run; committed = the coordinator's count, in-flight tail included; forced writes:",
+      "a file log's fsyncs, the Postgres store's commits (txmesh-pg's coordinator; its participants keep file logs); records/forced write:",
+      "the coordinator log's appends and ENDs per forced write (group commit's batch size); control msgs: the",
       "coordinator's prepare/commit/abort to participant sidecars; hook calls: the participants' prepare/commit/abort calls to their apps;",
       'each followed by the requests that carried them, batched: src/control/batcher.ts)',
       '',
     )
+  }
+  const t = r.pgStoreTarget
+  if (t !== undefined) {
+    const result = t.value === undefined ? 'n/a' : `${t.value >= t.goal ? 'PASS' : 'MISS'} (${t.value.toFixed(2)})`
+    out.push(`Postgres store ÷ file log tx/s at c=${t.concurrency} >= ${t.goal.toFixed(2)}: ${result}`, '')
   }
   const c = r.consistency
   out.push(
