@@ -202,6 +202,8 @@ export const LIMITS = Object.freeze({
   pgLeaseClaimsPerScan: 4,
   // Logs taken over and not yet finished that one instance holds at most.
   pgLeaseTakenLogs: 16,
+  // Connections of the takeover's scans, claims and group answers (each taken log has its own).
+  pgTakeoverConnections: 1,
   // An instance whose own log a live sibling holds (finishing it) waits this long for it at start.
   pgLeaseOpenWaitMs: 120_000,
   // One compaction copies forward at most this share of a segment of live records; beyond it the

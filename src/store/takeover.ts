@@ -84,7 +84,11 @@ export class Takeover {
 
   constructor(private readonly o: TakeoverOptions) {
     this.timers = o.timers ?? nodeTimers
-    this.pool = new pg.Pool({ connectionString: o.url, max: 1, connectionTimeoutMillis: LIMITS.pgStoreConnectMs })
+    this.pool = new pg.Pool({
+      connectionString: o.url,
+      max: LIMITS.pgTakeoverConnections,
+      connectionTimeoutMillis: LIMITS.pgStoreConnectMs,
+    })
     this.pool.on('error', (err) => o.logger.warn('takeover.pg_idle_error', { reason: err.message }))
   }
 
