@@ -303,8 +303,12 @@ export async function startSidecar(config: SidecarConfig, log: Logger): Promise<
           const inc = await logIncarnation(taken, records)
           let stop: (() => Promise<void>) | undefined
           const base = productionIo({ log: taken, control: client, app: pool, http: peerHttp, logger: log })
+          const leased = withLease(base, () => taken.leaseHeld())
           const tio: SidecarIo = {
-            ...withLease(base, () => taken.leaseHeld()),
+            ...leased,
+            // The peer client is the sidecar's own: the taken log's drivers never close it (their
+            // close at the end of a takeover used to destroy it for the whole sidecar).
+            http: { exchange: (origin, o) => leased.http.exchange(origin, o) },
             // A write to the taken log failed: stop finishing it (a sibling claims it again).
             fatal: (what, detail) => {
               log.error('takeover_log_failed', { log: taken.id, what, ...detail })

@@ -157,12 +157,25 @@ export class Takeover {
     if (this.timer !== undefined) this.timers.clear(this.timer)
     await this.scanning
     // Given up unfinished: a sibling (or the log's own instance) claims it at once, not a lease later.
-    for (const [id, h] of this.held) {
-      this.held.delete(id)
-      await h.drivers.close()
-      await h.log.release()
-    }
+    for (const [id, h] of this.held) await this.giveUp(id, h)
     await this.pool.end()
+  }
+
+  /**
+   * Stops a held log's drivers and releases the log, whatever stopping them met: a log kept with
+   * nothing to finish would be held (and renewed) by this instance for good.
+   */
+  private async giveUp(id: string, h: Held): Promise<void> {
+    this.held.delete(id)
+    await h.drivers
+      .close()
+      .catch((err: unknown) =>
+        this.o.logger.warn('takeover.close_failed', {
+          log: id,
+          reason: err instanceof Error ? err.message : String(err),
+        }),
+      )
+    await h.log.release()
   }
 
   private schedule(): void {
@@ -178,9 +191,7 @@ export class Takeover {
       if (this.closed) return
       if (!h.log.leaseHeld()) continue
       if ((await h.log.liveKeys(TAKEN_PREFIXES)) > 0) continue
-      this.held.delete(id)
-      await h.drivers.close()
-      await h.log.release()
+      await this.giveUp(id, h)
       this.o.logger.info('takeover_finished', { log: id })
       this.o.onFinished?.(id)
     }

@@ -2,6 +2,7 @@
 // takes the log over and finishes the compensations in reverse order (real sidecar processes).
 import { execFileSync } from 'node:child_process'
 import type { IncomingMessage, ServerResponse } from 'node:http'
+import pg from 'pg'
 import { request } from 'undici'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { startPostgres, type PostgresInstance } from '../../harness/pg.js'
@@ -47,7 +48,8 @@ async function app(
       arrivals.push(
         `${name} ${req.method ?? ''} ${req.url ?? ''} ${a.status} ${String(req.headers['txmesh-op'] ?? '-')}`,
       )
-      const text = JSON.stringify(a.body)
+      // A 204 has no body (a Content-Length on it breaks the exchange for the caller).
+      const text = a.status === 204 ? '' : JSON.stringify(a.body)
       res.writeHead(a.status, {
         'content-type': 'application/json',
         'content-length': Buffer.byteLength(text),
@@ -178,5 +180,48 @@ describe('takeover of a saga on the Postgres store', () => {
       }),
     )
     expect(claimed.reduce((a, b) => a + b, 0)).toBeGreaterThanOrEqual(1)
-  }, 60_000)
+
+    // The taker, done with the log (given up), still runs sagas of its own: finishing the taken
+    // one did not close its peer client (it used to: 'The client is destroyed' on every later step).
+    const own = taker as SidecarProcess
+    await until(
+      'the taken log given up',
+      async () => {
+        const c = new pg.Client({ connectionString: url })
+        await c.connect()
+        try {
+          const r = await c.query<{ holder: string | null }>(
+            `SELECT holder FROM sagas.logs WHERE log_id = 'shop/shop-1'`,
+          )
+          return r.rows[0]?.holder === null
+        } finally {
+          await c.end()
+        }
+      },
+      10_000,
+    )
+    const second = await request(`http://127.0.0.1:${own.ports.admin}/v1/transactions`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ mode: 'saga', timeoutMs: 60_000 }),
+    })
+    const tx2 = (await second.body.json()) as { id: string; context: string }
+    const created = await rawRequest(own.ports.egress, {
+      method: 'POST',
+      path: 'http://orders/orders',
+      headers: { 'txmesh-context': tx2.context, 'content-length': '0' },
+    })
+    expect(created.status).toBe(201)
+    const deletesBefore = arrivals.filter((a) => a.startsWith('orders DELETE /orders/42 204')).length
+    const abort2 = await request(`http://127.0.0.1:${own.ports.admin}/v1/transactions/${tx2.id}/abort`, {
+      method: 'POST',
+    })
+    expect(abort2.statusCode).toBe(200)
+    await abort2.body.dump()
+    await until(
+      "the taker's own compensation",
+      () => arrivals.filter((a) => a.startsWith('orders DELETE /orders/42 204')).length > deletesBefore,
+      10_000,
+    )
+  }, 90_000)
 })
