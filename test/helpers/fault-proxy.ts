@@ -21,7 +21,8 @@ export type FaultMode =
 export interface FaultProxyOptions {
   /** Loopback port to listen on (0 picks one). A fixed port keeps working across refuse/pass. */
   readonly port: number
-  readonly targetPort: number
+  /** The upstream port, or a function choosing it per connection (a balancer over instances). */
+  readonly targetPort: number | (() => number)
   readonly targetHost?: string
   /** Uniform in [0, 1): drives drop's direction and byte budget. */
   readonly random: () => number
@@ -154,7 +155,7 @@ export async function startFaultProxy(o: FaultProxyOptions): Promise<FaultProxy>
     upstream.setNoDelay(true)
     pipe(p, client, upstream, true)
     pipe(p, upstream, client, false)
-    upstream.connect(o.targetPort, targetHost)
+    upstream.connect(typeof o.targetPort === 'number' ? o.targetPort : o.targetPort(), targetHost)
   }
 
   const listen = async (): Promise<void> => {

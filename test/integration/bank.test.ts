@@ -40,6 +40,8 @@ const TITLE: Readonly<Record<RunName, string>> = {
   tcc: 'tcc',
   contract:
     'contract (2pc, apps on pg from the hook contract alone, sidecars killed in the prepare window and the coordinator during its abort sends)',
+  shared:
+    'shared (2pc, three coordinator instances on one Postgres store, killed for good after a COMMIT decision and at random, a sibling taking over)',
 }
 
 describe('bank under faults (a short torture run per mode)', () => {
@@ -86,6 +88,14 @@ describe('bank under faults (a short torture run per mode)', () => {
           expect(f.failpoints['participant-after-app-prepared'], report).toBeGreaterThanOrEqual(1)
           expect(f.onAbort, report).toBeGreaterThanOrEqual(1)
           expect(r.contractApp?.breaches, report).toBe(0)
+        }
+        if (mode === 'shared') {
+          // Its first two kill events (first half of the load): a coordinator restarted armed
+          // with coordinator-after-decision and replaced for good when it fires (its COMMIT
+          // finished by a sibling), and one replaced for good at a transfer's start.
+          expect(f.failpoints['coordinator-after-decision'], report).toBeGreaterThanOrEqual(1)
+          expect(f.replaced, report).toBeGreaterThanOrEqual(2)
+          expect(r.takeovers, report).toBeGreaterThanOrEqual(1)
         }
       },
       TEST_TIMEOUT_MS,

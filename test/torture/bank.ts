@@ -1,8 +1,10 @@
 // `npm run torture`: the bank test under faults (issue 8, item 1), in every mode or one.
 //
-//   TORTURE_MODE       2pc | saga | tcc | contract | all (default all: the four one after another;
-//                      contract is 2pc with bank apps written from the hook contract alone on
-//                      pg, test/torture/contract-app.ts)
+//   TORTURE_MODE       2pc | saga | tcc | contract | shared | all (default all: the five one after
+//                      another; contract is 2pc with bank apps written from the hook contract
+//                      alone on pg, test/torture/contract-app.ts; shared is 2pc with three
+//                      coordinator instances on one Postgres store, killed for good as well as
+//                      restarted, test/torture/faults.ts)
 //   TORTURE_SEED       replay a run (default: a random seed, printed)
 //   TORTURE_TRANSFERS  transfers per mode (default 1000)
 //   TORTURE_KILLS      SIGKILLs per mode sent by the fault driver (default 50; failpoint kills
@@ -43,7 +45,7 @@ function intEnv(name: string, fallback: number, min: number): number {
 async function main(): Promise<number> {
   const modeArg = process.env.TORTURE_MODE ?? 'all'
   if (modeArg !== 'all' && !RUNS.includes(modeArg as RunName))
-    throw new Error(`TORTURE_MODE must be 2pc, saga, tcc, contract or all, got ${JSON.stringify(modeArg)}`)
+    throw new Error(`TORTURE_MODE must be 2pc, saga, tcc, contract, shared or all, got ${JSON.stringify(modeArg)}`)
   const modes = modeArg === 'all' ? RUNS : [modeArg as RunName]
   const seed = intEnv('TORTURE_SEED', randomInt(1, 2 ** 31 - 1), 0)
   const transfers = intEnv('TORTURE_TRANSFERS', DEFAULT_TRANSFERS, 1)

@@ -4,7 +4,7 @@ import { request } from 'undici'
 import type { BankCluster, Service } from './cluster.js'
 import { sleep } from './cluster.js'
 import type { ClientRecord, Leg } from './client.js'
-import { preparedCount, type BankState, type Mode } from './schema.js'
+import { preparedCount, storeBacklog, type BankState, type Mode } from './schema.js'
 
 // Recovery polling: often enough to end soon after the last branch finished.
 const RECOVERY_POLL_MS = 250
@@ -23,10 +23,21 @@ export interface RecoveryStatus {
   readonly branches: number
   /** Calls of the poll that failed (a sidecar not answering). */
   readonly unreachable: number
+  /** Shared run: coordinator records left in the store (a dead instance's log not taken over yet included). */
+  readonly storeRecords: number
+  /** Shared run: logs a sibling still holds, taken over and not finished. */
+  readonly takenLogs: number
 }
 
 function settled(s: RecoveryStatus): boolean {
-  return s.prepared === 0 && s.unfinished === 0 && s.branches === 0 && s.unreachable === 0
+  return (
+    s.prepared === 0 &&
+    s.unfinished === 0 &&
+    s.branches === 0 &&
+    s.unreachable === 0 &&
+    s.storeRecords === 0 &&
+    s.takenLogs === 0
+  )
 }
 
 async function adminJson(port: number, path: string): Promise<Record<string, unknown> | undefined> {
@@ -57,12 +68,23 @@ export async function recoveryStatus(
   }
   let unfinished = 0
   let stuck = 0
-  const txs = await adminJson(cluster.coordinatorPorts.admin, '/v1/transactions')
-  if (txs === undefined) unreachable++
-  else {
-    for (const t of (txs.transactions ?? []) as { status?: string; stuck?: number }[]) {
-      if (t.status !== 'committed' && t.status !== 'aborted') unfinished++
-      stuck += t.stuck ?? 0
+  for (const c of cluster.coordinators) {
+    const txs = await adminJson(c.ports.admin, '/v1/transactions')
+    if (txs === undefined) unreachable++
+    else {
+      for (const t of (txs.transactions ?? []) as { status?: string; stuck?: number }[]) {
+        if (t.status !== 'committed' && t.status !== 'aborted') unfinished++
+        stuck += t.stuck ?? 0
+      }
+    }
+  }
+  let storeRecords = 0
+  let takenLogs = 0
+  if (cluster.shared !== undefined) {
+    try {
+      ;({ records: storeRecords, takenLogs } = await storeBacklog(cluster.shared.url, cluster.shared.schema))
+    } catch {
+      unreachable++
     }
   }
   let branches = 0
@@ -71,7 +93,7 @@ export async function recoveryStatus(
     if (b === undefined) unreachable++
     else branches += ((b.branches ?? []) as unknown[]).length
   }
-  return { prepared, unfinished, stuck, branches, unreachable }
+  return { prepared, unfinished, stuck, branches, unreachable, storeRecords, takenLogs }
 }
 
 /** Polls until nothing is left to finish, or the cap. */

@@ -169,10 +169,19 @@ function errorCode(a: Answer): string {
   }
 }
 
+/** The coordinator sidecar a transfer runs on: its admin and egress ports. */
+export interface CoordinatorPorts {
+  readonly admin: number
+  readonly egress: number
+}
+
 export interface ClientOptions {
   readonly mode: Mode
-  readonly adminPort: number
-  readonly egressPort: number
+  /**
+   * The coordinator transfer `index` runs on, asked as it starts (the shared run spreads transfers
+   * over the instances up, whose ports change when one is replaced).
+   */
+  readonly coordinator: (index: number) => CoordinatorPorts
   readonly inFlight: number
   /** Called as each transfer starts (the fault driver schedules by it). */
   readonly onStart: (index: number) => void
@@ -191,7 +200,7 @@ export async function runClient(o: ClientOptions, transfers: readonly Transfer[]
       if (t === undefined) return
       o.onStart(i)
       const began = new Date().toISOString()
-      const r = { ...(await runTransfer(o, agent, t)), began, ended: new Date().toISOString() }
+      const r = { ...(await runTransfer(o.mode, o.coordinator(i), agent, t)), began, ended: new Date().toISOString() }
       records[i] = r
       o.onEnd?.(i, r)
       if (r.seen !== 'committed') await new Promise((resolve) => setTimeout(resolve, FAILURE_BACKOFF_MS))
@@ -206,18 +215,19 @@ export async function runClient(o: ClientOptions, transfers: readonly Transfer[]
 }
 
 async function runTransfer(
-  o: ClientOptions,
+  mode: Mode,
+  o: CoordinatorPorts,
   agent: HttpAgent,
   t: Transfer,
 ): Promise<Omit<ClientRecord, 'began' | 'ended'>> {
   const json = { 'content-type': 'application/json' }
   const begun = await call(
     agent,
-    o.adminPort,
+    o.admin,
     'POST',
     '/v1/transactions',
     json,
-    JSON.stringify({ mode: o.mode, timeoutMs: TX_TIMEOUT_MS }),
+    JSON.stringify({ mode, timeoutMs: TX_TIMEOUT_MS }),
   )
   let tx: { id: string; context: string }
   try {
@@ -231,9 +241,9 @@ async function runTransfer(
     // Absolute-form through the egress, as an app using it as HTTP_PROXY sends it.
     const a = await call(
       agent,
-      o.egressPort,
+      o.egress,
       'POST',
-      `http://${l.service}${legPath(o.mode, l, t.id)}`,
+      `http://${l.service}${legPath(mode, l, t.id)}`,
       { 'txmesh-context': tx.context },
       '',
     )
@@ -244,7 +254,7 @@ async function runTransfer(
   }
   const base = `/v1/transactions/${tx.id}`
   if (failed !== undefined) {
-    const a = await call(agent, o.adminPort, 'POST', `${base}/abort`, {}, '')
+    const a = await call(agent, o.admin, 'POST', `${base}/abort`, {}, '')
     return {
       transfer: t,
       seen: 'aborted',
@@ -252,7 +262,7 @@ async function runTransfer(
       txId: tx.id,
     }
   }
-  const c = await call(agent, o.adminPort, 'POST', `${base}/commit`, {}, '')
+  const c = await call(agent, o.admin, 'POST', `${base}/commit`, {}, '')
   if (c.status === 200) {
     let outcome: unknown
     try {

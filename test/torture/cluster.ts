@@ -11,8 +11,8 @@
 // of the coordinator crosses a proxy; compensations go to the proxied ingress (the `services:`
 // address the step's call was forwarded to).
 import { spawn, type ChildProcess } from 'node:child_process'
-import { closeSync, mkdirSync, openSync, writeFileSync } from 'node:fs'
-import { join } from 'node:path'
+import { closeSync, mkdirSync, openSync, rmSync, writeFileSync } from 'node:fs'
+import { dirname, join } from 'node:path'
 import { createInterface } from 'node:readline'
 import { startFaultProxy, type FaultProxy } from '../helpers/fault-proxy.js'
 import { freePort } from '../../harness/ports.js'
@@ -52,6 +52,9 @@ const INGRESS_TIMEOUT_MS = 6_000
 // a participant down for a few seconds during the load never leaves one stuck.
 const STEPS_POLICY = 'steps: {attempts: 60, backoffBaseMs: 50, backoffCapMs: 1000}'
 
+// Shared run: coordinator instances of the client's service on the one store (the issue's three).
+export const SHARED_COORDINATORS = 3
+
 export type ProcessKind = 'app' | 'participant-sidecar' | 'coordinator'
 export type Failpoint = 'coordinator-after-decision' | 'participant-after-prepared' | 'participant-after-app-prepared'
 
@@ -81,11 +84,21 @@ export class Managed {
   constructor(
     readonly name: string,
     readonly kind: ProcessKind,
-    private readonly command: Command,
+    private command: Command,
     private readonly env: Readonly<Record<string, string>>,
-    private readonly logFile: string,
+    private logFile: string,
     private readonly onSelfExit: (n: ExitNote) => void,
   ) {}
+
+  /** Runs before a restart after an exit of its own (the shared run may replace the instance). */
+  beforeSelfRestart: ((n: ExitNote) => Promise<void>) | undefined
+
+  /** While down: what the next start runs (a new instance in place of one killed for good). */
+  reconfigure(command: Command, logFile: string): void {
+    if (this.child !== undefined) throw new Error(`${this.name} is up: it cannot be reconfigured`)
+    this.command = command
+    this.logFile = logFile
+  }
 
   get up(): boolean {
     return this.child !== undefined && this.starting === undefined
@@ -158,9 +171,12 @@ export class Managed {
       this.onSelfExit(note)
       this.restartTimer = setTimeout(() => {
         this.restartTimer = undefined
-        this.start().catch((err: unknown) =>
-          process.stderr.write(`torture: restarting ${this.name} failed: ${(err as Error).message}\n`),
-        )
+        const before = this.beforeSelfRestart?.(note) ?? Promise.resolve()
+        before
+          .then(() => this.start())
+          .catch((err: unknown) =>
+            process.stderr.write(`torture: restarting ${this.name} failed: ${(err as Error).message}\n`),
+          )
       }, SELF_EXIT_RESTART_DELAY_MS)
     })
   }
@@ -248,12 +264,40 @@ export interface BankCluster {
   readonly participant: Participant
   readonly dir: string
   readonly nodes: readonly ServiceNode[]
+  /** The first coordinator (the only one but in the shared run), and its ports. */
   readonly coordinator: Managed
   readonly coordinatorPorts: SidecarPorts
+  /** Every coordinator instance slot (one, or SHARED_COORDINATORS on the shared store). */
+  readonly coordinators: readonly CoordinatorSlot[]
+  /**
+   * Shared run: the coordinator `name` (down) is replaced for good: its directory deleted, a new
+   * instance name and new ports; its next start is that new instance. Returns the new instance name.
+   */
+  replaceCoordinator(name: string): Promise<string>
+  /** Shared run: the store and the group balancer's port. */
+  readonly shared: (SharedStore & { readonly group: number }) | undefined
   readonly proxies: readonly { readonly name: string; readonly proxy: FaultProxy }[]
   /** Every managed process, by name. */
   readonly processes: ReadonlyMap<string, Managed>
   stop(): Promise<void>
+}
+
+/** One coordinator of the client: a process whose instance (and ports) a kill for good replaces. */
+export interface CoordinatorSlot {
+  readonly process: Managed
+  ports: SidecarPorts
+  /** store.instance of the instance running there (shared run). */
+  instance: string
+  /** Replacements so far. */
+  generation: number
+  dir: string
+}
+
+/** The shared run's store: the coordinators' Postgres database, schema and lease. */
+export interface SharedStore {
+  readonly url: string
+  readonly schema: string
+  readonly leaseMs: number
 }
 
 export interface ClusterOptions {
@@ -269,6 +313,8 @@ export interface ClusterOptions {
   /** Seeded randomness for the proxies' drop choices. */
   readonly random: () => number
   readonly onSelfExit: (n: ExitNote) => void
+  /** Shared run: SHARED_COORDINATORS coordinator instances of bank-client on this store. */
+  readonly shared?: SharedStore
 }
 
 async function sidecarPorts(): Promise<SidecarPorts> {
@@ -323,9 +369,11 @@ export async function startBankCluster(o: ClusterOptions): Promise<BankCluster> 
   const processes = new Map<string, Managed>()
   const proxies: { name: string; proxy: FaultProxy }[] = []
   const nodes: ServiceNode[] = []
+  const closers: (() => Promise<void>)[] = []
   const stopAll = async (): Promise<void> => {
     await Promise.all([...processes.values()].map((p) => p.stop()))
     await Promise.all(proxies.map((p) => p.proxy.close()))
+    await Promise.all(closers.map((c) => c()))
   }
   try {
     for (const service of SERVICES) {
@@ -398,43 +446,100 @@ export async function startBankCluster(o: ClusterOptions): Promise<BankCluster> 
     await Promise.all(nodes.map((n) => n.sidecar.start()))
     await Promise.all(nodes.map((n) => n.app.start()))
 
-    const dir = join(o.dir, 'coordinator')
-    mkdirSync(dir, { recursive: true })
-    const coordinatorPorts = await sidecarPorts()
-    const file = join(dir, 'sidecar.yaml')
-    writeFileSync(
-      file,
-      [
-        'service: bank-client',
-        // The client is the initiating app; nothing calls its ingress.
-        'app: {host: 127.0.0.1, port: 9}',
-        `store: {dir: ${JSON.stringify(join(dir, 'store'))}}`,
-        'log: {level: info}',
-        listenersYaml(coordinatorPorts),
-        'services:',
-        ...nodes.map((n) => `  ${n.service}: {address: "127.0.0.1:${n.ingressProxy.port}"}`),
-        `defaults: {timeoutMs: ${CALL_TIMEOUT_MS}}`,
-        STEPS_POLICY,
-        coordinatorRoutes(o.mode),
-      ].join('\n'),
-    )
-    const coordinator = new Managed(
-      'coordinator',
-      'coordinator',
-      sidecarCommand(file, coordinatorPorts),
-      { TXMESH_MESH_KEY: MESH_KEY },
-      join(dir, 'sidecar.log'),
-      o.onSelfExit,
-    )
-    processes.set(coordinator.name, coordinator)
-    await coordinator.start()
+    const services = ['services:', ...nodes.map((n) => `  ${n.service}: {address: "127.0.0.1:${n.ingressProxy.port}"}`)]
+    const shared = o.shared
+    const slots: CoordinatorSlot[] = []
+    let group: FaultProxy | undefined
+    if (shared !== undefined) {
+      // store.group: a balancer standing for the coordinators' Service, in front of the control
+      // listeners of the instances up now (round robin; a connection to one just killed fails and
+      // the asker tries again).
+      let turn = 0
+      group = await startFaultProxy({
+        port: await freePort(),
+        targetPort: () => {
+          const up = slots.filter((c) => c.process.up)
+          const pick = up[turn++ % Math.max(1, up.length)] ?? slots[0]
+          return pick === undefined ? 9 : pick.ports.control
+        },
+        random: o.random,
+      })
+      const g = group
+      closers.push(() => g.close())
+    }
+    const configure = async (
+      slot: number,
+      generation: number,
+    ): Promise<{ command: Command; ports: SidecarPorts; instance: string; logFile: string }> => {
+      const name = shared === undefined ? 'coordinator' : `coordinator-${slot + 1}`
+      const instance = `coord-${slot + 1}-g${generation}`
+      // Each instance its own directory: one killed for good leaves nothing behind it (the
+      // directory is deleted), and its replacement starts from an empty one.
+      const dir = join(o.dir, shared === undefined ? name : `${name}-g${generation}`)
+      mkdirSync(dir, { recursive: true })
+      const ports = await sidecarPorts()
+      const file = join(dir, 'sidecar.yaml')
+      const store =
+        shared === undefined || group === undefined
+          ? `store: {dir: ${JSON.stringify(join(dir, 'store'))}}`
+          : `store: {kind: postgres, url: ${JSON.stringify(shared.url)}, schema: ${shared.schema}, instance: ${instance}, leaseMs: ${shared.leaseMs}, group: "127.0.0.1:${group.port}"}`
+      writeFileSync(
+        file,
+        [
+          'service: bank-client',
+          // The client is the initiating app; nothing calls its ingress.
+          'app: {host: 127.0.0.1, port: 9}',
+          store,
+          'log: {level: info}',
+          listenersYaml(ports),
+          ...services,
+          `defaults: {timeoutMs: ${CALL_TIMEOUT_MS}}`,
+          STEPS_POLICY,
+          coordinatorRoutes(o.mode),
+        ].join('\n'),
+      )
+      return { command: sidecarCommand(file, ports), ports, instance, logFile: join(dir, 'sidecar.log') }
+    }
+    for (let i = 0; i < (shared === undefined ? 1 : SHARED_COORDINATORS); i++) {
+      const c = await configure(i, 0)
+      const process = new Managed(
+        shared === undefined ? 'coordinator' : `coordinator-${i + 1}`,
+        'coordinator',
+        c.command,
+        { TXMESH_MESH_KEY: MESH_KEY },
+        c.logFile,
+        o.onSelfExit,
+      )
+      processes.set(process.name, process)
+      slots.push({ process, ports: c.ports, instance: c.instance, generation: 0, dir: dirname(c.logFile) })
+    }
+    await Promise.all(slots.map((c) => c.process.start()))
+    const replaceCoordinator = async (name: string): Promise<string> => {
+      const slot = slots.find((c) => c.process.name === name)
+      if (slot === undefined || shared === undefined) throw new Error(`${name} is not a coordinator of a shared store`)
+      if (slot.process.up) throw new Error(`${name} is up: kill it before replacing it`)
+      rmSync(slot.dir, { recursive: true, force: true })
+      const c = await configure(slots.indexOf(slot), slot.generation + 1)
+      slot.process.reconfigure(c.command, c.logFile)
+      slot.generation++
+      slot.ports = c.ports
+      slot.instance = c.instance
+      slot.dir = dirname(c.logFile)
+      return c.instance
+    }
+    const first = slots[0] as CoordinatorSlot
     return {
       mode: o.mode,
       participant,
       dir: o.dir,
       nodes,
-      coordinator,
-      coordinatorPorts,
+      coordinator: first.process,
+      get coordinatorPorts() {
+        return first.ports
+      },
+      coordinators: slots,
+      replaceCoordinator,
+      shared: shared === undefined ? undefined : { ...shared, group: group?.port ?? 0 },
       proxies,
       processes,
       stop: stopAll,

@@ -17,6 +17,14 @@
 // coordinator kills right after a commit answered "aborted" (its abort sends are in flight: the
 // prepared participants must learn the outcome without them). Its first two kill events are one
 // of each, in the first half of the load, so even a short run has both.
+//
+// The `shared` run (2pc, three coordinator instances of the client on one Postgres store) kills
+// coordinators for good as well: a kill event marked forGood replaces the instance it kills (its
+// directory deleted, a new instance name and new ports, cluster.replaceCoordinator), so its log
+// is finished by a sibling's takeover, never by itself. Armed and forGood, the instance is
+// restarted in place armed with coordinator-after-decision and replaced when that fires: a
+// COMMIT decided and phase 2 never sent by its maker. Its first two kill events are one of each,
+// in the first half of the load.
 import type { FaultMode } from '../helpers/fault-proxy.js'
 import type { Prng } from '../simulation/prng.js'
 import type { ClientRecord } from './client.js'
@@ -57,6 +65,8 @@ const PROXY_FAULT_MIN_MS = 200
 const PROXY_FAULT_MAX_MS = 1_500
 const PROXY_DELAY_MIN_MS = 20
 const PROXY_DELAY_MAX_MS = 1_500
+// shared run: share of coordinator kill events that replace the instance for good.
+const FOR_GOOD_SHARE = 0.5
 // Waiting for a restart that the driver itself scheduled, at the end of the load.
 const RESTART_WAIT_MS = 60_000
 
@@ -68,6 +78,8 @@ export type FaultEvent =
       readonly target: string
       readonly downMs: number
       readonly failpoint: Failpoint | undefined
+      /** shared run: the instance this event kills (armed: the one its failpoint kills) is replaced for good. */
+      readonly forGood?: boolean
     }
   /** Kills `target` (the coordinator) `delayMs` after the first commit answered "aborted" once transfer `at` started. */
   | {
@@ -101,6 +113,10 @@ export interface FaultCounts {
   readonly proxy: Record<'delay' | 'drop' | 'refuse', number>
   /** Processes that exited on their own without an armed failpoint (crashes): listed. */
   readonly unexpectedExits: ExitNote[]
+  /** shared run: coordinator instances replaced for good (their directory deleted). */
+  replaced: number
+  /** shared run: coordinators that stopped fenced (exit 70: a sibling took their log while their lease had lapsed). */
+  fenced: number
 }
 
 export function newFaultCounts(): FaultCounts {
@@ -116,6 +132,8 @@ export function newFaultCounts(): FaultCounts {
     },
     proxy: { delay: 0, drop: 0, refuse: 0 },
     unexpectedExits: [],
+    replaced: 0,
+    fenced: 0,
   }
 }
 
@@ -129,11 +147,16 @@ export function planFaults(
   processes: readonly { name: string; kind: ProcessKind }[],
   proxies: readonly string[],
   participant: Participant = 'helper',
+  shared = false,
 ): FaultEvent[] {
   const events: FaultEvent[] = []
   for (let i = 0; i < kills; i++) {
     if (participant === 'contract') {
       events.push(planContractKill(rng, i, transfers, processes))
+      continue
+    }
+    if (shared) {
+      events.push(planSharedKill(rng, i, transfers, processes))
       continue
     }
     const p = processes[rng.int(0, processes.length - 1)] as { name: string; kind: ProcessKind }
@@ -208,6 +231,30 @@ function planContractKill(
   return { kind: 'kill', at, delayMs, target: p.name, downMs, failpoint }
 }
 
+/** The shared run's kill event number `i` (see the head of this file). */
+function planSharedKill(
+  rng: Prng,
+  i: number,
+  transfers: number,
+  processes: readonly { name: string; kind: ProcessKind }[],
+): FaultEvent {
+  const coordinators = processes.filter((p) => p.kind === 'coordinator')
+  const pick = (of: readonly { name: string; kind: ProcessKind }[]): { name: string; kind: ProcessKind } =>
+    of[rng.int(0, of.length - 1)] as { name: string; kind: ProcessKind }
+  const at = i < 2 ? rng.int(0, Math.max(0, Math.floor(transfers / 2) - 1)) : rng.int(0, transfers - 1)
+  const delayMs = rng.int(0, FAULT_DELAY_MAX_MS)
+  const downMs = rng.int(DOWNTIME_MIN_MS, DOWNTIME_MAX_MS)
+  const p = i < 2 ? pick(coordinators) : pick(processes)
+  const armed = i === 0 || (i > 1 && p.kind !== 'app' && rng.chance(FAILPOINT_SHARE))
+  const failpoint: Failpoint | undefined = !armed
+    ? undefined
+    : p.kind === 'coordinator'
+      ? 'coordinator-after-decision'
+      : 'participant-after-prepared'
+  const forGood = p.kind === 'coordinator' && (i < 2 || rng.chance(FOR_GOOD_SHARE))
+  return { kind: 'kill', at, delayMs, target: p.name, downMs, failpoint, forGood }
+}
+
 export class FaultDriver {
   private next = 0
   private readonly timers = new Set<NodeJS.Timeout>()
@@ -219,6 +266,8 @@ export class FaultDriver {
   /** Per proxy: bumped by every switch, so an expiring fault only restores `pass` if it is still the latest. */
   private readonly generation = new Map<string, number>()
   private stopped = false
+  /** shared run: coordinators whose armed failpoint, when it fires, replaces the instance. */
+  private readonly replaceOnFailpoint = new Set<string>()
 
   constructor(
     private readonly cluster: BankCluster,
@@ -227,7 +276,21 @@ export class FaultDriver {
     private readonly log: (line: string) => void,
     /** Every fault as it happens, for the mode's timeline.log (diagnosis of a failure). */
     private readonly timeline: (line: string) => void,
-  ) {}
+  ) {
+    if (cluster.shared === undefined) return
+    for (const slot of cluster.coordinators) {
+      const name = slot.process.name
+      slot.process.beforeSelfRestart = async (n) => {
+        if (n.failpoint !== undefined && this.replaceOnFailpoint.delete(name)) await this.replace(name)
+      }
+    }
+  }
+
+  private async replace(name: string): Promise<void> {
+    const instance = await this.cluster.replaceCoordinator(name)
+    this.counts.replaced++
+    this.timeline(`${name} replaced for good: its directory deleted, next start is instance ${instance}`)
+  }
 
   /** The client started transfer `index`: fire every event planned up to it. */
   onTransferStart(index: number): void {
@@ -291,6 +354,7 @@ export class FaultDriver {
       return
     }
     const p = this.process(e.target)
+    this.replaceOnFailpoint.delete(p.name)
     if (!(await p.kill())) {
       this.counts.skipped++
       this.timeline(`kill ${p.name}: already down`)
@@ -302,6 +366,10 @@ export class FaultDriver {
       `kill ${p.name}${e.kind === 'kill-on-abort' ? ' (after an aborted commit)' : ''}, down ${e.downMs} ms`,
     )
     const failpoint = e.kind === 'kill' ? e.failpoint : undefined
+    if (e.kind === 'kill' && e.forGood === true) {
+      if (failpoint === undefined) await this.replace(p.name)
+      else this.replaceOnFailpoint.add(p.name)
+    }
     this.later(e.downMs, async () => {
       await p.start(failpoint)
       this.timeline(`restarted ${p.name}${failpoint === undefined ? '' : ` armed ${failpoint}`}`)
@@ -320,6 +388,7 @@ export class FaultDriver {
    */
   async stop(): Promise<void> {
     this.stopped = true
+    this.replaceOnFailpoint.clear()
     for (const t of this.timers) clearTimeout(t)
     this.timers.clear()
     for (const e of [...this.pending, ...this.awaitingAbort, ...this.events.slice(this.next)])

@@ -12,6 +12,7 @@
 import { appendFileSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
+import { request } from 'undici'
 import type { PostgresInstance } from '../../harness/pg.js'
 import { Prng } from '../simulation/prng.js'
 import {
@@ -22,19 +23,41 @@ import {
   type RecoveryStatus,
   type Violation,
 } from './check.js'
-import { planTransfers, runClient, TX_TIMEOUT_MS, type ClientRecord, type Seen } from './client.js'
-import { SERVICES, startBankCluster, type Participant, type Service } from './cluster.js'
+import {
+  planTransfers,
+  runClient,
+  TX_TIMEOUT_MS,
+  type ClientRecord,
+  type CoordinatorPorts,
+  type Seen,
+} from './client.js'
+import {
+  SERVICES,
+  SHARED_COORDINATORS,
+  startBankCluster,
+  type BankCluster,
+  type CoordinatorSlot,
+  type Participant,
+  type Service,
+  type SharedStore,
+} from './cluster.js'
 import { FaultDriver, newFaultCounts, planFaults, type FaultCounts } from './faults.js'
 import { createBank, lockProbe, readBank, type BankState, type Mode } from './schema.js'
 
 export const MODES: readonly Mode[] = ['2pc', 'saga', 'tcc']
-/** What `TORTURE_MODE` names: a mode (apps on txmesh/pg), or `contract` (2pc, apps on pg alone). */
-export type RunName = Mode | 'contract'
-export const RUNS: readonly RunName[] = [...MODES, 'contract']
+/**
+ * What `TORTURE_MODE` names: a mode (apps on txmesh/pg), `contract` (2pc, apps on pg alone), or
+ * `shared` (2pc, three coordinator instances on one Postgres store, killed for good as well).
+ */
+export type RunName = Mode | 'contract' | 'shared'
+export const RUNS: readonly RunName[] = [...MODES, 'contract', 'shared']
 
 export function runMode(run: RunName): Mode {
-  return run === 'contract' ? '2pc' : run
+  return run === 'contract' || run === 'shared' ? '2pc' : run
 }
+
+// The sidecar's exit status when its own log was fenced (src/tx/io.ts fatal 'lease_lost').
+const EXIT_LEASE_LOST = 70
 
 export function runParticipant(run: RunName): Participant {
   return run === 'contract' ? 'contract' : 'helper'
@@ -49,6 +72,10 @@ const ACCOUNTS = 16
 // undoing it must never overdraw the account (a saga has no isolation; that is not what this
 // test is about); its overdrafts come from the planned oversize transfers.
 const INITIAL_BALANCE: Readonly<Record<Mode, number>> = { '2pc': 1_000, saga: 1_000_000, tcc: 1_000 }
+// shared run: the coordinators' lease on their logs. Short, so a sibling takes over a dead
+// instance's log well inside a transfer's 10 s deadline, and three renewals a lease keep it held
+// through the event-loop stalls of a loaded 2-core machine.
+const SHARED_LEASE_MS = 3_000
 // Transfers in flight at once (the brief: "e.g. 8").
 export const IN_FLIGHT = 8
 // The lock probe after recovery waits this long for a row lock: above the txmesh/pg apps' 15 s
@@ -92,6 +119,8 @@ export interface BankResult {
   /** contract run: what the apps logged (see contract-app.ts). */
   readonly contractApp:
     { readonly breaches: number; readonly idleBranchesEnded: number; readonly branchesLost: number } | undefined
+  /** shared run: logs claimed by takeovers, as the coordinator instances up at the end count them. */
+  readonly takeovers: number | undefined
   readonly dir: string | undefined
 }
 
@@ -117,6 +146,11 @@ export async function runBankMode(o: BankOptions): Promise<BankResult> {
     await createBank(o.pg.connectionString(dbOf(s)), mode, ACCOUNTS, initialBalance)
   }
 
+  let shared: SharedStore | undefined
+  if (o.mode === 'shared') {
+    await o.pg.createDatabase('txmesh_store_shared')
+    shared = { url: o.pg.connectionString('txmesh_store_shared'), schema: 'bank', leaseMs: SHARED_LEASE_MS }
+  }
   const faults = newFaultCounts()
   const timelineFile = join(dir, 'timeline.log')
   const timeline = (line: string): void => appendFileSync(timelineFile, `${new Date().toISOString()} ${line}\n`)
@@ -128,11 +162,15 @@ export async function runBankMode(o: BankOptions): Promise<BankResult> {
     connectionString: (db) => o.pg.connectionString(db),
     dbOf,
     random: () => proxyRng.next(),
+    ...(shared === undefined ? {} : { shared }),
     onSelfExit: (n) => {
       timeline(
         `${n.name} exited on its own: code ${n.code}, signal ${n.signal}${n.failpoint === undefined ? '' : ` (armed ${n.failpoint})`}`,
       )
       if (n.failpoint !== undefined && n.signal === 'SIGKILL') faults.failpoints[n.failpoint]++
+      // A coordinator whose lease lapsed (a stall longer than it) and whose log a sibling took
+      // stops with 70: the fence working, restarted like any exit.
+      else if (shared !== undefined && n.name.startsWith('coordinator') && n.code === EXIT_LEASE_LOST) faults.fenced++
       else {
         faults.unexpectedExits.push(n)
         o.log(`${o.mode}: ${n.name} exited on its own (code ${n.code}, signal ${n.signal}); restarting it`)
@@ -151,6 +189,7 @@ export async function runBankMode(o: BankOptions): Promise<BankResult> {
       [...cluster.processes.values()].map((p) => ({ name: p.name, kind: p.kind })),
       cluster.proxies.map((p) => p.name),
       participant,
+      shared !== undefined,
     )
     const driver = new FaultDriver(cluster, events, faults, (line) => o.log(`${o.mode}: ${line}`), timeline)
     const started = Date.now()
@@ -159,8 +198,7 @@ export async function runBankMode(o: BankOptions): Promise<BankResult> {
       records = await runClient(
         {
           mode,
-          adminPort: cluster.coordinatorPorts.admin,
-          egressPort: cluster.coordinatorPorts.egress,
+          coordinator: (i) => pickCoordinator(cluster, i),
           inFlight: IN_FLIGHT,
           onStart: (i) => driver.onTransferStart(i),
           onEnd: (i, r) => driver.onTransferEnd(i, r),
@@ -176,6 +214,7 @@ export async function runBankMode(o: BankOptions): Promise<BankResult> {
     const connectionsDropped = cluster.proxies.reduce((n, p) => n + p.proxy.stats.dropped, 0)
 
     const recovery = await waitRecovered(cluster, (db) => o.pg.connectionString(db), o.recoveryCapMs)
+    const takeovers = shared === undefined ? undefined : await takeoversClaimed(cluster)
     // Locks first: a probe that had to wait for a lock shows in lockProbeMs.
     let lockProbeMs = 0
     const lockViolations: Violation[] = []
@@ -199,7 +238,7 @@ export async function runBankMode(o: BankOptions): Promise<BankResult> {
       violations.unshift({
         invariant: 'recovered within the window',
         transfer: undefined,
-        detail: `after ${recovery.ms} ms: ${l.prepared} prepared, ${l.unfinished} unfinished transactions (${l.stuck} stuck steps), ${l.branches} branches held, ${l.unreachable} sidecars/databases not answering`,
+        detail: `after ${recovery.ms} ms: ${l.prepared} prepared, ${l.unfinished} unfinished transactions (${l.stuck} stuck steps), ${l.branches} branches held, ${l.unreachable} sidecars/databases not answering${shared === undefined ? '' : `, ${l.storeRecords} coordinator records in the store, ${l.takenLogs} logs taken over and not finished`}`,
       })
     }
     const seen: Record<Seen, number> = { committed: 0, aborted: 0, unknown: 0, 'not-begun': 0 }
@@ -226,12 +265,42 @@ export async function runBankMode(o: BankOptions): Promise<BankResult> {
       violations,
       lockProbeMs,
       contractApp,
+      takeovers,
       dir: o.keepDir === true || (!ok && o.keepDirOnFailure) ? dir : undefined,
     }
   } finally {
     await cluster.stop()
     if (o.keepDir !== true && (ok || !o.keepDirOnFailure)) rmSync(dir, { recursive: true, force: true })
   }
+}
+
+/** Sum of txmesh_store_takeovers_total{result="claimed"} over the coordinators up. */
+async function takeoversClaimed(cluster: BankCluster): Promise<number> {
+  let n = 0
+  for (const c of cluster.coordinators) {
+    try {
+      const r = await request(`http://127.0.0.1:${c.ports.admin}/metrics`, {
+        headersTimeout: 5_000,
+        bodyTimeout: 5_000,
+      })
+      const m = /^txmesh_store_takeovers_total\{result="claimed"\} (\d+)/m.exec(await r.body.text())
+      n += Number(m?.[1] ?? 0)
+    } catch {
+      // Down at the end: its count is not known.
+    }
+  }
+  return n
+}
+
+/**
+ * The coordinator transfer `i` runs on: round robin over the instances up (the shared run's
+ * client spreads its transfers as a Service would), the only one otherwise.
+ */
+function pickCoordinator(cluster: BankCluster, i: number): CoordinatorPorts {
+  const all = cluster.coordinators
+  const up = all.filter((c) => c.process.up)
+  const c = (up.length > 0 ? up[i % up.length] : all[i % all.length]) as CoordinatorSlot
+  return { admin: c.ports.admin, egress: c.ports.egress }
 }
 
 /**
@@ -299,7 +368,7 @@ export function formatResult(r: BankResult, replay: string): string {
   const proxy = f.proxy.delay + f.proxy.drop + f.proxy.refuse
   const total = r.seen.committed + r.seen.aborted + r.seen.unknown + r.seen['not-begun']
   const lines = [
-    `${r.mode === 'contract' ? 'run contract (2pc, apps on pg from the hook contract alone)' : `mode ${r.mode}`}  seed ${r.seed} (mode seed ${modeSeed(r.seed, r.mode)})  ${r.ok ? 'PASS' : 'FAIL'}`,
+    `${r.mode === 'contract' ? 'run contract (2pc, apps on pg from the hook contract alone)' : r.mode === 'shared' ? 'run shared (2pc, coordinators on one Postgres store, killed for good too)' : `mode ${r.mode}`}  seed ${r.seed} (mode seed ${modeSeed(r.seed, r.mode)})  ${r.ok ? 'PASS' : 'FAIL'}`,
     `  transfers  ${total}: committed ${r.seen.committed}, aborted ${r.seen.aborted}, unknown ${r.seen.unknown} (afterwards all applied ${r.unknownResolved.applied}, all undone ${r.unknownResolved.none}), not begun ${r.seen['not-begun']}`,
     `  aborted    ${r.abortReasons.map(([k, n]) => `${k} ×${n}`).join('; ') || '-'}`,
     `  kills      ${kills + fired}: SIGKILL app ${f.kills.app}, participant sidecar ${f.kills['participant-sidecar']}, coordinator ${f.kills.coordinator}${r.mode === 'contract' ? ` (${f.onAbort} right after a commit answered aborted)` : ''}; failpoints fired: coordinator-after-decision ${f.failpoints['coordinator-after-decision']}, participant-after-prepared ${f.failpoints['participant-after-prepared']}${r.mode === 'contract' ? `, participant-after-app-prepared ${f.failpoints['participant-after-app-prepared']}` : ''}; kill events that found the target down ${f.skipped}, not fired before the load ended ${f.notFired.kill}`,
@@ -307,6 +376,10 @@ export function formatResult(r: BankResult, replay: string): string {
     `  crashes    ${f.unexpectedExits.length === 0 ? 'none' : f.unexpectedExits.map((e) => `${e.name} (code ${e.code}, signal ${e.signal})`).join(', ')}`,
     `  timing     load ${(r.loadMs / 1000).toFixed(1)} s (${((total * 1000) / Math.max(1, r.loadMs)).toFixed(1)} transfers/s, ${IN_FLIGHT} in flight, tx deadline ${TX_TIMEOUT_MS} ms), recovery ${(r.recovery.ms / 1000).toFixed(1)} s, lock probe waited ${(r.lockProbeMs / 1000).toFixed(1)} s`,
   ]
+  if (r.takeovers !== undefined)
+    lines.push(
+      `  store      ${SHARED_COORDINATORS} coordinator instances on one Postgres store (lease ${SHARED_LEASE_MS} ms): replaced for good ${f.replaced} (directory deleted, new instance), fenced exits ${f.fenced}, logs claimed by takeovers ${r.takeovers} (counted by the instances up at the end)`,
+    )
   const c = r.contractApp
   if (c !== undefined)
     lines.push(

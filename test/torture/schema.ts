@@ -128,6 +128,30 @@ export async function preparedCount(connectionString: string): Promise<number> {
   }
 }
 
+/**
+ * Shared run: coordinator records still in the store, over every log (a finished transaction's are
+ * deleted with its END), and other instances' logs a live holder still leases (a takeover not
+ * given up; a dead taker's lapsed lease is not one, its log's records are counted).
+ */
+export async function storeBacklog(
+  connectionString: string,
+  schema: string,
+): Promise<{ records: number; takenLogs: number }> {
+  const c = new pg.Client({ connectionString, connectionTimeoutMillis: POLL_CONNECT_TIMEOUT_MS })
+  await c.connect()
+  try {
+    const r = await c.query<{ n: string }>(
+      `SELECT count(*)::text AS n FROM ${schema}.records WHERE substr(key, 1, 2) = 'c:'`,
+    )
+    const t = await c.query<{ n: string }>(
+      `SELECT count(*)::text AS n FROM ${schema}.logs WHERE holder IS NOT NULL AND log_id <> 'bank-client/' || holder AND expires_at > now()`,
+    )
+    return { records: Number(r.rows[0]?.n ?? 0), takenLogs: Number(t.rows[0]?.n ?? 0) }
+  } finally {
+    await c.end()
+  }
+}
+
 export interface LockProbe {
   /** The probe took every account's row lock within its wait. */
   readonly ok: boolean
