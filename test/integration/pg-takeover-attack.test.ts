@@ -2,11 +2,10 @@
 // processes on loopback and embedded Postgres: schedules under which a sibling that claimed a
 // lapsed log keeps acting on it after its Postgres lease has lapsed and another instance holds it.
 import { connect, createServer, type AddressInfo, type Socket } from 'node:net'
-import pg from 'pg'
 import { request } from 'undici'
-import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { describe, expect, it } from 'vitest'
 import { startFaultProxy, type FaultProxy } from '../helpers/fault-proxy.js'
-import { startPostgres, type PostgresInstance } from '../../harness/pg.js'
+import { usePgDatabase } from '../helpers/pg.js'
 import { freePort, until } from '../../harness/ports.js'
 import { rawRequest, sidecarYaml, spawnSidecar, withPgStore, type SidecarProcess } from '../helpers/servers.js'
 import { startTxApp, stopAfterTests, type TxApp } from '../helpers/tx-app.js'
@@ -14,28 +13,8 @@ import { startTxApp, stopAfterTests, type TxApp } from '../helpers/tx-app.js'
 const { procs, apps, closers } = stopAfterTests()
 const LEASE_MS = 15_000
 
-let db: PostgresInstance
-let url: string
-
-beforeAll(async () => {
-  db = await startPostgres()
-  await db.createDatabase('attack')
-  url = db.connectionString('attack')
-}, 60_000)
-
-afterAll(async () => {
-  await db?.stop()
-})
-
-async function sql<T extends pg.QueryResultRow>(text: string, values: unknown[] = []): Promise<T[]> {
-  const c = new pg.Client({ connectionString: url })
-  await c.connect()
-  try {
-    return (await c.query<T>(text, values)).rows
-  } finally {
-    await c.end()
-  }
-}
+const store = usePgDatabase('attack')
+const sql = store.sql
 
 interface Cluster {
   app: Record<'orders' | 'payments', TxApp>
@@ -157,11 +136,13 @@ describe('takeover attacks', () => {
     const groupPort = await freePort()
     const c = await participants(schema, groupPort)
     // coord-2 reaches Postgres through a proxy the test makes slow, then cuts.
-    const pgPort = db.port
+    const pgPort = store.pg.port
     const pgProxy = await pgGate(pgPort)
     closers.push(() => pgProxy.close())
-    const slowUrl = url.replace(`127.0.0.1:${pgPort}/`, `127.0.0.1:${pgProxy.port}/`)
-    const first = await spawnSidecar(c.coordinatorYaml(1, url), [], { TXMESH_FAILPOINTS: 'coordinator-after-decision' })
+    const slowUrl = store.url.replace(`127.0.0.1:${pgPort}/`, `127.0.0.1:${pgProxy.port}/`)
+    const first = await spawnSidecar(c.coordinatorYaml(1, store.url), [], {
+      TXMESH_FAILPOINTS: 'coordinator-after-decision',
+    })
     procs.push(first)
     const second = await spawnSidecar(c.coordinatorYaml(2, slowUrl))
     procs.push(second)
@@ -203,7 +184,7 @@ describe('takeover attacks', () => {
     //    (LEASE_MS after it was granted), so it takes its log back at once; it stops after its
     //    next COMMIT decision.
     expect(Date.now()).toBeGreaterThan(grantedAt + LEASE_MS)
-    const again = await spawnSidecar(c.coordinatorYaml(1, url), [], {
+    const again = await spawnSidecar(c.coordinatorYaml(1, store.url), [], {
       TXMESH_FAILPOINTS: 'coordinator-after-decision:stop',
     })
     procs.push(again)

@@ -2,10 +2,9 @@
 // takes the log over and finishes the compensations in reverse order (real sidecar processes).
 import { execFileSync } from 'node:child_process'
 import type { IncomingMessage, ServerResponse } from 'node:http'
-import pg from 'pg'
 import { request } from 'undici'
-import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { startPostgres, type PostgresInstance } from '../../harness/pg.js'
+import { describe, expect, it } from 'vitest'
+import { usePgDatabase } from '../helpers/pg.js'
 import { until } from '../../harness/ports.js'
 import { CLI } from '../../harness/sidecar.js'
 import {
@@ -21,18 +20,8 @@ import { stopAfterTests } from '../helpers/tx-app.js'
 const { procs, closers } = stopAfterTests()
 const LEASE_MS = 3_000
 
-let db: PostgresInstance
-let url: string
-
-beforeAll(async () => {
-  db = await startPostgres()
-  await db.createDatabase('sagas')
-  url = db.connectionString('sagas')
-}, 60_000)
-
-afterAll(async () => {
-  await db?.stop()
-})
+const store = usePgDatabase('sagas')
+const sql = store.sql
 
 /** Every request any app got, in arrival order: `<app> <method> <path> <status> <op>`. */
 const arrivals: string[] = []
@@ -97,7 +86,7 @@ describe('takeover of a saga on the Postgres store', () => {
             'steps: {attempts: 1000, backoffBaseMs: 50, backoffCapMs: 100}',
           ].join('\n'),
         ),
-        `url: ${JSON.stringify(url)}, schema: sagas, instance: shop-${i}, leaseMs: ${LEASE_MS}`,
+        `url: ${JSON.stringify(store.url)}, schema: sagas, instance: shop-${i}, leaseMs: ${LEASE_MS}`,
       )
     const coords: SidecarProcess[] = []
     for (const i of [1, 2, 3]) {
@@ -187,16 +176,8 @@ describe('takeover of a saga on the Postgres store', () => {
     await until(
       'the taken log given up',
       async () => {
-        const c = new pg.Client({ connectionString: url })
-        await c.connect()
-        try {
-          const r = await c.query<{ holder: string | null }>(
-            `SELECT holder FROM sagas.logs WHERE log_id = 'shop/shop-1'`,
-          )
-          return r.rows[0]?.holder === null
-        } finally {
-          await c.end()
-        }
+        const [row] = await sql<{ holder: string | null }>(`SELECT holder FROM sagas.logs WHERE log_id = 'shop/shop-1'`)
+        return row?.holder === null
       },
       10_000,
     )

@@ -3,13 +3,12 @@
 // phase 2 not sent, and a sibling finishes the commit from the store. Paused past its lease and
 // resumed, the old holder sends nothing more for what was taken and stops (its log is fenced).
 import { readFileSync } from 'node:fs'
-import pg from 'pg'
 import { request } from 'undici'
-import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { describe, expect, it } from 'vitest'
 import { PgLog } from '../../src/store/pg-log.js'
 import { leasedControl, type ControlTransport } from '../../src/tx/io.js'
 import { startFaultProxy, type FaultProxy } from '../helpers/fault-proxy.js'
-import { startPostgres, type PostgresInstance } from '../../harness/pg.js'
+import { usePgDatabase } from '../helpers/pg.js'
 import { freePort, until } from '../../harness/ports.js'
 import { rawRequest, sidecarYaml, spawnSidecar, withPgStore, type SidecarProcess } from '../helpers/servers.js'
 import { startTxApp, stopAfterTests, type TxApp } from '../helpers/tx-app.js'
@@ -17,28 +16,8 @@ import { startTxApp, stopAfterTests, type TxApp } from '../helpers/tx-app.js'
 const { procs, apps, closers } = stopAfterTests()
 const LEASE_MS = 3_000
 
-let db: PostgresInstance
-let url: string
-
-beforeAll(async () => {
-  db = await startPostgres()
-  await db.createDatabase('takeover')
-  url = db.connectionString('takeover')
-}, 60_000)
-
-afterAll(async () => {
-  await db?.stop()
-})
-
-async function sql<T extends pg.QueryResultRow>(text: string, values: unknown[] = []): Promise<T[]> {
-  const c = new pg.Client({ connectionString: url })
-  await c.connect()
-  try {
-    return (await c.query<T>(text, values)).rows
-  } finally {
-    await c.end()
-  }
-}
+const store = usePgDatabase('takeover')
+const sql = store.sql
 
 interface Cluster {
   app: Record<'orders' | 'payments', TxApp>
@@ -78,7 +57,7 @@ async function cluster(
   for (const i of [1, 2, 3]) {
     const yaml = withPgStore(
       sidecarYaml('initiator', 1, `services:\n${services}\n`).replace('log: {level: silent}', 'log: {level: error}'),
-      `url: ${JSON.stringify(url)}, schema: ${schema}, instance: coord-${i}, leaseMs: ${LEASE_MS}${group}`,
+      `url: ${JSON.stringify(store.url)}, schema: ${schema}, instance: coord-${i}, leaseMs: ${LEASE_MS}${group}`,
     )
     const sc = await spawnSidecar(yaml, [], i === 1 ? firstEnv : {})
     procs.push(sc)
@@ -229,7 +208,12 @@ describe('takeover by a sibling on the Postgres store', () => {
 
 describe('a lease', () => {
   it("lapses on the holder's own clock while its process cannot run, and nothing is sent through the guard until a renewal went through", async () => {
-    const { log } = await PgLog.open({ url, logId: 'initiator/lease-unit', holder: 'lease-unit', leaseMs: 1_500 })
+    const { log } = await PgLog.open({
+      url: store.url,
+      logId: 'initiator/lease-unit',
+      holder: 'lease-unit',
+      leaseMs: 1_500,
+    })
     let sent = 0
     const transport: ControlTransport = {
       send: () => {
@@ -257,7 +241,7 @@ describe('a lease', () => {
   })
 
   it('held by a live sibling, a log is not opened by its own instance until the sibling gives it up', async () => {
-    const first = await PgLog.open({ url, logId: 'initiator/held', holder: 'held', leaseMs: 60_000 })
+    const first = await PgLog.open({ url: store.url, logId: 'initiator/held', holder: 'held', leaseMs: 60_000 })
     await first.log.append('c:t1', { type: 'decision' })
     await first.log.close()
     // A sibling claims it as takeover does (token + 1, holder = sibling, a live lease).
@@ -265,13 +249,13 @@ describe('a lease', () => {
       `UPDATE txmesh.logs SET token = token + 1, holder = 'sibling', expires_at = now() + interval '1 minute'
        WHERE log_id = 'initiator/held' RETURNING token`,
     )
-    const opening = PgLog.open({ url, logId: 'initiator/held', holder: 'held', leaseMs: 60_000 })
+    const opening = PgLog.open({ url: store.url, logId: 'initiator/held', holder: 'held', leaseMs: 60_000 })
     let opened = false
     void opening.then(() => (opened = true))
     await new Promise((r) => setTimeout(r, 2_500))
     expect(opened).toBe(false)
     const sibling = await PgLog.open({
-      url,
+      url: store.url,
       logId: 'initiator/held',
       holder: 'sibling',
       leaseMs: 60_000,

@@ -11,7 +11,7 @@
 // of the coordinator crosses a proxy; compensations go to the proxied ingress (the `services:`
 // address the step's call was forwarded to).
 import { spawn, type ChildProcess } from 'node:child_process'
-import { closeSync, mkdirSync, openSync, rmSync, writeFileSync } from 'node:fs'
+import { closeSync, existsSync, mkdirSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { dirname, join } from 'node:path'
 import { createInterface } from 'node:readline'
 import { startFaultProxy, type FaultProxy } from '../helpers/fault-proxy.js'
@@ -291,6 +291,17 @@ export interface CoordinatorSlot {
   /** Replacements so far. */
   generation: number
   dir: string
+  /** Logs the instances replaced so far claimed by takeover (read from their log before it went). */
+  takeoversBefore: number
+}
+
+/** Logs claimed by takeover, as the sidecar's log file says (its `takeover` events). */
+export function takeoversLogged(slot: CoordinatorSlot): number {
+  const file = join(slot.dir, 'sidecar.log')
+  if (!existsSync(file)) return 0
+  return readFileSync(file, 'utf8')
+    .split('\n')
+    .filter((l) => l.includes('"event":"takeover"')).length
 }
 
 /** The shared run's store: the coordinators' Postgres database, schema and lease. */
@@ -511,13 +522,21 @@ export async function startBankCluster(o: ClusterOptions): Promise<BankCluster> 
         o.onSelfExit,
       )
       processes.set(process.name, process)
-      slots.push({ process, ports: c.ports, instance: c.instance, generation: 0, dir: dirname(c.logFile) })
+      slots.push({
+        process,
+        ports: c.ports,
+        instance: c.instance,
+        generation: 0,
+        dir: dirname(c.logFile),
+        takeoversBefore: 0,
+      })
     }
     await Promise.all(slots.map((c) => c.process.start()))
     const replaceCoordinator = async (name: string): Promise<string> => {
       const slot = slots.find((c) => c.process.name === name)
       if (slot === undefined || shared === undefined) throw new Error(`${name} is not a coordinator of a shared store`)
       if (slot.process.up) throw new Error(`${name} is up: kill it before replacing it`)
+      slot.takeoversBefore += takeoversLogged(slot)
       rmSync(slot.dir, { recursive: true, force: true })
       const c = await configure(slots.indexOf(slot), slot.generation + 1)
       slot.process.reconfigure(c.command, c.logFile)

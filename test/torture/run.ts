@@ -12,7 +12,6 @@
 import { appendFileSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { request } from 'undici'
 import type { PostgresInstance } from '../../harness/pg.js'
 import { Prng } from '../simulation/prng.js'
 import {
@@ -35,6 +34,7 @@ import {
   SERVICES,
   SHARED_COORDINATORS,
   startBankCluster,
+  takeoversLogged,
   type BankCluster,
   type CoordinatorSlot,
   type Participant,
@@ -119,7 +119,7 @@ export interface BankResult {
   /** contract run: what the apps logged (see contract-app.ts). */
   readonly contractApp:
     { readonly breaches: number; readonly idleBranchesEnded: number; readonly branchesLost: number } | undefined
-  /** shared run: logs claimed by takeovers, as the coordinator instances up at the end count them. */
+  /** shared run: logs claimed by takeover, over every coordinator instance of the run (their logs' `takeover` events). */
   readonly takeovers: number | undefined
   readonly dir: string | undefined
 }
@@ -214,7 +214,10 @@ export async function runBankMode(o: BankOptions): Promise<BankResult> {
     const connectionsDropped = cluster.proxies.reduce((n, p) => n + p.proxy.stats.dropped, 0)
 
     const recovery = await waitRecovered(cluster, (db) => o.pg.connectionString(db), o.recoveryCapMs)
-    const takeovers = shared === undefined ? undefined : await takeoversClaimed(cluster)
+    const takeovers =
+      shared === undefined
+        ? undefined
+        : cluster.coordinators.reduce((n, c) => n + c.takeoversBefore + takeoversLogged(c), 0)
     // Locks first: a probe that had to wait for a lock shows in lockProbeMs.
     let lockProbeMs = 0
     const lockViolations: Violation[] = []
@@ -272,24 +275,6 @@ export async function runBankMode(o: BankOptions): Promise<BankResult> {
     await cluster.stop()
     if (o.keepDir !== true && (ok || !o.keepDirOnFailure)) rmSync(dir, { recursive: true, force: true })
   }
-}
-
-/** Sum of txmesh_store_takeovers_total{result="claimed"} over the coordinators up. */
-async function takeoversClaimed(cluster: BankCluster): Promise<number> {
-  let n = 0
-  for (const c of cluster.coordinators) {
-    try {
-      const r = await request(`http://127.0.0.1:${c.ports.admin}/metrics`, {
-        headersTimeout: 5_000,
-        bodyTimeout: 5_000,
-      })
-      const m = /^txmesh_store_takeovers_total\{result="claimed"\} (\d+)/m.exec(await r.body.text())
-      n += Number(m?.[1] ?? 0)
-    } catch {
-      // Down at the end: its count is not known.
-    }
-  }
-  return n
 }
 
 /**
@@ -378,7 +363,7 @@ export function formatResult(r: BankResult, replay: string): string {
   ]
   if (r.takeovers !== undefined)
     lines.push(
-      `  store      ${SHARED_COORDINATORS} coordinator instances on one Postgres store (lease ${SHARED_LEASE_MS} ms): replaced for good ${f.replaced} (directory deleted, new instance), fenced exits ${f.fenced}, logs claimed by takeovers ${r.takeovers} (counted by the instances up at the end)`,
+      `  store      ${SHARED_COORDINATORS} coordinator instances on one Postgres store (lease ${SHARED_LEASE_MS} ms): replaced for good ${f.replaced} (directory deleted, new instance), fenced exits ${f.fenced}, logs claimed by takeover ${r.takeovers}`,
     )
   const c = r.contractApp
   if (c !== undefined)
