@@ -167,14 +167,12 @@ export class Takeover {
    */
   private async giveUp(id: string, h: Held): Promise<void> {
     this.held.delete(id)
-    await h.drivers
-      .close()
-      .catch((err: unknown) =>
-        this.o.logger.warn('takeover.close_failed', {
-          log: id,
-          reason: err instanceof Error ? err.message : String(err),
-        }),
-      )
+    await h.drivers.close().catch((err: unknown) =>
+      this.o.logger.warn('takeover.close_failed', {
+        log: id,
+        reason: err instanceof Error ? err.message : String(err),
+      }),
+    )
     await h.log.release()
   }
 
