@@ -42,6 +42,7 @@ describe('a taker drained while a compensation of the taken saga is out', () => 
     let running = 0
     let most = 0
     let slowArrived = 0
+    let deleted = 0
     const orders = await startServer((req: IncomingMessage, res: ServerResponse) => {
       req.resume()
       req.on('end', () => {
@@ -49,6 +50,7 @@ describe('a taker drained while a compensation of the taken saga is out', () => 
           res.writeHead(201, { 'content-type': 'application/json' })
           res.end(JSON.stringify({ id: 42 }))
         } else {
+          deleted++
           res.writeHead(204)
           res.end()
         }
@@ -157,5 +159,8 @@ describe('a taker drained while a compensation of the taken saga is out', () => 
     // Another instance may take the saga over, but its refund must not start while the first runs.
     await new Promise((r) => setTimeout(r, REFUND_MS + 1_000))
     expect({ refundsStarted: slowArrived >= 1, mostAtOnce: most }).toEqual({ refundsStarted: true, mostAtOnce: 1 })
+    // And the saga is still finished, by the remaining instance: refund, then the order deleted.
+    await until('the order deleted', () => deleted >= 1, REFUND_MS + LEASE_MS + 10_000)
+    expect(most).toBe(1)
   }, 60_000)
 })
