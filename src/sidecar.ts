@@ -304,11 +304,25 @@ export async function startSidecar(config: SidecarConfig, log: Logger): Promise<
           let stop: (() => Promise<void>) | undefined
           const base = productionIo({ log: taken, control: client, app: pool, http: peerHttp, logger: log })
           const leased = withLease(base, () => taken.leaseHeld())
+          // The drivers' calls still out (a compensation running at its app, a TCC confirm, a
+          // phase-2 message): the log is handed on only once they came back, else the next holder,
+          // claiming it at once, sends the same compensation again while the first one still runs.
+          const out = new Set<Promise<unknown>>()
+          const tracked = <T>(p: Promise<T>): Promise<T> => {
+            out.add(p)
+            const done = (): void => void out.delete(p)
+            p.then(done, done)
+            return p
+          }
           const tio: SidecarIo = {
             ...leased,
+            control: {
+              send: (address, call) => tracked(leased.control.send(address, call)),
+              call: (address, method, path, b) => tracked(leased.control.call(address, method, path, b)),
+            },
             // The peer client is the sidecar's own: the taken log's drivers never close it (their
             // close at the end of a takeover used to destroy it for the whole sidecar).
-            http: { exchange: (origin, o) => leased.http.exchange(origin, o) },
+            http: { exchange: (origin, o) => tracked(leased.http.exchange(origin, o)) },
             // A write to the taken log failed: stop finishing it (a sibling claims it again).
             fatal: (what, detail) => {
               log.error('takeover_log_failed', { log: taken.id, what, ...detail })
@@ -338,6 +352,8 @@ export async function startSidecar(config: SidecarConfig, log: Logger): Promise<
             (closing ??= (async () => {
               tCoordinator.close()
               await Promise.all([tSteps.close(), tOutbox.close()])
+              // Closed drivers start no call; each one out ends within its own timeout.
+              await Promise.allSettled([...out])
             })())
           return {
             incarnation: inc.id,
