@@ -157,7 +157,8 @@ export class Takeover {
     if (this.timer !== undefined) this.timers.clear(this.timer)
     await this.scanning
     // Given up unfinished: a sibling (or the log's own instance) claims it at once, not a lease later.
-    for (const [id, h] of this.held) await this.giveUp(id, h)
+    // In parallel: each waits for its drivers' calls still out (each within its own timeout).
+    await Promise.all([...this.held].map(([id, h]) => this.giveUp(id, h)))
     await this.pool.end()
   }
 

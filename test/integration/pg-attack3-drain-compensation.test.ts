@@ -4,8 +4,7 @@
 // at once and send the same compensation again while the first one still runs.
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import { request } from 'undici'
-import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { startPostgres, type PostgresInstance } from '../../harness/pg.js'
+import { describe, expect, it } from 'vitest'
 import { until } from '../../harness/ports.js'
 import {
   rawRequest,
@@ -15,6 +14,7 @@ import {
   withPgStore,
   type SidecarProcess,
 } from '../helpers/servers.js'
+import { usePgDatabase } from '../helpers/pg.js'
 import { stopAfterTests } from '../helpers/tx-app.js'
 
 const { procs, closers } = stopAfterTests()
@@ -22,18 +22,7 @@ const LEASE_MS = 3_000
 /** How long the app takes to refund once refunds are back (under LIMITS.stepOpTimeoutMs). */
 const REFUND_MS = 7_000
 
-let db: PostgresInstance
-let url: string
-
-beforeAll(async () => {
-  db = await startPostgres()
-  await db.createDatabase('drain')
-  url = db.connectionString('drain')
-}, 60_000)
-
-afterAll(async () => {
-  await db?.stop()
-})
+const store = usePgDatabase('drain')
 
 describe('a taker drained while a compensation of the taken saga is out', () => {
   it('hands the log on only once that compensation came back: the same compensation never runs twice at once', async () => {
@@ -105,7 +94,7 @@ describe('a taker drained while a compensation of the taken saga is out', () => 
             'steps: {attempts: 1000, backoffBaseMs: 50, backoffCapMs: 100}',
           ].join('\n'),
         ),
-        `url: ${JSON.stringify(url)}, schema: drain, instance: shop-${i}, leaseMs: ${LEASE_MS}`,
+        `url: ${JSON.stringify(store.url)}, schema: drain, instance: shop-${i}, leaseMs: ${LEASE_MS}`,
       )
     const coords: SidecarProcess[] = []
     for (const i of [1, 2, 3]) {
