@@ -85,7 +85,14 @@ export interface ControlDeps {
 }
 
 export interface GroupAnswerer {
-  outcomeFor(id: string, holder: boolean): Promise<'committed' | 'aborted' | 'in-doubt' | 'unknown-coordinator'>
+  /** The outcome, and the control address of the instance that holds the id's log (`owner`). */
+  outcomeFor(
+    id: string,
+    holder: boolean,
+  ): Promise<{
+    readonly outcome: 'committed' | 'aborted' | 'in-doubt' | 'unknown-coordinator'
+    readonly owner?: string | undefined
+  }>
 }
 
 const ROUTE =
@@ -266,7 +273,8 @@ async function runOp(
       // lookup: the asker found a prepared row of `id` it does not hold (coordinator outcomeFor).
       const own = d.steps.has(id) ? d.steps.outcomeFor(id) : d.coordinator.outcomeFor(id, op === 'outcome')
       if (own !== 'unknown-coordinator' || d.group === undefined) return ok({ id, outcome: own })
-      return ok({ id, outcome: await d.group.outcomeFor(id, op === 'outcome') })
+      const g = await d.group.outcomeFor(id, op === 'outcome')
+      return ok({ id, outcome: g.outcome, ...(g.owner === undefined ? {} : { owner: g.owner }) })
     }
     case 'steps': {
       if (body.void !== undefined) {

@@ -54,6 +54,11 @@ export interface PgLogOptions {
   readonly onSync?: (records: number, seconds: number) => void
   /** Who holds the lease (this instance's name). Default the log id. */
   readonly holder?: string
+  /**
+   * The holder's control address, as peers reach it: the group's outcome answers name it as the
+   * log's owner, so a participant learns where to ask (not from configuration).
+   */
+  readonly address?: string
   /** Lease length; undefined: no lease (the log is held until another open claims it). */
   readonly leaseMs?: number
   /** A log a sibling claimed for this instance (takeover) with this token: opened without claiming. */
@@ -101,7 +106,8 @@ CREATE TABLE IF NOT EXISTS ${schema}.logs (
   token bigint NOT NULL DEFAULT 1,
   created_at timestamptz NOT NULL DEFAULT now()
 );
-ALTER TABLE ${schema}.logs ADD COLUMN IF NOT EXISTS holder text, ADD COLUMN IF NOT EXISTS expires_at timestamptz;
+ALTER TABLE ${schema}.logs ADD COLUMN IF NOT EXISTS holder text, ADD COLUMN IF NOT EXISTS expires_at timestamptz,
+  ADD COLUMN IF NOT EXISTS address text;
 CREATE TABLE IF NOT EXISTS ${schema}.records (
   log_id text NOT NULL,
   lsn bigint NOT NULL,
@@ -191,7 +197,7 @@ export class PgLog implements TxLog {
           let token = o.token
           if (token === undefined) {
             // Counted from the claim that went through, not from before the wait for a sibling.
-            const claimed = await claimOwn(c, schema, o.logId, holder, o.leaseMs, logger, timers)
+            const claimed = await claimOwn(c, schema, o.logId, holder, o.address, o.leaseMs, logger, timers)
             token = claimed.token
             leaseFrom = claimed.sentAt
           }
@@ -284,10 +290,10 @@ export class PgLog implements TxLog {
     await this.flush()
     if (this.failed === undefined)
       await this.pool
-        .query(`UPDATE ${this.schema}.logs SET holder = NULL, expires_at = NULL WHERE log_id = $1 AND token = $2`, [
-          this.logId,
-          this.token,
-        ])
+        .query(
+          `UPDATE ${this.schema}.logs SET holder = NULL, expires_at = NULL, address = NULL WHERE log_id = $1 AND token = $2`,
+          [this.logId, this.token],
+        )
         .catch((err: unknown) =>
           this.logger.warn('store.release_failed', { log: this.logId, reason: (err as Error).message }),
         )
@@ -481,6 +487,7 @@ async function claimOwn(
   schema: string,
   logId: string,
   holder: string,
+  address: string | undefined,
   leaseMs: number | undefined,
   logger: Logger,
   timers: Timers,
@@ -489,12 +496,13 @@ async function claimOwn(
   for (let attempt = 0; ; attempt++) {
     const sentAt = performance.now()
     const r = await c.query<{ token: string }>(
-      `INSERT INTO ${schema}.logs (log_id, holder, expires_at)
-       VALUES ($1, $2, now() + $3 * interval '1 millisecond')
-       ON CONFLICT (log_id) DO UPDATE SET token = logs.token + 1, holder = $2, expires_at = EXCLUDED.expires_at
+      `INSERT INTO ${schema}.logs (log_id, holder, expires_at, address)
+       VALUES ($1, $2, now() + $3 * interval '1 millisecond', $4)
+       ON CONFLICT (log_id) DO UPDATE
+         SET token = logs.token + 1, holder = $2, expires_at = EXCLUDED.expires_at, address = EXCLUDED.address
        WHERE logs.holder IS NULL OR logs.holder = $2 OR logs.expires_at IS NULL OR logs.expires_at < now()
        RETURNING token`,
-      [logId, holder, leaseMs ?? null],
+      [logId, holder, leaseMs ?? null, address ?? null],
     )
     const token = r.rows[0]?.token
     if (token !== undefined) return { token: Number(token), sentAt }

@@ -14,8 +14,10 @@
 // store (outcomeFor): for an id of a log it finishes, with that log's drivers; for a log whose
 // lease has lapsed, it claims the log first (fencing its old holder, so no COMMIT decision can be
 // added to it any more) and then answers as the log's coordinator would, presumed abort included;
-// for a log a live instance holds, in doubt (the asker asks again, there or at its coordinator).
-// An id whose incarnation no log of the service has is not the group's to answer.
+// for a log a live instance holds, in doubt, naming that instance's control address as the owner
+// (a participant asks there next: it learns who took its coordinator's work over from the answer,
+// not from configuration). An id whose incarnation no log of the service has is not the group's
+// to answer.
 import pg from 'pg'
 import { LIMITS } from '../limits.js'
 import type { Logger } from '../telemetry/logger.js'
@@ -34,6 +36,8 @@ export interface TakeoverOptions {
   readonly service: string
   /** This instance's name: the holder of what it claims. */
   readonly instance: string
+  /** This instance's control address (as peers reach it): named as the owner of what it claims. */
+  readonly address?: string
   readonly leaseMs: number
   readonly logger: Logger
   readonly timers?: Timers
@@ -61,6 +65,12 @@ export interface AdoptedLog {
 }
 
 export type GroupOutcome = 'committed' | 'aborted' | 'in-doubt' | 'unknown-coordinator'
+
+/** The group's answer: the outcome, and the control address of the instance holding the id's log. */
+export interface GroupAnswer {
+  readonly outcome: GroupOutcome
+  readonly owner?: string | undefined
+}
 
 interface Claimed {
   readonly logId: string
@@ -117,26 +127,33 @@ export class Takeover {
   }
 
   /** The group's answer for a transaction id of another instance of this service. */
-  async outcomeFor(id: string, holder: boolean): Promise<GroupOutcome> {
+  async outcomeFor(id: string, holder: boolean): Promise<GroupAnswer> {
     const inc = incarnationOfTx(id)
-    if (inc === undefined || this.closed) return 'unknown-coordinator'
+    if (inc === undefined || this.closed) return { outcome: 'unknown-coordinator' }
     const held = this.heldFor(inc)
-    if (held !== undefined) return held.log.leaseHeld() ? held.drivers.outcomeFor(id, holder) : 'in-doubt'
+    if (held !== undefined) return this.answerHeld(held, id, holder)
     const s = this.o.schema
-    const r = await this.pool.query<{ log_id: string; lapsed: boolean }>(
-      `SELECT l.log_id, (l.expires_at IS NULL OR l.expires_at < now()) AS lapsed
+    const r = await this.pool.query<{ log_id: string; lapsed: boolean; address: string | null }>(
+      `SELECT l.log_id, (l.expires_at IS NULL OR l.expires_at < now()) AS lapsed, l.address
        FROM ${s}.records r JOIN ${s}.logs l ON l.log_id = r.log_id
        WHERE r.key = $1 AND r.body->>'id' = $2 AND l.log_id LIKE $3 ESCAPE '\\' LIMIT 1`,
       [INCARNATION_KEY, inc, this.prefix()],
     )
     const row = r.rows[0]
-    if (row === undefined || row.log_id === this.own()) return 'unknown-coordinator'
-    // Held by a live instance (its own or a sibling finishing it): that one answers.
-    if (!row.lapsed || this.held.size >= LIMITS.pgLeaseTakenLogs) return 'in-doubt'
+    if (row === undefined || row.log_id === this.own()) return { outcome: 'unknown-coordinator' }
+    // Held by a live instance (its own or a sibling finishing it): that one answers; say which.
+    if (!row.lapsed) return { outcome: 'in-doubt', owner: row.address ?? undefined }
+    if (this.held.size >= LIMITS.pgLeaseTakenLogs) return { outcome: 'in-doubt' }
     const claimed = await this.claim(row.log_id)
     if (claimed !== undefined) await this.adopt(claimed)
     const now = this.heldFor(inc)
-    return now !== undefined && now.log.leaseHeld() ? now.drivers.outcomeFor(id, holder) : 'in-doubt'
+    return now === undefined ? { outcome: 'in-doubt' } : this.answerHeld(now, id, holder)
+  }
+
+  private answerHeld(h: Held, id: string, holder: boolean): GroupAnswer {
+    // A lease lapsed on this instance's clock: its drivers may be fenced already; ask again later.
+    const outcome = h.log.leaseHeld() ? h.drivers.outcomeFor(id, holder) : 'in-doubt'
+    return { outcome, owner: this.o.address }
   }
 
   private heldFor(incarnation: string): Held | undefined {
@@ -219,7 +236,8 @@ export class Takeover {
            AND (l.log_id = $6::text OR ($6::text IS NULL AND EXISTS (SELECT 1 FROM ${s}.records r
                 WHERE r.log_id = l.log_id AND substr(r.key, 1, 2) = ANY($3::text[]))))
          ORDER BY l.log_id LIMIT 1 FOR UPDATE SKIP LOCKED)
-       UPDATE ${s}.logs l SET token = l.token + 1, holder = $4, expires_at = now() + $5 * interval '1 millisecond'
+       UPDATE ${s}.logs l
+         SET token = l.token + 1, holder = $4, expires_at = now() + $5 * interval '1 millisecond', address = $8
        FROM lapsed WHERE l.log_id = lapsed.log_id
        RETURNING l.log_id, l.token`,
       [
@@ -230,6 +248,7 @@ export class Takeover {
         this.o.leaseMs,
         logId ?? null,
         [...this.held.keys()],
+        this.o.address ?? null,
       ],
     )
     const row = r.rows[0]

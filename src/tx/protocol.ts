@@ -77,7 +77,10 @@ const ADDRESS_RE = /^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]{1,253}):\d{1,5}$/
  * sidecar answers "aborted" only for ids of its own incarnation. The address lets a sibling
  * instance, or a sidecar that lost its log, ask the coordinator about a prepared row it finds in
  * the database; addresses too long to fit the 64-character id are left out (such rows stay in
- * doubt until an operator resolves them).
+ * doubt until an operator resolves them). On a shared store (store.group) the address is the
+ * group's: any live instance of the service answers for the id from the store and names the
+ * instance holding its log (the owner), and the incarnation names that log (`<service>/<instance>`
+ * in the store), so an id outlives the instance that made it.
  */
 export function newTxId(
   coordinator: string,
@@ -134,7 +137,13 @@ export function incarnationOfTx(id: TxId): string | undefined {
   return isIncarnation(part) ? part : undefined
 }
 
+/** A control address as the protocol writes one (`host:port`, `[v6]:port`). */
+export function isAddress(s: unknown): s is string {
+  return typeof s === 'string' && ADDRESS_RE.test(s)
+}
+
 /** The coordinator control address a transaction id names, if any. */
+
 export function coordinatorOfTx(id: TxId): string | undefined {
   const first = id.indexOf('_')
   if (first < 0) return undefined

@@ -7,6 +7,7 @@ import { request } from 'undici'
 import { describe, expect, it } from 'vitest'
 import { PgLog } from '../../src/store/pg-log.js'
 import { leasedControl, type ControlTransport } from '../../src/tx/io.js'
+import { coordinatorOfTx } from '../../src/tx/protocol.js'
 import { startFaultProxy, type FaultProxy } from '../helpers/fault-proxy.js'
 import { usePgDatabase } from '../helpers/pg.js'
 import { freePort, until } from '../../harness/ports.js'
@@ -23,7 +24,11 @@ interface Cluster {
   app: Record<'orders' | 'payments', TxApp>
   /** In front of each participant sidecar's control listener: counts what coordinators send. */
   proxies: FaultProxy[]
+  /** The participant sidecars (orders, payments). */
+  participants: SidecarProcess[]
   coordinators: SidecarProcess[]
+  /** store.group's address (with `group`). */
+  group: string
 }
 
 /** Two participant services and three coordinator instances of `initiator` on one store. */
@@ -37,6 +42,7 @@ async function cluster(
   const services = names.map((n) => `  ${n}: {address: "127.0.0.1:${fixed[n]}"}`).join('\n')
   const app = { orders: await startTxApp('orders'), payments: await startTxApp('payments') }
   const proxies: FaultProxy[] = []
+  const participants: SidecarProcess[] = []
   for (const n of names) {
     apps.push(app[n])
     const proxyPort = await freePort()
@@ -45,6 +51,7 @@ async function cluster(
       ['--ingress-port', String(fixed[n])],
     )
     procs.push(sc)
+    participants.push(sc)
     const proxy = await startFaultProxy({ port: proxyPort, targetPort: sc.ports.control, random: Math.random })
     closers.push(() => proxy.close())
     proxies.push(proxy)
@@ -71,7 +78,7 @@ async function cluster(
     })
     closers.push(() => service.close())
   }
-  return { app, proxies, coordinators }
+  return { app, proxies, participants, coordinators, group: `127.0.0.1:${groupPort}` }
 }
 
 /** Begins a 2PC transaction on `coord` with a write at both participants, and asks it to commit. */
@@ -172,6 +179,53 @@ describe('takeover by a sibling on the Postgres store', () => {
       payments: c.app.payments.committed,
       paymentsPrepared: c.app.payments.hooks.includes(`prepare:${tx.id}`),
     }).toEqual({ orders: [], payments: [], paymentsPrepared: true })
+  }, 60_000)
+
+  it('a branch whose coordinator died learns the new owner from the group: the instance it asks names the sibling that took the log over, and asking that one commits it', async () => {
+    // The group address routes to coord-2 only; coord-2 is paused while coord-1 dies, so coord-3
+    // takes coord-1's log over. Phase 2 cannot reach the participants (their control listeners
+    // refuse): each branch learns the outcome by asking, and only the owner coord-2 names has it.
+    const c = await cluster('tk_owner', { TXMESH_FAILPOINTS: 'coordinator-after-decision' }, { group: true })
+    const [first, second, third] = c.coordinators as [SidecarProcess, SidecarProcess, SidecarProcess]
+    const paused = second.child.pid as number
+    process.kill(paused, 'SIGSTOP')
+    try {
+      const tx = await writeAndCommit(first, 'o1', 4_000)
+      expect(await first.exited).toMatchObject({ signal: 'SIGKILL' })
+      for (const p of c.proxies) await p.setMode({ kind: 'refuse' })
+      const holder = async (): Promise<string | null | undefined> =>
+        (await sql<{ holder: string | null }>(`SELECT holder FROM tk_owner.logs WHERE log_id = 'initiator/coord-1'`))[0]
+          ?.holder
+      await until('coord-3 took the log over', async () => (await holder()) === 'coord-3', LEASE_MS + 10_000)
+      process.kill(paused, 'SIGCONT')
+      await until(
+        'the commit at both participants, learned by asking the owner',
+        () => c.app.orders.committed.length === 1 && c.app.payments.committed.length === 1,
+        30_000,
+      )
+      const [owner] = await sql<{ address: string | null }>(
+        `SELECT address FROM tk_owner.logs WHERE log_id = 'initiator/coord-1'`,
+      )
+      expect({
+        orders: c.app.orders.committed,
+        payments: c.app.payments.committed,
+        // The log's owner: coord-3, still holding it (its phase 2 cannot reach the participants).
+        owner: owner?.address,
+      }).toEqual({
+        orders: ['orders:o1'],
+        payments: ['payments:o1'],
+        owner: `127.0.0.1:${third.ports.control}`,
+      })
+      // The id names the group, not coord-1: a sidecar that finds a prepared row of it without
+      // its context (txmesh/pg at start) asks the group, which names the owner, which answers.
+      expect(coordinatorOfTx(tx.id)).toBe(c.group)
+      const [orders] = c.participants as [SidecarProcess]
+      const asked = await request(`http://127.0.0.1:${orders.ports.admin}/v1/branches/${tx.id}/zzzzzzzz/outcome`)
+      expect(await asked.body.json()).toMatchObject({ outcome: 'committed' })
+      void tx.commit
+    } finally {
+      process.kill(paused, 'SIGCONT')
+    }
   }, 60_000)
 
   it('a coordinator paused past its lease and resumed after a sibling took over sends no phase-2 message for it and stops, fenced', async () => {

@@ -158,7 +158,8 @@ export class CoordinatorDriver {
   ): { id: TxId; context: string; deadline: number } | TxmeshError {
     if (this.txs.size >= LIMITS.maxActiveTransactions)
       return new TxLimitError(`this sidecar already coordinates ${this.txs.size} transactions`)
-    const id = newTxId(this.d.self, this.d.incarnation, this.d.run, this.d.io.randomChars)
+    // On a shared store the id names the group: it is answered for after this instance is gone.
+    const id = newTxId(this.d.group ?? this.d.self, this.d.incarnation, this.d.run, this.d.io.randomChars)
     const deadline = this.clock() + timeoutMs
     const entry: Entry = {
       state: newCoordinator(id, deadline),

@@ -37,6 +37,7 @@ import {
   contextGroup,
   coordinatorOfTx,
   heldByAnotherLog,
+  isAddress,
   holderOfBranch,
   newBranchId,
   type TxContext,
@@ -81,10 +82,14 @@ export interface Branch {
   /** The decision came from an outcome query, not from the coordinator's phase 2: tell it when done. */
   learnedByQuery: boolean
   /**
-   * The next outcome query goes to the context's group address (store.group) instead of the
-   * coordinator: queries alternate between the two while neither gives the outcome.
+   * Where the next outcome query goes: the coordinator the context names, the context's group
+   * address (store.group), or the owner a group answer named (the instance that holds the
+   * coordinator's log now, a sibling that took it over). Queries go round while none gives the
+   * outcome.
    */
-  askGroup: boolean
+  askNext: 'coordinator' | 'group' | 'owner'
+  /** The owner the last group answer named (an address the mesh allows as a coordinator). */
+  owner: string | undefined
   /**
    * An operator's resolution is being recorded: the coordinator's decision waits (answered
    * 'failed', it retries) so the resolution, once durable, is what the branch does and a decision
@@ -343,7 +348,8 @@ export class ParticipantDriver {
       since: this.clock(),
       coordinatorUnknown: false,
       learnedByQuery: false,
-      askGroup: false,
+      askNext: 'coordinator',
+      owner: undefined,
       resolving: false,
       resolved: undefined,
     }
@@ -538,12 +544,23 @@ export class ParticipantDriver {
     group?: string,
   ): Promise<Outcome | 'in-doubt'> {
     const path = `/v1/tx/${tx}/${held ? 'outcome' : 'lookup'}`
-    for (const to of group === undefined ? [coordinator] : [coordinator, group]) {
-      const r = await this.d.io.control.call(to, 'GET', path)
+    const targets = group === undefined ? [coordinator] : [coordinator, group]
+    // A group answer naming the owner of the coordinator's log (the id may name the group: a
+    // shared store's ids do) adds one more to ask, at most one.
+    for (let i = 0; i < targets.length && i < 3; i++) {
+      const r = await this.d.io.control.call(targets[i] as string, 'GET', path)
       const o = r.ok ? r.body.outcome : undefined
       if (o === 'committed' || o === 'aborted') return o
+      const owner = r.ok && targets.length < 3 ? this.allowedOwner(r.body.owner, targets) : undefined
+      if (owner !== undefined) targets.push(owner)
     }
     return 'in-doubt'
+  }
+
+  /** An owner named by a group answer, when the mesh allows it as a coordinator and it is new here. */
+  private allowedOwner(owner: unknown, known: readonly (string | undefined)[]): string | undefined {
+    if (!isAddress(owner) || known.includes(owner)) return undefined
+    return coordinatorAllowed(this.d.coordinators, owner) ? owner : undefined
   }
 
   /** The group address of the branch's context, when the mesh allows asking it. */
@@ -754,13 +771,20 @@ export class ParticipantDriver {
   private queryOutcome(b: Branch, a: Extract<ParticipantAction, { type: 'query-outcome' }>): void {
     const { tx, branch } = b.state
     const group = this.groupOf(b)
-    const toGroup = group !== undefined && b.askGroup
-    void this.d.io.control.call(toGroup ? group : b.state.coordinator, 'GET', `/v1/tx/${tx}/outcome`).then((r) => {
+    const asked = group === undefined ? 'coordinator' : b.askNext
+    const to = asked === 'group' ? group : asked === 'owner' ? b.owner : undefined
+    void this.d.io.control.call(to ?? b.state.coordinator, 'GET', `/v1/tx/${tx}/outcome`).then((r) => {
       const answer = r.ok ? r.body.outcome : undefined
-      // No outcome here: the next query asks the other one (coordinator or group).
-      if (group !== undefined && answer !== 'committed' && answer !== 'aborted') b.askGroup = !toGroup
-      // The group not knowing the id says nothing of its coordinator's address: ask on.
-      const got = toGroup && answer === 'unknown-coordinator' ? undefined : answer
+      if (asked === 'group' && r.ok) {
+        // The group names the instance holding the coordinator's log: asked next.
+        b.owner = this.allowedOwner(r.body.owner, [b.state.coordinator, group]) ?? b.owner
+      }
+      // No outcome here: the next query asks the next one (coordinator, group, owner).
+      if (group !== undefined && answer !== 'committed' && answer !== 'aborted')
+        b.askNext =
+          asked === 'coordinator' ? 'group' : asked === 'group' && b.owner !== undefined ? 'owner' : 'coordinator'
+      // Only the coordinator's own address not knowing the id says its log is gone: ask on.
+      const got = asked !== 'coordinator' && answer === 'unknown-coordinator' ? undefined : answer
       // An operator's resolution being recorded goes first (Branch.resolving): ask again later.
       const o = b.resolving ? undefined : got
       if (o === 'unknown-coordinator' && b.state.onePhase && b.state.status === 'committed') {
