@@ -192,7 +192,7 @@ export const LIMITS = Object.freeze({
   pgStoreBatchRecords: 1_000,
   // flush() waits for the writer at most this many turns (each commits a batch).
   pgStoreFlushTurns: 1_000,
-  // Leases (src/store/lease.ts). An instance's lease on its log lasts pgLeaseMs (store.leaseMs)
+  // Leases (src/store/pg-log.ts). An instance's lease on its log lasts pgLeaseMs (store.leaseMs)
   // and is renewed every third of it; the holder counts it lapsed pgLeaseMarginMs early (its own
   // monotonic clock against Postgres's), and sends no protocol message while it has lapsed.
   pgLeaseMs: 10_000,
@@ -206,6 +206,17 @@ export const LIMITS = Object.freeze({
   pgTakeoverConnections: 1,
   // An instance whose own log a live sibling holds (finishing it) waits this long for it at start.
   pgLeaseOpenWaitMs: 120_000,
+  // Kubernetes Leases (store.lease kubernetes, src/store/kube-lease.ts): one API call's connect
+  // and answer bound (a renewal every third of the lease must not wait longer than the lease), the
+  // connections to the API server, how often the projected service account token is read again
+  // (kubelet rotates it well before expiry), updates retried after a 409 at one renewal, Leases
+  // whose version this process remembers (its service's instances, bounded), an answer's size.
+  k8sApiTimeoutMs: 3_000,
+  k8sApiConnections: 2,
+  k8sTokenRereadMs: 60_000,
+  k8sLeaseConflictRetries: 3,
+  k8sLeasesObserved: 1_024,
+  k8sApiMaxBodyBytes: 64 * 1024,
   // One compaction copies forward at most this share of a segment of live records; beyond it the
   // oldest segments are mostly live and copying them would only rewrite the same bytes.
   logCompactCarryFraction: 0.5,

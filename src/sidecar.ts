@@ -28,6 +28,7 @@ import { ControlClient } from './control/client.js'
 import { KeyRing, watchKeyFile } from './tx/keys.js'
 import { PeerTls, peerAgent } from './peer-tls.js'
 import { leasedControl, leasedHttp, productionIo, type SidecarIo } from './tx/io.js'
+import { KubeLeases } from './store/kube-lease.js'
 import { Takeover, type AdoptedLog } from './store/takeover.js'
 import type { LogEntry } from './store/types.js'
 import { committedIn, decodeRecords } from './tx/records.js'
@@ -158,6 +159,7 @@ export async function startSidecar(config: SidecarConfig, log: Logger): Promise<
   const bound: Server[] = []
   let fileLog: TxLog | undefined
   let takeover: Takeover | undefined
+  let kube: KubeLeases | undefined
   let controlClient: ControlClient | undefined
   let appPool: Pool | undefined
   try {
@@ -176,6 +178,8 @@ export async function startSidecar(config: SidecarConfig, log: Logger): Promise<
     if (keys !== undefined) {
       const onSync = (n: number, sec: number): void => metrics.logSync(n, sec)
       const pgStore = config.storePostgres
+      // store.lease kubernetes: the leases are Lease objects of the pod's namespace.
+      kube = pgStore?.lease === 'kubernetes' ? KubeLeases.inCluster(log) : undefined
       const opened =
         pgStore === undefined
           ? await FileLog.open(resolvePath(config.storeDir), {
@@ -189,6 +193,7 @@ export async function startSidecar(config: SidecarConfig, log: Logger): Promise<
               logId: `${config.service}/${pgStore.instance}`,
               holder: pgStore.instance,
               address: self,
+              ...(kube === undefined ? {} : { kube }),
               leaseMs: pgStore.leaseMs,
               logger: log,
               onSync,
@@ -369,6 +374,7 @@ export async function startSidecar(config: SidecarConfig, log: Logger): Promise<
           service: config.service,
           instance: pgStore.instance,
           address: self,
+          ...(kube === undefined ? {} : { kube }),
           leaseMs: pgStore.leaseMs,
           logger: log,
           adopt,
@@ -443,6 +449,7 @@ export async function startSidecar(config: SidecarConfig, log: Logger): Promise<
           appPool?.close(),
         ])
         await fileLog?.close()
+        await kube?.close()
         loop?.close()
         stopKeyWatch?.()
         stopTokenWatch?.()
@@ -461,6 +468,7 @@ export async function startSidecar(config: SidecarConfig, log: Logger): Promise<
     stopTokenWatch?.()
     peerTls?.close()
     await fileLog?.close()
+    await kube?.close()
     await appPool?.close()
     await tracing?.shutdown()
     throw err

@@ -196,7 +196,7 @@ interface RawConfig {
   mesh?: { keyEnv?: string; keyFile?: string; coordinators?: string[]; advertise?: string }
   admin?: { tokenEnv?: string; tokenFile?: string; allowedHosts?: string[]; allowedOrigins?: string[] }
   tls?: { certFile: string; keyFile: string; caFile: string; requireClientCert?: boolean }
-  store?: { dir?: string; sync?: 'dsync' | 'datasync' | 'fsync'; kind?: 'file' | 'postgres'; url?: string; urlEnv?: string; urlFile?: string; schema?: string; instance?: string; leaseMs?: number; group?: string }
+  store?: { dir?: string; sync?: 'dsync' | 'datasync' | 'fsync'; kind?: 'file' | 'postgres'; url?: string; urlEnv?: string; urlFile?: string; schema?: string; instance?: string; leaseMs?: number; lease?: 'row' | 'kubernetes'; group?: string }
   hooks?: { prepare?: string; commit?: string; abort?: string; confirm?: string; cancel?: string; batch?: string }
   steps?: { attempts?: number; backoffBaseMs?: number; backoffCapMs?: number }
   events?: { nats?: { servers: string[]; stream?: string; topics?: string[] }; webhooks?: { url: string }[] }
@@ -459,19 +459,21 @@ export function checkAdminToken(text: string): Buffer | string {
 }
 
 /** Environment that selects the Postgres store over the file's store (the Kubernetes injector sets it). */
-export const STORE_ENV = { url: 'TXMESH_STORE_URL', group: 'TXMESH_STORE_GROUP' } as const
+export const STORE_ENV = { url: 'TXMESH_STORE_URL', group: 'TXMESH_STORE_GROUP', lease: 'TXMESH_STORE_LEASE' } as const
 
 /**
  * TXMESH_STORE_URL set (the injector's txmesh.io/store-secret): the Postgres store with that URL,
  * whatever the file's store says (a ConfigMap shared by services on either store); the file's
- * postgres settings (schema, leaseMs, group) are kept, TXMESH_STORE_GROUP wins over store.group.
+ * postgres settings (schema, leaseMs, lease, group) are kept, TXMESH_STORE_GROUP and
+ * TXMESH_STORE_LEASE win over store.group and store.lease.
  */
 function storeFromEnv(raw: RawConfig['store']): RawConfig['store'] {
   const url = process.env[STORE_ENV.url]
   if (url === undefined || url === '') return raw
   const group = process.env[STORE_ENV.group]
-  const keep = raw?.kind === 'postgres' ? { schema: raw.schema, instance: raw.instance, leaseMs: raw.leaseMs, group: raw.group } : {}
-  const merged = { ...keep, kind: 'postgres' as const, urlEnv: STORE_ENV.url, ...(group ? { group } : {}) }
+  const lease = process.env[STORE_ENV.lease]
+  const keep = raw?.kind === 'postgres' ? { schema: raw.schema, instance: raw.instance, leaseMs: raw.leaseMs, lease: raw.lease, group: raw.group } : {}
+  const merged = { ...keep, kind: 'postgres' as const, urlEnv: STORE_ENV.url, ...(group ? { group } : {}), ...(lease ? { lease: lease as 'row' | 'kubernetes' } : {}) }
   return Object.fromEntries(Object.entries(merged).filter(([, v]) => v !== undefined)) as RawConfig['store']
 }
 
@@ -482,7 +484,7 @@ function storeFromEnv(raw: RawConfig['store']): RawConfig['store'] {
  * Kubernetes). Keys of the other kind are problems, never silently ignored.
  */
 function pgStore(raw: RawConfig['store'], problem: (path: (string | number)[], message: string) => void): PgStoreSettings | undefined {
-  const pgKeys = ['url', 'urlEnv', 'urlFile', 'schema', 'instance', 'leaseMs', 'group'] as const
+  const pgKeys = ['url', 'urlEnv', 'urlFile', 'schema', 'instance', 'leaseMs', 'lease', 'group'] as const
   if (raw?.kind !== 'postgres') {
     for (const k of pgKeys) if (raw?.[k] !== undefined) problem(['store', k], `store.${k}: only for store.kind postgres`)
     return undefined
@@ -509,7 +511,9 @@ function pgStore(raw: RawConfig['store'], problem: (path: (string | number)[], m
   if (!/^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/.test(instance)) return void problem(['store', 'instance'], `store.instance: "${instance.slice(0, 80)}" is not a name of letters, digits, . _ - (set store.instance or TXMESH_INSTANCE)`)
   if (raw.group !== undefined && !/^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]{1,253}):[0-9]{1,5}$/.test(raw.group))
     return void problem(['store', 'group'], `store.group: "${raw.group.slice(0, 80)}" is not a host:port control address (${STORE_ENV.group} or store.group)`)
-  return { url, schema: raw.schema ?? 'txmesh', instance, leaseMs: raw.leaseMs ?? LIMITS.pgLeaseMs, group: raw.group }
+  if (raw.lease !== undefined && raw.lease !== 'row' && raw.lease !== 'kubernetes')
+    return void problem(['store', 'lease'], `store.lease: "${String(raw.lease).slice(0, 40)}" is neither row nor kubernetes (${STORE_ENV.lease} or store.lease)`)
+  return { url, schema: raw.schema ?? 'txmesh', instance, leaseMs: raw.leaseMs ?? LIMITS.pgLeaseMs, lease: raw.lease ?? 'row', group: raw.group }
 }
 
 /**

@@ -128,6 +128,8 @@ export interface PgStoreSettings {
   readonly instance: string
   /** How long the instance's lease on its log lasts unrenewed (store.leaseMs). */
   readonly leaseMs: number
+  /** store.lease: the lease as the logs row's expiry, or as a Kubernetes Lease per log. */
+  readonly lease: 'row' | 'kubernetes'
   /** store.group: the control address any live instance of the service answers at. */
   readonly group: string | undefined
 }

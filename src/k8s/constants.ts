@@ -39,6 +39,7 @@ export const ANNOTATIONS = Object.freeze({
   adminTokenSecret: 'txmesh.io/admin-token-secret',
   storeSecret: 'txmesh.io/store-secret',
   storeGroup: 'txmesh.io/store-group',
+  storeLease: 'txmesh.io/store-lease',
 })
 
 /** Value of `txmesh.io/status` on an injected pod template: the idempotency marker. */
@@ -84,6 +85,15 @@ export const MESH_KEY_FILE = `${MESH_KEY_DIR}/${MESH_KEY_KEY}`
  * Peer TLS (txmesh.io/tls-secret): the Secret is mounted here, with the keys a cert-manager
  * Certificate's Secret has (tls.crt, tls.key, ca.crt); the config's `tls` names the files.
  */
+/**
+ * store.lease kubernetes: the pod's service account token, the cluster CA and the namespace,
+ * projected into the sidecar alone (the app keeps automountServiceAccountToken as it has it), at
+ * the path the sidecar reads them from (TXMESH_K8S_SERVICEACCOUNT_DIR).
+ */
+export const KUBE_API_VOLUME = 'txmesh-kube-api'
+export const KUBE_API_DIR = '/var/run/secrets/txmesh/kube-api'
+/** The projected token's lifetime; the kubelet refreshes it at 80% of it, the sidecar rereads it. */
+export const KUBE_API_TOKEN_SECONDS = 3600
 export const TLS_VOLUME = 'txmesh-tls'
 export const TLS_DIR = '/var/run/secrets/txmesh/tls'
 export const TLS_FILES = Object.freeze({

@@ -4,6 +4,7 @@
 // the YAML document. Shape and names follow the contract in src/k8s/constants.ts.
 import { InjectConflictError, InjectInvalidError, InjectNoAppPortError, ManifestInvalidError } from '../errors.js'
 import { MESH_KEY_FILE_ENV } from '../tx/keys.js'
+import { SERVICEACCOUNT_DIR_ENV } from '../store/kube-lease.js'
 import {
   ANNOTATIONS,
   ADMIN_TOKEN_KEY,
@@ -29,6 +30,9 @@ import {
   STORE_DIR,
   TLS_DIR,
   TLS_VOLUME,
+  KUBE_API_DIR,
+  KUBE_API_TOKEN_SECONDS,
+  KUBE_API_VOLUME,
   TXMESH_GID,
   TXMESH_UID,
   defaultImage,
@@ -80,6 +84,11 @@ export interface ProxySettings {
   readonly storeSecret: string | undefined
   /** store.group (txmesh.io/store-group): host:port of a Service in front of the replicas' control ports. */
   readonly storeGroup: string | undefined
+  /**
+   * store.lease (txmesh.io/store-lease): `kubernetes` keeps each replica's lease as a Lease object
+   * of the pod's namespace (the pod's service account needs get/create/update on leases).
+   */
+  readonly storeLease: 'row' | 'kubernetes' | undefined
 }
 
 export interface InjectOptions {
@@ -393,6 +402,11 @@ function resolveSettings(
     throw invalid(ANNOTATIONS.storeSecret, `the Postgres store keeps no log files: drop ${ANNOTATIONS.logPvc} or this`)
   if (storeGroup !== undefined && storeSecret === undefined)
     throw invalid(ANNOTATIONS.storeGroup, `needs ${ANNOTATIONS.storeSecret} (the group answers from the shared store)`)
+  const storeLease = annotation(ANNOTATIONS.storeLease)
+  if (storeLease !== undefined && storeLease !== 'row' && storeLease !== 'kubernetes')
+    throw invalid(ANNOTATIONS.storeLease, `"${storeLease.slice(0, 40)}" is neither row nor kubernetes`)
+  if (storeLease !== undefined && storeSecret === undefined)
+    throw invalid(ANNOTATIONS.storeLease, `needs ${ANNOTATIONS.storeSecret} (leases are on the shared store's logs)`)
 
   return {
     appPort: appPort(view, at, annotation),
@@ -408,6 +422,7 @@ function resolveSettings(
     logPvc,
     storeSecret,
     storeGroup,
+    storeLease,
   }
 }
 
@@ -576,7 +591,7 @@ function checkConflicts(view: PodSpecView, s: ProxySettings, at: string): void {
     })
   }
   view.volumes?.forEach((v, i) => {
-    if (v.name === LOG_VOLUME || v.name === CONFIG_VOLUME || v.name === MESH_KEY_VOLUME || v.name === TLS_VOLUME) {
+    if ([LOG_VOLUME, CONFIG_VOLUME, MESH_KEY_VOLUME, TLS_VOLUME, KUBE_API_VOLUME].includes(String(v.name))) {
       throw new InjectConflictError(`a volume is already named "${String(v.name)}"`, {
         path: `${at}/spec/volumes/${i}/name`,
       })
@@ -647,6 +662,7 @@ export function proxyContainer(s: ProxySettings): Container {
       { name: CONFIG_VOLUME, mountPath: CONFIG_DIR, readOnly: true },
       { name: MESH_KEY_VOLUME, mountPath: MESH_KEY_DIR, readOnly: true },
       ...(s.tlsSecret === undefined ? [] : [{ name: TLS_VOLUME, mountPath: TLS_DIR, readOnly: true }]),
+      ...(s.storeLease === 'kubernetes' ? [{ name: KUBE_API_VOLUME, mountPath: KUBE_API_DIR, readOnly: true }] : []),
     ],
   }
 }
@@ -655,12 +671,19 @@ export function proxyContainer(s: ProxySettings): Container {
  * The Postgres store (txmesh.io/store-secret): its URL from the Secret, the pod's name as the
  * instance (each replica its own log in the shared tables), and the group address if annotated.
  */
-function storeEnv(s: Pick<ProxySettings, 'storeSecret' | 'storeGroup'>): EnvVar[] {
+function storeEnv(s: Pick<ProxySettings, 'storeSecret' | 'storeGroup' | 'storeLease'>): EnvVar[] {
   if (s.storeSecret === undefined) return []
   return [
     { name: 'TXMESH_STORE_URL', valueFrom: { secretKeyRef: { name: s.storeSecret, key: STORE_URL_KEY } } },
     { name: 'TXMESH_INSTANCE', valueFrom: { fieldRef: { fieldPath: 'metadata.name' } } },
     ...(s.storeGroup === undefined ? [] : [{ name: 'TXMESH_STORE_GROUP', value: s.storeGroup }]),
+    ...(s.storeLease === undefined ? [] : [{ name: 'TXMESH_STORE_LEASE', value: s.storeLease }]),
+    ...(s.storeLease === 'kubernetes'
+      ? [
+          { name: 'POD_NAMESPACE', valueFrom: { fieldRef: { fieldPath: 'metadata.namespace' } } },
+          { name: SERVICEACCOUNT_DIR_ENV, value: KUBE_API_DIR },
+        ]
+      : []),
   ]
 }
 
@@ -719,6 +742,21 @@ export function volumes(s: ProxySettings): Volume[] {
       ? { name: LOG_VOLUME, emptyDir: {} }
       : { name: LOG_VOLUME, persistentVolumeClaim: { claimName: s.logPvc } }
   const tls: Volume[] = s.tlsSecret === undefined ? [] : [{ name: TLS_VOLUME, secret: { secretName: s.tlsSecret } }]
+  const kubeApi: Volume[] =
+    s.storeLease !== 'kubernetes'
+      ? []
+      : [
+          {
+            name: KUBE_API_VOLUME,
+            projected: {
+              sources: [
+                { serviceAccountToken: { path: 'token', expirationSeconds: KUBE_API_TOKEN_SECONDS } },
+                { configMap: { name: 'kube-root-ca.crt', items: [{ key: 'ca.crt', path: 'ca.crt' }] } },
+                { downwardAPI: { items: [{ path: 'namespace', fieldRef: { fieldPath: 'metadata.namespace' } }] } },
+              ],
+            },
+          },
+        ]
   return [
     log,
     { name: CONFIG_VOLUME, configMap: { name: s.configMap, items: [{ key: CONFIG_KEY, path: CONFIG_KEY }] } },
@@ -727,6 +765,7 @@ export function volumes(s: ProxySettings): Volume[] {
       secret: { secretName: s.meshKeySecret, items: [{ key: MESH_KEY_KEY, path: MESH_KEY_KEY }] },
     },
     ...tls,
+    ...kubeApi,
   ]
 }
 

@@ -59,4 +59,11 @@ export type Volume = {
   persistentVolumeClaim?: { claimName: string }
   configMap?: { name: string; items: { key: string; path: string }[] }
   secret?: { secretName: string; items?: { key: string; path: string }[] }
+  projected?: {
+    sources: (
+      | { serviceAccountToken: { path: string; expirationSeconds: number } }
+      | { configMap: { name: string; items: { key: string; path: string }[] } }
+      | { downwardAPI: { items: { path: string; fieldRef: { fieldPath: string } }[] } }
+    )[]
+  }
 }

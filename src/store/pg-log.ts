@@ -38,6 +38,7 @@ import {
 import { fullJitterMs } from '../backoff.js'
 import { LIMITS } from '../limits.js'
 import { silentLogger, type Logger } from '../telemetry/logger.js'
+import type { KubeLeases } from './kube-lease.js'
 import { nodeTimers, sleep, type Timer, type Timers } from '../timers.js'
 import type { LogEntry, LogStats, OpenedLog, TxLog } from './types.js'
 
@@ -73,6 +74,11 @@ export interface PgLogOptions {
   readonly onFenced?: (err: LogFencedError) => void
   /** A renewal went through (metrics). */
   readonly onRenewed?: () => void
+  /**
+   * store.lease kubernetes: the lease is the log's Kubernetes Lease (src/store/kube-lease.ts), not
+   * the row's expiry; the row's token still fences every write.
+   */
+  readonly kube?: KubeLeases
 }
 
 export interface PgLogStats extends LogStats {
@@ -137,6 +143,7 @@ export class PgLog implements TxLog {
   private readonly counters = { appends: 0, ends: 0, commits: 0, retries: 0, renewals: 0 }
   private renewTimer: Timer | undefined
   private renewing = false
+  private releasing = false
 
   private constructor(
     private readonly pool: pg.Pool,
@@ -192,12 +199,20 @@ export class PgLog implements TxLog {
       let leaseFrom = o.leaseFrom ?? performance.now()
       const { token, rows } = await withRetries(logger, timers, 'open', async () => {
         const c = await pool.connect()
+        // The server ending the session between two queries (a restart) is an 'error' event of
+        // the checked-out client: kept, never an uncaught exception; the client is then dropped.
+        let lost: Error | undefined
+        const onError = (err: Error): void => void (lost = err)
+        c.on('error', onError)
         try {
           await c.query(ddl(schema))
           let token = o.token
           if (token === undefined) {
             // Counted from the claim that went through, not from before the wait for a sibling.
-            const claimed = await claimOwn(c, schema, o.logId, holder, o.address, o.leaseMs, logger, timers)
+            const claimed =
+              o.kube === undefined
+                ? await claimOwn(c, schema, o.logId, holder, o.address, o.leaseMs, logger, timers)
+                : await claimOwnKube(c, schema, o.kube, o.logId, holder, o.address, o.leaseMs, logger, timers)
             token = claimed.token
             leaseFrom = claimed.sentAt
           }
@@ -210,7 +225,8 @@ export class PgLog implements TxLog {
           )
           return { token, rows: r.rows }
         } finally {
-          c.release()
+          c.removeListener('error', onError)
+          c.release(lost)
         }
       })
       const records: LogEntry[] = rows.map((r) => ({ txId: r.key, body: r.body }))
@@ -219,7 +235,7 @@ export class PgLog implements TxLog {
       const lease =
         o.leaseMs === undefined
           ? undefined
-          : { ms: o.leaseMs, from: leaseFrom, onFenced: o.onFenced, onRenewed: o.onRenewed }
+          : { ms: o.leaseMs, from: leaseFrom, onFenced: o.onFenced, onRenewed: o.onRenewed, holder, kube: o.kube }
       const log = new PgLog(
         pool,
         schema,
@@ -288,6 +304,17 @@ export class PgLog implements TxLog {
   /** Gives a finished log's lease up (its own instance may claim it at once) and closes it. */
   async release(): Promise<void> {
     await this.flush()
+    // No renewal from here on: one landing after the release would take the lease back.
+    this.releasing = true
+    if (this.renewTimer !== undefined) this.timers.clear(this.renewTimer)
+    for (let turn = 0; this.renewing && turn < LIMITS.pgStoreFlushTurns; turn++) await sleep(this.timers, 5)
+    const kube = this.lease?.kube
+    if (this.failed === undefined && kube !== undefined)
+      await kube
+        .release(this.logId, (this.lease as Lease).holder)
+        .catch((err: unknown) =>
+          this.logger.warn('store.release_failed', { log: this.logId, reason: (err as Error).message }),
+        )
     if (this.failed === undefined)
       await this.pool
         .query(
@@ -302,7 +329,7 @@ export class PgLog implements TxLog {
 
   private scheduleRenewal(): void {
     const lease = this.lease
-    if (lease === undefined || this.closing || this.failed instanceof LogFencedError) return
+    if (lease === undefined || this.closing || this.releasing || this.failed instanceof LogFencedError) return
     this.renewTimer = this.timers.set(
       () => {
         this.renewTimer = undefined
@@ -315,28 +342,36 @@ export class PgLog implements TxLog {
   /** Moves the lease's expiry on, if the token is still this log's; else the log is fenced. */
   private async renew(): Promise<void> {
     const lease = this.lease
-    if (lease === undefined || this.renewing || this.closing) return
+    if (lease === undefined || this.renewing || this.closing || this.releasing) return
     this.renewing = true
     const started = performance.now()
     try {
-      const r = await this.pool.query(
-        `UPDATE ${this.schema}.logs SET expires_at = now() + $3 * interval '1 millisecond'
-         WHERE log_id = $1 AND token = $2`,
-        [this.logId, this.token, lease.ms],
-      )
-      if (r.rowCount === 1) {
+      const renewed =
+        lease.kube === undefined
+          ? (
+              await this.pool.query(
+                `UPDATE ${this.schema}.logs SET expires_at = now() + $3 * interval '1 millisecond'
+                 WHERE log_id = $1 AND token = $2`,
+                [this.logId, this.token, lease.ms],
+              )
+            ).rowCount === 1
+          : (await lease.kube.renew(this.logId, lease.holder, lease.ms)) === 'renewed'
+      if (renewed) {
         lease.from = started
         this.counters.renewals++
         lease.onRenewed?.()
         return
       }
       const fenced = new LogFencedError(
-        `log ${this.logId} was taken over: the lease of token ${this.token} matched no row at renewal`,
+        lease.kube === undefined
+          ? `log ${this.logId} was taken over: the lease of token ${this.token} matched no row at renewal`
+          : `log ${this.logId} was taken over: its Kubernetes Lease names another holder at renewal`,
       )
       this.fail(fenced, [])
       lease.onFenced?.(fenced)
     } catch (err) {
-      // Postgres away: the lease lapses by time if this lasts (leaseHeld), the next renewal retries.
+      // Postgres (or the API server) away: the lease lapses by time if this lasts (leaseHeld), the
+      // next renewal retries.
       this.logger.warn('store.lease_renew_failed', { log: this.logId, reason: (err as Error).message })
     } finally {
       this.renewing = false
@@ -425,6 +460,9 @@ export class PgLog implements TxLog {
     const ends = batch.filter((p) => p.body === undefined)
     const c = await this.pool.connect()
     let broken = false
+    // As in open: the session ended between two queries is an 'error' event, not a crash.
+    const onError = (): void => void (broken = true)
+    c.on('error', onError)
     try {
       await c.query('BEGIN')
       const t = await c.query<{ token: string }>(`SELECT token FROM ${this.schema}.logs WHERE log_id = $1 FOR UPDATE`, [
@@ -450,10 +488,11 @@ export class PgLog implements TxLog {
         )
       await c.query('COMMIT')
     } catch (err) {
-      broken = retryable(err)
+      broken ||= retryable(err)
       if (!broken) await c.query('ROLLBACK').catch(() => undefined)
       throw err
     } finally {
+      c.removeListener('error', onError)
       c.release(broken)
     }
   }
@@ -475,6 +514,8 @@ interface Lease {
   from: number
   readonly onFenced: ((err: LogFencedError) => void) | undefined
   readonly onRenewed: (() => void) | undefined
+  readonly holder: string
+  readonly kube: KubeLeases | undefined
 }
 
 /**
@@ -516,6 +557,59 @@ async function claimOwn(
     if (attempt === 0) logger.warn('store.log_held', { log: logId, holder: held.rows[0]?.holder ?? null })
     await sleep(timers, LIMITS.pgLeaseScanMs)
   }
+}
+
+/**
+ * claimOwn with the lease on the Kubernetes API: the instance's Lease first (free, its own, or
+ * lapsed), then the token moved on from the one read before (a compare-and-set: a sibling that
+ * claimed meanwhile wins, and this open tries again).
+ */
+async function claimOwnKube(
+  c: pg.PoolClient,
+  schema: string,
+  kube: KubeLeases,
+  logId: string,
+  holder: string,
+  address: string | undefined,
+  leaseMs: number | undefined,
+  logger: Logger,
+  timers: Timers,
+): Promise<{ token: number; sentAt: number }> {
+  const until = Date.now() + LIMITS.pgLeaseOpenWaitMs
+  const ms = leaseMs ?? LIMITS.pgLeaseMs
+  await c.query(`INSERT INTO ${schema}.logs (log_id) VALUES ($1) ON CONFLICT (log_id) DO NOTHING`, [logId])
+  for (let attempt = 0; ; attempt++) {
+    const seen = await c.query<{ token: string }>(`SELECT token FROM ${schema}.logs WHERE log_id = $1`, [logId])
+    const sentAt = performance.now()
+    if (await kube.acquire(logId, holder, ms)) {
+      const token = await bumpToken(c, schema, logId, holder, address, Number(seen.rows[0]?.token))
+      if (token !== undefined) return { token, sentAt }
+    }
+    if (Date.now() >= until)
+      throw new LogFailedError(
+        `log ${logId}: its Kubernetes Lease is held by a sibling past ${LIMITS.pgLeaseOpenWaitMs} ms`,
+      )
+    if (attempt === 0) logger.warn('store.log_held', { log: logId, lease: 'kubernetes' })
+    await sleep(timers, LIMITS.pgLeaseScanMs)
+  }
+}
+
+/** Moves a log's token on from `seen` (undefined when another moved it first); no row expiry. */
+export async function bumpToken(
+  q: Pick<pg.PoolClient, 'query'>,
+  schema: string,
+  logId: string,
+  holder: string,
+  address: string | undefined,
+  seen: number,
+): Promise<number | undefined> {
+  const r = await q.query<{ token: string }>(
+    `UPDATE ${schema}.logs SET token = token + 1, holder = $2, address = $3, expires_at = NULL
+     WHERE log_id = $1 AND token = $4 RETURNING token`,
+    [logId, holder, address ?? null, seen],
+  )
+  const token = r.rows[0]?.token
+  return token === undefined ? undefined : Number(token)
 }
 
 /** Runs `fn`, again after a capped, jittered backoff while it fails retryably, for LIMITS.pgStoreRetryMs. */

@@ -24,7 +24,8 @@ import type { Logger } from '../telemetry/logger.js'
 import { nodeTimers, type Timer, type Timers } from '../timers.js'
 import { INCARNATION_KEY, KEY_PREFIX } from '../tx/records.js'
 import { incarnationOfTx } from '../tx/protocol.js'
-import { PgLog } from './pg-log.js'
+import type { KubeLeases } from './kube-lease.js'
+import { bumpToken, PgLog } from './pg-log.js'
 import type { LogEntry } from './types.js'
 
 /** Record key prefixes of the work a sibling finishes: coordinator decisions, saga/TCC steps, events. */
@@ -39,6 +40,8 @@ export interface TakeoverOptions {
   /** This instance's control address (as peers reach it): named as the owner of what it claims. */
   readonly address?: string
   readonly leaseMs: number
+  /** store.lease kubernetes: lapse and claims on the logs' Kubernetes Leases (the token still fences). */
+  readonly kube?: KubeLeases
   readonly logger: Logger
   readonly timers?: Timers
   /**
@@ -141,8 +144,9 @@ export class Takeover {
     )
     const row = r.rows[0]
     if (row === undefined || row.log_id === this.own()) return { outcome: 'unknown-coordinator' }
+    const lapsed = this.o.kube === undefined ? row.lapsed : await this.o.kube.lapsed(row.log_id)
     // Held by a live instance (its own or a sibling finishing it): that one answers; say which.
-    if (!row.lapsed) return { outcome: 'in-doubt', owner: row.address ?? undefined }
+    if (!lapsed) return { outcome: 'in-doubt', owner: row.address ?? undefined }
     if (this.held.size >= LIMITS.pgLeaseTakenLogs) return { outcome: 'in-doubt' }
     const claimed = await this.claim(row.log_id)
     if (claimed !== undefined) await this.adopt(claimed)
@@ -226,6 +230,7 @@ export class Takeover {
    * lease it set counts from.
    */
   private async claim(logId?: string): Promise<Claimed | undefined> {
+    if (this.o.kube !== undefined) return this.claimKube(this.o.kube, logId)
     const s = this.o.schema
     const sentAt = performance.now()
     const r = await this.pool.query<{ log_id: string; token: string }>(
@@ -255,6 +260,33 @@ export class Takeover {
     return row === undefined ? undefined : { logId: row.log_id, token: Number(row.token), sentAt }
   }
 
+  /**
+   * claim with the leases on the Kubernetes API: among this service's logs with unfinished work
+   * (or `logId`), the first whose Lease has lapsed on this process's clock and that this instance
+   * then wins (an update naming the version it read), with the token moved on from the one read
+   * before the Lease was won (a compare-and-set: a claimer that lost the race moves nothing).
+   */
+  private async claimKube(kube: KubeLeases, logId?: string): Promise<Claimed | undefined> {
+    const s = this.o.schema
+    const r = await this.pool.query<{ log_id: string; token: string }>(
+      `SELECT l.log_id, l.token FROM ${s}.logs l
+       WHERE l.log_id LIKE $1 ESCAPE '\\' AND l.log_id <> $2 AND NOT (l.log_id = ANY($5::text[]))
+         AND (l.log_id = $4::text OR ($4::text IS NULL AND EXISTS (SELECT 1 FROM ${s}.records r
+              WHERE r.log_id = l.log_id AND substr(r.key, 1, 2) = ANY($3::text[]))))
+       ORDER BY l.log_id LIMIT $6`,
+      [this.prefix(), this.own(), TAKEN_PREFIXES, logId ?? null, [...this.held.keys()], LIMITS.pgLeaseTakenLogs],
+    )
+    for (const row of r.rows) {
+      if (this.closed) return undefined
+      if (!(await kube.lapsed(row.log_id))) continue
+      const sentAt = performance.now()
+      if (!(await kube.acquire(row.log_id, this.o.instance, this.o.leaseMs))) continue
+      const token = await bumpToken(this.pool, s, row.log_id, this.o.instance, this.o.address, Number(row.token))
+      if (token !== undefined) return { logId: row.log_id, token, sentAt }
+    }
+    return undefined
+  }
+
   private async adopt({ logId, token, sentAt }: Claimed): Promise<void> {
     const { log, records } = await PgLog.open({
       url: this.o.url,
@@ -264,6 +296,7 @@ export class Takeover {
       leaseMs: this.o.leaseMs,
       token,
       leaseFrom: sentAt,
+      ...(this.o.kube === undefined ? {} : { kube: this.o.kube }),
       logger: this.o.logger,
       ...(this.o.onRenewed === undefined ? {} : { onRenewed: this.o.onRenewed }),
       onFenced: () => {

@@ -81,7 +81,7 @@ describe('Postgres restarted under a coordinator on the Postgres store', () => {
     await db.restart(2_000)
     await running
 
-    expect(coord.child.exitCode).toBe(null)
+    expect(coord.child.exitCode, coord.stderr().slice(-3000)).toBe(null)
     const committed = results.filter((r) => r.outcome === 'committed').map((r) => r.value)
     // Acknowledged commits are applied at both participants; nothing else is.
     expect(new Set(app.orders.committed)).toEqual(new Set(committed.map((v) => `orders:${v}`)))

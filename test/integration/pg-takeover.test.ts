@@ -5,10 +5,12 @@
 import { readFileSync } from 'node:fs'
 import { request } from 'undici'
 import { describe, expect, it } from 'vitest'
+import { leaseName } from '../../src/store/kube-lease.js'
 import { PgLog } from '../../src/store/pg-log.js'
 import { leasedControl, type ControlTransport } from '../../src/tx/io.js'
 import { coordinatorOfTx } from '../../src/tx/protocol.js'
 import { startFaultProxy, type FaultProxy } from '../helpers/fault-proxy.js'
+import { startKubeApi, type KubeApi } from '../helpers/kube-api.js'
 import { usePgDatabase } from '../helpers/pg.js'
 import { freePort, until } from '../../harness/ports.js'
 import { rawRequest, sidecarYaml, spawnSidecar, withPgStore, type SidecarProcess } from '../helpers/servers.js'
@@ -35,7 +37,7 @@ interface Cluster {
 async function cluster(
   schema: string,
   firstEnv: Record<string, string>,
-  o: { group?: boolean } = {},
+  o: { group?: boolean; kube?: KubeApi } = {},
 ): Promise<Cluster> {
   const names = ['orders', 'payments'] as const
   const fixed = { orders: await freePort(), payments: await freePort() }
@@ -64,9 +66,10 @@ async function cluster(
   for (const i of [1, 2, 3]) {
     const yaml = withPgStore(
       sidecarYaml('initiator', 1, `services:\n${services}\n`).replace('log: {level: silent}', 'log: {level: error}'),
-      `url: ${JSON.stringify(store.url)}, schema: ${schema}, instance: coord-${i}, leaseMs: ${LEASE_MS}${group}`,
+      `url: ${JSON.stringify(store.url)}, schema: ${schema}, instance: coord-${i}, leaseMs: ${LEASE_MS}${group}` +
+        (o.kube === undefined ? '' : ', lease: kubernetes'),
     )
-    const sc = await spawnSidecar(yaml, [], i === 1 ? firstEnv : {})
+    const sc = await spawnSidecar(yaml, [], { ...o.kube?.env, ...(i === 1 ? firstEnv : {}) })
     procs.push(sc)
     coordinators.push(sc)
   }
@@ -256,6 +259,82 @@ describe('takeover by a sibling on the Postgres store', () => {
     expect({ orders: c.app.orders.committed, payments: c.app.payments.committed }).toEqual({
       orders: ['orders:s1'],
       payments: ['payments:s1'],
+    })
+  }, 60_000)
+})
+
+describe('takeover with the leases on the Kubernetes API (store.lease kubernetes)', () => {
+  it('a coordinator SIGKILLed after its COMMIT decision: a sibling wins its Lease, finishes the commit within the lease + 10 s, and gives the Lease up', async () => {
+    const kube = await startKubeApi()
+    closers.push(() => kube.close())
+    const c = await cluster('tk_kube', { TXMESH_FAILPOINTS: 'coordinator-after-decision' }, { kube })
+    const [first] = c.coordinators as [SidecarProcess]
+    const name = leaseName('initiator/coord-1')
+    await until('the Leases of the three instances', () => kube.leases.size === 3, 10_000)
+    expect(kube.leases.get(name)?.spec.holderIdentity).toBe('coord-1')
+    await writeAndCommit(first, 'q1')
+    expect(await first.exited).toMatchObject({ signal: 'SIGKILL' })
+    const killedAt = Date.now()
+    await until(
+      'the commit at both participants',
+      () => c.app.orders.committed.length === 1 && c.app.payments.committed.length === 1,
+      LEASE_MS + 10_000,
+    )
+    expect(Date.now() - killedAt).toBeLessThan(LEASE_MS + 10_000)
+    await until('the dead log finished', async () => (await decisionsIn('tk_kube', 'initiator/coord-1')) === 0, 10_000)
+    await until('the Lease given up', () => kube.leases.get(name)?.spec.holderIdentity == null, 10_000)
+    const taker = kube.holders.get(name)?.[1]
+    expect({
+      holders: kube.holders.get(name),
+      transitions: kube.leases.get(name)?.spec.leaseTransitions,
+      // The row carries no expiry: the Lease is the lease. The token moved on at coord-1's open
+      // (1 to 2) and again with the sibling's claim.
+      row: (await sql(`SELECT holder, expires_at, token FROM tk_kube.logs WHERE log_id = 'initiator/coord-1'`))[0],
+    }).toEqual({
+      holders: ['coord-1', taker, undefined],
+      transitions: 1,
+      row: { holder: null, expires_at: null, token: '3' },
+    })
+    expect(['coord-2', 'coord-3']).toContain(taker)
+    expect({ orders: c.app.orders.committed, payments: c.app.payments.committed }).toEqual({
+      orders: ['orders:q1'],
+      payments: ['payments:q1'],
+    })
+  }, 60_000)
+
+  it('a coordinator paused past its Lease and resumed after a sibling took over sends no phase-2 message and stops, fenced', async () => {
+    const kube = await startKubeApi()
+    closers.push(() => kube.close())
+    const c = await cluster('tk_kube_stop', { TXMESH_FAILPOINTS: 'coordinator-after-decision:stop' }, { kube })
+    const [first] = c.coordinators as [SidecarProcess]
+    const pid = first.child.pid as number
+    await writeAndCommit(first, 'r1')
+    await until('the coordinator paused after its decision', () => statState(pid) === 'T', 10_000)
+    await until(
+      'the commit at both participants, by a sibling',
+      () => c.app.orders.committed.length === 1 && c.app.payments.committed.length === 1,
+      LEASE_MS + 10_000,
+    )
+    await until(
+      'the taken log finished',
+      async () => (await decisionsIn('tk_kube_stop', 'initiator/coord-1')) === 0,
+      10_000,
+    )
+    const sentBefore = c.proxies.map((p) => p.stats.requestBytes)
+    process.kill(pid, 'SIGCONT')
+    const exited = await Promise.race([
+      first.exited,
+      new Promise<'running'>((r) => setTimeout(() => r('running'), 10_000)),
+    ])
+    await new Promise((r) => setTimeout(r, 500))
+    expect({
+      exited,
+      sentAfterResume: c.proxies.map((p, i) => p.stats.requestBytes - (sentBefore[i] ?? 0)),
+      fenced: /lease_lost|TXM_LOG_FENCED/.test(first.stderr()),
+    }).toEqual({ exited: { code: 70, signal: null }, sentAfterResume: [0, 0], fenced: true })
+    expect({ orders: c.app.orders.committed, payments: c.app.payments.committed }).toEqual({
+      orders: ['orders:r1'],
+      payments: ['payments:r1'],
     })
   }, 60_000)
 })

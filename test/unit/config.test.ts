@@ -72,6 +72,7 @@ describe('config', () => {
       schema: 'txmesh',
       instance: 'orders-0',
       leaseMs: 10_000,
+      lease: 'row',
     })
     expect(
       pgOf(`store: {kind: postgres, urlFile: ${JSON.stringify(file)}, schema: coord, instance: a, leaseMs: 3000}\n`),
@@ -80,7 +81,17 @@ describe('config', () => {
       schema: 'coord',
       instance: 'a',
       leaseMs: 3_000,
+      lease: 'row',
     })
+    expect(pgOf('store: {kind: postgres, url: "postgres://h/d", instance: a, lease: kubernetes}\n')?.lease).toBe(
+      'kubernetes',
+    )
+    expect(problems('service: a\nstore: {kind: postgres, url: "postgres://h/d",\n  lease: etcd}\n')[0]).toMatch(
+      /^p\.yaml:3:\d+: .*lease/,
+    )
+    expect(problems('service: a\nstore: {lease: kubernetes}\n')[0]).toMatch(
+      /store\.lease: only for store\.kind postgres/,
+    )
     expect(problems('service: a\nstore: {kind: postgres, url: "postgres://h/d", leaseMs: 10}\n')[0]).toMatch(
       /^p\.yaml:2:\d+: .*leaseMs/,
     )
@@ -94,17 +105,25 @@ describe('config', () => {
     // file's (shared ConfigMap) store dir; TXMESH_STORE_GROUP names the group.
     process.env.TXMESH_STORE_URL = 'postgres://127.0.0.1/shop'
     process.env.TXMESH_STORE_GROUP = 'orders-txmesh.shop.svc:15010'
+    process.env.TXMESH_STORE_LEASE = 'kubernetes'
     try {
       expect(pgOf('store: {dir: /var/lib/txmesh}\n')).toMatchObject({
         url: 'postgres://127.0.0.1/shop',
         group: 'orders-txmesh.shop.svc:15010',
         leaseMs: 10_000,
+        lease: 'kubernetes',
       })
+      process.env.TXMESH_STORE_LEASE = 'etcd'
+      expect(problems('service: a\nstore: {dir: /x}\n')[0]).toMatch(
+        /store\.lease: "etcd" is neither row nor kubernetes/,
+      )
+      delete process.env.TXMESH_STORE_LEASE
       process.env.TXMESH_STORE_GROUP = 'not an address'
       expect(problems('service: a\nstore: {dir: /x}\n')[0]).toMatch(/store\.group: "not an address" is not a host:port/)
     } finally {
       delete process.env.TXMESH_STORE_URL
       delete process.env.TXMESH_STORE_GROUP
+      delete process.env.TXMESH_STORE_LEASE
     }
     expect(pgOf('store: {dir: /tmp/x}\n')).toBeUndefined()
     expect(problems('service: a\nstore: {kind: postgres}\n')[0]).toMatch(

@@ -431,7 +431,21 @@ describe('deploy/examples/shop', () => {
     expect({
       secret: annotations['txmesh.io/store-secret'],
       group: annotations['txmesh.io/store-group'],
-    }).toEqual({ secret: 'shop-store', group: 'orders-txmesh.txmesh-shop.svc:15010' })
+      lease: annotations['txmesh.io/store-lease'],
+    }).toEqual({ secret: 'shop-store', group: 'orders-txmesh.txmesh-shop.svc:15010', lease: 'kubernetes' })
+    // The leases are Lease objects: the pod's service account may get, create and update them.
+    const pod = obj(obj(spec.template, 'template').spec, 'template.spec')
+    expect([pod.serviceAccountName, pod.automountServiceAccountToken]).toEqual(['orders', false])
+    const role = find(shopObjs, 'Role', 'orders-txmesh-leases')
+    expect(role.rules).toEqual([
+      { apiGroups: ['coordination.k8s.io'], resources: ['leases'], verbs: ['get', 'create', 'update'] },
+    ])
+    const binding = find(shopObjs, 'RoleBinding', 'orders-txmesh-leases')
+    expect([binding.roleRef, binding.subjects]).toEqual([
+      { apiGroup: 'rbac.authorization.k8s.io', kind: 'Role', name: 'orders-txmesh-leases' },
+      [{ kind: 'ServiceAccount', name: 'orders', namespace: 'txmesh-shop' }],
+    ])
+    expect(find(shopObjs, 'ServiceAccount', 'orders').kind).toBe('ServiceAccount')
     const svc = obj(find(shopObjs, 'Service', 'orders-txmesh').spec, 'spec')
     expect(svc.selector).toEqual({ 'app.kubernetes.io/name': 'orders' })
     expect(arr(svc.ports, 'ports')).toEqual([

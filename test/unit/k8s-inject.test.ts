@@ -409,6 +409,51 @@ describe('txmesh inject: the Postgres store', () => {
   })
 })
 
+describe('txmesh inject: leases on the Kubernetes API', () => {
+  it('txmesh.io/store-lease: kubernetes sets TXMESH_STORE_LEASE, and gives the sidecar alone the API credentials; it needs the store', () => {
+    const base = readFileSync(join(dir, 'deployment.in.yaml'), 'utf8')
+    const withAnnotations = (extra: string): string =>
+      base.replace('        txmesh.io/inject: "true" # opt in\n', `        txmesh.io/inject: "true" # opt in\n${extra}`)
+    const text = withAnnotations(
+      '        txmesh.io/store-secret: orders-store\n        txmesh.io/store-lease: kubernetes\n',
+    )
+    const [template] = objects(inject(text).output).flatMap(templates)
+    const env = envOf(obj(proxyOf(obj(template))))
+    expect({ lease: env.TXMESH_STORE_LEASE, namespace: env.POD_NAMESPACE }).toEqual({
+      lease: 'kubernetes',
+      namespace: { fieldRef: { fieldPath: 'metadata.namespace' } },
+    })
+    expect(() => inject(withAnnotations('        txmesh.io/store-lease: kubernetes\n'))).toThrow(
+      /txmesh\.io\/store-lease: needs txmesh\.io\/store-secret/,
+    )
+    expect(() =>
+      inject(withAnnotations('        txmesh.io/store-secret: orders-store\n        txmesh.io/store-lease: etcd\n')),
+    ).toThrow(/txmesh\.io\/store-lease: "etcd" is neither row nor kubernetes/)
+    // The token, CA and namespace go to the sidecar alone, as a projected volume: the app's
+    // containers get no API credentials (automountServiceAccountToken stays as the pod has it).
+    const proxy = obj(proxyOf(obj(template)))
+    expect(env.TXMESH_K8S_SERVICEACCOUNT_DIR).toBe('/var/run/secrets/txmesh/kube-api')
+    expect(proxy.volumeMounts).toContainEqual({
+      name: 'txmesh-kube-api',
+      mountPath: '/var/run/secrets/txmesh/kube-api',
+      readOnly: true,
+    })
+    const volumes = (obj(obj(template).spec).volumes ?? []) as { name: string }[]
+    expect(volumes.find((v) => v.name === 'txmesh-kube-api')).toEqual({
+      name: 'txmesh-kube-api',
+      projected: {
+        sources: [
+          { serviceAccountToken: { path: 'token', expirationSeconds: 3600 } },
+          { configMap: { name: 'kube-root-ca.crt', items: [{ key: 'ca.crt', path: 'ca.crt' }] } },
+          { downwardAPI: { items: [{ path: 'namespace', fieldRef: { fieldPath: 'metadata.namespace' } }] } },
+        ],
+      },
+    })
+    const app = (obj(obj(template).spec).containers as { name: string; volumeMounts?: { name: string }[] }[])[0]
+    expect((app?.volumeMounts ?? []).map((m) => m.name)).not.toContain('txmesh-kube-api')
+  })
+})
+
 describe('txmesh inject: documents it does not inject', () => {
   it('copies unchanged documents byte for byte, comments, anchors and directives included', () => {
     const text = readFileSync(join(dir, 'configmap-passthrough.in.yaml'), 'utf8')
