@@ -355,7 +355,9 @@ export class PgLog implements TxLog {
                 [this.logId, this.token, lease.ms],
               )
             ).rowCount === 1
-          : (await lease.kube.renew(this.logId, lease.holder, lease.ms)) === 'renewed'
+          : // The token first: a newer process of this same instance (same holderIdentity) that
+            // claimed the log fenced this one, though the Lease still names this holder.
+            (await this.tokenStill()) && (await lease.kube.renew(this.logId, lease.holder, lease.ms)) === 'renewed'
       if (renewed) {
         lease.from = started
         this.counters.renewals++
@@ -365,7 +367,7 @@ export class PgLog implements TxLog {
       const fenced = new LogFencedError(
         lease.kube === undefined
           ? `log ${this.logId} was taken over: the lease of token ${this.token} matched no row at renewal`
-          : `log ${this.logId} was taken over: its Kubernetes Lease names another holder at renewal`,
+          : `log ${this.logId} was taken over: its token moved on from ${this.token}, or its Kubernetes Lease names another holder, at renewal`,
       )
       this.fail(fenced, [])
       lease.onFenced?.(fenced)
@@ -376,6 +378,14 @@ export class PgLog implements TxLog {
     } finally {
       this.renewing = false
     }
+  }
+
+  /** The log's token is still the one this log writes with (nobody claimed it since). */
+  private async tokenStill(): Promise<boolean> {
+    const r = await this.pool.query<{ token: string }>(`SELECT token FROM ${this.schema}.logs WHERE log_id = $1`, [
+      this.logId,
+    ])
+    return Number(r.rows[0]?.token) === this.token
   }
 
   stats(): PgLogStats {

@@ -7,6 +7,7 @@ import { request } from 'undici'
 import { describe, expect, it } from 'vitest'
 import { leaseName } from '../../src/store/kube-lease.js'
 import { PgLog } from '../../src/store/pg-log.js'
+import { silentLogger } from '../../src/telemetry/logger.js'
 import { leasedControl, type ControlTransport } from '../../src/tx/io.js'
 import { coordinatorOfTx } from '../../src/tx/protocol.js'
 import { startFaultProxy, type FaultProxy } from '../helpers/fault-proxy.js'
@@ -371,6 +372,36 @@ describe('a lease', () => {
     await until('the lease renewed', () => log.leaseHeld(), 5_000)
     expect(log.stats().renewals).toBeGreaterThan(0)
     await log.close()
+  })
+
+  it('on the Kubernetes API: a newer process of the same instance fences the older one at its next renewal, though the Lease names the same holder', async () => {
+    const kube = await startKubeApi()
+    closers.push(() => kube.close())
+    const { KubeLeases } = await import('../../src/store/kube-lease.js')
+    const leases = KubeLeases.inCluster(silentLogger, kube.env)
+    closers.push(() => leases.close())
+    let fenced = 0
+    const older = await PgLog.open({
+      url: store.url,
+      logId: 'initiator/kube-same',
+      holder: 'kube-same',
+      leaseMs: 1_500,
+      kube: leases,
+      onFenced: () => fenced++,
+    })
+    const newer = await PgLog.open({
+      url: store.url,
+      logId: 'initiator/kube-same',
+      holder: 'kube-same',
+      leaseMs: 1_500,
+      kube: leases,
+    })
+    await until('the older process fenced', () => fenced === 1, 5_000)
+    await expect(older.log.append('c:t9', { type: 'decision' })).rejects.toThrow(/taken over/)
+    expect(older.log.leaseHeld()).toBe(false)
+    await newer.log.append('c:t9', { type: 'decision' })
+    expect(newer.log.leaseHeld()).toBe(true)
+    await Promise.all([older.log.close(), newer.log.close()])
   })
 
   it('held by a live sibling, a log is not opened by its own instance until the sibling gives it up', async () => {
