@@ -53,6 +53,9 @@ async function main(): Promise<number> {
   const proxyFaults = intEnv('TORTURE_PROXY_FAULTS', Math.ceil(transfers / 20), 0)
   const keep = process.env.TORTURE_KEEP !== '0'
   const keepAlways = process.env.TORTURE_KEEP === 'always'
+  const leaseArg = process.env.TORTURE_LEASE ?? 'row'
+  if (leaseArg !== 'row' && leaseArg !== 'kubernetes')
+    throw new Error(`TORTURE_LEASE must be row or kubernetes, got ${JSON.stringify(leaseArg)}`)
   const contractIdle = process.env.TORTURE_CONTRACT_IDLE_MS
   const contractIdleMs =
     contractIdle === undefined || contractIdle === '' ? undefined : intEnv('TORTURE_CONTRACT_IDLE_MS', 0, 0)
@@ -79,6 +82,7 @@ async function main(): Promise<number> {
         pg,
         keepDirOnFailure: keep,
         keepDir: keepAlways,
+        sharedLease: leaseArg,
         ...(contractIdleMs === undefined ? {} : { contractIdleMs }),
         log,
       })

@@ -309,6 +309,11 @@ export interface SharedStore {
   readonly url: string
   readonly schema: string
   readonly leaseMs: number
+  /**
+   * TORTURE_LEASE=kubernetes: the leases are Lease objects of an API server on loopback
+   * (test/helpers/kube-api.ts); the coordinators' environment points at it, as a pod's would.
+   */
+  readonly kube?: { readonly env: Readonly<Record<string, string>> }
 }
 
 export interface ClusterOptions {
@@ -493,7 +498,7 @@ export async function startBankCluster(o: ClusterOptions): Promise<BankCluster> 
       const store =
         shared === undefined || group === undefined
           ? `store: {dir: ${JSON.stringify(join(dir, 'store'))}}`
-          : `store: {kind: postgres, url: ${JSON.stringify(shared.url)}, schema: ${shared.schema}, instance: ${instance}, leaseMs: ${shared.leaseMs}, group: "127.0.0.1:${group.port}"}`
+          : `store: {kind: postgres, url: ${JSON.stringify(shared.url)}, schema: ${shared.schema}, instance: ${instance}, leaseMs: ${shared.leaseMs}, group: "127.0.0.1:${group.port}"${shared.kube === undefined ? '' : ', lease: kubernetes'}}`
       writeFileSync(
         file,
         [
@@ -517,7 +522,7 @@ export async function startBankCluster(o: ClusterOptions): Promise<BankCluster> 
         shared === undefined ? 'coordinator' : `coordinator-${i + 1}`,
         'coordinator',
         c.command,
-        { TXMESH_MESH_KEY: MESH_KEY },
+        { TXMESH_MESH_KEY: MESH_KEY, ...shared?.kube?.env },
         c.logFile,
         o.onSelfExit,
       )

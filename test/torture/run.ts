@@ -13,6 +13,7 @@ import { appendFileSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFil
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import type { PostgresInstance } from '../../harness/pg.js'
+import { startKubeApi, type KubeApi } from '../helpers/kube-api.js'
 import { Prng } from '../simulation/prng.js'
 import {
   checkInvariants,
@@ -99,6 +100,8 @@ export interface BankOptions {
   readonly keepDir?: boolean
   /** contract run: the apps' idle-in-transaction limit (0: none, the default, see contract-app.ts). */
   readonly contractIdleMs?: number
+  /** shared run: the coordinators' leases as store rows (default) or Kubernetes Leases (TORTURE_LEASE). */
+  readonly sharedLease?: 'row' | 'kubernetes'
   readonly log: (line: string) => void
 }
 
@@ -121,6 +124,8 @@ export interface BankResult {
     { readonly breaches: number; readonly idleBranchesEnded: number; readonly branchesLost: number } | undefined
   /** shared run: logs claimed by takeover, over every coordinator instance of the run (their logs' `takeover` events). */
   readonly takeovers: number | undefined
+  /** shared run with TORTURE_LEASE=kubernetes: the Lease objects' holder changes (takeovers and give-ups). */
+  readonly leaseChanges?: number | undefined
   readonly dir: string | undefined
 }
 
@@ -147,9 +152,16 @@ export async function runBankMode(o: BankOptions): Promise<BankResult> {
   }
 
   let shared: SharedStore | undefined
+  let kube: KubeApi | undefined
   if (o.mode === 'shared') {
     await o.pg.createDatabase('txmesh_store_shared')
-    shared = { url: o.pg.connectionString('txmesh_store_shared'), schema: 'bank', leaseMs: SHARED_LEASE_MS }
+    if (o.sharedLease === 'kubernetes') kube = await startKubeApi('torture')
+    shared = {
+      url: o.pg.connectionString('txmesh_store_shared'),
+      schema: 'bank',
+      leaseMs: SHARED_LEASE_MS,
+      ...(kube === undefined ? {} : { kube: { env: kube.env } }),
+    }
   }
   const faults = newFaultCounts()
   const timelineFile = join(dir, 'timeline.log')
@@ -269,10 +281,14 @@ export async function runBankMode(o: BankOptions): Promise<BankResult> {
       lockProbeMs,
       contractApp,
       takeovers,
+      ...(kube === undefined
+        ? {}
+        : { leaseChanges: [...kube.holders.values()].reduce((n, h) => n + Math.max(0, h.length - 1), 0) }),
       dir: o.keepDir === true || (!ok && o.keepDirOnFailure) ? dir : undefined,
     }
   } finally {
     await cluster.stop()
+    await kube?.close()
     if (o.keepDir !== true && (ok || !o.keepDirOnFailure)) rmSync(dir, { recursive: true, force: true })
   }
 }
@@ -363,7 +379,7 @@ export function formatResult(r: BankResult, replay: string): string {
   ]
   if (r.takeovers !== undefined)
     lines.push(
-      `  store      ${SHARED_COORDINATORS} coordinator instances on one Postgres store (lease ${SHARED_LEASE_MS} ms): replaced for good ${f.replaced} (directory deleted, new instance), fenced exits ${f.fenced}, logs claimed by takeover ${r.takeovers}`,
+      `  store      ${SHARED_COORDINATORS} coordinator instances on one Postgres store (lease ${SHARED_LEASE_MS} ms${r.leaseChanges === undefined ? '' : `, Kubernetes Leases: ${r.leaseChanges} holder changes`}): replaced for good ${f.replaced} (directory deleted, new instance), fenced exits ${f.fenced}, logs claimed by takeover ${r.takeovers}`,
     )
   const c = r.contractApp
   if (c !== undefined)
