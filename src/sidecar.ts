@@ -384,7 +384,13 @@ export async function startSidecar(config: SidecarConfig, log: Logger): Promise<
           onFenced: () => metrics.fenced.inc(),
         })
         takeover.start()
-        controlDeps = { ...controlDeps, group: takeover, groupAddress: pgStore.group }
+        const own = leased
+        controlDeps = {
+          ...controlDeps,
+          group: takeover,
+          groupAddress: pgStore.group,
+          ...(own === undefined ? {} : { ownLogHeld: () => own.stillHeld() }),
+        }
       }
     } else {
       // Contexts are refused with TXM_MESH_KEY_MISSING rather than silently ignored. Said once at

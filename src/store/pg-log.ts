@@ -274,6 +274,33 @@ export class PgLog implements TxLog {
     await this.pool.end()
   }
 
+  /**
+   * Whether this log is still this process's, asked of Postgres now (its token is the log's): a
+   * lease held by this process's clock is not enough where a new process of the same instance may
+   * have claimed the log at once (claimOwn). Found taken over: fenced, as a renewal would find it.
+   * Postgres unreachable: false (nothing can be vouched for).
+   */
+  async stillHeld(): Promise<boolean> {
+    if (this.failed !== undefined || this.closing) return false
+    try {
+      const r = await this.pool.query<{ token: string }>(`SELECT token FROM ${this.schema}.logs WHERE log_id = $1`, [
+        this.logId,
+      ])
+      if (Number(r.rows[0]?.token ?? NaN) === this.token) return true
+      if (this.failed === undefined) {
+        const fenced = new LogFencedError(
+          `log ${this.logId} was taken over: token ${this.token} is no longer the log's (outcome check)`,
+        )
+        this.fail(fenced, [])
+        this.lease?.onFenced?.(fenced)
+      }
+      return false
+    } catch (err) {
+      this.logger.warn('store.held_check_failed', { log: this.logId, reason: (err as Error).message })
+      return false
+    }
+  }
+
   /** Keys with live records under `prefixes` (a taken-over log is finished once none is left). */
   async liveKeys(prefixes: readonly string[]): Promise<number> {
     await this.flush()
