@@ -448,7 +448,11 @@ export async function startSidecar(config: SidecarConfig, log: Logger): Promise<
           controlClient?.close(),
           appPool?.close(),
         ])
-        await fileLog?.close()
+        // The Postgres store: given up, not left to lapse. Every call the drivers had out came back
+        // above, so a sibling may claim it at once, and this instance's next process need not wait
+        // out the lease (an older process of it may act until then: PgLog quietUntil).
+        if (fileLog instanceof PgLog) await fileLog.release()
+        else await fileLog?.close()
         loop?.close()
         stopKeyWatch?.()
         stopTokenWatch?.()

@@ -165,7 +165,10 @@ export class PgLog implements TxLog {
   leaseHeld(): boolean {
     if (this.failed instanceof LogFencedError || this.closing) return false
     if (this.lease === undefined) return true
-    return performance.now() < this.lease.from + this.lease.ms - Math.min(LIMITS.pgLeaseMarginMs, this.lease.ms / 4)
+    const now = performance.now()
+    // An older process of this instance may act until the lease this one replaced would have lapsed.
+    if (now < this.lease.quietUntil) return false
+    return now < this.lease.from + this.lease.ms - Math.min(LIMITS.pgLeaseMarginMs, this.lease.ms / 4)
   }
 
   /**
@@ -190,6 +193,7 @@ export class PgLog implements TxLog {
       const started = performance.now()
       const holder = o.holder ?? o.logId
       let leaseFrom = o.leaseFrom ?? performance.now()
+      let quietUntil = 0
       const { token, rows } = await withRetries(logger, timers, 'open', async () => {
         const c = await pool.connect()
         try {
@@ -200,6 +204,7 @@ export class PgLog implements TxLog {
             const claimed = await claimOwn(c, schema, o.logId, holder, o.address, o.leaseMs, logger, timers)
             token = claimed.token
             leaseFrom = claimed.sentAt
+            quietUntil = claimed.quietUntil
           }
           const t = await c.query<{ token: string }>(`SELECT token FROM ${schema}.logs WHERE log_id = $1`, [o.logId])
           if (Number(t.rows[0]?.token) !== token)
@@ -219,7 +224,7 @@ export class PgLog implements TxLog {
       const lease =
         o.leaseMs === undefined
           ? undefined
-          : { ms: o.leaseMs, from: leaseFrom, onFenced: o.onFenced, onRenewed: o.onRenewed }
+          : { ms: o.leaseMs, from: leaseFrom, quietUntil, onFenced: o.onFenced, onRenewed: o.onRenewed }
       const log = new PgLog(
         pool,
         schema,
@@ -500,6 +505,12 @@ interface Lease {
   readonly ms: number
   /** performance.now() when the last renewal that went through was sent. */
   from: number
+  /**
+   * performance.now() until which the lease replaced at open (one of this instance's own name, an
+   * older process of it that may still run and act on its own clock) could still be counted held
+   * by that process: nothing is sent before then.
+   */
+  readonly quietUntil: number
   readonly onFenced: ((err: LogFencedError) => void) | undefined
   readonly onRenewed: (() => void) | undefined
 }
@@ -518,21 +529,39 @@ async function claimOwn(
   leaseMs: number | undefined,
   logger: Logger,
   timers: Timers,
-): Promise<{ token: number; sentAt: number }> {
+): Promise<{ token: number; sentAt: number; quietUntil: number }> {
   const until = Date.now() + LIMITS.pgLeaseOpenWaitMs
   for (let attempt = 0; ; attempt++) {
     const sentAt = performance.now()
-    const r = await c.query<{ token: string }>(
-      `INSERT INTO ${schema}.logs (log_id, holder, expires_at, address)
-       VALUES ($1, $2, now() + $3 * interval '1 millisecond', $4)
-       ON CONFLICT (log_id) DO UPDATE
-         SET token = logs.token + 1, holder = $2, expires_at = EXCLUDED.expires_at, address = EXCLUDED.address
-       WHERE logs.holder IS NULL OR logs.holder = $2 OR logs.expires_at IS NULL OR logs.expires_at < now()
-       RETURNING token`,
-      [logId, holder, leaseMs ?? null, address ?? null],
-    )
+    // In one transaction with the claim: how long the lease it replaces had left (a live lease of
+    // this instance's own name: an older process of it, which may still act until then).
+    await c.query('BEGIN')
+    let r: pg.QueryResult<{ token: string }>
+    let leftMs = 0
+    try {
+      const prev = await c.query<{ left_ms: number | null }>(
+        `SELECT GREATEST(0, EXTRACT(EPOCH FROM (expires_at - now())) * 1000)::float8 AS left_ms
+         FROM ${schema}.logs WHERE log_id = $1 AND holder = $2 FOR UPDATE`,
+        [logId, holder],
+      )
+      leftMs = Number(prev.rows[0]?.left_ms ?? 0)
+      r = await c.query<{ token: string }>(
+        `INSERT INTO ${schema}.logs (log_id, holder, expires_at, address)
+         VALUES ($1, $2, now() + $3 * interval '1 millisecond', $4)
+         ON CONFLICT (log_id) DO UPDATE
+           SET token = logs.token + 1, holder = $2, expires_at = EXCLUDED.expires_at, address = EXCLUDED.address
+         WHERE logs.holder IS NULL OR logs.holder = $2 OR logs.expires_at IS NULL OR logs.expires_at < now()
+         RETURNING token`,
+        [logId, holder, leaseMs ?? null, address ?? null],
+      )
+      await c.query('COMMIT')
+    } catch (err) {
+      await c.query('ROLLBACK').catch(() => undefined)
+      throw err
+    }
     const token = r.rows[0]?.token
-    if (token !== undefined) return { token: Number(token), sentAt }
+    // Counted on this clock from when the answer came back (later than Postgres's now()).
+    if (token !== undefined) return { token: Number(token), sentAt, quietUntil: performance.now() + leftMs }
     const held = await c.query<{ holder: string | null }>(`SELECT holder FROM ${schema}.logs WHERE log_id = $1`, [
       logId,
     ])

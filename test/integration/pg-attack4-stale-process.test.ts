@@ -103,6 +103,8 @@ describe('an old process of an instance whose log a new process of it took', () 
     //    right after its first COMMIT decision, phase 2 not sent.
     const fresh = await spawnSidecar(yaml(1, store.url), [], { TXMESH_FAILPOINTS: 'coordinator-after-decision' })
     procs.push(fresh)
+    // (It sends nothing until the old process's lease would have lapsed: it may still act until then.)
+    await new Promise((r) => setTimeout(r, LEASE_MS))
     const r = await request(`http://127.0.0.1:${fresh.ports.admin}/v1/transactions`, {
       method: 'POST',
       headers: { 'content-type': 'application/json' },

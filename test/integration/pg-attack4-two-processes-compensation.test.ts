@@ -134,7 +134,9 @@ describe('a new process of an instance taking its log while the old one is cut o
       )
     const gate = await pgGate(store.pg.port)
     closers.push(() => gate.close())
-    const old = await spawnSidecar(config(1, store.url.replace(`127.0.0.1:${store.pg.port}/`, `127.0.0.1:${gate.port}/`)))
+    const old = await spawnSidecar(
+      config(1, store.url.replace(`127.0.0.1:${store.pg.port}/`, `127.0.0.1:${gate.port}/`)),
+    )
     procs.push(old)
     const coords: SidecarProcess[] = [old]
     const first = coords[0] as SidecarProcess
