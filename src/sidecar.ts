@@ -27,9 +27,9 @@ import { ProxyServer } from './proxy/server.js'
 import { ControlClient } from './control/client.js'
 import { KeyRing, watchKeyFile } from './tx/keys.js'
 import { PeerTls, peerAgent } from './peer-tls.js'
-import { leasedControl, leasedHttp, productionIo, type SidecarIo } from './tx/io.js'
+import { leasedControl, leasedHttp, nodeTimers, productionIo, sleep, type SidecarIo } from './tx/io.js'
 import { KubeLeases } from './store/kube-lease.js'
-import { Takeover, type AdoptedLog } from './store/takeover.js'
+import { Takeover, type AdoptedLog, type TakenFrom } from './store/takeover.js'
 import type { LogEntry } from './store/types.js'
 import { committedIn, decodeRecords } from './tx/records.js'
 import { readTlsMaterial, watchSecretFile } from './secrets.js'
@@ -305,7 +305,7 @@ export async function startSidecar(config: SidecarConfig, log: Logger): Promise<
         const client = controlClient
         const pool = appPool
         // Siblings' logs whose lease lapsed: finished here with the same drivers on their records.
-        const adopt = async (taken: PgLog, records: readonly LogEntry[]): Promise<AdoptedLog> => {
+        const adopt = async (taken: PgLog, records: readonly LogEntry[], from: TakenFrom): Promise<AdoptedLog> => {
           const inc = await logIncarnation(taken, records)
           let stop: (() => Promise<void>) | undefined
           const base = productionIo({ log: taken, control: client, app: pool, http: peerHttp, logger: log })
@@ -328,7 +328,18 @@ export async function startSidecar(config: SidecarConfig, log: Logger): Promise<
             },
             // The peer client is the sidecar's own: the taken log's drivers never close it (their
             // close at the end of a takeover used to destroy it for the whole sidecar).
-            http: { exchange: (origin, o) => tracked(leased.http.exchange(origin, o)) },
+            // A compensation the previous holder sent before its lease lapsed may still run at its
+            // target: the same one is sent again only once that call would have timed out.
+            http: {
+              exchange: (origin, o) =>
+                tracked(
+                  (async () => {
+                    const wait = from.previousCallsUntil - performance.now()
+                    if (wait > 0) await sleep(nodeTimers, wait)
+                    return leased.http.exchange(origin, o)
+                  })(),
+                ),
+            },
             // A write to the taken log failed: stop finishing it (a sibling claims it again).
             fatal: (what, detail) => {
               log.error('takeover_log_failed', { log: taken.id, what, ...detail })
@@ -390,7 +401,13 @@ export async function startSidecar(config: SidecarConfig, log: Logger): Promise<
           onFenced: () => metrics.fenced.inc(),
         })
         takeover.start()
-        controlDeps = { ...controlDeps, group: takeover, groupAddress: pgStore.group }
+        const own = leased
+        controlDeps = {
+          ...controlDeps,
+          group: takeover,
+          groupAddress: pgStore.group,
+          ...(own === undefined ? {} : { ownLogHeld: () => own.stillHeld() }),
+        }
       }
     } else {
       // Contexts are refused with TXM_MESH_KEY_MISSING rather than silently ignored. Said once at
@@ -448,7 +465,11 @@ export async function startSidecar(config: SidecarConfig, log: Logger): Promise<
           controlClient?.close(),
           appPool?.close(),
         ])
-        await fileLog?.close()
+        // The Postgres store: given up, not left to lapse. Every call the drivers had out came back
+        // above, so a sibling may claim it at once, and this instance's next process need not wait
+        // out the lease (an older process of it may act until then: PgLog quietUntil).
+        if (fileLog instanceof PgLog) await fileLog.release()
+        else await fileLog?.close()
         await kube?.close()
         loop?.close()
         stopKeyWatch?.()

@@ -82,6 +82,12 @@ export interface ControlDeps {
    * as the group (the caller checks the answer is signed for the address it called).
    */
   readonly groupAddress?: string | undefined
+  /**
+   * Shared store: whether this process still holds its own log, asked of the store now. A
+   * presumed abort for an id another run of the log made is answered only when it does (else in
+   * doubt): a new process of the same instance may have taken the log and committed that id.
+   */
+  readonly ownLogHeld?: (() => Promise<boolean>) | undefined
 }
 
 export interface GroupAnswerer {
@@ -271,7 +277,10 @@ async function runOp(
     case 'outcome':
     case 'lookup': {
       // lookup: the asker found a prepared row of `id` it does not hold (coordinator outcomeFor).
-      const own = d.steps.has(id) ? d.steps.outcomeFor(id) : d.coordinator.outcomeFor(id, op === 'outcome')
+      const saga = d.steps.has(id)
+      const own = saga ? d.steps.outcomeFor(id) : d.coordinator.outcomeFor(id, op === 'outcome')
+      if (own === 'aborted' && !saga && d.ownLogHeld !== undefined && d.coordinator.presumesForOtherRun(id))
+        return ok({ id, outcome: (await d.ownLogHeld()) ? own : 'in-doubt' })
       if (own !== 'unknown-coordinator' || d.group === undefined) return ok({ id, outcome: own })
       const g = await d.group.outcomeFor(id, op === 'outcome')
       return ok({ id, outcome: g.outcome, ...(g.owner === undefined ? {} : { owner: g.owner }) })

@@ -179,6 +179,11 @@ export class KubeLeases {
     )
   }
 
+  /** The log's Lease's holder now ('' when free or missing). */
+  async holderOf(logId: string): Promise<string> {
+    return (await this.get(leaseName(logId)))?.spec?.holderIdentity ?? ''
+  }
+
   /** Whether the log's Lease is free or has lapsed on this process's clock (a first sight never has). */
   async lapsed(logId: string): Promise<boolean> {
     const name = leaseName(logId)

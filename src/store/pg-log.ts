@@ -172,7 +172,10 @@ export class PgLog implements TxLog {
   leaseHeld(): boolean {
     if (this.failed instanceof LogFencedError || this.closing) return false
     if (this.lease === undefined) return true
-    return performance.now() < this.lease.from + this.lease.ms - Math.min(LIMITS.pgLeaseMarginMs, this.lease.ms / 4)
+    const now = performance.now()
+    // An older process of this instance may act until the lease this one replaced would have lapsed.
+    if (now < this.lease.quietUntil) return false
+    return now < this.lease.from + this.lease.ms - Math.min(LIMITS.pgLeaseMarginMs, this.lease.ms / 4)
   }
 
   /**
@@ -197,6 +200,7 @@ export class PgLog implements TxLog {
       const started = performance.now()
       const holder = o.holder ?? o.logId
       let leaseFrom = o.leaseFrom ?? performance.now()
+      let quietUntil = 0
       const { token, rows } = await withRetries(logger, timers, 'open', async () => {
         const c = await pool.connect()
         // The server ending the session between two queries (a restart) is an 'error' event of
@@ -215,6 +219,7 @@ export class PgLog implements TxLog {
                 : await claimOwnKube(c, schema, o.kube, o.logId, holder, o.address, o.leaseMs, logger, timers)
             token = claimed.token
             leaseFrom = claimed.sentAt
+            quietUntil = claimed.quietUntil
           }
           const t = await c.query<{ token: string }>(`SELECT token FROM ${schema}.logs WHERE log_id = $1`, [o.logId])
           if (Number(t.rows[0]?.token) !== token)
@@ -235,7 +240,15 @@ export class PgLog implements TxLog {
       const lease =
         o.leaseMs === undefined
           ? undefined
-          : { ms: o.leaseMs, from: leaseFrom, onFenced: o.onFenced, onRenewed: o.onRenewed, holder, kube: o.kube }
+          : {
+              ms: o.leaseMs,
+              from: leaseFrom,
+              quietUntil,
+              onFenced: o.onFenced,
+              onRenewed: o.onRenewed,
+              holder,
+              kube: o.kube,
+            }
       const log = new PgLog(
         pool,
         schema,
@@ -288,6 +301,30 @@ export class PgLog implements TxLog {
     if (this.lazyTimer !== undefined) this.timers.clear(this.lazyTimer)
     if (this.renewTimer !== undefined) this.timers.clear(this.renewTimer)
     await this.pool.end()
+  }
+
+  /**
+   * Whether this log is still this process's, asked of Postgres now (its token is the log's): a
+   * lease held by this process's clock is not enough where a new process of the same instance may
+   * have claimed the log at once (claimOwn). Found taken over: fenced, as a renewal would find it.
+   * Postgres unreachable: false (nothing can be vouched for).
+   */
+  async stillHeld(): Promise<boolean> {
+    if (this.failed !== undefined || this.closing) return false
+    try {
+      if ((await this.logToken()) === this.token) return true
+      if (this.failed === undefined) {
+        const fenced = new LogFencedError(
+          `log ${this.logId} was taken over: token ${this.token} is no longer the log's (outcome check)`,
+        )
+        this.fail(fenced, [])
+        this.lease?.onFenced?.(fenced)
+      }
+      return false
+    } catch (err) {
+      this.logger.warn('store.held_check_failed', { log: this.logId, reason: (err as Error).message })
+      return false
+    }
   }
 
   /** Keys with live records under `prefixes` (a taken-over log is finished once none is left). */
@@ -357,7 +394,8 @@ export class PgLog implements TxLog {
             ).rowCount === 1
           : // The token first: a newer process of this same instance (same holderIdentity) that
             // claimed the log fenced this one, though the Lease still names this holder.
-            (await this.tokenStill()) && (await lease.kube.renew(this.logId, lease.holder, lease.ms)) === 'renewed'
+            (await this.logToken()) === this.token &&
+            (await lease.kube.renew(this.logId, lease.holder, lease.ms)) === 'renewed'
       if (renewed) {
         lease.from = started
         this.counters.renewals++
@@ -380,12 +418,12 @@ export class PgLog implements TxLog {
     }
   }
 
-  /** The log's token is still the one this log writes with (nobody claimed it since). */
-  private async tokenStill(): Promise<boolean> {
+  /** The log's token in the store now (NaN without a row). */
+  private async logToken(): Promise<number> {
     const r = await this.pool.query<{ token: string }>(`SELECT token FROM ${this.schema}.logs WHERE log_id = $1`, [
       this.logId,
     ])
-    return Number(r.rows[0]?.token) === this.token
+    return Number(r.rows[0]?.token ?? NaN)
   }
 
   stats(): PgLogStats {
@@ -522,6 +560,12 @@ interface Lease {
   readonly ms: number
   /** performance.now() when the last renewal that went through was sent. */
   from: number
+  /**
+   * performance.now() until which the lease replaced at open (one of this instance's own name, an
+   * older process of it that may still run and act on its own clock) could still be counted held
+   * by that process: nothing is sent before then.
+   */
+  readonly quietUntil: number
   readonly onFenced: ((err: LogFencedError) => void) | undefined
   readonly onRenewed: (() => void) | undefined
   readonly holder: string
@@ -542,21 +586,39 @@ async function claimOwn(
   leaseMs: number | undefined,
   logger: Logger,
   timers: Timers,
-): Promise<{ token: number; sentAt: number }> {
+): Promise<{ token: number; sentAt: number; quietUntil: number }> {
   const until = Date.now() + LIMITS.pgLeaseOpenWaitMs
   for (let attempt = 0; ; attempt++) {
     const sentAt = performance.now()
-    const r = await c.query<{ token: string }>(
-      `INSERT INTO ${schema}.logs (log_id, holder, expires_at, address)
-       VALUES ($1, $2, now() + $3 * interval '1 millisecond', $4)
-       ON CONFLICT (log_id) DO UPDATE
-         SET token = logs.token + 1, holder = $2, expires_at = EXCLUDED.expires_at, address = EXCLUDED.address
-       WHERE logs.holder IS NULL OR logs.holder = $2 OR logs.expires_at IS NULL OR logs.expires_at < now()
-       RETURNING token`,
-      [logId, holder, leaseMs ?? null, address ?? null],
-    )
+    // In one transaction with the claim: how long the lease it replaces had left (a live lease of
+    // this instance's own name: an older process of it, which may still act until then).
+    await c.query('BEGIN')
+    let r: pg.QueryResult<{ token: string }>
+    let leftMs = 0
+    try {
+      const prev = await c.query<{ left_ms: number | null }>(
+        `SELECT GREATEST(0, EXTRACT(EPOCH FROM (expires_at - now())) * 1000)::float8 AS left_ms
+         FROM ${schema}.logs WHERE log_id = $1 AND holder = $2 FOR UPDATE`,
+        [logId, holder],
+      )
+      leftMs = Number(prev.rows[0]?.left_ms ?? 0)
+      r = await c.query<{ token: string }>(
+        `INSERT INTO ${schema}.logs (log_id, holder, expires_at, address)
+         VALUES ($1, $2, now() + $3 * interval '1 millisecond', $4)
+         ON CONFLICT (log_id) DO UPDATE
+           SET token = logs.token + 1, holder = $2, expires_at = EXCLUDED.expires_at, address = EXCLUDED.address
+         WHERE logs.holder IS NULL OR logs.holder = $2 OR logs.expires_at IS NULL OR logs.expires_at < now()
+         RETURNING token`,
+        [logId, holder, leaseMs ?? null, address ?? null],
+      )
+      await c.query('COMMIT')
+    } catch (err) {
+      await c.query('ROLLBACK').catch(() => undefined)
+      throw err
+    }
     const token = r.rows[0]?.token
-    if (token !== undefined) return { token: Number(token), sentAt }
+    // Counted on this clock from when the answer came back (later than Postgres's now()).
+    if (token !== undefined) return { token: Number(token), sentAt, quietUntil: performance.now() + leftMs }
     const held = await c.query<{ holder: string | null }>(`SELECT holder FROM ${schema}.logs WHERE log_id = $1`, [
       logId,
     ])
@@ -584,16 +646,20 @@ async function claimOwnKube(
   leaseMs: number | undefined,
   logger: Logger,
   timers: Timers,
-): Promise<{ token: number; sentAt: number }> {
+): Promise<{ token: number; sentAt: number; quietUntil: number }> {
   const until = Date.now() + LIMITS.pgLeaseOpenWaitMs
   const ms = leaseMs ?? LIMITS.pgLeaseMs
   await c.query(`INSERT INTO ${schema}.logs (log_id) VALUES ($1) ON CONFLICT (log_id) DO NOTHING`, [logId])
   for (let attempt = 0; ; attempt++) {
     const seen = await c.query<{ token: string }>(`SELECT token FROM ${schema}.logs WHERE log_id = $1`, [logId])
+    // A Lease held in this instance's own name: an older process of it, which may still act
+    // until that lease lapses on its clock; its renewTime is another machine's, so the whole
+    // lease length is waited out (as claimOwn does with what the row's lease had left).
+    const ownHeld = (await kube.holderOf(logId)) === holder
     const sentAt = performance.now()
     if (await kube.acquire(logId, holder, ms)) {
       const token = await bumpToken(c, schema, logId, holder, address, Number(seen.rows[0]?.token))
-      if (token !== undefined) return { token, sentAt }
+      if (token !== undefined) return { token, sentAt, quietUntil: ownHeld ? performance.now() + ms : 0 }
     }
     if (Date.now() >= until)
       throw new LogFailedError(

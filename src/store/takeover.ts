@@ -48,12 +48,23 @@ export interface TakeoverOptions {
    * Starts the drivers that finish a claimed log from its records (only those under
    * TAKEN_PREFIXES, and the incarnation); returns how to stop them.
    */
-  readonly adopt: (log: PgLog, records: readonly LogEntry[]) => Promise<AdoptedLog>
+  readonly adopt: (log: PgLog, records: readonly LogEntry[], taken: TakenFrom) => Promise<AdoptedLog>
   /** Metrics and the dashboard's events. */
   readonly onTakeover?: (logId: string, token: number, records: number) => void
   readonly onFinished?: (logId: string) => void
   readonly onRenewed?: () => void
   readonly onFenced?: (logId: string) => void
+}
+
+/** What the claim learned of the log's previous holder. */
+export interface TakenFrom {
+  /**
+   * performance.now() until which a call with effects the previous holder sent before its lease
+   * lapsed (a compensation, a TCC confirm/cancel, each bounded by LIMITS.stepOpTimeoutMs) may still
+   * be out: the same call is not sent again before then. 0 when the log was given up (its holder
+   * waited for its calls) or lapsed long ago.
+   */
+  readonly previousCallsUntil: number
 }
 
 /** The drivers finishing a taken log. */
@@ -78,6 +89,10 @@ export interface GroupAnswer {
 interface Claimed {
   readonly logId: string
   readonly token: number
+  /** How long ago (Postgres's clock) the previous holder's lease expired; undefined: given up. */
+  readonly lapsedMs: number | undefined
+  /** performance.now() when the claim's answer came back. */
+  readonly receivedAt: number
   /** performance.now() when the claim was sent. */
   readonly sentAt: number
 }
@@ -233,9 +248,9 @@ export class Takeover {
     if (this.o.kube !== undefined) return this.claimKube(this.o.kube, logId)
     const s = this.o.schema
     const sentAt = performance.now()
-    const r = await this.pool.query<{ log_id: string; token: string }>(
+    const r = await this.pool.query<{ log_id: string; token: string; lapsed_ms: number | null }>(
       `WITH lapsed AS (
-         SELECT l.log_id FROM ${s}.logs l
+         SELECT l.log_id, l.expires_at AS prev_expires FROM ${s}.logs l
          WHERE l.log_id LIKE $1 ESCAPE '\\' AND l.log_id <> $2 AND NOT (l.log_id = ANY($7::text[]))
            AND (l.expires_at IS NULL OR l.expires_at < now())
            AND (l.log_id = $6::text OR ($6::text IS NULL AND EXISTS (SELECT 1 FROM ${s}.records r
@@ -244,7 +259,7 @@ export class Takeover {
        UPDATE ${s}.logs l
          SET token = l.token + 1, holder = $4, expires_at = now() + $5 * interval '1 millisecond', address = $8
        FROM lapsed WHERE l.log_id = lapsed.log_id
-       RETURNING l.log_id, l.token`,
+       RETURNING l.log_id, l.token, (EXTRACT(EPOCH FROM (now() - lapsed.prev_expires)) * 1000)::float8 AS lapsed_ms`,
       [
         this.prefix(),
         this.own(),
@@ -257,7 +272,9 @@ export class Takeover {
       ],
     )
     const row = r.rows[0]
-    return row === undefined ? undefined : { logId: row.log_id, token: Number(row.token), sentAt }
+    if (row === undefined) return undefined
+    const lapsedMs = row.lapsed_ms === null ? undefined : Number(row.lapsed_ms)
+    return { logId: row.log_id, token: Number(row.token), sentAt, lapsedMs, receivedAt: performance.now() }
   }
 
   /**
@@ -282,12 +299,19 @@ export class Takeover {
       const sentAt = performance.now()
       if (!(await kube.acquire(row.log_id, this.o.instance, this.o.leaseMs))) continue
       const token = await bumpToken(this.pool, s, row.log_id, this.o.instance, this.o.address, Number(row.token))
-      if (token !== undefined) return { logId: row.log_id, token, sentAt }
+      // Lapsed on this clock only just now (a Lease's expiry is on no clock of Postgres's): the
+      // previous holder's calls are waited out in full (adopt).
+      if (token !== undefined) return { logId: row.log_id, token, sentAt, lapsedMs: 0, receivedAt: performance.now() }
     }
     return undefined
   }
 
-  private async adopt({ logId, token, sentAt }: Claimed): Promise<void> {
+  private async adopt({ logId, token, sentAt, lapsedMs, receivedAt }: Claimed): Promise<void> {
+    // The previous holder sent nothing once its lease lapsed on its clock (a margin before Postgres's
+    // expiry); what it sent before may be out for up to LIMITS.stepOpTimeoutMs after that.
+    const margin = Math.min(LIMITS.pgLeaseMarginMs, this.o.leaseMs / 4)
+    const previousCallsUntil =
+      lapsedMs === undefined ? 0 : receivedAt + Math.max(0, LIMITS.stepOpTimeoutMs - margin - lapsedMs)
     const { log, records } = await PgLog.open({
       url: this.o.url,
       schema: this.o.schema,
@@ -312,7 +336,7 @@ export class Takeover {
     this.o.logger.warn('takeover', { log: logId, token, records: work.length })
     this.o.onTakeover?.(logId, token, work.length)
     try {
-      const drivers = await this.o.adopt(log, work)
+      const drivers = await this.o.adopt(log, work, { previousCallsUntil })
       this.held.set(logId, { log, drivers })
     } catch (err) {
       this.o.logger.error('takeover_failed', { log: logId, reason: err instanceof Error ? err.message : String(err) })

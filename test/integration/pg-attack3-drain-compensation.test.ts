@@ -6,6 +6,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http'
 import { request } from 'undici'
 import { describe, expect, it } from 'vitest'
 import { until } from '../../harness/ports.js'
+import { LIMITS } from '../../src/limits.js'
 import {
   rawRequest,
   sidecarYaml,
@@ -143,7 +144,9 @@ describe('a taker drained while a compensation of the taken saga is out', () => 
     )
     // Refunds are back but slow: the taker's refund is out at the app, and the taker is drained.
     refunds = 'slow'
-    await until('the taker refunding', () => slowArrived >= 1, 5_000)
+    // (A taker sends a compensation again only once the one its previous holder may have had out
+    // would have timed out: up to LIMITS.stepOpTimeoutMs after the lease lapsed.)
+    await until('the taker refunding', () => slowArrived >= 1, LIMITS.stepOpTimeoutMs + 5_000)
     ;(taker as SidecarProcess).child.kill('SIGTERM')
     // Another instance may take the saga over, but its refund must not start while the first runs.
     await new Promise((r) => setTimeout(r, REFUND_MS + 1_000))

@@ -310,6 +310,17 @@ export class CoordinatorDriver {
     return o === 'unknown' ? 'in-doubt' : o
   }
 
+  /**
+   * outcomeFor's "aborted" for `id` is presumed (no entry here) for an id this process did not
+   * make (another run of this log): sound only while this process still holds the log, which a
+   * shared store must vouch for (a new process of the same instance may have claimed it and
+   * decided COMMIT for that id).
+   */
+  presumesForOtherRun(id: TxId): boolean {
+    if (this.txs.has(id) || this.finished.has(id)) return false
+    return incarnationOfTx(id) === this.d.incarnation && !isOfRun(id, this.d.run)
+  }
+
   /** Re-drives phase 2 of every COMMIT decision found in the log at start. */
   recover(records: readonly LogRecord[]): number {
     let n = 0
