@@ -338,6 +338,13 @@ export const LIMITS = Object.freeze({
   // NATS: time to open the first connection (TCP + INFO/CONNECT handshake) before connect()
   // fails. The nats.js default is 20 s; a broker on the same network answers in milliseconds.
   natsConnectTimeoutMs: 5_000,
+  // Subscriptions (src/events/subscriber.ts), defaults of their consumer settings: a delivery
+  // may take 30 s before the server hands the message out again; 5 deliveries then dead-letter;
+  // waits of 1 s, 5 s, 30 s between failed deliveries; 16 messages delivered at once.
+  subscriptionAckWaitMs: 30_000,
+  subscriptionMaxDeliver: 5,
+  subscriptionBackoffMs: [1_000, 5_000, 30_000] as readonly number[],
+  subscriptionMaxInFlight: 16,
   // NATS: wait between reconnect attempts (nats.js default 2 s, plus its own jitter). Attempts
   // never stop (maxReconnectAttempts -1): the outbox holds events until the broker is back, and
   // 1 s keeps a fleet of sidecars at one attempt per second each while bounding resume latency.

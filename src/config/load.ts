@@ -12,7 +12,7 @@ import { MESH_KEY_FILE_ENV, parseMeshKeys } from '../tx/keys.js'
 import { compileCoordinators } from '../tx/protocol.js'
 import { configHeaderProblem } from '../tx/saga/template.js'
 import validateSchema, { PATTERNS } from './schema-validator.generated.js'
-import type { HostPort, PgStoreSettings, RetryOn, RetryPolicy, RoutePolicy, SidecarConfig, Direction, StepRequestTemplate, TlsSettings } from './types.js'
+import type { DeliverFrom, HostPort, PgStoreSettings, RetryOn, RetryPolicy, RoutePolicy, SidecarConfig, Direction, StepRequestTemplate, Subscription, TlsSettings } from './types.js'
 import { portNumber, splitAuthority } from '../address.js'
 
 export const SCHEMA_URL = new URL('../../config/txmesh.schema.json', import.meta.url)
@@ -180,6 +180,15 @@ interface RawRoute extends RawPolicy {
   nonTransactionalTarget?: RoutePolicy['nonTransactionalTarget']
   match?: { direction?: Direction | 'both'; host?: string; pathPrefix?: string; methods?: string[] }
 }
+interface RawSubscription {
+  name: string
+  stream?: string
+  subjects: string[]
+  route: { method?: 'POST' | 'PUT' | 'PATCH'; path: string }
+  consumer?: { durable?: string; deliver?: DeliverFrom; ackWaitMs?: number; maxDeliver?: number; backoffMs?: number[] }
+  ordering?: { by?: 'key' | 'none'; maxInFlight?: number }
+  deadLetter?: { subject: string }
+}
 interface RawListener {
   host?: string
   port?: number
@@ -200,6 +209,7 @@ interface RawConfig {
   hooks?: { prepare?: string; commit?: string; abort?: string; confirm?: string; cancel?: string; batch?: string }
   steps?: { attempts?: number; backoffBaseMs?: number; backoffCapMs?: number }
   events?: { nats?: { servers: string[]; stream?: string; topics?: string[] }; webhooks?: { url: string }[] }
+  subscriptions?: RawSubscription[]
   ui?: { traceUrl?: string }
 }
 
@@ -369,6 +379,7 @@ function build(raw: RawConfig, file: string, doc: Document, at: (o: number) => {
   const storePostgres = pgStore(storeFromEnv(raw.store), (path, message) =>
     problems.push({ file, ...position(path), message }),
   )
+  const subscriptions = subscriptionsOf(raw, service ?? 'service', (path, message) => problems.push({ file, ...position(path), message }))
   const token = adminToken(raw.admin, adminListener.host, (path, message) => problems.push({ file, ...(path === undefined ? { line: 0, col: 0 } : position(path)), message }))
   let tls: TlsSettings | undefined
   if (raw.tls !== undefined) {
@@ -430,8 +441,79 @@ function build(raw: RawConfig, file: string, doc: Document, at: (o: number) => {
           : { servers: raw.events.nats.servers, stream: raw.events.nats.stream ?? 'TXMESH', topics: raw.events.nats.topics ?? ['txmesh.messages.>'] },
       webhooks: raw.events?.webhooks ?? [],
     },
+    subscriptions,
     traceUrl: raw.ui?.traceUrl,
   }
+}
+
+/**
+ * Whether every subject `subject` matches is one `pattern` matches (NATS wildcards: `*` one
+ * token, `>` one or more trailing tokens): a subscription's subjects must lie within the stream's.
+ */
+export function subjectWithin(subject: string, pattern: string): boolean {
+  const s = subject.split('.')
+  const p = pattern.split('.')
+  for (let i = 0; i < p.length; i++) {
+    const pt = p[i]
+    if (pt === '>') return s.length > i
+    const st = s[i]
+    if (st === undefined) return false
+    if (st === '>') return false
+    if (pt !== '*' && (st === '*' || st !== pt)) return false
+  }
+  return s.length === p.length
+}
+
+/**
+ * `subscriptions` with their defaults, each checked against events.nats: the stream must be the
+ * sidecar's (events.nats.stream), each subject within its subjects (events.nats.topics), names
+ * unique, and the dead-letter subject outside what the subscription itself receives.
+ */
+function subscriptionsOf(
+  raw: RawConfig,
+  service: string,
+  problem: (path: (string | number)[], message: string) => void,
+): Subscription[] {
+  const list = raw.subscriptions ?? []
+  if (list.length === 0) return []
+  const nats = raw.events?.nats
+  if (nats === undefined) {
+    problem(['subscriptions'], 'subscriptions: need events.nats (the JetStream servers and stream they consume)')
+    return []
+  }
+  const stream = nats.stream ?? 'TXMESH'
+  const topics = nats.topics ?? ['txmesh.messages.>']
+  const token = service.replace(/[^A-Za-z0-9_-]/g, '_')
+  const seen = new Set<string>()
+  const out: Subscription[] = []
+  for (const [i, r] of list.entries()) {
+    if (seen.has(r.name)) problem(['subscriptions', i, 'name'], `subscriptions.${i}.name: "${r.name}" is used twice`)
+    seen.add(r.name)
+    if (r.stream !== undefined && r.stream !== stream)
+      problem(['subscriptions', i, 'stream'], `subscriptions.${i}.stream: unknown stream "${r.stream}" (this sidecar's is events.nats.stream "${stream}")`)
+    for (const [j, subject] of r.subjects.entries())
+      if (!topics.some((t) => subjectWithin(subject, t)))
+        problem(['subscriptions', i, 'subjects', j], `subscriptions.${i}.subjects.${j}: "${subject}" is outside the stream's subjects (events.nats.topics: ${topics.join(', ')})`)
+    const deadLetter = r.deadLetter?.subject ?? `txmesh.deadletter.${token}.${r.name}`
+    if (r.subjects.some((x) => subjectWithin(deadLetter, x)))
+      problem(['subscriptions', i, 'deadLetter', 'subject'], `subscriptions.${i}.deadLetter.subject: "${deadLetter}" is among the subscription's own subjects (a dead letter would be delivered again)`)
+    out.push({
+      name: r.name,
+      stream,
+      subjects: r.subjects,
+      route: { method: r.route.method ?? 'POST', path: r.route.path },
+      consumer: {
+        durable: r.consumer?.durable ?? `${token}-${r.name}`,
+        deliver: r.consumer?.deliver ?? 'all',
+        ackWaitMs: r.consumer?.ackWaitMs ?? LIMITS.subscriptionAckWaitMs,
+        maxDeliver: r.consumer?.maxDeliver ?? LIMITS.subscriptionMaxDeliver,
+        backoffMs: r.consumer?.backoffMs ?? LIMITS.subscriptionBackoffMs,
+      },
+      ordering: { by: r.ordering?.by ?? 'none', maxInFlight: r.ordering?.maxInFlight ?? LIMITS.subscriptionMaxInFlight },
+      deadLetter: { subject: deadLetter },
+    })
+  }
+  return out
 }
 
 /** Reads a secret file and parses it; a string is the problem (never the content). */

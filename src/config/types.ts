@@ -112,6 +112,8 @@ export interface SidecarConfig {
     readonly nats: { readonly servers: readonly string[]; readonly stream: string; readonly topics: readonly string[] } | undefined
     readonly webhooks: readonly { readonly url: string }[]
   }
+  /** Committed messages delivered to the app (src/events/subscriber.ts); none without events.nats. */
+  readonly subscriptions: readonly Subscription[]
   /** Dashboard: link template to a transaction's trace ({traceId}), when tracing is exported. */
   readonly traceUrl: string | undefined
   readonly logLevel: 'debug' | 'info' | 'warn' | 'error' | 'silent'
@@ -132,4 +134,26 @@ export interface PgStoreSettings {
   readonly lease: 'row' | 'kubernetes'
   /** store.group: the control address any live instance of the service answers at. */
   readonly group: string | undefined
+}
+
+/** Where a new durable consumer starts (an existing one keeps its position). */
+export type DeliverFrom = 'all' | 'new' | { readonly fromSequence: number } | { readonly fromTime: string }
+
+/** One `subscriptions` entry, with its defaults filled in. */
+export interface Subscription {
+  readonly name: string
+  /** events.nats.stream (the only stream a sidecar knows). */
+  readonly stream: string
+  readonly subjects: readonly string[]
+  readonly route: { readonly method: 'POST' | 'PUT' | 'PATCH'; readonly path: string }
+  readonly consumer: {
+    readonly durable: string
+    readonly deliver: DeliverFrom
+    readonly ackWaitMs: number
+    readonly maxDeliver: number
+    /** Waits before the 2nd, 3rd, ... delivery after a failure; the last repeats. */
+    readonly backoffMs: readonly number[]
+  }
+  readonly ordering: { readonly by: 'key' | 'none'; readonly maxInFlight: number }
+  readonly deadLetter: { readonly subject: string }
 }

@@ -548,3 +548,71 @@ describe('control plane security config (admin token, tls, key file)', () => {
     expect([...cfg.servicesWithoutTls]).toEqual(['pay'])
   })
 })
+
+describe('config: subscriptions', () => {
+  const NATS =
+    'events: {nats: {servers: ["nats://127.0.0.1:4222"], stream: SHOP, topics: ["orders.>", "payments.*"]}}\n'
+  it('fills the defaults of a subscription on the sidecar stream', () => {
+    const cfg = parseConfig(
+      `service: order-history\n${NATS}subscriptions:\n  - {name: orders, subjects: ["orders.created"], route: {path: /events/orders}}\n`,
+      'p.yaml',
+    )
+    expect(cfg.subscriptions).toEqual([
+      {
+        name: 'orders',
+        stream: 'SHOP',
+        subjects: ['orders.created'],
+        route: { method: 'POST', path: '/events/orders' },
+        consumer: {
+          durable: 'order-history-orders',
+          deliver: 'all',
+          ackWaitMs: 30_000,
+          maxDeliver: 5,
+          backoffMs: [1_000, 5_000, 30_000],
+        },
+        ordering: { by: 'none', maxInFlight: 16 },
+        deadLetter: { subject: 'txmesh.deadletter.order-history.orders' },
+      },
+    ])
+    const full = parseConfig(
+      `service: h\n${NATS}subscriptions:\n  - name: all\n    stream: SHOP\n    subjects: ["orders.>", "payments.done"]\n    route: {method: PUT, path: /e}\n    consumer: {durable: h-all, deliver: {fromSequence: 42}, ackWaitMs: 5000, maxDeliver: 3, backoffMs: [200]}\n    ordering: {by: key, maxInFlight: 4}\n    deadLetter: {subject: dlq.h}\n`,
+      'p.yaml',
+    ).subscriptions[0]
+    expect(full).toMatchObject({
+      route: { method: 'PUT' },
+      consumer: { durable: 'h-all', deliver: { fromSequence: 42 }, ackWaitMs: 5000, maxDeliver: 3, backoffMs: [200] },
+      ordering: { by: 'key', maxInFlight: 4 },
+      deadLetter: { subject: 'dlq.h' },
+    })
+  })
+
+  it('refuses an unknown stream, a subject outside the stream, a missing route, and subscriptions without NATS, with file:line:col', () => {
+    const sub = (s: string): string => `service: h\n${NATS}subscriptions:\n  - ${s}\n`
+    expect(problems(sub('{name: a, stream: OTHER, subjects: ["orders.x"], route: {path: /e}}'))[0]).toMatch(
+      /^p\.yaml:4:\d+: subscriptions\.0\.stream: unknown stream "OTHER" \(this sidecar's is events\.nats\.stream "SHOP"\)/,
+    )
+    expect(problems(sub('{name: a, subjects: ["orders.x", "billing.>"], route: {path: /e}}'))[0]).toMatch(
+      /^p\.yaml:4:\d+: subscriptions\.0\.subjects\.1: "billing\.>" is outside the stream's subjects/,
+    )
+    // payments.* covers one token only.
+    expect(problems(sub('{name: a, subjects: ["payments.a.b"], route: {path: /e}}'))[0]).toMatch(/outside the stream/)
+    expect(problems(sub('{name: a, subjects: ["payments.>"], route: {path: /e}}'))[0]).toMatch(/outside the stream/)
+    expect(problems(sub('{name: a, subjects: ["orders.x"]}'))[0]).toMatch(/^p\.yaml:4:\d+: .*route/)
+    expect(
+      problems(sub('{name: a, subjects: ["orders.>"], route: {path: /e}, deadLetter: {subject: orders.dead}}'))[0],
+    ).toMatch(/deadLetter\.subject: "orders\.dead" is among the subscription's own subjects/)
+    expect(
+      problems(
+        `service: h\n${NATS}subscriptions:\n  - {name: a, subjects: ["orders.x"], route: {path: /e}}\n  - {name: a, subjects: ["orders.y"], route: {path: /f}}\n`,
+      )[0],
+    ).toMatch(/^p\.yaml:5:\d+: subscriptions\.1\.name: "a" is used twice/)
+    expect(problems('service: h\nsubscriptions:\n  - {name: a, subjects: ["x"], route: {path: /e}}\n')[0]).toMatch(
+      /^p\.yaml:3:\d+: subscriptions: need events\.nats/,
+    )
+    expect(
+      problems(
+        sub('{name: a, subjects: ["orders.x"], route: {path: /e}, consumer: {deliver: {fromTime: yesterday}}}'),
+      )[0],
+    ).toMatch(/^p\.yaml:4:\d+: .*deliver/)
+  })
+})
