@@ -345,6 +345,25 @@ export const LIMITS = Object.freeze({
   subscriptionMaxDeliver: 5,
   subscriptionBackoffMs: [1_000, 5_000, 30_000] as readonly number[],
   subscriptionMaxInFlight: 16,
+  // Messages the server hands out ahead of the deliveries (max_ack_pending = maxInFlight times
+  // this): enough to keep every slot busy, few enough that a restart's redeliveries stay small.
+  subscriptionPendingFactor: 4,
+  // A delivery's body (the message's payload): NATS's own max_payload default is 1 MiB.
+  subscriptionMaxBodyBytes: 1024 * 1024,
+  // One delivery's HTTP timeout is the ack wait less this margin (so the ack lands before the
+  // server hands the message out again), at least subscriptionMinDeliveryMs; the keepalive of held
+  // messages runs every third of the ack wait, at least as often.
+  subscriptionAckMarginMs: 500,
+  subscriptionMinDeliveryMs: 1_000,
+  // Error text kept from an app's answer (dead-letter header, logs), and a message key's length.
+  subscriptionErrorChars: 512,
+  subscriptionKeyChars: 256,
+  // traceparent/tracestate copied from a message to its delivery (W3C: tracestate <= 512).
+  subscriptionTraceHeaderChars: 512,
+  // Starting the subscriptions while NATS is away: tried again with a wait growing to 10 s, at
+  // most this many times (over 2 hours) before the sidecar gives up on them (logged).
+  subscriptionStartAttempts: 1_000,
+  subscriptionStartBackoffCapMs: 10_000,
   // NATS: wait between reconnect attempts (nats.js default 2 s, plus its own jitter). Attempts
   // never stop (maxReconnectAttempts -1): the outbox holds events until the broker is back, and
   // 1 s keeps a fleet of sidecars at one attempt per second each while bounding resume latency.

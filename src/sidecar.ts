@@ -29,6 +29,7 @@ import { KeyRing, watchKeyFile } from './tx/keys.js'
 import { PeerTls, peerAgent } from './peer-tls.js'
 import { leasedControl, leasedHttp, nodeTimers, productionIo, sleep, type SidecarIo } from './tx/io.js'
 import { KubeLeases } from './store/kube-lease.js'
+import { startSubscriptionsRetrying, type Subscriptions } from './events/subscriber.js'
 import { Takeover, type AdoptedLog, type TakenFrom } from './store/takeover.js'
 import type { LogEntry } from './store/types.js'
 import { committedIn, decodeRecords } from './tx/records.js'
@@ -160,6 +161,8 @@ export async function startSidecar(config: SidecarConfig, log: Logger): Promise<
   let fileLog: TxLog | undefined
   let takeover: Takeover | undefined
   let kube: KubeLeases | undefined
+  let subscriptions: Subscriptions | undefined
+  let stopping = false
   let controlClient: ControlClient | undefined
   let appPool: Pool | undefined
   try {
@@ -229,6 +232,21 @@ export async function startSidecar(config: SidecarConfig, log: Logger): Promise<
         keepAliveTimeout: LIMITS.upstreamKeepAliveMs,
         connect: { timeout: LIMITS.connectTimeoutMs },
       })
+      // subscriptions: committed messages delivered to the app (started once the drivers run).
+      const subscriptionsStarting =
+        config.subscriptions.length === 0 || config.events.nats === undefined
+          ? undefined
+          : startSubscriptionsRetrying({
+              servers: config.events.nats.servers,
+              name: `txmesh-${config.service}-subscriptions`,
+              subscriptions: config.subscriptions,
+              app: appPool,
+              logger: log,
+              metrics: { delivery: (subscription, result) => metrics.deliveries.inc({ subscription, result }) },
+              started: (s) => (subscriptions = s),
+              closed: () => stopping,
+            })
+      void subscriptionsStarting
       // With peer TLS, https:// step targets (services reached over TLS) get the mesh CA and this
       // sidecar's certificate; the connector opens plain http:// targets as before.
       const peerHttp = peerAgent(peerTls)
@@ -456,6 +474,9 @@ export async function startSidecar(config: SidecarConfig, log: Logger): Promise<
         const [e, i] = await Promise.all([egress.drain(timeoutMs), ingress.drain(timeoutMs)])
         coordinator?.close()
         participant?.close()
+        stopping = true
+        // Deliveries running end (each within its timeout); messages held here are redelivered.
+        await subscriptions?.close()
         await takeover?.close()
         await Promise.all([
           steps?.close(),

@@ -129,7 +129,12 @@ export class NatsSink implements Sink {
 }
 
 /** Creates the stream, or adds the subjects it lacks; storage and limits of an existing stream are left alone. */
-async function ensureStream(jsm: JetStreamManager, stream: string, subjects: string[], logger: Logger): Promise<void> {
+export async function ensureStream(
+  jsm: JetStreamManager,
+  stream: string,
+  subjects: string[],
+  logger: Logger,
+): Promise<void> {
   const { JetStreamApiCodes, JetStreamApiError, StorageType } = await import('@nats-io/jetstream')
   // Two sidecars may race to create the stream: the loser's add fails with "already in use",
   // and its second pass finds the stream and updates it.

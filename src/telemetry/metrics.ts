@@ -54,6 +54,8 @@ export class SidecarMetrics {
   readonly leaseRenewals: Counter
   readonly takeovers: Counter<'result'>
   readonly fenced: Counter
+  /** Subscriptions (src/events/subscriber.ts): deliveries by result. */
+  readonly deliveries: Counter<'subscription' | 'result'>
 
   constructor(gauges: { inFlight: () => number; inDoubt: () => number; stuck?: () => number }) {
     const registers = [this.registry]
@@ -132,6 +134,12 @@ export class SidecarMetrics {
       name: 'txmesh_store_takeovers_total',
       help: 'Logs of sibling instances whose lease lapsed: claimed (result=claimed) and finished (result=finished).',
       labelNames: ['result'],
+      registers,
+    })
+    this.deliveries = new Counter({
+      name: 'txmesh_subscription_deliveries_total',
+      help: 'Messages delivered to the app by subscription: acked, retried (a failed delivery sent again), dead-lettered.',
+      labelNames: ['subscription', 'result'],
       registers,
     })
     this.fenced = new Counter({
