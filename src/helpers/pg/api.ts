@@ -3,6 +3,7 @@
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import type { PoolClient, QueryResult, QueryResultRow } from 'pg'
 import type { BarrierIds, BarrierResult } from './barrier.js'
+import type { InboxIds, InboxResult } from './inbox.js'
 import type { RecoverResult } from './recover.js'
 
 /** What a transactional request gets as `req.txmesh` (and as `tx` in handler()). */
@@ -47,6 +48,16 @@ export interface TxmeshPg {
   barrier<T>(req: IncomingMessage | BarrierIds, fn: (client: PoolClient) => Promise<T>): Promise<BarrierResult<T>>
   /** Creates the txmesh_barrier table if it is missing (barrier() does it on first use). */
   ensureBarrier(): Promise<void>
+  /**
+   * Runs `fn` for a subscription's delivery (ids from the request's txmesh-subscription /
+   * txmesh-message-id, or given) in one local transaction with a row in txmesh_inbox: the effect
+   * happens once per message id and subscription in this database. A redelivery skips `fn` and
+   * returns what the first run returned (`ran: false`). `fn`'s error is rethrown after ROLLBACK.
+   * Throws PgBadIdError (400) for bad ids, PgUnavailableError (503).
+   */
+  inbox<T>(req: IncomingMessage | InboxIds, fn: (client: PoolClient) => Promise<T>): Promise<InboxResult<T>>
+  /** Creates the txmesh_inbox table if it is missing (inbox() does it on first use). */
+  ensureInbox(): Promise<void>
   /** Roll back open branches and give their connections back. Does not end the pool. */
   close(): Promise<void>
   stats(): TxmeshPgStats

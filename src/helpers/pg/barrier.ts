@@ -114,13 +114,18 @@ export function barrierDecision(
 
 /** CREATE TABLE IF NOT EXISTS that survives other sessions creating the table at the same time. */
 export async function createBarrierTable(c: PoolClient): Promise<void> {
+  return createTableOnce(c, BARRIER_TABLE, CREATE_TABLE)
+}
+
+/** `ddl` (CREATE TABLE IF NOT EXISTS `table`), surviving other sessions creating it at once. */
+export async function createTableOnce(c: PoolClient, table: string, ddl: string): Promise<void> {
   for (let attempt = 1; ; attempt++) {
     try {
       // Checked first: an app whose role may not CREATE in the schema (the table made by a
       // migration) must not fail here, and IF NOT EXISTS checks the privilege before existence.
-      const found = await c.query<{ t: string | null }>('SELECT to_regclass($1)::text AS t', [BARRIER_TABLE])
+      const found = await c.query<{ t: string | null }>('SELECT to_regclass($1)::text AS t', [table])
       if (found.rows[0]?.t != null) return
-      await c.query(CREATE_TABLE)
+      await c.query(ddl)
       return
     } catch (err) {
       const sqlstate = sqlstateOf(err)
@@ -130,7 +135,7 @@ export async function createBarrierTable(c: PoolClient): Promise<void> {
       const race = sqlstate === '23505' || sqlstate === '42P07' || sqlstate === '42710'
       if (race && attempt < L.barrierCreateAttempts) continue
       if (sqlstate === undefined) throw err
-      throw new PgError(`cannot create ${BARRIER_TABLE}: ${messageOf(err)}`, { sqlstate })
+      throw new PgError(`cannot create ${table}: ${messageOf(err)}`, { sqlstate })
     }
   }
 }
@@ -139,11 +144,28 @@ export async function createBarrierTable(c: PoolClient): Promise<void> {
  * Runs the barrier and `fn` in one transaction on a connection from `connect`, and gives the
  * connection back (destroyed when it failed). `fn`'s own error is rethrown after ROLLBACK.
  */
-export async function runBarrier<T>(
+export function runBarrier<T>(
   connect: () => Promise<PoolClient>,
   ids: BarrierIds,
   fn: (client: PoolClient) => Promise<T>,
 ): Promise<BarrierResult<T>> {
+  return runLocal(connect, 'the barrier', async (c) => {
+    const decision = await bookkeep(c, ids)
+    return decision.run ? { ran: true, value: await fn(c) } : { ran: false, reason: decision.reason }
+  })
+}
+
+/**
+ * `work` in one local transaction (BEGIN ... COMMIT) on a connection from `connect`, given back
+ * afterwards (destroyed when it failed). `work`'s error is rethrown after ROLLBACK; a COMMIT that
+ * Postgres refused is a PgError, one whose outcome the lost connection hides PgOutcomeUnknownError.
+ * `what`: the bookkeeping's name in those errors.
+ */
+export async function runLocal<R>(
+  connect: () => Promise<PoolClient>,
+  what: string,
+  work: (client: PoolClient) => Promise<R>,
+): Promise<R> {
   const c = await connect()
   let broken: Error | undefined
   const onError = (err: Error): void => {
@@ -158,12 +180,9 @@ export async function runBarrier<T>(
       throw new PgUnavailableError(`BEGIN failed: ${messageOf(err)}`, { sqlstate: sqlstateOf(err) })
     }
     phase = 'work'
-    const decision = await bookkeep(c, ids)
-    const result: BarrierResult<T> = decision.run
-      ? { ran: true, value: await fn(c) }
-      : { ran: false, reason: decision.reason }
+    const result = await work(c)
     phase = 'commit'
-    await commit(c)
+    await commit(c, what)
     return result
   } catch (err) {
     if (phase === 'work') {
@@ -203,33 +222,33 @@ async function bookkeep(
   return barrierDecision(ids.op, originInserted, ownInserted, existingReason)
 }
 
-async function commit(c: PoolClient): Promise<void> {
+async function commit(c: PoolClient, what: string): Promise<void> {
   let command: string
   try {
     command = (await c.query('COMMIT')).command
   } catch (err) {
     const sqlstate = sqlstateOf(err)
     if (sqlstate !== undefined)
-      throw new PgError(`COMMIT of the barrier failed (effect and barrier row rolled back): ${messageOf(err)}`, {
+      throw new PgError(`COMMIT of ${what} failed (effect and its row rolled back): ${messageOf(err)}`, {
         sqlstate,
       })
-    // Committed or not is unknown; a retry is safe either way, which is the barrier's point.
+    // Committed or not is unknown; a retry is safe either way, which is the bookkeeping's point.
     throw new PgOutcomeUnknownError(
-      `the connection was lost during the barrier's COMMIT; retry (the barrier makes it safe): ${messageOf(err)}`,
+      `the connection was lost during the COMMIT of ${what}; retry (its row makes it safe): ${messageOf(err)}`,
       { cause: err },
     )
   }
   // COMMIT of a transaction in the aborted state (fn caught a failed statement) answers ROLLBACK.
   if (command !== 'COMMIT')
-    throw new PgError('a statement inside the barrier failed, so Postgres rolled back the effect and the barrier row')
+    throw new PgError(`a statement inside ${what} failed, so Postgres rolled back the effect and its row`)
 }
 
 /** Bookkeeping statements fail as PgError (with the SQLSTATE when Postgres reported one). */
-async function sql<R>(run: () => Promise<R>): Promise<R> {
+export async function sql<R>(run: () => Promise<R>, what = 'barrier'): Promise<R> {
   try {
     return await run()
   } catch (err) {
-    throw new PgError(`barrier bookkeeping failed: ${messageOf(err)}`, { cause: err, sqlstate: sqlstateOf(err) })
+    throw new PgError(`${what} bookkeeping failed: ${messageOf(err)}`, { cause: err, sqlstate: sqlstateOf(err) })
   }
 }
 

@@ -27,6 +27,7 @@ import {
   type BarrierIds,
   type BarrierResult,
 } from './barrier.js'
+import { createInboxTable, inboxIds, runInbox, type InboxIds, type InboxResult } from './inbox.js'
 import {
   CLOSED_COMMITTED,
   CLOSED_PREPARED,
@@ -101,6 +102,7 @@ class PgParticipant implements TxmeshPg {
   /** The periodic sweep under way (sweeps never overlap). */
   private sweeping: Promise<unknown> | undefined
   private barrierReady: Promise<void> | undefined
+  private inboxReady: Promise<void> | undefined
 
   constructor(o: TxmeshPgOptions) {
     if (typeof o.pool?.connect !== 'function') throw new PgConfigError('pool must be a pg.Pool')
@@ -664,6 +666,21 @@ class PgParticipant implements TxmeshPg {
     if (this.closing) throw new PgClosedError('the txmesh/pg helper is closed')
     await this.ensureBarrier()
     return runBarrier(() => this.connect(), ids, fn)
+  }
+
+  async inbox<T>(req: IncomingMessage | InboxIds, fn: (client: PoolClient) => Promise<T>): Promise<InboxResult<T>> {
+    const ids = inboxIds(req)
+    if (this.closing) throw new PgClosedError('the txmesh/pg helper is closed')
+    await this.ensureInbox()
+    return runInbox(() => this.connect(), ids, fn)
+  }
+
+  ensureInbox(): Promise<void> {
+    this.inboxReady ??= this.withConnection(createInboxTable).catch((err: unknown) => {
+      this.inboxReady = undefined
+      throw err
+    })
+    return this.inboxReady
   }
 
   ensureBarrier(): Promise<void> {

@@ -5,6 +5,7 @@
 //   await txm.recover()
 //   http.createServer(txm.handler(async (req, res, tx) => { ... tx?.query(...) ... }))
 //   saga/tcc steps: await txm.barrier(req, (client) => client.query(...))
+//   subscriptions: await txm.inbox(req, (client) => client.query(...))
 export { createTxmeshPg } from './helper.js'
 export type {
   Next,
@@ -21,6 +22,8 @@ export { gidPrefix, isValidId, makeGid, parseGid } from './gid.js'
 export { PG_HELPER_LIMITS } from './limits.js'
 export { BARRIER_OPS, BARRIER_TABLE } from './barrier.js'
 export type { BarrierIds, BarrierOp, BarrierResult, BarrierSkip } from './barrier.js'
+export { INBOX_TABLE, MESSAGE_ID_HEADER, SUBSCRIPTION_HEADER } from './inbox.js'
+export type { InboxIds, InboxResult } from './inbox.js'
 export {
   PG_ERROR_CLASSES,
   PgBadIdError,

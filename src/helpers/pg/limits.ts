@@ -75,4 +75,9 @@ export const PG_HELPER_LIMITS = Object.freeze({
   // fail (23505 on pg_type's index, or 42P07) after the winner committed, so a second attempt
   // finds the table; 3 leaves room for a blip without looping on a real failure (privileges).
   barrierCreateAttempts: 3,
+
+  // inbox(): a message id's length (a txmesh id is `<64-char tx id>:m<index>`), and the JSON of
+  // fn's answer kept for redeliveries (larger ones are not kept: a redelivery answers null).
+  inboxIdChars: 200,
+  inboxAnswerChars: 64 * 1024,
 })
