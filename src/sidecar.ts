@@ -222,7 +222,8 @@ export async function startSidecar(config: SidecarConfig, log: Logger): Promise<
         events.emit(type, data)
         bus.record(type, data)
       }
-      const publish = (id: string, messages: readonly TxMessage[]): Promise<void> => bus.publish(id, messages)
+      const publish = (id: string, messages: readonly TxMessage[], traceparent?: string): Promise<void> =>
+        bus.publish(id, messages, traceparent)
       const appOrigin = config.app.host.includes(':')
         ? `http://[${config.app.host}]:${config.app.port}`
         : `http://${config.app.host}:${config.app.port}`
@@ -365,7 +366,8 @@ export async function startSidecar(config: SidecarConfig, log: Logger): Promise<
             },
           }
           const tOutbox = createOutbox(config, taken, log)
-          const tPublish = (id: string, messages: readonly TxMessage[]): Promise<void> => tOutbox.publish(id, messages)
+          const tPublish = (id: string, messages: readonly TxMessage[], traceparent?: string): Promise<void> =>
+            tOutbox.publish(id, messages, traceparent)
           const tOnEvent = (type: string, data: Readonly<Record<string, unknown>>): void => {
             events.emit(type, { ...data, takenFrom: taken.id })
             tOutbox.record(type, data)

@@ -101,7 +101,14 @@ export class NatsSink implements Sink {
     if (this.nc.isClosed()) throw new Error(`nats sink ${this.name}: connection closed`)
     if (!this.connected) throw new Error(`nats sink ${this.name}: disconnected, reconnecting`)
     try {
-      await this.js.publish(e.subject, JSON.stringify(e.payload), { msgID: e.id, timeout: this.timeoutMs })
+      const opts: Parameters<JetStreamClient['publish']>[2] = { msgID: e.id, timeout: this.timeoutMs }
+      if (e.headers !== undefined) {
+        const { headers } = await import('@nats-io/transport-node')
+        const h = headers()
+        for (const [k, v] of Object.entries(e.headers)) h.set(k, v)
+        opts.headers = h
+      }
+      await this.js.publish(e.subject, JSON.stringify(e.payload), opts)
     } catch (err) {
       throw new Error(`nats sink ${this.name}: publish to ${e.subject} failed: ${errorText(err)}`, { cause: err })
     }

@@ -183,7 +183,7 @@ export class Outbox {
    * Publishes a committed transaction's messages (subject = topic, id = tx + index) and resolves
    * once the bus acknowledged every one; retries until then.
    */
-  async publish(tx: string, messages: readonly TxMessage[]): Promise<void> {
+  async publish(tx: string, messages: readonly TxMessage[], traceparent?: string): Promise<void> {
     const sink = this.o.messages
     if (sink === undefined || messages.length === 0) return
     let left = messages.length
@@ -198,7 +198,13 @@ export class Outbox {
       messages.forEach((m, i) => {
         const payload: Record<string, unknown> = { tx, topic: m.topic, payload: m.payload }
         if (m.key !== undefined) payload.key = m.key
-        queue?.push({ id: `${tx}:m${i}`, subject: m.topic, payload })
+        queue?.push({
+          id: `${tx}:m${i}`,
+          subject: m.topic,
+          payload,
+          // One trace from the write to every subscriber (src/events/subscriber.ts copies it).
+          ...(traceparent === undefined ? {} : { headers: { traceparent } }),
+        })
       })
     })
     if (queue !== undefined) {

@@ -14,6 +14,8 @@ export interface BusEvent {
   /** Where the event goes, e.g. `txmesh.events.<service>` (see subjectToken in nats.ts). */
   readonly subject: string
   readonly payload: Readonly<Record<string, unknown>>
+  /** Message headers a sink that has them sends (NATS: the publisher's traceparent). */
+  readonly headers?: Readonly<Record<string, string>>
 }
 
 export interface Sink {

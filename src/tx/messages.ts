@@ -24,7 +24,8 @@ export interface MessageHolder {
   publishing: Promise<void> | undefined
 }
 
-export type Publish = (id: TxId, messages: readonly TxMessage[]) => Promise<void>
+/** `traceparent`: the transaction's trace (W3C), carried by each message to its subscribers. */
+export type Publish = (id: TxId, messages: readonly TxMessage[], traceparent?: string) => Promise<void>
 
 /**
  * Adds a message to a transaction that is still active; the count after, or why not. Its size is
@@ -59,8 +60,14 @@ export function addMessage(
 }
 
 /** The commit is durable: publish the messages (once). */
-export function startPublishing(id: TxId, holder: MessageHolder, publish: Publish | undefined): void {
-  if (holder.messages.length > 0 && publish !== undefined) holder.publishing ??= publish(id, holder.messages)
+export function startPublishing(
+  id: TxId,
+  holder: MessageHolder,
+  publish: Publish | undefined,
+  traceparent?: string,
+): void {
+  if (holder.messages.length > 0 && publish !== undefined)
+    holder.publishing ??= publish(id, holder.messages, traceparent)
 }
 
 /** Ends the decision record, after the messages are on the bus when there are any. */

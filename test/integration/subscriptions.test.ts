@@ -6,6 +6,7 @@ import { createServer, type IncomingHttpHeaders } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import { jetstream, jetstreamManager } from '@nats-io/jetstream'
 import { connect, headers as natsHeaders, type NatsConnection } from '@nats-io/transport-node'
+import { request } from 'undici'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { readWith, startNats, type NatsServer } from '../../harness/nats.js'
 import { freePort, until } from '../../harness/ports.js'
@@ -197,4 +198,55 @@ describe('subscriptions deliver committed messages to the app', () => {
       app.seen.findIndex((d) => (d.body as { key: string; i: number }).key === key && (d.body as { i: number }).i === i)
     expect(at('k2', 3)).toBeLessThan(at('k1', 2))
   }, 40_000)
+
+  it("an aborted transaction's messages are never delivered; a committed one's are, after the publisher's sidecar died between the decision and the publish", async () => {
+    await ensureStream('S4')
+    const app = await startApp(() => 200)
+    await subscriber('S4', app.port, '{name: e2e, subjects: ["s4.>"], route: {path: /e}, consumer: {ackWaitMs: 2000}}')
+    const dir = tempDir()
+    const publisherYaml = sidecarYaml(
+      'shop',
+      1,
+      `events: {nats: {servers: ["${nats.url}"], stream: S4, topics: ["s4.>"]}}`,
+      dir,
+    )
+    const post = async (port: number, path: string, body?: unknown): Promise<Record<string, unknown>> => {
+      const r = await request(`http://127.0.0.1:${port}${path}`, {
+        method: 'POST',
+        ...(body === undefined ? {} : { headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) }),
+      })
+      return (await r.body.json()) as Record<string, unknown>
+    }
+    const pub = await spawnSidecar(publisherYaml, ['--control-port', String(await freePort())])
+    procs.push(pub)
+    const aborted = (await post(pub.ports.admin, '/v1/transactions', { mode: '2pc', timeoutMs: 30_000 })).id as string
+    await post(pub.ports.admin, `/v1/transactions/${aborted}/messages`, {
+      topic: 's4.order',
+      payload: { order: 'aborted' },
+    })
+    await post(pub.ports.admin, `/v1/transactions/${aborted}/abort`)
+    pub.child.kill('SIGTERM')
+    await pub.exited
+    // Armed: the process dies once the COMMIT decision (with its message) is durable, before publishing.
+    const armed = await spawnSidecar(publisherYaml, ['--control-port', String(await freePort())], {
+      TXMESH_FAILPOINTS: 'coordinator-after-decision',
+    })
+    procs.push(armed)
+    const committed = (await post(armed.ports.admin, '/v1/transactions', { mode: '2pc', timeoutMs: 30_000 }))
+      .id as string
+    await post(armed.ports.admin, `/v1/transactions/${committed}/messages`, {
+      topic: 's4.order',
+      payload: { order: 'committed' },
+    })
+    await post(armed.ports.admin, `/v1/transactions/${committed}/commit`).catch(() => undefined)
+    expect(await armed.exited).toMatchObject({ signal: 'SIGKILL' })
+    await new Promise((r) => setTimeout(r, 1_000))
+    expect(app.seen).toEqual([])
+    // Restarted on the same log: recovery publishes the committed transaction's message.
+    const again = await spawnSidecar(publisherYaml, ['--control-port', String(await freePort())])
+    procs.push(again)
+    await until('the committed message delivered', () => app.seen.length === 1, 20_000)
+    await new Promise((r) => setTimeout(r, 1_000))
+    expect(app.seen.map((d) => [d.body, d.headers['txmesh-tx-id']])).toEqual([[{ order: 'committed' }, committed]])
+  }, 60_000)
 })

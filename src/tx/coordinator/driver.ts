@@ -359,7 +359,12 @@ export class CoordinatorDriver {
               ),
         spanEnded: false,
       }
-      startPublishing(id, entry, this.d.publish)
+      startPublishing(
+        id,
+        entry,
+        this.d.publish,
+        typeof r.record.traceparent === 'string' ? r.record.traceparent : undefined,
+      )
       this.txs.set(id, entry)
       this.d.onEvent?.('tx-begin', {
         tx: id,
@@ -550,7 +555,8 @@ export class CoordinatorDriver {
       // Ended in retire(), after phase 2, so the commit/abort spans sit inside it.
     }
     for (const w of e.outcomeWaiters.splice(0)) w(a.outcome)
-    if (a.outcome === 'committed') startPublishing(id, e, this.d.publish)
+    if (a.outcome === 'committed')
+      startPublishing(id, e, this.d.publish, e.span === undefined ? undefined : formatTraceparent(e.span.spanContext()))
     this.d.onEvent?.('tx-outcome', {
       tx: id,
       outcome: a.outcome,
