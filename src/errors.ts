@@ -144,6 +144,12 @@ export class BranchNotInDoubtError extends TxmeshError {
   readonly status = 409
 }
 
+/** A subscription replay that could not be carried out (the server refused the new consumer, or one runs). */
+export class ReplayFailedError extends TxmeshError {
+  readonly code = 'TXM_REPLAY_FAILED'
+  readonly status = 409
+}
+
 export class TxAbortedError extends TxmeshError {
   readonly code = 'TXM_TX_ABORTED'
   readonly status = 409
@@ -346,6 +352,7 @@ export function formatProblem(p: ConfigProblem): string {
 // Every code, for the docs/errors.md check and for `txmesh errors`. Built from instances so a new
 // class cannot be forgotten here without the docs/errors.md test noticing a missing row.
 export const ERROR_CLASSES = [
+  ReplayFailedError,
   BadRequestError,
   NotFoundError,
   MethodNotAllowedError,

@@ -121,6 +121,7 @@ export async function startSidecar(config: SidecarConfig, log: Logger): Promise<
     // Postgres store: the instance whose log holds each transaction, and those taken over.
     owner: config.storePostgres === undefined ? undefined : `${config.service}/${config.storePostgres.instance}`,
     takenOver: () => takeover?.transactions() ?? [],
+    subscriptions: () => subscriptions,
     metrics: () => metrics,
     traceUrl: config.traceUrl,
     events,

@@ -30,6 +30,7 @@ import {
   BadRequestError,
   MethodNotAllowedError,
   NotFoundError,
+  ReplayFailedError,
   TxLimitError,
   TxUnknownError,
   TxmeshError,
@@ -43,6 +44,7 @@ import type { CoordinatorDriver } from '../tx/coordinator/driver.js'
 import type { ParticipantDriver } from '../tx/participant/driver.js'
 import type { SagaDriver } from '../tx/saga/driver.js'
 import type { Outbox } from '../events/outbox.js'
+import type { Subscriptions } from '../events/subscriber.js'
 import type { SidecarMetrics } from '../telemetry/metrics.js'
 import { extractFromHeaders } from '../telemetry/tracing.js'
 import { hostOrOriginRefusal, mediaTypeRefusal, type BrowserPolicy } from './browser-guard.js'
@@ -81,6 +83,8 @@ export interface AdminDeps {
   readonly token?: (() => Buffer | undefined) | undefined
   /** Host and Origin values accepted besides loopback and the request's own origin (config admin); none when undefined. */
   readonly browser?: BrowserPolicy | undefined
+  /** Subscriptions (config `subscriptions`) once they run: views and replay. */
+  readonly subscriptions?: () => Subscriptions | undefined
 }
 
 const LOOPBACK_ONLY: BrowserPolicy = { allowedHosts: [], allowedOrigins: [] }
@@ -188,6 +192,8 @@ export function createAdminServer(d: AdminDeps): Server {
       }
       return sendJson(res, 200, out)
     }
+    if (path === '/v1/subscriptions' || path.startsWith('/v1/subscriptions/'))
+      return answerSubscriptions(req, res, method, path, d.subscriptions?.())
     if (!path.startsWith('/v1/')) return respondError(res, new NotFoundError(`no admin endpoint ${method} ${path}`))
     const unavailable = d.txUnavailable?.()
     if (unavailable !== undefined) return respondError(res, unavailable)
@@ -389,4 +395,52 @@ function streamEvents(req: IncomingMessage, res: ServerResponse, hub: EventHub):
     clearInterval(heartbeat)
     unsubscribe()
   })
+}
+
+const REPLAY = /^\/v1\/subscriptions\/([a-z0-9][a-z0-9-]{0,47})\/replay$/
+const RFC3339 = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})$/
+
+/**
+ * GET /v1/subscriptions (each with its lag, deliveries, redeliveries, dead letters) and
+ * POST /v1/subscriptions/{name}/replay {fromSequence} | {fromTime} (txmesh events replay).
+ */
+async function answerSubscriptions(
+  req: IncomingMessage,
+  res: ServerResponse,
+  method: string,
+  path: string,
+  subs: Subscriptions | undefined,
+): Promise<void> {
+  if (path === '/v1/subscriptions') {
+    if (method !== 'GET') return respondError(res, new MethodNotAllowedError('use GET'))
+    return sendJson(res, 200, { subscriptions: subs === undefined ? [] : await subs.views() })
+  }
+  const m = REPLAY.exec(path)
+  if (m === null) return respondError(res, new NotFoundError(`no admin endpoint ${method} ${path}`))
+  if (method !== 'POST') return respondError(res, new MethodNotAllowedError('use POST'))
+  const text = await readText(req, LIMITS.adminBodyBytes)
+  if (text instanceof TxmeshError) return respondError(res, text, true)
+  const body = parseJsonObject(text)
+  if (body instanceof TxmeshError) return respondError(res, body)
+  const seq = body.fromSequence
+  const time = body.fromTime
+  if ((seq === undefined) === (time === undefined))
+    return respondError(res, new BadRequestError('give exactly one of fromSequence and fromTime'))
+  if (seq !== undefined && !(typeof seq === 'number' && Number.isSafeInteger(seq) && seq >= 1))
+    return respondError(res, new BadRequestError('fromSequence must be an integer of at least 1'))
+  if (time !== undefined && !(typeof time === 'string' && RFC3339.test(time) && !Number.isNaN(Date.parse(time))))
+    return respondError(res, new BadRequestError('fromTime must be an RFC 3339 time (2026-12-01T00:00:00Z)'))
+  const name = m[1] as string
+  if (subs === undefined) return respondError(res, new NotFoundError(`no subscription ${name} runs here`))
+  const from = seq !== undefined ? { fromSequence: seq as number } : { fromTime: time as string }
+  try {
+    const done = await subs.replay(name, from)
+    if (done === undefined) return respondError(res, new NotFoundError(`no subscription ${name} runs here`))
+  } catch (err) {
+    return respondError(
+      res,
+      new ReplayFailedError(`replay of ${name} failed: ${err instanceof Error ? err.message : String(err)}`),
+    )
+  }
+  return sendJson(res, 200, { subscription: name, ...from })
 }

@@ -14,6 +14,8 @@ async function main(argv: string[]): Promise<number> {
       return (await import('./validate.js')).validateCommand(rest)
     case 'tx':
       return (await import('./tx.js')).txCommand(rest)
+    case 'events':
+      return (await import('./events.js')).eventsCommand(rest)
     case 'demo-app':
       return (await import('./demo-app.js')).demoAppCommand(rest)
     case 'inject':

@@ -8,12 +8,12 @@ import { request } from 'undici'
 import { LIMITS } from '../limits.js'
 import { UsageError } from './usage.js'
 
-interface Answer {
+export interface Answer {
   status: number
   body: Record<string, unknown>
 }
 
-async function callAdmin(
+export async function callAdmin(
   base: string,
   method: 'GET' | 'POST',
   path: string,
@@ -50,12 +50,12 @@ function age(ms: unknown): string {
   return n < 1000 ? `${n}ms` : n < 120_000 ? `${Math.round(n / 1000)}s` : `${Math.round(n / 60_000)}m`
 }
 
-function printJson(text: string): number {
+export function printJson(text: string): number {
   process.stdout.write(text + '\n')
   return 0
 }
 
-function fail(a: Answer): number {
+export function fail(a: Answer): number {
   const e = a.body.error as { code?: string; message?: string } | undefined
   process.stderr.write(`txmesh: ${e?.code ?? `HTTP ${a.status}`}: ${e?.message ?? 'request failed'}\n`)
   return 1
@@ -78,7 +78,7 @@ type Tx = {
 type Br = { tx: string; branch: string; status: string; coordinator: string; ageMs: number; inDoubt: boolean }
 
 /** --token-file > --token > TXMESH_ADMIN_TOKEN; an empty value counts as unset. */
-function adminToken(flag: string | undefined, file: string | undefined): string | undefined {
+export function adminToken(flag: string | undefined, file: string | undefined): string | undefined {
   if (file !== undefined) {
     let text: string
     try {

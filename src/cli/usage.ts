@@ -15,6 +15,10 @@ commands:
                           (tx flags: --admin URL, default http://127.0.0.1:15000; --json;
                           --token-file FILE or --token TOKEN or TXMESH_ADMIN_TOKEN when the
                           sidecar's admin API has a token)
+  events list             the subscriptions a sidecar runs: lag, deliveries, dead letters
+  events replay NAME --from-seq N | --from-time T
+                          deliver subscription NAME's stream again from a sequence or an
+                          RFC 3339 time (rebuilds a read model; same flags as tx)
   demo-app --service orders|payments|inventory [--port 8080]
                           the shop demo's app (deploy/examples/shop), on DATABASE_URL
   inject [-f FILE|-] [--image IMAGE]

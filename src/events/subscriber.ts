@@ -32,7 +32,7 @@
 import type { ConsumerMessages, JetStreamClient, JetStreamManager, JsMsg } from '@nats-io/jetstream'
 import type { NatsConnection } from '@nats-io/transport-node'
 import type { Dispatcher, Pool } from 'undici'
-import type { Subscription } from '../config/types.js'
+import type { DeliverFrom, Subscription } from '../config/types.js'
 import { LIMITS } from '../limits.js'
 import type { Logger } from '../telemetry/logger.js'
 import { nodeTimers, sleep, type Timer, type Timers } from '../timers.js'
@@ -122,6 +122,7 @@ export class Subscriber {
   private counts = { delivered: 0, redelivered: 0, deadLettered: 0 }
   private lastError: string | undefined
   private lag: number | undefined
+  private replaying = false
 
   constructor(private readonly o: SubscriberOptions) {
     this.s = o.subscription
@@ -131,13 +132,45 @@ export class Subscriber {
   /** Sets the consumer up (created, or its settings brought to the config's) and starts delivering. */
   async start(): Promise<void> {
     await ensureStream(this.o.jsm, this.s.stream, [this.s.deadLetter.subject], this.o.logger)
-    const before = await this.ensureConsumer()
-    const consumer = await this.o.js.consumers.get(this.s.stream, this.s.consumer.durable)
-    this.messages = await consumer.consume({ max_messages: this.s.ordering.maxInFlight })
     this.scheduleKeepalive()
-    this.loop = this.run(this.messages, before).catch((err: unknown) => {
+    await this.open(await this.ensureConsumer(this.s.consumer.deliver))
+  }
+
+  private async open(deliveredBefore: number): Promise<void> {
+    const consumer = await this.o.js.consumers.get(this.s.stream, this.s.consumer.durable)
+    const messages = await consumer.consume({ max_messages: this.s.ordering.maxInFlight })
+    this.messages = messages
+    this.loop = this.run(messages, deliveredBefore).catch((err: unknown) => {
       if (!this.closed) this.o.logger.error('subscription.failed', { subscription: this.s.name, reason: String(err) })
     })
+  }
+
+  /**
+   * Replay (txmesh events replay): delivers the stream again from a sequence or a time, to rebuild
+   * a read model. Deliveries running end first; the durable consumer is then made again with that
+   * start (JetStream consumers cannot be moved back), under the same name. Messages already
+   * applied come again: txm.inbox skips them unless the app cleared its inbox with its model.
+   */
+  async replay(from: { readonly fromSequence: number } | { readonly fromTime: string }): Promise<void> {
+    if (this.closed) throw new Error('the subscription is closed')
+    if (this.replaying) throw new Error('a replay of this subscription is already running')
+    this.replaying = true
+    try {
+      this.messages?.stop()
+      for (const w of this.slotWaiters.splice(0)) w()
+      await this.loop
+      await Promise.allSettled([...this.running])
+      this.keys.clear()
+      this.held.clear()
+      await this.o.jsm.consumers.delete(this.s.stream, this.s.consumer.durable).catch((err: unknown) => {
+        if (!isNotFound(err)) throw err
+      })
+      await this.ensureConsumer(from)
+      this.o.logger.warn('subscription.replay', { subscription: this.s.name, ...from })
+      await this.open(0)
+    } finally {
+      this.replaying = false
+    }
   }
 
   view(): SubscriptionView {
@@ -174,7 +207,7 @@ export class Subscriber {
   }
 
   /** The consumer's settings from the config; returns the stream sequence it had delivered up to. */
-  private async ensureConsumer(): Promise<number> {
+  private async ensureConsumer(deliver: DeliverFrom): Promise<number> {
     const { AckPolicy, DeliverPolicy } = await import('@nats-io/jetstream')
     const c = this.s.consumer
     const ns = (ms: number): number => ms * 1_000_000
@@ -195,7 +228,7 @@ export class Subscriber {
     } catch (err) {
       if (!isNotFound(err)) throw err
     }
-    const d = c.deliver
+    const d = deliver
     const start =
       d === 'all'
         ? { deliver_policy: DeliverPolicy.All }
@@ -230,7 +263,7 @@ export class Subscriber {
       flushTimer = this.timers.set(flush, this.s.consumer.ackWaitMs)
     }
     for await (const msg of messages) {
-      if (this.closed) break
+      if (this.closed || this.replaying) break
       const h = this.hold(msg)
       if (h === undefined) continue
       if (flushTimer !== undefined && performance.now() < windowEnds) {
@@ -238,7 +271,7 @@ export class Subscriber {
         continue
       }
       await this.slot()
-      if (this.closed) break
+      if (this.closed || this.replaying) break
       this.admit(h)
     }
     if (flushTimer !== undefined) this.timers.clear(flushTimer)
@@ -289,7 +322,7 @@ export class Subscriber {
       this.running.delete(p)
       this.release(h)
       this.inFlight--
-      if (this.s.ordering.by === 'key') {
+      if (this.s.ordering.by === 'key' && !this.replaying) {
         const q = this.keys.get(h.key)
         const next = q?.shift()
         if (next === undefined) this.keys.delete(h.key)
@@ -310,7 +343,7 @@ export class Subscriber {
   }
 
   private async slot(): Promise<void> {
-    while (this.inFlight >= this.s.ordering.maxInFlight && !this.closed)
+    while (this.inFlight >= this.s.ordering.maxInFlight && !this.closed && !this.replaying)
       await new Promise<void>((r) => this.slotWaiters.push(r))
   }
 
@@ -318,7 +351,7 @@ export class Subscriber {
     for (;;) {
       h.attempts++
       const r = await this.post(h)
-      if (this.closed && !r.ok) return
+      if ((this.closed || this.replaying) && !r.ok) return
       if (r.ok) {
         h.msg.ack()
         this.counts.delivered++
@@ -338,7 +371,7 @@ export class Subscriber {
       }
       // Held here, with its key: the server is told it is still being worked on (keepalive).
       await sleep(this.timers, wait)
-      if (this.closed) return
+      if (this.closed || this.replaying) return
     }
   }
 
@@ -515,8 +548,21 @@ export class Subscriptions {
     }
   }
 
-  views(): SubscriptionView[] {
+  /** The views with each subscription's lag asked of the server now. */
+  async views(): Promise<SubscriptionView[]> {
+    await Promise.all(this.all.map((s) => s.refreshLag()))
     return this.all.map((s) => s.view())
+  }
+
+  /** Replays subscription `name`; undefined when there is none of that name. */
+  async replay(
+    name: string,
+    from: { readonly fromSequence: number } | { readonly fromTime: string },
+  ): Promise<true | undefined> {
+    const s = this.all.find((x) => x.view().name === name)
+    if (s === undefined) return undefined
+    await s.replay(from)
+    return true
   }
 
   async close(): Promise<void> {
