@@ -245,6 +245,7 @@ export async function startSidecar(config: SidecarConfig, log: Logger): Promise<
               app: appPool,
               logger: log,
               metrics: { delivery: (subscription, result) => metrics.deliveries.inc({ subscription, result }) },
+              tracer: tracing?.tracer,
               started: (s) => (subscriptions = s),
               closed: () => stopping,
             })

@@ -37,6 +37,15 @@ import { LIMITS } from '../limits.js'
 import type { Logger } from '../telemetry/logger.js'
 import { nodeTimers, sleep, type Timer, type Timers } from '../timers.js'
 import { ensureStream } from './nats.js'
+import {
+  SpanKind,
+  SpanStatusCode,
+  childSpan,
+  extractFromHeaders,
+  formatTraceparent,
+  linkTo,
+  type Tracer,
+} from '../telemetry/tracing.js'
 
 /** Request headers of a delivery (lowercase, as HTTP/1.1 sends them). */
 export const DELIVERY_HEADERS = {
@@ -74,6 +83,8 @@ export interface SubscriberOptions {
   readonly logger: Logger
   readonly metrics?: SubscriberMetrics
   readonly timers?: Timers
+  /** Tracing on: a CONSUMER span per delivery, in the publisher's trace and linked to its transaction. */
+  readonly tracer?: Tracer | undefined
 }
 
 /** What one subscription shows (admin API, dashboard). */
@@ -387,10 +398,45 @@ export class Subscriber {
     }
     if (h.tx !== undefined) headers[DELIVERY_HEADERS.tx] = h.tx
     if (h.key !== h.msg.subject) headers[DELIVERY_HEADERS.key] = h.key
+    const trace: string[] = []
     for (const name of ['traceparent', 'tracestate']) {
       const v = h.msg.headers?.get(name)
-      if (v !== undefined && v !== '' && v.length <= LIMITS.subscriptionTraceHeaderChars) headers[name] = v
+      if (v !== undefined && v !== '' && v.length <= LIMITS.subscriptionTraceHeaderChars) {
+        headers[name] = v
+        trace.push(name, v)
+      }
     }
+    // One trace from the write to every subscriber: the delivery's span is a child of the
+    // publisher's (its transaction), and the app continues under it.
+    const span =
+      this.o.tracer === undefined
+        ? undefined
+        : childSpan(
+            this.o.tracer,
+            'txmesh.delivery',
+            SpanKind.CONSUMER,
+            extractFromHeaders(trace),
+            {
+              'messaging.system': 'nats',
+              'messaging.destination.name': h.msg.subject,
+              'messaging.message.id': headers[DELIVERY_HEADERS.id] as string,
+              'txmesh.subscription': this.s.name,
+              'txmesh.delivery.attempt': h.attempts,
+              ...(h.tx === undefined ? {} : { 'txmesh.tx.id': h.tx }),
+            },
+            linkTo(headers.traceparent),
+          )
+    if (span !== undefined) headers.traceparent = formatTraceparent(span.spanContext())
+    const r = await this.exchange(h, headers)
+    if (span !== undefined) {
+      span.setAttribute('txmesh.delivery.result', r.ok ? 'acked' : r.poison ? 'poison' : 'failed')
+      if (!r.ok) span.setStatus({ code: SpanStatusCode.ERROR, message: r.error.slice(0, 200) })
+      span.end()
+    }
+    return r
+  }
+
+  private async exchange(h: Held, headers: Record<string, string>): Promise<Outcome> {
     const timeout = Math.max(
       LIMITS.subscriptionMinDeliveryMs,
       this.s.consumer.ackWaitMs - LIMITS.subscriptionAckMarginMs,
@@ -514,6 +560,7 @@ export class Subscriptions {
     app: Pool
     logger: Logger
     metrics?: SubscriberMetrics
+    tracer?: Tracer | undefined
   }): Promise<Subscriptions> {
     const { connect } = await import('@nats-io/transport-node')
     const { jetstream, jetstreamManager } = await import('@nats-io/jetstream')
@@ -538,6 +585,7 @@ export class Subscriptions {
             app: o.app,
             logger: o.logger,
             ...(o.metrics === undefined ? {} : { metrics: o.metrics }),
+            tracer: o.tracer,
           }),
       )
       for (const s of subs) await s.start()
@@ -583,6 +631,7 @@ export async function startSubscriptionsRetrying(o: {
   app: Pool
   logger: Logger
   metrics?: SubscriberMetrics
+  tracer?: Tracer | undefined
   started: (s: Subscriptions) => void
   closed: () => boolean
 }): Promise<void> {

@@ -20,7 +20,7 @@ import {
 } from '@opentelemetry/api'
 import type { Logger } from './logger.js'
 
-export { SpanKind, SpanStatusCode, type Context, type Span }
+export { SpanKind, SpanStatusCode, type Context, type Span, type Tracer }
 
 export interface Tracing {
   readonly tracer: Tracer

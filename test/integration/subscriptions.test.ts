@@ -13,6 +13,7 @@ import { readWith, startNats, type NatsServer } from '../../harness/nats.js'
 import { freePort, until } from '../../harness/ports.js'
 import { CLI } from '../../harness/sidecar.js'
 import { tempDir } from '../../harness/temp.js'
+import { startReceiver } from '../helpers/otlp.js'
 import { sidecarYaml, spawnSidecar, type SidecarProcess } from '../helpers/servers.js'
 import { stopAfterTests } from '../helpers/tx-app.js'
 
@@ -72,7 +73,12 @@ async function publish(subject: string, tx: string, payload: unknown, key?: stri
   )
 }
 
-async function subscriber(stream: string, appPort: number, subscription: string): Promise<SidecarProcess> {
+async function subscriber(
+  stream: string,
+  appPort: number,
+  subscription: string,
+  env: Record<string, string> = {},
+): Promise<SidecarProcess> {
   const yaml = sidecarYaml(
     'history',
     appPort,
@@ -82,7 +88,7 @@ async function subscriber(stream: string, appPort: number, subscription: string)
     ].join('\n'),
     tempDir(),
   ).replace('log: {level: silent}', 'log: {level: warn}')
-  const sc = await spawnSidecar(yaml, ['--control-port', String(await freePort())])
+  const sc = await spawnSidecar(yaml, ['--control-port', String(await freePort())], env)
   procs.push(sc)
   return sc
 }
@@ -306,5 +312,68 @@ describe('subscriptions deliver committed messages to the app', () => {
     expect(cli('replay', 'model', '--from-seq', '5').status).toBe(0)
     await until('the replay from sequence 5', () => app.seen.length === 2 * balances.length + 2, 20_000)
     expect(app.seen.slice(-2).map((d) => d.headers['txmesh-message-sequence'])).toEqual(['5', '6'])
+  }, 60_000)
+
+  it("traced: the delivery's span is in the publishing transaction's trace, a child of its span, and the app continues under it", async () => {
+    // On S4: a sidecar's stream also takes the lifecycle events (txmesh.events.>), which can be
+    // in one stream only, and the publisher of the test before put them in S4.
+    const { receiver, spans } = await startReceiver()
+    closers.push(() => receiver.close())
+    const env = { OTEL_EXPORTER_OTLP_ENDPOINT: `http://127.0.0.1:${receiver.port}` }
+    const app = await startApp(() => 200)
+    const sub = await subscriber('S4', app.port, '{name: traced, subjects: ["s4.traced"], route: {path: /e}}', env)
+    const pub = await spawnSidecar(
+      sidecarYaml('shop6', 1, `events: {nats: {servers: ["${nats.url}"], stream: S4, topics: ["s4.>"]}}`, tempDir()),
+      ['--control-port', String(await freePort())],
+      env,
+    )
+    procs.push(pub)
+    const call = async (path: string, body?: unknown): Promise<Record<string, unknown>> =>
+      (await (
+        await request(`http://127.0.0.1:${pub.ports.admin}${path}`, {
+          method: 'POST',
+          ...(body === undefined
+            ? {}
+            : { headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) }),
+        })
+      ).body.json()) as Record<string, unknown>
+    const id = (await call('/v1/transactions', { mode: '2pc', timeoutMs: 30_000 })).id as string
+    const attached = await call(`/v1/transactions/${id}/messages`, { topic: 's4.traced', payload: { order: 1 } })
+    const committed = await call(`/v1/transactions/${id}/commit`)
+    expect({ attached, committed }).toMatchObject({ attached: { messages: 1 }, committed: { outcome: 'committed' } })
+    await until('delivered', () => app.seen.length === 1, 20_000).catch(async (err: unknown) => {
+      const jsm = await jetstreamManager(nc)
+      const info = await jsm.streams.info('S4')
+      const ci = await jsm.consumers.info('S4', 'history-traced').catch((e: unknown) => String(e))
+      throw new Error(
+        `${String(err)}; stream ${JSON.stringify(info.state)}; consumer ${JSON.stringify(ci)}; subscriber: ${sub.stderr().slice(-1500)}; publisher: ${pub.stderr().slice(-6000)}`,
+      )
+    })
+    // SIGTERM drains each sidecar, which flushes its spans.
+    for (const sc of [pub, sub]) {
+      sc.child.kill('SIGTERM')
+      await sc.exited
+    }
+    await until('the spans exported', () => spans.some((x) => x.name === 'txmesh.delivery'), 10_000)
+    const tx = spans.find((x) => x.service === 'shop6' && x.name === 'txmesh.transaction')
+    const delivery = spans.find((x) => x.service === 'history' && x.name === 'txmesh.delivery')
+    expect(tx).toBeDefined()
+    expect({
+      trace: delivery?.traceId,
+      parent: delivery?.parentSpanId,
+      kind: delivery?.kind,
+      attrs: delivery?.attrs,
+    }).toMatchObject({
+      trace: tx?.traceId,
+      parent: tx?.spanId,
+      kind: 5,
+      attrs: {
+        'messaging.system': 'nats',
+        'txmesh.subscription': 'traced',
+        'txmesh.tx.id': id,
+        'txmesh.delivery.result': 'acked',
+      },
+    })
+    expect(app.seen[0]?.headers.traceparent).toMatch(new RegExp(`^00-${tx?.traceId}-${delivery?.spanId}-0[01]$`))
   }, 60_000)
 })
