@@ -1,0 +1,176 @@
+// Attacks on takeover with the leases on the Kubernetes API (store.lease kubernetes), with real
+// sidecar processes, a real Postgres and the loopback Lease API server (test/helpers/kube-api.ts).
+// cluster() and writeAndCommit() are copies of those of pg-takeover.test.ts.
+import { request } from 'undici'
+import { describe, expect, it } from 'vitest'
+import { KubeLeases, leaseName } from '../../src/store/kube-lease.js'
+import { silentLogger } from '../../src/telemetry/logger.js'
+import { startFaultProxy, type FaultProxy } from '../helpers/fault-proxy.js'
+import { startKubeApi, type KubeApi } from '../helpers/kube-api.js'
+import { usePgDatabase } from '../helpers/pg.js'
+import { freePort, until } from '../../harness/ports.js'
+import { rawRequest, sidecarYaml, spawnSidecar, withPgStore, type SidecarProcess } from '../helpers/servers.js'
+import { startTxApp, stopAfterTests, type TxApp } from '../helpers/tx-app.js'
+
+const { procs, apps, closers } = stopAfterTests()
+const LEASE_MS = 3_000
+
+const store = usePgDatabase('kubeattack')
+const sql = store.sql
+interface Cluster {
+  app: Record<'orders' | 'payments', TxApp>
+  /** In front of each participant sidecar's control listener: counts what coordinators send. */
+  proxies: FaultProxy[]
+  /** The participant sidecars (orders, payments). */
+  participants: SidecarProcess[]
+  coordinators: SidecarProcess[]
+  /** store.group's address (with `group`). */
+  group: string
+}
+
+/** Two participant services and three coordinator instances of `initiator` on one store. */
+async function cluster(
+  schema: string,
+  firstEnv: Record<string, string>,
+  o: { group?: boolean; kube?: KubeApi } = {},
+): Promise<Cluster> {
+  const names = ['orders', 'payments'] as const
+  const fixed = { orders: await freePort(), payments: await freePort() }
+  const services = names.map((n) => `  ${n}: {address: "127.0.0.1:${fixed[n]}"}`).join('\n')
+  const app = { orders: await startTxApp('orders'), payments: await startTxApp('payments') }
+  const proxies: FaultProxy[] = []
+  const participants: SidecarProcess[] = []
+  for (const n of names) {
+    apps.push(app[n])
+    const proxyPort = await freePort()
+    const sc = await spawnSidecar(
+      sidecarYaml(n, app[n].port, `services:\n${services}\nmesh: {advertise: "127.0.0.1:${proxyPort}"}\n`),
+      ['--ingress-port', String(fixed[n])],
+    )
+    procs.push(sc)
+    participants.push(sc)
+    const proxy = await startFaultProxy({ port: proxyPort, targetPort: sc.ports.control, random: Math.random })
+    closers.push(() => proxy.close())
+    proxies.push(proxy)
+  }
+  const coordinators: SidecarProcess[] = []
+  // store.group: a proxy standing for a Service in front of the instances' control ports (here it
+  // routes to the second instance).
+  const groupPort = await freePort()
+  const group = o.group === true ? `, group: "127.0.0.1:${groupPort}"` : ''
+  for (const i of [1, 2, 3]) {
+    const yaml = withPgStore(
+      sidecarYaml('initiator', 1, `services:\n${services}\n`).replace('log: {level: silent}', 'log: {level: error}'),
+      `url: ${JSON.stringify(store.url)}, schema: ${schema}, instance: coord-${i}, leaseMs: ${LEASE_MS}${group}` +
+        (o.kube === undefined ? '' : ', lease: kubernetes'),
+    )
+    const sc = await spawnSidecar(yaml, [], { ...o.kube?.env, ...(i === 1 ? firstEnv : {}) })
+    procs.push(sc)
+    coordinators.push(sc)
+  }
+  if (o.group === true) {
+    const service = await startFaultProxy({
+      port: groupPort,
+      targetPort: (coordinators[1] as SidecarProcess).ports.control,
+      random: Math.random,
+    })
+    closers.push(() => service.close())
+  }
+  return { app, proxies, participants, coordinators, group: `127.0.0.1:${groupPort}` }
+}
+
+/** Begins a 2PC transaction on `coord` with a write at both participants, and asks it to commit. */
+async function writeAndCommit(
+  coord: SidecarProcess,
+  value: string,
+  timeoutMs = 60_000,
+): Promise<{ id: string; commit: Promise<unknown> }> {
+  const r = await request(`http://127.0.0.1:${coord.ports.admin}/v1/transactions`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ mode: '2pc', timeoutMs }),
+  })
+  const tx = (await r.body.json()) as { id: string; context: string }
+  for (const n of ['orders', 'payments']) {
+    const c = await rawRequest(coord.ports.egress, {
+      method: 'POST',
+      path: `http://${n}/write/${value}`,
+      headers: { 'txmesh-context': tx.context },
+    })
+    expect(c.status).toBe(200)
+  }
+  const commit = request(`http://127.0.0.1:${coord.ports.admin}/v1/transactions/${tx.id}/commit`, {
+    method: 'POST',
+  }).catch((e: unknown) => e)
+  return { id: tx.id, commit }
+}
+
+/** The coordinator records still live in a log of the store. */
+const decisionsIn = async (schema: string, logId: string): Promise<number> =>
+  Number(
+    (
+      await sql<{ n: string }>(
+        `SELECT count(*) AS n FROM ${schema}.records WHERE log_id = $1 AND substr(key, 1, 2) = 'c:'`,
+        [logId],
+      )
+    )[0]?.n,
+  )
+
+describe('takeover on the Kubernetes API: attacks', () => {
+  it('a dead coordinator whose log sorts after 16 live, busy siblings: a sibling still takes it over and finishes its commit within the lease + 10 s', async () => {
+    const kube = await startKubeApi()
+    closers.push(() => kube.close())
+    const schema = 'ka_many'
+    const c = await cluster(schema, { TXMESH_FAILPOINTS: 'coordinator-after-decision' }, { kube })
+    const [first] = c.coordinators as [SidecarProcess]
+    await until('the Leases of the three instances', () => kube.leases.size === 3, 10_000)
+    // Sixteen more live instances of the service (a service scaled out), each with a transaction
+    // in flight in its log (a COMMIT decision, phase 2 under way) and renewing its Lease as a live
+    // sidecar does: what a sibling's scan finds of them in the store and on the API is exactly a
+    // live, busy sibling. Their names sort before coord-1's.
+    const busy = Array.from({ length: 16 }, (_, i) => `busy-${String(i).padStart(2, '0')}`)
+    const holderApi = KubeLeases.inCluster(silentLogger, kube.env)
+    closers.push(() => holderApi.close())
+    for (const b of busy) {
+      expect(await holderApi.acquire(`initiator/${b}`, b, LEASE_MS)).toBe(true)
+      await sql(`INSERT INTO ${schema}.logs (log_id, token, holder) VALUES ($1, 2, $2)`, [`initiator/${b}`, b])
+      await sql(`INSERT INTO ${schema}.records (log_id, lsn, key, body) VALUES ($1, 1, $2, $3::jsonb)`, [
+        `initiator/${b}`,
+        `c:${b}-tx`,
+        JSON.stringify({ type: 'decision', outcome: 'commit' }),
+      ])
+    }
+    let renewing = true
+    const renewals = (async () => {
+      while (renewing) {
+        await Promise.all(busy.map((b) => holderApi.renew(`initiator/${b}`, b, LEASE_MS).catch(() => undefined)))
+        await new Promise((r) => setTimeout(r, LEASE_MS / 6))
+      }
+    })()
+    closers.push(async () => {
+      renewing = false
+      await renewals
+    })
+    await writeAndCommit(first, 'm1')
+    expect(await first.exited).toMatchObject({ signal: 'SIGKILL' })
+    const killedAt = Date.now()
+    await until(
+      'the commit at both participants, by a sibling',
+      () => c.app.orders.committed.length === 1 && c.app.payments.committed.length === 1,
+      LEASE_MS + 10_000,
+    ).catch(() => undefined)
+    const name = leaseName('initiator/coord-1')
+    expect({
+      committed: { orders: c.app.orders.committed, payments: c.app.payments.committed },
+      withinLeasePlus10s: Date.now() - killedAt < LEASE_MS + 10_000,
+      takers: kube.holders.get(name)?.slice(1).filter((h) => h !== undefined).length,
+      // The busy siblings were never taken from: they renew.
+      busyTaken: busy.filter((b) => (kube.holders.get(leaseName(`initiator/${b}`))?.length ?? 0) > 1),
+    }).toEqual({
+      committed: { orders: ['orders:m1'], payments: ['payments:m1'] },
+      withinLeasePlus10s: true,
+      takers: 1,
+      busyTaken: [],
+    })
+  }, 90_000)
+})
