@@ -173,4 +173,37 @@ describe('takeover on the Kubernetes API: attacks', () => {
       busyTaken: [],
     })
   }, 90_000)
+
+  it('the API server away (503) for twice the lease while Postgres is fine, every instance busy: when it is back, no instance takes a log of another that renews as soon as it can, and none is fenced', async () => {
+    const kube = await startKubeApi()
+    closers.push(() => kube.close())
+    const schema = 'ka_away'
+    const c = await cluster(schema, {}, { kube })
+    await until('the Leases of the three instances', () => kube.leases.size === 3, 10_000)
+    // Every instance has a COMMIT decision whose phase 2 is not acknowledged yet (payments' app
+    // commits slowly): each log has work a sibling would finish.
+    c.app.payments.hookDelayMs.commit = 60_000
+    for (const [i, sc] of c.coordinators.entries()) await writeAndCommit(sc, `away${i}`)
+    for (const i of [1, 2, 3])
+      await until(`coord-${i}'s decision`, async () => (await decisionsIn(schema, `initiator/coord-${i}`)) === 1, 10_000)
+    kube.unavailable = true
+    await new Promise((r) => setTimeout(r, 2 * LEASE_MS + 500))
+    // Still unfinished when the API is back: each log is a candidate of the siblings' looks.
+    for (const i of [1, 2, 3]) expect(await decisionsIn(schema, `initiator/coord-${i}`)).toBe(1)
+    kube.unavailable = false
+    await new Promise((r) => setTimeout(r, 2 * LEASE_MS + 2_000))
+    const exited = await Promise.all(
+      c.coordinators.map((sc) =>
+        Promise.race([sc.exited, new Promise<'running'>((r) => setTimeout(() => r('running'), 10))]),
+      ),
+    )
+    expect({
+      exited,
+      holders: [1, 2, 3].map((i) => kube.holders.get(leaseName(`initiator/coord-${i}`))),
+    }).toEqual({
+      exited: ['running', 'running', 'running'],
+      holders: [['coord-1'], ['coord-2'], ['coord-3']],
+    })
+    c.app.payments.hookDelayMs.commit = 0
+  }, 90_000)
 })
