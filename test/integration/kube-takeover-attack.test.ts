@@ -206,4 +206,27 @@ describe('takeover on the Kubernetes API: attacks', () => {
     })
     c.app.payments.hookDelayMs.commit = 0
   }, 90_000)
+
+  it('a live, busy holder whose Lease is deleted (kubectl delete lease): no sibling takes its log over while it renews, and it is not fenced', async () => {
+    const kube = await startKubeApi()
+    closers.push(() => kube.close())
+    const schema = 'ka_deleted'
+    const c = await cluster(schema, {}, { kube })
+    const [first] = c.coordinators as [SidecarProcess]
+    await until('the Leases of the three instances', () => kube.leases.size === 3, 10_000)
+    c.app.payments.hookDelayMs.commit = 60_000
+    await writeAndCommit(first, 'del1')
+    await until('the decision, phase 2 under way', async () => (await decisionsIn(schema, 'initiator/coord-1')) === 1, 10_000)
+    const name = leaseName('initiator/coord-1')
+    expect(kube.deleteLease(name)).toBe(true)
+    await new Promise((r) => setTimeout(r, 2 * LEASE_MS + 2_000))
+    const exited = await Promise.race([first.exited, new Promise<'running'>((r) => setTimeout(() => r('running'), 10))])
+    expect({
+      exited,
+      holders: kube.holders.get(name),
+      holderNow: kube.leases.get(name)?.spec.holderIdentity,
+      fenced: /lease_lost|TXM_LOG_FENCED/.test(first.stderr()),
+    }).toEqual({ exited: 'running', holders: ['coord-1'], holderNow: 'coord-1', fenced: false })
+    c.app.payments.hookDelayMs.commit = 0
+  }, 90_000)
 })
