@@ -589,9 +589,15 @@ async function claimOwnKube(
   const ms = leaseMs ?? LIMITS.pgLeaseMs
   await c.query(`INSERT INTO ${schema}.logs (log_id) VALUES ($1) ON CONFLICT (log_id) DO NOTHING`, [logId])
   for (let attempt = 0; ; attempt++) {
-    const seen = await c.query<{ token: string }>(`SELECT token FROM ${schema}.logs WHERE log_id = $1`, [logId])
+    const seen = await c.query<{ token: string; holder: string | null }>(
+      `SELECT token, holder FROM ${schema}.logs WHERE log_id = $1`,
+      [logId],
+    )
+    // A sibling holds the log (it claimed it and has not given it up): its Lease missing means
+    // deleted under it, not free; claimed only once it has been missing for a lease (lapsed).
+    const other = (seen.rows[0]?.holder ?? holder) !== holder
     const sentAt = performance.now()
-    if (await kube.acquire(logId, holder, ms)) {
+    if ((!other || (await kube.lapsed(logId, ms))) && (await kube.acquire(logId, holder, ms))) {
       const token = await bumpToken(c, schema, logId, holder, address, Number(seen.rows[0]?.token))
       if (token !== undefined) return { token, sentAt }
     }

@@ -146,7 +146,7 @@ export class Takeover {
     )
     const row = r.rows[0]
     if (row === undefined || row.log_id === this.own()) return { outcome: 'unknown-coordinator' }
-    const lapsed = this.o.kube === undefined ? row.lapsed : await this.o.kube.lapsed(row.log_id)
+    const lapsed = this.o.kube === undefined ? row.lapsed : await this.o.kube.lapsed(row.log_id, this.o.leaseMs)
     // Held by a live instance (its own or a sibling finishing it): that one answers; say which.
     if (!lapsed) return { outcome: 'in-doubt', owner: row.address ?? undefined }
     if (this.held.size >= LIMITS.pgLeaseTakenLogs) return { outcome: 'in-doubt' }
@@ -293,7 +293,7 @@ export class Takeover {
     for (const row of r.rows) {
       if (this.closed) return undefined
       if (logId === undefined) this.kubeCursor = row.log_id
-      if (!(await kube.lapsed(row.log_id))) continue
+      if (!(await kube.lapsed(row.log_id, this.o.leaseMs))) continue
       const sentAt = performance.now()
       if (!(await kube.acquire(row.log_id, this.o.instance, this.o.leaseMs))) continue
       const token = await bumpToken(this.pool, s, row.log_id, this.o.instance, this.o.address, Number(row.token))
