@@ -1,6 +1,7 @@
 // Attacks on takeover with the leases on the Kubernetes API (store.lease kubernetes), with real
 // sidecar processes, a real Postgres and the loopback Lease API server (test/helpers/kube-api.ts).
 // cluster() and writeAndCommit() are copies of those of pg-takeover.test.ts.
+import { readFileSync } from 'node:fs'
 import { request } from 'undici'
 import { describe, expect, it } from 'vitest'
 import { KubeLeases, leaseName } from '../../src/store/kube-lease.js'
@@ -24,6 +25,8 @@ interface Cluster {
   /** The participant sidecars (orders, payments). */
   participants: SidecarProcess[]
   coordinators: SidecarProcess[]
+  /** Each coordinator's configuration (a restart of the same instance runs it again). */
+  yamls: string[]
   /** store.group's address (with `group`). */
   group: string
 }
@@ -32,7 +35,7 @@ interface Cluster {
 async function cluster(
   schema: string,
   firstEnv: Record<string, string>,
-  o: { group?: boolean; kube?: KubeApi } = {},
+  o: { group?: boolean; kube?: KubeApi; leaseMs?: number } = {},
 ): Promise<Cluster> {
   const names = ['orders', 'payments'] as const
   const fixed = { orders: await freePort(), payments: await freePort() }
@@ -54,6 +57,7 @@ async function cluster(
     proxies.push(proxy)
   }
   const coordinators: SidecarProcess[] = []
+  const yamls: string[] = []
   // store.group: a proxy standing for a Service in front of the instances' control ports (here it
   // routes to the second instance).
   const groupPort = await freePort()
@@ -61,9 +65,10 @@ async function cluster(
   for (const i of [1, 2, 3]) {
     const yaml = withPgStore(
       sidecarYaml('initiator', 1, `services:\n${services}\n`).replace('log: {level: silent}', 'log: {level: error}'),
-      `url: ${JSON.stringify(store.url)}, schema: ${schema}, instance: coord-${i}, leaseMs: ${LEASE_MS}${group}` +
+      `url: ${JSON.stringify(store.url)}, schema: ${schema}, instance: coord-${i}, leaseMs: ${o.leaseMs ?? LEASE_MS}${group}` +
         (o.kube === undefined ? '' : ', lease: kubernetes'),
     )
+    yamls.push(yaml)
     const sc = await spawnSidecar(yaml, [], { ...o.kube?.env, ...(i === 1 ? firstEnv : {}) })
     procs.push(sc)
     coordinators.push(sc)
@@ -76,7 +81,7 @@ async function cluster(
     })
     closers.push(() => service.close())
   }
-  return { app, proxies, participants, coordinators, group: `127.0.0.1:${groupPort}` }
+  return { app, proxies, participants, coordinators, yamls, group: `127.0.0.1:${groupPort}` }
 }
 
 /** Begins a 2PC transaction on `coord` with a write at both participants, and asks it to commit. */
@@ -229,4 +234,47 @@ describe('takeover on the Kubernetes API: attacks', () => {
     }).toEqual({ exited: 'running', holders: ['coord-1'], holderNow: 'coord-1', fenced: false })
     c.app.payments.hookDelayMs.commit = 0
   }, 90_000)
+
+  it('an instance paused (SIGSTOP) after its COMMIT decision, restarted meanwhile under the same name (same holderIdentity, its log claimed at once): resumed within its lease, the old process sends no phase-2 message and stops, fenced', async () => {
+    const kube = await startKubeApi()
+    closers.push(() => kube.close())
+    const schema = 'ka_same'
+    // A lease long enough that the pause below ends well within it on the old process's clock.
+    const c = await cluster(schema, { TXMESH_FAILPOINTS: 'coordinator-after-decision:stop' }, { kube, leaseMs: 10_000 })
+    const [first] = c.coordinators as [SidecarProcess]
+    const pid = first.child.pid as number
+    await writeAndCommit(first, 's1')
+    await until('the coordinator paused after its decision', () => statState(pid) === 'T', 10_000)
+    const pausedAt = Date.now()
+    // The instance restarted under the same name (its pod's container restarted while the old
+    // process was stopped, not dead): it claims its own log at once and finishes the commit.
+    const second = await spawnSidecar(c.yamls[0] as string, [], kube.env)
+    procs.push(second)
+    await until(
+      'the commit at both participants, by the new process',
+      () => c.app.orders.committed.length === 1 && c.app.payments.committed.length === 1,
+      15_000,
+    )
+    await new Promise((r) => setTimeout(r, 300))
+    const sentBefore = c.proxies.map((p) => p.stats.requestBytes)
+    const pausedMs = Date.now() - pausedAt
+    process.kill(pid, 'SIGCONT')
+    const exited = await Promise.race([
+      first.exited,
+      new Promise<'running'>((r) => setTimeout(() => r('running'), 10_000)),
+    ])
+    await new Promise((r) => setTimeout(r, 500))
+    expect(pausedMs).toBeLessThan(6_000)
+    expect({
+      exited,
+      sentAfterResume: c.proxies.map((p, i) => p.stats.requestBytes - (sentBefore[i] ?? 0)),
+      fenced: /lease_lost|TXM_LOG_FENCED/.test(first.stderr()),
+    }).toEqual({ exited: { code: 70, signal: null }, sentAfterResume: [0, 0], fenced: true })
+    expect({ orders: c.app.orders.committed, payments: c.app.payments.committed }).toEqual({
+      orders: ['orders:s1'],
+      payments: ['payments:s1'],
+    })
+  }, 90_000)
 })
+
+const statState = (pid: number): string => readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]?.[0] ?? '?'
