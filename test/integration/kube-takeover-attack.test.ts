@@ -255,7 +255,7 @@ describe('takeover on the Kubernetes API: attacks', () => {
       () => c.app.orders.committed.length === 1 && c.app.payments.committed.length === 1,
       15_000,
     )
-    await new Promise((r) => setTimeout(r, 300))
+    await until('the log finished by the new process', async () => (await decisionsIn(schema, 'initiator/coord-1')) === 0, 10_000)
     const sentBefore = c.proxies.map((p) => p.stats.requestBytes)
     const pausedMs = Date.now() - pausedAt
     process.kill(pid, 'SIGCONT')
