@@ -144,6 +144,13 @@ export class PgLog implements TxLog {
   private renewTimer: Timer | undefined
   private renewing = false
   private releasing = false
+  /** performance.now() at the last beat of the event loop (stall detection, see leaseHeld). */
+  private beat = performance.now()
+  private beatTimer: Timer | undefined
+  /** A stall ended here: the lease is not held until a renewal sent after it went through. */
+  private renewAfter = -Infinity
+  /** A renewal is wanted as soon as the one in flight is done (a stall seen meanwhile). */
+  private renewAgain = false
 
   private constructor(
     private readonly pool: pg.Pool,
@@ -157,7 +164,10 @@ export class PgLog implements TxLog {
     private readonly replay: { records: number; ms: number; live: number },
     private readonly lease: Lease | undefined,
   ) {
-    if (lease !== undefined) this.scheduleRenewal()
+    if (lease !== undefined) {
+      this.scheduleRenewal()
+      this.scheduleBeat()
+    }
   }
 
   /** The log's id in the store (`<service>/<instance>`). */
@@ -172,7 +182,39 @@ export class PgLog implements TxLog {
   leaseHeld(): boolean {
     if (this.failed instanceof LogFencedError || this.closing) return false
     if (this.lease === undefined) return true
-    return performance.now() < this.lease.from + this.lease.ms - Math.min(LIMITS.pgLeaseMarginMs, this.lease.ms / 4)
+    const now = performance.now()
+    // Paused (SIGSTOP, a stall) and resumed: whatever runs first must not act on a lease another
+    // process may have claimed meanwhile, though the lease's time is not up on this clock.
+    if (now - this.beat > this.stallMs()) {
+      this.stalled(now)
+      return false
+    }
+    if (this.lease.from < this.renewAfter) return false
+    return now < this.lease.from + this.lease.ms - Math.min(LIMITS.pgLeaseMarginMs, this.lease.ms / 4)
+  }
+
+  private stallMs(): number {
+    return Math.min(LIMITS.pgLeaseStallMs, (this.lease?.ms ?? Infinity) / 4)
+  }
+
+  /** The event loop could not run until `now`: the lease counts again after a renewal sent from here. */
+  private stalled(now: number): void {
+    this.beat = now
+    this.renewAfter = Math.max(this.renewAfter, now)
+    this.logger.warn('store.lease_stalled', { log: this.logId })
+    if (this.renewing) this.renewAgain = true
+    else void this.renew()
+  }
+
+  private scheduleBeat(): void {
+    if (this.closing || this.releasing || this.failed instanceof LogFencedError) return
+    this.beatTimer = this.timers.set(() => {
+      this.beatTimer = undefined
+      const now = performance.now()
+      if (now - this.beat > this.stallMs()) this.stalled(now)
+      else this.beat = now
+      this.scheduleBeat()
+    }, LIMITS.pgLeaseBeatMs)
   }
 
   /**
@@ -287,6 +329,7 @@ export class PgLog implements TxLog {
     this.closing = true
     if (this.lazyTimer !== undefined) this.timers.clear(this.lazyTimer)
     if (this.renewTimer !== undefined) this.timers.clear(this.renewTimer)
+    this.timers.clear(this.beatTimer)
     await this.pool.end()
   }
 
@@ -377,6 +420,10 @@ export class PgLog implements TxLog {
       this.logger.warn('store.lease_renew_failed', { log: this.logId, reason: (err as Error).message })
     } finally {
       this.renewing = false
+      if (this.renewAgain) {
+        this.renewAgain = false
+        void this.renew()
+      }
     }
   }
 
