@@ -5,6 +5,7 @@ import { readFileSync } from 'node:fs'
 import { request } from 'undici'
 import { describe, expect, it } from 'vitest'
 import { KubeLeases, leaseName } from '../../src/store/kube-lease.js'
+import { PgLog } from '../../src/store/pg-log.js'
 import { silentLogger } from '../../src/telemetry/logger.js'
 import { startFaultProxy, type FaultProxy } from '../helpers/fault-proxy.js'
 import { startKubeApi, type KubeApi } from '../helpers/kube-api.js'
@@ -168,7 +169,10 @@ describe('takeover on the Kubernetes API: attacks', () => {
     expect({
       committed: { orders: c.app.orders.committed, payments: c.app.payments.committed },
       withinLeasePlus10s: Date.now() - killedAt < LEASE_MS + 10_000,
-      takers: kube.holders.get(name)?.slice(1).filter((h) => h !== undefined).length,
+      takers: kube.holders
+        .get(name)
+        ?.slice(1)
+        .filter((h) => h !== undefined).length,
       // The busy siblings were never taken from: they renew.
       busyTaken: busy.filter((b) => (kube.holders.get(leaseName(`initiator/${b}`))?.length ?? 0) > 1),
     }).toEqual({
@@ -190,7 +194,11 @@ describe('takeover on the Kubernetes API: attacks', () => {
     c.app.payments.hookDelayMs.commit = 60_000
     for (const [i, sc] of c.coordinators.entries()) await writeAndCommit(sc, `away${i}`)
     for (const i of [1, 2, 3])
-      await until(`coord-${i}'s decision`, async () => (await decisionsIn(schema, `initiator/coord-${i}`)) === 1, 10_000)
+      await until(
+        `coord-${i}'s decision`,
+        async () => (await decisionsIn(schema, `initiator/coord-${i}`)) === 1,
+        10_000,
+      )
     kube.unavailable = true
     await new Promise((r) => setTimeout(r, 2 * LEASE_MS + 500))
     // Still unfinished when the API is back: each log is a candidate of the siblings' looks.
@@ -221,7 +229,11 @@ describe('takeover on the Kubernetes API: attacks', () => {
     await until('the Leases of the three instances', () => kube.leases.size === 3, 10_000)
     c.app.payments.hookDelayMs.commit = 60_000
     await writeAndCommit(first, 'del1')
-    await until('the decision, phase 2 under way', async () => (await decisionsIn(schema, 'initiator/coord-1')) === 1, 10_000)
+    await until(
+      'the decision, phase 2 under way',
+      async () => (await decisionsIn(schema, 'initiator/coord-1')) === 1,
+      10_000,
+    )
     const name = leaseName('initiator/coord-1')
     expect(kube.deleteLease(name)).toBe(true)
     await new Promise((r) => setTimeout(r, 2 * LEASE_MS + 2_000))
@@ -255,7 +267,11 @@ describe('takeover on the Kubernetes API: attacks', () => {
       () => c.app.orders.committed.length === 1 && c.app.payments.committed.length === 1,
       15_000,
     )
-    await until('the log finished by the new process', async () => (await decisionsIn(schema, 'initiator/coord-1')) === 0, 10_000)
+    await until(
+      'the log finished by the new process',
+      async () => (await decisionsIn(schema, 'initiator/coord-1')) === 0,
+      10_000,
+    )
     const sentBefore = c.proxies.map((p) => p.stats.requestBytes)
     const pausedMs = Date.now() - pausedAt
     process.kill(pid, 'SIGCONT')
@@ -275,6 +291,58 @@ describe('takeover on the Kubernetes API: attacks', () => {
       payments: ['payments:s1'],
     })
   }, 90_000)
+
+  it("an instance opening its own log while a live sibling finishes it, the log's Lease just deleted: it waits for the sibling to give it up, and the sibling is not fenced", async () => {
+    const kube = await startKubeApi()
+    closers.push(() => kube.close())
+    const clients = [1, 2, 3].map(() => KubeLeases.inCluster(silentLogger, kube.env))
+    closers.push(() => Promise.all(clients.map((k) => k.close())).then(() => undefined))
+    const [own, sib, reopen] = clients as [KubeLeases, KubeLeases, KubeLeases]
+    const o = { url: store.url, schema: 'ka_own', logId: 'initiator/own-del', leaseMs: LEASE_MS }
+    const first = await PgLog.open({ ...o, holder: 'own-del', kube: own })
+    await first.log.append('c:t1', { type: 'decision' })
+    await first.log.close()
+    // A sibling took it over as claimKube does: the Lease (here free, given up), then the token.
+    await own.release(o.logId, 'own-del')
+    expect(await sib.acquire(o.logId, 'sib', LEASE_MS)).toBe(true)
+    const [claimed] = await sql<{ token: string }>(
+      `UPDATE ka_own.logs SET token = token + 1, holder = 'sib', expires_at = NULL WHERE log_id = $1 RETURNING token`,
+      [o.logId],
+    )
+    let fenced = 0
+    const sibling = await PgLog.open({
+      ...o,
+      holder: 'sib',
+      kube: sib,
+      token: Number(claimed?.token),
+      onFenced: () => fenced++,
+    })
+    expect(kube.deleteLease(leaseName(o.logId))).toBe(true)
+    const opening = PgLog.open({ ...o, holder: 'own-del', kube: reopen })
+    let opened = false
+    void opening.then(() => (opened = true))
+    await new Promise((r) => setTimeout(r, 2_500))
+    expect({
+      opened,
+      fenced,
+      sibling: sibling.log.leaseHeld(),
+      lease: kube.leases.get(leaseName(o.logId))?.spec.holderIdentity,
+    }).toEqual({
+      opened: false,
+      fenced: 0,
+      sibling: true,
+      lease: 'sib',
+    })
+    sibling.log.end('c:t1')
+    await sibling.log.release()
+    const mine = await opening
+    expect({ records: mine.records.map((r) => r.txId), token: mine.log.stats().token, fenced }).toEqual({
+      records: [],
+      token: Number(claimed?.token) + 1,
+      fenced: 0,
+    })
+    await mine.log.close()
+  }, 30_000)
 })
 
 const statState = (pid: number): string => readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]?.[0] ?? '?'
