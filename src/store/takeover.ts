@@ -19,6 +19,7 @@
 // not from configuration). An id whose incarnation no log of the service has is not the group's
 // to answer.
 import pg from 'pg'
+import { failpoint } from '../failpoints.js'
 import { LIMITS } from '../limits.js'
 import type { Logger } from '../telemetry/logger.js'
 import { nodeTimers, type Timer, type Timers } from '../timers.js'
@@ -296,6 +297,7 @@ export class Takeover {
       if (!(await kube.lapsed(row.log_id, this.o.leaseMs))) continue
       const sentAt = performance.now()
       if (!(await kube.acquire(row.log_id, this.o.instance, this.o.leaseMs))) continue
+      failpoint('takeover-after-lease')
       const token = await bumpToken(this.pool, s, row.log_id, this.o.instance, this.o.address, Number(row.token))
       if (token !== undefined) return { logId: row.log_id, token, sentAt }
     }

@@ -36,7 +36,7 @@ interface Cluster {
 async function cluster(
   schema: string,
   firstEnv: Record<string, string>,
-  o: { group?: boolean; kube?: KubeApi; leaseMs?: number } = {},
+  o: { group?: boolean; kube?: KubeApi; leaseMs?: number; envs?: Partial<Record<number, Record<string, string>>> } = {},
 ): Promise<Cluster> {
   const names = ['orders', 'payments'] as const
   const fixed = { orders: await freePort(), payments: await freePort() }
@@ -70,7 +70,7 @@ async function cluster(
         (o.kube === undefined ? '' : ', lease: kubernetes'),
     )
     yamls.push(yaml)
-    const sc = await spawnSidecar(yaml, [], { ...o.kube?.env, ...(i === 1 ? firstEnv : {}) })
+    const sc = await spawnSidecar(yaml, [], { ...o.kube?.env, ...(i === 1 ? firstEnv : {}), ...o.envs?.[i] })
     procs.push(sc)
     coordinators.push(sc)
   }
@@ -343,6 +343,74 @@ describe('takeover on the Kubernetes API: attacks', () => {
     })
     await mine.log.close()
   }, 30_000)
+
+  it("two takers each win the dead log's Lease in turn and pause before moving its token on; the first resumes first and wins the token with the Lease another's: it is fenced and sends nothing, and the other finishes the commit", async () => {
+    const kube = await startKubeApi()
+    closers.push(() => kube.close())
+    const schema = 'ka_cas'
+    const stop = { TXMESH_FAILPOINTS: 'takeover-after-lease:stop' }
+    const c = await cluster(
+      schema,
+      { TXMESH_FAILPOINTS: 'coordinator-after-decision' },
+      { kube, envs: { 2: stop, 3: stop } },
+    )
+    const [first, second, third] = c.coordinators as [SidecarProcess, SidecarProcess, SidecarProcess]
+    const [p2, p3] = [second.child.pid as number, third.child.pid as number]
+    await until('the Leases of the three instances', () => kube.leases.size === 3, 10_000)
+    // coord-3 cannot run while coord-2 wins the dead log's Lease.
+    process.kill(p3, 'SIGSTOP')
+    await writeAndCommit(first, 'cas1')
+    expect(await first.exited).toMatchObject({ signal: 'SIGKILL' })
+    await until('coord-2 paused with the Lease won', () => statState(p2) === 'T', LEASE_MS + 10_000)
+    const name = leaseName('initiator/coord-1')
+    expect(kube.leases.get(name)?.spec.holderIdentity).toBe('coord-2')
+    // coord-3 sees coord-2's Lease unrenewed for a lease, wins it and pauses before the token.
+    process.kill(p3, 'SIGCONT')
+    await until('coord-3 paused with the Lease won', () => statState(p3) === 'T', 2 * LEASE_MS + 10_000)
+    expect(kube.leases.get(name)?.spec.holderIdentity).toBe('coord-3')
+    // coord-2 first: its compare-and-set goes through (coord-3 has not moved the token).
+    const sentBefore = c.proxies.map((p) => p.stats.requestBytes)
+    process.kill(p2, 'SIGCONT')
+    // Its renewal finds the Lease another's: fenced on that log (leaseHeld false meanwhile: its
+    // claim was sent more than a lease ago).
+    await new Promise((r) => setTimeout(r, LEASE_MS))
+    const sentByTwo = c.proxies.map((p, i) => p.stats.requestBytes - (sentBefore[i] ?? 0))
+    const tokenAfterTwo = (
+      await sql<{ token: string; holder: string }>(
+        `SELECT token, holder FROM ${schema}.logs WHERE log_id = 'initiator/coord-1'`,
+      )
+    )[0]
+    // Then coord-3, resumed each time its failpoint pauses it again: it finishes the log.
+    let done = false
+    const resumer = (async () => {
+      while (!done) {
+        if (statState(p3) === 'T') process.kill(p3, 'SIGCONT')
+        await new Promise((r) => setTimeout(r, 200))
+      }
+    })()
+    await until(
+      'the commit at both participants',
+      () => c.app.orders.committed.length === 1 && c.app.payments.committed.length === 1,
+      3 * LEASE_MS + 15_000,
+    ).finally(() => (done = true))
+    await resumer
+    const running = await Promise.all(
+      [second, third].map((sc) =>
+        Promise.race([sc.exited, new Promise<'running'>((r) => setTimeout(() => r('running'), 10))]),
+      ),
+    )
+    expect({
+      sentByTwo,
+      tokenAfterTwo,
+      running,
+      committed: { orders: c.app.orders.committed, payments: c.app.payments.committed },
+    }).toEqual({
+      sentByTwo: [0, 0],
+      tokenAfterTwo: { token: '3', holder: 'coord-2' },
+      running: ['running', 'running'],
+      committed: { orders: ['orders:cas1'], payments: ['payments:cas1'] },
+    })
+  }, 120_000)
 })
 
 const statState = (pid: number): string => readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]?.[0] ?? '?'
