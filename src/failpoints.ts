@@ -10,6 +10,8 @@ export type FailpointName =
   | 'participant-after-app-prepared'
   // A committed branch's END is durable and its acknowledgement on its way (see failpointSoon).
   | 'participant-after-end'
+  // store.lease kubernetes: a takeover won the log's Lease and has not moved its token on yet.
+  | 'takeover-after-lease'
 
 export function failpoint(name: FailpointName): void {
   if (active.has(name)) process.kill(process.pid, 'SIGKILL')

@@ -197,6 +197,13 @@ export const LIMITS = Object.freeze({
   // monotonic clock against Postgres's), and sends no protocol message while it has lapsed.
   pgLeaseMs: 10_000,
   pgLeaseMarginMs: 1_000,
+  // A holder whose event loop could not run for pgLeaseStallMs (or a quarter of its lease, if
+  // less) was paused or stalled: another process may have claimed its log meanwhile (a restart
+  // under the same name claims it at once), so it counts its lease lapsed until a renewal sent
+  // after the stall went through (and found the token still its own). Checked every
+  // pgLeaseBeatMs.
+  pgLeaseStallMs: 500,
+  pgLeaseBeatMs: 100,
   // Siblings look for lapsed logs of their service this often, and claim at most this many per look.
   pgLeaseScanMs: 2_000,
   pgLeaseClaimsPerScan: 4,

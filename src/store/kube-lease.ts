@@ -22,6 +22,8 @@ import { LIMITS } from '../limits.js'
 import type { Logger } from '../telemetry/logger.js'
 
 const SERVICEACCOUNT_DIR = '/var/run/secrets/kubernetes.io/serviceaccount'
+/** The version observed of a Lease that is not there (no resourceVersion looks like it). */
+const MISSING = '(missing)'
 export const SERVICEACCOUNT_DIR_ENV = 'TXMESH_K8S_SERVICEACCOUNT_DIR'
 
 /** The Lease API could not be used (unreachable, refused, unexpected answer): the caller retries. */
@@ -116,31 +118,16 @@ export class KubeLeases {
 
   /**
    * Takes the log's Lease for `holder` when it is free, already held by `holder`, or lapsed on
-   * this process's clock; true when the update went through. Creates the Lease when missing.
+   * this process's clock; true when the update went through. Creates the Lease when missing (an
+   * instance's first open); a claimer of another's log asks lapsed() first, which counts a
+   * missing Lease lapsed only once it has been missing for a lease.
    */
   async acquire(logId: string, holder: string, leaseMs: number): Promise<boolean> {
     const name = leaseName(logId)
     const now = Date.now()
     const seconds = Math.max(1, Math.ceil(leaseMs / 1000))
     const current = await this.get(name)
-    if (current === undefined) {
-      const created = await this.call('POST', this.path(), {
-        apiVersion: 'coordination.k8s.io/v1',
-        kind: 'Lease',
-        metadata: { name, namespace: this.o.namespace, labels: { 'app.kubernetes.io/managed-by': 'txmesh' } },
-        spec: {
-          holderIdentity: holder,
-          leaseDurationSeconds: seconds,
-          acquireTime: microTime(now),
-          renewTime: microTime(now),
-          leaseTransitions: 0,
-        },
-      })
-      if (created.status === 409) return false
-      this.expect(created, [201, 200], 'create')
-      this.see(name, created.body as LeaseObject)
-      return true
-    }
+    if (current === undefined) return this.create(name, holder, leaseMs)
     const spec = current.spec ?? {}
     const held = spec.holderIdentity ?? ''
     if (held !== '' && held !== holder && !this.lapsedSeen(name, current, spec)) return false
@@ -157,12 +144,19 @@ export class KubeLeases {
     return this.replace(name, next)
   }
 
-  /** Moves the Lease's renewTime on while `holder` holds it: 'lost' when another holds it now. */
+  /**
+   * Moves the Lease's renewTime on while `holder` holds it: 'lost' when another holds it now. A
+   * Lease found deleted (kubectl delete lease, a clean-up job) is created again for `holder`: no
+   * observer counts a missing Lease lapsed before it has been missing for a lease on its own clock
+   * (lapsed), and this holder renewed it last before it went missing; a sibling that created it
+   * first wins (409), and this holder has lost it.
+   */
   async renew(logId: string, holder: string, leaseMs: number): Promise<'renewed' | 'lost'> {
     const name = leaseName(logId)
     for (let attempt = 0; attempt < LIMITS.k8sLeaseConflictRetries; attempt++) {
       const current = await this.get(name)
-      if (current === undefined || (current.spec?.holderIdentity ?? '') !== holder) return 'lost'
+      if (current === undefined) return (await this.create(name, holder, leaseMs)) ? 'renewed' : 'lost'
+      if ((current.spec?.holderIdentity ?? '') !== holder) return 'lost'
       const next: LeaseObject = {
         ...current,
         spec: {
@@ -184,11 +178,15 @@ export class KubeLeases {
     return (await this.get(leaseName(logId)))?.spec?.holderIdentity ?? ''
   }
 
-  /** Whether the log's Lease is free or has lapsed on this process's clock (a first sight never has). */
-  async lapsed(logId: string): Promise<boolean> {
+  /**
+   * Whether the log's Lease is free or has lapsed on this process's clock (a first sight never
+   * has). A missing Lease has lapsed once it has been missing for `leaseMs` on this clock: one
+   * deleted under a live holder (kubectl delete lease) is created again at its next renewal.
+   */
+  async lapsed(logId: string, leaseMs: number = LIMITS.pgLeaseMs): Promise<boolean> {
     const name = leaseName(logId)
     const current = await this.get(name)
-    if (current === undefined) return true
+    if (current === undefined) return performance.now() - this.seeVersion(name, MISSING).since > leaseMs
     const spec = current.spec ?? {}
     if ((spec.holderIdentity ?? '') === '') return true
     return this.lapsedSeen(name, current, spec)
@@ -214,8 +212,32 @@ export class KubeLeases {
     return rv !== '' && performance.now() - seen.since > ms
   }
 
+  /** Creates the Lease for `holder`; false when another created it first. */
+  private async create(name: string, holder: string, leaseMs: number): Promise<boolean> {
+    const now = Date.now()
+    const created = await this.call('POST', this.path(), {
+      apiVersion: 'coordination.k8s.io/v1',
+      kind: 'Lease',
+      metadata: { name, namespace: this.o.namespace, labels: { 'app.kubernetes.io/managed-by': 'txmesh' } },
+      spec: {
+        holderIdentity: holder,
+        leaseDurationSeconds: Math.max(1, Math.ceil(leaseMs / 1000)),
+        acquireTime: microTime(now),
+        renewTime: microTime(now),
+        leaseTransitions: 0,
+      },
+    })
+    if (created.status === 409) return false
+    this.expect(created, [201, 200], 'create')
+    this.see(name, created.body as LeaseObject)
+    return true
+  }
+
   private see(name: string, obj: LeaseObject): { rv: string; since: number } {
-    const rv = obj.metadata.resourceVersion ?? ''
+    return this.seeVersion(name, obj.metadata.resourceVersion ?? '')
+  }
+
+  private seeVersion(name: string, rv: string): { rv: string; since: number } {
     const prev = this.observed.get(name)
     if (prev !== undefined && prev.rv === rv) return prev
     if (this.observed.size >= LIMITS.k8sLeasesObserved)

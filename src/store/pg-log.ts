@@ -144,6 +144,13 @@ export class PgLog implements TxLog {
   private renewTimer: Timer | undefined
   private renewing = false
   private releasing = false
+  /** performance.now() at the last beat of the event loop (stall detection, see leaseHeld). */
+  private beat = performance.now()
+  private beatTimer: Timer | undefined
+  /** A stall ended here: the lease is not held until a renewal sent after it went through. */
+  private renewAfter = -Infinity
+  /** A renewal is wanted as soon as the one in flight is done (a stall seen meanwhile). */
+  private renewAgain = false
 
   private constructor(
     private readonly pool: pg.Pool,
@@ -157,7 +164,10 @@ export class PgLog implements TxLog {
     private readonly replay: { records: number; ms: number; live: number },
     private readonly lease: Lease | undefined,
   ) {
-    if (lease !== undefined) this.scheduleRenewal()
+    if (lease !== undefined) {
+      this.scheduleRenewal()
+      this.scheduleBeat()
+    }
   }
 
   /** The log's id in the store (`<service>/<instance>`). */
@@ -173,9 +183,40 @@ export class PgLog implements TxLog {
     if (this.failed instanceof LogFencedError || this.closing) return false
     if (this.lease === undefined) return true
     const now = performance.now()
+    // Paused (SIGSTOP, a stall) and resumed: whatever runs first must not act on a lease another
+    // process may have claimed meanwhile, though the lease's time is not up on this clock.
+    if (now - this.beat > this.stallMs()) {
+      this.stalled(now)
+      return false
+    }
+    if (this.lease.from < this.renewAfter) return false
     // An older process of this instance may act until the lease this one replaced would have lapsed.
     if (now < this.lease.quietUntil) return false
     return now < this.lease.from + this.lease.ms - Math.min(LIMITS.pgLeaseMarginMs, this.lease.ms / 4)
+  }
+
+  private stallMs(): number {
+    return Math.min(LIMITS.pgLeaseStallMs, (this.lease?.ms ?? Infinity) / 4)
+  }
+
+  /** The event loop could not run until `now`: the lease counts again after a renewal sent from here. */
+  private stalled(now: number): void {
+    this.beat = now
+    this.renewAfter = Math.max(this.renewAfter, now)
+    this.logger.warn('store.lease_stalled', { log: this.logId })
+    if (this.renewing) this.renewAgain = true
+    else void this.renew()
+  }
+
+  private scheduleBeat(): void {
+    if (this.closing || this.releasing || this.failed instanceof LogFencedError) return
+    this.beatTimer = this.timers.set(() => {
+      this.beatTimer = undefined
+      const now = performance.now()
+      if (now - this.beat > this.stallMs()) this.stalled(now)
+      else this.beat = now
+      this.scheduleBeat()
+    }, LIMITS.pgLeaseBeatMs)
   }
 
   /**
@@ -300,6 +341,7 @@ export class PgLog implements TxLog {
     this.closing = true
     if (this.lazyTimer !== undefined) this.timers.clear(this.lazyTimer)
     if (this.renewTimer !== undefined) this.timers.clear(this.renewTimer)
+    this.timers.clear(this.beatTimer)
     await this.pool.end()
   }
 
@@ -415,6 +457,10 @@ export class PgLog implements TxLog {
       this.logger.warn('store.lease_renew_failed', { log: this.logId, reason: (err as Error).message })
     } finally {
       this.renewing = false
+      if (this.renewAgain) {
+        this.renewAgain = false
+        void this.renew()
+      }
     }
   }
 
@@ -651,13 +697,19 @@ async function claimOwnKube(
   const ms = leaseMs ?? LIMITS.pgLeaseMs
   await c.query(`INSERT INTO ${schema}.logs (log_id) VALUES ($1) ON CONFLICT (log_id) DO NOTHING`, [logId])
   for (let attempt = 0; ; attempt++) {
-    const seen = await c.query<{ token: string }>(`SELECT token FROM ${schema}.logs WHERE log_id = $1`, [logId])
+    const seen = await c.query<{ token: string; holder: string | null }>(
+      `SELECT token, holder FROM ${schema}.logs WHERE log_id = $1`,
+      [logId],
+    )
+    // A sibling holds the log (it claimed it and has not given it up): its Lease missing means
+    // deleted under it, not free; claimed only once it has been missing for a lease (lapsed).
+    const other = (seen.rows[0]?.holder ?? holder) !== holder
     // A Lease held in this instance's own name: an older process of it, which may still act
     // until that lease lapses on its clock; its renewTime is another machine's, so the whole
     // lease length is waited out (as claimOwn does with what the row's lease had left).
     const ownHeld = (await kube.holderOf(logId)) === holder
     const sentAt = performance.now()
-    if (await kube.acquire(logId, holder, ms)) {
+    if ((!other || (await kube.lapsed(logId, ms))) && (await kube.acquire(logId, holder, ms))) {
       const token = await bumpToken(c, schema, logId, holder, address, Number(seen.rows[0]?.token))
       if (token !== undefined) return { token, sentAt, quietUntil: ownHeld ? performance.now() + ms : 0 }
     }

@@ -19,6 +19,7 @@
 // not from configuration). An id whose incarnation no log of the service has is not the group's
 // to answer.
 import pg from 'pg'
+import { failpoint } from '../failpoints.js'
 import { LIMITS } from '../limits.js'
 import type { Logger } from '../telemetry/logger.js'
 import { nodeTimers, type Timer, type Timers } from '../timers.js'
@@ -109,6 +110,8 @@ export class Takeover {
   private timer: Timer | undefined
   private scanning: Promise<void> = Promise.resolve()
   private closed = false
+  /** store.lease kubernetes: the last log a look at the candidates examined (the next starts after it). */
+  private kubeCursor = ''
 
   constructor(private readonly o: TakeoverOptions) {
     this.timers = o.timers ?? nodeTimers
@@ -159,7 +162,7 @@ export class Takeover {
     )
     const row = r.rows[0]
     if (row === undefined || row.log_id === this.own()) return { outcome: 'unknown-coordinator' }
-    const lapsed = this.o.kube === undefined ? row.lapsed : await this.o.kube.lapsed(row.log_id)
+    const lapsed = this.o.kube === undefined ? row.lapsed : await this.o.kube.lapsed(row.log_id, this.o.leaseMs)
     // Held by a live instance (its own or a sibling finishing it): that one answers; say which.
     if (!lapsed) return { outcome: 'in-doubt', owner: row.address ?? undefined }
     if (this.held.size >= LIMITS.pgLeaseTakenLogs) return { outcome: 'in-doubt' }
@@ -285,19 +288,33 @@ export class Takeover {
    */
   private async claimKube(kube: KubeLeases, logId?: string): Promise<Claimed | undefined> {
     const s = this.o.schema
+    // Postgres cannot tell which of them lapsed (the Lease is the lease): every live sibling with
+    // work in flight is a candidate too. A page of them per look, from where the last look stopped
+    // (wrapping round), so that every log is looked at in turn: the first page by name alone would
+    // be the same live siblings at every look, and a dead log sorting after them stranded.
     const r = await this.pool.query<{ log_id: string; token: string }>(
       `SELECT l.log_id, l.token FROM ${s}.logs l
        WHERE l.log_id LIKE $1 ESCAPE '\\' AND l.log_id <> $2 AND NOT (l.log_id = ANY($5::text[]))
          AND (l.log_id = $4::text OR ($4::text IS NULL AND EXISTS (SELECT 1 FROM ${s}.records r
               WHERE r.log_id = l.log_id AND substr(r.key, 1, 2) = ANY($3::text[]))))
-       ORDER BY l.log_id LIMIT $6`,
-      [this.prefix(), this.own(), TAKEN_PREFIXES, logId ?? null, [...this.held.keys()], LIMITS.pgLeaseTakenLogs],
+       ORDER BY l.log_id <= $7::text, l.log_id LIMIT $6`,
+      [
+        this.prefix(),
+        this.own(),
+        TAKEN_PREFIXES,
+        logId ?? null,
+        [...this.held.keys()],
+        LIMITS.pgLeaseTakenLogs,
+        logId === undefined ? this.kubeCursor : '',
+      ],
     )
     for (const row of r.rows) {
       if (this.closed) return undefined
-      if (!(await kube.lapsed(row.log_id))) continue
+      if (logId === undefined) this.kubeCursor = row.log_id
+      if (!(await kube.lapsed(row.log_id, this.o.leaseMs))) continue
       const sentAt = performance.now()
       if (!(await kube.acquire(row.log_id, this.o.instance, this.o.leaseMs))) continue
+      failpoint('takeover-after-lease')
       const token = await bumpToken(this.pool, s, row.log_id, this.o.instance, this.o.address, Number(row.token))
       // Lapsed on this clock only just now (a Lease's expiry is on no clock of Postgres's): the
       // previous holder's calls are waited out in full (adopt).

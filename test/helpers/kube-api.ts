@@ -33,6 +33,8 @@ export interface KubeApi {
   readonly holders: ReadonlyMap<string, (string | undefined)[]>
   /** Answers every request with 503 while true (the API server away). */
   unavailable: boolean
+  /** Deletes a Lease, as `kubectl delete lease NAME` (an operator, a clean-up job) does. */
+  deleteLease(name: string): boolean
   close(): Promise<void>
 }
 
@@ -141,6 +143,7 @@ export async function startKubeApi(namespace = 'shop'): Promise<KubeApi> {
     },
     leases,
     holders,
+    deleteLease: (n: string) => leases.delete(n),
     close: () =>
       new Promise<void>((resolve) => {
         server.closeAllConnections()

@@ -84,6 +84,29 @@ describe('Kubernetes Leases for the shared store', () => {
     expect(await b.acquire('orders/rel', 'b', 5_000)).toBe(true)
   })
 
+  it('a Lease deleted under its holder (kubectl delete lease) is not lapsed to a sibling until missing for a lease on its clock; the holder creates it again at its next renewal', async () => {
+    const holder = client()
+    const sibling = client()
+    expect(await holder.acquire('orders/del', 'a', 1_000)).toBe(true)
+    expect(api.deleteLease(leaseName('orders/del'))).toBe(true)
+    // First sight of it missing: not lapsed, not for a while.
+    expect(await sibling.lapsed('orders/del', 1_000)).toBe(false)
+    await new Promise((r) => setTimeout(r, 500))
+    expect(await sibling.lapsed('orders/del', 1_000)).toBe(false)
+    expect(await holder.renew('orders/del', 'a', 1_000)).toBe('renewed')
+    expect(api.leases.get(leaseName('orders/del'))?.spec.holderIdentity).toBe('a')
+    expect(await sibling.lapsed('orders/del', 1_000)).toBe(false)
+    // Missing for a lease on the sibling's clock: lapsed; the sibling creating it first wins, and the
+    // old holder's renewal finds it lost.
+    expect(api.deleteLease(leaseName('orders/del'))).toBe(true)
+    expect(await sibling.lapsed('orders/del', 1_000)).toBe(false)
+    await new Promise((r) => setTimeout(r, 1_100))
+    expect(await sibling.lapsed('orders/del', 1_000)).toBe(true)
+    expect(await sibling.acquire('orders/del', 'b', 1_000)).toBe(true)
+    expect(await holder.renew('orders/del', 'a', 1_000)).toBe('lost')
+    expect(api.leases.get(leaseName('orders/del'))?.spec.holderIdentity).toBe('b')
+  })
+
   it('a wrong token, or an API server that is away, is a KubeApiError: nothing is taken', async () => {
     const wrongDir = join(api.env.TXMESH_K8S_SERVICEACCOUNT_DIR as string, '..', `sa-wrong-${process.pid}`)
     const { mkdirSync, copyFileSync } = await import('node:fs')
