@@ -546,6 +546,17 @@ function isNotFound(err: unknown): boolean {
   return e.api_error?.err_code === 10014 || /consumer not found/i.test(e.message ?? '')
 }
 
+export interface SubscriptionsOptions {
+  readonly servers: readonly string[]
+  /** The NATS connection's name (the server's connz shows it). */
+  readonly name: string
+  readonly subscriptions: readonly Subscription[]
+  readonly app: Pool
+  readonly logger: Logger
+  readonly metrics?: SubscriberMetrics
+  readonly tracer?: Tracer | undefined
+}
+
 /** Every subscription of a sidecar on one NATS connection. */
 export class Subscriptions {
   private constructor(
@@ -553,15 +564,7 @@ export class Subscriptions {
     readonly all: readonly Subscriber[],
   ) {}
 
-  static async start(o: {
-    servers: readonly string[]
-    name: string
-    subscriptions: readonly Subscription[]
-    app: Pool
-    logger: Logger
-    metrics?: SubscriberMetrics
-    tracer?: Tracer | undefined
-  }): Promise<Subscriptions> {
+  static async start(o: SubscriptionsOptions): Promise<Subscriptions> {
     const { connect } = await import('@nats-io/transport-node')
     const { jetstream, jetstreamManager } = await import('@nats-io/jetstream')
     const nc = await connect({
@@ -624,17 +627,9 @@ export class Subscriptions {
  * it works or `closed()` says the sidecar is stopping: the sidecar serves while the bus is away.
  * Bounded: LIMITS.subscriptionStartAttempts attempts.
  */
-export async function startSubscriptionsRetrying(o: {
-  servers: readonly string[]
-  name: string
-  subscriptions: readonly Subscription[]
-  app: Pool
-  logger: Logger
-  metrics?: SubscriberMetrics
-  tracer?: Tracer | undefined
-  started: (s: Subscriptions) => void
-  closed: () => boolean
-}): Promise<void> {
+export async function startSubscriptionsRetrying(
+  o: SubscriptionsOptions & { started: (s: Subscriptions) => void; closed: () => boolean },
+): Promise<void> {
   for (let attempt = 1; attempt <= LIMITS.subscriptionStartAttempts && !o.closed(); attempt++) {
     try {
       const s = await Subscriptions.start(o)
