@@ -152,6 +152,7 @@ export async function startSidecar(config: SidecarConfig, log: Logger): Promise<
     inFlight: () => coordinator?.activeCount ?? 0,
     inDoubt: () => participant?.inDoubtCount ?? 0,
     stuck: () => steps?.stuckCount ?? 0,
+    lag: async () => ((await subscriptions?.views()) ?? []).map((v) => ({ subscription: v.name, lag: v.lag })),
   })
   // The egress's own port, once bound: no upstream connection may reach it (src/proxy/loop.ts).
   const selfPorts = new Set<number>()

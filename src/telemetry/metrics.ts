@@ -57,7 +57,13 @@ export class SidecarMetrics {
   /** Subscriptions (src/events/subscriber.ts): deliveries by result. */
   readonly deliveries: Counter<'subscription' | 'result'>
 
-  constructor(gauges: { inFlight: () => number; inDoubt: () => number; stuck?: () => number }) {
+  constructor(gauges: {
+    inFlight: () => number
+    inDoubt: () => number
+    stuck?: () => number
+    /** Subscriptions: messages of each one's stream not delivered yet (asked of NATS at scrape). */
+    lag?: () => Promise<readonly { readonly subscription: string; readonly lag: number | undefined }[]>
+  }) {
     const registers = [this.registry]
     // prom-client's Counter.inc + Histogram.observe cost ~1 µs a request; these two are kept as
     // plain numbers on the proxy path and rendered by their own collectors at scrape time.
@@ -135,6 +141,16 @@ export class SidecarMetrics {
       help: 'Logs of sibling instances whose lease lapsed: claimed (result=claimed) and finished (result=finished).',
       labelNames: ['result'],
       registers,
+    })
+    new Gauge({
+      name: 'txmesh_subscription_lag',
+      help: "Messages of a subscription's stream its consumer has not delivered yet (asked of NATS at scrape).",
+      labelNames: ['subscription'],
+      registers,
+      async collect() {
+        for (const v of (await gauges.lag?.()) ?? [])
+          if (v.lag !== undefined) this.set({ subscription: v.subscription }, v.lag)
+      },
     })
     this.deliveries = new Counter({
       name: 'txmesh_subscription_deliveries_total',

@@ -296,6 +296,9 @@ describe('subscriptions deliver committed messages to the app', () => {
       (JSON.parse(listed.stdout) as { subscriptions: { name: string; delivered: number; lag: number }[] })
         .subscriptions,
     ).toMatchObject([{ name: 'model', delivered: 6, lag: 0 }])
+    const metrics = await (await request(`http://127.0.0.1:${sc.ports.admin}/metrics`)).body.text()
+    expect(metrics).toMatch(/^txmesh_subscription_lag\{subscription="model"\} 0$/m)
+    expect(metrics).toMatch(/^txmesh_subscription_deliveries_total\{subscription="model",result="acked"\} 6$/m)
     // The model is dropped and rebuilt from the stream.
     model.clear()
     const replayed = cli('replay', 'model', '--from-seq', '1')
