@@ -516,13 +516,15 @@ export function backoffFor(list: readonly number[], attempt: number): number {
   return list[Math.min(Math.max(0, attempt - 1), list.length - 1)] ?? LIMITS.subscriptionBackoffMs[0] ?? 1_000
 }
 
+const UTF8 = new TextDecoder()
+
 /**
  * A txmesh message's body is `{tx, topic, payload, key?}` (src/events/outbox.ts): the app gets
  * `payload`; anything else is delivered as it is.
  */
 function parseMessage(msg: JsMsg): { body: Buffer; key: string | undefined; tx: string | undefined } {
   try {
-    const v = JSON.parse(new TextDecoder().decode(msg.data)) as Record<string, unknown>
+    const v = JSON.parse(UTF8.decode(msg.data)) as Record<string, unknown>
     if (v !== null && typeof v === 'object' && typeof v.tx === 'string' && 'payload' in v) {
       const key = typeof v.key === 'string' && v.key.length <= LIMITS.subscriptionKeyChars ? v.key : undefined
       return { body: Buffer.from(JSON.stringify(v.payload ?? null)), key, tx: v.tx }
